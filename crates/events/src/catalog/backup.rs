@@ -1,0 +1,122 @@
+//! Backups: `backup.*`.
+
+use serde::{Deserialize, Serialize};
+
+use super::Payload;
+
+/// Why a backup was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupReason {
+    /// Before an update (from the updater).
+    PreUpdate,
+    /// The backup schedule.
+    Schedule,
+    /// A human (`steward backup now`).
+    Manual,
+}
+
+/// Back up now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRequested {
+    /// Why.
+    pub reason: BackupReason,
+    /// Limit to these containers; every labelled container when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// Who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl Payload for BackupRequested {
+    fn container(&self) -> Option<&str> {
+        match self.containers.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// A backup began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStarted {
+    /// The backup's id (also its S3 key prefix).
+    pub backup_id: String,
+}
+
+impl Payload for BackupStarted {
+}
+
+/// One stored piece of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupComponent {
+    /// Name, e.g. `postgres/gitea` or `gitea:/data`.
+    pub name: String,
+    /// Stored size in bytes (after compression/encryption).
+    pub size_bytes: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
+}
+
+/// A complete backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupDone {
+    /// The backup's id.
+    pub backup_id: String,
+    /// S3 key of the manifest (written last).
+    pub manifest_key: String,
+    /// Total stored bytes.
+    pub size_bytes: u64,
+    /// Every component.
+    pub components: Vec<BackupComponent>,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+impl Payload for BackupDone {
+}
+
+/// A failed backup (no manifest was written, so it is never used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFailed {
+    /// The backup's id, if one was assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// What went wrong.
+    pub reason: String,
+    /// Last lines of stderr of the failing step (e.g. `pg_dump`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stderr_tail: Vec<String>,
+}
+
+impl Payload for BackupFailed {
+}
+
+/// A backup proved restorable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupVerified {
+    /// The backup's id.
+    pub backup_id: String,
+    /// Components whose checksums matched.
+    pub components_checked: u32,
+    /// Whether the database dump was restored into a scratch server.
+    pub database_restored: bool,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+impl Payload for BackupVerified {
+}
+
+/// Backups removed by retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPruned {
+    /// Removed backup ids.
+    pub backup_ids: Vec<String>,
+    /// How many backups remain.
+    pub kept: u32,
+}
+
+impl Payload for BackupPruned {
+}

@@ -1,0 +1,133 @@
+//! The catalog: every event type Steward knows, its subject and its typed payload.
+//!
+//! The table in `docs/events.md` is generated from the same list; the subject strings are a
+//! contract with operators, scripts and NATS permissions, so they never change meaning.
+
+mod backup;
+mod health;
+mod notify;
+mod restore;
+mod update;
+mod watch;
+
+pub use backup::*;
+pub use health::*;
+pub use notify::*;
+pub use restore::*;
+pub use update::*;
+pub use watch::*;
+
+use serde_json::value::RawValue;
+
+use crate::DecodeError;
+
+/// A payload type of the catalog: knows its event type and, when it concerns one container,
+/// that container's name (it becomes the CloudEvents `subject`, used to filter the audit trail).
+pub trait Payload: serde::Serialize + serde::de::DeserializeOwned + Into<EventData> {
+    /// The container this event is about, if exactly one.
+    fn container(&self) -> Option<&str> {
+        None
+    }
+}
+
+macro_rules! catalog {
+    ($( $(#[$doc:meta])* $variant:ident => $subject:literal : $payload:ident ),+ $(,)?) => {
+        /// The typed payload of an event: one variant per event type of the catalog.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum EventData {
+            $( $(#[$doc])* $variant($payload), )+
+        }
+
+        impl EventData {
+            /// Every event type (subject) in the catalog, in catalog order.
+            pub const ALL_TYPES: &'static [&'static str] = &[$($subject),+];
+
+            /// This payload's event type, which is also its NATS subject.
+            pub fn event_type(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $subject,)+ }
+            }
+
+            /// The container this event is about, if exactly one.
+            pub fn container(&self) -> Option<&str> {
+                match self { $(Self::$variant(p) => p.container(),)+ }
+            }
+
+            /// Decodes `data` for the given `type`.
+            pub(crate) fn from_json(event_type: &str, data: &RawValue) -> Result<Self, DecodeError> {
+                match event_type {
+                    $($subject => serde_json::from_str::<$payload>(data.get())
+                        .map(Self::$variant)
+                        .map_err(|source| DecodeError::Data { event_type: $subject, source }),)+
+                    other => Err(DecodeError::UnknownType(other.to_owned())),
+                }
+            }
+
+            /// Resolves a type name to its `&'static` form, if it is in the catalog.
+            pub fn known_type(event_type: &str) -> Option<&'static str> {
+                Self::ALL_TYPES.iter().copied().find(|t| *t == event_type)
+            }
+
+            pub(crate) fn to_json(&self) -> Result<Box<RawValue>, serde_json::Error> {
+                match self { $(Self::$variant(p) => serde_json::value::to_raw_value(p),)+ }
+            }
+        }
+
+        $(
+            impl $payload {
+                /// This payload's event type, which is also its NATS subject.
+                pub const TYPE: &'static str = $subject;
+            }
+
+            impl From<$payload> for EventData {
+                fn from(p: $payload) -> Self { Self::$variant(p) }
+            }
+        )+
+    };
+}
+
+catalog! {
+    /// A human or script asks the watcher to check registries now.
+    WatchRequested => "watch.requested": WatchRequested,
+    /// A newer image exists for a watched container (published once per new digest).
+    ImageUpdated => "image.updated": ImageUpdated,
+    /// A manual-policy update waits for approval.
+    UpdatePending => "update.pending": UpdatePending,
+    /// A human approved a pending update.
+    UpdateApproved => "update.approved": UpdateApproved,
+    /// A human rejected a pending update.
+    UpdateRejected => "update.rejected": UpdateRejected,
+    /// The updater began applying an update.
+    UpdateStarted => "update.started": UpdateStarted,
+    /// The container runs the new image and passed its health gate.
+    UpdateSucceeded => "update.succeeded": UpdateSucceeded,
+    /// The update stopped before the container was touched (backup, pull or policy failure).
+    UpdateFailed => "update.failed": UpdateFailed,
+    /// The new image failed; the container runs the previous image again.
+    UpdateRolledBack => "update.rolled_back": UpdateRolledBack,
+    /// Someone asks for a backup (the updater before an update, the schedule, the CLI).
+    BackupRequested => "backup.requested": BackupRequested,
+    /// The backup service began a backup.
+    BackupStarted => "backup.started": BackupStarted,
+    /// A backup is complete: every component and its manifest are stored.
+    BackupDone => "backup.done": BackupDone,
+    /// A backup failed; no manifest was written.
+    BackupFailed => "backup.failed": BackupFailed,
+    /// A backup was downloaded, checksummed and its database dump restored in a scratch server.
+    BackupVerified => "backup.verified": BackupVerified,
+    /// Backups removed by the retention policy.
+    BackupPruned => "backup.pruned": BackupPruned,
+    /// Someone asks to restore a backup.
+    RestoreRequested => "restore.requested": RestoreRequested,
+    /// A restore completed and the containers are healthy.
+    RestoreDone => "restore.done": RestoreDone,
+    /// A restore failed.
+    RestoreFailed => "restore.failed": RestoreFailed,
+    /// A container became unhealthy (a transition, not a repeated alarm).
+    HealthFailed => "health.failed": HealthFailed,
+    /// A container is healthy again.
+    HealthRecovered => "health.recovered": HealthRecovered,
+    /// A notification was delivered.
+    NotifySent => "notify.sent": NotifySent,
+    /// A notification could not be delivered within its retry bound.
+    NotifyFailed => "notify.failed": NotifyFailed,
+}

@@ -1,0 +1,63 @@
+//! Restores: `restore.*`.
+
+use serde::{Deserialize, Serialize};
+
+use super::Payload;
+
+/// What part of a backup to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreScope {
+    /// Database and paths.
+    #[default]
+    All,
+    /// Only the database dumps.
+    Db,
+    /// Only the archived paths.
+    Paths,
+}
+
+/// Restore a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequested {
+    /// A backup id, or `latest` (newest verified complete backup).
+    pub backup_id: String,
+    /// What to restore.
+    #[serde(default)]
+    pub scope: RestoreScope,
+    /// Who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl Payload for RestoreRequested {
+}
+
+/// A restore completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreDone {
+    /// The restored backup.
+    pub backup_id: String,
+    /// Components restored.
+    pub restored: Vec<String>,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+impl Payload for RestoreDone {
+}
+
+/// A restore failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreFailed {
+    /// The backup that was being restored.
+    pub backup_id: String,
+    /// What went wrong.
+    pub reason: String,
+    /// Last log lines of the failing step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+impl Payload for RestoreFailed {
+}

@@ -1,0 +1,175 @@
+//! The CloudEvents 1.0 JSON envelope around every payload.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{DecodeError, EncodeError, EventData};
+
+/// The only CloudEvents version Steward speaks.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// Largest encoded event accepted, in bytes. Matches NATS' default `max_payload` (1 MiB):
+/// anything larger could not have been published, so it is refused before parsing.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+const CONTENT_TYPE: &str = "application/json";
+
+/// One Steward event: CloudEvents attributes plus a typed payload.
+///
+/// `correlation_id` ties together everything that belongs to one update, backup or restore;
+/// `causation_id` is the id of the event that directly caused this one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unique id (UUIDv7 when minted by Steward); also the JetStream `Nats-Msg-Id`.
+    pub id: Uuid,
+    /// Who published it, e.g. `steward-watcher/gitea-host`.
+    pub source: String,
+    /// When it was created.
+    pub time: OffsetDateTime,
+    /// CloudEvents `subject`: the container the event is about, if one.
+    pub subject: Option<String>,
+    /// The flow this event belongs to.
+    pub correlation_id: Uuid,
+    /// The event that caused this one.
+    pub causation_id: Option<Uuid>,
+    /// The typed payload; its variant decides `type`.
+    pub data: EventData,
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    specversion: &'static str,
+    id: Uuid,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
+    datacontenttype: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    correlationid: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causationid: Option<Uuid>,
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct WireIn<'a> {
+    specversion: String,
+    id: Uuid,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
+    #[serde(default)]
+    datacontenttype: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    correlationid: Uuid,
+    #[serde(default)]
+    causationid: Option<Uuid>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+impl Event {
+    /// A new event that starts its own flow (its correlation id is its own id).
+    pub fn new(source: impl Into<String>, data: impl Into<EventData>) -> Self {
+        let id = Uuid::now_v7();
+        let data = data.into();
+        Self {
+            id,
+            source: source.into(),
+            time: OffsetDateTime::now_utc(),
+            subject: data.container().map(str::to_owned),
+            correlation_id: id,
+            causation_id: None,
+            data,
+        }
+    }
+
+    /// A new event caused by `cause`: same flow, with `cause` as its causation.
+    pub fn caused_by(cause: &Event, source: impl Into<String>, data: impl Into<EventData>) -> Self {
+        let mut event = Self::new(source, data);
+        event.correlation_id = cause.correlation_id;
+        event.causation_id = Some(cause.id);
+        event
+    }
+
+    /// Puts this event into an existing flow.
+    pub fn with_correlation(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = correlation_id;
+        self
+    }
+
+    /// The event type, which is also the NATS subject.
+    pub fn event_type(&self) -> &'static str {
+        self.data.event_type()
+    }
+
+    /// The container this event concerns, if one.
+    pub fn container(&self) -> Option<&str> {
+        self.subject.as_deref().or_else(|| self.data.container())
+    }
+
+    /// Encodes the envelope as JSON, refusing results larger than [`MAX_EVENT_BYTES`].
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let event_type = self.event_type();
+        let json = |source| EncodeError::Json { event_type, source };
+        let data = self.data.to_json().map_err(json)?;
+        let wire = WireOut {
+            specversion: SPEC_VERSION,
+            id: self.id,
+            source: &self.source,
+            event_type,
+            time: self.time,
+            datacontenttype: CONTENT_TYPE,
+            subject: self.subject.as_deref(),
+            correlationid: self.correlation_id,
+            causationid: self.causation_id,
+            data: &data,
+        };
+        let bytes = serde_json::to_vec(&wire).map_err(json)?;
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(EncodeError::TooLarge { event_type, size: bytes.len(), limit: MAX_EVENT_BYTES });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes and validates an envelope. Never panics; every problem is a [`DecodeError`].
+    ///
+    /// Unknown *extra* attributes and payload fields are ignored, so a newer publisher can add
+    /// fields without older consumers dead-lettering its events during a rolling upgrade.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(DecodeError::TooLarge { size: bytes.len(), limit: MAX_EVENT_BYTES });
+        }
+        let wire: WireIn<'_> = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+        if wire.specversion != SPEC_VERSION {
+            return Err(DecodeError::SpecVersion(wire.specversion));
+        }
+        if let Some(ct) = wire.datacontenttype {
+            // Parameters such as `; charset=utf-8` are allowed.
+            if ct.split(';').next().map(str::trim) != Some(CONTENT_TYPE) {
+                return Err(DecodeError::ContentType(ct));
+            }
+        }
+        let event_type = EventData::known_type(&wire.event_type)
+            .ok_or_else(|| DecodeError::UnknownType(wire.event_type.clone()))?;
+        let raw = wire.data.ok_or(DecodeError::MissingData(event_type))?;
+        let data = EventData::from_json(event_type, raw)?;
+        Ok(Self {
+            id: wire.id,
+            source: wire.source,
+            time: wire.time,
+            subject: wire.subject,
+            correlation_id: wire.correlationid,
+            causation_id: wire.causationid,
+            data,
+        })
+    }
+}

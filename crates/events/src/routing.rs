@@ -1,0 +1,121 @@
+//! Who publishes and who consumes what: the routing table of the bus, as data.
+//!
+//! The bus crate turns `consumes` into durable consumer filters; the compose stack's NATS
+//! permissions are derived from the same table, so the two cannot drift.
+
+/// A Steward service (or the CLI) as a participant on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// `steward-watcher`.
+    Watcher,
+    /// `steward-updater`.
+    Updater,
+    /// `steward-backup`.
+    Backup,
+    /// `steward-health`.
+    Health,
+    /// `steward-notifier`.
+    Notifier,
+    /// The `steward` CLI.
+    Cli,
+}
+
+impl Service {
+    /// The five long-running services.
+    pub const DAEMONS: [Service; 5] =
+        [Service::Watcher, Service::Updater, Service::Backup, Service::Health, Service::Notifier];
+
+    /// Short name: `watcher`, `updater`, ... `cli`. Used for consumer and metric names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Watcher => "watcher",
+            Service::Updater => "updater",
+            Service::Backup => "backup",
+            Service::Health => "health",
+            Service::Notifier => "notifier",
+            Service::Cli => "cli",
+        }
+    }
+
+    /// Name of the binary.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Service::Watcher => "steward-watcher",
+            Service::Updater => "steward-updater",
+            Service::Backup => "steward-backup",
+            Service::Health => "steward-health",
+            Service::Notifier => "steward-notifier",
+            Service::Cli => "steward",
+        }
+    }
+
+    /// Event types this service's durable consumer receives.
+    pub fn consumes(self) -> &'static [&'static str] {
+        match self {
+            Service::Watcher => &["watch.requested", "update.succeeded"],
+            Service::Updater => &[
+                "image.updated",
+                "update.approved",
+                "update.rejected",
+                "backup.done",
+                "backup.failed",
+            ],
+            Service::Backup => &["backup.requested", "restore.requested"],
+            // Health re-baselines a container that an update or restore recreated.
+            Service::Health => &["update.succeeded", "update.rolled_back", "restore.done"],
+            Service::Notifier => &[
+                "update.pending",
+                "update.succeeded",
+                "update.failed",
+                "update.rolled_back",
+                "backup.failed",
+                "restore.done",
+                "restore.failed",
+                "health.failed",
+                "health.recovered",
+            ],
+            Service::Cli => &[],
+        }
+    }
+
+    /// Event types this participant may publish.
+    pub fn publishes(self) -> &'static [&'static str] {
+        match self {
+            Service::Watcher => &["image.updated"],
+            Service::Updater => &[
+                "update.pending",
+                "update.approved",
+                "update.rejected",
+                "update.started",
+                "update.succeeded",
+                "update.failed",
+                "update.rolled_back",
+                "backup.requested",
+            ],
+            Service::Backup => &[
+                "backup.started",
+                "backup.done",
+                "backup.failed",
+                "backup.verified",
+                "backup.pruned",
+                "restore.done",
+                "restore.failed",
+            ],
+            Service::Health => &["health.failed", "health.recovered"],
+            Service::Notifier => &["notify.sent", "notify.failed"],
+            Service::Cli => &[
+                "watch.requested",
+                "update.approved",
+                "update.rejected",
+                "backup.requested",
+                "restore.requested",
+            ],
+        }
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

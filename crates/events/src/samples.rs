@@ -1,0 +1,155 @@
+//! One realistic example payload for every event type, in catalog order.
+//!
+//! Used by round-trip tests (here and against the real bus), by the benchmark and to render
+//! the examples in `docs/events.md`.
+
+use uuid::Uuid;
+
+use crate::*;
+
+fn digest(fill: char) -> Digest {
+    // A syntactically valid digest made of one repeated hex digit.
+    Digest::parse(&format!("sha256:{}", fill.to_string().repeat(64)))
+        .unwrap_or_else(|_| unreachable!("hex fill digit"))
+}
+
+/// One example of each event type, for container `container`.
+pub fn all(container: &str) -> Vec<EventData> {
+    let c = container.to_owned();
+    let update_id = Uuid::now_v7();
+    let event_id = Uuid::now_v7();
+    let image = "gitea/gitea:1.22".to_owned();
+    vec![
+        WatchRequested { container: Some(c.clone()), requested_by: Some("ops@host".into()) }.into(),
+        ImageUpdated {
+            container: c.clone(),
+            image: image.clone(),
+            current_digest: digest('a'),
+            new_digest: digest('b'),
+            new_tag: Some("1.22.7".into()),
+        }
+        .into(),
+        UpdatePending {
+            update_id,
+            container: c.clone(),
+            image: image.clone(),
+            current_digest: digest('a'),
+            new_digest: digest('b'),
+            new_tag: None,
+            approval_url: Some("https://steward.example/approve?t=token".into()),
+            expires_at: Some(time::macros::datetime!(2026-11-30 12:00 UTC)),
+        }
+        .into(),
+        UpdateApproved { update_id, by: "ops@host".into() }.into(),
+        UpdateRejected { update_id, by: "ops@host".into(), reason: Some("wait for 1.22.8".into()) }
+            .into(),
+        UpdateStarted {
+            update_id,
+            container: c.clone(),
+            image: image.clone(),
+            from_digest: digest('a'),
+            to_digest: digest('b'),
+        }
+        .into(),
+        UpdateSucceeded {
+            update_id,
+            container: c.clone(),
+            image: image.clone(),
+            from_digest: digest('a'),
+            to_digest: digest('b'),
+            duration_ms: 4200,
+        }
+        .into(),
+        UpdateFailed {
+            update_id,
+            container: c.clone(),
+            image: image.clone(),
+            reason: "pre-update backup failed".into(),
+            log_tail: vec![],
+        }
+        .into(),
+        UpdateRolledBack {
+            update_id,
+            container: c.clone(),
+            image,
+            from_digest: digest('a'),
+            to_digest: digest('c'),
+            reason: "healthcheck failed 3 times".into(),
+            log_tail: vec!["panic: cannot open /data/gitea.db".into()],
+        }
+        .into(),
+        BackupRequested {
+            reason: BackupReason::PreUpdate,
+            containers: vec![c.clone()],
+            requested_by: None,
+        }
+        .into(),
+        BackupStarted { backup_id: "20261123T020000Z".into() }.into(),
+        BackupDone {
+            backup_id: "20261123T020000Z".into(),
+            manifest_key: "steward/20261123T020000Z/manifest.json".into(),
+            size_bytes: 1 << 20,
+            components: vec![BackupComponent {
+                name: "postgres/gitea".into(),
+                size_bytes: 1 << 20,
+                sha256: "e".repeat(64),
+            }],
+            duration_ms: 9000,
+        }
+        .into(),
+        BackupFailed {
+            backup_id: Some("20261123T020000Z".into()),
+            reason: "pg_dump exited with 1".into(),
+            stderr_tail: vec!["pg_dump: error: connection failed".into()],
+        }
+        .into(),
+        BackupVerified {
+            backup_id: "20261123T020000Z".into(),
+            components_checked: 2,
+            database_restored: true,
+            duration_ms: 15000,
+        }
+        .into(),
+        BackupPruned { backup_ids: vec!["20261001T020000Z".into()], kept: 17 }.into(),
+        RestoreRequested {
+            backup_id: "latest".into(),
+            scope: RestoreScope::Db,
+            requested_by: Some("ops@host".into()),
+        }
+        .into(),
+        RestoreDone {
+            backup_id: "20261123T020000Z".into(),
+            restored: vec!["postgres/gitea".into()],
+            duration_ms: 30000,
+        }
+        .into(),
+        RestoreFailed {
+            backup_id: "20261123T020000Z".into(),
+            reason: "checksum mismatch".into(),
+            log_tail: vec![],
+        }
+        .into(),
+        HealthFailed {
+            container: c.clone(),
+            check: "http".into(),
+            reason: "GET / returned 502".into(),
+            consecutive_failures: 3,
+        }
+        .into(),
+        HealthRecovered { container: c, down_for_ms: 60_000 }.into(),
+        NotifySent {
+            channel: "email".into(),
+            recipients: vec!["ops@example.com".into()],
+            title: "[steward] approve gitea 1.22.7?".into(),
+            about: vec![event_id],
+        }
+        .into(),
+        NotifyFailed {
+            channel: "email".into(),
+            about: vec![event_id],
+            reason: "connection refused".into(),
+            attempts: 5,
+        }
+        .into(),
+    ]
+}

@@ -1,0 +1,129 @@
+//! Strict decoding: every catalog type round-trips; every kind of bad input is a typed error.
+
+use steward_events::{samples, DecodeError, Event, EventData, MAX_EVENT_BYTES};
+
+fn sample_json() -> serde_json::Value {
+    let event = Event::new("test", samples::all("gitea").remove(1));
+    serde_json::from_slice(&event.encode().expect("encode")).expect("json")
+}
+
+fn decode_value(v: &serde_json::Value) -> Result<Event, DecodeError> {
+    Event::decode(&serde_json::to_vec(v).expect("to_vec"))
+}
+
+#[test]
+fn every_type_round_trips_with_all_fields() {
+    let samples = samples::all("gitea");
+    assert_eq!(samples.len(), EventData::ALL_TYPES.len(), "one sample per catalog type");
+    let cause = Event::new("cli", samples[0].clone());
+    for data in samples {
+        let event = Event::caused_by(&cause, "steward-test/host", data);
+        let decoded = Event::decode(&event.encode().expect("encode")).expect("decode");
+        assert_eq!(decoded, event);
+        assert_eq!(decoded.correlation_id, cause.correlation_id);
+        assert_eq!(decoded.causation_id, Some(cause.id));
+    }
+}
+
+#[test]
+fn envelope_has_cloudevents_attributes() {
+    let v = sample_json();
+    assert_eq!(v["specversion"], "1.0");
+    assert_eq!(v["type"], "image.updated");
+    assert_eq!(v["datacontenttype"], "application/json");
+    assert_eq!(v["subject"], "gitea");
+    assert_eq!(v["data"]["container"], "gitea");
+    let id = v["id"].as_str().expect("id");
+    assert_eq!(uuid::Uuid::parse_str(id).expect("uuid").get_version_num(), 7);
+    assert_eq!(v["correlationid"], v["id"], "a new flow correlates to itself");
+    assert!(v.get("causationid").is_none());
+}
+
+#[test]
+fn unknown_type_is_typed_error() {
+    let mut v = sample_json();
+    v["type"] = "image.exploded".into();
+    assert!(matches!(decode_value(&v), Err(DecodeError::UnknownType(t)) if t == "image.exploded"));
+}
+
+#[test]
+fn wrong_specversion_is_typed_error() {
+    let mut v = sample_json();
+    v["specversion"] = "0.3".into();
+    assert!(matches!(decode_value(&v), Err(DecodeError::SpecVersion(s)) if s == "0.3"));
+}
+
+#[test]
+fn missing_payload_field_names_the_field() {
+    let mut v = sample_json();
+    v["data"].as_object_mut().expect("object").remove("new_digest");
+    match decode_value(&v) {
+        Err(e @ DecodeError::Data { event_type: "image.updated", .. }) => {
+            assert!(e.to_string().contains("new_digest"), "{e}")
+        }
+        other => panic!("expected Data error, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_envelope_attribute_is_envelope_error() {
+    for attr in ["id", "source", "time", "correlationid", "type", "specversion"] {
+        let mut v = sample_json();
+        v.as_object_mut().expect("object").remove(attr);
+        match decode_value(&v) {
+            Err(e @ DecodeError::Envelope(_)) => assert!(e.to_string().contains(attr), "{e}"),
+            other => panic!("{attr}: expected Envelope error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn missing_data_and_bad_digest_and_content_type_are_errors() {
+    let mut v = sample_json();
+    v.as_object_mut().expect("object").remove("data");
+    assert!(matches!(decode_value(&v), Err(DecodeError::MissingData("image.updated"))));
+
+    let mut v = sample_json();
+    v["data"]["new_digest"] = "latest".into();
+    assert!(matches!(decode_value(&v), Err(DecodeError::Data { .. })));
+
+    let mut v = sample_json();
+    v["datacontenttype"] = "text/xml".into();
+    assert!(matches!(decode_value(&v), Err(DecodeError::ContentType(_))));
+}
+
+#[test]
+fn oversized_message_is_refused_before_parsing() {
+    let big = vec![b' '; MAX_EVENT_BYTES + 1];
+    assert!(matches!(Event::decode(&big), Err(DecodeError::TooLarge { .. })));
+
+    let mut data = samples::all("gitea").remove(8);
+    if let EventData::UpdateRolledBack(p) = &mut data {
+        p.log_tail = vec!["x".repeat(1024); 1100];
+    }
+    assert!(Event::new("t", data).encode().is_err(), "encoder refuses what decoders would");
+}
+
+#[test]
+fn garbage_never_panics() {
+    let inputs: Vec<Vec<u8>> = vec![
+        vec![],
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"{".to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        "[".repeat(10_000).into_bytes(),
+        br#"{"specversion":"1.0","data":{}}"#.to_vec(),
+    ];
+    for input in inputs {
+        assert!(Event::decode(&input).is_err());
+    }
+}
+
+#[test]
+fn unknown_extra_fields_are_tolerated_for_rolling_upgrades() {
+    let mut v = sample_json();
+    v["traceparent"] = "00-abc-def-01".into();
+    v["data"]["added_in_a_later_version"] = 42.into();
+    assert!(decode_value(&v).is_ok());
+}
