@@ -1,0 +1,96 @@
+//! Bus settings and the namespace that isolates one Steward installation (or one test).
+
+use std::time::Duration;
+
+/// Where Steward's subjects and state live on a NATS server.
+///
+/// Production uses the defaults (stream `STEWARD`, no prefix). Tests give each test its own
+/// stream and subject prefix so they can run in parallel on one server: JetStream refuses two
+/// streams whose subjects overlap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// Stream name; also the prefix of KV bucket names.
+    pub stream: String,
+    /// Prepended to every subject, e.g. `t1a2b.`; empty in production.
+    pub prefix: String,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self { stream: "STEWARD".into(), prefix: String::new() }
+    }
+}
+
+impl Namespace {
+    /// A namespace with a unique stream and prefix, for one test.
+    pub fn unique(tag: &str) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = &id[..12];
+        let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+        Self { stream: format!("T_{tag}_{id}").to_uppercase(), prefix: format!("t{id}.") }
+    }
+
+    /// The NATS subject of an event type.
+    pub fn subject(&self, event_type: &str) -> String {
+        format!("{}{}", self.prefix, event_type)
+    }
+
+    /// The event type of a NATS subject, if it is in this namespace.
+    pub fn event_type<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix(self.prefix.as_str())
+    }
+
+    /// The dead-letter subject of a consumer.
+    pub fn dead_letter_subject(&self, consumer: &str) -> String {
+        format!("{}dlq.{}", self.prefix, consumer)
+    }
+
+    /// Name of a KV bucket belonging to this namespace.
+    pub fn bucket(&self, name: &str) -> String {
+        format!("{}_{}", self.stream, name)
+    }
+}
+
+/// Settings of the bus connection and the stream.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// NATS server URL(s), comma-separated.
+    pub url: String,
+    /// Stream and subject namespace.
+    pub namespace: Namespace,
+    /// How long events are kept (stream `max_age`).
+    pub retention: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+    pub duplicate_window: Duration,
+    /// How long a publish may keep retrying while NATS is away before it fails.
+    pub publish_timeout: Duration,
+    /// How long `connect` waits for NATS at start.
+    pub connect_timeout: Duration,
+    /// Timeout of one JetStream API request or publish ack.
+    pub request_timeout: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            namespace: Namespace::default(),
+            retention: Duration::from_secs(365 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            publish_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Checks a NATS URL list (`nats://host:port`, comma-separated) as the client will parse it.
+pub fn validate_url(urls: &str) -> Result<(), String> {
+    if urls.trim().is_empty() {
+        return Err("empty".into());
+    }
+    for url in urls.split(',') {
+        url.trim().parse::<async_nats::ServerAddr>().map_err(|e| format!("{url:?}: {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Bus errors, each saying what was being done and on what.
+
+use std::time::Duration;
+
+/// Something the bus could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The first connection could not be made.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// Server URL.
+        url: String,
+        /// Client's reason.
+        reason: String,
+    },
+    /// Not connected right now.
+    #[error("not connected to NATS")]
+    NotConnected,
+    /// The stream could not be created or updated.
+    #[error("cannot create or update stream {stream}: {reason}")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// Server's reason.
+        reason: String,
+    },
+    /// The event could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] steward_events::EncodeError),
+    /// A publish got no ack within the retry bound.
+    #[error("publish of {event_id} to {subject} not acknowledged after {waited:?}: {last_error}")]
+    PublishTimeout {
+        /// Subject.
+        subject: String,
+        /// Nats-Msg-Id.
+        event_id: String,
+        /// Time spent retrying.
+        waited: Duration,
+        /// The last attempt's error.
+        last_error: String,
+    },
+    /// A publish was refused for a reason a retry cannot fix.
+    #[error("publish to {subject} refused: {reason}")]
+    PublishRefused {
+        /// Subject.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+    /// A KV compare-and-set lost: someone else changed the key first.
+    #[error("state {key:?} in {bucket} changed concurrently (expected revision {expected:?})")]
+    Conflict {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Revision we expected (None: expected absent).
+        expected: Option<u64>,
+    },
+    /// A stored state value is not what the code expects.
+    #[error("state {key:?} in {bucket} is unreadable: {reason}")]
+    CorruptState {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Decoder's reason.
+        reason: String,
+    },
+    /// Any other NATS operation failed.
+    #[error("NATS {op} failed: {reason}")]
+    Nats {
+        /// What was being done.
+        op: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl BusError {
+    pub(crate) fn nats(op: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::Nats { op, reason: e.to_string() }
+    }
+}

@@ -1,0 +1,95 @@
+//! "Do this once per event id", across redeliveries and restarts.
+//!
+//! A marker `SCOPE.EVENT_ID` is written to a KV bucket *after* the work succeeded. A second
+//! delivery finds the marker and skips the work. The marker is not a lock: a process that dies
+//! between finishing the work and writing the marker will do the work again on redelivery, so
+//! long flows additionally keep their own compare-and-set state ([`crate::StateStore`]).
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::{Bus, BusError};
+
+/// Markers outlive every possible redelivery (`ack_wait` × `max_deliver` is minutes).
+const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The handled-event markers of one scope (one consumer).
+#[derive(Clone)]
+pub struct Idempotency {
+    kv: kv::Store,
+    scope: String,
+}
+
+impl std::fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency").field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+impl Idempotency {
+    /// Opens (creating if needed) the markers bucket for `scope`.
+    pub async fn open(bus: &Bus, scope: &str) -> Result<Self, BusError> {
+        let bucket = bus.namespace().bucket("HANDLED");
+        let kv = open_bucket(bus, &bucket, MARKER_TTL, 1).await?;
+        Ok(Self { kv, scope: scope.to_owned() })
+    }
+
+    fn key(&self, id: &Uuid) -> String {
+        format!("{}.{}", self.scope, id.simple())
+    }
+
+    /// Whether `id` was already handled in this scope.
+    pub async fn is_done(&self, id: &Uuid) -> Result<bool, BusError> {
+        let entry = self.kv.get(self.key(id)).await.map_err(|e| BusError::nats("kv get", e))?;
+        Ok(entry.is_some())
+    }
+
+    /// Records that `id` was handled.
+    pub async fn mark_done(&self, id: &Uuid) -> Result<(), BusError> {
+        self.kv
+            .put(self.key(id), Bytes::from_static(b"1"))
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::nats("kv put", e))
+    }
+
+    /// Runs `work` unless `id` was handled before; marks it handled when `work` succeeds.
+    /// Returns `None` when skipped.
+    pub async fn once<T, E, F>(&self, id: &Uuid, work: F) -> Result<Option<T>, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        E: From<BusError>,
+    {
+        if self.is_done(id).await? {
+            return Ok(None);
+        }
+        let out = work.await?;
+        self.mark_done(id).await?;
+        Ok(Some(out))
+    }
+}
+
+/// Gets a KV bucket, creating it on first use.
+pub(crate) async fn open_bucket(
+    bus: &Bus,
+    bucket: &str,
+    max_age: Duration,
+    history: i64,
+) -> Result<kv::Store, BusError> {
+    if let Ok(store) = bus.js().get_key_value(bucket).await {
+        return Ok(store);
+    }
+    bus.js()
+        .create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            history,
+            max_age,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::nats("create kv bucket", e))
+}

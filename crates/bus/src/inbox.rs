@@ -1,0 +1,267 @@
+//! A service's durable pull consumer, and what it hands out: one [`Delivery`] at a time.
+//!
+//! NATS 2.9 (Debian 12's server) has no multi-subject consumer filter. A consumer of exactly
+//! one event type filters on the server; one of several reads the whole stream and acks what
+//! it does not consume without handing it out (Steward's event rate is low, and one consumer
+//! keeps the stream's order across the service's subjects).
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::AckKind;
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use steward_events::{DecodeError, Event};
+
+use crate::{publish, Bus, BusError};
+
+/// Header on a dead letter: why it was dead-lettered.
+pub const DLQ_REASON: &str = "Steward-Dlq-Reason";
+/// Header on a dead letter: the original subject.
+pub const DLQ_SUBJECT: &str = "Steward-Dlq-Subject";
+/// Header on a dead letter: the original stream sequence.
+pub const DLQ_SEQUENCE: &str = "Steward-Dlq-Sequence";
+/// Header on a dead letter: how often it had been delivered.
+pub const DLQ_DELIVERIES: &str = "Steward-Dlq-Deliveries";
+
+/// How a service consumes the stream.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Durable consumer name (also names the dead-letter subject), e.g. `updater`.
+    pub name: String,
+    /// Event types handed out.
+    pub event_types: Vec<String>,
+    /// Time the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Deliveries before a message is given up on (then dead-lettered).
+    pub max_deliver: i64,
+    /// Unacked messages the server hands out at once. Kept small: prefetched messages' ack
+    /// timers run while they wait in the client buffer.
+    pub max_ack_pending: i64,
+}
+
+impl ConsumerSpec {
+    /// A spec with Steward's defaults (30 s ack wait, 5 deliveries, 16 in flight).
+    pub fn new(name: impl Into<String>, event_types: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            event_types: event_types.iter().map(|s| (*s).to_owned()).collect(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 16,
+        }
+    }
+}
+
+/// A service's stream of deliveries; survives NATS restarts.
+pub struct Inbox {
+    bus: Bus,
+    spec: ConsumerSpec,
+    messages: Option<pull::Stream>,
+    consecutive_errors: u32,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Creates (or updates) the durable consumer and returns its inbox.
+    pub async fn inbox(&self, spec: ConsumerSpec) -> Result<Inbox, BusError> {
+        let mut inbox = Inbox { bus: self.clone(), spec, messages: None, consecutive_errors: 0 };
+        inbox.messages = Some(inbox.open().await?);
+        Ok(inbox)
+    }
+}
+
+impl Inbox {
+    /// The consumer's spec.
+    pub fn spec(&self) -> &ConsumerSpec {
+        &self.spec
+    }
+
+    async fn consumer(&self) -> Result<PullConsumer, BusError> {
+        let ns = self.bus.namespace();
+        let filter_subject = match self.spec.event_types.as_slice() {
+            [one] => ns.subject(one),
+            _ => String::new(),
+        };
+        let config = pull::Config {
+            durable_name: Some(self.spec.name.clone()),
+            description: Some(format!("steward {} inbox", self.spec.name)),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.spec.ack_wait,
+            max_deliver: self.spec.max_deliver,
+            max_ack_pending: self.spec.max_ack_pending,
+            filter_subject,
+            ..Default::default()
+        };
+        let stream = self
+            .bus
+            .js()
+            .get_stream(&ns.stream)
+            .await
+            .map_err(|e| BusError::nats("get stream", e))?;
+        stream.create_consumer(config).await.map_err(|e| BusError::nats("create consumer", e))
+    }
+
+    async fn open(&self) -> Result<pull::Stream, BusError> {
+        let batch = usize::try_from(self.spec.max_ack_pending).unwrap_or(16).max(1);
+        self.consumer()
+            .await?
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| BusError::nats("pull messages", e))
+    }
+
+    /// The next delivery for this service. Waits as long as it takes; NATS outages and a
+    /// deleted consumer are survived by re-creating the consumer with backoff.
+    pub async fn next(&mut self) -> Delivery {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                match self.open().await {
+                    Ok(m) => {
+                        self.messages = Some(m);
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.spec.name, error = %e, "cannot open consumer; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(msg)) => {
+                    self.consecutive_errors = 0;
+                    if let Some(delivery) = self.accept(msg).await {
+                        return delivery;
+                    }
+                }
+                Some(Err(e)) => {
+                    // After a reconnect with the consumer gone the stream can keep yielding
+                    // errors instead of ending (nats.rs#1584): re-create it after a few.
+                    self.consecutive_errors += 1;
+                    tracing::warn!(consumer = %self.spec.name, error = %e, "consumer error");
+                    if self.consecutive_errors >= 3 {
+                        self.messages = None;
+                        self.consecutive_errors = 0;
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                None => self.messages = None,
+            }
+        }
+    }
+
+    /// Turns a message into a delivery, or acks and skips one this service does not consume.
+    async fn accept(&self, msg: async_nats::jetstream::Message) -> Option<Delivery> {
+        let ns = self.bus.namespace();
+        let event_type = ns.event_type(msg.subject.as_str()).unwrap_or("").to_owned();
+        if !self.spec.event_types.iter().any(|t| *t == event_type) {
+            if let Err(e) = msg.ack().await {
+                tracing::debug!(error = %e, "skip-ack failed; the message will come again");
+            }
+            return None;
+        }
+        let (attempt, stream_sequence) =
+            msg.info().map(|i| (i.delivered.max(1) as u64, i.stream_sequence)).unwrap_or((1, 0));
+        let event = Event::decode(&msg.payload);
+        Some(Delivery {
+            bus: self.bus.clone(),
+            consumer: self.spec.name.clone(),
+            max_deliver: self.spec.max_deliver,
+            event_type,
+            event,
+            attempt,
+            stream_sequence,
+            msg,
+        })
+    }
+}
+
+/// One message handed to a service, with what it needs to settle it.
+pub struct Delivery {
+    bus: Bus,
+    consumer: String,
+    max_deliver: i64,
+    msg: async_nats::jetstream::Message,
+    /// Event type (the subject without the namespace prefix).
+    pub event_type: String,
+    /// The decoded event, or why it is not one.
+    pub event: Result<Event, DecodeError>,
+    /// Which delivery this is (1 = first).
+    pub attempt: u64,
+    /// Stream sequence of the message.
+    pub stream_sequence: u64,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("event_type", &self.event_type)
+            .field("attempt", &self.attempt)
+            .field("stream_sequence", &self.stream_sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// True when a failure now would exhaust `max_deliver`.
+    pub fn is_last_attempt(&self) -> bool {
+        self.max_deliver > 0 && self.attempt >= self.max_deliver as u64
+    }
+
+    /// Acks and waits for the server to confirm it. A plain ack after `ack_wait` is silently
+    /// lost (nats.rs#1042); the confirmed ack tells us.
+    pub async fn ack(&self) -> Result<(), BusError> {
+        self.msg.double_ack().await.map_err(|e| BusError::nats("ack", e))
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub async fn nak(&self, delay: Duration) -> Result<(), BusError> {
+        self.msg.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| BusError::nats("nak", e))
+    }
+
+    /// Resets the ack timer during long work.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.msg.ack_with(AckKind::Progress).await.map_err(|e| BusError::nats("progress", e))
+    }
+
+    /// Copies the message to the consumer's dead-letter subject with `reason`, then
+    /// terminates it so it is never redelivered and does not block the consumer.
+    pub async fn dead_letter(&self, reason: &str) -> Result<(), BusError> {
+        let ns = self.bus.namespace();
+        let mut headers = HeaderMap::new();
+        headers.insert(DLQ_REASON, header_safe(reason).as_str());
+        headers.insert(DLQ_SUBJECT, self.msg.subject.as_str());
+        headers.insert(DLQ_SEQUENCE, self.stream_sequence.to_string().as_str());
+        headers.insert(DLQ_DELIVERIES, self.attempt.to_string().as_str());
+        // One dead letter per (consumer, message), however often this is retried.
+        let id = format!("dlq-{}-{}-{}", ns.stream, self.consumer, self.stream_sequence);
+        publish::publish_raw(
+            &self.bus,
+            ns.dead_letter_subject(&self.consumer),
+            headers,
+            self.msg.payload.clone(),
+            &id,
+        )
+        .await?;
+        self.msg.double_ack_with(AckKind::Term).await.map_err(|e| BusError::nats("term", e))
+    }
+}
+
+/// NATS header values cannot hold CR/LF; long reasons are cut.
+fn header_safe(s: &str) -> String {
+    let flat: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    flat.chars().take(1000).collect()
+}

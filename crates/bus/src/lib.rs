@@ -1,0 +1,135 @@
+//! Steward's event bus on NATS JetStream.
+//!
+//! - [`Bus::connect`] connects (reconnecting by itself forever) and creates or updates the
+//!   `STEWARD` stream, which keeps every Steward subject on file storage.
+//! - [`Bus::publish`] sends an [`Event`] with `Nats-Msg-Id` = event id and waits for the
+//!   stream's ack, retrying within a bound while NATS is away; a retry is never stored twice.
+//! - [`Bus::inbox`] gives a service its durable pull consumer ([`Inbox`]): explicit acks,
+//!   `ack_wait`, `max_deliver`, and [`Delivery::dead_letter`] for poison messages.
+//! - [`Idempotency`] makes a handler's work happen once when an event is delivered twice;
+//!   [`StateStore`] is a compare-and-set KV bucket for state machines.
+//! - [`Bus::replay`] reads the stream by start time for audits and `steward events`.
+//!
+//! Invariant: only this crate talks to NATS. Everything it sends or reads on event subjects
+//! is a [`steward_events::Event`].
+
+mod config;
+mod error;
+mod idempotency;
+mod inbox;
+mod publish;
+mod replay;
+mod state;
+mod stream;
+pub mod subject;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+pub use config::{validate_url, BusConfig, Namespace};
+pub use error::BusError;
+pub use idempotency::Idempotency;
+pub use inbox::{ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT};
+pub use publish::Published;
+pub use replay::{Replay, ReplayQuery, Replayed};
+pub use state::{StateStore, Versioned};
+use steward_events::Event;
+
+/// A connection to NATS with the Steward stream in place. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    cfg: Arc<BusConfig>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Connects to NATS and creates or updates the stream.
+    ///
+    /// NATS being down at start is waited for up to `cfg.connect_timeout`, then this fails
+    /// loudly; after that the client reconnects by itself for as long as the process lives.
+    pub async fn connect(cfg: BusConfig, client_name: &str) -> Result<Self, BusError> {
+        let url = cfg.url.clone();
+        let name = client_name.to_owned();
+        let options = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .reconnect_delay_callback(|attempts| {
+                // Quick first retries so a NATS restart costs well under a second, capped at 2 s.
+                Duration::from_millis((50u64 << attempts.min(6)).min(2000))
+            })
+            .event_callback(move |event| {
+                let name = name.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!(client = %name, "connected to NATS"),
+                        async_nats::Event::Disconnected => tracing::warn!(client = %name, "disconnected from NATS; reconnecting"),
+                        other => tracing::debug!(client = %name, event = %other, "NATS client event"),
+                    }
+                }
+            });
+        let client = options
+            .connect(&url)
+            .await
+            .map_err(|e| BusError::Connect { url: url.clone(), reason: e.to_string() })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(cfg.request_timeout);
+        let bus = Self { client, js, cfg: Arc::new(cfg) };
+        bus.ensure_stream_within(bus.cfg.connect_timeout).await?;
+        Ok(bus)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &BusConfig {
+        &self.cfg
+    }
+
+    /// The namespace (stream name and subject prefix).
+    pub fn namespace(&self) -> &Namespace {
+        &self.cfg.namespace
+    }
+
+    /// True while the client holds a live connection to NATS (for `/readyz`).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Round trip to the server: proves NATS answers now, not just that a socket is open.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), BusError> {
+        match tokio::time::timeout(timeout, self.client.flush()).await {
+            Ok(Ok(())) if self.is_connected() => Ok(()),
+            Ok(Ok(())) => Err(BusError::NotConnected),
+            Ok(Err(e)) => Err(BusError::Nats { op: "flush", reason: e.to_string() }),
+            Err(_) => Err(BusError::NotConnected),
+        }
+    }
+
+    /// Publishes an event and waits for the stream's ack (see [`publish`](crate::publish)).
+    pub async fn publish(&self, event: &Event) -> Result<Published, BusError> {
+        publish::publish_event(self, event).await
+    }
+
+    /// Flushes what the client buffered; used before a short-lived process exits.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        self.client.flush().await.map_err(|e| BusError::Nats { op: "flush", reason: e.to_string() })
+    }
+
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The raw NATS client, for tests that must put non-Steward bytes on a subject.
+    #[doc(hidden)]
+    pub fn raw_client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}

@@ -1,0 +1,112 @@
+//! Compare-and-set state for flows that two processes must never advance twice.
+//!
+//! Every write names the revision it read; a write based on a stale read fails with
+//! [`BusError::Conflict`] instead of overwriting, so an updater that was thought dead and a
+//! new instance cannot both advance one update.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::idempotency::open_bucket;
+use crate::{Bus, BusError};
+
+/// A value and the revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// Revision to pass to [`StateStore::update`].
+    pub revision: u64,
+}
+
+/// A typed KV bucket of JSON values.
+pub struct StateStore<T> {
+    kv: kv::Store,
+    bucket: String,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for StateStore<T> {
+    fn clone(&self) -> Self {
+        Self { kv: self.kv.clone(), bucket: self.bucket.clone(), _value: PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for StateStore<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("bucket", &self.bucket).finish_non_exhaustive()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> StateStore<T> {
+    /// Opens (creating if needed) the bucket `name` of this namespace. Values never expire.
+    pub async fn open(bus: &Bus, name: &str) -> Result<Self, BusError> {
+        let bucket = bus.namespace().bucket(name);
+        let kv = open_bucket(bus, &bucket, Duration::ZERO, 5).await?;
+        Ok(Self { kv, bucket, _value: PhantomData })
+    }
+
+    fn encode(&self, key: &str, value: &T) -> Result<Bytes, BusError> {
+        serde_json::to_vec(value).map(Bytes::from).map_err(|e| BusError::CorruptState {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The current value, if any.
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, BusError> {
+        let entry = self.kv.entry(key).await.map_err(|e| BusError::nats("kv entry", e))?;
+        let Some(entry) = entry else { return Ok(None) };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let value = serde_json::from_slice(&entry.value).map_err(|e| BusError::CorruptState {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Versioned { value, revision: entry.revision }))
+    }
+
+    /// Stores `value` only if `key` has none; returns the new revision.
+    pub async fn create(&self, key: &str, value: &T) -> Result<u64, BusError> {
+        let bytes = self.encode(key, value)?;
+        self.kv.create(key, bytes).await.map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => {
+                BusError::Conflict { bucket: self.bucket.clone(), key: key.to_owned(), expected: None }
+            }
+            _ => BusError::nats("kv create", e),
+        })
+    }
+
+    /// Stores `value` only if `key` is still at `revision`; returns the new revision.
+    pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, BusError> {
+        let bytes = self.encode(key, value)?;
+        self.kv.update(key, bytes, revision).await.map_err(|e| match e.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => BusError::Conflict {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                expected: Some(revision),
+            },
+            _ => BusError::nats("kv update", e),
+        })
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &str) -> Result<(), BusError> {
+        self.kv.delete(key).await.map_err(|e| BusError::nats("kv delete", e))
+    }
+
+    /// Every key that holds a value.
+    pub async fn keys(&self) -> Result<Vec<String>, BusError> {
+        let keys = self.kv.keys().await.map_err(|e| BusError::nats("kv keys", e))?;
+        keys.try_collect().await.map_err(|e| BusError::nats("kv keys", e))
+    }
+}

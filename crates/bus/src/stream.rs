@@ -1,0 +1,102 @@
+//! The `STEWARD` stream: every Steward subject, on file storage, for the retention period.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+use steward_events::{EventData, MAX_EVENT_BYTES};
+
+use crate::{Bus, BusError};
+
+impl Bus {
+    /// Creates the stream, or updates it to the current configuration.
+    ///
+    /// `create_or_update` rather than `get_or_create`: the latter ignores a changed subject
+    /// list or duplicate window on an existing stream.
+    pub async fn ensure_stream(&self) -> Result<(), BusError> {
+        let ns = self.namespace();
+        let config = Config {
+            name: ns.stream.clone(),
+            description: Some("Steward events: every event is kept for the audit trail".into()),
+            subjects: stream_subjects(&ns.prefix),
+            storage: StorageType::File,
+            max_age: self.cfg.retention,
+            duplicate_window: self.cfg.duplicate_window,
+            discard: DiscardPolicy::Old,
+            // Headers of a dead letter add a little to the largest event.
+            max_message_size: (MAX_EVENT_BYTES + 16 * 1024) as i32,
+            ..Default::default()
+        };
+        self.js()
+            .create_or_update_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Stream { stream: ns.stream.clone(), reason: e.to_string() })
+    }
+
+    /// [`ensure_stream`](Self::ensure_stream), retried while NATS is not reachable yet.
+    pub(crate) async fn ensure_stream_within(&self, bound: Duration) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.ensure_stream().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(error = %e, "stream not ready yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(match e {
+                        BusError::Stream { stream, reason } => BusError::Connect {
+                            url: self.cfg.url.clone(),
+                            reason: format!("stream {stream} not ready after {bound:?}: {reason}"),
+                        },
+                        other => other,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// One wildcard per event family (`update.>` ...) plus the dead letters, all under `prefix`.
+fn stream_subjects(prefix: &str) -> Vec<String> {
+    let mut families: Vec<&str> =
+        EventData::ALL_TYPES.iter().filter_map(|t| t.split('.').next()).collect();
+    families.push("dlq");
+    families.sort_unstable();
+    families.dedup();
+    families.into_iter().map(|f| format!("{prefix}{f}.>")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subjects_cover_every_family_once() {
+        let s = super::stream_subjects("p.");
+        for want in ["p.watch.>", "p.image.>", "p.update.>", "p.backup.>", "p.restore.>", "p.health.>", "p.notify.>", "p.dlq.>"] {
+            assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
+        }
+        assert_eq!(s.len(), 8);
+    }
+}
+
+impl Bus {
+    /// Deletes this namespace's stream and KV buckets. For tests and uninstalls: every event
+    /// and all state are gone afterwards.
+    pub async fn destroy_namespace(&self) -> Result<(), BusError> {
+        use futures::TryStreamExt;
+        let ns = self.namespace();
+        let kv_prefix = format!("KV_{}_", ns.stream);
+        let names: Vec<String> = self
+            .js()
+            .stream_names()
+            .try_collect()
+            .await
+            .map_err(|e| BusError::nats("list streams", e))?;
+        for name in names.into_iter().filter(|n| *n == ns.stream || n.starts_with(&kv_prefix)) {
+            self.js().delete_stream(&name).await.map_err(|e| BusError::nats("delete stream", e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! `steward`: the operator's command line. Human commands are events too, so everything it
+//! does lands in the audit trail.
+
+#![allow(clippy::print_stdout)]
+
+mod events;
+mod when;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use steward_bus::{Bus, BusConfig, Namespace};
+use steward_events::{Event, Service, WatchRequested};
+
+/// Steward: keeps a self-hosted Gitea stack updated, backed up and watched.
+#[derive(Debug, Parser)]
+#[command(name = "steward", version, about)]
+struct Cli {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the bus is.
+#[derive(Debug, Args)]
+struct Connection {
+    /// NATS server URL.
+    #[arg(long, global = true, env = "STEWARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Stream name.
+    #[arg(long, global = true, env = "STEWARD_STREAM", default_value = "STEWARD")]
+    stream: String,
+    /// Subject prefix of the installation.
+    #[arg(long, global = true, env = "STEWARD_SUBJECT_PREFIX", default_value = "")]
+    subject_prefix: String,
+    /// How long to wait for NATS.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask the watcher to check registries now (publishes `watch.requested`).
+    Check {
+        /// Only this container.
+        container: Option<String>,
+    },
+    /// Read the event stream.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+}
+
+impl Connection {
+    async fn bus(&self) -> anyhow::Result<Bus> {
+        let cfg = BusConfig {
+            url: self.nats_url.clone(),
+            namespace: Namespace { stream: self.stream.clone(), prefix: self.subject_prefix.clone() },
+            connect_timeout: self.timeout,
+            publish_timeout: self.timeout,
+            ..BusConfig::default()
+        };
+        Bus::connect(cfg, "steward-cli").await.with_context(|| format!("cannot reach the bus at {}", self.nats_url))
+    }
+}
+
+/// `user@host` of whoever runs the command, for the audit trail.
+pub(crate) fn who() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{user}@{host}")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check { container } => {
+            let bus = cli.conn.bus().await?;
+            let event = Event::new(
+                steward_runtime::event_source(Service::Cli),
+                WatchRequested { container, requested_by: Some(who()) },
+            );
+            bus.publish(&event).await?;
+            println!("watch requested ({})", event.id);
+            Ok(())
+        }
+        Command::Events(cmd) => events::run(cmd, &cli.conn).await,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("steward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Steward's Docker helpers.
+//!
+//! Invariant: only this crate talks to the Docker engine. The API version is negotiated with
+//! the engine, never hard-coded: this machine's engine speaks 1.41, newer hosts 1.5x, and a
+//! pinned old version is what made Watchtower crash-loop on Docker 28.
+
+use std::time::Duration;
+
+use bollard::Docker;
+
+/// Something the engine could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No client could be built from `DOCKER_HOST` (or the default socket).
+    #[error("cannot use Docker at {host}: {reason}")]
+    Connect {
+        /// `DOCKER_HOST` or the default socket.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The engine did not answer.
+    #[error("Docker engine at {host} unreachable: {reason}")]
+    Unreachable {
+        /// Where it was looked for.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A handle on the Docker engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    host: String,
+}
+
+/// Where the engine is looked for: `DOCKER_HOST`, else the default Unix socket.
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+}
+
+/// Checks a `DOCKER_HOST` value's form (used to validate configuration at start).
+pub fn validate_docker_host(value: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 5] = ["unix://", "tcp://", "http://", "https://", "npipe://"];
+    match SCHEMES.iter().find(|s| value.starts_with(**s)) {
+        Some(scheme) if value.len() > scheme.len() => Ok(()),
+        _ => Err(format!("expected one of {} followed by an address", SCHEMES.join(", "))),
+    }
+}
+
+impl Engine {
+    /// Builds a client from `DOCKER_HOST` (or the default socket). Does not contact the engine.
+    pub fn from_env() -> Result<Self, EngineError> {
+        let host = docker_host();
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| EngineError::Connect { host: host.clone(), reason: e.to_string() })?;
+        Ok(Self { docker, host })
+    }
+
+    /// Where this engine is.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Pings the engine within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), EngineError> {
+        let unreachable = |reason: String| EngineError::Unreachable { host: self.host.clone(), reason };
+        match tokio::time::timeout(timeout, self.docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
+        }
+    }
+
+    /// The engine's version and API version, e.g. `("20.10.24", "1.41")`.
+    pub async fn version(&self) -> Result<(String, String), EngineError> {
+        let v = self.docker.version().await.map_err(|e| EngineError::Unreachable {
+            host: self.host.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok((v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+    }
+}

@@ -1,0 +1,205 @@
+//! The consume loop: one delivery at a time, handled at most once, settled every time.
+//!
+//! For each delivery:
+//! 1. not decodable → dead letter with the decoder's reason (never retried: it cannot improve);
+//! 2. already handled (idempotency marker) → ack, count a duplicate;
+//! 3. run the handler, sending `in progress` so long work keeps its ack timer alive;
+//! 4. success → write the marker (retried while NATS is away), then a confirmed ack;
+//!    `Reject` → dead letter; `Retry` → nak with backoff, dead letter on the last attempt;
+//! 5. on shutdown the handler in hand gets the grace period; if it does not finish it is
+//!    abandoned and the event nak'd for immediate redelivery to the next instance.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use steward_bus::{Delivery, Idempotency, Inbox};
+use steward_events::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::Context;
+
+/// Why a handler did not finish an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another try later (a dependency was down): nak with backoff.
+    #[error("{0:#}")]
+    Retry(anyhow::Error),
+    /// Will never work (bad input): dead-letter now.
+    #[error("{0:#}")]
+    Reject(anyhow::Error),
+}
+
+/// What a service does with the events it consumes.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one event. Must be safe to run again for the same event if the process dies
+    /// before the event is marked handled.
+    fn handle(&self, ctx: &Context, event: Event) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+pub(crate) struct Loop<'a, H> {
+    pub ctx: &'a Context,
+    pub handler: &'a H,
+    pub idempotency: Idempotency,
+    pub metrics: &'a Metrics,
+    pub shutdown: CancellationToken,
+    pub grace: Duration,
+    pub ack_wait: Duration,
+}
+
+/// Whether the loop goes on after a delivery.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl<H: Handler> Loop<'_, H> {
+    pub async fn run(&self, mut inbox: Inbox) {
+        loop {
+            let delivery = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                d = inbox.next() => d,
+            };
+            if let Next::Stop = self.process(delivery).await {
+                break;
+            }
+        }
+    }
+
+    async fn process(&self, d: Delivery) -> Next {
+        let label = Metrics::label(&d.event_type);
+        let event = match &d.event {
+            Ok(event) => event.clone(),
+            Err(e) => {
+                self.metrics.failed.get_or_create(&label).inc();
+                tracing::warn!(subject = %d.event_type, seq = d.stream_sequence, error = %e, "undecodable message");
+                self.dead_letter(&d, &format!("cannot decode: {e}")).await;
+                return Next::Continue;
+            }
+        };
+        let span = tracing::info_span!("event", id = %event.id, subject = %d.event_type,
+            correlation = %event.correlation_id, attempt = d.attempt);
+        let _enter = span.enter();
+
+        match self.idempotency.is_done(&event.id).await {
+            Ok(true) => {
+                self.metrics.duplicates.get_or_create(&label).inc();
+                tracing::info!("already handled; acknowledging redelivery");
+                self.ack(&d).await;
+                return Next::Continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check idempotency marker; retrying later");
+                let _ = d.nak(Duration::from_secs(1)).await;
+                return Next::Continue;
+            }
+        }
+
+        let started = Instant::now();
+        let Some(result) = self.run_handler(&d, event.clone()).await else {
+            tracing::warn!(grace = ?self.grace, "handler did not finish within the shutdown grace; returning the event for redelivery");
+            let _ = d.nak(Duration::ZERO).await;
+            return Next::Stop;
+        };
+        self.metrics.handler_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.mark_done(&event).await;
+                self.ack(&d).await;
+                self.metrics.handled.get_or_create(&label).inc();
+            }
+            Err(HandlerError::Reject(e)) => {
+                self.metrics.failed.get_or_create(&label).inc();
+                tracing::error!(error = %format!("{e:#}"), "handler rejected the event");
+                self.dead_letter(&d, &format!("rejected: {e:#}")).await;
+            }
+            Err(HandlerError::Retry(e)) if d.is_last_attempt() => {
+                self.metrics.failed.get_or_create(&label).inc();
+                tracing::error!(error = %format!("{e:#}"), "handler failed on the last attempt");
+                self.dead_letter(&d, &format!("failed after {} deliveries: {e:#}", d.attempt)).await;
+            }
+            Err(HandlerError::Retry(e)) => {
+                self.metrics.failed.get_or_create(&label).inc();
+                let delay = Duration::from_secs(1 << d.attempt.min(6));
+                tracing::warn!(error = %format!("{e:#}"), ?delay, "handler failed; will retry");
+                let _ = d.nak(delay).await;
+            }
+        }
+        if self.shutdown.is_cancelled() {
+            Next::Stop
+        } else {
+            Next::Continue
+        }
+    }
+
+    /// Runs the handler; `None` if shutdown's grace ran out first.
+    async fn run_handler(&self, d: &Delivery, event: Event) -> Option<Result<(), HandlerError>> {
+        let work = self.handler.handle(self.ctx, event);
+        tokio::pin!(work);
+        let mut progress = tokio::time::interval(self.ack_wait / 3);
+        progress.tick().await;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let grace_over = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut work => return Some(result),
+                _ = progress.tick() => {
+                    if let Err(e) = d.in_progress().await {
+                        tracing::debug!(error = %e, "cannot extend ack timer");
+                    }
+                }
+                _ = self.shutdown.cancelled(), if deadline.is_none() => {
+                    tracing::info!(grace = ?self.grace, "shutdown requested; finishing the event in hand");
+                    deadline = Some(tokio::time::Instant::now() + self.grace);
+                }
+                _ = grace_over => return None,
+            }
+        }
+    }
+
+    /// Writes the handled marker, retrying while NATS is away (a lost marker would let a
+    /// redelivery run the handler a second time).
+    async fn mark_done(&self, event: &Event) {
+        let mut delay = Duration::from_millis(100);
+        let deadline = Instant::now() + self.ack_wait.max(Duration::from_secs(30));
+        loop {
+            match self.idempotency.mark_done(&event.id).await {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "cannot write handled marker; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "gave up writing handled marker; a redelivery may repeat this event");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, d: &Delivery) {
+        if let Err(e) = d.ack().await {
+            // The marker is written: a redelivery will be recognised and acked then.
+            tracing::warn!(error = %e, "ack not confirmed; a redelivery will be skipped as a duplicate");
+        }
+    }
+
+    async fn dead_letter(&self, d: &Delivery, reason: &str) {
+        match d.dead_letter(reason).await {
+            Ok(()) => {
+                self.metrics.dead_lettered.get_or_create(&Metrics::label(&d.event_type)).inc();
+            }
+            Err(e) => {
+                // Not acked: it comes back after ack_wait and is dead-lettered then.
+                tracing::error!(error = %e, "cannot dead-letter message; it will be redelivered");
+            }
+        }
+    }
+}

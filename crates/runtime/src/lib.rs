@@ -1,0 +1,211 @@
+//! What every Steward service shares.
+//!
+//! A service's `main` is three lines: [`main`] reads the shared configuration (exiting with
+//! one line naming any bad variable), sets up logs, connects to NATS and Docker, serves
+//! `/healthz`, `/readyz` and `/metrics`, and runs the service's [`Handler`] over its durable
+//! consumer until SIGTERM/SIGINT, finishing or returning the event in hand.
+//!
+//! Invariant: the runtime knows no service's business; services know nothing of NATS except
+//! through [`Context::bus`].
+
+mod config;
+mod consume;
+pub mod env;
+mod http;
+mod metrics;
+mod shutdown;
+mod telemetry;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+pub use config::*;
+pub use consume::{Handler, HandlerError};
+pub use env::{ConfigError, Env};
+pub use metrics::Metrics;
+use steward_bus::{Bus, ConsumerSpec, Idempotency};
+use steward_engine::Engine;
+use steward_events::{Event, Service};
+use tokio_util::sync::CancellationToken;
+
+/// What a handler can use.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Which service this is.
+    pub service: Service,
+    /// The bus, to publish follow-up events.
+    pub bus: Bus,
+    /// The Docker engine, for services that use it.
+    pub engine: Option<Engine>,
+    /// Cancelled on shutdown; long work should watch it.
+    pub shutdown: CancellationToken,
+}
+
+impl Context {
+    /// `steward-<service>/<hostname>`: the CloudEvents `source` of what this service publishes.
+    pub fn source(&self) -> String {
+        event_source(self.service)
+    }
+
+    /// Publishes an event caused by `cause` (same correlation id).
+    pub async fn publish_caused_by(
+        &self,
+        cause: &Event,
+        data: impl Into<steward_events::EventData>,
+    ) -> Result<steward_bus::Published, steward_bus::BusError> {
+        self.bus.publish(&Event::caused_by(cause, self.source(), data)).await
+    }
+}
+
+/// `binary/hostname`.
+pub fn event_source(service: Service) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{}/{}", service.binary(), host)
+}
+
+/// A started service: configuration read, connections made, HTTP serving.
+pub struct Runtime {
+    config: RuntimeConfig,
+    ctx: Context,
+    metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// Connects to NATS (and Docker, if the service uses it) and starts the HTTP server.
+    pub async fn start(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let service = config.service;
+        let shutdown = shutdown::on_signal();
+        let bus = Bus::connect(config.bus.clone(), service.binary()).await?;
+        let engine = if config.uses_docker {
+            let engine = Engine::from_env()?;
+            // Not fatal: /readyz reports it, and the engine may come up after us.
+            if let Err(e) = engine.ping(std::time::Duration::from_secs(5)).await {
+                tracing::warn!(error = %e, "Docker engine not reachable yet");
+            }
+            Some(engine)
+        } else {
+            None
+        };
+        let metrics = Arc::new(Metrics::new(service.name()));
+        let ctx = Context { service, bus, engine, shutdown };
+        let runtime = Self { config, ctx, metrics };
+        runtime.serve(axum::Router::new()).await?;
+        Ok(runtime)
+    }
+
+    /// Serves the standard endpoints plus `extra` routes on `STEWARD_HTTP_ADDR`.
+    async fn serve(&self, extra: axum::Router) -> anyhow::Result<()> {
+        let probe = http::Probe {
+            bus: self.ctx.bus.clone(),
+            engine: self.ctx.engine.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let app = http::router(probe).merge(extra);
+        let addr = self.config.http_addr;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({ENV_HTTP_ADDR})"))?;
+        let shutdown = self.ctx.shutdown.clone();
+        tracing::info!(%addr, "serving /healthz /readyz /metrics");
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// The handler's context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Runs `handler` over the service's consumer until shutdown.
+    pub async fn run<H: Handler>(self, handler: H) -> anyhow::Result<()> {
+        let service = self.config.service;
+        let mut spec = ConsumerSpec::new(service.name(), service.consumes());
+        spec.ack_wait = self.config.ack_wait;
+        spec.max_deliver = self.config.max_deliver;
+        let inbox = self.ctx.bus.inbox(spec).await?;
+        let idempotency = Idempotency::open(&self.ctx.bus, service.name()).await?;
+        tracing::info!(consumes = ?service.consumes(), "consuming");
+        consume::Loop {
+            ctx: &self.ctx,
+            handler: &handler,
+            idempotency,
+            metrics: &self.metrics,
+            shutdown: self.ctx.shutdown.clone(),
+            grace: self.config.shutdown_grace,
+            ack_wait: self.config.ack_wait,
+        }
+        .run(inbox)
+        .await;
+        // Deliver whatever acks and events are still buffered before the process exits.
+        if let Err(e) = self.ctx.bus.flush().await {
+            tracing::warn!(error = %e, "could not flush NATS connection on shutdown");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The whole life of a service process: configuration, start, run, exit code.
+///
+/// `read_own` reads the service's own variables into the same [`Env`], so every bad variable
+/// of the service is reported in the same single line.
+pub async fn main<C, H, F, Fut>(service: Service, read_own: impl FnOnce(&mut Env) -> C, build: F) -> ExitCode
+where
+    H: Handler,
+    F: FnOnce(C, &Context) -> Fut,
+    Fut: Future<Output = anyhow::Result<H>>,
+{
+    let mut env = Env::from_process();
+    let config = RuntimeConfig::read(service, &mut env);
+    let own = read_own(&mut env);
+    if let Err(e) = env.finish() {
+        eprintln!("{}: {e}", service.binary());
+        return ExitCode::from(2);
+    }
+    telemetry::init(config.log_format, &config.log_filter);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "{} starting", service.binary());
+    let result = async {
+        let runtime = Runtime::start(config).await?;
+        let handler = build(own, runtime.context()).await?;
+        runtime.run(handler).await
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "fatal");
+            eprintln!("{}: {e:#}", service.binary());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A handler that only logs what it receives: the services' behaviour until their own
+/// issues give them work.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogHandler;
+
+impl Handler for LogHandler {
+    async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
+        tracing::info!(
+            id = %event.id,
+            subject = event.event_type(),
+            container = event.container().unwrap_or("-"),
+            correlation = %event.correlation_id,
+            source = %event.source,
+            "received"
+        );
+        Ok(())
+    }
+}

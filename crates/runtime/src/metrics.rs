@@ -1,0 +1,74 @@
+//! Prometheus metrics every service exposes on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-event-type metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    /// Event type (subject without prefix).
+    pub subject: String,
+}
+
+/// Counters and histograms of the consume loop.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events a handler finished successfully.
+    pub handled: Family<TypeLabel, Counter>,
+    /// Handler failures (each failed attempt) and undecodable messages.
+    pub failed: Family<TypeLabel, Counter>,
+    /// Messages moved to the dead-letter subject.
+    pub dead_lettered: Family<TypeLabel, Counter>,
+    /// Redeliveries of events already handled (skipped by the idempotency check).
+    pub duplicates: Family<TypeLabel, Counter>,
+    /// Handler latency.
+    pub handler_seconds: Family<TypeLabel, Histogram>,
+    /// 1 while connected to NATS.
+    pub nats_connected: Gauge,
+}
+
+impl Metrics {
+    /// Registers the metrics with a `steward_` prefix and a `service` label.
+    pub fn new(service: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "steward",
+            [(std::borrow::Cow::Borrowed("service"), std::borrow::Cow::Owned(service.to_owned()))]
+                .into_iter(),
+        );
+        let handled = Family::<TypeLabel, Counter>::default();
+        let failed = Family::<TypeLabel, Counter>::default();
+        let dead_lettered = Family::<TypeLabel, Counter>::default();
+        let duplicates = Family::<TypeLabel, Counter>::default();
+        // 0.25 ms .. ~68 s.
+        let handler_seconds = Family::<TypeLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
+        });
+        let nats_connected = Gauge::default();
+        registry.register("events_handled", "Events handled successfully", handled.clone());
+        registry.register("events_failed", "Failed handling attempts and undecodable messages", failed.clone());
+        registry.register("events_dead_lettered", "Messages moved to the dead-letter subject", dead_lettered.clone());
+        registry.register("events_duplicate", "Redeliveries skipped because already handled", duplicates.clone());
+        registry.register("handler_duration_seconds", "Handler latency", handler_seconds.clone());
+        registry.register("nats_connected", "1 while connected to NATS", nats_connected.clone());
+        Self { registry, handled, failed, dead_lettered, duplicates, handler_seconds, nats_connected }
+    }
+
+    /// The label for an event type.
+    pub fn label(subject: &str) -> TypeLabel {
+        TypeLabel { subject: subject.to_owned() }
+    }
+
+    /// Prometheus/OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

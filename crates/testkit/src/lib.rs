@@ -1,0 +1,182 @@
+//! Test helpers shared by every crate's integration tests.
+//!
+//! - [`testbed`] finds the services started by `infra/testbed/up.sh` (env vars, or the env
+//!   file it writes) and says how to start them when they are missing.
+//! - [`TestBus`] is a [`Bus`] in a namespace of its own that deletes itself when dropped.
+//! - [`NatsServer`] is a private nats-server on a free port, for tests that stop and restart it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use steward_bus::{Bus, BusConfig, Namespace};
+
+pub mod testbed {
+    //! Addresses of the shared test bed.
+
+    use std::path::PathBuf;
+
+    /// Where `up.sh` keeps its state and env file.
+    pub fn dir() -> PathBuf {
+        std::env::var_os("STEWARD_TESTBED_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/steward-testbed"))
+    }
+
+    /// A test bed variable: the process environment first, then the env file.
+    pub fn var(name: &str) -> Option<String> {
+        if let Ok(v) = std::env::var(name) {
+            return Some(v);
+        }
+        let file = std::fs::read_to_string(dir().join("env")).ok()?;
+        file.lines().find_map(|line| {
+            let line = line.trim().strip_prefix("export ").unwrap_or(line.trim());
+            let (k, v) = line.split_once('=')?;
+            (k == name).then(|| v.trim_matches('"').to_owned())
+        })
+    }
+
+    /// Like [`var`], but a missing test bed fails the test with what to run.
+    pub fn require(name: &str) -> String {
+        var(name).unwrap_or_else(|| {
+            panic!("{name} is not set: start the test bed with `infra/testbed/up.sh` (or run `./steward-dev test`)")
+        })
+    }
+
+    /// The shared NATS server.
+    pub fn nats_url() -> String {
+        require("STEWARD_TEST_NATS_URL")
+    }
+}
+
+/// A fresh name for a test resource: `PREFIX-<12 hex>`.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Bus settings for a test: unique namespace, short bounds.
+pub fn bus_config(url: &str, tag: &str) -> BusConfig {
+    BusConfig {
+        url: url.to_owned(),
+        namespace: Namespace::unique(tag),
+        publish_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
+        ..BusConfig::default()
+    }
+}
+
+/// A bus in its own namespace; the namespace is deleted on drop.
+pub struct TestBus {
+    /// The connected bus.
+    pub bus: Bus,
+}
+
+impl TestBus {
+    /// Connects to the shared test bed NATS in a fresh namespace.
+    pub async fn new(tag: &str) -> Self {
+        Self::with_config(bus_config(&testbed::nats_url(), tag)).await
+    }
+
+    /// Connects with the given settings.
+    pub async fn with_config(cfg: BusConfig) -> Self {
+        let bus = Bus::connect(cfg, "steward-test")
+            .await
+            .unwrap_or_else(|e| panic!("test bus: {e} (is the test bed up? infra/testbed/up.sh)"));
+        Self { bus }
+    }
+}
+
+impl std::ops::Deref for TestBus {
+    type Target = Bus;
+    fn deref(&self) -> &Bus {
+        &self.bus
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        // Drop cannot be async and may run inside a runtime: clean up on a thread of its own.
+        let cfg = self.bus.config().clone();
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                let cfg = BusConfig { connect_timeout: Duration::from_secs(3), ..cfg };
+                let ns = cfg.namespace.clone();
+                if let Ok(bus) = Bus::connect(cfg, "steward-test-cleanup").await {
+                    if let Err(e) = bus.destroy_namespace().await {
+                        eprintln!("warning: could not delete test namespace {ns:?}: {e}");
+                    }
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// A nats-server of a test's own, with JetStream on a private store.
+pub struct NatsServer {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port and waits until it accepts connections.
+    pub fn start() -> Self {
+        let store = std::env::temp_dir().join(unique_name("steward-nats"));
+        let mut server = Self { port: free_port(), store, child: None };
+        server.start_again();
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let bin = testbed::var("STEWARD_TEST_NATS_SERVER").unwrap_or_else(|| "nats-server".into());
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin}: {e} (apt-get install nats-server)"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}

@@ -1,0 +1,9 @@
+//! steward-updater: Applies image updates per policy: backup first, recreate, health gate, roll back (consumes `image.updated`, approvals and backup outcomes).
+//!
+//! Today the service runs the shared runtime and logs every event it receives; its own job
+//! is built in its own issue on top of this skeleton.
+
+use steward_events::Service;
+
+/// This service on the bus.
+pub const SERVICE: Service = Service::Updater;

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The test bed: installs what is missing and starts what is not running, idempotently.
+#
+#   dockerd, nats-server (JetStream), an OCI registry (plain and with basic auth), an
+#   S3-compatible server (s3s-fs), an SMTP server (aiosmtpd, maildir), and the local test images.
+#
+# Everything listens on 127.0.0.1. State and logs live in $STEWARD_TESTBED_DIR
+# (default /var/tmp/steward-testbed); the addresses are written to $STEWARD_TESTBED_DIR/env,
+# which the test command sources and the test kit reads as a fallback.
+set -euo pipefail
+
+STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+NATS_PORT=${STEWARD_TESTBED_NATS_PORT:-4222}
+REGISTRY_PORT=${STEWARD_TESTBED_REGISTRY_PORT:-5000}
+REGISTRY_AUTH_PORT=${STEWARD_TESTBED_REGISTRY_AUTH_PORT:-5001}
+S3_PORT=${STEWARD_TESTBED_S3_PORT:-9000}
+SMTP_PORT=${STEWARD_TESTBED_SMTP_PORT:-2525}
+S3_KEY=steward-test
+S3_SECRET=steward-test-secret
+REGISTRY_USER=steward
+REGISTRY_PASS=steward-test
+
+mkdir -p "$STATE"/{logs,nats,registry,registry-auth,s3,maildir/{new,cur,tmp}}
+log() { printf '[testbed] %s\n' "$*" >&2; }
+die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # PORT NAME LOGFILE
+  for _ in $(seq 1 100); do listening "$1" && return 0; sleep 0.2; done
+  tail -n 20 "$3" >&2 || true
+  die "$2 did not start listening on 127.0.0.1:$1 (log: $3)"
+}
+# Starts a daemon detached from this shell so it outlives the script (and the CI step).
+spawn() { # LOGFILE CMD...
+  local logfile=$1; shift
+  setsid nohup "$@" >>"$logfile" 2>&1 < /dev/null &
+}
+
+# ---- packages ---------------------------------------------------------------------------
+APT_UPDATED=0
+apt_install() {
+  [ "$(id -u)" = 0 ] || die "need root to apt-get install $*"
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"; apt-get update -qq >"$STATE/logs/apt.log" 2>&1; APT_UPDATED=1
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$STATE/logs/apt.log" 2>&1 \
+    || die "apt-get install $* failed (see $STATE/logs/apt.log)"
+}
+need() { # COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+}
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup) first"
+need dockerd docker.io
+need nats-server nats-server
+need docker-registry docker-registry
+need skopeo skopeo
+need htpasswd apache2-utils
+need debootstrap debootstrap
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || apt_install busybox-static
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || apt_install python3-aiosmtpd
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  log "building s3s-fs (about 2 minutes, once)"
+  cargo install --quiet s3s-fs --version 0.14.1 --features binary >"$STATE/logs/s3s-install.log" 2>&1 \
+    || die "cargo install s3s-fs failed (see $STATE/logs/s3s-install.log)"
+fi
+S3S=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+
+# ---- dockerd ----------------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  spawn "$STATE/logs/dockerd.log" dockerd
+  for _ in $(seq 1 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+  docker info >/dev/null 2>&1 || { tail -n 20 "$STATE/logs/dockerd.log" >&2; die "dockerd did not come up"; }
+fi
+
+# ---- NATS with JetStream ----------------------------------------------------------------
+if ! listening "$NATS_PORT"; then
+  log "starting nats-server on 127.0.0.1:$NATS_PORT"
+  spawn "$STATE/logs/nats.log" nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$STATE/nats"
+  wait_port "$NATS_PORT" nats-server "$STATE/logs/nats.log"
+fi
+
+# ---- OCI registries ---------------------------------------------------------------------
+write_registry_config() { # FILE PORT DIR [HTPASSWD]
+  {
+    echo "version: 0.1"
+    echo "log: {level: warn}"
+    echo "storage:"
+    echo "  filesystem: {rootdirectory: $3}"
+    echo "  delete: {enabled: true}"
+    echo "http: {addr: 127.0.0.1:$2}"
+    if [ -n "${4:-}" ]; then echo "auth: {htpasswd: {realm: steward-test, path: $4}}"; fi
+  } >"$1"
+}
+if ! listening "$REGISTRY_PORT"; then
+  log "starting registry on 127.0.0.1:$REGISTRY_PORT"
+  write_registry_config "$STATE/registry.yml" "$REGISTRY_PORT" "$STATE/registry"
+  spawn "$STATE/logs/registry.log" docker-registry serve "$STATE/registry.yml"
+  wait_port "$REGISTRY_PORT" registry "$STATE/logs/registry.log"
+fi
+if ! listening "$REGISTRY_AUTH_PORT"; then
+  log "starting registry with basic auth on 127.0.0.1:$REGISTRY_AUTH_PORT"
+  htpasswd -Bbn "$REGISTRY_USER" "$REGISTRY_PASS" >"$STATE/htpasswd"
+  write_registry_config "$STATE/registry-auth.yml" "$REGISTRY_AUTH_PORT" "$STATE/registry-auth" "$STATE/htpasswd"
+  spawn "$STATE/logs/registry-auth.log" docker-registry serve "$STATE/registry-auth.yml"
+  wait_port "$REGISTRY_AUTH_PORT" registry-auth "$STATE/logs/registry-auth.log"
+fi
+
+# ---- S3 ---------------------------------------------------------------------------------
+if ! listening "$S3_PORT"; then
+  log "starting s3s-fs on 127.0.0.1:$S3_PORT"
+  spawn "$STATE/logs/s3.log" "$S3S" --host 127.0.0.1 --port "$S3_PORT" \
+    --access-key "$S3_KEY" --secret-key "$S3_SECRET" "$STATE/s3"
+  wait_port "$S3_PORT" s3s-fs "$STATE/logs/s3.log"
+fi
+
+# ---- SMTP -------------------------------------------------------------------------------
+if ! listening "$SMTP_PORT"; then
+  log "starting aiosmtpd on 127.0.0.1:$SMTP_PORT"
+  spawn "$STATE/logs/smtp.log" /usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
+    -c aiosmtpd.handlers.Mailbox "$STATE/maildir"
+  wait_port "$SMTP_PORT" aiosmtpd "$STATE/logs/smtp.log"
+fi
+
+# ---- test images ------------------------------------------------------------------------
+"$HERE/images.sh" "$STATE"
+
+# ---- where everything is ----------------------------------------------------------------
+cat >"$STATE/env" <<EOF
+export STEWARD_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT
+export STEWARD_TEST_REGISTRY=127.0.0.1:$REGISTRY_PORT
+export STEWARD_TEST_REGISTRY_AUTH=127.0.0.1:$REGISTRY_AUTH_PORT
+export STEWARD_TEST_REGISTRY_USER=$REGISTRY_USER
+export STEWARD_TEST_REGISTRY_PASSWORD=$REGISTRY_PASS
+export STEWARD_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export STEWARD_TEST_S3_ACCESS_KEY=$S3_KEY
+export STEWARD_TEST_S3_SECRET_KEY=$S3_SECRET
+export STEWARD_TEST_SMTP=127.0.0.1:$SMTP_PORT
+export STEWARD_TEST_MAILDIR=$STATE/maildir
+export STEWARD_TEST_APP_IMAGE=steward-test/app
+export STEWARD_TEST_POSTGRES_IMAGE=steward-test/postgres:15
+EOF
+log "ready:"
+log "  docker      $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
+log "  nats        nats://127.0.0.1:$NATS_PORT (JetStream, store $STATE/nats)"
+log "  registry    http://127.0.0.1:$REGISTRY_PORT, basic auth on :$REGISTRY_AUTH_PORT ($REGISTRY_USER)"
+log "  s3          http://127.0.0.1:$S3_PORT (key $S3_KEY)"
+log "  smtp        127.0.0.1:$SMTP_PORT -> $STATE/maildir/new"
+log "  env         source $STATE/env"
