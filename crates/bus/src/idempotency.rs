@@ -72,24 +72,34 @@ impl Idempotency {
     }
 }
 
-/// Gets a KV bucket, creating it on first use.
+/// Gets a KV bucket, creating (or updating) its backing stream first.
+///
+/// The stream is declared here rather than with `create_key_value`: that call first asks for
+/// account info, whose answer from nats-server 2.9 (Debian 12) async-nats 0.51 cannot parse.
+/// The settings are the KV conventions (`KV_<bucket>`, `$KV.<bucket>.>`, rollups, direct get).
 pub(crate) async fn open_bucket(
     bus: &Bus,
     bucket: &str,
     max_age: Duration,
     history: i64,
 ) -> Result<kv::Store, BusError> {
-    if let Ok(store) = bus.js().get_key_value(bucket).await {
-        return Ok(store);
-    }
-    bus.js()
-        .create_key_value(kv::Config {
-            bucket: bucket.to_owned(),
-            history,
-            max_age,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::nats("create kv bucket", e))
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    let config = Config {
+        name: format!("KV_{bucket}"),
+        description: Some(format!("steward state: {bucket}")),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: history.max(1),
+        max_age,
+        max_bytes: -1,
+        max_message_size: -1,
+        storage: StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    bus.js().create_or_update_stream(config).await.map_err(|e| BusError::nats("create kv bucket", e))?;
+    bus.js().get_key_value(bucket).await.map_err(|e| BusError::nats("open kv bucket", e))
 }

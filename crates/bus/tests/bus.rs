@@ -1,0 +1,230 @@
+//! The bus against a real NATS server with JetStream (the test bed's, or a private one).
+
+use std::time::Duration;
+
+use steward_bus::{BusError, ConsumerSpec, Idempotency, ReplayQuery, StateStore, DLQ_REASON};
+use steward_events::{samples, Event, EventData, WatchRequested};
+use steward_testkit::{bus_config, NatsServer, TestBus};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next(inbox: &mut steward_bus::Inbox) -> steward_bus::Delivery {
+    tokio::time::timeout(WAIT, inbox.next()).await.expect("a delivery within 10 s")
+}
+
+async fn replay_all(bus: &steward_bus::Bus, query: ReplayQuery) -> Vec<steward_bus::Replayed> {
+    let mut replay = bus.replay(query).await.expect("replay");
+    let mut out = vec![];
+    while let Some(item) = tokio::time::timeout(WAIT, replay.next()).await.expect("replay stalled") {
+        out.push(item.expect("replay item"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_event_type_round_trips_through_consumer_and_replay() {
+    let bus = TestBus::new("roundtrip").await;
+    let start = time::OffsetDateTime::now_utc() - Duration::from_millis(5);
+    let types: Vec<&str> = EventData::ALL_TYPES.to_vec();
+    let mut inbox = bus.inbox(ConsumerSpec::new("all", &types)).await.expect("inbox");
+    let cause = Event::new("test", WatchRequested::default());
+    let sent: Vec<Event> =
+        samples::all("gitea").into_iter().map(|d| Event::caused_by(&cause, "test", d)).collect();
+    for event in &sent {
+        let published = bus.publish(event).await.expect("publish");
+        assert!(!published.duplicate);
+    }
+    for event in &sent {
+        let d = next(&mut inbox).await;
+        assert_eq!(d.event_type, event.event_type());
+        assert_eq!(d.event.as_ref().expect("decodes"), event, "fields intact through the consumer");
+        d.ack().await.expect("ack");
+    }
+    let replayed = replay_all(&bus, ReplayQuery { since: Some(start), ..Default::default() }).await;
+    let events: Vec<Event> = replayed.into_iter().map(|r| r.event.expect("decodes")).collect();
+    assert_eq!(events, sent, "replay by start time returns every event, in order, intact");
+}
+
+#[tokio::test]
+async fn a_duplicate_publish_is_stored_once() {
+    let bus = TestBus::new("dedup").await;
+    let event = Event::new("test", WatchRequested::default());
+    let first = bus.publish(&event).await.expect("first");
+    let second = bus.publish(&event).await.expect("second");
+    assert!(!first.duplicate);
+    assert!(second.duplicate, "same Nats-Msg-Id within the window is a duplicate");
+    assert_eq!(first.sequence, second.sequence);
+    let other = bus.publish(&Event::new("test", WatchRequested::default())).await.expect("third");
+    assert!(!other.duplicate);
+    let stored = replay_all(&bus, ReplayQuery::default()).await;
+    assert_eq!(stored.len(), 2);
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_with_its_reason_and_does_not_block() {
+    let bus = TestBus::new("poison").await;
+    let ns = bus.namespace().clone();
+    let mut inbox = bus.inbox(ConsumerSpec::new("svc", &["watch.requested"])).await.expect("inbox");
+    // Not an event at all, then a good one behind it.
+    let js = async_nats::jetstream::new(bus.raw_client().clone());
+    js.publish(ns.subject("watch.requested"), "{\"not\":\"an event\"}".into())
+        .await
+        .expect("publish raw")
+        .await
+        .expect("ack");
+    let good = Event::new("test", WatchRequested::default());
+    bus.publish(&good).await.expect("publish good");
+
+    let poison = next(&mut inbox).await;
+    let err = poison.event.as_ref().expect_err("poison does not decode").to_string();
+    poison.dead_letter(&format!("cannot decode: {err}")).await.expect("dead letter");
+
+    let d = next(&mut inbox).await;
+    assert_eq!(d.event.as_ref().expect("good event").id, good.id, "the consumer moved on");
+    d.ack().await.expect("ack");
+
+    let dead = replay_all(&bus, ReplayQuery { subjects: vec!["dlq.>".into()], ..Default::default() }).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_type, "dlq.svc");
+    let reason = dead[0].dead_letter_reason.as_deref().expect("reason header");
+    assert!(reason.contains("cannot decode") && reason.contains("missing field"), "{reason}");
+
+    // Terminated: never redelivered.
+    assert!(tokio::time::timeout(Duration::from_secs(2), inbox.next()).await.is_err());
+    let _ = DLQ_REASON;
+}
+
+#[tokio::test]
+async fn an_unacked_event_is_redelivered_and_counts_attempts() {
+    let bus = TestBus::new("redeliver").await;
+    let mut spec = ConsumerSpec::new("svc", &["watch.requested"]);
+    spec.ack_wait = Duration::from_secs(1);
+    let mut inbox = bus.inbox(spec).await.expect("inbox");
+    let event = Event::new("test", WatchRequested::default());
+    bus.publish(&event).await.expect("publish");
+    let first = next(&mut inbox).await;
+    assert_eq!(first.attempt, 1);
+    first.nak(Duration::ZERO).await.expect("nak");
+    let second = next(&mut inbox).await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.event.as_ref().expect("event").id, event.id);
+    second.ack().await.expect("ack");
+}
+
+#[tokio::test]
+async fn a_consumer_of_several_types_skips_the_others() {
+    let bus = TestBus::new("skip").await;
+    let mut inbox = bus.inbox(ConsumerSpec::new("svc", &["backup.done", "image.updated"])).await.expect("inbox");
+    let all = samples::all("c");
+    for data in &all {
+        bus.publish(&Event::new("test", data.clone())).await.expect("publish");
+    }
+    let mut got = vec![];
+    for _ in 0..2 {
+        let d = next(&mut inbox).await;
+        got.push(d.event_type.clone());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got, ["image.updated", "backup.done"], "stream order kept, others skipped");
+    assert!(tokio::time::timeout(Duration::from_secs(1), inbox.next()).await.is_err());
+}
+
+#[tokio::test]
+async fn state_store_compare_and_set_refuses_stale_writes() {
+    let bus = TestBus::new("kv").await;
+    let store: StateStore<serde_json::Value> = StateStore::open(&bus, "FLOWS").await.expect("open");
+    let r1 = store.create("gitea", &serde_json::json!({"step": "backup"})).await.expect("create");
+    assert!(matches!(
+        store.create("gitea", &serde_json::json!({})).await,
+        Err(BusError::Conflict { expected: None, .. })
+    ));
+    let r2 = store.update("gitea", &serde_json::json!({"step": "pull"}), r1).await.expect("update");
+    assert!(matches!(
+        store.update("gitea", &serde_json::json!({"step": "stale"}), r1).await,
+        Err(BusError::Conflict { expected: Some(_), .. })
+    ));
+    let now = store.get("gitea").await.expect("get").expect("present");
+    assert_eq!((now.value["step"].as_str(), now.revision), (Some("pull"), r2));
+    assert_eq!(store.keys().await.expect("keys"), ["gitea"]);
+    store.delete("gitea").await.expect("delete");
+    assert!(store.get("gitea").await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn idempotency_does_the_work_once() {
+    let bus = TestBus::new("idem").await;
+    let idem = Idempotency::open(&bus, "svc").await.expect("open");
+    let other = Idempotency::open(&bus, "other").await.expect("open");
+    let id = uuid::Uuid::now_v7();
+    let mut runs = 0;
+    for _ in 0..3 {
+        let r: Result<Option<()>, BusError> = idem.once(&id, async { runs += 1; Ok(()) }).await;
+        r.expect("once");
+    }
+    assert_eq!(runs, 1);
+    assert!(!other.is_done(&id).await.expect("check"), "scopes are separate");
+    // Failed work is not marked: it runs again.
+    let failing: Result<Option<()>, BusError> =
+        other.once(&id, async { Err(BusError::NotConnected) }).await;
+    assert!(failing.is_err());
+    assert!(!other.is_done(&id).await.expect("check"));
+}
+
+#[tokio::test]
+async fn replay_filters_by_time_subject_and_container() {
+    let bus = TestBus::new("filter").await;
+    for data in samples::all("gitea").into_iter().chain(samples::all("nginx")) {
+        bus.publish(&Event::new("test", data)).await.expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let middle = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let late = Event::new("test", samples::all("gitea").remove(1));
+    bus.publish(&late).await.expect("publish");
+
+    let after = replay_all(&bus, ReplayQuery { since: Some(middle), ..Default::default() }).await;
+    assert_eq!(after.len(), 1);
+    let before = replay_all(&bus, ReplayQuery { until: Some(middle), ..Default::default() }).await;
+    assert_eq!(before.len(), 2 * EventData::ALL_TYPES.len());
+    let updates = replay_all(&bus, ReplayQuery { subjects: vec!["update.>".into()], ..Default::default() }).await;
+    assert_eq!(updates.len(), 2 * 7);
+    let two = replay_all(&bus, ReplayQuery {
+        subjects: vec!["health.failed".into(), "backup.*".into()],
+        container: Some("nginx".into()),
+        ..Default::default()
+    })
+    .await;
+    // health.failed for nginx, and backup.requested is the only backup event naming a container.
+    let kinds: Vec<&str> = two.iter().map(|r| r.event_type.as_str()).collect();
+    assert_eq!(kinds, ["backup.requested", "health.failed"]);
+}
+
+#[tokio::test]
+async fn publishing_while_nats_is_down_waits_then_fails_loudly_or_succeeds_when_it_returns() {
+    let mut server = NatsServer::start();
+    let mut cfg = bus_config(&server.url(), "outage");
+    cfg.publish_timeout = Duration::from_secs(2);
+    cfg.request_timeout = Duration::from_millis(500);
+    let bus = TestBus::with_config(cfg).await;
+
+    server.kill();
+    let started = std::time::Instant::now();
+    let err = bus.publish(&Event::new("test", WatchRequested::default())).await.expect_err("NATS is down");
+    assert!(matches!(err, BusError::PublishTimeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded: {:?}", started.elapsed());
+
+    // Down now, back within the bound: the publish goes through, once.
+    let event = Event::new("test", WatchRequested::default());
+    let publisher = {
+        let bus = bus.bus.clone();
+        let event = event.clone();
+        tokio::spawn(async move { bus.publish(&event).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.start_again();
+    // The first attempt may have been buffered and stored on reconnect, in which case the
+    // retry is reported as a duplicate: either way the event is stored exactly once.
+    publisher.await.expect("join").expect("published after NATS returned");
+    let stored = replay_all(&bus, ReplayQuery::default()).await;
+    assert_eq!(stored.iter().filter(|r| r.event.as_ref().is_ok_and(|e| e.id == event.id)).count(), 1);
+}
