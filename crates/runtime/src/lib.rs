@@ -77,10 +77,18 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Connects to NATS (and Docker, if the service uses it) and starts the HTTP server.
+    /// Connects to NATS (and Docker, if the service uses it) and starts the HTTP server;
+    /// SIGTERM/SIGINT start the graceful shutdown.
     pub async fn start(config: RuntimeConfig) -> anyhow::Result<Self> {
+        Self::start_with_shutdown(config, shutdown::on_signal()).await
+    }
+
+    /// [`start`](Self::start), with shutdown triggered by cancelling `shutdown` (tests, embedding).
+    pub async fn start_with_shutdown(
+        config: RuntimeConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let service = config.service;
-        let shutdown = shutdown::on_signal();
         let bus = Bus::connect(config.bus.clone(), service.binary()).await?;
         let engine = if config.uses_docker {
             let engine = Engine::from_env()?;
@@ -120,6 +128,11 @@ impl Runtime {
             }
         });
         Ok(())
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The handler's context.
