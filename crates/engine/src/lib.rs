@@ -30,9 +30,13 @@ pub enum EngineError {
 }
 
 /// A handle on the Docker engine. Cheap to clone.
+///
+/// The client is built on first use and rebuilt after failures: bollard refuses to build one
+/// while the socket file is missing, and a service must stay up (reporting not-ready) while
+/// the engine starts or restarts.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    docker: Docker,
+    docker: std::sync::Arc<std::sync::Mutex<Option<Docker>>>,
     host: String,
 }
 
@@ -51,12 +55,21 @@ pub fn validate_docker_host(value: &str) -> Result<(), String> {
 }
 
 impl Engine {
-    /// Builds a client from `DOCKER_HOST` (or the default socket). Does not contact the engine.
-    pub fn from_env() -> Result<Self, EngineError> {
-        let host = docker_host();
+    /// A handle for `DOCKER_HOST` (or the default socket). Does not contact the engine.
+    pub fn from_env() -> Self {
+        Self { docker: Default::default(), host: docker_host() }
+    }
+
+    /// The client, built now if needed.
+    fn client(&self) -> Result<Docker, EngineError> {
+        let mut slot = self.docker.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(docker) = slot.as_ref() {
+            return Ok(docker.clone());
+        }
         let docker = Docker::connect_with_defaults()
-            .map_err(|e| EngineError::Connect { host: host.clone(), reason: e.to_string() })?;
-        Ok(Self { docker, host })
+            .map_err(|e| EngineError::Connect { host: self.host.clone(), reason: e.to_string() })?;
+        *slot = Some(docker.clone());
+        Ok(docker)
     }
 
     /// Where this engine is.
@@ -67,7 +80,8 @@ impl Engine {
     /// Pings the engine within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), EngineError> {
         let unreachable = |reason: String| EngineError::Unreachable { host: self.host.clone(), reason };
-        match tokio::time::timeout(timeout, self.docker.ping()).await {
+        let docker = self.client()?;
+        match tokio::time::timeout(timeout, docker.ping()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unreachable(e.to_string())),
             Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
@@ -76,7 +90,7 @@ impl Engine {
 
     /// The engine's version and API version, e.g. `("20.10.24", "1.41")`.
     pub async fn version(&self) -> Result<(String, String), EngineError> {
-        let v = self.docker.version().await.map_err(|e| EngineError::Unreachable {
+        let v = self.client()?.version().await.map_err(|e| EngineError::Unreachable {
             host: self.host.clone(),
             reason: e.to_string(),
         })?;

@@ -1,0 +1,74 @@
+//! Helpers to run Steward's binaries as real processes in tests.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`; the README's test
+//! command does it): a test of one package cannot ask Cargo to build another's binaries.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the running test (same profile).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|p| p.parent()).unwrap_or_else(|| panic!("odd test path {exe:?}"));
+    let path = dir.join(name);
+    assert!(path.exists(), "{path:?} not built: run `cargo build --workspace --bins` first");
+    path
+}
+
+/// A service process; killed on drop.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Where its stderr (the logs) goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `name` with `env` (on top of a clean environment), logs to a temp file.
+    pub fn start(name: &str, env: &[(&str, String)]) -> Self {
+        let log = std::env::temp_dir().join(steward_testkit::unique_name(name)).with_extension("log");
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
+        let child = Command::new(binary(name))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self { child, log }
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `bound` for the exit code.
+    pub fn terminate(&mut self, bound: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The five service binaries.
+pub const SERVICES: [&str; 5] =
+    ["steward-watcher", "steward-updater", "steward-backup", "steward-health", "steward-notifier"];

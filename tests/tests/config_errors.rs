@@ -1,0 +1,50 @@
+//! A service started with a bad setting exits non-zero with one line naming the variable.
+
+use std::process::Command;
+
+use steward_system_tests::{binary, SERVICES};
+
+fn run(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(binary(name))
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_service_names_the_bad_variable_on_one_line() {
+    for name in SERVICES {
+        let (code, stderr) = run(name, &[("STEWARD_HTTP_ADDR", "not-an-address")]);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: exactly one line: {stderr:?}");
+        assert!(stderr.starts_with(&format!("{name}: invalid configuration: STEWARD_HTTP_ADDR=\"not-an-address\"")), "{stderr}");
+    }
+}
+
+#[test]
+fn several_bad_variables_are_all_named_on_that_line() {
+    let (code, stderr) = run(
+        "steward-updater",
+        &[
+            ("STEWARD_NATS_URL", "nats://bad host:4222"),
+            ("STEWARD_MAX_DELIVER", "0"),
+            ("STEWARD_LOG_FORMAT", "xml"),
+            ("DOCKER_HOST", "/var/run/docker.sock"),
+            ("STEWARD_ACK_WAIT", "soon"),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    for var in ["STEWARD_NATS_URL", "STEWARD_MAX_DELIVER", "STEWARD_LOG_FORMAT", "DOCKER_HOST", "STEWARD_ACK_WAIT"] {
+        assert!(stderr.contains(var), "{var} not named: {stderr}");
+    }
+}
+
+#[test]
+fn an_unreadable_secret_file_is_named() {
+    let (code, stderr) = run("steward-notifier", &[("STEWARD_NATS_URL_FILE", "/nonexistent/secret")]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("STEWARD_NATS_URL_FILE=\"/nonexistent/secret\": cannot read file"), "{stderr}");
+}
