@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|p| p.parent()).unwrap_or_else(|| panic!("odd test path {exe:?}"));
+    let dir =
+        exe.parent().and_then(|p| p.parent()).unwrap_or_else(|| panic!("odd test path {exe:?}"));
     let path = dir.join(name);
     assert!(path.exists(), "{path:?} not built: run `cargo build --workspace --bins` first");
     path
@@ -28,7 +29,8 @@ pub struct Proc {
 impl Proc {
     /// Starts `name` with `env` (on top of a clean environment), logs to a temp file.
     pub fn start(name: &str, env: &[(&str, String)]) -> Self {
-        let log = std::env::temp_dir().join(steward_testkit::unique_name(name)).with_extension("log");
+        let log =
+            std::env::temp_dir().join(steward_testkit::unique_name(name)).with_extension("log");
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
         let child = Command::new(binary(name))
             .env_clear()

@@ -19,7 +19,12 @@ fn every_service_names_the_bad_variable_on_one_line() {
         let (code, stderr) = run(name, &[("STEWARD_HTTP_ADDR", "not-an-address")]);
         assert_eq!(code, Some(2), "{name}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{name}: exactly one line: {stderr:?}");
-        assert!(stderr.starts_with(&format!("{name}: invalid configuration: STEWARD_HTTP_ADDR=\"not-an-address\"")), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "{name}: invalid configuration: STEWARD_HTTP_ADDR=\"not-an-address\""
+            )),
+            "{stderr}"
+        );
     }
 }
 
@@ -37,14 +42,24 @@ fn several_bad_variables_are_all_named_on_that_line() {
     );
     assert_eq!(code, Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
-    for var in ["STEWARD_NATS_URL", "STEWARD_MAX_DELIVER", "STEWARD_LOG_FORMAT", "DOCKER_HOST", "STEWARD_ACK_WAIT"] {
+    for var in [
+        "STEWARD_NATS_URL",
+        "STEWARD_MAX_DELIVER",
+        "STEWARD_LOG_FORMAT",
+        "DOCKER_HOST",
+        "STEWARD_ACK_WAIT",
+    ] {
         assert!(stderr.contains(var), "{var} not named: {stderr}");
     }
 }
 
 #[test]
 fn an_unreadable_secret_file_is_named() {
-    let (code, stderr) = run("steward-notifier", &[("STEWARD_NATS_URL_FILE", "/nonexistent/secret")]);
+    let (code, stderr) =
+        run("steward-notifier", &[("STEWARD_NATS_URL_FILE", "/nonexistent/secret")]);
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("STEWARD_NATS_URL_FILE=\"/nonexistent/secret\": cannot read file"), "{stderr}");
+    assert!(
+        stderr.contains("STEWARD_NATS_URL_FILE=\"/nonexistent/secret\": cannot read file"),
+        "{stderr}"
+    );
 }

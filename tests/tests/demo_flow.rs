@@ -64,11 +64,36 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
     }
 
     let watch = id_from(&ok(cli(&bus, &["check", "gitea"])));
-    let updated = id_from(&ok(cli(&bus, &["events", "publish", "image.updated", "--data",
-        &format!(r#"{{"container":"gitea","image":"gitea/gitea:1.22","current_digest":"{DIGEST_A}","new_digest":"{DIGEST_B}"}}"#)])));
-    let backup = id_from(&ok(cli(&bus, &["events", "publish", "backup.requested", "--data", r#"{"reason":"manual"}"#])));
-    let succeeded = id_from(&ok(cli(&bus, &["events", "publish", "update.succeeded", "--correlation", &updated, "--data",
-        &format!(r#"{{"update_id":"{updated}","container":"gitea","image":"gitea/gitea:1.22","from_digest":"{DIGEST_A}","to_digest":"{DIGEST_B}","duration_ms":1200}}"#)])));
+    let updated = id_from(&ok(cli(
+        &bus,
+        &[
+            "events",
+            "publish",
+            "image.updated",
+            "--data",
+            &format!(
+                r#"{{"container":"gitea","image":"gitea/gitea:1.22","current_digest":"{DIGEST_A}","new_digest":"{DIGEST_B}"}}"#
+            ),
+        ],
+    )));
+    let backup = id_from(&ok(cli(
+        &bus,
+        &["events", "publish", "backup.requested", "--data", r#"{"reason":"manual"}"#],
+    )));
+    let succeeded = id_from(&ok(cli(
+        &bus,
+        &[
+            "events",
+            "publish",
+            "update.succeeded",
+            "--correlation",
+            &updated,
+            "--data",
+            &format!(
+                r#"{{"update_id":"{updated}","container":"gitea","image":"gitea/gitea:1.22","from_digest":"{DIGEST_A}","to_digest":"{DIGEST_B}","duration_ms":1200}}"#
+            ),
+        ],
+    )));
 
     let expect = [
         ("steward-watcher", vec![&watch, &succeeded]),
@@ -83,7 +108,8 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
         for id in ids {
             loop {
                 let logs = proc.logs();
-                let received = logs.lines().any(|l| l.contains("\"received\"") && l.contains(id.as_str()));
+                let received =
+                    logs.lines().any(|l| l.contains("\"received\"") && l.contains(id.as_str()));
                 if received {
                     break;
                 }
@@ -103,13 +129,22 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
     let ids: Vec<&str> = lines.iter().filter_map(|v| v["id"].as_str()).collect();
     assert_eq!(ids, [&watch, &updated, &backup, &succeeded].map(String::as_str));
     assert_eq!(lines[3]["correlationid"].as_str(), Some(updated.as_str()));
-    assert_eq!(lines[0]["data"]["requested_by"].as_str().map(|s| s.starts_with("tester@")), Some(true));
+    assert_eq!(
+        lines[0]["data"]["requested_by"].as_str().map(|s| s.starts_with("tester@")),
+        Some(true)
+    );
 
     // Filters, and the human table.
-    let gitea = ok(cli(&bus, &["events", "replay", "--container", "gitea", "--subject", "update.>"]));
+    let gitea =
+        ok(cli(&bus, &["events", "replay", "--container", "gitea", "--subject", "update.>"]));
     let rows: Vec<&str> = gitea.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "{gitea}");
-    assert!(rows[0].contains("update.succeeded") && rows[0].contains("gitea") && rows[0].contains("now bbbbbbbbbbbb"), "{gitea}");
+    assert!(
+        rows[0].contains("update.succeeded")
+            && rows[0].contains("gitea")
+            && rows[0].contains("now bbbbbbbbbbbb"),
+        "{gitea}"
+    );
     assert!(gitea.starts_with("TIME (UTC)"), "{gitea}");
     let until_past = ok(cli(&bus, &["events", "replay", "--until", "2000-01-01"]));
     assert_eq!(until_past.lines().count(), 1, "header only: {until_past}");
@@ -141,17 +176,28 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
 #[tokio::test]
 async fn the_cli_fails_clearly_on_bad_input_and_unreachable_nats() {
     let bus = TestBus::new("clibad").await;
-    let out = cli(&bus, &["events", "publish", "image.updated", "--data", r#"{"container":"gitea"}"#]);
+    let out =
+        cli(&bus, &["events", "publish", "image.updated", "--data", r#"{"container":"gitea"}"#]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a valid image.updated event") && err.contains("missing field"), "{err}");
+    assert!(
+        err.contains("not a valid image.updated event") && err.contains("missing field"),
+        "{err}"
+    );
 
     let out = cli(&bus, &["events", "replay", "--since", "last tuesday"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
 
     let out = Command::new(binary("steward"))
-        .args(["--nats-url", &format!("nats://127.0.0.1:{}", free_port()), "--timeout", "1s", "events", "replay"])
+        .args([
+            "--nats-url",
+            &format!("nats://127.0.0.1:{}", free_port()),
+            "--timeout",
+            "1s",
+            "events",
+            "replay",
+        ])
         .output()
         .expect("run");
     assert!(!out.status.success());

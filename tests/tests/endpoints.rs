@@ -9,7 +9,8 @@ use steward_system_tests::Proc;
 use steward_testkit::{bus_config, free_port, NatsServer, TestBus};
 
 async fn get(port: u16, path: &str) -> (u16, String) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let client =
+        reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
     match client.get(format!("http://127.0.0.1:{port}{path}")).send().await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(_) => (0, String::new()),
@@ -28,7 +29,12 @@ async fn wait_for(port: u16, path: &str, status: u16, bound: Duration) -> String
     }
 }
 
-fn service_env(url: &str, ns: &Namespace, port: u16, docker_host: &str) -> Vec<(&'static str, String)> {
+fn service_env(
+    url: &str,
+    ns: &Namespace,
+    port: u16,
+    docker_host: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("STEWARD_NATS_URL", url.to_owned()),
         ("STEWARD_STREAM", ns.stream.clone()),
@@ -51,15 +57,22 @@ async fn endpoints_answer_and_readyz_follows_nats() {
 
     assert_eq!(wait_for(port, "/healthz", 200, Duration::from_secs(15)).await.trim(), "ok");
     let ready: serde_json::Value =
-        serde_json::from_str(&wait_for(port, "/readyz", 200, Duration::from_secs(10)).await).expect("json");
-    assert_eq!((ready["nats"].as_str(), ready["docker"].as_str()), (Some("ok"), Some("ok")), "{ready}");
+        serde_json::from_str(&wait_for(port, "/readyz", 200, Duration::from_secs(10)).await)
+            .expect("json");
+    assert_eq!(
+        (ready["nats"].as_str(), ready["docker"].as_str()),
+        (Some("ok"), Some("ok")),
+        "{ready}"
+    );
 
     // Handle one event, and see it counted with its latency.
     bus.publish(&Event::new("test", WatchRequested::default())).await.expect("publish");
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
         let (_, m) = get(port, "/metrics").await;
-        if m.contains(r#"steward_events_handled_total{service="watcher",subject="watch.requested"} 1"#) {
+        if m.contains(
+            r#"steward_events_handled_total{service="watcher",subject="watch.requested"} 1"#,
+        ) {
             break m;
         }
         assert!(Instant::now() < deadline, "event not counted: {m}\nlogs: {}", proc.logs());
@@ -76,7 +89,12 @@ async fn endpoints_answer_and_readyz_follows_nats() {
     nats.start_again();
     wait_for(port, "/readyz", 200, Duration::from_secs(15)).await;
 
-    assert_eq!(proc.terminate(Duration::from_secs(10)), Some(0), "clean exit on SIGTERM: {}", proc.logs());
+    assert_eq!(
+        proc.terminate(Duration::from_secs(10)),
+        Some(0),
+        "clean exit on SIGTERM: {}",
+        proc.logs()
+    );
     assert!(proc.logs().contains("shutting down"), "{}", proc.logs());
 }
 
@@ -86,8 +104,14 @@ async fn readyz_fails_while_docker_is_unreachable_and_notifier_does_not_need_it(
     let ns = bus.namespace().clone();
     let url = bus.config().url.clone();
     let (health, notifier) = (free_port(), free_port());
-    let _h = Proc::start("steward-health", &service_env(&url, &ns, health, "unix:///nonexistent/docker.sock"));
-    let _n = Proc::start("steward-notifier", &service_env(&url, &ns, notifier, "unix:///nonexistent/docker.sock"));
+    let _h = Proc::start(
+        "steward-health",
+        &service_env(&url, &ns, health, "unix:///nonexistent/docker.sock"),
+    );
+    let _n = Proc::start(
+        "steward-notifier",
+        &service_env(&url, &ns, notifier, "unix:///nonexistent/docker.sock"),
+    );
 
     let body = wait_for(health, "/readyz", 503, Duration::from_secs(15)).await;
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");

@@ -100,6 +100,9 @@ pub(crate) async fn open_bucket(
         num_replicas: 1,
         ..Default::default()
     };
-    bus.js().create_or_update_stream(config).await.map_err(|e| BusError::nats("create kv bucket", e))?;
+    bus.js()
+        .create_or_update_stream(config)
+        .await
+        .map_err(|e| BusError::nats("create kv bucket", e))?;
     bus.js().get_key_value(bucket).await.map_err(|e| BusError::nats("open kv bucket", e))
 }

@@ -167,7 +167,7 @@ impl Inbox {
     async fn accept(&self, msg: async_nats::jetstream::Message) -> Option<Delivery> {
         let ns = self.bus.namespace();
         let event_type = ns.event_type(msg.subject.as_str()).unwrap_or("").to_owned();
-        if !self.spec.event_types.iter().any(|t| *t == event_type) {
+        if !self.spec.event_types.contains(&event_type) {
             if let Err(e) = msg.ack().await {
                 tracing::debug!(error = %e, "skip-ack failed; the message will come again");
             }

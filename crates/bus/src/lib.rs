@@ -30,7 +30,9 @@ use async_nats::jetstream;
 pub use config::{validate_url, BusConfig, Namespace};
 pub use error::BusError;
 pub use idempotency::Idempotency;
-pub use inbox::{ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT};
+pub use inbox::{
+    ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,
+};
 pub use publish::Published;
 pub use replay::{Replay, ReplayQuery, Replayed};
 pub use state::{StateStore, Versioned};
@@ -71,9 +73,15 @@ impl Bus {
                 let name = name.clone();
                 async move {
                     match event {
-                        async_nats::Event::Connected => tracing::info!(client = %name, "connected to NATS"),
-                        async_nats::Event::Disconnected => tracing::warn!(client = %name, "disconnected from NATS; reconnecting"),
-                        other => tracing::debug!(client = %name, event = %other, "NATS client event"),
+                        async_nats::Event::Connected => {
+                            tracing::info!(client = %name, "connected to NATS")
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(client = %name, "disconnected from NATS; reconnecting")
+                        }
+                        other => {
+                            tracing::debug!(client = %name, event = %other, "NATS client event")
+                        }
                     }
                 }
             });

@@ -82,7 +82,8 @@ impl Bus {
             })
             .await
             .map_err(|e| BusError::nats("create replay consumer", e))?;
-        let remaining = consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?.num_pending;
+        let remaining =
+            consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?.num_pending;
         let messages = consumer
             .stream()
             .max_messages_per_batch(2000)
@@ -140,12 +141,15 @@ impl Replay {
                     continue;
                 }
             }
-            let dead_letter_reason = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(DLQ_REASON))
-                .map(|v| v.as_str().to_owned());
-            return Some(Ok(Replayed { sequence, stored_at, event_type, event, dead_letter_reason }));
+            let dead_letter_reason =
+                msg.headers.as_ref().and_then(|h| h.get(DLQ_REASON)).map(|v| v.as_str().to_owned());
+            return Some(Ok(Replayed {
+                sequence,
+                stored_at,
+                event_type,
+                event,
+                dead_letter_reason,
+            }));
         }
     }
 }

@@ -79,9 +79,11 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, BusError> {
         let bytes = self.encode(key, value)?;
         self.kv.create(key, bytes).await.map_err(|e| match e.kind() {
-            kv::CreateErrorKind::AlreadyExists => {
-                BusError::Conflict { bucket: self.bucket.clone(), key: key.to_owned(), expected: None }
-            }
+            kv::CreateErrorKind::AlreadyExists => BusError::Conflict {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                expected: None,
+            },
             _ => BusError::nats("kv create", e),
         })
     }

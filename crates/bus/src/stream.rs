@@ -69,18 +69,6 @@ fn stream_subjects(prefix: &str) -> Vec<String> {
     families.into_iter().map(|f| format!("{prefix}{f}.>")).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn subjects_cover_every_family_once() {
-        let s = super::stream_subjects("p.");
-        for want in ["p.watch.>", "p.image.>", "p.update.>", "p.backup.>", "p.restore.>", "p.health.>", "p.notify.>", "p.dlq.>"] {
-            assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
-        }
-        assert_eq!(s.len(), 8);
-    }
-}
-
 impl Bus {
     /// Deletes this namespace's stream and KV buckets. For tests and uninstalls: every event
     /// and all state are gone afterwards.
@@ -98,5 +86,26 @@ impl Bus {
             self.js().delete_stream(&name).await.map_err(|e| BusError::nats("delete stream", e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subjects_cover_every_family_once() {
+        let s = super::stream_subjects("p.");
+        for want in [
+            "p.watch.>",
+            "p.image.>",
+            "p.update.>",
+            "p.backup.>",
+            "p.restore.>",
+            "p.health.>",
+            "p.notify.>",
+            "p.dlq.>",
+        ] {
+            assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
+        }
+        assert_eq!(s.len(), 8);
     }
 }

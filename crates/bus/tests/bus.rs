@@ -15,7 +15,8 @@ async fn next(inbox: &mut steward_bus::Inbox) -> steward_bus::Delivery {
 async fn replay_all(bus: &steward_bus::Bus, query: ReplayQuery) -> Vec<steward_bus::Replayed> {
     let mut replay = bus.replay(query).await.expect("replay");
     let mut out = vec![];
-    while let Some(item) = tokio::time::timeout(WAIT, replay.next()).await.expect("replay stalled") {
+    while let Some(item) = tokio::time::timeout(WAIT, replay.next()).await.expect("replay stalled")
+    {
         out.push(item.expect("replay item"));
     }
     out
@@ -83,7 +84,9 @@ async fn a_poison_message_is_dead_lettered_with_its_reason_and_does_not_block() 
     assert_eq!(d.event.as_ref().expect("good event").id, good.id, "the consumer moved on");
     d.ack().await.expect("ack");
 
-    let dead = replay_all(&bus, ReplayQuery { subjects: vec!["dlq.>".into()], ..Default::default() }).await;
+    let dead =
+        replay_all(&bus, ReplayQuery { subjects: vec!["dlq.>".into()], ..Default::default() })
+            .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].event_type, "dlq.svc");
     let reason = dead[0].dead_letter_reason.as_deref().expect("reason header");
@@ -114,7 +117,10 @@ async fn an_unacked_event_is_redelivered_and_counts_attempts() {
 #[tokio::test]
 async fn a_consumer_of_several_types_skips_the_others() {
     let bus = TestBus::new("skip").await;
-    let mut inbox = bus.inbox(ConsumerSpec::new("svc", &["backup.done", "image.updated"])).await.expect("inbox");
+    let mut inbox = bus
+        .inbox(ConsumerSpec::new("svc", &["backup.done", "image.updated"]))
+        .await
+        .expect("inbox");
     let all = samples::all("c");
     for data in &all {
         bus.publish(&Event::new("test", data.clone())).await.expect("publish");
@@ -158,7 +164,12 @@ async fn idempotency_does_the_work_once() {
     let id = uuid::Uuid::now_v7();
     let mut runs = 0;
     for _ in 0..3 {
-        let r: Result<Option<()>, BusError> = idem.once(&id, async { runs += 1; Ok(()) }).await;
+        let r: Result<Option<()>, BusError> = idem
+            .once(&id, async {
+                runs += 1;
+                Ok(())
+            })
+            .await;
         r.expect("once");
     }
     assert_eq!(runs, 1);
@@ -186,13 +197,18 @@ async fn replay_filters_by_time_subject_and_container() {
     assert_eq!(after.len(), 1);
     let before = replay_all(&bus, ReplayQuery { until: Some(middle), ..Default::default() }).await;
     assert_eq!(before.len(), 2 * EventData::ALL_TYPES.len());
-    let updates = replay_all(&bus, ReplayQuery { subjects: vec!["update.>".into()], ..Default::default() }).await;
+    let updates =
+        replay_all(&bus, ReplayQuery { subjects: vec!["update.>".into()], ..Default::default() })
+            .await;
     assert_eq!(updates.len(), 2 * 7);
-    let two = replay_all(&bus, ReplayQuery {
-        subjects: vec!["health.failed".into(), "backup.*".into()],
-        container: Some("nginx".into()),
-        ..Default::default()
-    })
+    let two = replay_all(
+        &bus,
+        ReplayQuery {
+            subjects: vec!["health.failed".into(), "backup.*".into()],
+            container: Some("nginx".into()),
+            ..Default::default()
+        },
+    )
     .await;
     // health.failed for nginx, and backup.requested is the only backup event naming a container.
     let kinds: Vec<&str> = two.iter().map(|r| r.event_type.as_str()).collect();
@@ -209,7 +225,10 @@ async fn publishing_while_nats_is_down_waits_then_fails_loudly_or_succeeds_when_
 
     server.kill();
     let started = std::time::Instant::now();
-    let err = bus.publish(&Event::new("test", WatchRequested::default())).await.expect_err("NATS is down");
+    let err = bus
+        .publish(&Event::new("test", WatchRequested::default()))
+        .await
+        .expect_err("NATS is down");
     assert!(matches!(err, BusError::PublishTimeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "bounded: {:?}", started.elapsed());
 
@@ -226,5 +245,8 @@ async fn publishing_while_nats_is_down_waits_then_fails_loudly_or_succeeds_when_
     // retry is reported as a duplicate: either way the event is stored exactly once.
     publisher.await.expect("join").expect("published after NATS returned");
     let stored = replay_all(&bus, ReplayQuery::default()).await;
-    assert_eq!(stored.iter().filter(|r| r.event.as_ref().is_ok_and(|e| e.id == event.id)).count(), 1);
+    assert_eq!(
+        stored.iter().filter(|r| r.event.as_ref().is_ok_and(|e| e.id == event.id)).count(),
+        1
+    );
 }

@@ -58,7 +58,12 @@ pub async fn run(cmd: EventsCommand, conn: &Connection) -> anyhow::Result<()> {
             let published = bus.publish(&event).await?;
             #[allow(clippy::print_stdout)]
             {
-                println!("published {} {} (stream sequence {})", event.event_type(), event.id, published.sequence);
+                println!(
+                    "published {} {} (stream sequence {})",
+                    event.event_type(),
+                    event.id,
+                    published.sequence
+                );
             }
             Ok(())
         }
@@ -66,7 +71,11 @@ pub async fn run(cmd: EventsCommand, conn: &Connection) -> anyhow::Result<()> {
 }
 
 /// Builds an event from a type name and JSON payload, validated by the strict decoder.
-fn build_event(event_type: &str, data: &str, correlation: Option<uuid::Uuid>) -> anyhow::Result<Event> {
+fn build_event(
+    event_type: &str,
+    data: &str,
+    correlation: Option<uuid::Uuid>,
+) -> anyhow::Result<Event> {
     let data: serde_json::Value = serde_json::from_str(data).context("--data is not JSON")?;
     let id = uuid::Uuid::now_v7();
     let now = OffsetDateTime::now_utc()
@@ -102,7 +111,11 @@ async fn print(conn: &Connection, f: Filter, follow: bool) -> anyhow::Result<()>
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if !f.json {
-        writeln!(out, "{:<24} {:>7}  {:<18} {:<16} {:<8}  SUMMARY", "TIME (UTC)", "SEQ", "TYPE", "CONTAINER", "FLOW")?;
+        writeln!(
+            out,
+            "{:<24} {:>7}  {:<18} {:<16} {:<8}  SUMMARY",
+            "TIME (UTC)", "SEQ", "TYPE", "CONTAINER", "FLOW"
+        )?;
     }
     let mut count = 0u64;
     while let Some(item) = replay.next().await {
@@ -149,7 +162,9 @@ fn json_line(item: &Replayed) -> anyhow::Result<String> {
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]");
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]"
+    );
     t.format(&f).unwrap_or_default()
 }
 
@@ -185,19 +200,37 @@ fn summary(data: &EventData) -> String {
     match data {
         EventData::WatchRequested(p) => format!("by {}", p.requested_by.as_deref().unwrap_or("?")),
         EventData::ImageUpdated(p) => {
-            format!("{} {} -> {}{}", p.image, p.current_digest.short(), p.new_digest.short(),
-                p.new_tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default())
+            format!(
+                "{} {} -> {}{}",
+                p.image,
+                p.current_digest.short(),
+                p.new_digest.short(),
+                p.new_tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default()
+            )
         }
-        EventData::UpdatePending(p) => format!("update {} awaits approval ({} -> {})", p.update_id, p.current_digest.short(), p.new_digest.short()),
+        EventData::UpdatePending(p) => format!(
+            "update {} awaits approval ({} -> {})",
+            p.update_id,
+            p.current_digest.short(),
+            p.new_digest.short()
+        ),
         EventData::UpdateApproved(p) => format!("update {} approved by {}", p.update_id, p.by),
         EventData::UpdateRejected(p) => format!("update {} rejected by {}", p.update_id, p.by),
-        EventData::UpdateStarted(p) => format!("{} -> {}", p.from_digest.short(), p.to_digest.short()),
-        EventData::UpdateSucceeded(p) => format!("now {} ({} ms)", p.to_digest.short(), p.duration_ms),
+        EventData::UpdateStarted(p) => {
+            format!("{} -> {}", p.from_digest.short(), p.to_digest.short())
+        }
+        EventData::UpdateSucceeded(p) => {
+            format!("now {} ({} ms)", p.to_digest.short(), p.duration_ms)
+        }
         EventData::UpdateFailed(p) => p.reason.clone(),
-        EventData::UpdateRolledBack(p) => format!("back on {}: {}", p.from_digest.short(), p.reason),
+        EventData::UpdateRolledBack(p) => {
+            format!("back on {}: {}", p.from_digest.short(), p.reason)
+        }
         EventData::BackupRequested(p) => format!("{:?}", p.reason).to_lowercase(),
         EventData::BackupStarted(p) => p.backup_id.clone(),
-        EventData::BackupDone(p) => format!("{} {} bytes in {} components", p.backup_id, p.size_bytes, p.components.len()),
+        EventData::BackupDone(p) => {
+            format!("{} {} bytes in {} components", p.backup_id, p.size_bytes, p.components.len())
+        }
         EventData::BackupFailed(p) => p.reason.clone(),
         EventData::BackupVerified(p) => p.backup_id.clone(),
         EventData::BackupPruned(p) => format!("{} pruned, {} kept", p.backup_ids.len(), p.kept),
@@ -206,7 +239,9 @@ fn summary(data: &EventData) -> String {
         EventData::RestoreFailed(p) => format!("{}: {}", p.backup_id, p.reason),
         EventData::HealthFailed(p) => format!("{}: {}", p.check, p.reason),
         EventData::HealthRecovered(p) => format!("after {} s", p.down_for_ms / 1000),
-        EventData::NotifySent(p) => format!("{} to {}: {}", p.channel, p.recipients.join(","), p.title),
+        EventData::NotifySent(p) => {
+            format!("{} to {}: {}", p.channel, p.recipients.join(","), p.title)
+        }
         EventData::NotifyFailed(p) => format!("{}: {}", p.channel, p.reason),
     }
 }
@@ -218,7 +253,8 @@ mod tests {
     #[test]
     fn publish_validates_the_payload() {
         assert!(build_event("watch.requested", "{}", None).is_ok());
-        let e = build_event("image.updated", r#"{"container":"x"}"#, None).expect_err("missing fields");
+        let e =
+            build_event("image.updated", r#"{"container":"x"}"#, None).expect_err("missing fields");
         assert!(format!("{e:#}").contains("image"), "{e:#}");
         assert!(build_event("no.such", "{}", None).is_err());
         assert!(build_event("watch.requested", "{not json", None).is_err());

@@ -57,19 +57,27 @@ impl Connection {
     async fn bus(&self) -> anyhow::Result<Bus> {
         let cfg = BusConfig {
             url: self.nats_url.clone(),
-            namespace: Namespace { stream: self.stream.clone(), prefix: self.subject_prefix.clone() },
+            namespace: Namespace {
+                stream: self.stream.clone(),
+                prefix: self.subject_prefix.clone(),
+            },
             connect_timeout: self.timeout,
             publish_timeout: self.timeout,
             ..BusConfig::default()
         };
-        Bus::connect(cfg, "steward-cli").await.with_context(|| format!("cannot reach the bus at {}", self.nats_url))
+        Bus::connect(cfg, "steward-cli")
+            .await
+            .with_context(|| format!("cannot reach the bus at {}", self.nats_url))
     }
 }
 
 /// `user@host` of whoever runs the command, for the audit trail.
 pub(crate) fn who() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host =
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     format!("{user}@{host}")
 }
 

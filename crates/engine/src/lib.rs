@@ -79,7 +79,8 @@ impl Engine {
 
     /// Pings the engine within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), EngineError> {
-        let unreachable = |reason: String| EngineError::Unreachable { host: self.host.clone(), reason };
+        let unreachable =
+            |reason: String| EngineError::Unreachable { host: self.host.clone(), reason };
         let docker = self.client()?;
         match tokio::time::timeout(timeout, docker.ping()).await {
             Ok(Ok(_)) => Ok(()),

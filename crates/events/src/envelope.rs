@@ -135,7 +135,11 @@ impl Event {
         };
         let bytes = serde_json::to_vec(&wire).map_err(json)?;
         if bytes.len() > MAX_EVENT_BYTES {
-            return Err(EncodeError::TooLarge { event_type, size: bytes.len(), limit: MAX_EVENT_BYTES });
+            return Err(EncodeError::TooLarge {
+                event_type,
+                size: bytes.len(),
+                limit: MAX_EVENT_BYTES,
+            });
         }
         Ok(bytes)
     }

@@ -71,7 +71,8 @@ mod tests {
     fn parses_sha256_and_rejects_garbage() {
         let good = format!("sha256:{}", "a1".repeat(32));
         assert_eq!(Digest::parse(&good).map(|d| d.short().to_owned()), Ok("a1a1a1a1a1a1".into()));
-        for bad in ["", "sha256:", "sha256:xyz", "md5:abcd", &format!("sha256:{}", "A1".repeat(32))] {
+        for bad in ["", "sha256:", "sha256:xyz", "md5:abcd", &format!("sha256:{}", "A1".repeat(32))]
+        {
             assert!(Digest::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

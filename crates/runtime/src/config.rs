@@ -88,13 +88,15 @@ impl RuntimeConfig {
             steward_bus::validate_url(s).map(|()| s.to_owned())
         });
         let stream = env.parse_with(ENV_STREAM, defaults.namespace.stream.clone(), |s| {
-            let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let ok = !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             ok.then(|| s.to_owned()).ok_or_else(|| "letters, digits, '_' and '-' only".to_owned())
         });
         let prefix = env.parse_with(ENV_SUBJECT_PREFIX, String::new(), |s| {
             let ok = s.is_empty()
                 || (s.ends_with('.') && !s.contains(['*', '>', ' ']) && !s.starts_with('.'));
-            ok.then(|| s.to_owned()).ok_or_else(|| "a subject prefix ending in '.', e.g. 'site1.'".to_owned())
+            ok.then(|| s.to_owned())
+                .ok_or_else(|| "a subject prefix ending in '.', e.g. 'site1.'".to_owned())
         });
         if let Some(host) = env.optional(ENV_DOCKER_HOST) {
             if let Err(reason) = steward_engine::validate_docker_host(&host) {
@@ -114,7 +116,9 @@ impl RuntimeConfig {
             _ => LogFormat::Json,
         };
         let log_filter = env.parse_with(ENV_LOG, "info".to_owned(), |s| {
-            tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| s.to_owned())
+                .map_err(|e| e.to_string())
         });
         let max_deliver = env.parse_with(ENV_MAX_DELIVER, 5, |s| match s.parse::<i64>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(n),

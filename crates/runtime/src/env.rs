@@ -34,7 +34,10 @@ impl Env {
         K: Into<String>,
         V: Into<String>,
     {
-        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), errors: vec![] }
+        Self {
+            vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            errors: vec![],
+        }
     }
 
     /// Records a problem with `name`.
@@ -114,7 +117,12 @@ impl Env {
     }
 
     /// One of a fixed set of words.
-    pub fn choice(&mut self, name: &str, default: &'static str, allowed: &[&'static str]) -> &'static str {
+    pub fn choice(
+        &mut self,
+        name: &str,
+        default: &'static str,
+        allowed: &[&'static str],
+    ) -> &'static str {
         self.parse_with(name, default, |s| {
             allowed
                 .iter()
@@ -164,7 +172,8 @@ mod tests {
         assert_eq!(env.optional("TOKEN").as_deref(), Some("s3cr3t"));
         assert!(env.finish().is_ok());
 
-        let mut env = Env::from_pairs([("TOKEN_FILE", "/nonexistent/x"), ("BOTH", "1"), ("BOTH_FILE", "/x")]);
+        let mut env =
+            Env::from_pairs([("TOKEN_FILE", "/nonexistent/x"), ("BOTH", "1"), ("BOTH_FILE", "/x")]);
         assert_eq!(env.optional("TOKEN"), None);
         assert_eq!(env.optional("BOTH"), None);
         let line = env.finish().expect_err("errors").to_string();

@@ -122,7 +122,8 @@ impl Runtime {
         let shutdown = self.ctx.shutdown.clone();
         tracing::info!(%addr, "serving /healthz /readyz /metrics");
         tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+            let server =
+                axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
@@ -173,7 +174,11 @@ impl Runtime {
 ///
 /// `read_own` reads the service's own variables into the same [`Env`], so every bad variable
 /// of the service is reported in the same single line.
-pub async fn main<C, H, F, Fut>(service: Service, read_own: impl FnOnce(&mut Env) -> C, build: F) -> ExitCode
+pub async fn main<C, H, F, Fut>(
+    service: Service,
+    read_own: impl FnOnce(&mut Env) -> C,
+    build: F,
+) -> ExitCode
 where
     H: Handler,
     F: FnOnce(C, &Context) -> Fut,

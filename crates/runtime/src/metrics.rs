@@ -50,12 +50,32 @@ impl Metrics {
         });
         let nats_connected = Gauge::default();
         registry.register("events_handled", "Events handled successfully", handled.clone());
-        registry.register("events_failed", "Failed handling attempts and undecodable messages", failed.clone());
-        registry.register("events_dead_lettered", "Messages moved to the dead-letter subject", dead_lettered.clone());
-        registry.register("events_duplicate", "Redeliveries skipped because already handled", duplicates.clone());
+        registry.register(
+            "events_failed",
+            "Failed handling attempts and undecodable messages",
+            failed.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Messages moved to the dead-letter subject",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Redeliveries skipped because already handled",
+            duplicates.clone(),
+        );
         registry.register("handler_duration_seconds", "Handler latency", handler_seconds.clone());
         registry.register("nats_connected", "1 while connected to NATS", nats_connected.clone());
-        Self { registry, handled, failed, dead_lettered, duplicates, handler_seconds, nats_connected }
+        Self {
+            registry,
+            handled,
+            failed,
+            dead_lettered,
+            duplicates,
+            handler_seconds,
+            nats_connected,
+        }
     }
 
     /// The label for an event type.

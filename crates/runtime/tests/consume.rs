@@ -48,7 +48,9 @@ impl Handler for Recorder {
                 Ok(())
             }
             Behaviour::Retry => Err(HandlerError::Retry(anyhow::anyhow!("dependency down"))),
-            Behaviour::Reject => Err(HandlerError::Reject(anyhow::anyhow!("container name is empty"))),
+            Behaviour::Reject => {
+                Err(HandlerError::Reject(anyhow::anyhow!("container name is empty")))
+            }
         }
     }
 }
@@ -72,7 +74,8 @@ struct Running {
 
 async fn start(cfg: RuntimeConfig, handler: Recorder) -> Running {
     let shutdown = CancellationToken::new();
-    let runtime = Runtime::start_with_shutdown(cfg, shutdown.clone()).await.expect("runtime starts");
+    let runtime =
+        Runtime::start_with_shutdown(cfg, shutdown.clone()).await.expect("runtime starts");
     let metrics = runtime.metrics();
     let task = tokio::spawn(runtime.run(handler));
     Running { shutdown, task, metrics }
@@ -141,7 +144,10 @@ async fn nats_killed_and_restarted_mid_stream_loses_nothing_and_handles_nothing_
     server.kill();
     tokio::time::sleep(Duration::from_millis(800)).await;
     server.start_again();
-    let sent = tokio::time::timeout(Duration::from_secs(60), producer).await.expect("producer done").expect("join");
+    let sent = tokio::time::timeout(Duration::from_secs(60), producer)
+        .await
+        .expect("producer done")
+        .expect("join");
     assert_eq!(sent.len(), 300);
 
     wait_until("every event handled", Duration::from_secs(60), || {
@@ -172,23 +178,45 @@ async fn a_retried_failure_is_dead_lettered_after_max_deliver_and_a_reject_at_on
     let ids = publish_n(&bus, 1).await;
     // Attempt 1 naks with a 2 s delay; attempt 2 is the last and dead-letters.
     wait_until("two attempts", Duration::from_secs(15), || recorder.seen().len() == 2).await;
-    wait_until("a dead letter", Duration::from_secs(5), || counter(&running.metrics, "events_dead_lettered") == 1).await;
+    wait_until("a dead letter", Duration::from_secs(5), || {
+        counter(&running.metrics, "events_dead_lettered") == 1
+    })
+    .await;
 
     *recorder.behaviour.lock().expect("lock") = Behaviour::Reject;
     let rejected = publish_n(&bus, 1).await;
-    wait_until("second dead letter", Duration::from_secs(5), || counter(&running.metrics, "events_dead_lettered") == 2).await;
-    assert_eq!(recorder.seen().iter().filter(|id| **id == rejected[0]).count(), 1, "reject is not retried");
+    wait_until("second dead letter", Duration::from_secs(5), || {
+        counter(&running.metrics, "events_dead_lettered") == 2
+    })
+    .await;
+    assert_eq!(
+        recorder.seen().iter().filter(|id| **id == rejected[0]).count(),
+        1,
+        "reject is not retried"
+    );
     running.stop().await;
 
-    let mut replay = bus.replay(ReplayQuery { subjects: vec!["dlq.>".into()], ..Default::default() }).await.expect("replay");
+    let mut replay = bus
+        .replay(ReplayQuery { subjects: vec!["dlq.>".into()], ..Default::default() })
+        .await
+        .expect("replay");
     let mut reasons = vec![];
     while let Some(item) = replay.next().await {
         let item = item.expect("item");
-        assert_eq!(item.event.as_ref().map(|e| e.id).ok(), Some(if reasons.is_empty() { ids[0] } else { rejected[0] }));
+        assert_eq!(
+            item.event.as_ref().map(|e| e.id).ok(),
+            Some(if reasons.is_empty() { ids[0] } else { rejected[0] })
+        );
         reasons.push(item.dead_letter_reason.expect("reason"));
     }
-    assert!(reasons[0].contains("failed after 2 deliveries") && reasons[0].contains("dependency down"), "{reasons:?}");
-    assert!(reasons[1].contains("rejected") && reasons[1].contains("container name is empty"), "{reasons:?}");
+    assert!(
+        reasons[0].contains("failed after 2 deliveries") && reasons[0].contains("dependency down"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("rejected") && reasons[1].contains("container name is empty"),
+        "{reasons:?}"
+    );
 }
 
 #[tokio::test]
@@ -215,7 +243,10 @@ async fn shutdown_finishes_the_event_in_hand_within_the_grace() {
 async fn shutdown_returns_an_unfinished_event_for_prompt_redelivery() {
     let bus = TestBus::new("nak").await;
     // ack_wait is long: redelivery must come from the nak, not from the timeout.
-    let cfg = config(bus.config().clone(), &[("STEWARD_SHUTDOWN_GRACE", "200ms"), ("STEWARD_ACK_WAIT", "60s")]);
+    let cfg = config(
+        bus.config().clone(),
+        &[("STEWARD_SHUTDOWN_GRACE", "200ms"), ("STEWARD_ACK_WAIT", "60s")],
+    );
     let slow = Recorder::with(Behaviour::Sleep(Duration::from_secs(30)));
     let running = start(cfg.clone(), slow.clone()).await;
     let ids = publish_n(&bus, 1).await;
@@ -226,6 +257,7 @@ async fn shutdown_returns_an_unfinished_event_for_prompt_redelivery() {
 
     let next = Recorder::default();
     let running = start(cfg, next.clone()).await;
-    wait_until("redelivery to the next instance", Duration::from_secs(10), || next.seen() == ids).await;
+    wait_until("redelivery to the next instance", Duration::from_secs(10), || next.seen() == ids)
+        .await;
     running.stop().await;
 }

@@ -45,8 +45,7 @@ pub struct BackupStarted {
     pub backup_id: String,
 }
 
-impl Payload for BackupStarted {
-}
+impl Payload for BackupStarted {}
 
 /// One stored piece of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,8 +73,7 @@ pub struct BackupDone {
     pub duration_ms: u64,
 }
 
-impl Payload for BackupDone {
-}
+impl Payload for BackupDone {}
 
 /// A failed backup (no manifest was written, so it is never used).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +88,7 @@ pub struct BackupFailed {
     pub stderr_tail: Vec<String>,
 }
 
-impl Payload for BackupFailed {
-}
+impl Payload for BackupFailed {}
 
 /// A backup proved restorable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,8 +103,7 @@ pub struct BackupVerified {
     pub duration_ms: u64,
 }
 
-impl Payload for BackupVerified {
-}
+impl Payload for BackupVerified {}
 
 /// Backups removed by retention.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,5 +114,4 @@ pub struct BackupPruned {
     pub kept: u32,
 }
 
-impl Payload for BackupPruned {
-}
+impl Payload for BackupPruned {}

@@ -18,8 +18,7 @@ pub struct NotifySent {
     pub about: Vec<Uuid>,
 }
 
-impl Payload for NotifySent {
-}
+impl Payload for NotifySent {}
 
 /// A notification could not be delivered within its retry bound.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,5 +33,4 @@ pub struct NotifyFailed {
     pub attempts: u32,
 }
 
-impl Payload for NotifyFailed {
-}
+impl Payload for NotifyFailed {}

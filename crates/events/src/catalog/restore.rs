@@ -30,8 +30,7 @@ pub struct RestoreRequested {
     pub requested_by: Option<String>,
 }
 
-impl Payload for RestoreRequested {
-}
+impl Payload for RestoreRequested {}
 
 /// A restore completed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +43,7 @@ pub struct RestoreDone {
     pub duration_ms: u64,
 }
 
-impl Payload for RestoreDone {
-}
+impl Payload for RestoreDone {}
 
 /// A restore failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,5 +57,4 @@ pub struct RestoreFailed {
     pub log_tail: Vec<String>,
 }
 
-impl Payload for RestoreFailed {
-}
+impl Payload for RestoreFailed {}

@@ -39,7 +39,11 @@ pub struct UpdatePending {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_url: Option<String>,
     /// When the approval link expires.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expires_at: Option<OffsetDateTime>,
 }
 container_payload!(UpdatePending);
@@ -53,8 +57,7 @@ pub struct UpdateApproved {
     pub by: String,
 }
 
-impl Payload for UpdateApproved {
-}
+impl Payload for UpdateApproved {}
 
 /// A human rejected a pending update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,8 +71,7 @@ pub struct UpdateRejected {
     pub reason: Option<String>,
 }
 
-impl Payload for UpdateRejected {
-}
+impl Payload for UpdateRejected {}
 
 /// The updater began applying an update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
