@@ -127,3 +127,12 @@ fn unknown_extra_fields_are_tolerated_for_rolling_upgrades() {
     v["data"]["added_in_a_later_version"] = 42.into();
     assert!(decode_value(&v).is_ok());
 }
+
+#[test]
+fn docs_event_catalog_lists_every_type() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.md"))
+        .expect("docs/events.md");
+    for t in EventData::ALL_TYPES {
+        assert!(doc.contains(&format!("### `{t}`")), "docs/events.md lacks {t}: regenerate it with `cargo run -q -p steward-events --example catalog > docs/events.md`");
+    }
+}

@@ -40,7 +40,7 @@ pub mod testbed {
     /// Like [`var`], but a missing test bed fails the test with what to run.
     pub fn require(name: &str) -> String {
         var(name).unwrap_or_else(|| {
-            panic!("{name} is not set: start the test bed with `infra/testbed/up.sh` (or run `./steward-dev test`)")
+            panic!("{name} is not set: start the test bed with `infra/testbed/up.sh` (or run `scripts/test.sh`)")
         })
     }
 

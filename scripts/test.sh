@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: starts the test bed (installing what is missing), builds the binaries,
+# runs the whole workspace's tests, then formatting and lint checks.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+"$ROOT/infra/testbed/up.sh"
+# shellcheck disable=SC1091
+source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
+# System tests run the real binaries, which Cargo does not build for another package's tests.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked --no-fail-fast
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "all tests and checks passed"
