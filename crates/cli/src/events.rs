@@ -195,6 +195,11 @@ fn table_line(item: &Replayed) -> String {
     )
 }
 
+/// An enum as it is spelled on the wire (`pre_update`).
+fn wire_name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
 /// One line a human can scan.
 fn summary(data: &EventData) -> String {
     match data {
@@ -226,7 +231,7 @@ fn summary(data: &EventData) -> String {
         EventData::UpdateRolledBack(p) => {
             format!("back on {}: {}", p.from_digest.short(), p.reason)
         }
-        EventData::BackupRequested(p) => format!("{:?}", p.reason).to_lowercase(),
+        EventData::BackupRequested(p) => wire_name(&p.reason),
         EventData::BackupStarted(p) => p.backup_id.clone(),
         EventData::BackupDone(p) => {
             format!("{} {} bytes in {} components", p.backup_id, p.size_bytes, p.components.len())
@@ -234,7 +239,7 @@ fn summary(data: &EventData) -> String {
         EventData::BackupFailed(p) => p.reason.clone(),
         EventData::BackupVerified(p) => p.backup_id.clone(),
         EventData::BackupPruned(p) => format!("{} pruned, {} kept", p.backup_ids.len(), p.kept),
-        EventData::RestoreRequested(p) => format!("{} ({:?})", p.backup_id, p.scope).to_lowercase(),
+        EventData::RestoreRequested(p) => format!("{} ({})", p.backup_id, wire_name(&p.scope)),
         EventData::RestoreDone(p) => p.backup_id.clone(),
         EventData::RestoreFailed(p) => format!("{}: {}", p.backup_id, p.reason),
         EventData::HealthFailed(p) => format!("{}: {}", p.check, p.reason),

@@ -85,9 +85,12 @@ async fn latency(n: usize) {
 async fn inbox(n: usize) {
     let bus = TestBus::new("benchinbox").await;
     // A connection of its own, as a service has.
-    let other = steward_bus::Bus::connect(bus.config().clone(), "bench-inbox").await.expect("connect");
-    let mut inbox =
-        other.inbox(steward_bus::ConsumerSpec::new("bench", &["watch.requested"])).await.expect("inbox");
+    let other =
+        steward_bus::Bus::connect(bus.config().clone(), "bench-inbox").await.expect("connect");
+    let mut inbox = other
+        .inbox(steward_bus::ConsumerSpec::new("bench", &["watch.requested"]))
+        .await
+        .expect("inbox");
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let event = Event::new("bench", WatchRequested::default());
@@ -117,8 +120,9 @@ async fn replay(n: usize) {
     // Publish concurrently (bounded in flight) to fill the stream quickly.
     let mut i = 0;
     while i < n {
-        let batch: Vec<Event> =
-            (i..(i + 500).min(n)).map(|k| Event::new("bench", kinds[k % kinds.len()].clone())).collect();
+        let batch: Vec<Event> = (i..(i + 500).min(n))
+            .map(|k| Event::new("bench", kinds[k % kinds.len()].clone()))
+            .collect();
         let sends = batch.iter().map(|e| bus.publish(e));
         for r in futures::future::join_all(sends).await {
             r.expect("publish");
@@ -138,7 +142,11 @@ async fn replay(n: usize) {
         }
         let secs = started.elapsed().as_secs_f64();
         assert_eq!(read, n);
-        println!("replay round {round}: {read} events decoded in {:.3} s = {:.0} events/s", secs, read as f64 / secs);
+        println!(
+            "replay round {round}: {read} events decoded in {:.3} s = {:.0} events/s",
+            secs,
+            read as f64 / secs
+        );
     }
 }
 

@@ -216,14 +216,8 @@ pub struct LogHandler;
 
 impl Handler for LogHandler {
     async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
-        tracing::info!(
-            id = %event.id,
-            subject = event.event_type(),
-            container = event.container().unwrap_or("-"),
-            correlation = %event.correlation_id,
-            source = %event.source,
-            "received"
-        );
+        // Id, subject and correlation are already on the loop's span.
+        tracing::info!(container = event.container().unwrap_or("-"), source = %event.source, "received");
         Ok(())
     }
 }
