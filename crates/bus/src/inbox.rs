@@ -33,7 +33,10 @@ pub struct ConsumerSpec {
     pub event_types: Vec<String>,
     /// Time the server waits for an ack before redelivering.
     pub ack_wait: Duration,
-    /// Deliveries before a message is given up on (then dead-lettered).
+    /// Handler attempts before a message is given up on (then dead-lettered). The server is
+    /// told one more: that extra delivery only happens when the process died during every
+    /// attempt, and is dead-lettered without running the handler (see
+    /// [`Delivery::is_exhausted`]), so such a message is never silently dropped.
     pub max_deliver: i64,
     /// Unacked messages the server hands out at once. Kept small: prefetched messages' ack
     /// timers run while they wait in the client buffer.
@@ -94,7 +97,7 @@ impl Inbox {
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.spec.ack_wait,
-            max_deliver: self.spec.max_deliver,
+            max_deliver: self.spec.max_deliver + 1,
             max_ack_pending: self.spec.max_ack_pending,
             filter_subject,
             ..Default::default()
@@ -219,6 +222,13 @@ impl Delivery {
     /// True when a failure now would exhaust `max_deliver`.
     pub fn is_last_attempt(&self) -> bool {
         self.max_deliver > 0 && self.attempt >= self.max_deliver as u64
+    }
+
+    /// True when every handler attempt was used up without the message being settled: the
+    /// process died (or hung past `ack_wait`) while handling it each time. Dead-letter it
+    /// without handling it again.
+    pub fn is_exhausted(&self) -> bool {
+        self.max_deliver > 0 && self.attempt > self.max_deliver as u64
     }
 
     /// Acks and waits for the server to confirm it. A plain ack after `ack_wait` is silently

@@ -5,13 +5,16 @@
 //! 2. already handled (idempotency marker) → ack, count a duplicate;
 //! 3. run the handler, sending `in progress` so long work keeps its ack timer alive;
 //! 4. success → write the marker (retried while NATS is away), then a confirmed ack;
-//!    `Reject` → dead letter; `Retry` → nak with backoff, dead letter on the last attempt;
+//!    `Reject` or a panic → dead letter; `Retry` → nak with backoff, dead letter on the last
+//!    attempt; a delivery past the last attempt (the process died during each) → dead letter
+//!    without running the handler again;
 //! 5. on shutdown the handler in hand gets the grace period; if it does not finish it is
 //!    abandoned and the event nak'd for immediate redelivery to the next instance.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use steward_bus::{Delivery, Idempotency, Inbox};
 use steward_events::Event;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +84,17 @@ impl<H: Handler> Loop<'_, H> {
                 return Next::Continue;
             }
         };
+        if d.is_exhausted() {
+            self.metrics.failed.get_or_create(&label).inc();
+            tracing::error!(id = %event.id, subject = %d.event_type, deliveries = d.attempt,
+                "event was never settled; dead-lettering it without handling it again");
+            let reason = format!(
+                "delivered {} time(s) without being settled: the service died or hung while handling it",
+                d.attempt - 1
+            );
+            self.dead_letter(&d, &reason).await;
+            return Next::Continue;
+        }
         let span = tracing::info_span!("event", id = %event.id, subject = %d.event_type,
             correlation = %event.correlation_id, attempt = d.attempt);
         let _enter = span.enter();
@@ -140,7 +154,13 @@ impl<H: Handler> Loop<'_, H> {
 
     /// Runs the handler; `None` if shutdown's grace ran out first.
     async fn run_handler(&self, d: &Delivery, event: Event) -> Option<Result<(), HandlerError>> {
-        let work = self.handler.handle(self.ctx, event);
+        // A panicking handler must not take the service down and come back forever: it
+        // becomes a rejection, dead-lettered with the panic message.
+        let work = std::panic::AssertUnwindSafe(self.handler.handle(self.ctx, event))
+            .catch_unwind()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|panic| Err(HandlerError::Reject(panicked(panic))))
+            });
         tokio::pin!(work);
         // First tick one period out: awaiting an interval's immediate first tick still goes
         // through the timer wheel and cost ~1 ms per event (measured in benches/bus.rs).
@@ -209,4 +229,13 @@ impl<H: Handler> Loop<'_, H> {
             }
         }
     }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    anyhow::anyhow!("handler panicked: {message}")
 }

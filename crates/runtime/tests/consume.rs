@@ -24,6 +24,7 @@ enum Behaviour {
     Sleep(Duration),
     Retry,
     Reject,
+    Panic,
 }
 
 impl Recorder {
@@ -51,6 +52,7 @@ impl Handler for Recorder {
             Behaviour::Reject => {
                 Err(HandlerError::Reject(anyhow::anyhow!("container name is empty")))
             }
+            Behaviour::Panic => panic!("boom in handler"),
         }
     }
 }
@@ -260,4 +262,69 @@ async fn shutdown_returns_an_unfinished_event_for_prompt_redelivery() {
     wait_until("redelivery to the next instance", Duration::from_secs(10), || next.seen() == ids)
         .await;
     running.stop().await;
+}
+
+async fn dead_letter_reasons(bus: &Bus) -> Vec<(uuid::Uuid, String)> {
+    let query = ReplayQuery { subjects: vec!["dlq.>".into()], ..Default::default() };
+    let mut replay = bus.replay(query).await.expect("replay");
+    let mut out = vec![];
+    while let Some(item) = replay.next().await {
+        let item = item.expect("item");
+        let id = item.event.as_ref().map(|e| e.id).expect("original event in the dead letter");
+        out.push((id, item.dead_letter_reason.expect("reason")));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_dead_lettered_and_the_service_goes_on() {
+    let bus = TestBus::new("panic").await;
+    let recorder = Recorder::with(Behaviour::Panic);
+    let running = start(config(bus.config().clone(), &[]), recorder.clone()).await;
+    let bad = publish_n(&bus, 1).await;
+    wait_until("dead letter", Duration::from_secs(10), || {
+        counter(&running.metrics, "events_dead_lettered") == 1
+    })
+    .await;
+    *recorder.behaviour.lock().expect("lock") = Behaviour::Succeed;
+    let good = publish_n(&bus, 1).await;
+    wait_until("next event handled", Duration::from_secs(10), || {
+        counter(&running.metrics, "events_handled") == 1
+    })
+    .await;
+    assert_eq!(recorder.seen(), [bad[0], good[0]]);
+    running.stop().await;
+    let dead = dead_letter_reasons(&bus).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, bad[0]);
+    assert!(dead[0].1.contains("handler panicked: boom in handler"), "{dead:?}");
+}
+
+#[tokio::test]
+async fn an_event_that_kills_the_service_every_time_is_dead_lettered_not_lost() {
+    let bus = TestBus::new("crash").await;
+    let cfg =
+        config(bus.config().clone(), &[("STEWARD_MAX_DELIVER", "1"), ("STEWARD_ACK_WAIT", "1s")]);
+    // The only attempt hangs, and the process "dies": the task is dropped without a nak and
+    // its connection closed, as a kill -9 would.
+    let hang = Recorder::with(Behaviour::Sleep(Duration::from_secs(3600)));
+    let first = start(cfg.clone(), hang.clone()).await;
+    let ids = publish_n(&bus, 1).await;
+    wait_until("first attempt", Duration::from_secs(10), || hang.seen() == ids).await;
+    first.task.abort();
+    first.shutdown.cancel();
+    let _ = first.task.await;
+
+    let next = Recorder::default();
+    let second = start(cfg, next.clone()).await;
+    wait_until("dead letter by the next instance", Duration::from_secs(15), || {
+        counter(&second.metrics, "events_dead_lettered") == 1
+    })
+    .await;
+    assert!(next.seen().is_empty(), "the handler is not run again on an exhausted event");
+    second.stop().await;
+    let dead = dead_letter_reasons(&bus).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, ids[0]);
+    assert!(dead[0].1.contains("delivered 1 time(s) without being settled"), "{dead:?}");
 }
