@@ -198,19 +198,10 @@ async fn a_retried_failure_is_dead_lettered_after_max_deliver_and_a_reject_at_on
     );
     running.stop().await;
 
-    let mut replay = bus
-        .replay(ReplayQuery { subjects: vec!["dlq.>".into()], ..Default::default() })
-        .await
-        .expect("replay");
-    let mut reasons = vec![];
-    while let Some(item) = replay.next().await {
-        let item = item.expect("item");
-        assert_eq!(
-            item.event.as_ref().map(|e| e.id).ok(),
-            Some(if reasons.is_empty() { ids[0] } else { rejected[0] })
-        );
-        reasons.push(item.dead_letter_reason.expect("reason"));
-    }
+    let dead = dead_letter_reasons(&bus).await;
+    let ids_in_order: Vec<uuid::Uuid> = dead.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids_in_order, [ids[0], rejected[0]]);
+    let reasons: Vec<&String> = dead.iter().map(|(_, r)| r).collect();
     assert!(
         reasons[0].contains("failed after 2 deliveries") && reasons[0].contains("dependency down"),
         "{reasons:?}"
