@@ -4,6 +4,7 @@
 //! the engine, never hard-coded: this machine's engine speaks 1.41, newer hosts 1.5x, and a
 //! pinned old version is what made Watchtower crash-loop on Docker 28.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -38,6 +39,21 @@ pub enum EngineError {
 pub struct Engine {
     docker: std::sync::Arc<std::sync::Mutex<Option<Docker>>>,
     host: String,
+}
+
+/// A running container as Steward sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// The image reference it was created from, e.g. `gitea/gitea:1.22`.
+    pub image_ref: String,
+    /// The image it runs (`sha256:` id of the image config).
+    pub image_id: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
 }
 
 /// Where the engine is looked for: `DOCKER_HOST`, else the default Unix socket.
@@ -75,6 +91,43 @@ impl Engine {
     /// Where this engine is.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Unreachable { host: self.host.clone(), reason: e.to_string() }
+    }
+
+    /// Running containers whose labels satisfy `wanted`, with the reference each was created
+    /// from (`Config.Image`, which stays the same when the tag later moves).
+    pub async fn running_containers(
+        &self,
+        wanted: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> Result<Vec<ContainerInfo>, EngineError> {
+        let docker = self.client()?;
+        let summaries = docker.list_containers(None).await.map_err(|e| self.unreachable(e))?;
+        let mut out = vec![];
+        for summary in summaries {
+            let labels = summary.labels.unwrap_or_default();
+            if !wanted(&labels) {
+                continue;
+            }
+            let Some(id) = summary.id else { continue };
+            // Gone between list and inspect: not an error, just not running any more.
+            let Ok(inspect) = docker.inspect_container(&id, None).await else { continue };
+            let name = inspect.name.unwrap_or_default().trim_start_matches('/').to_owned();
+            let image_ref = inspect.config.and_then(|c| c.image).unwrap_or_default();
+            let image_id = inspect.image.unwrap_or_default();
+            out.push(ContainerInfo { id, name, image_ref, image_id, labels });
+        }
+        Ok(out)
+    }
+
+    /// `RepoDigests` of a local image (`repo@sha256:...`, one per registry repository it was
+    /// pulled from or pushed to).
+    pub async fn repo_digests(&self, image_id: &str) -> Result<Vec<String>, EngineError> {
+        let image =
+            self.client()?.inspect_image(image_id).await.map_err(|e| self.unreachable(e))?;
+        Ok(image.repo_digests.unwrap_or_default())
     }
 
     /// Pings the engine within `timeout`.

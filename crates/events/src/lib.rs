@@ -11,6 +11,7 @@
 mod catalog;
 mod envelope;
 mod error;
+pub mod records;
 mod routing;
 pub mod samples;
 mod types;

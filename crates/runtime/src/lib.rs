@@ -41,6 +41,8 @@ pub struct Context {
     pub engine: Option<Engine>,
     /// Cancelled on shutdown; long work should watch it.
     pub shutdown: CancellationToken,
+    /// The service's metrics; add your own with [`Metrics::register`].
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -101,7 +103,7 @@ impl Runtime {
             None
         };
         let metrics = Arc::new(Metrics::new(service.name()));
-        let ctx = Context { service, bus, engine, shutdown };
+        let ctx = Context { service, bus, engine, shutdown, metrics: metrics.clone() };
         let runtime = Self { config, ctx, metrics };
         runtime.serve(axum::Router::new()).await?;
         Ok(runtime)
@@ -181,7 +183,7 @@ pub async fn main<C, H, F, Fut>(
 ) -> ExitCode
 where
     H: Handler,
-    F: FnOnce(C, &Context) -> Fut,
+    F: FnOnce(C, Context) -> Fut,
     Fut: Future<Output = anyhow::Result<H>>,
 {
     let mut env = Env::from_process();
@@ -195,7 +197,7 @@ where
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{} starting", service.binary());
     let result = async {
         let runtime = Runtime::start(config).await?;
-        let handler = build(own, runtime.context()).await?;
+        let handler = build(own, runtime.context().clone()).await?;
         runtime.run(handler).await
     }
     .await;

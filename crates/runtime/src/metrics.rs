@@ -17,7 +17,8 @@ pub struct TypeLabel {
 /// Counters and histograms of the consume loop.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    // Behind a lock so a service can add its own metrics after start.
+    registry: std::sync::Mutex<Registry>,
     /// Events a handler finished successfully.
     pub handled: Family<TypeLabel, Counter>,
     /// Handler failures (each failed attempt) and undecodable messages.
@@ -68,7 +69,7 @@ impl Metrics {
         registry.register("handler_duration_seconds", "Handler latency", handler_seconds.clone());
         registry.register("nats_connected", "1 while connected to NATS", nats_connected.clone());
         Self {
-            registry,
+            registry: std::sync::Mutex::new(registry),
             handled,
             failed,
             dead_lettered,
@@ -76,6 +77,17 @@ impl Metrics {
             handler_seconds,
             nats_connected,
         }
+    }
+
+    /// Adds a service's own metric (named without the `steward_` prefix).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.register(name, help, metric);
     }
 
     /// The label for an event type.
@@ -86,7 +98,8 @@ impl Metrics {
     /// Prometheus/OpenMetrics text.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out

@@ -180,3 +180,71 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }
+
+pub mod docker {
+    //! Setting up containers and images for tests with the real Docker CLI.
+
+    use std::process::Command;
+
+    /// Runs `docker ARGS`, returning stdout; a failure fails the test with docker's stderr.
+    pub fn docker(args: &[&str]) -> String {
+        let out = Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run docker: {e} (is the test bed up?)"));
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The test bed's plain registry, e.g. `127.0.0.1:5000`.
+    pub fn registry() -> String {
+        super::testbed::require("STEWARD_TEST_REGISTRY")
+    }
+
+    /// Tags the stand-in app `version` (v1, v2, v3) as `IMAGE` and pushes it; returns the
+    /// pushed manifest digest.
+    pub fn push_app(version: &str, image: &str) -> String {
+        docker(&["tag", &format!("steward-test/app:{version}"), image]);
+        let out = docker(&["push", image]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "digest:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no digest in push output: {out}"))
+            .to_owned()
+    }
+
+    /// A container removed (with its anonymous volumes) when dropped.
+    pub struct Container {
+        /// Its name.
+        pub name: String,
+    }
+
+    impl Container {
+        /// `docker run -d --name NAME ARGS...`.
+        pub fn run(name: &str, args: &[&str]) -> Self {
+            let mut all = vec!["run", "-d", "--name", name];
+            all.extend_from_slice(args);
+            docker(&all);
+            Self { name: name.to_owned() }
+        }
+    }
+
+    impl Drop for Container {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();
+        }
+    }
+
+    /// Removes a local image tag when dropped (the registry keeps what was pushed).
+    pub struct ImageTag(pub String);
+
+    impl Drop for ImageTag {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rmi", "--no-prune", &self.0]).output();
+        }
+    }
+}

@@ -1,9 +1,89 @@
-//! steward-watcher: Finds newer images in registries and publishes `image.updated` (consumes `watch.requested`, `update.succeeded`).
+//! steward-watcher: finds newer images in registries and publishes `image.updated`.
 //!
-//! Today the service runs the shared runtime and logs every event it receives; its own job
-//! is built in its own issue on top of this skeleton.
+//! It checks on its cron schedule (`STEWARD_WATCH_SCHEDULE`) and when asked
+//! (`watch.requested`, e.g. `steward check`): every running container labelled
+//! `steward.enable=true` (or `diun.enable=true`) is compared with its registry
+//! ([`check`]), through registry clients that authenticate, respect rate limits and time out
+//! per registry ([`registry`]). Each new digest is published once; what the watcher knows is
+//! kept in the `WATCHER` KV bucket, which `steward status` reads. On `update.succeeded` it
+//! notes the container's new running digest.
 
-use steward_events::Service;
+pub mod check;
+pub mod config;
+pub mod registry;
+mod schedule;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use prometheus_client::metrics::family::Family;
+use steward_events::{Event, EventData, Service};
+use steward_runtime::{Context, Handler, HandlerError};
+
+use crate::check::Checker;
+use crate::config::WatcherConfig;
+use crate::registry::Registries;
 
 /// This service on the bus.
 pub const SERVICE: Service = Service::Watcher;
+
+/// The watcher's event handler.
+#[derive(Debug)]
+pub struct Watcher {
+    checker: Checker,
+    // Scheduled and requested checks never overlap.
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Watcher {
+    /// Builds the watcher and starts its schedule.
+    pub async fn start(cfg: WatcherConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let engine = ctx.engine.clone().context("the watcher needs Docker")?;
+        let outcomes = Family::default();
+        ctx.metrics.register(
+            "registry_checks",
+            "Registry checks by registry and outcome",
+            outcomes.clone(),
+        );
+        let checker = Checker {
+            bus: ctx.bus.clone(),
+            engine,
+            registries: Arc::new(Registries::new(cfg.registry.clone())?),
+            records: Checker::records(&ctx.bus).await?,
+            concurrency: cfg.concurrency,
+            outcomes,
+            source: ctx.source(),
+            scope: cfg.scope.clone(),
+        };
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        tokio::spawn(schedule::run(
+            cfg.schedule,
+            checker.clone(),
+            ctx.shutdown.clone(),
+            lock.clone(),
+        ));
+        Ok(Self { checker, lock })
+    }
+}
+
+impl Handler for Watcher {
+    async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
+        match &event.data {
+            EventData::WatchRequested(req) => {
+                let _guard = self.lock.lock().await;
+                self.checker
+                    .run(req.container.as_deref(), Some(&event))
+                    .await
+                    .map(|_| ())
+                    // Docker unreachable: worth trying again later.
+                    .map_err(HandlerError::Retry)
+            }
+            EventData::UpdateSucceeded(done) => self
+                .checker
+                .note_running(&done.container, &done.to_digest)
+                .await
+                .map_err(|e| HandlerError::Retry(e.into())),
+            _ => Ok(()),
+        }
+    }
+}

@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
+use steward_watcher::config::WatcherConfig;
+use steward_watcher::Watcher;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    steward_runtime::main(
-        steward_watcher::SERVICE,
-        |_env| (),
-        |(), _ctx| async { Ok(steward_runtime::LogHandler) },
-    )
+    steward_runtime::main(steward_watcher::SERVICE, WatcherConfig::read, |cfg, ctx| async move {
+        Watcher::start(cfg, &ctx).await
+    })
     .await
 }

@@ -1,0 +1,246 @@
+//! The container label contract, parsed.
+//!
+//! Operators configure Steward per container with labels (`steward.enable=true`,
+//! `steward.update.policy=manual`, ...). This crate turns a container's labels into typed
+//! settings or a [`LabelError`] naming the label and what is wrong with it, so a typo skips
+//! that one container with a clear warning and affects nothing else.
+//!
+//! Invariant: pure data, no I/O. The seeds' older labels (`diun.enable`, `update.policy`)
+//! are honoured; the `steward.*` label wins when both are set.
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// Watch this container.
+pub const ENABLE: &str = "steward.enable";
+/// Diun's opt-in label, honoured too.
+pub const ENABLE_DIUN: &str = "diun.enable";
+/// What to do with a newer image.
+pub const POLICY: &str = "steward.update.policy";
+/// The seeds' policy label, honoured too.
+pub const POLICY_LEGACY: &str = "update.policy";
+/// Which Steward installation owns the container (with `STEWARD_SCOPE`): several can share
+/// one Docker host, as Watchtower's scopes allow.
+pub const SCOPE: &str = "steward.scope";
+/// Tag tracking: a regular expression selecting the tags to follow by semantic version.
+pub const WATCH_TAGS: &str = "steward.watch.tags";
+
+/// A label with a value Steward cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("label {label}={value:?}: {reason}")]
+pub struct LabelError {
+    /// The label.
+    pub label: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What is expected instead.
+    pub reason: String,
+}
+
+/// What to do when a newer image exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Apply it without asking.
+    Automatic,
+    /// Ask a human first.
+    Manual,
+    /// Only tell.
+    #[default]
+    Notify,
+}
+
+impl Policy {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Automatic => "automatic",
+            Policy::Manual => "manual",
+            Policy::Notify => "notify",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which newer tags to follow.
+#[derive(Debug, Clone)]
+pub struct TagRule {
+    pattern: regex::Regex,
+}
+
+impl TagRule {
+    /// The regular expression as written.
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    /// Among `tags`, the highest semantic version matching the rule that is newer than
+    /// `current` (itself a version tag), if any.
+    pub fn newest<'a>(
+        &self,
+        current: &str,
+        tags: impl IntoIterator<Item = &'a str>,
+    ) -> Option<&'a str> {
+        let current = version_of(current)?;
+        tags.into_iter()
+            .filter(|t| self.pattern.is_match(t))
+            .filter_map(|t| version_of(t).map(|v| (v, t)))
+            .filter(|(v, _)| *v > current)
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, t)| t)
+    }
+}
+
+/// A tag read as a semantic version: `1.22.7`, `v1.22`, `1.22.7-rootless`. Missing minor or
+/// patch numbers count as 0; anything after a `-` is a pre-release, sorted as semver says.
+pub fn version_of(tag: &str) -> Option<semver::Version> {
+    let tag = tag.strip_prefix('v').unwrap_or(tag);
+    let (core, pre) = match tag.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (tag, None),
+    };
+    let mut parts = core.split('.').map(|p| p.parse::<u64>());
+    let major = parts.next()?.ok()?;
+    let minor = parts.next().transpose().ok()?.unwrap_or(0);
+    let patch = parts.next().transpose().ok()?.unwrap_or(0);
+    if parts.next().is_some() {
+        return None;
+    }
+    let mut v = semver::Version::new(major, minor, patch);
+    if let Some(pre) = pre {
+        v.pre = semver::Prerelease::new(pre).ok()?;
+    }
+    Some(v)
+}
+
+/// The watch settings of one container.
+#[derive(Debug, Clone)]
+pub struct WatchLabels {
+    /// Update policy.
+    pub policy: Policy,
+    /// Tag tracking, if asked for.
+    pub tags: Option<TagRule>,
+}
+
+fn boolean(label: &'static str, value: &str) -> Result<bool, LabelError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => {
+            Err(LabelError { label, value: value.into(), reason: "expected true or false".into() })
+        }
+    }
+}
+
+/// Whether the container opted in to watching (`steward.enable`, else `diun.enable`).
+pub fn watched(labels: &HashMap<String, String>) -> Result<bool, LabelError> {
+    match (labels.get(ENABLE), labels.get(ENABLE_DIUN)) {
+        (Some(v), _) => boolean(ENABLE, v),
+        (None, Some(v)) => boolean(ENABLE_DIUN, v),
+        (None, None) => Ok(false),
+    }
+}
+
+/// Whether the container belongs to `scope` (`None`: the installation without a scope, which
+/// owns containers without a `steward.scope` label).
+pub fn in_scope(labels: &HashMap<String, String>, scope: Option<&str>) -> bool {
+    labels.get(SCOPE).map(String::as_str) == scope
+}
+
+/// True if any opt-in label is present (even a malformed one: worth a warning).
+pub fn mentions_watch(labels: &HashMap<String, String>) -> bool {
+    labels.contains_key(ENABLE) || labels.contains_key(ENABLE_DIUN)
+}
+
+/// The watch settings of a watched container.
+pub fn watch_labels(labels: &HashMap<String, String>) -> Result<WatchLabels, LabelError> {
+    let (label, raw) = match (labels.get(POLICY), labels.get(POLICY_LEGACY)) {
+        (Some(v), _) => (POLICY, Some(v)),
+        (None, Some(v)) => (POLICY_LEGACY, Some(v)),
+        (None, None) => (POLICY, None),
+    };
+    let policy = match raw.map(|v| v.trim().to_ascii_lowercase()) {
+        None => Policy::default(),
+        Some(v) => match v.as_str() {
+            "automatic" | "auto" => Policy::Automatic,
+            "manual" => Policy::Manual,
+            "notify" => Policy::Notify,
+            _ => {
+                return Err(LabelError {
+                    label,
+                    value: raw.cloned().unwrap_or_default(),
+                    reason: "expected automatic, manual or notify".into(),
+                })
+            }
+        },
+    };
+    let tags = match labels.get(WATCH_TAGS) {
+        None => None,
+        Some(v) => Some(TagRule {
+            pattern: regex::Regex::new(v).map_err(|e| LabelError {
+                label: WATCH_TAGS,
+                value: v.clone(),
+                reason: format!("not a regular expression: {e}"),
+            })?,
+        }),
+    };
+    Ok(WatchLabels { policy, tags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn opt_in_and_policy_with_legacy_labels() {
+        assert_eq!(watched(&labels(&[("diun.enable", "true")])), Ok(true));
+        assert_eq!(
+            watched(&labels(&[("steward.enable", "false"), ("diun.enable", "true")])),
+            Ok(false)
+        );
+        assert_eq!(watched(&labels(&[])), Ok(false));
+        let err = watched(&labels(&[("steward.enable", "yep")])).expect_err("bad");
+        assert_eq!(err.to_string(), "label steward.enable=\"yep\": expected true or false");
+
+        let p = |pairs| watch_labels(&labels(pairs)).map(|w| w.policy);
+        assert_eq!(p(&[]), Ok(Policy::Notify));
+        assert_eq!(p(&[("update.policy", "manual")]), Ok(Policy::Manual));
+        assert_eq!(
+            p(&[("update.policy", "manual"), ("steward.update.policy", "Automatic")]),
+            Ok(Policy::Automatic)
+        );
+        let err = p(&[("steward.update.policy", "sometimes")]).expect_err("bad");
+        assert!(err.to_string().contains("expected automatic, manual or notify"));
+    }
+
+    #[test]
+    fn tag_rule_picks_the_highest_newer_matching_version() {
+        let w = watch_labels(&labels(&[("steward.watch.tags", r"^1\.22\.\d+$")])).expect("ok");
+        let rule = w.tags.expect("rule");
+        let tags = ["1.22.5", "1.22.6", "1.22.7", "1.22.10", "1.23.0", "latest", "1.22.9-rc1"];
+        assert_eq!(rule.newest("1.22.6", tags), Some("1.22.10"));
+        assert_eq!(rule.newest("1.22.10", tags), None);
+        assert_eq!(
+            rule.newest("latest", tags),
+            None,
+            "a non-version current tag cannot be compared"
+        );
+        assert!(watch_labels(&labels(&[("steward.watch.tags", "1.(")])).is_err());
+    }
+
+    #[test]
+    fn versions_are_read_leniently() {
+        assert_eq!(version_of("v1.22"), Some(semver::Version::new(1, 22, 0)));
+        assert!(version_of("1.22.7-rootless").is_some_and(|v| !v.pre.is_empty()));
+        assert_eq!(version_of("bookworm"), None);
+        assert_eq!(version_of("1.2.3.4"), None);
+    }
+}

@@ -1,0 +1,337 @@
+//! One check: every watched container against its registry, `image.updated` once per new
+//! digest.
+//!
+//! For each running container that opted in (`steward.enable` / `diun.enable`):
+//! 1. labels and image reference are parsed; a bad one is a warning and the container is
+//!    skipped (nothing else is affected);
+//! 2. the running digest is the local image's repo digest for that repository (an image never
+//!    pulled from or pushed to a registry has none: skipped with a warning);
+//! 3. the registry's digest for the tag (or, with tag tracking, for the newest newer tag);
+//! 4. a digest that differs from the running one and was not reported before is published as
+//!    `image.updated`, then recorded in the `WATCHER` KV bucket, so a second check or a
+//!    restarted watcher does not repeat it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use oci_client::Reference;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use steward_bus::{Bus, StateStore};
+use steward_engine::{ContainerInfo, Engine};
+use steward_events::records::{WatchRecord, WATCH_BUCKET};
+use steward_events::{Digest, Event, ImageUpdated};
+use time::OffsetDateTime;
+
+use crate::registry::{Registries, RegistryError};
+
+/// Labels of the per-registry metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    /// Registry host.
+    pub registry: String,
+    /// `current`, `updated`, or an error kind.
+    pub outcome: String,
+}
+
+/// What one check found, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Containers looked at.
+    pub checked: usize,
+    /// `image.updated` events published.
+    pub updated: Vec<String>,
+    /// Containers skipped for bad labels, references or unknown digests, with why.
+    pub skipped: Vec<(String, String)>,
+    /// Registry failures, per container.
+    pub failed: Vec<(String, String)>,
+}
+
+/// What a check needs; cheap to clone.
+#[derive(Clone)]
+pub struct Checker {
+    /// The bus.
+    pub bus: Bus,
+    /// Docker.
+    pub engine: Engine,
+    /// Registry clients.
+    pub registries: Arc<Registries>,
+    /// The watch records.
+    pub records: StateStore<WatchRecord>,
+    /// Containers checked at once.
+    pub concurrency: usize,
+    /// `steward_registry_checks_total{registry,outcome}`.
+    pub outcomes: Family<RegistryLabels, Counter>,
+    /// CloudEvents source.
+    pub source: String,
+    /// Only containers of this `steward.scope`.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker").field("concurrency", &self.concurrency).finish_non_exhaustive()
+    }
+}
+
+/// A container that passed the label and reference checks.
+struct Target {
+    info: ContainerInfo,
+    reference: Reference,
+    labels: steward_labels::WatchLabels,
+}
+
+enum Outcome {
+    Current,
+    Updated,
+    Skipped(String),
+    Failed(RegistryError),
+}
+
+impl Checker {
+    /// Opens the watch records bucket.
+    pub async fn records(bus: &Bus) -> Result<StateStore<WatchRecord>, steward_bus::BusError> {
+        StateStore::open(bus, WATCH_BUCKET).await
+    }
+
+    /// Runs one check, for `only` one container or all; `cause` is the request, if any.
+    pub async fn run(&self, only: Option<&str>, cause: Option<&Event>) -> anyhow::Result<Summary> {
+        let containers = self
+            .engine
+            .running_containers(|labels| {
+                steward_labels::mentions_watch(labels)
+                    && steward_labels::in_scope(labels, self.scope.as_deref())
+            })
+            .await?;
+        let mut summary = Summary::default();
+        let mut targets = vec![];
+        for info in containers {
+            if only.is_some_and(|name| name != info.name) {
+                continue;
+            }
+            match target(info) {
+                Ok(Some(t)) => targets.push(t),
+                Ok(None) => {}
+                Err((name, why)) => {
+                    tracing::warn!(container = %name, reason = %why, "container skipped");
+                    summary.skipped.push((name, why));
+                }
+            }
+        }
+        summary.checked = targets.len();
+        let results: Vec<(String, Outcome)> = futures::stream::iter(targets)
+            .map(|t| async move {
+                let name = t.info.name.clone();
+                (name, self.check(t, cause).await)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for (name, outcome) in results {
+            match outcome {
+                Outcome::Current => {}
+                Outcome::Updated => summary.updated.push(name),
+                Outcome::Skipped(why) => {
+                    tracing::warn!(container = %name, reason = %why, "container skipped");
+                    summary.skipped.push((name, why));
+                }
+                Outcome::Failed(e) => {
+                    tracing::error!(container = %name, error = %e, "registry check failed");
+                    summary.failed.push((name, e.to_string()));
+                }
+            }
+        }
+        summary.updated.sort();
+        tracing::info!(
+            checked = summary.checked,
+            updated = summary.updated.len(),
+            skipped = summary.skipped.len(),
+            failed = summary.failed.len(),
+            "check done"
+        );
+        Ok(summary)
+    }
+
+    async fn check(&self, t: Target, cause: Option<&Event>) -> Outcome {
+        let registry = t.reference.resolve_registry().to_owned();
+        let count = |outcome: &str| {
+            self.outcomes
+                .get_or_create(&RegistryLabels {
+                    registry: registry.clone(),
+                    outcome: outcome.into(),
+                })
+                .inc();
+        };
+        let running = match self.running_digest(&t).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Outcome::Skipped(format!(
+                    "image {} has no digest from {} (built locally and never pushed or pulled?)",
+                    t.info.image_ref, registry
+                ))
+            }
+            Err(e) => {
+                return Outcome::Skipped(format!("cannot inspect image {}: {e}", t.info.image_id))
+            }
+        };
+        let (newest_tag, newest) = match self.newest(&t).await {
+            Ok(found) => found,
+            Err(e) => {
+                count(e.kind());
+                self.remember_error(&t, &running, &e).await;
+                return Outcome::Failed(e);
+            }
+        };
+        let previous = match self.records.get(&t.info.name).await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Skipped(format!("cannot read watch record: {e}")),
+        };
+        let prev = previous.as_ref().map(|v| &v.value);
+        let now = OffsetDateTime::now_utc();
+        let newest_seen_at = match prev {
+            Some(p) if p.newest_digest.as_ref() == Some(&newest) => p.newest_seen_at.or(Some(now)),
+            _ => Some(now),
+        };
+        let mut record = WatchRecord {
+            container: t.info.name.clone(),
+            image: t.info.image_ref.clone(),
+            policy: t.labels.policy.as_str().to_owned(),
+            running_digest: Some(running.clone()),
+            newest_digest: Some(newest.clone()),
+            newest_tag: newest_tag.clone(),
+            newest_seen_at,
+            reported_digest: prev.and_then(|p| p.reported_digest.clone()),
+            checked_at: now,
+            last_error: None,
+        };
+        let is_new = newest != running && record.reported_digest.as_ref() != Some(&newest);
+        if is_new {
+            let data = ImageUpdated {
+                container: t.info.name.clone(),
+                image: t.info.image_ref.clone(),
+                current_digest: running.clone(),
+                new_digest: newest.clone(),
+                new_tag: newest_tag,
+            };
+            let event = match cause {
+                Some(cause) => Event::caused_by(cause, &self.source, data),
+                None => Event::new(&self.source, data),
+            };
+            // Publish first, then record: a crash in between repeats the event (the updater
+            // tolerates that) rather than losing it.
+            if let Err(e) = self.bus.publish(&event).await {
+                tracing::error!(container = %t.info.name, error = %e, "cannot publish image.updated; will retry next check");
+                return Outcome::Skipped(format!("cannot publish image.updated: {e}"));
+            }
+            tracing::info!(container = %t.info.name, from = %running.short(), to = %newest.short(), "newer image");
+            record.reported_digest = Some(newest);
+        }
+        count(if is_new { "updated" } else { "current" });
+        if let Err(e) = self.save(record, previous.map(|v| v.revision)).await {
+            tracing::warn!(container = %t.info.name, error = %e, "cannot save watch record");
+        }
+        if is_new {
+            Outcome::Updated
+        } else {
+            Outcome::Current
+        }
+    }
+
+    /// The digest the container runs, for the repository its reference names.
+    async fn running_digest(
+        &self,
+        t: &Target,
+    ) -> Result<Option<Digest>, steward_engine::EngineError> {
+        let digests = self.engine.repo_digests(&t.info.image_id).await?;
+        Ok(digests.iter().find_map(|rd| {
+            let r = Reference::try_from(rd.as_str()).ok()?;
+            let same = r.registry() == t.reference.registry()
+                && r.repository() == t.reference.repository();
+            same.then(|| r.digest().and_then(|d| Digest::parse(d).ok())).flatten()
+        }))
+    }
+
+    /// The newest digest: of a newer tracked tag if there is one, else of the tag itself.
+    async fn newest(&self, t: &Target) -> Result<(Option<String>, Digest), RegistryError> {
+        if let (Some(rule), Some(tag)) = (&t.labels.tags, t.reference.tag()) {
+            let tags = self.registries.tags(&t.reference).await?;
+            if let Some(newer) = rule.newest(tag, tags.iter().map(String::as_str)) {
+                let r = Reference::with_tag(
+                    t.reference.registry().to_owned(),
+                    t.reference.repository().to_owned(),
+                    newer.to_owned(),
+                );
+                return Ok((Some(newer.to_owned()), self.registries.manifest_digest(&r).await?));
+            }
+        }
+        Ok((None, self.registries.manifest_digest(&t.reference).await?))
+    }
+
+    async fn remember_error(&self, t: &Target, running: &Digest, e: &RegistryError) {
+        let Ok(previous) = self.records.get(&t.info.name).await else { return };
+        let base = previous.as_ref().map(|v| v.value.clone());
+        let record = WatchRecord {
+            container: t.info.name.clone(),
+            image: t.info.image_ref.clone(),
+            policy: t.labels.policy.as_str().to_owned(),
+            running_digest: Some(running.clone()),
+            newest_digest: base.as_ref().and_then(|b| b.newest_digest.clone()),
+            newest_tag: base.as_ref().and_then(|b| b.newest_tag.clone()),
+            newest_seen_at: base.as_ref().and_then(|b| b.newest_seen_at),
+            reported_digest: base.as_ref().and_then(|b| b.reported_digest.clone()),
+            checked_at: OffsetDateTime::now_utc(),
+            last_error: Some(e.to_string()),
+        };
+        let _ = self.save(record, previous.map(|v| v.revision)).await;
+    }
+
+    async fn save(
+        &self,
+        record: WatchRecord,
+        revision: Option<u64>,
+    ) -> Result<(), steward_bus::BusError> {
+        let key = record.container.clone();
+        match revision {
+            Some(rev) => self.records.update(&key, &record, rev).await.map(|_| ()),
+            None => self.records.create(&key, &record).await.map(|_| ()),
+        }
+    }
+
+    /// Records that a container now runs `digest` (after `update.succeeded`).
+    pub async fn note_running(
+        &self,
+        container: &str,
+        digest: &Digest,
+    ) -> Result<(), steward_bus::BusError> {
+        if let Some(v) = self.records.get(container).await? {
+            let mut record = v.value;
+            record.running_digest = Some(digest.clone());
+            self.records.update(container, &record, v.revision).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Labels and reference of a container, or why it is skipped. `Ok(None)`: not opted in.
+fn target(info: ContainerInfo) -> Result<Option<Target>, (String, String)> {
+    let labels: &HashMap<String, String> = &info.labels;
+    match steward_labels::watched(labels) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => return Err((info.name, e.to_string())),
+    }
+    let watch =
+        steward_labels::watch_labels(labels).map_err(|e| (info.name.clone(), e.to_string()))?;
+    let reference = Reference::try_from(info.image_ref.as_str()).map_err(|e| {
+        (info.name.clone(), format!("image reference {:?} does not parse: {e}", info.image_ref))
+    })?;
+    if reference.tag().is_none() && reference.digest().is_some() {
+        return Err((
+            info.name,
+            format!("image {} is pinned by digest; nothing to watch", info.image_ref),
+        ));
+    }
+    Ok(Some(Target { info, reference, labels: watch }))
+}

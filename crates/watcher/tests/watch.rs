@@ -1,0 +1,157 @@
+//! The watcher against the real Docker engine, the test bed's registry and NATS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::family::Family;
+use steward_bus::ReplayQuery;
+use steward_events::{EventData, ImageUpdated};
+use steward_testkit::docker::{push_app, registry, Container, ImageTag};
+use steward_testkit::{unique_name, TestBus};
+use steward_watcher::check::{Checker, Summary};
+use steward_watcher::registry::{Registries, RegistryConfig};
+
+async fn checker(bus: &TestBus, scope: &str, timeout: Duration) -> Checker {
+    Checker {
+        bus: bus.bus.clone(),
+        engine: steward_engine::Engine::from_env(),
+        registries: Arc::new(
+            Registries::new(RegistryConfig {
+                timeout,
+                max_wait: Duration::from_secs(10),
+                insecure: vec![],
+            })
+            .expect("registries"),
+        ),
+        records: Checker::records(bus).await.expect("records"),
+        concurrency: 8,
+        outcomes: Family::default(),
+        source: "steward-watcher/test".into(),
+        scope: Some(scope.to_owned()),
+    }
+}
+
+async fn image_updates(bus: &TestBus) -> Vec<(uuid::Uuid, ImageUpdated)> {
+    let query = ReplayQuery { subjects: vec!["image.updated".into()], ..Default::default() };
+    let mut replay = bus.replay(query).await.expect("replay");
+    let mut out = vec![];
+    while let Some(item) = replay.next().await {
+        let event = item.expect("item").event.expect("event");
+        let correlation = event.correlation_id;
+        if let EventData::ImageUpdated(u) = event.data {
+            out.push((correlation, u));
+        }
+    }
+    out
+}
+
+/// A watched app container from `image`, in `scope`, with extra labels.
+fn run_app(name: &str, image: &str, scope: &str, labels: &[&str]) -> Container {
+    let scope_label = format!("steward.scope={scope}");
+    let mut args = vec!["--label", "steward.enable=true", "--label", &scope_label];
+    for l in labels {
+        args.extend_from_slice(&["--label", l]);
+    }
+    args.push(image);
+    Container::run(name, &args)
+}
+
+#[tokio::test]
+async fn a_newer_digest_is_reported_once_even_across_restarts() {
+    let bus = TestBus::new("watch").await;
+    let scope = unique_name("scope");
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/watch"));
+    let _tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let name = unique_name("watched");
+    let _c = run_app(&name, &image, &scope, &["steward.update.policy=automatic"]);
+
+    let watcher = checker(&bus, &scope, Duration::from_secs(5)).await;
+    let first = watcher.run(None, None).await.expect("check");
+    assert_eq!(first, Summary { checked: 1, ..Summary::default() }, "v1 is current");
+
+    let v2 = push_app("v2", &image);
+    assert_ne!(v1, v2);
+    let second = watcher.run(None, None).await.expect("check");
+    assert_eq!(second.updated, [name.clone()]);
+    let updates = image_updates(&bus).await;
+    assert_eq!(updates.len(), 1);
+    let u = &updates[0].1;
+    assert_eq!((u.container.as_str(), u.image.as_str()), (name.as_str(), image.as_str()));
+    assert_eq!((u.current_digest.as_str(), u.new_digest.as_str()), (v1.as_str(), v2.as_str()));
+
+    // Again, and from a fresh watcher (a restart): nothing new.
+    assert!(watcher.run(None, None).await.expect("check").updated.is_empty());
+    let restarted = checker(&bus, &scope, Duration::from_secs(5)).await;
+    assert!(restarted.run(Some(&name), None).await.expect("check").updated.is_empty());
+    assert_eq!(image_updates(&bus).await.len(), 1);
+
+    let record = watcher.records.get(&name).await.expect("get").expect("record").value;
+    assert_eq!(record.policy, "automatic");
+    assert_eq!(record.running_digest.map(|d| d.to_string()), Some(v1));
+    assert_eq!(record.reported_digest.map(|d| d.to_string()), Some(v2));
+}
+
+#[tokio::test]
+async fn tag_tracking_reports_the_newest_matching_tag() {
+    let bus = TestBus::new("tags").await;
+    let scope = unique_name("scope");
+    let repo = format!("{}/{}", registry(), unique_name("steward-test/tags"));
+    let tags: Vec<ImageTag> = ["1.0.1", "1.0.2", "1.0.10", "1.1.0"]
+        .iter()
+        .map(|t| ImageTag(format!("{repo}:{t}")))
+        .collect();
+    push_app("v1", &tags[0].0);
+    push_app("v2", &tags[1].0);
+    let newest = push_app("v2", &tags[2].0);
+    push_app("v1", &tags[3].0);
+    let name = unique_name("tracked");
+    let _c = run_app(&name, &tags[0].0, &scope, &[r"steward.watch.tags=^1\.0\.\d+$"]);
+
+    let summary =
+        checker(&bus, &scope, Duration::from_secs(5)).await.run(None, None).await.expect("check");
+    assert_eq!(summary.updated, [name]);
+    let updates = image_updates(&bus).await;
+    assert_eq!(
+        updates[0].1.new_tag.as_deref(),
+        Some("1.0.10"),
+        "highest version matching the rule, not 1.1.0"
+    );
+    assert_eq!(updates[0].1.new_digest.as_str(), newest);
+}
+
+#[tokio::test]
+async fn bad_labels_and_unknown_images_are_skipped_with_a_reason_and_others_still_checked() {
+    let bus = TestBus::new("badlabels").await;
+    let scope = unique_name("scope");
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/bad"));
+    let _tag = ImageTag(image.clone());
+    push_app("v1", &image);
+    let scope_label = format!("steward.scope={scope}");
+    let bad_enable = unique_name("badenable");
+    let _a = Container::run(
+        &bad_enable,
+        &["--label", "steward.enable=maybe", "--label", &scope_label, &image],
+    );
+    let bad_policy = unique_name("badpolicy");
+    let _b = run_app(&bad_policy, &image, &scope, &["steward.update.policy=sometimes"]);
+    let bad_regex = unique_name("badregex");
+    let _c = run_app(&bad_regex, &image, &scope, &["steward.watch.tags=1.("]);
+    let local_only = unique_name("localonly");
+    let _d = run_app(&local_only, "steward-test/app:v1", &scope, &[]);
+    let good = unique_name("good");
+    let _e = run_app(&good, &image, &scope, &[]);
+    push_app("v2", &image);
+
+    let summary =
+        checker(&bus, &scope, Duration::from_secs(5)).await.run(None, None).await.expect("check");
+    assert_eq!(summary.updated, [good], "skipping the others did not affect it");
+    assert_eq!(summary.skipped.len(), 4, "{summary:?}");
+    let reason = |n: &str| {
+        summary.skipped.iter().find(|(c, _)| c == n).map(|(_, r)| r.clone()).unwrap_or_default()
+    };
+    assert!(reason(&bad_enable).contains("steward.enable=\"maybe\""), "{summary:?}");
+    assert!(reason(&bad_policy).contains("expected automatic, manual or notify"), "{summary:?}");
+    assert!(reason(&bad_regex).contains("not a regular expression"), "{summary:?}");
+    assert!(reason(&local_only).contains("no digest"), "{summary:?}");
+}
