@@ -114,6 +114,7 @@ impl<H: Handler> Loop<'_, H> {
             }
         }
 
+        tracing::info!(container = event.container().unwrap_or("-"), source = %event.source, "received");
         let started = Instant::now();
         let Some(result) = self.run_handler(&d, event.clone()).await else {
             tracing::warn!(grace = ?self.grace, "handler did not finish within the shutdown grace; returning the event for redelivery");

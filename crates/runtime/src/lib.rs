@@ -211,15 +211,13 @@ where
     }
 }
 
-/// A handler that only logs what it receives: the services' behaviour until their own
-/// issues give them work.
+/// A handler with nothing to do yet (the loop already logs every event it receives): the
+/// services' behaviour until their own issues give them work.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LogHandler;
 
 impl Handler for LogHandler {
-    async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
-        // Id, subject and correlation are already on the loop's span.
-        tracing::info!(container = event.container().unwrap_or("-"), source = %event.source, "received");
+    async fn handle(&self, _ctx: &Context, _event: Event) -> Result<(), HandlerError> {
         Ok(())
     }
 }
