@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod events;
+mod status;
 mod when;
 
 use std::process::ExitCode;
@@ -47,6 +48,12 @@ enum Command {
     Check {
         /// Only this container.
         container: Option<String>,
+    },
+    /// Watched containers: policy, running digest, newest known digest.
+    Status {
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Read the event stream.
     #[command(subcommand)]
@@ -93,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("watch requested ({})", event.id);
             Ok(())
         }
+        Command::Status { json } => status::run(&cli.conn, json).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
     }
 }

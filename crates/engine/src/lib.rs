@@ -56,6 +56,15 @@ pub struct ContainerInfo {
     pub labels: HashMap<String, String>,
 }
 
+/// `sha256:<hex>` or bare 64-digit hex: what `docker ps` shows instead of a moved reference.
+fn looks_like_image_id(s: &str) -> bool {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    hex.len() >= 12
+        && hex.len() <= 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && (s.starts_with("sha256:") || hex.len() == 64)
+}
+
 /// Where the engine is looked for: `DOCKER_HOST`, else the default Unix socket.
 pub fn docker_host() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
@@ -103,22 +112,50 @@ impl Engine {
         &self,
         wanted: impl Fn(&HashMap<String, String>) -> bool,
     ) -> Result<Vec<ContainerInfo>, EngineError> {
+        use futures::StreamExt;
         let docker = self.client()?;
         let summaries = docker.list_containers(None).await.map_err(|e| self.unreachable(e))?;
         let mut out = vec![];
+        let mut to_inspect = vec![];
         for summary in summaries {
             let labels = summary.labels.unwrap_or_default();
+            let Some(id) = summary.id else { continue };
             if !wanted(&labels) {
                 continue;
             }
-            let Some(id) = summary.id else { continue };
-            // Gone between list and inspect: not an error, just not running any more.
-            let Ok(inspect) = docker.inspect_container(&id, None).await else { continue };
-            let name = inspect.name.unwrap_or_default().trim_start_matches('/').to_owned();
-            let image_ref = inspect.config.and_then(|c| c.image).unwrap_or_default();
-            let image_id = inspect.image.unwrap_or_default();
-            out.push(ContainerInfo { id, name, image_ref, image_id, labels });
+            let name = summary
+                .names
+                .unwrap_or_default()
+                .first()
+                .map(|n| n.trim_start_matches('/').to_owned());
+            let image_id = summary.image_id.unwrap_or_default();
+            match (name, summary.image) {
+                // The list shows the reference the container was created from, unless that
+                // reference now names another image: then it shows an image id, and only an
+                // inspect still has the reference. Most containers need no inspect at all.
+                (Some(name), Some(image_ref)) if !looks_like_image_id(&image_ref) => {
+                    out.push(ContainerInfo { id, name, image_ref, image_id, labels })
+                }
+                _ => to_inspect.push((id, labels)),
+            }
         }
+        let inspected = futures::stream::iter(to_inspect)
+            .map(|(id, labels)| {
+                let docker = docker.clone();
+                async move {
+                    // Gone between list and inspect: not an error, just not running any more.
+                    let inspect = docker.inspect_container(&id, None).await.ok()?;
+                    let name = inspect.name.unwrap_or_default().trim_start_matches('/').to_owned();
+                    let image_ref = inspect.config.and_then(|c| c.image).unwrap_or_default();
+                    let image_id = inspect.image.unwrap_or_default();
+                    Some(ContainerInfo { id, name, image_ref, image_id, labels })
+                }
+            })
+            .buffer_unordered(8)
+            .filter_map(|c| async move { c })
+            .collect::<Vec<_>>()
+            .await;
+        out.extend(inspected);
         Ok(out)
     }
 
@@ -149,5 +186,19 @@ impl Engine {
             reason: e.to_string(),
         })?;
         Ok((v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_ids_are_told_from_references() {
+        assert!(super::looks_like_image_id(&format!("sha256:{}", "ab".repeat(32))));
+        assert!(super::looks_like_image_id(&"0f".repeat(32)));
+        for reference in
+            ["nginx", "gitea/gitea:1.22", "127.0.0.1:5000/app:1.0", "cafe", "deadbeef:1"]
+        {
+            assert!(!super::looks_like_image_id(reference), "{reference}");
+        }
     }
 }

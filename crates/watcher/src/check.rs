@@ -121,10 +121,24 @@ impl Checker {
             }
         }
         summary.checked = targets.len();
+        // Containers often share an image: inspect each image once per check.
+        let mut image_ids: Vec<String> = targets.iter().map(|t| t.info.image_id.clone()).collect();
+        image_ids.sort();
+        image_ids.dedup();
+        let repo_digests: HashMap<String, Result<Vec<String>, String>> =
+            futures::stream::iter(image_ids)
+                .map(|id| async move {
+                    let digests = self.engine.repo_digests(&id).await.map_err(|e| e.to_string());
+                    (id, digests)
+                })
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
+        let repo_digests = &repo_digests;
         let results: Vec<(String, Outcome)> = futures::stream::iter(targets)
             .map(|t| async move {
                 let name = t.info.name.clone();
-                (name, self.check(t, cause).await)
+                (name, self.check(t, repo_digests, cause).await)
             })
             .buffer_unordered(self.concurrency)
             .collect()
@@ -154,7 +168,12 @@ impl Checker {
         Ok(summary)
     }
 
-    async fn check(&self, t: Target, cause: Option<&Event>) -> Outcome {
+    async fn check(
+        &self,
+        t: Target,
+        repo_digests: &HashMap<String, Result<Vec<String>, String>>,
+        cause: Option<&Event>,
+    ) -> Outcome {
         let registry = t.reference.resolve_registry().to_owned();
         let count = |outcome: &str| {
             self.outcomes
@@ -164,7 +183,8 @@ impl Checker {
                 })
                 .inc();
         };
-        let running = match self.running_digest(&t).await {
+        let digests = repo_digests.get(&t.info.image_id).cloned().unwrap_or_else(|| Ok(vec![]));
+        let running = match digests.map(|d| running_digest(&t, &d)) {
             Ok(Some(d)) => d,
             Ok(None) => {
                 return Outcome::Skipped(format!(
@@ -239,20 +259,6 @@ impl Checker {
         }
     }
 
-    /// The digest the container runs, for the repository its reference names.
-    async fn running_digest(
-        &self,
-        t: &Target,
-    ) -> Result<Option<Digest>, steward_engine::EngineError> {
-        let digests = self.engine.repo_digests(&t.info.image_id).await?;
-        Ok(digests.iter().find_map(|rd| {
-            let r = Reference::try_from(rd.as_str()).ok()?;
-            let same = r.registry() == t.reference.registry()
-                && r.repository() == t.reference.repository();
-            same.then(|| r.digest().and_then(|d| Digest::parse(d).ok())).flatten()
-        }))
-    }
-
     /// The newest digest: of a newer tracked tag if there is one, else of the tag itself.
     async fn newest(&self, t: &Target) -> Result<(Option<String>, Digest), RegistryError> {
         if let (Some(rule), Some(tag)) = (&t.labels.tags, t.reference.tag()) {
@@ -312,6 +318,17 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// The digest the container runs: its image's repo digest for the repository its reference
+/// names.
+fn running_digest(t: &Target, repo_digests: &[String]) -> Option<Digest> {
+    repo_digests.iter().find_map(|rd| {
+        let r = Reference::try_from(rd.as_str()).ok()?;
+        let same =
+            r.registry() == t.reference.registry() && r.repository() == t.reference.repository();
+        same.then(|| r.digest().and_then(|d| Digest::parse(d).ok())).flatten()
+    })
 }
 
 /// Labels and reference of a container, or why it is skipped. `Ok(None)`: not opted in.

@@ -29,7 +29,7 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
 /// Requests in flight per registry.
-const PER_REGISTRY: usize = 4;
+const PER_REGISTRY: usize = 8;
 
 /// How long an auth decision (token or "anonymous is fine") is reused. Docker Hub's tokens
 /// live 300 s.

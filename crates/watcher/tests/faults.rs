@@ -168,7 +168,7 @@ async fn a_registry_answering_500_is_an_error_counted_and_the_other_is_still_che
     let f = fixture("f500").await;
     *f.proxy.mode.lock().expect("lock") = Mode::Fail500;
     let summary = f.checker.run(None, None).await.expect("the check itself succeeds");
-    assert_eq!(summary.updated, [f.direct.clone()]);
+    assert_eq!(summary.updated, std::slice::from_ref(&f.direct));
     assert_eq!(summary.failed.len(), 1);
     assert_eq!(summary.failed[0].0, f.proxied);
     assert!(summary.failed[0].1.contains("HTTP 500"), "{summary:?}");
@@ -202,7 +202,7 @@ async fn a_hanging_registry_times_out_without_holding_the_other_back() {
     *f.proxy.mode.lock().expect("lock") = Mode::Hang;
     let started = Instant::now();
     let summary = f.checker.run(None, None).await.expect("check");
-    assert_eq!(summary.updated, [f.direct.clone()]);
+    assert_eq!(summary.updated, std::slice::from_ref(&f.direct));
     assert_eq!(summary.failed.len(), 1);
     assert!(summary.failed[0].1.contains("unreachable"), "{summary:?}");
     assert!(started.elapsed() < Duration::from_secs(20), "bounded by the 2 s request timeout");

@@ -73,7 +73,7 @@ async fn a_newer_digest_is_reported_once_even_across_restarts() {
     let v2 = push_app("v2", &image);
     assert_ne!(v1, v2);
     let second = watcher.run(None, None).await.expect("check");
-    assert_eq!(second.updated, [name.clone()]);
+    assert_eq!(second.updated, std::slice::from_ref(&name));
     let updates = image_updates(&bus).await;
     assert_eq!(updates.len(), 1);
     let u = &updates[0].1;

@@ -1,0 +1,60 @@
+//! `steward status`: every watched container, its policy, running and newest digest, from the
+//! watcher's records on the bus (the CLI needs no Docker access).
+
+use std::io::Write;
+
+use steward_bus::StateStore;
+use steward_events::records::{WatchRecord, WATCH_BUCKET};
+
+use crate::Connection;
+
+pub async fn run(conn: &Connection, json: bool) -> anyhow::Result<()> {
+    let bus = conn.bus().await?;
+    let store: StateStore<WatchRecord> = StateStore::open(&bus, WATCH_BUCKET).await?;
+    let mut keys = store.keys().await?;
+    keys.sort();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if !json {
+        writeln!(
+            out,
+            "{:<24} {:<10} {:<13} {:<13} {:<20} NOTE",
+            "CONTAINER", "POLICY", "RUNNING", "NEWEST", "CHECKED (UTC)"
+        )?;
+    }
+    for key in keys {
+        let Some(record) = store.get(&key).await? else { continue };
+        let r = record.value;
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
+            continue;
+        }
+        let short = |d: &Option<steward_events::Digest>| {
+            d.as_ref().map_or("-".to_owned(), |d| d.short().to_owned())
+        };
+        let note = match (&r.last_error, &r.newest_digest) {
+            (Some(e), _) => format!("last check failed: {e}"),
+            (None, Some(newest)) if r.running_digest.as_ref() != Some(newest) => {
+                match &r.newest_tag {
+                    Some(tag) => format!("update available: {tag}"),
+                    None => "update available".to_owned(),
+                }
+            }
+            _ => "up to date".to_owned(),
+        };
+        let checked = r.checked_at.format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]"
+        ))?;
+        writeln!(
+            out,
+            "{:<24} {:<10} {:<13} {:<13} {:<20} {note}",
+            r.container,
+            r.policy,
+            short(&r.running_digest),
+            short(&r.newest_digest),
+            checked
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
