@@ -9,11 +9,13 @@ set -euo pipefail
 STATE=${1:-${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { printf '[testbed] %s\n' "$*" >&2; }
-have() { docker image inspect "$1" >/dev/null 2>&1; }
+# Bump when an image's definition changes: existing test beds then rebuild it.
+REV=2
+have() { [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.rev"}}' "$1" 2>/dev/null)" = "$REV" ]; }
 build() { # TAG CONTEXT [BUILD ARGS...]
   local tag=$1 ctx=$2; shift 2
   # The legacy builder: the engine here (20.10) has no buildx; its deprecation notice is noise.
-  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$@" "$ctx" >"$STATE/logs/build.log" 2>&1 \
+  DOCKER_BUILDKIT=0 docker build -q --label "steward.testbed.rev=$REV" -t "$tag" "$@" "$ctx" >"$STATE/logs/build.log" 2>&1 \
     || { cat "$STATE/logs/build.log" >&2; echo "[testbed] error: building $tag failed" >&2; exit 1; }
 }
 

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use bollard::Docker;
 
+pub mod recreate;
+pub use recreate::Replacement;
+
 /// Something the engine could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -18,6 +21,16 @@ pub enum EngineError {
         /// `DOCKER_HOST` or the default socket.
         host: String,
         /// Why.
+        reason: String,
+    },
+    /// An operation on a container or image failed.
+    #[error("Docker at {host}: cannot {what}: {reason}")]
+    Operation {
+        /// Where the engine is.
+        host: String,
+        /// What was being done, naming the container.
+        what: String,
+        /// The engine's answer.
         reason: String,
     },
     /// The engine did not answer.

@@ -1,0 +1,356 @@
+//! Replacing a container by one from another image with the same configuration, and putting
+//! the old one back.
+//!
+//! "The same configuration" is what the operator (or compose) gave, not what the old image
+//! supplied: the engine merges image defaults (ENV, CMD, ENTRYPOINT, labels, healthcheck,
+//! exposed ports, volumes, user, workdir) into the container's config, so a value equal to the
+//! old image's default is left out and the new image supplies its own. Everything in
+//! `HostConfig` (mounts, ports, restart policy, resources, ...) is the operator's and is copied
+//! whole; networks are re-joined with their aliases, minus the engine-generated short-id alias;
+//! anonymous volumes are re-attached by name so their data is not left behind.
+//!
+//! The swap keeps downtime to a stop and a start: the new container is created (and joined to
+//! its networks) while the old one still runs; then the old one is stopped and parked under
+//! `<name>-steward-old`, the new one takes the name and starts. [`Engine::restore`] undoes
+//! it; [`Engine::finish`] removes the parked container.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
+    Mount, MountType, NetworkConnectRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+};
+
+use crate::{Engine, EngineError};
+
+/// Suffix of the parked old container while an update is judged.
+pub const OLD_SUFFIX: &str = "-steward-old";
+/// Suffix of the new container before it takes the name.
+pub const NEW_SUFFIX: &str = "-steward-new";
+/// Suffix of a failed new container while it is being removed.
+pub const FAILED_SUFFIX: &str = "-steward-failed";
+
+/// A swap in progress: enough to finish it or undo it, also after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The container's name.
+    pub name: String,
+    /// The old container, parked under `<name>-steward-old`.
+    pub old_id: String,
+    /// The new container, now under `<name>`.
+    pub new_id: String,
+}
+
+fn minus<T: PartialEq + Clone>(
+    values: &Option<Vec<T>>,
+    defaults: &Option<Vec<T>>,
+) -> Option<Vec<T>> {
+    let values = values.as_ref()?;
+    let defaults = defaults.as_deref().unwrap_or(&[]);
+    let kept: Vec<T> = values.iter().filter(|v| !defaults.contains(v)).cloned().collect();
+    (!kept.is_empty()).then_some(kept)
+}
+
+fn unless_default<T: PartialEq + Clone>(value: &Option<T>, default: &Option<T>) -> Option<T> {
+    match (value, default) {
+        (Some(v), Some(d)) if v == d => None,
+        (v, _) => v.clone(),
+    }
+}
+
+/// The operator's part of a container's config, for a container of `image`.
+pub fn creation_body(
+    old: &ContainerInspectResponse,
+    old_image: &ContainerConfig,
+    image: &str,
+) -> ContainerCreateBody {
+    let cfg = old.config.clone().unwrap_or_default();
+    let img = old_image;
+    let id = old.id.clone().unwrap_or_default();
+    let labels = cfg.labels.as_ref().map(|labels| {
+        let defaults = img.labels.clone().unwrap_or_default();
+        labels
+            .iter()
+            .filter(|(k, v)| defaults.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<HashMap<_, _>>()
+    });
+    // The engine names a container's host after its short id unless told otherwise.
+    let hostname = cfg.hostname.clone().filter(|h| !h.is_empty() && !id.starts_with(h.as_str()));
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        hostname,
+        domainname: cfg.domainname.clone().filter(|d| !d.is_empty()),
+        user: unless_default(&cfg.user, &img.user).filter(|u| !u.is_empty()),
+        attach_stdin: cfg.attach_stdin,
+        attach_stdout: cfg.attach_stdout,
+        attach_stderr: cfg.attach_stderr,
+        exposed_ports: minus(&cfg.exposed_ports, &img.exposed_ports),
+        tty: cfg.tty,
+        open_stdin: cfg.open_stdin,
+        stdin_once: cfg.stdin_once,
+        env: minus(&cfg.env, &img.env),
+        cmd: unless_default(&cfg.cmd, &img.cmd),
+        healthcheck: unless_default(&cfg.healthcheck, &img.healthcheck),
+        volumes: minus(&cfg.volumes, &img.volumes),
+        working_dir: unless_default(&cfg.working_dir, &img.working_dir).filter(|w| !w.is_empty()),
+        entrypoint: unless_default(&cfg.entrypoint, &img.entrypoint),
+        labels: labels.filter(|l| !l.is_empty()),
+        stop_signal: unless_default(&cfg.stop_signal, &img.stop_signal),
+        stop_timeout: cfg.stop_timeout,
+        host_config: Some(host_config(old)),
+        networking_config: primary_network(old).map(|(net, endpoint)| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(net, endpoint)])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// `HostConfig` as it was, plus the anonymous volumes re-attached by name.
+fn host_config(old: &ContainerInspectResponse) -> HostConfig {
+    let mut hc = old.host_config.clone().unwrap_or_default();
+    let binds = hc.binds.clone().unwrap_or_default();
+    let mut mounts = hc.mounts.clone().unwrap_or_default();
+    for m in old.mounts.iter().flatten() {
+        let (Some(name), Some(target)) = (&m.name, &m.destination) else { continue };
+        if m.typ.as_deref() != Some("volume") {
+            continue;
+        }
+        let declared = binds.iter().any(|b| b.split(':').next() == Some(name.as_str()))
+            || mounts.iter().any(|x| {
+                x.source.as_deref() == Some(name.as_str())
+                    || x.target.as_deref() == Some(target.as_str())
+            })
+            || binds.iter().any(|b| b.split(':').nth(1) == Some(target.as_str()));
+        if !declared {
+            mounts.push(Mount {
+                target: Some(target.clone()),
+                source: Some(name.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: m.rw.map(|rw| !rw),
+                ..Default::default()
+            });
+        }
+    }
+    hc.mounts = (!mounts.is_empty()).then_some(mounts);
+    hc
+}
+
+/// Endpoint settings the operator chose on a network: aliases (minus the short id the engine
+/// adds), static addresses, links, driver options. Never the MAC address: copying it makes
+/// duplicates.
+fn endpoint(
+    old: &ContainerInspectResponse,
+    network: &str,
+    settings: &EndpointSettings,
+) -> EndpointSettings {
+    let id = old.id.clone().unwrap_or_default();
+    // The default bridge network takes no aliases.
+    let aliases = if network == "bridge" {
+        None
+    } else {
+        settings
+            .aliases
+            .as_ref()
+            .map(|a| a.iter().filter(|a| !id.starts_with(a.as_str())).cloned().collect::<Vec<_>>())
+            .filter(|a| !a.is_empty())
+    };
+    EndpointSettings {
+        aliases,
+        ipam_config: settings.ipam_config.clone(),
+        links: settings.links.clone(),
+        driver_opts: settings.driver_opts.clone(),
+        ..Default::default()
+    }
+}
+
+/// The network the container is created on (its `NetworkMode`), with its endpoint.
+fn primary_network(old: &ContainerInspectResponse) -> Option<(String, EndpointSettings)> {
+    let mode = old.host_config.as_ref()?.network_mode.clone()?;
+    let networks = old.network_settings.as_ref()?.networks.as_ref()?;
+    let name = if mode == "default" { "bridge".to_owned() } else { mode };
+    networks.get(&name).map(|s| (name.clone(), endpoint(old, &name, s)))
+}
+
+/// The other networks, joined after create (API 1.41 accepts one network at create).
+fn other_networks(old: &ContainerInspectResponse) -> Vec<(String, EndpointSettings)> {
+    let primary = primary_network(old).map(|(n, _)| n);
+    let Some(networks) = old.network_settings.as_ref().and_then(|n| n.networks.as_ref()) else {
+        return vec![];
+    };
+    let mut others: Vec<_> = networks
+        .iter()
+        .filter(|(n, _)| Some(n.as_str()) != primary.as_deref())
+        .map(|(n, s)| (n.clone(), endpoint(old, n, s)))
+        .collect();
+    others.sort_by(|a, b| a.0.cmp(&b.0));
+    others
+}
+
+impl Engine {
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Operation {
+            host: self.host.clone(),
+            what: what.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Replaces container `name` by one created from `image` with the same configuration.
+    /// On return the new container runs under `name` and the old one is parked, stopped.
+    /// If the new container cannot be created or started, the old one is running again under
+    /// its name before this returns the error.
+    pub async fn replace(&self, name: &str, image: &str) -> Result<Replacement, EngineError> {
+        let docker = self.client()?;
+        let old = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspect {name}"), e))?;
+        let old_id = old.id.clone().unwrap_or_default();
+        let old_image = match &old.image {
+            Some(id) => docker
+                .inspect_image(id)
+                .await
+                .ok()
+                .and_then(|i| i.config)
+                .map(image_config_as_container),
+            None => None,
+        }
+        .unwrap_or_default();
+        let body = creation_body(&old, &old_image, image);
+        let new_name = format!("{name}{NEW_SUFFIX}");
+        // A leftover of an interrupted attempt is ours to remove.
+        let _ = docker
+            .remove_container(
+                &new_name,
+                Some(RemoveContainerOptions { force: true, ..Default::default() }),
+            )
+            .await;
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions { name: Some(new_name.clone()), ..Default::default() }),
+                body,
+            )
+            .await
+            .map_err(|e| self.failed(&format!("create {new_name} from {image}"), e))?;
+        let new_id = created.id;
+        for (network, endpoint) in other_networks(&old) {
+            let request = NetworkConnectRequest {
+                container: new_id.clone(),
+                endpoint_config: Some(endpoint),
+            };
+            if let Err(e) = docker.connect_network(&network, request).await {
+                let _ = self.remove(&new_id).await;
+                return Err(self.failed(&format!("connect {new_name} to {network}"), e));
+            }
+        }
+        let replacement =
+            Replacement { name: name.to_owned(), old_id: old_id.clone(), new_id: new_id.clone() };
+        let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).map(|t| t as i32);
+        docker
+            .stop_container(
+                &old_id,
+                Some(StopContainerOptions { t: stop_timeout, ..Default::default() }),
+            )
+            .await
+            .map_err(|e| self.failed(&format!("stop {name}"), e))?;
+        let swapped = async {
+            self.rename(&old_id, &format!("{name}{OLD_SUFFIX}")).await?;
+            self.rename(&new_id, name).await?;
+            docker
+                .start_container(&new_id, None)
+                .await
+                .map_err(|e| self.failed(&format!("start new {name}"), e))
+        }
+        .await;
+        if let Err(e) = swapped {
+            if let Err(undo) = self.restore(&replacement).await {
+                tracing_free_log(&format!(
+                    "restoring {name} after a failed swap also failed: {undo}"
+                ));
+            }
+            return Err(e);
+        }
+        Ok(replacement)
+    }
+
+    /// Undoes a replacement: the new container is removed and the old one runs again under
+    /// its name. Safe to repeat (after a crash half-way through).
+    pub async fn restore(&self, r: &Replacement) -> Result<(), EngineError> {
+        let docker = self.client()?;
+        if docker.inspect_container(&r.new_id, None).await.is_ok() {
+            let _ = docker.stop_container(&r.new_id, None).await;
+            // Free the name first; removal comes after the old one runs again.
+            self.rename(&r.new_id, &format!("{}{FAILED_SUFFIX}", r.name)).await?;
+        }
+        let old = docker
+            .inspect_container(&r.old_id, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
+        if old.name.as_deref().map(|n| n.trim_start_matches('/')) != Some(r.name.as_str()) {
+            self.rename(&r.old_id, &r.name).await?;
+        }
+        if !old.state.and_then(|s| s.running).unwrap_or(false) {
+            docker
+                .start_container(&r.old_id, None)
+                .await
+                .map_err(|e| self.failed(&format!("start old {}", r.name), e))?;
+        }
+        if docker.inspect_container(&r.new_id, None).await.is_ok() {
+            self.remove(&r.new_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes a replacement: removes the parked old container (its image and volumes stay).
+    pub async fn finish(&self, r: &Replacement) -> Result<(), EngineError> {
+        let docker = self.client()?;
+        if docker.inspect_container(&r.old_id, None).await.is_ok() {
+            self.remove(&r.old_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        self.client()?
+            .rename_container(id, RenameContainerOptions { name: name.to_owned() })
+            .await
+            .map_err(|e| self.failed(&format!("rename {id} to {name}"), e))
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        // `v: false`: anonymous volumes now belong to the other container.
+        self.client()?
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions { force: true, v: false, link: false }),
+            )
+            .await
+            .map_err(|e| self.failed(&format!("remove {id}"), e))
+    }
+}
+
+/// The engine crate has no logger; failures inside an error path go to stderr once.
+fn tracing_free_log(message: &str) {
+    eprintln!("steward-engine: {message}");
+}
+
+/// An image's config in the shape of a container's, for comparing defaults.
+fn image_config_as_container(c: bollard::models::ImageConfig) -> ContainerConfig {
+    ContainerConfig {
+        user: c.user,
+        exposed_ports: c.exposed_ports,
+        env: c.env,
+        cmd: c.cmd,
+        healthcheck: c.healthcheck,
+        volumes: c.volumes,
+        working_dir: c.working_dir,
+        entrypoint: c.entrypoint,
+        labels: c.labels,
+        stop_signal: c.stop_signal,
+        ..Default::default()
+    }
+}
