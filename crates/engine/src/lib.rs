@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bollard::Docker;
 
+mod ops;
 pub mod recreate;
+pub use ops::HealthView;
 pub use recreate::Replacement;
 
 /// Something the engine could not do.

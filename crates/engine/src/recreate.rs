@@ -191,7 +191,7 @@ fn other_networks(old: &ContainerInspectResponse) -> Vec<(String, EndpointSettin
 }
 
 impl Engine {
-    fn failed(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
+    pub(crate) fn failed(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
         EngineError::Operation {
             host: self.host.clone(),
             what: what.to_owned(),

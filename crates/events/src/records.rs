@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::Digest;
 
@@ -36,4 +37,78 @@ pub struct WatchRecord {
     /// Why the last check failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// KV bucket (within the namespace) of [`UpdateRecord`]s, keyed by container name: one update
+/// of a container at a time.
+pub const UPDATE_BUCKET: &str = "UPDATES";
+
+/// Where an update is. The updater advances it only with compare-and-set writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateStep {
+    /// Manual policy: waiting for `update.approved` / `update.rejected`.
+    Pending,
+    /// `backup.requested` published; waiting for its `backup.done` / `backup.failed`.
+    AwaitingBackup,
+    /// Pulling and swapping containers.
+    Swapping,
+    /// The new container runs; the health gate decides.
+    Gating,
+    /// Terminal: the new image runs and is healthy.
+    Succeeded,
+    /// Terminal: the old image runs again.
+    RolledBack,
+    /// Terminal: stopped before the container was touched.
+    Failed,
+    /// Terminal: a human said no.
+    Rejected,
+}
+
+impl UpdateStep {
+    /// No further step follows.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed | Self::Rejected)
+    }
+}
+
+/// One update of one container, as persisted between events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    /// The update (the id of the `image.updated` event that started it).
+    pub update_id: Uuid,
+    /// Container name.
+    pub container: String,
+    /// Image reference the container runs.
+    pub image: String,
+    /// Digest before.
+    pub from_digest: Digest,
+    /// Digest to apply.
+    pub to_digest: Digest,
+    /// With tag tracking, the newer tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_tag: Option<String>,
+    /// Policy at the time.
+    pub policy: String,
+    /// The flow's correlation id.
+    pub correlation_id: Uuid,
+    /// The last event of this flow (causation of the next).
+    pub last_event_id: Uuid,
+    /// Where it is.
+    pub step: UpdateStep,
+    /// When the update began.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Until when a requested backup is waited for.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub backup_deadline: Option<OffsetDateTime>,
+    /// The container before the swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_id: Option<String>,
+    /// The container after the swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_id: Option<String>,
+    /// Why it ended as it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

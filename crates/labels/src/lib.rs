@@ -19,6 +19,11 @@ pub const ENABLE_DIUN: &str = "diun.enable";
 pub const POLICY: &str = "steward.update.policy";
 /// The seeds' policy label, honoured too.
 pub const POLICY_LEGACY: &str = "update.policy";
+/// `false` skips the backup before an update.
+pub const UPDATE_BACKUP: &str = "steward.update.backup";
+/// HTTP probe for the health gate.
+pub const HEALTH_URL: &str = "steward.health.url";
+
 /// Which Steward installation owns the container (with `STEWARD_SCOPE`): several can share
 /// one Docker host, as Watchtower's scopes allow.
 pub const SCOPE: &str = "steward.scope";
@@ -191,6 +196,38 @@ pub fn watch_labels(labels: &HashMap<String, String>) -> Result<WatchLabels, Lab
     Ok(WatchLabels { policy, tags })
 }
 
+/// How to update a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateLabels {
+    /// Update policy.
+    pub policy: Policy,
+    /// Back up before updating (default true).
+    pub backup: bool,
+    /// HTTP probe for the health gate.
+    pub health_url: Option<String>,
+}
+
+/// The update settings of a container.
+pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, LabelError> {
+    let policy = watch_labels(labels)?.policy;
+    let backup = match labels.get(UPDATE_BACKUP) {
+        None => true,
+        Some(v) => boolean(UPDATE_BACKUP, v)?,
+    };
+    let health_url = match labels.get(HEALTH_URL) {
+        None => None,
+        Some(v) if v.starts_with("http://") || v.starts_with("https://") => Some(v.clone()),
+        Some(v) => {
+            return Err(LabelError {
+                label: HEALTH_URL,
+                value: v.clone(),
+                reason: "expected an http:// or https:// URL".into(),
+            })
+        }
+    };
+    Ok(UpdateLabels { policy, backup, health_url })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +271,21 @@ mod tests {
             "a non-version current tag cannot be compared"
         );
         assert!(watch_labels(&labels(&[("steward.watch.tags", "1.(")])).is_err());
+    }
+
+    #[test]
+    fn update_labels_default_to_a_backup_and_check_the_probe() {
+        let u = update_labels(&labels(&[("steward.update.policy", "automatic")])).expect("ok");
+        assert_eq!((u.policy, u.backup, u.health_url), (Policy::Automatic, true, None));
+        let u = update_labels(&labels(&[
+            ("steward.update.backup", "false"),
+            ("steward.health.url", "http://web:8080/"),
+        ]))
+        .expect("ok");
+        assert!(!u.backup);
+        assert_eq!(u.health_url.as_deref(), Some("http://web:8080/"));
+        assert!(update_labels(&labels(&[("steward.health.url", "web:8080")])).is_err());
+        assert!(update_labels(&labels(&[("steward.update.backup", "perhaps")])).is_err());
     }
 
     #[test]

@@ -1,9 +1,74 @@
-//! steward-updater: Applies image updates per policy: backup first, recreate, health gate, roll back (consumes `image.updated`, approvals and backup outcomes).
+//! steward-updater: applies newer images per policy, safely.
 //!
-//! Today the service runs the shared runtime and logs every event it receives; its own job
-//! is built in its own issue on top of this skeleton.
+//! It consumes `image.updated` and, by the container's `steward.update.policy`, does nothing
+//! (`notify`), asks first (`manual`: `update.pending`, then `update.approved` /
+//! `update.rejected`), or goes ahead (`automatic`): backup first (unless
+//! `steward.update.backup=false`), pull the checked digest, recreate the container with its
+//! exact configuration, health-gate it, and end with `update.succeeded` or roll back
+//! (`update.rolled_back`, with the failed container's last log lines). The state machine is in
+//! [`flow`]; each update is persisted so a restarted updater rolls back what it was doing.
 
-use steward_events::Service;
+pub mod config;
+pub mod flow;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use steward_events::{Event, EventData, Service};
+use steward_runtime::{Context, Handler, HandlerError};
+
+use crate::config::UpdaterConfig;
+use crate::flow::{Flow, FlowError};
 
 /// This service on the bus.
 pub const SERVICE: Service = Service::Updater;
+
+/// The updater's event handler.
+#[derive(Debug)]
+pub struct Updater {
+    flow: Flow,
+}
+
+impl Updater {
+    /// Opens the state, rolls back what a previous instance left half-done, and starts the
+    /// backup-timeout sweep.
+    pub async fn start(cfg: UpdaterConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let engine = ctx.engine.clone().context("the updater needs Docker")?;
+        let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
+        flow.resume().await.context("rolling back interrupted updates")?;
+        let sweeper = flow.clone();
+        let shutdown = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+                if let Err(e) = sweeper.expire_backups().await {
+                    tracing::warn!(error = %e, "backup timeout sweep failed");
+                }
+            }
+        });
+        Ok(Self { flow })
+    }
+}
+
+fn retry(e: FlowError) -> HandlerError {
+    HandlerError::Retry(e.into())
+}
+
+impl Handler for Updater {
+    async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
+        match &event.data {
+            EventData::ImageUpdated(u) => {
+                self.flow.on_image_updated(&event, u).await.map_err(retry)
+            }
+            EventData::UpdateApproved(a) => self.flow.on_approved(a).await.map_err(retry),
+            EventData::UpdateRejected(r) => self.flow.on_rejected(r).await.map_err(retry),
+            EventData::BackupDone(_) | EventData::BackupFailed(_) => {
+                self.flow.on_backup_outcome(&event).await.map_err(retry)
+            }
+            _ => Ok(()),
+        }
+    }
+}

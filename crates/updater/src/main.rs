@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
+use steward_updater::config::UpdaterConfig;
+use steward_updater::Updater;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    steward_runtime::main(
-        steward_updater::SERVICE,
-        |_env| (),
-        |(), _ctx| async { Ok(steward_runtime::LogHandler) },
-    )
+    steward_runtime::main(steward_updater::SERVICE, UpdaterConfig::read, |cfg, ctx| async move {
+        Updater::start(cfg, &ctx).await
+    })
     .await
 }

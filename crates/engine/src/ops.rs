@@ -1,0 +1,129 @@
+//! Single operations the updater composes: pull, labels, health, logs.
+
+use std::collections::HashMap;
+
+use bollard::auth::DockerCredentials;
+use bollard::models::HealthStatusEnum;
+use bollard::query_parameters::{CreateImageOptions, LogsOptions, TagImageOptions};
+use futures::StreamExt;
+
+use crate::{Engine, EngineError};
+
+/// What the health gate needs to see of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthView {
+    /// Running right now.
+    pub running: bool,
+    /// Restarts so far.
+    pub restart_count: i64,
+    /// Docker's health status when the container has a healthcheck: `starting`, `healthy`,
+    /// `unhealthy`; `None` without one.
+    pub health: Option<String>,
+    /// Exit code, once it stopped.
+    pub exit_code: Option<i64>,
+}
+
+impl Engine {
+    /// Pulls `repository@digest` and points `repository:tag` at it, so the container is
+    /// created from its tag (and stays watchable) but gets exactly the digest that was checked.
+    pub async fn pull_digest(
+        &self,
+        repository: &str,
+        digest: &str,
+        tag: &str,
+        credentials: Option<(String, String)>,
+    ) -> Result<(), EngineError> {
+        let docker = self.client()?;
+        let reference = format!("{repository}@{digest}");
+        let credentials = credentials.map(|(username, password)| DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            ..Default::default()
+        });
+        let options =
+            CreateImageOptions { from_image: Some(reference.clone()), ..Default::default() };
+        let mut progress = docker.create_image(Some(options), None, credentials);
+        while let Some(step) = progress.next().await {
+            let step = step.map_err(|e| self.failed(&format!("pull {reference}"), e))?;
+            if let Some(error) = step.error_detail.and_then(|d| d.message) {
+                return Err(self.failed(&format!("pull {reference}"), error));
+            }
+        }
+        docker
+            .tag_image(
+                &reference,
+                Some(TagImageOptions {
+                    repo: Some(repository.to_owned()),
+                    tag: Some(tag.to_owned()),
+                }),
+            )
+            .await
+            .map_err(|e| self.failed(&format!("tag {reference} as {repository}:{tag}"), e))
+    }
+
+    /// A container's labels, or `None` if there is no such container.
+    pub async fn container_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<HashMap<String, String>>, EngineError> {
+        match self.client()?.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c.config.and_then(|c| c.labels).unwrap_or_default())),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.failed(&format!("inspect {name}"), e)),
+        }
+    }
+
+    /// The id of the container called `name`, if there is one.
+    pub async fn container_id(&self, name: &str) -> Result<Option<String>, EngineError> {
+        match self.client()?.inspect_container(name, None).await {
+            Ok(c) => Ok(c.id),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.failed(&format!("inspect {name}"), e)),
+        }
+    }
+
+    /// Running state, restart count and health status.
+    pub async fn health_view(&self, id: &str) -> Result<HealthView, EngineError> {
+        let c = self
+            .client()?
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspect {id}"), e))?;
+        let state = c.state.unwrap_or_default();
+        let health = state.health.and_then(|h| h.status).and_then(|s| match s {
+            HealthStatusEnum::STARTING => Some("starting".to_owned()),
+            HealthStatusEnum::HEALTHY => Some("healthy".to_owned()),
+            HealthStatusEnum::UNHEALTHY => Some("unhealthy".to_owned()),
+            _ => None,
+        });
+        let running = state.running.unwrap_or(false);
+        Ok(HealthView {
+            running,
+            restart_count: c.restart_count.unwrap_or(0),
+            health,
+            exit_code: if running { None } else { state.exit_code },
+        })
+    }
+
+    /// The last `lines` lines of a container's stdout and stderr.
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> Result<Vec<String>, EngineError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.client()?.logs(id, Some(options));
+        let mut out = vec![];
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.failed(&format!("read logs of {id}"), e))?;
+            out.extend(chunk.to_string().lines().map(str::to_owned));
+        }
+        let skip = out.len().saturating_sub(lines);
+        Ok(out.split_off(skip))
+    }
+}

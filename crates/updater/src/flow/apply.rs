@@ -1,0 +1,108 @@
+//! Pull the checked digest and swap the containers; then the health gate decides.
+
+use steward_bus::Versioned;
+use steward_engine::Replacement;
+use steward_events::records::{UpdateRecord, UpdateStep};
+use steward_events::UpdateSucceeded;
+use time::OffsetDateTime;
+
+use super::{Flow, FlowError};
+
+/// `repository` and `tag` of a reference (`127.0.0.1:5000/app:1.0` → `127.0.0.1:5000/app`,
+/// `1.0`); the newer tag replaces the tag when tag tracking found one.
+pub fn split_reference(image: &str, new_tag: Option<&str>) -> (String, String) {
+    let (repo, tag) = match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    };
+    (repo.to_owned(), new_tag.unwrap_or(tag).to_owned())
+}
+
+impl Flow {
+    /// Runs the update from `Swapping` to a terminal step.
+    pub async fn apply(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
+        let name = v.value.container.clone();
+        if v.value.image.contains('@') {
+            return self
+                .fail(v, "the image is pinned by digest; nothing to update".into(), vec![])
+                .await;
+        }
+        let (repository, tag) = split_reference(&v.value.image, v.value.new_tag.as_deref());
+        let digest = v.value.to_digest.to_string();
+        // Pull first: a failure here leaves the container untouched.
+        if let Err(e) = self.engine.pull_digest(&repository, &digest, &tag, None).await {
+            return self.fail(v, format!("cannot pull {repository}@{digest}: {e}"), vec![]).await;
+        }
+        let Some(old_id) = self.engine.container_id(&name).await? else {
+            return self.fail(v, format!("container {name} no longer exists"), vec![]).await;
+        };
+        let health_url = self
+            .engine
+            .container_labels(&name)
+            .await?
+            .and_then(|l| steward_labels::update_labels(&l).ok())
+            .and_then(|l| l.health_url);
+        // Remembered before the swap, so a restarted updater can put it back.
+        let mut record = v.value;
+        record.old_id = Some(old_id);
+        let v = self.save(record, v.revision).await?;
+
+        let image = format!("{repository}:{tag}");
+        let replacement = match self.engine.replace(&name, &image).await {
+            Ok(r) => r,
+            // `replace` has already put the old container back.
+            Err(e) => {
+                return self
+                    .rolled_back(v, None, format!("cannot start the new container: {e}"), vec![])
+                    .await
+            }
+        };
+        let mut record = v.value;
+        record.new_id = Some(replacement.new_id.clone());
+        record.step = UpdateStep::Gating;
+        let v = self.save(record, v.revision).await?;
+
+        match self.health_gate(&replacement.new_id, health_url.as_deref()).await {
+            Ok(()) => self.succeed(v, &replacement).await,
+            Err(reason) => self.roll_back(v, &replacement, reason).await,
+        }
+    }
+
+    async fn succeed(&self, v: Versioned<UpdateRecord>, r: &Replacement) -> Result<(), FlowError> {
+        // The old container goes; its image stays for a later rollback by hand.
+        self.engine.finish(r).await?;
+        let mut record = v.value;
+        let duration_ms =
+            (OffsetDateTime::now_utc() - record.started_at).whole_milliseconds().max(0) as u64;
+        let data = UpdateSucceeded {
+            update_id: record.update_id,
+            container: record.container.clone(),
+            image: record.image.clone(),
+            from_digest: record.from_digest.clone(),
+            to_digest: record.to_digest.clone(),
+            duration_ms,
+        };
+        self.publish(&mut record, data).await?;
+        tracing::info!(container = %record.container, to = %record.to_digest.short(), duration_ms, "update succeeded");
+        record.step = UpdateStep::Succeeded;
+        self.save(record, v.revision).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references_split_at_the_tag_not_the_port() {
+        let s = |i, t| split_reference(i, t);
+        assert_eq!(s("127.0.0.1:5000/app:1.0", None), ("127.0.0.1:5000/app".into(), "1.0".into()));
+        assert_eq!(s("127.0.0.1:5000/app", None), ("127.0.0.1:5000/app".into(), "latest".into()));
+        assert_eq!(
+            s("gitea/gitea:1.22.6", Some("1.22.7")),
+            ("gitea/gitea".into(), "1.22.7".into())
+        );
+        assert_eq!(s("nginx", None), ("nginx".into(), "latest".into()));
+    }
+}

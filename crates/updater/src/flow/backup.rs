@@ -1,0 +1,102 @@
+//! The pre-update backup: request it, wait for its outcome (correlated), give up after the
+//! timeout without touching the container.
+
+use steward_bus::Versioned;
+use steward_events::records::{UpdateRecord, UpdateStep};
+use steward_events::{BackupReason, BackupRequested, Event, EventData, UpdateFailed};
+use time::OffsetDateTime;
+
+use super::{Flow, FlowError};
+
+impl Flow {
+    /// Publishes `backup.requested` and waits for its outcome.
+    pub async fn request_backup(
+        &self,
+        mut record: UpdateRecord,
+        revision: u64,
+    ) -> Result<(), FlowError> {
+        let data = BackupRequested {
+            reason: BackupReason::PreUpdate,
+            containers: vec![record.container.clone()],
+            requested_by: Some(self.source.clone()),
+        };
+        self.publish(&mut record, data).await?;
+        record.step = UpdateStep::AwaitingBackup;
+        record.backup_deadline = Some(OffsetDateTime::now_utc() + self.cfg.backup_timeout);
+        self.save(record, revision).await?;
+        Ok(())
+    }
+
+    /// `backup.done` / `backup.failed` of this flow (same correlation id).
+    pub async fn on_backup_outcome(&self, event: &Event) -> Result<(), FlowError> {
+        for key in self.records.keys().await? {
+            let Some(v) = self.records.get(&key).await? else { continue };
+            if v.value.step != UpdateStep::AwaitingBackup
+                || v.value.correlation_id != event.correlation_id
+            {
+                continue;
+            }
+            return match &event.data {
+                EventData::BackupDone(done) => {
+                    tracing::info!(container = %key, backup = %done.backup_id, "pre-update backup done");
+                    let mut record = v.value;
+                    record.last_event_id = event.id;
+                    record.step = UpdateStep::Swapping;
+                    let v = self.save(record, v.revision).await?;
+                    self.apply(v).await
+                }
+                EventData::BackupFailed(failed) => {
+                    self.fail(
+                        v,
+                        format!("pre-update backup failed: {}", failed.reason),
+                        failed.stderr_tail.clone(),
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    /// Fails updates whose backup did not come in time. Run periodically.
+    pub async fn expire_backups(&self) -> Result<(), FlowError> {
+        let now = OffsetDateTime::now_utc();
+        for key in self.records.keys().await? {
+            let Some(v) = self.records.get(&key).await? else { continue };
+            if v.value.step == UpdateStep::AwaitingBackup
+                && v.value.backup_deadline.is_some_and(|d| d < now)
+            {
+                let reason = format!(
+                    "no pre-update backup within {:?}; container left as it was",
+                    self.cfg.backup_timeout
+                );
+                self.fail(v, reason, vec![]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends an update that never touched the container: `update.failed`.
+    pub async fn fail(
+        &self,
+        v: Versioned<UpdateRecord>,
+        reason: String,
+        log_tail: Vec<String>,
+    ) -> Result<(), FlowError> {
+        let mut record = v.value;
+        tracing::error!(container = %record.container, %reason, "update failed");
+        let data = UpdateFailed {
+            update_id: record.update_id,
+            container: record.container.clone(),
+            image: record.image.clone(),
+            reason: reason.clone(),
+            log_tail,
+        };
+        self.publish(&mut record, data).await?;
+        record.step = UpdateStep::Failed;
+        record.reason = Some(reason);
+        self.save(record, v.revision).await?;
+        Ok(())
+    }
+}

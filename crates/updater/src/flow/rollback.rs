@@ -1,0 +1,60 @@
+//! Rolling back: the failed container's last log lines are kept for the operator, the old
+//! container runs again under its name, and `update.rolled_back` says why.
+
+use steward_bus::Versioned;
+use steward_engine::Replacement;
+use steward_events::records::{UpdateRecord, UpdateStep};
+use steward_events::UpdateRolledBack;
+
+use super::{Flow, FlowError};
+
+/// Log lines carried in the event (and so in the operator's mail).
+const LOG_LINES: usize = 20;
+
+impl Flow {
+    /// Puts the old container back after a failed health gate.
+    pub async fn roll_back(
+        &self,
+        v: Versioned<UpdateRecord>,
+        r: &Replacement,
+        reason: String,
+    ) -> Result<(), FlowError> {
+        let log_tail = self.engine.logs_tail(&r.new_id, LOG_LINES).await.unwrap_or_default();
+        self.engine.restore(r).await?;
+        self.rolled_back(v, Some(r), reason, log_tail).await
+    }
+
+    /// Records and announces a rollback that has happened.
+    pub async fn rolled_back(
+        &self,
+        v: Versioned<UpdateRecord>,
+        r: Option<&Replacement>,
+        reason: String,
+        log_tail: Vec<String>,
+    ) -> Result<(), FlowError> {
+        let mut record = v.value;
+        tracing::error!(container = %record.container, %reason, "update rolled back");
+        if let Some(r) = r {
+            // The old one must really be back; if not, say so in the event.
+            if let Ok(view) = self.engine.health_view(&r.old_id).await {
+                if !view.running {
+                    tracing::error!(container = %record.container, "the old container did not come back");
+                }
+            }
+        }
+        let data = UpdateRolledBack {
+            update_id: record.update_id,
+            container: record.container.clone(),
+            image: record.image.clone(),
+            from_digest: record.from_digest.clone(),
+            to_digest: record.to_digest.clone(),
+            reason: reason.clone(),
+            log_tail,
+        };
+        self.publish(&mut record, data).await?;
+        record.step = UpdateStep::RolledBack;
+        record.reason = Some(reason);
+        self.save(record, v.revision).await?;
+        Ok(())
+    }
+}

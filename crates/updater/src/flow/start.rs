@@ -1,0 +1,104 @@
+//! `image.updated`: decide by policy, and claim the container for this update.
+
+use steward_events::records::{UpdateRecord, UpdateStep};
+use steward_events::{Event, ImageUpdated, UpdatePending, UpdateStarted};
+use steward_labels::Policy;
+use time::OffsetDateTime;
+
+use super::{Flow, FlowError};
+
+impl Flow {
+    /// Handles a newer image for a container on this host.
+    pub async fn on_image_updated(&self, event: &Event, u: &ImageUpdated) -> Result<(), FlowError> {
+        let Some(labels) = self.engine.container_labels(&u.container).await? else {
+            tracing::info!(container = %u.container, "no such container on this host; ignoring");
+            return Ok(());
+        };
+        let settings = match steward_labels::update_labels(&labels) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(container = %u.container, error = %e, "bad update labels; not updating");
+                return Ok(());
+            }
+        };
+        if settings.policy == Policy::Notify {
+            tracing::info!(container = %u.container, "policy notify: nothing to do");
+            return Ok(());
+        }
+        let mut record = UpdateRecord {
+            update_id: event.id,
+            container: u.container.clone(),
+            image: u.image.clone(),
+            from_digest: u.current_digest.clone(),
+            to_digest: u.new_digest.clone(),
+            new_tag: u.new_tag.clone(),
+            policy: settings.policy.as_str().to_owned(),
+            correlation_id: event.correlation_id,
+            last_event_id: event.id,
+            step: if settings.policy == Policy::Manual {
+                UpdateStep::Pending
+            } else {
+                UpdateStep::Swapping
+            },
+            started_at: OffsetDateTime::now_utc(),
+            backup_deadline: None,
+            old_id: None,
+            new_id: None,
+            reason: None,
+        };
+        // Claim the container: only over a finished update, or over a pending one (a newer
+        // digest supersedes what waits for approval). An active update keeps the container.
+        let revision = match self.records.get(&u.container).await? {
+            None => self.records.create(&u.container, &record).await?,
+            Some(v) if v.value.update_id == event.id => return Ok(()), // a redelivery
+            Some(v) if v.value.step.is_terminal() || v.value.step == UpdateStep::Pending => {
+                self.records.update(&u.container, &record, v.revision).await?
+            }
+            Some(v) => {
+                tracing::warn!(container = %u.container, active = %v.value.update_id, step = ?v.value.step,
+                    "an update of this container is in progress; the newer image waits for the next check");
+                return Ok(());
+            }
+        };
+        let versioned = steward_bus::Versioned { value: record.clone(), revision };
+        if settings.policy == Policy::Manual {
+            let data = UpdatePending {
+                update_id: record.update_id,
+                container: record.container.clone(),
+                image: record.image.clone(),
+                current_digest: record.from_digest.clone(),
+                new_digest: record.to_digest.clone(),
+                new_tag: record.new_tag.clone(),
+                approval_url: None,
+                expires_at: None,
+            };
+            self.publish(&mut record, data).await?;
+            self.save(record, versioned.revision).await?;
+            return Ok(());
+        }
+        self.begin(versioned, settings.backup).await
+    }
+
+    /// `update.started`, then the backup or the swap.
+    pub async fn begin(
+        &self,
+        v: steward_bus::Versioned<UpdateRecord>,
+        backup: bool,
+    ) -> Result<(), FlowError> {
+        let mut record = v.value;
+        let data = UpdateStarted {
+            update_id: record.update_id,
+            container: record.container.clone(),
+            image: record.image.clone(),
+            from_digest: record.from_digest.clone(),
+            to_digest: record.to_digest.clone(),
+        };
+        self.publish(&mut record, data).await?;
+        if backup {
+            return self.request_backup(record, v.revision).await;
+        }
+        record.step = UpdateStep::Swapping;
+        let v = self.save(record, v.revision).await?;
+        self.apply(v).await
+    }
+}

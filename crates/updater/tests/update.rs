@@ -1,0 +1,284 @@
+//! The updater's flow against the real Docker engine, the test bed's registry and NATS.
+
+use std::time::Duration;
+
+use steward_bus::{Bus, ReplayQuery};
+use steward_events::records::UpdateStep;
+use steward_events::{
+    BackupDone, BackupFailed, Digest, Event, EventData, ImageUpdated, UpdateApproved,
+    UpdateRejected,
+};
+use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag};
+use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
+use steward_updater::config::UpdaterConfig;
+use steward_updater::flow::Flow;
+
+struct App {
+    name: String,
+    image: String,
+    port: u16,
+    v1: String,
+    _c: Container,
+    _tag: ImageTag,
+    _parked: Parked,
+}
+
+/// Removes whatever an interrupted test left under the temporary names.
+struct Parked(String);
+impl Drop for Parked {
+    fn drop(&mut self) {
+        for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &format!("{}{suffix}", self.0)])
+                .output();
+        }
+    }
+}
+
+/// v1 pushed under a fresh tag and running with `labels`, serving on a published port.
+fn app(labels: &[&str]) -> App {
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/upd"));
+    let tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let name = unique_name("upd");
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let mut args = vec!["-p", publish.as_str(), "--restart", "unless-stopped"];
+    for l in labels {
+        args.extend_from_slice(&["--label", l]);
+    }
+    args.push(&image);
+    let c = Container::run(&name, &args);
+    wait_for("v1 served", Duration::from_secs(15), || {
+        http_get(port).filter(|b| b.contains("app v1"))
+    });
+    App { _parked: Parked(name.clone()), name, image, port, v1, _c: c, _tag: tag }
+}
+
+async fn flow(bus: &Bus) -> Flow {
+    let cfg = UpdaterConfig {
+        backup_timeout: Duration::from_secs(60),
+        health_timeout: Duration::from_secs(30),
+        health_grace: Duration::from_secs(3),
+    };
+    Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
+        .await
+        .expect("flow")
+}
+
+/// Publishes `image.updated` for `app` to `new_digest` and returns it.
+async fn image_updated(bus: &Bus, app: &App, new_digest: &str) -> (Event, ImageUpdated) {
+    let u = ImageUpdated {
+        container: app.name.clone(),
+        image: app.image.clone(),
+        current_digest: Digest::parse(&app.v1).expect("digest"),
+        new_digest: Digest::parse(new_digest).expect("digest"),
+        new_tag: None,
+    };
+    let event = Event::new("steward-watcher/test", u.clone());
+    bus.publish(&event).await.expect("publish");
+    (event, u)
+}
+
+async fn events(bus: &Bus) -> Vec<Event> {
+    let mut replay = bus.replay(ReplayQuery::default()).await.expect("replay");
+    let mut out = vec![];
+    while let Some(item) = replay.next().await {
+        out.push(item.expect("item").event.expect("event"));
+    }
+    out
+}
+
+fn types(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(Event::event_type).collect()
+}
+
+fn no_strays(name: &str) {
+    let all = docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    let strays: Vec<&str> = all.lines().filter(|n| n.starts_with(name) && *n != name).collect();
+    assert!(strays.is_empty(), "stray containers: {strays:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_update_serves_v2_and_one_correlation_id_runs_through() {
+    let bus = TestBus::new("updauto").await;
+    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    let all = events(&bus).await;
+    assert_eq!(types(&all), ["image.updated", "update.started", "update.succeeded"]);
+    assert!(all.iter().all(|e| e.correlation_id == event.correlation_id), "one flow");
+    assert_eq!(all[1].causation_id, Some(all[0].id));
+    assert_eq!(all[2].causation_id, Some(all[1].id));
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(record.step, UpdateStep::Succeeded);
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.Config.Image}}", &app.name]),
+        app.image,
+        "still created from its tag"
+    );
+    no_strays(&app.name);
+
+    // A redelivery of the same event changes nothing.
+    flow.on_image_updated(&event, &u).await.expect("redelivery");
+    assert_eq!(events(&bus).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_image_is_rolled_back_with_its_reason_and_log() {
+    let bus = TestBus::new("updbroken").await;
+    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
+    let v3 = push_app("v3", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v3).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+
+    wait_for("v1 served again", Duration::from_secs(10), || {
+        http_get(app.port).filter(|b| b.contains("app v1"))
+    });
+    let all = events(&bus).await;
+    assert_eq!(types(&all), ["image.updated", "update.started", "update.rolled_back"]);
+    let EventData::UpdateRolledBack(r) = &all[2].data else { panic!("not rolled back") };
+    assert!(r.reason.contains("unhealthy"), "{}", r.reason);
+    assert!(
+        r.log_tail.iter().any(|l| l.contains("fatal: cannot read configuration")),
+        "{:?}",
+        r.log_tail
+    );
+    assert_eq!(
+        flow.records.get(&app.name).await.expect("get").expect("record").value.step,
+        UpdateStep::RolledBack
+    );
+    no_strays(&app.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_waits_for_a_human_reject_leaves_it_and_approve_updates() {
+    let bus = TestBus::new("updmanual").await;
+    let app = app(&["steward.update.policy=manual", "steward.update.backup=false"]);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("pending");
+    assert_eq!(types(&events(&bus).await), ["image.updated", "update.pending"]);
+    assert!(
+        http_get(app.port).is_some_and(|b| b.contains("app v1")),
+        "nothing changes before approval"
+    );
+    flow.on_rejected(&UpdateRejected { update_id: event.id, by: "ops@host".into(), reason: None })
+        .await
+        .expect("reject");
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(record.step, UpdateStep::Rejected);
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")));
+    // Approving a rejected update does nothing.
+    flow.on_approved(&UpdateApproved { update_id: event.id, by: "ops@host".into() })
+        .await
+        .expect("late approve");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")));
+
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("pending again");
+    flow.on_approved(&UpdateApproved { update_id: event.id, by: "ops@host".into() })
+        .await
+        .expect("approve");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    let last: Vec<&str> = types(&events(&bus).await).into_iter().rev().take(2).collect();
+    assert_eq!(last, ["update.succeeded", "update.started"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_update_waits_for_its_backup_and_a_failed_backup_touches_nothing() {
+    let bus = TestBus::new("updbackup").await;
+    let app = app(&["steward.update.policy=automatic"]);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("start");
+    let all = events(&bus).await;
+    assert_eq!(types(&all), ["image.updated", "update.started", "backup.requested"]);
+    let failed = Event::caused_by(
+        &all[2],
+        "steward-backup/test",
+        BackupFailed { backup_id: None, reason: "S3 unreachable".into(), stderr_tail: vec![] },
+    );
+    bus.publish(&failed).await.expect("publish");
+    flow.on_backup_outcome(&failed).await.expect("outcome");
+    let all = events(&bus).await;
+    let EventData::UpdateFailed(f) = &all.last().expect("event").data else {
+        panic!("{:?}", types(&all))
+    };
+    assert!(f.reason.contains("pre-update backup failed: S3 unreachable"), "{}", f.reason);
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "untouched");
+
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("start again");
+    let requested = events(&bus).await.into_iter().last().expect("backup.requested");
+    // A backup outcome of another flow is not taken for this one.
+    let other = Event::new("steward-backup/test", done("other"));
+    flow.on_backup_outcome(&other).await.expect("unrelated");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")));
+    let done = Event::caused_by(&requested, "steward-backup/test", done("b1"));
+    bus.publish(&done).await.expect("publish");
+    flow.on_backup_outcome(&done).await.expect("outcome");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    assert_eq!(events(&bus).await.last().map(Event::event_type), Some("update.succeeded"));
+}
+
+fn done(id: &str) -> BackupDone {
+    BackupDone {
+        backup_id: id.into(),
+        manifest_key: format!("{id}/manifest.json"),
+        size_bytes: 1,
+        components: vec![],
+        duration_ms: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updater_that_dies_mid_update_is_rolled_back_by_the_next_one() {
+    let bus = TestBus::new("updcrash").await;
+    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
+    // v3 takes seconds to be declared unhealthy: the updater dies during its health gate.
+    let v3 = push_app("v3", &app.image);
+    let first = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v3).await;
+    let task = tokio::spawn(async move { first.on_image_updated(&event, &u).await });
+    let second = flow(&bus).await;
+    wait_for("the swap", Duration::from_secs(30), || {
+        let step =
+            futures_lite_block(second.records.get(&app.name)).ok().flatten().map(|v| v.value.step);
+        (step == Some(UpdateStep::Gating)).then_some(())
+    });
+    task.abort();
+    let _ = task.await;
+
+    second.resume().await.expect("resume");
+    wait_for("v1 served again", Duration::from_secs(10), || {
+        http_get(app.port).filter(|b| b.contains("app v1"))
+    });
+    let all = events(&bus).await;
+    let EventData::UpdateRolledBack(r) = &all.last().expect("event").data else {
+        panic!("{:?}", types(&all))
+    };
+    assert!(r.reason.contains("restarted"), "{}", r.reason);
+    assert_eq!(
+        docker(&["ps", "--filter", &format!("name=^{}$", app.name), "-q"]).lines().count(),
+        1
+    );
+    no_strays(&app.name);
+    // Resuming again finds nothing to do.
+    second.resume().await.expect("resume again");
+    assert_eq!(events(&bus).await.len(), all.len());
+}
+
+/// Runs a future to completion from a synchronous polling closure.
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
