@@ -5,6 +5,7 @@
 
 mod events;
 mod status;
+mod updates;
 mod when;
 
 use std::process::ExitCode;
@@ -55,6 +56,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Updates waiting for approval or in progress.
+    Updates {
+        /// Also finished ones.
+        #[arg(long)]
+        all: bool,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending update (id or a unique prefix of it).
+    Approve {
+        /// The update id, as `steward updates` shows it.
+        id: String,
+    },
+    /// Reject a pending update.
+    Reject {
+        /// The update id.
+        id: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Read the event stream.
     #[command(subcommand)]
     Events(events::EventsCommand),
@@ -101,6 +124,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { json } => status::run(&cli.conn, json).await,
+        Command::Updates { all, json } => updates::list(&cli.conn, all, json).await,
+        Command::Approve { id } => updates::decide(&cli.conn, &id, true, None).await,
+        Command::Reject { id, reason } => updates::decide(&cli.conn, &id, false, reason).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
     }
 }

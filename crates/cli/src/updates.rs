@@ -1,0 +1,116 @@
+//! `steward updates`, `steward approve ID`, `steward reject ID`: manual updates.
+//! Approvals are events (`update.approved` / `update.rejected`), so they are in the audit
+//! trail; the updater acts on them.
+
+use std::io::Write;
+
+use anyhow::{bail, Context as _};
+use steward_bus::StateStore;
+use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
+use steward_events::{Event, Service, UpdateApproved, UpdateRejected};
+
+use crate::{who, Connection};
+
+async fn records(conn: &Connection) -> anyhow::Result<(steward_bus::Bus, Vec<UpdateRecord>)> {
+    let bus = conn.bus().await?;
+    let store: StateStore<UpdateRecord> = StateStore::open(&bus, UPDATE_BUCKET).await?;
+    let mut out = vec![];
+    for key in store.keys().await? {
+        if let Some(v) = store.get(&key).await? {
+            out.push(v.value);
+        }
+    }
+    out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+    Ok((bus, out))
+}
+
+/// Lists updates in progress or waiting (all with `all`).
+pub async fn list(conn: &Connection, all: bool, json: bool) -> anyhow::Result<()> {
+    let (_, records) = records(conn).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if !json {
+        writeln!(
+            out,
+            "{:<36}  {:<20} {:<16} {:<27} REASON",
+            "ID", "CONTAINER", "STEP", "FROM -> TO"
+        )?;
+    }
+    for r in records.iter().filter(|r| all || !r.step.is_terminal()) {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+            continue;
+        }
+        let step = serde_json::to_value(r.step)?.as_str().unwrap_or_default().to_owned();
+        let change = format!(
+            "{} -> {}{}",
+            r.from_digest.short(),
+            r.to_digest.short(),
+            r.new_tag.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()
+        );
+        writeln!(
+            out,
+            "{:<36}  {:<20} {:<16} {:<27} {}",
+            r.update_id,
+            r.container,
+            step,
+            change,
+            r.reason.as_deref().unwrap_or("")
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The pending update an id (or unique id prefix) names.
+fn pending<'a>(records: &'a [UpdateRecord], id: &str) -> anyhow::Result<&'a UpdateRecord> {
+    let id = id.to_ascii_lowercase();
+    if id.len() < 4 {
+        bail!("update id {id:?} is too short: give at least 4 characters (see `steward updates`)");
+    }
+    let matches: Vec<&UpdateRecord> =
+        records.iter().filter(|r| r.update_id.to_string().starts_with(&id)).collect();
+    match matches.as_slice() {
+        [] => bail!("no update {id} (see `steward updates --all`)"),
+        [r] if r.step == UpdateStep::Pending => Ok(r),
+        [r] => bail!(
+            "update {} of {} is not waiting for approval (it is {:?})",
+            r.update_id,
+            r.container,
+            r.step
+        ),
+        _ => bail!("{} updates start with {id}: give more characters", matches.len()),
+    }
+}
+
+/// Approves (or rejects) a pending update.
+pub async fn decide(
+    conn: &Connection,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let (bus, records) = records(conn).await?;
+    let r = pending(&records, id)?;
+    let source = steward_runtime::event_source(Service::Cli);
+    let by = who();
+    let event = if approve {
+        Event::new(source, UpdateApproved { update_id: r.update_id, by })
+    } else {
+        Event::new(source, UpdateRejected { update_id: r.update_id, by, reason })
+    }
+    .with_correlation(r.correlation_id);
+    bus.publish(&event).await.context("cannot publish the decision")?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{} update {} of {} ({} -> {})",
+            if approve { "approved" } else { "rejected" },
+            r.update_id,
+            r.container,
+            r.from_digest.short(),
+            r.to_digest.short()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Watcher and updater as real processes: a manual update approved with `steward approve`,
+//! and an updater killed with SIGKILL in the middle of an update, then restarted.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use steward_bus::{Bus, ReplayQuery, StateStore};
+use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
+use steward_events::{Event, EventData};
+use steward_system_tests::{binary, Proc};
+use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag};
+use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
+
+fn steward(bus: &Bus, args: &[&str]) -> String {
+    let ns = bus.namespace();
+    let out = Command::new(binary("steward"))
+        .env("STEWARD_NATS_URL", &bus.config().url)
+        .env("STEWARD_STREAM", &ns.stream)
+        .env("STEWARD_SUBJECT_PREFIX", &ns.prefix)
+        .env("USER", "tester")
+        .args(args)
+        .output()
+        .expect("steward");
+    assert!(out.status.success(), "steward {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn service(bin: &str, bus: &Bus, scope: &str) -> Proc {
+    let ns = bus.namespace();
+    let p = Proc::start(
+        bin,
+        &[
+            ("STEWARD_NATS_URL", bus.config().url.clone()),
+            ("STEWARD_STREAM", ns.stream.clone()),
+            ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
+            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("STEWARD_SCOPE", scope.to_owned()),
+            ("STEWARD_HEALTH_TIMEOUT", "60s".into()),
+            ("STEWARD_HEALTH_GRACE", "3s".into()),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p.logs().contains("\"consuming\"") {
+        assert!(Instant::now() < deadline, "{bin} not consuming: {}", p.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+async fn events(bus: &Bus) -> Vec<Event> {
+    let mut replay = bus.replay(ReplayQuery::default()).await.expect("replay");
+    let mut out = vec![];
+    while let Some(item) = replay.next().await {
+        out.push(item.expect("item").event.expect("event"));
+    }
+    out
+}
+
+async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let all = events(bus).await;
+        if all.iter().any(|e| e.event_type() == what) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what}; saw {:?}",
+            all.iter().map(Event::event_type).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct App {
+    name: String,
+    image: String,
+    port: u16,
+    _c: Container,
+    _tag: ImageTag,
+}
+
+fn app(scope: &str, policy: &str) -> App {
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/e2e"));
+    let tag = ImageTag(image.clone());
+    push_app("v1", &image);
+    let name = unique_name("e2e");
+    let port = free_port();
+    let (publish, scope_label, policy_label) = (
+        format!("127.0.0.1:{port}:8080"),
+        format!("steward.scope={scope}"),
+        format!("steward.update.policy={policy}"),
+    );
+    let c = Container::run(
+        &name,
+        &[
+            "-p",
+            &publish,
+            "--label",
+            "steward.enable=true",
+            "--label",
+            &scope_label,
+            "--label",
+            &policy_label,
+            "--label",
+            "steward.update.backup=false",
+            &image,
+        ],
+    );
+    wait_for("v1 served", Duration::from_secs(15), || {
+        http_get(port).filter(|b| b.contains("app v1"))
+    });
+    App { name, image, port, _c: c, _tag: tag }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &format!("{}{suffix}", self.name)])
+                .output();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_update_waits_for_steward_approve() {
+    let bus = TestBus::new("e2emanual").await;
+    let scope = unique_name("scope");
+    let app = app(&scope, "manual");
+    let _watcher = service("steward-watcher", &bus, &scope);
+    let _updater = service("steward-updater", &bus, &scope);
+    push_app("v2", &app.image);
+
+    steward(&bus, &["check"]);
+    wait_event(&bus, "update.pending", Duration::from_secs(30)).await;
+    let listed = steward(&bus, &["updates"]);
+    let row = listed.lines().find(|l| l.contains(&app.name)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains("pending"), "{row}");
+    let id = row.split_whitespace().next().expect("id");
+    assert!(
+        http_get(app.port).is_some_and(|b| b.contains("app v1")),
+        "nothing changes before approval"
+    );
+
+    let out = steward(&bus, &["approve", &id[..8]]);
+    assert!(out.starts_with("approved update"), "{out}");
+    let all = wait_event(&bus, "update.succeeded", Duration::from_secs(60)).await;
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    let kinds: Vec<&str> = all.iter().map(Event::event_type).collect();
+    assert_eq!(
+        kinds,
+        [
+            "watch.requested",
+            "image.updated",
+            "update.pending",
+            "update.approved",
+            "update.started",
+            "update.succeeded"
+        ]
+    );
+    assert!(
+        all.iter().all(|e| e.correlation_id == all[0].correlation_id),
+        "one flow from the check to the outcome"
+    );
+
+    // Checking again finds nothing new: the container runs the registry's digest now.
+    steward(&bus, &["check"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(events(&bus).await.iter().filter(|e| e.event_type() == "image.updated").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updater_killed_mid_update_is_rolled_back_by_its_successor() {
+    let bus = TestBus::new("e2ekill").await;
+    let scope = unique_name("scope");
+    let app = app(&scope, "automatic");
+    let _watcher = service("steward-watcher", &bus, &scope);
+    let mut updater = service("steward-updater", &bus, &scope);
+    // The broken v3 keeps the updater in its health gate for seconds: kill it there.
+    push_app("v3", &app.image);
+    steward(&bus, &["check"]);
+    let records: StateStore<UpdateRecord> =
+        StateStore::open(&bus, UPDATE_BUCKET).await.expect("records");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let step = records.get(&app.name).await.expect("get").map(|v| v.value.step);
+        if step == Some(UpdateStep::Gating) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached the health gate: {step:?}\n{}",
+            updater.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = updater.child.id().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
+    let _ = updater.child.wait();
+
+    let _successor = service("steward-updater", &bus, &scope);
+    let all = wait_event(&bus, "update.rolled_back", Duration::from_secs(60)).await;
+    let Some(EventData::UpdateRolledBack(r)) =
+        all.iter().rev().map(|e| &e.data).find(|d| matches!(d, EventData::UpdateRolledBack(_)))
+    else {
+        unreachable!()
+    };
+    assert!(r.reason.contains("restarted"), "{}", r.reason);
+    wait_for("v1 served again", Duration::from_secs(15), || {
+        http_get(app.port).filter(|b| b.contains("app v1"))
+    });
+    let named: Vec<String> = docker(&["ps", "-a", "--format", "{{.Names}}"])
+        .lines()
+        .filter(|n| n.starts_with(&app.name))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(named, [app.name.clone()], "exactly one container of that name, no strays");
+    assert_eq!(
+        records.get(&app.name).await.expect("get").map(|v| v.value.step),
+        Some(UpdateStep::RolledBack)
+    );
+}
