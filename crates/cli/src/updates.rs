@@ -20,7 +20,7 @@ async fn records(conn: &Connection) -> anyhow::Result<(steward_bus::Bus, Vec<Upd
             out.push(v.value);
         }
     }
-    out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+    out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
     Ok((bus, out))
 }
 
