@@ -215,7 +215,11 @@ async fn an_updater_killed_mid_update_is_rolled_back_by_its_successor() {
         .filter(|n| n.starts_with(&app.name))
         .map(str::to_owned)
         .collect();
-    assert_eq!(named, [app.name.clone()], "exactly one container of that name, no strays");
+    assert_eq!(
+        named,
+        std::slice::from_ref(&app.name),
+        "exactly one container of that name, no strays"
+    );
     assert_eq!(
         records.get(&app.name).await.expect("get").map(|v| v.value.step),
         Some(UpdateStep::RolledBack)
