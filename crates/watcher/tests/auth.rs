@@ -74,6 +74,6 @@ async fn credentials_from_docker_config_open_a_basic_auth_registry() {
     // With the operator's docker login, it sees the newer image.
     std::env::set_var("DOCKER_CONFIG", &config);
     let summary = checker(&bus).await.run(None, None).await.expect("check");
-    assert_eq!(summary.updated, [name.clone()], "{summary:?}");
+    assert_eq!(summary.updated, std::slice::from_ref(&name), "{summary:?}");
     let _ = std::fs::remove_dir_all(&config_dir);
 }
