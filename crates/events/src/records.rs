@@ -49,6 +49,8 @@ pub const UPDATE_BUCKET: &str = "UPDATES";
 pub enum UpdateStep {
     /// Manual policy: waiting for `update.approved` / `update.rejected`.
     Pending,
+    /// Waiting for its minimum age or its maintenance window.
+    Deferred,
     /// `backup.requested` published; waiting for its `backup.done` / `backup.failed`.
     AwaitingBackup,
     /// Pulling and swapping containers.
@@ -99,6 +101,9 @@ pub struct UpdateRecord {
     /// When the update began.
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
+    /// Not before this time (minimum age of the new digest).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
     /// Until when a requested backup is waited for.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub backup_deadline: Option<OffsetDateTime>,

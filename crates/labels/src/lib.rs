@@ -23,6 +23,10 @@ pub const POLICY_LEGACY: &str = "update.policy";
 pub const UPDATE_BACKUP: &str = "steward.update.backup";
 /// HTTP probe for the health gate.
 pub const HEALTH_URL: &str = "steward.health.url";
+/// An automatic update waits until the new digest is this old (`3d`, `12h`).
+pub const MIN_AGE: &str = "steward.update.min_age";
+/// Updates start only inside this window (`Sun 03:00-05:00`), host time zone.
+pub const WINDOW: &str = "steward.update.window";
 
 /// Which Steward installation owns the container (with `STEWARD_SCOPE`): several can share
 /// one Docker host, as Watchtower's scopes allow.
@@ -205,6 +209,92 @@ pub struct UpdateLabels {
     pub backup: bool,
     /// HTTP probe for the health gate.
     pub health_url: Option<String>,
+    /// Minimum age of a new digest before an automatic update.
+    pub min_age: Option<std::time::Duration>,
+    /// Maintenance window.
+    pub window: Option<Window>,
+}
+
+/// A weekly maintenance window: some days (all when none are named), from a start to an end
+/// time of day; an end before the start runs past midnight into the next day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    days: Vec<chrono::Weekday>,
+    start: chrono::NaiveTime,
+    end: chrono::NaiveTime,
+}
+
+impl Window {
+    /// Parses `Sun 03:00-05:00`, `Sat,Sun 22:00-02:00`, `Mon-Fri 01:00-03:00`, `02:00-04:00`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let expected = || {
+            "expected [DAYS] HH:MM-HH:MM, e.g. Sun 03:00-05:00 or Mon-Fri 01:00-03:00".to_owned()
+        };
+        let mut parts = s.split_whitespace();
+        let (days, times) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(times), None, None) => (None, times),
+            (Some(days), Some(times), None) => (Some(days), times),
+            _ => return Err(expected()),
+        };
+        let (start, end) = times.split_once('-').ok_or_else(expected)?;
+        let time = |t: &str| chrono::NaiveTime::parse_from_str(t, "%H:%M").map_err(|_| expected());
+        let (start, end) = (time(start)?, time(end)?);
+        if start == end {
+            return Err("the window is empty: start and end are the same".into());
+        }
+        let day = |d: &str| {
+            d.parse::<chrono::Weekday>().map_err(|_| format!("{d:?} is not a day (Mon, Tue, ...)"))
+        };
+        let mut list = vec![];
+        for item in days.map(|d| d.split(',').collect::<Vec<_>>()).unwrap_or_default() {
+            match item.split_once('-') {
+                Some((from, to)) => {
+                    let (mut d, to) = (day(from)?, day(to)?);
+                    list.push(d);
+                    while d != to {
+                        d = d.succ();
+                        list.push(d);
+                    }
+                }
+                None => list.push(day(item)?),
+            }
+        }
+        Ok(Self { days: list, start, end })
+    }
+
+    fn day_allowed(&self, d: chrono::Weekday) -> bool {
+        self.days.is_empty() || self.days.contains(&d)
+    }
+
+    /// Whether `t` (local time) is inside the window.
+    pub fn contains(&self, t: chrono::NaiveDateTime) -> bool {
+        use chrono::Datelike;
+        let (day, time) = (t.weekday(), t.time());
+        if self.start < self.end {
+            self.day_allowed(day) && time >= self.start && time < self.end
+        } else {
+            // Past midnight: the evening part belongs to its day, the morning part to the day before.
+            (self.day_allowed(day) && time >= self.start)
+                || (self.day_allowed(day.pred()) && time < self.end)
+        }
+    }
+
+    /// The first moment at or after `t` inside the window (minute resolution).
+    pub fn next_open(&self, t: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+        if self.contains(t) {
+            return t;
+        }
+        let mut day = t.date();
+        // Within 8 days every weekly window opens.
+        for _ in 0..9 {
+            let opening = day.and_time(self.start);
+            if opening >= t && self.contains(opening) {
+                return opening;
+            }
+            day = day.succ_opt().unwrap_or(day);
+        }
+        t
+    }
 }
 
 /// The update settings of a container.
@@ -225,7 +315,23 @@ pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, L
             })
         }
     };
-    Ok(UpdateLabels { policy, backup, health_url })
+    let min_age = match labels.get(MIN_AGE) {
+        None => None,
+        Some(v) => Some(humantime::parse_duration(v.trim()).map_err(|e| LabelError {
+            label: MIN_AGE,
+            value: v.clone(),
+            reason: format!("{e} (examples: 3d, 12h)"),
+        })?),
+    };
+    let window = match labels.get(WINDOW) {
+        None => None,
+        Some(v) => Some(Window::parse(v).map_err(|reason| LabelError {
+            label: WINDOW,
+            value: v.clone(),
+            reason,
+        })?),
+    };
+    Ok(UpdateLabels { policy, backup, health_url, min_age, window })
 }
 
 #[cfg(test)]
@@ -286,6 +392,42 @@ mod tests {
         assert_eq!(u.health_url.as_deref(), Some("http://web:8080/"));
         assert!(update_labels(&labels(&[("steward.health.url", "web:8080")])).is_err());
         assert!(update_labels(&labels(&[("steward.update.backup", "perhaps")])).is_err());
+    }
+
+    fn at(s: &str) -> chrono::NaiveDateTime {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").expect("time")
+    }
+
+    #[test]
+    fn windows_open_on_their_days_and_wrap_past_midnight() {
+        // 2026-11-22 is a Sunday.
+        let w = Window::parse("Sun 03:00-05:00").expect("window");
+        assert!(w.contains(at("2026-11-22 03:00")) && w.contains(at("2026-11-22 04:59")));
+        assert!(!w.contains(at("2026-11-22 05:00")) && !w.contains(at("2026-11-23 03:30")));
+        assert_eq!(w.next_open(at("2026-11-23 10:00")), at("2026-11-29 03:00"));
+        assert_eq!(w.next_open(at("2026-11-22 04:00")), at("2026-11-22 04:00"));
+
+        let night = Window::parse("Sat,Sun 22:00-02:00").expect("window");
+        assert!(night.contains(at("2026-11-22 23:00")), "Sunday evening");
+        assert!(night.contains(at("2026-11-23 01:00")), "Sunday's night into Monday");
+        assert!(!night.contains(at("2026-11-24 01:00")), "Monday's night is not in it");
+
+        let weekdays = Window::parse("Mon-Fri 01:00-03:00").expect("window");
+        assert!(
+            weekdays.contains(at("2026-11-27 02:00")) && !weekdays.contains(at("2026-11-28 02:00"))
+        );
+        assert!(Window::parse("02:00-04:00").expect("daily").contains(at("2026-11-28 02:30")));
+        for bad in
+            ["Sun", "Sun 3-5", "Someday 03:00-05:00", "Sun 03:00-03:00", "Sun 03:00-05:00 extra"]
+        {
+            assert!(Window::parse(bad).is_err(), "{bad}");
+        }
+        let e = update_labels(&labels(&[("steward.update.window", "Sunday morning")]))
+            .expect_err("bad");
+        assert!(e.to_string().starts_with("label steward.update.window="), "{e}");
+        let u = update_labels(&labels(&[("steward.update.min_age", "3d")])).expect("ok");
+        assert_eq!(u.min_age, Some(std::time::Duration::from_secs(3 * 86400)));
+        assert!(update_labels(&labels(&[("steward.update.min_age", "soon")])).is_err());
     }
 
     #[test]

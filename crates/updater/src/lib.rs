@@ -31,7 +31,7 @@ pub struct Updater {
 
 impl Updater {
     /// Opens the state, rolls back what a previous instance left half-done, and starts the
-    /// backup-timeout sweep.
+    /// sweep (backup timeouts, deferred updates whose minimum age or window has come).
     pub async fn start(cfg: UpdaterConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().context("the updater needs Docker")?;
         let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
@@ -46,6 +46,9 @@ impl Updater {
                 }
                 if let Err(e) = sweeper.expire_backups().await {
                     tracing::warn!(error = %e, "backup timeout sweep failed");
+                }
+                if let Err(e) = sweeper.start_due().await {
+                    tracing::warn!(error = %e, "deferred update sweep failed");
                 }
             }
         });

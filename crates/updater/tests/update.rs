@@ -282,3 +282,69 @@ async fn an_updater_that_dies_mid_update_is_rolled_back_by_the_next_one() {
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minimum_age_defers_the_update_until_the_digest_is_old_enough() {
+    let bus = TestBus::new("updminage").await;
+    let app = app(&[
+        "steward.update.policy=automatic",
+        "steward.update.backup=false",
+        "steward.update.min_age=3s",
+    ]);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("deferred");
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(record.step, UpdateStep::Deferred);
+    assert!(
+        record.reason.as_deref().is_some_and(|r| r.contains("minimum age")),
+        "{:?}",
+        record.reason
+    );
+    flow.start_due().await.expect("sweep");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "too young to start");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    flow.start_due().await.expect("sweep");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    assert_eq!(types(&events(&bus).await), ["image.updated", "update.started", "update.succeeded"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_wait_for_a_closed_window_and_go_ahead_in_an_open_one() {
+    let now = chrono::Local::now().naive_local();
+    let window = |from: chrono::NaiveDateTime| {
+        let to = from + chrono::Duration::hours(1);
+        format!("steward.update.window={}-{}", from.format("%H:%M"), to.format("%H:%M"))
+    };
+    let bus = TestBus::new("updwindow").await;
+    let closed = window(now + chrono::Duration::hours(6));
+    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false", &closed]);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("deferred");
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(record.step, UpdateStep::Deferred);
+    assert!(
+        record.reason.as_deref().is_some_and(|r| r.contains("maintenance window opens")),
+        "{:?}",
+        record.reason
+    );
+    flow.start_due().await.expect("sweep");
+    assert!(
+        http_get(app.port).is_some_and(|b| b.contains("app v1")),
+        "outside the window nothing happens"
+    );
+
+    let open = window(now - chrono::Duration::minutes(5));
+    let inside = app(&["steward.update.policy=automatic", "steward.update.backup=false", &open]);
+    let v2 = push_app("v2", &inside.image);
+    let (event, u) = image_updated(&bus, &inside, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    assert!(
+        http_get(inside.port).is_some_and(|b| b.contains("app v2")),
+        "inside the window it goes ahead"
+    );
+}

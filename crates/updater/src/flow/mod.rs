@@ -5,7 +5,7 @@
 //! ```text
 //! image.updated ─ notify ─> (nothing)
 //!   ├─ manual ──> Pending ─ update.approved ─┐      update.rejected ─> Rejected
-//!   └─ automatic ─────────────────────────────┴─> update.started
+//!   └─ automatic ─────────────────────────────┴─> (Deferred: min_age, window) ─> update.started
 //!        ├─ backup label false ───────────────────────────────┐
 //!        └─ backup.requested ─> AwaitingBackup ─ backup.done ─┴─> Swapping (pull, swap)
 //!                 └─ backup.failed / timeout ─> Failed           └─> Gating ─ healthy ─> Succeeded

@@ -41,6 +41,7 @@ impl Flow {
                 UpdateStep::Swapping
             },
             started_at: OffsetDateTime::now_utc(),
+            not_before: settings.min_age.map(|age| event.time + age),
             backup_deadline: None,
             old_id: None,
             new_id: None,
@@ -76,7 +77,71 @@ impl Flow {
             self.save(record, versioned.revision).await?;
             return Ok(());
         }
-        self.begin(versioned, settings.backup).await
+        self.begin_or_defer(versioned, &settings).await
+    }
+
+    /// Begins now if the minimum age has passed and the window is open; otherwise waits in
+    /// `Deferred` for the sweep ([`Flow::start_due`]).
+    pub async fn begin_or_defer(
+        &self,
+        v: steward_bus::Versioned<UpdateRecord>,
+        settings: &steward_labels::UpdateLabels,
+    ) -> Result<(), FlowError> {
+        let now = OffsetDateTime::now_utc();
+        let young = v.value.not_before.is_some_and(|t| t > now);
+        let local = chrono::Local::now().naive_local();
+        let closed = settings.window.as_ref().is_some_and(|w| !w.contains(local));
+        if !young && !closed {
+            return self.begin(v, settings.backup).await;
+        }
+        let mut record = v.value;
+        let mut why = vec![];
+        if let Some(t) = record.not_before.filter(|_| young) {
+            why.push(format!("minimum age until {t}"));
+        }
+        if let Some(w) = settings.window.as_ref().filter(|_| closed) {
+            why.push(format!("maintenance window opens {}", w.next_open(local)));
+        }
+        let reason = format!("waiting: {}", why.join(", "));
+        tracing::info!(container = %record.container, %reason, "update deferred");
+        record.step = UpdateStep::Deferred;
+        record.reason = Some(reason);
+        self.save(record, v.revision).await?;
+        Ok(())
+    }
+
+    /// Starts deferred updates whose time has come. Run periodically.
+    pub async fn start_due(&self) -> Result<(), FlowError> {
+        for key in self.records.keys().await? {
+            let Some(v) = self.records.get(&key).await? else { continue };
+            if v.value.step != UpdateStep::Deferred {
+                continue;
+            }
+            let settings = match self.engine.container_labels(&key).await? {
+                None => {
+                    self.fail(v, format!("container {key} no longer exists"), vec![]).await?;
+                    continue;
+                }
+                Some(labels) => match steward_labels::update_labels(&labels) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.fail(v, format!("bad update labels: {e}"), vec![]).await?;
+                        continue;
+                    }
+                },
+            };
+            let now = OffsetDateTime::now_utc();
+            let due = v.value.not_before.is_none_or(|t| t <= now)
+                && settings
+                    .window
+                    .as_ref()
+                    .is_none_or(|w| w.contains(chrono::Local::now().naive_local()));
+            if due {
+                tracing::info!(container = %key, "deferred update starts");
+                self.begin(v, settings.backup).await?;
+            }
+        }
+        Ok(())
     }
 
     /// `update.started`, then the backup or the swap.
