@@ -320,12 +320,12 @@ async fn updates_wait_for_a_closed_window_and_go_ahead_in_an_open_one() {
     };
     let bus = TestBus::new("updwindow").await;
     let closed = window(now + chrono::Duration::hours(6));
-    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false", &closed]);
-    let v2 = push_app("v2", &app.image);
+    let outside = app(&["steward.update.policy=automatic", "steward.update.backup=false", &closed]);
+    let v2 = push_app("v2", &outside.image);
     let flow = flow(&bus).await;
-    let (event, u) = image_updated(&bus, &app, &v2).await;
+    let (event, u) = image_updated(&bus, &outside, &v2).await;
     flow.on_image_updated(&event, &u).await.expect("deferred");
-    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    let record = flow.records.get(&outside.name).await.expect("get").expect("record").value;
     assert_eq!(record.step, UpdateStep::Deferred);
     assert!(
         record.reason.as_deref().is_some_and(|r| r.contains("maintenance window opens")),
@@ -334,7 +334,7 @@ async fn updates_wait_for_a_closed_window_and_go_ahead_in_an_open_one() {
     );
     flow.start_due().await.expect("sweep");
     assert!(
-        http_get(app.port).is_some_and(|b| b.contains("app v1")),
+        http_get(outside.port).is_some_and(|b| b.contains("app v1")),
         "outside the window nothing happens"
     );
 
