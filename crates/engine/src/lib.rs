@@ -11,7 +11,7 @@ use bollard::Docker;
 
 mod ops;
 pub mod recreate;
-pub use ops::HealthView;
+pub use ops::{ExecOutput, HealthView};
 pub use recreate::Replacement;
 
 /// Something the engine could not do.

@@ -127,3 +127,54 @@ impl Engine {
         Ok(out.split_off(skip))
     }
 }
+
+/// What a command run by exec left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code (read from the exec afterwards: a failing command is output, not an error).
+    pub exit_code: i64,
+    /// The last lines of its stdout and stderr.
+    pub tail: Vec<String>,
+}
+
+impl Engine {
+    /// Runs `cmd` in a running container and waits for it, keeping the last `keep` lines of
+    /// output. Errors are the engine's; a non-zero exit is in the result.
+    pub async fn exec(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        keep: usize,
+    ) -> Result<ExecOutput, EngineError> {
+        use bollard::exec::StartExecResults;
+        let docker = self.client()?;
+        let what = format!("exec in {container}");
+        let config = bollard::models::ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd),
+            ..Default::default()
+        };
+        let exec =
+            docker.create_exec(container, config).await.map_err(|e| self.failed(&what, e))?;
+        let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        if let StartExecResults::Attached { mut output, .. } =
+            docker.start_exec(&exec.id, None).await.map_err(|e| self.failed(&what, e))?
+        {
+            while let Some(chunk) = output.next().await {
+                let chunk = chunk.map_err(|e| self.failed(&what, e))?;
+                for line in chunk.to_string().lines() {
+                    lines.push_back(line.to_owned());
+                    if lines.len() > keep {
+                        lines.pop_front();
+                    }
+                }
+            }
+        }
+        let inspect = docker.inspect_exec(&exec.id).await.map_err(|e| self.failed(&what, e))?;
+        let exit_code = inspect
+            .exit_code
+            .ok_or_else(|| self.failed(&what, "the engine reported no exit code"))?;
+        Ok(ExecOutput { exit_code, tail: lines.into() })
+    }
+}

@@ -27,6 +27,8 @@ pub const HEALTH_URL: &str = "steward.health.url";
 pub const MIN_AGE: &str = "steward.update.min_age";
 /// Updates start only inside this window (`Sun 03:00-05:00`), host time zone.
 pub const WINDOW: &str = "steward.update.window";
+/// A shell command run by exec in the old container before it is stopped.
+pub const PRE_HOOK: &str = "steward.update.pre";
 
 /// Which Steward installation owns the container (with `STEWARD_SCOPE`): several can share
 /// one Docker host, as Watchtower's scopes allow.
@@ -213,6 +215,8 @@ pub struct UpdateLabels {
     pub min_age: Option<std::time::Duration>,
     /// Maintenance window.
     pub window: Option<Window>,
+    /// Command run in the old container before it is stopped.
+    pub pre: Option<String>,
 }
 
 /// A weekly maintenance window: some days (all when none are named), from a start to an end
@@ -331,7 +335,8 @@ pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, L
             reason,
         })?),
     };
-    Ok(UpdateLabels { policy, backup, health_url, min_age, window })
+    let pre = labels.get(PRE_HOOK).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    Ok(UpdateLabels { policy, backup, health_url, min_age, window, pre })
 }
 
 #[cfg(test)]

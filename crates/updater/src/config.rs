@@ -10,6 +10,8 @@ pub const ENV_BACKUP_TIMEOUT: &str = "STEWARD_UPDATE_BACKUP_TIMEOUT";
 pub const ENV_HEALTH_TIMEOUT: &str = "STEWARD_HEALTH_TIMEOUT";
 /// Without healthcheck or probe: how long the new container must run without restarting.
 pub const ENV_HEALTH_GRACE: &str = "STEWARD_HEALTH_GRACE";
+/// How long the `steward.update.pre` hook may run.
+pub const ENV_HOOK_TIMEOUT: &str = "STEWARD_HOOK_TIMEOUT";
 
 /// The updater's settings.
 #[derive(Debug, Clone)]
@@ -20,6 +22,8 @@ pub struct UpdaterConfig {
     pub health_timeout: Duration,
     /// "Running, no restarts" grace period.
     pub health_grace: Duration,
+    /// Pre-update hook limit.
+    pub hook_timeout: Duration,
 }
 
 impl UpdaterConfig {
@@ -29,6 +33,7 @@ impl UpdaterConfig {
             backup_timeout: env.duration(ENV_BACKUP_TIMEOUT, Duration::from_secs(30 * 60)),
             health_timeout: env.duration(ENV_HEALTH_TIMEOUT, Duration::from_secs(120)),
             health_grace: env.duration(ENV_HEALTH_GRACE, Duration::from_secs(30)),
+            hook_timeout: env.duration(ENV_HOOK_TIMEOUT, Duration::from_secs(120)),
         }
     }
 }

@@ -37,6 +37,11 @@ impl Drop for Parked {
 
 /// v1 pushed under a fresh tag and running with `labels`, serving on a published port.
 fn app(labels: &[&str]) -> App {
+    app_with_args(labels, &[])
+}
+
+/// [`app`] with extra `docker run` arguments.
+fn app_with_args(labels: &[&str], extra: &[&str]) -> App {
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/upd"));
     let tag = ImageTag(image.clone());
     let v1 = push_app("v1", &image);
@@ -47,6 +52,7 @@ fn app(labels: &[&str]) -> App {
     for l in labels {
         args.extend_from_slice(&["--label", l]);
     }
+    args.extend_from_slice(extra);
     args.push(&image);
     let c = Container::run(&name, &args);
     wait_for("v1 served", Duration::from_secs(15), || {
@@ -60,6 +66,7 @@ async fn flow(bus: &Bus) -> Flow {
         backup_timeout: Duration::from_secs(60),
         health_timeout: Duration::from_secs(30),
         health_grace: Duration::from_secs(3),
+        hook_timeout: Duration::from_secs(10),
     };
     Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
         .await
@@ -347,4 +354,52 @@ async fn updates_wait_for_a_closed_window_and_go_ahead_in_an_open_one() {
         http_get(inside.port).is_some_and(|b| b.contains("app v2")),
         "inside the window it goes ahead"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_hook_runs_in_the_old_container_and_a_failing_one_stops_the_update() {
+    let bus = TestBus::new("updhook").await;
+    let failing = app(&[
+        "steward.update.policy=automatic",
+        "steward.update.backup=false",
+        "steward.update.pre=echo flushing; echo queue busy >&2; exit 3",
+    ]);
+    let v2 = push_app("v2", &failing.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &failing, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    let EventData::UpdateFailed(f) = &all.last().expect("event").data else {
+        panic!("{:?}", types(&all))
+    };
+    assert!(f.reason.contains("exited with 3"), "{}", f.reason);
+    // stdout and stderr arrive as separate streams: both lines, in either order.
+    let mut tail = f.log_tail.clone();
+    tail.sort();
+    assert_eq!(tail, ["flushing", "queue busy"]);
+    assert!(http_get(failing.port).is_some_and(|b| b.contains("app v1")), "untouched");
+
+    // The hook writes to a volume the new container mounts too: it ran, in the old one,
+    // before the swap (the new container was created after it and finds the file).
+    let volume = unique_name("hook-vol");
+    let mount = format!("{volume}:/data");
+    let ok = app_with_args(
+        &[
+            "steward.update.policy=automatic",
+            "steward.update.backup=false",
+            "steward.update.pre=cat /VERSION > /data/hook.txt",
+        ],
+        &["-v", &mount],
+    );
+    let v2 = push_app("v2", &ok.image);
+    let (event, u) = image_updated(&bus, &ok, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    assert!(http_get(ok.port).is_some_and(|b| b.contains("app v2")));
+    assert_eq!(
+        docker(&["exec", &ok.name, "cat", "/data/hook.txt"]),
+        "v1",
+        "written by the old container"
+    );
+    drop(ok);
+    let _ = std::process::Command::new("docker").args(["volume", "rm", &volume]).output();
 }

@@ -36,12 +36,40 @@ impl Flow {
         let Some(old_id) = self.engine.container_id(&name).await? else {
             return self.fail(v, format!("container {name} no longer exists"), vec![]).await;
         };
-        let health_url = self
+        let settings = self
             .engine
             .container_labels(&name)
             .await?
-            .and_then(|l| steward_labels::update_labels(&l).ok())
-            .and_then(|l| l.health_url);
+            .and_then(|l| steward_labels::update_labels(&l).ok());
+        let health_url = settings.as_ref().and_then(|s| s.health_url.clone());
+        // The operator's hook (flush queues, ...) runs in the old container; a failure stops
+        // the update with the container still running as it was.
+        if let Some(hook) = settings.as_ref().and_then(|s| s.pre.clone()) {
+            let cmd = vec!["sh".to_owned(), "-c".to_owned(), hook.clone()];
+            let run =
+                tokio::time::timeout(self.cfg.hook_timeout, self.engine.exec(&name, cmd, 20)).await;
+            match run {
+                Ok(Ok(out)) if out.exit_code == 0 => {
+                    tracing::info!(container = %name, %hook, "pre-update hook done")
+                }
+                Ok(Ok(out)) => {
+                    let reason = format!("pre-update hook `{hook}` exited with {}", out.exit_code);
+                    return self.fail(v, reason, out.tail).await;
+                }
+                Ok(Err(e)) => {
+                    return self
+                        .fail(v, format!("pre-update hook `{hook}` could not run: {e}"), vec![])
+                        .await
+                }
+                Err(_) => {
+                    let reason = format!(
+                        "pre-update hook `{hook}` did not finish within {:?}",
+                        self.cfg.hook_timeout
+                    );
+                    return self.fail(v, reason, vec![]).await;
+                }
+            }
+        }
         // Remembered before the swap, so a restarted updater can put it back.
         let mut record = v.value;
         record.old_id = Some(old_id);
