@@ -4,7 +4,7 @@
 //! command does it): a test of one package cannot ask Cargo to build another's binaries.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary next to the running test (same profile).
@@ -74,3 +74,50 @@ impl Drop for Proc {
 /// The five service binaries.
 pub const SERVICES: [&str; 5] =
     ["steward-watcher", "steward-updater", "steward-backup", "steward-health", "steward-notifier"];
+
+/// Runs `steward ARGS` against `bus`'s namespace (a clean environment, `USER=tester`).
+pub fn steward(bus: &steward_bus::Bus, args: &[&str]) -> Output {
+    let ns = bus.namespace();
+    Command::new(binary("steward"))
+        .env_clear()
+        .env("STEWARD_NATS_URL", &bus.config().url)
+        .env("STEWARD_STREAM", &ns.stream)
+        .env("STEWARD_SUBJECT_PREFIX", &ns.prefix)
+        .env("USER", "tester")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("steward {args:?}: {e}"))
+}
+
+/// [`steward`] that must succeed; its stdout.
+pub fn steward_ok(bus: &steward_bus::Bus, args: &[&str]) -> String {
+    let out = steward(bus, args);
+    assert!(
+        out.status.success(),
+        "steward {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Proc {
+    /// Starts a service binary in `bus`'s namespace with `extra` settings and waits until its
+    /// consumer is up.
+    pub fn service(name: &str, bus: &steward_bus::Bus, extra: &[(&str, String)]) -> Self {
+        let ns = bus.namespace();
+        let mut env = vec![
+            ("STEWARD_NATS_URL", bus.config().url.clone()),
+            ("STEWARD_STREAM", ns.stream.clone()),
+            ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
+            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", steward_testkit::free_port())),
+        ];
+        env.extend(extra.iter().cloned());
+        let p = Self::start(name, &env);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !p.logs().contains("\"consuming\"") {
+            assert!(Instant::now() < deadline, "{name} not consuming: {}", p.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+}

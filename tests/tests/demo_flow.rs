@@ -1,29 +1,11 @@
 //! The demo flow with real processes: all five services up, the CLI publishes, every service
 //! receives what it consumes, and `steward events replay` / `tail` show it.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use steward_system_tests::{binary, Proc, SERVICES};
+use steward_system_tests::{binary, steward, steward_ok, Proc, SERVICES};
 use steward_testkit::{free_port, TestBus};
-
-fn cli(bus: &steward_bus::Bus, args: &[&str]) -> Output {
-    let ns = bus.namespace();
-    Command::new(binary("steward"))
-        .env_clear()
-        .env("STEWARD_NATS_URL", &bus.config().url)
-        .env("STEWARD_STREAM", &ns.stream)
-        .env("STEWARD_SUBJECT_PREFIX", &ns.prefix)
-        .env("USER", "tester")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("steward {args:?}: {e}"))
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The event id from "published TYPE ID (...)" or "watch requested (ID)".
 fn id_from(stdout: &str) -> String {
@@ -63,8 +45,8 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
         }
     }
 
-    let watch = id_from(&ok(cli(&bus, &["check", "gitea"])));
-    let updated = id_from(&ok(cli(
+    let watch = id_from(&steward_ok(&bus, &["check", "gitea"]));
+    let updated = id_from(&steward_ok(
         &bus,
         &[
             "events",
@@ -75,12 +57,12 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
                 r#"{{"container":"gitea","image":"gitea/gitea:1.22","current_digest":"{DIGEST_A}","new_digest":"{DIGEST_B}"}}"#
             ),
         ],
-    )));
-    let backup = id_from(&ok(cli(
+    ));
+    let backup = id_from(&steward_ok(
         &bus,
         &["events", "publish", "backup.requested", "--data", r#"{"reason":"manual"}"#],
-    )));
-    let succeeded = id_from(&ok(cli(
+    ));
+    let succeeded = id_from(&steward_ok(
         &bus,
         &[
             "events",
@@ -93,7 +75,7 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
                 r#"{{"update_id":"{updated}","container":"gitea","image":"gitea/gitea:1.22","from_digest":"{DIGEST_A}","to_digest":"{DIGEST_B}","duration_ms":1200}}"#
             ),
         ],
-    )));
+    ));
 
     let expect = [
         ("steward-watcher", vec![&watch, &succeeded]),
@@ -123,7 +105,7 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
     }
 
     // Replay as JSON: the four events, in order, one CloudEvent per line.
-    let json = ok(cli(&bus, &["events", "replay", "--since", "1h", "--json"]));
+    let json = steward_ok(&bus, &["events", "replay", "--since", "1h", "--json"]);
     let lines: Vec<serde_json::Value> =
         json.lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect();
     let ids: Vec<&str> = lines.iter().filter_map(|v| v["id"].as_str()).collect();
@@ -136,7 +118,7 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
 
     // Filters, and the human table.
     let gitea =
-        ok(cli(&bus, &["events", "replay", "--container", "gitea", "--subject", "update.>"]));
+        steward_ok(&bus, &["events", "replay", "--container", "gitea", "--subject", "update.>"]);
     let rows: Vec<&str> = gitea.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "{gitea}");
     assert!(
@@ -146,7 +128,7 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
         "{gitea}"
     );
     assert!(gitea.starts_with("TIME (UTC)"), "{gitea}");
-    let until_past = ok(cli(&bus, &["events", "replay", "--until", "2000-01-01"]));
+    let until_past = steward_ok(&bus, &["events", "replay", "--until", "2000-01-01"]);
     assert_eq!(until_past.lines().count(), 1, "header only: {until_past}");
 
     // Tail follows new events.
@@ -160,7 +142,7 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
         .spawn()
         .expect("tail");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let fresh = id_from(&ok(cli(&bus, &["check"])));
+    let fresh = id_from(&steward_ok(&bus, &["check"]));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let _ = tail.kill();
     let out = tail.wait_with_output().expect("tail output");
@@ -176,8 +158,10 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
 #[tokio::test]
 async fn the_cli_fails_clearly_on_bad_input_and_unreachable_nats() {
     let bus = TestBus::new("clibad").await;
-    let out =
-        cli(&bus, &["events", "publish", "image.updated", "--data", r#"{"container":"gitea"}"#]);
+    let out = steward(
+        &bus,
+        &["events", "publish", "image.updated", "--data", r#"{"container":"gitea"}"#],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -185,7 +169,7 @@ async fn the_cli_fails_clearly_on_bad_input_and_unreachable_nats() {
         "{err}"
     );
 
-    let out = cli(&bus, &["events", "replay", "--since", "last tuesday"]);
+    let out = steward(&bus, &["events", "replay", "--since", "last tuesday"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
 

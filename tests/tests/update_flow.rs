@@ -4,62 +4,26 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use steward_bus::{Bus, ReplayQuery, StateStore};
+use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, EventData};
-use steward_system_tests::{binary, Proc};
+use steward_system_tests::{steward_ok as steward, Proc};
 use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag};
-use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
-
-fn steward(bus: &Bus, args: &[&str]) -> String {
-    let ns = bus.namespace();
-    let out = Command::new(binary("steward"))
-        .env("STEWARD_NATS_URL", &bus.config().url)
-        .env("STEWARD_STREAM", &ns.stream)
-        .env("STEWARD_SUBJECT_PREFIX", &ns.prefix)
-        .env("USER", "tester")
-        .args(args)
-        .output()
-        .expect("steward");
-    assert!(out.status.success(), "steward {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for, TestBus};
 
 fn service(bin: &str, bus: &Bus, scope: &str) -> Proc {
-    let ns = bus.namespace();
-    let p = Proc::start(
-        bin,
-        &[
-            ("STEWARD_NATS_URL", bus.config().url.clone()),
-            ("STEWARD_STREAM", ns.stream.clone()),
-            ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
-            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("STEWARD_SCOPE", scope.to_owned()),
-            ("STEWARD_HEALTH_TIMEOUT", "60s".into()),
-            ("STEWARD_HEALTH_GRACE", "3s".into()),
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !p.logs().contains("\"consuming\"") {
-        assert!(Instant::now() < deadline, "{bin} not consuming: {}", p.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p
-}
-
-async fn events(bus: &Bus) -> Vec<Event> {
-    let mut replay = bus.replay(ReplayQuery::default()).await.expect("replay");
-    let mut out = vec![];
-    while let Some(item) = replay.next().await {
-        out.push(item.expect("item").event.expect("event"));
-    }
-    out
+    let extra = [
+        ("STEWARD_SCOPE", scope.to_owned()),
+        ("STEWARD_HEALTH_TIMEOUT", "60s".into()),
+        ("STEWARD_HEALTH_GRACE", "3s".into()),
+    ];
+    Proc::service(bin, bus, &extra)
 }
 
 async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
     let deadline = Instant::now() + bound;
     loop {
-        let all = events(bus).await;
+        let all = stored_events(bus).await;
         if all.iter().any(|e| e.event_type() == what) {
             return all;
         }
@@ -167,7 +131,10 @@ async fn a_manual_update_waits_for_steward_approve() {
     // Checking again finds nothing new: the container runs the registry's digest now.
     steward(&bus, &["check"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(events(&bus).await.iter().filter(|e| e.event_type() == "image.updated").count(), 1);
+    assert_eq!(
+        stored_events(&bus).await.iter().filter(|e| e.event_type() == "image.updated").count(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

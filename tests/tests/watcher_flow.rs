@@ -2,32 +2,17 @@
 //! with the registry; the resulting `image.updated` belongs to the request's flow, and
 //! `steward status` shows what the watcher knows.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use steward_bus::ReplayQuery;
 use steward_events::EventData;
-use steward_system_tests::{binary, Proc};
+use steward_system_tests::{steward_ok as steward, Proc};
 use steward_testkit::docker::{push_app, registry, Container, ImageTag};
-use steward_testkit::{free_port, unique_name, TestBus};
-
-fn steward(bus: &steward_bus::Bus, args: &[&str]) -> String {
-    let ns = bus.namespace();
-    let out = Command::new(binary("steward"))
-        .env("STEWARD_NATS_URL", &bus.config().url)
-        .env("STEWARD_STREAM", &ns.stream)
-        .env("STEWARD_SUBJECT_PREFIX", &ns.prefix)
-        .args(args)
-        .output()
-        .expect("steward");
-    assert!(out.status.success(), "steward {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use steward_testkit::{unique_name, TestBus};
 
 #[tokio::test]
 async fn steward_check_finds_the_newer_image_and_status_shows_it() {
     let bus = TestBus::new("watchflow").await;
-    let ns = bus.namespace().clone();
     let scope = unique_name("scope");
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/flow"));
     let _tag = ImageTag(image.clone());
@@ -48,21 +33,7 @@ async fn steward_check_finds_the_newer_image_and_status_shows_it() {
     );
     let v2 = push_app("v2", &image);
 
-    let mut watcher = Proc::start(
-        "steward-watcher",
-        &[
-            ("STEWARD_NATS_URL", bus.config().url.clone()),
-            ("STEWARD_STREAM", ns.stream.clone()),
-            ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
-            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("STEWARD_SCOPE", scope.clone()),
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !watcher.logs().contains("\"consuming\"") {
-        assert!(Instant::now() < deadline, "watcher not consuming: {}", watcher.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut watcher = Proc::service("steward-watcher", &bus, &[("STEWARD_SCOPE", scope.clone())]);
 
     let out = steward(&bus, &["check"]);
     let request: uuid::Uuid = out

@@ -272,3 +272,18 @@ pub fn wait_for<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Every event stored in `bus`'s namespace, in order (undecodable messages are skipped).
+pub async fn stored_events(bus: &Bus) -> Vec<steward_events::Event> {
+    let mut replay = bus
+        .replay(steward_bus::ReplayQuery::default())
+        .await
+        .unwrap_or_else(|e| panic!("replay: {e}"));
+    let mut out = vec![];
+    while let Some(item) = replay.next().await {
+        if let Ok(event) = item.unwrap_or_else(|e| panic!("replay: {e}")).event {
+            out.push(event);
+        }
+    }
+    out
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use steward_bus::{Bus, ReplayQuery};
+use steward_bus::Bus;
 use steward_events::records::UpdateStep;
 use steward_events::{
     BackupDone, BackupFailed, Digest, Event, EventData, ImageUpdated, UpdateApproved,
@@ -88,12 +88,7 @@ async fn image_updated(bus: &Bus, app: &App, new_digest: &str) -> (Event, ImageU
 }
 
 async fn events(bus: &Bus) -> Vec<Event> {
-    let mut replay = bus.replay(ReplayQuery::default()).await.expect("replay");
-    let mut out = vec![];
-    while let Some(item) = replay.next().await {
-        out.push(item.expect("item").event.expect("event"));
-    }
-    out
+    steward_testkit::stored_events(bus).await
 }
 
 fn types(events: &[Event]) -> Vec<&'static str> {
