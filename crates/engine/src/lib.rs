@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use bollard::Docker;
 
+mod credentials;
 mod ops;
 pub mod recreate;
+pub use credentials::{registry_credentials, registry_of, RegistryCredentials};
 pub use ops::{ExecOutput, HealthView};
 pub use recreate::Replacement;
 

@@ -26,19 +26,28 @@ pub struct HealthView {
 impl Engine {
     /// Pulls `repository@digest` and points `repository:tag` at it, so the container is
     /// created from its tag (and stays watchable) but gets exactly the digest that was checked.
+    /// Credentials come from the operator's Docker config, as for `docker pull`.
     pub async fn pull_digest(
         &self,
         repository: &str,
         digest: &str,
         tag: &str,
-        credentials: Option<(String, String)>,
     ) -> Result<(), EngineError> {
         let docker = self.client()?;
         let reference = format!("{repository}@{digest}");
-        let credentials = credentials.map(|(username, password)| DockerCredentials {
-            username: Some(username),
-            password: Some(password),
-            ..Default::default()
+        let registry = crate::registry_of(repository);
+        let credentials = crate::registry_credentials(registry).map(|c| match c {
+            crate::RegistryCredentials::Basic(username, password) => DockerCredentials {
+                username: Some(username),
+                password: Some(password),
+                serveraddress: Some(registry.to_owned()),
+                ..Default::default()
+            },
+            crate::RegistryCredentials::IdentityToken(token) => DockerCredentials {
+                identitytoken: Some(token),
+                serveraddress: Some(registry.to_owned()),
+                ..Default::default()
+            },
         });
         let options =
             CreateImageOptions { from_image: Some(reference.clone()), ..Default::default() };

@@ -403,20 +403,12 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
-/// Credentials for a registry from the operator's Docker config (`$DOCKER_CONFIG/config.json`
-/// or `~/.docker/config.json`, including credential helpers).
+/// The operator's `docker login` credentials for a registry, in oci-client's terms.
 fn credentials(registry: &str) -> Option<RegistryAuth> {
-    // Docker stores Hub credentials under its v1 index URL.
-    let key = if registry == "docker.io" { "https://index.docker.io/v1/" } else { registry };
-    match docker_credential::get_credential(key) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(user, pass)) => {
-            Some(RegistryAuth::Basic(user, pass))
-        }
-        Ok(docker_credential::DockerCredential::IdentityToken(token)) => {
-            Some(RegistryAuth::Bearer(token))
-        }
-        Err(_) => None,
-    }
+    steward_engine::registry_credentials(registry).map(|c| match c {
+        steward_engine::RegistryCredentials::Basic(user, pass) => RegistryAuth::Basic(user, pass),
+        steward_engine::RegistryCredentials::IdentityToken(token) => RegistryAuth::Bearer(token),
+    })
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ impl Flow {
         let (repository, tag) = split_reference(&v.value.image, v.value.new_tag.as_deref());
         let digest = v.value.to_digest.to_string();
         // Pull first: a failure here leaves the container untouched.
-        if let Err(e) = self.engine.pull_digest(&repository, &digest, &tag, None).await {
+        if let Err(e) = self.engine.pull_digest(&repository, &digest, &tag).await {
             return self.fail(v, format!("cannot pull {repository}@{digest}: {e}"), vec![]).await;
         }
         let Some(old_id) = self.engine.container_id(&name).await? else {
