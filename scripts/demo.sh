@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The local demo: the test bed, all five Steward services on the bus, events published by the
-# CLI and received by every service, and the audit trail read back with `steward events replay`.
-#   scripts/demo.sh          run the demo, then stop the services
-#   scripts/demo.sh --keep   leave the services running (logs in $STATE/demo/)
+# The local demo of the whole flow so far:
+#   the test bed, all five Steward services on the bus, two stand-in web apps from the local
+#   registry (one with policy automatic, one manual); a newer version is pushed, `steward check`
+#   finds it, the automatic app is updated (pull, recreate with its exact configuration, health
+#   gate), the manual one waits for `steward approve`; then the audit trail.
+#   scripts/demo.sh          run the demo, then stop the services and remove the demo apps
+#   scripts/demo.sh --keep   leave everything running (logs in $STATE/demo/)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -15,10 +18,38 @@ cargo build --workspace --bins --locked
 BIN="$ROOT/target/debug"
 DEMO="$STATE/demo"
 mkdir -p "$DEMO"
-export STEWARD_NATS_URL=$STEWARD_TEST_NATS_URL STEWARD_LOG_FORMAT=pretty NO_COLOR=1
+# Production names (stream STEWARD); the scope keeps the demo's hands off other containers.
+export STEWARD_NATS_URL=$STEWARD_TEST_NATS_URL STEWARD_LOG_FORMAT=pretty NO_COLOR=1 STEWARD_SCOPE=steward-demo
+export STEWARD_HEALTH_GRACE=5s STEWARD_WATCH_SCHEDULE="0 3 * * 0"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+serve() { curl -s --max-time 2 "127.0.0.1:$1/" || echo "(no answer)"; }
+wait_for() { # SECONDS CMD... : retry until CMD succeeds
+  local n=$(( $1 * 5 )); shift
+  for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
 
-say "starting the five services (production names: stream STEWARD on $STEWARD_NATS_URL)"
+REG=$STEWARD_TEST_REGISTRY
+# Fresh names each run: what Steward remembers about earlier demo containers stays in the
+# audit trail, the new ones start clean.
+RUN=$(date +%H%M%S)
+WEB=steward-demo-web-$RUN APP=steward-demo-app-$RUN
+docker ps -aq --filter label=steward.scope=steward-demo | xargs -r docker rm -f >/dev/null
+say "two apps from the local registry: $WEB (automatic) on :18081, $APP (manual) on :18082"
+for img in web app; do
+  docker tag steward-test/app:v1 "$REG/steward-demo/$img:1.0"
+  docker push -q "$REG/steward-demo/$img:1.0" >/dev/null
+done
+common=(--label steward.enable=true --label steward.scope=steward-demo --label steward.update.backup=false
+  --restart unless-stopped)
+docker run -d --name "$WEB" -p 127.0.0.1:18081:8080 "${common[@]}" \
+  --label steward.update.policy=automatic "$REG/steward-demo/web:1.0" >/dev/null
+docker run -d --name "$APP" -p 127.0.0.1:18082:8080 "${common[@]}" \
+  --label steward.update.policy=manual "$REG/steward-demo/app:1.0" >/dev/null
+wait_for 15 sh -c "curl -s 127.0.0.1:18081/ | grep -q v1 && curl -s 127.0.0.1:18082/ | grep -q v1"
+echo "  :18081 -> $(serve 18081)    :18082 -> $(serve 18082)"
+
+say "starting the five services"
 pids=()
 port=9101
 for svc in watcher updater backup health notifier; do
@@ -28,45 +59,60 @@ for svc in watcher updater backup health notifier; do
   printf '  steward-%-9s pid %-7s http://127.0.0.1:%s/{healthz,readyz,metrics}\n' "$svc" "$!" "$port"
   port=$((port + 1))
 done
-stop() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-[ "$KEEP" = --keep ] || trap stop EXIT
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  docker rm -f "$WEB" "$APP" >/dev/null 2>&1 || true
+}
+[ "$KEEP" = --keep ] || trap cleanup EXIT
 for p in 9101 9102 9103 9104 9105; do
-  for _ in $(seq 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$p/readyz")" = 200 ] && break; sleep 0.1
-  done
-  printf '  :%s /readyz %s\n' "$p" "$(curl -s "127.0.0.1:$p/readyz")"
+  wait_for 20 curl -sf "127.0.0.1:$p/readyz" || { echo "service on :$p not ready"; exit 1; }
 done
 for svc in watcher updater backup health notifier; do
-  for _ in $(seq 100); do grep -q consuming "$DEMO/$svc.log" && break; sleep 0.1; done
+  wait_for 20 grep -q consuming "$DEMO/$svc.log"
 done
-
 since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 sleep 1
-A=sha256:$(printf 'a%.0s' $(seq 64)); B=sha256:$(printf 'b%.0s' $(seq 64))
-say "the CLI publishes: a registry check, a newer image, a backup request, an update outcome"
-"$BIN/steward" check gitea
-out=$("$BIN/steward" events publish image.updated --data \
-  "{\"container\":\"gitea\",\"image\":\"gitea/gitea:1.22\",\"current_digest\":\"$A\",\"new_digest\":\"$B\",\"new_tag\":\"1.22.7\"}")
-echo "$out"
-flow=$(echo "$out" | grep -oE '[0-9a-f]{8}-[0-9a-f-]{27}' | head -n 1)
-"$BIN/steward" events publish backup.requested --correlation "$flow" --data '{"reason":"pre_update","containers":["gitea"]}'
-"$BIN/steward" events publish update.succeeded --correlation "$flow" --data \
-  "{\"update_id\":\"$flow\",\"container\":\"gitea\",\"image\":\"gitea/gitea:1.22\",\"from_digest\":\"$A\",\"to_digest\":\"$B\",\"duration_ms\":4200}"
+
+say "a newer version (v2) is pushed under the same tags; steward check"
+for img in web app; do
+  docker tag steward-test/app:v2 "$REG/steward-demo/$img:1.0"
+  docker push -q "$REG/steward-demo/$img:1.0" >/dev/null
+done
+"$BIN/steward" check
+wait_for 60 sh -c "'$BIN/steward' updates --all | grep $WEB | grep -q succeeded" \
+  || echo "  (the automatic update did not finish in 60 s; see $DEMO/updater.log)"
+"$BIN/steward" check >/dev/null   # let the watcher see the new state for `steward status`
+sleep 1
+echo "  :18081 ($WEB, automatic) -> $(serve 18081)"
+wait_for 20 sh -c "'$BIN/steward' updates | grep -q $APP"
+echo "  :18082 ($APP, manual)    -> $(serve 18082)"
+
+say "steward status"
+"$BIN/steward" status
+say "steward updates"
+"$BIN/steward" updates
+id=$("$BIN/steward" updates | awk -v app="$APP" '$2 == app {print $1}' | head -n 1)
+say "steward approve ${id:24}"
+"$BIN/steward" approve "${id:24}"
+wait_for 60 sh -c "curl -s 127.0.0.1:18082/ | grep -q v2" || echo "  (the approved update did not finish in 60 s; see $DEMO/updater.log)"
+echo "  :18082 ($APP) -> $(serve 18082)"
+
+say "the backup service's job is the next issue; today it logs what it receives"
+"$BIN/steward" events publish backup.requested --data '{"reason":"manual"}'
 sleep 1
 
-say "what each service received (its own subjects only)"
+say "what each service received"
 for svc in watcher updater backup health notifier; do
   echo "steward-$svc:"
-  grep received "$DEMO/$svc.log" | sed -E 's/^.*received/    received/' || echo "    (nothing)"
+  grep -E ' received' "$DEMO/$svc.log" | sed -E 's/^.*(subject=[^ ]+).*received.*(container=[^ ]+).*/    \1 \2/' || echo "    (nothing)"
 done
 
-say "steward events replay --since $since"
+say "the audit trail: steward events replay --since $since"
 "$BIN/steward" events replay --since "$since"
-say "steward events replay --since $since --container gitea --subject 'update.>' --json"
-"$BIN/steward" events replay --since "$since" --container gitea --subject 'update.>' --json
 
 if [ "$KEEP" = --keep ]; then
-  say "services keep running; logs in $DEMO; stop with: pkill -f $BIN/steward-"
+  say "everything keeps running; logs in $DEMO; stop with: pkill -f $BIN/steward- ; docker rm -f $WEB $APP"
 else
-  say "stopping the services (SIGTERM: each finishes its event in hand)"
+  say "stopping the services (SIGTERM) and removing the demo apps"
 fi

@@ -32,7 +32,7 @@ pub async fn list(conn: &Connection, all: bool, json: bool) -> anyhow::Result<()
     if !json {
         writeln!(
             out,
-            "{:<36}  {:<20} {:<16} {:<27} REASON",
+            "{:<36}  {:<24} {:<12} {:<27} REASON",
             "ID", "CONTAINER", "STEP", "FROM -> TO"
         )?;
     }
@@ -50,7 +50,7 @@ pub async fn list(conn: &Connection, all: bool, json: bool) -> anyhow::Result<()
         );
         writeln!(
             out,
-            "{:<36}  {:<20} {:<16} {:<27} {}",
+            "{:<36}  {:<24} {:<12} {:<27} {}",
             r.update_id,
             r.container,
             step,
@@ -62,14 +62,21 @@ pub async fn list(conn: &Connection, all: bool, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// The pending update an id (or unique id prefix) names.
+/// The pending update an id names: the whole id, or a unique prefix or suffix of it.
 fn pending<'a>(records: &'a [UpdateRecord], id: &str) -> anyhow::Result<&'a UpdateRecord> {
     let id = id.to_ascii_lowercase();
     if id.len() < 4 {
         bail!("update id {id:?} is too short: give at least 4 characters (see `steward updates`)");
     }
-    let matches: Vec<&UpdateRecord> =
-        records.iter().filter(|r| r.update_id.to_string().starts_with(&id)).collect();
+    // Ids are UUIDv7: their leading digits are a timestamp that updates found together share,
+    // so the random tail is usually the handier short form.
+    let matches: Vec<&UpdateRecord> = records
+        .iter()
+        .filter(|r| {
+            let full = r.update_id.to_string();
+            full.starts_with(&id) || full.ends_with(&id)
+        })
+        .collect();
     match matches.as_slice() {
         [] => bail!("no update {id} (see `steward updates --all`)"),
         [r] if r.step == UpdateStep::Pending => Ok(r),
@@ -79,7 +86,7 @@ fn pending<'a>(records: &'a [UpdateRecord], id: &str) -> anyhow::Result<&'a Upda
             r.container,
             r.step
         ),
-        _ => bail!("{} updates start with {id}: give more characters", matches.len()),
+        _ => bail!("{} updates match {id}: give more characters", matches.len()),
     }
 }
 

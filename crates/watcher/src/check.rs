@@ -158,6 +158,9 @@ impl Checker {
             }
         }
         summary.updated.sort();
+        if only.is_none() {
+            self.forget_gone(&summary).await;
+        }
         tracing::info!(
             checked = summary.checked,
             updated = summary.updated.len(),
@@ -222,7 +225,12 @@ impl Checker {
             newest_digest: Some(newest.clone()),
             newest_tag: newest_tag.clone(),
             newest_seen_at,
-            reported_digest: prev.and_then(|p| p.reported_digest.clone()),
+            // Reported digests are remembered per running image: a container recreated under
+            // the watcher (compose down/up, a restore) on another image is a new situation,
+            // and a newer digest for it is news again.
+            reported_digest: prev
+                .filter(|p| p.running_digest.as_ref().is_none_or(|r| *r == running))
+                .and_then(|p| p.reported_digest.clone()),
             checked_at: now,
             last_error: None,
         };
@@ -302,6 +310,24 @@ impl Checker {
         match revision {
             Some(rev) => self.records.update(&key, &record, rev).await.map(|_| ()),
             None => self.records.create(&key, &record).await.map(|_| ()),
+        }
+    }
+
+    /// Drops the records of containers that no longer exist on this host, so `steward status`
+    /// lists what is there. (Records are keyed by container name: one watcher per Docker host
+    /// and namespace.)
+    async fn forget_gone(&self, summary: &Summary) {
+        let Ok(keys) = self.records.keys().await else { return };
+        for key in keys {
+            let seen = summary.skipped.iter().chain(&summary.failed).any(|(n, _)| *n == key)
+                || summary.updated.contains(&key);
+            if seen {
+                continue;
+            }
+            if let Ok(None) = self.engine.container_id(&key).await {
+                tracing::info!(container = %key, "container is gone; forgetting its watch record");
+                let _ = self.records.delete(&key).await;
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use prometheus_client::metrics::family::Family;
 use steward_bus::ReplayQuery;
 use steward_events::{EventData, ImageUpdated};
-use steward_testkit::docker::{push_app, registry, Container, ImageTag};
+use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag};
 use steward_testkit::{unique_name, TestBus};
 use steward_watcher::check::{Checker, Summary};
 use steward_watcher::registry::{Registries, RegistryConfig};
@@ -64,7 +64,7 @@ async fn a_newer_digest_is_reported_once_even_across_restarts() {
     let _tag = ImageTag(image.clone());
     let v1 = push_app("v1", &image);
     let name = unique_name("watched");
-    let _c = run_app(&name, &image, &scope, &["steward.update.policy=automatic"]);
+    let c = run_app(&name, &image, &scope, &["steward.update.policy=automatic"]);
 
     let watcher = checker(&bus, &scope, Duration::from_secs(5)).await;
     let first = watcher.run(None, None).await.expect("check");
@@ -89,7 +89,19 @@ async fn a_newer_digest_is_reported_once_even_across_restarts() {
     let record = watcher.records.get(&name).await.expect("get").expect("record").value;
     assert_eq!(record.policy, "automatic");
     assert_eq!(record.running_digest.map(|d| d.to_string()), Some(v1));
-    assert_eq!(record.reported_digest.map(|d| d.to_string()), Some(v2));
+    assert_eq!(record.reported_digest.map(|d| d.to_string()), Some(v2.clone()));
+
+    // Someone recreates the container on v1 (compose down/up, a restore): v2 is news again.
+    drop(c);
+    docker(&["tag", "steward-test/app:v1", &image]);
+    let _again = run_app(&name, &image, &scope, &["steward.update.policy=automatic"]);
+    // Pretend the container ran v2 in between (as after a successful update).
+    watcher
+        .note_running(&name, &steward_events::Digest::parse(&v2).expect("digest"))
+        .await
+        .expect("note");
+    assert_eq!(watcher.run(None, None).await.expect("check").updated, std::slice::from_ref(&name));
+    assert_eq!(image_updates(&bus).await.len(), 2);
 }
 
 #[tokio::test]
