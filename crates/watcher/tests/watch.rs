@@ -118,11 +118,11 @@ async fn tag_tracking_reports_the_newest_matching_tag() {
     let newest = push_app("v2", &tags[2].0);
     push_app("v1", &tags[3].0);
     let name = unique_name("tracked");
-    let _c = run_app(&name, &tags[0].0, &scope, &[r"steward.watch.tags=^1\.0\.\d+$"]);
+    let c = run_app(&name, &tags[0].0, &scope, &[r"steward.watch.tags=^1\.0\.\d+$"]);
 
-    let summary =
-        checker(&bus, &scope, Duration::from_secs(5)).await.run(None, None).await.expect("check");
-    assert_eq!(summary.updated, [name]);
+    let watcher = checker(&bus, &scope, Duration::from_secs(5)).await;
+    let summary = watcher.run(None, None).await.expect("check");
+    assert_eq!(summary.updated, std::slice::from_ref(&name));
     let updates = image_updates(&bus).await;
     assert_eq!(
         updates[0].1.new_tag.as_deref(),
@@ -130,6 +130,12 @@ async fn tag_tracking_reports_the_newest_matching_tag() {
         "highest version matching the rule, not 1.1.0"
     );
     assert_eq!(updates[0].1.new_digest.as_str(), newest);
+
+    // The container goes away: the next full check forgets it, so `steward status` does too.
+    assert!(watcher.records.get(&name).await.expect("get").is_some());
+    drop(c);
+    watcher.run(None, None).await.expect("check");
+    assert!(watcher.records.get(&name).await.expect("get").is_none());
 }
 
 #[tokio::test]
