@@ -187,9 +187,9 @@ impl Checker {
                 .inc();
         };
         let digests = repo_digests.get(&t.info.image_id).cloned().unwrap_or_else(|| Ok(vec![]));
-        let running = match digests.map(|d| running_digest(&t, &d)) {
-            Ok(Some(d)) => d,
-            Ok(None) => {
+        let known = match digests.map(|d| running_digests(&t, &d)) {
+            Ok(known) if !known.is_empty() => known,
+            Ok(_) => {
                 return Outcome::Skipped(format!(
                     "image {} has no digest from {} (built locally and never pushed or pulled?)",
                     t.info.image_ref, registry
@@ -199,6 +199,7 @@ impl Checker {
                 return Outcome::Skipped(format!("cannot inspect image {}: {e}", t.info.image_id))
             }
         };
+        let running = known[0].clone();
         let (newest_tag, newest) = match self.newest(&t).await {
             Ok(found) => found,
             Err(e) => {
@@ -229,12 +230,18 @@ impl Checker {
             // the watcher (compose down/up, a restore) on another image is a new situation,
             // and a newer digest for it is news again.
             reported_digest: prev
-                .filter(|p| p.running_digest.as_ref().is_none_or(|r| *r == running))
+                .filter(|p| p.running_digest.as_ref().is_none_or(|r| known.contains(r)))
                 .and_then(|p| p.reported_digest.clone()),
             checked_at: now,
             last_error: None,
         };
-        let is_new = newest != running && record.reported_digest.as_ref() != Some(&newest);
+        // A pulled multi-arch image is known by its index digest and its platform manifest's:
+        // either one equal to the registry's means nothing changed.
+        let current = known.contains(&newest);
+        if current {
+            record.running_digest = Some(newest.clone());
+        }
+        let is_new = !current && record.reported_digest.as_ref() != Some(&newest);
         if is_new {
             let data = ImageUpdated {
                 container: t.info.name.clone(),
@@ -346,15 +353,19 @@ impl Checker {
     }
 }
 
-/// The digest the container runs: its image's repo digest for the repository its reference
-/// names.
-fn running_digest(t: &Target, repo_digests: &[String]) -> Option<Digest> {
-    repo_digests.iter().find_map(|rd| {
-        let r = Reference::try_from(rd.as_str()).ok()?;
-        let same =
-            r.registry() == t.reference.registry() && r.repository() == t.reference.repository();
-        same.then(|| r.digest().and_then(|d| Digest::parse(d).ok())).flatten()
-    })
+/// The digests the container's image is known by in the repository its reference names:
+/// one for a single-platform image, two (index and platform manifest) for a pulled multi-arch
+/// one.
+fn running_digests(t: &Target, repo_digests: &[String]) -> Vec<Digest> {
+    repo_digests
+        .iter()
+        .filter_map(|rd| {
+            let r = Reference::try_from(rd.as_str()).ok()?;
+            let same = r.registry() == t.reference.registry()
+                && r.repository() == t.reference.repository();
+            same.then(|| r.digest().and_then(|d| Digest::parse(d).ok())).flatten()
+        })
+        .collect()
 }
 
 /// Labels and reference of a container, or why it is skipped. `Ok(None)`: not opted in.

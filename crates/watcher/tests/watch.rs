@@ -173,3 +173,53 @@ async fn bad_labels_and_unknown_images_are_skipped_with_a_reason_and_others_stil
     assert!(reason(&bad_regex).contains("not a regular expression"), "{summary:?}");
     assert!(reason(&local_only).contains("no digest"), "{summary:?}");
 }
+
+/// Pushes a two-platform index (`amd64` = `amd64_version`, `arm64` = v2) as `REPO:multi`;
+/// returns its digest.
+fn push_index(repo: &str, amd64_version: &str) -> String {
+    push_app(amd64_version, &format!("{repo}:amd64"));
+    push_app("v2", &format!("{repo}:arm64"));
+    let list = format!("{repo}:multi");
+    docker(&[
+        "manifest",
+        "create",
+        "--amend",
+        "--insecure",
+        &list,
+        &format!("{repo}:amd64"),
+        &format!("{repo}:arm64"),
+    ]);
+    docker(&["manifest", "annotate", &list, &format!("{repo}:arm64"), "--arch", "arm64"]);
+    let out = docker(&["manifest", "push", "--purge", "--insecure", &list]);
+    out.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_pulled_multi_arch_image_is_current_and_a_new_index_is_news() {
+    let bus = TestBus::new("multiarch").await;
+    let scope = unique_name("scope");
+    let repo = format!("{}/{}", registry(), unique_name("steward-test/multi"));
+    let _tags: Vec<ImageTag> =
+        ["amd64", "arm64", "multi"].iter().map(|t| ImageTag(format!("{repo}:{t}"))).collect();
+    let first = push_index(&repo, "v1");
+    docker(&["pull", "-q", &format!("{repo}:multi")]);
+    let name = unique_name("multi");
+    let _c = run_app(&name, &format!("{repo}:multi"), &scope, &[]);
+
+    // The image is known by the index digest and by its amd64 manifest's: unchanged.
+    let watcher = checker(&bus, &scope, Duration::from_secs(5)).await;
+    let summary = watcher.run(None, None).await.expect("check");
+    assert_eq!((summary.checked, summary.updated.len()), (1, 0), "{summary:?}");
+
+    let second = push_index(&repo, "v3");
+    assert_ne!(first, second);
+    let summary = watcher.run(None, None).await.expect("check");
+    assert_eq!(summary.updated, std::slice::from_ref(&name));
+    let updates = image_updates(&bus).await;
+    assert_eq!(updates.len(), 1);
+    assert_eq!(
+        updates[0].1.new_digest.as_str(),
+        second,
+        "reported as the index digest docker pull records"
+    );
+}
