@@ -239,6 +239,36 @@ pub mod docker {
         }
     }
 
+    /// A Docker client config directory logged in to the test bed's basic-auth registry, as
+    /// an operator's `docker login` leaves it; removed when dropped.
+    pub struct LoggedIn {
+        /// The registry, e.g. `127.0.0.1:5001`.
+        pub registry: String,
+        /// The config directory (for `docker --config` and `DOCKER_CONFIG`).
+        pub config: String,
+    }
+
+    impl LoggedIn {
+        /// Logs in to the basic-auth registry with a fresh config directory.
+        pub fn auth_registry() -> Self {
+            let require = super::testbed::require;
+            let registry = require("STEWARD_TEST_REGISTRY_AUTH");
+            let (user, pass) =
+                (require("STEWARD_TEST_REGISTRY_USER"), require("STEWARD_TEST_REGISTRY_PASSWORD"));
+            let dir = std::env::temp_dir().join(super::unique_name("docker-config"));
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("config dir: {e}"));
+            let config = dir.to_string_lossy().into_owned();
+            docker(&["--config", &config, "login", &registry, "-u", &user, "-p", &pass]);
+            Self { registry, config }
+        }
+    }
+
+    impl Drop for LoggedIn {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.config);
+        }
+    }
+
     /// Removes a local image tag when dropped (the registry keeps what was pushed).
     pub struct ImageTag(pub String);
 

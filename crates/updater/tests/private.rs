@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use steward_events::{Digest, Event, EventData, ImageUpdated};
-use steward_testkit::docker::{docker, Container, ImageTag};
-use steward_testkit::{
-    free_port, http_get, stored_events, testbed, unique_name, wait_for, TestBus,
-};
+use steward_testkit::docker::{docker, Container, ImageTag, LoggedIn};
+use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for, TestBus};
 use steward_updater::config::UpdaterConfig;
 use steward_updater::flow::Flow;
 
@@ -19,15 +17,8 @@ fn push(config: &str, version: &str, image: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_uses_the_operators_docker_login() {
-    let registry = testbed::require("STEWARD_TEST_REGISTRY_AUTH");
-    let (user, pass) = (
-        testbed::require("STEWARD_TEST_REGISTRY_USER"),
-        testbed::require("STEWARD_TEST_REGISTRY_PASSWORD"),
-    );
-    let config_dir = std::env::temp_dir().join(unique_name("docker-config"));
-    std::fs::create_dir_all(&config_dir).expect("dir");
-    let config = config_dir.to_str().expect("path").to_owned();
-    docker(&["--config", &config, "login", &registry, "-u", &user, "-p", &pass]);
+    let login = LoggedIn::auth_registry();
+    let (registry, config) = (login.registry.clone(), login.config.clone());
 
     let repo = format!("{registry}/{}", unique_name("steward-test/private"));
     let image = format!("{repo}:1.0");
@@ -92,7 +83,6 @@ async fn the_pull_uses_the_operators_docker_login() {
         "{:?}",
         stored_events(&bus).await.last()
     );
-    let _ = std::fs::remove_dir_all(&config_dir);
     for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
         let _ = std::process::Command::new("docker")
             .args(["rm", "-f", &format!("{name}{suffix}")])

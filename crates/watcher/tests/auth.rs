@@ -6,23 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::family::Family;
-use steward_testkit::docker::{docker, Container, ImageTag};
-use steward_testkit::testbed;
+use steward_testkit::docker::{docker, Container, ImageTag, LoggedIn};
 use steward_testkit::{unique_name, TestBus};
 use steward_watcher::check::Checker;
 use steward_watcher::registry::{Registries, RegistryConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_from_docker_config_open_a_basic_auth_registry() {
-    let registry = testbed::require("STEWARD_TEST_REGISTRY_AUTH");
-    let (user, pass) = (
-        testbed::require("STEWARD_TEST_REGISTRY_USER"),
-        testbed::require("STEWARD_TEST_REGISTRY_PASSWORD"),
-    );
-    let config_dir = std::env::temp_dir().join(unique_name("docker-config"));
-    std::fs::create_dir_all(&config_dir).expect("dir");
-    let config = config_dir.to_str().expect("path").to_owned();
-    docker(&["--config", &config, "login", &registry, "-u", &user, "-p", &pass]);
+    let login = LoggedIn::auth_registry();
+    let (registry, config) = (login.registry.clone(), login.config.clone());
 
     let image = format!("{registry}/{}:1.0", unique_name("steward-test/auth"));
     let _tag = ImageTag(image.clone());
@@ -75,5 +67,4 @@ async fn credentials_from_docker_config_open_a_basic_auth_registry() {
     std::env::set_var("DOCKER_CONFIG", &config);
     let summary = checker(&bus).await.run(None, None).await.expect("check");
     assert_eq!(summary.updated, std::slice::from_ref(&name), "{summary:?}");
-    let _ = std::fs::remove_dir_all(&config_dir);
 }
