@@ -99,9 +99,10 @@ impl Flow {
     async fn succeed(&self, v: Versioned<UpdateRecord>, r: &Replacement) -> Result<(), FlowError> {
         // The old container goes; its image stays for a later rollback by hand.
         self.engine.finish(r).await?;
-        let mut record = v.value;
+        let record = &v.value;
         let duration_ms =
             (OffsetDateTime::now_utc() - record.started_at).whole_milliseconds().max(0) as u64;
+        tracing::info!(container = %record.container, to = %record.to_digest.short(), duration_ms, "update succeeded");
         let data = UpdateSucceeded {
             update_id: record.update_id,
             container: record.container.clone(),
@@ -110,10 +111,7 @@ impl Flow {
             to_digest: record.to_digest.clone(),
             duration_ms,
         };
-        self.publish(&mut record, data).await?;
-        tracing::info!(container = %record.container, to = %record.to_digest.short(), duration_ms, "update succeeded");
-        record.step = UpdateStep::Succeeded;
-        self.save(record, v.revision).await?;
+        self.conclude(v, UpdateStep::Succeeded, None, data).await?;
         Ok(())
     }
 }

@@ -84,7 +84,7 @@ impl Flow {
         reason: String,
         log_tail: Vec<String>,
     ) -> Result<(), FlowError> {
-        let mut record = v.value;
+        let record = &v.value;
         tracing::error!(container = %record.container, %reason, "update failed");
         let data = UpdateFailed {
             update_id: record.update_id,
@@ -93,10 +93,7 @@ impl Flow {
             reason: reason.clone(),
             log_tail,
         };
-        self.publish(&mut record, data).await?;
-        record.step = UpdateStep::Failed;
-        record.reason = Some(reason);
-        self.save(record, v.revision).await?;
+        self.conclude(v, UpdateStep::Failed, Some(reason), data).await?;
         Ok(())
     }
 }

@@ -87,6 +87,23 @@ impl Flow {
         Ok(event)
     }
 
+    /// Ends an update: publishes its terminal event and records the terminal step (and why).
+    pub async fn conclude(
+        &self,
+        v: Versioned<UpdateRecord>,
+        step: steward_events::records::UpdateStep,
+        reason: Option<String>,
+        data: impl Into<EventData>,
+    ) -> Result<(), BusError> {
+        debug_assert!(step.is_terminal());
+        let mut record = v.value;
+        self.publish(&mut record, data).await?;
+        record.step = step;
+        record.reason = reason;
+        self.save(record, v.revision).await?;
+        Ok(())
+    }
+
     /// Writes `record` over the version read (compare-and-set); returns the new version.
     pub async fn save(
         &self,

@@ -32,10 +32,10 @@ impl Flow {
         reason: String,
         log_tail: Vec<String>,
     ) -> Result<(), FlowError> {
-        let mut record = v.value;
+        let record = &v.value;
         tracing::error!(container = %record.container, %reason, "update rolled back");
         if let Some(r) = r {
-            // The old one must really be back; if not, say so in the event.
+            // The old one must really be back; if it is not, the operator must hear of it.
             if let Ok(view) = self.engine.health_view(&r.old_id).await {
                 if !view.running {
                     tracing::error!(container = %record.container, "the old container did not come back");
@@ -51,10 +51,7 @@ impl Flow {
             reason: reason.clone(),
             log_tail,
         };
-        self.publish(&mut record, data).await?;
-        record.step = UpdateStep::RolledBack;
-        record.reason = Some(reason);
-        self.save(record, v.revision).await?;
+        self.conclude(v, UpdateStep::RolledBack, Some(reason), data).await?;
         Ok(())
     }
 }
