@@ -40,23 +40,53 @@ fn prober(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration>
     })
 }
 
-fn run_args(name: &str, port: u16, version: &str) -> Vec<String> {
-    [
+/// `docker run` of the stand-in app `version` as `name`, published on `port`.
+fn run(name: &str, port: u16, version: &str) {
+    let publish = format!("127.0.0.1:{port}:8080");
+    let image = format!("steward-test/app:{version}");
+    docker(&[
         "run",
         "-d",
         "--name",
         name,
         "-p",
-        &format!("127.0.0.1:{port}:8080"),
+        &publish,
         "--restart",
         "unless-stopped",
         "--label",
         "steward.enable=true",
-        &format!("steward-test/app:{version}"),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+        &image,
+    ]);
+}
+
+/// An app serving on `port` with the prober watching it.
+struct Probed {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    probe: std::thread::JoinHandle<Duration>,
+}
+
+impl Probed {
+    /// Runs `version` as `name`, waits until it serves, starts probing.
+    fn start(name: &str, port: u16, version: &str) -> Self {
+        run(name, port, version);
+        wait_for("app up", Duration::from_secs(10), || http_get(port));
+        let stop = Arc::new(AtomicBool::new(false));
+        let probe = prober(port, stop.clone());
+        std::thread::sleep(Duration::from_millis(200));
+        Self { port, stop, probe }
+    }
+
+    /// Waits until `version` serves, stops probing; the longest outage seen.
+    fn until(self, version: &str) -> Duration {
+        let port = self.port;
+        wait_for("new version", Duration::from_secs(10), || {
+            http_get(port).filter(|b| b.contains(version))
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, Ordering::Relaxed);
+        self.probe.join().expect("prober")
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -76,45 +106,22 @@ async fn main() {
         let (from, to) = if round % 2 == 0 { ("v1", "v2") } else { ("v2", "v1") };
         let port = free_port();
 
-        // Steward.
+        // Steward: the swap the updater performs.
         let name = unique_name("downtime-steward");
-        let args = run_args(&name, port, from);
-        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        wait_for("app up", Duration::from_secs(10), || http_get(port));
-        let stop = Arc::new(AtomicBool::new(false));
-        let probe = prober(port, stop.clone());
-        std::thread::sleep(Duration::from_millis(200));
+        let probed = Probed::start(&name, port, from);
         let r = engine.replace(&name, &format!("steward-test/app:{to}")).await.expect("replace");
-        wait_for("new version", Duration::from_secs(10), || {
-            http_get(port).filter(|b| b.contains(to))
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        stop.store(true, Ordering::Relaxed);
-        let down = probe.join().expect("prober");
+        steward.push(probed.until(to));
         engine.finish(&r).await.expect("finish");
         docker(&["rm", "-f", &name]);
-        steward.push(down);
 
         // Peer: stop, rm, run.
         let name = unique_name("downtime-peer");
-        let args = run_args(&name, port, from);
-        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        wait_for("app up", Duration::from_secs(10), || http_get(port));
-        let stop = Arc::new(AtomicBool::new(false));
-        let probe = prober(port, stop.clone());
-        std::thread::sleep(Duration::from_millis(200));
+        let probed = Probed::start(&name, port, from);
         docker(&["stop", &name]);
         docker(&["rm", &name]);
-        let args = run_args(&name, port, to);
-        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        wait_for("new version", Duration::from_secs(10), || {
-            http_get(port).filter(|b| b.contains(to))
-        });
-        std::thread::sleep(Duration::from_millis(200));
-        stop.store(true, Ordering::Relaxed);
-        let down = probe.join().expect("prober");
+        run(&name, port, to);
+        peer.push(probed.until(to));
         docker(&["rm", "-f", &name]);
-        peer.push(down);
 
         println!(
             "round {}: {from} -> {to}: steward {:.0} ms, docker stop/rm/run {:.0} ms",
