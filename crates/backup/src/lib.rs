@@ -1,9 +1,29 @@
-//! steward-backup: Streams database dumps and data paths to S3, verifies and restores them (consumes `backup.requested`, `restore.requested`).
+//! steward-backup: streams database dumps and data paths to S3, verifies and restores them.
 //!
-//! Today the service runs the shared runtime and logs every event it receives; its own job
-//! is built in its own issue on top of this skeleton.
+//! It consumes `backup.requested` (the updater before an update, `steward backup now`),
+//! `verify.requested` and `restore.requested`, and backs up on its own schedule. A backup
+//! ([`backup`]) streams `pg_dump` output and path archives from the engine through zstd into
+//! S3 multipart uploads ([`pipeline`], [`store`]) and writes its [`manifest`] last; a
+//! verification ([`verify`]) loads every dump into a scratch server; a restore ([`restore`])
+//! checks every checksum before it touches anything. Old backups are pruned by
+//! [`retention`] after each scheduled backup.
+
+pub mod backup;
+pub mod catalog;
+pub mod config;
+pub mod manifest;
+pub mod pipeline;
+pub mod restore;
+pub mod retention;
+pub mod service;
+pub mod store;
+pub mod targets;
+pub mod verify;
 
 use steward_events::Service;
+
+pub use backup::{Backups, Failure};
+pub use service::BackupService;
 
 /// This service on the bus.
 pub const SERVICE: Service = Service::Backup;

@@ -12,9 +12,11 @@ use bollard::Docker;
 mod credentials;
 mod ops;
 pub mod recreate;
+mod streams;
 pub use credentials::{registry_credentials, registry_of, RegistryCredentials};
 pub use ops::{ExecOutput, HealthView};
 pub use recreate::Replacement;
+pub use streams::{ExecSpec, ExecStream};
 
 /// Something the engine could not do.
 #[derive(Debug, thiserror::Error)]

@@ -243,7 +243,7 @@ impl Engine {
                 endpoint_config: Some(endpoint),
             };
             if let Err(e) = docker.connect_network(&network, request).await {
-                let _ = self.remove(&new_id).await;
+                let _ = self.remove(&new_id, false).await;
                 return Err(self.failed(&format!("connect {new_name} to {network}"), e));
             }
         }
@@ -300,7 +300,7 @@ impl Engine {
                 .map_err(|e| self.failed(&format!("start old {}", r.name), e))?;
         }
         if docker.inspect_container(&r.new_id, None).await.is_ok() {
-            self.remove(&r.new_id).await?;
+            self.remove(&r.new_id, false).await?;
         }
         Ok(())
     }
@@ -309,7 +309,7 @@ impl Engine {
     pub async fn finish(&self, r: &Replacement) -> Result<(), EngineError> {
         let docker = self.client()?;
         if docker.inspect_container(&r.old_id, None).await.is_ok() {
-            self.remove(&r.old_id).await?;
+            self.remove(&r.old_id, false).await?;
         }
         Ok(())
     }
@@ -320,21 +320,10 @@ impl Engine {
             .await
             .map_err(|e| self.failed(&format!("rename {id} to {name}"), e))
     }
-
-    async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        // `v: false`: anonymous volumes now belong to the other container.
-        self.client()?
-            .remove_container(
-                id,
-                Some(RemoveContainerOptions { force: true, v: false, link: false }),
-            )
-            .await
-            .map_err(|e| self.failed(&format!("remove {id}"), e))
-    }
 }
 
 /// The engine crate has no logger; failures inside an error path go to stderr once.
-fn tracing_free_log(message: &str) {
+pub(crate) fn tracing_free_log(message: &str) {
     eprintln!("steward-engine: {message}");
 }
 

@@ -60,7 +60,7 @@ impl Service {
                 "backup.done",
                 "backup.failed",
             ],
-            Service::Backup => &["backup.requested", "restore.requested"],
+            Service::Backup => &["backup.requested", "verify.requested", "restore.requested"],
             // Health re-baselines a container that an update or restore recreated.
             Service::Health => &["update.succeeded", "update.rolled_back", "restore.done"],
             Service::Notifier => &[
@@ -69,6 +69,7 @@ impl Service {
                 "update.failed",
                 "update.rolled_back",
                 "backup.failed",
+                "verify.failed",
                 "restore.done",
                 "restore.failed",
                 "health.failed",
@@ -98,6 +99,7 @@ impl Service {
                 "backup.failed",
                 "backup.verified",
                 "backup.pruned",
+                "verify.failed",
                 "restore.done",
                 "restore.failed",
             ],
@@ -108,6 +110,7 @@ impl Service {
                 "update.approved",
                 "update.rejected",
                 "backup.requested",
+                "verify.requested",
                 "restore.requested",
             ],
         }

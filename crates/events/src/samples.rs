@@ -111,6 +111,14 @@ pub fn all(container: &str) -> Vec<EventData> {
         }
         .into(),
         BackupPruned { backup_ids: vec!["20261001T020000Z".into()], kept: 17 }.into(),
+        VerifyRequested { backup_id: "latest".into(), requested_by: Some("ops@host".into()) }
+            .into(),
+        VerifyFailed {
+            backup_id: "20261123T020000Z".into(),
+            reason: "postgres/gitea: SHA-256 does not match the manifest".into(),
+            log_tail: vec![],
+        }
+        .into(),
         RestoreRequested {
             backup_id: "latest".into(),
             scope: RestoreScope::Db,

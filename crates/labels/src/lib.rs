@@ -30,6 +30,16 @@ pub const WINDOW: &str = "steward.update.window";
 /// A shell command run by exec in the old container before it is stopped.
 pub const PRE_HOOK: &str = "steward.update.pre";
 
+/// On a database container: dump it with `pg_dump` by exec.
+pub const BACKUP_POSTGRES: &str = "steward.backup.postgres";
+/// On an app container: archive these comma-separated absolute paths.
+pub const BACKUP_PATHS: &str = "steward.backup.paths";
+/// Stop the container while its paths are archived.
+pub const BACKUP_STOP: &str = "steward.backup.stop";
+/// A command run by exec (as the container's user) after a restore, e.g. Gitea's
+/// `gitea admin regenerate hooks`.
+pub const RESTORE_POST: &str = "steward.restore.post";
+
 /// Which Steward installation owns the container (with `STEWARD_SCOPE`): several can share
 /// one Docker host, as Watchtower's scopes allow.
 pub const SCOPE: &str = "steward.scope";
@@ -339,6 +349,60 @@ pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, L
     Ok(UpdateLabels { policy, backup, health_url, min_age, window, pre })
 }
 
+/// What to back up of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackupLabels {
+    /// Dump its PostgreSQL database.
+    pub postgres: bool,
+    /// Archive these absolute paths.
+    pub paths: Vec<String>,
+    /// Stop it while the paths are archived.
+    pub stop: bool,
+}
+
+impl BackupLabels {
+    /// Whether there is anything to back up.
+    pub fn any(&self) -> bool {
+        self.postgres || !self.paths.is_empty()
+    }
+}
+
+/// Reads the backup labels; a container without them backs up nothing.
+pub fn backup_labels(labels: &HashMap<String, String>) -> Result<BackupLabels, LabelError> {
+    let postgres = match labels.get(BACKUP_POSTGRES) {
+        Some(v) => boolean(BACKUP_POSTGRES, v)?,
+        None => false,
+    };
+    let stop = match labels.get(BACKUP_STOP) {
+        Some(v) => boolean(BACKUP_STOP, v)?,
+        None => false,
+    };
+    let mut paths = vec![];
+    if let Some(value) = labels.get(BACKUP_PATHS) {
+        for path in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = |reason: &str| LabelError {
+                label: BACKUP_PATHS,
+                value: value.clone(),
+                reason: format!("{path:?}: {reason}"),
+            };
+            if !path.starts_with('/') {
+                return Err(bad("paths must be absolute"));
+            }
+            if path.split('/').any(|c| c == ".." || c == ".") {
+                return Err(bad("no '.' or '..' components"));
+            }
+            let path = path.trim_end_matches('/');
+            if path.is_empty() {
+                return Err(bad("the root directory cannot be archived; name the data paths"));
+            }
+            if !paths.iter().any(|p: &String| p == path) {
+                paths.push(path.to_owned());
+            }
+        }
+    }
+    Ok(BackupLabels { postgres, paths, stop })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,5 +505,25 @@ mod tests {
         assert!(version_of("1.22.7-rootless").is_some_and(|v| !v.pre.is_empty()));
         assert_eq!(version_of("bookworm"), None);
         assert_eq!(version_of("1.2.3.4"), None);
+    }
+
+    #[test]
+    fn backup_labels_parse_and_refuse_bad_paths() {
+        let l = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let none = backup_labels(&l(&[])).unwrap_or_default();
+        assert!(!none.any());
+        let b =
+            backup_labels(&l(&[(BACKUP_PATHS, "/data/, /etc/app,/data"), (BACKUP_STOP, "true")]))
+                .unwrap_or_default();
+        assert_eq!(b.paths, vec!["/data", "/etc/app"]);
+        assert!(b.stop && !b.postgres && b.any());
+        assert!(backup_labels(&l(&[(BACKUP_POSTGRES, "true")])).is_ok_and(|b| b.postgres));
+        for bad in ["data", "/data/../etc", "/", "/./x"] {
+            let e = backup_labels(&l(&[(BACKUP_PATHS, bad)]));
+            assert!(e.as_ref().is_err_and(|e| e.label == BACKUP_PATHS), "{bad}: {e:?}");
+        }
+        assert!(backup_labels(&l(&[(BACKUP_STOP, "maybe")])).is_err());
     }
 }

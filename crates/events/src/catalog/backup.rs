@@ -115,3 +115,30 @@ pub struct BackupPruned {
 }
 
 impl Payload for BackupPruned {}
+
+/// Verify a backup: download it, check every checksum, load its database dumps into a
+/// throw-away server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRequested {
+    /// A backup id, or `latest` (newest complete backup).
+    pub backup_id: String,
+    /// Who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl Payload for VerifyRequested {}
+
+/// A backup failed verification: it must not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyFailed {
+    /// The backup that was checked.
+    pub backup_id: String,
+    /// What did not match or load.
+    pub reason: String,
+    /// Last output lines of the failing step (e.g. `pg_restore`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+impl Payload for VerifyFailed {}

@@ -116,6 +116,10 @@ catalog! {
     BackupVerified => "backup.verified": BackupVerified,
     /// Backups removed by the retention policy.
     BackupPruned => "backup.pruned": BackupPruned,
+    /// Someone asks to verify a backup.
+    VerifyRequested => "verify.requested": VerifyRequested,
+    /// A backup failed verification.
+    VerifyFailed => "verify.failed": VerifyFailed,
     /// Someone asks to restore a backup.
     RestoreRequested => "restore.requested": RestoreRequested,
     /// A restore completed and the containers are healthy.

@@ -1,0 +1,248 @@
+//! One backup run: dump every database by exec, archive every path through the archive API,
+//! save the containers' configuration, then write the manifest, last.
+//!
+//! Invariants: the manifest is written only when every component is stored and checked; a
+//! failed run deletes what it stored (best effort; retention removes what an unreachable
+//! store kept); a container stopped for a consistent copy is started again whatever happens.
+
+use std::io;
+use std::time::Instant;
+
+use bytes::Bytes;
+use steward_engine::{Engine, ExecSpec};
+use steward_events::BackupReason;
+use time::OffsetDateTime;
+
+use crate::config::BackupConfig;
+use crate::manifest::{self, Component, Kind, Manifest};
+use crate::pipeline::{self, Counted};
+use crate::store::{Store, Stored};
+use crate::targets::{self, Target};
+
+/// Lines of `pg_dump` stderr kept for the failure event.
+const STDERR_LINES: usize = 20;
+
+/// A failed backup, verification or restore: why, and the failing command's last stderr lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong, naming the component.
+    pub reason: String,
+    /// Last stderr lines of the failing command.
+    pub stderr_tail: Vec<String>,
+}
+
+impl Failure {
+    /// A failure without command output.
+    pub fn plain(reason: impl std::fmt::Display) -> Self {
+        Self { reason: reason.to_string(), stderr_tail: vec![] }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Takes backups, verifies and restores them.
+#[derive(Debug, Clone)]
+pub struct Backups {
+    pub(crate) engine: Engine,
+    pub(crate) store: Store,
+    pub(crate) config: BackupConfig,
+}
+
+impl Backups {
+    /// Backups of the containers in the configured scope, through `engine`, into `store`.
+    pub fn new(engine: Engine, store: Store, config: BackupConfig) -> Self {
+        Self { engine, store, config }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes backup `id`. On failure nothing of it is left usable.
+    pub async fn take(
+        &self,
+        id: &str,
+        reason: BackupReason,
+        only: &[String],
+    ) -> Result<Manifest, Failure> {
+        let started = Instant::now();
+        let taken_at = OffsetDateTime::now_utc();
+        let result = self.take_components(id, only).await;
+        let components = match result {
+            Ok(c) => c,
+            Err(e) => {
+                if let Err(cleanup) = self.store.delete_dir(id).await {
+                    tracing::warn!(backup = id, error = %cleanup, "could not delete the failed backup's objects; retention will");
+                }
+                return Err(e);
+            }
+        };
+        let manifest = Manifest {
+            format: manifest::FORMAT,
+            backup_id: id.to_owned(),
+            taken_at,
+            reason,
+            docker_host: self.engine.host().to_owned(),
+            components,
+        };
+        let body = serde_json::to_vec_pretty(&manifest).map_err(Failure::plain)?;
+        if let Err(e) =
+            self.store.put(&format!("{id}/{}", manifest::MANIFEST), Bytes::from(body)).await
+        {
+            let _ = self.store.delete_dir(id).await;
+            return Err(Failure::plain(e));
+        }
+        tracing::info!(
+            backup = id,
+            components = manifest.components.len(),
+            stored_bytes = manifest.stored_size(),
+            seconds = started.elapsed().as_secs_f64(),
+            "backup complete"
+        );
+        Ok(manifest)
+    }
+
+    async fn take_components(&self, id: &str, only: &[String]) -> Result<Vec<Component>, Failure> {
+        let plan = targets::plan(&self.engine, self.config.scope.as_deref(), only)
+            .await
+            .map_err(Failure::plain)?;
+        let mut components = vec![];
+        for t in plan.targets.iter().filter(|t| t.labels.postgres) {
+            components.push(self.dump_postgres(id, t).await?);
+        }
+        for t in plan.targets.iter().filter(|t| !t.labels.paths.is_empty()) {
+            components.extend(self.archive_paths(id, t).await?);
+        }
+        components.push(self.save_configs(id, &plan.configs).await?);
+        Ok(components)
+    }
+
+    async fn dump_postgres(&self, id: &str, t: &Target) -> Result<Component, Failure> {
+        let name = &t.container.name;
+        let env = self.engine.container_env(name).await.map_err(Failure::plain)?;
+        let user = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
+        let database = env.get("POSTGRES_DB").cloned().unwrap_or_else(|| user.clone());
+        // Uncompressed custom format: zstd compresses it better and faster than pg_dump's zlib.
+        let spec = ExecSpec {
+            cmd: ["pg_dump", "-Fc", "-Z0", "-U", &user, "-d", &database].map(String::from).to_vec(),
+            env: env
+                .get("POSTGRES_PASSWORD")
+                .map(|p| vec![format!("PGPASSWORD={p}")])
+                .unwrap_or_default(),
+            user: None,
+        };
+        let component = format!("postgres/{name}");
+        let object = format!("{id}/postgres-{}.dump.zst", manifest::slug(name));
+        tracing::info!(backup = id, component, "dumping");
+        let mut exec = self
+            .engine
+            .exec_stdout(name, &spec, STDERR_LINES)
+            .await
+            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
+        let stored =
+            pipeline::store_stream(&self.store, &object, stdout, self.config.zstd_level).await;
+        let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        // The exit code first: a failing pg_dump often leaves a plausible-looking prefix.
+        if out.exit_code != 0 {
+            return Err(Failure {
+                reason: format!("{component}: pg_dump exited with {}", out.exit_code),
+                stderr_tail: out.tail,
+            });
+        }
+        let (stored, raw) = stored.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        if raw.size == 0 || !raw.head.starts_with(b"PGDMP") {
+            return Err(Failure {
+                reason: format!(
+                    "{component}: pg_dump produced {} bytes that are not a custom-format dump",
+                    raw.size
+                ),
+                stderr_tail: out.tail,
+            });
+        }
+        let kind = Kind::Postgres {
+            container: name.clone(),
+            image: t.container.image_id.clone(),
+            user,
+            database,
+        };
+        Ok(entry(component, kind, object, stored, raw))
+    }
+
+    async fn archive_paths(&self, id: &str, t: &Target) -> Result<Vec<Component>, Failure> {
+        let name = &t.container.name;
+        if t.labels.stop {
+            tracing::info!(backup = id, container = %name, "stopping for a consistent copy");
+            let grace = self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32;
+            if let Err(e) = self.engine.stop(name, grace).await {
+                // It may be half-stopped: make sure it runs again before reporting.
+                let _ = self.engine.start(name).await;
+                return Err(Failure::plain(format!("{name}: {e}")));
+            }
+        }
+        let copied = self.copy_paths(id, t).await;
+        if t.labels.stop {
+            if let Err(e) = self.engine.start(name).await {
+                let copy = copied.as_ref().err().map(|c| format!("; the copy also failed: {c}"));
+                return Err(Failure::plain(format!(
+                    "{name} was stopped for the copy and could not be started again: {e}{}",
+                    copy.unwrap_or_default()
+                )));
+            }
+            tracing::info!(backup = id, container = %name, "started again");
+        }
+        copied
+    }
+
+    async fn copy_paths(&self, id: &str, t: &Target) -> Result<Vec<Component>, Failure> {
+        let name = &t.container.name;
+        let mut out = vec![];
+        for path in &t.labels.paths {
+            let component = format!("{name}:{path}");
+            let object =
+                format!("{id}/path-{}-{}.tar.zst", manifest::slug(name), manifest::slug(path));
+            tracing::info!(backup = id, component, "archiving");
+            let tar = self.engine.download_path(name, path);
+            let (stored, raw) =
+                pipeline::store_stream(&self.store, &object, tar, self.config.zstd_level)
+                    .await
+                    .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+            let kind = Kind::Path { container: name.clone(), path: path.clone() };
+            out.push(entry(component, kind, object, stored, raw));
+        }
+        Ok(out)
+    }
+
+    async fn save_configs(&self, id: &str, names: &[String]) -> Result<Component, Failure> {
+        let mut all = Vec::with_capacity(names.len());
+        for name in names {
+            all.push(self.engine.inspect_json(name).await.map_err(Failure::plain)?);
+        }
+        let body = Bytes::from(serde_json::to_vec(&all).map_err(Failure::plain)?);
+        let object = format!("{id}/containers.json.zst");
+        let stream = futures::stream::once(async move { Ok::<_, io::Error>(body) });
+        let (stored, raw) =
+            pipeline::store_stream(&self.store, &object, stream, self.config.zstd_level)
+                .await
+                .map_err(|e| Failure::plain(format!("containers: {e}")))?;
+        Ok(entry("containers".into(), Kind::Containers, object, stored, raw))
+    }
+}
+
+fn entry(name: String, kind: Kind, object: String, stored: Stored, raw: Counted) -> Component {
+    Component {
+        name,
+        kind,
+        object,
+        encoding: "zstd".into(),
+        stored_size: stored.size,
+        stored_sha256: stored.sha256,
+        raw_size: raw.size,
+        raw_sha256: raw.sha256,
+    }
+}

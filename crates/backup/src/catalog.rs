@@ -1,0 +1,121 @@
+//! The stored backups: listing, resolving `latest`, and pruning by the retention policy.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::backup::Backups;
+use crate::manifest::{self, Manifest, MANIFEST, MAX_MANIFEST_BYTES, VERIFIED};
+use crate::retention::{self, Candidate};
+use crate::store::StoreError;
+
+/// One stored backup as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    /// Its id.
+    pub backup_id: String,
+    /// When it was taken.
+    #[serde(with = "time::serde::rfc3339")]
+    pub taken_at: OffsetDateTime,
+    /// Its manifest; `None`: incomplete (failed or still being written), never used.
+    pub manifest: Option<Manifest>,
+    /// When `verify` last proved it restorable.
+    pub verified: Option<VerifiedMark>,
+}
+
+/// What a successful verification leaves next to the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedMark {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub verified_at: OffsetDateTime,
+    /// Whether the database dumps were loaded into a scratch server.
+    pub database_restored: bool,
+}
+
+impl Backups {
+    /// Every backup under the prefix, oldest first.
+    pub async fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let mut out = vec![];
+        for id in self.store.list_dirs().await? {
+            let Some(taken_at) = manifest::time_of_id(&id) else { continue };
+            let manifest = match self
+                .store
+                .get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES)
+                .await?
+            {
+                Some(bytes) => match Manifest::parse(&bytes) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(backup = %id, error = %e, "ignoring a backup with an unreadable manifest");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let verified = self
+                .store
+                .get_small(&format!("{id}/{VERIFIED}"), 64 << 10)
+                .await?
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            out.push(Listed { backup_id: id, taken_at, manifest, verified });
+        }
+        Ok(out)
+    }
+
+    /// The manifest of `id`, or of the newest complete backup for `latest`.
+    pub async fn resolve(&self, id: &str) -> Result<Manifest, String> {
+        if id == "latest" {
+            let listed = self.list().await.map_err(|e| e.to_string())?;
+            return listed
+                .into_iter()
+                .rev()
+                .find_map(|l| l.manifest)
+                .ok_or_else(|| "there is no complete backup".to_owned());
+        }
+        if manifest::time_of_id(id).is_none() || id.contains('/') {
+            return Err(format!("{id:?} is not a backup id"));
+        }
+        match self.store.get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES).await {
+            Ok(Some(bytes)) => Manifest::parse(&bytes).map_err(|e| format!("backup {id}: {e}")),
+            Ok(None) => Err(format!(
+                "backup {id} has no manifest: it is incomplete (failed or still being written) or does not exist"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Records a successful verification.
+    pub async fn mark_verified(&self, id: &str, mark: &VerifiedMark) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(mark).unwrap_or_default();
+        self.store.put(&format!("{id}/{VERIFIED}"), Bytes::from(body)).await
+    }
+
+    /// Deletes what the retention policy does not keep; returns the pruned ids and how many
+    /// backups remain.
+    pub async fn prune(&self, now: OffsetDateTime) -> Result<(Vec<String>, u32), StoreError> {
+        let listed = self.list().await?;
+        let candidates: Vec<Candidate> = listed
+            .iter()
+            .map(|l| Candidate {
+                id: l.backup_id.clone(),
+                taken_at: to_chrono(l.taken_at),
+                complete: l.manifest.is_some(),
+                verified: l.verified.is_some(),
+            })
+            .collect();
+        let prune = retention::to_prune(self.config.retention, &candidates, to_chrono(now));
+        for id in &prune {
+            // The manifest goes first: a half-deleted backup must read as incomplete.
+            self.store.delete(&format!("{id}/{MANIFEST}")).await?;
+            self.store.delete_dir(id).await?;
+            tracing::info!(backup = %id, "pruned");
+        }
+        let kept = listed.len().saturating_sub(prune.len()) as u32;
+        Ok((prune, kept))
+    }
+}
+
+fn to_chrono(t: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default()
+}

@@ -1,0 +1,179 @@
+//! The backup service's own settings, names and defaults in one place.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use steward_runtime::Env;
+
+use crate::retention::Retention;
+
+/// Cron expression of the regular backup (host time zone).
+pub const ENV_SCHEDULE: &str = "STEWARD_BACKUP_SCHEDULE";
+/// The bucket backups go to.
+pub const ENV_BUCKET: &str = "STEWARD_S3_BUCKET";
+/// Key prefix inside the bucket (e.g. `gitea/`).
+pub const ENV_PREFIX: &str = "STEWARD_S3_PREFIX";
+/// Endpoint of an S3-compatible store; unset for AWS.
+pub const ENV_ENDPOINT: &str = "STEWARD_S3_ENDPOINT";
+/// How many backups of each age class to keep.
+pub const ENV_RETENTION: &str = "STEWARD_BACKUP_RETENTION";
+/// Grace period for a container stopped for a consistent copy.
+pub const ENV_STOP_TIMEOUT: &str = "STEWARD_BACKUP_STOP_TIMEOUT";
+/// Image of the throw-away container that empties a path before a restore (default: the
+/// container's own image, which must then have `/bin/sh`).
+pub const ENV_HELPER_IMAGE: &str = "STEWARD_RESTORE_HELPER_IMAGE";
+/// How long a restore waits for the restarted containers to be healthy.
+pub const ENV_RESTORE_HEALTH_TIMEOUT: &str = "STEWARD_RESTORE_HEALTH_TIMEOUT";
+/// zstd level of the stored components.
+pub const ENV_ZSTD_LEVEL: &str = "STEWARD_BACKUP_ZSTD_LEVEL";
+
+/// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
+pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
+
+/// Daily 02:00.
+pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
+
+/// Where backups are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// Endpoint of an S3-compatible store (path-style addressing); `None` for AWS.
+    pub endpoint: Option<String>,
+}
+
+/// The backup service's settings.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// When to back up.
+    pub schedule: croner::Cron,
+    /// Where.
+    pub s3: S3Config,
+    /// What to keep.
+    pub retention: Retention,
+    /// Grace given to a container stopped for the copy.
+    pub stop_timeout: Duration,
+    /// Image for emptying a path before a restore.
+    pub helper_image: Option<String>,
+    /// Wait for health after a restore.
+    pub restore_health_timeout: Duration,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// The installation's scope.
+    pub scope: Option<String>,
+}
+
+/// A prefix as stored: no leading `/`, a trailing `/` unless empty.
+pub fn normalise_prefix(prefix: &str) -> String {
+    let p = prefix.trim().trim_matches('/');
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
+}
+
+/// S3's bucket naming rules, checked at start so a typo is one clear line, not a failed
+/// backup at 02:00.
+pub fn validate_bucket(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ok_ends = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if (3..=63).contains(&name.len()) && ok_chars && ok_ends {
+        Ok(())
+    } else {
+        Err("3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit".into())
+    }
+}
+
+impl BackupConfig {
+    /// Reads the settings; errors go to `env`.
+    pub fn read(env: &mut Env) -> Self {
+        let schedule =
+            env.parse_with(ENV_SCHEDULE, croner::Cron::from_str(DEFAULT_SCHEDULE).ok(), |s| {
+                croner::Cron::from_str(s)
+                    .map(Some)
+                    .map_err(|e| format!("not a cron expression: {e}"))
+            });
+        let bucket = env.required(ENV_BUCKET);
+        if !bucket.is_empty() {
+            if let Err(reason) = validate_bucket(&bucket) {
+                env.error(ENV_BUCKET, &bucket, reason);
+            }
+        }
+        let prefix = normalise_prefix(&env.string(ENV_PREFIX, ""));
+        let endpoint = env.optional(ENV_ENDPOINT).filter(|s| !s.is_empty());
+        if let Some(endpoint) = &endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                env.error(ENV_ENDPOINT, endpoint, "expected an http:// or https:// URL");
+            }
+        }
+        let retention = env.parse_with(ENV_RETENTION, Retention::default(), Retention::parse);
+        let zstd_level = env.parse_with(ENV_ZSTD_LEVEL, 3, |s| match s.parse::<i32>() {
+            Ok(n) if (1..=19).contains(&n) => Ok(n),
+            _ => Err("a whole number from 1 to 19".into()),
+        });
+        Self {
+            // The default always parses; a bad value was reported to `env` above.
+            schedule: schedule.unwrap_or_else(|| {
+                croner::Cron::from_str(DEFAULT_SCHEDULE).unwrap_or_else(|_| unreachable!())
+            }),
+            s3: S3Config { bucket, prefix, endpoint },
+            retention,
+            stop_timeout: env.duration(ENV_STOP_TIMEOUT, Duration::from_secs(30)),
+            helper_image: env.optional(ENV_HELPER_IMAGE).filter(|s| !s.is_empty()),
+            restore_health_timeout: env
+                .duration(ENV_RESTORE_HEALTH_TIMEOUT, Duration::from_secs(180)),
+            zstd_level,
+            scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        assert!(validate_bucket("steward-backups").is_ok());
+        assert!(validate_bucket("a.b-c1").is_ok());
+        for bad in ["", "ab", "Upper", "-dash", "dash-", "under_score", &"x".repeat(64)] {
+            assert!(validate_bucket(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(normalise_prefix(""), "");
+        assert_eq!(normalise_prefix("/"), "");
+        assert_eq!(normalise_prefix("gitea"), "gitea/");
+        assert_eq!(normalise_prefix("/a/b/"), "a/b/");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut env = Env::from_pairs([
+            (ENV_BUCKET, "Bad_Bucket"),
+            (ENV_RETENTION, "daily=x"),
+            (ENV_ENDPOINT, "localhost:9000"),
+            (ENV_SCHEDULE, "every day"),
+        ]);
+        let _ = BackupConfig::read(&mut env);
+        let message = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        for name in [ENV_BUCKET, ENV_RETENTION, ENV_ENDPOINT, ENV_SCHEDULE] {
+            assert!(message.contains(name), "{name} missing from: {message}");
+        }
+    }
+
+    #[test]
+    fn bucket_is_required() {
+        let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+        let _ = BackupConfig::read(&mut env);
+        assert!(env.finish().is_err());
+    }
+}

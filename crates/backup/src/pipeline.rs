@@ -1,0 +1,206 @@
+//! The byte pipeline: engine stream → count and hash → zstd → S3, and back: S3 → hash →
+//! unzstd → hash → consumer, with the checksums compared when the stream ends.
+//!
+//! Invariant: a component read back yields an `Err` item, never a clean end, when its bytes
+//! do not match the manifest, so no consumer can mistake a corrupted or truncated object for
+//! a good one.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
+use async_compression::zstd::CParameter;
+use async_compression::Level;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::manifest::Component;
+use crate::store::{Store, StoreError, Stored};
+
+/// Read size when decompressing.
+const CHUNK: usize = 256 << 10;
+
+/// Size, SHA-256 and first bytes of what passed.
+#[derive(Debug, Default)]
+pub struct Tally {
+    hasher: Sha256,
+    size: u64,
+    head: Vec<u8>,
+}
+
+impl Tally {
+    fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        if self.head.len() < 16 {
+            let take = (16 - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..take]);
+        }
+    }
+}
+
+/// A tally shared between the stream that feeds it and whoever reads the result.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<Mutex<Tally>>);
+
+/// What a [`Counter`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// Bytes.
+    pub size: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
+    /// The first up to 16 bytes (to recognise a format).
+    pub head: Vec<u8>,
+}
+
+impl Counter {
+    fn update(&self, bytes: &[u8]) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).update(bytes);
+    }
+
+    /// The result so far.
+    pub fn result(&self) -> Counted {
+        let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Counted {
+            size: t.size,
+            sha256: hex::encode(t.hasher.clone().finalize()),
+            head: t.head.clone(),
+        }
+    }
+
+    /// Counts a stream as it passes.
+    pub fn count<S>(&self, stream: S) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static
+    where
+        S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+    {
+        let counter = self.clone();
+        stream.inspect(move |item| {
+            if let Ok(bytes) = item {
+                counter.update(bytes);
+            }
+        })
+    }
+
+    /// Counts what is read through `inner`.
+    pub fn reader<R: AsyncRead + Unpin>(&self, inner: R) -> CountingReader<R> {
+        CountingReader { inner, counter: self.clone() }
+    }
+}
+
+/// An [`AsyncRead`] that counts what passes.
+#[derive(Debug)]
+pub struct CountingReader<R> {
+    inner: R,
+    counter: Counter,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let new = &buf.filled()[before..];
+            self.counter.update(new);
+        }
+        polled
+    }
+}
+
+/// Compresses a stream with zstd on all cores.
+pub fn compress<S>(stream: S, level: i32) -> impl AsyncRead + Send + Unpin
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+{
+    let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    ZstdEncoder::with_quality_and_params(
+        StreamReader::new(stream),
+        Level::Precise(level),
+        &[CParameter::nb_workers(workers)],
+    )
+}
+
+/// Compresses `stream` into object `name`: returns what was stored and what went in.
+pub async fn store_stream<S>(
+    store: &Store,
+    name: &str,
+    stream: S,
+    level: i32,
+) -> Result<(Stored, Counted), StoreError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
+    let raw = Counter::default();
+    let counted = Box::pin(raw.count(stream));
+    let stored = store.upload(name, compress(counted, level)).await?;
+    Ok((stored, raw.result()))
+}
+
+/// A component's original bytes read back from the store. The stream ends with an `Err` if
+/// the stored or the decompressed bytes do not match the manifest.
+pub async fn read_component(
+    store: &Store,
+    component: &Component,
+) -> Result<BoxStream<'static, io::Result<Bytes>>, StoreError> {
+    let body = store.get(&component.object).await?.ok_or_else(|| StoreError::S3 {
+        op: "GetObject",
+        key: store.key(&component.object),
+        reason: "the object is missing".into(),
+    })?;
+    let stored = Counter::default();
+    let raw = Counter::default();
+    let decoded = ZstdDecoder::new(BufReader::new(stored.reader(body)));
+    let bytes = raw.count(ReaderStream::with_capacity(decoded, CHUNK));
+    let expected = component.clone();
+    let check =
+        futures::stream::once(async move { mismatch(&expected, &stored.result(), &raw.result()) })
+            .filter_map(|m| async move {
+                m.map(|reason| Err(io::Error::new(io::ErrorKind::InvalidData, reason)))
+            });
+    Ok(bytes.chain(check).boxed())
+}
+
+/// Why the bytes read do not match the manifest, if they do not.
+fn mismatch(expected: &Component, stored: &Counted, raw: &Counted) -> Option<String> {
+    if stored.size != expected.stored_size || stored.sha256 != expected.stored_sha256 {
+        Some(format!(
+            "{}: the stored object ({} bytes, SHA-256 {}) does not match the manifest ({} bytes, SHA-256 {})",
+            expected.name, stored.size, stored.sha256, expected.stored_size, expected.stored_sha256
+        ))
+    } else if raw.size != expected.raw_size || raw.sha256 != expected.raw_sha256 {
+        Some(format!(
+            "{}: the unpacked data ({} bytes) does not match the manifest ({} bytes)",
+            expected.name, raw.size, expected.raw_size
+        ))
+    } else {
+        None
+    }
+}
+
+/// Reads a component to the end, checking it; returns the error that stopped it.
+pub async fn check_component(store: &Store, component: &Component) -> Result<(), String> {
+    let mut stream = read_component(store, component).await.map_err(|e| e.to_string())?;
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            return Err(
+                if e.kind() == io::ErrorKind::InvalidData && e.to_string().contains(&component.name)
+                {
+                    e.to_string()
+                } else {
+                    format!("{}: {e}", component.name)
+                },
+            );
+        }
+    }
+    Ok(())
+}

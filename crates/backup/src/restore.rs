@@ -1,0 +1,356 @@
+//! Restore: check every checksum, then stop the app containers, recreate each database from
+//! its dump, replace each path with its archive, start the containers and wait for health.
+//!
+//! Invariants: nothing is touched before every component in scope has been downloaded and
+//! matched its manifest, and every container it names exists; containers stopped here are
+//! started again whether the restore succeeded or not.
+
+use std::time::{Duration, Instant};
+
+use steward_engine::ExecSpec;
+use steward_events::RestoreScope;
+
+use crate::backup::{Backups, Failure};
+use crate::manifest::{Component, Kind, Manifest};
+use crate::pipeline;
+use crate::verify::wait_ready;
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The backup.
+    pub manifest: Manifest,
+    /// Components restored.
+    pub restored: Vec<String>,
+}
+
+fn in_scope(c: &Component, scope: RestoreScope) -> bool {
+    match (&c.kind, scope) {
+        (Kind::Containers, _) => false,
+        (Kind::Postgres { .. }, RestoreScope::All | RestoreScope::Db) => true,
+        (Kind::Path { .. }, RestoreScope::All | RestoreScope::Paths) => true,
+        _ => false,
+    }
+}
+
+fn container_of(c: &Component) -> Option<&str> {
+    match &c.kind {
+        Kind::Postgres { container, .. } | Kind::Path { container, .. } => Some(container),
+        Kind::Containers => None,
+    }
+}
+
+/// The Gitea image's documented step after a restore: hooks carry absolute paths of the old
+/// host, so pushes fail on a new one until they are regenerated.
+const GITEA_REGENERATE: [&str; 6] =
+    ["/usr/local/bin/gitea", "-c", "/data/gitea/conf/app.ini", "admin", "regenerate", "hooks"];
+
+impl Backups {
+    /// Restores backup `id` (or `latest`).
+    pub async fn restore(&self, id: &str, scope: RestoreScope) -> Result<Restored, Failure> {
+        let manifest = self.resolve(id).await.map_err(Failure::plain)?;
+        let chosen: Vec<&Component> =
+            manifest.components.iter().filter(|c| in_scope(c, scope)).collect();
+        if chosen.is_empty() {
+            return Err(Failure::plain(format!(
+                "backup {} holds nothing to restore for {scope:?}",
+                manifest.backup_id
+            )));
+        }
+        tracing::info!(backup = %manifest.backup_id, components = chosen.len(), "checking checksums before touching anything");
+        self.check_all(&chosen).await?;
+        for name in chosen.iter().filter_map(|c| container_of(c)) {
+            if self.engine.is_running(name).await.map_err(Failure::plain)?.is_none() {
+                return Err(Failure::plain(format!(
+                    "container {name} does not exist: create the stack first (docker-compose up -d), then restore"
+                )));
+            }
+        }
+        // Every app container of the backup is stopped, even for a database-only restore:
+        // an app writing during the restore would mix old and new data.
+        let mut apps: Vec<String> = vec![];
+        for c in &manifest.components {
+            if let Kind::Path { container, .. } = &c.kind {
+                if !apps.contains(container) {
+                    apps.push(container.clone());
+                }
+            }
+        }
+        let grace = self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32;
+        let mut stopped = vec![];
+        let mut result = Ok(vec![]);
+        for app in &apps {
+            if self.engine.is_running(app).await.map_err(Failure::plain)? == Some(true) {
+                tracing::info!(container = %app, "stopping for the restore");
+                if let Err(e) = self.engine.stop(app, grace).await {
+                    result = Err(Failure::plain(e));
+                    break;
+                }
+                stopped.push(app.clone());
+            }
+        }
+        if result.is_ok() {
+            result = self.restore_components(&chosen).await;
+        }
+        // Started again whatever happened: a failed restore must not leave the stack down.
+        for app in &stopped {
+            if let Err(e) = self.engine.start(app).await {
+                tracing::error!(container = %app, error = %e, "could not start the container again");
+                if result.is_ok() {
+                    result =
+                        Err(Failure::plain(format!("restored, but {app} does not start: {e}")));
+                }
+            }
+        }
+        let restored = result?;
+        for app in &apps {
+            self.wait_healthy(app).await?;
+            self.after_restore(app).await?;
+        }
+        Ok(Restored { manifest, restored })
+    }
+
+    async fn restore_components(&self, chosen: &[&Component]) -> Result<Vec<String>, Failure> {
+        let mut done = vec![];
+        for c in chosen {
+            match &c.kind {
+                Kind::Postgres { container, user, database, .. } => {
+                    self.restore_database(c, container, user, database).await?
+                }
+                Kind::Path { container, path } => self.restore_path(c, container, path).await?,
+                Kind::Containers => continue,
+            }
+            tracing::info!(component = %c.name, "restored");
+            done.push(c.name.clone());
+        }
+        Ok(done)
+    }
+
+    /// Drops and recreates the database, then loads the dump through `pg_restore`'s stdin.
+    async fn restore_database(
+        &self,
+        c: &Component,
+        container: &str,
+        user: &str,
+        database: &str,
+    ) -> Result<(), Failure> {
+        self.engine.start(container).await.map_err(Failure::plain)?;
+        wait_ready(self, container, user, "postgres").await?;
+        let run = |cmd: &[&str]| ExecSpec {
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        // `--force` ends the sessions still connected (PostgreSQL 13+).
+        for step in [
+            run(&["dropdb", "--if-exists", "--force", "-U", user, database]),
+            run(&["createdb", "-U", user, "-O", user, database]),
+        ] {
+            let out = self
+                .engine
+                .exec(container, step.cmd.clone(), 20)
+                .await
+                .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+            if out.exit_code != 0 {
+                return Err(Failure {
+                    reason: format!("{}: {} exited with {}", c.name, step.cmd[0], out.exit_code),
+                    stderr_tail: out.tail,
+                });
+            }
+        }
+        let stream = pipeline::read_component(&self.store, c).await.map_err(Failure::plain)?;
+        let load = run(&["pg_restore", "--exit-on-error", "-U", user, "-d", database]);
+        let out = self
+            .engine
+            .exec_stdin(container, &load, stream, 20)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        if out.exit_code != 0 {
+            return Err(Failure {
+                reason: format!("{}: pg_restore exited with {}", c.name, out.exit_code),
+                stderr_tail: out.tail,
+            });
+        }
+        Ok(())
+    }
+
+    /// Empties the path (a restore replaces, it does not merge), then extracts the archive.
+    async fn restore_path(
+        &self,
+        c: &Component,
+        container: &str,
+        path: &str,
+    ) -> Result<(), Failure> {
+        let mounts = self.engine.mount_points(container).await.map_err(Failure::plain)?;
+        let on_mount = mounts
+            .iter()
+            .any(|m| path == m || path.starts_with(&format!("{}/", m.trim_end_matches('/'))));
+        if on_mount {
+            let image = match &self.config.helper_image {
+                Some(image) => image.clone(),
+                None => self
+                    .engine
+                    .inspect_json(container)
+                    .await
+                    .map_err(Failure::plain)?
+                    .pointer("/Image")
+                    .and_then(|i| i.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            // `$0` is the path; the globs cover dot-files and match nothing harmlessly.
+            let script = r#"rm -rf -- "$0"/* "$0"/.[!.]* "$0"/..?*"#;
+            let out = self
+                .engine
+                .run_with_volumes_of(
+                    container,
+                    &image,
+                    vec!["/bin/sh".into(), "-c".into()],
+                    vec![script.into(), path.into()],
+                    20,
+                )
+                .await
+                .map_err(|e| {
+                    Failure::plain(format!(
+                        "{}: emptying {path} with a helper from {image}: {e} (set STEWARD_RESTORE_HELPER_IMAGE to an image with /bin/sh)",
+                        c.name
+                    ))
+                })?;
+            if out.exit_code != 0 {
+                return Err(Failure {
+                    reason: format!("{}: emptying {path} exited with {}", c.name, out.exit_code),
+                    stderr_tail: out.tail,
+                });
+            }
+        } else {
+            tracing::warn!(component = %c.name, "{path} is not on a volume or bind mount: the archive is extracted over what is there");
+        }
+        let parent = match path.rsplit_once('/') {
+            Some(("", _)) | None => "/".to_owned(),
+            Some((parent, _)) => parent.to_owned(),
+        };
+        let stream = pipeline::read_component(&self.store, c).await.map_err(Failure::plain)?;
+        self.engine
+            .upload_tar(container, &parent, stream)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))
+    }
+
+    async fn wait_healthy(&self, container: &str) -> Result<(), Failure> {
+        let started = Instant::now();
+        let mut steady_since: Option<Instant> = None;
+        loop {
+            let view = self.engine.health_view(container).await.map_err(Failure::plain)?;
+            let ok = view.running && view.health.as_deref().is_none_or(|h| h == "healthy");
+            // Without a healthcheck, running for a few seconds is the best evidence there is.
+            let needed =
+                if view.health.is_some() { Duration::ZERO } else { Duration::from_secs(3) };
+            if ok {
+                let since = *steady_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= needed {
+                    return Ok(());
+                }
+            } else {
+                steady_since = None;
+            }
+            if started.elapsed() > self.config.restore_health_timeout {
+                let tail = self.engine.logs_tail(container, 20).await.unwrap_or_default();
+                return Err(Failure {
+                    reason: format!(
+                        "restored, but {container} is not healthy after {:?} (running: {}, health: {})",
+                        self.config.restore_health_timeout,
+                        view.running,
+                        view.health.as_deref().unwrap_or("none")
+                    ),
+                    stderr_tail: tail,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The container's `steward.restore.post` command, or Gitea's hook regeneration.
+    async fn after_restore(&self, container: &str) -> Result<(), Failure> {
+        let info = self.engine.inspect_json(container).await.map_err(Failure::plain)?;
+        let label = info
+            .pointer("/Config/Labels")
+            .and_then(|l| l.get(steward_labels::RESTORE_POST))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let image = info.pointer("/Config/Image").and_then(|i| i.as_str()).unwrap_or_default();
+        let (cmd, user): (Vec<String>, Option<String>) = match label {
+            Some(cmd) if !cmd.trim().is_empty() => (vec!["/bin/sh".into(), "-c".into(), cmd], None),
+            Some(_) => return Ok(()),
+            None if is_gitea(image) => {
+                (GITEA_REGENERATE.map(String::from).to_vec(), Some("git".into()))
+            }
+            None => return Ok(()),
+        };
+        let spec = ExecSpec { cmd, user, ..Default::default() };
+        let out = self
+            .engine
+            .exec_as(container, &spec, 20)
+            .await
+            .map_err(|e| Failure::plain(format!("after restoring {container}: {e}")))?;
+        if out.exit_code != 0 {
+            return Err(Failure {
+                reason: format!(
+                    "after restoring {container}: {:?} exited with {}",
+                    spec.cmd, out.exit_code
+                ),
+                stderr_tail: out.tail,
+            });
+        }
+        tracing::info!(container, "post-restore command done");
+        Ok(())
+    }
+}
+
+/// `gitea/gitea:1.22`, `docker.gitea.com/gitea:1.23`, `gitea/gitea@sha256:…`; not the rootless
+/// variant, whose user and paths differ (it takes `steward.restore.post`).
+fn is_gitea(image: &str) -> bool {
+    let repo = image.split(['@']).next().unwrap_or(image);
+    let repo = repo.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(repo, |(r, _)| r);
+    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+    (repo.ends_with("gitea/gitea") || repo == "docker.gitea.com/gitea") && !tag.contains("rootless")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_gitea_images() {
+        assert!(is_gitea("gitea/gitea:1.22.6"));
+        assert!(is_gitea("docker.io/gitea/gitea"));
+        assert!(is_gitea("docker.gitea.com/gitea:1.23"));
+        assert!(!is_gitea("gitea/gitea:1.22-rootless"));
+        assert!(!is_gitea("nginx:1.27"));
+        assert!(!is_gitea("127.0.0.1:5000/steward-test/app:v1"));
+    }
+
+    #[test]
+    fn scopes_pick_components() {
+        let c = |kind| Component {
+            name: String::new(),
+            kind,
+            object: String::new(),
+            encoding: "zstd".into(),
+            stored_size: 0,
+            stored_sha256: String::new(),
+            raw_size: 0,
+            raw_sha256: String::new(),
+        };
+        let db = c(Kind::Postgres {
+            container: "db".into(),
+            image: String::new(),
+            user: "u".into(),
+            database: "d".into(),
+        });
+        let path = c(Kind::Path { container: "app".into(), path: "/data".into() });
+        let configs = c(Kind::Containers);
+        assert!(in_scope(&db, RestoreScope::All) && in_scope(&db, RestoreScope::Db));
+        assert!(!in_scope(&db, RestoreScope::Paths));
+        assert!(in_scope(&path, RestoreScope::Paths) && !in_scope(&path, RestoreScope::Db));
+        assert!(!in_scope(&configs, RestoreScope::All));
+    }
+}

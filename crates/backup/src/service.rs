@@ -1,0 +1,205 @@
+//! The service around [`Backups`]: events in, events out, the schedule, one job at a time.
+//!
+//! Outcomes are events, not handler errors: a backup that fails because S3 is down is a
+//! `backup.failed` (the requester must hear of it now), not a redelivery an hour later.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use steward_events::{
+    BackupComponent, BackupDone, BackupFailed, BackupPruned, BackupReason, BackupStarted,
+    BackupVerified, Event, EventData, RestoreDone, RestoreFailed, VerifyFailed,
+};
+use steward_runtime::{Context, Handler, HandlerError};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+use crate::backup::Backups;
+use crate::config::BackupConfig;
+use crate::manifest;
+use crate::store::Store;
+
+/// The backup service's event handler.
+#[derive(Debug, Clone)]
+pub struct BackupService {
+    backups: Backups,
+    /// Backups, verifications and restores never overlap.
+    lock: Arc<Mutex<()>>,
+}
+
+impl BackupService {
+    /// Connects to S3 and starts the schedule.
+    pub async fn start(cfg: BackupConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let engine = ctx.engine.clone().context("the backup service needs Docker")?;
+        let store = Store::connect(&cfg.s3).await;
+        let schedule = cfg.schedule.clone();
+        let service = Self { backups: Backups::new(engine, store, cfg), lock: Default::default() };
+        let scheduled = service.clone();
+        let ctx_for_schedule = ctx.clone();
+        tokio::spawn(async move { scheduled.run_schedule(schedule, ctx_for_schedule).await });
+        Ok(service)
+    }
+
+    /// The backups.
+    pub fn backups(&self) -> &Backups {
+        &self.backups
+    }
+
+    async fn run_schedule(self, schedule: croner::Cron, ctx: Context) {
+        loop {
+            let now = chrono::Local::now();
+            let next = match schedule.find_next_occurrence(&now, false) {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "schedule has no next occurrence; scheduled backups stop");
+                    return;
+                }
+            };
+            tracing::info!(next = %next.to_rfc3339(), "next scheduled backup");
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tokio::time::sleep((next - now).to_std().unwrap_or_default()) => {}
+            }
+            if let Err(e) = self.back_up(&ctx, None, BackupReason::Schedule, &[]).await {
+                tracing::error!(error = %format!("{e:#}"), "could not publish the scheduled backup's outcome");
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        ctx: &Context,
+        cause: Option<&Event>,
+        data: impl Into<EventData>,
+    ) -> anyhow::Result<()> {
+        let event = match cause {
+            Some(cause) => Event::caused_by(cause, ctx.source(), data),
+            None => Event::new(ctx.source(), data),
+        };
+        ctx.bus.publish(&event).await?;
+        Ok(())
+    }
+
+    /// One backup with its events; then retention.
+    async fn back_up(
+        &self,
+        ctx: &Context,
+        cause: Option<&Event>,
+        reason: BackupReason,
+        only: &[String],
+    ) -> anyhow::Result<()> {
+        let _one_at_a_time = self.lock.lock().await;
+        let started = Instant::now();
+        let id = manifest::new_backup_id(OffsetDateTime::now_utc());
+        self.publish(ctx, cause, BackupStarted { backup_id: id.clone() }).await?;
+        match self.backups.take(&id, reason, only).await {
+            Ok(m) => {
+                let done = BackupDone {
+                    backup_id: id.clone(),
+                    manifest_key: self.backups.store().key(&format!("{id}/{}", manifest::MANIFEST)),
+                    size_bytes: m.stored_size(),
+                    components: m
+                        .components
+                        .iter()
+                        .map(|c| BackupComponent {
+                            name: c.name.clone(),
+                            size_bytes: c.stored_size,
+                            sha256: c.stored_sha256.clone(),
+                        })
+                        .collect(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                };
+                self.publish(ctx, cause, done).await?;
+                match self.backups.prune(OffsetDateTime::now_utc()).await {
+                    Ok((pruned, kept)) if !pruned.is_empty() => {
+                        self.publish(ctx, cause, BackupPruned { backup_ids: pruned, kept }).await?
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "retention could not prune; it tries again after the next backup")
+                    }
+                }
+            }
+            Err(f) => {
+                tracing::error!(backup = %id, reason = %f.reason, "backup failed");
+                let failed = BackupFailed {
+                    backup_id: Some(id),
+                    reason: f.reason,
+                    stderr_tail: f.stderr_tail,
+                };
+                self.publish(ctx, cause, failed).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify(&self, ctx: &Context, cause: &Event, id: &str) -> anyhow::Result<()> {
+        let _one_at_a_time = self.lock.lock().await;
+        let started = Instant::now();
+        match self.backups.verify(id).await {
+            Ok(v) => {
+                let data = BackupVerified {
+                    backup_id: v.manifest.backup_id,
+                    components_checked: v.components_checked,
+                    database_restored: v.database_restored,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                };
+                self.publish(ctx, Some(cause), data).await
+            }
+            Err(f) => {
+                tracing::error!(backup = %id, reason = %f.reason, "verification failed");
+                let data = VerifyFailed {
+                    backup_id: id.to_owned(),
+                    reason: f.reason,
+                    log_tail: f.stderr_tail,
+                };
+                self.publish(ctx, Some(cause), data).await
+            }
+        }
+    }
+
+    async fn restore(
+        &self,
+        ctx: &Context,
+        cause: &Event,
+        r: &steward_events::RestoreRequested,
+    ) -> anyhow::Result<()> {
+        let _one_at_a_time = self.lock.lock().await;
+        let started = Instant::now();
+        match self.backups.restore(&r.backup_id, r.scope).await {
+            Ok(done) => {
+                let data = RestoreDone {
+                    backup_id: done.manifest.backup_id,
+                    restored: done.restored,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                };
+                self.publish(ctx, Some(cause), data).await
+            }
+            Err(f) => {
+                tracing::error!(backup = %r.backup_id, reason = %f.reason, "restore failed");
+                let data = RestoreFailed {
+                    backup_id: r.backup_id.clone(),
+                    reason: f.reason,
+                    log_tail: f.stderr_tail,
+                };
+                self.publish(ctx, Some(cause), data).await
+            }
+        }
+    }
+}
+
+impl Handler for BackupService {
+    async fn handle(&self, ctx: &Context, event: Event) -> Result<(), HandlerError> {
+        let result = match &event.data {
+            EventData::BackupRequested(r) => {
+                self.back_up(ctx, Some(&event), r.reason, &r.containers).await
+            }
+            EventData::VerifyRequested(v) => self.verify(ctx, &event, &v.backup_id).await,
+            EventData::RestoreRequested(r) => self.restore(ctx, &event, r).await,
+            _ => Ok(()),
+        };
+        // Only publishing can fail here: the bus is down, try again later.
+        result.map_err(HandlerError::Retry)
+    }
+}

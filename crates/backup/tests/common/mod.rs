@@ -1,0 +1,166 @@
+//! A throw-away stack for backup tests: a PostgreSQL container and an app container with a
+//! data volume, both in a scope of their own, and a bucket of their own on the test bed's S3.
+
+#![allow(dead_code, missing_docs)]
+
+use std::time::Duration;
+
+use steward_backup::config::{BackupConfig, S3Config};
+use steward_backup::retention::Retention;
+use steward_backup::store::Store;
+use steward_backup::Backups;
+use steward_engine::Engine;
+use steward_testkit::docker::{docker, Container};
+use steward_testkit::{testbed, unique_name, wait_for};
+
+pub const DB_USER: &str = "gitea";
+pub const DB_NAME: &str = "gitea";
+
+pub struct Stack {
+    pub scope: String,
+    pub db: Container,
+    pub app: Container,
+    pub backups: Backups,
+    pub store: Store,
+}
+
+/// A bucket name S3 accepts, unique per test.
+pub fn bucket_name(tag: &str) -> String {
+    unique_name(&format!("steward-{tag}")).to_lowercase().replace('_', "-")
+}
+
+pub fn s3_config(bucket: &str, endpoint: Option<String>) -> S3Config {
+    S3Config {
+        bucket: bucket.into(),
+        prefix: "backups/".into(),
+        endpoint: Some(endpoint.unwrap_or_else(|| testbed::require("STEWARD_TEST_S3_ENDPOINT"))),
+    }
+}
+
+pub async fn store_for(s3: &S3Config) -> Store {
+    let store = Store::connect_static(
+        s3,
+        &testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+        &testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+    )
+    .await;
+    store.create_bucket().await.unwrap_or_else(|e| panic!("create bucket: {e}"));
+    store
+}
+
+pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
+    BackupConfig {
+        schedule: "0 2 * * *".parse().unwrap_or_else(|_| unreachable!()),
+        s3,
+        retention: Retention::default(),
+        stop_timeout: Duration::from_secs(5),
+        helper_image: None,
+        restore_health_timeout: Duration::from_secs(60),
+        zstd_level: 3,
+        scope: Some(scope.into()),
+    }
+}
+
+impl Stack {
+    /// `app_labels`: extra `--label` values for the app (its backup paths by default).
+    pub async fn start(tag: &str, app_labels: &[&str]) -> Self {
+        let scope = unique_name(tag);
+        let scope_label = format!("steward.scope={scope}");
+        let db = Container::run(
+            &format!("{scope}-db"),
+            &[
+                "--label",
+                &scope_label,
+                "--label",
+                "steward.backup.postgres=true",
+                "-e",
+                &format!("POSTGRES_USER={DB_USER}"),
+                "-e",
+                "POSTGRES_PASSWORD=secret",
+                "-e",
+                &format!("POSTGRES_DB={DB_NAME}"),
+                &testbed::require("STEWARD_TEST_POSTGRES_IMAGE"),
+            ],
+        );
+        let mut args = vec!["--label", &scope_label, "-v", "/data"];
+        let paths_default = ["--label", "steward.backup.paths=/data"];
+        if app_labels.is_empty() {
+            args.extend(paths_default);
+        }
+        for l in app_labels {
+            args.extend(["--label", l]);
+        }
+        let image = format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE"));
+        args.push(&image);
+        let app = Container::run(&format!("{scope}-app"), &args);
+        let s3 = s3_config(&bucket_name(tag), None);
+        let store = store_for(&s3).await;
+        let backups = Backups::new(Engine::from_env(), store.clone(), config(s3, &scope));
+        let stack = Self { scope, db, app, backups, store };
+        stack.wait_db();
+        stack
+    }
+
+    pub fn wait_db(&self) {
+        wait_for("PostgreSQL ready", Duration::from_secs(60), || {
+            let out = std::process::Command::new("docker")
+                .args(["exec", &self.db.name, "pg_isready", "-h", "127.0.0.1", "-U", DB_USER])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        });
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        docker(&["exec", &self.db.name, "psql", "-U", DB_USER, "-d", DB_NAME, "-tAc", sql])
+    }
+
+    pub fn app_sh(&self, script: &str) -> String {
+        docker(&["exec", &self.app.name, "sh", "-c", script])
+    }
+
+    /// `rows` rows in table `items`.
+    pub fn fill_db(&self, rows: u32) {
+        self.psql("CREATE TABLE items (id int PRIMARY KEY, payload text NOT NULL)");
+        self.psql(&format!(
+            "INSERT INTO items SELECT g, md5(g::text) || repeat('x', g % 200) FROM generate_series(1, {rows}) g"
+        ));
+    }
+
+    /// A fingerprint of every row.
+    pub fn db_fingerprint(&self) -> String {
+        self.psql("SELECT count(*) || ':' || md5(string_agg(id || '=' || payload, ',' ORDER BY id)) FROM items")
+    }
+
+    /// A large random file and many small ones under /data.
+    pub fn fill_data(&self, big_mib: u32, small: u32) {
+        self.app_sh(&format!(
+            "dd if=/dev/urandom of=/data/big.bin bs=1M count={big_mib} 2>/dev/null && \
+             mkdir -p /data/repos/a/b && i=0; while [ $i -lt {small} ]; do \
+             echo \"file $i $(date +%N)\" > /data/repos/a/b/f$i.txt; i=$((i+1)); done; \
+             echo hidden > /data/.dotfile"
+        ));
+    }
+
+    /// Every file under /data with its checksum, sorted.
+    pub fn data_fingerprint(&self) -> String {
+        self.app_sh("cd /data && find . -type f | sort | xargs md5sum")
+    }
+
+    pub fn app_running(&self) -> bool {
+        docker(&["inspect", "-f", "{{.State.Running}}", &self.app.name]) == "true"
+    }
+
+    pub async fn destroy_bucket(&self) {
+        destroy_bucket(self.store.bucket()).await;
+    }
+}
+
+/// Deletes a test bucket and everything in it.
+pub async fn destroy_bucket(bucket: &str) {
+    let whole = S3Config { prefix: String::new(), ..s3_config(bucket, None) };
+    let store = store_for(&whole).await;
+    if let Err(e) = store.destroy().await {
+        eprintln!("could not remove test bucket {bucket}: {e}");
+    }
+}

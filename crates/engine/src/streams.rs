@@ -1,0 +1,471 @@
+//! Byte streams in and out of containers, for backups and restores: a command's stdout by
+//! exec (`pg_dump`), a command's stdin (`pg_restore`), a path's tar through the archive API.
+//!
+//! Nothing here buffers a whole stream: stdout is handed on through a small bounded channel,
+//! so a slow consumer (an S3 upload) slows the producer instead of growing memory.
+
+use std::collections::VecDeque;
+use std::io;
+
+use bollard::container::LogOutput;
+use bollard::exec::StartExecResults;
+use bollard::query_parameters::{
+    DownloadFromContainerOptions, StartContainerOptions, StopContainerOptions,
+    UploadToContainerOptions,
+};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Engine, EngineError, ExecOutput};
+
+/// Chunks of stdout in flight between the engine and the consumer: a few hundred KiB at most.
+const STDOUT_CHANNEL: usize = 8;
+
+/// A command started by exec whose stdout is read as a stream.
+pub struct ExecStream {
+    /// Its stdout. Ends when the command closes it; an engine error is an `Err` item.
+    pub stdout: BoxStream<'static, io::Result<Bytes>>,
+    done: oneshot::Receiver<Result<ExecOutput, EngineError>>,
+}
+
+impl std::fmt::Debug for ExecStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecStream").finish_non_exhaustive()
+    }
+}
+
+impl ExecStream {
+    /// Waits for the command: its exit code (read from the engine after the stream ended)
+    /// and the last lines of its stderr. Call after `stdout` was read to the end.
+    pub async fn finish(self) -> Result<ExecOutput, EngineError> {
+        drop(self.stdout);
+        self.done.await.unwrap_or_else(|_| {
+            Err(EngineError::Operation {
+                host: String::new(),
+                what: "read an exec's result".into(),
+                reason: "the reader stopped early".into(),
+            })
+        })
+    }
+}
+
+/// What to run by exec.
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    /// The command and its arguments (no shell).
+    pub cmd: Vec<String>,
+    /// Extra `NAME=value` environment.
+    pub env: Vec<String>,
+    /// Run as this user instead of the container's.
+    pub user: Option<String>,
+}
+
+fn push_tail(tail: &mut VecDeque<String>, text: &[u8], keep: usize) {
+    for line in String::from_utf8_lossy(text).lines() {
+        tail.push_back(line.to_owned());
+        if tail.len() > keep {
+            tail.pop_front();
+        }
+    }
+}
+
+impl Engine {
+    async fn start_exec(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        stdin: bool,
+    ) -> Result<(String, StartExecResults), EngineError> {
+        let docker = self.client()?;
+        let what = format!("exec {:?} in {container}", spec.cmd.first());
+        let config = bollard::models::ExecConfig {
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(spec.cmd.clone()),
+            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+            user: spec.user.clone(),
+            ..Default::default()
+        };
+        let exec =
+            docker.create_exec(container, config).await.map_err(|e| self.failed(&what, e))?;
+        let started = docker.start_exec(&exec.id, None).await.map_err(|e| self.failed(&what, e))?;
+        Ok((exec.id, started))
+    }
+
+    async fn exec_result(
+        &self,
+        container: &str,
+        exec_id: &str,
+        tail: VecDeque<String>,
+    ) -> Result<ExecOutput, EngineError> {
+        let what = format!("inspect an exec in {container}");
+        let inspect =
+            self.client()?.inspect_exec(exec_id).await.map_err(|e| self.failed(&what, e))?;
+        let exit_code = inspect
+            .exit_code
+            .ok_or_else(|| self.failed(&what, "the engine reported no exit code"))?;
+        Ok(ExecOutput { exit_code, tail: tail.into() })
+    }
+
+    /// Starts `spec` in a running container and streams its stdout; stderr's last
+    /// `keep_stderr` lines come with the exit code from [`ExecStream::finish`].
+    pub async fn exec_stdout(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        keep_stderr: usize,
+    ) -> Result<ExecStream, EngineError> {
+        let (exec_id, started) = self.start_exec(container, spec, false).await?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Err(self.failed(&format!("exec in {container}"), "the engine detached"));
+        };
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(STDOUT_CHANNEL);
+        let (done_tx, done) = oneshot::channel();
+        let engine = self.clone();
+        let container = container.to_owned();
+        tokio::spawn(async move {
+            let mut stderr = VecDeque::new();
+            let mut reader_gone = false;
+            while let Some(frame) = output.next().await {
+                match frame {
+                    Ok(LogOutput::StdOut { message }) if !reader_gone => {
+                        reader_gone = tx.send(Ok(message)).await.is_err();
+                    }
+                    Ok(LogOutput::StdErr { message }) => {
+                        push_tail(&mut stderr, &message, keep_stderr)
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let _ = done_tx.send(engine.exec_result(&container, &exec_id, stderr).await);
+        });
+        let stdout = tokio_stream_from(rx);
+        Ok(ExecStream { stdout, done })
+    }
+
+    /// Runs `spec` in a running container with `input` as its stdin (closed at the end of
+    /// the stream), keeping the last `keep` lines of its output. An `Err` item of `input`
+    /// aborts: stdin is closed early and the error returned.
+    pub async fn exec_stdin(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        input: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+        keep: usize,
+    ) -> Result<ExecOutput, EngineError> {
+        let what = format!("feed {:?} in {container}", spec.cmd.first());
+        let (exec_id, started) = self.start_exec(container, spec, true).await?;
+        let StartExecResults::Attached { mut output, input: mut stdin } = started else {
+            return Err(self.failed(&what, "the engine detached"));
+        };
+        let feeder = tokio::spawn(async move {
+            let mut input = std::pin::pin!(input);
+            while let Some(chunk) = input.next().await {
+                stdin.write_all(&chunk?).await?;
+            }
+            stdin.flush().await?;
+            // Half-closes the connection: the command sees end of input.
+            stdin.shutdown().await
+        });
+        let mut tail = VecDeque::new();
+        while let Some(frame) = output.next().await {
+            match frame {
+                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
+                    push_tail(&mut tail, &message, keep)
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.failed(&what, e)),
+            }
+        }
+        match feeder.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.failed(&what, e)),
+            Err(e) => return Err(self.failed(&what, e)),
+        }
+        self.exec_result(container, &exec_id, tail).await
+    }
+
+    /// A tar of `path` in a container (running or stopped), streamed from the engine.
+    /// Its entries are named after the path's last component (`/data` → `data/...`).
+    pub fn download_path(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> BoxStream<'static, io::Result<Bytes>> {
+        let docker = match self.client() {
+            Ok(d) => d,
+            Err(e) => {
+                return futures::stream::once(async move { Err(io::Error::other(e)) }).boxed()
+            }
+        };
+        let options = DownloadFromContainerOptions { path: path.to_owned() };
+        let host = self.host.clone();
+        let what = format!("read {path} of {container}");
+        docker
+            .download_from_container(container, Some(options))
+            .map(move |chunk| {
+                chunk.map_err(|e| {
+                    io::Error::other(EngineError::Operation {
+                        host: host.clone(),
+                        what: what.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+            })
+            .boxed()
+    }
+
+    /// Extracts a tar stream into directory `dir` of a container (running or stopped).
+    pub async fn upload_tar(
+        &self,
+        container: &str,
+        dir: &str,
+        tar: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+    ) -> Result<(), EngineError> {
+        let options = UploadToContainerOptions { path: dir.to_owned(), ..Default::default() };
+        self.client()?
+            .upload_to_container(container, Some(options), bollard::body_try_stream(tar))
+            .await
+            .map_err(|e| self.failed(&format!("write into {dir} of {container}"), e))
+    }
+
+    /// Stops a container, giving it `grace_secs` before SIGKILL. Stopping a stopped one is fine.
+    pub async fn stop(&self, container: &str, grace_secs: i32) -> Result<(), EngineError> {
+        let options = StopContainerOptions { t: Some(grace_secs), ..Default::default() };
+        match self.client()?.stop_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(self.failed(&format!("stop {container}"), e)),
+        }
+    }
+
+    /// Starts a container. Starting a running one is fine.
+    pub async fn start(&self, container: &str) -> Result<(), EngineError> {
+        match self.client()?.start_container(container, None::<StartContainerOptions>).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(self.failed(&format!("start {container}"), e)),
+        }
+    }
+
+    /// Whether a container is running now (`None`: no such container).
+    pub async fn is_running(&self, container: &str) -> Result<Option<bool>, EngineError> {
+        match self.client()?.inspect_container(container, None).await {
+            Ok(c) => Ok(Some(c.state.and_then(|s| s.running).unwrap_or(false))),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.failed(&format!("inspect {container}"), e)),
+        }
+    }
+
+    /// The engine's whole description of a container, as JSON (what a rebuild needs).
+    pub async fn inspect_json(&self, container: &str) -> Result<serde_json::Value, EngineError> {
+        let what = format!("inspect {container}");
+        let c = self
+            .client()?
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        serde_json::to_value(c).map_err(|e| self.failed(&what, e))
+    }
+
+    /// A container's environment as `NAME → value`.
+    pub async fn container_env(
+        &self,
+        container: &str,
+    ) -> Result<std::collections::HashMap<String, String>, EngineError> {
+        let c = self
+            .client()?
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspect {container}"), e))?;
+        Ok(c.config
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect())
+    }
+
+    /// The destinations of a container's mounts (volumes and binds).
+    pub async fn mount_points(&self, container: &str) -> Result<Vec<String>, EngineError> {
+        let c = self
+            .client()?
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspect {container}"), e))?;
+        Ok(c.mounts.unwrap_or_default().into_iter().filter_map(|m| m.destination).collect())
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<io::Result<Bytes>>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+impl Engine {
+    /// Runs `cmd` to completion in a throw-away container of `image` that shares the volumes
+    /// of `volumes_from` (which may be stopped), then removes it. For work on a stopped
+    /// container's data, such as emptying a directory before a restore.
+    pub async fn run_with_volumes_of(
+        &self,
+        volumes_from: &str,
+        image: &str,
+        entrypoint: Vec<String>,
+        cmd: Vec<String>,
+        keep: usize,
+    ) -> Result<ExecOutput, EngineError> {
+        use bollard::models::{ContainerCreateBody, HostConfig};
+        use bollard::query_parameters::{
+            CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions,
+        };
+        let docker = self.client()?;
+        let what = format!("run a helper from {image} with the volumes of {volumes_from}");
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            entrypoint: Some(entrypoint),
+            cmd: Some(cmd),
+            user: Some("0".into()),
+            network_disabled: Some(true),
+            labels: Some([("steward.helper".to_owned(), volumes_from.to_owned())].into()),
+            host_config: Some(HostConfig {
+                volumes_from: Some(vec![volumes_from.to_owned()]),
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        let id = created.id;
+        let result = async {
+            docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| self.failed(&what, e))?;
+            let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
+            let exit_code = match wait.next().await {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(self.failed(&what, e)),
+                None => return Err(self.failed(&what, "the engine did not report an exit")),
+            };
+            let tail = self.logs_tail(&id, keep).await?;
+            Ok(ExecOutput { exit_code, tail })
+        }
+        .await;
+        let remove = RemoveContainerOptions { force: true, v: false, ..Default::default() };
+        if let Err(e) = docker.remove_container(&id, Some(remove)).await {
+            crate::recreate::tracing_free_log(&format!(
+                "could not remove helper container {id}: {e}"
+            ));
+        }
+        result
+    }
+}
+
+impl Engine {
+    /// Creates and starts a throw-away container (no network but loopback) running `image`'s
+    /// own entrypoint with extra `env`, e.g. a scratch database server. Returns its id.
+    pub async fn start_scratch(
+        &self,
+        name: &str,
+        image: &str,
+        env: Vec<String>,
+    ) -> Result<String, EngineError> {
+        use bollard::models::{ContainerCreateBody, HostConfig};
+        use bollard::query_parameters::CreateContainerOptions;
+        let docker = self.client()?;
+        let what = format!("start scratch container {name} from {image}");
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            env: Some(env),
+            labels: Some([("steward.helper".to_owned(), name.to_owned())].into()),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
+        let created = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.failed(&what, e))?;
+        if let Err(e) = docker.start_container(&created.id, None::<StartContainerOptions>).await {
+            let _ = self.remove(&created.id, true).await;
+            return Err(self.failed(&what, e));
+        }
+        Ok(created.id)
+    }
+
+    /// Removes a container by force, with its anonymous volumes when `volumes` (a recreated
+    /// container's anonymous volumes belong to its successor: `false` there).
+    pub async fn remove(&self, container: &str, volumes: bool) -> Result<(), EngineError> {
+        use bollard::query_parameters::RemoveContainerOptions;
+        let options = RemoveContainerOptions { force: true, v: volumes, ..Default::default() };
+        match self.client()?.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(self.failed(&format!("remove {container}"), e)),
+        }
+    }
+
+    /// Whether an image (id or reference) exists locally.
+    pub async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
+        match self.client()?.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.failed(&format!("inspect image {image}"), e)),
+        }
+    }
+}
+
+impl Engine {
+    /// Runs `spec` (with its user and env) in a running container and waits for it, keeping
+    /// the last `keep` lines of output.
+    pub async fn exec_as(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        keep: usize,
+    ) -> Result<ExecOutput, EngineError> {
+        let what = format!("exec {:?} in {container}", spec.cmd.first());
+        let (exec_id, started) = self.start_exec(container, spec, false).await?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Err(self.failed(&what, "the engine detached"));
+        };
+        let mut tail = VecDeque::new();
+        while let Some(frame) = output.next().await {
+            match frame {
+                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
+                    push_tail(&mut tail, &message, keep)
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.failed(&what, e)),
+            }
+        }
+        self.exec_result(container, &exec_id, tail).await
+    }
+}
