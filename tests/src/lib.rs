@@ -77,6 +77,11 @@ pub const SERVICES: [&str; 5] =
 
 /// Runs `steward ARGS` against `bus`'s namespace (a clean environment, `USER=tester`).
 pub fn steward(bus: &steward_bus::Bus, args: &[&str]) -> Output {
+    steward_with(bus, &[], args)
+}
+
+/// [`steward`] with extra environment (e.g. the S3 settings for `backup list`).
+pub fn steward_with(bus: &steward_bus::Bus, env: &[(&str, String)], args: &[&str]) -> Output {
     let ns = bus.namespace();
     Command::new(binary("steward"))
         .env_clear()
@@ -84,6 +89,7 @@ pub fn steward(bus: &steward_bus::Bus, args: &[&str]) -> Output {
         .env("STEWARD_STREAM", &ns.stream)
         .env("STEWARD_SUBJECT_PREFIX", &ns.prefix)
         .env("USER", "tester")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("steward {args:?}: {e}"))
@@ -119,5 +125,59 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
         p
+    }
+}
+
+/// A bucket of its own on the test bed's S3 server, emptied and removed when dropped, with
+/// the settings `steward-backup` and `steward backup list` need to use it.
+pub struct TestBucket {
+    /// Its name.
+    pub name: String,
+}
+
+impl TestBucket {
+    /// Creates the bucket.
+    pub async fn new(tag: &str) -> Self {
+        let name = steward_testkit::unique_name(&format!("steward-{tag}"))
+            .to_lowercase()
+            .replace('_', "-");
+        let store = Self::store_of(&name).await;
+        store.create_bucket().await.unwrap_or_else(|e| panic!("create bucket {name}: {e}"));
+        Self { name }
+    }
+
+    async fn store_of(name: &str) -> steward_backup::store::Store {
+        let require = steward_testkit::testbed::require;
+        let config = steward_backup::config::S3Config {
+            bucket: name.to_owned(),
+            prefix: String::new(),
+            endpoint: Some(require("STEWARD_TEST_S3_ENDPOINT")),
+        };
+        steward_backup::store::Store::connect_static(
+            &config,
+            &require("STEWARD_TEST_S3_ACCESS_KEY"),
+            &require("STEWARD_TEST_S3_SECRET_KEY"),
+        )
+        .await
+    }
+
+    /// `STEWARD_S3_*` and the AWS credential variables for this bucket.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let require = steward_testkit::testbed::require;
+        vec![
+            ("STEWARD_S3_BUCKET", self.name.clone()),
+            ("STEWARD_S3_PREFIX", "steward".into()),
+            ("STEWARD_S3_ENDPOINT", require("STEWARD_TEST_S3_ENDPOINT")),
+            ("AWS_ACCESS_KEY_ID", require("STEWARD_TEST_S3_ACCESS_KEY")),
+            ("AWS_SECRET_ACCESS_KEY", require("STEWARD_TEST_S3_SECRET_KEY")),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Empties and removes the bucket.
+    pub async fn destroy(self) {
+        if let Err(e) = Self::store_of(&self.name).await.destroy().await {
+            eprintln!("could not remove test bucket {}: {e}", self.name);
+        }
     }
 }

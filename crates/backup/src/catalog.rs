@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use crate::backup::Backups;
 use crate::manifest::{self, Manifest, MANIFEST, MAX_MANIFEST_BYTES, VERIFIED};
 use crate::retention::{self, Candidate};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// One stored backup as listed.
 #[derive(Debug, Clone, Serialize)]
@@ -36,31 +36,7 @@ pub struct VerifiedMark {
 impl Backups {
     /// Every backup under the prefix, oldest first.
     pub async fn list(&self) -> Result<Vec<Listed>, StoreError> {
-        let mut out = vec![];
-        for id in self.store.list_dirs().await? {
-            let Some(taken_at) = manifest::time_of_id(&id) else { continue };
-            let manifest = match self
-                .store
-                .get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES)
-                .await?
-            {
-                Some(bytes) => match Manifest::parse(&bytes) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        tracing::warn!(backup = %id, error = %e, "ignoring a backup with an unreadable manifest");
-                        None
-                    }
-                },
-                None => None,
-            };
-            let verified = self
-                .store
-                .get_small(&format!("{id}/{VERIFIED}"), 64 << 10)
-                .await?
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            out.push(Listed { backup_id: id, taken_at, manifest, verified });
-        }
-        Ok(out)
+        list(&self.store).await
     }
 
     /// The manifest of `id`, or of the newest complete backup for `latest`.
@@ -114,6 +90,33 @@ impl Backups {
         let kept = listed.len().saturating_sub(prune.len()) as u32;
         Ok((prune, kept))
     }
+}
+
+/// Every backup under the prefix, oldest first.
+pub async fn list(store: &Store) -> Result<Vec<Listed>, StoreError> {
+    let mut out = vec![];
+    for id in store.list_dirs().await? {
+        let Some(taken_at) = manifest::time_of_id(&id) else { continue };
+        let manifest = match store
+            .get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES)
+            .await?
+        {
+            Some(bytes) => match Manifest::parse(&bytes) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(backup = %id, error = %e, "ignoring a backup with an unreadable manifest");
+                    None
+                }
+            },
+            None => None,
+        };
+        let verified = store
+            .get_small(&format!("{id}/{VERIFIED}"), 64 << 10)
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        out.push(Listed { backup_id: id, taken_at, manifest, verified });
+    }
+    Ok(out)
 }
 
 fn to_chrono(t: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {

@@ -238,6 +238,8 @@ fn summary(data: &EventData) -> String {
         }
         EventData::BackupFailed(p) => p.reason.clone(),
         EventData::BackupVerified(p) => p.backup_id.clone(),
+        EventData::VerifyRequested(p) => p.backup_id.clone(),
+        EventData::VerifyFailed(p) => format!("{}: {}", p.backup_id, p.reason),
         EventData::BackupPruned(p) => format!("{} pruned, {} kept", p.backup_ids.len(), p.kept),
         EventData::RestoreRequested(p) => format!("{} ({})", p.backup_id, wire_name(&p.scope)),
         EventData::RestoreDone(p) => p.backup_id.clone(),

@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod backups;
 mod events;
 mod status;
 mod updates;
@@ -79,6 +80,11 @@ enum Command {
         reason: Option<String>,
     },
     /// Read the event stream.
+    /// Backups: take one now, list them, verify one.
+    #[command(subcommand)]
+    Backup(backups::BackupCommand),
+    /// Restore a backup (checksums are checked before anything is touched).
+    Restore(backups::RestoreArgs),
     #[command(subcommand)]
     Events(events::EventsCommand),
 }
@@ -127,6 +133,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Updates { all, json } => updates::list(&cli.conn, all, json).await,
         Command::Approve { id } => updates::decide(&cli.conn, &id, true, None).await,
         Command::Reject { id, reason } => updates::decide(&cli.conn, &id, false, reason).await,
+        Command::Backup(cmd) => backups::run(cmd, &cli.conn).await,
+        Command::Restore(args) => backups::restore(args, &cli.conn).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
     }
 }

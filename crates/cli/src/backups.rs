@@ -1,0 +1,306 @@
+//! `steward backup now|list|verify` and `steward restore`: commands are events executed by
+//! the backup service; the CLI publishes them and follows the correlated outcome. Listing
+//! reads the bucket directly (read-only), with the backup service's S3 settings.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand, ValueEnum};
+use steward_backup::config::{normalise_prefix, S3Config};
+use steward_backup::store::Store;
+use steward_bus::{Bus, ReplayQuery};
+use steward_events::{
+    BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope, Service,
+    VerifyRequested,
+};
+use time::OffsetDateTime;
+
+use crate::Connection;
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup now and wait for it.
+    Now {
+        /// Only these containers (and their compose project's databases); default: all.
+        #[arg(long = "container")]
+        containers: Vec<String>,
+        /// How long to wait for the outcome.
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// List the stored backups.
+    List {
+        #[command(flatten)]
+        s3: S3Args,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a backup, check every checksum and load its database dumps into a scratch
+    /// server.
+    Verify {
+        /// A backup id, or `latest`.
+        id: String,
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+}
+
+/// The bucket, as the backup service is configured.
+#[derive(Debug, Args)]
+pub struct S3Args {
+    #[arg(long, env = "STEWARD_S3_BUCKET")]
+    bucket: String,
+    #[arg(long, env = "STEWARD_S3_PREFIX", default_value = "")]
+    prefix: String,
+    #[arg(long, env = "STEWARD_S3_ENDPOINT")]
+    endpoint: Option<String>,
+}
+
+/// What to restore.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Only {
+    /// The database dumps.
+    Db,
+    /// The archived paths.
+    Paths,
+}
+
+/// `steward restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A backup id, or `latest`.
+    id: String,
+    /// Restore only the databases or only the paths.
+    #[arg(long)]
+    only: Option<Only>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    wait: Duration,
+}
+
+pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
+    match cmd {
+        BackupCommand::Now { containers, wait } => {
+            let data = BackupRequested {
+                reason: BackupReason::Manual,
+                containers,
+                requested_by: Some(crate::who()),
+            };
+            let outcome =
+                request(conn, data, &["backup.done", "backup.failed"], wait, "backing up").await?;
+            match outcome.data {
+                EventData::BackupDone(d) => {
+                    println!(
+                        "backup {} done: {} components, {} stored, {:.1} s",
+                        d.backup_id,
+                        d.components.len(),
+                        bytes(d.size_bytes),
+                        d.duration_ms as f64 / 1000.0
+                    );
+                    Ok(())
+                }
+                EventData::BackupFailed(f) => failed("backup failed", &f.reason, &f.stderr_tail),
+                _ => bail!("unexpected outcome {}", outcome.event_type()),
+            }
+        }
+        BackupCommand::List { s3, json } => list(s3, json).await,
+        BackupCommand::Verify { id, wait } => {
+            let data = VerifyRequested { backup_id: id, requested_by: Some(crate::who()) };
+            let outcome =
+                request(conn, data, &["backup.verified", "verify.failed"], wait, "verifying")
+                    .await?;
+            match outcome.data {
+                EventData::BackupVerified(v) => {
+                    println!(
+                        "backup {} verified: {} components match their checksums{}",
+                        v.backup_id,
+                        v.components_checked,
+                        if v.database_restored { "; the database dumps load" } else { "" }
+                    );
+                    Ok(())
+                }
+                EventData::VerifyFailed(f) => failed("verification FAILED", &f.reason, &f.log_tail),
+                _ => bail!("unexpected outcome {}", outcome.event_type()),
+            }
+        }
+    }
+}
+
+pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()> {
+    let scope = match args.only {
+        None => RestoreScope::All,
+        Some(Only::Db) => RestoreScope::Db,
+        Some(Only::Paths) => RestoreScope::Paths,
+    };
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("a restore replaces live data; confirm with --yes when not at a terminal");
+        }
+        eprint!(
+            "Restore backup {} ({scope:?}): the app containers are stopped and their data REPLACED. Continue? [y/N] ",
+            args.id
+        );
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("not restored");
+        }
+    }
+    let data = RestoreRequested { backup_id: args.id, scope, requested_by: Some(crate::who()) };
+    let outcome =
+        request(conn, data, &["restore.done", "restore.failed"], args.wait, "restoring").await?;
+    match outcome.data {
+        EventData::RestoreDone(d) => {
+            println!(
+                "restored backup {} ({}) in {:.1} s",
+                d.backup_id,
+                d.restored.join(", "),
+                d.duration_ms as f64 / 1000.0
+            );
+            Ok(())
+        }
+        EventData::RestoreFailed(f) => failed("restore FAILED", &f.reason, &f.log_tail),
+        _ => bail!("unexpected outcome {}", outcome.event_type()),
+    }
+}
+
+fn failed(what: &str, reason: &str, tail: &[String]) -> anyhow::Result<()> {
+    for line in tail {
+        eprintln!("  | {line}");
+    }
+    bail!("{what}: {reason}")
+}
+
+/// Publishes a command and waits for the first event of `outcomes` in its correlation,
+/// showing a spinner with the elapsed time on a terminal.
+async fn request(
+    conn: &Connection,
+    data: impl Into<EventData>,
+    outcomes: &[&str],
+    wait: Duration,
+    doing: &str,
+) -> anyhow::Result<Event> {
+    let bus = conn.bus().await?;
+    let event = Event::new(steward_runtime::event_source(Service::Cli), data);
+    // Follow before publishing, from a moment before: the outcome cannot slip past.
+    let mut follow = follow(&bus, outcomes).await?;
+    bus.publish(&event).await?;
+    eprintln!("{} requested ({})", event.event_type(), event.id);
+    let spinner = spinner(doing);
+    let outcome = tokio::time::timeout(wait, async {
+        while let Some(item) = follow.next().await {
+            let replayed = item?;
+            if let Ok(e) = replayed.event {
+                if e.correlation_id == event.correlation_id {
+                    return Ok(e);
+                }
+            }
+        }
+        bail!("the event stream ended")
+    })
+    .await;
+    spinner.finish_and_clear();
+    outcome.with_context(|| {
+        format!(
+            "no outcome after {}; the backup service may still be working: watch `steward events tail --subject '{}'`",
+            humantime::format_duration(wait),
+            outcomes[0]
+        )
+    })?
+}
+
+async fn follow(bus: &Bus, outcomes: &[&str]) -> anyhow::Result<steward_bus::Replay> {
+    let query = ReplayQuery {
+        since: Some(OffsetDateTime::now_utc() - time::Duration::seconds(2)),
+        subjects: outcomes.iter().map(|s| s.to_string()).collect(),
+        follow: true,
+        ..Default::default()
+    };
+    Ok(bus.replay(query).await?)
+}
+
+fn spinner(doing: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(doing.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
+    let config =
+        S3Config { bucket: s3.bucket, prefix: normalise_prefix(&s3.prefix), endpoint: s3.endpoint };
+    let store = Store::connect(&config).await;
+    let listed = steward_backup::catalog::list(&store).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for l in &listed {
+            writeln!(out, "{}", serde_json::to_string(l)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24} {:<20} {:>10} {:>10}  {:<9} COMPONENTS",
+        "ID", "TAKEN (UTC)", "SIZE", "REASON", "VERIFIED"
+    )?;
+    for l in listed {
+        let taken = l
+            .taken_at
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .unwrap_or_default();
+        match &l.manifest {
+            Some(m) => {
+                let names: Vec<&str> = m.components.iter().map(|c| c.name.as_str()).collect();
+                let reason = serde_json::to_value(m.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:<24} {:<20} {:>10} {:>10}  {:<9} {}",
+                    l.backup_id,
+                    taken,
+                    bytes(m.stored_size()),
+                    reason,
+                    if l.verified.is_some() { "yes" } else { "no" },
+                    names.join(", ")
+                )?;
+            }
+            None => writeln!(
+                out,
+                "{:<24} {:<20} {:>10} {:>10}  {:<9} incomplete (no manifest): never used",
+                l.backup_id, taken, "-", "-", "-"
+            )?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The backup service as a process: the updater's `backup.requested` gets its correlated
+//! `backup.done`; `steward backup list`, `steward restore` and `steward backup verify` work
+//! through the bus against a real PostgreSQL container, a data volume and the S3 server.
+
+use std::time::{Duration, Instant};
+
+use steward_events::{BackupReason, BackupRequested, Event, EventData};
+use steward_system_tests::{steward_with, Proc, TestBucket};
+use steward_testkit::docker::{docker, Container};
+use steward_testkit::{stored_events, testbed, unique_name, TestBus};
+
+fn psql(db: &str, sql: &str) -> String {
+    docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them() {
+    let bus = TestBus::new("backupflow").await;
+    let bucket = TestBucket::new("flow").await;
+    let scope = unique_name("backupflow");
+    let scope_label = format!("steward.scope={scope}");
+    let db = Container::run(
+        &format!("{scope}-db"),
+        &[
+            "--label",
+            &scope_label,
+            "--label",
+            "steward.backup.postgres=true",
+            "-e",
+            "POSTGRES_USER=app",
+            "-e",
+            "POSTGRES_PASSWORD=pw",
+            "-e",
+            "POSTGRES_DB=app",
+            &testbed::require("STEWARD_TEST_POSTGRES_IMAGE"),
+        ],
+    );
+    let app = Container::run(
+        &format!("{scope}-app"),
+        &[
+            "--label",
+            &scope_label,
+            "--label",
+            "steward.enable=true",
+            "--label",
+            "steward.backup.paths=/data",
+            "-v",
+            "/data",
+            &format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE")),
+        ],
+    );
+    steward_testkit::wait_for("PostgreSQL", Duration::from_secs(60), || {
+        let ok = std::process::Command::new("docker")
+            .args(["exec", &db.name, "pg_isready", "-h", "127.0.0.1", "-U", "app"])
+            .output()
+            .ok()?
+            .status
+            .success();
+        ok.then_some(())
+    });
+    psql(&db.name, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 5000) g");
+    docker(&["exec", &app.name, "sh", "-c", "echo precious > /data/repo.txt"]);
+
+    let mut env = bucket.env();
+    env.push(("STEWARD_SCOPE", scope.clone()));
+    let mut backup = Proc::service("steward-backup", &bus, &env);
+
+    // What the updater does before updating the app.
+    let request = Event::new(
+        "steward-updater/test",
+        BackupRequested {
+            reason: BackupReason::PreUpdate,
+            containers: vec![app.name.clone()],
+            requested_by: None,
+        },
+    );
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let outcome = stored_events(&bus).await.into_iter().find(|e| {
+            e.correlation_id == request.correlation_id
+                && matches!(e.data, EventData::BackupDone(_) | EventData::BackupFailed(_))
+        });
+        if let Some(e) = outcome {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no outcome: {}", backup.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let EventData::BackupDone(done) = done.data else { panic!("backup failed: {:?}", done.data) };
+    let names: Vec<&str> = done.components.iter().map(|c| c.name.as_str()).collect();
+    // The app's data and, because an update may migrate it, the database.
+    assert_eq!(
+        names,
+        [format!("postgres/{}", db.name), format!("{}:/data", app.name), "containers".into()]
+    );
+
+    let listed = steward_with(&bus, &env, &["backup", "list"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with(&done.backup_id) && l.contains("pre_update")),
+        "{table}"
+    );
+
+    // Lose data; restore through the CLI.
+    psql(&db.name, "DELETE FROM t WHERE id > 10");
+    docker(&["exec", &app.name, "sh", "-c", "rm /data/repo.txt"]);
+    let refused = steward_with(&bus, &env, &["restore", "latest"]);
+    assert!(!refused.status.success(), "a restore without --yes off a terminal must refuse");
+    let restored = steward_with(&bus, &env, &["restore", "latest", "--yes"]);
+    assert!(
+        restored.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&restored.stderr),
+        backup.logs()
+    );
+    assert_eq!(psql(&db.name, "SELECT count(*) FROM t"), "5000");
+    assert_eq!(docker(&["exec", &app.name, "cat", "/data/repo.txt"]), "precious");
+
+    let verified = steward_with(&bus, &env, &["backup", "verify", &done.backup_id]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("database dumps load"));
+    let missing = steward_with(&bus, &env, &["backup", "verify", "20000101T000000Z-000000"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no manifest"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    assert_eq!(backup.terminate(Duration::from_secs(20)), Some(0), "{}", backup.logs());
+    bucket.destroy().await;
+}
