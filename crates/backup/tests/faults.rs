@@ -1,0 +1,230 @@
+//! Backups that must fail, and fail safely: S3 dying mid-upload, a database that cannot be
+//! dumped, a path that cannot be read while its container is stopped; and retention on a
+//! synthetic history stored in S3.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{config, s3_config, store_for, Stack};
+use steward_backup::manifest::{self, Manifest, FORMAT, MANIFEST};
+use steward_backup::retention::Retention;
+use steward_backup::Backups;
+use steward_engine::Engine;
+use steward_events::BackupReason;
+use steward_testkit::{free_port, testbed, unique_name, wait_for};
+
+fn new_id() -> String {
+    manifest::new_backup_id(time::OffsetDateTime::now_utc())
+}
+
+/// A private S3 server that the test can kill.
+struct OwnS3 {
+    child: Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnS3 {
+    fn start(dir: std::path::PathBuf, port: u16) -> Self {
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &testbed::require("STEWARD_TEST_S3_ACCESS_KEY")])
+            .args(["--secret-key", &testbed::require("STEWARD_TEST_S3_SECRET_KEY")])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("s3s-fs (run infra/testbed/up.sh): {e}"));
+        wait_for("s3s-fs", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        Self { child, dir, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_dying_mid_backup_fails_it_and_leaves_no_usable_backup() {
+    let stack = Stack::start("s3down", &[]).await;
+    stack.fill_db(1_000);
+    // Random data: 40 MiB stays 40 MiB after zstd, five parts at least.
+    stack.fill_data(40, 5);
+    let port = free_port();
+    let mut s3 = OwnS3::start(std::env::temp_dir().join(unique_name("s3s")), port);
+    let cfg = s3_config("down", Some(s3.endpoint()));
+    let store = store_for(&cfg).await;
+    let backups = Backups::new(Engine::from_env(), store.clone(), config(cfg, &stack.scope));
+    let id = new_id();
+    let backup = tokio::spawn({
+        let backups = backups.clone();
+        let id = id.clone();
+        async move { backups.take(&id, BackupReason::Manual, &[]).await }
+    });
+    // Kill the store once the upload is under way.
+    wait_for("upload under way", Duration::from_secs(30), || {
+        let found = walk(&s3.dir).into_iter().any(|p| p.to_string_lossy().contains(&id));
+        found.then_some(())
+    });
+    s3.kill();
+    let result = tokio::time::timeout(Duration::from_secs(120), backup)
+        .await
+        .unwrap_or_else(|_| panic!("the backup hung with S3 down"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let failure = result.err().unwrap_or_else(|| panic!("a backup with S3 down succeeded"));
+    assert!(failure.reason.contains("S3"), "{}", failure.reason);
+    assert!(stack.app_running());
+
+    // S3 back: the backup is not listed as complete, so nothing will ever restore it.
+    let _s3 = OwnS3::start(s3.dir.clone(), port);
+    let listed = backups.list().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(listed.iter().all(|l| l.manifest.is_none()), "{listed:?}");
+    let refused = backups.restore(&id, steward_events::RestoreScope::All).await;
+    assert!(refused.is_err_and(|e| e.reason.contains("no manifest")));
+    stack.destroy_bucket().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_pg_dump_is_a_failed_backup_with_its_stderr() {
+    let stack = Stack::start("pgfail", &[]).await;
+    // The database named by POSTGRES_DB is gone: pg_dump fails after connecting.
+    stack.psql("SELECT 1");
+    steward_testkit::docker::docker(&[
+        "exec",
+        &stack.db.name,
+        "psql",
+        "-U",
+        common::DB_USER,
+        "-d",
+        "postgres",
+        "-c",
+        &format!("DROP DATABASE {}", common::DB_NAME),
+    ]);
+    let id = new_id();
+    let failure = stack
+        .backups
+        .take(&id, BackupReason::Manual, &[])
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a failed pg_dump was reported as a good backup"));
+    assert!(failure.reason.contains("pg_dump exited with 1"), "{}", failure.reason);
+    assert!(
+        failure.stderr_tail.iter().any(|l| l.contains(common::DB_NAME)),
+        "stderr should say why: {:?}",
+        failure.stderr_tail
+    );
+    assert!(stack.store.list_objects(&id).await.unwrap_or_default().is_empty(), "objects left");
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_stopped_for_the_copy_runs_again_after_a_failed_copy() {
+    let stack = Stack::start(
+        "stopfail",
+        &["steward.backup.paths=/data,/no/such/path", "steward.backup.stop=true"],
+    )
+    .await;
+    let id = new_id();
+    let failure = stack
+        .backups
+        .take(&id, BackupReason::Manual, &[])
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a missing path was backed up"));
+    assert!(failure.reason.contains("/no/such/path"), "{}", failure.reason);
+    assert!(stack.app_running(), "the app was left stopped after a failed copy");
+    assert!(stack.backups.list().await.unwrap_or_default().iter().all(|l| l.manifest.is_none()));
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
+    let cfg = s3_config(&common::bucket_name("retention"), None);
+    let store = store_for(&cfg).await;
+    let mut config = config(cfg, "unused");
+    config.retention = Retention { daily: 2, weekly: 1, monthly: 2 };
+    let backups = Backups::new(Engine::from_env(), store.clone(), config);
+    // A backup a day for 70 days before now, plus an abandoned one without a manifest.
+    let now = time::OffsetDateTime::now_utc();
+    let mut ids = vec![];
+    for day in 0..70 {
+        let at = now - time::Duration::days(day) - time::Duration::minutes(5);
+        let id = manifest::new_backup_id(at);
+        let m = Manifest {
+            format: FORMAT,
+            backup_id: id.clone(),
+            taken_at: at,
+            reason: BackupReason::Schedule,
+            docker_host: "test".into(),
+            components: vec![],
+        };
+        let body = Bytes::from(serde_json::to_vec(&m).unwrap_or_default());
+        store.put(&format!("{id}/{MANIFEST}"), body).await.unwrap_or_else(|e| panic!("{e}"));
+        ids.push((id, at));
+    }
+    let abandoned = manifest::new_backup_id(now - time::Duration::days(3));
+    store
+        .put(&format!("{abandoned}/part.zst"), Bytes::from_static(b"x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let (pruned, kept) = backups.prune(now).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(pruned.contains(&abandoned));
+    let remaining: Vec<String> =
+        backups.list().await.unwrap_or_default().into_iter().map(|l| l.backup_id).collect();
+    assert_eq!(remaining.len() as u32, kept);
+    // What the pure policy keeps for the same history.
+    let candidates: Vec<_> = ids
+        .iter()
+        .map(|(id, at)| steward_backup::retention::Candidate {
+            id: id.clone(),
+            taken_at: chrono::DateTime::from_timestamp(at.unix_timestamp(), 0).unwrap_or_default(),
+            complete: true,
+            verified: false,
+        })
+        .collect();
+    let policy_prunes = steward_backup::retention::to_prune(
+        Retention { daily: 2, weekly: 1, monthly: 2 },
+        &candidates,
+        chrono::DateTime::from_timestamp(now.unix_timestamp(), 0).unwrap_or_default(),
+    );
+    let mut expected: Vec<String> =
+        ids.iter().map(|(id, _)| id.clone()).filter(|id| !policy_prunes.contains(id)).collect();
+    expected.sort();
+    assert_eq!(remaining, expected);
+    // 2 daily + 1 weekly + 2 monthly, overlapping: between 3 and 5 survive.
+    assert!((3..=5).contains(&remaining.len()), "{remaining:?}");
+    common::destroy_bucket(store.bucket()).await;
+}
