@@ -32,6 +32,8 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 for svc in watcher updater backup health notifier; do
   http=$(port)
+  # The backup service needs a bucket name to start; idle, it never contacts S3.
+  STEWARD_S3_BUCKET=steward-bench-idle STEWARD_SCOPE=steward-bench-idle \
   STEWARD_NATS_URL="nats://127.0.0.1:$nats_port" STEWARD_HTTP_ADDR="127.0.0.1:$http" \
     "$ROOT/target/release/steward-$svc" 2>/dev/null &
   pid=$!

@@ -3,7 +3,9 @@
 #   the test bed, all five Steward services on the bus, two stand-in web apps from the local
 #   registry (one with policy automatic, one manual); a newer version is pushed, `steward check`
 #   finds it, the automatic app is updated (pull, recreate with its exact configuration, health
-#   gate), the manual one waits for `steward approve`; then the audit trail.
+#   gate), the manual one waits for `steward approve` and is backed up first (database and
+#   data to the S3 server); then data is lost and `steward restore latest` brings it back;
+#   then the audit trail.
 #   scripts/demo.sh          run the demo, then stop the services and remove the demo apps
 #   scripts/demo.sh --keep   leave everything running (logs in $STATE/demo/)
 set -euo pipefail
@@ -21,6 +23,10 @@ mkdir -p "$DEMO"
 # Production names (stream STEWARD); the scope keeps the demo's hands off other containers.
 export STEWARD_NATS_URL=$STEWARD_TEST_NATS_URL STEWARD_LOG_FORMAT=pretty NO_COLOR=1 STEWARD_SCOPE=steward-demo
 export STEWARD_HEALTH_GRACE=5s STEWARD_WATCH_SCHEDULE="0 3 * * 0"
+# Backups go to the test bed's S3 server (a bucket of s3s-fs is a directory of its root).
+export STEWARD_S3_BUCKET=steward-demo STEWARD_S3_ENDPOINT=$STEWARD_TEST_S3_ENDPOINT STEWARD_S3_PREFIX=demo
+export AWS_ACCESS_KEY_ID=$STEWARD_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$STEWARD_TEST_S3_SECRET_KEY AWS_REGION=us-east-1
+mkdir -p "$STATE/s3/steward-demo"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 serve() { curl -s --max-time 2 "127.0.0.1:$1/" || echo "(no answer)"; }
 wait_for() { # SECONDS CMD... : retry until CMD succeeds
@@ -33,19 +39,24 @@ REG=$STEWARD_TEST_REGISTRY
 # Fresh names each run: what Steward remembers about earlier demo containers stays in the
 # audit trail, the new ones start clean.
 RUN=$(date +%H%M%S)
-WEB=steward-demo-web-$RUN APP=steward-demo-app-$RUN
+WEB=steward-demo-web-$RUN APP=steward-demo-app-$RUN DB=steward-demo-db-$RUN
 docker ps -aq --filter label=steward.scope=steward-demo | xargs -r docker rm -f >/dev/null
 say "two apps from the local registry: $WEB (automatic) on :18081, $APP (manual) on :18082"
 for img in web app; do
   docker tag steward-test/app:v1 "$REG/steward-demo/$img:1.0"
   docker push -q "$REG/steward-demo/$img:1.0" >/dev/null
 done
-common=(--label steward.enable=true --label steward.scope=steward-demo --label steward.update.backup=false
-  --restart unless-stopped)
-docker run -d --name "$WEB" -p 127.0.0.1:18081:8080 "${common[@]}" \
+common=(--label steward.enable=true --label steward.scope=steward-demo --restart unless-stopped)
+docker run -d --name "$DB" --label steward.scope=steward-demo --label steward.backup.postgres=true \
+  -e POSTGRES_USER=gitea -e POSTGRES_PASSWORD=demo -e POSTGRES_DB=gitea "$STEWARD_TEST_POSTGRES_IMAGE" >/dev/null
+docker run -d --name "$WEB" -p 127.0.0.1:18081:8080 "${common[@]}" --label steward.update.backup=false \
   --label steward.update.policy=automatic "$REG/steward-demo/web:1.0" >/dev/null
-docker run -d --name "$APP" -p 127.0.0.1:18082:8080 "${common[@]}" \
-  --label steward.update.policy=manual "$REG/steward-demo/app:1.0" >/dev/null
+docker run -d --name "$APP" -p 127.0.0.1:18082:8080 "${common[@]}" -v /data \
+  --label steward.backup.paths=/data --label steward.update.policy=manual "$REG/steward-demo/app:1.0" >/dev/null
+wait_for 60 docker exec "$DB" pg_isready -h 127.0.0.1 -U gitea
+docker exec "$DB" psql -qU gitea -c "CREATE TABLE repos AS SELECT g AS id, 'repo-' || g AS name FROM generate_series(1, 10000) g"
+docker exec "$APP" sh -c 'echo "the repositories" > /data/repos.txt'
+echo "  $DB: 10000 rows in table repos; $APP: /data/repos.txt"
 wait_for 15 sh -c "curl -s 127.0.0.1:18081/ | grep -q v1 && curl -s 127.0.0.1:18082/ | grep -q v1"
 echo "  :18081 -> $(serve 18081)    :18082 -> $(serve 18082)"
 
@@ -62,7 +73,7 @@ done
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  docker rm -f "$WEB" "$APP" >/dev/null 2>&1 || true
+  docker rm -f -v "$WEB" "$APP" "$DB" >/dev/null 2>&1 || true
 }
 [ "$KEEP" = --keep ] || trap cleanup EXIT
 for p in 9101 9102 9103 9104 9105; do
@@ -95,12 +106,23 @@ say "steward updates"
 id=$("$BIN/steward" updates | awk -v app="$APP" '$2 == app {print $1}' | head -n 1)
 say "steward approve ${id:24}"
 "$BIN/steward" approve "${id:24}"
-wait_for 60 sh -c "curl -s 127.0.0.1:18082/ | grep -q v2" || echo "  (the approved update did not finish in 60 s; see $DEMO/updater.log)"
+# Finished = the health gate passed, not only v2 answering: a restore must not race the gate.
+wait_for 90 sh -c "'$BIN/steward' updates --all | grep $APP | grep -q succeeded" \
+  || echo "  (the approved update did not finish in 90 s; see $DEMO/updater.log)"
 echo "  :18082 ($APP) -> $(serve 18082)"
 
-say "the backup service's job is the next issue; today it logs what it receives"
-"$BIN/steward" events publish backup.requested --data '{"reason":"manual"}'
-sleep 1
+say "steward backup list (the approval's pre-update backup: database, /data, configuration)"
+"$BIN/steward" backup list | grep -E "^ID|pre_update"
+
+say "disaster: rows deleted, a file removed; steward restore latest --yes"
+docker exec "$DB" psql -qU gitea -c "DELETE FROM repos WHERE id > 10"
+docker exec "$APP" rm /data/repos.txt
+echo "  before: $(docker exec "$DB" psql -tAU gitea -c 'SELECT count(*) FROM repos') rows, /data: $(docker exec "$APP" ls /data | wc -l) files"
+"$BIN/steward" restore latest --yes
+echo "  after:  $(docker exec "$DB" psql -tAU gitea -c 'SELECT count(*) FROM repos') rows, /data/repos.txt: $(docker exec "$APP" cat /data/repos.txt)"
+
+say "steward backup verify latest (checksums, and the dump loaded into a scratch PostgreSQL)"
+"$BIN/steward" backup verify latest
 
 say "what each service received"
 for svc in watcher updater backup health notifier; do

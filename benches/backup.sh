@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Backup benchmark (issue #4), Steward and the seeds' pipeline in the same run, same S3 server:
+#   data:  DATA_MIB of mixed files in a volume (half random, half text) + a PostgreSQL database
+#          whose dump is about DB_MB
+#   peer:  docker exec db pg_dump | gzip | aws s3 cp -   and   docker exec app tar czf - /data | aws s3 cp -
+#   Steward: the release steward-backup service, `steward backup now` (wall time), its peak RSS
+#          (VmHWM), then `steward restore latest --yes` (RTO).
+#   benches/backup.sh                   1 GiB of data + ~200 MB dump
+#   DATA_MIB=4096 benches/backup.sh     the memory check at 4 GiB
+# Results go to stdout; docs/benchmarks.md records a run.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+DATA_MIB=${DATA_MIB:-1024}
+DB_ROWS=${DB_ROWS:-1600000}
+"$ROOT/infra/testbed/up.sh" >/dev/null
+STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
+# shellcheck disable=SC1091
+source "$STATE/env"
+command -v aws >/dev/null 2>&1 || pip install -q awscli >/dev/null 2>&1
+cargo build -q --release --bins
+BIN="$ROOT/target/release"
+RUN=bench$(date +%s)
+BUCKET=steward-$RUN
+export AWS_ACCESS_KEY_ID=$STEWARD_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$STEWARD_TEST_S3_SECRET_KEY AWS_REGION=us-east-1
+export STEWARD_NATS_URL=$STEWARD_TEST_NATS_URL STEWARD_STREAM=BENCH_$RUN STEWARD_SUBJECT_PREFIX=$RUN.
+export STEWARD_S3_BUCKET=$BUCKET STEWARD_S3_ENDPOINT=$STEWARD_TEST_S3_ENDPOINT STEWARD_SCOPE=$RUN
+S3="aws --endpoint-url $STEWARD_TEST_S3_ENDPOINT s3"
+mkdir -p "$STATE/s3/$BUCKET"
+DB=$RUN-db APP=$RUN-app
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  docker rm -f -v "$DB" "$APP" >/dev/null 2>&1 || true
+  rm -rf "${STATE:?}/s3/$BUCKET"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l | xargs printf '%.1f'; }
+
+echo "== machine: $(nproc) cores; data ${DATA_MIB} MiB; ${DB_ROWS} rows"
+docker run -d --name "$DB" --label "steward.scope=$RUN" --label steward.backup.postgres=true \
+  -e POSTGRES_USER=gitea -e POSTGRES_PASSWORD=bench -e POSTGRES_DB=gitea "$STEWARD_TEST_POSTGRES_IMAGE" >/dev/null
+docker run -d --name "$APP" --label "steward.scope=$RUN" --label steward.backup.paths=/data -v /data \
+  "$STEWARD_TEST_APP_IMAGE:v1" >/dev/null
+for _ in $(seq 120); do docker exec "$DB" pg_isready -qh 127.0.0.1 && break; sleep 0.5; done
+docker exec "$DB" psql -qU gitea -c "CREATE TABLE issues AS SELECT g AS id, md5(g::text) AS title,
+  repeat(md5((g*7)::text), 2) AS body, now() - (g || ' minutes')::interval AS created FROM generate_series(1, $DB_ROWS) g"
+half=$((DATA_MIB / 2))
+docker exec "$APP" sh -c "mkdir -p /data/lfs /data/repos && \
+  dd if=/dev/urandom of=/data/lfs/blob bs=1M count=$half 2>/dev/null && \
+  i=0; while [ \$i -lt $((half * 4)) ]; do \
+    head -c 262144 /data/lfs/blob | od -An -tx1 | head -c 262144 > /data/repos/f\$i.txt; i=\$((i+1)); done"
+dump_mb=$(docker exec "$DB" sh -c 'pg_dump -Fc -Z0 -U gitea gitea | wc -c' | awk '{printf "%.0f", $1/1e6}')
+echo "   dump (custom format, uncompressed): ${dump_mb} MB; data: $(docker exec "$APP" du -sm /data | cut -f1) MiB"
+
+echo "== peer: pg_dump | gzip | aws s3 cp -  and  tar czf - | aws s3 cp -"
+t0=$(now)
+docker exec "$DB" pg_dump -U gitea gitea | gzip | $S3 cp - "s3://$BUCKET/peer/db.sql.gz" >/dev/null
+t1=$(now)
+docker exec "$APP" tar czf - /data 2>/dev/null | $S3 cp - "s3://$BUCKET/peer/data.tar.gz" >/dev/null
+t2=$(now)
+peer_db=$(secs "$t0" "$t1"); peer_data=$(secs "$t1" "$t2"); peer_total=$(secs "$t0" "$t2")
+echo "   database ${peer_db} s, data ${peer_data} s, total ${peer_total} s"
+
+echo "== Steward: steward-backup (release) + steward backup now"
+http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+STEWARD_HTTP_ADDR=127.0.0.1:$http "$BIN/steward-backup" >"$STATE/logs/$RUN.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q consuming "$STATE/logs/$RUN.log" && break; sleep 0.1; done
+t0=$(now)
+"$BIN/steward" backup now
+t1=$(now)
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
+steward_total=$(secs "$t0" "$t1")
+echo "   total ${steward_total} s; peak RSS of steward-backup $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
+echo "   speed-up over the peer: $(echo "$peer_total / $steward_total" | bc -l | xargs printf '%.1f')x"
+echo "   stored: steward $($S3 ls --recursive "s3://$BUCKET/" | grep -v ' peer/' | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB," \
+  "peer $($S3 ls --recursive "s3://$BUCKET/peer/" | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB"
+
+echo "== restore (RTO): steward restore latest --yes"
+t0=$(now)
+"$BIN/steward" restore latest --yes
+t1=$(now)
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
+echo "   restore ${sec:-}$(secs "$t0" "$t1") s; peak RSS after restore $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
