@@ -23,6 +23,9 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use crate::manifest::Component;
 use crate::store::{Store, StoreError, Stored};
 
+/// Bytes of input per zstd worker job.
+const JOB_SIZE: u32 = 2 << 20;
+
 /// Read size when decompressing.
 const CHUNK: usize = 256 << 10;
 
@@ -126,7 +129,9 @@ where
     ZstdEncoder::with_quality_and_params(
         StreamReader::new(stream),
         Level::Precise(level),
-        &[CParameter::nb_workers(workers)],
+        // zstd's default job is 4 windows (8 MiB at level 3) per worker, in and out: smaller
+        // jobs keep the service's memory flat at a negligible cost in ratio.
+        &[CParameter::nb_workers(workers), CParameter::job_size(JOB_SIZE)],
     )
 }
 
