@@ -100,12 +100,13 @@ mod tests {
             "p.update.>",
             "p.backup.>",
             "p.restore.>",
+            "p.verify.>",
             "p.health.>",
             "p.notify.>",
             "p.dlq.>",
         ] {
             assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
         }
-        assert_eq!(s.len(), 8);
+        assert_eq!(s.len(), 9);
     }
 }
