@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use steward_events::{BackupReason, BackupRequested, Event, EventData};
 use steward_system_tests::{steward_with, Proc, TestBucket};
-use steward_testkit::docker::{docker, Container};
+use steward_testkit::docker::{docker, postgres, Container};
 use steward_testkit::{stored_events, testbed, unique_name, TestBus};
 
 fn psql(db: &str, sql: &str) -> String {
@@ -19,22 +19,8 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
     let bucket = TestBucket::new("flow").await;
     let scope = unique_name("backupflow");
     let scope_label = format!("steward.scope={scope}");
-    let db = Container::run(
-        &format!("{scope}-db"),
-        &[
-            "--label",
-            &scope_label,
-            "--label",
-            "steward.backup.postgres=true",
-            "-e",
-            "POSTGRES_USER=app",
-            "-e",
-            "POSTGRES_PASSWORD=pw",
-            "-e",
-            "POSTGRES_DB=app",
-            &testbed::require("STEWARD_TEST_POSTGRES_IMAGE"),
-        ],
-    );
+    let db =
+        postgres(&format!("{scope}-db"), &[&scope_label, "steward.backup.postgres=true"], "app");
     let app = Container::run(
         &format!("{scope}-app"),
         &[
@@ -49,15 +35,6 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
             &format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE")),
         ],
     );
-    steward_testkit::wait_for("PostgreSQL", Duration::from_secs(60), || {
-        let ok = std::process::Command::new("docker")
-            .args(["exec", &db.name, "pg_isready", "-h", "127.0.0.1", "-U", "app"])
-            .output()
-            .ok()?
-            .status
-            .success();
-        ok.then_some(())
-    });
     psql(&db.name, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 5000) g");
     docker(&["exec", &app.name, "sh", "-c", "echo precious > /data/repo.txt"]);
 

@@ -32,6 +32,21 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// `Ok` for a zero exit; otherwise a failure saying `<step> exited with N`, with the
+    /// command's last output lines.
+    pub fn check_exit(
+        out: &steward_engine::ExecOutput,
+        step: impl std::fmt::Display,
+    ) -> Result<(), Failure> {
+        if out.exit_code == 0 {
+            return Ok(());
+        }
+        Err(Failure {
+            reason: format!("{step} exited with {}", out.exit_code),
+            stderr_tail: out.tail.clone(),
+        })
+    }
+
     /// A failure without command output.
     pub fn plain(reason: impl std::fmt::Display) -> Self {
         Self { reason: reason.to_string(), stderr_tail: vec![] }
@@ -149,12 +164,7 @@ impl Backups {
             pipeline::store_stream(&self.store, &object, stdout, self.config.zstd_level).await;
         let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         // The exit code first: a failing pg_dump often leaves a plausible-looking prefix.
-        if out.exit_code != 0 {
-            return Err(Failure {
-                reason: format!("{component}: pg_dump exited with {}", out.exit_code),
-                stderr_tail: out.tail,
-            });
-        }
+        Failure::check_exit(&out, format!("{component}: pg_dump"))?;
         let (stored, raw) = stored.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         if raw.size == 0 || !raw.head.starts_with(b"PGDMP") {
             return Err(Failure {

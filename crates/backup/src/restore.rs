@@ -150,12 +150,7 @@ impl Backups {
                 .exec(container, step.cmd.clone(), 20)
                 .await
                 .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-            if out.exit_code != 0 {
-                return Err(Failure {
-                    reason: format!("{}: {} exited with {}", c.name, step.cmd[0], out.exit_code),
-                    stderr_tail: out.tail,
-                });
-            }
+            Failure::check_exit(&out, format!("{}: {}", c.name, step.cmd[0]))?;
         }
         let stream = pipeline::read_component(&self.store, c).await.map_err(Failure::plain)?;
         let load = run(&["pg_restore", "--exit-on-error", "-U", user, "-d", database]);
@@ -164,13 +159,7 @@ impl Backups {
             .exec_stdin(container, &load, stream, 20)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-        if out.exit_code != 0 {
-            return Err(Failure {
-                reason: format!("{}: pg_restore exited with {}", c.name, out.exit_code),
-                stderr_tail: out.tail,
-            });
-        }
-        Ok(())
+        Failure::check_exit(&out, format!("{}: pg_restore", c.name))
     }
 
     /// Empties the path (a restore replaces, it does not merge), then extracts the archive.
@@ -215,12 +204,7 @@ impl Backups {
                         c.name
                     ))
                 })?;
-            if out.exit_code != 0 {
-                return Err(Failure {
-                    reason: format!("{}: emptying {path} exited with {}", c.name, out.exit_code),
-                    stderr_tail: out.tail,
-                });
-            }
+            Failure::check_exit(&out, format!("{}: emptying {path}", c.name))?;
         } else {
             tracing::warn!(component = %c.name, "{path} is not on a volume or bind mount: the archive is extracted over what is there");
         }
@@ -291,15 +275,7 @@ impl Backups {
             .exec_as(container, &spec, 20)
             .await
             .map_err(|e| Failure::plain(format!("after restoring {container}: {e}")))?;
-        if out.exit_code != 0 {
-            return Err(Failure {
-                reason: format!(
-                    "after restoring {container}: {:?} exited with {}",
-                    spec.cmd, out.exit_code
-                ),
-                stderr_tail: out.tail,
-            });
-        }
+        Failure::check_exit(&out, format!("after restoring {container}: {:?}", spec.cmd))?;
         tracing::info!(container, "post-restore command done");
         Ok(())
     }

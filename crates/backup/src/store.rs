@@ -323,22 +323,23 @@ impl Store {
 
     /// The names (relative to the prefix) of every object under `dir/`.
     pub async fn list_objects(&self, dir: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = self.key(&format!("{dir}/"));
+        let keys = self.keys_under(&self.key(&format!("{dir}/"))).await?;
+        Ok(keys.iter().filter_map(|k| k.strip_prefix(&self.prefix)).map(str::to_owned).collect())
+    }
+
+    /// The full keys of every object whose key starts with `prefix`.
+    async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .prefix(&prefix)
+            .prefix(prefix)
             .into_paginator()
             .send();
         let mut out = vec![];
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| s3("ListObjectsV2", &prefix, e))?;
-            for o in page.contents.unwrap_or_default() {
-                if let Some(key) = o.key.as_deref().and_then(|k| k.strip_prefix(&self.prefix)) {
-                    out.push(key.to_owned());
-                }
-            }
+            let page = page.map_err(|e| s3("ListObjectsV2", prefix, e))?;
+            out.extend(page.contents.unwrap_or_default().into_iter().filter_map(|o| o.key));
         }
         Ok(out)
     }
@@ -361,27 +362,8 @@ impl Store {
 
     /// Deletes every object under the prefix and, with an empty prefix, the bucket.
     pub async fn destroy(&self) -> Result<(), StoreError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| s3("ListObjectsV2", &self.prefix, e))?;
-            for o in page.contents.unwrap_or_default() {
-                if let Some(key) = o.key {
-                    self.client
-                        .delete_object()
-                        .bucket(&self.bucket)
-                        .key(&key)
-                        .send()
-                        .await
-                        .map_err(|e| s3("DeleteObject", &key, e))?;
-                }
-            }
-        }
+        let keys = self.keys_under(&self.prefix).await?;
+        self.delete_keys(&keys, &self.prefix).await?;
         if self.prefix.is_empty() {
             self.client
                 .delete_bucket()
@@ -408,18 +390,23 @@ impl Store {
 
     /// Deletes every object under `dir/`.
     pub async fn delete_dir(&self, dir: &str) -> Result<(), StoreError> {
-        let names = self.list_objects(dir).await?;
-        for chunk in names.chunks(1000) {
+        let keys = self.keys_under(&self.key(&format!("{dir}/"))).await?;
+        self.delete_keys(&keys, dir).await
+    }
+
+    /// Deletes objects by full key, a thousand per request.
+    async fn delete_keys(&self, keys: &[String], what: &str) -> Result<(), StoreError> {
+        for chunk in keys.chunks(1000) {
             let objects = chunk
                 .iter()
-                .map(|n| ObjectIdentifier::builder().key(self.key(n)).build())
+                .map(|k| ObjectIdentifier::builder().key(k).build())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| s3("DeleteObjects", dir, e))?;
+                .map_err(|e| s3("DeleteObjects", what, e))?;
             let delete = Delete::builder()
                 .set_objects(Some(objects))
                 .quiet(true)
                 .build()
-                .map_err(|e| s3("DeleteObjects", dir, e))?;
+                .map_err(|e| s3("DeleteObjects", what, e))?;
             let answer = self
                 .client
                 .delete_objects()
@@ -427,11 +414,11 @@ impl Store {
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| s3("DeleteObjects", dir, e))?;
+                .map_err(|e| s3("DeleteObjects", what, e))?;
             if let Some(error) = answer.errors.unwrap_or_default().first() {
                 return Err(s3_plain(
                     "DeleteObjects",
-                    error.key.as_deref().unwrap_or(dir),
+                    error.key.as_deref().unwrap_or(what),
                     error.message.clone().unwrap_or_else(|| "refused".into()),
                 ));
             }

@@ -136,16 +136,7 @@ impl Backups {
             .exec_stdin(scratch, &spec, stream, 20)
             .await
             .map_err(|e| Failure::plain(format!("{}: loading the dump: {e}", c.name)))?;
-        if out.exit_code != 0 {
-            return Err(Failure {
-                reason: format!(
-                    "{}: pg_restore into a scratch server exited with {}",
-                    c.name, out.exit_code
-                ),
-                stderr_tail: out.tail,
-            });
-        }
-        Ok(())
+        Failure::check_exit(&out, format!("{}: pg_restore into a scratch server", c.name))
     }
 }
 

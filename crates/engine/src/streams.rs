@@ -63,6 +63,32 @@ pub struct ExecSpec {
     pub user: Option<String>,
 }
 
+type Output = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+>;
+
+impl Engine {
+    /// Reads an exec's output to the end, keeping its last `keep` lines.
+    async fn output_tail(
+        &self,
+        output: &mut Output,
+        keep: usize,
+        what: &str,
+    ) -> Result<VecDeque<String>, EngineError> {
+        let mut tail = VecDeque::new();
+        while let Some(frame) = output.next().await {
+            match frame {
+                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
+                    push_tail(&mut tail, &message, keep)
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.failed(what, e)),
+            }
+        }
+        Ok(tail)
+    }
+}
+
 fn push_tail(tail: &mut VecDeque<String>, text: &[u8], keep: usize) {
     for line in String::from_utf8_lossy(text).lines() {
         tail.push_back(line.to_owned());
@@ -176,16 +202,7 @@ impl Engine {
             // Half-closes the connection: the command sees end of input.
             stdin.shutdown().await
         });
-        let mut tail = VecDeque::new();
-        while let Some(frame) = output.next().await {
-            match frame {
-                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
-                    push_tail(&mut tail, &message, keep)
-                }
-                Ok(_) => {}
-                Err(e) => return Err(self.failed(&what, e)),
-            }
-        }
+        let tail = self.output_tail(&mut output, keep, &what).await?;
         match feeder.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(self.failed(&what, e)),
@@ -456,16 +473,7 @@ impl Engine {
         let StartExecResults::Attached { mut output, .. } = started else {
             return Err(self.failed(&what, "the engine detached"));
         };
-        let mut tail = VecDeque::new();
-        while let Some(frame) = output.next().await {
-            match frame {
-                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
-                    push_tail(&mut tail, &message, keep)
-                }
-                Ok(_) => {}
-                Err(e) => return Err(self.failed(&what, e)),
-            }
-        }
+        let tail = self.output_tail(&mut output, keep, &what).await?;
         self.exec_result(container, &exec_id, tail).await
     }
 }

@@ -233,6 +233,28 @@ pub mod docker {
         }
     }
 
+    /// The test bed's PostgreSQL image with `POSTGRES_USER`/`POSTGRES_DB` = `user` (password
+    /// `secret`), each of `labels` as a `--label`; returns once it accepts TCP connections.
+    pub fn postgres(name: &str, labels: &[&str], user: &str) -> Container {
+        let mut args = vec![];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        let (user_env, db_env) = (format!("POSTGRES_USER={user}"), format!("POSTGRES_DB={user}"));
+        args.extend(["-e", &user_env, "-e", "POSTGRES_PASSWORD=secret", "-e", &db_env]);
+        let image = super::testbed::require("STEWARD_TEST_POSTGRES_IMAGE");
+        args.push(&image);
+        let c = Container::run(name, &args);
+        super::wait_for("PostgreSQL ready", std::time::Duration::from_secs(60), || {
+            let out = Command::new("docker")
+                .args(["exec", name, "pg_isready", "-h", "127.0.0.1", "-U", user])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        });
+        c
+    }
+
     impl Drop for Container {
         fn drop(&mut self) {
             let _ = Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();

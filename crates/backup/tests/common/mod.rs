@@ -10,8 +10,8 @@ use steward_backup::retention::Retention;
 use steward_backup::store::Store;
 use steward_backup::Backups;
 use steward_engine::Engine;
-use steward_testkit::docker::{docker, Container};
-use steward_testkit::{testbed, unique_name, wait_for};
+use steward_testkit::docker::{docker, postgres, Container};
+use steward_testkit::{testbed, unique_name};
 
 pub const DB_USER: &str = "gitea";
 pub const DB_NAME: &str = "gitea";
@@ -66,21 +66,10 @@ impl Stack {
     pub async fn start(tag: &str, app_labels: &[&str]) -> Self {
         let scope = unique_name(tag);
         let scope_label = format!("steward.scope={scope}");
-        let db = Container::run(
+        let db = postgres(
             &format!("{scope}-db"),
-            &[
-                "--label",
-                &scope_label,
-                "--label",
-                "steward.backup.postgres=true",
-                "-e",
-                &format!("POSTGRES_USER={DB_USER}"),
-                "-e",
-                "POSTGRES_PASSWORD=secret",
-                "-e",
-                &format!("POSTGRES_DB={DB_NAME}"),
-                &testbed::require("STEWARD_TEST_POSTGRES_IMAGE"),
-            ],
+            &[&scope_label, "steward.backup.postgres=true"],
+            DB_USER,
         );
         let mut args = vec!["--label", &scope_label, "-v", "/data"];
         let paths_default = ["--label", "steward.backup.paths=/data"];
@@ -96,19 +85,7 @@ impl Stack {
         let s3 = s3_config(&bucket_name(tag), None);
         let store = store_for(&s3).await;
         let backups = Backups::new(Engine::from_env(), store.clone(), config(s3, &scope));
-        let stack = Self { scope, db, app, backups, store };
-        stack.wait_db();
-        stack
-    }
-
-    pub fn wait_db(&self) {
-        wait_for("PostgreSQL ready", Duration::from_secs(60), || {
-            let out = std::process::Command::new("docker")
-                .args(["exec", &self.db.name, "pg_isready", "-h", "127.0.0.1", "-U", DB_USER])
-                .output()
-                .ok()?;
-            out.status.success().then_some(())
-        });
+        Self { scope, db, app, backups, store }
     }
 
     pub fn psql(&self, sql: &str) -> String {
