@@ -47,24 +47,13 @@ impl BackupService {
     }
 
     async fn run_schedule(self, schedule: croner::Cron, ctx: Context) {
-        loop {
-            let now = chrono::Local::now();
-            let next = match schedule.find_next_occurrence(&now, false) {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(error = %e, "schedule has no next occurrence; scheduled backups stop");
-                    return;
-                }
-            };
-            tracing::info!(next = %next.to_rfc3339(), "next scheduled backup");
-            tokio::select! {
-                _ = ctx.shutdown.cancelled() => return,
-                _ = tokio::time::sleep((next - now).to_std().unwrap_or_default()) => {}
-            }
+        let shutdown = ctx.shutdown.clone();
+        steward_runtime::on_schedule(schedule, shutdown, "backup", || async {
             if let Err(e) = self.back_up(&ctx, None, BackupReason::Schedule, &[]).await {
                 tracing::error!(error = %format!("{e:#}"), "could not publish the scheduled backup's outcome");
             }
-        }
+        })
+        .await
     }
 
     async fn publish(

@@ -271,12 +271,7 @@ async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
         "ID", "TAKEN (UTC)", "SIZE", "REASON", "VERIFIED"
     )?;
     for l in listed {
-        let taken = l
-            .taken_at
-            .format(time::macros::format_description!(
-                "[year]-[month]-[day] [hour]:[minute]:[second]"
-            ))
-            .unwrap_or_default();
+        let taken = crate::when::seconds(l.taken_at);
         match &l.manifest {
             Some(m) => {
                 let names: Vec<&str> = m.components.iter().map(|c| c.name.as_str()).collect();

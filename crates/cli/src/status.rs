@@ -42,9 +42,7 @@ pub async fn run(conn: &Connection, json: bool) -> anyhow::Result<()> {
             }
             _ => "up to date".to_owned(),
         };
-        let checked = r.checked_at.format(time::macros::format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second]"
-        ))?;
+        let checked = crate::when::seconds(r.checked_at);
         writeln!(
             out,
             "{:<24} {:<10} {:<13} {:<13} {:<20} {note}",

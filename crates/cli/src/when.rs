@@ -18,6 +18,12 @@ pub fn parse(s: &str) -> Result<OffsetDateTime, String> {
     Err(format!("{s:?} is not a time: use RFC 3339 (2026-11-23T10:00:00Z), a date (2026-11-23) or a duration ago (2h, 7d)"))
 }
 
+/// `2026-11-23 02:00:07`: times in tables (UTC).
+pub fn seconds(t: OffsetDateTime) -> String {
+    t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse;

@@ -13,6 +13,7 @@ mod consume;
 pub mod env;
 mod http;
 mod metrics;
+mod schedule;
 mod shutdown;
 mod telemetry;
 
@@ -25,6 +26,7 @@ pub use config::*;
 pub use consume::{Handler, HandlerError};
 pub use env::{ConfigError, Env};
 pub use metrics::Metrics;
+pub use schedule::on_schedule;
 use steward_bus::{Bus, ConsumerSpec, Idempotency};
 use steward_engine::Engine;
 use steward_events::{Event, Service};

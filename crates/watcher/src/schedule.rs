@@ -11,24 +11,11 @@ pub async fn run(
     shutdown: CancellationToken,
     lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 ) {
-    loop {
-        let now = chrono::Local::now();
-        let next = match schedule.find_next_occurrence(&now, false) {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(error = %e, "schedule has no next occurrence; scheduled checks stop");
-                return;
-            }
-        };
-        let wait = (next - now).to_std().unwrap_or_default();
-        tracing::info!(next = %next.to_rfc3339(), "next scheduled check");
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
+    steward_runtime::on_schedule(schedule, shutdown, "check", || async {
         let _guard = lock.lock().await;
         if let Err(e) = checker.run(None, None).await {
             tracing::error!(error = %format!("{e:#}"), "scheduled check failed");
         }
-    }
+    })
+    .await
 }

@@ -1,0 +1,36 @@
+//! Jobs on a cron schedule (the watcher's checks, the backup service's backups), in the
+//! host's time zone, until shutdown.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+/// Runs `job` at every occurrence of `schedule` until `shutdown`; `what` names the job in
+/// the logs ("check", "backup"). A job that overruns the next occurrence delays it, never
+/// doubles it.
+pub async fn on_schedule<F, Fut>(
+    schedule: croner::Cron,
+    shutdown: CancellationToken,
+    what: &'static str,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        let now = chrono::Local::now();
+        let next = match schedule.find_next_occurrence(&now, false) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, job = what, "schedule has no next occurrence; scheduled runs stop");
+                return;
+            }
+        };
+        tracing::info!(next = %next.to_rfc3339(), job = what, "next scheduled run");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep((next - now).to_std().unwrap_or_default()) => {}
+        }
+        job().await;
+    }
+}
