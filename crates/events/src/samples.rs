@@ -58,6 +58,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             from_digest: digest('a'),
             to_digest: digest('b'),
             duration_ms: 4200,
+            approved_by: Some("ops@steward-host".into()),
         }
         .into(),
         UpdateFailed {
@@ -157,6 +158,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             about: vec![event_id],
             reason: "connection refused".into(),
             attempts: 5,
+            gave_up: true,
         }
         .into(),
     ]

@@ -1,9 +1,118 @@
-//! steward-notifier: Turns events an operator must hear about into email and webhooks.
+//! steward-notifier: turns the events an operator must hear about into email and webhooks.
 //!
-//! Today the service runs the shared runtime and logs every event it receives; its own job
-//! is built in its own issue on top of this skeleton.
+//! The handler only queues: each wanted event becomes one [`outbox`] entry per channel, in a
+//! KV bucket, and is acknowledged. One [`delivery`] loop per channel collects bursts into one
+//! message, renders it ([`message`], templates in `templates/`), sends it ([`channels`]), and
+//! publishes `notify.sent` or `notify.failed`. So a burst of ten failures is one mail, a dead
+//! SMTP server delays mail instead of losing it, and a restart never mails an event twice.
+//!
+//! The notifier holds no approval secret: an `update.pending` carries the link the updater
+//! minted, and the mail only shows it.
 
-use steward_events::Service;
+pub mod channels;
+pub mod config;
+pub mod delivery;
+pub mod message;
+pub mod outbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use steward_events::{Event, EventData, Service};
+use steward_runtime::{Context, Handler, HandlerError};
+use tokio::sync::Notify;
+
+use crate::channels::Channel;
+use crate::config::NotifierConfig;
+use crate::delivery::Delivery;
+use crate::message::Templates;
+use crate::outbox::{ChannelKind, Outbox};
 
 /// This service on the bus.
 pub const SERVICE: Service = Service::Notifier;
+
+/// The notifier's event handler.
+#[derive(Debug)]
+pub struct Notifier {
+    outbox: Outbox,
+    channels: Vec<ChannelKind>,
+    events: Vec<&'static str>,
+    wake: Arc<Notify>,
+}
+
+impl Notifier {
+    /// Opens the outbox (with what a previous instance left queued) and starts one delivery
+    /// loop per configured channel.
+    pub async fn start(cfg: NotifierConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let outbox = Outbox::open(&ctx.bus).await.context("opening the outbox")?;
+        let templates = Arc::new(Templates::builtin().context("loading mail templates")?);
+        let wake = Arc::new(Notify::new());
+        let mut channels = vec![];
+        if let Some(email) = cfg.email.clone() {
+            channels.push(Channel::email(email));
+        }
+        if let Some(url) = cfg.webhook.clone() {
+            channels.push(Channel::webhook(url).context("building the webhook client")?);
+        }
+        let kinds = channels.iter().map(Channel::kind).collect();
+        for channel in channels {
+            let delivery = Delivery {
+                channel,
+                outbox: outbox.clone(),
+                templates: templates.clone(),
+                window: cfg.group_window,
+                retry_for: cfg.retry_for,
+                wake: wake.clone(),
+            };
+            tokio::spawn(delivery.run(ctx.clone()));
+        }
+        let (purger, shutdown) = (outbox.clone(), ctx.shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+                match purger.purge().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "old outbox entries removed"),
+                    Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+                }
+            }
+        });
+        Ok(Self { outbox, channels: kinds, events: cfg.events, wake })
+    }
+
+    /// Whether `event` is notified: its type is configured, and an `update.succeeded` only
+    /// when a human approved the update (automatic updates succeed quietly).
+    pub fn wanted(&self, event: &Event) -> bool {
+        if !self.events.contains(&event.event_type()) {
+            return false;
+        }
+        match &event.data {
+            EventData::UpdateSucceeded(s) => s.approved_by.is_some(),
+            _ => true,
+        }
+    }
+}
+
+impl Handler for Notifier {
+    async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
+        if !self.wanted(&event) {
+            return Ok(());
+        }
+        for channel in &self.channels {
+            let fresh = self
+                .outbox
+                .enqueue(*channel, &event)
+                .await
+                .map_err(|e| HandlerError::Retry(e.into()))?;
+            if !fresh {
+                tracing::info!(channel = channel.as_str(), "already queued or sent; not again");
+            }
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+}

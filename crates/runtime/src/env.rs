@@ -132,6 +132,11 @@ impl Env {
         })
     }
 
+    /// Whether a problem was recorded so far (to skip checks that would only repeat it).
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
     /// Ends reading: all errors, or nothing.
     pub fn finish(self) -> Result<(), ConfigError> {
         if self.errors.is_empty() {

@@ -31,6 +31,10 @@ pub struct NotifyFailed {
     pub reason: String,
     /// Attempts made.
     pub attempts: u32,
+    /// `false`: the first failure, delivery is still being retried; `true`: the retry bound
+    /// was reached and the notification was dropped.
+    #[serde(default)]
+    pub gave_up: bool,
 }
 
 impl Payload for NotifyFailed {}

@@ -104,6 +104,9 @@ pub struct UpdateSucceeded {
     pub to_digest: Digest,
     /// Wall time from `update.started`.
     pub duration_ms: u64,
+    /// Who approved it (manual policy); `None` for an automatic update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 container_payload!(UpdateSucceeded);
 

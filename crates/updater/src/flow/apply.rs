@@ -110,6 +110,7 @@ impl Flow {
             from_digest: record.from_digest.clone(),
             to_digest: record.to_digest.clone(),
             duration_ms,
+            approved_by: record.approved_by.clone(),
         };
         self.conclude(v, UpdateStep::Succeeded, None, data).await?;
         Ok(())

@@ -8,7 +8,8 @@ use super::{Flow, FlowError};
 impl Flow {
     /// A human approved: the update begins.
     pub async fn on_approved(&self, a: &UpdateApproved) -> Result<(), FlowError> {
-        let Some(v) = self.pending(a.update_id).await? else { return Ok(()) };
+        let Some(mut v) = self.pending(a.update_id).await? else { return Ok(()) };
+        v.value.approved_by = Some(a.by.clone());
         let backup = match self.engine.container_labels(&v.value.container).await? {
             Some(labels) => {
                 steward_labels::update_labels(&labels).map(|l| l.backup).unwrap_or(true)

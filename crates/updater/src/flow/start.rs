@@ -46,6 +46,7 @@ impl Flow {
             old_id: None,
             new_id: None,
             reason: None,
+            approved_by: None,
         };
         // Claim the container: only over a finished update, or over a pending one (a newer
         // digest supersedes what waits for approval). An active update keeps the container.

@@ -1,0 +1,237 @@
+//! The notifier's settings, names and defaults in one place.
+
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use steward_runtime::Env;
+
+/// SMTP server: `smtps://user:pass@host:465`, `smtp://user:pass@host:587?tls=required`
+/// (STARTTLS), or `smtp://host:25` (plain, loopback only). Usually given as `_FILE`.
+pub const ENV_SMTP_URL: &str = "STEWARD_SMTP_URL";
+/// Sender address.
+pub const ENV_MAIL_FROM: &str = "STEWARD_MAIL_FROM";
+/// Recipients, comma-separated.
+pub const ENV_MAIL_TO: &str = "STEWARD_MAIL_TO";
+/// Optional generic webhook (JSON POST: Slack/Matrix/ntfy bridges).
+pub const ENV_WEBHOOK_URL: &str = "STEWARD_WEBHOOK_URL";
+/// Which event types are notified (comma-separated); default: all the notifier receives.
+pub const ENV_EVENTS: &str = "STEWARD_NOTIFY_EVENTS";
+/// How long a burst is collected into one message.
+pub const ENV_GROUP_WINDOW: &str = "STEWARD_NOTIFY_GROUP_WINDOW";
+/// How long an undeliverable message is retried before it is dropped (`notify.failed`).
+pub const ENV_RETRY_FOR: &str = "STEWARD_NOTIFY_RETRY_FOR";
+
+/// Where mail goes.
+#[derive(Clone)]
+pub struct EmailConfig {
+    /// Connection settings and credentials (the transport is built inside the runtime: its
+    /// connection pool spawns a task).
+    pub smtp: AsyncSmtpTransportBuilder,
+    /// SMTP server, without credentials, for logs and events.
+    pub server: String,
+    /// Sender.
+    pub from: Mailbox,
+    /// Recipients.
+    pub to: Vec<Mailbox>,
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The transport holds the SMTP password: never print it.
+        f.debug_struct("EmailConfig")
+            .field("server", &self.server)
+            .field("from", &self.from.to_string())
+            .field("to", &self.to.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The notifier's settings.
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    /// Email channel, if configured.
+    pub email: Option<EmailConfig>,
+    /// Webhook channel, if configured.
+    pub webhook: Option<reqwest::Url>,
+    /// Event types to notify.
+    pub events: Vec<&'static str>,
+    /// Burst collection window.
+    pub group_window: Duration,
+    /// Retry bound of one message.
+    pub retry_for: Duration,
+}
+
+/// Event types notified by default (`update.succeeded` only for manual-policy updates).
+pub fn default_events() -> Vec<&'static str> {
+    steward_events::Service::Notifier.consumes().to_vec()
+}
+
+impl NotifierConfig {
+    /// Reads the settings; errors go to `env`. At least one channel must be configured.
+    pub fn read(env: &mut Env) -> Self {
+        let email = read_email(env);
+        let webhook = env.optional(ENV_WEBHOOK_URL).filter(|s| !s.is_empty()).and_then(|raw| {
+            match reqwest::Url::parse(&raw) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+                Ok(_) => {
+                    env.error(ENV_WEBHOOK_URL, &redact_url(&raw), "expected an http(s) URL");
+                    None
+                }
+                Err(e) => {
+                    env.error(ENV_WEBHOOK_URL, &redact_url(&raw), e);
+                    None
+                }
+            }
+        });
+        let events = env.parse_with(ENV_EVENTS, default_events(), parse_events);
+        let group_window = env.duration(ENV_GROUP_WINDOW, Duration::from_secs(15));
+        let retry_for = env.duration(ENV_RETRY_FOR, Duration::from_secs(24 * 3600));
+        if email.is_none() && webhook.is_none() && !env.has_errors() {
+            env.error(
+                ENV_SMTP_URL,
+                "",
+                format!("no channel configured: set {ENV_SMTP_URL}, {ENV_MAIL_FROM} and {ENV_MAIL_TO}, or {ENV_WEBHOOK_URL}"),
+            );
+        }
+        Self { email, webhook, events, group_window, retry_for }
+    }
+}
+
+fn read_email(env: &mut Env) -> Option<EmailConfig> {
+    let url = env.optional(ENV_SMTP_URL).filter(|s| !s.is_empty());
+    let from = env.optional(ENV_MAIL_FROM).filter(|s| !s.is_empty());
+    let to = env.optional(ENV_MAIL_TO).filter(|s| !s.is_empty());
+    let Some(url) = url else {
+        for (name, v) in [(ENV_MAIL_FROM, &from), (ENV_MAIL_TO, &to)] {
+            if let Some(v) = v {
+                env.error(name, v, format!("set without {ENV_SMTP_URL}"));
+            }
+        }
+        return None;
+    };
+    let shown = redact_url(&url);
+    let transport = match AsyncSmtpTransport::<Tokio1Executor>::from_url(&url) {
+        Ok(b) => Some(b.timeout(Some(Duration::from_secs(30)))),
+        Err(e) => {
+            env.error(ENV_SMTP_URL, &shown, format!("{e} (examples: smtps://user:pass@host:465, smtp://user:pass@host:587?tls=required)"));
+            None
+        }
+    };
+    let from = match from {
+        None => {
+            env.error(ENV_MAIL_FROM, "", format!("required with {ENV_SMTP_URL}"));
+            None
+        }
+        Some(raw) => match raw.parse::<Mailbox>() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                env.error(ENV_MAIL_FROM, &raw, e);
+                None
+            }
+        },
+    };
+    let to = match to {
+        None => {
+            env.error(ENV_MAIL_TO, "", format!("required with {ENV_SMTP_URL}"));
+            None
+        }
+        Some(raw) => match parse_recipients(&raw) {
+            Ok(list) => Some(list),
+            Err(e) => {
+                env.error(ENV_MAIL_TO, &raw, e);
+                None
+            }
+        },
+    };
+    Some(EmailConfig { smtp: transport?, server: shown, from: from?, to: to? })
+}
+
+fn parse_recipients(raw: &str) -> Result<Vec<Mailbox>, String> {
+    let list: Vec<Mailbox> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<Mailbox>().map_err(|e| format!("{s:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if list.is_empty() {
+        return Err("no address".into());
+    }
+    Ok(list)
+}
+
+fn parse_events(raw: &str) -> Result<Vec<&'static str>, String> {
+    let receivable = steward_events::Service::Notifier.consumes();
+    let mut out = vec![];
+    for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let known = receivable.iter().copied().find(|t| *t == name).ok_or_else(|| {
+            format!("{name:?} is not an event the notifier receives ({})", receivable.join(", "))
+        })?;
+        out.push(known);
+    }
+    if out.is_empty() {
+        return Err("empty list".into());
+    }
+    Ok(out)
+}
+
+/// `scheme://host:port/...` with any user and password removed, for logs and errors.
+pub fn redact_url(raw: &str) -> String {
+    match reqwest::Url::parse(raw) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("***");
+                let _ = u.set_password(None);
+            }
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<NotifierConfig, String> {
+        let mut env = Env::from_pairs(pairs.iter().copied());
+        let cfg = NotifierConfig::read(&mut env);
+        env.finish().map(|()| cfg).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn email_settings_are_read_and_the_password_never_shows() {
+        let cfg = read(&[
+            (ENV_SMTP_URL, "smtp://ops:hunter2@127.0.0.1:2525"),
+            (ENV_MAIL_FROM, "Steward <steward@example.com>"),
+            (ENV_MAIL_TO, "a@example.com, b@example.com"),
+        ])
+        .expect("valid");
+        let email = cfg.email.as_ref().expect("email");
+        assert_eq!(email.to.len(), 2);
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert!(!email.server.contains("hunter2"), "{}", email.server);
+        assert_eq!(cfg.events, default_events());
+    }
+
+    #[test]
+    fn missing_channel_and_bad_values_are_named() {
+        let e = read(&[]).expect_err("no channel");
+        assert!(e.contains(ENV_SMTP_URL) && e.contains(ENV_WEBHOOK_URL), "{e}");
+
+        let e = read(&[(ENV_SMTP_URL, "smtp://u:secretpw@host:25"), (ENV_MAIL_TO, "not an address")])
+            .expect_err("bad");
+        assert!(e.contains(ENV_MAIL_FROM) && e.contains(ENV_MAIL_TO), "{e}");
+        assert!(!e.contains("secretpw"), "{e}");
+
+        let e = read(&[(ENV_SMTP_URL, "ftp://host"), (ENV_MAIL_FROM, "a@b.c"), (ENV_MAIL_TO, "a@b.c")])
+            .expect_err("bad scheme");
+        assert!(e.contains(ENV_SMTP_URL), "{e}");
+
+        let e = read(&[(ENV_WEBHOOK_URL, "http://127.0.0.1:1/hook"), (ENV_EVENTS, "update.pending,image.updated")])
+            .expect_err("event not received");
+        assert!(e.contains("image.updated"), "{e}");
+    }
+}

@@ -1,0 +1,184 @@
+//! The delivery loop of one channel: collects a burst, renders it, delivers it, and records
+//! the outcome in the outbox and on the bus.
+//!
+//! - A burst: once the oldest queued entry has waited the group window (or a retry is due),
+//!   everything queued goes out together: each approval request alone (its subject asks one
+//!   question), everything else in one message (at most [`MAX_ITEMS`] per message).
+//! - A failed attempt: the entries stay queued with exponential backoff (2 s doubling, at most
+//!   [`MAX_BACKOFF`]); the first failure is published as `notify.failed` (still retrying), the
+//!   last one, past the retry bound, as `notify.failed` with `gave_up`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_bus::BusError;
+use steward_events::{Event, NotifyFailed, NotifySent};
+use steward_runtime::Context;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::channels::Channel;
+use crate::message::{describe, Templates};
+use crate::outbox::{EntryState, Outbox, Queued};
+
+/// Most items in one message.
+pub const MAX_ITEMS: usize = 50;
+/// Longest wait between attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What one channel's loop needs.
+#[derive(Clone)]
+pub struct Delivery {
+    /// The channel.
+    pub channel: Channel,
+    /// The outbox.
+    pub outbox: Outbox,
+    /// Templates.
+    pub templates: Arc<Templates>,
+    /// Burst window.
+    pub window: Duration,
+    /// Retry bound.
+    pub retry_for: Duration,
+    /// Woken when something is queued.
+    pub wake: Arc<Notify>,
+}
+
+fn backoff(attempts: u32) -> Duration {
+    let secs = 2u64.saturating_mul(1u64 << attempts.min(16).saturating_sub(1));
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+impl Delivery {
+    /// Runs until shutdown.
+    pub async fn run(self, ctx: Context) {
+        let kind = self.channel.kind().as_str();
+        tracing::info!(channel = kind, "delivery loop started");
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if let Err(e) = self.once(&ctx).await {
+                tracing::warn!(channel = kind, error = %e, "delivery round failed; trying again");
+            }
+        }
+    }
+
+    /// One round: deliver what is due, if anything.
+    pub async fn once(&self, ctx: &Context) -> Result<(), BusError> {
+        let queued = self.outbox.queued(self.channel.kind()).await?;
+        let now = OffsetDateTime::now_utc();
+        let due = queued.iter().any(|q| {
+            let e = &q.entry.value;
+            if e.attempts == 0 {
+                e.queued_at + self.window <= now
+            } else {
+                e.next_attempt <= now
+            }
+        });
+        if !due {
+            return Ok(());
+        }
+        let (decisions, rest): (Vec<Queued>, Vec<Queued>) =
+            queued.into_iter().partition(|q| describe(&q.event).needs_decision);
+        let mut batches: Vec<Vec<Queued>> = decisions.into_iter().map(|q| vec![q]).collect();
+        let mut rest = rest.into_iter().peekable();
+        while rest.peek().is_some() {
+            batches.push(rest.by_ref().take(MAX_ITEMS).collect());
+        }
+        for batch in batches {
+            self.deliver(ctx, batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&self, ctx: &Context, batch: Vec<Queued>) -> Result<(), BusError> {
+        let kind = self.channel.kind().as_str();
+        let about: Vec<uuid::Uuid> = batch.iter().map(|q| q.event.id).collect();
+        let items = batch.iter().map(|q| describe(&q.event)).collect();
+        let message = match self.templates.render(items) {
+            Ok(m) => m,
+            Err(e) => {
+                // A template bug will not fix itself: drop, loudly, rather than loop forever.
+                tracing::error!(channel = kind, error = %e, "cannot render notification; dropping it");
+                let attempts = batch.iter().map(|q| q.entry.value.attempts).max().unwrap_or(0);
+                let reason = format!("cannot render: {e}");
+                self.publish_failed(ctx, &batch[0].event, &about, &reason, attempts, true).await?;
+                for q in batch {
+                    self.outbox.finish(q, EntryState::GaveUp).await?;
+                }
+                return Ok(());
+            }
+        };
+        let message_id = format!("<{}.{}@steward>", about[0], about.len());
+        match self.channel.deliver(&message, &message_id).await {
+            Ok(()) => {
+                tracing::info!(channel = kind, subject = %message.subject, events = about.len(), "notification sent");
+                let sent = NotifySent {
+                    channel: kind.to_owned(),
+                    recipients: self.channel.recipients(),
+                    title: message.subject.clone(),
+                    about,
+                };
+                ctx.bus.publish(&Event::caused_by(&batch[0].event, ctx.source(), sent)).await?;
+                for q in batch {
+                    self.outbox.finish(q, EntryState::Sent).await?;
+                }
+            }
+            Err(reason) => {
+                let now = OffsetDateTime::now_utc();
+                let attempts = batch.iter().map(|q| q.entry.value.attempts + 1).max().unwrap_or(1);
+                let oldest = batch.iter().map(|q| q.entry.value.queued_at).min().unwrap_or(now);
+                let gave_up = oldest + self.retry_for <= now;
+                let first = batch.iter().any(|q| !q.entry.value.failure_reported);
+                tracing::warn!(channel = kind, %reason, attempts, gave_up, "notification not delivered");
+                if gave_up || first {
+                    self.publish_failed(ctx, &batch[0].event, &about, &reason, attempts, gave_up)
+                        .await?;
+                }
+                for q in batch {
+                    if gave_up {
+                        self.outbox.finish(q, EntryState::GaveUp).await?;
+                    } else {
+                        let next = now + backoff(q.entry.value.attempts + 1);
+                        self.outbox.failed(q, &reason, next, true).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_failed(
+        &self,
+        ctx: &Context,
+        cause: &Event,
+        about: &[uuid::Uuid],
+        reason: &str,
+        attempts: u32,
+        gave_up: bool,
+    ) -> Result<(), BusError> {
+        let failed = NotifyFailed {
+            channel: self.channel.kind().as_str().to_owned(),
+            about: about.to_vec(),
+            reason: reason.to_owned(),
+            attempts,
+            gave_up,
+        };
+        ctx.bus.publish(&Event::caused_by(cause, ctx.source(), failed)).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_and_is_capped() {
+        let got: Vec<u64> = (1..=10).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(got, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,353 @@
+//! What a notification says: each event becomes an [`Item`] (headline, facts, log lines, what
+//! to do next), and a batch of items becomes a [`Message`] (subject, plain text, HTML) through
+//! the templates in `templates/`.
+//!
+//! Invariant: the subject alone tells an operator scanning an inbox what happened and where.
+
+use minijinja::Environment;
+use serde::Serialize;
+use steward_events::{Event, EventData};
+use time::macros::format_description;
+use uuid::Uuid;
+
+/// One event, told for a human.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    /// Event type.
+    pub kind: &'static str,
+    /// Event id.
+    pub id: Uuid,
+    /// One line: what happened to what. Also the subject of a one-item message.
+    pub headline: String,
+    /// The container it is about, if any.
+    pub container: Option<String>,
+    /// When it happened (UTC).
+    pub when: String,
+    /// The host whose Steward saw it.
+    pub host: String,
+    /// Label/value rows.
+    pub facts: Vec<(String, String)>,
+    /// Log or stderr lines of the failing step.
+    pub log_tail: Vec<String>,
+    /// What the operator should do now.
+    pub next: String,
+    /// Signed approval page (update.pending only).
+    pub approval_url: Option<String>,
+    /// Whether this item needs a human decision (never grouped with others).
+    pub needs_decision: bool,
+}
+
+/// A rendered notification.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: String,
+    /// HTML body.
+    pub html: String,
+    /// The items, for the webhook's JSON.
+    pub items: Vec<Item>,
+}
+
+const SUBJECT_PREFIX: &str = "[steward]";
+
+fn utc(t: time::OffsetDateTime) -> String {
+    let f = format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    t.to_offset(time::UtcOffset::UTC).format(&f).unwrap_or_else(|_| t.to_string())
+}
+
+fn host_of(source: &str) -> String {
+    source.split_once('/').map_or(source, |(_, h)| h).to_owned()
+}
+
+/// `1.22.7 (3f2a…)` with tag tracking, else the moving tag's reference and the new digest.
+fn version(image: &str, tag: Option<&str>, digest: &steward_events::Digest) -> String {
+    match tag {
+        Some(t) => format!("{t} ({})", digest.short()),
+        None => format!("{image} ({})", digest.short()),
+    }
+}
+
+fn ms(duration_ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(duration_ms.div_ceil(1000)))
+        .to_string()
+}
+
+fn first_line(s: &str) -> &str {
+    let line = s.lines().next().unwrap_or_default();
+    match line.char_indices().nth(100) {
+        Some((i, _)) => &line[..i],
+        None => line,
+    }
+}
+
+/// Tells `event` for a human.
+pub fn describe(event: &Event) -> Item {
+    let mut item = Item {
+        kind: event.event_type(),
+        id: event.id,
+        headline: String::new(),
+        container: event.data.container().or(event.container()).map(str::to_owned),
+        when: utc(event.time),
+        host: host_of(&event.source),
+        facts: vec![],
+        log_tail: vec![],
+        next: String::new(),
+        approval_url: None,
+        needs_decision: false,
+    };
+    let fact = |k: &str, v: String| (k.to_owned(), v);
+    match &event.data {
+        EventData::UpdatePending(p) => {
+            let new = version(&p.image, p.new_tag.as_deref(), &p.new_digest);
+            item.headline = format!("Approve update of {} to {new}?", p.container);
+            item.facts = vec![
+                fact("Container", p.container.clone()),
+                fact("Image", p.image.clone()),
+                fact("Running", p.current_digest.to_string()),
+                fact("New", format!("{}{}", p.new_digest, p.new_tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default())),
+                fact("Update id", p.update_id.to_string()),
+            ];
+            item.next = match (&p.approval_url, p.expires_at) {
+                (Some(_), Some(exp)) => format!(
+                    "Open the approval page to approve or reject (the link works once and expires {}), or run `steward approve {id}` / `steward reject {id}` on the host.",
+                    utc(exp),
+                    id = p.update_id
+                ),
+                _ => format!(
+                    "Run `steward approve {id}` or `steward reject {id}` on the host.",
+                    id = p.update_id
+                ),
+            };
+            item.approval_url = p.approval_url.clone();
+            item.needs_decision = true;
+        }
+        EventData::UpdateSucceeded(s) => {
+            item.headline =
+                format!("{} updated to {}", s.container, version(&s.image, None, &s.to_digest));
+            item.facts = vec![
+                fact("Container", s.container.clone()),
+                fact("Image", s.image.clone()),
+                fact("Before", s.from_digest.to_string()),
+                fact("Now", s.to_digest.to_string()),
+                fact("Took", ms(s.duration_ms)),
+            ];
+            if let Some(by) = &s.approved_by {
+                item.facts.push(fact("Approved by", by.clone()));
+            }
+            item.next = "Nothing to do: the container passed its health gate on the new image.".into();
+        }
+        EventData::UpdateFailed(f) => {
+            item.headline = format!("Update of {} failed: {}", f.container, first_line(&f.reason));
+            item.facts = vec![
+                fact("Container", f.container.clone()),
+                fact("Image", f.image.clone()),
+                fact("Reason", f.reason.clone()),
+            ];
+            item.log_tail = f.log_tail.clone();
+            item.next = "The running container was not touched. Fix the cause, then run `steward check` to offer the update again.".into();
+        }
+        EventData::UpdateRolledBack(r) => {
+            item.headline =
+                format!("Update of {} rolled back: {}", r.container, first_line(&r.reason));
+            item.facts = vec![
+                fact("Container", r.container.clone()),
+                fact("Image", r.image.clone()),
+                fact("Refused", r.to_digest.to_string()),
+                fact("Running again", r.from_digest.to_string()),
+                fact("Reason", r.reason.clone()),
+            ];
+            item.log_tail = r.log_tail.clone();
+            item.next = "The previous image runs again with the same configuration. The refused digest is not retried; a newer one will be offered when it appears. The log lines below are from the failed container.".into();
+        }
+        EventData::BackupFailed(b) => {
+            item.headline = format!("Backup failed: {}", first_line(&b.reason));
+            item.facts = vec![fact("Reason", b.reason.clone())];
+            if let Some(id) = &b.backup_id {
+                item.facts.insert(0, fact("Backup", id.clone()));
+            }
+            item.log_tail = b.stderr_tail.clone();
+            item.next = "No manifest was written, so this backup is never used; earlier backups are intact. Fix the cause and run `steward backup now --wait` (runbook: a backup failed).".into();
+        }
+        EventData::VerifyFailed(v) => {
+            item.headline = format!("Backup {} failed verification", v.backup_id);
+            item.facts =
+                vec![fact("Backup", v.backup_id.clone()), fact("Reason", v.reason.clone())];
+            item.log_tail = v.log_tail.clone();
+            item.next = "Do not restore this backup. Take a new one with `steward backup now --wait` and verify it.".into();
+        }
+        EventData::RestoreDone(r) => {
+            item.headline = format!("Restore of backup {} done", r.backup_id);
+            item.facts = vec![
+                fact("Backup", r.backup_id.clone()),
+                fact("Restored", r.restored.join(", ")),
+                fact("Took", ms(r.duration_ms)),
+            ];
+            item.next = "The containers are running and healthy; check the application.".into();
+        }
+        EventData::RestoreFailed(r) => {
+            item.headline =
+                format!("Restore of backup {} failed: {}", r.backup_id, first_line(&r.reason));
+            item.facts =
+                vec![fact("Backup", r.backup_id.clone()), fact("Reason", r.reason.clone())];
+            item.log_tail = r.log_tail.clone();
+            item.next = "Containers may be stopped or partly restored. Follow the restore runbook; `steward restore` can be run again.".into();
+        }
+        EventData::HealthFailed(h) => {
+            item.headline = format!("{} is unhealthy ({})", h.container, h.check);
+            item.facts = vec![
+                fact("Container", h.container.clone()),
+                fact("Check", h.check.clone()),
+                fact("Saw", h.reason.clone()),
+                fact("Failed", format!("{} times in a row", h.consecutive_failures)),
+            ];
+            item.next = format!("Look at `docker logs {}` on the host. A recovery notice follows when it passes again.", h.container);
+        }
+        EventData::HealthRecovered(h) => {
+            item.headline = format!("{} recovered", h.container);
+            item.facts = vec![
+                fact("Container", h.container.clone()),
+                fact("Down for", ms(h.down_for_ms)),
+            ];
+            item.next = "Nothing to do.".into();
+        }
+        other => {
+            item.headline = format!("{} event", other.event_type());
+            item.next = "See `steward events replay` for details.".into();
+        }
+    }
+    item
+}
+
+/// The subject of a message of `items` (at least one).
+pub fn subject(items: &[Item]) -> String {
+    let hosts: std::collections::BTreeSet<&str> = items.iter().map(|i| i.host.as_str()).collect();
+    let at = match hosts.len() {
+        1 => format!(" {}:", hosts.iter().next().copied().unwrap_or_default()),
+        _ => String::new(),
+    };
+    if let [one] = items {
+        return format!("{SUBJECT_PREFIX}{at} {}", one.headline);
+    }
+    // Ten containers failing at once: "10 unhealthy: a, b, c and 7 more".
+    let mut kinds: Vec<(&str, usize)> = vec![];
+    for i in items {
+        match kinds.iter_mut().find(|(k, _)| *k == i.kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((i.kind, 1)),
+        }
+    }
+    let summary = kinds
+        .iter()
+        .map(|(k, n)| format!("{n} {}", kind_phrase(k, *n)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut names: Vec<&str> = items.iter().filter_map(|i| i.container.as_deref()).collect();
+    names.dedup();
+    let shown = names.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+    let more = names.len().saturating_sub(3);
+    let who = match (shown.is_empty(), more) {
+        (true, _) => String::new(),
+        (false, 0) => format!(": {shown}"),
+        (false, n) => format!(": {shown} and {n} more"),
+    };
+    format!("{SUBJECT_PREFIX}{at} {summary}{who}")
+}
+
+fn kind_phrase(kind: &str, n: usize) -> &'static str {
+    let one = n == 1;
+    match kind {
+        "update.pending" => if one { "update awaiting approval" } else { "updates awaiting approval" },
+        "update.succeeded" => if one { "update done" } else { "updates done" },
+        "update.failed" => if one { "update failed" } else { "updates failed" },
+        "update.rolled_back" => if one { "update rolled back" } else { "updates rolled back" },
+        "backup.failed" => if one { "backup failed" } else { "backups failed" },
+        "verify.failed" => if one { "backup failed verification" } else { "backups failed verification" },
+        "restore.done" => if one { "restore done" } else { "restores done" },
+        "restore.failed" => if one { "restore failed" } else { "restores failed" },
+        "health.failed" => "unhealthy",
+        "health.recovered" => "recovered",
+        _ => if one { "event" } else { "events" },
+    }
+}
+
+/// The templates, compiled once.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").finish_non_exhaustive()
+    }
+}
+
+impl Templates {
+    /// Loads the built-in templates. The `.html` one auto-escapes everything it prints.
+    pub fn builtin() -> Result<Self, minijinja::Error> {
+        let mut env = Environment::new();
+        env.add_template("mail.txt", include_str!("../templates/mail.txt"))?;
+        env.add_template("mail.html", include_str!("../templates/mail.html"))?;
+        Ok(Self { env })
+    }
+
+    /// Renders `items` (at least one) as one message.
+    pub fn render(&self, items: Vec<Item>) -> Result<Message, minijinja::Error> {
+        let subject = subject(&items);
+        let ctx = minijinja::context! { subject => &subject, items => &items };
+        let text = self.env.get_template("mail.txt")?.render(&ctx)?;
+        let html = self.env.get_template("mail.html")?.render(&ctx)?;
+        Ok(Message { subject, text, html, items })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(kind: &str) -> Event {
+        let data = steward_events::samples::all("gitea").into_iter().find(|d| d.event_type() == kind).expect("sample");
+        Event::new("steward-updater/gitea-host", data)
+    }
+
+    #[test]
+    fn a_pending_update_asks_for_a_decision_and_carries_its_link() {
+        let t = Templates::builtin().expect("templates");
+        let m = t.render(vec![describe(&sample("update.pending"))]).expect("render");
+        assert!(m.subject.starts_with("[steward] gitea-host: Approve update of gitea to"), "{}", m.subject);
+        assert!(m.text.contains("https://steward.example/approve?t=token"), "{}", m.text);
+        // Auto-escaping writes `/` as `&#x2f;`, which every HTML reader decodes in attributes.
+        let href = "href=\"https:&#x2f;&#x2f;steward.example&#x2f;approve?t=token\"";
+        assert!(m.html.contains(href), "{}", m.html);
+        assert!(m.items[0].needs_decision);
+    }
+
+    #[test]
+    fn a_rolled_back_update_shows_reason_and_log_lines_escaped_in_html() {
+        let mut e = sample("update.rolled_back");
+        if let EventData::UpdateRolledBack(r) = &mut e.data {
+            r.log_tail = vec!["<script>alert(1)</script> panic: boom".into()];
+        }
+        let t = Templates::builtin().expect("templates");
+        let m = t.render(vec![describe(&e)]).expect("render");
+        assert!(m.subject.contains("rolled back"), "{}", m.subject);
+        assert!(m.text.contains("<script>alert(1)</script> panic: boom"), "{}", m.text);
+        assert!(!m.html.contains("<script>"), "{}", m.html);
+        assert!(m.html.contains("&lt;script&gt;"), "{}", m.html);
+    }
+
+    #[test]
+    fn a_burst_gets_one_subject_naming_the_containers() {
+        let items: Vec<Item> = (0..10)
+            .map(|i| {
+                let mut e = sample("health.failed");
+                if let EventData::HealthFailed(h) = &mut e.data {
+                    h.container = format!("app{i}");
+                }
+                describe(&e)
+            })
+            .collect();
+        assert_eq!(subject(&items), "[steward] gitea-host: 10 unhealthy: app0, app1, app2 and 7 more");
+    }
+}
