@@ -1,17 +1,19 @@
 //! The HTTP server of every service: `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Services add their own routes (the updater's approval page) with [`crate::Runtime::serve`].
+//! Services add their own routes (the updater's approval page) with
+//! [`crate::Context::serve_routes`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use steward_bus::Bus;
 use steward_engine::Engine;
+use tower::ServiceExt as _;
 
 use crate::metrics::Metrics;
 
@@ -22,12 +24,25 @@ pub(crate) struct Probe {
     pub metrics: Arc<Metrics>,
 }
 
-pub(crate) fn router(probe: Probe) -> Router {
+/// The standard routes; anything else goes to the service's own routes once it set them.
+pub(crate) fn router(probe: Probe, own: Arc<OnceLock<Router>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(probe)
+        .fallback(move |request: Request| {
+            let own = own.get().cloned();
+            async move {
+                match own {
+                    Some(router) => match router.oneshot(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        })
 }
 
 /// Ready when NATS answers a round trip and, for services that need it, Docker answers a ping.

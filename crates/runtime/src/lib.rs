@@ -45,12 +45,20 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// The service's metrics; add your own with [`Metrics::register`].
     pub metrics: Arc<Metrics>,
+    /// The service's own HTTP routes, served beside the standard ones once set.
+    routes: Arc<std::sync::OnceLock<axum::Router>>,
 }
 
 impl Context {
     /// `steward-<service>/<hostname>`: the CloudEvents `source` of what this service publishes.
     pub fn source(&self) -> String {
         event_source(self.service)
+    }
+
+    /// Serves `router` beside `/healthz`, `/readyz` and `/metrics` on `STEWARD_HTTP_ADDR`
+    /// (e.g. the updater's approval page). Set once; a second call is refused.
+    pub fn serve_routes(&self, router: axum::Router) -> anyhow::Result<()> {
+        self.routes.set(router).map_err(|_| anyhow::anyhow!("service routes are already set"))
     }
 
     /// Publishes an event caused by `cause` (same correlation id).
@@ -105,20 +113,22 @@ impl Runtime {
             None
         };
         let metrics = Arc::new(Metrics::new(service.name()));
-        let ctx = Context { service, bus, engine, shutdown, metrics: metrics.clone() };
+        let routes = Arc::new(std::sync::OnceLock::new());
+        let ctx = Context { service, bus, engine, shutdown, metrics: metrics.clone(), routes };
         let runtime = Self { config, ctx, metrics };
-        runtime.serve(axum::Router::new()).await?;
+        runtime.serve().await?;
         Ok(runtime)
     }
 
-    /// Serves the standard endpoints plus `extra` routes on `STEWARD_HTTP_ADDR`.
-    async fn serve(&self, extra: axum::Router) -> anyhow::Result<()> {
+    /// Serves the standard endpoints on `STEWARD_HTTP_ADDR` at once, and the service's own
+    /// routes as soon as it sets them ([`Context::serve_routes`]).
+    async fn serve(&self) -> anyhow::Result<()> {
         let probe = http::Probe {
             bus: self.ctx.bus.clone(),
             engine: self.ctx.engine.clone(),
             metrics: self.metrics.clone(),
         };
-        let app = http::router(probe).merge(extra);
+        let app = http::router(probe, self.ctx.routes.clone());
         let addr = self.config.http_addr;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 
+use crate::links::{ApprovalLinks, MIN_SECRET_LEN};
+
 /// How long a requested pre-update backup is waited for.
 pub const ENV_BACKUP_TIMEOUT: &str = "STEWARD_UPDATE_BACKUP_TIMEOUT";
 /// How long the health gate waits for a healthcheck or HTTP probe to pass.
@@ -12,6 +14,12 @@ pub const ENV_HEALTH_TIMEOUT: &str = "STEWARD_HEALTH_TIMEOUT";
 pub const ENV_HEALTH_GRACE: &str = "STEWARD_HEALTH_GRACE";
 /// How long the `steward.update.pre` hook may run.
 pub const ENV_HOOK_TIMEOUT: &str = "STEWARD_HOOK_TIMEOUT";
+/// Base URL under which operators reach the updater's approval page (behind nginx).
+pub const ENV_PUBLIC_URL: &str = "STEWARD_PUBLIC_URL";
+/// Key that signs approval links (at least 32 bytes; give it as `_FILE`).
+pub const ENV_APPROVAL_SECRET: &str = "STEWARD_APPROVAL_SECRET";
+/// How long an approval link stays valid.
+pub const ENV_APPROVAL_TTL: &str = "STEWARD_APPROVAL_TTL";
 
 /// The updater's settings.
 #[derive(Debug, Clone)]
@@ -24,6 +32,8 @@ pub struct UpdaterConfig {
     pub health_grace: Duration,
     /// Pre-update hook limit.
     pub hook_timeout: Duration,
+    /// Signed approval links; `None` without a public URL and secret (CLI approvals only).
+    pub links: Option<ApprovalLinks>,
 }
 
 impl UpdaterConfig {
@@ -34,6 +44,40 @@ impl UpdaterConfig {
             health_timeout: env.duration(ENV_HEALTH_TIMEOUT, Duration::from_secs(120)),
             health_grace: env.duration(ENV_HEALTH_GRACE, Duration::from_secs(30)),
             hook_timeout: env.duration(ENV_HOOK_TIMEOUT, Duration::from_secs(120)),
+            links: read_links(env),
+        }
+    }
+}
+
+fn read_links(env: &mut Env) -> Option<ApprovalLinks> {
+    let url = env.optional(ENV_PUBLIC_URL).filter(|s| !s.is_empty());
+    let secret = env.optional(ENV_APPROVAL_SECRET).filter(|s| !s.is_empty());
+    let ttl = env.duration(ENV_APPROVAL_TTL, Duration::from_secs(72 * 3600));
+    match (url, secret) {
+        (None, None) => None,
+        (Some(url), None) => {
+            env.error(ENV_PUBLIC_URL, &url, format!("set without {ENV_APPROVAL_SECRET}"));
+            None
+        }
+        (None, Some(_)) => {
+            env.error(ENV_APPROVAL_SECRET, "***", format!("set without {ENV_PUBLIC_URL}"));
+            None
+        }
+        (Some(url), Some(secret)) => {
+            let parsed = reqwest::Url::parse(&url);
+            if !parsed.as_ref().is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                env.error(ENV_PUBLIC_URL, &url, "expected an http(s) URL, e.g. https://git.example.com/steward");
+                return None;
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                env.error(
+                    ENV_APPROVAL_SECRET,
+                    "***",
+                    format!("{} bytes; at least {MIN_SECRET_LEN} are needed (e.g. `openssl rand -hex 32`)", secret.len()),
+                );
+                return None;
+            }
+            Some(ApprovalLinks::new(&url, secret.as_bytes(), ttl))
         }
     }
 }

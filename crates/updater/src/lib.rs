@@ -10,6 +10,8 @@
 
 pub mod config;
 pub mod flow;
+pub mod links;
+pub mod page;
 
 use std::time::Duration;
 
@@ -34,7 +36,15 @@ impl Updater {
     /// sweep (backup timeouts, deferred updates whose minimum age or window has come).
     pub async fn start(cfg: UpdaterConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().context("the updater needs Docker")?;
+        let links = cfg.links.clone();
         let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
+        match links {
+            Some(links) => {
+                ctx.serve_routes(page::router(flow.clone(), links).await?)?;
+                tracing::info!("approval page served at /approve/");
+            }
+            None => tracing::info!("no STEWARD_PUBLIC_URL/STEWARD_APPROVAL_SECRET: approvals by CLI only"),
+        }
         flow.resume().await.context("rolling back interrupted updates")?;
         let sweeper = flow.clone();
         let shutdown = ctx.shutdown.clone();

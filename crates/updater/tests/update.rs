@@ -67,6 +67,7 @@ async fn flow(bus: &Bus) -> Flow {
         health_timeout: Duration::from_secs(30),
         health_grace: Duration::from_secs(3),
         hook_timeout: Duration::from_secs(10),
+        links: None,
     };
     Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
         .await

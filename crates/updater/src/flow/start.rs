@@ -64,6 +64,7 @@ impl Flow {
         };
         let versioned = steward_bus::Versioned { value: record.clone(), revision };
         if settings.policy == Policy::Manual {
+            let link = self.cfg.links.as_ref().map(|l| l.mint(record.update_id, OffsetDateTime::now_utc()));
             let data = UpdatePending {
                 update_id: record.update_id,
                 container: record.container.clone(),
@@ -71,8 +72,8 @@ impl Flow {
                 current_digest: record.from_digest.clone(),
                 new_digest: record.to_digest.clone(),
                 new_tag: record.new_tag.clone(),
-                approval_url: None,
-                expires_at: None,
+                approval_url: link.as_ref().map(|(url, _)| url.clone()),
+                expires_at: link.map(|(_, expires)| expires),
             };
             self.publish(&mut record, data).await?;
             self.save(record, versioned.revision).await?;

@@ -1,0 +1,146 @@
+//! Signed approval links: `PUBLIC_URL/approve/TOKEN`, where the token names the update and an
+//! expiry time, signed with HMAC-SHA256 under `STEWARD_APPROVAL_SECRET`.
+//!
+//! Invariants: a token is accepted only with a valid signature (checked in constant time)
+//! and before its expiry; the signature is checked first, so a forged token learns nothing
+//! about expiry. Single use is enforced by the page ([`crate::page`]), not by the token.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Shortest accepted secret, in bytes: an HMAC-SHA256 key shorter than its output is weak.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// Not a token at all, or a signature that does not match.
+    #[error("this link is not valid: it was not issued by this Steward, or it was altered")]
+    Forged,
+    /// Genuine, but too old.
+    #[error("this link expired at {0}")]
+    Expired(OffsetDateTime),
+}
+
+/// Mints and checks approval links.
+#[derive(Clone)]
+pub struct ApprovalLinks {
+    base: String,
+    secret: Vec<u8>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for ApprovalLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret mints approvals: never print it.
+        f.debug_struct("ApprovalLinks")
+            .field("base", &self.base)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApprovalLinks {
+    /// Links under `public_url` (no trailing slash needed), signed with `secret`, valid `ttl`.
+    pub fn new(public_url: &str, secret: &[u8], ttl: Duration) -> Self {
+        Self {
+            base: public_url.trim_end_matches('/').to_owned(),
+            secret: secret.to_vec(),
+            ttl,
+        }
+    }
+
+    fn mac(&self, update_id: Uuid, expires: i64) -> Hmac<Sha256> {
+        // `new_from_slice` accepts keys of any length for HMAC.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("steward-approval-v1:{update_id}:{expires}").as_bytes());
+        mac
+    }
+
+    /// A link for `update_id`, and when it expires.
+    pub fn mint(&self, update_id: Uuid, now: OffsetDateTime) -> (String, OffsetDateTime) {
+        let expires = now + self.ttl;
+        let ts = expires.unix_timestamp();
+        let sig = URL_SAFE_NO_PAD.encode(self.mac(update_id, ts).finalize().into_bytes());
+        let token = format!("{}.{ts}.{sig}", update_id.simple());
+        (format!("{}/approve/{token}", self.base), expires)
+    }
+
+    /// The update a token approves, if it is genuine and not expired at `now`.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Uuid, LinkError> {
+        let mut parts = token.split('.');
+        let (Some(id), Some(ts), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(LinkError::Forged);
+        };
+        let update_id = Uuid::try_parse(id).map_err(|_| LinkError::Forged)?;
+        let ts: i64 = ts.parse().map_err(|_| LinkError::Forged)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| LinkError::Forged)?;
+        self.mac(update_id, ts).verify_slice(&sig).map_err(|_| LinkError::Forged)?;
+        let expires = OffsetDateTime::from_unix_timestamp(ts).map_err(|_| LinkError::Forged)?;
+        if expires <= now {
+            return Err(LinkError::Expired(expires));
+        }
+        Ok(update_id)
+    }
+}
+
+/// The token part of a link (what follows `/approve/`).
+pub fn token_of(url: &str) -> Option<&str> {
+    url.rsplit_once("/approve/").map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links() -> ApprovalLinks {
+        ApprovalLinks::new("https://git.example.com/steward/", &[7u8; 32], Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn a_minted_link_verifies_until_it_expires() {
+        let l = links();
+        let id = Uuid::now_v7();
+        let now = OffsetDateTime::now_utc();
+        let (url, expires) = l.mint(id, now);
+        assert!(url.starts_with("https://git.example.com/steward/approve/"), "{url}");
+        let token = token_of(&url).expect("token");
+        assert_eq!(l.verify(token, now), Ok(id));
+        assert_eq!(
+            l.verify(token, now + Duration::from_secs(3601)),
+            Err(LinkError::Expired(expires.replace_nanosecond(0).expect("ns")))
+        );
+    }
+
+    #[test]
+    fn altered_or_foreign_tokens_are_forged() {
+        let l = links();
+        let now = OffsetDateTime::now_utc();
+        let (url, _) = l.mint(Uuid::now_v7(), now);
+        let token = token_of(&url).expect("token");
+        // Another update id, a later expiry, another key, garbage: all refused as forged.
+        let (id, rest) = token.split_once('.').expect("id");
+        let other_id = format!("{}.{rest}", Uuid::now_v7().simple());
+        assert_eq!(l.verify(&other_id, now), Err(LinkError::Forged));
+        let (head, sig) = token.rsplit_once('.').expect("sig");
+        let (_, ts) = head.split_once('.').expect("ts");
+        let later = format!("{id}.{}.{sig}", ts.parse::<i64>().expect("ts") + 86400);
+        assert_eq!(l.verify(&later, now), Err(LinkError::Forged));
+        let other_key = ApprovalLinks::new("https://x", &[8u8; 32], Duration::from_secs(3600));
+        assert_eq!(other_key.verify(token, now), Err(LinkError::Forged));
+        for junk in ["", "a.b.c", "x", &format!("{token}.extra")] {
+            assert_eq!(l.verify(junk, now), Err(LinkError::Forged), "{junk}");
+        }
+        // An expired forgery is still reported as forged, not expired.
+        assert_eq!(l.verify(&later, now + Duration::from_secs(10 * 86400)), Err(LinkError::Forged));
+    }
+}
