@@ -3,6 +3,9 @@
 //! The binaries must be built first (`cargo build --workspace --bins`; the README's test
 //! command does it): a test of one package cannot ask Cargo to build another's binaries.
 
+pub mod apps;
+pub mod mail;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

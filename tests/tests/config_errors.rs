@@ -63,3 +63,32 @@ fn an_unreadable_secret_file_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn notifier_and_approval_settings_are_checked_without_echoing_secrets() {
+    let (code, stderr) = run("steward-notifier", &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no channel configured"), "{stderr}");
+
+    let (code, stderr) = run(
+        "steward-notifier",
+        &[("STEWARD_SMTP_URL", "smtp://ops:hunter2@127.0.0.1:2525"), ("STEWARD_MAIL_TO", "ops")],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("STEWARD_MAIL_FROM") && stderr.contains("STEWARD_MAIL_TO"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the SMTP password leaked: {stderr}");
+
+    let (code, stderr) = run(
+        "steward-updater",
+        &[
+            ("STEWARD_PUBLIC_URL", "https://git.example.com/steward"),
+            ("STEWARD_APPROVAL_SECRET", "short-secret"),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("STEWARD_APPROVAL_SECRET") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("short-secret"), "the secret leaked: {stderr}");
+}

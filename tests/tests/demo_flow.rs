@@ -34,6 +34,9 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
                 ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
                 ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ];
+            if *name == "steward-notifier" {
+                env.push(("STEWARD_WEBHOOK_URL", "http://127.0.0.1:9/unused".into()));
+            }
             if *name == "steward-backup" {
                 // A scope no container has: the backup holds only its (empty) configuration.
                 env.extend(bucket.env());

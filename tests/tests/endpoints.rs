@@ -41,6 +41,8 @@ fn service_env(
         ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
         ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
         ("DOCKER_HOST", docker_host.to_owned()),
+        // The notifier needs a channel; the webhook is never called by these tests.
+        ("STEWARD_WEBHOOK_URL", "http://127.0.0.1:9/unused".to_owned()),
     ]
 }
 

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, EventData};
+use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::{steward_ok as steward, Proc};
-use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag};
-use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for, TestBus};
+use steward_testkit::docker::{docker, push_app};
+use steward_testkit::{http_get, stored_events, unique_name, wait_for, TestBus};
 
 fn service(bin: &str, bus: &Bus, scope: &str) -> Proc {
     let extra = [
@@ -20,78 +21,11 @@ fn service(bin: &str, bus: &Bus, scope: &str) -> Proc {
     Proc::service(bin, bus, &extra)
 }
 
-async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
-    let deadline = Instant::now() + bound;
-    loop {
-        let all = stored_events(bus).await;
-        if all.iter().any(|e| e.event_type() == what) {
-            return all;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what}; saw {:?}",
-            all.iter().map(Event::event_type).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-struct App {
-    name: String,
-    image: String,
-    port: u16,
-    _c: Container,
-    _tag: ImageTag,
-}
-
-fn app(scope: &str, policy: &str) -> App {
-    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/e2e"));
-    let tag = ImageTag(image.clone());
-    push_app("v1", &image);
-    let name = unique_name("e2e");
-    let port = free_port();
-    let (publish, scope_label, policy_label) = (
-        format!("127.0.0.1:{port}:8080"),
-        format!("steward.scope={scope}"),
-        format!("steward.update.policy={policy}"),
-    );
-    let c = Container::run(
-        &name,
-        &[
-            "-p",
-            &publish,
-            "--label",
-            "steward.enable=true",
-            "--label",
-            &scope_label,
-            "--label",
-            &policy_label,
-            "--label",
-            "steward.update.backup=false",
-            &image,
-        ],
-    );
-    wait_for("v1 served", Duration::from_secs(15), || {
-        http_get(port).filter(|b| b.contains("app v1"))
-    });
-    App { name, image, port, _c: c, _tag: tag }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", &format!("{}{suffix}", self.name)])
-                .output();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_update_waits_for_steward_approve() {
     let bus = TestBus::new("e2emanual").await;
     let scope = unique_name("scope");
-    let app = app(&scope, "manual");
+    let app = app(&scope, "manual", &[]);
     let _watcher = service("steward-watcher", &bus, &scope);
     let _updater = service("steward-updater", &bus, &scope);
     push_app("v2", &app.image);
@@ -141,7 +75,7 @@ async fn a_manual_update_waits_for_steward_approve() {
 async fn an_updater_killed_mid_update_is_rolled_back_by_its_successor() {
     let bus = TestBus::new("e2ekill").await;
     let scope = unique_name("scope");
-    let app = app(&scope, "automatic");
+    let app = app(&scope, "automatic", &[]);
     let _watcher = service("steward-watcher", &bus, &scope);
     let mut updater = service("steward-updater", &bus, &scope);
     // The broken v3 keeps the updater in its health gate for seconds: kill it there.

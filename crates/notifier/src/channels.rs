@@ -105,9 +105,5 @@ async fn send_mail(
                 .singlepart(SinglePart::html(m.html.clone())),
         )
         .map_err(|err| format!("cannot build the mail: {err}"))?;
-    transport
-        .send(mail)
-        .await
-        .map(|_| ())
-        .map_err(|err| format!("SMTP {}: {err}", e.server))
+    transport.send(mail).await.map(|_| ()).map_err(|err| format!("SMTP {}: {err}", e.server))
 }

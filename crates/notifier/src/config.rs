@@ -221,17 +221,22 @@ mod tests {
         let e = read(&[]).expect_err("no channel");
         assert!(e.contains(ENV_SMTP_URL) && e.contains(ENV_WEBHOOK_URL), "{e}");
 
-        let e = read(&[(ENV_SMTP_URL, "smtp://u:secretpw@host:25"), (ENV_MAIL_TO, "not an address")])
-            .expect_err("bad");
+        let e =
+            read(&[(ENV_SMTP_URL, "smtp://u:secretpw@host:25"), (ENV_MAIL_TO, "not an address")])
+                .expect_err("bad");
         assert!(e.contains(ENV_MAIL_FROM) && e.contains(ENV_MAIL_TO), "{e}");
         assert!(!e.contains("secretpw"), "{e}");
 
-        let e = read(&[(ENV_SMTP_URL, "ftp://host"), (ENV_MAIL_FROM, "a@b.c"), (ENV_MAIL_TO, "a@b.c")])
-            .expect_err("bad scheme");
+        let e =
+            read(&[(ENV_SMTP_URL, "ftp://host"), (ENV_MAIL_FROM, "a@b.c"), (ENV_MAIL_TO, "a@b.c")])
+                .expect_err("bad scheme");
         assert!(e.contains(ENV_SMTP_URL), "{e}");
 
-        let e = read(&[(ENV_WEBHOOK_URL, "http://127.0.0.1:1/hook"), (ENV_EVENTS, "update.pending,image.updated")])
-            .expect_err("event not received");
+        let e = read(&[
+            (ENV_WEBHOOK_URL, "http://127.0.0.1:1/hook"),
+            (ENV_EVENTS, "update.pending,image.updated"),
+        ])
+        .expect_err("event not received");
         assert!(e.contains("image.updated"), "{e}");
     }
 }

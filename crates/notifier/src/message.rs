@@ -106,7 +106,14 @@ pub fn describe(event: &Event) -> Item {
                 fact("Container", p.container.clone()),
                 fact("Image", p.image.clone()),
                 fact("Running", p.current_digest.to_string()),
-                fact("New", format!("{}{}", p.new_digest, p.new_tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default())),
+                fact(
+                    "New",
+                    format!(
+                        "{}{}",
+                        p.new_digest,
+                        p.new_tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default()
+                    ),
+                ),
                 fact("Update id", p.update_id.to_string()),
             ];
             item.next = match (&p.approval_url, p.expires_at) {
@@ -136,7 +143,8 @@ pub fn describe(event: &Event) -> Item {
             if let Some(by) = &s.approved_by {
                 item.facts.push(fact("Approved by", by.clone()));
             }
-            item.next = "Nothing to do: the container passed its health gate on the new image.".into();
+            item.next =
+                "Nothing to do: the container passed its health gate on the new image.".into();
         }
         EventData::UpdateFailed(f) => {
             item.headline = format!("Update of {} failed: {}", f.container, first_line(&f.reason));
@@ -206,10 +214,8 @@ pub fn describe(event: &Event) -> Item {
         }
         EventData::HealthRecovered(h) => {
             item.headline = format!("{} recovered", h.container);
-            item.facts = vec![
-                fact("Container", h.container.clone()),
-                fact("Down for", ms(h.down_for_ms)),
-            ];
+            item.facts =
+                vec![fact("Container", h.container.clone()), fact("Down for", ms(h.down_for_ms))];
             item.next = "Nothing to do.".into();
         }
         other => {
@@ -258,17 +264,71 @@ pub fn subject(items: &[Item]) -> String {
 fn kind_phrase(kind: &str, n: usize) -> &'static str {
     let one = n == 1;
     match kind {
-        "update.pending" => if one { "update awaiting approval" } else { "updates awaiting approval" },
-        "update.succeeded" => if one { "update done" } else { "updates done" },
-        "update.failed" => if one { "update failed" } else { "updates failed" },
-        "update.rolled_back" => if one { "update rolled back" } else { "updates rolled back" },
-        "backup.failed" => if one { "backup failed" } else { "backups failed" },
-        "verify.failed" => if one { "backup failed verification" } else { "backups failed verification" },
-        "restore.done" => if one { "restore done" } else { "restores done" },
-        "restore.failed" => if one { "restore failed" } else { "restores failed" },
+        "update.pending" => {
+            if one {
+                "update awaiting approval"
+            } else {
+                "updates awaiting approval"
+            }
+        }
+        "update.succeeded" => {
+            if one {
+                "update done"
+            } else {
+                "updates done"
+            }
+        }
+        "update.failed" => {
+            if one {
+                "update failed"
+            } else {
+                "updates failed"
+            }
+        }
+        "update.rolled_back" => {
+            if one {
+                "update rolled back"
+            } else {
+                "updates rolled back"
+            }
+        }
+        "backup.failed" => {
+            if one {
+                "backup failed"
+            } else {
+                "backups failed"
+            }
+        }
+        "verify.failed" => {
+            if one {
+                "backup failed verification"
+            } else {
+                "backups failed verification"
+            }
+        }
+        "restore.done" => {
+            if one {
+                "restore done"
+            } else {
+                "restores done"
+            }
+        }
+        "restore.failed" => {
+            if one {
+                "restore failed"
+            } else {
+                "restores failed"
+            }
+        }
         "health.failed" => "unhealthy",
         "health.recovered" => "recovered",
-        _ => if one { "event" } else { "events" },
+        _ => {
+            if one {
+                "event"
+            } else {
+                "events"
+            }
+        }
     }
 }
 
@@ -307,7 +367,10 @@ mod tests {
     use super::*;
 
     fn sample(kind: &str) -> Event {
-        let data = steward_events::samples::all("gitea").into_iter().find(|d| d.event_type() == kind).expect("sample");
+        let data = steward_events::samples::all("gitea")
+            .into_iter()
+            .find(|d| d.event_type() == kind)
+            .expect("sample");
         Event::new("steward-updater/gitea-host", data)
     }
 
@@ -315,7 +378,11 @@ mod tests {
     fn a_pending_update_asks_for_a_decision_and_carries_its_link() {
         let t = Templates::builtin().expect("templates");
         let m = t.render(vec![describe(&sample("update.pending"))]).expect("render");
-        assert!(m.subject.starts_with("[steward] gitea-host: Approve update of gitea to"), "{}", m.subject);
+        assert!(
+            m.subject.starts_with("[steward] gitea-host: Approve update of gitea to"),
+            "{}",
+            m.subject
+        );
         assert!(m.text.contains("https://steward.example/approve?t=token"), "{}", m.text);
         // Auto-escaping writes `/` as `&#x2f;`, which every HTML reader decodes in attributes.
         let href = "href=\"https:&#x2f;&#x2f;steward.example&#x2f;approve?t=token\"";
@@ -348,6 +415,9 @@ mod tests {
                 describe(&e)
             })
             .collect();
-        assert_eq!(subject(&items), "[steward] gitea-host: 10 unhealthy: app0, app1, app2 and 7 more");
+        assert_eq!(
+            subject(&items),
+            "[steward] gitea-host: 10 unhealthy: app0, app1, app2 and 7 more"
+        );
     }
 }

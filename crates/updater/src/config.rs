@@ -66,7 +66,11 @@ fn read_links(env: &mut Env) -> Option<ApprovalLinks> {
         (Some(url), Some(secret)) => {
             let parsed = reqwest::Url::parse(&url);
             if !parsed.as_ref().is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
-                env.error(ENV_PUBLIC_URL, &url, "expected an http(s) URL, e.g. https://git.example.com/steward");
+                env.error(
+                    ENV_PUBLIC_URL,
+                    &url,
+                    "expected an http(s) URL, e.g. https://git.example.com/steward",
+                );
                 return None;
             }
             if secret.len() < MIN_SECRET_LEN {

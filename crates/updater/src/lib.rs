@@ -43,7 +43,9 @@ impl Updater {
                 ctx.serve_routes(page::router(flow.clone(), links).await?)?;
                 tracing::info!("approval page served at /approve/");
             }
-            None => tracing::info!("no STEWARD_PUBLIC_URL/STEWARD_APPROVAL_SECRET: approvals by CLI only"),
+            None => tracing::info!(
+                "no STEWARD_PUBLIC_URL/STEWARD_APPROVAL_SECRET: approvals by CLI only"
+            ),
         }
         flow.resume().await.context("rolling back interrupted updates")?;
         let sweeper = flow.clone();

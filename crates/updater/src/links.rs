@@ -49,11 +49,7 @@ impl std::fmt::Debug for ApprovalLinks {
 impl ApprovalLinks {
     /// Links under `public_url` (no trailing slash needed), signed with `secret`, valid `ttl`.
     pub fn new(public_url: &str, secret: &[u8], ttl: Duration) -> Self {
-        Self {
-            base: public_url.trim_end_matches('/').to_owned(),
-            secret: secret.to_vec(),
-            ttl,
-        }
+        Self { base: public_url.trim_end_matches('/').to_owned(), secret: secret.to_vec(), ttl }
     }
 
     fn mac(&self, update_id: Uuid, expires: i64) -> Hmac<Sha256> {
@@ -103,7 +99,11 @@ mod tests {
     use super::*;
 
     fn links() -> ApprovalLinks {
-        ApprovalLinks::new("https://git.example.com/steward/", &[7u8; 32], Duration::from_secs(3600))
+        ApprovalLinks::new(
+            "https://git.example.com/steward/",
+            &[7u8; 32],
+            Duration::from_secs(3600),
+        )
     }
 
     #[test]

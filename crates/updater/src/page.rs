@@ -135,7 +135,14 @@ impl Page {
             Ok(id) => id,
             Err(e @ LinkError::Forged) => {
                 tracing::warn!("approval page: forged or altered link refused");
-                return Err(self.render(StatusCode::FORBIDDEN, "Invalid link", &e.to_string(), None, false, None));
+                return Err(self.render(
+                    StatusCode::FORBIDDEN,
+                    "Invalid link",
+                    &e.to_string(),
+                    None,
+                    false,
+                    None,
+                ));
             }
             Err(e @ LinkError::Expired(_)) => {
                 return Err(self.render(
@@ -151,7 +158,14 @@ impl Page {
         let record = match self.flow.by_update_id(update_id).await {
             Ok(Some(v)) => v.value,
             Ok(None) => {
-                return Err(self.render(StatusCode::NOT_FOUND, "No such update", "This update is not known (any more). Nothing was changed.", None, false, None));
+                return Err(self.render(
+                    StatusCode::NOT_FOUND,
+                    "No such update",
+                    "This update is not known (any more). Nothing was changed.",
+                    None,
+                    false,
+                    None,
+                ));
             }
             Err(e) => return Err(self.unavailable(&e)),
         };
@@ -162,7 +176,14 @@ impl Page {
                     if used.value.decision == "approve" { "approved" } else { "rejected" },
                     used.value.at
                 );
-                return Err(self.render(StatusCode::GONE, "Link already used", &message, Some(&record), false, None));
+                return Err(self.render(
+                    StatusCode::GONE,
+                    "Link already used",
+                    &message,
+                    Some(&record),
+                    false,
+                    None,
+                ));
             }
             Ok(None) => {}
             Err(e) => return Err(self.unavailable(&e)),
@@ -172,7 +193,14 @@ impl Page {
                 "This update no longer waits for a decision (it is {}). Nothing was changed.",
                 step_words(record.step)
             );
-            return Err(self.render(StatusCode::GONE, "Already decided", &message, Some(&record), false, None));
+            return Err(self.render(
+                StatusCode::GONE,
+                "Already decided",
+                &message,
+                Some(&record),
+                false,
+                None,
+            ));
         }
         Ok(record)
     }
@@ -211,7 +239,14 @@ async fn decide(
         "approve" => true,
         "reject" => false,
         _ => {
-            return page.render(StatusCode::BAD_REQUEST, "Unknown decision", "Use the Approve or Reject button. Nothing was changed.", None, false, None);
+            return page.render(
+                StatusCode::BAD_REQUEST,
+                "Unknown decision",
+                "Use the Approve or Reject button. Nothing was changed.",
+                None,
+                false,
+                None,
+            );
         }
     };
     let record = match page.check(&token).await {
@@ -224,15 +259,31 @@ async fn decide(
         Ok(_) => {}
         // Another click got there first.
         Err(BusError::Conflict { .. }) => {
-            return page.render(StatusCode::GONE, "Link already used", "This link was used a moment ago; a link works once. Nothing more was changed.", Some(&record), false, None);
+            return page.render(
+                StatusCode::GONE,
+                "Link already used",
+                "This link was used a moment ago; a link works once. Nothing more was changed.",
+                Some(&record),
+                false,
+                None,
+            );
         }
         Err(e) => return page.unavailable(&e),
     }
-    let reason = form.reason.map(|r| r.trim().chars().take(200).collect::<String>()).filter(|r| !r.is_empty());
+    let reason = form
+        .reason
+        .map(|r| r.trim().chars().take(200).collect::<String>())
+        .filter(|r| !r.is_empty());
     let mut event = if approve {
-        Event::new(&page.flow.source, UpdateApproved { update_id: record.update_id, by: PAGE_ACTOR.into() })
+        Event::new(
+            &page.flow.source,
+            UpdateApproved { update_id: record.update_id, by: PAGE_ACTOR.into() },
+        )
     } else {
-        Event::new(&page.flow.source, UpdateRejected { update_id: record.update_id, by: PAGE_ACTOR.into(), reason })
+        Event::new(
+            &page.flow.source,
+            UpdateRejected { update_id: record.update_id, by: PAGE_ACTOR.into(), reason },
+        )
     }
     .with_correlation(record.correlation_id);
     event.causation_id = Some(record.last_event_id);

@@ -64,7 +64,11 @@ impl Flow {
         };
         let versioned = steward_bus::Versioned { value: record.clone(), revision };
         if settings.policy == Policy::Manual {
-            let link = self.cfg.links.as_ref().map(|l| l.mint(record.update_id, OffsetDateTime::now_utc()));
+            let link = self
+                .cfg
+                .links
+                .as_ref()
+                .map(|l| l.mint(record.update_id, OffsetDateTime::now_utc()));
             let data = UpdatePending {
                 update_id: record.update_id,
                 container: record.container.clone(),

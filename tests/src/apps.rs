@@ -1,0 +1,79 @@
+//! A watched app container in the test's scope, and waiting for events in the stream.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use steward_bus::Bus;
+use steward_events::Event;
+use steward_testkit::docker::{push_app, registry, Container, ImageTag};
+use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for};
+
+/// Waits until the stream holds an event of type `what`; every event stored by then.
+pub async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let all = stored_events(bus).await;
+        if all.iter().any(|e| e.event_type() == what) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what}; saw {:?}",
+            all.iter().map(Event::event_type).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The test app (v1) from the local registry, published on 127.0.0.1, watched in `scope`.
+pub struct App {
+    /// Container name.
+    pub name: String,
+    /// Image reference (in the local registry, unique to the test).
+    pub image: String,
+    /// Published port of its HTTP server.
+    pub port: u16,
+    _c: Container,
+    _tag: ImageTag,
+}
+
+/// Starts an [`App`] with update policy `policy`, no pre-update backup, and `labels`.
+pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/e2e"));
+    let tag = ImageTag(image.clone());
+    push_app("v1", &image);
+    let name = unique_name("e2e");
+    let port = free_port();
+    let mut args = vec![
+        "-p".to_owned(),
+        format!("127.0.0.1:{port}:8080"),
+        "--label".into(),
+        "steward.enable=true".into(),
+        "--label".into(),
+        format!("steward.scope={scope}"),
+        "--label".into(),
+        format!("steward.update.policy={policy}"),
+        "--label".into(),
+        "steward.update.backup=false".into(),
+    ];
+    for l in labels {
+        args.extend(["--label".to_owned(), l.clone()]);
+    }
+    args.push(image.clone());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c = Container::run(&name, &args);
+    wait_for("v1 served", Duration::from_secs(15), || {
+        http_get(port).filter(|b| b.contains("app v1"))
+    });
+    App { name, image, port, _c: c, _tag: tag }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &format!("{}{suffix}", self.name)])
+                .output();
+        }
+    }
+}

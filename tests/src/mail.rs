@@ -1,0 +1,146 @@
+//! Reading what the notifier mailed: the test bed's SMTP server (aiosmtpd) stores every
+//! accepted message as a file in a maildir; tests tell their mail apart by a unique recipient.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    /// Subject line.
+    pub subject: String,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// Plain-text part.
+    pub text: String,
+    /// HTML part.
+    pub html: String,
+    /// `Message-ID`.
+    pub message_id: Option<String>,
+}
+
+/// A recipient address no other test uses.
+pub fn unique_address(tag: &str) -> String {
+    format!("{}@steward.test", steward_testkit::unique_name(tag).to_lowercase())
+}
+
+/// The test bed's maildir.
+pub fn testbed_maildir() -> PathBuf {
+    PathBuf::from(steward_testkit::testbed::require("STEWARD_TEST_MAILDIR"))
+}
+
+/// Notifier settings for mail to `to` through `smtp` (`host:port`), bursts collected for 1 s.
+pub fn notifier_env(smtp: &str, to: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("STEWARD_SMTP_URL", format!("smtp://{smtp}")),
+        ("STEWARD_MAIL_FROM", "Steward <steward@steward.test>".into()),
+        ("STEWARD_MAIL_TO", to.to_owned()),
+        ("STEWARD_NOTIFY_GROUP_WINDOW", "1s".into()),
+    ]
+}
+
+/// Notifier settings for the test bed's SMTP server.
+pub fn testbed_notifier_env(to: &str) -> Vec<(&'static str, String)> {
+    notifier_env(&steward_testkit::testbed::require("STEWARD_TEST_SMTP"), to)
+}
+
+/// Every message in `maildir` addressed to `to`, oldest first.
+pub fn mails_to(maildir: &Path, to: &str) -> Vec<Mail> {
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(maildir.join("new"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|(_, path)| std::fs::read(&path).ok())
+        .filter_map(|raw| {
+            let m = mail_parser::MessageParser::default().parse(&raw)?;
+            let recipients: Vec<String> = m
+                .to()
+                .map(|a| a.iter().filter_map(|x| x.address()).map(str::to_owned).collect())
+                .unwrap_or_default();
+            if !recipients.iter().any(|r| r == to) {
+                return None;
+            }
+            Some(Mail {
+                subject: m.subject().unwrap_or_default().to_owned(),
+                to: recipients,
+                text: m.body_text(0).map(|t| t.into_owned()).unwrap_or_default(),
+                html: m.body_html(0).map(|t| t.into_owned()).unwrap_or_default(),
+                message_id: m.message_id().map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+/// Waits until at least `n` messages to `to` arrived; all of them.
+pub fn wait_mails(maildir: &Path, to: &str, n: usize, bound: Duration) -> Vec<Mail> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let got = mails_to(maildir, to);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} mail(s) to {to} within {bound:?}: {got:#?}",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An SMTP server of the test's own (aiosmtpd), for taking SMTP away and back.
+pub struct SmtpServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its maildir.
+    pub maildir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SmtpServer {
+    /// A server that is not running yet, on a free port.
+    pub fn stopped() -> Self {
+        let maildir = std::env::temp_dir().join(steward_testkit::unique_name("maildir"));
+        Self { port: steward_testkit::free_port(), maildir, child: None }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it and waits until it accepts connections.
+    pub fn start(&mut self) {
+        // The test bed installs aiosmtpd for the system Python (Debian package).
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &self.addr(), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&self.maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start aiosmtpd: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(self.addr()).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not listen on {}", self.addr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.maildir);
+    }
+}

@@ -1,0 +1,273 @@
+//! The notifier and the approval page as real processes, with a real SMTP server (aiosmtpd):
+//! one mail per pending update with a working single-use link that survives a notifier killed
+//! before sending; mail held back while SMTP is down and sent once when it is back; bursts
+//! grouped; undeliverable mail given up after its bound.
+
+use std::process::Command;
+use std::time::Duration;
+
+use steward_bus::{Bus, StateStore};
+use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
+use steward_events::{Event, EventData, HealthFailed};
+use steward_system_tests::apps::{app, wait_event};
+use steward_system_tests::mail::{
+    mails_to, notifier_env, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    SmtpServer,
+};
+use steward_system_tests::{steward_ok as steward, Proc};
+use steward_testkit::docker::push_app;
+use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for, TestBus};
+use steward_updater::links::ApprovalLinks;
+
+const SECRET: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+fn with(
+    base: Vec<(&'static str, String)>,
+    more: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = base;
+    env.extend(more.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+fn kill9(p: &mut Proc) {
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
+    let _ = p.child.wait();
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = http().get(url).send().await.expect("GET");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+async fn post(url: &str, decision: &str) -> (u16, String) {
+    let r = http().post(url).form(&[("decision", decision)]).send().await.expect("POST");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+async fn step(bus: &Bus, container: &str) -> Option<UpdateStep> {
+    let records: StateStore<UpdateRecord> =
+        StateStore::open(bus, UPDATE_BUCKET).await.expect("records");
+    records.get(container).await.expect("get").map(|v| v.value.step)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_and_only_once() {
+    let bus = TestBus::new("approvelink").await;
+    let scope = unique_name("scope");
+    let to = unique_address("approve");
+    let maildir = testbed_maildir();
+    let app = app(&scope, "manual", &[]);
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let scoped = [("STEWARD_SCOPE", scope.as_str())];
+    let _watcher = Proc::service("steward-watcher", &bus, &with(vec![], &scoped));
+    let _updater = Proc::service(
+        "steward-updater",
+        &bus,
+        &with(
+            vec![],
+            &[
+                ("STEWARD_SCOPE", scope.as_str()),
+                ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}").as_str()),
+                ("STEWARD_PUBLIC_URL", public.as_str()),
+                ("STEWARD_APPROVAL_SECRET", SECRET),
+                ("STEWARD_HEALTH_GRACE", "3s"),
+            ],
+        ),
+    );
+    // A window long enough to kill the notifier between queueing and sending.
+    let notifier_settings =
+        with(testbed_notifier_env(&to), &[("STEWARD_NOTIFY_GROUP_WINDOW", "4s")]);
+    let mut notifier = Proc::service("steward-notifier", &bus, &notifier_settings);
+
+    push_app("v2", &app.image);
+    steward(&bus, &["check"]);
+    let events = wait_event(&bus, "update.pending", Duration::from_secs(30)).await;
+    let pending = events
+        .iter()
+        .find_map(|e| match &e.data {
+            EventData::UpdatePending(p) => Some((e.clone(), p.clone())),
+            _ => None,
+        })
+        .expect("pending");
+    let link = pending.1.approval_url.clone().expect("the updater minted a link");
+    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
+
+    // Killed before the window closed: the queued notification survives in the outbox.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill9(&mut notifier);
+    assert!(mails_to(&maildir, &to).is_empty(), "nothing sent before the window closed");
+    let mut notifier = Proc::service("steward-notifier", &bus, &notifier_settings);
+    let mails = wait_mails(&maildir, &to, 1, Duration::from_secs(30));
+    let mail = &mails[0];
+    assert!(mail.subject.contains(&format!("Approve update of {}", app.name)), "{}", mail.subject);
+    assert!(mail.text.contains(&link), "the mail carries the link: {}", mail.text);
+    assert!(mail.html.contains("Review and approve or reject"), "{}", mail.html);
+
+    // GET shows the page and decides nothing (mail scanners fetch links).
+    let (status, page) = get(&link).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&app.name) && page.contains("value=\"approve\""), "{page}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(step(&bus, &app.name).await, Some(UpdateStep::Pending));
+
+    // Forged and expired links are refused and change nothing.
+    let mut forged = link.clone();
+    let last = forged.pop().expect("char");
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(get(&forged).await.0, 403);
+    assert_eq!(post(&forged, "approve").await.0, 403);
+    let old = time::OffsetDateTime::now_utc() - Duration::from_secs(7200);
+    let (expired, _) = ApprovalLinks::new(&public, SECRET.as_bytes(), Duration::from_secs(3600))
+        .mint(pending.1.update_id, old);
+    let (status, body) = post(&expired, "approve").await;
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    assert_eq!(step(&bus, &app.name).await, Some(UpdateStep::Pending));
+
+    // POST approves, once.
+    let (status, body) = post(&link, "approve").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Approved"), "{body}");
+    let all = wait_event(&bus, "update.succeeded", Duration::from_secs(60)).await;
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    let approved: Vec<&Event> =
+        all.iter().filter(|e| e.event_type() == "update.approved").collect();
+    assert_eq!(approved.len(), 1);
+    assert!(matches!(&approved[0].data, EventData::UpdateApproved(a) if a.by == "approval-page"));
+    assert_eq!(approved[0].correlation_id, pending.0.correlation_id);
+    let (status, body) = post(&link, "reject").await;
+    assert_eq!(status, 410, "reused: {body}");
+    assert!(body.contains("already used"), "{body}");
+    assert_eq!(get(&link).await.0, 410);
+
+    // The manual update's success is mailed too; the approval request never again, even
+    // after another restart.
+    let mails = wait_mails(&maildir, &to, 2, Duration::from_secs(30));
+    assert!(mails[1].subject.contains(&format!("{} updated to", app.name)), "{mails:#?}");
+    assert!(mails[1].text.contains("approval-page"), "{}", mails[1].text);
+    assert_eq!(notifier.terminate(Duration::from_secs(10)), Some(0));
+    let _notifier = Proc::service("steward-notifier", &bus, &notifier_settings);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mails = mails_to(&maildir, &to);
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    let sent = stored_events(&bus).await;
+    let sent: Vec<&Event> = sent.iter().filter(|e| e.event_type() == "notify.sent").collect();
+    assert_eq!(sent.len(), 2);
+
+    // The live token never appears in the audit output.
+    let token = link.rsplit('/').next().expect("token");
+    let replay = steward(&bus, &["events", "replay", "--json"]);
+    assert!(replay.contains("update.pending") && !replay.contains(token), "{replay}");
+}
+
+fn health_failed(container: &str) -> Event {
+    Event::new(
+        "steward-health/test",
+        HealthFailed {
+            container: container.into(),
+            check: "http".into(),
+            reason: "GET http://127.0.0.1:1/ failed: connection refused".into(),
+            consecutive_failures: 3,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_waits_while_smtp_is_down_and_arrives_once_when_it_is_back() {
+    let bus = TestBus::new("smtpdown").await;
+    let to = unique_address("down");
+    let mut smtp = SmtpServer::stopped();
+    let _notifier = Proc::service("steward-notifier", &bus, &notifier_env(&smtp.addr(), &to));
+    bus.publish(&health_failed("db")).await.expect("publish");
+
+    let all = wait_event(&bus, "notify.failed", Duration::from_secs(20)).await;
+    let failed = all
+        .iter()
+        .find_map(|e| match &e.data {
+            EventData::NotifyFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("failed");
+    assert!(!failed.gave_up && failed.attempts == 1, "{failed:?}");
+    assert!(failed.reason.contains(&smtp.addr()) || failed.reason.contains("SMTP"), "{failed:?}");
+
+    smtp.start();
+    let mails = wait_mails(&smtp.maildir, &to, 1, Duration::from_secs(30));
+    assert!(mails[0].subject.contains("db is unhealthy (http)"), "{}", mails[0].subject);
+    wait_event(&bus, "notify.sent", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(mails_to(&smtp.maildir, &to).len(), 1, "exactly once");
+    let all = stored_events(&bus).await;
+    let failed = all.iter().filter(|e| e.event_type() == "notify.failed").count();
+    assert_eq!(failed, 1, "one notify.failed for the outage, not one per attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_failures_is_one_mail() {
+    let bus = TestBus::new("burst").await;
+    let to = unique_address("burst");
+    let maildir = testbed_maildir();
+    let _notifier = Proc::service(
+        "steward-notifier",
+        &bus,
+        &with(testbed_notifier_env(&to), &[("STEWARD_NOTIFY_GROUP_WINDOW", "3s")]),
+    );
+    for i in 0..10 {
+        bus.publish(&health_failed(&format!("app{i}"))).await.expect("publish");
+    }
+    let mails = wait_mails(&maildir, &to, 1, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mails_now = mails_to(&maildir, &to);
+    assert_eq!(mails_now.len(), 1, "{mails_now:#?}");
+    assert!(
+        mails[0].subject.contains("10 unhealthy: app0, app1, app2 and 7 more"),
+        "{}",
+        mails[0].subject
+    );
+    for i in 0..10 {
+        assert!(mails[0].text.contains(&format!("app{i} is unhealthy")), "{}", mails[0].text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_mail_is_given_up_after_its_retry_bound() {
+    let bus = TestBus::new("giveup").await;
+    let to = unique_address("giveup");
+    let nothing_listens = format!("127.0.0.1:{}", free_port());
+    let _notifier = Proc::service(
+        "steward-notifier",
+        &bus,
+        &with(notifier_env(&nothing_listens, &to), &[("STEWARD_NOTIFY_RETRY_FOR", "3s")]),
+    );
+    let cause = health_failed("web");
+    bus.publish(&cause).await.expect("publish");
+    let failures = wait_for("gave up", Duration::from_secs(30), || {
+        let all = futures_lite_block(stored_events(&bus));
+        let failures: Vec<_> = all
+            .into_iter()
+            .filter_map(|e| match e.data {
+                EventData::NotifyFailed(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        failures.iter().any(|f| f.gave_up).then_some(failures)
+    });
+    assert_eq!(failures.len(), 2, "first failure and giving up: {failures:?}");
+    assert!(failures[1].attempts >= 2 && failures[1].about == vec![cause.id], "{failures:?}");
+}
+
+/// Runs a future to completion from a sync closure inside the multi-thread runtime.
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
