@@ -15,7 +15,7 @@ pub enum Channel {
     /// Mail over SMTP.
     Email {
         /// Settings.
-        cfg: EmailConfig,
+        cfg: Box<EmailConfig>,
         /// The transport (pooled connections).
         transport: AsyncSmtpTransport<Tokio1Executor>,
     },
@@ -32,7 +32,7 @@ impl Channel {
     /// A mail channel; must be called inside the Tokio runtime.
     pub fn email(cfg: EmailConfig) -> Self {
         let transport = cfg.smtp.clone().build();
-        Self::Email { cfg, transport }
+        Self::Email { cfg: Box::new(cfg), transport }
     }
 
     /// A webhook channel posting to `url`.
