@@ -37,7 +37,8 @@ pub struct App {
     _tag: ImageTag,
 }
 
-/// Starts an [`App`] with update policy `policy`, no pre-update backup, and `labels`.
+/// Starts an [`App`] with update policy `policy`, no pre-update backup, and `labels` (where
+/// `{port}` stands for the published port, e.g. for `steward.health.url`).
 pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/e2e"));
     let tag = ImageTag(image.clone());
@@ -57,7 +58,7 @@ pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
         "steward.update.backup=false".into(),
     ];
     for l in labels {
-        args.extend(["--label".to_owned(), l.clone()]);
+        args.extend(["--label".to_owned(), l.replace("{port}", &port.to_string())]);
     }
     args.push(image.clone());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -101,6 +101,12 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         })
     }
 
+    /// Stores `value` whatever the key holds (for state only one process writes).
+    pub async fn put(&self, key: &str, value: &T) -> Result<u64, BusError> {
+        let bytes = self.encode(key, value)?;
+        self.kv.put(key, bytes).await.map_err(|e| BusError::nats("kv put", e))
+    }
+
     /// Removes `key`.
     pub async fn delete(&self, key: &str) -> Result<(), BusError> {
         self.kv.delete(key).await.map_err(|e| BusError::nats("kv delete", e))

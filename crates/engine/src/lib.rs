@@ -14,7 +14,7 @@ mod ops;
 pub mod recreate;
 mod streams;
 pub use credentials::{registry_credentials, registry_of, RegistryCredentials};
-pub use ops::{ExecOutput, HealthView};
+pub use ops::{ExecOutput, HealthView, ListedContainer};
 pub use recreate::Replacement;
 pub use streams::{ExecSpec, ExecStream};
 

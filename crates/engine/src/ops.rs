@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use bollard::auth::DockerCredentials;
 use bollard::models::HealthStatusEnum;
-use bollard::query_parameters::{CreateImageOptions, LogsOptions, TagImageOptions};
+use bollard::query_parameters::{
+    CreateImageOptions, ListContainersOptionsBuilder, LogsOptions, TagImageOptions,
+};
 use futures::StreamExt;
 
 use crate::{Engine, EngineError};
@@ -95,6 +97,27 @@ impl Engine {
         }
     }
 
+    /// Containers whose labels satisfy `wanted`, stopped ones included: id, name, labels.
+    pub async fn containers(
+        &self,
+        wanted: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> Result<Vec<ListedContainer>, EngineError> {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let summaries =
+            self.client()?.list_containers(Some(options)).await.map_err(|e| self.unreachable(e))?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|s| {
+                let labels = s.labels.unwrap_or_default();
+                if !wanted(&labels) {
+                    return None;
+                }
+                let name = s.names?.first()?.trim_start_matches('/').to_owned();
+                Some(ListedContainer { id: s.id?, name, labels })
+            })
+            .collect())
+    }
+
     /// Running state, restart count and health status.
     pub async fn health_view(&self, id: &str) -> Result<HealthView, EngineError> {
         let c = self
@@ -135,6 +158,17 @@ impl Engine {
         let skip = out.len().saturating_sub(lines);
         Ok(out.split_off(skip))
     }
+}
+
+/// A container as listed, running or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedContainer {
+    /// Its id.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
 }
 
 /// What a command run by exec left behind.

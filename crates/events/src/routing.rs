@@ -61,8 +61,16 @@ impl Service {
                 "backup.failed",
             ],
             Service::Backup => &["backup.requested", "verify.requested", "restore.requested"],
-            // Health re-baselines a container that an update or restore recreated.
-            Service::Health => &["update.succeeded", "update.rolled_back", "restore.done"],
+            // Health re-baselines a container that an update or restore recreated, and
+            // excuses a container stopped for a backup copy while a backup runs.
+            Service::Health => &[
+                "update.succeeded",
+                "update.rolled_back",
+                "restore.done",
+                "backup.started",
+                "backup.done",
+                "backup.failed",
+            ],
             Service::Notifier => &[
                 "update.pending",
                 "update.succeeded",

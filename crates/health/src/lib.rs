@@ -1,7 +1,18 @@
-//! steward-health: Probes the stack and publishes `health.failed` / `health.recovered` transitions.
+//! steward-health: probes the stack and publishes `health.failed` / `health.recovered`.
 //!
-//! Today the service runs the shared runtime and logs every event it receives; its own job
-//! is built in its own issue on top of this skeleton.
+//! Every watched container (and every database or container with an HTTP probe label) is
+//! probed on an interval ([`probe`]: running, restarts, HEALTHCHECK, `steward.health.url`,
+//! `pg_isready` by exec). Each container's rounds feed a [`track::Track`], which declares it
+//! down after N consecutive failures and up after M consecutive passes: only those
+//! transitions become events, so an outage is one mail and flapping is none. Tracks live in a
+//! KV bucket, so a restarted health service neither repeats nor forgets an outage.
+//! `/metrics` carries `steward_health_up` and `steward_health_probe_latency_seconds` per
+//! container.
+
+pub mod config;
+pub mod probe;
+pub mod service;
+pub mod track;
 
 use steward_events::Service;
 

@@ -1,0 +1,56 @@
+//! The health service's settings, names and defaults in one place.
+
+use std::time::Duration;
+
+use steward_runtime::Env;
+
+/// How often every container is probed.
+pub const ENV_INTERVAL: &str = "STEWARD_HEALTH_INTERVAL";
+/// Consecutive failed rounds before `health.failed`.
+pub const ENV_FAILURES: &str = "STEWARD_HEALTH_FAILURES";
+/// Consecutive passed rounds before `health.recovered`.
+pub const ENV_RECOVERIES: &str = "STEWARD_HEALTH_RECOVERIES";
+/// Limit of one HTTP probe or `pg_isready`.
+pub const ENV_PROBE_TIMEOUT: &str = "STEWARD_HEALTH_PROBE_TIMEOUT";
+/// Only containers labelled `steward.scope=<this>` (several installations on one engine).
+pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
+
+/// The health service's settings.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Probe interval.
+    pub interval: Duration,
+    /// Failures before declaring a container down.
+    pub failures: u32,
+    /// Passes before declaring it up again.
+    pub recoveries: u32,
+    /// Probe timeout.
+    pub probe_timeout: Duration,
+    /// Scope label value.
+    pub scope: Option<String>,
+}
+
+fn count(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err("expected a whole number from 1 to 100".into()),
+    }
+}
+
+impl HealthConfig {
+    /// Reads the settings; errors go to `env`.
+    pub fn read(env: &mut Env) -> Self {
+        let interval = env.duration(ENV_INTERVAL, Duration::from_secs(30));
+        if interval < Duration::from_secs(1) {
+            env.error(ENV_INTERVAL, &format!("{interval:?}"), "at least 1s");
+        }
+        let probe_timeout = env.duration(ENV_PROBE_TIMEOUT, Duration::from_secs(5));
+        Self {
+            interval,
+            failures: env.parse_with(ENV_FAILURES, 3, count),
+            recoveries: env.parse_with(ENV_RECOVERIES, 2, count),
+            probe_timeout,
+            scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
+        }
+    }
+}

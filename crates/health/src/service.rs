@@ -1,0 +1,227 @@
+//! The probe loop and the event handler.
+//!
+//! Every interval: list the containers to probe (watched, databases, or with an HTTP probe,
+//! in scope), probe them (at most 8 at once), feed each round to its [`Track`], persist the
+//! track, publish transitions, and update `/metrics`. Events from other services only adjust
+//! what a round means (re-baseline after an update or restore; backup running).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use steward_bus::StateStore;
+use steward_engine::Engine;
+use steward_events::{Event, EventData};
+use steward_runtime::{Context, Handler, HandlerError};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+use crate::config::HealthConfig;
+use crate::probe::{Prober, Verdict};
+use crate::track::{Track, Transition, HEALTH_BUCKET};
+
+/// A container removed for good (down, and gone this long) is no longer probed.
+const FORGET_GONE: time::Duration = time::Duration::hours(24);
+/// A backup that never reported its end stops excusing stopped containers after this long.
+const BACKUP_EXCUSE: Duration = Duration::from_secs(6 * 3600);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerLabel {
+    container: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabel {
+    container: String,
+    check: String,
+}
+
+struct Inner {
+    cfg: HealthConfig,
+    engine: Engine,
+    prober: Prober,
+    store: StateStore<Track>,
+    tracks: Mutex<HashMap<String, Track>>,
+    backup_since: Mutex<Option<Instant>>,
+    up: Family<ContainerLabel, Gauge>,
+    latency: Family<ProbeLabel, Gauge<f64, AtomicU64>>,
+}
+
+/// The health service.
+#[derive(Clone)]
+pub struct HealthService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HealthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthService").field("cfg", &self.inner.cfg).finish_non_exhaustive()
+    }
+}
+
+impl HealthService {
+    /// Loads the tracks, registers the metrics and starts the probe loop.
+    pub async fn start(cfg: HealthConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let engine = ctx.engine.clone().ok_or_else(|| anyhow::anyhow!("health needs Docker"))?;
+        let prober = Prober::new(engine.clone(), cfg.probe_timeout)?;
+        let store: StateStore<Track> = StateStore::open(&ctx.bus, HEALTH_BUCKET).await?;
+        let mut tracks = HashMap::new();
+        for key in store.keys().await? {
+            if let Some(v) = store.get(&key).await? {
+                tracks.insert(v.value.container.clone(), v.value);
+            }
+        }
+        let up = Family::<ContainerLabel, Gauge>::default();
+        let latency = Family::<ProbeLabel, Gauge<f64, AtomicU64>>::default();
+        ctx.metrics.register(
+            "health_up",
+            "1 while the container passes its probes, 0 once declared down",
+            up.clone(),
+        );
+        ctx.metrics.register(
+            "health_probe_latency_seconds",
+            "Latency of the last HTTP probe",
+            latency.clone(),
+        );
+        let service = Self {
+            inner: Arc::new(Inner {
+                cfg,
+                engine,
+                prober,
+                store,
+                tracks: Mutex::new(tracks),
+                backup_since: Mutex::new(None),
+                up,
+                latency,
+            }),
+        };
+        let looping = service.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let interval = looping.inner.cfg.interval;
+            loop {
+                if let Err(e) = looping.round(&ctx).await {
+                    tracing::warn!(error = %e, "probe round skipped");
+                }
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        Ok(service)
+    }
+
+    fn probed(&self, labels: &HashMap<String, String>) -> bool {
+        if !steward_labels::in_scope(labels, self.inner.cfg.scope.as_deref()) {
+            return false;
+        }
+        steward_labels::watched(labels).unwrap_or(false)
+            || labels.contains_key(steward_labels::HEALTH_URL)
+            || steward_labels::backup_labels(labels).is_ok_and(|b| b.postgres)
+    }
+
+    /// One round over every container.
+    pub async fn round(&self, ctx: &Context) -> anyhow::Result<()> {
+        let listed = self.inner.engine.containers(|l| self.probed(l)).await?;
+        let backup_running =
+            self.inner.backup_since.lock().await.is_some_and(|t| t.elapsed() < BACKUP_EXCUSE);
+        let mut targets: HashMap<String, HashMap<String, String>> =
+            listed.into_iter().map(|c| (c.name, c.labels)).collect();
+        let previous = self.inner.tracks.lock().await.clone();
+        // A container that was probed before and is gone now fails `running`.
+        for name in previous.keys() {
+            targets.entry(name.clone()).or_default();
+        }
+        let rounds: Vec<_> = futures::stream::iter(targets)
+            .map(|(name, labels)| {
+                let last =
+                    previous.get(&name).and_then(|t| t.id.clone().map(|id| (id, t.restarts)));
+                async move {
+                    let last = last.as_ref().map(|(id, r)| (id.as_str(), *r));
+                    let round = self.inner.prober.round(&name, &labels, last, backup_running).await;
+                    (name, round)
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let now = OffsetDateTime::now_utc();
+        for (name, round) in rounds {
+            if let Some(latency) = round.http_latency {
+                let label = ProbeLabel { container: name.clone(), check: "http".into() };
+                self.inner.latency.get_or_create(&label).set(latency.as_secs_f64());
+            }
+            let mut tracks = self.inner.tracks.lock().await;
+            let track = tracks.entry(name.clone()).or_insert_with(|| Track::new(&name));
+            let before = track.clone();
+            let transition =
+                track.observe(&round, now, self.inner.cfg.failures, self.inner.cfg.recoveries);
+            let gone = round.id.is_none() && matches!(round.verdict, Verdict::Fail { .. });
+            let label = ContainerLabel { container: name.clone() };
+            self.inner.up.get_or_create(&label).set(i64::from(!track.down));
+            // Publish first: a transition lost to a crash is found again by the next round,
+            // because the track is only saved after its event is out.
+            let published = match &transition {
+                Some(Transition::Failed(f)) => {
+                    tracing::warn!(container = %name, check = %f.check, reason = %f.reason, "container unhealthy");
+                    ctx.bus.publish(&Event::new(ctx.source(), f.clone())).await.map(|_| ())
+                }
+                Some(Transition::Recovered(r)) => {
+                    tracing::info!(container = %name, down_for_ms = r.down_for_ms, "container recovered");
+                    ctx.bus.publish(&Event::new(ctx.source(), r.clone())).await.map(|_| ())
+                }
+                None => Ok(()),
+            };
+            if let Err(e) = published {
+                // Not out: forget this round, so the next one declares the transition again.
+                *track = before;
+                return Err(e.into());
+            }
+            let forgotten = track.failing_since.is_some_and(|t| now - t > FORGET_GONE);
+            if gone && track.down && forgotten {
+                // Reported once; a container removed for good is not probed forever.
+                let key = track.container.clone();
+                tracks.remove(&name);
+                self.inner.up.remove(&label);
+                self.inner.store.delete(&key).await?;
+                continue;
+            }
+            if *track != before {
+                self.inner.store.put(&name, track).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler for HealthService {
+    async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
+        match &event.data {
+            EventData::UpdateSucceeded(_) | EventData::UpdateRolledBack(_) => {
+                let Some(name) = event.container() else { return Ok(()) };
+                if let Some(track) = self.inner.tracks.lock().await.get_mut(name) {
+                    track.rebaseline();
+                }
+            }
+            EventData::RestoreDone(_) => {
+                for track in self.inner.tracks.lock().await.values_mut() {
+                    track.rebaseline();
+                }
+            }
+            EventData::BackupStarted(_) => {
+                *self.inner.backup_since.lock().await = Some(Instant::now());
+            }
+            EventData::BackupDone(_) | EventData::BackupFailed(_) => {
+                *self.inner.backup_since.lock().await = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
