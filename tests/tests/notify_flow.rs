@@ -165,10 +165,39 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
     let sent: Vec<&Event> = sent.iter().filter(|e| e.event_type() == "notify.sent").collect();
     assert_eq!(sent.len(), 2);
 
-    // The live token never appears in the audit output.
+    // The audit shows the whole update as one timeline, in order, mails included; the live
+    // token never appears in the audit output or the replay.
     let token = link.rsplit('/').next().expect("token");
     let replay = steward(&bus, &["events", "replay", "--json"]);
     assert!(replay.contains("update.pending") && !replay.contains(token), "{replay}");
+    let audit = steward(&bus, &["audit", "--container", &app.name]);
+    assert!(!audit.contains(token), "{audit}");
+    let header = audit.lines().next().expect("a flow");
+    assert!(header.contains("update") && header.contains("succeeded"), "{audit}");
+    let steps: Vec<&str> = audit
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let expected = [
+        "watch.requested",
+        "image.updated",
+        "update.pending",
+        "notify.sent",
+        "update.approved",
+        "update.started",
+        "update.succeeded",
+        "notify.sent",
+    ];
+    assert_eq!(steps, expected, "{audit}");
+    let json = steward(&bus, &["audit", "--container", &app.name, "--json", "--kind", "update"]);
+    let flows: Vec<serde_json::Value> =
+        json.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(flows.len(), 1, "{json}");
+    assert_eq!(flows[0]["outcome"], "succeeded");
+    assert_eq!(flows[0]["events"].as_array().map(Vec::len), Some(expected.len()));
+    assert!(!json.contains(token));
 }
 
 fn health_failed(container: &str) -> Event {

@@ -140,7 +140,14 @@ async fn print(conn: &Connection, f: Filter, follow: bool) -> anyhow::Result<()>
 
 /// Approval links hold live tokens: never print them.
 fn redact(item: &mut Replayed) {
-    if let Ok(Event { data: EventData::UpdatePending(p), .. }) = &mut item.event {
+    if let Ok(event) = &mut item.event {
+        redact_event(event);
+    }
+}
+
+/// [`redact`] for one event.
+pub(crate) fn redact_event(event: &mut Event) {
+    if let EventData::UpdatePending(p) = &mut event.data {
         if p.approval_url.is_some() {
             p.approval_url = Some("<redacted>".into());
         }
@@ -201,7 +208,7 @@ fn wire_name(value: &impl serde::Serialize) -> String {
 }
 
 /// One line a human can scan.
-fn summary(data: &EventData) -> String {
+pub(crate) fn summary(data: &EventData) -> String {
     match data {
         EventData::WatchRequested(p) => format!("by {}", p.requested_by.as_deref().unwrap_or("?")),
         EventData::ImageUpdated(p) => {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod audit;
 mod backups;
 mod events;
 mod status;
@@ -79,14 +80,16 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Read the event stream.
     /// Backups: take one now, list them, verify one.
     #[command(subcommand)]
     Backup(backups::BackupCommand),
     /// Restore a backup (checksums are checked before anything is touched).
     Restore(backups::RestoreArgs),
+    /// Read the event stream.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Every update, backup, restore and outage as one timeline, with outcome and duration.
+    Audit(audit::AuditArgs),
 }
 
 impl Connection {
@@ -136,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(cmd) => backups::run(cmd, &cli.conn).await,
         Command::Restore(args) => backups::restore(args, &cli.conn).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
+        Command::Audit(args) => audit::run(args, &cli.conn).await,
     }
 }
 

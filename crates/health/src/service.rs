@@ -170,11 +170,18 @@ impl HealthService {
             let published = match &transition {
                 Some(Transition::Failed(f)) => {
                     tracing::warn!(container = %name, check = %f.check, reason = %f.reason, "container unhealthy");
-                    ctx.bus.publish(&Event::new(ctx.source(), f.clone())).await.map(|_| ())
+                    let event = Event::new(ctx.source(), f.clone());
+                    track.outage = Some(event.correlation_id);
+                    ctx.bus.publish(&event).await.map(|_| ())
                 }
                 Some(Transition::Recovered(r)) => {
                     tracing::info!(container = %name, down_for_ms = r.down_for_ms, "container recovered");
-                    ctx.bus.publish(&Event::new(ctx.source(), r.clone())).await.map(|_| ())
+                    let mut event = Event::new(ctx.source(), r.clone());
+                    if let Some(outage) = track.outage.take() {
+                        event = event.with_correlation(outage);
+                        event.causation_id = Some(outage);
+                    }
+                    ctx.bus.publish(&event).await.map(|_| ())
                 }
                 None => Ok(()),
             };

@@ -35,6 +35,10 @@ pub struct Track {
     /// Restart count at the last round.
     #[serde(default)]
     pub restarts: i64,
+    /// Correlation id of the current outage (its `health.failed`), so the recovery joins the
+    /// same flow in the audit trail.
+    #[serde(default)]
+    pub outage: Option<uuid::Uuid>,
 }
 
 /// A change worth an event.
