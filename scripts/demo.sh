@@ -3,9 +3,9 @@
 #   the test bed, all five Steward services on the bus, two stand-in web apps from the local
 #   registry (one with policy automatic, one manual); a newer version is pushed, `steward check`
 #   finds it, the automatic app is updated (pull, recreate with its exact configuration, health
-#   gate), the manual one waits for `steward approve` and is backed up first (database and
-#   data to the S3 server); then data is lost and `steward restore latest` brings it back;
-#   then the audit trail.
+#   gate), the manual one is mailed for approval and approved through the mail's signed link,
+#   backed up first (database and data to the S3 server); then data is lost and `steward
+#   restore latest` brings it back; an outage is mailed and its recovery too; then the audit.
 #   scripts/demo.sh          run the demo, then stop the services and remove the demo apps
 #   scripts/demo.sh --keep   leave everything running (logs in $STATE/demo/)
 set -euo pipefail
@@ -27,6 +27,32 @@ export STEWARD_HEALTH_GRACE=5s STEWARD_WATCH_SCHEDULE="0 3 * * 0"
 export STEWARD_S3_BUCKET=steward-demo STEWARD_S3_ENDPOINT=$STEWARD_TEST_S3_ENDPOINT STEWARD_S3_PREFIX=demo
 export AWS_ACCESS_KEY_ID=$STEWARD_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$STEWARD_TEST_S3_SECRET_KEY AWS_REGION=us-east-1
 mkdir -p "$STATE/s3/steward-demo"
+# Mail goes to the test bed's SMTP server (a maildir); the updater (on :9102) signs approval links.
+MAIL_TO=ops-$(date +%s)@steward-demo.test
+export STEWARD_SMTP_URL=smtp://$STEWARD_TEST_SMTP STEWARD_MAIL_FROM="Steward <steward@steward-demo.test>"
+export STEWARD_MAIL_TO=$MAIL_TO STEWARD_NOTIFY_GROUP_WINDOW=2s
+export STEWARD_PUBLIC_URL=http://127.0.0.1:9102
+STEWARD_APPROVAL_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export STEWARD_APPROVAL_SECRET STEWARD_HEALTH_INTERVAL=2s
+# mail SUBJECT-PART [FIELD]: the newest demo mail whose subject contains SUBJECT-PART: its
+# subject, or the approval link in its text.
+mail() {
+  /usr/bin/python3 - "$STEWARD_TEST_MAILDIR" "$MAIL_TO" "$1" "${2:-subject}" <<'PY'
+import email, email.policy, pathlib, re, sys
+maildir, to, part, field = sys.argv[1:5]
+files = sorted(pathlib.Path(maildir, "new").glob("*"), key=lambda p: p.stat().st_mtime)
+for f in reversed(files):
+    m = email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+    if to in str(m["To"]) and part in str(m["Subject"]):
+        if field == "subject":
+            print(m["Subject"])
+        else:
+            text = m.get_body(("plain",)).get_content()
+            print(re.search(r"https?://\S+/approve/\S+", text).group(0))
+        sys.exit(0)
+sys.exit(1)
+PY
+}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 serve() { curl -s --max-time 2 "127.0.0.1:$1/" || echo "(no answer)"; }
 wait_for() { # SECONDS CMD... : retry until CMD succeeds
@@ -103,9 +129,18 @@ say "steward status"
 "$BIN/steward" status
 say "steward updates"
 "$BIN/steward" updates
-id=$("$BIN/steward" updates | awk -v app="$APP" '$2 == app {print $1}' | head -n 1)
-say "steward approve ${id:24}"
-"$BIN/steward" approve "${id:24}"
+say "the approval mail, and its link: GET shows the page, only its POST approves"
+if wait_for 30 mail "Approve update of $APP"; then
+  echo "  mail to $MAIL_TO: $(mail "Approve update of $APP")"
+  link=$(mail "Approve update of $APP" link)
+  echo "  GET  ${link%/*}/…  -> $(curl -s -o /dev/null -w '%{http_code}' "$link") (the page; nothing decided)"
+  echo "  POST decision=approve -> $(curl -s -o /dev/null -w '%{http_code}' -d decision=approve "$link")"
+  echo "  POST again            -> $(curl -s -o /dev/null -w '%{http_code}' -d decision=approve "$link") (a link works once)"
+else
+  id=$("$BIN/steward" updates | awk -v app="$APP" '$2 == app {print $1}' | head -n 1)
+  echo "  (no mail within 30 s; see $DEMO/notifier.log) steward approve ${id:24}"
+  "$BIN/steward" approve "${id:24}"
+fi
 # Finished = the health gate passed, not only v2 answering: a restore must not race the gate.
 wait_for 90 sh -c "'$BIN/steward' updates --all | grep $APP | grep -q succeeded" \
   || echo "  (the approved update did not finish in 90 s; see $DEMO/updater.log)"
@@ -124,14 +159,20 @@ echo "  after:  $(docker exec "$DB" psql -tAU gitea -c 'SELECT count(*) FROM rep
 say "steward backup verify latest (checksums, and the dump loaded into a scratch PostgreSQL)"
 "$BIN/steward" backup verify latest
 
+say "an outage: $WEB stopped, then started again (health probes every 2 s)"
+docker stop -t 1 "$WEB" >/dev/null
+wait_for 30 mail "$WEB is unhealthy" && echo "  mail: $(mail "$WEB is unhealthy")"
+docker start "$WEB" >/dev/null
+wait_for 30 mail "$WEB recovered" && echo "  mail: $(mail "$WEB recovered")"
+
 say "what each service received"
 for svc in watcher updater backup health notifier; do
   echo "steward-$svc:"
   grep -E ' received' "$DEMO/$svc.log" | sed -E 's/^.*(subject=[^ ]+).*received.*(container=[^ ]+).*/    \1 \2/' || echo "    (nothing)"
 done
 
-say "the audit trail: steward events replay --since $since"
-"$BIN/steward" events replay --since "$since"
+say "the audit trail: steward audit --since $since"
+"$BIN/steward" audit --since "$since"
 
 if [ "$KEEP" = --keep ]; then
   say "everything keeps running; logs in $DEMO; stop with: pkill -f $BIN/steward- ; docker rm -f $WEB $APP"

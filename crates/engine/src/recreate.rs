@@ -33,6 +33,13 @@ pub const NEW_SUFFIX: &str = "-steward-new";
 /// Suffix of a failed new container while it is being removed.
 pub const FAILED_SUFFIX: &str = "-steward-failed";
 
+/// Whether `name` is one of the updater's temporary names (the old container parked during a
+/// swap, the new one before it takes the name, a failed one kept for inspection): such a
+/// container is part of an update in progress, not a container of its own.
+pub fn is_swap_name(name: &str) -> bool {
+    [OLD_SUFFIX, NEW_SUFFIX, FAILED_SUFFIX].iter().any(|s| name.ends_with(s))
+}
+
 /// A swap in progress: enough to finish it or undo it, also after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {

@@ -61,9 +61,12 @@ impl Service {
                 "backup.failed",
             ],
             Service::Backup => &["backup.requested", "verify.requested", "restore.requested"],
-            // Health re-baselines a container that an update or restore recreated, and
-            // excuses a container stopped for a backup copy while a backup runs.
+            // Health leaves a container alone while it is being updated, re-baselines it
+            // after an update or restore, and excuses a container stopped for a backup copy
+            // while a backup runs.
             Service::Health => &[
+                "update.started",
+                "update.failed",
                 "update.succeeded",
                 "update.rolled_back",
                 "restore.done",

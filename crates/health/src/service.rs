@@ -27,6 +27,8 @@ use crate::track::{Track, Transition, HEALTH_BUCKET};
 
 /// A container removed for good (down, and gone this long) is no longer probed.
 const FORGET_GONE: time::Duration = time::Duration::hours(24);
+/// An update that never reported its end stops excusing its container after this long.
+const UPDATE_EXCUSE: Duration = Duration::from_secs(3600);
 /// A backup that never reported its end stops excusing stopped containers after this long.
 const BACKUP_EXCUSE: Duration = Duration::from_secs(6 * 3600);
 
@@ -48,6 +50,8 @@ struct Inner {
     store: StateStore<Track>,
     tracks: Mutex<HashMap<String, Track>>,
     backup_since: Mutex<Option<Instant>>,
+    /// Containers in an update (swap and health gate are the updater's to judge).
+    updating: Mutex<HashMap<String, Instant>>,
     up: Family<ContainerLabel, Gauge>,
     latency: Family<ProbeLabel, Gauge<f64, AtomicU64>>,
 }
@@ -96,6 +100,7 @@ impl HealthService {
                 store,
                 tracks: Mutex::new(tracks),
                 backup_since: Mutex::new(None),
+                updating: Mutex::new(HashMap::new()),
                 up,
                 latency,
             }),
@@ -128,15 +133,23 @@ impl HealthService {
 
     /// One round over every container.
     pub async fn round(&self, ctx: &Context) -> anyhow::Result<()> {
-        let listed = self.inner.engine.containers(|l| self.probed(l)).await?;
+        let mut listed = self.inner.engine.containers(|l| self.probed(l)).await?;
+        // The updater's parked and half-made containers come and go with a swap; the
+        // container under its own name is what is probed (and re-baselined afterwards).
+        listed.retain(|c| !steward_engine::recreate::is_swap_name(&c.name));
         let backup_running =
             self.inner.backup_since.lock().await.is_some_and(|t| t.elapsed() < BACKUP_EXCUSE);
         let mut targets: HashMap<String, HashMap<String, String>> =
             listed.into_iter().map(|c| (c.name, c.labels)).collect();
         let previous = self.inner.tracks.lock().await.clone();
         // A container that was probed before and is gone now fails `running`.
-        for name in previous.keys() {
+        for name in previous.keys().filter(|n| !steward_engine::recreate::is_swap_name(n)) {
             targets.entry(name.clone()).or_default();
+        }
+        {
+            let mut updating = self.inner.updating.lock().await;
+            updating.retain(|_, since| since.elapsed() < UPDATE_EXCUSE);
+            targets.retain(|name, _| !updating.contains_key(name));
         }
         let rounds: Vec<_> = futures::stream::iter(targets)
             .map(|(name, labels)| {
@@ -210,8 +223,15 @@ impl HealthService {
 impl Handler for HealthService {
     async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
         match &event.data {
+            EventData::UpdateStarted(u) => {
+                self.inner.updating.lock().await.insert(u.container.clone(), Instant::now());
+            }
+            EventData::UpdateFailed(u) => {
+                self.inner.updating.lock().await.remove(&u.container);
+            }
             EventData::UpdateSucceeded(_) | EventData::UpdateRolledBack(_) => {
                 let Some(name) = event.container() else { return Ok(()) };
+                self.inner.updating.lock().await.remove(name);
                 if let Some(track) = self.inner.tracks.lock().await.get_mut(name) {
                     track.rebaseline();
                 }
