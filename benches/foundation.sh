@@ -33,6 +33,8 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 for svc in watcher updater backup health notifier; do
   http=$(port)
   # The backup service needs a bucket name to start; idle, it never contacts S3.
+  # The notifier needs a channel; idle, it never calls it.
+  STEWARD_WEBHOOK_URL=http://127.0.0.1:9/unused \
   STEWARD_S3_BUCKET=steward-bench-idle STEWARD_SCOPE=steward-bench-idle \
   STEWARD_NATS_URL="nats://127.0.0.1:$nats_port" STEWARD_HTTP_ADDR="127.0.0.1:$http" \
     "$ROOT/target/release/steward-$svc" 2>/dev/null &

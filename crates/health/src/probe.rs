@@ -1,7 +1,7 @@
 //! One probe round of one container: the checks in order, the first failure wins.
 //!
-//! 1. `running`: the container exists and runs (a container stopped for a labelled backup
-//!    copy is paused, not failed);
+//! 1. `running`: the container runs (a container stopped for a labelled backup copy is
+//!    paused, not failed; one that does not exist any more is only probed while it is down);
 //! 2. `restarts`: its restart count did not grow since the last round (same container id);
 //! 3. `docker-health`: its HEALTHCHECK does not report `unhealthy` (`starting` is neutral);
 //! 4. `http`: the `steward.health.url` answers 2xx/3xx within the probe timeout (latency kept);

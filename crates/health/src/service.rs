@@ -141,8 +141,24 @@ impl HealthService {
             self.inner.backup_since.lock().await.is_some_and(|t| t.elapsed() < BACKUP_EXCUSE);
         let mut targets: HashMap<String, HashMap<String, String>> =
             listed.into_iter().map(|c| (c.name, c.labels)).collect();
+        // A container removed (compose down, recreated by hand) is not an outage: its track
+        // goes quietly. One already down stays probed, so its return is reported.
+        let mut removed = vec![];
+        {
+            let mut tracks = self.inner.tracks.lock().await;
+            tracks.retain(|name, track| {
+                let keep = targets.contains_key(name) || track.down;
+                if !keep {
+                    removed.push(name.clone());
+                }
+                keep
+            });
+        }
+        for name in removed {
+            self.inner.up.remove(&ContainerLabel { container: name.clone() });
+            self.inner.store.delete(&name).await?;
+        }
         let previous = self.inner.tracks.lock().await.clone();
-        // A container that was probed before and is gone now fails `running`.
         for name in previous.keys().filter(|n| !steward_engine::recreate::is_swap_name(n)) {
             targets.entry(name.clone()).or_default();
         }
