@@ -300,3 +300,63 @@ async fn undeliverable_mail_is_given_up_after_its_retry_bound() {
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_gets_the_same_notification_as_json() {
+    use std::sync::{Arc, Mutex};
+
+    let bus = TestBus::new("webhook").await;
+    let to = unique_address("webhook");
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let settings = with(
+        testbed_notifier_env(&to),
+        &[("STEWARD_WEBHOOK_URL", &format!("http://127.0.0.1:{port}/hook"))],
+    );
+    let _notifier = Proc::service("steward-notifier", &bus, &settings);
+    let cause = Event::new(
+        "steward-backup/test",
+        steward_events::RestoreFailed {
+            backup_id: "20261123T020000Z-abcdef".into(),
+            reason: "pg_restore exited with 1".into(),
+            log_tail: vec!["pg_restore: error: could not execute query".into()],
+        },
+    );
+    bus.publish(&cause).await.expect("publish");
+    let body = wait_for("webhook call", Duration::from_secs(20), || {
+        received.lock().expect("lock").first().cloned()
+    });
+    assert!(
+        body["title"]
+            .as_str()
+            .is_some_and(|t| t.contains("Restore of backup 20261123T020000Z-abcdef failed")),
+        "{body}"
+    );
+    assert_eq!(body["items"][0]["kind"], "restore.failed");
+    assert_eq!(body["items"][0]["log_tail"][0], "pg_restore: error: could not execute query");
+    assert!(body["text"].as_str().is_some_and(|t| t.contains("What to do")), "{body}");
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(20));
+    assert_eq!(mails[0].subject, body["title"].as_str().unwrap_or_default());
+    wait_for("two notify.sent", Duration::from_secs(10), || {
+        let n = futures_lite_block(stored_events(&bus))
+            .iter()
+            .filter(|e| e.event_type() == "notify.sent")
+            .count();
+        (n == 2).then_some(())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(received.lock().expect("lock").len(), 1, "once");
+}
