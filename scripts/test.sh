@@ -7,6 +7,8 @@ cd "$ROOT"
 "$ROOT/infra/testbed/up.sh"
 # shellcheck disable=SC1091
 source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
+# A one-off build gains nothing from incremental state, which only costs disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # System tests run the real binaries, which Cargo does not build for another package's tests.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast
