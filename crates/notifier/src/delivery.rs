@@ -128,22 +128,47 @@ impl Delivery {
             }
             Err(reason) => {
                 let now = OffsetDateTime::now_utc();
-                let attempts = batch.iter().map(|q| q.entry.value.attempts + 1).max().unwrap_or(1);
-                let oldest = batch.iter().map(|q| q.entry.value.queued_at).min().unwrap_or(now);
-                let gave_up = oldest + self.retry_for <= now;
-                let first = batch.iter().any(|q| !q.entry.value.failure_reported);
-                tracing::warn!(channel = kind, %reason, attempts, gave_up, "notification not delivered");
-                if gave_up || first {
-                    self.publish_failed(ctx, &batch[0].event, &about, &reason, attempts, gave_up)
-                        .await?;
+                // Each entry has its own bound: a fresh event batched with an old one is not
+                // dropped with it.
+                let (expired, retried): (Vec<Queued>, Vec<Queued>) = batch
+                    .into_iter()
+                    .partition(|q| q.entry.value.queued_at + self.retry_for <= now);
+                let attempts = |qs: &[Queued]| {
+                    qs.iter().map(|q| q.entry.value.attempts + 1).max().unwrap_or(1)
+                };
+                let ids = |qs: &[Queued]| qs.iter().map(|q| q.event.id).collect::<Vec<_>>();
+                tracing::warn!(channel = kind, %reason, dropped = expired.len(), retried = retried.len(), "notification not delivered");
+                if let Some(first) = expired.first() {
+                    self.publish_failed(
+                        ctx,
+                        &first.event,
+                        &ids(&expired),
+                        &reason,
+                        attempts(&expired),
+                        true,
+                    )
+                    .await?;
                 }
-                for q in batch {
-                    if gave_up {
-                        self.outbox.finish(q, EntryState::GaveUp).await?;
-                    } else {
-                        let next = now + backoff(q.entry.value.attempts + 1);
-                        self.outbox.failed(q, &reason, next, true).await?;
-                    }
+                let unreported: Vec<&Queued> =
+                    retried.iter().filter(|q| !q.entry.value.failure_reported).collect();
+                if let Some(first) = unreported.first() {
+                    let about: Vec<uuid::Uuid> = unreported.iter().map(|q| q.event.id).collect();
+                    self.publish_failed(
+                        ctx,
+                        &first.event,
+                        &about,
+                        &reason,
+                        attempts(&retried),
+                        false,
+                    )
+                    .await?;
+                }
+                for q in expired {
+                    self.outbox.finish(q, EntryState::GaveUp).await?;
+                }
+                for q in retried {
+                    let next = now + backoff(q.entry.value.attempts + 1);
+                    self.outbox.failed(q, &reason, next, true).await?;
                 }
             }
         }
