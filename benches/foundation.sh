@@ -35,6 +35,8 @@ for svc in watcher updater backup health notifier; do
   # The backup service needs a bucket name to start; idle, it never contacts S3.
   # The notifier needs a channel; idle, it never calls it.
   STEWARD_WEBHOOK_URL=http://127.0.0.1:9/unused \
+  # No region lookup or credentials from EC2 instance metadata: no traffic off this machine.
+  AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   STEWARD_S3_BUCKET=steward-bench-idle STEWARD_SCOPE=steward-bench-idle \
   STEWARD_NATS_URL="nats://127.0.0.1:$nats_port" STEWARD_HTTP_ADDR="127.0.0.1:$http" \
     "$ROOT/target/release/steward-$svc" 2>/dev/null &
