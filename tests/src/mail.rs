@@ -127,11 +127,7 @@ impl SmtpServer {
             .spawn()
             .unwrap_or_else(|e| panic!("start aiosmtpd: {e}"));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(self.addr()).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not listen on {}", self.addr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        steward_testkit::wait_listening(self.port, "aiosmtpd");
     }
 }
 

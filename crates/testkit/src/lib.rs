@@ -166,11 +166,7 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {bin}: {e} (apt-get install nats-server)"));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start on port {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(self.port, "nats-server");
     }
 }
 
@@ -322,6 +318,15 @@ pub fn wait_for<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Optio
         }
         assert!(Instant::now() < deadline, "timed out after {bound:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (at most 10 s) until `what` accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on 127.0.0.1:{port}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

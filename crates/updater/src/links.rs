@@ -71,22 +71,45 @@ impl ApprovalLinks {
 
     /// The update a token approves, if it is genuine and not expired at `now`.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Uuid, LinkError> {
+        let parts = Parts::parse(token).ok_or(LinkError::Forged)?;
+        self.mac(parts.update_id, parts.expires)
+            .verify_slice(&parts.signature)
+            .map_err(|_| LinkError::Forged)?;
+        let expires =
+            OffsetDateTime::from_unix_timestamp(parts.expires).map_err(|_| LinkError::Forged)?;
+        if expires <= now {
+            return Err(LinkError::Expired(expires));
+        }
+        Ok(parts.update_id)
+    }
+}
+
+/// A token taken apart: `<update id>.<expiry, unix seconds>.<signature, base64url>`.
+struct Parts {
+    update_id: Uuid,
+    expires: i64,
+    signature: Vec<u8>,
+}
+
+impl Parts {
+    fn parse(token: &str) -> Option<Self> {
         let mut parts = token.split('.');
         let (Some(id), Some(ts), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(LinkError::Forged);
+            return None;
         };
-        let update_id = Uuid::try_parse(id).map_err(|_| LinkError::Forged)?;
-        let ts: i64 = ts.parse().map_err(|_| LinkError::Forged)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| LinkError::Forged)?;
-        self.mac(update_id, ts).verify_slice(&sig).map_err(|_| LinkError::Forged)?;
-        let expires = OffsetDateTime::from_unix_timestamp(ts).map_err(|_| LinkError::Forged)?;
-        if expires <= now {
-            return Err(LinkError::Expired(expires));
-        }
-        Ok(update_id)
+        Some(Self {
+            update_id: Uuid::try_parse(id).ok()?,
+            expires: ts.parse().ok()?,
+            signature: URL_SAFE_NO_PAD.decode(sig).ok()?,
+        })
     }
+}
+
+/// When a token says it expires (for display; only [`ApprovalLinks::verify`] vouches for it).
+pub fn expiry_of(token: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(Parts::parse(token)?.expires).ok()
 }
 
 /// The token part of a link (what follows `/approve/`).

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::flow::Flow;
-use crate::links::{ApprovalLinks, LinkError};
+use crate::links::{expiry_of, ApprovalLinks, LinkError};
 
 /// Links already used, by update id.
 pub const USED_LINKS_BUCKET: &str = "APPROVAL_LINKS";
@@ -222,12 +222,6 @@ async fn show(State(page): State<Page>, Path(token): Path<String>) -> Response {
             expiry_of(&token),
         ),
     }
-}
-
-/// The expiry written in a token that already verified.
-fn expiry_of(token: &str) -> Option<OffsetDateTime> {
-    let ts = token.split('.').nth(1)?.parse::<i64>().ok()?;
-    OffsetDateTime::from_unix_timestamp(ts).ok()
 }
 
 async fn decide(
