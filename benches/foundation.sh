@@ -32,10 +32,10 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 for svc in watcher updater backup health notifier; do
   http=$(port)
-  # The backup service needs a bucket name to start; idle, it never contacts S3.
+  # The backup service needs a bucket name to start; idle, it never contacts S3 (and with
+  # a fixed region and no instance metadata, it could not send traffic off this machine).
   # The notifier needs a channel; idle, it never calls it.
   STEWARD_WEBHOOK_URL=http://127.0.0.1:9/unused \
-  # No region lookup or credentials from EC2 instance metadata: no traffic off this machine.
   AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   STEWARD_S3_BUCKET=steward-bench-idle STEWARD_SCOPE=steward-bench-idle \
   STEWARD_NATS_URL="nats://127.0.0.1:$nats_port" STEWARD_HTTP_ADDR="127.0.0.1:$http" \

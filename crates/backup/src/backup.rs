@@ -152,7 +152,7 @@ impl Backups {
             user: None,
         };
         let component = format!("postgres/{name}");
-        let object = format!("{id}/postgres-{}.dump.zst", manifest::slug(name));
+        let object = self.object_name(format!("{id}/postgres-{}.dump.zst", manifest::slug(name)));
         tracing::info!(backup = id, component, "dumping");
         let mut exec = self
             .engine
@@ -160,8 +160,14 @@ impl Backups {
             .await
             .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
-        let stored =
-            pipeline::store_stream(&self.store, &object, stdout, self.config.zstd_level).await;
+        let stored = pipeline::store_stream(
+            &self.store,
+            &object,
+            stdout,
+            self.config.zstd_level,
+            &self.config.keys,
+        )
+        .await;
         let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         // The exit code first: a failing pg_dump often leaves a plausible-looking prefix.
         Failure::check_exit(&out, format!("{component}: pg_dump"))?;
@@ -181,7 +187,7 @@ impl Backups {
             user,
             database,
         };
-        Ok(entry(component, kind, object, stored, raw))
+        Ok(self.entry(component, kind, object, stored, raw))
     }
 
     async fn archive_paths(&self, id: &str, t: &Target) -> Result<Vec<Component>, Failure> {
@@ -214,16 +220,24 @@ impl Backups {
         let mut out = vec![];
         for path in &t.labels.paths {
             let component = format!("{name}:{path}");
-            let object =
-                format!("{id}/path-{}-{}.tar.zst", manifest::slug(name), manifest::slug(path));
+            let object = self.object_name(format!(
+                "{id}/path-{}-{}.tar.zst",
+                manifest::slug(name),
+                manifest::slug(path)
+            ));
             tracing::info!(backup = id, component, "archiving");
             let tar = self.engine.download_path(name, path);
-            let (stored, raw) =
-                pipeline::store_stream(&self.store, &object, tar, self.config.zstd_level)
-                    .await
-                    .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+            let (stored, raw) = pipeline::store_stream(
+                &self.store,
+                &object,
+                tar,
+                self.config.zstd_level,
+                &self.config.keys,
+            )
+            .await
+            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
             let kind = Kind::Path { container: name.clone(), path: path.clone() };
-            out.push(entry(component, kind, object, stored, raw));
+            out.push(self.entry(component, kind, object, stored, raw));
         }
         Ok(out)
     }
@@ -234,25 +248,48 @@ impl Backups {
             all.push(self.engine.inspect_json(name).await.map_err(Failure::plain)?);
         }
         let body = Bytes::from(serde_json::to_vec(&all).map_err(Failure::plain)?);
-        let object = format!("{id}/containers.json.zst");
+        let object = self.object_name(format!("{id}/containers.json.zst"));
         let stream = futures::stream::once(async move { Ok::<_, io::Error>(body) });
-        let (stored, raw) =
-            pipeline::store_stream(&self.store, &object, stream, self.config.zstd_level)
-                .await
-                .map_err(|e| Failure::plain(format!("containers: {e}")))?;
-        Ok(entry("containers".into(), Kind::Containers, object, stored, raw))
+        let (stored, raw) = pipeline::store_stream(
+            &self.store,
+            &object,
+            stream,
+            self.config.zstd_level,
+            &self.config.keys,
+        )
+        .await
+        .map_err(|e| Failure::plain(format!("containers: {e}")))?;
+        Ok(self.entry("containers".into(), Kind::Containers, object, stored, raw))
     }
 }
 
-fn entry(name: String, kind: Kind, object: String, stored: Stored, raw: Counted) -> Component {
-    Component {
-        name,
-        kind,
-        object,
-        encoding: "zstd".into(),
-        stored_size: stored.size,
-        stored_sha256: stored.sha256,
-        raw_size: raw.size,
-        raw_sha256: raw.sha256,
+impl Backups {
+    /// The object's name, marked `.age` when it is encrypted.
+    fn object_name(&self, name: String) -> String {
+        if self.config.keys.encrypts() {
+            format!("{name}.age")
+        } else {
+            name
+        }
+    }
+
+    fn entry(
+        &self,
+        name: String,
+        kind: Kind,
+        object: String,
+        stored: Stored,
+        raw: Counted,
+    ) -> Component {
+        Component {
+            name,
+            kind,
+            object,
+            encoding: self.config.keys.encoding().into(),
+            stored_size: stored.size,
+            stored_sha256: stored.sha256,
+            raw_size: raw.size,
+            raw_sha256: raw.sha256,
+        }
     }
 }

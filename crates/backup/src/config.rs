@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 
+use crate::encryption::Keys;
 use crate::retention::Retention;
 
 /// Cron expression of the regular backup (host time zone).
@@ -26,6 +27,14 @@ pub const ENV_HELPER_IMAGE: &str = "STEWARD_RESTORE_HELPER_IMAGE";
 pub const ENV_RESTORE_HEALTH_TIMEOUT: &str = "STEWARD_RESTORE_HEALTH_TIMEOUT";
 /// zstd level of the stored components.
 pub const ENV_ZSTD_LEVEL: &str = "STEWARD_BACKUP_ZSTD_LEVEL";
+
+/// age recipients (public keys) new backups are encrypted to; unset: not encrypted.
+pub const ENV_AGE_RECIPIENTS: &str = "STEWARD_BACKUP_AGE_RECIPIENTS";
+/// age identities (private keys) that verify and restore encrypted backups; best given as
+/// [`ENV_AGE_IDENTITY_FILE`].
+pub const ENV_AGE_IDENTITY: &str = "STEWARD_BACKUP_AGE_IDENTITY";
+/// The file variant of [`ENV_AGE_IDENTITY`] (an `age-keygen` key file).
+pub const ENV_AGE_IDENTITY_FILE: &str = "STEWARD_BACKUP_AGE_IDENTITY_FILE";
 
 /// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
 pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
@@ -63,6 +72,8 @@ pub struct BackupConfig {
     pub zstd_level: i32,
     /// The installation's scope.
     pub scope: Option<String>,
+    /// Client-side encryption keys.
+    pub keys: Keys,
 }
 
 /// A prefix as stored: no leading `/`, a trailing `/` unless empty.
@@ -117,6 +128,23 @@ impl BackupConfig {
             Ok(n) if (1..=19).contains(&n) => Ok(n),
             _ => Err("a whole number from 1 to 19".into()),
         });
+        let recipients = env.string(ENV_AGE_RECIPIENTS, "");
+        let identities = env.string(ENV_AGE_IDENTITY, "");
+        // Each error names its own variable, and never shows an identity's value.
+        let keys = match (Keys::parse(&recipients, ""), Keys::parse("", &identities)) {
+            (Err(reason), _) => {
+                env.error(ENV_AGE_RECIPIENTS, &recipients, reason);
+                Keys::default()
+            }
+            (_, Err(reason)) => {
+                env.error(ENV_AGE_IDENTITY, "(not shown)", reason);
+                Keys::default()
+            }
+            _ => Keys::parse(&recipients, &identities).unwrap_or_else(|reason| {
+                env.error(ENV_AGE_IDENTITY, "(not shown)", reason);
+                Keys::default()
+            }),
+        };
         Self {
             // The default always parses; a bad value was reported to `env` above.
             schedule: schedule.unwrap_or_else(|| {
@@ -130,6 +158,7 @@ impl BackupConfig {
                 .duration(ENV_RESTORE_HEALTH_TIMEOUT, Duration::from_secs(180)),
             zstd_level,
             scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
+            keys,
         }
     }
 }
@@ -168,6 +197,26 @@ mod tests {
         for name in [ENV_BUCKET, ENV_RETENTION, ENV_ENDPOINT, ENV_SCHEDULE] {
             assert!(message.contains(name), "{name} missing from: {message}");
         }
+    }
+
+    #[test]
+    fn age_key_errors_name_their_variable_and_never_show_an_identity() {
+        let secret = "AGE-SECRET-KEY-1NOTAREALKEYATALL";
+        let mut env = Env::from_pairs([
+            (ENV_BUCKET, "steward"),
+            (ENV_AGE_RECIPIENTS, "age1typo"),
+            (ENV_AGE_IDENTITY, secret),
+        ]);
+        let _ = BackupConfig::read(&mut env);
+        let message = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains(ENV_AGE_RECIPIENTS) && message.contains("age1typo"), "{message}");
+        assert!(!message.contains("NOTAREALKEY"), "the identity leaked: {message}");
+
+        let mut env = Env::from_pairs([(ENV_BUCKET, "steward"), (ENV_AGE_IDENTITY, secret)]);
+        let _ = BackupConfig::read(&mut env);
+        let message = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains(ENV_AGE_IDENTITY), "{message}");
+        assert!(!message.contains("NOTAREALKEY"), "the identity leaked: {message}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! It consumes `backup.requested` (the updater before an update, `steward backup now`),
 //! `verify.requested` and `restore.requested`, and backs up on its own schedule. A backup
 //! ([`backup`]) streams `pg_dump` output and path archives from the engine through zstd into
-//! S3 multipart uploads ([`pipeline`], [`store`]) and writes its [`manifest`] last; a
+//! S3 multipart uploads ([`pipeline`], [`store`]), encrypted to the operator's age
+//! recipients when configured ([`encryption`]), and writes its [`manifest`] last; a
 //! verification ([`verify`]) loads every dump into a scratch server; a restore ([`restore`])
 //! checks every checksum before it touches anything. Old backups are pruned by
 //! [`retention`] after each scheduled backup.
@@ -11,6 +12,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod config;
+pub mod encryption;
 pub mod manifest;
 pub mod pipeline;
 pub mod restore;

@@ -1,5 +1,6 @@
-//! The byte pipeline: engine stream → count and hash → zstd → S3, and back: S3 → hash →
-//! unzstd → hash → consumer, with the checksums compared when the stream ends.
+//! The byte pipeline: engine stream → count and hash → zstd → age (when recipients are
+//! configured) → S3, and back: S3 → hash → age → unzstd → hash → consumer, with the
+//! checksums compared when the stream ends.
 //!
 //! Invariant: a component read back yields an `Err` item, never a clean end, when its bytes
 //! do not match the manifest, so no consumer can mistake a corrupted or truncated object for
@@ -20,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::encryption::{self, Keys};
 use crate::manifest::Component;
 use crate::store::{Store, StoreError, Stored};
 
@@ -135,19 +137,24 @@ where
     )
 }
 
-/// Compresses `stream` into object `name`: returns what was stored and what went in.
+/// Compresses (and with recipients, encrypts) `stream` into object `name`: returns what
+/// was stored and what went in. The component's encoding is [`Keys::encoding`].
 pub async fn store_stream<S>(
     store: &Store,
     name: &str,
     stream: S,
     level: i32,
+    keys: &Keys,
 ) -> Result<(Stored, Counted), StoreError>
 where
     S: Stream<Item = io::Result<Bytes>> + Send + 'static,
 {
     let raw = Counter::default();
     let counted = Box::pin(raw.count(stream));
-    let stored = store.upload(name, compress(counted, level)).await?;
+    let sealed = keys
+        .seal(compress(counted, level))
+        .map_err(|source| StoreError::Source { key: store.key(name), source })?;
+    let stored = store.upload(name, sealed).await?;
     Ok((stored, raw.result()))
 }
 
@@ -156,7 +163,12 @@ where
 pub async fn read_component(
     store: &Store,
     component: &Component,
+    keys: &Keys,
 ) -> Result<BoxStream<'static, io::Result<Bytes>>, StoreError> {
+    let unreadable = |reason: String| StoreError::Unreadable {
+        key: store.key(&component.object),
+        reason: format!("{}: {reason}", component.name),
+    };
     let body = store.get(&component.object).await?.ok_or_else(|| StoreError::S3 {
         op: "GetObject",
         key: store.key(&component.object),
@@ -164,7 +176,13 @@ pub async fn read_component(
     })?;
     let stored = Counter::default();
     let raw = Counter::default();
-    let decoded = ZstdDecoder::new(BufReader::new(stored.reader(body)));
+    let body = BufReader::new(stored.reader(body));
+    let compressed: Pin<Box<dyn AsyncRead + Send + Unpin>> = match component.encoding.as_str() {
+        encryption::ZSTD => Box::pin(body),
+        encryption::ZSTD_AGE => Box::pin(keys.decrypting(body).await.map_err(unreadable)?),
+        other => return Err(unreadable(format!("unknown encoding {other:?}"))),
+    };
+    let decoded = ZstdDecoder::new(BufReader::new(compressed));
     let bytes = raw.count(ReaderStream::with_capacity(decoded, CHUNK));
     let expected = component.clone();
     let check =
@@ -193,8 +211,12 @@ fn mismatch(expected: &Component, stored: &Counted, raw: &Counted) -> Option<Str
 }
 
 /// Reads a component to the end, checking it; returns the error that stopped it.
-pub async fn check_component(store: &Store, component: &Component) -> Result<(), String> {
-    let mut stream = read_component(store, component).await.map_err(|e| e.to_string())?;
+pub async fn check_component(
+    store: &Store,
+    component: &Component,
+    keys: &Keys,
+) -> Result<(), String> {
+    let mut stream = read_component(store, component, keys).await.map_err(|e| e.to_string())?;
     while let Some(item) = stream.next().await {
         if let Err(e) = item {
             return Err(

@@ -152,7 +152,9 @@ impl Backups {
                 .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
             Failure::check_exit(&out, format!("{}: {}", c.name, step.cmd[0]))?;
         }
-        let stream = pipeline::read_component(&self.store, c).await.map_err(Failure::plain)?;
+        let stream = pipeline::read_component(&self.store, c, &self.config.keys)
+            .await
+            .map_err(Failure::plain)?;
         let load = run(&["pg_restore", "--exit-on-error", "-U", user, "-d", database]);
         let out = self
             .engine
@@ -212,7 +214,9 @@ impl Backups {
             Some(("", _)) | None => "/".to_owned(),
             Some((parent, _)) => parent.to_owned(),
         };
-        let stream = pipeline::read_component(&self.store, c).await.map_err(Failure::plain)?;
+        let stream = pipeline::read_component(&self.store, c, &self.config.keys)
+            .await
+            .map_err(Failure::plain)?;
         self.engine
             .upload_tar(container, &parent, stream)
             .await

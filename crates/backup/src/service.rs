@@ -32,7 +32,7 @@ impl BackupService {
     /// Connects to S3 and starts the schedule.
     pub async fn start(cfg: BackupConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().context("the backup service needs Docker")?;
-        let store = Store::connect(&cfg.s3).await;
+        let store = Store::lazy(&cfg.s3);
         let schedule = cfg.schedule.clone();
         let service = Self { backups: Backups::new(engine, store, cfg), lock: Default::default() };
         let scheduled = service.clone();

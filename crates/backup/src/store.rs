@@ -5,6 +5,7 @@
 //! returned) or is aborted; at most [`PARTS_IN_FLIGHT`] parts plus the one being filled are in
 //! memory; the part size grows with the stream so a component stays under S3's 10,000 parts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::{
@@ -17,6 +18,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt};
+use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
 use crate::config::S3Config;
@@ -58,6 +60,14 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// A stored object cannot be decoded (unknown encoding, no or the wrong key).
+    #[error("{reason} ({key})")]
+    Unreadable {
+        /// The object key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// The stream is larger than 10,000 parts can hold.
     #[error("{key} exceeds S3's 10,000-part limit")]
     TooLarge {
@@ -80,32 +90,53 @@ pub struct Stored {
 }
 
 /// One bucket and prefix.
+///
+/// The SDK client is built on first use: an idle backup service then never pays for the
+/// AWS configuration chain and TLS roots (measured: most of its idle memory).
 #[derive(Debug, Clone)]
 pub struct Store {
-    client: Client,
+    client: Arc<OnceCell<Client>>,
+    credentials: Option<aws_sdk_s3::config::Credentials>,
+    endpoint: Option<String>,
     bucket: String,
     prefix: String,
 }
 
 impl Store {
-    /// A client from the standard AWS chain (environment, profile, instance role), with
-    /// bounded retries and timeouts so an unreachable store fails a backup instead of
-    /// hanging it.
+    /// A store whose client comes from the standard AWS chain (environment, profile,
+    /// instance role) when it is first needed, with bounded retries and timeouts so an
+    /// unreachable store fails a backup instead of hanging it.
+    pub fn lazy(config: &S3Config) -> Self {
+        Self {
+            client: Arc::default(),
+            credentials: None,
+            endpoint: config.endpoint.clone(),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+        }
+    }
+
+    /// Like [`Store::lazy`], with the client built now.
     pub async fn connect(config: &S3Config) -> Self {
-        Self::connect_with(config, None).await
+        let store = Self::lazy(config);
+        store.client().await;
+        store
     }
 
     /// A client with fixed credentials instead of the chain (tests, benchmarks).
     pub async fn connect_static(config: &S3Config, access_key: &str, secret_key: &str) -> Self {
         let credentials =
             aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "static");
-        Self::connect_with(config, Some(credentials)).await
+        let store = Self { credentials: Some(credentials), ..Self::lazy(config) };
+        store.client().await;
+        store
     }
 
-    async fn connect_with(
-        config: &S3Config,
-        credentials: Option<aws_sdk_s3::config::Credentials>,
-    ) -> Self {
+    async fn client(&self) -> &Client {
+        self.client.get_or_init(|| self.build_client()).await
+    }
+
+    async fn build_client(&self) -> Client {
         use aws_config::meta::region::RegionProviderChain;
         use aws_sdk_s3::config::retry::RetryConfig;
         use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -133,17 +164,13 @@ impl Store {
                     .grace_period(Duration::from_secs(120))
                     .build(),
             );
-        if let Some(endpoint) = &config.endpoint {
+        if let Some(endpoint) = &self.endpoint {
             builder = builder.endpoint_url(endpoint).force_path_style(true);
         }
-        if let Some(credentials) = credentials {
-            builder = builder.credentials_provider(credentials);
+        if let Some(credentials) = &self.credentials {
+            builder = builder.credentials_provider(credentials.clone());
         }
-        Self {
-            client: Client::from_conf(builder.build()),
-            bucket: config.bucket.clone(),
-            prefix: config.prefix.clone(),
-        }
+        Client::from_conf(builder.build())
     }
 
     /// The full key of `name` (relative to the prefix).
@@ -171,7 +198,8 @@ impl Store {
             return Ok(stored);
         }
         let created = self
-            .client
+            .client()
+            .await
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&key)
@@ -185,7 +213,8 @@ impl Store {
         if result.is_err() {
             // Best effort: a lifecycle rule cleans up what an unreachable store keeps.
             let _ = self
-                .client
+                .client()
+                .await
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&key)
@@ -216,7 +245,8 @@ impl Store {
             hasher.update(&part);
             size += part.len() as u64;
             let request = self
-                .client
+                .client()
+                .await
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(key)
@@ -241,7 +271,8 @@ impl Store {
             parts.push(join_one(&mut in_flight, key).await?);
         }
         parts.sort_by_key(|p| p.part_number);
-        self.client
+        self.client()
+            .await
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -256,7 +287,8 @@ impl Store {
     /// Stores a small object in one request.
     pub async fn put(&self, name: &str, body: Bytes) -> Result<(), StoreError> {
         let key = self.key(name);
-        self.client
+        self.client()
+            .await
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
@@ -273,7 +305,7 @@ impl Store {
         name: &str,
     ) -> Result<Option<impl AsyncBufRead + Send + Unpin + 'static>, StoreError> {
         let key = self.key(name);
-        match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+        match self.client().await.get_object().bucket(&self.bucket).key(&key).send().await {
             Ok(o) => Ok(Some(o.body.into_async_read())),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
             Err(e) => Err(s3("GetObject", &key, e)),
@@ -301,7 +333,8 @@ impl Store {
     /// The "directories" directly under the prefix (backup ids), sorted.
     pub async fn list_dirs(&self) -> Result<Vec<String>, StoreError> {
         let mut pages = self
-            .client
+            .client()
+            .await
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&self.prefix)
@@ -330,7 +363,8 @@ impl Store {
     /// The full keys of every object whose key starts with `prefix`.
     async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let mut pages = self
-            .client
+            .client()
+            .await
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
@@ -347,7 +381,7 @@ impl Store {
     /// Creates the bucket (tests and first runs against a fresh S3-compatible store; on AWS
     /// the bucket is provisioned with its policies by Terraform).
     pub async fn create_bucket(&self) -> Result<(), StoreError> {
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self.client().await.create_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
             Err(e)
                 if e.as_service_error().is_some_and(|e| {
@@ -365,7 +399,8 @@ impl Store {
         let keys = self.keys_under(&self.prefix).await?;
         self.delete_keys(&keys, &self.prefix).await?;
         if self.prefix.is_empty() {
-            self.client
+            self.client()
+                .await
                 .delete_bucket()
                 .bucket(&self.bucket)
                 .send()
@@ -378,7 +413,8 @@ impl Store {
     /// Deletes one object (absent is fine).
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let key = self.key(name);
-        self.client
+        self.client()
+            .await
             .delete_object()
             .bucket(&self.bucket)
             .key(&key)
@@ -408,7 +444,8 @@ impl Store {
                 .build()
                 .map_err(|e| s3("DeleteObjects", what, e))?;
             let answer = self
-                .client
+                .client()
+                .await
                 .delete_objects()
                 .bucket(&self.bucket)
                 .delete(delete)

@@ -39,7 +39,9 @@ impl Backups {
                     database_restored = true;
                 }
                 Kind::Path { .. } | Kind::Containers => {
-                    pipeline::check_component(&self.store, c).await.map_err(Failure::plain)?
+                    pipeline::check_component(&self.store, c, &self.config.keys)
+                        .await
+                        .map_err(Failure::plain)?
                 }
             }
             tracing::info!(backup = %id, component = %c.name, "verified");
@@ -57,7 +59,9 @@ impl Backups {
     /// before it touches a container.
     pub async fn check_all(&self, components: &[&Component]) -> Result<(), Failure> {
         for c in components {
-            pipeline::check_component(&self.store, c).await.map_err(Failure::plain)?;
+            pipeline::check_component(&self.store, c, &self.config.keys)
+                .await
+                .map_err(Failure::plain)?;
         }
         Ok(())
     }
@@ -113,7 +117,9 @@ impl Backups {
         database: &str,
     ) -> Result<(), Failure> {
         wait_ready(self, scratch, user, database).await?;
-        let stream = pipeline::read_component(&self.store, c).await.map_err(Failure::plain)?;
+        let stream = pipeline::read_component(&self.store, c, &self.config.keys)
+            .await
+            .map_err(Failure::plain)?;
         // Roles other than the dump's user do not exist in a scratch server: load the data,
         // not the ownership.
         let spec = ExecSpec {

@@ -5,7 +5,11 @@ mod common;
 
 use common::Stack;
 use sha2::{Digest, Sha256};
+use steward_backup::config::BackupConfig;
+use steward_backup::encryption::Keys;
 use steward_backup::manifest::Kind;
+use steward_backup::Backups;
+use steward_engine::Engine;
 use steward_events::{BackupReason, RestoreScope};
 use tokio::io::AsyncReadExt;
 
@@ -128,5 +132,70 @@ async fn a_corrupted_object_fails_verification_and_the_restore_touches_nothing()
     assert_eq!(stack.db_fingerprint(), db);
     assert_eq!(stack.data_fingerprint(), data);
     assert!(stack.app_running());
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_backup_stores_no_plaintext_and_needs_the_identity_to_come_back() {
+    let identity = age::x25519::Identity::generate();
+    let keys = Keys::new(vec![identity.to_public()], vec![identity.clone()]);
+    let stack = Stack::start_with_keys("sealed", &[], keys).await;
+    stack.fill_db(5_000);
+    stack.fill_data(2, 50);
+    stack.app_sh("echo 'a plain secret line that must not reach S3' > /data/secret.txt");
+    let (db_before, data_before) = (stack.db_fingerprint(), stack.data_fingerprint());
+
+    let id = steward_backup::manifest::new_backup_id(time::OffsetDateTime::now_utc());
+    let manifest = stack
+        .backups
+        .take(&id, BackupReason::Manual, &[])
+        .await
+        .unwrap_or_else(|e| panic!("backup failed: {e} {:?}", e.stderr_tail));
+    for c in &manifest.components {
+        assert_eq!(c.encoding, "zstd+age", "{}", c.name);
+        assert!(c.object.ends_with(".age"), "{}", c.object);
+        let mut body = stack.store.get(&c.object).await.ok().flatten().expect("stored object");
+        let mut bytes = vec![];
+        body.read_to_end(&mut bytes).await.expect("read");
+        assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{} is not an age file", c.name);
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), c.stored_sha256, "{}", c.name);
+    }
+    // The scratch server loads the decrypted dump.
+    let verified = stack
+        .backups
+        .verify(&id)
+        .await
+        .unwrap_or_else(|e| panic!("verify failed: {e} {:?}", e.stderr_tail));
+    assert!(verified.database_restored);
+
+    // A service holding only the public key refuses to restore, before touching anything.
+    let public_only = Backups::new(
+        Engine::from_env(),
+        stack.store.clone(),
+        BackupConfig {
+            keys: Keys::new(vec![identity.to_public()], vec![]),
+            ..common::config(common::s3_config(stack.store.bucket(), None), &stack.scope)
+        },
+    );
+    stack.psql("DELETE FROM items WHERE id <= 100");
+    stack.app_sh("rm /data/secret.txt");
+    let (db_damaged, data_damaged) = (stack.db_fingerprint(), stack.data_fingerprint());
+    let refused = public_only
+        .restore(&id, RestoreScope::All)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("restored an encrypted backup without its identity"));
+    assert!(refused.reason.contains("STEWARD_BACKUP_AGE_IDENTITY_FILE"), "{}", refused.reason);
+    assert_eq!(stack.db_fingerprint(), db_damaged);
+    assert_eq!(stack.data_fingerprint(), data_damaged);
+
+    let restored = stack
+        .backups
+        .restore(&id, RestoreScope::All)
+        .await
+        .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
+    assert_eq!(restored.restored.len(), 2, "{:?}", restored.restored);
+    assert_eq!(stack.db_fingerprint(), db_before);
+    assert_eq!(stack.data_fingerprint(), data_before);
     stack.destroy_bucket().await;
 }

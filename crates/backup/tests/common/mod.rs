@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use steward_backup::config::{BackupConfig, S3Config};
+use steward_backup::encryption::Keys;
 use steward_backup::retention::Retention;
 use steward_backup::store::Store;
 use steward_backup::Backups;
@@ -58,12 +59,18 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
         restore_health_timeout: Duration::from_secs(60),
         zstd_level: 3,
         scope: Some(scope.into()),
+        keys: Keys::default(),
     }
 }
 
 impl Stack {
     /// `app_labels`: extra `--label` values for the app (its backup paths by default).
     pub async fn start(tag: &str, app_labels: &[&str]) -> Self {
+        Self::start_with_keys(tag, app_labels, Keys::default()).await
+    }
+
+    /// Like [`Stack::start`], backing up with client-side encryption `keys`.
+    pub async fn start_with_keys(tag: &str, app_labels: &[&str], keys: Keys) -> Self {
         let scope = unique_name(tag);
         let scope_label = format!("steward.scope={scope}");
         let db = postgres(
@@ -84,7 +91,11 @@ impl Stack {
         let app = Container::run(&format!("{scope}-app"), &args);
         let s3 = s3_config(&bucket_name(tag), None);
         let store = store_for(&s3).await;
-        let backups = Backups::new(Engine::from_env(), store.clone(), config(s3, &scope));
+        let backups = Backups::new(
+            Engine::from_env(),
+            store.clone(),
+            BackupConfig { keys, ..config(s3, &scope) },
+        );
         Self { scope, db, app, backups, store }
     }
 
