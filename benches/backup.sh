@@ -7,6 +7,7 @@
 #          (VmHWM), then `steward restore latest --yes` (RTO).
 #   benches/backup.sh                   1 GiB of data + ~200 MB dump
 #   DATA_MIB=4096 benches/backup.sh     the memory check at 4 GiB
+#   AGE=1 benches/backup.sh             Steward with client-side age encryption (needs age-keygen)
 # Results go to stdout; docs/benchmarks.md records a run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,7 +33,7 @@ pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null
   docker rm -f -v "$DB" "$APP" >/dev/null 2>&1 || true
-  rm -rf "${STATE:?}/s3/$BUCKET"
+  rm -rf "${STATE:?}/s3/$BUCKET" "$STATE/$RUN.age"
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
@@ -63,7 +64,14 @@ t2=$(now)
 peer_db=$(secs "$t0" "$t1"); peer_data=$(secs "$t1" "$t2"); peer_total=$(secs "$t0" "$t2")
 echo "   database ${peer_db} s, data ${peer_data} s, total ${peer_total} s"
 
-echo "== Steward: steward-backup (release) + steward backup now"
+if [ "${AGE:-0}" = 1 ]; then
+  command -v age-keygen >/dev/null 2>&1 || apt-get install -y -qq age >/dev/null
+  age-keygen -o "$STATE/$RUN.age" 2>/dev/null
+  export STEWARD_BACKUP_AGE_IDENTITY_FILE=$STATE/$RUN.age
+  STEWARD_BACKUP_AGE_RECIPIENTS=$(age-keygen -y "$STATE/$RUN.age")
+  export STEWARD_BACKUP_AGE_RECIPIENTS
+fi
+echo "== Steward: steward-backup (release) + steward backup now${AGE:+ (age: ${AGE})}"
 http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 STEWARD_HTTP_ADDR=127.0.0.1:$http "$BIN/steward-backup" >"$STATE/logs/$RUN.log" 2>&1 &
 pid=$!

@@ -4,7 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use steward_events::{BackupReason, BackupRequested, Event, EventData};
+use futures::StreamExt as _;
+
+use steward_bus::StateStore;
+use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
+use steward_events::{BackupReason, BackupRequested, Digest, Event, EventData};
 use steward_system_tests::{steward_with, Proc, TestBucket};
 use steward_testkit::docker::{docker, postgres, Container};
 use steward_testkit::{stored_events, testbed, unique_name, TestBus};
@@ -85,6 +89,43 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
     docker(&["exec", &app.name, "sh", "-c", "rm /data/repo.txt"]);
     let refused = steward_with(&bus, &env, &["restore", "latest"]);
     assert!(!refused.status.success(), "a restore without --yes off a terminal must refuse");
+
+    // An update of the app in its health gate: the restore must wait, changing nothing.
+    let updates: StateStore<UpdateRecord> =
+        StateStore::open(&bus, UPDATE_BUCKET).await.unwrap_or_else(|e| panic!("kv: {e}"));
+    let mut gating = UpdateRecord {
+        update_id: uuid::Uuid::new_v4(),
+        container: app.name.clone(),
+        image: "app:v1".into(),
+        from_digest: Digest::parse(&format!("sha256:{}", "1".repeat(64))).expect("digest"),
+        to_digest: Digest::parse(&format!("sha256:{}", "2".repeat(64))).expect("digest"),
+        new_tag: None,
+        policy: "automatic".into(),
+        correlation_id: uuid::Uuid::new_v4(),
+        last_event_id: uuid::Uuid::new_v4(),
+        step: UpdateStep::Gating,
+        started_at: time::OffsetDateTime::now_utc(),
+        not_before: None,
+        backup_deadline: None,
+        old_id: None,
+        new_id: None,
+        reason: None,
+        approved_by: None,
+    };
+    updates.put(&app.name, &gating).await.unwrap_or_else(|e| panic!("kv put: {e}"));
+    let blocked = steward_with(&bus, &env, &["restore", "latest", "--yes"]);
+    let said = String::from_utf8_lossy(&blocked.stderr);
+    assert!(!blocked.status.success() && said.contains("in its health gate"), "{said}");
+    assert_eq!(psql(&db.name, "SELECT count(*) FROM t"), "10", "a blocked restore changed data");
+    gating.step = UpdateStep::Succeeded;
+    updates.put(&app.name, &gating).await.unwrap_or_else(|e| panic!("kv put: {e}"));
+
+    // Whoever follows a restore sees its bytes: every report of this namespace, collected.
+    let mut reports = bus
+        .raw_client()
+        .subscribe(bus.namespace().subject("progress.>"))
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
     let restored = steward_with(&bus, &env, &["restore", "latest", "--yes"]);
     assert!(
         restored.status.success(),
@@ -94,6 +135,13 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
     );
     assert_eq!(psql(&db.name, "SELECT count(*) FROM t"), "5000");
     assert_eq!(docker(&["exec", &app.name, "cat", "/data/repo.txt"]), "precious");
+    let mut last = None;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), reports.next()).await {
+        last = serde_json::from_slice::<steward_bus::Progress>(&m.payload).ok();
+    }
+    let last = last.unwrap_or_else(|| panic!("no progress reported: {}", backup.logs()));
+    assert_eq!(last.phase, "restoring", "{last:?}");
+    assert!(last.total.is_some_and(|t| t > 0) && Some(last.done) == last.total, "{last:?}");
 
     let verified = steward_with(&bus, &env, &["backup", "verify", &done.backup_id]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));

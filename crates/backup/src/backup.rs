@@ -6,6 +6,7 @@
 //! store kept); a container stopped for a consistent copy is started again whatever happens.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use time::OffsetDateTime;
 use crate::config::BackupConfig;
 use crate::manifest::{self, Component, Kind, Manifest};
 use crate::pipeline::{self, Counted};
+use crate::progress::Meter;
 use crate::store::{Store, Stored};
 use crate::targets::{self, Target};
 
@@ -65,12 +67,22 @@ pub struct Backups {
     pub(crate) engine: Engine,
     pub(crate) store: Store,
     pub(crate) config: BackupConfig,
+    pub(crate) meter: Arc<Meter>,
 }
 
 impl Backups {
     /// Backups of the containers in the configured scope, through `engine`, into `store`.
     pub fn new(engine: Engine, store: Store, config: BackupConfig) -> Self {
-        Self { engine, store, config }
+        Self { engine, store, config, meter: Arc::default() }
+    }
+
+    /// The running job's progress.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    pub(crate) fn io(&self) -> pipeline::Io<'_> {
+        pipeline::Io { store: &self.store, keys: &self.config.keys, meter: &self.meter }
     }
 
     /// The store.
@@ -86,6 +98,7 @@ impl Backups {
         only: &[String],
     ) -> Result<Manifest, Failure> {
         let started = Instant::now();
+        self.meter.phase("backing up", None);
         let taken_at = OffsetDateTime::now_utc();
         let result = self.take_components(id, only).await;
         let components = match result {
@@ -154,20 +167,15 @@ impl Backups {
         let component = format!("postgres/{name}");
         let object = self.object_name(format!("{id}/postgres-{}.dump.zst", manifest::slug(name)));
         tracing::info!(backup = id, component, "dumping");
+        self.meter.item(&component);
         let mut exec = self
             .engine
             .exec_stdout(name, &spec, STDERR_LINES)
             .await
             .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
-        let stored = pipeline::store_stream(
-            &self.store,
-            &object,
-            stdout,
-            self.config.zstd_level,
-            &self.config.keys,
-        )
-        .await;
+        let stored =
+            pipeline::store_stream(self.io(), &object, stdout, self.config.zstd_level).await;
         let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         // The exit code first: a failing pg_dump often leaves a plausible-looking prefix.
         Failure::check_exit(&out, format!("{component}: pg_dump"))?;
@@ -226,16 +234,12 @@ impl Backups {
                 manifest::slug(path)
             ));
             tracing::info!(backup = id, component, "archiving");
+            self.meter.item(&component);
             let tar = self.engine.download_path(name, path);
-            let (stored, raw) = pipeline::store_stream(
-                &self.store,
-                &object,
-                tar,
-                self.config.zstd_level,
-                &self.config.keys,
-            )
-            .await
-            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+            let (stored, raw) =
+                pipeline::store_stream(self.io(), &object, tar, self.config.zstd_level)
+                    .await
+                    .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
             let kind = Kind::Path { container: name.clone(), path: path.clone() };
             out.push(self.entry(component, kind, object, stored, raw));
         }
@@ -249,16 +253,12 @@ impl Backups {
         }
         let body = Bytes::from(serde_json::to_vec(&all).map_err(Failure::plain)?);
         let object = self.object_name(format!("{id}/containers.json.zst"));
+        self.meter.item("containers");
         let stream = futures::stream::once(async move { Ok::<_, io::Error>(body) });
-        let (stored, raw) = pipeline::store_stream(
-            &self.store,
-            &object,
-            stream,
-            self.config.zstd_level,
-            &self.config.keys,
-        )
-        .await
-        .map_err(|e| Failure::plain(format!("containers: {e}")))?;
+        let (stored, raw) =
+            pipeline::store_stream(self.io(), &object, stream, self.config.zstd_level)
+                .await
+                .map_err(|e| Failure::plain(format!("containers: {e}")))?;
         Ok(self.entry("containers".into(), Kind::Containers, object, stored, raw))
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod encryption;
 pub mod manifest;
 pub mod pipeline;
+pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod service;

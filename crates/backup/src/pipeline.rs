@@ -23,6 +23,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::encryption::{self, Keys};
 use crate::manifest::Component;
+use crate::progress::Meter;
 use crate::store::{Store, StoreError, Stored};
 
 /// Bytes of input per zstd worker job.
@@ -30,6 +31,17 @@ const JOB_SIZE: u32 = 2 << 20;
 
 /// Read size when decompressing.
 const CHUNK: usize = 256 << 10;
+
+/// What every byte path needs: where, how to seal, and what to report.
+#[derive(Debug, Clone, Copy)]
+pub struct Io<'a> {
+    /// The bucket.
+    pub store: &'a Store,
+    /// Encryption keys.
+    pub keys: &'a Keys,
+    /// Raw bytes passed are added here.
+    pub meter: &'a Arc<Meter>,
+}
 
 /// Size, SHA-256 and first bytes of what passed.
 #[derive(Debug, Default)]
@@ -50,9 +62,10 @@ impl Tally {
     }
 }
 
-/// A tally shared between the stream that feeds it and whoever reads the result.
+/// A tally shared between the stream that feeds it and whoever reads the result, and
+/// optionally a job's [`Meter`].
 #[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<Mutex<Tally>>);
+pub struct Counter(Arc<Mutex<Tally>>, Option<Arc<Meter>>);
 
 /// What a [`Counter`] saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +79,16 @@ pub struct Counted {
 }
 
 impl Counter {
+    /// A counter that also adds to `meter`.
+    pub fn metered(meter: &Arc<Meter>) -> Self {
+        Self(Arc::default(), Some(meter.clone()))
+    }
+
     fn update(&self, bytes: &[u8]) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).update(bytes);
+        if let Some(meter) = &self.1 {
+            meter.add(bytes.len() as u64);
+        }
     }
 
     /// The result so far.
@@ -140,16 +161,16 @@ where
 /// Compresses (and with recipients, encrypts) `stream` into object `name`: returns what
 /// was stored and what went in. The component's encoding is [`Keys::encoding`].
 pub async fn store_stream<S>(
-    store: &Store,
+    io: Io<'_>,
     name: &str,
     stream: S,
     level: i32,
-    keys: &Keys,
 ) -> Result<(Stored, Counted), StoreError>
 where
     S: Stream<Item = io::Result<Bytes>> + Send + 'static,
 {
-    let raw = Counter::default();
+    let Io { store, keys, meter } = io;
+    let raw = Counter::metered(meter);
     let counted = Box::pin(raw.count(stream));
     let sealed = keys
         .seal(compress(counted, level))
@@ -161,10 +182,11 @@ where
 /// A component's original bytes read back from the store. The stream ends with an `Err` if
 /// the stored or the decompressed bytes do not match the manifest.
 pub async fn read_component(
-    store: &Store,
+    io: Io<'_>,
     component: &Component,
-    keys: &Keys,
 ) -> Result<BoxStream<'static, io::Result<Bytes>>, StoreError> {
+    let Io { store, keys, meter } = io;
+    meter.item(&component.name);
     let unreadable = |reason: String| StoreError::Unreadable {
         key: store.key(&component.object),
         reason: format!("{}: {reason}", component.name),
@@ -175,7 +197,7 @@ pub async fn read_component(
         reason: "the object is missing".into(),
     })?;
     let stored = Counter::default();
-    let raw = Counter::default();
+    let raw = Counter::metered(meter);
     let body = BufReader::new(stored.reader(body));
     let compressed: Pin<Box<dyn AsyncRead + Send + Unpin>> = match component.encoding.as_str() {
         encryption::ZSTD => Box::pin(body),
@@ -211,12 +233,8 @@ fn mismatch(expected: &Component, stored: &Counted, raw: &Counted) -> Option<Str
 }
 
 /// Reads a component to the end, checking it; returns the error that stopped it.
-pub async fn check_component(
-    store: &Store,
-    component: &Component,
-    keys: &Keys,
-) -> Result<(), String> {
-    let mut stream = read_component(store, component, keys).await.map_err(|e| e.to_string())?;
+pub async fn check_component(io: Io<'_>, component: &Component) -> Result<(), String> {
+    let mut stream = read_component(io, component).await.map_err(|e| e.to_string())?;
     while let Some(item) = stream.next().await {
         if let Err(e) = item {
             return Err(

@@ -45,10 +45,37 @@ fn container_of(c: &Component) -> Option<&str> {
 const GITEA_REGENERATE: [&str; 6] =
     ["/usr/local/bin/gitea", "-c", "/data/gitea/conf/app.ini", "admin", "regenerate", "hooks"];
 
+/// Containers a restore must not touch now, each with why (e.g. an update in its health
+/// gate: stopping the app there would make the gate roll the update back mid-restore).
+pub type Busy = std::collections::BTreeMap<String, String>;
+
 impl Backups {
     /// Restores backup `id` (or `latest`).
     pub async fn restore(&self, id: &str, scope: RestoreScope) -> Result<Restored, Failure> {
+        self.restore_unless_busy(id, scope, &Busy::new()).await
+    }
+
+    /// Restores backup `id` (or `latest`), refusing before anything is downloaded or touched
+    /// when one of its containers is `busy`.
+    pub async fn restore_unless_busy(
+        &self,
+        id: &str,
+        scope: RestoreScope,
+        busy: &Busy,
+    ) -> Result<Restored, Failure> {
         let manifest = self.resolve(id).await.map_err(Failure::plain)?;
+        let conflicts: Vec<String> = manifest
+            .components
+            .iter()
+            .filter_map(container_of)
+            .filter_map(|name| busy.get(name).map(|why| format!("{name}: {why}")))
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(Failure::plain(format!(
+                "not now, nothing was changed: {}; restore when it has ended (steward updates)",
+                conflicts.join("; ")
+            )));
+        }
         let chosen: Vec<&Component> =
             manifest.components.iter().filter(|c| in_scope(c, scope)).collect();
         if chosen.is_empty() {
@@ -58,6 +85,8 @@ impl Backups {
             )));
         }
         tracing::info!(backup = %manifest.backup_id, components = chosen.len(), "checking checksums before touching anything");
+        let total = chosen.iter().map(|c| c.raw_size).sum();
+        self.meter.phase("checking", Some(total));
         self.check_all(&chosen).await?;
         for name in chosen.iter().filter_map(|c| container_of(c)) {
             if self.engine.is_running(name).await.map_err(Failure::plain)?.is_none() {
@@ -90,6 +119,7 @@ impl Backups {
             }
         }
         if result.is_ok() {
+            self.meter.phase("restoring", Some(total));
             result = self.restore_components(&chosen).await;
         }
         // Started again whatever happened: a failed restore must not leave the stack down.
@@ -152,9 +182,7 @@ impl Backups {
                 .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
             Failure::check_exit(&out, format!("{}: {}", c.name, step.cmd[0]))?;
         }
-        let stream = pipeline::read_component(&self.store, c, &self.config.keys)
-            .await
-            .map_err(Failure::plain)?;
+        let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
         let load = run(&["pg_restore", "--exit-on-error", "-U", user, "-d", database]);
         let out = self
             .engine
@@ -214,9 +242,7 @@ impl Backups {
             Some(("", _)) | None => "/".to_owned(),
             Some((parent, _)) => parent.to_owned(),
         };
-        let stream = pipeline::read_component(&self.store, c, &self.config.keys)
-            .await
-            .map_err(Failure::plain)?;
+        let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
         self.engine
             .upload_tar(container, &parent, stream)
             .await

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use steward_bus::StateStore;
+use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{
     BackupComponent, BackupDone, BackupFailed, BackupPruned, BackupReason, BackupStarted,
     BackupVerified, Event, EventData, RestoreDone, RestoreFailed, VerifyFailed,
@@ -18,6 +20,8 @@ use tokio::sync::Mutex;
 use crate::backup::Backups;
 use crate::config::BackupConfig;
 use crate::manifest;
+use crate::progress;
+use crate::restore::Busy;
 use crate::store::Store;
 
 /// The backup service's event handler.
@@ -70,6 +74,16 @@ impl BackupService {
         Ok(())
     }
 
+    /// Runs `job`, reporting its progress to whoever follows `cause`'s correlation.
+    async fn reporting<F: std::future::Future>(
+        &self,
+        ctx: &Context,
+        cause: &Event,
+        job: F,
+    ) -> F::Output {
+        progress::reporting(&ctx.bus, cause.correlation_id, self.backups.meter(), job).await
+    }
+
     /// One backup with its events; then retention.
     async fn back_up(
         &self,
@@ -82,7 +96,12 @@ impl BackupService {
         let started = Instant::now();
         let id = manifest::new_backup_id(OffsetDateTime::now_utc());
         self.publish(ctx, cause, BackupStarted { backup_id: id.clone() }).await?;
-        match self.backups.take(&id, reason, only).await {
+        let job = self.backups.take(&id, reason, only);
+        let outcome = match cause {
+            Some(cause) => self.reporting(ctx, cause, job).await,
+            None => job.await,
+        };
+        match outcome {
             Ok(m) => {
                 let done = BackupDone {
                     backup_id: id.clone(),
@@ -126,7 +145,7 @@ impl BackupService {
     async fn verify(&self, ctx: &Context, cause: &Event, id: &str) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
-        match self.backups.verify(id).await {
+        match self.reporting(ctx, cause, self.backups.verify(id)).await {
             Ok(v) => {
                 let data = BackupVerified {
                     backup_id: v.manifest.backup_id,
@@ -156,7 +175,17 @@ impl BackupService {
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
-        match self.backups.restore(&r.backup_id, r.scope).await {
+        let outcome = match updates_in_progress(ctx).await {
+            Ok(busy) => {
+                let job = self.backups.restore_unless_busy(&r.backup_id, r.scope, &busy);
+                self.reporting(ctx, cause, job).await
+            }
+            // Fail closed: restoring under a running update can lose both.
+            Err(e) => Err(crate::Failure::plain(format!(
+                "could not check for updates in progress, nothing was changed: {e:#}"
+            ))),
+        };
+        match outcome {
             Ok(done) => {
                 let data = RestoreDone {
                     backup_id: done.manifest.backup_id,
@@ -176,6 +205,23 @@ impl BackupService {
             }
         }
     }
+}
+
+/// Containers whose update is swapping or in its health gate, from the updater's records.
+async fn updates_in_progress(ctx: &Context) -> anyhow::Result<Busy> {
+    let store: StateStore<UpdateRecord> = StateStore::open(&ctx.bus, UPDATE_BUCKET).await?;
+    let mut busy = Busy::new();
+    for key in store.keys().await? {
+        let Some(record) = store.get(&key).await? else { continue };
+        let r = record.value;
+        let doing = match r.step {
+            UpdateStep::Swapping => "swapping containers",
+            UpdateStep::Gating => "in its health gate",
+            _ => continue,
+        };
+        busy.insert(r.container, format!("update {} to {} is {doing}", r.update_id, r.to_digest));
+    }
+    Ok(busy)
 }
 
 impl Handler for BackupService {

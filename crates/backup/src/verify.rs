@@ -32,6 +32,8 @@ impl Backups {
         let manifest = self.resolve(id).await.map_err(Failure::plain)?;
         let id = manifest.backup_id.clone();
         let mut database_restored = false;
+        let total = manifest.components.iter().map(|c| c.raw_size).sum();
+        self.meter.phase("verifying", Some(total));
         for c in &manifest.components {
             match &c.kind {
                 Kind::Postgres { image, user, database, container } => {
@@ -39,9 +41,7 @@ impl Backups {
                     database_restored = true;
                 }
                 Kind::Path { .. } | Kind::Containers => {
-                    pipeline::check_component(&self.store, c, &self.config.keys)
-                        .await
-                        .map_err(Failure::plain)?
+                    pipeline::check_component(self.io(), c).await.map_err(Failure::plain)?
                 }
             }
             tracing::info!(backup = %id, component = %c.name, "verified");
@@ -59,9 +59,7 @@ impl Backups {
     /// before it touches a container.
     pub async fn check_all(&self, components: &[&Component]) -> Result<(), Failure> {
         for c in components {
-            pipeline::check_component(&self.store, c, &self.config.keys)
-                .await
-                .map_err(Failure::plain)?;
+            pipeline::check_component(self.io(), c).await.map_err(Failure::plain)?;
         }
         Ok(())
     }
@@ -117,9 +115,7 @@ impl Backups {
         database: &str,
     ) -> Result<(), Failure> {
         wait_ready(self, scratch, user, database).await?;
-        let stream = pipeline::read_component(&self.store, c, &self.config.keys)
-            .await
-            .map_err(Failure::plain)?;
+        let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
         // Roles other than the dump's user do not exist in a scratch server: load the data,
         // not the ownership.
         let spec = ExecSpec {

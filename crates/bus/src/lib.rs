@@ -9,6 +9,8 @@
 //! - [`Idempotency`] makes a handler's work happen once when an event is delivered twice;
 //!   [`StateStore`] is a compare-and-set KV bucket for state machines.
 //! - [`Bus::replay`] reads the stream by start time for audits and `steward events`.
+//! - [`Bus::publish_progress`] / [`Bus::watch_progress`]: lossy progress of long jobs, on
+//!   plain NATS outside the stream.
 //!
 //! Invariant: only this crate talks to NATS. Everything it sends or reads on event subjects
 //! is a [`steward_events::Event`].
@@ -17,6 +19,7 @@ mod config;
 mod error;
 mod idempotency;
 mod inbox;
+mod progress;
 mod publish;
 mod replay;
 mod state;
@@ -33,6 +36,7 @@ pub use idempotency::Idempotency;
 pub use inbox::{
     ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,
 };
+pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;
 pub use replay::{Replay, ReplayQuery, Replayed};
 pub use state::{StateStore, Versioned};

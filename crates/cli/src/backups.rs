@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt as _;
 use steward_backup::config::{normalise_prefix, S3Config};
 use steward_backup::store::Store;
 use steward_bus::{Bus, ReplayQuery};
@@ -189,22 +190,27 @@ async fn request(
     let event = Event::new(steward_runtime::event_source(Service::Cli), data);
     // Follow before publishing, from a moment before: the outcome cannot slip past.
     let mut follow = follow(&bus, outcomes).await?;
+    let mut progress = bus.watch_progress(event.correlation_id).await?;
     bus.publish(&event).await?;
     eprintln!("{} requested ({})", event.event_type(), event.id);
-    let spinner = spinner(doing);
+    let bar = progress_bar(doing);
     let outcome = tokio::time::timeout(wait, async {
-        while let Some(item) = follow.next().await {
-            let replayed = item?;
-            if let Ok(e) = replayed.event {
-                if e.correlation_id == event.correlation_id {
-                    return Ok(e);
+        loop {
+            tokio::select! {
+                item = follow.next() => {
+                    let Some(item) = item else { bail!("the event stream ended") };
+                    if let Ok(e) = item?.event {
+                        if e.correlation_id == event.correlation_id {
+                            return Ok(e);
+                        }
+                    }
                 }
+                Some(p) = progress.next() => show_progress(&bar, &p),
             }
         }
-        bail!("the event stream ended")
     })
     .await;
-    spinner.finish_and_clear();
+    bar.finish_and_clear();
     outcome.with_context(|| {
         format!(
             "no outcome after {}; the backup service may still be working: watch `steward events tail --subject '{}'`",
@@ -224,18 +230,42 @@ async fn follow(bus: &Bus, outcomes: &[&str]) -> anyhow::Result<steward_bus::Rep
     Ok(bus.replay(query).await?)
 }
 
-fn spinner(doing: &str) -> indicatif::ProgressBar {
+/// A spinner with the elapsed time until the service reports bytes, on a terminal only.
+fn progress_bar(doing: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
+    bar.set_style(style("{spinner} {msg} {elapsed}"));
     bar.set_message(doing.to_owned());
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
+}
+
+fn style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+/// Bytes against the phase's total when the service knows it, bytes and rate otherwise.
+fn show_progress(bar: &indicatif::ProgressBar, p: &steward_bus::Progress) {
+    let phase_changed = bar.message().split(':').next() != Some(p.phase.as_str());
+    if phase_changed {
+        bar.reset();
+        match p.total {
+            Some(total) => {
+                bar.set_length(total);
+                bar.set_style(style(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                ));
+            }
+            None => {
+                bar.set_style(style("{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}"))
+            }
+        }
+    }
+    bar.set_message(format!("{}: {}", p.phase, p.item));
+    bar.set_position(p.done);
 }
 
 fn bytes(n: u64) -> String {
