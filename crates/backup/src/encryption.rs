@@ -97,13 +97,10 @@ impl Keys {
 
     /// Encrypts what is read through `inner` when there are recipients; passes it through
     /// otherwise.
-    pub fn seal<R: AsyncRead + Unpin + Send>(
+    pub fn seal<R: AsyncRead + Unpin + Send + 'static>(
         &self,
         inner: R,
-    ) -> io::Result<Pin<Box<dyn AsyncRead + Send + Unpin>>>
-    where
-        R: 'static,
-    {
+    ) -> io::Result<Pin<Box<dyn AsyncRead + Send + Unpin>>> {
         if !self.encrypts() {
             return Ok(Box::pin(inner));
         }
