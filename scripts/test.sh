@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: starts the test bed (installing what is missing), builds the binaries,
-# runs the whole workspace's tests, then formatting and lint checks.
+# runs the whole workspace's tests, then formatting and lint checks, then the infrastructure
+# code's checks (infra/check.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -14,4 +15,6 @@ cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Terraform (checkov, python-hcl2 tests) and workflow (actionlint) checks.
+"$ROOT/infra/check.sh"
 echo "all tests and checks passed"
