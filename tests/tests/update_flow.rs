@@ -9,7 +9,7 @@ use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, EventData};
 use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::{steward_ok as steward, Proc};
-use steward_testkit::docker::{docker, push_app};
+use steward_testkit::docker::{docker, push_app, Container};
 use steward_testkit::{http_get, stored_events, unique_name, wait_for, TestBus};
 
 fn service(bin: &str, bus: &Bus, scope: &str) -> Proc {
@@ -125,4 +125,57 @@ async fn an_updater_killed_mid_update_is_rolled_back_by_its_successor() {
         records.get(&app.name).await.expect("get").map(|v| v.value.step),
         Some(UpdateStep::RolledBack)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_in_the_apps_network_namespace_follow_it_through_the_update() {
+    let bus = TestBus::new("e2edeps").await;
+    let scope = unique_name("scope");
+    let app = app(&scope, "automatic", &[]);
+    let old_id = docker(&["inspect", "-f", "{{.Id}}", &app.name]);
+    // One sidecar names the app (docker run --network container:NAME), one its id (what
+    // compose's `network_mode: service:app` becomes).
+    let sidecar = |suffix: &str, target: &str| {
+        Container::run(
+            &format!("{}-{suffix}", app.name),
+            &[
+                "--network",
+                &format!("container:{target}"),
+                "--entrypoint",
+                "/bin/sleep",
+                &app.image,
+                "3600",
+            ],
+        )
+    };
+    let by_name = sidecar("byname", &app.name);
+    let by_id = sidecar("byid", &old_id);
+    let served_to =
+        |c: &Container| docker(&["exec", &c.name, "wget", "-qO-", "http://127.0.0.1:8080/"]);
+    assert!(served_to(&by_name).contains("app v1") && served_to(&by_id).contains("app v1"));
+
+    let _watcher = service("steward-watcher", &bus, &scope);
+    let _updater = service("steward-updater", &bus, &scope);
+    push_app("v2", &app.image);
+    steward(&bus, &["check"]);
+    wait_event(&bus, "update.succeeded", Duration::from_secs(90)).await;
+
+    let new_id = docker(&["inspect", "-f", "{{.Id}}", &app.name]);
+    assert_ne!(new_id, old_id);
+    let mode = |c: &Container| docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &c.name]);
+    // The engine stores the id either way; both now name the new container.
+    assert_eq!(mode(&by_name), format!("container:{new_id}"));
+    assert_eq!(mode(&by_id), format!("container:{new_id}"));
+    // They share the new container's namespace: its server answers on their loopback.
+    assert!(served_to(&by_name).contains("app v2"), "{}", served_to(&by_name));
+    assert!(served_to(&by_id).contains("app v2"));
+    let leftovers = docker(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("name={}-by", app.name),
+    ]);
+    assert_eq!(leftovers.lines().count(), 2, "stray sidecar containers: {leftovers}");
 }

@@ -21,7 +21,8 @@ use bollard::models::{
     Mount, MountType, NetworkConnectRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+    CreateContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptions,
+    RenameContainerOptions, StopContainerOptions,
 };
 
 use crate::{Engine, EngineError};
@@ -211,6 +212,16 @@ impl Engine {
     /// If the new container cannot be created or started, the old one is running again under
     /// its name before this returns the error.
     pub async fn replace(&self, name: &str, image: &str) -> Result<Replacement, EngineError> {
+        self.replace_with(name, image, |_| {}).await
+    }
+
+    /// [`Engine::replace`] with a change to the new container's configuration.
+    async fn replace_with(
+        &self,
+        name: &str,
+        image: &str,
+        adjust: impl FnOnce(&mut ContainerCreateBody),
+    ) -> Result<Replacement, EngineError> {
         let docker = self.client()?;
         let old = docker
             .inspect_container(name, None)
@@ -227,7 +238,9 @@ impl Engine {
             None => None,
         }
         .unwrap_or_default();
-        let body = creation_body(&old, &old_image, image);
+        let mut body = creation_body(&old, &old_image, image);
+        adjust(&mut body);
+        let was_running = old.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         let new_name = format!("{name}{NEW_SUFFIX}");
         // A leftover of an interrupted attempt is ours to remove.
         let _ = docker
@@ -257,16 +270,21 @@ impl Engine {
         let replacement =
             Replacement { name: name.to_owned(), old_id: old_id.clone(), new_id: new_id.clone() };
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).map(|t| t as i32);
-        docker
-            .stop_container(
-                &old_id,
-                Some(StopContainerOptions { t: stop_timeout, ..Default::default() }),
-            )
-            .await
-            .map_err(|e| self.failed(&format!("stop {name}"), e))?;
+        if was_running {
+            docker
+                .stop_container(
+                    &old_id,
+                    Some(StopContainerOptions { t: stop_timeout, ..Default::default() }),
+                )
+                .await
+                .map_err(|e| self.failed(&format!("stop {name}"), e))?;
+        }
         let swapped = async {
             self.rename(&old_id, &format!("{name}{OLD_SUFFIX}")).await?;
             self.rename(&new_id, name).await?;
+            if !was_running {
+                return Ok(());
+            }
             docker
                 .start_container(&new_id, None)
                 .await
@@ -319,6 +337,57 @@ impl Engine {
             self.remove(&r.old_id, false).await?;
         }
         Ok(())
+    }
+
+    /// Names of the containers (running or not) in the network namespace of a container
+    /// known by any of `ids_or_names` (`network_mode: container:X`, compose's `service:X`;
+    /// the engine stores the id even when given a name).
+    pub async fn network_dependents(
+        &self,
+        ids_or_names: &[&str],
+    ) -> Result<Vec<String>, EngineError> {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let listed =
+            self.client()?.list_containers(Some(options)).await.map_err(|e| self.unreachable(e))?;
+        let mut out = vec![];
+        for c in listed {
+            let mode = c.host_config.and_then(|h| h.network_mode).unwrap_or_default();
+            let Some(target) = mode.strip_prefix("container:") else { continue };
+            let Some(name) = c.names.into_iter().flatten().next() else { continue };
+            let name = name.trim_start_matches('/').to_owned();
+            let refers = |x: &&str| *x == target || (target.len() >= 12 && x.starts_with(target));
+            if !is_swap_name(&name) && ids_or_names.iter().any(refers) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Recreates `dependent` (its own image and configuration) in the network namespace of
+    /// container `target` (an id or a name), running again if it ran. The old one is removed
+    /// once the new one has its name; on failure the old one is back.
+    pub async fn rejoin(&self, dependent: &str, target: &str) -> Result<(), EngineError> {
+        let image = self
+            .client()?
+            .inspect_container(dependent, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspect {dependent}"), e))?
+            .image
+            .unwrap_or_default();
+        let mode = format!("container:{target}");
+        let r = self
+            .replace_with(dependent, &image, |body| {
+                // A shared namespace brings its own host name; setting one is refused.
+                body.hostname = None;
+                body.domainname = None;
+                body.networking_config = None;
+                if let Some(hc) = body.host_config.as_mut() {
+                    hc.network_mode = Some(mode);
+                }
+            })
+            .await?;
+        self.finish(&r).await
     }
 
     async fn rename(&self, id: &str, name: &str) -> Result<(), EngineError> {

@@ -90,10 +90,30 @@ impl Flow {
         record.step = UpdateStep::Gating;
         let v = self.save(record, v.revision).await?;
 
+        // Containers in the old one's network namespace lost it with the stop: they join the
+        // new one, or the update is undone (and they rejoin the old one).
+        let from = [replacement.old_id.as_str(), name.as_str()];
+        if let Err(reason) = self.rejoin_dependents(&from, &replacement.new_id).await {
+            return self.roll_back(v, &replacement, reason).await;
+        }
         match self.health_gate(&replacement.new_id, health_url.as_deref()).await {
             Ok(()) => self.succeed(v, &replacement).await,
             Err(reason) => self.roll_back(v, &replacement, reason).await,
         }
+    }
+
+    /// Recreates every container in the network namespace of a container known by `from`
+    /// in that of container `to`.
+    pub(crate) async fn rejoin_dependents(&self, from: &[&str], to: &str) -> Result<(), String> {
+        let dependents = self.engine.network_dependents(from).await.map_err(|e| e.to_string())?;
+        for name in dependents {
+            tracing::info!(dependent = %name, to, "joining the network namespace of the replaced container");
+            self.engine
+                .rejoin(&name, to)
+                .await
+                .map_err(|e| format!("{name} (network_mode container:) could not rejoin: {e}"))?;
+        }
+        Ok(())
     }
 
     async fn succeed(&self, v: Versioned<UpdateRecord>, r: &Replacement) -> Result<(), FlowError> {

@@ -21,6 +21,11 @@ impl Flow {
     ) -> Result<(), FlowError> {
         let log_tail = self.engine.logs_tail(&r.new_id, LOG_LINES).await.unwrap_or_default();
         self.engine.restore(r).await?;
+        // Dependents that joined the new container (or lost the old one) join the old again.
+        let from = [r.new_id.as_str(), r.old_id.as_str(), r.name.as_str()];
+        if let Err(e) = self.rejoin_dependents(&from, &r.old_id).await {
+            tracing::error!(container = %r.name, error = %e, "a dependent container did not rejoin after the rollback");
+        }
         self.rolled_back(v, Some(r), reason, log_tail).await
     }
 
