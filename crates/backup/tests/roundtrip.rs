@@ -11,7 +11,6 @@ use steward_backup::manifest::Kind;
 use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::{BackupReason, RestoreScope};
-use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_brings_back_every_row_and_byte() {
@@ -40,15 +39,7 @@ async fn a_restore_brings_back_every_row_and_byte() {
 
     // The manifest's checksums are those of the stored objects, computed here independently.
     for c in &manifest.components {
-        let mut body = stack
-            .store
-            .get(&c.object)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("{} missing", c.object));
-        let mut bytes = vec![];
-        body.read_to_end(&mut bytes).await.unwrap_or_else(|e| panic!("read {}: {e}", c.object));
+        let bytes = stack.stored_bytes(&c.object).await;
         assert_eq!(bytes.len() as u64, c.stored_size, "{}", c.name);
         assert_eq!(hex::encode(Sha256::digest(&bytes)), c.stored_sha256, "{}", c.name);
     }
@@ -103,9 +94,7 @@ async fn a_corrupted_object_fails_verification_and_the_restore_touches_nothing()
         .find(|c| matches!(c.kind, Kind::Path { .. }))
         .map(|c| c.object.clone())
         .unwrap_or_default();
-    let mut body = stack.store.get(&path).await.ok().flatten().unwrap_or_else(|| panic!("missing"));
-    let mut bytes = vec![];
-    body.read_to_end(&mut bytes).await.unwrap_or_default();
+    let mut bytes = stack.stored_bytes(&path).await;
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     stack.store.put(&path, bytes.into()).await.unwrap_or_else(|e| panic!("{e}"));
@@ -154,9 +143,7 @@ async fn an_encrypted_backup_stores_no_plaintext_and_needs_the_identity_to_come_
     for c in &manifest.components {
         assert_eq!(c.encoding, "zstd+age", "{}", c.name);
         assert!(c.object.ends_with(".age"), "{}", c.object);
-        let mut body = stack.store.get(&c.object).await.ok().flatten().expect("stored object");
-        let mut bytes = vec![];
-        body.read_to_end(&mut bytes).await.expect("read");
+        let bytes = stack.stored_bytes(&c.object).await;
         assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{} is not an age file", c.name);
         assert_eq!(hex::encode(Sha256::digest(&bytes)), c.stored_sha256, "{}", c.name);
     }

@@ -139,6 +139,21 @@ impl Stack {
         docker(&["inspect", "-f", "{{.State.Running}}", &self.app.name]) == "true"
     }
 
+    /// The stored bytes of `object`, whole.
+    pub async fn stored_bytes(&self, object: &str) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut body = self
+            .store
+            .get(object)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{object} missing"));
+        let mut bytes = vec![];
+        body.read_to_end(&mut bytes).await.unwrap_or_else(|e| panic!("read {object}: {e}"));
+        bytes
+    }
+
     pub async fn destroy_bucket(&self) {
         destroy_bucket(self.store.bucket()).await;
     }
