@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 
-use crate::encryption::Keys;
+use crate::encryption::{self, Keys};
 use crate::retention::Retention;
 
 /// Cron expression of the regular backup (host time zone).
@@ -128,23 +128,18 @@ impl BackupConfig {
             Ok(n) if (1..=19).contains(&n) => Ok(n),
             _ => Err("a whole number from 1 to 19".into()),
         });
-        let recipients = env.string(ENV_AGE_RECIPIENTS, "");
-        let identities = env.string(ENV_AGE_IDENTITY, "");
         // Each error names its own variable, and never shows an identity's value.
-        let keys = match (Keys::parse(&recipients, ""), Keys::parse("", &identities)) {
-            (Err(reason), _) => {
-                env.error(ENV_AGE_RECIPIENTS, &recipients, reason);
-                Keys::default()
-            }
-            (_, Err(reason)) => {
+        let text = env.string(ENV_AGE_RECIPIENTS, "");
+        let recipients = encryption::parse_recipients(&text).unwrap_or_else(|reason| {
+            env.error(ENV_AGE_RECIPIENTS, &text, reason);
+            vec![]
+        });
+        let keys = encryption::parse_identities(&env.string(ENV_AGE_IDENTITY, ""))
+            .and_then(|identities| Keys::matched(recipients, identities))
+            .unwrap_or_else(|reason| {
                 env.error(ENV_AGE_IDENTITY, "(not shown)", reason);
                 Keys::default()
-            }
-            _ => Keys::parse(&recipients, &identities).unwrap_or_else(|reason| {
-                env.error(ENV_AGE_IDENTITY, "(not shown)", reason);
-                Keys::default()
-            }),
-        };
+            });
         Self {
             // The default always parses; a bad value was reported to `env` above.
             schedule: schedule.unwrap_or_else(|| {

@@ -49,24 +49,34 @@ fn key_words(text: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
+/// Recipients (`age1…`).
+pub fn parse_recipients(text: &str) -> Result<Vec<Recipient>, String> {
+    key_words(text)
+        .map(|w| Recipient::from_str(w).map_err(|e| format!("{w:?} is not an age recipient: {e}")))
+        .collect()
+}
+
+/// Identities (`AGE-SECRET-KEY-1…`); errors never show the key.
+pub fn parse_identities(text: &str) -> Result<Vec<Identity>, String> {
+    key_words(text)
+        .enumerate()
+        .map(|(i, w)| {
+            Identity::from_str(w)
+                .map_err(|e| format!("identity {} is not an age identity: {e}", i + 1))
+        })
+        .collect()
+}
+
 impl Keys {
     /// Parses recipients (`age1…`) and identities (`AGE-SECRET-KEY-1…`); either may be
     /// empty. Identities that match none of the recipients are refused: every backup
     /// taken would fail its verification.
     pub fn parse(recipients: &str, identities: &str) -> Result<Self, String> {
-        let recipients = key_words(recipients)
-            .map(|w| {
-                Recipient::from_str(w).map_err(|e| format!("{w:?} is not an age recipient: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let identities = key_words(identities)
-            .enumerate()
-            // The key itself must never reach a log line.
-            .map(|(i, w)| {
-                Identity::from_str(w)
-                    .map_err(|e| format!("identity {} is not an age identity: {e}", i + 1))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        Self::matched(parse_recipients(recipients)?, parse_identities(identities)?)
+    }
+
+    /// Keys whose identities include one of the recipients' (when both are given).
+    pub fn matched(recipients: Vec<Recipient>, identities: Vec<Identity>) -> Result<Self, String> {
         if !recipients.is_empty()
             && !identities.is_empty()
             && !identities.iter().any(|i| recipients.contains(&i.to_public()))

@@ -121,7 +121,7 @@ impl Engine {
         &self.host
     }
 
-    pub(crate) fn unreachable(&self, e: impl std::fmt::Display) -> EngineError {
+    fn unreachable(&self, e: impl std::fmt::Display) -> EngineError {
         EngineError::Unreachable { host: self.host.clone(), reason: e.to_string() }
     }
 

@@ -97,7 +97,8 @@ impl Engine {
         }
     }
 
-    /// Containers whose labels satisfy `wanted`, stopped ones included: id, name, labels.
+    /// Containers whose labels satisfy `wanted`, stopped ones included: id, name, labels,
+    /// network mode.
     pub async fn containers(
         &self,
         wanted: impl Fn(&HashMap<String, String>) -> bool,
@@ -113,7 +114,8 @@ impl Engine {
                     return None;
                 }
                 let name = s.names?.first()?.trim_start_matches('/').to_owned();
-                Some(ListedContainer { id: s.id?, name, labels })
+                let network_mode = s.host_config.and_then(|h| h.network_mode);
+                Some(ListedContainer { id: s.id?, name, labels, network_mode })
             })
             .collect())
     }
@@ -169,6 +171,8 @@ pub struct ListedContainer {
     pub name: String,
     /// Its labels.
     pub labels: HashMap<String, String>,
+    /// `HostConfig.NetworkMode`: a network's name, `host`, `none` or `container:<id>`.
+    pub network_mode: Option<String>,
 }
 
 /// What a command run by exec left behind.

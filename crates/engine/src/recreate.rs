@@ -21,8 +21,7 @@ use bollard::models::{
     Mount, MountType, NetworkConnectRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptions,
-    RenameContainerOptions, StopContainerOptions,
+    CreateContainerOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
 };
 
 use crate::{Engine, EngineError};
@@ -346,18 +345,13 @@ impl Engine {
         &self,
         ids_or_names: &[&str],
     ) -> Result<Vec<String>, EngineError> {
-        let options = ListContainersOptionsBuilder::new().all(true).build();
-        let listed =
-            self.client()?.list_containers(Some(options)).await.map_err(|e| self.unreachable(e))?;
         let mut out = vec![];
-        for c in listed {
-            let mode = c.host_config.and_then(|h| h.network_mode).unwrap_or_default();
+        for c in self.containers(|_| true).await? {
+            let mode = c.network_mode.unwrap_or_default();
             let Some(target) = mode.strip_prefix("container:") else { continue };
-            let Some(name) = c.names.into_iter().flatten().next() else { continue };
-            let name = name.trim_start_matches('/').to_owned();
             let refers = |x: &&str| *x == target || (target.len() >= 12 && x.starts_with(target));
-            if !is_swap_name(&name) && ids_or_names.iter().any(refers) {
-                out.push(name);
+            if !is_swap_name(&c.name) && ids_or_names.iter().any(refers) {
+                out.push(c.name);
             }
         }
         out.sort();
