@@ -209,8 +209,12 @@ impl BackupService {
 
 /// Containers whose update is swapping or in its health gate, from the updater's records.
 async fn updates_in_progress(ctx: &Context) -> anyhow::Result<Busy> {
-    let store: StateStore<UpdateRecord> = StateStore::open(&ctx.bus, UPDATE_BUCKET).await?;
     let mut busy = Busy::new();
+    // Read-only: the bucket is the updater's. None: no update ever ran.
+    let Some(store) = StateStore::<UpdateRecord>::open_existing(&ctx.bus, UPDATE_BUCKET).await?
+    else {
+        return Ok(busy);
+    };
     for key in store.keys().await? {
         let Some(record) = store.get(&key).await? else { continue };
         let r = record.value;

@@ -68,6 +68,23 @@ pub struct BusConfig {
     pub connect_timeout: Duration,
     /// Timeout of one JetStream API request or publish ack.
     pub request_timeout: Duration,
+    /// The NATS user to log in as; `None` for a server without authorization.
+    pub credentials: Option<Credentials>,
+}
+
+/// A NATS user and password. The password never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name, e.g. `watcher`.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 impl Default for BusConfig {
@@ -80,6 +97,7 @@ impl Default for BusConfig {
             publish_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
+            credentials: None,
         }
     }
 }

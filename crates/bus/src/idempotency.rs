@@ -32,7 +32,7 @@ impl std::fmt::Debug for Idempotency {
 impl Idempotency {
     /// Opens (creating if needed) the markers bucket for `scope`.
     pub async fn open(bus: &Bus, scope: &str) -> Result<Self, BusError> {
-        let bucket = bus.namespace().bucket("HANDLED");
+        let bucket = bus.namespace().bucket(crate::permissions::HANDLED_BUCKET);
         let kv = open_bucket(bus, &bucket, MARKER_TTL, 1).await?;
         Ok(Self { kv, scope: scope.to_owned() })
     }

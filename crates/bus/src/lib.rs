@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod idempotency;
 mod inbox;
+mod permissions;
 mod progress;
 mod publish;
 mod replay;
@@ -30,12 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-pub use config::{validate_url, BusConfig, Namespace};
+pub use config::{validate_url, BusConfig, Credentials, Namespace};
 pub use error::BusError;
 pub use idempotency::Idempotency;
 pub use inbox::{
     ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,
 };
+pub use permissions::{inbox_prefix, password_variable, Permissions};
 pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;
 pub use replay::{Replay, ReplayQuery, Replayed};
@@ -64,8 +66,11 @@ impl Bus {
     pub async fn connect(cfg: BusConfig, client_name: &str) -> Result<Self, BusError> {
         let url = cfg.url.clone();
         let name = client_name.to_owned();
-        let options = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
+            // Replies come to a prefix of this client's own, so a NATS user may be allowed to
+            // receive its replies without receiving everyone's.
+            .custom_inbox_prefix(inbox_prefix(client_name))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
@@ -83,12 +88,19 @@ impl Bus {
                         async_nats::Event::Disconnected => {
                             tracing::warn!(client = %name, "disconnected from NATS; reconnecting")
                         }
+                        // Permission violations arrive here, and only here: say so loudly.
+                        async_nats::Event::ServerError(e) => {
+                            tracing::error!(client = %name, error = %e, "NATS server error")
+                        }
                         other => {
                             tracing::debug!(client = %name, event = %other, "NATS client event")
                         }
                     }
                 }
             });
+        if let Some(c) = &cfg.credentials {
+            options = options.user_and_password(c.user.clone(), c.password.clone());
+        }
         let client = options
             .connect(&url)
             .await

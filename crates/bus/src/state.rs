@@ -52,6 +52,27 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         Ok(Self { kv, bucket, _value: PhantomData })
     }
 
+    /// Opens the bucket `name` for reading, without creating or reconfiguring it (a service
+    /// reading another's state needs no right to manage that bucket). `None`: it does not
+    /// exist yet, so nothing was ever stored.
+    pub async fn open_existing(bus: &Bus, name: &str) -> Result<Option<Self>, BusError> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        use async_nats::jetstream::ErrorCode;
+        let bucket = bus.namespace().bucket(name);
+        match bus.js().get_stream(format!("KV_{bucket}")).await {
+            Ok(_) => {}
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    return Ok(None)
+                }
+                _ => return Err(BusError::nats("open kv bucket", e)),
+            },
+        }
+        let kv =
+            bus.js().get_key_value(&bucket).await.map_err(|e| BusError::nats("open kv bucket", e))?;
+        Ok(Some(Self { kv, bucket, _value: PhantomData }))
+    }
+
     fn encode(&self, key: &str, value: &T) -> Result<Bytes, BusError> {
         serde_json::to_vec(value).map(Bytes::from).map_err(|e| BusError::CorruptState {
             bucket: self.bucket.clone(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use steward_bus::{Bus, BusConfig, Namespace};
+use steward_bus::{Bus, BusConfig, Credentials, Namespace};
 use steward_events::{Event, Service, WatchRequested};
 
 /// Steward: keeps a self-hosted Gitea stack updated, backed up and watched.
@@ -34,6 +34,10 @@ struct Connection {
     /// NATS server URL.
     #[arg(long, global = true, env = "STEWARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// NATS user (the CLI's own: it may publish the human commands). The password comes from
+    /// STEWARD_NATS_PASSWORD or the file named by STEWARD_NATS_PASSWORD_FILE.
+    #[arg(long, global = true, env = "STEWARD_NATS_USER")]
+    nats_user: Option<String>,
     /// Stream name.
     #[arg(long, global = true, env = "STEWARD_STREAM", default_value = "STEWARD")]
     stream: String,
@@ -93,8 +97,32 @@ enum Command {
 }
 
 impl Connection {
+    /// The password that goes with `--nats-user`, never from the command line (it would show
+    /// in `ps` and the shell history).
+    fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        let Some(user) = self.nats_user.clone() else { return Ok(None) };
+        let password = match (
+            std::env::var("STEWARD_NATS_PASSWORD").ok(),
+            std::env::var("STEWARD_NATS_PASSWORD_FILE").ok(),
+        ) {
+            (Some(p), None) => p,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read STEWARD_NATS_PASSWORD_FILE={path}"))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set STEWARD_NATS_PASSWORD or STEWARD_NATS_PASSWORD_FILE, not both")
+            }
+            (None, None) => anyhow::bail!(
+                "NATS user {user:?} needs STEWARD_NATS_PASSWORD or STEWARD_NATS_PASSWORD_FILE"
+            ),
+        };
+        Ok(Some(Credentials { user, password }))
+    }
+
     async fn bus(&self) -> anyhow::Result<Bus> {
         let cfg = BusConfig {
+            credentials: self.credentials()?,
             url: self.nats_url.clone(),
             namespace: Namespace {
                 stream: self.stream.clone(),
@@ -104,7 +132,7 @@ impl Connection {
             publish_timeout: self.timeout,
             ..BusConfig::default()
         };
-        Bus::connect(cfg, "steward-cli")
+        Bus::connect(cfg, Service::Cli.binary())
             .await
             .with_context(|| format!("cannot reach the bus at {}", self.nats_url))
     }

@@ -10,9 +10,17 @@ use crate::Connection;
 
 pub async fn run(conn: &Connection, json: bool) -> anyhow::Result<()> {
     let bus = conn.bus().await?;
-    let store: StateStore<WatchRecord> = StateStore::open(&bus, WATCH_BUCKET).await?;
-    let mut keys = store.keys().await?;
-    keys.sort();
+    // Read-only: the bucket is the watcher's. None: nothing was ever checked.
+    let store = StateStore::<WatchRecord>::open_existing(&bus, WATCH_BUCKET).await?;
+    let mut records = vec![];
+    if let Some(store) = &store {
+        for key in store.keys().await? {
+            if let Some(record) = store.get(&key).await? {
+                records.push(record.value);
+            }
+        }
+    }
+    records.sort_by(|a, b| a.container.cmp(&b.container));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if !json {
@@ -22,9 +30,7 @@ pub async fn run(conn: &Connection, json: bool) -> anyhow::Result<()> {
             "CONTAINER", "POLICY", "RUNNING", "NEWEST", "CHECKED (UTC)"
         )?;
     }
-    for key in keys {
-        let Some(record) = store.get(&key).await? else { continue };
-        let r = record.value;
+    for r in records {
         if json {
             writeln!(out, "{}", serde_json::to_string(&r)?)?;
             continue;

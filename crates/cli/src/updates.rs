@@ -13,8 +13,10 @@ use crate::{who, Connection};
 
 async fn records(conn: &Connection) -> anyhow::Result<(steward_bus::Bus, Vec<UpdateRecord>)> {
     let bus = conn.bus().await?;
-    let store: StateStore<UpdateRecord> = StateStore::open(&bus, UPDATE_BUCKET).await?;
     let mut out = vec![];
+    let Some(store) = StateStore::<UpdateRecord>::open_existing(&bus, UPDATE_BUCKET).await? else {
+        return Ok((bus, out));
+    };
     for key in store.keys().await? {
         if let Some(v) = store.get(&key).await? {
             out.push(v.value);

@@ -9,6 +9,13 @@ use crate::Digest;
 
 /// KV bucket (within the namespace) of [`WatchRecord`]s, keyed by container name.
 pub const WATCH_BUCKET: &str = "WATCHER";
+/// KV bucket of the health service's tracks (a restarted health service neither repeats nor
+/// forgets a `health.failed`).
+pub const HEALTH_BUCKET: &str = "HEALTH";
+/// KV bucket of the notifier's outbox.
+pub const OUTBOX_BUCKET: &str = "NOTIFY_OUTBOX";
+/// KV bucket of the approval links already used, by update id.
+pub const USED_LINKS_BUCKET: &str = "APPROVAL_LINKS";
 
 /// What the watcher knows about one watched container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

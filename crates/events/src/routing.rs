@@ -128,6 +128,42 @@ impl Service {
     }
 }
 
+impl Service {
+    /// KV buckets (names within the namespace) this participant writes; it creates them.
+    pub fn writes_buckets(self) -> &'static [&'static str] {
+        use crate::records::*;
+        match self {
+            Service::Watcher => &[WATCH_BUCKET],
+            Service::Updater => &[UPDATE_BUCKET, USED_LINKS_BUCKET],
+            Service::Health => &[HEALTH_BUCKET],
+            Service::Notifier => &[OUTBOX_BUCKET],
+            Service::Backup | Service::Cli => &[],
+        }
+    }
+
+    /// KV buckets of other participants this one reads (and may not change).
+    pub fn reads_buckets(self) -> &'static [&'static str] {
+        use crate::records::*;
+        match self {
+            // The restore guard: no restore while an update swaps or gates a container.
+            Service::Backup => &[UPDATE_BUCKET],
+            // `steward status` and `steward updates`.
+            Service::Cli => &[WATCH_BUCKET, UPDATE_BUCKET],
+            _ => &[],
+        }
+    }
+
+    /// Whether it reports progress of long jobs (`progress.*`), and whether it follows it.
+    pub fn publishes_progress(self) -> bool {
+        self == Service::Backup
+    }
+
+    /// Whether it follows progress reports (the CLI's progress bars).
+    pub fn follows_progress(self) -> bool {
+        self == Service::Cli
+    }
+}
+
 impl std::fmt::Display for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

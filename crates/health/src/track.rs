@@ -8,9 +8,7 @@ use time::OffsetDateTime;
 
 use crate::probe::{Round, Verdict};
 
-/// KV bucket of the tracks (a restarted health service neither repeats nor forgets a
-/// `health.failed`).
-pub const HEALTH_BUCKET: &str = "HEALTH";
+pub use steward_events::records::HEALTH_BUCKET;
 
 /// What is known about one container.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -19,8 +19,7 @@ use steward_events::Event;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-/// KV bucket of the outbox.
-pub const OUTBOX_BUCKET: &str = "NOTIFY_OUTBOX";
+pub use steward_events::records::OUTBOX_BUCKET;
 /// How long finished entries are kept to recognise redeliveries.
 pub const KEEP_DONE: Duration = Duration::from_secs(7 * 24 * 3600);
 

@@ -10,6 +10,10 @@ use crate::env::Env;
 
 /// NATS server URL(s).
 pub const ENV_NATS_URL: &str = "STEWARD_NATS_URL";
+/// NATS user of this service (with [`ENV_NATS_PASSWORD`]); unset for a server without users.
+pub const ENV_NATS_USER: &str = "STEWARD_NATS_USER";
+/// NATS password (or `STEWARD_NATS_PASSWORD_FILE`).
+pub const ENV_NATS_PASSWORD: &str = "STEWARD_NATS_PASSWORD";
 /// Address of the health/metrics HTTP server.
 pub const ENV_HTTP_ADDR: &str = "STEWARD_HTTP_ADDR";
 /// `json` (default) or `pretty`.
@@ -103,8 +107,23 @@ impl RuntimeConfig {
                 env.error(ENV_DOCKER_HOST, &host, reason);
             }
         }
+        let credentials = match (env.optional(ENV_NATS_USER), env.optional(ENV_NATS_PASSWORD)) {
+            (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
+                Some(steward_bus::Credentials { user, password })
+            }
+            (None, None) => None,
+            (Some(user), _) => {
+                env.error(ENV_NATS_PASSWORD, "", format!("required with {ENV_NATS_USER}={user}"));
+                None
+            }
+            (None, Some(_)) => {
+                env.error(ENV_NATS_USER, "", format!("required with {ENV_NATS_PASSWORD}"));
+                None
+            }
+        };
         let bus = BusConfig {
             url,
+            credentials,
             namespace: Namespace { stream, prefix },
             retention: env.duration(ENV_EVENT_RETENTION, defaults.retention),
             duplicate_window: env.duration(ENV_DUPLICATE_WINDOW, defaults.duplicate_window),

@@ -6,7 +6,7 @@
 //! - [`NatsServer`] is a private nats-server on a free port, for tests that stop and restart it.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -129,16 +129,36 @@ impl Drop for TestBus {
 pub struct NatsServer {
     port: u16,
     store: PathBuf,
+    config: Option<PathBuf>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     /// Starts a server on a free port and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(None, vec![])
+    }
+
+    /// Starts a server with the configuration file `config` and extra environment `env` (the
+    /// config's `$VARIABLES`); address, port and store are the test's own all the same.
+    pub fn start_with_config(config: &Path, env: Vec<(String, String)>) -> Self {
+        Self::start_with(Some(config.to_owned()), env)
+    }
+
+    fn start_with(config: Option<PathBuf>, env: Vec<(String, String)>) -> Self {
         let store = std::env::temp_dir().join(unique_name("steward-nats"));
-        let mut server = Self { port: free_port(), store, child: None };
+        if let Err(e) = std::fs::create_dir_all(&store) {
+            panic!("cannot create {store:?}: {e}");
+        }
+        let mut server = Self { port: free_port(), store, config, env, child: None };
         server.start_again();
         server
+    }
+
+    /// What the server logged (its permission violations, for instance).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store.join("server.log")).unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -158,9 +178,17 @@ impl NatsServer {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "server already running");
         let bin = testbed::var("STEWARD_TEST_NATS_SERVER").unwrap_or_else(|| "nats-server".into());
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store)
+        let mut cmd = Command::new(&bin);
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
+        let log = self.store.join("server.log");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-l"])
+            .arg(&log)
+            .arg("-sd")
+            .arg(self.store.join("jetstream"));
+        let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -23,8 +23,7 @@ use uuid::Uuid;
 use crate::flow::Flow;
 use crate::links::{expiry_of, ApprovalLinks, LinkError};
 
-/// Links already used, by update id.
-pub const USED_LINKS_BUCKET: &str = "APPROVAL_LINKS";
+pub use steward_events::records::USED_LINKS_BUCKET;
 /// Who decided, as recorded in `update.approved` / `update.rejected`.
 pub const PAGE_ACTOR: &str = "approval-page";
 
