@@ -62,14 +62,19 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         match bus.js().get_stream(format!("KV_{bucket}")).await {
             Ok(_) => {}
             Err(e) => match e.kind() {
-                GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
                     return Ok(None)
                 }
                 _ => return Err(BusError::nats("open kv bucket", e)),
             },
         }
-        let kv =
-            bus.js().get_key_value(&bucket).await.map_err(|e| BusError::nats("open kv bucket", e))?;
+        let kv = bus
+            .js()
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| BusError::nats("open kv bucket", e))?;
         Ok(Some(Self { kv, bucket, _value: PhantomData }))
     }
 

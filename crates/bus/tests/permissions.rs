@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use steward_bus::{password_variable, Bus, BusConfig, Credentials, Namespace, Permissions};
+use steward_bus::{Bus, BusConfig, Namespace, Permissions};
 use steward_bus::{ReplayQuery, StateStore};
 use steward_events::{samples, Event, EventData, Service};
-use steward_testkit::{unique_name, NatsServer};
+use steward_testkit::NatsServer;
 
 const EVERYONE: [Service; 6] = [
     Service::Watcher,
@@ -39,30 +39,10 @@ fn the_compose_stacks_authorization_is_generated_from_the_routing_table() {
     );
 }
 
-/// A private nats-server with the generated users, each with password `pw-<name>`.
-fn server() -> (NatsServer, PathBuf) {
-    let dir = std::env::temp_dir().join(unique_name("steward-nats-auth"));
-    std::fs::create_dir_all(&dir).expect("config dir");
-    std::fs::write(
-        dir.join("authorization.conf"),
-        Permissions::server_config(&Namespace::default()),
-    )
-    .expect("authorization");
-    let config = dir.join("nats.conf");
-    std::fs::write(&config, "include authorization.conf\n").expect("nats.conf");
-    // Passwords reach the server as environment variables, as in the compose stack.
-    let passwords =
-        EVERYONE.iter().map(|s| (password_variable(*s), format!("pw-{}", s.name()))).collect();
-    (NatsServer::start_with_config(&config, passwords), dir)
-}
-
 async fn connect(server: &NatsServer, service: Service) -> Bus {
     let cfg = BusConfig {
         url: server.url(),
-        credentials: Some(Credentials {
-            user: service.name().into(),
-            password: format!("pw-{}", service.name()),
-        }),
+        credentials: Some(NatsServer::credentials(service)),
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(1),
         publish_timeout: Duration::from_secs(1),
@@ -75,7 +55,7 @@ async fn connect(server: &NatsServer, service: Service) -> Bus {
 
 #[tokio::test]
 async fn each_participant_publishes_only_its_own_event_types() {
-    let (server, dir) = server();
+    let server = NatsServer::start_with_steward_users();
     let mut expected = BTreeSet::new();
     for service in EVERYONE {
         let bus = connect(&server, service).await;
@@ -104,12 +84,11 @@ async fn each_participant_publishes_only_its_own_event_types() {
     assert!(!expected.iter().any(|(who, t)| who == "watcher" && t.starts_with("backup.")));
     let log = wait_log(&server, "Publish Violation").await;
     assert!(log.contains("User \"notifier\", Subject \"update.approved\""), "{log}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn nobody_changes_what_is_not_theirs() {
-    let (server, dir) = server();
+    let server = NatsServer::start_with_steward_users();
     let updater = connect(&server, Service::Updater).await;
     let updates: StateStore<serde_json::Value> =
         StateStore::open(&updater, "UPDATES").await.expect("the updater owns its bucket");
@@ -147,7 +126,6 @@ async fn nobody_changes_what_is_not_theirs() {
     assert!(log.contains("Subject \"$KV.STEWARD_HANDLED.updater.x\""), "{log}");
     let cli = connect(&server, Service::Cli).await;
     assert!(cli.replay(ReplayQuery::default()).await.is_ok(), "the stream is still there");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The server log once it mentions `needle` (violations are logged asynchronously).

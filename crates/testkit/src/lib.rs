@@ -146,6 +146,40 @@ impl NatsServer {
         Self::start_with(Some(config.to_owned()), env)
     }
 
+    /// Starts a server with Steward's generated users and permissions for the default
+    /// namespace; each participant's password is [`NatsServer::password`].
+    pub fn start_with_steward_users() -> Self {
+        use steward_events::Service;
+        let dir = std::env::temp_dir().join(unique_name("steward-nats-auth"));
+        let write = |name: &str, text: &str| {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(dir.join(name), text))
+                .unwrap_or_else(|e| panic!("cannot write {name} in {dir:?}: {e}"));
+        };
+        write(
+            "authorization.conf",
+            &steward_bus::Permissions::server_config(&Namespace::default()),
+        );
+        write("nats.conf", "include authorization.conf\n");
+        // Passwords reach the server as environment variables, as in the compose stack.
+        let everyone = Service::DAEMONS.into_iter().chain([Service::Cli]);
+        let env =
+            everyone.map(|s| (steward_bus::password_variable(s), Self::password(s))).collect();
+        let server = Self::start_with(Some(dir.join("nats.conf")), env);
+        let _ = std::fs::remove_dir_all(&dir);
+        server
+    }
+
+    /// The password of `service` on a [`NatsServer::start_with_steward_users`] server.
+    pub fn password(service: steward_events::Service) -> String {
+        format!("pw-{}", service.name())
+    }
+
+    /// The credentials of `service` on a [`NatsServer::start_with_steward_users`] server.
+    pub fn credentials(service: steward_events::Service) -> steward_bus::Credentials {
+        steward_bus::Credentials { user: service.name().into(), password: Self::password(service) }
+    }
+
     fn start_with(config: Option<PathBuf>, env: Vec<(String, String)>) -> Self {
         let store = std::env::temp_dir().join(unique_name("steward-nats"));
         if let Err(e) = std::fs::create_dir_all(&store) {
