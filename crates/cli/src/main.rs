@@ -94,6 +94,13 @@ enum Command {
     Events(events::EventsCommand),
     /// Every update, backup, restore and outage as one timeline, with outcome and duration.
     Audit(audit::AuditArgs),
+    /// Exit 0 when the service in this container answers `/healthz` (the image's
+    /// HEALTHCHECK); its address is the container's STEWARD_HTTP_ADDR.
+    Healthcheck {
+        /// The service's address; `0.0.0.0` means this host.
+        #[arg(long, env = "STEWARD_HTTP_ADDR", default_value = "127.0.0.1:9100")]
+        addr: std::net::SocketAddr,
+    },
 }
 
 impl Connection {
@@ -168,7 +175,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => backups::restore(args, &cli.conn).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
         Command::Audit(args) => audit::run(args, &cli.conn).await,
+        Command::Healthcheck { addr } => healthcheck(addr).await,
     }
+}
+
+/// GET `/healthz` on `addr` within a few seconds.
+async fn healthcheck(mut addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/healthz");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+    let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    anyhow::ensure!(response.status().is_success(), "GET {url}: {}", response.status());
+    Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds the compose stack's images on this machine without pulling any base image (no
+# registry can be reached here): binaries and the shared libraries `ldd` names, copied into
+# FROM-scratch images.
+#
+#   stack-images.sh steward PROFILE   steward-local/steward:PROFILE, every Steward binary from
+#                                     target/PROFILE (debug or release): what ../../Dockerfile
+#                                     builds from public bases, with the same user, port and
+#                                     HEALTHCHECK. Always rebuilt (the binaries change).
+#   stack-images.sh stand-ins         the public images the stack uses, played by Debian's
+#                                     binaries: steward-local/nats (nats-server + busybox for
+#                                     the entrypoint), steward-local/registry (distribution),
+#                                     steward-local/s3 (s3s-fs), steward-local/smtp (aiosmtpd
+#                                     writing a maildir). Built once per REV.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
+mkdir -p "$STATE/logs"
+log() { printf '[stack-images] %s\n' "$*" >&2; }
+REV=2
+BINARIES=(steward steward-watcher steward-updater steward-backup steward-health steward-notifier)
+
+have() { [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.rev"}}' "$1" 2>/dev/null)" = "$REV" ]; }
+
+# copy_libs ROOT FILE...: every shared library each FILE loads, at its path under ROOT.
+copy_libs() {
+  local root=$1 f lib; shift
+  for f in "$@"; do
+    # ldd prints "name => /path (addr)" or "/path (addr)"; the vdso has no path.
+    for lib in $(ldd "$f" 2>/dev/null | grep -oE '/[^ ]+ \(' | tr -d ' ('); do
+      [ -e "$root$lib" ] || cp -L --parents "$lib" "$root"
+    done
+  done
+}
+
+# copy_with_libs ROOT FILE...: each FILE at its own path, and its libraries.
+copy_with_libs() {
+  local root=$1 f; shift
+  for f in "$@"; do cp -L --parents "$f" "$root"; done
+  copy_libs "$root" "$@"
+}
+
+# build TAG CONTEXT: the legacy builder (the engine here has no buildx).
+build() {
+  DOCKER_BUILDKIT=0 docker build -q -t "$1" "$2" >"$STATE/logs/stack-build.log" 2>&1 \
+    || { cat "$STATE/logs/stack-build.log" >&2; log "error: building $1 failed"; exit 1; }
+}
+
+# A root with /etc/passwd and /etc/group naming root and the unprivileged user 10001, and /tmp.
+base_root() {
+  local root=$1
+  mkdir -p "$root/etc" "$root/tmp"
+  chmod 1777 "$root/tmp"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nsteward:x:10001:10001:steward:/nonexistent:/sbin/nologin\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nsteward:x:10001:\n' >"$root/etc/group"
+}
+
+steward_image() {
+  local profile=${1:-debug} dir="$ROOT/target/${1:-debug}" ctx b
+  for b in "${BINARIES[@]}"; do
+    [ -x "$dir/$b" ] || { log "error: $dir/$b is missing: cargo build --workspace --bins${profile/debug/} first"; exit 1; }
+  done
+  ctx=$(mktemp -d)
+  trap 'rm -rf "$ctx"' RETURN
+  base_root "$ctx/root"
+  mkdir -p "$ctx/root/usr/local/bin"
+  for b in "${BINARIES[@]}"; do cp "$dir/$b" "$ctx/root/usr/local/bin/$b"; done
+  copy_libs "$ctx/root" "${BINARIES[@]/#/$dir/}"
+  cp -L --parents /etc/ssl/certs/ca-certificates.crt "$ctx/root"
+  # Keep in step with ../../Dockerfile's final stage.
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM scratch
+COPY root/ /
+ENV PATH=/usr/local/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+USER 10001:10001
+EXPOSE 9100
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["steward", "healthcheck"]
+CMD ["steward", "--help"]
+EOF
+  log "building steward-local/steward:$profile from target/$profile"
+  build "steward-local/steward:$profile" "$ctx"
+}
+
+stand_in() { # TAG: build from the context prepared in $ctx
+  printf 'LABEL steward.testbed.rev=%s\n' "$REV" >>"$ctx/Dockerfile"
+  log "building $1"
+  build "$1" "$ctx"
+}
+
+stand_ins() {
+  local ctx
+  if ! have steward-local/nats:latest; then
+    ctx=$(mktemp -d); base_root "$ctx/root"
+    copy_with_libs "$ctx/root" "$(command -v nats-server)" /bin/busybox
+    printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/sbin:/usr/bin:/bin\nEXPOSE 4222 8222\nCMD ["nats-server"]\n' >"$ctx/Dockerfile"
+    stand_in steward-local/nats:latest; rm -rf "$ctx"
+  fi
+  if ! have steward-local/registry:latest; then
+    ctx=$(mktemp -d); base_root "$ctx/root"
+    copy_with_libs "$ctx/root" "$(command -v docker-registry)"
+    printf 'FROM scratch\nCOPY root/ /\nENTRYPOINT ["/usr/bin/docker-registry"]\nCMD ["serve", "/etc/docker/registry/config.yml"]\n' >"$ctx/Dockerfile"
+    stand_in steward-local/registry:latest; rm -rf "$ctx"
+  fi
+  if ! have steward-local/s3:latest; then
+    ctx=$(mktemp -d); base_root "$ctx/root"
+    local s3s; s3s=$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")
+    mkdir -p "$ctx/root/usr/local/bin" "$ctx/root/data"
+    cp "$s3s" "$ctx/root/usr/local/bin/s3s-fs"; copy_libs "$ctx/root" "$s3s"
+    printf 'FROM scratch\nCOPY root/ /\nENTRYPOINT ["/usr/local/bin/s3s-fs"]\nEXPOSE 9000\n' >"$ctx/Dockerfile"
+    stand_in steward-local/s3:latest; rm -rf "$ctx"
+  fi
+  if ! have steward-local/smtp:latest; then
+    ctx=$(mktemp -d); base_root "$ctx/root"
+    local py=/usr/bin/python3.11
+    copy_with_libs "$ctx/root" "$py" /bin/busybox /usr/lib/python3.11/lib-dynload/*.so
+    # The standard library, and aiosmtpd with what it imports (atpublic, attrs) from Debian's
+    # python3-aiosmtpd.
+    tar -C / --exclude=usr/lib/python3.11/test --exclude=usr/lib/python3.11/idlelib -cf - \
+      usr/lib/python3.11 usr/lib/python3/dist-packages/aiosmtpd \
+      usr/lib/python3/dist-packages/public usr/lib/python3/dist-packages/attr \
+      | tar -C "$ctx/root" -xf -
+    printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/bin:/bin PYTHONPATH=/usr/lib/python3/dist-packages\nEXPOSE 2525\nCMD ["python3.11","-m","aiosmtpd","-n","-l","0.0.0.0:2525","-c","aiosmtpd.handlers.Mailbox","/maildir"]\n' >"$ctx/Dockerfile"
+    stand_in steward-local/smtp:latest; rm -rf "$ctx"
+  fi
+}
+
+case "${1:-}" in
+  steward) steward_image "${2:-debug}" ;;
+  stand-ins) stand_ins ;;
+  *) echo "usage: $0 steward [debug|release] | stand-ins" >&2; exit 2 ;;
+esac
