@@ -12,6 +12,9 @@ source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # System tests run the real binaries, which Cargo does not build for another package's tests.
 cargo build --workspace --bins --locked
+# The compose stack's end-to-end test runs these images (built from the binaries just built).
+"$ROOT/infra/testbed/stack-images.sh" stand-ins
+"$ROOT/infra/testbed/stack-images.sh" steward debug
 cargo test --workspace --locked --no-fail-fast
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -67,6 +67,7 @@ steward_image() {
   for b in "${BINARIES[@]}"; do cp "$dir/$b" "$ctx/root/usr/local/bin/$b"; done
   copy_libs "$ctx/root" "${BINARIES[@]/#/$dir/}"
   cp -L --parents /etc/ssl/certs/ca-certificates.crt "$ctx/root"
+  tar -C / -cf - usr/share/zoneinfo | tar -C "$ctx/root" -xf -
   # Keep in step with ../../Dockerfile's final stage.
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM scratch

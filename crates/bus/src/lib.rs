@@ -68,9 +68,11 @@ impl Bus {
         let name = client_name.to_owned();
         let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
-            // Replies come to a prefix of this client's own, so a NATS user may be allowed to
+            // Replies come to a prefix of this user's own, so a NATS user may be allowed to
             // receive its replies without receiving everyone's.
-            .custom_inbox_prefix(inbox_prefix(client_name))
+            .custom_inbox_prefix(inbox_prefix(
+                cfg.credentials.as_ref().map_or(client_name, |c| c.user.as_str()),
+            ))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))

@@ -16,9 +16,10 @@ use crate::PROGRESS_FAMILY;
 /// Bucket of the idempotency markers; every service writes only keys under its own name.
 pub(crate) const HANDLED_BUCKET: &str = "HANDLED";
 
-/// Inbox prefix of a client: replies to its requests arrive under it.
-pub fn inbox_prefix(client_name: &str) -> String {
-    let token: String = client_name
+/// Inbox prefix of a NATS user (or, without users, of a client): replies to its requests
+/// arrive under it.
+pub fn inbox_prefix(user: &str) -> String {
+    let token: String = user
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
         .collect();
@@ -42,7 +43,7 @@ impl Permissions {
         let stream = &ns.stream;
         let api = |s: &str| format!("$JS.API.{s}");
         let mut publish: Vec<String> = service.publishes().iter().map(|t| ns.subject(t)).collect();
-        let mut subscribe = vec![format!("{}.>", inbox_prefix(service.binary()))];
+        let mut subscribe = vec![format!("{}.>", inbox_prefix(service.name()))];
 
         // Every connection checks JetStream and creates or updates the stream.
         publish.push(api("INFO"));

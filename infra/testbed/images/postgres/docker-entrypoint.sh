@@ -9,6 +9,10 @@ if [ "${1:-}" = postgres ] && [ "$(id -u)" = 0 ]; then
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+  # Docker secrets, as the official image: POSTGRES_PASSWORD_FILE names a file holding it.
+  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+  fi
   if [ -z "${POSTGRES_PASSWORD:-}" ]; then
     echo "error: database is uninitialized and POSTGRES_PASSWORD is not set" >&2
     exit 1

@@ -1,0 +1,29 @@
+# One image with every Steward binary; each compose service runs its own entrypoint
+# (steward-watcher, steward-updater, steward-backup, steward-health, steward-notifier; the CLI
+# is `steward`). Build: docker build -t steward/steward:0.1.0 .
+#
+# infra/testbed/stack-images.sh builds the same image on machines that cannot pull these bases
+# (keep its final stage in step with this one).
+
+FROM rust:1.89-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bins \
+ && mkdir -p /out \
+ && cp target/release/steward target/release/steward-watcher target/release/steward-updater \
+       target/release/steward-backup target/release/steward-health target/release/steward-notifier /out/
+
+FROM debian:bookworm-slim
+# CA roots for S3, registries and SMTP over TLS; zone data for schedules and update windows.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates tzdata \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 steward \
+ && useradd --system --uid 10001 --gid steward --home-dir /nonexistent --shell /usr/sbin/nologin steward
+COPY --from=build /out/ /usr/local/bin/
+ENV STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json
+# Not root. The services that use the Docker socket join its group (compose: group_add).
+USER 10001:10001
+EXPOSE 9100
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["steward", "healthcheck"]
+CMD ["steward", "--help"]

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Creates ./secrets for docker-compose.yml: random passwords for PostgreSQL and each NATS user,
+# the approval-link key, and placeholders for the SMTP URL, AWS keys and registry logins.
+# Existing files are kept (run it again safely). The directory is root's alone; the files in
+# it are readable by the containers that mount them, whatever user those run as.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+umask 077
+mkdir -p secrets
+random() { head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40; }
+put() { # NAME CONTENT
+  local file="secrets/$1"
+  if [ ! -s "$file" ]; then printf '%s\n' "$2" >"$file"; echo "created $file"; fi
+  chmod 0444 "$file"
+}
+put postgres_password "$(random)"
+put approval_secret "$(random)$(random)"
+for user in watcher updater backup health notifier cli; do
+  put "nats_${user}_password" "$(random)"
+done
+put smtp_url "smtps://USER:PASSWORD@email-smtp.eu-west-1.amazonaws.com:465"
+put aws_credentials "# Leave empty on EC2 with an instance role; otherwise:
+# [default]
+# aws_access_key_id = AKIA...
+# aws_secret_access_key = ..."
+put docker_config.json '{}'
+chmod 0700 secrets
+echo "edit secrets/smtp_url (and secrets/aws_credentials off EC2), then: docker-compose up -d"
