@@ -236,11 +236,15 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
         .collect();
     assert!(unexpected.is_empty(), "{unexpected:#?}");
 
-    // Idle memory of each Steward service, for the record.
-    let stats = ok(&Command::new("docker")
-        .args(["stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"])
-        .args(["watcher", "updater", "backup", "health", "notifier"].map(|s| stack.container(s)))
-        .output()
-        .expect("docker stats"));
-    eprintln!("{stats}");
+    // Idle memory of each Steward service, for the record (benches/stack.sh reports it).
+    for service in ["watcher", "updater", "backup", "health", "notifier"] {
+        let pid = ok(&Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &stack.container(service)])
+            .output()
+            .expect("inspect"));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+            .unwrap_or_default();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
+        eprintln!("idle {service}: {rss}");
+    }
 }
