@@ -242,8 +242,8 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
             .args(["inspect", "-f", "{{.State.Pid}}", &stack.container(service)])
             .output()
             .expect("inspect"));
-        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
         let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
         eprintln!("idle {service}: {rss}");
     }
