@@ -106,8 +106,7 @@ impl Permissions {
              # Regenerate: STEWARD_REGENERATE=1 cargo test -p steward-bus --test permissions\n\
              authorization {\n  users = [\n",
         );
-        let everyone = Service::DAEMONS.into_iter().chain([Service::Cli]);
-        for service in everyone {
+        for service in Service::ALL {
             let p = Self::of(service, ns);
             out.push_str(&format!(
                 "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",

@@ -11,15 +11,6 @@ use steward_bus::{ReplayQuery, StateStore};
 use steward_events::{samples, Event, EventData, Service};
 use steward_testkit::NatsServer;
 
-const EVERYONE: [Service; 6] = [
-    Service::Watcher,
-    Service::Updater,
-    Service::Backup,
-    Service::Health,
-    Service::Notifier,
-    Service::Cli,
-];
-
 fn committed_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compose/nats/authorization.conf")
 }
@@ -57,7 +48,7 @@ async fn connect(server: &NatsServer, service: Service) -> Bus {
 async fn each_participant_publishes_only_its_own_event_types() {
     let server = NatsServer::start_with_steward_users();
     let mut expected = BTreeSet::new();
-    for service in EVERYONE {
+    for service in Service::ALL {
         let bus = connect(&server, service).await;
         for data in samples::all("app") {
             let event = Event::new(service.name(), data);

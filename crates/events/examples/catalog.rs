@@ -30,14 +30,7 @@ fn main() {
     );
     println!("## Subjects\n");
     println!("| type | published by | consumed by |\n|---|---|---|");
-    let all = [
-        Service::Watcher,
-        Service::Updater,
-        Service::Backup,
-        Service::Health,
-        Service::Notifier,
-        Service::Cli,
-    ];
+    let all = Service::ALL;
     for t in EventData::ALL_TYPES {
         let by = |f: fn(Service) -> &'static [&'static str]| {
             let names: Vec<&str> =

@@ -25,6 +25,16 @@ impl Service {
     pub const DAEMONS: [Service; 5] =
         [Service::Watcher, Service::Updater, Service::Backup, Service::Health, Service::Notifier];
 
+    /// Every participant: the five services and the CLI.
+    pub const ALL: [Service; 6] = [
+        Service::Watcher,
+        Service::Updater,
+        Service::Backup,
+        Service::Health,
+        Service::Notifier,
+        Service::Cli,
+    ];
+
     /// Short name: `watcher`, `updater`, ... `cli`. Used for consumer and metric names.
     pub fn name(self) -> &'static str {
         match self {

@@ -162,9 +162,10 @@ impl NatsServer {
         );
         write("nats.conf", "include authorization.conf\n");
         // Passwords reach the server as environment variables, as in the compose stack.
-        let everyone = Service::DAEMONS.into_iter().chain([Service::Cli]);
-        let env =
-            everyone.map(|s| (steward_bus::password_variable(s), Self::password(s))).collect();
+        let env = Service::ALL
+            .into_iter()
+            .map(|s| (steward_bus::password_variable(s), Self::password(s)))
+            .collect();
         let server = Self::start_with(Some(dir.join("nats.conf")), env);
         let _ = std::fs::remove_dir_all(&dir);
         server
