@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use steward_bus::{Bus, BusConfig};
+use steward_bus::Bus;
 use steward_events::Service;
 use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::mail::{testbed_maildir, testbed_notifier_env, unique_address};
@@ -23,12 +23,9 @@ fn login(service: Service) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_and_the_cli_work_as_their_own_nats_users() {
     let server = NatsServer::start_with_steward_users();
-    let cfg = BusConfig {
-        url: server.url(),
-        credentials: Some(NatsServer::credentials(Service::Cli)),
-        ..BusConfig::default()
-    };
-    let bus = Bus::connect(cfg, Service::Cli.binary()).await.expect("the CLI's user connects");
+    let bus = Bus::connect(server.bus_config_as(Service::Cli), Service::Cli.binary())
+        .await
+        .expect("the CLI's user connects");
     let scope = unique_name("scope");
     let bucket = TestBucket::new("natsusers").await;
     let to = unique_address("natsusers");

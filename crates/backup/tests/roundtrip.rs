@@ -110,18 +110,28 @@ async fn a_corrupted_object_fails_verification_and_the_restore_touches_nothing()
     // Work done after the backup: a refused restore must leave it alone.
     stack.psql("INSERT INTO items VALUES (999999, 'after the backup')");
     stack.app_sh("echo after > /data/after.txt");
-    let (db, data) = (stack.db_fingerprint(), stack.data_fingerprint());
-    let refused = stack
-        .backups
-        .restore(&id, RestoreScope::All)
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("restored a corrupted backup"));
-    assert!(refused.reason.contains("does not match"), "{}", refused.reason);
-    assert_eq!(stack.db_fingerprint(), db);
-    assert_eq!(stack.data_fingerprint(), data);
+    assert_restore_refused_untouched(&stack, &stack.backups, &id, "does not match").await;
     assert!(stack.app_running());
     stack.destroy_bucket().await;
+}
+
+/// A restore of `id` through `backups` is refused with `reason` in its message, and neither
+/// the database nor the data changed.
+async fn assert_restore_refused_untouched(
+    stack: &Stack,
+    backups: &Backups,
+    id: &str,
+    reason: &str,
+) {
+    let (db, data) = (stack.db_fingerprint(), stack.data_fingerprint());
+    let refused = backups
+        .restore(id, RestoreScope::All)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("restored {id} although it should be refused ({reason})"));
+    assert!(refused.reason.contains(reason), "{}", refused.reason);
+    assert_eq!(stack.db_fingerprint(), db);
+    assert_eq!(stack.data_fingerprint(), data);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,15 +176,8 @@ async fn an_encrypted_backup_stores_no_plaintext_and_needs_the_identity_to_come_
     );
     stack.psql("DELETE FROM items WHERE id <= 100");
     stack.app_sh("rm /data/secret.txt");
-    let (db_damaged, data_damaged) = (stack.db_fingerprint(), stack.data_fingerprint());
-    let refused = public_only
-        .restore(&id, RestoreScope::All)
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("restored an encrypted backup without its identity"));
-    assert!(refused.reason.contains("STEWARD_BACKUP_AGE_IDENTITY_FILE"), "{}", refused.reason);
-    assert_eq!(stack.db_fingerprint(), db_damaged);
-    assert_eq!(stack.data_fingerprint(), data_damaged);
+    assert_restore_refused_untouched(&stack, &public_only, &id, "STEWARD_BACKUP_AGE_IDENTITY_FILE")
+        .await;
 
     let restored = stack
         .backups

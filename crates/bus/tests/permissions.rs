@@ -32,12 +32,10 @@ fn the_compose_stacks_authorization_is_generated_from_the_routing_table() {
 
 async fn connect(server: &NatsServer, service: Service) -> Bus {
     let cfg = BusConfig {
-        url: server.url(),
-        credentials: Some(NatsServer::credentials(service)),
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(1),
         publish_timeout: Duration::from_secs(1),
-        ..BusConfig::default()
+        ..server.bus_config_as(service)
     };
     Bus::connect(cfg, service.binary())
         .await

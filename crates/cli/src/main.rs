@@ -105,25 +105,13 @@ enum Command {
 
 impl Connection {
     /// The password that goes with `--nats-user`, never from the command line (it would show
-    /// in `ps` and the shell history).
+    /// in `ps` and the shell history): STEWARD_NATS_PASSWORD or its `_FILE`, read as the
+    /// services read theirs.
     fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
         let Some(user) = self.nats_user.clone() else { return Ok(None) };
-        let password = match (
-            std::env::var("STEWARD_NATS_PASSWORD").ok(),
-            std::env::var("STEWARD_NATS_PASSWORD_FILE").ok(),
-        ) {
-            (Some(p), None) => p,
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read STEWARD_NATS_PASSWORD_FILE={path}"))?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-            (Some(_), Some(_)) => {
-                anyhow::bail!("set STEWARD_NATS_PASSWORD or STEWARD_NATS_PASSWORD_FILE, not both")
-            }
-            (None, None) => anyhow::bail!(
-                "NATS user {user:?} needs STEWARD_NATS_PASSWORD or STEWARD_NATS_PASSWORD_FILE"
-            ),
-        };
+        let mut env = steward_runtime::Env::from_process();
+        let password = env.required(steward_runtime::ENV_NATS_PASSWORD);
+        env.finish()?;
         Ok(Some(Credentials { user, password }))
     }
 

@@ -176,9 +176,13 @@ impl NatsServer {
         format!("pw-{}", service.name())
     }
 
-    /// The credentials of `service` on a [`NatsServer::start_with_steward_users`] server.
-    pub fn credentials(service: steward_events::Service) -> steward_bus::Credentials {
-        steward_bus::Credentials { user: service.name().into(), password: Self::password(service) }
+    /// Settings to connect to a [`NatsServer::start_with_steward_users`] server as `service`.
+    pub fn bus_config_as(&self, service: steward_events::Service) -> BusConfig {
+        let credentials = steward_bus::Credentials {
+            user: service.name().into(),
+            password: Self::password(service),
+        };
+        BusConfig { url: self.url(), credentials: Some(credentials), ..BusConfig::default() }
     }
 
     fn start_with(config: Option<PathBuf>, env: Vec<(String, String)>) -> Self {
