@@ -1,14 +1,22 @@
 //! The shipped compose stack (`compose/`), brought up with docker-compose against local
 //! stand-ins for the public images (`tests/compose/stand-ins.yml`; images from
-//! `infra/testbed/stack-images.sh`), driven only through its running containers: everything
-//! comes up healthy in order, each service's NATS user is refused outside its role, and a
-//! backup requested with the stack's own CLI lands in the stack's S3 server.
+//! `infra/testbed/stack-images.sh`), driven only through its running containers and what
+//! an operator has: the stack's CLI container, the mail, the approval link.
+//!
+//! 1. Everything comes up healthy in order, each service's NATS user is refused outside its
+//!    role, and a backup requested with the stack's own CLI lands in the stack's S3 server.
+//! 2. The whole story: a new Gitea version pushed to the registry → a mail asking for
+//!    approval → the link's POST → backup → update → healthy; a broken version → rollback
+//!    with the reason in the mail; deleted data back from the latest backup; `steward audit`
+//!    tells all of it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use steward_testkit::{free_port, unique_name};
+use steward_system_tests::mail::mails_to;
+use steward_testkit::docker::{docker, push_app, ImageTag};
+use steward_testkit::{free_port, unique_name, wait_for};
 
 /// Every long-running service of the stack.
 const SERVICES: [&str; 10] = [
@@ -16,6 +24,9 @@ const SERVICES: [&str; 10] = [
     "notifier",
 ];
 const BUCKET: &str = "gitea-backups";
+const MAIL_TO: &str = "ops@gitea.test";
+/// Where the approval links in the mail point (nginx proxies it to the updater).
+const PUBLIC_APPROVE: &str = "https://gitea.test/steward/approve/";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -25,6 +36,11 @@ fn repo() -> PathBuf {
 struct Stack {
     dir: PathBuf,
     project: String,
+    /// Gitea's image, in the stack's own registry.
+    app_image: String,
+    /// The approval page's port on 127.0.0.1.
+    updater_port: u16,
+    _app_tags: ImageTag,
 }
 
 impl Stack {
@@ -32,9 +48,19 @@ impl Stack {
         let dir = std::env::temp_dir().join(unique_name("steward-stack"));
         let project = unique_name("stewarde2e").replace('-', "");
         copy_dir(&repo().join("compose"), &dir);
-        std::fs::copy(repo().join("tests/compose/stand-ins.yml"), dir.join("stand-ins.yml"))
-            .expect("copy the override");
-        let stack = Self { dir, project };
+        for file in ["stand-ins.yml", "registry.yml"] {
+            std::fs::copy(repo().join("tests/compose").join(file), dir.join(file))
+                .expect("copy the override");
+        }
+        let registry_port = free_port();
+        let app_image = format!("127.0.0.1:{registry_port}/e2e/app:stable");
+        let stack = Self {
+            dir,
+            project,
+            app_image: app_image.clone(),
+            updater_port: free_port(),
+            _app_tags: ImageTag(app_image),
+        };
         stack.run_checked(Command::new("bash").arg(stack.dir.join("init-secrets.sh")));
         let secrets = stack.dir.join("secrets");
         write(&secrets.join("smtp_url"), "smtp://smtp:2525\n");
@@ -47,7 +73,10 @@ impl Stack {
         );
         let s3 = stack.dir.join("s3");
         std::fs::create_dir_all(s3.join(BUCKET)).expect("bucket directory");
-        std::fs::create_dir_all(stack.dir.join("maildir")).expect("maildir");
+        // aiosmtpd's Mailbox makes a maildir's subdirectories only along with the maildir.
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(stack.maildir().join(sub)).expect("maildir");
+        }
         let docker_gid = String::from_utf8_lossy(
             &Command::new("stat")
                 .args(["-c", "%g", "/var/run/docker.sock"])
@@ -62,17 +91,20 @@ impl Stack {
             .unwrap_or_else(|_| "steward-local/steward:debug".into());
         let env = format!(
             "GITEA_DOMAIN=gitea.test\nPUBLISH_ADDR=127.0.0.1\nHTTP_PORT={}\nHTTPS_PORT={}\n\
-             GITEA_SSH_PORT={}\nGITEA_IMAGE=steward-test/app:v1\nNGINX_IMAGE=steward-test/app:v1\n\
+             GITEA_SSH_PORT={}\nGITEA_IMAGE={}\nNGINX_IMAGE=steward-test/app:v1\n\
              POSTGRES_IMAGE=steward-test/postgres:15\nCERTBOT_IMAGE=steward-test/busybox:latest\n\
              NATS_IMAGE=steward-local/nats:latest\nSTEWARD_IMAGE={image}\n\
              DOCKER_GID={docker_gid}\nSTEWARD_S3_BUCKET={BUCKET}\nAWS_REGION=us-east-1\n\
-             STEWARD_MAIL_FROM=Steward <steward@gitea.test>\nSTEWARD_MAIL_TO=ops@gitea.test\n\
-             E2E_S3_DIR={}\nE2E_MAILDIR={}\n",
+             STEWARD_MAIL_FROM=Steward <steward@gitea.test>\nSTEWARD_MAIL_TO={MAIL_TO}\n\
+             E2E_S3_DIR={}\nE2E_MAILDIR={}\nE2E_REGISTRY_PORT={registry_port}\n\
+             E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\n",
             free_port(),
             free_port(),
             free_port(),
+            stack.app_image,
             s3.display(),
-            stack.dir.join("maildir").display(),
+            stack.maildir().display(),
+            stack.updater_port,
         );
         write(&stack.dir.join(".env"), &env);
         stack
@@ -89,6 +121,73 @@ impl Stack {
             "stand-ins.yml",
         ]);
         cmd
+    }
+
+    fn maildir(&self) -> PathBuf {
+        self.dir.join("maildir")
+    }
+
+    /// `docker-compose up -d` once Gitea's first version is in the stack's registry (pushed
+    /// as soon as the registry answers); returns when every service is healthy.
+    fn up(&self) -> Instant {
+        let registry = self.compose().args(["up", "-d", "registry"]).output().expect("up");
+        assert!(registry.status.success(), "{}", String::from_utf8_lossy(&registry.stderr));
+        docker(&["tag", "steward-test/app:v1", &self.app_image]);
+        wait_for("the stack's registry", Duration::from_secs(30), || {
+            let push = Command::new("docker").args(["push", &self.app_image]).output().ok()?;
+            push.status.success().then_some(())
+        });
+        let started = Instant::now();
+        let up = self.compose().args(["up", "-d"]).output().expect("docker-compose up");
+        assert!(
+            up.status.success(),
+            "docker-compose up failed: {}\n{}",
+            String::from_utf8_lossy(&up.stderr),
+            self.logs()
+        );
+        let deadline = started + Duration::from_secs(180);
+        loop {
+            let states: Vec<(&str, String)> =
+                SERVICES.iter().map(|s| (*s, self.health(s))).collect();
+            if states.iter().all(|(s, h)| h == if *s == "certbot" { "running" } else { "healthy" })
+            {
+                return started;
+            }
+            assert!(Instant::now() < deadline, "not healthy: {states:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// [`wait_for`], with the stack's logs when it times out.
+    fn wait<T>(&self, what: &str, bound: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(v) = probe() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {bound:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `docker exec` in a service's container; its stdout.
+    fn exec(&self, service: &str, args: &[&str]) -> String {
+        let container = self.container(service);
+        let mut all = vec!["exec", container.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+
+    fn image_of(&self, service: &str) -> String {
+        docker(&["inspect", "-f", "{{.Image}}", &self.container(service)])
+    }
+
+    /// Every flow `steward audit --json` shows.
+    fn audit(&self) -> Vec<serde_json::Value> {
+        ok(&self.steward(&["audit", "--json"]))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     }
 
     fn run_checked(&self, cmd: &mut Command) -> String {
@@ -141,6 +240,23 @@ impl Stack {
     }
 }
 
+/// Of the flows in an audit, those of `kind` that ended with `outcome`.
+fn flows<'a>(
+    audit: &'a [serde_json::Value],
+    kind: &str,
+    outcome: &str,
+) -> Vec<&'a serde_json::Value> {
+    audit.iter().filter(|f| f["kind"] == kind && f["outcome"] == outcome).collect()
+}
+
+/// The event types of a flow, in order.
+fn event_types(flow: &serde_json::Value) -> Vec<String> {
+    flow["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["type"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = self.compose().args(["down", "-v", "--remove-orphans", "-t", "5"]).output();
@@ -168,23 +284,7 @@ fn ok(out: &Output) -> String {
 #[test]
 fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
     let stack = Stack::new();
-    let started = Instant::now();
-    let up = stack.compose().args(["up", "-d"]).output().expect("docker-compose up");
-    assert!(
-        up.status.success(),
-        "docker-compose up failed: {}\n{}",
-        String::from_utf8_lossy(&up.stderr),
-        stack.logs()
-    );
-    let deadline = started + Duration::from_secs(180);
-    loop {
-        let states: Vec<(&str, String)> = SERVICES.iter().map(|s| (*s, stack.health(s))).collect();
-        if states.iter().all(|(s, h)| h == if *s == "certbot" { "running" } else { "healthy" }) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not healthy: {states:?}\n{}", stack.logs());
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let started = stack.up();
     eprintln!("stack healthy {:.1} s after `docker-compose up`", started.elapsed().as_secs_f64());
 
     // Only the services that need it have the Docker socket.
@@ -246,4 +346,125 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
         let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
         eprintln!("idle {service}: {rss}");
     }
+}
+
+#[test]
+fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_through_the_stack() {
+    let stack = Stack::new();
+    let started = stack.up();
+    let stage = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
+    stage("healthy");
+    let v1 = stack.image_of("gitea");
+    let v2 = docker(&["image", "inspect", "-f", "{{.Id}}", "steward-test/app:v2"]);
+
+    // What a restore must bring back: rows in the database and a file in Gitea's /data.
+    let psql = |sql: &str| {
+        stack.exec(
+            "postgres",
+            &["psql", "-U", "gitea", "-d", "gitea", "-qtA", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        )
+    };
+    psql(
+        "CREATE TABLE repos (id int PRIMARY KEY, name text NOT NULL); \
+          INSERT INTO repos SELECT g, 'repo-' || g FROM generate_series(1, 20000) g;",
+    );
+    stack.exec("gitea", &["sh", "-c", "echo precious > /data/repo.txt"]);
+
+    // A new version in the registry; a check finds it; Gitea's policy is manual, so a mail
+    // asks for approval, with a link.
+    push_app("v2", &stack.app_image);
+    ok(&stack.steward(&["check"]));
+    let link = stack.wait("a mail with an approval link", Duration::from_secs(120), || {
+        mails_to(&stack.maildir(), MAIL_TO).iter().find_map(|m| {
+            let at = m.text.find(PUBLIC_APPROVE)?;
+            let token: String = m.text[at + PUBLIC_APPROVE.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect();
+            Some(format!("http://127.0.0.1:{}/approve/{token}", stack.updater_port))
+        })
+    });
+    stage("approval mail received");
+    assert_eq!(stack.image_of("gitea"), v1, "nothing changes before the approval");
+
+    // The link's POST (what the page's button sends; nginx proxies /steward/ to the updater).
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (status, page) = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&link)
+            .form(&[("decision", "approve")])
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("POST the approval");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    });
+    assert_eq!(status, 200, "{page}");
+
+    // Backed up, updated, healthy.
+    stack.wait("Gitea on v2, healthy", Duration::from_secs(180), || {
+        (stack.image_of("gitea") == v2 && stack.health("gitea") == "healthy").then_some(())
+    });
+
+    stage("updated to v2");
+
+    // A broken version: approved with the CLI this time; the health gate fails, the updater
+    // rolls back to v2, and the mail says why, with the container's last log lines.
+    let v3_digest = push_app("v3", &stack.app_image);
+    ok(&stack.steward(&["check"]));
+    let id = stack.wait("the broken version pending", Duration::from_secs(60), || {
+        ok(&stack.steward(&["updates", "--json"])).lines().find_map(|l| {
+            let record: serde_json::Value = serde_json::from_str(l).ok()?;
+            (record["to_digest"] == v3_digest.as_str())
+                .then(|| record["update_id"].as_str().map(str::to_owned))?
+        })
+    });
+    ok(&stack.steward(&["approve", &id]));
+    stage("v3 approved");
+    let rollback_mail = stack.wait("the rollback mail", Duration::from_secs(240), || {
+        mails_to(&stack.maildir(), MAIL_TO).into_iter().find(|m| m.text.contains("rolled back"))
+    });
+    stage("rollback mail received");
+    // The image's HEALTHCHECK said unhealthy before the label's probe gave up.
+    assert!(rollback_mail.text.contains("healthcheck reports unhealthy"), "{}", rollback_mail.text);
+    assert!(
+        rollback_mail.text.contains("cannot read configuration"),
+        "the mail carries the failed container's log: {}",
+        rollback_mail.text
+    );
+    assert_eq!(stack.image_of("gitea"), v2, "rolled back to v2");
+    stack.wait("Gitea healthy after the rollback", Duration::from_secs(60), || {
+        (stack.health("gitea") == "healthy").then_some(())
+    });
+
+    // Data lost; the latest backup (taken before the broken update) brings it back.
+    psql("DROP TABLE repos;");
+    stack.exec("gitea", &["rm", "/data/repo.txt"]);
+    let restored = ok(&stack.steward(&["restore", "latest", "--yes"]));
+    assert!(restored.contains("restored backup"), "{restored}");
+    assert_eq!(psql("SELECT count(*), max(name) FROM repos;"), "20000|repo-9999");
+    assert_eq!(stack.exec("gitea", &["cat", "/data/repo.txt"]), "precious");
+    assert_eq!(stack.health("gitea"), "healthy");
+    stage("restored");
+
+    // The audit tells the story: the approved update with its backup, the rollback, the
+    // restore.
+    let audit = stack.audit();
+    let succeeded = flows(&audit, "update", "succeeded");
+    assert_eq!(succeeded.len(), 1, "{audit:#?}");
+    let types = event_types(succeeded[0]);
+    for t in
+        ["image.updated", "update.pending", "update.approved", "backup.done", "update.succeeded"]
+    {
+        assert!(types.iter().any(|x| x == t), "{t} missing in the update's flow: {types:?}");
+    }
+    let approved = &succeeded[0]["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["type"] == "update.approved").cloned())
+        .expect("approved");
+    assert_eq!(approved["data"]["by"], "approval-page");
+    let rolled_back = flows(&audit, "update", "rolled back");
+    assert_eq!(rolled_back.len(), 1, "{audit:#?}");
+    assert!(event_types(rolled_back[0]).iter().any(|t| t == "backup.done"));
+    assert_eq!(flows(&audit, "restore", "done").len(), 1, "{audit:#?}");
 }

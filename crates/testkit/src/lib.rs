@@ -354,12 +354,33 @@ pub mod docker {
         }
     }
 
-    /// Removes a local image tag when dropped (the registry keeps what was pushed).
+    /// Removes a local image tag when dropped, and every reference by digest to the same
+    /// repository (what pulls by digest leave behind); the registry keeps what was pushed.
     pub struct ImageTag(pub String);
 
     impl Drop for ImageTag {
         fn drop(&mut self) {
             let _ = Command::new("docker").args(["rmi", "--no-prune", &self.0]).output();
+            let name_end = self.0.rfind('/').unwrap_or(0);
+            let repository = match self.0[name_end..].find(':') {
+                Some(colon) => &self.0[..name_end + colon],
+                None => &self.0,
+            };
+            let listed = Command::new("docker")
+                .args([
+                    "images",
+                    "--digests",
+                    "--format",
+                    "{{.Repository}}@{{.Digest}}",
+                    repository,
+                ])
+                .output();
+            let Ok(listed) = listed else { return };
+            for reference in String::from_utf8_lossy(&listed.stdout).lines() {
+                if !reference.ends_with("<none>") {
+                    let _ = Command::new("docker").args(["rmi", "--no-prune", reference]).output();
+                }
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! In order of preference: the `steward.health.url` HTTP probe; else the image's (or
 //! operator's) HEALTHCHECK; else "running without restarts" for the grace period. A container
-//! that exits fails at once.
+//! that exits, or whose HEALTHCHECK reports unhealthy (even while a probe is still waiting),
+//! fails at once.
 
 use std::time::Duration;
 
@@ -22,7 +23,12 @@ impl Flow {
                 .map_err(|e| e.to_string())?;
             let mut last = String::from("no answer yet");
             while Instant::now() < deadline {
-                self.still_running(id, first.restart_count).await?;
+                let view = self.still_running(id, first.restart_count).await?;
+                // The image's own verdict ends the wait early: a broken release is rolled
+                // back in seconds, not after the probe's whole timeout.
+                if view.health.as_deref() == Some("unhealthy") {
+                    return Err(format!("healthcheck reports unhealthy; {last}"));
+                }
                 match http.get(url).send().await {
                     Ok(r) if r.status().is_success() => return Ok(()),
                     Ok(r) => last = format!("GET {url} answered {}", r.status()),
