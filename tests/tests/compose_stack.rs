@@ -48,7 +48,7 @@ impl Stack {
         let dir = std::env::temp_dir().join(unique_name("steward-stack"));
         let project = unique_name("stewarde2e").replace('-', "");
         copy_dir(&repo().join("compose"), &dir);
-        for file in ["stand-ins.yml", "registry.yml"] {
+        for file in ["stand-ins.yml", "registry.yml", "fake-certbot.sh"] {
             std::fs::copy(repo().join("tests/compose").join(file), dir.join(file))
                 .expect("copy the override");
         }
@@ -180,6 +180,15 @@ impl Stack {
 
     fn image_of(&self, service: &str) -> String {
         docker(&["inspect", "-f", "{{.Image}}", &self.container(service)])
+    }
+
+    /// The permission violations in the NATS server's log.
+    fn nats_violations(&self) -> Vec<String> {
+        let out = Command::new("docker").args(["logs", &self.container("nats")]).output();
+        let log = out
+            .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
+            .expect("nats logs");
+        log.lines().filter(|l| l.contains("Violation")).map(str::to_owned).collect()
     }
 
     /// Every flow `steward audit --json` shows.
@@ -318,22 +327,14 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
 
     // The two refusals above are in the server's log, and nothing the services did on their
     // own (the backup included) was refused.
-    let nats_log = Command::new("docker")
-        .args(["logs", &stack.container("nats")])
-        .output()
-        .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
-        .expect("nats logs");
-    assert!(nats_log.contains("User \"notifier\", Subject \"update.approved\""), "{nats_log}");
-    assert!(nats_log.contains("User \"watcher\", Subject \"backup.requested\""), "{nats_log}");
-    let unexpected: Vec<&str> = nats_log
-        .lines()
-        .filter(|l| l.contains("Violation"))
-        .filter(|l| {
-            !l.contains("Subject \"update.approved\"")
-                && !l.contains("Subject \"backup.requested\"")
-        })
-        .collect();
-    assert!(unexpected.is_empty(), "{unexpected:#?}");
+    let violations = stack.nats_violations();
+    let refused = |user: &str, subject: &str| {
+        let needle = format!("User \"{user}\", Subject \"{subject}\"");
+        violations.iter().any(|l| l.contains(&needle))
+    };
+    assert!(refused("notifier", "update.approved"), "{violations:#?}");
+    assert!(refused("watcher", "backup.requested"), "{violations:#?}");
+    assert_eq!(violations.len(), 2, "{violations:#?}");
 
     // Idle memory of each Steward service, for the record (benches/stack.sh reports it).
     for service in ["watcher", "updater", "backup", "health", "notifier"] {
@@ -447,8 +448,20 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
     assert_eq!(stack.health("gitea"), "healthy");
     stage("restored");
 
+    // Certificates: the first one issued by hand (the runbook's first stage), then the weekly
+    // renewal, run now: nothing due; then due: renewed, and nginx reloaded, once.
+    stack.exec("certbot", &["sh", "/fake-certbot.sh"]);
+    let checked = ok(&stack.steward(&["certs", "renew"]));
+    assert!(checked.contains("none was due"), "{checked}");
+    stack.exec("certbot", &["touch", "/etc/letsencrypt/.due"]);
+    let renewed = ok(&stack.steward(&["certs", "renew"]));
+    assert!(renewed.contains("renewed in") && renewed.contains("gitea.test"), "{renewed}");
+    assert!(renewed.contains(&stack.container("nginx")), "{renewed}");
+    assert_eq!(stack.exec("nginx", &["cat", "/reloads"]), "reloaded");
+    stage("certificate renewed");
+
     // The audit tells the story: the approved update with its backup, the rollback, the
-    // restore.
+    // restore, the renewal.
     let audit = stack.audit();
     let succeeded = flows(&audit, "update", "succeeded");
     assert_eq!(succeeded.len(), 1, "{audit:#?}");
@@ -467,4 +480,7 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
     assert_eq!(rolled_back.len(), 1, "{audit:#?}");
     assert!(event_types(rolled_back[0]).iter().any(|t| t == "backup.done"));
     assert_eq!(flows(&audit, "restore", "done").len(), 1, "{audit:#?}");
+    assert_eq!(flows(&audit, "certs", "renewed").len(), 1, "{audit:#?}");
+    // All of it within each service's NATS permissions.
+    assert_eq!(stack.nats_violations(), Vec::<String>::new());
 }

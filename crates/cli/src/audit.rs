@@ -27,7 +27,7 @@ pub struct AuditArgs {
     /// Only flows that touched this container.
     #[arg(long)]
     container: Option<String>,
-    /// Only flows of this kind: update, backup, verify, restore, health, check.
+    /// Only flows of this kind: update, backup, verify, restore, health, certs, check.
     #[arg(long)]
     kind: Option<String>,
     /// One JSON object per flow and line.
@@ -58,6 +58,8 @@ impl Flow {
             "backup"
         } else if has("health.") {
             "health"
+        } else if has("certs.") {
+            "certs"
         } else if has("watch.") {
             "check"
         } else {
@@ -82,6 +84,9 @@ impl Flow {
                 EventData::RestoreFailed(_) => "failed".into(),
                 EventData::HealthFailed(_) => "down".into(),
                 EventData::HealthRecovered(_) => "recovered".into(),
+                EventData::CertsChecked(c) if c.renewed.is_empty() => "none due".into(),
+                EventData::CertsChecked(_) => "renewed".into(),
+                EventData::CertsFailed(_) => "failed".into(),
                 EventData::ImageUpdated(_) if self.kind() == "update" => "newer image found".into(),
                 _ => return None,
             })

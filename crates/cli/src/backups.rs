@@ -170,7 +170,7 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
     }
 }
 
-fn failed(what: &str, reason: &str, tail: &[String]) -> anyhow::Result<()> {
+pub(crate) fn failed(what: &str, reason: &str, tail: &[String]) -> anyhow::Result<()> {
     for line in tail {
         eprintln!("  | {line}");
     }
@@ -179,7 +179,7 @@ fn failed(what: &str, reason: &str, tail: &[String]) -> anyhow::Result<()> {
 
 /// Publishes a command and waits for the first event of `outcomes` in its correlation,
 /// showing a spinner with the elapsed time on a terminal.
-async fn request(
+pub(crate) async fn request(
     conn: &Connection,
     data: impl Into<EventData>,
     outcomes: &[&str],
@@ -213,7 +213,7 @@ async fn request(
     bar.finish_and_clear();
     outcome.with_context(|| {
         format!(
-            "no outcome after {}; the backup service may still be working: watch `steward events tail --subject '{}'`",
+            "no outcome after {}; the service may still be working: watch `steward events tail --subject '{}'`",
             humantime::format_duration(wait),
             outcomes[0]
         )

@@ -257,6 +257,12 @@ pub(crate) fn summary(data: &EventData) -> String {
             format!("{} to {}: {}", p.channel, p.recipients.join(","), p.title)
         }
         EventData::NotifyFailed(p) => format!("{}: {}", p.channel, p.reason),
+        EventData::CertsRequested(p) => format!("by {}", p.requested_by.as_deref().unwrap_or("?")),
+        EventData::CertsChecked(p) if p.renewed.is_empty() => "none due".into(),
+        EventData::CertsChecked(p) => {
+            format!("renewed {}; reloaded {}", p.renewed.join(","), p.reloaded.join(","))
+        }
+        EventData::CertsFailed(p) => p.reason.clone(),
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use steward_bus::{Bus, BusConfig, Credentials, Namespace};
-use steward_events::{Event, Service, WatchRequested};
+use steward_events::{Event, EventData, Service, WatchRequested};
 
 /// Steward: keeps a self-hosted Gitea stack updated, backed up and watched.
 #[derive(Debug, Parser)]
@@ -87,6 +87,9 @@ enum Command {
     /// Backups: take one now, list them, verify one.
     #[command(subcommand)]
     Backup(backups::BackupCommand),
+    /// TLS certificates: run the renewal now.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Restore a backup (checksums are checked before anything is touched).
     Restore(backups::RestoreArgs),
     /// Read the event stream.
@@ -100,6 +103,17 @@ enum Command {
         /// The service's address; `0.0.0.0` means this host.
         #[arg(long, env = "STEWARD_HTTP_ADDR", default_value = "127.0.0.1:9100")]
         addr: std::net::SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Run `certbot renew` in the certbot container now (as the weekly schedule does) and
+    /// reload nginx if a certificate changed; wait for the outcome.
+    Renew {
+        /// How long to wait for the outcome.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
 }
 
@@ -161,9 +175,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reject { id, reason } => updates::decide(&cli.conn, &id, false, reason).await,
         Command::Backup(cmd) => backups::run(cmd, &cli.conn).await,
         Command::Restore(args) => backups::restore(args, &cli.conn).await,
+        Command::Certs(CertsCommand::Renew { wait }) => renew_certs(&cli.conn, wait).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
         Command::Audit(args) => audit::run(args, &cli.conn).await,
         Command::Healthcheck { addr } => healthcheck(addr).await,
+    }
+}
+
+/// `steward certs renew`: the updater runs the renewal; its outcome, told.
+async fn renew_certs(conn: &Connection, wait: Duration) -> anyhow::Result<()> {
+    let data = steward_events::CertsRequested { requested_by: Some(who()) };
+    let outcome =
+        backups::request(conn, data, &["certs.checked", "certs.failed"], wait, "renewing").await?;
+    match outcome.data {
+        EventData::CertsChecked(c) if c.renewed.is_empty() => {
+            println!("certificates checked in {}: none was due", c.container);
+            Ok(())
+        }
+        EventData::CertsChecked(c) => {
+            println!(
+                "certificates renewed in {}: {}; reloaded: {}",
+                c.container,
+                c.renewed.join(", "),
+                if c.reloaded.is_empty() { "nothing".into() } else { c.reloaded.join(", ") }
+            );
+            Ok(())
+        }
+        EventData::CertsFailed(f) => {
+            backups::failed("certificate renewal FAILED", &f.reason, &f.log_tail)
+        }
+        _ => anyhow::bail!("unexpected outcome {}", outcome.event_type()),
     }
 }
 

@@ -69,6 +69,7 @@ impl Service {
                 "update.rejected",
                 "backup.done",
                 "backup.failed",
+                "certs.requested",
             ],
             Service::Backup => &["backup.requested", "verify.requested", "restore.requested"],
             // Health leaves a container alone while it is being updated, re-baselines it
@@ -95,6 +96,7 @@ impl Service {
                 "restore.failed",
                 "health.failed",
                 "health.recovered",
+                "certs.failed",
             ],
             Service::Cli => &[],
         }
@@ -113,6 +115,8 @@ impl Service {
                 "update.failed",
                 "update.rolled_back",
                 "backup.requested",
+                "certs.checked",
+                "certs.failed",
             ],
             Service::Backup => &[
                 "backup.started",
@@ -133,6 +137,7 @@ impl Service {
                 "backup.requested",
                 "verify.requested",
                 "restore.requested",
+                "certs.requested",
             ],
         }
     }

@@ -161,5 +161,20 @@ pub fn all(container: &str) -> Vec<EventData> {
             gave_up: true,
         }
         .into(),
+        CertsRequested { requested_by: Some("ops@host".into()) }.into(),
+        CertsChecked {
+            container: "certbot".into(),
+            renewed: vec!["git.example.com".into()],
+            reloaded: vec!["nginx".into()],
+            duration_ms: 12_000,
+        }
+        .into(),
+        CertsFailed {
+            container: "certbot".into(),
+            reason: "`certbot renew` exited with 1".into(),
+            renewed: vec![],
+            log_tail: vec!["Challenge failed for domain git.example.com".into()],
+        }
+        .into(),
     ]
 }

@@ -40,6 +40,23 @@ pub const BACKUP_STOP: &str = "steward.backup.stop";
 /// `gitea admin regenerate hooks`.
 pub const RESTORE_POST: &str = "steward.restore.post";
 
+/// On the certbot container: run the certificate renewal here (`true` for
+/// [`DEFAULT_RENEW`], or a shell command).
+pub const CERTS_RENEW: &str = "steward.certs.renew";
+/// On the certbot container: the directory of the live certificates, compared before and
+/// after the renewal (default `/etc/letsencrypt/live`).
+pub const CERTS_PATH: &str = "steward.certs.path";
+/// On a TLS server container: run this after a certificate changed (`true` for
+/// [`DEFAULT_RELOAD`], or a shell command).
+pub const CERTS_RELOAD: &str = "steward.certs.reload";
+/// The renewal command of `steward.certs.renew=true`. Without `--no-random-sleep-on-renew`
+/// certbot waits up to 8 minutes first when it has no terminal.
+pub const DEFAULT_RENEW: &str = "certbot renew --non-interactive --no-random-sleep-on-renew";
+/// The reload command of `steward.certs.reload=true`.
+pub const DEFAULT_RELOAD: &str = "nginx -s reload";
+/// Where certbot keeps the live certificates.
+pub const DEFAULT_CERTS_PATH: &str = "/etc/letsencrypt/live";
+
 /// Which Steward installation owns the container (with `STEWARD_SCOPE`): several can share
 /// one Docker host, as Watchtower's scopes allow.
 pub const SCOPE: &str = "steward.scope";
@@ -349,6 +366,47 @@ pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, L
     Ok(UpdateLabels { policy, backup, health_url, min_age, window, pre })
 }
 
+/// A container's part in the certificate renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertsLabels {
+    /// The renewal command to run in it (a shell command line).
+    pub renew: Option<String>,
+    /// Its live certificates directory (meaningful with `renew`).
+    pub path: String,
+    /// The command that puts changed certificates in service.
+    pub reload: Option<String>,
+}
+
+/// The certificate renewal settings of a container.
+pub fn certs_labels(labels: &HashMap<String, String>) -> Result<CertsLabels, LabelError> {
+    let command = |label: &'static str, default: &str| -> Result<Option<String>, LabelError> {
+        match labels.get(label).map(|v| v.trim()) {
+            None => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(default.to_owned())),
+            Some(v) if v.is_empty() || v.eq_ignore_ascii_case("false") => Ok(None),
+            Some(v) => Ok(Some(v.to_owned())),
+        }
+    };
+    let path = match labels.get(CERTS_PATH).map(|v| v.trim()) {
+        None => DEFAULT_CERTS_PATH.to_owned(),
+        Some(v) if v.starts_with('/') && !v.split('/').any(|c| c == "..") => {
+            v.trim_end_matches('/').to_owned()
+        }
+        Some(v) => {
+            return Err(LabelError {
+                label: CERTS_PATH,
+                value: v.to_owned(),
+                reason: "expected an absolute path without `..`".into(),
+            })
+        }
+    };
+    Ok(CertsLabels {
+        renew: command(CERTS_RENEW, DEFAULT_RENEW)?,
+        path,
+        reload: command(CERTS_RELOAD, DEFAULT_RELOAD)?,
+    })
+}
+
 /// What to back up of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BackupLabels {
@@ -525,5 +583,27 @@ mod tests {
             assert!(e.as_ref().is_err_and(|e| e.label == BACKUP_PATHS), "{bad}: {e:?}");
         }
         assert!(backup_labels(&l(&[(BACKUP_STOP, "maybe")])).is_err());
+    }
+
+    #[test]
+    fn certs_labels_take_true_for_the_defaults_or_a_command() {
+        let c = certs_labels(&labels(&[("steward.certs.renew", "true")])).expect("labels");
+        assert_eq!(c.renew.as_deref(), Some(DEFAULT_RENEW));
+        assert_eq!(c.path, DEFAULT_CERTS_PATH);
+        assert_eq!(c.reload, None);
+        let c = certs_labels(&labels(&[
+            ("steward.certs.reload", "nginx -s reload && echo ok"),
+            ("steward.certs.path", "/certs/live/"),
+        ]))
+        .expect("labels");
+        assert_eq!(c.reload.as_deref(), Some("nginx -s reload && echo ok"));
+        assert_eq!(c.path, "/certs/live");
+        assert_eq!(
+            certs_labels(&labels(&[("steward.certs.renew", "false")])).map(|c| c.renew),
+            Ok(None)
+        );
+        let e =
+            certs_labels(&labels(&[("steward.certs.path", "live/../etc")])).expect_err("relative");
+        assert!(e.to_string().starts_with("label steward.certs.path="), "{e}");
     }
 }

@@ -218,6 +218,16 @@ pub fn describe(event: &Event) -> Item {
                 vec![fact("Container", h.container.clone()), fact("Down for", ms(h.down_for_ms))];
             item.next = "Nothing to do.".into();
         }
+        EventData::CertsFailed(c) => {
+            item.headline = format!("Certificate renewal failed: {}", first_line(&c.reason));
+            item.facts =
+                vec![fact("Container", c.container.clone()), fact("Reason", c.reason.clone())];
+            if !c.renewed.is_empty() {
+                item.facts.push(fact("Renewed anyway", c.renewed.join(", ")));
+            }
+            item.log_tail = c.log_tail.clone();
+            item.next = "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates).".into();
+        }
         other => {
             item.headline = format!("{} event", other.event_type());
             item.next = "See `steward events replay` for details.".into();

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 
+use std::str::FromStr as _;
+
 use crate::links::{ApprovalLinks, MIN_SECRET_LEN};
+use crate::renewal::RenewalConfig;
 
 /// How long a requested pre-update backup is waited for.
 pub const ENV_BACKUP_TIMEOUT: &str = "STEWARD_UPDATE_BACKUP_TIMEOUT";
@@ -21,6 +24,15 @@ pub const ENV_APPROVAL_SECRET: &str = "STEWARD_APPROVAL_SECRET";
 /// How long an approval link stays valid.
 pub const ENV_APPROVAL_TTL: &str = "STEWARD_APPROVAL_TTL";
 
+/// When the certificate renewal runs (cron, host time zone).
+pub const ENV_CERTS_SCHEDULE: &str = "STEWARD_CERTS_SCHEDULE";
+/// Weekly, Monday 04:00: outside the default update window and the nightly backup.
+pub const DEFAULT_CERTS_SCHEDULE: &str = "0 4 * * 1";
+/// How long the renewal command may run.
+pub const ENV_CERTS_TIMEOUT: &str = "STEWARD_CERTS_TIMEOUT";
+/// Only containers labelled `steward.scope=<this>` take part in the certificate renewal.
+pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
+
 /// The updater's settings.
 #[derive(Debug, Clone)]
 pub struct UpdaterConfig {
@@ -34,6 +46,8 @@ pub struct UpdaterConfig {
     pub hook_timeout: Duration,
     /// Signed approval links; `None` without a public URL and secret (CLI approvals only).
     pub links: Option<ApprovalLinks>,
+    /// The certificate renewal job.
+    pub renewal: RenewalConfig,
 }
 
 impl UpdaterConfig {
@@ -45,7 +59,33 @@ impl UpdaterConfig {
             health_grace: env.duration(ENV_HEALTH_GRACE, Duration::from_secs(30)),
             hook_timeout: env.duration(ENV_HOOK_TIMEOUT, Duration::from_secs(120)),
             links: read_links(env),
+            renewal: read_renewal(env),
         }
+    }
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        Self {
+            schedule: croner::Cron::from_str(DEFAULT_CERTS_SCHEDULE)
+                .unwrap_or_else(|_| unreachable!("the default schedule parses")),
+            timeout: Duration::from_secs(10 * 60),
+            reload_timeout: Duration::from_secs(120),
+            scope: None,
+        }
+    }
+}
+
+fn read_renewal(env: &mut Env) -> RenewalConfig {
+    let default = RenewalConfig::default();
+    let schedule = env.parse_with(ENV_CERTS_SCHEDULE, None, |s| {
+        croner::Cron::from_str(s).map(Some).map_err(|e| format!("not a cron expression: {e}"))
+    });
+    RenewalConfig {
+        schedule: schedule.unwrap_or(default.schedule),
+        timeout: env.duration(ENV_CERTS_TIMEOUT, default.timeout),
+        reload_timeout: env.duration(ENV_HOOK_TIMEOUT, default.reload_timeout),
+        scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
     }
 }
 

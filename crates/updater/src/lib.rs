@@ -7,11 +7,15 @@
 //! exact configuration, health-gate it, and end with `update.succeeded` or roll back
 //! (`update.rolled_back`, with the failed container's last log lines). The state machine is in
 //! [`flow`]; each update is persisted so a restarted updater rolls back what it was doing.
+//!
+//! It also renews TLS certificates ([`renewal`]): weekly and on `certs.requested`, certbot's
+//! `renew` by exec, and a reload of nginx only when a certificate changed.
 
 pub mod config;
 pub mod flow;
 pub mod links;
 pub mod page;
+pub mod renewal;
 
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use steward_runtime::{Context, Handler, HandlerError};
 
 use crate::config::UpdaterConfig;
 use crate::flow::{Flow, FlowError};
+use crate::renewal::Renewal;
 
 /// This service on the bus.
 pub const SERVICE: Service = Service::Updater;
@@ -29,6 +34,7 @@ pub const SERVICE: Service = Service::Updater;
 #[derive(Debug)]
 pub struct Updater {
     flow: Flow,
+    renewal: Renewal,
 }
 
 impl Updater {
@@ -37,6 +43,9 @@ impl Updater {
     pub async fn start(cfg: UpdaterConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().context("the updater needs Docker")?;
         let links = cfg.links.clone();
+        let renewal =
+            Renewal::new(ctx.bus.clone(), engine.clone(), ctx.source(), cfg.renewal.clone());
+        tokio::spawn(renewal.clone().run_schedule(ctx.shutdown.clone()));
         let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
         match links {
             Some(links) => {
@@ -64,7 +73,7 @@ impl Updater {
                 }
             }
         });
-        Ok(Self { flow })
+        Ok(Self { flow, renewal })
     }
 }
 
@@ -82,6 +91,9 @@ impl Handler for Updater {
             EventData::UpdateRejected(r) => self.flow.on_rejected(r).await.map_err(retry),
             EventData::BackupDone(_) | EventData::BackupFailed(_) => {
                 self.flow.on_backup_outcome(&event).await.map_err(retry)
+            }
+            EventData::CertsRequested(_) => {
+                self.renewal.run(Some(&event)).await.map_err(|e| HandlerError::Retry(e.into()))
             }
             _ => Ok(()),
         }

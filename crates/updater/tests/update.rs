@@ -68,6 +68,7 @@ async fn flow(bus: &Bus) -> Flow {
         health_grace: Duration::from_secs(3),
         hook_timeout: Duration::from_secs(10),
         links: None,
+        renewal: Default::default(),
     };
     Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
         .await

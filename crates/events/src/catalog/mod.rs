@@ -4,6 +4,7 @@
 //! contract with operators, scripts and NATS permissions, so they never change meaning.
 
 mod backup;
+mod certs;
 mod health;
 mod notify;
 mod restore;
@@ -11,6 +12,7 @@ mod update;
 mod watch;
 
 pub use backup::*;
+pub use certs::*;
 pub use health::*;
 pub use notify::*;
 pub use restore::*;
@@ -134,4 +136,10 @@ catalog! {
     NotifySent => "notify.sent": NotifySent,
     /// A notification could not be delivered within its retry bound.
     NotifyFailed => "notify.failed": NotifyFailed,
+    /// Someone asks for the certificate renewal to run now.
+    CertsRequested => "certs.requested": CertsRequested,
+    /// The certificate renewal ran; changed certificates were reloaded.
+    CertsChecked => "certs.checked": CertsChecked,
+    /// The certificate renewal or a reload after it failed.
+    CertsFailed => "certs.failed": CertsFailed,
 }
