@@ -130,7 +130,7 @@ async fn nginx_is_reloaded_only_when_a_certificate_changed_and_failures_say_why(
         panic!("{outcome:?}")
     };
     assert_eq!(renewed, ["gitea.test"]);
-    assert_eq!(reloaded, [s.nginx.name.clone()]);
+    assert_eq!(reloaded, std::slice::from_ref(&s.nginx.name));
     assert_eq!(s.reloads(), 1);
 
     // Renewed before: nothing due again, no second reload.
