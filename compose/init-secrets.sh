@@ -15,6 +15,7 @@ put() { # NAME CONTENT
 }
 put postgres_password "$(random)"
 put approval_secret "$(random)$(random)"
+put grafana_admin_password "$(random)"
 for user in watcher updater backup health notifier cli; do
   put "nats_${user}_password" "$(random)"
 done

@@ -10,6 +10,7 @@
 #   stack-images.sh stand-ins         the public images the stack uses, played by Debian's
 #                                     binaries: steward-local/nats (nats-server + busybox for
 #                                     the entrypoint), steward-local/registry (distribution),
+#                                     steward-local/prometheus (Debian's prometheus),
 #                                     steward-local/s3 (s3s-fs), steward-local/smtp (aiosmtpd
 #                                     writing a maildir). Built once per REV.
 set -euo pipefail
@@ -102,6 +103,13 @@ stand_ins() {
     copy_with_libs "$ctx/root" "$(command -v docker-registry)"
     printf 'FROM scratch\nCOPY root/ /\nENTRYPOINT ["/usr/bin/docker-registry"]\nCMD ["serve", "/etc/docker/registry/config.yml"]\n' >"$ctx/Dockerfile"
     stand_in steward-local/registry:latest; rm -rf "$ctx"
+  fi
+  if ! have steward-local/prometheus:latest; then
+    ctx=$(mktemp -d); base_root "$ctx/root"
+    copy_with_libs "$ctx/root" /usr/bin/prometheus /bin/busybox
+    mkdir -p "$ctx/root/prometheus"
+    printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/bin:/bin\nEXPOSE 9090\nENTRYPOINT ["/usr/bin/prometheus"]\n' >"$ctx/Dockerfile"
+    stand_in steward-local/prometheus:latest; rm -rf "$ctx"
   fi
   if ! have steward-local/s3:latest; then
     ctx=$(mktemp -d); base_root "$ctx/root"

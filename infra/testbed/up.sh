@@ -60,6 +60,7 @@ need skopeo skopeo
 need htpasswd apache2-utils
 need debootstrap debootstrap
 need docker-compose docker-compose
+need prometheus prometheus
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || apt_install busybox-static
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || apt_install python3-aiosmtpd
 if ! command -v s3s-fs >/dev/null 2>&1; then

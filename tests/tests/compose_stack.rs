@@ -40,6 +40,8 @@ struct Stack {
     app_image: String,
     /// The approval page's port on 127.0.0.1.
     updater_port: u16,
+    /// Prometheus' (profile `monitoring`) port on 127.0.0.1.
+    prometheus_port: u16,
     _app_tags: ImageTag,
 }
 
@@ -59,6 +61,7 @@ impl Stack {
             project,
             app_image: app_image.clone(),
             updater_port: free_port(),
+            prometheus_port: free_port(),
             _app_tags: ImageTag(app_image),
         };
         stack.run_checked(Command::new("bash").arg(stack.dir.join("init-secrets.sh")));
@@ -97,7 +100,7 @@ impl Stack {
              DOCKER_GID={docker_gid}\nSTEWARD_S3_BUCKET={BUCKET}\nAWS_REGION=us-east-1\n\
              STEWARD_MAIL_FROM=Steward <steward@gitea.test>\nSTEWARD_MAIL_TO={MAIL_TO}\n\
              E2E_S3_DIR={}\nE2E_MAILDIR={}\nE2E_REGISTRY_PORT={registry_port}\n\
-             E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\n",
+             E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\nE2E_PROMETHEUS_PORT={}\n",
             free_port(),
             free_port(),
             free_port(),
@@ -105,6 +108,7 @@ impl Stack {
             s3.display(),
             stack.maildir().display(),
             stack.updater_port,
+            stack.prometheus_port,
         );
         write(&stack.dir.join(".env"), &env);
         stack
@@ -483,4 +487,61 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
     assert_eq!(flows(&audit, "certs", "renewed").len(), 1, "{audit:#?}");
     // All of it within each service's NATS permissions.
     assert_eq!(stack.nats_violations(), Vec::<String>::new());
+
+    // Monitoring (profile `monitoring`): Prometheus scrapes all five services, and every
+    // metric the Grafana dashboard queries is one they expose.
+    ok(&stack
+        .compose()
+        .args(["--profile", "monitoring", "up", "-d", "prometheus"])
+        .output()
+        .expect("up"));
+    let prometheus = format!("http://127.0.0.1:{}/api/v1", stack.prometheus_port);
+    let get = |path: &str| -> Option<serde_json::Value> {
+        runtime.block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!("{prometheus}/{path}"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        })
+    };
+    stack.wait("five services scraped and up", Duration::from_secs(90), || {
+        let up = get("query?query=up%7Bjob%3D%22steward%22%7D")?;
+        let results = up["data"]["result"].as_array()?.clone();
+        (results.len() == 5 && results.iter().all(|r| r["value"][1] == "1")).then_some(())
+    });
+    let metadata = get("metadata").expect("metadata");
+    let exposed: Vec<&String> =
+        metadata["data"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("compose/monitoring/grafana/dashboards/steward.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut queried = vec![];
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for (at, _) in expr.match_indices("steward_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in &queried {
+        let family = ["_total", "_bucket"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            exposed.iter().any(|e| *e == name || *e == family),
+            "the dashboard queries {name}, which no service exposes: {exposed:?}"
+        );
+    }
 }

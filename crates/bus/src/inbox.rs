@@ -176,8 +176,13 @@ impl Inbox {
             }
             return None;
         }
-        let (attempt, stream_sequence) =
-            msg.info().map(|i| (i.delivered.max(1) as u64, i.stream_sequence)).unwrap_or((1, 0));
+        let (attempt, stream_sequence, pending, age) = msg
+            .info()
+            .map(|i| {
+                let age = (time::OffsetDateTime::now_utc() - i.published).as_seconds_f64();
+                (i.delivered.max(1) as u64, i.stream_sequence, i.pending, age.max(0.0))
+            })
+            .unwrap_or((1, 0, 0, 0.0));
         let event = Event::decode(&msg.payload);
         Some(Delivery {
             bus: self.bus.clone(),
@@ -187,6 +192,8 @@ impl Inbox {
             event,
             attempt,
             stream_sequence,
+            pending,
+            age_seconds: age,
             msg,
         })
     }
@@ -206,6 +213,10 @@ pub struct Delivery {
     pub attempt: u64,
     /// Stream sequence of the message.
     pub stream_sequence: u64,
+    /// Messages still waiting for this consumer behind this one (the bus lag, in messages).
+    pub pending: u64,
+    /// Seconds since the message was stored (the bus lag, in time).
+    pub age_seconds: f64,
 }
 
 impl std::fmt::Debug for Delivery {

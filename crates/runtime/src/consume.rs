@@ -75,6 +75,8 @@ impl<H: Handler> Loop<'_, H> {
 
     async fn process(&self, d: Delivery) -> Next {
         let label = Metrics::label(&d.event_type);
+        self.metrics.consumer_pending.set(d.pending.try_into().unwrap_or(i64::MAX));
+        self.metrics.delivery_lag_seconds.set(d.age_seconds);
         let event = match &d.event {
             Ok(event) => event.clone(),
             Err(e) => {

@@ -113,6 +113,7 @@ impl Runtime {
             None
         };
         let metrics = Arc::new(Metrics::new(service.name()));
+        metrics.start_at_zero(service.consumes());
         let routes = Arc::new(std::sync::OnceLock::new());
         let ctx = Context { service, bus, engine, shutdown, metrics: metrics.clone(), routes };
         let runtime = Self { config, ctx, metrics };

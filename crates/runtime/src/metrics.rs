@@ -31,6 +31,10 @@ pub struct Metrics {
     pub handler_seconds: Family<TypeLabel, Histogram>,
     /// 1 while connected to NATS.
     pub nats_connected: Gauge,
+    /// Messages waiting for this service's consumer, as of the last delivery.
+    pub consumer_pending: Gauge,
+    /// Age of the last delivered message when it arrived (publish to delivery).
+    pub delivery_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -50,6 +54,8 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
         });
         let nats_connected = Gauge::default();
+        let consumer_pending = Gauge::default();
+        let delivery_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register("events_handled", "Events handled successfully", handled.clone());
         registry.register(
             "events_failed",
@@ -68,6 +74,16 @@ impl Metrics {
         );
         registry.register("handler_duration_seconds", "Handler latency", handler_seconds.clone());
         registry.register("nats_connected", "1 while connected to NATS", nats_connected.clone());
+        registry.register(
+            "consumer_pending",
+            "Messages waiting for this service's consumer, as of the last delivery (bus lag)",
+            consumer_pending.clone(),
+        );
+        registry.register(
+            "delivery_lag_seconds",
+            "Seconds from publish to delivery of the last message (bus lag)",
+            delivery_lag_seconds.clone(),
+        );
         Self {
             registry: std::sync::Mutex::new(registry),
             handled,
@@ -76,6 +92,8 @@ impl Metrics {
             duplicates,
             handler_seconds,
             nats_connected,
+            consumer_pending,
+            delivery_lag_seconds,
         }
     }
 
@@ -93,6 +111,17 @@ impl Metrics {
     /// The label for an event type.
     pub fn label(subject: &str) -> TypeLabel {
         TypeLabel { subject: subject.to_owned() }
+    }
+
+    /// Exposes the per-type counters at 0 for every type the service consumes: a series
+    /// that first appears at 1 is invisible to `increase()`, so the first failure would be.
+    pub fn start_at_zero(&self, event_types: &[&str]) {
+        for t in event_types {
+            let label = Self::label(t);
+            for family in [&self.handled, &self.failed, &self.dead_lettered, &self.duplicates] {
+                let _ = family.get_or_create(&label);
+            }
+        }
     }
 
     /// Prometheus/OpenMetrics text.
