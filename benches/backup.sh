@@ -8,6 +8,7 @@
 #   benches/backup.sh                   1 GiB of data + ~200 MB dump
 #   DATA_MIB=4096 benches/backup.sh     the memory check at 4 GiB
 #   AGE=1 benches/backup.sh             Steward with client-side age encryption (needs age-keygen)
+#   ARENAS=default benches/backup.sh    glibc's default malloc arenas instead of the image's 2
 # Results go to stdout; docs/benchmarks.md records a run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -73,7 +74,10 @@ if [ "${AGE:-0}" = 1 ]; then
 fi
 echo "== Steward: steward-backup (release) + steward backup now${AGE:+ (age: ${AGE})}"
 http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-STEWARD_HTTP_ADDR=127.0.0.1:$http "$BIN/steward-backup" >"$STATE/logs/$RUN.log" 2>&1 &
+# As the image runs it (Dockerfile: MALLOC_ARENA_MAX=2); ARENAS=default measures glibc's own.
+arenas=()
+[ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}")
+env "${arenas[@]}" STEWARD_HTTP_ADDR=127.0.0.1:$http "$BIN/steward-backup" >"$STATE/logs/$RUN.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do grep -q consuming "$STATE/logs/$RUN.log" && break; sleep 0.1; done
 t0=$(now)
