@@ -103,10 +103,11 @@ mod tests {
             "p.verify.>",
             "p.health.>",
             "p.notify.>",
+            "p.certs.>",
             "p.dlq.>",
         ] {
             assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
         }
-        assert_eq!(s.len(), 9);
+        assert_eq!(s.len(), 10);
     }
 }
