@@ -20,4 +20,4 @@ for b in steward steward-watcher steward-updater steward-backup steward-health s
 done
 STEWARD_STACK_IMAGE=steward-local/steward:release \
   cargo test -p steward-system-tests --test compose_stack --locked -- --nocapture 2>&1 \
-  | grep -E '^(stack healthy|idle )|test result'
+  | grep -E '^(stack healthy|idle )|^ *[0-9.]+ s  |test result'
