@@ -512,9 +512,6 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
         let results = up["data"]["result"].as_array()?.clone();
         (results.len() == 5 && results.iter().all(|r| r["value"][1] == "1")).then_some(())
     });
-    let metadata = get("metadata").expect("metadata");
-    let exposed: Vec<&String> =
-        metadata["data"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("compose/monitoring/grafana/dashboards/steward.json"))
             .expect("dashboard"),
@@ -534,14 +531,30 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
         }
     }
     assert!(queried.len() >= 10, "{queried:?}");
-    for name in &queried {
-        let family = ["_total", "_bucket"]
+    // A family without samples is not in Prometheus' metadata (e.g. probe latency between a
+    // restore and the next probe): wait for a scrape that has them all.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metadata = get("metadata").unwrap_or_default();
+        let exposed: Vec<&String> =
+            metadata["data"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+        let missing: Vec<&String> = queried
             .iter()
-            .find_map(|suffix| name.strip_suffix(suffix))
-            .unwrap_or(name);
+            .filter(|name| {
+                let family = ["_total", "_bucket"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                !exposed.iter().any(|e| e == name || *e == family)
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            exposed.iter().any(|e| *e == name || *e == family),
-            "the dashboard queries {name}, which no service exposes: {exposed:?}"
+            Instant::now() < deadline,
+            "the dashboard queries {missing:?}, which no service exposes: {exposed:?}"
         );
+        std::thread::sleep(Duration::from_secs(2));
     }
 }
