@@ -10,7 +10,7 @@ use steward_backup::encryption::Keys;
 use steward_backup::manifest::Kind;
 use steward_backup::Backups;
 use steward_engine::Engine;
-use steward_events::{BackupReason, RestoreScope};
+use steward_events::RestoreScope;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_brings_back_every_row_and_byte() {
@@ -24,12 +24,7 @@ async fn a_restore_brings_back_every_row_and_byte() {
     let data_before = stack.data_fingerprint();
     assert!(db_before.starts_with("30000:"), "{db_before}");
 
-    let id = steward_backup::manifest::new_backup_id(time::OffsetDateTime::now_utc());
-    let manifest = stack
-        .backups
-        .take(&id, BackupReason::Manual, &[])
-        .await
-        .unwrap_or_else(|e| panic!("backup failed: {e} {:?}", e.stderr_tail));
+    let (id, manifest) = stack.back_up().await;
     let kinds: Vec<&Kind> = manifest.components.iter().map(|c| &c.kind).collect();
     assert!(
         matches!(kinds[..], [Kind::Postgres { .. }, Kind::Path { .. }, Kind::Containers]),
@@ -70,12 +65,7 @@ async fn a_corrupted_object_fails_verification_and_the_restore_touches_nothing()
     let stack = Stack::start("corrupt", &[]).await;
     stack.fill_db(2_000);
     stack.fill_data(1, 20);
-    let id = steward_backup::manifest::new_backup_id(time::OffsetDateTime::now_utc());
-    let manifest = stack
-        .backups
-        .take(&id, BackupReason::Manual, &[])
-        .await
-        .unwrap_or_else(|e| panic!("backup failed: {e}"));
+    let (id, manifest) = stack.back_up().await;
 
     let verified = stack
         .backups
@@ -144,12 +134,7 @@ async fn an_encrypted_backup_stores_no_plaintext_and_needs_the_identity_to_come_
     stack.app_sh("echo 'a plain secret line that must not reach S3' > /data/secret.txt");
     let (db_before, data_before) = (stack.db_fingerprint(), stack.data_fingerprint());
 
-    let id = steward_backup::manifest::new_backup_id(time::OffsetDateTime::now_utc());
-    let manifest = stack
-        .backups
-        .take(&id, BackupReason::Manual, &[])
-        .await
-        .unwrap_or_else(|e| panic!("backup failed: {e} {:?}", e.stderr_tail));
+    let (id, manifest) = stack.back_up().await;
     for c in &manifest.components {
         assert_eq!(c.encoding, "zstd+age", "{}", c.name);
         assert!(c.object.ends_with(".age"), "{}", c.object);

@@ -123,19 +123,7 @@ impl Renewal {
             Ok(f) => f,
             Err(reason) => return failed(name, reason, vec![], vec![]),
         };
-        let cmd = shell(&renewer.command);
-        let ran = tokio::time::timeout(self.cfg.timeout, self.engine.exec(name, cmd, TAIL)).await;
-        let problem = match ran {
-            Ok(Ok(out)) if out.exit_code == 0 => None,
-            Ok(Ok(out)) => {
-                Some((format!("`{}` exited with {}", renewer.command, out.exit_code), out.tail))
-            }
-            Ok(Err(e)) => Some((format!("`{}` could not run: {e}", renewer.command), vec![])),
-            Err(_) => Some((
-                format!("`{}` did not finish within {:?}", renewer.command, self.cfg.timeout),
-                vec![],
-            )),
-        };
+        let problem = self.run_in(name, &renewer.command, self.cfg.timeout).await.err();
         let renewed = match self.fingerprints(name, &renewer.path).await {
             Ok(after) => changed(&before, &after),
             Err(reason) => {
@@ -169,23 +157,29 @@ impl Renewal {
     }
 
     async fn reload(&self, r: &Labelled) -> Result<(), (String, Vec<String>)> {
-        let cmd = shell(&r.command);
-        match tokio::time::timeout(self.cfg.reload_timeout, self.engine.exec(&r.name, cmd, TAIL))
+        self.run_in(&r.name, &r.command, self.cfg.reload_timeout)
             .await
-        {
+            .map_err(|(reason, tail)| (format!("reload {reason}"), tail))
+    }
+
+    /// A label's command line, run by the container's shell (as `steward.update.pre`): `Ok`
+    /// on exit 0, else why not and its last output lines.
+    async fn run_in(
+        &self,
+        container: &str,
+        command: &str,
+        limit: Duration,
+    ) -> Result<(), (String, Vec<String>)> {
+        let cmd = vec!["sh".to_owned(), "-c".to_owned(), command.to_owned()];
+        match tokio::time::timeout(limit, self.engine.exec(container, cmd, TAIL)).await {
             Ok(Ok(out)) if out.exit_code == 0 => Ok(()),
-            Ok(Ok(out)) => Err((
-                format!("reload `{}` in {} exited with {}", r.command, r.name, out.exit_code),
-                out.tail,
-            )),
-            Ok(Err(e)) => Err((format!("reload `{}` in {}: {e}", r.command, r.name), vec![])),
-            Err(_) => Err((
-                format!(
-                    "reload `{}` in {} did not finish within {:?}",
-                    r.command, r.name, self.cfg.reload_timeout
-                ),
-                vec![],
-            )),
+            Ok(Ok(out)) => {
+                Err((format!("`{command}` in {container} exited with {}", out.exit_code), out.tail))
+            }
+            Ok(Err(e)) => Err((format!("`{command}` in {container} could not run: {e}"), vec![])),
+            Err(_) => {
+                Err((format!("`{command}` in {container} did not finish within {limit:?}"), vec![]))
+            }
         }
     }
 
@@ -194,7 +188,7 @@ impl Renewal {
         let scope = self.cfg.scope.clone();
         let listed = self
             .engine
-            .containers(|l| {
+            .running_containers(|l| {
                 steward_labels::in_scope(l, scope.as_deref())
                     && (l.contains_key(steward_labels::CERTS_RENEW)
                         || l.contains_key(steward_labels::CERTS_RELOAD))
@@ -203,9 +197,6 @@ impl Renewal {
             .map_err(|e| e.to_string())?;
         let (mut renewers, mut reloaders) = (vec![], vec![]);
         for c in listed {
-            if !self.engine.is_running(&c.name).await.map_err(|e| e.to_string())?.unwrap_or(false) {
-                continue;
-            }
             let labels = match steward_labels::certs_labels(&c.labels) {
                 Ok(l) => l,
                 Err(e) => {
@@ -266,11 +257,6 @@ impl Renewal {
 
 fn failed(container: &str, reason: String, renewed: Vec<String>, tail: Vec<String>) -> EventData {
     CertsFailed { container: container.to_owned(), reason, renewed, log_tail: tail }.into()
-}
-
-/// A label's command line, run by the container's shell (as `steward.update.pre`).
-fn shell(command: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), command.into()]
 }
 
 /// Lineages whose fingerprint differs, appeared or vanished.

@@ -99,6 +99,17 @@ impl Stack {
         Self { scope, db, app, backups, store }
     }
 
+    /// A manual backup of the stack under a fresh id, which must succeed: id and manifest.
+    pub async fn back_up(&self) -> (String, steward_backup::manifest::Manifest) {
+        let id = steward_backup::manifest::new_backup_id(time::OffsetDateTime::now_utc());
+        let manifest = self
+            .backups
+            .take(&id, steward_events::BackupReason::Manual, &[])
+            .await
+            .unwrap_or_else(|e| panic!("backup failed: {e} {:?}", e.stderr_tail));
+        (id, manifest)
+    }
+
     pub fn psql(&self, sql: &str) -> String {
         docker(&["exec", &self.db.name, "psql", "-U", DB_USER, "-d", DB_NAME, "-tAc", sql])
     }
