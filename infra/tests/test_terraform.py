@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import hcl2
+import yaml
 import pytest
 
 TF = Path(__file__).resolve().parent.parent / "terraform"
@@ -347,3 +348,25 @@ def test_iam_rule_catches_a_managed_policy_attachment(tf):
     texts = sources()
     texts["iam.tf"] = text
     assert any("AmazonS3FullAccess" in p for p in iam_problems(parse(texts.values())))
+
+
+def ssm_names(tf, text):
+    """Short names of the SSM parameters Terraform creates, for_each expanded."""
+    users = re.search(r"nats_users\s*=\s*toset\(\[([^\]]*)\]\)", text)
+    assert users, "secrets.tf: nats_users not found"
+    nats_users = re.findall(r'"([^"]+)"', users.group(1))
+    names = set()
+    for p in tf["resource"].get("aws_ssm_parameter", {}).values():
+        short = p["name"].rsplit("/", 1)[-1]
+        if "${each.key}" in short:
+            names.update(short.replace("${each.key}", user) for user in nats_users)
+        else:
+            names.add(short)
+    return names
+
+
+def test_terraform_stores_every_secret_the_ansible_deploy_reads(tf):
+    defaults = yaml.safe_load(
+        (TF.parent / "ansible" / "roles" / "deploy" / "defaults" / "main.yml").read_text()
+    )
+    assert set(defaults["deploy_secret_names"]) <= ssm_names(tf, sources()["secrets.tf"])
