@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+pub mod compose;
+
 /// Watch this container.
 pub const ENABLE: &str = "steward.enable";
 /// Diun's opt-in label, honoured too.

@@ -400,3 +400,60 @@ async fn the_pre_hook_runs_in_the_old_container_and_a_failing_one_stops_the_upda
     drop(ok);
     let _ = std::process::Command::new("docker").args(["volume", "rm", &volume]).output();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_waits_for_the_update_of_the_database_it_depends_on() {
+    // Two containers of one compose project as compose v2 labels them: `web` depends on `db`.
+    let bus = TestBus::new("upddeps").await;
+    let project = format!("project={}", unique_name("deps"));
+    let label = |l: &str| format!("com.docker.compose.{l}");
+    let db = app(&[
+        "steward.update.policy=automatic",
+        &label(&project),
+        &label("service=db"),
+        &label("depends_on="),
+    ]);
+    let web = app(&[
+        "steward.update.policy=automatic",
+        "steward.update.backup=false",
+        &label(&project),
+        &label("service=web"),
+        &label("depends_on=db:service_healthy:false"),
+    ]);
+    let db_v2 = push_app("v2", &db.image);
+    let web_v2 = push_app("v2", &web.image);
+    let flow = flow(&bus).await;
+
+    // The database's update starts first and waits for its backup; the app's waits for it.
+    let (event, u) = image_updated(&bus, &db, &db_v2).await;
+    flow.on_image_updated(&event, &u).await.expect("db starts");
+    let (event, u) = image_updated(&bus, &web, &web_v2).await;
+    flow.on_image_updated(&event, &u).await.expect("web deferred");
+    let record = flow.records.get(&web.name).await.expect("get").expect("record").value;
+    assert_eq!(record.step, UpdateStep::Deferred);
+    let reason = record.reason.unwrap_or_default();
+    assert!(reason.contains(&format!("the update of {} (depends_on) first", db.name)), "{reason}");
+    flow.start_due().await.expect("sweep");
+    assert!(http_get(web.port).is_some_and(|b| b.contains("app v1")), "web waits");
+
+    let requested = events(&bus)
+        .await
+        .into_iter()
+        .find(|e| e.event_type() == "backup.requested")
+        .expect("db's backup.requested");
+    let done = Event::caused_by(&requested, "steward-backup/test", done("deps"));
+    bus.publish(&done).await.expect("publish");
+    flow.on_backup_outcome(&done).await.expect("db updates");
+    assert!(http_get(db.port).is_some_and(|b| b.contains("app v2")));
+    flow.start_due().await.expect("sweep");
+    assert!(http_get(web.port).is_some_and(|b| b.contains("app v2")), "then web");
+
+    // In the trail: the database's update succeeded before the app's started.
+    let all = events(&bus).await;
+    let at = |container: &str, kind: &str| {
+        all.iter()
+            .position(|e| e.event_type() == kind && e.container() == Some(container))
+            .unwrap_or_else(|| panic!("no {kind} of {container}: {:?}", types(&all)))
+    };
+    assert!(at(&db.name, "update.succeeded") < at(&web.name, "update.started"));
+}

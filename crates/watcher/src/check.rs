@@ -22,7 +22,8 @@ use prometheus_client::metrics::family::Family;
 use steward_bus::{Bus, StateStore};
 use steward_engine::{ContainerInfo, Engine};
 use steward_events::records::{WatchRecord, WATCH_BUCKET};
-use steward_events::{Digest, Event, ImageUpdated};
+use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_labels::compose::{dependency_order, ComposeService};
 use time::OffsetDateTime;
 
 use crate::registry::{Registries, RegistryError};
@@ -85,9 +86,19 @@ struct Target {
 
 enum Outcome {
     Current,
-    Updated,
+    /// A newer digest, not published yet: [`Checker::run`] publishes them in compose's
+    /// dependency order.
+    Updated(Box<Found>),
     Skipped(String),
     Failed(RegistryError),
+}
+
+/// A newer image to report, and the watch record to save once it is published.
+struct Found {
+    event: Event,
+    record: WatchRecord,
+    revision: Option<u64>,
+    compose: Option<ComposeService>,
 }
 
 impl Checker {
@@ -143,10 +154,11 @@ impl Checker {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
+        let mut found = vec![];
         for (name, outcome) in results {
             match outcome {
                 Outcome::Current => {}
-                Outcome::Updated => summary.updated.push(name),
+                Outcome::Updated(f) => found.push((name, f)),
                 Outcome::Skipped(why) => {
                     tracing::warn!(container = %name, reason = %why, "container skipped");
                     summary.skipped.push((name, why));
@@ -155,6 +167,17 @@ impl Checker {
                     tracing::error!(container = %name, error = %e, "registry check failed");
                     summary.failed.push((name, e.to_string()));
                 }
+            }
+        }
+        // Published dependencies first (compose's depends_on), so the updater, which takes the
+        // events in order, starts a database's update before the app's that waits for it.
+        let compose: Vec<_> = found.iter().map(|(_, f)| f.compose.clone()).collect();
+        let mut found: Vec<_> = found.into_iter().map(Some).collect();
+        for i in dependency_order(&compose) {
+            let Some((name, f)) = found[i].take() else { continue };
+            match self.publish(*f).await {
+                Ok(()) => summary.updated.push(name),
+                Err(why) => summary.skipped.push((name, why)),
             }
         }
         summary.updated.sort();
@@ -254,24 +277,38 @@ impl Checker {
                 Some(cause) => Event::caused_by(cause, &self.source, data),
                 None => Event::new(&self.source, data),
             };
-            // Publish first, then record: a crash in between repeats the event (the updater
-            // tolerates that) rather than losing it.
-            if let Err(e) = self.bus.publish(&event).await {
-                tracing::error!(container = %t.info.name, error = %e, "cannot publish image.updated; will retry next check");
-                return Outcome::Skipped(format!("cannot publish image.updated: {e}"));
-            }
-            tracing::info!(container = %t.info.name, from = %running.short(), to = %newest.short(), "newer image");
-            record.reported_digest = Some(newest);
+            count("updated");
+            return Outcome::Updated(Box::new(Found {
+                event,
+                record,
+                revision: previous.map(|v| v.revision),
+                compose: ComposeService::from_labels(&t.info.labels),
+            }));
         }
-        count(if is_new { "updated" } else { "current" });
+        count("current");
         if let Err(e) = self.save(record, previous.map(|v| v.revision)).await {
             tracing::warn!(container = %t.info.name, error = %e, "cannot save watch record");
         }
-        if is_new {
-            Outcome::Updated
-        } else {
-            Outcome::Current
+        Outcome::Current
+    }
+
+    /// Publishes a newer image, then records it as reported. Publish first, then record: a
+    /// crash in between repeats the event (the updater tolerates that) rather than losing it.
+    async fn publish(&self, f: Found) -> Result<(), String> {
+        let Found { event, mut record, revision, .. } = f;
+        let EventData::ImageUpdated(u) = &event.data else {
+            return Err("not an image.updated event".into());
+        };
+        if let Err(e) = self.bus.publish(&event).await {
+            tracing::error!(container = %record.container, error = %e, "cannot publish image.updated; will retry next check");
+            return Err(format!("cannot publish image.updated: {e}"));
         }
+        tracing::info!(container = %record.container, from = %u.current_digest.short(), to = %u.new_digest.short(), "newer image");
+        record.reported_digest = Some(u.new_digest.clone());
+        if let Err(e) = self.save(record, revision).await {
+            tracing::warn!(container = %u.container, error = %e, "cannot save watch record");
+        }
+        Ok(())
     }
 
     /// The newest digest: of a newer tracked tag if there is one, else of the tag itself.

@@ -223,3 +223,43 @@ async fn a_pulled_multi_arch_image_is_current_and_a_new_index_is_news() {
         "reported as the index digest docker pull records"
     );
 }
+
+#[tokio::test]
+async fn a_compose_project_s_updates_are_published_dependencies_first() {
+    // A chain as compose v2 labels it: app → cache → queue → db (each depends on the next).
+    let bus = TestBus::new("watchdeps").await;
+    let scope = unique_name("scope");
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/watchdeps"));
+    let _tag = ImageTag(image.clone());
+    push_app("v1", &image);
+    let project = format!("com.docker.compose.project={}", unique_name("deps"));
+    let chain = [("db", ""), ("queue", "db"), ("cache", "queue"), ("app", "cache")];
+    // Created dependencies first, so the engine lists (and the watcher checks) them last.
+    let containers: Vec<(String, Container)> = chain
+        .iter()
+        .map(|(service, depends_on)| {
+            let name = unique_name(&format!("dep{service}"));
+            let service_label = format!("com.docker.compose.service={service}");
+            let depends_label = format!(
+                "com.docker.compose.depends_on={}",
+                if depends_on.is_empty() {
+                    String::new()
+                } else {
+                    format!("{depends_on}:service_healthy:false")
+                }
+            );
+            let labels = [project.as_str(), service_label.as_str(), depends_label.as_str()];
+            let c = run_app(&name, &image, &scope, &labels);
+            (name, c)
+        })
+        .collect();
+    let watcher = checker(&bus, &scope, Duration::from_secs(5)).await;
+    assert_eq!(watcher.run(None, None).await.expect("check").checked, 4);
+
+    push_app("v2", &image);
+    assert_eq!(watcher.run(None, None).await.expect("check").updated.len(), 4);
+    let published: Vec<String> =
+        image_updates(&bus).await.into_iter().map(|(_, u)| u.container).collect();
+    let expected: Vec<String> = containers.iter().map(|(name, _)| name.clone()).collect();
+    assert_eq!(published, expected, "db, queue, cache, app");
+}

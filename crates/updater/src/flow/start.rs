@@ -1,7 +1,9 @@
 //! `image.updated`: decide by policy, and claim the container for this update.
 
+use steward_engine::recreate::is_swap_name;
 use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::{Event, ImageUpdated, UpdatePending, UpdateStarted};
+use steward_labels::compose::ComposeService;
 use steward_labels::Policy;
 use time::OffsetDateTime;
 
@@ -97,7 +99,8 @@ impl Flow {
         let young = v.value.not_before.is_some_and(|t| t > now);
         let local = chrono::Local::now().naive_local();
         let closed = settings.window.as_ref().is_some_and(|w| !w.contains(local));
-        if !young && !closed {
+        let busy = self.busy_dependencies(&v.value.container).await?;
+        if !young && !closed && busy.is_empty() {
             return self.begin(v, settings.backup).await;
         }
         let mut record = v.value;
@@ -107,6 +110,9 @@ impl Flow {
         }
         if let Some(w) = settings.window.as_ref().filter(|_| closed) {
             why.push(format!("maintenance window opens {}", w.next_open(local)));
+        }
+        if !busy.is_empty() {
+            why.push(format!("the update of {} (depends_on) first", busy.join(", ")));
         }
         let reason = format!("waiting: {}", why.join(", "));
         tracing::info!(container = %record.container, %reason, "update deferred");
@@ -141,13 +147,42 @@ impl Flow {
                 && settings
                     .window
                     .as_ref()
-                    .is_none_or(|w| w.contains(chrono::Local::now().naive_local()));
+                    .is_none_or(|w| w.contains(chrono::Local::now().naive_local()))
+                && self.busy_dependencies(&key).await?.is_empty();
             if due {
                 tracing::info!(container = %key, "deferred update starts");
                 self.begin(v, settings.backup).await?;
             }
         }
         Ok(())
+    }
+
+    /// Containers of `container`'s compose project that it depends on (compose v2's
+    /// `depends_on` label) and whose own update is under way or waiting to start: compose
+    /// starts dependencies first, and updates keep that order. One waiting for approval does
+    /// not hold the others back.
+    pub async fn busy_dependencies(&self, container: &str) -> Result<Vec<String>, FlowError> {
+        let Some(labels) = self.engine.container_labels(container).await? else {
+            return Ok(vec![]);
+        };
+        let Some(me) = ComposeService::from_labels(&labels) else { return Ok(vec![]) };
+        if me.depends_on.is_empty() {
+            return Ok(vec![]);
+        }
+        let dependencies = self
+            .engine
+            .containers(|l| ComposeService::from_labels(l).is_some_and(|o| me.depends_on(&o)))
+            .await?;
+        let mut busy = vec![];
+        for d in dependencies.into_iter().filter(|d| !is_swap_name(&d.name)) {
+            if let Some(v) = self.records.get(&d.name).await? {
+                if !v.value.step.is_terminal() && v.value.step != UpdateStep::Pending {
+                    busy.push(d.name);
+                }
+            }
+        }
+        busy.sort();
+        Ok(busy)
     }
 
     /// `update.started`, then the backup or the swap.
