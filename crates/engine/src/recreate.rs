@@ -358,6 +358,57 @@ impl Engine {
         Ok(out)
     }
 
+    /// Dependents of a container known by any of `ids_or_names` whose rejoin was cut short
+    /// (the process died between stopping the old dependent and removing it): each gets one
+    /// container under its name again. If the name is taken, the leftovers under temporary
+    /// names go; otherwise the parked old one (the known-good configuration) takes the name
+    /// back, or else the new one. Returns the names given back; those containers are stopped,
+    /// as the swap left them. Safe to repeat.
+    pub async fn repair_rejoins(&self, ids_or_names: &[&str]) -> Result<Vec<String>, EngineError> {
+        let all = self.containers(|_| true).await?;
+        let refers = |c: &crate::ops::ListedContainer| {
+            let mode = c.network_mode.as_deref().unwrap_or_default();
+            mode.strip_prefix("container:").is_some_and(|target| {
+                ids_or_names
+                    .iter()
+                    .any(|x| *x == target || (target.len() >= 12 && x.starts_with(target)))
+            })
+        };
+        let mut bases: Vec<&str> = all
+            .iter()
+            .filter(|c| is_swap_name(&c.name) && refers(c))
+            .filter_map(|c| {
+                [OLD_SUFFIX, NEW_SUFFIX, FAILED_SUFFIX]
+                    .iter()
+                    .find_map(|suffix| c.name.strip_suffix(suffix))
+            })
+            .collect();
+        bases.sort_unstable();
+        bases.dedup();
+        let mut given_back = vec![];
+        for base in bases {
+            let named = |suffix: &str| {
+                let wanted = format!("{base}{suffix}");
+                all.iter().find(|c| c.name == wanted).map(|c| c.id.clone())
+            };
+            let keep = if all.iter().any(|c| c.name == base) {
+                None
+            } else {
+                named(OLD_SUFFIX).or_else(|| named(NEW_SUFFIX))
+            };
+            if let Some(id) = &keep {
+                self.rename(id, base).await?;
+                given_back.push(base.to_owned());
+            }
+            for suffix in [OLD_SUFFIX, NEW_SUFFIX, FAILED_SUFFIX] {
+                if let Some(id) = named(suffix).filter(|id| Some(id) != keep.as_ref()) {
+                    self.remove(&id, false).await?;
+                }
+            }
+        }
+        Ok(given_back)
+    }
+
     /// Recreates `dependent` (its own image and configuration) in the network namespace of
     /// container `target` (an id or a name), running again if it ran. The old one is removed
     /// once the new one has its name; on failure the old one is back.

@@ -457,3 +457,97 @@ async fn an_app_waits_for_the_update_of_the_database_it_depends_on() {
     };
     assert!(at(&db.name, "update.succeeded") < at(&web.name, "update.started"));
 }
+
+/// A container in `app`'s network namespace (`--network container:NAME`, as compose's
+/// `network_mode: service:app`), idling.
+fn sidecar(app: &App) -> Container {
+    Container::run(
+        &format!("{}-side", app.name),
+        &[
+            "--network",
+            &format!("container:{}", app.name),
+            "--entrypoint",
+            "/bin/sleep",
+            &app.image,
+            "3600",
+        ],
+    )
+}
+
+/// What the app serves on the sidecar's loopback, and the namespace it is in.
+fn seen_from(side: &Container) -> (String, String) {
+    let body = docker(&["exec", &side.name, "wget", "-qO-", "http://127.0.0.1:8080/"]);
+    (body, docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &side.name]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_takes_the_network_namespace_dependents_back_to_the_old_container() {
+    let bus = TestBus::new("updsiderb").await;
+    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
+    let old_id = docker(&["inspect", "-f", "{{.Id}}", &app.name]);
+    let side = sidecar(&app);
+    let _side_parked = Parked(side.name.clone());
+    let v3 = push_app("v3", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v3).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+
+    assert_eq!(types(&events(&bus).await).last(), Some(&"update.rolled_back"));
+    let (body, mode) = seen_from(&side);
+    assert!(body.contains("app v1"), "{body}");
+    assert_eq!(mode, format!("container:{old_id}"));
+    no_strays(&side.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_cut_off_half_way_through_its_recreation_is_repaired_on_resume() {
+    let bus = TestBus::new("updsidecrash").await;
+    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
+    let old_id = docker(&["inspect", "-f", "{{.Id}}", &app.name]);
+    let side = sidecar(&app);
+    let _side_parked = Parked(side.name.clone());
+    let v3 = push_app("v3", &app.image);
+    let first = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v3).await;
+    let task = tokio::spawn(async move { first.on_image_updated(&event, &u).await });
+    let second = flow(&bus).await;
+    // The sidecar has joined the new container; the gate is judging v3.
+    wait_for("the dependent's rejoin", Duration::from_secs(30), || {
+        let step =
+            futures_lite_block(second.records.get(&app.name)).ok().flatten().map(|v| v.value.step);
+        let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &side.name]);
+        (step == Some(UpdateStep::Gating) && mode != format!("container:{old_id}")).then_some(())
+    });
+    task.abort();
+    let _ = task.await;
+    // The updater died during the rollback's rejoin of the sidecar, between stopping it and
+    // giving its name to the new one: the state that swap leaves at that instant.
+    let new_id = docker(&["inspect", "-f", "{{.Id}}", &app.name]);
+    docker(&["stop", "-t", "1", &side.name]);
+    docker(&["rename", &side.name, &format!("{}-steward-old", side.name)]);
+    docker(&[
+        "create",
+        "--name",
+        &format!("{}-steward-new", side.name),
+        "--network",
+        &format!("container:{new_id}"),
+        "--entrypoint",
+        "/bin/sleep",
+        &app.image,
+        "3600",
+    ]);
+
+    second.resume().await.expect("resume");
+    wait_for("v1 served again", Duration::from_secs(10), || {
+        http_get(app.port).filter(|b| b.contains("app v1"))
+    });
+    let (body, mode) = seen_from(&side);
+    assert!(body.contains("app v1"), "{body}");
+    assert_eq!(mode, format!("container:{old_id}"));
+    no_strays(&side.name);
+    let all = events(&bus).await;
+    let EventData::UpdateRolledBack(r) = &all.last().expect("event").data else {
+        panic!("{:?}", types(&all))
+    };
+    assert!(r.reason.contains("restarted"), "{}", r.reason);
+}

@@ -1,6 +1,8 @@
 //! What a restarted updater finds: every update caught between pull and verdict is rolled
 //! back, so each ends with a terminal event and exactly one container of that name on the
-//! old image. Updates waiting for approval or a backup simply keep waiting.
+//! old image, its network-namespace dependents back in that container's namespace (also one
+//! whose own recreation was cut short). Updates waiting for approval or a backup simply keep
+//! waiting.
 
 use steward_engine::recreate::NEW_SUFFIX;
 use steward_engine::Replacement;
@@ -33,9 +35,19 @@ impl Flow {
             };
             tracing::warn!(container = %name, "rolling back an update interrupted by a restart");
             let r = Replacement { name, old_id, new_id };
-            let log_tail = self.engine.logs_tail(&r.new_id, 20).await.unwrap_or_default();
-            self.engine.restore(&r).await?;
-            self.rolled_back(v, Some(&r), reason, log_tail).await?;
+            // A dependent caught half-way through joining the new container (or back the old
+            // one) gets its name back first, so the rollback's rejoin finds it.
+            let repaired = self
+                .engine
+                .repair_rejoins(&[r.old_id.as_str(), r.new_id.as_str(), &r.name])
+                .await?;
+            self.roll_back(v, &r, reason).await?;
+            for dependent in repaired {
+                tracing::warn!(%dependent, "a dependent's interrupted recreation was repaired");
+                if self.engine.is_running(&dependent).await? == Some(false) {
+                    self.engine.start(&dependent).await?;
+                }
+            }
         }
         Ok(())
     }
