@@ -221,6 +221,7 @@ async fn updates_in_progress(ctx: &Context) -> anyhow::Result<Busy> {
         let doing = match r.step {
             UpdateStep::Swapping => "swapping containers",
             UpdateStep::Gating => "in its health gate",
+            UpdateStep::HandingOver => "handing over to its successor",
             _ => continue,
         };
         busy.insert(r.container, format!("update {} to {} is {doing}", r.update_id, r.to_digest));

@@ -40,6 +40,13 @@ pub fn is_swap_name(name: &str) -> bool {
     [OLD_SUFFIX, NEW_SUFFIX, FAILED_SUFFIX].iter().any(|s| name.ends_with(s))
 }
 
+/// A created successor and what swapping it in needs.
+struct Successor {
+    replacement: Replacement,
+    was_running: bool,
+    stop_timeout: Option<i32>,
+}
+
 /// A swap in progress: enough to finish it or undo it, also after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
@@ -221,6 +228,42 @@ impl Engine {
         image: &str,
         adjust: impl FnOnce(&mut ContainerCreateBody),
     ) -> Result<Replacement, EngineError> {
+        let s = self.create_successor(name, image, adjust).await?;
+        let docker = self.client()?;
+        if s.was_running {
+            self.stop_old(&s).await?;
+        }
+        let swapped = async {
+            self.rename(&s.replacement.old_id, &format!("{name}{OLD_SUFFIX}")).await?;
+            self.rename(&s.replacement.new_id, name).await?;
+            if !s.was_running {
+                return Ok(());
+            }
+            docker
+                .start_container(&s.replacement.new_id, None)
+                .await
+                .map_err(|e| self.failed(&format!("start new {name}"), e))
+        }
+        .await;
+        if let Err(e) = swapped {
+            if let Err(undo) = self.restore(&s.replacement).await {
+                tracing_free_log(&format!(
+                    "restoring {name} after a failed swap also failed: {undo}"
+                ));
+            }
+            return Err(e);
+        }
+        Ok(s.replacement)
+    }
+
+    /// Creates (not starts) the successor of container `name` from `image` under
+    /// `<name>-steward-new`, joined to the old one's networks; the old one is untouched.
+    async fn create_successor(
+        &self,
+        name: &str,
+        image: &str,
+        adjust: impl FnOnce(&mut ContainerCreateBody),
+    ) -> Result<Successor, EngineError> {
         let docker = self.client()?;
         let old = docker
             .inspect_container(name, None)
@@ -266,39 +309,78 @@ impl Engine {
                 return Err(self.failed(&format!("connect {new_name} to {network}"), e));
             }
         }
-        let replacement =
-            Replacement { name: name.to_owned(), old_id: old_id.clone(), new_id: new_id.clone() };
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).map(|t| t as i32);
-        if was_running {
-            docker
-                .stop_container(
-                    &old_id,
-                    Some(StopContainerOptions { t: stop_timeout, ..Default::default() }),
-                )
-                .await
-                .map_err(|e| self.failed(&format!("stop {name}"), e))?;
-        }
-        let swapped = async {
-            self.rename(&old_id, &format!("{name}{OLD_SUFFIX}")).await?;
-            self.rename(&new_id, name).await?;
-            if !was_running {
-                return Ok(());
-            }
-            docker
-                .start_container(&new_id, None)
-                .await
-                .map_err(|e| self.failed(&format!("start new {name}"), e))
+        Ok(Successor {
+            replacement: Replacement { name: name.to_owned(), old_id, new_id },
+            was_running,
+            stop_timeout,
+        })
+    }
+
+    async fn stop_old(&self, s: &Successor) -> Result<(), EngineError> {
+        self.client()?
+            .stop_container(
+                &s.replacement.old_id,
+                Some(StopContainerOptions { t: s.stop_timeout, ..Default::default() }),
+            )
+            .await
+            .map_err(|e| self.failed(&format!("stop {}", s.replacement.name), e))
+    }
+
+    /// The first half of a handover (a container replaced by its own successor, such as the
+    /// updater replacing itself): the successor is created, not started, under
+    /// `<name>-steward-new`, joined to the old one's networks; the old one keeps running. Start
+    /// it with [`Engine::start`]; from inside, it completes with [`Engine::take_over`].
+    pub async fn create_successor_of(
+        &self,
+        name: &str,
+        image: &str,
+    ) -> Result<Replacement, EngineError> {
+        Ok(self.create_successor(name, image, |_| {}).await?.replacement)
+    }
+
+    /// The second half of a handover, run by the successor: the old container is stopped and
+    /// parked under `<name>-steward-old`, the successor takes the name. On failure the old one
+    /// runs again under its name before this returns the error; the successor, still under
+    /// its temporary name, is the caller's to remove (it may be the caller itself).
+    pub async fn take_over(&self, r: &Replacement) -> Result<(), EngineError> {
+        let docker = self.client()?;
+        let old = docker
+            .inspect_container(&r.old_id, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
+        let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).map(|t| t as i32);
+        let s = Successor { replacement: r.clone(), was_running: true, stop_timeout };
+        let done = async {
+            self.stop_old(&s).await?;
+            self.rename(&r.old_id, &format!("{}{OLD_SUFFIX}", r.name)).await?;
+            self.rename(&r.new_id, &r.name).await
         }
         .await;
-        if let Err(e) = swapped {
-            if let Err(undo) = self.restore(&replacement).await {
+        if let Err(e) = done {
+            let back = async {
+                let old = docker
+                    .inspect_container(&r.old_id, None)
+                    .await
+                    .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
+                if old.name.as_deref().map(|n| n.trim_start_matches('/')) != Some(r.name.as_str()) {
+                    self.rename(&r.old_id, &r.name).await?;
+                }
+                if !old.state.and_then(|s| s.running).unwrap_or(false) {
+                    self.start(&r.old_id).await?;
+                }
+                Ok::<(), EngineError>(())
+            }
+            .await;
+            if let Err(undo) = back {
                 tracing_free_log(&format!(
-                    "restoring {name} after a failed swap also failed: {undo}"
+                    "restarting the old {} after a failed handover also failed: {undo}",
+                    r.name
                 ));
             }
             return Err(e);
         }
-        Ok(replacement)
+        Ok(())
     }
 
     /// Undoes a replacement: the new container is removed and the old one runs again under

@@ -64,6 +64,9 @@ pub enum UpdateStep {
     Swapping,
     /// The new container runs; the health gate decides.
     Gating,
+    /// The updater replacing its own container: the successor runs next to it and finishes
+    /// the update itself, or is removed if it does not take over in time.
+    HandingOver,
     /// Terminal: the new image runs and is healthy.
     Succeeded,
     /// Terminal: the old image runs again.

@@ -76,6 +76,9 @@ impl Flow {
         let v = self.save(record, v.revision).await?;
 
         let image = format!("{repository}:{tag}");
+        if self.is_own(v.value.old_id.as_deref().unwrap_or_default()) {
+            return self.hand_over(v, &image).await;
+        }
         let replacement = match self.engine.replace(&name, &image).await {
             Ok(r) => r,
             // `replace` has already put the old container back.
@@ -116,7 +119,11 @@ impl Flow {
         Ok(())
     }
 
-    async fn succeed(&self, v: Versioned<UpdateRecord>, r: &Replacement) -> Result<(), FlowError> {
+    pub(crate) async fn succeed(
+        &self,
+        v: Versioned<UpdateRecord>,
+        r: &Replacement,
+    ) -> Result<(), FlowError> {
         // The old container goes; its image stays for a later rollback by hand.
         self.engine.finish(r).await?;
         let record = &v.value;

@@ -12,11 +12,13 @@
 //!                                                                         └─ not ────> RolledBack
 //! ```
 //! One file per step: [`start`], [`approval`], [`backup`], [`apply`] (pull and swap),
-//! [`health_gate`], [`rollback`], and [`resume`] for what a restarted updater finds.
+//! [`health_gate`], [`rollback`], [`handover`] (the updater's own container: `HandingOver` to
+//! the successor, which concludes), and [`resume`] for what a restarted updater finds.
 
 pub mod apply;
 pub mod approval;
 pub mod backup;
+pub mod handover;
 pub mod health_gate;
 pub mod resume;
 pub mod rollback;
@@ -42,6 +44,8 @@ pub struct Flow {
     pub cfg: UpdaterConfig,
     /// CloudEvents source of what the updater publishes.
     pub source: String,
+    /// The container this updater runs in, if any: updating it is a handover.
+    pub own_id: Option<String>,
 }
 
 impl std::fmt::Debug for Flow {
@@ -70,7 +74,8 @@ impl Flow {
         source: String,
     ) -> Result<Self, BusError> {
         let records = StateStore::open(&bus, UPDATE_BUCKET).await?;
-        Ok(Self { bus, engine, records, cfg, source })
+        let own_id = handover::own_container_id();
+        Ok(Self { bus, engine, records, cfg, source, own_id })
     }
 
     /// Publishes `data` as the next event of the record's flow and remembers it as the cause

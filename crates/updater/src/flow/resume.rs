@@ -1,6 +1,7 @@
 //! What a restarted updater finds: every update caught between pull and verdict is rolled
 //! back, so each ends with a terminal event and exactly one container of that name on the
-//! old image, its network-namespace dependents back in that container's namespace (also one
+//! old image (or, for the updater's own container, on the new one when this process is the
+//! successor that takes over), its network-namespace dependents back in that container's namespace (also one
 //! whose own recreation was cut short). Updates waiting for approval or a backup simply keep
 //! waiting.
 
@@ -15,6 +16,10 @@ impl Flow {
     pub async fn resume(&self) -> Result<(), FlowError> {
         for key in self.records.keys().await? {
             let Some(v) = self.records.get(&key).await? else { continue };
+            if v.value.step == UpdateStep::HandingOver {
+                self.resume_handover(v).await?;
+                continue;
+            }
             if !matches!(v.value.step, UpdateStep::Swapping | UpdateStep::Gating) {
                 continue;
             }

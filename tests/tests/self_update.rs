@@ -1,0 +1,217 @@
+//! The updater updating its own container: it runs from the Steward image (the locally built
+//! `steward-local/steward:debug`, pushed to the test bed's registry) in a container, with the
+//! Docker socket, on a network of the test's own with a NATS server of its own. A newer image
+//! of itself is handed over to the successor, which takes the name and concludes the update;
+//! a successor that never takes over is removed and the old updater reports the rollback.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_system_tests::apps::wait_event;
+use steward_testkit::docker::{docker, registry, Container, ImageTag};
+use steward_testkit::{bus_config, free_port, stored_events, unique_name, wait_for, TestBus};
+
+const BASE: &str = "steward-local/steward:debug";
+
+/// Removes the network when dropped (after the containers on it).
+struct Network(String);
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
+    }
+}
+
+/// Removes the updater's container, whichever instance holds the name, and any leftover
+/// under the temporary names.
+struct Updater(String);
+impl Drop for Updater {
+    fn drop(&mut self) {
+        for suffix in ["", "-steward-old", "-steward-new", "-steward-failed"] {
+            let _ =
+                Command::new("docker").args(["rm", "-f", &format!("{}{suffix}", self.0)]).output();
+        }
+    }
+}
+
+/// Builds `FROM steward-local/steward:debug` plus `lines` as `image` and pushes it; its digest.
+fn build_and_push(image: &str, lines: &str) -> String {
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", image, "-"])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    let dockerfile = format!("FROM {BASE}\n{lines}\n");
+    child.stdin.take().expect("stdin").write_all(dockerfile.as_bytes()).expect("dockerfile");
+    let out = child.wait_with_output().expect("docker build");
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+    push(image)
+}
+
+fn push(image: &str) -> String {
+    let out = docker(&["push", image]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "digest:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no digest in push output: {out}"))
+        .to_owned()
+}
+
+/// Containers named `name` or `name-steward-*`.
+fn instances(name: &str) -> Vec<String> {
+    docker(&["ps", "-a", "--format", "{{.Names}}"])
+        .lines()
+        .filter(|n| *n == name || n.starts_with(&format!("{name}-steward-")))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn announce(bus: &TestBus, name: &str, image: &str, from: &str, to: &str) -> Event {
+    let event = Event::new(
+        "steward-watcher/test",
+        ImageUpdated {
+            container: name.to_owned(),
+            image: image.to_owned(),
+            current_digest: Digest::parse(from).expect("digest"),
+            new_digest: Digest::parse(to).expect("digest"),
+            new_tag: None,
+        },
+    );
+    bus.publish(&event).await.expect("publish");
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_never_takes_over() {
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/self"));
+    let _tag = ImageTag(image.clone());
+    docker(&["tag", BASE, &image]);
+    let v1 = push(&image);
+
+    // NATS of the test's own, on a network of its own, published for the test's client.
+    let network = Network(unique_name("selfupd"));
+    docker(&["network", "create", &network.0]);
+    let nats_port = free_port();
+    let nats = Container::run(
+        &unique_name("selfupd-nats"),
+        &[
+            "--network",
+            &network.0,
+            "-p",
+            &format!("127.0.0.1:{nats_port}:4222"),
+            "steward-local/nats:latest",
+            "nats-server",
+            "-js",
+            "-sd",
+            "/tmp/jetstream",
+        ],
+    );
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    wait_for("NATS", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", nats_port)).ok()
+    });
+    let bus = TestBus::with_config(bus_config(&url, "selfupd")).await;
+    let ns = bus.namespace().clone();
+
+    let name = unique_name("selfupd-updater");
+    let _updater = Updater(name.clone());
+    let gid = std::fs::metadata("/var/run/docker.sock")
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
+        .expect("docker.sock");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &network.0,
+        "--restart",
+        "unless-stopped",
+        "--group-add",
+        &gid,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "--health-interval",
+        "1s",
+        "-e",
+        &format!("STEWARD_NATS_URL=nats://{}:4222", nats.name),
+        "-e",
+        &format!("STEWARD_STREAM={}", ns.stream),
+        "-e",
+        &format!("STEWARD_SUBJECT_PREFIX={}", ns.prefix),
+        "-e",
+        "STEWARD_HEALTH_TIMEOUT=20s",
+        "-e",
+        "STEWARD_LOG_FORMAT=pretty",
+        "--label",
+        "steward.enable=true",
+        "--label",
+        "steward.update.policy=automatic",
+        "--label",
+        "steward.update.backup=false",
+        &image,
+        "steward-updater",
+    ]);
+    let health = || docker(&["inspect", "-f", "{{.State.Health.Status}}", &name]);
+    wait_for("the updater healthy", Duration::from_secs(60), || {
+        (health() == "healthy").then_some(())
+    });
+    let old_id = docker(&["inspect", "-f", "{{.Id}}", &name]);
+
+    // v2 of itself: handed over, the successor takes the name and concludes.
+    let v2 = build_and_push(&image, "LABEL steward.test.build=v2");
+    let v2_id = docker(&["image", "inspect", "-f", "{{.Id}}", &image]);
+    let announced = announce(&bus, &name, &image, &v1, &v2).await;
+    let all = wait_event(&bus, "update.succeeded", Duration::from_secs(90)).await;
+    let flow: Vec<&Event> =
+        all.iter().filter(|e| e.correlation_id == announced.correlation_id).collect();
+    let kinds: Vec<&str> = flow.iter().map(|e| e.event_type()).collect();
+    assert_eq!(kinds, ["image.updated", "update.started", "update.succeeded"]);
+    wait_for("one updater container", Duration::from_secs(30), || {
+        (instances(&name) == [name.clone()]).then_some(())
+    });
+    let new_id = docker(&["inspect", "-f", "{{.Id}}", &name]);
+    assert_ne!(new_id, old_id, "a new container holds the name");
+    assert_eq!(docker(&["inspect", "-f", "{{.Image}}", &name]), v2_id, "running v2");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &name]), "true");
+    // The services log to stderr.
+    let logs = Command::new("docker").args(["logs", &name]).output().expect("docker logs");
+    let logs = String::from_utf8_lossy(&logs.stderr);
+    assert!(logs.contains("taking over from the previous updater"), "{logs}");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{index .Config.Labels \"steward.update.policy\"}}", &name]),
+        "automatic",
+        "same configuration"
+    );
+
+    // v3 cannot run the updater (its entrypoint turns the command into a CLI call that
+    // fails): never takes over; the running v2 removes it and reports why.
+    let v3 = build_and_push(&image, "ENTRYPOINT [\"steward\"]");
+    let announced = announce(&bus, &name, &image, &v2, &v3).await;
+    let all = wait_event(&bus, "update.rolled_back", Duration::from_secs(90)).await;
+    let rolled_back = all
+        .iter()
+        .filter(|e| e.correlation_id == announced.correlation_id)
+        .find_map(|e| match &e.data {
+            EventData::UpdateRolledBack(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("update.rolled_back of v3");
+    assert!(rolled_back.reason.contains("did not take over within 20s"), "{}", rolled_back.reason);
+    assert!(
+        rolled_back.log_tail.iter().any(|l| l.contains("steward-updater")),
+        "the failed successor's log: {:?}",
+        rolled_back.log_tail
+    );
+    assert_eq!(instances(&name), std::slice::from_ref(&name), "the successor is gone");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &name]), new_id, "v2 still runs");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &name]), "true");
+    assert_eq!(
+        stored_events(&bus).await.iter().filter(|e| e.event_type() == "update.succeeded").count(),
+        1
+    );
+}
