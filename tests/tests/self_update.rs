@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use steward_events::{Digest, Event, EventData, ImageUpdated};
 use steward_system_tests::apps::wait_event;
-use steward_testkit::docker::{docker, registry, Container, ImageTag};
+use steward_testkit::docker::{docker, push, registry, Container, ImageTag};
 use steward_testkit::{bus_config, free_port, stored_events, unique_name, wait_for, TestBus};
 
 const BASE: &str = "steward-local/steward:debug";
@@ -50,15 +50,6 @@ fn build_and_push(image: &str, lines: &str) -> String {
     let out = child.wait_with_output().expect("docker build");
     assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
     push(image)
-}
-
-fn push(image: &str) -> String {
-    let out = docker(&["push", image]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "digest:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no digest in push output: {out}"))
-        .to_owned()
 }
 
 /// Containers named `name` or `name-steward-*`.

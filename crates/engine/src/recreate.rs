@@ -358,21 +358,7 @@ impl Engine {
         }
         .await;
         if let Err(e) = done {
-            let back = async {
-                let old = docker
-                    .inspect_container(&r.old_id, None)
-                    .await
-                    .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
-                if old.name.as_deref().map(|n| n.trim_start_matches('/')) != Some(r.name.as_str()) {
-                    self.rename(&r.old_id, &r.name).await?;
-                }
-                if !old.state.and_then(|s| s.running).unwrap_or(false) {
-                    self.start(&r.old_id).await?;
-                }
-                Ok::<(), EngineError>(())
-            }
-            .await;
-            if let Err(undo) = back {
+            if let Err(undo) = self.bring_back_old(r).await {
                 tracing_free_log(&format!(
                     "restarting the old {} after a failed handover also failed: {undo}",
                     r.name
@@ -392,7 +378,17 @@ impl Engine {
             // Free the name first; removal comes after the old one runs again.
             self.rename(&r.new_id, &format!("{}{FAILED_SUFFIX}", r.name)).await?;
         }
-        let old = docker
+        self.bring_back_old(r).await?;
+        if docker.inspect_container(&r.new_id, None).await.is_ok() {
+            self.remove(&r.new_id, false).await?;
+        }
+        Ok(())
+    }
+
+    /// The old container under its name again, running.
+    async fn bring_back_old(&self, r: &Replacement) -> Result<(), EngineError> {
+        let old = self
+            .client()?
             .inspect_container(&r.old_id, None)
             .await
             .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
@@ -400,13 +396,10 @@ impl Engine {
             self.rename(&r.old_id, &r.name).await?;
         }
         if !old.state.and_then(|s| s.running).unwrap_or(false) {
-            docker
+            self.client()?
                 .start_container(&r.old_id, None)
                 .await
                 .map_err(|e| self.failed(&format!("start old {}", r.name), e))?;
-        }
-        if docker.inspect_container(&r.new_id, None).await.is_ok() {
-            self.remove(&r.new_id, false).await?;
         }
         Ok(())
     }

@@ -272,6 +272,11 @@ pub mod docker {
     /// pushed manifest digest.
     pub fn push_app(version: &str, image: &str) -> String {
         docker(&["tag", &format!("steward-test/app:{version}"), image]);
+        push(image)
+    }
+
+    /// Pushes `image`; the digest the registry has for it.
+    pub fn push(image: &str) -> String {
         let out = docker(&["push", image]);
         out.split_whitespace()
             .skip_while(|w| *w != "digest:")
