@@ -1,11 +1,10 @@
 //! A watched app container in the test's scope, and waiting for events in the stream.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use steward_bus::Bus;
 use steward_events::Event;
-use steward_testkit::docker::{push_app, registry, Container, ImageTag};
+use steward_testkit::docker::{push_app, registry, Container, ImageTag, SwapLeftovers};
 use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for};
 
 /// Waits until the stream holds an event of type `what`; every event stored by then.
@@ -35,6 +34,7 @@ pub struct App {
     pub port: u16,
     _c: Container,
     _tag: ImageTag,
+    _leftovers: SwapLeftovers,
 }
 
 /// Starts an [`App`] with update policy `policy`, no pre-update backup, and `labels` (where
@@ -66,15 +66,5 @@ pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
     wait_for("v1 served", Duration::from_secs(15), || {
         http_get(port).filter(|b| b.contains("app v1"))
     });
-    App { name, image, port, _c: c, _tag: tag }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", &format!("{}{suffix}", self.name)])
-                .output();
-        }
-    }
+    App { _leftovers: SwapLeftovers(name.clone()), name, image, port, _c: c, _tag: tag }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use steward_events::{Digest, Event, EventData, ImageUpdated};
 use steward_system_tests::apps::wait_event;
-use steward_testkit::docker::{docker, push, registry, Container, ImageTag};
+use steward_testkit::docker::{docker, push, registry, Container, ImageTag, SwapLeftovers};
 use steward_testkit::{bus_config, free_port, stored_events, unique_name, wait_for, TestBus};
 
 const BASE: &str = "steward-local/steward:debug";
@@ -20,18 +20,6 @@ struct Network(String);
 impl Drop for Network {
     fn drop(&mut self) {
         let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
-    }
-}
-
-/// Removes the updater's container, whichever instance holds the name, and any leftover
-/// under the temporary names.
-struct Updater(String);
-impl Drop for Updater {
-    fn drop(&mut self) {
-        for suffix in ["", "-steward-old", "-steward-new", "-steward-failed"] {
-            let _ =
-                Command::new("docker").args(["rm", "-f", &format!("{}{suffix}", self.0)]).output();
-        }
     }
 }
 
@@ -109,7 +97,9 @@ async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_ne
     let ns = bus.namespace().clone();
 
     let name = unique_name("selfupd-updater");
-    let _updater = Updater(name.clone());
+    // Whichever instance holds the name, and any leftover under the temporary names.
+    let _leftovers = SwapLeftovers(name.clone());
+    let _updater = Container { name: name.clone() };
     let gid = std::fs::metadata("/var/run/docker.sock")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
         .expect("docker.sock");

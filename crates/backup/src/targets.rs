@@ -6,9 +6,6 @@ use std::collections::HashMap;
 use steward_engine::{ContainerInfo, Engine, EngineError};
 use steward_labels::BackupLabels;
 
-/// The label compose puts on every container of a project.
-const COMPOSE_PROJECT: &str = "com.docker.compose.project";
-
 /// A container with something to back up.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -20,7 +17,7 @@ pub struct Target {
 
 impl Target {
     fn project(&self) -> Option<&str> {
-        self.container.labels.get(COMPOSE_PROJECT).map(String::as_str)
+        self.container.labels.get(steward_labels::compose::PROJECT).map(String::as_str)
     }
 }
 

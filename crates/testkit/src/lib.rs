@@ -359,6 +359,20 @@ pub mod docker {
         }
     }
 
+    /// Removes, when dropped, whatever an interrupted update of container `.0` left under the
+    /// updater's temporary names (`NAME-steward-old`, `-steward-new`, `-steward-failed`).
+    pub struct SwapLeftovers(pub String);
+
+    impl Drop for SwapLeftovers {
+        fn drop(&mut self) {
+            for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", &format!("{}{suffix}", self.0)])
+                    .output();
+            }
+        }
+    }
+
     /// Removes a local image tag when dropped, and every reference by digest to the same
     /// repository (what pulls by digest leave behind); the registry keeps what was pushed.
     pub struct ImageTag(pub String);

@@ -8,7 +8,7 @@ use steward_events::{
     BackupDone, BackupFailed, Digest, Event, EventData, ImageUpdated, UpdateApproved,
     UpdateRejected,
 };
-use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag};
+use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag, SwapLeftovers};
 use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
 use steward_updater::config::UpdaterConfig;
 use steward_updater::flow::Flow;
@@ -20,19 +20,7 @@ struct App {
     v1: String,
     _c: Container,
     _tag: ImageTag,
-    _parked: Parked,
-}
-
-/// Removes whatever an interrupted test left under the temporary names.
-struct Parked(String);
-impl Drop for Parked {
-    fn drop(&mut self) {
-        for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
-            let _ = std::process::Command::new("docker")
-                .args(["rm", "-f", &format!("{}{suffix}", self.0)])
-                .output();
-        }
-    }
+    _parked: SwapLeftovers,
 }
 
 /// v1 pushed under a fresh tag and running with `labels`, serving on a published port.
@@ -58,7 +46,7 @@ fn app_with_args(labels: &[&str], extra: &[&str]) -> App {
     wait_for("v1 served", Duration::from_secs(15), || {
         http_get(port).filter(|b| b.contains("app v1"))
     });
-    App { _parked: Parked(name.clone()), name, image, port, v1, _c: c, _tag: tag }
+    App { _parked: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
 }
 
 async fn flow(bus: &Bus) -> Flow {
@@ -486,7 +474,7 @@ async fn a_rollback_takes_the_network_namespace_dependents_back_to_the_old_conta
     let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
     let old_id = docker(&["inspect", "-f", "{{.Id}}", &app.name]);
     let side = sidecar(&app);
-    let _side_parked = Parked(side.name.clone());
+    let _side_parked = SwapLeftovers(side.name.clone());
     let v3 = push_app("v3", &app.image);
     let flow = flow(&bus).await;
     let (event, u) = image_updated(&bus, &app, &v3).await;
@@ -505,7 +493,7 @@ async fn a_dependent_cut_off_half_way_through_its_recreation_is_repaired_on_resu
     let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
     let old_id = docker(&["inspect", "-f", "{{.Id}}", &app.name]);
     let side = sidecar(&app);
-    let _side_parked = Parked(side.name.clone());
+    let _side_parked = SwapLeftovers(side.name.clone());
     let v3 = push_app("v3", &app.image);
     let first = flow(&bus).await;
     let (event, u) = image_updated(&bus, &app, &v3).await;
