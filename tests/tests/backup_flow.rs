@@ -111,6 +111,9 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
         new_id: None,
         reason: None,
         approved_by: None,
+        news_time: None,
+        outbox: vec![],
+        interruptions: 0,
     };
     updates.put(&app.name, &gating).await.unwrap_or_else(|e| panic!("kv put: {e}"));
     let blocked = steward_with(&bus, &env, &["restore", "latest", "--yes"]);

@@ -21,7 +21,7 @@ use bollard::models::{
     Mount, MountType, NetworkConnectRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+    CreateContainerOptions, RenameContainerOptions, StopContainerOptions,
 };
 
 use crate::{Engine, EngineError};
@@ -38,6 +38,25 @@ pub const FAILED_SUFFIX: &str = "-steward-failed";
 /// container is part of an update in progress, not a container of its own.
 pub fn is_swap_name(name: &str) -> bool {
     [OLD_SUFFIX, NEW_SUFFIX, FAILED_SUFFIX].iter().any(|s| name.ends_with(s))
+}
+
+/// Label on every container the swap creates, naming the container it replaces: a leftover
+/// is recognised by it even when its name says nothing.
+pub const SWAP_LABEL: &str = "steward.swap.of";
+
+/// What a swap needs to know of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brief {
+    /// Its id.
+    pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// Running now.
+    pub running: bool,
+    /// The image it runs (`sha256:` id).
+    pub image_id: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
 }
 
 /// A created successor and what swapping it in needs.
@@ -229,13 +248,17 @@ impl Engine {
         adjust: impl FnOnce(&mut ContainerCreateBody),
     ) -> Result<Replacement, EngineError> {
         let s = self.create_successor(name, image, adjust).await?;
+        steward_failpoints::failpoint!("swap:created");
         let docker = self.client()?;
         if s.was_running {
             self.stop_old(&s).await?;
+            steward_failpoints::failpoint!("swap:stopped");
         }
         let swapped = async {
             self.rename(&s.replacement.old_id, &format!("{name}{OLD_SUFFIX}")).await?;
+            steward_failpoints::failpoint!("swap:parked");
             self.rename(&s.replacement.new_id, name).await?;
+            steward_failpoints::failpoint!("swap:named");
             if !s.was_running {
                 return Ok(());
             }
@@ -281,16 +304,13 @@ impl Engine {
         }
         .unwrap_or_default();
         let mut body = creation_body(&old, &old_image, image);
+        body.labels.get_or_insert_with(HashMap::new).insert(SWAP_LABEL.to_owned(), name.to_owned());
         adjust(&mut body);
         let was_running = old.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         let new_name = format!("{name}{NEW_SUFFIX}");
-        // A leftover of an interrupted attempt is ours to remove.
-        let _ = docker
-            .remove_container(
-                &new_name,
-                Some(RemoveContainerOptions { force: true, ..Default::default() }),
-            )
-            .await;
+        // Leftovers of interrupted attempts are ours to remove: under the swap names they
+        // would make this swap's renames fail with a name conflict.
+        self.remove_leftovers(name, &[&old_id]).await?;
         let created = docker
             .create_container(
                 Some(CreateContainerOptions { name: Some(new_name.clone()), ..Default::default() }),
@@ -370,19 +390,98 @@ impl Engine {
     }
 
     /// Undoes a replacement: the new container is removed and the old one runs again under
-    /// its name. Safe to repeat (after a crash half-way through).
+    /// its name. Safe to repeat after a crash at any point: the new container is found by id
+    /// or by its temporary name and removed, never renamed, so a repeat finds what is left;
+    /// leftovers of earlier attempts under the swap names go with it.
     pub async fn restore(&self, r: &Replacement) -> Result<(), EngineError> {
+        let Some(old) = self.brief(&r.old_id).await? else {
+            return Err(self.failed(&format!("inspect old {}", r.name), "no such container"));
+        };
+        let mut doomed: Vec<String> = vec![];
+        let candidates = [
+            r.new_id.clone(),
+            r.name.clone(),
+            format!("{}{NEW_SUFFIX}", r.name),
+            format!("{}{FAILED_SUFFIX}", r.name),
+        ];
+        for candidate in candidates {
+            let Some(found) = self.brief(&candidate).await? else { continue };
+            // The name itself is doomed only when the new container (or a leftover of ours)
+            // holds it; a container someone else created under the name is not ours.
+            let ours = found.id == r.new_id
+                || r.new_id.starts_with(&found.id)
+                || candidate != r.name
+                || found.labels.get(SWAP_LABEL) == Some(&r.name);
+            if !found.id.is_empty() && found.id != old.id && ours && !doomed.contains(&found.id) {
+                doomed.push(found.id);
+            }
+        }
         let docker = self.client()?;
-        if docker.inspect_container(&r.new_id, None).await.is_ok() {
-            let _ = docker.stop_container(&r.new_id, None).await;
-            // Free the name first; removal comes after the old one runs again.
-            self.rename(&r.new_id, &format!("{}{FAILED_SUFFIX}", r.name)).await?;
+        for id in &doomed {
+            // A graceful stop first: the failed container may be writing to shared volumes.
+            let _ = docker.stop_container(id, None).await;
+            self.remove(id, false).await?;
+            steward_failpoints::failpoint!("restore:removed");
         }
-        self.bring_back_old(r).await?;
-        if docker.inspect_container(&r.new_id, None).await.is_ok() {
-            self.remove(&r.new_id, false).await?;
+        self.bring_back_old(r).await
+    }
+
+    /// A container's id, name, state and labels by id or name; `None` if there is none.
+    pub async fn brief(&self, id_or_name: &str) -> Result<Option<Brief>, EngineError> {
+        match self.client()?.inspect_container(id_or_name, None).await {
+            Ok(c) => Ok(Some(Brief {
+                id: c.id.unwrap_or_default(),
+                name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+                running: c.state.and_then(|s| s.running).unwrap_or(false),
+                image_id: c.image.unwrap_or_default(),
+                labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+            })),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.failed(&format!("inspect {id_or_name}"), e)),
         }
-        Ok(())
+    }
+
+    /// The registry digests (`sha256:...`) of the image container `name` runs, from its repo
+    /// digests (empty for an image never pulled or pushed); `None` if there is no such
+    /// container.
+    pub async fn running_digests(&self, name: &str) -> Result<Option<Vec<String>>, EngineError> {
+        let Some(c) = self.brief(name).await? else { return Ok(None) };
+        let digests = self.repo_digests(&c.image_id).await?;
+        Ok(Some(
+            digests
+                .iter()
+                .filter_map(|rd| rd.rsplit_once('@').map(|(_, d)| d.to_owned()))
+                .collect(),
+        ))
+    }
+
+    /// Removes what interrupted swaps of container `name` left under the swap names (or
+    /// carrying the swap label for `name` under another name), except `keep`. Returns the
+    /// names removed.
+    pub async fn remove_leftovers(
+        &self,
+        name: &str,
+        keep: &[&str],
+    ) -> Result<Vec<String>, EngineError> {
+        let mut removed = vec![];
+        let leftover = |c: &crate::ops::ListedContainer| {
+            let named = [OLD_SUFFIX, NEW_SUFFIX, FAILED_SUFFIX]
+                .iter()
+                .any(|s| c.name.strip_suffix(s) == Some(name));
+            let labelled =
+                c.labels.get(SWAP_LABEL).map(String::as_str) == Some(name) && c.name != name;
+            named || labelled
+        };
+        for c in self.containers(|_| true).await? {
+            let kept = keep.iter().any(|k| *k == c.id || c.id.starts_with(*k) || *k == c.name);
+            if leftover(&c) && !kept {
+                self.remove(&c.id, false).await?;
+                removed.push(c.name);
+            }
+        }
+        Ok(removed)
     }
 
     /// The old container under its name again, running.
@@ -394,6 +493,7 @@ impl Engine {
             .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
         if old.name.as_deref().map(|n| n.trim_start_matches('/')) != Some(r.name.as_str()) {
             self.rename(&r.old_id, &r.name).await?;
+            steward_failpoints::failpoint!("restore:renamed");
         }
         if !old.state.and_then(|s| s.running).unwrap_or(false) {
             self.client()?

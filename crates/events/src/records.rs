@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::Digest;
+use crate::{Digest, Event};
 
 /// KV bucket (within the namespace) of [`WatchRecord`]s, keyed by container name.
 pub const WATCH_BUCKET: &str = "WATCHER";
@@ -85,7 +85,7 @@ impl UpdateStep {
 }
 
 /// One update of one container, as persisted between events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateRecord {
     /// The update (the id of the `image.updated` event that started it).
     pub update_id: Uuid,
@@ -129,4 +129,47 @@ pub struct UpdateRecord {
     /// Who approved a manual update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// When the `image.updated` that started it was published: a replayed or redelivered
+    /// older one never replaces a newer update.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub news_time: Option<OffsetDateTime>,
+    /// Events decided with this step and not yet confirmed published (a transactional
+    /// outbox): the record is written first, then they are published with these ids (the
+    /// stream drops a repeat within its duplicate window), then cleared. Whoever finds them
+    /// later (a restart, a redelivery, the sweep) publishes them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "outbox")]
+    pub outbox: Vec<Event>,
+    /// Restarts that found this update before its swap; the second one ends it, so an update
+    /// that kills the updater cannot do so forever.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interruptions: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The outbox as the events' own wire form, so a record holds exactly what is published.
+mod outbox {
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    use crate::Event;
+
+    pub fn serialize<S: Serializer>(events: &[Event], s: S) -> Result<S::Ok, S::Error> {
+        let mut raw = Vec::with_capacity(events.len());
+        for e in events {
+            let bytes = e.encode().map_err(S::Error::custom)?;
+            let text = String::from_utf8(bytes).map_err(S::Error::custom)?;
+            raw.push(RawValue::from_string(text).map_err(S::Error::custom)?);
+        }
+        raw.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
+        let raw = Vec::<Box<RawValue>>::deserialize(d)?;
+        raw.iter().map(|r| Event::decode(r.get().as_bytes()).map_err(D::Error::custom)).collect()
+    }
 }

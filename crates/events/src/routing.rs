@@ -96,6 +96,8 @@ impl Service {
                 "restore.failed",
                 "health.failed",
                 "health.recovered",
+                "health.engine_failed",
+                "health.engine_recovered",
                 "certs.failed",
             ],
             Service::Cli => &[],
@@ -128,7 +130,12 @@ impl Service {
                 "restore.done",
                 "restore.failed",
             ],
-            Service::Health => &["health.failed", "health.recovered"],
+            Service::Health => &[
+                "health.failed",
+                "health.recovered",
+                "health.engine_failed",
+                "health.engine_recovered",
+            ],
             Service::Notifier => &["notify.sent", "notify.failed"],
             Service::Cli => &[
                 "watch.requested",
@@ -162,6 +169,9 @@ impl Service {
         match self {
             // The restore guard: no restore while an update swaps or gates a container.
             Service::Backup => &[UPDATE_BUCKET],
+            // An `image.updated` is applied only while its digest is the newest the watcher
+            // knows: a redelivered or replayed older one never downgrades a container.
+            Service::Updater => &[WATCH_BUCKET],
             // `steward status` and `steward updates`.
             Service::Cli => &[WATCH_BUCKET, UPDATE_BUCKET],
             _ => &[],

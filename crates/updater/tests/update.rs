@@ -1,95 +1,15 @@
 //! The updater's flow against the real Docker engine, the test bed's registry and NATS.
 
+mod common;
+
+use common::*;
+
 use std::time::Duration;
 
-use steward_bus::Bus;
 use steward_events::records::UpdateStep;
-use steward_events::{
-    BackupDone, BackupFailed, Digest, Event, EventData, ImageUpdated, UpdateApproved,
-    UpdateRejected,
-};
-use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag, SwapLeftovers};
-use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
-use steward_updater::config::UpdaterConfig;
-use steward_updater::flow::Flow;
-
-struct App {
-    name: String,
-    image: String,
-    port: u16,
-    v1: String,
-    _c: Container,
-    _tag: ImageTag,
-    _parked: SwapLeftovers,
-}
-
-/// v1 pushed under a fresh tag and running with `labels`, serving on a published port.
-fn app(labels: &[&str]) -> App {
-    app_with_args(labels, &[])
-}
-
-/// [`app`] with extra `docker run` arguments.
-fn app_with_args(labels: &[&str], extra: &[&str]) -> App {
-    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/upd"));
-    let tag = ImageTag(image.clone());
-    let v1 = push_app("v1", &image);
-    let name = unique_name("upd");
-    let port = free_port();
-    let publish = format!("127.0.0.1:{port}:8080");
-    let mut args = vec!["-p", publish.as_str(), "--restart", "unless-stopped"];
-    for l in labels {
-        args.extend_from_slice(&["--label", l]);
-    }
-    args.extend_from_slice(extra);
-    args.push(&image);
-    let c = Container::run(&name, &args);
-    wait_for("v1 served", Duration::from_secs(15), || {
-        http_get(port).filter(|b| b.contains("app v1"))
-    });
-    App { _parked: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
-}
-
-async fn flow(bus: &Bus) -> Flow {
-    let cfg = UpdaterConfig {
-        backup_timeout: Duration::from_secs(60),
-        health_timeout: Duration::from_secs(30),
-        health_grace: Duration::from_secs(3),
-        hook_timeout: Duration::from_secs(10),
-        links: None,
-        renewal: Default::default(),
-    };
-    Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
-        .await
-        .expect("flow")
-}
-
-/// Publishes `image.updated` for `app` to `new_digest` and returns it.
-async fn image_updated(bus: &Bus, app: &App, new_digest: &str) -> (Event, ImageUpdated) {
-    let u = ImageUpdated {
-        container: app.name.clone(),
-        image: app.image.clone(),
-        current_digest: Digest::parse(&app.v1).expect("digest"),
-        new_digest: Digest::parse(new_digest).expect("digest"),
-        new_tag: None,
-    };
-    let event = Event::new("steward-watcher/test", u.clone());
-    bus.publish(&event).await.expect("publish");
-    (event, u)
-}
-
-async fn events(bus: &Bus) -> Vec<Event> {
-    steward_testkit::stored_events(bus).await
-}
-
-fn types(events: &[Event]) -> Vec<&'static str> {
-    events.iter().map(Event::event_type).collect()
-}
-
-fn no_strays(name: &str) {
-    let all = docker(&["ps", "-a", "--format", "{{.Names}}"]);
-    let strays: Vec<&str> = all.lines().filter(|n| n.starts_with(name) && *n != name).collect();
-    assert!(strays.is_empty(), "stray containers: {strays:?}");
-}
+use steward_events::{BackupDone, BackupFailed, Event, EventData, UpdateApproved, UpdateRejected};
+use steward_testkit::docker::{docker, push_app, Container, SwapLeftovers};
+use steward_testkit::{http_get, unique_name, wait_for, TestBus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_update_serves_v2_and_one_correlation_id_runs_through() {
@@ -251,7 +171,7 @@ async fn an_updater_that_dies_mid_update_is_rolled_back_by_the_next_one() {
     task.abort();
     let _ = task.await;
 
-    second.resume().await.expect("resume");
+    assert!(second.resume().await.is_empty(), "resume");
     wait_for("v1 served again", Duration::from_secs(10), || {
         http_get(app.port).filter(|b| b.contains("app v1"))
     });
@@ -266,13 +186,8 @@ async fn an_updater_that_dies_mid_update_is_rolled_back_by_the_next_one() {
     );
     no_strays(&app.name);
     // Resuming again finds nothing to do.
-    second.resume().await.expect("resume again");
+    assert!(second.resume().await.is_empty(), "resume again");
     assert_eq!(events(&bus).await.len(), all.len());
-}
-
-/// Runs a future to completion from a synchronous polling closure.
-fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,11 +209,11 @@ async fn a_minimum_age_defers_the_update_until_the_digest_is_old_enough() {
         "{:?}",
         record.reason
     );
-    flow.start_due().await.expect("sweep");
+    flow.sweep().await.expect("sweep");
     assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "too young to start");
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    flow.start_due().await.expect("sweep");
+    flow.sweep().await.expect("sweep");
     assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
     assert_eq!(types(&events(&bus).await), ["image.updated", "update.started", "update.succeeded"]);
 }
@@ -324,7 +239,7 @@ async fn updates_wait_for_a_closed_window_and_go_ahead_in_an_open_one() {
         "{:?}",
         record.reason
     );
-    flow.start_due().await.expect("sweep");
+    flow.sweep().await.expect("sweep");
     assert!(
         http_get(outside.port).is_some_and(|b| b.contains("app v1")),
         "outside the window nothing happens"
@@ -421,7 +336,7 @@ async fn an_app_waits_for_the_update_of_the_database_it_depends_on() {
     assert_eq!(record.step, UpdateStep::Deferred);
     let reason = record.reason.unwrap_or_default();
     assert!(reason.contains(&format!("the update of {} (depends_on) first", db.name)), "{reason}");
-    flow.start_due().await.expect("sweep");
+    flow.sweep().await.expect("sweep");
     assert!(http_get(web.port).is_some_and(|b| b.contains("app v1")), "web waits");
 
     let requested = events(&bus)
@@ -433,7 +348,7 @@ async fn an_app_waits_for_the_update_of_the_database_it_depends_on() {
     bus.publish(&done).await.expect("publish");
     flow.on_backup_outcome(&done).await.expect("db updates");
     assert!(http_get(db.port).is_some_and(|b| b.contains("app v2")));
-    flow.start_due().await.expect("sweep");
+    flow.sweep().await.expect("sweep");
     assert!(http_get(web.port).is_some_and(|b| b.contains("app v2")), "then web");
 
     // In the trail: the database's update succeeded before the app's started.
@@ -525,7 +440,7 @@ async fn a_dependent_cut_off_half_way_through_its_recreation_is_repaired_on_resu
         "3600",
     ]);
 
-    second.resume().await.expect("resume");
+    assert!(second.resume().await.is_empty(), "resume");
     wait_for("v1 served again", Duration::from_secs(10), || {
         http_get(app.port).filter(|b| b.contains("app v1"))
     });

@@ -30,9 +30,11 @@ impl Flow {
         let (repository, tag) = split_reference(&v.value.image, v.value.new_tag.as_deref());
         let digest = v.value.to_digest.to_string();
         // Pull first: a failure here leaves the container untouched.
+        steward_failpoints::failpoint!("pull");
         if let Err(e) = self.engine.pull_digest(&repository, &digest, &tag).await {
             return self.fail(v, format!("cannot pull {repository}@{digest}: {e}"), vec![]).await;
         }
+        steward_failpoints::failpoint!("pulled");
         let Some(old_id) = self.engine.container_id(&name).await? else {
             return self.fail(v, format!("container {name} no longer exists"), vec![]).await;
         };
@@ -99,6 +101,7 @@ impl Flow {
         if let Err(reason) = self.rejoin_dependents(&from, &replacement.new_id).await {
             return self.roll_back(v, &replacement, reason).await;
         }
+        steward_failpoints::failpoint!("gate");
         match self.health_gate(&replacement.new_id, health_url.as_deref()).await {
             Ok(()) => self.succeed(v, &replacement).await,
             Err(reason) => self.roll_back(v, &replacement, reason).await,
@@ -124,8 +127,6 @@ impl Flow {
         v: Versioned<UpdateRecord>,
         r: &Replacement,
     ) -> Result<(), FlowError> {
-        // The old container goes; its image stays for a later rollback by hand.
-        self.engine.finish(r).await?;
         let record = &v.value;
         let duration_ms =
             (OffsetDateTime::now_utc() - record.started_at).whole_milliseconds().max(0) as u64;
@@ -139,7 +140,14 @@ impl Flow {
             duration_ms,
             approved_by: record.approved_by.clone(),
         };
+        // The verdict is recorded before the old container goes: a crash after its removal
+        // must not find an update "between swap and verdict" with nothing to roll back to.
         self.conclude(v, UpdateStep::Succeeded, None, data).await?;
+        // The old container goes; its image stays for a later rollback by hand. If this
+        // fails, the sweep removes it as a leftover.
+        if let Err(e) = self.engine.finish(r).await {
+            tracing::warn!(container = %r.name, error = %e, "cannot remove the old container yet");
+        }
         Ok(())
     }
 }

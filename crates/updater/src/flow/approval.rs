@@ -1,14 +1,16 @@
 //! `update.approved` / `update.rejected` for a pending manual update.
 
-use steward_events::records::UpdateStep;
+use steward_bus::Versioned;
+use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::{UpdateApproved, UpdateRejected};
 
-use super::{Flow, FlowError};
+use super::{Flow, FlowError, Hold};
 
 impl Flow {
     /// A human approved: the update begins.
     pub async fn on_approved(&self, a: &UpdateApproved) -> Result<(), FlowError> {
-        let Some(mut v) = self.pending(a.update_id).await? else { return Ok(()) };
+        let Some((v, _hold)) = self.decision_for(a.update_id).await? else { return Ok(()) };
+        let mut v = v;
         v.value.approved_by = Some(a.by.clone());
         let backup = match self.engine.container_labels(&v.value.container).await? {
             Some(labels) => {
@@ -22,7 +24,7 @@ impl Flow {
 
     /// A human rejected: the container stays as it is.
     pub async fn on_rejected(&self, r: &UpdateRejected) -> Result<(), FlowError> {
-        let Some(mut v) = self.pending(r.update_id).await? else { return Ok(()) };
+        let Some((mut v, _hold)) = self.decision_for(r.update_id).await? else { return Ok(()) };
         tracing::info!(container = %v.value.container, by = %r.by, "update rejected");
         v.value.step = UpdateStep::Rejected;
         v.value.reason = Some(format!(
@@ -34,21 +36,31 @@ impl Flow {
         Ok(())
     }
 
-    async fn pending(
+    /// The pending update a decision is about, held by this task; `None` when there is
+    /// nothing to decide (already decided, superseded, unknown). A decision that comes again
+    /// after its flow failed half-way drives that flow on.
+    async fn decision_for(
         &self,
         update_id: uuid::Uuid,
-    ) -> Result<Option<steward_bus::Versioned<steward_events::records::UpdateRecord>>, FlowError>
-    {
-        match self.by_update_id(update_id).await? {
-            Some(v) if v.value.step == UpdateStep::Pending => Ok(Some(v)),
-            Some(v) => {
-                tracing::warn!(%update_id, step = ?v.value.step, "not pending (already decided or superseded); ignoring");
-                Ok(None)
+    ) -> Result<Option<(Versioned<UpdateRecord>, Hold)>, FlowError> {
+        let Some(found) = self.by_update_id(update_id).await? else {
+            tracing::warn!(%update_id, "no such update; ignoring");
+            return Ok(None);
+        };
+        let name = found.value.container;
+        let Some(hold) = self.hold(&name) else { return Err(FlowError::Busy(name)) };
+        let v = match self.records.get(&name).await? {
+            Some(v) if v.value.update_id == update_id => v,
+            _ => {
+                tracing::warn!(%update_id, "superseded by a newer update; ignoring");
+                return Ok(None);
             }
-            None => {
-                tracing::warn!(%update_id, "no such update; ignoring");
-                Ok(None)
-            }
+        };
+        if v.value.step != UpdateStep::Pending {
+            tracing::warn!(%update_id, step = ?v.value.step, "not pending (already decided); ignoring");
+            self.drive(v).await?;
+            return Ok(None);
         }
+        Ok(Some((v, hold)))
     }
 }

@@ -20,10 +20,10 @@ impl Flow {
             containers: vec![record.container.clone()],
             requested_by: Some(self.source.clone()),
         };
-        self.publish(&mut record, data).await?;
+        self.stage(&mut record, data);
         record.step = UpdateStep::AwaitingBackup;
         record.backup_deadline = Some(OffsetDateTime::now_utc() + self.cfg.backup_timeout);
-        self.save(record, revision).await?;
+        self.announce(record, revision).await?;
         Ok(())
     }
 
@@ -31,10 +31,21 @@ impl Flow {
     pub async fn on_backup_outcome(&self, event: &Event) -> Result<(), FlowError> {
         for key in self.records.keys().await? {
             let Some(v) = self.records.get(&key).await? else { continue };
-            if v.value.step != UpdateStep::AwaitingBackup
-                || v.value.correlation_id != event.correlation_id
-            {
+            if v.value.correlation_id != event.correlation_id {
                 continue;
+            }
+            let Some(_hold) = self.hold(&key) else {
+                return Err(FlowError::Busy(key));
+            };
+            // Read again under the hold: another task may have moved it meanwhile.
+            let Some(v) = self.records.get(&key).await? else { return Ok(()) };
+            if v.value.correlation_id != event.correlation_id {
+                return Ok(());
+            }
+            if v.value.step != UpdateStep::AwaitingBackup {
+                // A redelivery after this outcome was acted upon: the flow ended, or was
+                // left by a task that failed half-way and is driven on now.
+                return self.drive(v).await;
             }
             return match &event.data {
                 EventData::BackupDone(done) => {
@@ -59,20 +70,17 @@ impl Flow {
         Ok(())
     }
 
-    /// Fails updates whose backup did not come in time. Run periodically.
-    pub async fn expire_backups(&self) -> Result<(), FlowError> {
+    /// Fails an update whose backup did not come in time (the caller holds it).
+    pub(crate) async fn expire_backup(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
         let now = OffsetDateTime::now_utc();
-        for key in self.records.keys().await? {
-            let Some(v) = self.records.get(&key).await? else { continue };
-            if v.value.step == UpdateStep::AwaitingBackup
-                && v.value.backup_deadline.is_some_and(|d| d < now)
-            {
-                let reason = format!(
-                    "no pre-update backup within {:?}; container left as it was",
-                    self.cfg.backup_timeout
-                );
-                self.fail(v, reason, vec![]).await?;
-            }
+        if v.value.step == UpdateStep::AwaitingBackup
+            && v.value.backup_deadline.is_some_and(|d| d < now)
+        {
+            let reason = format!(
+                "no pre-update backup within {:?}; container left as it was",
+                self.cfg.backup_timeout
+            );
+            self.fail(v, reason, vec![]).await?;
         }
         Ok(())
     }

@@ -24,6 +24,9 @@ pub mod resume;
 pub mod rollback;
 pub mod start;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use steward_bus::{Bus, BusError, StateStore, Versioned};
 use steward_engine::Engine;
 use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
@@ -46,6 +49,23 @@ pub struct Flow {
     pub source: String,
     /// The container this updater runs in, if any: updating it is a handover.
     pub own_id: Option<String>,
+    /// Containers a task of this process is working on right now. A record that is not
+    /// finished and not held here was left by a flow that died or gave up: whoever finds it
+    /// (the start, a redelivery, the sweep) drives it on ([`Flow::drive`]).
+    held: Arc<Mutex<HashSet<String>>>,
+}
+
+/// This process works on a container until it is dropped.
+#[derive(Debug)]
+pub struct Hold {
+    held: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+    }
 }
 
 impl std::fmt::Debug for Flow {
@@ -63,6 +83,9 @@ pub enum FlowError {
     /// Docker unreachable: try again.
     #[error(transparent)]
     Engine(#[from] steward_engine::EngineError),
+    /// Another task of this process works on the container right now: try again shortly.
+    #[error("an update step of {0} is in hand; try again")]
+    Busy(String),
 }
 
 impl Flow {
@@ -75,38 +98,69 @@ impl Flow {
     ) -> Result<Self, BusError> {
         let records = StateStore::open(&bus, UPDATE_BUCKET).await?;
         let own_id = handover::own_container_id();
-        Ok(Self { bus, engine, records, cfg, source, own_id })
+        Ok(Self { bus, engine, records, cfg, source, own_id, held: Default::default() })
     }
 
-    /// Publishes `data` as the next event of the record's flow and remembers it as the cause
-    /// of the one after.
-    pub async fn publish(
-        &self,
-        record: &mut UpdateRecord,
-        data: impl Into<EventData>,
-    ) -> Result<Event, BusError> {
+    /// Claims container `name` for a task of this process; `None` while another one works
+    /// on it.
+    pub fn hold(&self, name: &str) -> Option<Hold> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(name.to_owned()).then(|| Hold { held: self.held.clone(), name: name.into() })
+    }
+
+    /// Adds `data` to the record's outbox as the next event of its flow (the cause of the
+    /// one after). It is published by [`Flow::announce`] once the record is saved.
+    pub fn stage(&self, record: &mut UpdateRecord, data: impl Into<EventData>) {
         let mut event = Event::new(&self.source, data).with_correlation(record.correlation_id);
         event.causation_id = Some(record.last_event_id);
-        self.bus.publish(&event).await?;
         record.last_event_id = event.id;
-        Ok(event)
+        record.outbox.push(event);
     }
 
-    /// Ends an update: publishes its terminal event and records the terminal step (and why).
+    /// Saves the record with its outbox, then publishes the outbox and clears it. The saved
+    /// record is the decision; a crash before the publish leaves the events in the outbox
+    /// for whoever finds the record next.
+    pub async fn announce(
+        &self,
+        record: UpdateRecord,
+        revision: u64,
+    ) -> Result<Versioned<UpdateRecord>, BusError> {
+        let v = self.save(record, revision).await?;
+        self.flush(v).await
+    }
+
+    /// Publishes what the record's outbox holds (again, with the same ids) and clears it.
+    pub async fn flush(
+        &self,
+        v: Versioned<UpdateRecord>,
+    ) -> Result<Versioned<UpdateRecord>, BusError> {
+        if v.value.outbox.is_empty() {
+            return Ok(v);
+        }
+        for event in &v.value.outbox {
+            self.bus.publish(event).await?;
+            steward_failpoints::failpoint!(&format!("published:{}", event.event_type()));
+        }
+        let mut record = v.value;
+        record.outbox.clear();
+        self.save(record, v.revision).await
+    }
+
+    /// Ends an update: records the terminal step (and why), then announces its terminal
+    /// event.
     pub async fn conclude(
         &self,
         v: Versioned<UpdateRecord>,
         step: steward_events::records::UpdateStep,
         reason: Option<String>,
         data: impl Into<EventData>,
-    ) -> Result<(), BusError> {
+    ) -> Result<Versioned<UpdateRecord>, BusError> {
         debug_assert!(step.is_terminal());
         let mut record = v.value;
-        self.publish(&mut record, data).await?;
+        self.stage(&mut record, data);
         record.step = step;
         record.reason = reason;
-        self.save(record, v.revision).await?;
-        Ok(())
+        self.announce(record, v.revision).await
     }
 
     /// Writes `record` over the version read (compare-and-set); returns the new version.
@@ -117,6 +171,7 @@ impl Flow {
     ) -> Result<Versioned<UpdateRecord>, BusError> {
         let key = record.container.clone();
         let revision = self.records.update(&key, &record, revision).await?;
+        steward_failpoints::failpoint!("saved", record.step);
         Ok(Versioned { value: record, revision })
     }
 

@@ -20,7 +20,9 @@ impl Flow {
         reason: String,
     ) -> Result<(), FlowError> {
         let log_tail = self.engine.logs_tail(&r.new_id, LOG_LINES).await.unwrap_or_default();
+        steward_failpoints::failpoint!("restore");
         self.engine.restore(r).await?;
+        steward_failpoints::failpoint!("restored");
         // Dependents that joined the new container (or lost the old one) join the old again.
         let from = [r.new_id.as_str(), r.old_id.as_str(), r.name.as_str()];
         if let Err(e) = self.rejoin_dependents(&from, &r.old_id).await {

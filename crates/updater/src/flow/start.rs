@@ -1,7 +1,8 @@
 //! `image.updated`: decide by policy, and claim the container for this update.
 
+use steward_bus::StateStore;
 use steward_engine::recreate::is_swap_name;
-use steward_events::records::{UpdateRecord, UpdateStep};
+use steward_events::records::{UpdateRecord, UpdateStep, WatchRecord, WATCH_BUCKET};
 use steward_events::{Event, ImageUpdated, UpdatePending, UpdateStarted};
 use steward_labels::compose::ComposeService;
 use steward_labels::Policy;
@@ -12,6 +13,22 @@ use super::{Flow, FlowError};
 impl Flow {
     /// Handles a newer image for a container on this host.
     pub async fn on_image_updated(&self, event: &Event, u: &ImageUpdated) -> Result<(), FlowError> {
+        let Some(_hold) = self.hold(&u.container) else {
+            tracing::warn!(container = %u.container, "an update of this container is in hand; the newer image waits for the next check");
+            return Ok(());
+        };
+        let current = self.records.get(&u.container).await?;
+        if let Some(v) = current.as_ref() {
+            if v.value.update_id == event.id {
+                // A redelivery: its flow ended, or was left by a task that died or gave up.
+                return self.drive(v.clone()).await;
+            }
+            if v.value.news_time.is_some_and(|t| t > event.time) {
+                tracing::info!(container = %u.container, newer = %v.value.update_id,
+                    "older than the update already made for this container; ignoring");
+                return Ok(());
+            }
+        }
         let Some(labels) = self.engine.container_labels(&u.container).await? else {
             tracing::info!(container = %u.container, "no such container on this host; ignoring");
             return Ok(());
@@ -27,6 +44,10 @@ impl Flow {
             tracing::info!(container = %u.container, "policy notify: nothing to do");
             return Ok(());
         }
+        if let Some(why) = self.not_news(event, u).await? {
+            tracing::info!(container = %u.container, digest = %u.new_digest.short(), %why, "not applied");
+            return Ok(());
+        }
         let mut record = UpdateRecord {
             update_id: event.id,
             container: u.container.clone(),
@@ -37,10 +58,12 @@ impl Flow {
             policy: settings.policy.as_str().to_owned(),
             correlation_id: event.correlation_id,
             last_event_id: event.id,
+            // An automatic update is claimed as waiting to start: `update.started` is
+            // published with the step that follows, never twice for one claim.
             step: if settings.policy == Policy::Manual {
                 UpdateStep::Pending
             } else {
-                UpdateStep::Swapping
+                UpdateStep::Deferred
             },
             started_at: OffsetDateTime::now_utc(),
             not_before: settings.min_age.map(|age| event.time + age),
@@ -49,22 +72,10 @@ impl Flow {
             new_id: None,
             reason: None,
             approved_by: None,
+            news_time: Some(event.time),
+            outbox: vec![],
+            interruptions: 0,
         };
-        // Claim the container: only over a finished update, or over a pending one (a newer
-        // digest supersedes what waits for approval). An active update keeps the container.
-        let revision = match self.records.get(&u.container).await? {
-            None => self.records.create(&u.container, &record).await?,
-            Some(v) if v.value.update_id == event.id => return Ok(()), // a redelivery
-            Some(v) if v.value.step.is_terminal() || v.value.step == UpdateStep::Pending => {
-                self.records.update(&u.container, &record, v.revision).await?
-            }
-            Some(v) => {
-                tracing::warn!(container = %u.container, active = %v.value.update_id, step = ?v.value.step,
-                    "an update of this container is in progress; the newer image waits for the next check");
-                return Ok(());
-            }
-        };
-        let versioned = steward_bus::Versioned { value: record.clone(), revision };
         if settings.policy == Policy::Manual {
             let link = self
                 .cfg
@@ -81,15 +92,57 @@ impl Flow {
                 approval_url: link.as_ref().map(|(url, _)| url.clone()),
                 expires_at: link.map(|(_, expires)| expires),
             };
-            self.publish(&mut record, data).await?;
-            self.save(record, versioned.revision).await?;
+            self.stage(&mut record, data);
+        }
+        // Claim the container: only over a finished update, or over a pending one (a newer
+        // digest supersedes what waits for approval). An active update keeps the container.
+        let revision = match current {
+            None => self.records.create(&u.container, &record).await?,
+            Some(v) if v.value.step.is_terminal() || v.value.step == UpdateStep::Pending => {
+                self.records.update(&u.container, &record, v.revision).await?
+            }
+            Some(v) => {
+                // Left by a flow that died or gave up: driven on, and this newer image waits
+                // for the next check.
+                tracing::warn!(container = %u.container, active = %v.value.update_id, step = ?v.value.step,
+                    "an update of this container is in progress; the newer image waits for the next check");
+                return self.drive(v).await;
+            }
+        };
+        steward_failpoints::failpoint!("claimed", record.step);
+        let v = self.flush(steward_bus::Versioned { value: record, revision }).await?;
+        if settings.policy == Policy::Manual {
             return Ok(());
         }
-        self.begin_or_defer(versioned, &settings).await
+        self.begin_or_defer(v, &settings).await
+    }
+
+    /// Why `u` is not news, if it is not: the container already runs its digest, or the
+    /// watcher has since seen another digest as the newest for it (a redelivered or replayed
+    /// older event).
+    async fn not_news(&self, event: &Event, u: &ImageUpdated) -> Result<Option<String>, FlowError> {
+        let running = self.engine.running_digests(&u.container).await?.unwrap_or_default();
+        if running.iter().any(|d| *d == u.new_digest.to_string()) {
+            return Ok(Some("the container already runs this digest".into()));
+        }
+        let Some(watched) =
+            StateStore::<WatchRecord>::open_existing(&self.bus, WATCH_BUCKET).await?
+        else {
+            return Ok(None);
+        };
+        let Some(w) = watched.get(&u.container).await? else { return Ok(None) };
+        // The watcher records a digest after publishing it: the record may lag behind the
+        // event, so only a newest digest seen after the event was published outranks it.
+        match (&w.value.newest_digest, w.value.newest_seen_at) {
+            (Some(newest), Some(seen)) if *newest != u.new_digest && seen > event.time => {
+                Ok(Some(format!("the watcher has seen {} as the newest since", newest.short())))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Begins now if the minimum age has passed and the window is open; otherwise waits in
-    /// `Deferred` for the sweep ([`Flow::start_due`]).
+    /// `Deferred` for the sweep ([`Flow::sweep`]).
     pub async fn begin_or_defer(
         &self,
         v: steward_bus::Versioned<UpdateRecord>,
@@ -119,41 +172,6 @@ impl Flow {
         record.step = UpdateStep::Deferred;
         record.reason = Some(reason);
         self.save(record, v.revision).await?;
-        Ok(())
-    }
-
-    /// Starts deferred updates whose time has come. Run periodically.
-    pub async fn start_due(&self) -> Result<(), FlowError> {
-        for key in self.records.keys().await? {
-            let Some(v) = self.records.get(&key).await? else { continue };
-            if v.value.step != UpdateStep::Deferred {
-                continue;
-            }
-            let settings = match self.engine.container_labels(&key).await? {
-                None => {
-                    self.fail(v, format!("container {key} no longer exists"), vec![]).await?;
-                    continue;
-                }
-                Some(labels) => match steward_labels::update_labels(&labels) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.fail(v, format!("bad update labels: {e}"), vec![]).await?;
-                        continue;
-                    }
-                },
-            };
-            let now = OffsetDateTime::now_utc();
-            let due = v.value.not_before.is_none_or(|t| t <= now)
-                && settings
-                    .window
-                    .as_ref()
-                    .is_none_or(|w| w.contains(chrono::Local::now().naive_local()))
-                && self.busy_dependencies(&key).await?.is_empty();
-            if due {
-                tracing::info!(container = %key, "deferred update starts");
-                self.begin(v, settings.backup).await?;
-            }
-        }
         Ok(())
     }
 
@@ -199,12 +217,13 @@ impl Flow {
             from_digest: record.from_digest.clone(),
             to_digest: record.to_digest.clone(),
         };
-        self.publish(&mut record, data).await?;
+        self.stage(&mut record, data);
+        record.reason = None;
         if backup {
             return self.request_backup(record, v.revision).await;
         }
         record.step = UpdateStep::Swapping;
-        let v = self.save(record, v.revision).await?;
+        let v = self.announce(record, v.revision).await?;
         self.apply(v).await
     }
 }

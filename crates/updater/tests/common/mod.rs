@@ -1,0 +1,95 @@
+//! What the updater's tests share: a stand-in app on a fresh tag, a flow, its events.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use steward_bus::Bus;
+use steward_events::{Digest, Event, ImageUpdated};
+use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag, SwapLeftovers};
+use steward_testkit::{free_port, http_get, unique_name, wait_for};
+use steward_updater::config::UpdaterConfig;
+use steward_updater::flow::Flow;
+
+pub struct App {
+    pub name: String,
+    pub image: String,
+    pub port: u16,
+    pub v1: String,
+    pub _c: Container,
+    pub _tag: ImageTag,
+    pub _parked: SwapLeftovers,
+}
+
+/// v1 pushed under a fresh tag and running with `labels`, serving on a published port.
+pub fn app(labels: &[&str]) -> App {
+    app_with_args(labels, &[])
+}
+
+/// [`app`] with extra `docker run` arguments.
+pub fn app_with_args(labels: &[&str], extra: &[&str]) -> App {
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/upd"));
+    let tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let name = unique_name("upd");
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let mut args = vec!["-p", publish.as_str(), "--restart", "unless-stopped"];
+    for l in labels {
+        args.extend_from_slice(&["--label", l]);
+    }
+    args.extend_from_slice(extra);
+    args.push(&image);
+    let c = Container::run(&name, &args);
+    wait_for("v1 served", Duration::from_secs(15), || {
+        http_get(port).filter(|b| b.contains("app v1"))
+    });
+    App { _parked: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
+}
+
+pub async fn flow(bus: &Bus) -> Flow {
+    let cfg = UpdaterConfig {
+        backup_timeout: Duration::from_secs(60),
+        health_timeout: Duration::from_secs(30),
+        health_grace: Duration::from_secs(3),
+        hook_timeout: Duration::from_secs(10),
+        links: None,
+        renewal: Default::default(),
+    };
+    Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
+        .await
+        .expect("flow")
+}
+
+/// Publishes `image.updated` for `app` to `new_digest` and returns it.
+pub async fn image_updated(bus: &Bus, app: &App, new_digest: &str) -> (Event, ImageUpdated) {
+    let u = ImageUpdated {
+        container: app.name.clone(),
+        image: app.image.clone(),
+        current_digest: Digest::parse(&app.v1).expect("digest"),
+        new_digest: Digest::parse(new_digest).expect("digest"),
+        new_tag: None,
+    };
+    let event = Event::new("steward-watcher/test", u.clone());
+    bus.publish(&event).await.expect("publish");
+    (event, u)
+}
+
+pub async fn events(bus: &Bus) -> Vec<Event> {
+    steward_testkit::stored_events(bus).await
+}
+
+pub fn types(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(Event::event_type).collect()
+}
+
+pub fn no_strays(name: &str) {
+    let all = docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    let strays: Vec<&str> = all.lines().filter(|n| n.starts_with(name) && *n != name).collect();
+    assert!(strays.is_empty(), "stray containers: {strays:?}");
+}
+
+/// Runs a future to completion from a synchronous polling closure.
+pub fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
