@@ -1,0 +1,299 @@
+//! What an interrupted or repeated flow leaves, against the real engine, registry and NATS:
+//! the states a kill leaves are made with the engine's own swap (or by hand, where a kill
+//! falls inside it), then the updater finds them. Each test here failed on the updater
+//! before the crash-safety work (issue 16, items 1–5).
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use steward_bus::StateStore;
+use steward_events::records::{UpdateRecord, UpdateStep, WatchRecord, WATCH_BUCKET};
+use steward_events::{Digest, Event, EventData, ImageUpdated, UpdatePending};
+use steward_testkit::docker::{docker, push, push_app};
+use steward_testkit::{http_get, unique_name, wait_for, TestBus};
+use steward_updater::flow::Flow;
+use time::OffsetDateTime;
+
+const AUTOMATIC: [&str; 2] = ["steward.update.policy=automatic", "steward.update.backup=false"];
+
+/// The record a flow of `event` would have written, at `step`.
+fn record(event: &Event, u: &ImageUpdated, step: UpdateStep) -> UpdateRecord {
+    UpdateRecord {
+        update_id: event.id,
+        container: u.container.clone(),
+        image: u.image.clone(),
+        from_digest: u.current_digest.clone(),
+        to_digest: u.new_digest.clone(),
+        new_tag: None,
+        policy: "automatic".into(),
+        correlation_id: event.correlation_id,
+        last_event_id: event.id,
+        step,
+        started_at: OffsetDateTime::now_utc(),
+        not_before: None,
+        backup_deadline: None,
+        old_id: None,
+        new_id: None,
+        reason: None,
+        approved_by: None,
+        news_time: Some(event.time),
+        outbox: vec![],
+        interruptions: 0,
+    }
+}
+
+async fn put(flow: &Flow, r: &UpdateRecord) {
+    flow.records.put(&r.container, r).await.expect("put record");
+}
+
+async fn step(flow: &Flow, name: &str) -> Option<UpdateStep> {
+    flow.records.get(name).await.expect("get").map(|v| v.value.step)
+}
+
+/// The swap a kill during the health gate leaves: the new container runs under the name,
+/// the old one is parked. Returns (old id, new id).
+async fn swapped(flow: &Flow, app: &App) -> (String, String) {
+    let r = flow.engine.replace(&app.name, &app.image).await.expect("swap");
+    (r.old_id, r.new_id)
+}
+
+fn digests_of(name: &str) -> String {
+    let image = docker(&["inspect", "-f", "{{.Image}}", name]);
+    docker(&["image", "inspect", "-f", "{{json .RepoDigests}}", &image])
+}
+
+fn terminal(events: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter(|e| e.correlation_id == correlation)
+        .map(Event::event_type)
+        .filter(|t| ["update.succeeded", "update.rolled_back", "update.failed"].contains(t))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_earlier_interrupted_updates_never_block_a_rollback_or_the_next_update() {
+    let bus = TestBus::new("crashleft").await;
+    let app = app(&AUTOMATIC);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    // Killed during the health gate, before the new container's id was recorded, with a
+    // `-steward-failed` container (state Created) that an earlier restore left behind.
+    let (old_id, new_id) = swapped(&flow, &app).await;
+    let failed = format!("{}-steward-failed", app.name);
+    docker(&["create", "--name", &failed, &app.image]);
+    let mut r = record(&event, &u, UpdateStep::Swapping);
+    r.old_id = Some(old_id.clone());
+    put(&flow, &r).await;
+
+    let unfinished = flow.resume().await;
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    wait_for("v1 served again", Duration::from_secs(15), || {
+        http_get(app.port).filter(|b| b.contains("app v1"))
+    });
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &app.name]), old_id);
+    assert!(docker(&["ps", "-aq", "--filter", &format!("id={new_id}")]).is_empty());
+    no_strays(&app.name);
+    assert_eq!(step(&flow, &app.name).await, Some(UpdateStep::RolledBack));
+
+    // The next update of the same container, with its own kill and rollback, and then one
+    // that goes through: no name conflict anywhere.
+    let (event2, u2) = image_updated(&bus, &app, &v2).await;
+    let (old_id, _) = swapped(&flow, &app).await;
+    docker(&["create", "--name", &failed, &app.image]);
+    let mut r = record(&event2, &u2, UpdateStep::Gating);
+    r.old_id = Some(old_id);
+    put(&flow, &r).await;
+    assert!(flow.resume().await.is_empty());
+    no_strays(&app.name);
+    let (event3, u3) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event3, &u3).await.expect("update");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    no_strays(&app.name);
+    let all = events(&bus).await;
+    for e in [&event, &event2, &event3] {
+        assert_eq!(terminal(&all, e.correlation_id).len(), 1, "{:?}", types(&all));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_removed_during_its_interrupted_update_ends_that_update_and_no_other() {
+    let bus = TestBus::new("crashgone").await;
+    let gone = app(&AUTOMATIC);
+    let other = app(&AUTOMATIC);
+    let flow = flow(&bus).await;
+    let mut interrupted = vec![];
+    for a in [&gone, &other] {
+        let v2 = push_app("v2", &a.image);
+        let (event, u) = image_updated(&bus, a, &v2).await;
+        let (old_id, new_id) = swapped(&flow, a).await;
+        let mut r = record(&event, &u, UpdateStep::Gating);
+        r.old_id = Some(old_id);
+        r.new_id = Some(new_id);
+        put(&flow, &r).await;
+        interrupted.push(event);
+    }
+    // `compose down` while the updater was away: both containers of the first app go.
+    docker(&["rm", "-f", &gone.name, &format!("{}-steward-old", gone.name)]);
+
+    let unfinished = flow.resume().await;
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    let all = events(&bus).await;
+    let ended: Vec<&Event> = all
+        .iter()
+        .filter(|e| e.correlation_id == interrupted[0].correlation_id)
+        .filter(|e| e.event_type() == "update.failed")
+        .collect();
+    let [ended] = ended[..] else { panic!("{:?}", types(&all)) };
+    let EventData::UpdateFailed(f) = &ended.data else { unreachable!() };
+    assert!(f.reason.contains("removed"), "{}", f.reason);
+    assert_eq!(step(&flow, &gone.name).await, Some(UpdateStep::Failed));
+    assert!(docker(&["ps", "-a", "--format", "{{.Names}}"])
+        .lines()
+        .all(|n| !n.starts_with(&gone.name)));
+    // The other container's update is rolled back as usual.
+    assert_eq!(terminal(&all, interrupted[1].correlation_id), ["update.rolled_back"]);
+    assert!(http_get(other.port).is_some_and(|b| b.contains("app v1")));
+    no_strays(&other.name);
+    // Starting again finds nothing more to do.
+    assert!(flow.resume().await.is_empty());
+    assert_eq!(events(&bus).await.len(), all.len());
+}
+
+/// A release built from v2 with its own digest (v2's content, healthy).
+fn release_from_v2(image: &str, release: &str) -> String {
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", image, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("docker build");
+    let dockerfile = format!("FROM steward-test/app:v2\nLABEL steward.test.release={release}\n");
+    build.stdin.take().expect("stdin").write_all(dockerfile.as_bytes()).expect("write");
+    assert!(build.wait().expect("build").success());
+    push(image)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_older_event_never_downgrades_a_container() {
+    let bus = TestBus::new("crashold").await;
+    let app = app(&AUTOMATIC);
+    let flow = flow(&bus).await;
+    let v2 = push_app("v2", &app.image);
+    let (older, u_older) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&older, &u_older).await.expect("update to v2");
+    // A newer release, applied.
+    let release = unique_name("5");
+    let v5 = release_from_v2(&app.image, &release);
+    let (newer, u_newer) = image_updated(&bus, &app, &v5).await;
+    flow.on_image_updated(&newer, &u_newer).await.expect("update to v5");
+    assert!(digests_of(&app.name).contains(&v5), "{}", digests_of(&app.name));
+
+    // The older event comes again (redelivered after a kill, or replayed).
+    flow.on_image_updated(&older, &u_older).await.expect("redelivery");
+    assert!(digests_of(&app.name).contains(&v5), "downgraded: {}", digests_of(&app.name));
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, older.correlation_id), ["update.succeeded"], "{:?}", types(&all));
+    // The same digest again (a replay of the newer event) changes nothing either.
+    let (again, u_again) = image_updated(&bus, &app, &v5).await;
+    flow.on_image_updated(&again, &u_again).await.expect("same digest");
+    assert!(terminal(&events(&bus).await, again.correlation_id).is_empty());
+    no_strays(&app.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchers_newer_digest_outranks_an_older_event_but_not_one_it_has_yet_to_record() {
+    let bus = TestBus::new("crashwatch").await;
+    let app = app(&AUTOMATIC);
+    let flow = flow(&bus).await;
+    let v2 = push_app("v2", &app.image);
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    let watched: StateStore<WatchRecord> =
+        StateStore::open(&bus, WATCH_BUCKET).await.expect("watch bucket");
+    let newest = |digest: &str, seen: OffsetDateTime| WatchRecord {
+        container: app.name.clone(),
+        image: app.image.clone(),
+        policy: "automatic".into(),
+        running_digest: Some(u.current_digest.clone()),
+        newest_digest: Some(Digest::parse(digest).expect("digest")),
+        newest_tag: None,
+        newest_seen_at: Some(seen),
+        reported_digest: None,
+        checked_at: seen,
+        last_error: None,
+    };
+    let other = format!("sha256:{}", "7".repeat(64));
+    // The watcher has seen another digest as the newest since this event: it is old news.
+    watched.put(&app.name, &newest(&other, OffsetDateTime::now_utc())).await.expect("put");
+    flow.on_image_updated(&event, &u).await.expect("old news");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")));
+    assert_eq!(step(&flow, &app.name).await, None, "not even claimed");
+
+    // A record older than the event (the watcher publishes, then records) does not hold
+    // the update back.
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    let before = event.time - time::Duration::seconds(30);
+    watched.put(&app.name, &newest(&other, before)).await.expect("put");
+    flow.on_image_updated(&event, &u).await.expect("update");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_drives_on_a_flow_that_a_failed_step_left_in_progress() {
+    let bus = TestBus::new("crashstuck").await;
+    let app = app(&AUTOMATIC);
+    let flow = flow(&bus).await;
+    let v2 = push_app("v2", &app.image);
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    // What a failed publish or Docker call after the claim left: in progress, untouched.
+    put(&flow, &record(&event, &u, UpdateStep::Swapping)).await;
+    flow.on_image_updated(&event, &u).await.expect("redelivery");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v2")), "driven on");
+    assert_eq!(step(&flow, &app.name).await, Some(UpdateStep::Succeeded));
+    assert_eq!(terminal(&events(&bus).await, event.correlation_id), ["update.succeeded"]);
+    no_strays(&app.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_left_by_a_crash_is_published_once_with_its_own_id() {
+    let bus = TestBus::new("crashoutbox").await;
+    let app = app(&["steward.update.policy=manual"]);
+    let flow = flow(&bus).await;
+    let v2 = push_app("v2", &app.image);
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    // Decided (Pending) and saved, killed before `update.pending` was published.
+    let mut r = record(&event, &u, UpdateStep::Pending);
+    let pending = Event::new(
+        "steward-updater/test",
+        UpdatePending {
+            update_id: event.id,
+            container: u.container.clone(),
+            image: u.image.clone(),
+            current_digest: u.current_digest.clone(),
+            new_digest: u.new_digest.clone(),
+            new_tag: None,
+            approval_url: None,
+            expires_at: None,
+        },
+    )
+    .with_correlation(event.correlation_id);
+    r.last_event_id = pending.id;
+    r.outbox = vec![pending.clone()];
+    put(&flow, &r).await;
+    // A restart, a redelivery and a sweep all find it; it is stored once.
+    assert!(flow.resume().await.is_empty());
+    flow.on_image_updated(&event, &u).await.expect("redelivery");
+    flow.sweep().await.expect("sweep");
+    let all = events(&bus).await;
+    let stored: Vec<&Event> = all.iter().filter(|e| e.event_type() == "update.pending").collect();
+    assert_eq!(stored.len(), 1, "{:?}", types(&all));
+    assert_eq!(stored[0].id, pending.id);
+    let v = flow.records.get(&app.name).await.expect("get").expect("record");
+    assert!(v.value.outbox.is_empty());
+    assert_eq!(v.value.step, UpdateStep::Pending);
+}
