@@ -32,6 +32,8 @@ pub struct App {
     pub image: String,
     /// Published port of its HTTP server.
     pub port: u16,
+    /// The digest it runs (v1, as pushed).
+    pub v1: String,
     _c: Container,
     _tag: ImageTag,
     _leftovers: SwapLeftovers,
@@ -42,7 +44,7 @@ pub struct App {
 pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/e2e"));
     let tag = ImageTag(image.clone());
-    push_app("v1", &image);
+    let v1 = push_app("v1", &image);
     let name = unique_name("e2e");
     let port = free_port();
     let mut args = vec![
@@ -66,5 +68,5 @@ pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
     wait_for("v1 served", Duration::from_secs(15), || {
         http_get(port).filter(|b| b.contains("app v1"))
     });
-    App { _leftovers: SwapLeftovers(name.clone()), name, image, port, _c: c, _tag: tag }
+    App { _leftovers: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
 }
