@@ -66,7 +66,8 @@ REG=$STEWARD_TEST_REGISTRY
 # audit trail, the new ones start clean.
 RUN=$(date +%H%M%S)
 WEB=steward-demo-web-$RUN APP=steward-demo-app-$RUN DB=steward-demo-db-$RUN
-docker ps -aq --filter label=steward.scope=steward-demo | xargs -r docker rm -f >/dev/null
+# At most 4 at once: many parallel removals can deadlock dockerd 20.10 (libnetwork).
+docker ps -aq --filter label=steward.scope=steward-demo | xargs -r -n 4 docker rm -f >/dev/null
 say "two apps from the local registry: $WEB (automatic) on :18081, $APP (manual) on :18082"
 for img in web app; do
   docker tag steward-test/app:v1 "$REG/steward-demo/$img:1.0"

@@ -84,6 +84,8 @@ impl Flow {
                 EventData::RestoreFailed(_) => "failed".into(),
                 EventData::HealthFailed(_) => "down".into(),
                 EventData::HealthRecovered(_) => "recovered".into(),
+                EventData::EngineFailed(_) => "engine not answering".into(),
+                EventData::EngineRecovered(_) => "engine recovered".into(),
                 EventData::CertsChecked(c) if c.renewed.is_empty() => "none due".into(),
                 EventData::CertsChecked(_) => "renewed".into(),
                 EventData::CertsFailed(_) => "failed".into(),

@@ -10,10 +10,12 @@ use std::time::Duration;
 use bollard::Docker;
 
 mod credentials;
+mod deadline;
 mod ops;
 pub mod recreate;
 mod streams;
 pub use credentials::{registry_credentials, registry_of, RegistryCredentials};
+pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use ops::{ExecOutput, HealthView, ListedContainer};
 pub use recreate::Replacement;
 pub use streams::{ExecSpec, ExecStream};
@@ -39,7 +41,18 @@ pub enum EngineError {
         /// The engine's answer.
         reason: String,
     },
-    /// The engine did not answer.
+    /// The engine took the call but gave no answer (or no progress) within its deadline: a
+    /// hung engine, not a refused or failed call.
+    #[error("Docker engine at {host} did not answer {what} within {}s", after.as_secs())]
+    Timeout {
+        /// Where the engine is.
+        host: String,
+        /// The call that did not answer, naming its container or image (`inspect upd-x`).
+        what: String,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The engine could not be reached.
     #[error("Docker engine at {host} unreachable: {reason}")]
     Unreachable {
         /// Where it was looked for.
@@ -54,10 +67,21 @@ pub enum EngineError {
 /// The client is built on first use and rebuilt after failures: bollard refuses to build one
 /// while the socket file is missing, and a service must stay up (reporting not-ready) while
 /// the engine starts or restarts.
+///
+/// Every call has a deadline (see [`Engine::new`]); a call that does not answer in time is an
+/// [`EngineError::Timeout`] naming it, and the handle stays usable.
 #[derive(Debug, Clone)]
 pub struct Engine {
     docker: std::sync::Arc<std::sync::Mutex<Option<Docker>>>,
     host: String,
+    deadline: Duration,
+}
+
+impl EngineError {
+    /// Whether the engine did not answer in time (hung), as opposed to answering with an error.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
 }
 
 /// A running container as Steward sees it.
@@ -99,19 +123,43 @@ pub fn validate_docker_host(value: &str) -> Result<(), String> {
 }
 
 impl Engine {
-    /// A handle for `DOCKER_HOST` (or the default socket). Does not contact the engine.
+    /// A handle for `DOCKER_HOST` (or the default socket) with the default deadline
+    /// ([`DEFAULT_DEADLINE`]). Does not contact the engine.
     pub fn from_env() -> Self {
-        Self { docker: Default::default(), host: docker_host() }
+        Self::new(docker_host(), DEFAULT_DEADLINE)
     }
 
-    /// The client, built now if needed.
+    /// A handle for the engine at `host` (`unix:///var/run/docker.sock`, `tcp://...`) whose
+    /// calls each get `deadline` to answer (rounded up to whole seconds, at least 1 s, at most
+    /// [`MAX_DEADLINE`]); longer work gets more, see [`Engine::deadline`]. Does not contact
+    /// the engine.
+    pub fn new(host: impl Into<String>, deadline: Duration) -> Self {
+        Self {
+            docker: Default::default(),
+            host: host.into(),
+            deadline: deadline::whole(deadline).min(MAX_DEADLINE),
+        }
+    }
+
+    /// How long one call may go without an answer. A stop gets its grace period on top; a
+    /// pull, a log read and an archive transfer get this much per chunk of progress, not for
+    /// the whole transfer; an exec's output comes at its command's pace and is not bounded
+    /// here (its create, start and result are).
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The client, built now if needed. Its requests time out after the deadline (bollard's
+    /// own timeout, up to the response head), so every call made with it has one, including
+    /// those that do not go through [`Engine::within`].
     fn client(&self) -> Result<Docker, EngineError> {
         let mut slot = self.docker.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(docker) = slot.as_ref() {
             return Ok(docker.clone());
         }
-        let docker = Docker::connect_with_defaults()
-            .map_err(|e| EngineError::Connect { host: self.host.clone(), reason: e.to_string() })?;
+        let docker = Docker::connect_with_host(&self.host)
+            .map_err(|e| EngineError::Connect { host: self.host.clone(), reason: e.to_string() })?
+            .with_timeout(self.deadline);
         *slot = Some(docker.clone());
         Ok(docker)
     }
@@ -133,7 +181,10 @@ impl Engine {
     ) -> Result<Vec<ContainerInfo>, EngineError> {
         use futures::StreamExt;
         let docker = self.client()?;
-        let summaries = docker.list_containers(None).await.map_err(|e| self.unreachable(e))?;
+        let summaries = self
+            .timed(docker.list_containers(None))
+            .await
+            .map_err(|e| self.list_failed("list containers", e))?;
         let mut out = vec![];
         let mut to_inspect = vec![];
         for summary in summaries {
@@ -162,48 +213,65 @@ impl Engine {
             .map(|(id, labels)| {
                 let docker = docker.clone();
                 async move {
-                    // Gone between list and inspect: not an error, just not running any more.
-                    let inspect = docker.inspect_container(&id, None).await.ok()?;
+                    let inspect = match self.timed(docker.inspect_container(&id, None)).await {
+                        Ok(inspect) => inspect,
+                        // A hung engine is not a container that went away.
+                        Err(e @ bollard::errors::Error::RequestTimeoutError) => {
+                            return Err(self.call_failed(&format!("inspect {id}"), e))
+                        }
+                        // Gone between list and inspect: not an error, just not running.
+                        Err(_) => return Ok(None),
+                    };
                     let name = inspect.name.unwrap_or_default().trim_start_matches('/').to_owned();
                     let image_ref = inspect.config.and_then(|c| c.image).unwrap_or_default();
                     let image_id = inspect.image.unwrap_or_default();
-                    Some(ContainerInfo { id, name, image_ref, image_id, labels })
+                    Ok(Some(ContainerInfo { id, name, image_ref, image_id, labels }))
                 }
             })
             .buffer_unordered(8)
-            .filter_map(|c| async move { c })
             .collect::<Vec<_>>()
             .await;
-        out.extend(inspected);
+        for info in inspected {
+            out.extend(info?);
+        }
         Ok(out)
+    }
+
+    /// A failed listing: a timeout names the call, anything else means the engine is away.
+    fn list_failed(&self, what: &str, e: bollard::errors::Error) -> EngineError {
+        match e {
+            e @ bollard::errors::Error::RequestTimeoutError => self.call_failed(what, e),
+            e => self.unreachable(e),
+        }
     }
 
     /// `RepoDigests` of a local image (`repo@sha256:...`, one per registry repository it was
     /// pulled from or pushed to).
     pub async fn repo_digests(&self, image_id: &str) -> Result<Vec<String>, EngineError> {
-        let image =
-            self.client()?.inspect_image(image_id).await.map_err(|e| self.unreachable(e))?;
+        let image = self
+            .timed(self.client()?.inspect_image(image_id))
+            .await
+            .map_err(|e| self.list_failed(&format!("inspect image {image_id}"), e))?;
         Ok(image.repo_digests.unwrap_or_default())
     }
 
     /// Pings the engine within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), EngineError> {
-        let unreachable =
-            |reason: String| EngineError::Unreachable { host: self.host.clone(), reason };
-        let docker = self.client()?;
-        match tokio::time::timeout(timeout, docker.ping()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(unreachable(e.to_string())),
-            Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
-        }
+        let docker = self.client_within(timeout)?;
+        self.within(timeout, docker.ping()).await.map(|_| ()).map_err(|e| match e {
+            e @ bollard::errors::Error::RequestTimeoutError => {
+                self.call_failed_within("ping", timeout, e)
+            }
+            e => self.unreachable(e),
+        })
     }
 
     /// The engine's version and API version, e.g. `("20.10.24", "1.41")`.
     pub async fn version(&self) -> Result<(String, String), EngineError> {
-        let v = self.client()?.version().await.map_err(|e| EngineError::Unreachable {
-            host: self.host.clone(),
-            reason: e.to_string(),
-        })?;
+        let v = self
+            .timed(self.client()?.version())
+            .await
+            .map_err(|e| self.list_failed("version", e))?;
         Ok((v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
     }
 }

@@ -35,8 +35,10 @@ impl Engine {
         digest: &str,
         tag: &str,
     ) -> Result<(), EngineError> {
+        // Pulls come as progress messages: the deadline bounds each one, not the whole pull.
         let docker = self.client()?;
         let reference = format!("{repository}@{digest}");
+        let what = format!("pull {reference}");
         let registry = crate::registry_of(repository);
         let credentials = crate::registry_credentials(registry).map(|c| match c {
             crate::RegistryCredentials::Basic(username, password) => DockerCredentials {
@@ -53,23 +55,21 @@ impl Engine {
         });
         let options =
             CreateImageOptions { from_image: Some(reference.clone()), ..Default::default() };
-        let mut progress = docker.create_image(Some(options), None, credentials);
+        let mut progress = crate::deadline::idle_bounded(
+            docker.create_image(Some(options), None, credentials),
+            self.deadline,
+        );
         while let Some(step) = progress.next().await {
-            let step = step.map_err(|e| self.failed(&format!("pull {reference}"), e))?;
+            let step = step.map_err(|e| self.call_failed(&what, e))?;
             if let Some(error) = step.error_detail.and_then(|d| d.message) {
-                return Err(self.failed(&format!("pull {reference}"), error));
+                return Err(self.failed(&what, error));
             }
         }
-        docker
-            .tag_image(
-                &reference,
-                Some(TagImageOptions {
-                    repo: Some(repository.to_owned()),
-                    tag: Some(tag.to_owned()),
-                }),
-            )
+        let options =
+            TagImageOptions { repo: Some(repository.to_owned()), tag: Some(tag.to_owned()) };
+        self.timed(docker.tag_image(&reference, Some(options)))
             .await
-            .map_err(|e| self.failed(&format!("tag {reference} as {repository}:{tag}"), e))
+            .map_err(|e| self.call_failed(&format!("tag {reference} as {repository}:{tag}"), e))
     }
 
     /// A container's labels, or `None` if there is no such container.
@@ -77,23 +77,23 @@ impl Engine {
         &self,
         name: &str,
     ) -> Result<Option<HashMap<String, String>>, EngineError> {
-        match self.client()?.inspect_container(name, None).await {
+        match self.timed(self.client()?.inspect_container(name, None)).await {
             Ok(c) => Ok(Some(c.config.and_then(|c| c.labels).unwrap_or_default())),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 Ok(None)
             }
-            Err(e) => Err(self.failed(&format!("inspect {name}"), e)),
+            Err(e) => Err(self.call_failed(&format!("inspect {name}"), e)),
         }
     }
 
     /// The id of the container called `name`, if there is one.
     pub async fn container_id(&self, name: &str) -> Result<Option<String>, EngineError> {
-        match self.client()?.inspect_container(name, None).await {
+        match self.timed(self.client()?.inspect_container(name, None)).await {
             Ok(c) => Ok(c.id),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 Ok(None)
             }
-            Err(e) => Err(self.failed(&format!("inspect {name}"), e)),
+            Err(e) => Err(self.call_failed(&format!("inspect {name}"), e)),
         }
     }
 
@@ -104,8 +104,10 @@ impl Engine {
         wanted: impl Fn(&HashMap<String, String>) -> bool,
     ) -> Result<Vec<ListedContainer>, EngineError> {
         let options = ListContainersOptionsBuilder::new().all(true).build();
-        let summaries =
-            self.client()?.list_containers(Some(options)).await.map_err(|e| self.unreachable(e))?;
+        let summaries = self
+            .timed(self.client()?.list_containers(Some(options)))
+            .await
+            .map_err(|e| self.list_failed("list containers", e))?;
         Ok(summaries
             .into_iter()
             .filter_map(|s| {
@@ -123,10 +125,9 @@ impl Engine {
     /// Running state, restart count and health status.
     pub async fn health_view(&self, id: &str) -> Result<HealthView, EngineError> {
         let c = self
-            .client()?
-            .inspect_container(id, None)
+            .timed(self.client()?.inspect_container(id, None))
             .await
-            .map_err(|e| self.failed(&format!("inspect {id}"), e))?;
+            .map_err(|e| self.call_failed(&format!("inspect {id}"), e))?;
         let state = c.state.unwrap_or_default();
         let health = state.health.and_then(|h| h.status).and_then(|s| match s {
             HealthStatusEnum::STARTING => Some("starting".to_owned()),
@@ -151,10 +152,11 @@ impl Engine {
             tail: lines.to_string(),
             ..Default::default()
         };
-        let mut stream = self.client()?.logs(id, Some(options));
+        let mut stream =
+            crate::deadline::idle_bounded(self.client()?.logs(id, Some(options)), self.deadline);
         let mut out = vec![];
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.failed(&format!("read logs of {id}"), e))?;
+            let chunk = chunk.map_err(|e| self.call_failed(&format!("read logs of {id}"), e))?;
             out.extend(chunk.to_string().lines().map(str::to_owned));
         }
         let skip = out.len().saturating_sub(lines);
@@ -202,11 +204,16 @@ impl Engine {
             cmd: Some(cmd),
             ..Default::default()
         };
-        let exec =
-            docker.create_exec(container, config).await.map_err(|e| self.failed(&what, e))?;
+        let exec = self
+            .timed(docker.create_exec(container, config))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
         let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        if let StartExecResults::Attached { mut output, .. } =
-            docker.start_exec(&exec.id, None).await.map_err(|e| self.failed(&what, e))?
+        // The output comes at the command's pace: only the calls around it are bounded.
+        if let StartExecResults::Attached { mut output, .. } = self
+            .timed(docker.start_exec(&exec.id, None))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?
         {
             while let Some(chunk) = output.next().await {
                 let chunk = chunk.map_err(|e| self.failed(&what, e))?;
@@ -218,7 +225,10 @@ impl Engine {
                 }
             }
         }
-        let inspect = docker.inspect_exec(&exec.id).await.map_err(|e| self.failed(&what, e))?;
+        let inspect = self
+            .timed(docker.inspect_exec(&exec.id))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
         let exit_code = inspect
             .exit_code
             .ok_or_else(|| self.failed(&what, "the engine reported no exit code"))?;

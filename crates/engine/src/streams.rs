@@ -116,9 +116,16 @@ impl Engine {
             user: spec.user.clone(),
             ..Default::default()
         };
-        let exec =
-            docker.create_exec(container, config).await.map_err(|e| self.failed(&what, e))?;
-        let started = docker.start_exec(&exec.id, None).await.map_err(|e| self.failed(&what, e))?;
+        let exec = self
+            .timed(docker.create_exec(container, config))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
+        // The attached output comes at the command's pace (`pg_restore` says nothing for
+        // minutes): only these calls and the result are bounded by the deadline.
+        let started = self
+            .timed(docker.start_exec(&exec.id, None))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
         Ok((exec.id, started))
     }
 
@@ -129,8 +136,10 @@ impl Engine {
         tail: VecDeque<String>,
     ) -> Result<ExecOutput, EngineError> {
         let what = format!("inspect an exec in {container}");
-        let inspect =
-            self.client()?.inspect_exec(exec_id).await.map_err(|e| self.failed(&what, e))?;
+        let inspect = self
+            .timed(self.client()?.inspect_exec(exec_id))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
         let exit_code = inspect
             .exit_code
             .ok_or_else(|| self.failed(&what, "the engine reported no exit code"))?;
@@ -225,20 +234,15 @@ impl Engine {
             }
         };
         let options = DownloadFromContainerOptions { path: path.to_owned() };
-        let host = self.host.clone();
+        let engine = self.clone();
         let what = format!("read {path} of {container}");
-        docker
-            .download_from_container(container, Some(options))
-            .map(move |chunk| {
-                chunk.map_err(|e| {
-                    io::Error::other(EngineError::Operation {
-                        host: host.clone(),
-                        what: what.clone(),
-                        reason: e.to_string(),
-                    })
-                })
-            })
-            .boxed()
+        // Bounded per chunk, counted from when the reader asks: a slow reader is not a hang.
+        crate::deadline::idle_bounded(
+            docker.download_from_container(container, Some(options)),
+            self.deadline,
+        )
+        .map(move |chunk| chunk.map_err(|e| io::Error::other(engine.call_failed(&what, e))))
+        .boxed()
     }
 
     /// Extracts a tar stream into directory `dir` of a container (running or stopped).
@@ -249,43 +253,56 @@ impl Engine {
         tar: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
     ) -> Result<(), EngineError> {
         let options = UploadToContainerOptions { path: dir.to_owned(), ..Default::default() };
-        self.client()?
-            .upload_to_container(container, Some(options), bollard::body_try_stream(tar))
-            .await
-            .map_err(|e| self.failed(&format!("write into {dir} of {container}"), e))
+        // The answer comes once the whole tar is in: bounded by the engine's progress in
+        // taking chunks, not by the size of the transfer.
+        let progress = crate::deadline::Progress::default();
+        let body = bollard::body_try_stream(progress.watch(Box::pin(tar)));
+        let upload = self.upload_client()?;
+        self.upload_within(
+            self.deadline,
+            &progress,
+            upload.upload_to_container(container, Some(options), body),
+        )
+        .await
+        .map_err(|e| self.call_failed(&format!("write into {dir} of {container}"), e))
     }
 
     /// Stops a container, giving it `grace_secs` before SIGKILL. Stopping a stopped one is fine.
     pub async fn stop(&self, container: &str, grace_secs: i32) -> Result<(), EngineError> {
         let options = StopContainerOptions { t: Some(grace_secs), ..Default::default() };
-        match self.client()?.stop_container(container, Some(options)).await {
+        // The answer comes after the grace period (and the kill): that much more than the
+        // deadline.
+        let limit = self.stop_limit(Some(i64::from(grace_secs)));
+        let docker = self.client_within(limit)?;
+        match self.within(limit, docker.stop_container(container, Some(options))).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {
                 Ok(())
             }
-            Err(e) => Err(self.failed(&format!("stop {container}"), e)),
+            Err(e) => Err(self.call_failed_within(&format!("stop {container}"), limit, e)),
         }
     }
 
     /// Starts a container. Starting a running one is fine.
     pub async fn start(&self, container: &str) -> Result<(), EngineError> {
-        match self.client()?.start_container(container, None::<StartContainerOptions>).await {
+        let docker = self.client()?;
+        match self.timed(docker.start_container(container, None::<StartContainerOptions>)).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {
                 Ok(())
             }
-            Err(e) => Err(self.failed(&format!("start {container}"), e)),
+            Err(e) => Err(self.call_failed(&format!("start {container}"), e)),
         }
     }
 
     /// Whether a container is running now (`None`: no such container).
     pub async fn is_running(&self, container: &str) -> Result<Option<bool>, EngineError> {
-        match self.client()?.inspect_container(container, None).await {
+        match self.timed(self.client()?.inspect_container(container, None)).await {
             Ok(c) => Ok(Some(c.state.and_then(|s| s.running).unwrap_or(false))),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 Ok(None)
             }
-            Err(e) => Err(self.failed(&format!("inspect {container}"), e)),
+            Err(e) => Err(self.call_failed(&format!("inspect {container}"), e)),
         }
     }
 
@@ -293,10 +310,9 @@ impl Engine {
     pub async fn inspect_json(&self, container: &str) -> Result<serde_json::Value, EngineError> {
         let what = format!("inspect {container}");
         let c = self
-            .client()?
-            .inspect_container(container, None)
+            .timed(self.client()?.inspect_container(container, None))
             .await
-            .map_err(|e| self.failed(&what, e))?;
+            .map_err(|e| self.call_failed(&what, e))?;
         serde_json::to_value(c).map_err(|e| self.failed(&what, e))
     }
 
@@ -306,10 +322,9 @@ impl Engine {
         container: &str,
     ) -> Result<std::collections::HashMap<String, String>, EngineError> {
         let c = self
-            .client()?
-            .inspect_container(container, None)
+            .timed(self.client()?.inspect_container(container, None))
             .await
-            .map_err(|e| self.failed(&format!("inspect {container}"), e))?;
+            .map_err(|e| self.call_failed(&format!("inspect {container}"), e))?;
         Ok(c.config
             .and_then(|c| c.env)
             .unwrap_or_default()
@@ -321,10 +336,9 @@ impl Engine {
     /// The destinations of a container's mounts (volumes and binds).
     pub async fn mount_points(&self, container: &str) -> Result<Vec<String>, EngineError> {
         let c = self
-            .client()?
-            .inspect_container(container, None)
+            .timed(self.client()?.inspect_container(container, None))
             .await
-            .map_err(|e| self.failed(&format!("inspect {container}"), e))?;
+            .map_err(|e| self.call_failed(&format!("inspect {container}"), e))?;
         Ok(c.mounts.unwrap_or_default().into_iter().filter_map(|m| m.destination).collect())
     }
 }
@@ -367,21 +381,22 @@ impl Engine {
             }),
             ..Default::default()
         };
-        let created = docker
-            .create_container(None::<CreateContainerOptions>, body)
+        let created = self
+            .timed(docker.create_container(None::<CreateContainerOptions>, body))
             .await
-            .map_err(|e| self.failed(&what, e))?;
+            .map_err(|e| self.call_failed(&what, e))?;
         let id = created.id;
         let result = async {
-            docker
-                .start_container(&id, None::<StartContainerOptions>)
+            self.timed(docker.start_container(&id, None::<StartContainerOptions>))
                 .await
-                .map_err(|e| self.failed(&what, e))?;
+                .map_err(|e| self.call_failed(&what, e))?;
+            // The engine answers the wait's head at once (bollard's timeout bounds that); the
+            // exit comes at the command's pace.
             let mut wait = docker.wait_container(&id, None::<WaitContainerOptions>);
             let exit_code = match wait.next().await {
                 Some(Ok(r)) => r.status_code,
                 Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-                Some(Err(e)) => return Err(self.failed(&what, e)),
+                Some(Err(e)) => return Err(self.call_failed(&what, e)),
                 None => return Err(self.failed(&what, "the engine did not report an exit")),
             };
             let tail = self.logs_tail(&id, keep).await?;
@@ -389,7 +404,7 @@ impl Engine {
         }
         .await;
         let remove = RemoveContainerOptions { force: true, v: false, ..Default::default() };
-        if let Err(e) = docker.remove_container(&id, Some(remove)).await {
+        if let Err(e) = self.timed(docker.remove_container(&id, Some(remove))).await {
             crate::recreate::tracing_free_log(&format!(
                 "could not remove helper container {id}: {e}"
             ));
@@ -422,13 +437,14 @@ impl Engine {
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
-        let created = docker
-            .create_container(Some(options), body)
+        let created = self
+            .timed(docker.create_container(Some(options), body))
             .await
-            .map_err(|e| self.failed(&what, e))?;
-        if let Err(e) = docker.start_container(&created.id, None::<StartContainerOptions>).await {
+            .map_err(|e| self.call_failed(&what, e))?;
+        let start = docker.start_container(&created.id, None::<StartContainerOptions>);
+        if let Err(e) = self.timed(start).await {
             let _ = self.remove(&created.id, true).await;
-            return Err(self.failed(&what, e));
+            return Err(self.call_failed(&what, e));
         }
         Ok(created.id)
     }
@@ -438,23 +454,23 @@ impl Engine {
     pub async fn remove(&self, container: &str, volumes: bool) -> Result<(), EngineError> {
         use bollard::query_parameters::RemoveContainerOptions;
         let options = RemoveContainerOptions { force: true, v: volumes, ..Default::default() };
-        match self.client()?.remove_container(container, Some(options)).await {
+        match self.timed(self.client()?.remove_container(container, Some(options))).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 Ok(())
             }
-            Err(e) => Err(self.failed(&format!("remove {container}"), e)),
+            Err(e) => Err(self.call_failed(&format!("remove {container}"), e)),
         }
     }
 
     /// Whether an image (id or reference) exists locally.
     pub async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
-        match self.client()?.inspect_image(image).await {
+        match self.timed(self.client()?.inspect_image(image)).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 Ok(false)
             }
-            Err(e) => Err(self.failed(&format!("inspect image {image}"), e)),
+            Err(e) => Err(self.call_failed(&format!("inspect image {image}"), e)),
         }
     }
 }

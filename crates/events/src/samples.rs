@@ -146,6 +146,15 @@ pub fn all(container: &str) -> Vec<EventData> {
         }
         .into(),
         HealthRecovered { container: c, down_for_ms: 60_000 }.into(),
+        EngineFailed {
+            engine: "unix:///var/run/docker.sock".into(),
+            call: "list containers".into(),
+            reason: "engine did not answer list containers within 30s".into(),
+            consecutive_failures: 3,
+        }
+        .into(),
+        EngineRecovered { engine: "unix:///var/run/docker.sock".into(), down_for_ms: 600_000 }
+            .into(),
         NotifySent {
             channel: "email".into(),
             recipients: vec!["ops@example.com".into()],

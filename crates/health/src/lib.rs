@@ -7,9 +7,11 @@
 //! transitions become events, so an outage is one mail and flapping is none. Tracks live in a
 //! KV bucket, so a restarted health service neither repeats nor forgets an outage.
 //! `/metrics` carries `steward_health_up` and `steward_health_probe_latency_seconds` per
-//! container.
+//! container. The Docker engine is a target of its own ([`engine`]): one that stops answering
+//! is `health.engine_failed` once, and `health.engine_recovered` when it answers again.
 
 pub mod config;
+pub mod engine;
 pub mod probe;
 pub mod service;
 pub mod track;

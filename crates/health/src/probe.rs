@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use steward_engine::Engine;
 
+use crate::engine::EngineRound;
+
 /// What a round found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -39,6 +41,9 @@ pub struct Round {
     pub restarts: i64,
     /// HTTP probe latency, when probed.
     pub http_latency: Option<Duration>,
+    /// Set when an engine call of this round did not answer: the container's round is
+    /// neutral, and the engine's own track hears of it.
+    pub engine: Option<EngineRound>,
 }
 
 /// Probes one container.
@@ -68,7 +73,13 @@ impl Prober {
         last: Option<(&str, i64)>,
         backup_running: bool,
     ) -> Round {
-        let mut round = Round { verdict: Verdict::Pass, id: None, restarts: 0, http_latency: None };
+        let mut round = Round {
+            verdict: Verdict::Pass,
+            id: None,
+            restarts: 0,
+            http_latency: None,
+            engine: None,
+        };
         let id = match self.engine.container_id(name).await {
             Ok(Some(id)) => id,
             Ok(None) => {
@@ -77,6 +88,7 @@ impl Prober {
             }
             Err(e) => {
                 // Docker itself is away: say nothing about the container.
+                round.engine = EngineRound::from_probe(&e);
                 round.verdict = Verdict::Neutral(format!("cannot ask Docker: {e}"));
                 return round;
             }
@@ -84,6 +96,7 @@ impl Prober {
         let view = match self.engine.health_view(&id).await {
             Ok(v) => v,
             Err(e) => {
+                round.engine = EngineRound::from_probe(&e);
                 round.verdict = Verdict::Neutral(format!("cannot inspect: {e}"));
                 return round;
             }

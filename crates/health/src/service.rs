@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use crate::config::HealthConfig;
+use crate::engine::{EngineRound, EngineTrack, EngineTransition, ENGINE_KEY};
 use crate::probe::{Prober, Verdict};
 use crate::track::{Track, Transition, HEALTH_BUCKET};
 
@@ -54,6 +55,10 @@ struct Inner {
     updating: Mutex<HashMap<String, Instant>>,
     up: Family<ContainerLabel, Gauge>,
     latency: Family<ProbeLabel, Gauge<f64, AtomicU64>>,
+    /// The engine's own track, in the same bucket under [`ENGINE_KEY`].
+    engine_store: StateStore<EngineTrack>,
+    engine_track: Mutex<EngineTrack>,
+    engine_up: Gauge,
 }
 
 /// The health service.
@@ -76,10 +81,23 @@ impl HealthService {
         let store: StateStore<Track> = StateStore::open(&ctx.bus, HEALTH_BUCKET).await?;
         let mut tracks = HashMap::new();
         for key in store.keys().await? {
+            if key == ENGINE_KEY {
+                continue;
+            }
             if let Some(v) = store.get(&key).await? {
                 tracks.insert(v.value.container.clone(), v.value);
             }
         }
+        let engine_store: StateStore<EngineTrack> =
+            StateStore::open(&ctx.bus, HEALTH_BUCKET).await?;
+        let engine_track = engine_store.get(ENGINE_KEY).await?.map(|v| v.value).unwrap_or_default();
+        let engine_up = Gauge::default();
+        engine_up.set(i64::from(!engine_track.down));
+        ctx.metrics.register(
+            "health_engine_up",
+            "1 while the Docker engine answers, 0 once declared not answering",
+            engine_up.clone(),
+        );
         let up = Family::<ContainerLabel, Gauge>::default();
         let latency = Family::<ProbeLabel, Gauge<f64, AtomicU64>>::default();
         ctx.metrics.register(
@@ -103,6 +121,9 @@ impl HealthService {
                 updating: Mutex::new(HashMap::new()),
                 up,
                 latency,
+                engine_store,
+                engine_track: Mutex::new(engine_track),
+                engine_up,
             }),
         };
         let looping = service.clone();
@@ -131,9 +152,16 @@ impl HealthService {
             || steward_labels::backup_labels(labels).is_ok_and(|b| b.postgres)
     }
 
-    /// One round over every container.
+    /// One round over every container, and over the engine itself.
     pub async fn round(&self, ctx: &Context) -> anyhow::Result<()> {
-        let mut listed = self.inner.engine.containers(|l| self.probed(l)).await?;
+        let mut listed = match self.inner.engine.containers(|l| self.probed(l)).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                // No container is judged; the engine is.
+                self.observe_engine(ctx, &EngineRound::from_listing(&e)).await?;
+                return Err(e.into());
+            }
+        };
         // The updater's parked and half-made containers come and go with a swap; the
         // container under its own name is what is probed (and re-baselined afterwards).
         listed.retain(|c| !steward_engine::recreate::is_swap_name(&c.name));
@@ -180,6 +208,11 @@ impl HealthService {
             .buffer_unordered(8)
             .collect()
             .await;
+        let engine_round = rounds
+            .iter()
+            .find_map(|(_, round): &(String, crate::probe::Round)| round.engine.clone())
+            .unwrap_or(EngineRound::Answered);
+        self.observe_engine(ctx, &engine_round).await?;
         let now = OffsetDateTime::now_utc();
         for (name, round) in rounds {
             if let Some(latency) = round.http_latency {
@@ -231,6 +264,46 @@ impl HealthService {
             if *track != before {
                 self.inner.store.put(&name, track).await?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl HealthService {
+    /// Feeds one round to the engine's track, publishes its transition, then saves it.
+    async fn observe_engine(&self, ctx: &Context, round: &EngineRound) -> anyhow::Result<()> {
+        let mut track = self.inner.engine_track.lock().await;
+        let before = track.clone();
+        let host = self.inner.engine.host();
+        let (failures, recoveries) = (self.inner.cfg.failures, self.inner.cfg.recoveries);
+        let transition =
+            track.observe(round, host, OffsetDateTime::now_utc(), failures, recoveries);
+        let published = match transition {
+            Some(EngineTransition::Failed(f)) => {
+                tracing::error!(engine = %host, call = %f.call, reason = %f.reason, "Docker engine not answering");
+                let event = Event::new(ctx.source(), f);
+                track.outage = Some(event.correlation_id);
+                ctx.bus.publish(&event).await.map(|_| ())
+            }
+            Some(EngineTransition::Recovered(r)) => {
+                tracing::info!(engine = %host, down_for_ms = r.down_for_ms, "Docker engine answers again");
+                let mut event = Event::new(ctx.source(), r);
+                if let Some(outage) = track.outage.take() {
+                    event = event.with_correlation(outage);
+                    event.causation_id = Some(outage);
+                }
+                ctx.bus.publish(&event).await.map(|_| ())
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = published {
+            // Not out: the next round declares it again.
+            *track = before;
+            return Err(e.into());
+        }
+        self.inner.engine_up.set(i64::from(!track.down));
+        if *track != before {
+            self.inner.engine_store.put(ENGINE_KEY, &track).await?;
         }
         Ok(())
     }

@@ -121,7 +121,7 @@ mod tests {
     use super::*;
 
     fn round(verdict: Verdict) -> Round {
-        Round { verdict, id: Some("c1".into()), restarts: 0, http_latency: None }
+        Round { verdict, id: Some("c1".into()), restarts: 0, http_latency: None, engine: None }
     }
     fn fail() -> Round {
         round(Verdict::Fail { check: "http", reason: "GET / answered 503".into() })

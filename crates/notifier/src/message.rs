@@ -218,6 +218,22 @@ pub fn describe(event: &Event) -> Item {
                 vec![fact("Container", h.container.clone()), fact("Down for", ms(h.down_for_ms))];
             item.next = "Nothing to do.".into();
         }
+        EventData::EngineFailed(e) => {
+            item.headline = format!("Docker engine not answering ({})", e.call);
+            item.facts = vec![
+                fact("Engine", e.engine.clone()),
+                fact("Call", e.call.clone()),
+                fact("Saw", e.reason.clone()),
+                fact("Failed", format!("{} rounds in a row", e.consecutive_failures)),
+            ];
+            item.next = "Updates, backups and health checks of containers wait for it. Check `systemctl status docker` and `journalctl -u docker` on the host; a deadlocked dockerd needs a restart. A recovery notice follows when it answers again.".into();
+        }
+        EventData::EngineRecovered(e) => {
+            item.headline = "Docker engine answers again".into();
+            item.facts =
+                vec![fact("Engine", e.engine.clone()), fact("Down for", ms(e.down_for_ms))];
+            item.next = "Nothing to do; an update or backup cut short by the outage was reported on its own.".into();
+        }
         EventData::CertsFailed(c) => {
             item.headline = format!("Certificate renewal failed: {}", first_line(&c.reason));
             item.facts =
@@ -332,6 +348,8 @@ fn kind_phrase(kind: &str, n: usize) -> &'static str {
         }
         "health.failed" => "unhealthy",
         "health.recovered" => "recovered",
+        "health.engine_failed" => "engine not answering",
+        "health.engine_recovered" => "engine recovered",
         _ => {
             if one {
                 "event"

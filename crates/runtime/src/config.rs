@@ -38,6 +38,8 @@ pub const ENV_MAX_DELIVER: &str = "STEWARD_MAX_DELIVER";
 pub const ENV_SHUTDOWN_GRACE: &str = "STEWARD_SHUTDOWN_GRACE";
 /// Docker engine address (read by the Docker client itself).
 pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
+/// How long one Docker engine call may go unanswered (default 30s).
+pub const ENV_ENGINE_TIMEOUT: &str = "STEWARD_ENGINE_TIMEOUT";
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,8 @@ pub struct RuntimeConfig {
     pub shutdown_grace: Duration,
     /// Whether this service needs the Docker engine (and `/readyz` checks it).
     pub uses_docker: bool,
+    /// Deadline of one Docker engine call.
+    pub engine_timeout: Duration,
 }
 
 /// Default HTTP port of each service, so all of them can run on one host side by side.
@@ -143,6 +147,11 @@ impl RuntimeConfig {
             Ok(n) if (1..=1000).contains(&n) => Ok(n),
             _ => Err("a whole number from 1 to 1000".into()),
         });
+        let engine_timeout = env.duration(ENV_ENGINE_TIMEOUT, steward_engine::DEFAULT_DEADLINE);
+        if engine_timeout < Duration::from_secs(1) || engine_timeout > steward_engine::MAX_DEADLINE
+        {
+            env.error(ENV_ENGINE_TIMEOUT, &format!("{engine_timeout:?}"), "from 1s to 1h");
+        }
         let ack_wait = env.duration(ENV_ACK_WAIT, Duration::from_secs(30));
         if ack_wait < Duration::from_secs(1) {
             env.error(ENV_ACK_WAIT, &format!("{ack_wait:?}"), "must be at least 1s");
@@ -157,6 +166,7 @@ impl RuntimeConfig {
             max_deliver,
             shutdown_grace: env.duration(ENV_SHUTDOWN_GRACE, Duration::from_secs(20)),
             uses_docker: !matches!(service, Service::Notifier | Service::Cli),
+            engine_timeout,
         }
     }
 }

@@ -103,7 +103,7 @@ impl Runtime {
         let service = config.service;
         let bus = Bus::connect(config.bus.clone(), service.binary()).await?;
         let engine = if config.uses_docker {
-            let engine = Engine::from_env();
+            let engine = Engine::new(steward_engine::docker_host(), config.engine_timeout);
             // Not fatal: /readyz reports it, and the engine may come up after us.
             if let Err(e) = engine.ping(std::time::Duration::from_secs(5)).await {
                 tracing::warn!(error = %e, "Docker engine not reachable yet");

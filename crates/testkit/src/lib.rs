@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use steward_bus::{Bus, BusConfig, Namespace};
 
+pub mod stall;
+
 pub mod testbed {
     //! Addresses of the shared test bed.
 

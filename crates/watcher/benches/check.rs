@@ -18,6 +18,8 @@ use steward_watcher::check::Checker;
 use steward_watcher::registry::{Registries, RegistryConfig};
 
 const MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Containers removed at once in the clean-up.
+const REMOVE_AT_ONCE: usize = 4;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -117,9 +119,13 @@ async fn main() {
     }
     let ids = docker(&["ps", "-aq", "--filter", &format!("label=steward.scope={scope}")]);
     let ids: Vec<&str> = ids.lines().collect();
-    let mut rm = vec!["rm", "-f"];
-    rm.extend(ids);
-    docker(&rm);
+    // At most 4 removals at once: `docker rm` runs its arguments in parallel, and 200 at once
+    // deadlocked dockerd 20.10 in libnetwork.
+    for batch in ids.chunks(REMOVE_AT_ONCE) {
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(batch);
+        docker(&rm);
+    }
     for i in 0..n {
         let _ = Command::new("docker")
             .args(["rmi", "--no-prune", &format!("{reg}/{repo}:t{i}")])

@@ -1,4 +1,5 @@
-//! Health transitions: `health.failed`, `health.recovered`.
+//! Health transitions: `health.failed`, `health.recovered` (a container), and
+//! `health.engine_failed`, `health.engine_recovered` (the Docker engine itself).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,3 +29,29 @@ pub struct HealthRecovered {
     pub down_for_ms: u64,
 }
 container_payload!(HealthRecovered);
+
+/// The Docker engine stopped answering: a call it took got no answer within its deadline, or
+/// it could not be reached. Containers are not judged meanwhile (their rounds are neutral), so
+/// this is the one notice of an outage of the engine itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineFailed {
+    /// Where the engine is, e.g. `unix:///var/run/docker.sock`.
+    pub engine: String,
+    /// The call that did not answer, e.g. `list containers` or `inspect gitea`.
+    pub call: String,
+    /// What was seen, e.g. `engine did not answer list containers within 30s`.
+    pub reason: String,
+    /// Consecutive failed rounds before this transition was declared.
+    pub consecutive_failures: u32,
+}
+impl Payload for EngineFailed {}
+
+/// The Docker engine answers again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineRecovered {
+    /// Where the engine is.
+    pub engine: String,
+    /// How long it did not answer.
+    pub down_for_ms: u64,
+}
+impl Payload for EngineRecovered {}

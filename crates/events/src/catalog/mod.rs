@@ -132,6 +132,10 @@ catalog! {
     HealthFailed => "health.failed": HealthFailed,
     /// A container is healthy again.
     HealthRecovered => "health.recovered": HealthRecovered,
+    /// The Docker engine stopped answering (a transition, not a repeated alarm).
+    EngineFailed => "health.engine_failed": EngineFailed,
+    /// The Docker engine answers again.
+    EngineRecovered => "health.engine_recovered": EngineRecovered,
     /// A notification was delivered.
     NotifySent => "notify.sent": NotifySent,
     /// A notification could not be delivered within its retry bound.
