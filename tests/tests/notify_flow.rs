@@ -1,7 +1,8 @@
 //! The notifier and the approval page as real processes, with a real SMTP server (aiosmtpd):
 //! one mail per pending update with a working single-use link that survives a notifier killed
 //! before sending; mail held back while SMTP is down and sent once when it is back; bursts
-//! grouped; undeliverable mail given up after its bound.
+//! grouped; undeliverable mail given up after its bound; a delivery under way at SIGTERM
+//! finished before the notifier exits.
 
 use std::process::Command;
 use std::time::Duration;
@@ -359,4 +360,48 @@ async fn the_webhook_gets_the_same_notification_as_json() {
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(received.lock().expect("lock").len(), 1, "once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_delivery_lets_it_finish_before_the_notifier_exits() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let bus = TestBus::new("sigterm").await;
+    // The webhook takes two seconds to answer: SIGTERM arrives while the delivery is under way.
+    let arrived = Arc::new(AtomicBool::new(false));
+    let seen = arrived.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let seen = seen.clone();
+            async move {
+                seen.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let settings = vec![
+        ("STEWARD_WEBHOOK_URL", format!("http://127.0.0.1:{port}/hook")),
+        ("STEWARD_NOTIFY_GROUP_WINDOW", "0s".to_owned()),
+        ("STEWARD_SHUTDOWN_GRACE", "10s".to_owned()),
+    ];
+    let mut notifier = Proc::service("steward-notifier", &bus, &settings);
+    let cause = health_failed("web");
+    bus.publish(&cause).await.expect("publish");
+    wait_for("webhook call", Duration::from_secs(20), || {
+        arrived.load(Ordering::SeqCst).then_some(())
+    });
+
+    let code = tokio::task::block_in_place(|| notifier.terminate(Duration::from_secs(15)));
+    assert_eq!(code, Some(0), "{}", notifier.logs());
+    let sent = stored_events(&bus).await.into_iter().any(|e| match e.data {
+        EventData::NotifySent(s) => s.about == vec![cause.id],
+        _ => false,
+    });
+    assert!(sent, "the delivery in progress finished and was recorded: {}", notifier.logs());
 }

@@ -41,7 +41,9 @@ impl BackupService {
         let service = Self { backups: Backups::new(engine, store, cfg), lock: Default::default() };
         let scheduled = service.clone();
         let ctx_for_schedule = ctx.clone();
-        tokio::spawn(async move { scheduled.run_schedule(schedule, ctx_for_schedule).await });
+        ctx.spawn("backup schedule", async move {
+            scheduled.run_schedule(schedule, ctx_for_schedule).await
+        });
         Ok(service)
     }
 

@@ -127,8 +127,9 @@ impl HealthService {
             }),
         };
         let looping = service.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
+        let ctx_for_loop = ctx.clone();
+        ctx.spawn("health rounds", async move {
+            let ctx = ctx_for_loop;
             let interval = looping.inner.cfg.interval;
             loop {
                 if let Err(e) = looping.round(&ctx).await {

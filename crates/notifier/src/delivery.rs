@@ -88,6 +88,11 @@ impl Delivery {
             batches.push(rest.by_ref().take(MAX_ITEMS).collect());
         }
         for batch in batches {
+            // On shutdown, the message being sent finishes; the rest stay queued for the
+            // next instance.
+            if ctx.shutdown.is_cancelled() {
+                break;
+            }
             self.deliver(ctx, batch).await?;
         }
         Ok(())

@@ -65,10 +65,10 @@ impl Notifier {
                 retry_for: cfg.retry_for,
                 wake: wake.clone(),
             };
-            tokio::spawn(delivery.run(ctx.clone()));
+            ctx.spawn("notification delivery", delivery.run(ctx.clone()));
         }
         let (purger, shutdown) = (outbox.clone(), ctx.shutdown.clone());
-        tokio::spawn(async move {
+        ctx.spawn("outbox purge", async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

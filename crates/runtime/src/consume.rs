@@ -8,8 +8,9 @@
 //!    `Reject` or a panic → dead letter; `Retry` → nak with backoff, dead letter on the last
 //!    attempt; a delivery past the last attempt (the process died during each) → dead letter
 //!    without running the handler again;
-//! 5. on shutdown the handler in hand gets the grace period; if it does not finish it is
-//!    abandoned and the event nak'd for immediate redelivery to the next instance.
+//! 5. on shutdown the handler in hand gets the grace period (one deadline shared with the
+//!    background tasks); if it does not finish it is abandoned and the event nak'd for
+//!    immediate redelivery to the next instance.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use steward_events::Event;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::tasks::Grace;
 use crate::Context;
 
 /// Why a handler did not finish an event.
@@ -50,7 +52,7 @@ pub(crate) struct Loop<'a, H> {
     pub idempotency: Idempotency,
     pub metrics: &'a Metrics,
     pub shutdown: CancellationToken,
-    pub grace: Duration,
+    pub grace: Grace,
     pub ack_wait: Duration,
 }
 
@@ -119,7 +121,7 @@ impl<H: Handler> Loop<'_, H> {
         tracing::info!(container = event.container().unwrap_or("-"), source = %event.source, "received");
         let started = Instant::now();
         let Some(result) = self.run_handler(&d, event.clone()).await else {
-            tracing::warn!(grace = ?self.grace, "handler did not finish within the shutdown grace; returning the event for redelivery");
+            tracing::warn!(grace = ?self.grace.period, "handler did not finish within the shutdown grace; returning the event for redelivery");
             let _ = d.nak(Duration::ZERO).await;
             return Next::Stop;
         };
@@ -185,8 +187,8 @@ impl<H: Handler> Loop<'_, H> {
                     }
                 }
                 _ = self.shutdown.cancelled(), if deadline.is_none() => {
-                    tracing::info!(grace = ?self.grace, "shutdown requested; finishing the event in hand");
-                    deadline = Some(tokio::time::Instant::now() + self.grace);
+                    tracing::info!(grace = ?self.grace.period, "shutdown requested; finishing the event in hand");
+                    deadline = Some(self.grace.deadline());
                 }
                 _ = grace_over => return None,
             }
@@ -234,7 +236,7 @@ impl<H: Handler> Loop<'_, H> {
     }
 }
 
-fn panicked(panic: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+pub(crate) fn panicked(panic: Box<dyn std::any::Any + Send>) -> anyhow::Error {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

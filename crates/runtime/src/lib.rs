@@ -3,7 +3,8 @@
 //! A service's `main` is three lines: [`main`] reads the shared configuration (exiting with
 //! one line naming any bad variable), sets up logs, connects to NATS and Docker, serves
 //! `/healthz`, `/readyz` and `/metrics`, and runs the service's [`Handler`] over its durable
-//! consumer until SIGTERM/SIGINT, finishing or returning the event in hand.
+//! consumer until SIGTERM/SIGINT, finishing or returning the event in hand and waiting for
+//! the service's background tasks ([`Context::spawn`]), all within one grace period.
 //!
 //! Invariant: the runtime knows no service's business; services know nothing of NATS except
 //! through [`Context::bus`].
@@ -15,6 +16,7 @@ mod http;
 mod metrics;
 mod schedule;
 mod shutdown;
+mod tasks;
 mod telemetry;
 
 use std::future::Future;
@@ -41,12 +43,14 @@ pub struct Context {
     pub bus: Bus,
     /// The Docker engine, for services that use it.
     pub engine: Option<Engine>,
-    /// Cancelled on shutdown; long work should watch it.
+    /// Cancelled on shutdown; background loops check it between units of work.
     pub shutdown: CancellationToken,
     /// The service's metrics; add your own with [`Metrics::register`].
     pub metrics: Arc<Metrics>,
     /// The service's own HTTP routes, served beside the standard ones once set.
     routes: Arc<std::sync::OnceLock<axum::Router>>,
+    /// Background tasks, waited for on shutdown.
+    tasks: tasks::Tasks,
 }
 
 impl Context {
@@ -59,6 +63,18 @@ impl Context {
     /// (e.g. the updater's approval page). Set once; a second call is refused.
     pub fn serve_routes(&self, router: axum::Router) -> anyhow::Result<()> {
         self.routes.set(router).map_err(|_| anyhow::anyhow!("service routes are already set"))
+    }
+
+    /// Runs `work` in the background, owned by the runtime: on shutdown [`Runtime::run`]
+    /// waits for it within `STEWARD_SHUTDOWN_GRACE` and names it in the log if it did not
+    /// finish. A loop should check [`Context::shutdown`] only between units of work (a
+    /// backup, a delivery, a sweep), so that the one in progress finishes; what is cut off
+    /// at the end of the grace must be work a restart resumes.
+    pub fn spawn<F>(&self, name: &'static str, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(name, work);
     }
 
     /// Publishes an event caused by `cause` (same correlation id).
@@ -115,7 +131,15 @@ impl Runtime {
         let metrics = Arc::new(Metrics::new(service.name()));
         metrics.start_at_zero(service.consumes());
         let routes = Arc::new(std::sync::OnceLock::new());
-        let ctx = Context { service, bus, engine, shutdown, metrics: metrics.clone(), routes };
+        let ctx = Context {
+            service,
+            bus,
+            engine,
+            shutdown,
+            metrics: metrics.clone(),
+            routes,
+            tasks: tasks::Tasks::default(),
+        };
         let runtime = Self { config, ctx, metrics };
         runtime.serve().await?;
         Ok(runtime)
@@ -136,7 +160,7 @@ impl Runtime {
             .with_context(|| format!("cannot listen on {addr} ({ENV_HTTP_ADDR})"))?;
         let shutdown = self.ctx.shutdown.clone();
         tracing::info!(%addr, "serving /healthz /readyz /metrics");
-        tokio::spawn(async move {
+        self.ctx.spawn("http server", async move {
             let server =
                 axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
             if let Err(e) = server.await {
@@ -156,7 +180,8 @@ impl Runtime {
         &self.ctx
     }
 
-    /// Runs `handler` over the service's consumer until shutdown.
+    /// Runs `handler` over the service's consumer until shutdown, then waits for the
+    /// background tasks; the event in hand and the tasks share one grace period.
     pub async fn run<H: Handler>(self, handler: H) -> anyhow::Result<()> {
         let service = self.config.service;
         let mut spec = ConsumerSpec::new(service.name(), service.consumes());
@@ -165,17 +190,20 @@ impl Runtime {
         let inbox = self.ctx.bus.inbox(spec).await?;
         let idempotency = Idempotency::open(&self.ctx.bus, service.name()).await?;
         tracing::info!(consumes = ?service.consumes(), "consuming");
-        consume::Loop {
+        let grace = tasks::Grace::new(self.ctx.shutdown.clone(), self.config.shutdown_grace);
+        let consume_loop = consume::Loop {
             ctx: &self.ctx,
             handler: &handler,
             idempotency,
             metrics: &self.metrics,
             shutdown: self.ctx.shutdown.clone(),
-            grace: self.config.shutdown_grace,
+            grace: grace.clone(),
             ack_wait: self.config.ack_wait,
-        }
-        .run(inbox)
-        .await;
+        };
+        // The loop returns only after shutdown; the deadline starts at the signal even if
+        // the loop is busy settling an event then.
+        tokio::join!(consume_loop.run(inbox), grace.start_on_cancel());
+        self.ctx.tasks.wait_until(grace.deadline()).await;
         // Deliver whatever acks and events are still buffered before the process exits.
         if let Err(e) = self.ctx.bus.flush().await {
             tracing::warn!(error = %e, "could not flush NATS connection on shutdown");

@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs `job` at every occurrence of `schedule` until `shutdown`; `what` names the job in
 /// the logs ("check", "backup"). A job that overruns the next occurrence delays it, never
-/// doubles it.
+/// doubles it. `shutdown` is checked only between jobs, so a job in progress finishes: run
+/// this with [`Context::spawn`](crate::Context::spawn) so that shutdown waits for it.
 pub async fn on_schedule<F, Fut>(
     schedule: croner::Cron,
     shutdown: CancellationToken,
@@ -28,6 +29,8 @@ pub async fn on_schedule<F, Fut>(
         };
         tracing::info!(next = %next.to_rfc3339(), job = what, "next scheduled run");
         tokio::select! {
+            // A job due right now must not start after shutdown was requested.
+            biased;
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep((next - now).to_std().unwrap_or_default()) => {}
         }

@@ -45,7 +45,10 @@ impl Updater {
         let links = cfg.links.clone();
         let renewal =
             Renewal::new(ctx.bus.clone(), engine.clone(), ctx.source(), cfg.renewal.clone());
-        tokio::spawn(renewal.clone().run_schedule(ctx.shutdown.clone()));
+        ctx.spawn(
+            "certificate renewal schedule",
+            renewal.clone().run_schedule(ctx.shutdown.clone()),
+        );
         let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
         match links {
             Some(links) => {
@@ -59,7 +62,7 @@ impl Updater {
         flow.resume().await.context("rolling back interrupted updates")?;
         let sweeper = flow.clone();
         let shutdown = ctx.shutdown.clone();
-        tokio::spawn(async move {
+        ctx.spawn("update sweeper", async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

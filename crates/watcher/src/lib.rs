@@ -56,12 +56,10 @@ impl Watcher {
             scope: cfg.scope.clone(),
         };
         let lock = Arc::new(tokio::sync::Mutex::new(()));
-        tokio::spawn(schedule::run(
-            cfg.schedule,
-            checker.clone(),
-            ctx.shutdown.clone(),
-            lock.clone(),
-        ));
+        ctx.spawn(
+            "check schedule",
+            schedule::run(cfg.schedule, checker.clone(), ctx.shutdown.clone(), lock.clone()),
+        );
         Ok(Self { checker, lock })
     }
 }
