@@ -206,7 +206,7 @@ async fn run(spec: &str, variant: Variant, all_points: &[String]) {
     } else {
         assert_eq!(
             names,
-            [app.name.clone()],
+            std::slice::from_ref(&app.name),
             "exactly one container, no swap names: {}",
             context()
         );

@@ -64,10 +64,24 @@ async fn announce(bus: &TestBus, name: &str, image: &str, from: &str, to: &str) 
     event
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_never_takes_over() {
+/// The updater in a container of its image (pushed as `image`, v1), on a network of the
+/// test's own with a NATS server of its own; `env` adds `-e` settings.
+struct Stack {
+    image: String,
+    v1: String,
+    name: String,
+    bus: TestBus,
+    // Dropped in this order: the updater (and leftovers), NATS, the network, the tag.
+    _updater: Container,
+    _leftovers: SwapLeftovers,
+    _nats: Container,
+    _network: Network,
+    _tag: ImageTag,
+}
+
+async fn stack(env: &[&str]) -> Stack {
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/self"));
-    let _tag = ImageTag(image.clone());
+    let tag = ImageTag(image.clone());
     docker(&["tag", BASE, &image]);
     let v1 = push(&image);
 
@@ -98,12 +112,19 @@ async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_ne
 
     let name = unique_name("selfupd-updater");
     // Whichever instance holds the name, and any leftover under the temporary names.
-    let _leftovers = SwapLeftovers(name.clone());
-    let _updater = Container { name: name.clone() };
+    let leftovers = SwapLeftovers(name.clone());
+    let updater = Container { name: name.clone() };
     let gid = std::fs::metadata("/var/run/docker.sock")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
         .expect("docker.sock");
-    docker(&[
+    let settings = [
+        format!("STEWARD_NATS_URL=nats://{}:4222", nats.name),
+        format!("STEWARD_STREAM={}", ns.stream),
+        format!("STEWARD_SUBJECT_PREFIX={}", ns.prefix),
+        "STEWARD_HEALTH_TIMEOUT=20s".to_owned(),
+        "STEWARD_LOG_FORMAT=pretty".to_owned(),
+    ];
+    let mut args = vec![
         "run",
         "-d",
         "--name",
@@ -118,16 +139,11 @@ async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_ne
         "/var/run/docker.sock:/var/run/docker.sock",
         "--health-interval",
         "1s",
-        "-e",
-        &format!("STEWARD_NATS_URL=nats://{}:4222", nats.name),
-        "-e",
-        &format!("STEWARD_STREAM={}", ns.stream),
-        "-e",
-        &format!("STEWARD_SUBJECT_PREFIX={}", ns.prefix),
-        "-e",
-        "STEWARD_HEALTH_TIMEOUT=20s",
-        "-e",
-        "STEWARD_LOG_FORMAT=pretty",
+    ];
+    for e in settings.iter().map(String::as_str).chain(env.iter().copied()) {
+        args.extend(["-e", e]);
+    }
+    args.extend([
         "--label",
         "steward.enable=true",
         "--label",
@@ -137,17 +153,36 @@ async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_ne
         &image,
         "steward-updater",
     ]);
+    docker(&args);
     let health = || docker(&["inspect", "-f", "{{.State.Health.Status}}", &name]);
     wait_for("the updater healthy", Duration::from_secs(60), || {
         (health() == "healthy").then_some(())
     });
+    Stack {
+        image,
+        v1,
+        name,
+        bus,
+        _updater: updater,
+        _leftovers: leftovers,
+        _nats: nats,
+        _network: network,
+        _tag: tag,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_never_takes_over() {
+    let stack = stack(&[]).await;
+    let (image, v1, name, bus) = (&stack.image, &stack.v1, &stack.name, &stack.bus);
+    let name = name.clone();
     let old_id = docker(&["inspect", "-f", "{{.Id}}", &name]);
 
     // v2 of itself: handed over, the successor takes the name and concludes.
-    let v2 = build_and_push(&image, "LABEL steward.test.build=v2");
-    let v2_id = docker(&["image", "inspect", "-f", "{{.Id}}", &image]);
-    let announced = announce(&bus, &name, &image, &v1, &v2).await;
-    let all = wait_event(&bus, "update.succeeded", Duration::from_secs(90)).await;
+    let v2 = build_and_push(image, "LABEL steward.test.build=v2");
+    let v2_id = docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+    let announced = announce(bus, &name, image, v1, &v2).await;
+    let all = wait_event(bus, "update.succeeded", Duration::from_secs(90)).await;
     let flow: Vec<&Event> =
         all.iter().filter(|e| e.correlation_id == announced.correlation_id).collect();
     let kinds: Vec<&str> = flow.iter().map(|e| e.event_type()).collect();
@@ -171,9 +206,9 @@ async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_ne
 
     // v3 cannot run the updater (its entrypoint turns the command into a CLI call that
     // fails): never takes over; the running v2 removes it and reports why.
-    let v3 = build_and_push(&image, "ENTRYPOINT [\"steward\"]");
-    let announced = announce(&bus, &name, &image, &v2, &v3).await;
-    let all = wait_event(&bus, "update.rolled_back", Duration::from_secs(90)).await;
+    let v3 = build_and_push(image, "ENTRYPOINT [\"steward\"]");
+    let announced = announce(bus, &name, image, &v2, &v3).await;
+    let all = wait_event(bus, "update.rolled_back", Duration::from_secs(90)).await;
     let rolled_back = all
         .iter()
         .filter(|e| e.correlation_id == announced.correlation_id)
@@ -192,7 +227,37 @@ async fn the_updater_hands_over_to_its_new_image_and_removes_a_successor_that_ne
     assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &name]), new_id, "v2 still runs");
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &name]), "true");
     assert_eq!(
-        stored_events(&bus).await.iter().filter(|e| e.event_type() == "update.succeeded").count(),
+        stored_events(bus).await.iter().filter(|e| e.event_type() == "update.succeeded").count(),
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_killed_right_after_taking_over_concludes_the_update_when_it_restarts() {
+    // Every instance has the failpoint; only the successor passes it, once per process.
+    let stack = stack(&["STEWARD_FAILPOINTS=takeover:done"]).await;
+    let (image, v1, name, bus) = (&stack.image, &stack.v1, &stack.name, &stack.bus);
+    let old_id = docker(&["inspect", "-f", "{{.Id}}", name]);
+    let v2 = build_and_push(image, "LABEL steward.test.build=v2");
+    let v2_id = docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+    let announced = announce(bus, name, image, v1, &v2).await;
+    // The successor dies after taking the name; its restart policy brings it back, and it
+    // finds the update it was concluding.
+    let all = wait_event(bus, "update.succeeded", Duration::from_secs(120)).await;
+    let kinds: Vec<&str> = all
+        .iter()
+        .filter(|e| e.correlation_id == announced.correlation_id)
+        .map(Event::event_type)
+        .collect();
+    assert_eq!(kinds, ["image.updated", "update.started", "update.succeeded"]);
+    wait_for("one updater container", Duration::from_secs(30), || {
+        (instances(name) == [name.clone()]).then_some(())
+    });
+    assert_ne!(docker(&["inspect", "-f", "{{.Id}}", name]), old_id);
+    assert_eq!(docker(&["inspect", "-f", "{{.Image}}", name]), v2_id, "running v2");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", name]), "true");
+    assert!(
+        docker(&["inspect", "-f", "{{.RestartCount}}", name]).parse::<u32>().unwrap_or(0) >= 1,
+        "the successor was killed and restarted"
     );
 }

@@ -389,6 +389,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Completes a takeover that a crash cut short, from wherever it stopped: the old
+    /// container stopped and parked under `<name>-steward-old` (if it still exists), the
+    /// successor under the name. Safe to repeat.
+    pub async fn finish_take_over(&self, r: &Replacement) -> Result<(), EngineError> {
+        if let Some(old) = self.brief(&r.old_id).await? {
+            if old.running {
+                self.stop(&old.id, 10).await?;
+            }
+            if old.name == r.name {
+                self.rename(&old.id, &format!("{}{OLD_SUFFIX}", r.name)).await?;
+            }
+        }
+        if let Some(new) = self.brief(&r.new_id).await? {
+            if new.name != r.name {
+                self.rename(&new.id, &r.name).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Undoes a replacement: the new container is removed and the old one runs again under
     /// its name. Safe to repeat after a crash at any point: the new container is found by id
     /// or by its temporary name and removed, never renamed, so a repeat finds what is left;

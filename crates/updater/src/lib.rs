@@ -38,8 +38,9 @@ pub struct Updater {
 }
 
 impl Updater {
-    /// Opens the state, rolls back what a previous instance left half-done, and starts the
-    /// sweep (backup timeouts, deferred updates whose minimum age or window has come).
+    /// Opens the state, drives on what a previous instance left half-done, and starts the
+    /// sweep (outboxes, backup timeouts, deferred updates whose minimum age or window has
+    /// come, flows a failed step left, leftover swap containers).
     pub async fn start(cfg: UpdaterConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().context("the updater needs Docker")?;
         let links = cfg.links.clone();
@@ -59,7 +60,12 @@ impl Updater {
                 "no STEWARD_PUBLIC_URL/STEWARD_APPROVAL_SECRET: approvals by CLI only"
             ),
         }
-        flow.resume().await.context("rolling back interrupted updates")?;
+        // One container's trouble never stops the service: what cannot be finished now is
+        // logged and left to the sweep.
+        let unfinished = flow.resume().await;
+        if !unfinished.is_empty() {
+            tracing::error!(count = unfinished.len(), "interrupted updates left for the sweep");
+        }
         let sweeper = flow.clone();
         let shutdown = ctx.shutdown.clone();
         ctx.spawn("update sweeper", async move {
@@ -68,11 +74,8 @@ impl Updater {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                 }
-                if let Err(e) = sweeper.expire_backups().await {
-                    tracing::warn!(error = %e, "backup timeout sweep failed");
-                }
-                if let Err(e) = sweeper.start_due().await {
-                    tracing::warn!(error = %e, "deferred update sweep failed");
+                if let Err(e) = sweeper.sweep().await {
+                    tracing::warn!(error = %e, "update sweep failed");
                 }
             }
         });

@@ -137,6 +137,7 @@ impl Flow {
             self.engine.remove(&r.new_id, false).await?;
             return Ok(());
         }
+        steward_failpoints::failpoint!("takeover:done");
         self.succeed(v, &r).await
     }
 }

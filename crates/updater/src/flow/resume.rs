@@ -116,6 +116,16 @@ impl Flow {
                 h.id != old_id && h.labels.get(SWAP_LABEL).map(String::as_str) == Some(&name)
             });
         }
+        if let Some(own) = new.as_ref().filter(|n| self.is_own(&n.id)) {
+            // This process is the successor of a self-update that died while taking over or
+            // after it: its start is its health gate, so the update stands. (Rolling back
+            // would stop the container this process runs in, and nothing would start the
+            // old updater again.)
+            tracing::warn!(container = %name, "completing an interrupted takeover");
+            let r = Replacement { name, old_id, new_id: own.id.clone() };
+            self.engine.finish_take_over(&r).await?;
+            return self.succeed(v, &r).await;
+        }
         let is_new = |id: &str| new.as_ref().is_some_and(|n| n.id == id);
         let Some(old) = old else {
             // The old container was removed under the update (`docker rm`, `compose down`):
