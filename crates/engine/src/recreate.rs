@@ -249,7 +249,6 @@ impl Engine {
     ) -> Result<Replacement, EngineError> {
         let s = self.create_successor(name, image, adjust).await?;
         steward_failpoints::failpoint!("swap:created");
-        let docker = self.client()?;
         if s.was_running {
             self.stop_old(&s).await?;
             steward_failpoints::failpoint!("swap:stopped");
@@ -262,10 +261,9 @@ impl Engine {
             if !s.was_running {
                 return Ok(());
             }
-            docker
-                .start_container(&s.replacement.new_id, None)
+            self.timed(self.client()?.start_container(&s.replacement.new_id, None))
                 .await
-                .map_err(|e| self.failed(&format!("start new {name}"), e))
+                .map_err(|e| self.call_failed(&format!("start new {name}"), e))
         }
         .await;
         if let Err(e) = swapped {
@@ -288,18 +286,22 @@ impl Engine {
         adjust: impl FnOnce(&mut ContainerCreateBody),
     ) -> Result<Successor, EngineError> {
         let docker = self.client()?;
-        let old = docker
-            .inspect_container(name, None)
+        let old = self
+            .timed(docker.inspect_container(name, None))
             .await
-            .map_err(|e| self.failed(&format!("inspect {name}"), e))?;
+            .map_err(|e| self.call_failed(&format!("inspect {name}"), e))?;
         let old_id = old.id.clone().unwrap_or_default();
+        // The old image's defaults decide what is the operator's: an image that is gone
+        // (pruned) has none, but one the engine did not describe in time stops the swap
+        // (without its defaults every one of them would be copied as the operator's).
         let old_image = match &old.image {
-            Some(id) => docker
-                .inspect_image(id)
-                .await
-                .ok()
-                .and_then(|i| i.config)
-                .map(image_config_as_container),
+            Some(id) => match self.timed(docker.inspect_image(id)).await {
+                Ok(i) => i.config.map(image_config_as_container),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => None,
+                Err(e) => return Err(self.call_failed(&format!("inspect image {id}"), e)),
+            },
             None => None,
         }
         .unwrap_or_default();
@@ -311,22 +313,20 @@ impl Engine {
         // Leftovers of interrupted attempts are ours to remove: under the swap names they
         // would make this swap's renames fail with a name conflict.
         self.remove_leftovers(name, &[&old_id]).await?;
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptions { name: Some(new_name.clone()), ..Default::default() }),
-                body,
-            )
+        let options = CreateContainerOptions { name: Some(new_name.clone()), ..Default::default() };
+        let created = self
+            .timed(docker.create_container(Some(options), body))
             .await
-            .map_err(|e| self.failed(&format!("create {new_name} from {image}"), e))?;
+            .map_err(|e| self.call_failed(&format!("create {new_name} from {image}"), e))?;
         let new_id = created.id;
         for (network, endpoint) in other_networks(&old) {
             let request = NetworkConnectRequest {
                 container: new_id.clone(),
                 endpoint_config: Some(endpoint),
             };
-            if let Err(e) = docker.connect_network(&network, request).await {
+            if let Err(e) = self.timed(docker.connect_network(&network, request)).await {
                 let _ = self.remove(&new_id, false).await;
-                return Err(self.failed(&format!("connect {new_name} to {network}"), e));
+                return Err(self.call_failed(&format!("connect {new_name} to {network}"), e));
             }
         }
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).map(|t| t as i32);
@@ -338,13 +338,24 @@ impl Engine {
     }
 
     async fn stop_old(&self, s: &Successor) -> Result<(), EngineError> {
-        self.client()?
-            .stop_container(
-                &s.replacement.old_id,
-                Some(StopContainerOptions { t: s.stop_timeout, ..Default::default() }),
+        let limit = self.stop_limit(s.stop_timeout.map(i64::from));
+        let options = StopContainerOptions { t: s.stop_timeout, ..Default::default() };
+        match self
+            .within(
+                limit,
+                self.client_within(limit)?.stop_container(&s.replacement.old_id, Some(options)),
             )
             .await
-            .map_err(|e| self.failed(&format!("stop {}", s.replacement.name), e))
+        {
+            // Already stopped (a repeat after a crash): fine.
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {
+                Ok(())
+            }
+            Err(e) => {
+                Err(self.call_failed_within(&format!("stop {}", s.replacement.name), limit, e))
+            }
+        }
     }
 
     /// The first half of a handover (a container replaced by its own successor, such as the
@@ -364,11 +375,10 @@ impl Engine {
     /// runs again under its name before this returns the error; the successor, still under
     /// its temporary name, is the caller's to remove (it may be the caller itself).
     pub async fn take_over(&self, r: &Replacement) -> Result<(), EngineError> {
-        let docker = self.client()?;
-        let old = docker
-            .inspect_container(&r.old_id, None)
+        let old = self
+            .timed(self.client()?.inspect_container(&r.old_id, None))
             .await
-            .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
+            .map_err(|e| self.call_failed(&format!("inspect old {}", r.name), e))?;
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).map(|t| t as i32);
         let s = Successor { replacement: r.clone(), was_running: true, stop_timeout };
         let done = async {
@@ -436,10 +446,10 @@ impl Engine {
                 doomed.push(found.id);
             }
         }
-        let docker = self.client()?;
         for id in &doomed {
             // A graceful stop first: the failed container may be writing to shared volumes.
-            let _ = docker.stop_container(id, None).await;
+            // Its own stop timeout is not known here: the engine's default grace applies.
+            let _ = self.stop(id, 10).await;
             self.remove(id, false).await?;
             steward_failpoints::failpoint!("restore:removed");
         }
@@ -448,7 +458,7 @@ impl Engine {
 
     /// A container's id, name, state and labels by id or name; `None` if there is none.
     pub async fn brief(&self, id_or_name: &str) -> Result<Option<Brief>, EngineError> {
-        match self.client()?.inspect_container(id_or_name, None).await {
+        match self.timed(self.client()?.inspect_container(id_or_name, None)).await {
             Ok(c) => Ok(Some(Brief {
                 id: c.id.unwrap_or_default(),
                 name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
@@ -459,7 +469,7 @@ impl Engine {
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 Ok(None)
             }
-            Err(e) => Err(self.failed(&format!("inspect {id_or_name}"), e)),
+            Err(e) => Err(self.call_failed(&format!("inspect {id_or_name}"), e)),
         }
     }
 
@@ -506,31 +516,25 @@ impl Engine {
 
     /// The old container under its name again, running.
     async fn bring_back_old(&self, r: &Replacement) -> Result<(), EngineError> {
-        let old = self
-            .client()?
-            .inspect_container(&r.old_id, None)
-            .await
-            .map_err(|e| self.failed(&format!("inspect old {}", r.name), e))?;
-        if old.name.as_deref().map(|n| n.trim_start_matches('/')) != Some(r.name.as_str()) {
+        let Some(old) = self.brief(&r.old_id).await? else {
+            return Err(self.failed(&format!("inspect old {}", r.name), "no such container"));
+        };
+        if old.name != r.name {
             self.rename(&r.old_id, &r.name).await?;
             steward_failpoints::failpoint!("restore:renamed");
         }
-        if !old.state.and_then(|s| s.running).unwrap_or(false) {
-            self.client()?
-                .start_container(&r.old_id, None)
+        if !old.running {
+            self.timed(self.client()?.start_container(&r.old_id, None))
                 .await
-                .map_err(|e| self.failed(&format!("start old {}", r.name), e))?;
+                .map_err(|e| self.call_failed(&format!("start old {}", r.name), e))?;
         }
         Ok(())
     }
 
     /// Completes a replacement: removes the parked old container (its image and volumes stay).
     pub async fn finish(&self, r: &Replacement) -> Result<(), EngineError> {
-        let docker = self.client()?;
-        if docker.inspect_container(&r.old_id, None).await.is_ok() {
-            self.remove(&r.old_id, false).await?;
-        }
-        Ok(())
+        // Removing a container that is gone is fine; one the engine did not answer for is not.
+        self.remove(&r.old_id, false).await
     }
 
     /// Names of the containers (running or not) in the network namespace of a container
@@ -608,13 +612,9 @@ impl Engine {
     /// container `target` (an id or a name), running again if it ran. The old one is removed
     /// once the new one has its name; on failure the old one is back.
     pub async fn rejoin(&self, dependent: &str, target: &str) -> Result<(), EngineError> {
-        let image = self
-            .client()?
-            .inspect_container(dependent, None)
-            .await
-            .map_err(|e| self.failed(&format!("inspect {dependent}"), e))?
-            .image
-            .unwrap_or_default();
+        let Some(image) = self.brief(dependent).await?.map(|b| b.image_id) else {
+            return Err(self.failed(&format!("inspect {dependent}"), "no such container"));
+        };
         let mode = format!("container:{target}");
         let r = self
             .replace_with(dependent, &image, |body| {
@@ -631,10 +631,10 @@ impl Engine {
     }
 
     async fn rename(&self, id: &str, name: &str) -> Result<(), EngineError> {
-        self.client()?
-            .rename_container(id, RenameContainerOptions { name: name.to_owned() })
+        let options = RenameContainerOptions { name: name.to_owned() };
+        self.timed(self.client()?.rename_container(id, options))
             .await
-            .map_err(|e| self.failed(&format!("rename {id} to {name}"), e))
+            .map_err(|e| self.call_failed(&format!("rename {id} to {name}"), e))
     }
 }
 
