@@ -14,6 +14,7 @@ use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, WatchRecord, WATCH_BUCKET};
 use steward_events::{Digest, Event, EventData, ImageUpdated, UpdatePending};
 use steward_testkit::docker::{docker, push, push_app};
+use steward_testkit::stall::StallProxy;
 use steward_testkit::{http_get, unique_name, wait_for, TestBus};
 use steward_updater::flow::Flow;
 use time::OffsetDateTime;
@@ -296,4 +297,90 @@ async fn an_outbox_left_by_a_crash_is_published_once_with_its_own_id() {
     let v = flow.records.get(&app.name).await.expect("get").expect("record");
     assert!(v.value.outbox.is_empty());
     assert_eq!(v.value.step, UpdateStep::Pending);
+}
+
+/// A flow whose engine is reached through a proxy the test can stall, with a 2 s deadline.
+async fn stalled_flow(bus: &steward_bus::Bus) -> (Flow, StallProxy) {
+    let proxy = StallProxy::docker();
+    let engine = steward_engine::Engine::new(proxy.docker_host(), Duration::from_secs(2));
+    let base = flow(bus).await;
+    let flow = Flow::open(bus.clone(), engine, base.cfg.clone(), "steward-updater/test".into())
+        .await
+        .expect("flow");
+    (flow, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_stops_answering_before_the_swap_ends_the_update_naming_the_call() {
+    let bus = TestBus::new("crashhungpre").await;
+    let app = app(&AUTOMATIC);
+    let (flow, proxy) = stalled_flow(&bus).await;
+    let v2 = push_app("v2", &app.image);
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    // Started, about to pull, when the engine stops answering.
+    put(&flow, &record(&event, &u, UpdateStep::Swapping)).await;
+    proxy.stall();
+    // The sweep's own listing of leftovers times out too: it reports that, after the update.
+    let swept = flow.sweep().await;
+    assert!(swept.is_err_and(|e| e.to_string().contains("did not answer")));
+    proxy.resume();
+    let all = events(&bus).await;
+    let failed = all.iter().find_map(|e| match &e.data {
+        EventData::UpdateFailed(f) if e.correlation_id == event.correlation_id => Some(f),
+        _ => None,
+    });
+    let failed = failed.unwrap_or_else(|| panic!("{:?}", types(&all)));
+    assert!(
+        failed.reason.contains("did not answer") && failed.reason.contains("pull"),
+        "{}",
+        failed.reason
+    );
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "nothing changed");
+    no_strays(&app.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_stops_answering_mid_update_is_rolled_back_once_it_answers_again() {
+    let bus = TestBus::new("crashhungmid").await;
+    let app = app(&AUTOMATIC);
+    let (flow, proxy) = stalled_flow(&bus).await;
+    let v2 = push_app("v2", &app.image);
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    let watcher = flow.clone();
+    let name = app.name.clone();
+    let stalls = tokio::spawn(async move {
+        // The engine hangs as soon as the new container runs (the health gate begins).
+        loop {
+            let step = watcher.records.get(&name).await.ok().flatten().map(|v| v.value.step);
+            if step == Some(UpdateStep::Gating) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let updating = {
+        let flow = flow.clone();
+        let (event, u) = (event.clone(), u.clone());
+        tokio::spawn(async move { flow.on_image_updated(&event, &u).await })
+    };
+    stalls.await.expect("gating");
+    proxy.stall();
+    let outcome = updating.await.expect("join");
+    assert!(outcome.is_err(), "the flow cannot finish while the engine hangs");
+    assert_eq!(
+        step(&flow, &app.name).await,
+        Some(UpdateStep::Gating),
+        "left in progress, not concluded"
+    );
+    assert!(terminal(&events(&bus).await, event.correlation_id).is_empty());
+
+    // The engine answers again: the sweep finishes what was left half-done.
+    proxy.resume();
+    flow.sweep().await.expect("sweep");
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.rolled_back"], "{:?}", types(&all));
+    wait_for("v1 served again", Duration::from_secs(15), || {
+        http_get(app.port).filter(|b| b.contains("app v1"))
+    });
+    no_strays(&app.name);
 }

@@ -35,14 +35,17 @@ impl Flow {
             return self.fail(v, format!("cannot pull {repository}@{digest}: {e}"), vec![]).await;
         }
         steward_failpoints::failpoint!("pulled");
-        let Some(old_id) = self.engine.container_id(&name).await? else {
-            return self.fail(v, format!("container {name} no longer exists"), vec![]).await;
+        let old_id = match self.engine.container_id(&name).await {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                return self.fail(v, format!("container {name} no longer exists"), vec![]).await
+            }
+            Err(e) => return self.engine_failed(v, e).await,
         };
-        let settings = self
-            .engine
-            .container_labels(&name)
-            .await?
-            .and_then(|l| steward_labels::update_labels(&l).ok());
+        let settings = match self.engine.container_labels(&name).await {
+            Ok(labels) => labels.and_then(|l| steward_labels::update_labels(&l).ok()),
+            Err(e) => return self.engine_failed(v, e).await,
+        };
         let health_url = settings.as_ref().and_then(|s| s.health_url.clone());
         // The operator's hook (flush queues, ...) runs in the old container; a failure stops
         // the update with the container still running as it was.
@@ -83,11 +86,24 @@ impl Flow {
         }
         let replacement = match self.engine.replace(&name, &image).await {
             Ok(r) => r,
-            // `replace` has already put the old container back.
             Err(e) => {
-                return self
-                    .rolled_back(v, None, format!("cannot start the new container: {e}"), vec![])
+                // `replace` puts the old container back when it fails, unless the engine
+                // stops answering: then the update stays in progress (with why) and is rolled
+                // back by the sweep or a restart once the engine answers.
+                let old = v.value.old_id.clone().unwrap_or_default();
+                if self
+                    .engine
+                    .brief(&name)
                     .await
+                    .is_ok_and(|b| b.is_some_and(|b| b.id == old && b.running))
+                {
+                    let reason = format!("cannot start the new container: {e}");
+                    return self.rolled_back(v, None, reason, vec![]).await;
+                }
+                let mut record = v.value;
+                record.reason = Some(format!("the swap failed and could not be undone yet: {e}"));
+                self.save(record, v.revision).await?;
+                return Err(e.into());
             }
         };
         let mut record = v.value;
@@ -106,6 +122,19 @@ impl Flow {
             Ok(()) => self.succeed(v, &replacement).await,
             Err(reason) => self.roll_back(v, &replacement, reason).await,
         }
+    }
+
+    /// Before the swap: an engine that did not answer ends the update (nothing was changed);
+    /// one that cannot be reached is tried again.
+    async fn engine_failed(
+        &self,
+        v: Versioned<UpdateRecord>,
+        e: steward_engine::EngineError,
+    ) -> Result<(), FlowError> {
+        if e.is_timeout() {
+            return self.fail(v, format!("{e}; nothing was changed"), vec![]).await;
+        }
+        Err(e.into())
     }
 
     /// Recreates every container in the network namespace of a container known by `from`

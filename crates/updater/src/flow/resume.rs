@@ -161,7 +161,9 @@ impl Flow {
         // one) gets its name back first, so the rollback's rejoin finds it.
         let repaired =
             self.engine.repair_rejoins(&[r.old_id.as_str(), r.new_id.as_str(), &r.name]).await?;
-        self.roll_back(v, &r, INTERRUPTED.to_owned()).await?;
+        // Why the flow stopped, when it could say (an engine that stopped answering).
+        let reason = v.value.reason.clone().unwrap_or_else(|| INTERRUPTED.to_owned());
+        self.roll_back(v, &r, reason).await?;
         for dependent in repaired {
             tracing::warn!(%dependent, "a dependent's interrupted recreation was repaired");
             if self.engine.is_running(&dependent).await? == Some(false) {
