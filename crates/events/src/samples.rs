@@ -38,6 +38,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             new_tag: None,
             approval_url: Some("https://steward.example/approve?t=token".into()),
             expires_at: Some(time::macros::datetime!(2026-11-30 12:00 UTC)),
+            runs: None,
         }
         .into(),
         UpdateApproved { update_id, by: "ops@host".into() }.into(),

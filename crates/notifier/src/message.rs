@@ -116,6 +116,9 @@ pub fn describe(event: &Event) -> Item {
                 ),
                 fact("Update id", p.update_id.to_string()),
             ];
+            if let Some(runs) = &p.runs {
+                item.facts.push(fact("Once approved", runs.clone()));
+            }
             item.next = match (&p.approval_url, p.expires_at) {
                 (Some(_), Some(exp)) => format!(
                     "Open the approval page to approve or reject (the link works once and expires {}), or run `steward approve {id}` / `steward reject {id}` on the host.",

@@ -287,9 +287,22 @@ async fn decide(
     }
     tracing::info!(container = %record.container, update = %record.update_id, approve, "decided on the approval page");
     let (title, message) = if approve {
-        ("Approved", "The update starts now: backup, new image, health check, and rollback if it fails. You will be notified of the outcome.")
+        // Said as the updater will decide it: the same gate as an automatic update.
+        let waits = match page.flow.engine.container_labels(&record.container).await {
+            Ok(Some(labels)) => match steward_labels::update_labels(&labels) {
+                Ok(settings) => page.flow.waits_for(&record, &settings).await.unwrap_or_default(),
+                Err(_) => vec![],
+            },
+            _ => vec![],
+        };
+        let message = if waits.is_empty() {
+            "The update starts now: backup, new image, health check, and rollback if it fails. You will be notified of the outcome.".to_owned()
+        } else {
+            format!("The update waits for {}, then starts: backup, new image, health check, and rollback if it fails. You will be notified of the outcome.", waits.join(", "))
+        };
+        ("Approved", message)
     } else {
-        ("Rejected", "The container stays on its current image.")
+        ("Rejected", "The container stays on its current image.".to_owned())
     };
-    page.render(StatusCode::OK, title, message, Some(&record), false, None)
+    page.render(StatusCode::OK, title, &message, Some(&record), false, None)
 }

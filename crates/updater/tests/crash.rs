@@ -280,6 +280,7 @@ async fn an_outbox_left_by_a_crash_is_published_once_with_its_own_id() {
             new_tag: None,
             approval_url: None,
             expires_at: None,
+            runs: None,
         },
     )
     .with_correlation(event.correlation_id);

@@ -45,6 +45,11 @@ pub struct UpdatePending {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires_at: Option<OffsetDateTime>,
+    /// When an approved update will run, if not at once: its maintenance window, minimum age
+    /// or the updates it waits for (an approval goes through the same gate as an automatic
+    /// update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<String>,
 }
 container_payload!(UpdatePending);
 

@@ -12,14 +12,20 @@ impl Flow {
         let Some((v, _hold)) = self.decision_for(a.update_id).await? else { return Ok(()) };
         let mut v = v;
         v.value.approved_by = Some(a.by.clone());
-        let backup = match self.engine.container_labels(&v.value.container).await? {
-            Some(labels) => {
-                steward_labels::update_labels(&labels).map(|l| l.backup).unwrap_or(true)
+        let name = v.value.container.clone();
+        let settings = match self.engine.container_labels(&name).await? {
+            None => {
+                return self.fail(v, format!("container {name} no longer exists"), vec![]).await
             }
-            None => true,
+            Some(labels) => match steward_labels::update_labels(&labels) {
+                Ok(s) => s,
+                Err(e) => return self.fail(v, format!("bad update labels: {e}"), vec![]).await,
+            },
         };
-        tracing::info!(container = %v.value.container, by = %a.by, "update approved");
-        self.begin(v, backup).await
+        tracing::info!(container = %name, by = %a.by, "update approved");
+        // An approval says "yes", not "now": the window, the minimum age and the order of
+        // dependencies hold as for an automatic update.
+        self.begin_or_defer(v, &settings).await
     }
 
     /// A human rejected: the container stays as it is.

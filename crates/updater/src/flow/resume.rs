@@ -19,7 +19,6 @@ use steward_bus::Versioned;
 use steward_engine::recreate::{is_swap_name, FAILED_SUFFIX, NEW_SUFFIX, OLD_SUFFIX, SWAP_LABEL};
 use steward_engine::Replacement;
 use steward_events::records::{UpdateRecord, UpdateStep};
-use time::OffsetDateTime;
 
 use super::{Flow, FlowError};
 
@@ -54,6 +53,11 @@ impl Flow {
             UpdateStep::HandingOver => {
                 let v = self.flush(v).await?;
                 self.resume_handover(v).await
+            }
+            // Claimed (or deferred) before a restart: what is due starts now, not at the sweep.
+            UpdateStep::Deferred => {
+                let v = self.flush(v).await?;
+                self.start_if_due(v).await
             }
             UpdateStep::Swapping if v.value.old_id.is_none() => {
                 // A restart before the swap: counted, so an update that kills the updater
@@ -250,14 +254,7 @@ impl Flow {
                 Err(e) => return self.fail(v, format!("bad update labels: {e}"), vec![]).await,
             },
         };
-        let now = OffsetDateTime::now_utc();
-        let due = v.value.not_before.is_none_or(|t| t <= now)
-            && settings
-                .window
-                .as_ref()
-                .is_none_or(|w| w.contains(chrono::Local::now().naive_local()))
-            && self.busy_dependencies(&key).await?.is_empty();
-        if due {
+        if self.waits_for(&v.value, &settings).await?.is_empty() {
             tracing::info!(container = %key, "deferred update starts");
             self.begin(v, settings.backup).await?;
         }

@@ -91,6 +91,12 @@ impl Flow {
                 new_tag: record.new_tag.clone(),
                 approval_url: link.as_ref().map(|(url, _)| url.clone()),
                 expires_at: link.map(|(_, expires)| expires),
+                runs: None,
+            };
+            let why = self.waits_for(&record, &settings).await?;
+            let data = UpdatePending {
+                runs: (!why.is_empty()).then(|| format!("waits for {}", why.join(", "))),
+                ..data
             };
             self.stage(&mut record, data);
         }
@@ -148,31 +154,41 @@ impl Flow {
         v: steward_bus::Versioned<UpdateRecord>,
         settings: &steward_labels::UpdateLabels,
     ) -> Result<(), FlowError> {
-        let now = OffsetDateTime::now_utc();
-        let young = v.value.not_before.is_some_and(|t| t > now);
-        let local = chrono::Local::now().naive_local();
-        let closed = settings.window.as_ref().is_some_and(|w| !w.contains(local));
-        let busy = self.busy_dependencies(&v.value.container).await?;
-        if !young && !closed && busy.is_empty() {
+        let why = self.waits_for(&v.value, settings).await?;
+        if why.is_empty() {
             return self.begin(v, settings.backup).await;
         }
         let mut record = v.value;
-        let mut why = vec![];
-        if let Some(t) = record.not_before.filter(|_| young) {
-            why.push(format!("minimum age until {t}"));
-        }
-        if let Some(w) = settings.window.as_ref().filter(|_| closed) {
-            why.push(format!("maintenance window opens {}", w.next_open(local)));
-        }
-        if !busy.is_empty() {
-            why.push(format!("the update of {} (depends_on) first", busy.join(", ")));
-        }
         let reason = format!("waiting: {}", why.join(", "));
         tracing::info!(container = %record.container, %reason, "update deferred");
         record.step = UpdateStep::Deferred;
         record.reason = Some(reason);
         self.save(record, v.revision).await?;
         Ok(())
+    }
+
+    /// What an update still waits for before it may start (empty: it may start now): its
+    /// minimum age, its maintenance window, the updates of what it depends on. The one gate
+    /// of automatic and approved updates, and what the approval page and mail say.
+    pub async fn waits_for(
+        &self,
+        record: &UpdateRecord,
+        settings: &steward_labels::UpdateLabels,
+    ) -> Result<Vec<String>, FlowError> {
+        let now = OffsetDateTime::now_utc();
+        let local = chrono::Local::now().naive_local();
+        let mut why = vec![];
+        if let Some(t) = record.not_before.filter(|t| *t > now) {
+            why.push(format!("minimum age until {t}"));
+        }
+        if let Some(w) = settings.window.as_ref().filter(|w| !w.contains(local)) {
+            why.push(format!("maintenance window opens {}", w.next_open(local)));
+        }
+        let busy = self.busy_dependencies(&record.container).await?;
+        if !busy.is_empty() {
+            why.push(format!("the update of {} (depends_on) first", busy.join(", ")));
+        }
+        Ok(why)
     }
 
     /// Containers of `container`'s compose project that it depends on (compose v2's

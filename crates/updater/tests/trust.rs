@@ -1,0 +1,53 @@
+//! The updater's side of its trust boundaries (issue 17), against the real engine, registry
+//! and NATS: an approval goes through the same gate as an automatic update.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use steward_events::records::UpdateStep;
+use steward_events::{EventData, UpdateApproved};
+use steward_testkit::docker::push_app;
+use steward_testkit::{http_get, TestBus};
+
+/// A one-hour window starting `hours` from now (host time zone), as the label wants it.
+fn window_in(hours: i64) -> String {
+    let from = chrono::Local::now().naive_local() + chrono::Duration::hours(hours);
+    let to = from + chrono::Duration::hours(1);
+    format!("steward.update.window={}-{}", from.format("%H:%M"), to.format("%H:%M"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_waits_for_the_maintenance_window_like_an_automatic_update() {
+    let bus = TestBus::new("trustwindow").await;
+    let closed = window_in(6);
+    let app = app(&["steward.update.policy=manual", "steward.update.backup=false", &closed]);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("pending");
+    // The mail says when an approval would run.
+    let all = events(&bus).await;
+    let pending = all.iter().find_map(|e| match &e.data {
+        EventData::UpdatePending(p) => Some(p.clone()),
+        _ => None,
+    });
+    let pending = pending.unwrap_or_else(|| panic!("{:?}", types(&all)));
+    assert!(
+        pending.runs.as_deref().is_some_and(|r| r.contains("maintenance window opens")),
+        "{:?}",
+        pending.runs
+    );
+
+    let update_id = flow.records.get(&app.name).await.expect("get").expect("record").value.update_id;
+    flow.on_approved(&UpdateApproved { update_id, by: "ops@host".into() }).await.expect("approve");
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(record.step, UpdateStep::Deferred, "approved, not started");
+    assert_eq!(record.approved_by.as_deref(), Some("ops@host"));
+    assert!(record.reason.as_deref().is_some_and(|r| r.contains("maintenance window")));
+    flow.sweep().await.expect("sweep");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "nothing before the window");
+    assert!(!types(&events(&bus).await).contains(&"update.started"));
+}
