@@ -8,7 +8,8 @@
 //! event and no event twice; exactly one container has the name, running, on the digest it
 //! had or the one it was going to (none after the removal); no swap container is left; the
 //! record is terminal with an empty outbox. The event in hand at the kill is redelivered
-//! (short ack wait) and changes nothing.
+//! (short ack wait) and changes nothing: the checks wait until the updater's consumer has
+//! nothing pending or unacknowledged.
 //!
 //! `STEWARD_CRASH_POINTS=all` runs every point of every variant (the full matrix, a few
 //! minutes); by default each variant runs every second point, offset by variant, so each
@@ -147,6 +148,44 @@ async fn wait_terminal(bus: &Bus, correlation: uuid::Uuid, p: &Proc) -> Vec<Even
     }
 }
 
+/// Waits (at most 30 s) until the updater has nothing left to handle (the event in hand at
+/// the kill came back after the ack wait and was settled) and the containers and the record
+/// look finished; the assertions that follow say what is wrong if they never do.
+async fn settled(bus: &Bus, name: &str, variant: Variant) {
+    let js = async_nats::jetstream::new(bus.raw_client().clone());
+    let records: StateStore<UpdateRecord> =
+        StateStore::open(bus, UPDATE_BUCKET).await.expect("records");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let idle = match js.get_stream(&bus.namespace().stream).await {
+            Ok(stream) => match stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("updater")
+                .await
+            {
+                Ok(mut consumer) => consumer
+                    .info()
+                    .await
+                    .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        let names = containers_named(name);
+        let containers_done =
+            if variant == Variant::Removed { names.is_empty() } else { names == [name] };
+        let record_done = records
+            .get(name)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.value.step.is_terminal() && v.value.outbox.is_empty());
+        if idle && containers_done && record_done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One kill run; panics with the spec and what was found when an invariant fails.
 async fn run(spec: &str, variant: Variant, all_points: &[String]) {
     let bus = TestBus::new("crashrun").await;
@@ -187,8 +226,7 @@ async fn run(spec: &str, variant: Variant, all_points: &[String]) {
     let mut last = updater(&bus, &scope, None);
     consuming(&mut last);
     let all = wait_terminal(&bus, event.correlation_id, &last).await;
-    // The redelivery of the event in hand (ack wait 2 s) and one sweep (10 s) pass.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    settled(&bus, &app.name, variant).await;
     let all_after = stored_events(&bus).await;
     let flow = flow_events(&all_after, event.correlation_id);
     let context = || format!("{spec} ({variant:?}): {flow:?}\n{}", last.logs());
@@ -222,6 +260,8 @@ async fn run(spec: &str, variant: Variant, all_points: &[String]) {
     assert!(record.step.is_terminal(), "{:?}: {}", record.step, context());
     assert!(record.outbox.is_empty(), "outbox left: {}", context());
     assert!(last.terminate(Duration::from_secs(30)).is_some(), "the updater did not stop");
+    // One line per run, for docs/reliability.md's matrix (`--nocapture`).
+    eprintln!("crash-matrix: {variant:?} {spec} -> {} ({} events)", terminal[0], flow.len());
 }
 
 /// The points this variant runs: all, or every second one (offset by variant).
