@@ -119,12 +119,14 @@ impl Backups {
             components,
         };
         let body = serde_json::to_vec_pretty(&manifest).map_err(Failure::plain)?;
+        steward_failpoints::failpoint!("backup:manifest:before");
         if let Err(e) =
             self.store.put(&format!("{id}/{}", manifest::MANIFEST), Bytes::from(body)).await
         {
             let _ = self.store.delete_dir(id).await;
             return Err(Failure::plain(e));
         }
+        steward_failpoints::failpoint!("backup:manifest");
         tracing::info!(
             backup = id,
             components = manifest.components.len(),
@@ -142,11 +144,14 @@ impl Backups {
         let mut components = vec![];
         for t in plan.targets.iter().filter(|t| t.labels.postgres) {
             components.push(self.dump_postgres(id, t).await?);
+            steward_failpoints::failpoint!("backup:stored:database");
         }
         for t in plan.targets.iter().filter(|t| !t.labels.paths.is_empty()) {
             components.extend(self.archive_paths(id, t).await?);
+            steward_failpoints::failpoint!("backup:stored:paths");
         }
         components.push(self.save_configs(id, &plan.configs).await?);
+        steward_failpoints::failpoint!("backup:stored:containers");
         Ok(components)
     }
 

@@ -95,6 +95,7 @@ impl Backups {
                 )));
             }
         }
+        steward_failpoints::failpoint!("restore:checked");
         // Every app container of the backup is stopped, even for a database-only restore:
         // an app writing during the restore would mix old and new data.
         let mut apps: Vec<String> = vec![];
@@ -116,6 +117,7 @@ impl Backups {
                     break;
                 }
                 stopped.push(app.clone());
+                steward_failpoints::failpoint!("restore:stopped");
             }
         }
         if result.is_ok() {
@@ -132,11 +134,13 @@ impl Backups {
                 }
             }
         }
+        steward_failpoints::failpoint!("restore:started");
         let restored = result?;
         for app in &apps {
             self.wait_healthy(app).await?;
             self.after_restore(app).await?;
         }
+        steward_failpoints::failpoint!("restore:healthy");
         Ok(Restored { manifest, restored })
     }
 
@@ -145,9 +149,13 @@ impl Backups {
         for c in chosen {
             match &c.kind {
                 Kind::Postgres { container, user, database, .. } => {
-                    self.restore_database(c, container, user, database).await?
+                    self.restore_database(c, container, user, database).await?;
+                    steward_failpoints::failpoint!("restore:database");
                 }
-                Kind::Path { container, path } => self.restore_path(c, container, path).await?,
+                Kind::Path { container, path } => {
+                    self.restore_path(c, container, path).await?;
+                    steward_failpoints::failpoint!("restore:path");
+                }
                 Kind::Containers => continue,
             }
             tracing::info!(component = %c.name, "restored");
@@ -181,8 +189,10 @@ impl Backups {
                 .await
                 .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
             Failure::check_exit(&out, format!("{}: {}", c.name, step.cmd[0]))?;
+            steward_failpoints::failpoint!(&format!("restore:{}", step.cmd[0]));
         }
         let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
+        let stream = midway(stream, "restore:pg_restore");
         let load = run(&["pg_restore", "--exit-on-error", "-U", user, "-d", database]);
         let out = self
             .engine
@@ -235,6 +245,7 @@ impl Backups {
                     ))
                 })?;
             Failure::check_exit(&out, format!("{}: emptying {path}", c.name))?;
+            steward_failpoints::failpoint!("restore:emptied");
         } else {
             tracing::warn!(component = %c.name, "{path} is not on a volume or bind mount: the archive is extracted over what is there");
         }
@@ -243,6 +254,7 @@ impl Backups {
             Some((parent, _)) => parent.to_owned(),
         };
         let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
+        let stream = midway(stream, "restore:extracting");
         self.engine
             .upload_tar(container, &parent, stream)
             .await
@@ -309,6 +321,25 @@ impl Backups {
         tracing::info!(container, "post-restore command done");
         Ok(())
     }
+}
+
+/// `stream`, with failpoint `name` reached as its second chunk passes: the consumer is
+/// mid-way (part of the data in, the rest not).
+fn midway<S>(stream: S, name: &'static str) -> futures::stream::BoxStream<'static, S::Item>
+where
+    S: futures::Stream + Send + 'static,
+{
+    use futures::StreamExt as _;
+    let _ = name; // release builds have no failpoints
+    let mut chunks = 0u32;
+    stream
+        .inspect(move |_| {
+            chunks = chunks.saturating_add(1);
+            if chunks == 2 {
+                steward_failpoints::failpoint!(name);
+            }
+        })
+        .boxed()
 }
 
 /// `gitea/gitea:1.22`, `docker.gitea.com/gitea:1.23`, `gitea/gitea@sha256:…`; not the rootless

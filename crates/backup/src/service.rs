@@ -98,6 +98,7 @@ impl BackupService {
         let started = Instant::now();
         let id = manifest::new_backup_id(OffsetDateTime::now_utc());
         self.publish(ctx, cause, BackupStarted { backup_id: id.clone() }).await?;
+        steward_failpoints::failpoint!("backup:started");
         let job = self.backups.take(&id, reason, only);
         let outcome = match cause {
             Some(cause) => self.reporting(ctx, cause, job).await,
@@ -121,6 +122,7 @@ impl BackupService {
                     duration_ms: started.elapsed().as_millis() as u64,
                 };
                 self.publish(ctx, cause, done).await?;
+                steward_failpoints::failpoint!("backup:done");
                 match self.backups.prune(OffsetDateTime::now_utc()).await {
                     Ok((pruned, kept)) if !pruned.is_empty() => {
                         self.publish(ctx, cause, BackupPruned { backup_ids: pruned, kept }).await?
@@ -139,6 +141,7 @@ impl BackupService {
                     stderr_tail: f.stderr_tail,
                 };
                 self.publish(ctx, cause, failed).await?;
+                steward_failpoints::failpoint!("backup:failed");
             }
         }
         Ok(())
@@ -194,7 +197,9 @@ impl BackupService {
                     restored: done.restored,
                     duration_ms: started.elapsed().as_millis() as u64,
                 };
-                self.publish(ctx, Some(cause), data).await
+                self.publish(ctx, Some(cause), data).await?;
+                steward_failpoints::failpoint!("restore:done");
+                Ok(())
             }
             Err(f) => {
                 tracing::error!(backup = %r.backup_id, reason = %f.reason, "restore failed");
@@ -203,7 +208,9 @@ impl BackupService {
                     reason: f.reason,
                     log_tail: f.stderr_tail,
                 };
-                self.publish(ctx, Some(cause), data).await
+                self.publish(ctx, Some(cause), data).await?;
+                steward_failpoints::failpoint!("restore:failed");
+                Ok(())
             }
         }
     }

@@ -260,6 +260,7 @@ impl Store {
             });
             while in_flight.len() >= PARTS_IN_FLIGHT {
                 parts.push(join_one(&mut in_flight, key).await?);
+                steward_failpoints::failpoint!("backup:part");
             }
             number += 1;
             part = read_part(src, part_size(number), key).await?;
@@ -269,8 +270,10 @@ impl Store {
         }
         while !in_flight.is_empty() {
             parts.push(join_one(&mut in_flight, key).await?);
+            steward_failpoints::failpoint!("backup:part");
         }
         parts.sort_by_key(|p| p.part_number);
+        steward_failpoints::failpoint!("backup:completing");
         self.client()
             .await
             .complete_multipart_upload()
