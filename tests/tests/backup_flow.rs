@@ -111,6 +111,7 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
         new_id: None,
         reason: None,
         approved_by: None,
+        news_id: None,
         news_time: None,
         outbox: vec![],
         interruptions: 0,

@@ -55,6 +55,8 @@ pub struct Brief {
     pub running: bool,
     /// The image it runs (`sha256:` id).
     pub image_id: String,
+    /// The reference it was created from (`Config.Image`, e.g. `gitea/gitea:1.22`).
+    pub image_ref: String,
     /// Its labels.
     pub labels: HashMap<String, String>,
 }
@@ -464,6 +466,7 @@ impl Engine {
                 name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
                 running: c.state.and_then(|s| s.running).unwrap_or(false),
                 image_id: c.image.unwrap_or_default(),
+                image_ref: c.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
                 labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
             })),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {

@@ -87,7 +87,8 @@ impl UpdateStep {
 /// One update of one container, as persisted between events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateRecord {
-    /// The update (the id of the `image.updated` event that started it).
+    /// The update, minted by the updater when it claims the container (never an id a
+    /// publisher chose).
     pub update_id: Uuid,
     /// Container name.
     pub container: String,
@@ -129,6 +130,9 @@ pub struct UpdateRecord {
     /// Who approved a manual update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The `image.updated` that started it (its redelivery finds this update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub news_id: Option<Uuid>,
     /// When the `image.updated` that started it was published: a replayed or redelivered
     /// older one never replaces a newer update.
     #[serde(default, with = "time::serde::rfc3339::option")]

@@ -6,7 +6,7 @@ use steward_runtime::Env;
 
 use std::str::FromStr as _;
 
-use crate::links::{ApprovalLinks, MIN_SECRET_LEN};
+use crate::links::{ApprovalLinks, MAX_TTL, MIN_SECRET_LEN, MIN_TTL};
 use crate::renewal::RenewalConfig;
 
 /// How long a requested pre-update backup is waited for.
@@ -17,11 +17,12 @@ pub const ENV_HEALTH_TIMEOUT: &str = "STEWARD_HEALTH_TIMEOUT";
 pub const ENV_HEALTH_GRACE: &str = "STEWARD_HEALTH_GRACE";
 /// How long the `steward.update.pre` hook may run.
 pub const ENV_HOOK_TIMEOUT: &str = "STEWARD_HOOK_TIMEOUT";
-/// Base URL under which operators reach the updater's approval page (behind nginx).
+/// Base URL under which operators reach the updater's approval page (behind nginx): `https`,
+/// or `http` to a loopback host only.
 pub const ENV_PUBLIC_URL: &str = "STEWARD_PUBLIC_URL";
 /// Key that signs approval links (at least 32 bytes; give it as `_FILE`).
 pub const ENV_APPROVAL_SECRET: &str = "STEWARD_APPROVAL_SECRET";
-/// How long an approval link stays valid.
+/// How long an approval link stays valid (from 1m to 7d; default 72h).
 pub const ENV_APPROVAL_TTL: &str = "STEWARD_APPROVAL_TTL";
 
 /// When the certificate renewal runs (cron, host time zone).
@@ -89,10 +90,32 @@ fn read_renewal(env: &mut Env) -> RenewalConfig {
     }
 }
 
+/// Approval links travel in mail and are opened in a browser: over `https`, or `http` only to
+/// this machine (a demo, a test), so the token is never readable on the way.
+fn check_public_url(url: &str) -> Result<(), String> {
+    let example = "e.g. https://git.example.com/steward";
+    let u = reqwest::Url::parse(url).map_err(|e| format!("{e}: expected an https URL, {example}"))?;
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if u.host_str().is_some_and(steward_runtime::env::is_loopback_host) => Ok(()),
+        "http" => Err(format!(
+            "http to a host that is not loopback would expose approval tokens: use https, {example}"
+        )),
+        _ => Err(format!("expected an https URL, {example}")),
+    }
+}
+
 fn read_links(env: &mut Env) -> Option<ApprovalLinks> {
     let url = env.optional(ENV_PUBLIC_URL).filter(|s| !s.is_empty());
     let secret = env.optional(ENV_APPROVAL_SECRET).filter(|s| !s.is_empty());
     let ttl = env.duration(ENV_APPROVAL_TTL, Duration::from_secs(72 * 3600));
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        env.error(
+            ENV_APPROVAL_TTL,
+            &format!("{ttl:?}"),
+            "from 1m to 7d: a leaked link approves for that long",
+        );
+    }
     match (url, secret) {
         (None, None) => None,
         (Some(url), None) => {
@@ -104,13 +127,8 @@ fn read_links(env: &mut Env) -> Option<ApprovalLinks> {
             None
         }
         (Some(url), Some(secret)) => {
-            let parsed = reqwest::Url::parse(&url);
-            if !parsed.as_ref().is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
-                env.error(
-                    ENV_PUBLIC_URL,
-                    &url,
-                    "expected an http(s) URL, e.g. https://git.example.com/steward",
-                );
+            if let Err(reason) = check_public_url(&url) {
+                env.error(ENV_PUBLIC_URL, &url, reason);
                 return None;
             }
             if secret.len() < MIN_SECRET_LEN {
@@ -123,5 +141,59 @@ fn read_links(env: &mut Env) -> Option<ApprovalLinks> {
             }
             Some(ApprovalLinks::new(&url, secret.as_bytes(), ttl))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn read(pairs: &[(&str, &str)]) -> Result<UpdaterConfig, String> {
+        let mut env = Env::from_pairs(pairs.iter().copied());
+        let cfg = UpdaterConfig::read(&mut env);
+        env.finish().map(|()| cfg).map_err(|e| e.to_string())
+    }
+
+    fn with_url(url: &str) -> Result<UpdaterConfig, String> {
+        read(&[(ENV_PUBLIC_URL, url), (ENV_APPROVAL_SECRET, SECRET)])
+    }
+
+    #[test]
+    fn public_url_is_https_unless_loopback() {
+        for url in ["http://git.example.com/steward", "http://10.0.0.5:9102", "ftp://x/"] {
+            let e = with_url(url).expect_err(url);
+            assert!(e.contains(ENV_PUBLIC_URL) && e.contains("https"), "{url}: {e}");
+        }
+        for url in [
+            "https://git.example.com/steward",
+            "http://127.0.0.1:9102",
+            "http://localhost:9102/steward",
+            "http://[::1]:9102",
+        ] {
+            let cfg = with_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(cfg.links.is_some(), "{url}");
+        }
+    }
+
+    #[test]
+    fn approval_ttl_is_bounded_to_seven_days() {
+        let at = |ttl: &str| {
+            read(&[
+                (ENV_PUBLIC_URL, "https://git.example.com/steward"),
+                (ENV_APPROVAL_SECRET, SECRET),
+                (ENV_APPROVAL_TTL, ttl),
+            ])
+        };
+        for ttl in ["8d", "1000000y", "0s", "30s"] {
+            let e = at(ttl).expect_err(ttl);
+            assert!(e.contains(ENV_APPROVAL_TTL) && e.contains("7d"), "{ttl}: {e}");
+        }
+        for ttl in ["1m", "72h", "7d"] {
+            at(ttl).unwrap_or_else(|e| panic!("{ttl}: {e}"));
+        }
+        // Bounded even when links are not configured: a later URL must not make it valid.
+        assert!(read(&[(ENV_APPROVAL_TTL, "30d")]).is_err());
     }
 }

@@ -17,6 +17,11 @@ use uuid::Uuid;
 /// Shortest accepted secret, in bytes: an HMAC-SHA256 key shorter than its output is weak.
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// Longest accepted validity of a link: a leaked link approves for at most this long.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest accepted validity: a link must outlive the mail that carries it.
+pub const MIN_TTL: Duration = Duration::from_secs(60);
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
@@ -62,7 +67,9 @@ impl ApprovalLinks {
 
     /// A link for `update_id`, and when it expires.
     pub fn mint(&self, update_id: Uuid, now: OffsetDateTime) -> (String, OffsetDateTime) {
-        let expires = now + self.ttl;
+        // Checked: the TTL is bounded by the configuration, `now` is the caller's.
+        let ttl = time::Duration::try_from(self.ttl).unwrap_or(time::Duration::MAX);
+        let expires = now.saturating_add(ttl);
         let ts = expires.unix_timestamp();
         let sig = URL_SAFE_NO_PAD.encode(self.mac(update_id, ts).finalize().into_bytes());
         let token = format!("{}.{ts}.{sig}", update_id.simple());

@@ -41,6 +41,7 @@ fn record(event: &Event, u: &ImageUpdated, step: UpdateStep) -> UpdateRecord {
         new_id: None,
         reason: None,
         approved_by: None,
+        news_id: Some(event.id),
         news_time: Some(event.time),
         outbox: vec![],
         interruptions: 0,
@@ -331,11 +332,9 @@ async fn an_engine_that_stops_answering_before_the_swap_ends_the_update_naming_t
         _ => None,
     });
     let failed = failed.unwrap_or_else(|| panic!("{:?}", types(&all)));
-    assert!(
-        failed.reason.contains("did not answer") && failed.reason.contains("pull"),
-        "{}",
-        failed.reason
-    );
+    // The call is named (the first one before the swap: the container's inspect).
+    let named = failed.reason.contains(&format!("inspect {}", app.name));
+    assert!(failed.reason.contains("did not answer") && named, "{}", failed.reason);
     assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "nothing changed");
     no_strays(&app.name);
 }

@@ -40,7 +40,8 @@ async fn an_approval_waits_for_the_maintenance_window_like_an_automatic_update()
         pending.runs
     );
 
-    let update_id = flow.records.get(&app.name).await.expect("get").expect("record").value.update_id;
+    let update_id =
+        flow.records.get(&app.name).await.expect("get").expect("record").value.update_id;
     flow.on_approved(&UpdateApproved { update_id, by: "ops@host".into() }).await.expect("approve");
     let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
     assert_eq!(record.step, UpdateStep::Deferred, "approved, not started");
@@ -50,4 +51,28 @@ async fn an_approval_waits_for_the_maintenance_window_like_an_automatic_update()
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "nothing before the window");
     assert!(!types(&events(&bus).await).contains(&"update.started"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_naming_another_repository_than_the_containers_is_ignored() {
+    let bus = TestBus::new("trustrepo").await;
+    let app = app(&["steward.update.policy=automatic", "steward.update.backup=false"]);
+    let flow = flow(&bus).await;
+    // Another repository in the same registry, with a digest that exists there.
+    let other = format!(
+        "{}/{}:1.0",
+        steward_testkit::docker::registry(),
+        steward_testkit::unique_name("steward-test/evil")
+    );
+    let _other_tag = steward_testkit::docker::ImageTag(other.clone());
+    let evil = push_app("v2", &other);
+    let (event, mut u) = image_updated(&bus, &app, &evil).await;
+    u.image = other.clone();
+    flow.on_image_updated(&event, &u).await.expect("ignored");
+    assert!(flow.records.get(&app.name).await.expect("get").is_none(), "not even claimed");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")));
+    assert_eq!(
+        steward_testkit::docker::docker(&["inspect", "-f", "{{.Config.Image}}", &app.name]),
+        app.image
+    );
 }

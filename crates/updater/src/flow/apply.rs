@@ -29,19 +29,27 @@ impl Flow {
         }
         let (repository, tag) = split_reference(&v.value.image, v.value.new_tag.as_deref());
         let digest = v.value.to_digest.to_string();
+        // The container as configured now: only its own repository is pulled.
+        match self.engine.brief(&name).await {
+            Ok(Some(c)) if c.image_ref == v.value.image => {}
+            Ok(Some(c)) => {
+                let reason = format!(
+                    "container {name} was recreated from {} meanwhile; {} is not pulled for it",
+                    c.image_ref, v.value.image
+                );
+                return self.fail(v, reason, vec![]).await;
+            }
+            Ok(None) => {
+                return self.fail(v, format!("container {name} no longer exists"), vec![]).await
+            }
+            Err(e) => return self.engine_failed(v, e).await,
+        }
         // Pull first: a failure here leaves the container untouched.
         steward_failpoints::failpoint!("pull");
         if let Err(e) = self.engine.pull_digest(&repository, &digest, &tag).await {
             return self.fail(v, format!("cannot pull {repository}@{digest}: {e}"), vec![]).await;
         }
         steward_failpoints::failpoint!("pulled");
-        let old_id = match self.engine.container_id(&name).await {
-            Ok(Some(id)) => id,
-            Ok(None) => {
-                return self.fail(v, format!("container {name} no longer exists"), vec![]).await
-            }
-            Err(e) => return self.engine_failed(v, e).await,
-        };
         let settings = match self.engine.container_labels(&name).await {
             Ok(labels) => labels.and_then(|l| steward_labels::update_labels(&l).ok()),
             Err(e) => return self.engine_failed(v, e).await,
@@ -75,7 +83,15 @@ impl Flow {
                 }
             }
         }
-        // Remembered before the swap, so a restarted updater can put it back.
+        // Remembered before the swap (read after the pull and the hook, which take time), so
+        // a restarted updater can put it back.
+        let old_id = match self.engine.container_id(&name).await {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                return self.fail(v, format!("container {name} no longer exists"), vec![]).await
+            }
+            Err(e) => return self.engine_failed(v, e).await,
+        };
         let mut record = v.value;
         record.old_id = Some(old_id);
         let v = self.save(record, v.revision).await?;

@@ -19,7 +19,7 @@ impl Flow {
         };
         let current = self.records.get(&u.container).await?;
         if let Some(v) = current.as_ref() {
-            if v.value.update_id == event.id {
+            if v.value.news_id == Some(event.id) {
                 // A redelivery: its flow ended, or was left by a task that died or gave up.
                 return self.drive(v.clone()).await;
             }
@@ -44,12 +44,20 @@ impl Flow {
             tracing::info!(container = %u.container, "policy notify: nothing to do");
             return Ok(());
         }
+        // Only the repository the container is configured with: an event naming another
+        // one (a forged or confused publisher) never changes what the container runs.
+        let configured = self.engine.brief(&u.container).await?.map(|b| b.image_ref);
+        if configured.as_deref() != Some(u.image.as_str()) {
+            tracing::warn!(container = %u.container, named = %u.image, configured = ?configured,
+                "the event names another image than the container is configured with; ignoring");
+            return Ok(());
+        }
         if let Some(why) = self.not_news(event, u).await? {
             tracing::info!(container = %u.container, digest = %u.new_digest.short(), %why, "not applied");
             return Ok(());
         }
         let mut record = UpdateRecord {
-            update_id: event.id,
+            update_id: uuid::Uuid::now_v7(),
             container: u.container.clone(),
             image: u.image.clone(),
             from_digest: u.current_digest.clone(),
@@ -72,6 +80,7 @@ impl Flow {
             new_id: None,
             reason: None,
             approved_by: None,
+            news_id: Some(event.id),
             news_time: Some(event.time),
             outbox: vec![],
             interruptions: 0,
