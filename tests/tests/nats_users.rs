@@ -1,5 +1,6 @@
 //! Every participant logged in as its own NATS user with the generated permissions (as in the
-//! compose stack), doing its real work: a manual update approved with the CLI, a backup with
+//! compose stack), doing its real work: `steward setup` provisions the stream, consumers and
+//! buckets as the `setup` user, then a manual update approved with the CLI, a backup with
 //! progress, mail, the CLI's reads of others' state. Nothing any of them needs is refused:
 //! the server logs no violation.
 
@@ -23,6 +24,25 @@ fn login(service: Service) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_and_the_cli_work_as_their_own_nats_users() {
     let server = NatsServer::start_with_steward_users();
+    // Before setup there is nothing to use: the CLI (and every service) says what to run.
+    let unprovisioned = Bus::open(server.bus_config_as(Service::Cli), "test").await.expect("open");
+    let early = steward_with(&unprovisioned, &login(Service::Cli), &["--timeout", "1s", "status"]);
+    let stderr = String::from_utf8_lossy(&early.stderr);
+    assert!(!early.status.success() && stderr.contains("steward setup"), "{stderr}");
+    // The stack's one-shot provisioning, as its own user; run twice (an upgrade re-runs it).
+    for _ in 0..2 {
+        let setup_env = vec![
+            ("STEWARD_NATS_USER", steward_bus::SETUP_USER.to_owned()),
+            ("STEWARD_NATS_PASSWORD", NatsServer::setup_password()),
+        ];
+        let out = steward_with(&unprovisioned, &setup_env, &["setup"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "steward setup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            stdout.contains("consumer updater") && stdout.contains("STEWARD_UPDATES"),
+            "{stdout}"
+        );
+    }
     let bus = Bus::connect(server.bus_config_as(Service::Cli), Service::Cli.binary())
         .await
         .expect("the CLI's user connects");

@@ -13,6 +13,13 @@ pub enum BusError {
         /// Client's reason.
         reason: String,
     },
+    /// The stream, a durable consumer or a KV bucket is not there: only the provisioning
+    /// identity (`steward setup`) creates them, services only look them up.
+    #[error("{what} does not exist: run `steward setup` (it creates the stream, every service's consumer and the KV buckets)")]
+    NotProvisioned {
+        /// What is missing, e.g. `stream STEWARD` or `durable consumer updater on STEWARD`.
+        what: String,
+    },
     /// Not connected right now.
     #[error("not connected to NATS")]
     NotConnected,

@@ -13,14 +13,18 @@ use uuid::Uuid;
 
 use crate::{Bus, BusError};
 
-/// Markers outlive every possible redelivery (`ack_wait` × `max_deliver` is minutes).
-const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a handled marker is kept (the `HANDLED` bucket's `max_age`, set by `steward
+/// setup`): markers outlive every possible redelivery (`ack_wait` × `max_deliver` is
+/// minutes). It is also the idempotency horizon: a delivery older than the markers' TTL can
+/// no longer be recognised as handled, so the runtime never hands it to a handler.
+pub const MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The handled-event markers of one scope (one consumer).
 #[derive(Clone)]
 pub struct Idempotency {
     kv: kv::Store,
     scope: String,
+    horizon: Duration,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -30,11 +34,39 @@ impl std::fmt::Debug for Idempotency {
 }
 
 impl Idempotency {
-    /// Opens (creating if needed) the markers bucket for `scope`.
+    /// Opens the markers bucket (created by `steward setup`) for `scope`; a missing one is
+    /// [`BusError::NotProvisioned`].
     pub async fn open(bus: &Bus, scope: &str) -> Result<Self, BusError> {
-        let bucket = bus.namespace().bucket(crate::permissions::HANDLED_BUCKET);
-        let kv = open_bucket(bus, &bucket, MARKER_TTL, 1).await?;
-        Ok(Self { kv, scope: scope.to_owned() })
+        let bucket = bus.namespace().bucket(crate::setup::HANDLED_BUCKET);
+        let mut stream = match bus.js().get_stream(format!("KV_{bucket}")).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                use async_nats::jetstream::context::GetStreamErrorKind;
+                return Err(match e.kind() {
+                    GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        BusError::NotProvisioned { what: format!("KV bucket {bucket}") }
+                    }
+                    _ => BusError::nats("open kv bucket", e),
+                });
+            }
+        };
+        let max_age =
+            stream.info().await.map_err(|e| BusError::nats("kv bucket info", e))?.config.max_age;
+        // A bucket without expiry keeps markers for ever: nothing is beyond the horizon.
+        let horizon = if max_age.is_zero() { Duration::MAX } else { max_age };
+        let kv = bus
+            .js()
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| BusError::nats("open kv bucket", e))?;
+        Ok(Self { kv, scope: scope.to_owned(), horizon })
+    }
+
+    /// How old a delivery may be and still be recognised as handled: the markers' TTL.
+    pub fn horizon(&self) -> Duration {
+        self.horizon
     }
 
     fn key(&self, id: &Uuid) -> String {
@@ -72,7 +104,7 @@ impl Idempotency {
     }
 }
 
-/// Gets a KV bucket, creating (or updating) its backing stream first.
+/// Creates (or updates) a KV bucket's backing stream and opens it. Provisioning only.
 ///
 /// The stream is declared here rather than with `create_key_value`: that call first asks for
 /// account info, whose answer from nats-server 2.9 (Debian 12) async-nats 0.51 cannot parse.

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, FromConsumer, PullConsumer};
 use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use steward_events::{DecodeError, Event};
+use steward_events::{DecodeError, Event, Service};
 
 use crate::{publish, Bus, BusError};
 
@@ -54,6 +54,55 @@ impl ConsumerSpec {
             max_ack_pending: 16,
         }
     }
+
+    /// The consumer of `service` as the routing table describes it, with Steward's defaults:
+    /// what `steward setup` creates and what the service's runtime looks up (one meaning).
+    pub fn of(service: Service) -> Self {
+        Self::new(service.name(), service.consumes())
+    }
+
+    /// The server-side filter: exact for a consumer of one type, none for several (NATS 2.9
+    /// has one filter subject; the inbox acks what it does not consume).
+    pub(crate) fn filter_subject(&self, ns: &crate::Namespace) -> String {
+        match self.event_types.as_slice() {
+            [one] => ns.subject(one),
+            _ => String::new(),
+        }
+    }
+
+    /// The consumer configuration for this spec. A consumer that does not exist yet starts
+    /// at new events (`DeliverPolicy::New`), never at the start of the year-long retention:
+    /// a re-created consumer must not hand a service events it handled long ago (their
+    /// idempotency markers have expired). An existing consumer keeps its delivery policy and
+    /// position; only the settings below are changed.
+    pub(crate) fn config(
+        &self,
+        ns: &crate::Namespace,
+        existing: Option<pull::Config>,
+    ) -> pull::Config {
+        let base = existing.unwrap_or_else(|| pull::Config {
+            durable_name: Some(self.name.clone()),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        });
+        pull::Config {
+            description: Some(format!("steward {} inbox", self.name)),
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver + 1,
+            max_ack_pending: self.max_ack_pending,
+            filter_subject: self.filter_subject(ns),
+            ..base
+        }
+    }
+
+    /// Whether `config` (a consumer on the server) has this spec's settings.
+    pub(crate) fn matches(&self, ns: &crate::Namespace, config: &pull::Config) -> bool {
+        config.ack_wait == self.ack_wait
+            && config.max_deliver == self.max_deliver + 1
+            && config.max_ack_pending == self.max_ack_pending
+            && config.filter_subject == self.filter_subject(ns)
+    }
 }
 
 /// A service's stream of deliveries; survives NATS restarts.
@@ -71,11 +120,64 @@ impl std::fmt::Debug for Inbox {
 }
 
 impl Bus {
-    /// Creates (or updates) the durable consumer and returns its inbox.
-    pub async fn inbox(&self, spec: ConsumerSpec) -> Result<Inbox, BusError> {
+    /// Looks up the durable consumer `spec.name` (created by `steward setup`, see
+    /// [`Bus::setup`]) and returns its inbox. A missing consumer is
+    /// [`BusError::NotProvisioned`].
+    ///
+    /// When the consumer's settings differ from `spec` (a service started with its own
+    /// `STEWARD_ACK_WAIT` or `STEWARD_MAX_DELIVER`), this asks once to tune them, keeping the
+    /// consumer's position and delivery policy. A service's NATS user may not do that (the
+    /// consumers' configuration is `steward setup`'s): then the consumer's own settings are
+    /// used, with a warning, so the runtime's view never differs from the server's.
+    pub async fn inbox(&self, mut spec: ConsumerSpec) -> Result<Inbox, BusError> {
+        let ns = self.namespace().clone();
+        let consumer = self.lookup_consumer(&spec.name).await?;
+        let config = pull::Config::try_from_consumer_config(consumer.cached_info().config.clone())
+            .map_err(|e| BusError::nats("read consumer config", e))?;
+        if !spec.matches(&ns, &config) {
+            let wanted = spec.config(&ns, Some(config.clone()));
+            let stream = self
+                .js()
+                .get_stream(&ns.stream)
+                .await
+                .map_err(|e| BusError::nats("get stream", e))?;
+            match stream.create_consumer(wanted).await {
+                Ok(_) => tracing::info!(consumer = %spec.name, ack_wait = ?spec.ack_wait,
+                    max_deliver = spec.max_deliver, "consumer settings tuned to this service's configuration"),
+                Err(e) => {
+                    tracing::warn!(consumer = %spec.name, error = %e,
+                        server_ack_wait = ?config.ack_wait, server_max_deliver = config.max_deliver - 1,
+                        "this service's STEWARD_ACK_WAIT / STEWARD_MAX_DELIVER differ from its consumer's, which only `steward setup` may change; using the consumer's");
+                    spec.ack_wait = config.ack_wait;
+                    spec.max_deliver = (config.max_deliver - 1).max(1);
+                    spec.max_ack_pending = config.max_ack_pending;
+                }
+            }
+        }
         let mut inbox = Inbox { bus: self.clone(), spec, messages: None, consecutive_errors: 0 };
         inbox.messages = Some(inbox.open().await?);
         Ok(inbox)
+    }
+
+    /// The durable consumer `name`, or [`BusError::NotProvisioned`].
+    pub(crate) async fn lookup_consumer(&self, name: &str) -> Result<PullConsumer, BusError> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        use async_nats::jetstream::ErrorCode;
+        let ns = self.namespace();
+        let stream = self.js().get_stream(&ns.stream).await.map_err(|e| match e.kind() {
+            GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                BusError::NotProvisioned { what: format!("stream {}", ns.stream) }
+            }
+            _ => BusError::nats("get stream", e),
+        })?;
+        use async_nats::jetstream::context::ConsumerInfoErrorKind;
+        stream.consumer_info(name).await.map_err(|e| match e.kind() {
+            ConsumerInfoErrorKind::NotFound => BusError::NotProvisioned {
+                what: format!("durable consumer {name} on stream {}", ns.stream),
+            },
+            _ => BusError::nats("get consumer", e),
+        })?;
+        stream.get_consumer(name).await.map_err(|e| BusError::nats("get consumer", e))
     }
 }
 
@@ -85,35 +187,10 @@ impl Inbox {
         &self.spec
     }
 
-    async fn consumer(&self) -> Result<PullConsumer, BusError> {
-        let ns = self.bus.namespace();
-        let filter_subject = match self.spec.event_types.as_slice() {
-            [one] => ns.subject(one),
-            _ => String::new(),
-        };
-        let config = pull::Config {
-            durable_name: Some(self.spec.name.clone()),
-            description: Some(format!("steward {} inbox", self.spec.name)),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.spec.ack_wait,
-            max_deliver: self.spec.max_deliver + 1,
-            max_ack_pending: self.spec.max_ack_pending,
-            filter_subject,
-            ..Default::default()
-        };
-        let stream = self
-            .bus
-            .js()
-            .get_stream(&ns.stream)
-            .await
-            .map_err(|e| BusError::nats("get stream", e))?;
-        stream.create_consumer(config).await.map_err(|e| BusError::nats("create consumer", e))
-    }
-
     async fn open(&self) -> Result<pull::Stream, BusError> {
         let batch = usize::try_from(self.spec.max_ack_pending).unwrap_or(16).max(1);
-        self.consumer()
+        self.bus
+            .lookup_consumer(&self.spec.name)
             .await?
             .stream()
             .max_messages_per_batch(batch)
@@ -124,8 +201,9 @@ impl Inbox {
             .map_err(|e| BusError::nats("pull messages", e))
     }
 
-    /// The next delivery for this service. Waits as long as it takes; NATS outages and a
-    /// deleted consumer are survived by re-creating the consumer with backoff.
+    /// The next delivery for this service. Waits as long as it takes; NATS outages are
+    /// survived by looking the consumer up again with backoff, and a deleted consumer by
+    /// waiting (saying so) until `steward setup` has created it again.
     pub async fn next(&mut self) -> Delivery {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -183,7 +261,9 @@ impl Inbox {
                 (i.delivered.max(1) as u64, i.stream_sequence, i.pending, age.max(0.0))
             })
             .unwrap_or((1, 0, 0, 0.0));
-        let event = Event::decode(&msg.payload);
+        // The subject is what the server's permissions checked; the payload's `type` is the
+        // publisher's word. One that differs is refused here, before any handler.
+        let event = Event::decode_for(&event_type, &msg.payload);
         Some(Delivery {
             bus: self.bus.clone(),
             consumer: self.spec.name.clone(),

@@ -1,7 +1,9 @@
 //! Steward's event bus on NATS JetStream.
 //!
-//! - [`Bus::connect`] connects (reconnecting by itself forever) and creates or updates the
-//!   `STEWARD` stream, which keeps every Steward subject on file storage.
+//! - [`Bus::connect`] connects (reconnecting by itself forever) and looks up the `STEWARD`
+//!   stream, which keeps every Steward subject on file storage. Only the provisioning identity
+//!   ([`Bus::setup`], run by `steward setup`) creates or changes the stream, the services'
+//!   durable consumers and the KV buckets; services look them up.
 //! - [`Bus::publish`] sends an [`Event`] with `Nats-Msg-Id` = event id and waits for the
 //!   stream's ack, retrying within a bound while NATS is away; a retry is never stored twice.
 //! - [`Bus::inbox`] gives a service its durable pull consumer ([`Inbox`]): explicit acks,
@@ -23,6 +25,7 @@ mod permissions;
 mod progress;
 mod publish;
 mod replay;
+mod setup;
 mod state;
 mod stream;
 pub mod subject;
@@ -33,14 +36,17 @@ use std::time::Duration;
 use async_nats::jetstream;
 pub use config::{validate_url, BusConfig, Credentials, Namespace};
 pub use error::BusError;
-pub use idempotency::Idempotency;
+pub use idempotency::{Idempotency, MARKER_TTL};
 pub use inbox::{
     ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,
 };
-pub use permissions::{inbox_prefix, password_variable, Permissions};
+pub use permissions::{
+    inbox_prefix, password_variable, setup_password_variable, Permissions, SETUP_USER,
+};
 pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;
 pub use replay::{Replay, ReplayQuery, Replayed};
+pub use setup::{Setup, HANDLED_BUCKET};
 pub use state::{StateStore, Versioned};
 use steward_events::Event;
 
@@ -59,11 +65,21 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Connects to NATS and creates or updates the stream.
+    /// Connects to NATS and looks up the stream (it does not create it: `steward setup` does).
     ///
-    /// NATS being down at start is waited for up to `cfg.connect_timeout`, then this fails
-    /// loudly; after that the client reconnects by itself for as long as the process lives.
+    /// NATS being down at start, or the stream not there yet, is waited for up to
+    /// `cfg.connect_timeout`, then this fails loudly (a missing stream is
+    /// [`BusError::NotProvisioned`], naming `steward setup`); after that the client reconnects
+    /// by itself for as long as the process lives.
     pub async fn connect(cfg: BusConfig, client_name: &str) -> Result<Self, BusError> {
+        let bus = Self::open(cfg, client_name).await?;
+        bus.await_stream(bus.cfg.connect_timeout).await?;
+        Ok(bus)
+    }
+
+    /// Connects to NATS without looking for the stream: for the provisioning identity
+    /// ([`Bus::setup`]), which is the one that creates it.
+    pub async fn open(cfg: BusConfig, client_name: &str) -> Result<Self, BusError> {
         let url = cfg.url.clone();
         let name = client_name.to_owned();
         let mut options = async_nats::ConnectOptions::new()
@@ -109,9 +125,7 @@ impl Bus {
             .map_err(|e| BusError::Connect { url: url.clone(), reason: e.to_string() })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(cfg.request_timeout);
-        let bus = Self { client, js, cfg: Arc::new(cfg) };
-        bus.ensure_stream_within(bus.cfg.connect_timeout).await?;
-        Ok(bus)
+        Ok(Self { client, js, cfg: Arc::new(cfg) })
     }
 
     /// The configuration in force.

@@ -3,18 +3,22 @@
 //! server's authorization cannot drift from what the code does.
 //!
 //! The rule: a participant publishes only its own event types and its own dead letters; it
-//! manages only its own durable consumer and its own KV buckets; it reads others' buckets
-//! without the right to change them; it receives replies only on its own inbox prefix. Every
-//! participant may read the event stream through JetStream (the audit trail is not secret
-//! among Steward's services); none may delete the stream or another's consumer.
+//! reads (looks up, pulls from, acks) only its own durable consumer; it writes only its own
+//! KV buckets (and its own keys of the markers bucket); it reads others' buckets without the
+//! right to change them; it receives replies only on its own inbox prefix. Every participant
+//! may read the event stream through JetStream (the audit trail is not secret among Steward's
+//! services). No participant creates, updates, purges or deletes the stream, a durable
+//! consumer or a bucket: that is the provisioning user's ([`SETUP_USER`], `steward setup`),
+//! which has the JetStream API and nothing else (it publishes no event and writes no value).
 
 use steward_events::Service;
 
 use crate::config::Namespace;
+use crate::setup::HANDLED_BUCKET;
 use crate::PROGRESS_FAMILY;
 
-/// Bucket of the idempotency markers; every service writes only keys under its own name.
-pub(crate) const HANDLED_BUCKET: &str = "HANDLED";
+/// The NATS user of the provisioning identity (`steward setup`).
+pub const SETUP_USER: &str = "setup";
 
 /// Inbox prefix of a NATS user (or, without users, of a client): replies to its requests
 /// arrive under it.
@@ -33,6 +37,8 @@ pub struct Permissions {
     pub service: Service,
     /// Subjects (with wildcards) it may publish to.
     pub publish: Vec<String>,
+    /// Subjects it may not publish to, although `publish` matches them.
+    pub deny: Vec<String>,
     /// Subjects it may subscribe to.
     pub subscribe: Vec<String>,
 }
@@ -45,30 +51,25 @@ impl Permissions {
         let mut publish: Vec<String> = service.publishes().iter().map(|t| ns.subject(t)).collect();
         let mut subscribe = vec![format!("{}.>", inbox_prefix(service.name()))];
 
-        // Every connection checks JetStream and creates or updates the stream.
+        // Every connection checks JetStream and looks the stream up.
         publish.push(api("INFO"));
-        for op in ["INFO", "CREATE", "UPDATE"] {
-            publish.push(api(&format!("STREAM.{op}.{stream}")));
-        }
-        // Its own durable consumer and the acks of its deliveries; its own dead letters.
+        publish.push(api(&format!("STREAM.INFO.{stream}")));
+        // Its own durable consumer (looked up, pulled from, acked); its own dead letters.
         if !service.consumes().is_empty() {
             let name = service.name();
             publish.push(ns.dead_letter_subject(name));
-            for op in ["CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT"] {
+            for op in ["INFO", "MSG.NEXT"] {
                 publish.push(api(&format!("CONSUMER.{op}.{stream}.{name}")));
             }
-            publish.push(api(&format!("CONSUMER.CREATE.{stream}.{name}.>")));
             publish.push(format!("$JS.ACK.{stream}.{name}.>"));
             // Idempotency markers: the shared bucket, its own keys only.
             let handled = ns.bucket(HANDLED_BUCKET);
-            publish.extend(manage_bucket(&handled));
             publish.extend(read_bucket(&handled));
             publish.push(format!("$KV.{handled}.{name}.>"));
         }
-        // Its own buckets: create, read, write.
+        // Its own buckets: read, write.
         for bucket in service.writes_buckets() {
             let bucket = ns.bucket(bucket);
-            publish.extend(manage_bucket(&bucket));
             publish.extend(read_bucket(&bucket));
             publish.push(format!("$KV.{bucket}.>"));
         }
@@ -76,12 +77,14 @@ impl Permissions {
         for bucket in service.reads_buckets() {
             publish.extend(read_bucket(&ns.bucket(bucket)));
         }
-        // Replays (`steward events`, `audit`, waiting for an outcome) use ephemeral consumers.
+        // Replays (`steward events`, `audit`, waiting for an outcome) use ephemeral consumers
+        // (created without a name; they go away by themselves when idle), never a durable one:
+        // see `deny`.
         if service == Service::Cli {
-            for op in ["CREATE", "INFO", "DELETE", "MSG.NEXT"] {
-                publish.push(api(&format!("CONSUMER.{op}.{stream}.>")));
-            }
             publish.push(api(&format!("CONSUMER.CREATE.{stream}")));
+            for op in ["INFO", "MSG.NEXT"] {
+                publish.push(api(&format!("CONSUMER.{op}.{stream}.*")));
+            }
         }
         let progress = ns.subject(&format!("{PROGRESS_FAMILY}.>"));
         if service.publishes_progress() {
@@ -93,7 +96,25 @@ impl Permissions {
         publish.sort();
         publish.dedup();
         subscribe.sort();
-        Self { service, publish, subscribe }
+        // The wildcards above must not reach the services' durable consumers: pulling from
+        // one would steal (and, repeated, exhaust) another service's deliveries.
+        let mut deny = vec![];
+        if service == Service::Cli {
+            for other in Service::ALL.into_iter().filter(|s| !s.consumes().is_empty()) {
+                for op in ["CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT", "DELETE"] {
+                    deny.push(api(&format!("CONSUMER.{op}.{stream}.{}", other.name())));
+                }
+                deny.push(api(&format!("CONSUMER.CREATE.{stream}.{}.>", other.name())));
+            }
+            deny.sort();
+        }
+        Self { service, publish, deny, subscribe }
+    }
+
+    /// The provisioning user's permissions: the JetStream API (create, update, purge, delete
+    /// the stream, the consumers and the buckets), its own replies, and nothing else.
+    pub fn setup() -> (Vec<String>, Vec<String>) {
+        (vec!["$JS.API.>".to_owned()], vec![format!("{}.>", inbox_prefix(SETUP_USER))])
     }
 
     /// The NATS server's `authorization` block for every participant, each user's password
@@ -113,10 +134,27 @@ impl Permissions {
                 service.name(),
                 password_variable(service)
             ));
-            out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&p.publish)));
+            if p.deny.is_empty() {
+                out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&p.publish)));
+            } else {
+                out.push_str(&format!(
+                    "        publish: {{\n          allow: {}\n          deny: {}\n        }}\n",
+                    list(&p.publish),
+                    list(&p.deny)
+                ));
+            }
             out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&p.subscribe)));
             out.push_str("      }\n    }\n");
         }
+        // The provisioning identity: `steward setup`, run once per install and upgrade.
+        let (publish, subscribe) = Self::setup();
+        out.push_str(&format!(
+            "    {{\n      user: {SETUP_USER}\n      password: ${}\n      permissions: {{\n",
+            setup_password_variable()
+        ));
+        out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&publish)));
+        out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&subscribe)));
+        out.push_str("      }\n    }\n");
         out.push_str("  ]\n}\n");
         out
     }
@@ -127,9 +165,9 @@ pub fn password_variable(service: Service) -> String {
     format!("STEWARD_{}_PASSWORD", service.name().to_uppercase())
 }
 
-/// Create or update a bucket's stream (what opening it does).
-fn manage_bucket(bucket: &str) -> Vec<String> {
-    ["CREATE", "UPDATE"].iter().map(|op| format!("$JS.API.STREAM.{op}.KV_{bucket}")).collect()
+/// The server variable holding the provisioning user's password, `STEWARD_SETUP_PASSWORD`.
+pub fn setup_password_variable() -> String {
+    format!("STEWARD_{}_PASSWORD", SETUP_USER.to_uppercase())
 }
 
 /// Get values (direct or through the API) and list keys (an ephemeral ordered consumer).

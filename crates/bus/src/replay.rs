@@ -134,7 +134,13 @@ impl Replay {
             if !wanted {
                 continue;
             }
-            let event = Event::decode(&msg.payload);
+            // A dead letter keeps its original payload (its subject is `dlq.<consumer>`); any
+            // other message must be of its subject's type, or it is shown as undecodable.
+            let event = if subject::matches("dlq.>", &event_type) {
+                Event::decode(&msg.payload)
+            } else {
+                Event::decode_for(&event_type, &msg.payload)
+            };
             if let Some(container) = &self.query.container {
                 let about = event.as_ref().ok().and_then(|e| e.container());
                 if about != Some(container.as_str()) {

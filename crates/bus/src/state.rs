@@ -4,16 +4,13 @@
 //! [`BusError::Conflict`] instead of overwriting, so an updater that was thought dead and a
 //! new instance cannot both advance one update.
 
-use std::marker::PhantomData;
-use std::time::Duration;
-
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::marker::PhantomData;
 
-use crate::idempotency::open_bucket;
 use crate::{Bus, BusError};
 
 /// A value and the revision it was read at.
@@ -45,16 +42,20 @@ impl<T> std::fmt::Debug for StateStore<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> StateStore<T> {
-    /// Opens (creating if needed) the bucket `name` of this namespace. Values never expire.
+    /// Opens the bucket `name` of this namespace, which `steward setup` created
+    /// ([`Bus::setup`]); a missing one is [`BusError::NotProvisioned`]. Whether this process
+    /// may write it is the NATS user's permissions' business: a service writes only its own.
     pub async fn open(bus: &Bus, name: &str) -> Result<Self, BusError> {
-        let bucket = bus.namespace().bucket(name);
-        let kv = open_bucket(bus, &bucket, Duration::ZERO, 5).await?;
-        Ok(Self { kv, bucket, _value: PhantomData })
+        match Self::open_existing(bus, name).await? {
+            Some(store) => Ok(store),
+            None => Err(BusError::NotProvisioned {
+                what: format!("KV bucket {}", bus.namespace().bucket(name)),
+            }),
+        }
     }
 
-    /// Opens the bucket `name` for reading, without creating or reconfiguring it (a service
-    /// reading another's state needs no right to manage that bucket). `None`: it does not
-    /// exist yet, so nothing was ever stored.
+    /// Opens the bucket `name` without creating or reconfiguring it (no service may). `None`:
+    /// it does not exist.
     pub async fn open_existing(bus: &Bus, name: &str) -> Result<Option<Self>, BusError> {
         use async_nats::jetstream::context::GetStreamErrorKind;
         use async_nats::jetstream::ErrorCode;

@@ -8,7 +8,8 @@ use steward_events::{EventData, MAX_EVENT_BYTES};
 use crate::{Bus, BusError};
 
 impl Bus {
-    /// Creates the stream, or updates it to the current configuration.
+    /// Creates the stream, or updates it to the current configuration. Provisioning only
+    /// ([`Bus::setup`]): a service's NATS user may not do this.
     ///
     /// `create_or_update` rather than `get_or_create`: the latter ignores a changed subject
     /// list or duplicate window on an existing stream.
@@ -55,6 +56,48 @@ impl Bus {
                     })
                 }
             }
+        }
+    }
+
+    /// Waits up to `bound` for the stream to be there (NATS may still be starting, or
+    /// `steward setup` may not have run yet); never creates or changes it.
+    pub(crate) async fn await_stream(&self, bound: Duration) -> Result<(), BusError> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        use async_nats::jetstream::ErrorCode;
+        let stream = self.namespace().stream.clone();
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let missing = match self.js().get_stream(&stream).await {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.kind() {
+                    GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        None
+                    }
+                    _ => Some(e),
+                },
+            };
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Err(match missing {
+                    None => BusError::NotProvisioned { what: format!("stream {stream}") },
+                    Some(e) => BusError::Nats {
+                        op: "look up stream",
+                        reason: format!("stream {stream} not reachable after {bound:?}: {e}"),
+                    },
+                });
+            }
+            match &missing {
+                None => {
+                    tracing::warn!(%stream, "stream does not exist yet; waiting for `steward setup`")
+                }
+                Some(e) => {
+                    tracing::warn!(%stream, error = %e, "stream not reachable yet; retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 }

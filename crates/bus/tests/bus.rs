@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use steward_bus::{BusError, ConsumerSpec, Idempotency, ReplayQuery, StateStore, DLQ_REASON};
+use steward_bus::{
+    BusError, ConsumerSpec, Idempotency, Inbox, ReplayQuery, StateStore, DLQ_REASON,
+};
 use steward_events::{samples, Event, EventData, WatchRequested};
 use steward_testkit::{bus_config, NatsServer, TestBus};
 
@@ -22,12 +24,18 @@ async fn replay_all(bus: &steward_bus::Bus, query: ReplayQuery) -> Vec<steward_b
     out
 }
 
+/// The consumer of `spec` as `steward setup` makes it, then its inbox.
+async fn provisioned(bus: &TestBus, spec: ConsumerSpec) -> Inbox {
+    bus.ensure_consumer(&spec).await.expect("provision consumer");
+    bus.inbox(spec).await.expect("inbox")
+}
+
 #[tokio::test]
 async fn every_event_type_round_trips_through_consumer_and_replay() {
     let bus = TestBus::new("roundtrip").await;
     let start = time::OffsetDateTime::now_utc() - Duration::from_millis(5);
     let types: Vec<&str> = EventData::ALL_TYPES.to_vec();
-    let mut inbox = bus.inbox(ConsumerSpec::new("all", &types)).await.expect("inbox");
+    let mut inbox = provisioned(&bus, ConsumerSpec::new("all", &types)).await;
     let cause = Event::new("test", WatchRequested::default());
     let sent: Vec<Event> =
         samples::all("gitea").into_iter().map(|d| Event::caused_by(&cause, "test", d)).collect();
@@ -65,7 +73,7 @@ async fn a_duplicate_publish_is_stored_once() {
 async fn a_poison_message_is_dead_lettered_with_its_reason_and_does_not_block() {
     let bus = TestBus::new("poison").await;
     let ns = bus.namespace().clone();
-    let mut inbox = bus.inbox(ConsumerSpec::new("svc", &["watch.requested"])).await.expect("inbox");
+    let mut inbox = provisioned(&bus, ConsumerSpec::new("svc", &["watch.requested"])).await;
     // Not an event at all, then a good one behind it.
     let js = async_nats::jetstream::new(bus.raw_client().clone());
     js.publish(ns.subject("watch.requested"), "{\"not\":\"an event\"}".into())
@@ -102,7 +110,7 @@ async fn an_unacked_event_is_redelivered_and_counts_attempts() {
     let bus = TestBus::new("redeliver").await;
     let mut spec = ConsumerSpec::new("svc", &["watch.requested"]);
     spec.ack_wait = Duration::from_secs(1);
-    let mut inbox = bus.inbox(spec).await.expect("inbox");
+    let mut inbox = provisioned(&bus, spec).await;
     let event = Event::new("test", WatchRequested::default());
     bus.publish(&event).await.expect("publish");
     let first = next(&mut inbox).await;
@@ -117,10 +125,8 @@ async fn an_unacked_event_is_redelivered_and_counts_attempts() {
 #[tokio::test]
 async fn a_consumer_of_several_types_skips_the_others() {
     let bus = TestBus::new("skip").await;
-    let mut inbox = bus
-        .inbox(ConsumerSpec::new("svc", &["backup.done", "image.updated"]))
-        .await
-        .expect("inbox");
+    let mut inbox =
+        provisioned(&bus, ConsumerSpec::new("svc", &["backup.done", "image.updated"])).await;
     let all = samples::all("c");
     for data in &all {
         bus.publish(&Event::new("test", data.clone())).await.expect("publish");
@@ -138,6 +144,7 @@ async fn a_consumer_of_several_types_skips_the_others() {
 #[tokio::test]
 async fn state_store_compare_and_set_refuses_stale_writes() {
     let bus = TestBus::new("kv").await;
+    bus.ensure_state_bucket("FLOWS").await.expect("provision");
     let store: StateStore<serde_json::Value> = StateStore::open(&bus, "FLOWS").await.expect("open");
     let r1 = store.create("gitea", &serde_json::json!({"step": "backup"})).await.expect("create");
     assert!(matches!(
@@ -249,4 +256,82 @@ async fn publishing_while_nats_is_down_waits_then_fails_loudly_or_succeeds_when_
         stored.iter().filter(|r| r.event.as_ref().is_ok_and(|e| e.id == event.id)).count(),
         1
     );
+}
+
+#[tokio::test]
+async fn an_event_whose_type_is_not_its_subject_is_refused_by_the_inbox() {
+    let bus = TestBus::new("wrongsubject").await;
+    let ns = bus.namespace().clone();
+    let mut inbox = provisioned(&bus, ConsumerSpec::new("svc", &["image.updated"])).await;
+    // A participant allowed to publish `image.updated` smuggles an approval inside it.
+    let forged = samples::all("app")
+        .into_iter()
+        .find(|d| d.event_type() == "update.approved")
+        .map(|d| Event::new("steward-watcher/x", d))
+        .expect("an approval sample");
+    let js = async_nats::jetstream::new(bus.raw_client().clone());
+    js.publish(ns.subject("image.updated"), forged.encode().expect("encode").into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let d = next(&mut inbox).await;
+    assert_eq!(d.event_type, "image.updated");
+    let err = d.event.as_ref().expect_err("the type is not the subject");
+    assert!(
+        matches!(err, steward_events::DecodeError::WrongSubject { subject, declared }
+            if subject == "image.updated" && declared == "update.approved"),
+        "{err}"
+    );
+    // The audit trail shows it as what it is: not an approval.
+    let replayed = replay_all(&bus, ReplayQuery::default()).await;
+    assert_eq!(replayed.len(), 1);
+    assert!(replayed[0].event.is_err(), "replay decodes by subject too");
+}
+
+#[tokio::test]
+async fn a_consumer_created_by_setup_starts_at_new_events_and_an_update_keeps_its_position() {
+    let bus = TestBus::new("newonly").await;
+    let old = Event::new("test", WatchRequested::default());
+    bus.publish(&old).await.expect("publish");
+    // Created (or re-created after a loss) while the stream already holds events.
+    let spec = ConsumerSpec::new("late", &["watch.requested"]);
+    assert!(bus.ensure_consumer(&spec).await.expect("create"), "created");
+    let fresh = Event::new("test", WatchRequested::default());
+    bus.publish(&fresh).await.expect("publish");
+    let mut inbox = bus.inbox(spec.clone()).await.expect("inbox");
+    let d = next(&mut inbox).await;
+    assert_eq!(d.event.as_ref().expect("event").id, fresh.id, "never the old one");
+    d.ack().await.expect("ack");
+    assert!(tokio::time::timeout(Duration::from_secs(1), inbox.next()).await.is_err());
+    drop(inbox);
+
+    // Running setup again (an upgrade) changes settings, not the position.
+    let later = Event::new("test", WatchRequested::default());
+    bus.publish(&later).await.expect("publish");
+    let mut tuned = spec.clone();
+    tuned.ack_wait = Duration::from_secs(7);
+    assert!(!bus.ensure_consumer(&tuned).await.expect("update"), "updated, not created");
+    let mut inbox = bus.inbox(tuned).await.expect("inbox");
+    assert_eq!(inbox.spec().ack_wait, Duration::from_secs(7));
+    let d = next(&mut inbox).await;
+    assert_eq!(d.event.as_ref().expect("event").id, later.id, "where it left off");
+    d.ack().await.expect("ack");
+}
+
+#[tokio::test]
+async fn services_only_look_up_what_setup_provisions() {
+    let bus = TestBus::new("lookup").await;
+    let missing = bus.inbox(ConsumerSpec::new("nobody", &["watch.requested"])).await;
+    let err = missing.expect_err("no such consumer").to_string();
+    assert!(err.contains("nobody") && err.contains("steward setup"), "{err}");
+    let err = StateStore::<serde_json::Value>::open(&bus, "NOPE").await.expect_err("no bucket");
+    assert!(err.to_string().contains("steward setup"), "{err}");
+    // A namespace nobody provisioned: connecting waits (bounded), then names `steward setup`.
+    let cfg = steward_bus::BusConfig {
+        connect_timeout: Duration::from_millis(600),
+        ..bus_config(&steward_testkit::testbed::nats_url(), "unprovisioned")
+    };
+    let err = steward_bus::Bus::connect(cfg, "test").await.expect_err("no stream").to_string();
+    assert!(err.contains("stream") && err.contains("steward setup"), "{err}");
 }

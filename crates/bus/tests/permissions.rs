@@ -45,6 +45,7 @@ async fn connect(server: &NatsServer, service: Service) -> Bus {
 #[tokio::test]
 async fn each_participant_publishes_only_its_own_event_types() {
     let server = NatsServer::start_with_steward_users();
+    let _setup = server.setup().await;
     let mut expected = BTreeSet::new();
     let mut open = vec![];
     for service in Service::ALL {
@@ -95,9 +96,10 @@ async fn each_participant_publishes_only_its_own_event_types() {
 #[tokio::test]
 async fn nobody_changes_what_is_not_theirs() {
     let server = NatsServer::start_with_steward_users();
+    let _setup = server.setup().await;
     let updater = connect(&server, Service::Updater).await;
     let updates: StateStore<serde_json::Value> =
-        StateStore::open(&updater, "UPDATES").await.expect("the updater owns its bucket");
+        StateStore::open(&updater, "UPDATES").await.expect("the updater writes its bucket");
     updates.put("app", &serde_json::json!({"step": "gating"})).await.expect("updater writes");
 
     // The backup service reads the updater's records but cannot change them.
@@ -108,7 +110,7 @@ async fn nobody_changes_what_is_not_theirs() {
         .expect("the bucket exists");
     assert!(seen.get("app").await.expect("get").is_some());
     assert!(seen.put("app", &serde_json::json!({"step": "done"})).await.is_err());
-    assert!(StateStore::<serde_json::Value>::open(&backup, "UPDATES").await.is_err());
+    assert!(backup.ensure_state_bucket("UPDATES").await.is_err(), "nor reconfigure it");
     assert_eq!(
         updates.get("app").await.expect("get").map(|v| v.value["step"].clone()),
         Some(serde_json::json!("gating"))
@@ -132,6 +134,150 @@ async fn nobody_changes_what_is_not_theirs() {
     assert!(log.contains("Subject \"$KV.STEWARD_HANDLED.updater.x\""), "{log}");
     let cli = connect(&server, Service::Cli).await;
     assert!(cli.replay(ReplayQuery::default()).await.is_ok(), "the stream is still there");
+}
+
+/// A JetStream API request (or a KV write) as `client`: the server's answer, or `None` when
+/// none came (a subject the user may not publish to is dropped by the server).
+async fn answer(client: &async_nats::Client, subject: String, body: Vec<u8>) -> Option<String> {
+    let request = client.request(subject, body.into());
+    match tokio::time::timeout(Duration::from_secs(2), request).await {
+        Ok(Ok(reply)) => Some(String::from_utf8_lossy(&reply.payload).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn only_the_setup_user_administers_the_stream_the_consumers_and_the_buckets() {
+    use async_nats::jetstream;
+    let server = NatsServer::start_with_steward_users();
+    let setup = server.setup().await;
+    let admin = jetstream::new(setup.raw_client().clone());
+    let plan = steward_bus::Setup::steward();
+    let ns = Namespace::default();
+    // Some history to lose, and a value in every bucket to overwrite.
+    let cli = connect(&server, Service::Cli).await;
+    for _ in 0..3 {
+        cli.publish(&Event::new("cli", steward_events::WatchRequested::default()))
+            .await
+            .expect("the CLI publishes");
+    }
+    let mut stream_config =
+        admin.get_stream("STEWARD").await.expect("stream").cached_info().config.clone();
+    stream_config.max_messages = 1;
+    let shrink = serde_json::to_vec(&stream_config).expect("json");
+    let consumer_body = |name: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "stream_name": "STEWARD",
+            "config": {"durable_name": name, "deliver_policy": "all", "ack_policy": "explicit",
+                       "filter_subject": "nothing.here", "ack_wait": 1_000_000_000u64},
+        }))
+        .expect("json")
+    };
+
+    let mut attempts = vec![];
+    for service in Service::ALL {
+        let bus = connect(&server, service).await;
+        let client = bus.raw_client().clone();
+        let mut tries: Vec<(String, Vec<u8>)> = vec![
+            ("$JS.API.STREAM.UPDATE.STEWARD".into(), shrink.clone()),
+            ("$JS.API.STREAM.PURGE.STEWARD".into(), b"{}".to_vec()),
+            ("$JS.API.STREAM.DELETE.STEWARD".into(), vec![]),
+            (
+                "$JS.API.STREAM.CREATE.KV_STEWARD_NEW".into(),
+                b"{\"name\":\"KV_STEWARD_NEW\",\"subjects\":[\"$KV.STEWARD_NEW.>\"]}".to_vec(),
+            ),
+            // An "ephemeral" create that names a durable: must not reach the services' consumers.
+            ("$JS.API.CONSUMER.CREATE.STEWARD".into(), consumer_body("updater")),
+        ];
+        for consumer in &plan.consumers {
+            // Every durable consumer, its own included: deleting or reconfiguring it is setup's.
+            tries.push((format!("$JS.API.CONSUMER.DELETE.STEWARD.{}", consumer.name), vec![]));
+            tries.push((
+                format!("$JS.API.CONSUMER.CREATE.STEWARD.{}", consumer.name),
+                consumer_body(&consumer.name),
+            ));
+            tries.push((
+                format!("$JS.API.CONSUMER.DURABLE.CREATE.STEWARD.{}", consumer.name),
+                consumer_body(&consumer.name),
+            ));
+        }
+        for bucket in
+            plan.state_buckets.iter().filter(|b| !service.writes_buckets().contains(&b.as_str()))
+        {
+            let kv = ns.bucket(bucket);
+            tries.push((format!("$KV.{kv}.forged"), b"{}".to_vec()));
+            tries.push((format!("$JS.API.STREAM.UPDATE.KV_{kv}"), b"{}".to_vec()));
+            tries.push((format!("$JS.API.STREAM.PURGE.KV_{kv}"), b"{}".to_vec()));
+            tries.push((format!("$JS.API.STREAM.DELETE.KV_{kv}"), vec![]));
+        }
+        for other in Service::ALL.into_iter().filter(|o| *o != service) {
+            tries.push((format!("$KV.STEWARD_HANDLED.{}.forged", other.name()), b"1".to_vec()));
+        }
+        for (subject, body) in tries {
+            let client = client.clone();
+            attempts.push(async move {
+                let reply = answer(&client, subject.clone(), body).await;
+                (service, subject, reply)
+            });
+        }
+        open_later(bus);
+    }
+    let refused: Vec<_> = futures::future::join_all(attempts).await;
+    // Refused: no answer (the server dropped it: no permission), or JetStream's error (the
+    // CLI's ephemeral create naming a durable consumer is refused by the server itself).
+    let answered: Vec<_> = refused
+        .iter()
+        .filter(|(_, _, reply)| reply.as_ref().is_some_and(|r| !r.contains("\"error\"")))
+        .collect();
+    assert!(
+        answered.is_empty(),
+        "the server acted on these (service, subject, reply): {answered:#?}"
+    );
+
+    // Nothing changed: the stream, its history, every consumer's configuration, every bucket.
+    let mut stream = admin.get_stream("STEWARD").await.expect("the stream is still there");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.config.max_messages, -1, "nobody shrank the stream");
+    assert_eq!(info.state.messages, 3, "the history is intact");
+    for consumer in &plan.consumers {
+        let found =
+            stream.consumer_info(&consumer.name).await.expect("the consumer is still there");
+        assert_eq!(found.config.ack_wait, consumer.ack_wait, "{}", consumer.name);
+        assert_ne!(found.config.filter_subject, "nothing.here", "{}", consumer.name);
+    }
+    for bucket in &plan.state_buckets {
+        let kv = admin.get_key_value(ns.bucket(bucket)).await.expect("bucket");
+        assert!(kv.get("forged").await.expect("get").is_none(), "{bucket} was written");
+    }
+    assert!(admin.get_stream("KV_STEWARD_NEW").await.is_err(), "a service created a bucket");
+    let log = wait_log(&server, "Publish Violation").await;
+    assert!(log.contains("User \"watcher\", Subject \"$JS.API.STREAM.UPDATE.STEWARD\""), "{log}");
+
+    // The provisioning user can do all of it.
+    let ok = |reply: Option<String>, what: &str| {
+        let reply = reply.unwrap_or_else(|| panic!("setup got no answer to {what}"));
+        assert!(!reply.contains("\"error\""), "setup could not {what}: {reply}");
+    };
+    let client = setup.raw_client();
+    ok(
+        answer(client, "$JS.API.CONSUMER.DELETE.STEWARD.watcher".into(), vec![]).await,
+        "delete a consumer",
+    );
+    ok(answer(client, "$JS.API.STREAM.UPDATE.STEWARD".into(), shrink).await, "update the stream");
+    ok(
+        answer(client, "$JS.API.STREAM.PURGE.STEWARD".into(), b"{}".to_vec()).await,
+        "purge the stream",
+    );
+    ok(
+        answer(client, "$JS.API.STREAM.DELETE.KV_STEWARD_WATCHER".into(), vec![]).await,
+        "delete a bucket",
+    );
+    ok(answer(client, "$JS.API.STREAM.DELETE.STEWARD".into(), vec![]).await, "delete the stream");
+}
+
+/// Keeps a connection open until the process ends (its requests are still in flight).
+fn open_later(bus: Bus) {
+    std::mem::forget(bus);
 }
 
 /// The server log once it mentions `needle` (violations are logged asynchronously).

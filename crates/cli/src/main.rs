@@ -6,6 +6,7 @@
 mod audit;
 mod backups;
 mod events;
+mod setup;
 mod status;
 mod updates;
 mod when;
@@ -97,6 +98,11 @@ enum Command {
     Events(events::EventsCommand),
     /// Every update, backup, restore and outage as one timeline, with outcome and duration.
     Audit(audit::AuditArgs),
+    /// Create or update the stream, every service's consumer and the KV buckets (run once
+    /// at install and after every upgrade, as the `setup` NATS user; services only look them
+    /// up). Reads STEWARD_EVENT_RETENTION, STEWARD_DUPLICATE_WINDOW, STEWARD_ACK_WAIT and
+    /// STEWARD_MAX_DELIVER.
+    Setup,
     /// Exit 0 when the service in this container answers `/healthz` (the image's
     /// HEALTHCHECK); its address is the container's STEWARD_HTTP_ADDR.
     Healthcheck {
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(CertsCommand::Renew { wait }) => renew_certs(&cli.conn, wait).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
         Command::Audit(args) => audit::run(args, &cli.conn).await,
+        Command::Setup => setup::run(&cli.conn).await,
         Command::Healthcheck { addr } => healthcheck(addr).await,
     }
 }

@@ -144,6 +144,20 @@ impl Event {
         Ok(bytes)
     }
 
+    /// Decodes an envelope that arrived on the subject of `subject_type` (the NATS subject
+    /// without the namespace prefix), refusing one whose `type` is any other: the subject is
+    /// what the server's permissions checked, so it is the only type a consumer may trust.
+    pub fn decode_for(subject_type: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let event = Self::decode(bytes)?;
+        if event.event_type() != subject_type {
+            return Err(DecodeError::WrongSubject {
+                subject: subject_type.to_owned(),
+                declared: event.event_type().to_owned(),
+            });
+        }
+        Ok(event)
+    }
+
     /// Decodes and validates an envelope. Never panics; every problem is a [`DecodeError`].
     ///
     /// Unknown *extra* attributes and payload fields are ignored, so a newer publisher can add

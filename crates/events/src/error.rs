@@ -28,6 +28,17 @@ pub enum DecodeError {
     /// The envelope has no `data` member.
     #[error("{0} event has no data")]
     MissingData(&'static str),
+    /// The envelope's `type` is not the type of the subject it arrived on: a participant
+    /// allowed to publish one subject smuggled in an event of a type it may not publish.
+    #[error(
+        "subject {subject:?} carries an event of type {declared:?}: the type must be the subject"
+    )]
+    WrongSubject {
+        /// The event type the subject stands for.
+        subject: String,
+        /// The `type` the envelope declares.
+        declared: String,
+    },
     /// `data` does not match the payload of its type (missing or mistyped field).
     #[error("invalid data for {event_type}: {source}")]
     Data {

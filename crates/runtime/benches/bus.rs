@@ -87,10 +87,9 @@ async fn inbox(n: usize) {
     // A connection of its own, as a service has.
     let other =
         steward_bus::Bus::connect(bus.config().clone(), "bench-inbox").await.expect("connect");
-    let mut inbox = other
-        .inbox(steward_bus::ConsumerSpec::new("bench", &["watch.requested"]))
-        .await
-        .expect("inbox");
+    let spec = steward_bus::ConsumerSpec::new("bench", &["watch.requested"]);
+    bus.ensure_consumer(&spec).await.expect("provision the consumer, as setup does");
+    let mut inbox = other.inbox(spec).await.expect("inbox");
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let event = Event::new("bench", WatchRequested::default());

@@ -1,8 +1,12 @@
 //! The consume loop: one delivery at a time, handled at most once, settled every time.
 //!
 //! For each delivery:
-//! 1. not decodable → dead letter with the decoder's reason (never retried: it cannot improve);
-//! 2. already handled (idempotency marker) → ack, count a duplicate;
+//! 1. not decodable, or its `type` is not its subject's → dead letter with the reason (never
+//!    retried: it cannot improve; the subject is what the server's permissions checked, so an
+//!    event smuggled under another participant's subject is never handled);
+//! 2. older than the idempotency horizon (the handled markers' TTL: a replayed old event could
+//!    no longer be recognised as handled) → ack and ignore, count it expired, log it;
+//!    already handled (idempotency marker) → ack, count a duplicate;
 //! 3. run the handler, sending `in progress` so long work keeps its ack timer alive;
 //! 4. success → write the marker (retried while NATS is away), then a confirmed ack;
 //!    `Reject` or a panic → dead letter; `Retry` → nak with backoff, dead letter on the last
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use steward_bus::{Delivery, Idempotency, Inbox};
-use steward_events::Event;
+use steward_events::{DecodeError, Event};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -50,6 +54,8 @@ pub(crate) struct Loop<'a, H> {
     pub ctx: &'a Context,
     pub handler: &'a H,
     pub idempotency: Idempotency,
+    /// Deliveries older than this are acked and ignored (the markers' TTL).
+    pub horizon: Duration,
     pub metrics: &'a Metrics,
     pub shutdown: CancellationToken,
     pub grace: Grace,
@@ -84,7 +90,11 @@ impl<H: Handler> Loop<'_, H> {
             Err(e) => {
                 self.metrics.failed.get_or_create(&label).inc();
                 tracing::warn!(subject = %d.event_type, seq = d.stream_sequence, error = %e, "undecodable message");
-                self.dead_letter(&d, &format!("cannot decode: {e}")).await;
+                let reason = match e {
+                    DecodeError::WrongSubject { .. } => format!("refused: {e}"),
+                    _ => format!("cannot decode: {e}"),
+                };
+                self.dead_letter(&d, &reason).await;
                 return Next::Continue;
             }
         };
@@ -102,6 +112,14 @@ impl<H: Handler> Loop<'_, H> {
         let span = tracing::info_span!("event", id = %event.id, subject = %d.event_type,
             correlation = %event.correlation_id, attempt = d.attempt);
         let _enter = span.enter();
+
+        if Duration::try_from_secs_f64(d.age_seconds).is_ok_and(|age| age > self.horizon) {
+            self.metrics.expired.get_or_create(&label).inc();
+            tracing::warn!(age_seconds = d.age_seconds, horizon = ?self.horizon, seq = d.stream_sequence,
+                "event older than the idempotency horizon (a replay?); acknowledging it without handling it");
+            self.ack(&d).await;
+            return Next::Continue;
+        }
 
         match self.idempotency.is_done(&event.id).await {
             Ok(true) => {

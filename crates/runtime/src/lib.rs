@@ -184,21 +184,26 @@ impl Runtime {
     /// background tasks; the event in hand and the tasks share one grace period.
     pub async fn run<H: Handler>(self, handler: H) -> anyhow::Result<()> {
         let service = self.config.service;
-        let mut spec = ConsumerSpec::new(service.name(), service.consumes());
+        // The consumer `steward setup` made for this service (same spec, one meaning); its
+        // settings as the server has them (`inbox` reconciles a service's own overrides).
+        let mut spec = ConsumerSpec::of(service);
         spec.ack_wait = self.config.ack_wait;
         spec.max_deliver = self.config.max_deliver;
         let inbox = self.ctx.bus.inbox(spec).await?;
+        let ack_wait = inbox.spec().ack_wait;
         let idempotency = Idempotency::open(&self.ctx.bus, service.name()).await?;
+        let horizon = idempotency.horizon();
         tracing::info!(consumes = ?service.consumes(), "consuming");
         let grace = tasks::Grace::new(self.ctx.shutdown.clone(), self.config.shutdown_grace);
         let consume_loop = consume::Loop {
             ctx: &self.ctx,
             handler: &handler,
             idempotency,
+            horizon,
             metrics: &self.metrics,
             shutdown: self.ctx.shutdown.clone(),
             grace: grace.clone(),
-            ack_wait: self.config.ack_wait,
+            ack_wait,
         };
         // The loop returns only after shutdown; the deadline starts at the signal even if
         // the loop is busy settling an event then.

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub dead_lettered: Family<TypeLabel, Counter>,
     /// Redeliveries of events already handled (skipped by the idempotency check).
     pub duplicates: Family<TypeLabel, Counter>,
+    /// Deliveries older than the idempotency horizon, acknowledged without being handled.
+    pub expired: Family<TypeLabel, Counter>,
     /// Handler latency.
     pub handler_seconds: Family<TypeLabel, Histogram>,
     /// 1 while connected to NATS.
@@ -49,6 +51,7 @@ impl Metrics {
         let failed = Family::<TypeLabel, Counter>::default();
         let dead_lettered = Family::<TypeLabel, Counter>::default();
         let duplicates = Family::<TypeLabel, Counter>::default();
+        let expired = Family::<TypeLabel, Counter>::default();
         // 0.25 ms .. ~68 s.
         let handler_seconds = Family::<TypeLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
@@ -72,6 +75,11 @@ impl Metrics {
             "Redeliveries skipped because already handled",
             duplicates.clone(),
         );
+        registry.register(
+            "events_expired",
+            "Deliveries older than the idempotency horizon, acknowledged and ignored",
+            expired.clone(),
+        );
         registry.register("handler_duration_seconds", "Handler latency", handler_seconds.clone());
         registry.register("nats_connected", "1 while connected to NATS", nats_connected.clone());
         registry.register(
@@ -90,6 +98,7 @@ impl Metrics {
             failed,
             dead_lettered,
             duplicates,
+            expired,
             handler_seconds,
             nats_connected,
             consumer_pending,
@@ -118,7 +127,9 @@ impl Metrics {
     pub fn start_at_zero(&self, event_types: &[&str]) {
         for t in event_types {
             let label = Self::label(t);
-            for family in [&self.handled, &self.failed, &self.dead_lettered, &self.duplicates] {
+            for family in
+                [&self.handled, &self.failed, &self.dead_lettered, &self.duplicates, &self.expired]
+            {
                 let _ = family.get_or_create(&label);
             }
         }

@@ -2,7 +2,10 @@
 //!
 //! - [`testbed`] finds the services started by `infra/testbed/up.sh` (env vars, or the env
 //!   file it writes) and says how to start them when they are missing.
-//! - [`TestBus`] is a [`Bus`] in a namespace of its own that deletes itself when dropped.
+//! - [`TestBus`] is a [`Bus`] in a namespace of its own that deletes itself when dropped. It
+//!   plays `steward setup`'s role: its connection (no NATS user, all powers) provisions the
+//!   stream, every service's consumer and every bucket ([`Bus::setup`]) before the test
+//!   starts services, which only look them up.
 //! - [`NatsServer`] is a private nats-server on a free port, for tests that stop and restart it.
 
 use std::net::TcpListener;
@@ -89,11 +92,20 @@ impl TestBus {
         Self::with_config(bus_config(&testbed::nats_url(), tag)).await
     }
 
-    /// Connects with the given settings.
+    /// Connects with the given settings and provisions the namespace as `steward setup`
+    /// does ([`steward_bus::Setup::steward`]).
     pub async fn with_config(cfg: BusConfig) -> Self {
-        let bus = Bus::connect(cfg, "steward-test")
+        Self::with_setup(cfg, &steward_bus::Setup::steward()).await
+    }
+
+    /// Connects and provisions the namespace with `setup` (e.g. a short marker TTL).
+    pub async fn with_setup(cfg: BusConfig, setup: &steward_bus::Setup) -> Self {
+        let bus = Bus::open(cfg, "steward-test")
             .await
             .unwrap_or_else(|e| panic!("test bus: {e} (is the test bed up? infra/testbed/up.sh)"));
+        if let Err(e) = bus.setup(setup).await {
+            panic!("test bus: provisioning failed: {e} (is the test bed up? infra/testbed/up.sh)");
+        }
         Self { bus }
     }
 }
@@ -116,7 +128,7 @@ impl Drop for TestBus {
             rt.block_on(async move {
                 let cfg = BusConfig { connect_timeout: Duration::from_secs(3), ..cfg };
                 let ns = cfg.namespace.clone();
-                if let Ok(bus) = Bus::connect(cfg, "steward-test-cleanup").await {
+                if let Ok(bus) = Bus::open(cfg, "steward-test-cleanup").await {
                     if let Err(e) = bus.destroy_namespace().await {
                         eprintln!("warning: could not delete test namespace {ns:?}: {e}");
                     }
@@ -164,10 +176,11 @@ impl NatsServer {
         );
         write("nats.conf", "include authorization.conf\n");
         // Passwords reach the server as environment variables, as in the compose stack.
-        let env = Service::ALL
+        let mut env: Vec<(String, String)> = Service::ALL
             .into_iter()
             .map(|s| (steward_bus::password_variable(s), Self::password(s)))
             .collect();
+        env.push((steward_bus::setup_password_variable(), Self::setup_password()));
         let server = Self::start_with(Some(dir.join("nats.conf")), env);
         let _ = std::fs::remove_dir_all(&dir);
         server
@@ -176,6 +189,33 @@ impl NatsServer {
     /// The password of `service` on a [`NatsServer::start_with_steward_users`] server.
     pub fn password(service: steward_events::Service) -> String {
         format!("pw-{}", service.name())
+    }
+
+    /// The provisioning user's (`steward setup`'s) password on a
+    /// [`NatsServer::start_with_steward_users`] server.
+    pub fn setup_password() -> String {
+        format!("pw-{}", steward_bus::SETUP_USER)
+    }
+
+    /// Settings to connect to a [`NatsServer::start_with_steward_users`] server as the
+    /// provisioning user.
+    pub fn bus_config_as_setup(&self) -> BusConfig {
+        let credentials = steward_bus::Credentials {
+            user: steward_bus::SETUP_USER.into(),
+            password: Self::setup_password(),
+        };
+        BusConfig { url: self.url(), credentials: Some(credentials), ..BusConfig::default() }
+    }
+
+    /// Provisions the default namespace as `steward setup` does, logged in as its user.
+    pub async fn setup(&self) -> Bus {
+        let bus = Bus::open(self.bus_config_as_setup(), "steward-setup")
+            .await
+            .unwrap_or_else(|e| panic!("setup user connects: {e}"));
+        bus.setup(&steward_bus::Setup::steward())
+            .await
+            .unwrap_or_else(|e| panic!("setup provisions: {e}"));
+        bus
     }
 
     /// Settings to connect to a [`NatsServer::start_with_steward_users`] server as `service`.

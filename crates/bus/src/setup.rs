@@ -1,0 +1,128 @@
+//! Provisioning: the one identity that creates or changes the stream, the services' durable
+//! consumers and the KV buckets (`steward setup`, and `TestBus` in tests, which plays its
+//! role). Services only look these up; their NATS users may not change them.
+
+use std::time::Duration;
+
+use steward_events::Service;
+
+use crate::idempotency::{open_bucket, MARKER_TTL};
+use crate::{Bus, BusError, ConsumerSpec};
+
+/// Bucket of the idempotency markers; every service writes only keys under its own name.
+pub const HANDLED_BUCKET: &str = "HANDLED";
+
+/// What provisioning creates or updates in a namespace.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// One durable consumer per consuming service ([`ConsumerSpec::of`]).
+    pub consumers: Vec<ConsumerSpec>,
+    /// State buckets (names within the namespace): values never expire, 5 revisions kept.
+    pub state_buckets: Vec<String>,
+    /// TTL of the idempotency markers (bucket [`HANDLED_BUCKET`]); also the horizon beyond
+    /// which the runtime ignores deliveries.
+    pub marker_ttl: Duration,
+}
+
+impl Setup {
+    /// Everything Steward's routing table needs: every consuming service's consumer, every
+    /// bucket a participant writes, and the markers bucket.
+    pub fn steward() -> Self {
+        let consumers = Service::ALL
+            .into_iter()
+            .filter(|s| !s.consumes().is_empty())
+            .map(ConsumerSpec::of)
+            .collect();
+        let mut state_buckets: Vec<String> = Service::ALL
+            .into_iter()
+            .flat_map(|s| s.writes_buckets().iter().map(|b| (*b).to_owned()))
+            .collect();
+        state_buckets.sort();
+        state_buckets.dedup();
+        Self { consumers, state_buckets, marker_ttl: MARKER_TTL }
+    }
+
+    /// Every consumer with this ack wait and number of handler attempts
+    /// (`STEWARD_ACK_WAIT`, `STEWARD_MAX_DELIVER`).
+    pub fn with_delivery(mut self, ack_wait: Duration, max_deliver: i64) -> Self {
+        for c in &mut self.consumers {
+            c.ack_wait = ack_wait;
+            c.max_deliver = max_deliver;
+        }
+        self
+    }
+}
+
+impl Bus {
+    /// Creates or updates the stream, then every consumer and bucket of `setup`; returns one
+    /// line per thing done. Safe to run again (an install and every upgrade run it once).
+    /// An existing consumer keeps its position and delivery policy; a new one starts at new
+    /// events. Needs the provisioning identity's NATS user (`setup`).
+    pub async fn setup(&self, setup: &Setup) -> Result<Vec<String>, BusError> {
+        let ns = self.namespace().clone();
+        let mut done = vec![];
+        self.ensure_stream_within(self.cfg.connect_timeout).await?;
+        done.push(format!(
+            "stream {}: {} retention, {:?} duplicate window",
+            ns.stream,
+            humanize(self.cfg.retention),
+            self.cfg.duplicate_window
+        ));
+        for spec in &setup.consumers {
+            let created = self.ensure_consumer(spec).await?;
+            done.push(format!(
+                "consumer {}: {} (ack wait {:?}, {} attempts)",
+                spec.name,
+                if created { "created, starting at new events" } else { "updated" },
+                spec.ack_wait,
+                spec.max_deliver
+            ));
+        }
+        for name in &setup.state_buckets {
+            self.ensure_state_bucket(name).await?;
+            done.push(format!("bucket {}", ns.bucket(name)));
+        }
+        let handled = ns.bucket(HANDLED_BUCKET);
+        open_bucket(self, &handled, setup.marker_ttl, 1).await?;
+        done.push(format!("bucket {handled}: markers kept {}", humanize(setup.marker_ttl)));
+        Ok(done)
+    }
+
+    /// Creates the durable consumer of `spec`, or updates an existing one's settings keeping
+    /// its position. Returns whether it was created. Provisioning only.
+    pub async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<bool, BusError> {
+        use async_nats::jetstream::consumer::{pull, FromConsumer};
+        let ns = self.namespace();
+        let existing = match self.lookup_consumer(&spec.name).await {
+            Ok(consumer) => Some(
+                pull::Config::try_from_consumer_config(consumer.cached_info().config.clone())
+                    .map_err(|e| BusError::nats("read consumer config", e))?,
+            ),
+            Err(BusError::NotProvisioned { what }) if what.starts_with("durable consumer") => None,
+            Err(e) => return Err(e),
+        };
+        let created = existing.is_none();
+        let stream =
+            self.js().get_stream(&ns.stream).await.map_err(|e| BusError::nats("get stream", e))?;
+        stream
+            .create_consumer(spec.config(ns, existing))
+            .await
+            .map_err(|e| BusError::nats("create consumer", e))?;
+        Ok(created)
+    }
+
+    /// Creates (or updates) the state bucket `name` of this namespace: values never expire,
+    /// 5 revisions kept. Provisioning only.
+    pub async fn ensure_state_bucket(&self, name: &str) -> Result<(), BusError> {
+        open_bucket(self, &self.namespace().bucket(name), Duration::ZERO, 5).await.map(|_| ())
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let days = d.as_secs() / 86_400;
+    if days > 0 && d.as_secs().is_multiple_of(86_400) {
+        format!("{days} days")
+    } else {
+        format!("{d:?}")
+    }
+}
