@@ -6,8 +6,9 @@
 locals {
   secrets_path = "/${var.name}/steward"
 
-  # One NATS user per service (issue: per-service permissions) plus the operators' CLI.
-  nats_users = toset(["watcher", "updater", "backup", "health", "notifier", "cli"])
+  # One NATS user per service (issue: per-service permissions) plus the operators' CLI and
+  # `steward setup`, the only user that may create or change the stream, consumers and buckets.
+  nats_users = toset(["watcher", "updater", "backup", "health", "notifier", "cli", "setup"])
 }
 
 resource "aws_kms_key" "secrets" {
