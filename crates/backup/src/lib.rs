@@ -13,6 +13,7 @@ pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod encryption;
+pub mod journal;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;

@@ -11,6 +11,7 @@ use steward_engine::ExecSpec;
 use steward_events::RestoreScope;
 
 use crate::backup::{Backups, Failure};
+use crate::journal::RestoreJournal;
 use crate::manifest::{Component, Kind, Manifest};
 use crate::pipeline;
 use crate::verify::wait_ready;
@@ -63,7 +64,26 @@ impl Backups {
         scope: RestoreScope,
         busy: &Busy,
     ) -> Result<Restored, Failure> {
-        let manifest = self.resolve(id).await.map_err(Failure::plain)?;
+        self.restore_journaled(id, scope, busy, &mut RestoreJournal::none()).await
+    }
+
+    /// [`Backups::restore_unless_busy`], recording in `journal` the backup it resolved, each
+    /// container before it is stopped and each component before it is overwritten. A journal
+    /// an interrupted attempt left makes this attempt restore the same backup and start the
+    /// containers that attempt had stopped.
+    pub async fn restore_journaled(
+        &self,
+        id: &str,
+        scope: RestoreScope,
+        busy: &Busy,
+        journal: &mut RestoreJournal,
+    ) -> Result<Restored, Failure> {
+        // `latest` may name another backup by now: the interrupted attempt's is restored.
+        let id = match journal.resumed() {
+            true => journal.record.backup_id.clone(),
+            false => id.to_owned(),
+        };
+        let manifest = self.resolve(&id).await.map_err(Failure::plain)?;
         let conflicts: Vec<String> = manifest
             .components
             .iter()
@@ -96,6 +116,10 @@ impl Backups {
             }
         }
         steward_failpoints::failpoint!("restore:checked");
+        journal
+            .resolved(&manifest.backup_id)
+            .await
+            .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
         // Every app container of the backup is stopped, even for a database-only restore:
         // an app writing during the restore would mix old and new data.
         let mut apps: Vec<String> = vec![];
@@ -107,22 +131,29 @@ impl Backups {
             }
         }
         let grace = self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32;
-        let mut stopped = vec![];
+        // What an interrupted attempt stopped is started again by this one.
+        let mut stopped: Vec<String> = journal.record.stopped.clone();
         let mut result = Ok(vec![]);
         for app in &apps {
             if self.engine.is_running(app).await.map_err(Failure::plain)? == Some(true) {
+                if let Err(e) = journal.stopping(app).await {
+                    result = Err(Failure::plain(format!("{e}, nothing was changed")));
+                    break;
+                }
                 tracing::info!(container = %app, "stopping for the restore");
+                if !stopped.contains(app) {
+                    stopped.push(app.clone());
+                }
                 if let Err(e) = self.engine.stop(app, grace).await {
                     result = Err(Failure::plain(e));
                     break;
                 }
-                stopped.push(app.clone());
                 steward_failpoints::failpoint!("restore:stopped");
             }
         }
         if result.is_ok() {
             self.meter.phase("restoring", Some(total));
-            result = self.restore_components(&chosen).await;
+            result = self.restore_components(&chosen, journal).await;
         }
         // Started again whatever happened: a failed restore must not leave the stack down.
         for app in &stopped {
@@ -144,9 +175,16 @@ impl Backups {
         Ok(Restored { manifest, restored })
     }
 
-    async fn restore_components(&self, chosen: &[&Component]) -> Result<Vec<String>, Failure> {
+    async fn restore_components(
+        &self,
+        chosen: &[&Component],
+        journal: &mut RestoreJournal,
+    ) -> Result<Vec<String>, Failure> {
         let mut done = vec![];
         for c in chosen {
+            if !matches!(c.kind, Kind::Containers) {
+                journal.touching(&c.name).await.map_err(Failure::plain)?;
+            }
             match &c.kind {
                 Kind::Postgres { container, user, database, .. } => {
                     self.restore_database(c, container, user, database).await?;

@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::backup::Backups;
 use crate::config::BackupConfig;
+use crate::journal::{FlowRecord, Journal, RestoreJournal};
 use crate::manifest;
 use crate::progress;
 use crate::restore::Busy;
@@ -87,6 +88,12 @@ impl BackupService {
     }
 
     /// One backup with its events; then retention.
+    ///
+    /// Journaled ([`crate::journal`]) under the request's event id (a scheduled backup's
+    /// under its `backup.started`): a redelivered request whose run was killed resumes the
+    /// same backup id (its objects deleted and taken again, or, with the manifest written,
+    /// concluded as it is), and one whose outcome was decided publishes that outcome again,
+    /// with the same event id, so the flow has exactly one terminal event.
     async fn back_up(
         &self,
         ctx: &Context,
@@ -96,19 +103,206 @@ impl BackupService {
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
-        let id = manifest::new_backup_id(OffsetDateTime::now_utc());
-        self.publish(ctx, cause, BackupStarted { backup_id: id.clone() }).await?;
-        steward_failpoints::failpoint!("backup:started");
-        let job = self.backups.take(&id, reason, only);
-        let outcome = match cause {
-            Some(cause) => self.reporting(ctx, cause, job).await,
-            None => job.await,
+        self.conclude_orphans(ctx).await;
+        let journal = self.journal();
+        let previous = match cause {
+            Some(cause) => match journal.get(&cause.id.to_string()).await {
+                Ok(record) => record,
+                Err(e) => {
+                    let failed = BackupFailed {
+                        backup_id: None,
+                        reason: format!(
+                            "could not read the backup's journal, nothing was stored: {e}"
+                        ),
+                        stderr_tail: vec![],
+                    };
+                    return self.publish(ctx, Some(cause), failed).await;
+                }
+            },
+            None => None,
         };
-        match outcome {
-            Ok(m) => {
-                let done = BackupDone {
+        if let Some(kept) = previous.as_ref().and_then(|r| r.outcome.as_deref()) {
+            // Decided before a crash: the same event again (the stream drops the duplicate).
+            if let Some(outcome) = FlowRecord::event(kept) {
+                ctx.bus.publish(&outcome).await?;
+                steward_failpoints::failpoint!("backup:republished");
+                return Ok(());
+            }
+        }
+        let resumed = previous.is_some();
+        let (key, mut record, started_event) = match previous {
+            Some(record) => {
+                steward_failpoints::failpoint!("backup:resumed");
+                let started_event = record.started.as_deref().and_then(FlowRecord::event);
+                let key = cause.map(|c| c.id.to_string()).unwrap_or_default();
+                (key, record, started_event)
+            }
+            None => {
+                let id = manifest::new_backup_id(OffsetDateTime::now_utc());
+                let data = BackupStarted { backup_id: id.clone() };
+                let event = match cause {
+                    Some(cause) => Event::caused_by(cause, ctx.source(), data),
+                    None => Event::new(ctx.source(), data),
+                };
+                let key = cause.map(|c| c.id).unwrap_or(event.id).to_string();
+                let record = FlowRecord {
+                    backup_id: id,
+                    started: FlowRecord::keep(&event),
+                    scheduled: cause.is_none(),
+                    ..Default::default()
+                };
+                (key, record, Some(event))
+            }
+        };
+        let id = record.backup_id.clone();
+        // A scheduled backup's outcome is in the flow its `backup.started` opened.
+        let flow_cause = cause.cloned().or_else(|| started_event.clone());
+        // Killed after the manifest was written: the backup is complete.
+        let complete = match resumed {
+            true => self.backups.resolve(&id).await.ok(),
+            false => None,
+        };
+        let outcome = if let Some(m) = complete {
+            Ok(m)
+        } else {
+            if resumed {
+                if let Err(e) = self.backups.store().delete_dir(&id).await {
+                    tracing::warn!(backup = %id, error = %e, "could not delete what a killed run stored");
+                }
+                steward_failpoints::failpoint!("backup:cleaned");
+            }
+            let recorded = match resumed {
+                true => Ok(()),
+                false => journal.put(&key, &record).await,
+            };
+            match recorded {
+                Err(e) => Err(crate::Failure::plain(format!(
+                    "could not write the backup's journal, nothing was stored: {e}"
+                ))),
+                Ok(()) => {
+                    steward_failpoints::failpoint!("backup:recorded");
+                    if let Some(event) = &started_event {
+                        ctx.bus.publish(event).await?;
+                    }
+                    steward_failpoints::failpoint!("backup:started");
+                    let job = self.backups.take(&id, reason, only);
+                    match cause {
+                        Some(cause) => self.reporting(ctx, cause, job).await,
+                        None => job.await,
+                    }
+                }
+            }
+        };
+        let data: EventData = match &outcome {
+            Ok(m) => BackupDone {
+                backup_id: id.clone(),
+                manifest_key: self.backups.store().key(&format!("{id}/{}", manifest::MANIFEST)),
+                size_bytes: m.stored_size(),
+                components: m
+                    .components
+                    .iter()
+                    .map(|c| BackupComponent {
+                        name: c.name.clone(),
+                        size_bytes: c.stored_size,
+                        sha256: c.stored_sha256.clone(),
+                    })
+                    .collect(),
+                duration_ms: started.elapsed().as_millis() as u64,
+            }
+            .into(),
+            Err(f) => {
+                tracing::error!(backup = %id, reason = %f.reason, "backup failed");
+                BackupFailed {
+                    backup_id: Some(id.clone()),
+                    reason: f.reason.clone(),
+                    stderr_tail: f.stderr_tail.clone(),
+                }
+                .into()
+            }
+        };
+        let event = match &flow_cause {
+            Some(cause) => Event::caused_by(cause, ctx.source(), data),
+            None => Event::new(ctx.source(), data),
+        };
+        self.conclude(&journal, &key, &mut record, &event).await;
+        steward_failpoints::failpoint!("backup:outcome");
+        ctx.bus.publish(&event).await?;
+        if outcome.is_err() {
+            steward_failpoints::failpoint!("backup:failed");
+            return Ok(());
+        }
+        steward_failpoints::failpoint!("backup:done");
+        match self.backups.prune(OffsetDateTime::now_utc()).await {
+            Ok((pruned, kept)) if !pruned.is_empty() => {
+                self.publish(ctx, flow_cause.as_ref(), BackupPruned { backup_ids: pruned, kept })
+                    .await?
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "retention could not prune; it tries again after the next backup")
+            }
+        }
+        Ok(())
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::new(self.backups.store().clone())
+    }
+
+    /// Records `outcome` as flow `key`'s terminal event, before it is published.
+    async fn conclude(
+        &self,
+        journal: &Journal,
+        key: &str,
+        record: &mut FlowRecord,
+        outcome: &Event,
+    ) {
+        if key.is_empty() {
+            return;
+        }
+        record.outcome = FlowRecord::keep(outcome);
+        record.concluded_at = Some(OffsetDateTime::now_utc());
+        if let Err(e) = journal.put(key, record).await {
+            tracing::warn!(error = %e, "could not record the outcome; a redelivery would repeat the flow");
+        }
+    }
+
+    /// What a killed run left, before a job starts (this one is the only job of the
+    /// prefix): open multipart uploads are aborted; a scheduled backup that never concluded
+    /// gets its `backup.failed` (a requested one is concluded by its redelivery); records
+    /// concluded long ago are forgotten. Best effort: the job goes on whatever happens.
+    async fn conclude_orphans(&self, ctx: &Context) {
+        let store = self.backups.store();
+        if let Err(e) = store.abort_orphaned_uploads().await {
+            tracing::warn!(error = %e, "could not abort the uploads a killed run left open");
+        }
+        let journal = self.journal();
+        let records = match journal.all().await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the journal");
+                return;
+            }
+        };
+        for (key, mut record) in records {
+            if !record.scheduled || record.outcome.is_some() {
+                continue;
+            }
+            let Some(started) = record.started.as_deref().and_then(FlowRecord::event) else {
+                continue;
+            };
+            let id = record.backup_id.clone();
+            let complete = self.backups.resolve(&id).await.ok();
+            if complete.is_none() {
+                if let Err(e) = store.delete_dir(&id).await {
+                    tracing::warn!(backup = %id, error = %e, "could not delete what a killed run stored");
+                    continue;
+                }
+            }
+            let data: EventData = match complete {
+                Some(m) => BackupDone {
                     backup_id: id.clone(),
-                    manifest_key: self.backups.store().key(&format!("{id}/{}", manifest::MANIFEST)),
+                    manifest_key: store.key(&format!("{id}/{}", manifest::MANIFEST)),
                     size_bytes: m.stored_size(),
                     components: m
                         .components
@@ -119,32 +313,25 @@ impl BackupService {
                             sha256: c.stored_sha256.clone(),
                         })
                         .collect(),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                };
-                self.publish(ctx, cause, done).await?;
-                steward_failpoints::failpoint!("backup:done");
-                match self.backups.prune(OffsetDateTime::now_utc()).await {
-                    Ok((pruned, kept)) if !pruned.is_empty() => {
-                        self.publish(ctx, cause, BackupPruned { backup_ids: pruned, kept }).await?
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "retention could not prune; it tries again after the next backup")
-                    }
+                    duration_ms: 0,
                 }
-            }
-            Err(f) => {
-                tracing::error!(backup = %id, reason = %f.reason, "backup failed");
-                let failed = BackupFailed {
-                    backup_id: Some(id),
-                    reason: f.reason,
-                    stderr_tail: f.stderr_tail,
-                };
-                self.publish(ctx, cause, failed).await?;
-                steward_failpoints::failpoint!("backup:failed");
+                .into(),
+                None => BackupFailed {
+                    backup_id: Some(id.clone()),
+                    reason: "interrupted: the backup service stopped during this scheduled backup; what it had stored was deleted".into(),
+                    stderr_tail: vec![],
+                }
+                .into(),
+            };
+            let event = Event::caused_by(&started, ctx.source(), data);
+            self.conclude(&journal, &key, &mut record, &event).await;
+            if let Err(e) = ctx.bus.publish(&event).await {
+                tracing::warn!(backup = %id, error = %e, "could not publish an interrupted backup's outcome");
             }
         }
-        Ok(())
+        if let Err(e) = journal.forget_concluded(OffsetDateTime::now_utc()).await {
+            tracing::warn!(error = %e, "could not forget old journal records");
+        }
     }
 
     async fn verify(&self, ctx: &Context, cause: &Event, id: &str) -> anyhow::Result<()> {
@@ -172,6 +359,11 @@ impl BackupService {
         }
     }
 
+    /// One restore with its outcome, journaled under the request's event id: a redelivered
+    /// request whose run was killed restores the same backup again from the start (every
+    /// step replaces, none merges), and starts what the killed run had stopped; a failure
+    /// then names what the killed run had begun to overwrite. One whose outcome was decided
+    /// publishes that outcome again, with the same event id.
     async fn restore(
         &self,
         ctx: &Context,
@@ -180,39 +372,84 @@ impl BackupService {
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
-        let outcome = match updates_in_progress(ctx).await {
-            Ok(busy) => {
-                let job = self.backups.restore_unless_busy(&r.backup_id, r.scope, &busy);
-                self.reporting(ctx, cause, job).await
+        let journal = self.journal();
+        let key = cause.id.to_string();
+        let previous = journal.get(&key).await;
+        if let Some(kept) = previous.as_ref().ok().and_then(|r| r.as_ref()?.outcome.as_deref()) {
+            if let Some(outcome) = FlowRecord::event(kept) {
+                ctx.bus.publish(&outcome).await?;
+                steward_failpoints::failpoint!("restore:republished");
+                return Ok(());
             }
-            // Fail closed: restoring under a running update can lose both.
+        }
+        let mut record = FlowRecord::default();
+        let outcome = match previous {
             Err(e) => Err(crate::Failure::plain(format!(
-                "could not check for updates in progress, nothing was changed: {e:#}"
+                "could not read the restore's journal, nothing was changed: {e}"
             ))),
-        };
-        match outcome {
-            Ok(done) => {
-                let data = RestoreDone {
-                    backup_id: done.manifest.backup_id,
-                    restored: done.restored,
-                    duration_ms: started.elapsed().as_millis() as u64,
+            Ok(previous) => {
+                let mut steps = RestoreJournal::new(journal.clone(), key.clone(), previous);
+                if steps.resumed() {
+                    steward_failpoints::failpoint!("restore:resumed");
+                    tracing::warn!(backup = %steps.record.backup_id, touched = ?steps.record.touched,
+                        "restoring again: an earlier attempt was interrupted");
+                }
+                let outcome = match updates_in_progress(ctx).await {
+                    Ok(busy) => {
+                        let job = self.backups.restore_journaled(
+                            &r.backup_id,
+                            r.scope,
+                            &busy,
+                            &mut steps,
+                        );
+                        self.reporting(ctx, cause, job).await
+                    }
+                    // Fail closed: restoring under a running update can lose both.
+                    Err(e) => Err(crate::Failure::plain(format!(
+                        "could not check for updates in progress, nothing was changed: {e:#}"
+                    ))),
                 };
-                self.publish(ctx, Some(cause), data).await?;
-                steward_failpoints::failpoint!("restore:done");
-                Ok(())
+                record = steps.record.clone();
+                outcome.map_err(|mut f| {
+                    if !steps.record.touched.is_empty() {
+                        f.reason = format!(
+                            "{} (an interrupted earlier attempt of this restore had begun to overwrite {}: they may be partially restored; restore again)",
+                            f.reason,
+                            steps.record.touched.join(", ")
+                        );
+                    }
+                    f
+                })
             }
+        };
+        let data: EventData = match outcome {
+            Ok(done) => RestoreDone {
+                backup_id: done.manifest.backup_id,
+                restored: done.restored,
+                duration_ms: started.elapsed().as_millis() as u64,
+            }
+            .into(),
             Err(f) => {
                 tracing::error!(backup = %r.backup_id, reason = %f.reason, "restore failed");
-                let data = RestoreFailed {
+                RestoreFailed {
                     backup_id: r.backup_id.clone(),
                     reason: f.reason,
                     log_tail: f.stderr_tail,
-                };
-                self.publish(ctx, Some(cause), data).await?;
-                steward_failpoints::failpoint!("restore:failed");
-                Ok(())
+                }
+                .into()
             }
+        };
+        let succeeded = matches!(data, EventData::RestoreDone(_));
+        let event = Event::caused_by(cause, ctx.source(), data);
+        self.conclude(&journal, &key, &mut record, &event).await;
+        steward_failpoints::failpoint!("restore:outcome");
+        ctx.bus.publish(&event).await?;
+        if succeeded {
+            steward_failpoints::failpoint!("restore:done");
+        } else {
+            steward_failpoints::failpoint!("restore:failed");
         }
+        Ok(())
     }
 }
 

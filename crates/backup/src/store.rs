@@ -80,6 +80,21 @@ fn s3(op: &'static str, key: &str, e: impl std::error::Error) -> StoreError {
     StoreError::S3 { op, key: key.to_owned(), reason: DisplayErrorContext(e).to_string() }
 }
 
+/// A multipart upload in progress, as journaled.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct OpenUpload {
+    key: String,
+    upload_id: String,
+}
+
+impl OpenUpload {
+    /// Its marker's name (the upload id hashed: ids are opaque strings).
+    fn marker(&self) -> String {
+        let id = hex::encode(Sha256::digest(self.upload_id.as_bytes()));
+        format!("{}/uploads/{id}.json", crate::journal::DIR)
+    }
+}
+
 /// Size and SHA-256 of stored bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -209,20 +224,64 @@ impl Store {
         let upload_id = created
             .upload_id
             .ok_or_else(|| s3_plain("CreateMultipartUpload", &key, "no upload id in the answer"))?;
-        let result = self.upload_parts(&key, &upload_id, first, &mut src).await;
+        // Journaled first: a process killed mid-upload leaves the marker, and the next job
+        // aborts the upload (not every S3-compatible store lists multipart uploads).
+        let open = OpenUpload { key: key.clone(), upload_id: upload_id.clone() };
+        let marker = open.marker();
+        let result = match self
+            .put(&marker, Bytes::from(serde_json::to_vec(&open).unwrap_or_default()))
+            .await
+        {
+            Ok(()) => self.upload_parts(&key, &upload_id, first, &mut src).await,
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             // Best effort: a lifecycle rule cleans up what an unreachable store keeps.
-            let _ = self
-                .client()
-                .await
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            let _ = self.abort(&open).await;
+        }
+        if let Err(e) = self.delete(&marker).await {
+            tracing::warn!(error = %e, "could not remove an upload's journal marker; the next job does");
         }
         result
+    }
+
+    async fn abort(&self, open: &OpenUpload) -> Result<(), StoreError> {
+        match self
+            .client()
+            .await
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&open.key)
+            .upload_id(&open.upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_upload()) => Ok(()),
+            Err(e) => Err(s3("AbortMultipartUpload", &open.key, e)),
+        }
+    }
+
+    /// Aborts the multipart uploads a killed run left open (journaled in
+    /// `journal/uploads/`); returns how many. Call only while no upload of this prefix runs.
+    pub async fn abort_orphaned_uploads(&self) -> Result<usize, StoreError> {
+        let dir = format!("{}/uploads", crate::journal::DIR);
+        let mut aborted = 0;
+        for marker in self.list_objects(&dir).await? {
+            let Some(body) = self.get_small(&marker, 64 << 10).await? else { continue };
+            match serde_json::from_slice::<OpenUpload>(&body) {
+                Ok(open) => {
+                    self.abort(&open).await?;
+                    tracing::info!(key = %open.key, "aborted a multipart upload a killed run left open");
+                    aborted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(marker, error = %e, "removing an unreadable upload marker")
+                }
+            }
+            self.delete(&marker).await?;
+        }
+        Ok(aborted)
     }
 
     async fn upload_parts(

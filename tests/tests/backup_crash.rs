@@ -1,0 +1,642 @@
+//! The real `steward-backup` killed at every point (a) a requested backup and (b) a restore
+//! pass (a persisted step, a published event, an uploaded part, the manifest, a destructive
+//! step of the restore, mid-way through a `pg_restore` or an extraction): once; and twice in
+//! a row (the restarted service killed again at the first point its recovery passes). The
+//! points are not listed by hand: a first, clean flow logs every point it passes
+//! (`STEWARD_FAILPOINTS` set empty), and each is then a kill.
+//!
+//! After each run, with a clean service started again: it consumes; the flow (correlation
+//! id) has exactly one terminal event, and it is the success (a kill is not a reason to fail),
+//! and no event twice; the service settles the redelivered request and stops cleanly.
+//! Backups: every backup the catalog lists as complete has every object of its manifest, each
+//! matching its checksums; no incomplete backup is left behind; no multipart upload is left
+//! open in the bucket (read from the test bed's s3s-fs directory, which does not implement
+//! ListMultipartUploads). Restores: the database and the path hold the restored content (the
+//! backup's rows and files, nothing written after it), and the app runs again.
+//!
+//! `STEWARD_CRASH_POINTS=all` runs every point of every variant (the full matrix); by default
+//! each variant runs every second point, offset by variant, so each point is killed once per
+//! run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steward_backup::encryption::Keys;
+use steward_backup::pipeline::{self, Io};
+use steward_backup::store::Store;
+use steward_bus::Bus;
+use steward_events::{
+    BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope,
+};
+use steward_system_tests::{Proc, TestBucket};
+use steward_testkit::docker::{docker, postgres, Container};
+use steward_testkit::{stored_events, testbed, unique_name, TestBus};
+
+const BACKUP_TERMINAL: [&str; 2] = ["backup.done", "backup.failed"];
+const RESTORE_TERMINAL: [&str; 2] = ["restore.done", "restore.failed"];
+/// Rows of the test table.
+const ROWS: &str = "20000";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Variant {
+    Once,
+    Twice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Flow {
+    Backup,
+    Restore,
+}
+
+impl Flow {
+    fn terminal(self) -> [&'static str; 2] {
+        match self {
+            Flow::Backup => BACKUP_TERMINAL,
+            Flow::Restore => RESTORE_TERMINAL,
+        }
+    }
+
+    fn request_subject(self) -> &'static str {
+        match self {
+            Flow::Backup => "backup.requested",
+            Flow::Restore => "restore.requested",
+        }
+    }
+
+    /// Points only a recovering service passes (a clean flow never does).
+    fn recovery(self) -> &'static [&'static str] {
+        match self {
+            Flow::Backup => &["backup:resumed", "backup:cleaned", "backup:republished"],
+            Flow::Restore => &["restore:resumed", "restore:republished"],
+        }
+    }
+}
+
+/// A database and an app with a data volume in a scope of their own, a bucket, and the
+/// service's settings for them. Removed on drop.
+struct Bed {
+    db: Container,
+    app: Container,
+    bucket: Option<TestBucket>,
+    store: Store,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Bed {
+    /// `blob_mib` of random bytes in the app's `/data`: over 8 MiB makes its upload multipart.
+    async fn new(tag: &str, blob_mib: u32) -> Self {
+        let scope = unique_name(tag);
+        let scope_label = format!("steward.scope={scope}");
+        let db = postgres(
+            &format!("{scope}-db"),
+            &[&scope_label, "steward.backup.postgres=true"],
+            "app",
+        );
+        let app = Container::run(
+            &format!("{scope}-app"),
+            &[
+                "--label",
+                &scope_label,
+                "--label",
+                "steward.enable=true",
+                "--label",
+                "steward.backup.paths=/data",
+                "-v",
+                "/data",
+                &format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE")),
+            ],
+        );
+        psql(
+            &db.name,
+            &format!(
+                "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {ROWS}) g"
+            ),
+        );
+        sh(
+            &app.name,
+            &format!(
+                "head -c {}k /dev/urandom > /data/blob && echo precious > /data/repo.txt",
+                blob_mib * 1024
+            ),
+        );
+        let bucket = TestBucket::new("crash").await;
+        let mut env = bucket.env();
+        env.push(("STEWARD_SCOPE", scope.clone()));
+        env.push(("STEWARD_RESTORE_HEALTH_TIMEOUT", "30s".into()));
+        let store = Store::connect_static(
+            &steward_backup::config::S3Config {
+                bucket: bucket.name.clone(),
+                prefix: "steward/".into(),
+                endpoint: Some(testbed::require("STEWARD_TEST_S3_ENDPOINT")),
+            },
+            &testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+            &testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+        )
+        .await;
+        Self { db, app, bucket: Some(bucket), store, env }
+    }
+
+    fn service(&self, bus: &Bus, failpoints: Option<&str>) -> Service {
+        let ns = bus.namespace();
+        let port = steward_testkit::free_port();
+        let mut env = vec![
+            ("STEWARD_NATS_URL", bus.config().url.clone()),
+            ("STEWARD_STREAM", ns.stream.clone()),
+            ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
+            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            // The event in hand at a kill comes back within the run.
+            ("STEWARD_ACK_WAIT", "2s".into()),
+        ];
+        env.extend(self.env.iter().cloned());
+        if let Some(points) = failpoints {
+            env.push(("STEWARD_FAILPOINTS", points.to_owned()));
+        }
+        Service { proc: Proc::start("steward-backup", &env), port }
+    }
+
+    fn backup_request(&self) -> Event {
+        Event::new(
+            "steward-updater/test",
+            BackupRequested {
+                reason: BackupReason::PreUpdate,
+                containers: vec![self.app.name.clone()],
+                requested_by: None,
+            },
+        )
+    }
+
+    /// Open multipart uploads of this bucket, from s3s-fs's directory (it keeps a metadata
+    /// file per open upload, named by the base64 of bucket and key, and removes it on
+    /// completion or abort).
+    fn open_uploads(&self) -> Vec<String> {
+        let Some(bucket) = &self.bucket else { return vec![] };
+        let marker = format!(".bucket-{}.object-", base64url(bucket.name.as_bytes()));
+        let dir = testbed::dir().join("s3");
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir:?}: {e}"));
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&marker) && n.contains(".upload-"))
+            .collect()
+    }
+
+    /// Database rows, the blob's checksum and whether the file written after the backup is
+    /// there.
+    fn content(&self) -> (String, String, bool) {
+        let rows = psql(&self.db.name, "SELECT count(*) FROM t");
+        let blob = sh(&self.app.name, "md5sum /data/blob 2>/dev/null | cut -d' ' -f1");
+        let stray = sh(&self.app.name, "test -e /data/stray && echo yes || echo no") == "yes";
+        (rows, blob, stray)
+    }
+
+    /// Changes everything a restore brings back.
+    fn diverge(&self) {
+        docker(&["start", &self.app.name]);
+        docker(&["start", &self.db.name]);
+        wait_pg(&self.db.name);
+        psql(&self.db.name, "DELETE FROM t WHERE id > 10");
+        sh(&self.app.name, "head -c 64k /dev/urandom > /data/blob && echo new > /data/stray");
+    }
+
+    /// Every backup the catalog lists: complete ones intact, no incomplete one left.
+    async fn check_catalog(&self, context: &dyn Fn() -> String) -> Vec<String> {
+        let listed = steward_backup::catalog::list(&self.store)
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}: {}", context()));
+        let keys = Keys::new(vec![], vec![]);
+        let meter = Arc::default();
+        let io = Io { store: &self.store, keys: &keys, meter: &meter };
+        let mut complete = vec![];
+        for l in listed {
+            let Some(m) = &l.manifest else {
+                let objects = self.store.list_objects(&l.backup_id).await.unwrap_or_default();
+                panic!("incomplete backup {} left: {objects:?}: {}", l.backup_id, context());
+            };
+            let objects = self
+                .store
+                .list_objects(&l.backup_id)
+                .await
+                .unwrap_or_else(|e| panic!("list objects: {e}"));
+            for c in &m.components {
+                assert!(
+                    objects.contains(&c.object),
+                    "{} listed complete without {}: {}",
+                    l.backup_id,
+                    c.object,
+                    context()
+                );
+                if let Err(e) = pipeline::check_component(io, c).await {
+                    panic!("{} listed complete, {}: {e}: {}", l.backup_id, c.name, context());
+                }
+            }
+            complete.push(l.backup_id);
+        }
+        complete
+    }
+
+    async fn destroy(mut self) {
+        if let Some(bucket) = self.bucket.take() {
+            bucket.destroy().await;
+        }
+    }
+}
+
+impl Drop for Bed {
+    /// A failed test still removes its bucket (the containers remove themselves).
+    fn drop(&mut self) {
+        if let Some(bucket) = self.bucket.take() {
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(bucket.destroy());
+                }
+            })
+            .join();
+        }
+    }
+}
+
+struct Service {
+    proc: Proc,
+    port: u16,
+}
+
+impl Service {
+    fn logs(&self) -> String {
+        self.proc.logs()
+    }
+
+    /// Waits until it exits (`true`) or `bound` passes (`false`).
+    fn exits_within(&mut self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn consuming(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.logs().contains("\"consuming\"") {
+            assert!(
+                !matches!(self.proc.child.try_wait(), Ok(Some(_))),
+                "the service exited at start:\n{}",
+                self.logs()
+            );
+            assert!(Instant::now() < deadline, "the service never consumed:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Deliveries of `subject` this process settled (handled, skipped as handled, or
+    /// dead-lettered), from its `/metrics`.
+    async fn settled(&self, subject: &str) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let Ok(answer) = reqwest::get(&url).await else { return 0 };
+        let text = answer.text().await.unwrap_or_default();
+        let label = format!("subject=\"{subject}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .filter(|l| {
+                ["events_handled", "events_duplicate", "events_dead_lettered"]
+                    .iter()
+                    .any(|m| l.contains(m))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+fn psql(db: &str, sql: &str) -> String {
+    docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
+}
+
+fn sh(container: &str, script: &str) -> String {
+    docker(&["exec", container, "sh", "-c", script])
+}
+
+fn wait_pg(db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::process::Command::new("docker")
+        .args(["exec", db, "pg_isready", "-h", "127.0.0.1", "-U", "app"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "{db} not ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn flow_events(all: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
+    all.iter().filter(|e| e.correlation_id == correlation).map(Event::event_type).collect()
+}
+
+async fn wait_terminal(bus: &Bus, flow: Flow, correlation: uuid::Uuid, s: &Service) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = stored_events(bus).await;
+        if flow_events(&all, correlation).iter().any(|t| flow.terminal().contains(t)) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no terminal event: {:?}\n{}",
+            flow_events(&all, correlation),
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `s` has settled the redelivered request (every kill leaves it unacked).
+async fn wait_settled(s: &Service, flow: Flow, context: &dyn Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.settled(flow.request_subject()).await == 0 {
+        assert!(Instant::now() < deadline, "the request was never settled: {}", context());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The points a clean flow passes, in order, as kill specs (`name=n`: its n-th hit).
+fn points_of(logs: &str) -> Vec<String> {
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut specs = vec![];
+    for line in logs.lines() {
+        let Some(name) = line.strip_prefix("failpoint: ") else { continue };
+        let n = seen.entry(name.to_owned()).or_insert(0);
+        *n += 1;
+        specs.push(format!("{name}={n}"));
+    }
+    specs
+}
+
+/// The points this variant runs: all, or every second one (offset by variant).
+fn sample(points: &[String], offset: usize) -> Vec<String> {
+    if std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all") {
+        return points.to_vec();
+    }
+    points.iter().skip(offset % 2).step_by(2).cloned().collect()
+}
+
+/// Every point name, each aborting at its first hit.
+fn all_names(flow: Flow, points: &[String]) -> String {
+    let mut names: Vec<&str> = points.iter().filter_map(|s| s.split('=').next()).collect();
+    names.extend(flow.recovery());
+    names.sort_unstable();
+    names.dedup();
+    names.join(",")
+}
+
+/// Publishes `request` to a service killed at `spec`; for `Twice`, a second one killed at the
+/// first point it passes; then a clean one, which concludes the flow. Returns the clean
+/// service and the stored events once the flow has a terminal one.
+async fn kill_and_recover(
+    bed: &Bed,
+    bus: &Bus,
+    flow: Flow,
+    request: &Event,
+    spec: &str,
+    variant: Variant,
+    points: &[String],
+) -> (Service, Vec<Event>) {
+    let mut first = bed.service(bus, Some(spec));
+    first.consuming();
+    bus.publish(request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    assert!(first.exits_within(Duration::from_secs(90)), "{spec}: never reached\n{}", first.logs());
+    assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
+    if spec.starts_with("backup:part") || spec.starts_with("backup:completing") {
+        // The check below sees what a kill mid-upload leaves.
+        assert!(!bed.open_uploads().is_empty(), "{spec}: no open upload seen after the kill");
+    }
+    if variant == Variant::Twice {
+        let mut second = bed.service(bus, Some(&all_names(flow, points)));
+        if !second.exits_within(Duration::from_secs(30)) {
+            second.proc.terminate(Duration::from_secs(30));
+        }
+    }
+    let mut last = bed.service(bus, None);
+    last.consuming();
+    let all = wait_terminal(bus, flow, request.correlation_id, &last).await;
+    (last, all)
+}
+
+/// Exactly one terminal event, the success, and no event twice.
+fn check_flow(
+    flow: Flow,
+    events: &[Event],
+    correlation: uuid::Uuid,
+    context: &dyn Fn() -> String,
+) -> Vec<Event> {
+    let mine: Vec<Event> =
+        events.iter().filter(|e| e.correlation_id == correlation).cloned().collect();
+    let types: Vec<&str> = mine.iter().map(Event::event_type).collect();
+    let terminal: Vec<&&str> = types.iter().filter(|t| flow.terminal().contains(t)).collect();
+    assert_eq!(terminal.len(), 1, "exactly one terminal event: {types:?}: {}", context());
+    assert_eq!(*terminal[0], flow.terminal()[0], "{types:?}: {:?}: {}", mine, context());
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for t in &types {
+        *counts.entry(t).or_default() += 1;
+    }
+    assert!(counts.values().all(|n| *n == 1), "an event twice: {types:?}: {}", context());
+    mine
+}
+
+async fn backup_run(bed: &Bed, spec: &str, variant: Variant, points: &[String]) {
+    let bus = TestBus::new("bkcrash").await;
+    let request = bed.backup_request();
+    let (mut last, _) =
+        kill_and_recover(bed, &bus, Flow::Backup, &request, spec, variant, points).await;
+    let log = last.proc.log.clone();
+    let context = move || {
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        format!("backup killed at {spec} ({variant:?})\n{logs}")
+    };
+    wait_settled(&last, Flow::Backup, &context).await;
+    let all = stored_events(&bus).await;
+    let mine = check_flow(Flow::Backup, &all, request.correlation_id, &context);
+    let done = mine
+        .iter()
+        .find_map(|e| match &e.data {
+            EventData::BackupDone(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no backup.done: {}", context()));
+    for e in &mine {
+        if let EventData::BackupStarted(s) = &e.data {
+            assert_eq!(
+                s.backup_id,
+                done.backup_id,
+                "a started backup never concluded: {}",
+                context()
+            );
+        }
+    }
+    let complete = bed.check_catalog(&context).await;
+    assert!(complete.contains(&done.backup_id), "{complete:?}: {}", context());
+    let open = bed.open_uploads();
+    assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
+    assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+}
+
+async fn restore_run(bed: &Bed, backup_id: &str, spec: &str, variant: Variant, points: &[String]) {
+    let bus = TestBus::new("rscrash").await;
+    bed.diverge();
+    let request = restore_request(backup_id);
+    let (mut last, _) =
+        kill_and_recover(bed, &bus, Flow::Restore, &request, spec, variant, points).await;
+    let log = last.proc.log.clone();
+    let context = move || {
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        format!("restore killed at {spec} ({variant:?})\n{logs}")
+    };
+    wait_settled(&last, Flow::Restore, &context).await;
+    let all = stored_events(&bus).await;
+    check_flow(Flow::Restore, &all, request.correlation_id, &context);
+    let running = docker(&["inspect", "-f", "{{.State.Running}}", &bed.app.name]);
+    assert_eq!(running, "true", "the app does not run: {}", context());
+    let open = bed.open_uploads();
+    assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
+    assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+    // Checked by the caller against the backup's content.
+}
+
+fn restore_request(backup_id: &str) -> Event {
+    Event::new(
+        "steward-cli/test",
+        RestoreRequested {
+            backup_id: backup_id.to_owned(),
+            scope: RestoreScope::All,
+            requested_by: Some("tester".into()),
+        },
+    )
+}
+
+/// A clean backup of `bed` with points logged: its id and the points it passed.
+async fn clean_backup(bed: &Bed) -> (String, Vec<String>) {
+    let bus = TestBus::new("bkfind").await;
+    let mut s = bed.service(&bus, Some(""));
+    s.consuming();
+    let request = bed.backup_request();
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let all = wait_terminal(&bus, Flow::Backup, request.correlation_id, &s).await;
+    let done = all
+        .iter()
+        .filter(|e| e.correlation_id == request.correlation_id)
+        .find_map(|e| match &e.data {
+            EventData::BackupDone(d) => Some(d.backup_id.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the clean backup failed: {}", s.logs()));
+    wait_settled(&s, Flow::Backup, &|| s.logs()).await;
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    let points = points_of(&s.logs());
+    (done, points)
+}
+
+async fn backup_campaign(variant: Variant, offset: usize) {
+    let started = Instant::now();
+    let bed = Bed::new("bkcrash", 12).await;
+    let (_, points) = clean_backup(&bed).await;
+    assert!(
+        points.iter().any(|p| p.starts_with("backup:part=2")),
+        "the blob should be a multipart upload of two parts: {points:?}"
+    );
+    let chosen = sample(&points, offset);
+    eprintln!(
+        "backup {variant:?}: killing at {} of {} points: {chosen:?}",
+        chosen.len(),
+        points.len()
+    );
+    for spec in &chosen {
+        let t = Instant::now();
+        backup_run(&bed, spec, variant, &points).await;
+        eprintln!("backup {variant:?} {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    bed.destroy().await;
+    eprintln!("backup {variant:?}: {:.0}s", started.elapsed().as_secs_f64());
+}
+
+async fn restore_campaign(variant: Variant, offset: usize) {
+    let started = Instant::now();
+    let bed = Bed::new("rscrash", 2).await;
+    let backed_up = bed.content();
+    let (backup_id, _) = clean_backup(&bed).await;
+    // The points of a clean restore.
+    let bus = TestBus::new("rsfind").await;
+    bed.diverge();
+    let mut s = bed.service(&bus, Some(""));
+    s.consuming();
+    let request = restore_request(&backup_id);
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &s).await;
+    check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
+    assert_eq!(bed.content(), backed_up, "a clean restore restores");
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    let points = points_of(&s.logs());
+    drop(bus);
+    for p in [
+        "restore:dropdb",
+        "restore:createdb",
+        "restore:pg_restore",
+        "restore:emptied",
+        "restore:extracting",
+    ] {
+        assert!(points.iter().any(|s| s.starts_with(p)), "{p} not passed: {points:?}");
+    }
+    let chosen = sample(&points, offset);
+    eprintln!(
+        "restore {variant:?}: killing at {} of {} points: {chosen:?}",
+        chosen.len(),
+        points.len()
+    );
+    for spec in &chosen {
+        let t = Instant::now();
+        restore_run(&bed, &backup_id, spec, variant, &points).await;
+        assert_eq!(
+            bed.content(),
+            backed_up,
+            "restore killed at {spec} ({variant:?}) concluded with restore.done, but the content is not the backup's"
+        );
+        eprintln!("restore {variant:?} {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    bed.destroy().await;
+    eprintln!("restore {variant:?}: {:.0}s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_killed_once_at_each_point() {
+    backup_campaign(Variant::Once, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_killed_twice_in_a_row_at_each_point() {
+    backup_campaign(Variant::Twice, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_killed_once_at_each_point() {
+    restore_campaign(Variant::Once, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_killed_twice_in_a_row_at_each_point() {
+    restore_campaign(Variant::Twice, 1).await;
+}
