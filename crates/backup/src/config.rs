@@ -120,7 +120,8 @@ impl BackupConfig {
         let endpoint = env.optional(ENV_ENDPOINT).filter(|s| !s.is_empty());
         if let Some(endpoint) = &endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                env.error(ENV_ENDPOINT, endpoint, "expected an http:// or https:// URL");
+                let shown = steward_events::redact_url(endpoint);
+                env.error(ENV_ENDPOINT, &shown, "expected an http:// or https:// URL");
             }
         }
         let retention = env.parse_with(ENV_RETENTION, Retention::default(), Retention::parse);

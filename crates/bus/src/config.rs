@@ -108,7 +108,10 @@ pub fn validate_url(urls: &str) -> Result<(), String> {
         return Err("empty".into());
     }
     for url in urls.split(',') {
-        url.trim().parse::<async_nats::ServerAddr>().map_err(|e| format!("{url:?}: {e}"))?;
+        url.trim().parse::<async_nats::ServerAddr>().map_err(|e| {
+            let shown = steward_events::redact_url(url);
+            steward_events::redact_urls_in(&format!("{shown:?}: {e}"))
+        })?;
     }
     Ok(())
 }

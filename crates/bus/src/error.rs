@@ -8,7 +8,7 @@ pub enum BusError {
     /// The first connection could not be made.
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect {
-        /// Server URL.
+        /// Server URL, credentials redacted.
         url: String,
         /// Client's reason.
         reason: String,

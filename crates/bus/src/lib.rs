@@ -119,10 +119,10 @@ impl Bus {
         if let Some(c) = &cfg.credentials {
             options = options.user_and_password(c.user.clone(), c.password.clone());
         }
-        let client = options
-            .connect(&url)
-            .await
-            .map_err(|e| BusError::Connect { url: url.clone(), reason: e.to_string() })?;
+        let client = options.connect(&url).await.map_err(|e| BusError::Connect {
+            url: steward_events::redact_url(&url),
+            reason: steward_events::redact_urls_in(&e.to_string()),
+        })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(cfg.request_timeout);
         Ok(Self { client, js, cfg: Arc::new(cfg) })

@@ -49,7 +49,7 @@ impl Bus {
                 Err(e) => {
                     return Err(match e {
                         BusError::Stream { stream, reason } => BusError::Connect {
-                            url: self.cfg.url.clone(),
+                            url: steward_events::redact_url(&self.cfg.url),
                             reason: format!("stream {stream} not ready after {bound:?}: {reason}"),
                         },
                         other => other,

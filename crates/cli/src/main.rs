@@ -147,9 +147,9 @@ impl Connection {
             publish_timeout: self.timeout,
             ..BusConfig::default()
         };
-        Bus::connect(cfg, Service::Cli.binary())
-            .await
-            .with_context(|| format!("cannot reach the bus at {}", self.nats_url))
+        Bus::connect(cfg, Service::Cli.binary()).await.with_context(|| {
+            format!("cannot reach the bus at {}", steward_events::redact_url(&self.nats_url))
+        })
     }
 }
 

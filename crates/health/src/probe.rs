@@ -147,6 +147,8 @@ impl Prober {
             let answer = self.http.get(url).send().await;
             let took = started.elapsed();
             round.http_latency = Some(took);
+            // The reason goes into health.failed: a probe URL's credentials stay out of it.
+            let url = steward_events::redact_url(url);
             let problem = match answer {
                 Ok(r) if r.status().is_success() || r.status().is_redirection() => None,
                 Ok(r) => Some(format!("GET {url} answered {}", r.status())),

@@ -92,9 +92,17 @@ impl RuntimeConfig {
     /// Reads the shared settings; errors are collected in `env`.
     pub fn read(service: Service, env: &mut Env) -> Self {
         let defaults = BusConfig::default();
-        let url = env.parse_with(ENV_NATS_URL, defaults.url.clone(), |s| {
-            steward_bus::validate_url(s).map(|()| s.to_owned())
-        });
+        let url = match env.optional(ENV_NATS_URL) {
+            None => defaults.url.clone(),
+            Some(raw) => match steward_bus::validate_url(raw.trim()) {
+                Ok(()) => raw.trim().to_owned(),
+                Err(reason) => {
+                    // Also `user:pass@host`, which has no scheme for `Env::error` to see.
+                    env.error(ENV_NATS_URL, &steward_events::redact_url(&raw), reason);
+                    defaults.url.clone()
+                }
+            },
+        };
         let stream = env.parse_with(ENV_STREAM, defaults.namespace.stream.clone(), |s| {
             let ok = !s.is_empty()
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');

@@ -40,8 +40,11 @@ impl Env {
         }
     }
 
-    /// Records a problem with `name`.
+    /// Records a problem with `name`. Credentials of any URL in `value` or `reason` are
+    /// redacted ([`steward_events::redact_urls_in`]): a configuration error never shows them.
     pub fn error(&mut self, name: &str, value: &str, reason: impl Display) {
+        let value = steward_events::redact_urls_in(value);
+        let reason = steward_events::redact_urls_in(&reason.to_string());
         self.errors.push(format!("{name}={value:?}: {reason}"));
     }
 
@@ -147,6 +150,18 @@ impl Env {
     }
 }
 
+/// Whether `host` (a URL's host: a name, an IPv4 address or a bracketed IPv6 address) is this
+/// machine's loopback: `localhost`, `127.0.0.0/8` or `::1`. Traffic to it never leaves the
+/// host, so it may go unencrypted; traffic to any other host may not.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +179,29 @@ mod tests {
         for name in ["A=\"x\"", "B=\"10q\"", "D is required"] {
             assert!(line.contains(name), "{line}");
         }
+    }
+
+    #[test]
+    fn loopback_is_localhost_127_and_ipv6_one_only() {
+        for host in ["localhost", "LOCALHOST.", "127.0.0.1", "127.1.2.3", "[::1]", "::1"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["example.com", "10.0.0.1", "0.0.0.0", "[::]", "localhost.example.com", "smtp"]
+        {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_never_reach_the_error_line() {
+        let mut env = Env::from_pairs([("U", "nats://steward:hunter2@bad host:4222")]);
+        env.parse_with("U", (), |s| Err(format!("{s:?} is not a URL")));
+        env.error("W", "https://h/hook?token=hunter3", "answered 500 for https://u:hunter4@h/");
+        let line = env.finish().expect_err("errors").to_string();
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!line.contains(secret), "{secret} leaked: {line}");
+        }
+        assert!(line.contains("U=\"nats://***@bad host:4222\""), "{line}");
     }
 
     #[test]
