@@ -92,3 +92,69 @@ fn notifier_and_approval_settings_are_checked_without_echoing_secrets() {
     );
     assert!(!stderr.contains("short-secret"), "the secret leaked: {stderr}");
 }
+
+/// Issue 17, item 7: what would expose a secret or an approval token is refused at start, with
+/// one line naming the variable, and that line never quotes the secret.
+#[test]
+fn insecure_transports_and_unbounded_links_are_configuration_errors() {
+    let (code, stderr) = run(
+        "steward-notifier",
+        &[
+            ("STEWARD_SMTP_URL", "smtp://ops:hunter2@mail.example.com:587"),
+            ("STEWARD_MAIL_FROM", "steward@example.com"),
+            ("STEWARD_MAIL_TO", "ops@example.com"),
+        ],
+    );
+    assert_eq!(code, Some(2), "a plain-text SMTP password was accepted: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr.contains("STEWARD_SMTP_URL=\"smtp://***@mail.example.com:587\"")
+            && stderr.contains("unencrypted"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the SMTP password leaked: {stderr}");
+
+    let (code, stderr) = run(
+        "steward-updater",
+        &[
+            ("STEWARD_PUBLIC_URL", "http://git.example.com/steward"),
+            ("STEWARD_APPROVAL_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("STEWARD_APPROVAL_TTL", "30d"),
+        ],
+    );
+    assert_eq!(code, Some(2), "an http public URL and a 30-day TTL were accepted: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    for var in ["STEWARD_PUBLIC_URL=\"http://git.example.com/steward\"", "STEWARD_APPROVAL_TTL"] {
+        assert!(stderr.contains(var), "{var} not named: {stderr}");
+    }
+}
+
+#[test]
+fn a_nats_url_with_credentials_is_never_echoed() {
+    for url in ["nats://steward:hunter2@bad host:4222", "steward:hunter2@bad host:4222"] {
+        let (code, stderr) = run("steward-watcher", &[("STEWARD_NATS_URL", url)]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("STEWARD_NATS_URL="), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "the NATS password leaked: {stderr}");
+    }
+}
+
+/// A server that never answers: the service gives up after its connect timeout (30 s), and
+/// neither its log nor its last line quotes the password of the URL.
+#[test]
+fn a_failed_connection_does_not_echo_the_nats_password() {
+    let port = steward_testkit::free_port();
+    let url = format!("nats://steward:hunter2@127.0.0.1:{port}");
+    let out = Command::new(binary("steward-notifier"))
+        .env_clear()
+        .env("STEWARD_NATS_URL", &url)
+        .env("STEWARD_WEBHOOK_URL", "http://127.0.0.1:9/hook?token=hunter3")
+        .output()
+        .expect("run the notifier");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for secret in ["hunter2", "hunter3"] {
+        assert!(!stderr.contains(secret) && !stdout.contains(secret), "{secret}: {stdout}{stderr}");
+    }
+}

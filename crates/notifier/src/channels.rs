@@ -5,7 +5,9 @@ use std::time::Duration;
 use lettre::message::{MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use crate::config::{redact_url, EmailConfig};
+use steward_events::redact_url;
+
+use crate::config::EmailConfig;
 use crate::message::Message;
 use crate::outbox::ChannelKind;
 

@@ -5,11 +5,16 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use steward_events::redact_url;
+use steward_runtime::env::is_loopback_host;
 use steward_runtime::Env;
 
 /// SMTP server: `smtps://user:pass@host:465`, `smtp://user:pass@host:587?tls=required`
 /// (STARTTLS), or `smtp://host:25` (plain, loopback only). Usually given as `_FILE`.
 pub const ENV_SMTP_URL: &str = "STEWARD_SMTP_URL";
+/// Hosts (comma-separated) that may receive mail without TLS although they are not loopback:
+/// a relay on the same private network, e.g. a compose service. Never with credentials.
+pub const ENV_SMTP_PLAINTEXT_HOSTS: &str = "STEWARD_SMTP_PLAINTEXT_HOSTS";
 /// Sender address.
 pub const ENV_MAIL_FROM: &str = "STEWARD_MAIL_FROM";
 /// Recipients, comma-separated.
@@ -112,10 +117,14 @@ fn read_email(env: &mut Env) -> Option<EmailConfig> {
         return None;
     };
     let shown = redact_url(&url);
+    let plaintext_hosts = env.optional(ENV_SMTP_PLAINTEXT_HOSTS).unwrap_or_default();
+    if let Err(reason) = check_smtp_tls(&url, &plaintext_hosts) {
+        env.error(ENV_SMTP_URL, &shown, reason);
+    }
     let transport = match AsyncSmtpTransport::<Tokio1Executor>::from_url(&url) {
         Ok(b) => Some(b.timeout(Some(Duration::from_secs(30)))),
         Err(e) => {
-            env.error(ENV_SMTP_URL, &shown, format!("{e} (examples: smtps://user:pass@host:465, smtp://user:pass@host:587?tls=required)"));
+            env.error(ENV_SMTP_URL, &shown, format!("{e} (expected smtps:// with port 465, or smtp:// with ?tls=required and port 587)"));
             None
         }
     };
@@ -148,6 +157,40 @@ fn read_email(env: &mut Env) -> Option<EmailConfig> {
     Some(EmailConfig { smtp: transport?, server: shown, from: from?, to: to? })
 }
 
+/// Mail and the SMTP password leave this host only encrypted: implicit TLS (`smtps://`) or
+/// STARTTLS that must succeed (`smtp://...?tls=required`). Without either (`tls=opportunistic`
+/// falls back to plain text when the server, or whoever sits in between, does not offer
+/// STARTTLS) only a loopback server is accepted, or a relay named in `plaintext_hosts` to which
+/// no credentials are sent.
+fn check_smtp_tls(url: &str, plaintext_hosts: &str) -> Result<(), String> {
+    // Unparsable URLs are reported by the transport's own parser.
+    let Ok(u) = reqwest::Url::parse(url) else { return Ok(()) };
+    let tls_required = u.query_pairs().any(|(k, v)| k == "tls" && v == "required");
+    if u.scheme() != "smtp" || tls_required {
+        return Ok(());
+    }
+    let host = u.host_str().unwrap_or_default();
+    if is_loopback_host(host) {
+        return Ok(());
+    }
+    // Said without a URL: configuration errors drop a URL's user and query.
+    let fix = "use implicit TLS (scheme smtps://, port 465) or STARTTLS that must succeed \
+               (smtp:// with ?tls=required, port 587)";
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!(
+            "would send the SMTP password unencrypted to {host}, which is not loopback: {fix}"
+        ));
+    }
+    let listed = plaintext_hosts.split(',').map(str::trim).any(|h| h.eq_ignore_ascii_case(host));
+    if listed {
+        return Ok(());
+    }
+    Err(format!(
+        "mail (and its approval links) would go unencrypted to {host}, which is not loopback: \
+         {fix}, or name a relay on a private network in {ENV_SMTP_PLAINTEXT_HOSTS}"
+    ))
+}
+
 fn parse_recipients(raw: &str) -> Result<Vec<Mailbox>, String> {
     let list: Vec<Mailbox> = raw
         .split(',')
@@ -176,21 +219,6 @@ fn parse_events(raw: &str) -> Result<Vec<&'static str>, String> {
     Ok(out)
 }
 
-/// `scheme://host:port/...` with any user and password removed, for logs and errors.
-pub fn redact_url(raw: &str) -> String {
-    match reqwest::Url::parse(raw) {
-        Ok(mut u) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                let _ = u.set_username("***");
-                let _ = u.set_password(None);
-            }
-            u.set_query(None);
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +242,46 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("hunter2"));
         assert!(!email.server.contains("hunter2"), "{}", email.server);
         assert_eq!(cfg.events, default_events());
+    }
+
+    fn mail(url: &str, extra: &[(&str, &str)]) -> Result<NotifierConfig, String> {
+        let mut pairs = vec![
+            (ENV_SMTP_URL, url),
+            (ENV_MAIL_FROM, "s@example.com"),
+            (ENV_MAIL_TO, "o@example.com"),
+        ];
+        pairs.extend_from_slice(extra);
+        read(&pairs)
+    }
+
+    #[test]
+    fn smtp_beyond_loopback_needs_tls_and_a_password_never_goes_in_clear() {
+        for url in [
+            "smtp://ops:hunter2@mail.example.com:587",
+            "smtp://ops:hunter2@mail.example.com:587?tls=opportunistic",
+            "smtp://ops:hunter2@10.0.0.5:25",
+            "smtp://mail.example.com:25",
+        ] {
+            let e = mail(url, &[]).expect_err(url);
+            assert!(e.contains(ENV_SMTP_URL) && e.contains("unencrypted"), "{url}: {e}");
+            assert!(e.contains("tls=required"), "says how to fix it: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // A relay named as plain-text capable takes mail, but never a password.
+        mail("smtp://smtp:2525", &[(ENV_SMTP_PLAINTEXT_HOSTS, "relay, smtp")])
+            .expect("listed relay");
+        let e = mail("smtp://ops:hunter2@smtp:2525", &[(ENV_SMTP_PLAINTEXT_HOSTS, "smtp")])
+            .expect_err("password to a listed relay");
+        assert!(e.contains("password unencrypted"), "{e}");
+        for url in [
+            "smtps://ops:hunter2@mail.example.com:465",
+            "smtp://ops:hunter2@mail.example.com:587?tls=required",
+            "smtp://ops:hunter2@127.0.0.1:2525",
+            "smtp://localhost:25",
+            "smtp://[::1]:25",
+        ] {
+            mail(url, &[]).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
     }
 
     #[test]
