@@ -27,6 +27,10 @@ pub const UPDATE_BACKUP: &str = "steward.update.backup";
 pub const HEALTH_URL: &str = "steward.health.url";
 /// An automatic update waits until the new digest is this old (`3d`, `12h`).
 pub const MIN_AGE: &str = "steward.update.min_age";
+/// The longest `steward.update.min_age`: a bound that keeps the updater's date arithmetic
+/// (event time + minimum age) far from overflowing. A day over a year, so `1y` (365.25 days
+/// to humantime) and `365d` both pass.
+pub const MAX_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 /// Updates start only inside this window (`Sun 03:00-05:00`), host time zone.
 pub const WINDOW: &str = "steward.update.window";
 /// A shell command run by exec in the old container before it is stopped.
@@ -248,6 +252,16 @@ pub struct UpdateLabels {
     pub pre: Option<String>,
 }
 
+impl UpdateLabels {
+    /// When an image published at `published` is old enough for `steward.update.min_age`
+    /// (`None` without one). Checked: a time near the end of the calendar saturates there
+    /// (the update waits forever) instead of panicking.
+    pub fn not_before(&self, published: time::OffsetDateTime) -> Option<time::OffsetDateTime> {
+        let age = self.min_age?;
+        Some(published.saturating_add(age.try_into().unwrap_or(time::Duration::MAX)))
+    }
+}
+
 /// A weekly maintenance window: some days (all when none are named), from a start to an end
 /// time of day; an end before the start runs past midnight into the next day.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,11 +364,17 @@ pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, L
     };
     let min_age = match labels.get(MIN_AGE) {
         None => None,
-        Some(v) => Some(humantime::parse_duration(v.trim()).map_err(|e| LabelError {
-            label: MIN_AGE,
-            value: v.clone(),
-            reason: format!("{e} (examples: 3d, 12h)"),
-        })?),
+        Some(v) => {
+            let bad = |reason: String| LabelError { label: MIN_AGE, value: v.clone(), reason };
+            let age = humantime::parse_duration(v.trim())
+                .map_err(|e| bad(format!("{e} (examples: 3d, 12h)")))?;
+            if age > MAX_MIN_AGE {
+                return Err(bad("at most 1 year (1y): a longer wait is no update at all; \
+                                use steward.update.policy=notify or manual instead"
+                    .into()));
+            }
+            Some(age)
+        }
     };
     let window = match labels.get(WINDOW) {
         None => None,
@@ -557,6 +577,22 @@ mod tests {
         let u = update_labels(&labels(&[("steward.update.min_age", "3d")])).expect("ok");
         assert_eq!(u.min_age, Some(std::time::Duration::from_secs(3 * 86400)));
         assert!(update_labels(&labels(&[("steward.update.min_age", "soon")])).is_err());
+        for year in ["1y", "365d", "366d"] {
+            update_labels(&labels(&[("steward.update.min_age", year)])).expect(year);
+        }
+        let published = time::OffsetDateTime::now_utc();
+        assert_eq!(u.not_before(published), Some(published + time::Duration::days(3)));
+        let end = time::PrimitiveDateTime::MAX.assume_utc();
+        assert_eq!(u.not_before(end), Some(end), "saturates at the end of the calendar");
+        let huge = UpdateLabels { min_age: Some(std::time::Duration::MAX), ..u.clone() };
+        assert_eq!(huge.not_before(published), Some(end));
+        assert_eq!(update_labels(&labels(&[])).expect("none").not_before(published), None);
+        for absurd in ["1000000y", "367d", "584542046090y"] {
+            let e =
+                update_labels(&labels(&[("steward.update.min_age", absurd)])).expect_err(absurd);
+            assert_eq!(e.label, MIN_AGE);
+            assert!(e.to_string().contains("at most 1 year"), "{e}");
+        }
     }
 
     #[test]

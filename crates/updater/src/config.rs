@@ -94,7 +94,8 @@ fn read_renewal(env: &mut Env) -> RenewalConfig {
 /// this machine (a demo, a test), so the token is never readable on the way.
 fn check_public_url(url: &str) -> Result<(), String> {
     let example = "e.g. https://git.example.com/steward";
-    let u = reqwest::Url::parse(url).map_err(|e| format!("{e}: expected an https URL, {example}"))?;
+    let u =
+        reqwest::Url::parse(url).map_err(|e| format!("{e}: expected an https URL, {example}"))?;
     match u.scheme() {
         "https" => Ok(()),
         "http" if u.host_str().is_some_and(steward_runtime::env::is_loopback_host) => Ok(()),

@@ -74,7 +74,7 @@ impl Flow {
                 UpdateStep::Deferred
             },
             started_at: OffsetDateTime::now_utc(),
-            not_before: settings.min_age.map(|age| event.time + age),
+            not_before: settings.not_before(event.time),
             backup_deadline: None,
             old_id: None,
             new_id: None,
