@@ -114,6 +114,7 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
         news_id: None,
         news_time: None,
         outbox: vec![],
+        dependents: vec![],
         interruptions: 0,
     };
     updates.put(&app.name, &gating).await.unwrap_or_else(|e| panic!("kv put: {e}"));

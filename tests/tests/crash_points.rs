@@ -1,34 +1,41 @@
-//! The real `steward-updater` killed at every point an automatic update passes (a persisted
-//! transition, a published event, a Docker call of the swap): once; twice in a row (the
-//! restarted updater killed again at its first point); and with the container removed while
-//! the update is interrupted. The points are not listed by hand: a first, clean update logs
-//! every point it passes (`STEWARD_FAILPOINTS` set empty), and each is then a kill.
+//! The real `steward-updater` killed at every point an update passes (a persisted transition,
+//! a published event, a Docker call of the swap), in four scenarios: an automatic update, a
+//! broken release (the rollback's own path), a manual update approved and backed up first,
+//! and an app with a container in its network namespace (the dependent's own recreation).
+//! Each point is killed in three variants: once; twice in a row (the restarted updater killed
+//! again at the first point its recovery passes); and with every container of the app removed
+//! while the update is interrupted. The points are not listed by hand: a first, clean run of
+//! the scenario logs every point it passes (`STEWARD_FAILPOINTS` set empty), and each is then
+//! a kill.
 //!
-//! After each run: the updater starts and consumes; the update has exactly one terminal
-//! event and no event twice; exactly one container has the name, running, on the digest it
-//! had or the one it was going to (none after the removal); no swap container is left; the
-//! record is terminal with an empty outbox. The event in hand at the kill is redelivered
-//! (short ack wait) and changes nothing: the checks wait until the updater's consumer has
-//! nothing pending or unacknowledged.
+//! After each run: the updater starts and consumes; the update has exactly one terminal event
+//! and no event twice; exactly one container has the name, running, on the digest it had or
+//! the one it was going to (none after the removal); a dependent runs in that container's
+//! namespace; no swap container is left; the record is terminal with an empty outbox. The
+//! event in hand at the kill is redelivered (short ack wait) and changes nothing: the checks
+//! wait until the updater's consumer has nothing pending or unacknowledged.
 //!
-//! `STEWARD_CRASH_POINTS=all` runs every point of every variant (the full matrix, a few
-//! minutes); by default each variant runs every second point, offset by variant, so each
-//! point is killed at least once per CI run.
+//! The test plays the operator (it approves) and the backup service (it answers
+//! `backup.requested` with `backup.done`): the updater is what is killed here; the backup
+//! service's own kills are in `backup_crash.rs`.
+//!
+//! `STEWARD_CRASH_POINTS=all` runs every point in every variant (the full matrix); by default
+//! each point is killed once, in one of the variants (rotating), which keeps CI short.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
-use steward_events::{Digest, Event, ImageUpdated};
-use steward_system_tests::apps::app;
+use steward_events::{BackupDone, Digest, Event, EventData, ImageUpdated, UpdateApproved};
+use steward_system_tests::apps::{app, App};
 use steward_system_tests::Proc;
-use steward_testkit::docker::{docker, push_app};
+use steward_testkit::docker::{docker, push_app, Container};
 use steward_testkit::{stored_events, unique_name, TestBus};
 
 const TERMINAL: [&str; 3] = ["update.succeeded", "update.rolled_back", "update.failed"];
 
-/// The recovery's own points, which a first update never passes.
+/// The recovery's own points, which a first update may never pass.
 const RECOVERY: [&str; 4] = ["restore", "restored", "restore:removed", "restore:renamed"];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,6 +43,55 @@ enum Variant {
     Once,
     Twice,
     Removed,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Once, Variant::Twice, Variant::Removed];
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scenario {
+    /// v1 → v2, automatic, no backup.
+    Automatic,
+    /// v1 → v3 (never healthy): rolled back.
+    Broken,
+    /// v1 → v2, manual: approved, backed up first.
+    ManualBackup,
+    /// v1 → v2 with a container in the app's network namespace.
+    Dependent,
+}
+
+/// What a run works on: the app, its dependent if any, the release it goes to.
+struct Stage {
+    bus: TestBus,
+    scope: String,
+    app: App,
+    target: String,
+    dependent: Option<Container>,
+}
+
+async fn stage(scenario: Scenario) -> Stage {
+    let bus = TestBus::new("crashrun").await;
+    let scope = unique_name("scope");
+    let (policy, labels) = match scenario {
+        Scenario::ManualBackup => ("manual", vec!["steward.update.backup=true".to_owned()]),
+        _ => ("automatic", vec![]),
+    };
+    let app = app(&scope, policy, &labels);
+    let release = if scenario == Scenario::Broken { "v3" } else { "v2" };
+    let target = push_app(release, &app.image);
+    let dependent = (scenario == Scenario::Dependent).then(|| {
+        Container::run(
+            &format!("{}-side", app.name),
+            &[
+                "--network",
+                &format!("container:{}", app.name),
+                "--entrypoint",
+                "/bin/sleep",
+                &app.image,
+                "3600",
+            ],
+        )
+    });
+    Stage { bus, scope, app, target, dependent }
 }
 
 fn updater(bus: &Bus, scope: &str, failpoints: Option<&str>) -> Proc {
@@ -82,7 +138,7 @@ fn consuming(p: &mut Proc) {
     }
 }
 
-fn image_updated(app: &steward_system_tests::apps::App, to: &str) -> Event {
+fn image_updated(app: &App, to: &str) -> Event {
     Event::new(
         "steward-watcher/test",
         ImageUpdated {
@@ -100,29 +156,82 @@ fn flow_events(all: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
 }
 
 fn containers_named(prefix: &str) -> Vec<String> {
-    docker(&["ps", "-a", "--format", "{{.Names}}"])
+    let mut names: Vec<String> = docker(&["ps", "-a", "--format", "{{.Names}}"])
         .lines()
         .filter(|n| n.starts_with(prefix))
         .map(str::to_owned)
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
-/// The points a clean automatic update passes, in order, as kill specs (`name=n`: its n-th
+/// Plays the operator and the backup service for one flow, once each: approves a pending
+/// update, answers a backup request. Runs until dropped.
+fn play_the_others(bus: &Bus, correlation: uuid::Uuid) -> tokio::task::JoinHandle<()> {
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        let (mut approved, mut backed_up) = (false, false);
+        loop {
+            let all = stored_events(&bus).await;
+            let mine = all.iter().filter(|e| e.correlation_id == correlation);
+            for e in mine {
+                match &e.data {
+                    EventData::UpdatePending(p) if !approved => {
+                        let data =
+                            UpdateApproved { update_id: p.update_id, by: "crash-test".into() };
+                        let ok = bus
+                            .publish(&Event::caused_by(e, "steward/crash-test", data))
+                            .await
+                            .is_ok();
+                        approved = ok;
+                    }
+                    EventData::BackupRequested(_) if !backed_up => {
+                        let data = BackupDone {
+                            backup_id: unique_name("b"),
+                            manifest_key: "crash-test/manifest.json".into(),
+                            size_bytes: 1,
+                            components: vec![],
+                            duration_ms: 1,
+                        };
+                        let ok = bus
+                            .publish(&Event::caused_by(e, "steward-backup/crash-test", data))
+                            .await
+                            .is_ok();
+                        backed_up = ok;
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Aborts the task when dropped (a panicking test must not leave it running).
+struct Others(tokio::task::JoinHandle<()>);
+impl Drop for Others {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The points a clean run of `scenario` passes, in order, as kill specs (`name=n`: its n-th
 /// hit).
-async fn discover() -> Vec<String> {
-    let bus = TestBus::new("crashfind").await;
-    let scope = unique_name("scope");
-    let app = app(&scope, "automatic", &[]);
-    let v2 = push_app("v2", &app.image);
-    let mut p = updater(&bus, &scope, Some(""));
+async fn discover(scenario: Scenario) -> Vec<String> {
+    let s = stage(scenario).await;
+    let mut p = updater(&s.bus, &s.scope, Some(""));
     consuming(&mut p);
-    let event = image_updated(&app, &v2);
-    bus.publish(&event).await.expect("publish");
-    wait_terminal(&bus, event.correlation_id, &p).await;
+    let event = image_updated(&s.app, &s.target);
+    let _others = Others(play_the_others(&s.bus, event.correlation_id));
+    s.bus.publish(&event).await.expect("publish");
+    wait_terminal(&s.bus, event.correlation_id, &p).await;
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut specs = vec![];
     for line in p.logs().lines() {
         let Some(name) = line.strip_prefix("failpoint: ") else { continue };
+        if name.ends_with("aborting") {
+            continue;
+        }
         let n = seen.entry(name.to_owned()).or_insert(0);
         *n += 1;
         specs.push(format!("{name}={n}"));
@@ -148,16 +257,28 @@ async fn wait_terminal(bus: &Bus, correlation: uuid::Uuid, p: &Proc) -> Vec<Even
     }
 }
 
+/// The containers a finished run must leave: the app (and its dependent), or none after the
+/// removal.
+fn expected_names(s: &Stage, variant: Variant) -> Vec<String> {
+    if variant == Variant::Removed {
+        return vec![];
+    }
+    let mut names = vec![s.app.name.clone()];
+    names.extend(s.dependent.as_ref().map(|d| d.name.clone()));
+    names.sort();
+    names
+}
+
 /// Waits (at most 30 s) until the updater has nothing left to handle (the event in hand at
 /// the kill came back after the ack wait and was settled) and the containers and the record
 /// look finished; the assertions that follow say what is wrong if they never do.
-async fn settled(bus: &Bus, name: &str, variant: Variant) {
-    let js = async_nats::jetstream::new(bus.raw_client().clone());
+async fn settled(s: &Stage, variant: Variant) {
+    let js = async_nats::jetstream::new(s.bus.raw_client().clone());
     let records: StateStore<UpdateRecord> =
-        StateStore::open(bus, UPDATE_BUCKET).await.expect("records");
+        StateStore::open(&s.bus, UPDATE_BUCKET).await.expect("records");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let idle = match js.get_stream(&bus.namespace().stream).await {
+        let idle = match js.get_stream(&s.bus.namespace().stream).await {
             Ok(stream) => match stream
                 .get_consumer::<async_nats::jetstream::consumer::pull::Config>("updater")
                 .await
@@ -170,11 +291,9 @@ async fn settled(bus: &Bus, name: &str, variant: Variant) {
             },
             Err(_) => false,
         };
-        let names = containers_named(name);
-        let containers_done =
-            if variant == Variant::Removed { names.is_empty() } else { names == [name] };
+        let containers_done = containers_named(&s.app.name) == expected_names(s, variant);
         let record_done = records
-            .get(name)
+            .get(&s.app.name)
             .await
             .ok()
             .flatten()
@@ -187,18 +306,16 @@ async fn settled(bus: &Bus, name: &str, variant: Variant) {
 }
 
 /// One kill run; panics with the spec and what was found when an invariant fails.
-async fn run(spec: &str, variant: Variant, all_points: &[String]) {
-    let bus = TestBus::new("crashrun").await;
-    let scope = unique_name("scope");
-    let app = app(&scope, "automatic", &[]);
-    let v2 = push_app("v2", &app.image);
-    let mut first = updater(&bus, &scope, Some(spec));
+async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[String]) {
+    let s = stage(scenario).await;
+    let event = image_updated(&s.app, &s.target);
+    let _others = Others(play_the_others(&s.bus, event.correlation_id));
+    let mut first = updater(&s.bus, &s.scope, Some(spec));
     consuming(&mut first);
-    let event = image_updated(&app, &v2);
-    bus.publish(&event).await.expect("publish");
+    s.bus.publish(&event).await.expect("publish");
     assert!(
         exits_within(&mut first, Duration::from_secs(60)),
-        "{spec}: never reached\n{}",
+        "{scenario:?} {spec}: never reached\n{}",
         first.logs()
     );
     assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
@@ -211,25 +328,25 @@ async fn run(spec: &str, variant: Variant, all_points: &[String]) {
             names.extend(RECOVERY);
             names.sort_unstable();
             names.dedup();
-            let mut second = updater(&bus, &scope, Some(&names.join(",")));
+            let mut second = updater(&s.bus, &s.scope, Some(&names.join(",")));
             if !exits_within(&mut second, Duration::from_secs(20)) {
                 second.terminate(Duration::from_secs(20));
             }
         }
         Variant::Removed => {
             // `compose down` while the updater is away: every container of the app goes.
-            for name in containers_named(&app.name) {
+            for name in containers_named(&s.app.name) {
                 docker(&["rm", "-f", &name]);
             }
         }
     }
-    let mut last = updater(&bus, &scope, None);
+    let mut last = updater(&s.bus, &s.scope, None);
     consuming(&mut last);
-    let all = wait_terminal(&bus, event.correlation_id, &last).await;
-    settled(&bus, &app.name, variant).await;
-    let all_after = stored_events(&bus).await;
+    let all = wait_terminal(&s.bus, event.correlation_id, &last).await;
+    settled(&s, variant).await;
+    let all_after = stored_events(&s.bus).await;
     let flow = flow_events(&all_after, event.correlation_id);
-    let context = || format!("{spec} ({variant:?}): {flow:?}\n{}", last.logs());
+    let context = || format!("{scenario:?} {spec} ({variant:?}): {flow:?}\n{}", last.logs());
     let terminal: Vec<&&str> = flow.iter().filter(|t| TERMINAL.contains(t)).collect();
     assert_eq!(terminal.len(), 1, "exactly one terminal event: {}", context());
     let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -238,60 +355,76 @@ async fn run(spec: &str, variant: Variant, all_points: &[String]) {
     }
     assert!(counts.values().all(|n| *n == 1), "an event twice: {}", context());
     assert!(all_after.len() >= all.len());
-    let names = containers_named(&app.name);
-    if variant == Variant::Removed {
-        assert!(names.is_empty(), "containers after the removal: {names:?}: {}", context());
-    } else {
-        assert_eq!(
-            names,
-            std::slice::from_ref(&app.name),
-            "exactly one container, no swap names: {}",
-            context()
-        );
-        assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &app.name]), "true");
-        let image = docker(&["inspect", "-f", "{{.Image}}", &app.name]);
+    let names = containers_named(&s.app.name);
+    assert_eq!(names, expected_names(&s, variant), "containers, no swap names: {}", context());
+    if variant != Variant::Removed {
+        let name = &s.app.name;
+        assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", name]), "true", "{}", context());
+        let image = docker(&["inspect", "-f", "{{.Image}}", name]);
         let digests = docker(&["image", "inspect", "-f", "{{json .RepoDigests}}", &image]);
-        let expected = if *terminal[0] == "update.succeeded" { &v2 } else { &app.v1 };
+        let expected = if *terminal[0] == "update.succeeded" { &s.target } else { &s.app.v1 };
         assert!(digests.contains(expected.as_str()), "runs {digests}: {}", context());
+        if let Some(d) = &s.dependent {
+            let id = docker(&["inspect", "-f", "{{.Id}}", name]);
+            let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &d.name]);
+            assert_eq!(mode, format!("container:{id}"), "dependent's namespace: {}", context());
+            let running = docker(&["inspect", "-f", "{{.State.Running}}", &d.name]);
+            assert_eq!(running, "true", "dependent running: {}", context());
+        }
     }
     let records: StateStore<UpdateRecord> =
-        StateStore::open(&bus, UPDATE_BUCKET).await.expect("records");
-    let record = records.get(&app.name).await.expect("get").expect("record").value;
+        StateStore::open(&s.bus, UPDATE_BUCKET).await.expect("records");
+    let record = records.get(&s.app.name).await.expect("get").expect("record").value;
     assert!(record.step.is_terminal(), "{:?}: {}", record.step, context());
     assert!(record.outbox.is_empty(), "outbox left: {}", context());
     assert!(last.terminate(Duration::from_secs(30)).is_some(), "the updater did not stop");
     // One line per run, for docs/reliability.md's matrix (`--nocapture`).
-    eprintln!("crash-matrix: {variant:?} {spec} -> {} ({} events)", terminal[0], flow.len());
+    eprintln!(
+        "crash-matrix: {scenario:?} {variant:?} {spec} -> {} ({} events)",
+        terminal[0],
+        flow.len()
+    );
 }
 
-/// The points this variant runs: all, or every second one (offset by variant).
-fn sample(points: &[String], offset: usize) -> Vec<String> {
-    if std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all") {
-        return points.to_vec();
+/// The (point, variant) runs of a scenario: all, or each point once, in a rotating variant.
+fn sample(points: &[String]) -> Vec<(String, Variant)> {
+    let all = std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all");
+    let mut runs = vec![];
+    for (i, point) in points.iter().enumerate() {
+        for (j, variant) in VARIANTS.iter().enumerate() {
+            if all || i % VARIANTS.len() == j {
+                runs.push((point.clone(), *variant));
+            }
+        }
     }
-    points.iter().skip(offset % 2).step_by(2).cloned().collect()
+    runs
 }
 
-async fn campaign(variant: Variant, offset: usize) {
-    let points = discover().await;
-    let chosen = sample(&points, offset);
-    eprintln!("{variant:?}: killing at {} of {} points: {chosen:?}", chosen.len(), points.len());
-    for spec in &chosen {
-        run(spec, variant, &points).await;
+async fn campaign(scenario: Scenario) {
+    let points = discover(scenario).await;
+    let runs = sample(&points);
+    eprintln!("{scenario:?}: {} runs over {} points: {points:?}", runs.len(), points.len());
+    for (spec, variant) in &runs {
+        run(scenario, spec, *variant, &points).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_once_at_each_point_of_an_automatic_update() {
-    campaign(Variant::Once, 0).await;
+async fn killed_at_each_point_of_an_automatic_update() {
+    campaign(Scenario::Automatic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_twice_in_a_row_at_each_point_of_an_automatic_update() {
-    campaign(Variant::Twice, 1).await;
+async fn killed_at_each_point_of_a_rollback() {
+    campaign(Scenario::Broken).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_at_each_point_then_the_container_removed() {
-    campaign(Variant::Removed, 0).await;
+async fn killed_at_each_point_of_a_manual_update_backed_up_first() {
+    campaign(Scenario::ManualBackup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_each_point_of_an_update_with_a_network_namespace_dependent() {
+    campaign(Scenario::Dependent).await;
 }

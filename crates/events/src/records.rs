@@ -143,6 +143,11 @@ pub struct UpdateRecord {
     /// later (a restart, a redelivery, the sweep) publishes them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "outbox")]
     pub outbox: Vec<Event>,
+    /// Containers in the old container's network namespace that were running when the swap
+    /// began: whatever the outcome (and however often the updater is killed on the way), they
+    /// run again at the end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependents: Vec<String>,
     /// Restarts that found this update before its swap; the second one ends it, so an update
     /// that kills the updater cannot do so forever.
     #[serde(default, skip_serializing_if = "is_zero")]

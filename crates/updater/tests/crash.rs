@@ -44,6 +44,7 @@ fn record(event: &Event, u: &ImageUpdated, step: UpdateStep) -> UpdateRecord {
         news_id: Some(event.id),
         news_time: Some(event.time),
         outbox: vec![],
+        dependents: vec![],
         interruptions: 0,
     }
 }

@@ -92,8 +92,21 @@ impl Flow {
             }
             Err(e) => return self.engine_failed(v, e).await,
         };
+        let mut dependents = vec![];
+        let names = match self.engine.network_dependents(&[old_id.as_str(), name.as_str()]).await {
+            Ok(names) => names,
+            Err(e) => return self.engine_failed(v, e).await,
+        };
+        for d in names {
+            match self.engine.is_running(&d).await {
+                Ok(Some(true)) => dependents.push(d),
+                Ok(_) => {}
+                Err(e) => return self.engine_failed(v, e).await,
+            }
+        }
         let mut record = v.value;
         record.old_id = Some(old_id);
+        record.dependents = dependents;
         let v = self.save(record, v.revision).await?;
 
         let image = format!("{repository}:{tag}");

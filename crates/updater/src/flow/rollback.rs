@@ -28,6 +28,14 @@ impl Flow {
         if let Err(e) = self.rejoin_dependents(&from, &r.old_id).await {
             tracing::error!(container = %r.name, error = %e, "a dependent container did not rejoin after the rollback");
         }
+        // Before the verdict is recorded: a dependent whose own recreation a kill cut short
+        // may have been left stopped, and after the verdict nobody would look again.
+        for d in &v.value.dependents {
+            if self.engine.is_running(d).await? == Some(false) {
+                tracing::warn!(dependent = %d, "starting a dependent that ran before the update");
+                self.engine.start(d).await?;
+            }
+        }
         self.rolled_back(v, Some(r), reason, log_tail).await
     }
 

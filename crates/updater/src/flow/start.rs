@@ -83,6 +83,7 @@ impl Flow {
             news_id: Some(event.id),
             news_time: Some(event.time),
             outbox: vec![],
+            dependents: vec![],
             interruptions: 0,
         };
         if settings.policy == Policy::Manual {
