@@ -113,15 +113,7 @@ impl Proc {
     /// Starts a service binary in `bus`'s namespace with `extra` settings and waits until its
     /// consumer is up.
     pub fn service(name: &str, bus: &steward_bus::Bus, extra: &[(&str, String)]) -> Self {
-        let ns = bus.namespace();
-        let mut env = vec![
-            ("STEWARD_NATS_URL", bus.config().url.clone()),
-            ("STEWARD_STREAM", ns.stream.clone()),
-            ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
-            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", steward_testkit::free_port())),
-        ];
-        env.extend(extra.iter().cloned());
-        let p = Self::start(name, &env);
+        let p = Self::start(name, &service_env(bus, extra));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !p.logs().contains("\"consuming\"") {
             assert!(Instant::now() < deadline, "{name} not consuming: {}", p.logs());
@@ -129,6 +121,23 @@ impl Proc {
         }
         p
     }
+}
+
+/// The environment of a service binary in `bus`'s namespace (NATS, stream, subject prefix, a
+/// free HTTP port), plus `extra` settings.
+pub fn service_env<'a>(
+    bus: &steward_bus::Bus,
+    extra: &[(&'a str, String)],
+) -> Vec<(&'a str, String)> {
+    let ns = bus.namespace();
+    let mut env = vec![
+        ("STEWARD_NATS_URL", bus.config().url.clone()),
+        ("STEWARD_STREAM", ns.stream.clone()),
+        ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
+        ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", steward_testkit::free_port())),
+    ];
+    env.extend(extra.iter().cloned());
+    env
 }
 
 /// A bucket of its own on the test bed's S3 server, emptied and removed when dropped, with

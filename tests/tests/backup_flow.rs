@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 
 use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
-use steward_events::{BackupReason, BackupRequested, Digest, Event, EventData};
+use steward_events::{BackupReason, BackupRequested, Digest, Event, EventData, ImageUpdated};
 use steward_system_tests::{steward_with, Proc, TestBucket};
 use steward_testkit::docker::{docker, postgres, Container};
 use steward_testkit::{stored_events, testbed, unique_name, TestBus};
@@ -93,30 +93,21 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
     // An update of the app in its health gate: the restore must wait, changing nothing.
     let updates: StateStore<UpdateRecord> =
         StateStore::open(&bus, UPDATE_BUCKET).await.unwrap_or_else(|e| panic!("kv: {e}"));
-    let mut gating = UpdateRecord {
-        update_id: uuid::Uuid::new_v4(),
+    let news = ImageUpdated {
         container: app.name.clone(),
         image: "app:v1".into(),
-        from_digest: Digest::parse(&format!("sha256:{}", "1".repeat(64))).expect("digest"),
-        to_digest: Digest::parse(&format!("sha256:{}", "2".repeat(64))).expect("digest"),
+        current_digest: Digest::parse(&format!("sha256:{}", "1".repeat(64))).expect("digest"),
+        new_digest: Digest::parse(&format!("sha256:{}", "2".repeat(64))).expect("digest"),
         new_tag: None,
-        policy: "automatic".into(),
-        correlation_id: uuid::Uuid::new_v4(),
-        last_event_id: uuid::Uuid::new_v4(),
-        step: UpdateStep::Gating,
-        started_at: time::OffsetDateTime::now_utc(),
-        not_before: None,
-        backup_deadline: None,
-        old_id: None,
-        new_id: None,
-        reason: None,
-        approved_by: None,
-        news_id: None,
-        news_time: None,
-        outbox: vec![],
-        dependents: vec![],
-        interruptions: 0,
     };
+    let cause = Event::new("steward-watcher/test", news.clone());
+    let mut gating = UpdateRecord::from_news(
+        uuid::Uuid::new_v4(),
+        &cause,
+        &news,
+        "automatic",
+        UpdateStep::Gating,
+    );
     updates.put(&app.name, &gating).await.unwrap_or_else(|e| panic!("kv put: {e}"));
     let blocked = steward_with(&bus, &env, &["restore", "latest", "--yes"]);
     let said = String::from_utf8_lossy(&blocked.stderr);

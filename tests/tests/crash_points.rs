@@ -29,7 +29,7 @@ use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
 use steward_events::{BackupDone, Digest, Event, EventData, ImageUpdated, UpdateApproved};
 use steward_system_tests::apps::{app, App};
-use steward_system_tests::Proc;
+use steward_system_tests::{service_env, Proc};
 use steward_testkit::docker::{docker, push_app, Container};
 use steward_testkit::{stored_events, unique_name, TestBus};
 
@@ -95,12 +95,7 @@ async fn stage(scenario: Scenario) -> Stage {
 }
 
 fn updater(bus: &Bus, scope: &str, failpoints: Option<&str>) -> Proc {
-    let ns = bus.namespace();
     let mut env = vec![
-        ("STEWARD_NATS_URL", bus.config().url.clone()),
-        ("STEWARD_STREAM", ns.stream.clone()),
-        ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
-        ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", steward_testkit::free_port())),
         ("STEWARD_SCOPE", scope.to_owned()),
         ("STEWARD_HEALTH_TIMEOUT", "30s".into()),
         ("STEWARD_HEALTH_GRACE", "2s".into()),
@@ -110,7 +105,7 @@ fn updater(bus: &Bus, scope: &str, failpoints: Option<&str>) -> Proc {
     if let Some(points) = failpoints {
         env.push(("STEWARD_FAILPOINTS", points.to_owned()));
     }
-    Proc::start("steward-updater", &env)
+    Proc::start("steward-updater", &service_env(bus, &env))
 }
 
 /// Waits until `p` exits (`true`) or `bound` passes (`false`).

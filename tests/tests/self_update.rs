@@ -4,8 +4,7 @@
 //! of itself is handed over to the successor, which takes the name and concludes the update;
 //! a successor that never takes over is removed and the old updater reports the rollback.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use steward_events::{Digest, Event, EventData, ImageUpdated};
@@ -25,19 +24,7 @@ impl Drop for Network {
 
 /// Builds `FROM steward-local/steward:debug` plus `lines` as `image` and pushes it; its digest.
 fn build_and_push(image: &str, lines: &str) -> String {
-    let mut child = Command::new("docker")
-        .args(["build", "-q", "-t", image, "-"])
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("docker build");
-    let dockerfile = format!("FROM {BASE}\n{lines}\n");
-    child.stdin.take().expect("stdin").write_all(dockerfile.as_bytes()).expect("dockerfile");
-    let out = child.wait_with_output().expect("docker build");
-    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
-    push(image)
+    steward_testkit::docker::build_and_push(image, &format!("FROM {BASE}\n{lines}\n"))
 }
 
 /// Containers named `name` or `name-steward-*`.

@@ -154,6 +154,43 @@ pub struct UpdateRecord {
     pub interruptions: u32,
 }
 
+impl UpdateRecord {
+    /// A new update of `u.container` from the `image.updated` event `news`, at `step`: the
+    /// one place that lists what a fresh record holds.
+    pub fn from_news(
+        update_id: Uuid,
+        news: &Event,
+        u: &crate::ImageUpdated,
+        policy: &str,
+        step: UpdateStep,
+    ) -> Self {
+        Self {
+            update_id,
+            container: u.container.clone(),
+            image: u.image.clone(),
+            from_digest: u.current_digest.clone(),
+            to_digest: u.new_digest.clone(),
+            new_tag: u.new_tag.clone(),
+            policy: policy.to_owned(),
+            correlation_id: news.correlation_id,
+            last_event_id: news.id,
+            step,
+            started_at: OffsetDateTime::now_utc(),
+            not_before: None,
+            backup_deadline: None,
+            old_id: None,
+            new_id: None,
+            reason: None,
+            approved_by: None,
+            news_id: Some(news.id),
+            news_time: Some(news.time),
+            outbox: vec![],
+            dependents: vec![],
+            interruptions: 0,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

@@ -317,6 +317,26 @@ pub mod docker {
         push(image)
     }
 
+    /// Builds `dockerfile` (no context: `FROM` a local image plus instructions) as `image`
+    /// and pushes it; the digest the registry has for it.
+    pub fn build_and_push(image: &str, dockerfile: &str) -> String {
+        use std::io::Write as _;
+        let mut child = Command::new("docker")
+            .args(["build", "-q", "-t", image, "-"])
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("docker build: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(dockerfile.as_bytes()).unwrap_or_else(|e| panic!("dockerfile: {e}"));
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("docker build: {e}"));
+        assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+        push(image)
+    }
+
     /// Pushes `image`; the digest the registry has for it.
     pub fn push(image: &str) -> String {
         let out = docker(&["push", image]);

@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, WatchRecord, WATCH_BUCKET};
 use steward_events::{Digest, Event, EventData, ImageUpdated, UpdatePending};
-use steward_testkit::docker::{docker, push, push_app};
+use steward_testkit::docker::{build_and_push, docker, push_app};
 use steward_testkit::stall::StallProxy;
 use steward_testkit::{http_get, unique_name, wait_for, TestBus};
 use steward_updater::flow::Flow;
@@ -21,32 +19,10 @@ use time::OffsetDateTime;
 
 const AUTOMATIC: [&str; 2] = ["steward.update.policy=automatic", "steward.update.backup=false"];
 
-/// The record a flow of `event` would have written, at `step`.
+/// The record a flow of `event` would have written, at `step` (the event's id as update id,
+/// as the updater before minting its own wrote it).
 fn record(event: &Event, u: &ImageUpdated, step: UpdateStep) -> UpdateRecord {
-    UpdateRecord {
-        update_id: event.id,
-        container: u.container.clone(),
-        image: u.image.clone(),
-        from_digest: u.current_digest.clone(),
-        to_digest: u.new_digest.clone(),
-        new_tag: None,
-        policy: "automatic".into(),
-        correlation_id: event.correlation_id,
-        last_event_id: event.id,
-        step,
-        started_at: OffsetDateTime::now_utc(),
-        not_before: None,
-        backup_deadline: None,
-        old_id: None,
-        new_id: None,
-        reason: None,
-        approved_by: None,
-        news_id: Some(event.id),
-        news_time: Some(event.time),
-        outbox: vec![],
-        dependents: vec![],
-        interruptions: 0,
-    }
+    UpdateRecord::from_news(event.id, event, u, "automatic", step)
 }
 
 async fn put(flow: &Flow, r: &UpdateRecord) {
@@ -170,16 +146,10 @@ async fn a_container_removed_during_its_interrupted_update_ends_that_update_and_
 
 /// A release built from v2 with its own digest (v2's content, healthy).
 fn release_from_v2(image: &str, release: &str) -> String {
-    let mut build = Command::new("docker")
-        .args(["build", "-q", "-t", image, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("docker build");
-    let dockerfile = format!("FROM steward-test/app:v2\nLABEL steward.test.release={release}\n");
-    build.stdin.take().expect("stdin").write_all(dockerfile.as_bytes()).expect("write");
-    assert!(build.wait().expect("build").success());
-    push(image)
+    build_and_push(
+        image,
+        &format!("FROM steward-test/app:v2\nLABEL steward.test.release={release}\n"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,36 +56,17 @@ impl Flow {
             tracing::info!(container = %u.container, digest = %u.new_digest.short(), %why, "not applied");
             return Ok(());
         }
-        let mut record = UpdateRecord {
-            update_id: uuid::Uuid::now_v7(),
-            container: u.container.clone(),
-            image: u.image.clone(),
-            from_digest: u.current_digest.clone(),
-            to_digest: u.new_digest.clone(),
-            new_tag: u.new_tag.clone(),
-            policy: settings.policy.as_str().to_owned(),
-            correlation_id: event.correlation_id,
-            last_event_id: event.id,
+        let step = if settings.policy == Policy::Manual {
+            UpdateStep::Pending
+        } else {
             // An automatic update is claimed as waiting to start: `update.started` is
             // published with the step that follows, never twice for one claim.
-            step: if settings.policy == Policy::Manual {
-                UpdateStep::Pending
-            } else {
-                UpdateStep::Deferred
-            },
-            started_at: OffsetDateTime::now_utc(),
-            not_before: settings.not_before(event.time),
-            backup_deadline: None,
-            old_id: None,
-            new_id: None,
-            reason: None,
-            approved_by: None,
-            news_id: Some(event.id),
-            news_time: Some(event.time),
-            outbox: vec![],
-            dependents: vec![],
-            interruptions: 0,
+            UpdateStep::Deferred
         };
+        let update_id = uuid::Uuid::now_v7();
+        let mut record =
+            UpdateRecord::from_news(update_id, event, u, settings.policy.as_str(), step);
+        record.not_before = settings.not_before(event.time);
         if settings.policy == Policy::Manual {
             let link = self
                 .cfg
