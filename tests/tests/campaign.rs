@@ -643,11 +643,13 @@ impl<'a> Run<'a> {
                     return self.notes.action("replay (nothing published)".into());
                 };
                 let mut copy = Event::new(original.source.clone(), original.data.clone());
-                // A moment older than the original: old news. (The very same instant is a tie
-                // the updater does not break, see `same_instant_replays`.)
-                copy.time = original.time - time::Duration::microseconds(1);
-                if same_instant_replays() {
-                    copy.time = original.time;
+                // A replayed copy carries its original's time: the very same instant (which
+                // made the updater claim the original's flow a second time, seeds 76 and 109,
+                // until a tie counted as old news), or with `STEWARD_CAMPAIGN_REPLAY_EARLIER=1`
+                // a microsecond older.
+                copy.time = original.time;
+                if earlier_replays() {
+                    copy.time = original.time - time::Duration::microseconds(1);
                 }
                 self.notes.action(format!("replay {} as {}", short(original.id), short(copy.id)));
                 self.bus.publish(&copy).await.expect("publish replay");
@@ -910,15 +912,10 @@ fn save_logs(seed: u64, logs: &str) -> String {
     }
 }
 
-/// `STEWARD_CAMPAIGN_REPLAY_SAME_TIME=1`: a replayed copy keeps its original's `time`
-/// exactly. A copy with a fresh id at the very same instant can make the updater start the
-/// original's flow a second time: the original, redelivered after its flow was ended by a
-/// restart and the copy's flow claimed the record, is not older than the record's news (the
-/// comparison is strict) and is not the record's update, so it is claimed again (seeds 76 and
-/// 109 of the first 200). Neither the watcher nor `steward events publish` makes such copies,
-/// so the campaign replays a microsecond older by default; this setting reproduces the tie.
-fn same_instant_replays() -> bool {
-    std::env::var("STEWARD_CAMPAIGN_REPLAY_SAME_TIME").is_ok_and(|v| v == "1")
+/// `STEWARD_CAMPAIGN_REPLAY_EARLIER=1`: replayed copies a microsecond older than their
+/// original instead of at its very instant.
+fn earlier_replays() -> bool {
+    std::env::var("STEWARD_CAMPAIGN_REPLAY_EARLIER").is_ok_and(|v| v == "1")
 }
 
 fn env_u64(name: &str) -> Option<u64> {

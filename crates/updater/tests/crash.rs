@@ -355,3 +355,22 @@ async fn an_engine_that_stops_answering_mid_update_is_rolled_back_once_it_answer
     });
     no_strays(&app.name);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_at_the_same_instant_as_the_last_updates_news_is_old_news() {
+    let bus = TestBus::new("crashtie").await;
+    let app = app(&AUTOMATIC);
+    let flow = flow(&bus).await;
+    let v2 = push_app("v2", &app.image);
+    let (original, u) = image_updated(&bus, &app, &v2).await;
+    // A replayed copy (its own id, the original's time) made the last update, rolled back.
+    let mut copy = Event::new("steward-watcher/test", u.clone());
+    copy.time = original.time;
+    put(&flow, &record(&copy, &u, UpdateStep::RolledBack)).await;
+    // The original comes again (a redelivery): no second flow for it.
+    flow.on_image_updated(&original, &u).await.expect("redelivery");
+    let v = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(v.news_id, Some(copy.id), "the record was claimed again");
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")));
+    assert!(terminal(&events(&bus).await, original.correlation_id).is_empty());
+}

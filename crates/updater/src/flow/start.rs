@@ -23,9 +23,11 @@ impl Flow {
                 // A redelivery: its flow ended, or was left by a task that died or gave up.
                 return self.drive(v.clone()).await;
             }
-            if v.value.news_time.is_some_and(|t| t > event.time) {
+            // Not newer than the news of the update already made (a tie too: a replayed copy
+            // of an event carries its time, and two releases are never announced at once).
+            if v.value.news_time.is_some_and(|t| t >= event.time) {
                 tracing::info!(container = %u.container, newer = %v.value.update_id,
-                    "older than the update already made for this container; ignoring");
+                    "not newer than the update already made for this container; ignoring");
                 return Ok(());
             }
         }
