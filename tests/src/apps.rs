@@ -70,3 +70,29 @@ pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
     });
     App { _leftovers: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
 }
+
+/// A database (labelled for `pg_dump`, owner `app`) and an app with `/data` labelled as a
+/// backup path, both in `scope`: what the backup tests back up and restore.
+pub fn backed_up_pair(scope: &str) -> (Container, Container) {
+    let scope_label = format!("steward.scope={scope}");
+    let db = steward_testkit::docker::postgres(
+        &format!("{scope}-db"),
+        &[&scope_label, "steward.backup.postgres=true"],
+        "app",
+    );
+    let app = Container::run(
+        &format!("{scope}-app"),
+        &[
+            "--label",
+            &scope_label,
+            "--label",
+            "steward.enable=true",
+            "--label",
+            "steward.backup.paths=/data",
+            "-v",
+            "/data",
+            &format!("{}:v1", steward_testkit::testbed::require("STEWARD_TEST_APP_IMAGE")),
+        ],
+    );
+    (db, app)
+}

@@ -29,8 +29,9 @@ use steward_bus::Bus;
 use steward_events::{
     BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope,
 };
+use steward_system_tests::apps::backed_up_pair;
 use steward_system_tests::{Proc, TestBucket};
-use steward_testkit::docker::{docker, postgres, Container};
+use steward_testkit::docker::{docker, Container};
 use steward_testkit::{stored_events, testbed, unique_name, TestBus};
 
 const BACKUP_TERMINAL: [&str; 2] = ["backup.done", "backup.failed"];
@@ -88,26 +89,7 @@ impl Bed {
     /// `blob_mib` of random bytes in the app's `/data`: over 8 MiB makes its upload multipart.
     async fn new(tag: &str, blob_mib: u32) -> Self {
         let scope = unique_name(tag);
-        let scope_label = format!("steward.scope={scope}");
-        let db = postgres(
-            &format!("{scope}-db"),
-            &[&scope_label, "steward.backup.postgres=true"],
-            "app",
-        );
-        let app = Container::run(
-            &format!("{scope}-app"),
-            &[
-                "--label",
-                &scope_label,
-                "--label",
-                "steward.enable=true",
-                "--label",
-                "steward.backup.paths=/data",
-                "-v",
-                "/data",
-                &format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE")),
-            ],
-        );
+        let (db, app) = backed_up_pair(&scope);
         psql(
             &db.name,
             &format!(

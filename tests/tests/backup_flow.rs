@@ -9,9 +9,10 @@ use futures::StreamExt as _;
 use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{BackupReason, BackupRequested, Digest, Event, EventData, ImageUpdated};
+use steward_system_tests::apps::backed_up_pair;
 use steward_system_tests::{steward_with, Proc, TestBucket};
-use steward_testkit::docker::{docker, postgres, Container};
-use steward_testkit::{stored_events, testbed, unique_name, TestBus};
+use steward_testkit::docker::docker;
+use steward_testkit::{stored_events, unique_name, TestBus};
 
 fn psql(db: &str, sql: &str) -> String {
     docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
@@ -22,23 +23,7 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
     let bus = TestBus::new("backupflow").await;
     let bucket = TestBucket::new("flow").await;
     let scope = unique_name("backupflow");
-    let scope_label = format!("steward.scope={scope}");
-    let db =
-        postgres(&format!("{scope}-db"), &[&scope_label, "steward.backup.postgres=true"], "app");
-    let app = Container::run(
-        &format!("{scope}-app"),
-        &[
-            "--label",
-            &scope_label,
-            "--label",
-            "steward.enable=true",
-            "--label",
-            "steward.backup.paths=/data",
-            "-v",
-            "/data",
-            &format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE")),
-        ],
-    );
+    let (db, app) = backed_up_pair(&scope);
     psql(&db.name, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 5000) g");
     docker(&["exec", &app.name, "sh", "-c", "echo precious > /data/repo.txt"]);
 

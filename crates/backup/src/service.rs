@@ -194,22 +194,10 @@ impl BackupService {
             }
         };
         let data: EventData = match &outcome {
-            Ok(m) => BackupDone {
-                backup_id: id.clone(),
-                manifest_key: self.backups.store().key(&format!("{id}/{}", manifest::MANIFEST)),
-                size_bytes: m.stored_size(),
-                components: m
-                    .components
-                    .iter()
-                    .map(|c| BackupComponent {
-                        name: c.name.clone(),
-                        size_bytes: c.stored_size,
-                        sha256: c.stored_sha256.clone(),
-                    })
-                    .collect(),
-                duration_ms: started.elapsed().as_millis() as u64,
+            Ok(m) => {
+                let duration_ms = started.elapsed().as_millis() as u64;
+                done(self.backups.store(), &id, m, duration_ms).into()
             }
-            .into(),
             Err(f) => {
                 tracing::error!(backup = %id, reason = %f.reason, "backup failed");
                 BackupFailed {
@@ -300,22 +288,7 @@ impl BackupService {
                 }
             }
             let data: EventData = match complete {
-                Some(m) => BackupDone {
-                    backup_id: id.clone(),
-                    manifest_key: store.key(&format!("{id}/{}", manifest::MANIFEST)),
-                    size_bytes: m.stored_size(),
-                    components: m
-                        .components
-                        .iter()
-                        .map(|c| BackupComponent {
-                            name: c.name.clone(),
-                            size_bytes: c.stored_size,
-                            sha256: c.stored_sha256.clone(),
-                        })
-                        .collect(),
-                    duration_ms: 0,
-                }
-                .into(),
+                Some(m) => done(store, &id, &m, 0).into(),
                 None => BackupFailed {
                     backup_id: Some(id.clone()),
                     reason: "interrupted: the backup service stopped during this scheduled backup; what it had stored was deleted".into(),
@@ -454,6 +427,25 @@ impl BackupService {
 }
 
 /// Containers whose update is swapping or in its health gate, from the updater's records.
+/// `backup.done` for backup `id` whose manifest is `m`.
+fn done(store: &Store, id: &str, m: &manifest::Manifest, duration_ms: u64) -> BackupDone {
+    BackupDone {
+        backup_id: id.to_owned(),
+        manifest_key: store.key(&format!("{id}/{}", manifest::MANIFEST)),
+        size_bytes: m.stored_size(),
+        components: m
+            .components
+            .iter()
+            .map(|c| BackupComponent {
+                name: c.name.clone(),
+                size_bytes: c.stored_size,
+                sha256: c.stored_sha256.clone(),
+            })
+            .collect(),
+        duration_ms,
+    }
+}
+
 async fn updates_in_progress(ctx: &Context) -> anyhow::Result<Busy> {
     let mut busy = Busy::new();
     // Read-only: the bucket is the updater's. None: no update ever ran.

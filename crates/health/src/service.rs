@@ -239,11 +239,7 @@ impl HealthService {
                 }
                 Some(Transition::Recovered(r)) => {
                     tracing::info!(container = %name, down_for_ms = r.down_for_ms, "container recovered");
-                    let mut event = Event::new(ctx.source(), r.clone());
-                    if let Some(outage) = track.outage.take() {
-                        event = event.with_correlation(outage);
-                        event.causation_id = Some(outage);
-                    }
+                    let event = recovery(ctx, r.clone(), track.outage.take());
                     ctx.bus.publish(&event).await.map(|_| ())
                 }
                 None => Ok(()),
@@ -288,11 +284,7 @@ impl HealthService {
             }
             Some(EngineTransition::Recovered(r)) => {
                 tracing::info!(engine = %host, down_for_ms = r.down_for_ms, "Docker engine answers again");
-                let mut event = Event::new(ctx.source(), r);
-                if let Some(outage) = track.outage.take() {
-                    event = event.with_correlation(outage);
-                    event.causation_id = Some(outage);
-                }
+                let event = recovery(ctx, r, track.outage.take());
                 ctx.bus.publish(&event).await.map(|_| ())
             }
             None => Ok(()),
@@ -341,4 +333,19 @@ impl Handler for HealthService {
         }
         Ok(())
     }
+}
+
+/// A recovery in the flow of the outage it ends (same correlation id, caused by it), so an
+/// outage is one flow in the audit.
+fn recovery(
+    ctx: &Context,
+    data: impl Into<steward_events::EventData>,
+    outage: Option<uuid::Uuid>,
+) -> Event {
+    let mut event = Event::new(ctx.source(), data);
+    if let Some(outage) = outage {
+        event = event.with_correlation(outage);
+        event.causation_id = Some(outage);
+    }
+    event
 }
