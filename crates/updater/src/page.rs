@@ -288,11 +288,8 @@ async fn decide(
     tracing::info!(container = %record.container, update = %record.update_id, approve, "decided on the approval page");
     let (title, message) = if approve {
         // Said as the updater will decide it: the same gate as an automatic update.
-        let waits = match page.flow.engine.container_labels(&record.container).await {
-            Ok(Some(labels)) => match steward_labels::update_labels(&labels) {
-                Ok(settings) => page.flow.waits_for(&record, &settings).await.unwrap_or_default(),
-                Err(_) => vec![],
-            },
+        let waits = match page.flow.settings(&record.container).await {
+            Ok(Ok(settings)) => page.flow.waits_for(&record, &settings).await.unwrap_or_default(),
             _ => vec![],
         };
         let message = if waits.is_empty() {

@@ -12,17 +12,11 @@ impl Flow {
         let Some((v, _hold)) = self.decision_for(a.update_id).await? else { return Ok(()) };
         let mut v = v;
         v.value.approved_by = Some(a.by.clone());
-        let name = v.value.container.clone();
-        let settings = match self.engine.container_labels(&name).await? {
-            None => {
-                return self.fail(v, format!("container {name} no longer exists"), vec![]).await
-            }
-            Some(labels) => match steward_labels::update_labels(&labels) {
-                Ok(s) => s,
-                Err(e) => return self.fail(v, format!("bad update labels: {e}"), vec![]).await,
-            },
+        let settings = match self.settings(&v.value.container).await? {
+            Ok(s) => s,
+            Err(reason) => return self.fail(v, reason, vec![]).await,
         };
-        tracing::info!(container = %name, by = %a.by, "update approved");
+        tracing::info!(container = %v.value.container, by = %a.by, "update approved");
         // An approval says "yes", not "now": the window, the minimum age and the order of
         // dependencies hold as for an automatic update.
         self.begin_or_defer(v, &settings).await

@@ -242,22 +242,4 @@ impl Flow {
         }
         Ok(())
     }
-
-    /// Starts a deferred update whose minimum age, window and dependencies allow it (the
-    /// caller holds it).
-    pub(crate) async fn start_if_due(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
-        let key = v.value.container.clone();
-        let settings = match self.engine.container_labels(&key).await? {
-            None => return self.fail(v, format!("container {key} no longer exists"), vec![]).await,
-            Some(labels) => match steward_labels::update_labels(&labels) {
-                Ok(s) => s,
-                Err(e) => return self.fail(v, format!("bad update labels: {e}"), vec![]).await,
-            },
-        };
-        if self.waits_for(&v.value, &settings).await?.is_empty() {
-            tracing::info!(container = %key, "deferred update starts");
-            self.begin(v, settings.backup).await?;
-        }
-        Ok(())
-    }
 }

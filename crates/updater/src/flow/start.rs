@@ -1,6 +1,6 @@
 //! `image.updated`: decide by policy, and claim the container for this update.
 
-use steward_bus::StateStore;
+use steward_bus::{StateStore, Versioned};
 use steward_engine::recreate::is_swap_name;
 use steward_events::records::{UpdateRecord, UpdateStep, WatchRecord, WATCH_BUCKET};
 use steward_events::{Event, ImageUpdated, UpdatePending, UpdateStarted};
@@ -157,6 +157,33 @@ impl Flow {
         record.step = UpdateStep::Deferred;
         record.reason = Some(reason);
         self.save(record, v.revision).await?;
+        Ok(())
+    }
+
+    /// The update settings of container `name` as labelled now; `Err` says why there are
+    /// none (the container is gone, or its labels are bad).
+    pub async fn settings(
+        &self,
+        name: &str,
+    ) -> Result<Result<steward_labels::UpdateLabels, String>, FlowError> {
+        Ok(match self.engine.container_labels(name).await? {
+            None => Err(format!("container {name} no longer exists")),
+            Some(labels) => steward_labels::update_labels(&labels)
+                .map_err(|e| format!("bad update labels: {e}")),
+        })
+    }
+
+    /// Starts a deferred update whose minimum age, window and dependencies allow it (the
+    /// caller holds it).
+    pub(crate) async fn start_if_due(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
+        let settings = match self.settings(&v.value.container).await? {
+            Ok(s) => s,
+            Err(reason) => return self.fail(v, reason, vec![]).await,
+        };
+        if self.waits_for(&v.value, &settings).await?.is_empty() {
+            tracing::info!(container = %v.value.container, "deferred update starts");
+            self.begin(v, settings.backup).await?;
+        }
         Ok(())
     }
 
