@@ -305,6 +305,13 @@ pub mod docker {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Runs `docker ARGS`, returning stdout, or `None` when docker says no (e.g. a container
+    /// that is being renamed under the test's feet while it polls).
+    pub fn try_docker(args: &[&str]) -> Option<String> {
+        let out = Command::new("docker").args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// The test bed's plain registry, e.g. `127.0.0.1:5000`.
     pub fn registry() -> String {
         super::testbed::require("STEWARD_TEST_REGISTRY")

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use steward_events::records::UpdateStep;
 use steward_events::{BackupDone, BackupFailed, Event, EventData, UpdateApproved, UpdateRejected};
-use steward_testkit::docker::{docker, push_app, Container, SwapLeftovers};
+use steward_testkit::docker::{docker, push_app, try_docker, Container, SwapLeftovers};
 use steward_testkit::{http_get, unique_name, wait_for, TestBus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,12 +417,15 @@ async fn a_dependent_cut_off_half_way_through_its_recreation_is_repaired_on_resu
     let (event, u) = image_updated(&bus, &app, &v3).await;
     let task = tokio::spawn(async move { first.on_image_updated(&event, &u).await });
     let second = flow(&bus).await;
-    // The sidecar has joined the new container; the gate is judging v3.
+    // The sidecar has joined the new container and its old self is gone (the rejoin is
+    // over, not half-way); the gate is judging v3.
     wait_for("the dependent's rejoin", Duration::from_secs(30), || {
         let step =
             futures_lite_block(second.records.get(&app.name)).ok().flatten().map(|v| v.value.step);
-        let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &side.name]);
-        (step == Some(UpdateStep::Gating) && mode != format!("container:{old_id}")).then_some(())
+        let mode = try_docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &side.name])?;
+        let parked = try_docker(&["inspect", &format!("{}-steward-old", side.name)]).is_some();
+        (step == Some(UpdateStep::Gating) && mode != format!("container:{old_id}") && !parked)
+            .then_some(())
     });
     task.abort();
     let _ = task.await;
