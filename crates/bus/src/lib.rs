@@ -13,10 +13,13 @@
 //! - [`Bus::replay`] reads the stream by start time for audits and `steward events`.
 //! - [`Bus::publish_progress`] / [`Bus::watch_progress`]: lossy progress of long jobs, on
 //!   plain NATS outside the stream.
+//! - [`approval`]: approval links by request and reply, outside the stream (a live token is
+//!   never an event).
 //!
 //! Invariant: only this crate talks to NATS. Everything it sends or reads on event subjects
 //! is a [`steward_events::Event`].
 
+pub mod approval;
 mod config;
 mod error;
 mod idempotency;

@@ -5,7 +5,8 @@
 //! The rule: a participant publishes only its own event types and its own dead letters; it
 //! reads (looks up, pulls from, acks) only its own durable consumer; it writes only its own
 //! KV buckets (and its own keys of the markers bucket); it reads others' buckets without the
-//! right to change them; it receives replies only on its own inbox prefix. Every participant
+//! right to change them; it receives replies only on its own inbox prefix, and answers only
+//! requests it received (the updater's approval links). Every participant
 //! may read the event stream through JetStream (the audit trail is not secret among Steward's
 //! services). No participant creates, updates, purges or deletes the stream, a durable
 //! consumer or a bucket: that is the provisioning user's ([`SETUP_USER`], `steward setup`),
@@ -41,6 +42,9 @@ pub struct Permissions {
     pub deny: Vec<String>,
     /// Subjects it may subscribe to.
     pub subscribe: Vec<String>,
+    /// Whether it may answer the requests it receives (once each, to their reply subject)
+    /// without the right to publish to anyone's inbox.
+    pub allow_responses: bool,
 }
 
 impl Permissions {
@@ -93,6 +97,14 @@ impl Permissions {
         if service.follows_progress() {
             subscribe.push(progress);
         }
+        // Approval links: asked by the notifier, answered by the updater, never stored.
+        let links = ns.subject(crate::approval::APPROVAL_LINK_SUBJECT);
+        if service.requests_approval_links() {
+            publish.push(links.clone());
+        }
+        if service.serves_approval_links() {
+            subscribe.push(links);
+        }
         publish.sort();
         publish.dedup();
         subscribe.sort();
@@ -108,7 +120,7 @@ impl Permissions {
             }
             deny.sort();
         }
-        Self { service, publish, deny, subscribe }
+        Self { service, publish, deny, subscribe, allow_responses: service.serves_approval_links() }
     }
 
     /// The provisioning user's permissions: the JetStream API (create, update, purge, delete
@@ -144,6 +156,9 @@ impl Permissions {
                 ));
             }
             out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&p.subscribe)));
+            if p.allow_responses {
+                out.push_str("        allow_responses: true\n");
+            }
             out.push_str("      }\n    }\n");
         }
         // The provisioning identity: `steward setup`, run once per install and upgrade.

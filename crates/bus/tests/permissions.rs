@@ -299,3 +299,74 @@ fn the_data_of_every_sample_is_covered() {
     let all: BTreeSet<&str> = EventData::ALL_TYPES.iter().copied().collect();
     assert_eq!(sampled, all);
 }
+
+/// Approval links (live tokens) travel by request and reply: only the notifier may ask, only
+/// the updater may listen, and the updater may answer only what it was asked.
+#[tokio::test]
+async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers() {
+    use futures::StreamExt as _;
+    use steward_bus::approval::LinkReply;
+
+    let server = NatsServer::start_with_steward_users();
+    let _setup = server.setup().await;
+    let updater = connect(&server, Service::Updater).await;
+    let mut asks = updater.approval_link_requests().await.expect("the updater listens");
+    let served = tokio::spawn(async move {
+        let mut answered = 0;
+        while let Some(ask) = asks.next().await {
+            let reply = match &ask.request {
+                Ok(r) => LinkReply::Link {
+                    url: format!("https://steward.test/approve/{}", r.update_id.simple()),
+                    expires_at: time::OffsetDateTime::now_utc(),
+                },
+                Err(why) => LinkReply::Unavailable { reason: why.clone() },
+            };
+            ask.answer(&reply).await.expect("answer");
+            answered += 1;
+        }
+        answered
+    });
+    updater.flush().await.expect("flush");
+
+    let id = uuid::Uuid::now_v7();
+    let notifier = connect(&server, Service::Notifier).await;
+    let reply = notifier
+        .request_approval_link(id, Duration::from_secs(5))
+        .await
+        .expect("the notifier is answered");
+    let LinkReply::Link { url, .. } = reply else { panic!("{reply:?}") };
+    assert!(url.ends_with(&id.simple().to_string()), "{url}");
+
+    // Nobody else may ask: the server refuses the publish, so no answer comes.
+    for service in Service::ALL.into_iter().filter(|s| *s != Service::Notifier) {
+        let bus = connect(&server, service).await;
+        let asked = bus.request_approval_link(id, Duration::from_millis(500)).await;
+        assert!(asked.is_err(), "{service} was answered: {asked:?}");
+    }
+    let log = wait_log(&server, "Publish Violation").await;
+    assert!(log.contains("approval.link"), "{log}");
+
+    // Nobody else may listen: a watcher's subscription receives nothing of the notifier's asks.
+    let watcher = connect(&server, Service::Watcher).await;
+    let mut overheard = watcher
+        .raw_client()
+        .subscribe(watcher.namespace().subject(steward_bus::approval::APPROVAL_LINK_SUBJECT))
+        .await
+        .expect("subscribe call");
+    notifier.request_approval_link(id, Duration::from_secs(5)).await.expect("asked again");
+    let heard = tokio::time::timeout(Duration::from_millis(500), overheard.next()).await;
+    assert!(!matches!(heard, Ok(Some(_))), "the watcher overheard a link request");
+
+    // The updater answers only requests: a "reply" it makes up for the notifier's inbox is
+    // refused by the server.
+    let inbox = format!("{}.forged", steward_bus::inbox_prefix(Service::Notifier.name()));
+    let mut listening = notifier.raw_client().subscribe(inbox.clone()).await.expect("subscribe");
+    notifier.flush().await.expect("flush");
+    updater.raw_client().publish(inbox, "https://evil.test/approve/x".into()).await.expect("pub");
+    updater.flush().await.expect("flush");
+    let got = tokio::time::timeout(Duration::from_millis(500), listening.next()).await;
+    assert!(!matches!(got, Ok(Some(_))), "an unrequested reply reached the notifier");
+
+    drop(updater);
+    served.abort();
+}

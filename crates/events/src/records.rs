@@ -130,6 +130,14 @@ pub struct UpdateRecord {
     /// Who approved a manual update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// Until when the approval link of a pending update is valid: the updater mints the
+    /// same link again from it when the notifier asks (the link itself is never stored).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub approval_expires: Option<OffsetDateTime>,
     /// The `image.updated` that started it (its redelivery finds this update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub news_id: Option<Uuid>,
@@ -182,6 +190,7 @@ impl UpdateRecord {
             new_id: None,
             reason: None,
             approved_by: None,
+            approval_expires: None,
             news_id: Some(news.id),
             news_time: Some(news.time),
             outbox: vec![],

@@ -187,6 +187,16 @@ impl Service {
     pub fn follows_progress(self) -> bool {
         self == Service::Cli
     }
+
+    /// Whether it serves approval links on request (it holds the approval secret).
+    pub fn serves_approval_links(self) -> bool {
+        self == Service::Updater
+    }
+
+    /// Whether it may ask for an approval link (to mail it).
+    pub fn requests_approval_links(self) -> bool {
+        self == Service::Notifier
+    }
 }
 
 impl std::fmt::Display for Service {

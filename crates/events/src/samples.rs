@@ -36,7 +36,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             current_digest: digest('a'),
             new_digest: digest('b'),
             new_tag: None,
-            approval_url: Some("https://steward.example/approve?t=token".into()),
+            approval_url: None,
             expires_at: Some(time::macros::datetime!(2026-11-30 12:00 UTC)),
             runs: None,
         }

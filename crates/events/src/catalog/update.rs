@@ -34,11 +34,14 @@ pub struct UpdatePending {
     /// With tag tracking, the newer tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_tag: Option<String>,
-    /// Signed, single-use approval link minted by the updater (holds a live token: never
-    /// printed by replay or audit).
+    /// Only in events of older versions: the signed approval link itself. A live token
+    /// does not belong in a stream every service reads and keeps for a year, so the updater
+    /// no longer sets it; the notifier asks the updater for the link when it mails
+    /// (`steward_bus::approval`). Old events' links are redacted wherever they are shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_url: Option<String>,
-    /// When the approval link expires.
+    /// When the approval link expires; set when the updater serves links (a public URL and
+    /// a secret are configured), so a notifier knows there is one to ask for.
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
