@@ -31,6 +31,28 @@ fn with(
     env
 }
 
+type Received = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver on 127.0.0.1: its URL, and the JSON bodies it received.
+async fn webhook_sink() -> (String, Received) {
+    let received: Received = Received::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://127.0.0.1:{port}/hook"), received)
+}
+
 fn kill9(p: &mut Proc) {
     let pid = p.child.id().to_string();
     assert!(Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
@@ -86,9 +108,13 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
             ],
         ),
     );
-    // A window long enough to kill the notifier between queueing and sending.
-    let notifier_settings =
-        with(testbed_notifier_env(&to), &[("STEWARD_NOTIFY_GROUP_WINDOW", "4s")]);
+    // A window long enough to kill the notifier between queueing and sending; a webhook,
+    // which gets no approval link unless the operator enabled it.
+    let (hook, received) = webhook_sink().await;
+    let notifier_settings = with(
+        testbed_notifier_env(&to),
+        &[("STEWARD_NOTIFY_GROUP_WINDOW", "4s"), ("STEWARD_WEBHOOK_URL", hook.as_str())],
+    );
     let mut notifier = Proc::service("steward-notifier", &bus, &notifier_settings);
 
     push_app("v2", &app.image);
@@ -101,8 +127,12 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
             _ => None,
         })
         .expect("pending");
-    let link = pending.1.approval_url.clone().expect("the updater minted a link");
-    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
+    // The live token is not in the stream (every service reads it, for a year): the event
+    // says only that a link exists, until when.
+    assert_eq!(pending.1.approval_url, None);
+    assert!(pending.1.expires_at.is_some());
+    let stored = serde_json::to_string(&stored_events(&bus).await).expect("json");
+    assert!(!stored.contains("/approve/"), "a link in the stream: {stored}");
 
     // Killed before the window closed: the queued notification survives in the outbox.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -112,8 +142,21 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
     let mails = wait_mails(&maildir, &to, 1, Duration::from_secs(30));
     let mail = &mails[0];
     assert!(mail.subject.contains(&format!("Approve update of {}", app.name)), "{}", mail.subject);
-    assert!(mail.text.contains(&link), "the mail carries the link: {}", mail.text);
+    // The mail carries the link, asked from the updater when it was rendered.
+    let link = mail
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Approval page: "))
+        .unwrap_or_else(|| panic!("no link in the mail: {}", mail.text))
+        .to_owned();
+    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
     assert!(mail.html.contains("Review and approve or reject"), "{}", mail.html);
+    let hooked = wait_for("webhook call", Duration::from_secs(20), || {
+        received.lock().expect("lock").first().cloned()
+    });
+    assert_eq!(hooked["items"][0]["kind"], "update.pending", "{hooked}");
+    assert!(hooked["items"][0]["approval_url"].is_null(), "{hooked}");
+    assert!(!hooked.to_string().contains("/approve/"), "a link in the webhook: {hooked}");
 
     // GET shows the page and decides nothing (mail scanners fetch links).
     let (status, page) = get(&link).await;
@@ -304,29 +347,10 @@ fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_gets_the_same_notification_as_json() {
-    use std::sync::{Arc, Mutex};
-
     let bus = TestBus::new("webhook").await;
     let to = unique_address("webhook");
-    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().expect("lock").push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let settings = with(
-        testbed_notifier_env(&to),
-        &[("STEWARD_WEBHOOK_URL", &format!("http://127.0.0.1:{port}/hook"))],
-    );
+    let (hook, received) = webhook_sink().await;
+    let settings = with(testbed_notifier_env(&to), &[("STEWARD_WEBHOOK_URL", hook.as_str())]);
     let _notifier = Proc::service("steward-notifier", &bus, &settings);
     let cause = Event::new(
         "steward-backup/test",

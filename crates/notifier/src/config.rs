@@ -21,6 +21,9 @@ pub const ENV_MAIL_FROM: &str = "STEWARD_MAIL_FROM";
 pub const ENV_MAIL_TO: &str = "STEWARD_MAIL_TO";
 /// Optional generic webhook (JSON POST: Slack/Matrix/ntfy bridges).
 pub const ENV_WEBHOOK_URL: &str = "STEWARD_WEBHOOK_URL";
+/// Whether webhook messages carry approval links too (default no: a link approves a
+/// production update, and a chat channel is read by more people than the operator's inbox).
+pub const ENV_WEBHOOK_APPROVAL_LINKS: &str = "STEWARD_WEBHOOK_APPROVAL_LINKS";
 /// Which event types are notified (comma-separated); default: all the notifier receives.
 pub const ENV_EVENTS: &str = "STEWARD_NOTIFY_EVENTS";
 /// How long a burst is collected into one message.
@@ -60,6 +63,8 @@ pub struct NotifierConfig {
     pub email: Option<EmailConfig>,
     /// Webhook channel, if configured.
     pub webhook: Option<reqwest::Url>,
+    /// Whether the webhook gets approval links.
+    pub webhook_links: bool,
     /// Event types to notify.
     pub events: Vec<&'static str>,
     /// Burst collection window.
@@ -90,6 +95,7 @@ impl NotifierConfig {
                 }
             }
         });
+        let webhook_links = env.parse(ENV_WEBHOOK_APPROVAL_LINKS, false);
         let events = env.parse_with(ENV_EVENTS, default_events(), parse_events);
         let group_window = env.duration(ENV_GROUP_WINDOW, Duration::from_secs(15));
         let retry_for = env.duration(ENV_RETRY_FOR, Duration::from_secs(24 * 3600));
@@ -100,7 +106,7 @@ impl NotifierConfig {
                 format!("no channel configured: set {ENV_SMTP_URL}, {ENV_MAIL_FROM} and {ENV_MAIL_TO}, or {ENV_WEBHOOK_URL}"),
             );
         }
-        Self { email, webhook, events, group_window, retry_for }
+        Self { email, webhook, webhook_links, events, group_window, retry_for }
     }
 }
 

@@ -11,26 +11,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use steward_bus::approval::LinkReply;
 use steward_bus::BusError;
-use steward_events::{Event, NotifyFailed, NotifySent};
+use steward_events::{Event, EventData, NotifyFailed, NotifySent};
 use steward_runtime::Context;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use crate::channels::Channel;
-use crate::message::{describe, Templates};
+use crate::message::{describe, Item, Templates};
 use crate::outbox::{EntryState, Outbox, Queued};
 
 /// Most items in one message.
 pub const MAX_ITEMS: usize = 50;
 /// Longest wait between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long the updater is given to answer for an approval link.
+const LINK_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one channel's loop needs.
 #[derive(Clone)]
 pub struct Delivery {
     /// The channel.
     pub channel: Channel,
+    /// Whether its messages carry approval links (asked from the updater when rendered).
+    pub approval_links: bool,
     /// The outbox.
     pub outbox: Outbox,
     /// Templates.
@@ -101,7 +106,14 @@ impl Delivery {
     async fn deliver(&self, ctx: &Context, batch: Vec<Queued>) -> Result<(), BusError> {
         let kind = self.channel.kind().as_str();
         let about: Vec<uuid::Uuid> = batch.iter().map(|q| q.event.id).collect();
-        let items = batch.iter().map(|q| describe(&q.event)).collect();
+        let mut items = vec![];
+        for q in &batch {
+            let mut item = describe(&q.event);
+            if self.approval_links {
+                self.add_approval_link(ctx, &q.event, &mut item).await;
+            }
+            items.push(item);
+        }
         let message = match self.templates.render(items) {
             Ok(m) => m,
             Err(e) => {
@@ -178,6 +190,24 @@ impl Delivery {
             }
         }
         Ok(())
+    }
+
+    /// Puts the approval link of a pending update into its item, asked from the updater
+    /// now (it is never stored: a link approves a production update). Without one, the item
+    /// says why and how to decide on the host instead.
+    async fn add_approval_link(&self, ctx: &Context, event: &Event, item: &mut Item) {
+        let EventData::UpdatePending(p) = &event.data else { return };
+        if p.expires_at.is_none() {
+            return;
+        }
+        match ctx.bus.request_approval_link(p.update_id, LINK_REQUEST_TIMEOUT).await {
+            Ok(LinkReply::Link { url, expires_at }) => item.offer_link(url, expires_at),
+            Ok(LinkReply::Unavailable { reason }) => item.without_link(&reason),
+            Err(e) => {
+                tracing::warn!(error = %e, update = %p.update_id, "no approval link from the updater");
+                item.without_link(&format!("the updater did not answer ({e})"));
+            }
+        }
     }
 
     async fn publish_failed(

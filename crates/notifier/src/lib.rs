@@ -6,8 +6,9 @@
 //! publishes `notify.sent` or `notify.failed`. So a burst of ten failures is one mail, a dead
 //! SMTP server delays mail instead of losing it, and a restart never mails an event twice.
 //!
-//! The notifier holds no approval secret: an `update.pending` carries the link the updater
-//! minted, and the mail only shows it.
+//! The notifier holds no approval secret, and approval links are not in the stream: when it
+//! renders an `update.pending`, it asks the updater for the link (NATS request and reply that
+//! only these two may use). Mail carries it; webhooks only when the operator enabled it.
 
 pub mod channels;
 pub mod config;
@@ -57,8 +58,13 @@ impl Notifier {
         }
         let kinds = channels.iter().map(Channel::kind).collect();
         for channel in channels {
+            let approval_links = match channel.kind() {
+                ChannelKind::Email => true,
+                ChannelKind::Webhook => cfg.webhook_links,
+            };
             let delivery = Delivery {
                 channel,
+                approval_links,
                 outbox: outbox.clone(),
                 templates: templates.clone(),
                 window: cfg.group_window,

@@ -31,7 +31,9 @@ pub struct Item {
     pub log_tail: Vec<String>,
     /// What the operator should do now.
     pub next: String,
-    /// Signed approval page (update.pending only).
+    /// The update a decision is asked for (update.pending only).
+    pub update_id: Option<Uuid>,
+    /// Signed approval page (update.pending only), asked from the updater when rendered.
     pub approval_url: Option<String>,
     /// Whether this item needs a human decision (never grouped with others).
     pub needs_decision: bool,
@@ -82,6 +84,29 @@ fn first_line(s: &str) -> &str {
     }
 }
 
+fn on_the_host(update_id: Uuid) -> String {
+    format!("Run `steward approve {update_id}` or `steward reject {update_id}` on the host.")
+}
+
+impl Item {
+    /// An approval request with its signed page.
+    pub fn offer_link(&mut self, url: String, expires: time::OffsetDateTime) {
+        let Some(id) = self.update_id else { return };
+        self.next = format!(
+            "Open the approval page to approve or reject (the link works once and expires {}), or run `steward approve {id}` / `steward reject {id}` on the host.",
+            utc(expires)
+        );
+        self.approval_url = Some(url);
+    }
+
+    /// An approval request whose link could not be had, and why.
+    pub fn without_link(&mut self, why: &str) {
+        let Some(id) = self.update_id else { return };
+        self.approval_url = None;
+        self.next = format!("{} (No approval link: {why}.)", on_the_host(id));
+    }
+}
+
 /// Tells `event` for a human.
 pub fn describe(event: &Event) -> Item {
     let mut item = Item {
@@ -94,6 +119,7 @@ pub fn describe(event: &Event) -> Item {
         facts: vec![],
         log_tail: vec![],
         next: String::new(),
+        update_id: None,
         approval_url: None,
         needs_decision: false,
     };
@@ -119,18 +145,10 @@ pub fn describe(event: &Event) -> Item {
             if let Some(runs) = &p.runs {
                 item.facts.push(fact("Once approved", runs.clone()));
             }
-            item.next = match (&p.approval_url, p.expires_at) {
-                (Some(_), Some(exp)) => format!(
-                    "Open the approval page to approve or reject (the link works once and expires {}), or run `steward approve {id}` / `steward reject {id}` on the host.",
-                    utc(exp),
-                    id = p.update_id
-                ),
-                _ => format!(
-                    "Run `steward approve {id}` or `steward reject {id}` on the host.",
-                    id = p.update_id
-                ),
-            };
-            item.approval_url = p.approval_url.clone();
+            // The link is added by the delivery, asked from the updater (`Item::offer_link`):
+            // an event never carries it.
+            item.next = on_the_host(p.update_id);
+            item.update_id = Some(p.update_id);
             item.needs_decision = true;
         }
         EventData::UpdateSucceeded(s) => {
@@ -406,19 +424,44 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_update_asks_for_a_decision_and_carries_its_link() {
+    fn a_pending_update_asks_for_a_decision_and_carries_the_link_it_was_given() {
         let t = Templates::builtin().expect("templates");
-        let m = t.render(vec![describe(&sample("update.pending"))]).expect("render");
+        let mut item = describe(&sample("update.pending"));
+        assert_eq!(item.approval_url, None, "an event never gives the link");
+        let expires = time::macros::datetime!(2026-11-30 12:00 UTC);
+        item.offer_link("https://steward.example/approve/token".into(), expires);
+        let m = t.render(vec![item]).expect("render");
         assert!(
             m.subject.starts_with("[steward] gitea-host: Approve update of gitea to"),
             "{}",
             m.subject
         );
-        assert!(m.text.contains("https://steward.example/approve?t=token"), "{}", m.text);
+        assert!(m.text.contains("https://steward.example/approve/token"), "{}", m.text);
+        assert!(m.text.contains("expires 2026-11-30 12:00:00 UTC"), "{}", m.text);
         // Auto-escaping writes `/` as `&#x2f;`, which every HTML reader decodes in attributes.
-        let href = "href=\"https:&#x2f;&#x2f;steward.example&#x2f;approve?t=token\"";
+        let href = "href=\"https:&#x2f;&#x2f;steward.example&#x2f;approve&#x2f;token\"";
         assert!(m.html.contains(href), "{}", m.html);
         assert!(m.items[0].needs_decision);
+    }
+
+    #[test]
+    fn a_pending_update_without_its_link_says_why_and_how_to_decide_on_the_host() {
+        let mut item = describe(&sample("update.pending"));
+        item.offer_link(
+            "https://steward.example/approve/token".into(),
+            time::OffsetDateTime::now_utc(),
+        );
+        item.without_link("this update no longer waits for a decision");
+        assert_eq!(item.approval_url, None);
+        assert!(item.next.contains("steward approve"), "{}", item.next);
+        assert!(item.next.contains("no longer waits for a decision"), "{}", item.next);
+        // Only an approval request takes a link.
+        let mut other = describe(&sample("update.succeeded"));
+        other.offer_link(
+            "https://steward.example/approve/token".into(),
+            time::OffsetDateTime::now_utc(),
+        );
+        assert_eq!(other.approval_url, None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! It consumes `image.updated` and, by the container's `steward.update.policy`, does nothing
 //! (`notify`), asks first (`manual`: `update.pending`, then `update.approved` /
-//! `update.rejected`), or goes ahead (`automatic`): backup first (unless
+//! `update.rejected`; the approval link itself is given only to the notifier, on request:
+//! [`link_server`]), or goes ahead (`automatic`): backup first (unless
 //! `steward.update.backup=false`), pull the checked digest, recreate the container with its
 //! exact configuration, health-gate it, and end with `update.succeeded` or roll back
 //! (`update.rolled_back`, with the failed container's last log lines). The state machine is in
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod flow;
+pub mod link_server;
 pub mod links;
 pub mod page;
 pub mod renewal;
@@ -53,8 +55,14 @@ impl Updater {
         let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
         match links {
             Some(links) => {
-                ctx.serve_routes(page::router(flow.clone(), links).await?)?;
+                ctx.serve_routes(page::router(flow.clone(), links.clone()).await?)?;
                 tracing::info!("approval page served at /approve/");
+                let (flow, shutdown) = (flow.clone(), ctx.shutdown.clone());
+                ctx.spawn("approval link requests", async move {
+                    if let Err(e) = link_server::serve(flow, links, shutdown).await {
+                        tracing::error!(error = %e, "approval links cannot be served: mails will not carry them");
+                    }
+                });
             }
             None => tracing::info!(
                 "no STEWARD_PUBLIC_URL/STEWARD_APPROVAL_SECRET: approvals by CLI only"

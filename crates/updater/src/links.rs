@@ -67,13 +67,24 @@ impl ApprovalLinks {
 
     /// A link for `update_id`, and when it expires.
     pub fn mint(&self, update_id: Uuid, now: OffsetDateTime) -> (String, OffsetDateTime) {
+        let expires = self.expiry(now);
+        (self.link_for(update_id, expires), expires)
+    }
+
+    /// When a link minted at `now` expires (to the second: what the token carries).
+    pub fn expiry(&self, now: OffsetDateTime) -> OffsetDateTime {
         // Checked: the TTL is bounded by the configuration, `now` is the caller's.
         let ttl = time::Duration::try_from(self.ttl).unwrap_or(time::Duration::MAX);
         let expires = now.saturating_add(ttl);
+        expires.replace_nanosecond(0).unwrap_or(expires)
+    }
+
+    /// The link for `update_id` expiring at `expires`: the same link every time, so it is
+    /// minted again on request instead of being stored anywhere.
+    pub fn link_for(&self, update_id: Uuid, expires: OffsetDateTime) -> String {
         let ts = expires.unix_timestamp();
         let sig = URL_SAFE_NO_PAD.encode(self.mac(update_id, ts).finalize().into_bytes());
-        let token = format!("{}.{ts}.{sig}", update_id.simple());
-        (format!("{}/approve/{token}", self.base), expires)
+        format!("{}/approve/{}.{ts}.{sig}", self.base, update_id.simple())
     }
 
     /// The update a token approves, if it is genuine and not expired at `now`.

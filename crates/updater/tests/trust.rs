@@ -76,3 +76,65 @@ async fn an_event_naming_another_repository_than_the_containers_is_ignored() {
         app.image
     );
 }
+
+/// Issue 17, finding 4: the live approval link is not in the stream; the updater gives it,
+/// on request, only for an update that still waits for a decision, before its expiry, and
+/// never for a used link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() {
+    use steward_bus::approval::LinkReply;
+    use steward_bus::StateStore;
+    use steward_events::UpdateRejected;
+    use steward_updater::link_server::answer;
+    use steward_updater::links::ApprovalLinks;
+    use steward_updater::page::{UsedLink, USED_LINKS_BUCKET};
+    use time::OffsetDateTime;
+
+    let bus = TestBus::new("trustlink").await;
+    let app = app(&["steward.update.policy=manual", "steward.update.backup=false"]);
+    let v2 = push_app("v2", &app.image);
+    let links = ApprovalLinks::new("https://steward.test", &[9u8; 32], Duration::from_secs(3600));
+    let flow = flow_with_links(&bus, Some(links.clone())).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("pending");
+
+    let all = events(&bus).await;
+    let pending = all.iter().find_map(|e| match &e.data {
+        EventData::UpdatePending(p) => Some(p.clone()),
+        _ => None,
+    });
+    let pending = pending.unwrap_or_else(|| panic!("{:?}", types(&all)));
+    assert_eq!(pending.approval_url, None, "a live token in the stream");
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    let expires = record.approval_expires.expect("the record keeps the expiry");
+    assert_eq!(pending.expires_at, Some(expires));
+    assert!(!serde_json::to_string(&record).expect("json").contains("/approve/"));
+
+    let used = StateStore::<UsedLink>::open(&bus, USED_LINKS_BUCKET).await.expect("bucket");
+    let now = OffsetDateTime::now_utc();
+    let id = pending.update_id;
+    let LinkReply::Link { url, expires_at } = answer(&flow, &links, &used, id, now).await else {
+        panic!("no link for a pending update")
+    };
+    assert_eq!(expires_at, expires);
+    let token = steward_updater::links::token_of(&url).expect("token");
+    assert_eq!(links.verify(token, now), Ok(id), "the link approves this update");
+    // The same link each time: nothing to store.
+    assert_eq!(answer(&flow, &links, &used, id, now).await, LinkReply::Link { url, expires_at });
+
+    let refused = |r: LinkReply, why: &str| match r {
+        LinkReply::Unavailable { reason } => assert!(reason.contains(why), "{reason}"),
+        other => panic!("expected no link ({why}), got {other:?}"),
+    };
+    refused(answer(&flow, &links, &used, uuid::Uuid::now_v7(), now).await, "not known");
+    let later = expires + Duration::from_secs(1);
+    refused(answer(&flow, &links, &used, id, later).await, "expired");
+    let key = id.simple().to_string();
+    used.create(&key, &UsedLink { decision: "approve".into(), at: now }).await.expect("use");
+    refused(answer(&flow, &links, &used, id, now).await, "already used");
+    used.delete(&key).await.expect("release");
+    flow.on_rejected(&UpdateRejected { update_id: id, by: "ops@host".into(), reason: None })
+        .await
+        .expect("reject");
+    refused(answer(&flow, &links, &used, id, now).await, "no longer waits");
+}

@@ -70,11 +70,10 @@ impl Flow {
             UpdateRecord::from_news(update_id, event, u, settings.policy.as_str(), step);
         record.not_before = settings.not_before(event.time);
         if settings.policy == Policy::Manual {
-            let link = self
-                .cfg
-                .links
-                .as_ref()
-                .map(|l| l.mint(record.update_id, OffsetDateTime::now_utc()));
+            // The link is minted again when the notifier asks for it (`crate::link_server`):
+            // only its expiry is kept, never the token.
+            record.approval_expires =
+                self.cfg.links.as_ref().map(|l| l.expiry(OffsetDateTime::now_utc()));
             let data = UpdatePending {
                 update_id: record.update_id,
                 container: record.container.clone(),
@@ -82,8 +81,8 @@ impl Flow {
                 current_digest: record.from_digest.clone(),
                 new_digest: record.to_digest.clone(),
                 new_tag: record.new_tag.clone(),
-                approval_url: link.as_ref().map(|(url, _)| url.clone()),
-                expires_at: link.map(|(_, expires)| expires),
+                approval_url: None,
+                expires_at: record.approval_expires,
                 runs: None,
             };
             let why = self.waits_for(&record, &settings).await?;

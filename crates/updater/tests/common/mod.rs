@@ -48,13 +48,22 @@ pub fn app_with_args(labels: &[&str], extra: &[&str]) -> App {
 }
 
 pub async fn flow(bus: &Bus) -> Flow {
+    flow_with_links(bus, None).await
+}
+
+/// A flow that mints approval links with `links`.
+pub async fn flow_with_links(
+    bus: &Bus,
+    links: Option<steward_updater::links::ApprovalLinks>,
+) -> Flow {
     let cfg = UpdaterConfig {
         backup_timeout: Duration::from_secs(60),
         health_timeout: Duration::from_secs(30),
         health_grace: Duration::from_secs(3),
         hook_timeout: Duration::from_secs(10),
-        links: None,
+        links,
         renewal: Default::default(),
+        probe: Default::default(),
     };
     Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
         .await
