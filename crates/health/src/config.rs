@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use steward_probe::ProbeConfig;
 use steward_runtime::Env;
 
 /// How often every container is probed.
@@ -10,8 +11,8 @@ pub const ENV_INTERVAL: &str = "STEWARD_HEALTH_INTERVAL";
 pub const ENV_FAILURES: &str = "STEWARD_HEALTH_FAILURES";
 /// Consecutive passed rounds before `health.recovered`.
 pub const ENV_RECOVERIES: &str = "STEWARD_HEALTH_RECOVERIES";
-/// Limit of one HTTP probe or `pg_isready`.
-pub const ENV_PROBE_TIMEOUT: &str = "STEWARD_HEALTH_PROBE_TIMEOUT";
+/// Limit of one HTTP probe or `pg_isready`: the probe's own setting, shared with the update gate.
+pub use steward_probe::ENV_PROBE_TIMEOUT;
 /// Only containers labelled `steward.scope=<this>` (several installations on one engine).
 pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
 
@@ -24,8 +25,8 @@ pub struct HealthConfig {
     pub failures: u32,
     /// Passes before declaring it up again.
     pub recoveries: u32,
-    /// Probe timeout.
-    pub probe_timeout: Duration,
+    /// The probe's settings (the same as the update gate's).
+    pub probe: ProbeConfig,
     /// Scope label value.
     pub scope: Option<String>,
 }
@@ -44,12 +45,11 @@ impl HealthConfig {
         if interval < Duration::from_secs(1) {
             env.error(ENV_INTERVAL, &format!("{interval:?}"), "at least 1s");
         }
-        let probe_timeout = env.duration(ENV_PROBE_TIMEOUT, Duration::from_secs(5));
         Self {
             interval,
             failures: env.parse_with(ENV_FAILURES, 3, count),
             recoveries: env.parse_with(ENV_RECOVERIES, 2, count),
-            probe_timeout,
+            probe: ProbeConfig::read(env),
             scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
         }
     }

@@ -1,16 +1,17 @@
-//! One probe round of one container: the checks in order, the first failure wins.
+//! One probe round of one container, as the health service sees it.
 //!
-//! 1. `running`: the container runs (a container stopped for a labelled backup copy is
-//!    paused, not failed; one that does not exist any more is only probed while it is down);
-//! 2. `restarts`: its restart count did not grow since the last round (same container id);
-//! 3. `docker-health`: its HEALTHCHECK does not report `unhealthy` (`starting` is neutral);
-//! 4. `http`: the `steward.health.url` answers 2xx/3xx within the probe timeout (latency kept);
-//! 5. `pg_isready`: a database (`steward.backup.postgres=true`) accepts connections.
+//! What "healthy" means is [`steward_probe`]'s, shared with the update gate (running, no
+//! restart since the last round of the same container, HEALTHCHECK not unhealthy,
+//! `steward.health.url` 2xx/3xx without following redirects, `pg_isready` for databases).
+//! What is the health service's own: a container that does not exist any more is only probed
+//! while it is down; one stopped for a labelled backup copy is paused, not failed; an engine
+//! that does not answer makes the round neutral and is tracked on its own.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use steward_engine::Engine;
+use steward_probe::{ProbeConfig, ProbeError, Target};
 
 use crate::engine::EngineRound;
 
@@ -50,18 +51,13 @@ pub struct Round {
 #[derive(Debug, Clone)]
 pub struct Prober {
     engine: Engine,
-    http: reqwest::Client,
-    timeout: Duration,
+    probe: steward_probe::Prober,
 }
 
 impl Prober {
-    /// A prober with `timeout` per HTTP probe and `pg_isready`.
-    pub fn new(engine: Engine, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { engine, http, timeout })
+    /// A prober with the shared probe settings.
+    pub fn new(engine: Engine, cfg: &ProbeConfig) -> Result<Self, ProbeError> {
+        Ok(Self { probe: steward_probe::Prober::new(engine.clone(), cfg)?, engine })
     }
 
     /// Runs the checks on `name` (`labels` as listed; `last` is the id and restart count of
@@ -103,97 +99,25 @@ impl Prober {
         };
         round.id = Some(id.clone());
         round.restarts = view.restart_count;
-        if !view.running {
+        if !view.running && backup_running {
             let stops_for_backup =
                 steward_labels::backup_labels(labels).map(|b| b.stop).unwrap_or(false);
-            round.verdict = if backup_running && stops_for_backup {
-                Verdict::Neutral("stopped for a backup copy".into())
-            } else {
-                fail(
-                    "running",
-                    match view.exit_code {
-                        Some(code) => format!("not running (exit code {code})"),
-                        None => "not running".into(),
-                    },
-                )
-            };
-            return round;
-        }
-        if let Some((last_id, last_restarts)) = last {
-            if last_id == id && view.restart_count > last_restarts {
-                round.verdict = fail(
-                    "restarts",
-                    format!(
-                        "restarted {} time(s) since the last probe",
-                        view.restart_count - last_restarts
-                    ),
-                );
+            if stops_for_backup {
+                round.verdict = Verdict::Neutral("stopped for a backup copy".into());
                 return round;
             }
         }
-        match view.health.as_deref() {
-            Some("unhealthy") => {
-                round.verdict = fail("docker-health", "HEALTHCHECK reports unhealthy".into());
-                return round;
-            }
-            Some("starting") => {
-                round.verdict = Verdict::Neutral("HEALTHCHECK still starting".into());
-                return round;
-            }
-            _ => {}
-        }
-        if let Some(url) = labels.get(steward_labels::HEALTH_URL) {
-            let started = Instant::now();
-            let answer = self.http.get(url).send().await;
-            let took = started.elapsed();
-            round.http_latency = Some(took);
-            // The reason goes into health.failed: a probe URL's credentials stay out of it.
-            let url = steward_events::redact_url(url);
-            let problem = match answer {
-                Ok(r) if r.status().is_success() || r.status().is_redirection() => None,
-                Ok(r) => Some(format!("GET {url} answered {}", r.status())),
-                Err(e) if e.is_timeout() => {
-                    Some(format!("GET {url}: no answer within {:?}", self.timeout))
-                }
-                Err(e) => Some(format!("GET {url} failed: {}", e.without_url())),
-            };
-            if let Some(reason) = problem {
-                round.verdict = fail("http", reason);
-                return round;
-            }
-        }
-        let database = steward_labels::backup_labels(labels).map(|b| b.postgres).unwrap_or(false);
-        if database {
-            if let Some(reason) = self.pg_isready(&id).await {
-                round.verdict = fail("pg_isready", reason);
-            }
-        }
+        // Restarts count against the last round of the same container only.
+        let restarts_before = last.filter(|(last_id, _)| *last_id == id).map(|(_, r)| r);
+        let judged =
+            self.probe.round(&id, &view, &Target::from_labels(labels), restarts_before).await;
+        round.http_latency = judged.http_latency;
+        round.verdict = match judged.verdict {
+            steward_probe::Verdict::Pass => Verdict::Pass,
+            steward_probe::Verdict::Fail(f) => fail(f.check.name(), f.reason),
+            steward_probe::Verdict::Pending(why) => Verdict::Neutral(why),
+        };
         round
-    }
-
-    /// `None` when the server accepts connections; otherwise what `pg_isready` said.
-    async fn pg_isready(&self, id: &str) -> Option<String> {
-        let secs = self.timeout.as_secs().max(1).to_string();
-        let cmd = ["pg_isready", "-h", "127.0.0.1", "-t", &secs].map(str::to_owned).to_vec();
-        match tokio::time::timeout(
-            self.timeout + Duration::from_secs(2),
-            self.engine.exec(id, cmd, 3),
-        )
-        .await
-        {
-            Err(_) => Some(format!("pg_isready gave no answer within {:?}", self.timeout)),
-            Ok(Err(e)) => Some(format!("cannot run pg_isready: {e}")),
-            Ok(Ok(out)) if out.exit_code == 0 => None,
-            Ok(Ok(out)) => Some(format!(
-                "pg_isready exited {} ({})",
-                out.exit_code,
-                match out.exit_code {
-                    1 => "rejecting connections",
-                    2 => "no response",
-                    _ => "no attempt made",
-                }
-            )),
-        }
     }
 }
 

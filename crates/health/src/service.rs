@@ -77,7 +77,7 @@ impl HealthService {
     /// Loads the tracks, registers the metrics and starts the probe loop.
     pub async fn start(cfg: HealthConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().ok_or_else(|| anyhow::anyhow!("health needs Docker"))?;
-        let prober = Prober::new(engine.clone(), cfg.probe_timeout)?;
+        let prober = Prober::new(engine.clone(), &cfg.probe)?;
         let store: StateStore<Track> = StateStore::open(&ctx.bus, HEALTH_BUCKET).await?;
         let mut tracks = HashMap::new();
         for key in store.keys().await? {

@@ -64,7 +64,7 @@ async fn a_hung_engine_is_reported_once_and_its_return_once() {
         interval: Duration::from_secs(1),
         failures: 2,
         recoveries: 2,
-        probe_timeout: Duration::from_secs(2),
+        probe: steward_probe::ProbeConfig { timeout: Duration::from_secs(2) },
         scope: Some(scope),
     };
     let _service = HealthService::start(health, &ctx).await.expect("health starts");

@@ -344,6 +344,20 @@ impl Window {
     }
 }
 
+/// The `steward.health.url` of a container, if it has one: the one reading of the label for
+/// the health service and the update gate.
+pub fn health_url(labels: &HashMap<String, String>) -> Result<Option<&str>, LabelError> {
+    match labels.get(HEALTH_URL) {
+        None => Ok(None),
+        Some(v) if v.starts_with("http://") || v.starts_with("https://") => Ok(Some(v)),
+        Some(v) => Err(LabelError {
+            label: HEALTH_URL,
+            value: v.clone(),
+            reason: "expected an http:// or https:// URL".into(),
+        }),
+    }
+}
+
 /// The update settings of a container.
 pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, LabelError> {
     let policy = watch_labels(labels)?.policy;
@@ -351,17 +365,7 @@ pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, L
         None => true,
         Some(v) => boolean(UPDATE_BACKUP, v)?,
     };
-    let health_url = match labels.get(HEALTH_URL) {
-        None => None,
-        Some(v) if v.starts_with("http://") || v.starts_with("https://") => Some(v.clone()),
-        Some(v) => {
-            return Err(LabelError {
-                label: HEALTH_URL,
-                value: v.clone(),
-                reason: "expected an http:// or https:// URL".into(),
-            })
-        }
-    };
+    let health_url = health_url(labels)?.map(str::to_owned);
     let min_age = match labels.get(MIN_AGE) {
         None => None,
         Some(v) => {

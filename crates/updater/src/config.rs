@@ -43,6 +43,8 @@ pub struct UpdaterConfig {
     pub health_timeout: Duration,
     /// "Running, no restarts" grace period.
     pub health_grace: Duration,
+    /// One probe's settings, shared with the health service (`STEWARD_HEALTH_PROBE_TIMEOUT`).
+    pub probe: steward_probe::ProbeConfig,
     /// Pre-update hook limit.
     pub hook_timeout: Duration,
     /// Signed approval links; `None` without a public URL and secret (CLI approvals only).
@@ -58,6 +60,7 @@ impl UpdaterConfig {
             backup_timeout: env.duration(ENV_BACKUP_TIMEOUT, Duration::from_secs(30 * 60)),
             health_timeout: env.duration(ENV_HEALTH_TIMEOUT, Duration::from_secs(120)),
             health_grace: env.duration(ENV_HEALTH_GRACE, Duration::from_secs(30)),
+            probe: steward_probe::ProbeConfig::read(env),
             hook_timeout: env.duration(ENV_HOOK_TIMEOUT, Duration::from_secs(120)),
             links: read_links(env),
             renewal: read_renewal(env),
