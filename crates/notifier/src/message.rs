@@ -164,8 +164,6 @@ pub fn describe(event: &Event) -> Item {
             if let Some(by) = &s.approved_by {
                 item.facts.push(fact("Approved by", by.clone()));
             }
-            item.next =
-                "Nothing to do: the container passed its health gate on the new image.".into();
         }
         EventData::UpdateFailed(f) => {
             item.headline = format!("Update of {} failed: {}", f.container, first_line(&f.reason));
@@ -175,7 +173,6 @@ pub fn describe(event: &Event) -> Item {
                 fact("Reason", f.reason.clone()),
             ];
             item.log_tail = f.log_tail.clone();
-            item.next = "The running container was not touched. Fix the cause, then run `steward check` to offer the update again.".into();
         }
         EventData::UpdateRolledBack(r) => {
             item.headline =
@@ -188,7 +185,6 @@ pub fn describe(event: &Event) -> Item {
                 fact("Reason", r.reason.clone()),
             ];
             item.log_tail = r.log_tail.clone();
-            item.next = "The previous image runs again with the same configuration. The refused digest is not retried; a newer one will be offered when it appears. The log lines below are from the failed container.".into();
         }
         EventData::BackupFailed(b) => {
             item.headline = format!("Backup failed: {}", first_line(&b.reason));
@@ -197,14 +193,12 @@ pub fn describe(event: &Event) -> Item {
                 item.facts.insert(0, fact("Backup", id.clone()));
             }
             item.log_tail = b.stderr_tail.clone();
-            item.next = "No manifest was written, so this backup is never used; earlier backups are intact. Fix the cause and run `steward backup now --wait` (runbook: a backup failed).".into();
         }
         EventData::VerifyFailed(v) => {
             item.headline = format!("Backup {} failed verification", v.backup_id);
             item.facts =
                 vec![fact("Backup", v.backup_id.clone()), fact("Reason", v.reason.clone())];
             item.log_tail = v.log_tail.clone();
-            item.next = "Do not restore this backup. Take a new one with `steward backup now --wait` and verify it.".into();
         }
         EventData::RestoreDone(r) => {
             item.headline = format!("Restore of backup {} done", r.backup_id);
@@ -213,7 +207,6 @@ pub fn describe(event: &Event) -> Item {
                 fact("Restored", r.restored.join(", ")),
                 fact("Took", ms(r.duration_ms)),
             ];
-            item.next = "The containers are running and healthy; check the application.".into();
         }
         EventData::RestoreFailed(r) => {
             item.headline =
@@ -221,7 +214,6 @@ pub fn describe(event: &Event) -> Item {
             item.facts =
                 vec![fact("Backup", r.backup_id.clone()), fact("Reason", r.reason.clone())];
             item.log_tail = r.log_tail.clone();
-            item.next = "Containers may be stopped or partly restored. Follow the restore runbook; `steward restore` can be run again.".into();
         }
         EventData::HealthFailed(h) => {
             item.headline = format!("{} is unhealthy ({})", h.container, h.check);
@@ -231,13 +223,11 @@ pub fn describe(event: &Event) -> Item {
                 fact("Saw", h.reason.clone()),
                 fact("Failed", format!("{} times in a row", h.consecutive_failures)),
             ];
-            item.next = format!("Look at `docker logs {}` on the host. A recovery notice follows when it passes again.", h.container);
         }
         EventData::HealthRecovered(h) => {
             item.headline = format!("{} recovered", h.container);
             item.facts =
                 vec![fact("Container", h.container.clone()), fact("Down for", ms(h.down_for_ms))];
-            item.next = "Nothing to do.".into();
         }
         EventData::EngineFailed(e) => {
             item.headline = format!("Docker engine not answering ({})", e.call);
@@ -247,13 +237,11 @@ pub fn describe(event: &Event) -> Item {
                 fact("Saw", e.reason.clone()),
                 fact("Failed", format!("{} rounds in a row", e.consecutive_failures)),
             ];
-            item.next = "Updates, backups and health checks of containers wait for it. Check `systemctl status docker` and `journalctl -u docker` on the host; a deadlocked dockerd needs a restart. A recovery notice follows when it answers again.".into();
         }
         EventData::EngineRecovered(e) => {
             item.headline = "Docker engine answers again".into();
             item.facts =
                 vec![fact("Engine", e.engine.clone()), fact("Down for", ms(e.down_for_ms))];
-            item.next = "Nothing to do; an update or backup cut short by the outage was reported on its own.".into();
         }
         EventData::CertsFailed(c) => {
             item.headline = format!("Certificate renewal failed: {}", first_line(&c.reason));
@@ -263,12 +251,14 @@ pub fn describe(event: &Event) -> Item {
                 item.facts.push(fact("Renewed anyway", c.renewed.join(", ")));
             }
             item.log_tail = c.log_tail.clone();
-            item.next = "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates).".into();
         }
         other => {
             item.headline = format!("{} event", other.event_type());
-            item.next = "See `steward events replay` for details.".into();
         }
+    }
+    if item.next.is_empty() {
+        let container = item.container.as_deref().unwrap_or("the container");
+        item.next = told(item.kind).next.replace("{container}", container);
     }
     item
 }
@@ -309,76 +299,63 @@ pub fn subject(items: &[Item]) -> String {
 }
 
 fn kind_phrase(kind: &str, n: usize) -> &'static str {
-    let one = n == 1;
-    match kind {
-        "update.pending" => {
-            if one {
-                "update awaiting approval"
-            } else {
-                "updates awaiting approval"
-            }
-        }
-        "update.succeeded" => {
-            if one {
-                "update done"
-            } else {
-                "updates done"
-            }
-        }
-        "update.failed" => {
-            if one {
-                "update failed"
-            } else {
-                "updates failed"
-            }
-        }
-        "update.rolled_back" => {
-            if one {
-                "update rolled back"
-            } else {
-                "updates rolled back"
-            }
-        }
-        "backup.failed" => {
-            if one {
-                "backup failed"
-            } else {
-                "backups failed"
-            }
-        }
-        "verify.failed" => {
-            if one {
-                "backup failed verification"
-            } else {
-                "backups failed verification"
-            }
-        }
-        "restore.done" => {
-            if one {
-                "restore done"
-            } else {
-                "restores done"
-            }
-        }
-        "restore.failed" => {
-            if one {
-                "restore failed"
-            } else {
-                "restores failed"
-            }
-        }
-        "health.failed" => "unhealthy",
-        "health.recovered" => "recovered",
-        "health.engine_failed" => "engine not answering",
-        "health.engine_recovered" => "engine recovered",
-        _ => {
-            if one {
-                "event"
-            } else {
-                "events"
-            }
-        }
+    let t = told(kind);
+    if n == 1 {
+        t.one
+    } else {
+        t.many
     }
+}
+
+/// How one kind of event is told: counted in a grouped subject, and what to do about it.
+struct Told {
+    kind: &'static str,
+    /// "3 updates failed": the phrase after the count, for one and for several.
+    one: &'static str,
+    many: &'static str,
+    /// What the operator should do; `{container}` is the item's container.
+    next: &'static str,
+}
+
+/// Every event the notifier tells, in one table (a test checks it covers what it consumes).
+const TOLD: &[Told] = &[
+    Told { kind: "update.pending", one: "update awaiting approval", many: "updates awaiting approval",
+        next: "" },
+    Told { kind: "update.succeeded", one: "update done", many: "updates done",
+        next: "Nothing to do: the container passed its health gate on the new image." },
+    Told { kind: "update.failed", one: "update failed", many: "updates failed",
+        next: "The running container was not touched. Fix the cause, then run `steward check` to offer the update again." },
+    Told { kind: "update.rolled_back", one: "update rolled back", many: "updates rolled back",
+        next: "The previous image runs again with the same configuration. The refused digest is not retried; a newer one will be offered when it appears. The log lines below are from the failed container." },
+    Told { kind: "backup.failed", one: "backup failed", many: "backups failed",
+        next: "No manifest was written, so this backup is never used; earlier backups are intact. Fix the cause and run `steward backup now` (runbook: a backup failed)." },
+    Told { kind: "verify.failed", one: "backup failed verification", many: "backups failed verification",
+        next: "Do not restore this backup. Take a new one with `steward backup now` and verify it." },
+    Told { kind: "restore.done", one: "restore done", many: "restores done",
+        next: "The containers are running and healthy; check the application." },
+    Told { kind: "restore.failed", one: "restore failed", many: "restores failed",
+        next: "Containers may be stopped or partly restored. Follow the restore runbook; `steward restore` can be run again." },
+    Told { kind: "health.failed", one: "unhealthy", many: "unhealthy",
+        next: "Look at `docker logs {container}` on the host. A recovery notice follows when it passes again." },
+    Told { kind: "health.recovered", one: "recovered", many: "recovered", next: "Nothing to do." },
+    Told { kind: "health.engine_failed", one: "engine not answering", many: "engine not answering",
+        next: "Updates, backups and health checks of containers wait for it. Check `systemctl status docker` and `journalctl -u docker` on the host; a deadlocked dockerd needs a restart. A recovery notice follows when it answers again." },
+    Told { kind: "health.engine_recovered", one: "engine recovered", many: "engine recovered",
+        next: "Nothing to do; an update or backup cut short by the outage was reported on its own." },
+    Told { kind: "certs.failed", one: "certificate renewal failed", many: "certificate renewals failed",
+        next: "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates)." },
+];
+
+/// Anything else (a type configured in `STEWARD_NOTIFY_EVENTS` that has no entry).
+const OTHER: Told = Told {
+    kind: "",
+    one: "event",
+    many: "events",
+    next: "See `steward events replay` for details.",
+};
+
+fn told(kind: &str) -> &'static Told {
+    TOLD.iter().find(|t| t.kind == kind).unwrap_or(&OTHER)
 }
 
 /// The templates, compiled once.
@@ -442,6 +419,36 @@ mod tests {
         let href = "href=\"https:&#x2f;&#x2f;steward.example&#x2f;approve&#x2f;token\"";
         assert!(m.html.contains(href), "{}", m.html);
         assert!(m.items[0].needs_decision);
+    }
+
+    #[test]
+    fn every_event_the_notifier_receives_is_told_by_the_table() {
+        for kind in steward_events::Service::Notifier.consumes() {
+            let t = told(kind);
+            assert_eq!(t.kind, *kind, "{kind} has no entry in TOLD");
+            // update.pending's next step depends on its link (`Item::offer_link`).
+            assert!(*kind == "update.pending" || !t.next.is_empty(), "{kind} says nothing to do");
+        }
+        let told_kinds: Vec<&str> = TOLD.iter().map(|t| t.kind).collect();
+        let mut unique = told_kinds.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), told_kinds.len(), "a kind twice in TOLD");
+    }
+
+    #[test]
+    fn grouped_certificate_failures_are_named_not_counted_as_events() {
+        let items = vec![describe(&sample("certs.failed")), describe(&sample("certs.failed"))];
+        let s = subject(&items);
+        assert!(s.contains("2 certificate renewals failed"), "{s}");
+        let one = subject(&[describe(&sample("certs.failed")), describe(&sample("update.failed"))]);
+        assert!(one.contains("1 certificate renewal failed"), "{one}");
+    }
+
+    #[test]
+    fn a_health_failure_names_its_container_in_what_to_do() {
+        let item = describe(&sample("health.failed"));
+        assert!(item.next.contains("docker logs gitea"), "{}", item.next);
     }
 
     #[test]
