@@ -1,0 +1,524 @@
+//! The allow-lists: which Docker API calls each role may make, as data.
+//!
+//! Derived from what `steward-engine` calls for each service (see docs/security.md, "Docker
+//! socket proxy"): a call not listed here is refused with 403, whatever the role.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A Steward service that talks to Docker, each through a socket of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Lists containers and reads image digests.
+    Watcher,
+    /// Reads container state; runs `pg_isready` by exec.
+    Health,
+    /// Pulls, recreates, rolls back; exec and archive reads for certificate renewal.
+    Updater,
+    /// Exec (`pg_dump`, `pg_restore`), archives both ways, scratch and helper containers.
+    Backup,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Watcher, Role::Health, Role::Updater, Role::Backup];
+
+    /// The role's name, as in `STEWARD_SOCKPROXY_SOCKETS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Watcher => "watcher",
+            Role::Health => "health",
+            Role::Updater => "updater",
+            Role::Backup => "backup",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+            format!("unknown role {s:?} (expected watcher, health, updater or backup)")
+        })
+    }
+}
+
+/// What is checked beyond method and path before a request is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing more.
+    None,
+    /// An exec's creation: its body (never privileged; the health role only `pg_isready`,
+    /// without stdin) and its target container (never the proxy's).
+    Exec,
+    /// A container's creation: its body (never the Docker socket, never the volumes of the
+    /// proxy's container; the backup role only the shapes it makes) .
+    Create,
+    /// The container in the path is not the proxy's own (an archive read or write).
+    Target,
+}
+
+/// One allowed call.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path without the `/v1.xx` prefix: `*` is one segment, `**` one or more (image names
+    /// have slashes).
+    pub path: &'static str,
+    /// The roles that may make it.
+    pub roles: &'static [Role],
+    /// What else is checked.
+    pub check: Check,
+}
+
+use Role::{Backup, Health, Updater, Watcher};
+const EVERY: &[Role] = &[Watcher, Health, Updater, Backup];
+const EXEC: &[Role] = &[Health, Updater, Backup];
+const CHANGE: &[Role] = &[Updater, Backup];
+
+const fn rule(method: &'static str, path: &'static str, roles: &'static [Role]) -> Rule {
+    Rule { method, path, roles, check: Check::None }
+}
+
+const fn checked(
+    method: &'static str,
+    path: &'static str,
+    roles: &'static [Role],
+    check: Check,
+) -> Rule {
+    Rule { method, path, roles, check }
+}
+
+/// Every allowed call. Each line names the `steward-engine` calls that need it.
+pub const RULES: &[Rule] = &[
+    // Engine::ping (every service's readiness), version negotiation, Engine::version.
+    rule("GET", "/_ping", EVERY),
+    rule("HEAD", "/_ping", EVERY),
+    rule("GET", "/version", EVERY),
+    // running_containers, containers, container_id, health_view, brief, inspect_json, ...
+    rule("GET", "/containers/json", EVERY),
+    rule("GET", "/containers/*/json", EVERY),
+    // repo_digests, has_image, replace (the new image's defaults).
+    rule("GET", "/images/**/json", EVERY),
+    // logs_tail (rollback reasons, helper output).
+    rule("GET", "/containers/*/logs", CHANGE),
+    // exec, exec_stdout, exec_stdin, exec_as: create, start (an HTTP upgrade), exit code.
+    checked("POST", "/containers/*/exec", EXEC, Check::Exec),
+    rule("POST", "/exec/*/start", EXEC),
+    rule("GET", "/exec/*/json", EXEC),
+    // pull_digest.
+    rule("POST", "/images/create", &[Updater]),
+    rule("POST", "/images/**/tag", &[Updater]),
+    // replace, create_successor_of (updater); start_scratch, run_with_volumes_of (backup).
+    checked("POST", "/containers/create", CHANGE, Check::Create),
+    rule("POST", "/containers/*/start", CHANGE),
+    rule("POST", "/containers/*/stop", CHANGE),
+    rule("DELETE", "/containers/*", CHANGE),
+    // replace, take_over, restore, remove_leftovers (parking names); rejoin.
+    rule("POST", "/containers/*/rename", &[Updater]),
+    rule("POST", "/networks/*/connect", &[Updater]),
+    // run_with_volumes_of.
+    rule("POST", "/containers/*/wait", &[Backup]),
+    // download_path (backups; the updater's certificate fingerprints), upload_tar (restores).
+    checked("GET", "/containers/*/archive", CHANGE, Check::Target),
+    checked("PUT", "/containers/*/archive", &[Backup], Check::Target),
+];
+
+/// Why a request is refused before any check of its body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The path could mean something else to the engine than to us (`..`, `//`, encoded
+    /// separators): never forwarded.
+    #[error("path {0:?} is not in canonical form")]
+    NotCanonical(String),
+    /// No rule lets this role make the call.
+    #[error("{method} {path} is not allowed for the {role} role")]
+    NotAllowed {
+        /// The role of the socket the request came in on.
+        role: Role,
+        /// HTTP method.
+        method: String,
+        /// The path, version prefix stripped.
+        path: String,
+    },
+}
+
+/// The path without a leading `/v1.41`-style version prefix.
+pub fn strip_version(path: &str) -> &str {
+    let Some(rest) = path.strip_prefix("/v") else { return path };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let version = &rest[..end];
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match version.split_once('.') {
+        Some((major, minor)) if numeric(major) && numeric(minor) => &rest[end..],
+        _ => path,
+    }
+}
+
+/// The rule that lets `role` call `method path` (path as received, query excluded).
+pub fn decide(role: Role, method: &str, path: &str) -> Result<&'static Rule, Refusal> {
+    let stripped = strip_version(path);
+    if !canonical(stripped) {
+        return Err(Refusal::NotCanonical(path.to_owned()));
+    }
+    RULES
+        .iter()
+        .find(|r| r.method == method && r.roles.contains(&role) && matches(r.path, stripped))
+        .ok_or_else(|| Refusal::NotAllowed {
+            role,
+            method: method.to_owned(),
+            path: stripped.to_owned(),
+        })
+}
+
+/// The path's `*` segment after `/containers/` (the container an exec or archive call names).
+pub fn container_of(path: &str) -> Option<&str> {
+    strip_version(path).strip_prefix("/containers/")?.split('/').next().filter(|s| !s.is_empty())
+}
+
+fn canonical(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.starts_with('/')
+        && !path.contains('\\')
+        && !lower.contains("%2f")
+        && !lower.contains("%2e")
+        && !lower.contains("%5c")
+        && path[1..].split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+fn matches(pattern: &str, path: &str) -> bool {
+    let pattern: Vec<&str> = pattern[1..].split('/').collect();
+    let path: Vec<&str> = path[1..].split('/').collect();
+    let seg = |p: &str, s: &str| p == "*" || p == s;
+    match pattern.iter().position(|p| *p == "**") {
+        None => pattern.len() == path.len() && pattern.iter().zip(&path).all(|(p, s)| seg(p, s)),
+        Some(at) => {
+            let after = pattern.len() - at - 1;
+            path.len() > at + after
+                && pattern[..at].iter().zip(&path[..at]).all(|(p, s)| seg(p, s))
+                && pattern[at + 1..].iter().zip(&path[path.len() - after..]).all(|(p, s)| seg(p, s))
+        }
+    }
+}
+
+/// Sources of bind mounts that hand out the Docker socket: the socket itself or a directory
+/// holding it.
+const SOCKET_SOURCES: &[&str] =
+    &["/", "/var", "/var/run", "/run", "/var/run/docker.sock", "/run/docker.sock"];
+
+/// Whether a bind or mount source is the Docker socket or a directory holding it.
+pub fn is_socket_source(source: &str) -> bool {
+    let trimmed = source.trim_end_matches('/');
+    let source = if trimmed.is_empty() { "/" } else { trimmed };
+    SOCKET_SOURCES.contains(&source) || source.ends_with("/docker.sock")
+}
+
+/// Checks an exec's creation body for `role`. Errors say why it is refused.
+pub fn check_exec(role: Role, body: &serde_json::Value) -> Result<(), String> {
+    if body.get("Privileged").and_then(|v| v.as_bool()) == Some(true) {
+        return Err("a privileged exec is not allowed".into());
+    }
+    if role == Role::Health {
+        let program = body
+            .get("Cmd")
+            .and_then(|c| c.as_array())
+            .and_then(|c| c.first())
+            .and_then(|p| p.as_str())
+            .unwrap_or_default();
+        if program != "pg_isready" {
+            return Err(format!("the health role may exec only pg_isready, not {program:?}"));
+        }
+        if body.get("AttachStdin").and_then(|v| v.as_bool()) == Some(true) {
+            return Err("the health role may not attach stdin".into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a container's creation body for `role`; returns the containers named in
+/// `HostConfig.VolumesFrom`, which the caller must check are not the proxy's own.
+pub fn check_create(role: Role, body: &serde_json::Value) -> Result<Vec<String>, String> {
+    let host = body.get("HostConfig").cloned().unwrap_or(serde_json::Value::Null);
+    let binds = host.get("Binds").and_then(|b| b.as_array()).cloned().unwrap_or_default();
+    for bind in binds.iter().filter_map(|b| b.as_str()) {
+        let source = bind.split(':').next().unwrap_or_default();
+        if is_socket_source(source) {
+            return Err(format!("a bind of {source} (the Docker socket) is not allowed"));
+        }
+    }
+    let mounts = host.get("Mounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+    for mount in &mounts {
+        let source = mount.get("Source").and_then(|s| s.as_str()).unwrap_or_default();
+        let bind = mount.get("Type").and_then(|t| t.as_str()) == Some("bind");
+        if bind && is_socket_source(source) {
+            return Err(format!("a mount of {source} (the Docker socket) is not allowed"));
+        }
+    }
+    if role == Role::Backup {
+        check_backup_host_config(&host)?;
+    }
+    let volumes_from = host.get("VolumesFrom").and_then(|v| v.as_array()).cloned();
+    Ok(volumes_from
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str())
+        // `name[:ro|rw]`.
+        .map(|v| v.split(':').next().unwrap_or_default().to_owned())
+        .collect())
+}
+
+/// The backup service makes two shapes only (a scratch server, a helper sharing a container's
+/// volumes), both without network and without any host resource: anything else in
+/// `HostConfig` is refused, so a stolen backup socket cannot make a container with host access.
+fn check_backup_host_config(host: &serde_json::Value) -> Result<(), String> {
+    let Some(fields) = host.as_object() else { return Ok(()) };
+    for (key, value) in fields {
+        let empty = match value {
+            serde_json::Value::Null => true,
+            serde_json::Value::Bool(b) => !b,
+            serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+            serde_json::Value::String(s) => s.is_empty(),
+            serde_json::Value::Array(a) => a.is_empty(),
+            serde_json::Value::Object(o) => o.is_empty(),
+        };
+        let allowed = match key.as_str() {
+            "NetworkMode" => value.as_str().is_some_and(|m| m == "none" || m.is_empty()),
+            "VolumesFrom" => true,
+            _ => empty,
+        };
+        if !allowed {
+            return Err(format!("HostConfig.{key} is not allowed for the backup role"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a container (its inspect JSON) is the proxy's own, or otherwise holds the Docker
+/// socket: no role may exec in it, read or write its files, or borrow its volumes.
+pub fn is_protected(inspect: &serde_json::Value) -> bool {
+    let labelled = inspect
+        .pointer("/Config/Labels")
+        .and_then(|l| l.as_object())
+        .is_some_and(|l| l.contains_key(PROTECTED_LABEL));
+    let mounts = inspect.get("Mounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+    let holds_socket = mounts.iter().any(|m| {
+        m.get("Type").and_then(|t| t.as_str()) == Some("bind")
+            && m.get("Source").and_then(|s| s.as_str()).is_some_and(is_socket_source)
+    });
+    labelled || holds_socket
+}
+
+/// The label that marks the proxy's container (compose sets it).
+pub const PROTECTED_LABEL: &str = "steward.sockproxy";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn allowed(role: Role, method: &str, path: &str) -> bool {
+        decide(role, method, path).is_ok()
+    }
+
+    #[test]
+    fn the_version_prefix_is_stripped_and_only_it() {
+        assert_eq!(strip_version("/v1.41/containers/json"), "/containers/json");
+        assert_eq!(strip_version("/v1.52/_ping"), "/_ping");
+        assert_eq!(strip_version("/containers/json"), "/containers/json");
+        assert_eq!(strip_version("/volumes/x"), "/volumes/x");
+        assert_eq!(strip_version("/v1.x/containers/json"), "/v1.x/containers/json");
+    }
+
+    #[test]
+    fn the_watcher_only_reads() {
+        for (m, p) in [
+            ("GET", "/_ping"),
+            ("HEAD", "/_ping"),
+            ("GET", "/v1.41/version"),
+            ("GET", "/v1.41/containers/json"),
+            ("GET", "/containers/abc/json"),
+            ("GET", "/images/127.0.0.1:5000/e2e/app:stable/json"),
+            ("GET", "/images/sha256:0123/json"),
+        ] {
+            assert!(allowed(Watcher, m, p), "{m} {p}");
+        }
+        for (m, p) in [
+            ("POST", "/containers/create"),
+            ("POST", "/v1.41/containers/abc/exec"),
+            ("POST", "/exec/abc/start"),
+            ("DELETE", "/containers/abc"),
+            ("POST", "/containers/abc/start"),
+            ("POST", "/containers/abc/stop"),
+            ("POST", "/images/create"),
+            ("GET", "/containers/abc/logs"),
+            ("GET", "/containers/abc/archive"),
+            ("GET", "/info"),
+            ("GET", "/events"),
+            ("POST", "/containers/json"),
+            ("GET", "/volumes"),
+            ("POST", "/build"),
+        ] {
+            assert!(!allowed(Watcher, m, p), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn health_reads_and_execs_but_never_creates_or_removes() {
+        for (m, p) in [
+            ("GET", "/containers/json"),
+            ("POST", "/containers/db/exec"),
+            ("POST", "/exec/e1/start"),
+            ("GET", "/exec/e1/json"),
+        ] {
+            assert!(allowed(Health, m, p), "{m} {p}");
+        }
+        for (m, p) in [
+            ("POST", "/containers/create"),
+            ("DELETE", "/containers/db"),
+            ("POST", "/containers/db/stop"),
+            ("GET", "/containers/db/archive"),
+            ("POST", "/images/create"),
+        ] {
+            assert!(!allowed(Health, m, p), "{m} {p}");
+        }
+        assert!(check_exec(Health, &json!({"Cmd": ["pg_isready", "-h", "127.0.0.1"]})).is_ok());
+        assert!(check_exec(Health, &json!({"Cmd": ["sh", "-c", "id"]})).is_err());
+        assert!(check_exec(Health, &json!({})).is_err());
+        let stdin = json!({"Cmd": ["pg_isready"], "AttachStdin": true});
+        assert!(check_exec(Health, &stdin).is_err());
+        assert!(check_exec(Updater, &json!({"Cmd": ["certbot", "renew"]})).is_ok());
+        assert!(check_exec(Backup, &json!({"Cmd": ["ls"], "Privileged": true})).is_err());
+    }
+
+    #[test]
+    fn the_updater_and_backup_get_what_their_code_calls() {
+        let updater_only = [
+            ("POST", "/images/create"),
+            ("POST", "/images/127.0.0.1:5000/e2e/app@sha256:00/tag"),
+            ("POST", "/containers/abc/rename"),
+            ("POST", "/networks/n1/connect"),
+        ];
+        let backup_only = [("POST", "/containers/abc/wait"), ("PUT", "/containers/abc/archive")];
+        let both = [
+            ("POST", "/containers/create"),
+            ("POST", "/containers/abc/start"),
+            ("POST", "/containers/abc/stop"),
+            ("DELETE", "/containers/abc"),
+            ("GET", "/containers/abc/logs"),
+            ("GET", "/containers/abc/archive"),
+            ("POST", "/containers/abc/exec"),
+        ];
+        for (m, p) in both.iter().chain(&updater_only) {
+            assert!(allowed(Updater, m, p), "updater {m} {p}");
+        }
+        for (m, p) in both.iter().chain(&backup_only) {
+            assert!(allowed(Backup, m, p), "backup {m} {p}");
+        }
+        for (m, p) in backup_only {
+            assert!(!allowed(Updater, m, p), "updater {m} {p}");
+        }
+        for (m, p) in updater_only {
+            assert!(!allowed(Backup, m, p), "backup {m} {p}");
+        }
+        // Nobody may do these.
+        for role in Role::ALL {
+            for (m, p) in [
+                ("POST", "/containers/abc/kill"),
+                ("POST", "/containers/abc/update"),
+                ("POST", "/containers/abc/attach"),
+                ("DELETE", "/images/abc"),
+                ("POST", "/build"),
+                ("POST", "/volumes/create"),
+                ("POST", "/networks/create"),
+                ("POST", "/swarm/init"),
+                ("POST", "/plugins/pull"),
+                ("POST", "/containers/prune"),
+                ("GET", "/secrets"),
+            ] {
+                assert!(!allowed(role, m, p), "{role} {m} {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn paths_that_could_mean_something_else_are_refused() {
+        for p in [
+            "/containers/../containers/create",
+            "/containers/abc/../../images/create",
+            "/containers//json",
+            "/containers/abc%2F..%2Fcreate/json",
+            "/containers/%2e%2e/json",
+            "/containers/./json",
+            "containers/json",
+        ] {
+            assert!(
+                matches!(decide(Updater, "GET", p), Err(Refusal::NotCanonical(_))),
+                "{p}: {:?}",
+                decide(Updater, "GET", p)
+            );
+        }
+    }
+
+    #[test]
+    fn creates_never_bind_the_socket_and_backup_makes_only_its_own_shapes() {
+        let socket = json!({"Image": "x", "HostConfig": {"Binds": ["/var/run/docker.sock:/s"]}});
+        let root = json!({"Image": "x", "HostConfig": {"Binds": ["/:/host:ro"]}});
+        let mount = json!({"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/run/"}]}});
+        for body in [&socket, &root, &mount] {
+            assert!(check_create(Updater, body).is_err(), "{body}");
+            assert!(check_create(Backup, body).is_err(), "{body}");
+        }
+        // The updater recreates what exists: other binds and settings are the operator's.
+        let nginx = json!({"HostConfig": {"Binds": ["/srv/nginx/templates:/etc/nginx/templates:ro"],
+            "RestartPolicy": {"Name": "unless-stopped"}, "NetworkMode": "stack_default"}});
+        assert_eq!(check_create(Updater, &nginx), Ok(vec![]));
+        assert!(check_create(Backup, &nginx).is_err());
+        // The backup's two shapes (as bollard serialises them).
+        let scratch = json!({"Image": "postgres:15", "Env": ["A=1"], "Labels": {"steward.helper": "s"},
+            "HostConfig": {"NetworkMode": "none"}});
+        assert_eq!(check_create(Backup, &scratch), Ok(vec![]));
+        let helper = json!({"Image": "busybox", "User": "0", "NetworkDisabled": true,
+            "HostConfig": {"VolumesFrom": ["gitea:ro"], "NetworkMode": "none"}});
+        assert_eq!(check_create(Backup, &helper), Ok(vec!["gitea".to_owned()]));
+        for host in [
+            json!({"Privileged": true}),
+            json!({"CapAdd": ["SYS_ADMIN"]}),
+            json!({"PidMode": "host"}),
+            json!({"NetworkMode": "host"}),
+            json!({"Devices": [{"PathOnHost": "/dev/sda"}]}),
+            json!({"Binds": ["data:/data"]}),
+        ] {
+            assert!(check_create(Backup, &json!({"HostConfig": host})).is_err(), "{host}");
+        }
+    }
+
+    #[test]
+    fn the_proxys_container_is_protected() {
+        let labelled = json!({"Config": {"Labels": {"steward.sockproxy": "true"}}, "Mounts": []});
+        let socket = json!({"Config": {"Labels": {}},
+            "Mounts": [{"Type": "bind", "Source": "/var/run/docker.sock"}]});
+        let gitea = json!({"Config": {"Labels": {"steward.enable": "true"}},
+            "Mounts": [{"Type": "volume", "Source": "/var/lib/docker/volumes/g/_data"}]});
+        assert!(is_protected(&labelled));
+        assert!(is_protected(&socket));
+        assert!(!is_protected(&gitea));
+        assert_eq!(container_of("/v1.41/containers/abc/exec"), Some("abc"));
+        assert_eq!(container_of("/exec/abc/start"), None);
+    }
+
+    #[test]
+    fn roles_parse_by_name() {
+        for role in Role::ALL {
+            assert_eq!(role.name().parse::<Role>(), Ok(role));
+        }
+        assert!("notifier".parse::<Role>().is_err());
+    }
+}
