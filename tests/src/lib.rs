@@ -158,14 +158,14 @@ impl TestBucket {
         Self { name }
     }
 
-    async fn store_of(name: &str) -> steward_backup::store::Store {
+    async fn store_of(name: &str) -> steward_store::store::Store {
         let require = steward_testkit::testbed::require;
-        let config = steward_backup::config::S3Config {
+        let config = steward_store::config::S3Config {
             bucket: name.to_owned(),
             prefix: String::new(),
             endpoint: Some(require("STEWARD_TEST_S3_ENDPOINT")),
         };
-        steward_backup::store::Store::connect_static(
+        steward_store::store::Store::connect_static(
             &config,
             &require("STEWARD_TEST_S3_ACCESS_KEY"),
             &require("STEWARD_TEST_S3_SECRET_KEY"),

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use steward_backup::encryption::Keys;
 use steward_backup::pipeline::{self, Io};
-use steward_backup::store::Store;
 use steward_bus::Bus;
 use steward_events::{
     BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope,
 };
+use steward_store::store::Store;
 use steward_system_tests::apps::backed_up_pair;
 use steward_system_tests::{Proc, TestBucket};
 use steward_testkit::docker::{docker, Container};
@@ -108,7 +108,7 @@ impl Bed {
         env.push(("STEWARD_SCOPE", scope.clone()));
         env.push(("STEWARD_RESTORE_HEALTH_TIMEOUT", "30s".into()));
         let store = Store::connect_static(
-            &steward_backup::config::S3Config {
+            &steward_store::config::S3Config {
                 bucket: bucket.name.clone(),
                 prefix: "steward/".into(),
                 endpoint: Some(testbed::require("STEWARD_TEST_S3_ENDPOINT")),
@@ -184,7 +184,7 @@ impl Bed {
 
     /// Every backup the catalog lists: complete ones intact, no incomplete one left.
     async fn check_catalog(&self, context: &dyn Fn() -> String) -> Vec<String> {
-        let listed = steward_backup::catalog::list(&self.store)
+        let listed = steward_store::catalog::list(&self.store)
             .await
             .unwrap_or_else(|e| panic!("list: {e}: {}", context()));
         let keys = Keys::new(vec![], vec![]);

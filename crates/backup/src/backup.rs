@@ -12,13 +12,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use steward_engine::{Engine, ExecSpec};
 use steward_events::BackupReason;
+use steward_store::manifest::{self, Component, Kind, Manifest};
+use steward_store::store::{Store, Stored};
 use time::OffsetDateTime;
 
 use crate::config::BackupConfig;
-use crate::manifest::{self, Component, Kind, Manifest};
 use crate::pipeline::{self, Counted};
 use crate::progress::Meter;
-use crate::store::{Store, Stored};
 use crate::targets::{self, Target};
 
 /// Lines of `pg_dump` stderr kept for the failure event.

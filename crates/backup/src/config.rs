@@ -1,21 +1,19 @@
-//! The backup service's own settings, names and defaults in one place.
+//! The backup service's own settings, names and defaults in one place (the bucket's are
+//! `steward_store::config`'s, shared with `steward backup list`).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use steward_runtime::Env;
+use steward_store::config::{
+    normalise_prefix, validate_bucket, S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX,
+};
 
 use crate::encryption::{self, Keys};
 use crate::retention::Retention;
 
 /// Cron expression of the regular backup (host time zone).
 pub const ENV_SCHEDULE: &str = "STEWARD_BACKUP_SCHEDULE";
-/// The bucket backups go to.
-pub const ENV_BUCKET: &str = "STEWARD_S3_BUCKET";
-/// Key prefix inside the bucket (e.g. `gitea/`).
-pub const ENV_PREFIX: &str = "STEWARD_S3_PREFIX";
-/// Endpoint of an S3-compatible store; unset for AWS.
-pub const ENV_ENDPOINT: &str = "STEWARD_S3_ENDPOINT";
 /// How many backups of each age class to keep.
 pub const ENV_RETENTION: &str = "STEWARD_BACKUP_RETENTION";
 /// Grace period for a container stopped for a consistent copy.
@@ -42,17 +40,6 @@ pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
 /// Daily 02:00.
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
 
-/// Where backups are stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Config {
-    /// Bucket name.
-    pub bucket: String,
-    /// Key prefix, empty or ending in `/`.
-    pub prefix: String,
-    /// Endpoint of an S3-compatible store (path-style addressing); `None` for AWS.
-    pub endpoint: Option<String>,
-}
-
 /// The backup service's settings.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
@@ -74,31 +61,6 @@ pub struct BackupConfig {
     pub scope: Option<String>,
     /// Client-side encryption keys.
     pub keys: Keys,
-}
-
-/// A prefix as stored: no leading `/`, a trailing `/` unless empty.
-pub fn normalise_prefix(prefix: &str) -> String {
-    let p = prefix.trim().trim_matches('/');
-    if p.is_empty() {
-        String::new()
-    } else {
-        format!("{p}/")
-    }
-}
-
-/// S3's bucket naming rules, checked at start so a typo is one clear line, not a failed
-/// backup at 02:00.
-pub fn validate_bucket(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let ok_ends = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if (3..=63).contains(&name.len()) && ok_chars && ok_ends {
-        Ok(())
-    } else {
-        Err("3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit".into())
-    }
 }
 
 impl BackupConfig {
@@ -162,23 +124,6 @@ impl BackupConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_names() {
-        assert!(validate_bucket("steward-backups").is_ok());
-        assert!(validate_bucket("a.b-c1").is_ok());
-        for bad in ["", "ab", "Upper", "-dash", "dash-", "under_score", &"x".repeat(64)] {
-            assert!(validate_bucket(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn prefixes() {
-        assert_eq!(normalise_prefix(""), "");
-        assert_eq!(normalise_prefix("/"), "");
-        assert_eq!(normalise_prefix("gitea"), "gitea/");
-        assert_eq!(normalise_prefix("/a/b/"), "a/b/");
-    }
 
     #[test]
     fn bad_values_are_named() {

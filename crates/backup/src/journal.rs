@@ -8,7 +8,7 @@
 //!   duplicates), and what a restore stopped and began to overwrite.
 //! - `journal/uploads/<upload id>.json`: an open multipart upload, written when it is created
 //!   and removed when it is completed or aborted; whatever is left when a job starts belongs
-//!   to a killed run and is aborted ([`crate::store::Store::abort_orphaned_uploads`]).
+//!   to a killed run and is aborted ([`Store::abort_orphaned_uploads`]).
 //!
 //! `journal` is not a backup id, so listing and retention never see it. One service per
 //! bucket prefix (as deployed): a job starting is the only job of that prefix.
@@ -16,12 +16,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use steward_events::Event;
+use steward_store::store::{Store, StoreError, JOURNAL_DIR};
 use time::OffsetDateTime;
 
-use crate::store::{Store, StoreError};
-
-/// The journal's folder under the prefix.
-pub const DIR: &str = "journal";
 /// Records of concluded flows older than this are removed by [`Journal::forget_concluded`]:
 /// no redelivery comes that late.
 pub const KEEP_CONCLUDED: time::Duration = time::Duration::days(7);
@@ -71,7 +68,7 @@ pub struct Journal {
 }
 
 fn flow_name(key: &str) -> String {
-    format!("{DIR}/flows/{key}.json")
+    format!("{JOURNAL_DIR}/flows/{key}.json")
 }
 
 impl Journal {
@@ -100,7 +97,7 @@ impl Journal {
     /// Every flow record, with its key.
     pub async fn all(&self) -> Result<Vec<(String, FlowRecord)>, StoreError> {
         let mut out = vec![];
-        for name in self.store.list_objects(&format!("{DIR}/flows")).await? {
+        for name in self.store.list_objects(&format!("{JOURNAL_DIR}/flows")).await? {
             let Some(key) =
                 name.rsplit('/').next().and_then(|n| n.strip_suffix(".json")).map(str::to_owned)
             else {

@@ -3,10 +3,10 @@
 //! It consumes `backup.requested` (the updater before an update, `steward backup now`),
 //! `verify.requested` and `restore.requested`, and backs up on its own schedule. A backup
 //! ([`backup`]) streams `pg_dump` output and path archives from the engine through zstd into
-//! S3 multipart uploads ([`pipeline`], [`store`]), encrypted to the operator's age
-//! recipients when configured ([`encryption`]), and writes its [`manifest`] last; a
-//! verification ([`verify`]) loads every dump into a scratch server; a restore ([`restore`])
-//! checks every checksum before it touches anything. Old backups are pruned by
+//! S3 multipart uploads ([`pipeline`], [`steward_store::store`]), encrypted to the operator's
+//! age recipients when configured ([`encryption`]), and writes its [`steward_store::manifest`]
+//! last; a verification ([`verify`]) loads every dump into a scratch server; a restore
+//! ([`restore`]) checks every checksum before it touches anything. Old backups are pruned by
 //! [`retention`] after each scheduled backup.
 
 pub mod backup;
@@ -14,13 +14,11 @@ pub mod catalog;
 pub mod config;
 pub mod encryption;
 pub mod journal;
-pub mod manifest;
 pub mod pipeline;
 pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod service;
-pub mod store;
 pub mod targets;
 pub mod verify;
 

@@ -18,13 +18,13 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
+use steward_store::manifest::Component;
+use steward_store::store::{Store, StoreError, Stored};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::encryption::{self, Keys};
-use crate::manifest::Component;
 use crate::progress::Meter;
-use crate::store::{Store, StoreError, Stored};
 
 /// Bytes of input per zstd worker job.
 const JOB_SIZE: u32 = 2 << 20;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use steward_engine::ExecSpec;
 use steward_events::RestoreScope;
+use steward_store::manifest::{Component, Kind, Manifest};
 
 use crate::backup::{Backups, Failure};
 use crate::journal::RestoreJournal;
-use crate::manifest::{Component, Kind, Manifest};
 use crate::pipeline;
 use crate::verify::wait_ready;
 

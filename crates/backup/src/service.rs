@@ -14,16 +14,16 @@ use steward_events::{
     BackupVerified, Event, EventData, RestoreDone, RestoreFailed, VerifyFailed,
 };
 use steward_runtime::{Context, Handler, HandlerError};
+use steward_store::manifest;
+use steward_store::store::Store;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use crate::backup::Backups;
 use crate::config::BackupConfig;
 use crate::journal::{FlowRecord, Journal, RestoreJournal};
-use crate::manifest;
 use crate::progress;
 use crate::restore::Busy;
-use crate::store::Store;
 
 /// The backup service's event handler.
 #[derive(Debug, Clone)]

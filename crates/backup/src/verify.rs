@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use steward_engine::ExecSpec;
+use steward_store::catalog::VerifiedMark;
+use steward_store::manifest::{self, Component, Kind, Manifest};
 use time::OffsetDateTime;
 
 use crate::backup::{Backups, Failure};
-use crate::catalog::VerifiedMark;
-use crate::manifest::{self, Component, Kind, Manifest};
 use crate::pipeline;
 
 /// How long a scratch server may take to accept connections.

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{config, s3_config, store_for, Stack};
-use steward_backup::manifest::{self, Manifest, FORMAT, MANIFEST};
 use steward_backup::retention::Retention;
 use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::BackupReason;
+use steward_store::manifest::{self, Manifest, FORMAT, MANIFEST};
 use steward_testkit::{free_port, testbed, unique_name, wait_for};
 
 fn new_id() -> String {

@@ -7,10 +7,10 @@ use common::Stack;
 use sha2::{Digest, Sha256};
 use steward_backup::config::BackupConfig;
 use steward_backup::encryption::Keys;
-use steward_backup::manifest::Kind;
 use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::RestoreScope;
+use steward_store::manifest::Kind;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_brings_back_every_row_and_byte() {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt as _;
-use steward_backup::config::{normalise_prefix, S3Config};
-use steward_backup::store::Store;
 use steward_bus::{Bus, ReplayQuery};
 use steward_events::{
     BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope, Service,
     VerifyRequested,
 };
+use steward_store::config::{normalise_prefix, S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX};
+use steward_store::store::Store;
 use time::OffsetDateTime;
 
 use crate::Connection;
@@ -51,11 +51,11 @@ pub enum BackupCommand {
 /// The bucket, as the backup service is configured.
 #[derive(Debug, Args)]
 pub struct S3Args {
-    #[arg(long, env = "STEWARD_S3_BUCKET")]
+    #[arg(long, env = ENV_BUCKET)]
     bucket: String,
-    #[arg(long, env = "STEWARD_S3_PREFIX", default_value = "")]
+    #[arg(long, env = ENV_PREFIX, default_value = "")]
     prefix: String,
-    #[arg(long, env = "STEWARD_S3_ENDPOINT")]
+    #[arg(long, env = ENV_ENDPOINT)]
     endpoint: Option<String>,
 }
 
@@ -287,7 +287,7 @@ async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
     let config =
         S3Config { bucket: s3.bucket, prefix: normalise_prefix(&s3.prefix), endpoint: s3.endpoint };
     let store = Store::connect(&config).await;
-    let listed = steward_backup::catalog::list(&store).await?;
+    let listed = steward_store::catalog::list(&store).await?;
     let mut out = std::io::stdout().lock();
     if json {
         for l in &listed {

@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use steward_backup::config::{BackupConfig, S3Config};
+use steward_backup::config::BackupConfig;
 use steward_backup::encryption::Keys;
 use steward_backup::retention::Retention;
-use steward_backup::store::Store;
 use steward_backup::Backups;
 use steward_engine::Engine;
+use steward_store::config::S3Config;
+use steward_store::store::Store;
 use steward_testkit::docker::{docker, postgres, Container};
 use steward_testkit::{testbed, unique_name};
 
@@ -100,8 +101,8 @@ impl Stack {
     }
 
     /// A manual backup of the stack under a fresh id, which must succeed: id and manifest.
-    pub async fn back_up(&self) -> (String, steward_backup::manifest::Manifest) {
-        let id = steward_backup::manifest::new_backup_id(time::OffsetDateTime::now_utc());
+    pub async fn back_up(&self) -> (String, steward_store::manifest::Manifest) {
+        let id = steward_store::manifest::new_backup_id(time::OffsetDateTime::now_utc());
         let manifest = self
             .backups
             .take(&id, steward_events::BackupReason::Manual, &[])

@@ -1,0 +1,187 @@
+//! The manifest: what a backup holds, with a checksum of every stored object. It is uploaded
+//! last; a backup without one is incomplete and is never listed as usable or restored.
+
+use serde::{Deserialize, Serialize};
+use steward_events::BackupReason;
+use time::OffsetDateTime;
+
+/// Name of the manifest inside a backup's directory.
+pub const MANIFEST: &str = "manifest.json";
+/// Written by a successful `verify`.
+pub const VERIFIED: &str = "verified.json";
+/// The manifest format this build writes and reads.
+pub const FORMAT: u32 = 1;
+/// Manifests are small; anything bigger is not one.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// One backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The backup's id (its directory).
+    pub backup_id: String,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub taken_at: OffsetDateTime,
+    /// Why it was taken.
+    pub reason: BackupReason,
+    /// The Docker host it was taken from.
+    pub docker_host: String,
+    /// What it holds.
+    pub components: Vec<Component>,
+}
+
+/// What a component is, and what restoring it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    /// `pg_dump -Fc` of one database.
+    Postgres {
+        /// The database container.
+        container: String,
+        /// Its image at backup time (for a scratch server of the same version).
+        image: String,
+        /// `POSTGRES_USER`.
+        user: String,
+        /// `POSTGRES_DB`.
+        database: String,
+    },
+    /// A tar of one path, as the Docker archive API gives it.
+    Path {
+        /// The container.
+        container: String,
+        /// The absolute path.
+        path: String,
+    },
+    /// `docker inspect` of every container involved, as a JSON array: what a rebuild on an
+    /// empty host needs (images by digest, env, mounts, networks, labels).
+    Containers,
+}
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    /// Human name: `postgres/<container>`, `<container>:<path>`, `containers`.
+    pub name: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: Kind,
+    /// Object name relative to the prefix.
+    pub object: String,
+    /// `zstd`.
+    pub encoding: String,
+    /// Stored bytes.
+    pub stored_size: u64,
+    /// SHA-256 of the stored bytes.
+    pub stored_sha256: String,
+    /// Bytes before compression.
+    pub raw_size: u64,
+    /// SHA-256 before compression.
+    pub raw_sha256: String,
+}
+
+impl Manifest {
+    /// Total stored bytes.
+    pub fn stored_size(&self) -> u64 {
+        self.components.iter().map(|c| c.stored_size).sum()
+    }
+
+    /// Parses a manifest, refusing formats this build does not know.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("unreadable manifest: {e}"))?;
+        if m.format != FORMAT {
+            return Err(format!("manifest format {} (this build reads {FORMAT})", m.format));
+        }
+        Ok(m)
+    }
+}
+
+/// A new backup id: its UTC start time (so ids sort by age) and a random suffix.
+pub fn new_backup_id(at: OffsetDateTime) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", format_id_time(at), &suffix[..6])
+}
+
+fn format_id_time(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// The start time encoded in a backup id, if it is one.
+pub fn time_of_id(id: &str) -> Option<OffsetDateTime> {
+    let stamp = id.get(..16)?;
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::PrimitiveDateTime::parse(stamp, &format).ok().map(|t| t.assume_utc())
+}
+
+/// A safe object-name fragment for a container name or path.
+pub fn slug(s: &str) -> String {
+    let slug: String = s
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    if slug.is_empty() {
+        "_".into()
+    } else {
+        slug
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_time_and_sort_by_it() {
+        let t = time::macros::datetime!(2026-11-23 02:00:07 UTC);
+        let id = new_backup_id(t);
+        assert!(id.starts_with("20261123T020007Z-"), "{id}");
+        assert_eq!(time_of_id(&id), Some(t));
+        assert!(new_backup_id(t + time::Duration::seconds(1)) > id);
+        assert_eq!(time_of_id("not-a-backup"), None);
+    }
+
+    #[test]
+    fn manifests_round_trip_and_refuse_other_formats() {
+        let m = Manifest {
+            format: FORMAT,
+            backup_id: "20261123T020007Z-abcdef".into(),
+            taken_at: time::macros::datetime!(2026-11-23 02:00:07 UTC),
+            reason: BackupReason::Schedule,
+            docker_host: "unix:///var/run/docker.sock".into(),
+            components: vec![Component {
+                name: "app:/data".into(),
+                kind: Kind::Path { container: "app".into(), path: "/data".into() },
+                object: "x/app-data.tar.zst".into(),
+                encoding: "zstd".into(),
+                stored_size: 1,
+                stored_sha256: "a".repeat(64),
+                raw_size: 2,
+                raw_sha256: "b".repeat(64),
+            }],
+        };
+        let bytes = serde_json::to_vec(&m).unwrap_or_default();
+        assert_eq!(Manifest::parse(&bytes), Ok(m.clone()));
+        let other = serde_json::to_vec(&Manifest { format: 2, ..m }).unwrap_or_default();
+        assert!(Manifest::parse(&other).is_err_and(|e| e.contains("format 2")));
+        assert!(Manifest::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("/var/lib/data"), "var_lib_data");
+        assert_eq!(slug("gitea"), "gitea");
+        assert_eq!(slug("/"), "_");
+    }
+}
