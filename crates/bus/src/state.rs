@@ -139,6 +139,18 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         self.kv.delete(key).await.map_err(|e| BusError::nats("kv delete", e))
     }
 
+    /// Removes `key` only if it is still at `revision` (a newer value stays).
+    pub async fn delete_at(&self, key: &str, revision: u64) -> Result<(), BusError> {
+        self.kv.delete_expect_revision(key, Some(revision)).await.map_err(|e| match e.kind() {
+            kv::DeleteErrorKind::WrongLastRevision => BusError::Conflict {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                expected: Some(revision),
+            },
+            _ => BusError::nats("kv delete", e),
+        })
+    }
+
     /// Every key that holds a value.
     pub async fn keys(&self) -> Result<Vec<String>, BusError> {
         let keys = self.kv.keys().await.map_err(|e| BusError::nats("kv keys", e))?;

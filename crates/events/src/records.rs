@@ -50,6 +50,19 @@ pub struct WatchRecord {
 /// of a container at a time.
 pub const UPDATE_BUCKET: &str = "UPDATES";
 
+/// KV bucket of newer images that arrived while an update of their container was under way,
+/// by container name: the newest one only, applied once that update has ended.
+pub const UPDATE_QUEUE_BUCKET: &str = "UPDATE_QUEUE";
+
+/// A newer image waiting for the update in progress of its container to end (an
+/// `image.updated` is announced once per digest: dropped, it would never come again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedNews {
+    /// The `image.updated` event, as published (one).
+    #[serde(with = "outbox")]
+    pub events: Vec<Event>,
+}
+
 /// Where an update is. The updater advances it only with compare-and-set writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

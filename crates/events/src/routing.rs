@@ -156,7 +156,7 @@ impl Service {
         use crate::records::*;
         match self {
             Service::Watcher => &[WATCH_BUCKET],
-            Service::Updater => &[UPDATE_BUCKET, USED_LINKS_BUCKET],
+            Service::Updater => &[UPDATE_BUCKET, UPDATE_QUEUE_BUCKET, USED_LINKS_BUCKET],
             Service::Health => &[HEALTH_BUCKET],
             Service::Notifier => &[OUTBOX_BUCKET],
             Service::Backup | Service::Cli => &[],

@@ -460,3 +460,51 @@ async fn a_dependent_cut_off_half_way_through_its_recreation_is_repaired_on_resu
     };
     assert!(r.reason.contains("restarted"), "{}", r.reason);
 }
+
+/// A release that comes while the container's update is under way waits for it, then is
+/// applied: the watcher announces a digest once, so dropping it would lose it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_image_during_an_update_waits_for_it_and_is_applied_after() {
+    let bus = TestBus::new("updqueue").await;
+    let app = app(&["steward.update.policy=automatic"]);
+    let v2 = push_app("v2", &app.image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("start");
+    let requested = events(&bus).await.into_iter().last().expect("backup.requested");
+    assert_eq!(requested.event_type(), "backup.requested");
+
+    // v3 is released while v2's update waits for its backup: it waits, not dropped.
+    let v3 = push_app("v3", &app.image);
+    let (later, u3) = image_updated(&bus, &app, &v3).await;
+    flow.on_image_updated(&later, &u3).await.expect("queued");
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(record.to_digest.to_string(), v2, "the update in progress keeps the container");
+    assert!(flow.queue.get(&app.name).await.expect("queue").is_some(), "v3 waits");
+    // A redelivery of v2's news and the sweep leave it waiting while v2's update is on.
+    flow.on_image_updated(&event, &u).await.expect("redelivered");
+    flow.sweep().await.expect("sweep");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(record.to_digest.to_string(), v2);
+    let waiting = flow.queue.get(&app.name).await.expect("queue").expect("still waits").value;
+    assert_eq!(waiting.events.iter().map(|e| e.id).collect::<Vec<_>>(), [later.id]);
+
+    // v2's update ends (its backup failed); the next sweep takes v3 up.
+    let failed = Event::caused_by(
+        &requested,
+        "steward-backup/test",
+        BackupFailed { backup_id: None, reason: "S3 unreachable".into(), stderr_tail: vec![] },
+    );
+    bus.publish(&failed).await.expect("publish");
+    flow.on_backup_outcome(&failed).await.expect("outcome");
+    flow.sweep().await.expect("sweep");
+    let v3_claimed = wait_for("v3's update", Duration::from_secs(20), || {
+        let r = futures_lite_block(flow.records.get(&app.name)).ok().flatten()?.value;
+        (r.to_digest.to_string() == v3 && r.step == UpdateStep::AwaitingBackup).then_some(r)
+    });
+    assert_eq!(v3_claimed.news_id, Some(later.id));
+    wait_for("the queue emptied", Duration::from_secs(10), || {
+        futures_lite_block(flow.queue.get(&app.name)).ok()?.is_none().then_some(())
+    });
+}

@@ -13,13 +13,15 @@
 //! ```
 //! One file per step: [`start`], [`approval`], [`backup`], [`apply`] (pull and swap),
 //! [`health_gate`], [`rollback`], [`handover`] (the updater's own container: `HandingOver` to
-//! the successor, which concludes), and [`resume`] for what a restarted updater finds.
+//! the successor, which concludes), [`resume`] for what a restarted updater finds, and
+//! [`queue`] for a newer image that arrives while its container's update is under way.
 
 pub mod apply;
 pub mod approval;
 pub mod backup;
 pub mod handover;
 pub mod health_gate;
+pub mod queue;
 pub mod resume;
 pub mod rollback;
 pub mod start;
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use steward_bus::{Bus, BusError, StateStore, Versioned};
 use steward_engine::Engine;
-use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
+use steward_events::records::{QueuedNews, UpdateRecord, UPDATE_BUCKET, UPDATE_QUEUE_BUCKET};
 use steward_events::{Event, EventData};
 
 use crate::config::UpdaterConfig;
@@ -43,6 +45,8 @@ pub struct Flow {
     pub engine: Engine,
     /// Update records.
     pub records: StateStore<UpdateRecord>,
+    /// Newer images waiting for their container's update in progress to end.
+    pub queue: StateStore<QueuedNews>,
     /// Settings.
     pub cfg: UpdaterConfig,
     /// CloudEvents source of what the updater publishes.
@@ -97,8 +101,9 @@ impl Flow {
         source: String,
     ) -> Result<Self, BusError> {
         let records = StateStore::open(&bus, UPDATE_BUCKET).await?;
+        let queue = StateStore::open(&bus, UPDATE_QUEUE_BUCKET).await?;
         let own_id = handover::own_container_id();
-        Ok(Self { bus, engine, records, cfg, source, own_id, held: Default::default() })
+        Ok(Self { bus, engine, records, queue, cfg, source, own_id, held: Default::default() })
     }
 
     /// Claims container `name` for a task of this process; `None` while another one works

@@ -199,6 +199,9 @@ impl Flow {
                 tracing::warn!(container = %key, error = %e, "sweep: cannot drive this update on now");
             }
         }
+        if let Err(e) = self.run_queue().await {
+            tracing::warn!(error = %e, "sweep: cannot take up the images that wait");
+        }
         self.clean_leftovers().await
     }
 

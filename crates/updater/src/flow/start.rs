@@ -8,15 +8,25 @@ use steward_labels::compose::ComposeService;
 use steward_labels::Policy;
 use time::OffsetDateTime;
 
-use super::{Flow, FlowError};
+use super::{Flow, FlowError, Hold};
 
 impl Flow {
     /// Handles a newer image for a container on this host.
     pub async fn on_image_updated(&self, event: &Event, u: &ImageUpdated) -> Result<(), FlowError> {
-        let Some(_hold) = self.hold(&u.container) else {
-            tracing::warn!(container = %u.container, "an update of this container is in hand; the newer image waits for the next check");
-            return Ok(());
+        let Some(hold) = self.hold(&u.container) else {
+            // A task of this process works on the container: the news waits for it to end.
+            return self.queue_news(event, u).await;
         };
+        self.take_news(event, u, hold).await
+    }
+
+    /// [`Flow::on_image_updated`] with the container held by the caller.
+    pub(super) async fn take_news(
+        &self,
+        event: &Event,
+        u: &ImageUpdated,
+        _hold: Hold,
+    ) -> Result<(), FlowError> {
         let current = self.records.get(&u.container).await?;
         if let Some(v) = current.as_ref() {
             if v.value.news_id == Some(event.id) {
@@ -100,10 +110,9 @@ impl Flow {
                 self.records.update(&u.container, &record, v.revision).await?
             }
             Some(v) => {
-                // Left by a flow that died or gave up: driven on, and this newer image waits
-                // for the next check.
-                tracing::warn!(container = %u.container, active = %v.value.update_id, step = ?v.value.step,
-                    "an update of this container is in progress; the newer image waits for the next check");
+                // An update in progress keeps the container: this newer image waits for it to
+                // end. A flow that died or gave up is driven on meanwhile.
+                self.queue_news(event, u).await?;
                 return self.drive(v).await;
             }
         };
