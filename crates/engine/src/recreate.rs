@@ -97,7 +97,7 @@ fn unless_default<T: PartialEq + Clone>(value: &Option<T>, default: &Option<T>) 
 }
 
 /// The operator's part of a container's config, for a container of `image`.
-pub fn creation_body(
+pub(crate) fn creation_body(
     old: &ContainerInspectResponse,
     old_image: &ContainerConfig,
     image: &str,
