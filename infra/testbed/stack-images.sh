@@ -19,7 +19,7 @@ STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
 mkdir -p "$STATE/logs"
 log() { printf '[stack-images] %s\n' "$*" >&2; }
 REV=2
-BINARIES=(steward steward-watcher steward-updater steward-backup steward-health steward-notifier)
+BINARIES=(steward steward-watcher steward-updater steward-backup steward-health steward-notifier steward-sockproxy)
 
 have() { [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.rev"}}' "$1" 2>/dev/null)" = "$REV" ]; }
 
@@ -69,10 +69,13 @@ steward_image() {
   copy_libs "$ctx/root" "${BINARIES[@]/#/$dir/}"
   cp -L --parents /etc/ssl/certs/ca-certificates.crt "$ctx/root"
   tar -C / -cf - usr/share/zoneinfo | tar -C "$ctx/root" -xf -
+  # The socket proxy's socket directories, owned by 10001 (a fresh volume takes this owner).
+  mkdir -p "$ctx/sockets/watcher" "$ctx/sockets/health" "$ctx/sockets/updater" "$ctx/sockets/backup"
   # Keep in step with ../../Dockerfile's final stage.
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM scratch
 COPY root/ /
+COPY --chown=10001:10001 sockets/ /run/steward-docker/
 ENV PATH=/usr/local/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt MALLOC_ARENA_MAX=2
 USER 10001:10001
