@@ -4,7 +4,9 @@
 //! an operator has: the stack's CLI container, the mail, the approval link.
 //!
 //! 1. Everything comes up healthy in order, each service's NATS user is refused outside its
-//!    role, and a backup requested with the stack's own CLI lands in the stack's S3 server.
+//!    role, only the socket proxy holds the Docker socket and the watcher's socket from it
+//!    lists but cannot create or exec, and a backup requested with the stack's own CLI lands
+//!    in the stack's S3 server.
 //! 2. The whole story: a new Gitea version pushed to the registry → a mail asking for
 //!    approval → the link's POST → backup → update → healthy; a broken version → rollback
 //!    with the reason in the mail; deleted data back from the latest backup; `steward audit`
@@ -19,8 +21,17 @@ use steward_testkit::docker::{docker, push_app, ImageTag};
 use steward_testkit::{free_port, unique_name, wait_for};
 
 /// Every long-running service of the stack.
-const SERVICES: [&str; 10] = [
-    "postgres", "gitea", "nginx", "certbot", "nats", "watcher", "updater", "backup", "health",
+const SERVICES: [&str; 11] = [
+    "postgres",
+    "gitea",
+    "nginx",
+    "certbot",
+    "nats",
+    "sockproxy",
+    "watcher",
+    "updater",
+    "backup",
+    "health",
     "notifier",
 ];
 const BUCKET: &str = "gitea-backups";
@@ -195,6 +206,15 @@ impl Stack {
         log.lines().filter(|l| l.contains("Violation")).map(str::to_owned).collect()
     }
 
+    /// The calls the socket proxy refused (its log lines).
+    fn docker_refusals(&self) -> Vec<String> {
+        let out = Command::new("docker").args(["logs", &self.container("sockproxy")]).output();
+        let log = out
+            .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
+            .expect("sockproxy logs");
+        log.lines().filter(|l| l.contains("\"message\":\"refused\"")).map(str::to_owned).collect()
+    }
+
     /// Every flow `steward audit --json` shows.
     fn audit(&self) -> Vec<serde_json::Value> {
         ok(&self.steward(&["audit", "--json"]))
@@ -300,15 +320,55 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
     let started = stack.up();
     eprintln!("stack healthy {:.1} s after `docker-compose up`", started.elapsed().as_secs_f64());
 
-    // Only the services that need it have the Docker socket.
-    for service in ["notifier", "nats", "gitea", "nginx", "postgres"] {
-        let mounts = ok(&Command::new("docker")
-            .args(["inspect", "-f", "{{range .Mounts}}{{.Source}} {{end}}"])
+    // Only the socket proxy has the Docker socket; the four services that talk to Docker
+    // each have their own socket from it.
+    let mounts = |service: &str| {
+        ok(&Command::new("docker")
+            .args(["inspect", "-f", "{{range .Mounts}}{{.Source}}={{.Destination}} {{end}}"])
             .arg(stack.container(service))
             .output()
-            .expect("inspect"));
-        assert!(!mounts.contains("docker.sock"), "{service} mounts the Docker socket");
+            .expect("inspect"))
+    };
+    for service in SERVICES.iter().filter(|s| **s != "sockproxy") {
+        assert!(!mounts(service).contains("docker.sock"), "{service} mounts the Docker socket");
     }
+    assert!(mounts("sockproxy").contains("/var/run/docker.sock=/var/run/docker.sock"));
+    let proxy_checked = Instant::now();
+    let socket_of = |role: &str| {
+        let volume = format!("{}_docker-{role}", stack.project);
+        let dir = docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", &volume]);
+        let mounted = mounts(role);
+        assert!(mounted.contains(&format!("{dir}=/run/steward-docker")), "{role}: {mounted}");
+        for other in ["watcher", "health", "updater", "backup"].iter().filter(|o| **o != role) {
+            assert!(!mounts(other).contains(&dir), "{other} mounts {role}'s socket");
+        }
+        format!("unix://{dir}/docker.sock")
+    };
+    // The watcher's socket, as the watcher uses it, with the Docker CLI: listing works,
+    // creating a container or an exec is refused.
+    let watcher = socket_of("watcher");
+    let cli = |host: &str, args: &[&str]| {
+        Command::new("docker").args(["-H", host]).args(args).output().expect("docker CLI")
+    };
+    let listed = ok(&cli(&watcher, &["ps", "--format", "{{.Names}}"]));
+    assert!(listed.contains(&stack.container("postgres")), "{listed}");
+    let postgres = stack.container("postgres");
+    let refusals: [(&str, Vec<&str>); 4] = [
+        ("watcher", vec!["exec", &postgres, "true"]),
+        ("watcher", vec!["create", "steward-test/busybox:latest", "true"]),
+        ("watcher", vec!["stop", &postgres]),
+        ("health", vec!["create", "steward-test/busybox:latest", "true"]),
+    ];
+    for (role, args) in &refusals {
+        let out = cli(&socket_of(role), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("steward-sockproxy"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(stack.health("postgres"), "healthy", "the refused stop did not happen");
+    eprintln!("socket proxy checks: {:.1} s", proxy_checked.elapsed().as_secs_f64());
 
     // Each service's NATS user is refused outside its role; the CLI's user may approve.
     let data = r#"{"update_id":"0190a0a0-0000-7000-8000-000000000000","by":"e2e"}"#;
@@ -339,6 +399,12 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
     assert!(refused("notifier", "update.approved"), "{violations:#?}");
     assert!(refused("watcher", "backup.requested"), "{violations:#?}");
     assert_eq!(violations.len(), 2, "{violations:#?}");
+    // Likewise the socket proxy: the four refusals above, and nothing the services did.
+    let refused = stack.docker_refusals();
+    assert_eq!(refused.len(), refusals.len(), "{refused:#?}");
+    assert!(refused
+        .iter()
+        .all(|l| l.contains("\"role\":\"watcher\"") || l.contains("\"role\":\"health\"")));
 
     // Idle memory of each Steward service, for the record (benches/stack.sh reports it).
     for service in ["watcher", "updater", "backup", "health", "notifier"] {
@@ -485,8 +551,9 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
     assert!(event_types(rolled_back[0]).iter().any(|t| t == "backup.done"));
     assert_eq!(flows(&audit, "restore", "done").len(), 1, "{audit:#?}");
     assert_eq!(flows(&audit, "certs", "renewed").len(), 1, "{audit:#?}");
-    // All of it within each service's NATS permissions.
+    // All of it within each service's NATS permissions and Docker allow-list.
     assert_eq!(stack.nats_violations(), Vec::<String>::new());
+    assert_eq!(stack.docker_refusals(), Vec::<String>::new());
 
     // Monitoring (profile `monitoring`): Prometheus scrapes all five services, and every
     // metric the Grafana dashboard queries is one they expose.
