@@ -46,8 +46,15 @@ const OWNED_EXCEPTIONS: [(&str, &str, Kind, &str); 2] = [
 ];
 
 /// Service-only crates the backup bucket's crate must not bring into the CLI.
-const NOT_IN_STORE: [&str; 6] =
-    ["bollard", "async-nats", "age", "steward-engine", "steward-bus", "steward-runtime"];
+const NOT_IN_STORE: [&str; 7] = [
+    "bollard",
+    "async-nats",
+    "age",
+    "async-compression",
+    "steward-engine",
+    "steward-bus",
+    "steward-runtime",
+];
 
 /// Known debt: the CLI reaches the engine (and bollard) through `steward-runtime` only, which
 /// it uses for `Env` (the `_FILE` secrets) and `event_source`; runtime depends on the engine
