@@ -220,49 +220,78 @@ impl HealthService {
                 let label = ProbeLabel { container: name.clone(), check: "http".into() };
                 self.inner.latency.get_or_create(&label).set(latency.as_secs_f64());
             }
-            let mut tracks = self.inner.tracks.lock().await;
-            let track = tracks.entry(name.clone()).or_insert_with(|| Track::new(&name));
-            let before = track.clone();
-            let transition =
-                track.observe(&round, now, self.inner.cfg.failures, self.inner.cfg.recoveries);
-            let gone = round.id.is_none() && matches!(round.verdict, Verdict::Fail { .. });
-            let label = ContainerLabel { container: name.clone() };
-            self.inner.up.get_or_create(&label).set(i64::from(!track.down));
+            // The track changes under the lock; the lock is not held while publishing (NATS
+            // may take its retry bound), so the event handlers are never kept waiting.
+            let (before, event) = {
+                let mut tracks = self.inner.tracks.lock().await;
+                let track = tracks.entry(name.clone()).or_insert_with(|| Track::new(&name));
+                let before = track.clone();
+                let transition =
+                    track.observe(&round, now, self.inner.cfg.failures, self.inner.cfg.recoveries);
+                self.inner.up.get_or_create(&label_of(&name)).set(i64::from(!track.down));
+                let event = match transition {
+                    Some(Transition::Failed(f)) => {
+                        tracing::warn!(container = %name, check = %f.check, reason = %f.reason, "container unhealthy");
+                        let event = Event::new(ctx.source(), f);
+                        track.outage = Some(event.correlation_id);
+                        Some(event)
+                    }
+                    Some(Transition::Recovered(r)) => {
+                        tracing::info!(container = %name, down_for_ms = r.down_for_ms, "container recovered");
+                        Some(recovery(ctx, r, track.outage.take()))
+                    }
+                    None => None,
+                };
+                (before, event)
+            };
             // Publish first: a transition lost to a crash is found again by the next round,
             // because the track is only saved after its event is out.
-            let published = match &transition {
-                Some(Transition::Failed(f)) => {
-                    tracing::warn!(container = %name, check = %f.check, reason = %f.reason, "container unhealthy");
-                    let event = Event::new(ctx.source(), f.clone());
-                    track.outage = Some(event.correlation_id);
-                    ctx.bus.publish(&event).await.map(|_| ())
+            if let Some(event) = &event {
+                if let Err(e) = ctx.bus.publish(event).await {
+                    // Not out: forget this round, so the next one declares the transition
+                    // again (unless a handler changed the track meanwhile: its word stands).
+                    let mut tracks = self.inner.tracks.lock().await;
+                    if let Some(track) = tracks.get_mut(&name) {
+                        if event_of(track, event) {
+                            *track = before;
+                        }
+                    }
+                    return Err(e.into());
                 }
-                Some(Transition::Recovered(r)) => {
-                    tracing::info!(container = %name, down_for_ms = r.down_for_ms, "container recovered");
-                    let event = recovery(ctx, r.clone(), track.outage.take());
-                    ctx.bus.publish(&event).await.map(|_| ())
-                }
-                None => Ok(()),
-            };
-            if let Err(e) = published {
-                // Not out: forget this round, so the next one declares the transition again.
-                *track = before;
-                return Err(e.into());
             }
+            let mut tracks = self.inner.tracks.lock().await;
+            let Some(track) = tracks.get_mut(&name) else { continue };
+            let gone = round.id.is_none() && matches!(round.verdict, Verdict::Fail { .. });
             let forgotten = track.failing_since.is_some_and(|t| now - t > FORGET_GONE);
             if gone && track.down && forgotten {
                 // Reported once; a container removed for good is not probed forever.
                 let key = track.container.clone();
                 tracks.remove(&name);
-                self.inner.up.remove(&label);
+                drop(tracks);
+                self.inner.up.remove(&label_of(&name));
                 self.inner.store.delete(&key).await?;
                 continue;
             }
             if *track != before {
-                self.inner.store.put(&name, track).await?;
+                let saved = track.clone();
+                drop(tracks);
+                self.inner.store.put(&name, &saved).await?;
             }
         }
         Ok(())
+    }
+}
+
+fn label_of(name: &str) -> ContainerLabel {
+    ContainerLabel { container: name.to_owned() }
+}
+
+/// Whether `track` is still as the round that made `event` left it (its outage is the
+/// event's flow, or was just closed by it).
+fn event_of(track: &Track, event: &Event) -> bool {
+    match &event.data {
+        steward_events::EventData::HealthFailed(_) => track.outage == Some(event.correlation_id),
+        _ => track.outage.is_none() && !track.down,
     }
 }
 
