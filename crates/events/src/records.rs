@@ -241,3 +241,51 @@ mod outbox {
         raw.iter().map(|r| Event::decode(r.get().as_bytes()).map_err(D::Error::custom)).collect()
     }
 }
+
+#[cfg(test)]
+mod compatibility {
+    //! The records are an API between services (see `docs/architecture.md`, "Shared
+    //! records"): a record written by an older version reads, and so does one a newer version
+    //! wrote with a field this one does not know.
+
+    use super::*;
+
+    const OLD_WATCH: &str = r#"{"container":"gitea","image":"gitea/gitea:1.22","policy":"manual",
+        "running_digest":null,"newest_digest":null,"reported_digest":null,
+        "checked_at":"2026-11-01T03:00:00Z"}"#;
+
+    const OLD_UPDATE: &str = r#"{"update_id":"01a20903-c44e-766b-a4d4-a8f046d03cf5",
+        "container":"gitea","image":"gitea/gitea:1.22",
+        "from_digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "to_digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        "policy":"manual","correlation_id":"01a20903-c44e-766b-a4d4-a8f046d03cf6",
+        "last_event_id":"01a20903-c44e-766b-a4d4-a8f046d03cf7","step":"pending",
+        "started_at":"2026-11-01T03:00:01Z"}"#;
+
+    #[test]
+    fn records_of_the_first_version_still_read() {
+        let w: WatchRecord = serde_json::from_str(OLD_WATCH).expect("old watch record");
+        assert_eq!(w.newest_seen_at, None);
+        let u: UpdateRecord = serde_json::from_str(OLD_UPDATE).expect("old update record");
+        assert_eq!(u.step, UpdateStep::Pending);
+        assert!(u.outbox.is_empty() && u.dependents.is_empty() && u.approval_expires.is_none());
+    }
+
+    #[test]
+    fn a_field_added_by_a_newer_version_is_ignored() {
+        let newer = OLD_UPDATE.replacen('{', r#"{"added_later":{"any":["shape"]},"#, 1);
+        let u: UpdateRecord = serde_json::from_str(&newer).expect("newer update record");
+        assert_eq!(u.container, "gitea");
+        let newer = OLD_WATCH.replacen('{', r#"{"added_later":1,"#, 1);
+        serde_json::from_str::<WatchRecord>(&newer).expect("newer watch record");
+    }
+
+    #[test]
+    fn what_a_record_writes_reads_back() {
+        let u: UpdateRecord = serde_json::from_str(OLD_UPDATE).expect("old update record");
+        let again: UpdateRecord =
+            serde_json::from_str(&serde_json::to_string(&u).expect("encode")).expect("decode");
+        assert_eq!(again.update_id, u.update_id);
+        assert_eq!(again.step, u.step);
+    }
+}
