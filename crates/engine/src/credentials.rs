@@ -2,6 +2,8 @@
 //! (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, including credential helpers),
 //! as `docker login` wrote them.
 
+use steward_imageref::ImageRef;
+
 /// Credentials for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub enum RegistryCredentials {
@@ -21,27 +23,10 @@ impl std::fmt::Debug for RegistryCredentials {
     }
 }
 
-/// The registry host of an image reference, the way Docker reads it: the first path component
-/// if it has a `.` or `:` or is `localhost`, else Docker Hub (`docker.io`).
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
-}
-
-/// Credentials for `registry` (`docker.io`, `ghcr.io`, `127.0.0.1:5001`), if the operator
-/// logged in to it.
-pub fn registry_credentials(registry: &str) -> Option<RegistryCredentials> {
-    // Docker stores Hub credentials under its v1 index URL.
-    let key = if registry == "docker.io" || registry == "index.docker.io" {
-        "https://index.docker.io/v1/"
-    } else {
-        registry
-    };
-    match docker_credential::get_credential(key) {
+/// Credentials for the registry of `image`, if the operator logged in to it (keyed as
+/// `docker login` keys them: [`ImageRef::credential_key`]).
+pub fn registry_credentials(image: &ImageRef) -> Option<RegistryCredentials> {
+    match docker_credential::get_credential(image.credential_key()) {
         Ok(docker_credential::DockerCredential::UsernamePassword(user, pass)) => {
             Some(RegistryCredentials::Basic(user, pass))
         }
@@ -49,19 +34,5 @@ pub fn registry_credentials(registry: &str) -> Option<RegistryCredentials> {
             Some(RegistryCredentials::IdentityToken(token))
         }
         Err(_) => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::registry_of;
-
-    #[test]
-    fn registries_are_read_as_docker_reads_them() {
-        assert_eq!(registry_of("nginx:1.27"), "docker.io");
-        assert_eq!(registry_of("gitea/gitea:1.22"), "docker.io");
-        assert_eq!(registry_of("ghcr.io/org/app:1"), "ghcr.io");
-        assert_eq!(registry_of("127.0.0.1:5000/demo/app:1.0"), "127.0.0.1:5000");
-        assert_eq!(registry_of("localhost/app"), "localhost");
     }
 }

@@ -14,7 +14,7 @@ mod deadline;
 mod ops;
 pub mod recreate;
 mod streams;
-pub use credentials::{registry_credentials, registry_of, RegistryCredentials};
+pub use credentials::{registry_credentials, RegistryCredentials};
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use ops::{ExecOutput, HealthView, ListedContainer};
 pub use recreate::Replacement;

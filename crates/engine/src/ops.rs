@@ -8,6 +8,7 @@ use bollard::query_parameters::{
     CreateImageOptions, ListContainersOptionsBuilder, LogsOptions, TagImageOptions,
 };
 use futures::StreamExt;
+use steward_imageref::ImageRef;
 
 use crate::{Engine, EngineError};
 
@@ -26,21 +27,24 @@ pub struct HealthView {
 }
 
 impl Engine {
-    /// Pulls `repository@digest` and points `repository:tag` at it, so the container is
+    /// Pulls `image`'s repository at `digest` and points its `tag` at it, so the container is
     /// created from its tag (and stays watchable) but gets exactly the digest that was checked.
     /// Credentials come from the operator's Docker config, as for `docker pull`.
     pub async fn pull_digest(
         &self,
-        repository: &str,
+        image: &ImageRef,
         digest: &str,
         tag: &str,
     ) -> Result<(), EngineError> {
         // Pulls come as progress messages: the deadline bounds each one, not the whole pull.
         let docker = self.client()?;
+        // Docker's familiar form (`gitea/gitea`, `127.0.0.1:5000/app`): the same repository to
+        // the engine, and the name Docker itself shows for it.
+        let repository = image.familiar_name();
         let reference = format!("{repository}@{digest}");
         let what = format!("pull {reference}");
-        let registry = crate::registry_of(repository);
-        let credentials = crate::registry_credentials(registry).map(|c| match c {
+        let registry = image.registry();
+        let credentials = crate::registry_credentials(image).map(|c| match c {
             crate::RegistryCredentials::Basic(username, password) => DockerCredentials {
                 username: Some(username),
                 password: Some(password),
@@ -65,8 +69,7 @@ impl Engine {
                 return Err(self.failed(&what, error));
             }
         }
-        let options =
-            TagImageOptions { repo: Some(repository.to_owned()), tag: Some(tag.to_owned()) };
+        let options = TagImageOptions { repo: Some(repository.clone()), tag: Some(tag.to_owned()) };
         self.timed(docker.tag_image(&reference, Some(options)))
             .await
             .map_err(|e| self.call_failed(&format!("tag {reference} as {repository}:{tag}"), e))

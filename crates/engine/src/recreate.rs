@@ -485,7 +485,9 @@ impl Engine {
         Ok(Some(
             digests
                 .iter()
-                .filter_map(|rd| rd.rsplit_once('@').map(|(_, d)| d.to_owned()))
+                .filter_map(|rd| {
+                    steward_imageref::ImageRef::parse(rd).ok()?.digest().map(str::to_owned)
+                })
                 .collect(),
         ))
     }

@@ -52,7 +52,8 @@ async fn a_stalled_engine_times_out_every_call_by_name_and_the_handle_recovers()
     let image = format!("{}/{}:v1", registry(), unique_name("stall-pull"));
     let _tag = ImageTag(image.clone());
     let digest = push_app("v1", &image);
-    let repository = image.trim_end_matches(":v1").to_owned();
+    let pulled_image = steward_imageref::ImageRef::parse(&image).expect("test image reference");
+    let repository = pulled_image.familiar_name();
     let proxy = StallProxy::docker();
     let engine = Engine::new(proxy.docker_host(), DEADLINE);
     assert_eq!(engine.is_running(&name).await.expect("through the proxy"), Some(true));
@@ -70,7 +71,7 @@ async fn a_stalled_engine_times_out_every_call_by_name_and_the_handle_recovers()
     let exec = format!("exec in {name}");
     took.push(times_out(&exec, DEADLINE, engine.exec(&name, vec!["true".into()], 5)).await);
     let pull = format!("pull {repository}@{digest}");
-    let pulled = engine.pull_digest(&repository, &digest, "stalled");
+    let pulled = engine.pull_digest(&pulled_image, &digest, "stalled");
     took.push(times_out(&pull, DEADLINE, pulled).await);
     let logs = format!("read logs of {name}");
     took.push(times_out(&logs, DEADLINE, engine.logs_tail(&name, 5)).await);
@@ -92,7 +93,7 @@ async fn a_stalled_engine_times_out_every_call_by_name_and_the_handle_recovers()
     engine.stop(&name, 1).await.expect("stop");
     assert_eq!(engine.is_running(&name).await.expect("inspect"), Some(false));
     engine.start(&name).await.expect("start");
-    engine.pull_digest(&repository, &digest, "v1").await.expect("pull");
+    engine.pull_digest(&pulled_image, &digest, "v1").await.expect("pull");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

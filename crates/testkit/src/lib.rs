@@ -449,10 +449,9 @@ pub mod docker {
     impl Drop for ImageTag {
         fn drop(&mut self) {
             let _ = Command::new("docker").args(["rmi", "--no-prune", &self.0]).output();
-            let name_end = self.0.rfind('/').unwrap_or(0);
-            let repository = match self.0[name_end..].find(':') {
-                Some(colon) => &self.0[..name_end + colon],
-                None => &self.0,
+            let repository = match steward_imageref::ImageRef::parse(&self.0) {
+                Ok(image) => image.familiar_name(),
+                Err(_) => return,
             };
             let listed = Command::new("docker")
                 .args([
@@ -460,7 +459,7 @@ pub mod docker {
                     "--digests",
                     "--format",
                     "{{.Repository}}@{{.Digest}}",
-                    repository,
+                    &repository,
                 ])
                 .output();
             let Ok(listed) = listed else { return };

@@ -107,7 +107,7 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
     let started = Instant::now();
-    let refs: Vec<oci_client::Reference> =
+    let refs: Vec<steward_imageref::ImageRef> =
         (0..n).map(|i| format!("{reg}/{repo}:t{i}").parse().expect("reference")).collect();
     let heads =
         futures::future::join_all(refs.iter().map(|r| checker.registries.manifest_digest(r))).await;

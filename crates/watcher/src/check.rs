@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use oci_client::Reference;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +22,7 @@ use steward_bus::{Bus, StateStore};
 use steward_engine::{ContainerInfo, Engine};
 use steward_events::records::{WatchRecord, WATCH_BUCKET};
 use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_imageref::ImageRef;
 use steward_labels::compose::{dependency_order, ComposeService};
 use time::OffsetDateTime;
 
@@ -80,7 +80,7 @@ impl std::fmt::Debug for Checker {
 /// A container that passed the label and reference checks.
 struct Target {
     info: ContainerInfo,
-    reference: Reference,
+    reference: ImageRef,
     labels: steward_labels::WatchLabels,
 }
 
@@ -200,7 +200,7 @@ impl Checker {
         repo_digests: &HashMap<String, Result<Vec<String>, String>>,
         cause: Option<&Event>,
     ) -> Outcome {
-        let registry = t.reference.resolve_registry().to_owned();
+        let registry = t.reference.as_oci().resolve_registry().to_owned();
         let count = |outcome: &str| {
             self.outcomes
                 .get_or_create(&RegistryLabels {
@@ -316,11 +316,11 @@ impl Checker {
         if let (Some(rule), Some(tag)) = (&t.labels.tags, t.reference.tag()) {
             let tags = self.registries.tags(&t.reference).await?;
             if let Some(newer) = rule.newest(tag, tags.iter().map(String::as_str)) {
-                let r = Reference::with_tag(
-                    t.reference.registry().to_owned(),
-                    t.reference.repository().to_owned(),
-                    newer.to_owned(),
-                );
+                // A tag the registry listed that no reference can carry is its fault.
+                let r = t.reference.with_tag(newer).map_err(|e| RegistryError::Protocol {
+                    registry: t.reference.registry().to_owned(),
+                    reason: format!("listed tag {newer:?}: {e}"),
+                })?;
                 return Ok((Some(newer.to_owned()), self.registries.manifest_digest(&r).await?));
             }
         }
@@ -397,9 +397,8 @@ fn running_digests(t: &Target, repo_digests: &[String]) -> Vec<Digest> {
     repo_digests
         .iter()
         .filter_map(|rd| {
-            let r = Reference::try_from(rd.as_str()).ok()?;
-            let same = r.registry() == t.reference.registry()
-                && r.repository() == t.reference.repository();
+            let r = ImageRef::parse(rd).ok()?;
+            let same = r.same_repository(&t.reference);
             same.then(|| r.digest().and_then(|d| Digest::parse(d).ok())).flatten()
         })
         .collect()
@@ -415,10 +414,11 @@ fn target(info: ContainerInfo) -> Result<Option<Target>, (String, String)> {
     }
     let watch =
         steward_labels::watch_labels(labels).map_err(|e| (info.name.clone(), e.to_string()))?;
-    let reference = Reference::try_from(info.image_ref.as_str()).map_err(|e| {
-        (info.name.clone(), format!("image reference {:?} does not parse: {e}", info.image_ref))
-    })?;
-    if reference.tag().is_none() && reference.digest().is_some() {
+    let reference =
+        ImageRef::parse(&info.image_ref).map_err(|e| (info.name.clone(), e.to_string()))?;
+    // One meaning with the updater: a digest pins the image even with a tag beside it (Docker
+    // runs the digest), so there is nothing to update and nothing to watch.
+    if reference.is_pinned() {
         return Err((
             info.name,
             format!("image {} is pinned by digest; nothing to watch", info.image_ref),

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
+use oci_client::RegistryOperation;
 use steward_events::Digest;
+use steward_imageref::ImageRef;
 use tokio::sync::Semaphore;
 
 /// Media types accepted for a manifest HEAD: indexes first, as `docker pull` sends them.
@@ -189,8 +190,8 @@ impl Registries {
     }
 
     /// The digest the registry holds for `reference`'s tag.
-    pub async fn manifest_digest(&self, reference: &Reference) -> Result<Digest, RegistryError> {
-        let host = self.host(reference.resolve_registry());
+    pub async fn manifest_digest(&self, reference: &ImageRef) -> Result<Digest, RegistryError> {
+        let host = self.host(reference.as_oci().resolve_registry());
         let tag = reference.tag().unwrap_or("latest");
         let url = format!(
             "{}://{}/v2/{}/manifests/{}",
@@ -242,7 +243,7 @@ impl Registries {
                 404 => {
                     return Err(RegistryError::NotFound {
                         registry: host.name.clone(),
-                        reference: reference.whole(),
+                        reference: reference.to_string(),
                     })
                 }
                 429 => {
@@ -273,21 +274,21 @@ impl Registries {
     }
 
     /// Every tag of `reference`'s repository (all pages).
-    pub async fn tags(&self, reference: &Reference) -> Result<Vec<String>, RegistryError> {
-        let host = self.host(reference.resolve_registry());
+    pub async fn tags(&self, reference: &ImageRef) -> Result<Vec<String>, RegistryError> {
+        let host = self.host(reference.as_oci().resolve_registry());
         self.wait_for_gate(&host).await?;
         let _permit = host.permits.acquire().await.map_err(|_| RegistryError::Unreachable {
             registry: host.name.clone(),
             reason: "shutting down".into(),
         })?;
-        let auth = credentials(reference.registry()).unwrap_or(RegistryAuth::Anonymous);
+        let auth = credentials(reference).unwrap_or(RegistryAuth::Anonymous);
         let mut tags: Vec<String> = vec![];
         let mut last: Option<String> = None;
         // Bounded: 100 pages of 1,000 tags.
         for _ in 0..100 {
             let page = tokio::time::timeout(
                 self.cfg.timeout,
-                host.oci.list_tags(reference, &auth, Some(1000), last.as_deref()),
+                host.oci.list_tags(reference.as_oci(), &auth, Some(1000), last.as_deref()),
             )
             .await
             .map_err(|_| RegistryError::Unreachable {
@@ -334,7 +335,7 @@ impl Registries {
         }
     }
 
-    fn forget_auth(&self, host: &Host, reference: &Reference) {
+    fn forget_auth(&self, host: &Host, reference: &ImageRef) {
         host.auth.lock().unwrap_or_else(|p| p.into_inner()).remove(reference.repository());
     }
 
@@ -343,7 +344,7 @@ impl Registries {
     async fn authorization(
         &self,
         host: &Host,
-        reference: &Reference,
+        reference: &ImageRef,
     ) -> Result<Option<String>, RegistryError> {
         if let Some((header, at)) =
             host.auth.lock().unwrap_or_else(|p| p.into_inner()).get(reference.repository())
@@ -352,11 +353,11 @@ impl Registries {
                 return Ok(header.clone());
             }
         }
-        let creds = credentials(reference.registry());
+        let creds = credentials(reference);
         let auth = creds.clone().unwrap_or(RegistryAuth::Anonymous);
         let token = tokio::time::timeout(
             self.cfg.timeout,
-            host.oci.auth(reference, &auth, RegistryOperation::Pull),
+            host.oci.auth(reference.as_oci(), &auth, RegistryOperation::Pull),
         )
         .await
         .map_err(|_| RegistryError::Unreachable {
@@ -403,9 +404,9 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
-/// The operator's `docker login` credentials for a registry, in oci-client's terms.
-fn credentials(registry: &str) -> Option<RegistryAuth> {
-    steward_engine::registry_credentials(registry).map(|c| match c {
+/// The operator's `docker login` credentials for `reference`'s registry, in oci-client's terms.
+fn credentials(reference: &ImageRef) -> Option<RegistryAuth> {
+    steward_engine::registry_credentials(reference).map(|c| match c {
         steward_engine::RegistryCredentials::Basic(user, pass) => RegistryAuth::Basic(user, pass),
         steward_engine::RegistryCredentials::IdentityToken(token) => RegistryAuth::Bearer(token),
     })

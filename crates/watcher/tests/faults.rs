@@ -210,13 +210,10 @@ async fn a_hanging_registry_times_out_without_holding_the_other_back() {
 }
 
 impl Fixture {
+    /// `127.0.0.1:PORT`: the registry of the proxied container's image.
     fn proxied_registry(&self) -> String {
-        let port = self.proxy_port();
-        format!("127.0.0.1:{port}")
-    }
-
-    fn proxy_port(&self) -> String {
         let image = docker(&["inspect", "-f", "{{.Config.Image}}", &self.proxied]);
-        image.split('/').next().and_then(|h| h.split(':').nth(1)).unwrap_or_default().to_owned()
+        let image = steward_imageref::ImageRef::parse(image.trim()).expect("image reference");
+        image.registry().to_owned()
     }
 }

@@ -4,30 +4,44 @@ use steward_bus::Versioned;
 use steward_engine::Replacement;
 use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::UpdateSucceeded;
+use steward_imageref::{ImageRef, ImageRefError};
 use time::OffsetDateTime;
 
 use super::{Flow, FlowError};
 
-/// `repository` and `tag` of a reference (`127.0.0.1:5000/app:1.0` → `127.0.0.1:5000/app`,
-/// `1.0`); the newer tag replaces the tag when tag tracking found one.
-pub fn split_reference(image: &str, new_tag: Option<&str>) -> (String, String) {
-    let (repo, tag) = match image.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (image, "latest"),
-    };
-    (repo.to_owned(), new_tag.unwrap_or(tag).to_owned())
+/// What is pulled for an update of a container created from `image`: its repository under
+/// the newer tag when tag tracking found one, else under its own tag (`latest` by default).
+/// `None` for a reference pinned by digest (nothing to update). The tag is checked, as it came
+/// in an event.
+pub fn pull_target(
+    image: &ImageRef,
+    new_tag: Option<&str>,
+) -> Result<Option<ImageRef>, ImageRefError> {
+    if image.is_pinned() {
+        return Ok(None);
+    }
+    match new_tag {
+        Some(tag) => image.with_tag(tag).map(Some),
+        None => Ok(Some(image.clone())),
+    }
 }
 
 impl Flow {
     /// Runs the update from `Swapping` to a terminal step.
     pub async fn apply(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
         let name = v.value.container.clone();
-        if v.value.image.contains('@') {
-            return self
-                .fail(v, "the image is pinned by digest; nothing to update".into(), vec![])
-                .await;
-        }
-        let (repository, tag) = split_reference(&v.value.image, v.value.new_tag.as_deref());
+        let target = ImageRef::parse(&v.value.image)
+            .and_then(|image| pull_target(&image, v.value.new_tag.as_deref()));
+        let target = match target {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                return self
+                    .fail(v, "the image is pinned by digest; nothing to update".into(), vec![])
+                    .await
+            }
+            Err(e) => return self.fail(v, e.to_string(), vec![]).await,
+        };
+        let (repository, tag) = (target.familiar_name(), target.tag().unwrap_or("latest"));
         let digest = v.value.to_digest.to_string();
         // The container as configured now: only its own repository is pulled.
         match self.engine.brief(&name).await {
@@ -46,7 +60,7 @@ impl Flow {
         }
         // Pull first: a failure here leaves the container untouched.
         steward_failpoints::failpoint!("pull");
-        if let Err(e) = self.engine.pull_digest(&repository, &digest, &tag).await {
+        if let Err(e) = self.engine.pull_digest(&target, &digest, tag).await {
             return self.fail(v, format!("cannot pull {repository}@{digest}: {e}"), vec![]).await;
         }
         steward_failpoints::failpoint!("pulled");
@@ -127,7 +141,7 @@ impl Flow {
                     .is_ok_and(|b| b.is_some_and(|b| b.id == old && b.running))
                 {
                     let reason = format!("cannot start the new container: {e}");
-                    return self.rolled_back(v, None, reason, vec![]).await;
+                    return self.rolled_back(v, reason, vec![]).await;
                 }
                 let mut record = v.value;
                 record.reason = Some(format!("the swap failed and could not be undone yet: {e}"));
@@ -212,11 +226,21 @@ impl Flow {
 
 #[cfg(test)]
 mod tests {
-    use super::split_reference;
+    use super::pull_target;
+    use steward_imageref::ImageRef;
+
+    const D: &str = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
+    /// What is pulled: familiar repository and tag (`None`: pinned, nothing to pull).
+    fn pulled(image: &str, new_tag: Option<&str>) -> Option<(String, String)> {
+        let image = ImageRef::parse(image).expect("reference");
+        let target = pull_target(&image, new_tag).expect("valid tag")?;
+        Some((target.familiar_name(), target.tag().expect("a tag").to_owned()))
+    }
 
     #[test]
     fn references_split_at_the_tag_not_the_port() {
-        let s = |i, t| split_reference(i, t);
+        let s = |i, t| pulled(i, t).expect("not pinned");
         assert_eq!(s("127.0.0.1:5000/app:1.0", None), ("127.0.0.1:5000/app".into(), "1.0".into()));
         assert_eq!(s("127.0.0.1:5000/app", None), ("127.0.0.1:5000/app".into(), "latest".into()));
         assert_eq!(
@@ -224,5 +248,17 @@ mod tests {
             ("gitea/gitea".into(), "1.22.7".into())
         );
         assert_eq!(s("nginx", None), ("nginx".into(), "latest".into()));
+        assert_eq!(s("docker.io/library/nginx:1", None), ("nginx".into(), "1".into()));
+    }
+
+    #[test]
+    fn pinned_references_and_bad_tags_are_not_pulled() {
+        assert_eq!(pulled(&format!("127.0.0.1:5000/app@{D}"), None), None);
+        // A tag beside the digest does not unpin it: Docker runs the digest.
+        assert_eq!(pulled(&format!("127.0.0.1:5000/app:1.0@{D}"), Some("1.1")), None);
+        let image = ImageRef::parse("gitea/gitea:1.22").expect("reference");
+        for bad in ["", "1.23 ; rm", "../x", "x/y"] {
+            assert!(pull_target(&image, Some(bad)).is_err(), "{bad:?}");
+        }
     }
 }
