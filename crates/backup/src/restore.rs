@@ -380,13 +380,16 @@ where
         .boxed()
 }
 
-/// `gitea/gitea:1.22`, `docker.gitea.com/gitea:1.23`, `gitea/gitea@sha256:…`; not the rootless
-/// variant, whose user and paths differ (it takes `steward.restore.post`).
+/// `gitea/gitea:1.22` (Docker Hub's, or a mirror's `…/gitea/gitea`),
+/// `docker.gitea.com/gitea:1.23`, `gitea/gitea@sha256:…`; not the rootless variant, whose user
+/// and paths differ (it takes `steward.restore.post`).
 fn is_gitea(image: &str) -> bool {
-    let repo = image.split(['@']).next().unwrap_or(image);
-    let repo = repo.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(repo, |(r, _)| r);
-    let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
-    (repo.ends_with("gitea/gitea") || repo == "docker.gitea.com/gitea") && !tag.contains("rootless")
+    let Ok(r) = steward_imageref::ImageRef::parse(image) else { return false };
+    let repo = r.repository();
+    let gitea = repo == "gitea/gitea"
+        || repo.ends_with("/gitea/gitea")
+        || (r.registry() == "docker.gitea.com" && repo == "gitea");
+    gitea && !r.tag().is_some_and(|t| t.contains("rootless"))
 }
 
 #[cfg(test)]
@@ -401,6 +404,20 @@ mod tests {
         assert!(!is_gitea("gitea/gitea:1.22-rootless"));
         assert!(!is_gitea("nginx:1.27"));
         assert!(!is_gitea("127.0.0.1:5000/steward-test/app:v1"));
+        // A mirror's copy is Gitea too.
+        assert!(is_gitea("registry.example.com:5000/gitea/gitea:1.22"));
+        assert!(is_gitea("127.0.0.1:5000/mirror/gitea/gitea"));
+        let d = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        assert!(is_gitea(&format!("gitea/gitea@{d}")));
+        assert!(is_gitea(&format!("docker.gitea.com/gitea:1.23@{d}")));
+        // The old hand parser took the digest for the tag here and ran the rootful hook.
+        assert!(!is_gitea(&format!("gitea/gitea:1.22-rootless@{d}")));
+        // ... and matched any repository ending in `gitea/gitea`.
+        assert!(!is_gitea("notgitea/gitea:1.22"));
+        assert!(!is_gitea("ghcr.io/notgitea/gitea"));
+        assert!(!is_gitea("gitea"));
+        assert!(!is_gitea(""));
+        assert!(!is_gitea("gitea/gitea:1.22 ; true"));
     }
 
     #[test]
