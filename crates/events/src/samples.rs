@@ -78,6 +78,9 @@ pub fn all(container: &str) -> Vec<EventData> {
             to_digest: digest('c'),
             reason: "healthcheck failed 3 times".into(),
             log_tail: vec!["panic: cannot open /data/gitea.db".into()],
+            old_healthy: Some(true),
+            old_reason: None,
+            old_log_tail: vec![],
         }
         .into(),
         BackupRequested {

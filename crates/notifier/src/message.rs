@@ -185,6 +185,24 @@ pub fn describe(event: &Event) -> Item {
                 fact("Reason", r.reason.clone()),
             ];
             item.log_tail = r.log_tail.clone();
+            if r.old_healthy == Some(false) {
+                // Down on both images: the most urgent mail Steward sends.
+                item.headline = format!(
+                    "DOWN: {} failed its update and the rollback did not bring it back",
+                    r.container
+                );
+                item.facts.push(fact(
+                    "Old container now",
+                    r.old_reason.clone().unwrap_or_else(|| "not healthy".into()),
+                ));
+                item.log_tail
+                    .push(format!("--- the old container ({}) ---", r.from_digest.short()));
+                item.log_tail.extend(r.old_log_tail.iter().cloned());
+                item.next = format!(
+                    "{} serves nothing healthy now, on the new image or the old. The release may have changed data both use (a migration, a config file): read both logs below, check its volumes and database, then restore the pre-update backup if there is one (`steward backup list`, `steward restore <id>`; runbook: an update was rolled back).",
+                    r.container
+                );
+            }
         }
         EventData::BackupFailed(b) => {
             item.headline = format!("Backup failed: {}", first_line(&b.reason));
@@ -419,6 +437,27 @@ mod tests {
         let href = "href=\"https:&#x2f;&#x2f;steward.example&#x2f;approve&#x2f;token\"";
         assert!(m.html.contains(href), "{}", m.html);
         assert!(m.items[0].needs_decision);
+    }
+
+    #[test]
+    fn a_rollback_that_left_the_old_container_failing_is_the_urgent_mail() {
+        let mut e = sample("update.rolled_back");
+        if let EventData::UpdateRolledBack(r) = &mut e.data {
+            r.old_healthy = Some(false);
+            r.old_reason = Some("the old container: GET http://gitea:3000/ answered 500".into());
+            r.old_log_tail = vec!["database is locked".into()];
+        }
+        let item = describe(&e);
+        assert!(item.headline.starts_with("DOWN: gitea"), "{}", item.headline);
+        assert!(item.facts.iter().any(|(k, v)| k == "Old container now" && v.contains("500")));
+        assert!(item.log_tail.iter().any(|l| l == "database is locked"), "{:?}", item.log_tail);
+        assert!(item.next.contains("steward restore"), "{}", item.next);
+        let healthy = describe(&sample("update.rolled_back"));
+        assert!(
+            healthy.headline.starts_with("Update of gitea rolled back"),
+            "{}",
+            healthy.headline
+        );
     }
 
     #[test]

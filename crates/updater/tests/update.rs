@@ -9,7 +9,7 @@ use std::time::Duration;
 use steward_events::records::UpdateStep;
 use steward_events::{BackupDone, BackupFailed, Event, EventData, UpdateApproved, UpdateRejected};
 use steward_testkit::docker::{docker, push_app, try_docker, Container, SwapLeftovers};
-use steward_testkit::{http_get, unique_name, wait_for, TestBus};
+use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_update_serves_v2_and_one_correlation_id_runs_through() {
@@ -56,6 +56,8 @@ async fn a_broken_image_is_rolled_back_with_its_reason_and_log() {
     assert_eq!(types(&all), ["image.updated", "update.started", "update.rolled_back"]);
     let EventData::UpdateRolledBack(r) = &all[2].data else { panic!("not rolled back") };
     assert!(r.reason.contains("unhealthy"), "{}", r.reason);
+    assert_eq!(r.old_healthy, Some(true), "the old container passed the check again");
+    assert!(r.old_reason.is_none() && r.old_log_tail.is_empty());
     assert!(
         r.log_tail.iter().any(|l| l.contains("fatal: cannot read configuration")),
         "{:?}",
@@ -507,4 +509,57 @@ async fn a_newer_image_during_an_update_waits_for_it_and_is_applied_after() {
     wait_for("the queue emptied", Duration::from_secs(10), || {
         futures_lite_block(flow.queue.get(&app.name)).ok()?.is_none().then_some(())
     });
+}
+
+/// Removes a named volume when the test ends.
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["volume", "rm", "-f", &self.0]).output();
+    }
+}
+
+/// Issue 19: a rollback that leaves the service down on both images says so. The release
+/// damaged the data both versions serve (here: the file the health URL names is gone), so the
+/// old container runs again but fails the same check: `update.rolled_back` carries
+/// `old_healthy: false`, why, and the old container's log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_that_leaves_the_old_container_unhealthy_says_so() {
+    let bus = TestBus::new("updstillfailed").await;
+    let volume = Volume(unique_name("updstill"));
+    docker(&["volume", "create", &volume.0]);
+    let mount = format!("{}:/www/data", volume.0);
+    docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        "steward-test/busybox",
+        "sh",
+        "-c",
+        "echo ok > /www/data/ok.html",
+    ]);
+    let port = free_port();
+    let url = format!("steward.health.url=http://127.0.0.1:{port}/data/ok.html");
+    let app = app_on_port(
+        port,
+        &["steward.update.policy=automatic", "steward.update.backup=false", &url],
+        &["-v", &mount],
+    );
+    let v3 = steward_testkit::docker::push_app("v3", &app.image);
+    let flow = flow_with(&bus, |cfg| cfg.health_timeout = Duration::from_secs(8)).await;
+    // What the broken release did to the data: gone for the old version too.
+    docker(&["run", "--rm", "-v", &mount, "steward-test/busybox", "rm", "/www/data/ok.html"]);
+    let (event, u) = image_updated(&bus, &app, &v3).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    let EventData::UpdateRolledBack(r) = &all.last().expect("event").data else {
+        panic!("{:?}", types(&all))
+    };
+    assert_eq!(r.old_healthy, Some(false), "{r:?}");
+    let why = r.old_reason.as_deref().unwrap_or_default();
+    assert!(why.contains("the old container") && why.contains("404"), "{why}");
+    assert!(r.old_log_tail.iter().any(|l| l.contains("response:404")), "{:?}", r.old_log_tail);
+    assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")), "the old one runs");
 }

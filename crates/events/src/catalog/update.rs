@@ -153,5 +153,16 @@ pub struct UpdateRolledBack {
     /// Last lines of the failed container's log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// Whether the old container passed the health check again after the rollback; `false`
+    /// means the service is down on both images (the most urgent thing Steward reports).
+    /// `None`: not checked (nothing was swapped, or an event of an older version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_healthy: Option<bool>,
+    /// When the old container is not healthy again: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_reason: Option<String>,
+    /// When the old container is not healthy again: its last log lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub old_log_tail: Vec<String>,
 }
 container_payload!(UpdateRolledBack);

@@ -100,7 +100,7 @@ impl Flow {
         };
         let log_tail = self.engine.logs_tail(&r.new_id, LOG_LINES).await.unwrap_or_default();
         self.engine.remove(&r.new_id, false).await?;
-        self.rolled_back(v, None, reason, log_tail).await
+        self.rolled_back(v, reason, log_tail).await
     }
 
     /// At start: a handover this process is part of. The successor takes over and concludes;
@@ -133,7 +133,7 @@ impl Flow {
         if let Err(e) = self.engine.take_over(&r).await {
             // The old updater runs again; this container goes once the rollback is recorded.
             let reason = format!("the new updater could not take over: {e}");
-            self.rolled_back(v, None, reason, vec![]).await?;
+            self.rolled_back(v, reason, vec![]).await?;
             self.engine.remove(&r.new_id, false).await?;
             return Ok(());
         }

@@ -24,6 +24,12 @@ impl Flow {
     /// `steward.health.url` the update read (`steward_labels::health_url`, as the health
     /// service reads it); whether it is a database is read from the container's labels.
     pub async fn health_gate(&self, id: &str, health_url: Option<&str>) -> Result<(), String> {
+        self.judge(id, health_url, "the new container").await
+    }
+
+    /// [`Flow::health_gate`] for any container, called `who` in the reasons (the rollback
+    /// judges the old container the same way).
+    pub async fn judge(&self, id: &str, health_url: Option<&str>, who: &str) -> Result<(), String> {
         let first = self.engine.health_view(id).await.map_err(|e| e.to_string())?;
         let labels =
             self.engine.container_labels(id).await.map_err(|e| e.to_string())?.unwrap_or_default();
@@ -43,8 +49,8 @@ impl Flow {
                 // rolled back in seconds, not after the whole timeout.
                 Verdict::Fail(f) if f.check.is_final() => {
                     return Err(match last {
-                        Some(last) => format!("the new container: {}; {last}", f.reason),
-                        None => format!("the new container: {}", f.reason),
+                        Some(last) => format!("{who}: {}; {last}", f.reason),
+                        None => format!("{who}: {}", f.reason),
                     });
                 }
                 Verdict::Fail(f) => last = Some(f.reason),
@@ -52,7 +58,7 @@ impl Flow {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "not healthy within {:?}: {}",
+                    "{who}: not healthy within {:?}: {}",
                     self.cfg.health_timeout,
                     last.as_deref().unwrap_or("no verdict")
                 ));
@@ -64,7 +70,7 @@ impl Flow {
         loop {
             let view = self.engine.health_view(id).await.map_err(|e| e.to_string())?;
             if let Verdict::Fail(f) = steward_probe::judge_state(&view, Some(first.restart_count)) {
-                return Err(format!("the new container: {}", f.reason));
+                return Err(format!("{who}: {}", f.reason));
             }
             if Instant::now() >= until {
                 return Ok(());

@@ -1,5 +1,6 @@
 //! Rolling back: the failed container's last log lines are kept for the operator, the old
-//! container runs again under its name, and `update.rolled_back` says why.
+//! container runs again under its name and is judged by the same health check as the new
+//! one, and `update.rolled_back` says why and whether the old one is healthy again.
 
 use steward_bus::Versioned;
 use steward_engine::Replacement;
@@ -36,27 +37,46 @@ impl Flow {
                 self.engine.start(d).await?;
             }
         }
-        self.rolled_back(v, Some(r), reason, log_tail).await
+        let old_health = self.judge_old(r).await;
+        self.conclude_rollback(v, reason, log_tail, old_health).await
     }
 
-    /// Records and announces a rollback that has happened.
+    /// Whether the old container is healthy again, judged as the gate judges: a rollback
+    /// that leaves the service down on both images is the most urgent thing to report.
+    async fn judge_old(&self, r: &Replacement) -> OldHealth {
+        let labels = self.engine.container_labels(&r.old_id).await.ok().flatten();
+        let url = labels.as_ref().and_then(|l| steward_labels::health_url(l).ok().flatten());
+        match self.judge(&r.old_id, url, "the old container").await {
+            Ok(()) => OldHealth { healthy: Some(true), reason: None, log_tail: vec![] },
+            Err(reason) => {
+                tracing::error!(container = %r.name, %reason, "the old container is not healthy after the rollback");
+                let log_tail =
+                    self.engine.logs_tail(&r.old_id, LOG_LINES).await.unwrap_or_default();
+                OldHealth { healthy: Some(false), reason: Some(reason), log_tail }
+            }
+        }
+    }
+
+    /// Records and announces a rollback that has happened (the old container's health not
+    /// judged: nothing was swapped, or the successor of a handover gave up).
     pub async fn rolled_back(
         &self,
         v: Versioned<UpdateRecord>,
-        r: Option<&Replacement>,
         reason: String,
         log_tail: Vec<String>,
     ) -> Result<(), FlowError> {
+        self.conclude_rollback(v, reason, log_tail, OldHealth::default()).await
+    }
+
+    async fn conclude_rollback(
+        &self,
+        v: Versioned<UpdateRecord>,
+        reason: String,
+        log_tail: Vec<String>,
+        old: OldHealth,
+    ) -> Result<(), FlowError> {
         let record = &v.value;
         tracing::error!(container = %record.container, %reason, "update rolled back");
-        if let Some(r) = r {
-            // The old one must really be back; if it is not, the operator must hear of it.
-            if let Ok(view) = self.engine.health_view(&r.old_id).await {
-                if !view.running {
-                    tracing::error!(container = %record.container, "the old container did not come back");
-                }
-            }
-        }
         let data = UpdateRolledBack {
             update_id: record.update_id,
             container: record.container.clone(),
@@ -65,8 +85,19 @@ impl Flow {
             to_digest: record.to_digest.clone(),
             reason: reason.clone(),
             log_tail,
+            old_healthy: old.healthy,
+            old_reason: old.reason,
+            old_log_tail: old.log_tail,
         };
         self.conclude(v, UpdateStep::RolledBack, Some(reason), data).await?;
         Ok(())
     }
+}
+
+/// The old container's health after a rollback.
+#[derive(Debug, Default)]
+struct OldHealth {
+    healthy: Option<bool>,
+    reason: Option<String>,
+    log_tail: Vec<String>,
 }

@@ -28,11 +28,15 @@ pub fn app(labels: &[&str]) -> App {
 
 /// [`app`] with extra `docker run` arguments.
 pub fn app_with_args(labels: &[&str], extra: &[&str]) -> App {
+    app_on_port(free_port(), labels, extra)
+}
+
+/// [`app_with_args`] published on `port` (for a label that names it).
+pub fn app_on_port(port: u16, labels: &[&str], extra: &[&str]) -> App {
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/upd"));
     let tag = ImageTag(image.clone());
     let v1 = push_app("v1", &image);
     let name = unique_name("upd");
-    let port = free_port();
     let publish = format!("127.0.0.1:{port}:8080");
     let mut args = vec!["-p", publish.as_str(), "--restart", "unless-stopped"];
     for l in labels {
@@ -56,15 +60,21 @@ pub async fn flow_with_links(
     bus: &Bus,
     links: Option<steward_updater::links::ApprovalLinks>,
 ) -> Flow {
-    let cfg = UpdaterConfig {
+    flow_with(bus, |cfg| cfg.links = links).await
+}
+
+/// A flow with the tests' settings, changed by `change`.
+pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Flow {
+    let mut cfg = UpdaterConfig {
         backup_timeout: Duration::from_secs(60),
         health_timeout: Duration::from_secs(30),
         health_grace: Duration::from_secs(3),
         hook_timeout: Duration::from_secs(10),
-        links,
+        links: None,
         renewal: Default::default(),
         probe: Default::default(),
     };
+    change(&mut cfg);
     Flow::open(bus.clone(), steward_engine::Engine::from_env(), cfg, "steward-updater/test".into())
         .await
         .expect("flow")
