@@ -9,7 +9,7 @@
 //! A dead updater is restarted at once, as a restart policy would.
 //!
 //! After each seed, once the updater has settled (its consumer has nothing pending, every
-//! record is terminal): the updater stops on SIGTERM and a fresh one starts and is ready
+//! record is terminal, no newer image waits in the queue): the updater stops on SIGTERM and a fresh one starts and is ready
 //! without changing anything; every flow (correlation id) the updater acted on has exactly one
 //! terminal event and no event type twice; successes only ever move the container to a newer
 //! release (v1 < v2 < v4 < v5 ...: `docker build` FROM steward-test/app:v2 plus a label; v3 is
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use steward_bus::{Bus, ReplayQuery, StateStore};
-use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
+use steward_events::records::{QueuedNews, UpdateRecord, UPDATE_BUCKET, UPDATE_QUEUE_BUCKET};
 use steward_events::{Digest, Event, EventData, ImageUpdated};
 use steward_system_tests::Proc;
 use steward_testkit::docker::{docker, push, registry, Container, ImageTag, SwapLeftovers};
@@ -491,6 +491,12 @@ async fn records(bus: &Bus) -> Option<Vec<UpdateRecord>> {
     Some(out)
 }
 
+/// How many newer images wait for an update in progress (`None` while unreadable).
+async fn queued(bus: &Bus) -> Option<usize> {
+    let store: StateStore<QueuedNews> = StateStore::open(bus, UPDATE_QUEUE_BUCKET).await.ok()?;
+    Some(store.keys().await.ok()?.len())
+}
+
 /// Containers whose name starts with `name` (the name and the swap names), or that carry the
 /// swap label for it: (name, running, image id).
 fn containers_of(name: &str) -> Vec<(String, bool, String)> {
@@ -703,6 +709,11 @@ impl<'a> Run<'a> {
         };
         if let Some(r) = records.iter().find(|r| !r.step.is_terminal() || !r.outbox.is_empty()) {
             return Some(format!("record {:?}, {} in its outbox", r.step, r.outbox.len()));
+        }
+        match queued(&self.bus).await {
+            Some(0) => {}
+            Some(n) => return Some(format!("{n} newer image(s) wait for an update to end")),
+            None => return Some("the update queue is unavailable".into()),
         }
         let found = containers_of(&self.app.name);
         let strays: Vec<&String> =

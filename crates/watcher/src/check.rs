@@ -286,8 +286,10 @@ impl Checker {
             }));
         }
         count("current");
-        if let Err(e) = self.save(record, previous.map(|v| v.revision)).await {
-            tracing::warn!(container = %t.info.name, error = %e, "cannot save watch record");
+        if worth_saving(prev, &record) {
+            if let Err(e) = self.save(record, previous.map(|v| v.revision)).await {
+                tracing::warn!(container = %t.info.name, error = %e, "cannot save watch record");
+            }
         }
         Outcome::Current
     }
@@ -425,4 +427,52 @@ fn target(info: ContainerInfo) -> Result<Option<Target>, (String, String)> {
         ));
     }
     Ok(Some(Target { info, reference, labels: watch }))
+}
+
+/// How stale a record's `checked_at` may get before an unchanged check writes it again.
+/// Within it, a check that changes nothing writes nothing (the KV writes were most of a
+/// check's own time); the default schedule is weekly, so a scheduled check always writes.
+pub const REFRESH_AFTER: time::Duration = time::Duration::HOUR;
+
+/// Whether `record` says something `previous` does not: any field but `checked_at`, or a
+/// `checked_at` more than [`REFRESH_AFTER`] newer.
+fn worth_saving(previous: Option<&WatchRecord>, record: &WatchRecord) -> bool {
+    let Some(p) = previous else { return true };
+    let same = WatchRecord { checked_at: record.checked_at, ..p.clone() } == *record;
+    !same || record.checked_at - p.checked_at >= REFRESH_AFTER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(at: OffsetDateTime) -> WatchRecord {
+        WatchRecord {
+            container: "gitea".into(),
+            image: "gitea/gitea:1.22".into(),
+            policy: "manual".into(),
+            running_digest: None,
+            newest_digest: None,
+            newest_tag: None,
+            newest_seen_at: None,
+            reported_digest: None,
+            checked_at: at,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn an_unchanged_check_writes_only_once_its_record_is_stale() {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+        let stored = record(t0);
+        assert!(worth_saving(None, &record(t0)), "a first record is written");
+        assert!(!worth_saving(Some(&stored), &record(t0 + time::Duration::minutes(5))));
+        assert!(worth_saving(Some(&stored), &record(t0 + REFRESH_AFTER)));
+        let mut changed = record(t0 + time::Duration::minutes(5));
+        changed.last_error = Some("registry unreachable".into());
+        assert!(worth_saving(Some(&stored), &changed), "any other change is written");
+        let mut changed = record(t0 + time::Duration::minutes(5));
+        changed.policy = "automatic".into();
+        assert!(worth_saving(Some(&stored), &changed));
+    }
 }
