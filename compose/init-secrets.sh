@@ -25,5 +25,8 @@ put aws_credentials "# Leave empty on EC2 with an instance role; otherwise:
 # aws_access_key_id = AKIA...
 # aws_secret_access_key = ..."
 put docker_config.json '{}'
+put age_identity "# The age identity (AGE-SECRET-KEY-1...) matching STEWARD_BACKUP_AGE_RECIPIENTS, for
+# verifying and restoring encrypted backups. Only comments: backups are still taken and
+# encrypted, but not verified here (keep the key off-host, put it here when you restore)."
 chmod 0700 secrets
 echo "edit secrets/smtp_url (and secrets/aws_credentials off EC2), then: docker-compose up -d"

@@ -1,0 +1,118 @@
+//! The shipped compose file as docker-compose renders it (issue 26): every service that talks
+//! to a registry has the operator's registry login, and the backup service can be given the
+//! age identity that verifies and restores encrypted backups. (A private registry broke updates
+//! in the stack: the watcher had the login, the updater pulled without it.)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+/// `docker-compose config` of `compose/`, with the variables it requires set.
+fn rendered() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose");
+    // An empty env file: a `.env` an operator left in the checkout changes nothing here.
+    let empty = std::env::temp_dir().join(steward_testkit::unique_name("compose-env"));
+    std::fs::write(&empty, "").expect("env file");
+    let out = Command::new("docker-compose")
+        .current_dir(&dir)
+        .arg("--env-file")
+        .arg(&empty)
+        .arg("config")
+        .env("STEWARD_S3_BUCKET", "gitea-backups")
+        .env("STEWARD_MAIL_FROM", "steward@example.com")
+        .env("STEWARD_MAIL_TO", "ops@example.com")
+        .env("GITEA_DOMAIN", "git.example.com")
+        .output()
+        .expect("run docker-compose");
+    let _ = std::fs::remove_file(&empty);
+    assert!(
+        out.status.success(),
+        "docker-compose config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One service's block of the rendered file: its lines, indentation kept.
+fn service(rendered: &str, name: &str) -> Vec<String> {
+    let opening = format!("  {name}:");
+    let mut lines = rendered.lines().skip_while(|l| *l != opening);
+    lines.next().unwrap_or_else(|| panic!("no service {name}"));
+    lines.take_while(|l| l.starts_with("    ")).map(str::to_owned).collect()
+}
+
+/// The `environment:` map of a service block.
+fn environment(block: &[String]) -> BTreeMap<String, String> {
+    block
+        .iter()
+        .skip_while(|l| l.trim() != "environment:")
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The `(source, target)` of each secret a service mounts.
+fn secrets(block: &[String]) -> Vec<(String, String)> {
+    let list: Vec<&String> = block
+        .iter()
+        .skip_while(|l| l.trim() != "secrets:")
+        .skip(1)
+        .take_while(|l| l.starts_with("    - ") || l.starts_with("      "))
+        .collect();
+    let mut out = vec![];
+    for (i, line) in list.iter().enumerate() {
+        if let Some(source) = line.trim().strip_prefix("- source: ") {
+            let target =
+                list.get(i + 1).and_then(|l| l.trim().strip_prefix("target: ")).unwrap_or(source);
+            out.push((source.to_owned(), target.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_service_that_talks_to_a_registry_has_the_registry_login() {
+    let file = rendered();
+    for name in ["watcher", "updater"] {
+        let block = service(&file, name);
+        let env = environment(&block);
+        assert_eq!(
+            env.get("DOCKER_CONFIG").map(String::as_str),
+            Some("/run/secrets/docker_config"),
+            "{name}: {env:?}"
+        );
+        assert!(
+            secrets(&block)
+                .contains(&("docker_config".to_owned(), "docker_config/config.json".to_owned())),
+            "{name} does not mount the registry login: {:?}",
+            secrets(&block)
+        );
+    }
+}
+
+#[test]
+fn the_backup_service_can_be_given_the_age_identity() {
+    let file = rendered();
+    let block = service(&file, "backup");
+    let env = environment(&block);
+    assert_eq!(
+        env.get("STEWARD_BACKUP_AGE_IDENTITY_FILE").map(String::as_str),
+        Some("/run/secrets/age_identity"),
+        "{env:?}"
+    );
+    assert!(
+        secrets(&block)
+            .iter()
+            .any(|(source, target)| source == "age_identity" && target == "age_identity"),
+        "{:?}",
+        secrets(&block)
+    );
+    // init-secrets.sh creates it (only comments: a stack without the key still starts).
+    let init = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/init-secrets.sh"),
+    )
+    .expect("init-secrets.sh");
+    assert!(init.lines().any(|l| l.starts_with("put age_identity ")), "init-secrets.sh");
+}
