@@ -461,6 +461,33 @@ mod tests {
         }
     }
 
+    fn container(image_ref: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: "id".into(),
+            name: "app".into(),
+            image_ref: image_ref.into(),
+            image_id: "sha256:1".into(),
+            labels: HashMap::from([("steward.enable".to_owned(), "true".to_owned())]),
+        }
+    }
+
+    #[test]
+    fn references_are_watched_unless_pinned_or_invalid() {
+        let d = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        for watched in ["nginx", "gitea/gitea:1.22", "127.0.0.1:5000/app:v1"] {
+            assert!(matches!(target(container(watched)), Ok(Some(_))), "{watched}");
+        }
+        // A tag beside the digest does not unpin it: Docker runs the digest, and the updater
+        // would refuse every newer digest of the tag.
+        for pinned in [format!("127.0.0.1:5000/app@{d}"), format!("127.0.0.1:5000/app:v1@{d}")] {
+            let Err((_, why)) = target(container(&pinned)) else { panic!("{pinned} watched") };
+            assert!(why.contains("pinned by digest"), "{why}");
+        }
+        let Err((name, why)) = target(container("App:1")) else { panic!("App:1 watched") };
+        assert_eq!(name, "app");
+        assert!(why.contains("\"App:1\"") && why.contains("lowercase"), "{why}");
+    }
+
     #[test]
     fn an_unchanged_check_writes_only_once_its_record_is_stale() {
         let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
