@@ -2,7 +2,8 @@
 # The test bed: installs what is missing and starts what is not running, idempotently.
 #
 #   dockerd, nats-server (JetStream), an OCI registry (plain and with basic auth), an
-#   S3-compatible server (s3s-fs), an SMTP server (aiosmtpd, maildir), and the local test images.
+#   S3-compatible server (s3s-fs), an SMTP server (aiosmtpd, maildir), the local test images,
+#   and Chromium with chromedriver (installed only; each browser test starts its own).
 #
 # Everything listens on 127.0.0.1. State and logs live in $STEWARD_TESTBED_DIR
 # (default /var/tmp/steward-testbed); the addresses are written to $STEWARD_TESTBED_DIR/env,
@@ -63,6 +64,9 @@ need docker-compose docker-compose
 need prometheus prometheus
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || apt_install busybox-static
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || apt_install python3-aiosmtpd
+# The approval page's browser test drives headless Chromium through chromedriver (WebDriver).
+need chromium chromium
+need chromedriver chromium-driver
 if ! command -v s3s-fs >/dev/null 2>&1; then
   log "building s3s-fs (about 2 minutes, once)"
   cargo install --quiet s3s-fs --version 0.14.1 --features binary >"$STATE/logs/s3s-install.log" 2>&1 \
