@@ -56,10 +56,14 @@ const NOT_IN_STORE: [&str; 7] = [
     "steward-runtime",
 ];
 
-/// Known debt: the CLI reaches the engine (and bollard) through `steward-runtime` only, which
-/// it uses for `Env` (the `_FILE` secrets) and `event_source`; runtime depends on the engine
-/// for the services' readiness. Issue 18 follow-up: split what the CLI needs out of runtime.
-const CLI_ENGINE_VIA: &str = "steward-runtime";
+/// Service-only crates the CLI must not need at all: it talks to the services through the bus
+/// and reads its settings through `steward-settings`, never through the services' runtime.
+const NOT_IN_CLI: [&str; 4] = ["bollard", "steward-engine", "steward-runtime", "axum"];
+
+/// What the settings crate (the CLI's and every service's reader of the environment) must not
+/// need: it stays small, so the CLI can use it without Docker, NATS or an HTTP server.
+const NOT_IN_SETTINGS: [&str; 6] =
+    ["bollard", "async-nats", "axum", "steward-engine", "steward-bus", "steward-runtime"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -272,18 +276,18 @@ fn the_backup_store_brings_nothing_service_only_into_the_cli() {
         .collect();
     let cli = ws.closure(CLI, &[]);
     errors.extend(SERVICES.iter().filter(|s| cli.contains(**s)).map(|s| ws.path(CLI, s, &[])));
-    for dep in ["bollard", "steward-engine"] {
-        if ws.closure(CLI, &[CLI_ENGINE_VIA]).contains(dep) {
-            errors.push(format!(
-                "{}: only {CLI_ENGINE_VIA} may bring it, as known debt",
-                ws.path(CLI, dep, &[CLI_ENGINE_VIA])
-            ));
-        }
-    }
-    if !ws.closure(CLI_ENGINE_VIA, &[]).contains("bollard") {
-        errors.push(format!(
-            "{CLI_ENGINE_VIA} no longer needs bollard: remove CLI_ENGINE_VIA and forbid the engine in the CLI"
-        ));
-    }
+    errors.extend(
+        NOT_IN_CLI
+            .iter()
+            .filter(|dep| cli.contains(**dep))
+            .map(|dep| format!("{}: the CLI needs no service-only crate", ws.path(CLI, dep, &[]))),
+    );
+    let settings = ws.closure("steward-settings", &[]);
+    errors.extend(NOT_IN_SETTINGS.iter().filter(|dep| settings.contains(**dep)).map(|dep| {
+        format!(
+            "{}: steward-settings is what the CLI shares with the services",
+            ws.path("steward-settings", dep, &[])
+        )
+    }));
     report("the steward binary needs a service-only crate", errors);
 }

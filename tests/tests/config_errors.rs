@@ -158,3 +158,69 @@ fn a_failed_connection_does_not_echo_the_nats_password() {
         assert!(!stderr.contains(secret) && !stdout.contains(secret), "{secret}: {stdout}{stderr}");
     }
 }
+
+/// Issue 18: the CLI reads the settings it shares with the services through the same readers
+/// (`steward_settings`, `BusConfig::read`, `S3Config::read`), so what a service refuses the CLI
+/// refuses too, before it connects anywhere, with the same words and exit code 2, whether the
+/// value comes from the variable or from the flag that stands for it.
+#[test]
+fn the_cli_refuses_what_the_services_refuse_with_the_same_words() {
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(binary("steward"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run steward {args:?}: {e}"));
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The service's words for a setting: its part of the service's one error line.
+    let said_by = |service: &str, var: &str, value: &str| {
+        let (code, stderr) = run(service, &[(var, value)]);
+        assert_eq!(code, Some(2), "{service} accepted {var}={value:?}: {stderr}");
+        let from = stderr.find(&format!("{var}=")).unwrap_or_else(|| panic!("{stderr}"));
+        let part = stderr[from..].split("; ").next().unwrap_or_default().trim_end().to_owned();
+        assert!(part.len() > var.len() + 5, "{stderr}");
+        part
+    };
+
+    let bad_url = "nats://steward:hunter2@bad host:4222";
+    let expected = said_by("steward-watcher", "STEWARD_NATS_URL", bad_url);
+    for (args, env) in [
+        (vec!["status"], vec![("STEWARD_NATS_URL", bad_url)]),
+        (vec!["--nats-url", bad_url, "updates"], vec![]),
+        (vec!["setup"], vec![("STEWARD_NATS_URL", bad_url)]),
+    ] {
+        let (code, stderr) = cli(&args, &env);
+        assert_eq!(code, Some(2), "steward {args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+        assert!(stderr.starts_with("steward: invalid configuration: "), "{stderr}");
+        assert!(stderr.contains(&expected), "steward {args:?} said {stderr:?}, not {expected:?}");
+        assert!(!stderr.contains("hunter2"), "the NATS password leaked: {stderr}");
+    }
+
+    let expected = said_by("steward-watcher", "STEWARD_STREAM", "no spaces");
+    let (code, stderr) = cli(&["--stream", "no spaces", "status"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr:?}, not {expected:?}");
+
+    let (code, stderr) =
+        cli(&["setup"], &[("STEWARD_MAX_DELIVER", "0"), ("STEWARD_ACK_WAIT", "0s")]);
+    assert_eq!(code, Some(2), "setup accepted what the services refuse: {stderr}");
+    for var in ["STEWARD_MAX_DELIVER=\"0\"", "STEWARD_ACK_WAIT="] {
+        assert!(stderr.contains(var), "{var} not named: {stderr}");
+    }
+
+    let expected = said_by("steward-backup", "STEWARD_S3_BUCKET", "Bad_Bucket");
+    for (args, env) in [
+        (vec!["backup", "list"], vec![("STEWARD_S3_BUCKET", "Bad_Bucket")]),
+        (vec!["backup", "list", "--bucket", "Bad_Bucket"], vec![("STEWARD_S3_BUCKET", "good")]),
+    ] {
+        let (code, stderr) = cli(&args, &env);
+        assert_eq!(code, Some(2), "steward {args:?}: {stderr}");
+        assert!(stderr.contains(&expected), "steward {args:?} said {stderr:?}, not {expected:?}");
+    }
+    let (code, stderr) = cli(&["backup", "list"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("STEWARD_S3_BUCKET is required but not set"), "{stderr}");
+}

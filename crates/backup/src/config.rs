@@ -1,15 +1,14 @@
 //! The backup service's own settings, names and defaults in one place (the bucket's are
 //! `steward_store::config`'s, shared with `steward backup list`).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use steward_runtime::Env;
-use steward_store::config::{
-    normalise_prefix, validate_bucket, S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX,
-};
+use steward_store::config::S3Config;
 
-use crate::encryption::{self, Keys};
+use crate::encryption::Keys;
+// The key variables are encryption's, which reads them; named here with the other settings.
+pub use crate::encryption::{ENV_AGE_IDENTITY, ENV_AGE_IDENTITY_FILE, ENV_AGE_RECIPIENTS};
 use crate::retention::Retention;
 
 /// Cron expression of the regular backup (host time zone).
@@ -25,17 +24,6 @@ pub const ENV_HELPER_IMAGE: &str = "STEWARD_RESTORE_HELPER_IMAGE";
 pub const ENV_RESTORE_HEALTH_TIMEOUT: &str = "STEWARD_RESTORE_HEALTH_TIMEOUT";
 /// zstd level of the stored components.
 pub const ENV_ZSTD_LEVEL: &str = "STEWARD_BACKUP_ZSTD_LEVEL";
-
-/// age recipients (public keys) new backups are encrypted to; unset: not encrypted.
-pub const ENV_AGE_RECIPIENTS: &str = "STEWARD_BACKUP_AGE_RECIPIENTS";
-/// age identities (private keys) that verify and restore encrypted backups; best given as
-/// [`ENV_AGE_IDENTITY_FILE`].
-pub const ENV_AGE_IDENTITY: &str = "STEWARD_BACKUP_AGE_IDENTITY";
-/// The file variant of [`ENV_AGE_IDENTITY`] (an `age-keygen` key file).
-pub const ENV_AGE_IDENTITY_FILE: &str = "STEWARD_BACKUP_AGE_IDENTITY_FILE";
-
-/// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
-pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
 
 /// Daily 02:00.
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
@@ -66,56 +54,24 @@ pub struct BackupConfig {
 impl BackupConfig {
     /// Reads the settings; errors go to `env`.
     pub fn read(env: &mut Env) -> Self {
-        let schedule =
-            env.parse_with(ENV_SCHEDULE, croner::Cron::from_str(DEFAULT_SCHEDULE).ok(), |s| {
-                croner::Cron::from_str(s)
-                    .map(Some)
-                    .map_err(|e| format!("not a cron expression: {e}"))
-            });
-        let bucket = env.required(ENV_BUCKET);
-        if !bucket.is_empty() {
-            if let Err(reason) = validate_bucket(&bucket) {
-                env.error(ENV_BUCKET, &bucket, reason);
-            }
-        }
-        let prefix = normalise_prefix(&env.string(ENV_PREFIX, ""));
-        let endpoint = env.optional(ENV_ENDPOINT).filter(|s| !s.is_empty());
-        if let Some(endpoint) = &endpoint {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                let shown = steward_events::redact_url(endpoint);
-                env.error(ENV_ENDPOINT, &shown, "expected an http:// or https:// URL");
-            }
-        }
+        let schedule = env.cron(ENV_SCHEDULE, DEFAULT_SCHEDULE);
+        let s3 = S3Config::read(env);
         let retention = env.parse_with(ENV_RETENTION, Retention::default(), Retention::parse);
         let zstd_level = env.parse_with(ENV_ZSTD_LEVEL, 3, |s| match s.parse::<i32>() {
             Ok(n) if (1..=19).contains(&n) => Ok(n),
             _ => Err("a whole number from 1 to 19".into()),
         });
-        // Each error names its own variable, and never shows an identity's value.
-        let text = env.string(ENV_AGE_RECIPIENTS, "");
-        let recipients = encryption::parse_recipients(&text).unwrap_or_else(|reason| {
-            env.error(ENV_AGE_RECIPIENTS, &text, reason);
-            vec![]
-        });
-        let keys = encryption::parse_identities(&env.string(ENV_AGE_IDENTITY, ""))
-            .and_then(|identities| Keys::matched(recipients, identities))
-            .unwrap_or_else(|reason| {
-                env.error(ENV_AGE_IDENTITY, "(not shown)", reason);
-                Keys::default()
-            });
+        let keys = Keys::read(env);
         Self {
-            // The default always parses; a bad value was reported to `env` above.
-            schedule: schedule.unwrap_or_else(|| {
-                croner::Cron::from_str(DEFAULT_SCHEDULE).unwrap_or_else(|_| unreachable!())
-            }),
-            s3: S3Config { bucket, prefix, endpoint },
+            schedule,
+            s3,
             retention,
             stop_timeout: env.duration(ENV_STOP_TIMEOUT, Duration::from_secs(30)),
             helper_image: env.optional(ENV_HELPER_IMAGE).filter(|s| !s.is_empty()),
             restore_health_timeout: env
                 .duration(ENV_RESTORE_HEALTH_TIMEOUT, Duration::from_secs(180)),
             zstd_level,
-            scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
+            scope: env.scope(),
             keys,
         }
     }
@@ -124,6 +80,7 @@ impl BackupConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use steward_store::config::{ENV_BUCKET, ENV_ENDPOINT};
 
     #[test]
     fn bad_values_are_named() {
@@ -158,6 +115,14 @@ mod tests {
         let message = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains(ENV_AGE_IDENTITY), "{message}");
         assert!(!message.contains("NOTAREALKEY"), "the identity leaked: {message}");
+    }
+
+    #[test]
+    fn the_defaults_parse() {
+        let mut env = Env::from_pairs([(steward_store::config::ENV_BUCKET, "steward")]);
+        let config = BackupConfig::read(&mut env);
+        assert!(env.finish().is_ok());
+        assert_eq!(config.schedule.as_str(), DEFAULT_SCHEDULE);
     }
 
     #[test]

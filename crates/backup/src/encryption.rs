@@ -18,6 +18,14 @@ use age::x25519::{Identity, Recipient};
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
 
+/// age recipients (public keys) new backups are encrypted to; unset: not encrypted.
+pub const ENV_AGE_RECIPIENTS: &str = "STEWARD_BACKUP_AGE_RECIPIENTS";
+/// age identities (private keys) that verify and restore encrypted backups; best given as
+/// [`ENV_AGE_IDENTITY_FILE`].
+pub const ENV_AGE_IDENTITY: &str = "STEWARD_BACKUP_AGE_IDENTITY";
+/// The file variant of [`ENV_AGE_IDENTITY`] (an `age-keygen` key file).
+pub const ENV_AGE_IDENTITY_FILE: &str = "STEWARD_BACKUP_AGE_IDENTITY_FILE";
+
 /// The encoding of a component compressed and then encrypted.
 pub const ZSTD_AGE: &str = "zstd+age";
 /// The encoding of a component only compressed.
@@ -68,6 +76,22 @@ pub fn parse_identities(text: &str) -> Result<Vec<Identity>, String> {
 }
 
 impl Keys {
+    /// Reads [`ENV_AGE_RECIPIENTS`] and [`ENV_AGE_IDENTITY`]; each error names its own
+    /// variable and never shows an identity's value. Errors go to `env`.
+    pub fn read(env: &mut steward_runtime::Env) -> Self {
+        let text = env.string(ENV_AGE_RECIPIENTS, "");
+        let recipients = parse_recipients(&text).unwrap_or_else(|reason| {
+            env.error(ENV_AGE_RECIPIENTS, &text, reason);
+            vec![]
+        });
+        parse_identities(&env.string(ENV_AGE_IDENTITY, ""))
+            .and_then(|identities| Self::matched(recipients, identities))
+            .unwrap_or_else(|reason| {
+                env.error(ENV_AGE_IDENTITY, "(not shown)", reason);
+                Self::default()
+            })
+    }
+
     /// Parses recipients (`age1…`) and identities (`AGE-SECRET-KEY-1…`); either may be
     /// empty. Identities that match none of the recipients are refused: every backup
     /// taken would fail its verification.
@@ -136,7 +160,7 @@ impl Keys {
         if self.identities.is_empty() {
             return Err(format!(
                 "it is encrypted with age and this service has no identity ({})",
-                crate::config::ENV_AGE_IDENTITY_FILE
+                ENV_AGE_IDENTITY_FILE
             ));
         }
         let decryptor = age::Decryptor::new_async_buffered(inner.compat())
@@ -262,7 +286,7 @@ mod tests {
         assert!(err.contains("identities"), "{err}");
         let no_identity = Keys::new(keys.recipients.clone(), vec![]);
         let err = open(&no_identity, sealed).await.expect_err("decrypted without identity");
-        assert!(err.contains(crate::config::ENV_AGE_IDENTITY_FILE), "{err}");
+        assert!(err.contains(ENV_AGE_IDENTITY_FILE), "{err}");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+use steward_settings::{
+    Env, ENV_DUPLICATE_WINDOW, ENV_EVENT_RETENTION, ENV_NATS_PASSWORD, ENV_NATS_URL, ENV_NATS_USER,
+    ENV_PUBLISH_TIMEOUT, ENV_STREAM, ENV_SUBJECT_PREFIX,
+};
+
 /// Where Steward's subjects and state live on a NATS server.
 ///
 /// Production uses the defaults (stream `STEWARD`, no prefix). Tests give each test its own
@@ -98,6 +103,61 @@ impl Default for BusConfig {
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             credentials: None,
+        }
+    }
+}
+
+impl BusConfig {
+    /// Reads the bus settings every participant shares (URL, user and password, stream,
+    /// subject prefix, retention, duplicate window, publish timeout), with their defaults;
+    /// errors go to `env`. The services and the CLI read them here, so both accept and refuse
+    /// the same values with the same words.
+    pub fn read(env: &mut Env) -> Self {
+        let defaults = Self::default();
+        let url = match env.optional(ENV_NATS_URL) {
+            None => defaults.url.clone(),
+            Some(raw) => match validate_url(raw.trim()) {
+                Ok(()) => raw.trim().to_owned(),
+                Err(reason) => {
+                    // Also `user:pass@host`, which has no scheme for `Env::error` to see.
+                    env.error(ENV_NATS_URL, &steward_events::redact_url(&raw), reason);
+                    defaults.url.clone()
+                }
+            },
+        };
+        let stream = env.parse_with(ENV_STREAM, defaults.namespace.stream.clone(), |s| {
+            let ok = !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            ok.then(|| s.to_owned()).ok_or_else(|| "letters, digits, '_' and '-' only".to_owned())
+        });
+        let prefix = env.parse_with(ENV_SUBJECT_PREFIX, String::new(), |s| {
+            let ok = s.is_empty()
+                || (s.ends_with('.') && !s.contains(['*', '>', ' ']) && !s.starts_with('.'));
+            ok.then(|| s.to_owned())
+                .ok_or_else(|| "a subject prefix ending in '.', e.g. 'site1.'".to_owned())
+        });
+        let credentials = match (env.optional(ENV_NATS_USER), env.optional(ENV_NATS_PASSWORD)) {
+            (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
+                Some(Credentials { user, password })
+            }
+            (None, None) => None,
+            (Some(user), _) => {
+                env.error(ENV_NATS_PASSWORD, "", format!("required with {ENV_NATS_USER}={user}"));
+                None
+            }
+            (None, Some(_)) => {
+                env.error(ENV_NATS_USER, "", format!("required with {ENV_NATS_PASSWORD}"));
+                None
+            }
+        };
+        Self {
+            url,
+            credentials,
+            namespace: Namespace { stream, prefix },
+            retention: env.duration(ENV_EVENT_RETENTION, defaults.retention),
+            duplicate_window: env.duration(ENV_DUPLICATE_WINDOW, defaults.duplicate_window),
+            publish_timeout: env.duration(ENV_PUBLISH_TIMEOUT, defaults.publish_timeout),
+            ..defaults
         }
     }
 }

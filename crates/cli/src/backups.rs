@@ -13,7 +13,8 @@ use steward_events::{
     BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope, Service,
     VerifyRequested,
 };
-use steward_store::config::{normalise_prefix, S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX};
+use steward_settings::Env;
+use steward_store::config::{S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX};
 use steward_store::store::Store;
 use time::OffsetDateTime;
 
@@ -48,15 +49,35 @@ pub enum BackupCommand {
     },
 }
 
-/// The bucket, as the backup service is configured.
+/// The bucket, as the backup service is configured: each flag stands for its variable and is
+/// read and checked as the service reads it (`S3Config::read`).
 #[derive(Debug, Args)]
 pub struct S3Args {
-    #[arg(long, env = ENV_BUCKET)]
-    bucket: String,
-    #[arg(long, env = ENV_PREFIX, default_value = "")]
-    prefix: String,
-    #[arg(long, env = ENV_ENDPOINT)]
+    /// The bucket [env: STEWARD_S3_BUCKET].
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Key prefix [env: STEWARD_S3_PREFIX].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Endpoint of an S3-compatible store [env: STEWARD_S3_ENDPOINT].
+    #[arg(long)]
     endpoint: Option<String>,
+}
+
+impl S3Args {
+    fn read(self) -> anyhow::Result<S3Config> {
+        let mut env = Env::from_process();
+        for (name, flag) in
+            [(ENV_BUCKET, self.bucket), (ENV_PREFIX, self.prefix), (ENV_ENDPOINT, self.endpoint)]
+        {
+            if let Some(value) = flag {
+                env.set(name, value);
+            }
+        }
+        let config = S3Config::read(&mut env);
+        env.finish()?;
+        Ok(config)
+    }
 }
 
 /// What to restore.
@@ -187,7 +208,7 @@ pub(crate) async fn request(
     doing: &str,
 ) -> anyhow::Result<Event> {
     let bus = conn.bus().await?;
-    let event = Event::new(steward_runtime::event_source(Service::Cli), data);
+    let event = Event::new(steward_settings::event_source(Service::Cli), data);
     // Follow before publishing, from a moment before: the outcome cannot slip past.
     let mut follow = follow(&bus, outcomes).await?;
     let mut progress = bus.watch_progress(event.correlation_id).await?;
@@ -284,8 +305,7 @@ fn bytes(n: u64) -> String {
 }
 
 async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
-    let config =
-        S3Config { bucket: s3.bucket, prefix: normalise_prefix(&s3.prefix), endpoint: s3.endpoint };
+    let config = s3.read()?;
     let store = Store::connect(&config).await;
     let listed = steward_store::catalog::list(&store).await?;
     let mut out = std::io::stdout().lock();

@@ -84,7 +84,7 @@ fn build_event(
     let envelope = serde_json::json!({
         "specversion": steward_events::SPEC_VERSION,
         "id": id,
-        "source": steward_runtime::event_source(Service::Cli),
+        "source": steward_settings::event_source(Service::Cli),
         "type": event_type,
         "time": now,
         "correlationid": correlation.unwrap_or(id),

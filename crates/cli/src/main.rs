@@ -16,8 +16,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use steward_bus::{Bus, BusConfig, Credentials, Namespace};
+use steward_bus::{Bus, BusConfig};
 use steward_events::{Event, EventData, Service, WatchRequested};
+use steward_settings::{
+    ConfigError, Env, ENV_NATS_URL, ENV_NATS_USER, ENV_STREAM, ENV_SUBJECT_PREFIX,
+};
 
 /// Steward: keeps a self-hosted Gitea stack updated, backed up and watched.
 #[derive(Debug, Parser)]
@@ -29,22 +32,25 @@ struct Cli {
     command: Command,
 }
 
-/// Where the bus is.
+/// Where the bus is. Each flag stands for its variable and is read and checked as the
+/// services read that variable (`steward_bus::BusConfig::read`): the flag wins over the
+/// variable, and a value the services refuse is refused here with the same words.
 #[derive(Debug, Args)]
 struct Connection {
-    /// NATS server URL.
-    #[arg(long, global = true, env = "STEWARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// NATS user (the CLI's own: it may publish the human commands). The password comes from
-    /// STEWARD_NATS_PASSWORD or the file named by STEWARD_NATS_PASSWORD_FILE.
-    #[arg(long, global = true, env = "STEWARD_NATS_USER")]
+    /// NATS server URL(s) [env: STEWARD_NATS_URL] [default: nats://127.0.0.1:4222].
+    #[arg(long, global = true)]
+    nats_url: Option<String>,
+    /// NATS user (the CLI's own: it may publish the human commands) [env: STEWARD_NATS_USER].
+    /// The password comes from STEWARD_NATS_PASSWORD or the file named by
+    /// STEWARD_NATS_PASSWORD_FILE.
+    #[arg(long, global = true)]
     nats_user: Option<String>,
-    /// Stream name.
-    #[arg(long, global = true, env = "STEWARD_STREAM", default_value = "STEWARD")]
-    stream: String,
-    /// Subject prefix of the installation.
-    #[arg(long, global = true, env = "STEWARD_SUBJECT_PREFIX", default_value = "")]
-    subject_prefix: String,
+    /// Stream name [env: STEWARD_STREAM] [default: STEWARD].
+    #[arg(long, global = true)]
+    stream: Option<String>,
+    /// Subject prefix of the installation [env: STEWARD_SUBJECT_PREFIX].
+    #[arg(long, global = true)]
+    subject_prefix: Option<String>,
     /// How long to wait for NATS.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -124,32 +130,41 @@ enum CertsCommand {
 }
 
 impl Connection {
-    /// The password that goes with `--nats-user`, never from the command line (it would show
-    /// in `ps` and the shell history): STEWARD_NATS_PASSWORD or its `_FILE`, read as the
-    /// services read theirs.
-    fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
-        let Some(user) = self.nats_user.clone() else { return Ok(None) };
-        let mut env = steward_runtime::Env::from_process();
-        let password = env.required(steward_runtime::ENV_NATS_PASSWORD);
-        env.finish()?;
-        Ok(Some(Credentials { user, password }))
+    /// The environment with the flags given set over their variables.
+    fn env(&self) -> Env {
+        let mut env = Env::from_process();
+        let flags = [
+            (ENV_NATS_URL, &self.nats_url),
+            (ENV_NATS_USER, &self.nats_user),
+            (ENV_STREAM, &self.stream),
+            (ENV_SUBJECT_PREFIX, &self.subject_prefix),
+        ];
+        for (name, flag) in flags {
+            if let Some(value) = flag {
+                env.set(name, value.clone());
+            }
+        }
+        env
+    }
+
+    /// The bus settings as the services read them (the password never from the command line:
+    /// it would show in `ps` and the shell history); errors go to `env`.
+    fn read(&self, env: &mut Env) -> BusConfig {
+        BusConfig {
+            connect_timeout: self.timeout,
+            publish_timeout: self.timeout,
+            ..BusConfig::read(env)
+        }
     }
 
     async fn bus(&self) -> anyhow::Result<Bus> {
-        let cfg = BusConfig {
-            credentials: self.credentials()?,
-            url: self.nats_url.clone(),
-            namespace: Namespace {
-                stream: self.stream.clone(),
-                prefix: self.subject_prefix.clone(),
-            },
-            connect_timeout: self.timeout,
-            publish_timeout: self.timeout,
-            ..BusConfig::default()
-        };
-        Bus::connect(cfg, Service::Cli.binary()).await.with_context(|| {
-            format!("cannot reach the bus at {}", steward_events::redact_url(&self.nats_url))
-        })
+        let mut env = self.env();
+        let cfg = self.read(&mut env);
+        env.finish()?;
+        let url = steward_events::redact_url(&cfg.url);
+        Bus::connect(cfg, Service::Cli.binary())
+            .await
+            .with_context(|| format!("cannot reach the bus at {url}"))
     }
 }
 
@@ -168,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { container } => {
             let bus = cli.conn.bus().await?;
             let event = Event::new(
-                steward_runtime::event_source(Service::Cli),
+                steward_settings::event_source(Service::Cli),
                 WatchRequested { container, requested_by: Some(who()) },
             );
             bus.publish(&event).await?;
@@ -234,7 +249,12 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("steward: {e:#}");
-            ExitCode::FAILURE
+            // As the services: a bad setting is exit code 2, anything else 1.
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -101,7 +101,7 @@ pub async fn decide(
 ) -> anyhow::Result<()> {
     let (bus, records) = records(conn).await?;
     let r = pending(&records, id)?;
-    let source = steward_runtime::event_source(Service::Cli);
+    let source = steward_settings::event_source(Service::Cli);
     let by = who();
     let event = if approve {
         Event::new(source, UpdateApproved { update_id: r.update_id, by })

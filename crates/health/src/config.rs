@@ -13,8 +13,6 @@ pub const ENV_FAILURES: &str = "STEWARD_HEALTH_FAILURES";
 pub const ENV_RECOVERIES: &str = "STEWARD_HEALTH_RECOVERIES";
 /// Limit of one HTTP probe or `pg_isready`: the probe's own setting, shared with the update gate.
 pub use steward_probe::ENV_PROBE_TIMEOUT;
-/// Only containers labelled `steward.scope=<this>` (several installations on one engine).
-pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
 
 /// The health service's settings.
 #[derive(Debug, Clone)]
@@ -50,7 +48,7 @@ impl HealthConfig {
             failures: env.parse_with(ENV_FAILURES, 3, count),
             recoveries: env.parse_with(ENV_RECOVERIES, 2, count),
             probe: ProbeConfig::read(env),
-            scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
+            scope: env.scope(),
         }
     }
 }

@@ -11,7 +11,6 @@
 
 mod config;
 mod consume;
-pub mod env;
 mod http;
 mod metrics;
 mod schedule;
@@ -26,12 +25,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 pub use config::*;
 pub use consume::{Handler, HandlerError};
-pub use env::{ConfigError, Env};
 pub use metrics::Metrics;
 pub use schedule::on_schedule;
 use steward_bus::{Bus, ConsumerSpec, Idempotency};
 use steward_engine::Engine;
 use steward_events::{Event, Service};
+pub use steward_settings::{env, event_source, ConfigError, Env};
 use tokio_util::sync::CancellationToken;
 
 /// What a handler can use.
@@ -85,16 +84,6 @@ impl Context {
     ) -> Result<steward_bus::Published, steward_bus::BusError> {
         self.bus.publish(&Event::caused_by(cause, self.source(), data)).await
     }
-}
-
-/// `binary/hostname`.
-pub fn event_source(service: Service) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{}/{}", service.binary(), host)
 }
 
 /// A started service: configuration read, connections made, HTTP serving.

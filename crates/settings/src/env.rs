@@ -9,6 +9,11 @@ use std::fmt::Display;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// [`Env::ack_wait`]'s default.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// [`Env::max_deliver`]'s default.
+pub const DEFAULT_MAX_DELIVER: i64 = 5;
+
 /// Bad configuration: one entry per offending variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {}", .0.join("; "))]
@@ -135,6 +140,54 @@ impl Env {
         })
     }
 
+    /// Sets `name` as if the environment had it, over `name` and `name_FILE` (a command-line
+    /// flag: it is then read and checked as the variable is).
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.vars.remove(&format!("{name}_FILE"));
+        self.vars.insert(name.to_owned(), value.into());
+    }
+
+    /// A cron expression (host time zone; `L` and `#` supported) with a default.
+    ///
+    /// `default` is a constant of the caller's; one that does not parse is a bug, caught by
+    /// the caller's tests.
+    pub fn cron(&mut self, name: &str, default: &'static str) -> croner::Cron {
+        let parsed = self.parse_with(name, None, |s| {
+            croner::Cron::from_str(s).map(Some).map_err(|e| format!("not a cron expression: {e}"))
+        });
+        // A bad value was reported above; the default keeps the snapshot usable meanwhile.
+        parsed.unwrap_or_else(|| {
+            croner::Cron::from_str(default)
+                .unwrap_or_else(|e| panic!("the default of {name}, {default:?}, is no cron: {e}"))
+        })
+    }
+
+    /// [`ENV_SCOPE`](crate::ENV_SCOPE): the installation's scope; unset or empty is `None`
+    /// (the installation owning the containers without a `steward.scope` label).
+    pub fn scope(&mut self) -> Option<String> {
+        self.optional(crate::ENV_SCOPE).filter(|s| !s.is_empty())
+    }
+
+    /// [`ENV_ACK_WAIT`](crate::ENV_ACK_WAIT): redelivery timeout of an unacknowledged event,
+    /// at least 1s.
+    pub fn ack_wait(&mut self) -> Duration {
+        let name = crate::ENV_ACK_WAIT;
+        let ack_wait = self.duration(name, DEFAULT_ACK_WAIT);
+        if ack_wait < Duration::from_secs(1) {
+            self.error(name, &format!("{ack_wait:?}"), "must be at least 1s");
+        }
+        ack_wait
+    }
+
+    /// [`ENV_MAX_DELIVER`](crate::ENV_MAX_DELIVER): deliveries before an event is
+    /// dead-lettered, 1 to 1000.
+    pub fn max_deliver(&mut self) -> i64 {
+        self.parse_with(crate::ENV_MAX_DELIVER, DEFAULT_MAX_DELIVER, |s| match s.parse::<i64>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err("a whole number from 1 to 1000".into()),
+        })
+    }
+
     /// Whether a problem was recorded so far (to skip checks that would only repeat it).
     pub fn has_errors(&self) -> bool {
         !self.errors.is_empty()
@@ -179,6 +232,64 @@ mod tests {
         for name in ["A=\"x\"", "B=\"10q\"", "D is required"] {
             assert!(line.contains(name), "{line}");
         }
+    }
+
+    fn error_of(env: Env) -> String {
+        env.finish().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn cron_reads_good_values_keeps_the_default_and_names_a_bad_one() {
+        let next = |c: &croner::Cron| c.as_str().to_owned();
+        let mut env = Env::from_pairs([("S", " 0 4 * * 1 ")]);
+        assert_eq!(next(&env.cron("S", "0 3 * * 0")), "0 4 * * 1");
+        assert_eq!(next(&env.cron("UNSET", "0 3 * * 0")), "0 3 * * 0");
+        assert!(env.finish().is_ok());
+        for bad in ["every day", "61 * * * *", ""] {
+            let mut env = Env::from_pairs([("S", bad)]);
+            assert_eq!(next(&env.cron("S", "0 3 * * 0")), "0 3 * * 0", "{bad}");
+            let line = error_of(env);
+            assert!(line.contains(&format!("S={bad:?}: not a cron expression")), "{line}");
+        }
+    }
+
+    #[test]
+    fn scope_is_the_variable_or_none() {
+        let mut env = Env::from_pairs([(crate::ENV_SCOPE, "site1")]);
+        assert_eq!(env.scope().as_deref(), Some("site1"));
+        for pairs in [vec![], vec![(crate::ENV_SCOPE, "")]] {
+            let mut env = Env::from_pairs(pairs);
+            assert_eq!(env.scope(), None);
+            assert!(env.finish().is_ok());
+        }
+    }
+
+    #[test]
+    fn delivery_settings_are_bounded_and_named() {
+        let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+        assert_eq!((env.ack_wait(), env.max_deliver()), (DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVER));
+        let mut env =
+            Env::from_pairs([(crate::ENV_ACK_WAIT, "2m"), (crate::ENV_MAX_DELIVER, "1000")]);
+        assert_eq!((env.ack_wait(), env.max_deliver()), (Duration::from_secs(120), 1000));
+        assert!(env.finish().is_ok());
+        for (ack, max) in [("0s", "0"), ("500ms", "1001"), ("soon", "x")] {
+            let mut env =
+                Env::from_pairs([(crate::ENV_ACK_WAIT, ack), (crate::ENV_MAX_DELIVER, max)]);
+            let _ = (env.ack_wait(), env.max_deliver());
+            let line = error_of(env);
+            for name in [crate::ENV_ACK_WAIT, crate::ENV_MAX_DELIVER] {
+                assert!(line.contains(&format!("{name}=")), "{ack} {max}: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_set_value_wins_over_the_variable_and_its_file() {
+        let mut env = Env::from_pairs([("U", "a"), ("V_FILE", "/nonexistent")]);
+        env.set("U", "b");
+        env.set("V", "c");
+        assert_eq!((env.optional("U"), env.optional("V")), (Some("b".into()), Some("c".into())));
+        assert!(env.finish().is_ok());
     }
 
     #[test]

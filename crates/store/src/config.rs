@@ -1,6 +1,8 @@
 //! Where backups are stored: the bucket settings both the backup service and `steward backup
 //! list` read, under the same variable names.
 
+use steward_settings::Env;
+
 /// The bucket backups go to.
 pub const ENV_BUCKET: &str = "STEWARD_S3_BUCKET";
 /// Key prefix inside the bucket (e.g. `gitea/`).
@@ -17,6 +19,29 @@ pub struct S3Config {
     pub prefix: String,
     /// Endpoint of an S3-compatible store (path-style addressing); `None` for AWS.
     pub endpoint: Option<String>,
+}
+
+impl S3Config {
+    /// Reads [`ENV_BUCKET`] (required, S3's naming rules), [`ENV_PREFIX`] and
+    /// [`ENV_ENDPOINT`] (`http(s)://`); errors go to `env`. The backup service and `steward
+    /// backup list` both read the bucket here.
+    pub fn read(env: &mut Env) -> Self {
+        let bucket = env.required(ENV_BUCKET);
+        if !bucket.is_empty() {
+            if let Err(reason) = validate_bucket(&bucket) {
+                env.error(ENV_BUCKET, &bucket, reason);
+            }
+        }
+        let prefix = normalise_prefix(&env.string(ENV_PREFIX, ""));
+        let endpoint = env.optional(ENV_ENDPOINT).filter(|s| !s.is_empty());
+        if let Some(endpoint) = &endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                let shown = steward_events::redact_url(endpoint);
+                env.error(ENV_ENDPOINT, &shown, "expected an http:// or https:// URL");
+            }
+        }
+        Self { bucket, prefix, endpoint }
+    }
 }
 
 /// A prefix as stored: no leading `/`, a trailing `/` unless empty.
@@ -55,6 +80,32 @@ mod tests {
         for bad in ["", "ab", "Upper", "-dash", "dash-", "under_score", &"x".repeat(64)] {
             assert!(validate_bucket(bad).is_err(), "{bad}");
         }
+    }
+
+    fn read(pairs: &[(&str, &str)]) -> Result<S3Config, String> {
+        let mut env = Env::from_pairs(pairs.iter().copied());
+        let config = S3Config::read(&mut env);
+        env.finish().map(|()| config).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_bucket_settings_are_read_and_every_bad_one_is_named() {
+        let config = read(&[
+            (ENV_BUCKET, "steward-backups"),
+            (ENV_PREFIX, "/gitea"),
+            (ENV_ENDPOINT, "http://127.0.0.1:9000"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.bucket, "steward-backups");
+        assert_eq!(config.prefix, "gitea/");
+        assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+
+        let e = read(&[]).expect_err("the bucket is required");
+        assert!(e.contains("STEWARD_S3_BUCKET is required"), "{e}");
+        let e = read(&[(ENV_BUCKET, "Bad_Bucket"), (ENV_ENDPOINT, "minio:9000")])
+            .expect_err("bad values");
+        assert!(e.contains("STEWARD_S3_BUCKET=\"Bad_Bucket\": 3 to 63 lowercase"), "{e}");
+        assert!(e.contains("STEWARD_S3_ENDPOINT=\"minio:9000\": expected an http"), "{e}");
     }
 
     #[test]

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 
-use std::str::FromStr as _;
-
 use crate::links::{ApprovalLinks, MAX_TTL, MIN_SECRET_LEN, MIN_TTL};
 use crate::renewal::RenewalConfig;
 
@@ -31,8 +29,6 @@ pub const ENV_CERTS_SCHEDULE: &str = "STEWARD_CERTS_SCHEDULE";
 pub const DEFAULT_CERTS_SCHEDULE: &str = "0 4 * * 1";
 /// How long the renewal command may run.
 pub const ENV_CERTS_TIMEOUT: &str = "STEWARD_CERTS_TIMEOUT";
-/// Only containers labelled `steward.scope=<this>` take part in the certificate renewal.
-pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
 
 /// The updater's settings.
 #[derive(Debug, Clone)]
@@ -69,27 +65,18 @@ impl UpdaterConfig {
 }
 
 impl Default for RenewalConfig {
+    /// The defaults, as an unset environment reads them (one place for each).
     fn default() -> Self {
-        Self {
-            schedule: croner::Cron::from_str(DEFAULT_CERTS_SCHEDULE)
-                .unwrap_or_else(|_| unreachable!("the default schedule parses")),
-            timeout: Duration::from_secs(10 * 60),
-            reload_timeout: Duration::from_secs(120),
-            scope: None,
-        }
+        read_renewal(&mut Env::from_pairs(std::iter::empty::<(String, String)>()))
     }
 }
 
 fn read_renewal(env: &mut Env) -> RenewalConfig {
-    let default = RenewalConfig::default();
-    let schedule = env.parse_with(ENV_CERTS_SCHEDULE, None, |s| {
-        croner::Cron::from_str(s).map(Some).map_err(|e| format!("not a cron expression: {e}"))
-    });
     RenewalConfig {
-        schedule: schedule.unwrap_or(default.schedule),
-        timeout: env.duration(ENV_CERTS_TIMEOUT, default.timeout),
-        reload_timeout: env.duration(ENV_HOOK_TIMEOUT, default.reload_timeout),
-        scope: env.optional(ENV_SCOPE).filter(|s| !s.is_empty()),
+        schedule: env.cron(ENV_CERTS_SCHEDULE, DEFAULT_CERTS_SCHEDULE),
+        timeout: env.duration(ENV_CERTS_TIMEOUT, Duration::from_secs(10 * 60)),
+        reload_timeout: env.duration(ENV_HOOK_TIMEOUT, Duration::from_secs(120)),
+        scope: env.scope(),
     }
 }
 
@@ -179,6 +166,14 @@ mod tests {
             let cfg = with_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert!(cfg.links.is_some(), "{url}");
         }
+    }
+
+    #[test]
+    fn the_default_certs_schedule_parses() {
+        let cfg = read(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.renewal.schedule.as_str(), DEFAULT_CERTS_SCHEDULE);
+        let e = read(&[(ENV_CERTS_SCHEDULE, "mondays")]).expect_err("a bad schedule");
+        assert!(e.contains("STEWARD_CERTS_SCHEDULE=\"mondays\": not a cron"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! The watcher's own settings, names and defaults in one place.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use steward_runtime::Env;
@@ -17,9 +16,6 @@ pub const ENV_REGISTRY_TIMEOUT: &str = "STEWARD_REGISTRY_TIMEOUT";
 pub const ENV_REGISTRY_MAX_WAIT: &str = "STEWARD_REGISTRY_MAX_WAIT";
 /// Registries reached over plain HTTP (comma-separated hosts; loopback ones always are).
 pub const ENV_REGISTRY_INSECURE: &str = "STEWARD_REGISTRY_INSECURE";
-
-/// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
-pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
 
 /// Sunday 03:00.
 pub const DEFAULT_SCHEDULE: &str = "0 3 * * 0";
@@ -40,10 +36,7 @@ pub struct WatcherConfig {
 impl WatcherConfig {
     /// Reads the settings; errors go to `env`.
     pub fn read(env: &mut Env) -> Self {
-        let default_schedule = croner::Cron::from_str(DEFAULT_SCHEDULE).ok();
-        let schedule = env.parse_with(ENV_SCHEDULE, default_schedule, |s| {
-            croner::Cron::from_str(s).map(Some).map_err(|e| format!("not a cron expression: {e}"))
-        });
+        let schedule = env.cron(ENV_SCHEDULE, DEFAULT_SCHEDULE);
         let concurrency = env.parse_with(ENV_CONCURRENCY, 8, |s| match s.parse::<usize>() {
             Ok(n) if (1..=64).contains(&n) => Ok(n),
             _ => Err("a whole number from 1 to 64".into()),
@@ -60,15 +53,22 @@ impl WatcherConfig {
             max_wait: env.duration(ENV_REGISTRY_MAX_WAIT, Duration::from_secs(60)),
             insecure,
         };
-        let scope = env.optional(ENV_SCOPE).filter(|s| !s.is_empty());
-        Self {
-            scope,
-            // The default always parses; a bad value was reported to `env` above.
-            schedule: schedule.unwrap_or_else(|| {
-                croner::Cron::from_str("0 3 * * 0").unwrap_or_else(|_| unreachable!())
-            }),
-            concurrency,
-            registry,
-        }
+        Self { scope: env.scope(), schedule, concurrency, registry }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_schedule_parses_and_a_bad_one_is_named() {
+        let mut env = Env::from_pairs(std::iter::empty::<(String, String)>());
+        assert_eq!(WatcherConfig::read(&mut env).schedule.as_str(), DEFAULT_SCHEDULE);
+        assert!(env.finish().is_ok());
+        let mut env = Env::from_pairs([(ENV_SCHEDULE, "weekly")]);
+        let _ = WatcherConfig::read(&mut env);
+        let line = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(line.contains("STEWARD_WATCH_SCHEDULE=\"weekly\""), "{line}");
     }
 }

@@ -1,0 +1,36 @@
+//! The names of the settings more than one crate reads, in one place.
+
+/// NATS server URL(s).
+pub const ENV_NATS_URL: &str = "STEWARD_NATS_URL";
+/// NATS user of this service (with [`ENV_NATS_PASSWORD`]); unset for a server without users.
+pub const ENV_NATS_USER: &str = "STEWARD_NATS_USER";
+/// NATS password (or `STEWARD_NATS_PASSWORD_FILE`).
+pub const ENV_NATS_PASSWORD: &str = "STEWARD_NATS_PASSWORD";
+/// Address of the health/metrics HTTP server.
+pub const ENV_HTTP_ADDR: &str = "STEWARD_HTTP_ADDR";
+/// `json` (default) or `pretty`.
+pub const ENV_LOG_FORMAT: &str = "STEWARD_LOG_FORMAT";
+/// Log filter, e.g. `info` or `steward_bus=debug,info`.
+pub const ENV_LOG: &str = "STEWARD_LOG";
+/// Stream name (default `STEWARD`).
+pub const ENV_STREAM: &str = "STEWARD_STREAM";
+/// Subject prefix, to run several installations on one NATS (default none).
+pub const ENV_SUBJECT_PREFIX: &str = "STEWARD_SUBJECT_PREFIX";
+/// How long events are kept (default 365d).
+pub const ENV_EVENT_RETENTION: &str = "STEWARD_EVENT_RETENTION";
+/// Duplicate window of the stream (default 2m).
+pub const ENV_DUPLICATE_WINDOW: &str = "STEWARD_DUPLICATE_WINDOW";
+/// How long a publish retries while NATS is away (default 30s).
+pub const ENV_PUBLISH_TIMEOUT: &str = "STEWARD_PUBLISH_TIMEOUT";
+/// Redelivery timeout of an unacked event (default 30s).
+pub const ENV_ACK_WAIT: &str = "STEWARD_ACK_WAIT";
+/// Deliveries before an event is dead-lettered (default 5).
+pub const ENV_MAX_DELIVER: &str = "STEWARD_MAX_DELIVER";
+/// How long shutdown waits for the event in hand (default 20s).
+pub const ENV_SHUTDOWN_GRACE: &str = "STEWARD_SHUTDOWN_GRACE";
+/// Docker engine address (read by the Docker client itself).
+pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
+/// How long one Docker engine call may go unanswered (default 30s).
+pub const ENV_ENGINE_TIMEOUT: &str = "STEWARD_ENGINE_TIMEOUT";
+/// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
+pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
