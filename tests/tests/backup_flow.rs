@@ -84,6 +84,8 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
         current_digest: Digest::parse(&format!("sha256:{}", "1".repeat(64))).expect("digest"),
         new_digest: Digest::parse(&format!("sha256:{}", "2".repeat(64))).expect("digest"),
         new_tag: None,
+        policy: None,
+        versions: Default::default(),
     };
     let cause = Event::new("steward-watcher/test", news.clone());
     let mut gating = UpdateRecord::from_news(

@@ -426,6 +426,8 @@ fn image_updated(app: &App, from: &str, to: &str) -> Event {
             current_digest: Digest::parse(from).expect("digest"),
             new_digest: Digest::parse(to).expect("digest"),
             new_tag: None,
+            policy: None,
+            versions: Default::default(),
         },
     )
 }

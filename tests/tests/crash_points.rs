@@ -142,6 +142,8 @@ fn image_updated(app: &App, to: &str) -> Event {
             current_digest: Digest::parse(&app.v1).expect("digest"),
             new_digest: Digest::parse(to).expect("digest"),
             new_tag: None,
+            policy: None,
+            versions: Default::default(),
         },
     )
 }

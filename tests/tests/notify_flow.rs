@@ -393,6 +393,7 @@ async fn the_webhook_gets_the_same_notification_as_json() {
             approval_url: Some("https://steward.test/approve/live-token".into()),
             expires_at: Some(time::OffsetDateTime::now_utc() + Duration::from_secs(3600)),
             runs: None,
+            versions: Default::default(),
         },
     );
     bus.publish(&old_pending).await.expect("publish");

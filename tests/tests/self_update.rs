@@ -45,6 +45,8 @@ async fn announce(bus: &TestBus, name: &str, image: &str, from: &str, to: &str) 
             current_digest: Digest::parse(from).expect("digest"),
             new_digest: Digest::parse(to).expect("digest"),
             new_tag: None,
+            policy: None,
+            versions: Default::default(),
         },
     );
     bus.publish(&event).await.expect("publish");

@@ -99,6 +99,17 @@ pub struct ContainerInfo {
     pub labels: HashMap<String, String>,
 }
 
+/// What the engine knows of a local image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalImage {
+    /// `repo@sha256:...`, one per registry repository it was pulled from or pushed to.
+    pub repo_digests: Vec<String>,
+    /// Its labels (`Config.Labels`).
+    pub labels: HashMap<String, String>,
+    /// When it was built (RFC 3339), as the engine reports it.
+    pub created: Option<String>,
+}
+
 /// `sha256:<hex>` or bare 64-digit hex: what `docker ps` shows instead of a moved reference.
 fn looks_like_image_id(s: &str) -> bool {
     let hex = s.strip_prefix("sha256:").unwrap_or(s);
@@ -248,11 +259,20 @@ impl Engine {
     /// `RepoDigests` of a local image (`repo@sha256:...`, one per registry repository it was
     /// pulled from or pushed to).
     pub async fn repo_digests(&self, image_id: &str) -> Result<Vec<String>, EngineError> {
+        Ok(self.local_image(image_id).await?.repo_digests)
+    }
+
+    /// A local image's repo digests, labels and build time, from one inspect.
+    pub async fn local_image(&self, image_id: &str) -> Result<LocalImage, EngineError> {
         let image = self
             .timed(self.client()?.inspect_image(image_id))
             .await
             .map_err(|e| self.list_failed(&format!("inspect image {image_id}"), e))?;
-        Ok(image.repo_digests.unwrap_or_default())
+        Ok(LocalImage {
+            repo_digests: image.repo_digests.unwrap_or_default(),
+            labels: image.config.and_then(|c| c.labels).unwrap_or_default(),
+            created: image.created,
+        })
     }
 
     /// Pings the engine within `timeout`.

@@ -16,6 +16,9 @@ pub const HEALTH_BUCKET: &str = "HEALTH";
 pub const OUTBOX_BUCKET: &str = "NOTIFY_OUTBOX";
 /// KV bucket of the approval links already used, by update id.
 pub const USED_LINKS_BUCKET: &str = "APPROVAL_LINKS";
+/// KV bucket of the newer images the notifier has reported, per channel, image, tag and
+/// digest: each is reported once, also when its containers are announced at different times.
+pub const ANNOUNCED_BUCKET: &str = "NOTIFY_ANNOUNCED";
 
 /// What the watcher knows about one watched container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +176,9 @@ pub struct UpdateRecord {
     /// that kills the updater cannot do so forever.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub interruptions: u32,
+    /// The running and new release as the `image.updated` said (the approval page shows them).
+    #[serde(flatten)]
+    pub versions: crate::Versions,
 }
 
 impl UpdateRecord {
@@ -209,6 +215,7 @@ impl UpdateRecord {
             outbox: vec![],
             dependents: vec![],
             interruptions: 0,
+            versions: u.versions.clone(),
         }
     }
 }

@@ -85,7 +85,10 @@ impl Service {
                 "backup.done",
                 "backup.failed",
             ],
+            // `image.updated` for containers whose policy is `notify`: nobody else tells the
+            // operator about those.
             Service::Notifier => &[
+                "image.updated",
                 "update.pending",
                 "update.succeeded",
                 "update.failed",
@@ -158,7 +161,7 @@ impl Service {
             Service::Watcher => &[WATCH_BUCKET],
             Service::Updater => &[UPDATE_BUCKET, UPDATE_QUEUE_BUCKET, USED_LINKS_BUCKET],
             Service::Health => &[HEALTH_BUCKET],
-            Service::Notifier => &[OUTBOX_BUCKET],
+            Service::Notifier => &[OUTBOX_BUCKET, ANNOUNCED_BUCKET],
             Service::Backup | Service::Cli => &[],
         }
     }

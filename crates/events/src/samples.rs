@@ -13,6 +13,27 @@ fn digest(fill: char) -> Digest {
         .unwrap_or_else(|_| unreachable!("hex fill digit"))
 }
 
+/// What Gitea's images say about themselves, before and after.
+fn versions() -> Versions {
+    let source = Some("https://github.com/go-gitea/gitea".to_owned());
+    Versions {
+        current_version: Some(ImageVersion {
+            version: Some("1.22.6".into()),
+            created: Some(time::macros::datetime!(2026-10-01 09:00 UTC)),
+            source: source.clone(),
+            url: None,
+            revision: Some("5f3c9a1".into()),
+        }),
+        new_version: Some(ImageVersion {
+            version: Some("1.22.7".into()),
+            created: Some(time::macros::datetime!(2026-11-20 09:00 UTC)),
+            source,
+            url: None,
+            revision: Some("9e2b4d7".into()),
+        }),
+    }
+}
+
 /// One example of each event type, for container `container`.
 pub fn all(container: &str) -> Vec<EventData> {
     let c = container.to_owned();
@@ -27,6 +48,8 @@ pub fn all(container: &str) -> Vec<EventData> {
             current_digest: digest('a'),
             new_digest: digest('b'),
             new_tag: Some("1.22.7".into()),
+            policy: Some("notify".into()),
+            versions: versions(),
         }
         .into(),
         UpdatePending {
@@ -39,6 +62,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             approval_url: None,
             expires_at: Some(time::macros::datetime!(2026-11-30 12:00 UTC)),
             runs: None,
+            versions: versions(),
         }
         .into(),
         UpdateApproved { update_id, by: "ops@host".into() }.into(),

@@ -73,7 +73,7 @@ pub struct NotifierConfig {
     pub retry_for: Duration,
 }
 
-/// Event types notified by default (`update.succeeded` only for manual-policy updates).
+/// Event types notified by default (`image.updated` only for `notify` containers).
 pub fn default_events() -> Vec<&'static str> {
     steward_events::Service::Notifier.consumes().to_vec()
 }
@@ -308,9 +308,9 @@ mod tests {
 
         let e = read(&[
             (ENV_WEBHOOK_URL, "http://127.0.0.1:1/hook"),
-            (ENV_EVENTS, "update.pending,image.updated"),
+            (ENV_EVENTS, "update.pending,backup.done"),
         ])
         .expect_err("event not received");
-        assert!(e.contains("image.updated"), "{e}");
+        assert!(e.contains("backup.done"), "{e}");
     }
 }

@@ -19,7 +19,8 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use crate::channels::Channel;
-use crate::message::{describe, Item, Templates};
+use crate::message::{describe, describe_news, Item, Templates};
+use crate::news::{self, Announcements};
 use crate::outbox::{EntryState, Outbox, Queued};
 
 /// Most items in one message.
@@ -38,6 +39,8 @@ pub struct Delivery {
     pub approval_links: bool,
     /// The outbox.
     pub outbox: Outbox,
+    /// The newer images already reported.
+    pub announcements: Announcements,
     /// Templates.
     pub templates: Arc<Templates>,
     /// Burst window.
@@ -88,9 +91,10 @@ impl Delivery {
         let (decisions, rest): (Vec<Queued>, Vec<Queued>) =
             queued.into_iter().partition(|q| describe(&q.event).needs_decision);
         let mut batches: Vec<Vec<Queued>> = decisions.into_iter().map(|q| vec![q]).collect();
-        let mut rest = rest.into_iter().peekable();
+        // Items, not entries, are counted: the containers of one newer image stay together.
+        let mut rest = news::group(rest).into_iter().peekable();
         while rest.peek().is_some() {
-            batches.push(rest.by_ref().take(MAX_ITEMS).collect());
+            batches.push(rest.by_ref().take(MAX_ITEMS).flatten().collect());
         }
         for batch in batches {
             // On shutdown, the message being sent finishes; the rest stay queued for the
@@ -105,12 +109,30 @@ impl Delivery {
 
     async fn deliver(&self, ctx: &Context, batch: Vec<Queued>) -> Result<(), BusError> {
         let kind = self.channel.kind().as_str();
+        // A newer image reported by an earlier message (another container on it announced
+        // later) is not reported again.
+        let (batch, reported) =
+            self.announcements.split_announced(self.channel.kind(), batch).await?;
+        for q in reported {
+            tracing::info!(channel = kind, event = %q.event.id, "newer image already reported; not again");
+            self.outbox.finish(q, EntryState::Sent).await?;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let units = news::group(batch);
+        let batch: Vec<Queued> = units.iter().flatten().cloned().collect();
         let about: Vec<uuid::Uuid> = batch.iter().map(|q| q.event.id).collect();
         let mut items = vec![];
-        for q in &batch {
-            let mut item = describe(&q.event);
+        for unit in &units {
+            let events: Vec<&Event> = unit.iter().map(|q| &q.event).collect();
+            if news::key(events[0]).is_some() {
+                items.push(describe_news(&events));
+                continue;
+            }
+            let mut item = describe(events[0]);
             if self.approval_links {
-                self.add_approval_link(ctx, &q.event, &mut item).await;
+                self.add_approval_link(ctx, events[0], &mut item).await;
             }
             items.push(item);
         }
@@ -139,6 +161,14 @@ impl Delivery {
                     about,
                 };
                 ctx.bus.publish(&Event::caused_by(&batch[0].event, ctx.source(), sent)).await?;
+                for unit in units.iter().filter(|u| news::key(&u[0].event).is_some()) {
+                    let events: Vec<&Event> = unit.iter().map(|q| &q.event).collect();
+                    if let Err(e) = self.announcements.mark(self.channel.kind(), &events).await {
+                        // Sent all the same: at worst a container announced later on the same
+                        // image is reported once more.
+                        tracing::warn!(channel = kind, error = %e, "cannot record the reported image");
+                    }
+                }
                 for q in batch {
                     self.outbox.finish(q, EntryState::Sent).await?;
                 }

@@ -5,6 +5,8 @@
 //! message, renders it ([`message`], templates in `templates/`), sends it ([`channels`]), and
 //! publishes `notify.sent` or `notify.failed`. So a burst of ten failures is one mail, a dead
 //! SMTP server delays mail instead of losing it, and a restart never mails an event twice.
+//! Newer images of `notify` containers are reported once per image and digest, with every
+//! container on it ([`news`]).
 //!
 //! The notifier holds no approval secret, and approval links are not in the stream: when it
 //! renders an `update.pending`, it asks the updater for the link (NATS request and reply that
@@ -14,6 +16,7 @@ pub mod channels;
 pub mod config;
 pub mod delivery;
 pub mod message;
+pub mod news;
 pub mod outbox;
 
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use crate::channels::Channel;
 use crate::config::NotifierConfig;
 use crate::delivery::Delivery;
 use crate::message::Templates;
+use crate::news::Announcements;
 use crate::outbox::{ChannelKind, Outbox};
 
 /// This service on the bus.
@@ -47,6 +51,8 @@ impl Notifier {
     /// loop per configured channel.
     pub async fn start(cfg: NotifierConfig, ctx: &Context) -> anyhow::Result<Self> {
         let outbox = Outbox::open(&ctx.bus).await.context("opening the outbox")?;
+        let announcements =
+            Announcements::open(&ctx.bus).await.context("opening the reported images")?;
         let templates = Arc::new(Templates::builtin().context("loading mail templates")?);
         let wake = Arc::new(Notify::new());
         let mut channels = vec![];
@@ -66,6 +72,7 @@ impl Notifier {
                 channel,
                 approval_links,
                 outbox: outbox.clone(),
+                announcements: announcements.clone(),
                 templates: templates.clone(),
                 window: cfg.group_window,
                 retry_for: cfg.retry_for,
@@ -90,14 +97,15 @@ impl Notifier {
         Ok(Self { outbox, channels: kinds, events: cfg.events, wake })
     }
 
-    /// Whether `event` is notified: its type is configured, and an `update.succeeded` only
-    /// when a human approved the update (automatic updates succeed quietly).
+    /// Whether `event` is notified: its type is configured, and an `image.updated` only for a
+    /// container whose policy is `notify` (a manual one gets its approval request, an
+    /// automatic one its outcome).
     pub fn wanted(&self, event: &Event) -> bool {
         if !self.events.contains(&event.event_type()) {
             return false;
         }
         match &event.data {
-            EventData::UpdateSucceeded(s) => s.approved_by.is_some(),
+            EventData::ImageUpdated(u) => u.policy.as_deref() == Some("notify"),
             _ => true,
         }
     }

@@ -6,7 +6,7 @@
 
 use minijinja::Environment;
 use serde::Serialize;
-use steward_events::{Event, EventData};
+use steward_events::{Event, EventData, ImageUpdated, ImageVersion, Versions};
 use time::macros::format_description;
 use uuid::Uuid;
 
@@ -37,6 +37,9 @@ pub struct Item {
     pub approval_url: Option<String>,
     /// Whether this item needs a human decision (never grouped with others).
     pub needs_decision: bool,
+    /// The release notes or changes of a newer image, when its labels say where it comes from
+    /// (only ever an `https` URL: `steward_events::release_notes`).
+    pub release_notes: Option<String>,
 }
 
 /// A rendered notification.
@@ -122,26 +125,25 @@ pub fn describe(event: &Event) -> Item {
         update_id: None,
         approval_url: None,
         needs_decision: false,
+        release_notes: None,
     };
     let fact = |k: &str, v: String| (k.to_owned(), v);
     match &event.data {
+        EventData::ImageUpdated(_) => return describe_news(&[event]),
         EventData::UpdatePending(p) => {
             let new = version(&p.image, p.new_tag.as_deref(), &p.new_digest);
             item.headline = format!("Approve update of {} to {new}?", p.container);
-            item.facts = vec![
-                fact("Container", p.container.clone()),
-                fact("Image", p.image.clone()),
-                fact("Running", p.current_digest.to_string()),
-                fact(
-                    "New",
-                    format!(
-                        "{}{}",
-                        p.new_digest,
-                        p.new_tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default()
-                    ),
-                ),
-                fact("Update id", p.update_id.to_string()),
-            ];
+            item.facts =
+                vec![fact("Container", p.container.clone()), fact("Image", p.image.clone())];
+            item.facts.extend(release_facts(
+                &[(&p.current_digest, p.versions.current_version.as_ref(), None)],
+                &p.new_digest,
+                p.new_tag.as_deref(),
+                &p.versions,
+                event.time,
+            ));
+            item.facts.push(fact("Update id", p.update_id.to_string()));
+            item.release_notes = p.versions.release_notes();
             if let Some(runs) = &p.runs {
                 item.facts.push(fact("Once approved", runs.clone()));
             }
@@ -152,8 +154,12 @@ pub fn describe(event: &Event) -> Item {
             item.needs_decision = true;
         }
         EventData::UpdateSucceeded(s) => {
-            item.headline =
-                format!("{} updated to {}", s.container, version(&s.image, None, &s.to_digest));
+            let how = if s.approved_by.is_none() { " automatically" } else { "" };
+            item.headline = format!(
+                "{} updated{how} to {}",
+                s.container,
+                version(&s.image, None, &s.to_digest)
+            );
             item.facts = vec![
                 fact("Container", s.container.clone()),
                 fact("Image", s.image.clone()),
@@ -281,6 +287,123 @@ pub fn describe(event: &Event) -> Item {
     item
 }
 
+/// `1.22.7 (tag 1.22.7, sha256:…)`: what an image says it is, with its tag and digest.
+fn release(tag: Option<&str>, digest: &steward_events::Digest, v: Option<&ImageVersion>) -> String {
+    let tag = tag.map(|t| format!("tag {t}, ")).unwrap_or_default();
+    match v.and_then(|v| v.version.as_deref()) {
+        Some(version) => format!("{version} ({tag}{digest})"),
+        None => format!("{tag}{digest}"),
+    }
+}
+
+/// `2026-11-20 09:00:00 UTC (12 days before this notice)`.
+fn released(created: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
+    let age = now - created;
+    let ago = if age.whole_days() >= 1 {
+        format!("{} days before this notice", age.whole_days())
+    } else if age.whole_hours() >= 1 {
+        format!("{} hours before this notice", age.whole_hours())
+    } else {
+        "within the hour before this notice".to_owned()
+    };
+    format!("{} ({ago})", utc(created))
+}
+
+/// The rows telling the running and the new release: each running digest (with the
+/// containers on it when there are several), the new one, and when it was built.
+fn release_facts(
+    running: &[(&steward_events::Digest, Option<&ImageVersion>, Option<String>)],
+    new_digest: &steward_events::Digest,
+    new_tag: Option<&str>,
+    versions: &Versions,
+    now: time::OffsetDateTime,
+) -> Vec<(String, String)> {
+    let mut facts = vec![];
+    for (digest, v, who) in running {
+        let label = match who {
+            Some(who) => format!("Running in {who}"),
+            None => "Running".to_owned(),
+        };
+        facts.push((label, release(None, digest, *v)));
+    }
+    facts.push(("New".to_owned(), release(new_tag, new_digest, versions.new_version.as_ref())));
+    if let Some(created) = versions.new_version.as_ref().and_then(|v| v.created) {
+        facts.push(("Released".to_owned(), released(created, now)));
+    }
+    facts
+}
+
+/// One report of a newer image for the containers of `events` (`image.updated` of one image,
+/// tag and digest, at least one): the image once, every container named.
+pub fn describe_news(events: &[&Event]) -> Item {
+    let news: Vec<(&Event, &ImageUpdated)> = events
+        .iter()
+        .filter_map(|e| match &e.data {
+            EventData::ImageUpdated(u) => Some((*e, u)),
+            _ => None,
+        })
+        .collect();
+    let Some((first_event, first)) = news.first().copied() else {
+        return describe(
+            events.first().copied().unwrap_or_else(|| unreachable!("one event at least")),
+        );
+    };
+    let mut containers: Vec<&str> = news.iter().map(|(_, u)| u.container.as_str()).collect();
+    containers.sort_unstable();
+    containers.dedup();
+    let names = containers.join(", ");
+    // Containers on the same image usually run the same digest; when not, each is told.
+    let mut running: Vec<(&steward_events::Digest, Option<&ImageVersion>, Vec<&str>)> = vec![];
+    for (_, u) in &news {
+        match running.iter_mut().find(|(d, _, _)| **d == u.current_digest) {
+            Some((_, _, who)) => who.push(&u.container),
+            None => running.push((
+                &u.current_digest,
+                u.versions.current_version.as_ref(),
+                vec![u.container.as_str()],
+            )),
+        }
+    }
+    let several = running.len() > 1;
+    let running: Vec<_> =
+        running.into_iter().map(|(d, v, who)| (d, v, several.then(|| who.join(", ")))).collect();
+    let new_name = first
+        .versions
+        .new_version
+        .as_ref()
+        .and_then(|v| v.version.clone())
+        .or_else(|| first.new_tag.clone())
+        .unwrap_or_else(|| first.new_digest.short().to_owned());
+    let mut facts = vec![
+        ("Image".to_owned(), first.image.clone()),
+        (if containers.len() == 1 { "Container" } else { "Containers" }.to_owned(), names.clone()),
+    ];
+    facts.extend(release_facts(
+        &running,
+        &first.new_digest,
+        first.new_tag.as_deref(),
+        &first.versions,
+        first_event.time,
+    ));
+    let mut item = Item {
+        kind: first_event.event_type(),
+        id: first_event.id,
+        headline: format!("Newer image {new_name} for {names} ({})", first.image),
+        container: Some(names),
+        when: utc(first_event.time),
+        host: host_of(&first_event.source),
+        facts,
+        log_tail: vec![],
+        next: String::new(),
+        update_id: None,
+        approval_url: None,
+        needs_decision: false,
+        release_notes: first.versions.release_notes(),
+    };
+    item.next = told(item.kind).next.to_owned();
+    item
+}
+
 /// The subject of a message of `items` (at least one).
 pub fn subject(items: &[Item]) -> String {
     let hosts: std::collections::BTreeSet<&str> = items.iter().map(|i| i.host.as_str()).collect();
@@ -337,6 +460,8 @@ struct Told {
 
 /// Every event the notifier tells, in one table (a test checks it covers what it consumes).
 const TOLD: &[Told] = &[
+    Told { kind: "image.updated", one: "newer image", many: "newer images",
+        next: "Nothing changes by itself: these containers are labelled `steward.update.policy=notify` (the default). To update, pull and recreate them (`docker compose pull && docker compose up -d`), or label them `manual` (Steward asks for approval) or `automatic`." },
     Told { kind: "update.pending", one: "update awaiting approval", many: "updates awaiting approval",
         next: "" },
     Told { kind: "update.succeeded", one: "update done", many: "updates done",
@@ -482,6 +607,96 @@ mod tests {
         assert!(s.contains("2 certificate renewals failed"), "{s}");
         let one = subject(&[describe(&sample("certs.failed")), describe(&sample("update.failed"))]);
         assert!(one.contains("1 certificate renewal failed"), "{one}");
+    }
+
+    fn news_for(container: &str) -> Event {
+        let mut e = sample("image.updated");
+        e.source = "steward-watcher/gitea-host".into();
+        if let EventData::ImageUpdated(u) = &mut e.data {
+            u.container = container.into();
+        }
+        e
+    }
+
+    #[test]
+    fn a_newer_image_is_one_entry_naming_every_container_with_both_versions_and_the_notes() {
+        let (a, b) = (news_for("gitea-b"), news_for("gitea-a"));
+        let item = describe_news(&[&a, &b]);
+        assert_eq!(item.headline, "Newer image 1.22.7 for gitea-a, gitea-b (gitea/gitea:1.22)");
+        let fact = |k: &str| item.facts.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(fact("Containers"), Some("gitea-a, gitea-b"));
+        assert!(fact("Running").is_some_and(|v| v.starts_with("1.22.6 (sha256:aaaa")), "{item:?}");
+        assert!(
+            fact("New").is_some_and(|v| v.starts_with("1.22.7 (tag 1.22.7, sha256:bbbb")),
+            "{item:?}"
+        );
+        assert!(
+            fact("Released").is_some_and(|v| v.starts_with("2026-11-20 09:00:00 UTC (")),
+            "{item:?}"
+        );
+        assert_eq!(
+            item.release_notes.as_deref(),
+            Some("https://github.com/go-gitea/gitea/compare/5f3c9a1...9e2b4d7")
+        );
+        let m = Templates::builtin().expect("templates").render(vec![item]).expect("render");
+        assert!(m.subject.contains("Newer image 1.22.7 for gitea-a, gitea-b"), "{}", m.subject);
+        assert!(
+            m.text.contains(
+                "Release notes: https://github.com/go-gitea/gitea/compare/5f3c9a1...9e2b4d7"
+            ),
+            "{}",
+            m.text
+        );
+        assert!(m.text.contains("steward.update.policy=notify"), "{}", m.text);
+        // One event alone is told the same way.
+        assert!(describe(&a).headline.starts_with("Newer image 1.22.7 for gitea-b"));
+    }
+
+    #[test]
+    fn containers_on_different_running_digests_are_told_apart() {
+        let a = news_for("a");
+        let mut b = news_for("b");
+        if let EventData::ImageUpdated(u) = &mut b.data {
+            u.current_digest =
+                steward_events::Digest::parse(&format!("sha256:{}", "c".repeat(64))).expect("d");
+            u.versions.current_version = None;
+        }
+        let item = describe_news(&[&a, &b]);
+        let keys: Vec<&str> = item.facts.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(keys.contains(&"Running in a") && keys.contains(&"Running in b"), "{keys:?}");
+    }
+
+    #[test]
+    fn hostile_image_labels_never_become_a_link_and_are_escaped() {
+        let mut e = news_for("app");
+        if let EventData::ImageUpdated(u) = &mut e.data {
+            let v = u.versions.new_version.as_mut().expect("sample has one");
+            v.source = Some("javascript:alert(1)".into());
+            v.version = Some("<img src=x onerror=alert(1)>".into());
+        }
+        let item = describe(&e);
+        assert_eq!(item.release_notes, None);
+        let m = Templates::builtin().expect("templates").render(vec![item]).expect("render");
+        assert!(!m.html.contains("javascript:") && !m.html.contains("<img"), "{}", m.html);
+    }
+
+    #[test]
+    fn the_approval_request_shows_the_same_versions() {
+        let item = describe(&sample("update.pending"));
+        let fact = |k: &str| item.facts.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert!(fact("Running").is_some_and(|v| v.starts_with("1.22.6 (")), "{item:?}");
+        assert!(fact("New").is_some_and(|v| v.starts_with("1.22.7 (")), "{item:?}");
+        assert!(fact("Released").is_some(), "{item:?}");
+        assert!(item.release_notes.as_deref().is_some_and(|l| l.contains("/compare/")));
+    }
+
+    #[test]
+    fn an_automatic_update_is_told_as_such() {
+        let mut e = sample("update.succeeded");
+        if let EventData::UpdateSucceeded(s) = &mut e.data {
+            s.approved_by = None;
+        }
+        assert!(describe(&e).headline.starts_with("gitea updated automatically to"));
     }
 
     #[test]

@@ -68,7 +68,24 @@ struct UpdateView {
     image: String,
     current: String,
     new: String,
+    /// When the new image was built, if it says.
+    released: Option<String>,
+    /// Its release notes or changes (`https` only: `steward_events::release_notes`).
+    notes: Option<String>,
     id: Uuid,
+}
+
+/// `1.22.7 (tag 1.22.7, sha256:…)`, as the approval mail tells it.
+fn told(
+    version: Option<&steward_events::ImageVersion>,
+    tag: Option<&str>,
+    digest: &steward_events::Digest,
+) -> String {
+    let tag = tag.map(|t| format!("tag {t}, ")).unwrap_or_default();
+    match version.and_then(|v| v.version.as_deref()) {
+        Some(v) => format!("{v} ({tag}{digest})"),
+        None => format!("{tag}{digest}"),
+    }
 }
 
 impl Page {
@@ -84,11 +101,15 @@ impl Page {
         let update = record.map(|r| UpdateView {
             container: r.container.clone(),
             image: r.image.clone(),
-            current: r.from_digest.to_string(),
-            new: match &r.new_tag {
-                Some(tag) => format!("{tag} ({})", r.to_digest),
-                None => r.to_digest.to_string(),
-            },
+            current: told(r.versions.current_version.as_ref(), None, &r.from_digest),
+            new: told(r.versions.new_version.as_ref(), r.new_tag.as_deref(), &r.to_digest),
+            released: r
+                .versions
+                .new_version
+                .as_ref()
+                .and_then(|v| v.created)
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            notes: r.versions.release_notes(),
             id: r.update_id,
         });
         let ctx = minijinja::context! {

@@ -253,6 +253,7 @@ async fn an_outbox_left_by_a_crash_is_published_once_with_its_own_id() {
             approval_url: None,
             expires_at: None,
             runs: None,
+            versions: Default::default(),
         },
     )
     .with_correlation(event.correlation_id);

@@ -66,6 +66,8 @@ async fn the_pull_uses_the_operators_docker_login() {
             current_digest: Digest::parse(&v1).expect("digest"),
             new_digest: Digest::parse(&v2).expect("digest"),
             new_tag: None,
+            policy: None,
+            versions: Default::default(),
         };
         (Event::new("test", data.clone()), data)
     };

@@ -8,7 +8,9 @@
 //!    pulled from or pushed to a registry has none: skipped with a warning);
 //! 3. the registry's digest for the tag (or, with tag tracking, for the newest newer tag);
 //! 4. a digest that differs from the running one and was not reported before is published as
-//!    `image.updated`, then recorded in the `WATCHER` KV bucket, so a second check or a
+//!    `image.updated` (with the container's policy, the running image's version labels, and
+//!    the new image's, read from its config in the registry: only then, never on every
+//!    check), then recorded in the `WATCHER` KV bucket, so a second check or a
 //!    restarted watcher does not repeat it.
 
 use std::collections::HashMap;
@@ -19,9 +21,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use steward_bus::{Bus, StateStore};
-use steward_engine::{ContainerInfo, Engine};
+use steward_engine::{ContainerInfo, Engine, LocalImage};
 use steward_events::records::{WatchRecord, WATCH_BUCKET};
-use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_events::{Digest, Event, EventData, ImageUpdated, ImageVersion, Versions};
 use steward_imageref::ImageRef;
 use steward_labels::compose::{dependency_order, ComposeService};
 use time::OffsetDateTime;
@@ -136,20 +138,19 @@ impl Checker {
         let mut image_ids: Vec<String> = targets.iter().map(|t| t.info.image_id.clone()).collect();
         image_ids.sort();
         image_ids.dedup();
-        let repo_digests: HashMap<String, Result<Vec<String>, String>> =
-            futures::stream::iter(image_ids)
-                .map(|id| async move {
-                    let digests = self.engine.repo_digests(&id).await.map_err(|e| e.to_string());
-                    (id, digests)
-                })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
-        let repo_digests = &repo_digests;
+        let images: HashMap<String, Result<LocalImage, String>> = futures::stream::iter(image_ids)
+            .map(|id| async move {
+                let image = self.engine.local_image(&id).await.map_err(|e| e.to_string());
+                (id, image)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let images = &images;
         let results: Vec<(String, Outcome)> = futures::stream::iter(targets)
             .map(|t| async move {
                 let name = t.info.name.clone();
-                (name, self.check(t, repo_digests, cause).await)
+                (name, self.check(t, images, cause).await)
             })
             .buffer_unordered(self.concurrency)
             .collect()
@@ -197,7 +198,7 @@ impl Checker {
     async fn check(
         &self,
         t: Target,
-        repo_digests: &HashMap<String, Result<Vec<String>, String>>,
+        images: &HashMap<String, Result<LocalImage, String>>,
         cause: Option<&Event>,
     ) -> Outcome {
         let registry = t.reference.as_oci().resolve_registry().to_owned();
@@ -209,8 +210,9 @@ impl Checker {
                 })
                 .inc();
         };
-        let digests = repo_digests.get(&t.info.image_id).cloned().unwrap_or_else(|| Ok(vec![]));
-        let known = match digests.map(|d| running_digests(&t, &d)) {
+        let image =
+            images.get(&t.info.image_id).cloned().unwrap_or_else(|| Ok(LocalImage::default()));
+        let known = match image.as_ref().map(|i| running_digests(&t, &i.repo_digests)) {
             Ok(known) if !known.is_empty() => known,
             Ok(_) => {
                 return Outcome::Skipped(format!(
@@ -266,12 +268,21 @@ impl Checker {
         }
         let is_new = !current && record.reported_digest.as_ref() != Some(&newest);
         if is_new {
+            let current_version = image
+                .as_ref()
+                .ok()
+                .and_then(|i| ImageVersion::from_labels(&i.labels, i.created.as_deref()));
             let data = ImageUpdated {
                 container: t.info.name.clone(),
                 image: t.info.image_ref.clone(),
                 current_digest: running.clone(),
                 new_digest: newest.clone(),
                 new_tag: newest_tag,
+                policy: Some(t.labels.policy.as_str().to_owned()),
+                versions: Versions {
+                    current_version,
+                    new_version: self.new_version(&t, &newest).await,
+                },
             };
             let event = match cause {
                 Some(cause) => Event::caused_by(cause, &self.source, data),
@@ -311,6 +322,19 @@ impl Checker {
             tracing::warn!(container = %u.container, error = %e, "cannot save watch record");
         }
         Ok(())
+    }
+
+    /// What the new image says about itself, from its config in the registry; `None` (logged)
+    /// when it cannot be read: the announcement goes out without it.
+    async fn new_version(&self, t: &Target, digest: &Digest) -> Option<ImageVersion> {
+        match self.registries.image_config(&t.reference, digest).await {
+            Ok(config) => ImageVersion::from_labels(&config.labels, config.created.as_deref()),
+            Err(e) => {
+                tracing::warn!(container = %t.info.name, digest = %digest.short(), error = %e,
+                    "cannot read the new image's labels; announcing it without them");
+                None
+            }
+        }
     }
 
     /// The newest digest: of a newer tracked tag if there is one, else of the tag itself.

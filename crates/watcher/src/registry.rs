@@ -29,6 +29,54 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+/// Largest manifest or index read (Docker Hub's limit is 4 MiB).
+const MAX_MANIFEST: usize = 4 << 20;
+/// Largest image config read (labels and history; real ones are a few KiB).
+const MAX_CONFIG: usize = 8 << 20;
+
+/// What the watcher reads of a new image's config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `config.Labels`.
+    pub labels: HashMap<String, String>,
+    /// `created` (RFC 3339), as the image says.
+    pub created: Option<String>,
+}
+
+impl ImageConfig {
+    /// Reads `config.Labels` and `created`; anything of another shape is left out.
+    fn from_json(config: &serde_json::Value) -> Self {
+        let labels = config
+            .get("config")
+            .and_then(|c| c.get("Labels"))
+            .and_then(|l| l.as_object())
+            .map(|l| {
+                l.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect()
+            })
+            .unwrap_or_default();
+        let created = config.get("created").and_then(|c| c.as_str()).map(str::to_owned);
+        Self { labels, created }
+    }
+}
+
+/// Whether an index entry is the manifest for this host (attestations have `unknown`).
+fn is_host_platform(entry: &serde_json::Value) -> bool {
+    let platform = entry.get("platform");
+    let field = |name: &str| platform.and_then(|p| p.get(name)).and_then(|v| v.as_str());
+    field("os") == Some("linux") && field("architecture") == Some(oci_arch())
+}
+
+/// This host's architecture in OCI's words.
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
 /// Requests in flight per registry.
 const PER_REGISTRY: usize = 8;
 
@@ -191,16 +239,105 @@ impl Registries {
 
     /// The digest the registry holds for `reference`'s tag.
     pub async fn manifest_digest(&self, reference: &ImageRef) -> Result<Digest, RegistryError> {
-        let host = self.host(reference.as_oci().resolve_registry());
         let tag = reference.tag().unwrap_or("latest");
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{}",
-            host.scheme,
-            host.name,
-            reference.repository(),
-            tag
-        );
-        // One retry for a stale token, and for 429s whose wait is within the bound.
+        let (headers, _) = self
+            .fetch(reference, reqwest::Method::HEAD, "manifests", tag, MANIFEST_TYPES, 0)
+            .await?;
+        let digest = headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Protocol {
+                registry: reference.as_oci().resolve_registry().to_owned(),
+                reason: format!("HEAD of {reference} returned no Docker-Content-Digest"),
+            })?;
+        Digest::parse(digest).map_err(|e| RegistryError::Protocol {
+            registry: reference.as_oci().resolve_registry().to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The labels and build time in the config of the image `digest` of `reference`'s
+    /// repository (for an index, of its manifest for this host's platform): two or three
+    /// `GET`s, asked only for a newer image, never on every check.
+    pub async fn image_config(
+        &self,
+        reference: &ImageRef,
+        digest: &Digest,
+    ) -> Result<ImageConfig, RegistryError> {
+        let registry = reference.as_oci().resolve_registry().to_owned();
+        let protocol =
+            |reason: String| RegistryError::Protocol { registry: registry.clone(), reason };
+        let mut manifest_digest = digest.clone();
+        // An index points at platform manifests; one level of indirection only.
+        for _ in 0..2 {
+            let (_, body) = self
+                .fetch(
+                    reference,
+                    reqwest::Method::GET,
+                    "manifests",
+                    &manifest_digest.to_string(),
+                    MANIFEST_TYPES,
+                    MAX_MANIFEST,
+                )
+                .await?;
+            let manifest: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| protocol(format!("manifest {manifest_digest}: {e}")))?;
+            if let Some(config) = manifest.get("config") {
+                let config_digest = config
+                    .get("digest")
+                    .and_then(|d| d.as_str())
+                    .ok_or_else(|| "no digest".to_owned())
+                    .and_then(|d| Digest::parse(d).map_err(|e| e.to_string()))
+                    .map_err(|e| protocol(format!("config digest of {manifest_digest}: {e}")))?;
+                let (_, blob) = self
+                    .fetch(
+                        reference,
+                        reqwest::Method::GET,
+                        "blobs",
+                        &config_digest.to_string(),
+                        "application/json, */*",
+                        MAX_CONFIG,
+                    )
+                    .await?;
+                let config: serde_json::Value = serde_json::from_slice(&blob)
+                    .map_err(|e| protocol(format!("image config {config_digest}: {e}")))?;
+                return Ok(ImageConfig::from_json(&config));
+            }
+            let platform = manifest
+                .get("manifests")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+                .find(|m| is_host_platform(m))
+                .and_then(|m| m.get("digest"))
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| {
+                    protocol(format!(
+                        "index {manifest_digest} has no manifest for linux/{}",
+                        oci_arch()
+                    ))
+                })?;
+            manifest_digest = Digest::parse(platform)
+                .map_err(|e| protocol(format!("platform manifest of {manifest_digest}: {e}")))?;
+        }
+        Err(protocol(format!("index {digest} points at another index")))
+    }
+
+    /// One request to `reference`'s repository (`/v2/<repo>/<kind>/<name>`) through the
+    /// registry's gate, permits and auth, retried once for a stale token and for 429s within
+    /// the bound; the headers and at most `limit` bytes of body of its 200 answer.
+    async fn fetch(
+        &self,
+        reference: &ImageRef,
+        method: reqwest::Method,
+        kind: &str,
+        name: &str,
+        accept: &str,
+        limit: usize,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), RegistryError> {
+        let host = self.host(reference.as_oci().resolve_registry());
+        let url =
+            format!("{}://{}/v2/{}/{kind}/{name}", host.scheme, host.name, reference.repository(),);
         let mut refreshed_auth = false;
         for _ in 0..4 {
             self.wait_for_gate(&host).await?;
@@ -209,26 +346,29 @@ impl Registries {
                 reason: "shutting down".into(),
             })?;
             let auth = self.authorization(&host, reference).await?;
-            let mut request = self.http.head(&url).header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+            let mut request =
+                self.http.request(method.clone(), &url).header(reqwest::header::ACCEPT, accept);
             if let Some(auth) = &auth {
                 request = request.header(reqwest::header::AUTHORIZATION, auth);
             }
-            let response = request.send().await.map_err(|e| unreachable(&host, e))?;
+            let mut response = request.send().await.map_err(|e| unreachable(&host, e))?;
             let status = response.status();
             match status.as_u16() {
                 200 => {
-                    let digest = response
-                        .headers()
-                        .get("docker-content-digest")
-                        .and_then(|v| v.to_str().ok())
-                        .ok_or_else(|| RegistryError::Protocol {
-                            registry: host.name.clone(),
-                            reason: format!("HEAD {url} returned no Docker-Content-Digest"),
-                        })?;
-                    return Digest::parse(digest).map_err(|e| RegistryError::Protocol {
-                        registry: host.name.clone(),
-                        reason: e.to_string(),
-                    });
+                    let headers = response.headers().clone();
+                    let mut body = vec![];
+                    while let Some(chunk) =
+                        response.chunk().await.map_err(|e| unreachable(&host, e))?
+                    {
+                        if body.len().saturating_add(chunk.len()) > limit {
+                            return Err(RegistryError::Protocol {
+                                registry: host.name.clone(),
+                                reason: format!("{url} is larger than {limit} bytes"),
+                            });
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                    return Ok((headers, body));
                 }
                 401 | 403 if !refreshed_auth && auth.is_some() => {
                     refreshed_auth = true;
@@ -243,7 +383,7 @@ impl Registries {
                 404 => {
                     return Err(RegistryError::NotFound {
                         registry: host.name.clone(),
-                        reference: reference.to_string(),
+                        reference: format!("{reference} ({kind}/{name})"),
                     })
                 }
                 429 => {

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::Payload;
-use crate::Digest;
+use crate::{Digest, Versions};
 
 macro_rules! container_payload {
     ($ty:ident) => {
@@ -53,6 +53,10 @@ pub struct UpdatePending {
     /// update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs: Option<String>,
+    /// The running and new release, copied from the `image.updated` this update was made
+    /// from, for the approval mail.
+    #[serde(flatten)]
+    pub versions: Versions,
 }
 container_payload!(UpdatePending);
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Payload;
-use crate::Digest;
+use crate::{Digest, Versions};
 
 /// Check registries now, for one container or all watched ones.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -36,6 +36,14 @@ pub struct ImageUpdated {
     /// With tag tracking: the newer tag (e.g. `1.22.7` after `1.22.6`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_tag: Option<String>,
+    /// The container's `steward.update.policy` as the watcher read it (`automatic`, `manual`,
+    /// `notify`): the notifier reports `notify` ones. Absent in events of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// What the running and the new image say about themselves (`current_version`,
+    /// `new_version`: version, build time, source, revision); absent when unknown.
+    #[serde(flatten)]
+    pub versions: Versions,
 }
 
 impl Payload for ImageUpdated {

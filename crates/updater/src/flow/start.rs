@@ -94,6 +94,7 @@ impl Flow {
                 approval_url: None,
                 expires_at: record.approval_expires,
                 runs: None,
+                versions: record.versions.clone(),
             };
             let why = self.waits_for(&record, &settings).await?;
             let data = UpdatePending {

@@ -88,6 +88,8 @@ pub async fn image_updated(bus: &Bus, app: &App, new_digest: &str) -> (Event, Im
         current_digest: Digest::parse(&app.v1).expect("digest"),
         new_digest: Digest::parse(new_digest).expect("digest"),
         new_tag: None,
+        policy: None,
+        versions: Default::default(),
     };
     let event = Event::new("steward-watcher/test", u.clone());
     bus.publish(&event).await.expect("publish");
