@@ -556,6 +556,86 @@ fn credentials(reference: &ImageRef) -> Option<RegistryAuth> {
 mod tests {
     use super::*;
 
+    /// A registry on 127.0.0.1 serving one multi-arch index, its platform manifests and one
+    /// config per platform; the requests it saw.
+    async fn fake_registry() -> (String, Arc<Mutex<Vec<String>>>) {
+        use axum::extract::Path;
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let other = match oci_arch() {
+            "amd64" => "arm64",
+            _ => "amd64",
+        };
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": d('1'), "platform": {"os": "linux", "architecture": other}},
+                {"digest": d('9'), "platform": {"os": "unknown", "architecture": "unknown"}},
+                {"digest": d('2'), "platform": {"os": "linux", "architecture": oci_arch()}},
+            ]
+        });
+        let manifest = |config: char| serde_json::json!({"schemaVersion": 2, "config": {"digest": d(config)}, "layers": []});
+        let config = serde_json::json!({
+            "created": "2026-01-02T03:04:05Z",
+            "config": {"Labels": {"org.opencontainers.image.version": "2.0.0", "odd": 7}}
+        });
+        let answers: HashMap<String, serde_json::Value> = [
+            (format!("manifests/{}", d('0')), index),
+            (format!("manifests/{}", d('1')), manifest('a')),
+            (format!("manifests/{}", d('2')), manifest('b')),
+            (format!("blobs/{}", d('b')), config),
+        ]
+        .into_iter()
+        .collect();
+        let seen = Arc::new(Mutex::new(vec![]));
+        let log = seen.clone();
+        let app = axum::Router::new().route(
+            "/v2/app/{kind}/{name}",
+            axum::routing::get(move |Path((kind, name)): Path<(String, String)>| {
+                let key = format!("{kind}/{name}");
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(key.clone());
+                let body = answers.get(&key).cloned();
+                async move {
+                    match body {
+                        Some(b) => (axum::http::StatusCode::OK, b.to_string()),
+                        None => (axum::http::StatusCode::NOT_FOUND, String::new()),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr.to_string(), seen)
+    }
+
+    #[tokio::test]
+    async fn the_config_of_an_index_is_read_for_this_hosts_platform() {
+        let (registry, seen) = fake_registry().await;
+        let registries = Registries::new(RegistryConfig {
+            timeout: Duration::from_secs(5),
+            max_wait: Duration::from_secs(1),
+            insecure: vec![],
+        })
+        .expect("client");
+        let reference = ImageRef::parse(&format!("{registry}/app:1.0")).expect("reference");
+        let index = Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("digest");
+        let config = registries.image_config(&reference, &index).await.expect("config");
+        assert_eq!(
+            config.labels.get("org.opencontainers.image.version").map(String::as_str),
+            Some("2.0.0")
+        );
+        assert!(!config.labels.contains_key("odd"), "a label that is no string is left out");
+        assert_eq!(config.created.as_deref(), Some("2026-01-02T03:04:05Z"));
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(seen.len(), 3, "index, platform manifest, config: {seen:?}");
+        assert!(seen[1].ends_with(&"2".repeat(64)), "the host's platform: {seen:?}");
+
+        let missing = Digest::parse(&format!("sha256:{}", "5".repeat(64))).expect("digest");
+        let e = registries.image_config(&reference, &missing).await.expect_err("no such");
+        assert_eq!(e.kind(), "not_found");
+    }
+
     #[test]
     fn loopback_hosts_are_plain_http() {
         for h in ["127.0.0.1:5000", "localhost:5000", "localhost", "127.1.2.3"] {
