@@ -43,6 +43,9 @@ pub struct BackupConfig {
     pub helper_image: Option<String>,
     /// Wait for health after a restore.
     pub restore_health_timeout: Duration,
+    /// How a restored container is probed: the health service's and the update gate's
+    /// setting (`STEWARD_HEALTH_PROBE_TIMEOUT`), read the same way.
+    pub probe: steward_probe::ProbeConfig,
     /// zstd level.
     pub zstd_level: i32,
     /// The installation's scope.
@@ -70,6 +73,7 @@ impl BackupConfig {
             helper_image: env.optional(ENV_HELPER_IMAGE).filter(|s| !s.is_empty()),
             restore_health_timeout: env
                 .duration(ENV_RESTORE_HEALTH_TIMEOUT, Duration::from_secs(180)),
+            probe: steward_probe::ProbeConfig::read(env),
             zstd_level,
             scope: env.scope(),
             keys,

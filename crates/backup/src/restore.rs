@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use steward_engine::ExecSpec;
 use steward_events::RestoreScope;
+use steward_probe::{Prober, Target, Verdict};
 use steward_store::manifest::{Component, Kind, Manifest};
 
 use crate::backup::{Backups, Failure};
@@ -299,31 +300,59 @@ impl Backups {
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))
     }
 
+    /// Waits for `container` to be healthy as the health service and the update gate judge
+    /// it ([`steward_probe`]: running, no restart, HEALTHCHECK not unhealthy, its
+    /// `steward.health.url`, `pg_isready` for a database), within the restore's own timeout.
+    /// Any verdict but a pass is waited out (a restored app may take its time to start).
     async fn wait_healthy(&self, container: &str) -> Result<(), Failure> {
+        let timeout = self.config.restore_health_timeout;
         let started = Instant::now();
+        let labels = self
+            .engine
+            .container_labels(container)
+            .await
+            .map_err(Failure::plain)?
+            .unwrap_or_default();
+        let target = Target::from_labels(&labels);
+        let prober = Prober::new(self.engine.clone(), &self.config.probe).map_err(|e| {
+            Failure::plain(format!("restored, but {container} cannot be probed: {e}"))
+        })?;
+        let mut restarts = None;
         let mut steady_since: Option<Instant> = None;
         loop {
             let view = self.engine.health_view(container).await.map_err(Failure::plain)?;
-            let ok = view.running && view.health.as_deref().is_none_or(|h| h == "healthy");
-            // Without a healthcheck, running for a few seconds is the best evidence there is.
-            let needed =
-                if view.health.is_some() { Duration::ZERO } else { Duration::from_secs(3) };
-            if ok {
-                let since = *steady_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= needed {
-                    return Ok(());
+            // Each round against the last: a restart fails one round and restarts the count.
+            let round = prober.round(container, &view, &target, restarts).await;
+            restarts = Some(view.restart_count);
+            let last = match round.verdict {
+                Verdict::Pass => {
+                    // Without a check of its own, running for a few seconds is the best
+                    // evidence there is.
+                    let needed = if target.has_own_check(&view) {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(3)
+                    };
+                    let since = *steady_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= needed {
+                        return Ok(());
+                    }
+                    "running for less than 3s".to_owned()
                 }
-            } else {
-                steady_since = None;
-            }
-            if started.elapsed() > self.config.restore_health_timeout {
+                Verdict::Fail(f) => {
+                    steady_since = None;
+                    format!("{}: {}", f.check.name(), f.reason)
+                }
+                Verdict::Pending(why) => {
+                    steady_since = None;
+                    why
+                }
+            };
+            if started.elapsed() > timeout {
                 let tail = self.engine.logs_tail(container, 20).await.unwrap_or_default();
                 return Err(Failure {
                     reason: format!(
-                        "restored, but {container} is not healthy after {:?} (running: {}, health: {})",
-                        self.config.restore_health_timeout,
-                        view.running,
-                        view.health.as_deref().unwrap_or("none")
+                        "restored, but {container} is not healthy after {timeout:?}: {last}"
                     ),
                     stderr_tail: tail,
                 });

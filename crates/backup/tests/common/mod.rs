@@ -52,12 +52,15 @@ pub async fn store_for(s3: &S3Config) -> Store {
 
 pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
     BackupConfig {
-        schedule: "0 2 * * *".parse().unwrap_or_else(|_| unreachable!()),
+        schedule: steward_backup::config::DEFAULT_SCHEDULE
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
         s3,
         retention: Retention::default(),
         stop_timeout: Duration::from_secs(5),
         helper_image: None,
         restore_health_timeout: Duration::from_secs(60),
+        probe: Default::default(),
         zstd_level: 3,
         scope: Some(scope.into()),
         keys: Keys::default(),
