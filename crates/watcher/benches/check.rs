@@ -114,6 +114,16 @@ async fn main() {
     assert!(heads.iter().all(Result::is_ok));
     println!("  of which: {n} manifest HEADs {:.3} s", started.elapsed().as_secs_f64());
 
+    // The floor: the registry answering the same 200 manifest HEADs alone, at the check's
+    // concurrency (8), from curl: no Docker, no KV, no Steward. Five rounds, the median.
+    let floor = curl_floor(n, &reg, &repo, 8);
+    println!(
+        "floor: curl --parallel-max 8, {n} manifest HEADs, median {:.3} s; steward / floor = {:.2} (target <= 1.3); skopeo / steward = {:.1}x (target >= 15x)",
+        floor.as_secs_f64(),
+        median.as_secs_f64() / floor.as_secs_f64(),
+        peer.as_secs_f64() / median.as_secs_f64()
+    );
+
     if keep.is_some() {
         return;
     }
@@ -131,6 +141,32 @@ async fn main() {
             .args(["rmi", "--no-prune", &format!("{reg}/{repo}:t{i}")])
             .output();
     }
+}
+
+/// The median of five rounds of `curl --parallel` sending the `n` manifest `HEAD`s.
+fn curl_floor(n: usize, reg: &str, repo: &str, parallel: usize) -> Duration {
+    let config = std::env::temp_dir().join(unique_name("curl-floor"));
+    let mut text = format!("head\nsilent\nfail\nheader = \"Accept: {MANIFEST}\"\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "url = \"http://{reg}/v2/{repo}/manifests/t{i}\"\noutput = \"/dev/null\"\n"
+        ));
+    }
+    std::fs::write(&config, text).expect("curl config");
+    let mut rounds = vec![];
+    for _ in 0..5 {
+        let started = Instant::now();
+        let out = Command::new("curl")
+            .args(["--parallel", "--parallel-max", &parallel.to_string(), "--config"])
+            .arg(&config)
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        rounds.push(started.elapsed());
+    }
+    let _ = std::fs::remove_file(&config);
+    rounds.sort();
+    rounds[rounds.len() / 2]
 }
 
 /// One image, n tags (pushed once, then the same manifest PUT under every tag), and n
