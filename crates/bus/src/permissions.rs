@@ -185,7 +185,8 @@ pub fn setup_password_variable() -> String {
     format!("STEWARD_{}_PASSWORD", SETUP_USER.to_uppercase())
 }
 
-/// Get values (direct or through the API) and list keys (an ephemeral ordered consumer).
+/// Get values (direct or through the API) and list keys or read every value (an ephemeral
+/// ordered consumer).
 fn read_bucket(bucket: &str) -> Vec<String> {
     let stream = format!("KV_{bucket}");
     vec![
@@ -197,6 +198,9 @@ fn read_bucket(bucket: &str) -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.INFO.{stream}.>"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        // Flow-control replies of the ordered consumer that lists keys or reads all values:
+        // without them a large bucket's listing stalls.
+        format!("$JS.FC.{stream}.>"),
     ]
 }
 

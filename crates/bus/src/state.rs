@@ -151,6 +151,50 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         })
     }
 
+    /// Every key's current value, read in one pass (one ordered consumer streaming the last
+    /// value per key) instead of a request per key. Waits at most `bound` for the stream.
+    pub async fn all(
+        &self,
+        bound: std::time::Duration,
+    ) -> Result<std::collections::HashMap<String, Versioned<T>>, BusError> {
+        use futures::StreamExt as _;
+        let mut out = std::collections::HashMap::new();
+        // Fresh from the server (`Store::status` answers from what `open` saw).
+        let info = self.kv.stream.get_info().await.map_err(|e| BusError::nats("kv status", e))?;
+        if info.state.messages == 0 {
+            // An empty stream delivers nothing, not even an end.
+            return Ok(out);
+        }
+        let mut watch =
+            self.kv.watch_with_history(">").await.map_err(|e| BusError::nats("kv read all", e))?;
+        let read = async {
+            while let Some(entry) = watch.next().await {
+                let entry = entry.map_err(|e| BusError::nats("kv read all", e))?;
+                let last = entry.delta == 0;
+                if entry.operation == kv::Operation::Put {
+                    let value = serde_json::from_slice(&entry.value).map_err(|e| {
+                        BusError::CorruptState {
+                            bucket: self.bucket.clone(),
+                            key: entry.key.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    out.insert(entry.key, Versioned { value, revision: entry.revision });
+                } else {
+                    out.remove(&entry.key);
+                }
+                if last {
+                    break;
+                }
+            }
+            Ok::<_, BusError>(())
+        };
+        tokio::time::timeout(bound, read)
+            .await
+            .map_err(|_| BusError::nats("kv read all", "timed out"))??;
+        Ok(out)
+    }
+
     /// Every key that holds a value.
     pub async fn keys(&self) -> Result<Vec<String>, BusError> {
         let keys = self.kv.keys().await.map_err(|e| BusError::nats("kv keys", e))?;

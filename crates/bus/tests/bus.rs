@@ -164,6 +164,31 @@ async fn state_store_compare_and_set_refuses_stale_writes() {
 }
 
 #[tokio::test]
+async fn state_store_reads_every_current_value_in_one_pass() {
+    let bus = TestBus::new("kvall").await;
+    bus.ensure_state_bucket("ALL").await.expect("provision");
+    let store: StateStore<serde_json::Value> = StateStore::open(&bus, "ALL").await.expect("open");
+    let bound = Duration::from_secs(5);
+    assert!(store.all(bound).await.expect("empty").is_empty(), "an empty bucket ends at once");
+    for key in ["a", "b", "c"] {
+        store.create(key, &serde_json::json!({"v": 1})).await.expect("create");
+    }
+    let a = store.get("a").await.expect("get").expect("a").revision;
+    let a2 = store.update("a", &serde_json::json!({"v": 2}), a).await.expect("update");
+    store.delete("b").await.expect("delete");
+    let all = store.all(bound).await.expect("all");
+    let mut keys: Vec<&String> = all.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "c"], "deleted keys are not values");
+    assert_eq!((all["a"].value["v"].as_i64(), all["a"].revision), (Some(2), a2));
+    // The revision read is the one a compare-and-set needs.
+    store.update("c", &serde_json::json!({"v": 3}), all["c"].revision).await.expect("cas");
+    store.delete("a").await.expect("delete");
+    store.delete("c").await.expect("delete");
+    assert!(store.all(bound).await.expect("only deletions").is_empty());
+}
+
+#[tokio::test]
 async fn idempotency_does_the_work_once() {
     let bus = TestBus::new("idem").await;
     let idem = Idempotency::open(&bus, "svc").await.expect("open");

@@ -370,3 +370,29 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     drop(updater);
     served.abort();
 }
+
+/// A service reads all of its bucket in one pass as its own user, however large: the ordered
+/// consumer's flow-control replies are allowed (without them the read stalls past the
+/// server's flow-control window and the server logs violations).
+#[tokio::test]
+async fn a_service_reads_a_large_bucket_in_one_pass_as_its_own_user() {
+    let server = NatsServer::start_with_steward_users();
+    let _setup = server.setup().await;
+    let watcher = connect(&server, Service::Watcher).await;
+    let store: StateStore<serde_json::Value> =
+        StateStore::open(&watcher, steward_events::records::WATCH_BUCKET).await.expect("open");
+    let filler = "x".repeat(4096);
+    let n = 1500;
+    let writes = (0..n).map(|i| {
+        let (store, filler) = (&store, &filler);
+        async move { store.put(&format!("c{i}"), &serde_json::json!({ "f": filler })).await }
+    });
+    for r in futures::future::join_all(writes).await {
+        r.expect("put");
+    }
+    let all = store.all(Duration::from_secs(20)).await.expect("all, as the watcher");
+    assert_eq!(all.len(), n);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = server.log();
+    assert!(!log.contains("Violation"), "{log}");
+}
