@@ -135,6 +135,8 @@ impl Checker {
             }
         }
         summary.checked = targets.len();
+        let listed: std::collections::HashSet<String> =
+            targets.iter().map(|t| t.info.name.clone()).collect();
         // Containers often share an image: inspect each image once per check.
         let mut image_ids: Vec<String> = targets.iter().map(|t| t.info.image_id.clone()).collect();
         image_ids.sort();
@@ -194,7 +196,7 @@ impl Checker {
         }
         summary.updated.sort();
         if only.is_none() {
-            self.forget_gone(&summary).await;
+            self.forget_gone(&summary, &listed, records).await;
         }
         tracing::info!(
             checked = summary.checked,
@@ -402,10 +404,24 @@ impl Checker {
     /// Drops the records of containers that no longer exist on this host, so `steward status`
     /// lists what is there. (Records are keyed by container name: one watcher per Docker host
     /// and namespace.)
-    async fn forget_gone(&self, summary: &Summary) {
-        let Ok(keys) = self.records.keys().await else { return };
+    async fn forget_gone(
+        &self,
+        summary: &Summary,
+        listed: &std::collections::HashSet<String>,
+        records: &Option<HashMap<String, Versioned<WatchRecord>>>,
+    ) {
+        // Records made during this check are of listed containers: the snapshot's keys do.
+        let keys = match records {
+            Some(all) => all.keys().cloned().collect(),
+            None => match self.records.keys().await {
+                Ok(keys) => keys,
+                Err(_) => return,
+            },
+        };
         for key in keys {
-            let seen = summary.skipped.iter().chain(&summary.failed).any(|(n, _)| *n == key)
+            // A container listed running a moment ago exists: only the others are asked for.
+            let seen = listed.contains(&key)
+                || summary.skipped.iter().chain(&summary.failed).any(|(n, _)| *n == key)
                 || summary.updated.contains(&key);
             if seen {
                 continue;
