@@ -245,14 +245,3 @@ where
         }
     }
 }
-
-/// A handler with nothing to do yet (the loop already logs every event it receives): the
-/// services' behaviour until their own issues give them work.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogHandler;
-
-impl Handler for LogHandler {
-    async fn handle(&self, _ctx: &Context, _event: Event) -> Result<(), HandlerError> {
-        Ok(())
-    }
-}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use steward_bus::BusConfig;
 use steward_events::{Event, Service, WatchRequested};
-use steward_runtime::{Context, Env, Handler, HandlerError, LogHandler, Runtime, RuntimeConfig};
+use steward_runtime::{Context, Env, Handler, HandlerError, Runtime, RuntimeConfig};
 use steward_testkit::{free_port, stored_events, unique_name, TestBus};
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +86,7 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
             }
         }
     });
-    let run = tokio::spawn(runtime.run(LogHandler));
+    let run = tokio::spawn(runtime.run(Idle));
     started.await.expect("job started");
     let stopping = Instant::now();
     shutdown.cancel();
@@ -154,4 +154,17 @@ async fn a_task_that_ignores_shutdown_is_abandoned_by_name_within_the_same_grace
         "the abandoned task is named: {abandoned:?}"
     );
     assert!(!abandoned.iter().any(|l| l.contains("polite loop")), "{abandoned:?}");
+}
+
+/// A service with no event work: only its background job matters here.
+struct Idle;
+
+impl Handler for Idle {
+    async fn handle(
+        &self,
+        _ctx: &Context,
+        _event: steward_events::Event,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
