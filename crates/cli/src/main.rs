@@ -112,9 +112,10 @@ enum Command {
     /// Exit 0 when the service in this container answers `/healthz` (the image's
     /// HEALTHCHECK); its address is the container's STEWARD_HTTP_ADDR.
     Healthcheck {
-        /// The service's address; `0.0.0.0` means this host.
-        #[arg(long, env = "STEWARD_HTTP_ADDR", default_value = "127.0.0.1:9100")]
-        addr: std::net::SocketAddr,
+        /// The service's address; `0.0.0.0` means this host. Default: STEWARD_HTTP_ADDR, read
+        /// as the services read it.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
     },
 }
 
@@ -231,7 +232,16 @@ async fn renew_certs(conn: &Connection, wait: Duration) -> anyhow::Result<()> {
 }
 
 /// GET `/healthz` on `addr` within a few seconds.
-async fn healthcheck(mut addr: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn healthcheck(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let mut addr = match addr {
+        Some(addr) => addr,
+        None => {
+            let mut env = steward_settings::Env::from_process();
+            let addr = env.http_addr(steward_events::Service::Cli);
+            env.finish()?;
+            addr
+        }
+    };
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use steward_engine::{Engine, HealthView};
 use steward_labels::LabelError;
-use steward_runtime::Env;
+use steward_settings::Env;
 
 /// Limit of one HTTP probe or `pg_isready`, for the health service and the update gate alike.
 pub const ENV_PROBE_TIMEOUT: &str = "STEWARD_HEALTH_PROBE_TIMEOUT";

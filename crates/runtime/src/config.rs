@@ -45,18 +45,7 @@ pub struct RuntimeConfig {
     pub engine_timeout: Duration,
 }
 
-/// Default HTTP port of each service, so all of them can run on one host side by side.
-pub fn default_http_addr(service: Service) -> SocketAddr {
-    let port = match service {
-        Service::Watcher => 9101,
-        Service::Updater => 9102,
-        Service::Backup => 9103,
-        Service::Health => 9104,
-        Service::Notifier => 9105,
-        Service::Cli => 9100,
-    };
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
+pub use steward_settings::default_http_addr;
 
 impl RuntimeConfig {
     /// Reads the shared settings; errors are collected in `env`.
@@ -84,7 +73,7 @@ impl RuntimeConfig {
         Self {
             service,
             bus,
-            http_addr: env.parse(ENV_HTTP_ADDR, default_http_addr(service)),
+            http_addr: env.http_addr(service),
             log_format,
             log_filter,
             ack_wait: env.ack_wait(),

@@ -27,3 +27,23 @@ pub fn event_source(service: Service) -> String {
         .unwrap_or_else(|| "localhost".into());
     format!("{}/{}", service.binary(), host)
 }
+
+/// Default HTTP address of each participant, so all of them can run on one host side by side.
+pub fn default_http_addr(service: Service) -> std::net::SocketAddr {
+    let port = match service {
+        Service::Watcher => 9101,
+        Service::Updater => 9102,
+        Service::Backup => 9103,
+        Service::Health => 9104,
+        Service::Notifier => 9105,
+        Service::Cli => 9100,
+    };
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Env {
+    /// `STEWARD_HTTP_ADDR`, default [`default_http_addr`] of `service`.
+    pub fn http_addr(&mut self, service: Service) -> std::net::SocketAddr {
+        self.parse(ENV_HTTP_ADDR, default_http_addr(service))
+    }
+}
