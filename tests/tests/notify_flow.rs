@@ -449,3 +449,43 @@ async fn sigterm_during_a_delivery_lets_it_finish_before_the_notifier_exits() {
     });
     assert!(sent, "the delivery in progress finished and was recorded: {}", notifier.logs());
 }
+
+/// Issue 26: `steward notify test` sends a test through every configured channel at once (no
+/// group window) and prints what each answered; a channel that cannot deliver makes it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steward_notify_test_goes_through_every_channel_and_says_which_failed() {
+    let bus = TestBus::new("notifytest").await;
+    let to = unique_address("notifytest");
+    let (hook, received) = webhook_sink().await;
+    // A long group window: the test must not wait for it.
+    let settings = with(
+        testbed_notifier_env(&to),
+        &[("STEWARD_WEBHOOK_URL", hook.as_str()), ("STEWARD_NOTIFY_GROUP_WINDOW", "10m")],
+    );
+    let notifier = Proc::service("steward-notifier", &bus, &settings);
+    let started = std::time::Instant::now();
+    let out = steward_system_tests::steward(&bus, &["notify", "test", "--wait", "30s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("email: sent to {to}")), "{text}");
+    assert!(text.contains("webhook: sent to http://127.0.0.1"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(25), "it waited for the group window");
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(10));
+    assert!(mails[0].subject.contains("Test notification"), "{}", mails[0].subject);
+    assert!(mails[0].text.contains("steward notify test"), "{}", mails[0].text);
+    let hooked = received.lock().expect("lock").first().cloned().expect("webhook called");
+    assert_eq!(hooked["items"][0]["kind"], "notify.test_requested", "{hooked}");
+    drop(notifier);
+
+    // SMTP down: the mail channel says so, the command fails; the webhook still works.
+    let bus = TestBus::new("notifytestdown").await;
+    let smtp = SmtpServer::stopped();
+    let settings = with(notifier_env(&smtp.addr(), &to), &[("STEWARD_WEBHOOK_URL", hook.as_str())]);
+    let _notifier = Proc::service("steward-notifier", &bus, &settings);
+    let out = steward_system_tests::steward(&bus, &["notify", "test", "--wait", "30s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("email: FAILED"), "{text}");
+    assert!(text.contains("webhook: sent to"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not deliver"), "{out:?}");
+}

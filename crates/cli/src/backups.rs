@@ -241,7 +241,7 @@ pub(crate) async fn request(
     })?
 }
 
-async fn follow(bus: &Bus, outcomes: &[&str]) -> anyhow::Result<steward_bus::Replay> {
+pub(crate) async fn follow(bus: &Bus, outcomes: &[&str]) -> anyhow::Result<steward_bus::Replay> {
     let query = ReplayQuery {
         since: Some(OffsetDateTime::now_utc() - time::Duration::seconds(2)),
         subjects: outcomes.iter().map(|s| s.to_string()).collect(),

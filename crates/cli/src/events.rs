@@ -259,6 +259,7 @@ pub(crate) fn summary(data: &EventData) -> String {
             format!("{} to {}: {}", p.channel, p.recipients.join(","), p.title)
         }
         EventData::NotifyFailed(p) => format!("{}: {}", p.channel, p.reason),
+        EventData::NotifyTestRequested(p) => format!("by {}", p.by),
         EventData::CertsRequested(p) => format!("by {}", p.requested_by.as_deref().unwrap_or("?")),
         EventData::CertsChecked(p) if p.renewed.is_empty() => "none due".into(),
         EventData::CertsChecked(p) => {

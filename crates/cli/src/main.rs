@@ -6,6 +6,7 @@
 mod audit;
 mod backups;
 mod events;
+mod notify;
 mod setup;
 mod status;
 mod updates;
@@ -97,6 +98,9 @@ enum Command {
     /// TLS certificates: run the renewal now.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Notifications: send a test through every configured channel.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Restore a backup (checksums are checked before anything is touched).
     Restore(backups::RestoreArgs),
     /// Read the event stream.
@@ -116,6 +120,17 @@ enum Command {
         /// as the services read it.
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NotifyCommand {
+    /// Send a test message through every channel the notifier has (mail, webhook) and print
+    /// what each answered; fails when one could not deliver it.
+    Test {
+        /// How long to wait for the first channel's answer.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
 }
 
@@ -198,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(cmd) => backups::run(cmd, &cli.conn).await,
         Command::Restore(args) => backups::restore(args, &cli.conn).await,
         Command::Certs(CertsCommand::Renew { wait }) => renew_certs(&cli.conn, wait).await,
+        Command::Notify(NotifyCommand::Test { wait }) => notify::test(&cli.conn, wait).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
         Command::Audit(args) => audit::run(args, &cli.conn).await,
         Command::Setup => setup::run(&cli.conn).await,

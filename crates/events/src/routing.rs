@@ -102,6 +102,7 @@ impl Service {
                 "health.engine_failed",
                 "health.engine_recovered",
                 "certs.failed",
+                "notify.test_requested",
             ],
             Service::Cli => &[],
         }
@@ -148,6 +149,7 @@ impl Service {
                 "verify.requested",
                 "restore.requested",
                 "certs.requested",
+                "notify.test_requested",
             ],
         }
     }

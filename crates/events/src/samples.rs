@@ -198,6 +198,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             gave_up: true,
         }
         .into(),
+        NotifyTestRequested { by: "ops@host".into() }.into(),
         CertsRequested { requested_by: Some("ops@host".into()) }.into(),
         CertsChecked {
             container: "certbot".into(),

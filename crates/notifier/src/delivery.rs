@@ -51,6 +51,10 @@ pub struct Delivery {
     pub wake: Arc<Notify>,
 }
 
+fn is_test(event: &Event) -> bool {
+    matches!(event.data, EventData::NotifyTestRequested(_))
+}
+
 fn backoff(attempts: u32) -> Duration {
     let secs = 2u64.saturating_mul(1u64 << attempts.min(16).saturating_sub(1));
     Duration::from_secs(secs).min(MAX_BACKOFF)
@@ -80,7 +84,8 @@ impl Delivery {
         let due = queued.iter().any(|q| {
             let e = &q.entry.value;
             if e.attempts == 0 {
-                e.queued_at + self.window <= now
+                // A test the operator waits for at the terminal does not wait for a burst.
+                e.queued_at + self.window <= now || is_test(&q.event)
             } else {
                 e.next_attempt <= now
             }
@@ -88,8 +93,11 @@ impl Delivery {
         if !due {
             return Ok(());
         }
-        let (decisions, rest): (Vec<Queued>, Vec<Queued>) =
-            queued.into_iter().partition(|q| describe(&q.event).needs_decision);
+        // Approval requests and tests each go alone: one question (or one check) per message,
+        // and the answer (`notify.sent`) is in that event's flow.
+        let (decisions, rest): (Vec<Queued>, Vec<Queued>) = queued
+            .into_iter()
+            .partition(|q| is_test(&q.event) || describe(&q.event).needs_decision);
         let mut batches: Vec<Vec<Queued>> = decisions.into_iter().map(|q| vec![q]).collect();
         // Items, not entries, are counted: the containers of one newer image stay together.
         let mut rest = news::group(rest).into_iter().peekable();

@@ -276,6 +276,10 @@ pub fn describe(event: &Event) -> Item {
             }
             item.log_tail = c.log_tail.clone();
         }
+        EventData::NotifyTestRequested(t) => {
+            item.headline = "Test notification: this channel works".into();
+            item.facts = vec![fact("Requested by", t.by.clone()), fact("Host", item.host.clone())];
+        }
         other => {
             item.headline = format!("{} event", other.event_type());
         }
@@ -487,6 +491,8 @@ const TOLD: &[Told] = &[
         next: "Nothing to do; an update or backup cut short by the outage was reported on its own." },
     Told { kind: "certs.failed", one: "certificate renewal failed", many: "certificate renewals failed",
         next: "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates)." },
+    Told { kind: "notify.test_requested", one: "test notification", many: "test notifications",
+        next: "Nothing to do: this is the test asked for with `steward notify test`. Mail about updates, backups and health comes the same way." },
 ];
 
 /// Anything else (a type configured in `STEWARD_NOTIFY_EVENTS` that has no entry).

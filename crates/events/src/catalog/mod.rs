@@ -140,6 +140,8 @@ catalog! {
     NotifySent => "notify.sent": NotifySent,
     /// A notification could not be delivered within its retry bound.
     NotifyFailed => "notify.failed": NotifyFailed,
+    /// Someone asks for a test notification through every configured channel.
+    NotifyTestRequested => "notify.test_requested": NotifyTestRequested,
     /// Someone asks for the certificate renewal to run now.
     CertsRequested => "certs.requested": CertsRequested,
     /// The certificate renewal ran; changed certificates were reloaded.

@@ -1,4 +1,4 @@
-//! Notifications: `notify.sent`, `notify.failed`.
+//! Notifications: `notify.sent`, `notify.failed`, and `notify.test_requested`.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -38,3 +38,13 @@ pub struct NotifyFailed {
 }
 
 impl Payload for NotifyFailed {}
+
+/// Someone asks for a test notification through every configured channel (`steward notify
+/// test`): the answer is a `notify.sent` or `notify.failed` per channel, in its flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyTestRequested {
+    /// Who asked (user@host).
+    pub by: String,
+}
+
+impl Payload for NotifyTestRequested {}
