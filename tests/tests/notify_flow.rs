@@ -13,7 +13,7 @@ use steward_events::{Event, EventData, HealthFailed};
 use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::mail::{
     mails_to, notifier_env, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
-    SmtpServer,
+    webhook_sink, SmtpServer,
 };
 use steward_system_tests::{steward_ok as steward, Proc};
 use steward_testkit::docker::push_app;
@@ -29,28 +29,6 @@ fn with(
     let mut env = base;
     env.extend(more.iter().map(|(k, v)| (*k, (*v).to_owned())));
     env
-}
-
-type Received = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
-
-/// A webhook receiver on 127.0.0.1: its URL, and the JSON bodies it received.
-async fn webhook_sink() -> (String, Received) {
-    let received: Received = Received::default();
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().expect("lock").push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://127.0.0.1:{port}/hook"), received)
 }
 
 fn kill9(p: &mut Proc) {
