@@ -59,6 +59,25 @@ impl ImageConfig {
     }
 }
 
+/// Whether `body` is the content `digest` names (sha256 or sha512); why not, if not.
+fn matches_digest(body: &[u8], digest: &Digest) -> Result<(), String> {
+    use sha2::Digest as _;
+    let text = digest.to_string();
+    let Some((algorithm, want)) = text.split_once(':') else {
+        return Err(format!("{text}: not a digest"));
+    };
+    let got = match algorithm {
+        "sha256" => format!("{:x}", sha2::Sha256::digest(body)),
+        "sha512" => format!("{:x}", sha2::Sha512::digest(body)),
+        other => return Err(format!("{text}: cannot check a {other} digest")),
+    };
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("the registry served content of {algorithm}:{got} for {text}"))
+    }
+}
+
 /// Whether an index entry is the manifest for this host (attestations have `unknown`).
 fn is_host_platform(entry: &serde_json::Value) -> bool {
     let platform = entry.get("platform");
@@ -280,6 +299,8 @@ impl Registries {
                     MAX_MANIFEST,
                 )
                 .await?;
+            // Content-addressed: what a registry (or a proxy) serves must be what was asked.
+            matches_digest(&body, &manifest_digest).map_err(protocol)?;
             let manifest: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| protocol(format!("manifest {manifest_digest}: {e}")))?;
             if let Some(config) = manifest.get("config") {
@@ -299,6 +320,7 @@ impl Registries {
                         MAX_CONFIG,
                     )
                     .await?;
+                matches_digest(&blob, &config_digest).map_err(protocol)?;
                 let config: serde_json::Value = serde_json::from_slice(&blob)
                     .map_err(|e| protocol(format!("image config {config_digest}: {e}")))?;
                 return Ok(ImageConfig::from_json(&config));
@@ -556,34 +578,52 @@ fn credentials(reference: &ImageRef) -> Option<RegistryAuth> {
 mod tests {
     use super::*;
 
-    /// A registry on 127.0.0.1 serving one multi-arch index, its platform manifests and one
-    /// config per platform; the requests it saw.
-    async fn fake_registry() -> (String, Arc<Mutex<Vec<String>>>) {
+    /// `sha256:<hex>` of `body`.
+    fn digest_of(body: &str) -> String {
+        use sha2::Digest as _;
+        format!("sha256:{:x}", sha2::Sha256::digest(body.as_bytes()))
+    }
+
+    /// A registry on 127.0.0.1 serving one multi-arch index (content-addressed, as a registry
+    /// does), its platform manifests and one config per platform, plus `lie`: a manifest
+    /// served under a digest that is not its own. The index's digest, the lie's, and the
+    /// requests it saw.
+    async fn fake_registry() -> (String, String, String, Arc<Mutex<Vec<String>>>) {
         use axum::extract::Path;
-        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
         let other = match oci_arch() {
             "amd64" => "arm64",
             _ => "amd64",
         };
+        let config = serde_json::json!({
+            "created": "2026-01-02T03:04:05Z",
+            "config": {"Labels": {"org.opencontainers.image.version": "2.0.0", "odd": 7}}
+        })
+        .to_string();
+        let other_config = serde_json::json!({"config": {"Labels": {}}}).to_string();
+        let manifest = |config: &str| {
+            serde_json::json!({"schemaVersion": 2, "config": {"digest": digest_of(config)}, "layers": []})
+                .to_string()
+        };
+        let (ours, theirs) = (manifest(&config), manifest(&other_config));
         let index = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
-                {"digest": d('1'), "platform": {"os": "linux", "architecture": other}},
-                {"digest": d('9'), "platform": {"os": "unknown", "architecture": "unknown"}},
-                {"digest": d('2'), "platform": {"os": "linux", "architecture": oci_arch()}},
+                {"digest": digest_of(&theirs), "platform": {"os": "linux", "architecture": other}},
+                {"digest": format!("sha256:{}", "9".repeat(64)), "platform": {"os": "unknown", "architecture": "unknown"}},
+                {"digest": digest_of(&ours), "platform": {"os": "linux", "architecture": oci_arch()}},
             ]
-        });
-        let manifest = |config: char| serde_json::json!({"schemaVersion": 2, "config": {"digest": d(config)}, "layers": []});
-        let config = serde_json::json!({
-            "created": "2026-01-02T03:04:05Z",
-            "config": {"Labels": {"org.opencontainers.image.version": "2.0.0", "odd": 7}}
-        });
-        let answers: HashMap<String, serde_json::Value> = [
-            (format!("manifests/{}", d('0')), index),
-            (format!("manifests/{}", d('1')), manifest('a')),
-            (format!("manifests/{}", d('2')), manifest('b')),
-            (format!("blobs/{}", d('b')), config),
+        })
+        .to_string();
+        let lie = format!("sha256:{}", "7".repeat(64));
+        let index_digest = digest_of(&index);
+        let answers: HashMap<String, String> = [
+            (format!("manifests/{index_digest}"), index),
+            (format!("manifests/{}", digest_of(&theirs)), theirs),
+            (format!("manifests/{}", digest_of(&ours)), ours.clone()),
+            (format!("manifests/{lie}"), ours),
+            (format!("blobs/{}", digest_of(&config)), config),
+            (format!("blobs/{}", digest_of(&other_config)), other_config),
         ]
         .into_iter()
         .collect();
@@ -597,7 +637,7 @@ mod tests {
                 let body = answers.get(&key).cloned();
                 async move {
                     match body {
-                        Some(b) => (axum::http::StatusCode::OK, b.to_string()),
+                        Some(b) => (axum::http::StatusCode::OK, b),
                         None => (axum::http::StatusCode::NOT_FOUND, String::new()),
                     }
                 }
@@ -606,12 +646,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (addr.to_string(), seen)
+        (addr.to_string(), index_digest, lie, seen)
     }
 
     #[tokio::test]
     async fn the_config_of_an_index_is_read_for_this_hosts_platform() {
-        let (registry, seen) = fake_registry().await;
+        let (registry, index, lie, seen) = fake_registry().await;
         let registries = Registries::new(RegistryConfig {
             timeout: Duration::from_secs(5),
             max_wait: Duration::from_secs(1),
@@ -619,7 +659,7 @@ mod tests {
         })
         .expect("client");
         let reference = ImageRef::parse(&format!("{registry}/app:1.0")).expect("reference");
-        let index = Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("digest");
+        let index = Digest::parse(&index).expect("digest");
         let config = registries.image_config(&reference, &index).await.expect("config");
         assert_eq!(
             config.labels.get("org.opencontainers.image.version").map(String::as_str),
@@ -629,11 +669,16 @@ mod tests {
         assert_eq!(config.created.as_deref(), Some("2026-01-02T03:04:05Z"));
         let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
         assert_eq!(seen.len(), 3, "index, platform manifest, config: {seen:?}");
-        assert!(seen[1].ends_with(&"2".repeat(64)), "the host's platform: {seen:?}");
+        // Only the host's platform's config has the version label: it was the one read.
 
         let missing = Digest::parse(&format!("sha256:{}", "5".repeat(64))).expect("digest");
         let e = registries.image_config(&reference, &missing).await.expect_err("no such");
         assert_eq!(e.kind(), "not_found");
+
+        // Content that is not what its digest names is refused, not shown.
+        let lie = Digest::parse(&lie).expect("digest");
+        let e = registries.image_config(&reference, &lie).await.expect_err("a lie");
+        assert!(e.to_string().contains("served content of sha256:"), "{e}");
     }
 
     #[test]
