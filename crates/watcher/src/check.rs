@@ -229,10 +229,14 @@ impl Checker {
         let known = match image.as_ref().map(|i| running_digests(&t, &i.repo_digests)) {
             Ok(known) if !known.is_empty() => known,
             Ok(_) => {
-                return Outcome::Skipped(format!(
-                    "image {} has no digest from {} (built locally and never pushed or pulled?)",
+                // Said in `steward status` too: a container that can never be updated must
+                // not look as if it were up to date (or not watched at all).
+                let why = format!(
+                    "not from a registry: cannot be updated (image {} has no digest from {}: built locally and never pushed or pulled?)",
                     t.info.image_ref, registry
-                ))
+                );
+                self.remember_error(&t, None, &why).await;
+                return Outcome::Skipped(why);
             }
             Err(e) => {
                 return Outcome::Skipped(format!("cannot inspect image {}: {e}", t.info.image_id))
@@ -243,7 +247,7 @@ impl Checker {
             Ok(found) => found,
             Err(e) => {
                 count(e.kind());
-                self.remember_error(&t, &running, &e).await;
+                self.remember_error(&t, Some(&running), &e.to_string()).await;
                 return Outcome::Failed(e);
             }
         };
@@ -371,22 +375,25 @@ impl Checker {
         Ok((None, self.registries.manifest_digest(&t.reference).await?))
     }
 
-    async fn remember_error(&self, t: &Target, running: &Digest, e: &RegistryError) {
+    async fn remember_error(&self, t: &Target, running: Option<&Digest>, why: &str) {
         let Ok(previous) = self.records.get(&t.info.name).await else { return };
         let base = previous.as_ref().map(|v| v.value.clone());
         let record = WatchRecord {
             container: t.info.name.clone(),
             image: t.info.image_ref.clone(),
             policy: t.labels.policy.as_str().to_owned(),
-            running_digest: Some(running.clone()),
+            running_digest: running.cloned(),
             newest_digest: base.as_ref().and_then(|b| b.newest_digest.clone()),
             newest_tag: base.as_ref().and_then(|b| b.newest_tag.clone()),
             newest_seen_at: base.as_ref().and_then(|b| b.newest_seen_at),
             reported_digest: base.as_ref().and_then(|b| b.reported_digest.clone()),
             checked_at: OffsetDateTime::now_utc(),
-            last_error: Some(e.to_string()),
+            last_error: Some(why.to_owned()),
         };
-        let _ = self.save(record, previous.map(|v| v.revision)).await;
+        // An unchanged failure is not written again within the hour, like any record.
+        if worth_saving(base.as_ref(), &record) {
+            let _ = self.save(record, previous.map(|v| v.revision)).await;
+        }
     }
 
     async fn save(

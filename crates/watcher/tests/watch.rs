@@ -172,6 +172,13 @@ async fn bad_labels_and_unknown_images_are_skipped_with_a_reason_and_others_stil
     assert!(reason(&bad_policy).contains("expected automatic, manual or notify"), "{summary:?}");
     assert!(reason(&bad_regex).contains("not a regular expression"), "{summary:?}");
     assert!(reason(&local_only).contains("no digest"), "{summary:?}");
+    // `steward status` shows it as what it is (issue 26): never updatable, not "up to date"
+    // and not missing from the list.
+    let checker = checker(&bus, &scope, Duration::from_secs(5)).await;
+    let record = checker.records.get(&local_only).await.expect("get").expect("a watch record");
+    let why = record.value.last_error.unwrap_or_default();
+    assert!(why.starts_with("not from a registry: cannot be updated"), "{why}");
+    assert_eq!(record.value.running_digest, None);
 }
 
 /// Pushes a two-platform index (`amd64` = `amd64_version`, `arm64` = v2) as `REPO:multi`;
