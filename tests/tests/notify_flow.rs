@@ -467,3 +467,45 @@ async fn steward_notify_test_goes_through_every_channel_and_says_which_failed() 
     assert!(text.contains("webhook: sent to"), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not deliver"), "{out:?}");
 }
+
+/// `date` with a GNU offset, as `HH:MM` (the host's time, like the notifier's).
+fn local_time(offset: &str) -> String {
+    let out = Command::new("date").args(["-d", offset, "+%H:%M"]).output().expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Issue 19: during quiet hours only critical notifications go out (and a test someone asked
+/// for); the others stay queued for the digest when the quiet hours end. Critical mail says
+/// so in its subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_hold_all_but_critical_notifications() {
+    let bus = TestBus::new("quiet").await;
+    let to = unique_address("quiet");
+    // Quiet from an hour ago to an hour from now: now.
+    let quiet = format!("{}-{}", local_time("-1 hour"), local_time("+1 hour"));
+    let settings = with(
+        testbed_notifier_env(&to),
+        &[("STEWARD_NOTIFY_QUIET", quiet.as_str()), ("STEWARD_NOTIFY_GROUP_WINDOW", "1s")],
+    );
+    let _notifier = Proc::service("steward-notifier", &bus, &settings);
+    let recovered = Event::new(
+        "steward-health/test",
+        steward_events::HealthRecovered { container: "web".into(), down_for_ms: 60_000 },
+    );
+    bus.publish(&recovered).await.expect("publish");
+    bus.publish(&health_failed("db")).await.expect("publish");
+
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(20));
+    assert!(mails[0].subject.contains("CRITICAL") && mails[0].subject.contains("db"), "{mails:#?}");
+    // The info one waits for the end of the quiet hours; a test goes through.
+    let out = steward_system_tests::steward(&bus, &["notify", "test", "--wait", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = mails_to(&testbed_maildir(), &to);
+    let subjects: Vec<&str> = mails.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(mails.len(), 2, "{subjects:?}");
+    assert!(!subjects.iter().any(|s| s.contains("web recovered")), "{subjects:?}");
+    let sent = stored_events(&bus).await;
+    let sent = sent.iter().filter(|e| e.event_type() == "notify.sent").count();
+    assert_eq!(sent, 2);
+}

@@ -24,6 +24,10 @@ pub const ENV_WEBHOOK_URL: &str = "STEWARD_WEBHOOK_URL";
 /// Whether webhook messages carry approval links too (default no: a link approves a
 /// production update, and a chat channel is read by more people than the operator's inbox).
 pub const ENV_WEBHOOK_APPROVAL_LINKS: &str = "STEWARD_WEBHOOK_APPROVAL_LINKS";
+/// Quiet hours, e.g. `22:00-07:00` (host time; days allowed as for maintenance windows:
+/// `Mon-Fri 19:00-08:00`): info and warning notifications wait until they end and then go
+/// out together; critical ones go at once.
+pub const ENV_QUIET: &str = "STEWARD_NOTIFY_QUIET";
 /// Which event types are notified (comma-separated); default: all the notifier receives.
 pub const ENV_EVENTS: &str = "STEWARD_NOTIFY_EVENTS";
 /// How long a burst is collected into one message.
@@ -65,6 +69,8 @@ pub struct NotifierConfig {
     pub webhook: Option<reqwest::Url>,
     /// Whether the webhook gets approval links.
     pub webhook_links: bool,
+    /// Quiet hours, if any.
+    pub quiet: Option<steward_labels::Window>,
     /// Event types to notify.
     pub events: Vec<&'static str>,
     /// Burst collection window.
@@ -96,6 +102,11 @@ impl NotifierConfig {
             }
         });
         let webhook_links = env.parse(ENV_WEBHOOK_APPROVAL_LINKS, false);
+        let quiet = env.optional(ENV_QUIET).filter(|s| !s.trim().is_empty()).and_then(|raw| {
+            steward_labels::Window::parse(&raw)
+                .map_err(|reason| env.error(ENV_QUIET, &raw, reason))
+                .ok()
+        });
         let events = env.parse_with(ENV_EVENTS, default_events(), parse_events);
         let group_window = env.duration(ENV_GROUP_WINDOW, Duration::from_secs(15));
         let retry_for = env.duration(ENV_RETRY_FOR, Duration::from_secs(24 * 3600));
@@ -106,7 +117,7 @@ impl NotifierConfig {
                 format!("no channel configured: set {ENV_SMTP_URL}, {ENV_MAIL_FROM} and {ENV_MAIL_TO}, or {ENV_WEBHOOK_URL}"),
             );
         }
-        Self { email, webhook, webhook_links, events, group_window, retry_for }
+        Self { email, webhook, webhook_links, quiet, events, group_window, retry_for }
     }
 }
 
@@ -288,6 +299,22 @@ mod tests {
         ] {
             mail(url, &[]).unwrap_or_else(|e| panic!("{url}: {e}"));
         }
+    }
+
+    #[test]
+    fn quiet_hours_are_a_window_and_a_bad_one_is_named() {
+        let cfg = mail("smtp://127.0.0.1:25", &[(ENV_QUIET, "22:00-07:00")]).expect("valid");
+        let quiet = cfg.quiet.expect("quiet hours");
+        let at = |h, m| {
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30)
+                .and_then(|d| d.and_hms_opt(h, m, 0))
+                .expect("a time")
+        };
+        assert!(quiet.contains(at(23, 30)) && quiet.contains(at(6, 59)));
+        assert!(!quiet.contains(at(7, 0)) && !quiet.contains(at(12, 0)));
+        assert!(mail("smtp://127.0.0.1:25", &[]).expect("valid").quiet.is_none());
+        let e = mail("smtp://127.0.0.1:25", &[(ENV_QUIET, "late")]).expect_err("bad");
+        assert!(e.contains(ENV_QUIET) && e.contains("HH:MM-HH:MM"), "{e}");
     }
 
     #[test]

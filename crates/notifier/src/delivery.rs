@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use crate::channels::Channel;
-use crate::message::{describe, describe_news, Item, Templates};
+use crate::message::{describe, describe_news, Item, Severity, Templates};
 use crate::news::{self, Announcements};
 use crate::outbox::{EntryState, Outbox, Queued};
 
@@ -37,6 +37,8 @@ pub struct Delivery {
     pub channel: Channel,
     /// Whether its messages carry approval links (asked from the updater when rendered).
     pub approval_links: bool,
+    /// Quiet hours: only critical notifications (and tests) go out during them.
+    pub quiet: Option<steward_labels::Window>,
     /// The outbox.
     pub outbox: Outbox,
     /// The newer images already reported.
@@ -49,6 +51,11 @@ pub struct Delivery {
     pub retry_for: Duration,
     /// Woken when something is queued.
     pub wake: Arc<Notify>,
+}
+
+/// Whether `event` goes out during quiet hours: a critical one, or a test someone waits for.
+fn passes_quiet_hours(event: &Event) -> bool {
+    is_test(event) || describe(event).severity == Severity::Critical
 }
 
 fn is_test(event: &Event) -> bool {
@@ -79,7 +86,12 @@ impl Delivery {
 
     /// One round: deliver what is due, if anything.
     pub async fn once(&self, ctx: &Context) -> Result<(), BusError> {
-        let queued = self.outbox.queued(self.channel.kind()).await?;
+        let mut queued = self.outbox.queued(self.channel.kind()).await?;
+        if self.quiet.as_ref().is_some_and(|w| w.contains(chrono::Local::now().naive_local())) {
+            // Held, not dropped: when the quiet hours end they are due and go out together
+            // (the morning digest).
+            queued.retain(|q| passes_quiet_hours(&q.event));
+        }
         let now = OffsetDateTime::now_utc();
         let due = queued.iter().any(|q| {
             let e = &q.entry.value;

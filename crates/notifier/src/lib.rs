@@ -71,6 +71,7 @@ impl Notifier {
             let delivery = Delivery {
                 channel,
                 approval_links,
+                quiet: cfg.quiet.clone(),
                 outbox: outbox.clone(),
                 announcements: announcements.clone(),
                 templates: templates.clone(),

@@ -10,9 +10,23 @@ use steward_events::{Event, EventData, ImageUpdated, ImageVersion, Versions};
 use time::macros::format_description;
 use uuid::Uuid;
 
+/// How urgent a notification is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Something happened that went well or needs no action now.
+    Info,
+    /// Something failed and was contained (nothing is down because of it).
+    Warning,
+    /// A service is down, or data may be at risk: sent at once, even in quiet hours.
+    Critical,
+}
+
 /// One event, told for a human.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
+    /// How urgent.
+    pub severity: Severity,
     /// Event type.
     pub kind: &'static str,
     /// Event id.
@@ -113,6 +127,7 @@ impl Item {
 /// Tells `event` for a human.
 pub fn describe(event: &Event) -> Item {
     let mut item = Item {
+        severity: Severity::Info,
         kind: event.event_type(),
         id: event.id,
         headline: String::new(),
@@ -288,6 +303,11 @@ pub fn describe(event: &Event) -> Item {
         let container = item.container.as_deref().unwrap_or("the container");
         item.next = told(item.kind).next.replace("{container}", container);
     }
+    item.severity = match &event.data {
+        // Down on both images.
+        EventData::UpdateRolledBack(r) if r.old_healthy == Some(false) => Severity::Critical,
+        _ => told(item.kind).severity,
+    };
     item
 }
 
@@ -390,6 +410,7 @@ pub fn describe_news(events: &[&Event]) -> Item {
         first_event.time,
     ));
     let mut item = Item {
+        severity: Severity::Info,
         kind: first_event.event_type(),
         id: first_event.id,
         headline: format!("Newer image {new_name} for {names} ({})", first.image),
@@ -414,6 +435,12 @@ pub fn subject(items: &[Item]) -> String {
     let at = match hosts.len() {
         1 => format!(" {}:", hosts.iter().next().copied().unwrap_or_default()),
         _ => String::new(),
+    };
+    // Critical mail stands out in an inbox (and to a filter) by its subject alone.
+    let at = if items.iter().any(|i| i.severity == Severity::Critical) {
+        format!(" CRITICAL{at}")
+    } else {
+        at
     };
     if let [one] = items {
         return format!("{SUBJECT_PREFIX}{at} {}", one.headline);
@@ -455,6 +482,8 @@ fn kind_phrase(kind: &str, n: usize) -> &'static str {
 /// How one kind of event is told: counted in a grouped subject, and what to do about it.
 struct Told {
     kind: &'static str,
+    /// How urgent (quiet hours hold all but critical ones).
+    severity: Severity,
     /// "3 updates failed": the phrase after the count, for one and for several.
     one: &'static str,
     many: &'static str,
@@ -464,40 +493,41 @@ struct Told {
 
 /// Every event the notifier tells, in one table (a test checks it covers what it consumes).
 const TOLD: &[Told] = &[
-    Told { kind: "image.updated", one: "newer image", many: "newer images",
+    Told { kind: "image.updated", severity: Severity::Info, one: "newer image", many: "newer images",
         next: "Nothing changes by itself: these containers are labelled `steward.update.policy=notify` (the default). To update, pull and recreate them (`docker compose pull && docker compose up -d`), or label them `manual` (Steward asks for approval) or `automatic`." },
-    Told { kind: "update.pending", one: "update awaiting approval", many: "updates awaiting approval",
+    Told { kind: "update.pending", severity: Severity::Info, one: "update awaiting approval", many: "updates awaiting approval",
         next: "" },
-    Told { kind: "update.succeeded", one: "update done", many: "updates done",
+    Told { kind: "update.succeeded", severity: Severity::Info, one: "update done", many: "updates done",
         next: "Nothing to do: the container passed its health gate on the new image." },
-    Told { kind: "update.failed", one: "update failed", many: "updates failed",
+    Told { kind: "update.failed", severity: Severity::Warning, one: "update failed", many: "updates failed",
         next: "The running container was not touched. Fix the cause, then run `steward check` to offer the update again." },
-    Told { kind: "update.rolled_back", one: "update rolled back", many: "updates rolled back",
+    Told { kind: "update.rolled_back", severity: Severity::Warning, one: "update rolled back", many: "updates rolled back",
         next: "The previous image runs again with the same configuration. The refused digest is not retried; a newer one will be offered when it appears. The log lines below are from the failed container." },
-    Told { kind: "backup.failed", one: "backup failed", many: "backups failed",
+    Told { kind: "backup.failed", severity: Severity::Warning, one: "backup failed", many: "backups failed",
         next: "No manifest was written, so this backup is never used; earlier backups are intact. Fix the cause and run `steward backup now` (runbook: a backup failed)." },
-    Told { kind: "verify.failed", one: "backup failed verification", many: "backups failed verification",
+    Told { kind: "verify.failed", severity: Severity::Warning, one: "backup failed verification", many: "backups failed verification",
         next: "Do not restore this backup. Take a new one with `steward backup now` and verify it." },
-    Told { kind: "restore.done", one: "restore done", many: "restores done",
+    Told { kind: "restore.done", severity: Severity::Info, one: "restore done", many: "restores done",
         next: "The containers are running and healthy; check the application." },
-    Told { kind: "restore.failed", one: "restore failed", many: "restores failed",
+    Told { kind: "restore.failed", severity: Severity::Critical, one: "restore failed", many: "restores failed",
         next: "Containers may be stopped or partly restored. Follow the restore runbook; `steward restore` can be run again." },
-    Told { kind: "health.failed", one: "unhealthy", many: "unhealthy",
+    Told { kind: "health.failed", severity: Severity::Critical, one: "unhealthy", many: "unhealthy",
         next: "Look at `docker logs {container}` on the host. A recovery notice follows when it passes again." },
-    Told { kind: "health.recovered", one: "recovered", many: "recovered", next: "Nothing to do." },
-    Told { kind: "health.engine_failed", one: "engine not answering", many: "engine not answering",
+    Told { kind: "health.recovered", severity: Severity::Info, one: "recovered", many: "recovered", next: "Nothing to do." },
+    Told { kind: "health.engine_failed", severity: Severity::Critical, one: "engine not answering", many: "engine not answering",
         next: "Updates, backups and health checks of containers wait for it. Check `systemctl status docker` and `journalctl -u docker` on the host; a deadlocked dockerd needs a restart. A recovery notice follows when it answers again." },
-    Told { kind: "health.engine_recovered", one: "engine recovered", many: "engine recovered",
+    Told { kind: "health.engine_recovered", severity: Severity::Info, one: "engine recovered", many: "engine recovered",
         next: "Nothing to do; an update or backup cut short by the outage was reported on its own." },
-    Told { kind: "certs.failed", one: "certificate renewal failed", many: "certificate renewals failed",
+    Told { kind: "certs.failed", severity: Severity::Warning, one: "certificate renewal failed", many: "certificate renewals failed",
         next: "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates)." },
-    Told { kind: "notify.test_requested", one: "test notification", many: "test notifications",
+    Told { kind: "notify.test_requested", severity: Severity::Info, one: "test notification", many: "test notifications",
         next: "Nothing to do: this is the test asked for with `steward notify test`. Mail about updates, backups and health comes the same way." },
 ];
 
 /// Anything else (a type configured in `STEWARD_NOTIFY_EVENTS` that has no entry).
 const OTHER: Told = Told {
     kind: "",
+    severity: Severity::Info,
     one: "event",
     many: "events",
     next: "See `steward events replay` for details.",
@@ -589,6 +619,27 @@ mod tests {
             "{}",
             healthy.headline
         );
+    }
+
+    #[test]
+    fn an_outage_is_critical_and_says_so_in_the_subject_and_a_success_is_not() {
+        let down = describe(&sample("health.failed"));
+        assert_eq!(down.severity, Severity::Critical);
+        assert!(subject(&[down]).starts_with("[steward] CRITICAL gitea-host: "));
+        let done = describe(&sample("update.succeeded"));
+        assert_eq!(done.severity, Severity::Info);
+        assert!(!subject(std::slice::from_ref(&done)).contains("CRITICAL"));
+        assert_eq!(describe(&sample("update.failed")).severity, Severity::Warning);
+        // One critical item makes the grouped message critical.
+        let both = subject(&[done, describe(&sample("health.failed"))]);
+        assert!(both.contains("CRITICAL"), "{both}");
+        // A rollback is a warning, unless the old container is not healthy either.
+        assert_eq!(describe(&sample("update.rolled_back")).severity, Severity::Warning);
+        let mut e = sample("update.rolled_back");
+        if let EventData::UpdateRolledBack(r) = &mut e.data {
+            r.old_healthy = Some(false);
+        }
+        assert_eq!(describe(&e).severity, Severity::Critical);
     }
 
     #[test]
@@ -758,7 +809,7 @@ mod tests {
             .collect();
         assert_eq!(
             subject(&items),
-            "[steward] gitea-host: 10 unhealthy: app0, app1, app2 and 7 more"
+            "[steward] CRITICAL gitea-host: 10 unhealthy: app0, app1, app2 and 7 more"
         );
     }
 }
