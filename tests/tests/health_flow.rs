@@ -119,3 +119,74 @@ async fn a_stopped_container_is_reported_once_and_its_recovery_once() {
         .count();
     assert_eq!(about_db, 0);
 }
+
+/// Issue 19: a container labelled `steward.health.restart=true` that the health service
+/// declares down is restarted, once it proves healthy again the outage is over, and the whole
+/// episode (down, restarted, recovered) is one flow mailed as it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_container_labelled_for_it_is_restarted_and_recovers() {
+    let bus = TestBus::new("heal").await;
+    let scope = unique_name("scope");
+    let to = unique_address("heal");
+    let app = app(
+        &scope,
+        "notify",
+        &[
+            "steward.health.url=http://127.0.0.1:{port}/".into(),
+            "steward.health.restart=true".into(),
+        ],
+    );
+    // Not labelled: stays down.
+    let other = steward_system_tests::apps::app(&scope, "notify", &[]);
+    let port = free_port();
+    let prober = health(&bus, &scope, port);
+    let _notifier = Proc::service("steward-notifier", &bus, &testbed_notifier_env(&to));
+    wait_for("both up in /metrics", Duration::from_secs(20), || {
+        let m = metrics(port);
+        let up = |name: &str| {
+            let label = format!("container=\"{name}\"");
+            m.lines().any(|l| {
+                l.starts_with("steward_health_up{") && l.contains(&label) && l.ends_with(" 1")
+            })
+        };
+        (up(&app.name) && up(&other.name)).then_some(())
+    });
+
+    // Both crash (exit; no restart policy).
+    docker(&["kill", &app.name]);
+    docker(&["kill", &other.name]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while count(&bus, "health.recovered", &app.name).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery; health's log:\n{}",
+            prober.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let running = |name: &str| docker(&["inspect", "-f", "{{.State.Running}}", name]);
+    assert_eq!(running(&app.name), "true", "restarted");
+    assert_eq!(running(&other.name), "false", "not labelled: left alone");
+
+    let all = stored_events(&bus).await;
+    let flow_of = |kind: &str, name: &str| {
+        all.iter()
+            .find(|e| e.event_type() == kind && e.container() == Some(name))
+            .map(|e| e.correlation_id)
+    };
+    let outage = flow_of("health.failed", &app.name).expect("declared down first");
+    assert_eq!(flow_of("health.restarted", &app.name), Some(outage), "one flow");
+    assert_eq!(flow_of("health.recovered", &app.name), Some(outage));
+    assert_eq!(count(&bus, "health.restarted", &app.name).await, 1, "one restart was enough");
+    assert_eq!(count(&bus, "health.restarted", &other.name).await, 0);
+    assert_eq!(count(&bus, "health.failed", &other.name).await, 1);
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(20));
+    let subjects: Vec<String> =
+        mails_to(&testbed_maildir(), &to).into_iter().map(|m| m.subject).collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains(&app.name) && (s.contains("restarted") || s.contains("unhealthy"))),
+        "{subjects:?} {mails:?}"
+    );
+}

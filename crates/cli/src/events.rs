@@ -253,6 +253,10 @@ pub(crate) fn summary(data: &EventData) -> String {
         EventData::RestoreFailed(p) => format!("{}: {}", p.backup_id, p.reason),
         EventData::HealthFailed(p) => format!("{}: {}", p.check, p.reason),
         EventData::HealthRecovered(p) => format!("after {} s", p.down_for_ms / 1000),
+        EventData::HealthRestarted(p) => format!("restart {} this hour: {}", p.attempt, p.reason),
+        EventData::HealthRestartLimited(p) => {
+            format!("{} restarts this hour, no more: {}", p.restarts, p.reason)
+        }
         EventData::EngineFailed(p) => format!("{}: {}", p.engine, p.reason),
         EventData::EngineRecovered(p) => format!("{} after {} s", p.engine, p.down_for_ms / 1000),
         EventData::NotifySent(p) => {

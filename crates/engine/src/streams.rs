@@ -10,8 +10,8 @@ use std::io;
 use bollard::container::LogOutput;
 use bollard::exec::StartExecResults;
 use bollard::query_parameters::{
-    DownloadFromContainerOptions, StartContainerOptions, StopContainerOptions,
-    UploadToContainerOptions,
+    DownloadFromContainerOptions, RestartContainerOptions, StartContainerOptions,
+    StopContainerOptions, UploadToContainerOptions,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -281,6 +281,17 @@ impl Engine {
             }
             Err(e) => Err(self.call_failed_within(&format!("stop {container}"), limit, e)),
         }
+    }
+
+    /// Restarts a container (stopped with `grace_secs` before SIGKILL if it runs, then
+    /// started): the health service's self-healing.
+    pub async fn restart(&self, container: &str, grace_secs: i32) -> Result<(), EngineError> {
+        let options = RestartContainerOptions { t: Some(grace_secs), ..Default::default() };
+        let limit = self.stop_limit(Some(i64::from(grace_secs)));
+        let docker = self.client_within(limit)?;
+        self.within(limit, docker.restart_container(container, Some(options)))
+            .await
+            .map_err(|e| self.call_failed_within(&format!("restart {container}"), limit, e))
     }
 
     /// Starts a container. Starting a running one is fine.

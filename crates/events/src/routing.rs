@@ -101,6 +101,8 @@ impl Service {
                 "health.recovered",
                 "health.engine_failed",
                 "health.engine_recovered",
+                "health.restarted",
+                "health.restart_limited",
                 "certs.failed",
                 "notify.test_requested",
             ],
@@ -139,6 +141,8 @@ impl Service {
                 "health.recovered",
                 "health.engine_failed",
                 "health.engine_recovered",
+                "health.restarted",
+                "health.restart_limited",
             ],
             Service::Notifier => &["notify.sent", "notify.failed"],
             Service::Cli => &[

@@ -173,12 +173,24 @@ pub fn all(container: &str) -> Vec<EventData> {
             consecutive_failures: 3,
         }
         .into(),
-        HealthRecovered { container: c, down_for_ms: 60_000 }.into(),
+        HealthRecovered { container: c.clone(), down_for_ms: 60_000 }.into(),
         EngineFailed {
             engine: "unix:///var/run/docker.sock".into(),
             call: "list containers".into(),
             reason: "engine did not answer list containers within 30s".into(),
             consecutive_failures: 3,
+        }
+        .into(),
+        HealthRestarted {
+            container: c.clone(),
+            attempt: 1,
+            reason: "GET http://gitea:3000/api/healthz answered 502".into(),
+        }
+        .into(),
+        HealthRestartLimited {
+            container: c,
+            restarts: 3,
+            reason: "GET http://gitea:3000/api/healthz answered 502".into(),
         }
         .into(),
         EngineRecovered { engine: "unix:///var/run/docker.sock".into(), down_for_ms: 600_000 }

@@ -11,6 +11,8 @@ pub const ENV_INTERVAL: &str = "STEWARD_HEALTH_INTERVAL";
 pub const ENV_FAILURES: &str = "STEWARD_HEALTH_FAILURES";
 /// Consecutive passed rounds before `health.recovered`.
 pub const ENV_RECOVERIES: &str = "STEWARD_HEALTH_RECOVERIES";
+/// Most restarts of one container an hour by self-healing (`steward.health.restart=true`).
+pub const ENV_RESTART_LIMIT: &str = "STEWARD_HEALTH_RESTART_LIMIT";
 /// Limit of one HTTP probe or `pg_isready`: the probe's own setting, shared with the update gate.
 pub use steward_probe::ENV_PROBE_TIMEOUT;
 
@@ -27,6 +29,8 @@ pub struct HealthConfig {
     pub probe: ProbeConfig,
     /// Scope label value.
     pub scope: Option<String>,
+    /// Most self-healing restarts of one container an hour.
+    pub restart_limit: u32,
 }
 
 fn count(s: &str) -> Result<u32, String> {
@@ -49,6 +53,10 @@ impl HealthConfig {
             recoveries: env.parse_with(ENV_RECOVERIES, 2, count),
             probe: ProbeConfig::read(env),
             scope: env.scope(),
+            restart_limit: env.parse_with(ENV_RESTART_LIMIT, 3, |s| match s.parse::<u32>() {
+                Ok(n) if n <= 60 => Ok(n),
+                _ => Err("expected a whole number from 0 (never restart) to 60".to_owned()),
+            }),
         }
     }
 }

@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use steward_bus::StateStore;
 use steward_engine::Engine;
-use steward_events::{Event, EventData};
+use steward_events::{Event, EventData, HealthRestartLimited, HealthRestarted};
 use steward_runtime::{Context, Handler, HandlerError};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use crate::config::HealthConfig;
 use crate::engine::{EngineRound, EngineTrack, EngineTransition, ENGINE_KEY};
 use crate::probe::{Prober, Verdict};
-use crate::track::{Track, Transition, HEALTH_BUCKET};
+use crate::track::{Heal, Track, Transition, HEALTH_BUCKET};
 
 /// A container removed for good (down, and gone this long) is no longer probed.
 const FORGET_GONE: time::Duration = time::Duration::hours(24);
@@ -200,10 +200,17 @@ impl HealthService {
             .map(|(name, labels)| {
                 let last =
                     previous.get(&name).and_then(|t| t.id.clone().map(|id| (id, t.restarts)));
+                let heals = match steward_labels::health_restart(&labels) {
+                    Ok(heals) => heals,
+                    Err(e) => {
+                        tracing::warn!(container = %name, error = %e, "bad label; not restarted when down");
+                        false
+                    }
+                };
                 async move {
                     let last = last.as_ref().map(|(id, r)| (id.as_str(), *r));
                     let round = self.inner.prober.round(&name, &labels, last, backup_running).await;
-                    (name, round)
+                    (name, (heals, round))
                 }
             })
             .buffer_unordered(8)
@@ -211,11 +218,13 @@ impl HealthService {
             .await;
         let engine_round = rounds
             .iter()
-            .find_map(|(_, round): &(String, crate::probe::Round)| round.engine.clone())
+            .find_map(|(_, (_, round)): &(String, (bool, crate::probe::Round))| {
+                round.engine.clone()
+            })
             .unwrap_or(EngineRound::Answered);
         self.observe_engine(ctx, &engine_round).await?;
         let now = OffsetDateTime::now_utc();
-        for (name, round) in rounds {
+        for (name, (heals, round)) in rounds {
             if let Some(latency) = round.http_latency {
                 let label = ProbeLabel { container: name.clone(), check: "http".into() };
                 self.inner.latency.get_or_create(&label).set(latency.as_secs_f64());
@@ -272,13 +281,61 @@ impl HealthService {
                 self.inner.store.delete(&key).await?;
                 continue;
             }
-            if *track != before {
-                let saved = track.clone();
-                drop(tracks);
+            let changed = (*track != before).then(|| track.clone());
+            // Never held across an await below (heal takes it again).
+            drop(tracks);
+            if let Some(saved) = changed {
                 self.inner.store.put(&name, &saved).await?;
+            }
+            if heals {
+                self.heal(ctx, &name).await?;
             }
         }
         Ok(())
+    }
+
+    /// Self-healing of a container labelled `steward.health.restart=true` that is down:
+    /// restart it (bounded by back-off and the hourly limit), or say the limit is reached.
+    async fn heal(&self, ctx: &Context, name: &str) -> anyhow::Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let (decision, outage, reason) = {
+            let mut tracks = self.inner.tracks.lock().await;
+            let Some(track) = tracks.get_mut(name) else { return Ok(()) };
+            let reason = track.last_failure.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+            (track.heal(now, self.inner.cfg.restart_limit), track.outage, reason)
+        };
+        match decision {
+            None => Ok(()),
+            Some(Heal::Restart { attempt }) => {
+                tracing::warn!(container = %name, attempt, %reason, "restarting a container that is down");
+                self.inner.engine.restart(name, 10).await?;
+                // Recorded before it is announced: a crash in between costs the event, never
+                // a restart beyond the limit.
+                let saved = {
+                    let mut tracks = self.inner.tracks.lock().await;
+                    let Some(track) = tracks.get_mut(name) else { return Ok(()) };
+                    track.heals.push(now.unix_timestamp());
+                    track.clone()
+                };
+                self.inner.store.put(name, &saved).await?;
+                let data = HealthRestarted { container: name.to_owned(), attempt, reason };
+                ctx.bus.publish(&recovery(ctx, data, outage)).await?;
+                Ok(())
+            }
+            Some(Heal::Limited { restarts }) => {
+                tracing::error!(container = %name, restarts, "down, and its restarts for the hour are used up");
+                let data = HealthRestartLimited { container: name.to_owned(), restarts, reason };
+                ctx.bus.publish(&recovery(ctx, data, outage)).await?;
+                let saved = {
+                    let mut tracks = self.inner.tracks.lock().await;
+                    let Some(track) = tracks.get_mut(name) else { return Ok(()) };
+                    track.heal_limited = true;
+                    track.clone()
+                };
+                self.inner.store.put(name, &saved).await?;
+                Ok(())
+            }
+        }
     }
 }
 

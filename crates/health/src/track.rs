@@ -37,7 +37,31 @@ pub struct Track {
     /// same flow in the audit trail.
     #[serde(default)]
     pub outage: Option<uuid::Uuid>,
+    /// Restarts this service made (self-healing) within the last hour, as unix seconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heals: Vec<i64>,
+    /// The restart limit was reached and reported in this outage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub heal_limited: bool,
 }
+
+/// What self-healing does about a container this round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heal {
+    /// Restart it: the `attempt`-th restart within the hour.
+    Restart {
+        /// This restart's number within the hour.
+        attempt: u32,
+    },
+    /// The hour's restarts are used up: say so (once per outage).
+    Limited {
+        /// Restarts within the hour.
+        restarts: u32,
+    },
+}
+
+/// The wait before the first restart after the one before it; doubled for each further one.
+pub const HEAL_BACKOFF: time::Duration = time::Duration::seconds(30);
 
 /// A change worth an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +129,29 @@ impl Track {
         }
     }
 
+    /// Whether to restart a container that is down (self-healing), at `now`, with at most
+    /// `limit` restarts an hour: the first at once, then after 30 s, 1 min, 2 min ... since
+    /// the previous one. Nothing while it is up, nor during the back-off.
+    pub fn heal(&mut self, now: OffsetDateTime, limit: u32) -> Option<Heal> {
+        if !self.down {
+            self.heal_limited = false;
+            return None;
+        }
+        let hour_ago = (now - time::Duration::HOUR).unix_timestamp();
+        self.heals.retain(|t| *t > hour_ago);
+        let made = u32::try_from(self.heals.len()).unwrap_or(u32::MAX);
+        if made >= limit {
+            return (!self.heal_limited).then_some(Heal::Limited { restarts: made });
+        }
+        if let Some(last) = self.heals.iter().max() {
+            let backoff = HEAL_BACKOFF * 2i32.saturating_pow(made.saturating_sub(1).min(10));
+            if now.unix_timestamp() < last.saturating_add(backoff.whole_seconds()) {
+                return None;
+            }
+        }
+        Some(Heal::Restart { attempt: made.saturating_add(1) })
+    }
+
     /// After an update or restore proved the container healthy: forget a failure streak
     /// that has not become an outage (the swap itself looks like failures from outside).
     pub fn rebaseline(&mut self) {
@@ -119,6 +166,35 @@ impl Track {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_down_container_is_restarted_with_back_off_and_at_most_the_limit_an_hour() {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+        let at = |s: i64| t0 + time::Duration::seconds(s);
+        let mut track = Track { down: false, ..Track::new("web") };
+        assert_eq!(track.heal(at(0), 3), None, "up: nothing");
+        track.down = true;
+        assert_eq!(track.heal(at(0), 3), Some(Heal::Restart { attempt: 1 }), "at once");
+        track.heals.push(at(0).unix_timestamp());
+        assert_eq!(track.heal(at(29), 3), None, "30 s back-off");
+        assert_eq!(track.heal(at(30), 3), Some(Heal::Restart { attempt: 2 }));
+        track.heals.push(at(30).unix_timestamp());
+        assert_eq!(track.heal(at(89), 3), None, "then 60 s");
+        assert_eq!(track.heal(at(90), 3), Some(Heal::Restart { attempt: 3 }));
+        track.heals.push(at(90).unix_timestamp());
+        assert_eq!(track.heal(at(600), 3), Some(Heal::Limited { restarts: 3 }), "the hour's three");
+        track.heal_limited = true;
+        assert_eq!(track.heal(at(601), 3), None, "said once per outage");
+        // An hour after the first, one restart is free again.
+        assert_eq!(track.heal(at(3601), 3), Some(Heal::Restart { attempt: 3 }));
+        // Up again: the next outage may report the limit again.
+        track.down = false;
+        assert_eq!(track.heal(at(3602), 3), None);
+        assert!(!track.heal_limited);
+        // No restarts at all with a limit of 0.
+        let mut never = Track { down: true, ..Track::new("db") };
+        assert_eq!(never.heal(at(0), 0), Some(Heal::Limited { restarts: 0 }));
+    }
 
     fn round(verdict: Verdict) -> Round {
         Round { verdict, id: Some("c1".into()), restarts: 0, http_latency: None, engine: None }

@@ -66,6 +66,7 @@ async fn a_hung_engine_is_reported_once_and_its_return_once() {
         recoveries: 2,
         probe: steward_probe::ProbeConfig { timeout: Duration::from_secs(2) },
         scope: Some(scope),
+        restart_limit: 3,
     };
     let _service = HealthService::start(health, &ctx).await.expect("health starts");
 

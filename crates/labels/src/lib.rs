@@ -25,6 +25,8 @@ pub const POLICY_LEGACY: &str = "update.policy";
 pub const UPDATE_BACKUP: &str = "steward.update.backup";
 /// HTTP probe for the health gate.
 pub const HEALTH_URL: &str = "steward.health.url";
+/// `true`: the health service restarts the container when it declares it down (bounded).
+pub const HEALTH_RESTART: &str = "steward.health.restart";
 /// An automatic update waits until the new digest is this old (`3d`, `12h`).
 pub const MIN_AGE: &str = "steward.update.min_age";
 /// The longest `steward.update.min_age`: a bound that keeps the updater's date arithmetic
@@ -355,6 +357,15 @@ pub fn health_url(labels: &HashMap<String, String>) -> Result<Option<&str>, Labe
             value: v.clone(),
             reason: "expected an http:// or https:// URL".into(),
         }),
+    }
+}
+
+/// Whether the health service may restart the container when it is down
+/// (`steward.health.restart`, default no).
+pub fn health_restart(labels: &HashMap<String, String>) -> Result<bool, LabelError> {
+    match labels.get(HEALTH_RESTART) {
+        None => Ok(false),
+        Some(v) => boolean(HEALTH_RESTART, v),
     }
 }
 

@@ -268,6 +268,22 @@ pub fn describe(event: &Event) -> Item {
             item.facts =
                 vec![fact("Container", h.container.clone()), fact("Down for", ms(h.down_for_ms))];
         }
+        EventData::HealthRestarted(h) => {
+            item.headline = format!("{} was down and has been restarted", h.container);
+            item.facts = vec![
+                fact("Container", h.container.clone()),
+                fact("Saw", h.reason.clone()),
+                fact("Restarts this hour", h.attempt.to_string()),
+            ];
+        }
+        EventData::HealthRestartLimited(h) => {
+            item.headline = format!("{} is down and restarting does not help", h.container);
+            item.facts = vec![
+                fact("Container", h.container.clone()),
+                fact("Saw", h.reason.clone()),
+                fact("Restarts this hour", h.restarts.to_string()),
+            ];
+        }
         EventData::EngineFailed(e) => {
             item.headline = format!("Docker engine not answering ({})", e.call);
             item.facts = vec![
@@ -514,6 +530,10 @@ const TOLD: &[Told] = &[
     Told { kind: "health.failed", severity: Severity::Critical, one: "unhealthy", many: "unhealthy",
         next: "Look at `docker logs {container}` on the host. A recovery notice follows when it passes again." },
     Told { kind: "health.recovered", severity: Severity::Info, one: "recovered", many: "recovered", next: "Nothing to do." },
+    Told { kind: "health.restarted", severity: Severity::Warning, one: "restarted", many: "restarted",
+        next: "Nothing to do if a recovery notice follows. If it keeps failing, look at `docker logs {container}`: restarts stop after STEWARD_HEALTH_RESTART_LIMIT an hour." },
+    Told { kind: "health.restart_limited", severity: Severity::Critical, one: "down, restarts used up", many: "down, restarts used up",
+        next: "Restarting did not bring {container} back and no more restarts are made this hour. Look at `docker logs {container}` on the host; a recovery notice follows when it passes again." },
     Told { kind: "health.engine_failed", severity: Severity::Critical, one: "engine not answering", many: "engine not answering",
         next: "Updates, backups and health checks of containers wait for it. Check `systemctl status docker` and `journalctl -u docker` on the host; a deadlocked dockerd needs a restart. A recovery notice follows when it answers again." },
     Told { kind: "health.engine_recovered", severity: Severity::Info, one: "engine recovered", many: "engine recovered",

@@ -121,6 +121,8 @@ pub const RULES: &[Rule] = &[
     checked("POST", "/containers/create", CHANGE, Check::Create),
     rule("POST", "/containers/*/start", CHANGE),
     rule("POST", "/containers/*/stop", CHANGE),
+    // restart: the health service's self-healing (`steward.health.restart=true`).
+    rule("POST", "/containers/*/restart", &[Health]),
     rule("DELETE", "/containers/*", CHANGE),
     // replace, take_over, restore, remove_leftovers (parking names); rejoin.
     rule("POST", "/containers/*/rename", &[Updater]),
@@ -371,14 +373,19 @@ mod tests {
     }
 
     #[test]
-    fn health_reads_and_execs_but_never_creates_or_removes() {
+    fn health_reads_execs_and_restarts_but_never_creates_or_removes() {
         for (m, p) in [
             ("GET", "/containers/json"),
             ("POST", "/containers/db/exec"),
             ("POST", "/exec/e1/start"),
             ("GET", "/exec/e1/json"),
+            ("POST", "/containers/db/restart"),
         ] {
             assert!(allowed(Health, m, p), "{m} {p}");
+        }
+        // Only health restarts (the others stop and start, as their flows need).
+        for role in [Watcher, Updater, Backup] {
+            assert!(!allowed(role, "POST", "/containers/db/restart"), "{role:?}");
         }
         for (m, p) in [
             ("POST", "/containers/create"),

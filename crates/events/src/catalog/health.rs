@@ -1,5 +1,6 @@
 //! Health transitions: `health.failed`, `health.recovered` (a container), and
-//! `health.engine_failed`, `health.engine_recovered` (the Docker engine itself).
+//! `health.engine_failed`, `health.engine_recovered` (the Docker engine itself); self-healing:
+//! `health.restarted`, `health.restart_limited`.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,32 @@ pub struct HealthRecovered {
     pub down_for_ms: u64,
 }
 container_payload!(HealthRecovered);
+
+/// The health service restarted a container it had declared down, because the container is
+/// labelled `steward.health.restart=true` (in the outage's flow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRestarted {
+    /// Container name.
+    pub container: String,
+    /// Restarts of this container within the last hour, this one included.
+    pub attempt: u32,
+    /// What the failing check saw before the restart.
+    pub reason: String,
+}
+container_payload!(HealthRestarted);
+
+/// A container declared down was not restarted again: it used up its restarts for the hour
+/// (`STEWARD_HEALTH_RESTART_LIMIT`). Restarting does not fix it; a human must look.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRestartLimited {
+    /// Container name.
+    pub container: String,
+    /// Restarts within the last hour.
+    pub restarts: u32,
+    /// What the failing check sees.
+    pub reason: String,
+}
+container_payload!(HealthRestartLimited);
 
 /// The Docker engine stopped answering: a call it took got no answer within its deadline, or
 /// it could not be reached. Containers are not judged meanwhile (their rounds are neutral), so

@@ -132,6 +132,10 @@ catalog! {
     HealthFailed => "health.failed": HealthFailed,
     /// A container is healthy again.
     HealthRecovered => "health.recovered": HealthRecovered,
+    /// A container declared down was restarted (`steward.health.restart=true`).
+    HealthRestarted => "health.restarted": HealthRestarted,
+    /// A container declared down used up its restarts for the hour.
+    HealthRestartLimited => "health.restart_limited": HealthRestartLimited,
     /// The Docker engine stopped answering (a transition, not a repeated alarm).
     EngineFailed => "health.engine_failed": EngineFailed,
     /// The Docker engine answers again.
