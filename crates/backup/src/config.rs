@@ -27,12 +27,16 @@ pub const ENV_ZSTD_LEVEL: &str = "STEWARD_BACKUP_ZSTD_LEVEL";
 
 /// Daily 02:00.
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
+/// The newest complete backup may be at most this old before `backup.stale` is published.
+pub const ENV_MAX_AGE: &str = "STEWARD_BACKUP_MAX_AGE";
 
 /// The backup service's settings.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
     /// When to back up.
     pub schedule: croner::Cron,
+    /// The newest complete backup's greatest allowed age (`backup.stale` beyond it).
+    pub max_age: Duration,
     /// Where.
     pub s3: S3Config,
     /// What to keep.
@@ -65,8 +69,14 @@ impl BackupConfig {
             _ => Err("a whole number from 1 to 19".into()),
         });
         let keys = Keys::read(env);
+        // A day and two hours: a daily backup that ran late is not stale yet.
+        let max_age = env.duration(ENV_MAX_AGE, Duration::from_secs(26 * 3600));
+        if max_age < Duration::from_secs(1) {
+            env.error(ENV_MAX_AGE, &format!("{max_age:?}"), "at least 1s");
+        }
         Self {
             schedule,
+            max_age,
             s3,
             retention,
             stop_timeout: env.duration(ENV_STOP_TIMEOUT, Duration::from_secs(30)),

@@ -4,14 +4,14 @@
 //! `backup.failed` (the requester must hear of it now), not a redelivery an hour later.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{
-    BackupComponent, BackupDone, BackupFailed, BackupPruned, BackupReason, BackupStarted,
-    BackupVerified, Event, EventData, RestoreDone, RestoreFailed, VerifyFailed,
+    BackupComponent, BackupDone, BackupFailed, BackupPruned, BackupReason, BackupStale,
+    BackupStarted, BackupVerified, Event, EventData, RestoreDone, RestoreFailed, VerifyFailed,
 };
 use steward_runtime::{Context, Handler, HandlerError};
 use steward_store::manifest;
@@ -39,13 +39,57 @@ impl BackupService {
         let engine = ctx.engine.clone().context("the backup service needs Docker")?;
         let store = Store::lazy(&cfg.s3);
         let schedule = cfg.schedule.clone();
+        let max_age = cfg.max_age;
         let service = Self { backups: Backups::new(engine, store, cfg), lock: Default::default() };
         let scheduled = service.clone();
         let ctx_for_schedule = ctx.clone();
         ctx.spawn("backup schedule", async move {
             scheduled.run_schedule(schedule, ctx_for_schedule).await
         });
+        let (watched, ctx_for_age) = (service.clone(), ctx.clone());
+        ctx.spawn("backup age", async move { watched.watch_age(max_age, ctx_for_age).await });
         Ok(service)
+    }
+
+    /// Says `backup.stale` when the newest complete backup is older than `max_age`: once per
+    /// newest backup (and once when there is none, counted from this start), so a missed or
+    /// failing nightly backup is one critical mail, not silence and not a mail per check.
+    async fn watch_age(self, max_age: Duration, ctx: Context) {
+        let started = OffsetDateTime::now_utc();
+        let every = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        let bound = time::Duration::try_from(max_age).unwrap_or(time::Duration::MAX);
+        let mut said: Option<Option<String>> = None;
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let listed = match self.backups.list().await {
+                Ok(listed) => listed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the backups to check their age");
+                    continue;
+                }
+            };
+            let newest = listed.iter().rev().find(|l| l.manifest.is_some());
+            let newest_id = newest.map(|l| l.backup_id.clone());
+            let since = newest.map_or(started, |l| l.taken_at);
+            if OffsetDateTime::now_utc() - since <= bound || said.as_ref() == Some(&newest_id) {
+                continue;
+            }
+            tracing::error!(newest = ?newest_id, "no backup newer than {max_age:?}");
+            let data = BackupStale {
+                newest: newest_id.clone(),
+                newest_at: newest.map(|l| l.taken_at),
+                max_age_secs: max_age.as_secs(),
+            };
+            match self.publish(&ctx, None, data).await {
+                Ok(()) => said = Some(newest_id),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot say the backups are stale")
+                }
+            }
+        }
     }
 
     /// The backups.

@@ -253,6 +253,9 @@ pub(crate) fn summary(data: &EventData) -> String {
         EventData::RestoreFailed(p) => format!("{}: {}", p.backup_id, p.reason),
         EventData::HealthFailed(p) => format!("{}: {}", p.check, p.reason),
         EventData::HealthRecovered(p) => format!("after {} s", p.down_for_ms / 1000),
+        EventData::BackupStale(p) => {
+            format!("newest {}", p.newest.as_deref().unwrap_or("none"))
+        }
         EventData::HealthRestarted(p) => format!("restart {} this hour: {}", p.attempt, p.reason),
         EventData::HealthRestartLimited(p) => {
             format!("{} restarts this hour, no more: {}", p.restarts, p.reason)

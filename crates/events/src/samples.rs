@@ -195,6 +195,12 @@ pub fn all(container: &str) -> Vec<EventData> {
         .into(),
         EngineRecovered { engine: "unix:///var/run/docker.sock".into(), down_for_ms: 600_000 }
             .into(),
+        BackupStale {
+            newest: Some("20261122T020000Z-0a1b2c".into()),
+            newest_at: Some(time::macros::datetime!(2026-11-22 02:00 UTC)),
+            max_age_secs: 93_600,
+        }
+        .into(),
         NotifySent {
             channel: "email".into(),
             recipients: vec!["ops@example.com".into()],

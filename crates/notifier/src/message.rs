@@ -233,6 +233,17 @@ pub fn describe(event: &Event) -> Item {
             }
             item.log_tail = b.stderr_tail.clone();
         }
+        EventData::BackupStale(b) => {
+            let bound = humantime::format_duration(std::time::Duration::from_secs(b.max_age_secs));
+            item.headline = match (&b.newest, b.newest_at) {
+                (Some(id), Some(at)) => format!("No backup since {} ({id})", utc(at)),
+                _ => "No backup at all yet".to_owned(),
+            };
+            item.facts = vec![fact("Allowed age", bound.to_string())];
+            if let Some(id) = &b.newest {
+                item.facts.push(fact("Newest backup", id.clone()));
+            }
+        }
         EventData::VerifyFailed(v) => {
             item.headline = format!("Backup {} failed verification", v.backup_id);
             item.facts =
@@ -521,6 +532,8 @@ const TOLD: &[Told] = &[
         next: "The previous image runs again with the same configuration. The refused digest is not retried; a newer one will be offered when it appears. The log lines below are from the failed container." },
     Told { kind: "backup.failed", severity: Severity::Warning, one: "backup failed", many: "backups failed",
         next: "No manifest was written, so this backup is never used; earlier backups are intact. Fix the cause and run `steward backup now` (runbook: a backup failed)." },
+    Told { kind: "backup.stale", severity: Severity::Critical, one: "backups stale", many: "backups stale",
+        next: "The nightly backup did not happen or keeps failing: look for `backup.failed` mails and `docker logs` of the backup service, then run `steward backup now` (runbook: a backup failed). Data changed since the newest backup is not protected." },
     Told { kind: "verify.failed", severity: Severity::Warning, one: "backup failed verification", many: "backups failed verification",
         next: "Do not restore this backup. Take a new one with `steward backup now` and verify it." },
     Told { kind: "restore.done", severity: Severity::Info, one: "restore done", many: "restores done",

@@ -55,6 +55,7 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
         schedule: steward_backup::config::DEFAULT_SCHEDULE
             .parse()
             .unwrap_or_else(|_| unreachable!()),
+        max_age: Duration::from_secs(26 * 3600),
         s3,
         retention: Retention::default(),
         stop_timeout: Duration::from_secs(5),

@@ -142,3 +142,23 @@ pub struct VerifyFailed {
 }
 
 impl Payload for VerifyFailed {}
+
+/// No complete backup is newer than `STEWARD_BACKUP_MAX_AGE` (a missed or failing nightly
+/// backup nobody heard of): said once per newest backup, and once at all when there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStale {
+    /// The newest complete backup, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<String>,
+    /// When it was taken.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub newest_at: Option<time::OffsetDateTime>,
+    /// The bound, in seconds.
+    pub max_age_secs: u64,
+}
+
+impl Payload for BackupStale {}

@@ -118,6 +118,8 @@ catalog! {
     BackupVerified => "backup.verified": BackupVerified,
     /// Backups removed by the retention policy.
     BackupPruned => "backup.pruned": BackupPruned,
+    /// No complete backup is newer than the configured maximum age.
+    BackupStale => "backup.stale": BackupStale,
     /// Someone asks to verify a backup.
     VerifyRequested => "verify.requested": VerifyRequested,
     /// A backup failed verification.
