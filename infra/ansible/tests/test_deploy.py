@@ -43,8 +43,8 @@ IMAGES = [
 NATS_USERS = ["watcher", "updater", "backup", "health", "notifier", "cli", "setup"]
 # Every long-running service of the stack (the CLI and monitoring are profiles).
 SERVICES = {
-    "postgres", "gitea", "nginx", "certbot", "nats", "watcher", "updater", "backup", "health",
-    "notifier", "registry", "s3", "smtp",
+    "postgres", "gitea", "nginx", "certbot", "nats", "sockproxy", "watcher", "updater", "backup",
+    "health", "notifier", "registry", "s3", "smtp",
 }
 
 
@@ -253,6 +253,7 @@ def test_deploy_brings_the_stack_up_healthy_and_a_second_run_changes_nothing(tar
     assert not (secrets / "runner_token").exists(), "the runner's token is not the stack's"
     assert "aws_access_key_id = e2e-key" in (secrets / "aws_credentials").read_text()
     assert json.loads((secrets / "docker_config.json").read_text()) == {"auths": {}}
+    assert (secrets / "age_identity").read_text().startswith("# no age identity")
     env = (target.root / ".env").read_text()
     assert "\nSTEWARD_MAIL_TO=ops@gitea.test\n" in env, env
     assert "\nGITEA_IMAGE=steward-test/app:v1\n" in env, env
