@@ -96,3 +96,11 @@ pub fn backed_up_pair(scope: &str) -> (Container, Container) {
     );
     (db, app)
 }
+
+/// The first `update.pending` among `events`, with its event.
+pub fn pending_in(events: &[Event]) -> Option<(Event, steward_events::UpdatePending)> {
+    events.iter().find_map(|e| match &e.data {
+        steward_events::EventData::UpdatePending(p) => Some((e.clone(), p.clone())),
+        _ => None,
+    })
+}

@@ -25,7 +25,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, EventData};
-use steward_system_tests::apps::{app, wait_event};
+use steward_system_tests::apps::{app, pending_in, wait_event};
 use steward_system_tests::mail::{testbed_notifier_env, unique_address, wait_mails};
 use steward_system_tests::{steward_ok as steward, Proc};
 use steward_testkit::docker::push_app;
@@ -372,13 +372,7 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     let v2 = push_app("v2", &app.image);
     steward(&bus, &["check"]);
     let events = wait_event(&bus, "update.pending", Duration::from_secs(30)).await;
-    let pending = events
-        .iter()
-        .find_map(|e| match &e.data {
-            EventData::UpdatePending(p) => Some((e.clone(), p.clone())),
-            _ => None,
-        })
-        .expect("pending");
+    let pending = pending_in(&events).expect("pending");
     assert_eq!(pending.1.current_digest.to_string(), app.v1);
     assert_eq!(pending.1.new_digest.to_string(), v2);
     let mails = wait_mails(&steward_system_tests::mail::testbed_maildir(), &to, 1, PAGE_BOUND);

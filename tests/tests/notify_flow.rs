@@ -10,7 +10,7 @@ use std::time::Duration;
 use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, EventData, HealthFailed};
-use steward_system_tests::apps::{app, wait_event};
+use steward_system_tests::apps::{app, pending_in, wait_event};
 use steward_system_tests::mail::{
     mails_to, notifier_env, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
     webhook_sink, SmtpServer,
@@ -94,13 +94,7 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
     push_app("v2", &app.image);
     steward(&bus, &["check"]);
     let events = wait_event(&bus, "update.pending", Duration::from_secs(30)).await;
-    let pending = events
-        .iter()
-        .find_map(|e| match &e.data {
-            EventData::UpdatePending(p) => Some((e.clone(), p.clone())),
-            _ => None,
-        })
-        .expect("pending");
+    let pending = pending_in(&events).expect("pending");
     // The live token is not in the stream (every service reads it, for a year): the event
     // says only that a link exists, until when.
     assert_eq!(pending.1.approval_url, None);

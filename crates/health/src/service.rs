@@ -247,7 +247,7 @@ impl HealthService {
                     }
                     Some(Transition::Recovered(r)) => {
                         tracing::info!(container = %name, down_for_ms = r.down_for_ms, "container recovered");
-                        Some(recovery(ctx, r, track.outage.take()))
+                        Some(in_outage(ctx, r, track.outage.take()))
                     }
                     None => None,
                 };
@@ -319,13 +319,13 @@ impl HealthService {
                 };
                 self.inner.store.put(name, &saved).await?;
                 let data = HealthRestarted { container: name.to_owned(), attempt, reason };
-                ctx.bus.publish(&recovery(ctx, data, outage)).await?;
+                ctx.bus.publish(&in_outage(ctx, data, outage)).await?;
                 Ok(())
             }
             Some(Heal::Limited { restarts }) => {
                 tracing::error!(container = %name, restarts, "down, and its restarts for the hour are used up");
                 let data = HealthRestartLimited { container: name.to_owned(), restarts, reason };
-                ctx.bus.publish(&recovery(ctx, data, outage)).await?;
+                ctx.bus.publish(&in_outage(ctx, data, outage)).await?;
                 let saved = {
                     let mut tracks = self.inner.tracks.lock().await;
                     let Some(track) = tracks.get_mut(name) else { return Ok(()) };
@@ -370,7 +370,7 @@ impl HealthService {
             }
             Some(EngineTransition::Recovered(r)) => {
                 tracing::info!(engine = %host, down_for_ms = r.down_for_ms, "Docker engine answers again");
-                let event = recovery(ctx, r, track.outage.take());
+                let event = in_outage(ctx, r, track.outage.take());
                 ctx.bus.publish(&event).await.map(|_| ())
             }
             None => Ok(()),
@@ -421,9 +421,9 @@ impl Handler for HealthService {
     }
 }
 
-/// A recovery in the flow of the outage it ends (same correlation id, caused by it), so an
-/// outage is one flow in the audit.
-fn recovery(
+/// An event in the flow of its outage (same correlation id, caused by it): the recovery that
+/// ends it, a restart during it; so an outage is one flow in the audit.
+fn in_outage(
     ctx: &Context,
     data: impl Into<steward_events::EventData>,
     outage: Option<uuid::Uuid>,

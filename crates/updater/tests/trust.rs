@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use steward_events::records::UpdateStep;
-use steward_events::{EventData, UpdateApproved};
+use steward_events::UpdateApproved;
 use steward_testkit::docker::push_app;
 use steward_testkit::{http_get, TestBus};
 
@@ -28,12 +28,7 @@ async fn an_approval_waits_for_the_maintenance_window_like_an_automatic_update()
     let (event, u) = image_updated(&bus, &app, &v2).await;
     flow.on_image_updated(&event, &u).await.expect("pending");
     // The mail says when an approval would run.
-    let all = events(&bus).await;
-    let pending = all.iter().find_map(|e| match &e.data {
-        EventData::UpdatePending(p) => Some(p.clone()),
-        _ => None,
-    });
-    let pending = pending.unwrap_or_else(|| panic!("{:?}", types(&all)));
+    let pending = pending(&bus).await;
     assert!(
         pending.runs.as_deref().is_some_and(|r| r.contains("maintenance window opens")),
         "{:?}",
@@ -98,12 +93,7 @@ async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() 
     let (event, u) = image_updated(&bus, &app, &v2).await;
     flow.on_image_updated(&event, &u).await.expect("pending");
 
-    let all = events(&bus).await;
-    let pending = all.iter().find_map(|e| match &e.data {
-        EventData::UpdatePending(p) => Some(p.clone()),
-        _ => None,
-    });
-    let pending = pending.unwrap_or_else(|| panic!("{:?}", types(&all)));
+    let pending = pending(&bus).await;
     assert_eq!(pending.approval_url, None, "a live token in the stream");
     let record = flow.records.get(&app.name).await.expect("get").expect("record").value;
     let expires = record.approval_expires.expect("the record keeps the expiry");

@@ -114,3 +114,13 @@ pub fn no_strays(name: &str) {
 pub fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+/// The `update.pending` the flow published (the test fails naming what it found instead).
+pub async fn pending(bus: &Bus) -> steward_events::UpdatePending {
+    let all = events(bus).await;
+    let pending = all.iter().find_map(|e| match &e.data {
+        steward_events::EventData::UpdatePending(p) => Some(p.clone()),
+        _ => None,
+    });
+    pending.unwrap_or_else(|| panic!("no update.pending: {:?}", types(&all)))
+}
