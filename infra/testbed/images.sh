@@ -51,3 +51,16 @@ if ! have steward-test/postgres:15; then
   log "building steward-test/postgres:15"
   build steward-test/postgres:15 "$HERE/images/postgres"
 fi
+
+if ! have steward-test/nginx:latest; then
+  # Debian's nginx for the health service's `nginx -t` check: the packages come from the
+  # machine's apt sources (a package registry), the root from the PostgreSQL image's.
+  log "building steward-test/nginx"
+  ctx=$(mktemp -d); cp "$HERE/images/nginx/"* "$ctx/"; mkdir "$ctx/debs"
+  (cd "$ctx/debs" && apt-get download nginx nginx-common >"$STATE/logs/nginx-debs.log" 2>&1) \
+    || { cat "$STATE/logs/nginx-debs.log" >&2; echo "[testbed] error: apt-get download nginx failed" >&2; exit 1; }
+  for d in "$ctx/debs/"*.deb; do dpkg-deb -x "$d" "$ctx/root"; done; rm -rf "$ctx/debs"
+  # Only usr/, etc/ and var/: a real lib/ (systemd units) would replace the root's usr-merge link.
+  find "$ctx/root" -mindepth 1 -maxdepth 1 ! -name usr ! -name etc ! -name var -exec rm -rf {} +
+  build steward-test/nginx:latest "$ctx"; rm -rf "$ctx"
+fi

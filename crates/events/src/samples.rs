@@ -152,6 +152,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             backup_id: "latest".into(),
             scope: RestoreScope::Db,
             requested_by: Some("ops@host".into()),
+            allow_unsigned: false,
         }
         .into(),
         RestoreDone {
@@ -195,6 +196,48 @@ pub fn all(container: &str) -> Vec<EventData> {
         .into(),
         EngineRecovered { engine: "unix:///var/run/docker.sock".into(), down_for_ms: 600_000 }
             .into(),
+        CertExpiring {
+            container: "certbot".into(),
+            certificate: "/etc/letsencrypt/live/git.example.com/fullchain.pem".into(),
+            names: vec!["git.example.com".into()],
+            not_after: time::macros::datetime!(2026-12-01 12:00 UTC),
+            days_left: 9,
+            level: Level::Warning,
+        }
+        .into(),
+        CertRenewed {
+            container: "certbot".into(),
+            certificate: "/etc/letsencrypt/live/git.example.com/fullchain.pem".into(),
+            not_after: Some(time::macros::datetime!(2027-02-28 12:00 UTC)),
+        }
+        .into(),
+        DiskLow {
+            target: "docker data root".into(),
+            measured_in: "gitea:/".into(),
+            free_bytes: 3_221_225_472,
+            total_bytes: 42_949_672_960,
+            free_percent: 7,
+            level: Level::Warning,
+        }
+        .into(),
+        DiskRecovered {
+            target: "docker data root".into(),
+            free_bytes: 21_474_836_480,
+            total_bytes: 42_949_672_960,
+        }
+        .into(),
+        ConfigInvalid {
+            container: "nginx".into(),
+            command: "nginx -t".into(),
+            exit_code: 1,
+            output_tail: vec![
+                "nginx: [emerg] unknown directive \"proxy_pas\" in /etc/nginx/conf.d/gitea.conf:12"
+                    .into(),
+                "nginx: configuration file /etc/nginx/nginx.conf test failed".into(),
+            ],
+        }
+        .into(),
+        ConfigRecovered { container: "nginx".into(), command: "nginx -t".into() }.into(),
         BackupStale {
             newest: Some("20261122T020000Z-0a1b2c".into()),
             newest_at: Some(time::macros::datetime!(2026-11-22 02:00 UTC)),

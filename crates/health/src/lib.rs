@@ -9,9 +9,13 @@
 //! `/metrics` carries `steward_health_up` and `steward_health_probe_latency_seconds` per
 //! container. The Docker engine is a target of its own ([`engine`]): one that stops answering
 //! is `health.engine_failed` once, and `health.engine_recovered` when it answers again.
+//! [`host`] checks what is not a container's state: certificates' expiry, free space of the
+//! data root and volumes, and configuration checks such as `nginx -t`, each condition told
+//! once when it appears or changes level and once when it clears.
 
 pub mod config;
 pub mod engine;
+pub mod host;
 pub mod probe;
 pub mod service;
 pub mod track;

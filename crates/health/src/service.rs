@@ -23,6 +23,8 @@ use tokio::sync::Mutex;
 
 use crate::config::HealthConfig;
 use crate::engine::{EngineRound, EngineTrack, EngineTransition, ENGINE_KEY};
+use crate::host::conditions::{Conditions, CONDITIONS_KEY};
+use crate::host::{Finding, Report};
 use crate::probe::{Prober, Verdict};
 use crate::track::{Heal, Track, Transition, HEALTH_BUCKET};
 
@@ -59,6 +61,9 @@ struct Inner {
     engine_store: StateStore<EngineTrack>,
     engine_track: Mutex<EngineTrack>,
     engine_up: Gauge,
+    /// The host checks' open conditions, in the same bucket under [`CONDITIONS_KEY`].
+    conditions_store: StateStore<Conditions>,
+    conditions: Mutex<Conditions>,
 }
 
 /// The health service.
@@ -81,7 +86,8 @@ impl HealthService {
         let store: StateStore<Track> = StateStore::open(&ctx.bus, HEALTH_BUCKET).await?;
         let mut tracks = HashMap::new();
         for key in store.keys().await? {
-            if key == ENGINE_KEY {
+            // `_engine`, `_conditions`: not container tracks (no container name starts so).
+            if key.starts_with('_') {
                 continue;
             }
             if let Some(v) = store.get(&key).await? {
@@ -91,6 +97,10 @@ impl HealthService {
         let engine_store: StateStore<EngineTrack> =
             StateStore::open(&ctx.bus, HEALTH_BUCKET).await?;
         let engine_track = engine_store.get(ENGINE_KEY).await?.map(|v| v.value).unwrap_or_default();
+        let conditions_store: StateStore<Conditions> =
+            StateStore::open(&ctx.bus, HEALTH_BUCKET).await?;
+        let conditions =
+            conditions_store.get(CONDITIONS_KEY).await?.map(|v| v.value).unwrap_or_default();
         let engine_up = Gauge::default();
         engine_up.set(i64::from(!engine_track.down));
         ctx.metrics.register(
@@ -124,8 +134,25 @@ impl HealthService {
                 engine_store,
                 engine_track: Mutex::new(engine_track),
                 engine_up,
+                conditions_store,
+                conditions: Mutex::new(conditions),
             }),
         };
+        let hosting = service.clone();
+        let ctx_for_hosts = ctx.clone();
+        ctx.spawn("health host checks", async move {
+            let ctx = ctx_for_hosts;
+            let interval = hosting.inner.cfg.host.interval;
+            loop {
+                if let Err(e) = hosting.host_round(&ctx).await {
+                    tracing::warn!(error = %e, "host checks skipped");
+                }
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
         let looping = service.clone();
         let ctx_for_loop = ctx.clone();
         ctx.spawn("health rounds", async move {
@@ -341,6 +368,140 @@ impl HealthService {
 
 fn label_of(name: &str) -> ContainerLabel {
     ContainerLabel { container: name.to_owned() }
+}
+
+impl HealthService {
+    /// One round of the host checks: certificates, free space, configuration checks; each
+    /// condition's change published, then the open conditions saved.
+    pub async fn host_round(&self, ctx: &Context) -> anyhow::Result<()> {
+        use steward_labels as labels;
+        let scope = self.inner.cfg.scope.as_deref();
+        let wanted = |l: &HashMap<String, String>| {
+            labels::in_scope(l, scope)
+                && [labels::HEALTH_CHECK, labels::HEALTH_DISK, labels::CERTS_RENEW]
+                    .iter()
+                    .any(|k| l.contains_key(*k))
+        };
+        // An engine that does not answer is the probe loop's to report.
+        let mut listed = self.inner.engine.containers(wanted).await?;
+        listed.retain(|c| !steward_engine::recreate::is_swap_name(&c.name));
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let cfg = &self.inner.cfg.host;
+        let now = OffsetDateTime::now_utc();
+        let mut reports = vec![];
+        let (mut checks, mut disks) = (vec![], vec![]);
+        let (mut unknown_checks, mut disk_complete) = (vec![], true);
+        for c in &listed {
+            // A bad label is said in the log each round and leaves that check out; it never
+            // stops the others.
+            let running = match self.inner.engine.is_running(&c.name).await {
+                Ok(r) => r.unwrap_or(false),
+                Err(e) => {
+                    tracing::warn!(container = %c.name, error = %e, "cannot inspect for host checks");
+                    false
+                }
+            };
+            match labels::health_check(&c.labels) {
+                Ok(Some(argv)) if running => checks.push((c.name.clone(), argv)),
+                // Stopped: `health.failed` is its news; its check is unknown meanwhile.
+                Ok(Some(_)) => unknown_checks.push(Finding::unknown(format!("config|{}", c.name))),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(container = %c.name, error = %e, "bad label: no configuration check")
+                }
+            }
+            match labels::health_disk(&c.labels) {
+                Ok(Some(watch)) if running => disks.push((c.name.clone(), watch)),
+                Ok(Some(_)) => disk_complete = false,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(container = %c.name, error = %e, "bad label: free space not watched")
+                }
+            }
+            match labels::certs_labels(&c.labels) {
+                // Read through the archive API, so a stopped certbot container still counts.
+                Ok(certs) if certs.renew.is_some() => {
+                    let report = crate::host::certs::check(
+                        &self.inner.engine,
+                        &c.name,
+                        &certs.path,
+                        now,
+                        cfg.cert_warn,
+                        cfg.cert_critical,
+                    )
+                    .await;
+                    reports.push(report);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(container = %c.name, error = %e, "bad label: certificates not watched")
+                }
+            }
+        }
+        let mut config = crate::host::config::check(&self.inner.engine, &checks).await;
+        config.findings.extend(unknown_checks);
+        reports.push(config);
+        let mut disk = crate::host::disk::check(&self.inner.engine, &disks, cfg).await;
+        if !disk_complete {
+            disk.covers.clear();
+        }
+        reports.push(disk);
+        // Certificates of a certbot container no longer labelled (or removed) are gone.
+        let certbots: Vec<String> = reports
+            .iter()
+            .flat_map(|r| r.covers.iter().filter(|p| p.starts_with("cert|")).cloned())
+            .collect();
+        let known = self.inner.conditions.lock().await.clone();
+        let orphans: Vec<String> = known
+            .open
+            .keys()
+            .filter(|k| k.starts_with("cert|"))
+            .filter_map(|k| k.split('|').nth(1).map(|c| format!("cert|{c}|")))
+            .filter(|p| {
+                !certbots.contains(p) && !listed.iter().any(|c| p == &format!("cert|{}|", c.name))
+            })
+            .collect();
+        reports.push(Report { findings: vec![], covers: orphans });
+        for report in &reports {
+            self.conclude(ctx, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a report's changes, each then applied; saves the conditions once they are
+    /// out (a crash in between repeats an event, never loses one).
+    async fn conclude(&self, ctx: &Context, report: &Report) -> anyhow::Result<()> {
+        let mut conditions = self.inner.conditions.lock().await;
+        let changes = conditions.changes(report);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut result = Ok(());
+        for change in &changes {
+            let flow = match &change.event {
+                Some(data) => {
+                    let event = match change.flow {
+                        Some(flow) => in_outage(ctx, data.clone(), Some(flow)),
+                        None => Event::new(ctx.source(), data.clone()),
+                    };
+                    tracing::warn!(condition = %change.key, event = event.event_type(), "host condition changed");
+                    if let Err(e) = ctx.bus.publish(&event).await {
+                        // Not out: the next round finds the change again.
+                        result = Err(e.into());
+                        break;
+                    }
+                    event.correlation_id
+                }
+                None => change.flow.unwrap_or_else(uuid::Uuid::now_v7),
+            };
+            conditions.apply(change, flow, now);
+        }
+        let saved = conditions.clone();
+        drop(conditions);
+        self.inner.conditions_store.put(CONDITIONS_KEY, &saved).await?;
+        result
+    }
 }
 
 /// Whether `track` is still as the round that made `event` left it (its outage is the

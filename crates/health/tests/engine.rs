@@ -67,6 +67,7 @@ async fn a_hung_engine_is_reported_once_and_its_return_once() {
         probe: steward_probe::ProbeConfig { timeout: Duration::from_secs(2) },
         scope: Some(scope),
         restart_limit: 3,
+        host: steward_health::config::HostConfig::default(),
     };
     let _service = HealthService::start(health, &ctx).await.expect("health starts");
 

@@ -27,6 +27,15 @@ pub const UPDATE_BACKUP: &str = "steward.update.backup";
 pub const HEALTH_URL: &str = "steward.health.url";
 /// `true`: the health service restarts the container when it declares it down (bounded).
 pub const HEALTH_RESTART: &str = "steward.health.restart";
+/// A configuration check the health service runs by exec (`true` for `nginx -t`, or a
+/// command line without shell), reporting a failure once and its recovery once.
+pub const HEALTH_CHECK: &str = "steward.health.check";
+/// The configuration check of `steward.health.check=true`.
+pub const DEFAULT_HEALTH_CHECK: &str = "nginx -t";
+/// Free space the health service watches in this container (`true`: the engine's data root,
+/// seen as the container's `/`, and every volume it mounts; or a comma-separated list of
+/// mount points, `/` included to mean the data root).
+pub const HEALTH_DISK: &str = "steward.health.disk";
 /// An automatic update waits until the new digest is this old (`3d`, `12h`).
 pub const MIN_AGE: &str = "steward.update.min_age";
 /// The longest `steward.update.min_age`: a bound that keeps the updater's date arithmetic
@@ -369,6 +378,71 @@ pub fn health_restart(labels: &HashMap<String, String>) -> Result<bool, LabelErr
     }
 }
 
+/// The configuration check of `steward.health.check`, as the program and its arguments (no
+/// shell: a check is one read-only command such as `nginx -t`); `None` without the label or
+/// with `false`.
+pub fn health_check(labels: &HashMap<String, String>) -> Result<Option<Vec<String>>, LabelError> {
+    let Some(raw) = labels.get(HEALTH_CHECK) else { return Ok(None) };
+    let v = raw.trim();
+    if v.eq_ignore_ascii_case("false") {
+        return Ok(None);
+    }
+    let line = if v.eq_ignore_ascii_case("true") { DEFAULT_HEALTH_CHECK } else { v };
+    let bad = |reason: &str| LabelError {
+        label: HEALTH_CHECK,
+        value: raw.clone(),
+        reason: reason.into(),
+    };
+    if line.is_empty() {
+        return Err(bad("expected true, false or a command such as `nginx -t`"));
+    }
+    // No shell runs it: quotes, pipes or variables would mean something else than they seem.
+    if line.chars().any(|c| "\"'`$|&;<>(){}\\*?".contains(c)) {
+        return Err(bad(
+            "expected a plain command and arguments (no shell syntax), such as `nginx -t`",
+        ));
+    }
+    Ok(Some(line.split_whitespace().map(str::to_owned).collect()))
+}
+
+/// Which filesystems `steward.health.disk` asks to watch in a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskWatch {
+    /// `true`: `/` (the engine's data root) and every volume the container mounts.
+    All,
+    /// These mount points (absolute paths; `/` is the data root).
+    Paths(Vec<String>),
+}
+
+/// The `steward.health.disk` of a container, if it has one (`false` is none).
+pub fn health_disk(labels: &HashMap<String, String>) -> Result<Option<DiskWatch>, LabelError> {
+    let Some(raw) = labels.get(HEALTH_DISK) else { return Ok(None) };
+    let v = raw.trim();
+    if v.eq_ignore_ascii_case("true") {
+        return Ok(Some(DiskWatch::All));
+    }
+    if v.eq_ignore_ascii_case("false") {
+        return Ok(None);
+    }
+    let paths: Vec<String> =
+        v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    let good = |p: &String| {
+        p.starts_with('/')
+            && !p.split('/').any(|c| c == "..")
+            && !p.chars().any(char::is_whitespace)
+    };
+    if paths.is_empty() || !paths.iter().all(good) {
+        return Err(LabelError {
+            label: HEALTH_DISK,
+            value: raw.clone(),
+            reason:
+                "expected true, false or absolute mount points separated by commas, such as /,/data"
+                    .into(),
+        });
+    }
+    Ok(Some(DiskWatch::Paths(paths)))
+}
+
 /// The update settings of a container.
 pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, LabelError> {
     let policy = watch_labels(labels)?.policy;
@@ -636,6 +710,29 @@ mod tests {
             assert!(e.as_ref().is_err_and(|e| e.label == BACKUP_PATHS), "{bad}: {e:?}");
         }
         assert!(backup_labels(&l(&[(BACKUP_STOP, "maybe")])).is_err());
+    }
+
+    #[test]
+    fn health_check_and_disk_labels_parse_or_say_what_is_wrong() {
+        let check = |v: &str| health_check(&labels(&[("steward.health.check", v)]));
+        assert_eq!(check("true"), Ok(Some(vec!["nginx".to_owned(), "-t".to_owned()])));
+        assert_eq!(
+            check(" nginx  -t -q "),
+            Ok(Some(vec!["nginx".into(), "-t".into(), "-q".into()]))
+        );
+        assert_eq!(check("false"), Ok(None));
+        assert_eq!(health_check(&labels(&[])), Ok(None));
+        for bad in ["", "nginx -t && rm -rf /", "sh -c 'x'", "echo $HOME"] {
+            let e = check(bad).expect_err(bad);
+            assert_eq!(e.label, HEALTH_CHECK);
+        }
+        let disk = |v: &str| health_disk(&labels(&[("steward.health.disk", v)]));
+        assert_eq!(disk("TRUE"), Ok(Some(DiskWatch::All)));
+        assert_eq!(disk("false"), Ok(None));
+        assert_eq!(disk("/, /data"), Ok(Some(DiskWatch::Paths(vec!["/".into(), "/data".into()]))));
+        for bad in ["", "data", "/a/../b", "yes", "/a b"] {
+            assert!(disk(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

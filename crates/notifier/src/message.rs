@@ -93,6 +93,22 @@ fn ms(duration_ms: u64) -> String {
         .to_string()
 }
 
+/// `3.2 GiB`: a size in binary units, one decimal (for the host checks' disk events).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn first_line(s: &str) -> &str {
     let line = s.lines().next().unwrap_or_default();
     match line.char_indices().nth(100) {
@@ -318,6 +334,67 @@ pub fn describe(event: &Event) -> Item {
             }
             item.log_tail = c.log_tail.clone();
         }
+        EventData::CertExpiring(c) => {
+            let names = if c.names.is_empty() { c.certificate.clone() } else { c.names.join(", ") };
+            item.headline = if c.days_left < 0 {
+                format!("Certificate for {names} has expired")
+            } else {
+                format!("Certificate for {names} expires in {} days", c.days_left)
+            };
+            item.facts = vec![
+                fact("Names", names),
+                fact("Expires", utc(c.not_after)),
+                fact("Days left", c.days_left.to_string()),
+                fact("Level", c.level.as_str().to_owned()),
+                fact("File", format!("{} in {}", c.certificate, c.container)),
+            ];
+        }
+        EventData::CertRenewed(c) => {
+            item.headline = format!("Certificate no longer expiring: {}", c.certificate);
+            item.facts = vec![fact("File", format!("{} in {}", c.certificate, c.container))];
+            item.facts.push(match c.not_after {
+                Some(t) => fact("Expires", utc(t)),
+                None => fact("Expires", "the file is gone from the live directory".to_owned()),
+            });
+        }
+        EventData::DiskLow(d) => {
+            item.headline = format!("Low disk space: {} ({}% free)", d.target, d.free_percent);
+            item.facts = vec![
+                fact("Filesystem", d.target.clone()),
+                fact(
+                    "Free",
+                    format!(
+                        "{} of {} ({}%)",
+                        bytes(d.free_bytes),
+                        bytes(d.total_bytes),
+                        d.free_percent
+                    ),
+                ),
+                fact("Level", d.level.as_str().to_owned()),
+                fact("Measured in", d.measured_in.clone()),
+            ];
+        }
+        EventData::DiskRecovered(d) => {
+            item.headline = format!("Disk space recovered: {}", d.target);
+            item.facts = vec![
+                fact("Filesystem", d.target.clone()),
+                fact("Free", format!("{} of {}", bytes(d.free_bytes), bytes(d.total_bytes))),
+            ];
+        }
+        EventData::ConfigInvalid(c) => {
+            item.headline = format!("{} configuration check failed (`{}`)", c.container, c.command);
+            item.facts = vec![
+                fact("Container", c.container.clone()),
+                fact("Check", c.command.clone()),
+                fact("Exit code", c.exit_code.to_string()),
+            ];
+            item.log_tail = c.output_tail.clone();
+        }
+        EventData::ConfigRecovered(c) => {
+            item.headline = format!("{} configuration check passes again", c.container);
+            item.facts =
+                vec![fact("Container", c.container.clone()), fact("Check", c.command.clone())];
+        }
         EventData::NotifyTestRequested(t) => {
             item.headline = "Test notification: this channel works".into();
             item.facts = vec![fact("Requested by", t.by.clone()), fact("Host", item.host.clone())];
@@ -333,6 +410,11 @@ pub fn describe(event: &Event) -> Item {
     item.severity = match &event.data {
         // Down on both images.
         EventData::UpdateRolledBack(r) if r.old_healthy == Some(false) => Severity::Critical,
+        // Host conditions carry their own level (warning, critical).
+        EventData::CertExpiring(c) if c.level == steward_events::Level::Critical => {
+            Severity::Critical
+        }
+        EventData::DiskLow(d) if d.level == steward_events::Level::Critical => Severity::Critical,
         _ => told(item.kind).severity,
     };
     item
@@ -551,6 +633,18 @@ const TOLD: &[Told] = &[
         next: "Updates, backups and health checks of containers wait for it. Check `systemctl status docker` and `journalctl -u docker` on the host; a deadlocked dockerd needs a restart. A recovery notice follows when it answers again." },
     Told { kind: "health.engine_recovered", severity: Severity::Info, one: "engine recovered", many: "engine recovered",
         next: "Nothing to do; an update or backup cut short by the outage was reported on its own." },
+    Told { kind: "health.cert_expiring", severity: Severity::Warning, one: "certificate expiring", many: "certificates expiring",
+        next: "Run `steward certs renew` (or wait for the weekly renewal) and look for a `certs.failed` mail; if renewal keeps failing, check DNS and port 80 for the ACME challenge (runbook: a certificate is expiring). A notice follows when the certificate is renewed." },
+    Told { kind: "health.cert_renewed", severity: Severity::Info, one: "certificate renewed", many: "certificates renewed",
+        next: "Nothing to do." },
+    Told { kind: "health.disk_low", severity: Severity::Warning, one: "disk space low", many: "disk space low",
+        next: "Free space before writes fail: `docker system df` and `docker image prune` on the host, old logs, or grow the volume (runbook: disk space low). Backups and updates need room too. A notice follows when there is enough again." },
+    Told { kind: "health.disk_recovered", severity: Severity::Info, one: "disk space recovered", many: "disk space recovered",
+        next: "Nothing to do." },
+    Told { kind: "health.config_invalid", severity: Severity::Warning, one: "configuration check failed", many: "configuration checks failed",
+        next: "{container} still runs its last good configuration, but its next reload or restart will fail (the certificate renewal reloads nginx). Fix the file named in the output below and run the check by hand (`docker exec {container} nginx -t`) (runbook: a configuration check failed)." },
+    Told { kind: "health.config_recovered", severity: Severity::Info, one: "configuration check passes", many: "configuration checks pass",
+        next: "Nothing to do." },
     Told { kind: "certs.failed", severity: Severity::Warning, one: "certificate renewal failed", many: "certificate renewals failed",
         next: "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates)." },
     Told { kind: "notify.test_requested", severity: Severity::Info, one: "test notification", many: "test notifications",

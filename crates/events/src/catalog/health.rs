@@ -1,6 +1,8 @@
 //! Health transitions: `health.failed`, `health.recovered` (a container), and
 //! `health.engine_failed`, `health.engine_recovered` (the Docker engine itself); self-healing:
-//! `health.restarted`, `health.restart_limited`.
+//! `health.restarted`, `health.restart_limited`; host checks: `health.cert_expiring` /
+//! `health.cert_renewed`, `health.disk_low` / `health.disk_recovered`,
+//! `health.config_invalid` / `health.config_recovered`.
 
 use serde::{Deserialize, Serialize};
 
@@ -82,3 +84,119 @@ pub struct EngineRecovered {
     pub down_for_ms: u64,
 }
 impl Payload for EngineRecovered {}
+
+/// How urgent a host check's condition is (`health.cert_expiring`, `health.disk_low`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Past the warning threshold: act within days.
+    Warning,
+    /// Past the critical threshold (or already expired / full): act now.
+    Critical,
+}
+
+impl Level {
+    /// `warning` or `critical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Warning => "warning",
+            Level::Critical => "critical",
+        }
+    }
+}
+
+/// A certificate the stack serves expires within a threshold (or has expired). Published when
+/// a certificate's level changes (none → warning → critical), never every round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertExpiring {
+    /// The container the certificate was read from (the one labelled `steward.certs.renew`).
+    pub container: String,
+    /// The certificate file, e.g. `/etc/letsencrypt/live/git.example.com/fullchain.pem`.
+    pub certificate: String,
+    /// The names it is for (subject alternative names, else the subject's common name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Its `notAfter`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: time::OffsetDateTime,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+    /// `warning` or `critical`.
+    pub level: Level,
+}
+container_payload!(CertExpiring);
+
+/// A certificate reported by `health.cert_expiring` is beyond the warning threshold again
+/// (renewed, or removed from the certificates directory), in the same flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRenewed {
+    /// The container the certificate was read from.
+    pub container: String,
+    /// The certificate file.
+    pub certificate: String,
+    /// The new `notAfter`; absent when the certificate is gone.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub not_after: Option<time::OffsetDateTime>,
+}
+container_payload!(CertRenewed);
+
+/// A filesystem the stack writes to is running out of space: the Docker engine's data root or
+/// a labelled volume. Published when its level changes, never every round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskLow {
+    /// What is low: `docker data root` or `volume NAME`.
+    pub target: String,
+    /// The running container the space was measured in, and the path in it.
+    pub measured_in: String,
+    /// Free bytes (available to unprivileged writers, as `df` shows them).
+    pub free_bytes: u64,
+    /// Size of the filesystem in bytes.
+    pub total_bytes: u64,
+    /// Free space in whole percent of the size.
+    pub free_percent: u8,
+    /// `warning` or `critical`.
+    pub level: Level,
+}
+impl Payload for DiskLow {}
+
+/// A filesystem reported by `health.disk_low` has enough free space again (same flow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecovered {
+    /// What it is about: `docker data root` or `volume NAME`.
+    pub target: String,
+    /// Free bytes now.
+    pub free_bytes: u64,
+    /// Size of the filesystem in bytes.
+    pub total_bytes: u64,
+}
+impl Payload for DiskRecovered {}
+
+/// A container's configuration check (`steward.health.check`, e.g. `nginx -t`) failed: the
+/// next reload or restart of that container would fail. Published once per failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigInvalid {
+    /// Container name.
+    pub container: String,
+    /// The check command as run, e.g. `nginx -t`.
+    pub command: String,
+    /// Its exit code.
+    pub exit_code: i64,
+    /// The last lines of its output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<String>,
+}
+container_payload!(ConfigInvalid);
+
+/// A container's configuration check passes again (same flow as its `health.config_invalid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRecovered {
+    /// Container name.
+    pub container: String,
+    /// The check command.
+    pub command: String,
+}
+container_payload!(ConfigRecovered);

@@ -142,6 +142,18 @@ catalog! {
     EngineFailed => "health.engine_failed": EngineFailed,
     /// The Docker engine answers again.
     EngineRecovered => "health.engine_recovered": EngineRecovered,
+    /// A certificate the stack serves expires soon or has expired (on a change of level).
+    CertExpiring => "health.cert_expiring": CertExpiring,
+    /// A certificate reported as expiring is no longer (renewed, or gone).
+    CertRenewed => "health.cert_renewed": CertRenewed,
+    /// The Docker data root or a labelled volume is low on free space (on a change of level).
+    DiskLow => "health.disk_low": DiskLow,
+    /// A filesystem reported as low has enough free space again.
+    DiskRecovered => "health.disk_recovered": DiskRecovered,
+    /// A container's configuration check (`steward.health.check`, e.g. `nginx -t`) failed.
+    ConfigInvalid => "health.config_invalid": ConfigInvalid,
+    /// A container's configuration check passes again.
+    ConfigRecovered => "health.config_recovered": ConfigRecovered,
     /// A notification was delivered.
     NotifySent => "notify.sent": NotifySent,
     /// A notification could not be delivered within its retry bound.
