@@ -193,3 +193,20 @@ impl TestBucket {
         }
     }
 }
+
+/// The failpoints a process passed, from its logs, in order, as kill specs (`name=n`: the
+/// point's n-th hit), for `STEWARD_FAILPOINTS`.
+pub fn failpoints_passed(logs: &str) -> Vec<String> {
+    let mut seen: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut specs = vec![];
+    for line in logs.lines() {
+        let Some(name) = line.strip_prefix("failpoint: ") else { continue };
+        if name.ends_with(": aborting") || name.contains(": aborting (") {
+            continue;
+        }
+        let n = seen.entry(name).or_insert(0);
+        *n += 1;
+        specs.push(format!("{name}={n}"));
+    }
+    specs
+}

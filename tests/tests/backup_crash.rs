@@ -357,19 +357,6 @@ async fn wait_settled(s: &Service, flow: Flow, context: &dyn Fn() -> String) {
     }
 }
 
-/// The points a clean flow passes, in order, as kill specs (`name=n`: its n-th hit).
-fn points_of(logs: &str) -> Vec<String> {
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut specs = vec![];
-    for line in logs.lines() {
-        let Some(name) = line.strip_prefix("failpoint: ") else { continue };
-        let n = seen.entry(name.to_owned()).or_insert(0);
-        *n += 1;
-        specs.push(format!("{name}={n}"));
-    }
-    specs
-}
-
 /// The points this variant runs: all, or every second one (offset by variant).
 fn sample(points: &[String], offset: usize) -> Vec<String> {
     if std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all") {
@@ -529,7 +516,7 @@ async fn clean_backup(bed: &Bed) -> (String, Vec<String>) {
         .unwrap_or_else(|| panic!("the clean backup failed: {}", s.logs()));
     wait_settled(&s, Flow::Backup, &|| s.logs()).await;
     assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
-    let points = points_of(&s.logs());
+    let points = steward_system_tests::failpoints_passed(&s.logs());
     (done, points)
 }
 
@@ -572,7 +559,7 @@ async fn restore_campaign(variant: Variant, offset: usize) {
     check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
     assert_eq!(bed.content(), backed_up, "a clean restore restores");
     assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
-    let points = points_of(&s.logs());
+    let points = steward_system_tests::failpoints_passed(&s.logs());
     drop(bus);
     for p in [
         "restore:dropdb",

@@ -30,7 +30,7 @@
 //! Timing decisions (gaps, the moment of a kill) are seeded too, but what the updater is doing
 //! at that moment is not: a replay repeats the actions exactly, the interleaving closely.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -265,14 +265,7 @@ async fn discover(bed: &Bed) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut specs = vec![];
-    for line in updater.proc.logs().lines() {
-        let Some(name) = line.strip_prefix("failpoint: ") else { continue };
-        let n = seen.entry(name.to_owned()).or_insert(0);
-        *n += 1;
-        specs.push(format!("{name}={n}"));
-    }
+    let mut specs = steward_system_tests::failpoints_passed(&updater.proc.logs());
     specs.sort();
     specs.dedup();
     assert!(specs.len() >= 10, "too few failpoints found: {specs:?}\n{}", updater.proc.logs());

@@ -222,17 +222,7 @@ async fn discover(scenario: Scenario) -> Vec<String> {
     let _others = Others(play_the_others(&s.bus, event.correlation_id));
     s.bus.publish(&event).await.expect("publish");
     wait_terminal(&s.bus, event.correlation_id, &p).await;
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut specs = vec![];
-    for line in p.logs().lines() {
-        let Some(name) = line.strip_prefix("failpoint: ") else { continue };
-        if name.ends_with("aborting") {
-            continue;
-        }
-        let n = seen.entry(name.to_owned()).or_insert(0);
-        *n += 1;
-        specs.push(format!("{name}={n}"));
-    }
+    let specs = steward_system_tests::failpoints_passed(&p.logs());
     assert!(specs.len() >= 10, "too few failpoints found: {specs:?}\n{}", p.logs());
     specs
 }

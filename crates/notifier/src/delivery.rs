@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::channels::Channel;
 use crate::message::{describe, describe_news, Item, Severity, Templates};
 use crate::news::{self, Announcements};
-use crate::outbox::{EntryState, Outbox, Queued};
+use crate::outbox::{EntryState, MessageMark, Outbox, Queued};
 
 /// Most items in one message.
 pub const MAX_ITEMS: usize = 50;
@@ -105,12 +105,27 @@ impl Delivery {
         if !due {
             return Ok(());
         }
+        // Entries whose message was fixed by an earlier attempt (or by a run that died while
+        // sending it) go out as that same message again.
+        let (marked, queued): (Vec<Queued>, Vec<Queued>) =
+            queued.into_iter().partition(|q| q.entry.value.message.is_some());
+        let mut batches: Vec<Vec<Queued>> = vec![];
+        for q in marked {
+            let id = q.entry.value.message.as_ref().map(|m| m.message_id.clone());
+            match batches
+                .iter_mut()
+                .find(|b| b[0].entry.value.message.as_ref().map(|m| &m.message_id) == id.as_ref())
+            {
+                Some(b) => b.push(q),
+                None => batches.push(vec![q]),
+            }
+        }
         // Approval requests and tests each go alone: one question (or one check) per message,
         // and the answer (`notify.sent`) is in that event's flow.
         let (decisions, rest): (Vec<Queued>, Vec<Queued>) = queued
             .into_iter()
             .partition(|q| is_test(&q.event) || describe(&q.event).needs_decision);
-        let mut batches: Vec<Vec<Queued>> = decisions.into_iter().map(|q| vec![q]).collect();
+        batches.extend(decisions.into_iter().map(|q| vec![q]));
         // Items, not entries, are counted: the containers of one newer image stay together.
         let mut rest = news::group(rest).into_iter().peekable();
         while rest.peek().is_some() {
@@ -170,9 +185,18 @@ impl Delivery {
                 return Ok(());
             }
         };
-        let message_id = format!("<{}.{}@steward>", about[0], about.len());
-        match self.channel.deliver(&message, &message_id).await {
+        let mark = batch.iter().find_map(|q| q.entry.value.message.clone()).unwrap_or_else(|| {
+            MessageMark {
+                message_id: format!("<{}.{}@steward>", about[0], about.len()),
+                sent_event: uuid::Uuid::now_v7(),
+            }
+        });
+        // Recorded before the attempt: whatever happens next, a later attempt is this message.
+        let batch = self.outbox.mark(batch, &mark).await?;
+        steward_failpoints::failpoint!("notify:sending");
+        match self.channel.deliver(&message, &mark.message_id).await {
             Ok(()) => {
+                steward_failpoints::failpoint!("notify:delivered");
                 tracing::info!(channel = kind, subject = %message.subject, events = about.len(), "notification sent");
                 let sent = NotifySent {
                     channel: kind.to_owned(),
@@ -180,7 +204,11 @@ impl Delivery {
                     title: message.subject.clone(),
                     about,
                 };
-                ctx.bus.publish(&Event::caused_by(&batch[0].event, ctx.source(), sent)).await?;
+                let mut sent = Event::caused_by(&batch[0].event, ctx.source(), sent);
+                // A resend after a crash publishes the same event: the stream drops the repeat.
+                sent.id = mark.sent_event;
+                ctx.bus.publish(&sent).await?;
+                steward_failpoints::failpoint!("notify:published");
                 for unit in units.iter().filter(|u| news::key(&u[0].event).is_some()) {
                     let events: Vec<&Event> = unit.iter().map(|q| &q.event).collect();
                     if let Err(e) = self.announcements.mark(self.channel.kind(), &events).await {
@@ -192,6 +220,7 @@ impl Delivery {
                 for q in batch {
                     self.outbox.finish(q, EntryState::Sent).await?;
                 }
+                steward_failpoints::failpoint!("notify:recorded");
             }
             Err(reason) => {
                 let now = OffsetDateTime::now_utc();

@@ -131,6 +131,7 @@ impl Handler for Notifier {
                 tracing::info!(channel = channel.as_str(), "already queued or sent; not again");
             }
         }
+        steward_failpoints::failpoint!("notify:queued");
         self.wake.notify_waiters();
         Ok(())
     }

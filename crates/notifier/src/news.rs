@@ -160,6 +160,7 @@ mod tests {
             last_error: None,
             failure_reported: false,
             done_at: None,
+            message: None,
         };
         Queued {
             key: event.id.to_string(),

@@ -7,7 +7,13 @@
 //! - delivered and dropped entries stay (as `Sent` / `GaveUp`) for [`KEEP_DONE`], so an event
 //!   redelivered after its mail went out is still recognised;
 //! - every state change is compare-and-set, so two notifiers cannot both send one entry's
-//!   next attempt unnoticed.
+//!   next attempt unnoticed;
+//! - an entry's message ([`MessageMark`]) is fixed before its first attempt and kept: after
+//!   a crash between the server accepting a message and the entries being recorded as sent,
+//!   the same entries go out again as the same message (same `Message-ID`, same `notify.sent`
+//!   id), which mail clients and the stream's duplicate window recognise. SMTP cannot say
+//!   whether a message it accepted was recorded, so this window is at-least-once: a lost
+//!   critical mail is worse than a repeated one.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -81,6 +87,19 @@ pub struct Entry {
     /// When it reached `Sent` or `GaveUp`.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub done_at: Option<OffsetDateTime>,
+    /// The message it goes out in, fixed before the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageMark>,
+}
+
+/// The message a batch of entries goes out in: every attempt (and a resend after a crash)
+/// is the same message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMark {
+    /// Its `Message-ID` (`<first event id.count@steward>`).
+    pub message_id: String,
+    /// The id its `notify.sent` is published with.
+    pub sent_event: uuid::Uuid,
 }
 
 /// An entry with its key and revision, and its event decoded.
@@ -148,6 +167,7 @@ impl Outbox {
             last_error: None,
             failure_reported: false,
             done_at: None,
+            message: None,
         };
         let key = key(channel, event);
         match self.store.create(&key, &entry).await {
@@ -185,6 +205,25 @@ impl Outbox {
             }
         }
         out.sort_by_key(|q| q.entry.value.queued_at);
+        Ok(out)
+    }
+
+    /// Fixes the message of every entry of `batch` that has none (or another one) before it
+    /// is sent; returns the entries with their new revisions.
+    pub async fn mark(
+        &self,
+        batch: Vec<Queued>,
+        mark: &MessageMark,
+    ) -> Result<Vec<Queued>, BusError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for mut q in batch {
+            if q.entry.value.message.as_ref() != Some(mark) {
+                q.entry.value.message = Some(mark.clone());
+                q.entry.revision =
+                    self.store.update(&q.key, &q.entry.value, q.entry.revision).await?;
+            }
+            out.push(q);
+        }
         Ok(out)
     }
 
