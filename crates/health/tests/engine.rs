@@ -2,42 +2,17 @@
 //! front of the real engine: a hung engine is one `health.engine_failed` (its containers stay
 //! unjudged), and its return one `health.engine_recovered` in the same flow.
 
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{count, health_events, wait_for_event, Running};
 use steward_engine::Engine;
-use steward_events::{Event, EventData, Service};
-use steward_health::config::HealthConfig;
-use steward_health::service::HealthService;
-use steward_runtime::{Env, Runtime, RuntimeConfig};
+use steward_events::EventData;
+use steward_health::config::HostConfig;
 use steward_testkit::docker::Container;
 use steward_testkit::stall::StallProxy;
-use steward_testkit::{free_port, stored_events, unique_name, TestBus};
-use tokio_util::sync::CancellationToken;
-
-async fn health_events(bus: &TestBus) -> Vec<Event> {
-    stored_events(bus)
-        .await
-        .into_iter()
-        .filter(|e| e.data.event_type().starts_with("health."))
-        .collect()
-}
-
-fn count(events: &[Event], event_type: &str) -> usize {
-    events.iter().filter(|e| e.data.event_type() == event_type).count()
-}
-
-/// Waits up to `bound` for an event of `event_type`.
-async fn wait_for_event(bus: &TestBus, event_type: &str, bound: Duration) -> Event {
-    let started = Instant::now();
-    loop {
-        let events = health_events(bus).await;
-        if let Some(e) = events.iter().find(|e| e.data.event_type() == event_type) {
-            return e.clone();
-        }
-        assert!(started.elapsed() < bound, "no {event_type} within {bound:?}: {events:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use steward_testkit::{unique_name, TestBus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_engine_is_reported_once_and_its_return_once() {
@@ -50,26 +25,9 @@ async fn a_hung_engine_is_reported_once_and_its_return_once() {
     );
     let proxy = StallProxy::docker();
 
-    let mut env = Env::from_pairs([("STEWARD_LOG", "warn")]);
-    let mut cfg = RuntimeConfig::read(Service::Health, &mut env);
-    env.finish().expect("test config");
-    cfg.bus = bus.config().clone();
-    cfg.http_addr = ([127, 0, 0, 1], free_port()).into();
-    cfg.uses_docker = false;
-    let shutdown = CancellationToken::new();
-    let runtime = Runtime::start_with_shutdown(cfg, shutdown.clone()).await.expect("runtime");
-    let mut ctx = runtime.context().clone();
-    ctx.engine = Some(Engine::new(proxy.docker_host(), Duration::from_secs(1)));
-    let health = HealthConfig {
-        interval: Duration::from_secs(1),
-        failures: 2,
-        recoveries: 2,
-        probe: steward_probe::ProbeConfig { timeout: Duration::from_secs(2) },
-        scope: Some(scope),
-        restart_limit: 3,
-        host: steward_health::config::HostConfig::default(),
-    };
-    let _service = HealthService::start(health, &ctx).await.expect("health starts");
+    let engine = Engine::new(proxy.docker_host(), Duration::from_secs(1));
+    let _service =
+        Running::start(&bus, common::config(&scope, HostConfig::default()), Some(engine)).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(health_events(&bus).await, vec![], "a healthy engine and container are quiet");
@@ -93,7 +51,4 @@ async fn a_hung_engine_is_reported_once_and_its_return_once() {
     let events = health_events(&bus).await;
     let types: Vec<_> = events.iter().map(|e| e.data.event_type()).collect();
     assert_eq!(types, ["health.engine_failed", "health.engine_recovered"]);
-
-    shutdown.cancel();
-    drop(runtime);
 }

@@ -1,0 +1,223 @@
+//! The host checks against the real engine and the real NATS test bed: a broken nginx
+//! configuration (Debian's nginx, `nginx -t` by exec), a small tmpfs volume filled up, and
+//! certificates (made with rcgen, expiring soon, expired, renewed) in a certbot-like live
+//! directory. Each condition is one event when it appears or changes level, and one when it
+//! clears, in the same flow.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{count, health_events, wait_for_event, wait_for_nth, Running, Volume};
+use steward_events::{EventData, Level};
+use steward_health::config::{HostConfig, Threshold};
+use steward_testkit::docker::{docker, Container};
+use steward_testkit::{unique_name, TestBus};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn host(interval_secs: u64) -> HostConfig {
+    HostConfig { interval: Duration::from_secs(interval_secs), ..HostConfig::default() }
+}
+
+/// Rounds pass; nothing more of `event_type` than `n`.
+async fn still(bus: &TestBus, event_type: &str, n: usize) {
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let events = health_events(bus).await;
+    assert_eq!(count(&events, event_type), n, "{event_type} repeated: {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_nginx_configuration_is_told_once_and_its_fix_once() {
+    let bus = TestBus::new("health-nginx").await;
+    let scope = unique_name("scope");
+    let nginx = Container::run(
+        &unique_name("health-nginx"),
+        &[
+            "--label",
+            &format!("steward.scope={scope}"),
+            "--label",
+            "steward.health.check=true",
+            "steward-test/nginx:latest",
+        ],
+    );
+    let _service = Running::start(&bus, common::config(&scope, host(1)), None).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(health_events(&bus).await, vec![], "a valid configuration is quiet");
+
+    let bad = "/etc/nginx/conf.d/broken.conf";
+    docker(&["exec", &nginx.name, "sh", "-c", &format!("echo 'proxy_pas x;' > {bad}")]);
+    let invalid = wait_for_event(&bus, "health.config_invalid", BOUND).await;
+    let EventData::ConfigInvalid(c) = &invalid.data else { unreachable!() };
+    assert_eq!((c.container.as_str(), c.command.as_str()), (nginx.name.as_str(), "nginx -t"));
+    assert_ne!(c.exit_code, 0);
+    assert!(
+        c.output_tail.iter().any(|l| l.contains("unknown directive") && l.contains("proxy_pas")),
+        "the output says what is wrong: {:?}",
+        c.output_tail
+    );
+    still(&bus, "health.config_invalid", 1).await;
+
+    docker(&["exec", &nginx.name, "rm", bad]);
+    let recovered = wait_for_event(&bus, "health.config_recovered", BOUND).await;
+    assert_eq!(recovered.correlation_id, invalid.correlation_id, "one flow in the audit");
+    still(&bus, "health.config_recovered", 1).await;
+    let types: Vec<_> = health_events(&bus).await.iter().map(|e| e.data.event_type()).collect();
+    assert_eq!(types, ["health.config_invalid", "health.config_recovered"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_volume_is_told_at_each_level_once_and_its_recovery_once() {
+    let bus = TestBus::new("health-disk").await;
+    let scope = unique_name("scope");
+    let volume = Volume(unique_name("health-disk"));
+    docker(&[
+        "volume",
+        "create",
+        "--driver",
+        "local",
+        "--opt",
+        "type=tmpfs",
+        "--opt",
+        "device=tmpfs",
+        "--opt",
+        "o=size=4m",
+        &volume.0,
+    ]);
+    let app = Container::run(
+        &unique_name("health-disk"),
+        &[
+            "--label",
+            &format!("steward.scope={scope}"),
+            "--label",
+            "steward.health.disk=/data",
+            "-v",
+            &format!("{}:/data", volume.0),
+            "steward-test/app:v1",
+        ],
+    );
+    let cfg = HostConfig {
+        disk_warn: Threshold::Percent(50),
+        disk_critical: Threshold::Bytes(512 * 1024),
+        ..host(1)
+    };
+    let _service = Running::start(&bus, common::config(&scope, cfg), None).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(health_events(&bus).await, vec![], "an empty volume is quiet");
+
+    let fill = |name: &str, kib: u32| {
+        docker(&[
+            "exec",
+            &app.name,
+            "dd",
+            "if=/dev/zero",
+            &format!("of=/data/{name}"),
+            "bs=1k",
+            &format!("count={kib}"),
+        ])
+    };
+    fill("a", 2600);
+    let warning = wait_for_event(&bus, "health.disk_low", BOUND).await;
+    let EventData::DiskLow(d) = &warning.data else { unreachable!() };
+    assert_eq!(d.target, format!("volume {}", volume.0));
+    assert_eq!(d.measured_in, format!("{}:/data", app.name));
+    assert_eq!(d.level, Level::Warning);
+    assert_eq!(d.total_bytes, 4 << 20);
+    assert!(d.free_percent < 50 && d.free_bytes > 512 * 1024, "{d:?}");
+    still(&bus, "health.disk_low", 1).await;
+
+    fill("b", 1200);
+    let critical = wait_for_nth(&bus, "health.disk_low", 1, BOUND).await;
+    let EventData::DiskLow(d) = &critical.data else { unreachable!() };
+    assert_eq!(d.level, Level::Critical, "{d:?}");
+    assert_eq!(critical.correlation_id, warning.correlation_id, "one flow");
+    still(&bus, "health.disk_low", 2).await;
+
+    docker(&["exec", &app.name, "rm", "/data/a", "/data/b"]);
+    let recovered = wait_for_event(&bus, "health.disk_recovered", BOUND).await;
+    let EventData::DiskRecovered(r) = &recovered.data else { unreachable!() };
+    assert_eq!(r.free_bytes, 4 << 20, "{r:?}");
+    assert_eq!(recovered.correlation_id, warning.correlation_id);
+    still(&bus, "health.disk_recovered", 1).await;
+}
+
+/// A certbot-like `/etc/letsencrypt` with one lineage whose live `fullchain.pem` links to
+/// `archive/LINEAGE/fullchainN.pem`, valid for `days` from now (negative: expired).
+fn letsencrypt(dir: &std::path::Path, lineage: &str, n: u32, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut params = rcgen::CertificateParams::new(vec![lineage.to_owned()]).expect("params");
+    params.not_before = now - time::Duration::days(90);
+    params.not_after = now + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let archive = dir.join("letsencrypt/archive").join(lineage);
+    let live = dir.join("letsencrypt/live").join(lineage);
+    std::fs::create_dir_all(&archive).expect("archive dir");
+    std::fs::create_dir_all(&live).expect("live dir");
+    std::fs::write(archive.join(format!("fullchain{n}.pem")), cert.pem()).expect("cert");
+    std::fs::write(archive.join(format!("privkey{n}.pem")), key.serialize_pem()).expect("key");
+    for file in ["fullchain", "privkey"] {
+        let link = live.join(format!("{file}.pem"));
+        let _ = std::fs::remove_file(&link);
+        let target = format!("../../archive/{lineage}/{file}{n}.pem");
+        std::os::unix::fs::symlink(target, &link).expect("link");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_certificate_is_told_at_each_level_once_and_its_renewal_once() {
+    let bus = TestBus::new("health-certs").await;
+    let scope = unique_name("scope");
+    let certbot = Container::run(
+        &unique_name("health-certbot"),
+        &[
+            "--label",
+            &format!("steward.scope={scope}"),
+            "--label",
+            "steward.certs.renew=true",
+            "steward-test/app:v1",
+        ],
+    );
+    let dir = std::env::temp_dir().join(unique_name("letsencrypt"));
+    let lineage = "git.example.com";
+    let put = |n: u32, days: i64| {
+        letsencrypt(&dir, lineage, n, days);
+        let from = format!("{}/letsencrypt", dir.display());
+        docker(&["cp", &from, &format!("{}:/etc/", certbot.name)]);
+    };
+    put(1, 60);
+    let _service = Running::start(&bus, common::config(&scope, host(1)), None).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(health_events(&bus).await, vec![], "a certificate valid for 60 days is quiet");
+
+    put(2, 10);
+    let warning = wait_for_event(&bus, "health.cert_expiring", BOUND).await;
+    let EventData::CertExpiring(c) = &warning.data else { unreachable!() };
+    let file = format!("/etc/letsencrypt/live/{lineage}/fullchain.pem");
+    assert_eq!(
+        (c.container.as_str(), c.certificate.as_str()),
+        (certbot.name.as_str(), file.as_str())
+    );
+    assert_eq!(c.names, [lineage]);
+    assert_eq!(c.level, Level::Warning);
+    assert!((9..=10).contains(&c.days_left), "{c:?}");
+    still(&bus, "health.cert_expiring", 1).await;
+
+    put(3, -1);
+    let expired = wait_for_nth(&bus, "health.cert_expiring", 1, BOUND).await;
+    let EventData::CertExpiring(c) = &expired.data else { unreachable!() };
+    assert_eq!(c.level, Level::Critical);
+    assert!(c.days_left < 0, "{c:?}");
+    assert_eq!(expired.correlation_id, warning.correlation_id, "one flow");
+    still(&bus, "health.cert_expiring", 2).await;
+
+    put(4, 90);
+    let renewed = wait_for_event(&bus, "health.cert_renewed", BOUND).await;
+    let EventData::CertRenewed(r) = &renewed.data else { unreachable!() };
+    assert!(r
+        .not_after
+        .is_some_and(|t| t > time::OffsetDateTime::now_utc() + time::Duration::days(80)));
+    assert_eq!(renewed.correlation_id, warning.correlation_id);
+    still(&bus, "health.cert_renewed", 1).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
