@@ -1,7 +1,8 @@
 //! One backup run: dump every database by exec, archive every path through the archive API,
 //! save the containers' configuration, then write the manifest, last.
 //!
-//! Invariants: the manifest is written only when every component is stored and checked; a
+//! Invariants: the manifest is written only when every component is stored and checked, after
+//! its signature (`manifest.sig`, by the configured signing key); a
 //! failed run deletes what it stored (best effort; retention removes what an unreachable
 //! store kept); a container stopped for a consistent copy is started again whatever happens.
 
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use steward_engine::{Engine, ExecSpec};
 use steward_events::BackupReason;
 use steward_store::manifest::{self, Component, Kind, Manifest};
+use steward_store::signing::{Purpose, SIGNATURE};
 use steward_store::store::{Store, Stored};
 use time::OffsetDateTime;
 
@@ -119,10 +121,15 @@ impl Backups {
             components,
         };
         let body = serde_json::to_vec_pretty(&manifest).map_err(Failure::plain)?;
+        // The signature first: the manifest stays the last object, what makes a backup complete.
+        let signature = self.config.signing.sign(Purpose::Manifest, &body);
         steward_failpoints::failpoint!("backup:manifest:before");
-        if let Err(e) =
-            self.store.put(&format!("{id}/{}", manifest::MANIFEST), Bytes::from(body)).await
+        let stored = match self.store.put(&format!("{id}/{SIGNATURE}"), Bytes::from(signature)).await
         {
+            Ok(()) => self.store.put(&format!("{id}/{}", manifest::MANIFEST), Bytes::from(body)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
             let _ = self.store.delete_dir(id).await;
             return Err(Failure::plain(e));
         }

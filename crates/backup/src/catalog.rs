@@ -1,9 +1,15 @@
 //! The stored backups as the service keeps them: listing and resolving (`steward_store`'s
-//! catalog, shared with the CLI), verification marks and pruning by the retention policy.
+//! catalog, shared with the CLI, judged by the configured trusted keys), signed verification
+//! marks and pruning by the retention policy.
+//!
+//! Invariant: retention sees only usable (signed, trusted, not future) backups and incomplete
+//! ones; an unsigned or refused backup is neither counted nor deleted, so nothing put in the
+//! bucket by someone else can push a real backup out or get one deleted.
 
 use bytes::Bytes;
-use steward_store::catalog::{self, Listed, VerifiedMark};
+use steward_store::catalog::{self, Listed, Standing, VerifiedMark};
 use steward_store::manifest::{Manifest, MANIFEST, VERIFIED};
+use steward_store::signing::{Purpose, VERIFIED_SIGNATURE};
 use steward_store::store::StoreError;
 use time::OffsetDateTime;
 
@@ -13,31 +19,49 @@ use crate::retention::{self, Candidate};
 impl Backups {
     /// Every backup under the prefix, oldest first.
     pub async fn list(&self) -> Result<Vec<Listed>, StoreError> {
-        catalog::list(&self.store).await
+        catalog::list(&self.store, &self.config.trust, OffsetDateTime::now_utc()).await
     }
 
-    /// The manifest of `id`, or of the newest complete backup for `latest`.
+    /// The manifest of usable backup `id`, or of the newest usable backup for `latest`.
     pub async fn resolve(&self, id: &str) -> Result<Manifest, String> {
-        catalog::resolve(&self.store, id).await
+        self.resolve_allowing(id, false).await
     }
 
-    /// Records a successful verification.
+    /// [`Backups::resolve`], also giving an unsigned backup named by id when `allow_unsigned`.
+    pub async fn resolve_allowing(&self, id: &str, allow_unsigned: bool) -> Result<Manifest, String> {
+        let now = OffsetDateTime::now_utc();
+        catalog::resolve(&self.store, &self.config.trust, id, allow_unsigned, now).await
+    }
+
+    /// Records a successful verification, signed.
     pub async fn mark_verified(&self, id: &str, mark: &VerifiedMark) -> Result<(), StoreError> {
         let body = serde_json::to_vec(mark).unwrap_or_default();
+        let signature = self.config.signing.sign(Purpose::Verified, &body);
+        self.store.put(&format!("{id}/{VERIFIED_SIGNATURE}"), Bytes::from(signature)).await?;
         self.store.put(&format!("{id}/{VERIFIED}"), Bytes::from(body)).await
     }
 
     /// Deletes what the retention policy does not keep; returns the pruned ids and how many
-    /// backups remain.
+    /// usable backups remain.
     pub async fn prune(&self, now: OffsetDateTime) -> Result<(Vec<String>, u32), StoreError> {
         let listed = self.list().await?;
         let candidates: Vec<Candidate> = listed
             .iter()
-            .map(|l| Candidate {
-                id: l.backup_id.clone(),
-                taken_at: to_chrono(l.taken_at),
-                complete: l.manifest.is_some(),
-                verified: l.verified.is_some(),
+            .filter_map(|l| {
+                let complete = match l.standing {
+                    Standing::Usable { .. } => true,
+                    Standing::Incomplete => false,
+                    // Not ours to count or delete: the operator decides (docs/runbooks.md).
+                    Standing::Unsigned | Standing::Unchecked | Standing::Refused { .. } => {
+                        return None
+                    }
+                };
+                Some(Candidate {
+                    id: l.backup_id.clone(),
+                    taken_at: to_chrono(l.taken_at),
+                    complete,
+                    verified: l.verified.is_some(),
+                })
             })
             .collect();
         let prune = retention::to_prune(self.config.retention, &candidates, to_chrono(now));
@@ -47,8 +71,8 @@ impl Backups {
             self.store.delete_dir(id).await?;
             tracing::info!(backup = %id, "pruned");
         }
-        let kept = listed.len().saturating_sub(prune.len()) as u32;
-        Ok((prune, kept))
+        let kept = candidates.iter().filter(|c| c.complete && !prune.contains(&c.id)).count();
+        Ok((prune, u32::try_from(kept).unwrap_or(u32::MAX)))
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 use steward_store::config::S3Config;
+use steward_store::signing::{self, SigningKey, Trust};
 
 use crate::encryption::Keys;
 // The key variables are encryption's, which reads them; named here with the other settings.
@@ -56,6 +57,12 @@ pub struct BackupConfig {
     pub scope: Option<String>,
     /// Client-side encryption keys.
     pub keys: Keys,
+    /// The key new manifests and verification marks are signed with
+    /// (`STEWARD_BACKUP_SIGNING_KEY_FILE`).
+    pub signing: SigningKey,
+    /// The public keys whose backups are used: the signing key's own and
+    /// `STEWARD_BACKUP_TRUSTED_KEYS`.
+    pub trust: Trust,
 }
 
 impl BackupConfig {
@@ -69,6 +76,10 @@ impl BackupConfig {
             _ => Err("a whole number from 1 to 19".into()),
         });
         let keys = Keys::read(env);
+        let (signing, trust) = signing::read_keys(env);
+        // Without a key the service does not start (`env` holds the error); this one is
+        // never used.
+        let signing = signing.unwrap_or_else(SigningKey::generate);
         // A day and two hours: a daily backup that ran late is not stale yet.
         let max_age = env.duration(ENV_MAX_AGE, Duration::from_secs(26 * 3600));
         if max_age < Duration::from_secs(1) {
@@ -87,6 +98,8 @@ impl BackupConfig {
             zstd_level,
             scope: env.scope(),
             keys,
+            signing,
+            trust,
         }
     }
 }
@@ -133,7 +146,11 @@ mod tests {
 
     #[test]
     fn the_defaults_parse() {
-        let mut env = Env::from_pairs([(steward_store::config::ENV_BUCKET, "steward")]);
+        let key = SigningKey::generate().to_pem();
+        let mut env = Env::from_pairs([
+            (steward_store::config::ENV_BUCKET, "steward"),
+            (signing::ENV_SIGNING_KEY, key.as_str()),
+        ]);
         let config = BackupConfig::read(&mut env);
         assert!(env.finish().is_ok());
         assert_eq!(config.schedule.as_str(), DEFAULT_SCHEDULE);

@@ -120,6 +120,11 @@ impl Keys {
         !self.recipients.is_empty()
     }
 
+    /// Whether an identity is configured (this installation reads encrypted backups).
+    pub fn reads_encrypted(&self) -> bool {
+        !self.identities.is_empty()
+    }
+
     /// The encoding new components get.
     pub fn encoding(&self) -> &'static str {
         if self.encrypts() {

@@ -13,6 +13,7 @@ pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod encryption;
+pub mod guard;
 pub mod journal;
 pub mod pipeline;
 pub mod progress;
@@ -20,6 +21,7 @@ pub mod restore;
 pub mod retention;
 pub mod service;
 pub mod targets;
+pub mod tarcheck;
 pub mod verify;
 
 use steward_events::Service;

@@ -18,13 +18,14 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
-use steward_store::manifest::Component;
+use steward_store::manifest::{Component, Kind};
 use steward_store::store::{Store, StoreError, Stored};
-use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, BufReader, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::encryption::{self, Keys};
 use crate::progress::Meter;
+use crate::tarcheck;
 
 /// Bytes of input per zstd worker job.
 const JOB_SIZE: u32 = 2 << 20;
@@ -191,6 +192,14 @@ pub async fn read_component(
         key: store.key(&component.object),
         reason: format!("{}: {reason}", component.name),
     };
+    // Defence in depth behind the signature: with an identity configured this installation's
+    // backups are encrypted, so a plain component is not one of them.
+    if component.encoding == encryption::ZSTD && keys.reads_encrypted() {
+        return Err(unreadable(format!(
+            "refused: it is not encrypted, but an age identity is configured ({})",
+            encryption::ENV_AGE_IDENTITY_FILE
+        )));
+    }
     let body = store.get(&component.object).await?.ok_or_else(|| StoreError::S3 {
         op: "GetObject",
         key: store.key(&component.object),
@@ -198,6 +207,8 @@ pub async fn read_component(
     })?;
     let stored = Counter::default();
     let raw = Counter::metered(meter);
+    // One byte more than signed is enough to tell a larger object from the right one.
+    let body = body.take(component.stored_size.saturating_add(1));
     let body = BufReader::new(stored.reader(body));
     let compressed: Pin<Box<dyn AsyncRead + Send + Unpin>> = match component.encoding.as_str() {
         encryption::ZSTD => Box::pin(body),
@@ -205,14 +216,51 @@ pub async fn read_component(
         other => return Err(unreadable(format!("unknown encoding {other:?}"))),
     };
     let decoded = ZstdDecoder::new(BufReader::new(compressed));
-    let bytes = raw.count(ReaderStream::with_capacity(decoded, CHUNK));
+    let decoded = capped(ReaderStream::with_capacity(decoded, CHUNK), component);
+    let bytes = raw.count(decoded);
     let expected = component.clone();
     let check =
         futures::stream::once(async move { mismatch(&expected, &stored.result(), &raw.result()) })
             .filter_map(|m| async move {
                 m.map(|reason| Err(io::Error::new(io::ErrorKind::InvalidData, reason)))
             });
-    Ok(bytes.chain(check).boxed())
+    let checked = bytes.chain(check);
+    Ok(match &component.kind {
+        Kind::Path { path, .. } => tarcheck::guarded(checked, path, &component.name),
+        Kind::Postgres { .. } | Kind::Containers => checked.boxed(),
+    })
+}
+
+/// `stream`, ended with an error as soon as it yields more than the component's signed raw
+/// size: a small object that unpacks to far more (a zstd bomb) stops there.
+fn capped<S>(stream: S, component: &Component) -> impl Stream<Item = io::Result<Bytes>> + Send
+where
+    S: Stream<Item = io::Result<Bytes>> + Send,
+{
+    let limit = component.raw_size;
+    let name = component.name.clone();
+    stream.scan((0u64, false), move |(seen, over), item| {
+        if *over {
+            return futures::future::ready(None);
+        }
+        let item = match item {
+            Ok(bytes) => match seen.checked_add(bytes.len() as u64) {
+                Some(total) if total <= limit => {
+                    *seen = total;
+                    Ok(bytes)
+                }
+                _ => {
+                    *over = true;
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{name}: refused: it unpacks to more than the {limit} bytes its manifest says"),
+                    ))
+                }
+            },
+            Err(e) => Err(e),
+        };
+        futures::future::ready(Some(item))
+    })
 }
 
 /// Why the bytes read do not match the manifest, if they do not.

@@ -1,9 +1,11 @@
 //! Restore: check every checksum, then stop the app containers, recreate each database from
 //! its dump, replace each path with its archive, start the containers and wait for health.
 //!
-//! Invariants: nothing is touched before every component in scope has been downloaded and
-//! matched its manifest, and every container it names exists; containers stopped here are
-//! started again whether the restore succeeded or not.
+//! Invariants: nothing is touched before the manifest is signed by a trusted key (or unsigned
+//! and explicitly allowed), every container it names exists and carries the matching backup
+//! label now (`guard`), and every component in scope has been downloaded, matched its
+//! manifest and, for a path, had every tar entry checked (`tarcheck`); containers stopped
+//! here are started again whether the restore succeeded or not.
 
 use std::time::{Duration, Instant};
 
@@ -65,17 +67,25 @@ impl Backups {
         scope: RestoreScope,
         busy: &Busy,
     ) -> Result<Restored, Failure> {
-        self.restore_journaled(id, scope, busy, &mut RestoreJournal::none()).await
+        self.restore_journaled(id, scope, false, busy, &mut RestoreJournal::none()).await
+    }
+
+    /// Restores backup `id` even if its manifest is unsigned (the operator's explicit choice
+    /// for a backup taken before manifests were signed); every other check still applies.
+    pub async fn restore_unsigned(&self, id: &str, scope: RestoreScope) -> Result<Restored, Failure> {
+        self.restore_journaled(id, scope, true, &Busy::new(), &mut RestoreJournal::none()).await
     }
 
     /// [`Backups::restore_unless_busy`], recording in `journal` the backup it resolved, each
     /// container before it is stopped and each component before it is overwritten. A journal
     /// an interrupted attempt left makes this attempt restore the same backup and start the
-    /// containers that attempt had stopped.
+    /// containers that attempt had stopped. `allow_unsigned`: an unsigned backup named by id
+    /// is restored too.
     pub async fn restore_journaled(
         &self,
         id: &str,
         scope: RestoreScope,
+        allow_unsigned: bool,
         busy: &Busy,
         journal: &mut RestoreJournal,
     ) -> Result<Restored, Failure> {
@@ -84,7 +94,7 @@ impl Backups {
             true => journal.record.backup_id.clone(),
             false => id.to_owned(),
         };
-        let manifest = self.resolve(&id).await.map_err(Failure::plain)?;
+        let manifest = self.resolve_allowing(&id, allow_unsigned).await.map_err(Failure::plain)?;
         let conflicts: Vec<String> = manifest
             .components
             .iter()
@@ -105,6 +115,7 @@ impl Backups {
                 manifest.backup_id
             )));
         }
+        self.check_targets(&manifest).await?;
         tracing::info!(backup = %manifest.backup_id, components = chosen.len(), "checking checksums before touching anything");
         let total = chosen.iter().map(|c| c.raw_size).sum();
         self.meter.phase("checking", Some(total));

@@ -71,7 +71,8 @@ impl BackupService {
                     continue;
                 }
             };
-            let newest = listed.iter().rev().find(|l| l.manifest.is_some());
+            // Only a usable backup counts: a forged one must not silence the alarm.
+            let newest = listed.iter().rev().find(|l| l.usable().is_some());
             let newest_id = newest.map(|l| l.backup_id.clone());
             let since = newest.map_or(started, |l| l.taken_at);
             if OffsetDateTime::now_utc() - since <= bound || said.as_ref() == Some(&newest_id) {
@@ -416,6 +417,7 @@ impl BackupService {
                         let job = self.backups.restore_journaled(
                             &r.backup_id,
                             r.scope,
+                            r.allow_unsigned,
                             &busy,
                             &mut steps,
                         );

@@ -46,7 +46,11 @@ impl Backups {
             }
             tracing::info!(backup = %id, component = %c.name, "verified");
         }
-        let mark = VerifiedMark { verified_at: OffsetDateTime::now_utc(), database_restored };
+        let mark = VerifiedMark {
+            backup_id: id.clone(),
+            verified_at: OffsetDateTime::now_utc(),
+            database_restored,
+        };
         self.mark_verified(&id, &mark).await.map_err(Failure::plain)?;
         Ok(Verified {
             components_checked: manifest.components.len() as u32,

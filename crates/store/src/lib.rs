@@ -6,9 +6,11 @@
 //! stored backups as listed ([`catalog`]).
 //!
 //! Invariants: no Docker, no NATS, no age or compression (those are the backup service's);
-//! a backup without a manifest is never listed as usable.
+//! a backup without a manifest, or whose manifest is not signed by a trusted key
+//! ([`signing`]), is never listed as usable.
 
 pub mod catalog;
 pub mod config;
 pub mod manifest;
+pub mod signing;
 pub mod store;

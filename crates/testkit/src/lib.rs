@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use steward_bus::{Bus, BusConfig, Namespace};
 
 pub mod stall;
+pub mod tar;
 
 pub mod testbed {
     //! Addresses of the shared test bed.

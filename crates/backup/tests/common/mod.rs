@@ -51,6 +51,8 @@ pub async fn store_for(s3: &S3Config) -> Store {
 }
 
 pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
+    let signing = steward_store::signing::SigningKey::generate();
+    let trust = steward_store::signing::Trust::new(vec![signing.public()]);
     BackupConfig {
         schedule: steward_backup::config::DEFAULT_SCHEDULE
             .parse()
@@ -65,6 +67,8 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
         zstd_level: 3,
         scope: Some(scope.into()),
         keys: Keys::default(),
+        signing,
+        trust,
     }
 }
 

@@ -28,6 +28,10 @@ pub struct RestoreRequested {
     /// Who asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// Restore a backup whose manifest is not signed (one taken before manifests were
+    /// signed), named by id: the operator's explicit choice (`steward restore ID --unsigned`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unsigned: bool,
 }
 
 impl Payload for RestoreRequested {}
