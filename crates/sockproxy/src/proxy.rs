@@ -101,6 +101,10 @@ async fn handle(req: Request<Incoming>, role: Role, upstream: &Path) -> Response
     let checked = match rule.check {
         Check::None => Ok(req.map(|b| b.boxed())),
         Check::Target => check_target(req, upstream).await,
+        Check::CertRead => match rules::check_cert_read(req.uri().query()) {
+            Ok(()) => check_target(req, upstream).await,
+            Err(reason) => Err(Denied::Refused(reason)),
+        },
         Check::Exec | Check::Create => check_body(req, role, rule.check, upstream).await,
     };
     let req = match checked {

@@ -63,6 +63,9 @@ pub enum Check {
     Create,
     /// The container in the path is not the proxy's own (an archive read or write).
     Target,
+    /// The health role's archive read: only a certificate (a `*.pem` not named `privkey*`)
+    /// or a `live` directory of certbot's links, and never the proxy's container.
+    CertRead,
 }
 
 /// One allowed call.
@@ -131,6 +134,8 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/containers/*/wait", &[Backup]),
     // download_path (backups; the updater's certificate fingerprints), upload_tar (restores).
     checked("GET", "/containers/*/archive", CHANGE, Check::Target),
+    // The health service's certificate expiry check: certbot's live links and full chains.
+    checked("GET", "/containers/*/archive", &[Health], Check::CertRead),
     checked("PUT", "/containers/*/archive", &[Backup], Check::Target),
 ];
 
@@ -235,14 +240,70 @@ pub fn check_exec(role: Role, body: &serde_json::Value) -> Result<(), String> {
             .and_then(|c| c.first())
             .and_then(|p| p.as_str())
             .unwrap_or_default();
-        if program != "pg_isready" {
-            return Err(format!("the health role may exec only pg_isready, not {program:?}"));
+        let args: Vec<&str> = body
+            .get("Cmd")
+            .and_then(|c| c.as_array())
+            .map(|c| c.iter().skip(1).map(|a| a.as_str().unwrap_or("\0")).collect())
+            .unwrap_or_default();
+        // Read-only commands: the database probe, free space, nginx's configuration test
+        // (`-t` alone: `-s` would signal the server, `-g` set directives, `-c` another file).
+        let allowed = match program {
+            "pg_isready" | "df" => true,
+            "nginx" => matches!(args[..], ["-t"] | ["-t", "-q"] | ["-q", "-t"]),
+            _ => false,
+        };
+        if !allowed {
+            return Err(format!(
+                "the health role may exec only pg_isready, df and nginx -t, not {program:?} {args:?}"
+            ));
         }
         if body.get("AttachStdin").and_then(|v| v.as_bool()) == Some(true) {
             return Err("the health role may not attach stdin".into());
         }
     }
     Ok(())
+}
+
+/// Checks the health role's archive read by its query (`path=...`): a certificate file
+/// (`*.pem`, never `privkey*`) or a directory named `live` (certbot's links, no key material),
+/// as an absolute path without `..`.
+pub fn check_cert_read(query: Option<&str>) -> Result<(), String> {
+    let raw = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("path="))
+        .ok_or("an archive read without a path")?;
+    let path = percent_decode(raw).ok_or_else(|| format!("path {raw:?} is not well encoded"))?;
+    let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let canonical = path.starts_with('/')
+        && !path.contains('\0')
+        && path.trim_end_matches('/')[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    let certificate = last.ends_with(".pem") && !last.starts_with("privkey");
+    if canonical && (certificate || last == "live") {
+        Ok(())
+    } else {
+        Err(format!("the health role may read only certificates (*.pem, not privkey*) or a live directory, not {path:?}"))
+    }
+}
+
+/// `%XX`-decodes a query value strictly (`None` for a bad escape or non-UTF-8).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Checks a container's creation body for `role`; returns the containers named in
@@ -373,6 +434,27 @@ mod tests {
     }
 
     #[test]
+    fn health_reads_only_certificates_through_the_archive() {
+        assert_eq!(
+            decide(Health, "GET", "/containers/certbot/archive").map(|r| r.check),
+            Ok(Check::CertRead)
+        );
+        assert!(check_cert_read(Some("path=%2Fetc%2Fletsencrypt%2Flive")).is_ok());
+        assert!(check_cert_read(Some("path=/etc/letsencrypt/archive/a/fullchain3.pem")).is_ok());
+        for bad in [
+            None,
+            Some("path=%2Fetc%2Fletsencrypt%2Farchive%2Fa%2Fprivkey3.pem"),
+            Some("path=/etc/letsencrypt"),
+            Some("path=/etc/letsencrypt/live/../archive"),
+            Some("path=%2Fx%2F..%2Fetc%2Fshadow.pem%"),
+            Some("path=etc/live"),
+            Some("path=%ZZ"),
+        ] {
+            assert!(check_cert_read(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn health_reads_execs_and_restarts_but_never_creates_or_removes() {
         for (m, p) in [
             ("GET", "/containers/json"),
@@ -391,12 +473,21 @@ mod tests {
             ("POST", "/containers/create"),
             ("DELETE", "/containers/db"),
             ("POST", "/containers/db/stop"),
-            ("GET", "/containers/db/archive"),
             ("POST", "/images/create"),
         ] {
             assert!(!allowed(Health, m, p), "{m} {p}");
         }
         assert!(check_exec(Health, &json!({"Cmd": ["pg_isready", "-h", "127.0.0.1"]})).is_ok());
+        assert!(check_exec(Health, &json!({"Cmd": ["df", "-Pk", "/data"]})).is_ok());
+        assert!(check_exec(Health, &json!({"Cmd": ["nginx", "-t"]})).is_ok());
+        for bad in [
+            json!(["nginx", "-s", "stop"]),
+            json!(["nginx", "-t", "-g", "x"]),
+            json!(["nginx"]),
+            json!(["nginx", "-t", 7]),
+        ] {
+            assert!(check_exec(Health, &json!({"Cmd": bad})).is_err(), "{bad}");
+        }
         assert!(check_exec(Health, &json!({"Cmd": ["sh", "-c", "id"]})).is_err());
         assert!(check_exec(Health, &json!({})).is_err());
         let stdin = json!({"Cmd": ["pg_isready"], "AttachStdin": true});
