@@ -273,6 +273,26 @@ pub(crate) fn summary(data: &EventData) -> String {
             format!("renewed {}; reloaded {}", p.renewed.join(","), p.reloaded.join(","))
         }
         EventData::CertsFailed(p) => p.reason.clone(),
+        EventData::CertExpiring(p) => {
+            format!("{} {}: {} days left", wire_name(&p.level), p.certificate, p.days_left)
+        }
+        EventData::CertRenewed(p) => p.certificate.clone(),
+        EventData::DiskLow(p) => format!(
+            "{} {}: {}% free ({} of {} bytes)",
+            wire_name(&p.level),
+            p.target,
+            p.free_percent,
+            p.free_bytes,
+            p.total_bytes
+        ),
+        EventData::DiskRecovered(p) => format!("{}: {} bytes free", p.target, p.free_bytes),
+        EventData::ConfigInvalid(p) => format!(
+            "`{}` exit {}: {}",
+            p.command,
+            p.exit_code,
+            p.output_tail.last().map(String::as_str).unwrap_or("")
+        ),
+        EventData::ConfigRecovered(p) => format!("`{}` passes", p.command),
     }
 }
 
