@@ -141,10 +141,14 @@ pub fn service_env<'a>(
 }
 
 /// A bucket of its own on the test bed's S3 server, emptied and removed when dropped, with
-/// the settings `steward-backup` and `steward backup list` need to use it.
+/// the settings `steward-backup` and `steward backup list` need to use it, and the key its
+/// backups are signed with.
 pub struct TestBucket {
     /// Its name.
     pub name: String,
+    /// The key `steward-backup` signs this bucket's manifests with (its public key is the
+    /// trusted one for `steward backup list`).
+    pub signing: steward_store::signing::SigningKey,
 }
 
 impl TestBucket {
@@ -155,25 +159,41 @@ impl TestBucket {
             .replace('_', "-");
         let store = Self::store_of(&name).await;
         store.create_bucket().await.unwrap_or_else(|e| panic!("create bucket {name}: {e}"));
-        Self { name }
+        Self { name, signing: steward_store::signing::SigningKey::generate() }
     }
 
     async fn store_of(name: &str) -> steward_store::store::Store {
-        let require = steward_testkit::testbed::require;
-        let config = steward_store::config::S3Config {
+        Self::connect(&Self::store_config(name)).await
+    }
+
+    /// The store as `steward-backup` sees it (prefix `steward/`), for tests that read or
+    /// tamper with it.
+    pub async fn store(&self) -> steward_store::store::Store {
+        let mut config = Self::store_config(&self.name);
+        config.prefix = "steward/".into();
+        Self::connect(&config).await
+    }
+
+    fn store_config(name: &str) -> steward_store::config::S3Config {
+        steward_store::config::S3Config {
             bucket: name.to_owned(),
             prefix: String::new(),
-            endpoint: Some(require("STEWARD_TEST_S3_ENDPOINT")),
-        };
+            endpoint: Some(steward_testkit::testbed::require("STEWARD_TEST_S3_ENDPOINT")),
+        }
+    }
+
+    async fn connect(config: &steward_store::config::S3Config) -> steward_store::store::Store {
+        let require = steward_testkit::testbed::require;
         steward_store::store::Store::connect_static(
-            &config,
+            config,
             &require("STEWARD_TEST_S3_ACCESS_KEY"),
             &require("STEWARD_TEST_S3_SECRET_KEY"),
         )
         .await
     }
 
-    /// `STEWARD_S3_*` and the AWS credential variables for this bucket.
+    /// `STEWARD_S3_*`, the AWS credential variables and the signing and trusted keys for this
+    /// bucket.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let require = steward_testkit::testbed::require;
         vec![
@@ -183,6 +203,8 @@ impl TestBucket {
             ("AWS_ACCESS_KEY_ID", require("STEWARD_TEST_S3_ACCESS_KEY")),
             ("AWS_SECRET_ACCESS_KEY", require("STEWARD_TEST_S3_SECRET_KEY")),
             ("AWS_REGION", "us-east-1".into()),
+            (steward_store::signing::ENV_SIGNING_KEY, self.signing.to_pem()),
+            (steward_store::signing::ENV_TRUSTED_KEYS, self.signing.public().to_string()),
         ]
     }
 
@@ -191,6 +213,29 @@ impl TestBucket {
         if let Err(e) = Self::store_of(&self.name).await.destroy().await {
             eprintln!("could not remove test bucket {}: {e}", self.name);
         }
+    }
+}
+
+/// The first event of one of `types` in `request`'s flow (correlation), waited for up to
+/// `bound`.
+pub async fn wait_outcome(
+    bus: &steward_bus::Bus,
+    request: &steward_events::Event,
+    types: &[&str],
+    bound: Duration,
+) -> steward_events::Event {
+    let correlation = request.correlation_id;
+    let deadline = Instant::now() + bound;
+    loop {
+        let found = steward_testkit::stored_events(bus)
+            .await
+            .into_iter()
+            .find(|e| e.correlation_id == correlation && types.contains(&e.event_type()));
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no {types:?} in flow {correlation}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

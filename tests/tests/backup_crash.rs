@@ -184,9 +184,13 @@ impl Bed {
 
     /// Every backup the catalog lists: complete ones intact, no incomplete one left.
     async fn check_catalog(&self, context: &dyn Fn() -> String) -> Vec<String> {
-        let listed = steward_store::catalog::list(&self.store)
-            .await
-            .unwrap_or_else(|e| panic!("list: {e}: {}", context()));
+        let trust = steward_store::signing::Trust::new(
+            self.bucket.iter().map(|b| b.signing.public()).collect(),
+        );
+        let listed =
+            steward_store::catalog::list(&self.store, &trust, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap_or_else(|e| panic!("list: {e}: {}", context()));
         let keys = Keys::new(vec![], vec![]);
         let meter = Arc::default();
         let io = Io { store: &self.store, keys: &keys, meter: &meter };
@@ -494,6 +498,7 @@ fn restore_request(backup_id: &str) -> Event {
             backup_id: backup_id.to_owned(),
             scope: RestoreScope::All,
             requested_by: Some("tester".into()),
+            allow_unsigned: false,
         },
     )
 }

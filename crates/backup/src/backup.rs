@@ -124,11 +124,13 @@ impl Backups {
         // The signature first: the manifest stays the last object, what makes a backup complete.
         let signature = self.config.signing.sign(Purpose::Manifest, &body);
         steward_failpoints::failpoint!("backup:manifest:before");
-        let stored = match self.store.put(&format!("{id}/{SIGNATURE}"), Bytes::from(signature)).await
-        {
-            Ok(()) => self.store.put(&format!("{id}/{}", manifest::MANIFEST), Bytes::from(body)).await,
-            Err(e) => Err(e),
-        };
+        let stored =
+            match self.store.put(&format!("{id}/{SIGNATURE}"), Bytes::from(signature)).await {
+                Ok(()) => {
+                    self.store.put(&format!("{id}/{}", manifest::MANIFEST), Bytes::from(body)).await
+                }
+                Err(e) => Err(e),
+            };
         if let Err(e) = stored {
             let _ = self.store.delete_dir(id).await;
             return Err(Failure::plain(e));

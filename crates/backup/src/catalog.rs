@@ -28,7 +28,11 @@ impl Backups {
     }
 
     /// [`Backups::resolve`], also giving an unsigned backup named by id when `allow_unsigned`.
-    pub async fn resolve_allowing(&self, id: &str, allow_unsigned: bool) -> Result<Manifest, String> {
+    pub async fn resolve_allowing(
+        &self,
+        id: &str,
+        allow_unsigned: bool,
+    ) -> Result<Manifest, String> {
         let now = OffsetDateTime::now_utc();
         catalog::resolve(&self.store, &self.config.trust, id, allow_unsigned, now).await
     }

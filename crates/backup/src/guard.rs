@@ -54,7 +54,11 @@ impl Backups {
                     "{}: {path} is not among container {container}'s {} now ({})",
                     c.name,
                     steward_labels::BACKUP_PATHS,
-                    if backup.paths.is_empty() { "none".to_owned() } else { backup.paths.join(", ") }
+                    if backup.paths.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        backup.paths.join(", ")
+                    }
                 )),
                 _ => {}
             }

@@ -20,8 +20,8 @@ pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod service;
-pub mod targets;
 pub mod tarcheck;
+pub mod targets;
 pub mod verify;
 
 use steward_events::Service;

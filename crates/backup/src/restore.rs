@@ -72,7 +72,11 @@ impl Backups {
 
     /// Restores backup `id` even if its manifest is unsigned (the operator's explicit choice
     /// for a backup taken before manifests were signed); every other check still applies.
-    pub async fn restore_unsigned(&self, id: &str, scope: RestoreScope) -> Result<Restored, Failure> {
+    pub async fn restore_unsigned(
+        &self,
+        id: &str,
+        scope: RestoreScope,
+    ) -> Result<Restored, Failure> {
         self.restore_journaled(id, scope, true, &Busy::new(), &mut RestoreJournal::none()).await
     }
 

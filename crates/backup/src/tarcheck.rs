@@ -209,8 +209,7 @@ impl TarGuard {
             if size > MAX_META {
                 return Err(format!("a {size}-byte long name or PAX record"));
             }
-            self.meta =
-                Some(Meta { kind, data: vec![], remaining: size, padding: padding(size) });
+            self.meta = Some(Meta { kind, data: vec![], remaining: size, padding: padding(size) });
             if size == 0 {
                 self.end_meta()?;
             }
@@ -242,7 +241,10 @@ impl TarGuard {
             }
             b'3' | b'4' => return Err(format!("entry {name:?}: a device node")),
             other => {
-                return Err(format!("entry {name:?}: entry type {:?} is not allowed", other as char))
+                return Err(format!(
+                    "entry {name:?}: entry type {:?} is not allowed",
+                    other as char
+                ))
             }
         };
         // Go's reader gives header-only types no data, whatever their size says.

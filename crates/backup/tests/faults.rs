@@ -14,6 +14,7 @@ use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::BackupReason;
 use steward_store::manifest::{self, Manifest, FORMAT, MANIFEST};
+use steward_store::signing::{Purpose, SIGNATURE};
 use steward_testkit::{free_port, testbed, unique_name, wait_for};
 
 fn new_id() -> String {
@@ -175,6 +176,7 @@ async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
     let store = store_for(&cfg).await;
     let mut config = config(cfg, "unused");
     config.retention = Retention { daily: 2, weekly: 1, monthly: 2 };
+    let signing = config.signing.clone();
     let backups = Backups::new(Engine::from_env(), store.clone(), config);
     // A backup a day for 70 days before now, plus an abandoned one without a manifest.
     let now = time::OffsetDateTime::now_utc();
@@ -190,10 +192,31 @@ async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
             docker_host: "test".into(),
             components: vec![],
         };
-        let body = Bytes::from(serde_json::to_vec(&m).unwrap_or_default());
-        store.put(&format!("{id}/{MANIFEST}"), body).await.unwrap_or_else(|e| panic!("{e}"));
+        let body = serde_json::to_vec(&m).unwrap_or_default();
+        let signature = signing.sign(Purpose::Manifest, &body);
+        store
+            .put(&format!("{id}/{SIGNATURE}"), Bytes::from(signature))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .put(&format!("{id}/{MANIFEST}"), Bytes::from(body))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         ids.push((id, at));
     }
+    // An old unsigned backup (from before signing, or planted): neither counted nor pruned.
+    let unsigned_at = now - time::Duration::days(200);
+    let unsigned = manifest::new_backup_id(unsigned_at);
+    let m = Manifest {
+        format: FORMAT,
+        backup_id: unsigned.clone(),
+        taken_at: unsigned_at,
+        reason: BackupReason::Schedule,
+        docker_host: "test".into(),
+        components: vec![],
+    };
+    let body = Bytes::from(serde_json::to_vec(&m).unwrap_or_default());
+    store.put(&format!("{unsigned}/{MANIFEST}"), body).await.unwrap_or_else(|e| panic!("{e}"));
     let abandoned = manifest::new_backup_id(now - time::Duration::days(3));
     store
         .put(&format!("{abandoned}/part.zst"), Bytes::from_static(b"x"))
@@ -202,8 +225,15 @@ async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
 
     let (pruned, kept) = backups.prune(now).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(pruned.contains(&abandoned));
-    let remaining: Vec<String> =
-        backups.list().await.unwrap_or_default().into_iter().map(|l| l.backup_id).collect();
+    assert!(!pruned.contains(&unsigned), "an unsigned backup was pruned");
+    let remaining: Vec<String> = backups
+        .list()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l.backup_id)
+        .filter(|id| id != &unsigned)
+        .collect();
     assert_eq!(remaining.len() as u32, kept);
     // What the pure policy keeps for the same history.
     let candidates: Vec<_> = ids

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::manifest::{self, Manifest, MANIFEST, MAX_MANIFEST_BYTES, VERIFIED};
-use crate::signing::{Purpose, Signature, Trust, MAX_SIGNATURE_BYTES, SIGNATURE, VERIFIED_SIGNATURE};
+use crate::signing::{
+    Purpose, Signature, Trust, MAX_SIGNATURE_BYTES, SIGNATURE, VERIFIED_SIGNATURE,
+};
 use crate::store::{Store, StoreError};
 
 /// How far in the future a backup id may be (clocks of two hosts disagree a little); beyond,
@@ -85,7 +87,11 @@ pub struct VerifiedMark {
 }
 
 /// Every backup under the prefix, oldest first, judged by `trust` at `now`.
-pub async fn list(store: &Store, trust: &Trust, now: OffsetDateTime) -> Result<Vec<Listed>, StoreError> {
+pub async fn list(
+    store: &Store,
+    trust: &Trust,
+    now: OffsetDateTime,
+) -> Result<Vec<Listed>, StoreError> {
     let mut out = vec![];
     for id in store.list_dirs().await? {
         if manifest::time_of_id(&id).is_none() {
@@ -109,11 +115,24 @@ pub async fn read(
         let standing = refused(format!(
             "dated in the future ({taken_at}; it is {now}): no backup can be taken later than now"
         ));
-        return Ok(Listed { backup_id: id.to_owned(), taken_at, manifest: None, standing, verified: None });
+        return Ok(Listed {
+            backup_id: id.to_owned(),
+            taken_at,
+            manifest: None,
+            standing,
+            verified: None,
+        });
     }
-    let Some(bytes) = store.get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES).await? else {
+    let Some(bytes) = store.get_small(&format!("{id}/{MANIFEST}"), MAX_MANIFEST_BYTES).await?
+    else {
         let standing = Standing::Incomplete;
-        return Ok(Listed { backup_id: id.to_owned(), taken_at, manifest: None, standing, verified: None });
+        return Ok(Listed {
+            backup_id: id.to_owned(),
+            taken_at,
+            manifest: None,
+            standing,
+            verified: None,
+        });
     };
     let signature = store.get_small(&format!("{id}/{SIGNATURE}"), MAX_SIGNATURE_BYTES).await?;
     let parsed = Manifest::parse(&bytes);
@@ -139,12 +158,20 @@ pub async fn read(
 }
 
 /// The verification mark of `id`, when it is signed by a trusted key and names `id`.
-async fn verified_mark(store: &Store, trust: &Trust, id: &str) -> Result<Option<VerifiedMark>, StoreError> {
+async fn verified_mark(
+    store: &Store,
+    trust: &Trust,
+    id: &str,
+) -> Result<Option<VerifiedMark>, StoreError> {
     let Some(bytes) = store.get_small(&format!("{id}/{VERIFIED}"), 64 << 10).await? else {
         return Ok(None);
     };
-    let signature = store.get_small(&format!("{id}/{VERIFIED_SIGNATURE}"), MAX_SIGNATURE_BYTES).await?;
-    if !matches!(trust.check(Purpose::Verified, &bytes, signature.as_deref()), Signature::Signed { .. }) {
+    let signature =
+        store.get_small(&format!("{id}/{VERIFIED_SIGNATURE}"), MAX_SIGNATURE_BYTES).await?;
+    if !matches!(
+        trust.check(Purpose::Verified, &bytes, signature.as_deref()),
+        Signature::Signed { .. }
+    ) {
         return Ok(None);
     }
     Ok(serde_json::from_slice::<VerifiedMark>(&bytes).ok().filter(|m| m.backup_id == id))

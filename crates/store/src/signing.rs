@@ -43,7 +43,8 @@ const PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 /// DER of an SPKI ed25519 public key before its 32 bytes (RFC 8410).
-const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+const SPKI_PREFIX: [u8; 12] =
+    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// What a signature is for; part of what is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,9 +115,9 @@ impl SigningKey {
             .strip_prefix(&PKCS8_PREFIX[..])
             .and_then(|s| <[u8; 32]>::try_from(s).ok())
             .ok_or_else(|| {
-                "not an ed25519 private key (make one with `openssl genpkey -algorithm ed25519`)"
-                    .to_owned()
-            })?;
+            "not an ed25519 private key (make one with `openssl genpkey -algorithm ed25519`)"
+                .to_owned()
+        })?;
         Ok(Self(ed25519_dalek::SigningKey::from_bytes(&seed)))
     }
 
@@ -356,7 +357,10 @@ mod tests {
         assert_eq!(again.public(), key.public());
         let public = key.public().to_string();
         assert_eq!(public, "MCowBQYDK2VwAyEAZUC4Et+P+5o88oWYRmXigOJnYq6uS/KZ+Ut50XL1ZvQ=");
-        let listed = format!("# old\n-----BEGIN PUBLIC KEY-----\n{public}\n-----END PUBLIC KEY-----\n, {}", SigningKey::generate().public());
+        let listed = format!(
+            "# old\n-----BEGIN PUBLIC KEY-----\n{public}\n-----END PUBLIC KEY-----\n, {}",
+            SigningKey::generate().public()
+        );
         assert_eq!(PublicKey::parse_list(&listed).map(|k| k.len()), Ok(2));
         assert!(!format!("{key:?}").contains("MC4CAQ"), "{key:?}");
         let err = SigningKey::parse("MC4CAQAwBQYDK2VwBCIEIBLZ").err().unwrap_or_default();
@@ -380,7 +384,8 @@ mod tests {
         let signer = SigningKey::generate();
         let other = SigningKey::generate().public().to_string();
         let pem = signer.to_pem();
-        let mut env = Env::from_pairs([(ENV_SIGNING_KEY, pem.as_str()), (ENV_TRUSTED_KEYS, &other)]);
+        let mut env =
+            Env::from_pairs([(ENV_SIGNING_KEY, pem.as_str()), (ENV_TRUSTED_KEYS, &other)]);
         let (key, trust) = read_keys(&mut env);
         assert!(env.finish().is_ok());
         assert_eq!(key.map(|k| k.public()), Some(signer.public()));
