@@ -1,23 +1,26 @@
-//! A seeded random campaign over the real `steward-updater` (issue 16): each seed drives a
-//! small deterministic generator that picks 3–6 actions against one automatically updated
-//! app: publish `image.updated` for the next pushed release (sometimes the broken one),
-//! redeliver an earlier `image.updated` (the same message again, as JetStream would), replay
-//! an older one (a copy with a fresh id, a microsecond older than the original), SIGKILL the
-//! updater at a random moment, abort it at a failpoint a clean run passes, restart the NATS
-//! server (its store persists), or remove the app's containers (`docker rm -f`, like
-//! `compose down`).
-//! A dead updater is restarted at once, as a restart policy would.
+//! A seeded random campaign over the real `steward-updater` and `steward-notifier` (issue 16):
+//! each seed drives a small deterministic generator that picks 3–6 actions against one
+//! automatically updated app: publish `image.updated` for the next pushed release (sometimes
+//! the broken one), redeliver an earlier `image.updated` (the same message again, as JetStream
+//! would), replay an older one (a copy with a fresh id at its original's instant), SIGKILL the
+//! updater or the notifier at a random moment, abort either at one of its failpoints, restart
+//! the NATS server (its store persists), or remove the app's containers (`docker rm -f`, like
+//! `compose down`). A dead service is restarted at once, as a restart policy would. The
+//! notifier mails every outcome through the test bed's SMTP server to an address of the seed.
 //!
-//! After each seed, once the updater has settled (its consumer has nothing pending, every
-//! record is terminal, no newer image waits in the queue): the updater stops on SIGTERM and a fresh one starts and is ready
-//! without changing anything; every flow (correlation id) the updater acted on has exactly one
-//! terminal event and no event type twice; successes only ever move the container to a newer
-//! release (v1 < v2 < v4 < v5 ...: `docker build` FROM steward-test/app:v2 plus a label; v3 is
-//! the broken one, steward-test/app:v3 with a HEALTHCHECK that gives up after one probe, and
-//! never passes the gate) and the
-//! container runs the last one succeeded (one container under the name, running); no container
-//! is left under a swap name; every record is terminal with an empty outbox. After a removal
-//! the name may be empty, or held by the one container an interrupted swap had started.
+//! After each seed, once both have settled (their consumers have nothing pending, every record
+//! is terminal, no newer image waits in the queue, no notification is queued): both stop on
+//! SIGTERM and fresh ones start, are ready, and publish and mail nothing; every flow
+//! (correlation id) the updater acted on has exactly one terminal event and no event type
+//! twice; successes only ever move the container to a newer release (v1 < v2 < v4 < v5 ...:
+//! `docker build` FROM steward-test/app:v2 plus a label; v3 is the broken one,
+//! steward-test/app:v3 with a HEALTHCHECK that gives up after one probe, and never passes the
+//! gate) and the container runs the last one succeeded (one container under the name,
+//! running); no container is left under a swap name; every record is terminal with an empty
+//! outbox. Mail: every outcome is notified in exactly one message, every message recorded as
+//! sent arrived, and a message arrives twice only after a notifier died, as the same message
+//! (same `Message-ID` and text). After a removal the name may be empty, or held by the one
+//! container an interrupted swap had started.
 //!
 //! Each seed has its own namespace on a private nats-server (one per test function, so
 //! restarting it disturbs no other test) and its own app; seeds run in two test functions
@@ -38,8 +41,14 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use steward_bus::{Bus, ReplayQuery, StateStore};
-use steward_events::records::{QueuedNews, UpdateRecord, UPDATE_BUCKET, UPDATE_QUEUE_BUCKET};
+use steward_events::records::{
+    QueuedNews, UpdateRecord, OUTBOX_BUCKET, UPDATE_BUCKET, UPDATE_QUEUE_BUCKET,
+};
 use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_notifier::outbox::{Entry, EntryState};
+use steward_system_tests::mail::{
+    mails_to, testbed_maildir, testbed_notifier_env, unique_address, Mail,
+};
 use steward_system_tests::Proc;
 use steward_testkit::docker::{docker, push, registry, Container, ImageTag, SwapLeftovers};
 use steward_testkit::{bus_config, free_port, unique_name, NatsServer, TestBus};
@@ -90,7 +99,15 @@ enum Action {
     RestartNats { down_ms: u64 },
     /// `docker rm -f` every container of the app (the name and the swap names).
     Remove,
+    /// SIGKILL the notifier after `after_ms`, and start it again.
+    KillNotifier { after_ms: u64 },
+    /// Restart the notifier set to abort at its failpoint `point`.
+    AbortNotifier { point: &'static str },
 }
+
+/// The notifier's points a delivery passes (`notify_crash.rs` kills each of them).
+const NOTIFIER_POINTS: [&str; 5] =
+    ["notify:queued", "notify:sending", "notify:delivered", "notify:published", "notify:recorded"];
 
 /// What seed `seed` does: (milliseconds to wait before, action). The first action publishes.
 fn plan(seed: u64, points: &[String]) -> Vec<(u64, Action)> {
@@ -101,14 +118,18 @@ fn plan(seed: u64, points: &[String]) -> Vec<(u64, Action)> {
             let gap = rng.below(800);
             let roll = if i == 0 { 0 } else { rng.below(100) };
             let action = match roll {
-                0..=34 => Action::Publish { broken: rng.below(6) == 0 },
-                35..=44 => Action::Redeliver { which: rng.below(8) },
-                45..=54 => Action::Replay { which: rng.below(8) },
-                55..=69 => Action::Kill { after_ms: rng.below(2500) },
-                70..=84 => {
+                0..=29 => Action::Publish { broken: rng.below(6) == 0 },
+                30..=38 => Action::Redeliver { which: rng.below(8) },
+                39..=47 => Action::Replay { which: rng.below(8) },
+                48..=59 => Action::Kill { after_ms: rng.below(2500) },
+                60..=71 => {
                     Action::Abort { point: points[rng.below(points.len() as u64) as usize].clone() }
                 }
-                85..=95 => Action::RestartNats { down_ms: 100 + rng.below(1500) },
+                72..=77 => Action::KillNotifier { after_ms: rng.below(2500) },
+                78..=83 => Action::AbortNotifier {
+                    point: NOTIFIER_POINTS[rng.below(NOTIFIER_POINTS.len() as u64) as usize],
+                },
+                84..=94 => Action::RestartNats { down_ms: 100 + rng.below(1500) },
                 _ => Action::Remove,
             };
             (gap, action)
@@ -249,7 +270,7 @@ async fn discover(bed: &Bed) -> Vec<String> {
     let notes = Notes::default();
     let bus = TestBus::with_config(bus_config(&bed.url(), "campfind")).await;
     let app = App::start(bed, "find");
-    let mut updater = Updater::start(bed, &bus, Some(""), &notes);
+    let mut updater = Service::updater(bed, &bus, Some(""), &notes);
     updater.wait_consuming().await;
     for to in [&bed.healthy[0], &bed.v3] {
         let from = if to.broken { &bed.healthy[0] } else { &bed.v1 };
@@ -350,16 +371,25 @@ impl App {
     }
 }
 
-/// An updater process; its logs go to the seed's notes when it is dropped.
-struct Updater<'a> {
+/// A service process (the updater or the notifier); its logs go to the seed's notes when it
+/// is dropped.
+struct Service<'a> {
+    binary: &'static str,
     proc: Proc,
     port: u16,
     failpoint: Option<String>,
     notes: &'a Notes,
 }
 
-impl<'a> Updater<'a> {
-    fn start(bed: &Bed, bus: &Bus, failpoints: Option<&str>, notes: &'a Notes) -> Self {
+impl<'a> Service<'a> {
+    fn start(
+        binary: &'static str,
+        bed: &Bed,
+        bus: &Bus,
+        settings: Vec<(&'static str, String)>,
+        failpoints: Option<&str>,
+        notes: &'a Notes,
+    ) -> Self {
         let ns = bus.namespace();
         let port = free_port();
         let mut env = vec![
@@ -367,43 +397,72 @@ impl<'a> Updater<'a> {
             ("STEWARD_STREAM", ns.stream.clone()),
             ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
             ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("STEWARD_HEALTH_TIMEOUT", "30s".into()),
-            ("STEWARD_HEALTH_GRACE", "1s".into()),
             ("STEWARD_ACK_WAIT", "2s".into()),
             ("STEWARD_SHUTDOWN_GRACE", "10s".into()),
         ];
+        env.extend(settings);
         if let Some(points) = failpoints {
             env.push(("STEWARD_FAILPOINTS", points.to_owned()));
         }
-        let proc = Proc::start("steward-updater", &env);
+        let proc = Proc::start(binary, &env);
         let failpoint = failpoints.filter(|p| !p.is_empty()).map(str::to_owned);
-        Self { proc, port, failpoint, notes }
+        Self { binary, proc, port, failpoint, notes }
+    }
+
+    fn updater(bed: &Bed, bus: &Bus, failpoints: Option<&str>, notes: &'a Notes) -> Self {
+        let settings =
+            vec![("STEWARD_HEALTH_TIMEOUT", "30s".into()), ("STEWARD_HEALTH_GRACE", "1s".into())];
+        Self::start("steward-updater", bed, bus, settings, failpoints, notes)
+    }
+
+    /// A notifier mailing `to` through the test bed's SMTP server.
+    fn notifier(
+        bed: &Bed,
+        bus: &Bus,
+        to: &str,
+        failpoints: Option<&str>,
+        notes: &'a Notes,
+    ) -> Self {
+        Self::start("steward-notifier", bed, bus, testbed_notifier_env(to), failpoints, notes)
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.proc.child.try_wait().ok().flatten()
     }
 
+    /// Why the process is gone, if it is.
+    fn died(&mut self) -> Option<String> {
+        let status = self.exited()?;
+        let logs = self.proc.logs();
+        Some(
+            logs.lines()
+                .find_map(|l| l.strip_prefix("failpoint: ").filter(|l| l.contains(": aborting")))
+                .map(|l| format!("aborted at {l}"))
+                .unwrap_or_else(|| format!("exited: {status}")),
+        )
+    }
+
     async fn wait_consuming(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.proc.logs().contains("\"consuming\"") {
             if let Some(status) = self.exited() {
-                panic!("the updater exited at start ({status})");
+                panic!("{} exited at start ({status})", self.binary);
             }
-            assert!(Instant::now() < deadline, "the updater never consumed");
+            assert!(Instant::now() < deadline, "{} never consumed", self.binary);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-impl Drop for Updater<'_> {
+impl Drop for Service<'_> {
     fn drop(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
         let mut logs = self.notes.logs.lock().unwrap_or_else(|p| p.into_inner());
         let failpoint = self.failpoint.as_deref().unwrap_or("none");
         logs.push_str(&format!(
-            "----- updater pid {} (failpoint {failpoint}) -----\n",
+            "----- {} pid {} (failpoint {failpoint}) -----\n",
+            self.binary,
             self.proc.child.id()
         ));
         logs.push_str(&self.proc.logs());
@@ -462,9 +521,9 @@ fn flow_of(all: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
     all.iter().filter(|e| e.correlation_id == correlation).map(Event::event_type).collect()
 }
 
-/// `(num_pending, num_ack_pending)` of the updater's consumer; `None` when it cannot be read.
-async fn consumer_backlog(bus: &Bus) -> Option<(u64, u64)> {
-    let subject = format!("$JS.API.CONSUMER.INFO.{}.updater", bus.namespace().stream);
+/// `(num_pending, num_ack_pending)` of `consumer`; `None` when it cannot be read.
+async fn consumer_backlog(bus: &Bus, consumer: &str) -> Option<(u64, u64)> {
+    let subject = format!("$JS.API.CONSUMER.INFO.{}.{consumer}", bus.namespace().stream);
     let reply = tokio::time::timeout(
         Duration::from_secs(2),
         bus.raw_client().request(subject, Vec::<u8>::new().into()),
@@ -540,7 +599,8 @@ async fn readyz(port: u16) -> bool {
 
 /// Fields drop in order: the updater goes first, then the app's containers, then the namespace.
 struct Run<'a> {
-    updater: Option<Updater<'a>>,
+    updater: Option<Service<'a>>,
+    notifier: Option<Service<'a>>,
     bed: &'a Bed,
     app: App,
     bus: TestBus,
@@ -550,26 +610,38 @@ struct Run<'a> {
     /// Releases published so far (the next healthy one is `healthy[next]`).
     next: usize,
     removed: bool,
+    /// The notifier's recipient (unique to the seed).
+    to: String,
+    /// Whether a notifier died in the seed: only then may a message come twice (the same
+    /// message, when the server had accepted it and the outbox did not say so yet).
+    notifier_died: bool,
 }
 
 impl<'a> Run<'a> {
     fn start_updater(&mut self, failpoints: Option<&str>) {
         self.updater = None;
-        self.updater = Some(Updater::start(self.bed, &self.bus, failpoints, self.notes));
+        self.updater = Some(Service::updater(self.bed, &self.bus, failpoints, self.notes));
     }
 
-    /// A dead updater is started again (without failpoints), as a restart policy would.
+    fn start_notifier(&mut self, failpoints: Option<&str>) {
+        if self.notifier.take().is_some() {
+            self.notifier_died = true;
+        }
+        self.notifier =
+            Some(Service::notifier(self.bed, &self.bus, &self.to, failpoints, self.notes));
+    }
+
+    /// A dead service is started again (without failpoints), as a restart policy would.
     fn supervise(&mut self) {
         let Some(u) = self.updater.as_mut() else { return self.start_updater(None) };
-        if let Some(status) = u.exited() {
-            let logs = u.proc.logs();
-            let why = logs
-                .lines()
-                .find_map(|l| l.strip_prefix("failpoint: ").filter(|l| l.contains(": aborting")))
-                .map(|l| format!("aborted at {l}"))
-                .unwrap_or_else(|| format!("exited: {status}"));
+        if let Some(why) = u.died() {
             self.notes.action(format!("(updater {why}; restarted)"));
             self.start_updater(None);
+        }
+        let Some(n) = self.notifier.as_mut() else { return self.start_notifier(None) };
+        if let Some(why) = n.died() {
+            self.notes.action(format!("(notifier {why}; restarted)"));
+            self.start_notifier(None);
         }
     }
 
@@ -670,6 +742,15 @@ impl<'a> Run<'a> {
                 tokio::time::sleep(Duration::from_millis(*down_ms)).await;
                 self.bed.nats.lock().unwrap_or_else(|p| p.into_inner()).start_again();
             }
+            Action::KillNotifier { after_ms } => {
+                self.sleep_supervised(*after_ms).await;
+                self.notes.action(format!("kill -9 notifier after {after_ms}ms"));
+                self.start_notifier(None);
+            }
+            Action::AbortNotifier { point } => {
+                self.notes.action(format!("kill -9 notifier; restart to abort at {point}"));
+                self.start_notifier(Some(point));
+            }
             Action::Remove => {
                 let found = containers_of(&self.app.name);
                 self.notes.action(format!("docker rm -f {} containers", found.len()));
@@ -688,16 +769,24 @@ impl<'a> Run<'a> {
 
     /// What keeps the seed from being settled, or `None`.
     async fn unsettled(&mut self) -> Option<String> {
-        let u = self.updater.as_ref()?;
-        if !u.proc.logs().contains("\"consuming\"") {
-            return Some("the updater is not consuming yet".into());
-        }
-        match consumer_backlog(&self.bus).await {
-            Some((0, 0)) => {}
-            Some((pending, acks)) => {
-                return Some(format!("consumer: {pending} pending, {acks} unacknowledged"))
+        for s in [self.updater.as_ref()?, self.notifier.as_ref()?] {
+            if !s.proc.logs().contains("\"consuming\"") {
+                return Some(format!("{} is not consuming yet", s.binary));
             }
-            None => return Some("consumer info unavailable".into()),
+        }
+        for consumer in ["updater", "notifier"] {
+            match consumer_backlog(&self.bus, consumer).await {
+                Some((0, 0)) => {}
+                Some((pending, acks)) => {
+                    return Some(format!("{consumer}: {pending} pending, {acks} unacknowledged"))
+                }
+                None => return Some(format!("{consumer}: consumer info unavailable")),
+            }
+        }
+        match outbox(&self.bus).await {
+            Some(entries) if entries.iter().all(|e| e.state != EntryState::Queued) => {}
+            Some(_) => return Some("notifications still queued".into()),
+            None => return Some("the outbox is unavailable".into()),
         }
         let Some(records) = records(&self.bus).await else {
             return Some("records unavailable".into());
@@ -734,25 +823,33 @@ impl<'a> Run<'a> {
 
     /// The invariants; panics naming the first one that does not hold.
     async fn check(&mut self) {
-        // The updater stops on SIGTERM, and a fresh one starts, is ready, and changes nothing.
+        // The services stop on SIGTERM, and fresh ones start, are ready, and change nothing.
         let before = events(&self.bus).await.len();
-        let u = self.updater.as_mut().expect("an updater");
-        let code = u.proc.terminate(Duration::from_secs(20));
-        assert_eq!(code, Some(0), "the updater did not stop cleanly on SIGTERM");
-        self.start_updater(None);
-        let u = self.updater.as_mut().expect("an updater");
-        u.wait_consuming().await;
-        let port = u.port;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !readyz(port).await {
-            assert!(Instant::now() < deadline, "the restarted updater is not ready (/readyz)");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mails_before = mails_to(&testbed_maildir(), &self.to).len();
+        for s in [self.updater.as_mut(), self.notifier.as_mut()].into_iter().flatten() {
+            let code = s.proc.terminate(Duration::from_secs(20));
+            assert_eq!(code, Some(0), "{} did not stop cleanly on SIGTERM", s.binary);
         }
+        self.start_updater(None);
+        self.notifier = None;
+        self.notifier = Some(Service::notifier(self.bed, &self.bus, &self.to, None, self.notes));
+        for s in [self.updater.as_mut(), self.notifier.as_mut()].into_iter().flatten() {
+            s.wait_consuming().await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !readyz(s.port).await {
+                assert!(Instant::now() < deadline, "the restarted {} is not ready", s.binary);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // Longer than the notifier's group window: whatever it would send, it has sent.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         if let Some(why) = self.unsettled().await {
-            panic!("a fresh updater unsettled things: {why}");
+            panic!("fresh services unsettled things: {why}");
         }
         let (all, dead) = events_and_dead_letters(&self.bus).await;
-        assert_eq!(all.len(), before, "a fresh updater published events");
+        assert_eq!(all.len(), before, "fresh services published events");
+        let mails = mails_to(&testbed_maildir(), &self.to);
+        assert_eq!(mails.len(), mails_before, "a fresh notifier mailed");
         if dead > 0 {
             self.notes.action(format!("({dead} dead letters)"));
         }
@@ -814,6 +911,7 @@ impl<'a> Run<'a> {
                 "runs another release than the last one succeeded"
             );
         }
+        self.check_mail(&all, &mails).await;
         for (name, running, image) in &found {
             assert!(*running, "{name} is not running");
             let r = self.bed.release_of_image(image);
@@ -828,6 +926,54 @@ impl<'a> Run<'a> {
     }
 }
 
+impl Run<'_> {
+    /// Every outcome notified in exactly one message; every message arrived; a message twice
+    /// only after a notifier died (and then the same message: same `Message-ID`).
+    async fn check_mail(&self, all: &[Event], mails: &[Mail]) {
+        let entries = outbox(&self.bus).await.expect("the outbox");
+        let outcomes = all.iter().filter(|e| TERMINAL.contains(&e.event_type())).count();
+        assert_eq!(entries.len(), outcomes, "not one notification per outcome");
+        let mut marks = HashSet::new();
+        for e in &entries {
+            assert_eq!(e.state, EntryState::Sent, "a notification not sent: {e:?}");
+            let mark =
+                e.message.as_ref().unwrap_or_else(|| panic!("sent without a message: {e:?}"));
+            // The parsed header has no angle brackets.
+            marks.insert(mark.message_id.trim_matches(['<', '>']).to_owned());
+        }
+        let mut arrived: BTreeMap<String, Vec<&Mail>> = BTreeMap::new();
+        for m in mails {
+            let id = m.message_id.clone().unwrap_or_else(|| panic!("a mail without Message-ID"));
+            arrived.entry(id).or_default().push(m);
+        }
+        for (id, copies) in &arrived {
+            assert!(
+                marks.contains(id),
+                "message {id} arrived, but its notifications went out in another message too"
+            );
+            let bound = if self.notifier_died { 2 } else { 1 };
+            assert!(copies.len() <= bound, "message {id} arrived {} times", copies.len());
+            assert!(
+                copies.iter().all(|m| m.text == copies[0].text),
+                "message {id} arrived with different texts"
+            );
+        }
+        for id in &marks {
+            assert!(arrived.contains_key(id), "message {id} was recorded as sent, never arrived");
+        }
+    }
+}
+
+/// Every notification of the namespace (`None` while the bucket cannot be read).
+async fn outbox(bus: &Bus) -> Option<Vec<Entry>> {
+    let store: StateStore<Entry> = StateStore::open(bus, OUTBOX_BUCKET).await.ok()?;
+    let mut out = vec![];
+    for key in store.keys().await.ok()? {
+        out.push(store.get(&key).await.ok()??.value);
+    }
+    Some(out)
+}
+
 fn short(id: uuid::Uuid) -> String {
     id.simple().to_string()[24..].to_owned()
 }
@@ -836,10 +982,23 @@ async fn seed_run(bed: &Bed, seed: u64, notes: &Notes) {
     let started = Instant::now();
     let bus = TestBus::with_config(bus_config(&bed.url(), &format!("camp{seed}"))).await;
     let app = App::start(bed, &format!("s{seed}"));
-    let mut run =
-        Run { bed, bus, app, updater: None, notes, published: vec![], next: 0, removed: false };
+    let mut run = Run {
+        bed,
+        bus,
+        app,
+        updater: None,
+        notifier: None,
+        notes,
+        published: vec![],
+        next: 0,
+        removed: false,
+        to: unique_address(&format!("camp{seed}")),
+        notifier_died: false,
+    };
     run.start_updater(None);
+    run.start_notifier(None);
     run.updater.as_mut().expect("updater").wait_consuming().await;
+    run.notifier.as_mut().expect("notifier").wait_consuming().await;
     let mut phases = vec![("setup", started.elapsed())];
     for (gap, action) in plan(seed, &bed.points) {
         run.sleep_supervised(gap).await;
