@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates ./secrets for docker-compose.yml: random passwords for PostgreSQL and each NATS user,
-# the approval-link key, and placeholders for the SMTP URL, AWS keys and registry logins.
+# the approval-link key, the backup signing key (ed25519, by openssl), and placeholders for the SMTP URL, AWS keys and registry logins.
 # Existing files are kept (run it again safely). The directory is root's alone; the files in
 # it are readable by the containers that mount them, whatever user those run as.
 set -euo pipefail
@@ -28,5 +28,13 @@ put docker_config.json '{}'
 put age_identity "# The age identity (AGE-SECRET-KEY-1...) matching STEWARD_BACKUP_AGE_RECIPIENTS, for
 # verifying and restoring encrypted backups. Only comments: backups are still taken and
 # encrypted, but not verified here (keep the key off-host, put it here when you restore)."
+# The key backup manifests are signed with: made here, never sent anywhere.
+if [ ! -s secrets/backup_signing_key ]; then
+  openssl genpkey -algorithm ed25519 -out secrets/backup_signing_key
+  echo "created secrets/backup_signing_key"
+fi
+chmod 0444 secrets/backup_signing_key
+echo "backup signing public key (STEWARD_BACKUP_TRUSTED_KEYS in .env; keep a copy off this host):"
+openssl pkey -in secrets/backup_signing_key -pubout | sed -n 2p
 chmod 0700 secrets
 echo "edit secrets/smtp_url (and secrets/aws_credentials off EC2), then: docker-compose up -d"

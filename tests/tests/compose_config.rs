@@ -116,3 +116,29 @@ fn the_backup_service_can_be_given_the_age_identity() {
     .expect("init-secrets.sh");
     assert!(init.lines().any(|l| l.starts_with("put age_identity ")), "init-secrets.sh");
 }
+
+#[test]
+fn the_backup_service_signs_with_its_key_and_the_cli_checks_with_public_keys() {
+    let file = rendered();
+    let block = service(&file, "backup");
+    let env = environment(&block);
+    assert_eq!(
+        env.get("STEWARD_BACKUP_SIGNING_KEY_FILE").map(String::as_str),
+        Some("/run/secrets/backup_signing_key"),
+        "{env:?}"
+    );
+    assert!(
+        secrets(&block).iter().any(|(s, t)| s == "backup_signing_key" && t == "backup_signing_key"),
+        "{:?}",
+        secrets(&block)
+    );
+    // The CLI gets the public keys, never the private key.
+    let cli = service(&file, "steward");
+    assert!(environment(&cli).contains_key("STEWARD_BACKUP_TRUSTED_KEYS"));
+    assert!(!secrets(&cli).iter().any(|(s, _)| s == "backup_signing_key"));
+    let init = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/init-secrets.sh"),
+    )
+    .expect("init-secrets.sh");
+    assert!(init.contains("openssl genpkey -algorithm ed25519 -out secrets/backup_signing_key"));
+}

@@ -254,6 +254,10 @@ def test_deploy_brings_the_stack_up_healthy_and_a_second_run_changes_nothing(tar
     assert "aws_access_key_id = e2e-key" in (secrets / "aws_credentials").read_text()
     assert json.loads((secrets / "docker_config.json").read_text()) == {"auths": {}}
     assert (secrets / "age_identity").read_text().startswith("# no age identity")
+    # The signing key was made on the host (kept on the second run: no change).
+    signing_key = secrets / "backup_signing_key"
+    assert signing_key.read_text().startswith("-----BEGIN PRIVATE KEY-----"), signing_key
+    assert stat.S_IMODE(signing_key.stat().st_mode) == 0o444, signing_key
     env = (target.root / ".env").read_text()
     assert "\nSTEWARD_MAIL_TO=ops@gitea.test\n" in env, env
     assert "\nGITEA_IMAGE=steward-test/app:v1\n" in env, env
