@@ -14,7 +14,9 @@ use steward_events::{
     VerifyRequested,
 };
 use steward_settings::Env;
+use steward_store::catalog::Standing;
 use steward_store::config::{S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX};
+use steward_store::signing::Trust;
 use steward_store::store::Store;
 use time::OffsetDateTime;
 
@@ -65,7 +67,9 @@ pub struct S3Args {
 }
 
 impl S3Args {
-    fn read(self) -> anyhow::Result<S3Config> {
+    /// The bucket, and the public keys whose signatures `list` checks
+    /// (`STEWARD_BACKUP_TRUSTED_KEYS`, the CLI never holds the private key).
+    fn read(self) -> anyhow::Result<(S3Config, Trust)> {
         let mut env = Env::from_process();
         for (name, flag) in
             [(ENV_BUCKET, self.bucket), (ENV_PREFIX, self.prefix), (ENV_ENDPOINT, self.endpoint)]
@@ -75,8 +79,9 @@ impl S3Args {
             }
         }
         let config = S3Config::read(&mut env);
+        let trust = Trust::read(&mut env);
         env.finish()?;
-        Ok(config)
+        Ok((config, trust))
     }
 }
 
@@ -100,6 +105,10 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
+    /// Restore a backup whose manifest is not signed (taken before manifests were signed):
+    /// only by id, never `latest`; every other check still applies.
+    #[arg(long)]
+    unsigned: bool,
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     wait: Duration,
 }
@@ -158,6 +167,9 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
         Some(Only::Db) => RestoreScope::Db,
         Some(Only::Paths) => RestoreScope::Paths,
     };
+    if args.unsigned && args.id == "latest" {
+        bail!("--unsigned needs a backup id, not latest: choose the unsigned backup you trust (steward backup list)");
+    }
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             bail!("a restore replaces live data; confirm with --yes when not at a terminal");
@@ -173,7 +185,12 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
             bail!("not restored");
         }
     }
-    let data = RestoreRequested { backup_id: args.id, scope, requested_by: Some(crate::who()) };
+    let data = RestoreRequested {
+        backup_id: args.id,
+        scope,
+        requested_by: Some(crate::who()),
+        allow_unsigned: args.unsigned,
+    };
     let outcome =
         request(conn, data, &["restore.done", "restore.failed"], args.wait, "restoring").await?;
     match outcome.data {
@@ -305,9 +322,9 @@ fn bytes(n: u64) -> String {
 }
 
 async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
-    let config = s3.read()?;
+    let (config, trust) = s3.read()?;
     let store = Store::connect(&config).await;
-    let listed = steward_store::catalog::list(&store).await?;
+    let listed = steward_store::catalog::list(&store, &trust, OffsetDateTime::now_utc()).await?;
     let mut out = std::io::stdout().lock();
     if json {
         for l in &listed {
@@ -322,6 +339,27 @@ async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
     )?;
     for l in listed {
         let taken = crate::when::seconds(l.taken_at);
+        // Only a usable backup's manifest is shown as what it holds: the rest say why not.
+        let note = match &l.standing {
+            Standing::Usable { .. } | Standing::Incomplete => "",
+            Standing::Unchecked => "(signature not checked: set STEWARD_BACKUP_TRUSTED_KEYS) ",
+            Standing::Unsigned => {
+                writeln!(
+                    out,
+                    "{:<24} {:<20} {:>10} {:>10}  {:<9} UNSIGNED: never latest; restorable by id with --unsigned if you know it is yours",
+                    l.backup_id, taken, "-", "-", "-"
+                )?;
+                continue;
+            }
+            Standing::Refused { reason } => {
+                writeln!(
+                    out,
+                    "{:<24} {:<20} {:>10} {:>10}  {:<9} REFUSED: {reason}",
+                    l.backup_id, taken, "-", "-", "-"
+                )?;
+                continue;
+            }
+        };
         match &l.manifest {
             Some(m) => {
                 let names: Vec<&str> = m.components.iter().map(|c| c.name.as_str()).collect();
@@ -331,7 +369,7 @@ async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 writeln!(
                     out,
-                    "{:<24} {:<20} {:>10} {:>10}  {:<9} {}",
+                    "{:<24} {:<20} {:>10} {:>10}  {:<9} {note}{}",
                     l.backup_id,
                     taken,
                     bytes(m.stored_size()),
