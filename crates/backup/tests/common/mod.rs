@@ -50,8 +50,16 @@ pub async fn store_for(s3: &S3Config) -> Store {
     store
 }
 
+/// The key these tests' backups are signed with: one per test process, so every `Backups` of a
+/// test (like every service of one installation) trusts the others' backups.
+pub fn signing_key() -> steward_store::signing::SigningKey {
+    static KEY: std::sync::OnceLock<steward_store::signing::SigningKey> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(steward_store::signing::SigningKey::generate).clone()
+}
+
 pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
-    let signing = steward_store::signing::SigningKey::generate();
+    let signing = signing_key();
     let trust = steward_store::signing::Trust::new(vec![signing.public()]);
     BackupConfig {
         schedule: steward_backup::config::DEFAULT_SCHEDULE
