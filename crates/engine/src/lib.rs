@@ -11,11 +11,13 @@ use bollard::Docker;
 
 mod credentials;
 mod deadline;
+mod images;
 mod ops;
 pub mod recreate;
 mod streams;
 pub use credentials::{registry_credentials, RegistryCredentials};
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
+pub use images::ListedImage;
 pub use ops::{ExecOutput, HealthView, ListedContainer};
 pub use recreate::Replacement;
 pub use streams::{ExecSpec, ExecStream};

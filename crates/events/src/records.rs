@@ -179,6 +179,17 @@ pub struct UpdateRecord {
     /// The running and new release as the `image.updated` said (the approval page shows them).
     #[serde(flatten)]
     pub versions: crate::Versions,
+    /// An update, or a `steward rollback` (run through the same steps).
+    #[serde(default, skip_serializing_if = "crate::UpdateKind::is_update")]
+    pub kind: crate::UpdateKind,
+    /// Who asked for a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// The digest the container ran before its last successful update, carried from record
+    /// to record (a failed later update does not lose it): what `steward rollback` brings
+    /// back. See [`UpdateRecord::rollback_target`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<Digest>,
 }
 
 impl UpdateRecord {
@@ -216,6 +227,20 @@ impl UpdateRecord {
             dependents: vec![],
             interruptions: 0,
             versions: u.versions.clone(),
+            kind: crate::UpdateKind::Update,
+            requested_by: None,
+            previous_digest: None,
+        }
+    }
+
+    /// What `steward rollback` brings back once this update is over: the digest the container
+    /// ran before its last successful update. A successful update's is its `from_digest`; a
+    /// successful rollback's is none (the container runs it again); otherwise the one carried.
+    pub fn rollback_target(&self) -> Option<&Digest> {
+        match (self.step, self.kind) {
+            (UpdateStep::Succeeded, crate::UpdateKind::Update) => Some(&self.from_digest),
+            (UpdateStep::Succeeded, crate::UpdateKind::Rollback) => None,
+            _ => self.previous_digest.as_ref(),
         }
     }
 }

@@ -70,6 +70,7 @@ impl Service {
                 "backup.done",
                 "backup.failed",
                 "certs.requested",
+                "rollback.requested",
             ],
             Service::Backup => &["backup.requested", "verify.requested", "restore.requested"],
             // Health leaves a container alone while it is being updated, re-baselines it
@@ -132,6 +133,8 @@ impl Service {
                 "backup.requested",
                 "certs.checked",
                 "certs.failed",
+                "rollback.refused",
+                "image.pruned",
             ],
             Service::Backup => &[
                 "backup.started",
@@ -168,6 +171,7 @@ impl Service {
                 "restore.requested",
                 "certs.requested",
                 "notify.test_requested",
+                "rollback.requested",
             ],
         }
     }

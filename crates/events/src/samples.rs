@@ -74,6 +74,8 @@ pub fn all(container: &str) -> Vec<EventData> {
             image: image.clone(),
             from_digest: digest('a'),
             to_digest: digest('b'),
+            kind: UpdateKind::Update,
+            requested_by: None,
         }
         .into(),
         UpdateSucceeded {
@@ -84,6 +86,8 @@ pub fn all(container: &str) -> Vec<EventData> {
             to_digest: digest('b'),
             duration_ms: 4200,
             approved_by: Some("ops@steward-host".into()),
+            kind: UpdateKind::Update,
+            requested_by: None,
         }
         .into(),
         UpdateFailed {
@@ -92,6 +96,8 @@ pub fn all(container: &str) -> Vec<EventData> {
             image: image.clone(),
             reason: "pre-update backup failed".into(),
             log_tail: vec![],
+            kind: UpdateKind::Update,
+            requested_by: None,
         }
         .into(),
         UpdateRolledBack {
@@ -105,6 +111,32 @@ pub fn all(container: &str) -> Vec<EventData> {
             old_healthy: Some(true),
             old_reason: None,
             old_log_tail: vec![],
+            kind: UpdateKind::Update,
+            requested_by: None,
+        }
+        .into(),
+        RollbackRequested {
+            container: c.clone(),
+            requested_by: "ops@host".into(),
+            to_digest: None,
+        }
+        .into(),
+        RollbackRefused {
+            container: c.clone(),
+            requested_by: Some("ops@host".into()),
+            reason: "no previous image is recorded for gitea".into(),
+        }
+        .into(),
+        ImagePruned {
+            repository: "gitea/gitea".into(),
+            container: Some(c.clone()),
+            images: vec![PrunedImage {
+                id: digest('d').to_string(),
+                repo_digests: vec![format!("gitea/gitea@{}", digest('d'))],
+                size_bytes: 180 << 20,
+            }],
+            bytes_freed: 180 << 20,
+            kept: 2,
         }
         .into(),
         BackupRequested {

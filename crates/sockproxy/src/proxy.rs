@@ -105,6 +105,12 @@ async fn handle(req: Request<Incoming>, role: Role, upstream: &Path) -> Response
             Ok(()) => check_target(req, upstream).await,
             Err(reason) => Err(Denied::Refused(reason)),
         },
+        Check::ImageRemove => {
+            match rules::check_image_remove(req.uri().path(), req.uri().query()) {
+                Ok(()) => Ok(req.map(|b| b.boxed())),
+                Err(reason) => Err(Denied::Refused(reason)),
+            }
+        }
         Check::Exec | Check::Create => check_body(req, role, rule.check, upstream).await,
     };
     let req = match checked {

@@ -63,6 +63,9 @@ pub enum Check {
     Create,
     /// The container in the path is not the proxy's own (an archive read or write).
     Target,
+    /// The updater's image removal (the old-image cleanup): only by image id
+    /// (`sha256:<64 hex>`, never a name another repository shares), never forced.
+    ImageRemove,
     /// The health role's archive read: only a certificate (a `*.pem` not named `privkey*`)
     /// or a `live` directory of certbot's links, and never the proxy's container.
     CertRead,
@@ -117,9 +120,13 @@ pub const RULES: &[Rule] = &[
     checked("POST", "/containers/*/exec", EXEC, Check::Exec),
     rule("POST", "/exec/*/start", EXEC),
     rule("GET", "/exec/*/json", EXEC),
-    // pull_digest.
+    // pull_digest; tag_local_digest (a rollback to an image still on the host).
     rule("POST", "/images/create", &[Updater]),
     rule("POST", "/images/**/tag", &[Updater]),
+    // images, remove_image: the old-image cleanup (by id, never forced; the engine refuses
+    // to remove an image a container uses).
+    rule("GET", "/images/json", &[Updater]),
+    checked("DELETE", "/images/*", &[Updater], Check::ImageRemove),
     // replace, create_successor_of (updater); start_scratch, run_with_volumes_of (backup).
     checked("POST", "/containers/create", CHANGE, Check::Create),
     rule("POST", "/containers/*/start", CHANGE),
@@ -259,6 +266,28 @@ pub fn check_exec(role: Role, body: &serde_json::Value) -> Result<(), String> {
         }
         if body.get("AttachStdin").and_then(|v| v.as_bool()) == Some(true) {
             return Err("the health role may not attach stdin".into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks an image removal: the path names an image id, and the query does not force it.
+pub fn check_image_remove(path: &str, query: Option<&str>) -> Result<(), String> {
+    let id = strip_version(path).strip_prefix("/images/").unwrap_or_default();
+    let hex = id.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!(
+            "an image may be removed only by its id (sha256:<64 hex>), not {id:?}"
+        ));
+    }
+    for kv in query.unwrap_or_default().split('&').filter(|kv| !kv.is_empty()) {
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        let allowed = match key {
+            "force" | "noprune" => matches!(value, "false" | "0"),
+            _ => false,
+        };
+        if !allowed {
+            return Err(format!("an image removal may not set {kv:?} (never forced)"));
         }
     }
     Ok(())
@@ -497,6 +526,36 @@ mod tests {
     }
 
     #[test]
+    fn only_the_updater_removes_images_by_id_and_never_forced() {
+        let id = format!("sha256:{}", "ab".repeat(32));
+        let path = format!("/v1.41/images/{id}");
+        assert!(allowed(Updater, "GET", "/images/json"));
+        let rule = decide(Updater, "DELETE", &path).expect("the updater may ask");
+        assert!(matches!(rule.check, Check::ImageRemove));
+        for role in [Watcher, Health, Backup] {
+            assert!(!allowed(role, "DELETE", &path), "{role}");
+            assert!(!allowed(role, "GET", "/images/json"), "{role}");
+        }
+        assert_eq!(check_image_remove(&path, Some("force=false&noprune=false")), Ok(()));
+        assert_eq!(check_image_remove(&path, None), Ok(()));
+        for (p, q) in [
+            (path.as_str(), "force=true"),
+            (path.as_str(), "force=1"),
+            (path.as_str(), "noprune=false&force=True"),
+            (path.as_str(), "platforms=x"),
+            ("/images/nginx", ""),
+            ("/images/gitea:1.22", ""),
+            ("/images/sha256:abc", ""),
+            (&format!("/images/sha256:{}", "AB".repeat(32)), ""),
+        ] {
+            assert!(check_image_remove(p, Some(q)).is_err(), "{p}?{q}");
+        }
+        // Anything under an image but the listing, inspect and tag stays refused.
+        assert!(!allowed(Updater, "DELETE", "/images/sha256:ab/tag"));
+        assert!(!allowed(Updater, "POST", "/images/prune"));
+    }
+
+    #[test]
     fn the_updater_and_backup_get_what_their_code_calls() {
         let updater_only = [
             ("POST", "/images/create"),
@@ -532,7 +591,6 @@ mod tests {
                 ("POST", "/containers/abc/kill"),
                 ("POST", "/containers/abc/update"),
                 ("POST", "/containers/abc/attach"),
-                ("DELETE", "/images/abc"),
                 ("POST", "/build"),
                 ("POST", "/volumes/create"),
                 ("POST", "/networks/create"),

@@ -106,6 +106,12 @@ catalog! {
     UpdateFailed => "update.failed": UpdateFailed,
     /// The new image failed; the container runs the previous image again.
     UpdateRolledBack => "update.rolled_back": UpdateRolledBack,
+    /// A human asks to bring back a container's previous image (`steward rollback`).
+    RollbackRequested => "rollback.requested": RollbackRequested,
+    /// A rollback was refused before anything was touched.
+    RollbackRefused => "rollback.refused": RollbackRefused,
+    /// Old images no container uses were removed.
+    ImagePruned => "image.pruned": ImagePruned,
     /// Someone asks for a backup (the updater before an update, the schedule, the CLI).
     BackupRequested => "backup.requested": BackupRequested,
     /// The backup service began a backup.

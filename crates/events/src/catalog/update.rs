@@ -18,6 +18,96 @@ macro_rules! container_payload {
 }
 pub(crate) use container_payload;
 
+/// What an update flow does: apply a newer image (the default), or bring back the image a
+/// container ran before its last successful update (`steward rollback`). A rollback runs
+/// through the same steps, events and guarantees as an update; this says which one it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateKind {
+    /// A newer image, from `image.updated`.
+    #[default]
+    Update,
+    /// The previous image, from `rollback.requested`.
+    Rollback,
+}
+
+impl UpdateKind {
+    /// Whether this is a plain update (the field is left out of the JSON then).
+    pub fn is_update(&self) -> bool {
+        *self == Self::Update
+    }
+
+    /// `update` or `rollback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Update => "update",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
+/// A human asks to bring back the image a container ran before its last successful update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequested {
+    /// Container name.
+    pub container: String,
+    /// Who asked (`user@host`).
+    pub requested_by: String,
+    /// Another digest of the container's own repository to go back to, instead of the one
+    /// recorded as its previous image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_digest: Option<Digest>,
+}
+container_payload!(RollbackRequested);
+
+/// A rollback was refused before anything was claimed or touched (no previous image, an
+/// update in progress, a container Steward does not manage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRefused {
+    /// Container name.
+    pub container: String,
+    /// Who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Why, for a human.
+    pub reason: String,
+}
+container_payload!(RollbackRefused);
+
+/// One image removed by the cleanup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedImage {
+    /// Its id (`sha256:` of the image config).
+    pub id: String,
+    /// Its `repo@sha256:` references, as the engine listed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
+    /// Its size as the engine reported it.
+    pub size_bytes: u64,
+}
+
+/// Old images of one repository that no container uses were removed (`STEWARD_KEEP_IMAGES`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePruned {
+    /// The repository, as Docker names it (`gitea/gitea`, `127.0.0.1:5000/app`).
+    pub repository: String,
+    /// The container whose update (or the updater's start) led to the cleanup, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// What was removed.
+    pub images: Vec<PrunedImage>,
+    /// The sum of their sizes (shared layers may make the space really freed smaller).
+    pub bytes_freed: u64,
+    /// How many images of the repository are kept (the newest, besides those in use).
+    pub kept: u32,
+}
+
+impl Payload for ImagePruned {
+    fn container(&self) -> Option<&str> {
+        self.container.as_deref()
+    }
+}
+
 /// A manual-policy update waits for a human.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdatePending {
@@ -98,6 +188,12 @@ pub struct UpdateStarted {
     pub from_digest: Digest,
     /// Digest after.
     pub to_digest: Digest,
+    /// `rollback` when the flow is a `steward rollback` (absent: an update).
+    #[serde(default, skip_serializing_if = "UpdateKind::is_update")]
+    pub kind: UpdateKind,
+    /// Who asked for a rollback (`user@host`); absent for an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 container_payload!(UpdateStarted);
 
@@ -119,6 +215,12 @@ pub struct UpdateSucceeded {
     /// Who approved it (manual policy); `None` for an automatic update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// `rollback` when the flow is a `steward rollback` (absent: an update).
+    #[serde(default, skip_serializing_if = "UpdateKind::is_update")]
+    pub kind: UpdateKind,
+    /// Who asked for a rollback (`user@host`); absent for an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 container_payload!(UpdateSucceeded);
 
@@ -136,6 +238,12 @@ pub struct UpdateFailed {
     /// Last lines of the relevant log, if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// `rollback` when the flow is a `steward rollback` (absent: an update).
+    #[serde(default, skip_serializing_if = "UpdateKind::is_update")]
+    pub kind: UpdateKind,
+    /// Who asked for a rollback (`user@host`); absent for an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 container_payload!(UpdateFailed);
 
@@ -168,5 +276,11 @@ pub struct UpdateRolledBack {
     /// When the old container is not healthy again: its last log lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub old_log_tail: Vec<String>,
+    /// `rollback` when the flow is a `steward rollback` (absent: an update).
+    #[serde(default, skip_serializing_if = "UpdateKind::is_update")]
+    pub kind: UpdateKind,
+    /// Who asked for a rollback (`user@host`); absent for an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 container_payload!(UpdateRolledBack);

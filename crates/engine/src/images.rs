@@ -1,0 +1,98 @@
+//! Local images: a digest already on the host, the images of a repository, removing one.
+//! What the updater's rollback (no pull when the previous image is still here) and its
+//! old-image cleanup need.
+
+use std::collections::HashSet;
+
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListImagesOptions, RemoveImageOptions, TagImageOptions,
+};
+use steward_imageref::ImageRef;
+
+use crate::{Engine, EngineError};
+
+/// A local image as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedImage {
+    /// Its id (`sha256:` of the image config).
+    pub id: String,
+    /// `repo:tag` references.
+    pub repo_tags: Vec<String>,
+    /// `repo@sha256:` references.
+    pub repo_digests: Vec<String>,
+    /// When it was built (Unix seconds), as the engine reports it.
+    pub created: i64,
+    /// Its size in bytes (0 when the engine reports none).
+    pub size_bytes: u64,
+}
+
+fn not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+impl Engine {
+    /// Points `image`'s repository `tag` at `digest` if that digest is already on the host
+    /// (`true`); `false` when it is not (then it must be pulled). A digest is content-addressed:
+    /// the local image is exactly what a pull would bring, and a rollback needs no registry.
+    pub async fn tag_local_digest(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        tag: &str,
+    ) -> Result<bool, EngineError> {
+        let docker = self.client()?;
+        let repository = image.familiar_name();
+        let reference = format!("{repository}@{digest}");
+        match self.timed(docker.inspect_image(&reference)).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => return Ok(false),
+            Err(e) => return Err(self.call_failed(&format!("inspect image {reference}"), e)),
+        }
+        let options = TagImageOptions { repo: Some(repository.clone()), tag: Some(tag.to_owned()) };
+        self.timed(docker.tag_image(&reference, Some(options)))
+            .await
+            .map_err(|e| self.call_failed(&format!("tag {reference} as {repository}:{tag}"), e))?;
+        Ok(true)
+    }
+
+    /// Every local image (intermediate layers excluded).
+    pub async fn images(&self) -> Result<Vec<ListedImage>, EngineError> {
+        let options = ListImagesOptions { all: false, ..Default::default() };
+        let listed = self
+            .timed(self.client()?.list_images(Some(options)))
+            .await
+            .map_err(|e| self.call_failed("list images", e))?;
+        Ok(listed
+            .into_iter()
+            .map(|i| ListedImage {
+                id: i.id,
+                repo_tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
+                repo_digests: i.repo_digests.into_iter().filter(|d| d != "<none>@<none>").collect(),
+                created: i.created,
+                size_bytes: u64::try_from(i.size).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// The image ids of every container, running or stopped: none of them may be removed.
+    pub async fn images_in_use(&self) -> Result<HashSet<String>, EngineError> {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let summaries = self
+            .timed(self.client()?.list_containers(Some(options)))
+            .await
+            .map_err(|e| self.call_failed("list containers", e))?;
+        Ok(summaries.into_iter().filter_map(|s| s.image_id).collect())
+    }
+
+    /// Removes the image `id` (`sha256:...`), never forced: the engine refuses an image a
+    /// container uses or one referenced by another repository. `Ok(false)`: it was gone
+    /// already.
+    pub async fn remove_image(&self, id: &str) -> Result<bool, EngineError> {
+        let options = RemoveImageOptions { force: false, noprune: false, platforms: None };
+        match self.timed(self.client()?.remove_image(id, Some(options), None)).await {
+            Ok(_) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(self.call_failed(&format!("remove image {id}"), e)),
+        }
+    }
+}
