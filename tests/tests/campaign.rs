@@ -812,6 +812,26 @@ impl<'a> Run<'a> {
     }
 
     async fn settle(&mut self) {
+        self.settle_once().await;
+        // A process still armed may die after the state settled (at a point past what is
+        // checked, e.g. the notifier's `notify:recorded`): clean ones take over, and the
+        // seed settles again.
+        let armed = |s: &Option<Service>| s.as_ref().is_some_and(|s| s.failpoint.is_some());
+        let (updater, notifier) = (armed(&self.updater), armed(&self.notifier));
+        if updater {
+            self.notes.action("(armed updater replaced)".into());
+            self.start_updater(None);
+        }
+        if notifier {
+            self.notes.action("(armed notifier replaced)".into());
+            self.start_notifier(None);
+        }
+        if updater || notifier {
+            self.settle_once().await;
+        }
+    }
+
+    async fn settle_once(&mut self) {
         let deadline = Instant::now() + SETTLE_LIMIT;
         loop {
             self.supervise();

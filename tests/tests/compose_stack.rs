@@ -105,7 +105,7 @@ impl Stack {
             .unwrap_or_else(|_| "steward-local/steward:debug".into());
         let env = format!(
             "GITEA_DOMAIN=gitea.test\nPUBLISH_ADDR=127.0.0.1\nHTTP_PORT={}\nHTTPS_PORT={}\n\
-             GITEA_SSH_PORT={}\nGITEA_IMAGE={}\nNGINX_IMAGE=steward-test/app:v1\n\
+             GITEA_SSH_PORT={}\nGITEA_IMAGE={}\nNGINX_IMAGE=steward-test/app:v1\nNGINX_CONFIG_CHECK=false\n\
              POSTGRES_IMAGE=steward-test/postgres:15\nCERTBOT_IMAGE=steward-test/busybox:latest\n\
              NATS_IMAGE=steward-local/nats:latest\nSTEWARD_IMAGE={image}\n\
              DOCKER_GID={docker_gid}\nSTEWARD_S3_BUCKET={BUCKET}\nAWS_REGION=us-east-1\n\

@@ -9,12 +9,24 @@
 //!
 //! Chosen over the `fail` crate because its actions (panic, return, sleep) do not kill the
 //! process, and a panic is caught by the consume loop: a crash test needs the process gone.
+//!
+//! Processes a test cannot start itself (the updater in a container, restarted by Docker's
+//! restart policy, and the successor it creates with its own environment) share a directory
+//! named by `STEWARD_FAILPOINTS_DIR`: every point passed is appended to `passed` there (with a
+//! token per process, so hits are counted per process), and every abort to `aborts`. A
+//! process whose set has already aborted once arms `STEWARD_FAILPOINTS_THEN` instead (the
+//! "twice" variant: the next point its recovery passes), and none after two aborts, so a
+//! restarted process does not die at the same point forever.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 /// The variable naming the points to abort at: `a,b=2` (comma-separated `NAME[=N]`).
 pub const ENV: &str = "STEWARD_FAILPOINTS";
+/// A directory shared by the processes of one crash test (see the crate documentation).
+pub const ENV_DIR: &str = "STEWARD_FAILPOINTS_DIR";
+/// The points armed in a process started after one abort of its set.
+pub const ENV_THEN: &str = "STEWARD_FAILPOINTS_THEN";
 
 /// Marks a kill point. See the crate documentation.
 #[macro_export]
@@ -37,6 +49,10 @@ struct Points {
     /// Abort at the N-th hit of each named point.
     abort_at: HashMap<String, u32>,
     hits: Mutex<HashMap<String, u32>>,
+    /// The shared directory, with the number of aborts of the set when this process started.
+    shared: Option<(std::path::PathBuf, usize)>,
+    /// This process among the set's (the pid alone repeats: each container's is 1).
+    token: String,
 }
 
 fn points() -> Option<&'static Points> {
@@ -44,9 +60,38 @@ fn points() -> Option<&'static Points> {
     POINTS
         .get_or_init(|| {
             let spec = std::env::var(ENV).ok()?;
-            Some(Points { abort_at: parse(&spec), hits: Mutex::default() })
+            let shared = std::env::var_os(ENV_DIR).map(std::path::PathBuf::from).map(|dir| {
+                let aborts = aborts_in(&dir);
+                (dir, aborts)
+            });
+            let armed = match &shared {
+                None | Some((_, 0)) => spec,
+                Some((_, 1)) => std::env::var(ENV_THEN).unwrap_or_default(),
+                Some(_) => String::new(),
+            };
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let token = format!("{}-{nanos}", std::process::id());
+            Some(Points { abort_at: parse(&armed), hits: Mutex::default(), shared, token })
         })
         .as_ref()
+}
+
+/// How many processes of the set in `dir` aborted.
+fn aborts_in(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("aborts")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+/// Appends `line` to `dir/name` (best effort: a test helper, not production code).
+fn append(dir: &std::path::Path, name: &str, line: &str) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name))
+    {
+        let _ = writeln!(f, "{line}");
+        let _ = f.sync_all();
+    }
 }
 
 /// `a,b=2` → {a: 1, b: 2}; a count that does not parse is 1.
@@ -65,11 +110,21 @@ fn parse(spec: &str) -> HashMap<String, u32> {
 pub fn hit(name: &str) {
     let Some(points) = points() else { return };
     eprintln!("failpoint: {name}");
+    if let Some((dir, _)) = &points.shared {
+        append(dir, "passed", &format!("{} {name}", points.token));
+    }
     let Some(&at) = points.abort_at.get(name) else { return };
     let mut hits = points.hits.lock().unwrap_or_else(|p| p.into_inner());
     let n = hits.entry(name.to_owned()).or_insert(0);
     *n = n.saturating_add(1);
     if *n == at {
+        if let Some((dir, aborts)) = &points.shared {
+            // Another process of the set aborted since this one started: its turn was taken.
+            if aborts_in(dir) != *aborts {
+                return;
+            }
+            append(dir, "aborts", &format!("{} {name}", points.token));
+        }
         eprintln!("failpoint: {name}: aborting (hit {at})");
         std::process::abort();
     }

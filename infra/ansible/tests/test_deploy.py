@@ -139,6 +139,7 @@ class Target:
                 "GITEA_SSH_PORT": free_port(),
                 "GITEA_IMAGE": "steward-test/app:v1",
                 "NGINX_IMAGE": "steward-test/app:v1",
+                "NGINX_CONFIG_CHECK": "false",
                 "POSTGRES_IMAGE": "steward-test/postgres:15",
                 "CERTBOT_IMAGE": "steward-test/busybox:latest",
                 "NATS_IMAGE": "steward-local/nats:latest",
