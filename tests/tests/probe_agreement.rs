@@ -75,6 +75,7 @@ async fn the_health_service_and_the_update_gate_give_the_same_verdict() {
         hook_timeout: Duration::from_secs(10),
         links: None,
         renewal: Default::default(),
+        keep_images: 2,
         probe,
     };
     let flow =

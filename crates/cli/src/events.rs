@@ -207,6 +207,16 @@ fn wire_name(value: &impl serde::Serialize) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
+/// `rollback by WHO: ` for a rollback's `update.*` events, nothing for an update's.
+fn rollback_by(kind: steward_events::UpdateKind, by: &Option<String>) -> String {
+    match kind {
+        steward_events::UpdateKind::Rollback => {
+            format!("rollback by {}: ", by.as_deref().unwrap_or("?"))
+        }
+        steward_events::UpdateKind::Update => String::new(),
+    }
+}
+
 /// One line a human can scan.
 pub(crate) fn summary(data: &EventData) -> String {
     match data {
@@ -228,16 +238,40 @@ pub(crate) fn summary(data: &EventData) -> String {
         ),
         EventData::UpdateApproved(p) => format!("update {} approved by {}", p.update_id, p.by),
         EventData::UpdateRejected(p) => format!("update {} rejected by {}", p.update_id, p.by),
-        EventData::UpdateStarted(p) => {
-            format!("{} -> {}", p.from_digest.short(), p.to_digest.short())
+        EventData::UpdateStarted(p) => format!(
+            "{}{} -> {}",
+            rollback_by(p.kind, &p.requested_by),
+            p.from_digest.short(),
+            p.to_digest.short()
+        ),
+        EventData::UpdateSucceeded(p) => format!(
+            "{}now {} ({} ms)",
+            rollback_by(p.kind, &p.requested_by),
+            p.to_digest.short(),
+            p.duration_ms
+        ),
+        EventData::UpdateFailed(p) => {
+            format!("{}{}", rollback_by(p.kind, &p.requested_by), p.reason)
         }
-        EventData::UpdateSucceeded(p) => {
-            format!("now {} ({} ms)", p.to_digest.short(), p.duration_ms)
-        }
-        EventData::UpdateFailed(p) => p.reason.clone(),
-        EventData::UpdateRolledBack(p) => {
-            format!("back on {}: {}", p.from_digest.short(), p.reason)
-        }
+        EventData::UpdateRolledBack(p) => format!(
+            "{}back on {}: {}",
+            rollback_by(p.kind, &p.requested_by),
+            p.from_digest.short(),
+            p.reason
+        ),
+        EventData::RollbackRequested(p) => format!(
+            "by {}{}",
+            p.requested_by,
+            p.to_digest.as_ref().map(|d| format!(" to {}", d.short())).unwrap_or_default()
+        ),
+        EventData::RollbackRefused(p) => p.reason.clone(),
+        EventData::ImagePruned(p) => format!(
+            "{}: {} removed, {} bytes, {} kept",
+            p.repository,
+            p.images.len(),
+            p.bytes_freed,
+            p.kept
+        ),
         EventData::BackupRequested(p) => wire_name(&p.reason),
         EventData::BackupStarted(p) => p.backup_id.clone(),
         EventData::BackupDone(p) => {

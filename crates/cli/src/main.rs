@@ -7,6 +7,7 @@ mod audit;
 mod backups;
 mod events;
 mod notify;
+mod rollback;
 mod setup;
 mod status;
 mod updates;
@@ -91,6 +92,19 @@ enum Command {
         /// Why, for the audit trail.
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Bring back the image a container ran before its last successful update, through the
+    /// same backup, swap and health gate as an update; wait for the outcome. Refused when no
+    /// previous image is recorded or an update of the container is in progress.
+    Rollback {
+        /// The container, by name.
+        container: String,
+        /// Another digest of the container's own repository to go back to (sha256:...).
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for the outcome (a backup may come first).
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
     /// Backups: take one now, list them, verify one.
     #[command(subcommand)]
@@ -210,6 +224,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Updates { all, json } => updates::list(&cli.conn, all, json).await,
         Command::Approve { id } => updates::decide(&cli.conn, &id, true, None).await,
         Command::Reject { id, reason } => updates::decide(&cli.conn, &id, false, reason).await,
+        Command::Rollback { container, to, wait } => {
+            rollback::run(&cli.conn, container, to, wait).await
+        }
         Command::Backup(cmd) => backups::run(cmd, &cli.conn).await,
         Command::Restore(args) => backups::restore(args, &cli.conn).await,
         Command::Certs(CertsCommand::Renew { wait }) => renew_certs(&cli.conn, wait).await,

@@ -23,6 +23,14 @@ pub const ENV_APPROVAL_SECRET: &str = "STEWARD_APPROVAL_SECRET";
 /// How long an approval link stays valid (from 1m to 7d; default 72h).
 pub const ENV_APPROVAL_TTL: &str = "STEWARD_APPROVAL_TTL";
 
+/// How many images of a managed repository are kept (the newest; those in use and the one
+/// `steward rollback` brings back always are): `0` turns the cleanup off.
+pub const ENV_KEEP_IMAGES: &str = "STEWARD_KEEP_IMAGES";
+/// The running image and the previous one.
+pub const DEFAULT_KEEP_IMAGES: u32 = 2;
+/// More than this is a typo, not a policy.
+pub const MAX_KEEP_IMAGES: u32 = 1000;
+
 /// When the certificate renewal runs (cron, host time zone).
 pub const ENV_CERTS_SCHEDULE: &str = "STEWARD_CERTS_SCHEDULE";
 /// Weekly, Monday 04:00: outside the default update window and the nightly backup.
@@ -47,6 +55,8 @@ pub struct UpdaterConfig {
     pub links: Option<ApprovalLinks>,
     /// The certificate renewal job.
     pub renewal: RenewalConfig,
+    /// Images kept per managed repository by the cleanup (`0`: no cleanup).
+    pub keep_images: u32,
 }
 
 impl UpdaterConfig {
@@ -60,6 +70,14 @@ impl UpdaterConfig {
             hook_timeout: env.duration(ENV_HOOK_TIMEOUT, Duration::from_secs(120)),
             links: read_links(env),
             renewal: read_renewal(env),
+            keep_images: env.parse_with(ENV_KEEP_IMAGES, DEFAULT_KEEP_IMAGES, |s| {
+                match s.parse::<u32>() {
+                    Ok(n) if n <= MAX_KEEP_IMAGES => Ok(n),
+                    _ => Err(format!(
+                        "a number of images from 0 (no cleanup) to {MAX_KEEP_IMAGES}; 2 keeps the running one and the previous"
+                    )),
+                }
+            }),
         }
     }
 }
@@ -165,6 +183,16 @@ mod tests {
         ] {
             let cfg = with_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert!(cfg.links.is_some(), "{url}");
+        }
+    }
+
+    #[test]
+    fn keep_images_defaults_to_two_and_refuses_nonsense() {
+        assert_eq!(read(&[]).map(|c| c.keep_images), Ok(DEFAULT_KEEP_IMAGES));
+        assert_eq!(read(&[(ENV_KEEP_IMAGES, "0")]).map(|c| c.keep_images), Ok(0));
+        for bad in ["-1", "two", "1001", "1e3"] {
+            let e = read(&[(ENV_KEEP_IMAGES, bad)]).expect_err(bad);
+            assert!(e.contains(ENV_KEEP_IMAGES), "{bad}: {e}");
         }
     }
 

@@ -74,6 +74,20 @@ impl Updater {
         if !unfinished.is_empty() {
             tracing::error!(count = unfinished.len(), "interrupted updates left for the sweep");
         }
+        // Old images: at start, then daily (and after every successful update).
+        let pruner = flow.clone();
+        let shutdown = ctx.shutdown.clone();
+        ctx.spawn("image cleanup", async move {
+            loop {
+                if let Err(e) = pruner.prune(None).await {
+                    tracing::warn!(error = %e, "image cleanup failed; tried again tomorrow");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+                }
+            }
+        });
         let sweeper = flow.clone();
         let shutdown = ctx.shutdown.clone();
         ctx.spawn("update sweeper", async move {
@@ -105,6 +119,9 @@ impl Handler for Updater {
             EventData::UpdateRejected(r) => self.flow.on_rejected(r).await.map_err(retry),
             EventData::BackupDone(_) | EventData::BackupFailed(_) => {
                 self.flow.on_backup_outcome(&event).await.map_err(retry)
+            }
+            EventData::RollbackRequested(r) => {
+                self.flow.on_rollback_requested(&event, r).await.map_err(retry)
             }
             EventData::CertsRequested(_) => {
                 self.renewal.run(Some(&event)).await.map_err(|e| HandlerError::Retry(e.into()))

@@ -54,6 +54,7 @@ async fn the_pull_uses_the_operators_docker_login() {
         hook_timeout: Duration::from_secs(10),
         links: None,
         renewal: Default::default(),
+        keep_images: 2,
         probe: Default::default(),
     };
     let flow = Flow::open(bus.bus.clone(), steward_engine::Engine::from_env(), cfg, "test".into())

@@ -3,7 +3,7 @@
 use steward_bus::Versioned;
 use steward_engine::Replacement;
 use steward_events::records::{UpdateRecord, UpdateStep};
-use steward_events::UpdateSucceeded;
+use steward_events::{UpdateKind, UpdateSucceeded};
 use steward_imageref::{ImageRef, ImageRefError};
 use time::OffsetDateTime;
 
@@ -60,8 +60,26 @@ impl Flow {
         }
         // Pull first: a failure here leaves the container untouched.
         steward_failpoints::failpoint!("pull");
-        if let Err(e) = self.engine.pull_digest(&target, &digest, tag).await {
-            return self.fail(v, format!("cannot pull {repository}@{digest}: {e}"), vec![]).await;
+        // A rollback's image is usually still here: used as it is (a digest is its content),
+        // so a rollback works with the registry away. Pulled by digest otherwise.
+        let local = match v.value.kind {
+            UpdateKind::Rollback => self.engine.tag_local_digest(&target, &digest, tag).await,
+            UpdateKind::Update => Ok(false),
+        };
+        match local {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Err(e) = self.engine.pull_digest(&target, &digest, tag).await {
+                    let reason = match v.value.kind {
+                        UpdateKind::Rollback => format!(
+                            "the previous image {repository}@{digest} is no longer on this host and cannot be pulled: {e}; nothing was changed"
+                        ),
+                        UpdateKind::Update => format!("cannot pull {repository}@{digest}: {e}"),
+                    };
+                    return self.fail(v, reason, vec![]).await;
+                }
+            }
+            Err(e) => return self.engine_failed(v, e).await,
         }
         steward_failpoints::failpoint!("pulled");
         let settings = match self.engine.container_labels(&name).await {
@@ -211,6 +229,8 @@ impl Flow {
             to_digest: record.to_digest.clone(),
             duration_ms,
             approved_by: record.approved_by.clone(),
+            kind: record.kind,
+            requested_by: record.requested_by.clone(),
         };
         // The verdict is recorded before the old container goes: a crash after its removal
         // must not find an update "between swap and verdict" with nothing to roll back to.
@@ -220,6 +240,9 @@ impl Flow {
         if let Err(e) = self.engine.finish(r).await {
             tracing::warn!(container = %r.name, error = %e, "cannot remove the old container yet");
         }
+        // Old images of its repository beyond STEWARD_KEEP_IMAGES go now that the update
+        // stands (the one it ran before is kept for `steward rollback`). Never fails the flow.
+        self.prune_after_update(&r.name).await;
         Ok(())
     }
 }

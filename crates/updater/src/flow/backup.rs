@@ -100,6 +100,8 @@ impl Flow {
             image: record.image.clone(),
             reason: reason.clone(),
             log_tail,
+            kind: record.kind,
+            requested_by: record.requested_by.clone(),
         };
         self.conclude(v, UpdateStep::Failed, Some(reason), data).await?;
         Ok(())

@@ -15,14 +15,21 @@
 //! [`health_gate`], [`rollback`], [`handover`] (the updater's own container: `HandingOver` to
 //! the successor, which concludes), [`resume`] for what a restarted updater finds, and
 //! [`queue`] for a newer image that arrives while its container's update is under way.
+//!
+//! `steward rollback` ([`revert`]) claims the container with a record of kind `rollback`
+//! (the previous digest as `to_digest`) and joins the same machine at `Deferred`: backup,
+//! swap, gate and restore are the update's own. [`prune`] removes old images of managed
+//! repositories beyond `STEWARD_KEEP_IMAGES` after a success and at start.
 
 pub mod apply;
 pub mod approval;
 pub mod backup;
 pub mod handover;
 pub mod health_gate;
+pub mod prune;
 pub mod queue;
 pub mod resume;
+pub mod revert;
 pub mod rollback;
 pub mod start;
 

@@ -88,6 +88,8 @@ impl Flow {
             old_healthy: old.healthy,
             old_reason: old.reason,
             old_log_tail: old.log_tail,
+            kind: record.kind,
+            requested_by: record.requested_by.clone(),
         };
         self.conclude(v, UpdateStep::RolledBack, Some(reason), data).await?;
         Ok(())

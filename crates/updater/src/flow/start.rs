@@ -3,7 +3,7 @@
 use steward_bus::{StateStore, Versioned};
 use steward_engine::recreate::is_swap_name;
 use steward_events::records::{UpdateRecord, UpdateStep, WatchRecord, WATCH_BUCKET};
-use steward_events::{Event, ImageUpdated, UpdatePending, UpdateStarted};
+use steward_events::{Event, ImageUpdated, UpdateKind, UpdatePending, UpdateStarted};
 use steward_labels::compose::ComposeService;
 use steward_labels::Policy;
 use time::OffsetDateTime;
@@ -38,6 +38,17 @@ impl Flow {
             if v.value.news_time.is_some_and(|t| t >= event.time) {
                 tracing::info!(container = %u.container, newer = %v.value.update_id,
                     "not newer than the update already made for this container; ignoring");
+                return Ok(());
+            }
+            // A human rolled the container back from this digest: announced again (the
+            // watcher saw the container on another image), it is not re-applied behind
+            // their back. A newer digest is news as always.
+            if v.value.kind == UpdateKind::Rollback
+                && v.value.step == UpdateStep::Succeeded
+                && v.value.from_digest == u.new_digest
+            {
+                tracing::info!(container = %u.container, digest = %u.new_digest.short(),
+                    by = ?v.value.requested_by, "rolled back from this digest by hand; not re-applied");
                 return Ok(());
             }
         }
@@ -79,6 +90,8 @@ impl Flow {
         let mut record =
             UpdateRecord::from_news(update_id, event, u, settings.policy.as_str(), step);
         record.not_before = settings.not_before(event.time);
+        // What `steward rollback` brings back, carried over the update this one replaces.
+        record.previous_digest = current.as_ref().and_then(|v| v.value.rollback_target().cloned());
         if settings.policy == Policy::Manual {
             // The link is minted again when the notifier asks for it (`crate::link_server`):
             // only its expiry is kept, never the token.
@@ -189,7 +202,10 @@ impl Flow {
             Ok(s) => s,
             Err(reason) => return self.fail(v, reason, vec![]).await,
         };
-        if self.waits_for(&v.value, &settings).await?.is_empty() {
+        // A rollback asked by a human does not wait for a window: it is claimed `Deferred`
+        // only so that `update.started` goes out once, and starts at once after a restart.
+        let rollback = v.value.kind == UpdateKind::Rollback;
+        if rollback || self.waits_for(&v.value, &settings).await?.is_empty() {
             tracing::info!(container = %v.value.container, "deferred update starts");
             self.begin(v, settings.backup).await?;
         }
@@ -261,6 +277,8 @@ impl Flow {
             image: record.image.clone(),
             from_digest: record.from_digest.clone(),
             to_digest: record.to_digest.clone(),
+            kind: record.kind,
+            requested_by: record.requested_by.clone(),
         };
         self.stage(&mut record, data);
         record.reason = None;

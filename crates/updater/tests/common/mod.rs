@@ -72,6 +72,7 @@ pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Fl
         hook_timeout: Duration::from_secs(10),
         links: None,
         renewal: Default::default(),
+        keep_images: 2,
         probe: Default::default(),
     };
     change(&mut cfg);
