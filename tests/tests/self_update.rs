@@ -3,6 +3,8 @@
 //! Docker socket, on a network of the test's own with a NATS server of its own. A newer image
 //! of itself is handed over to the successor, which takes the name and concludes the update;
 //! a successor that never takes over is removed and the old updater reports the rollback.
+//! The self-update's kill matrix (issue 16) kills the old updater and its successor at every
+//! point a clean self-update passes, once and twice.
 
 use std::process::Command;
 use std::time::Duration;
@@ -69,6 +71,11 @@ struct Stack {
 }
 
 async fn stack(env: &[&str]) -> Stack {
+    stack_with(env, &[]).await
+}
+
+/// [`stack`] with more `docker run` arguments (e.g. a volume).
+async fn stack_with(env: &[&str], run_args: &[&str]) -> Stack {
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/self"));
     let tag = ImageTag(image.clone());
     docker(&["tag", BASE, &image]);
@@ -132,6 +139,7 @@ async fn stack(env: &[&str]) -> Stack {
     for e in settings.iter().map(String::as_str).chain(env.iter().copied()) {
         args.extend(["-e", e]);
     }
+    args.extend(run_args.iter().copied());
     args.extend([
         "--label",
         "steward.enable=true",
@@ -249,4 +257,193 @@ async fn a_successor_killed_right_after_taking_over_concludes_the_update_when_it
         docker(&["inspect", "-f", "{{.RestartCount}}", name]).parse::<u32>().unwrap_or(0) >= 1,
         "the successor was killed and restarted"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The self-update's kill matrix (issue 16): every point a clean self-update passes, in the old
+// updater and in its successor, killed once (Docker's restart policy starts the container
+// again) and twice (the restarted process dies again at the first point its recovery passes).
+// The processes run in containers the test does not start itself, so they share a directory
+// with the test (`STEWARD_FAILPOINTS_DIR`, see the failpoints crate): it records the points
+// passed and the aborts, and keeps a restarted process from dying at the same point forever.
+
+/// A host directory mounted into every updater container of a run; removed when dropped.
+struct SharedDir(std::path::PathBuf);
+
+impl SharedDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("selfupd-failpoints"));
+        std::fs::create_dir_all(&dir).expect("failpoints dir");
+        // The updater in the image may run as another user.
+        let _ = Command::new("chmod").args(["0777", &dir.display().to_string()]).status();
+        Self(dir)
+    }
+
+    fn mount(&self) -> String {
+        format!("{}:/failpoints", self.0.display())
+    }
+
+    /// `(process token, point)` per line of `file`.
+    fn lines(&self, file: &str) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.0.join(file))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(t, p)| (t.to_owned(), p.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SELF_TERMINAL: [&str; 3] = ["update.succeeded", "update.rolled_back", "update.failed"];
+
+/// Runs one self-update (v1 → a new build) in a stack whose updaters have `failpoints`
+/// (`STEWARD_FAILPOINTS=...` and the like); checks the invariants; returns the points passed
+/// as kill specs (`name=n`: the n-th hit in its process), in order, and the aborts.
+async fn self_update_run(failpoints: &[&str], context: &str) -> (Vec<String>, Vec<String>) {
+    let dir = SharedDir::new();
+    let mut env = vec!["STEWARD_FAILPOINTS_DIR=/failpoints"];
+    env.extend(failpoints);
+    let mount = dir.mount();
+    let stack = stack_with(&env, &["-v", &mount]).await;
+    let (image, v1, name, bus) = (&stack.image, &stack.v1, &stack.name, &stack.bus);
+    let v1_id = docker(&["inspect", "-f", "{{.Image}}", name]);
+    let v2 = build_and_push(image, &format!("LABEL steward.test.build={}", unique_name("v2")));
+    let v2_id = docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+    let announced = announce(bus, name, image, v1, &v2).await;
+
+    // One outcome, then one updater container, running, healthy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let outcome = loop {
+        let all = stored_events(bus).await;
+        let flow: Vec<&Event> =
+            all.iter().filter(|e| e.correlation_id == announced.correlation_id).collect();
+        if let Some(t) = flow.iter().find(|e| SELF_TERMINAL.contains(&e.event_type())) {
+            break t.event_type();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{context}: no outcome; flow {:?}; containers {:?}",
+            flow.iter().map(|e| e.event_type()).collect::<Vec<_>>(),
+            instances(name)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    wait_for("one updater container, healthy", Duration::from_secs(90), || {
+        let healthy = docker(&["inspect", "-f", "{{.State.Health.Status}}", name]) == "healthy";
+        (instances(name) == [name.clone()] && healthy).then_some(())
+    });
+    // Whatever a dead process left is settled (a redelivery after the ack wait, the sweep).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let all = stored_events(bus).await;
+    let kinds: Vec<&str> = all
+        .iter()
+        .filter(|e| e.correlation_id == announced.correlation_id)
+        .map(Event::event_type)
+        .collect();
+    let terminal = kinds.iter().filter(|k| SELF_TERMINAL.contains(k)).count();
+    assert_eq!(terminal, 1, "{context}: one terminal event: {kinds:?}");
+    let mut seen = std::collections::HashSet::new();
+    assert!(kinds.iter().all(|k| seen.insert(*k)), "{context}: an event twice: {kinds:?}");
+    let running = docker(&["inspect", "-f", "{{.Image}}", name]);
+    let expected = if outcome == "update.succeeded" { &v2_id } else { &v1_id };
+    assert_eq!(&running, expected, "{context}: {outcome}, but another image runs");
+    assert_eq!(instances(name), std::slice::from_ref(name), "{context}: containers left");
+
+    let mut counts: std::collections::HashMap<(String, String), u32> = Default::default();
+    let passed = dir
+        .lines("passed")
+        .into_iter()
+        .map(|(token, point)| {
+            let n = counts.entry((token, point.clone())).or_insert(0);
+            *n += 1;
+            format!("{point}={n}")
+        })
+        .collect();
+    let aborts = dir.lines("aborts").into_iter().map(|(_, p)| p).collect();
+    (passed, aborts)
+}
+
+/// The points to kill at: all with `STEWARD_CRASH_POINTS=all`, else `STEWARD_SELF_UPDATE_SAMPLE`
+/// of them (default 3), evenly spread, starting at `STEWARD_SELF_UPDATE_OFFSET` (default: the
+/// day of the year, so successive CI runs cover other points; printed for a replay).
+fn self_update_sample(points: &[String]) -> Vec<String> {
+    if std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all") {
+        return points.to_vec();
+    }
+    let count: usize = std::env::var("STEWARD_SELF_UPDATE_SAMPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .clamp(1, points.len().max(1));
+    let offset: usize = std::env::var("STEWARD_SELF_UPDATE_OFFSET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().ordinal() as usize);
+    let step = (points.len() / count).max(1);
+    eprintln!(
+        "self-update matrix: {count} of {} points from offset {offset} (replay: \
+         STEWARD_SELF_UPDATE_OFFSET={offset} STEWARD_SELF_UPDATE_SAMPLE={count})",
+        points.len()
+    );
+    (0..count).map(|i| points[(offset + i * step) % points.len()].clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_update_killed_at_its_points_once_and_twice_ends_on_one_healthy_updater() {
+    let (points, aborts) = self_update_run(&["STEWARD_FAILPOINTS="], "clean run").await;
+    assert!(aborts.is_empty(), "a clean run aborted: {aborts:?}");
+    let mut specs: Vec<String> = vec![];
+    for p in points {
+        if !specs.contains(&p) {
+            specs.push(p);
+        }
+    }
+    assert!(
+        specs.iter().any(|s| s.starts_with("takeover:done")),
+        "the successor's points are not seen: {specs:?}"
+    );
+    eprintln!("self-update matrix: {} points: {specs:?}", specs.len());
+    let mut names: Vec<&str> = specs.iter().filter_map(|s| s.split('=').next()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let all_names = names.join(",");
+    for (i, spec) in self_update_sample(&specs).into_iter().enumerate() {
+        // Alternating variants; with `all`, both for every point.
+        let twice_too = std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all");
+        let variants: &[bool] = if twice_too {
+            &[false, true]
+        } else if i % 2 == 0 {
+            &[false]
+        } else {
+            &[true]
+        };
+        for &twice in variants {
+            let started = std::time::Instant::now();
+            let first = format!("STEWARD_FAILPOINTS={spec}");
+            let then = format!("STEWARD_FAILPOINTS_THEN={all_names}");
+            let mut env = vec![first.as_str()];
+            if twice {
+                env.push(then.as_str());
+            }
+            let variant = if twice { "twice" } else { "once" };
+            let context = format!("{spec} ({variant})");
+            let (_, aborts) = self_update_run(&env, &context).await;
+            let point = spec.split('=').next().unwrap_or_default();
+            assert_eq!(
+                aborts.first().map(String::as_str),
+                Some(point),
+                "{context}: not killed there"
+            );
+            eprintln!(
+                "self-update matrix: {context}: ok in {:.0}s, aborts {aborts:?}",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
