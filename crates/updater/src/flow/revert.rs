@@ -41,15 +41,16 @@ impl Flow {
         let current = self.records.get(name).await?;
         if let Some(v) = current.as_ref().filter(|v| v.value.news_id == Some(event.id)) {
             // A redelivery: this rollback was claimed; its flow ended or is driven on.
-            return self.drive(v.clone()).await;
+            return Box::pin(self.drive(v.clone())).await;
         }
-        match self.claim_rollback(event, req, current).await? {
+        match Box::pin(self.claim_rollback(event, req, current)).await? {
             Ok(v) => {
                 let backup = match self.settings(name).await? {
                     Ok(s) => s.backup,
                     Err(reason) => return self.fail(v, reason, vec![]).await,
                 };
-                self.begin(v, backup).await
+                // Boxed: the update's whole flow is a large future (debug builds' stacks).
+                Box::pin(self.begin(v, backup)).await
             }
             Err(reason) => self.refuse(event, req, reason).await,
         }
@@ -93,8 +94,8 @@ impl Flow {
             Ok(_) => {}
             Err(e) => return Ok(Err(format!("{name}: {e}"))),
         }
-        let Some(target) = req.to_digest.clone().or_else(|| v.value.rollback_target().cloned())
-        else {
+        let recorded = v.value.rollback_target().cloned();
+        let Some(target) = req.to_digest.clone().or_else(|| recorded.clone()) else {
             let why = match (v.value.step, v.value.kind) {
                 (UpdateStep::Succeeded, UpdateKind::Rollback) => "it was rolled back already",
                 _ => "its last update did not succeed and no earlier one is recorded",
@@ -146,8 +147,9 @@ impl Flow {
             versions: Default::default(),
             kind: UpdateKind::Rollback,
             requested_by: Some(req.requested_by.clone()),
-            // Kept while the rollback has not succeeded: a failed one may be asked again.
-            previous_digest: Some(target),
+            // What was recorded stays what a later rollback brings back should this one fail
+            // (also when this one was asked for another digest).
+            previous_digest: recorded,
         };
         let revision = self.records.update(name, &record, v.revision).await?;
         steward_failpoints::failpoint!("claimed", record.step);
