@@ -311,6 +311,12 @@ pub(crate) fn summary(data: &EventData) -> String {
             format!("{} {}: {} days left", wire_name(&p.level), p.certificate, p.days_left)
         }
         EventData::CertRenewed(p) => p.certificate.clone(),
+        EventData::RegistryFailed(p) => {
+            format!("{}: {} checks in a row: {}", p.registry, p.failed_checks, p.reason)
+        }
+        EventData::RegistryRecovered(p) => {
+            format!("{} after {} checks", p.registry, p.failed_checks)
+        }
         EventData::DiskLow(p) => format!(
             "{} {}: {}% free ({} of {} bytes)",
             wire_name(&p.level),

@@ -12,6 +12,9 @@ pub const WATCH_BUCKET: &str = "WATCHER";
 /// KV bucket of the health service's tracks (a restarted health service neither repeats nor
 /// forgets a `health.failed`).
 pub const HEALTH_BUCKET: &str = "HEALTH";
+/// The watcher's registries failing in a row (key: hex of the registry host), so a failing
+/// registry is told once per episode across restarts.
+pub const REGISTRY_EPISODES_BUCKET: &str = "WATCH_REGISTRIES";
 /// KV bucket of the notifier's outbox.
 pub const OUTBOX_BUCKET: &str = "NOTIFY_OUTBOX";
 /// KV bucket of the approval links already used, by update id.

@@ -112,6 +112,8 @@ impl Service {
                 "health.config_invalid",
                 "health.config_recovered",
                 "certs.failed",
+                "watch.registry_failed",
+                "watch.registry_recovered",
                 "notify.test_requested",
             ],
             Service::Cli => &[],
@@ -121,7 +123,9 @@ impl Service {
     /// Event types this participant may publish.
     pub fn publishes(self) -> &'static [&'static str] {
         match self {
-            Service::Watcher => &["image.updated"],
+            Service::Watcher => {
+                &["image.updated", "watch.registry_failed", "watch.registry_recovered"]
+            }
             Service::Updater => &[
                 "update.pending",
                 "update.approved",
@@ -182,7 +186,7 @@ impl Service {
     pub fn writes_buckets(self) -> &'static [&'static str] {
         use crate::records::*;
         match self {
-            Service::Watcher => &[WATCH_BUCKET],
+            Service::Watcher => &[WATCH_BUCKET, REGISTRY_EPISODES_BUCKET],
             Service::Updater => &[UPDATE_BUCKET, UPDATE_QUEUE_BUCKET, USED_LINKS_BUCKET],
             Service::Health => &[HEALTH_BUCKET],
             Service::Notifier => &[OUTBOX_BUCKET, ANNOUNCED_BUCKET],

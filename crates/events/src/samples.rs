@@ -270,6 +270,20 @@ pub fn all(container: &str) -> Vec<EventData> {
         }
         .into(),
         ConfigRecovered { container: "nginx".into(), command: "nginx -t".into() }.into(),
+        RegistryFailed {
+            registry: "registry-1.docker.io".into(),
+            failed_checks: 3,
+            since: time::macros::datetime!(2026-11-08 03:00 UTC),
+            containers: vec!["gitea".into(), "postgres".into()],
+            reason: "GET https://registry-1.docker.io/v2/: connection timed out".into(),
+        }
+        .into(),
+        RegistryRecovered {
+            registry: "registry-1.docker.io".into(),
+            failed_checks: 3,
+            down_for_ms: 1_814_400_000,
+        }
+        .into(),
         BackupStale {
             newest: Some("20261122T020000Z-0a1b2c".into()),
             newest_at: Some(time::macros::datetime!(2026-11-22 02:00 UTC)),

@@ -325,6 +325,26 @@ pub fn describe(event: &Event) -> Item {
             item.facts =
                 vec![fact("Engine", e.engine.clone()), fact("Down for", ms(e.down_for_ms))];
         }
+        EventData::RegistryFailed(r) => {
+            item.headline = format!("Registry {} fails every check", r.registry);
+            item.facts = vec![
+                fact("Registry", r.registry.clone()),
+                fact(
+                    "Failed",
+                    format!("{} checks in a row since {}", r.failed_checks, utc(r.since)),
+                ),
+                fact("Containers", r.containers.join(", ")),
+                fact("Last error", r.reason.clone()),
+            ];
+        }
+        EventData::RegistryRecovered(r) => {
+            item.headline = format!("Registry {} answers again", r.registry);
+            item.facts = vec![
+                fact("Registry", r.registry.clone()),
+                fact("Failed", format!("{} checks", r.failed_checks)),
+                fact("Down for", ms(r.down_for_ms)),
+            ];
+        }
         EventData::CertsFailed(c) => {
             item.headline = format!("Certificate renewal failed: {}", first_line(&c.reason));
             item.facts =
@@ -633,6 +653,10 @@ const TOLD: &[Told] = &[
         next: "Updates, backups and health checks of containers wait for it. Check `systemctl status docker` and `journalctl -u docker` on the host; a deadlocked dockerd needs a restart. A recovery notice follows when it answers again." },
     Told { kind: "health.engine_recovered", severity: Severity::Info, one: "engine recovered", many: "engine recovered",
         next: "Nothing to do; an update or backup cut short by the outage was reported on its own." },
+    Told { kind: "watch.registry_failed", severity: Severity::Warning, one: "registry failing", many: "registries failing",
+        next: "Newer images there go unnoticed until it answers: check the host's DNS and network, the registry's status page, and the credentials in DOCKER_CONFIG (`docker login` on the host). `steward check` tries again now. A notice follows when it answers." },
+    Told { kind: "watch.registry_recovered", severity: Severity::Info, one: "registry recovered", many: "registries recovered",
+        next: "Nothing to do: the next check reports what it missed." },
     Told { kind: "health.cert_expiring", severity: Severity::Warning, one: "certificate expiring", many: "certificates expiring",
         next: "Run `steward certs renew` (or wait for the weekly renewal) and look for a `certs.failed` mail; if renewal keeps failing, check DNS and port 80 for the ACME challenge (runbook: a certificate is expiring). A notice follows when the certificate is renewed." },
     Told { kind: "health.cert_renewed", severity: Severity::Info, one: "certificate renewed", many: "certificates renewed",

@@ -51,6 +51,8 @@ pub struct Summary {
     pub skipped: Vec<(String, String)>,
     /// Registry failures, per container.
     pub failed: Vec<(String, String)>,
+    /// How each registry fared.
+    pub registries: crate::episodes::Tallies,
 }
 
 /// What a check needs; cheap to clone.
@@ -160,16 +162,27 @@ impl Checker {
             }
         };
         let records = &records;
-        let results: Vec<(String, Outcome)> = futures::stream::iter(targets)
+        let results: Vec<(String, String, Outcome)> = futures::stream::iter(targets)
             .map(|t| async move {
                 let name = t.info.name.clone();
-                (name, self.check(t, images, records, cause).await)
+                let registry = t.reference.as_oci().resolve_registry().to_owned();
+                (name, registry, self.check(t, images, records, cause).await)
             })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
         let mut found = vec![];
-        for (name, outcome) in results {
+        for (name, registry, outcome) in results {
+            let tally = summary.registries.entry(registry).or_default();
+            tally.containers.push(name.clone());
+            match &outcome {
+                Outcome::Current | Outcome::Updated(_) => tally.ok += 1,
+                Outcome::Failed(e) => {
+                    tally.failed += 1;
+                    tally.last_error = Some(e.to_string());
+                }
+                Outcome::Skipped(_) => {}
+            }
             match outcome {
                 Outcome::Current => {}
                 Outcome::Updated(f) => found.push((name, f)),

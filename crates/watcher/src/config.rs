@@ -17,6 +17,9 @@ pub const ENV_REGISTRY_MAX_WAIT: &str = "STEWARD_REGISTRY_MAX_WAIT";
 /// Registries reached over plain HTTP (comma-separated hosts; loopback ones always are).
 pub const ENV_REGISTRY_INSECURE: &str = "STEWARD_REGISTRY_INSECURE";
 
+/// Full checks in a row with a registry failing before it is told.
+pub const ENV_REGISTRY_FAILURES: &str = "STEWARD_WATCH_REGISTRY_FAILURES";
+
 /// Sunday 03:00.
 pub const DEFAULT_SCHEDULE: &str = "0 3 * * 0";
 
@@ -31,6 +34,8 @@ pub struct WatcherConfig {
     pub registry: RegistryConfig,
     /// The installation's scope.
     pub scope: Option<String>,
+    /// Full checks in a row with a registry failing before `watch.registry_failed`.
+    pub registry_failures: u32,
 }
 
 impl WatcherConfig {
@@ -53,7 +58,12 @@ impl WatcherConfig {
             max_wait: env.duration(ENV_REGISTRY_MAX_WAIT, Duration::from_secs(60)),
             insecure,
         };
-        Self { scope: env.scope(), schedule, concurrency, registry }
+        let registry_failures =
+            env.parse_with(ENV_REGISTRY_FAILURES, 3, |s| match s.parse::<u32>() {
+                Ok(n) if (1..=100).contains(&n) => Ok(n),
+                _ => Err("a whole number from 1 to 100".into()),
+            });
+        Self { scope: env.scope(), schedule, concurrency, registry, registry_failures }
     }
 }
 

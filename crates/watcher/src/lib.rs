@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod config;
+pub mod episodes;
 pub mod registry;
 mod schedule;
 
@@ -22,6 +23,7 @@ use steward_runtime::{Context, Handler, HandlerError};
 
 use crate::check::Checker;
 use crate::config::WatcherConfig;
+use crate::episodes::Episodes;
 use crate::registry::Registries;
 
 /// This service on the bus.
@@ -31,6 +33,7 @@ pub const SERVICE: Service = Service::Watcher;
 #[derive(Debug)]
 pub struct Watcher {
     checker: Checker,
+    episodes: Episodes,
     // Scheduled and requested checks never overlap.
     lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -55,12 +58,19 @@ impl Watcher {
             source: ctx.source(),
             scope: cfg.scope.clone(),
         };
+        let episodes = Episodes::open(&ctx.bus, cfg.registry_failures, ctx.source()).await?;
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         ctx.spawn(
             "check schedule",
-            schedule::run(cfg.schedule, checker.clone(), ctx.shutdown.clone(), lock.clone()),
+            schedule::run(
+                cfg.schedule,
+                checker.clone(),
+                episodes.clone(),
+                ctx.shutdown.clone(),
+                lock.clone(),
+            ),
         );
-        Ok(Self { checker, lock })
+        Ok(Self { checker, episodes, lock })
     }
 }
 
@@ -69,12 +79,18 @@ impl Handler for Watcher {
         match &event.data {
             EventData::WatchRequested(req) => {
                 let _guard = self.lock.lock().await;
-                self.checker
+                let summary = self
+                    .checker
                     .run(req.container.as_deref(), Some(&event))
                     .await
-                    .map(|_| ())
                     // Docker unreachable: worth trying again later.
-                    .map_err(HandlerError::Retry)
+                    .map_err(HandlerError::Retry)?;
+                if req.container.is_none() {
+                    if let Err(e) = self.episodes.after_check(&summary.registries).await {
+                        tracing::warn!(error = %e, "cannot count the registries' failures");
+                    }
+                }
+                Ok(())
             }
             EventData::UpdateSucceeded(done) => self
                 .checker

@@ -217,3 +217,67 @@ impl Fixture {
         image.registry().to_owned()
     }
 }
+
+/// `watch.registry_failed` / `watch.registry_recovered` of the namespace: (type, registry).
+async fn registry_events(bus: &TestBus) -> Vec<(String, String)> {
+    steward_testkit::stored_events(bus)
+        .await
+        .into_iter()
+        .filter_map(|e| match &e.data {
+            steward_events::EventData::RegistryFailed(r) => {
+                Some(("failed".to_owned(), r.registry.clone()))
+            }
+            steward_events::EventData::RegistryRecovered(r) => {
+                Some(("recovered".to_owned(), r.registry.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_failing_every_full_check_is_told_once_per_episode_across_restarts() {
+    use steward_watcher::episodes::Episodes;
+    let f = fixture("fepisode").await;
+    let bus = &f._bus;
+    let source = "steward-watcher/test".to_owned();
+    let proxied = f.proxied_registry();
+    *f.proxy.mode.lock().expect("lock") = Mode::Fail500;
+    let episodes = Episodes::open(bus, 2, source.clone()).await.expect("episodes");
+    let full_check = |episodes: Episodes| {
+        let checker = f.checker.clone();
+        async move {
+            let summary = checker.run(None, None).await.expect("check");
+            episodes.after_check(&summary.registries).await.expect("count");
+        }
+    };
+    full_check(episodes.clone()).await;
+    assert_eq!(registry_events(bus).await, [], "one failed check is not an alarm yet");
+    full_check(episodes).await;
+    let told = vec![("failed".to_owned(), proxied.clone())];
+    assert_eq!(registry_events(bus).await, told, "told at the second, only the failing one");
+    let failed = steward_testkit::stored_events(bus)
+        .await
+        .into_iter()
+        .find_map(|e| match e.data {
+            steward_events::EventData::RegistryFailed(r) => Some(r),
+            _ => None,
+        })
+        .expect("registry_failed");
+    assert_eq!(failed.failed_checks, 2);
+    assert_eq!(failed.containers, std::slice::from_ref(&f.proxied));
+    assert!(failed.reason.contains("HTTP 500"), "{failed:?}");
+
+    // A restarted watcher (a fresh instance on the same bucket) does not tell it again.
+    let restarted = Episodes::open(bus, 2, source.clone()).await.expect("episodes");
+    full_check(restarted.clone()).await;
+    assert_eq!(registry_events(bus).await, told, "told once per episode");
+
+    *f.proxy.mode.lock().expect("lock") = Mode::Pass;
+    full_check(restarted.clone()).await;
+    let mut both = told.clone();
+    both.push(("recovered".to_owned(), proxied.clone()));
+    assert_eq!(registry_events(bus).await, both, "the recovery, once");
+    full_check(restarted).await;
+    assert_eq!(registry_events(bus).await, both, "and nothing more");
+}

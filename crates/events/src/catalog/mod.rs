@@ -92,6 +92,10 @@ catalog! {
     WatchRequested => "watch.requested": WatchRequested,
     /// A newer image exists for a watched container (published once per new digest).
     ImageUpdated => "image.updated": ImageUpdated,
+    /// Every check of a registry failed several full checks in a row.
+    RegistryFailed => "watch.registry_failed": RegistryFailed,
+    /// A registry told as failing answers again.
+    RegistryRecovered => "watch.registry_recovered": RegistryRecovered,
     /// A manual-policy update waits for approval.
     UpdatePending => "update.pending": UpdatePending,
     /// A human approved a pending update.

@@ -51,3 +51,35 @@ impl Payload for ImageUpdated {
         Some(&self.container)
     }
 }
+
+/// Every check of a registry's images failed in `failed_checks` full checks in a row: newer
+/// images there go unnoticed until it answers again. Told once per episode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryFailed {
+    /// The registry host, e.g. `registry-1.docker.io`.
+    pub registry: String,
+    /// Full checks in a row in which no image there could be checked.
+    pub failed_checks: u32,
+    /// When the first of them ran.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: time::OffsetDateTime,
+    /// The containers whose images live there.
+    pub containers: Vec<String>,
+    /// The last error.
+    pub reason: String,
+}
+
+impl Payload for RegistryFailed {}
+
+/// A registry told as failing answers again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryRecovered {
+    /// The registry host.
+    pub registry: String,
+    /// Full checks that had failed.
+    pub failed_checks: u32,
+    /// Since the first failed check.
+    pub down_for_ms: u64,
+}
+
+impl Payload for RegistryRecovered {}
