@@ -57,6 +57,8 @@ enum Scenario {
     ManualBackup,
     /// v1 → v2 with a container in the app's network namespace.
     Dependent,
+    /// v1 → v2 by an update, then `steward rollback` back to v1 (the kills hit the rollback).
+    Rollback,
 }
 
 /// What a run works on: the app, its dependent if any, the release it goes to.
@@ -64,7 +66,10 @@ struct Stage {
     bus: TestBus,
     scope: String,
     app: App,
+    /// The digest the flow goes to.
     target: String,
+    /// The digest the container runs before the flow (and after it, unless it succeeds).
+    before: String,
     dependent: Option<Container>,
 }
 
@@ -77,7 +82,23 @@ async fn stage(scenario: Scenario) -> Stage {
     };
     let app = app(&scope, policy, &labels);
     let release = if scenario == Scenario::Broken { "v3" } else { "v2" };
-    let target = push_app(release, &app.image);
+    let mut target = push_app(release, &app.image);
+    let mut before = app.v1.clone();
+    if scenario == Scenario::Rollback {
+        // The update the rollback undoes, by a clean updater.
+        let mut p = updater(&bus, &scope, None);
+        consuming(&mut p);
+        let event = image_updated(&app, &target);
+        bus.publish(&event).await.expect("publish");
+        let all = wait_terminal(&bus, event.correlation_id, &p).await;
+        assert!(
+            flow_events(&all, event.correlation_id).contains(&"update.succeeded"),
+            "the update before the rollback failed:\n{}",
+            p.logs()
+        );
+        p.terminate(Duration::from_secs(30));
+        (before, target) = (target, app.v1.clone());
+    }
     let dependent = (scenario == Scenario::Dependent).then(|| {
         Container::run(
             &format!("{}-side", app.name),
@@ -91,7 +112,22 @@ async fn stage(scenario: Scenario) -> Stage {
             ],
         )
     });
-    Stage { bus, scope, app, target, dependent }
+    Stage { bus, scope, app, target, before, dependent }
+}
+
+/// The event that starts the flow under test: the news, or the operator's rollback.
+fn request(s: &Stage, scenario: Scenario) -> Event {
+    match scenario {
+        Scenario::Rollback => Event::new(
+            "steward/crash-test",
+            steward_events::RollbackRequested {
+                container: s.app.name.clone(),
+                requested_by: "crash-test".into(),
+                to_digest: None,
+            },
+        ),
+        _ => image_updated(&s.app, &s.target),
+    }
 }
 
 fn updater(bus: &Bus, scope: &str, failpoints: Option<&str>) -> Proc {
@@ -218,7 +254,7 @@ async fn discover(scenario: Scenario) -> Vec<String> {
     let s = stage(scenario).await;
     let mut p = updater(&s.bus, &s.scope, Some(""));
     consuming(&mut p);
-    let event = image_updated(&s.app, &s.target);
+    let event = request(&s, scenario);
     let _others = Others(play_the_others(&s.bus, event.correlation_id));
     s.bus.publish(&event).await.expect("publish");
     wait_terminal(&s.bus, event.correlation_id, &p).await;
@@ -295,7 +331,7 @@ async fn settled(s: &Stage, variant: Variant) {
 /// One kill run; panics with the spec and what was found when an invariant fails.
 async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[String]) {
     let s = stage(scenario).await;
-    let event = image_updated(&s.app, &s.target);
+    let event = request(&s, scenario);
     let _others = Others(play_the_others(&s.bus, event.correlation_id));
     let mut first = updater(&s.bus, &s.scope, Some(spec));
     consuming(&mut first);
@@ -349,7 +385,7 @@ async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[Str
         assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", name]), "true", "{}", context());
         let image = docker(&["inspect", "-f", "{{.Image}}", name]);
         let digests = docker(&["image", "inspect", "-f", "{{json .RepoDigests}}", &image]);
-        let expected = if *terminal[0] == "update.succeeded" { &s.target } else { &s.app.v1 };
+        let expected = if *terminal[0] == "update.succeeded" { &s.target } else { &s.before };
         assert!(digests.contains(expected.as_str()), "runs {digests}: {}", context());
         if let Some(d) = &s.dependent {
             let id = docker(&["inspect", "-f", "{{.Id}}", name]);
@@ -376,8 +412,13 @@ async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[Str
 /// The (point, variant) runs of a scenario: all, or each point once, in a rotating variant.
 fn sample(points: &[String]) -> Vec<(String, Variant)> {
     let all = std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all");
+    // `STEWARD_CRASH_ONLY=swap,gate`: only the points whose names contain one of these.
+    let only = std::env::var("STEWARD_CRASH_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
+    let points: Vec<&String> =
+        points.iter().filter(|p| only.is_empty() || only.iter().any(|o| p.contains(o))).collect();
     let mut runs = vec![];
-    for (i, point) in points.iter().enumerate() {
+    for (i, point) in points.into_iter().enumerate() {
         for (j, variant) in VARIANTS.iter().enumerate() {
             if all || i % VARIANTS.len() == j {
                 runs.push((point.clone(), *variant));
@@ -404,6 +445,11 @@ async fn killed_at_each_point_of_an_automatic_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_each_point_of_a_rollback() {
     campaign(Scenario::Broken).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_each_point_of_a_rollback_asked_by_hand() {
+    campaign(Scenario::Rollback).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
