@@ -503,3 +503,31 @@ async fn quiet_hours_hold_all_but_critical_notifications() {
     let sent = sent.iter().filter(|e| e.event_type() == "notify.sent").count();
     assert_eq!(sent, 2);
 }
+
+/// NATS itself down longer than `STEWARD_NOTIFY_BUS_DOWN_AFTER`: the notifier mails directly
+/// (its outbox lives in NATS), once, and once more when NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_past_the_bound_is_mailed_directly_once_and_its_return_once() {
+    let mut nats = steward_testkit::NatsServer::start();
+    let bus = TestBus::with_config(steward_testkit::bus_config(&nats.url(), "busdown")).await;
+    let to = unique_address("busdown");
+    let maildir = testbed_maildir();
+    let _notifier = Proc::service(
+        "steward-notifier",
+        &bus,
+        &with(testbed_notifier_env(&to), &[("STEWARD_NOTIFY_BUS_DOWN_AFTER", "2s")]),
+    );
+    nats.kill();
+    let mails = wait_mails(&maildir, &to, 1, Duration::from_secs(30));
+    assert!(mails[0].subject.contains("CRITICAL"), "{}", mails[0].subject);
+    assert!(mails[0].subject.contains("cannot reach NATS"), "{}", mails[0].subject);
+    assert!(mails[0].text.contains(&nats.url()), "names the server: {}", mails[0].text);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(mails_to(&maildir, &to).len(), 1, "told once per outage");
+
+    nats.start_again();
+    let mails = wait_mails(&maildir, &to, 2, Duration::from_secs(30));
+    assert!(mails[1].subject.contains("reaches NATS again"), "{}", mails[1].subject);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mails_to(&maildir, &to).len(), 2, "and its return once");
+}

@@ -34,6 +34,8 @@ pub const ENV_EVENTS: &str = "STEWARD_NOTIFY_EVENTS";
 pub const ENV_GROUP_WINDOW: &str = "STEWARD_NOTIFY_GROUP_WINDOW";
 /// How long an undeliverable message is retried before it is dropped (`notify.failed`).
 pub const ENV_RETRY_FOR: &str = "STEWARD_NOTIFY_RETRY_FOR";
+/// How long the notifier's NATS connection may be down before it mails directly.
+pub const ENV_BUS_DOWN_AFTER: &str = "STEWARD_NOTIFY_BUS_DOWN_AFTER";
 
 /// Where mail goes.
 #[derive(Clone)]
@@ -77,6 +79,8 @@ pub struct NotifierConfig {
     pub group_window: Duration,
     /// Retry bound of one message.
     pub retry_for: Duration,
+    /// NATS unreachable this long: mailed directly (the outbox lives in NATS).
+    pub bus_down_after: Duration,
 }
 
 /// Event types notified by default (`image.updated` only for `notify` containers).
@@ -117,7 +121,17 @@ impl NotifierConfig {
                 format!("no channel configured: set {ENV_SMTP_URL}, {ENV_MAIL_FROM} and {ENV_MAIL_TO}, or {ENV_WEBHOOK_URL}"),
             );
         }
-        Self { email, webhook, webhook_links, quiet, events, group_window, retry_for }
+        let bus_down_after = env.duration(ENV_BUS_DOWN_AFTER, Duration::from_secs(300));
+        Self {
+            email,
+            webhook,
+            webhook_links,
+            quiet,
+            events,
+            group_window,
+            retry_for,
+            bus_down_after,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod message;
 pub mod news;
 pub mod outbox;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,12 @@ impl Notifier {
             channels.push(Channel::webhook(url).context("building the webhook client")?);
         }
         let kinds = channels.iter().map(Channel::kind).collect();
+        let watch = watchdog::BusWatch {
+            channels: channels.clone(),
+            templates: templates.clone(),
+            after: cfg.bus_down_after,
+        };
+        ctx.spawn("NATS watch", watch.run(ctx.clone()));
         for channel in channels {
             let approval_links = match channel.kind() {
                 ChannelKind::Email => true,
