@@ -51,6 +51,18 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the process exits (`true`) or `bound` passes (`false`).
+    pub fn exits_within(&mut self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Sends SIGTERM and waits up to `bound` for the exit code.
     pub fn terminate(&mut self, bound: Duration) -> Option<i32> {
         let pid = self.child.id().to_string();

@@ -164,3 +164,16 @@ pub async fn webhook_sink() -> (String, Received) {
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://127.0.0.1:{port}/hook"), received)
 }
+
+/// A `health.failed` of `container` (HTTP check, three failures): the notifier mails it.
+pub fn health_failed(container: &str) -> steward_events::Event {
+    steward_events::Event::new(
+        "steward-health/test",
+        steward_events::HealthFailed {
+            container: container.into(),
+            check: "http".into(),
+            reason: "GET http://127.0.0.1:1/ failed: connection refused".into(),
+            consecutive_failures: 3,
+        },
+    )
+}

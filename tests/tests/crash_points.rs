@@ -144,18 +144,6 @@ fn updater(bus: &Bus, scope: &str, failpoints: Option<&str>) -> Proc {
     Proc::start("steward-updater", &service_env(bus, &env))
 }
 
-/// Waits until `p` exits (`true`) or `bound` passes (`false`).
-fn exits_within(p: &mut Proc, bound: Duration) -> bool {
-    let deadline = Instant::now() + bound;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = p.child.try_wait() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 fn consuming(p: &mut Proc) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !p.logs().contains("\"consuming\"") {
@@ -337,7 +325,7 @@ async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[Str
     consuming(&mut first);
     s.bus.publish(&event).await.expect("publish");
     assert!(
-        exits_within(&mut first, Duration::from_secs(60)),
+        first.exits_within(Duration::from_secs(60)),
         "{scenario:?} {spec}: never reached\n{}",
         first.logs()
     );
@@ -352,7 +340,7 @@ async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[Str
             names.sort_unstable();
             names.dedup();
             let mut second = updater(&s.bus, &s.scope, Some(&names.join(",")));
-            if !exits_within(&mut second, Duration::from_secs(20)) {
+            if !second.exits_within(Duration::from_secs(20)) {
                 second.terminate(Duration::from_secs(20));
             }
         }

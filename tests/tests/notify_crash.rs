@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use steward_bus::{Bus, StateStore};
 use steward_events::records::OUTBOX_BUCKET;
-use steward_events::{Event, EventData, HealthFailed};
+use steward_events::{Event, EventData};
 use steward_notifier::outbox::{Entry, EntryState};
-use steward_system_tests::mail::{mails_to, testbed_maildir, testbed_notifier_env, Mail};
+use steward_system_tests::mail::{
+    health_failed, mails_to, testbed_maildir, testbed_notifier_env, Mail,
+};
 use steward_system_tests::{failpoints_passed, service_env, Proc};
 use steward_testkit::{stored_events, unique_name, TestBus};
 
@@ -38,18 +40,6 @@ const ACCEPTED_UNRECORDED: [&str; 2] = ["notify:delivered", "notify:published"];
 enum Variant {
     Once,
     Twice,
-}
-
-fn health_failed(container: &str) -> Event {
-    Event::new(
-        "steward-health/test",
-        HealthFailed {
-            container: container.into(),
-            check: "http".into(),
-            reason: "GET http://127.0.0.1:1/ failed: connection refused".into(),
-            consecutive_failures: 3,
-        },
-    )
 }
 
 fn notifier(bus: &Bus, to: &str, failpoints: Option<&str>) -> Proc {
@@ -71,17 +61,6 @@ fn consuming(p: &mut Proc) {
         assert!(Instant::now() < deadline, "the notifier never consumed:\n{}", p.logs());
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn exits_within(p: &mut Proc, bound: Duration) -> bool {
-    let deadline = Instant::now() + bound;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = p.child.try_wait() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// The outbox entries of `events` (email channel); `None` while the bucket cannot be read.
@@ -181,7 +160,7 @@ async fn run(spec: &str, variant: Variant) {
     let mut first = notifier(&bus, &to, Some(spec));
     consuming(&mut first);
     let (mut containers, mut events) = publish_burst(&bus).await;
-    assert!(exits_within(&mut first, Duration::from_secs(30)), "{spec}: never reached");
+    assert!(first.exits_within(Duration::from_secs(30)), "{spec}: never reached");
     assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
     // News that comes while the notifier is dead: a message fixed before the kill must not
     // take it in (it would be another message with the same events: mailed twice).
@@ -192,7 +171,7 @@ async fn run(spec: &str, variant: Variant) {
     events.push(event);
     if variant == Variant::Twice {
         let mut second = notifier(&bus, &to, Some(&NAMES.join(",")));
-        if !exits_within(&mut second, Duration::from_secs(15)) {
+        if !second.exits_within(Duration::from_secs(15)) {
             second.terminate(Duration::from_secs(15));
         }
     }

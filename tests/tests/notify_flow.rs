@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
-use steward_events::{Event, EventData, HealthFailed};
+use steward_events::{Event, EventData};
 use steward_system_tests::apps::{app, pending_in, wait_event};
 use steward_system_tests::mail::{
-    mails_to, notifier_env, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
-    webhook_sink, SmtpServer,
+    health_failed, mails_to, notifier_env, testbed_maildir, testbed_notifier_env, unique_address,
+    wait_mails, webhook_sink, SmtpServer,
 };
 use steward_system_tests::{steward_ok as steward, Proc};
 use steward_testkit::docker::push_app;
@@ -206,18 +206,6 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
     assert_eq!(flows[0]["outcome"], "succeeded");
     assert_eq!(flows[0]["events"].as_array().map(Vec::len), Some(expected.len()));
     assert!(!json.contains(token));
-}
-
-fn health_failed(container: &str) -> Event {
-    Event::new(
-        "steward-health/test",
-        HealthFailed {
-            container: container.into(),
-            check: "http".into(),
-            reason: "GET http://127.0.0.1:1/ failed: connection refused".into(),
-            consecutive_failures: 3,
-        },
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
