@@ -11,8 +11,11 @@
 //! Backups: every backup the catalog lists as complete has every object of its manifest, each
 //! matching its checksums; no incomplete backup is left behind; no multipart upload is left
 //! open in the bucket (read from the test bed's s3s-fs directory, which does not implement
-//! ListMultipartUploads). Restores: the database and the path hold the restored content (the
-//! backup's rows and files, nothing written after it), and the app runs again.
+//! ListMultipartUploads). Restores: after each kill (before any restart), the database and
+//! the path each hold either their data from before the restore or the backup's, never a mix,
+//! nothing or a half-loaded database; at the end both hold the backup's (its rows and files,
+//! nothing written after it), no restore copy or replaced data is left beside them, and the
+//! app runs again.
 //!
 //! `STEWARD_CRASH_POINTS=all` runs every point of every variant (the full matrix); by default
 //! each variant runs every second point, offset by variant, so each point is killed once per
@@ -171,6 +174,59 @@ impl Bed {
         let blob = sh(&self.app.name, "md5sum /data/blob 2>/dev/null | cut -d' ' -f1");
         let stray = sh(&self.app.name, "test -e /data/stray && echo yes || echo no") == "yes";
         (rows, blob, stray)
+    }
+
+    /// Rows, and the blob's checksum and the stray file, read while the app may be stopped
+    /// (through a helper with its volumes).
+    fn content_offline(&self) -> (String, (String, bool)) {
+        let rows = psql(&self.db.name, "SELECT count(*) FROM t");
+        let image = docker(&["inspect", "-f", "{{.Config.Image}}", &self.app.name]);
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--volumes-from",
+            &self.app.name,
+            "--entrypoint",
+            "/bin/sh",
+            &image,
+            "-c",
+            "md5sum /data/blob 2>/dev/null | cut -d' ' -f1; echo; test -e /data/stray && echo yes || echo no",
+        ]);
+        let mut lines = out.lines().map(str::trim);
+        let blob = lines.next().unwrap_or_default().to_owned();
+        let stray = out.lines().last().map(str::trim) == Some("yes");
+        (rows, (blob, stray))
+    }
+
+    /// The database and the path each hold their data from `before` or the backup's.
+    fn old_or_new(
+        &self,
+        before: &(String, String, bool),
+        backed_up: &(String, String, bool),
+        when: &str,
+    ) {
+        let (rows, path) = self.content_offline();
+        assert!(
+            rows == before.0 || rows == backed_up.0,
+            "{when}: the database holds {rows} rows, neither {} (before) nor {} (the backup's)",
+            before.0,
+            backed_up.0
+        );
+        let old = (before.1.clone(), before.2);
+        let new = (backed_up.1.clone(), backed_up.2);
+        assert!(
+            path == old || path == new,
+            "{when}: the path holds {path:?}, neither {old:?} (before) nor {new:?} (the backup's)"
+        );
+    }
+
+    /// Nothing a restore keeps beside the data is left once it concluded.
+    fn no_leftovers(&self, when: &str) {
+        let dbs =
+            psql(&self.db.name, "SELECT count(*) FROM pg_database WHERE datname LIKE '%steward%'");
+        assert_eq!(dbs, "0", "{when}: a restore's database left");
+        let dirs = sh(&self.app.name, "ls -A /data | grep -c steward || true");
+        assert_eq!(dirs, "0", "{when}: a restore's directory left in /data");
     }
 
     /// Changes everything a restore brings back.
@@ -381,6 +437,7 @@ fn all_names(flow: Flow, points: &[String]) -> String {
 /// Publishes `request` to a service killed at `spec`; for `Twice`, a second one killed at the
 /// first point it passes; then a clean one, which concludes the flow. Returns the clean
 /// service and the stored events once the flow has a terminal one.
+#[allow(clippy::too_many_arguments)] // one call per flow; a struct would only rename them
 async fn kill_and_recover(
     bed: &Bed,
     bus: &Bus,
@@ -389,6 +446,7 @@ async fn kill_and_recover(
     spec: &str,
     variant: Variant,
     points: &[String],
+    after_kill: &dyn Fn(&str),
 ) -> (Service, Vec<Event>) {
     let mut first = bed.service(bus, Some(spec));
     first.consuming();
@@ -399,11 +457,13 @@ async fn kill_and_recover(
         // The check below sees what a kill mid-upload leaves.
         assert!(!bed.open_uploads().is_empty(), "{spec}: no open upload seen after the kill");
     }
+    after_kill(&format!("after the kill at {spec}"));
     if variant == Variant::Twice {
         let mut second = bed.service(bus, Some(&all_names(flow, points)));
         if !second.exits_within(Duration::from_secs(30)) {
             second.proc.terminate(Duration::from_secs(30));
         }
+        after_kill(&format!("after the kill at {spec} and the second kill"));
     }
     let mut last = bed.service(bus, None);
     last.consuming();
@@ -436,7 +496,7 @@ async fn backup_run(bed: &Bed, spec: &str, variant: Variant, points: &[String]) 
     let bus = TestBus::new("bkcrash").await;
     let request = bed.backup_request();
     let (mut last, _) =
-        kill_and_recover(bed, &bus, Flow::Backup, &request, spec, variant, points).await;
+        kill_and_recover(bed, &bus, Flow::Backup, &request, spec, variant, points, &|_| {}).await;
     let log = last.proc.log.clone();
     let context = move || {
         let logs = std::fs::read_to_string(&log).unwrap_or_default();
@@ -469,12 +529,21 @@ async fn backup_run(bed: &Bed, spec: &str, variant: Variant, points: &[String]) 
     assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
 }
 
-async fn restore_run(bed: &Bed, backup_id: &str, spec: &str, variant: Variant, points: &[String]) {
+async fn restore_run(
+    bed: &Bed,
+    backup_id: &str,
+    backed_up: &(String, String, bool),
+    spec: &str,
+    variant: Variant,
+    points: &[String],
+) {
     let bus = TestBus::new("rscrash").await;
     bed.diverge();
+    let before = bed.content();
     let request = restore_request(backup_id);
+    let check = |when: &str| bed.old_or_new(&before, backed_up, when);
     let (mut last, _) =
-        kill_and_recover(bed, &bus, Flow::Restore, &request, spec, variant, points).await;
+        kill_and_recover(bed, &bus, Flow::Restore, &request, spec, variant, points, &check).await;
     let log = last.proc.log.clone();
     let context = move || {
         let logs = std::fs::read_to_string(&log).unwrap_or_default();
@@ -488,6 +557,7 @@ async fn restore_run(bed: &Bed, backup_id: &str, spec: &str, variant: Variant, p
     let open = bed.open_uploads();
     assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
     assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+    bed.no_leftovers(&format!("restore killed at {spec} ({variant:?})"));
     // Checked by the caller against the backup's content.
 }
 
@@ -566,12 +636,18 @@ async fn restore_campaign(variant: Variant, offset: usize) {
     assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
     let points = steward_system_tests::failpoints_passed(&s.logs());
     drop(bus);
+    bed.no_leftovers("a clean restore");
     for p in [
-        "restore:dropdb",
+        "restore:loading",
         "restore:createdb",
         "restore:pg_restore",
-        "restore:emptied",
+        "restore:staged",
         "restore:extracting",
+        "restore:swapping",
+        "restore:database_swapped",
+        "restore:path_swapped",
+        "restore:swapped",
+        "restore:cleaned",
     ] {
         assert!(points.iter().any(|s| s.starts_with(p)), "{p} not passed: {points:?}");
     }
@@ -583,7 +659,7 @@ async fn restore_campaign(variant: Variant, offset: usize) {
     );
     for spec in &chosen {
         let t = Instant::now();
-        restore_run(&bed, &backup_id, spec, variant, &points).await;
+        restore_run(&bed, &backup_id, &backed_up, spec, variant, &points).await;
         assert_eq!(
             bed.content(),
             backed_up,

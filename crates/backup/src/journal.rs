@@ -41,12 +41,39 @@ pub struct FlowRecord {
     /// Components a restore began to overwrite.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub touched: Vec<String>,
+    /// A restore's copies beside the live data and how far their swap went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Swap>,
     /// The terminal event as published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// When the outcome was decided.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub concluded_at: Option<OffsetDateTime>,
+}
+
+/// A restore loads each component beside the live data (a new database, a staging
+/// directory inside the path), named by `tag`, then swaps them in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Swap {
+    /// Names the restore's databases and directories (`<db>_steward_restore_<tag>`, …).
+    pub tag: String,
+    /// How far it went.
+    pub state: SwapState,
+}
+
+/// The stages of a restore's swap, each recorded before it begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapState {
+    /// Copies are being made beside the live data, which is untouched: an interrupted
+    /// attempt's copies are discarded.
+    Loading,
+    /// Every copy was loaded and proven; the swaps are under way: an interrupted attempt is
+    /// finished (each swap is idempotent), never undone.
+    Swapping,
+    /// Every component is swapped in; the previous data waits to be removed.
+    Swapped,
 }
 
 impl FlowRecord {
@@ -169,6 +196,20 @@ impl RestoreJournal {
         }
         self.record.stopped.push(container.to_owned());
         self.save().await
+    }
+
+    /// The restore's stage `state` (with a new tag for a first [`SwapState::Loading`]) is
+    /// about to begin. Returns the tag.
+    pub async fn stage(&mut self, state: SwapState) -> Result<String, String> {
+        let tag = match &self.record.swap {
+            Some(swap) => swap.tag.clone(),
+            None => uuid::Uuid::new_v4().simple().to_string().chars().take(8).collect(),
+        };
+        if self.record.swap.as_ref().is_some_and(|s| s.state == state) {
+            return Ok(tag);
+        }
+        self.record.swap = Some(Swap { tag: tag.clone(), state });
+        self.save().await.map(|()| tag)
     }
 
     /// `component` is about to be overwritten.

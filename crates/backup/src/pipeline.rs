@@ -186,6 +186,16 @@ pub async fn read_component(
     io: Io<'_>,
     component: &Component,
 ) -> Result<BoxStream<'static, io::Result<Bytes>>, StoreError> {
+    Ok(read_component_pinned(io, component, None).await?.0)
+}
+
+/// [`read_component`], with the object's ETag; with `pin`, only the object of that ETag
+/// ([`StoreError::Changed`] if it was replaced since).
+pub async fn read_component_pinned(
+    io: Io<'_>,
+    component: &Component,
+    pin: Option<&str>,
+) -> Result<(BoxStream<'static, io::Result<Bytes>>, Option<String>), StoreError> {
     let Io { store, keys, meter } = io;
     meter.item(&component.name);
     let unreadable = |reason: String| StoreError::Unreadable {
@@ -200,11 +210,12 @@ pub async fn read_component(
             encryption::ENV_AGE_IDENTITY_FILE
         )));
     }
-    let body = store.get(&component.object).await?.ok_or_else(|| StoreError::S3 {
-        op: "GetObject",
-        key: store.key(&component.object),
-        reason: "the object is missing".into(),
-    })?;
+    let (body, etag) =
+        store.get_pinned(&component.object, pin).await?.ok_or_else(|| StoreError::S3 {
+            op: "GetObject",
+            key: store.key(&component.object),
+            reason: "the object is missing".into(),
+        })?;
     let stored = Counter::default();
     let raw = Counter::metered(meter);
     // One byte more than signed is enough to tell a larger object from the right one.
@@ -225,10 +236,11 @@ pub async fn read_component(
                 m.map(|reason| Err(io::Error::new(io::ErrorKind::InvalidData, reason)))
             });
     let checked = bytes.chain(check);
-    Ok(match &component.kind {
+    let stream = match &component.kind {
         Kind::Path { path, .. } => tarcheck::guarded(checked, path, &component.name),
         Kind::Postgres { .. } | Kind::Containers => checked.boxed(),
-    })
+    };
+    Ok((stream, etag))
 }
 
 /// `stream`, ended with an error as soon as it yields more than the component's signed raw
@@ -282,7 +294,17 @@ fn mismatch(expected: &Component, stored: &Counted, raw: &Counted) -> Option<Str
 
 /// Reads a component to the end, checking it; returns the error that stopped it.
 pub async fn check_component(io: Io<'_>, component: &Component) -> Result<(), String> {
-    let mut stream = read_component(io, component).await.map_err(|e| e.to_string())?;
+    check_component_pinned(io, component).await.map(|_| ())
+}
+
+/// [`check_component`], returning the ETag of the object checked (to pin a later read to
+/// exactly these bytes).
+pub async fn check_component_pinned(
+    io: Io<'_>,
+    component: &Component,
+) -> Result<Option<String>, String> {
+    let (mut stream, etag) =
+        read_component_pinned(io, component, None).await.map_err(|e| e.to_string())?;
     while let Some(item) = stream.next().await {
         if let Err(e) = item {
             return Err(
@@ -295,5 +317,5 @@ pub async fn check_component(io: Io<'_>, component: &Component) -> Result<(), St
             );
         }
     }
-    Ok(())
+    Ok(etag)
 }

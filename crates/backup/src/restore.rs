@@ -1,11 +1,17 @@
-//! Restore: check every checksum, then stop the app containers, recreate each database from
-//! its dump, replace each path with its archive, start the containers and wait for health.
+//! Restore: check every checksum (pinning each object's ETag), stop the app containers, load
+//! each component beside the live data (a new database in one transaction, the archive into a
+//! staging directory inside the path), then swap them in by renames, start the containers,
+//! wait for health, and only then remove the data replaced.
 //!
 //! Invariants: nothing is touched before the manifest is signed by a trusted key (or unsigned
 //! and explicitly allowed), every container it names exists and carries the matching backup
 //! label now (`guard`), and every component in scope has been downloaded, matched its
-//! manifest and, for a path, had every tar entry checked (`tarcheck`); containers stopped
-//! here are started again whether the restore succeeded or not.
+//! manifest and, for a path, had every tar entry checked (`tarcheck`); the bytes loaded are
+//! those checked (an object replaced since is refused) and are checked again as they load; the
+//! live data is renamed away only once every copy is loaded (the journal's commit point,
+//! [`SwapState::Swapping`]): a failure or kill before it leaves the live data untouched, one
+//! after it is finished by the next attempt; containers stopped here are started again whether
+//! the restore succeeded or not.
 
 use std::time::{Duration, Instant};
 
@@ -15,9 +21,9 @@ use steward_probe::{Prober, Target, Verdict};
 use steward_store::manifest::{Component, Kind, Manifest};
 
 use crate::backup::{Backups, Failure};
-use crate::journal::RestoreJournal;
+use crate::journal::{RestoreJournal, SwapState};
 use crate::pipeline;
-use crate::verify::wait_ready;
+use crate::verify::{wait_ready, Pins};
 
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,36 +105,42 @@ impl Backups {
             false => id.to_owned(),
         };
         let manifest = self.resolve_allowing(&id, allow_unsigned).await.map_err(Failure::plain)?;
-        let conflicts: Vec<String> = manifest
-            .components
-            .iter()
-            .filter_map(container_of)
-            .filter_map(|name| busy.get(name).map(|why| format!("{name}: {why}")))
-            .collect();
-        if !conflicts.is_empty() {
-            return Err(Failure::plain(format!(
-                "not now, nothing was changed: {}; restore when it has ended (steward updates)",
-                conflicts.join("; ")
-            )));
-        }
+        // A swap an interrupted attempt began is finished whatever holds now: stopping there
+        // would leave the data half swapped. That attempt checked everything before it began.
+        let committed = journal.record.swap.as_ref().is_some_and(|s| s.state != SwapState::Loading);
         let chosen: Vec<&Component> =
             manifest.components.iter().filter(|c| in_scope(c, scope)).collect();
-        if chosen.is_empty() {
-            return Err(Failure::plain(format!(
-                "backup {} holds nothing to restore for {scope:?}",
-                manifest.backup_id
-            )));
-        }
-        self.check_targets(&manifest).await?;
-        tracing::info!(backup = %manifest.backup_id, components = chosen.len(), "checking checksums before touching anything");
-        let total = chosen.iter().map(|c| c.raw_size).sum();
-        self.meter.phase("checking", Some(total));
-        self.check_all(&chosen).await?;
-        for name in chosen.iter().filter_map(|c| container_of(c)) {
-            if self.engine.is_running(name).await.map_err(Failure::plain)?.is_none() {
+        let mut pins = Pins::new();
+        if !committed {
+            let conflicts: Vec<String> = manifest
+                .components
+                .iter()
+                .filter_map(container_of)
+                .filter_map(|name| busy.get(name).map(|why| format!("{name}: {why}")))
+                .collect();
+            if !conflicts.is_empty() {
                 return Err(Failure::plain(format!(
-                    "container {name} does not exist: create the stack first (docker-compose up -d), then restore"
+                    "not now, nothing was changed: {}; restore when it has ended (steward updates)",
+                    conflicts.join("; ")
                 )));
+            }
+            if chosen.is_empty() {
+                return Err(Failure::plain(format!(
+                    "backup {} holds nothing to restore for {scope:?}",
+                    manifest.backup_id
+                )));
+            }
+            self.check_targets(&manifest).await?;
+            tracing::info!(backup = %manifest.backup_id, components = chosen.len(), "checking checksums before touching anything");
+            let total = chosen.iter().map(|c| c.raw_size).sum();
+            self.meter.phase("checking", Some(total));
+            pins = self.check_all(&chosen).await?;
+            for name in chosen.iter().filter_map(|c| container_of(c)) {
+                if self.engine.is_running(name).await.map_err(Failure::plain)?.is_none() {
+                    return Err(Failure::plain(format!(
+                        "container {name} does not exist: create the stack first (docker-compose up -d), then restore"
+                    )));
+                }
             }
         }
         steward_failpoints::failpoint!("restore:checked");
@@ -168,8 +180,9 @@ impl Backups {
             }
         }
         if result.is_ok() {
+            let total = chosen.iter().map(|c| c.raw_size).sum();
             self.meter.phase("restoring", Some(total));
-            result = self.restore_components(&chosen, journal).await;
+            result = self.restore_components(&chosen, &pins, journal).await;
         }
         // Started again whatever happened: a failed restore must not leave the stack down.
         for app in &stopped {
@@ -183,136 +196,400 @@ impl Backups {
         }
         steward_failpoints::failpoint!("restore:started");
         let restored = result?;
+        // The previous data is kept until the restore has succeeded: an unhealthy app can
+        // still be put back by hand.
+        let tag = journal.record.swap.as_ref().map(|s| s.tag.clone()).unwrap_or_default();
         for app in &apps {
-            self.wait_healthy(app).await?;
-            self.after_restore(app).await?;
+            let healthy = match self.wait_healthy(app).await {
+                Ok(()) => self.after_restore(app).await,
+                Err(e) => Err(e),
+            };
+            if let Err(mut f) = healthy {
+                f.reason = format!("{}; {}", f.reason, kept(&chosen, &tag));
+                return Err(f);
+            }
         }
         steward_failpoints::failpoint!("restore:healthy");
+        for c in &chosen {
+            if let Err(e) = self.remove_previous(c, &tag).await {
+                tracing::warn!(component = %c.name, error = %e, "restored, but the previous data could not be removed");
+            }
+        }
+        steward_failpoints::failpoint!("restore:cleaned");
         Ok(Restored { manifest, restored })
     }
 
+    /// Loads every component beside the live data, then (the journal's commit point) swaps
+    /// them in. A failure while loading discards the copies: the live data was never
+    /// touched. A resumed attempt past the commit point only finishes the swaps.
     async fn restore_components(
         &self,
         chosen: &[&Component],
+        pins: &Pins,
         journal: &mut RestoreJournal,
     ) -> Result<Vec<String>, Failure> {
-        let mut done = vec![];
-        for c in chosen {
-            if !matches!(c.kind, Kind::Containers) {
-                journal.touching(&c.name).await.map_err(Failure::plain)?;
+        let state = journal.record.swap.as_ref().map(|s| s.state);
+        if !matches!(state, Some(SwapState::Swapping | SwapState::Swapped)) {
+            let tag = journal
+                .stage(SwapState::Loading)
+                .await
+                .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
+            steward_failpoints::failpoint!("restore:loading");
+            if let Err(mut f) = self.load_all(chosen, pins, &tag).await {
+                for c in chosen {
+                    if let Err(e) = self.discard_copy(c, &tag).await {
+                        tracing::warn!(component = %c.name, error = %e, "could not remove the restore's copy");
+                    }
+                }
+                f.reason = format!("{}; nothing was changed", f.reason);
+                return Err(f);
             }
+        }
+        if state != Some(SwapState::Swapped) {
+            let tag = journal.stage(SwapState::Swapping).await.map_err(|e| {
+                Failure::plain(format!("{e}; nothing was changed, the restored copies are discarded by the next restore"))
+            })?;
+            steward_failpoints::failpoint!("restore:swapping");
+            for c in chosen {
+                self.swap_in(c, pins, &tag).await.map_err(|mut f| {
+                    f.reason = format!(
+                        "{}: the swap did not finish (each component holds either its previous data or the backup's); restore again",
+                        f.reason
+                    );
+                    f
+                })?;
+            }
+            journal.stage(SwapState::Swapped).await.map_err(Failure::plain)?;
+            steward_failpoints::failpoint!("restore:swapped");
+        }
+        Ok(chosen.iter().map(|c| c.name.clone()).collect())
+    }
+
+    async fn load_all(&self, chosen: &[&Component], pins: &Pins, tag: &str) -> Result<(), Failure> {
+        for c in chosen {
+            let pin = pins.get(&c.object).map(String::as_str);
             match &c.kind {
                 Kind::Postgres { container, user, database, .. } => {
-                    self.restore_database(c, container, user, database).await?;
-                    steward_failpoints::failpoint!("restore:database");
+                    self.load_database(c, container, user, database, pin, tag).await?;
+                    steward_failpoints::failpoint!("restore:database_loaded");
                 }
                 Kind::Path { container, path } => {
-                    self.restore_path(c, container, path).await?;
-                    steward_failpoints::failpoint!("restore:path");
+                    self.load_path(c, container, path, pin, tag).await?;
+                    steward_failpoints::failpoint!("restore:path_loaded");
                 }
                 Kind::Containers => continue,
             }
-            tracing::info!(component = %c.name, "restored");
-            done.push(c.name.clone());
+            tracing::info!(component = %c.name, "loaded beside the live data");
         }
-        Ok(done)
+        Ok(())
     }
 
-    /// Drops and recreates the database, then loads the dump through `pg_restore`'s stdin.
-    async fn restore_database(
+    /// Swaps component `c`'s copy in (idempotent: a resumed attempt runs it again).
+    async fn swap_in(&self, c: &Component, pins: &Pins, tag: &str) -> Result<(), Failure> {
+        match &c.kind {
+            Kind::Postgres { container, user, database, .. } => {
+                self.swap_database(c, container, user, database, tag).await?;
+                steward_failpoints::failpoint!("restore:database_swapped");
+            }
+            Kind::Path { container, path } => {
+                let pin = pins.get(&c.object).map(String::as_str);
+                self.swap_path(c, container, path, pin, tag).await?;
+                steward_failpoints::failpoint!("restore:path_swapped");
+            }
+            Kind::Containers => return Ok(()),
+        }
+        tracing::info!(component = %c.name, "swapped in");
+        Ok(())
+    }
+
+    async fn run_in(&self, c: &Component, container: &str, cmd: &[&str]) -> Result<(), Failure> {
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        let out = self
+            .engine
+            .exec(container, cmd.clone(), 20)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        Failure::check_exit(&out, format!("{}: {}", c.name, cmd.join(" ")))
+    }
+
+    /// Loads the dump into a new database `<db>_steward_restore_<tag>` in one transaction,
+    /// from exactly the object checked (`pin`), and checks the result opens.
+    async fn load_database(
         &self,
         c: &Component,
         container: &str,
         user: &str,
         database: &str,
+        pin: Option<&str>,
+        tag: &str,
     ) -> Result<(), Failure> {
         self.engine.start(container).await.map_err(Failure::plain)?;
         wait_ready(self, container, user, "postgres").await?;
-        let run = |cmd: &[&str]| ExecSpec {
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        let new = side_name(database, "restore", tag);
+        // `--force` ends the sessions still connected (PostgreSQL 13+); a copy an interrupted
+        // attempt left is replaced.
+        self.run_in(c, container, &["dropdb", "--if-exists", "--force", "-U", user, &new]).await?;
+        self.run_in(c, container, &["createdb", "-U", user, "-O", user, &new]).await?;
+        steward_failpoints::failpoint!("restore:createdb");
+        let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        let stream = midway(stream, "restore:pg_restore");
+        // One transaction: the copy holds the whole dump or nothing.
+        let load = ExecSpec {
+            cmd: ["pg_restore", "--single-transaction", "--exit-on-error", "-U", user, "-d", &new]
+                .map(String::from)
+                .to_vec(),
             ..Default::default()
         };
-        // `--force` ends the sessions still connected (PostgreSQL 13+).
-        for step in [
-            run(&["dropdb", "--if-exists", "--force", "-U", user, database]),
-            run(&["createdb", "-U", user, "-O", user, database]),
-        ] {
-            let out = self
-                .engine
-                .exec(container, step.cmd.clone(), 20)
-                .await
-                .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-            Failure::check_exit(&out, format!("{}: {}", c.name, step.cmd[0]))?;
-            steward_failpoints::failpoint!(&format!("restore:{}", step.cmd[0]));
-        }
-        let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
-        let stream = midway(stream, "restore:pg_restore");
-        let load = run(&["pg_restore", "--exit-on-error", "-U", user, "-d", database]);
         let out = self
             .engine
             .exec_stdin(container, &load, stream, 20)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-        Failure::check_exit(&out, format!("{}: pg_restore", c.name))
+        Failure::check_exit(&out, format!("{}: pg_restore", c.name))?;
+        let sql = "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')";
+        let out = self
+            .engine
+            .exec(container, psql(user, &new, sql), 20)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        Failure::check_exit(&out, format!("{}: opening the restored copy", c.name))?;
+        let tables = out.tail.last().map(|l| l.trim().to_owned()).unwrap_or_default();
+        tracing::info!(component = %c.name, database = %new, tables = %tables, "restored copy opens");
+        Ok(())
     }
 
-    /// Empties the path (a restore replaces, it does not merge), then extracts the archive.
-    async fn restore_path(
+    /// Which of `names` exist on the server of `container`.
+    async fn databases(
+        &self,
+        c: &Component,
+        container: &str,
+        user: &str,
+        names: &[&str],
+    ) -> Result<Vec<String>, Failure> {
+        let list: Vec<String> = names.iter().map(|n| literal(n)).collect();
+        let sql = format!("SELECT datname FROM pg_database WHERE datname IN ({})", list.join(", "));
+        let out = self
+            .engine
+            .exec(container, psql(user, "postgres", &sql), 20)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        Failure::check_exit(&out, format!("{}: listing databases", c.name))?;
+        Ok(out.tail.iter().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
+    }
+
+    /// Renames the live database to `<db>_steward_old_<tag>` and the copy to `<db>` in one
+    /// transaction (from the `postgres` database: PostgreSQL does not rename the database a
+    /// session is connected to). Done already when the copy no longer exists.
+    async fn swap_database(
+        &self,
+        c: &Component,
+        container: &str,
+        user: &str,
+        database: &str,
+        tag: &str,
+    ) -> Result<(), Failure> {
+        self.engine.start(container).await.map_err(Failure::plain)?;
+        wait_ready(self, container, user, "postgres").await?;
+        let new = side_name(database, "restore", tag);
+        let old = side_name(database, "old", tag);
+        let mut last = Failure::plain(format!("{}: the swap was not tried", c.name));
+        for _ in 0..10 {
+            let exist = self.databases(c, container, user, &[database, &new, &old]).await?;
+            let has = |n: &str| exist.iter().any(|e| e == n);
+            if !has(&new) {
+                return match has(database) {
+                    true => Ok(()),
+                    false => Err(Failure::plain(format!(
+                        "{}: neither {database} nor its restored copy {new} exists",
+                        c.name
+                    ))),
+                };
+            }
+            if has(&old) {
+                return Err(Failure::plain(format!(
+                    "{}: both {new} and {old} exist: swap them by hand",
+                    c.name
+                )));
+            }
+            let names = [literal(database), literal(&new)].join(", ");
+            let terminate = format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ({names}) AND pid <> pg_backend_pid()"
+            );
+            let rename = match has(database) {
+                true => format!(
+                    "BEGIN; ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}; COMMIT;",
+                    ident(database),
+                    ident(&old),
+                    ident(&new),
+                    ident(database)
+                ),
+                false => format!("ALTER DATABASE {} RENAME TO {}", ident(&new), ident(database)),
+            };
+            let mut cmd = psql(user, "postgres", &terminate);
+            cmd.extend(["-c".to_owned(), rename]);
+            let out = self
+                .engine
+                .exec(container, cmd, 20)
+                .await
+                .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+            match Failure::check_exit(&out, format!("{}: renaming the databases", c.name)) {
+                Ok(()) => return Ok(()),
+                // A terminated session may still be leaving ("being accessed by other users").
+                Err(f) => last = f,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(last)
+    }
+
+    /// An image with `/bin/sh` that sees `container`'s volumes.
+    async fn helper_image(&self, container: &str) -> Result<String, Failure> {
+        Ok(match &self.config.helper_image {
+            Some(image) => image.clone(),
+            None => self
+                .engine
+                .inspect_json(container)
+                .await
+                .map_err(Failure::plain)?
+                .pointer("/Image")
+                .and_then(|i| i.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
+    /// Runs `script` with `args` ($0, $1, …) in a helper with `container`'s volumes.
+    async fn in_volumes(
+        &self,
+        c: &Component,
+        container: &str,
+        script: &str,
+        args: &[&str],
+        what: &str,
+    ) -> Result<(), Failure> {
+        let image = self.helper_image(container).await?;
+        let mut argv = vec![script.to_owned()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let out = self
+            .engine
+            .run_with_volumes_of(container, &image, vec!["/bin/sh".into(), "-c".into()], argv, 20)
+            .await
+            .map_err(|e| {
+                Failure::plain(format!(
+                    "{}: {what} with a helper from {image}: {e} (set STEWARD_RESTORE_HELPER_IMAGE to an image with /bin/sh)",
+                    c.name
+                ))
+            })?;
+        Failure::check_exit(&out, format!("{}: {what}", c.name))
+    }
+
+    async fn on_mount(&self, container: &str, path: &str) -> Result<bool, Failure> {
+        let mounts = self.engine.mount_points(container).await.map_err(Failure::plain)?;
+        Ok(mounts
+            .iter()
+            .any(|m| path == m || path.starts_with(&format!("{}/", m.trim_end_matches('/')))))
+    }
+
+    /// Extracts the archive into `<path>/.steward-restore-<tag>/`: inside the path, so on
+    /// the same filesystem even when the path is a volume's root (whose sibling would be
+    /// outside the volume), and swapping is renames only.
+    async fn load_path(
         &self,
         c: &Component,
         container: &str,
         path: &str,
+        pin: Option<&str>,
+        tag: &str,
     ) -> Result<(), Failure> {
-        let mounts = self.engine.mount_points(container).await.map_err(Failure::plain)?;
-        let on_mount = mounts
-            .iter()
-            .any(|m| path == m || path.starts_with(&format!("{}/", m.trim_end_matches('/'))));
-        if on_mount {
-            let image = match &self.config.helper_image {
-                Some(image) => image.clone(),
-                None => self
-                    .engine
-                    .inspect_json(container)
-                    .await
-                    .map_err(Failure::plain)?
-                    .pointer("/Image")
-                    .and_then(|i| i.as_str())
-                    .unwrap_or_default()
-                    .to_owned(),
-            };
-            // `$0` is the path; the globs cover dot-files and match nothing harmlessly.
-            let script = r#"rm -rf -- "$0"/* "$0"/.[!.]* "$0"/..?*"#;
-            let out = self
-                .engine
-                .run_with_volumes_of(
-                    container,
-                    &image,
-                    vec!["/bin/sh".into(), "-c".into()],
-                    vec![script.into(), path.into()],
-                    20,
-                )
-                .await
-                .map_err(|e| {
-                    Failure::plain(format!(
-                        "{}: emptying {path} with a helper from {image}: {e} (set STEWARD_RESTORE_HELPER_IMAGE to an image with /bin/sh)",
-                        c.name
-                    ))
-                })?;
-            Failure::check_exit(&out, format!("{}: emptying {path}", c.name))?;
-            steward_failpoints::failpoint!("restore:emptied");
-        } else {
-            tracing::warn!(component = %c.name, "{path} is not on a volume or bind mount: the archive is extracted over what is there");
+        let Some(side) = Sides::of(path, tag) else {
+            return Err(Failure::plain(format!("{}: refused: cannot restore {path}", c.name)));
+        };
+        if !self.on_mount(container, &side.path).await? {
+            // Extracted over what is there at the swap: nothing to stage it beside.
+            return Ok(());
         }
-        let parent = match path.rsplit_once('/') {
+        self.in_volumes(c, container, PREPARE, &side.args(), "preparing the restore's copy")
+            .await?;
+        steward_failpoints::failpoint!("restore:staged");
+        let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        let stream = midway(stream, "restore:extracting");
+        self.engine
+            .upload_tar(container, &side.staging, stream)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        self.in_volumes(c, container, STAGED, &side.args(), "checking the restore's copy").await
+    }
+
+    /// Moves the live entries into `<path>/.steward-old-<tag>/`, then the copy's into the
+    /// path (see [`SWAP`]).
+    async fn swap_path(
+        &self,
+        c: &Component,
+        container: &str,
+        path: &str,
+        pin: Option<&str>,
+        tag: &str,
+    ) -> Result<(), Failure> {
+        let Some(side) = Sides::of(path, tag) else {
+            return Err(Failure::plain(format!("{}: refused: cannot restore {path}", c.name)));
+        };
+        if self.on_mount(container, &side.path).await? {
+            return self.in_volumes(c, container, SWAP, &side.args(), "swapping in the copy").await;
+        }
+        tracing::warn!(component = %c.name, "{path} is not on a volume or bind mount: the archive is extracted over what is there");
+        let parent = match side.path.rsplit_once('/') {
             Some(("", _)) | None => "/".to_owned(),
             Some((parent, _)) => parent.to_owned(),
         };
-        let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
+        let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
         let stream = midway(stream, "restore:extracting");
         self.engine
             .upload_tar(container, &parent, stream)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))
+    }
+
+    /// Removes a copy a failed load left (the live data was not touched).
+    async fn discard_copy(&self, c: &Component, tag: &str) -> Result<(), Failure> {
+        match &c.kind {
+            Kind::Postgres { container, user, database, .. } => {
+                let new = side_name(database, "restore", tag);
+                self.run_in(c, container, &["dropdb", "--if-exists", "--force", "-U", user, &new])
+                    .await
+            }
+            Kind::Path { container, path } => match Sides::of(path, tag) {
+                Some(side) if self.on_mount(container, &side.path).await? => {
+                    self.in_volumes(c, container, DISCARD, &side.args(), "removing the copy").await
+                }
+                _ => Ok(()),
+            },
+            Kind::Containers => Ok(()),
+        }
+    }
+
+    /// Removes the data a successful restore replaced.
+    async fn remove_previous(&self, c: &Component, tag: &str) -> Result<(), Failure> {
+        match &c.kind {
+            Kind::Postgres { container, user, database, .. } => {
+                let old = side_name(database, "old", tag);
+                self.run_in(c, container, &["dropdb", "--if-exists", "--force", "-U", user, &old])
+                    .await
+            }
+            Kind::Path { container, path } => match Sides::of(path, tag) {
+                Some(side) if self.on_mount(container, &side.path).await? => {
+                    self.in_volumes(c, container, CLEAN, &side.args(), "removing the previous data")
+                        .await
+                }
+                _ => Ok(()),
+            },
+            Kind::Containers => Ok(()),
+        }
     }
 
     /// Waits for `container` to be healthy as the health service and the update gate judge
@@ -403,6 +680,112 @@ impl Backups {
         tracing::info!(container, "post-restore command done");
         Ok(())
     }
+}
+
+/// The names beside a restored path: `$0` the path, `$1` the staging directory (the
+/// archive is extracted into it, so the copy is `$1/$3`), `$2` where the live entries go.
+#[derive(Debug)]
+struct Sides {
+    path: String,
+    staging: String,
+    old: String,
+    name: String,
+}
+
+impl Sides {
+    fn of(path: &str, tag: &str) -> Option<Self> {
+        let path = path.trim_end_matches('/');
+        let (_, name) = path.rsplit_once('/')?;
+        if name.is_empty() || name == "." || name == ".." {
+            return None;
+        }
+        Some(Self {
+            staging: format!("{path}/.steward-restore-{tag}"),
+            old: format!("{path}/.steward-old-{tag}"),
+            name: name.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    fn args(&self) -> [&str; 4] {
+        [&self.path, &self.staging, &self.old, &self.name]
+    }
+}
+
+/// Removes a staging directory an interrupted attempt left, and creates it.
+const PREPARE: &str = r#"rm -rf -- "$1" && mkdir -p -- "$1""#;
+/// The archive held the path.
+const STAGED: &str = r#"[ -d "$1/$3" ] || { echo "the archive does not hold $3" >&2; exit 3; }"#;
+/// The swap: every live entry (but the restore's own directories) into `$2`, a marker, then
+/// every entry of the copy into the path, then the staging directory removed. Renames within
+/// one filesystem only. Run again after an interruption it finishes: the marker says the
+/// live entries are all out, so what is in the path then is the copy's.
+const SWAP: &str = r#"n="$1/$3"
+if [ ! -e "$2/.steward-swapping" ]; then
+  [ -d "$n" ] || { echo "no restored copy at $n" >&2; exit 3; }
+  mkdir -p -- "$2" || exit 1
+  for e in "$0"/* "$0"/.[!.]* "$0"/..?*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    case "$e" in "$1"|"$2") continue;; esac
+    mv -- "$e" "$2/" || exit 1
+  done
+  : > "$2/.steward-swapping" || exit 1
+  sync
+fi
+if [ -d "$n" ]; then
+  for e in "$n"/* "$n"/.[!.]* "$n"/..?*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    mv -- "$e" "$0/" || exit 1
+  done
+fi
+rm -rf -- "$1"
+sync"#;
+/// A copy that will not be swapped in.
+const DISCARD: &str = r#"rm -rf -- "$1""#;
+/// The data a successful restore replaced.
+const CLEAN: &str = r#"rm -rf -- "$2" "$1""#;
+
+/// `<database>_steward_<what>_<tag>`, within PostgreSQL's 63-byte names (the database's part
+/// shortened).
+fn side_name(database: &str, what: &str, tag: &str) -> String {
+    let suffix = format!("_steward_{what}_{tag}");
+    let room = 63usize.saturating_sub(suffix.len());
+    let mut end = database.len().min(room);
+    while !database.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    format!("{}{suffix}", &database[..end])
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn psql(user: &str, database: &str, sql: &str) -> Vec<String> {
+    ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database, "-tA", "-c", sql]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Where the data a restore replaced is kept (until it succeeds).
+fn kept(chosen: &[&Component], tag: &str) -> String {
+    let places: Vec<String> = chosen
+        .iter()
+        .filter_map(|c| match &c.kind {
+            Kind::Postgres { database, .. } => {
+                Some(format!("database {}", side_name(database, "old", tag)))
+            }
+            Kind::Path { container, path } => {
+                Sides::of(path, tag).map(|s| format!("{container}:{}", s.old))
+            }
+            Kind::Containers => None,
+        })
+        .collect();
+    format!("the data it replaced is kept in {}", places.join(", "))
 }
 
 /// `stream`, with failpoint `name` reached as its second chunk passes: the consumer is

@@ -378,10 +378,10 @@ impl BackupService {
     }
 
     /// One restore with its outcome, journaled under the request's event id: a redelivered
-    /// request whose run was killed restores the same backup again from the start (every
-    /// step replaces, none merges), and starts what the killed run had stopped; a failure
-    /// then names what the killed run had begun to overwrite. One whose outcome was decided
-    /// publishes that outcome again, with the same event id.
+    /// request whose run was killed restores the same backup again, discarding the copies a
+    /// run killed while loading left or finishing the swap a run killed after its commit point
+    /// began (`restore::Backups::restore_journaled`), and starts what the killed run had
+    /// stopped. One whose outcome was decided publishes that outcome again, with the same id.
     async fn restore(
         &self,
         ctx: &Context,

@@ -12,6 +12,10 @@ use time::OffsetDateTime;
 use crate::backup::{Backups, Failure};
 use crate::pipeline;
 
+/// The ETag of each object checked, by object name: a restore reads exactly these bytes
+/// again (an object replaced in between is refused, not loaded).
+pub type Pins = std::collections::BTreeMap<String, String>;
+
 /// How long a scratch server may take to accept connections.
 const SCRATCH_READY: Duration = Duration::from_secs(90);
 
@@ -60,12 +64,17 @@ impl Backups {
     }
 
     /// Checks every component's checksums without loading anything: what a restore does
-    /// before it touches a container.
-    pub async fn check_all(&self, components: &[&Component]) -> Result<(), Failure> {
+    /// before it touches a container. Returns the ETags of the objects checked.
+    pub async fn check_all(&self, components: &[&Component]) -> Result<Pins, Failure> {
+        let mut pins = Pins::new();
         for c in components {
-            pipeline::check_component(self.io(), c).await.map_err(Failure::plain)?;
+            let etag =
+                pipeline::check_component_pinned(self.io(), c).await.map_err(Failure::plain)?;
+            if let Some(etag) = etag {
+                pins.insert(c.object.clone(), etag);
+            }
         }
-        Ok(())
+        Ok(pins)
     }
 
     async fn load_into_scratch(

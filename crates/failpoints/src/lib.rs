@@ -5,7 +5,10 @@
 //! build, with `STEWARD_FAILPOINTS` set, every point reached is logged to stderr as
 //! `failpoint: NAME` (so a test learns which points a flow passes), and a point listed as
 //! `NAME` or `NAME=N` aborts the process (SIGABRT: no destructor, no flush, like SIGKILL) at
-//! its N-th hit (first by default). Release builds compile the macro to nothing.
+//! its N-th hit (first by default); a point listed as `NAME=sleep:MS` pauses the process's
+//! thread there for MS milliseconds at every hit instead (a test acts on the world while a flow
+//! waits at a known step, e.g. replaces an object between a restore's check and its load).
+//! Release builds compile the macro to nothing.
 //!
 //! Chosen over the `fail` crate because its actions (panic, return, sleep) do not kill the
 //! process, and a panic is caught by the consume loop: a crash test needs the process gone.
@@ -48,6 +51,8 @@ macro_rules! failpoint {
 struct Points {
     /// Abort at the N-th hit of each named point.
     abort_at: HashMap<String, u32>,
+    /// Pause at every hit of each named point, in milliseconds.
+    sleep_ms: HashMap<String, u64>,
     hits: Mutex<HashMap<String, u32>>,
     /// The shared directory, with the number of aborts of the set when this process started.
     shared: Option<(std::path::PathBuf, usize)>,
@@ -74,7 +79,8 @@ fn points() -> Option<&'static Points> {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
             let token = format!("{}-{nanos}", std::process::id());
-            Some(Points { abort_at: parse(&armed), hits: Mutex::default(), shared, token })
+            let (abort_at, sleep_ms) = parse_all(&armed);
+            Some(Points { abort_at, sleep_ms, hits: Mutex::default(), shared, token })
         })
         .as_ref()
 }
@@ -87,11 +93,25 @@ fn aborts_in(dir: &std::path::Path) -> usize {
 /// Appends `line` to `dir/name` (best effort: a test helper, not production code).
 fn append(dir: &std::path::Path, name: &str, line: &str) {
     use std::io::Write as _;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name))
-    {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)) {
         let _ = writeln!(f, "{line}");
         let _ = f.sync_all();
     }
+}
+
+/// `a,b=2,c=sleep:500` → aborts {a: 1, b: 2} and sleeps {c: 500}.
+fn parse_all(spec: &str) -> (HashMap<String, u32>, HashMap<String, u64>) {
+    let mut sleeps = HashMap::new();
+    let mut aborts = vec![];
+    for p in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match p.split_once('=').and_then(|(n, a)| Some((n, a.trim().strip_prefix("sleep:")?))) {
+            Some((name, ms)) => {
+                sleeps.insert(name.trim().to_owned(), ms.trim().parse().unwrap_or(0));
+            }
+            None => aborts.push(p),
+        }
+    }
+    (parse(&aborts.join(",")), sleeps)
 }
 
 /// `a,b=2` → {a: 1, b: 2}; a count that does not parse is 1.
@@ -112,6 +132,10 @@ pub fn hit(name: &str) {
     eprintln!("failpoint: {name}");
     if let Some((dir, _)) = &points.shared {
         append(dir, "passed", &format!("{} {name}", points.token));
+    }
+    if let Some(&ms) = points.sleep_ms.get(name) {
+        eprintln!("failpoint: {name}: sleeping {ms}ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     let Some(&at) = points.abort_at.get(name) else { return };
     let mut hits = points.hits.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,5 +163,10 @@ mod tests {
         assert_eq!(p.get("swap:stopped"), Some(&2));
         assert_eq!(p.get("bad"), Some(&1));
         assert_eq!(p.len(), 3);
+        let (aborts, sleeps) = super::parse_all("a,b=sleep:250,c=2");
+        assert_eq!(aborts.get("a"), Some(&1));
+        assert_eq!(aborts.get("c"), Some(&2));
+        assert_eq!(aborts.get("b"), None);
+        assert_eq!(sleeps.get("b"), Some(&250));
     }
 }

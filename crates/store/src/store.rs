@@ -72,6 +72,12 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The object was replaced since its ETag was taken (a pinned read).
+    #[error("{key} was replaced in the bucket since it was checked")]
+    Changed {
+        /// The object key.
+        key: String,
+    },
     /// The stream is larger than 10,000 parts can hold.
     #[error("{key} exceeds S3's 10,000-part limit")]
     TooLarge {
@@ -370,10 +376,32 @@ impl Store {
         &self,
         name: &str,
     ) -> Result<Option<impl AsyncBufRead + Send + Unpin + 'static>, StoreError> {
+        Ok(self.get_pinned(name, None).await?.map(|(body, _)| body))
+    }
+
+    /// Reads an object as a stream with its ETag; `Ok(None)` if it does not exist. With
+    /// `if_match`, only the object whose ETag that is: one replaced since (the ETag of a
+    /// restore's checked read) is [`StoreError::Changed`], not read.
+    pub async fn get_pinned(
+        &self,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<Option<(impl AsyncBufRead + Send + Unpin + 'static, Option<String>)>, StoreError>
+    {
         let key = self.key(name);
-        match self.client().await.get_object().bucket(&self.bucket).key(&key).send().await {
-            Ok(o) => Ok(Some(o.body.into_async_read())),
+        let request = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .set_if_match(if_match.map(str::to_owned));
+        match request.send().await {
+            Ok(o) => Ok(Some((o.body.into_async_read(), o.e_tag))),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                Err(StoreError::Changed { key })
+            }
             Err(e) => Err(s3("GetObject", &key, e)),
         }
     }
