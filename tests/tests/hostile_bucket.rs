@@ -369,3 +369,64 @@ async fn hostile_archives_are_refused_before_the_engine_sees_them() {
     assert_eq!(bed.state(), before, "the bomb changed the host: {reason}");
     bed.destroy().await;
 }
+
+/// An object replaced in the bucket after the restore checked it (the service paused right
+/// after its check by a `sleep` failpoint) is not loaded: `restore.failed` naming it, the
+/// database and the path unchanged, and no restore copy left beside them (the database copy
+/// already loaded is discarded).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_replaced_after_the_check_is_refused() {
+    let bed =
+        Bed::new("replaced", &[("STEWARD_FAILPOINTS", "restore:checked=sleep:6000".into())]).await;
+    let before = bed.state();
+    let path = bed
+        .real
+        .components
+        .iter()
+        .find(|c| matches!(c.kind, Kind::Path { .. }))
+        .unwrap_or_else(|| panic!("no path component: {:?}", bed.real))
+        .clone();
+    let request = Event::new(
+        "steward-cli/test",
+        RestoreRequested {
+            backup_id: bed.real.backup_id.clone(),
+            scope: RestoreScope::All,
+            requested_by: Some("tester".into()),
+            allow_unsigned: false,
+        },
+    );
+    bed.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !bed.service.logs().contains("failpoint: restore:checked: sleeping") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never finished its check:\n{}",
+            bed.service.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Same size, other bytes: only the pin (or the checksums as it loads) can tell.
+    let other = vec![0x5au8; usize::try_from(path.stored_size).unwrap_or(0)];
+    bed.store.put(&path.object, Bytes::from(other)).await.unwrap_or_else(|e| panic!("put: {e}"));
+    let outcome = wait_outcome(
+        &bed.bus,
+        &request,
+        &["restore.done", "restore.failed"],
+        Duration::from_secs(120),
+    )
+    .await;
+    let EventData::RestoreFailed(f) = outcome.data else {
+        panic!("restored from a replaced object: {:?}\n{}", outcome.data, bed.service.logs())
+    };
+    assert!(
+        f.reason.contains("replaced in the bucket since it was checked")
+            && f.reason.contains("nothing was changed"),
+        "{}",
+        f.reason
+    );
+    assert_eq!(bed.state(), before, "a refused restore changed the host");
+    let copies =
+        psql(&bed.db.name, "SELECT count(*) FROM pg_database WHERE datname LIKE '%steward%'");
+    assert_eq!(copies, "0", "the restore's database copy was left");
+    bed.destroy().await;
+}

@@ -334,7 +334,7 @@ impl Backups {
         let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-        let stream = midway(stream, "restore:pg_restore");
+        let (stream, caught) = catching(midway(stream, "restore:pg_restore"));
         // One transaction: the copy holds the whole dump or nothing.
         let load = ExecSpec {
             cmd: ["pg_restore", "--single-transaction", "--exit-on-error", "-U", user, "-d", &new]
@@ -346,8 +346,8 @@ impl Backups {
             .engine
             .exec_stdin(container, &load, stream, 20)
             .await
-            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-        Failure::check_exit(&out, format!("{}: pg_restore", c.name))?;
+            .map_err(|e| caught.or(Failure::plain(format!("{}: {e}", c.name))))?;
+        Failure::check_exit(&out, format!("{}: pg_restore", c.name)).map_err(|f| caught.or(f))?;
         let sql = "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')";
         let out = self
             .engine
@@ -516,11 +516,11 @@ impl Backups {
         let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-        let stream = midway(stream, "restore:extracting");
+        let (stream, caught) = catching(midway(stream, "restore:extracting"));
         self.engine
             .upload_tar(container, &side.staging, stream)
             .await
-            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+            .map_err(|e| caught.or(Failure::plain(format!("{}: {e}", c.name))))?;
         self.in_volumes(c, container, STAGED, &side.args(), "checking the restore's copy").await
     }
 
@@ -786,6 +786,39 @@ fn kept(chosen: &[&Component], tag: &str) -> String {
         })
         .collect();
     format!("the data it replaced is kept in {}", places.join(", "))
+}
+
+/// The first error a stream yielded, if any: the reason a consumer that failed on it (the
+/// engine reports only that the upload broke) really failed.
+#[derive(Debug, Clone, Default)]
+struct Caught(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Caught {
+    /// The stream's error as the failure, or `otherwise`.
+    fn or(&self, otherwise: Failure) -> Failure {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(reason) => Failure { reason, stderr_tail: otherwise.stderr_tail },
+            None => otherwise,
+        }
+    }
+}
+
+/// `stream`, with its first error kept in the [`Caught`] returned.
+fn catching(
+    stream: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+) -> (futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, Caught) {
+    use futures::StreamExt as _;
+    let caught = Caught::default();
+    let slot = caught.clone();
+    let stream = stream
+        .inspect(move |item| {
+            if let Err(e) = item {
+                let mut first = slot.0.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| e.to_string());
+            }
+        })
+        .boxed();
+    (stream, caught)
 }
 
 /// `stream`, with failpoint `name` reached as its second chunk passes: the consumer is

@@ -397,6 +397,10 @@ impl Store {
             .key(&key)
             .set_if_match(if_match.map(str::to_owned));
         match request.send().await {
+            // Some S3-compatible servers ignore If-Match: the ETag answered is compared too.
+            Ok(o) if if_match.is_some_and(|pin| o.e_tag.as_deref() != Some(pin)) => {
+                Err(StoreError::Changed { key })
+            }
             Ok(o) => Ok(Some((o.body.into_async_read(), o.e_tag))),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
