@@ -354,6 +354,7 @@ async fn the_webhook_gets_the_same_notification_as_json() {
             expires_at: Some(time::OffsetDateTime::now_utc() + Duration::from_secs(3600)),
             runs: None,
             versions: Default::default(),
+            reminder: false,
         },
     );
     bus.publish(&old_pending).await.expect("publish");
@@ -518,4 +519,44 @@ async fn nats_down_past_the_bound_is_mailed_directly_once_and_its_return_once() 
     assert!(mails[1].subject.contains("reaches NATS again"), "{}", mails[1].subject);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(mails_to(&maildir, &to).len(), 2, "and its return once");
+}
+
+/// Issue 19: a `steward rollback`'s outcome (`update.succeeded` with `kind: rollback`) is
+/// mailed as a rollback, naming who asked for it and what happens next, not as "update done".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_mailed_as_a_rollback_naming_who_asked() {
+    let bus = TestBus::new("rbmail").await;
+    let to = unique_address("rbmail");
+    let _notifier = Proc::service("steward-notifier", &bus, &testbed_notifier_env(&to));
+    let container = unique_name("rbapp");
+    let digest = |c: char| {
+        steward_events::Digest::parse(&format!("sha256:{}", c.to_string().repeat(64)))
+            .expect("digest")
+    };
+    let done = Event::new(
+        "steward-updater/test",
+        steward_events::UpdateSucceeded {
+            update_id: uuid::Uuid::now_v7(),
+            container: container.clone(),
+            image: "127.0.0.1:5000/steward-test/app:v1".into(),
+            from_digest: digest('b'),
+            to_digest: digest('a'),
+            duration_ms: 4200,
+            approved_by: None,
+            kind: steward_events::UpdateKind::Rollback,
+            requested_by: Some("alice@host".into()),
+        },
+    );
+    bus.publish(&done).await.expect("publish");
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(20));
+    let m = &mails[0];
+    assert!(
+        m.subject.contains(&format!("Rolled back {container} to "))
+            && m.subject.ends_with(", requested by alice@host"),
+        "{}",
+        m.subject
+    );
+    assert!(!m.subject.contains("updated"), "{}", m.subject);
+    assert!(m.text.contains("Requested by: alice@host"), "{}", m.text);
+    assert!(m.text.contains("The rolled-back digest is not offered again"), "{}", m.text);
 }

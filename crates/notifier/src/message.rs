@@ -6,7 +6,7 @@
 
 use minijinja::Environment;
 use serde::Serialize;
-use steward_events::{Event, EventData, ImageUpdated, ImageVersion, Versions};
+use steward_events::{Event, EventData, ImageUpdated, ImageVersion, UpdateKind, Versions};
 use time::macros::format_description;
 use uuid::Uuid;
 
@@ -29,6 +29,10 @@ pub struct Item {
     pub severity: Severity,
     /// Event type.
     pub kind: &'static str,
+    /// Its row in the TOLD table: the event type, or `rollback:<type>` for the `update.*`
+    /// events of a `steward rollback` (told, counted and advised as rollbacks, not updates).
+    #[serde(skip)]
+    pub told: &'static str,
     /// Event id.
     pub id: Uuid,
     /// One line: what happened to what. Also the subject of a one-item message.
@@ -121,6 +125,35 @@ fn on_the_host(update_id: Uuid) -> String {
     format!("Run `steward approve {update_id}` or `steward reject {update_id}` on the host.")
 }
 
+/// `Update` or `Rollback`: what a flow of `kind` is called at the start of a headline.
+fn flow_name(kind: UpdateKind) -> &'static str {
+    match kind {
+        UpdateKind::Update => "Update",
+        UpdateKind::Rollback => "Rollback",
+    }
+}
+
+/// `, requested by alice@host`, or nothing when nobody is named.
+fn requested(by: Option<&str>) -> String {
+    by.map(|b| format!(", requested by {b}")).unwrap_or_default()
+}
+
+/// The TOLD row of `event`: its type, or `rollback:<type>` for a rollback's `update.*`.
+fn told_key(event: &Event) -> &'static str {
+    let kind = match &event.data {
+        EventData::UpdateSucceeded(s) => s.kind,
+        EventData::UpdateFailed(f) => f.kind,
+        EventData::UpdateRolledBack(r) => r.kind,
+        _ => UpdateKind::Update,
+    };
+    match (kind, event.event_type()) {
+        (UpdateKind::Rollback, "update.succeeded") => "rollback:update.succeeded",
+        (UpdateKind::Rollback, "update.failed") => "rollback:update.failed",
+        (UpdateKind::Rollback, "update.rolled_back") => "rollback:update.rolled_back",
+        (_, other) => other,
+    }
+}
+
 impl Item {
     /// An approval request with its signed page.
     pub fn offer_link(&mut self, url: String, expires: time::OffsetDateTime) {
@@ -145,6 +178,7 @@ pub fn describe(event: &Event) -> Item {
     let mut item = Item {
         severity: Severity::Info,
         kind: event.event_type(),
+        told: told_key(event),
         id: event.id,
         headline: String::new(),
         container: event.data.container().or(event.container()).map(str::to_owned),
@@ -166,6 +200,11 @@ pub fn describe(event: &Event) -> Item {
             item.headline = format!("Approve update of {} to {new}?", p.container);
             item.facts =
                 vec![fact("Container", p.container.clone()), fact("Image", p.image.clone())];
+            if p.reminder {
+                // Still undecided, its link about to expire: the same question again.
+                let until = p.expires_at.map(utc).unwrap_or_default();
+                item.headline = format!("Reminder: {} (the link expires {until})", item.headline);
+            }
             item.facts.extend(release_facts(
                 &[(&p.current_digest, p.versions.current_version.as_ref(), None)],
                 &p.new_digest,
@@ -183,6 +222,24 @@ pub fn describe(event: &Event) -> Item {
             item.next = on_the_host(p.update_id);
             item.update_id = Some(p.update_id);
             item.needs_decision = true;
+        }
+        EventData::UpdateSucceeded(s) if s.kind == UpdateKind::Rollback => {
+            item.headline = format!(
+                "Rolled back {} to {}{}",
+                s.container,
+                version(&s.image, None, &s.to_digest),
+                requested(s.requested_by.as_deref())
+            );
+            item.facts = vec![
+                fact("Container", s.container.clone()),
+                fact("Image", s.image.clone()),
+                fact("Rolled back from", s.from_digest.to_string()),
+                fact("Now", s.to_digest.to_string()),
+                fact("Took", ms(s.duration_ms)),
+            ];
+            if let Some(by) = &s.requested_by {
+                item.facts.push(fact("Requested by", by.clone()));
+            }
         }
         EventData::UpdateSucceeded(s) => {
             let how = if s.approved_by.is_none() { " automatically" } else { "" };
@@ -203,17 +260,26 @@ pub fn describe(event: &Event) -> Item {
             }
         }
         EventData::UpdateFailed(f) => {
-            item.headline = format!("Update of {} failed: {}", f.container, first_line(&f.reason));
+            let what = flow_name(f.kind);
+            item.headline = format!("{what} of {} failed: {}", f.container, first_line(&f.reason));
             item.facts = vec![
                 fact("Container", f.container.clone()),
                 fact("Image", f.image.clone()),
                 fact("Reason", f.reason.clone()),
             ];
+            if let Some(by) = &f.requested_by {
+                item.facts.push(fact("Requested by", by.clone()));
+            }
             item.log_tail = f.log_tail.clone();
         }
         EventData::UpdateRolledBack(r) => {
-            item.headline =
-                format!("Update of {} rolled back: {}", r.container, first_line(&r.reason));
+            let rollback = r.kind == UpdateKind::Rollback;
+            item.headline = if rollback {
+                // The image asked for failed its gate: the container is back where it was.
+                format!("Rollback of {} undone: {}", r.container, first_line(&r.reason))
+            } else {
+                format!("Update of {} rolled back: {}", r.container, first_line(&r.reason))
+            };
             item.facts = vec![
                 fact("Container", r.container.clone()),
                 fact("Image", r.image.clone()),
@@ -221,13 +287,23 @@ pub fn describe(event: &Event) -> Item {
                 fact("Running again", r.from_digest.to_string()),
                 fact("Reason", r.reason.clone()),
             ];
+            if let Some(by) = &r.requested_by {
+                item.facts.push(fact("Requested by", by.clone()));
+            }
             item.log_tail = r.log_tail.clone();
             if r.old_healthy == Some(false) {
                 // Down on both images: the most urgent mail Steward sends.
-                item.headline = format!(
-                    "DOWN: {} failed its update and the rollback did not bring it back",
-                    r.container
-                );
+                item.headline = if rollback {
+                    format!(
+                        "DOWN: {} failed its rollback and going back did not bring it back",
+                        r.container
+                    )
+                } else {
+                    format!(
+                        "DOWN: {} failed its update and the rollback did not bring it back",
+                        r.container
+                    )
+                };
                 item.facts.push(fact(
                     "Old container now",
                     r.old_reason.clone().unwrap_or_else(|| "not healthy".into()),
@@ -235,8 +311,13 @@ pub fn describe(event: &Event) -> Item {
                 item.log_tail
                     .push(format!("--- the old container ({}) ---", r.from_digest.short()));
                 item.log_tail.extend(r.old_log_tail.iter().cloned());
+                let (images, backup) = if rollback {
+                    ("the image rolled back to or the one it ran before", "pre-rollback")
+                } else {
+                    ("the new image or the old", "pre-update")
+                };
                 item.next = format!(
-                    "{} serves nothing healthy now, on the new image or the old. The release may have changed data both use (a migration, a config file): read both logs below, check its volumes and database, then restore the pre-update backup if there is one (`steward backup list`, `steward restore <id>`; runbook: an update was rolled back).",
+                    "{} serves nothing healthy now, on {images}. The release may have changed data both use (a migration, a config file): read both logs below, check its volumes and database, then restore the {backup} backup if there is one (`steward backup list`, `steward restore <id>`; runbook: an update was rolled back).",
                     r.container
                 );
             }
@@ -415,6 +496,49 @@ pub fn describe(event: &Event) -> Item {
             item.facts =
                 vec![fact("Container", c.container.clone()), fact("Check", c.command.clone())];
         }
+        EventData::DeployPending(d) => {
+            item.headline = format!(
+                "Approve deployment of {} to {}?",
+                d.change.short_commit(),
+                d.change.environment
+            );
+            item.facts = deploy_facts(&d.change);
+            item.facts.push(fact("Services", d.services.join(", ")));
+            item.needs_decision = true;
+            item.next =
+                format!("Approve it on the host: `steward deploy approve {}`.", d.deploy_id);
+        }
+        EventData::DeploySucceeded(d) => {
+            item.headline =
+                format!("Deployed {} to {}", d.change.short_commit(), d.change.environment);
+            item.facts = deploy_facts(&d.change);
+            item.facts.push(fact("Services", d.services.join(", ")));
+            item.facts.push(fact("Took", ms(d.duration_ms)));
+        }
+        EventData::DeployFailed(d) => {
+            item.headline = format!(
+                "Deployment of {} to {} failed: {}",
+                d.change.short_commit(),
+                d.change.environment,
+                first_line(&d.reason)
+            );
+            item.facts = deploy_facts(&d.change);
+            item.facts.push(fact("Reason", d.reason.clone()));
+            item.log_tail = d.log_tail.clone();
+        }
+        EventData::DeployRolledBack(d) => {
+            item.headline = format!(
+                "Deployment of {} to {} rolled back",
+                d.change.short_commit(),
+                d.change.environment
+            );
+            item.facts = deploy_facts(&d.change);
+            let back_to = d.previous_commit.clone().unwrap_or_else(|| "nothing (removed)".into());
+            item.facts.push(fact("Running again", back_to));
+            item.facts.push(fact("Services", d.services.join(", ")));
+            item.facts.push(fact("Reason", d.reason.clone()));
+            item.log_tail = d.log_tail.clone();
+        }
         EventData::NotifyTestRequested(t) => {
             item.headline = "Test notification: this channel works".into();
             item.facts = vec![fact("Requested by", t.by.clone()), fact("Host", item.host.clone())];
@@ -425,7 +549,7 @@ pub fn describe(event: &Event) -> Item {
     }
     if item.next.is_empty() {
         let container = item.container.as_deref().unwrap_or("the container");
-        item.next = told(item.kind).next.replace("{container}", container);
+        item.next = told(item.told).next.replace("{container}", container);
     }
     item.severity = match &event.data {
         // Down on both images.
@@ -435,7 +559,7 @@ pub fn describe(event: &Event) -> Item {
             Severity::Critical
         }
         EventData::DiskLow(d) if d.level == steward_events::Level::Critical => Severity::Critical,
-        _ => told(item.kind).severity,
+        _ => told(item.told).severity,
     };
     item
 }
@@ -541,6 +665,7 @@ pub fn describe_news(events: &[&Event]) -> Item {
     let mut item = Item {
         severity: Severity::Info,
         kind: first_event.event_type(),
+        told: first_event.event_type(),
         id: first_event.id,
         headline: format!("Newer image {new_name} for {names} ({})", first.image),
         container: Some(names),
@@ -554,7 +679,7 @@ pub fn describe_news(events: &[&Event]) -> Item {
         needs_decision: false,
         release_notes: first.versions.release_notes(),
     };
-    item.next = told(item.kind).next.to_owned();
+    item.next = told(item.told).next.to_owned();
     item
 }
 
@@ -577,9 +702,9 @@ pub fn subject(items: &[Item]) -> String {
     // Ten containers failing at once: "10 unhealthy: a, b, c and 7 more".
     let mut kinds: Vec<(&str, usize)> = vec![];
     for i in items {
-        match kinds.iter_mut().find(|(k, _)| *k == i.kind) {
+        match kinds.iter_mut().find(|(k, _)| *k == i.told) {
             Some((_, n)) => *n += 1,
-            None => kinds.push((i.kind, 1)),
+            None => kinds.push((i.told, 1)),
         }
     }
     let summary = kinds
@@ -597,6 +722,22 @@ pub fn subject(items: &[Item]) -> String {
         (false, n) => format!(": {shown} and {n} more"),
     };
     format!("{SUBJECT_PREFIX}{at} {summary}{who}")
+}
+
+/// What every deployment item says: where, which commit, by whom, why.
+fn deploy_facts(c: &steward_events::Change) -> Vec<(String, String)> {
+    let mut facts = vec![
+        ("Environment".to_owned(), c.environment.clone()),
+        ("Commit".to_owned(), format!("{} ({})", c.commit, c.branch)),
+        ("Repository".to_owned(), c.repository.clone()),
+    ];
+    if let Some(a) = &c.author {
+        facts.push(("Author".to_owned(), a.clone()));
+    }
+    if let Some(m) = &c.message {
+        facts.push(("Message".to_owned(), m.clone()));
+    }
+    facts
 }
 
 fn kind_phrase(kind: &str, n: usize) -> &'static str {
@@ -628,6 +769,12 @@ const TOLD: &[Told] = &[
         next: "" },
     Told { kind: "update.succeeded", severity: Severity::Info, one: "update done", many: "updates done",
         next: "Nothing to do: the container passed its health gate on the new image." },
+    Told { kind: "rollback:update.succeeded", severity: Severity::Info, one: "rollback done", many: "rollbacks done",
+        next: "Nothing to do: the container passed its health gate on the image it ran before. The rolled-back digest is not offered again; a newer one will be, as usual. To go forward at once: `steward rollback {container} --to <digest>` (runbook: rolling back by hand)." },
+    Told { kind: "rollback:update.failed", severity: Severity::Warning, one: "rollback failed", many: "rollbacks failed",
+        next: "The running container was not touched: {container} still runs the image it ran before the request. Fix the cause (often: the previous image is gone from the host and cannot be pulled), then run `steward rollback {container}` again (runbook: rolling back by hand)." },
+    Told { kind: "rollback:update.rolled_back", severity: Severity::Warning, one: "rollback undone", many: "rollbacks undone",
+        next: "The image rolled back to failed its health gate, so {container} runs again on the image it ran before the rollback, with the same configuration. Nothing is retried. The log lines below are from the failed container: fix the cause before `steward rollback {container}` again, or go to another digest with `--to` (runbook: rolling back by hand)." },
     Told { kind: "update.failed", severity: Severity::Warning, one: "update failed", many: "updates failed",
         next: "The running container was not touched. Fix the cause, then run `steward check` to offer the update again." },
     Told { kind: "update.rolled_back", severity: Severity::Warning, one: "update rolled back", many: "updates rolled back",
@@ -671,6 +818,14 @@ const TOLD: &[Told] = &[
         next: "Nothing to do." },
     Told { kind: "certs.failed", severity: Severity::Warning, one: "certificate renewal failed", many: "certificate renewals failed",
         next: "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates)." },
+    Told { kind: "deploy.pending", severity: Severity::Info, one: "deployment awaiting approval", many: "deployments awaiting approval",
+        next: "Nothing is deployed until it is approved (`steward deploy approve ID`)." },
+    Told { kind: "deploy.succeeded", severity: Severity::Info, one: "deployment done", many: "deployments done",
+        next: "Nothing to do: the changed services passed their health gate on the new commit." },
+    Told { kind: "deploy.failed", severity: Severity::Warning, one: "deployment failed", many: "deployments failed",
+        next: "No service was touched. Fix the cause in the repository and push again (runbook: a deployment failed)." },
+    Told { kind: "deploy.rolled_back", severity: Severity::Warning, one: "deployment rolled back", many: "deployments rolled back",
+        next: "The previous commit's definitions run again. Fix the commit and push again; the log lines below are from the failed service (runbook: a deployment was rolled back)." },
     Told { kind: "notify.test_requested", severity: Severity::Info, one: "test notification", many: "test notifications",
         next: "Nothing to do: this is the test asked for with `steward notify test`. Mail about updates, backups and health comes the same way." },
 ];
@@ -801,6 +956,21 @@ mod tests {
             // update.pending's next step depends on its link (`Item::offer_link`).
             assert!(*kind == "update.pending" || !t.next.is_empty(), "{kind} says nothing to do");
         }
+        // A rollback's update.* events are told as rollbacks, each with a row of its own.
+        for data in steward_events::samples::all("gitea") {
+            let mut e = Event::new("steward-updater/gitea-host", data);
+            let kind = match &mut e.data {
+                EventData::UpdateSucceeded(s) => &mut s.kind,
+                EventData::UpdateFailed(f) => &mut f.kind,
+                EventData::UpdateRolledBack(r) => &mut r.kind,
+                _ => continue,
+            };
+            *kind = UpdateKind::Rollback;
+            let key = told_key(&e);
+            assert_eq!(told(key).kind, key, "{key} has no entry in TOLD");
+            assert!(key.starts_with("rollback:"), "{key}");
+            assert!(!told(key).next.contains("update"), "a rollback advised as an update: {key}");
+        }
         let told_kinds: Vec<&str> = TOLD.iter().map(|t| t.kind).collect();
         let mut unique = told_kinds.clone();
         unique.sort_unstable();
@@ -905,6 +1075,68 @@ mod tests {
             s.approved_by = None;
         }
         assert!(describe(&e).headline.starts_with("gitea updated automatically to"));
+    }
+
+    /// `sample(kind)` as the event of a `steward rollback` requested by alice@host.
+    fn rollback(kind: &str) -> Event {
+        let mut e = sample(kind);
+        let by = Some("alice@host".to_owned());
+        match &mut e.data {
+            EventData::UpdateSucceeded(s) => {
+                (s.kind, s.requested_by, s.approved_by) = (UpdateKind::Rollback, by, None);
+            }
+            EventData::UpdateFailed(f) => (f.kind, f.requested_by) = (UpdateKind::Rollback, by),
+            EventData::UpdateRolledBack(r) => (r.kind, r.requested_by) = (UpdateKind::Rollback, by),
+            _ => unreachable!("not an update.* sample: {kind}"),
+        }
+        e
+    }
+
+    #[test]
+    fn a_rollback_is_told_as_a_rollback_not_as_an_update() {
+        let done = describe(&rollback("update.succeeded"));
+        assert!(
+            done.headline.starts_with("Rolled back gitea to gitea/gitea:1.22 (")
+                && done.headline.ends_with(", requested by alice@host"),
+            "{}",
+            done.headline
+        );
+        assert!(!done.headline.contains("updated"), "{}", done.headline);
+        assert!(done.next.contains("not offered again") && done.next.contains("newer one will be"));
+        assert!(done.facts.iter().any(|(k, v)| k == "Requested by" && v == "alice@host"));
+        assert_eq!(done.severity, Severity::Info);
+        let subject_of = |items: &[Item]| subject(items);
+        let two = [done.clone(), describe(&rollback("update.succeeded"))];
+        assert!(subject_of(&two).contains(" 2 rollbacks done: gitea"), "{}", subject_of(&two));
+        // Grouped with an update, each is counted as what it is.
+        let mixed = [done, describe(&sample("update.succeeded"))];
+        let s = subject_of(&mixed);
+        assert!(s.contains("1 rollback done, 1 update done"), "{s}");
+
+        let failed = describe(&rollback("update.failed"));
+        assert!(failed.headline.starts_with("Rollback of gitea failed: "), "{}", failed.headline);
+        assert!(failed.next.contains("steward rollback gitea"), "{}", failed.next);
+        assert_eq!(failed.severity, Severity::Warning);
+
+        let undone = describe(&rollback("update.rolled_back"));
+        assert!(undone.headline.starts_with("Rollback of gitea undone: "), "{}", undone.headline);
+        assert!(undone.next.contains("before the rollback"), "{}", undone.next);
+        assert_eq!(undone.severity, Severity::Warning);
+        let mut down = rollback("update.rolled_back");
+        if let EventData::UpdateRolledBack(r) = &mut down.data {
+            r.old_healthy = Some(false);
+        }
+        let down = describe(&down);
+        assert!(down.headline.starts_with("DOWN: gitea failed its rollback"), "{}", down.headline);
+        assert_eq!(down.severity, Severity::Critical);
+
+        // The webhook's JSON still names the event type; the TOLD row is internal.
+        let json = serde_json::to_value(&undone).expect("json");
+        assert_eq!(json["kind"], "update.rolled_back");
+        assert!(json.get("told").is_none(), "{json}");
+        // An update is unchanged.
+        let update = describe(&sample("update.succeeded"));
+        assert!(update.headline.starts_with("gitea updated to"), "{}", update.headline);
     }
 
     #[test]

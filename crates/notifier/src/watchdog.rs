@@ -39,6 +39,7 @@ fn item(
     Item {
         severity,
         kind,
+        told: kind,
         id: uuid::Uuid::now_v7(),
         headline,
         container: None,
