@@ -157,6 +157,9 @@ pub struct UpdateRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub approval_expires: Option<OffsetDateTime>,
+    /// Whether the reminder of a pending update near its link's expiry was decided.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval_reminded: bool,
     /// The `image.updated` that started it (its redelivery finds this update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub news_id: Option<Uuid>,
@@ -224,6 +227,7 @@ impl UpdateRecord {
             reason: None,
             approved_by: None,
             approval_expires: None,
+            approval_reminded: false,
             news_id: Some(news.id),
             news_time: Some(news.time),
             outbox: vec![],

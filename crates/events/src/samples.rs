@@ -63,6 +63,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             expires_at: Some(time::macros::datetime!(2026-11-30 12:00 UTC)),
             runs: None,
             versions: versions(),
+            reminder: false,
         }
         .into(),
         UpdateApproved { update_id, by: "ops@host".into() }.into(),

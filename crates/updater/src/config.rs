@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 
-use crate::links::{ApprovalLinks, MAX_TTL, MIN_SECRET_LEN, MIN_TTL};
+use crate::links::{ApprovalLinks, DEFAULT_REMIND_BEFORE, MAX_TTL, MIN_SECRET_LEN, MIN_TTL};
 use crate::renewal::RenewalConfig;
 
 /// How long a requested pre-update backup is waited for.
@@ -26,6 +26,8 @@ pub const ENV_APPROVAL_TTL: &str = "STEWARD_APPROVAL_TTL";
 /// How many images of a managed repository are kept (the newest; those in use and the one
 /// `steward rollback` brings back always are): `0` turns the cleanup off.
 pub const ENV_KEEP_IMAGES: &str = "STEWARD_KEEP_IMAGES";
+/// How long before its link expires a still pending update is mailed again (`0s`: never).
+pub const ENV_APPROVAL_REMIND_BEFORE: &str = "STEWARD_APPROVAL_REMIND_BEFORE";
 /// The running image and the previous one.
 pub const DEFAULT_KEEP_IMAGES: u32 = 2;
 /// More than this is a typo, not a policy.
@@ -148,7 +150,8 @@ fn read_links(env: &mut Env) -> Option<ApprovalLinks> {
                 );
                 return None;
             }
-            Some(ApprovalLinks::new(&url, secret.as_bytes(), ttl))
+            let remind = env.duration(ENV_APPROVAL_REMIND_BEFORE, DEFAULT_REMIND_BEFORE);
+            Some(ApprovalLinks::new(&url, secret.as_bytes(), ttl).with_reminder(remind))
         }
     }
 }

@@ -39,7 +39,12 @@ pub struct ApprovalLinks {
     base: String,
     secret: Vec<u8>,
     ttl: Duration,
+    /// How long before a link's expiry a still pending update is mailed again (zero: never).
+    remind_before: Duration,
 }
+
+/// The default of [`ApprovalLinks::with_reminder`]: a day before the link expires.
+pub const DEFAULT_REMIND_BEFORE: Duration = Duration::from_secs(24 * 3600);
 
 impl std::fmt::Debug for ApprovalLinks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +59,36 @@ impl std::fmt::Debug for ApprovalLinks {
 impl ApprovalLinks {
     /// Links under `public_url` (no trailing slash needed), signed with `secret`, valid `ttl`.
     pub fn new(public_url: &str, secret: &[u8], ttl: Duration) -> Self {
-        Self { base: public_url.trim_end_matches('/').to_owned(), secret: secret.to_vec(), ttl }
+        Self {
+            base: public_url.trim_end_matches('/').to_owned(),
+            secret: secret.to_vec(),
+            ttl,
+            remind_before: DEFAULT_REMIND_BEFORE,
+        }
+    }
+
+    /// Reminds `before` a link expires (zero: never).
+    pub fn with_reminder(mut self, before: Duration) -> Self {
+        self.remind_before = before;
+        self
+    }
+
+    /// Whether an update pending since `since`, its link expiring at `expires`, is due for
+    /// its reminder at `now`: within the reminder's bound of the expiry, not expired, and past
+    /// half the link's life (with a link shorter than the bound, the first mail is still
+    /// fresh at its start).
+    pub fn reminder_due(
+        &self,
+        since: OffsetDateTime,
+        expires: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> bool {
+        let before = time::Duration::try_from(self.remind_before).unwrap_or(time::Duration::MAX);
+        if before.is_zero() || now >= expires {
+            return false;
+        }
+        let halfway = since + (expires - since) / 2;
+        expires - now <= before && now >= halfway
     }
 
     fn mac(&self, update_id: Uuid, expires: i64) -> Hmac<Sha256> {
@@ -138,6 +172,24 @@ pub fn token_of(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reminder_is_due_near_the_expiry_past_half_the_links_life_and_never_after() {
+        let links = ApprovalLinks::new("https://s.test", &[1u8; 32], Duration::from_secs(72 * 3600));
+        let t0 = time::macros::datetime!(2026-11-30 00:00 UTC);
+        let expires = t0 + time::Duration::hours(72);
+        let at = |h: i64| t0 + time::Duration::hours(h);
+        assert!(!links.reminder_due(t0, expires, at(47)), "more than a day left");
+        assert!(links.reminder_due(t0, expires, at(48)));
+        assert!(links.reminder_due(t0, expires, at(71)));
+        assert!(!links.reminder_due(t0, expires, at(72)), "expired");
+        // A link shorter than the bound: at half its life, not at once.
+        let short = t0 + time::Duration::hours(2);
+        assert!(!links.reminder_due(t0, short, t0 + time::Duration::minutes(59)));
+        assert!(links.reminder_due(t0, short, t0 + time::Duration::minutes(60)));
+        let never = links.with_reminder(Duration::ZERO);
+        assert!(!never.reminder_due(t0, expires, at(71)));
+    }
 
     fn links() -> ApprovalLinks {
         ApprovalLinks::new(

@@ -254,6 +254,7 @@ async fn an_outbox_left_by_a_crash_is_published_once_with_its_own_id() {
             expires_at: None,
             runs: None,
             versions: Default::default(),
+            reminder: false,
         },
     )
     .with_correlation(event.correlation_id);

@@ -128,3 +128,54 @@ async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() 
         .expect("reject");
     refused(answer(&flow, &links, &used, id, now).await, "no longer waits");
 }
+
+/// Issue 26 (silence is an alarm): an update still pending when its approval link nears its
+/// expiry is mailed again, once (however often the sweep, or a restarted updater, finds it),
+/// and its link still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_update_near_its_links_expiry_is_reminded_once() {
+    use steward_updater::links::ApprovalLinks;
+    use time::OffsetDateTime;
+
+    let bus = TestBus::new("trustremind").await;
+    let app = app(&["steward.update.policy=manual", "steward.update.backup=false"]);
+    let v2 = push_app("v2", &app.image);
+    let links = ApprovalLinks::new("https://steward.test", &[7u8; 32], Duration::from_secs(3600));
+    let flow = flow_with_links(&bus, Some(links.clone())).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("pending");
+    let reminders = |all: &[steward_events::Event]| {
+        all.iter()
+            .filter(|e| {
+                matches!(&e.data, steward_events::EventData::UpdatePending(p) if p.reminder)
+            })
+            .count()
+    };
+    flow.sweep().await.expect("sweep");
+    assert_eq!(reminders(&events(&bus).await), 0, "a fresh link is not reminded");
+
+    // Two hours pending, its link expiring within the hour (within a day, past halfway).
+    let v = flow.records.get(&app.name).await.expect("get").expect("record");
+    let mut record = v.value;
+    record.started_at = OffsetDateTime::now_utc() - Duration::from_secs(2 * 3600);
+    flow.records.update(&app.name, &record, v.revision).await.expect("age the record");
+    flow.sweep().await.expect("sweep");
+    flow.sweep().await.expect("sweep again");
+    let restarted = flow_with_links(&bus, Some(links)).await;
+    restarted.sweep().await.expect("a restarted updater's sweep");
+    let all = events(&bus).await;
+    assert_eq!(reminders(&all), 1, "reminded once: {:?}", types(&all));
+    let reminder = all
+        .iter()
+        .find_map(|e| match &e.data {
+            steward_events::EventData::UpdatePending(p) if p.reminder => Some((e, p.clone())),
+            _ => None,
+        })
+        .expect("reminder");
+    assert_eq!(reminder.1.update_id, record.update_id);
+    assert_eq!(reminder.1.expires_at, record.approval_expires);
+    assert_eq!(reminder.0.correlation_id, event.correlation_id, "in the update's flow");
+    let now = flow.records.get(&app.name).await.expect("get").expect("record").value;
+    assert_eq!(now.step, UpdateStep::Pending, "still waiting for a decision");
+    assert!(now.approval_reminded && now.outbox.is_empty());
+}

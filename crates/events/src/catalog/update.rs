@@ -147,6 +147,10 @@ pub struct UpdatePending {
     /// from, for the approval mail.
     #[serde(flatten)]
     pub versions: Versions,
+    /// A reminder of an update still pending, its approval link near its expiry
+    /// (`STEWARD_APPROVAL_REMIND_BEFORE`); the first `update.pending` has none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reminder: bool,
 }
 container_payload!(UpdatePending);
 

@@ -2,7 +2,8 @@
 
 use steward_bus::Versioned;
 use steward_events::records::{UpdateRecord, UpdateStep};
-use steward_events::{UpdateApproved, UpdateRejected};
+use steward_events::{UpdateApproved, UpdatePending, UpdateRejected};
+use time::OffsetDateTime;
 
 use super::{Flow, FlowError, Hold};
 
@@ -20,6 +21,43 @@ impl Flow {
         // An approval says "yes", not "now": the window, the minimum age and the order of
         // dependencies hold as for an automatic update.
         self.begin_or_defer(v, &settings).await
+    }
+
+    /// A pending update whose approval link expires within the reminder's bound is mailed
+    /// once more (`update.pending` with `reminder`), decided in the record with the event
+    /// in its outbox like every other step, so it goes out once however often the sweep or
+    /// a restart finds it.
+    pub async fn remind_if_due(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
+        let (Some(links), Some(expires)) = (self.cfg.links.as_ref(), v.value.approval_expires)
+        else {
+            return Ok(());
+        };
+        let now = OffsetDateTime::now_utc();
+        if v.value.step != UpdateStep::Pending
+            || v.value.approval_reminded
+            || !links.reminder_due(v.value.started_at, expires, now)
+        {
+            return Ok(());
+        }
+        let mut record = v.value;
+        record.approval_reminded = true;
+        let data = UpdatePending {
+            update_id: record.update_id,
+            container: record.container.clone(),
+            image: record.image.clone(),
+            current_digest: record.from_digest.clone(),
+            new_digest: record.to_digest.clone(),
+            new_tag: record.new_tag.clone(),
+            approval_url: None,
+            expires_at: Some(expires),
+            runs: None,
+            versions: record.versions.clone(),
+            reminder: true,
+        };
+        tracing::info!(container = %record.container, %expires, "approval link expires soon; reminding");
+        self.stage(&mut record, data);
+        self.announce(record, v.revision).await?;
+        Ok(())
     }
 
     /// A human rejected: the container stays as it is.

@@ -193,6 +193,10 @@ impl Flow {
                     Ok(v) => self.expire_backup(v).await,
                     Err(e) => Err(e.into()),
                 },
+                UpdateStep::Pending => match self.flush(v).await {
+                    Ok(v) => self.remind_if_due(v).await,
+                    Err(e) => Err(e.into()),
+                },
                 _ => self.drive(v).await,
             };
             if let Err(e) = result {

@@ -138,6 +138,7 @@ impl Flow {
             reason: None,
             approved_by: None,
             approval_expires: None,
+            approval_reminded: false,
             news_id: Some(event.id),
             // Older news stays old: a replayed `image.updated` never undoes the rollback.
             news_time: v.value.news_time,

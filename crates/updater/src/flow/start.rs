@@ -108,6 +108,7 @@ impl Flow {
                 expires_at: record.approval_expires,
                 runs: None,
                 versions: record.versions.clone(),
+                reminder: false,
             };
             let why = self.waits_for(&record, &settings).await?;
             let data = UpdatePending {
