@@ -175,7 +175,8 @@ mod tests {
 
     #[test]
     fn a_reminder_is_due_near_the_expiry_past_half_the_links_life_and_never_after() {
-        let links = ApprovalLinks::new("https://s.test", &[1u8; 32], Duration::from_secs(72 * 3600));
+        let links =
+            ApprovalLinks::new("https://s.test", &[1u8; 32], Duration::from_secs(72 * 3600));
         let t0 = time::macros::datetime!(2026-11-30 00:00 UTC);
         let expires = t0 + time::Duration::hours(72);
         let at = |h: i64| t0 + time::Duration::hours(h);

@@ -88,8 +88,10 @@ impl Renewal {
         .await
     }
 
-    /// One renewal. `cause` is the request, if any; without one and without a labelled
-    /// container there is nothing to report (most stacks have no certbot).
+    /// One renewal. `cause` is the request, if any. Without one and without a labelled
+    /// container there is nothing to report (most stacks have no certbot), unless a container
+    /// reloads certificates (`steward.certs.reload`): that stack has certificates to renew,
+    /// and their renewer is gone (every scheduled run says so until it is back).
     pub async fn run(&self, cause: Option<&Event>) -> Result<(), steward_bus::BusError> {
         let _one = self.running.lock().await;
         let (renewers, reloaders) = match self.labelled().await {
@@ -99,11 +101,18 @@ impl Renewal {
             }
         };
         if renewers.is_empty() {
-            if cause.is_some() {
-                let reason = format!(
+            if cause.is_some() || !reloaders.is_empty() {
+                let users: Vec<&str> = reloaders.iter().map(|r| r.name.as_str()).collect();
+                let mut reason = format!(
                     "no running container is labelled {} (the certbot container)",
                     steward_labels::CERTS_RENEW
                 );
+                if !users.is_empty() {
+                    reason.push_str(&format!(
+                        ", yet {} reloads certificates: they will expire unrenewed",
+                        users.join(", ")
+                    ));
+                }
                 return self.publish(cause, failed("-", reason, vec![], vec![])).await;
             }
             tracing::debug!("no container labelled for certificate renewal");

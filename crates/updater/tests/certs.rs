@@ -185,3 +185,24 @@ async fn a_request_without_a_certbot_container_gets_a_clear_failure() {
     renewal.run(None).await.expect("ran");
     assert_eq!(stored_events(&bus).await.len(), events.len());
 }
+
+/// Issue 26 (silence is an alarm): a stack whose nginx reloads certificates, its certbot
+/// container gone: the scheduled run says so (it only logged before).
+#[tokio::test]
+async fn a_scheduled_run_says_when_the_certbot_container_is_gone_but_nginx_needs_certificates() {
+    let s = stack().await;
+    let Stack { certbot, nginx, renewal, bus } = s;
+    drop(certbot);
+    renewal.run(None).await.expect("ran");
+    let failed: Vec<_> = stored_events(&bus)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.data {
+            EventData::CertsFailed(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(failed[0].reason.contains("steward.certs.renew"), "{}", failed[0].reason);
+    assert!(failed[0].reason.contains(&nginx.name), "names who needs them: {}", failed[0].reason);
+}

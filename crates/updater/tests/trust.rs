@@ -146,9 +146,9 @@ async fn a_pending_update_near_its_links_expiry_is_reminded_once() {
     flow.on_image_updated(&event, &u).await.expect("pending");
     let reminders = |all: &[steward_events::Event]| {
         all.iter()
-            .filter(|e| {
-                matches!(&e.data, steward_events::EventData::UpdatePending(p) if p.reminder)
-            })
+            .filter(
+                |e| matches!(&e.data, steward_events::EventData::UpdatePending(p) if p.reminder),
+            )
             .count()
     };
     flow.sweep().await.expect("sweep");
