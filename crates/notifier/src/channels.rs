@@ -1,15 +1,16 @@
-//! Delivering a rendered [`Message`]: SMTP (lettre) and a generic JSON webhook.
+//! Delivering a rendered [`Message`]: SMTP (lettre), and a webhook in one of the formats of
+//! [`crate::webhook`] (Steward's JSON, Slack, Matrix, ntfy, Gotify).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::{MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use steward_events::redact_url;
-
 use crate::config::EmailConfig;
 use crate::message::Message;
 use crate::outbox::ChannelKind;
+use crate::webhook::{Body, WebhookConfig};
 
 /// A configured channel.
 #[derive(Debug, Clone)]
@@ -21,10 +22,10 @@ pub enum Channel {
         /// The transport (pooled connections).
         transport: AsyncSmtpTransport<Tokio1Executor>,
     },
-    /// JSON POST.
+    /// An HTTP request per message, in the configured format.
     Webhook {
-        /// Where.
-        url: reqwest::Url,
+        /// Where and how.
+        hook: Arc<WebhookConfig>,
         /// Client with timeouts.
         http: reqwest::Client,
     },
@@ -37,13 +38,16 @@ impl Channel {
         Self::Email { cfg: Box::new(cfg), transport }
     }
 
-    /// A webhook channel posting to `url`.
-    pub fn webhook(url: reqwest::Url) -> Result<Self, reqwest::Error> {
+    /// A webhook channel.
+    pub fn webhook(hook: WebhookConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
+            // A redirect would carry the token elsewhere (and Slack's and ntfy's URLs are
+            // secrets): a webhook answers where it was configured, or fails.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self::Webhook { url, http })
+        Ok(Self::Webhook { hook: Arc::new(hook), http })
     }
 
     /// Which kind.
@@ -58,7 +62,7 @@ impl Channel {
     pub fn recipients(&self) -> Vec<String> {
         match self {
             Channel::Email { cfg, .. } => cfg.to.iter().map(|m| m.email.to_string()).collect(),
-            Channel::Webhook { url, .. } => vec![redact_url(url.as_str())],
+            Channel::Webhook { hook, .. } => vec![hook.shown()],
         }
     }
 
@@ -67,24 +71,42 @@ impl Channel {
     pub async fn deliver(&self, m: &Message, message_id: &str) -> Result<(), String> {
         match self {
             Channel::Email { cfg, transport } => send_mail(cfg, transport, m, message_id).await,
-            Channel::Webhook { url, http } => {
-                let body = serde_json::json!({
-                    "title": m.subject,
-                    "text": m.text,
-                    "items": m.items,
-                    "message_id": message_id,
-                });
-                let r = http.post(url.clone()).json(&body).send().await.map_err(|e| {
-                    format!("POST {}: {}", redact_url(url.as_str()), e.without_url())
-                })?;
-                if r.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("POST {} answered {}", redact_url(url.as_str()), r.status()))
-                }
-            }
+            Channel::Webhook { hook, http } => send_hook(hook, http, m, message_id).await,
         }
     }
+}
+
+/// Sends `m` as `hook`'s format wants it. Every error is scrubbed of the token and of secret
+/// URL parts (the client's own error text is taken without its URL).
+async fn send_hook(
+    hook: &WebhookConfig,
+    http: &reqwest::Client,
+    m: &Message,
+    message_id: &str,
+) -> Result<(), String> {
+    let p = hook.prepare(m, message_id).map_err(|e| hook.scrub(&e))?;
+    let what = format!("{} {} ({})", p.method, hook.shown(), hook.format.as_str());
+    let mut request = http.request(p.method, p.url);
+    for (name, value) in p.headers {
+        request = request.header(name, value);
+    }
+    request = match p.body {
+        Body::Json(v) => request.json(&v),
+        Body::Text(t) => {
+            request.header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8").body(t)
+        }
+    };
+    let r =
+        request.send().await.map_err(|e| hook.scrub(&format!("{what}: {}", e.without_url())))?;
+    let status = r.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    // The service's own words help (Matrix: `M_UNKNOWN_TOKEN`, Gotify: "invalid token"), cut
+    // short and scrubbed like everything else.
+    let body = r.text().await.unwrap_or_default();
+    let said: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
+    Err(hook.scrub(&format!("{what} answered {status}: {said}")))
 }
 
 async fn send_mail(

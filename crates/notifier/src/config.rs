@@ -9,6 +9,8 @@ use steward_events::redact_url;
 use steward_runtime::env::is_loopback_host;
 use steward_runtime::Env;
 
+use crate::webhook::{WebhookConfig, WebhookFormat};
+
 /// SMTP server: `smtps://user:pass@host:465`, `smtp://user:pass@host:587?tls=required`
 /// (STARTTLS), or `smtp://host:25` (plain, loopback only). Usually given as `_FILE`.
 pub const ENV_SMTP_URL: &str = "STEWARD_SMTP_URL";
@@ -19,8 +21,20 @@ pub const ENV_SMTP_PLAINTEXT_HOSTS: &str = "STEWARD_SMTP_PLAINTEXT_HOSTS";
 pub const ENV_MAIL_FROM: &str = "STEWARD_MAIL_FROM";
 /// Recipients, comma-separated.
 pub const ENV_MAIL_TO: &str = "STEWARD_MAIL_TO";
-/// Optional generic webhook (JSON POST: Slack/Matrix/ntfy bridges).
+/// Optional webhook: Steward's JSON receiver, a Slack incoming webhook URL, a Matrix
+/// homeserver's base URL, an ntfy topic URL or a Gotify server's base URL (see
+/// [`ENV_WEBHOOK_FORMAT`]). Usually given as `_FILE` for Slack and ntfy (the URL is the secret).
 pub const ENV_WEBHOOK_URL: &str = "STEWARD_WEBHOOK_URL";
+/// What the webhook's requests look like: `steward` (default), `slack`, `matrix`, `ntfy`,
+/// `gotify`. Said, never guessed from the URL.
+pub const ENV_WEBHOOK_FORMAT: &str = "STEWARD_WEBHOOK_FORMAT";
+/// The webhook's token, usually as `_FILE`: the Matrix access token and the Gotify
+/// application token (required), an ntfy access token or a bearer token for Steward's JSON
+/// (optional). Sent only in a header.
+pub const ENV_WEBHOOK_TOKEN: &str = "STEWARD_WEBHOOK_TOKEN";
+/// Matrix only: the room id messages go to (`!abc:example.org`; the bot's user must have
+/// joined it).
+pub const ENV_WEBHOOK_MATRIX_ROOM: &str = "STEWARD_WEBHOOK_MATRIX_ROOM";
 /// Whether webhook messages carry approval links too (default no: a link approves a
 /// production update, and a chat channel is read by more people than the operator's inbox).
 pub const ENV_WEBHOOK_APPROVAL_LINKS: &str = "STEWARD_WEBHOOK_APPROVAL_LINKS";
@@ -68,7 +82,7 @@ pub struct NotifierConfig {
     /// Email channel, if configured.
     pub email: Option<EmailConfig>,
     /// Webhook channel, if configured.
-    pub webhook: Option<reqwest::Url>,
+    pub webhook: Option<WebhookConfig>,
     /// Whether the webhook gets approval links.
     pub webhook_links: bool,
     /// Quiet hours, if any.
@@ -92,19 +106,7 @@ impl NotifierConfig {
     /// Reads the settings; errors go to `env`. At least one channel must be configured.
     pub fn read(env: &mut Env) -> Self {
         let email = read_email(env);
-        let webhook = env.optional(ENV_WEBHOOK_URL).filter(|s| !s.is_empty()).and_then(|raw| {
-            match reqwest::Url::parse(&raw) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-                Ok(_) => {
-                    env.error(ENV_WEBHOOK_URL, &redact_url(&raw), "expected an http(s) URL");
-                    None
-                }
-                Err(e) => {
-                    env.error(ENV_WEBHOOK_URL, &redact_url(&raw), e);
-                    None
-                }
-            }
-        });
+        let webhook = read_webhook(env);
         let webhook_links = env.parse(ENV_WEBHOOK_APPROVAL_LINKS, false);
         let quiet = env.optional(ENV_QUIET).filter(|s| !s.trim().is_empty()).and_then(|raw| {
             steward_labels::Window::parse(&raw)
@@ -133,6 +135,123 @@ impl NotifierConfig {
             bus_down_after,
         }
     }
+}
+
+fn read_webhook(env: &mut Env) -> Option<WebhookConfig> {
+    let raw = env.optional(ENV_WEBHOOK_URL).filter(|s| !s.is_empty());
+    let format = env.optional(ENV_WEBHOOK_FORMAT).filter(|s| !s.trim().is_empty());
+    let token = env.optional(ENV_WEBHOOK_TOKEN).filter(|s| !s.is_empty());
+    let room = env.optional(ENV_WEBHOOK_MATRIX_ROOM).filter(|s| !s.trim().is_empty());
+    let Some(raw) = raw else {
+        for (name, set) in [
+            (ENV_WEBHOOK_FORMAT, format.is_some()),
+            (ENV_WEBHOOK_TOKEN, token.is_some()),
+            (ENV_WEBHOOK_MATRIX_ROOM, room.is_some()),
+        ] {
+            if set {
+                env.error(name, "", format!("set without {ENV_WEBHOOK_URL}"));
+            }
+        }
+        return None;
+    };
+    let format = match format.as_deref().map(WebhookFormat::parse) {
+        None => WebhookFormat::Steward,
+        Some(Ok(f)) => f,
+        Some(Err(reason)) => {
+            env.error(ENV_WEBHOOK_FORMAT, format.as_deref().unwrap_or_default(), reason);
+            return None;
+        }
+    };
+    // Errors never quote the URL whole: Slack's and ntfy's paths are credentials.
+    let shown = |u: &str| match reqwest::Url::parse(u) {
+        Ok(u) => format!("{}/…", u.origin().ascii_serialization()),
+        Err(_) => "(not a URL)".to_owned(),
+    };
+    let url = match reqwest::Url::parse(&raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        Ok(_) => {
+            env.error(ENV_WEBHOOK_URL, &redact_url(&shown(&raw)), "expected an http(s) URL");
+            return None;
+        }
+        Err(e) => {
+            env.error(ENV_WEBHOOK_URL, "(not shown)", e);
+            return None;
+        }
+    };
+    let mut ok = true;
+    let mut refuse = |env: &mut Env, name: &str, value: &str, reason: String| {
+        env.error(name, value, reason);
+        ok = false;
+    };
+    if url.query_pairs().any(|(k, _)| k == "token" || k == "access_token") {
+        refuse(
+            env,
+            ENV_WEBHOOK_URL,
+            &shown(&raw),
+            format!("a token in the URL ends up in proxy and server logs: put it into {ENV_WEBHOOK_TOKEN}_FILE"),
+        );
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        refuse(
+            env,
+            ENV_WEBHOOK_URL,
+            &shown(&raw),
+            format!("credentials in the URL: put a token into {ENV_WEBHOOK_TOKEN}_FILE"),
+        );
+    }
+    let name = format.as_str();
+    match format {
+        WebhookFormat::Matrix | WebhookFormat::Gotify if token.is_none() => refuse(
+            env,
+            ENV_WEBHOOK_TOKEN,
+            "",
+            format!("required with {ENV_WEBHOOK_FORMAT}={name} (as {ENV_WEBHOOK_TOKEN}_FILE)"),
+        ),
+        WebhookFormat::Slack if token.is_some() => refuse(
+            env,
+            ENV_WEBHOOK_TOKEN,
+            "***",
+            format!("not used with {ENV_WEBHOOK_FORMAT}=slack: the webhook URL is its credential"),
+        ),
+        _ => {}
+    }
+    match (&room, format) {
+        (None, WebhookFormat::Matrix) => refuse(
+            env,
+            ENV_WEBHOOK_MATRIX_ROOM,
+            "",
+            format!("required with {ENV_WEBHOOK_FORMAT}=matrix (a room id, !abc:example.org)"),
+        ),
+        (Some(r), WebhookFormat::Matrix) if !r.starts_with('!') || !r.contains(':') => refuse(
+            env,
+            ENV_WEBHOOK_MATRIX_ROOM,
+            r,
+            "expected a room id (!abc:example.org; an alias #name:server is not resolved: the room's settings show its id)".into(),
+        ),
+        (Some(r), f) if f != WebhookFormat::Matrix => {
+            refuse(env, ENV_WEBHOOK_MATRIX_ROOM, r, format!("only used with {ENV_WEBHOOK_FORMAT}=matrix"))
+        }
+        _ => {}
+    }
+    if format == WebhookFormat::Ntfy && url.path().trim_matches('/').is_empty() {
+        refuse(
+            env,
+            ENV_WEBHOOK_URL,
+            &shown(&raw),
+            "expected the topic's URL (https://ntfy.example.org/TOPIC)".into(),
+        );
+    }
+    if let Some(t) = &token {
+        if t.chars().any(|c| c.is_control() || c == ' ') {
+            refuse(
+                env,
+                ENV_WEBHOOK_TOKEN,
+                "***",
+                "a token has no blanks or control characters".into(),
+            );
+        }
+    }
+    ok.then(|| WebhookConfig { url, format, token, matrix_room: room.map(|r| r.trim().to_owned()) })
 }
 
 fn read_email(env: &mut Env) -> Option<EmailConfig> {
@@ -329,6 +448,76 @@ mod tests {
         assert!(mail("smtp://127.0.0.1:25", &[]).expect("valid").quiet.is_none());
         let e = mail("smtp://127.0.0.1:25", &[(ENV_QUIET, "late")]).expect_err("bad");
         assert!(e.contains(ENV_QUIET) && e.contains("HH:MM-HH:MM"), "{e}");
+    }
+
+    fn hook(pairs: &[(&str, &str)]) -> Result<WebhookConfig, String> {
+        read(pairs).map(|c| c.webhook.expect("a webhook"))
+    }
+
+    #[test]
+    fn webhook_formats_need_their_settings_and_never_show_a_secret() {
+        let dir = std::env::temp_dir().join(format!("steward-hooktoken-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "syt_sekrit\n").expect("write");
+        let file = file.to_string_lossy().into_owned();
+        let token_file = format!("{ENV_WEBHOOK_TOKEN}_FILE");
+
+        let h = hook(&[(ENV_WEBHOOK_URL, "https://hooks.example.org/x")]).expect("default");
+        assert_eq!(h.format, WebhookFormat::Steward);
+        let m = hook(&[
+            (ENV_WEBHOOK_URL, "https://matrix.example.org"),
+            (ENV_WEBHOOK_FORMAT, "Matrix"),
+            (&token_file, &file),
+            (ENV_WEBHOOK_MATRIX_ROOM, "!abc:example.org"),
+        ])
+        .expect("matrix");
+        assert_eq!(m.token.as_deref(), Some("syt_sekrit"), "from the file, newline trimmed");
+        assert!(!format!("{m:?}").contains("syt_sekrit"));
+
+        let e = read(&[
+            (ENV_WEBHOOK_URL, "https://matrix.example.org"),
+            (ENV_WEBHOOK_FORMAT, "matrix"),
+        ])
+        .expect_err("no token, no room");
+        assert!(e.contains(ENV_WEBHOOK_TOKEN) && e.contains(ENV_WEBHOOK_MATRIX_ROOM), "{e}");
+        let e = read(&[
+            (ENV_WEBHOOK_URL, "https://matrix.example.org"),
+            (ENV_WEBHOOK_FORMAT, "matrix"),
+            (&token_file, &file),
+            (ENV_WEBHOOK_MATRIX_ROOM, "#ops:example.org"),
+        ])
+        .expect_err("an alias");
+        assert!(e.contains("room id"), "{e}");
+        let e = read(&[
+            (ENV_WEBHOOK_URL, "https://push.example.org/message?token=AbCdEf"),
+            (ENV_WEBHOOK_FORMAT, "gotify"),
+        ])
+        .expect_err("token in the URL");
+        assert!(e.contains("_FILE") && !e.contains("AbCdEf"), "{e}");
+        let e = read(&[
+            (ENV_WEBHOOK_URL, "https://hooks.slack.com/services/T0/B0/slacksecret"),
+            (ENV_WEBHOOK_FORMAT, "slack"),
+            (ENV_WEBHOOK_TOKEN, "x"),
+        ])
+        .expect_err("a token for Slack");
+        assert!(e.contains("credential") && !e.contains("slacksecret"), "{e}");
+        let e =
+            read(&[(ENV_WEBHOOK_URL, "https://ntfy.example.org/"), (ENV_WEBHOOK_FORMAT, "ntfy")])
+                .expect_err("no topic");
+        assert!(e.contains("topic"), "{e}");
+        let e = read(&[(ENV_WEBHOOK_URL, "https://x.example.org/"), (ENV_WEBHOOK_FORMAT, "teams")])
+            .expect_err("unknown");
+        assert!(e.contains("slack, matrix, ntfy, gotify"), "{e}");
+        let e = read(&[
+            (ENV_WEBHOOK_FORMAT, "ntfy"),
+            (ENV_SMTP_URL, "smtp://127.0.0.1:25"),
+            (ENV_MAIL_FROM, "a@b.c"),
+            (ENV_MAIL_TO, "a@b.c"),
+        ])
+        .expect_err("format without URL");
+        assert!(e.contains(ENV_WEBHOOK_FORMAT), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod message;
 pub mod news;
 pub mod outbox;
 pub mod watchdog;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,8 +61,8 @@ impl Notifier {
         if let Some(email) = cfg.email.clone() {
             channels.push(Channel::email(email));
         }
-        if let Some(url) = cfg.webhook.clone() {
-            channels.push(Channel::webhook(url).context("building the webhook client")?);
+        if let Some(hook) = cfg.webhook.clone() {
+            channels.push(Channel::webhook(hook).context("building the webhook client")?);
         }
         let kinds = channels.iter().map(Channel::kind).collect();
         let watch = watchdog::BusWatch {
