@@ -61,6 +61,7 @@ struct Inner {
     engine_store: StateStore<EngineTrack>,
     engine_track: Mutex<EngineTrack>,
     engine_up: Gauge,
+    host_gauges: crate::host::gauges::HostGauges,
     /// The host checks' open conditions, in the same bucket under [`CONDITIONS_KEY`].
     conditions_store: StateStore<Conditions>,
     conditions: Mutex<Conditions>,
@@ -131,6 +132,7 @@ impl HealthService {
                 updating: Mutex::new(HashMap::new()),
                 up,
                 latency,
+                host_gauges: crate::host::gauges::HostGauges::register(&ctx.metrics),
                 engine_store,
                 engine_track: Mutex::new(engine_track),
                 engine_up,
@@ -462,6 +464,7 @@ impl HealthService {
             })
             .collect();
         reports.push(Report { findings: vec![], covers: orphans });
+        self.inner.host_gauges.observe(&reports);
         for report in &reports {
             self.conclude(ctx, report).await?;
         }

@@ -101,9 +101,12 @@ async fn a_filling_volume_is_told_at_each_level_once_and_its_recovery_once() {
         disk_critical: Threshold::Bytes(512 * 1024),
         ..host(1)
     };
-    let _service = Running::start(&bus, common::config(&scope, cfg), None).await;
+    let service = Running::start(&bus, common::config(&scope, cfg), None).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(health_events(&bus).await, vec![], "an empty volume is quiet");
+    let target = format!("target=\"volume {}\"", volume.0);
+    let free = || common::gauge(&service.metrics_url, "steward_health_disk_free_bytes", &target);
+    assert_eq!(free().await, Some(f64::from(4u32 << 20)), "the gauge says where it stands");
 
     let fill = |name: &str, kib: u32| {
         docker(&[
@@ -132,6 +135,7 @@ async fn a_filling_volume_is_told_at_each_level_once_and_its_recovery_once() {
     assert_eq!(d.level, Level::Critical, "{d:?}");
     assert_eq!(critical.correlation_id, warning.correlation_id, "one flow");
     still(&bus, "health.disk_low", 2).await;
+    assert!(free().await.is_some_and(|b| b < 512.0 * 1024.0), "{:?}", free().await);
 
     docker(&["exec", &app.name, "rm", "/data/a", "/data/b"]);
     let recovered = wait_for_event(&bus, "health.disk_recovered", BOUND).await;

@@ -17,6 +17,7 @@ pub mod certs;
 pub mod conditions;
 pub mod config;
 pub mod disk;
+pub mod gauges;
 
 use steward_events::{EventData, Level};
 

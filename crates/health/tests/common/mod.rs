@@ -60,6 +60,8 @@ pub fn config(scope: &str, host: HostConfig) -> HealthConfig {
 
 /// A running health service on `bus`; stops when dropped.
 pub struct Running {
+    /// Its `/metrics`.
+    pub metrics_url: String,
     shutdown: CancellationToken,
     _runtime: Runtime,
     _service: HealthService,
@@ -74,6 +76,7 @@ impl Running {
         env.finish().expect("test config");
         rcfg.bus = bus.config().clone();
         rcfg.http_addr = ([127, 0, 0, 1], free_port()).into();
+        let metrics_url = format!("http://{}/metrics", rcfg.http_addr);
         rcfg.uses_docker = engine.is_none();
         let shutdown = CancellationToken::new();
         let runtime = Runtime::start_with_shutdown(rcfg, shutdown.clone()).await.expect("runtime");
@@ -82,7 +85,7 @@ impl Running {
             ctx.engine = engine;
         }
         let service = HealthService::start(cfg, &ctx).await.expect("health starts");
-        Self { shutdown, _runtime: runtime, _service: service }
+        Self { metrics_url, shutdown, _runtime: runtime, _service: service }
     }
 }
 
@@ -90,6 +93,14 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The value of the first sample of `name` on `url` whose labels contain `with`.
+pub async fn gauge(url: &str, name: &str, with: &str) -> Option<f64> {
+    let body = reqwest::get(url).await.ok()?.text().await.ok()?;
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// A Docker volume removed on drop.
