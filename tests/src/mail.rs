@@ -177,3 +177,82 @@ pub fn health_failed(container: &str) -> steward_events::Event {
         },
     )
 }
+
+/// One request an [`http_sink`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `POST`, `PUT`, ...
+    pub method: String,
+    /// Path and query, as sent.
+    pub path: String,
+    /// Headers, names in lower case (the last value of a repeated one).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The body, as text.
+    pub body: String,
+}
+
+impl Recorded {
+    /// The value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What an [`http_sink`] received, in order.
+pub type Requests = std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>;
+
+/// An HTTP receiver on 127.0.0.1 (a task of the calling runtime) that records every request,
+/// whatever its method and path, and answers `status` with `{"event_id": ..., "id": 1}` (what
+/// a Matrix homeserver and Gotify answer): its base URL (`http://127.0.0.1:PORT`) and what it
+/// received. A stand-in for Slack, Matrix, ntfy and Gotify, none of which runs here.
+pub async fn http_sink(status: u16) -> (String, Requests) {
+    let received: Requests = Requests::default();
+    let sink = received.clone();
+    let status = axum::http::StatusCode::from_u16(status).expect("a status code");
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method,
+              uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              body: String| {
+            let sink = sink.clone();
+            async move {
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    })
+                    .collect();
+                let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                let r = Recorded { method: method.to_string(), path, headers, body };
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                (status, axum::Json(serde_json::json!({"event_id": "$steward-test", "id": 1})))
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a local port");
+    let port = listener.local_addr().expect("its address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://127.0.0.1:{port}"), received)
+}
+
+/// Waits (at most `bound`) until `sink` received at least `n` requests; all of them.
+pub async fn wait_requests(sink: &Requests, n: usize, bound: Duration) -> Vec<Recorded> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let got = sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} request(s) within {bound:?}: {got:#?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
