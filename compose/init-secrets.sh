@@ -16,7 +16,7 @@ put() { # NAME CONTENT
 put postgres_password "$(random)"
 put approval_secret "$(random)$(random)"
 put grafana_admin_password "$(random)"
-for user in watcher updater backup health notifier cli setup; do
+for user in watcher updater backup health notifier deployer cli setup; do
   put "nats_${user}_password" "$(random)"
 done
 put smtp_url "smtps://USER:PASSWORD@email-smtp.eu-west-1.amazonaws.com:465"

@@ -8,7 +8,7 @@ locals {
 
   # One NATS user per service (issue: per-service permissions) plus the operators' CLI and
   # `steward setup`, the only user that may create or change the stream, consumers and buckets.
-  nats_users = toset(["watcher", "updater", "backup", "health", "notifier", "cli", "setup"])
+  nats_users = toset(["watcher", "updater", "backup", "health", "notifier", "deployer", "cli", "setup"])
 }
 
 resource "aws_kms_key" "secrets" {

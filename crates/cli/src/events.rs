@@ -333,7 +333,47 @@ pub(crate) fn summary(data: &EventData) -> String {
             p.output_tail.last().map(String::as_str).unwrap_or("")
         ),
         EventData::ConfigRecovered(p) => format!("`{}` passes", p.command),
+        EventData::DeployRequested(p) => format!(
+            "{} by {}",
+            deploy_change(&p.change),
+            p.requested_by.as_deref().unwrap_or("?")
+        ),
+        EventData::DeployPending(p) => format!(
+            "deploy {} awaits approval: {} ({})",
+            p.deploy_id,
+            deploy_change(&p.change),
+            p.services.join(", ")
+        ),
+        EventData::DeployApproved(p) => format!("deploy {} approved by {}", p.deploy_id, p.by),
+        EventData::DeployStarted(p) => {
+            format!("{} ({})", deploy_change(&p.change), p.services.join(", "))
+        }
+        EventData::DeploySucceeded(p) => format!(
+            "{} ({}) in {} s",
+            deploy_change(&p.change),
+            p.services.join(", "),
+            p.duration_ms / 1000
+        ),
+        EventData::DeployFailed(p) => format!("{}: {}", deploy_change(&p.change), p.reason),
+        EventData::DeployRolledBack(p) => format!(
+            "{} rolled back to {}: {}",
+            deploy_change(&p.change),
+            p.previous_commit.as_deref().map_or("nothing", |c| c.get(..10).unwrap_or(c)),
+            p.reason
+        ),
     }
+}
+
+/// `prod main@0c1d2e3f40 "message" (author)`: a deployment's commit on one line.
+fn deploy_change(c: &steward_events::Change) -> String {
+    let mut line = format!("{} {}@{}", c.environment, c.branch, c.short_commit());
+    if let Some(m) = &c.message {
+        line.push_str(&format!(" {m:?}"));
+    }
+    if let Some(a) = &c.author {
+        line.push_str(&format!(" ({a})"));
+    }
+    line
 }
 
 #[cfg(test)]

@@ -252,6 +252,102 @@ impl UpdateRecord {
     }
 }
 
+/// KV bucket of [`DeployRecord`]s, keyed by environment: one deployment of an environment at
+/// a time, and what it runs (written by the deployer only).
+pub const DEPLOY_BUCKET: &str = "DEPLOYS";
+
+/// Where a deployment is. The deployer advances it only with compare-and-set writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStep {
+    /// Claimed: fetching the commit and validating it (nothing touched yet).
+    Preparing,
+    /// Manual environment: waiting for `deploy.approved`.
+    Pending,
+    /// `backup.requested` published; waiting for its outcome.
+    AwaitingBackup,
+    /// Recreating the changed services from the commit's definitions.
+    Applying,
+    /// The changed services run; the health gate decides.
+    Gating,
+    /// Putting the previous commit's definitions back.
+    RollingBack,
+    /// Terminal: the commit runs and is healthy.
+    Succeeded,
+    /// Terminal: the previous commit's definitions run again.
+    RolledBack,
+    /// Terminal: stopped before any service was touched.
+    Failed,
+}
+
+impl DeployStep {
+    /// No further step follows.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed)
+    }
+}
+
+/// The deployment of one environment, as persisted between events (the record is the
+/// decision: its outbox holds the events it decided until they are published).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    /// The deployment, minted by the deployer when it claims the environment.
+    pub deploy_id: Uuid,
+    /// What is being deployed.
+    #[serde(flatten)]
+    pub change: crate::Change,
+    /// The commit the environment runs, as far as the deployer made it: the last commit that
+    /// succeeded (carried from record to record; a failed or rolled back one keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_commit: Option<String>,
+    /// The services whose definition changes (only these are recreated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// Of those, the ones that did not exist in the deployed commit (a rollback removes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_services: Vec<String>,
+    /// The flow's correlation id (the request's).
+    pub correlation_id: Uuid,
+    /// The last event of this flow (causation of the next).
+    pub last_event_id: Uuid,
+    /// Where it is.
+    pub step: DeployStep,
+    /// When the request was published: an older request never replaces a newer deployment.
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    /// The request's event id (its redelivery finds this deployment).
+    pub request_id: Uuid,
+    /// When the deployment was claimed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Until when a requested backup is waited for.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub backup_deadline: Option<OffsetDateTime>,
+    /// Who approved a manual deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// Why it ended as it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Restarts that found it before anything was touched; the second one ends it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interruptions: u32,
+    /// Events decided and not yet confirmed published (see [`UpdateRecord::outbox`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "outbox")]
+    pub outbox: Vec<Event>,
+}
+
+impl DeployRecord {
+    /// The commit the environment runs once this record is over: its own after a success,
+    /// else the one carried.
+    pub fn now_running(&self) -> Option<&str> {
+        match self.step {
+            DeployStep::Succeeded => Some(&self.change.commit),
+            _ => self.deployed_commit.as_deref(),
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

@@ -16,22 +16,31 @@ pub enum Service {
     Health,
     /// `steward-notifier`.
     Notifier,
+    /// `steward-deployer`.
+    Deployer,
     /// The `steward` CLI.
     Cli,
 }
 
 impl Service {
-    /// The five long-running services.
-    pub const DAEMONS: [Service; 5] =
-        [Service::Watcher, Service::Updater, Service::Backup, Service::Health, Service::Notifier];
-
-    /// Every participant: the five services and the CLI.
-    pub const ALL: [Service; 6] = [
+    /// The long-running services.
+    pub const DAEMONS: [Service; 6] = [
         Service::Watcher,
         Service::Updater,
         Service::Backup,
         Service::Health,
         Service::Notifier,
+        Service::Deployer,
+    ];
+
+    /// Every participant: the five services and the CLI.
+    pub const ALL: [Service; 7] = [
+        Service::Watcher,
+        Service::Updater,
+        Service::Backup,
+        Service::Health,
+        Service::Notifier,
+        Service::Deployer,
         Service::Cli,
     ];
 
@@ -43,6 +52,7 @@ impl Service {
             Service::Backup => "backup",
             Service::Health => "health",
             Service::Notifier => "notifier",
+            Service::Deployer => "deployer",
             Service::Cli => "cli",
         }
     }
@@ -55,6 +65,7 @@ impl Service {
             Service::Backup => "steward-backup",
             Service::Health => "steward-health",
             Service::Notifier => "steward-notifier",
+            Service::Deployer => "steward-deployer",
             Service::Cli => "steward",
         }
     }
@@ -115,7 +126,16 @@ impl Service {
                 "watch.registry_failed",
                 "watch.registry_recovered",
                 "notify.test_requested",
+                "deploy.pending",
+                "deploy.succeeded",
+                "deploy.failed",
+                "deploy.rolled_back",
             ],
+            // Its own requests (webhook, polling, the CLI), approvals, and the outcome of the
+            // pre-deployment backup it asked for.
+            Service::Deployer => {
+                &["deploy.requested", "deploy.approved", "backup.done", "backup.failed"]
+            }
             Service::Cli => &[],
         }
     }
@@ -166,6 +186,15 @@ impl Service {
                 "health.config_recovered",
             ],
             Service::Notifier => &["notify.sent", "notify.failed"],
+            Service::Deployer => &[
+                "deploy.requested",
+                "deploy.pending",
+                "deploy.started",
+                "deploy.succeeded",
+                "deploy.failed",
+                "deploy.rolled_back",
+                "backup.requested",
+            ],
             Service::Cli => &[
                 "watch.requested",
                 "update.approved",
@@ -176,6 +205,8 @@ impl Service {
                 "certs.requested",
                 "notify.test_requested",
                 "rollback.requested",
+                "deploy.requested",
+                "deploy.approved",
             ],
         }
     }
@@ -190,6 +221,7 @@ impl Service {
             Service::Updater => &[UPDATE_BUCKET, UPDATE_QUEUE_BUCKET, USED_LINKS_BUCKET],
             Service::Health => &[HEALTH_BUCKET],
             Service::Notifier => &[OUTBOX_BUCKET, ANNOUNCED_BUCKET],
+            Service::Deployer => &[DEPLOY_BUCKET],
             Service::Backup | Service::Cli => &[],
         }
     }
@@ -204,7 +236,7 @@ impl Service {
             // knows: a redelivered or replayed older one never downgrades a container.
             Service::Updater => &[WATCH_BUCKET],
             // `steward status` and `steward updates`.
-            Service::Cli => &[WATCH_BUCKET, UPDATE_BUCKET],
+            Service::Cli => &[WATCH_BUCKET, UPDATE_BUCKET, DEPLOY_BUCKET],
             _ => &[],
         }
     }

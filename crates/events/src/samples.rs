@@ -322,5 +322,60 @@ pub fn all(container: &str) -> Vec<EventData> {
             log_tail: vec!["Challenge failed for domain git.example.com".into()],
         }
         .into(),
+        DeployRequested { change: change(), requested_by: Some("webhook".into()) }.into(),
+        DeployPending {
+            deploy_id: update_id,
+            change: change(),
+            previous_commit: Some(PREVIOUS_COMMIT.into()),
+            services: vec!["web".into()],
+        }
+        .into(),
+        DeployApproved { deploy_id: update_id, by: "ops@host".into() }.into(),
+        DeployStarted {
+            deploy_id: update_id,
+            change: change(),
+            previous_commit: Some(PREVIOUS_COMMIT.into()),
+            services: vec!["web".into()],
+        }
+        .into(),
+        DeploySucceeded {
+            deploy_id: update_id,
+            change: change(),
+            previous_commit: Some(PREVIOUS_COMMIT.into()),
+            services: vec!["web".into()],
+            duration_ms: 41_000,
+        }
+        .into(),
+        DeployFailed {
+            deploy_id: Some(update_id),
+            change: change(),
+            reason: "docker-compose.yml does not parse".into(),
+            log_tail: vec!["yaml.parser.ParserError: while parsing a block mapping".into()],
+        }
+        .into(),
+        DeployRolledBack {
+            deploy_id: update_id,
+            change: change(),
+            previous_commit: Some(PREVIOUS_COMMIT.into()),
+            services: vec!["web".into()],
+            reason: "web: not healthy within 60s: GET http://127.0.0.1:3000/ answered 502".into(),
+            log_tail: vec!["panic: cannot connect to database".into()],
+            previous_healthy: Some(true),
+        }
+        .into(),
     ]
+}
+
+const PREVIOUS_COMMIT: &str = "0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5";
+
+/// A push to `main` deployed to `prod`.
+fn change() -> Change {
+    Change {
+        repository: "https://git.example.com/ops/site.git".into(),
+        branch: "main".into(),
+        environment: "prod".into(),
+        commit: "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432".into(),
+        author: Some("Ada <ada@example.com>".into()),
+        message: Some("web: nginx 1.27".into()),
+    }
 }

@@ -36,6 +36,7 @@ pub fn default_http_addr(service: Service) -> std::net::SocketAddr {
         Service::Backup => 9103,
         Service::Health => 9104,
         Service::Notifier => 9105,
+        Service::Deployer => 9106,
         Service::Cli => 9100,
     };
     std::net::SocketAddr::from(([127, 0, 0, 1], port))

@@ -40,7 +40,7 @@ IMAGES = [
     "steward-test/busybox:latest",
 ]
 # What terraform's secrets.tf stores under <name>/steward/ (the nats ones: one per user).
-NATS_USERS = ["watcher", "updater", "backup", "health", "notifier", "cli", "setup"]
+NATS_USERS = ["watcher", "updater", "backup", "health", "notifier", "deployer", "cli", "setup"]
 # Every long-running service of the stack (the CLI and monitoring are profiles).
 SERVICES = {
     "postgres", "gitea", "nginx", "certbot", "nats", "sockproxy", "watcher", "updater", "backup",

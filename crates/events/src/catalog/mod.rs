@@ -5,6 +5,7 @@
 
 mod backup;
 mod certs;
+mod deploy;
 mod health;
 mod notify;
 mod restore;
@@ -13,6 +14,7 @@ mod watch;
 
 pub use backup::*;
 pub use certs::*;
+pub use deploy::*;
 pub use health::*;
 pub use notify::*;
 pub use restore::*;
@@ -176,4 +178,18 @@ catalog! {
     CertsChecked => "certs.checked": CertsChecked,
     /// The certificate renewal or a reload after it failed.
     CertsFailed => "certs.failed": CertsFailed,
+    /// A commit should be deployed (push webhook, polling, or a human).
+    DeployRequested => "deploy.requested": DeployRequested,
+    /// A deployment to a manually approved environment waits for approval.
+    DeployPending => "deploy.pending": DeployPending,
+    /// A human approved a pending deployment.
+    DeployApproved => "deploy.approved": DeployApproved,
+    /// A deployment began.
+    DeployStarted => "deploy.started": DeployStarted,
+    /// The changed services run the commit and are healthy.
+    DeploySucceeded => "deploy.succeeded": DeploySucceeded,
+    /// A deployment stopped before any service was touched.
+    DeployFailed => "deploy.failed": DeployFailed,
+    /// The commit failed; the previous commit's definitions run again.
+    DeployRolledBack => "deploy.rolled_back": DeployRolledBack,
 }

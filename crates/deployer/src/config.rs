@@ -1,0 +1,253 @@
+//! The deployer's own settings, names and defaults in one place, read all at once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use steward_runtime::Env;
+
+/// The git repository holding the compose project (any URL `git` accepts: `https://`,
+/// `ssh://`, `git://`, `file://`). Credentials in it are never put into events or logs.
+pub const ENV_REPOSITORY: &str = "STEWARD_DEPLOY_REPOSITORY";
+/// `ENV=BRANCH[:automatic|manual]`, comma separated: which branch deploys to which
+/// environment, and whether it needs approval.
+pub const ENV_ENVIRONMENTS: &str = "STEWARD_DEPLOY_ENVIRONMENTS";
+/// The default mapping: every push to `dev` and `staging` goes out, `main` waits for approval.
+pub const DEFAULT_ENVIRONMENTS: &str = "dev=dev,staging=staging,prod=main:manual";
+/// Where the checkouts live (one directory per environment; a volume).
+pub const ENV_DIR: &str = "STEWARD_DEPLOY_DIR";
+/// The compose file inside the repository.
+pub const ENV_COMPOSE_FILE: &str = "STEWARD_DEPLOY_COMPOSE_FILE";
+/// The compose project name; each environment is the project `<name>-<env>`.
+pub const ENV_PROJECT: &str = "STEWARD_DEPLOY_PROJECT";
+/// How often the branches are polled with `git ls-remote` (`0s`: only the webhook).
+pub const ENV_POLL_INTERVAL: &str = "STEWARD_DEPLOY_POLL_INTERVAL";
+/// The push webhook's secret (give it as `_FILE`); without it the webhook is not served.
+pub const ENV_WEBHOOK_SECRET: &str = "STEWARD_DEPLOY_WEBHOOK_SECRET";
+/// Whether a deployment is backed up first (`backup.requested`, as an update is).
+pub const ENV_BACKUP: &str = "STEWARD_DEPLOY_BACKUP";
+/// How long the pre-deployment backup is waited for.
+pub const ENV_BACKUP_TIMEOUT: &str = "STEWARD_DEPLOY_BACKUP_TIMEOUT";
+/// How long the health gate waits for the changed services to pass.
+pub const ENV_HEALTH_TIMEOUT: &str = "STEWARD_DEPLOY_HEALTH_TIMEOUT";
+/// Services without a check of their own must run this long without restarting.
+pub const ENV_HEALTH_GRACE: &str = "STEWARD_DEPLOY_HEALTH_GRACE";
+/// Bound of one `git` or `docker-compose` command.
+pub const ENV_COMMAND_TIMEOUT: &str = "STEWARD_DEPLOY_COMMAND_TIMEOUT";
+
+/// A webhook body larger than this is refused (413) before it is read whole: Gitea's push
+/// payloads are a few KiB per commit.
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// A secret shorter than this is refused: it is guessable.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Automatic, or after `deploy.approved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Deploy at once.
+    Automatic,
+    /// `deploy.pending`, then wait for `deploy.approved`.
+    Manual,
+}
+
+/// One environment: the branch that deploys to it, and its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    /// `dev`, `staging`, `prod`, ...
+    pub name: String,
+    /// The branch.
+    pub branch: String,
+    /// Its policy.
+    pub policy: Policy,
+}
+
+/// The deployer's settings.
+#[derive(Clone)]
+pub struct DeployerConfig {
+    /// The repository URL (may hold credentials: never print it, see [`Self::repository_shown`]).
+    pub repository: String,
+    /// The environments, each with its own branch.
+    pub environments: Vec<Environment>,
+    /// The checkouts' root.
+    pub dir: PathBuf,
+    /// The compose file in the repository.
+    pub compose_file: String,
+    /// The project name.
+    pub project: String,
+    /// Polling period; `None`: no polling.
+    pub poll_interval: Option<Duration>,
+    /// The webhook secret.
+    pub webhook_secret: Option<String>,
+    /// Back up first.
+    pub backup: bool,
+    /// Pre-deployment backup wait.
+    pub backup_timeout: Duration,
+    /// Health gate wait.
+    pub health_timeout: Duration,
+    /// "Running, no restarts" grace.
+    pub health_grace: Duration,
+    /// One command's bound.
+    pub command_timeout: Duration,
+    /// One probe's settings, shared with the health service and the updater.
+    pub probe: steward_probe::ProbeConfig,
+}
+
+impl std::fmt::Debug for DeployerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeployerConfig")
+            .field("repository", &self.repository_shown())
+            .field("environments", &self.environments)
+            .field("dir", &self.dir)
+            .field("project", &self.project)
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeployerConfig {
+    /// Reads the settings; errors go to `env`.
+    pub fn read(env: &mut Env) -> Self {
+        let repository = env.required(ENV_REPOSITORY);
+        let environments = env.parse_with(
+            ENV_ENVIRONMENTS,
+            parse_environments(DEFAULT_ENVIRONMENTS).unwrap_or_default(),
+            parse_environments,
+        );
+        let dir = PathBuf::from(env.string(ENV_DIR, "/var/lib/steward/deploy"));
+        let compose_file = env.parse_with(ENV_COMPOSE_FILE, "docker-compose.yml".to_owned(), |s| {
+            let p = std::path::Path::new(s);
+            let inside = !s.is_empty()
+                && p.is_relative()
+                && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            inside.then(|| s.to_owned()).ok_or_else(|| {
+                "a path inside the repository, such as docker-compose.yml or deploy/compose.yml"
+                    .into()
+            })
+        });
+        let project = env.parse_with(ENV_PROJECT, "site".to_owned(), |s| {
+            let ok = !s.is_empty()
+                && s.len() <= 40
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-');
+            ok.then(|| s.to_owned())
+                .ok_or_else(|| "lower-case letters, digits and -, at most 40".into())
+        });
+        let poll = env.duration(ENV_POLL_INTERVAL, Duration::from_secs(300));
+        let webhook_secret = env.optional(ENV_WEBHOOK_SECRET).filter(|s| !s.is_empty());
+        if let Some(s) = &webhook_secret {
+            if s.len() < MIN_SECRET_LEN {
+                env.error(
+                    ENV_WEBHOOK_SECRET,
+                    "<secret>",
+                    format!("at least {MIN_SECRET_LEN} characters"),
+                );
+            }
+        }
+        let backup = env.parse_with(ENV_BACKUP, true, |s| match s {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err("true or false".into()),
+        });
+        Self {
+            repository,
+            environments,
+            dir,
+            compose_file,
+            project,
+            poll_interval: (!poll.is_zero()).then_some(poll),
+            webhook_secret,
+            backup,
+            backup_timeout: env.duration(ENV_BACKUP_TIMEOUT, Duration::from_secs(30 * 60)),
+            health_timeout: env.duration(ENV_HEALTH_TIMEOUT, Duration::from_secs(120)),
+            health_grace: env.duration(ENV_HEALTH_GRACE, Duration::from_secs(30)),
+            command_timeout: env.duration(ENV_COMMAND_TIMEOUT, Duration::from_secs(600)),
+            probe: steward_probe::ProbeConfig::read(env),
+        }
+    }
+
+    /// The repository as events and logs show it (credentials removed).
+    pub fn repository_shown(&self) -> String {
+        steward_events::redact_url(&self.repository)
+    }
+
+    /// The environment a branch deploys to.
+    pub fn environment_of_branch(&self, branch: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.branch == branch)
+    }
+
+    /// The environment called `name`.
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// The compose project of an environment.
+    pub fn project_of(&self, environment: &str) -> String {
+        format!("{}-{environment}", self.project)
+    }
+
+    /// The checkout of an environment.
+    pub fn checkout_of(&self, environment: &str) -> PathBuf {
+        self.dir.join(environment)
+    }
+}
+
+/// `dev=dev,staging=staging,prod=main:manual`.
+pub fn parse_environments(s: &str) -> Result<Vec<Environment>, String> {
+    let mut out: Vec<Environment> = vec![];
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, rest) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected ENV=BRANCH[:automatic|manual]"))?;
+        let (branch, policy) = match rest.split_once(':') {
+            None => (rest, Policy::Automatic),
+            Some((b, "automatic")) => (b, Policy::Automatic),
+            Some((b, "manual")) => (b, Policy::Manual),
+            Some((_, other)) => {
+                return Err(format!("{part:?}: policy {other:?} is not automatic or manual"))
+            }
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 20
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !name_ok {
+            return Err(format!(
+                "{part:?}: an environment is lower-case letters and digits (dev, staging, prod)"
+            ));
+        }
+        // A branch name reaches `git` as an argument: no option-like or odd names.
+        let branch_ok = !branch.is_empty()
+            && !branch.starts_with('-')
+            && !branch.contains("..")
+            && branch.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if !branch_ok {
+            return Err(format!("{part:?}: {branch:?} is not a branch name"));
+        }
+        if out.iter().any(|e| e.name == name || e.branch == branch) {
+            return Err(format!("{part:?}: each environment and branch once"));
+        }
+        out.push(Environment { name: name.to_owned(), branch: branch.to_owned(), policy });
+    }
+    if out.is_empty() {
+        return Err("at least one ENV=BRANCH".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_parse_and_bad_ones_are_named() {
+        let envs = parse_environments(DEFAULT_ENVIRONMENTS).expect("default");
+        assert_eq!(envs.len(), 3);
+        assert_eq!(
+            envs[2],
+            Environment { name: "prod".into(), branch: "main".into(), policy: Policy::Manual }
+        );
+        for bad in
+            ["", "prod", "prod=main:maybe", "Prod=main", "a=-x", "a=b..c", "a=x,a=y", "a=x,b=x"]
+        {
+            assert!(parse_environments(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

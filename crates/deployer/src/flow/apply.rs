@@ -1,0 +1,178 @@
+//! The apply: only the changed services are recreated from the commit's definitions
+//! (`up -d --no-deps`), health-gated with `steward-probe` (the one meaning of healthy), and
+//! on failure the previous commit's definitions are put back.
+
+use std::time::Duration;
+
+use steward_bus::Versioned;
+use steward_events::records::{DeployRecord, DeployStep};
+use steward_events::{DeployRolledBack, DeploySucceeded};
+use steward_probe::{Prober, Target, Verdict};
+use tokio::time::Instant;
+
+use super::{Flow, FlowError};
+
+/// Between two rounds of the gate.
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
+/// Log lines of a failed service kept for the rollback's event.
+const LOG_LINES: usize = 20;
+
+impl Flow {
+    /// Applies a record at `Applying`, gates it, and concludes or rolls back.
+    pub async fn apply(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
+        let env = v.value.change.environment.clone();
+        let compose = self.compose(&env);
+        let dir = self.cfg.checkout_of(&env);
+        steward_failpoints::failpoint!("apply");
+        let applied = async {
+            self.git.checkout(&dir, &v.value.change.commit).await?;
+            compose.up(&v.value.services).await
+        }
+        .await;
+        steward_failpoints::failpoint!("applied");
+        if let Err(e) = applied {
+            return self.roll_back(v, e.to_string(), e.tail).await;
+        }
+        let mut record = v.value;
+        record.step = DeployStep::Gating;
+        let v = self.save(record, v.revision).await?;
+        steward_failpoints::failpoint!("gate");
+        match self.gate(&env, &v.value.services, "the new").await {
+            Ok(()) => {
+                let record = &v.value;
+                tracing::info!(environment = %env, commit = %record.change.commit, services = ?record.services, "deployed");
+                let data = DeploySucceeded {
+                    deploy_id: record.deploy_id,
+                    change: record.change.clone(),
+                    previous_commit: record.deployed_commit.clone(),
+                    services: record.services.clone(),
+                    duration_ms: super::ms_since(record.started_at),
+                };
+                self.conclude(v, DeployStep::Succeeded, None, data).await?;
+                Ok(())
+            }
+            Err((reason, log_tail)) => self.roll_back(v, reason, log_tail).await,
+        }
+    }
+
+    /// Puts the previous commit's definitions back for the changed services (and removes
+    /// the services the commit added), then `deploy.rolled_back`. Runs again from the start
+    /// after a kill: every command in it is idempotent.
+    pub async fn roll_back(
+        &self,
+        v: Versioned<DeployRecord>,
+        reason: String,
+        log_tail: Vec<String>,
+    ) -> Result<(), FlowError> {
+        let env = v.value.change.environment.clone();
+        tracing::warn!(environment = %env, %reason, "deployment failed; rolling back");
+        let v = if v.value.step == DeployStep::RollingBack {
+            v
+        } else {
+            let mut record = v.value;
+            record.step = DeployStep::RollingBack;
+            record.reason = Some(reason.clone());
+            self.save(record, v.revision).await?
+        };
+        steward_failpoints::failpoint!("rollback");
+        let compose = self.compose(&env);
+        let dir = self.cfg.checkout_of(&env);
+        let record = &v.value;
+        let (back, removed): (Vec<String>, Vec<String>) = match &record.deployed_commit {
+            Some(_) => {
+                record.services.iter().cloned().partition(|s| !record.new_services.contains(s))
+            }
+            None => (vec![], record.services.clone()),
+        };
+        compose.remove(&removed).await?;
+        if let Some(previous) = &record.deployed_commit {
+            self.git.checkout(&dir, previous).await?;
+            compose.up(&back).await?;
+        }
+        steward_failpoints::failpoint!("rolled_back");
+        let previous_healthy = if back.is_empty() {
+            None
+        } else {
+            Some(self.gate(&env, &back, "the previous").await.is_ok())
+        };
+        let data = DeployRolledBack {
+            deploy_id: record.deploy_id,
+            change: record.change.clone(),
+            previous_commit: record.deployed_commit.clone(),
+            services: record.services.clone(),
+            reason: record.reason.clone().unwrap_or(reason),
+            log_tail,
+            previous_healthy,
+        };
+        let reason = data.reason.clone();
+        self.conclude(v, DeployStep::RolledBack, Some(reason), data).await?;
+        Ok(())
+    }
+
+    /// Every container of `services` passes `steward-probe`'s rounds within the health
+    /// timeout (a container with no check of its own: runs without restarting for the
+    /// grace). `Err`: why not, and the failing container's last log lines.
+    pub async fn gate(
+        &self,
+        env: &str,
+        services: &[String],
+        which: &str,
+    ) -> Result<(), (String, Vec<String>)> {
+        let containers =
+            self.service_containers(env, services).await.map_err(|e| (e.to_string(), vec![]))?;
+        for service in services {
+            let Some(c) = containers
+                .iter()
+                .find(|c| c.labels.get(crate::compose::SERVICE_LABEL) == Some(service))
+            else {
+                return Err((format!("{which} {service}: no container"), vec![]));
+            };
+            if let Err(why) = self.judge(&c.id, &c.labels).await {
+                let logs = self.engine.logs_tail(&c.id, LOG_LINES).await.unwrap_or_default();
+                return Err((format!("{which} {service}: {why}"), logs));
+            }
+        }
+        Ok(())
+    }
+
+    async fn judge(
+        &self,
+        id: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Result<(), String> {
+        let first = self.engine.health_view(id).await.map_err(|e| e.to_string())?;
+        let target = Target::from_labels(labels);
+        let prober =
+            Prober::new(self.engine.clone(), &self.cfg.probe).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + self.cfg.health_timeout;
+        let mut last: String;
+        loop {
+            let view = self.engine.health_view(id).await.map_err(|e| e.to_string())?;
+            let round = prober.round(id, &view, &target, Some(first.restart_count)).await;
+            match round.verdict {
+                Verdict::Pass if target.has_own_check(&view) => return Ok(()),
+                Verdict::Pass => break,
+                // The container's own verdict ends the wait early.
+                Verdict::Fail(f) if f.check.is_final() => return Err(f.reason),
+                Verdict::Fail(f) => last = f.reason,
+                Verdict::Pending(why) => last = why,
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not healthy within {:?}: {}", self.cfg.health_timeout, last));
+            }
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+        // Nothing of its own to check: only time tells.
+        let until = Instant::now() + self.cfg.health_grace;
+        loop {
+            let view = self.engine.health_view(id).await.map_err(|e| e.to_string())?;
+            if let Verdict::Fail(f) = steward_probe::judge_state(&view, Some(first.restart_count)) {
+                return Err(f.reason);
+            }
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+    }
+}

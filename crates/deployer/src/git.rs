@@ -1,0 +1,123 @@
+//! Git through the `git` binary (Debian's, in the image): the same program, protocols,
+//! credential helpers and SSH configuration the operator uses by hand, and no second git
+//! implementation to keep up with. Every call is bounded ([`crate::command::run`]) and never
+//! prompts; failure modes: the remote unreachable or refusing (a `CommandError` with git's
+//! own message, the deployment fails with it), a lock file left by a git killed with us
+//! (removed before the next checkout: only this service uses the directory), a commit the
+//! branch no longer has (fetch finds nothing: the deployment fails naming it).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::command::{run, CommandError};
+
+/// Whether `s` is a full commit id (SHA-1 or SHA-256, lower-case hex).
+pub fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64)
+        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The git operations of the deployer, each within `timeout`.
+#[derive(Debug, Clone)]
+pub struct Git {
+    /// The repository URL.
+    pub url: String,
+    /// One command's bound.
+    pub timeout: Duration,
+}
+
+/// The author and first line of a commit's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// `Name <mail>`.
+    pub author: String,
+    /// First line.
+    pub subject: String,
+}
+
+impl Git {
+    /// The head commit of each of `branches` the remote has (`git ls-remote --heads`).
+    pub async fn heads(&self, branches: &[&str]) -> Result<BTreeMap<String, String>, CommandError> {
+        let refs: Vec<String> = branches.iter().map(|b| format!("refs/heads/{b}")).collect();
+        let mut args = vec!["ls-remote", "--heads", "--", self.url.as_str()];
+        args.extend(refs.iter().map(String::as_str));
+        let out = run("git", &args, None, self.timeout).await?;
+        let mut heads = BTreeMap::new();
+        for line in out.stdout.lines() {
+            let Some((commit, name)) = line.split_once('\t') else { continue };
+            let Some(branch) = name.strip_prefix("refs/heads/") else { continue };
+            if is_commit_id(commit) && branches.contains(&branch) {
+                heads.insert(branch.to_owned(), commit.to_owned());
+            }
+        }
+        Ok(heads)
+    }
+
+    /// Makes `dir` a repository with the remote `origin` (again after a kill: each step is
+    /// idempotent), then fetches `branch` and checks that it holds `commit`.
+    pub async fn fetch(&self, dir: &Path, branch: &str, commit: &str) -> Result<(), CommandError> {
+        if !dir.join(".git").is_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "create", e))?;
+            self.git(dir, &["init", "-q"]).await?;
+        }
+        // Set, not added: the configured URL may have changed since the directory was made.
+        if self.git(dir, &["remote", "set-url", "origin", &self.url]).await.is_err() {
+            self.git(dir, &["remote", "add", "origin", &self.url]).await?;
+        }
+        let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+        self.git(dir, &["fetch", "-q", "--no-tags", "origin", &refspec]).await?;
+        let object = format!("{commit}^{{commit}}");
+        self.git(dir, &["cat-file", "-e", &object]).await.map_err(|mut e| {
+            e.reason = format!("found no commit {commit} on branch {branch}");
+            e
+        })?;
+        Ok(())
+    }
+
+    /// Puts `commit`'s files in the work tree (`--force`: whatever a killed checkout left).
+    pub async fn checkout(&self, dir: &Path, commit: &str) -> Result<(), CommandError> {
+        // Only this service uses the directory: a lock is a git we were killed with.
+        let _ = std::fs::remove_file(dir.join(".git/index.lock"));
+        self.git(dir, &["checkout", "-q", "--force", "--detach", commit]).await?;
+        Ok(())
+    }
+
+    /// Author and subject of `commit`.
+    pub async fn info(&self, dir: &Path, commit: &str) -> Result<CommitInfo, CommandError> {
+        let out = self.git(dir, &["log", "-1", "--format=%an <%ae>%x00%s", commit]).await?;
+        let line = out.trim_end_matches('\n');
+        let (author, subject) = line.split_once('\0').unwrap_or((line, ""));
+        Ok(CommitInfo { author: author.to_owned(), subject: subject.to_owned() })
+    }
+
+    /// Whether `ancestor` is `commit` or one of its ancestors (an older deployment).
+    pub async fn is_ancestor(
+        &self,
+        dir: &Path,
+        ancestor: &str,
+        commit: &str,
+    ) -> Result<bool, CommandError> {
+        match self.git(dir, &["merge-base", "--is-ancestor", ancestor, commit]).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == Some(1) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn git(&self, dir: &Path, args: &[&str]) -> Result<String, CommandError> {
+        let dir_s = dir.to_string_lossy();
+        let mut all = vec!["-C", dir_s.as_ref()];
+        all.extend_from_slice(args);
+        Ok(run("git", &all, None, self.timeout).await?.stdout)
+    }
+}
+
+fn io_error(dir: &Path, what: &str, e: std::io::Error) -> CommandError {
+    CommandError {
+        command: format!("{what} {}", dir.display()),
+        reason: e.to_string(),
+        tail: vec![],
+        code: None,
+    }
+}

@@ -1,0 +1,125 @@
+//! steward-deployer: deploys a compose project from git, per environment.
+//!
+//! Sources of change: a push webhook ([`webhook`], signature checked) and polling
+//! ([`poll`], `git ls-remote`); either publishes `deploy.requested`. The deployer consumes
+//! it and runs the deployment state machine ([`flow`]): fetch the commit into the
+//! environment's checkout, validate it (compose file, images), wait for approval in a
+//! manual environment (`deploy.pending` → `deploy.approved`), back up first (the updater's
+//! backup gate: `backup.requested` → `backup.done`), recreate only the services whose
+//! definition changed, health-gate them with `steward-probe`, and roll back to the previous
+//! commit's definitions on failure. Git is the `git` binary ([`git`]); compose is
+//! `docker-compose` ([`compose`]).
+
+pub mod command;
+pub mod compose;
+pub mod config;
+pub mod flow;
+pub mod git;
+pub mod poll;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use steward_events::{Event, EventData, Service};
+use steward_runtime::{Context, Handler, HandlerError};
+
+use crate::config::DeployerConfig;
+use crate::flow::{Flow, FlowError};
+
+/// This service on the bus.
+pub const SERVICE: Service = Service::Deployer;
+
+/// How often unfinished deployments nobody holds are driven on.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// The deployer's event handler.
+#[derive(Debug)]
+pub struct Deployer {
+    flow: Flow,
+}
+
+impl Deployer {
+    /// Checks `git` and `docker-compose` are there, opens the state, drives on what a
+    /// previous instance left, serves the webhook and starts polling and the sweep.
+    pub async fn start(cfg: DeployerConfig, ctx: &Context) -> anyhow::Result<Self> {
+        let engine = ctx.engine.clone().context("the deployer needs Docker")?;
+        for (program, arg) in [("git", "--version"), ("docker-compose", "version")] {
+            crate::command::run(program, &[arg], None, Duration::from_secs(30))
+                .await
+                .with_context(|| format!("the deployer needs `{program}` on its PATH"))?;
+        }
+        std::fs::create_dir_all(&cfg.dir).with_context(|| {
+            format!("cannot create {} ({})", cfg.dir.display(), config::ENV_DIR)
+        })?;
+        let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
+        let refused = prometheus_client::metrics::family::Family::default();
+        ctx.metrics.register(
+            "deploy_webhook_refused",
+            "Webhook requests refused for a missing or wrong signature",
+            refused.clone(),
+        );
+        match flow.cfg.webhook_secret.clone() {
+            Some(secret) => {
+                let routes = webhook::router(
+                    ctx.bus.clone(),
+                    flow.cfg.clone(),
+                    secret,
+                    ctx.source(),
+                    refused,
+                );
+                ctx.serve_routes(routes)?;
+                tracing::info!(path = webhook::PATH, "push webhook served");
+            }
+            None => tracing::info!("no {}: no webhook, polling only", config::ENV_WEBHOOK_SECRET),
+        }
+        let left = flow.resume().await;
+        if !left.is_empty() {
+            tracing::error!(count = left.len(), "interrupted deployments left for the sweep");
+        }
+        let sweeper = flow.clone();
+        let shutdown = ctx.shutdown.clone();
+        ctx.spawn("deployment sweeper", async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                }
+                sweeper.sweep().await;
+            }
+        });
+        if let Some(every) = flow.cfg.poll_interval {
+            let poller = flow.clone();
+            let shutdown = ctx.shutdown.clone();
+            ctx.spawn("repository polling", async move {
+                let mut seen = BTreeMap::new();
+                loop {
+                    poll::poll_once(&poller, &mut seen).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            });
+        }
+        Ok(Self { flow })
+    }
+}
+
+fn retry(e: FlowError) -> HandlerError {
+    HandlerError::Retry(e.into())
+}
+
+impl Handler for Deployer {
+    async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
+        match &event.data {
+            EventData::DeployRequested(r) => self.flow.on_requested(&event, r).await.map_err(retry),
+            EventData::DeployApproved(a) => self.flow.on_approved(a).await.map_err(retry),
+            EventData::BackupDone(_) | EventData::BackupFailed(_) => {
+                self.flow.on_backup_outcome(&event).await.map_err(retry)
+            }
+            _ => Ok(()),
+        }
+    }
+}

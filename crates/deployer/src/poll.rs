@@ -1,0 +1,57 @@
+//! Polling: every `STEWARD_DEPLOY_POLL_INTERVAL`, `git ls-remote` of the configured branches;
+//! a head that is not the commit an environment's record names becomes `deploy.requested`
+//! (once per head per process; the flow ignores what is not news anyway).
+
+use std::collections::BTreeMap;
+
+use steward_events::{Change, DeployRequested, Event};
+
+use crate::flow::Flow;
+
+/// One poll; `seen` remembers what this process already asked for, per environment.
+pub async fn poll_once(flow: &Flow, seen: &mut BTreeMap<String, String>) {
+    let branches: Vec<&str> = flow.cfg.environments.iter().map(|e| e.branch.as_str()).collect();
+    let heads = match flow.git.heads(&branches).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "polling the repository failed; tried again next time");
+            return;
+        }
+    };
+    for env in &flow.cfg.environments {
+        let Some(head) = heads.get(&env.branch) else { continue };
+        if seen.get(&env.name) == Some(head) {
+            continue;
+        }
+        match flow.records.get(&env.name).await {
+            Ok(Some(v)) if v.value.change.commit == *head => {
+                seen.insert(env.name.clone(), head.clone());
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the deployment record; polled again later");
+                continue;
+            }
+        }
+        let change = Change {
+            repository: flow.cfg.repository_shown(),
+            branch: env.branch.clone(),
+            environment: env.name.clone(),
+            commit: head.clone(),
+            author: None,
+            message: None,
+        };
+        let event =
+            Event::new(&flow.source, DeployRequested { change, requested_by: Some("poll".into()) });
+        match flow.bus.publish(&event).await {
+            Ok(_) => {
+                tracing::info!(environment = %env.name, commit = %head, "new head found by polling");
+                seen.insert(env.name.clone(), head.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish deploy.requested; polled again later")
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Deployments from git: `deploy.*` (the deployer service, issue 21).
+//!
+//! Every payload carries the change it is about ([`Change`]: repository, branch, environment,
+//! commit, and the author and message when known), flattened into the payload, so a mail or
+//! an audit line names the commit without looking anything up.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Payload;
+
+/// The commit a deployment is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The repository as configured (its clone URL, credentials never included).
+    pub repository: String,
+    /// The branch it was pushed to.
+    pub branch: String,
+    /// The environment the branch deploys to (`dev`, `staging`, `prod`).
+    pub environment: String,
+    /// The full commit id (40 hex digits).
+    pub commit: String,
+    /// Its author, when known (`Name <mail>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Its message's first line, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Change {
+    /// The first 10 digits of the commit, as people quote it.
+    pub fn short_commit(&self) -> &str {
+        self.commit.get(..10).unwrap_or(&self.commit)
+    }
+}
+
+/// A commit should be deployed (from the push webhook, polling, or a human).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRequested {
+    /// What to deploy.
+    #[serde(flatten)]
+    pub change: Change,
+    /// Who or what asked: `webhook`, `poll`, `user@host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl Payload for DeployRequested {}
+
+/// A deployment to an environment with manual approval waits for `deploy.approved`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployPending {
+    /// The deployment (minted by the deployer).
+    pub deploy_id: Uuid,
+    /// What would be deployed.
+    #[serde(flatten)]
+    pub change: Change,
+    /// The commit running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_commit: Option<String>,
+    /// The compose services whose definition changes.
+    pub services: Vec<String>,
+}
+
+impl Payload for DeployPending {}
+
+/// A human approved a pending deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployApproved {
+    /// The deployment.
+    pub deploy_id: Uuid,
+    /// Who approved (`user@host`).
+    pub by: String,
+}
+
+impl Payload for DeployApproved {}
+
+/// The deployment began: backed up (or about to be), then the changed services are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployStarted {
+    /// The deployment.
+    pub deploy_id: Uuid,
+    /// What is deployed.
+    #[serde(flatten)]
+    pub change: Change,
+    /// The commit running before, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_commit: Option<String>,
+    /// The compose services whose definition changes (only these are recreated).
+    pub services: Vec<String>,
+}
+
+impl Payload for DeployStarted {}
+
+/// The changed services run the commit's definitions and passed their health gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySucceeded {
+    /// The deployment.
+    pub deploy_id: Uuid,
+    /// What was deployed.
+    #[serde(flatten)]
+    pub change: Change,
+    /// The commit running before, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_commit: Option<String>,
+    /// The services recreated.
+    pub services: Vec<String>,
+    /// Wall time from the request.
+    pub duration_ms: u64,
+}
+
+impl Payload for DeploySucceeded {}
+
+/// The deployment stopped before any service was touched (fetch, validation, backup, a
+/// rejection or timeout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployFailed {
+    /// The deployment, when one was claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_id: Option<Uuid>,
+    /// What was to be deployed.
+    #[serde(flatten)]
+    pub change: Change,
+    /// What went wrong.
+    pub reason: String,
+    /// Last lines of the failing command's output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+impl Payload for DeployFailed {}
+
+/// The commit's services failed; the previous commit's definitions run again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRolledBack {
+    /// The deployment.
+    pub deploy_id: Uuid,
+    /// What was deployed and refused.
+    #[serde(flatten)]
+    pub change: Change,
+    /// The commit whose definitions run again (none: the services new in this commit were
+    /// removed and nothing ran before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_commit: Option<String>,
+    /// The services put back.
+    pub services: Vec<String>,
+    /// Why the commit was refused.
+    pub reason: String,
+    /// Last log lines of the failing service's container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    /// Whether the services passed the health gate on the previous definitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_healthy: Option<bool>,
+}
+
+impl Payload for DeployRolledBack {}
