@@ -151,3 +151,60 @@ async fn an_automatic_update_is_reported_once_it_succeeded() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(mails_to(&maildir, &to).len(), 1, "{:#?}", mails_to(&maildir, &to));
 }
+
+/// The reported-image markers do not grow forever: those older than the horizon are purged,
+/// the others stay (a purged digest still the newest is reported once more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_image_markers_older_than_the_horizon_are_purged() {
+    use steward_bus::StateStore;
+    use steward_events::records::ANNOUNCED_BUCKET;
+    use steward_notifier::news::{Announced, Announcements};
+    use steward_notifier::outbox::ChannelKind;
+
+    let bus = TestBus::new("announcedpurge").await;
+    let announcements = Announcements::open(&bus).await.expect("bucket");
+    let news = |container: &str, fill: char| {
+        steward_events::Event::new(
+            "steward-watcher/test",
+            steward_events::ImageUpdated {
+                container: container.into(),
+                image: format!("example.org/{container}:1"),
+                current_digest: steward_events::Digest::parse(&format!(
+                    "sha256:{}",
+                    "a".repeat(64)
+                ))
+                .expect("digest"),
+                new_digest: steward_events::Digest::parse(&format!(
+                    "sha256:{}",
+                    fill.to_string().repeat(64)
+                ))
+                .expect("digest"),
+                new_tag: None,
+                policy: Some("notify".into()),
+                versions: Default::default(),
+            },
+        )
+    };
+    let (old, fresh) = (news("old", 'b'), news("fresh", 'c'));
+    announcements.mark(ChannelKind::Email, &[&old]).await.expect("mark");
+    announcements.mark(ChannelKind::Email, &[&fresh]).await.expect("mark");
+    let store: StateStore<Announced> =
+        StateStore::open(&bus, ANNOUNCED_BUCKET).await.expect("open");
+    let keys = store.keys().await.expect("keys");
+    assert_eq!(keys.len(), 2);
+    for key in &keys {
+        let v = store.get(key).await.expect("get").expect("marker");
+        if v.value.containers == ["old"] {
+            let mut aged = v.value.clone();
+            aged.at -= steward_notifier::news::KEEP_ANNOUNCED + Duration::from_secs(60);
+            store.update(key, &aged, v.revision).await.expect("age it");
+        }
+    }
+    let horizon = time::OffsetDateTime::now_utc() - steward_notifier::news::KEEP_ANNOUNCED;
+    assert_eq!(announcements.purge(horizon).await.expect("purge"), 1);
+    let left = store.keys().await.expect("keys");
+    assert_eq!(left.len(), 1);
+    let kept = store.get(&left[0]).await.expect("get").expect("marker").value;
+    assert_eq!(kept.containers, ["fresh"]);
+    assert_eq!(announcements.purge(horizon).await.expect("purge"), 0, "nothing more");
+}

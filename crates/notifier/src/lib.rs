@@ -90,6 +90,7 @@ impl Notifier {
             ctx.spawn("notification delivery", delivery.run(ctx.clone()));
         }
         let (purger, shutdown) = (outbox.clone(), ctx.shutdown.clone());
+        let reported = announcements.clone();
         ctx.spawn("outbox purge", async move {
             loop {
                 tokio::select! {
@@ -100,6 +101,12 @@ impl Notifier {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(count = n, "old outbox entries removed"),
                     Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+                }
+                let horizon = time::OffsetDateTime::now_utc() - news::KEEP_ANNOUNCED;
+                match reported.purge(horizon).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "old reported-image markers removed"),
+                    Err(e) => tracing::warn!(error = %e, "reported-image purge failed"),
                 }
             }
         });

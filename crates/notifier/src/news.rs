@@ -72,6 +72,11 @@ fn marker_key(channel: ChannelKind, event: &Event) -> Option<String> {
     Some(format!("{}.{digest}.{}", channel.as_str(), hex(what.as_bytes())))
 }
 
+/// How long a reported image is remembered: long enough that no redelivery or late container
+/// reports it again, short enough that the bucket does not grow forever (a digest still the
+/// newest after this long is reported once more: a reminder, not noise).
+pub const KEEP_ANNOUNCED: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+
 /// The markers of reported images.
 #[derive(Debug, Clone)]
 pub struct Announcements {
@@ -104,6 +109,19 @@ impl Announcements {
             }
         }
         Ok((fresh, seen))
+    }
+
+    /// Deletes the markers reported before `horizon`; returns how many.
+    pub async fn purge(&self, horizon: OffsetDateTime) -> Result<usize, BusError> {
+        let mut purged = 0;
+        for key in self.store.keys().await? {
+            let Some(v) = self.store.get(&key).await? else { continue };
+            if v.value.at < horizon {
+                self.store.delete(&key).await?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
     }
 
     /// Records the reports of `unit` (one image, tag and digest) as sent on `channel`.
