@@ -438,3 +438,89 @@ async fn killed_during_the_apply_or_after_the_verdict_it_ends_once_on_the_old_or
         killed_at(point).await;
     }
 }
+
+/// The first stored event `pick` accepts, waited for up to `bound`.
+async fn first_event<T>(bus: &Bus, bound: Duration, pick: impl Fn(&Event) -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(found) = stored_events(bus).await.iter().find_map(&pick) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "the awaited event did not come");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Approves the pending deployment of `commit` as a human would (`deploy.approved`).
+async fn approve(bus: &Bus, commit: &str) -> Event {
+    let pending = first_event(bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployPending(p) if p.change.commit == commit => Some((e.clone(), p.clone())),
+        _ => None,
+    })
+    .await;
+    let approved = Event::caused_by(
+        &pending.0,
+        "steward/test",
+        steward_events::DeployApproved { deploy_id: pending.1.deploy_id, by: "ops@test".into() },
+    );
+    bus.publish(&approved).await.expect("publish approval");
+    pending.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_first() {
+    let bus = TestBus::new("deployman").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let extra = [
+        ("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned()),
+        ("STEWARD_DEPLOY_BACKUP", "true".to_owned()),
+    ];
+    let _deployer = deployer(&repo.env(&bus, port, &extra));
+
+    // Nothing runs yet: approved, then deployed without a backup (nothing to back up).
+    let first = repo.commit("dev", "v1", "first");
+    let body = push_body(&repo, "dev", &first, "first");
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(repo.container("web").is_none(), "deployed before approval");
+    approve(&bus, &first).await;
+    let flow = outcome(&bus, &first, Duration::from_secs(45)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+
+    // Web changes: approved, then backed up before web is touched.
+    let second = repo.commit("dev", "v2", "web: v2");
+    let body = push_body(&repo, "dev", &second, "web: v2");
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let pending = approve(&bus, &second).await;
+    let request = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::BackupRequested(r) if e.correlation_id == pending.correlation_id => {
+            Some((e.clone(), r.clone()))
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(request.1.containers.len(), 1, "{:?}", request.1.containers);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(serves(repo.web, "v1"), "web touched before the backup was done");
+    let done = Event::caused_by(
+        &request.0,
+        "steward-backup/test",
+        steward_events::BackupDone {
+            backup_id: "20261130T000000Z".into(),
+            manifest_key: "m".into(),
+            size_bytes: 1,
+            components: vec![],
+            duration_ms: 1,
+        },
+    );
+    bus.publish(&done).await.expect("publish backup.done");
+    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    let order: Vec<&str> = flow.iter().map(Event::event_type).collect();
+    let at = |t: &str| order.iter().position(|o| *o == t).unwrap_or(usize::MAX);
+    assert!(at("deploy.pending") < at("deploy.approved"), "{order:?}");
+    assert!(at("deploy.approved") < at("backup.requested"), "{order:?}");
+    assert!(at("backup.done") < at("deploy.succeeded"), "{order:?}");
+    assert!(serves(repo.web, "v2"));
+}
