@@ -505,8 +505,10 @@ pub fn describe(event: &Event) -> Item {
             item.facts = deploy_facts(&d.change);
             item.facts.push(fact("Services", d.services.join(", ")));
             item.needs_decision = true;
-            item.next =
-                format!("Approve it on the host: `steward deploy approve {}`.", d.deploy_id);
+            item.next = format!(
+                "Approve it on the host: `steward events publish deploy.approved --data '{{\"deploy_id\":\"{}\",\"by\":\"YOU\"}}'`.",
+                d.deploy_id
+            );
         }
         EventData::DeploySucceeded(d) => {
             item.headline =
@@ -819,7 +821,7 @@ const TOLD: &[Told] = &[
     Told { kind: "certs.failed", severity: Severity::Warning, one: "certificate renewal failed", many: "certificate renewals failed",
         next: "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates)." },
     Told { kind: "deploy.pending", severity: Severity::Info, one: "deployment awaiting approval", many: "deployments awaiting approval",
-        next: "Nothing is deployed until it is approved (`steward deploy approve ID`)." },
+        next: "Nothing is deployed until it is approved (runbook: approving a deployment)." },
     Told { kind: "deploy.succeeded", severity: Severity::Info, one: "deployment done", many: "deployments done",
         next: "Nothing to do: the changed services passed their health gate on the new commit." },
     Told { kind: "deploy.failed", severity: Severity::Warning, one: "deployment failed", many: "deployments failed",
