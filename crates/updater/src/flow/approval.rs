@@ -7,6 +7,24 @@ use time::OffsetDateTime;
 
 use super::{Flow, FlowError, Hold};
 
+/// The `update.pending` that asks for `record`'s decision (never with the link: the notifier
+/// asks for it when it mails).
+pub(super) fn pending_of(record: &UpdateRecord, reminder: bool) -> UpdatePending {
+    UpdatePending {
+        update_id: record.update_id,
+        container: record.container.clone(),
+        image: record.image.clone(),
+        current_digest: record.from_digest.clone(),
+        new_digest: record.to_digest.clone(),
+        new_tag: record.new_tag.clone(),
+        approval_url: None,
+        expires_at: record.approval_expires,
+        runs: None,
+        versions: record.versions.clone(),
+        reminder,
+    }
+}
+
 impl Flow {
     /// A human approved: the update begins.
     pub async fn on_approved(&self, a: &UpdateApproved) -> Result<(), FlowError> {
@@ -41,19 +59,7 @@ impl Flow {
         }
         let mut record = v.value;
         record.approval_reminded = true;
-        let data = UpdatePending {
-            update_id: record.update_id,
-            container: record.container.clone(),
-            image: record.image.clone(),
-            current_digest: record.from_digest.clone(),
-            new_digest: record.to_digest.clone(),
-            new_tag: record.new_tag.clone(),
-            approval_url: None,
-            expires_at: Some(expires),
-            runs: None,
-            versions: record.versions.clone(),
-            reminder: true,
-        };
+        let data = pending_of(&record, true);
         tracing::info!(container = %record.container, %expires, "approval link expires soon; reminding");
         self.stage(&mut record, data);
         self.announce(record, v.revision).await?;

@@ -97,23 +97,10 @@ impl Flow {
             // only its expiry is kept, never the token.
             record.approval_expires =
                 self.cfg.links.as_ref().map(|l| l.expiry(OffsetDateTime::now_utc()));
-            let data = UpdatePending {
-                update_id: record.update_id,
-                container: record.container.clone(),
-                image: record.image.clone(),
-                current_digest: record.from_digest.clone(),
-                new_digest: record.to_digest.clone(),
-                new_tag: record.new_tag.clone(),
-                approval_url: None,
-                expires_at: record.approval_expires,
-                runs: None,
-                versions: record.versions.clone(),
-                reminder: false,
-            };
             let why = self.waits_for(&record, &settings).await?;
             let data = UpdatePending {
                 runs: (!why.is_empty()).then(|| format!("waits for {}", why.join(", "))),
-                ..data
+                ..super::approval::pending_of(&record, false)
             };
             self.stage(&mut record, data);
         }
