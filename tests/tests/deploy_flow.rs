@@ -524,3 +524,34 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     assert!(at("backup.done") < at("deploy.succeeded"), "{order:?}");
     assert!(serves(repo.web, "v2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_file_that_does_not_parse_fails_the_deployment_and_touches_nothing() {
+    let bus = TestBus::new("deploybad").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"]);
+    let web = repo.container("web").expect("web runs");
+    std::fs::write(repo.work.join("docker-compose.yml"), "services: [\n  web:\n").expect("write");
+    git(&repo.work, &["commit", "-q", "-am", "broken"]);
+    git(&repo.work, &["push", "-q", "origin", "HEAD:dev"]);
+    let commit = git(&repo.work, &["rev-parse", "HEAD"]);
+    let body = push_body(&repo, "dev", &commit, "broken");
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let flow = outcome(&bus, &commit, Duration::from_secs(30)).await;
+    let failed = flow
+        .iter()
+        .find_map(|e| match &e.data {
+            EventData::DeployFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("deploy.failed");
+    assert!(failed.reason.contains("config"), "{}", failed.reason);
+    assert!(!failed.log_tail.is_empty(), "no parser output");
+    assert_eq!(terminal(&flow), ["deploy.failed"]);
+    assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
+    assert!(serves(repo.web, "v1"));
+}
