@@ -426,17 +426,23 @@ async fn killed_at(point: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_before_anything_is_touched_it_ends_once_on_the_old_or_new_commit() {
-    for point in ["claimed:preparing=1", "published:deploy.started=1"] {
-        killed_at(point).await;
-    }
+async fn killed_after_the_claim_it_prepares_again_and_ends_once() {
+    killed_at("claimed:preparing=1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_the_apply_or_after_the_verdict_it_ends_once_on_the_old_or_new_commit() {
-    for point in ["applied=1", "saved:succeeded=1"] {
-        killed_at(point).await;
-    }
+async fn killed_after_announcing_the_start_it_ends_once_on_the_old_commit() {
+    killed_at("published:deploy.started=1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_apply_and_the_verdict_it_rolls_back_once() {
+    killed_at("applied=1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_verdict_it_ends_once_on_the_new_commit() {
+    killed_at("saved:succeeded=1").await;
 }
 
 /// The first stored event `pick` accepts, waited for up to `bound`.
