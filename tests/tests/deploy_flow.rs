@@ -561,3 +561,33 @@ async fn a_compose_file_that_does_not_parse_fails_the_deployment_and_touches_not
     assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
     assert!(serves(repo.web, "v1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_push_replaces_one_waiting_for_approval() {
+    let bus = TestBus::new("deploysup").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let extra = [("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned())];
+    let _deployer = deployer(&repo.env(&bus, port, &extra));
+    let first = repo.commit("dev", "v1", "first");
+    let body = push_body(&repo, "dev", &first, "first");
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let waiting = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployPending(p) if p.change.commit == first => Some(e.correlation_id),
+        _ => None,
+    })
+    .await;
+    let second = repo.commit("dev", "v2", "second");
+    let body = push_body(&repo, "dev", &second, "second");
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let superseded = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployFailed(f) if e.correlation_id == waiting => Some(f.reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(superseded.contains(&second), "{superseded}");
+    approve(&bus, &second).await;
+    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert!(serves(repo.web, "v2"));
+}

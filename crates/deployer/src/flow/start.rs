@@ -54,7 +54,20 @@ impl Flow {
         }
         let key = change.environment.clone();
         let Some(_hold) = self.hold(&key) else { return Err(FlowError::Busy(key)) };
-        let current = self.records.get(&key).await?;
+        let mut current = self.records.get(&key).await?;
+        if let Some(v) = current.clone() {
+            let r = &v.value;
+            let newer = r.request_id != event.id
+                && event.time > r.requested_at
+                && r.change.commit != change.commit;
+            if newer && r.step == DeployStep::Pending {
+                // A newer push replaces one still waiting for approval (nothing was touched):
+                // the waiting one ends, and this one is claimed in its place.
+                let reason = format!("superseded by {} before it was approved", change.commit);
+                self.fail(v, reason, vec![]).await?;
+                current = self.records.get(&key).await?;
+            }
+        }
         let mut deployed = None;
         if let Some(v) = &current {
             let r = &v.value;
