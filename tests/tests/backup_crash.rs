@@ -278,6 +278,22 @@ impl Bed {
         complete
     }
 
+    /// The usable safety backups (reason `pre_restore`) in the bucket.
+    async fn safety_backups(&self) -> Vec<String> {
+        let trust = steward_store::signing::Trust::new(
+            self.bucket.iter().map(|b| b.signing.public()).collect(),
+        );
+        let listed =
+            steward_store::catalog::list(&self.store, &trust, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap_or_else(|e| panic!("list: {e}"));
+        listed
+            .iter()
+            .filter(|l| l.usable().is_some_and(|m| m.reason == BackupReason::PreRestore))
+            .map(|l| l.backup_id.clone())
+            .collect()
+    }
+
     async fn destroy(mut self) {
         if let Some(bucket) = self.bucket.take() {
             bucket.destroy().await;
@@ -538,6 +554,7 @@ async fn restore_run(
     points: &[String],
 ) {
     let bus = TestBus::new("rscrash").await;
+    let safety_before = bed.safety_backups().await;
     bed.diverge();
     let before = bed.content();
     let request = restore_request(backup_id);
@@ -551,7 +568,18 @@ async fn restore_run(
     };
     wait_settled(&last, Flow::Restore, &context).await;
     let all = stored_events(&bus).await;
-    check_flow(Flow::Restore, &all, request.correlation_id, &context);
+    let mine = check_flow(Flow::Restore, &all, request.correlation_id, &context);
+    // Exactly one safety backup for this restore, complete (the catalog check panics on an
+    // incomplete one), and it is the one the outcome names.
+    bed.check_catalog(&context).await;
+    let safety: Vec<String> =
+        bed.safety_backups().await.into_iter().filter(|id| !safety_before.contains(id)).collect();
+    let named = mine.iter().find_map(|e| match &e.data {
+        EventData::RestoreDone(d) => d.safety_backup_id.clone(),
+        _ => None,
+    });
+    assert_eq!(safety.len(), 1, "safety backups of this restore: {safety:?}: {}", context());
+    assert_eq!(named.as_ref(), safety.first(), "restore.done names another: {}", context());
     let running = docker(&["inspect", "-f", "{{.State.Running}}", &bed.app.name]);
     assert_eq!(running, "true", "the app does not run: {}", context());
     let open = bed.open_uploads();
@@ -569,6 +597,7 @@ fn restore_request(backup_id: &str) -> Event {
             scope: RestoreScope::All,
             requested_by: Some("tester".into()),
             allow_unsigned: false,
+            no_safety_backup: false,
         },
     )
 }
@@ -593,6 +622,36 @@ async fn clean_backup(bed: &Bed) -> (String, Vec<String>) {
     assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
     let points = steward_system_tests::failpoints_passed(&s.logs());
     (done, points)
+}
+
+/// Undoing a restore, end to end: the clean restore's safety backup, restored, brings back
+/// exactly the data from before that restore (and takes a safety backup of its own).
+async fn undo_once(
+    bed: &Bed,
+    before: &(String, String, bool),
+    backed_up: &(String, String, bool),
+    events: &[Event],
+    correlation: uuid::Uuid,
+) {
+    let safety = events
+        .iter()
+        .filter(|e| e.correlation_id == correlation)
+        .find_map(|e| match &e.data {
+            EventData::RestoreDone(d) => d.safety_backup_id.clone(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the clean restore names no safety backup"));
+    assert_ne!(before, backed_up, "the data before the restore should differ from the backup's");
+    let bus = TestBus::new("rsundo").await;
+    let mut s = bed.service(&bus, None);
+    s.consuming();
+    let request = restore_request(&safety);
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &s).await;
+    check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
+    assert_eq!(&bed.content(), before, "restoring the safety backup undoes the restore");
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    bed.no_leftovers("the undo");
 }
 
 async fn backup_campaign(variant: Variant, offset: usize) {
@@ -626,6 +685,7 @@ async fn restore_campaign(variant: Variant, offset: usize) {
     // The points of a clean restore.
     let bus = TestBus::new("rsfind").await;
     bed.diverge();
+    let before_clean = bed.content();
     let mut s = bed.service(&bus, Some(""));
     s.consuming();
     let request = restore_request(&backup_id);
@@ -637,7 +697,13 @@ async fn restore_campaign(variant: Variant, offset: usize) {
     let points = steward_system_tests::failpoints_passed(&s.logs());
     drop(bus);
     bed.no_leftovers("a clean restore");
+    undo_once(&bed, &before_clean, &backed_up, &all, request.correlation_id).await;
     for p in [
+        "restore:safety_recorded",
+        "backup:stored:database",
+        "backup:stored:paths",
+        "backup:manifest",
+        "restore:safety",
         "restore:loading",
         "restore:createdb",
         "restore:pg_restore",

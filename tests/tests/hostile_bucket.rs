@@ -188,6 +188,7 @@ impl Bed {
                 scope: RestoreScope::All,
                 requested_by: Some("tester".into()),
                 allow_unsigned: false,
+                no_safety_backup: false,
             },
         );
         self.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
@@ -393,6 +394,7 @@ async fn an_object_replaced_after_the_check_is_refused() {
             scope: RestoreScope::All,
             requested_by: Some("tester".into()),
             allow_unsigned: false,
+            no_safety_backup: false,
         },
     );
     bed.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));

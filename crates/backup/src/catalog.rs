@@ -7,6 +7,7 @@
 //! bucket by someone else can push a real backup out or get one deleted.
 
 use bytes::Bytes;
+use steward_events::BackupReason;
 use steward_store::catalog::{self, Listed, Standing, VerifiedMark};
 use steward_store::manifest::{Manifest, MANIFEST, VERIFIED};
 use steward_store::signing::{Purpose, VERIFIED_SIGNATURE};
@@ -65,6 +66,7 @@ impl Backups {
                     taken_at: to_chrono(l.taken_at),
                     complete,
                     verified: l.verified.is_some(),
+                    safety: l.usable().is_some_and(|m| m.reason == BackupReason::PreRestore),
                 })
             })
             .collect();

@@ -41,6 +41,16 @@ pub struct FlowRecord {
     /// Components a restore began to overwrite.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub touched: Vec<String>,
+    /// The id of a restore's safety backup, recorded before it is taken: a resumed restore
+    /// uses it (complete when its manifest exists, otherwise taken again under the same id),
+    /// so a restore never has two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_backup_id: Option<String>,
+    /// Why a restore took no safety backup (asked not to, or nothing to save): decided once,
+    /// before anything was touched, so a resumed attempt does not mistake its own staging for
+    /// data to save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_skipped: Option<String>,
     /// A restore's copies beside the live data and how far their swap went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap: Option<Swap>,
@@ -186,6 +196,21 @@ impl RestoreJournal {
             return Ok(());
         }
         self.record.backup_id = backup_id.to_owned();
+        self.save().await
+    }
+
+    /// The safety backup `id` is about to be taken.
+    pub async fn safety(&mut self, id: &str) -> Result<(), String> {
+        if self.record.safety_backup_id.as_deref() == Some(id) {
+            return Ok(());
+        }
+        self.record.safety_backup_id = Some(id.to_owned());
+        self.save().await
+    }
+
+    /// No safety backup is taken, for `why`.
+    pub async fn skip_safety(&mut self, why: &str) -> Result<(), String> {
+        self.record.safety_skipped = Some(why.to_owned());
         self.save().await
     }
 

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod restore;
 pub mod retention;
+pub mod safety;
 pub mod service;
 pub mod tarcheck;
 pub mod targets;

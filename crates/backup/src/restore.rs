@@ -32,6 +32,18 @@ pub struct Restored {
     pub manifest: Manifest,
     /// Components restored.
     pub restored: Vec<String>,
+    /// The backup of what it replaced, taken before it touched anything.
+    pub safety_backup_id: Option<String>,
+}
+
+/// How a restore goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// An unsigned backup named by id is restored too.
+    pub allow_unsigned: bool,
+    /// Take a safety backup of what the restore replaces first (skipped anyway when there is
+    /// nothing to save: no database, an empty one, empty paths).
+    pub safety_backup: bool,
 }
 
 fn in_scope(c: &Component, scope: RestoreScope) -> bool {
@@ -60,7 +72,8 @@ const GITEA_REGENERATE: [&str; 6] =
 pub type Busy = std::collections::BTreeMap<String, String>;
 
 impl Backups {
-    /// Restores backup `id` (or `latest`).
+    /// Restores backup `id` (or `latest`), without a safety backup (the library's call; the
+    /// service takes one: [`RestoreOptions`]).
     pub async fn restore(&self, id: &str, scope: RestoreScope) -> Result<Restored, Failure> {
         self.restore_unless_busy(id, scope, &Busy::new()).await
     }
@@ -73,7 +86,8 @@ impl Backups {
         scope: RestoreScope,
         busy: &Busy,
     ) -> Result<Restored, Failure> {
-        self.restore_journaled(id, scope, false, busy, &mut RestoreJournal::none()).await
+        let options = RestoreOptions::default();
+        self.restore_journaled(id, scope, options, busy, &mut RestoreJournal::none()).await
     }
 
     /// Restores backup `id` even if its manifest is unsigned (the operator's explicit choice
@@ -83,22 +97,23 @@ impl Backups {
         id: &str,
         scope: RestoreScope,
     ) -> Result<Restored, Failure> {
-        self.restore_journaled(id, scope, true, &Busy::new(), &mut RestoreJournal::none()).await
+        let options = RestoreOptions { allow_unsigned: true, ..Default::default() };
+        self.restore_journaled(id, scope, options, &Busy::new(), &mut RestoreJournal::none()).await
     }
 
-    /// [`Backups::restore_unless_busy`], recording in `journal` the backup it resolved, each
-    /// container before it is stopped and each component before it is overwritten. A journal
-    /// an interrupted attempt left makes this attempt restore the same backup and start the
-    /// containers that attempt had stopped. `allow_unsigned`: an unsigned backup named by id
-    /// is restored too.
+    /// [`Backups::restore_unless_busy`], recording in `journal` the backup it resolved, its
+    /// safety backup before it is taken, each container before it is stopped and each stage of
+    /// the swap. A journal an interrupted attempt left makes this attempt restore the same
+    /// backup, keep the same safety backup and start the containers that attempt had stopped.
     pub async fn restore_journaled(
         &self,
         id: &str,
         scope: RestoreScope,
-        allow_unsigned: bool,
+        options: RestoreOptions,
         busy: &Busy,
         journal: &mut RestoreJournal,
     ) -> Result<Restored, Failure> {
+        let allow_unsigned = options.allow_unsigned;
         // `latest` may name another backup by now: the interrupted attempt's is restored.
         let id = match journal.resumed() {
             true => journal.record.backup_id.clone(),
@@ -148,6 +163,12 @@ impl Backups {
             .resolved(&manifest.backup_id)
             .await
             .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
+        // Before anything is stopped or touched (and after every check, so a refused restore
+        // leaves no backup behind); past the commit point it was taken already.
+        if !committed {
+            self.safety_backup(&chosen, options.safety_backup, journal).await?;
+            steward_failpoints::failpoint!("restore:safety");
+        }
         // Every app container of the backup is stopped, even for a database-only restore:
         // an app writing during the restore would mix old and new data.
         let mut apps: Vec<String> = vec![];
@@ -216,7 +237,8 @@ impl Backups {
             }
         }
         steward_failpoints::failpoint!("restore:cleaned");
-        Ok(Restored { manifest, restored })
+        let safety_backup_id = journal.record.safety_backup_id.clone();
+        Ok(Restored { manifest, restored, safety_backup_id })
     }
 
     /// Loads every component beside the live data, then (the journal's commit point) swaps
@@ -361,7 +383,7 @@ impl Backups {
     }
 
     /// Which of `names` exist on the server of `container`.
-    async fn databases(
+    pub(crate) async fn databases(
         &self,
         c: &Component,
         container: &str,
@@ -445,7 +467,7 @@ impl Backups {
     }
 
     /// An image with `/bin/sh` that sees `container`'s volumes.
-    async fn helper_image(&self, container: &str) -> Result<String, Failure> {
+    pub(crate) async fn helper_image(&self, container: &str) -> Result<String, Failure> {
         Ok(match &self.config.helper_image {
             Some(image) => image.clone(),
             None => self
@@ -485,7 +507,7 @@ impl Backups {
         Failure::check_exit(&out, format!("{}: {what}", c.name))
     }
 
-    async fn on_mount(&self, container: &str, path: &str) -> Result<bool, Failure> {
+    pub(crate) async fn on_mount(&self, container: &str, path: &str) -> Result<bool, Failure> {
         let mounts = self.engine.mount_points(container).await.map_err(Failure::plain)?;
         Ok(mounts
             .iter()
@@ -765,7 +787,7 @@ fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-fn psql(user: &str, database: &str, sql: &str) -> Vec<String> {
+pub(crate) fn psql(user: &str, database: &str, sql: &str) -> Vec<String> {
     ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database, "-tA", "-c", sql]
         .map(String::from)
         .to_vec()

@@ -1,6 +1,10 @@
 //! Which backups to keep: the newest backup of each of the last N days, ISO weeks and months
 //! that have one (the grandfather-father-son scheme of restic's and borg's `keep-*`).
 //!
+//! A restore's safety backup (reason `pre_restore`) is counted apart: it is kept for
+//! [`KEEP_SAFETY`] after it was taken, whatever the classes say, and takes no place in them
+//! (a day with a restore keeps its regular backup too); after that it is pruned.
+//!
 //! Invariants: the newest complete backup and the newest verified backup are always kept; a
 //! backup without a manifest is only pruned once it is older than [`INCOMPLETE_GRACE`], so a
 //! backup still being written is never removed under the writer.
@@ -11,6 +15,10 @@ use chrono::{DateTime, Datelike, Utc};
 
 /// Age after which a backup without a manifest is considered abandoned.
 pub const INCOMPLETE_GRACE: chrono::Duration = chrono::Duration::hours(24);
+
+/// How long a restore's safety backup is kept: the time to notice that a restore was wrong
+/// and undo it.
+pub const KEEP_SAFETY: chrono::Duration = chrono::Duration::days(7);
 
 /// How many backups of each age class to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +73,8 @@ pub struct Candidate {
     pub complete: bool,
     /// It passed `verify`.
     pub verified: bool,
+    /// A restore's safety backup.
+    pub safety: bool,
 }
 
 /// The calendar period a time falls in, as (year, number within the year).
@@ -72,9 +82,26 @@ type Period = fn(&DateTime<Utc>) -> (i32, u32);
 
 /// The ids to delete, oldest first.
 pub fn to_prune(policy: Retention, backups: &[Candidate], now: DateTime<Utc>) -> Vec<String> {
-    let mut complete: Vec<&Candidate> = backups.iter().filter(|b| b.complete).collect();
-    complete.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then(b.id.cmp(&a.id)));
     let mut keep: HashSet<&str> = HashSet::new();
+    for b in backups.iter().filter(|b| b.complete && b.safety) {
+        if now - b.taken_at <= KEEP_SAFETY {
+            keep.insert(&b.id);
+        }
+    }
+    let newest = |list: &mut Vec<&Candidate>| {
+        list.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then(b.id.cmp(&a.id)));
+    };
+    // Only safety backups left: the newest of them is still the newest state there is.
+    let mut any: Vec<&Candidate> = backups.iter().filter(|b| b.complete).collect();
+    newest(&mut any);
+    if any.iter().all(|b| b.safety) {
+        if let Some(b) = any.first() {
+            keep.insert(&b.id);
+        }
+    }
+    let mut complete: Vec<&Candidate> =
+        backups.iter().filter(|b| b.complete && !b.safety).collect();
+    newest(&mut complete);
     if let Some(newest) = complete.first() {
         keep.insert(&newest.id);
     }
@@ -123,6 +150,7 @@ mod tests {
             taken_at: t,
             complete: true,
             verified: false,
+            safety: false,
         }
     }
 
@@ -198,6 +226,33 @@ mod tests {
         assert_eq!(pruned.len(), all.len() - 3);
         // Oldest first.
         assert!(pruned.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn safety_backups_are_kept_a_week_and_take_no_place() {
+        let all = history();
+        let now = at(2026, 11, 23, 15);
+        let policy = Retention { daily: 3, weekly: 2, monthly: 3 };
+        let regular = kept(policy, &all, now);
+        let mut with = all.clone();
+        // The newest backup of its day (it would be that day's keeper were it counted), and
+        // one older than a week.
+        let fresh = Candidate {
+            safety: true,
+            ..backup(at(2026, 11, 23, 14) + chrono::Duration::minutes(5))
+        };
+        let old = Candidate { safety: true, ..backup(at(2026, 11, 10, 9)) };
+        with.push(fresh.clone());
+        with.push(old.clone());
+        let pruned = to_prune(policy, &with, now);
+        assert!(!pruned.contains(&fresh.id), "a fresh safety backup was pruned");
+        assert!(pruned.contains(&old.id), "a safety backup older than a week was kept");
+        let mut kept_now = kept(policy, &with, now);
+        kept_now.retain(|id| id != &fresh.id);
+        assert_eq!(kept_now, regular, "a safety backup changed what the classes keep");
+        // Nothing but an old safety backup: it is the newest state there is.
+        let alone = [old.clone()];
+        assert!(to_prune(policy, &alone, now).is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::backup::Backups;
 use crate::config::BackupConfig;
 use crate::journal::{FlowRecord, Journal, RestoreJournal};
 use crate::progress;
-use crate::restore::Busy;
+use crate::restore::{Busy, RestoreOptions};
 
 /// The backup service's event handler.
 #[derive(Debug, Clone)]
@@ -400,6 +400,10 @@ impl BackupService {
                 return Ok(());
             }
         }
+        // A safety backup a killed attempt was uploading left its multipart uploads open.
+        if let Err(e) = self.backups.store().abort_orphaned_uploads().await {
+            tracing::warn!(error = %e, "could not abort the uploads a killed run left open");
+        }
         let mut record = FlowRecord::default();
         let outcome = match previous {
             Err(e) => Err(crate::Failure::plain(format!(
@@ -414,10 +418,14 @@ impl BackupService {
                 }
                 let outcome = match updates_in_progress(ctx).await {
                     Ok(busy) => {
+                        let options = RestoreOptions {
+                            allow_unsigned: r.allow_unsigned,
+                            safety_backup: !r.no_safety_backup,
+                        };
                         let job = self.backups.restore_journaled(
                             &r.backup_id,
                             r.scope,
-                            r.allow_unsigned,
+                            options,
                             &busy,
                             &mut steps,
                         );
@@ -430,6 +438,14 @@ impl BackupService {
                 };
                 record = steps.record.clone();
                 outcome.map_err(|mut f| {
+                    // A restore that failed after its safety backup may have changed data:
+                    // say how to put back what was there.
+                    if let Some(safety) = &steps.record.safety_backup_id {
+                        f.reason = format!(
+                            "{}; the data from before this restore is in safety backup {safety} (steward restore {safety})",
+                            f.reason
+                        );
+                    }
                     if !steps.record.touched.is_empty() {
                         f.reason = format!(
                             "{} (an interrupted earlier attempt of this restore had begun to overwrite {}: they may be partially restored; restore again)",
@@ -446,6 +462,7 @@ impl BackupService {
                 backup_id: done.manifest.backup_id,
                 restored: done.restored,
                 duration_ms: started.elapsed().as_millis() as u64,
+                safety_backup_id: done.safety_backup_id,
             }
             .into(),
             Err(f) => {

@@ -243,6 +243,7 @@ async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
             taken_at: chrono::DateTime::from_timestamp(at.unix_timestamp(), 0).unwrap_or_default(),
             complete: true,
             verified: false,
+            safety: false,
         })
         .collect();
     let policy_prunes = steward_backup::retention::to_prune(

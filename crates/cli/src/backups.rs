@@ -109,6 +109,11 @@ pub struct RestoreArgs {
     /// only by id, never `latest`; every other check still applies.
     #[arg(long)]
     unsigned: bool,
+    /// Take no safety backup of the data the restore replaces (a restore onto an empty host,
+    /// where there is nothing to save; one is skipped anyway when the databases and paths are
+    /// absent or empty). Without it, the restore cannot be undone.
+    #[arg(long)]
+    no_safety_backup: bool,
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     wait: Duration,
 }
@@ -190,6 +195,7 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
         scope,
         requested_by: Some(crate::who()),
         allow_unsigned: args.unsigned,
+        no_safety_backup: args.no_safety_backup,
     };
     let outcome =
         request(conn, data, &["restore.done", "restore.failed"], args.wait, "restoring").await?;
@@ -201,6 +207,19 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
                 d.restored.join(", "),
                 d.duration_ms as f64 / 1000.0
             );
+            match &d.safety_backup_id {
+                Some(safety) => {
+                    let only = match scope {
+                        RestoreScope::All => "",
+                        RestoreScope::Db => " --only db",
+                        RestoreScope::Paths => " --only paths",
+                    };
+                    println!(
+                        "the data it replaced is in safety backup {safety}; to undo this restore: steward restore {safety}{only}"
+                    );
+                }
+                None => println!("no safety backup was taken: this restore cannot be undone"),
+            }
             Ok(())
         }
         EventData::RestoreFailed(f) => failed("restore FAILED", &f.reason, &f.log_tail),

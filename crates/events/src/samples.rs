@@ -186,12 +186,14 @@ pub fn all(container: &str) -> Vec<EventData> {
             scope: RestoreScope::Db,
             requested_by: Some("ops@host".into()),
             allow_unsigned: false,
+            no_safety_backup: false,
         }
         .into(),
         RestoreDone {
             backup_id: "20261123T020000Z".into(),
             restored: vec!["postgres/gitea".into()],
             duration_ms: 30000,
+            safety_backup_id: Some("20261123T101500Z-3f9a1c".into()),
         }
         .into(),
         RestoreFailed {

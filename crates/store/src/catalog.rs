@@ -8,6 +8,7 @@
 //! override).
 
 use serde::{Deserialize, Serialize};
+use steward_events::BackupReason;
 use time::OffsetDateTime;
 
 use crate::manifest::{self, Manifest, MANIFEST, MAX_MANIFEST_BYTES, VERIFIED};
@@ -177,7 +178,8 @@ async fn verified_mark(
     Ok(serde_json::from_slice::<VerifiedMark>(&bytes).ok().filter(|m| m.backup_id == id))
 }
 
-/// The manifest of `id`, or of the newest usable backup for `latest`. An unsigned backup is
+/// The manifest of `id`, or of the newest usable backup for `latest` (never a restore's
+/// safety backup). An unsigned backup is
 /// given only by id and with `allow_unsigned`; a refused one never.
 pub async fn resolve(
     store: &Store,
@@ -191,7 +193,11 @@ pub async fn resolve(
         return listed
             .iter()
             .rev()
-            .find_map(|l| l.usable().cloned())
+            // A safety backup holds what a restore replaced (after a ransomware attack: the
+            // encrypted data): undone only by name, never restored as `latest`.
+            .filter_map(|l| l.usable())
+            .find(|m| m.reason != BackupReason::PreRestore)
+            .cloned()
             .ok_or_else(|| "there is no complete backup signed by a trusted key".to_owned());
     }
     if manifest::time_of_id(id).is_none() || id.contains('/') {

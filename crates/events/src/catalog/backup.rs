@@ -14,6 +14,13 @@ pub enum BackupReason {
     Schedule,
     /// A human (`steward backup now`).
     Manual,
+    /// The safety backup a restore takes of what it is about to replace, so the restore can
+    /// be undone (`steward restore <its id>`).
+    PreRestore,
+    /// A reason this build does not know (written by a newer version): read as such rather
+    /// than refusing the whole manifest or event. Never written.
+    #[serde(other)]
+    Other,
 }
 
 /// Back up now.
@@ -162,3 +169,19 @@ pub struct BackupStale {
 }
 
 impl Payload for BackupStale {}
+
+#[cfg(test)]
+mod tests {
+    use super::BackupReason;
+
+    #[test]
+    fn an_unknown_reason_is_read_as_other() {
+        let read = |s: &str| serde_json::from_str::<BackupReason>(s).ok();
+        assert_eq!(read("\"pre_restore\""), Some(BackupReason::PreRestore));
+        assert_eq!(read("\"from_the_future\""), Some(BackupReason::Other));
+        assert_eq!(
+            serde_json::to_string(&BackupReason::PreRestore).ok().as_deref(),
+            Some("\"pre_restore\"")
+        );
+    }
+}

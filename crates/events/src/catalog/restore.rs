@@ -32,6 +32,10 @@ pub struct RestoreRequested {
     /// signed), named by id: the operator's explicit choice (`steward restore ID --unsigned`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_unsigned: bool,
+    /// Do not take the safety backup of the data the restore replaces (a restore onto an
+    /// empty host, where there is nothing to save: `steward restore ID --no-safety-backup`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_safety_backup: bool,
 }
 
 impl Payload for RestoreRequested {}
@@ -45,6 +49,10 @@ pub struct RestoreDone {
     pub restored: Vec<String>,
     /// Wall time.
     pub duration_ms: u64,
+    /// The backup of the data this restore replaced, taken before it touched anything:
+    /// restoring it undoes the restore. None when it was skipped (asked, or nothing to save).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_backup_id: Option<String>,
 }
 
 impl Payload for RestoreDone {}
