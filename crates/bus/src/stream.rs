@@ -147,10 +147,12 @@ mod tests {
             "p.health.>",
             "p.notify.>",
             "p.certs.>",
+            "p.rollback.>",
+            "p.deploy.>",
             "p.dlq.>",
         ] {
             assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
         }
-        assert_eq!(s.len(), 10);
+        assert_eq!(s.len(), 12);
     }
 }
