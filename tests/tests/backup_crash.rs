@@ -598,6 +598,7 @@ fn restore_request(backup_id: &str) -> Event {
             requested_by: Some("tester".into()),
             allow_unsigned: false,
             no_safety_backup: false,
+            from: None,
         },
     )
 }

@@ -189,6 +189,7 @@ impl Bed {
                 requested_by: Some("tester".into()),
                 allow_unsigned: false,
                 no_safety_backup: false,
+                from: None,
             },
         );
         self.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
@@ -395,6 +396,7 @@ async fn an_object_replaced_after_the_check_is_refused() {
             requested_by: Some("tester".into()),
             allow_unsigned: false,
             no_safety_backup: false,
+            from: None,
         },
     );
     bed.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));

@@ -310,6 +310,8 @@ async fn the_webhook_gets_the_same_notification_as_json() {
             backup_id: "20261123T020000Z-abcdef".into(),
             reason: "pg_restore exited with 1".into(),
             log_tail: vec!["pg_restore: error: could not execute query".into()],
+            safety_backup_id: None,
+            from: None,
         },
     );
     bus.publish(&cause).await.expect("publish");

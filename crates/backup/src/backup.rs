@@ -67,15 +67,52 @@ impl std::fmt::Display for Failure {
 #[derive(Debug, Clone)]
 pub struct Backups {
     pub(crate) engine: Engine,
+    /// The primary: where backups are written, and the journal kept.
     pub(crate) store: Store,
+    /// The second copy (`STEWARD_BACKUP_COPY_*`), written after each backup ([`crate::copy`]).
+    pub(crate) copy: Option<Store>,
+    /// Where listing, verifying and restoring read: the primary, or the copy
+    /// ([`Backups::from_copy`]). Writes (backups, the journal) always go to the primary.
+    pub(crate) reading: Store,
+    /// Whether `reading` is the copy.
+    pub(crate) reading_copy: bool,
     pub(crate) config: BackupConfig,
     pub(crate) meter: Arc<Meter>,
 }
 
 impl Backups {
-    /// Backups of the containers in the configured scope, through `engine`, into `store`.
+    /// Backups of the containers in the configured scope, through `engine`, into `store`
+    /// (and into the configured copy).
     pub fn new(engine: Engine, store: Store, config: BackupConfig) -> Self {
-        Self { engine, store, config, meter: Arc::default() }
+        let copy = config.copy.as_ref().map(Store::lazy_copy);
+        let reading = store.clone();
+        Self { engine, reading, reading_copy: false, store, copy, config, meter: Arc::default() }
+    }
+
+    /// The same, reading from the second copy; `None` when no copy is configured.
+    pub fn from_copy(&self) -> Option<Self> {
+        let copy = self.copy.clone()?;
+        Some(Self { reading: copy, reading_copy: true, ..self.clone() })
+    }
+
+    /// The same, reading from the primary.
+    pub fn primary(&self) -> Self {
+        Self { reading: self.store.clone(), reading_copy: false, ..self.clone() }
+    }
+
+    /// Whether this reads from the copy.
+    pub fn reads_copy(&self) -> bool {
+        self.reading_copy
+    }
+
+    /// The second copy's store, if configured.
+    pub fn copy_store(&self) -> Option<&Store> {
+        self.copy.as_ref()
+    }
+
+    /// What a restore or verification reads through: the store it reads from.
+    pub(crate) fn read_io(&self) -> pipeline::Io<'_> {
+        pipeline::Io { store: &self.reading, keys: &self.config.keys, meter: &self.meter }
     }
 
     /// The running job's progress.

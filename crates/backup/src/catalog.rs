@@ -18,9 +18,9 @@ use crate::backup::Backups;
 use crate::retention::{self, Candidate};
 
 impl Backups {
-    /// Every backup under the prefix, oldest first.
+    /// Every backup under the prefix of the target read ([`Backups::from_copy`]), oldest first.
     pub async fn list(&self) -> Result<Vec<Listed>, StoreError> {
-        catalog::list(&self.store, &self.config.trust, OffsetDateTime::now_utc()).await
+        catalog::list(&self.reading, &self.config.trust, OffsetDateTime::now_utc()).await
     }
 
     /// The manifest of usable backup `id`, or of the newest usable backup for `latest`.
@@ -35,18 +35,20 @@ impl Backups {
         allow_unsigned: bool,
     ) -> Result<Manifest, String> {
         let now = OffsetDateTime::now_utc();
-        catalog::resolve(&self.store, &self.config.trust, id, allow_unsigned, now).await
+        catalog::resolve(&self.reading, &self.config.trust, id, allow_unsigned, now).await
     }
 
     /// Records a successful verification, signed.
     pub async fn mark_verified(&self, id: &str, mark: &VerifiedMark) -> Result<(), StoreError> {
         let body = serde_json::to_vec(mark).unwrap_or_default();
         let signature = self.config.signing.sign(Purpose::Verified, &body);
-        self.store.put(&format!("{id}/{VERIFIED_SIGNATURE}"), Bytes::from(signature)).await?;
-        self.store.put(&format!("{id}/{VERIFIED}"), Bytes::from(body)).await
+        // Next to the manifest it proves: in the target it was read from.
+        self.reading.put(&format!("{id}/{VERIFIED_SIGNATURE}"), Bytes::from(signature)).await?;
+        self.reading.put(&format!("{id}/{VERIFIED}"), Bytes::from(body)).await
     }
 
-    /// Deletes what the retention policy does not keep; returns the pruned ids and how many
+    /// Deletes what the retention policy does not keep in the target read (the service
+    /// prunes the primary, then the copy: each judged on what it holds); returns the pruned ids and how many
     /// usable backups remain.
     pub async fn prune(&self, now: OffsetDateTime) -> Result<(Vec<String>, u32), StoreError> {
         let listed = self.list().await?;
@@ -73,8 +75,8 @@ impl Backups {
         let prune = retention::to_prune(self.config.retention, &candidates, to_chrono(now));
         for id in &prune {
             // The manifest goes first: a half-deleted backup must read as incomplete.
-            self.store.delete(&format!("{id}/{MANIFEST}")).await?;
-            self.store.delete_dir(id).await?;
+            self.reading.delete(&format!("{id}/{MANIFEST}")).await?;
+            self.reading.delete_dir(id).await?;
             tracing::info!(backup = %id, "pruned");
         }
         let kept = candidates.iter().filter(|c| c.complete && !prune.contains(&c.id)).count();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use steward_runtime::Env;
-use steward_store::config::S3Config;
+use steward_store::config::{CopyConfig, S3Config};
 use steward_store::signing::{self, SigningKey, Trust};
 
 use crate::encryption::Keys;
@@ -40,6 +40,8 @@ pub struct BackupConfig {
     pub max_age: Duration,
     /// Where.
     pub s3: S3Config,
+    /// The second copy, if any (`STEWARD_BACKUP_COPY_*`).
+    pub copy: Option<CopyConfig>,
     /// What to keep.
     pub retention: Retention,
     /// Grace given to a container stopped for the copy.
@@ -70,6 +72,16 @@ impl BackupConfig {
     pub fn read(env: &mut Env) -> Self {
         let schedule = env.cron(ENV_SCHEDULE, DEFAULT_SCHEDULE);
         let s3 = S3Config::read(env);
+        let copy = CopyConfig::read(env);
+        if copy.as_ref().is_some_and(|c| {
+            c.s3.bucket == s3.bucket && c.s3.prefix == s3.prefix && c.s3.endpoint == s3.endpoint
+        }) {
+            env.error(
+                steward_store::config::ENV_COPY_BUCKET,
+                &s3.bucket,
+                "the copy is the primary bucket and prefix: a second copy must be elsewhere",
+            );
+        }
         let retention = env.parse_with(ENV_RETENTION, Retention::default(), Retention::parse);
         let zstd_level = env.parse_with(ENV_ZSTD_LEVEL, 3, |s| match s.parse::<i32>() {
             Ok(n) if (1..=19).contains(&n) => Ok(n),
@@ -89,6 +101,7 @@ impl BackupConfig {
             schedule,
             max_age,
             s3,
+            copy,
             retention,
             stop_timeout: env.duration(ENV_STOP_TIMEOUT, Duration::from_secs(30)),
             helper_image: env.optional(ENV_HELPER_IMAGE).filter(|s| !s.is_empty()),

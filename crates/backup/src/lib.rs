@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod config;
+pub mod copy;
 pub mod encryption;
 pub mod guard;
 pub mod journal;

@@ -353,7 +353,7 @@ impl Backups {
         self.run_in(c, container, &["dropdb", "--if-exists", "--force", "-U", user, &new]).await?;
         self.run_in(c, container, &["createdb", "-U", user, "-O", user, &new]).await?;
         steward_failpoints::failpoint!("restore:createdb");
-        let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
+        let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
         let (stream, caught) = catching(midway(stream, "restore:pg_restore"));
@@ -535,7 +535,7 @@ impl Backups {
         self.in_volumes(c, container, PREPARE, &side.args(), "preparing the restore's copy")
             .await?;
         steward_failpoints::failpoint!("restore:staged");
-        let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
+        let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
         let (stream, caught) = catching(midway(stream, "restore:extracting"));
@@ -567,7 +567,7 @@ impl Backups {
             Some(("", _)) | None => "/".to_owned(),
             Some((parent, _)) => parent.to_owned(),
         };
-        let (stream, _) = pipeline::read_component_pinned(self.io(), c, pin)
+        let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
             .await
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
         let stream = midway(stream, "restore:extracting");

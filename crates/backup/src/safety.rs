@@ -41,7 +41,8 @@ impl Backups {
         }
         };
         if let Some(id) = journal.record.safety_backup_id.clone() {
-            if self.resolve(&id).await.is_ok() {
+            // Safety backups are written to the primary, whatever the restore reads from.
+            if self.primary().resolve(&id).await.is_ok() {
                 tracing::info!(safety_backup = %id, "the safety backup an earlier attempt took is complete");
                 return Ok(Some(id));
             }

@@ -11,7 +11,8 @@ use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{
     BackupComponent, BackupDone, BackupFailed, BackupPruned, BackupReason, BackupStale,
-    BackupStarted, BackupVerified, Event, EventData, RestoreDone, RestoreFailed, VerifyFailed,
+    BackupStarted, BackupTarget, BackupVerified, Event, EventData, RestoreDone, RestoreFailed,
+    VerifyFailed,
 };
 use steward_runtime::{Context, Handler, HandlerError};
 use steward_store::manifest;
@@ -275,7 +276,83 @@ impl BackupService {
                 tracing::warn!(error = %e, "retention could not prune; it tries again after the next backup")
             }
         }
+        self.second_copy(ctx, &id).await
+    }
+
+    /// After a backup is done in the primary: copies what the copy lacks (this backup, and
+    /// any an earlier failed copy missed), then prunes the copy by the same policy. A failed
+    /// copy is its own `backup.failed`, in a flow of its own (the requester already has its
+    /// `backup.done`: the backup exists and an update may go on), mailed like any failed
+    /// backup; the next job copies again.
+    async fn second_copy(&self, ctx: &Context, id: &str) -> anyhow::Result<()> {
+        let Some(copy) = self.backups.from_copy() else { return Ok(()) };
+        if let Err(reason) = self.backups.sync_copy().await {
+            tracing::error!(backup = %id, reason = %reason, "the second copy failed; the next backup copies it again");
+            let data = BackupFailed {
+                backup_id: Some(id.to_owned()),
+                reason: format!(
+                    "second copy: {reason}; backup {id} itself is complete in the primary bucket, and the next backup copies what the copy lacks"
+                ),
+                stderr_tail: vec![],
+            };
+            self.publish(ctx, None, data).await?;
+        }
+        match copy.prune(OffsetDateTime::now_utc()).await {
+            Ok((pruned, _)) if !pruned.is_empty() => {
+                tracing::info!(pruned = ?pruned, "pruned from the second copy")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "retention could not prune the second copy; it tries again after the next backup")
+            }
+        }
         Ok(())
+    }
+
+    /// The backups read from `from`: `None` or `primary`, the primary; `copy`, the copy (an
+    /// error when none is configured).
+    fn reading(&self, from: Option<BackupTarget>) -> Result<Backups, crate::Failure> {
+        match from {
+            None | Some(BackupTarget::Primary) => Ok(self.backups.primary()),
+            Some(BackupTarget::Copy) => self.backups.from_copy().ok_or_else(|| {
+                crate::Failure::plain("no second copy is configured (STEWARD_BACKUP_COPY_BUCKET)")
+            }),
+            Some(BackupTarget::Other) => {
+                Err(crate::Failure::plain("asked to read from a target this version does not know"))
+            }
+        }
+    }
+
+    /// Where a restore of `id` reads from: as asked; or, asked nothing, the primary unless it
+    /// has no usable manifest for `id` (gone, refused) and the copy has one: then the copy,
+    /// with why the primary was not used. The copy's signatures are checked exactly as the
+    /// primary's (it is no more trusted).
+    async fn restore_source(
+        &self,
+        from: Option<BackupTarget>,
+        id: &str,
+        allow_unsigned: bool,
+    ) -> Result<(Backups, Option<String>), crate::Failure> {
+        let chosen = self.reading(from)?;
+        if from.is_some() {
+            return Ok((chosen, None));
+        }
+        let Err(primary_says) = chosen.resolve_allowing(id, allow_unsigned).await else {
+            return Ok((chosen, None));
+        };
+        let Some(copy) = self.backups.from_copy() else { return Ok((chosen, None)) };
+        match copy.resolve_allowing(id, allow_unsigned).await {
+            Ok(m) => {
+                tracing::warn!(backup = %m.backup_id, primary = %primary_says,
+                    "the primary has no usable manifest for this backup: restoring it from the second copy");
+                Ok((copy, Some(primary_says)))
+            }
+            // Both refuse: the primary's reason is the one reported.
+            Err(copy_says) => {
+                tracing::warn!(backup = %id, copy = %copy_says, "the second copy cannot give this backup either");
+                Ok((chosen, None))
+            }
+        }
     }
 
     fn journal(&self) -> Journal {
@@ -352,16 +429,28 @@ impl BackupService {
         }
     }
 
-    async fn verify(&self, ctx: &Context, cause: &Event, id: &str) -> anyhow::Result<()> {
+    async fn verify(
+        &self,
+        ctx: &Context,
+        cause: &Event,
+        id: &str,
+        from: Option<BackupTarget>,
+    ) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
-        match self.reporting(ctx, cause, self.backups.verify(id)).await {
+        let outcome = match self.reading(from) {
+            Ok(backups) => self.reporting(ctx, cause, backups.verify(id)).await,
+            Err(f) => Err(f),
+        };
+        let from = from.filter(|f| *f != BackupTarget::Primary);
+        match outcome {
             Ok(v) => {
                 let data = BackupVerified {
                     backup_id: v.manifest.backup_id,
                     components_checked: v.components_checked,
                     database_restored: v.database_restored,
                     duration_ms: started.elapsed().as_millis() as u64,
+                    from,
                 };
                 self.publish(ctx, Some(cause), data).await
             }
@@ -371,6 +460,7 @@ impl BackupService {
                     backup_id: id.to_owned(),
                     reason: f.reason,
                     log_tail: f.stderr_tail,
+                    from,
                 };
                 self.publish(ctx, Some(cause), data).await
             }
@@ -405,6 +495,7 @@ impl BackupService {
             tracing::warn!(error = %e, "could not abort the uploads a killed run left open");
         }
         let mut record = FlowRecord::default();
+        let mut source: Option<(bool, Option<String>)> = None;
         let outcome = match previous {
             Err(e) => Err(crate::Failure::plain(format!(
                 "could not read the restore's journal, nothing was changed: {e}"
@@ -416,20 +507,33 @@ impl BackupService {
                     tracing::warn!(backup = %steps.record.backup_id, touched = ?steps.record.touched,
                         "restoring again: an earlier attempt was interrupted");
                 }
+                // A resumed restore restores the backup it resolved; it is looked for the
+                // same way (primary first), so a resumed attempt reads where the first did
+                // unless the primary changed meanwhile.
+                let wanted = match steps.resumed() {
+                    true => steps.record.backup_id.clone(),
+                    false => r.backup_id.clone(),
+                };
                 let outcome = match updates_in_progress(ctx).await {
                     Ok(busy) => {
-                        let options = RestoreOptions {
-                            allow_unsigned: r.allow_unsigned,
-                            safety_backup: !r.no_safety_backup,
-                        };
-                        let job = self.backups.restore_journaled(
-                            &r.backup_id,
-                            r.scope,
-                            options,
-                            &busy,
-                            &mut steps,
-                        );
-                        self.reporting(ctx, cause, job).await
+                        match self.restore_source(r.from, &wanted, r.allow_unsigned).await {
+                            Ok((backups, fallback)) => {
+                                source = Some((backups.reads_copy(), fallback));
+                                let options = RestoreOptions {
+                                    allow_unsigned: r.allow_unsigned,
+                                    safety_backup: !r.no_safety_backup,
+                                };
+                                let job = backups.restore_journaled(
+                                    &r.backup_id,
+                                    r.scope,
+                                    options,
+                                    &busy,
+                                    &mut steps,
+                                );
+                                self.reporting(ctx, cause, job).await
+                            }
+                            Err(f) => Err(f),
+                        }
                     }
                     // Fail closed: restoring under a running update can lose both.
                     Err(e) => Err(crate::Failure::plain(format!(
@@ -457,12 +561,16 @@ impl BackupService {
                 })
             }
         };
+        let (read_copy, fallback_reason) = source.unwrap_or_default();
+        let from = read_copy.then_some(BackupTarget::Copy);
         let data: EventData = match outcome {
             Ok(done) => RestoreDone {
                 backup_id: done.manifest.backup_id,
                 restored: done.restored,
                 duration_ms: started.elapsed().as_millis() as u64,
                 safety_backup_id: done.safety_backup_id,
+                from,
+                fallback_reason,
             }
             .into(),
             Err(f) => {
@@ -471,6 +579,8 @@ impl BackupService {
                     backup_id: r.backup_id.clone(),
                     reason: f.reason,
                     log_tail: f.stderr_tail,
+                    safety_backup_id: record.safety_backup_id.clone(),
+                    from,
                 }
                 .into()
             }
@@ -536,7 +646,7 @@ impl Handler for BackupService {
             EventData::BackupRequested(r) => {
                 self.back_up(ctx, Some(&event), r.reason, &r.containers).await
             }
-            EventData::VerifyRequested(v) => self.verify(ctx, &event, &v.backup_id).await,
+            EventData::VerifyRequested(v) => self.verify(ctx, &event, &v.backup_id, v.from).await,
             EventData::RestoreRequested(r) => self.restore(ctx, &event, r).await,
             _ => Ok(()),
         };

@@ -45,7 +45,7 @@ impl Backups {
                     database_restored = true;
                 }
                 Kind::Path { .. } | Kind::Containers => {
-                    pipeline::check_component(self.io(), c).await.map_err(Failure::plain)?
+                    pipeline::check_component(self.read_io(), c).await.map_err(Failure::plain)?
                 }
             }
             tracing::info!(backup = %id, component = %c.name, "verified");
@@ -68,8 +68,9 @@ impl Backups {
     pub async fn check_all(&self, components: &[&Component]) -> Result<Pins, Failure> {
         let mut pins = Pins::new();
         for c in components {
-            let etag =
-                pipeline::check_component_pinned(self.io(), c).await.map_err(Failure::plain)?;
+            let etag = pipeline::check_component_pinned(self.read_io(), c)
+                .await
+                .map_err(Failure::plain)?;
             if let Some(etag) = etag {
                 pins.insert(c.object.clone(), etag);
             }
@@ -128,7 +129,7 @@ impl Backups {
         database: &str,
     ) -> Result<(), Failure> {
         wait_ready(self, scratch, user, database).await?;
-        let stream = pipeline::read_component(self.io(), c).await.map_err(Failure::plain)?;
+        let stream = pipeline::read_component(self.read_io(), c).await.map_err(Failure::plain)?;
         // Roles other than the dump's user do not exist in a scratch server: load the data,
         // not the ownership.
         let spec = ExecSpec {

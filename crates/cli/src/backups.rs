@@ -10,12 +10,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use steward_bus::{Bus, ReplayQuery};
 use steward_events::{
-    BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope, Service,
-    VerifyRequested,
+    BackupReason, BackupRequested, BackupTarget, Event, EventData, RestoreRequested, RestoreScope,
+    Service, VerifyRequested,
 };
 use steward_settings::Env;
 use steward_store::catalog::Standing;
-use steward_store::config::{S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX};
+use steward_store::config::{CopyConfig, S3Config, ENV_BUCKET, ENV_ENDPOINT, ENV_PREFIX};
 use steward_store::signing::Trust;
 use steward_store::store::Store;
 use time::OffsetDateTime;
@@ -37,6 +37,10 @@ pub enum BackupCommand {
     List {
         #[command(flatten)]
         s3: S3Args,
+        /// Which target to list: the primary bucket or the second copy
+        /// (STEWARD_BACKUP_COPY_*; the flags above then name the copy's bucket).
+        #[arg(long, value_enum, default_value = "primary")]
+        from: Target,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -46,9 +50,30 @@ pub enum BackupCommand {
     Verify {
         /// A backup id, or `latest`.
         id: String,
+        /// Read it from the primary bucket or from the second copy.
+        #[arg(long, value_enum, default_value = "primary")]
+        from: Target,
         #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
+}
+
+/// A backup target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// The primary bucket (STEWARD_S3_*).
+    Primary,
+    /// The second copy (STEWARD_BACKUP_COPY_*).
+    Copy,
+}
+
+impl Target {
+    fn target(self) -> BackupTarget {
+        match self {
+            Target::Primary => BackupTarget::Primary,
+            Target::Copy => BackupTarget::Copy,
+        }
+    }
 }
 
 /// The bucket, as the backup service is configured: each flag stands for its variable and is
@@ -83,6 +108,29 @@ impl S3Args {
         env.finish()?;
         Ok((config, trust))
     }
+
+    /// The second copy's store (`STEWARD_BACKUP_COPY_*`, the flags standing for its bucket,
+    /// prefix and endpoint), and the trusted keys: the copy is checked exactly as the primary.
+    fn read_copy(self) -> anyhow::Result<(Store, Trust)> {
+        use steward_store::config::{ENV_COPY_BUCKET, ENV_COPY_ENDPOINT, ENV_COPY_PREFIX};
+        let mut env = Env::from_process();
+        for (name, flag) in [
+            (ENV_COPY_BUCKET, self.bucket),
+            (ENV_COPY_PREFIX, self.prefix),
+            (ENV_COPY_ENDPOINT, self.endpoint),
+        ] {
+            if let Some(value) = flag {
+                env.set(name, value);
+            }
+        }
+        let copy = CopyConfig::read(&mut env);
+        let trust = Trust::read(&mut env);
+        env.finish()?;
+        let copy = copy.context(
+            "no second copy is configured: set STEWARD_BACKUP_COPY_BUCKET (or --bucket) as the backup service has it",
+        )?;
+        Ok((Store::lazy_copy(&copy), trust))
+    }
 }
 
 /// What to restore.
@@ -114,6 +162,10 @@ pub struct RestoreArgs {
     /// absent or empty). Without it, the restore cannot be undone.
     #[arg(long)]
     no_safety_backup: bool,
+    /// Read the backup only from this target. Without it: the primary, falling back to the
+    /// second copy when the primary has no usable manifest for the backup.
+    #[arg(long, value_enum)]
+    from: Option<Target>,
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     wait: Duration,
 }
@@ -143,17 +195,22 @@ pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
                 _ => bail!("unexpected outcome {}", outcome.event_type()),
             }
         }
-        BackupCommand::List { s3, json } => list(s3, json).await,
-        BackupCommand::Verify { id, wait } => {
-            let data = VerifyRequested { backup_id: id, requested_by: Some(crate::who()) };
+        BackupCommand::List { s3, from, json } => list(s3, from, json).await,
+        BackupCommand::Verify { id, from, wait } => {
+            let data = VerifyRequested {
+                backup_id: id,
+                requested_by: Some(crate::who()),
+                from: (from == Target::Copy).then_some(from.target()),
+            };
             let outcome =
                 request(conn, data, &["backup.verified", "verify.failed"], wait, "verifying")
                     .await?;
             match outcome.data {
                 EventData::BackupVerified(v) => {
                     println!(
-                        "backup {} verified: {} components match their checksums{}",
+                        "backup {} verified{}: {} components match their checksums{}",
                         v.backup_id,
+                        if v.from == Some(BackupTarget::Copy) { " in the second copy" } else { "" },
                         v.components_checked,
                         if v.database_restored { "; the database dumps load" } else { "" }
                     );
@@ -196,6 +253,7 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
         requested_by: Some(crate::who()),
         allow_unsigned: args.unsigned,
         no_safety_backup: args.no_safety_backup,
+        from: args.from.map(Target::target),
     };
     let outcome =
         request(conn, data, &["restore.done", "restore.failed"], args.wait, "restoring").await?;
@@ -207,6 +265,14 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
                 d.restored.join(", "),
                 d.duration_ms as f64 / 1000.0
             );
+            if d.from == Some(BackupTarget::Copy) {
+                match &d.fallback_reason {
+                    Some(why) => {
+                        println!("read from the second copy: the primary could not give it ({why})")
+                    }
+                    None => println!("read from the second copy"),
+                }
+            }
             match &d.safety_backup_id {
                 Some(safety) => {
                     let only = match scope {
@@ -222,7 +288,12 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
             }
             Ok(())
         }
-        EventData::RestoreFailed(f) => failed("restore FAILED", &f.reason, &f.log_tail),
+        EventData::RestoreFailed(f) => {
+            if let Some(safety) = &f.safety_backup_id {
+                eprintln!("the data from before this restore is in safety backup {safety}: steward restore {safety}");
+            }
+            failed("restore FAILED", &f.reason, &f.log_tail)
+        }
         _ => bail!("unexpected outcome {}", outcome.event_type()),
     }
 }
@@ -340,9 +411,14 @@ fn bytes(n: u64) -> String {
     }
 }
 
-async fn list(s3: S3Args, json: bool) -> anyhow::Result<()> {
-    let (config, trust) = s3.read()?;
-    let store = Store::connect(&config).await;
+async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
+    let (store, trust) = match from {
+        Target::Primary => {
+            let (config, trust) = s3.read()?;
+            (Store::connect(&config).await, trust)
+        }
+        Target::Copy => s3.read_copy()?,
+    };
     let listed = steward_store::catalog::list(&store, &trust, OffsetDateTime::now_utc()).await?;
     let mut out = std::io::stdout().lock();
     if json {

@@ -170,15 +170,21 @@ pub fn all(container: &str) -> Vec<EventData> {
             components_checked: 2,
             database_restored: true,
             duration_ms: 15000,
+            from: None,
         }
         .into(),
         BackupPruned { backup_ids: vec!["20261001T020000Z".into()], kept: 17 }.into(),
-        VerifyRequested { backup_id: "latest".into(), requested_by: Some("ops@host".into()) }
-            .into(),
+        VerifyRequested {
+            backup_id: "latest".into(),
+            requested_by: Some("ops@host".into()),
+            from: Some(BackupTarget::Copy),
+        }
+        .into(),
         VerifyFailed {
             backup_id: "20261123T020000Z".into(),
             reason: "postgres/gitea: SHA-256 does not match the manifest".into(),
             log_tail: vec![],
+            from: Some(BackupTarget::Copy),
         }
         .into(),
         RestoreRequested {
@@ -187,6 +193,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             requested_by: Some("ops@host".into()),
             allow_unsigned: false,
             no_safety_backup: false,
+            from: None,
         }
         .into(),
         RestoreDone {
@@ -194,12 +201,16 @@ pub fn all(container: &str) -> Vec<EventData> {
             restored: vec!["postgres/gitea".into()],
             duration_ms: 30000,
             safety_backup_id: Some("20261123T101500Z-3f9a1c".into()),
+            from: Some(BackupTarget::Copy),
+            fallback_reason: Some("backup 20261123T020000Z has no manifest in the primary".into()),
         }
         .into(),
         RestoreFailed {
             backup_id: "20261123T020000Z".into(),
             reason: "checksum mismatch".into(),
             log_tail: vec![],
+            safety_backup_id: Some("20261123T101500Z-3f9a1c".into()),
+            from: None,
         }
         .into(),
         HealthFailed {

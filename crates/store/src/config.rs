@@ -44,6 +44,97 @@ impl S3Config {
     }
 }
 
+/// The second copy's bucket (3-2-1); unset: no copy.
+pub const ENV_COPY_BUCKET: &str = "STEWARD_BACKUP_COPY_BUCKET";
+/// Key prefix inside the copy's bucket.
+pub const ENV_COPY_PREFIX: &str = "STEWARD_BACKUP_COPY_PREFIX";
+/// Endpoint of the copy's S3-compatible store; unset for AWS.
+pub const ENV_COPY_ENDPOINT: &str = "STEWARD_BACKUP_COPY_ENDPOINT";
+/// The copy's access key id (best as `STEWARD_BACKUP_COPY_ACCESS_KEY_ID_FILE`); with the
+/// secret key, or neither (then the standard AWS chain, as for the primary).
+pub const ENV_COPY_ACCESS_KEY: &str = "STEWARD_BACKUP_COPY_ACCESS_KEY_ID";
+/// The copy's secret access key (best as `STEWARD_BACKUP_COPY_SECRET_ACCESS_KEY_FILE`).
+pub const ENV_COPY_SECRET_KEY: &str = "STEWARD_BACKUP_COPY_SECRET_ACCESS_KEY";
+
+/// The second copy of every backup: another bucket, usually on another provider, with its
+/// own credentials (a leaked primary key must not reach the copy).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CopyConfig {
+    /// Its bucket, prefix and endpoint.
+    pub s3: S3Config,
+    /// Access key id and secret key; `None`: the standard AWS chain.
+    pub credentials: Option<(String, String)>,
+}
+
+// By hand: the secret key never reaches a log line.
+impl std::fmt::Debug for CopyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyConfig")
+            .field("s3", &self.s3)
+            .field("access_key", &self.credentials.as_ref().map(|(id, _)| id))
+            .finish()
+    }
+}
+
+impl CopyConfig {
+    /// Reads the `STEWARD_BACKUP_COPY_*` settings: `None` without [`ENV_COPY_BUCKET`]
+    /// (nothing else may be set then); errors go to `env`, naming the variable.
+    pub fn read(env: &mut Env) -> Option<Self> {
+        let bucket = env.optional(ENV_COPY_BUCKET).filter(|s| !s.is_empty());
+        let prefix = normalise_prefix(&env.string(ENV_COPY_PREFIX, ""));
+        let endpoint = env.optional(ENV_COPY_ENDPOINT).filter(|s| !s.is_empty());
+        let access = env.optional(ENV_COPY_ACCESS_KEY).filter(|s| !s.is_empty());
+        let secret = env.optional(ENV_COPY_SECRET_KEY).filter(|s| !s.is_empty());
+        let Some(bucket) = bucket else {
+            // A half-configured copy is an error, not a silent single copy.
+            for (name, set) in [
+                (ENV_COPY_ENDPOINT, endpoint.is_some()),
+                (ENV_COPY_ACCESS_KEY, access.is_some()),
+                (ENV_COPY_SECRET_KEY, secret.is_some()),
+            ] {
+                if set {
+                    env.error(
+                        name,
+                        "(set)",
+                        "the copy has no bucket: set STEWARD_BACKUP_COPY_BUCKET too",
+                    );
+                }
+            }
+            return None;
+        };
+        if let Err(reason) = validate_bucket(&bucket) {
+            env.error(ENV_COPY_BUCKET, &bucket, reason);
+        }
+        if let Some(endpoint) = &endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                let shown = steward_events::redact_url(endpoint);
+                env.error(ENV_COPY_ENDPOINT, &shown, "expected an http:// or https:// URL");
+            }
+        }
+        let credentials = match (access, secret) {
+            (Some(a), Some(s)) => Some((a, s)),
+            (None, None) => None,
+            (Some(_), None) => {
+                env.error(
+                    ENV_COPY_SECRET_KEY,
+                    "",
+                    "required with STEWARD_BACKUP_COPY_ACCESS_KEY_ID",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                env.error(
+                    ENV_COPY_ACCESS_KEY,
+                    "",
+                    "required with STEWARD_BACKUP_COPY_SECRET_ACCESS_KEY",
+                );
+                None
+            }
+        };
+        Some(Self { s3: S3Config { bucket, prefix, endpoint }, credentials })
+    }
+}
+
 /// A prefix as stored: no leading `/`, a trailing `/` unless empty.
 pub fn normalise_prefix(prefix: &str) -> String {
     let p = prefix.trim().trim_matches('/');
@@ -106,6 +197,32 @@ mod tests {
             .expect_err("bad values");
         assert!(e.contains("STEWARD_S3_BUCKET=\"Bad_Bucket\": 3 to 63 lowercase"), "{e}");
         assert!(e.contains("STEWARD_S3_ENDPOINT=\"minio:9000\": expected an http"), "{e}");
+    }
+
+    #[test]
+    fn the_copy_is_optional_complete_and_its_secret_never_shown() {
+        let read_copy = |pairs: &[(&str, &str)]| {
+            let mut env = Env::from_pairs(pairs.iter().copied());
+            let config = CopyConfig::read(&mut env);
+            env.finish().map(|()| config).map_err(|e| e.to_string())
+        };
+        assert_eq!(read_copy(&[]), Ok(None));
+        let copy = read_copy(&[
+            (ENV_COPY_BUCKET, "offsite"),
+            (ENV_COPY_PREFIX, "gitea"),
+            (ENV_COPY_ENDPOINT, "https://s3.example.net"),
+            (ENV_COPY_ACCESS_KEY, "AKIDCOPY"),
+            (ENV_COPY_SECRET_KEY, "SECRETCOPY"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no copy"));
+        assert_eq!(copy.s3.prefix, "gitea/");
+        assert!(!format!("{copy:?}").contains("SECRETCOPY"));
+        let e = read_copy(&[(ENV_COPY_ACCESS_KEY, "AKID")]).expect_err("no bucket");
+        assert!(e.contains(ENV_COPY_ACCESS_KEY), "{e}");
+        let e = read_copy(&[(ENV_COPY_BUCKET, "offsite"), (ENV_COPY_SECRET_KEY, "SECRETCOPY")])
+            .expect_err("half the credentials");
+        assert!(e.contains(ENV_COPY_ACCESS_KEY) && !e.contains("SECRETCOPY"), "{e}");
     }
 
     #[test]

@@ -157,6 +157,14 @@ impl Store {
         store
     }
 
+    /// The second copy's store: its own credentials when configured, else the AWS chain.
+    pub fn lazy_copy(config: &crate::config::CopyConfig) -> Self {
+        let credentials = config.credentials.as_ref().map(|(id, secret)| {
+            aws_sdk_s3::config::Credentials::new(id, secret, None, None, "steward-copy")
+        });
+        Self { credentials, ..Self::lazy(&config.s3) }
+    }
+
     async fn client(&self) -> &Client {
         self.client.get_or_init(|| self.build_client()).await
     }

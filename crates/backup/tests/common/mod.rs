@@ -67,6 +67,7 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
             .unwrap_or_else(|_| unreachable!()),
         max_age: Duration::from_secs(26 * 3600),
         s3,
+        copy: None,
         retention: Retention::default(),
         stop_timeout: Duration::from_secs(5),
         helper_image: None,

@@ -23,6 +23,19 @@ pub enum BackupReason {
     Other,
 }
 
+/// Which of a backup's two targets a request reads from or an outcome was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupTarget {
+    /// The primary bucket (`STEWARD_S3_*`).
+    Primary,
+    /// The second copy (`STEWARD_BACKUP_COPY_*`).
+    Copy,
+    /// A target this build does not know (written by a newer version). Never written.
+    #[serde(other)]
+    Other,
+}
+
 /// Back up now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRequested {
@@ -108,6 +121,9 @@ pub struct BackupVerified {
     pub database_restored: bool,
     /// Wall time.
     pub duration_ms: u64,
+    /// Where it was read from; absent: the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BackupTarget>,
 }
 
 impl Payload for BackupVerified {}
@@ -132,6 +148,9 @@ pub struct VerifyRequested {
     /// Who asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// Read it from this target; absent: the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BackupTarget>,
 }
 
 impl Payload for VerifyRequested {}
@@ -146,6 +165,9 @@ pub struct VerifyFailed {
     /// Last output lines of the failing step (e.g. `pg_restore`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// Where it was read from; absent: the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BackupTarget>,
 }
 
 impl Payload for VerifyFailed {}

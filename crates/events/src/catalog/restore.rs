@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Payload;
+use super::{BackupTarget, Payload};
 
 /// What part of a backup to restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -36,6 +36,10 @@ pub struct RestoreRequested {
     /// empty host, where there is nothing to save: `steward restore ID --no-safety-backup`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_safety_backup: bool,
+    /// Read the backup from this target only; absent: the primary, falling back to the copy
+    /// when the primary has no usable manifest for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BackupTarget>,
 }
 
 impl Payload for RestoreRequested {}
@@ -53,6 +57,12 @@ pub struct RestoreDone {
     /// restoring it undoes the restore. None when it was skipped (asked, or nothing to save).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_backup_id: Option<String>,
+    /// Where the backup was read from; absent: the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BackupTarget>,
+    /// Why the primary was not used when the restore fell back to the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
 }
 
 impl Payload for RestoreDone {}
@@ -67,6 +77,13 @@ pub struct RestoreFailed {
     /// Last log lines of the failing step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// The safety backup taken before the restore touched anything (restoring it puts back
+    /// what was there), when one was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_backup_id: Option<String>,
+    /// Where the backup was read from; absent: the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BackupTarget>,
 }
 
 impl Payload for RestoreFailed {}
