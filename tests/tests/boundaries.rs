@@ -12,8 +12,14 @@ use std::process::Command;
 use serde_json::Value;
 
 /// The services: they share only library crates, never each other's.
-const SERVICES: [&str; 5] =
-    ["steward-watcher", "steward-updater", "steward-backup", "steward-health", "steward-notifier"];
+const SERVICES: [&str; 6] = [
+    "steward-watcher",
+    "steward-updater",
+    "steward-backup",
+    "steward-health",
+    "steward-notifier",
+    "steward-deployer",
+];
 /// The operator's binary: it talks to the services through the bus only.
 const CLI: &str = "steward-cli";
 /// Crates that test the binaries; they may depend on a service to drive it.
