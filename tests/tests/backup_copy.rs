@@ -13,6 +13,7 @@ use steward_backup::encryption::Keys;
 use steward_backup::pipeline::{self, Io};
 use steward_events::{
     BackupReason, BackupRequested, BackupTarget, Event, EventData, RestoreRequested, RestoreScope,
+    VerifyRequested,
 };
 use steward_store::catalog::{self, Standing};
 use steward_store::manifest::{Manifest, MANIFEST, MAX_MANIFEST_BYTES};
@@ -52,6 +53,11 @@ struct Bed {
 
 impl Bed {
     async fn new(tag: &str) -> Self {
+        Self::with_copy(tag, true).await
+    }
+
+    /// `copy_reachable: false`: the copy's bucket is removed before the first backup.
+    async fn with_copy(tag: &str, copy_reachable: bool) -> Self {
         let bus = TestBus::new(tag).await;
         let primary = TestBucket::new(&format!("{tag}-p")).await;
         let copy = TestBucket::new(&format!("{tag}-c")).await;
@@ -86,6 +92,9 @@ impl Bed {
         let service = Proc::service("steward-backup", &bus, &env);
         let trust = Trust::new(vec![primary.signing.public()]);
         let (primary_store, copy_store) = (primary.store().await, copy.store().await);
+        if !copy_reachable {
+            bucket_root(&copy_store).await.destroy().await.unwrap_or_else(|e| panic!("{e}"));
+        }
         let mut bed = Self {
             bus,
             primary: Some(primary),
@@ -100,13 +109,14 @@ impl Bed {
             secrets,
             real: placeholder(),
         };
-        bed.real = bed.back_up().await;
+        bed.real = bed.back_up(copy_reachable).await;
         psql(&bed.db.name, "INSERT INTO t SELECT g FROM generate_series(101, 150) g");
         sh(&bed.app.name, "echo after > /data/after.txt");
         bed
     }
 
-    async fn back_up(&self) -> Manifest {
+    /// A backup (its manifest); with `copied`, waits until the copy has it too.
+    async fn back_up(&self, copied: bool) -> Manifest {
         let request = Event::new(
             "steward-cli/test",
             BackupRequested {
@@ -128,7 +138,7 @@ impl Bed {
         };
         // The copy is written right after `backup.done`: wait for it (bounded).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        while copied {
             let now = OffsetDateTime::now_utc();
             let copied =
                 catalog::resolve(&self.copy_store, &self.trust, &done.backup_id, false, now);
@@ -200,6 +210,21 @@ fn placeholder() -> Manifest {
         docker_host: String::new(),
         components: vec![],
     }
+}
+
+/// `store`'s bucket with no prefix (to remove or create the bucket itself).
+async fn bucket_root(store: &Store) -> Store {
+    let config = steward_store::config::S3Config {
+        bucket: store.bucket().to_owned(),
+        prefix: String::new(),
+        endpoint: Some(testbed::require("STEWARD_TEST_S3_ENDPOINT")),
+    };
+    Store::connect_static(
+        &config,
+        &testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+        &testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+    )
+    .await
 }
 
 /// Every object of backup `id` in `store`, sorted.
@@ -306,5 +331,58 @@ async fn an_edited_copy_is_refused_and_the_primary_still_restores() {
         other => panic!("not restored from the primary: {other:?}\n{}", bed.service.logs()),
     }
     assert!(bed.restored(), "the data is not back");
+    bed.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_is_said_and_the_next_backup_copies_what_it_missed() {
+    let bed = Bed::with_copy("copy-retry", false).await;
+    let id = bed.real.backup_id.clone();
+    // `backup.done` came (the primary has it); the copy's failure is a `backup.failed` of its
+    // own flow, naming the backup and the copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let found =
+            steward_testkit::stored_events(&bed.bus).await.into_iter().find_map(|e| match e.data {
+                EventData::BackupFailed(f) if f.backup_id.as_deref() == Some(&id) => Some(f),
+                _ => None,
+            });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed copy said:\n{}",
+            bed.service.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(failed.reason.starts_with("second copy:"), "{}", failed.reason);
+    assert!(failed.reason.contains("complete in the primary"), "{}", failed.reason);
+
+    // Verified, so retention keeps it (the newest verified backup) past the next backup of
+    // the same day.
+    let verify = Event::new(
+        "steward-cli/test",
+        VerifyRequested { backup_id: id.clone(), requested_by: None, from: None },
+    );
+    bed.bus.publish(&verify).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let verified = wait_outcome(
+        &bed.bus,
+        &verify,
+        &["backup.verified", "verify.failed"],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(matches!(verified.data, EventData::BackupVerified(_)), "{:?}", verified.data);
+    // The copy is back: the next backup copies itself and the one missed.
+    bucket_root(&bed.copy_store).await.create_bucket().await.unwrap_or_else(|e| panic!("{e}"));
+    let next = bed.back_up(true).await;
+    let now = OffsetDateTime::now_utc();
+    for backup in [&id, &next.backup_id] {
+        catalog::resolve(&bed.copy_store, &bed.trust, backup, false, now).await.unwrap_or_else(
+            |e| panic!("backup {backup} is not in the copy: {e}\n{}", bed.service.logs()),
+        );
+    }
     bed.destroy().await;
 }

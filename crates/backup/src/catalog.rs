@@ -51,6 +51,17 @@ impl Backups {
     /// prunes the primary, then the copy: each judged on what it holds); returns the pruned ids and how many
     /// usable backups remain.
     pub async fn prune(&self, now: OffsetDateTime) -> Result<(Vec<String>, u32), StoreError> {
+        self.prune_also_verified(now, &[]).await
+    }
+
+    /// [`Backups::prune`], counting the backups in `verified_elsewhere` as verified too: the
+    /// copy is pruned with the primary's verification marks (written where the backup was
+    /// verified), so both keep the newest verified backup.
+    pub async fn prune_also_verified(
+        &self,
+        now: OffsetDateTime,
+        verified_elsewhere: &[String],
+    ) -> Result<(Vec<String>, u32), StoreError> {
         let listed = self.list().await?;
         let candidates: Vec<Candidate> = listed
             .iter()
@@ -67,7 +78,7 @@ impl Backups {
                     id: l.backup_id.clone(),
                     taken_at: to_chrono(l.taken_at),
                     complete,
-                    verified: l.verified.is_some(),
+                    verified: l.verified.is_some() || verified_elsewhere.contains(&l.backup_id),
                     safety: l.usable().is_some_and(|m| m.reason == BackupReason::PreRestore),
                 })
             })

@@ -297,7 +297,18 @@ impl BackupService {
             };
             self.publish(ctx, None, data).await?;
         }
-        match copy.prune(OffsetDateTime::now_utc()).await {
+        // The primary's verification marks count for the copy (marks are written where a
+        // backup was verified, usually the primary): both keep the newest verified backup.
+        let verified: Vec<String> = match self.backups.primary().list().await {
+            Ok(listed) => {
+                listed.into_iter().filter(|l| l.verified.is_some()).map(|l| l.backup_id).collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the primary; the copy is not pruned this time");
+                return Ok(());
+            }
+        };
+        match copy.prune_also_verified(OffsetDateTime::now_utc(), &verified).await {
             Ok((pruned, _)) if !pruned.is_empty() => {
                 tracing::info!(pruned = ?pruned, "pruned from the second copy")
             }
