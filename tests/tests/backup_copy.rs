@@ -138,20 +138,22 @@ impl Bed {
         };
         // The copy is written right after `backup.done`: wait for it (bounded).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while copied {
-            let now = OffsetDateTime::now_utc();
-            let copied =
-                catalog::resolve(&self.copy_store, &self.trust, &done.backup_id, false, now);
-            if copied.await.is_ok() {
-                break;
+        if copied {
+            loop {
+                let now = OffsetDateTime::now_utc();
+                let there =
+                    catalog::resolve(&self.copy_store, &self.trust, &done.backup_id, false, now);
+                if there.await.is_ok() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "backup {} never reached the copy:\n{}",
+                    done.backup_id,
+                    self.service.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "backup {} never reached the copy:\n{}",
-                done.backup_id,
-                self.service.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let now = OffsetDateTime::now_utc();
         catalog::resolve(&self.primary_store, &self.trust, &done.backup_id, false, now)
