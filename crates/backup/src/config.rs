@@ -170,6 +170,27 @@ mod tests {
     }
 
     #[test]
+    fn the_copy_must_be_elsewhere() {
+        use steward_store::config::{ENV_COPY_BUCKET, ENV_COPY_PREFIX, ENV_PREFIX};
+        let key = SigningKey::generate().to_pem();
+        let read = |copy_prefix: &str| {
+            let mut env = Env::from_pairs([
+                (ENV_BUCKET, "steward"),
+                (ENV_PREFIX, "gitea"),
+                (ENV_COPY_BUCKET, "steward"),
+                (ENV_COPY_PREFIX, copy_prefix),
+                (signing::ENV_SIGNING_KEY, key.as_str()),
+            ]);
+            let config = BackupConfig::read(&mut env);
+            env.finish().map(|()| config).map_err(|e| e.to_string())
+        };
+        let e = read("gitea/").expect_err("the copy is the primary");
+        assert!(e.contains(ENV_COPY_BUCKET) && e.contains("elsewhere"), "{e}");
+        let config = read("offsite").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.copy.map(|c| c.s3.prefix).as_deref(), Some("offsite/"));
+    }
+
+    #[test]
     fn bucket_is_required() {
         let mut env = Env::from_pairs(Vec::<(String, String)>::new());
         let _ = BackupConfig::read(&mut env);
