@@ -283,6 +283,11 @@ async fn every_object_reaches_both_and_a_restore_falls_back_to_the_copy() {
         "{}",
         bed.service.logs()
     );
+    // The copy verifies on its own (the CLI's `--from copy`): the primary no longer has it.
+    let out = steward_with(&bed.bus, &bed.env, &["backup", "verify", &id, "--from", "copy"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("verified in the second copy"), "{said}");
     bed.destroy().await;
 }
 
@@ -317,6 +322,11 @@ async fn an_edited_copy_is_refused_and_the_primary_still_restores() {
     assert!(copy_list.contains(&id) && copy_list.contains("REFUSED"), "{copy_list}");
     let primary_list = cli(&["backup", "list"]);
     assert!(primary_list.contains(&id) && !primary_list.contains("REFUSED"), "{primary_list}");
+
+    // Verifying the copy is refused too.
+    let out = steward_with(&bed.bus, &bed.env, &["backup", "verify", &id, "--from", "copy"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("refused"), "{said}");
 
     // Asked for the copy only: refused, nothing changed.
     match bed.restore(Some(BackupTarget::Copy)).await {
