@@ -24,6 +24,10 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
     let bus = TestBus::new("demo").await;
     let ns = bus.namespace().clone();
     let bucket = TestBucket::new("demo").await;
+    // A scope no container has: the services never touch the containers of tests running
+    // beside this one (the watcher would report them and the updater update them), and the
+    // backup holds only its (empty) configuration.
+    let scope = steward_testkit::unique_name("demo");
     let procs: Vec<(&str, Proc, u16)> = SERVICES
         .iter()
         .map(|name| {
@@ -33,14 +37,13 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
                 ("STEWARD_STREAM", ns.stream.clone()),
                 ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
                 ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+                ("STEWARD_SCOPE", scope.clone()),
             ];
             if *name == "steward-notifier" {
                 env.push(("STEWARD_WEBHOOK_URL", "http://127.0.0.1:9/unused".into()));
             }
             if *name == "steward-backup" {
-                // A scope no container has: the backup holds only its (empty) configuration.
                 env.extend(bucket.env());
-                env.push(("STEWARD_SCOPE", steward_testkit::unique_name("demo")));
             }
             (*name, Proc::start(name, &env), port)
         })
