@@ -52,6 +52,7 @@ async fn the_services_and_the_cli_work_as_their_own_nats_users() {
     let app = app(&scope, "manual", &[]);
 
     let mut procs = vec![];
+    let deploy_dir = TempDir::new("natsusers-deploy");
     for service in Service::DAEMONS {
         let mut env = login(service);
         env.push(("STEWARD_SCOPE", scope.clone()));
@@ -59,6 +60,12 @@ async fn the_services_and_the_cli_work_as_their_own_nats_users() {
             Service::Backup => env.extend(bucket.env()),
             Service::Notifier => env.extend(testbed_notifier_env(&to)),
             Service::Updater => env.push(("STEWARD_HEALTH_GRACE", "2s".into())),
+            Service::Deployer => {
+                // A repository that does not exist: polling fails (logged), the service runs.
+                let dir = deploy_dir.0.display().to_string();
+                env.push(("STEWARD_DEPLOY_REPOSITORY", format!("file://{dir}/none.git")));
+                env.push(("STEWARD_DEPLOY_DIR", dir));
+            }
             _ => {}
         }
         procs.push((service, Proc::service(service.binary(), &bus, &env)));
@@ -100,4 +107,21 @@ async fn the_services_and_the_cli_work_as_their_own_nats_users() {
         assert!(!logs.contains("NATS server error"), "{service}: {logs}");
     }
     bucket.destroy().await;
+}
+
+/// A directory of the test's own, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
