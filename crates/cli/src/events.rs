@@ -333,11 +333,9 @@ pub(crate) fn summary(data: &EventData) -> String {
             p.output_tail.last().map(String::as_str).unwrap_or("")
         ),
         EventData::ConfigRecovered(p) => format!("`{}` passes", p.command),
-        EventData::DeployRequested(p) => format!(
-            "{} by {}",
-            deploy_change(&p.change),
-            p.requested_by.as_deref().unwrap_or("?")
-        ),
+        EventData::DeployRequested(p) => {
+            format!("{} by {}", deploy_change(&p.change), p.requested_by.as_deref().unwrap_or("?"))
+        }
         EventData::DeployPending(p) => format!(
             "deploy {} awaits approval: {} ({})",
             p.deploy_id,
