@@ -68,7 +68,18 @@ async fn a_newer_digest_is_reported_once_even_across_restarts() {
 
     let watcher = checker(&bus, &scope, Duration::from_secs(5)).await;
     let first = watcher.run(None, None).await.expect("check");
-    assert_eq!(first, Summary { checked: 1, ..Summary::default() }, "v1 is current");
+    let tally = steward_watcher::episodes::Tally {
+        containers: vec![name.clone()],
+        ok: 1,
+        failed: 0,
+        last_error: None,
+    };
+    let expected = Summary {
+        checked: 1,
+        registries: [(registry(), tally)].into_iter().collect(),
+        ..Summary::default()
+    };
+    assert_eq!(first, expected, "v1 is current, its registry answered");
 
     let v2 = push_app("v2", &image);
     assert_ne!(v1, v2);
