@@ -209,15 +209,40 @@ impl UpdateRecord {
         step: UpdateStep,
     ) -> Self {
         Self {
-            update_id,
-            container: u.container.clone(),
-            image: u.image.clone(),
-            from_digest: u.current_digest.clone(),
-            to_digest: u.new_digest.clone(),
             new_tag: u.new_tag.clone(),
+            news_time: Some(news.time),
+            versions: u.versions.clone(),
+            ..Self::fresh(
+                update_id,
+                news,
+                (&u.container, &u.image),
+                (&u.current_digest, &u.new_digest),
+                policy,
+                step,
+            )
+        }
+    }
+
+    /// A new update of `container` (created from `image`) from digest `from` to `to`, in the
+    /// flow of `cause`, at `step`, with nothing else decided yet.
+    pub fn fresh(
+        update_id: Uuid,
+        cause: &Event,
+        (container, image): (&str, &str),
+        (from, to): (&Digest, &Digest),
+        policy: &str,
+        step: UpdateStep,
+    ) -> Self {
+        Self {
+            update_id,
+            container: container.to_owned(),
+            image: image.to_owned(),
+            from_digest: from.clone(),
+            to_digest: to.clone(),
+            new_tag: None,
             policy: policy.to_owned(),
-            correlation_id: news.correlation_id,
-            last_event_id: news.id,
+            correlation_id: cause.correlation_id,
+            last_event_id: cause.id,
             step,
             started_at: OffsetDateTime::now_utc(),
             not_before: None,
@@ -228,12 +253,12 @@ impl UpdateRecord {
             approved_by: None,
             approval_expires: None,
             approval_reminded: false,
-            news_id: Some(news.id),
-            news_time: Some(news.time),
+            news_id: Some(cause.id),
+            news_time: None,
             outbox: vec![],
             dependents: vec![],
             interruptions: 0,
-            versions: u.versions.clone(),
+            versions: Default::default(),
             kind: crate::UpdateKind::Update,
             requested_by: None,
             previous_digest: None,

@@ -16,7 +16,6 @@ use steward_bus::Versioned;
 use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::{Digest, Event, RollbackRefused, RollbackRequested, UpdateKind};
 use steward_imageref::ImageRef;
-use time::OffsetDateTime;
 
 use super::{Flow, FlowError};
 
@@ -119,38 +118,22 @@ impl Flow {
             )));
         };
         let record = UpdateRecord {
-            update_id: uuid::Uuid::now_v7(),
-            container: name.to_owned(),
-            // As the container was created from it: the swap checks it is still that.
-            image: container.image_ref.clone(),
-            from_digest: from,
-            to_digest: target.clone(),
-            new_tag: None,
-            policy: settings.policy.as_str().to_owned(),
-            correlation_id: event.correlation_id,
-            last_event_id: event.id,
-            step: UpdateStep::Deferred,
-            started_at: OffsetDateTime::now_utc(),
-            not_before: None,
-            backup_deadline: None,
-            old_id: None,
-            new_id: None,
-            reason: None,
-            approved_by: None,
-            approval_expires: None,
-            approval_reminded: false,
-            news_id: Some(event.id),
             // Older news stays old: a replayed `image.updated` never undoes the rollback.
             news_time: v.value.news_time,
-            outbox: vec![],
-            dependents: vec![],
-            interruptions: 0,
-            versions: Default::default(),
             kind: UpdateKind::Rollback,
             requested_by: Some(req.requested_by.clone()),
             // What was recorded stays what a later rollback brings back should this one fail
             // (also when this one was asked for another digest).
             previous_digest: recorded,
+            // As the container was created from it: the swap checks it is still that.
+            ..UpdateRecord::fresh(
+                uuid::Uuid::now_v7(),
+                event,
+                (name, &container.image_ref),
+                (&from, &target),
+                settings.policy.as_str(),
+                UpdateStep::Deferred,
+            )
         };
         let revision = self.records.update(name, &record, v.revision).await?;
         steward_failpoints::failpoint!("claimed", record.step);
