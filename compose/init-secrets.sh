@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates ./secrets for docker-compose.yml: random passwords for PostgreSQL and each NATS user,
-# the approval-link key, the backup signing key (ed25519, by openssl), and placeholders for the SMTP URL, AWS keys and registry logins.
+# the approval-link key, the backup signing key (ed25519, by openssl), and placeholders for the
+# SMTP URL, AWS keys, registry logins, the age identity and the second copy's keys.
 # Existing files are kept (run it again safely). The directory is root's alone; the files in
 # it are readable by the containers that mount them, whatever user those run as.
 set -euo pipefail
@@ -28,6 +29,9 @@ put docker_config.json '{}'
 put age_identity "# The age identity (AGE-SECRET-KEY-1...) matching STEWARD_BACKUP_AGE_RECIPIENTS, for
 # verifying and restoring encrypted backups. Only comments: backups are still taken and
 # encrypted, but not verified here (keep the key off-host, put it here when you restore)."
+# The second copy's own keys (STEWARD_BACKUP_COPY_BUCKET in .env): empty, no keys of its own.
+put backup_copy_access_key_id ""
+put backup_copy_secret_access_key ""
 # The key backup manifests are signed with: made here, never sent anywhere.
 if [ ! -s secrets/backup_signing_key ]; then
   openssl genpkey -algorithm ed25519 -out secrets/backup_signing_key

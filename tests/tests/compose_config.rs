@@ -142,3 +142,47 @@ fn the_backup_service_signs_with_its_key_and_the_cli_checks_with_public_keys() {
     .expect("init-secrets.sh");
     assert!(init.contains("openssl genpkey -algorithm ed25519 -out secrets/backup_signing_key"));
 }
+
+#[test]
+fn the_second_copy_is_wired_to_the_backup_service_and_the_cli_with_keys_of_its_own() {
+    let file = rendered();
+    for name in ["backup", "steward"] {
+        let block = service(&file, name);
+        let env = environment(&block);
+        // Off by default: an empty bucket is no copy (and nothing else set, which the
+        // service would refuse as a half-configured copy).
+        for var in [
+            "STEWARD_BACKUP_COPY_BUCKET",
+            "STEWARD_BACKUP_COPY_PREFIX",
+            "STEWARD_BACKUP_COPY_ENDPOINT",
+        ] {
+            assert_eq!(env.get(var).map(String::as_str), Some("''"), "{name}: {var} in {env:?}");
+        }
+        let mounted = secrets(&block);
+        for (var, secret) in [
+            ("STEWARD_BACKUP_COPY_ACCESS_KEY_ID_FILE", "backup_copy_access_key_id"),
+            ("STEWARD_BACKUP_COPY_SECRET_ACCESS_KEY_FILE", "backup_copy_secret_access_key"),
+        ] {
+            assert_eq!(
+                env.get(var).map(String::as_str),
+                Some(format!("/run/secrets/{secret}").as_str()),
+                "{name}: {env:?}"
+            );
+            assert!(
+                mounted.contains(&(secret.to_owned(), secret.to_owned())),
+                "{name}: {mounted:?}"
+            );
+        }
+    }
+    // init-secrets.sh makes both files, empty (no keys of the copy's own).
+    let init = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/init-secrets.sh"),
+    )
+    .expect("init-secrets.sh");
+    for secret in ["backup_copy_access_key_id", "backup_copy_secret_access_key"] {
+        assert!(
+            init.lines().any(|l| l == format!("put {secret} \"\"")),
+            "init-secrets.sh: {secret}"
+        );
+    }
+}

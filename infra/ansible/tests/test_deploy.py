@@ -255,6 +255,9 @@ def test_deploy_brings_the_stack_up_healthy_and_a_second_run_changes_nothing(tar
     assert "aws_access_key_id = e2e-key" in (secrets / "aws_credentials").read_text()
     assert json.loads((secrets / "docker_config.json").read_text()) == {"auths": {}}
     assert (secrets / "age_identity").read_text().startswith("# no age identity")
+    # The second copy's keys: empty (no copy), but present, as compose mounts them.
+    for name in ["backup_copy_access_key_id", "backup_copy_secret_access_key"]:
+        assert (secrets / name).read_text() == "", name
     # The signing key was made on the host (kept on the second run: no change).
     signing_key = secrets / "backup_signing_key"
     assert signing_key.read_text().startswith("-----BEGIN PRIVATE KEY-----"), signing_key
