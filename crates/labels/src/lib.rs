@@ -36,6 +36,10 @@ pub const DEFAULT_HEALTH_CHECK: &str = "nginx -t";
 /// seen as the container's `/`, and every volume it mounts; or a comma-separated list of
 /// mount points, `/` included to mean the data root).
 pub const HEALTH_DISK: &str = "steward.health.disk";
+/// The TLS endpoints this container serves, whose certificates' expiry the health service
+/// watches by handshake: comma-separated `HOST:PORT`, each optionally `NAME@HOST:PORT` to send
+/// `NAME` as the server name (SNI) when connecting to `HOST`.
+pub const HEALTH_TLS: &str = "steward.health.tls";
 /// An automatic update waits until the new digest is this old (`3d`, `12h`).
 pub const MIN_AGE: &str = "steward.update.min_age";
 /// The longest `steward.update.min_age`: a bound that keeps the updater's date arithmetic
@@ -443,6 +447,99 @@ pub fn health_disk(labels: &HashMap<String, String>) -> Result<Option<DiskWatch>
     Ok(Some(DiskWatch::Paths(paths)))
 }
 
+/// One endpoint of `steward.health.tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsEndpoint {
+    /// The server name sent (SNI) and the certificate is for; `None`: the host's, when the
+    /// host is a DNS name (an IP address sends none).
+    pub server_name: Option<String>,
+    /// Where to connect: a DNS name or an IP address (brackets removed).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for TlsEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = &self.server_name {
+            write!(f, "{name}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A DNS name as a label value may hold one: letters, digits, `-`, `.`, `_` (a `*` would be a
+/// pattern, not a name to ask for).
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        && !s.starts_with(['.', '-'])
+}
+
+fn tls_endpoint(entry: &str) -> Option<TlsEndpoint> {
+    let (server_name, address) = match entry.split_once('@') {
+        Some((name, address)) => (Some(name), address),
+        None => (None, entry),
+    };
+    if server_name.is_some_and(|n| !dns_name(n)) {
+        return None;
+    }
+    let (host, port) = address.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => {
+            let v6 = v6.strip_suffix(']')?;
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            v6
+        }
+        None if dns_name(host) => host,
+        None => return None,
+    };
+    Some(TlsEndpoint { server_name: server_name.map(str::to_owned), host: host.to_owned(), port })
+}
+
+/// The `steward.health.tls` of a container, if it has one (`false` is none).
+pub fn health_tls(
+    labels: &HashMap<String, String>,
+) -> Result<Option<Vec<TlsEndpoint>>, LabelError> {
+    let Some(raw) = labels.get(HEALTH_TLS) else { return Ok(None) };
+    let v = raw.trim();
+    if v.eq_ignore_ascii_case("false") {
+        return Ok(None);
+    }
+    let mut out: Vec<TlsEndpoint> = vec![];
+    for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some(endpoint) = tls_endpoint(entry) else {
+            return Err(LabelError {
+                label: HEALTH_TLS,
+                value: raw.clone(),
+                reason: format!(
+                    "{entry:?}: expected HOST:PORT or NAME@HOST:PORT, comma-separated, \
+                     such as git.example.com@nginx:443"
+                ),
+            });
+        };
+        if !out.contains(&endpoint) {
+            out.push(endpoint);
+        }
+    }
+    if out.is_empty() {
+        return Err(LabelError {
+            label: HEALTH_TLS,
+            value: raw.clone(),
+            reason:
+                "expected false or HOST:PORT or NAME@HOST:PORT, such as git.example.com@nginx:443"
+                    .into(),
+        });
+    }
+    Ok(Some(out))
+}
+
 /// The update settings of a container.
 pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, LabelError> {
     let policy = watch_labels(labels)?.policy;
@@ -732,6 +829,51 @@ mod tests {
         assert_eq!(disk("/, /data"), Ok(Some(DiskWatch::Paths(vec!["/".into(), "/data".into()]))));
         for bad in ["", "data", "/a/../b", "yes", "/a b"] {
             assert!(disk(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn health_tls_endpoints_parse_or_say_what_is_wrong() {
+        let tls = |v: &str| health_tls(&labels(&[("steward.health.tls", v)]));
+        let e = |name: Option<&str>, host: &str, port| TlsEndpoint {
+            server_name: name.map(str::to_owned),
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            tls("git.example.com@nginx:443, 127.0.0.1:8443,[::1]:443,127.0.0.1:8443"),
+            Ok(Some(vec![
+                e(Some("git.example.com"), "nginx", 443),
+                e(None, "127.0.0.1", 8443),
+                e(None, "::1", 443)
+            ]))
+        );
+        let shown: Vec<String> = tls("a.example@nginx:443,[::1]:8443")
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["a.example@nginx:443", "[::1]:8443"], "shown as written");
+        assert_eq!(tls("false"), Ok(None));
+        assert_eq!(health_tls(&labels(&[])), Ok(None));
+        for bad in [
+            "",
+            "nginx",
+            "nginx:0",
+            "nginx:99999",
+            "nginx:https",
+            "*.x@nginx:443",
+            "[::1:443",
+            "[nope]:443",
+            "a b:443",
+            "true",
+            "x@@y:1",
+            "a|b:443",
+            "@nginx:443",
+        ] {
+            assert!(tls(bad).is_err_and(|e| e.label == HEALTH_TLS), "{bad:?} accepted");
         }
     }
 
