@@ -23,6 +23,9 @@ pub const ENV_CERT_CRITICAL: &str = "STEWARD_HEALTH_CERT_CRITICAL";
 pub const ENV_DISK_WARN: &str = "STEWARD_HEALTH_DISK_WARN";
 /// Free space below this is critical.
 pub const ENV_DISK_CRITICAL: &str = "STEWARD_HEALTH_DISK_CRITICAL";
+/// A `health.disk_low` level is left only once free space is this much above its threshold
+/// (`2%` or a size; `0` turns it off), so space hovering at a threshold is told once.
+pub const ENV_DISK_MARGIN: &str = "STEWARD_HEALTH_DISK_MARGIN";
 /// Limit of one HTTP probe or `pg_isready`: the probe's own setting, shared with the update gate.
 pub use steward_probe::ENV_PROBE_TIMEOUT;
 
@@ -58,6 +61,8 @@ pub struct HostConfig {
     pub disk_warn: Threshold,
     /// Free space below this: critical.
     pub disk_critical: Threshold,
+    /// How far above a threshold free space must be to leave its level (hysteresis).
+    pub disk_margin: Threshold,
 }
 
 impl Default for HostConfig {
@@ -68,6 +73,7 @@ impl Default for HostConfig {
             cert_critical: Duration::from_secs(3 * 86_400),
             disk_warn: Threshold::Percent(10),
             disk_critical: Threshold::Percent(5),
+            disk_margin: Threshold::Percent(2),
         }
     }
 }
@@ -84,11 +90,18 @@ pub enum Threshold {
 impl Threshold {
     /// Whether `free` of `total` bytes is below the threshold.
     pub fn below(self, free: u64, total: u64) -> bool {
-        match self {
-            // free/total < p/100, in integers without overflow (u128).
-            Threshold::Percent(p) => u128::from(free) * 100 < u128::from(total) * u128::from(p),
-            Threshold::Bytes(b) => free < b,
-        }
+        self.below_with(Threshold::Bytes(0), free, total)
+    }
+
+    /// Whether `free` of `total` bytes is below the threshold raised by `margin`.
+    pub fn below_with(self, margin: Threshold, free: u64, total: u64) -> bool {
+        // In hundredths of a byte, so percentages compare exactly; u128 cannot overflow
+        // (at most 2^64 × 100 twice).
+        let scaled = |t: Threshold| match t {
+            Threshold::Percent(p) => u128::from(total) * u128::from(p),
+            Threshold::Bytes(b) => u128::from(b) * 100,
+        };
+        u128::from(free) * 100 < scaled(self) + scaled(margin)
     }
 
     /// Parses `10%`, `5GB`, `500MiB`, `1073741824` (bytes).
@@ -162,7 +175,14 @@ impl HostConfig {
                 format!("at most {ENV_DISK_WARN} ({disk_warn})"),
             );
         }
-        Self { interval, cert_warn, cert_critical, disk_warn, disk_critical }
+        let disk_margin = env.parse_with(ENV_DISK_MARGIN, d.disk_margin, |s| {
+            if s.trim() == "0%" {
+                Ok(Threshold::Bytes(0))
+            } else {
+                Threshold::parse(s)
+            }
+        });
+        Self { interval, cert_warn, cert_critical, disk_warn, disk_critical, disk_margin }
     }
 }
 
@@ -214,6 +234,12 @@ mod tests {
         assert!(!Threshold::Percent(10).below(10, 100));
         assert!(!Threshold::Percent(10).below(u64::MAX, u64::MAX));
         assert!(Threshold::Bytes(1 << 30).below(1 << 29, u64::MAX));
+        let (pct, two) = (Threshold::Percent(10), Threshold::Percent(2));
+        assert!(pct.below_with(two, 11, 100) && !pct.below_with(two, 12, 100));
+        assert!(Threshold::Bytes(100).below_with(two, 119, 1000));
+        assert!(!Threshold::Bytes(100).below_with(Threshold::Bytes(20), 120, 1000));
+        // 198% of the largest size: below, and no overflow.
+        assert!(Threshold::Percent(99).below_with(Threshold::Percent(99), u64::MAX, u64::MAX));
     }
 
     #[test]
@@ -223,11 +249,19 @@ mod tests {
             (ENV_CERT_CRITICAL, "7d"),
             (ENV_DISK_WARN, "20GB"),
             (ENV_DISK_CRITICAL, "5%"),
+            (ENV_DISK_MARGIN, "1GB"),
         ]);
         let host = HostConfig::read(&mut env);
         assert!(env.finish().is_ok());
         assert_eq!(host.cert_warn, Duration::from_secs(30 * 86_400));
         assert_eq!(host.disk_warn, Threshold::Bytes(20_000_000_000));
+        assert_eq!(host.disk_margin, Threshold::Bytes(1_000_000_000));
+        let mut env = Env::from_pairs([(ENV_DISK_MARGIN, "0%")]);
+        assert_eq!(HostConfig::read(&mut env).disk_margin, Threshold::Bytes(0), "0% turns it off");
+        assert!(env.finish().is_ok());
+        let mut env = Env::from_pairs([(ENV_DISK_MARGIN, "lots")]);
+        HostConfig::read(&mut env);
+        assert!(env.finish().is_err_and(|e| e.to_string().contains(ENV_DISK_MARGIN)));
         let mut env = Env::from_pairs([(ENV_CERT_CRITICAL, "20d"), (ENV_DISK_CRITICAL, "15%")]);
         HostConfig::read(&mut env);
         let errors = env.finish().expect_err("critical looser than warning").to_string();

@@ -380,9 +380,14 @@ impl HealthService {
         let scope = self.inner.cfg.scope.as_deref();
         let wanted = |l: &HashMap<String, String>| {
             labels::in_scope(l, scope)
-                && [labels::HEALTH_CHECK, labels::HEALTH_DISK, labels::CERTS_RENEW]
-                    .iter()
-                    .any(|k| l.contains_key(*k))
+                && [
+                    labels::HEALTH_CHECK,
+                    labels::HEALTH_DISK,
+                    labels::HEALTH_TLS,
+                    labels::CERTS_RENEW,
+                ]
+                .iter()
+                .any(|k| l.contains_key(*k))
         };
         // An engine that does not answer is the probe loop's to report.
         let mut listed = self.inner.engine.containers(wanted).await?;
@@ -391,8 +396,8 @@ impl HealthService {
         let cfg = &self.inner.cfg.host;
         let now = OffsetDateTime::now_utc();
         let mut reports = vec![];
-        let (mut checks, mut disks) = (vec![], vec![]);
-        let (mut unknown_checks, mut disk_complete) = (vec![], true);
+        let (mut checks, mut disks, mut served) = (vec![], vec![], vec![]);
+        let (mut unknown_checks, mut disk_complete, mut tls_complete) = (vec![], true, true);
         for c in &listed {
             // A bad label is said in the log each round and leaves that check out; it never
             // stops the others.
@@ -420,6 +425,18 @@ impl HealthService {
                     tracing::error!(container = %c.name, error = %e, "bad label: free space not watched")
                 }
             }
+            // Served certificates are asked for whether the container runs or not: what
+            // clients get at the endpoint is what counts (a stopped server answers nothing,
+            // which is unknown, not renewed).
+            match labels::health_tls(&c.labels) {
+                Ok(Some(endpoints)) => served.push((c.name.clone(), endpoints)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Its open conditions stay open rather than end as if renewed.
+                    tls_complete = false;
+                    tracing::error!(container = %c.name, error = %e, "bad label: served certificates not watched")
+                }
+            }
             match labels::certs_labels(&c.labels) {
                 // Read through the archive API, so a stopped certbot container still counts.
                 Ok(certs) if certs.renew.is_some() => {
@@ -443,7 +460,21 @@ impl HealthService {
         let mut config = crate::host::config::check(&self.inner.engine, &checks).await;
         config.findings.extend(unknown_checks);
         reports.push(config);
-        let mut disk = crate::host::disk::check(&self.inner.engine, &disks, cfg).await;
+        let (mut tls, answers) = crate::host::tls::check(
+            &served,
+            now,
+            cfg.cert_warn,
+            cfg.cert_critical,
+            self.inner.cfg.probe.timeout,
+        )
+        .await;
+        if !tls_complete {
+            tls.covers.clear();
+        }
+        self.inner.host_gauges.tls(&answers);
+        reports.push(tls);
+        let known = self.inner.conditions.lock().await.clone();
+        let mut disk = crate::host::disk::check(&self.inner.engine, &disks, cfg, &known).await;
         if !disk_complete {
             disk.covers.clear();
         }
@@ -453,7 +484,6 @@ impl HealthService {
             .iter()
             .flat_map(|r| r.covers.iter().filter(|p| p.starts_with("cert|")).cloned())
             .collect();
-        let known = self.inner.conditions.lock().await.clone();
         let orphans: Vec<String> = known
             .open
             .keys()

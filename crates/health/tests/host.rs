@@ -1,7 +1,7 @@
 //! The host checks against the real engine and the real NATS test bed: a broken nginx
 //! configuration (Debian's nginx, `nginx -t` by exec), a small tmpfs volume filled up, and
 //! certificates (made with rcgen, expiring soon, expired, renewed) in a certbot-like live
-//! directory. Each condition is one event when it appears or changes level, and one when it
+//! directory and served by that nginx over TLS. Each condition is one event when it appears or changes level, and one when it
 //! clears, in the same flow.
 
 mod common;
@@ -12,7 +12,7 @@ use common::{count, health_events, wait_for_event, wait_for_nth, Running, Volume
 use steward_events::{EventData, Level};
 use steward_health::config::{HostConfig, Threshold};
 use steward_testkit::docker::{docker, Container};
-use steward_testkit::{unique_name, TestBus};
+use steward_testkit::{free_port, unique_name, TestBus};
 
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -99,6 +99,8 @@ async fn a_filling_volume_is_told_at_each_level_once_and_its_recovery_once() {
     let cfg = HostConfig {
         disk_warn: Threshold::Percent(50),
         disk_critical: Threshold::Bytes(512 * 1024),
+        // Warning is left above 60% free (2458 KiB), critical above 896 KiB.
+        disk_margin: Threshold::Percent(10),
         ..host(1)
     };
     let service = Running::start(&bus, common::config(&scope, cfg), None).await;
@@ -137,7 +139,20 @@ async fn a_filling_volume_is_told_at_each_level_once_and_its_recovery_once() {
     still(&bus, "health.disk_low", 2).await;
     assert!(free().await.is_some_and(|b| b < 512.0 * 1024.0), "{:?}", free().await);
 
-    docker(&["exec", &app.name, "rm", "/data/a", "/data/b"]);
+    // Above the critical line plus its margin: back to warning, in the same flow.
+    docker(&["exec", &app.name, "rm", "/data/b"]);
+    let lower = wait_for_nth(&bus, "health.disk_low", 2, BOUND).await;
+    let EventData::DiskLow(d) = &lower.data else { unreachable!() };
+    assert_eq!((d.level, lower.correlation_id), (Level::Warning, warning.correlation_id));
+    // Above the 50% warning line but within its margin (hovering): no event either way.
+    docker(&["exec", &app.name, "truncate", "-s", "1900K", "/data/a"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let events = health_events(&bus).await;
+    assert_eq!(count(&events, "health.disk_low"), 3, "{events:?}");
+    assert_eq!(count(&events, "health.disk_recovered"), 0, "hovering is no recovery: {events:?}");
+    assert!(free().await.is_some_and(|b| b > 2048.0 * 1024.0), "{:?}", free().await);
+
+    docker(&["exec", &app.name, "rm", "/data/a"]);
     let recovered = wait_for_event(&bus, "health.disk_recovered", BOUND).await;
     let EventData::DiskRecovered(r) = &recovered.data else { unreachable!() };
     assert_eq!(r.free_bytes, 4 << 20, "{r:?}");
@@ -223,5 +238,133 @@ async fn an_expiring_certificate_is_told_at_each_level_once_and_its_renewal_once
         .is_some_and(|t| t > time::OffsetDateTime::now_utc() + time::Duration::days(80)));
     assert_eq!(renewed.correlation_id, warning.correlation_id);
     still(&bus, "health.cert_renewed", 1).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A self-signed certificate for `name`, valid for `days` more: (certificate PEM, key PEM).
+fn certificate(name: &str, days: i64) -> (String, String) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+    params.not_before = now - time::Duration::days(80);
+    params.not_after = now + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().expect("key");
+    (params.self_signed(&key).expect("cert").pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_certificate_is_read_by_handshake_told_once_per_level_and_its_renewal_once() {
+    let bus = TestBus::new("health-tls").await;
+    let scope = unique_name("scope");
+    let name = "git.example.com";
+    let port = free_port();
+    let endpoint = format!("{name}@127.0.0.1:{port}");
+    let nginx = Container::run(
+        &unique_name("health-tls"),
+        &[
+            "--label",
+            &format!("steward.scope={scope}"),
+            "--label",
+            &format!("steward.health.tls={endpoint}"),
+            "-p",
+            &format!("127.0.0.1:{port}:443"),
+            "steward-test/nginx:latest",
+        ],
+    );
+    let dir = std::env::temp_dir().join(unique_name("tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Another server name's certificate on the default server: the check must ask for
+    // git.example.com by SNI to get the right one.
+    let tls_conf = format!(
+        "server {{ listen 443 ssl default_server; ssl_certificate /etc/nginx/tls/other.pem; \
+         ssl_certificate_key /etc/nginx/tls/other.key; return 421; }}\n\
+         server {{ listen 443 ssl; server_name {name}; \
+         ssl_certificate /etc/nginx/tls/fullchain.pem; \
+         ssl_certificate_key /etc/nginx/tls/privkey.pem; return 200; }}\n"
+    );
+    std::fs::write(dir.join("tls.conf"), &tls_conf).expect("conf");
+    let (other, other_key) = certificate("other.example.com", 1);
+    std::fs::write(dir.join("other.pem"), other).expect("other");
+    std::fs::write(dir.join("other.key"), other_key).expect("other key");
+    // Puts a certificate valid for `days` in service, as a renewal and `nginx -s reload` do.
+    let put = |days: i64| {
+        let (cert, key) = certificate(name, days);
+        std::fs::write(dir.join("fullchain.pem"), cert).expect("cert");
+        std::fs::write(dir.join("privkey.pem"), key).expect("key");
+        docker(&["exec", &nginx.name, "mkdir", "-p", "/etc/nginx/tls"]);
+        for f in ["fullchain.pem", "privkey.pem", "other.pem", "other.key"] {
+            let from = dir.join(f).display().to_string();
+            docker(&["cp", &from, &format!("{}:/etc/nginx/tls/{f}", nginx.name)]);
+        }
+        let conf = dir.join("tls.conf").display().to_string();
+        docker(&["cp", &conf, &format!("{}:/etc/nginx/conf.d/tls.conf", nginx.name)]);
+        docker(&["exec", &nginx.name, "nginx", "-s", "reload"]);
+    };
+    put(60);
+    let service = Running::start(&bus, common::config(&scope, host(1)), None).await;
+    let certificate_label = format!("certificate=\"tls://{endpoint}\"");
+    let ok = || {
+        common::gauge(&service.metrics_url, "steward_health_tls_handshake_ok", &certificate_label)
+    };
+    let started = std::time::Instant::now();
+    while ok().await != Some(1.0) {
+        assert!(started.elapsed() < BOUND, "no handshake with {endpoint}: {:?}", ok().await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let expiry = common::gauge(
+        &service.metrics_url,
+        "steward_health_cert_expiry_timestamp_seconds",
+        &certificate_label,
+    )
+    .await
+    .expect("expiry gauge");
+    let in_60_days = (time::OffsetDateTime::now_utc() + time::Duration::days(60)).unix_timestamp();
+    assert!((expiry - in_60_days as f64).abs() < 3600.0, "{expiry} vs {in_60_days}");
+    assert_eq!(health_events(&bus).await, vec![], "a certificate served for 60 more days is quiet");
+
+    put(10);
+    let warning = wait_for_event(&bus, "health.cert_expiring", BOUND).await;
+    let EventData::CertExpiring(c) = &warning.data else { unreachable!() };
+    let served = format!("tls://{endpoint}");
+    assert_eq!(
+        (c.container.as_str(), c.certificate.as_str()),
+        (nginx.name.as_str(), served.as_str())
+    );
+    assert_eq!(c.names, [name], "the SNI's certificate, not the default server's");
+    assert_eq!(c.level, Level::Warning);
+    assert!((9..=10).contains(&c.days_left), "{c:?}");
+
+    put(2);
+    let critical = wait_for_nth(&bus, "health.cert_expiring", 1, BOUND).await;
+    let EventData::CertExpiring(c) = &critical.data else { unreachable!() };
+    assert_eq!(c.level, Level::Critical);
+    assert_eq!(critical.correlation_id, warning.correlation_id, "one flow");
+    still(&bus, "health.cert_expiring", 2).await;
+
+    put(90);
+    let renewed = wait_for_event(&bus, "health.cert_renewed", BOUND).await;
+    let EventData::CertRenewed(r) = &renewed.data else { unreachable!() };
+    assert_eq!(r.certificate, served);
+    assert!(r
+        .not_after
+        .is_some_and(|t| t > time::OffsetDateTime::now_utc() + time::Duration::days(80)));
+    assert_eq!(renewed.correlation_id, warning.correlation_id);
+
+    // The endpoint stops speaking TLS: said by the gauge (and the log), no event either way.
+    let plain = format!("server {{ listen 443; server_name {name}; return 200; }}\n");
+    std::fs::write(dir.join("tls.conf"), plain).expect("conf");
+    let conf = dir.join("tls.conf").display().to_string();
+    docker(&["cp", &conf, &format!("{}:/etc/nginx/conf.d/tls.conf", nginx.name)]);
+    docker(&["exec", &nginx.name, "nginx", "-s", "reload"]);
+    let started = std::time::Instant::now();
+    while ok().await != Some(0.0) {
+        assert!(
+            started.elapsed() < BOUND,
+            "the failed handshake is not on the gauge: {:?}",
+            ok().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let types: Vec<_> = health_events(&bus).await.iter().map(|e| e.data.event_type()).collect();
+    assert_eq!(types, ["health.cert_expiring", "health.cert_expiring", "health.cert_renewed"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -109,9 +109,11 @@ impl Level {
 /// a certificate's level changes (none → warning → critical), never every round.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertExpiring {
-    /// The container the certificate was read from (the one labelled `steward.certs.renew`).
+    /// The container the certificate was read from (the one labelled `steward.certs.renew`),
+    /// or the server labelled `steward.health.tls` that serves it.
     pub container: String,
-    /// The certificate file, e.g. `/etc/letsencrypt/live/git.example.com/fullchain.pem`.
+    /// The certificate file, e.g. `/etc/letsencrypt/live/git.example.com/fullchain.pem`, or
+    /// the endpoint serving it, `tls://git.example.com@nginx:443`.
     pub certificate: String,
     /// The names it is for (subject alternative names, else the subject's common name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

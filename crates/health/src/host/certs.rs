@@ -66,7 +66,13 @@ pub fn parse_pem(path: &str, bytes: &[u8]) -> Result<CertInfo, CertError> {
     if pem.label != "CERTIFICATE" {
         return Err(bad(format!("its first block is {:?}, not CERTIFICATE", pem.label)));
     }
-    let (_, cert) = X509Certificate::from_der(&pem.contents).map_err(|e| bad(e.to_string()))?;
+    parse_der(path, &pem.contents)
+}
+
+/// Reads one DER certificate (`what` names it in the error: a path, or a served endpoint).
+pub fn parse_der(what: &str, der: &[u8]) -> Result<CertInfo, CertError> {
+    let bad = |reason: String| CertError::Pem { path: what.to_owned(), reason };
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
     let not_after = cert.validity().not_after.to_datetime();
     let mut names: Vec<String> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san

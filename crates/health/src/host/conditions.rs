@@ -100,8 +100,8 @@ impl Conditions {
 }
 
 /// The event of a condition whose subject is gone: a certificate removed from the live
-/// directory is no longer served, which ends its warning; a volume or a check no longer
-/// labelled goes quietly (the operator removed it).
+/// directory, or an endpoint no longer labelled, is no longer served, which ends its warning;
+/// a volume or a check no longer labelled goes quietly (the operator removed it).
 fn gone(key: &str) -> Option<EventData> {
     let mut parts = key.splitn(3, '|');
     match (parts.next(), parts.next(), parts.next()) {
@@ -109,6 +109,14 @@ fn gone(key: &str) -> Option<EventData> {
             CertRenewed {
                 container: container.to_owned(),
                 certificate: file.to_owned(),
+                not_after: None,
+            }
+            .into(),
+        ),
+        (Some("tls"), Some(container), Some(endpoint)) => Some(
+            CertRenewed {
+                container: container.to_owned(),
+                certificate: format!("tls://{endpoint}"),
                 not_after: None,
             }
             .into(),

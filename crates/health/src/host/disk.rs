@@ -11,8 +11,9 @@ use steward_engine::Engine;
 use steward_events::{DiskLow, DiskRecovered, Level};
 use steward_labels::DiskWatch;
 
+use super::conditions::Conditions;
 use super::{Finding, Report, Seen};
-use crate::config::HostConfig;
+use crate::config::{HostConfig, Threshold};
 
 /// The target name of the engine's data root.
 pub const DATA_ROOT: &str = "docker data root";
@@ -48,15 +49,27 @@ pub fn parse_df(output: &[String]) -> Option<Space> {
     Some(Space { total: total.checked_mul(1024)?, free: free.checked_mul(1024)? })
 }
 
-/// The level of `space` under the thresholds.
-pub fn level(space: Space, cfg: &HostConfig) -> Option<Level> {
-    if cfg.disk_critical.below(space.free, space.total) {
+/// The level of `space` under the thresholds, each raised by `margin`.
+fn level_with(space: Space, cfg: &HostConfig, margin: Threshold) -> Option<Level> {
+    if cfg.disk_critical.below_with(margin, space.free, space.total) {
         Some(Level::Critical)
-    } else if cfg.disk_warn.below(space.free, space.total) {
+    } else if cfg.disk_warn.below_with(margin, space.free, space.total) {
         Some(Level::Warning)
     } else {
         None
     }
+}
+
+/// The level of `space`, given the level its condition has open (`None`: none). A level is
+/// entered at its threshold but left only once free space is above that threshold plus the
+/// margin (`STEWARD_HEALTH_DISK_MARGIN`): a filesystem hovering at a threshold, as a log
+/// rotating or a cache filling and emptying, is one episode, not an event every round.
+pub fn level(space: Space, cfg: &HostConfig, open: Option<Level>) -> Option<Level> {
+    let entered = level_with(space, cfg, Threshold::Bytes(0));
+    let Some(open) = open else { return entered };
+    // Held at most at the open level: the margin never raises one.
+    let held = level_with(space, cfg, cfg.disk_margin).min(Some(open));
+    entered.max(held)
 }
 
 /// What to measure in one container: target name → mount point.
@@ -97,9 +110,14 @@ pub fn targets(
     paths.into_iter().map(|p| (name_of(&p), p)).collect()
 }
 
-/// Measures every target of the labelled containers (`(name, watch)`, running ones only;
-/// `stopped` lists the labelled ones that are not running, whose targets are unknown).
-pub async fn check(engine: &Engine, labelled: &[(String, DiskWatch)], cfg: &HostConfig) -> Report {
+/// Measures every target of the labelled containers (`(name, watch)`, running ones only);
+/// `known`: the open conditions, whose levels the margin holds.
+pub async fn check(
+    engine: &Engine,
+    labelled: &[(String, DiskWatch)],
+    cfg: &HostConfig,
+    known: &Conditions,
+) -> Report {
     let mut findings: BTreeMap<String, Finding> = BTreeMap::new();
     for (container, watch) in labelled {
         let mounts = match engine.inspect_json(container).await {
@@ -132,7 +150,7 @@ pub async fn check(engine: &Engine, labelled: &[(String, DiskWatch)], cfg: &Host
                 findings.insert(key.clone(), Finding::unknown(key));
                 continue;
             };
-            let level = level(space, cfg);
+            let level = level(space, cfg, known.open.get(&key).map(|o| o.level));
             let measured_in = format!("{container}:{path}");
             findings.insert(
                 key.clone(),
@@ -196,9 +214,10 @@ mod tests {
             disk_critical: Threshold::Bytes(1000),
             ..HostConfig::default()
         };
-        assert_eq!(level(Space { total: 100_000, free: 50_000 }, &cfg), None);
-        assert_eq!(level(Space { total: 100_000, free: 9_000 }, &cfg), Some(Level::Warning));
-        assert_eq!(level(Space { total: 100_000, free: 999 }, &cfg), Some(Level::Critical));
+        let fresh = |free| level(Space { total: 100_000, free }, &cfg, None);
+        assert_eq!(fresh(50_000), None);
+        assert_eq!(fresh(9_000), Some(Level::Warning));
+        assert_eq!(fresh(999), Some(Level::Critical));
         let mounts = serde_json::json!([
             {"Type": "volume", "Name": "gitea-data", "Destination": "/data"},
             {"Type": "bind", "Source": "/srv/x", "Destination": "/x"}
@@ -210,5 +229,69 @@ mod tests {
         );
         let some = targets("gitea", &DiskWatch::Paths(vec!["/x".into()]), &mounts);
         assert_eq!(some.keys().collect::<Vec<_>>(), ["gitea:/x"]);
+    }
+
+    /// Free space measured round after round through the open conditions, as the service
+    /// does: the event types and levels that come out.
+    fn episode(cfg: &HostConfig, frees: &[u64]) -> Vec<(&'static str, Option<Level>)> {
+        use super::super::conditions::Conditions;
+        let mut c = Conditions::default();
+        let now = time::OffsetDateTime::now_utc();
+        let mut out = vec![];
+        for &free in frees {
+            let space = Space { total: 100_000, free };
+            let key = "disk|docker data root".to_owned();
+            let level = level(space, cfg, c.open.get(&key).map(|o| o.level));
+            let target = DATA_ROOT.to_owned();
+            let finding = Finding {
+                key,
+                seen: level.map_or(Seen::Fine, Seen::Alert),
+                alert: level.map(|level| {
+                    DiskLow {
+                        target: target.clone(),
+                        measured_in: "gitea:/".into(),
+                        free_bytes: free,
+                        total_bytes: space.total,
+                        free_percent: space.free_percent(),
+                        level,
+                    }
+                    .into()
+                }),
+                recovery: Some(
+                    DiskRecovered { target, free_bytes: free, total_bytes: space.total }.into(),
+                ),
+            };
+            let report = Report { findings: vec![finding], covers: vec!["disk|".into()] };
+            for change in c.changes(&report) {
+                out.push((change.event.as_ref().map_or("-", |e| e.event_type()), change.level));
+                c.apply(&change, uuid::Uuid::now_v7(), now);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn free_space_hovering_at_a_threshold_is_one_episode() {
+        // Warning below 10%, critical below 5%, left 2 points above each.
+        let cfg = HostConfig::default();
+        let (low, crit, clear) = (
+            ("health.disk_low", Some(Level::Warning)),
+            ("health.disk_low", Some(Level::Critical)),
+            ("health.disk_recovered", None),
+        );
+        // Around the warning threshold: raised once at it, cleared only above 12%.
+        let hover = [10_500, 9_900, 10_100, 9_800, 11_999, 9_990, 12_000, 11_000, 9_999];
+        assert_eq!(episode(&cfg, &hover), [low, clear, low]);
+        // Around the critical one: critical once, back to warning only above 7%.
+        let hover = [9_000, 4_900, 5_100, 6_999, 4_999, 7_000, 5_500, 12_500];
+        assert_eq!(episode(&cfg, &hover), [low, crit, low, clear]);
+        // A fall straight to critical and a rise straight to plenty.
+        assert_eq!(episode(&cfg, &[50_000, 1_000, 60_000]), [crit, clear]);
+        // Without a margin the same hovering flaps: what the margin is for.
+        let none = HostConfig { disk_margin: Threshold::Bytes(0), ..HostConfig::default() };
+        assert_eq!(episode(&none, &[9_900, 10_100, 9_800]), [low, clear, low]);
+        // An absolute margin on a percentage threshold.
+        let bytes = HostConfig { disk_margin: Threshold::Bytes(500), ..HostConfig::default() };
+        assert_eq!(episode(&bytes, &[9_900, 10_499, 9_800, 10_500]), [low, clear]);
     }
 }

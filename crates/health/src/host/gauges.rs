@@ -33,6 +33,7 @@ pub struct HostGauges {
     disk_size: Family<TargetLabel, Gauge>,
     cert_expiry: Family<CertLabel, Gauge>,
     config_ok: Family<ContainerLabel, Gauge>,
+    tls_ok: Family<CertLabel, Gauge>,
 }
 
 fn bytes(n: u64) -> i64 {
@@ -55,13 +56,20 @@ impl HostGauges {
         );
         metrics.register(
             "health_cert_expiry_timestamp_seconds",
-            "When a certificate in the certbot container's live directory expires (Unix time)",
+            "When a watched certificate expires (Unix time): a file in the certbot container's \
+             live directory, or one served at a steward.health.tls endpoint (tls://ENDPOINT)",
             g.cert_expiry.clone(),
         );
         metrics.register(
             "health_config_ok",
             "1 while a container's configuration check (steward.health.check) passes, else 0",
             g.config_ok.clone(),
+        );
+        metrics.register(
+            "health_tls_handshake_ok",
+            "1 while a steward.health.tls endpoint completes a TLS handshake and serves a readable \
+             certificate, else 0",
+            g.tls_ok.clone(),
         );
         g
     }
@@ -91,6 +99,15 @@ impl HostGauges {
                 Some(EventData::ConfigRecovered(c)) => self.config(&c.container, true),
                 _ => {}
             }
+        }
+    }
+
+    /// Sets whether each TLS endpoint answered this round (`(container, certificate, ok)`).
+    pub fn tls(&self, answers: &[(String, String, bool)]) {
+        for (container, certificate, ok) in answers {
+            let label =
+                CertLabel { container: container.clone(), certificate: certificate.clone() };
+            self.tls_ok.get_or_create(&label).set(i64::from(*ok));
         }
     }
 

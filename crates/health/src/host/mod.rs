@@ -4,6 +4,8 @@
 //! - [`certs`]: the expiry of the certificates in the certbot container's live directory (the
 //!   container labelled `steward.certs.renew`, the same one and path the updater renews),
 //!   `health.cert_expiring` / `health.cert_renewed`;
+//! - [`tls`]: the expiry of the certificates the stack serves, read by a TLS handshake with
+//!   the endpoints of `steward.health.tls`, the same events and thresholds as the files';
 //! - [`disk`]: free space of the engine's data root and of volumes, measured by `df` in the
 //!   containers labelled `steward.health.disk`, `health.disk_low` / `health.disk_recovered`;
 //! - [`config`]: a configuration check by exec (`steward.health.check=nginx -t`),
@@ -18,6 +20,7 @@ pub mod conditions;
 pub mod config;
 pub mod disk;
 pub mod gauges;
+pub mod tls;
 
 use steward_events::{EventData, Level};
 
@@ -36,7 +39,8 @@ pub enum Seen {
 /// One condition as a check saw it, with the events that would tell its change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
-    /// Stable key of the condition (`cert|CONTAINER|FILE`, `disk|TARGET`, `config|CONTAINER`).
+    /// Stable key of the condition (`cert|CONTAINER|FILE`, `tls|CONTAINER|ENDPOINT`, `disk|TARGET`,
+    /// `config|CONTAINER`).
     pub key: String,
     /// What was seen.
     pub seen: Seen,
