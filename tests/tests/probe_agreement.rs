@@ -76,6 +76,7 @@ async fn the_health_service_and_the_update_gate_give_the_same_verdict() {
         links: None,
         renewal: Default::default(),
         keep_images: 2,
+        prune_grace: Duration::ZERO,
         probe,
     };
     let flow =

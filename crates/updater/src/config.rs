@@ -26,6 +26,11 @@ pub const ENV_APPROVAL_TTL: &str = "STEWARD_APPROVAL_TTL";
 /// How many images of a managed repository are kept (the newest; those in use and the one
 /// `steward rollback` brings back always are): `0` turns the cleanup off.
 pub const ENV_KEEP_IMAGES: &str = "STEWARD_KEEP_IMAGES";
+/// How long an update must have stood (its containers running, not restarted, not
+/// unhealthy) before the old images of its repository are removed (`0s`: at once).
+pub const ENV_PRUNE_GRACE: &str = "STEWARD_PRUNE_GRACE";
+/// A day: the update has seen a night's backup and a working day's use.
+pub const DEFAULT_PRUNE_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// How long before its link expires a still pending update is mailed again (`0s`: never).
 pub const ENV_APPROVAL_REMIND_BEFORE: &str = "STEWARD_APPROVAL_REMIND_BEFORE";
 /// The running image and the previous one.
@@ -59,6 +64,8 @@ pub struct UpdaterConfig {
     pub renewal: RenewalConfig,
     /// Images kept per managed repository by the cleanup (`0`: no cleanup).
     pub keep_images: u32,
+    /// How long an update stands before its repository's old images go.
+    pub prune_grace: Duration,
 }
 
 impl UpdaterConfig {
@@ -80,8 +87,20 @@ impl UpdaterConfig {
                     )),
                 }
             }),
+            prune_grace: read_prune_grace(env),
         }
     }
+}
+
+/// The most a grace may be: longer keeps every image of a repository updated weekly.
+const MAX_PRUNE_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn read_prune_grace(env: &mut Env) -> Duration {
+    let grace = env.duration(ENV_PRUNE_GRACE, DEFAULT_PRUNE_GRACE);
+    if grace > MAX_PRUNE_GRACE {
+        env.error(ENV_PRUNE_GRACE, &format!("{grace:?}"), "at most 30d (0s: at once)");
+    }
+    grace
 }
 
 impl Default for RenewalConfig {
@@ -196,6 +215,12 @@ mod tests {
         for bad in ["-1", "two", "1001", "1e3"] {
             let e = read(&[(ENV_KEEP_IMAGES, bad)]).expect_err(bad);
             assert!(e.contains(ENV_KEEP_IMAGES), "{bad}: {e}");
+        }
+        assert_eq!(read(&[]).map(|c| c.prune_grace), Ok(DEFAULT_PRUNE_GRACE));
+        assert_eq!(read(&[(ENV_PRUNE_GRACE, "0s")]).map(|c| c.prune_grace), Ok(Duration::ZERO));
+        for bad in ["31d", "soon", "-1h"] {
+            let e = read(&[(ENV_PRUNE_GRACE, bad)]).expect_err(bad);
+            assert!(e.contains(ENV_PRUNE_GRACE), "{bad}: {e}");
         }
     }
 

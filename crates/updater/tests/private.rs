@@ -55,6 +55,7 @@ async fn the_pull_uses_the_operators_docker_login() {
         links: None,
         renewal: Default::default(),
         keep_images: 2,
+        prune_grace: Duration::ZERO,
         probe: Default::default(),
     };
     let flow = Flow::open(bus.bus.clone(), steward_engine::Engine::from_env(), cfg, "test".into())

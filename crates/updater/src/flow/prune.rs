@@ -1,6 +1,13 @@
 //! Old-image cleanup: images of a managed repository beyond the newest `STEWARD_KEEP_IMAGES`
-//! that no container uses are removed, after a successful update and at start; each
-//! repository's removals are one `image.pruned`.
+//! that no container uses are removed once the update has stood for `STEWARD_PRUNE_GRACE`
+//! (checked then, at start and daily); each repository's removals are one `image.pruned`.
+//!
+//! The grace is counted from the engine's own record of each of the repository's containers:
+//! running, not unhealthy, and started at least the grace ago. The updated container started
+//! at its swap, so its start plus the grace is the due time; the engine keeps it across a
+//! restart of the updater (nothing of Steward's to lose or to repeat: removing what is already
+//! gone removes nothing), and a container that crashed or was restarted since starts its grace
+//! again. A stopped container holds its repository's cleanup back until it runs again.
 //!
 //! What is never removed: an image any container uses, running or stopped; the image an
 //! update in progress works with (its repository is left alone until it ends); the image
@@ -9,11 +16,13 @@
 //! force, so it refuses what a container created meanwhile uses.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use steward_engine::ListedImage;
 use steward_events::records::UpdateRecord;
 use steward_events::{Event, ImagePruned, PrunedImage};
 use steward_imageref::ImageRef;
+use time::OffsetDateTime;
 
 use super::{Flow, FlowError};
 
@@ -58,13 +67,132 @@ pub fn plan(
     remove
 }
 
-impl Flow {
-    /// The cleanup after `container`'s update succeeded: its repository only. Logged, never
-    /// an error of the flow.
-    pub async fn prune_after_update(&self, container: &str) {
-        if let Err(e) = self.prune(Some(container)).await {
-            tracing::warn!(%container, error = %e, "old images not cleaned up now");
+/// Whether a repository's images may go now, as its containers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Every container has stood for the grace (or is gone).
+    Yes,
+    /// Not before this time (the latest container's start plus the grace).
+    At(OffsetDateTime),
+    /// A container is stopped or unhealthy: no time can be said.
+    No,
+}
+
+/// Whether one container, as the engine describes it (`inspect`), has stood for `grace` at
+/// `now`.
+pub fn settled(inspect: &serde_json::Value, grace: Duration, now: OffsetDateTime) -> Settled {
+    let state = &inspect["State"];
+    if state["Running"].as_bool() != Some(true)
+        || state["Restarting"].as_bool() == Some(true)
+        || state["Health"]["Status"].as_str() == Some("unhealthy")
+    {
+        return Settled::No;
+    }
+    let started = state["StartedAt"].as_str().and_then(|s| {
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    });
+    let Some(started) = started else { return Settled::No };
+    let Ok(grace) = time::Duration::try_from(grace) else { return Settled::No };
+    match started.checked_add(grace) {
+        Some(due) if due <= now => Settled::Yes,
+        Some(due) => Settled::At(due),
+        None => Settled::No,
+    }
+}
+
+impl Settled {
+    /// Both must be settled: the later time wins, `No` over any.
+    fn and(self, other: Settled) -> Settled {
+        match (self, other) {
+            (Settled::No, _) | (_, Settled::No) => Settled::No,
+            (Settled::Yes, x) | (x, Settled::Yes) => x,
+            (Settled::At(a), Settled::At(b)) => Settled::At(a.max(b)),
         }
+    }
+}
+
+/// Most times the cleanup after an update waits again for a container restarted within its
+/// grace; past it, the daily cleanup takes over.
+const GRACE_RETRIES: u32 = 5;
+
+impl Flow {
+    /// The cleanup after `container`'s update succeeded: its repository only, once the grace
+    /// has passed (waited for in the background; the flow goes on at once). Logged, never an
+    /// error of the flow.
+    pub async fn prune_after_update(&self, container: &str) {
+        if self.cfg.keep_images == 0 {
+            return;
+        }
+        if self.cfg.prune_grace.is_zero() {
+            if let Err(e) = self.prune(Some(container)).await {
+                tracing::warn!(%container, error = %e, "old images not cleaned up now");
+            }
+            return;
+        }
+        let (flow, container) = (self.clone(), container.to_owned());
+        tokio::spawn(async move {
+            let mut wait = flow.cfg.prune_grace;
+            for _ in 0..GRACE_RETRIES {
+                tokio::time::sleep(wait).await;
+                match flow.prune_when_settled(&container).await {
+                    Ok(Settled::At(due)) => {
+                        // Restarted within its grace: its clock started again.
+                        let left = due - OffsetDateTime::now_utc();
+                        wait = Duration::try_from(left).unwrap_or(Duration::ZERO)
+                            + Duration::from_secs(1);
+                    }
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(%container, error = %e, "old images not cleaned up now; tried again daily");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether the containers of `records` (one repository's) have stood for the grace.
+    async fn settled(&self, records: &[&UpdateRecord]) -> Result<Settled, FlowError> {
+        let grace = self.cfg.prune_grace;
+        let mut all = Settled::Yes;
+        if grace.is_zero() {
+            return Ok(all);
+        }
+        let now = OffsetDateTime::now_utc();
+        for r in records {
+            // A container that is gone uses nothing and holds nothing back.
+            if self.engine.is_running(&r.container).await?.is_none() {
+                continue;
+            }
+            let inspect = self.engine.inspect_json(&r.container).await?;
+            all = all.and(settled(&inspect, grace, now));
+        }
+        Ok(all)
+    }
+
+    /// Prunes `container`'s repository if its grace has passed; what stood in the way if not
+    /// ([`Settled::Yes`] once done or when there is nothing to do).
+    async fn prune_when_settled(&self, container: &str) -> Result<Settled, FlowError> {
+        let mut records: Vec<UpdateRecord> = vec![];
+        for key in self.records.keys().await? {
+            if let Some(v) = self.records.get(&key).await? {
+                records.push(v.value);
+            }
+        }
+        let Some(repository) =
+            records.iter().find(|r| r.container == container).and_then(|r| repository_of(&r.image))
+        else {
+            return Ok(Settled::Yes);
+        };
+        let of_repo: Vec<&UpdateRecord> = records
+            .iter()
+            .filter(|r| repository_of(&r.image).as_ref() == Some(&repository))
+            .collect();
+        let settled = self.settled(&of_repo).await?;
+        if settled == Settled::Yes {
+            self.prune(Some(container)).await?;
+        }
+        Ok(settled)
     }
 
     /// Removes old images of the repositories of `only`'s record (every record's, when
@@ -101,6 +229,12 @@ impl Flow {
             let Some(of_repo) = repos.get(&repository) else { continue };
             // An update in progress may have pulled an image no container uses yet.
             if of_repo.iter().any(|r| !r.step.is_terminal()) {
+                continue;
+            }
+            // Its last update has not stood for the grace yet: the images it may need stay.
+            let settled = self.settled(of_repo).await?;
+            if settled != Settled::Yes {
+                tracing::info!(%repository, ?settled, "old images kept until the update has stood for STEWARD_PRUNE_GRACE");
                 continue;
             }
             let mut protected: HashSet<String> = self.engine.images_in_use().await?;
@@ -157,6 +291,43 @@ mod tests {
             created,
             size_bytes: 10,
         }
+    }
+
+    #[test]
+    fn a_container_has_stood_for_the_grace_once_running_unrestarted_and_not_unhealthy() {
+        let now = time::macros::datetime!(2026-11-30 12:00 UTC);
+        let grace = Duration::from_secs(3600);
+        let c = |running: bool, started: &str, health: Option<&str>| {
+            let mut v = serde_json::json!({"State": {"Running": running, "StartedAt": started}});
+            if let Some(h) = health {
+                v["State"]["Health"] = serde_json::json!({"Status": h});
+            }
+            v
+        };
+        let ago = |mins: i64| {
+            (now - time::Duration::minutes(mins))
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("format")
+        };
+        assert_eq!(settled(&c(true, &ago(61), None), grace, now), Settled::Yes);
+        assert_eq!(settled(&c(true, &ago(61), Some("healthy")), grace, now), Settled::Yes);
+        assert_eq!(
+            settled(&c(true, &ago(10), None), grace, now),
+            Settled::At(now + time::Duration::minutes(50))
+        );
+        assert_eq!(settled(&c(false, &ago(600), None), grace, now), Settled::No, "stopped");
+        assert_eq!(settled(&c(true, &ago(600), Some("unhealthy")), grace, now), Settled::No);
+        assert_eq!(settled(&c(true, "garbage", None), grace, now), Settled::No);
+        assert_eq!(settled(&serde_json::json!(null), grace, now), Settled::No);
+        // The engine's nanoseconds read.
+        let nanos = serde_json::json!({"State": {"Running": true,
+            "StartedAt": "2026-11-30T10:00:00.123456789Z"}});
+        assert_eq!(settled(&nanos, grace, now), Settled::Yes);
+        assert_eq!(settled(&nanos, Duration::from_secs(u64::MAX), now), Settled::No, "no overflow");
+        let at = |m: i64| Settled::At(now + time::Duration::minutes(m));
+        assert_eq!(at(5).and(at(9)), at(9));
+        assert_eq!(Settled::Yes.and(at(5)), at(5));
+        assert_eq!(at(5).and(Settled::No), Settled::No);
     }
 
     const D: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";

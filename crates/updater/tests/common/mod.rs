@@ -73,6 +73,8 @@ pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Fl
         links: None,
         renewal: Default::default(),
         keep_images: 2,
+        // The tests of the cleanup itself set one; the others see it at once, as before.
+        prune_grace: Duration::ZERO,
         probe: Default::default(),
     };
     change(&mut cfg);
