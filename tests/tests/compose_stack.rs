@@ -3,13 +3,20 @@
 //! `infra/testbed/stack-images.sh`), driven only through its running containers and what
 //! an operator has: the stack's CLI container, the mail, the approval link.
 //!
+//! The stack's registry is private (basic auth, `registry-auth.yml`): the operator's `docker
+//! login`, copied to `secrets/docker_config.json` as the runbook says, is all the watcher and
+//! the updater have to check and pull with (issue 26: the updater had none).
+//!
 //! 1. Everything comes up healthy in order, each service's NATS user is refused outside its
 //!    role, only the socket proxy holds the Docker socket and the watcher's socket from it
 //!    lists but cannot create or exec, and a backup requested with the stack's own CLI lands
-//!    in the stack's S3 server.
-//! 2. The whole story: a new Gitea version pushed to the registry → a mail asking for
-//!    approval → the link's POST → backup → update → healthy; a broken version → rollback
-//!    with the reason in the mail; deleted data back from the latest backup; `steward audit`
+//!    in the stack's S3 server, age-encrypted, and in the second copy's bucket. Without the
+//!    age identity on the host it cannot be verified (a clear refusal); with the identity put
+//!    in `secrets/age_identity` and the backup service restarted, it is.
+//! 2. The whole story, encrypted backups with the identity on the host: a new Gitea version
+//!    pushed to the private registry → a mail asking for approval → the link's POST → backup
+//!    → update (pulled with the login) → healthy; a broken version → rollback with the reason
+//!    in the mail; deleted data back from the latest (encrypted) backup; `steward audit`
 //!    tells all of it.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +24,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use steward_system_tests::mail::mails_to;
-use steward_testkit::docker::{docker, push_app, ImageTag};
+use steward_testkit::docker::{docker, ImageTag};
 use steward_testkit::{free_port, unique_name, wait_for};
 
 /// Every long-running service of the stack.
@@ -35,6 +42,14 @@ const SERVICES: [&str; 11] = [
     "notifier",
 ];
 const BUCKET: &str = "gitea-backups";
+/// The second copy's bucket, in the same S3 server.
+const COPY_BUCKET: &str = "gitea-backups-copy";
+/// The private registry's user (its password is the test's own, random).
+const REGISTRY_USER: &str = "e2e";
+/// The test's own age key pair (made for this test only, never used elsewhere).
+const AGE_IDENTITY: &str =
+    "AGE-SECRET-KEY-1TQ0UG4Y3YZAUMMR7LJCUP96AD9H89VMU2TN6HM6Q5DQ8F4N3TA4QJ89FME";
+const AGE_RECIPIENT: &str = "age1n0q6qa4nn35xq034he2a5rrcj7g9fl58w7d25wnnvzd2a3lhcdks2vcp8m";
 const MAIL_TO: &str = "ops@gitea.test";
 /// Where the approval links in the mail point (nginx proxies it to the updater).
 const PUBLIC_APPROVE: &str = "https://gitea.test/steward/approve/";
@@ -43,12 +58,27 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Where the age identity of an encrypted stack is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgeKey {
+    /// Off the host: `secrets/age_identity` as init-secrets.sh makes it (only comments).
+    OffHost,
+    /// In `secrets/age_identity`: the backup service verifies and restores.
+    OnHost,
+}
+
 /// A project of its own in a copy of `compose/`, taken down with its volumes when dropped.
 struct Stack {
     dir: PathBuf,
     project: String,
-    /// Gitea's image, in the stack's own registry.
+    /// Gitea's image, in the stack's own (private) registry.
     app_image: String,
+    /// The registry's `host:port`, as the engine and the watcher reach it.
+    registry: String,
+    /// The private registry's password.
+    registry_password: String,
+    /// The operator's Docker client config (`docker --config`), logged in by [`Stack::up`].
+    docker_config: PathBuf,
     /// The approval page's port on 127.0.0.1.
     updater_port: u16,
     /// Prometheus' (profile `monitoring`) port on 127.0.0.1.
@@ -57,20 +87,27 @@ struct Stack {
 }
 
 impl Stack {
-    fn new() -> Self {
+    /// A stack whose backups are age-encrypted, the identity where `age` says; with `copy`,
+    /// a second copy of each backup in [`COPY_BUCKET`] with keys of its own.
+    fn new(age: AgeKey, copy: bool) -> Self {
         let dir = std::env::temp_dir().join(unique_name("steward-stack"));
         let project = unique_name("stewarde2e").replace('-', "");
         copy_dir(&repo().join("compose"), &dir);
-        for file in ["stand-ins.yml", "registry.yml", "fake-certbot.sh"] {
+        for file in ["stand-ins.yml", "registry.yml", "registry-auth.yml", "fake-certbot.sh"] {
             std::fs::copy(repo().join("tests/compose").join(file), dir.join(file))
                 .expect("copy the override");
         }
         let registry_port = free_port();
-        let app_image = format!("127.0.0.1:{registry_port}/e2e/app:stable");
+        let registry = format!("127.0.0.1:{registry_port}");
+        let app_image = format!("{registry}/e2e/app:stable");
+        let registry_password = unique_name("pw");
         let stack = Self {
+            docker_config: dir.join("operator-docker"),
             dir,
             project,
             app_image: app_image.clone(),
+            registry,
+            registry_password,
             updater_port: free_port(),
             prometheus_port: free_port(),
             _app_tags: ImageTag(app_image),
@@ -85,8 +122,28 @@ impl Stack {
             &secrets.join("aws_credentials"),
             "[default]\naws_access_key_id = e2e-key\naws_secret_access_key = e2e-secret-key\n",
         );
+        if age == AgeKey::OnHost {
+            write(&secrets.join("age_identity"), &format!("{AGE_IDENTITY}\n"));
+        }
+        // The registry's users, as its operator makes them.
+        let htpasswd = stack.run_checked(Command::new("htpasswd").args([
+            "-Bbn",
+            REGISTRY_USER,
+            &stack.registry_password,
+        ]));
+        write(&stack.dir.join("registry.htpasswd"), &htpasswd);
         let s3 = stack.dir.join("s3");
         std::fs::create_dir_all(s3.join(BUCKET)).expect("bucket directory");
+        let mut copy_env = String::new();
+        if copy {
+            std::fs::create_dir_all(s3.join(COPY_BUCKET)).expect("copy bucket directory");
+            // The copy's own keys (s3s-fs knows one pair: the same values, other files).
+            write(&secrets.join("backup_copy_access_key_id"), "e2e-key\n");
+            write(&secrets.join("backup_copy_secret_access_key"), "e2e-secret-key\n");
+            copy_env = format!(
+                "STEWARD_BACKUP_COPY_BUCKET={COPY_BUCKET}\nSTEWARD_BACKUP_COPY_ENDPOINT=http://s3:9000\n"
+            );
+        }
         // aiosmtpd's Mailbox makes a maildir's subdirectories only along with the maildir.
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(stack.maildir().join(sub)).expect("maildir");
@@ -111,7 +168,8 @@ impl Stack {
              DOCKER_GID={docker_gid}\nSTEWARD_S3_BUCKET={BUCKET}\nAWS_REGION=us-east-1\n\
              STEWARD_MAIL_FROM=Steward <steward@gitea.test>\nSTEWARD_MAIL_TO={MAIL_TO}\n\
              E2E_S3_DIR={}\nE2E_MAILDIR={}\nE2E_REGISTRY_PORT={registry_port}\n\
-             E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\nE2E_PROMETHEUS_PORT={}\n",
+             E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\nE2E_PROMETHEUS_PORT={}\n\
+             STEWARD_BACKUP_AGE_RECIPIENTS={AGE_RECIPIENT}\n{copy_env}",
             free_port(),
             free_port(),
             free_port(),
@@ -134,8 +192,32 @@ impl Stack {
             "docker-compose.yml",
             "-f",
             "stand-ins.yml",
+            "-f",
+            "registry-auth.yml",
         ]);
         cmd
+    }
+
+    /// `docker ARGS` with the operator's client config (logged in to the private registry).
+    fn operator_docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("--config")
+            .arg(&self.docker_config)
+            .args(args)
+            .output()
+            .expect("docker")
+    }
+
+    /// Tags the stand-in app `version` (v1, v2, v3) as Gitea's image and pushes it to the
+    /// private registry with the operator's login; the pushed manifest digest.
+    fn push_app(&self, version: &str) -> String {
+        docker(&["tag", &format!("steward-test/app:{version}"), &self.app_image]);
+        let out = ok(&self.operator_docker(&["push", &self.app_image]));
+        out.split_whitespace()
+            .skip_while(|w| *w != "digest:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no digest in push output: {out}"))
+            .to_owned()
     }
 
     fn maildir(&self) -> PathBuf {
@@ -143,15 +225,31 @@ impl Stack {
     }
 
     /// `docker-compose up -d` once Gitea's first version is in the stack's registry (pushed
-    /// as soon as the registry answers); returns when every service is healthy.
+    /// as soon as the registry answers, with the operator's `docker login`, which the
+    /// runbook's step then copies to `secrets/docker_config.json`); returns when every
+    /// service is healthy.
     fn up(&self) -> Instant {
         let registry = self.compose().args(["up", "-d", "registry"]).output().expect("up");
         assert!(registry.status.success(), "{}", String::from_utf8_lossy(&registry.stderr));
-        docker(&["tag", "steward-test/app:v1", &self.app_image]);
-        wait_for("the stack's registry", Duration::from_secs(30), || {
-            let push = Command::new("docker").args(["push", &self.app_image]).output().ok()?;
-            push.status.success().then_some(())
+        wait_for("a login at the stack's registry", Duration::from_secs(30), || {
+            let login = self.operator_docker(&[
+                "login",
+                &self.registry,
+                "-u",
+                REGISTRY_USER,
+                "-p",
+                &self.registry_password,
+            ]);
+            login.status.success().then_some(())
         });
+        // `cp` over the file init-secrets.sh made keeps its mode (0444): the services, which
+        // do not run as root, can read it (`docker login` writes its own file 0600).
+        self.run_checked(
+            Command::new("cp")
+                .arg(self.docker_config.join("config.json"))
+                .arg(self.dir.join("secrets/docker_config.json")),
+        );
+        self.push_app("v1");
         let started = Instant::now();
         let up = self.compose().args(["up", "-d"]).output().expect("docker-compose up");
         assert!(
@@ -316,7 +414,7 @@ fn ok(out: &Output) -> String {
 
 #[test]
 fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
-    let stack = Stack::new();
+    let stack = Stack::new(AgeKey::OffHost, true);
     let started = stack.up();
     eprintln!("stack healthy {:.1} s after `docker-compose up`", started.elapsed().as_secs_f64());
 
@@ -406,6 +504,47 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
         .iter()
         .all(|l| l.contains("\"role\":\"watcher\"") || l.contains("\"role\":\"health\"")));
 
+    // The backup is encrypted to the recipient in .env and also in the second copy (written
+    // right after backup.done), checked there with the same trusted keys.
+    let encrypted = Instant::now();
+    let id = listed.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("an id");
+    let stored = stack.dir.join("s3").join(BUCKET);
+    let objects =
+        ok(&Command::new("find").arg(&stored).args(["-type", "f"]).output().expect("find"));
+    let component = objects
+        .lines()
+        .find(|p| p.contains(id) && p.ends_with(".age"))
+        .unwrap_or_else(|| panic!("no component of {id} in {objects}"));
+    let head = std::fs::read(component).expect("component");
+    assert!(head.starts_with(b"age-encryption.org/v1"), "{component} is not age-encrypted");
+    stack.wait("the backup in the second copy", Duration::from_secs(60), || {
+        let copy = stack.steward(&["backup", "list", "--from", "copy"]);
+        let listed = String::from_utf8_lossy(&copy.stdout).into_owned();
+        (copy.status.success() && listed.lines().skip(1).any(|l| l.starts_with(id))).then_some(())
+    });
+    // The identity off the host (as init-secrets.sh leaves secrets/age_identity): the backup
+    // cannot be verified, and the refusal says what is missing.
+    let refused = stack.steward(&["backup", "verify", "latest"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "verified without the identity");
+    assert!(stderr.contains("STEWARD_BACKUP_AGE_IDENTITY_FILE"), "{stderr}");
+    // The runbook's step: the key into secrets/age_identity, the backup service restarted.
+    // The compose secret is a bind mount of that file: rewritten in place, the container
+    // sees it.
+    write(&stack.dir.join("secrets/age_identity"), &format!("{AGE_IDENTITY}\n"));
+    ok(&stack.compose().args(["restart", "-t", "5", "backup"]).output().expect("restart"));
+    stack.wait("the backup service healthy again", Duration::from_secs(60), || {
+        (stack.health("backup") == "healthy").then_some(())
+    });
+    let verified = ok(&stack.steward(&["backup", "verify", "latest"]));
+    assert!(verified.contains(&format!("backup {id} verified")), "{verified}");
+    assert!(verified.contains("the database dumps load"), "{verified}");
+    assert_eq!(stack.docker_refusals().len(), refusals.len(), "the backup service was refused");
+    eprintln!(
+        "encrypted backup: in the copy, refused, key put in place, verified: {:.1} s",
+        encrypted.elapsed().as_secs_f64()
+    );
+
     // Idle memory of each Steward service, for the record (benches/stack.sh reports it).
     for service in ["watcher", "updater", "backup", "health", "notifier"] {
         let pid = ok(&Command::new("docker")
@@ -421,7 +560,7 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
 
 #[test]
 fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_through_the_stack() {
-    let stack = Stack::new();
+    let stack = Stack::new(AgeKey::OnHost, false);
     let started = stack.up();
     let stage = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
     stage("healthy");
@@ -443,7 +582,23 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
 
     // A new version in the registry; a check finds it; Gitea's policy is manual, so a mail
     // asks for approval, with a link.
-    push_app("v2", &stack.app_image);
+    stack.push_app("v2");
+    // The registry is private: without the operator's login the engine may not pull it, so
+    // the update below works only if the updater pulls with secrets/docker_config.json.
+    let no_login = stack.dir.join("no-login");
+    std::fs::create_dir_all(&no_login).expect("empty docker config");
+    let anonymous = Command::new("docker")
+        .arg("--config")
+        .arg(&no_login)
+        .args(["pull", &stack.app_image])
+        .output()
+        .expect("docker pull");
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        !anonymous.status.success()
+            && (stderr.contains("no basic auth credentials") || stderr.contains("unauthorized")),
+        "an anonymous pull: {stderr}"
+    );
     ok(&stack.steward(&["check"]));
     let link = stack.wait("a mail with an approval link", Duration::from_secs(120), || {
         mails_to(&stack.maildir(), MAIL_TO).iter().find_map(|m| {
@@ -481,7 +636,7 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
 
     // A broken version: approved with the CLI this time; the health gate fails, the updater
     // rolls back to v2, and the mail says why, with the container's last log lines.
-    let v3_digest = push_app("v3", &stack.app_image);
+    let v3_digest = stack.push_app("v3");
     ok(&stack.steward(&["check"]));
     let id = stack.wait("the broken version pending", Duration::from_secs(60), || {
         ok(&stack.steward(&["updates", "--json"])).lines().find_map(|l| {
