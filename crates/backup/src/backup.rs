@@ -78,6 +78,8 @@ pub struct Backups {
     pub(crate) reading_copy: bool,
     pub(crate) config: BackupConfig,
     pub(crate) meter: Arc<Meter>,
+    /// The bus whose stream and state buckets each backup exports ([`Backups::with_bus`]).
+    pub(crate) bus: Option<steward_bus::Bus>,
 }
 
 impl Backups {
@@ -86,7 +88,13 @@ impl Backups {
     pub fn new(engine: Engine, store: Store, config: BackupConfig) -> Self {
         let copy = config.copy.as_ref().map(Store::lazy_copy);
         let reading = store.clone();
-        Self { engine, reading, reading_copy: false, store, copy, config, meter: Arc::default() }
+        let meter = Arc::default();
+        Self { engine, reading, reading_copy: false, store, copy, config, meter, bus: None }
+    }
+
+    /// The same, each backup also exporting `bus`'s stream and state buckets ([`crate::stack`]).
+    pub fn with_bus(self, bus: steward_bus::Bus) -> Self {
+        Self { bus: Some(bus), ..self }
     }
 
     /// The same, reading from the second copy; `None` when no copy is configured.
@@ -198,6 +206,12 @@ impl Backups {
         }
         components.push(self.save_configs(id, &plan.configs).await?);
         steward_failpoints::failpoint!("backup:stored:containers");
+        let labels: Vec<_> = plan.targets.iter().map(|t| &t.container.labels).collect();
+        components.extend(self.save_project(id, &labels).await?);
+        // Last: the stream as of the end of the backup.
+        if let Some(bus) = &self.bus {
+            components.push(self.export_events(id, bus).await?);
+        }
         Ok(components)
     }
 
@@ -316,7 +330,7 @@ impl Backups {
 
 impl Backups {
     /// The object's name, marked `.age` when it is encrypted.
-    fn object_name(&self, name: String) -> String {
+    pub(crate) fn object_name(&self, name: String) -> String {
         if self.config.keys.encrypts() {
             format!("{name}.age")
         } else {
@@ -324,7 +338,7 @@ impl Backups {
         }
     }
 
-    fn entry(
+    pub(crate) fn entry(
         &self,
         name: String,
         kind: Kind,

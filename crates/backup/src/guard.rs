@@ -20,7 +20,7 @@ impl Backups {
             let (container, wanted) = match &c.kind {
                 Kind::Postgres { container, .. } => (container, None),
                 Kind::Path { container, path } => (container, Some(path)),
-                Kind::Containers => continue,
+                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
             };
             let Some(labels) =
                 self.engine.container_labels(container).await.map_err(Failure::plain)?

@@ -1,4 +1,5 @@
-//! Entry point of `steward-backup`: configuration, runtime, handler.
+//! Entry point of `steward-backup`: configuration, runtime, handler; or `extract` (one
+//! component of a backup on stdout, [`steward_backup::extract`]).
 
 // The AWS SDK's nested futures exceed the default depth when the layout of `main` is computed.
 #![recursion_limit = "256"]
@@ -6,12 +7,59 @@
 use std::process::ExitCode;
 
 use steward_backup::config::BackupConfig;
-use steward_backup::BackupService;
+use steward_backup::{BackupService, Backups};
+use steward_runtime::Env;
+use steward_store::store::Store;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("extract") {
+        return extract(&args[1..]).await;
+    }
     steward_runtime::main(steward_backup::SERVICE, BackupConfig::read, |cfg, ctx| async move {
         BackupService::start(cfg, &ctx).await
     })
     .await
+}
+
+/// `steward-backup extract`: exit 0 with the component on stdout, 2 for bad usage or
+/// settings, 1 when the backup or component is refused or unreadable.
+async fn extract(args: &[String]) -> ExitCode {
+    let from_copy = args.iter().any(|a| a == "--from-copy");
+    let positional: Vec<&String> = args.iter().filter(|a| *a != "--from-copy").collect();
+    let [id, component] = positional.as_slice() else {
+        eprintln!("{}", steward_backup::extract::USAGE);
+        return ExitCode::from(2);
+    };
+    let mut env = Env::from_process();
+    let cfg = BackupConfig::read(&mut env);
+    if let Err(e) = env.finish() {
+        eprintln!("steward-backup: {e}");
+        return ExitCode::from(2);
+    }
+    let store = Store::lazy(&cfg.s3);
+    let backups = Backups::new(steward_engine::Engine::from_env(), store, cfg);
+    let backups = if from_copy {
+        match backups.from_copy() {
+            Some(copy) => copy,
+            None => {
+                eprintln!("steward-backup: --from-copy, but no copy is configured (STEWARD_BACKUP_COPY_*)");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        backups
+    };
+    let mut stdout = std::io::stdout().lock();
+    match backups.extract(id, component, &mut stdout).await {
+        Ok(c) => {
+            eprintln!("steward-backup: {} of backup {id}: {} bytes, checked", c.name, c.raw_size);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("steward-backup: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

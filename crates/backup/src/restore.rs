@@ -48,7 +48,8 @@ pub struct RestoreOptions {
 
 fn in_scope(c: &Component, scope: RestoreScope) -> bool {
     match (&c.kind, scope) {
-        (Kind::Containers, _) => false,
+        // Brought back by hand on a rebuilt host (`steward-backup extract`, docs/runbooks.md).
+        (Kind::Containers | Kind::Events | Kind::Project { .. }, _) => false,
         (Kind::Postgres { .. }, RestoreScope::All | RestoreScope::Db) => true,
         (Kind::Path { .. }, RestoreScope::All | RestoreScope::Paths) => true,
         _ => false,
@@ -58,7 +59,7 @@ fn in_scope(c: &Component, scope: RestoreScope) -> bool {
 fn container_of(c: &Component) -> Option<&str> {
     match &c.kind {
         Kind::Postgres { container, .. } | Kind::Path { container, .. } => Some(container),
-        Kind::Containers => None,
+        Kind::Containers | Kind::Events | Kind::Project { .. } => None,
     }
 }
 
@@ -299,7 +300,7 @@ impl Backups {
                     self.load_path(c, container, path, pin, tag).await?;
                     steward_failpoints::failpoint!("restore:path_loaded");
                 }
-                Kind::Containers => continue,
+                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
             }
             tracing::info!(component = %c.name, "loaded beside the live data");
         }
@@ -318,7 +319,7 @@ impl Backups {
                 self.swap_path(c, container, path, pin, tag).await?;
                 steward_failpoints::failpoint!("restore:path_swapped");
             }
-            Kind::Containers => return Ok(()),
+            Kind::Containers | Kind::Events | Kind::Project { .. } => return Ok(()),
         }
         tracing::info!(component = %c.name, "swapped in");
         Ok(())
@@ -591,7 +592,7 @@ impl Backups {
                 }
                 _ => Ok(()),
             },
-            Kind::Containers => Ok(()),
+            Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
         }
     }
 
@@ -610,7 +611,7 @@ impl Backups {
                 }
                 _ => Ok(()),
             },
-            Kind::Containers => Ok(()),
+            Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
         }
     }
 
@@ -804,7 +805,7 @@ fn kept(chosen: &[&Component], tag: &str) -> String {
             Kind::Path { container, path } => {
                 Sides::of(path, tag).map(|s| format!("{container}:{}", s.old))
             }
-            Kind::Containers => None,
+            Kind::Containers | Kind::Events | Kind::Project { .. } => None,
         })
         .collect();
     format!("the data it replaced is kept in {}", places.join(", "))

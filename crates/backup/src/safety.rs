@@ -91,7 +91,7 @@ impl Backups {
         for c in chosen {
             let name = match &c.kind {
                 Kind::Postgres { container, .. } | Kind::Path { container, .. } => container,
-                Kind::Containers => continue,
+                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
             };
             if !only.contains(name) {
                 only.push(name.clone());
@@ -166,7 +166,7 @@ impl Backups {
                         return Ok(true);
                     }
                 }
-                Kind::Containers => {}
+                Kind::Containers | Kind::Events | Kind::Project { .. } => {}
             }
         }
         Ok(false)

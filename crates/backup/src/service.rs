@@ -41,7 +41,8 @@ impl BackupService {
         let store = Store::lazy(&cfg.s3);
         let schedule = cfg.schedule.clone();
         let max_age = cfg.max_age;
-        let service = Self { backups: Backups::new(engine, store, cfg), lock: Default::default() };
+        let backups = Backups::new(engine, store, cfg).with_bus(ctx.bus.clone());
+        let service = Self { backups, lock: Default::default() };
         let scheduled = service.clone();
         let ctx_for_schedule = ctx.clone();
         ctx.spawn("backup schedule", async move {

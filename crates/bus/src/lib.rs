@@ -22,6 +22,7 @@
 pub mod approval;
 mod config;
 mod error;
+mod export;
 mod idempotency;
 mod inbox;
 mod permissions;
@@ -39,6 +40,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 pub use config::{validate_url, BusConfig, Credentials, Namespace};
 pub use error::BusError;
+pub use export::{
+    check_import, state_buckets, Export, ExportRecord, ExportedMessage, ExportedValue, ImportError,
+    Imported, EXPORT_FORMAT,
+};
 pub use idempotency::{Idempotency, MARKER_TTL};
 pub use inbox::{
     ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,

@@ -81,10 +81,11 @@ impl Permissions {
         for bucket in service.reads_buckets() {
             publish.extend(read_bucket(&ns.bucket(bucket)));
         }
-        // Replays (`steward events`, `audit`, waiting for an outcome) use ephemeral consumers
-        // (created without a name; they go away by themselves when idle), never a durable one:
-        // see `deny`.
-        if service == Service::Cli {
+        // Replays (`steward events`, `audit`, waiting for an outcome; the backup's export of
+        // the stream) use ephemeral consumers (created without a name; they go away by
+        // themselves when idle), never a durable one: see `deny`.
+        let replays = matches!(service, Service::Cli | Service::Backup);
+        if replays {
             publish.push(api(&format!("CONSUMER.CREATE.{stream}")));
             for op in ["INFO", "MSG.NEXT"] {
                 publish.push(api(&format!("CONSUMER.{op}.{stream}.*")));
@@ -111,8 +112,9 @@ impl Permissions {
         // The wildcards above must not reach the services' durable consumers: pulling from
         // one would steal (and, repeated, exhaust) another service's deliveries.
         let mut deny = vec![];
-        if service == Service::Cli {
-            for other in Service::ALL.into_iter().filter(|s| !s.consumes().is_empty()) {
+        if replays {
+            let others = Service::ALL.into_iter().filter(|s| *s != service);
+            for other in others.filter(|s| !s.consumes().is_empty()) {
                 for op in ["CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT", "DELETE"] {
                     deny.push(api(&format!("CONSUMER.{op}.{stream}.{}", other.name())));
                 }
@@ -124,9 +126,21 @@ impl Permissions {
     }
 
     /// The provisioning user's permissions: the JetStream API (create, update, purge, delete
-    /// the stream, the consumers and the buckets), its own replies, and nothing else.
-    pub fn setup() -> (Vec<String>, Vec<String>) {
-        (vec!["$JS.API.>".to_owned()], vec![format!("{}.>", inbox_prefix(SETUP_USER))])
+    /// the stream, the consumers and the buckets), its own replies, and, for `steward events
+    /// import` on a rebuilt host (before the consumers exist), publishing the stream's
+    /// subjects and writing the state buckets; nothing else.
+    pub fn setup(ns: &Namespace) -> (Vec<String>, Vec<String>) {
+        let mut publish = vec!["$JS.API.>".to_owned()];
+        let mut types: Vec<&str> =
+            Service::ALL.iter().flat_map(|s| s.publishes()).copied().collect();
+        types.sort_unstable();
+        types.dedup();
+        publish.extend(types.iter().map(|t| ns.subject(t)));
+        publish.push(ns.subject("dlq.>"));
+        publish.extend(
+            crate::export::state_buckets().iter().map(|b| format!("$KV.{}.>", ns.bucket(b))),
+        );
+        (publish, vec![format!("{}.>", inbox_prefix(SETUP_USER))])
     }
 
     /// The NATS server's `authorization` block for every participant, each user's password
@@ -162,7 +176,7 @@ impl Permissions {
             out.push_str("      }\n    }\n");
         }
         // The provisioning identity: `steward setup`, run once per install and upgrade.
-        let (publish, subscribe) = Self::setup();
+        let (publish, subscribe) = Self::setup(ns);
         out.push_str(&format!(
             "    {{\n      user: {SETUP_USER}\n      password: ${}\n      permissions: {{\n",
             setup_password_variable()

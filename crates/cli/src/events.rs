@@ -27,6 +27,9 @@ pub enum EventsCommand {
         #[arg(long)]
         correlation: Option<uuid::Uuid>,
     },
+    /// Bring an export of the stream and the state buckets (a backup's `events` component)
+    /// onto a fresh NATS, before `steward setup` creates the services' consumers.
+    Import(crate::events_import::ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +55,7 @@ pub async fn run(cmd: EventsCommand, conn: &Connection) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::Tail(f) => print(conn, f, true).await,
         EventsCommand::Replay(f) => print(conn, f, false).await,
+        EventsCommand::Import(args) => crate::events_import::run(args, conn).await,
         EventsCommand::Publish { event_type, data, correlation } => {
             let event = build_event(&event_type, &data, correlation)?;
             let bus = conn.bus().await?;

@@ -6,6 +6,7 @@
 mod audit;
 mod backups;
 mod events;
+mod events_import;
 mod notify;
 mod rollback;
 mod setup;

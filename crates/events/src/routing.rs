@@ -230,8 +230,19 @@ impl Service {
     pub fn reads_buckets(self) -> &'static [&'static str] {
         use crate::records::*;
         match self {
-            // The restore guard: no restore while an update swaps or gates a container.
-            Service::Backup => &[UPDATE_BUCKET],
+            // The restore guard reads UPDATES (no restore while an update swaps or gates a
+            // container); every backup exports every state bucket with the stream.
+            Service::Backup => &[
+                WATCH_BUCKET,
+                REGISTRY_EPISODES_BUCKET,
+                UPDATE_BUCKET,
+                UPDATE_QUEUE_BUCKET,
+                USED_LINKS_BUCKET,
+                HEALTH_BUCKET,
+                OUTBOX_BUCKET,
+                ANNOUNCED_BUCKET,
+                DEPLOY_BUCKET,
+            ],
             // An `image.updated` is applied only while its digest is the newest the watcher
             // knows: a redelivered or replayed older one never downgrades a container.
             Service::Updater => &[WATCH_BUCKET],

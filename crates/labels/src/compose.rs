@@ -15,6 +15,8 @@ pub const PROJECT: &str = "com.docker.compose.project";
 pub const SERVICE: &str = "com.docker.compose.service";
 /// Compose v2: the services this one depends on.
 pub const DEPENDS_ON: &str = "com.docker.compose.depends_on";
+/// The project's directory on the host (`docker-compose.yml`, `.env`).
+pub const WORKING_DIR: &str = "com.docker.compose.project.working_dir";
 /// `True` on containers of `docker compose run`.
 pub const ONEOFF: &str = "com.docker.compose.oneoff";
 

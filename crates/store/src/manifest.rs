@@ -57,6 +57,17 @@ pub enum Kind {
     /// `docker inspect` of every container involved, as a JSON array: what a rebuild on an
     /// empty host needs (images by digest, env, mounts, networks, labels).
     Containers,
+    /// The event stream and the state buckets, one JSON record a line (`steward_bus`'s
+    /// export): the audit trail a rebuilt host gets back with `steward events import`.
+    Events,
+    /// The compose project's directory (`docker-compose.yml`, `.env`, templates), a tar read
+    /// through a container that mounts it; only ever stored encrypted.
+    Project {
+        /// The container it was read through.
+        container: String,
+        /// The directory on the host (compose's working-directory label).
+        working_dir: String,
+    },
 }
 
 /// One stored object.

@@ -1,0 +1,449 @@
+//! The stream and the state buckets as records, out and back in: what a backup stores so the
+//! audit trail survives the host (`steward-backup` exports, `steward events import` imports).
+//!
+//! An export is a header, then every message of the stream in order (subject without the
+//! namespace's prefix, headers, payload), then every value of the state buckets. An import
+//! checks every record before it publishes one, keeps each message's `Nats-Msg-Id` (so a
+//! message the stream holds already is skipped, however long ago it was imported), and never
+//! overwrites a value.
+//!
+//! Invariant: an import publishes only into a stream without durable consumers, so no service
+//! acts on the old events as new ones: `steward setup` creates the consumers after it, and
+//! they start at new events.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use steward_events::Event;
+use time::OffsetDateTime;
+
+use crate::{publish, Bus, BusError, Setup};
+
+/// The export format this build writes and reads.
+pub const EXPORT_FORMAT: u32 = 1;
+
+/// The largest payload or value accepted back (the catalog's bound on an event).
+const MAX_PAYLOAD: usize = 1 << 20;
+
+/// One line of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum ExportRecord {
+    /// First: what follows.
+    Header {
+        /// [`EXPORT_FORMAT`].
+        format: u32,
+        /// The stream it was read from.
+        stream: String,
+        /// When the export began.
+        #[serde(with = "time::serde::rfc3339")]
+        exported_at: OffsetDateTime,
+    },
+    /// A message of the stream.
+    Message(ExportedMessage),
+    /// A value of a state bucket.
+    Value(ExportedValue),
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedMessage {
+    /// Its sequence in the exported stream.
+    pub sequence: u64,
+    /// When the stream stored it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub stored_at: OffsetDateTime,
+    /// Its subject without the namespace's prefix (the event type, or `dlq.<consumer>`).
+    pub subject: String,
+    /// Its headers (`Nats-Msg-Id` among them), in order.
+    pub headers: Vec<(String, String)>,
+    /// The payload, when it is UTF-8 (every event is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The payload otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_bytes: Option<Vec<u8>>,
+}
+
+/// A value of a state bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedValue {
+    /// The bucket's name without the namespace.
+    pub bucket: String,
+    /// The key.
+    pub key: String,
+    /// Its revision when exported.
+    pub revision: u64,
+    /// The value (UTF-8: every record is JSON).
+    pub value: String,
+}
+
+impl ExportedMessage {
+    fn payload(&self) -> Vec<u8> {
+        match (&self.payload, &self.payload_bytes) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(bytes)) => bytes.clone(),
+            (None, None) => vec![],
+        }
+    }
+
+    /// Its `Nats-Msg-Id`.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(NATS_MSG_ID))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+const NATS_MSG_ID: &str = "Nats-Msg-Id";
+
+/// An export being read: [`Export::next`] until `None`.
+pub struct Export {
+    header: Option<ExportRecord>,
+    messages: Option<pull::Stream>,
+    remaining: u64,
+    prefix: String,
+    values: std::vec::IntoIter<ExportedValue>,
+}
+
+impl std::fmt::Debug for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Export").field("remaining", &self.remaining).finish_non_exhaustive()
+    }
+}
+
+/// The state buckets of an installation (the markers of handled events are not state: a
+/// rebuilt host's consumers start at new events).
+pub fn state_buckets() -> Vec<String> {
+    Setup::steward().state_buckets
+}
+
+impl Bus {
+    /// Starts exporting the stream (the messages it holds now) and the state buckets. The
+    /// buckets are read first (they are small); a missing one is skipped.
+    pub async fn export(&self) -> Result<Export, BusError> {
+        let ns = self.namespace().clone();
+        let mut values = vec![];
+        for bucket in state_buckets() {
+            let Ok(kv) = self.js().get_key_value(ns.bucket(&bucket)).await else { continue };
+            let mut keys = kv.keys().await.map_err(|e| BusError::nats("list keys", e))?;
+            let mut names = vec![];
+            while let Some(key) = keys.next().await {
+                names.push(key.map_err(|e| BusError::nats("list keys", e))?);
+            }
+            for key in names {
+                let Some(entry) =
+                    kv.entry(&key).await.map_err(|e| BusError::nats("kv entry", e))?
+                else {
+                    continue;
+                };
+                // Every state record is JSON; anything else is not Steward's to carry over.
+                let Ok(value) = String::from_utf8(entry.value.to_vec()) else { continue };
+                values.push(ExportedValue {
+                    bucket: bucket.clone(),
+                    key,
+                    revision: entry.revision,
+                    value,
+                });
+            }
+        }
+        let (messages, remaining) = self.read_all().await?;
+        let header = ExportRecord::Header {
+            format: EXPORT_FORMAT,
+            stream: ns.stream.clone(),
+            exported_at: OffsetDateTime::now_utc(),
+        };
+        Ok(Export {
+            header: Some(header),
+            messages: Some(messages),
+            remaining,
+            prefix: ns.prefix.clone(),
+            values: values.into_iter(),
+        })
+    }
+
+    /// An ephemeral consumer of everything the stream holds, and how many messages that is.
+    async fn read_all(&self) -> Result<(pull::Stream, u64), BusError> {
+        let stream = self
+            .js()
+            .get_stream(&self.namespace().stream)
+            .await
+            .map_err(|e| BusError::nats("get stream", e))?;
+        let mut consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::nats("create export consumer", e))?;
+        let remaining =
+            consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?.num_pending;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(2000)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| BusError::nats("export messages", e))?;
+        Ok((messages, remaining))
+    }
+}
+
+impl Export {
+    /// The next record; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<ExportRecord, BusError>> {
+        if let Some(header) = self.header.take() {
+            return Some(Ok(header));
+        }
+        if let Some(messages) = &mut self.messages {
+            while self.remaining > 0 {
+                let msg = match messages.next().await {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => return Some(Err(BusError::nats("export", e))),
+                    None => return Some(Err(BusError::NotConnected)),
+                };
+                self.remaining = self.remaining.saturating_sub(1);
+                let Ok(info) = msg.info() else { continue };
+                let (sequence, stored_at) = (info.stream_sequence, info.published);
+                let subject = msg
+                    .subject
+                    .as_str()
+                    .strip_prefix(self.prefix.as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                let headers = msg
+                    .headers
+                    .as_ref()
+                    .map(|h| {
+                        h.iter()
+                            .flat_map(|(name, values)| {
+                                values.iter().map(move |v| (name.to_string(), v.to_string()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let (payload, payload_bytes) = match String::from_utf8(msg.payload.to_vec()) {
+                    Ok(text) => (Some(text), None),
+                    Err(e) => (None, Some(e.into_bytes())),
+                };
+                return Some(Ok(ExportRecord::Message(ExportedMessage {
+                    sequence,
+                    stored_at,
+                    subject,
+                    headers,
+                    payload,
+                    payload_bytes,
+                })));
+            }
+            self.messages = None;
+        }
+        self.values.next().map(|v| Ok(ExportRecord::Value(v)))
+    }
+}
+
+/// Why an import did nothing, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Records that are not a Steward export's; nothing was imported.
+    #[error("refused, nothing was imported: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    /// The stream has durable consumers: they would take the old events for new ones.
+    #[error("refused, nothing was imported: the stream has durable consumers ({0}), which would deliver the old events to the services as new ones; import into a NATS server before `steward setup` creates them")]
+    ConsumersExist(String),
+    /// NATS failed (what was published before stays; importing again skips it).
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Messages stored.
+    pub messages: u64,
+    /// Messages the stream held already (same `Nats-Msg-Id`), skipped.
+    pub duplicates: u64,
+    /// Values written.
+    pub values: u64,
+    /// Values skipped because the key holds a value already.
+    pub values_kept: u64,
+}
+
+/// Checks records before anything is imported: the first is a header of a format this build
+/// reads, every message names an event type of the catalog (or a dead letter), carries a
+/// message id and, unless a dead letter, an event of its subject's type; every value is of a
+/// state bucket. Returns each problem, by record number (1-based).
+pub fn check_import(records: &[ExportRecord]) -> Vec<String> {
+    let mut problems = vec![];
+    match records.first() {
+        Some(ExportRecord::Header { format, .. }) if *format == EXPORT_FORMAT => {}
+        Some(ExportRecord::Header { format, .. }) => problems
+            .push(format!("record 1: export format {format} (this build reads {EXPORT_FORMAT})")),
+        _ => problems.push("record 1: not an export header".into()),
+    }
+    let buckets = state_buckets();
+    for (i, record) in records.iter().enumerate().skip(1) {
+        let n = i.saturating_add(1);
+        match record {
+            ExportRecord::Header { .. } => problems.push(format!("record {n}: a second header")),
+            ExportRecord::Message(m) => {
+                if let Err(why) = check_message(m) {
+                    problems.push(format!("record {n} (sequence {}): {why}", m.sequence));
+                }
+            }
+            ExportRecord::Value(v) => {
+                if !buckets.contains(&v.bucket) {
+                    problems.push(format!("record {n}: {:?} is not a state bucket", v.bucket));
+                } else if !valid_key(&v.key) {
+                    problems.push(format!("record {n}: {:?} is not a valid key", v.key));
+                } else if v.value.len() > MAX_PAYLOAD {
+                    problems.push(format!("record {n}: the value is over {MAX_PAYLOAD} bytes"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn check_message(m: &ExportedMessage) -> Result<(), String> {
+    // Any other subject is checked by decoding its event for it (an unknown type is refused).
+    let dead_letter = m.subject.strip_prefix("dlq.").is_some_and(valid_token);
+    match m.msg_id() {
+        Some(id) if !id.is_empty() && id.len() <= 256 => {}
+        _ => return Err("no Nats-Msg-Id (it is what makes a second import skip it)".into()),
+    }
+    for (name, value) in &m.headers {
+        let bad_name =
+            name.is_empty() || name.chars().any(|c| c.is_control() || c == ':' || c == ' ');
+        if bad_name || value.chars().any(char::is_control) {
+            return Err(format!("header {name:?} is not a valid NATS header"));
+        }
+    }
+    let payload = m.payload();
+    if payload.len() > MAX_PAYLOAD {
+        return Err(format!("the payload is over {MAX_PAYLOAD} bytes"));
+    }
+    if !dead_letter {
+        Event::decode_for(&m.subject, &payload)
+            .map_err(|e| format!("not an event of its subject {:?}: {e}", m.subject))?;
+    }
+    Ok(())
+}
+
+fn valid_token(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn valid_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./".contains(c))
+}
+
+impl Bus {
+    /// Imports checked `records` ([`check_import`]; refused whole if one is wrong): creates the
+    /// stream and the state buckets when missing (the provisioning identity's rights), refuses
+    /// a stream with durable consumers, publishes every message the stream does not hold yet
+    /// with its own `Nats-Msg-Id` and headers, in order, and writes every value whose key is
+    /// empty.
+    pub async fn import(&self, records: &[ExportRecord]) -> Result<Imported, ImportError> {
+        let problems = check_import(records);
+        if !problems.is_empty() {
+            return Err(ImportError::Refused(problems));
+        }
+        let setup = Setup { consumers: vec![], ..Setup::steward() };
+        self.setup(&setup).await?;
+        let ns = self.namespace().clone();
+        let stream =
+            self.js().get_stream(&ns.stream).await.map_err(|e| BusError::nats("get stream", e))?;
+        let mut durable = vec![];
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| BusError::nats("list consumers", e))?;
+            if info.config.durable_name.is_some() {
+                durable.push(info.name);
+            }
+        }
+        if !durable.is_empty() {
+            durable.sort();
+            return Err(ImportError::ConsumersExist(durable.join(", ")));
+        }
+        let held = self.held_ids().await?;
+        let mut done = Imported::default();
+        for record in records {
+            match record {
+                ExportRecord::Header { .. } => {}
+                ExportRecord::Message(m) => {
+                    let id = m.msg_id().unwrap_or_default();
+                    if held.contains(id) {
+                        done.duplicates = done.duplicates.saturating_add(1);
+                        continue;
+                    }
+                    let mut headers = HeaderMap::new();
+                    for (name, value) in &m.headers {
+                        // publish_raw sets the id itself.
+                        if !name.eq_ignore_ascii_case(NATS_MSG_ID) {
+                            headers.append(name.as_str(), value.as_str());
+                        }
+                    }
+                    let subject = ns.subject(&m.subject);
+                    let published =
+                        publish::publish_raw(self, subject, headers, Bytes::from(m.payload()), id)
+                            .await?;
+                    if published.duplicate {
+                        done.duplicates = done.duplicates.saturating_add(1);
+                    } else {
+                        done.messages = done.messages.saturating_add(1);
+                    }
+                }
+                ExportRecord::Value(v) => {
+                    let kv = self
+                        .js()
+                        .get_key_value(ns.bucket(&v.bucket))
+                        .await
+                        .map_err(|e| BusError::nats("get bucket", e))?;
+                    match kv.create(&v.key, Bytes::from(v.value.clone())).await {
+                        Ok(_) => done.values = done.values.saturating_add(1),
+                        Err(e)
+                            if e.kind()
+                                == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists =>
+                        {
+                            done.values_kept = done.values_kept.saturating_add(1)
+                        }
+                        Err(e) => return Err(BusError::nats("write value", e).into()),
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// The `Nats-Msg-Id` of every message the stream holds (the duplicate window forgets
+    /// them after minutes; an import run again a week later must not).
+    async fn held_ids(&self) -> Result<HashSet<String>, BusError> {
+        let (mut messages, mut remaining) = self.read_all().await?;
+        let mut ids = HashSet::new();
+        while remaining > 0 {
+            let msg = match messages.next().await {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => return Err(BusError::nats("read stream", e)),
+                None => return Err(BusError::NotConnected),
+            };
+            remaining = remaining.saturating_sub(1);
+            if let Some(id) = msg.headers.as_ref().and_then(|h| h.get(NATS_MSG_ID)) {
+                ids.insert(id.as_str().to_owned());
+            }
+        }
+        Ok(ids)
+    }
+}
