@@ -1,6 +1,7 @@
 //! The approval page in a real browser: headless Chromium (Debian's `chromium`) driven through
 //! `chromedriver`, with the real watcher, updater and notifier and the test bed's SMTP server.
-//! The link comes from the mail; the page renders (its screenshot is decoded and checked), the
+//! The link comes from the mail; the page renders (its screenshot is decoded and checked) with
+//! the new release's facts (tag, version, digest, release date, release-notes link), the
 //! keyboard alone reaches and presses Approve, the result page says what happens next, the
 //! update completes, and the used and expired links show their pages without buttons.
 //!
@@ -28,7 +29,7 @@ use steward_events::{Event, EventData};
 use steward_system_tests::apps::{app, pending_in, wait_event};
 use steward_system_tests::mail::{testbed_notifier_env, unique_address, wait_mails};
 use steward_system_tests::{steward_ok as steward, Proc};
-use steward_testkit::docker::push_app;
+use steward_testkit::docker::{build_and_push, ImageTag};
 use steward_testkit::{free_port, http_get, stored_events, unique_name, TestBus};
 use steward_updater::links::ApprovalLinks;
 
@@ -352,7 +353,8 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     let bus = TestBus::new("approvebrowser").await;
     let scope = unique_name("scope");
     let to = unique_address("browser");
-    let app = app(&scope, "manual", &[]);
+    // Tag tracking: the newer release is tag 1.1 of the app's repository (it runs 1.0).
+    let app = app(&scope, "manual", &[r"steward.watch.tags=^\d+\.\d+$".to_owned()]);
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let _watcher = Proc::service("steward-watcher", &bus, &[("STEWARD_SCOPE", scope.clone())]);
@@ -369,12 +371,28 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     );
     let _notifier = Proc::service("steward-notifier", &bus, &testbed_notifier_env(&to));
 
-    let v2 = push_app("v2", &app.image);
+    // The new release says what it is and where it comes from (OCI labels); a label unique to
+    // the run keeps another test's cached build from being this one.
+    let (repo, _) = app.image.rsplit_once(':').expect("repo:tag");
+    let newer = format!("{repo}:1.1");
+    let _newer_tag = ImageTag(newer.clone());
+    let released = "2026-11-20T10:00:00Z";
+    let v2 = build_and_push(
+        &newer,
+        &format!(
+            "FROM steward-test/app:v2\nLABEL org.opencontainers.image.version=1.1.0 \
+             org.opencontainers.image.created={released} \
+             org.opencontainers.image.source=https://github.com/example/app \
+             steward.test.run={scope}\n"
+        ),
+    );
+    let notes = "https://github.com/example/app/releases/tag/1.1.0";
     steward(&bus, &["check"]);
     let events = wait_event(&bus, "update.pending", Duration::from_secs(30)).await;
     let pending = pending_in(&events).expect("pending");
     assert_eq!(pending.1.current_digest.to_string(), app.v1);
     assert_eq!(pending.1.new_digest.to_string(), v2);
+    assert_eq!(pending.1.new_tag.as_deref(), Some("1.1"));
     let mails = wait_mails(&steward_system_tests::mail::testbed_maildir(), &to, 1, PAGE_BOUND);
     let link = mails[0]
         .text
@@ -383,6 +401,9 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
         .unwrap_or_else(|| panic!("no link in the mail: {}", mails[0].text))
         .to_owned();
     assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
+    for fact in ["1.1.0", "1.1", v2.as_str(), notes] {
+        assert!(mails[0].text.contains(fact), "the mail does not tell {fact}: {}", mails[0].text);
+    }
 
     let client = session.await.expect("browser session task");
     // Everything the browser and its driver listen on is loopback.
@@ -421,6 +442,26 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
         assert!(text.contains(needed.as_str()), "the page does not show {needed}: {text}");
     }
     assert!(text.contains("Running now") && text.contains("New version"), "{text}");
+    // The new release's facts, each in its row as a person reads it.
+    let row = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let xpath = format!("//tr[th[normalize-space()='{name}']]/td");
+            let cell = client.find(Locator::XPath(&xpath)).await;
+            cell.unwrap_or_else(|e| panic!("no {name} row: {e}")).text().await.expect("text")
+        }
+    };
+    assert_eq!(row("New version").await, format!("1.1.0 (tag 1.1, {v2})"));
+    assert_eq!(row("Running now").await, app.v1);
+    assert_eq!(row("Released").await, released);
+    assert_eq!(row("Release notes").await, notes);
+    let link_to_notes = client
+        .find(Locator::XPath("//tr[th[normalize-space()='Release notes']]/td/a"))
+        .await
+        .expect("a link to the release notes");
+    assert_eq!(link_to_notes.attr("href").await.expect("href").as_deref(), Some(notes));
+    let rel = link_to_notes.attr("rel").await.expect("rel").unwrap_or_default();
+    assert!(rel.contains("noopener") && rel.contains("noreferrer"), "{rel}");
     assert!(client.title().await.expect("title").contains(&app.name));
     let html = client.find(Locator::Css("html")).await.expect("html");
     assert_eq!(html.attr("lang").await.expect("lang").as_deref(), Some("en"));
@@ -455,7 +496,8 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(step(&bus, &app.name).await, Some(UpdateStep::Pending), "GET decides nothing");
 
-    // The keyboard alone: Tab from the top reaches the note field, then Approve, then Reject.
+    // The keyboard alone: Tab from the top reaches the release notes' link, the note field,
+    // then Approve, then Reject.
     let mut stops = vec![];
     for _ in 0..10 {
         press(&client, &[Key::Tab]).await;
@@ -466,7 +508,7 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     }
     assert_eq!(
         stops,
-        ["input name=reason value=", "button name=decision value=approve"],
+        ["a name= value=", "input name=reason value=", "button name=decision value=approve"],
         "Tab order"
     );
     // Enter in the note field must not submit: it would approve (the form's first button).
