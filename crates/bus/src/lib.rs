@@ -9,7 +9,8 @@
 //! - [`Bus::inbox`] gives a service its durable pull consumer ([`Inbox`]): explicit acks,
 //!   `ack_wait`, `max_deliver`, and [`Delivery::dead_letter`] for poison messages.
 //! - [`Idempotency`] makes a handler's work happen once when an event is delivered twice;
-//!   [`StateStore`] is a compare-and-set KV bucket for state machines.
+//!   [`StateStore`] is a compare-and-set KV bucket for state machines, and [`RecordStore`]
+//!   one of flow records whose events are published from an outbox they carry.
 //! - [`Bus::replay`] reads the stream by start time for audits and `steward events`.
 //! - [`Bus::publish_progress`] / [`Bus::watch_progress`]: lossy progress of long jobs, on
 //!   plain NATS outside the stream.
@@ -28,6 +29,7 @@ mod inbox;
 mod permissions;
 mod progress;
 mod publish;
+mod record;
 mod replay;
 mod setup;
 mod state;
@@ -53,6 +55,7 @@ pub use permissions::{
 };
 pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;
+pub use record::{Hold, RecordStore};
 pub use replay::{Replay, ReplayQuery, Replayed};
 pub use setup::{Setup, HANDLED_BUCKET};
 pub use state::{StateStore, Versioned};

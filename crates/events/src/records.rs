@@ -310,6 +310,14 @@ impl DeployStep {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed)
     }
+
+    /// The step as the record, its failpoints and logs name it (`applying`, `rolling_back`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
 }
 
 /// The deployment of one environment, as persisted between events (the record is the
@@ -370,6 +378,87 @@ impl DeployRecord {
             DeployStep::Succeeded => Some(&self.change.commit),
             _ => self.deployed_commit.as_deref(),
         }
+    }
+}
+
+/// A flow's record that carries the events it decided (a transactional outbox) until they are
+/// published: the updater's [`UpdateRecord`] and the deployer's [`DeployRecord`], both kept by
+/// `steward_bus::RecordStore` (stage, save by compare-and-set, publish with their own ids,
+/// clear). Pure accessors: the machinery is the store's.
+pub trait Outboxed {
+    /// Where the flow is.
+    type Step: Copy;
+    /// The record's key in its bucket (one flow per key at a time).
+    fn key(&self) -> &str;
+    /// The flow's correlation id.
+    fn correlation_id(&self) -> Uuid;
+    /// The last event of the flow (the causation of the next one staged).
+    fn last_event_id_mut(&mut self) -> &mut Uuid;
+    /// Events decided and not yet confirmed published.
+    fn outbox(&self) -> &[Event];
+    /// The same, to stage into or clear.
+    fn outbox_mut(&mut self) -> &mut Vec<Event>;
+    /// The failpoint passed once the record is saved, `saved:<step>` (the crash tests kill at
+    /// it by name: it never changes).
+    fn saved_point(&self) -> String;
+    /// Ends the flow: its terminal `step` and why.
+    fn end(&mut self, step: Self::Step, reason: Option<String>);
+}
+
+impl Outboxed for UpdateRecord {
+    type Step = UpdateStep;
+    fn key(&self) -> &str {
+        &self.container
+    }
+    fn correlation_id(&self) -> Uuid {
+        self.correlation_id
+    }
+    fn last_event_id_mut(&mut self) -> &mut Uuid {
+        &mut self.last_event_id
+    }
+    fn outbox(&self) -> &[Event] {
+        &self.outbox
+    }
+    fn outbox_mut(&mut self) -> &mut Vec<Event> {
+        &mut self.outbox
+    }
+    fn saved_point(&self) -> String {
+        // The step's Debug name in lower case (`saved:awaitingbackup`): the name the updater's
+        // points always had.
+        format!("saved:{:?}", self.step).to_lowercase()
+    }
+    fn end(&mut self, step: UpdateStep, reason: Option<String>) {
+        debug_assert!(step.is_terminal());
+        self.step = step;
+        self.reason = reason;
+    }
+}
+
+impl Outboxed for DeployRecord {
+    type Step = DeployStep;
+    fn key(&self) -> &str {
+        &self.change.environment
+    }
+    fn correlation_id(&self) -> Uuid {
+        self.correlation_id
+    }
+    fn last_event_id_mut(&mut self) -> &mut Uuid {
+        &mut self.last_event_id
+    }
+    fn outbox(&self) -> &[Event] {
+        &self.outbox
+    }
+    fn outbox_mut(&mut self) -> &mut Vec<Event> {
+        &mut self.outbox
+    }
+    fn saved_point(&self) -> String {
+        // The step's wire name (`saved:awaiting_backup`).
+        format!("saved:{}", self.step.name())
+    }
+    fn end(&mut self, step: DeployStep, reason: Option<String>) {
+        debug_assert!(step.is_terminal());
+        self.step = step;
+        self.reason = reason;
     }
 }
 
@@ -447,5 +536,19 @@ mod compatibility {
             serde_json::from_str(&serde_json::to_string(&u).expect("encode")).expect("decode");
         assert_eq!(again.update_id, u.update_id);
         assert_eq!(again.step, u.step);
+    }
+
+    #[test]
+    fn saved_failpoints_keep_their_names() {
+        // The crash matrices kill at these names: the updater's are the step's Debug name in
+        // lower case, the deployer's its wire name.
+        let mut u: UpdateRecord = serde_json::from_str(OLD_UPDATE).expect("old update record");
+        u.step = UpdateStep::AwaitingBackup;
+        assert_eq!(u.saved_point(), "saved:awaitingbackup");
+        u.end(UpdateStep::RolledBack, Some("unhealthy".into()));
+        assert_eq!(u.saved_point(), "saved:rolledback");
+        assert_eq!(u.reason.as_deref(), Some("unhealthy"));
+        assert_eq!(DeployStep::AwaitingBackup.name(), "awaiting_backup");
+        assert_eq!(DeployStep::RollingBack.name(), "rolling_back");
     }
 }

@@ -35,7 +35,7 @@ impl Flow {
         }
         let mut record = v.value;
         record.step = DeployStep::Gating;
-        let v = self.save(record, v.revision).await?;
+        let v = self.records.save(record, v.revision).await?;
         steward_failpoints::failpoint!("gate");
         match self.gate(&env, &v.value.services, "the new").await {
             Ok(()) => {
@@ -48,7 +48,7 @@ impl Flow {
                     services: record.services.clone(),
                     duration_ms: super::ms_since(record.started_at),
                 };
-                self.conclude(v, DeployStep::Succeeded, None, data).await?;
+                self.records.conclude(v, DeployStep::Succeeded, None, data).await?;
                 Ok(())
             }
             Err((reason, log_tail)) => self.roll_back(v, reason, log_tail).await,
@@ -72,7 +72,7 @@ impl Flow {
             let mut record = v.value;
             record.step = DeployStep::RollingBack;
             record.reason = Some(reason.clone());
-            self.save(record, v.revision).await?
+            self.records.save(record, v.revision).await?
         };
         steward_failpoints::failpoint!("rollback");
         let compose = self.compose(&env);
@@ -105,7 +105,7 @@ impl Flow {
             previous_healthy,
         };
         let reason = data.reason.clone();
-        self.conclude(v, DeployStep::RolledBack, Some(reason), data).await?;
+        self.records.conclude(v, DeployStep::RolledBack, Some(reason), data).await?;
         Ok(())
     }
 

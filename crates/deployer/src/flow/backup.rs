@@ -17,7 +17,7 @@ impl Flow {
             if v.value.correlation_id != event.correlation_id {
                 continue;
             }
-            let Some(_hold) = self.hold(&key) else { return Err(FlowError::Busy(key)) };
+            let Some(_hold) = self.records.hold(&key) else { return Err(FlowError::Busy(key)) };
             // Read again under the hold: another task may have moved it meanwhile.
             let Some(v) = self.records.get(&key).await? else { return Ok(()) };
             if v.value.correlation_id != event.correlation_id {
@@ -33,7 +33,7 @@ impl Flow {
                     let mut record = v.value;
                     record.last_event_id = event.id;
                     record.step = DeployStep::Applying;
-                    let v = self.save(record, v.revision).await?;
+                    let v = self.records.save(record, v.revision).await?;
                     self.apply(v).await
                 }
                 EventData::BackupFailed(failed) => {

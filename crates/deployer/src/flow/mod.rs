@@ -22,13 +22,12 @@ pub mod backup;
 pub mod resume;
 pub mod start;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use steward_bus::{Bus, BusError, StateStore, Versioned};
+pub use steward_bus::Hold;
+use steward_bus::{Bus, BusError, RecordStore, Versioned};
 use steward_engine::Engine;
-use steward_events::records::{DeployRecord, DeployStep, DEPLOY_BUCKET};
-use steward_events::{Event, EventData};
+use steward_events::records::{DeployRecord, DEPLOY_BUCKET};
 
 use crate::command::CommandError;
 use crate::compose::Compose;
@@ -42,35 +41,19 @@ pub struct Flow {
     pub bus: Bus,
     /// Docker (container lookups and the health probe; changes go through `docker-compose`).
     pub engine: Engine,
-    /// Deployment records, by environment.
-    pub records: StateStore<DeployRecord>,
+    /// Deployment records, by environment, with the outbox machinery shared with the updater.
+    pub records: RecordStore<DeployRecord>,
     /// Settings.
     pub cfg: Arc<DeployerConfig>,
     /// Git.
     pub git: Git,
     /// CloudEvents source of what the deployer publishes.
     pub source: String,
-    /// Environments a task of this process works on now; a record not finished and not held
-    /// was left by a task that died or gave up, and is driven on by whoever finds it.
-    held: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Flow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Flow").field("cfg", &self.cfg).finish_non_exhaustive()
-    }
-}
-
-/// This process works on an environment until it is dropped.
-#[derive(Debug)]
-pub struct Hold {
-    held: Arc<Mutex<HashSet<String>>>,
-    name: String,
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
     }
 }
 
@@ -99,15 +82,9 @@ impl Flow {
         cfg: DeployerConfig,
         source: String,
     ) -> Result<Self, BusError> {
-        let records = StateStore::open(&bus, DEPLOY_BUCKET).await?;
+        let records = RecordStore::open(&bus, DEPLOY_BUCKET, source.clone()).await?;
         let git = Git { url: cfg.repository.clone(), timeout: cfg.command_timeout };
-        Ok(Self { bus, engine, records, cfg: Arc::new(cfg), git, source, held: Default::default() })
-    }
-
-    /// Claims environment `name` for a task of this process; `None` while another holds it.
-    pub fn hold(&self, name: &str) -> Option<Hold> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.insert(name.to_owned()).then(|| Hold { held: self.held.clone(), name: name.into() })
+        Ok(Self { bus, engine, records, cfg: Arc::new(cfg), git, source })
     }
 
     /// The compose project of an environment.
@@ -120,88 +97,13 @@ impl Flow {
         }
     }
 
-    /// Adds `data` to the record's outbox as the next event of its flow.
-    pub fn stage(&self, record: &mut DeployRecord, data: impl Into<EventData>) {
-        let mut event = Event::new(&self.source, data).with_correlation(record.correlation_id);
-        event.causation_id = Some(record.last_event_id);
-        record.last_event_id = event.id;
-        record.outbox.push(event);
-    }
-
-    /// Saves the record with its outbox, then publishes the outbox and clears it.
-    pub async fn announce(
-        &self,
-        record: DeployRecord,
-        revision: u64,
-    ) -> Result<Versioned<DeployRecord>, BusError> {
-        let v = self.save(record, revision).await?;
-        self.flush(v).await
-    }
-
-    /// Publishes what the record's outbox holds (again, with the same ids) and clears it.
-    pub async fn flush(
-        &self,
-        v: Versioned<DeployRecord>,
-    ) -> Result<Versioned<DeployRecord>, BusError> {
-        if v.value.outbox.is_empty() {
-            return Ok(v);
-        }
-        for event in &v.value.outbox {
-            self.bus.publish(event).await?;
-            steward_failpoints::failpoint!(&format!("published:{}", event.event_type()));
-        }
-        let mut record = v.value;
-        record.outbox.clear();
-        self.save(record, v.revision).await
-    }
-
-    /// Writes `record` over the version read (compare-and-set).
-    pub async fn save(
-        &self,
-        record: DeployRecord,
-        revision: u64,
-    ) -> Result<Versioned<DeployRecord>, BusError> {
-        let key = record.change.environment.clone();
-        let revision = self.records.update(&key, &record, revision).await?;
-        steward_failpoints::failpoint!(&format!("saved:{}", step_name(record.step)));
-        Ok(Versioned { value: record, revision })
-    }
-
-    /// Ends a deployment: the terminal step and why, then its terminal event.
-    pub async fn conclude(
-        &self,
-        v: Versioned<DeployRecord>,
-        step: DeployStep,
-        reason: Option<String>,
-        data: impl Into<EventData>,
-    ) -> Result<Versioned<DeployRecord>, BusError> {
-        debug_assert!(step.is_terminal());
-        let mut record = v.value;
-        self.stage(&mut record, data);
-        record.step = step;
-        record.reason = reason;
-        self.announce(record, v.revision).await
-    }
-
     /// The record of a deployment by id.
     pub async fn by_deploy_id(
         &self,
         id: uuid::Uuid,
     ) -> Result<Option<Versioned<DeployRecord>>, BusError> {
-        for key in self.records.keys().await? {
-            if let Some(v) = self.records.get(&key).await? {
-                if v.value.deploy_id == id {
-                    return Ok(Some(v));
-                }
-            }
-        }
-        Ok(None)
+        self.records.find(|r| r.deploy_id == id).await
     }
-}
-
-/// The step as its failpoints and logs name it (`applying`, `rolling_back`, ...).
-pub fn step_name(step: DeployStep) -> String {
-    serde_json::to_value(step).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Milliseconds since `t`, never negative.

@@ -19,7 +19,7 @@ impl Flow {
         };
         let mut left = vec![];
         for key in keys {
-            let Some(_hold) = self.hold(&key) else { continue };
+            let Some(_hold) = self.records.hold(&key) else { continue };
             let result = match self.records.get(&key).await {
                 Ok(Some(v)) => self.drive(v).await,
                 Ok(None) => Ok(()),
@@ -37,7 +37,7 @@ impl Flow {
     /// what was between the apply and the verdict; prepare again, once, what was interrupted
     /// before anything was touched; expire a backup wait.
     pub async fn drive(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
-        let v = self.flush(v).await?;
+        let v = self.records.flush(v).await?;
         match v.value.step {
             DeployStep::Preparing => {
                 if v.value.interruptions >= 1 {
@@ -51,7 +51,7 @@ impl Flow {
                 }
                 let mut record = v.value;
                 record.interruptions = record.interruptions.saturating_add(1);
-                let v = self.save(record, v.revision).await?;
+                let v = self.records.save(record, v.revision).await?;
                 self.prepare(v).await
             }
             DeployStep::Pending => Ok(()),

@@ -53,7 +53,7 @@ impl Flow {
             return Ok(());
         }
         let key = change.environment.clone();
-        let Some(_hold) = self.hold(&key) else { return Err(FlowError::Busy(key)) };
+        let Some(_hold) = self.records.hold(&key) else { return Err(FlowError::Busy(key)) };
         let mut current = self.records.get(&key).await?;
         if let Some(v) = current.clone() {
             let r = &v.value;
@@ -193,13 +193,14 @@ impl Flow {
                 services: vec![],
                 duration_ms: super::ms_since(record.started_at),
             };
-            self.conclude(
-                Versioned { value: record, revision: v.revision },
-                DeployStep::Succeeded,
-                None,
-                data,
-            )
-            .await?;
+            self.records
+                .conclude(
+                    Versioned { value: record, revision: v.revision },
+                    DeployStep::Succeeded,
+                    None,
+                    data,
+                )
+                .await?;
             return Ok(());
         }
         let manual = self.cfg.environment(&env).is_some_and(|e| e.policy == Policy::Manual);
@@ -210,9 +211,9 @@ impl Flow {
                 previous_commit: record.deployed_commit.clone(),
                 services: record.services.clone(),
             };
-            self.stage(&mut record, data);
+            self.records.stage(&mut record, data);
             record.step = DeployStep::Pending;
-            self.announce(record, v.revision).await?;
+            self.records.announce(record, v.revision).await?;
             return Ok(());
         }
         self.begin(Versioned { value: record, revision: v.revision }).await
@@ -227,7 +228,7 @@ impl Flow {
             previous_commit: record.deployed_commit.clone(),
             services: record.services.clone(),
         };
-        self.stage(&mut record, data);
+        self.records.stage(&mut record, data);
         // What runs now of the changed services is what the backup covers (their compose
         // project's databases come with them: the backup service's own rule).
         let running = self.running_containers(&record.change.environment, &record.services).await?;
@@ -237,14 +238,14 @@ impl Flow {
                 containers: running,
                 requested_by: Some(self.source.clone()),
             };
-            self.stage(&mut record, data);
+            self.records.stage(&mut record, data);
             record.step = DeployStep::AwaitingBackup;
             record.backup_deadline = Some(OffsetDateTime::now_utc() + self.cfg.backup_timeout);
-            self.announce(record, v.revision).await?;
+            self.records.announce(record, v.revision).await?;
             return Ok(());
         }
         record.step = DeployStep::Applying;
-        let v = self.announce(record, v.revision).await?;
+        let v = self.records.announce(record, v.revision).await?;
         self.apply(v).await
     }
 
@@ -255,7 +256,7 @@ impl Flow {
             return Ok(());
         };
         let key = v.value.change.environment.clone();
-        let Some(_hold) = self.hold(&key) else { return Err(FlowError::Busy(key)) };
+        let Some(_hold) = self.records.hold(&key) else { return Err(FlowError::Busy(key)) };
         let Some(v) = self.records.get(&key).await? else { return Ok(()) };
         if v.value.deploy_id != a.deploy_id || v.value.step != DeployStep::Pending {
             return Ok(());
@@ -287,7 +288,7 @@ impl Flow {
             reason: reason.clone(),
             log_tail,
         };
-        self.conclude(v, DeployStep::Failed, Some(reason), data).await?;
+        self.records.conclude(v, DeployStep::Failed, Some(reason), data).await?;
         Ok(())
     }
 

@@ -139,7 +139,7 @@ impl Flow {
         let mut record = v.value;
         record.old_id = Some(old_id);
         record.dependents = dependents;
-        let v = self.save(record, v.revision).await?;
+        let v = self.records.save(record, v.revision).await?;
 
         let image = format!("{repository}:{tag}");
         if self.is_own(v.value.old_id.as_deref().unwrap_or_default()) {
@@ -163,14 +163,14 @@ impl Flow {
                 }
                 let mut record = v.value;
                 record.reason = Some(format!("the swap failed and could not be undone yet: {e}"));
-                self.save(record, v.revision).await?;
+                self.records.save(record, v.revision).await?;
                 return Err(e.into());
             }
         };
         let mut record = v.value;
         record.new_id = Some(replacement.new_id.clone());
         record.step = UpdateStep::Gating;
-        let v = self.save(record, v.revision).await?;
+        let v = self.records.save(record, v.revision).await?;
 
         // Containers in the old one's network namespace lost it with the stop: they join the
         // new one, or the update is undone (and they rejoin the old one).
@@ -234,7 +234,7 @@ impl Flow {
         };
         // The verdict is recorded before the old container goes: a crash after its removal
         // must not find an update "between swap and verdict" with nothing to roll back to.
-        self.conclude(v, UpdateStep::Succeeded, None, data).await?;
+        self.records.conclude(v, UpdateStep::Succeeded, None, data).await?;
         // The old container goes; its image stays for a later rollback by hand. If this
         // fails, the sweep removes it as a leftover.
         if let Err(e) = self.engine.finish(r).await {

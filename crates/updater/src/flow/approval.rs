@@ -61,8 +61,8 @@ impl Flow {
         record.approval_reminded = true;
         let data = pending_of(&record, true);
         tracing::info!(container = %record.container, %expires, "approval link expires soon; reminding");
-        self.stage(&mut record, data);
-        self.announce(record, v.revision).await?;
+        self.records.stage(&mut record, data);
+        self.records.announce(record, v.revision).await?;
         Ok(())
     }
 
@@ -76,7 +76,7 @@ impl Flow {
             r.by,
             r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default()
         ));
-        self.save(v.value, v.revision).await?;
+        self.records.save(v.value, v.revision).await?;
         Ok(())
     }
 
@@ -92,7 +92,7 @@ impl Flow {
             return Ok(None);
         };
         let name = found.value.container;
-        let Some(hold) = self.hold(&name) else { return Err(FlowError::Busy(name)) };
+        let Some(hold) = self.records.hold(&name) else { return Err(FlowError::Busy(name)) };
         let v = match self.records.get(&name).await? {
             Some(v) if v.value.update_id == update_id => v,
             _ => {

@@ -20,10 +20,10 @@ impl Flow {
             containers: vec![record.container.clone()],
             requested_by: Some(self.source.clone()),
         };
-        self.stage(&mut record, data);
+        self.records.stage(&mut record, data);
         record.step = UpdateStep::AwaitingBackup;
         record.backup_deadline = Some(OffsetDateTime::now_utc() + self.cfg.backup_timeout);
-        self.announce(record, revision).await?;
+        self.records.announce(record, revision).await?;
         Ok(())
     }
 
@@ -34,7 +34,7 @@ impl Flow {
             if v.value.correlation_id != event.correlation_id {
                 continue;
             }
-            let Some(_hold) = self.hold(&key) else {
+            let Some(_hold) = self.records.hold(&key) else {
                 return Err(FlowError::Busy(key));
             };
             // Read again under the hold: another task may have moved it meanwhile.
@@ -53,7 +53,7 @@ impl Flow {
                     let mut record = v.value;
                     record.last_event_id = event.id;
                     record.step = UpdateStep::Swapping;
-                    let v = self.save(record, v.revision).await?;
+                    let v = self.records.save(record, v.revision).await?;
                     self.apply(v).await
                 }
                 EventData::BackupFailed(failed) => {
@@ -103,7 +103,7 @@ impl Flow {
             kind: record.kind,
             requested_by: record.requested_by.clone(),
         };
-        self.conclude(v, UpdateStep::Failed, Some(reason), data).await?;
+        self.records.conclude(v, UpdateStep::Failed, Some(reason), data).await?;
         Ok(())
     }
 }

@@ -57,7 +57,7 @@ impl Flow {
         let mut record = v.value;
         record.new_id = Some(r.new_id.clone());
         record.step = UpdateStep::HandingOver;
-        let v = self.save(record, v.revision).await?;
+        let v = self.records.save(record, v.revision).await?;
         if let Err(e) = self.engine.start(&r.new_id).await {
             let reason = format!("cannot start the new container: {e}");
             return self.abandon_handover(v, &r, reason).await;
@@ -93,7 +93,7 @@ impl Flow {
     ) -> Result<(), FlowError> {
         let mut record = v.value;
         record.step = UpdateStep::Gating;
-        let v = match self.save(record, v.revision).await {
+        let v = match self.records.save(record, v.revision).await {
             Ok(v) => v,
             Err(BusError::Conflict { .. }) => return Ok(()), // the successor took over
             Err(e) => return Err(e.into()),
@@ -124,7 +124,7 @@ impl Flow {
         }
         let mut record = v.value;
         record.step = UpdateStep::Gating;
-        let v = match self.save(record, v.revision).await {
+        let v = match self.records.save(record, v.revision).await {
             Ok(v) => v,
             Err(BusError::Conflict { .. }) => return Ok(()), // abandoned: we are being removed
             Err(e) => return Err(e.into()),

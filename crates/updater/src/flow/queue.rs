@@ -53,7 +53,7 @@ impl Flow {
     /// in a task of its own (an update takes minutes; the sweep goes on meanwhile).
     pub async fn run_queue(&self) -> Result<(), FlowError> {
         for key in self.queue.keys().await? {
-            let Some(hold) = self.hold(&key) else { continue };
+            let Some(hold) = self.records.hold(&key) else { continue };
             let Some(q) = self.queue.get(&key).await? else { continue };
             if let Some(v) = self.records.get(&key).await? {
                 if !v.value.step.is_terminal() && v.value.step != UpdateStep::Pending {

@@ -35,7 +35,7 @@ impl Flow {
             Err(e) => return vec![("(all)".into(), e.into())],
         };
         for key in keys {
-            let Some(_hold) = self.hold(&key) else { continue };
+            let Some(_hold) = self.records.hold(&key) else { continue };
             if let Err(e) = self.resume_one(&key).await {
                 tracing::error!(container = %key, error = %e, "cannot finish an interrupted update now; the sweep tries again");
                 failures.push((key, e));
@@ -51,12 +51,12 @@ impl Flow {
         let Some(v) = self.records.get(key).await? else { return Ok(()) };
         match v.value.step {
             UpdateStep::HandingOver => {
-                let v = self.flush(v).await?;
+                let v = self.records.flush(v).await?;
                 self.resume_handover(v).await
             }
             // Claimed (or deferred) before a restart: what is due starts now, not at the sweep.
             UpdateStep::Deferred => {
-                let v = self.flush(v).await?;
+                let v = self.records.flush(v).await?;
                 self.start_if_due(v).await
             }
             UpdateStep::Swapping if v.value.old_id.is_none() => {
@@ -64,13 +64,13 @@ impl Flow {
                 // (a huge pull, a hook) ends instead of looping.
                 let mut record = v.value;
                 record.interruptions = record.interruptions.saturating_add(1);
-                let v = self.save(record, v.revision).await?;
+                let v = self.records.save(record, v.revision).await?;
                 if v.value.interruptions >= 2 {
                     let reason = format!(
                         "{INTERRUPTED} {} times before the containers were swapped; nothing was changed",
                         v.value.interruptions
                     );
-                    let v = self.flush(v).await?;
+                    let v = self.records.flush(v).await?;
                     return self.fail(v, reason, vec![]).await;
                 }
                 self.drive(v).await
@@ -81,7 +81,7 @@ impl Flow {
 
     /// Drives on an update whose flow no task holds (the caller holds it).
     pub async fn drive(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
-        let v = self.flush(v).await?;
+        let v = self.records.flush(v).await?;
         match v.value.step {
             UpdateStep::Pending | UpdateStep::Deferred | UpdateStep::AwaitingBackup => Ok(()),
             UpdateStep::Swapping if v.value.old_id.is_none() => {
@@ -182,18 +182,18 @@ impl Flow {
     /// failed step left), and removes leftover swap containers of finished updates.
     pub async fn sweep(&self) -> Result<(), FlowError> {
         for key in self.records.keys().await? {
-            let Some(_hold) = self.hold(&key) else { continue };
+            let Some(_hold) = self.records.hold(&key) else { continue };
             let Some(v) = self.records.get(&key).await? else { continue };
             let result = match v.value.step {
-                UpdateStep::Deferred => match self.flush(v).await {
+                UpdateStep::Deferred => match self.records.flush(v).await {
                     Ok(v) => self.start_if_due(v).await,
                     Err(e) => Err(e.into()),
                 },
-                UpdateStep::AwaitingBackup => match self.flush(v).await {
+                UpdateStep::AwaitingBackup => match self.records.flush(v).await {
                     Ok(v) => self.expire_backup(v).await,
                     Err(e) => Err(e.into()),
                 },
-                UpdateStep::Pending => match self.flush(v).await {
+                UpdateStep::Pending => match self.records.flush(v).await {
                     Ok(v) => self.remind_if_due(v).await,
                     Err(e) => Err(e.into()),
                 },
@@ -227,7 +227,7 @@ impl Flow {
             }
         }
         for (base, leftovers) in bases {
-            let Some(_hold) = self.hold(&base) else { continue };
+            let Some(_hold) = self.records.hold(&base) else { continue };
             let Some(v) = self.records.get(&base).await? else { continue };
             let record = &v.value;
             if !record.step.is_terminal() {

@@ -27,7 +27,7 @@ impl Flow {
         req: &RollbackRequested,
     ) -> Result<(), FlowError> {
         let name = req.container.as_str();
-        let Some(_hold) = self.hold(name) else {
+        let Some(_hold) = self.records.hold(name) else {
             // A task of this process works on the container: an update in progress is refused
             // at once; a short task (the sweep) is waited for by redelivery.
             return match self.records.get(name).await? {

@@ -91,7 +91,7 @@ impl Flow {
             kind: record.kind,
             requested_by: record.requested_by.clone(),
         };
-        self.conclude(v, UpdateStep::RolledBack, Some(reason), data).await?;
+        self.records.conclude(v, UpdateStep::RolledBack, Some(reason), data).await?;
         Ok(())
     }
 }

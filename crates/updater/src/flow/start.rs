@@ -13,7 +13,7 @@ use super::{Flow, FlowError, Hold};
 impl Flow {
     /// Handles a newer image for a container on this host.
     pub async fn on_image_updated(&self, event: &Event, u: &ImageUpdated) -> Result<(), FlowError> {
-        let Some(hold) = self.hold(&u.container) else {
+        let Some(hold) = self.records.hold(&u.container) else {
             // A task of this process works on the container: the news waits for it to end.
             return self.queue_news(event, u).await;
         };
@@ -102,7 +102,7 @@ impl Flow {
                 runs: (!why.is_empty()).then(|| format!("waits for {}", why.join(", "))),
                 ..super::approval::pending_of(&record, false)
             };
-            self.stage(&mut record, data);
+            self.records.stage(&mut record, data);
         }
         // Claim the container: only over a finished update, or over a pending one (a newer
         // digest supersedes what waits for approval). An active update keeps the container.
@@ -119,7 +119,7 @@ impl Flow {
             }
         };
         steward_failpoints::failpoint!("claimed", record.step);
-        let v = self.flush(steward_bus::Versioned { value: record, revision }).await?;
+        let v = self.records.flush(steward_bus::Versioned { value: record, revision }).await?;
         if settings.policy == Policy::Manual {
             return Ok(());
         }
@@ -166,7 +166,7 @@ impl Flow {
         tracing::info!(container = %record.container, %reason, "update deferred");
         record.step = UpdateStep::Deferred;
         record.reason = Some(reason);
-        self.save(record, v.revision).await?;
+        self.records.save(record, v.revision).await?;
         Ok(())
     }
 
@@ -268,13 +268,13 @@ impl Flow {
             kind: record.kind,
             requested_by: record.requested_by.clone(),
         };
-        self.stage(&mut record, data);
+        self.records.stage(&mut record, data);
         record.reason = None;
         if backup {
             return self.request_backup(record, v.revision).await;
         }
         record.step = UpdateStep::Swapping;
-        let v = self.announce(record, v.revision).await?;
+        let v = self.records.announce(record, v.revision).await?;
         self.apply(v).await
     }
 }
