@@ -447,15 +447,20 @@ pub fn describe(event: &Event) -> Item {
                 fact("Expires", utc(c.not_after)),
                 fact("Days left", c.days_left.to_string()),
                 fact("Level", c.level.as_str().to_owned()),
-                fact("File", format!("{} in {}", c.certificate, c.container)),
+                where_cert(&c.certificate, &c.container),
             ];
         }
         EventData::CertRenewed(c) => {
             item.headline = format!("Certificate no longer expiring: {}", c.certificate);
-            item.facts = vec![fact("File", format!("{} in {}", c.certificate, c.container))];
+            item.facts = vec![where_cert(&c.certificate, &c.container)];
+            let gone = if c.certificate.starts_with("tls://") {
+                "the endpoint is no longer watched (steward.health.tls)"
+            } else {
+                "the file is gone from the live directory"
+            };
             item.facts.push(match c.not_after {
                 Some(t) => fact("Expires", utc(t)),
-                None => fact("Expires", "the file is gone from the live directory".to_owned()),
+                None => fact("Expires", gone.to_owned()),
             });
         }
         EventData::DiskLow(d) => {
@@ -564,6 +569,15 @@ pub fn describe(event: &Event) -> Item {
         _ => told(item.told).severity,
     };
     item
+}
+
+/// Where a certificate of `health.cert_*` is: a file in the certbot container, or served at a
+/// `steward.health.tls` endpoint (`tls://ENDPOINT`) by a server container.
+fn where_cert(certificate: &str, container: &str) -> (String, String) {
+    match certificate.strip_prefix("tls://") {
+        Some(endpoint) => ("Served at".to_owned(), format!("{endpoint} by {container}")),
+        None => ("File".to_owned(), format!("{certificate} in {container}")),
+    }
 }
 
 /// `1.22.7 (tag 1.22.7, sha256:…)`: what an image says it is, with its tag and digest.
@@ -978,6 +992,26 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), told_kinds.len(), "a kind twice in TOLD");
+    }
+
+    #[test]
+    fn a_served_certificate_says_where_it_is_served_not_a_file() {
+        let mut e = sample("health.cert_expiring");
+        if let EventData::CertExpiring(c) = &mut e.data {
+            c.certificate = "tls://git.example.com@nginx:443".into();
+            c.container = "nginx".into();
+        }
+        let item = describe(&e);
+        assert!(
+            item.facts
+                .iter()
+                .any(|(k, v)| k == "Served at" && v == "git.example.com@nginx:443 by nginx"),
+            "{:?}",
+            item.facts
+        );
+        assert!(!item.facts.iter().any(|(k, _)| k == "File"), "{:?}", item.facts);
+        let file = describe(&sample("health.cert_expiring"));
+        assert!(file.facts.iter().any(|(k, _)| k == "File"), "{:?}", file.facts);
     }
 
     #[test]
