@@ -229,6 +229,21 @@ impl Stack {
     /// runbook's step then copies to `secrets/docker_config.json`); returns when every
     /// service is healthy.
     fn up(&self) -> Instant {
+        self.registry_up();
+        let started = Instant::now();
+        let up = self.compose().args(["up", "-d"]).output().expect("docker-compose up");
+        assert!(
+            up.status.success(),
+            "docker-compose up failed: {}\n{}",
+            String::from_utf8_lossy(&up.stderr),
+            self.logs()
+        );
+        self.healthy_since(started)
+    }
+
+    /// The stack's registry up, the operator logged in to it (the login in
+    /// `secrets/docker_config.json`), Gitea's first version pushed.
+    fn registry_up(&self) {
         let registry = self.compose().args(["up", "-d", "registry"]).output().expect("up");
         assert!(registry.status.success(), "{}", String::from_utf8_lossy(&registry.stderr));
         wait_for("a login at the stack's registry", Duration::from_secs(30), || {
@@ -250,14 +265,34 @@ impl Stack {
                 .arg(self.dir.join("secrets/docker_config.json")),
         );
         self.push_app("v1");
+    }
+
+    /// Migration (docs/migration.md, "Cutover"): `scripts/adopt.sh` moves the running `old`
+    /// stack into this one, started by the script; its output, once every service is healthy.
+    fn adopt(&self, old: &OldStack) -> String {
         let started = Instant::now();
-        let up = self.compose().args(["up", "-d"]).output().expect("docker-compose up");
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/adopt.sh"))
+            .arg(&old.project)
+            .arg(&self.dir)
+            .env("COMPOSE_PROJECT_NAME", &self.project)
+            .env("COMPOSE_FILE", "docker-compose.yml:stand-ins.yml:registry-auth.yml")
+            .env("LETSENCRYPT", old.dir.join("letsencrypt"))
+            .output()
+            .expect("adopt.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
-            up.status.success(),
-            "docker-compose up failed: {}\n{}",
-            String::from_utf8_lossy(&up.stderr),
+            out.status.success(),
+            "adopt.sh failed: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
             self.logs()
         );
+        self.healthy_since(started);
+        stdout
+    }
+
+    /// Waits until every service is healthy (certbot: running); returns `started`.
+    fn healthy_since(&self, started: Instant) -> Instant {
         let deadline = started + Duration::from_secs(180);
         loop {
             let states: Vec<(&str, String)> =
@@ -395,6 +430,88 @@ impl Drop for Stack {
     }
 }
 
+/// The stack before Steward (`tests/compose/old-stack.yml`), in a project of its own, in the
+/// stack's directory (`old/`): bind-mounted data, certificates in `old/letsencrypt`.
+struct OldStack {
+    dir: PathBuf,
+    project: String,
+}
+
+impl OldStack {
+    /// Starts it with the stack's Gitea image, once PostgreSQL answers.
+    fn start(stack: &Stack) -> Self {
+        let dir = stack.dir.join("old");
+        std::fs::create_dir_all(&dir).expect("old stack directory");
+        std::fs::copy(repo().join("tests/compose/old-stack.yml"), dir.join("docker-compose.yml"))
+            .expect("old-stack.yml");
+        let old = Self { project: format!("{}old", stack.project), dir };
+        write(
+            &old.dir.join(".env"),
+            &format!(
+                "OLD_APP_IMAGE={}\nOLD_POSTGRES_IMAGE=steward-test/postgres:15\n\
+                 OLD_DB_PASSWORD=old-db-password\nOLD_LETSENCRYPT={}\n",
+                stack.app_image,
+                old.dir.join("letsencrypt").display()
+            ),
+        );
+        // A certificate as certbot leaves it: live/ links into archive/.
+        let archive = old.dir.join("letsencrypt/archive/gitea.test");
+        let live = old.dir.join("letsencrypt/live/gitea.test");
+        std::fs::create_dir_all(&archive).expect("archive");
+        std::fs::create_dir_all(&live).expect("live");
+        stack.run_checked(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+                .args(["-nodes", "-days", "90", "-subj", "/CN=gitea.test"])
+                .arg("-keyout")
+                .arg(archive.join("privkey1.pem"))
+                .arg("-out")
+                .arg(archive.join("fullchain1.pem")),
+        );
+        for name in ["fullchain", "privkey"] {
+            std::os::unix::fs::symlink(
+                format!("../../archive/gitea.test/{name}1.pem"),
+                live.join(format!("{name}.pem")),
+            )
+            .expect("symlink");
+        }
+        let up = old.compose().args(["up", "-d"]).output().expect("docker-compose up");
+        assert!(up.status.success(), "old stack: {}", String::from_utf8_lossy(&up.stderr));
+        stack.wait("the old PostgreSQL", Duration::from_secs(60), || {
+            let ready = Command::new("docker")
+                .args([
+                    "exec",
+                    &old.container("db"),
+                    "pg_isready",
+                    "-U",
+                    "gitea",
+                    "-h",
+                    "127.0.0.1",
+                ])
+                .output()
+                .ok()?;
+            ready.status.success().then_some(())
+        });
+        old
+    }
+
+    fn compose(&self) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(&self.dir).args(["-p", &self.project]);
+        cmd
+    }
+
+    fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.project)
+    }
+}
+
+impl Drop for OldStack {
+    fn drop(&mut self) {
+        let _ = self.compose().args(["down", "-v", "-t", "5"]).output();
+    }
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
 }
@@ -415,8 +532,73 @@ fn ok(out: &Output) -> String {
 #[test]
 fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
     let stack = Stack::new(AgeKey::OffHost, true);
-    let started = stack.up();
-    eprintln!("stack healthy {:.1} s after `docker-compose up`", started.elapsed().as_secs_f64());
+    stack.registry_up();
+
+    // Migration, rehearsed: the old stack runs, with a repository, rows in its database, a
+    // certificate in its host directory and a service of its own; scripts/adopt.sh (the
+    // steps of docs/migration.md) brings it under Steward.
+    let old = OldStack::start(&stack);
+    let sql = |container: &str, query: &str| {
+        docker(&["exec", container, "psql", "-U", "gitea", "-d", "gitea", "-qtA", "-c", query])
+    };
+    sql(
+        &old.container("db"),
+        "CREATE TABLE repository (id int PRIMARY KEY, owner text, name text); \
+         INSERT INTO repository VALUES (1, 'ops', 'infra');",
+    );
+    let head = "/data/git/repositories/ops/infra.git/HEAD";
+    docker(&[
+        "exec",
+        &old.container("server"),
+        "sh",
+        "-c",
+        &format!("mkdir -p $(dirname {head}) && echo 'ref: refs/heads/main' > {head}"),
+    ]);
+    let certificate =
+        std::fs::read_to_string(old.dir.join("letsencrypt/live/gitea.test/fullchain.pem"))
+            .expect("certificate");
+    let adopted = Instant::now();
+    let out = stack.adopt(&old);
+    eprintln!("adopted, every service healthy: {:.1} s", adopted.elapsed().as_secs_f64());
+    let downtime = out
+        .lines()
+        .find_map(|l| l.strip_prefix("[adopt] downtime: "))
+        .unwrap_or_else(|| panic!("no downtime in {out}"));
+    eprintln!("migration downtime: {downtime}");
+    // Data, repository and certificate are the old ones; the same Gitea image runs.
+    assert_eq!(
+        sql(&stack.container("postgres"), "SELECT owner || '/' || name FROM repository;"),
+        "ops/infra"
+    );
+    assert_eq!(stack.exec("gitea", &["cat", head]), "ref: refs/heads/main");
+    assert_eq!(
+        stack.exec("nginx", &["cat", "/etc/letsencrypt/live/gitea.test/fullchain.pem"]),
+        certificate.trim_end()
+    );
+    // The old containers are stopped, not removed; the old runner, not part of Steward's
+    // stack, runs on and is watched through its Diun label (in the first check's status).
+    for service in ["server", "db", "nginx"] {
+        let state = docker(&["inspect", "-f", "{{.State.Status}}", &old.container(service)]);
+        assert_eq!(state, "exited", "old {service}");
+    }
+    assert!(out.contains("labels to review on"), "{out}");
+    let status = out.split("[adopt] step 6").nth(1).unwrap_or_default();
+    assert!(status.contains(&old.container("runner")), "not watched: {status}");
+    assert!(status.contains(&stack.container("gitea")), "not watched: {status}");
+    // The first backup is the script's.
+    assert!(status.contains("done"), "{status}");
+    // Run again, it refuses (the new volumes exist) and changes nothing.
+    let again = Command::new("bash")
+        .arg(repo().join("scripts/adopt.sh"))
+        .arg(&old.project)
+        .arg(&stack.dir)
+        .env("COMPOSE_PROJECT_NAME", &stack.project)
+        .env("LETSENCRYPT", old.dir.join("letsencrypt"))
+        .output()
+        .expect("adopt.sh");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && stderr.contains("is not empty"), "{stderr}");
+    assert_eq!(stack.health("gitea"), "healthy");
 
     // Only the socket proxy has the Docker socket; the four services that talk to Docker
     // each have their own socket from it.
@@ -480,10 +662,8 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
     );
     assert!(!refused.status.success(), "the watcher published backup.requested");
 
-    // A backup through the stack's CLI: PostgreSQL dumped by exec, the app's files archived,
-    // both in the stack's S3 server.
-    let backup = ok(&stack.steward(&["backup", "now"]));
-    assert!(backup.contains("done"), "{backup}");
+    // The backup adopt.sh took through the stack's CLI: PostgreSQL dumped by exec, the app's
+    // files archived, both in the stack's S3 server.
     let listed = ok(&stack.steward(&["backup", "list"]));
     assert_eq!(listed.lines().count(), 2, "a header and one backup: {listed}");
 
