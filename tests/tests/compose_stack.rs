@@ -7,7 +7,10 @@
 //! login`, copied to `secrets/docker_config.json` as the runbook says, is all the watcher and
 //! the updater have to check and pull with (issue 26: the updater had none).
 //!
-//! 1. Everything comes up healthy in order, each service's NATS user is refused outside its
+//! 1. The stack comes up by adoption (docs/migration.md, "Cutover", scripted as
+//!    `scripts/adopt.sh`): an old stack with a repository, rows, a certificate in a host
+//!    directory and Diun labels is moved under Steward, downtime printed, a second run refused.
+//!    Everything comes up healthy in order, each service's NATS user is refused outside its
 //!    role, only the socket proxy holds the Docker socket and the watcher's socket from it
 //!    lists but cannot create or exec, and a backup requested with the stack's own CLI lands
 //!    in the stack's S3 server, age-encrypted, and in the second copy's bucket. Without the
@@ -742,6 +745,7 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
 fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_through_the_stack() {
     let stack = Stack::new(AgeKey::OnHost, false);
     let started = stack.up();
+    eprintln!("stack healthy {:.1} s after `docker-compose up`", started.elapsed().as_secs_f64());
     let stage = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
     stage("healthy");
     let v1 = stack.image_of("gitea");
