@@ -473,6 +473,31 @@ async fn approve(bus: &Bus, commit: &str) -> Event {
     pending.0
 }
 
+/// Waits for the `backup.requested` of the flow `correlation` and answers it with
+/// `backup.done` as the backup service would; the request.
+async fn back_up(bus: &Bus, correlation: uuid::Uuid) -> steward_events::BackupRequested {
+    let request = first_event(bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::BackupRequested(r) if e.correlation_id == correlation => {
+            Some((e.clone(), r.clone()))
+        }
+        _ => None,
+    })
+    .await;
+    let done = Event::caused_by(
+        &request.0,
+        "steward-backup/test",
+        steward_events::BackupDone {
+            backup_id: "20261130T000000Z".into(),
+            manifest_key: "m".into(),
+            size_bytes: 1,
+            components: vec![],
+            duration_ms: 1,
+        },
+    );
+    bus.publish(&done).await.expect("publish backup.done");
+    request.1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_first() {
     let bus = TestBus::new("deployman").await;
@@ -499,28 +524,17 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     let body = push_body(&repo, "dev", &second, "web: v2");
     assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
     let pending = approve(&bus, &second).await;
-    let request = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
+    let requested = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
         EventData::BackupRequested(r) if e.correlation_id == pending.correlation_id => {
-            Some((e.clone(), r.clone()))
+            Some(r.clone())
         }
         _ => None,
     })
     .await;
-    assert_eq!(request.1.containers.len(), 1, "{:?}", request.1.containers);
+    assert_eq!(requested.containers.len(), 1, "{:?}", requested.containers);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(serves(repo.web, "v1"), "web touched before the backup was done");
-    let done = Event::caused_by(
-        &request.0,
-        "steward-backup/test",
-        steward_events::BackupDone {
-            backup_id: "20261130T000000Z".into(),
-            manifest_key: "m".into(),
-            size_bytes: 1,
-            components: vec![],
-            duration_ms: 1,
-        },
-    );
-    bus.publish(&done).await.expect("publish backup.done");
+    back_up(&bus, pending.correlation_id).await;
     let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     let order: Vec<&str> = flow.iter().map(Event::event_type).collect();
@@ -590,4 +604,89 @@ async fn a_newer_push_replaces_one_waiting_for_approval() {
     let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     assert!(serves(repo.web, "v2"));
+}
+
+/// Pushes `commit` (already committed by [`Repo::commit`]) through the signed webhook; the
+/// request's correlation id, read back from the stream.
+async fn push(bus: &Bus, repo: &Repo, port: u16, commit: &str, message: &str) -> uuid::Uuid {
+    let body = push_body(repo, "dev", commit, message);
+    let (status, text) = post(port, &body, Some(&sign(&body, SECRET))).await;
+    assert_eq!(status, 202, "{text}");
+    first_event(bus, Duration::from_secs(10), |e| match &e.data {
+        EventData::DeployRequested(r) if r.change.commit == commit => Some(e.correlation_id),
+        _ => None,
+    })
+    .await
+}
+
+/// The events of flow `correlation` so far.
+async fn flow_of(bus: &Bus, correlation: uuid::Uuid) -> Vec<Event> {
+    stored_events(bus).await.into_iter().filter(|e| e.correlation_id == correlation).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_during_a_deployment_wait_the_newest_wins_the_older_is_superseded_across_a_kill() {
+    let bus = TestBus::new("deployq").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let extra = [("STEWARD_DEPLOY_BACKUP", "true".to_owned())];
+    // Armed to abort when a newer request takes the slot (saved, its displaced request's end
+    // not yet published).
+    let mut armed = repo.env(&bus, port, &extra);
+    armed.push(("STEWARD_FAILPOINTS", "saved:queued=1".into()));
+    let mut first_deployer = deployer(&armed);
+    let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+
+    // v2 starts and waits for its backup; v3 and then a newer commit are pushed meanwhile.
+    let second = repo.commit("dev", "v2", "web: v2");
+    let second_flow = push(&bus, &repo, port, &second, "web: v2").await;
+    first_event(&bus, Duration::from_secs(30), |e| {
+        (e.correlation_id == second_flow && e.event_type() == "backup.requested").then_some(())
+    })
+    .await;
+    let third = repo.commit("dev", "v3", "web: v3");
+    let third_flow = push(&bus, &repo, port, &third, "web: v3").await;
+    wait_for("v3 waits", Duration::from_secs(15), || {
+        first_deployer.logs().contains("the request waits").then_some(())
+    });
+    let fourth = repo.commit("dev", "v1", "web: back to v1");
+    let fourth_flow = push(&bus, &repo, port, &fourth, "web: back to v1").await;
+    assert!(first_deployer.exits_within(Duration::from_secs(20)), "{}", first_deployer.logs());
+    assert!(first_deployer.logs().contains("aborting"), "{}", first_deployer.logs());
+    drop(first_deployer);
+    assert!(serves(repo.web, "v1"), "web touched while v2 waited for its backup");
+
+    // Started again: v3's end is published, v2 goes on once backed up, then the newest.
+    let _deployer = deployer(&repo.env(&bus, port, &extra));
+    let superseded = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployFailed(f) if e.correlation_id == third_flow => Some(f.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(superseded.reason.contains(&format!("superseded by {fourth}")), "{superseded:?}");
+    back_up(&bus, second_flow).await;
+    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    back_up(&bus, fourth_flow).await;
+    let flow = outcome(&bus, &fourth, Duration::from_secs(45)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert!(serves(repo.web, "v1"));
+
+    // Redeliveries settle without a second outcome; v3 never started; no event twice.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (commit, correlation, end) in [
+        (&second, second_flow, "deploy.succeeded"),
+        (&third, third_flow, "deploy.failed"),
+        (&fourth, fourth_flow, "deploy.succeeded"),
+    ] {
+        let flow = flow_of(&bus, correlation).await;
+        assert_eq!(terminal(&flow), [end], "{commit}: {flow:#?}");
+        let mut ids: Vec<_> = flow.iter().map(|e| e.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), flow.len(), "{commit}: an event twice");
+    }
+    let third_started = flow_of(&bus, third_flow).await;
+    assert!(!third_started.iter().any(|e| e.event_type() == "deploy.started"), "v3 started");
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use steward_events::records::Outboxed;
+use steward_events::records::{FlowRecord, Outboxed};
 use steward_events::{Event, EventData};
 
 use crate::{Bus, BusError, StateStore, Versioned};
@@ -85,16 +85,6 @@ impl<T: Outboxed + Serialize + DeserializeOwned> RecordStore<T> {
         held.insert(key.to_owned()).then(|| Hold { held: self.held.clone(), key: key.into() })
     }
 
-    /// Adds `data` to the record's outbox as the next event of its flow (caused by the one
-    /// before). It is published by [`RecordStore::announce`] once the record is saved.
-    pub fn stage(&self, record: &mut T, data: impl Into<EventData>) {
-        let mut event = Event::new(&self.source, data).with_correlation(record.correlation_id());
-        let last = record.last_event_id_mut();
-        event.causation_id = Some(*last);
-        *last = event.id;
-        record.outbox_mut().push(event);
-    }
-
     /// Saves the record with its outbox, then publishes the outbox and clears it. The saved
     /// record is the decision; a crash before the publish leaves the events in the outbox
     /// for whoever finds the record next.
@@ -117,6 +107,48 @@ impl<T: Outboxed + Serialize + DeserializeOwned> RecordStore<T> {
         self.save(record, v.revision).await
     }
 
+    /// Writes `record` over the version read (compare-and-set); returns the new version.
+    pub async fn save(&self, record: T, revision: u64) -> Result<Versioned<T>, BusError> {
+        let revision = self.state.update(&record.key(), &record, revision).await?;
+        steward_failpoints::failpoint!(&record.saved_point());
+        Ok(Versioned { value: record, revision })
+    }
+
+    /// The first record `matches` (a flow found by an id other than its key: approvals name
+    /// only the update or deployment id).
+    pub async fn find(
+        &self,
+        matches: impl Fn(&T) -> bool,
+    ) -> Result<Option<Versioned<T>>, BusError> {
+        for key in self.record_keys().await? {
+            if let Some(v) = self.state.get(&key).await? {
+                if matches(&v.value) {
+                    return Ok(Some(v));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The keys that hold a record of this type ([`Outboxed::is_key`]).
+    pub async fn record_keys(&self) -> Result<Vec<String>, BusError> {
+        let mut keys = self.state.keys().await?;
+        keys.retain(|k| T::is_key(k));
+        Ok(keys)
+    }
+}
+
+impl<T: FlowRecord + Serialize + DeserializeOwned> RecordStore<T> {
+    /// Adds `data` to the record's outbox as the next event of its flow (caused by the one
+    /// before). It is published by [`RecordStore::announce`] once the record is saved.
+    pub fn stage(&self, record: &mut T, data: impl Into<EventData>) {
+        let mut event = Event::new(&self.source, data).with_correlation(record.correlation_id());
+        let last = record.last_event_id_mut();
+        event.causation_id = Some(*last);
+        *last = event.id;
+        record.outbox_mut().push(event);
+    }
+
     /// Ends a flow: records the terminal step (and why), then announces its terminal event.
     pub async fn conclude(
         &self,
@@ -129,28 +161,5 @@ impl<T: Outboxed + Serialize + DeserializeOwned> RecordStore<T> {
         self.stage(&mut record, data);
         record.end(step, reason);
         self.announce(record, v.revision).await
-    }
-
-    /// Writes `record` over the version read (compare-and-set); returns the new version.
-    pub async fn save(&self, record: T, revision: u64) -> Result<Versioned<T>, BusError> {
-        let revision = self.state.update(record.key(), &record, revision).await?;
-        steward_failpoints::failpoint!(&record.saved_point());
-        Ok(Versioned { value: record, revision })
-    }
-
-    /// The first record `matches` (a flow found by an id other than its key: approvals name
-    /// only the update or deployment id).
-    pub async fn find(
-        &self,
-        matches: impl Fn(&T) -> bool,
-    ) -> Result<Option<Versioned<T>>, BusError> {
-        for key in self.state.keys().await? {
-            if let Some(v) = self.state.get(&key).await? {
-                if matches(&v.value) {
-                    return Ok(Some(v));
-                }
-            }
-        }
-        Ok(None)
     }
 }

@@ -23,8 +23,19 @@ pub async fn poll_once(flow: &Flow, seen: &mut BTreeMap<String, String>) {
         if seen.get(&env.name) == Some(head) {
             continue;
         }
+        let waiting = |q: Option<steward_bus::Versioned<steward_events::records::QueuedDeploy>>| {
+            q.is_some_and(|q| match &q.value.request.data {
+                steward_events::EventData::DeployRequested(r) => r.change.commit == *head,
+                _ => false,
+            })
+        };
         match flow.records.get(&env.name).await {
             Ok(Some(v)) if v.value.change.commit == *head => {
+                seen.insert(env.name.clone(), head.clone());
+                continue;
+            }
+            // Already waiting for the deployment under way to end.
+            Ok(_) if flow.queued(&env.name).await.map(waiting).unwrap_or(false) => {
                 seen.insert(env.name.clone(), head.clone());
                 continue;
             }

@@ -381,19 +381,18 @@ impl DeployRecord {
     }
 }
 
-/// A flow's record that carries the events it decided (a transactional outbox) until they are
-/// published: the updater's [`UpdateRecord`] and the deployer's [`DeployRecord`], both kept by
-/// `steward_bus::RecordStore` (stage, save by compare-and-set, publish with their own ids,
-/// clear). Pure accessors: the machinery is the store's.
+/// A record that carries the events it decided (a transactional outbox) until they are
+/// published, kept by `steward_bus::RecordStore` (save by compare-and-set, publish with their
+/// own ids, clear). Pure accessors: the machinery is the store's.
 pub trait Outboxed {
-    /// Where the flow is.
-    type Step: Copy;
-    /// The record's key in its bucket (one flow per key at a time).
-    fn key(&self) -> &str;
-    /// The flow's correlation id.
-    fn correlation_id(&self) -> Uuid;
-    /// The last event of the flow (the causation of the next one staged).
-    fn last_event_id_mut(&mut self) -> &mut Uuid;
+    /// The record's key in its bucket.
+    fn key(&self) -> String;
+    /// Whether `key` of the record's bucket holds a record of this type (a bucket may keep
+    /// other values beside, under keys of their own shape).
+    fn is_key(key: &str) -> bool {
+        let _ = key;
+        true
+    }
     /// Events decided and not yet confirmed published.
     fn outbox(&self) -> &[Event];
     /// The same, to stage into or clear.
@@ -401,20 +400,24 @@ pub trait Outboxed {
     /// The failpoint passed once the record is saved, `saved:<step>` (the crash tests kill at
     /// it by name: it never changes).
     fn saved_point(&self) -> String;
+}
+
+/// An [`Outboxed`] record of a flow (the updater's [`UpdateRecord`], the deployer's
+/// [`DeployRecord`]): its events are one correlated chain, and it ends at a terminal step.
+pub trait FlowRecord: Outboxed {
+    /// Where the flow is.
+    type Step: Copy;
+    /// The flow's correlation id.
+    fn correlation_id(&self) -> Uuid;
+    /// The last event of the flow (the causation of the next one staged).
+    fn last_event_id_mut(&mut self) -> &mut Uuid;
     /// Ends the flow: its terminal `step` and why.
     fn end(&mut self, step: Self::Step, reason: Option<String>);
 }
 
 impl Outboxed for UpdateRecord {
-    type Step = UpdateStep;
-    fn key(&self) -> &str {
-        &self.container
-    }
-    fn correlation_id(&self) -> Uuid {
-        self.correlation_id
-    }
-    fn last_event_id_mut(&mut self) -> &mut Uuid {
-        &mut self.last_event_id
+    fn key(&self) -> String {
+        self.container.clone()
     }
     fn outbox(&self) -> &[Event] {
         &self.outbox
@@ -427,6 +430,16 @@ impl Outboxed for UpdateRecord {
         // points always had.
         format!("saved:{:?}", self.step).to_lowercase()
     }
+}
+
+impl FlowRecord for UpdateRecord {
+    type Step = UpdateStep;
+    fn correlation_id(&self) -> Uuid {
+        self.correlation_id
+    }
+    fn last_event_id_mut(&mut self) -> &mut Uuid {
+        &mut self.last_event_id
+    }
     fn end(&mut self, step: UpdateStep, reason: Option<String>) {
         debug_assert!(step.is_terminal());
         self.step = step;
@@ -435,15 +448,12 @@ impl Outboxed for UpdateRecord {
 }
 
 impl Outboxed for DeployRecord {
-    type Step = DeployStep;
-    fn key(&self) -> &str {
-        &self.change.environment
+    fn key(&self) -> String {
+        self.change.environment.clone()
     }
-    fn correlation_id(&self) -> Uuid {
-        self.correlation_id
-    }
-    fn last_event_id_mut(&mut self) -> &mut Uuid {
-        &mut self.last_event_id
+    fn is_key(key: &str) -> bool {
+        // Environment names have no dot; `<environment>.queued` is a [`QueuedDeploy`].
+        !key.contains('.')
     }
     fn outbox(&self) -> &[Event] {
         &self.outbox
@@ -455,10 +465,62 @@ impl Outboxed for DeployRecord {
         // The step's wire name (`saved:awaiting_backup`).
         format!("saved:{}", self.step.name())
     }
+}
+
+impl FlowRecord for DeployRecord {
+    type Step = DeployStep;
+    fn correlation_id(&self) -> Uuid {
+        self.correlation_id
+    }
+    fn last_event_id_mut(&mut self) -> &mut Uuid {
+        &mut self.last_event_id
+    }
     fn end(&mut self, step: DeployStep, reason: Option<String>) {
         debug_assert!(step.is_terminal());
         self.step = step;
         self.reason = reason;
+    }
+}
+
+/// The newest `deploy.requested` that came while its environment's deployment was under way,
+/// kept in the `DEPLOYS` bucket under [`QueuedDeploy::key_of`] (written by the deployer
+/// without holding the environment's record, so a deployment in hand is never disturbed). It
+/// starts once that deployment ends; a newer request takes its place, and the one it displaces
+/// is concluded with `deploy.failed` (superseded), staged in this slot's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedDeploy {
+    /// The environment.
+    pub environment: String,
+    /// The request waiting, as published.
+    #[serde(with = "one_event")]
+    pub request: Event,
+    /// Events decided and not yet confirmed published (the displaced requests' ends).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "outbox")]
+    pub outbox: Vec<Event>,
+}
+
+impl QueuedDeploy {
+    /// The slot's key: `<environment>.queued` (environment names have no dot).
+    pub fn key_of(environment: &str) -> String {
+        format!("{environment}.queued")
+    }
+}
+
+impl Outboxed for QueuedDeploy {
+    fn key(&self) -> String {
+        Self::key_of(&self.environment)
+    }
+    fn is_key(key: &str) -> bool {
+        key.ends_with(".queued")
+    }
+    fn outbox(&self) -> &[Event] {
+        &self.outbox
+    }
+    fn outbox_mut(&mut self) -> &mut Vec<Event> {
+        &mut self.outbox
+    }
+    fn saved_point(&self) -> String {
+        "saved:queued".into()
     }
 }
 
@@ -488,6 +550,27 @@ mod outbox {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
         let raw = Vec::<Box<RawValue>>::deserialize(d)?;
         raw.iter().map(|r| Event::decode(r.get().as_bytes()).map_err(D::Error::custom)).collect()
+    }
+}
+
+/// One event in its own wire form (see [`outbox`]).
+mod one_event {
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    use crate::Event;
+
+    pub fn serialize<S: Serializer>(event: &Event, s: S) -> Result<S::Ok, S::Error> {
+        let text = String::from_utf8(event.encode().map_err(S::Error::custom)?)
+            .map_err(S::Error::custom)?;
+        RawValue::from_string(text).map_err(S::Error::custom)?.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Event::decode(raw.get().as_bytes()).map_err(D::Error::custom)
     }
 }
 
@@ -550,5 +633,22 @@ mod compatibility {
         assert_eq!(u.reason.as_deref(), Some("unhealthy"));
         assert_eq!(DeployStep::AwaitingBackup.name(), "awaiting_backup");
         assert_eq!(DeployStep::RollingBack.name(), "rolling_back");
+    }
+
+    #[test]
+    fn a_queued_deploy_keeps_its_request_as_published() {
+        let data = crate::samples::all("web")
+            .into_iter()
+            .find(|d| matches!(d, crate::EventData::DeployRequested(_)))
+            .expect("a deploy.requested sample");
+        let request = Event::new("steward-deployer/test", data);
+        let slot =
+            QueuedDeploy { environment: "prod".into(), request: request.clone(), outbox: vec![] };
+        let text = serde_json::to_string(&slot).expect("encode");
+        let again: QueuedDeploy = serde_json::from_str(&text).expect("decode");
+        assert_eq!(again, slot);
+        assert_eq!(again.key(), "prod.queued");
+        assert!(QueuedDeploy::is_key("prod.queued") && !DeployRecord::is_key("prod.queued"));
+        assert!(DeployRecord::is_key("prod") && !QueuedDeploy::is_key("prod"));
     }
 }

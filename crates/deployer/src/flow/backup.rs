@@ -12,7 +12,7 @@ use super::{Flow, FlowError};
 impl Flow {
     /// `backup.done` / `backup.failed` of a deployment's flow (same correlation id).
     pub async fn on_backup_outcome(&self, event: &Event) -> Result<(), FlowError> {
-        for key in self.records.keys().await? {
+        for key in self.records.record_keys().await? {
             let Some(v) = self.records.get(&key).await? else { continue };
             if v.value.correlation_id != event.correlation_id {
                 continue;
@@ -27,7 +27,7 @@ impl Flow {
                 // A redelivery after the outcome was acted upon.
                 return self.drive(v).await;
             }
-            return match &event.data {
+            let outcome = match &event.data {
                 EventData::BackupDone(done) => {
                     tracing::info!(environment = %key, backup = %done.backup_id, "pre-deployment backup done");
                     let mut record = v.value;
@@ -42,6 +42,8 @@ impl Flow {
                 }
                 _ => Ok(()),
             };
+            outcome?;
+            return self.start_queued(&key).await;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod queue;
 pub mod resume;
 pub mod start;
 
@@ -27,7 +28,7 @@ use std::sync::Arc;
 pub use steward_bus::Hold;
 use steward_bus::{Bus, BusError, RecordStore, Versioned};
 use steward_engine::Engine;
-use steward_events::records::{DeployRecord, DEPLOY_BUCKET};
+use steward_events::records::{DeployRecord, QueuedDeploy, DEPLOY_BUCKET};
 
 use crate::command::CommandError;
 use crate::compose::Compose;
@@ -43,6 +44,9 @@ pub struct Flow {
     pub engine: Engine,
     /// Deployment records, by environment, with the outbox machinery shared with the updater.
     pub records: RecordStore<DeployRecord>,
+    /// The request waiting per environment while its deployment is under way (same bucket,
+    /// keys `<environment>.queued`).
+    pub queue: RecordStore<QueuedDeploy>,
     /// Settings.
     pub cfg: Arc<DeployerConfig>,
     /// Git.
@@ -83,8 +87,9 @@ impl Flow {
         source: String,
     ) -> Result<Self, BusError> {
         let records = RecordStore::open(&bus, DEPLOY_BUCKET, source.clone()).await?;
+        let queue = RecordStore::open(&bus, DEPLOY_BUCKET, source.clone()).await?;
         let git = Git { url: cfg.repository.clone(), timeout: cfg.command_timeout };
-        Ok(Self { bus, engine, records, cfg: Arc::new(cfg), git, source })
+        Ok(Self { bus, engine, records, queue, cfg: Arc::new(cfg), git, source })
     }
 
     /// The compose project of an environment.

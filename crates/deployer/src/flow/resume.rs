@@ -10,7 +10,7 @@ impl Flow {
     /// Drives on every unfinished record no task holds; returns the environments that could
     /// not be (left to the sweep).
     pub async fn resume(&self) -> Vec<String> {
-        let keys = match self.records.keys().await {
+        let keys = match self.records.record_keys().await {
             Ok(k) => k,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list deployments");
@@ -21,7 +21,10 @@ impl Flow {
         for key in keys {
             let Some(_hold) = self.records.hold(&key) else { continue };
             let result = match self.records.get(&key).await {
-                Ok(Some(v)) => self.drive(v).await,
+                Ok(Some(v)) => match self.drive(v).await {
+                    Ok(()) => self.start_queued(&key).await,
+                    Err(e) => Err(e),
+                },
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.into()),
             };

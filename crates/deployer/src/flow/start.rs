@@ -4,11 +4,12 @@
 use steward_bus::Versioned;
 use steward_events::records::{DeployRecord, DeployStep};
 use steward_events::{
-    BackupReason, BackupRequested, DeployApproved, DeployFailed, DeployPending, DeployRequested,
-    DeployStarted, DeploySucceeded, Event,
+    BackupReason, BackupRequested, Change, DeployApproved, DeployFailed, DeployPending,
+    DeployRequested, DeployStarted, DeploySucceeded, Event,
 };
 use time::OffsetDateTime;
 
+use super::queue::not_news;
 use super::{Flow, FlowError};
 use crate::compose::{HASH_LABEL, PROJECT_LABEL, SERVICE_LABEL};
 use crate::config::Policy;
@@ -53,8 +54,38 @@ impl Flow {
             return Ok(());
         }
         let key = change.environment.clone();
-        let Some(_hold) = self.records.hold(&key) else { return Err(FlowError::Busy(key)) };
-        let mut current = self.records.get(&key).await?;
+        let Some(_hold) = self.records.hold(&key) else {
+            // A task of this process has the environment in hand: unless this is no news, it
+            // waits in the slot (sent back to the stream, it could run out of deliveries
+            // during a long health gate). A finished deployment is held only for a moment.
+            let current = self.records.get(&key).await?;
+            return match current {
+                Some(v) if v.value.request_id == event.id || not_news(&v.value, event, change) => {
+                    Ok(())
+                }
+                Some(v) if !v.value.step.is_terminal() => self.enqueue(event, change).await,
+                _ => Err(FlowError::Busy(key)),
+            };
+        };
+        let current = self.records.get(&key).await?;
+        if let Some(v) = self.claim(event, change, current, false).await? {
+            self.prepare(v).await?;
+        }
+        self.start_queued(&key).await
+    }
+
+    /// Claims the environment for `event` (a request for `change`; the caller holds the
+    /// environment, whose record is `current`) and returns the new record, to be prepared;
+    /// `None` when the request is not news, a redelivery, or waits in the slot (while a
+    /// deployment is under way or another request waits, unless it is the one `from_queue`).
+    pub(super) async fn claim(
+        &self,
+        event: &Event,
+        change: &Change,
+        mut current: Option<Versioned<DeployRecord>>,
+        from_queue: bool,
+    ) -> Result<Option<Versioned<DeployRecord>>, FlowError> {
+        let key = change.environment.clone();
         if let Some(v) = current.clone() {
             let r = &v.value;
             let newer = r.request_id != event.id
@@ -73,15 +104,17 @@ impl Flow {
             let r = &v.value;
             if r.request_id == event.id {
                 // A redelivery of the request in hand: drive on whatever it left.
-                return self.drive(v.clone()).await;
+                self.drive(v.clone()).await?;
+                return Ok(None);
             }
-            if event.time <= r.requested_at || r.change.commit == change.commit {
+            if not_news(r, event, change) {
                 tracing::info!(environment = %key, commit = %change.commit, "not news: an older or the same commit; ignored");
-                return Ok(());
+                return Ok(None);
             }
-            if !r.step.is_terminal() {
-                // One deployment of an environment at a time: this one comes back (nak).
-                return Err(FlowError::Busy(key));
+            if !from_queue && (!r.step.is_terminal() || self.queued(&key).await?.is_some()) {
+                // One deployment of an environment at a time; the newest request waits.
+                self.enqueue(event, change).await?;
+                return Ok(None);
             }
             deployed = r.now_running().map(str::to_owned);
             if let Some(d) = &deployed {
@@ -92,7 +125,7 @@ impl Flow {
                     && self.git.is_ancestor(&dir, &change.commit, d).await.unwrap_or(false)
                 {
                     tracing::info!(environment = %key, commit = %change.commit, running = %d, "an ancestor of the running commit; ignored");
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -121,7 +154,7 @@ impl Flow {
         };
         steward_failpoints::failpoint!("claimed:preparing");
         tracing::info!(environment = %key, commit = %change.commit, "deployment claimed");
-        self.prepare(Versioned { value: record, revision }).await
+        Ok(Some(Versioned { value: record, revision }))
     }
 
     /// Fetch, validate, diff and check images; the stack is not touched. A failure ends the
@@ -264,7 +297,8 @@ impl Flow {
         let mut record = v.value;
         record.approved_by = Some(a.by.clone());
         tracing::info!(deploy = %record.deploy_id, by = %a.by, "deployment approved");
-        self.begin(Versioned { value: record, revision: v.revision }).await
+        self.begin(Versioned { value: record, revision: v.revision }).await?;
+        self.start_queued(&key).await
     }
 
     /// Ends a deployment that touched nothing: `deploy.failed`, the checkout back on the
