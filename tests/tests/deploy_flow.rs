@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use steward_bus::Bus;
 use steward_events::{Change, DeployRequested, Event, EventData};
-use steward_system_tests::{service_env, Proc};
+use steward_system_tests::{service_env, steward, steward_ok, Proc};
 use steward_testkit::docker::{docker, try_docker};
 use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for, TestBus};
 
@@ -513,10 +513,28 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     let first = repo.commit("dev", "v1", "first");
     let body = push_body(&repo, "dev", &first, "first");
     assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let pending = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployPending(p) if p.change.commit == first => Some(p.deploy_id),
+        _ => None,
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(repo.container("web").is_none(), "deployed before approval");
-    approve(&bus, &first).await;
+    // Approved by the operator's command, by environment; the list shows what waits.
+    let listed = steward_ok(&bus, &["deploy", "list"]);
+    let row = listed.lines().find(|l| l.starts_with("dev ")).unwrap_or_default();
+    assert!(row.contains(&pending.to_string()) && row.contains("pending"), "{listed}");
+    assert!(row.contains(&first[..10]), "{listed}");
+    let refused = steward(&bus, &["deploy", "approve", "staging"]);
+    assert!(!refused.status.success(), "approved a deployment of no environment");
+    let said = steward_ok(&bus, &["deploy", "approve", "dev"]);
+    assert!(said.contains(&pending.to_string()), "{said}");
     let flow = outcome(&bus, &first, Duration::from_secs(45)).await;
+    let approved = flow.iter().find_map(|e| match &e.data {
+        EventData::DeployApproved(a) => Some(a.by.clone()),
+        _ => None,
+    });
+    assert!(approved.is_some_and(|by| by.starts_with("tester@")), "{flow:#?}");
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
 
     // Web changes: approved, then backed up before web is touched.

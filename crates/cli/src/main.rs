@@ -5,6 +5,7 @@
 
 mod audit;
 mod backups;
+mod deploys;
 mod events;
 mod events_import;
 mod notify;
@@ -118,6 +119,9 @@ enum Command {
     Notify(NotifyCommand),
     /// Restore a backup (checksums are checked before anything is touched).
     Restore(backups::RestoreArgs),
+    /// Deployments from git: list them, approve one.
+    #[command(subcommand)]
+    Deploy(deploys::DeployCommand),
     /// Read the event stream.
     #[command(subcommand)]
     Events(events::EventsCommand),
@@ -230,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup(cmd) => backups::run(cmd, &cli.conn).await,
         Command::Restore(args) => backups::restore(args, &cli.conn).await,
+        Command::Deploy(cmd) => deploys::run(cmd, &cli.conn).await,
         Command::Certs(CertsCommand::Renew { wait }) => renew_certs(&cli.conn, wait).await,
         Command::Notify(NotifyCommand::Test { wait }) => notify::test(&cli.conn, wait).await,
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
