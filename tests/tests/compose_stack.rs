@@ -96,7 +96,9 @@ impl Stack {
         let dir = std::env::temp_dir().join(unique_name("steward-stack"));
         let project = unique_name("stewarde2e").replace('-', "");
         copy_dir(&repo().join("compose"), &dir);
-        for file in ["stand-ins.yml", "registry.yml", "registry-auth.yml", "fake-certbot.sh"] {
+        for file in
+            ["stand-ins.yml", "registry.yml", "registry-auth.yml", "scope.yml", "fake-certbot.sh"]
+        {
             std::fs::copy(repo().join("tests/compose").join(file), dir.join(file))
                 .expect("copy the override");
         }
@@ -172,7 +174,7 @@ impl Stack {
              STEWARD_MAIL_FROM=Steward <steward@gitea.test>\nSTEWARD_MAIL_TO={MAIL_TO}\n\
              E2E_S3_DIR={}\nE2E_MAILDIR={}\nE2E_REGISTRY_PORT={registry_port}\n\
              E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\nE2E_PROMETHEUS_PORT={}\n\
-             STEWARD_BACKUP_AGE_RECIPIENTS={AGE_RECIPIENT}\n{copy_env}",
+             STEWARD_BACKUP_AGE_RECIPIENTS={AGE_RECIPIENT}\nE2E_SCOPE={}\n{copy_env}",
             free_port(),
             free_port(),
             free_port(),
@@ -181,6 +183,7 @@ impl Stack {
             stack.maildir().display(),
             stack.updater_port,
             stack.prometheus_port,
+            stack.project,
         );
         write(&stack.dir.join(".env"), &env);
         stack
@@ -197,6 +200,8 @@ impl Stack {
             "stand-ins.yml",
             "-f",
             "registry-auth.yml",
+            "-f",
+            "scope.yml",
         ]);
         cmd
     }
@@ -279,7 +284,7 @@ impl Stack {
             .arg(&old.project)
             .arg(&self.dir)
             .env("COMPOSE_PROJECT_NAME", &self.project)
-            .env("COMPOSE_FILE", "docker-compose.yml:stand-ins.yml:registry-auth.yml")
+            .env("COMPOSE_FILE", "docker-compose.yml:stand-ins.yml:registry-auth.yml:scope.yml")
             .env("LETSENCRYPT", old.dir.join("letsencrypt"))
             .output()
             .expect("adopt.sh");
@@ -452,12 +457,14 @@ impl OldStack {
             &old.dir.join(".env"),
             &format!(
                 "OLD_APP_IMAGE={}\nOLD_POSTGRES_IMAGE=steward-test/postgres:15\n\
-                 OLD_DB_PASSWORD=old-db-password\nOLD_LETSENCRYPT={}\n",
+                 OLD_DB_PASSWORD=old-db-password\nOLD_LETSENCRYPT={}\nOLD_SCOPE={}\n",
                 stack.app_image,
-                old.dir.join("letsencrypt").display()
+                old.dir.join("letsencrypt").display(),
+                stack.project
             ),
         );
-        // A certificate as certbot leaves it: live/ links into archive/.
+        // A certificate as certbot leaves it: live/ links into archive/, all four files
+        // (self-signed: the chain is the certificate).
         let archive = old.dir.join("letsencrypt/archive/gitea.test");
         let live = old.dir.join("letsencrypt/live/gitea.test");
         std::fs::create_dir_all(&archive).expect("archive");
@@ -469,9 +476,12 @@ impl OldStack {
                 .arg("-keyout")
                 .arg(archive.join("privkey1.pem"))
                 .arg("-out")
-                .arg(archive.join("fullchain1.pem")),
+                .arg(archive.join("cert1.pem")),
         );
-        for name in ["fullchain", "privkey"] {
+        for copy in ["chain1.pem", "fullchain1.pem"] {
+            std::fs::copy(archive.join("cert1.pem"), archive.join(copy)).expect("chain");
+        }
+        for name in ["cert", "chain", "fullchain", "privkey"] {
             std::os::unix::fs::symlink(
                 format!("../../archive/gitea.test/{name}1.pem"),
                 live.join(format!("{name}.pem")),
