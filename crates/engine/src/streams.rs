@@ -204,12 +204,17 @@ impl Engine {
         };
         let feeder = tokio::spawn(async move {
             let mut input = std::pin::pin!(input);
-            while let Some(chunk) = input.next().await {
-                stdin.write_all(&chunk?).await?;
+            let fed = async {
+                while let Some(chunk) = input.next().await {
+                    stdin.write_all(&chunk?).await?;
+                }
+                stdin.flush().await
             }
-            stdin.flush().await?;
-            // Half-closes the connection: the command sees end of input.
-            stdin.shutdown().await
+            .await;
+            // Half-closes the connection whatever happened: the command sees end of input.
+            // A failed input must end it too, or the command waits for more forever.
+            let closed = stdin.shutdown().await;
+            fed.and(closed)
         });
         let tail = self.output_tail(&mut output, keep, &what).await?;
         match feeder.await {
