@@ -229,9 +229,11 @@ async fn bucket_root(store: &Store) -> Store {
     .await
 }
 
-/// Every object of backup `id` in `store`, sorted.
+/// Every object of backup `id` in `store`, sorted, but the verification marks (written where
+/// a backup is verified: in the primary, after the copy).
 async fn objects(store: &Store, id: &str) -> Vec<String> {
     let mut names = store.list_objects(id).await.unwrap_or_else(|e| panic!("list: {e}"));
+    names.retain(|n| !n.ends_with("/verified.json") && !n.ends_with("/verified.sig"));
     names.sort();
     names
 }

@@ -55,10 +55,15 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
     };
     let EventData::BackupDone(done) = done.data else { panic!("backup failed: {:?}", done.data) };
     let names: Vec<&str> = done.components.iter().map(|c| c.name.as_str()).collect();
-    // The app's data and, because an update may migrate it, the database.
+    // The app's data and, because an update may migrate it, the database; the stream.
     assert_eq!(
         names,
-        [format!("postgres/{}", db.name), format!("{}:/data", app.name), "containers".into()]
+        [
+            format!("postgres/{}", db.name),
+            format!("{}:/data", app.name),
+            "containers".into(),
+            "events".into()
+        ]
     );
 
     let listed = steward_with(&bus, &env, &["backup", "list"]);

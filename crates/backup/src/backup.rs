@@ -123,6 +123,11 @@ impl Backups {
         pipeline::Io { store: &self.reading, keys: &self.config.keys, meter: &self.meter }
     }
 
+    /// The settings.
+    pub fn config(&self) -> &BackupConfig {
+        &self.config
+    }
+
     /// The running job's progress.
     pub fn meter(&self) -> &Meter {
         &self.meter

@@ -28,6 +28,10 @@ pub const ENV_ZSTD_LEVEL: &str = "STEWARD_BACKUP_ZSTD_LEVEL";
 
 /// Daily 02:00.
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
+/// Cron expression of the full verification of the newest backup (host time zone).
+pub const ENV_VERIFY_SCHEDULE: &str = "STEWARD_BACKUP_VERIFY_SCHEDULE";
+/// Weekly, Sunday 04:00 (after the nightly backup).
+pub const DEFAULT_VERIFY_SCHEDULE: &str = "0 4 * * 0";
 /// The newest complete backup may be at most this old before `backup.stale` is published.
 pub const ENV_MAX_AGE: &str = "STEWARD_BACKUP_MAX_AGE";
 
@@ -36,6 +40,10 @@ pub const ENV_MAX_AGE: &str = "STEWARD_BACKUP_MAX_AGE";
 pub struct BackupConfig {
     /// When to back up.
     pub schedule: croner::Cron,
+    /// When to verify the newest backup fully (its dumps loaded into a scratch server).
+    pub verify_schedule: croner::Cron,
+    /// The off-host monitor pinged after each verified backup.
+    pub heartbeat: Option<crate::heartbeat::Heartbeat>,
     /// The newest complete backup's greatest allowed age (`backup.stale` beyond it).
     pub max_age: Duration,
     /// Where.
@@ -71,6 +79,8 @@ impl BackupConfig {
     /// Reads the settings; errors go to `env`.
     pub fn read(env: &mut Env) -> Self {
         let schedule = env.cron(ENV_SCHEDULE, DEFAULT_SCHEDULE);
+        let verify_schedule = env.cron(ENV_VERIFY_SCHEDULE, DEFAULT_VERIFY_SCHEDULE);
+        let heartbeat = crate::heartbeat::Heartbeat::read(env);
         let s3 = S3Config::read(env);
         let copy = CopyConfig::read(env);
         if copy.as_ref().is_some_and(|c| {
@@ -99,6 +109,8 @@ impl BackupConfig {
         }
         Self {
             schedule,
+            verify_schedule,
+            heartbeat,
             max_age,
             s3,
             copy,

@@ -16,6 +16,7 @@ pub mod copy;
 pub mod encryption;
 pub mod extract;
 pub mod guard;
+pub mod heartbeat;
 pub mod journal;
 pub mod pipeline;
 pub mod progress;

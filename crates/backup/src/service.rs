@@ -40,6 +40,7 @@ impl BackupService {
         let engine = ctx.engine.clone().context("the backup service needs Docker")?;
         let store = Store::lazy(&cfg.s3);
         let schedule = cfg.schedule.clone();
+        let verify_schedule = cfg.verify_schedule.clone();
         let max_age = cfg.max_age;
         let backups = Backups::new(engine, store, cfg).with_bus(ctx.bus.clone());
         let service = Self { backups, lock: Default::default() };
@@ -48,14 +49,19 @@ impl BackupService {
         ctx.spawn("backup schedule", async move {
             scheduled.run_schedule(schedule, ctx_for_schedule).await
         });
+        let (verifier, ctx_for_verify) = (service.clone(), ctx.clone());
+        ctx.spawn("verify schedule", async move {
+            verifier.run_verify_schedule(verify_schedule, ctx_for_verify).await
+        });
         let (watched, ctx_for_age) = (service.clone(), ctx.clone());
         ctx.spawn("backup age", async move { watched.watch_age(max_age, ctx_for_age).await });
         Ok(service)
     }
 
-    /// Says `backup.stale` when the newest complete backup is older than `max_age`: once per
-    /// newest backup (and once when there is none, counted from this start), so a missed or
-    /// failing nightly backup is one critical mail, not silence and not a mail per check.
+    /// Says `backup.stale` when the newest verified backup (checked after it was taken, or
+    /// fully on the verification schedule) is older than `max_age`: once per newest verified
+    /// backup (and once when there is none, counted from this start), so a missed, failing or
+    /// unreadable nightly backup is one critical mail, not silence and not a mail per check.
     async fn watch_age(self, max_age: Duration, ctx: Context) {
         let started = OffsetDateTime::now_utc();
         let every = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
@@ -73,8 +79,9 @@ impl BackupService {
                     continue;
                 }
             };
-            // Only a usable backup counts: a forged one must not silence the alarm.
-            let newest = listed.iter().rev().find(|l| l.usable().is_some());
+            // Only a usable, verified backup counts: a forged or unreadable one must not
+            // silence the alarm (verification marks are signed too).
+            let newest = listed.iter().rev().find(|l| l.usable().is_some() && l.verified.is_some());
             let newest_id = newest.map(|l| l.backup_id.clone());
             let since = newest.map_or(started, |l| l.taken_at);
             if OffsetDateTime::now_utc() - since <= bound || said.as_ref() == Some(&newest_id) {
@@ -108,6 +115,78 @@ impl BackupService {
             }
         })
         .await
+    }
+
+    /// Verifies the newest backup fully on `schedule`, in a flow of its own.
+    async fn run_verify_schedule(self, schedule: croner::Cron, ctx: Context) {
+        let shutdown = ctx.shutdown.clone();
+        steward_runtime::on_schedule(schedule, shutdown, "verification", || async {
+            if let Err(e) = self.verify(&ctx, None, "latest", None).await {
+                tracing::error!(error = %format!("{e:#}"), "could not publish the scheduled verification's outcome");
+            }
+        })
+        .await
+    }
+
+    /// Pings the heartbeat, if one is configured, after a verified backup.
+    async fn heartbeat(&self, id: &str) {
+        let Some(heartbeat) = &self.backups.config().heartbeat else { return };
+        match heartbeat.ping().await {
+            Ok(()) => tracing::info!(backup = id, monitor = %heartbeat.origin(), "heartbeat sent"),
+            Err(e) => {
+                tracing::warn!(backup = id, error = %e, "heartbeat not sent: the monitor will report this host silent")
+            }
+        }
+    }
+
+    /// Right after a scheduled or manual backup: every component read back from the bucket
+    /// and checked against the signed manifest (no database is loaded: that is the scheduled
+    /// verification's), a signed mark, `backup.verified` or `verify.failed` in the backup's
+    /// flow, then the heartbeat.
+    async fn check_taken(
+        &self,
+        ctx: &Context,
+        cause: Option<&Event>,
+        m: &manifest::Manifest,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let id = &m.backup_id;
+        let components: Vec<&manifest::Component> = m.components.iter().collect();
+        let checked = match self.backups.check_all(&components).await {
+            Ok(_) => {
+                let mark = steward_store::catalog::VerifiedMark {
+                    backup_id: id.clone(),
+                    verified_at: OffsetDateTime::now_utc(),
+                    database_restored: false,
+                };
+                self.backups.mark_verified(id, &mark).await.map_err(crate::Failure::plain)
+            }
+            Err(f) => Err(f),
+        };
+        match checked {
+            Ok(()) => {
+                let data = BackupVerified {
+                    backup_id: id.clone(),
+                    components_checked: u32::try_from(components.len()).unwrap_or(u32::MAX),
+                    database_restored: false,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    from: None,
+                };
+                self.publish(ctx, cause, data).await?;
+                self.heartbeat(id).await;
+            }
+            Err(f) => {
+                tracing::error!(backup = %id, reason = %f.reason, "the backup just taken does not read back");
+                let data = VerifyFailed {
+                    backup_id: id.clone(),
+                    reason: format!("read back right after the backup: {}", f.reason),
+                    log_tail: f.stderr_tail,
+                    from: None,
+                };
+                self.publish(ctx, cause, data).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn publish(
@@ -277,7 +356,12 @@ impl BackupService {
                 tracing::warn!(error = %e, "retention could not prune; it tries again after the next backup")
             }
         }
-        self.second_copy(ctx, &id).await
+        self.second_copy(ctx, &id).await?;
+        // Last: the heartbeat it ends with also says the copy was written.
+        if let (Ok(m), BackupReason::Schedule | BackupReason::Manual) = (&outcome, reason) {
+            self.check_taken(ctx, flow_cause.as_ref(), m).await?;
+        }
+        Ok(())
     }
 
     /// After a backup is done in the primary: copies what the copy lacks (this backup, and
@@ -441,22 +525,26 @@ impl BackupService {
         }
     }
 
+    /// A verification (requested, or scheduled without a `cause`) and its outcome; the
+    /// heartbeat after a success in the primary.
     async fn verify(
         &self,
         ctx: &Context,
-        cause: &Event,
+        cause: Option<&Event>,
         id: &str,
         from: Option<BackupTarget>,
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
-        let outcome = match self.reading(from) {
-            Ok(backups) => self.reporting(ctx, cause, backups.verify(id)).await,
-            Err(f) => Err(f),
+        let outcome = match (self.reading(from), cause) {
+            (Ok(backups), Some(cause)) => self.reporting(ctx, cause, backups.verify(id)).await,
+            (Ok(backups), None) => backups.verify(id).await,
+            (Err(f), _) => Err(f),
         };
         let from = from.filter(|f| *f != BackupTarget::Primary);
         match outcome {
             Ok(v) => {
+                let id = v.manifest.backup_id.clone();
                 let data = BackupVerified {
                     backup_id: v.manifest.backup_id,
                     components_checked: v.components_checked,
@@ -464,7 +552,11 @@ impl BackupService {
                     duration_ms: started.elapsed().as_millis() as u64,
                     from,
                 };
-                self.publish(ctx, Some(cause), data).await
+                self.publish(ctx, cause, data).await?;
+                if from.is_none() {
+                    self.heartbeat(&id).await;
+                }
+                Ok(())
             }
             Err(f) => {
                 tracing::error!(backup = %id, reason = %f.reason, "verification failed");
@@ -474,7 +566,7 @@ impl BackupService {
                     log_tail: f.stderr_tail,
                     from,
                 };
-                self.publish(ctx, Some(cause), data).await
+                self.publish(ctx, cause, data).await
             }
         }
     }
@@ -658,7 +750,9 @@ impl Handler for BackupService {
             EventData::BackupRequested(r) => {
                 self.back_up(ctx, Some(&event), r.reason, &r.containers).await
             }
-            EventData::VerifyRequested(v) => self.verify(ctx, &event, &v.backup_id, v.from).await,
+            EventData::VerifyRequested(v) => {
+                self.verify(ctx, Some(&event), &v.backup_id, v.from).await
+            }
             EventData::RestoreRequested(r) => self.restore(ctx, &event, r).await,
             _ => Ok(()),
         };

@@ -38,7 +38,11 @@ impl Backups {
         let mut database_restored = false;
         let total = manifest.components.iter().map(|c| c.raw_size).sum();
         self.meter.phase("verifying", Some(total));
-        for c in &manifest.components {
+        // The archives and the rest first: a damaged one fails in seconds, before a scratch
+        // server is started for the dumps.
+        let mut ordered: Vec<&Component> = manifest.components.iter().collect();
+        ordered.sort_by_key(|c| matches!(c.kind, Kind::Postgres { .. }));
+        for c in ordered {
             match &c.kind {
                 Kind::Postgres { image, user, database, container } => {
                     self.load_into_scratch(&id, c, image, container, user, database).await?;

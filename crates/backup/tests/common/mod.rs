@@ -65,6 +65,10 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
         schedule: steward_backup::config::DEFAULT_SCHEDULE
             .parse()
             .unwrap_or_else(|_| unreachable!()),
+        verify_schedule: steward_backup::config::DEFAULT_VERIFY_SCHEDULE
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+        heartbeat: None,
         max_age: Duration::from_secs(26 * 3600),
         s3,
         copy: None,

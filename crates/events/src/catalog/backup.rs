@@ -172,11 +172,12 @@ pub struct VerifyFailed {
 
 impl Payload for VerifyFailed {}
 
-/// No complete backup is newer than `STEWARD_BACKUP_MAX_AGE` (a missed or failing nightly
-/// backup nobody heard of): said once per newest backup, and once at all when there is none.
+/// No verified backup is newer than `STEWARD_BACKUP_MAX_AGE` (a missed, failing or unreadable
+/// nightly backup nobody heard of): said once per newest verified backup, and once at all when
+/// there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupStale {
-    /// The newest complete backup, if any.
+    /// The newest verified backup, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest: Option<String>,
     /// When it was taken.
