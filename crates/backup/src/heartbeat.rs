@@ -85,3 +85,30 @@ impl Heartbeat {
         Err(last)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(value: &str) -> (Option<Heartbeat>, String) {
+        let mut env = Env::from_pairs([(ENV_HEARTBEAT_URL, value)]);
+        let heartbeat = Heartbeat::read(&mut env);
+        let errors = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        (heartbeat, errors)
+    }
+
+    #[test]
+    fn only_http_urls_are_taken_and_never_shown_whole() {
+        let (ok, errors) = read("https://hc-ping.com/0f1e2d3c-secret");
+        assert!(errors.is_empty(), "{errors}");
+        let ok = ok.unwrap_or_else(|| unreachable!());
+        assert_eq!(ok.origin(), "https://hc-ping.com");
+        assert!(!format!("{ok:?}").contains("secret"));
+        for bad in ["ftp://host/secret", "not a url secret", "file:///etc/secret"] {
+            let (none, errors) = read(bad);
+            assert!(none.is_none(), "{bad}");
+            assert!(errors.contains(ENV_HEARTBEAT_URL) && !errors.contains("secret"), "{errors}");
+        }
+        assert!(read("").0.is_none() && read("").1.is_empty(), "empty is unset");
+    }
+}

@@ -447,3 +447,97 @@ impl Bus {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(format: u32) -> ExportRecord {
+        ExportRecord::Header {
+            format,
+            stream: "STEWARD".into(),
+            exported_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn message(subject: &str, payload: &str, headers: Vec<(String, String)>) -> ExportRecord {
+        ExportRecord::Message(ExportedMessage {
+            sequence: 1,
+            stored_at: OffsetDateTime::UNIX_EPOCH,
+            subject: subject.into(),
+            headers,
+            payload: Some(payload.into()),
+            payload_bytes: None,
+        })
+    }
+
+    fn event() -> (String, Vec<(String, String)>) {
+        let e = Event::new("test", steward_events::WatchRequested::default());
+        let payload = String::from_utf8(e.encode().unwrap_or_default()).unwrap_or_default();
+        (payload, vec![(NATS_MSG_ID.into(), e.id.to_string())])
+    }
+
+    fn value(bucket: &str, key: &str) -> ExportRecord {
+        ExportRecord::Value(ExportedValue {
+            bucket: bucket.into(),
+            key: key.into(),
+            revision: 1,
+            value: "{}".into(),
+        })
+    }
+
+    #[test]
+    fn a_good_export_passes_and_round_trips_as_lines() {
+        let (payload, headers) = event();
+        let records = vec![
+            header(EXPORT_FORMAT),
+            message("watch.requested", &payload, headers),
+            message("dlq.updater", "\u{0}not json", vec![(NATS_MSG_ID.into(), "dlq-1".into())]),
+            value("UPDATES", "gitea"),
+        ];
+        assert_eq!(check_import(&records), Vec::<String>::new());
+        for r in &records {
+            let line = serde_json::to_string(r).unwrap_or_default();
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(serde_json::from_str::<ExportRecord>(&line).ok().as_ref(), Some(r));
+        }
+    }
+
+    #[test]
+    fn hostile_records_are_named() {
+        let (payload, headers) = event();
+        let cases: Vec<(Vec<ExportRecord>, &str)> = vec![
+            (vec![], "not an export header"),
+            (vec![header(2)], "export format 2"),
+            (vec![header(1), header(1)], "a second header"),
+            (
+                vec![header(1), message("restore.requested", &payload, headers.clone())],
+                "not an event of its subject",
+            ),
+            (vec![header(1), message("no.such.type", &payload, headers.clone())], "not an event"),
+            (vec![header(1), message("watch.requested", &payload, vec![])], "no Nats-Msg-Id"),
+            (
+                vec![
+                    header(1),
+                    message(
+                        "watch.requested",
+                        &payload,
+                        [headers.clone(), vec![("Bad\r\nName".into(), "x".into())]].concat(),
+                    ),
+                ],
+                "not a valid NATS header",
+            ),
+            (vec![header(1), message("dlq.>", "x", headers.clone())], "not an event"),
+            (vec![header(1), value("KV_STEWARD_HANDLED", "k")], "not a state bucket"),
+            (vec![header(1), value("UPDATES", "../x")], "not a valid key"),
+            (vec![header(1), value("UPDATES", "a b")], "not a valid key"),
+        ];
+        for (records, says) in cases {
+            let problems = check_import(&records);
+            assert!(problems.iter().any(|p| p.contains(says)), "{says}: {problems:?}");
+        }
+        let big = "x".repeat(MAX_PAYLOAD + 1);
+        let problems = check_import(&[header(1), message("dlq.updater", &big, headers)]);
+        assert!(problems.iter().any(|p| p.contains("over")), "{problems:?}");
+    }
+}
