@@ -14,7 +14,8 @@
 # Environment: OLD_GITEA, OLD_DB, OLD_NGINX (the old services' names; default server, db,
 # nginx), LETSENCRYPT (the host's certificate directory, default /etc/letsencrypt),
 # COMPOSE_PROJECT_NAME (the new project, default gitea: it names the new volumes and
-# containers), COMPOSE_FILE (as docker-compose reads it), WAIT (seconds, default 300).
+# containers), COMPOSE_FILE (as docker-compose reads it), WAIT (seconds, default 300),
+# COMPOSE (default docker-compose, else `docker compose` when only v2 is installed).
 #
 # Nothing of the old stack is removed: its containers are stopped, its data directories and
 # volumes are copied, not moved. To go back: `docker-compose down` in STEWARD_DIR, then
@@ -29,6 +30,9 @@ LETSENCRYPT=${LETSENCRYPT:-/etc/letsencrypt}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-gitea}
 WAIT=${WAIT:-300}
 NEW=$COMPOSE_PROJECT_NAME
+if [ -z "${COMPOSE:-}" ]; then
+  if command -v docker-compose >/dev/null; then COMPOSE=docker-compose; else COMPOSE="docker compose"; fi
+fi
 cd "$DIR"
 
 say() { printf '[adopt] %s\n' "$*"; }
@@ -57,7 +61,7 @@ set_env() {
 }
 healthy() { # SERVICE
   local id
-  id=$(docker-compose ps -q "$1")
+  id=$($COMPOSE ps -q "$1")
   [ -n "$id" ] && [ "$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")" = healthy ]
 }
 
@@ -106,7 +110,7 @@ set_env GITEA_IMAGE "$gitea_image"
 set_env POSTGRES_IMAGE "$postgres_image"
 printf '%s\n' "$password" >secrets/postgres_password
 chmod 0444 secrets/postgres_password
-docker-compose config -q
+$COMPOSE config -q
 
 say "step 3: stop the old Gitea, nginx and PostgreSQL (downtime starts)"
 stopped_at=$(date +%s.%N)
@@ -126,7 +130,7 @@ for pair in "postgres:$db_data" "gitea:$gitea_data" "certs:$LETSENCRYPT"; do
 done
 
 say "step 5: start the Steward stack"
-docker-compose up -d
+$COMPOSE up -d
 deadline=$(($(date +%s) + WAIT))
 until healthy gitea && healthy nginx; do
   [ "$(date +%s)" -lt "$deadline" ] || die "gitea or nginx not healthy within ${WAIT}s (docker-compose ps; docker-compose logs gitea nginx); to go back: docker-compose down, docker start $db $gitea $nginx"
@@ -135,9 +139,9 @@ done
 say "downtime: $(awk -v a="$stopped_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s (the old Gitea stopped until the new one is healthy behind nginx)"
 
 say "step 6: a first check and a first backup"
-docker-compose run --rm -T steward check
-docker-compose run --rm -T steward backup now
-docker-compose run --rm -T steward status
+$COMPOSE run --rm -T steward check
+$COMPOSE run --rm -T steward backup now
+$COMPOSE run --rm -T steward status
 
 say "done. The old containers are stopped, not removed ($gitea $nginx $db); their data is where it was."
 say "Once Gitea is checked and a restore rehearsed (runbooks.md), remove them: docker rm $gitea $nginx $db"

@@ -220,6 +220,58 @@ impl TestBucket {
         ]
     }
 
+    /// Open multipart uploads of this bucket, from s3s-fs's directory (the test bed's server
+    /// keeps a metadata file per open upload, named by the base64 of bucket and key, and
+    /// removes it on completion or abort).
+    pub fn open_uploads(&self) -> Vec<String> {
+        let marker = format!(".bucket-{}.object-", base64url(self.name.as_bytes()));
+        let dir = steward_testkit::testbed::dir().join("s3");
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir:?}: {e}"));
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&marker) && n.contains(".upload-"))
+            .collect()
+    }
+
+    /// Every backup the catalog lists (signed by this bucket's key): complete ones have all
+    /// their parts, each matching its manifest; none is incomplete. Panics naming the first
+    /// that is not, with `context()`; the complete ones' ids.
+    pub async fn check_catalog(&self, context: &dyn Fn() -> String) -> Vec<String> {
+        let store = self.store().await;
+        let trust = steward_store::signing::Trust::new(vec![self.signing.public()]);
+        let listed = steward_store::catalog::list(&store, &trust, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}: {}", context()));
+        let keys = steward_backup::encryption::Keys::new(vec![], vec![]);
+        let meter = std::sync::Arc::default();
+        let io = steward_backup::pipeline::Io { store: &store, keys: &keys, meter: &meter };
+        let mut complete = vec![];
+        for l in listed {
+            let objects = store
+                .list_objects(&l.backup_id)
+                .await
+                .unwrap_or_else(|e| panic!("list objects: {e}: {}", context()));
+            let Some(m) = &l.manifest else {
+                panic!("incomplete backup {} left: {objects:?}: {}", l.backup_id, context());
+            };
+            for c in &m.components {
+                assert!(
+                    objects.contains(&c.object),
+                    "{} listed complete without {}: {}",
+                    l.backup_id,
+                    c.object,
+                    context()
+                );
+                if let Err(e) = steward_backup::pipeline::check_component(io, c).await {
+                    panic!("{} listed complete, {}: {e}: {}", l.backup_id, c.name, context());
+                }
+            }
+            complete.push(l.backup_id);
+        }
+        complete
+    }
+
     /// Empties and removes the bucket.
     pub async fn destroy(self) {
         if let Err(e) = Self::store_of(&self.name).await.destroy().await {
@@ -266,4 +318,18 @@ pub fn failpoints_passed(logs: &str) -> Vec<String> {
         specs.push(format!("{name}={n}"));
     }
     specs
+}
+
+/// URL-safe base64 without padding (how s3s-fs names its upload files).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }

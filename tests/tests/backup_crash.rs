@@ -17,16 +17,21 @@
 //! nothing written after it), no restore copy or replaced data is left beside them, and the
 //! app runs again.
 //!
+//! Two more variants: (c) the scheduled backup (no request is redelivered: the restarted
+//! service concludes it at start, or publishes the outcome its killed run had decided), and
+//! (d) the app container removed (`docker rm -fv`) while its backup or restore is
+//! interrupted: the flow still ends with exactly one terminal event, nothing incomplete is
+//! left in the bucket, the database holds its data from before the restore or the backup's,
+//! and the service stops cleanly.
+//!
 //! `STEWARD_CRASH_POINTS=all` runs every point of every variant (the full matrix); by default
-//! each variant runs every second point, offset by variant, so each point is killed once per
-//! run.
+//! (a) and (b) run every second point, offset by variant, so each point is killed once per
+//! run, and (c) and (d), which need a bed or a schedule of their own per run, two points
+//! each, from an offset that moves with the day of the year (printed).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steward_backup::encryption::Keys;
-use steward_backup::pipeline::{self, Io};
 use steward_bus::Bus;
 use steward_events::{
     BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope,
@@ -124,6 +129,16 @@ impl Bed {
     }
 
     fn service(&self, bus: &Bus, failpoints: Option<&str>) -> Service {
+        self.service_with(bus, failpoints, &[])
+    }
+
+    /// [`Bed::service`] with `extra` settings.
+    fn service_with(
+        &self,
+        bus: &Bus,
+        failpoints: Option<&str>,
+        extra: &[(&'static str, String)],
+    ) -> Service {
         let ns = bus.namespace();
         let port = steward_testkit::free_port();
         let mut env = vec![
@@ -135,6 +150,7 @@ impl Bed {
             ("STEWARD_ACK_WAIT", "2s".into()),
         ];
         env.extend(self.env.iter().cloned());
+        env.extend(extra.iter().cloned());
         if let Some(points) = failpoints {
             env.push(("STEWARD_FAILPOINTS", points.to_owned()));
         }
@@ -152,19 +168,9 @@ impl Bed {
         )
     }
 
-    /// Open multipart uploads of this bucket, from s3s-fs's directory (it keeps a metadata
-    /// file per open upload, named by the base64 of bucket and key, and removes it on
-    /// completion or abort).
+    /// Open multipart uploads of this bucket.
     fn open_uploads(&self) -> Vec<String> {
-        let Some(bucket) = &self.bucket else { return vec![] };
-        let marker = format!(".bucket-{}.object-", base64url(bucket.name.as_bytes()));
-        let dir = testbed::dir().join("s3");
-        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir:?}: {e}"));
-        entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(&marker) && n.contains(".upload-"))
-            .collect()
+        self.bucket.as_ref().map(TestBucket::open_uploads).unwrap_or_default()
     }
 
     /// Database rows, the blob's checksum and whether the file written after the backup is
@@ -240,42 +246,10 @@ impl Bed {
 
     /// Every backup the catalog lists: complete ones intact, no incomplete one left.
     async fn check_catalog(&self, context: &dyn Fn() -> String) -> Vec<String> {
-        let trust = steward_store::signing::Trust::new(
-            self.bucket.iter().map(|b| b.signing.public()).collect(),
-        );
-        let listed =
-            steward_store::catalog::list(&self.store, &trust, time::OffsetDateTime::now_utc())
-                .await
-                .unwrap_or_else(|e| panic!("list: {e}: {}", context()));
-        let keys = Keys::new(vec![], vec![]);
-        let meter = Arc::default();
-        let io = Io { store: &self.store, keys: &keys, meter: &meter };
-        let mut complete = vec![];
-        for l in listed {
-            let Some(m) = &l.manifest else {
-                let objects = self.store.list_objects(&l.backup_id).await.unwrap_or_default();
-                panic!("incomplete backup {} left: {objects:?}: {}", l.backup_id, context());
-            };
-            let objects = self
-                .store
-                .list_objects(&l.backup_id)
-                .await
-                .unwrap_or_else(|e| panic!("list objects: {e}"));
-            for c in &m.components {
-                assert!(
-                    objects.contains(&c.object),
-                    "{} listed complete without {}: {}",
-                    l.backup_id,
-                    c.object,
-                    context()
-                );
-                if let Err(e) = pipeline::check_component(io, c).await {
-                    panic!("{} listed complete, {}: {e}: {}", l.backup_id, c.name, context());
-                }
-            }
-            complete.push(l.backup_id);
+        match &self.bucket {
+            Some(bucket) => bucket.check_catalog(context).await,
+            None => vec![],
         }
-        complete
     }
 
     /// The usable safety backups (reason `pre_restore`) in the bucket.
@@ -388,19 +362,6 @@ fn wait_pg(db: &str) {
         assert!(Instant::now() < deadline, "{db} not ready");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n =
-            chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 fn flow_events(all: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
@@ -756,4 +717,269 @@ async fn restore_killed_once_at_each_point() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_killed_twice_in_a_row_at_each_point() {
     restore_campaign(Variant::Twice, 1).await;
+}
+
+/// A schedule (seconds first) that fires once, `secs` from now, and then not for a year.
+fn once_in(secs: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    format!("{} {} {} {} {} *", at.second(), at.minute(), at.hour(), at.day(), u8::from(at.month()))
+}
+
+/// A schedule that does not fire during a test.
+const NEVER: &str = "0 0 0 1 1 *";
+
+/// Two of `points` from an offset that moves with the day (all with
+/// `STEWARD_CRASH_POINTS=all`).
+fn daily_sample(what: &str, points: &[String]) -> Vec<String> {
+    // `STEWARD_CRASH_ONLY=restore:swap,backup:done`: only the points whose names contain one.
+    let only = std::env::var("STEWARD_CRASH_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
+    if !only.is_empty() {
+        return points.iter().filter(|p| only.iter().any(|o| p.contains(o))).cloned().collect();
+    }
+    if std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all") || points.len() <= 2 {
+        return points.to_vec();
+    }
+    let day = (time::OffsetDateTime::now_utc().unix_timestamp() / 86_400) as usize;
+    let offset = day % points.len();
+    let chosen: Vec<String> = (0..2).map(|i| points[(offset + i) % points.len()].clone()).collect();
+    eprintln!(
+        "{what}: points {chosen:?} of {points:?} (offset {offset}; all: STEWARD_CRASH_POINTS=all)"
+    );
+    chosen
+}
+
+/// The backup flows of `all` (by correlation) with their event types.
+fn backup_flows(all: &[Event]) -> HashMap<uuid::Uuid, Vec<&'static str>> {
+    let mut flows: HashMap<uuid::Uuid, Vec<&'static str>> = HashMap::new();
+    for e in all.iter().filter(|e| e.event_type().starts_with("backup.")) {
+        flows.entry(e.correlation_id).or_default().push(e.event_type());
+    }
+    flows
+}
+
+/// Waits until every scheduled flow of `bus` has ended; the events.
+async fn wait_scheduled_ended(bus: &Bus, s: &Service, context: &dyn Fn() -> String) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = stored_events(bus).await;
+        let flows = backup_flows(&all);
+        let ended = |types: &Vec<&str>| types.iter().any(|t| BACKUP_TERMINAL.contains(t));
+        if !flows.is_empty() && flows.values().all(ended) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a scheduled backup never concluded: {flows:?}: {}\n{}",
+            context(),
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Exactly one scheduled flow with exactly one terminal event and no event twice; the
+/// catalog holds no incomplete backup and no upload is open.
+async fn check_scheduled(bed: &Bed, all: &[Event], context: &dyn Fn() -> String) {
+    let flows = backup_flows(all);
+    assert_eq!(flows.len(), 1, "one scheduled flow: {flows:?}: {}", context());
+    for types in flows.values() {
+        let terminal = types.iter().filter(|t| BACKUP_TERMINAL.contains(t)).count();
+        assert_eq!(terminal, 1, "exactly one terminal event: {types:?}: {}", context());
+        let mut seen = std::collections::HashSet::new();
+        assert!(types.iter().all(|t| seen.insert(*t)), "an event twice: {types:?}: {}", context());
+    }
+    bed.check_catalog(context).await;
+    let open = bed.open_uploads();
+    assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_backup_killed_is_concluded_when_the_service_starts_again() {
+    let started = Instant::now();
+    let bed = Bed::new("bksched", 1).await;
+    // The points of a clean scheduled backup.
+    let bus = TestBus::new("bkschedfind").await;
+    let mut s = bed.service_with(&bus, Some(""), &[("STEWARD_BACKUP_SCHEDULE", once_in(3))]);
+    s.consuming();
+    let all = wait_scheduled_ended(&bus, &s, &String::new).await;
+    check_scheduled(&bed, &all, &|| s.logs()).await;
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    let points = steward_system_tests::failpoints_passed(&s.logs());
+    drop(bus);
+    assert!(points.iter().any(|p| p.starts_with("backup:outcome")), "{points:?}");
+    for spec in daily_sample("scheduled backup", &points) {
+        let t = Instant::now();
+        let bus = TestBus::new("bksched").await;
+        let schedule = [("STEWARD_BACKUP_SCHEDULE", once_in(3))];
+        let mut first = bed.service_with(&bus, Some(&spec), &schedule);
+        first.consuming();
+        assert!(
+            first.exits_within(Duration::from_secs(60)),
+            "{spec}: never reached\n{}",
+            first.logs()
+        );
+        assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
+        let mut last = bed.service_with(&bus, None, &[("STEWARD_BACKUP_SCHEDULE", NEVER.into())]);
+        last.consuming();
+        let log = last.proc.log.clone();
+        let at = spec.clone();
+        let context = move || {
+            let (spec, logs) = (&at, std::fs::read_to_string(&log).unwrap_or_default());
+            format!("scheduled backup killed at {spec}\n{logs}")
+        };
+        let all = wait_scheduled_ended(&bus, &last, &context).await;
+        // Nothing more comes once it is concluded.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stored_events(&bus).await.len(), all.len(), "more events: {}", context());
+        check_scheduled(&bed, &all, &context).await;
+        assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+        eprintln!("scheduled backup {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    bed.destroy().await;
+    eprintln!("scheduled backups: {:.0}s", started.elapsed().as_secs_f64());
+}
+
+/// Removes the app (and its volume) as `compose down -v` would.
+fn remove_app(bed: &Bed) {
+    docker(&["rm", "-fv", &bed.app.name]);
+}
+
+/// Exactly one terminal event and no event twice (the outcome may be either).
+fn check_ended(flow: Flow, all: &[Event], correlation: uuid::Uuid, context: &dyn Fn() -> String) {
+    let types = flow_events(all, correlation);
+    let terminal = types.iter().filter(|t| flow.terminal().contains(t)).count();
+    assert_eq!(terminal, 1, "exactly one terminal event: {types:?}: {}", context());
+    let mut seen = std::collections::HashSet::new();
+    assert!(types.iter().all(|t| seen.insert(*t)), "an event twice: {types:?}: {}", context());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_killed_then_its_container_removed() {
+    let started = Instant::now();
+    let bed = Bed::new("bkgone", 12).await;
+    let (_, points) = clean_backup(&bed).await;
+    bed.destroy().await;
+    for spec in daily_sample("backup, container removed", &points) {
+        let t = Instant::now();
+        let bed = Bed::new("bkgone", 12).await;
+        let bus = TestBus::new("bkgone").await;
+        let request = bed.backup_request();
+        let mut first = bed.service(&bus, Some(&spec));
+        first.consuming();
+        bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+        assert!(
+            first.exits_within(Duration::from_secs(90)),
+            "{spec}: never reached\n{}",
+            first.logs()
+        );
+        assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
+        remove_app(&bed);
+        let mut last = bed.service(&bus, None);
+        last.consuming();
+        let log = last.proc.log.clone();
+        let at = spec.clone();
+        let context = move || {
+            let (spec, logs) = (&at, std::fs::read_to_string(&log).unwrap_or_default());
+            format!("backup killed at {spec}, then the app removed\n{logs}")
+        };
+        let all = wait_terminal(&bus, Flow::Backup, request.correlation_id, &last).await;
+        wait_settled(&last, Flow::Backup, &context).await;
+        check_ended(Flow::Backup, &all, request.correlation_id, &context);
+        bed.check_catalog(&context).await;
+        let open = bed.open_uploads();
+        assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
+        assert_eq!(psql(&bed.db.name, "SELECT count(*) FROM t"), ROWS, "{}", context());
+        assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+        bed.destroy().await;
+        eprintln!("backup, app removed, {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    eprintln!("backups, app removed: {:.0}s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_killed_then_its_container_removed() {
+    let started = Instant::now();
+    // The points of a clean restore.
+    let bed = Bed::new("rsgone", 1).await;
+    let (backup_id, _) = clean_backup(&bed).await;
+    bed.diverge();
+    let bus = TestBus::new("rsgonefind").await;
+    let mut s = bed.service(&bus, Some(""));
+    s.consuming();
+    let request = restore_request(&backup_id);
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &s).await;
+    check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    let points = steward_system_tests::failpoints_passed(&s.logs());
+    drop(bus);
+    bed.destroy().await;
+    for spec in daily_sample("restore, container removed", &points) {
+        let t = Instant::now();
+        let bed = Bed::new("rsgone", 1).await;
+        let backed_up = bed.content();
+        let (backup_id, _) = clean_backup(&bed).await;
+        bed.diverge();
+        let rows_before = psql(&bed.db.name, "SELECT count(*) FROM t");
+        let bus = TestBus::new("rsgone").await;
+        let request = restore_request(&backup_id);
+        let mut first = bed.service(&bus, Some(&spec));
+        first.consuming();
+        bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+        assert!(
+            first.exits_within(Duration::from_secs(90)),
+            "{spec}: never reached\n{}",
+            first.logs()
+        );
+        assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
+        remove_app(&bed);
+        let mut last = bed.service(&bus, None);
+        last.consuming();
+        let log = last.proc.log.clone();
+        let at = spec.clone();
+        let context = move || {
+            let (spec, logs) = (&at, std::fs::read_to_string(&log).unwrap_or_default());
+            format!("restore killed at {spec}, then the app removed\n{logs}")
+        };
+        let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &last).await;
+        wait_settled(&last, Flow::Restore, &context).await;
+        check_ended(Flow::Restore, &all, request.correlation_id, &context);
+        wait_pg(&bed.db.name);
+        let rows = psql(&bed.db.name, "SELECT count(*) FROM t");
+        assert!(
+            rows == rows_before || rows == backed_up.0,
+            "the database holds {rows} rows, neither {rows_before} (before) nor {} (the backup's): {}",
+            backed_up.0,
+            context()
+        );
+        let dbs = psql(
+            &bed.db.name,
+            "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE '%steward%'",
+        );
+        let outcome: Vec<String> = all
+            .iter()
+            .filter(|e| e.correlation_id == request.correlation_id)
+            .filter_map(|e| match &e.data {
+                EventData::RestoreFailed(f) => Some(f.reason.clone()),
+                _ => None,
+            })
+            .collect();
+        // Past the swap's commit point the replaced database stays beside the restored one,
+        // named in the failure; nothing else may be left.
+        for db in dbs.split(',').filter(|d| !d.is_empty()) {
+            assert!(
+                db.contains("_steward_old_") && outcome.iter().any(|r| r.contains(db)),
+                "a restore's database {db} left, not named in the outcome ({outcome:?}): {}",
+                context()
+            );
+        }
+        bed.check_catalog(&context).await;
+        let open = bed.open_uploads();
+        assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
+        assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+        bed.destroy().await;
+        eprintln!("restore, app removed, {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    eprintln!("restores, app removed: {:.0}s", started.elapsed().as_secs_f64());
 }

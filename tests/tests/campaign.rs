@@ -1,26 +1,32 @@
-//! A seeded random campaign over the real `steward-updater` and `steward-notifier` (issue 16):
-//! each seed drives a small deterministic generator that picks 3–6 actions against one
-//! automatically updated app: publish `image.updated` for the next pushed release (sometimes
-//! the broken one), redeliver an earlier `image.updated` (the same message again, as JetStream
-//! would), replay an older one (a copy with a fresh id at its original's instant), SIGKILL the
-//! updater or the notifier at a random moment, abort either at one of its failpoints, restart
-//! the NATS server (its store persists), or remove the app's containers (`docker rm -f`, like
-//! `compose down`). A dead service is restarted at once, as a restart policy would. The
-//! notifier mails every outcome through the test bed's SMTP server to an address of the seed.
+//! A seeded random campaign over all five services as real processes (issue 16): the
+//! watcher, updater, backup, health and notifier of one namespace, against one app that is
+//! updated automatically and backed up first (its `/data`, the app stopped for the copy). Each
+//! seed drives a small deterministic generator that picks 3–6 actions: publish the next release
+//! (its tag in the registry moved to it, then `watch.requested` as `steward check` sends it: the
+//! watcher announces it; sometimes the broken release), redeliver an earlier `image.updated`
+//! (the same message again, as JetStream would), replay an older one (a copy with a fresh id at
+//! its original's instant), SIGKILL any service at a random moment, abort the updater, the
+//! notifier or the backup service at one of its failpoints, restart the NATS server (its store
+//! persists), or remove the app's containers (`docker rm -f`, like `compose down`). A dead
+//! service is restarted at once, as a restart policy would. The notifier mails through the
+//! test bed's SMTP server to an address of the seed.
 //!
-//! After each seed, once both have settled (their consumers have nothing pending, every record
-//! is terminal, no newer image waits in the queue, no notification is queued): both stop on
-//! SIGTERM and fresh ones start, are ready, and publish and mail nothing; every flow
-//! (correlation id) the updater acted on has exactly one terminal event and no event type
-//! twice; successes only ever move the container to a newer release (v1 < v2 < v4 < v5 ...:
-//! `docker build` FROM steward-test/app:v2 plus a label; v3 is the broken one,
-//! steward-test/app:v3 with a HEALTHCHECK that gives up after one probe, and never passes the
-//! gate) and the container runs the last one succeeded (one container under the name,
-//! running); no container is left under a swap name; every record is terminal with an empty
-//! outbox. Mail: every outcome is notified in exactly one message, every message recorded as
-//! sent arrived, and a message arrives twice only after a notifier died, as the same message
-//! (same `Message-ID` and text). After a removal the name may be empty, or held by the one
-//! container an interrupted swap had started.
+//! After each seed, once all have settled (every consumer has nothing pending, every update
+//! record is terminal, no newer image waits in the queue, no notification is queued, no
+//! multipart upload is open): all five stop on SIGTERM and fresh ones start, are ready, and
+//! publish and mail nothing; in every flow (one check asked, the news it found, what was done
+//! about it) the updater and the backup service did each thing at most once, an update acted
+//! on ended exactly once and a backup asked for exactly once; successes only ever move the
+//! container to a newer release (v1 < v2 < v4 < v5 ...: `docker build` FROM
+//! steward-test/app:v2 plus a label; v3 is the broken one, steward-test/app:v3 with a
+//! HEALTHCHECK that gives up after one probe, and never passes the gate) and the container runs
+//! the last one succeeded (one container under the name, running); no container is left under
+//! a swap name; health said `health.failed` and `health.recovered` once per episode; every
+//! backup listed as complete has all its parts, intact, and none is incomplete. Mail: every
+//! update outcome is notified exactly once, nothing is notified that did not happen, every
+//! message recorded as sent arrived, and a message arrives twice only after a notifier died,
+//! as the same message (same `Message-ID` and text). After a removal the name may be empty,
+//! or held by the one container an interrupted swap had started.
 //!
 //! Each seed has its own namespace on a private nats-server (one per test function, so
 //! restarting it disturbs no other test) and its own app; seeds run in two test functions
@@ -33,7 +39,7 @@
 //! Timing decisions (gaps, the moment of a kill) are seeded too, but what the updater is doing
 //! at that moment is not: a replay repeats the actions exactly, the interleaving closely.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -44,12 +50,12 @@ use steward_bus::{Bus, ReplayQuery, StateStore};
 use steward_events::records::{
     QueuedNews, UpdateRecord, OUTBOX_BUCKET, UPDATE_BUCKET, UPDATE_QUEUE_BUCKET,
 };
-use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_events::{Digest, Event, EventData, ImageUpdated, WatchRequested};
 use steward_notifier::outbox::{Entry, EntryState};
 use steward_system_tests::mail::{
     mails_to, testbed_maildir, testbed_notifier_env, unique_address, Mail,
 };
-use steward_system_tests::Proc;
+use steward_system_tests::{Proc, TestBucket};
 use steward_testkit::docker::{docker, push, registry, Container, ImageTag, SwapLeftovers};
 use steward_testkit::{bus_config, free_port, unique_name, NatsServer, TestBus};
 
@@ -83,26 +89,59 @@ impl Rng {
     }
 }
 
+/// The services of a seed: every one of them is killed by some seeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Updater,
+    Notifier,
+    Watcher,
+    Backup,
+    Health,
+}
+
+const SERVICES: [Who; 5] = [Who::Updater, Who::Notifier, Who::Watcher, Who::Backup, Who::Health];
+
+impl Who {
+    fn binary(self) -> &'static str {
+        match self {
+            Who::Updater => "steward-updater",
+            Who::Notifier => "steward-notifier",
+            Who::Watcher => "steward-watcher",
+            Who::Backup => "steward-backup",
+            Who::Health => "steward-health",
+        }
+    }
+
+    /// Its durable consumer.
+    fn consumer(self) -> &'static str {
+        match self {
+            Who::Updater => "updater",
+            Who::Notifier => "notifier",
+            Who::Watcher => "watcher",
+            Who::Backup => "backup",
+            Who::Health => "health",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Action {
-    /// `image.updated` for the next release (the broken one when `broken`).
+    /// Point the app's tag in the registry at the next release (the broken one when `broken`)
+    /// and ask the watcher to check (`watch.requested`, as `steward check` does): the watcher
+    /// announces it.
     Publish { broken: bool },
-    /// The `which`-th published `image.updated` (modulo their number) delivered again as is.
+    /// The `which`-th `image.updated` so far (modulo their number) delivered again as is.
     Redeliver { which: u64 },
-    /// A copy of the `which`-th published `image.updated` with a fresh id, its original time.
+    /// A copy of the `which`-th `image.updated` with a fresh id, at its original's time.
     Replay { which: u64 },
-    /// SIGKILL the updater after `after_ms`, and start it again.
-    Kill { after_ms: u64 },
-    /// Restart the updater set to abort at failpoint `point` (`name=N`: its N-th hit).
-    Abort { point: String },
+    /// SIGKILL `who` after `after_ms`, and start it again.
+    Kill { who: Who, after_ms: u64 },
+    /// Restart `who` set to abort at its failpoint `point` (`name=N`: its N-th hit).
+    Abort { who: Who, point: String },
     /// Kill the NATS server, wait `down_ms`, start it again on the same store.
     RestartNats { down_ms: u64 },
     /// `docker rm -f` every container of the app (the name and the swap names).
     Remove,
-    /// SIGKILL the notifier after `after_ms`, and start it again.
-    KillNotifier { after_ms: u64 },
-    /// Restart the notifier set to abort at its failpoint `point`.
-    AbortNotifier { point: &'static str },
 }
 
 /// The notifier's points a delivery passes (`notify_crash.rs` kills each of them).
@@ -110,31 +149,46 @@ const NOTIFIER_POINTS: [&str; 5] =
     ["notify:queued", "notify:sending", "notify:delivered", "notify:published", "notify:recorded"];
 
 /// What seed `seed` does: (milliseconds to wait before, action). The first action publishes.
-fn plan(seed: u64, points: &[String]) -> Vec<(u64, Action)> {
+fn plan(seed: u64, points: &Points) -> Vec<(u64, Action)> {
     let mut rng = Rng(seed);
     let count = 3 + rng.below(4);
+    let pick = |rng: &mut Rng, from: &[String]| from[rng.below(from.len() as u64) as usize].clone();
     (0..count)
         .map(|i| {
             let gap = rng.below(800);
             let roll = if i == 0 { 0 } else { rng.below(100) };
             let action = match roll {
-                0..=29 => Action::Publish { broken: rng.below(6) == 0 },
-                30..=38 => Action::Redeliver { which: rng.below(8) },
-                39..=47 => Action::Replay { which: rng.below(8) },
-                48..=59 => Action::Kill { after_ms: rng.below(2500) },
-                60..=71 => {
-                    Action::Abort { point: points[rng.below(points.len() as u64) as usize].clone() }
+                0..=27 => Action::Publish { broken: rng.below(6) == 0 },
+                28..=34 => Action::Redeliver { which: rng.below(8) },
+                35..=41 => Action::Replay { which: rng.below(8) },
+                42..=50 => Action::Kill { who: Who::Updater, after_ms: rng.below(2500) },
+                51..=59 => {
+                    Action::Abort { who: Who::Updater, point: pick(&mut rng, &points.updater) }
                 }
-                72..=77 => Action::KillNotifier { after_ms: rng.below(2500) },
-                78..=83 => Action::AbortNotifier {
-                    point: NOTIFIER_POINTS[rng.below(NOTIFIER_POINTS.len() as u64) as usize],
+                60..=63 => Action::Kill { who: Who::Notifier, after_ms: rng.below(2500) },
+                64..=67 => Action::Abort {
+                    who: Who::Notifier,
+                    point: NOTIFIER_POINTS[rng.below(NOTIFIER_POINTS.len() as u64) as usize].into(),
                 },
-                84..=94 => Action::RestartNats { down_ms: 100 + rng.below(1500) },
+                68..=71 => Action::Kill { who: Who::Watcher, after_ms: rng.below(1500) },
+                72..=75 => Action::Kill { who: Who::Backup, after_ms: rng.below(2500) },
+                76..=80 => {
+                    Action::Abort { who: Who::Backup, point: pick(&mut rng, &points.backup) }
+                }
+                81..=84 => Action::Kill { who: Who::Health, after_ms: rng.below(2500) },
+                85..=94 => Action::RestartNats { down_ms: 100 + rng.below(1500) },
                 _ => Action::Remove,
             };
             (gap, action)
         })
         .collect()
+}
+
+/// The failpoints found by a clean run, as kill specs.
+#[derive(Clone, Debug, Default)]
+struct Points {
+    updater: Vec<String>,
+    backup: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,7 +214,9 @@ struct Bed {
     /// v2, v4, v5, ... in order.
     healthy: Vec<Release>,
     v3: Release,
-    points: Vec<String>,
+    points: Points,
+    /// The backup service's bucket (shared by the seeds: each backs up its own app).
+    bucket: TestBucket,
     _built: Vec<BuiltImage>,
     _repository: ImageTag,
 }
@@ -234,7 +290,8 @@ impl Bed {
             v1,
             healthy,
             v3,
-            points: vec![],
+            points: Points::default(),
+            bucket: TestBucket::new("campaign").await,
             _built: built,
             _repository: guard,
         };
@@ -262,16 +319,20 @@ impl Bed {
 }
 
 /// The failpoints, found once per test binary.
-static POINTS: tokio::sync::OnceCell<Vec<String>> = tokio::sync::OnceCell::const_new();
+static POINTS: tokio::sync::OnceCell<Points> = tokio::sync::OnceCell::const_new();
 
-/// The points a clean update (to v2) and a clean rollback (to the broken v3) pass, as kill
-/// specs (`name=n`: the n-th hit in the process), sorted.
-async fn discover(bed: &Bed) -> Vec<String> {
+/// The points a clean update (to v2, backed up first) and a clean rollback (to the broken v3)
+/// pass in the updater and in the backup service, as kill specs (`name=n`: the n-th hit in
+/// the process), sorted.
+async fn discover(bed: &Bed) -> Points {
     let notes = Notes::default();
     let bus = TestBus::with_config(bus_config(&bed.url(), "campfind")).await;
-    let app = App::start(bed, "find");
-    let mut updater = Service::updater(bed, &bus, Some(""), &notes);
+    let scope = unique_name("campfind");
+    let app = App::start(bed, "find", &scope).await;
+    let mut updater = Service::start(Who::Updater, bed, &bus, &scope, "", Some(""), &notes);
+    let mut backup = Service::start(Who::Backup, bed, &bus, &scope, "", Some(""), &notes);
     updater.wait_consuming().await;
+    backup.wait_consuming().await;
     for to in [&bed.healthy[0], &bed.v3] {
         let from = if to.broken { &bed.healthy[0] } else { &bed.v1 };
         let event = image_updated(&app, &from.digest, &to.digest);
@@ -286,12 +347,16 @@ async fn discover(bed: &Bed) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let mut specs = steward_system_tests::failpoints_passed(&updater.proc.logs());
-    specs.sort();
-    specs.dedup();
-    assert!(specs.len() >= 10, "too few failpoints found: {specs:?}\n{}", updater.proc.logs());
-    eprintln!("campaign: {} failpoints: {specs:?}", specs.len());
-    specs
+    let found = |s: &Service, least: usize| {
+        let mut specs = steward_system_tests::failpoints_passed(&s.proc.logs());
+        specs.sort();
+        specs.dedup();
+        assert!(specs.len() >= least, "too few failpoints found: {specs:?}\n{}", s.proc.logs());
+        specs
+    };
+    let points = Points { updater: found(&updater, 10), backup: found(&backup, 3) };
+    eprintln!("campaign: failpoints: {points:?}");
+    points
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,6 +399,8 @@ impl Notes {
 struct App {
     name: String,
     image: String,
+    /// Its tag (`sSEED`), in the registry too.
+    tag: String,
     _leftovers: SwapLeftovers,
     _c: Container,
     _tag: LocalTag,
@@ -349,11 +416,14 @@ impl Drop for LocalTag {
 }
 
 impl App {
-    fn start(bed: &Bed, tag: &str) -> Self {
+    /// The app on tag `tag` (v1, pointed at v1 in the registry too), in `scope`: updated
+    /// automatically, backed up first (`/data`, stopped for the copy), watched by health.
+    async fn start(bed: &Bed, tag: &str, scope: &str) -> Self {
         let image = format!("{}:{tag}", bed.repository);
         docker(&["tag", "steward-test/app:v1", &image]);
+        retag(bed, tag, &bed.v1).await;
         let name = unique_name(&format!("camp-{tag}"));
-        let tag = LocalTag(image.clone());
+        let local = LocalTag(image.clone());
         let leftovers = SwapLeftovers(name.clone());
         let c = Container::run(
             &name,
@@ -361,20 +431,61 @@ impl App {
                 "--label",
                 "steward.enable=true",
                 "--label",
+                &format!("steward.scope={scope}"),
+                "--label",
                 "steward.update.policy=automatic",
                 "--label",
-                "steward.update.backup=false",
+                "steward.update.backup=true",
+                "--label",
+                "steward.backup.paths=/data",
+                "--label",
+                "steward.backup.stop=true",
+                "-v",
+                "/data",
                 &image,
             ],
         );
-        Self { name, image, _leftovers: leftovers, _c: c, _tag: tag }
+        Self { name, image, tag: tag.to_owned(), _leftovers: leftovers, _c: c, _tag: local }
     }
 }
 
-/// A service process (the updater or the notifier); its logs go to the seed's notes when it
-/// is dropped.
+/// Points `tag` of the bed's repository at `release` through the registry's API (what a
+/// release pushed under the app's tag looks like to the watcher), without touching a local
+/// tag: only the updater changes the tags containers are created from.
+async fn retag(bed: &Bed, tag: &str, release: &Release) {
+    const ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+        application/vnd.oci.image.manifest.v1+json, \
+        application/vnd.docker.distribution.manifest.list.v2+json, \
+        application/vnd.oci.image.index.v1+json";
+    let (host, name) = bed.repository.split_once('/').expect("registry/repository");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http");
+    let got = client
+        .get(format!("http://{host}/v2/{name}/manifests/{}", release.digest))
+        .header("Accept", ACCEPT)
+        .send()
+        .await
+        .expect("get manifest");
+    assert!(got.status().is_success(), "get manifest {}: {}", release.label, got.status());
+    let media = got
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .expect("manifest media type")
+        .to_owned();
+    let body = got.bytes().await.expect("manifest");
+    let put = client
+        .put(format!("http://{host}/v2/{name}/manifests/{tag}"))
+        .header("Content-Type", media)
+        .body(body)
+        .send()
+        .await
+        .expect("put manifest");
+    assert!(put.status().is_success(), "put manifest {tag}: {}", put.status());
+}
+
+/// A service process; its logs go to the seed's notes when it is dropped.
 struct Service<'a> {
-    binary: &'static str,
+    who: Who,
     proc: Proc,
     port: u16,
     failpoint: Option<String>,
@@ -382,11 +493,13 @@ struct Service<'a> {
 }
 
 impl<'a> Service<'a> {
+    /// `who` in `bus`'s namespace and `scope`; the notifier mails `to`.
     fn start(
-        binary: &'static str,
+        who: Who,
         bed: &Bed,
         bus: &Bus,
-        settings: Vec<(&'static str, String)>,
+        scope: &str,
+        to: &str,
         failpoints: Option<&str>,
         notes: &'a Notes,
     ) -> Self {
@@ -397,33 +510,30 @@ impl<'a> Service<'a> {
             ("STEWARD_STREAM", ns.stream.clone()),
             ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
             ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("STEWARD_SCOPE", scope.to_owned()),
             ("STEWARD_ACK_WAIT", "2s".into()),
             ("STEWARD_SHUTDOWN_GRACE", "10s".into()),
         ];
-        env.extend(settings);
+        match who {
+            Who::Updater => env.extend([
+                ("STEWARD_HEALTH_TIMEOUT", "30s".into()),
+                ("STEWARD_HEALTH_GRACE", "1s".into()),
+            ]),
+            Who::Notifier => env.extend(testbed_notifier_env(to)),
+            // Checks only when asked: the seed's `Publish` asks.
+            Who::Watcher => env.push(("STEWARD_WATCH_SCHEDULE", "0 3 1 1 *".into())),
+            Who::Backup => {
+                env.extend(bed.bucket.env());
+                env.push(("STEWARD_BACKUP_SCHEDULE", "0 3 1 1 *".into()));
+            }
+            Who::Health => env.push(("STEWARD_HEALTH_INTERVAL", "1s".into())),
+        }
         if let Some(points) = failpoints {
             env.push(("STEWARD_FAILPOINTS", points.to_owned()));
         }
-        let proc = Proc::start(binary, &env);
+        let proc = Proc::start(who.binary(), &env);
         let failpoint = failpoints.filter(|p| !p.is_empty()).map(str::to_owned);
-        Self { binary, proc, port, failpoint, notes }
-    }
-
-    fn updater(bed: &Bed, bus: &Bus, failpoints: Option<&str>, notes: &'a Notes) -> Self {
-        let settings =
-            vec![("STEWARD_HEALTH_TIMEOUT", "30s".into()), ("STEWARD_HEALTH_GRACE", "1s".into())];
-        Self::start("steward-updater", bed, bus, settings, failpoints, notes)
-    }
-
-    /// A notifier mailing `to` through the test bed's SMTP server.
-    fn notifier(
-        bed: &Bed,
-        bus: &Bus,
-        to: &str,
-        failpoints: Option<&str>,
-        notes: &'a Notes,
-    ) -> Self {
-        Self::start("steward-notifier", bed, bus, testbed_notifier_env(to), failpoints, notes)
+        Self { who, proc, port, failpoint, notes }
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
@@ -446,9 +556,9 @@ impl<'a> Service<'a> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.proc.logs().contains("\"consuming\"") {
             if let Some(status) = self.exited() {
-                panic!("{} exited at start ({status})", self.binary);
+                panic!("{} exited at start ({status})", self.who.binary());
             }
-            assert!(Instant::now() < deadline, "{} never consumed", self.binary);
+            assert!(Instant::now() < deadline, "{} never consumed", self.who.binary());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -462,7 +572,7 @@ impl Drop for Service<'_> {
         let failpoint = self.failpoint.as_deref().unwrap_or("none");
         logs.push_str(&format!(
             "----- {} pid {} (failpoint {failpoint}) -----\n",
-            self.binary,
+            self.who.binary(),
             self.proc.child.id()
         ));
         logs.push_str(&self.proc.logs());
@@ -597,51 +707,47 @@ async fn readyz(port: u16) -> bool {
 // ---------------------------------------------------------------------------------------------
 // One seed.
 
-/// Fields drop in order: the updater goes first, then the app's containers, then the namespace.
+/// Fields drop in order: the services go first, then the app's containers, then the namespace.
 struct Run<'a> {
-    updater: Option<Service<'a>>,
-    notifier: Option<Service<'a>>,
+    services: BTreeMap<Who, Service<'a>>,
     bed: &'a Bed,
     app: App,
     bus: TestBus,
     notes: &'a Notes,
-    /// What the test published (first publications only), in order.
-    published: Vec<Event>,
+    scope: String,
     /// Releases published so far (the next healthy one is `healthy[next]`).
     next: usize,
     removed: bool,
     /// The notifier's recipient (unique to the seed).
     to: String,
-    /// Whether a notifier died in the seed: only then may a message come twice (the same
-    /// message, when the server had accepted it and the outbox did not say so yet).
-    notifier_died: bool,
+    /// The services that died (or were killed) in the seed: only after a notifier's death
+    /// may a message come twice (the same message, when the server had accepted it and the
+    /// outbox did not say so yet).
+    died: BTreeSet<Who>,
 }
 
 impl<'a> Run<'a> {
-    fn start_updater(&mut self, failpoints: Option<&str>) {
-        self.updater = None;
-        self.updater = Some(Service::updater(self.bed, &self.bus, failpoints, self.notes));
-    }
-
-    fn start_notifier(&mut self, failpoints: Option<&str>) {
-        if self.notifier.take().is_some() {
-            self.notifier_died = true;
+    /// Starts `who` (armed at `failpoints`), replacing (killing) the one running.
+    fn start(&mut self, who: Who, failpoints: Option<&str>) {
+        if self.services.remove(&who).is_some() {
+            self.died.insert(who);
         }
-        self.notifier =
-            Some(Service::notifier(self.bed, &self.bus, &self.to, failpoints, self.notes));
+        let s =
+            Service::start(who, self.bed, &self.bus, &self.scope, &self.to, failpoints, self.notes);
+        self.services.insert(who, s);
     }
 
     /// A dead service is started again (without failpoints), as a restart policy would.
     fn supervise(&mut self) {
-        let Some(u) = self.updater.as_mut() else { return self.start_updater(None) };
-        if let Some(why) = u.died() {
-            self.notes.action(format!("(updater {why}; restarted)"));
-            self.start_updater(None);
-        }
-        let Some(n) = self.notifier.as_mut() else { return self.start_notifier(None) };
-        if let Some(why) = n.died() {
-            self.notes.action(format!("(notifier {why}; restarted)"));
-            self.start_notifier(None);
+        for who in SERVICES {
+            let why = match self.services.get_mut(&who) {
+                None => Some("missing".to_owned()),
+                Some(s) => s.died(),
+            };
+            if let Some(why) = why {
+                self.notes.action(format!("({} {why}; restarted)", who.consumer()));
+                self.start(who, None);
+            }
         }
     }
 
@@ -673,20 +779,21 @@ impl<'a> Run<'a> {
                     self.next += 1;
                     r
                 };
-                let from = self.running().unwrap_or(&self.bed.v1).clone();
-                let event = image_updated(&self.app, &from.digest, &to.digest);
-                self.notes.action(format!(
-                    "publish {}->{} ({})",
-                    from.label,
-                    to.label,
-                    short(event.id)
-                ));
-                self.bus.publish(&event).await.expect("publish image.updated");
-                self.published.push(event);
+                let from = self.running().map_or("none".into(), |r| r.label.clone());
+                retag(self.bed, &self.app.tag, &to).await;
+                let ask = Event::new(
+                    "steward-cli/campaign",
+                    WatchRequested {
+                        container: Some(self.app.name.clone()),
+                        requested_by: Some("campaign".into()),
+                    },
+                );
+                self.notes.action(format!("publish {from}->{} ({})", to.label, short(ask.id)));
+                publish_retrying(&self.bus, &ask).await;
             }
             Action::Redeliver { which } => {
-                let Some(event) = self.pick(*which) else {
-                    return self.notes.action("redeliver (nothing published)".into());
+                let Some(event) = self.pick(*which).await else {
+                    return self.notes.action("redeliver (no news yet)".into());
                 };
                 self.notes.action(format!("redeliver {}", short(event.id)));
                 // Without a Nats-Msg-Id the stream stores it again: the consumer delivers the
@@ -712,8 +819,8 @@ impl<'a> Run<'a> {
                 }
             }
             Action::Replay { which } => {
-                let Some(original) = self.pick(*which) else {
-                    return self.notes.action("replay (nothing published)".into());
+                let Some(original) = self.pick(*which).await else {
+                    return self.notes.action("replay (no news yet)".into());
                 };
                 let mut copy = Event::new(original.source.clone(), original.data.clone());
                 // A replayed copy carries its original's time: the very same instant (which
@@ -725,31 +832,23 @@ impl<'a> Run<'a> {
                     copy.time = original.time - time::Duration::microseconds(1);
                 }
                 self.notes.action(format!("replay {} as {}", short(original.id), short(copy.id)));
-                self.bus.publish(&copy).await.expect("publish replay");
+                publish_retrying(&self.bus, &copy).await;
             }
-            Action::Kill { after_ms } => {
+            Action::Kill { who, after_ms } => {
                 self.sleep_supervised(*after_ms).await;
-                self.notes.action(format!("kill -9 updater after {after_ms}ms"));
-                self.start_updater(None);
+                self.notes.action(format!("kill -9 {} after {after_ms}ms", who.consumer()));
+                self.start(*who, None);
             }
-            Action::Abort { point } => {
-                self.notes.action(format!("kill -9 updater; restart to abort at {point}"));
-                self.start_updater(Some(point));
+            Action::Abort { who, point } => {
+                self.notes
+                    .action(format!("kill -9 {}; restart to abort at {point}", who.consumer()));
+                self.start(*who, Some(point));
             }
             Action::RestartNats { down_ms } => {
                 self.notes.action(format!("restart NATS ({down_ms}ms down)"));
                 self.bed.nats.lock().unwrap_or_else(|p| p.into_inner()).kill();
                 tokio::time::sleep(Duration::from_millis(*down_ms)).await;
                 self.bed.nats.lock().unwrap_or_else(|p| p.into_inner()).start_again();
-            }
-            Action::KillNotifier { after_ms } => {
-                self.sleep_supervised(*after_ms).await;
-                self.notes.action(format!("kill -9 notifier after {after_ms}ms"));
-                self.start_notifier(None);
-            }
-            Action::AbortNotifier { point } => {
-                self.notes.action(format!("kill -9 notifier; restart to abort at {point}"));
-                self.start_notifier(Some(point));
             }
             Action::Remove => {
                 let found = containers_of(&self.app.name);
@@ -762,25 +861,35 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn pick(&self, which: u64) -> Option<Event> {
-        let n = self.published.len() as u64;
-        (n > 0).then(|| self.published[(which % n) as usize].clone())
+    /// The `which`-th `image.updated` the watcher published so far (modulo their number).
+    async fn pick(&self, which: u64) -> Option<Event> {
+        let news: Vec<Event> = events(&self.bus)
+            .await
+            .into_iter()
+            .filter(|e| matches!(e.data, EventData::ImageUpdated(_)))
+            .collect();
+        let n = news.len() as u64;
+        (n > 0).then(|| news[(which % n) as usize].clone())
     }
 
     /// What keeps the seed from being settled, or `None`.
     async fn unsettled(&mut self) -> Option<String> {
-        for s in [self.updater.as_ref()?, self.notifier.as_ref()?] {
+        for who in SERVICES {
+            let s = self.services.get(&who)?;
             if !s.proc.logs().contains("\"consuming\"") {
-                return Some(format!("{} is not consuming yet", s.binary));
+                return Some(format!("{} is not consuming yet", who.binary()));
             }
         }
-        for consumer in ["updater", "notifier"] {
-            match consumer_backlog(&self.bus, consumer).await {
+        for who in SERVICES {
+            match consumer_backlog(&self.bus, who.consumer()).await {
                 Some((0, 0)) => {}
                 Some((pending, acks)) => {
-                    return Some(format!("{consumer}: {pending} pending, {acks} unacknowledged"))
+                    return Some(format!(
+                        "{}: {pending} pending, {acks} unacknowledged",
+                        who.consumer()
+                    ))
                 }
-                None => return Some(format!("{consumer}: consumer info unavailable")),
+                None => return Some(format!("{}: consumer info unavailable", who.consumer())),
             }
         }
         match outbox(&self.bus).await {
@@ -799,6 +908,10 @@ impl<'a> Run<'a> {
             Some(n) => return Some(format!("{n} newer image(s) wait for an update to end")),
             None => return Some("the update queue is unavailable".into()),
         }
+        let open = self.bed.bucket.open_uploads();
+        if !open.is_empty() {
+            return Some(format!("open multipart uploads: {open:?}"));
+        }
         let found = containers_of(&self.app.name);
         let strays: Vec<&String> =
             found.iter().map(|(n, _, _)| n).filter(|n| **n != self.app.name).collect();
@@ -816,17 +929,17 @@ impl<'a> Run<'a> {
         // A process still armed may die after the state settled (at a point past what is
         // checked, e.g. the notifier's `notify:recorded`): clean ones take over, and the
         // seed settles again.
-        let armed = |s: &Option<Service>| s.as_ref().is_some_and(|s| s.failpoint.is_some());
-        let (updater, notifier) = (armed(&self.updater), armed(&self.notifier));
-        if updater {
-            self.notes.action("(armed updater replaced)".into());
-            self.start_updater(None);
+        let armed: Vec<Who> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.failpoint.is_some())
+            .map(|(who, _)| *who)
+            .collect();
+        for who in &armed {
+            self.notes.action(format!("(armed {} replaced)", who.consumer()));
+            self.start(*who, None);
         }
-        if notifier {
-            self.notes.action("(armed notifier replaced)".into());
-            self.start_notifier(None);
-        }
-        if updater || notifier {
+        if !armed.is_empty() {
             self.settle_once().await;
         }
     }
@@ -846,58 +959,72 @@ impl<'a> Run<'a> {
         // The services stop on SIGTERM, and fresh ones start, are ready, and change nothing.
         let before = events(&self.bus).await.len();
         let mails_before = mails_to(&testbed_maildir(), &self.to).len();
-        for s in [self.updater.as_mut(), self.notifier.as_mut()].into_iter().flatten() {
+        for s in self.services.values_mut() {
             let code = s.proc.terminate(Duration::from_secs(20));
-            assert_eq!(code, Some(0), "{} did not stop cleanly on SIGTERM", s.binary);
+            assert_eq!(code, Some(0), "{} did not stop cleanly on SIGTERM", s.who.binary());
         }
-        self.start_updater(None);
-        self.notifier = None;
-        self.notifier = Some(Service::notifier(self.bed, &self.bus, &self.to, None, self.notes));
-        for s in [self.updater.as_mut(), self.notifier.as_mut()].into_iter().flatten() {
+        self.services.clear();
+        for who in SERVICES {
+            let s =
+                Service::start(who, self.bed, &self.bus, &self.scope, &self.to, None, self.notes);
+            self.services.insert(who, s);
+        }
+        for s in self.services.values_mut() {
             s.wait_consuming().await;
             let deadline = Instant::now() + Duration::from_secs(10);
             while !readyz(s.port).await {
-                assert!(Instant::now() < deadline, "the restarted {} is not ready", s.binary);
+                assert!(Instant::now() < deadline, "the restarted {} is not ready", s.who.binary());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        // Longer than the notifier's group window: whatever it would send, it has sent.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Longer than the notifier's group window and two health rounds: whatever they
+        // would send, they have sent.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         if let Some(why) = self.unsettled().await {
             panic!("fresh services unsettled things: {why}");
         }
         let (all, dead) = events_and_dead_letters(&self.bus).await;
-        assert_eq!(all.len(), before, "fresh services published events");
+        let new: Vec<&str> = all[before.min(all.len())..].iter().map(Event::event_type).collect();
+        assert!(new.is_empty(), "fresh services published events: {new:?}");
         let mails = mails_to(&testbed_maildir(), &self.to);
         assert_eq!(mails.len(), mails_before, "a fresh notifier mailed");
         if dead > 0 {
             self.notes.action(format!("({dead} dead letters)"));
         }
 
-        // Flows: exactly one terminal event when the updater acted, no event type twice.
+        // Flows (one check asked, the news it found and what was done about it): the updater
+        // and the backup service did each thing at most once, and an update acted on ended
+        // exactly once.
         let mut flows: BTreeMap<uuid::Uuid, Vec<&Event>> = BTreeMap::new();
         for e in &all {
             flows.entry(e.correlation_id).or_default().push(e);
         }
         let mut succeeded = vec![];
         for (correlation, flow) in &flows {
-            let news: HashSet<uuid::Uuid> = flow
-                .iter()
-                .filter(|e| matches!(e.data, EventData::ImageUpdated(_)))
-                .map(|e| e.id)
-                .collect();
             let types: Vec<&str> = flow.iter().map(|e| e.event_type()).collect();
-            assert_eq!(news.len(), 1, "flow {correlation}: not one image.updated: {types:?}");
-            let own: Vec<&str> = types.iter().copied().filter(|t| *t != "image.updated").collect();
+            let own: Vec<&str> = types
+                .iter()
+                .copied()
+                .filter(|t| t.starts_with("update.") || t.starts_with("backup."))
+                .collect();
             let mut seen = HashSet::new();
             for t in &own {
                 assert!(seen.insert(*t), "flow {correlation}: {t} twice: {types:?}");
             }
             let terminal = own.iter().filter(|t| TERMINAL.contains(t)).count();
+            let acted = own.iter().any(|t| t.starts_with("update."));
             assert!(
-                own.is_empty() || terminal == 1,
+                !acted || terminal == 1,
                 "flow {correlation}: {terminal} terminal events: {types:?}"
             );
+            if own.contains(&"backup.requested") {
+                let ended =
+                    own.iter().filter(|t| ["backup.done", "backup.failed"].contains(t)).count();
+                assert_eq!(
+                    ended, 1,
+                    "flow {correlation}: a backup asked, {ended} outcomes: {types:?}"
+                );
+            }
             succeeded.extend(flow.iter().filter_map(|e| match &e.data {
                 EventData::UpdateSucceeded(s) => Some((e, s.to_digest.to_string())),
                 _ => None,
@@ -916,6 +1043,18 @@ impl<'a> Run<'a> {
             assert!(r.rank > rank, "update.succeeded {} to {} after {}", e.id, r.label, last.label);
             (rank, last) = (r.rank, r);
         }
+        // Health speaks once per episode, whoever was killed in between.
+        let mut episode: Option<&str> = None;
+        for e in all.iter().filter(|e| e.container() == Some(self.app.name.as_str())) {
+            let t = e.event_type();
+            if t == "health.failed" || t == "health.recovered" {
+                assert_ne!(episode, Some(t), "{t} twice in a row for the app");
+                episode = Some(t);
+            }
+        }
+        // Backups: every one listed complete has all its parts, intact; none incomplete.
+        let context = || format!("seed actions: {}", self.notes.actions());
+        self.bed.bucket.check_catalog(&context).await;
 
         // Containers: one under the name, running the last release succeeded.
         let found = containers_of(&self.app.name);
@@ -947,12 +1086,24 @@ impl<'a> Run<'a> {
 }
 
 impl Run<'_> {
-    /// Every outcome notified in exactly one message; every message arrived; a message twice
-    /// only after a notifier died (and then the same message: same `Message-ID`).
+    /// Every update outcome notified in exactly one entry, every entry for an event that
+    /// happened; every message arrived; a message twice only after a notifier died (and then
+    /// the same message: same `Message-ID`).
     async fn check_mail(&self, all: &[Event], mails: &[Mail]) {
         let entries = outbox(&self.bus).await.expect("the outbox");
-        let outcomes = all.iter().filter(|e| TERMINAL.contains(&e.event_type())).count();
-        assert_eq!(entries.len(), outcomes, "not one notification per outcome");
+        let happened: HashSet<String> = all.iter().map(|e| e.id.to_string()).collect();
+        let mut notified: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &entries {
+            let event: serde_json::Value =
+                serde_json::from_str(&e.event).unwrap_or_else(|e| panic!("an entry's event: {e}"));
+            let id = event["id"].as_str().unwrap_or_default().to_owned();
+            assert!(happened.contains(&id), "notified an event not in the stream: {id}");
+            *notified.entry(id).or_default() += 1;
+        }
+        for outcome in all.iter().filter(|e| TERMINAL.contains(&e.event_type())) {
+            let n = notified.get(&outcome.id.to_string()).copied().unwrap_or(0);
+            assert_eq!(n, 1, "{} {} notified {n} times", outcome.event_type(), outcome.id);
+        }
         let mut marks = HashSet::new();
         for e in &entries {
             assert_eq!(e.state, EntryState::Sent, "a notification not sent: {e:?}");
@@ -966,12 +1117,13 @@ impl Run<'_> {
             let id = m.message_id.clone().unwrap_or_else(|| panic!("a mail without Message-ID"));
             arrived.entry(id).or_default().push(m);
         }
+        let notifier_died = self.died.contains(&Who::Notifier);
         for (id, copies) in &arrived {
             assert!(
                 marks.contains(id),
                 "message {id} arrived, but its notifications went out in another message too"
             );
-            let bound = if self.notifier_died { 2 } else { 1 };
+            let bound = if notifier_died { 2 } else { 1 };
             assert!(copies.len() <= bound, "message {id} arrived {} times", copies.len());
             assert!(
                 copies.iter().all(|m| m.text == copies[0].text),
@@ -980,6 +1132,21 @@ impl Run<'_> {
         }
         for id in &marks {
             assert!(arrived.contains_key(id), "message {id} was recorded as sent, never arrived");
+        }
+    }
+}
+
+/// Publishes `event`, again while the client reconnects after a NATS restart.
+async fn publish_retrying(bus: &Bus, event: &Event) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match bus.publish(event).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("campaign: publish: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("publish {}: {e}", event.event_type()),
         }
     }
 }
@@ -1001,24 +1168,26 @@ fn short(id: uuid::Uuid) -> String {
 async fn seed_run(bed: &Bed, seed: u64, notes: &Notes) {
     let started = Instant::now();
     let bus = TestBus::with_config(bus_config(&bed.url(), &format!("camp{seed}"))).await;
-    let app = App::start(bed, &format!("s{seed}"));
+    let scope = unique_name(&format!("camp{seed}"));
+    let app = App::start(bed, &format!("s{seed}"), &scope).await;
     let mut run = Run {
+        services: BTreeMap::new(),
         bed,
         bus,
         app,
-        updater: None,
-        notifier: None,
         notes,
-        published: vec![],
+        scope,
         next: 0,
         removed: false,
         to: unique_address(&format!("camp{seed}")),
-        notifier_died: false,
+        died: BTreeSet::new(),
     };
-    run.start_updater(None);
-    run.start_notifier(None);
-    run.updater.as_mut().expect("updater").wait_consuming().await;
-    run.notifier.as_mut().expect("notifier").wait_consuming().await;
+    for who in SERVICES {
+        run.start(who, None);
+    }
+    for s in run.services.values_mut() {
+        s.wait_consuming().await;
+    }
     let mut phases = vec![("setup", started.elapsed())];
     for (gap, action) in plan(seed, &bed.points) {
         run.sleep_supervised(gap).await;

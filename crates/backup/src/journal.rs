@@ -60,6 +60,15 @@ pub struct FlowRecord {
     /// When the outcome was decided.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub concluded_at: Option<OffsetDateTime>,
+    /// Whether `outcome` is known to be published. A scheduled backup's outcome, recorded by
+    /// a process killed before it published it, is published by the next start (nobody
+    /// redelivers a schedule). Records written before this field count as published.
+    #[serde(default = "published_before")]
+    pub published: bool,
+}
+
+fn published_before() -> bool {
+    true
 }
 
 /// A restore loads each component beside the live data (a new database, a staging

@@ -114,6 +114,46 @@ impl Backups {
         busy: &Busy,
         journal: &mut RestoreJournal,
     ) -> Result<Restored, Failure> {
+        let result = self.restore_attempt(id, scope, options, busy, journal).await;
+        if result.is_err() {
+            self.discard_loading_copies(scope, options.allow_unsigned, journal).await;
+        }
+        result
+    }
+
+    /// A failed attempt that was still loading (its own or an interrupted earlier one's,
+    /// e.g. when a container went away meanwhile) leaves no copy beside the live data, which
+    /// it never touched. Best effort: what cannot be removed is logged, and removed by the
+    /// next restore of the same flow.
+    async fn discard_loading_copies(
+        &self,
+        scope: RestoreScope,
+        allow_unsigned: bool,
+        journal: &RestoreJournal,
+    ) {
+        let Some(swap) = journal.record.swap.as_ref().filter(|s| s.state == SwapState::Loading)
+        else {
+            return;
+        };
+        let Ok(manifest) = self.resolve_allowing(&journal.record.backup_id, allow_unsigned).await
+        else {
+            return;
+        };
+        for c in manifest.components.iter().filter(|c| in_scope(c, scope)) {
+            if let Err(e) = self.discard_copy(c, &swap.tag).await {
+                tracing::warn!(component = %c.name, error = %e.reason, "could not remove the restore's copy");
+            }
+        }
+    }
+
+    async fn restore_attempt(
+        &self,
+        id: &str,
+        scope: RestoreScope,
+        options: RestoreOptions,
+        busy: &Busy,
+        journal: &mut RestoreJournal,
+    ) -> Result<Restored, Failure> {
         let allow_unsigned = options.allow_unsigned;
         // `latest` may name another backup by now: the interrupted attempt's is restored.
         let id = match journal.resumed() {
@@ -211,8 +251,11 @@ impl Backups {
             if let Err(e) = self.engine.start(app).await {
                 tracing::error!(container = %app, error = %e, "could not start the container again");
                 if result.is_ok() {
-                    result =
-                        Err(Failure::plain(format!("restored, but {app} does not start: {e}")));
+                    let tag = journal.record.swap.as_ref().map(|s| s.tag.as_str()).unwrap_or("");
+                    result = Err(Failure::plain(format!(
+                        "restored, but {app} does not start: {e}; {}",
+                        kept(&chosen, tag)
+                    )));
                 }
             }
         }
@@ -273,14 +316,19 @@ impl Backups {
                 Failure::plain(format!("{e}; nothing was changed, the restored copies are discarded by the next restore"))
             })?;
             steward_failpoints::failpoint!("restore:swapping");
-            for c in chosen {
-                self.swap_in(c, pins, &tag).await.map_err(|mut f| {
+            // What was swapped in keeps its previous data beside it until the restore ends:
+            // a restore failing now says where, so nothing is left unnamed.
+            for (i, c) in chosen.iter().enumerate() {
+                if let Err(mut f) = self.swap_in(c, pins, &tag).await {
                     f.reason = format!(
                         "{}: the swap did not finish (each component holds either its previous data or the backup's); restore again",
                         f.reason
                     );
-                    f
-                })?;
+                    if i > 0 {
+                        f.reason = format!("{}; {}", f.reason, kept(&chosen[..i], &tag));
+                    }
+                    return Err(f);
+                }
             }
             journal.stage(SwapState::Swapped).await.map_err(Failure::plain)?;
             steward_failpoints::failpoint!("restore:swapped");

@@ -53,6 +53,13 @@ impl BackupService {
         ctx.spawn("verify schedule", async move {
             verifier.run_verify_schedule(verify_schedule, ctx_for_verify).await
         });
+        // A scheduled backup a killed process left is concluded now, not by the next job
+        // (which may be a day away): nobody redelivers it.
+        let (resumed, ctx_for_orphans) = (service.clone(), ctx.clone());
+        ctx.spawn("interrupted backups", async move {
+            let _one_at_a_time = resumed.lock.lock().await;
+            resumed.conclude_orphans(&ctx_for_orphans).await;
+        });
         let (watched, ctx_for_age) = (service.clone(), ctx.clone());
         ctx.spawn("backup age", async move { watched.watch_age(max_age, ctx_for_age).await });
         Ok(service)
@@ -341,6 +348,9 @@ impl BackupService {
         self.conclude(&journal, &key, &mut record, &event).await;
         steward_failpoints::failpoint!("backup:outcome");
         ctx.bus.publish(&event).await?;
+        if record.scheduled {
+            self.published(&journal, &key, &mut record).await;
+        }
         if outcome.is_err() {
             steward_failpoints::failpoint!("backup:failed");
             return Ok(());
@@ -468,15 +478,27 @@ impl BackupService {
         }
         record.outcome = FlowRecord::keep(outcome);
         record.concluded_at = Some(OffsetDateTime::now_utc());
+        record.published = false;
         if let Err(e) = journal.put(key, record).await {
             tracing::warn!(error = %e, "could not record the outcome; a redelivery would repeat the flow");
         }
     }
 
-    /// What a killed run left, before a job starts (this one is the only job of the
-    /// prefix): open multipart uploads are aborted; a scheduled backup that never concluded
-    /// gets its `backup.failed` (a requested one is concluded by its redelivery); records
-    /// concluded long ago are forgotten. Best effort: the job goes on whatever happens.
+    /// Records that the outcome of flow `key` was published (best effort: a failure only
+    /// means it may be published once more, with the same id).
+    async fn published(&self, journal: &Journal, key: &str, record: &mut FlowRecord) {
+        record.published = true;
+        if let Err(e) = journal.put(key, record).await {
+            tracing::warn!(error = %e, "could not record that the outcome was published");
+        }
+    }
+
+    /// What a killed run left, at start and before a job starts (either way the only job
+    /// of the prefix): open multipart uploads are aborted; a scheduled backup that never
+    /// concluded gets its `backup.done` (manifest written) or `backup.failed` (what it stored
+    /// deleted), and one whose outcome was decided but not published gets it published (a
+    /// requested one is concluded by its redelivery); records concluded long ago are
+    /// forgotten. Best effort: the job goes on whatever happens.
     async fn conclude_orphans(&self, ctx: &Context) {
         let store = self.backups.store();
         if let Err(e) = store.abort_orphaned_uploads().await {
@@ -491,7 +513,22 @@ impl BackupService {
             }
         };
         for (key, mut record) in records {
-            if !record.scheduled || record.outcome.is_some() {
+            if !record.scheduled {
+                continue;
+            }
+            if let Some(kept) = record.outcome.as_deref().filter(|_| !record.published) {
+                // Decided, then killed before it was published: the same event (same id:
+                // the stream drops it if it did get out after all).
+                let Some(event) = FlowRecord::event(kept) else { continue };
+                match ctx.bus.publish(&event).await {
+                    Ok(_) => self.published(&journal, &key, &mut record).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not publish an interrupted backup's outcome")
+                    }
+                }
+                continue;
+            }
+            if record.outcome.is_some() {
                 continue;
             }
             let Some(started) = record.started.as_deref().and_then(FlowRecord::event) else {
@@ -516,8 +553,11 @@ impl BackupService {
             };
             let event = Event::caused_by(&started, ctx.source(), data);
             self.conclude(&journal, &key, &mut record, &event).await;
-            if let Err(e) = ctx.bus.publish(&event).await {
-                tracing::warn!(backup = %id, error = %e, "could not publish an interrupted backup's outcome");
+            match ctx.bus.publish(&event).await {
+                Ok(_) => self.published(&journal, &key, &mut record).await,
+                Err(e) => {
+                    tracing::warn!(backup = %id, error = %e, "could not publish an interrupted backup's outcome")
+                }
             }
         }
         if let Err(e) = journal.forget_concluded(OffsetDateTime::now_utc()).await {
@@ -644,6 +684,9 @@ impl BackupService {
                         "could not check for updates in progress, nothing was changed: {e:#}"
                     ))),
                 };
+                if outcome.is_err() {
+                    self.drop_unfinished_safety(&mut steps.record).await;
+                }
                 record = steps.record.clone();
                 outcome.map_err(|mut f| {
                     // A restore that failed after its safety backup may have changed data:
@@ -700,6 +743,33 @@ impl BackupService {
             steward_failpoints::failpoint!("restore:failed");
         }
         Ok(())
+    }
+}
+
+impl BackupService {
+    /// A failed restore whose safety backup a killed attempt began and this one did not
+    /// finish (e.g. the container went away meanwhile): its objects are deleted, so no
+    /// incomplete backup is left, and it is not named as the way back. Only when the listing
+    /// proves the manifest absent: a read error keeps everything.
+    async fn drop_unfinished_safety(&self, record: &mut FlowRecord) {
+        let Some(id) = record.safety_backup_id.clone() else { return };
+        let store = self.backups.store();
+        let objects = match store.list_objects(&id).await {
+            Ok(objects) => objects,
+            Err(e) => {
+                tracing::warn!(safety_backup = %id, error = %e, "cannot tell whether the safety backup is complete");
+                return;
+            }
+        };
+        if objects.iter().any(|o| o.ends_with(&format!("/{}", manifest::MANIFEST))) {
+            return;
+        }
+        if let Err(e) = store.delete_dir(&id).await {
+            tracing::warn!(safety_backup = %id, error = %e, "could not delete an unfinished safety backup");
+            return;
+        }
+        tracing::info!(safety_backup = %id, "deleted the safety backup an interrupted attempt had begun");
+        record.safety_backup_id = None;
     }
 }
 

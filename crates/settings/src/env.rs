@@ -153,7 +153,14 @@ impl Env {
     /// the caller's tests.
     pub fn cron(&mut self, name: &str, default: &'static str) -> croner::Cron {
         let parsed = self.parse_with(name, None, |s| {
-            croner::Cron::from_str(s).map(Some).map_err(|e| format!("not a cron expression: {e}"))
+            // Five fields as cron has them, or six with seconds first (a schedule a test can
+            // wait for).
+            croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Optional)
+                .build()
+                .parse(s)
+                .map(Some)
+                .map_err(|e| format!("not a cron expression: {e}"))
         });
         // A bad value was reported above; the default keeps the snapshot usable meanwhile.
         parsed.unwrap_or_else(|| {
@@ -244,6 +251,9 @@ mod tests {
         let mut env = Env::from_pairs([("S", " 0 4 * * 1 ")]);
         assert_eq!(next(&env.cron("S", "0 3 * * 0")), "0 4 * * 1");
         assert_eq!(next(&env.cron("UNSET", "0 3 * * 0")), "0 3 * * 0");
+        assert!(env.finish().is_ok());
+        let mut env = Env::from_pairs([("S", "30 0 4 * * 1")]);
+        assert_eq!(next(&env.cron("S", "0 3 * * 0")), "30 0 4 * * 1");
         assert!(env.finish().is_ok());
         for bad in ["every day", "61 * * * *", ""] {
             let mut env = Env::from_pairs([("S", bad)]);
