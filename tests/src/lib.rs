@@ -4,6 +4,7 @@
 //! command does it): a test of one package cannot ask Cargo to build another's binaries.
 
 pub mod apps;
+pub mod backup_bed;
 pub mod mail;
 
 use std::path::PathBuf;

@@ -12,26 +12,19 @@ use bytes::Bytes;
 use steward_backup::encryption::Keys;
 use steward_backup::pipeline::{self, Io};
 use steward_events::{
-    BackupReason, BackupRequested, BackupTarget, Event, EventData, RestoreRequested, RestoreScope,
-    VerifyRequested,
+    BackupTarget, Event, EventData, RestoreRequested, RestoreScope, VerifyRequested,
 };
 use steward_store::catalog::{self, Standing};
 use steward_store::manifest::{Manifest, MANIFEST, MAX_MANIFEST_BYTES};
 use steward_store::signing::Trust;
 use steward_store::store::Store;
-use steward_system_tests::apps::backed_up_pair;
+use steward_system_tests::backup_bed::{
+    change, manifest_of, placeholder, psql, request_backup, seeded_pair, sh,
+};
 use steward_system_tests::{steward_with, wait_outcome, Proc, TestBucket};
-use steward_testkit::docker::{docker, Container};
+use steward_testkit::docker::Container;
 use steward_testkit::{testbed, unique_name, TestBus};
 use time::OffsetDateTime;
-
-fn psql(db: &str, sql: &str) -> String {
-    docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
-}
-
-fn sh(container: &str, script: &str) -> String {
-    docker(&["exec", container, "sh", "-c", script])
-}
 
 /// A backed-up pair, the service writing to `primary` and copying to `copy`, one backup
 /// taken, then the data changed (so a restore shows).
@@ -62,9 +55,7 @@ impl Bed {
         let primary = TestBucket::new(&format!("{tag}-p")).await;
         let copy = TestBucket::new(&format!("{tag}-c")).await;
         let scope = unique_name(tag);
-        let (db, app) = backed_up_pair(&scope);
-        psql(&db.name, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g");
-        sh(&app.name, "echo precious > /data/repo.txt");
+        let (db, app) = seeded_pair(&scope);
         // The copy's keys as the operator gives them: files (compose secrets).
         let secrets = std::env::temp_dir().join(unique_name("steward-copy-secrets"));
         std::fs::create_dir_all(&secrets).unwrap_or_else(|e| panic!("{e}"));
@@ -110,32 +101,13 @@ impl Bed {
             real: placeholder(),
         };
         bed.real = bed.back_up(copy_reachable).await;
-        psql(&bed.db.name, "INSERT INTO t SELECT g FROM generate_series(101, 150) g");
-        sh(&bed.app.name, "echo after > /data/after.txt");
+        change(&bed.db, &bed.app);
         bed
     }
 
     /// A backup (its manifest); with `copied`, waits until the copy has it too.
     async fn back_up(&self, copied: bool) -> Manifest {
-        let request = Event::new(
-            "steward-cli/test",
-            BackupRequested {
-                reason: BackupReason::Manual,
-                containers: vec![],
-                requested_by: None,
-            },
-        );
-        self.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-        let outcome = wait_outcome(
-            &self.bus,
-            &request,
-            &["backup.done", "backup.failed"],
-            Duration::from_secs(90),
-        )
-        .await;
-        let EventData::BackupDone(done) = outcome.data else {
-            panic!("backup failed: {:?}\n{}", outcome.data, self.service.logs())
-        };
+        let done = request_backup(&self.bus, &|| self.service.logs()).await;
         // The copy is written right after `backup.done`: wait for it (bounded).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         if copied {
@@ -155,10 +127,7 @@ impl Bed {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let now = OffsetDateTime::now_utc();
-        catalog::resolve(&self.primary_store, &self.trust, &done.backup_id, false, now)
-            .await
-            .unwrap_or_else(|e| panic!("the real backup: {e}"))
+        manifest_of(&self.primary_store, &self.trust, &done.backup_id).await
     }
 
     async fn restore(&self, from: Option<BackupTarget>) -> EventData {
@@ -200,17 +169,6 @@ impl Bed {
             bucket.destroy().await;
         }
         let _ = std::fs::remove_dir_all(&self.secrets);
-    }
-}
-
-fn placeholder() -> Manifest {
-    Manifest {
-        format: steward_store::manifest::FORMAT,
-        backup_id: String::new(),
-        taken_at: OffsetDateTime::UNIX_EPOCH,
-        reason: BackupReason::Manual,
-        docker_host: String::new(),
-        components: vec![],
     }
 }
 

@@ -15,27 +15,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use steward_backup::encryption::Keys;
 use steward_backup::pipeline::{self, Io};
-use steward_events::{
-    BackupReason, BackupRequested, Event, EventData, RestoreRequested, RestoreScope,
-};
+use steward_events::{Event, EventData, RestoreRequested, RestoreScope};
 use steward_store::catalog::{self, Standing};
 use steward_store::manifest::{self, Component, Kind, Manifest, MANIFEST};
 use steward_store::signing::{Purpose, SigningKey, Trust, SIGNATURE};
 use steward_store::store::Store;
-use steward_system_tests::apps::backed_up_pair;
+use steward_system_tests::backup_bed::{
+    change, manifest_of, placeholder, psql, request_backup, seeded_pair, sh,
+};
 use steward_system_tests::{wait_outcome, Proc, TestBucket};
-use steward_testkit::docker::{docker, Container};
+use steward_testkit::docker::Container;
 use steward_testkit::tar::{archive, entry};
 use steward_testkit::{testbed, unique_name, TestBus};
 use time::OffsetDateTime;
-
-fn psql(db: &str, sql: &str) -> String {
-    docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
-}
-
-fn sh(container: &str, script: &str) -> String {
-    docker(&["exec", container, "sh", "-c", script])
-}
 
 /// A backed-up pair with one real backup, then changed (so a restore would show), a decoy
 /// container in the same scope whose data no label offers, and the service.
@@ -56,9 +48,7 @@ impl Bed {
         let bus = TestBus::new(tag).await;
         let bucket = TestBucket::new(tag).await;
         let scope = unique_name(tag);
-        let (db, app) = backed_up_pair(&scope);
-        psql(&db.name, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g");
-        sh(&app.name, "echo precious > /data/repo.txt");
+        let (db, app) = seeded_pair(&scope);
         let decoy = Container::run(
             &format!("{scope}-decoy"),
             &[
@@ -80,8 +70,7 @@ impl Bed {
             Self { bus, bucket: Some(bucket), store, db, app, decoy, service, real: placeholder() };
         bed.real = bed.back_up().await;
         // After the backup: what a restore would undo.
-        psql(&bed.db.name, "INSERT INTO t SELECT g FROM generate_series(101, 150) g");
-        sh(&bed.app.name, "echo after > /data/after.txt");
+        change(&bed.db, &bed.app);
         bed
     }
 
@@ -94,29 +83,8 @@ impl Bed {
     }
 
     async fn back_up(&self) -> Manifest {
-        let request = Event::new(
-            "steward-cli/test",
-            BackupRequested {
-                reason: BackupReason::Manual,
-                containers: vec![],
-                requested_by: None,
-            },
-        );
-        self.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-        let outcome = wait_outcome(
-            &self.bus,
-            &request,
-            &["backup.done", "backup.failed"],
-            Duration::from_secs(90),
-        )
-        .await;
-        let EventData::BackupDone(done) = outcome.data else {
-            panic!("backup failed: {:?}\n{}", outcome.data, self.service.logs())
-        };
-        let now = OffsetDateTime::now_utc();
-        catalog::resolve(&self.store, &self.trust(), &done.backup_id, false, now)
-            .await
-            .unwrap_or_else(|e| panic!("the real backup: {e}"))
+        let done = request_backup(&self.bus, &|| self.service.logs()).await;
+        manifest_of(&self.store, &self.trust(), &done.backup_id).await
     }
 
     /// What a restore would change: rows, the app's files, `/etc`, the decoy's data.
@@ -216,17 +184,6 @@ impl Bed {
         if let Some(bucket) = self.bucket.take() {
             bucket.destroy().await;
         }
-    }
-}
-
-fn placeholder() -> Manifest {
-    Manifest {
-        format: manifest::FORMAT,
-        backup_id: String::new(),
-        taken_at: OffsetDateTime::UNIX_EPOCH,
-        reason: BackupReason::Manual,
-        docker_host: String::new(),
-        components: vec![],
     }
 }
 
