@@ -78,7 +78,7 @@ impl Backups {
                     id: l.backup_id.clone(),
                     taken_at: to_chrono(l.taken_at),
                     complete,
-                    verified: l.verified.is_some() || verified_elsewhere.contains(&l.backup_id),
+                    verified: proven(l) || verified_elsewhere.contains(&l.backup_id),
                     safety: l.usable().is_some_and(|m| m.reason == BackupReason::PreRestore),
                 })
             })
@@ -93,6 +93,20 @@ impl Backups {
         let kept = candidates.iter().filter(|c| c.complete && !prune.contains(&c.id)).count();
         Ok((prune, u32::try_from(kept).unwrap_or(u32::MAX)))
     }
+}
+
+/// Whether a verification proved backup `l` restorable, what retention's "the newest verified
+/// backup is always kept" means: its dumps loaded into a scratch server (a full verification),
+/// or, without a database, its archives checked. The check right after each backup (no dump
+/// loaded) marks a backup verified for `backup.stale` and the list, but does not take this
+/// place from an older backup whose dumps were loaded.
+pub fn proven(l: &Listed) -> bool {
+    let has_database = l.usable().is_some_and(|m| {
+        m.components
+            .iter()
+            .any(|c| matches!(c.kind, steward_store::manifest::Kind::Postgres { .. }))
+    });
+    l.verified.as_ref().is_some_and(|v| v.database_restored || !has_database)
 }
 
 fn to_chrono(t: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {

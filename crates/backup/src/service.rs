@@ -367,7 +367,8 @@ impl BackupService {
             }
         }
         self.second_copy(ctx, &id).await?;
-        // Last: the heartbeat it ends with also says the copy was written.
+        // Last: the heartbeat it ends with also says the copy was written. (Retention before
+        // it keeps the newest backup proven restorable, which this check does not make it.)
         if let (Ok(m), BackupReason::Schedule | BackupReason::Manual) = (&outcome, reason) {
             self.check_taken(ctx, flow_cause.as_ref(), m).await?;
         }
@@ -396,7 +397,7 @@ impl BackupService {
         // backup was verified, usually the primary): both keep the newest verified backup.
         let verified: Vec<String> = match self.backups.primary().list().await {
             Ok(listed) => {
-                listed.into_iter().filter(|l| l.verified.is_some()).map(|l| l.backup_id).collect()
+                listed.into_iter().filter(crate::catalog::proven).map(|l| l.backup_id).collect()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the primary; the copy is not pruned this time");
