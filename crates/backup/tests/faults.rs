@@ -259,3 +259,33 @@ async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
     assert!((3..=5).contains(&remaining.len()), "{remaining:?}");
     common::destroy_bucket(store.bucket()).await;
 }
+
+/// A dump replaced in the bucket: the verification loads it into a scratch server, the read
+/// fails half-way, and the verification fails (naming the dump) instead of leaving
+/// `pg_restore` waiting for the rest of its input, and with it the service's lock, forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_dump_fails_its_verification_instead_of_hanging() {
+    let stack = Stack::start("damaged-dump", &[]).await;
+    stack.fill_db(2000);
+    let (id, m) = stack.back_up().await;
+    let dump = m
+        .components
+        .iter()
+        .find(|c| c.name.starts_with("postgres/"))
+        .unwrap_or_else(|| panic!("no dump in {m:?}"));
+    // Zstd frames of the right kind, cut short: the stream ends with an error mid-load.
+    let mut body = Vec::new();
+    let mut reader =
+        stack.store.get_pinned(&dump.object, None).await.ok().flatten().expect("the dump").0;
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut body).await.expect("read");
+    body.truncate(body.len() / 2);
+    stack.store.put(&dump.object, Bytes::from(body)).await.expect("replace");
+    let verified = tokio::time::timeout(Duration::from_secs(120), stack.backups.verify(&id)).await;
+    let failure = match verified {
+        Err(_) => panic!("the verification of a damaged dump did not end within 120 s"),
+        Ok(Ok(v)) => panic!("a damaged dump verified: {v:?}"),
+        Ok(Err(f)) => f,
+    };
+    assert!(failure.reason.contains(&dump.name), "{failure:?}");
+    stack.destroy_bucket().await;
+}
