@@ -21,11 +21,7 @@ async fn points() -> Vec<String> {
     let bus = TestBus::new("deploypts").await;
     let repo = Repo::new();
     let port = free_port();
-    {
-        let _clean = deployer(&repo.env(&bus, port, &[]));
-        let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
-        assert_eq!(terminal(&flow), ["deploy.succeeded"]);
-    }
+    deploy_v1_cleanly(&bus, &repo, port).await;
     // Armed at a point that does not exist: every point passed is logged.
     let listing = deployer(&repo.env(&bus, port, &[("STEWARD_FAILPOINTS", "none".into())]));
     let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v2", "web: v2").await;

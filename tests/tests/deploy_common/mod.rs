@@ -252,6 +252,13 @@ pub fn serves(port: u16, version: &str) -> bool {
     http_get(port).is_some_and(|b| b.contains(&format!("app {version}")))
 }
 
+/// v1 deployed by a deployer that is gone afterwards (the start of every kill run).
+pub async fn deploy_v1_cleanly(bus: &Bus, repo: &Repo, port: u16) {
+    let _clean = deployer(&repo.env(bus, port, &[]));
+    let (_, flow) = deploy_by_webhook(bus, repo, port, "v1", "first").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+}
+
 /// v1 deployed cleanly; then v2 pushed to a deployer armed to abort at `point`; started
 /// again: exactly one terminal event for v2, no event twice, and web on v1 after a rollback
 /// or failure, v2 after a success.
@@ -259,11 +266,7 @@ pub async fn killed_at(point: &str) -> &'static str {
     let bus = TestBus::new("deploykill").await;
     let repo = Repo::new();
     let port = free_port();
-    {
-        let _clean = deployer(&repo.env(&bus, port, &[]));
-        let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
-        assert_eq!(terminal(&flow), ["deploy.succeeded"]);
-    }
+    deploy_v1_cleanly(&bus, &repo, port).await;
     let mut armed = deployer(&repo.env(&bus, port, &[("STEWARD_FAILPOINTS", point.into())]));
     let commit = repo.commit("dev", "v2", "web: v2");
     let body = push_body(&repo, "dev", &commit, "web: v2");
