@@ -76,7 +76,9 @@ impl Backups {
                 };
                 Some(Candidate {
                     id: l.backup_id.clone(),
-                    taken_at: to_chrono(l.taken_at),
+                    // The signed manifest's time, to the nanosecond: ids have whole seconds,
+                    // and two backups of one second must not tie (the newer could be pruned).
+                    taken_at: to_chrono(l.usable().map_or(l.taken_at, |m| m.taken_at)),
                     complete,
                     verified: proven(l) || verified_elsewhere.contains(&l.backup_id),
                     safety: l.usable().is_some_and(|m| m.reason == BackupReason::PreRestore),
@@ -110,5 +112,16 @@ pub fn proven(l: &Listed) -> bool {
 }
 
 fn to_chrono(t: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default()
+    chrono::DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_keep_their_fraction_of_a_second() {
+        let a = time::macros::datetime!(2026-11-30 05:43:26.100 UTC);
+        let b = time::macros::datetime!(2026-11-30 05:43:26.900 UTC);
+        assert!(super::to_chrono(a) < super::to_chrono(b));
+        assert_eq!(super::to_chrono(b).timestamp_subsec_millis(), 900);
+    }
 }
