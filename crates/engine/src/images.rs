@@ -26,6 +26,13 @@ pub struct ListedImage {
     pub size_bytes: u64,
 }
 
+/// Whether a `RepoTags` entry is a tag. Podman also lists there the `repo@sha256:` name an
+/// image was pulled by (Docker never does: such a name is only in `RepoDigests`), and a
+/// digest is not a tag the updater could keep, move or prune by.
+fn is_tag(reference: &str) -> bool {
+    reference != "<none>:<none>" && !reference.contains('@')
+}
+
 fn not_found(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
@@ -66,7 +73,7 @@ impl Engine {
             .into_iter()
             .map(|i| ListedImage {
                 id: i.id,
-                repo_tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
+                repo_tags: i.repo_tags.into_iter().filter(|t| is_tag(t)).collect(),
                 repo_digests: i.repo_digests.into_iter().filter(|d| d != "<none>@<none>").collect(),
                 created: i.created,
                 size_bytes: u64::try_from(i.size).unwrap_or(0),
@@ -94,5 +101,16 @@ impl Engine {
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(self.call_failed(&format!("remove image {id}"), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn digest_names_are_not_tags() {
+        assert!(super::is_tag("127.0.0.1:5000/app:1.0"));
+        assert!(super::is_tag("gitea/gitea:1.22"));
+        assert!(!super::is_tag("<none>:<none>"));
+        assert!(!super::is_tag(&format!("127.0.0.1:5000/app@sha256:{}", "ab".repeat(32))));
     }
 }

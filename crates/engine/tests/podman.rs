@@ -1,0 +1,121 @@
+//! The engine crate against Podman's Docker-compatible API (`podman system service`).
+//!
+//! Runs when the test bed started Podman's service (`STEWARD_TEST_PODMAN_SOCKET` in its env
+//! file). Without it each test prints why and passes, unless `STEWARD_TEST_ENGINE=podman`
+//! asks for Podman: then a missing or silent service fails the test. Images come from the
+//! test bed's registry (pushed with Docker, pulled by Podman): Podman cannot reach the
+//! internet here.
+
+use std::time::Duration;
+
+use steward_engine::Engine;
+use steward_imageref::ImageRef;
+use steward_testkit::docker::{docker, push_app, registry};
+use steward_testkit::{testbed, unique_name};
+
+/// The Podman engine, or `None` (with the reason printed) when it is absent and not asked for.
+async fn podman() -> Option<Engine> {
+    let required = std::env::var("STEWARD_TEST_ENGINE").is_ok_and(|e| e == "podman");
+    let Some(socket) = testbed::var("STEWARD_TEST_PODMAN_SOCKET") else {
+        assert!(
+            !required,
+            "STEWARD_TEST_ENGINE=podman but STEWARD_TEST_PODMAN_SOCKET is not set: run infra/testbed/up.sh with podman installed"
+        );
+        eprintln!("skipped: no Podman service (STEWARD_TEST_PODMAN_SOCKET unset; infra/testbed/up.sh starts one when podman is installed)");
+        return None;
+    };
+    let engine = Engine::new(format!("unix://{socket}"), Duration::from_secs(30));
+    match engine.ping(Duration::from_secs(5)).await {
+        Ok(()) => Some(engine),
+        Err(e) if !required => {
+            eprintln!("skipped: the Podman service at {socket} does not answer: {e}");
+            None
+        }
+        Err(e) => panic!("STEWARD_TEST_ENGINE=podman but Podman at {socket} does not answer: {e}"),
+    }
+}
+
+/// A repository of the test bed's registry holding the stand-in app v1 as `1.0`, known to
+/// Docker only by its registry digest (the tag is removed from Docker again): its name and
+/// that digest.
+fn pushed_app() -> (String, String) {
+    let image = format!("{}/{}", registry(), unique_name("steward-test/podman"));
+    let tagged = format!("{image}:1.0");
+    let digest = push_app("v1", &tagged);
+    docker(&["rmi", &tagged]);
+    (image, digest)
+}
+
+/// Removes Podman's names for the pulled image when dropped (the image itself stays while
+/// other names hold it, as Docker's does).
+struct Untag(Engine, Vec<String>);
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let (engine, names) = (self.0.clone(), std::mem::take(&mut self.1));
+        // Drop cannot await: a thread of its own with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                for name in names {
+                    let _ = engine.remove_image(&name).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// What the watcher reads (the local image's repo digests) and the updater's pruning reads
+/// (the listed tags) after the updater's pull (by digest, then tagged) on Podman.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_image_has_its_registry_digest_and_only_tags_as_tags() {
+    let Some(engine) = podman().await else { return };
+    let (image, digest) = pushed_app();
+    let tagged = format!("{image}:1.0");
+    let by_digest = format!("{image}@{digest}");
+    let _untag = Untag(engine.clone(), vec![tagged.clone(), by_digest.clone()]);
+    let reference = ImageRef::parse(&tagged).expect("reference");
+    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+
+    let listed = engine.images().await.expect("list images");
+    let ours = listed
+        .iter()
+        .find(|i| i.repo_tags.contains(&tagged))
+        .unwrap_or_else(|| panic!("Podman lists no image tagged {tagged}: {listed:?}"));
+    // Podman lists the `repo@sha256:` name pulled by among the tags; Docker never does.
+    assert!(
+        ours.repo_tags.iter().all(|t| !t.contains('@')),
+        "a digest listed as a tag: {:?}",
+        ours.repo_tags
+    );
+    assert!(ours.repo_digests.contains(&by_digest), "listed digests: {:?}", ours.repo_digests);
+
+    // The watcher's read: the local image (by the id a container would show) knows the
+    // digest the registry has for its repository.
+    let local = engine.local_image(&ours.id).await.expect("inspect image");
+    assert!(
+        local.repo_digests.contains(&by_digest),
+        "Podman's image {} has no digest {by_digest}: {:?}",
+        ours.id,
+        local.repo_digests
+    );
+    // And the rollback's read: that digest is on the host, no registry needed.
+    assert!(engine.tag_local_digest(&reference, &digest, "1.0-again").await.expect("tag"));
+    let _untag_again = Untag(engine.clone(), vec![format!("{image}:1.0-again")]);
+}
+
+/// A digest the registry does not have: a clear error naming it, not a hang or a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulling_a_missing_digest_fails_naming_it() {
+    let Some(engine) = podman().await else { return };
+    let (image, _) = pushed_app();
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let reference = ImageRef::parse(&format!("{image}:1.0")).expect("reference");
+    let err = engine
+        .pull_digest(&reference, &missing, "1.0")
+        .await
+        .expect_err("a pull of a digest the registry lacks must fail");
+    assert!(err.to_string().contains(&missing), "error does not name the digest: {err}");
+}
