@@ -131,6 +131,28 @@ if ! listening "$SMTP_PORT"; then
   wait_port "$SMTP_PORT" aiosmtpd "$STATE/logs/smtp.log"
 fi
 
+# ---- Podman's Docker-compatible API, beside dockerd (issue 22) ----------------------------
+# Rootful `podman system service` on a socket of its own, with its own configuration (never
+# the system files): the test bed's registries over plain http, and rlimits no higher than
+# this host's hard limits (Podman's defaults need CAP_SYS_RESOURCE, which containers lack).
+PODMAN_SOCKET=${STEWARD_TESTBED_PODMAN_SOCKET:-/run/steward-test-podman.sock}
+need podman podman
+mkdir -p "$STATE/podman"
+printf 'unqualified-search-registries = []\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' \
+  "$REGISTRY_PORT" "$REGISTRY_AUTH_PORT" >"$STATE/podman/registries.conf"
+printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=4096:4096"]\n' \
+  "$(ulimit -Hn)" "$(ulimit -Hn)" >"$STATE/podman/containers.conf"
+podman_up() { curl -sf --max-time 2 --unix-socket "$PODMAN_SOCKET" http://podman/_ping >/dev/null 2>&1; }
+if ! podman_up; then
+  log "starting podman system service on $PODMAN_SOCKET"
+  rm -f "$PODMAN_SOCKET"
+  spawn "$STATE/logs/podman.log" env CONTAINERS_CONF="$STATE/podman/containers.conf" \
+    CONTAINERS_REGISTRIES_CONF="$STATE/podman/registries.conf" \
+    podman system service --time=0 "unix://$PODMAN_SOCKET"
+  for _ in $(seq 1 100); do podman_up && break; sleep 0.2; done
+  podman_up || { tail -n 20 "$STATE/logs/podman.log" >&2; die "podman system service did not come up"; }
+fi
+
 # ---- test images ------------------------------------------------------------------------
 "$HERE/images.sh" "$STATE"
 
@@ -148,6 +170,7 @@ export STEWARD_TEST_SMTP=127.0.0.1:$SMTP_PORT
 export STEWARD_TEST_MAILDIR=$STATE/maildir
 export STEWARD_TEST_APP_IMAGE=steward-test/app
 export STEWARD_TEST_POSTGRES_IMAGE=steward-test/postgres:15
+export STEWARD_TEST_PODMAN_SOCKET=$PODMAN_SOCKET
 EOF
 log "ready:"
 log "  docker      $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
