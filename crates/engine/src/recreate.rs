@@ -171,7 +171,22 @@ fn host_config(old: &ContainerInspectResponse) -> HostConfig {
         }
     }
     hc.mounts = (!mounts.is_empty()).then_some(mounts);
+    for ulimit in hc.ulimits.iter_mut().flatten() {
+        if let Some(name) = ulimit.name.as_mut() {
+            *name = ulimit_name(name);
+        }
+    }
     hc
+}
+
+/// A ulimit's name as a create accepts it (`nofile`). Podman's inspect reports the kernel's
+/// name (`RLIMIT_NOFILE`), which its own create then rejects ("invalid ulimit type"); Docker
+/// reports and accepts `nofile`, unchanged here.
+fn ulimit_name(name: &str) -> String {
+    match name.strip_prefix("RLIMIT_") {
+        Some(short) => short.to_ascii_lowercase(),
+        None => name.to_owned(),
+    }
 }
 
 /// Endpoint settings the operator chose on a network: aliases (minus the short id the engine

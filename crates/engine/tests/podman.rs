@@ -119,3 +119,54 @@ async fn pulling_a_missing_digest_fails_naming_it() {
         .expect_err("a pull of a digest the registry lacks must fail");
     assert!(err.to_string().contains(&missing), "error does not name the digest: {err}");
 }
+
+/// Runs `podman ARGS` with the test bed's Podman configuration (the service's own).
+fn podman_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("podman")
+        .args(args)
+        .env("CONTAINERS_CONF", testbed::dir().join("podman/containers.conf"))
+        .env("CONTAINERS_REGISTRIES_CONF", testbed::dir().join("podman/registries.conf"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run podman: {e}"))
+}
+
+/// Removes Podman containers when dropped.
+struct Containers(Vec<String>);
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = podman_cli(&["rm", "-f", name]);
+        }
+    }
+}
+
+/// The updater's replacement (create from the old container's configuration, rename, start,
+/// stop) on Podman. Podman's inspect names ulimits as the kernel does (`RLIMIT_NOFILE`) and
+/// sets some on every rootful container, while its create accepts only `nofile`: every
+/// replacement failed before the engine translated them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_is_replaced_with_its_configuration() {
+    let Some(engine) = podman().await else { return };
+    let (image, digest) = pushed_app();
+    let tagged = format!("{image}:1.0");
+    let _untag = Untag(engine.clone(), vec![tagged.clone(), format!("{image}@{digest}")]);
+    let reference = ImageRef::parse(&tagged).expect("reference");
+    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    let name = unique_name("podman-rc");
+    let _containers = Containers(vec![name.clone(), format!("{name}-steward-old")]);
+    let run = podman_cli(&["run", "-d", "--name", &name, "-e", "KEPT=yes", &tagged]);
+    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
+
+    let replacement = engine.replace(&name, &tagged).await.expect("replace on Podman");
+    engine.finish(&replacement).await.expect("finish");
+    assert_eq!(engine.is_running(&name).await.expect("state"), Some(true));
+    let inspect = engine.inspect_json(&name).await.expect("inspect");
+    let env = inspect["Config"]["Env"].to_string();
+    assert!(env.contains("KEPT=yes"), "environment not carried over: {env}");
+    assert_ne!(inspect["Id"].as_str(), Some(replacement_old_id(&run).as_str()), "not replaced");
+}
+
+/// The id `podman run -d` printed.
+fn replacement_old_id(run: &std::process::Output) -> String {
+    String::from_utf8_lossy(&run.stdout).trim().to_owned()
+}
