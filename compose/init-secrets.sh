@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates ./secrets for docker-compose.yml: random passwords for PostgreSQL and each NATS user,
 # the approval-link key, the backup signing key (ed25519, by openssl), and placeholders for the
-# SMTP URL, AWS keys, registry logins, the age identity and the second copy's keys.
+# SMTP URL, AWS keys, registry logins, the age identity, the second copy's keys and the
+# backup heartbeat URL.
 # Existing files are kept (run it again safely). The directory is root's alone; the files in
 # it are readable by the containers that mount them, whatever user those run as.
 set -euo pipefail
@@ -32,6 +33,9 @@ put age_identity "# The age identity (AGE-SECRET-KEY-1...) matching STEWARD_BACK
 # The second copy's own keys (STEWARD_BACKUP_COPY_BUCKET in .env): empty, no keys of its own.
 put backup_copy_access_key_id ""
 put backup_copy_secret_access_key ""
+# The heartbeat monitor's URL (STEWARD_BACKUP_HEARTBEAT_URL: healthchecks.io, Uptime Kuma
+# push...), pinged after each verified backup; it is a credential. Empty: no heartbeat.
+put backup_heartbeat_url ""
 # The key backup manifests are signed with: made here, never sent anywhere.
 if [ ! -s secrets/backup_signing_key ]; then
   openssl genpkey -algorithm ed25519 -out secrets/backup_signing_key

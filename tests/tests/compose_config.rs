@@ -9,19 +9,30 @@ use std::process::Command;
 
 /// `docker-compose config` of `compose/`, with the variables it requires set.
 fn rendered() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose");
+    rendered_with(&[])
+}
+
+/// The same with `overlays` (paths from `compose/`) layered over the compose file with `-f`.
+fn rendered_with(overlays: &[&str]) -> String {
+    let dir = compose_dir();
     // An empty env file: a `.env` an operator left in the checkout changes nothing here.
     let empty = std::env::temp_dir().join(steward_testkit::unique_name("compose-env"));
     std::fs::write(&empty, "").expect("env file");
+    let mut files = vec!["-f", "docker-compose.yml"];
+    for overlay in overlays {
+        files.extend(["-f", overlay]);
+    }
     let out = Command::new("docker-compose")
         .current_dir(&dir)
         .arg("--env-file")
         .arg(&empty)
+        .args(files)
         .arg("config")
         .env("STEWARD_S3_BUCKET", "gitea-backups")
         .env("STEWARD_MAIL_FROM", "steward@example.com")
         .env("STEWARD_MAIL_TO", "ops@example.com")
         .env("GITEA_DOMAIN", "git.example.com")
+        .env("E2E_SCOPE", "e2e-scope")
         .output()
         .expect("run docker-compose");
     let _ = std::fs::remove_file(&empty);
@@ -31,6 +42,41 @@ fn rendered() -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The shipped stack's directory, as compose resolves it (`.` in a volume, the project's
+/// working-directory label).
+fn compose_dir() -> std::path::PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose"))
+        .expect("compose/")
+}
+
+fn read_repo_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The items of a service block's list `key:` (`volumes`, ...), trimmed.
+fn list(block: &[String], key: &str) -> Vec<String> {
+    block
+        .iter()
+        .skip_while(|l| l.trim() != format!("{key}:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    - "))
+        .map(|l| l.trim().trim_start_matches("- ").to_owned())
+        .collect()
+}
+
+/// The `labels:` map of a service block.
+fn labels(block: &[String]) -> BTreeMap<String, String> {
+    block
+        .iter()
+        .skip_while(|l| l.trim() != "labels:")
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+        .collect()
 }
 
 /// One service's block of the rendered file: its lines, indentation kept.
@@ -185,4 +231,109 @@ fn the_second_copy_is_wired_to_the_backup_service_and_the_cli_with_keys_of_its_o
             "init-secrets.sh: {secret}"
         );
     }
+}
+
+#[test]
+fn the_backup_service_mounts_the_project_it_backs_up_read_only() {
+    let file = rendered();
+    let block = service(&file, "backup");
+    // The backup service reads the project from a running container of the project that
+    // bind-mounts exactly the directory of compose's working-directory label (the compose
+    // file's directory): this one, read-only.
+    let dir = compose_dir();
+    let mount = format!("{}:/project:ro", dir.display());
+    let volumes = list(&block, "volumes");
+    assert!(volumes.contains(&mount), "backup: {mount} not in {volumes:?}");
+    for name in ["watcher", "updater", "health", "notifier", "steward", "setup"] {
+        let other = list(&service(&file, name), "volumes");
+        assert!(!other.iter().any(|v| v.starts_with(&format!("{}:", dir.display()))), "{name}");
+    }
+    // And it must be in the scope of the containers it backs up: in the stack tests' scope
+    // overlay, labelled like the app (a container out of scope is never the one read from).
+    let scoped = rendered_with(&["../tests/compose/scope.yml"]);
+    let app = labels(&service(&scoped, "gitea"));
+    let backup = labels(&service(&scoped, "backup"));
+    assert_eq!(app.get("steward.scope").map(String::as_str), Some("e2e-scope"), "{app:?}");
+    assert_eq!(backup.get("steward.scope"), app.get("steward.scope"), "{backup:?}");
+    assert!(list(&service(&scoped, "backup"), "volumes").contains(&mount));
+}
+
+#[test]
+fn the_backup_service_verifies_weekly_and_can_be_given_a_heartbeat_url() {
+    use steward_backup::config::{DEFAULT_VERIFY_SCHEDULE, ENV_VERIFY_SCHEDULE};
+    use steward_backup::heartbeat::ENV_HEARTBEAT_URL;
+    let file = rendered();
+    let block = service(&file, "backup");
+    let env = environment(&block);
+    assert_eq!(
+        env.get(ENV_VERIFY_SCHEDULE).map(String::as_str),
+        Some(DEFAULT_VERIFY_SCHEDULE),
+        "{env:?}"
+    );
+    // The URL is a credential: a secret file, never the variable itself.
+    assert!(!env.contains_key(ENV_HEARTBEAT_URL), "{env:?}");
+    assert_eq!(
+        env.get(&format!("{ENV_HEARTBEAT_URL}_FILE")).map(String::as_str),
+        Some("/run/secrets/backup_heartbeat_url"),
+        "{env:?}"
+    );
+    assert!(
+        secrets(&block)
+            .contains(&("backup_heartbeat_url".to_owned(), "backup_heartbeat_url".to_owned())),
+        "{:?}",
+        secrets(&block)
+    );
+    let top: Vec<&str> = file.lines().skip_while(|l| *l != "secrets:").collect();
+    let declared = top.iter().position(|l| *l == "  backup_heartbeat_url:");
+    let declared_file = declared.and_then(|i| top.get(i + 1)).map(|l| l.trim());
+    assert_eq!(
+        declared_file,
+        Some(format!("file: {}/secrets/backup_heartbeat_url", compose_dir().display()).as_str())
+    );
+    // init-secrets.sh makes it empty (the service reads an empty URL as no heartbeat), and
+    // .env.example documents both settings.
+    let init = read_repo_file("compose/init-secrets.sh");
+    assert!(init.lines().any(|l| l == "put backup_heartbeat_url \"\""), "init-secrets.sh");
+    let example = read_repo_file("compose/.env.example");
+    assert!(
+        example.lines().any(|l| l == format!("{ENV_VERIFY_SCHEDULE}={DEFAULT_VERIFY_SCHEDULE}")),
+        ".env.example: {ENV_VERIFY_SCHEDULE}"
+    );
+    assert!(example.contains("secrets/backup_heartbeat_url"), ".env.example: heartbeat");
+}
+
+#[test]
+fn the_runbooks_events_import_runs_as_the_setup_user_through_the_setup_service() {
+    // `steward events import` needs the NATS user `setup`; the runbook runs it through the
+    // compose service that has that user and its password, with the export on stdin.
+    let file = rendered();
+    let block = service(&file, "setup");
+    let env = environment(&block);
+    assert_eq!(env.get("STEWARD_NATS_USER").map(String::as_str), Some("setup"), "{env:?}");
+    assert_eq!(
+        env.get("STEWARD_NATS_PASSWORD_FILE").map(String::as_str),
+        Some("/run/secrets/nats_password")
+    );
+    assert!(
+        secrets(&block).contains(&("nats_setup_password".to_owned(), "nats_password".to_owned())),
+        "{:?}",
+        secrets(&block)
+    );
+    assert_eq!(list(&block, "entrypoint"), ["steward"], "{block:?}");
+    // No other service holds the setup password (the CLI's user may not create streams).
+    for name in ["steward", "watcher", "updater", "backup", "health", "notifier"] {
+        assert!(
+            !secrets(&service(&file, name)).iter().any(|(s, _)| s == "nats_setup_password"),
+            "{name}"
+        );
+    }
+    let runbooks = read_repo_file("docs/runbooks.md");
+    let dr: String = runbooks
+        .split("\n## ")
+        .find(|s| s.starts_with("Disaster recovery"))
+        .expect("the runbook's disaster recovery section")
+        .to_owned();
+    let command = "compose run --rm -T setup events import - < events.ndjson";
+    assert!(dr.contains(command), "docs/runbooks.md, disaster recovery: `{command}`");
+    assert!(read_repo_file("compose/docker-compose.yml").contains(command), "compose file");
 }
