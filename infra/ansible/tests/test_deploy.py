@@ -256,7 +256,9 @@ def test_deploy_brings_the_stack_up_healthy_and_a_second_run_changes_nothing(tar
     assert json.loads((secrets / "docker_config.json").read_text()) == {"auths": {}}
     assert (secrets / "age_identity").read_text().startswith("# no age identity")
     # The second copy's keys: empty (no copy), but present, as compose mounts them.
-    for name in ["backup_copy_access_key_id", "backup_copy_secret_access_key"]:
+    # So is the heartbeat URL: no heartbeat.
+    for name in ["backup_copy_access_key_id", "backup_copy_secret_access_key",
+                 "backup_heartbeat_url"]:
         assert (secrets / name).read_text() == "", name
     # The signing key was made on the host (kept on the second run: no change).
     signing_key = secrets / "backup_signing_key"
@@ -265,6 +267,15 @@ def test_deploy_brings_the_stack_up_healthy_and_a_second_run_changes_nothing(tar
     env = (target.root / ".env").read_text()
     assert "\nSTEWARD_MAIL_TO=ops@gitea.test\n" in env, env
     assert "\nGITEA_IMAGE=steward-test/app:v1\n" in env, env
+    assert "\nSTEWARD_BACKUP_VERIFY_SCHEDULE=0 4 * * 0\n" in env, env
+    # The backup service bind-mounts the stack directory (compose's working-directory label),
+    # read-only: the container encrypted backups read the project's own files from.
+    backup = run(["docker", "inspect", "-f",
+                  '{{index .Config.Labels "com.docker.compose.project.working_dir"}}|'
+                  "{{range .Mounts}}{{.Type}} {{.Source}}={{.Destination}} {{.RW}};{{end}}",
+                  containers["backup"][0]]).stdout
+    assert backup.startswith(f"{target.root}|"), backup
+    assert f"bind {target.root}=/project false;" in backup, backup
 
     # The services logged in to NATS with the passwords from SSM: the updater is healthy only
     # when its bus connection is, and the NATS server knows no other passwords.
