@@ -82,7 +82,8 @@ async fn a_pulled_image_has_its_registry_digest_and_only_tags_as_tags() {
     let (image, digest) = pushed_app();
     let tagged = format!("{image}:1.0");
     let by_digest = format!("{image}@{digest}");
-    let _untag = Untag(engine.clone(), vec![tagged.clone(), by_digest.clone()]);
+    let again = format!("{image}:1.0-again");
+    let _untag = Untag(engine.clone(), vec![tagged.clone(), by_digest.clone(), again]);
     let reference = ImageRef::parse(&tagged).expect("reference");
     engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
 
@@ -110,7 +111,6 @@ async fn a_pulled_image_has_its_registry_digest_and_only_tags_as_tags() {
     );
     // And the rollback's read: that digest is on the host, no registry needed.
     assert!(engine.tag_local_digest(&reference, &digest, "1.0-again").await.expect("tag"));
-    let _untag_again = Untag(engine.clone(), vec![format!("{image}:1.0-again")]);
 }
 
 /// A digest the registry does not have: a clear error naming it, not a hang or a panic.
