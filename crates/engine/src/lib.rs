@@ -15,7 +15,7 @@ mod images;
 mod ops;
 pub mod recreate;
 mod streams;
-pub use credentials::{registry_credentials, RegistryCredentials};
+pub use credentials::{registry_credentials, CredentialsError, RegistryCredentials};
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use images::ListedImage;
 pub use ops::{ExecOutput, HealthView, ListedContainer};

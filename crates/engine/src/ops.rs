@@ -42,9 +42,13 @@ impl Engine {
         // the engine, and the name Docker itself shows for it.
         let repository = image.familiar_name();
         let reference = format!("{repository}@{digest}");
-        let what = format!("pull {reference}");
         let registry = image.registry();
-        let credentials = crate::registry_credentials(image).map(|c| match c {
+        // A login that cannot be read: pulled without, and a refusal says why.
+        let (credentials, what) = match crate::registry_credentials(image) {
+            Ok(c) => (c, format!("pull {reference}")),
+            Err(e) => (None, format!("pull {reference} without credentials ({e})")),
+        };
+        let credentials = credentials.map(|c| match c {
             crate::RegistryCredentials::Basic(username, password) => DockerCredentials {
                 username: Some(username),
                 password: Some(password),

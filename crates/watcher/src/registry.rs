@@ -568,7 +568,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 /// The operator's `docker login` credentials for `reference`'s registry, in oci-client's terms.
 fn credentials(reference: &ImageRef) -> Option<RegistryAuth> {
-    steward_engine::registry_credentials(reference).map(|c| match c {
+    let found = steward_engine::registry_credentials(reference).unwrap_or_else(|e| {
+        // Asked anonymously: a public registry still answers, a private one's refusal is
+        // explained by this line.
+        tracing::warn!(error = %e, "registry login unusable; asking without credentials");
+        None
+    });
+    found.map(|c| match c {
         steward_engine::RegistryCredentials::Basic(user, pass) => RegistryAuth::Basic(user, pass),
         steward_engine::RegistryCredentials::IdentityToken(token) => RegistryAuth::Bearer(token),
     })
