@@ -845,6 +845,33 @@ fn remove_app(bed: &Bed) {
     docker(&["rm", "-fv", &bed.app.name]);
 }
 
+/// `request` published to a service killed at `spec`; the app then removed; a clean service
+/// started, which ends the flow with exactly one terminal event (either) and settles the
+/// request. The clean service, the events, and what a failure should show.
+async fn killed_then_removed(
+    bed: &Bed,
+    bus: &Bus,
+    flow: Flow,
+    request: &Event,
+    spec: &str,
+) -> (Service, Vec<Event>, impl Fn() -> String) {
+    let mut first = bed.service(bus, Some(spec));
+    first.consuming();
+    bus.publish(request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    assert!(first.exits_within(Duration::from_secs(90)), "{spec}: never reached\n{}", first.logs());
+    assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
+    remove_app(bed);
+    let mut last = bed.service(bus, None);
+    last.consuming();
+    let log = last.proc.log.clone();
+    let at = format!("{flow:?} killed at {spec}, then the app removed");
+    let context = move || format!("{at}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let all = wait_terminal(bus, flow, request.correlation_id, &last).await;
+    wait_settled(&last, flow, &context).await;
+    check_ended(flow, &all, request.correlation_id, &context);
+    (last, all, context)
+}
+
 /// Exactly one terminal event and no event twice (the outcome may be either).
 fn check_ended(flow: Flow, all: &[Event], correlation: uuid::Uuid, context: &dyn Fn() -> String) {
     let types = flow_events(all, correlation);
@@ -865,27 +892,8 @@ async fn backup_killed_then_its_container_removed() {
         let bed = Bed::new("bkgone", 12).await;
         let bus = TestBus::new("bkgone").await;
         let request = bed.backup_request();
-        let mut first = bed.service(&bus, Some(&spec));
-        first.consuming();
-        bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-        assert!(
-            first.exits_within(Duration::from_secs(90)),
-            "{spec}: never reached\n{}",
-            first.logs()
-        );
-        assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
-        remove_app(&bed);
-        let mut last = bed.service(&bus, None);
-        last.consuming();
-        let log = last.proc.log.clone();
-        let at = spec.clone();
-        let context = move || {
-            let (spec, logs) = (&at, std::fs::read_to_string(&log).unwrap_or_default());
-            format!("backup killed at {spec}, then the app removed\n{logs}")
-        };
-        let all = wait_terminal(&bus, Flow::Backup, request.correlation_id, &last).await;
-        wait_settled(&last, Flow::Backup, &context).await;
-        check_ended(Flow::Backup, &all, request.correlation_id, &context);
+        let (mut last, _, context) =
+            killed_then_removed(&bed, &bus, Flow::Backup, &request, &spec).await;
         bed.check_catalog(&context).await;
         let open = bed.open_uploads();
         assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
@@ -924,27 +932,8 @@ async fn restore_killed_then_its_container_removed() {
         let rows_before = psql(&bed.db.name, "SELECT count(*) FROM t");
         let bus = TestBus::new("rsgone").await;
         let request = restore_request(&backup_id);
-        let mut first = bed.service(&bus, Some(&spec));
-        first.consuming();
-        bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-        assert!(
-            first.exits_within(Duration::from_secs(90)),
-            "{spec}: never reached\n{}",
-            first.logs()
-        );
-        assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
-        remove_app(&bed);
-        let mut last = bed.service(&bus, None);
-        last.consuming();
-        let log = last.proc.log.clone();
-        let at = spec.clone();
-        let context = move || {
-            let (spec, logs) = (&at, std::fs::read_to_string(&log).unwrap_or_default());
-            format!("restore killed at {spec}, then the app removed\n{logs}")
-        };
-        let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &last).await;
-        wait_settled(&last, Flow::Restore, &context).await;
-        check_ended(Flow::Restore, &all, request.correlation_id, &context);
+        let (mut last, all, context) =
+            killed_then_removed(&bed, &bus, Flow::Restore, &request, &spec).await;
         wait_pg(&bed.db.name);
         let rows = psql(&bed.db.name, "SELECT count(*) FROM t");
         assert!(
