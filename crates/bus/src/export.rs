@@ -12,9 +12,8 @@
 //! they start at new events.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -170,31 +169,7 @@ impl Bus {
 
     /// An ephemeral consumer of everything the stream holds, and how many messages that is.
     async fn read_all(&self) -> Result<(pull::Stream, u64), BusError> {
-        let stream = self
-            .js()
-            .get_stream(&self.namespace().stream)
-            .await
-            .map_err(|e| BusError::nats("get stream", e))?;
-        let mut consumer = stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::nats("create export consumer", e))?;
-        let remaining =
-            consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?.num_pending;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(2000)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| BusError::nats("export messages", e))?;
-        Ok((messages, remaining))
+        self.read_stream(DeliverPolicy::All, String::new()).await
     }
 }
 

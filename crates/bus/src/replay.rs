@@ -70,28 +70,7 @@ impl Bus {
             [one] => ns.subject(one),
             _ => String::new(),
         };
-        let stream =
-            self.js().get_stream(&ns.stream).await.map_err(|e| BusError::nats("get stream", e))?;
-        let mut consumer = stream
-            .create_consumer(pull::Config {
-                deliver_policy,
-                ack_policy: AckPolicy::None,
-                filter_subject,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BusError::nats("create replay consumer", e))?;
-        let remaining =
-            consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?.num_pending;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(2000)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| BusError::nats("replay messages", e))?;
+        let (messages, remaining) = self.read_stream(deliver_policy, filter_subject).await?;
         Ok(Replay { messages, remaining, query, prefix: ns.prefix.clone() })
     }
 }
@@ -157,5 +136,43 @@ impl Replay {
                 dead_letter_reason,
             }));
         }
+    }
+}
+
+impl Bus {
+    /// An ephemeral, unacknowledged consumer of the stream from `deliver_policy` (only
+    /// `filter_subject` when not empty), read in order, and how many messages it has to
+    /// deliver now: what the audit's replay and the backup's export both read with.
+    pub(crate) async fn read_stream(
+        &self,
+        deliver_policy: DeliverPolicy,
+        filter_subject: String,
+    ) -> Result<(pull::Stream, u64), BusError> {
+        let stream = self
+            .js()
+            .get_stream(&self.namespace().stream)
+            .await
+            .map_err(|e| BusError::nats("get stream", e))?;
+        let mut consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy,
+                ack_policy: AckPolicy::None,
+                filter_subject,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::nats("create a reading consumer", e))?;
+        let remaining =
+            consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?.num_pending;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(2000)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| BusError::nats("read the stream", e))?;
+        Ok((messages, remaining))
     }
 }
