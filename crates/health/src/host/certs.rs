@@ -111,6 +111,43 @@ pub fn level(
     }
 }
 
+/// What a certificate read at `now` says: `health.cert_expiring` at its level while within
+/// the thresholds, `health.cert_renewed` once it is not (a file or a served certificate alike).
+pub fn expiry_finding(
+    key: String,
+    container: &str,
+    certificate: String,
+    info: &CertInfo,
+    now: OffsetDateTime,
+    (warn, critical): (Duration, Duration),
+) -> Finding {
+    let level = level(info.not_after, now, warn, critical);
+    let days_left = (info.not_after - now).whole_days();
+    Finding {
+        key,
+        seen: level.map_or(Seen::Fine, Seen::Alert),
+        alert: level.map(|level| {
+            CertExpiring {
+                container: container.to_owned(),
+                certificate: certificate.clone(),
+                names: info.names.clone(),
+                not_after: info.not_after,
+                days_left,
+                level,
+            }
+            .into()
+        }),
+        recovery: Some(
+            CertRenewed {
+                container: container.to_owned(),
+                certificate,
+                not_after: Some(info.not_after),
+            }
+            .into(),
+        ),
+    }
+}
+
 /// A lineage's `fullchain.pem` in a live directory's tar: the lineage and where the file
 /// really is (its link resolved against the lineage's directory, or the file itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,31 +281,14 @@ pub async fn check(
                 continue;
             }
         };
-        let level = level(info.not_after, now, warn, critical);
-        let days_left = (info.not_after - now).whole_days();
-        findings.push(Finding {
+        findings.push(expiry_finding(
             key,
-            seen: level.map_or(Seen::Fine, Seen::Alert),
-            alert: level.map(|level| {
-                CertExpiring {
-                    container: container.to_owned(),
-                    certificate: lineage.file.clone(),
-                    names: info.names.clone(),
-                    not_after: info.not_after,
-                    days_left,
-                    level,
-                }
-                .into()
-            }),
-            recovery: Some(
-                CertRenewed {
-                    container: container.to_owned(),
-                    certificate: lineage.file.clone(),
-                    not_after: Some(info.not_after),
-                }
-                .into(),
-            ),
-        });
+            container,
+            lineage.file.clone(),
+            &info,
+            now,
+            (warn, critical),
+        ));
     }
     Report { findings, covers: vec![prefix] }
 }

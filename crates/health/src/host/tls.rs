@@ -17,12 +17,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use steward_events::{CertExpiring, CertRenewed};
 use steward_labels::TlsEndpoint;
 use time::OffsetDateTime;
 
-use super::certs::{level, parse_der, CertError, CertInfo};
-use super::{Finding, Report, Seen};
+use super::certs::{expiry_finding, parse_der, CertError, CertInfo};
+use super::{Finding, Report};
 
 /// Why a served certificate could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -177,31 +176,14 @@ pub async fn check(
                 }
             };
             answers.push((container.clone(), certificate.clone(), true));
-            let level = level(info.not_after, now, warn, critical);
-            let days_left = (info.not_after - now).whole_days();
-            findings.push(Finding {
+            findings.push(expiry_finding(
                 key,
-                seen: level.map_or(Seen::Fine, Seen::Alert),
-                alert: level.map(|level| {
-                    CertExpiring {
-                        container: container.clone(),
-                        certificate: certificate.clone(),
-                        names: info.names.clone(),
-                        not_after: info.not_after,
-                        days_left,
-                        level,
-                    }
-                    .into()
-                }),
-                recovery: Some(
-                    CertRenewed {
-                        container: container.clone(),
-                        certificate,
-                        not_after: Some(info.not_after),
-                    }
-                    .into(),
-                ),
-            });
+                container,
+                certificate,
+                &info,
+                now,
+                (warn, critical),
+            ));
         }
     }
     (Report { findings, covers: vec!["tls|".into()] }, answers)
@@ -210,6 +192,7 @@ pub async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Seen;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn endpoint(name: Option<&str>, port: u16) -> TlsEndpoint {
