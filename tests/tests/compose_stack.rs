@@ -936,7 +936,7 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
         .flatten()
         .flat_map(|g| g["rules"].as_array().into_iter().flatten())
         .collect();
-    assert_eq!(loaded.len(), 16, "alert rules loaded: {rules}");
+    assert_eq!(loaded.len(), 17, "alert rules loaded: {rules}");
     assert!(loaded.iter().all(|r| r["health"] != "err"), "a rule fails to evaluate: {rules}");
     assert!(loaded.iter().any(|r| r["name"] == "StewardServiceDown"), "{rules}");
     let dashboard: serde_json::Value = serde_json::from_str(
