@@ -52,6 +52,20 @@ pub struct ImageVersion {
 }
 
 impl ImageVersion {
+    /// How long before `now` the image was built, in words a person reads at a glance
+    /// (`12 days`, `5 hours`, `less than an hour`); `None` without a build time. The mail and
+    /// the approval page say it alike.
+    pub fn age(&self, now: OffsetDateTime) -> Option<String> {
+        let age = now - self.created?;
+        Some(if age.whole_days() >= 1 {
+            format!("{} days", age.whole_days())
+        } else if age.whole_hours() >= 1 {
+            format!("{} hours", age.whole_hours())
+        } else {
+            "less than an hour".to_owned()
+        })
+    }
+
     /// Reads the labels of an image; `created` is the image config's own build time, used
     /// when the label is absent. `None` when the image says nothing of use.
     pub fn from_labels(labels: &HashMap<String, String>, created: Option<&str>) -> Option<Self> {
@@ -193,6 +207,22 @@ fn is_tag(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_age_of_a_release_is_told_in_days_hours_or_less() {
+        let now = time::macros::datetime!(2026-12-02 09:30 UTC);
+        let at = |t| ImageVersion { created: Some(t), ..Default::default() };
+        assert_eq!(
+            at(time::macros::datetime!(2026-11-20 09:00 UTC)).age(now).as_deref(),
+            Some("12 days")
+        );
+        assert_eq!(
+            at(time::macros::datetime!(2026-12-02 04:00 UTC)).age(now).as_deref(),
+            Some("5 hours")
+        );
+        assert_eq!(at(now).age(now).as_deref(), Some("less than an hour"));
+        assert_eq!(ImageVersion::default().age(now), None);
+    }
 
     fn v(source: &str, version: Option<&str>, revision: Option<&str>) -> ImageVersion {
         ImageVersion {

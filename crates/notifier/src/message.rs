@@ -590,16 +590,9 @@ fn release(tag: Option<&str>, digest: &steward_events::Digest, v: Option<&ImageV
 }
 
 /// `2026-11-20 09:00:00 UTC (12 days before this notice)`.
-fn released(created: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
-    let age = now - created;
-    let ago = if age.whole_days() >= 1 {
-        format!("{} days before this notice", age.whole_days())
-    } else if age.whole_hours() >= 1 {
-        format!("{} hours before this notice", age.whole_hours())
-    } else {
-        "within the hour before this notice".to_owned()
-    };
-    format!("{} ({ago})", utc(created))
+fn released(v: &ImageVersion, created: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
+    let age = v.age(now).unwrap_or_default();
+    format!("{} ({age} before this notice)", utc(created))
 }
 
 /// The rows telling the running and the new release: each running digest (with the
@@ -620,8 +613,10 @@ fn release_facts(
         facts.push((label, release(None, digest, *v)));
     }
     facts.push(("New".to_owned(), release(new_tag, new_digest, versions.new_version.as_ref())));
-    if let Some(created) = versions.new_version.as_ref().and_then(|v| v.created) {
-        facts.push(("Released".to_owned(), released(created, now)));
+    if let Some(v) = versions.new_version.as_ref() {
+        if let Some(created) = v.created {
+            facts.push(("Released".to_owned(), released(v, created, now)));
+        }
     }
     facts
 }

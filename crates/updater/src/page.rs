@@ -103,12 +103,12 @@ impl Page {
             image: r.image.clone(),
             current: told(r.versions.current_version.as_ref(), None, &r.from_digest),
             new: told(r.versions.new_version.as_ref(), r.new_tag.as_deref(), &r.to_digest),
-            released: r
-                .versions
-                .new_version
-                .as_ref()
-                .and_then(|v| v.created)
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            // The build time and its age, as the mail says it.
+            released: r.versions.new_version.as_ref().and_then(|v| {
+                let at = v.created?.format(&time::format_description::well_known::Rfc3339).ok()?;
+                let age = v.age(OffsetDateTime::now_utc())?;
+                Some(format!("{at} ({age} ago)"))
+            }),
             notes: r.versions.release_notes(),
             id: r.update_id,
         });
