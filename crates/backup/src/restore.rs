@@ -117,8 +117,35 @@ impl Backups {
         let result = self.restore_attempt(id, scope, options, busy, journal).await;
         if result.is_err() {
             self.discard_loading_copies(scope, options.allow_unsigned, journal).await;
+            self.drop_unfinished_safety(journal).await;
         }
         result
+    }
+
+    /// A failed restore whose safety backup a killed attempt began and this one did not
+    /// finish (e.g. the container went away meanwhile): its objects are deleted, so no
+    /// incomplete backup is left, and it is not named as the way back. Only when the listing
+    /// proves the manifest absent: a read error keeps everything.
+    async fn drop_unfinished_safety(&self, journal: &mut RestoreJournal) {
+        let Some(id) = journal.record.safety_backup_id.clone() else { return };
+        // Safety backups are written to the primary, whatever the restore reads from.
+        let store = &self.store;
+        let objects = match store.list_objects(&id).await {
+            Ok(objects) => objects,
+            Err(e) => {
+                tracing::warn!(safety_backup = %id, error = %e, "cannot tell whether the safety backup is complete");
+                return;
+            }
+        };
+        if objects.iter().any(|o| o.ends_with(&format!("/{}", steward_store::manifest::MANIFEST))) {
+            return;
+        }
+        if let Err(e) = store.delete_dir(&id).await {
+            tracing::warn!(safety_backup = %id, error = %e, "could not delete an unfinished safety backup");
+            return;
+        }
+        tracing::info!(safety_backup = %id, "deleted the safety backup an interrupted attempt had begun");
+        journal.record.safety_backup_id = None;
     }
 
     /// A failed attempt that was still loading (its own or an interrupted earlier one's,

@@ -685,9 +685,6 @@ impl BackupService {
                         "could not check for updates in progress, nothing was changed: {e:#}"
                     ))),
                 };
-                if outcome.is_err() {
-                    self.drop_unfinished_safety(&mut steps.record).await;
-                }
                 record = steps.record.clone();
                 outcome.map_err(|mut f| {
                     // A restore that failed after its safety backup may have changed data:
@@ -744,33 +741,6 @@ impl BackupService {
             steward_failpoints::failpoint!("restore:failed");
         }
         Ok(())
-    }
-}
-
-impl BackupService {
-    /// A failed restore whose safety backup a killed attempt began and this one did not
-    /// finish (e.g. the container went away meanwhile): its objects are deleted, so no
-    /// incomplete backup is left, and it is not named as the way back. Only when the listing
-    /// proves the manifest absent: a read error keeps everything.
-    async fn drop_unfinished_safety(&self, record: &mut FlowRecord) {
-        let Some(id) = record.safety_backup_id.clone() else { return };
-        let store = self.backups.store();
-        let objects = match store.list_objects(&id).await {
-            Ok(objects) => objects,
-            Err(e) => {
-                tracing::warn!(safety_backup = %id, error = %e, "cannot tell whether the safety backup is complete");
-                return;
-            }
-        };
-        if objects.iter().any(|o| o.ends_with(&format!("/{}", manifest::MANIFEST))) {
-            return;
-        }
-        if let Err(e) = store.delete_dir(&id).await {
-            tracing::warn!(safety_backup = %id, error = %e, "could not delete an unfinished safety backup");
-            return;
-        }
-        tracing::info!(safety_backup = %id, "deleted the safety backup an interrupted attempt had begun");
-        record.safety_backup_id = None;
     }
 }
 
