@@ -586,6 +586,20 @@ async fn clean_backup(bed: &Bed) -> (String, Vec<String>) {
     (done, points)
 }
 
+/// A clean restore of `backup_id` with points logged (one terminal event, the success, no
+/// event twice; a clean stop): the events, the request and the points it passed.
+async fn clean_restore(bed: &Bed, bus: &Bus, backup_id: &str) -> (Vec<Event>, Event, Vec<String>) {
+    let mut s = bed.service(bus, Some(""));
+    s.consuming();
+    let request = restore_request(backup_id);
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let all = wait_terminal(bus, Flow::Restore, request.correlation_id, &s).await;
+    check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    let points = steward_system_tests::failpoints_passed(&s.logs());
+    (all, request, points)
+}
+
 /// Undoing a restore, end to end: the clean restore's safety backup, restored, brings back
 /// exactly the data from before that restore (and takes a safety backup of its own).
 async fn undo_once(
@@ -648,15 +662,8 @@ async fn restore_campaign(variant: Variant, offset: usize) {
     let bus = TestBus::new("rsfind").await;
     bed.diverge();
     let before_clean = bed.content();
-    let mut s = bed.service(&bus, Some(""));
-    s.consuming();
-    let request = restore_request(&backup_id);
-    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-    let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &s).await;
-    check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
+    let (all, request, points) = clean_restore(&bed, &bus, &backup_id).await;
     assert_eq!(bed.content(), backed_up, "a clean restore restores");
-    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
-    let points = steward_system_tests::failpoints_passed(&s.logs());
     drop(bus);
     bed.no_leftovers("a clean restore");
     undo_once(&bed, &before_clean, &backed_up, &all, request.correlation_id).await;
@@ -913,14 +920,7 @@ async fn restore_killed_then_its_container_removed() {
     let (backup_id, _) = clean_backup(&bed).await;
     bed.diverge();
     let bus = TestBus::new("rsgonefind").await;
-    let mut s = bed.service(&bus, Some(""));
-    s.consuming();
-    let request = restore_request(&backup_id);
-    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-    let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &s).await;
-    check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
-    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
-    let points = steward_system_tests::failpoints_passed(&s.logs());
+    let (_, _, points) = clean_restore(&bed, &bus, &backup_id).await;
     drop(bus);
     bed.destroy().await;
     for spec in daily_sample("restore, container removed", &points) {
