@@ -32,10 +32,27 @@ wait_port() { # PORT NAME LOGFILE
   tail -n 20 "$3" >&2 || true
   die "$2 did not start listening on 127.0.0.1:$1 (log: $3)"
 }
-# Starts a daemon detached from this shell so it outlives the script (and the CI step).
+# Starts a daemon detached from this shell so it outlives the script (and the CI step), in the
+# state directory: a daemon left with the working directory of a deleted CI clone has failed
+# requests (s3s-fs answered CreateBucket with InternalError).
 spawn() { # LOGFILE CMD...
   local logfile=$1; shift
-  setsid nohup "$@" >>"$logfile" 2>&1 < /dev/null &
+  (cd "$STATE" && setsid nohup "$@" >>"$logfile" 2>&1 < /dev/null &)
+}
+# Stops the daemon listening on PORT if its working directory was deleted (one an older
+# version of this script started from a CI clone since removed), so that it is started again.
+stop_orphan() { # PORT NAME
+  local pid cwd
+  pid=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2)
+  [ -n "$pid" ] || return 0
+  cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || return 0
+  case "$cwd" in
+    *" (deleted)")
+      log "restarting $2 (pid $pid): its working directory $cwd is gone"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do listening "$1" || return 0; sleep 0.2; done
+      die "$2 (pid $pid) did not stop";;
+  esac
 }
 
 # ---- packages ---------------------------------------------------------------------------
@@ -83,6 +100,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 # ---- NATS with JetStream ----------------------------------------------------------------
+stop_orphan "$NATS_PORT" nats-server
 if ! listening "$NATS_PORT"; then
   log "starting nats-server on 127.0.0.1:$NATS_PORT"
   spawn "$STATE/logs/nats.log" nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$STATE/nats"
@@ -101,12 +119,14 @@ write_registry_config() { # FILE PORT DIR [HTPASSWD]
     if [ -n "${4:-}" ]; then echo "auth: {htpasswd: {realm: steward-test, path: $4}}"; fi
   } >"$1"
 }
+stop_orphan "$REGISTRY_PORT" registry
 if ! listening "$REGISTRY_PORT"; then
   log "starting registry on 127.0.0.1:$REGISTRY_PORT"
   write_registry_config "$STATE/registry.yml" "$REGISTRY_PORT" "$STATE/registry"
   spawn "$STATE/logs/registry.log" docker-registry serve "$STATE/registry.yml"
   wait_port "$REGISTRY_PORT" registry "$STATE/logs/registry.log"
 fi
+stop_orphan "$REGISTRY_AUTH_PORT" registry-auth
 if ! listening "$REGISTRY_AUTH_PORT"; then
   log "starting registry with basic auth on 127.0.0.1:$REGISTRY_AUTH_PORT"
   htpasswd -Bbn "$REGISTRY_USER" "$REGISTRY_PASS" >"$STATE/htpasswd"
@@ -116,6 +136,7 @@ if ! listening "$REGISTRY_AUTH_PORT"; then
 fi
 
 # ---- S3 ---------------------------------------------------------------------------------
+stop_orphan "$S3_PORT" s3s-fs
 if ! listening "$S3_PORT"; then
   log "starting s3s-fs on 127.0.0.1:$S3_PORT"
   spawn "$STATE/logs/s3.log" "$S3S" --host 127.0.0.1 --port "$S3_PORT" \
@@ -124,6 +145,7 @@ if ! listening "$S3_PORT"; then
 fi
 
 # ---- SMTP -------------------------------------------------------------------------------
+stop_orphan "$SMTP_PORT" aiosmtpd
 if ! listening "$SMTP_PORT"; then
   log "starting aiosmtpd on 127.0.0.1:$SMTP_PORT"
   spawn "$STATE/logs/smtp.log" /usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
