@@ -18,6 +18,7 @@ pub mod extract;
 pub mod guard;
 pub mod heartbeat;
 pub mod journal;
+pub mod matching;
 pub mod pipeline;
 pub mod progress;
 pub mod restore;
