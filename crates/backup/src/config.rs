@@ -73,6 +73,9 @@ pub struct BackupConfig {
     /// The public keys whose backups are used: the signing key's own and
     /// `STEWARD_BACKUP_TRUSTED_KEYS`.
     pub trust: Trust,
+    /// On a rebuilt host, backups are refused until a restore ends this pause
+    /// ([`crate::pause`], `STEWARD_BACKUP_RESTORE_PENDING`).
+    pub restore_pending: Option<String>,
 }
 
 impl BackupConfig {
@@ -107,7 +110,15 @@ impl BackupConfig {
         if max_age < Duration::from_secs(1) {
             env.error(ENV_MAX_AGE, &format!("{max_age:?}"), "at least 1s");
         }
+        let restore_pending =
+            env.optional(crate::pause::ENV_RESTORE_PENDING).filter(|s| !s.trim().is_empty());
+        if let Some(token) = &restore_pending {
+            if let Err(reason) = crate::pause::valid_token(token) {
+                env.error(crate::pause::ENV_RESTORE_PENDING, token, reason);
+            }
+        }
         Self {
+            restore_pending,
             schedule,
             verify_schedule,
             heartbeat,

@@ -19,6 +19,7 @@ pub mod guard;
 pub mod heartbeat;
 pub mod journal;
 pub mod matching;
+pub mod pause;
 pub mod pipeline;
 pub mod progress;
 pub mod restore;

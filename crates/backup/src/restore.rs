@@ -115,9 +115,12 @@ impl Backups {
         journal: &mut RestoreJournal,
     ) -> Result<Restored, Failure> {
         let result = self.restore_attempt(id, scope, options, busy, journal).await;
-        if result.is_err() {
-            self.discard_loading_copies(scope, options.allow_unsigned, journal).await;
-            self.drop_unfinished_safety(journal).await;
+        match &result {
+            Ok(done) => self.end_pause(&done.manifest).await,
+            Err(_) => {
+                self.discard_loading_copies(scope, options.allow_unsigned, journal).await;
+                self.drop_unfinished_safety(journal).await;
+            }
         }
         result
     }

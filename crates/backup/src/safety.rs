@@ -74,6 +74,8 @@ impl Backups {
                 .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
             return Ok(None);
         }
+        // Paused on a rebuilt host: the safety backup would become the latest.
+        self.check_not_paused().await.map_err(refused)?;
         let id = manifest::new_backup_id(OffsetDateTime::now_utc());
         journal
             .safety(&id)

@@ -318,7 +318,10 @@ impl BackupService {
                         ctx.bus.publish(event).await?;
                     }
                     steward_failpoints::failpoint!("backup:started");
-                    let job = self.backups.take(&id, reason, only);
+                    let job = async {
+                        self.backups.check_not_paused().await?;
+                        self.backups.take(&id, reason, only).await
+                    };
                     match cause {
                         Some(cause) => self.reporting(ctx, cause, job).await,
                         None => job.await,
