@@ -25,7 +25,8 @@ const CLI: &str = "steward-cli";
 /// Crates that test the binaries; they may depend on a service to drive it.
 const TEST_CRATES: [&str; 1] = ["steward-system-tests"];
 /// Pure data at the bottom of the workspace: nothing of Steward below them.
-const BOTTOM: [&str; 3] = ["steward-events", "steward-labels", "steward-failpoints"];
+const BOTTOM: [&str; 4] =
+    ["steward-events", "steward-labels", "steward-failpoints", "steward-agekeys"];
 
 /// External crates only one workspace crate may use: (dependency, owner, why).
 const OWNED: [(&str, &str, &str); 2] = [

@@ -10,11 +10,10 @@
 use std::fmt;
 use std::io::{self, Write as _};
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
-use age::x25519::{Identity, Recipient};
+use steward_agekeys::{Identity, Recipient};
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
 
@@ -48,32 +47,7 @@ impl fmt::Debug for Keys {
     }
 }
 
-/// Age keys, one per line or separated by commas or spaces; `#` starts a comment (the
-/// format `age-keygen` writes).
-fn key_words(text: &str) -> impl Iterator<Item = &str> {
-    text.lines()
-        .map(|line| line.split('#').next().unwrap_or(""))
-        .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
-        .filter(|w| !w.is_empty())
-}
-
-/// Recipients (`age1…`).
-pub fn parse_recipients(text: &str) -> Result<Vec<Recipient>, String> {
-    key_words(text)
-        .map(|w| Recipient::from_str(w).map_err(|e| format!("{w:?} is not an age recipient: {e}")))
-        .collect()
-}
-
-/// Identities (`AGE-SECRET-KEY-1…`); errors never show the key.
-pub fn parse_identities(text: &str) -> Result<Vec<Identity>, String> {
-    key_words(text)
-        .enumerate()
-        .map(|(i, w)| {
-            Identity::from_str(w)
-                .map_err(|e| format!("identity {} is not an age identity: {e}", i + 1))
-        })
-        .collect()
-}
+pub use steward_agekeys::{parse_identities, parse_recipients};
 
 impl Keys {
     /// Reads [`ENV_AGE_RECIPIENTS`] and [`ENV_AGE_IDENTITY`]; each error names its own

@@ -8,6 +8,7 @@ mod backups;
 mod deploys;
 mod events;
 mod events_import;
+mod kit;
 mod notify;
 mod rollback;
 mod setup;
@@ -119,6 +120,10 @@ enum Command {
     Notify(NotifyCommand),
     /// Restore a backup (checksums are checked before anything is touched).
     Restore(backups::RestoreArgs),
+    /// The off-host kit: what rebuilding this host needs besides the bucket (.env, secrets/,
+    /// the compose project), encrypted with age.
+    #[command(subcommand)]
+    Kit(kit::KitCommand),
     /// Deployments from git: list them, approve one.
     #[command(subcommand)]
     Deploy(deploys::DeployCommand),
@@ -234,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup(cmd) => backups::run(cmd, &cli.conn).await,
         Command::Restore(args) => backups::restore(args, &cli.conn).await,
+        Command::Kit(cmd) => kit::run(cmd),
         Command::Deploy(cmd) => deploys::run(cmd, &cli.conn).await,
         Command::Certs(CertsCommand::Renew { wait }) => renew_certs(&cli.conn, wait).await,
         Command::Notify(NotifyCommand::Test { wait }) => notify::test(&cli.conn, wait).await,
