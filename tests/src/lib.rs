@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod backup_bed;
 pub mod mail;
+pub mod stack;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

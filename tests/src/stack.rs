@@ -1,0 +1,526 @@
+//! The shipped compose stack (`compose/`) in a project of its own, brought up with
+//! docker-compose against local stand-ins for the public images (`tests/compose/`), driven
+//! only through its containers and what an operator has: shared by the stack test
+//! (`compose_stack.rs`) and the disaster-recovery rehearsal (`dr_rehearsal.rs`).
+
+// Test helpers, named for what they do; a failure panics with what it saw.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use steward_testkit::docker::{docker, ImageTag};
+use steward_testkit::{free_port, unique_name, wait_for};
+
+/// Every long-running service of the stack.
+pub const SERVICES: [&str; 11] = [
+    "postgres",
+    "gitea",
+    "nginx",
+    "certbot",
+    "nats",
+    "sockproxy",
+    "watcher",
+    "updater",
+    "backup",
+    "health",
+    "notifier",
+];
+pub const BUCKET: &str = "gitea-backups";
+/// The second copy's bucket, in the same S3 server.
+pub const COPY_BUCKET: &str = "gitea-backups-copy";
+/// The private registry's user (its password is the test's own, random).
+pub const REGISTRY_USER: &str = "e2e";
+/// The test's own age key pair (made for this test only, never used elsewhere).
+pub const AGE_IDENTITY: &str =
+    "AGE-SECRET-KEY-1TQ0UG4Y3YZAUMMR7LJCUP96AD9H89VMU2TN6HM6Q5DQ8F4N3TA4QJ89FME";
+pub const AGE_RECIPIENT: &str = "age1n0q6qa4nn35xq034he2a5rrcj7g9fl58w7d25wnnvzd2a3lhcdks2vcp8m";
+pub const MAIL_TO: &str = "ops@gitea.test";
+/// Where the approval links in the mail point (nginx proxies it to the updater).
+pub const PUBLIC_APPROVE: &str = "https://gitea.test/steward/approve/";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where the age identity of an encrypted stack is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeKey {
+    /// Off the host: `secrets/age_identity` as init-secrets.sh makes it (only comments).
+    OffHost,
+    /// In `secrets/age_identity`: the backup service verifies and restores.
+    OnHost,
+}
+
+/// A project of its own in a copy of `compose/`, taken down with its volumes when dropped.
+pub struct Stack {
+    pub dir: PathBuf,
+    pub project: String,
+    /// Gitea's image, in the stack's own (private) registry.
+    pub app_image: String,
+    /// The registry's `host:port`, as the engine and the watcher reach it.
+    pub registry: String,
+    /// The private registry's password.
+    pub registry_password: String,
+    /// The operator's Docker client config (`docker --config`), logged in by [`Stack::up`].
+    pub docker_config: PathBuf,
+    /// The approval page's port on 127.0.0.1.
+    pub updater_port: u16,
+    /// Prometheus' (profile `monitoring`) port on 127.0.0.1.
+    pub prometheus_port: u16,
+    _app_tags: ImageTag,
+}
+
+impl Stack {
+    /// A stack whose backups are age-encrypted, the identity where `age` says; with `copy`,
+    /// a second copy of each backup in [`COPY_BUCKET`] with keys of its own.
+    pub fn new(age: AgeKey, copy: bool) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("steward-stack"));
+        let project = unique_name("stewarde2e").replace('-', "");
+        copy_dir(&repo().join("compose"), &dir);
+        for file in
+            ["stand-ins.yml", "registry.yml", "registry-auth.yml", "scope.yml", "fake-certbot.sh"]
+        {
+            std::fs::copy(repo().join("tests/compose").join(file), dir.join(file))
+                .expect("copy the override");
+        }
+        let registry_port = free_port();
+        let registry = format!("127.0.0.1:{registry_port}");
+        let app_image = format!("{registry}/e2e/app:stable");
+        let registry_password = unique_name("pw");
+        let stack = Self {
+            docker_config: dir.join("operator-docker"),
+            dir,
+            project,
+            app_image: app_image.clone(),
+            registry,
+            registry_password,
+            updater_port: free_port(),
+            prometheus_port: free_port(),
+            _app_tags: ImageTag(app_image),
+        };
+        stack.run_checked(Command::new("bash").arg(stack.dir.join("init-secrets.sh")));
+        let secrets = stack.dir.join("secrets");
+        write(&secrets.join("smtp_url"), "smtp://smtp:2525\n");
+        // nats-server reads a password from its environment as config text: one that starts
+        // with a digit must still work (a random one does, one time in six).
+        write(&secrets.join("nats_watcher_password"), "1e5true-password\n");
+        write(
+            &secrets.join("aws_credentials"),
+            "[default]\naws_access_key_id = e2e-key\naws_secret_access_key = e2e-secret-key\n",
+        );
+        if age == AgeKey::OnHost {
+            write(&secrets.join("age_identity"), &format!("{AGE_IDENTITY}\n"));
+        }
+        // The registry's users, as its operator makes them.
+        let htpasswd = stack.run_checked(Command::new("htpasswd").args([
+            "-Bbn",
+            REGISTRY_USER,
+            &stack.registry_password,
+        ]));
+        write(&stack.dir.join("registry.htpasswd"), &htpasswd);
+        let s3 = stack.dir.join("s3");
+        std::fs::create_dir_all(s3.join(BUCKET)).expect("bucket directory");
+        let mut copy_env = String::new();
+        if copy {
+            std::fs::create_dir_all(s3.join(COPY_BUCKET)).expect("copy bucket directory");
+            // The copy's own keys (s3s-fs knows one pair: the same values, other files).
+            write(&secrets.join("backup_copy_access_key_id"), "e2e-key\n");
+            write(&secrets.join("backup_copy_secret_access_key"), "e2e-secret-key\n");
+            copy_env = format!(
+                "STEWARD_BACKUP_COPY_BUCKET={COPY_BUCKET}\nSTEWARD_BACKUP_COPY_ENDPOINT=http://s3:9000\n"
+            );
+        }
+        // aiosmtpd's Mailbox makes a maildir's subdirectories only along with the maildir.
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(stack.maildir().join(sub)).expect("maildir");
+        }
+        let docker_gid = String::from_utf8_lossy(
+            &Command::new("stat")
+                .args(["-c", "%g", "/var/run/docker.sock"])
+                .output()
+                .expect("stat")
+                .stdout,
+        )
+        .trim()
+        .to_owned();
+        // benches/stack.sh runs this test with the release image.
+        let image = std::env::var("STEWARD_STACK_IMAGE")
+            .unwrap_or_else(|_| "steward-local/steward:debug".into());
+        let env = format!(
+            "GITEA_DOMAIN=gitea.test\nPUBLISH_ADDR=127.0.0.1\nHTTP_PORT={}\nHTTPS_PORT={}\n\
+             GITEA_SSH_PORT={}\nGITEA_IMAGE={}\nNGINX_IMAGE=steward-test/app:v1\nNGINX_CONFIG_CHECK=false\n\
+             POSTGRES_IMAGE=steward-test/postgres:15\nCERTBOT_IMAGE=steward-test/busybox:latest\n\
+             NATS_IMAGE=steward-local/nats:latest\nSTEWARD_IMAGE={image}\n\
+             DOCKER_GID={docker_gid}\nSTEWARD_S3_BUCKET={BUCKET}\nAWS_REGION=us-east-1\n\
+             STEWARD_MAIL_FROM=Steward <steward@gitea.test>\nSTEWARD_MAIL_TO={MAIL_TO}\n\
+             E2E_S3_DIR={}\nE2E_MAILDIR={}\nE2E_REGISTRY_PORT={registry_port}\n\
+             E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\nE2E_PROMETHEUS_PORT={}\n\
+             STEWARD_BACKUP_AGE_RECIPIENTS={AGE_RECIPIENT}\nE2E_SCOPE={}\n{copy_env}",
+            free_port(),
+            free_port(),
+            free_port(),
+            stack.app_image,
+            s3.display(),
+            stack.maildir().display(),
+            stack.updater_port,
+            stack.prometheus_port,
+            stack.project,
+        );
+        write(&stack.dir.join(".env"), &env);
+        stack
+    }
+
+    pub fn compose(&self) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(&self.dir).args([
+            "-p",
+            &self.project,
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "stand-ins.yml",
+            "-f",
+            "registry-auth.yml",
+            "-f",
+            "scope.yml",
+        ]);
+        cmd
+    }
+
+    /// `docker ARGS` with the operator's client config (logged in to the private registry).
+    pub fn operator_docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("--config")
+            .arg(&self.docker_config)
+            .args(args)
+            .output()
+            .expect("docker")
+    }
+
+    /// Tags the stand-in app `version` (v1, v2, v3) as Gitea's image and pushes it to the
+    /// private registry with the operator's login; the pushed manifest digest.
+    pub fn push_app(&self, version: &str) -> String {
+        docker(&["tag", &format!("steward-test/app:{version}"), &self.app_image]);
+        let out = ok(&self.operator_docker(&["push", &self.app_image]));
+        out.split_whitespace()
+            .skip_while(|w| *w != "digest:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no digest in push output: {out}"))
+            .to_owned()
+    }
+
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.join("maildir")
+    }
+
+    /// `docker-compose up -d` once Gitea's first version is in the stack's registry (pushed
+    /// as soon as the registry answers, with the operator's `docker login`, which the
+    /// runbook's step then copies to `secrets/docker_config.json`); returns when every
+    /// service is healthy.
+    pub fn up(&self) -> Instant {
+        self.registry_up();
+        let started = Instant::now();
+        let up = self.compose().args(["up", "-d"]).output().expect("docker-compose up");
+        assert!(
+            up.status.success(),
+            "docker-compose up failed: {}\n{}",
+            String::from_utf8_lossy(&up.stderr),
+            self.logs()
+        );
+        self.healthy_since(started)
+    }
+
+    /// The stack's registry up, the operator logged in to it (the login in
+    /// `secrets/docker_config.json`), Gitea's first version pushed.
+    pub fn registry_up(&self) {
+        let registry = self.compose().args(["up", "-d", "registry"]).output().expect("up");
+        assert!(registry.status.success(), "{}", String::from_utf8_lossy(&registry.stderr));
+        wait_for("a login at the stack's registry", Duration::from_secs(30), || {
+            let login = self.operator_docker(&[
+                "login",
+                &self.registry,
+                "-u",
+                REGISTRY_USER,
+                "-p",
+                &self.registry_password,
+            ]);
+            login.status.success().then_some(())
+        });
+        // `cp` over the file init-secrets.sh made keeps its mode (0444): the services, which
+        // do not run as root, can read it (`docker login` writes its own file 0600).
+        self.run_checked(
+            Command::new("cp")
+                .arg(self.docker_config.join("config.json"))
+                .arg(self.dir.join("secrets/docker_config.json")),
+        );
+        self.push_app("v1");
+    }
+
+    /// Migration (docs/migration.md, "Cutover"): `scripts/adopt.sh` moves the running `old`
+    /// stack into this one, started by the script; its output, once every service is healthy.
+    pub fn adopt(&self, old: &OldStack) -> String {
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/adopt.sh"))
+            .arg(&old.project)
+            .arg(&self.dir)
+            .env("COMPOSE_PROJECT_NAME", &self.project)
+            .env("COMPOSE_FILE", "docker-compose.yml:stand-ins.yml:registry-auth.yml:scope.yml")
+            .env("LETSENCRYPT", old.dir.join("letsencrypt"))
+            .output()
+            .expect("adopt.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "adopt.sh failed: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        self.healthy_since(started);
+        stdout
+    }
+
+    /// Waits until every service is healthy (certbot: running); returns `started`.
+    pub fn healthy_since(&self, started: Instant) -> Instant {
+        let deadline = started + Duration::from_secs(180);
+        loop {
+            let states: Vec<(&str, String)> =
+                SERVICES.iter().map(|s| (*s, self.health(s))).collect();
+            if states.iter().all(|(s, h)| h == if *s == "certbot" { "running" } else { "healthy" })
+            {
+                return started;
+            }
+            assert!(Instant::now() < deadline, "not healthy: {states:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// [`wait_for`], with the stack's logs when it times out.
+    pub fn wait<T>(&self, what: &str, bound: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(v) = probe() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {bound:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `docker exec` in a service's container; its stdout.
+    pub fn exec(&self, service: &str, args: &[&str]) -> String {
+        let container = self.container(service);
+        let mut all = vec!["exec", container.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+
+    pub fn image_of(&self, service: &str) -> String {
+        docker(&["inspect", "-f", "{{.Image}}", &self.container(service)])
+    }
+
+    /// The permission violations in the NATS server's log.
+    pub fn nats_violations(&self) -> Vec<String> {
+        let out = Command::new("docker").args(["logs", &self.container("nats")]).output();
+        let log = out
+            .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
+            .expect("nats logs");
+        log.lines().filter(|l| l.contains("Violation")).map(str::to_owned).collect()
+    }
+
+    /// The calls the socket proxy refused (its log lines).
+    pub fn docker_refusals(&self) -> Vec<String> {
+        let out = Command::new("docker").args(["logs", &self.container("sockproxy")]).output();
+        let log = out
+            .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
+            .expect("sockproxy logs");
+        log.lines().filter(|l| l.contains("\"message\":\"refused\"")).map(str::to_owned).collect()
+    }
+
+    /// Every flow `steward audit --json` shows.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        ok(&self.steward(&["audit", "--json"]))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    pub fn run_checked(&self, cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The container of a service.
+    pub fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.project)
+    }
+
+    pub fn health(&self, service: &str) -> String {
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+                &self.container(service),
+            ])
+            .output()
+            .expect("docker inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `steward ARGS` in the stack's CLI container (`docker-compose run --rm steward`).
+    pub fn steward(&self, args: &[&str]) -> Output {
+        self.compose()
+            .args(["run", "--rm", "-T", "steward"])
+            .args(args)
+            .output()
+            .expect("docker-compose run")
+    }
+
+    /// `steward ARGS` inside a service's container, logged in as that service's NATS user.
+    pub fn steward_as(&self, service: &str, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(["exec", &self.container(service), "steward", "--nats-user", service])
+            .args(["--nats-url", "nats://nats:4222", "--timeout", "3s"])
+            .args(args)
+            .env_remove("STEWARD_NATS_PASSWORD")
+            .output()
+            .expect("docker exec")
+    }
+
+    pub fn logs(&self) -> String {
+        let out = self.compose().args(["logs", "--no-color", "--tail", "40"]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+}
+
+/// Of the flows in an audit, those of `kind` that ended with `outcome`.
+pub fn flows<'a>(
+    audit: &'a [serde_json::Value],
+    kind: &str,
+    outcome: &str,
+) -> Vec<&'a serde_json::Value> {
+    audit.iter().filter(|f| f["kind"] == kind && f["outcome"] == outcome).collect()
+}
+
+/// The event types of a flow, in order.
+pub fn event_types(flow: &serde_json::Value) -> Vec<String> {
+    flow["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["type"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.compose().args(["down", "-v", "--remove-orphans", "-t", "5"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp").arg("-r").arg(from).arg(to).output().expect("cp");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A developer's own secrets and settings are not the test's.
+    let _ = std::fs::remove_dir_all(to.join("secrets"));
+    let _ = std::fs::remove_file(to.join(".env"));
+}
+
+pub fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stack before Steward (`tests/compose/old-stack.yml`), in a project of its own, in the
+/// stack's directory (`old/`): bind-mounted data, certificates in `old/letsencrypt`.
+pub struct OldStack {
+    pub dir: PathBuf,
+    pub project: String,
+}
+
+impl OldStack {
+    /// Starts it with the stack's Gitea image, once PostgreSQL answers.
+    pub fn start(stack: &Stack) -> Self {
+        let dir = stack.dir.join("old");
+        std::fs::create_dir_all(&dir).expect("old stack directory");
+        std::fs::copy(repo().join("tests/compose/old-stack.yml"), dir.join("docker-compose.yml"))
+            .expect("old-stack.yml");
+        let old = Self { project: format!("{}old", stack.project), dir };
+        write(
+            &old.dir.join(".env"),
+            &format!(
+                "OLD_APP_IMAGE={}\nOLD_POSTGRES_IMAGE=steward-test/postgres:15\n\
+                 OLD_DB_PASSWORD=old-db-password\nOLD_LETSENCRYPT={}\nOLD_SCOPE={}\n",
+                stack.app_image,
+                old.dir.join("letsencrypt").display(),
+                stack.project
+            ),
+        );
+        // A certificate as certbot leaves it: live/ links into archive/, all four files
+        // (self-signed: the chain is the certificate).
+        let archive = old.dir.join("letsencrypt/archive/gitea.test");
+        let live = old.dir.join("letsencrypt/live/gitea.test");
+        std::fs::create_dir_all(&archive).expect("archive");
+        std::fs::create_dir_all(&live).expect("live");
+        stack.run_checked(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+                .args(["-nodes", "-days", "90", "-subj", "/CN=gitea.test"])
+                .arg("-keyout")
+                .arg(archive.join("privkey1.pem"))
+                .arg("-out")
+                .arg(archive.join("cert1.pem")),
+        );
+        for copy in ["chain1.pem", "fullchain1.pem"] {
+            std::fs::copy(archive.join("cert1.pem"), archive.join(copy)).expect("chain");
+        }
+        for name in ["cert", "chain", "fullchain", "privkey"] {
+            std::os::unix::fs::symlink(
+                format!("../../archive/gitea.test/{name}1.pem"),
+                live.join(format!("{name}.pem")),
+            )
+            .expect("symlink");
+        }
+        let up = old.compose().args(["up", "-d"]).output().expect("docker-compose up");
+        assert!(up.status.success(), "old stack: {}", String::from_utf8_lossy(&up.stderr));
+        stack.wait("the old PostgreSQL", Duration::from_secs(60), || {
+            let ready = Command::new("docker")
+                .args([
+                    "exec",
+                    &old.container("db"),
+                    "pg_isready",
+                    "-U",
+                    "gitea",
+                    "-h",
+                    "127.0.0.1",
+                ])
+                .output()
+                .ok()?;
+            ready.status.success().then_some(())
+        });
+        old
+    }
+
+    pub fn compose(&self) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(&self.dir).args(["-p", &self.project]);
+        cmd
+    }
+
+    pub fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.project)
+    }
+}
+
+impl Drop for OldStack {
+    fn drop(&mut self) {
+        let _ = self.compose().args(["down", "-v", "-t", "5"]).output();
+    }
+}
