@@ -40,6 +40,12 @@ pub const MAIL_TO: &str = "ops@gitea.test";
 /// Where the approval links in the mail point (nginx proxies it to the updater).
 pub const PUBLIC_APPROVE: &str = "https://gitea.test/steward/approve/";
 
+/// The Steward image the stack runs (benches/stack.sh runs the stack tests with the release
+/// image).
+pub fn steward_image() -> String {
+    std::env::var("STEWARD_STACK_IMAGE").unwrap_or_else(|_| "steward-local/steward:debug".into())
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -70,12 +76,25 @@ pub struct Stack {
     /// Prometheus' (profile `monitoring`) port on 127.0.0.1.
     pub prometheus_port: u16,
     _app_tags: ImageTag,
+    /// Compose files layered over the stand-ins (`tests/compose/`).
+    pub overrides: Vec<&'static str>,
 }
 
 impl Stack {
     /// A stack whose backups are age-encrypted, the identity where `age` says; with `copy`,
     /// a second copy of each backup in [`COPY_BUCKET`] with keys of its own.
     pub fn new(age: AgeKey, copy: bool) -> Self {
+        Self::with_bucket(age, copy, None, &[])
+    }
+
+    /// [`Stack::new`] with the S3 server's data in `bucket_dir` (default: in the project's
+    /// directory) and `overrides` (files of `tests/compose/`) layered over the stand-ins.
+    pub fn with_bucket(
+        age: AgeKey,
+        copy: bool,
+        bucket_dir: Option<PathBuf>,
+        overrides: &[&'static str],
+    ) -> Self {
         let dir = std::env::temp_dir().join(unique_name("steward-stack"));
         let project = unique_name("stewarde2e").replace('-', "");
         copy_dir(&repo().join("compose"), &dir);
@@ -99,6 +118,7 @@ impl Stack {
             updater_port: free_port(),
             prometheus_port: free_port(),
             _app_tags: ImageTag(app_image),
+            overrides: overrides.to_vec(),
         };
         stack.run_checked(Command::new("bash").arg(stack.dir.join("init-secrets.sh")));
         let secrets = stack.dir.join("secrets");
@@ -120,7 +140,11 @@ impl Stack {
             &stack.registry_password,
         ]));
         write(&stack.dir.join("registry.htpasswd"), &htpasswd);
-        let s3 = stack.dir.join("s3");
+        for file in overrides {
+            std::fs::copy(repo().join("tests/compose").join(file), stack.dir.join(file))
+                .expect("copy the override");
+        }
+        let s3 = bucket_dir.unwrap_or_else(|| stack.dir.join("s3"));
         std::fs::create_dir_all(s3.join(BUCKET)).expect("bucket directory");
         let mut copy_env = String::new();
         if copy {
@@ -146,8 +170,7 @@ impl Stack {
         .trim()
         .to_owned();
         // benches/stack.sh runs this test with the release image.
-        let image = std::env::var("STEWARD_STACK_IMAGE")
-            .unwrap_or_else(|_| "steward-local/steward:debug".into());
+        let image = steward_image();
         let env = format!(
             "GITEA_DOMAIN=gitea.test\nPUBLISH_ADDR=127.0.0.1\nHTTP_PORT={}\nHTTPS_PORT={}\n\
              GITEA_SSH_PORT={}\nGITEA_IMAGE={}\nNGINX_IMAGE=steward-test/app:v1\nNGINX_CONFIG_CHECK=false\n\
@@ -186,7 +209,17 @@ impl Stack {
             "-f",
             "scope.yml",
         ]);
+        for file in &self.overrides {
+            cmd.args(["-f", file]);
+        }
         cmd
+    }
+
+    /// The compose command of [`Stack::compose`] as one line (for `COMPOSE=`).
+    pub fn compose_line(&self) -> String {
+        let cmd = self.compose();
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        format!("docker-compose {}", args.join(" "))
     }
 
     /// `docker ARGS` with the operator's client config (logged in to the private registry).
