@@ -295,23 +295,30 @@ impl Stack {
     /// stack into this one, started by the script; its output, once every service is healthy.
     pub fn adopt(&self, old: &OldStack) -> String {
         let started = Instant::now();
-        let out = Command::new("bash")
+        let mut adopt = Command::new("bash");
+        adopt
             .arg(repo().join("scripts/adopt.sh"))
             .arg(&old.project)
             .arg(&self.dir)
             .env("COMPOSE_PROJECT_NAME", &self.project)
             .env("COMPOSE_FILE", "docker-compose.yml:stand-ins.yml:registry-auth.yml:scope.yml")
-            .env("LETSENCRYPT", old.dir.join("letsencrypt"))
-            .output()
-            .expect("adopt.sh");
+            .env("LETSENCRYPT", old.dir.join("letsencrypt"));
+        let stdout = self.script_ok("adopt.sh", &mut adopt);
+        self.healthy_since(started);
+        stdout
+    }
+
+    /// Runs `cmd` (a script of `scripts/` acting on the stack): its stdout; a failure fails
+    /// the test with its output and the stack's logs.
+    pub fn script_ok(&self, what: &str, cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "adopt.sh failed: {stdout}\n{}\n{}",
+            "{what} failed: {stdout}\n{}\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.logs()
         );
-        self.healthy_since(started);
         stdout
     }
 
@@ -354,22 +361,23 @@ impl Stack {
         docker(&["inspect", "-f", "{{.Image}}", &self.container(service)])
     }
 
-    /// The permission violations in the NATS server's log.
-    pub fn nats_violations(&self) -> Vec<String> {
-        let out = Command::new("docker").args(["logs", &self.container("nats")]).output();
+    /// The lines of a service's container log that contain `needle`.
+    fn log_lines(&self, service: &str, needle: &str) -> Vec<String> {
+        let out = Command::new("docker").args(["logs", &self.container(service)]).output();
         let log = out
             .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
-            .expect("nats logs");
-        log.lines().filter(|l| l.contains("Violation")).map(str::to_owned).collect()
+            .unwrap_or_else(|e| panic!("{service} logs: {e}"));
+        log.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    }
+
+    /// The permission violations in the NATS server's log.
+    pub fn nats_violations(&self) -> Vec<String> {
+        self.log_lines("nats", "Violation")
     }
 
     /// The calls the socket proxy refused (its log lines).
     pub fn docker_refusals(&self) -> Vec<String> {
-        let out = Command::new("docker").args(["logs", &self.container("sockproxy")]).output();
-        let log = out
-            .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
-            .expect("sockproxy logs");
-        log.lines().filter(|l| l.contains("\"message\":\"refused\"")).map(str::to_owned).collect()
+        self.log_lines("sockproxy", "\"message\":\"refused\"")
     }
 
     /// Every flow `steward audit --json` shows.

@@ -131,21 +131,15 @@ fn a_lost_host_is_rebuilt_from_the_bucket_and_the_kit_by_the_runbook() {
 
     // The rebuild, by the runbook's script, from the kit and the bucket only.
     let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/rebuild.sh"))
-        .arg(&kit)
-        .arg(&identity)
-        .arg(&stack.dir)
-        .env("STEWARD_IMAGE", steward_image())
-        .env("COMPOSE", stack.compose_line())
-        .output()
-        .expect("rebuild.sh");
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "rebuild.sh failed: {printed}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stack.logs()
+    let printed = stack.script_ok(
+        "rebuild.sh",
+        Command::new("bash")
+            .arg(repo().join("scripts/rebuild.sh"))
+            .arg(&kit)
+            .arg(&identity)
+            .arg(&stack.dir)
+            .env("STEWARD_IMAGE", steward_image())
+            .env("COMPOSE", stack.compose_line()),
     );
     let head_back =
         stack.wait("Gitea healthy with its repository", Duration::from_secs(120), || {
