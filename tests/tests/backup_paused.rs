@@ -1,0 +1,84 @@
+//! The backup service on a rebuilt host (`STEWARD_BACKUP_RESTORE_PENDING`, as `steward kit
+//! import` writes it): `steward backup now` is answered with a `backup.failed` saying why and
+//! stores nothing, a restore that would take a safety backup is refused with nothing changed,
+//! the restore without one succeeds and ends the pause, and backups run again, also after
+//! the service restarts with the same setting. A process, the bus, real PostgreSQL, volume
+//! and S3.
+
+use std::time::Duration;
+
+use steward_events::EventData;
+use steward_system_tests::apps::backed_up_pair;
+use steward_system_tests::{steward_with, Proc, TestBucket};
+use steward_testkit::docker::docker;
+use steward_testkit::{stored_events, unique_name, TestBus};
+
+fn psql(db: &str, sql: &str) -> String {
+    docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuilt_hosts_backups_wait_for_its_restore() {
+    let bus = TestBus::new("backuppaused").await;
+    let bucket = TestBucket::new("paused").await;
+    let scope = unique_name("backuppaused");
+    let (db, app) = backed_up_pair(&scope);
+    psql(&db.name, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 300) g");
+    docker(&["exec", &app.name, "sh", "-c", "echo precious > /data/repo.txt"]);
+    let mut env = bucket.env();
+    env.push(("STEWARD_SCOPE", scope.clone()));
+    let run = |env: &[(&str, String)], args: &[&str]| {
+        let out = steward_with(&bus, env, args);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+
+    // The old host's backup.
+    let mut old = Proc::service("steward-backup", &bus, &env);
+    let (ok, said) = run(&env, &["backup", "now", "--wait", "60s"]);
+    assert!(ok, "{said}\n{}", old.logs());
+    old.terminate(Duration::from_secs(10));
+    let backups = || async {
+        let store = bucket.store().await;
+        let dirs = store.list_dirs().await.unwrap_or_else(|e| panic!("list: {e}"));
+        dirs.into_iter().filter(|d| d != "journal").count()
+    };
+    assert_eq!(backups().await, 1);
+
+    // The rebuilt host: the app's fresh schema and files, the kit's pause.
+    psql(&db.name, "DROP TABLE t; CREATE TABLE fresh (id int)");
+    docker(&["exec", &app.name, "sh", "-c", "rm /data/repo.txt && echo fresh > /data/fresh"]);
+    let mut paused = env.clone();
+    paused.push(("STEWARD_BACKUP_RESTORE_PENDING", unique_name("kit")));
+    let mut rebuilt = Proc::service("steward-backup", &bus, &paused);
+    let (ok, said) = run(&paused, &["backup", "now", "--wait", "60s"]);
+    assert!(!ok && said.contains("backups are paused"), "{said}");
+    let refused = stored_events(&bus).await.into_iter().any(|e| {
+        matches!(&e.data, EventData::BackupFailed(f) if f.reason.contains("STEWARD_BACKUP_RESTORE_PENDING"))
+    });
+    assert!(refused, "no backup.failed naming the pause");
+    assert_eq!(backups().await, 1, "a paused backup stored something");
+
+    // A restore whose safety backup would capture the fresh stack: refused, nothing changed.
+    let (ok, said) = run(&paused, &["restore", "latest", "--yes"]);
+    assert!(!ok && said.contains("--no-safety-backup"), "{said}");
+    assert_eq!(psql(&db.name, "SELECT count(*) FROM pg_tables WHERE tablename = 'fresh'"), "1");
+    assert_eq!(backups().await, 1);
+
+    // The restore of the runbook ends the pause.
+    let (ok, said) = run(&paused, &["restore", "latest", "--yes", "--no-safety-backup"]);
+    assert!(ok, "{said}\n{}", rebuilt.logs());
+    assert_eq!(psql(&db.name, "SELECT count(*) FROM t"), "300");
+    assert_eq!(docker(&["exec", &app.name, "cat", "/data/repo.txt"]), "precious");
+    let (ok, said) = run(&paused, &["backup", "now", "--wait", "60s"]);
+    assert!(ok && said.contains("done"), "{said}\n{}", rebuilt.logs());
+    // Restarted with the setting still in its environment: the pause stays over.
+    rebuilt.terminate(Duration::from_secs(10));
+    let _again = Proc::service("steward-backup", &bus, &paused);
+    let (ok, said) = run(&paused, &["backup", "now", "--wait", "60s"]);
+    assert!(ok && said.contains("done"), "{said}");
+}
