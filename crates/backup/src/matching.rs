@@ -48,7 +48,36 @@ impl Backups {
     /// `manifest` with each container a restore would touch that does not exist under its
     /// name here replaced by the container running the same compose service now; a refusal
     /// naming every one that matches none or several.
-    pub async fn match_containers(&self, mut manifest: Manifest) -> Result<Manifest, Failure> {
+    pub async fn match_containers(&self, manifest: Manifest) -> Result<Manifest, Failure> {
+        let (manifest, problems) = self.matched(manifest).await?;
+        match problems.is_empty() {
+            true => Ok(manifest),
+            false => Err(Failure::plain(format!("{}; nothing was changed", problems.join("; ")))),
+        }
+    }
+
+    /// [`Backups::match_containers`] for a restore resumed past its commit point, which
+    /// finishes whatever holds now: each container matched where it can be, the others (and
+    /// all of them when the backup's record cannot be read) left under the backup's names,
+    /// so the swap that cannot be finished fails naming what it kept.
+    pub(crate) async fn match_containers_leniently(&self, manifest: Manifest) -> Manifest {
+        match self.matched(manifest.clone()).await {
+            Ok((matched, problems)) => {
+                for p in problems {
+                    tracing::warn!(backup = %manifest.backup_id, problem = %p, "resumed restore");
+                }
+                matched
+            }
+            Err(e) => {
+                tracing::warn!(backup = %manifest.backup_id, error = %e.reason, "resumed restore: containers kept under the backup's names");
+                manifest
+            }
+        }
+    }
+
+    /// `manifest` with every container that could be matched renamed, and why each other
+    /// could not.
+    async fn matched(&self, mut manifest: Manifest) -> Result<(Manifest, Vec<String>), Failure> {
         let mut missing: Vec<String> = vec![];
         for c in manifest.components.iter_mut() {
             if let Some(name) = container_mut(c) {
@@ -60,7 +89,7 @@ impl Backups {
             }
         }
         if missing.is_empty() {
-            return Ok(manifest);
+            return Ok((manifest, vec![]));
         }
         let recorded = self.recorded_services(&manifest).await?;
         let here = self
@@ -100,9 +129,6 @@ impl Backups {
                 )),
             }
         }
-        if !problems.is_empty() {
-            return Err(Failure::plain(format!("{}; nothing was changed", problems.join("; "))));
-        }
         for c in manifest.components.iter_mut() {
             if let Some(name) = container_mut(c) {
                 if let Some(now) = renamed.get(name.as_str()) {
@@ -110,7 +136,7 @@ impl Backups {
                 }
             }
         }
-        Ok(manifest)
+        Ok((manifest, problems))
     }
 
     /// The compose services the backup's `containers` component records, read whole and

@@ -169,7 +169,7 @@ impl Backups {
         else {
             return;
         };
-        let Ok(manifest) = self.match_containers(manifest).await else { return };
+        let manifest = self.match_containers_leniently(manifest).await;
         for c in manifest.components.iter().filter(|c| in_scope(c, scope)) {
             if let Err(e) = self.discard_copy(c, &swap.tag).await {
                 tracing::warn!(component = %c.name, error = %e.reason, "could not remove the restore's copy");
@@ -192,11 +192,14 @@ impl Backups {
             false => id.to_owned(),
         };
         let manifest = self.resolve_allowing(&id, allow_unsigned).await.map_err(Failure::plain)?;
-        // Containers named otherwise here (compose v1 against v2) by their compose service.
-        let manifest = self.match_containers(manifest).await?;
         // A swap an interrupted attempt began is finished whatever holds now: stopping there
         // would leave the data half swapped. That attempt checked everything before it began.
         let committed = journal.record.swap.as_ref().is_some_and(|s| s.state != SwapState::Loading);
+        // Containers named otherwise here (compose v1 against v2) by their compose service.
+        let manifest = match committed {
+            false => self.match_containers(manifest).await?,
+            true => self.match_containers_leniently(manifest).await,
+        };
         let chosen: Vec<&Component> =
             manifest.components.iter().filter(|c| in_scope(c, scope)).collect();
         let mut pins = Pins::new();
