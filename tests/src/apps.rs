@@ -97,6 +97,11 @@ pub fn backed_up_pair(scope: &str) -> (Container, Container) {
     (db, app)
 }
 
+/// `psql` as the database user of [`backed_up_pair`] in its database; the output, trimmed.
+pub fn pair_psql(db: &str, sql: &str) -> String {
+    steward_testkit::docker::docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
+}
+
 /// The first `update.pending` among `events`, with its event.
 pub fn pending_in(events: &[Event]) -> Option<(Event, steward_events::UpdatePending)> {
     events.iter().find_map(|e| match &e.data {

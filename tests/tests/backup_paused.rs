@@ -8,14 +8,10 @@
 use std::time::Duration;
 
 use steward_events::EventData;
-use steward_system_tests::apps::backed_up_pair;
+use steward_system_tests::apps::{backed_up_pair, pair_psql as psql};
 use steward_system_tests::{steward_with, Proc, TestBucket};
 use steward_testkit::docker::docker;
 use steward_testkit::{stored_events, unique_name, TestBus};
-
-fn psql(db: &str, sql: &str) -> String {
-    docker(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebuilt_hosts_backups_wait_for_its_restore() {
