@@ -367,12 +367,12 @@ pub mod podman {
         (image, digest)
     }
 
-    /// Podman containers removed when dropped.
+    /// Podman containers removed (with their anonymous volumes) when dropped.
     pub struct Containers(pub Vec<String>);
     impl Drop for Containers {
         fn drop(&mut self) {
             for name in &self.0 {
-                let _ = cli(&["rm", "-f", name]);
+                let _ = cli(&["rm", "-f", "-v", name]);
             }
         }
     }
