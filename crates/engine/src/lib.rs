@@ -13,6 +13,7 @@ mod credentials;
 mod deadline;
 mod images;
 mod ops;
+mod podman;
 pub mod recreate;
 mod streams;
 pub use credentials::{registry_credentials, CredentialsError, RegistryCredentials};
@@ -77,6 +78,8 @@ pub struct Engine {
     docker: std::sync::Arc<std::sync::Mutex<Option<Docker>>>,
     host: String,
     deadline: Duration,
+    /// Whether the engine is Podman, once asked ([`Engine::is_podman`]).
+    podman: std::sync::Arc<std::sync::OnceLock<bool>>,
 }
 
 impl EngineError {
@@ -151,6 +154,7 @@ impl Engine {
             docker: Default::default(),
             host: host.into(),
             deadline: deadline::whole(deadline).min(MAX_DEADLINE),
+            podman: Default::default(),
         }
     }
 

@@ -130,11 +130,20 @@ impl Engine {
     }
 
     /// Running state, restart count and health status.
+    /// On Podman without a healthcheck runner, runs a check that is due first
+    /// ([`crate::podman`]).
     pub async fn health_view(&self, id: &str) -> Result<HealthView, EngineError> {
-        let c = self
-            .timed(self.client()?.inspect_container(id, None))
-            .await
-            .map_err(|e| self.call_failed(&format!("inspect {id}"), e))?;
+        let inspect = || async {
+            self.timed(self.client()?.inspect_container(id, None))
+                .await
+                .map_err(|e| self.call_failed(&format!("inspect {id}"), e))
+        };
+        let mut c = inspect().await?;
+        if crate::podman::check_due(&c, time::OffsetDateTime::now_utc()) && self.is_podman().await?
+        {
+            self.run_podman_healthcheck(id, crate::podman::check_timeout(&c)).await?;
+            c = inspect().await?;
+        }
         let state = c.state.unwrap_or_default();
         let health = state.health.and_then(|h| h.status).and_then(|s| match s {
             HealthStatusEnum::STARTING => Some("starting".to_owned()),

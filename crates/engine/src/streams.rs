@@ -23,6 +23,60 @@ use crate::{Engine, EngineError, ExecOutput};
 
 /// Chunks of stdout in flight between the engine and the consumer: a few hundred KiB at most.
 const STDOUT_CHANNEL: usize = 8;
+/// A tar header block.
+const TAR_BLOCK: usize = 512;
+
+/// `tar` unless its first entry is named from `/`, which ends it with an error instead.
+///
+/// Podman 4.3 archives a stopped container's volume mount point (`/data`) with entries named
+/// `/`, `/a.txt`, ... instead of `data/`, `data/a.txt` (a running container's, or a
+/// subdirectory's, are named right). Stored as is, such a copy could never be restored (the
+/// restore refuses absolute names): the read fails now, naming why, rather than a backup
+/// that cannot be brought back. Docker never names an entry from `/`.
+fn refuse_rooted(
+    mut tar: BoxStream<'static, io::Result<Bytes>>,
+    refused: String,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    futures::stream::once(async move {
+        let mut head = bytes::BytesMut::new();
+        while head.len() < TAR_BLOCK {
+            match tar.next().await {
+                Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                Some(Err(e)) => return futures::stream::once(async { Err(e) }).boxed(),
+                None => break,
+            }
+        }
+        if let Some(name) = head.get(..TAR_BLOCK).and_then(rooted_name) {
+            let e = io::Error::other(format!(
+                "{refused} names its entries from / ({name:?}; Podman 4.3 does so for a stopped \
+                 container's volume): not a copy that could be restored"
+            ));
+            return futures::stream::once(async { Err(e) }).boxed();
+        }
+        let head = head.freeze();
+        futures::stream::iter((!head.is_empty()).then_some(Ok(head))).chain(tar).boxed()
+    })
+    .flatten()
+    .boxed()
+}
+
+/// The name of a plain (ustar or old-style) tar header if it starts with `/`. Extended
+/// headers (pax `x`/`g`, GNU `L`/`K`) name the next entry in their data: not judged here.
+fn rooted_name(header: &[u8]) -> Option<String> {
+    let field = |range: std::ops::Range<usize>| {
+        let f = header.get(range).unwrap_or_default();
+        let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
+        String::from_utf8_lossy(&f[..end]).into_owned()
+    };
+    if matches!(header.get(156), Some(b'x' | b'g' | b'L' | b'K')) {
+        return None;
+    }
+    let prefix =
+        if header.get(257..262) == Some(b"ustar") { field(345..500) } else { String::new() };
+    let name =
+        if prefix.is_empty() { field(0..100) } else { format!("{prefix}/{}", field(0..100)) };
+    name.starts_with('/').then_some(name)
+}
 
 /// A command started by exec whose stdout is read as a stream.
 pub struct ExecStream {
@@ -241,13 +295,15 @@ impl Engine {
         let options = DownloadFromContainerOptions { path: path.to_owned() };
         let engine = self.clone();
         let what = format!("read {path} of {container}");
+        let refused = format!("{what}: the engine's archive");
         // Bounded per chunk, counted from when the reader asks: a slow reader is not a hang.
-        crate::deadline::idle_bounded(
+        let tar = crate::deadline::idle_bounded(
             docker.download_from_container(container, Some(options)),
             self.deadline,
         )
         .map(move |chunk| chunk.map_err(|e| io::Error::other(engine.call_failed(&what, e))))
-        .boxed()
+        .boxed();
+        refuse_rooted(tar, refused)
     }
 
     /// Extracts a tar stream into directory `dir` of a container (running or stopped).
@@ -507,5 +563,54 @@ impl Engine {
         };
         let tail = self.output_tail(&mut output, keep, &what).await?;
         self.exec_result(container, &exec_id, tail).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    use steward_testkit::tar::{archive, entry};
+
+    use super::*;
+
+    /// `bytes` cut into chunks of `size`, through the check.
+    async fn through(bytes: Vec<u8>, size: usize) -> io::Result<Vec<u8>> {
+        let chunks: Vec<io::Result<Bytes>> =
+            bytes.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let checked = refuse_rooted(futures::stream::iter(chunks).boxed(), "read".into());
+        let parts: Vec<Bytes> = checked.try_collect().await?;
+        Ok(parts.concat())
+    }
+
+    #[tokio::test]
+    async fn a_docker_style_archive_passes_whole_whatever_the_chunking() {
+        let tar = archive(&[entry::dir("data/"), entry::file("data/a.txt", b"hi")]);
+        for size in [1, 100, 511, 512, 513, 4096] {
+            assert_eq!(through(tar.clone(), size).await.expect("passes"), tar, "chunks of {size}");
+        }
+        assert_eq!(through(vec![], 10).await.expect("empty passes"), Vec::<u8>::new());
+    }
+
+    #[tokio::test]
+    async fn an_archive_named_from_the_root_is_refused_before_any_byte() {
+        // What Podman 4.3 gives for a stopped container's volume mount point.
+        let tar = archive(&[entry::dir("/"), entry::file("/a.txt", b"hi")]);
+        for size in [1, 512, 4096] {
+            let e = through(tar.clone(), size).await.expect_err("refused");
+            assert!(e.to_string().contains("names its entries from /"), "{e}");
+        }
+        let mut checked = refuse_rooted(
+            futures::stream::iter([Ok(Bytes::from(tar))]).boxed(),
+            "read /data of c".into(),
+        );
+        assert!(checked.next().await.expect("one item").is_err(), "bytes before the refusal");
+    }
+
+    #[test]
+    fn only_a_plain_header_is_judged_by_its_name() {
+        let pax = archive(&[entry::pax_path("data/a", "/a", b"x")]);
+        assert_eq!(rooted_name(&pax[..TAR_BLOCK]), None, "a pax header is left to the reader");
+        let plain = archive(&[entry::file("/etc/x", b"x")]);
+        assert_eq!(rooted_name(&plain[..TAR_BLOCK]).as_deref(), Some("/etc/x"));
     }
 }

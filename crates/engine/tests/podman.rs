@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use steward_engine::Engine;
 use steward_imageref::ImageRef;
-use steward_testkit::docker::{docker, push_app, registry};
-use steward_testkit::{testbed, unique_name};
+use steward_testkit::podman::{cli, pushed_app, Containers, Names};
+use steward_testkit::unique_name;
 
 /// Held by each test for its whole run: these tests share one image (the stand-in app) under
 /// different names. Run at once, a tag one test had just made was sometimes gone when
@@ -20,57 +20,9 @@ use steward_testkit::{testbed, unique_name};
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The Podman engine, or `None` (with the reason printed) when it is absent and not asked for.
-async fn podman() -> Option<Engine> {
-    let required = std::env::var("STEWARD_TEST_ENGINE").is_ok_and(|e| e == "podman");
-    let Some(socket) = testbed::var("STEWARD_TEST_PODMAN_SOCKET") else {
-        assert!(
-            !required,
-            "STEWARD_TEST_ENGINE=podman but STEWARD_TEST_PODMAN_SOCKET is not set: run infra/testbed/up.sh with podman installed"
-        );
-        eprintln!("skipped: no Podman service (STEWARD_TEST_PODMAN_SOCKET unset; infra/testbed/up.sh starts one when podman is installed)");
-        return None;
-    };
-    let engine = Engine::new(format!("unix://{socket}"), Duration::from_secs(30));
-    match engine.ping(Duration::from_secs(5)).await {
-        Ok(()) => Some(engine),
-        Err(e) if !required => {
-            eprintln!("skipped: the Podman service at {socket} does not answer: {e}");
-            None
-        }
-        Err(e) => panic!("STEWARD_TEST_ENGINE=podman but Podman at {socket} does not answer: {e}"),
-    }
-}
-
-/// A repository of the test bed's registry holding the stand-in app v1 as `1.0`, known to
-/// Docker only by its registry digest (the tag is removed from Docker again): its name and
-/// that digest.
-fn pushed_app() -> (String, String) {
-    let image = format!("{}/{}", registry(), unique_name("steward-test/podman"));
-    let tagged = format!("{image}:1.0");
-    let digest = push_app("v1", &tagged);
-    docker(&["rmi", &tagged]);
-    (image, digest)
-}
-
-/// Removes Podman's names for the pulled image when dropped (the image itself stays while
-/// other names hold it, as Docker's does).
-struct Untag(Engine, Vec<String>);
-impl Drop for Untag {
-    fn drop(&mut self) {
-        let (engine, names) = (self.0.clone(), std::mem::take(&mut self.1));
-        // Drop cannot await: a thread of its own with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                for name in names {
-                    let _ = engine.remove_image(&name).await;
-                }
-            });
-        })
-        .join();
-    }
+fn podman() -> Option<Engine> {
+    let socket = steward_testkit::podman::socket()?;
+    Some(Engine::new(format!("unix://{socket}"), Duration::from_secs(30)))
 }
 
 /// What the watcher reads (the local image's repo digests) and the updater's pruning reads
@@ -78,12 +30,12 @@ impl Drop for Untag {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pulled_image_has_its_registry_digest_and_only_tags_as_tags() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(engine) = podman().await else { return };
-    let (image, digest) = pushed_app();
+    let Some(engine) = podman() else { return };
+    let (image, digest) = pushed_app("v1");
     let tagged = format!("{image}:1.0");
     let by_digest = format!("{image}@{digest}");
     let again = format!("{image}:1.0-again");
-    let _untag = Untag(engine.clone(), vec![tagged.clone(), by_digest.clone(), again]);
+    let _untag = Names(vec![tagged.clone(), by_digest.clone(), again]);
     let reference = ImageRef::parse(&tagged).expect("reference");
     engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
 
@@ -117,8 +69,8 @@ async fn a_pulled_image_has_its_registry_digest_and_only_tags_as_tags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulling_a_missing_digest_fails_naming_it() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(engine) = podman().await else { return };
-    let (image, _) = pushed_app();
+    let Some(engine) = podman() else { return };
+    let (image, _) = pushed_app("v1");
     let missing = format!("sha256:{}", "0".repeat(64));
     let reference = ImageRef::parse(&format!("{image}:1.0")).expect("reference");
     let err = engine
@@ -128,26 +80,6 @@ async fn pulling_a_missing_digest_fails_naming_it() {
     assert!(err.to_string().contains(&missing), "error does not name the digest: {err}");
 }
 
-/// Runs `podman ARGS` with the test bed's Podman configuration (the service's own).
-fn podman_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("podman")
-        .args(args)
-        .env("CONTAINERS_CONF", testbed::dir().join("podman/containers.conf"))
-        .env("CONTAINERS_REGISTRIES_CONF", testbed::dir().join("podman/registries.conf"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run podman: {e}"))
-}
-
-/// Removes Podman containers when dropped.
-struct Containers(Vec<String>);
-impl Drop for Containers {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = podman_cli(&["rm", "-f", name]);
-        }
-    }
-}
-
 /// The updater's replacement (create from the old container's configuration, rename, start,
 /// stop) on Podman. Podman's inspect names ulimits as the kernel does (`RLIMIT_NOFILE`) and
 /// sets some on every rootful container, while its create accepts only `nofile`: every
@@ -155,15 +87,15 @@ impl Drop for Containers {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_is_replaced_with_its_configuration() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(engine) = podman().await else { return };
-    let (image, digest) = pushed_app();
+    let Some(engine) = podman() else { return };
+    let (image, digest) = pushed_app("v1");
     let tagged = format!("{image}:1.0");
-    let _untag = Untag(engine.clone(), vec![tagged.clone(), format!("{image}@{digest}")]);
+    let _untag = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
     let reference = ImageRef::parse(&tagged).expect("reference");
     engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
     let name = unique_name("podman-rc");
     let _containers = Containers(vec![name.clone(), format!("{name}-steward-old")]);
-    let run = podman_cli(&["run", "-d", "--name", &name, "-e", "KEPT=yes", &tagged]);
+    let run = cli(&["run", "-d", "--name", &name, "-e", "KEPT=yes", &tagged]);
     assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
 
     let replacement = engine.replace(&name, &tagged).await.expect("replace on Podman");
@@ -178,4 +110,89 @@ async fn a_container_is_replaced_with_its_configuration() {
 /// The id `podman run -d` printed.
 fn replacement_old_id(run: &std::process::Output) -> String {
     String::from_utf8_lossy(&run.stdout).trim().to_owned()
+}
+
+/// Polls `health_view` (as the health gate does, every 200 ms) until the health is `want`,
+/// for at most `limit`; the last health seen.
+async fn health_within(engine: &Engine, name: &str, want: &str, limit: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let health = engine.health_view(name).await.expect("health_view on Podman").health;
+        if health.as_deref() == Some(want) || tokio::time::Instant::now() >= deadline {
+            return health;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Podman runs healthchecks from systemd timers, and the test bed's service has no systemd
+/// (its log says "unable to get systemd connection to add healthchecks"): a container's health
+/// stayed `starting` for ever, and every health gate on Podman timed out. The engine now runs
+/// a due check through libpod's API; Podman keeps the streaks, so a failing check turns
+/// `unhealthy` after its retries, as on Docker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthchecks_run_on_podman_without_systemd() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(engine) = podman() else { return };
+    assert!(engine.is_podman().await.expect("version"), "the test bed's Podman not told apart");
+    let (image, digest) = pushed_app("v1");
+    let tagged = format!("{image}:1.0");
+    let _untag = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
+    let reference = ImageRef::parse(&tagged).expect("reference");
+    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    let good = unique_name("podman-hc-ok");
+    let bad = unique_name("podman-hc-bad");
+    let _containers = Containers(vec![good.clone(), bad.clone()]);
+    // The stand-in app's own check (wget of its page every second).
+    let run = cli(&["run", "-d", "--name", &good, &tagged]);
+    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
+    let run = cli(&[
+        "run",
+        "-d",
+        "--name",
+        &bad,
+        "--health-cmd",
+        "exit 1",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "2",
+        &tagged,
+    ]);
+    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
+
+    let limit = Duration::from_secs(30);
+    assert_eq!(health_within(&engine, &good, "healthy", limit).await.as_deref(), Some("healthy"));
+    assert_eq!(
+        health_within(&engine, &bad, "unhealthy", limit).await.as_deref(),
+        Some("unhealthy")
+    );
+    // Podman recorded the runs: its own inspect shows them, not only Steward's view.
+    let inspect = engine.inspect_json(&good).await.expect("inspect");
+    let runs = inspect["State"]["Health"]["Log"].as_array().map_or(0, Vec::len);
+    assert!(runs >= 1, "no healthcheck result in Podman's record: {inspect}");
+}
+
+/// A container without a healthcheck is never checked, and a stopped one answers as stopped:
+/// no libpod call is made for either (it would fail: Podman refuses a check without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_check_is_run_for_a_container_without_one_or_stopped() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(engine) = podman() else { return };
+    let (image, digest) = pushed_app("v1");
+    let tagged = format!("{image}:1.0");
+    let _untag = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
+    let reference = ImageRef::parse(&tagged).expect("reference");
+    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    let plain = unique_name("podman-hc-none");
+    let _containers = Containers(vec![plain.clone()]);
+    let run = cli(&["run", "-d", "--name", &plain, "--no-healthcheck", &tagged]);
+    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let view = engine.health_view(&plain).await.expect("health_view without a check");
+    assert_eq!((view.running, view.health), (true, None));
+    let stop = cli(&["stop", "-t", "1", &plain]);
+    assert!(stop.status.success(), "podman stop: {}", String::from_utf8_lossy(&stop.stderr));
+    let view = engine.health_view(&plain).await.expect("health_view of a stopped container");
+    assert!(!view.running);
 }

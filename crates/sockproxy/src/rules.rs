@@ -114,6 +114,10 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/containers/*/json", EVERY),
     // repo_digests, has_image, replace (the new image's defaults).
     rule("GET", "/images/**/json", EVERY),
+    // health_view on Podman without systemd: runs a container's own healthcheck when one is
+    // due (every caller of health_view: the health service, the updater's and the restore's
+    // health gates).
+    rule("GET", "/libpod/containers/*/healthcheck", EXEC),
     // logs_tail (rollback reasons, helper output).
     rule("GET", "/containers/*/logs", CHANGE),
     // exec, exec_stdout, exec_stdin, exec_as: create, start (an HTTP upgrade), exit code.
@@ -165,15 +169,16 @@ pub enum Refusal {
     },
 }
 
-/// The path without a leading `/v1.41`-style version prefix.
+/// The path without a leading version prefix: Docker's `/v1.41`, or libpod's `/v4.0.0`.
 pub fn strip_version(path: &str) -> &str {
     let Some(rest) = path.strip_prefix("/v") else { return path };
     let end = rest.find('/').unwrap_or(rest.len());
-    let version = &rest[..end];
-    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    match version.split_once('.') {
-        Some((major, minor)) if numeric(major) && numeric(minor) => &rest[end..],
-        _ => path,
+    let parts: Vec<&str> = rest[..end].split('.').collect();
+    let numeric = |s: &&str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if (2..=3).contains(&parts.len()) && parts.iter().all(numeric) {
+        &rest[end..]
+    } else {
+        path
     }
 }
 
@@ -427,6 +432,28 @@ mod tests {
         assert_eq!(strip_version("/containers/json"), "/containers/json");
         assert_eq!(strip_version("/volumes/x"), "/volumes/x");
         assert_eq!(strip_version("/v1.x/containers/json"), "/v1.x/containers/json");
+        assert_eq!(
+            strip_version("/v4.0.0/libpod/containers/a/healthcheck"),
+            "/libpod/containers/a/healthcheck"
+        );
+        assert_eq!(strip_version("/v1.2.3.4/containers/json"), "/v1.2.3.4/containers/json");
+        assert_eq!(strip_version("/v1..2/containers/json"), "/v1..2/containers/json");
+    }
+
+    #[test]
+    fn only_a_healthcheck_run_is_allowed_of_libpod() {
+        for role in [Health, Updater, Backup] {
+            assert!(allowed(role, "GET", "/v4.0.0/libpod/containers/abc/healthcheck"), "{role}");
+        }
+        for (m, p) in [
+            ("POST", "/v4.0.0/libpod/containers/abc/healthcheck"),
+            ("GET", "/libpod/containers/abc/healthcheck/x"),
+            ("POST", "/v4.0.0/libpod/containers/abc/exec"),
+            ("POST", "/v4.0.0/libpod/images/pull"),
+            ("GET", "/v4.0.0/libpod/containers/json"),
+        ] {
+            assert!(!allowed(Health, m, p), "{m} {p}");
+        }
     }
 
     #[test]
@@ -457,6 +484,7 @@ mod tests {
             ("POST", "/containers/json"),
             ("GET", "/volumes"),
             ("POST", "/build"),
+            ("GET", "/v4.0.0/libpod/containers/abc/healthcheck"),
         ] {
             assert!(!allowed(Watcher, m, p), "{m} {p}");
         }

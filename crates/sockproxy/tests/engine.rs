@@ -29,6 +29,11 @@ struct Proxies {
 
 impl Proxies {
     fn start() -> Self {
+        Self::start_before(PathBuf::from(steward_testkit::stall::DOCKER_SOCKET))
+    }
+
+    /// Proxies in front of the engine at `upstream` (a socket path).
+    fn start_before(upstream: PathBuf) -> Self {
         // The proxy's refusals and errors, with STEWARD_LOG=debug for every forwarded call.
         let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -38,8 +43,7 @@ impl Proxies {
         let cancel = CancellationToken::new();
         for role in Role::ALL {
             let listener = proxy::bind(&dir.join(format!("{role}.sock"))).expect("bind");
-            let upstream = PathBuf::from(steward_testkit::stall::DOCKER_SOCKET);
-            tokio::spawn(proxy::serve(listener, role, upstream, cancel.clone()));
+            tokio::spawn(proxy::serve(listener, role, upstream.clone(), cancel.clone()));
         }
         Self { dir, cancel }
     }
@@ -390,4 +394,59 @@ async fn the_binary_serves_each_socket_and_passes_its_healthcheck() {
     assert!(!dir.join("w.sock").exists() && !dir.join("u.sock").exists());
     assert!(!healthy(sockets).await);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On Podman without systemd the engine runs a due healthcheck through libpod's API
+/// (`steward_engine`'s `podman` module): the roles whose services read health let that call
+/// through (without it every health gate behind the proxy on Podman timed out at `starting`),
+/// and the watcher's does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_podman_healthcheck_run_passes_the_roles_that_read_health() {
+    use steward_testkit::podman::{cli, pushed_app, Containers, Names};
+    let Some(socket) = steward_testkit::podman::socket() else { return };
+    let proxies = Proxies::start_before(PathBuf::from(socket));
+    let (image, digest) = pushed_app("v1");
+    let tagged = format!("{image}:1.0");
+    let _names = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
+    let pull = cli(&["pull", "-q", &tagged]);
+    assert!(pull.status.success(), "podman pull: {}", String::from_utf8_lossy(&pull.stderr));
+    let name = unique_name("sockproxy-podman-hc");
+    let _containers = Containers(vec![name.clone()]);
+    let run = cli(&["run", "-d", "--name", &name, &tagged]);
+    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
+
+    let mut tally = Tally::default();
+    for role in [Role::Health, Role::Updater, Role::Backup] {
+        let engine = proxies.engine(role);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let health = loop {
+            let view = tally.ok("health_view on Podman", engine.health_view(&name).await);
+            if view.health.as_deref() == Some("healthy") || Instant::now() >= deadline {
+                break view.health;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(health.as_deref(), Some("healthy"), "through the {role} socket");
+    }
+    // The watcher never reads health: its socket refuses the run.
+    let path = format!("/v4.0.0/libpod/containers/{name}/healthcheck");
+    let watcher = proxies.dir.join("watcher.sock");
+    let status = tokio::task::spawn_blocking(move || raw_get_status(&watcher, &path))
+        .await
+        .expect("raw GET");
+    tally.refused += 1;
+    assert_eq!(status, 403, "the watcher's socket let a healthcheck run through");
+    assert_eq!((tally.allowed > 0, tally.refused), (true, 1));
+}
+
+/// The status code of `GET path` on the Unix socket `socket` (HTTP/1.0, read to the end).
+fn raw_get_status(socket: &std::path::Path, path: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    status.parse().unwrap_or_else(|_| panic!("no status in {answer:?}"))
 }

@@ -298,6 +298,97 @@ impl Drop for NatsServer {
     }
 }
 
+pub mod podman {
+    //! Podman's service beside dockerd (`STEWARD_TEST_PODMAN_SOCKET`, started by the test
+    //! bed), driven with the `podman` CLI under the service's own configuration. Images come
+    //! from the test bed's registry (pushed with Docker, pulled by Podman): Podman cannot reach
+    //! the internet here.
+
+    use std::io::{Read as _, Write as _};
+    use std::process::{Command, Output};
+    use std::time::Duration;
+
+    /// The Podman service's socket path, or `None` (with the reason printed) when it is absent
+    /// and not asked for; `STEWARD_TEST_ENGINE=podman` asks for it: then a missing or silent
+    /// service fails the test.
+    pub fn socket() -> Option<String> {
+        let required = std::env::var("STEWARD_TEST_ENGINE").is_ok_and(|e| e == "podman");
+        let Some(socket) = super::testbed::var("STEWARD_TEST_PODMAN_SOCKET") else {
+            assert!(
+                !required,
+                "STEWARD_TEST_ENGINE=podman but STEWARD_TEST_PODMAN_SOCKET is not set: run infra/testbed/up.sh with podman installed"
+            );
+            eprintln!("skipped: no Podman service (STEWARD_TEST_PODMAN_SOCKET unset; infra/testbed/up.sh starts one when podman is installed)");
+            return None;
+        };
+        match ping(&socket) {
+            Ok(()) => Some(socket),
+            Err(e) if !required => {
+                eprintln!("skipped: the Podman service at {socket} does not answer: {e}");
+                None
+            }
+            Err(e) => {
+                panic!("STEWARD_TEST_ENGINE=podman but Podman at {socket} does not answer: {e}")
+            }
+        }
+    }
+
+    /// `GET /_ping` on the socket, within 5 s.
+    fn ping(socket: &str) -> Result<(), String> {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        let status = answer.lines().next().unwrap_or_default().to_owned();
+        status.contains(" 200 ").then_some(()).ok_or(status)
+    }
+
+    /// Runs `podman ARGS` with the test bed's Podman configuration (the service's own).
+    pub fn cli(args: &[&str]) -> Output {
+        let dir = super::testbed::dir();
+        Command::new("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", dir.join("podman/containers.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", dir.join("podman/registries.conf"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run podman: {e}"))
+    }
+
+    /// A repository of the test bed's registry holding the stand-in app `version` as `1.0`,
+    /// known to Docker only by its registry digest (the tag is removed from Docker again): its
+    /// name and that digest.
+    pub fn pushed_app(version: &str) -> (String, String) {
+        let image =
+            format!("{}/{}", super::docker::registry(), super::unique_name("steward-test/podman"));
+        let tagged = format!("{image}:1.0");
+        let digest = super::docker::push_app(version, &tagged);
+        super::docker::docker(&["rmi", &tagged]);
+        (image, digest)
+    }
+
+    /// Podman containers removed (with their anonymous volumes) when dropped.
+    pub struct Containers(pub Vec<String>);
+    impl Drop for Containers {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                let _ = cli(&["rm", "-f", "-v", name]);
+            }
+        }
+    }
+
+    /// Podman's names for images, removed when dropped (an image stays while other names
+    /// hold it, as Docker's does).
+    pub struct Names(pub Vec<String>);
+    impl Drop for Names {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                let _ = cli(&["rmi", name]);
+            }
+        }
+    }
+}
+
 pub mod docker {
     //! Setting up containers and images for tests with the real Docker CLI.
 

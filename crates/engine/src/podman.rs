@@ -1,0 +1,243 @@
+//! Podman's differences that need more than a translated field.
+//!
+//! Podman runs healthchecks from systemd timers. Where it has no systemd (a container, a minimal
+//! host; its service logs "unable to get systemd connection to add healthchecks") it runs none:
+//! a container's health stays `starting` for ever, and every health gate would time out. There
+//! the engine runs a check itself when one is due, through libpod's API (`GET
+//! /libpod/containers/{id}/healthcheck` runs the container's own check and records its result
+//! as Podman's timer would), and reads the status Podman keeps: streaks, retries and the start
+//! period stay Podman's. Where the timers work, no check is ever due here.
+
+use std::time::Duration;
+
+use bollard::models::{ContainerInspectResponse, HealthcheckResult};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::{Engine, EngineError};
+
+/// Docker's (and Podman's) default healthcheck interval and timeout.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// A libpod answer is a small JSON object; anything bigger is not one.
+const MAX_ANSWER: usize = 64 << 10;
+/// The libpod API version asked for: the oldest Podman 4 serves.
+const LIBPOD_VERSION: &str = "v4.0.0";
+
+/// Whether a container's next healthcheck is due and nobody ran it: it has a healthcheck and
+/// runs, and its newest result (or its start, before any) is older than one and a half
+/// intervals (a timer that works never lets it get that old; the half interval keeps this from
+/// racing one that does).
+pub(crate) fn check_due(c: &ContainerInspectResponse, now: OffsetDateTime) -> bool {
+    let state = c.state.as_ref();
+    if !state.and_then(|s| s.running).unwrap_or(false) {
+        return false;
+    }
+    let Some(health) = state.and_then(|s| s.health.as_ref()) else { return false };
+    let Some(config) = c.config.as_ref().and_then(|c| c.healthcheck.as_ref()) else {
+        return false;
+    };
+    // `NONE` disables an image's check; an empty test inherits one (there is none here then).
+    match config.test.as_deref() {
+        Some([first, ..]) if first != "NONE" => {}
+        _ => return false,
+    }
+    let interval = positive_nanos(config.interval).unwrap_or(DEFAULT_INTERVAL);
+    let newest = health.log.as_deref().unwrap_or_default().iter().filter_map(result_end).max();
+    let since = newest.or_else(|| state.and_then(|s| s.started_at.as_deref()).and_then(parse));
+    match since {
+        Some(since) => now - since >= interval + interval / 2,
+        // No time to count from: run one rather than wait for ever.
+        None => true,
+    }
+}
+
+/// A duration in nanoseconds as the engine reports it; zero or less means "the default".
+fn positive_nanos(n: Option<i64>) -> Option<Duration> {
+    n.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0).map(Duration::from_nanos)
+}
+
+fn result_end(r: &HealthcheckResult) -> Option<OffsetDateTime> {
+    r.end.as_deref().and_then(parse)
+}
+
+fn parse(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok()
+}
+
+/// The time a container's healthcheck may take: its timeout, or the default.
+pub(crate) fn check_timeout(c: &ContainerInspectResponse) -> Duration {
+    c.config
+        .as_ref()
+        .and_then(|c| c.healthcheck.as_ref())
+        .and_then(|h| positive_nanos(h.timeout))
+        .unwrap_or(DEFAULT_INTERVAL)
+}
+
+/// Whether a version answer comes from Podman (its components name "Podman Engine").
+pub(crate) fn is_podman(v: &bollard::models::SystemVersion) -> bool {
+    v.components.as_deref().unwrap_or_default().iter().any(|c| c.name.starts_with("Podman"))
+}
+
+impl Engine {
+    /// Whether this engine is Podman, asked once and remembered (an engine does not change
+    /// kind under a running service; a failed question is asked again next time).
+    pub async fn is_podman(&self) -> Result<bool, EngineError> {
+        if let Some(known) = self.podman.get() {
+            return Ok(*known);
+        }
+        let v = self
+            .timed(self.client()?.version())
+            .await
+            .map_err(|e| self.call_failed("version", e))?;
+        Ok(*self.podman.get_or_init(|| is_podman(&v)))
+    }
+
+    /// Runs container `id`'s healthcheck through libpod's API, within its own timeout and
+    /// the deadline; Podman records the result in the container's health.
+    pub(crate) async fn run_podman_healthcheck(
+        &self,
+        id: &str,
+        check_timeout: Duration,
+    ) -> Result<(), EngineError> {
+        let what = format!("run the healthcheck of {id}");
+        let path = format!("/{LIBPOD_VERSION}/libpod/containers/{id}/healthcheck");
+        let limit = self.deadline.saturating_add(check_timeout);
+        let answer = tokio::time::timeout(limit, self.raw_get(&path)).await.map_err(|_| {
+            EngineError::Timeout { host: self.host.clone(), what: what.clone(), after: limit }
+        })?;
+        let (status, body) = answer.map_err(|reason| self.operation(&what, reason))?;
+        if status == 200 {
+            return Ok(());
+        }
+        // Podman's errors are `{"message": ...}`; say what it said.
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+        Err(self.operation(&what, format!("HTTP {status}: {message}")))
+    }
+
+    fn operation(&self, what: &str, reason: String) -> EngineError {
+        EngineError::Operation { host: self.host.clone(), what: what.to_owned(), reason }
+    }
+
+    /// One GET on the engine's address outside bollard, which knows no libpod endpoint:
+    /// `unix://` and `tcp://`/`http://` only (Podman's service is not served over TLS).
+    async fn raw_get(&self, path: &str) -> Result<(u16, Bytes), String> {
+        let host = self.host.as_str();
+        if let Some(socket) = host.strip_prefix("unix://") {
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(|e| format!("connect {socket}: {e}"))?;
+            get_over(stream, path).await
+        } else if let Some(address) = host.strip_prefix("tcp://").or(host.strip_prefix("http://")) {
+            let address = address.trim_end_matches('/');
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| format!("connect {address}: {e}"))?;
+            get_over(stream, path).await
+        } else {
+            Err(format!("libpod's API is reached over unix:// or tcp:// only, not {host}"))
+        }
+    }
+}
+
+/// An HTTP/1.1 GET of `path` on a fresh connection; the answer's status and body (bounded).
+async fn get_over<S>(stream: S, path: &str) -> Result<(u16, Bytes), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    // Ends when the answer is read and the sender dropped.
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "podman")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let answer = sender.send_request(request).await.map_err(|e| format!("GET {path}: {e}"))?;
+    let status = answer.status().as_u16();
+    let body = Limited::new(answer.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("read the answer to GET {path}: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{ContainerConfig, ContainerState, Health, HealthConfig};
+
+    use super::*;
+
+    fn at(s: &str) -> OffsetDateTime {
+        parse(s).expect("time")
+    }
+
+    fn container(test: &[&str], started: &str, ends: &[&str]) -> ContainerInspectResponse {
+        let log = ends
+            .iter()
+            .map(|e| HealthcheckResult { end: Some((*e).to_owned()), ..Default::default() })
+            .collect();
+        ContainerInspectResponse {
+            state: Some(ContainerState {
+                running: Some(true),
+                started_at: Some(started.to_owned()),
+                health: Some(Health { log: Some(log), ..Default::default() }),
+                ..Default::default()
+            }),
+            config: Some(ContainerConfig {
+                healthcheck: Some(HealthConfig {
+                    test: Some(test.iter().map(|s| (*s).to_owned()).collect()),
+                    interval: Some(2_000_000_000),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    const CHECK: &[&str] = &["CMD-SHELL", "true"];
+
+    #[test]
+    fn a_check_is_due_after_one_and_a_half_intervals_without_a_result() {
+        let c = container(CHECK, "2026-11-30T08:00:00.5Z", &[]);
+        assert!(!check_due(&c, at("2026-11-30T08:00:03.4Z")));
+        assert!(check_due(&c, at("2026-11-30T08:00:03.5Z")));
+    }
+
+    #[test]
+    fn the_newest_result_counts_whatever_the_log_order() {
+        let c = container(
+            CHECK,
+            "2026-11-30T08:00:00Z",
+            &["2026-11-30T08:00:10.123456789Z", "2026-11-30T08:00:05Z"],
+        );
+        assert!(!check_due(&c, at("2026-11-30T08:00:12Z")));
+        assert!(check_due(&c, at("2026-11-30T08:00:13.2Z")));
+    }
+
+    #[test]
+    fn no_check_is_due_without_one_or_when_stopped() {
+        let none = container(&["NONE"], "2026-11-30T08:00:00Z", &[]);
+        assert!(!check_due(&none, at("2026-11-30T09:00:00Z")));
+        let mut stopped = container(CHECK, "2026-11-30T08:00:00Z", &[]);
+        stopped.state.as_mut().expect("state").running = Some(false);
+        assert!(!check_due(&stopped, at("2026-11-30T09:00:00Z")));
+        let mut without = container(CHECK, "2026-11-30T08:00:00Z", &[]);
+        without.state.as_mut().expect("state").health = None;
+        assert!(!check_due(&without, at("2026-11-30T09:00:00Z")));
+    }
+
+    #[test]
+    fn an_unreadable_start_time_makes_it_due_rather_than_never() {
+        let c = container(CHECK, "0001-01-01T00:00:00Z-garbage", &[]);
+        assert!(check_due(&c, at("2026-11-30T08:00:00Z")));
+    }
+}
