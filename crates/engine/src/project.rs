@@ -12,6 +12,8 @@ use futures::StreamExt as _;
 
 use crate::{Engine, EngineError};
 
+/// The label of a project directory's helper: who made it (the updater: the update's id).
+pub const PROJECT_HELPER: &str = "steward.project-helper";
 /// Where the directory is mounted in the helper.
 const AT: &str = "/project";
 /// The largest file read this way: compose files and `.env` are a few KiB.
@@ -42,10 +44,23 @@ pub struct ProjectDir {
 
 impl Engine {
     /// Mounts host directory `dir` (read-write) in a helper created from the image of container
-    /// `like` (an image this host has; the helper never runs). A directory that does not exist
-    /// on the host is an error, never created.
-    pub async fn open_project_dir(&self, dir: &str, like: &str) -> Result<ProjectDir, EngineError> {
+    /// `like` (an image this host has; the helper never runs), labelled
+    /// `steward.project-helper=<owner>`. A directory that does not exist on the host is an
+    /// error, never created. Helpers of `owner` left by a process killed while it held one
+    /// are removed first.
+    pub async fn open_project_dir(
+        &self,
+        dir: &str,
+        like: &str,
+        owner: &str,
+    ) -> Result<ProjectDir, EngineError> {
         let what = format!("mount {dir} in a helper container");
+        let mine = |labels: &std::collections::HashMap<String, String>| {
+            labels.get(PROJECT_HELPER).is_some_and(|o| o == owner)
+        };
+        for left in self.containers(mine).await? {
+            self.remove(&left.id, false).await?;
+        }
         let image = self
             .brief(like)
             .await?
@@ -55,7 +70,7 @@ impl Engine {
             image: Some(image),
             entrypoint: Some(vec!["/steward-never-started".into()]),
             network_disabled: Some(true),
-            labels: Some([("steward.helper".to_owned(), dir.to_owned())].into()),
+            labels: Some([(PROJECT_HELPER.to_owned(), owner.to_owned())].into()),
             host_config: Some(HostConfig {
                 // A `Mount` of type bind, unlike `Binds`, refuses a missing source instead of
                 // creating it as an empty root-owned directory on the host.

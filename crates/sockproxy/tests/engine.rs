@@ -252,7 +252,7 @@ async fn each_role_gets_what_its_service_calls_and_nothing_else() {
     std::fs::write(project.join(".env"), "APP_IMAGE=app:1.0\n").expect("write");
     let dir = tally.ok(
         "open a project directory",
-        updater.open_project_dir(&project.to_string_lossy(), &app.name).await,
+        updater.open_project_dir(&project.to_string_lossy(), &app.name, &tag).await,
     );
     let file = tally.ok("archive read", dir.read(".env").await).expect("the file");
     let file = steward_engine::ProjectFile { content: b"APP_IMAGE=app:1.1\n".to_vec(), ..file };

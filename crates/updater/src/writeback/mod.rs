@@ -188,7 +188,8 @@ impl Flow {
             Some(env) => place(dir, env),
             None => place(dir, &format!("{}/.env", dir.trim_end_matches('/'))),
         };
-        let project = self.engine.open_project_dir(dir, name).await?;
+        let owner = record.update_id.to_string();
+        let project = self.engine.open_project_dir(dir, name, &owner).await?;
         let result = self.edit_project(&project, dir, record, image, service, &compose, env).await;
         if let Err(e) = project.close().await {
             tracing::warn!(error = %e, "cannot remove the write-back's helper container");
