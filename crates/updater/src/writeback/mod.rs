@@ -343,3 +343,30 @@ impl Flow {
         Ok(written)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::place;
+
+    #[test]
+    fn project_files_resolve_inside_the_working_directory_only() {
+        let p = place("/opt/gitea", "/opt/gitea/docker-compose.yml").expect("absolute (v2)");
+        assert_eq!(
+            (p.host.as_str(), p.rel.as_str()),
+            ("/opt/gitea/docker-compose.yml", "docker-compose.yml")
+        );
+        let p = place("/opt/gitea/", "docker-compose.yml").expect("relative (v1)");
+        assert_eq!(p.host, "/opt/gitea/docker-compose.yml");
+        assert_eq!(place("/opt/gitea", "./env/.env").expect("./").rel, "env/.env");
+        for outside in [
+            "/opt/other/docker-compose.yml",
+            "/opt/gitea-x/docker-compose.yml",
+            "/opt/gitea/../etc/passwd",
+            "../x.yml",
+            "/opt/gitea",
+            "/opt/gitea//x.yml",
+        ] {
+            assert!(place("/opt/gitea", outside).is_err(), "{outside}");
+        }
+    }
+}
