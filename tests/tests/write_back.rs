@@ -199,6 +199,12 @@ async fn wait_in_flow(bus: &Bus, event: &Event, what: &str, p: &Proc) -> Vec<Eve
     }
 }
 
+/// No helper container of `w`'s update is left.
+fn assert_no_helper(w: &UpdateWrittenBack) {
+    let filter = format!("label=steward.project-helper={}", w.update_id);
+    assert_eq!(docker(&["ps", "-aq", "--filter", &filter]), "", "helper containers left");
+}
+
 fn written_back(flow: &[Event]) -> Vec<&UpdateWrittenBack> {
     flow.iter()
         .filter_map(|e| match &e.data {
@@ -279,13 +285,7 @@ async fn the_env_variable_follows_the_update_and_compose_up_keeps_it() {
     let meta = std::fs::metadata(&env_path).expect("stat");
     assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o640, 1234, 2345));
     // No helper container is left.
-    let helpers = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=steward.project-helper={}", w[0].update_id),
-    ]);
-    assert_eq!(helpers, "", "helper containers left");
+    assert_no_helper(w[0]);
 
     project.compose(&["up", "-d", "--force-recreate"]);
     assert_eq!(project.running_ref(), format!("{}:1.1", repo.base), "the next deploy keeps 1.1");
@@ -455,13 +455,7 @@ async fn killed_between_success_and_write_back_it_is_written_exactly_once() {
     assert_eq!(project.read(".env"), format!("APP_IMAGE={}:1.1\n", repo.base));
     assert_eq!(project.read("docker-compose.yml"), compose);
     // The helper the kill after the write left is gone (removed by the next attempt).
-    let helpers = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=steward.project-helper={}", w[0].update_id),
-    ]);
-    assert_eq!(helpers, "", "helper containers left");
+    assert_no_helper(w[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
