@@ -77,6 +77,7 @@ async fn the_health_service_and_the_update_gate_give_the_same_verdict() {
         renewal: Default::default(),
         keep_images: 2,
         prune_grace: Duration::ZERO,
+        write_back: true,
         probe,
     };
     let flow =

@@ -257,6 +257,13 @@ pub(crate) fn summary(data: &EventData) -> String {
         EventData::UpdateFailed(p) => {
             format!("{}{}", rollback_by(p.kind, &p.requested_by), p.reason)
         }
+        EventData::UpdateWrittenBack(p) => match (&p.refused, &p.file) {
+            (Some(why), _) => format!("{} not written back: {why}", p.image),
+            (None, Some(file)) => {
+                format!("{} written to {} in {file}", p.image, p.key.as_deref().unwrap_or("it"))
+            }
+            (None, None) => format!("{} already named by the project", p.image),
+        },
         EventData::UpdateRolledBack(p) => format!(
             "{}back on {}: {}",
             rollback_by(p.kind, &p.requested_by),

@@ -14,12 +14,14 @@ mod deadline;
 mod images;
 mod ops;
 mod podman;
+mod project;
 pub mod recreate;
 mod streams;
 pub use credentials::{registry_credentials, CredentialsError, RegistryCredentials};
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use images::ListedImage;
 pub use ops::{ExecOutput, HealthView, ListedContainer};
+pub use project::{ProjectDir, ProjectFile};
 pub use recreate::Replacement;
 pub use streams::{ExecSpec, ExecStream};
 

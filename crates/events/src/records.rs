@@ -196,6 +196,11 @@ pub struct UpdateRecord {
     /// back. See [`UpdateRecord::rollback_target`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_digest: Option<Digest>,
+    /// A succeeded update whose compose project is still to be told the new tag
+    /// (`update.written_back` not yet decided): set with the success, cleared with that
+    /// event, so a kill between the two writes it on the next start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub write_back: bool,
 }
 
 impl UpdateRecord {
@@ -262,6 +267,7 @@ impl UpdateRecord {
             kind: crate::UpdateKind::Update,
             requested_by: None,
             previous_digest: None,
+            write_back: false,
         }
     }
 

@@ -91,6 +91,15 @@ pub fn all(container: &str) -> Vec<EventData> {
             requested_by: None,
         }
         .into(),
+        UpdateWrittenBack {
+            update_id,
+            container: c.clone(),
+            image: "gitea/gitea:1.22.7".into(),
+            file: None,
+            key: None,
+            refused: Some("GITEA_IMAGE is not set in /opt/gitea/.env: the shell's environment or the default names the image; set it there".into()),
+        }
+        .into(),
         UpdateFailed {
             update_id,
             container: c.clone(),

@@ -126,6 +126,8 @@ impl Notifier {
         }
         match &event.data {
             EventData::ImageUpdated(u) => u.policy.as_deref() == Some("notify"),
+            // A definition written is in the audit trail; one that was not needs a human.
+            EventData::UpdateWrittenBack(w) => w.refused.is_some(),
             _ => true,
         }
     }

@@ -259,6 +259,17 @@ pub fn describe(event: &Event) -> Item {
                 item.facts.push(fact("Approved by", by.clone()));
             }
         }
+        EventData::UpdateWrittenBack(w) => {
+            item.headline = format!(
+                "{} runs {}, but its compose project still names the old version",
+                w.container, w.image
+            );
+            item.facts = vec![fact("Container", w.container.clone()), fact("Now", w.image.clone())];
+            if let Some(why) = &w.refused {
+                item.facts.push(fact("Not written because", why.clone()));
+            }
+            item.facts.push(fact("Update id", w.update_id.to_string()));
+        }
         EventData::UpdateFailed(f) => {
             let what = flow_name(f.kind);
             item.headline = format!("{what} of {} failed: {}", f.container, first_line(&f.reason));
@@ -786,6 +797,8 @@ const TOLD: &[Told] = &[
         next: "The running container was not touched: {container} still runs the image it ran before the request. Fix the cause (often: the previous image is gone from the host and cannot be pulled), then run `steward rollback {container}` again (runbook: rolling back by hand)." },
     Told { kind: "rollback:update.rolled_back", severity: Severity::Warning, one: "rollback undone", many: "rollbacks undone",
         next: "The image rolled back to failed its health gate, so {container} runs again on the image it ran before the rollback, with the same configuration. Nothing is retried. The log lines below are from the failed container: fix the cause before `steward rollback {container}` again, or go to another digest with `--to` (runbook: rolling back by hand)." },
+    Told { kind: "update.written_back", severity: Severity::Warning, one: "update not written back", many: "updates not written back",
+        next: "The update stands, but the next `docker compose up -d` (an Ansible deploy runs one) recreates {container} from the old version: change the image where the project defines it (the `.env` variable or the `image:` line) to the version above (runbook: an update was not written back)." },
     Told { kind: "update.failed", severity: Severity::Warning, one: "update failed", many: "updates failed",
         next: "The running container was not touched. Fix the cause, then run `steward check` to offer the update again." },
     Told { kind: "update.rolled_back", severity: Severity::Warning, one: "update rolled back", many: "updates rolled back",

@@ -148,6 +148,11 @@ pub const RULES: &[Rule] = &[
     // The health service's certificate expiry check: certbot's live links and full chains.
     checked("GET", "/containers/*/archive", &[Health], Check::CertRead),
     checked("PUT", "/containers/*/archive", &[Backup], Check::Target),
+    // The updater's write-back: a compose project's file through a created, never started
+    // helper that bind-mounts the project's directory (`ProjectDir`): whether it is there,
+    // and the new file.
+    checked("HEAD", "/containers/*/archive", &[Updater], Check::Target),
+    checked("PUT", "/containers/*/archive", &[Updater], Check::Target),
 ];
 
 /// Why a request is refused before any check of its body.
@@ -590,9 +595,11 @@ mod tests {
             ("POST", "/images/127.0.0.1:5000/e2e/app@sha256:00/tag"),
             ("POST", "/containers/abc/rename"),
             ("POST", "/networks/n1/connect"),
+            ("HEAD", "/containers/abc/archive"),
         ];
-        let backup_only = [("POST", "/containers/abc/wait"), ("PUT", "/containers/abc/archive")];
+        let backup_only = [("POST", "/containers/abc/wait")];
         let both = [
+            ("PUT", "/containers/abc/archive"),
             ("POST", "/containers/create"),
             ("POST", "/containers/abc/start"),
             ("POST", "/containers/abc/stop"),

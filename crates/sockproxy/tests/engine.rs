@@ -250,10 +250,21 @@ async fn each_role_gets_what_its_service_calls_and_nothing_else() {
         "create with the proxy's volumes",
         raw.create_container(named(&never), create_body(borrow)).await,
     );
-    tally.refused(
-        "archive write",
-        updater.upload_tar(&app.name, "/tmp", futures::stream::empty()).await,
+    // The write-back: a helper bind-mounting a project directory, a file read and written.
+    let project = std::env::temp_dir().join(unique_name("sockproxy-project"));
+    std::fs::create_dir_all(&project).expect("project dir");
+    std::fs::write(project.join(".env"), "APP_IMAGE=app:1.0\n").expect("write");
+    let dir = tally.ok(
+        "open a project directory",
+        updater.open_project_dir(&project.to_string_lossy(), &app.name, &tag).await,
     );
+    let file = tally.ok("archive read", dir.read(".env").await).expect("the file");
+    let file = steward_engine::ProjectFile { content: b"APP_IMAGE=app:1.1\n".to_vec(), ..file };
+    tally.ok("archive write", dir.write(".env", &file).await);
+    tally.ok("close", dir.close().await);
+    let written = std::fs::read_to_string(project.join(".env")).expect("read");
+    let _ = std::fs::remove_dir_all(&project);
+    assert_eq!(written, "APP_IMAGE=app:1.1\n");
     eprintln!("updater: {:.1} s", started.elapsed().as_secs_f64());
 
     // Backup: stdin and stdout of execs, archives both ways, a helper with another

@@ -33,6 +33,11 @@ pub const ENV_PRUNE_GRACE: &str = "STEWARD_PRUNE_GRACE";
 pub const DEFAULT_PRUNE_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// How long before its link expires a still pending update is mailed again (`0s`: never).
 pub const ENV_APPROVAL_REMIND_BEFORE: &str = "STEWARD_APPROVAL_REMIND_BEFORE";
+/// Whether a successful update to a newer tag is written into the compose project (the `.env`
+/// variable or the `image:` line), so the next `compose up` keeps it (`true`|`false`).
+pub const ENV_WRITE_BACK: &str = "STEWARD_UPDATE_WRITE_BACK";
+/// On: without it, the next `compose up -d` silently brings the old tag back.
+pub const DEFAULT_WRITE_BACK: bool = true;
 /// The running image and the previous one.
 pub const DEFAULT_KEEP_IMAGES: u32 = 2;
 /// More than this is a typo, not a policy.
@@ -66,6 +71,8 @@ pub struct UpdaterConfig {
     pub keep_images: u32,
     /// How long an update stands before its repository's old images go.
     pub prune_grace: Duration,
+    /// Write a newer tag into the compose project after a successful update.
+    pub write_back: bool,
 }
 
 impl UpdaterConfig {
@@ -88,6 +95,7 @@ impl UpdaterConfig {
                 }
             }),
             prune_grace: read_prune_grace(env),
+            write_back: env.parse(ENV_WRITE_BACK, DEFAULT_WRITE_BACK),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod link_server;
 pub mod links;
 pub mod page;
 pub mod renewal;
+pub mod writeback;
 
 use std::time::Duration;
 

@@ -56,6 +56,7 @@ async fn the_pull_uses_the_operators_docker_login() {
         renewal: Default::default(),
         keep_images: 2,
         prune_grace: Duration::ZERO,
+        write_back: true,
         probe: Default::default(),
     };
     let flow = Flow::open(bus.bus.clone(), steward_engine::Engine::from_env(), cfg, "test".into())

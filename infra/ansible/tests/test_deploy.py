@@ -312,3 +312,59 @@ def test_a_secret_missing_in_ssm_stops_the_run_before_anything_starts(target):
     assert "missing in SSM Parameter Store" in result.stdout, result.stdout
     assert "approval-secret" in result.stdout
     assert target.containers() == {}, "nothing may start without its secrets"
+
+
+def test_env_keeps_the_image_tags_steward_wrote_back_until_the_inventory_moves(tmp_path):
+    """The role's .env tasks alone (no stack): a tag the updater wrote back after an update is
+    kept by the next deploy while the inventory still names what the last run wrote; a version
+    raised in the inventory wins; deploy_keep_written_images: false writes the inventory's."""
+    root = tmp_path / "stack"
+    root.mkdir()
+    play = tmp_path / "env.yml"
+
+    def deploy(env, keep=True):
+        play.write_text(json.dumps([{
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {"deploy_root": str(root), "deploy_env": env, "deploy_env_extra": {},
+                     "deploy_keep_written_images": keep},
+            "tasks": [{"ansible.builtin.include_role": {"name": "deploy", "tasks_from": "env"}}],
+        }]))
+        inventory = tmp_path / "inventory.ini"
+        inventory.write_text(f"localhost ansible_python_interpreter={sys.executable}\n")
+        env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+               "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+               "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-tmp"),
+               "PATH": f"{BIN}:{os.environ['PATH']}"}
+        result = run([str(BIN / "ansible-playbook"), "--connection=local", "--inventory",
+                      str(inventory), str(play)], cwd=ANSIBLE, env=env)
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def env_file():
+        return dict(line.split("=", 1) for line in (root / ".env").read_text().splitlines()
+                    if line and not line.startswith("#"))
+
+    inventory = {"GITEA_IMAGE": "gitea/gitea:1.22.6", "POSTGRES_IMAGE": "postgres:15", "X": "1"}
+    deploy(inventory)
+    assert env_file() == inventory
+    # steward-updater writes the newer tag in place (only the value).
+    text = (root / ".env").read_text()
+    (root / ".env").write_text(text.replace("gitea/gitea:1.22.6", "gitea/gitea:1.22.7"))
+    out = deploy(inventory)
+    assert env_file()["GITEA_IMAGE"] == "gitea/gitea:1.22.7", "the written-back tag stays"
+    assert "GITEA_IMAGE=gitea/gitea:1.22.7 kept" in out
+    # A hand edit of another setting is still undone, as before.
+    (root / ".env").write_text((root / ".env").read_text().replace("X=1", "X=2"))
+    deploy(inventory)
+    assert env_file()["X"] == "1"
+    assert env_file()["GITEA_IMAGE"] == "gitea/gitea:1.22.7"
+    # The operator raises the version in the inventory: the inventory wins.
+    raised = {**inventory, "GITEA_IMAGE": "gitea/gitea:1.23.0"}
+    deploy(raised)
+    assert env_file()["GITEA_IMAGE"] == "gitea/gitea:1.23.0"
+    # Turned off: the inventory's value always.
+    (root / ".env").write_text((root / ".env").read_text().replace("1.23.0", "1.23.1"))
+    deploy(raised, keep=False)
+    assert env_file()["GITEA_IMAGE"] == "gitea/gitea:1.23.0"

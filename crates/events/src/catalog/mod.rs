@@ -108,6 +108,8 @@ catalog! {
     UpdateStarted => "update.started": UpdateStarted,
     /// The container runs the new image and passed its health gate.
     UpdateSucceeded => "update.succeeded": UpdateSucceeded,
+    /// After a success: the compose project names the new tag, or why not.
+    UpdateWrittenBack => "update.written_back": UpdateWrittenBack,
     /// The update stopped before the container was touched (backup, pull or policy failure).
     UpdateFailed => "update.failed": UpdateFailed,
     /// The new image failed; the container runs the previous image again.

@@ -228,6 +228,29 @@ pub struct UpdateSucceeded {
 }
 container_payload!(UpdateSucceeded);
 
+/// After a successful update to a newer tag: the compose project's definition of the service
+/// (the `.env` variable or the compose file's `image:` line) now names what runs, so the next
+/// `compose up` keeps it; or why it was not changed (`refused`), for a human to do by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateWrittenBack {
+    /// The update.
+    pub update_id: Uuid,
+    /// Container name.
+    pub container: String,
+    /// The reference the container runs now (what was, or should be, written).
+    pub image: String,
+    /// The file changed, on the host (absent when refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// What was changed in it: `GITEA_IMAGE` (a variable) or `services.gitea.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Why the definition was not changed (the update itself stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+container_payload!(UpdateWrittenBack);
+
 /// The update stopped before the running container was touched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateFailed {

@@ -232,9 +232,14 @@ impl Flow {
             kind: record.kind,
             requested_by: record.requested_by.clone(),
         };
+        // The compose project is told the new tag after the verdict, never before (a kill in
+        // between must not leave the file naming an image that was rolled back): the flag is
+        // saved with the verdict, so a restart finds it (`crate::writeback`).
+        let mut v = v;
+        v.value.write_back = self.cfg.write_back && crate::writeback::wanted(&v.value);
         // The verdict is recorded before the old container goes: a crash after its removal
         // must not find an update "between swap and verdict" with nothing to roll back to.
-        self.records.conclude(v, UpdateStep::Succeeded, None, data).await?;
+        let v = self.records.conclude(v, UpdateStep::Succeeded, None, data).await?;
         // The old container goes; its image stays for a later rollback by hand. If this
         // fails, the sweep removes it as a leftover.
         if let Err(e) = self.engine.finish(r).await {
@@ -243,6 +248,11 @@ impl Flow {
         // Old images of its repository beyond STEWARD_KEEP_IMAGES go now that the update
         // stands (the one it ran before is kept for `steward rollback`). Never fails the flow.
         self.prune_after_update(&r.name).await;
+        if v.value.write_back {
+            if let Err(e) = self.write_back(v).await {
+                tracing::warn!(container = %r.name, error = %e, "cannot write the new tag into the compose project now; the sweep tries again");
+            }
+        }
         Ok(())
     }
 }

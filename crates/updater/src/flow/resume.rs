@@ -91,6 +91,8 @@ impl Flow {
             UpdateStep::Swapping | UpdateStep::Gating => self.recover(v).await,
             // Only a start decides a handover (who is the successor).
             UpdateStep::HandingOver => Ok(()),
+            // A success whose compose project was not told yet (a kill in between).
+            UpdateStep::Succeeded if v.value.write_back => self.write_back(v).await,
             UpdateStep::Succeeded
             | UpdateStep::RolledBack
             | UpdateStep::Failed

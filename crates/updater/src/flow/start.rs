@@ -27,7 +27,15 @@ impl Flow {
         u: &ImageUpdated,
         _hold: Hold,
     ) -> Result<(), FlowError> {
-        let current = self.records.get(&u.container).await?;
+        let current = match self.records.get(&u.container).await? {
+            // The last update still owes its write-back (a kill after its success): done
+            // first, so a newer update finds the project naming what the container runs.
+            Some(v) if v.value.step == UpdateStep::Succeeded && v.value.write_back => {
+                self.write_back(v).await?;
+                self.records.get(&u.container).await?
+            }
+            current => current,
+        };
         if let Some(v) = current.as_ref() {
             if v.value.news_id == Some(event.id) {
                 // A redelivery: its flow ended, or was left by a task that died or gave up.

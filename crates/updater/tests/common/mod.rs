@@ -75,6 +75,7 @@ pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Fl
         keep_images: 2,
         // The tests of the cleanup itself set one; the others see it at once, as before.
         prune_grace: Duration::ZERO,
+        write_back: true,
         probe: Default::default(),
     };
     change(&mut cfg);

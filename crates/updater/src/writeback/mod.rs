@@ -1,0 +1,372 @@
+//! Write-back: after a successful update to a newer tag, the compose project names it too, so
+//! the next `compose up -d` (the Ansible role runs one on every deploy) keeps the new version
+//! instead of silently recreating the old one.
+//!
+//! Where: the container's compose labels give the project's directory, its compose file and
+//! the service. When the service's `image:` interpolates a variable, the variable's line in the
+//! project's `.env` (or the env file compose v2 records) changes; when it is literal, that line
+//! of the compose file. Only the value changes ([`edit`]). How: the updater runs in a container
+//! and has the Docker API, not the host's files: the directory is mounted in a helper container
+//! that is created and never started, and the file is read and written through the archive API
+//! with its owner and mode kept ([`steward_engine::ProjectDir`]; why this route:
+//! docs/security.md).
+//!
+//! When: the success sets `write_back` in the record (one save with `Succeeded`); this step
+//! does the write, then clears the flag and announces `update.written_back` in one save. A kill
+//! in between finds the flag on the next start (or the sweep) and does it again; the edit is
+//! idempotent (a file that already names the new tag is left alone). It never writes an older
+//! tag over a newer one: it writes only while the container is still the one this update made,
+//! and only over the exact value the old container was created from.
+//!
+//! Refused (the update stands; `update.written_back` with `refused`, mailed): no single
+//! compose file, a git checkout (the deployer's, or the operator's: the change belongs in a
+//! commit), a service that `extends` or is not found, the variable not in the env file (the
+//! shell's environment or the default names the image), a file without its owner's write
+//! permission, a value that is not what the container was created from.
+
+pub mod edit;
+
+use steward_bus::Versioned;
+use steward_engine::{EngineError, ProjectDir, ProjectFile};
+use steward_events::records::UpdateRecord;
+use steward_events::{UpdateKind, UpdateWrittenBack};
+use steward_imageref::ImageRef;
+
+use crate::flow::{Flow, FlowError};
+
+/// Compose v1 and v2: the compose files of the project, comma-separated absolute paths.
+pub const CONFIG_FILES: &str = "com.docker.compose.project.config_files";
+/// Compose v2: the env file the project was brought up with, when one was used.
+pub const ENVIRONMENT_FILE: &str = "com.docker.compose.project.environment_file";
+
+/// Whether a success of `record` has a definition to update: an update (not a rollback) to
+/// another tag.
+pub fn wanted(record: &UpdateRecord) -> bool {
+    let old_tag = ImageRef::parse(&record.image).ok().and_then(|i| i.tag().map(str::to_owned));
+    record.kind == UpdateKind::Update
+        && record.new_tag.as_deref().is_some_and(|t| Some(t) != old_tag.as_deref())
+}
+
+/// What the write-back did.
+enum Outcome {
+    /// Not a compose project: nothing defines the image; nothing to tell.
+    NotCompose,
+    /// Written (or already naming it).
+    Written { file: String, key: String },
+    /// Not written, and why.
+    Refused(String),
+}
+
+/// A file of the project: its path on the host, relative to the working directory.
+struct Place {
+    host: String,
+    rel: String,
+}
+
+fn place(working_dir: &str, path: &str) -> Result<Place, String> {
+    let dir = working_dir.trim_end_matches('/');
+    // Compose v2 records absolute paths; v1 the `-f` argument as given, relative to the
+    // working directory.
+    let path = match path.strip_prefix("./").unwrap_or(path) {
+        p if p.starts_with('/') => p.to_owned(),
+        p => format!("{dir}/{p}"),
+    };
+    let rel = path
+        .strip_prefix(dir)
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|r| !r.is_empty() && !r.split('/').any(|c| c == ".." || c == "." || c.is_empty()))
+        .ok_or_else(|| format!("{path} is not inside the project's directory {working_dir}"))?;
+    Ok(Place { rel: rel.to_owned(), host: path })
+}
+
+impl Flow {
+    /// Writes the new tag into the project of a succeeded update whose record asks for it,
+    /// then clears the flag with `update.written_back`. An engine that does not answer is an
+    /// error (the sweep tries again); everything else ends the step.
+    pub async fn write_back(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
+        steward_failpoints::failpoint!("writeback");
+        let record = &v.value;
+        let image = match record.new_tag.as_deref().map(|t| edit::retagged(&record.image, t)) {
+            Some(Ok(image)) => image,
+            Some(Err(e)) => return self.written_back(v, String::new(), Outcome::Refused(e)).await,
+            None => return self.written_back(v, String::new(), Outcome::NotCompose).await,
+        };
+        let outcome = match self.write_back_outcome(record, &image).await {
+            Ok(outcome) => outcome,
+            // The engine answered with a failure (a directory that is not there, a read-only
+            // file system): doing it again will not help.
+            Err(e @ EngineError::Operation { .. }) => Outcome::Refused(e.to_string()),
+            // Not answering or not reachable: the sweep tries again.
+            Err(e) => return Err(e.into()),
+        };
+        self.written_back(v, image, outcome).await
+    }
+
+    async fn written_back(
+        &self,
+        v: Versioned<UpdateRecord>,
+        image: String,
+        outcome: Outcome,
+    ) -> Result<(), FlowError> {
+        let mut record = v.value;
+        record.write_back = false;
+        let data = |file, key, refused| UpdateWrittenBack {
+            update_id: record.update_id,
+            container: record.container.clone(),
+            image: image.clone(),
+            file,
+            key,
+            refused,
+        };
+        let data = match outcome {
+            Outcome::NotCompose => None,
+            Outcome::Written { file, key } => {
+                tracing::info!(container = %record.container, %file, %key, %image, "the compose project names the new tag");
+                Some(data(Some(file), Some(key), None))
+            }
+            Outcome::Refused(why) => {
+                tracing::warn!(container = %record.container, %image, reason = %why, "the compose project still names the old tag");
+                Some(data(None, None, Some(why)))
+            }
+        };
+        if let Some(data) = data {
+            self.records.stage(&mut record, data);
+        }
+        self.records.announce(record, v.revision).await?;
+        Ok(())
+    }
+
+    async fn write_back_outcome(
+        &self,
+        record: &UpdateRecord,
+        image: &str,
+    ) -> Result<Outcome, EngineError> {
+        let name = &record.container;
+        // Only while the container is the one this update made: a later update, a rollback
+        // or a `compose up` since then decided otherwise, and is not written over.
+        let Some(now) = self.engine.brief(name).await? else {
+            return Ok(Outcome::Refused(format!("container {name} no longer exists")));
+        };
+        if record.new_id.as_deref() != Some(now.id.as_str()) {
+            return Ok(Outcome::Refused(format!(
+                "container {name} was recreated since this update (now from {})",
+                now.image_ref
+            )));
+        }
+        let labels = &now.labels;
+        let label = |k: &str| labels.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let (Some(dir), Some(service)) =
+            (label(steward_labels::compose::WORKING_DIR), label(steward_labels::compose::SERVICE))
+        else {
+            return Ok(Outcome::NotCompose);
+        };
+        let files: Vec<&str> = label(CONFIG_FILES)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .collect();
+        let file = match files.as_slice() {
+            [one] => *one,
+            [] => {
+                return Ok(Outcome::Refused(format!(
+                    "the container does not say which compose file of {dir} defines it"
+                )))
+            }
+            _ => {
+                return Ok(Outcome::Refused(format!(
+                    "the project is brought up from several compose files ({}): which one to change is ambiguous",
+                    files.join(", ")
+                )))
+            }
+        };
+        let compose = match place(dir, file) {
+            Ok(p) => p,
+            Err(e) => return Ok(Outcome::Refused(e)),
+        };
+        let env = match label(ENVIRONMENT_FILE) {
+            Some(env) => place(dir, env),
+            None => place(dir, &format!("{}/.env", dir.trim_end_matches('/'))),
+        };
+        let owner = record.update_id.to_string();
+        let project = self.engine.open_project_dir(dir, name, &owner).await?;
+        let result = self.edit_project(&project, dir, record, image, service, &compose, env).await;
+        if let Err(e) = project.close().await {
+            tracing::warn!(error = %e, "cannot remove the write-back's helper container");
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn edit_project(
+        &self,
+        project: &ProjectDir,
+        dir: &str,
+        record: &UpdateRecord,
+        image: &str,
+        service: &str,
+        compose: &Place,
+        env: Result<Place, String>,
+    ) -> Result<Outcome, EngineError> {
+        let refused = |why: String| Ok(Outcome::Refused(why));
+        if project.exists(".git").await? {
+            return refused(format!(
+                "{dir} is a git checkout (deployed from git?): the new tag belongs in a commit, not in the working tree"
+            ));
+        }
+        let Some(file) = project.read(&compose.rel).await? else {
+            return refused(format!("{} does not exist", compose.host));
+        };
+        let Ok(text) = String::from_utf8(file.content.clone()) else {
+            return refused(format!("{} is not UTF-8", compose.host));
+        };
+        let line = match edit::find_image(&text, service) {
+            Ok(line) => line,
+            Err(e) => return refused(format!("{}: {e}", compose.host)),
+        };
+        let interpolated = match edit::interpolation(&line.value) {
+            Ok(i) => i,
+            Err(e) => {
+                return refused(format!(
+                    "{}: the `image:` of service `{service}`: {e}",
+                    compose.host
+                ))
+            }
+        };
+        let Some(var) = interpolated else {
+            // Literal: that line of the compose file.
+            let key = format!("services.{service}.image");
+            let (old, new) = (record.image.as_str(), image);
+            return self
+                .replace_value(
+                    project,
+                    compose,
+                    file,
+                    &text,
+                    line.span,
+                    &line.value,
+                    (old, new),
+                    key,
+                )
+                .await;
+        };
+        // Interpolated: the variable's line in the env file; the tag must be inside it.
+        let env = match env {
+            Ok(env) => env,
+            Err(e) => return refused(e),
+        };
+        let Some(env_file) = project.read(&env.rel).await? else {
+            return refused(format!(
+                "{} is not set in {} (it does not exist): the shell's environment or the default names the image; set it there",
+                var.name, env.host
+            ));
+        };
+        let Ok(env_text) = String::from_utf8(env_file.content.clone()) else {
+            return refused(format!("{} is not UTF-8", env.host));
+        };
+        let set = match edit::find_env(&env_text, &var.name) {
+            Ok(Some(set)) => set,
+            Ok(None) => {
+                return refused(format!(
+                    "{} is not set in {}: the shell's environment or the default names the image; set it there",
+                    var.name, env.host
+                ))
+            }
+            Err(e) => return refused(format!("{}: {e}", env.host)),
+        };
+        if !var.suffix.is_empty() {
+            return refused(format!(
+                "the tag of service `{service}` is not inside {} (`{}`)",
+                var.name, line.value
+            ));
+        }
+        let Some(old_value) = record.image.strip_prefix(var.prefix.as_str()) else {
+            return refused(format!(
+                "{}: `{}` is not what {} was created from ({})",
+                compose.host, line.value, record.container, record.image
+            ));
+        };
+        let Some(new_value) = image.strip_prefix(var.prefix.as_str()) else {
+            return refused(format!("{image} does not start with `{}`", var.prefix));
+        };
+        let key = var.name.clone();
+        let (old_value, new_value) = (old_value.to_owned(), new_value.to_owned());
+        let span = set.span.clone();
+        let current = set.value.clone();
+        self.replace_value(
+            project,
+            &env,
+            env_file,
+            &env_text,
+            span,
+            &current,
+            (&old_value, &new_value),
+            key,
+        )
+        .await
+    }
+
+    /// Replaces the value at `span` (now `current`) by `new` when it is `old`; leaves a file
+    /// that already says `new` as it is; refuses anything else.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace_value(
+        &self,
+        project: &ProjectDir,
+        at: &Place,
+        file: ProjectFile,
+        text: &str,
+        span: std::ops::Range<usize>,
+        current: &str,
+        (old, new): (&str, &str),
+        key: String,
+    ) -> Result<Outcome, EngineError> {
+        let written = Outcome::Written { file: at.host.clone(), key: key.clone() };
+        if current == new {
+            return Ok(written);
+        }
+        if current != old {
+            return Ok(Outcome::Refused(format!(
+                "{key} in {} is `{current}`, not `{old}` the container ran before: changed by hand since? Left as it is",
+                at.host
+            )));
+        }
+        if file.mode & 0o200 == 0 {
+            return Ok(Outcome::Refused(format!(
+                "{} is not writable (mode {:o}): left as it is",
+                at.host,
+                file.mode & 0o7777
+            )));
+        }
+        let content = edit::replaced(text, &span, new).into_bytes();
+        project.write(&at.rel, &ProjectFile { content, ..file }).await?;
+        steward_failpoints::failpoint!("writeback:written");
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::place;
+
+    #[test]
+    fn project_files_resolve_inside_the_working_directory_only() {
+        let p = place("/opt/gitea", "/opt/gitea/docker-compose.yml").expect("absolute (v2)");
+        assert_eq!(
+            (p.host.as_str(), p.rel.as_str()),
+            ("/opt/gitea/docker-compose.yml", "docker-compose.yml")
+        );
+        let p = place("/opt/gitea/", "docker-compose.yml").expect("relative (v1)");
+        assert_eq!(p.host, "/opt/gitea/docker-compose.yml");
+        assert_eq!(place("/opt/gitea", "./env/.env").expect("./").rel, "env/.env");
+        for outside in [
+            "/opt/other/docker-compose.yml",
+            "/opt/gitea-x/docker-compose.yml",
+            "/opt/gitea/../etc/passwd",
+            "../x.yml",
+            "/opt/gitea",
+            "/opt/gitea//x.yml",
+        ] {
+            assert!(place("/opt/gitea", outside).is_err(), "{outside}");
+        }
+    }
+}
