@@ -29,8 +29,18 @@ fn psql(db: &str, sql: &str) -> String {
     podman(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
 }
 
-/// The `backup.done` or `backup.failed` answering `request`, within 90 s.
-async fn outcome_of(bus: &steward_bus::Bus, request: &Event, backup: &Proc) -> Event {
+/// The `backup.done` or `backup.failed` answering a manual backup of `container` asked of
+/// `backup`, within 90 s.
+async fn backup_of(bus: &steward_bus::Bus, container: &str, backup: &Proc) -> Event {
+    let request = Event::new(
+        "steward-cli/test",
+        BackupRequested {
+            reason: BackupReason::Manual,
+            containers: vec![container.to_owned()],
+            requested_by: None,
+        },
+    );
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let outcome = stored_events(bus).await.into_iter().find(|e| {
@@ -116,16 +126,7 @@ async fn a_backup_on_podman_restores_and_verifies() {
     env.push(("STEWARD_SCOPE", scope.clone()));
     env.push(("DOCKER_HOST", format!("unix://{socket}")));
     let mut backup = Proc::service("steward-backup", &bus, &env);
-    let request = Event::new(
-        "steward-cli/test",
-        BackupRequested {
-            reason: BackupReason::Manual,
-            containers: vec![app.clone()],
-            requested_by: None,
-        },
-    );
-    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-    let done = outcome_of(&bus, &request, &backup).await;
+    let done = backup_of(&bus, &app, &backup).await;
     let EventData::BackupDone(done) = done.data else {
         panic!("backup on Podman failed: {:?}\n{}", done.data, backup.logs())
     };
@@ -185,16 +186,7 @@ async fn a_backup_on_podman_restores_and_verifies() {
     stop_env.push(("STEWARD_SCOPE", stopped_scope.clone()));
     stop_env.push(("DOCKER_HOST", format!("unix://{socket}")));
     let mut backup = Proc::service("steward-backup", &bus, &stop_env);
-    let request = Event::new(
-        "steward-cli/test",
-        BackupRequested {
-            reason: BackupReason::Manual,
-            containers: vec![stopped.clone()],
-            requested_by: None,
-        },
-    );
-    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-    let outcome = outcome_of(&bus, &request, &backup).await;
+    let outcome = backup_of(&bus, &stopped, &backup).await;
     let EventData::BackupFailed(failed) = outcome.data else {
         panic!("a backup of a stopped volume on Podman 4.3 should fail: {:?}", outcome.data)
     };

@@ -25,6 +25,17 @@ fn podman() -> Option<Engine> {
     Some(Engine::new(format!("unix://{socket}"), Duration::from_secs(30)))
 }
 
+/// The stand-in app v1 pulled by `engine` as the updater pulls (by digest, then tagged): its
+/// tag, and Podman's names for it, removed when dropped.
+async fn pulled_app(engine: &Engine) -> (String, Names) {
+    let (image, digest) = pushed_app("v1");
+    let tagged = format!("{image}:1.0");
+    let names = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
+    let reference = ImageRef::parse(&tagged).expect("reference");
+    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    (tagged, names)
+}
+
 /// What the watcher reads (the local image's repo digests) and the updater's pruning reads
 /// (the listed tags) after the updater's pull (by digest, then tagged) on Podman.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,11 +99,7 @@ async fn pulling_a_missing_digest_fails_naming_it() {
 async fn a_container_is_replaced_with_its_configuration() {
     let _one = ONE_AT_A_TIME.lock().await;
     let Some(engine) = podman() else { return };
-    let (image, digest) = pushed_app("v1");
-    let tagged = format!("{image}:1.0");
-    let _untag = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
-    let reference = ImageRef::parse(&tagged).expect("reference");
-    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    let (tagged, _untag) = pulled_app(&engine).await;
     let name = unique_name("podman-rc");
     let _containers = Containers(vec![name.clone(), format!("{name}-steward-old")]);
     let run = cli(&["run", "-d", "--name", &name, "-e", "KEPT=yes", &tagged]);
@@ -135,11 +142,7 @@ async fn healthchecks_run_on_podman_without_systemd() {
     let _one = ONE_AT_A_TIME.lock().await;
     let Some(engine) = podman() else { return };
     assert!(engine.is_podman().await.expect("version"), "the test bed's Podman not told apart");
-    let (image, digest) = pushed_app("v1");
-    let tagged = format!("{image}:1.0");
-    let _untag = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
-    let reference = ImageRef::parse(&tagged).expect("reference");
-    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    let (tagged, _untag) = pulled_app(&engine).await;
     let good = unique_name("podman-hc-ok");
     let bad = unique_name("podman-hc-bad");
     let _containers = Containers(vec![good.clone(), bad.clone()]);
@@ -179,11 +182,7 @@ async fn healthchecks_run_on_podman_without_systemd() {
 async fn no_check_is_run_for_a_container_without_one_or_stopped() {
     let _one = ONE_AT_A_TIME.lock().await;
     let Some(engine) = podman() else { return };
-    let (image, digest) = pushed_app("v1");
-    let tagged = format!("{image}:1.0");
-    let _untag = Names(vec![tagged.clone(), format!("{image}@{digest}")]);
-    let reference = ImageRef::parse(&tagged).expect("reference");
-    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    let (tagged, _untag) = pulled_app(&engine).await;
     let plain = unique_name("podman-hc-none");
     let _containers = Containers(vec![plain.clone()]);
     let run = cli(&["run", "-d", "--name", &plain, "--no-healthcheck", &tagged]);
