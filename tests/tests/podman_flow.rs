@@ -122,5 +122,5 @@ async fn an_update_on_podman_passes_its_health_gate_and_a_broken_one_is_rolled_b
         .filter(|n| n.starts_with(&name))
         .map(str::to_owned)
         .collect();
-    assert_eq!(left, [name.clone()]);
+    assert_eq!(left, std::slice::from_ref(&name));
 }
