@@ -218,6 +218,15 @@ fn a_forged_kit_escaping_the_directory_is_refused_with_nothing_written() {
         assert!(!root.0.join("escaped").exists(), "{bad}: wrote outside");
         assert!(!root.0.join(".gitea.steward-kit").exists(), "{bad}: staging left behind");
     }
+    // A kit cut short at an entry's end (the end of a tar reads as a clean end): its
+    // description lists a file it does not carry.
+    let cut = described.replace(r#""files":[]"#, r#""files":[".env","secrets/db"]"#);
+    let kit = forge(&[("KIT.json", cut.as_bytes()), ("project/.env", b"A=1\n")]);
+    let out = steward(&["kit", "import", "--identity", &id_arg, "-", &target_arg], Some(&kit));
+    assert!(!out.status.success(), "a kit missing a described file was put in place");
+    assert!(stderr(&out).contains("not those it describes"), "{}", stderr(&out));
+    assert!(!target.exists(), "a cut kit wrote the target");
+    assert!(!root.0.join(".gitea.steward-kit").exists(), "staging left behind");
     // Not a kit at all (an age file of something else).
     let kit = forge(&[("README", b"hello")]);
     let out = steward(&["kit", "import", "--identity", &id_arg, "-", &target_arg], Some(&kit));

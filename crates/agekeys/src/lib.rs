@@ -16,10 +16,17 @@ fn key_words(text: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
-/// Recipients (`age1…`).
+/// Recipients (`age1…`). An error shows the word only when it looks like a recipient: an
+/// identity pasted in the wrong place is named by its position, never echoed.
 pub fn parse_recipients(text: &str) -> Result<Vec<Recipient>, String> {
     key_words(text)
-        .map(|w| Recipient::from_str(w).map_err(|e| format!("{w:?} is not an age recipient: {e}")))
+        .enumerate()
+        .map(|(i, w)| {
+            Recipient::from_str(w).map_err(|e| match w.starts_with("age1") {
+                true => format!("{w:?} is not an age recipient: {e}"),
+                false => format!("recipient {} is not an age recipient (age1...): {e}", i + 1),
+            })
+        })
         .collect()
 }
 
@@ -50,5 +57,8 @@ mod tests {
         assert_eq!(parse_recipients(&two).map(|r| r.len()), Ok(2));
         let e = parse_identities("AGE-SECRET-KEY-1NOTAKEY").err().unwrap_or_default();
         assert!(e.starts_with("identity 1 ") && !e.contains("NOTAKEY"), "{e}");
+        let pasted = format!("{}, {secret}", id.to_public());
+        let e = parse_recipients(&pasted).err().unwrap_or_default();
+        assert!(e.starts_with("recipient 2 ") && !e.contains(&secret[16..]), "{e}");
     }
 }

@@ -116,7 +116,10 @@ impl Backups {
     ) -> Result<Restored, Failure> {
         let result = self.restore_attempt(id, scope, options, busy, journal).await;
         match &result {
-            Ok(done) => self.end_pause(&done.manifest).await,
+            // Only a whole restore ends a rebuilt host's pause: after `--only db` its paths
+            // are still empty, and a backup now would become `latest` without them.
+            Ok(done) if scope == RestoreScope::All => self.end_pause(&done.manifest).await,
+            Ok(_) => {}
             Err(_) => {
                 self.discard_loading_copies(scope, options.allow_unsigned, journal).await;
                 self.drop_unfinished_safety(journal).await;

@@ -303,7 +303,7 @@ fn import(kit: &str, dir: Option<PathBuf>, identity: Option<PathBuf>) -> anyhow:
     let plain = decryptor
         .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
         .context("the kit does not open with this identity")?;
-    let mut archive = tar::Archive::new(plain.take(MAX_BYTES.saturating_mul(2)));
+    let mut archive = tar::Archive::new(Capped { inner: plain, left: MAX_BYTES.saturating_mul(2) });
     let mut entries = archive.entries().context("reading the kit")?;
     let described: Described = {
         let mut first = entries
@@ -339,7 +339,7 @@ fn import(kit: &str, dir: Option<PathBuf>, identity: Option<PathBuf>) -> anyhow:
             format!("removing what an interrupted import left: {}", staging.display())
         })?;
     }
-    let unpacked = unpack(&mut entries, &staging);
+    let unpacked = unpack(&mut entries, &staging).and_then(|files| same_files(&described, files));
     let token = match unpacked.and_then(|()| pause(&staging)) {
         Ok(token) => token,
         Err(e) => {
@@ -364,11 +364,56 @@ fn import(kit: &str, dir: Option<PathBuf>, identity: Option<PathBuf>) -> anyhow:
     Ok(())
 }
 
-/// Writes every `project/` entry below `staging`: plain files and directories only.
-fn unpack<R: Read>(entries: &mut tar::Entries<'_, R>, staging: &Path) -> anyhow::Result<()> {
+/// A reader that fails past `left` bytes: a kit cut at the cap must not read as a whole one
+/// that happens to end there.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One byte more than allowed is enough to tell the end from the cap.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other("the kit is larger than any kit steward writes")),
+            };
+        }
+        let limit = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..limit])?;
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
+/// Whether the files unpacked are exactly those the kit's description lists: a kit cut short
+/// (or with files added) is refused rather than put in place with some missing.
+fn same_files(described: &Described, mut got: Vec<String>) -> anyhow::Result<()> {
+    let mut want = described.files.clone();
+    want.sort();
+    got.sort();
+    if want == got {
+        return Ok(());
+    }
+    let missing: Vec<&String> = want.iter().filter(|f| !got.contains(f)).collect();
+    let extra: Vec<&String> = got.iter().filter(|f| !want.contains(f)).collect();
+    bail!(
+        "the kit's files are not those it describes (cut short or altered): missing {missing:?}, not described {extra:?}"
+    )
+}
+
+/// Writes every `project/` entry below `staging`: plain files and directories only; the files
+/// written, relative to it.
+fn unpack<R: Read>(
+    entries: &mut tar::Entries<'_, R>,
+    staging: &Path,
+) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
     // Directory modes are set last: a 0500 directory would refuse its own files.
     let mut modes = vec![];
+    let mut files = vec![];
     for entry in entries {
         let mut entry = entry.context("reading the kit")?;
         let name = entry.path().context("reading the kit")?.into_owned();
@@ -392,6 +437,7 @@ fn unpack<R: Read>(entries: &mut tar::Entries<'_, R>, staging: &Path) -> anyhow:
                     .with_context(|| format!("writing {}", path.display()))?;
                 file.sync_all().with_context(|| format!("writing {}", path.display()))?;
                 set_mode(&path, mode)?;
+                files.push(rel.display().to_string());
             }
             other => bail!(
                 "kit entry {} is a {other:?}, not a file or directory: refused",
@@ -405,12 +451,14 @@ fn unpack<R: Read>(entries: &mut tar::Entries<'_, R>, staging: &Path) -> anyhow:
     if !staging.join(".env").is_file() {
         bail!("the kit holds no .env");
     }
-    Ok(())
+    Ok(files)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+    // Permission bits only: a kit (which anyone with the public recipient can write) sets no
+    // setuid, setgid or sticky bit.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 

@@ -58,8 +58,10 @@ impl Engine {
         let mine = |labels: &std::collections::HashMap<String, String>| {
             labels.get(PROJECT_HELPER).is_some_and(|o| o == owner)
         };
+        // With their anonymous volumes: the image's `VOLUME`s (gitea's /data, postgres's
+        // data directory) are created empty for every helper; the bind mount is left alone.
         for left in self.containers(mine).await? {
-            self.remove(&left.id, false).await?;
+            self.remove(&left.id, true).await?;
         }
         let image = self
             .brief(like)
@@ -171,9 +173,9 @@ impl ProjectDir {
         self.engine.exists_in(&self.id, &format!("{AT}/{rel}")).await
     }
 
-    /// Removes the helper container.
+    /// Removes the helper container, with the anonymous volumes its image declared.
     pub async fn close(self) -> Result<(), EngineError> {
-        self.engine.remove(&self.id, false).await
+        self.engine.remove(&self.id, true).await
     }
 }
 

@@ -186,6 +186,34 @@ pub struct Interpolated {
     pub suffix: String,
 }
 
+/// The first line of compose file `text`, other than the one holding `span`, that uses variable
+/// `name` for anything but the same image as `value` (another service's `image: <value>`, the
+/// same expression, moves with it as one image decision); `None` when there is none. Such a
+/// variable names more than this service's image: writing it would move that too, untested.
+pub fn shared_use(text: &str, span: &Range<usize>, name: &str, value: &str) -> Option<String> {
+    let uses = |line: &str| {
+        let bytes = line.as_bytes();
+        line.match_indices('$').any(|(i, _)| {
+            let rest = &line[i + 1..];
+            let rest = rest.strip_prefix('{').unwrap_or(rest);
+            // `$$` is a literal dollar; the name must end where an identifier ends.
+            (i == 0 || bytes[i - 1] != b'$')
+                && rest.starts_with(name)
+                && !rest[name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    lines(text).into_iter().find_map(|(start, line)| {
+        if (start..start + line.len()).contains(&span.start) || !uses(line) {
+            return None;
+        }
+        let same_image = line
+            .trim()
+            .strip_prefix("image:")
+            .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == value);
+        (same_image != Some(true)).then(|| line.trim().to_owned())
+    })
+}
+
 /// The variable `value` interpolates, `None` when it has none (`$$` is a literal `$`).
 pub fn interpolation(value: &str) -> Result<Option<Interpolated>, String> {
     let mut found: Option<Interpolated> = None;
@@ -395,5 +423,28 @@ mod tests {
         assert!(retagged("app:1.0", "1.1 ; rm").is_err());
         let pinned = format!("app@sha256:{}", "f".repeat(64));
         assert!(retagged(&pinned, "1.1").is_err());
+    }
+
+    #[test]
+    fn a_variable_used_for_anything_else_is_a_shared_use() {
+        let text = "services:\n  app:\n    image: ${APP_IMAGE:-a:1}\n  worker:\n    image: reg/w:${APP_IMAGE}\n";
+        let span = text.find("${APP_IMAGE:-a:1}").map(|i| i..i + 16).expect("span");
+        assert_eq!(
+            shared_use(text, &span, "APP_IMAGE", "${APP_IMAGE:-a:1}").as_deref(),
+            Some("image: reg/w:${APP_IMAGE}")
+        );
+        let same = "services:\n  a:\n    image: ${S_IMAGE}\n  b:\n    image: \"${S_IMAGE}\"\n";
+        let span = same.find("${S_IMAGE}").map(|i| i..i + 10).expect("span");
+        assert_eq!(
+            shared_use(same, &span, "S_IMAGE", "${S_IMAGE}"),
+            None,
+            "one image, two services"
+        );
+        let env = "services:\n  a:\n    image: ${TAG}\n    environment:\n      V: $TAG\n      W: $TAGS $$TAG\n";
+        let span = env.find("${TAG}").map(|i| i..i + 6).expect("span");
+        assert_eq!(shared_use(env, &span, "TAG", "${TAG}").as_deref(), Some("V: $TAG"));
+        let other = "services:\n  a:\n    image: ${TAG}\n    environment:\n      W: $TAGS $$TAG ${TAGGED}\n";
+        let span = other.find("${TAG}").map(|i| i..i + 6).expect("span");
+        assert_eq!(shared_use(other, &span, "TAG", "${TAG}"), None);
     }
 }
