@@ -63,6 +63,17 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// How to log in to a database container ([`Backups::pg_login`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PgLogin {
+    /// `POSTGRES_USER` (default `postgres`).
+    pub user: String,
+    /// `POSTGRES_DB` (default: the user's).
+    pub database: String,
+    /// `PGPASSWORD=…` when the container has a password.
+    pub env: Vec<String>,
+}
+
 /// Takes backups, verifies and restores them.
 #[derive(Debug, Clone)]
 pub struct Backups {
@@ -204,6 +215,10 @@ impl Backups {
         for t in plan.targets.iter().filter(|t| t.labels.postgres) {
             components.push(self.dump_postgres(id, t).await?);
             steward_failpoints::failpoint!("backup:stored:database");
+            if t.labels.pitr {
+                components.push(self.base_backup(id, t).await?);
+                steward_failpoints::failpoint!("backup:stored:base");
+            }
         }
         for t in plan.targets.iter().filter(|t| !t.labels.paths.is_empty()) {
             components.extend(self.archive_paths(id, t).await?);
@@ -222,16 +237,11 @@ impl Backups {
 
     async fn dump_postgres(&self, id: &str, t: &Target) -> Result<Component, Failure> {
         let name = &t.container.name;
-        let env = self.engine.container_env(name).await.map_err(Failure::plain)?;
-        let user = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
-        let database = env.get("POSTGRES_DB").cloned().unwrap_or_else(|| user.clone());
+        let PgLogin { user, database, env } = self.pg_login(name).await?;
         // Uncompressed custom format: zstd compresses it better and faster than pg_dump's zlib.
         let spec = ExecSpec {
             cmd: ["pg_dump", "-Fc", "-Z0", "-U", &user, "-d", &database].map(String::from).to_vec(),
-            env: env
-                .get("POSTGRES_PASSWORD")
-                .map(|p| vec![format!("PGPASSWORD={p}")])
-                .unwrap_or_default(),
+            env,
             user: None,
         };
         let component = format!("postgres/{name}");
@@ -266,6 +276,19 @@ impl Backups {
             database,
         };
         Ok(self.entry(component, kind, object, stored, raw))
+    }
+
+    /// Who a database's tools run as: the official image's `POSTGRES_USER`, `POSTGRES_DB`
+    /// and `POSTGRES_PASSWORD` (as `PGPASSWORD`), read from the container.
+    pub(crate) async fn pg_login(&self, container: &str) -> Result<PgLogin, Failure> {
+        let env = self.engine.container_env(container).await.map_err(Failure::plain)?;
+        let user = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
+        let database = env.get("POSTGRES_DB").cloned().unwrap_or_else(|| user.clone());
+        let env = env
+            .get("POSTGRES_PASSWORD")
+            .map(|p| vec![format!("PGPASSWORD={p}")])
+            .unwrap_or_default();
+        Ok(PgLogin { user, database, env })
     }
 
     async fn archive_paths(&self, id: &str, t: &Target) -> Result<Vec<Component>, Failure> {

@@ -19,6 +19,7 @@ pub mod guard;
 pub mod heartbeat;
 pub mod journal;
 pub mod pipeline;
+pub mod pitr;
 pub mod progress;
 pub mod restore;
 pub mod retention;

@@ -44,13 +44,18 @@ pub struct RestoreOptions {
     /// Take a safety backup of what the restore replaces first (skipped anyway when there is
     /// nothing to save: no database, an empty one, empty paths).
     pub safety_backup: bool,
+    /// Databases come back from their base backups (whole clusters, `crate::pitr`) instead
+    /// of their dumps; the database containers are stopped for the swap.
+    pub physical: bool,
 }
 
-fn in_scope(c: &Component, scope: RestoreScope) -> bool {
+fn in_scope(c: &Component, scope: RestoreScope, physical: bool) -> bool {
     match (&c.kind, scope) {
         // Brought back by hand on a rebuilt host (`steward-backup extract`, docs/runbooks.md).
         (Kind::Containers | Kind::Events | Kind::Project { .. }, _) => false,
-        (Kind::Postgres { .. }, RestoreScope::All | RestoreScope::Db) => true,
+        // A database comes back from its dump or from its base backup, never both.
+        (Kind::Postgres { .. }, RestoreScope::All | RestoreScope::Db) => !physical,
+        (Kind::PostgresBase { .. }, RestoreScope::All | RestoreScope::Db) => physical,
         (Kind::Path { .. }, RestoreScope::All | RestoreScope::Paths) => true,
         _ => false,
     }
@@ -58,7 +63,9 @@ fn in_scope(c: &Component, scope: RestoreScope) -> bool {
 
 fn container_of(c: &Component) -> Option<&str> {
     match &c.kind {
-        Kind::Postgres { container, .. } | Kind::Path { container, .. } => Some(container),
+        Kind::Postgres { container, .. }
+        | Kind::PostgresBase { container, .. }
+        | Kind::Path { container, .. } => Some(container),
         Kind::Containers | Kind::Events | Kind::Project { .. } => None,
     }
 }
@@ -116,7 +123,7 @@ impl Backups {
     ) -> Result<Restored, Failure> {
         let result = self.restore_attempt(id, scope, options, busy, journal).await;
         if result.is_err() {
-            self.discard_loading_copies(scope, options.allow_unsigned, journal).await;
+            self.discard_loading_copies(scope, options, journal).await;
             self.drop_unfinished_safety(journal).await;
         }
         result
@@ -155,18 +162,19 @@ impl Backups {
     async fn discard_loading_copies(
         &self,
         scope: RestoreScope,
-        allow_unsigned: bool,
+        options: RestoreOptions,
         journal: &RestoreJournal,
     ) {
         let Some(swap) = journal.record.swap.as_ref().filter(|s| s.state == SwapState::Loading)
         else {
             return;
         };
-        let Ok(manifest) = self.resolve_allowing(&journal.record.backup_id, allow_unsigned).await
+        let Ok(manifest) =
+            self.resolve_allowing(&journal.record.backup_id, options.allow_unsigned).await
         else {
             return;
         };
-        for c in manifest.components.iter().filter(|c| in_scope(c, scope)) {
+        for c in manifest.components.iter().filter(|c| in_scope(c, scope, options.physical)) {
             if let Err(e) = self.discard_copy(c, &swap.tag).await {
                 tracing::warn!(component = %c.name, error = %e.reason, "could not remove the restore's copy");
             }
@@ -192,7 +200,7 @@ impl Backups {
         // would leave the data half swapped. That attempt checked everything before it began.
         let committed = journal.record.swap.as_ref().is_some_and(|s| s.state != SwapState::Loading);
         let chosen: Vec<&Component> =
-            manifest.components.iter().filter(|c| in_scope(c, scope)).collect();
+            manifest.components.iter().filter(|c| in_scope(c, scope, options.physical)).collect();
         let mut pins = Pins::new();
         if !committed {
             let conflicts: Vec<String> = manifest
@@ -247,6 +255,20 @@ impl Backups {
                 }
             }
         }
+        // A cluster restored from its base backup is swapped with its server stopped: after
+        // the apps, started again before them.
+        let servers: Vec<String> = chosen
+            .iter()
+            .filter_map(|c| match &c.kind {
+                Kind::PostgresBase { container, .. } => Some(container.clone()),
+                _ => None,
+            })
+            .collect();
+        for server in &servers {
+            if !apps.contains(server) {
+                apps.push(server.clone());
+            }
+        }
         let grace = self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32;
         // What an interrupted attempt stopped is started again by this one.
         let mut stopped: Vec<String> = journal.record.stopped.clone();
@@ -274,6 +296,9 @@ impl Backups {
             result = self.restore_components(&chosen, &pins, journal).await;
         }
         // Started again whatever happened: a failed restore must not leave the stack down.
+        // Database servers first: the apps need them.
+        stopped.sort_by_key(|c| !servers.contains(c));
+        apps.sort_by_key(|c| !servers.contains(c));
         for app in &stopped {
             if let Err(e) = self.engine.start(app).await {
                 tracing::error!(container = %app, error = %e, "could not start the container again");
@@ -375,6 +400,10 @@ impl Backups {
                     self.load_path(c, container, path, pin, tag).await?;
                     steward_failpoints::failpoint!("restore:path_loaded");
                 }
+                Kind::PostgresBase { container, data_dir, .. } => {
+                    self.load_base(c, container, data_dir, pin, tag).await?;
+                    steward_failpoints::failpoint!("restore:base_loaded");
+                }
                 Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
             }
             tracing::info!(component = %c.name, "loaded beside the live data");
@@ -393,6 +422,12 @@ impl Backups {
                 let pin = pins.get(&c.object).map(String::as_str);
                 self.swap_path(c, container, path, pin, tag).await?;
                 steward_failpoints::failpoint!("restore:path_swapped");
+            }
+            Kind::PostgresBase { container, data_dir, .. } => {
+                let side = self.base_sides(c, container, data_dir, tag).await?;
+                self.in_volumes(c, container, SWAP, &side.args(), "swapping in the cluster")
+                    .await?;
+                steward_failpoints::failpoint!("restore:base_swapped");
             }
             Kind::Containers | Kind::Events | Kind::Project { .. } => return Ok(()),
         }
@@ -622,6 +657,51 @@ impl Backups {
         self.in_volumes(c, container, STAGED, &side.args(), "checking the restore's copy").await
     }
 
+    /// The names beside a cluster's data directory, which must be on a mount (a cluster is
+    /// never extracted over a live one).
+    async fn base_sides(
+        &self,
+        c: &Component,
+        container: &str,
+        data_dir: &str,
+        tag: &str,
+    ) -> Result<Sides, Failure> {
+        match Sides::of(data_dir, tag) {
+            Some(side) if self.on_mount(container, &side.path).await? => Ok(side),
+            _ => Err(Failure::plain(format!(
+                "{}: refused: the data directory {data_dir} is not on a volume or bind mount of {container}",
+                c.name
+            ))),
+        }
+    }
+
+    /// Extracts a base backup into `<data_dir>/.steward-restore-<tag>/<name>`, from exactly
+    /// the object checked, each entry checked to stay inside; checks it holds a cluster.
+    async fn load_base(
+        &self,
+        c: &Component,
+        container: &str,
+        data_dir: &str,
+        pin: Option<&str>,
+        tag: &str,
+    ) -> Result<(), Failure> {
+        let side = self.base_sides(c, container, data_dir, tag).await?;
+        self.in_volumes(c, container, PREPARE_BASE, &side.args(), "preparing the restore's copy")
+            .await?;
+        steward_failpoints::failpoint!("restore:staged");
+        let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        let (stream, caught) = catching(midway(stream, "restore:extracting"));
+        let copy = format!("{}/{}", side.staging, side.name);
+        self.engine
+            .upload_tar(container, &copy, stream)
+            .await
+            .map_err(|e| caught.or(Failure::plain(format!("{}: {e}", c.name))))?;
+        self.in_volumes(c, container, STAGED_BASE, &side.args(), "checking the restore's copy")
+            .await
+    }
+
     /// Moves the live entries into `<path>/.steward-old-<tag>/`, then the copy's into the
     /// path (see [`SWAP`]).
     async fn swap_path(
@@ -667,6 +747,10 @@ impl Backups {
                 }
                 _ => Ok(()),
             },
+            Kind::PostgresBase { container, data_dir, .. } => {
+                let side = self.base_sides(c, container, data_dir, tag).await?;
+                self.in_volumes(c, container, DISCARD, &side.args(), "removing the copy").await
+            }
             Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
         }
     }
@@ -686,6 +770,11 @@ impl Backups {
                 }
                 _ => Ok(()),
             },
+            Kind::PostgresBase { container, data_dir, .. } => {
+                let side = self.base_sides(c, container, data_dir, tag).await?;
+                self.in_volumes(c, container, CLEAN, &side.args(), "removing the previous cluster")
+                    .await
+            }
             Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
         }
     }
@@ -838,6 +927,12 @@ if [ -d "$n" ]; then
 fi
 rm -rf -- "$1"
 sync"#;
+/// [`PREPARE`], with the directory the base backup's entries go into.
+const PREPARE_BASE: &str = r#"rm -rf -- "$1" && mkdir -p -- "$1/$3""#;
+/// The copy holds a cluster taken by `pg_basebackup`.
+const STAGED_BASE: &str = r#"for f in PG_VERSION backup_label global/pg_control; do
+  [ -f "$1/$3/$f" ] || { echo "the base backup holds no $f" >&2; exit 3; }
+done"#;
 /// A copy that will not be swapped in.
 const DISCARD: &str = r#"rm -rf -- "$1""#;
 /// The data a successful restore replaced.
@@ -877,7 +972,8 @@ fn kept(chosen: &[&Component], tag: &str) -> String {
             Kind::Postgres { database, .. } => {
                 Some(format!("database {}", side_name(database, "old", tag)))
             }
-            Kind::Path { container, path } => {
+            Kind::Path { container, path }
+            | Kind::PostgresBase { container, data_dir: path, .. } => {
                 Sides::of(path, tag).map(|s| format!("{container}:{}", s.old))
             }
             Kind::Containers | Kind::Events | Kind::Project { .. } => None,
@@ -998,9 +1094,27 @@ mod tests {
         });
         let path = c(Kind::Path { container: "app".into(), path: "/data".into() });
         let configs = c(Kind::Containers);
-        assert!(in_scope(&db, RestoreScope::All) && in_scope(&db, RestoreScope::Db));
-        assert!(!in_scope(&db, RestoreScope::Paths));
-        assert!(in_scope(&path, RestoreScope::Paths) && !in_scope(&path, RestoreScope::Db));
-        assert!(!in_scope(&configs, RestoreScope::All));
+        let base = c(Kind::PostgresBase {
+            container: "db".into(),
+            image: String::new(),
+            user: "u".into(),
+            data_dir: "/var/lib/postgresql/data".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+        });
+        for physical in [false, true] {
+            let in_scope = |c, scope| in_scope(c, scope, physical);
+            assert_eq!(in_scope(&db, RestoreScope::All), !physical);
+            assert_eq!(in_scope(&db, RestoreScope::Db), !physical);
+            assert!(!in_scope(&db, RestoreScope::Paths));
+            // The dump or the base, never both.
+            assert_eq!(in_scope(&base, RestoreScope::All), physical);
+            assert_eq!(in_scope(&base, RestoreScope::Db), physical);
+            assert!(!in_scope(&base, RestoreScope::Paths));
+            assert!(in_scope(&path, RestoreScope::Paths) && !in_scope(&path, RestoreScope::Db));
+            assert!(in_scope(&path, RestoreScope::All));
+            assert!(!in_scope(&configs, RestoreScope::All));
+        }
     }
 }

@@ -90,7 +90,9 @@ impl Backups {
         let mut only: Vec<String> = vec![];
         for c in chosen {
             let name = match &c.kind {
-                Kind::Postgres { container, .. } | Kind::Path { container, .. } => container,
+                Kind::Postgres { container, .. }
+                | Kind::PostgresBase { container, .. }
+                | Kind::Path { container, .. } => container,
                 Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
             };
             if !only.contains(name) {
@@ -166,6 +168,8 @@ impl Backups {
                         return Ok(true);
                     }
                 }
+                // A running cluster always holds something (its catalogs, its roles).
+                Kind::PostgresBase { .. } => return Ok(true),
                 Kind::Containers | Kind::Events | Kind::Project { .. } => {}
             }
         }

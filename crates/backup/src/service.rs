@@ -667,6 +667,7 @@ impl BackupService {
                                 let options = RestoreOptions {
                                     allow_unsigned: r.allow_unsigned,
                                     safety_backup: !r.no_safety_backup,
+                                    ..Default::default()
                                 };
                                 let job = backups.restore_journaled(
                                     &r.backup_id,

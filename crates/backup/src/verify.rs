@@ -48,7 +48,11 @@ impl Backups {
                     self.load_into_scratch(&id, c, image, container, user, database).await?;
                     database_restored = true;
                 }
-                Kind::Path { .. } | Kind::Containers | Kind::Events | Kind::Project { .. } => {
+                Kind::Path { .. }
+                | Kind::PostgresBase { .. }
+                | Kind::Containers
+                | Kind::Events
+                | Kind::Project { .. } => {
                     pipeline::check_component(self.read_io(), c).await.map_err(Failure::plain)?
                 }
             }
