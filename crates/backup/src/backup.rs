@@ -248,18 +248,8 @@ impl Backups {
         let object = self.object_name(format!("{id}/postgres-{}.dump.zst", manifest::slug(name)));
         tracing::info!(backup = id, component, "dumping");
         self.meter.item(&component);
-        let mut exec = self
-            .engine
-            .exec_stdout(name, &spec, STDERR_LINES)
-            .await
-            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-        let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
-        let stored =
-            pipeline::store_stream(self.io(), &object, stdout, self.config.zstd_level).await;
-        let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-        // The exit code first: a failing pg_dump often leaves a plausible-looking prefix.
-        Failure::check_exit(&out, format!("{component}: pg_dump"))?;
-        let (stored, raw) = stored.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let (stored, raw, out) =
+            self.store_exec_stdout(name, &spec, &object, &component, STDERR_LINES).await?;
         if raw.size == 0 || !raw.head.starts_with(b"PGDMP") {
             return Err(Failure {
                 reason: format!(
@@ -276,6 +266,32 @@ impl Backups {
             database,
         };
         Ok(self.entry(component, kind, object, stored, raw))
+    }
+
+    /// Stores the stdout of `spec` run in `container` as `object`; the command's exit code is
+    /// checked before the upload's result (a failing command often leaves a plausible-looking
+    /// prefix). Returns what was stored, the raw bytes' count and the command's stderr tail.
+    pub(crate) async fn store_exec_stdout(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        object: &str,
+        component: &str,
+        keep_stderr: usize,
+    ) -> Result<(Stored, Counted, steward_engine::ExecOutput), Failure> {
+        let mut exec = self
+            .engine
+            .exec_stdout(container, spec, keep_stderr)
+            .await
+            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
+        let stored =
+            pipeline::store_stream(self.io(), object, stdout, self.config.zstd_level).await;
+        let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let program = spec.cmd.first().map(String::as_str).unwrap_or_default();
+        Failure::check_exit(&out, format!("{component}: {program}"))?;
+        let (stored, raw) = stored.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        Ok((stored, raw, out))
     }
 
     /// Who a database's tools run as: the official image's `POSTGRES_USER`, `POSTGRES_DB`

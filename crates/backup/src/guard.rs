@@ -32,7 +32,9 @@ impl Backups {
                     (container, Wants::Database)
                 }
                 Kind::Path { container, path } => (container, Wants::Path(path)),
-                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                    continue
+                }
             };
             let Some(labels) =
                 self.engine.container_labels(container).await.map_err(Failure::plain)?

@@ -29,6 +29,7 @@ pub mod stack;
 pub mod tarcheck;
 pub mod targets;
 pub mod verify;
+pub mod wal;
 
 use steward_events::Service;
 

@@ -242,9 +242,11 @@ pub async fn read_component_pinned(
             tarcheck::guarded_contents(checked, data_dir, &component.name)
         }
         // Never unpacked onto a host by Steward: handed to the operator as they are.
-        Kind::Postgres { .. } | Kind::Containers | Kind::Events | Kind::Project { .. } => {
-            checked.boxed()
-        }
+        Kind::Postgres { .. }
+        | Kind::Containers
+        | Kind::Events
+        | Kind::Project { .. }
+        | Kind::Wal { .. } => checked.boxed(),
     };
     Ok((stream, etag))
 }

@@ -23,7 +23,6 @@ use steward_engine::ExecSpec;
 use steward_store::manifest::{self, Component, Kind};
 
 use crate::backup::{Backups, Failure};
-use crate::pipeline;
 use crate::restore::psql;
 use crate::targets::Target;
 
@@ -89,17 +88,8 @@ impl Backups {
             self.object_name(format!("{id}/postgres-base-{}.tar.zst", manifest::slug(name)));
         tracing::info!(backup = id, component, "taking the base backup");
         self.meter.item(&component);
-        let mut exec = self
-            .engine
-            .exec_stdout(name, &spec, STDERR_LINES)
-            .await
-            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-        let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
-        let stored =
-            pipeline::store_stream(self.io(), &object, stdout, self.config.zstd_level).await;
-        let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-        Failure::check_exit(&out, format!("{component}: pg_basebackup"))?;
-        let (stored, raw) = stored.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let (stored, raw, out) =
+            self.store_exec_stdout(name, &spec, &object, &component, STDERR_LINES).await?;
         // pg_basebackup writes `backup_label` first: anything else is not a base backup.
         if raw.size == 0 || !raw.head.starts_with(b"backup_label") {
             return Err(Failure {
@@ -131,7 +121,7 @@ impl Backups {
 
     /// The server's `data_directory` (not `PGDATA` from the environment: the server's own
     /// word), absolute and without `.` or `..`.
-    async fn data_directory(
+    pub(crate) async fn data_directory(
         &self,
         component: &str,
         container: &str,

@@ -52,7 +52,7 @@ pub struct RestoreOptions {
 fn in_scope(c: &Component, scope: RestoreScope, physical: bool) -> bool {
     match (&c.kind, scope) {
         // Brought back by hand on a rebuilt host (`steward-backup extract`, docs/runbooks.md).
-        (Kind::Containers | Kind::Events | Kind::Project { .. }, _) => false,
+        (Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. }, _) => false,
         // A database comes back from its dump or from its base backup, never both.
         (Kind::Postgres { .. }, RestoreScope::All | RestoreScope::Db) => !physical,
         (Kind::PostgresBase { .. }, RestoreScope::All | RestoreScope::Db) => physical,
@@ -66,7 +66,7 @@ fn container_of(c: &Component) -> Option<&str> {
         Kind::Postgres { container, .. }
         | Kind::PostgresBase { container, .. }
         | Kind::Path { container, .. } => Some(container),
-        Kind::Containers | Kind::Events | Kind::Project { .. } => None,
+        Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => None,
     }
 }
 
@@ -404,7 +404,9 @@ impl Backups {
                     self.load_base(c, container, data_dir, pin, tag).await?;
                     steward_failpoints::failpoint!("restore:base_loaded");
                 }
-                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                    continue
+                }
             }
             tracing::info!(component = %c.name, "loaded beside the live data");
         }
@@ -429,7 +431,9 @@ impl Backups {
                     .await?;
                 steward_failpoints::failpoint!("restore:base_swapped");
             }
-            Kind::Containers | Kind::Events | Kind::Project { .. } => return Ok(()),
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                return Ok(())
+            }
         }
         tracing::info!(component = %c.name, "swapped in");
         Ok(())
@@ -751,7 +755,7 @@ impl Backups {
                 let side = self.base_sides(c, container, data_dir, tag).await?;
                 self.in_volumes(c, container, DISCARD, &side.args(), "removing the copy").await
             }
-            Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => Ok(()),
         }
     }
 
@@ -775,7 +779,7 @@ impl Backups {
                 self.in_volumes(c, container, CLEAN, &side.args(), "removing the previous cluster")
                     .await
             }
-            Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => Ok(()),
         }
     }
 
@@ -976,7 +980,7 @@ fn kept(chosen: &[&Component], tag: &str) -> String {
             | Kind::PostgresBase { container, data_dir: path, .. } => {
                 Sides::of(path, tag).map(|s| format!("{container}:{}", s.old))
             }
-            Kind::Containers | Kind::Events | Kind::Project { .. } => None,
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => None,
         })
         .collect();
     format!("the data it replaced is kept in {}", places.join(", "))

@@ -93,7 +93,9 @@ impl Backups {
                 Kind::Postgres { container, .. }
                 | Kind::PostgresBase { container, .. }
                 | Kind::Path { container, .. } => container,
-                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                    continue
+                }
             };
             if !only.contains(name) {
                 only.push(name.clone());
@@ -170,7 +172,7 @@ impl Backups {
                 }
                 // A running cluster always holds something (its catalogs, its roles).
                 Kind::PostgresBase { .. } => return Ok(true),
-                Kind::Containers | Kind::Events | Kind::Project { .. } => {}
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {}
             }
         }
         Ok(false)

@@ -32,6 +32,8 @@ pub struct BackupService {
     backups: Backups,
     /// Backups, verifications and restores never overlap.
     lock: Arc<Mutex<()>>,
+    /// WAL shipping pauses while a restore runs (it goes on during backups).
+    shipping: Arc<Mutex<()>>,
 }
 
 impl BackupService {
@@ -43,7 +45,7 @@ impl BackupService {
         let verify_schedule = cfg.verify_schedule.clone();
         let max_age = cfg.max_age;
         let backups = Backups::new(engine, store, cfg).with_bus(ctx.bus.clone());
-        let service = Self { backups, lock: Default::default() };
+        let service = Self { backups, lock: Default::default(), shipping: Default::default() };
         let scheduled = service.clone();
         let ctx_for_schedule = ctx.clone();
         ctx.spawn("backup schedule", async move {
@@ -62,7 +64,43 @@ impl BackupService {
         });
         let (watched, ctx_for_age) = (service.clone(), ctx.clone());
         ctx.spawn("backup age", async move { watched.watch_age(max_age, ctx_for_age).await });
+        let (shipper, ctx_for_wal) = (service.clone(), ctx.clone());
+        ctx.spawn("wal shipping", async move { shipper.ship_wal(ctx_for_wal).await });
         Ok(service)
+    }
+
+    /// Ships the WAL of every `steward.backup.pitr` cluster, every
+    /// [`crate::config::PitrConfig::tick`] ([`crate::wal`]). A failure is logged when it
+    /// starts, changes or ends, not every round.
+    async fn ship_wal(self, ctx: Context) {
+        let tick = self.backups.config().pitr.tick();
+        let mut state = crate::wal::ShipState::default();
+        let mut failing: std::collections::HashMap<String, String> = Default::default();
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let _no_restore = self.shipping.lock().await;
+            let rounds = match self.backups.ship_all(&mut state).await {
+                Ok(rounds) => rounds,
+                Err(f) => vec![(String::new(), Err(f))],
+            };
+            for (container, round) in rounds {
+                match round {
+                    Ok(_) => {
+                        if failing.remove(&container).is_some() {
+                            tracing::info!(container = %container, "WAL shipping works again");
+                        }
+                    }
+                    Err(f) if failing.get(&container) != Some(&f.reason) => {
+                        tracing::error!(container = %container, error = %f.reason, stderr = ?f.stderr_tail, "WAL shipping failed");
+                        failing.insert(container, f.reason);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
     }
 
     /// Says `backup.stale` when the newest verified backup (checked after it was taken, or
@@ -624,6 +662,7 @@ impl BackupService {
         r: &steward_events::RestoreRequested,
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
+        let _no_shipping = self.shipping.lock().await;
         let started = Instant::now();
         let journal = self.journal();
         let key = cause.id.to_string();

@@ -52,7 +52,8 @@ impl Backups {
                 | Kind::PostgresBase { .. }
                 | Kind::Containers
                 | Kind::Events
-                | Kind::Project { .. } => {
+                | Kind::Project { .. }
+                | Kind::Wal { .. } => {
                     pipeline::check_component(self.read_io(), c).await.map_err(Failure::plain)?
                 }
             }

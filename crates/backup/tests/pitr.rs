@@ -158,3 +158,154 @@ async fn a_plain_restore_uses_the_dump_and_leaves_the_cluster_alone() {
     assert!(databases(&stack).contains("kept"));
     stack.destroy_bucket().await;
 }
+
+/// The WAL files (`pg_wal` names) of `container` with a record in the bucket, sorted.
+async fn shipped_files(stack: &Stack) -> Vec<String> {
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let mut files: Vec<String> = stack
+        .store
+        .list_objects(&dir)
+        .await
+        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+        .iter()
+        .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json").map(String::from))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Segment numbers (log and segment parts) of timeline-1 segment names, to check they follow
+/// each other.
+fn segment_number(file: &str) -> Option<u64> {
+    let log = u64::from_str_radix(file.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(file.get(16..24)?, 16).ok()?;
+    // 16 MiB segments: 256 a log file.
+    Some(log * 256 + seg)
+}
+
+/// One shipping round, which must succeed for every container.
+async fn ship_round(
+    backups: &steward_backup::Backups,
+    state: &mut steward_backup::wal::ShipState,
+) -> Vec<(String, Result<steward_backup::wal::Shipped, steward_backup::Failure>)> {
+    let rounds = backups.ship_all(state).await.unwrap_or_else(|e| panic!("{e}"));
+    for (container, round) in &rounds {
+        if let Err(e) = round {
+            panic!("shipping {container} failed: {e} {:?}", e.stderr_tail);
+        }
+    }
+    rounds
+}
+
+fn pitr_stack_config(stack: &Stack) -> steward_backup::Backups {
+    let mut config = stack.backups.config().clone();
+    config.pitr.max_lag = std::time::Duration::from_secs(4);
+    steward_backup::Backups::new(steward_engine::Engine::from_env(), stack.store.clone(), config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_is_shipped_signed_within_the_lag_across_a_database_restart() {
+    use std::time::{Duration, Instant};
+    use steward_backup::wal::ShipState;
+    let stack = Stack::start_pitr("pitr-ship", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    let tick = backups.config().pitr.tick();
+    let mut state = ShipState::default();
+    let rounds = ship_round(&backups, &mut state).await;
+    assert_eq!(rounds.len(), 1, "{rounds:?}");
+    assert!(rounds[0].1.as_ref().is_ok_and(|r| r.receiver_started), "{rounds:?}");
+    stack.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+
+    // Each commit's segment must reach the bucket; the time it took is the RPO of that commit.
+    let mut lags = vec![];
+    let mut restarted = false;
+    for i in 1..=6 {
+        if i == 4 {
+            // PostgreSQL goes away mid-stream: its receiver with it.
+            docker(&["restart", &stack.db.name]);
+            restarted = true;
+            steward_testkit::wait_for("PostgreSQL back", Duration::from_secs(60), || {
+                let out = std::process::Command::new("docker")
+                    .args(["exec", &stack.db.name, "pg_isready", "-U", DB_USER])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(())
+            });
+        }
+        let file = stack.psql(&format!(
+            "INSERT INTO ticks VALUES ({i}, clock_timestamp()) RETURNING pg_walfile_name(pg_current_wal_insert_lsn())"
+        ));
+        let file = file.lines().next().unwrap_or_default().to_owned();
+        let committed = Instant::now();
+        let mut rounds_left = 120u32;
+        loop {
+            if backups.wal_record(&stack.db.name, &file).await.ok().flatten().is_some() {
+                lags.push(committed.elapsed());
+                break;
+            }
+            rounds_left = rounds_left
+                .checked_sub(1)
+                .unwrap_or_else(|| panic!("{file} (commit {i}) not shipped after 120 rounds"));
+            tokio::time::sleep(tick).await;
+            ship_round(&backups, &mut state).await;
+        }
+    }
+    assert!(restarted);
+    let worst = lags.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "RPO: commit to its WAL in the bucket, max lag 4s, tick {tick:?}: {:?} (worst {worst:?})",
+        lags
+    );
+
+    // No gap: every segment from the first shipped to the last, once each.
+    let files = shipped_files(&stack).await;
+    let numbers: Vec<u64> = files.iter().filter_map(|f| segment_number(f)).collect();
+    assert!(numbers.len() >= 6, "{files:?}");
+    for pair in numbers.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "a gap in {files:?}");
+    }
+    // Each is signed, and its object matches its record.
+    for f in &files {
+        let record = backups
+            .wal_record(&stack.db.name, f)
+            .await
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .unwrap_or_else(|| panic!("{f}: no record"));
+        steward_backup::pipeline::check_component(
+            steward_backup::pipeline::Io {
+                store: &stack.store,
+                keys: &backups.config().keys,
+                meter: &Default::default(),
+            },
+            &record,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    // The spool holds at most the segment being received.
+    let spool =
+        docker(&["exec", &stack.db.name, "sh", "-c", "ls \"$PGDATA/pgsql_tmp_steward_wal\""]);
+    assert!(spool.lines().all(|l| l.ends_with(".partial")), "{spool}");
+
+    // A hostile bucket: an edited record and an unsigned one are refused, not used.
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let first = &files[0];
+    let body = stack.stored_bytes(&format!("{dir}/{first}.json")).await;
+    let edited =
+        String::from_utf8_lossy(&body).replacen("\"raw_sha256\": \"", "\"raw_sha256\": \"0", 1);
+    stack
+        .store
+        .put(&format!("{dir}/{first}.json"), bytes::Bytes::from(edited.into_bytes()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = backups.wal_record(&stack.db.name, first).await.err().map(|e| e.reason);
+    assert!(
+        e.as_deref().is_some_and(|e| e.contains("refused") && e.contains("does not match")),
+        "{e:?}"
+    );
+    let second = &files[1];
+    stack.store.delete(&format!("{dir}/{second}.sig")).await.unwrap_or_else(|e| panic!("{e}"));
+    let e = backups.wal_record(&stack.db.name, second).await.err().map(|e| e.reason);
+    assert!(e.as_deref().is_some_and(|e| e.contains("not signed")), "{e:?}");
+    stack.destroy_bucket().await;
+}

@@ -492,6 +492,32 @@ impl Engine {
 }
 
 impl Engine {
+    /// Starts `spec` in a running container and returns without waiting: a long-lived helper
+    /// (PostgreSQL's `pg_receivewal`) that lives and dies with the container, watched by the
+    /// caller through the container's own state, not through this call. Its output is lost.
+    pub async fn exec_detached(&self, container: &str, spec: &ExecSpec) -> Result<(), EngineError> {
+        let docker = self.client()?;
+        let what = format!("exec {:?} in {container}", spec.cmd.first());
+        let config = bollard::models::ExecConfig {
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            cmd: Some(spec.cmd.clone()),
+            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+            user: spec.user.clone(),
+            ..Default::default()
+        };
+        let exec = self
+            .timed(docker.create_exec(container, config))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
+        let options = bollard::exec::StartExecOptions { detach: true, ..Default::default() };
+        self.timed(docker.start_exec(&exec.id, Some(options)))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
+        Ok(())
+    }
+
     /// Runs `spec` (with its user and env) in a running container and waits for it, keeping
     /// the last `keep` lines of output.
     pub async fn exec_as(

@@ -66,6 +66,17 @@ pub enum Kind {
         /// The end of the WAL the backup needs to be consistent.
         stop_lsn: String,
     },
+    /// One WAL segment (or timeline history file) of a `steward.backup.pitr` cluster, as
+    /// `pg_receivewal` wrote it: not in a backup's manifest but in its own signed record
+    /// beside the object (`wal/<container>/<file>.json`).
+    Wal {
+        /// The database container.
+        container: String,
+        /// The timeline the file belongs to.
+        timeline: u32,
+        /// The file's name in `pg_wal` (`000000010000000000000003`, `00000002.history`).
+        file: String,
+    },
     /// A tar of one path, as the Docker archive API gives it.
     Path {
         /// The container.
