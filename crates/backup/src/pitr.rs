@@ -19,12 +19,48 @@
 //! nothing to stage beside); every tar entry is checked to stay inside it
 //! ([`crate::tarcheck::guarded_contents`]) before it reaches the engine.
 
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
 use steward_engine::ExecSpec;
 use steward_store::manifest::{self, Component, Kind};
+use time::OffsetDateTime;
 
 use crate::backup::{Backups, Failure};
+use crate::pipeline;
 use crate::restore::psql;
 use crate::targets::Target;
+use crate::wal::{wal_dir, wal_file_timeline};
+
+/// Where the WAL to replay is put in the scratch server's data directory (left out of what
+/// is copied back).
+const REPLAY_DIR: &str = "pgsql_tmp_steward_replay";
+/// The longest a scratch server may take to replay and promote.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(2 * 3600);
+
+/// How far a point-in-time restore replays the shipped WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointInTime {
+    /// Every shipped segment (the newest state the bucket holds).
+    Latest,
+    /// Up to and including the transactions committed at this time
+    /// (`recovery_target_time`, inclusive).
+    At(OffsetDateTime),
+}
+
+impl PointInTime {
+    /// `latest` or an RFC 3339 time (`2026-11-30T08:00:00Z`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.trim() == "latest" {
+            return Ok(Self::Latest);
+        }
+        OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+            .map(Self::At)
+            .map_err(|e| format!("{s:?} is neither latest nor an RFC 3339 time: {e}"))
+    }
+}
 
 /// Lines of `pg_basebackup --verbose` stderr kept: its start and end points are among them.
 const STDERR_LINES: usize = 40;
@@ -143,6 +179,235 @@ impl Backups {
     }
 }
 
+impl Backups {
+    /// Builds the cluster of base backup `c` recovered to `to` in a scratch server of the
+    /// same image (its WAL from the bucket, each file's signed record and checksums checked),
+    /// proves it (promoted, answering queries, the replay's end logged), and copies its data
+    /// directory into `staging` of the live container, which is not touched otherwise.
+    pub(crate) async fn recover_into(
+        &self,
+        c: &Component,
+        pin: Option<&str>,
+        to: PointInTime,
+        staging: &str,
+    ) -> Result<(), Failure> {
+        let Kind::PostgresBase { container, image, data_dir, timeline, start_lsn, .. } = &c.kind
+        else {
+            return Err(Failure::plain(format!("{}: not a base backup", c.name)));
+        };
+        let files = self.wal_to_replay(c, container, *timeline, start_lsn).await?;
+        let image = self.scratch_image(c, image, container).await?;
+        let name = format!("steward-pitr-{}", manifest::slug(container));
+        let replay = format!("{data_dir}/{REPLAY_DIR}");
+        let mut cmd: Vec<String> = vec!["postgres".into()];
+        let mut set = |k: &str, v: String| cmd.extend(["-c".into(), format!("{k}={v}")]);
+        set("restore_command", format!("cp {replay}/%f %p"));
+        set("recovery_target_action", "promote".into());
+        set("archive_mode", "off".into());
+        set("max_slot_wal_keep_size", "-1".into());
+        if let PointInTime::At(t) = to {
+            let t = t.to_offset(time::UtcOffset::UTC);
+            // PostgreSQL's timestamptz input; microseconds are its precision.
+            let format = time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00"
+            );
+            let shown =
+                t.format(&format).map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+            set("recovery_target_time", shown);
+        }
+        // A leftover from a restore that died half-way would block the name.
+        let _ = self.engine.remove(&name, true).await;
+        let env = vec!["POSTGRES_PASSWORD=unused".into()];
+        let scratch = self
+            .engine
+            .create_scratch(&name, &image, env, Some(cmd))
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        let result = self.recover_in(c, &scratch, pin, &files, to, staging).await;
+        if let Err(e) = self.engine.remove(&scratch, true).await {
+            tracing::warn!(container = %name, error = %e, "could not remove the scratch server");
+        }
+        result
+    }
+
+    /// The WAL files to replay on base backup `c`: its timeline's segments from its start
+    /// on, as long as they follow each other (the first missing one ends what can be
+    /// replayed), and every later timeline's history and segments.
+    async fn wal_to_replay(
+        &self,
+        c: &Component,
+        container: &str,
+        timeline: u32,
+        start_lsn: &str,
+    ) -> Result<Vec<Component>, Failure> {
+        let dir = wal_dir(container);
+        let listed = self.reading.list_objects(&dir).await.map_err(Failure::plain)?;
+        let mut names: Vec<String> = listed
+            .iter()
+            .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json"))
+            .filter(|f| wal_file_timeline(f).is_some_and(|t| t >= timeline))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        let start = crate::wal::parse_lsn(start_lsn)
+            .ok_or_else(|| Failure::plain(format!("{}: unreadable start {start_lsn}", c.name)))?;
+        let mut files = vec![];
+        let mut expected: Option<u64> = None;
+        for name in names {
+            let record = self
+                .wal_record(container, &name)
+                .await?
+                .ok_or_else(|| Failure::plain(format!("{dir}/{name}: gone while listed")))?;
+            if wal_file_timeline(&name) == Some(timeline) && !name.ends_with(".history") {
+                let Some(number) = segment_number(&name, record.raw_size) else { continue };
+                if number.saturating_add(1).saturating_mul(record.raw_size) <= start {
+                    continue; // before the base
+                }
+                match expected {
+                    Some(e) if number != e => {
+                        tracing::warn!(component = %c.name, missing_from = e, "WAL missing: the replay ends before it");
+                        break;
+                    }
+                    _ => expected = Some(number.saturating_add(1)),
+                }
+            }
+            files.push(record);
+        }
+        Ok(files)
+    }
+
+    async fn recover_in(
+        &self,
+        c: &Component,
+        scratch: &str,
+        pin: Option<&str>,
+        files: &[Component],
+        to: PointInTime,
+        staging: &str,
+    ) -> Result<(), Failure> {
+        let Kind::PostgresBase { container, user, data_dir, .. } = &c.kind else {
+            return Err(Failure::plain(format!("{}: not a base backup", c.name)));
+        };
+        let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
+        self.engine
+            .upload_tar(scratch, data_dir, stream)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: into the scratch server: {e}", c.name)))?;
+        for f in files {
+            let Kind::Wal { file, .. } = &f.kind else { continue };
+            let data = pipeline::read_component(self.read_io(), f)
+                .await
+                .map_err(|e| Failure::plain(format!("{}: {e}", f.name)))?;
+            let tar = single_file_tar(&format!("{REPLAY_DIR}/{file}"), f.raw_size, data)
+                .map_err(|e| Failure::plain(format!("{}: {e}", f.name)))?;
+            self.engine
+                .upload_tar(scratch, data_dir, tar)
+                .await
+                .map_err(|e| Failure::plain(format!("{}: into the scratch server: {e}", f.name)))?;
+        }
+        let signal = single_file_tar("recovery.signal", 0, futures::stream::empty().boxed())
+            .map_err(Failure::plain)?;
+        self.engine.upload_tar(scratch, data_dir, signal).await.map_err(Failure::plain)?;
+        self.engine.start(scratch).await.map_err(Failure::plain)?;
+        tracing::info!(component = %c.name, wal_files = files.len(), ?to, "replaying in a scratch server");
+        let replayed = self.wait_promoted(c, scratch, user).await?;
+        tracing::info!(component = %c.name, last_replayed_transaction = %replayed, "the scratch server is promoted and answers");
+        let clean = ["rm", "-rf", "--", &format!("{data_dir}/{REPLAY_DIR}")].map(String::from);
+        let out = self.engine.exec(scratch, clean.to_vec(), 5).await.map_err(Failure::plain)?;
+        Failure::check_exit(&out, format!("{}: cleaning the scratch server", c.name))?;
+        // A clean shutdown: the copy starts without recovery.
+        self.engine.stop(scratch, 120).await.map_err(Failure::plain)?;
+        let copy = crate::tarcheck::guarded(
+            self.engine.download_path(scratch, data_dir),
+            data_dir,
+            &c.name,
+        );
+        self.engine
+            .upload_tar(container, staging, copy)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: copying the recovered cluster: {e}", c.name)))
+    }
+
+    /// Waits until the scratch server has left recovery and answers; the time of the last
+    /// transaction it replayed (or `none`). A server that exits (a target the WAL does not
+    /// reach, a missing segment) fails with its last log lines.
+    async fn wait_promoted(
+        &self,
+        c: &Component,
+        scratch: &str,
+        user: &str,
+    ) -> Result<String, Failure> {
+        let started = Instant::now();
+        let sql =
+            "SELECT pg_is_in_recovery(), coalesce(pg_last_xact_replay_timestamp()::text, 'none')";
+        loop {
+            if self.engine.is_running(scratch).await.map_err(Failure::plain)? != Some(true) {
+                let tail = self.engine.logs_tail(scratch, 20).await.unwrap_or_default();
+                return Err(Failure {
+                    reason: format!(
+                        "{}: the recovered server stopped before it was promoted",
+                        c.name
+                    ),
+                    stderr_tail: tail,
+                });
+            }
+            let out = self.engine.exec(scratch, psql(user, "postgres", sql), 5).await;
+            if let Some(out) = out.ok().filter(|o| o.exit_code == 0) {
+                if let Some((recovering, at)) =
+                    out.tail.last().and_then(|l| l.trim().split_once('|'))
+                {
+                    if recovering == "f" {
+                        return Ok(at.to_owned());
+                    }
+                }
+            }
+            if started.elapsed() > RECOVERY_LIMIT {
+                let tail = self.engine.logs_tail(scratch, 20).await.unwrap_or_default();
+                return Err(Failure {
+                    reason: format!("{}: not promoted after {RECOVERY_LIMIT:?}", c.name),
+                    stderr_tail: tail,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// The number of segment `name` (of `size` bytes) in its timeline: its LSN divided by the
+/// segment size.
+fn segment_number(name: &str, size: u64) -> Option<u64> {
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    let per_log = 0x1_0000_0000u64.checked_div(size).filter(|n| *n > 0)?;
+    log.checked_mul(per_log)?.checked_add(seg)
+}
+
+/// A tar holding one file `name` of `size` bytes read from `data`: what the archive API
+/// takes. The data must be exactly `size` bytes (it is the signed raw size, checked by the
+/// pipeline).
+fn single_file_tar(
+    name: &str,
+    size: u64,
+    data: futures::stream::BoxStream<'static, io::Result<Bytes>>,
+) -> Result<futures::stream::BoxStream<'static, io::Result<Bytes>>, String> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(name).map_err(|e| format!("{name}: {e}"))?;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let head = Bytes::copy_from_slice(header.as_bytes());
+    let pad = usize::try_from((512 - size % 512) % 512).unwrap_or(0);
+    // The file's padding, then the two zero blocks that end an archive.
+    let tail = Bytes::from(vec![0u8; pad + 1024]);
+    Ok(futures::stream::once(async move { Ok(head) })
+        .chain(data)
+        .chain(futures::stream::once(async move { Ok(tail) }))
+        .boxed())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +449,36 @@ mod tests {
         assert_eq!(wal_range(&bad), None);
         assert_eq!(lsn_text("123456789/0"), None);
         assert_eq!(lsn_text("/1"), None);
+    }
+
+    #[test]
+    fn points_in_time_and_segment_numbers() {
+        assert_eq!(PointInTime::parse("latest"), Ok(PointInTime::Latest));
+        assert_eq!(
+            PointInTime::parse("2026-11-30T08:00:00Z"),
+            Ok(PointInTime::At(time::macros::datetime!(2026-11-30 08:00:00 UTC)))
+        );
+        assert!(PointInTime::parse("yesterday").is_err());
+        let mib16 = 16 << 20;
+        assert_eq!(segment_number("000000010000000000000003", mib16), Some(3));
+        assert_eq!(segment_number("000000010000000100000000", mib16), Some(256));
+        assert_eq!(segment_number("00000001", mib16), None);
+        assert_eq!(segment_number("000000010000000000000003", 0), None);
+    }
+
+    #[tokio::test]
+    async fn a_single_file_tar_reads_back() {
+        let data = futures::stream::once(async { Ok(Bytes::from_static(b"hello")) }).boxed();
+        let tar = single_file_tar("dir/f", 5, data).unwrap_or_else(|e| panic!("{e}"));
+        let bytes: Vec<u8> =
+            tar.map(|c| c.unwrap_or_default().to_vec()).collect::<Vec<_>>().await.concat();
+        assert_eq!(bytes.len() % 512, 0);
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut entries = archive.entries().unwrap_or_else(|e| panic!("{e}"));
+        let mut entry = entries.next().and_then(|e| e.ok()).unwrap_or_else(|| panic!("no entry"));
+        assert_eq!(entry.path().ok().map(|p| p.display().to_string()).as_deref(), Some("dir/f"));
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut body).unwrap_or_default();
+        assert_eq!(body, "hello");
     }
 }

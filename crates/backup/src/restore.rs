@@ -47,6 +47,9 @@ pub struct RestoreOptions {
     /// Databases come back from their base backups (whole clusters, `crate::pitr`) instead
     /// of their dumps; the database containers are stopped for the swap.
     pub physical: bool,
+    /// With `physical`: the shipped WAL replayed on the base up to this point, in a scratch
+    /// server first ([`crate::pitr`]); without it, the base alone.
+    pub to_time: Option<crate::pitr::PointInTime>,
 }
 
 fn in_scope(c: &Component, scope: RestoreScope, physical: bool) -> bool {
@@ -293,7 +296,7 @@ impl Backups {
         if result.is_ok() {
             let total = chosen.iter().map(|c| c.raw_size).sum();
             self.meter.phase("restoring", Some(total));
-            result = self.restore_components(&chosen, &pins, journal).await;
+            result = self.restore_components(&chosen, &pins, options.to_time, journal).await;
         }
         // Started again whatever happened: a failed restore must not leave the stack down.
         // Database servers first: the apps need them.
@@ -344,6 +347,7 @@ impl Backups {
         &self,
         chosen: &[&Component],
         pins: &Pins,
+        to_time: Option<crate::pitr::PointInTime>,
         journal: &mut RestoreJournal,
     ) -> Result<Vec<String>, Failure> {
         let state = journal.record.swap.as_ref().map(|s| s.state);
@@ -353,7 +357,7 @@ impl Backups {
                 .await
                 .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
             steward_failpoints::failpoint!("restore:loading");
-            if let Err(mut f) = self.load_all(chosen, pins, &tag).await {
+            if let Err(mut f) = self.load_all(chosen, pins, to_time, &tag).await {
                 for c in chosen {
                     if let Err(e) = self.discard_copy(c, &tag).await {
                         tracing::warn!(component = %c.name, error = %e, "could not remove the restore's copy");
@@ -388,7 +392,13 @@ impl Backups {
         Ok(chosen.iter().map(|c| c.name.clone()).collect())
     }
 
-    async fn load_all(&self, chosen: &[&Component], pins: &Pins, tag: &str) -> Result<(), Failure> {
+    async fn load_all(
+        &self,
+        chosen: &[&Component],
+        pins: &Pins,
+        to_time: Option<crate::pitr::PointInTime>,
+        tag: &str,
+    ) -> Result<(), Failure> {
         for c in chosen {
             let pin = pins.get(&c.object).map(String::as_str);
             match &c.kind {
@@ -401,7 +411,29 @@ impl Backups {
                     steward_failpoints::failpoint!("restore:path_loaded");
                 }
                 Kind::PostgresBase { container, data_dir, .. } => {
-                    self.load_base(c, container, data_dir, pin, tag).await?;
+                    match to_time {
+                        None => self.load_base(c, container, data_dir, pin, tag).await?,
+                        Some(to) => {
+                            let side = self.base_sides(c, container, data_dir, tag).await?;
+                            self.in_volumes(
+                                c,
+                                container,
+                                PREPARE,
+                                &side.args(),
+                                "preparing the restore's copy",
+                            )
+                            .await?;
+                            self.recover_into(c, pin, to, &side.staging).await?;
+                            self.in_volumes(
+                                c,
+                                container,
+                                STAGED_BASE,
+                                &side.args(),
+                                "checking the restore's copy",
+                            )
+                            .await?;
+                        }
+                    }
                     steward_failpoints::failpoint!("restore:base_loaded");
                 }
                 Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
@@ -598,7 +630,7 @@ impl Backups {
     }
 
     /// Runs `script` with `args` ($0, $1, …) in a helper with `container`'s volumes.
-    async fn in_volumes(
+    pub(crate) async fn in_volumes(
         &self,
         c: &Component,
         container: &str,
@@ -663,7 +695,7 @@ impl Backups {
 
     /// The names beside a cluster's data directory, which must be on a mount (a cluster is
     /// never extracted over a live one).
-    async fn base_sides(
+    pub(crate) async fn base_sides(
         &self,
         c: &Component,
         container: &str,
@@ -876,11 +908,11 @@ impl Backups {
 /// The names beside a restored path: `$0` the path, `$1` the staging directory (the
 /// archive is extracted into it, so the copy is `$1/$3`), `$2` where the live entries go.
 #[derive(Debug)]
-struct Sides {
-    path: String,
-    staging: String,
-    old: String,
-    name: String,
+pub(crate) struct Sides {
+    pub(crate) path: String,
+    pub(crate) staging: String,
+    pub(crate) old: String,
+    pub(crate) name: String,
 }
 
 impl Sides {
@@ -933,8 +965,8 @@ rm -rf -- "$1"
 sync"#;
 /// [`PREPARE`], with the directory the base backup's entries go into.
 const PREPARE_BASE: &str = r#"rm -rf -- "$1" && mkdir -p -- "$1/$3""#;
-/// The copy holds a cluster taken by `pg_basebackup`.
-const STAGED_BASE: &str = r#"for f in PG_VERSION backup_label global/pg_control; do
+/// The copy holds a cluster (taken by `pg_basebackup`, or recovered from one).
+const STAGED_BASE: &str = r#"for f in PG_VERSION global/pg_control; do
   [ -f "$1/$3/$f" ] || { echo "the base backup holds no $f" >&2; exit 3; }
 done"#;
 /// A copy that will not be swapped in.

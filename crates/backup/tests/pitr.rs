@@ -309,3 +309,147 @@ async fn wal_is_shipped_signed_within_the_lag_across_a_database_restart() {
     assert!(e.as_deref().is_some_and(|e| e.contains("not signed")), "{e:?}");
     stack.destroy_bucket().await;
 }
+
+/// Ships rounds until the segment holding everything committed so far is in the bucket.
+async fn ship_until_current(stack: &Stack, backups: &steward_backup::Backups) {
+    let mut state = steward_backup::wal::ShipState::default();
+    let file = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    for _ in 0..120 {
+        ship_round(backups, &mut state).await;
+        if backups.wal_record(&stack.db.name, &file).await.ok().flatten().is_some() {
+            return;
+        }
+        tokio::time::sleep(backups.config().pitr.tick()).await;
+    }
+    panic!("{file} not shipped after 120 rounds");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use steward_backup::pitr::PointInTime;
+    let stack = Stack::start_pitr("pitr-time", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    stack.fill_db(5_000);
+    let items_before = stack.db_fingerprint();
+    // The slot first, then the base: the WAL from the base's end on is kept for the shipper.
+    ship_round(&backups, &mut Default::default()).await;
+    let (id, _) = stack.back_up().await;
+    stack.psql("CREATE TABLE rows (id int PRIMARY KEY, at timestamptz NOT NULL)");
+
+    // The shipper runs beside the writer, as in the service.
+    let stop = Arc::new(AtomicBool::new(false));
+    let shipper = {
+        let (backups, stop) = (backups.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut state = steward_backup::wal::ShipState::default();
+            for _ in 0..600 {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                ship_round(&backups, &mut state).await;
+                tokio::time::sleep(backups.config().pitr.tick()).await;
+            }
+        })
+    };
+    // Rows committed one by one, each with its time; at T the table `items` is dropped.
+    let mut dropped_at = String::new();
+    for i in 1..=60 {
+        if i == 40 {
+            dropped_at = stack.psql("SELECT clock_timestamp()");
+            stack.psql("DROP TABLE items");
+        }
+        stack.psql(&format!("INSERT INTO rows VALUES ({i}, clock_timestamp())"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    shipper.await.unwrap_or_else(|e| panic!("shipper: {e}"));
+    ship_until_current(&stack, &backups).await;
+
+    // T - 1 s, moved to the middle between the two commits around it, so "before" is exact.
+    let all: Vec<(i32, String)> = stack
+        .psql("SELECT id || '|' || to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| {
+            let (id, at) = l.split_once('|')?;
+            Some((id.parse().ok()?, at.to_owned()))
+        })
+        .collect();
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+    };
+    let dropped = parse(
+        &stack.psql(&format!(
+            "SELECT to_char(timestamptz '{dropped_at}' AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        )),
+    );
+    let wanted = dropped - time::Duration::seconds(1);
+    let before: Vec<i32> = all.iter().filter(|(_, at)| parse(at) <= wanted).map(|r| r.0).collect();
+    let last_before = all.iter().rfind(|(_, at)| parse(at) <= wanted).map(|r| parse(&r.1));
+    let first_after = all.iter().find(|(_, at)| parse(at) > wanted).map(|r| parse(&r.1));
+    let (Some(a), Some(b)) = (last_before, first_after) else {
+        panic!("no commits around {wanted}: {all:?}")
+    };
+    let target = a + (b - a) / 2;
+    assert!(before.len() >= 10 && before.len() < 39, "{before:?}");
+
+    let restored = stack
+        .backups
+        .restore_journaled(
+            &id,
+            RestoreScope::Db,
+            RestoreOptions {
+                safety_backup: true,
+                physical: true,
+                to_time: Some(PointInTime::At(target)),
+                ..Default::default()
+            },
+            &Busy::new(),
+            &mut RestoreJournal::none(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
+    assert_eq!(restored.restored, vec![format!("postgres-base/{}", stack.db.name)]);
+    let ids: Vec<i32> = stack
+        .psql("SELECT id FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(ids, before, "exactly the rows committed before {target}");
+    assert_eq!(stack.db_fingerprint(), items_before, "the dropped table is back");
+    // A new timeline: the restored server is on its own history from now on.
+    let timeline = stack.psql("SELECT timeline_id FROM pg_control_checkpoint()");
+    assert_ne!(timeline, "1");
+    assert_eq!(steward_entries(&stack), "");
+    assert!(stack.app_running());
+
+    // A time the shipped WAL does not reach is refused, nothing changed.
+    let fingerprint = stack.db_fingerprint();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let refused = stack
+        .backups
+        .restore_journaled(
+            &id,
+            RestoreScope::Db,
+            RestoreOptions {
+                physical: true,
+                to_time: Some(PointInTime::At(later)),
+                ..Default::default()
+            },
+            &Busy::new(),
+            &mut RestoreJournal::none(),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a restore beyond the shipped WAL succeeded"));
+    assert!(refused.reason.contains("nothing was changed"), "{}", refused.reason);
+    assert_eq!(stack.db_fingerprint(), fingerprint);
+    assert_eq!(steward_entries(&stack), "");
+    let scratch =
+        docker(&["ps", "-aq", "--filter", &format!("name=steward-pitr-{}", stack.db.name)]);
+    assert_eq!(scratch, "", "the scratch server was left behind");
+    stack.destroy_bucket().await;
+}

@@ -438,13 +438,35 @@ impl Engine {
         image: &str,
         env: Vec<String>,
     ) -> Result<String, EngineError> {
+        let id = self.create_scratch(name, image, env, None).await?;
+        let docker = self.client()?;
+        let what = format!("start scratch container {name} from {image}");
+        let start = docker.start_container(&id, None::<StartContainerOptions>);
+        if let Err(e) = self.timed(start).await {
+            let _ = self.remove(&id, true).await;
+            return Err(self.call_failed(&what, e));
+        }
+        Ok(id)
+    }
+
+    /// Creates, without starting it, a throw-away container like [`Engine::start_scratch`]'s,
+    /// running `cmd` instead of the image's command when given: files can be put into its
+    /// volumes ([`Engine::upload_tar`]) before it starts ([`Engine::start`]). Returns its id.
+    pub async fn create_scratch(
+        &self,
+        name: &str,
+        image: &str,
+        env: Vec<String>,
+        cmd: Option<Vec<String>>,
+    ) -> Result<String, EngineError> {
         use bollard::models::{ContainerCreateBody, HostConfig};
         use bollard::query_parameters::CreateContainerOptions;
         let docker = self.client()?;
-        let what = format!("start scratch container {name} from {image}");
+        let what = format!("create scratch container {name} from {image}");
         let body = ContainerCreateBody {
             image: Some(image.to_owned()),
             env: Some(env),
+            cmd,
             labels: Some([("steward.helper".to_owned(), name.to_owned())].into()),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
@@ -457,11 +479,6 @@ impl Engine {
             .timed(docker.create_container(Some(options), body))
             .await
             .map_err(|e| self.call_failed(&what, e))?;
-        let start = docker.start_container(&created.id, None::<StartContainerOptions>);
-        if let Err(e) = self.timed(start).await {
-            let _ = self.remove(&created.id, true).await;
-            return Err(self.call_failed(&what, e));
-        }
         Ok(created.id)
     }
 
