@@ -180,6 +180,26 @@ impl Backups {
 }
 
 impl Backups {
+    /// The newest usable backup holding a base backup, taken before `t`.
+    pub(crate) async fn newest_before(&self, t: OffsetDateTime) -> Result<String, Failure> {
+        let listed = self.list().await.map_err(Failure::plain)?;
+        listed
+            .iter()
+            .rev()
+            .filter(|l| l.taken_at < t)
+            .find(|l| {
+                l.usable().is_some_and(|m| {
+                    m.components.iter().any(|c| matches!(c.kind, Kind::PostgresBase { .. }))
+                })
+            })
+            .map(|l| l.backup_id.clone())
+            .ok_or_else(|| {
+                Failure::plain(format!(
+                    "no usable backup with a base backup was taken before {t}; nothing was changed"
+                ))
+            })
+    }
+
     /// Builds the cluster of base backup `c` recovered to `to` in a scratch server of the
     /// same image (its WAL from the bucket, each file's signed record and checksums checked),
     /// proves it (promoted, answering queries, the replay's end logged), and copies its data

@@ -194,9 +194,13 @@ impl Backups {
     ) -> Result<Restored, Failure> {
         let allow_unsigned = options.allow_unsigned;
         // `latest` may name another backup by now: the interrupted attempt's is restored.
-        let id = match journal.resumed() {
-            true => journal.record.backup_id.clone(),
-            false => id.to_owned(),
+        let id = match (journal.resumed(), options.to_time) {
+            (true, _) => journal.record.backup_id.clone(),
+            // The base a recovery to T starts from must be older than T.
+            (false, Some(crate::pitr::PointInTime::At(t))) if id == "latest" => {
+                self.newest_before(t).await?
+            }
+            (false, _) => id.to_owned(),
         };
         let manifest = self.resolve_allowing(&id, allow_unsigned).await.map_err(Failure::plain)?;
         // A swap an interrupted attempt began is finished whatever holds now: stopping there

@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 use crate::backup::Backups;
 use crate::config::BackupConfig;
 use crate::journal::{FlowRecord, Journal, RestoreJournal};
+use crate::pitr::PointInTime;
 use crate::progress;
 use crate::restore::{Busy, RestoreOptions};
 
@@ -703,19 +704,28 @@ impl BackupService {
                         match self.restore_source(r.from, &wanted, r.allow_unsigned).await {
                             Ok((backups, fallback)) => {
                                 source = Some((backups.reads_copy(), fallback));
+                                let to_time = r.to_time.as_deref().map(PointInTime::parse);
                                 let options = RestoreOptions {
                                     allow_unsigned: r.allow_unsigned,
                                     safety_backup: !r.no_safety_backup,
-                                    ..Default::default()
+                                    physical: to_time.is_some(),
+                                    to_time: to_time.clone().and_then(Result::ok),
                                 };
-                                let job = backups.restore_journaled(
-                                    &r.backup_id,
-                                    r.scope,
-                                    options,
-                                    &busy,
-                                    &mut steps,
-                                );
-                                self.reporting(ctx, cause, job).await
+                                match to_time {
+                                    Some(Err(e)) => Err(crate::Failure::plain(format!(
+                                        "to_time: {e}; nothing was changed"
+                                    ))),
+                                    _ => {
+                                        let job = backups.restore_journaled(
+                                            &r.backup_id,
+                                            r.scope,
+                                            options,
+                                            &busy,
+                                            &mut steps,
+                                        );
+                                        self.reporting(ctx, cause, job).await
+                                    }
+                                }
                             }
                             Err(f) => Err(f),
                         }
