@@ -32,7 +32,7 @@ use crate::backup::{Backups, Failure};
 use crate::pipeline;
 use crate::restore::psql;
 use crate::targets::Target;
-use crate::wal::{wal_dir, wal_file_timeline};
+use crate::wal::{segment_index, wal_dir, wal_file_timeline};
 
 /// Where the WAL to replay is put in the scratch server's data directory (left out of what
 /// is copied back).
@@ -279,7 +279,7 @@ impl Backups {
                 .await?
                 .ok_or_else(|| Failure::plain(format!("{dir}/{name}: gone while listed")))?;
             if wal_file_timeline(&name) == Some(timeline) && !name.ends_with(".history") {
-                let Some(number) = segment_number(&name, record.raw_size) else { continue };
+                let Some(number) = segment_index(&name, record.raw_size) else { continue };
                 if number.saturating_add(1).saturating_mul(record.raw_size) <= start {
                     continue; // before the base
                 }
@@ -395,15 +395,6 @@ impl Backups {
     }
 }
 
-/// The number of segment `name` (of `size` bytes) in its timeline: its LSN divided by the
-/// segment size.
-fn segment_number(name: &str, size: u64) -> Option<u64> {
-    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-    let per_log = 0x1_0000_0000u64.checked_div(size).filter(|n| *n > 0)?;
-    log.checked_mul(per_log)?.checked_add(seg)
-}
-
 /// A tar holding one file `name` of `size` bytes read from `data`: what the archive API
 /// takes. The data must be exactly `size` bytes (it is the signed raw size, checked by the
 /// pipeline).
@@ -480,10 +471,10 @@ mod tests {
         );
         assert!(PointInTime::parse("yesterday").is_err());
         let mib16 = 16 << 20;
-        assert_eq!(segment_number("000000010000000000000003", mib16), Some(3));
-        assert_eq!(segment_number("000000010000000100000000", mib16), Some(256));
-        assert_eq!(segment_number("00000001", mib16), None);
-        assert_eq!(segment_number("000000010000000000000003", 0), None);
+        assert_eq!(segment_index("000000010000000000000003", mib16), Some(3));
+        assert_eq!(segment_index("000000010000000100000000", mib16), Some(256));
+        assert_eq!(segment_index("00000001", mib16), None);
+        assert_eq!(segment_index("000000010000000000000003", 0), None);
     }
 
     #[tokio::test]

@@ -448,6 +448,78 @@ impl Backups {
     }
 }
 
+impl Backups {
+    /// Deletes the shipped WAL no retained base backup needs (retention, after the backups
+    /// were pruned): a segment is kept when some base in `retained` of its container starts
+    /// on its timeline or an earlier one, at or before it; history files are kept. A
+    /// container none of `retained` has a base of keeps everything (nothing to judge by).
+    /// Returns the files deleted.
+    pub async fn prune_wal(
+        &self,
+        retained: &[&manifest::Manifest],
+    ) -> Result<Vec<String>, Failure> {
+        let store = &self.reading;
+        let mut bases: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
+        for c in retained.iter().flat_map(|m| &m.components) {
+            if let Kind::PostgresBase { container, timeline, start_lsn, .. } = &c.kind {
+                if let Some(start) = parse_lsn(start_lsn) {
+                    bases.entry(container.clone()).or_default().push((*timeline, start));
+                }
+            }
+        }
+        let mut deleted = vec![];
+        for (container, starts) in bases {
+            let dir = wal_dir(&container);
+            let listed = store.list_objects(&dir).await.map_err(Failure::plain)?;
+            let mut files: Vec<String> = listed
+                .iter()
+                .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json"))
+                .filter(|f| !f.ends_with(".history") && wal_file_timeline(f).is_some())
+                .map(str::to_owned)
+                .collect();
+            files.sort();
+            // The segment size from a signed record (every segment of a cluster has it).
+            let Some(first) = files.first() else { continue };
+            let Some(size) = self.wal_record(&container, first).await?.map(|r| r.raw_size) else {
+                continue;
+            };
+            for file in files {
+                let (Some(tl), Some(n)) = (wal_file_timeline(&file), segment_index(&file, size))
+                else {
+                    continue;
+                };
+                let needed = starts.iter().any(|(btl, start)| {
+                    tl >= *btl && n.saturating_add(1).saturating_mul(size) > *start
+                });
+                if needed {
+                    continue;
+                }
+                // The record first: a file without one counts as not shipped, never as a
+                // record without its object.
+                store.delete(&format!("{dir}/{file}.json")).await.map_err(Failure::plain)?;
+                store.delete(&format!("{dir}/{file}.sig")).await.map_err(Failure::plain)?;
+                for o in listed.iter().filter(|o| o.starts_with(&format!("{dir}/{file}.zst"))) {
+                    store.delete(o).await.map_err(Failure::plain)?;
+                }
+                deleted.push(format!("{dir}/{file}"));
+            }
+        }
+        if !deleted.is_empty() {
+            tracing::info!(files = deleted.len(), "pruned the WAL no retained base backup needs");
+        }
+        Ok(deleted)
+    }
+}
+
+/// The index of segment `name` (of `size` bytes) in its timeline: its LSN divided by the
+/// segment size.
+pub fn segment_index(name: &str, size: u64) -> Option<u64> {
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    let per_log = 0x1_0000_0000u64.checked_div(size).filter(|n| *n > 0)?;
+    log.checked_mul(per_log)?.checked_add(seg)
+}
+
 /// `8GB`, `8192MB`, `1TB` as PostgreSQL shows a size, in MiB.
 fn mib(shown: &str) -> Option<u64> {
     let digits: String = shown.chars().take_while(|c| c.is_ascii_digit()).collect();

@@ -453,3 +453,56 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     assert_eq!(scratch, "", "the scratch server was left behind");
     stack.destroy_bucket().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
+    let stack = Stack::start_pitr("pitr-prune", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    ship_round(&backups, &mut Default::default()).await;
+    let (_, first) = stack.back_up().await;
+    stack.fill_db(2_000);
+    stack.psql("SELECT pg_switch_wal()");
+    ship_until_current(&stack, &backups).await;
+    let (_, second) = stack.back_up().await;
+    stack.psql("CREATE TABLE after (id int)");
+    ship_until_current(&stack, &backups).await;
+    let start_of = |m: &steward_store::manifest::Manifest| {
+        m.components
+            .iter()
+            .find_map(|c| match &c.kind {
+                Kind::PostgresBase { start_lsn, .. } => steward_backup::wal::parse_lsn(start_lsn),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no base"))
+    };
+    let size = 16u64 << 20;
+    let index = |f: &str| steward_backup::wal::segment_index(f, size).unwrap_or(u64::MAX);
+    let before = shipped_files(&stack).await;
+    let first_start = start_of(&first) / size;
+    let second_start = start_of(&second) / size;
+    assert!(second_start > first_start, "{first_start} {second_start}");
+    assert!(before.iter().any(|f| index(f) < second_start), "{before:?}");
+
+    // Both bases retained: only what precedes the first (shipped since the slot was made).
+    let deleted = backups.prune_wal(&[&first, &second]).await.unwrap_or_else(|e| panic!("{e}"));
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let expected: Vec<String> =
+        before.iter().filter(|f| index(f) < first_start).map(|f| format!("{dir}/{f}")).collect();
+    assert_eq!(deleted, expected);
+    let deleted = backups.prune_wal(&[&first, &second]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(deleted, Vec::<String>::new(), "a second run deletes nothing more");
+    // Only the second: exactly the segments before its start go.
+    let deleted = backups.prune_wal(&[&second]).await.unwrap_or_else(|e| panic!("{e}"));
+    let after = shipped_files(&stack).await;
+    assert!(!deleted.is_empty());
+    assert!(after.iter().all(|f| index(f) >= second_start), "{after:?}");
+    let expected: Vec<&String> = before.iter().filter(|f| index(f) >= second_start).collect();
+    assert_eq!(after.iter().collect::<Vec<_>>(), expected);
+    // No object or signature is left without its record.
+    let objects = stack.store.list_objects(&dir).await.unwrap_or_default();
+    for o in &objects {
+        let file = o.trim_start_matches(&format!("{dir}/")).split('.').next().unwrap_or_default();
+        assert!(after.iter().any(|f| f == file), "{o} left behind");
+    }
+    stack.destroy_bucket().await;
+}
