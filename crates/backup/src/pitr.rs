@@ -215,7 +215,7 @@ impl Backups {
         else {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
         };
-        let files = self.wal_to_replay(c, container, *timeline, start_lsn).await?;
+        let files = self.wal_to_replay(c, container, *timeline, start_lsn, to).await?;
         let image = self.scratch_image(c, image, container).await?;
         let name = format!("steward-pitr-{}", manifest::slug(container));
         let replay = format!("{data_dir}/{REPLAY_DIR}");
@@ -259,6 +259,7 @@ impl Backups {
         container: &str,
         timeline: u32,
         start_lsn: &str,
+        to: PointInTime,
     ) -> Result<Vec<Component>, Failure> {
         let dir = wal_dir(container);
         let listed = self.reading.list_objects(&dir).await.map_err(Failure::plain)?;
@@ -285,6 +286,13 @@ impl Backups {
                 }
                 match expected {
                     Some(e) if number != e => {
+                        // `latest` would silently stop short of the newest WAL shipped.
+                        if to == PointInTime::Latest {
+                            return Err(Failure::plain(format!(
+                                "{}: WAL is missing from segment {e} on ({name} follows): the newest shipped state cannot be reached; restore to a time before the gap, nothing was changed",
+                                c.name
+                            )));
+                        }
                         tracing::warn!(component = %c.name, missing_from = e, "WAL missing: the replay ends before it");
                         break;
                     }

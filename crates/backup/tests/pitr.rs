@@ -22,9 +22,9 @@ fn databases(stack: &Stack) -> String {
     )
 }
 
-/// The entries of the data directory Steward put there (none once a restore is done).
+/// The restore's entries in the data directory (none once a restore is done).
 fn steward_entries(stack: &Stack) -> String {
-    docker(&["exec", &stack.db.name, "sh", "-c", "ls -A \"$PGDATA\" | grep steward || true"])
+    docker(&["exec", &stack.db.name, "sh", "-c", "ls -A \"$PGDATA\" | grep '^\\.steward-' || true"])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -504,5 +504,75 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
         let file = o.trim_start_matches(&format!("{dir}/")).split('.').next().unwrap_or_default();
         assert!(after.iter().any(|f| f == file), "{o} left behind");
     }
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
+    use steward_backup::pitr::PointInTime;
+    let stack = Stack::start_pitr("pitr-gap", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    ship_round(&backups, &mut Default::default()).await;
+    let (id, _) = stack.back_up().await;
+    for i in 0..3 {
+        stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+        ship_until_current(&stack, &backups).await;
+    }
+    let files = shipped_files(&stack).await;
+    assert!(files.len() >= 4, "{files:?}");
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let latest = || RestoreOptions {
+        physical: true,
+        to_time: Some(PointInTime::Latest),
+        ..Default::default()
+    };
+    let fingerprint = stack.db_fingerprint_tables();
+    let restore = |options| {
+        let backups = stack.backups.clone();
+        let id = id.clone();
+        async move {
+            backups
+                .restore_journaled(
+                    &id,
+                    RestoreScope::Db,
+                    options,
+                    &Busy::new(),
+                    &mut RestoreJournal::none(),
+                )
+                .await
+        }
+    };
+
+    // A forged record (its checksum changed, the signature kept): refused before any replay.
+    let victim = &files[files.len() - 2];
+    let record = format!("{dir}/{victim}.json");
+    let body = stack.stored_bytes(&record).await;
+    let forged = String::from_utf8_lossy(&body).replacen("\"raw_size\": ", "\"raw_size\": 1", 1);
+    stack
+        .store
+        .put(&record, bytes::Bytes::from(forged.into_bytes()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e =
+        restore(latest()).await.err().unwrap_or_else(|| panic!("a forged WAL record was replayed"));
+    assert!(
+        e.reason.contains("refused") && e.reason.contains("nothing was changed"),
+        "{}",
+        e.reason
+    );
+    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+
+    // The same segment gone from the bucket: `latest` cannot be reached, and says so.
+    stack.store.delete(&record).await.unwrap_or_else(|e| panic!("{e}"));
+    let e = restore(latest()).await.err().unwrap_or_else(|| panic!("a gap was restored over"));
+    assert!(
+        e.reason.contains("WAL is missing") && e.reason.contains("nothing was changed"),
+        "{}",
+        e.reason
+    );
+    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+    assert_eq!(steward_entries(&stack), "");
+    assert!(stack.app_running());
     stack.destroy_bucket().await;
 }

@@ -162,6 +162,11 @@ impl Stack {
         self.psql("SELECT count(*) || ':' || md5(string_agg(id || '=' || payload, ',' ORDER BY id)) FROM items")
     }
 
+    /// The user tables of the database, with their row counts: what any restore would change.
+    pub fn db_fingerprint_tables(&self) -> String {
+        self.psql("SELECT coalesce(string_agg(relname || '=' || n_live_tup, ',' ORDER BY relname), '') FROM pg_stat_user_tables")
+    }
+
     /// A large random file and many small ones under /data.
     pub fn fill_data(&self, big_mib: u32, small: u32) {
         self.app_sh(&format!(
