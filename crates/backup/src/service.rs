@@ -70,6 +70,31 @@ impl BackupService {
         Ok(service)
     }
 
+    /// A gap in `container`'s shipped WAL: said as a failed backup (critical, mailed), and a
+    /// new backup (with its base) started so recovery has a start past the gap again.
+    async fn after_wal_gap(&self, ctx: &Context, container: &str, gap: &str) {
+        tracing::error!(container, gap, "a gap in the shipped WAL: point-in-time recovery cannot cross it; taking a new base backup");
+        let data = steward_events::BackupFailed {
+            backup_id: None,
+            reason: format!(
+                "WAL of {container}: {gap}; point-in-time recovery cannot cross this gap, a new base backup is being taken"
+            ),
+            stderr_tail: vec![],
+        };
+        if let Err(e) = self.publish(ctx, None, data).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot report the WAL gap");
+        }
+        let (service, ctx_for_backup) = (self.clone(), ctx.clone());
+        let only = vec![container.to_owned()];
+        ctx.spawn("backup after a WAL gap", async move {
+            if let Err(e) =
+                service.back_up(&ctx_for_backup, None, BackupReason::Schedule, &only).await
+            {
+                tracing::error!(error = %format!("{e:#}"), "could not publish the outcome of the backup after a WAL gap");
+            }
+        });
+    }
+
     /// Ships the WAL of every `steward.backup.pitr` cluster, every
     /// [`crate::config::PitrConfig::tick`] ([`crate::wal`]). A failure is logged when it
     /// starts, changes or ends, not every round.
@@ -89,9 +114,12 @@ impl BackupService {
             };
             for (container, round) in rounds {
                 match round {
-                    Ok(_) => {
+                    Ok(shipped) => {
                         if failing.remove(&container).is_some() {
                             tracing::info!(container = %container, "WAL shipping works again");
+                        }
+                        if let Some(gap) = shipped.gap {
+                            self.after_wal_gap(&ctx, &container, &gap).await;
                         }
                     }
                     Err(f) if failing.get(&container) != Some(&f.reason) => {

@@ -88,6 +88,8 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 pub struct ShipState {
     /// Per container: the segment WAL was first seen waiting in, and when.
     waiting: HashMap<String, (u64, Instant)>,
+    /// Per container: the last segment it shipped or found shipped.
+    last: HashMap<String, String>,
 }
 
 /// What one round did.
@@ -99,6 +101,9 @@ pub struct Shipped {
     pub receiver_started: bool,
     /// `pg_switch_wal()` was asked.
     pub switched: bool,
+    /// WAL that can no longer be shipped (the slot lost it, a segment missing before the one
+    /// shipped): recovery cannot cross it, so a new base backup is needed.
+    pub gap: Option<String>,
 }
 
 /// The slot as the server reports it.
@@ -136,28 +141,52 @@ impl Backups {
         let slot_name = slot_name(name);
         let mut shipped = Shipped::default();
         self.keep_at_most(&what, name, &login).await?;
-        let slot = match self.slot(&what, name, &login, &slot_name).await? {
+        let mut slot = self.slot(&what, name, &login, &slot_name).await?;
+        if slot.as_ref().is_some_and(|s| s.wal_status == "lost") {
+            shipped.gap = Some(format!(
+                "the replication slot {slot_name} lost WAL the shipper had not received (more than {} MiB waited)",
+                self.config.pitr.slot_keep_mb
+            ));
+            let sql = format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot_name}' AND active_pid IS NOT NULL"
+            );
+            self.sql(&what, name, &login, &sql).await?;
+            let sql = format!("SELECT pg_drop_replication_slot('{slot_name}')");
+            self.sql(&what, name, &login, &sql).await?;
+            slot = None;
+        }
+        let slot = match slot {
             Some(slot) => slot,
             None => {
                 let sql = format!(
                     "SELECT pg_create_physical_replication_slot('{slot_name}', true) IS NOT NULL"
                 );
                 self.sql(&what, name, &login, &sql).await?;
+                // A new slot starts at the server's position: the receiver must not resume a
+                // partial segment of an older stream, which the server may no longer have.
+                let clear = format!("rm -f -- {spool}/*.partial");
+                let spec =
+                    ExecSpec { cmd: vec!["sh".into(), "-c".into(), clear], ..Default::default() };
+                let out = self
+                    .engine
+                    .exec_as(name, &spec, 5)
+                    .await
+                    .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
+                Failure::check_exit(&out, format!("{what}: clearing the spool's partial file"))?;
                 tracing::info!(container = %name, slot = %slot_name, "replication slot created");
                 Slot { active: false, wal_status: "reserved".into() }
             }
         };
-        if slot.wal_status == "lost" {
-            return Err(Failure::plain(format!(
-                "{what}: the replication slot {slot_name} lost WAL the shipper had not received (more than {} MiB waited): a gap",
-                self.config.pitr.slot_keep_mb
-            )));
-        }
         if !slot.active {
             self.start_receiver(&what, name, &login, &spool, &slot_name).await?;
             shipped.receiver_started = true;
         }
         for file in self.spooled(&what, name, &spool).await? {
+            if let Some(missing) = self.missing_before(name, &file, state).await? {
+                shipped.gap.get_or_insert(format!(
+                    "segment {missing} was never shipped, {file} follows it"
+                ));
+            }
             if self.ship_file(&what, name, &spool, &file).await? {
                 shipped.uploaded.push(file);
             }
@@ -358,6 +387,38 @@ impl Backups {
         Ok(uploaded)
     }
 
+    /// The segment before `file` when it is not in the bucket although an earlier segment
+    /// of the same timeline is (a hole the replay cannot cross); None otherwise, and for
+    /// history files. A new timeline's first segments and a cluster's first shipped one have
+    /// no earlier segment in the bucket: no gap.
+    async fn missing_before(
+        &self,
+        container: &str,
+        file: &str,
+        state: &mut ShipState,
+    ) -> Result<Option<String>, Failure> {
+        if file.ends_with(".history") {
+            return Ok(None);
+        }
+        let previous = previous_segment(file);
+        let known = state.last.insert(container.to_owned(), file.to_owned());
+        let Some(previous) = previous else { return Ok(None) };
+        if known.as_deref() == Some(previous.as_str()) {
+            return Ok(None);
+        }
+        if self.wal_record(container, &previous).await?.is_some() {
+            return Ok(None);
+        }
+        let dir = wal_dir(container);
+        let listed = self.store.list_objects(&dir).await.map_err(Failure::plain)?;
+        let earlier = listed.iter().any(|o| {
+            o.strip_prefix(&format!("{dir}/"))
+                .and_then(|n| n.strip_suffix(".json"))
+                .is_some_and(|n| n.len() == 24 && n[..8] == file[..8] && n < file)
+        });
+        Ok(earlier.then_some(previous))
+    }
+
     async fn local_sha256(
         &self,
         what: &str,
@@ -520,6 +581,19 @@ pub fn segment_index(name: &str, size: u64) -> Option<u64> {
     log.checked_mul(per_log)?.checked_add(seg)
 }
 
+/// The name of the segment before `file` on its timeline, for the default 16 MiB segments
+/// (256 a log file); None for the first or a name that is not a segment's.
+fn previous_segment(file: &str) -> Option<String> {
+    wal_file_timeline(file).filter(|_| file.len() == 24)?;
+    let log = u32::from_str_radix(file.get(8..16)?, 16).ok()?;
+    let seg = u32::from_str_radix(file.get(16..24)?, 16).ok()?;
+    let (log, seg) = match seg.checked_sub(1) {
+        Some(seg) => (log, seg),
+        None => (log.checked_sub(1)?, 0xFF),
+    };
+    Some(format!("{}{log:08X}{seg:08X}", &file[..8]))
+}
+
 /// `8GB`, `8192MB`, `1TB` as PostgreSQL shows a size, in MiB.
 fn mib(shown: &str) -> Option<u64> {
     let digits: String = shown.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -565,6 +639,15 @@ mod tests {
         assert_eq!(mib("8GB"), Some(8192));
         assert_eq!(mib("8192MB"), Some(8192));
         assert_eq!(mib("-1"), None);
+    }
+
+    #[test]
+    fn previous_segments() {
+        let p = |f: &str| previous_segment(f);
+        assert_eq!(p("000000010000000000000003").as_deref(), Some("000000010000000000000002"));
+        assert_eq!(p("000000020000000100000000").as_deref(), Some("0000000200000000000000FF"));
+        assert_eq!(p("000000010000000000000000"), None);
+        assert_eq!(p("00000002.history"), None);
     }
 
     #[test]

@@ -576,3 +576,60 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     assert!(stack.app_running());
     stack.destroy_bucket().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_slot_is_a_gap_the_shipper_reports() {
+    let stack = Stack::start_pitr("pitr-slot", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    let mut state = steward_backup::wal::ShipState::default();
+    ship_round(&backups, &mut state).await;
+    stack.back_up().await;
+    stack.psql("CREATE TABLE a AS SELECT generate_series(1, 1000) AS id");
+    ship_until_current(&stack, &backups).await;
+    // Every round so far: no gap.
+    let rounds = ship_round(&backups, &mut state).await;
+    assert!(rounds.iter().all(|(_, r)| r.as_ref().is_ok_and(|r| r.gap.is_none())), "{rounds:?}");
+
+    // The slot goes (an operator, a failover script) while WAL is written and not received.
+    let slot = steward_backup::wal::slot_name(&stack.db.name);
+    let mut dropped = false;
+    for _ in 0..20 {
+        stack.psql(&format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"));
+        let out = std::process::Command::new("docker")
+            .args(["exec", &stack.db.name, "psql", "-U", DB_USER, "-d", "postgres", "-tAc"])
+            .arg(format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        if out.status.success() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(dropped, "could not drop the slot");
+    for i in 0..3 {
+        stack.psql(&format!("CREATE TABLE lost{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+    }
+    stack.psql("CHECKPOINT");
+
+    // The shipper makes a new slot and goes on; the first segment it ships says the gap.
+    let mut gap = None;
+    for _ in 0..60 {
+        for (_, round) in ship_round(&backups, &mut state).await {
+            if let Ok(shipped) = round {
+                gap = gap.or(shipped.gap);
+            }
+        }
+        if gap.is_some() {
+            break;
+        }
+        tokio::time::sleep(backups.config().pitr.tick()).await;
+    }
+    let gap = gap.unwrap_or_else(|| panic!("no gap reported"));
+    assert!(gap.contains("was never shipped"), "{gap}");
+    // Shipping goes on past it.
+    stack.psql("CREATE TABLE later AS SELECT 1 AS id");
+    ship_until_current(&stack, &backups).await;
+    stack.destroy_bucket().await;
+}
