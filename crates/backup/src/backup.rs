@@ -294,6 +294,25 @@ impl Backups {
         Ok((stored, raw, out))
     }
 
+    /// Runs `spec` in `container` and checks its exit: its last `keep` output lines, or a
+    /// failure naming `what` (an engine error) or `what: step` (a non-zero exit) with them.
+    pub(crate) async fn exec_checked(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        keep: usize,
+        what: &str,
+        step: impl std::fmt::Display,
+    ) -> Result<Vec<String>, Failure> {
+        let out = self
+            .engine
+            .exec_as(container, spec, keep)
+            .await
+            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
+        Failure::check_exit(&out, format!("{what}: {step}"))?;
+        Ok(out.tail)
+    }
+
     /// Who a database's tools run as: the official image's `POSTGRES_USER`, `POSTGRES_DB`
     /// and `POSTGRES_PASSWORD` (as `PGPASSWORD`), read from the container.
     pub(crate) async fn pg_login(&self, container: &str) -> Result<PgLogin, Failure> {

@@ -163,13 +163,11 @@ impl Backups {
         container: &str,
         user: &str,
     ) -> Result<String, Failure> {
-        let out = self
-            .engine
-            .exec(container, psql(user, "postgres", "SHOW data_directory"), 5)
-            .await
-            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-        Failure::check_exit(&out, format!("{component}: reading data_directory"))?;
-        let dir = out.tail.last().map(|l| l.trim().trim_end_matches('/')).unwrap_or_default();
+        let spec =
+            ExecSpec { cmd: psql(user, "postgres", "SHOW data_directory"), ..Default::default() };
+        let out =
+            self.exec_checked(container, &spec, 5, component, "reading data_directory").await?;
+        let dir = out.last().map(|l| l.trim().trim_end_matches('/')).unwrap_or_default();
         if !dir.starts_with('/') || dir.split('/').any(|p| p == "." || p == "..") {
             return Err(Failure::plain(format!(
                 "{component}: the server's data_directory {dir:?} is not a plain absolute path"
@@ -343,8 +341,8 @@ impl Backups {
         let replayed = self.wait_promoted(c, scratch, user).await?;
         tracing::info!(component = %c.name, last_replayed_transaction = %replayed, "the scratch server is promoted and answers");
         let clean = ["rm", "-rf", "--", &format!("{data_dir}/{REPLAY_DIR}")].map(String::from);
-        let out = self.engine.exec(scratch, clean.to_vec(), 5).await.map_err(Failure::plain)?;
-        Failure::check_exit(&out, format!("{}: cleaning the scratch server", c.name))?;
+        let spec = ExecSpec { cmd: clean.to_vec(), ..Default::default() };
+        self.exec_checked(scratch, &spec, 5, &c.name, "cleaning the scratch server").await?;
         // A clean shutdown: the copy starts without recovery.
         self.engine.stop(scratch, 120).await.map_err(Failure::plain)?;
         let copy = crate::tarcheck::guarded(

@@ -683,7 +683,22 @@ impl Backups {
             // Extracted over what is there at the swap: nothing to stage it beside.
             return Ok(());
         }
-        self.in_volumes(c, container, PREPARE, &side.args(), "preparing the restore's copy")
+        let staging = side.staging.clone();
+        self.stage(c, container, &side, pin, &staging, [PREPARE, STAGED]).await
+    }
+
+    /// Prepares the staging directory (`scripts[0]`), extracts component `c` from exactly
+    /// the object checked into `into`, and checks the copy (`scripts[1]`).
+    async fn stage(
+        &self,
+        c: &Component,
+        container: &str,
+        side: &Sides,
+        pin: Option<&str>,
+        into: &str,
+        scripts: [&str; 2],
+    ) -> Result<(), Failure> {
+        self.in_volumes(c, container, scripts[0], &side.args(), "preparing the restore's copy")
             .await?;
         steward_failpoints::failpoint!("restore:staged");
         let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
@@ -691,10 +706,10 @@ impl Backups {
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
         let (stream, caught) = catching(midway(stream, "restore:extracting"));
         self.engine
-            .upload_tar(container, &side.staging, stream)
+            .upload_tar(container, into, stream)
             .await
             .map_err(|e| caught.or(Failure::plain(format!("{}: {e}", c.name))))?;
-        self.in_volumes(c, container, STAGED, &side.args(), "checking the restore's copy").await
+        self.in_volumes(c, container, scripts[1], &side.args(), "checking the restore's copy").await
     }
 
     /// The names beside a cluster's data directory, which must be on a mount (a cluster is
@@ -726,20 +741,8 @@ impl Backups {
         tag: &str,
     ) -> Result<(), Failure> {
         let side = self.base_sides(c, container, data_dir, tag).await?;
-        self.in_volumes(c, container, PREPARE_BASE, &side.args(), "preparing the restore's copy")
-            .await?;
-        steward_failpoints::failpoint!("restore:staged");
-        let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
-            .await
-            .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
-        let (stream, caught) = catching(midway(stream, "restore:extracting"));
         let copy = format!("{}/{}", side.staging, side.name);
-        self.engine
-            .upload_tar(container, &copy, stream)
-            .await
-            .map_err(|e| caught.or(Failure::plain(format!("{}: {e}", c.name))))?;
-        self.in_volumes(c, container, STAGED_BASE, &side.args(), "checking the restore's copy")
-            .await
+        self.stage(c, container, &side, pin, &copy, [PREPARE_BASE, STAGED_BASE]).await
     }
 
     /// Moves the live entries into `<path>/.steward-old-<tag>/`, then the copy's into the

@@ -167,12 +167,8 @@ impl Backups {
                 let clear = format!("rm -f -- {spool}/*.partial");
                 let spec =
                     ExecSpec { cmd: vec!["sh".into(), "-c".into(), clear], ..Default::default() };
-                let out = self
-                    .engine
-                    .exec_as(name, &spec, 5)
-                    .await
-                    .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
-                Failure::check_exit(&out, format!("{what}: clearing the spool's partial file"))?;
+                self.exec_checked(name, &spec, 5, &what, "clearing the spool's partial file")
+                    .await?;
                 tracing::info!(container = %name, slot = %slot_name, "replication slot created");
                 Slot { active: false, wal_status: "reserved".into() }
             }
@@ -208,13 +204,8 @@ impl Backups {
             env: login.env.clone(),
             user: None,
         };
-        let out = self
-            .engine
-            .exec_as(container, &spec, 20)
-            .await
-            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
-        Failure::check_exit(&out, format!("{what}: psql"))?;
-        Ok(out.tail)
+        let out = self.exec_checked(container, &spec, 20, what, "psql").await?;
+        Ok(out)
     }
 
     async fn slot(
@@ -257,12 +248,7 @@ impl Backups {
         );
         cmd.extend(["-c".into(), "SELECT pg_reload_conf()".into()]);
         let spec = ExecSpec { cmd, env: login.env.clone(), user: None };
-        let out = self
-            .engine
-            .exec_as(container, &spec, 20)
-            .await
-            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
-        Failure::check_exit(&out, format!("{what}: setting max_slot_wal_keep_size"))?;
+        self.exec_checked(container, &spec, 20, what, "setting max_slot_wal_keep_size").await?;
         tracing::info!(container, max_slot_wal_keep_size = %wanted, "bounded the WAL a stalled shipper can make the server keep");
         Ok(())
     }
@@ -280,12 +266,7 @@ impl Backups {
             env: vec![],
             user: Some(OS_USER.into()),
         };
-        let out = self
-            .engine
-            .exec_as(container, &mkdir, 5)
-            .await
-            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
-        Failure::check_exit(&out, format!("{what}: creating {spool}"))?;
+        self.exec_checked(container, &mkdir, 5, what, format!("creating {spool}")).await?;
         let cmd = ["pg_receivewal", "-U", &login.user, "-D", spool, "--slot", slot, "--no-loop"];
         let spec = ExecSpec {
             cmd: cmd.map(String::from).to_vec(),
@@ -308,14 +289,11 @@ impl Backups {
         container: &str,
         spool: &str,
     ) -> Result<Vec<String>, Failure> {
-        let out = self
-            .engine
-            .exec(container, ["ls", "-1", spool].map(String::from).to_vec(), 100_000)
-            .await
-            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
-        Failure::check_exit(&out, format!("{what}: listing {spool}"))?;
+        let spec =
+            ExecSpec { cmd: ["ls", "-1", spool].map(String::from).to_vec(), ..Default::default() };
+        let out =
+            self.exec_checked(container, &spec, 100_000, what, format!("listing {spool}")).await?;
         let mut files: Vec<String> = out
-            .tail
             .iter()
             .map(|l| l.trim().to_owned())
             .filter(|l| wal_file_timeline(l).is_some())
@@ -375,12 +353,12 @@ impl Backups {
                 true
             }
         };
-        let out = self
-            .engine
-            .exec(container, ["rm", "-f", "--", &path].map(String::from).to_vec(), 5)
-            .await
-            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
-        Failure::check_exit(&out, format!("{what}: removing {file} from the spool"))?;
+        let spec = ExecSpec {
+            cmd: ["rm", "-f", "--", &path].map(String::from).to_vec(),
+            ..Default::default()
+        };
+        self.exec_checked(container, &spec, 5, what, format!("removing {file} from the spool"))
+            .await?;
         if uploaded {
             tracing::info!(container, file, "WAL shipped");
         }
@@ -425,13 +403,12 @@ impl Backups {
         container: &str,
         path: &str,
     ) -> Result<String, Failure> {
-        let out = self
-            .engine
-            .exec(container, ["sha256sum", "--", path].map(String::from).to_vec(), 5)
-            .await
-            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
-        Failure::check_exit(&out, format!("{what}: hashing {path}"))?;
-        let line = out.tail.last().map(|l| l.trim()).unwrap_or_default();
+        let spec = ExecSpec {
+            cmd: ["sha256sum", "--", path].map(String::from).to_vec(),
+            ..Default::default()
+        };
+        let out = self.exec_checked(container, &spec, 5, what, format!("hashing {path}")).await?;
+        let line = out.last().map(|l| l.trim()).unwrap_or_default();
         Ok(line.split_whitespace().next().unwrap_or_default().to_owned())
     }
 

@@ -11,6 +11,17 @@ use steward_events::RestoreScope;
 use steward_store::manifest::Kind;
 use steward_testkit::docker::docker;
 
+/// A database restore of backup `id` by the library, as the service runs it.
+async fn restore_db(
+    stack: &Stack,
+    id: &str,
+    options: RestoreOptions,
+) -> Result<steward_backup::restore::Restored, steward_backup::Failure> {
+    let busy = Busy::new();
+    let mut journal = RestoreJournal::none();
+    stack.backups.restore_journaled(id, RestoreScope::Db, options, &busy, &mut journal).await
+}
+
 fn physical() -> RestoreOptions {
     RestoreOptions { safety_backup: true, physical: true, ..Default::default() }
 }
@@ -87,15 +98,7 @@ async fn a_base_backup_brings_back_the_whole_cluster_encrypted() {
     stack.psql("DROP ROLE reader");
     assert_ne!(databases(&stack), dbs_before);
 
-    let restored = stack
-        .backups
-        .restore_journaled(
-            &id,
-            RestoreScope::Db,
-            physical(),
-            &Busy::new(),
-            &mut RestoreJournal::none(),
-        )
+    let restored = restore_db(&stack, &id, physical())
         .await
         .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
     assert_eq!(restored.restored, vec![format!("postgres-base/{}", stack.db.name)]);
@@ -121,15 +124,7 @@ async fn a_base_backup_brings_back_the_whole_cluster_encrypted() {
 
     // The safety backup holds the replaced cluster: restoring it undoes the restore.
     let safety = restored.safety_backup_id.unwrap_or_else(|| panic!("no safety backup"));
-    let undo = stack
-        .backups
-        .restore_journaled(
-            &safety,
-            RestoreScope::Db,
-            RestoreOptions { physical: true, ..Default::default() },
-            &Busy::new(),
-            &mut RestoreJournal::none(),
-        )
+    let undo = restore_db(&stack, &safety, RestoreOptions { physical: true, ..Default::default() })
         .await
         .unwrap_or_else(|e| panic!("undo failed: {e} {:?}", e.stderr_tail));
     assert_eq!(undo.manifest.backup_id, safety);
@@ -195,6 +190,17 @@ async fn ship_round(
         }
     }
     rounds
+}
+
+/// A pitr stack shipping its WAL (the slot made first), and its first backup with the base.
+async fn shipping_stack(
+    tag: &str,
+) -> (Stack, steward_backup::Backups, (String, steward_store::manifest::Manifest)) {
+    let stack = Stack::start_pitr(tag, Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    ship_round(&backups, &mut Default::default()).await;
+    let backup = stack.back_up().await;
+    (stack, backups, backup)
 }
 
 fn pitr_stack_config(stack: &Stack) -> steward_backup::Backups {
@@ -396,22 +402,18 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     let target = a + (b - a) / 2;
     assert!(before.len() >= 10 && before.len() < 39, "{before:?}");
 
-    let restored = stack
-        .backups
-        .restore_journaled(
-            &id,
-            RestoreScope::Db,
-            RestoreOptions {
-                safety_backup: true,
-                physical: true,
-                to_time: Some(PointInTime::At(target)),
-                ..Default::default()
-            },
-            &Busy::new(),
-            &mut RestoreJournal::none(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
+    let restored = restore_db(
+        &stack,
+        &id,
+        RestoreOptions {
+            safety_backup: true,
+            physical: true,
+            to_time: Some(PointInTime::At(target)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
     assert_eq!(restored.restored, vec![format!("postgres-base/{}", stack.db.name)]);
     let ids: Vec<i32> = stack
         .psql("SELECT id FROM rows ORDER BY id")
@@ -429,22 +431,18 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     // A time the shipped WAL does not reach is refused, nothing changed.
     let fingerprint = stack.db_fingerprint();
     let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let refused = stack
-        .backups
-        .restore_journaled(
-            &id,
-            RestoreScope::Db,
-            RestoreOptions {
-                physical: true,
-                to_time: Some(PointInTime::At(later)),
-                ..Default::default()
-            },
-            &Busy::new(),
-            &mut RestoreJournal::none(),
-        )
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("a restore beyond the shipped WAL succeeded"));
+    let refused = restore_db(
+        &stack,
+        &id,
+        RestoreOptions {
+            physical: true,
+            to_time: Some(PointInTime::At(later)),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("a restore beyond the shipped WAL succeeded"));
     assert!(refused.reason.contains("nothing was changed"), "{}", refused.reason);
     assert_eq!(stack.db_fingerprint(), fingerprint);
     assert_eq!(steward_entries(&stack), "");
@@ -456,10 +454,7 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
-    let stack = Stack::start_pitr("pitr-prune", Keys::default()).await;
-    let backups = pitr_stack_config(&stack);
-    ship_round(&backups, &mut Default::default()).await;
-    let (_, first) = stack.back_up().await;
+    let (stack, backups, (_, first)) = shipping_stack("pitr-prune").await;
     stack.fill_db(2_000);
     stack.psql("SELECT pg_switch_wal()");
     ship_until_current(&stack, &backups).await;
@@ -510,10 +505,7 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     use steward_backup::pitr::PointInTime;
-    let stack = Stack::start_pitr("pitr-gap", Keys::default()).await;
-    let backups = pitr_stack_config(&stack);
-    ship_round(&backups, &mut Default::default()).await;
-    let (id, _) = stack.back_up().await;
+    let (stack, backups, (id, _)) = shipping_stack("pitr-gap").await;
     for i in 0..3 {
         stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
         stack.psql("SELECT pg_switch_wal()");
@@ -528,22 +520,6 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
         ..Default::default()
     };
     let fingerprint = stack.db_fingerprint_tables();
-    let restore = |options| {
-        let backups = stack.backups.clone();
-        let id = id.clone();
-        async move {
-            backups
-                .restore_journaled(
-                    &id,
-                    RestoreScope::Db,
-                    options,
-                    &Busy::new(),
-                    &mut RestoreJournal::none(),
-                )
-                .await
-        }
-    };
-
     // A forged record (its checksum changed, the signature kept): refused before any replay.
     let victim = &files[files.len() - 2];
     let record = format!("{dir}/{victim}.json");
@@ -554,8 +530,10 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
         .put(&record, bytes::Bytes::from(forged.into_bytes()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let e =
-        restore(latest()).await.err().unwrap_or_else(|| panic!("a forged WAL record was replayed"));
+    let e = restore_db(&stack, &id, latest())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a forged WAL record was replayed"));
     assert!(
         e.reason.contains("refused") && e.reason.contains("nothing was changed"),
         "{}",
@@ -565,7 +543,10 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
 
     // The same segment gone from the bucket: `latest` cannot be reached, and says so.
     stack.store.delete(&record).await.unwrap_or_else(|e| panic!("{e}"));
-    let e = restore(latest()).await.err().unwrap_or_else(|| panic!("a gap was restored over"));
+    let e = restore_db(&stack, &id, latest())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a gap was restored over"));
     assert!(
         e.reason.contains("WAL is missing") && e.reason.contains("nothing was changed"),
         "{}",

@@ -98,6 +98,19 @@ fn push_tail(tail: &mut VecDeque<String>, text: &[u8], keep: usize) {
     }
 }
 
+/// The engine's exec of `spec`, its stdin attached when `stdin`, its output when `attach`.
+fn exec_config(spec: &ExecSpec, stdin: bool, attach: bool) -> bollard::models::ExecConfig {
+    bollard::models::ExecConfig {
+        attach_stdin: Some(stdin),
+        attach_stdout: Some(attach),
+        attach_stderr: Some(attach),
+        cmd: Some(spec.cmd.clone()),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        user: spec.user.clone(),
+        ..Default::default()
+    }
+}
+
 impl Engine {
     async fn start_exec(
         &self,
@@ -107,15 +120,7 @@ impl Engine {
     ) -> Result<(String, StartExecResults), EngineError> {
         let docker = self.client()?;
         let what = format!("exec {:?} in {container}", spec.cmd.first());
-        let config = bollard::models::ExecConfig {
-            attach_stdin: Some(stdin),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(spec.cmd.clone()),
-            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
-            user: spec.user.clone(),
-            ..Default::default()
-        };
+        let config = exec_config(spec, stdin, true);
         let exec = self
             .timed(docker.create_exec(container, config))
             .await
@@ -515,15 +520,7 @@ impl Engine {
     pub async fn exec_detached(&self, container: &str, spec: &ExecSpec) -> Result<(), EngineError> {
         let docker = self.client()?;
         let what = format!("exec {:?} in {container}", spec.cmd.first());
-        let config = bollard::models::ExecConfig {
-            attach_stdin: Some(false),
-            attach_stdout: Some(false),
-            attach_stderr: Some(false),
-            cmd: Some(spec.cmd.clone()),
-            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
-            user: spec.user.clone(),
-            ..Default::default()
-        };
+        let config = exec_config(spec, false, false);
         let exec = self
             .timed(docker.create_exec(container, config))
             .await
