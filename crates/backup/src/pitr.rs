@@ -201,14 +201,16 @@ impl Backups {
     /// Builds the cluster of base backup `c` recovered to `to` in a scratch server of the
     /// same image (its WAL from the bucket, each file's signed record and checksums checked),
     /// proves it (promoted, answering queries, the replay's end logged), and copies its data
-    /// directory into `staging` of the live container, which is not touched otherwise.
+    /// directory into `staging` of the live container, which is not touched otherwise
+    /// (`None`: only the proof, what `verify` does). Returns the time of the last transaction
+    /// replayed (`none` when there was none).
     pub(crate) async fn recover_into(
         &self,
         c: &Component,
         pin: Option<&str>,
         to: PointInTime,
-        staging: &str,
-    ) -> Result<(), Failure> {
+        staging: Option<&str>,
+    ) -> Result<String, Failure> {
         let Kind::PostgresBase { container, image, data_dir, timeline, start_lsn, .. } = &c.kind
         else {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
@@ -309,8 +311,8 @@ impl Backups {
         pin: Option<&str>,
         files: &[Component],
         to: PointInTime,
-        staging: &str,
-    ) -> Result<(), Failure> {
+        staging: Option<&str>,
+    ) -> Result<String, Failure> {
         let Kind::PostgresBase { container, user, data_dir, .. } = &c.kind else {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
         };
@@ -343,6 +345,7 @@ impl Backups {
         let clean = ["rm", "-rf", "--", &format!("{data_dir}/{REPLAY_DIR}")].map(String::from);
         let spec = ExecSpec { cmd: clean.to_vec(), ..Default::default() };
         self.exec_checked(scratch, &spec, 5, &c.name, "cleaning the scratch server").await?;
+        let Some(staging) = staging else { return Ok(replayed) };
         // A clean shutdown: the copy starts without recovery.
         self.engine.stop(scratch, 120).await.map_err(Failure::plain)?;
         let copy = crate::tarcheck::guarded(
@@ -350,10 +353,10 @@ impl Backups {
             data_dir,
             &c.name,
         );
-        self.engine
-            .upload_tar(container, staging, copy)
-            .await
-            .map_err(|e| Failure::plain(format!("{}: copying the recovered cluster: {e}", c.name)))
+        self.engine.upload_tar(container, staging, copy).await.map_err(|e| {
+            Failure::plain(format!("{}: copying the recovered cluster: {e}", c.name))
+        })?;
+        Ok(replayed)
     }
 
     /// Waits until the scratch server has left recovery and answers; the time of the last

@@ -427,7 +427,7 @@ impl Backups {
                                 "preparing the restore's copy",
                             )
                             .await?;
-                            self.recover_into(c, pin, to, &side.staging).await?;
+                            self.recover_into(c, pin, to, Some(&side.staging)).await?;
                             self.in_volumes(
                                 c,
                                 container,

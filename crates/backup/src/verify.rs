@@ -41,15 +41,23 @@ impl Backups {
         // The archives and the rest first: a damaged one fails in seconds, before a scratch
         // server is started for the dumps.
         let mut ordered: Vec<&Component> = manifest.components.iter().collect();
-        ordered.sort_by_key(|c| matches!(c.kind, Kind::Postgres { .. }));
+        ordered
+            .sort_by_key(|c| matches!(c.kind, Kind::Postgres { .. } | Kind::PostgresBase { .. }));
         for c in ordered {
             match &c.kind {
                 Kind::Postgres { image, user, database, container } => {
                     self.load_into_scratch(&id, c, image, container, user, database).await?;
                     database_restored = true;
                 }
+                // The base with every shipped WAL file replayed in a scratch server: what a
+                // restore to `latest` would build (a gap fails it).
+                Kind::PostgresBase { .. } => {
+                    let latest = crate::pitr::PointInTime::Latest;
+                    let replayed = self.recover_into(c, None, latest, None).await?;
+                    tracing::info!(backup = %id, component = %c.name, last_replayed_transaction = %replayed, "base backup and WAL replayed");
+                    database_restored = true;
+                }
                 Kind::Path { .. }
-                | Kind::PostgresBase { .. }
                 | Kind::Containers
                 | Kind::Events
                 | Kind::Project { .. }

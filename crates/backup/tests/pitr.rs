@@ -520,6 +520,14 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
         ..Default::default()
     };
     let fingerprint = stack.db_fingerprint_tables();
+    // Verification replays the base and every shipped segment in a scratch server.
+    let verified = stack
+        .backups
+        .verify(&id)
+        .await
+        .unwrap_or_else(|e| panic!("verify: {e} {:?}", e.stderr_tail));
+    assert!(verified.database_restored);
+
     // A forged record (its checksum changed, the signature kept): refused before any replay.
     let victim = &files[files.len() - 2];
     let record = format!("{dir}/{victim}.json");
@@ -555,6 +563,9 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     assert_eq!(stack.db_fingerprint_tables(), fingerprint);
     assert_eq!(steward_entries(&stack), "");
     assert!(stack.app_running());
+    // ... and verification fails on it.
+    let e = stack.backups.verify(&id).await.err().unwrap_or_else(|| panic!("a gap verified"));
+    assert!(e.reason.contains("WAL is missing"), "{}", e.reason);
     stack.destroy_bucket().await;
 }
 
