@@ -499,3 +499,17 @@ async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn to_time_takes_latest_or_an_rfc3339_time() {
+        assert_eq!(super::to_time("latest").as_deref(), Ok("latest"));
+        assert_eq!(super::to_time("2026-11-30T08:59:00Z").as_deref(), Ok("2026-11-30T08:59:00Z"));
+        assert!(super::to_time("2026-11-30T08:59:00+01:00").is_ok());
+        for bad in ["", "yesterday", "2026-11-30", "2026-11-30 08:59:00", "LATEST"] {
+            let e = super::to_time(bad).err().unwrap_or_default();
+            assert!(e.contains("neither latest nor an RFC 3339 time"), "{bad}: {e}");
+        }
+    }
+}
