@@ -140,6 +140,7 @@ impl Bed {
                 allow_unsigned: false,
                 no_safety_backup: false,
                 from,
+                to_time: None,
             },
         );
         self.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));

@@ -560,6 +560,7 @@ fn restore_request(backup_id: &str) -> Event {
             allow_unsigned: false,
             no_safety_backup: false,
             from: None,
+            to_time: None,
         },
     )
 }

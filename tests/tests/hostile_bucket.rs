@@ -158,6 +158,7 @@ impl Bed {
                 allow_unsigned: false,
                 no_safety_backup: false,
                 from: None,
+                to_time: None,
             },
         );
         self.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
@@ -354,6 +355,7 @@ async fn an_object_replaced_after_the_check_is_refused() {
             allow_unsigned: false,
             no_safety_backup: false,
             from: None,
+            to_time: None,
         },
     );
     bed.bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));

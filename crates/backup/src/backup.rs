@@ -63,6 +63,17 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// How to log in to a database container ([`Backups::pg_login`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PgLogin {
+    /// `POSTGRES_USER` (default `postgres`).
+    pub user: String,
+    /// `POSTGRES_DB` (default: the user's).
+    pub database: String,
+    /// `PGPASSWORD=…` when the container has a password.
+    pub env: Vec<String>,
+}
+
 /// Takes backups, verifies and restores them.
 #[derive(Debug, Clone)]
 pub struct Backups {
@@ -204,6 +215,10 @@ impl Backups {
         for t in plan.targets.iter().filter(|t| t.labels.postgres) {
             components.push(self.dump_postgres(id, t).await?);
             steward_failpoints::failpoint!("backup:stored:database");
+            if t.labels.pitr {
+                components.push(self.base_backup(id, t).await?);
+                steward_failpoints::failpoint!("backup:stored:base");
+            }
         }
         for t in plan.targets.iter().filter(|t| !t.labels.paths.is_empty()) {
             components.extend(self.archive_paths(id, t).await?);
@@ -222,34 +237,19 @@ impl Backups {
 
     async fn dump_postgres(&self, id: &str, t: &Target) -> Result<Component, Failure> {
         let name = &t.container.name;
-        let env = self.engine.container_env(name).await.map_err(Failure::plain)?;
-        let user = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
-        let database = env.get("POSTGRES_DB").cloned().unwrap_or_else(|| user.clone());
+        let PgLogin { user, database, env } = self.pg_login(name).await?;
         // Uncompressed custom format: zstd compresses it better and faster than pg_dump's zlib.
         let spec = ExecSpec {
             cmd: ["pg_dump", "-Fc", "-Z0", "-U", &user, "-d", &database].map(String::from).to_vec(),
-            env: env
-                .get("POSTGRES_PASSWORD")
-                .map(|p| vec![format!("PGPASSWORD={p}")])
-                .unwrap_or_default(),
+            env,
             user: None,
         };
         let component = format!("postgres/{name}");
         let object = self.object_name(format!("{id}/postgres-{}.dump.zst", manifest::slug(name)));
         tracing::info!(backup = id, component, "dumping");
         self.meter.item(&component);
-        let mut exec = self
-            .engine
-            .exec_stdout(name, &spec, STDERR_LINES)
-            .await
-            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-        let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
-        let stored =
-            pipeline::store_stream(self.io(), &object, stdout, self.config.zstd_level).await;
-        let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-        // The exit code first: a failing pg_dump often leaves a plausible-looking prefix.
-        Failure::check_exit(&out, format!("{component}: pg_dump"))?;
-        let (stored, raw) = stored.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let (stored, raw, out) =
+            self.store_exec_stdout(name, &spec, &object, &component, STDERR_LINES).await?;
         if raw.size == 0 || !raw.head.starts_with(b"PGDMP") {
             return Err(Failure {
                 reason: format!(
@@ -266,6 +266,64 @@ impl Backups {
             database,
         };
         Ok(self.entry(component, kind, object, stored, raw))
+    }
+
+    /// Stores the stdout of `spec` run in `container` as `object`; the command's exit code is
+    /// checked before the upload's result (a failing command often leaves a plausible-looking
+    /// prefix). Returns what was stored, the raw bytes' count and the command's stderr tail.
+    pub(crate) async fn store_exec_stdout(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        object: &str,
+        component: &str,
+        keep_stderr: usize,
+    ) -> Result<(Stored, Counted, steward_engine::ExecOutput), Failure> {
+        let mut exec = self
+            .engine
+            .exec_stdout(container, spec, keep_stderr)
+            .await
+            .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
+        let stored =
+            pipeline::store_stream(self.io(), object, stdout, self.config.zstd_level).await;
+        let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        let program = spec.cmd.first().map(String::as_str).unwrap_or_default();
+        Failure::check_exit(&out, format!("{component}: {program}"))?;
+        let (stored, raw) = stored.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+        Ok((stored, raw, out))
+    }
+
+    /// Runs `spec` in `container` and checks its exit: its last `keep` output lines, or a
+    /// failure naming `what` (an engine error) or `what: step` (a non-zero exit) with them.
+    pub(crate) async fn exec_checked(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        keep: usize,
+        what: &str,
+        step: impl std::fmt::Display,
+    ) -> Result<Vec<String>, Failure> {
+        let out = self
+            .engine
+            .exec_as(container, spec, keep)
+            .await
+            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
+        Failure::check_exit(&out, format!("{what}: {step}"))?;
+        Ok(out.tail)
+    }
+
+    /// Who a database's tools run as: the official image's `POSTGRES_USER`, `POSTGRES_DB`
+    /// and `POSTGRES_PASSWORD` (as `PGPASSWORD`), read from the container.
+    pub(crate) async fn pg_login(&self, container: &str) -> Result<PgLogin, Failure> {
+        let env = self.engine.container_env(container).await.map_err(Failure::plain)?;
+        let user = env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
+        let database = env.get("POSTGRES_DB").cloned().unwrap_or_else(|| user.clone());
+        let env = env
+            .get("POSTGRES_PASSWORD")
+            .map(|p| vec![format!("PGPASSWORD={p}")])
+            .unwrap_or_default();
+        Ok(PgLogin { user, database, env })
     }
 
     async fn archive_paths(&self, id: &str, t: &Target) -> Result<Vec<Component>, Failure> {

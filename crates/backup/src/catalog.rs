@@ -93,6 +93,15 @@ impl Backups {
             tracing::info!(backup = %id, "pruned");
         }
         let kept = candidates.iter().filter(|c| c.complete && !prune.contains(&c.id)).count();
+        // Then the WAL no retained base backup needs (issue 20); a failure there keeps it.
+        let retained: Vec<&steward_store::manifest::Manifest> = listed
+            .iter()
+            .filter(|l| !prune.contains(&l.backup_id))
+            .filter_map(|l| l.usable())
+            .collect();
+        if let Err(e) = self.prune_wal(&retained).await {
+            tracing::warn!(error = %e, "could not prune the shipped WAL; it is kept");
+        }
         Ok((prune, u32::try_from(kept).unwrap_or(u32::MAX)))
     }
 }

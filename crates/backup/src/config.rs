@@ -35,6 +35,50 @@ pub const DEFAULT_VERIFY_SCHEDULE: &str = "0 4 * * 0";
 /// The newest complete backup may be at most this old before `backup.stale` is published.
 pub const ENV_MAX_AGE: &str = "STEWARD_BACKUP_MAX_AGE";
 
+/// The longest a committed transaction may wait before its WAL is in the bucket
+/// (`steward.backup.pitr` clusters).
+pub const ENV_PITR_MAX_LAG: &str = "STEWARD_PITR_MAX_LAG";
+/// The most WAL (MiB) a replication slot may make PostgreSQL keep for a shipper that does not
+/// read it (`max_slot_wal_keep_size`); beyond it the slot is lost and a gap reported.
+pub const ENV_PITR_SLOT_KEEP_MB: &str = "STEWARD_PITR_SLOT_KEEP_MB";
+
+/// WAL shipping's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PitrConfig {
+    /// [`ENV_PITR_MAX_LAG`], default 60 s.
+    pub max_lag: Duration,
+    /// [`ENV_PITR_SLOT_KEEP_MB`], default 8192.
+    pub slot_keep_mb: u32,
+}
+
+impl Default for PitrConfig {
+    fn default() -> Self {
+        Self { max_lag: Duration::from_secs(60), slot_keep_mb: 8192 }
+    }
+}
+
+impl PitrConfig {
+    /// Reads the settings; errors go to `env`.
+    pub fn read(env: &mut Env) -> Self {
+        let d = Self::default();
+        let max_lag = env.duration(ENV_PITR_MAX_LAG, d.max_lag);
+        if max_lag < Duration::from_secs(4) {
+            env.error(ENV_PITR_MAX_LAG, &format!("{max_lag:?}"), "at least 4s");
+        }
+        let slot_keep_mb =
+            env.parse_with(ENV_PITR_SLOT_KEEP_MB, d.slot_keep_mb, |s| match s.parse::<u32>() {
+                Ok(n) if n >= 64 => Ok(n),
+                _ => Err("a whole number of MiB, at least 64".into()),
+            });
+        Self { max_lag, slot_keep_mb }
+    }
+
+    /// How often the shipper looks: a tenth of the lag, from 1 to 10 seconds.
+    pub fn tick(&self) -> Duration {
+        (self.max_lag / 10).clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+}
+
 /// The backup service's settings.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
@@ -76,6 +120,8 @@ pub struct BackupConfig {
     /// On a rebuilt host, backups are refused until a restore ends this pause
     /// ([`crate::pause`], `STEWARD_BACKUP_RESTORE_PENDING`).
     pub restore_pending: Option<String>,
+    /// WAL shipping of `steward.backup.pitr` clusters.
+    pub pitr: PitrConfig,
 }
 
 impl BackupConfig {
@@ -136,6 +182,7 @@ impl BackupConfig {
             keys,
             signing,
             trust,
+            pitr: PitrConfig::read(env),
         }
     }
 }
@@ -190,6 +237,21 @@ mod tests {
         let config = BackupConfig::read(&mut env);
         assert!(env.finish().is_ok());
         assert_eq!(config.schedule.as_str(), DEFAULT_SCHEDULE);
+        assert_eq!(config.pitr, PitrConfig::default());
+        assert_eq!(config.pitr.tick(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn pitr_settings_are_bounded() {
+        let mut env = Env::from_pairs([(ENV_PITR_MAX_LAG, "1s"), (ENV_PITR_SLOT_KEEP_MB, "10")]);
+        let _ = PitrConfig::read(&mut env);
+        let message = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains(ENV_PITR_MAX_LAG) && message.contains("at least 4s"), "{message}");
+        assert!(message.contains(ENV_PITR_SLOT_KEEP_MB), "{message}");
+        let mut env = Env::from_pairs([(ENV_PITR_MAX_LAG, "10s")]);
+        let pitr = PitrConfig::read(&mut env);
+        assert!(env.finish().is_ok());
+        assert_eq!(pitr.tick(), Duration::from_secs(1));
     }
 
     #[test]

@@ -9,6 +9,14 @@ use steward_store::manifest::{Kind, Manifest};
 
 use crate::backup::{Backups, Failure};
 
+/// What a component needs its container's labels to allow.
+enum Wants<'a> {
+    /// `steward.backup.postgres`.
+    Database,
+    /// The path among `steward.backup.paths`.
+    Path(&'a String),
+}
+
 impl Backups {
     /// Refuses, naming every offending component, when a component of `manifest` that a
     /// restore would touch (databases and paths: their containers are stopped whatever the
@@ -18,9 +26,15 @@ impl Backups {
         let mut problems = vec![];
         for c in &manifest.components {
             let (container, wanted) = match &c.kind {
-                Kind::Postgres { container, .. } => (container, None),
-                Kind::Path { container, path } => (container, Some(path)),
-                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
+                // A cluster is restored into a database container, whether it still takes base
+                // backups or not.
+                Kind::Postgres { container, .. } | Kind::PostgresBase { container, .. } => {
+                    (container, Wants::Database)
+                }
+                Kind::Path { container, path } => (container, Wants::Path(path)),
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                    continue
+                }
             };
             let Some(labels) =
                 self.engine.container_labels(container).await.map_err(Failure::plain)?
@@ -45,21 +59,23 @@ impl Backups {
                 }
             };
             match wanted {
-                None if !backup.postgres => problems.push(format!(
+                Wants::Database if !backup.postgres => problems.push(format!(
                     "{}: container {container} does not carry {}=true now",
                     c.name,
                     steward_labels::BACKUP_POSTGRES
                 )),
-                Some(path) if !backup.paths.iter().any(|p| p == path) => problems.push(format!(
-                    "{}: {path} is not among container {container}'s {} now ({})",
-                    c.name,
-                    steward_labels::BACKUP_PATHS,
-                    if backup.paths.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        backup.paths.join(", ")
-                    }
-                )),
+                Wants::Path(path) if !backup.paths.iter().any(|p| p == path) => {
+                    problems.push(format!(
+                        "{}: {path} is not among container {container}'s {} now ({})",
+                        c.name,
+                        steward_labels::BACKUP_PATHS,
+                        if backup.paths.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            backup.paths.join(", ")
+                        }
+                    ))
+                }
                 _ => {}
             }
         }

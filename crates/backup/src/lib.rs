@@ -21,6 +21,7 @@ pub mod journal;
 pub mod matching;
 pub mod pause;
 pub mod pipeline;
+pub mod pitr;
 pub mod progress;
 pub mod restore;
 pub mod retention;
@@ -30,6 +31,7 @@ pub mod stack;
 pub mod tarcheck;
 pub mod targets;
 pub mod verify;
+pub mod wal;
 
 use steward_events::Service;
 

@@ -39,8 +39,11 @@ pub fn compose_services(inspects: &serde_json::Value) -> BTreeMap<String, (Strin
 
 fn container_mut(c: &mut Component) -> Option<&mut String> {
     match &mut c.kind {
-        Kind::Postgres { container, .. } | Kind::Path { container, .. } => Some(container),
-        Kind::Containers | Kind::Events | Kind::Project { .. } => None,
+        Kind::Postgres { container, .. }
+        | Kind::PostgresBase { container, .. }
+        | Kind::Path { container, .. } => Some(container),
+        // A WAL file is not restored into its container but replayed from the bucket.
+        Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => None,
     }
 }
 

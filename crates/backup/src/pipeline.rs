@@ -238,10 +238,15 @@ pub async fn read_component_pinned(
     let checked = bytes.chain(check);
     let stream = match &component.kind {
         Kind::Path { path, .. } => tarcheck::guarded(checked, path, &component.name),
-        // Never unpacked onto a host by Steward: handed to the operator as they are.
-        Kind::Postgres { .. } | Kind::Containers | Kind::Events | Kind::Project { .. } => {
-            checked.boxed()
+        Kind::PostgresBase { data_dir, .. } => {
+            tarcheck::guarded_contents(checked, data_dir, &component.name)
         }
+        // Never unpacked onto a host by Steward: handed to the operator as they are.
+        Kind::Postgres { .. }
+        | Kind::Containers
+        | Kind::Events
+        | Kind::Project { .. }
+        | Kind::Wal { .. } => checked.boxed(),
     };
     Ok((stream, etag))
 }

@@ -44,13 +44,21 @@ pub struct RestoreOptions {
     /// Take a safety backup of what the restore replaces first (skipped anyway when there is
     /// nothing to save: no database, an empty one, empty paths).
     pub safety_backup: bool,
+    /// Databases come back from their base backups (whole clusters, `crate::pitr`) instead
+    /// of their dumps; the database containers are stopped for the swap.
+    pub physical: bool,
+    /// With `physical`: the shipped WAL replayed on the base up to this point, in a scratch
+    /// server first ([`crate::pitr`]); without it, the base alone.
+    pub to_time: Option<crate::pitr::PointInTime>,
 }
 
-fn in_scope(c: &Component, scope: RestoreScope) -> bool {
+fn in_scope(c: &Component, scope: RestoreScope, physical: bool) -> bool {
     match (&c.kind, scope) {
         // Brought back by hand on a rebuilt host (`steward-backup extract`, docs/runbooks.md).
-        (Kind::Containers | Kind::Events | Kind::Project { .. }, _) => false,
-        (Kind::Postgres { .. }, RestoreScope::All | RestoreScope::Db) => true,
+        (Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. }, _) => false,
+        // A database comes back from its dump or from its base backup, never both.
+        (Kind::Postgres { .. }, RestoreScope::All | RestoreScope::Db) => !physical,
+        (Kind::PostgresBase { .. }, RestoreScope::All | RestoreScope::Db) => physical,
         (Kind::Path { .. }, RestoreScope::All | RestoreScope::Paths) => true,
         _ => false,
     }
@@ -58,8 +66,10 @@ fn in_scope(c: &Component, scope: RestoreScope) -> bool {
 
 fn container_of(c: &Component) -> Option<&str> {
     match &c.kind {
-        Kind::Postgres { container, .. } | Kind::Path { container, .. } => Some(container),
-        Kind::Containers | Kind::Events | Kind::Project { .. } => None,
+        Kind::Postgres { container, .. }
+        | Kind::PostgresBase { container, .. }
+        | Kind::Path { container, .. } => Some(container),
+        Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => None,
     }
 }
 
@@ -121,7 +131,7 @@ impl Backups {
             Ok(done) if scope == RestoreScope::All => self.end_pause(&done.manifest).await,
             Ok(_) => {}
             Err(_) => {
-                self.discard_loading_copies(scope, options.allow_unsigned, journal).await;
+                self.discard_loading_copies(scope, options, journal).await;
                 self.drop_unfinished_safety(journal).await;
             }
         }
@@ -161,19 +171,20 @@ impl Backups {
     async fn discard_loading_copies(
         &self,
         scope: RestoreScope,
-        allow_unsigned: bool,
+        options: RestoreOptions,
         journal: &RestoreJournal,
     ) {
         let Some(swap) = journal.record.swap.as_ref().filter(|s| s.state == SwapState::Loading)
         else {
             return;
         };
-        let Ok(manifest) = self.resolve_allowing(&journal.record.backup_id, allow_unsigned).await
+        let Ok(manifest) =
+            self.resolve_allowing(&journal.record.backup_id, options.allow_unsigned).await
         else {
             return;
         };
         let manifest = self.match_containers_leniently(manifest).await;
-        for c in manifest.components.iter().filter(|c| in_scope(c, scope)) {
+        for c in manifest.components.iter().filter(|c| in_scope(c, scope, options.physical)) {
             if let Err(e) = self.discard_copy(c, &swap.tag).await {
                 tracing::warn!(component = %c.name, error = %e.reason, "could not remove the restore's copy");
             }
@@ -190,9 +201,13 @@ impl Backups {
     ) -> Result<Restored, Failure> {
         let allow_unsigned = options.allow_unsigned;
         // `latest` may name another backup by now: the interrupted attempt's is restored.
-        let id = match journal.resumed() {
-            true => journal.record.backup_id.clone(),
-            false => id.to_owned(),
+        let id = match (journal.resumed(), options.to_time) {
+            (true, _) => journal.record.backup_id.clone(),
+            // The base a recovery to T starts from must be older than T.
+            (false, Some(crate::pitr::PointInTime::At(t))) if id == "latest" => {
+                self.newest_before(t).await?
+            }
+            (false, _) => id.to_owned(),
         };
         let manifest = self.resolve_allowing(&id, allow_unsigned).await.map_err(Failure::plain)?;
         // A swap an interrupted attempt began is finished whatever holds now: stopping there
@@ -204,7 +219,7 @@ impl Backups {
             true => self.match_containers_leniently(manifest).await,
         };
         let chosen: Vec<&Component> =
-            manifest.components.iter().filter(|c| in_scope(c, scope)).collect();
+            manifest.components.iter().filter(|c| in_scope(c, scope, options.physical)).collect();
         let mut pins = Pins::new();
         if !committed {
             let conflicts: Vec<String> = manifest
@@ -259,6 +274,20 @@ impl Backups {
                 }
             }
         }
+        // A cluster restored from its base backup is swapped with its server stopped: after
+        // the apps, started again before them.
+        let servers: Vec<String> = chosen
+            .iter()
+            .filter_map(|c| match &c.kind {
+                Kind::PostgresBase { container, .. } => Some(container.clone()),
+                _ => None,
+            })
+            .collect();
+        for server in &servers {
+            if !apps.contains(server) {
+                apps.push(server.clone());
+            }
+        }
         let grace = self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32;
         // What an interrupted attempt stopped is started again by this one.
         let mut stopped: Vec<String> = journal.record.stopped.clone();
@@ -283,9 +312,12 @@ impl Backups {
         if result.is_ok() {
             let total = chosen.iter().map(|c| c.raw_size).sum();
             self.meter.phase("restoring", Some(total));
-            result = self.restore_components(&chosen, &pins, journal).await;
+            result = self.restore_components(&chosen, &pins, options.to_time, journal).await;
         }
         // Started again whatever happened: a failed restore must not leave the stack down.
+        // Database servers first: the apps need them.
+        stopped.sort_by_key(|c| !servers.contains(c));
+        apps.sort_by_key(|c| !servers.contains(c));
         for app in &stopped {
             if let Err(e) = self.engine.start(app).await {
                 tracing::error!(container = %app, error = %e, "could not start the container again");
@@ -331,6 +363,7 @@ impl Backups {
         &self,
         chosen: &[&Component],
         pins: &Pins,
+        to_time: Option<crate::pitr::PointInTime>,
         journal: &mut RestoreJournal,
     ) -> Result<Vec<String>, Failure> {
         let state = journal.record.swap.as_ref().map(|s| s.state);
@@ -340,7 +373,7 @@ impl Backups {
                 .await
                 .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
             steward_failpoints::failpoint!("restore:loading");
-            if let Err(mut f) = self.load_all(chosen, pins, &tag).await {
+            if let Err(mut f) = self.load_all(chosen, pins, to_time, &tag).await {
                 for c in chosen {
                     if let Err(e) = self.discard_copy(c, &tag).await {
                         tracing::warn!(component = %c.name, error = %e, "could not remove the restore's copy");
@@ -375,7 +408,13 @@ impl Backups {
         Ok(chosen.iter().map(|c| c.name.clone()).collect())
     }
 
-    async fn load_all(&self, chosen: &[&Component], pins: &Pins, tag: &str) -> Result<(), Failure> {
+    async fn load_all(
+        &self,
+        chosen: &[&Component],
+        pins: &Pins,
+        to_time: Option<crate::pitr::PointInTime>,
+        tag: &str,
+    ) -> Result<(), Failure> {
         for c in chosen {
             let pin = pins.get(&c.object).map(String::as_str);
             match &c.kind {
@@ -387,7 +426,35 @@ impl Backups {
                     self.load_path(c, container, path, pin, tag).await?;
                     steward_failpoints::failpoint!("restore:path_loaded");
                 }
-                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
+                Kind::PostgresBase { container, data_dir, .. } => {
+                    match to_time {
+                        None => self.load_base(c, container, data_dir, pin, tag).await?,
+                        Some(to) => {
+                            let side = self.base_sides(c, container, data_dir, tag).await?;
+                            self.in_volumes(
+                                c,
+                                container,
+                                PREPARE,
+                                &side.args(),
+                                "preparing the restore's copy",
+                            )
+                            .await?;
+                            self.recover_into(c, pin, to, Some(&side.staging)).await?;
+                            self.in_volumes(
+                                c,
+                                container,
+                                STAGED_BASE,
+                                &side.args(),
+                                "checking the restore's copy",
+                            )
+                            .await?;
+                        }
+                    }
+                    steward_failpoints::failpoint!("restore:base_loaded");
+                }
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                    continue
+                }
             }
             tracing::info!(component = %c.name, "loaded beside the live data");
         }
@@ -406,7 +473,15 @@ impl Backups {
                 self.swap_path(c, container, path, pin, tag).await?;
                 steward_failpoints::failpoint!("restore:path_swapped");
             }
-            Kind::Containers | Kind::Events | Kind::Project { .. } => return Ok(()),
+            Kind::PostgresBase { container, data_dir, .. } => {
+                let side = self.base_sides(c, container, data_dir, tag).await?;
+                self.in_volumes(c, container, SWAP, &side.args(), "swapping in the cluster")
+                    .await?;
+                steward_failpoints::failpoint!("restore:base_swapped");
+            }
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                return Ok(())
+            }
         }
         tracing::info!(component = %c.name, "swapped in");
         Ok(())
@@ -571,7 +646,7 @@ impl Backups {
     }
 
     /// Runs `script` with `args` ($0, $1, …) in a helper with `container`'s volumes.
-    async fn in_volumes(
+    pub(crate) async fn in_volumes(
         &self,
         c: &Component,
         container: &str,
@@ -620,7 +695,22 @@ impl Backups {
             // Extracted over what is there at the swap: nothing to stage it beside.
             return Ok(());
         }
-        self.in_volumes(c, container, PREPARE, &side.args(), "preparing the restore's copy")
+        let staging = side.staging.clone();
+        self.stage(c, container, &side, pin, &staging, [PREPARE, STAGED]).await
+    }
+
+    /// Prepares the staging directory (`scripts[0]`), extracts component `c` from exactly
+    /// the object checked into `into`, and checks the copy (`scripts[1]`).
+    async fn stage(
+        &self,
+        c: &Component,
+        container: &str,
+        side: &Sides,
+        pin: Option<&str>,
+        into: &str,
+        scripts: [&str; 2],
+    ) -> Result<(), Failure> {
+        self.in_volumes(c, container, scripts[0], &side.args(), "preparing the restore's copy")
             .await?;
         steward_failpoints::failpoint!("restore:staged");
         let (stream, _) = pipeline::read_component_pinned(self.read_io(), c, pin)
@@ -628,10 +718,43 @@ impl Backups {
             .map_err(|e| Failure::plain(format!("{}: {e}", c.name)))?;
         let (stream, caught) = catching(midway(stream, "restore:extracting"));
         self.engine
-            .upload_tar(container, &side.staging, stream)
+            .upload_tar(container, into, stream)
             .await
             .map_err(|e| caught.or(Failure::plain(format!("{}: {e}", c.name))))?;
-        self.in_volumes(c, container, STAGED, &side.args(), "checking the restore's copy").await
+        self.in_volumes(c, container, scripts[1], &side.args(), "checking the restore's copy").await
+    }
+
+    /// The names beside a cluster's data directory, which must be on a mount (a cluster is
+    /// never extracted over a live one).
+    pub(crate) async fn base_sides(
+        &self,
+        c: &Component,
+        container: &str,
+        data_dir: &str,
+        tag: &str,
+    ) -> Result<Sides, Failure> {
+        match Sides::of(data_dir, tag) {
+            Some(side) if self.on_mount(container, &side.path).await? => Ok(side),
+            _ => Err(Failure::plain(format!(
+                "{}: refused: the data directory {data_dir} is not on a volume or bind mount of {container}",
+                c.name
+            ))),
+        }
+    }
+
+    /// Extracts a base backup into `<data_dir>/.steward-restore-<tag>/<name>`, from exactly
+    /// the object checked, each entry checked to stay inside; checks it holds a cluster.
+    async fn load_base(
+        &self,
+        c: &Component,
+        container: &str,
+        data_dir: &str,
+        pin: Option<&str>,
+        tag: &str,
+    ) -> Result<(), Failure> {
+        let side = self.base_sides(c, container, data_dir, tag).await?;
+        let copy = format!("{}/{}", side.staging, side.name);
+        self.stage(c, container, &side, pin, &copy, [PREPARE_BASE, STAGED_BASE]).await
     }
 
     /// Moves the live entries into `<path>/.steward-old-<tag>/`, then the copy's into the
@@ -679,7 +802,11 @@ impl Backups {
                 }
                 _ => Ok(()),
             },
-            Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
+            Kind::PostgresBase { container, data_dir, .. } => {
+                let side = self.base_sides(c, container, data_dir, tag).await?;
+                self.in_volumes(c, container, DISCARD, &side.args(), "removing the copy").await
+            }
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => Ok(()),
         }
     }
 
@@ -698,7 +825,12 @@ impl Backups {
                 }
                 _ => Ok(()),
             },
-            Kind::Containers | Kind::Events | Kind::Project { .. } => Ok(()),
+            Kind::PostgresBase { container, data_dir, .. } => {
+                let side = self.base_sides(c, container, data_dir, tag).await?;
+                self.in_volumes(c, container, CLEAN, &side.args(), "removing the previous cluster")
+                    .await
+            }
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => Ok(()),
         }
     }
 
@@ -795,11 +927,11 @@ impl Backups {
 /// The names beside a restored path: `$0` the path, `$1` the staging directory (the
 /// archive is extracted into it, so the copy is `$1/$3`), `$2` where the live entries go.
 #[derive(Debug)]
-struct Sides {
-    path: String,
-    staging: String,
-    old: String,
-    name: String,
+pub(crate) struct Sides {
+    pub(crate) path: String,
+    pub(crate) staging: String,
+    pub(crate) old: String,
+    pub(crate) name: String,
 }
 
 impl Sides {
@@ -850,6 +982,12 @@ if [ -d "$n" ]; then
 fi
 rm -rf -- "$1"
 sync"#;
+/// [`PREPARE`], with the directory the base backup's entries go into.
+const PREPARE_BASE: &str = r#"rm -rf -- "$1" && mkdir -p -- "$1/$3""#;
+/// The copy holds a cluster (taken by `pg_basebackup`, or recovered from one).
+const STAGED_BASE: &str = r#"for f in PG_VERSION global/pg_control; do
+  [ -f "$1/$3/$f" ] || { echo "the base backup holds no $f" >&2; exit 3; }
+done"#;
 /// A copy that will not be swapped in.
 const DISCARD: &str = r#"rm -rf -- "$1""#;
 /// The data a successful restore replaced.
@@ -889,10 +1027,11 @@ fn kept(chosen: &[&Component], tag: &str) -> String {
             Kind::Postgres { database, .. } => {
                 Some(format!("database {}", side_name(database, "old", tag)))
             }
-            Kind::Path { container, path } => {
+            Kind::Path { container, path }
+            | Kind::PostgresBase { container, data_dir: path, .. } => {
                 Sides::of(path, tag).map(|s| format!("{container}:{}", s.old))
             }
-            Kind::Containers | Kind::Events | Kind::Project { .. } => None,
+            Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => None,
         })
         .collect();
     format!("the data it replaced is kept in {}", places.join(", "))
@@ -1010,9 +1149,27 @@ mod tests {
         });
         let path = c(Kind::Path { container: "app".into(), path: "/data".into() });
         let configs = c(Kind::Containers);
-        assert!(in_scope(&db, RestoreScope::All) && in_scope(&db, RestoreScope::Db));
-        assert!(!in_scope(&db, RestoreScope::Paths));
-        assert!(in_scope(&path, RestoreScope::Paths) && !in_scope(&path, RestoreScope::Db));
-        assert!(!in_scope(&configs, RestoreScope::All));
+        let base = c(Kind::PostgresBase {
+            container: "db".into(),
+            image: String::new(),
+            user: "u".into(),
+            data_dir: "/var/lib/postgresql/data".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+        });
+        for physical in [false, true] {
+            let in_scope = |c, scope| in_scope(c, scope, physical);
+            assert_eq!(in_scope(&db, RestoreScope::All), !physical);
+            assert_eq!(in_scope(&db, RestoreScope::Db), !physical);
+            assert!(!in_scope(&db, RestoreScope::Paths));
+            // The dump or the base, never both.
+            assert_eq!(in_scope(&base, RestoreScope::All), physical);
+            assert_eq!(in_scope(&base, RestoreScope::Db), physical);
+            assert!(!in_scope(&base, RestoreScope::Paths));
+            assert!(in_scope(&path, RestoreScope::Paths) && !in_scope(&path, RestoreScope::Db));
+            assert!(in_scope(&path, RestoreScope::All));
+            assert!(!in_scope(&configs, RestoreScope::All));
+        }
     }
 }

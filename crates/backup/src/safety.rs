@@ -92,8 +92,12 @@ impl Backups {
         let mut only: Vec<String> = vec![];
         for c in chosen {
             let name = match &c.kind {
-                Kind::Postgres { container, .. } | Kind::Path { container, .. } => container,
-                Kind::Containers | Kind::Events | Kind::Project { .. } => continue,
+                Kind::Postgres { container, .. }
+                | Kind::PostgresBase { container, .. }
+                | Kind::Path { container, .. } => container,
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {
+                    continue
+                }
             };
             if !only.contains(name) {
                 only.push(name.clone());
@@ -168,7 +172,9 @@ impl Backups {
                         return Ok(true);
                     }
                 }
-                Kind::Containers | Kind::Events | Kind::Project { .. } => {}
+                // A running cluster always holds something (its catalogs, its roles).
+                Kind::PostgresBase { .. } => return Ok(true),
+                Kind::Containers | Kind::Events | Kind::Project { .. } | Kind::Wal { .. } => {}
             }
         }
         Ok(false)

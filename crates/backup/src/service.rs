@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 use crate::backup::Backups;
 use crate::config::BackupConfig;
 use crate::journal::{FlowRecord, Journal, RestoreJournal};
+use crate::pitr::PointInTime;
 use crate::progress;
 use crate::restore::{Busy, RestoreOptions};
 
@@ -32,6 +33,8 @@ pub struct BackupService {
     backups: Backups,
     /// Backups, verifications and restores never overlap.
     lock: Arc<Mutex<()>>,
+    /// WAL shipping pauses while a restore runs (it goes on during backups).
+    shipping: Arc<Mutex<()>>,
 }
 
 impl BackupService {
@@ -43,7 +46,7 @@ impl BackupService {
         let verify_schedule = cfg.verify_schedule.clone();
         let max_age = cfg.max_age;
         let backups = Backups::new(engine, store, cfg).with_bus(ctx.bus.clone());
-        let service = Self { backups, lock: Default::default() };
+        let service = Self { backups, lock: Default::default(), shipping: Default::default() };
         let scheduled = service.clone();
         let ctx_for_schedule = ctx.clone();
         ctx.spawn("backup schedule", async move {
@@ -62,7 +65,71 @@ impl BackupService {
         });
         let (watched, ctx_for_age) = (service.clone(), ctx.clone());
         ctx.spawn("backup age", async move { watched.watch_age(max_age, ctx_for_age).await });
+        let (shipper, ctx_for_wal) = (service.clone(), ctx.clone());
+        ctx.spawn("wal shipping", async move { shipper.ship_wal(ctx_for_wal).await });
         Ok(service)
+    }
+
+    /// A gap in `container`'s shipped WAL: said as a failed backup (critical, mailed), and a
+    /// new backup (with its base) started so recovery has a start past the gap again.
+    async fn after_wal_gap(&self, ctx: &Context, container: &str, gap: &str) {
+        tracing::error!(container, gap, "a gap in the shipped WAL: point-in-time recovery cannot cross it; taking a new base backup");
+        let data = steward_events::BackupFailed {
+            backup_id: None,
+            reason: format!(
+                "WAL of {container}: {gap}; point-in-time recovery cannot cross this gap, a new base backup is being taken"
+            ),
+            stderr_tail: vec![],
+        };
+        if let Err(e) = self.publish(ctx, None, data).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot report the WAL gap");
+        }
+        let (service, ctx_for_backup) = (self.clone(), ctx.clone());
+        let only = vec![container.to_owned()];
+        ctx.spawn("backup after a WAL gap", async move {
+            if let Err(e) =
+                service.back_up(&ctx_for_backup, None, BackupReason::Schedule, &only).await
+            {
+                tracing::error!(error = %format!("{e:#}"), "could not publish the outcome of the backup after a WAL gap");
+            }
+        });
+    }
+
+    /// Ships the WAL of every `steward.backup.pitr` cluster, every
+    /// [`crate::config::PitrConfig::tick`] ([`crate::wal`]). A failure is logged when it
+    /// starts, changes or ends, not every round.
+    async fn ship_wal(self, ctx: Context) {
+        let tick = self.backups.config().pitr.tick();
+        let mut state = crate::wal::ShipState::default();
+        let mut failing: std::collections::HashMap<String, String> = Default::default();
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let _no_restore = self.shipping.lock().await;
+            let rounds = match self.backups.ship_all(&mut state).await {
+                Ok(rounds) => rounds,
+                Err(f) => vec![(String::new(), Err(f))],
+            };
+            for (container, round) in rounds {
+                match round {
+                    Ok(shipped) => {
+                        if failing.remove(&container).is_some() {
+                            tracing::info!(container = %container, "WAL shipping works again");
+                        }
+                        if let Some(gap) = shipped.gap {
+                            self.after_wal_gap(&ctx, &container, &gap).await;
+                        }
+                    }
+                    Err(f) if failing.get(&container) != Some(&f.reason) => {
+                        tracing::error!(container = %container, error = %f.reason, stderr = ?f.stderr_tail, "WAL shipping failed");
+                        failing.insert(container, f.reason);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
     }
 
     /// Says `backup.stale` when the newest verified backup (checked after it was taken, or
@@ -627,6 +694,7 @@ impl BackupService {
         r: &steward_events::RestoreRequested,
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.lock.lock().await;
+        let _no_shipping = self.shipping.lock().await;
         let started = Instant::now();
         let journal = self.journal();
         let key = cause.id.to_string();
@@ -667,18 +735,28 @@ impl BackupService {
                         match self.restore_source(r.from, &wanted, r.allow_unsigned).await {
                             Ok((backups, fallback)) => {
                                 source = Some((backups.reads_copy(), fallback));
+                                let to_time = r.to_time.as_deref().map(PointInTime::parse);
                                 let options = RestoreOptions {
                                     allow_unsigned: r.allow_unsigned,
                                     safety_backup: !r.no_safety_backup,
+                                    physical: to_time.is_some(),
+                                    to_time: to_time.clone().and_then(Result::ok),
                                 };
-                                let job = backups.restore_journaled(
-                                    &r.backup_id,
-                                    r.scope,
-                                    options,
-                                    &busy,
-                                    &mut steps,
-                                );
-                                self.reporting(ctx, cause, job).await
+                                match to_time {
+                                    Some(Err(e)) => Err(crate::Failure::plain(format!(
+                                        "to_time: {e}; nothing was changed"
+                                    ))),
+                                    _ => {
+                                        let job = backups.restore_journaled(
+                                            &r.backup_id,
+                                            r.scope,
+                                            options,
+                                            &busy,
+                                            &mut steps,
+                                        );
+                                        self.reporting(ctx, cause, job).await
+                                    }
+                                }
                             }
                             Err(f) => Err(f),
                         }

@@ -27,6 +27,9 @@ const MAX_META: u64 = 1 << 20;
 pub struct TarGuard {
     /// The path restored (`/data`): where links may point.
     dir: Vec<String>,
+    /// Entries name the path's contents (`pg_basebackup`'s `PG_VERSION`, `base/1/…`), not
+    /// the path itself (the archive API's `data/…`).
+    contents: bool,
     /// Partial header block.
     block: Vec<u8>,
     /// Data (and padding) of a checked entry still to pass.
@@ -102,6 +105,7 @@ impl TarGuard {
     pub fn new(path: &str) -> Self {
         Self {
             dir: components(path),
+            contents: false,
             block: Vec::with_capacity(BLOCK),
             skip: 0,
             meta: None,
@@ -114,6 +118,12 @@ impl TarGuard {
             safe: 0,
             ended: false,
         }
+    }
+
+    /// A guard for an archive of the contents of absolute path `path`, entries named
+    /// relative to it (what `pg_basebackup -Ft` writes), extracted into the path itself.
+    pub fn contents_of(path: &str) -> Self {
+        Self { contents: true, ..Self::new(path) }
     }
 
     /// Bytes seen so far.
@@ -326,6 +336,9 @@ impl TarGuard {
             return Err("a path with '..'".into());
         }
         let root = self.dir.last().ok_or("the root directory")?;
+        if self.contents {
+            return Ok(std::iter::once(root.clone()).chain(parts).collect());
+        }
         if parts.first() != Some(root) {
             return Err(format!("outside {}", self.shown()));
         }
@@ -371,6 +384,29 @@ pub fn guarded<S>(stream: S, path: &str, component: &str) -> BoxStream<'static, 
 where
     S: Stream<Item = io::Result<Bytes>> + Send + 'static,
 {
+    guarded_by(stream, TarGuard::new(path), component)
+}
+
+/// [`guarded`] for an archive of the path's contents ([`TarGuard::contents_of`]).
+pub fn guarded_contents<S>(
+    stream: S,
+    path: &str,
+    component: &str,
+) -> BoxStream<'static, io::Result<Bytes>>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
+    guarded_by(stream, TarGuard::contents_of(path), component)
+}
+
+fn guarded_by<S>(
+    stream: S,
+    guard: TarGuard,
+    component: &str,
+) -> BoxStream<'static, io::Result<Bytes>>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
     struct State {
         inner: BoxStream<'static, io::Result<Bytes>>,
         guard: TarGuard,
@@ -380,7 +416,7 @@ where
     }
     let state = State {
         inner: stream.boxed(),
-        guard: TarGuard::new(path),
+        guard,
         held: vec![],
         done: false,
         component: component.to_owned(),
@@ -483,6 +519,35 @@ mod tests {
         for (bad, why) in cases {
             let e = check(&[entry::dir("data/"), bad.clone()]).err().unwrap_or_default();
             assert!(e.contains(why), "{bad:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_contents_archive_stays_inside_its_directory() {
+        let check = |entries: &[Entry]| {
+            let mut guard = TarGuard::contents_of("/var/lib/postgresql/data");
+            guard.feed(&steward_testkit::tar::archive(entries))?;
+            guard.finish()
+        };
+        let ok = [
+            entry::file("backup_label", b"START WAL LOCATION"),
+            entry::dir("./pg_wal/archive_status/"),
+            entry::file("base/1/1259", b"x"),
+            entry::symlink("pg_tblspc/16384", "/var/lib/postgresql/data/ts"),
+            entry::hardlink("base/1/copy", "base/1/1259"),
+        ];
+        assert_eq!(check(&ok), Ok(()));
+        let cases: Vec<(Entry, &str)> = vec![
+            (entry::file("../etc/passwd", b"x"), "'..'"),
+            (entry::file("/etc/passwd", b"x"), "absolute"),
+            (entry::symlink("pg_tblspc/1", "/etc"), "outside /var/lib/postgresql/data"),
+            (entry::symlink("pg_tblspc/1", "../../etc"), "outside"),
+            (entry::hardlink("h", "../../../etc/shadow"), "'..'"),
+            (entry::device("sda"), "device"),
+        ];
+        for (bad, why) in cases {
+            let e = check(&[entry::file("PG_VERSION", b"15"), bad.clone()]).err();
+            assert!(e.clone().unwrap_or_default().contains(why), "{bad:?}: {e:?}");
         }
     }
 

@@ -41,14 +41,27 @@ impl Backups {
         // The archives and the rest first: a damaged one fails in seconds, before a scratch
         // server is started for the dumps.
         let mut ordered: Vec<&Component> = manifest.components.iter().collect();
-        ordered.sort_by_key(|c| matches!(c.kind, Kind::Postgres { .. }));
+        ordered
+            .sort_by_key(|c| matches!(c.kind, Kind::Postgres { .. } | Kind::PostgresBase { .. }));
         for c in ordered {
             match &c.kind {
                 Kind::Postgres { image, user, database, container } => {
                     self.load_into_scratch(&id, c, image, container, user, database).await?;
                     database_restored = true;
                 }
-                Kind::Path { .. } | Kind::Containers | Kind::Events | Kind::Project { .. } => {
+                // The base with every shipped WAL file replayed in a scratch server: what a
+                // restore to `latest` would build (a gap fails it).
+                Kind::PostgresBase { .. } => {
+                    let latest = crate::pitr::PointInTime::Latest;
+                    let replayed = self.recover_into(c, None, latest, None).await?;
+                    tracing::info!(backup = %id, component = %c.name, last_replayed_transaction = %replayed, "base backup and WAL replayed");
+                    database_restored = true;
+                }
+                Kind::Path { .. }
+                | Kind::Containers
+                | Kind::Events
+                | Kind::Project { .. }
+                | Kind::Wal { .. } => {
                     pipeline::check_component(self.read_io(), c).await.map_err(Failure::plain)?
                 }
             }
@@ -91,22 +104,7 @@ impl Backups {
         user: &str,
         database: &str,
     ) -> Result<(), Failure> {
-        // The image the dump came from, or the database container's current one.
-        let image = if self.engine.has_image(image).await.map_err(Failure::plain)? {
-            image.to_owned()
-        } else {
-            self.engine
-                .inspect_json(container)
-                .await
-                .ok()
-                .and_then(|v| v.pointer("/Config/Image").and_then(|i| i.as_str()).map(str::to_owned))
-                .ok_or_else(|| {
-                    Failure::plain(format!(
-                        "{}: neither the image it was dumped from ({image}) nor container {container} exists here",
-                        c.name
-                    ))
-                })?
-        };
+        let image = self.scratch_image(c, image, container).await?;
         let name = format!("steward-verify-{}-{}", manifest::slug(id), manifest::slug(container));
         let password = uuid::Uuid::new_v4().simple().to_string();
         let env = vec![
@@ -123,6 +121,30 @@ impl Backups {
             tracing::warn!(container = %name, error = %e, "could not remove the scratch server");
         }
         result
+    }
+
+    /// The image component `c` was taken from (`image`), or the database container's current
+    /// one: what a scratch server of the same version runs.
+    pub(crate) async fn scratch_image(
+        &self,
+        c: &Component,
+        image: &str,
+        container: &str,
+    ) -> Result<String, Failure> {
+        if self.engine.has_image(image).await.map_err(Failure::plain)? {
+            return Ok(image.to_owned());
+        }
+        self.engine
+            .inspect_json(container)
+            .await
+            .ok()
+            .and_then(|v| v.pointer("/Config/Image").and_then(|i| i.as_str()).map(str::to_owned))
+            .ok_or_else(|| {
+                Failure::plain(format!(
+                    "{}: neither the image it was taken from ({image}) nor container {container} exists here",
+                    c.name
+                ))
+            })
     }
 
     async fn restore_into_scratch(

@@ -166,8 +166,24 @@ pub struct RestoreArgs {
     /// second copy when the primary has no usable manifest for the backup.
     #[arg(long, value_enum)]
     from: Option<Target>,
+    /// Point-in-time recovery of the databases labelled steward.backup.pitr: `latest` (every
+    /// shipped WAL segment) or an RFC 3339 time (`2026-11-30T08:59:00Z`, inclusive), replayed
+    /// on the backup's base backup in a scratch server first. With `latest` as the id and a
+    /// time: the newest backup taken before it.
+    #[arg(long, value_parser = to_time)]
+    to_time: Option<String>,
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     wait: Duration,
+}
+
+/// `latest` or an RFC 3339 time, as the backup service reads it.
+fn to_time(s: &str) -> Result<String, String> {
+    if s == "latest" {
+        return Ok(s.to_owned());
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("neither latest nor an RFC 3339 time (2026-11-30T08:59:00Z): {e}"))
 }
 
 pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
@@ -254,6 +270,7 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
         allow_unsigned: args.unsigned,
         no_safety_backup: args.no_safety_backup,
         from: args.from.map(Target::target),
+        to_time: args.to_time,
     };
     let outcome =
         request(conn, data, &["restore.done", "restore.failed"], args.wait, "restoring").await?;
@@ -481,4 +498,18 @@ async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn to_time_takes_latest_or_an_rfc3339_time() {
+        assert_eq!(super::to_time("latest").as_deref(), Ok("latest"));
+        assert_eq!(super::to_time("2026-11-30T08:59:00Z").as_deref(), Ok("2026-11-30T08:59:00Z"));
+        assert!(super::to_time("2026-11-30T08:59:00+01:00").is_ok());
+        for bad in ["", "yesterday", "2026-11-30", "2026-11-30 08:59:00", "LATEST"] {
+            let e = super::to_time(bad).err().unwrap_or_default();
+            assert!(e.contains("neither latest nor an RFC 3339 time"), "{bad}: {e}");
+        }
+    }
 }

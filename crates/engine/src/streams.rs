@@ -152,6 +152,19 @@ fn push_tail(tail: &mut VecDeque<String>, text: &[u8], keep: usize) {
     }
 }
 
+/// The engine's exec of `spec`, its stdin attached when `stdin`, its output when `attach`.
+fn exec_config(spec: &ExecSpec, stdin: bool, attach: bool) -> bollard::models::ExecConfig {
+    bollard::models::ExecConfig {
+        attach_stdin: Some(stdin),
+        attach_stdout: Some(attach),
+        attach_stderr: Some(attach),
+        cmd: Some(spec.cmd.clone()),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        user: spec.user.clone(),
+        ..Default::default()
+    }
+}
+
 impl Engine {
     async fn start_exec(
         &self,
@@ -161,15 +174,7 @@ impl Engine {
     ) -> Result<(String, StartExecResults), EngineError> {
         let docker = self.client()?;
         let what = format!("exec {:?} in {container}", spec.cmd.first());
-        let config = bollard::models::ExecConfig {
-            attach_stdin: Some(stdin),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(spec.cmd.clone()),
-            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
-            user: spec.user.clone(),
-            ..Default::default()
-        };
+        let config = exec_config(spec, stdin, true);
         let exec = self
             .timed(docker.create_exec(container, config))
             .await
@@ -494,13 +499,35 @@ impl Engine {
         image: &str,
         env: Vec<String>,
     ) -> Result<String, EngineError> {
+        let id = self.create_scratch(name, image, env, None).await?;
+        let docker = self.client()?;
+        let what = format!("start scratch container {name} from {image}");
+        let start = docker.start_container(&id, None::<StartContainerOptions>);
+        if let Err(e) = self.timed(start).await {
+            let _ = self.remove(&id, true).await;
+            return Err(self.call_failed(&what, e));
+        }
+        Ok(id)
+    }
+
+    /// Creates, without starting it, a throw-away container like [`Engine::start_scratch`]'s,
+    /// running `cmd` instead of the image's command when given: files can be put into its
+    /// volumes ([`Engine::upload_tar`]) before it starts ([`Engine::start`]). Returns its id.
+    pub async fn create_scratch(
+        &self,
+        name: &str,
+        image: &str,
+        env: Vec<String>,
+        cmd: Option<Vec<String>>,
+    ) -> Result<String, EngineError> {
         use bollard::models::{ContainerCreateBody, HostConfig};
         use bollard::query_parameters::CreateContainerOptions;
         let docker = self.client()?;
-        let what = format!("start scratch container {name} from {image}");
+        let what = format!("create scratch container {name} from {image}");
         let body = ContainerCreateBody {
             image: Some(image.to_owned()),
             env: Some(env),
+            cmd,
             labels: Some([("steward.helper".to_owned(), name.to_owned())].into()),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
@@ -513,11 +540,6 @@ impl Engine {
             .timed(docker.create_container(Some(options), body))
             .await
             .map_err(|e| self.call_failed(&what, e))?;
-        let start = docker.start_container(&created.id, None::<StartContainerOptions>);
-        if let Err(e) = self.timed(start).await {
-            let _ = self.remove(&created.id, true).await;
-            return Err(self.call_failed(&what, e));
-        }
         Ok(created.id)
     }
 
@@ -548,6 +570,24 @@ impl Engine {
 }
 
 impl Engine {
+    /// Starts `spec` in a running container and returns without waiting: a long-lived helper
+    /// (PostgreSQL's `pg_receivewal`) that lives and dies with the container, watched by the
+    /// caller through the container's own state, not through this call. Its output is lost.
+    pub async fn exec_detached(&self, container: &str, spec: &ExecSpec) -> Result<(), EngineError> {
+        let docker = self.client()?;
+        let what = format!("exec {:?} in {container}", spec.cmd.first());
+        let config = exec_config(spec, false, false);
+        let exec = self
+            .timed(docker.create_exec(container, config))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
+        let options = bollard::exec::StartExecOptions { detach: true, ..Default::default() };
+        self.timed(docker.start_exec(&exec.id, Some(options)))
+            .await
+            .map_err(|e| self.call_failed(&what, e))?;
+        Ok(())
+    }
+
     /// Runs `spec` (with its user and env) in a running container and waits for it, keeping
     /// the last `keep` lines of output.
     pub async fn exec_as(

@@ -203,6 +203,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             allow_unsigned: false,
             no_safety_backup: false,
             from: None,
+            to_time: None,
         }
         .into(),
         RestoreDone {

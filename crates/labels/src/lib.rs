@@ -57,6 +57,9 @@ pub const BACKUP_POSTGRES: &str = "steward.backup.postgres";
 pub const BACKUP_PATHS: &str = "steward.backup.paths";
 /// Stop the container while its paths are archived.
 pub const BACKUP_STOP: &str = "steward.backup.stop";
+/// On a database container with [`BACKUP_POSTGRES`]: also take physical base backups
+/// (`pg_basebackup`), what point-in-time recovery builds on.
+pub const BACKUP_PITR: &str = "steward.backup.pitr";
 /// A command run by exec (as the container's user) after a restore, e.g. Gitea's
 /// `gitea admin regenerate hooks`.
 pub const RESTORE_POST: &str = "steward.restore.post";
@@ -624,6 +627,8 @@ pub struct BackupLabels {
     pub paths: Vec<String>,
     /// Stop it while the paths are archived.
     pub stop: bool,
+    /// Base backups for point-in-time recovery too (only with `postgres`).
+    pub pitr: bool,
 }
 
 impl BackupLabels {
@@ -643,6 +648,17 @@ pub fn backup_labels(labels: &HashMap<String, String>) -> Result<BackupLabels, L
         Some(v) => boolean(BACKUP_STOP, v)?,
         None => false,
     };
+    let pitr = match labels.get(BACKUP_PITR) {
+        Some(v) => boolean(BACKUP_PITR, v)?,
+        None => false,
+    };
+    if pitr && !postgres {
+        return Err(LabelError {
+            label: BACKUP_PITR,
+            value: labels.get(BACKUP_PITR).cloned().unwrap_or_default(),
+            reason: format!("needs {BACKUP_POSTGRES}=true on the same container"),
+        });
+    }
     let mut paths = vec![];
     if let Some(value) = labels.get(BACKUP_PATHS) {
         for path in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -666,7 +682,7 @@ pub fn backup_labels(labels: &HashMap<String, String>) -> Result<BackupLabels, L
             }
         }
     }
-    Ok(BackupLabels { postgres, paths, stop })
+    Ok(BackupLabels { postgres, paths, stop, pitr })
 }
 
 #[cfg(test)]
@@ -807,6 +823,12 @@ mod tests {
             assert!(e.as_ref().is_err_and(|e| e.label == BACKUP_PATHS), "{bad}: {e:?}");
         }
         assert!(backup_labels(&l(&[(BACKUP_STOP, "maybe")])).is_err());
+        let pitr = backup_labels(&l(&[(BACKUP_POSTGRES, "true"), (BACKUP_PITR, "true")]));
+        assert!(pitr.is_ok_and(|b| b.postgres && b.pitr));
+        // A base backup without the dump beside it is refused: the dump is what verify loads.
+        let e = backup_labels(&l(&[(BACKUP_PITR, "true")])).expect_err("refused");
+        assert!(e.to_string().contains("needs steward.backup.postgres=true"), "{e}");
+        assert!(backup_labels(&l(&[(BACKUP_POSTGRES, "true"), (BACKUP_PITR, "x")])).is_err());
     }
 
     #[test]

@@ -47,6 +47,36 @@ pub enum Kind {
         /// `POSTGRES_DB`.
         database: String,
     },
+    /// `pg_basebackup -Ft -X fetch` of a whole PostgreSQL cluster (`steward.backup.pitr`): a
+    /// tar of the data directory's contents with the WAL it needs to be consistent, what a
+    /// point-in-time recovery starts from. An older build cannot read a manifest holding one.
+    PostgresBase {
+        /// The database container.
+        container: String,
+        /// Its image at backup time (a server of the same major version is needed).
+        image: String,
+        /// `POSTGRES_USER`, who took it.
+        user: String,
+        /// The server's `data_directory` (a volume's or bind mount's root).
+        data_dir: String,
+        /// The timeline the backup started on.
+        timeline: u32,
+        /// Where WAL replay starts (`0/3000028`).
+        start_lsn: String,
+        /// The end of the WAL the backup needs to be consistent.
+        stop_lsn: String,
+    },
+    /// One WAL segment (or timeline history file) of a `steward.backup.pitr` cluster, as
+    /// `pg_receivewal` wrote it: not in a backup's manifest but in its own signed record
+    /// beside the object (`wal/<container>/<file>.json`).
+    Wal {
+        /// The database container.
+        container: String,
+        /// The timeline the file belongs to.
+        timeline: u32,
+        /// The file's name in `pg_wal` (`000000010000000000000003`, `00000002.history`).
+        file: String,
+    },
     /// A tar of one path, as the Docker archive API gives it.
     Path {
         /// The container.

@@ -53,6 +53,8 @@ pub enum Purpose {
     Manifest,
     /// A backup's verification mark.
     Verified,
+    /// A shipped WAL segment's record (`wal/<container>/<segment>.json`).
+    Wal,
 }
 
 impl Purpose {
@@ -60,6 +62,7 @@ impl Purpose {
         match self {
             Purpose::Manifest => b"steward backup manifest v1\n",
             Purpose::Verified => b"steward backup verified v1\n",
+            Purpose::Wal => b"steward wal segment v1\n",
         }
     }
 

@@ -83,6 +83,7 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
         signing,
         trust,
         restore_pending: None,
+        pitr: Default::default(),
     }
 }
 
@@ -94,13 +95,21 @@ impl Stack {
 
     /// Like [`Stack::start`], backing up with client-side encryption `keys`.
     pub async fn start_with_keys(tag: &str, app_labels: &[&str], keys: Keys) -> Self {
+        Self::start_full(tag, &[], app_labels, keys).await
+    }
+
+    /// Like [`Stack::start_with_keys`], the database taking base backups for point-in-time
+    /// recovery too (`steward.backup.pitr=true`).
+    pub async fn start_pitr(tag: &str, keys: Keys) -> Self {
+        Self::start_full(tag, &["steward.backup.pitr=true"], &[], keys).await
+    }
+
+    async fn start_full(tag: &str, db_labels: &[&str], app_labels: &[&str], keys: Keys) -> Self {
         let scope = unique_name(tag);
         let scope_label = format!("steward.scope={scope}");
-        let db = postgres(
-            &format!("{scope}-db"),
-            &[&scope_label, "steward.backup.postgres=true"],
-            DB_USER,
-        );
+        let mut labels = vec![scope_label.as_str(), "steward.backup.postgres=true"];
+        labels.extend(db_labels);
+        let db = postgres(&format!("{scope}-db"), &labels, DB_USER);
         let mut args = vec!["--label", &scope_label, "-v", "/data"];
         let paths_default = ["--label", "steward.backup.paths=/data"];
         if app_labels.is_empty() {
@@ -152,6 +161,11 @@ impl Stack {
     /// A fingerprint of every row.
     pub fn db_fingerprint(&self) -> String {
         self.psql("SELECT count(*) || ':' || md5(string_agg(id || '=' || payload, ',' ORDER BY id)) FROM items")
+    }
+
+    /// The user tables of the database, with their row counts: what any restore would change.
+    pub fn db_fingerprint_tables(&self) -> String {
+        self.psql("SELECT coalesce(string_agg(relname || '=' || n_live_tup, ',' ORDER BY relname), '') FROM pg_stat_user_tables")
     }
 
     /// A large random file and many small ones under /data.

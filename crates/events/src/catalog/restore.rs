@@ -40,6 +40,12 @@ pub struct RestoreRequested {
     /// when the primary has no usable manifest for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<BackupTarget>,
+    /// Point-in-time recovery (`steward restore ID --to-time T|latest`): `latest` or an RFC
+    /// 3339 time; the databases labelled `steward.backup.pitr` come back from the backup's base
+    /// backup with the shipped WAL replayed up to it (inclusive), instead of from their dumps.
+    /// With backup id `latest` and a time, the newest backup taken before that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_time: Option<String>,
 }
 
 impl Payload for RestoreRequested {}

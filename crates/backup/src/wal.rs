@@ -1,0 +1,636 @@
+//! Continuous WAL shipping of `steward.backup.pitr` clusters: what `--to-time` replays on top
+//! of a base backup ([`crate::pitr`]).
+//!
+//! Only what a stock `postgres` image allows: a physical replication slot `steward_<name>`
+//! (so the server keeps the WAL not yet received, bounded by `max_slot_wal_keep_size`, set by
+//! `ALTER SYSTEM` and a reload: no restart), and `pg_receivewal --slot … --no-loop` started by
+//! a detached exec inside the database container, writing into [`SPOOL`] inside the data
+//! directory (on its volume, so it survives the container's recreation; `pg_basebackup` skips
+//! `pgsql_tmp*` entries). The shipper ([`Backups::ship_wal`], every
+//! [`PitrConfig::tick`](crate::config::PitrConfig::tick)) starts the receiver when the slot is
+//! not active (the backup service's, PostgreSQL's or the container's restart), uploads each
+//! complete segment and history file through the pipeline (zstd, age) as an immutable object
+//! `wal/<container>/<file>.zst[.age]` with its signed record beside it (`<file>.json`, a
+//! [`Component`] of kind `wal`, and `<file>.sig`, written first), and only then deletes it from
+//! the spool. On a quiet server it asks `pg_switch_wal()` once WAL has waited in the current
+//! segment for half of `STEWARD_PITR_MAX_LAG`.
+//!
+//! Invariants: a file leaves the spool only once its record is stored and signed (or a
+//! stored record's checksum equals the file's); nothing is ever overwritten in the bucket (a
+//! second, different file of the same name is an error, not an upload).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use steward_engine::ExecSpec;
+use steward_store::manifest::{self, Component, Kind};
+use steward_store::signing::{Purpose, Signature};
+
+use crate::backup::{Backups, Failure, PgLogin};
+use crate::restore::psql;
+use crate::targets::Target;
+
+/// The receiver's directory inside the data directory (`pgsql_tmp` is what `pg_basebackup`
+/// leaves out).
+pub const SPOOL: &str = "pgsql_tmp_steward_wal";
+/// Records are small; anything bigger is not one.
+const MAX_RECORD: usize = 64 << 10;
+/// The first page's long header: an insert position this far into a segment means nothing
+/// was written in it yet.
+const LONG_PAGE_HEADER: u64 = 40;
+/// What the receiver runs as: the owner of the data directory in the official image.
+const OS_USER: &str = "postgres";
+
+/// The replication slot of `container`: `steward_` and the name in PostgreSQL's slot
+/// alphabet (lower-case letters, digits, `_`), within its 63 bytes.
+pub fn slot_name(container: &str) -> String {
+    let name: String = container
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .take(55)
+        .collect();
+    format!("steward_{name}")
+}
+
+/// Where `container`'s WAL is kept in the bucket.
+pub fn wal_dir(container: &str) -> String {
+    format!("wal/{}", manifest::slug(container))
+}
+
+/// The timeline of a WAL file `pg_receivewal` completes: a segment (24 upper-case hex
+/// digits, the first 8 its timeline) or a timeline history file (`00000002.history`); None
+/// for anything else (`.partial`, strays).
+pub fn wal_file_timeline(name: &str) -> Option<u32> {
+    let hex = |s: &str| s.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c));
+    let timeline = match name.strip_suffix(".history") {
+        Some(tl) if tl.len() == 8 && hex(tl) => tl,
+        Some(_) => return None,
+        None if name.len() == 24 && hex(name) => &name[..8],
+        None => return None,
+    };
+    u32::from_str_radix(timeline, 16).ok().filter(|t| *t > 0)
+}
+
+/// Parses an LSN (`0/3000028`).
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let ok = |p: &str| !p.is_empty() && p.len() <= 8 && p.chars().all(|c| c.is_ascii_hexdigit());
+    if !ok(hi) || !ok(lo) {
+        return None;
+    }
+    let (hi, lo) = (u64::from_str_radix(hi, 16).ok()?, u64::from_str_radix(lo, 16).ok()?);
+    Some((hi << 32) | lo)
+}
+
+/// The shipper's memory between rounds (lost with the process: the lag timer restarts).
+#[derive(Debug, Default)]
+pub struct ShipState {
+    /// Per container: the segment WAL was first seen waiting in, and when.
+    waiting: HashMap<String, (u64, Instant)>,
+    /// Per container: the last segment it shipped or found shipped.
+    last: HashMap<String, String>,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shipped {
+    /// Files uploaded (names in `pg_wal`).
+    pub uploaded: Vec<String>,
+    /// The receiver was (re)started.
+    pub receiver_started: bool,
+    /// `pg_switch_wal()` was asked.
+    pub switched: bool,
+    /// WAL that can no longer be shipped (the slot lost it, a segment missing before the one
+    /// shipped): recovery cannot cross it, so a new base backup is needed.
+    pub gap: Option<String>,
+}
+
+/// The slot as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot {
+    active: bool,
+    /// `reserved`, `extended`, `unreserved`, `lost` (empty when none is reported).
+    wal_status: String,
+}
+
+impl Backups {
+    /// One round of shipping for every running `steward.backup.pitr` container in scope:
+    /// each container's outcome.
+    pub async fn ship_all(
+        &self,
+        state: &mut ShipState,
+    ) -> Result<Vec<(String, Result<Shipped, Failure>)>, Failure> {
+        let plan = crate::targets::plan(&self.engine, self.config.scope.as_deref(), &[])
+            .await
+            .map_err(Failure::plain)?;
+        let mut out = vec![];
+        for t in plan.targets.iter().filter(|t| t.labels.pitr) {
+            out.push((t.container.name.clone(), self.ship_wal(t, state).await));
+        }
+        Ok(out)
+    }
+
+    /// One round of shipping `t`'s WAL (see the module's documentation).
+    pub async fn ship_wal(&self, t: &Target, state: &mut ShipState) -> Result<Shipped, Failure> {
+        let name = &t.container.name;
+        let what = format!("wal/{name}");
+        let login = self.pg_login(name).await?;
+        let data_dir = self.data_directory(&what, name, &login.user).await?;
+        let spool = format!("{data_dir}/{SPOOL}");
+        let slot_name = slot_name(name);
+        let mut shipped = Shipped::default();
+        self.keep_at_most(&what, name, &login).await?;
+        let mut slot = self.slot(&what, name, &login, &slot_name).await?;
+        if slot.as_ref().is_some_and(|s| s.wal_status == "lost") {
+            shipped.gap = Some(format!(
+                "the replication slot {slot_name} lost WAL the shipper had not received (more than {} MiB waited)",
+                self.config.pitr.slot_keep_mb
+            ));
+            let sql = format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot_name}' AND active_pid IS NOT NULL"
+            );
+            self.sql(&what, name, &login, &sql).await?;
+            let sql = format!("SELECT pg_drop_replication_slot('{slot_name}')");
+            self.sql(&what, name, &login, &sql).await?;
+            slot = None;
+        }
+        let slot = match slot {
+            Some(slot) => slot,
+            None => {
+                let sql = format!(
+                    "SELECT pg_create_physical_replication_slot('{slot_name}', true) IS NOT NULL"
+                );
+                self.sql(&what, name, &login, &sql).await?;
+                // A new slot starts at the server's position: the receiver must not resume a
+                // partial segment of an older stream, which the server may no longer have.
+                let clear = format!("rm -f -- {spool}/*.partial");
+                let spec =
+                    ExecSpec { cmd: vec!["sh".into(), "-c".into(), clear], ..Default::default() };
+                self.exec_checked(name, &spec, 5, &what, "clearing the spool's partial file")
+                    .await?;
+                tracing::info!(container = %name, slot = %slot_name, "replication slot created");
+                Slot { active: false, wal_status: "reserved".into() }
+            }
+        };
+        if !slot.active {
+            self.start_receiver(&what, name, &login, &spool, &slot_name).await?;
+            shipped.receiver_started = true;
+        }
+        for file in self.spooled(&what, name, &spool).await? {
+            if let Some(missing) = self.missing_before(name, &file, state).await? {
+                shipped.gap.get_or_insert(format!(
+                    "segment {missing} was never shipped, {file} follows it"
+                ));
+            }
+            if self.ship_file(&what, name, &spool, &file).await? {
+                shipped.uploaded.push(file);
+            }
+        }
+        shipped.switched = self.switch_if_waiting(&what, name, &login, state).await?;
+        Ok(shipped)
+    }
+
+    /// Runs `sql` as the container's user; its output lines.
+    async fn sql(
+        &self,
+        what: &str,
+        container: &str,
+        login: &PgLogin,
+        sql: &str,
+    ) -> Result<Vec<String>, Failure> {
+        let spec = ExecSpec {
+            cmd: psql(&login.user, "postgres", sql),
+            env: login.env.clone(),
+            user: None,
+        };
+        let out = self.exec_checked(container, &spec, 20, what, "psql").await?;
+        Ok(out)
+    }
+
+    async fn slot(
+        &self,
+        what: &str,
+        container: &str,
+        login: &PgLogin,
+        slot: &str,
+    ) -> Result<Option<Slot>, Failure> {
+        let sql = format!(
+            "SELECT active, coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        );
+        let lines = self.sql(what, container, login, &sql).await?;
+        Ok(lines.iter().find_map(|l| {
+            let (active, status) = l.trim().split_once('|')?;
+            Some(Slot { active: active == "t", wal_status: status.to_owned() })
+        }))
+    }
+
+    /// Sets `max_slot_wal_keep_size` when it is not the configured bound (a reload, no
+    /// restart).
+    async fn keep_at_most(
+        &self,
+        what: &str,
+        container: &str,
+        login: &PgLogin,
+    ) -> Result<(), Failure> {
+        let wanted = format!("{}MB", self.config.pitr.slot_keep_mb);
+        let now = self.sql(what, container, login, "SHOW max_slot_wal_keep_size").await?;
+        if now.last().map(|l| l.trim()) == Some(wanted.as_str())
+            || now.last().and_then(|l| mib(l.trim()))
+                == Some(u64::from(self.config.pitr.slot_keep_mb))
+        {
+            return Ok(());
+        }
+        let mut cmd = psql(
+            &login.user,
+            "postgres",
+            &format!("ALTER SYSTEM SET max_slot_wal_keep_size = '{wanted}'"),
+        );
+        cmd.extend(["-c".into(), "SELECT pg_reload_conf()".into()]);
+        let spec = ExecSpec { cmd, env: login.env.clone(), user: None };
+        self.exec_checked(container, &spec, 20, what, "setting max_slot_wal_keep_size").await?;
+        tracing::info!(container, max_slot_wal_keep_size = %wanted, "bounded the WAL a stalled shipper can make the server keep");
+        Ok(())
+    }
+
+    async fn start_receiver(
+        &self,
+        what: &str,
+        container: &str,
+        login: &PgLogin,
+        spool: &str,
+        slot: &str,
+    ) -> Result<(), Failure> {
+        let mkdir = ExecSpec {
+            cmd: ["mkdir", "-p", spool].map(String::from).to_vec(),
+            env: vec![],
+            user: Some(OS_USER.into()),
+        };
+        self.exec_checked(container, &mkdir, 5, what, format!("creating {spool}")).await?;
+        let cmd = ["pg_receivewal", "-U", &login.user, "-D", spool, "--slot", slot, "--no-loop"];
+        let spec = ExecSpec {
+            cmd: cmd.map(String::from).to_vec(),
+            env: login.env.clone(),
+            user: Some(OS_USER.into()),
+        };
+        self.engine
+            .exec_detached(container, &spec)
+            .await
+            .map_err(|e| Failure::plain(format!("{what}: {e}")))?;
+        tracing::info!(container, slot, spool, "WAL receiver started");
+        Ok(())
+    }
+
+    /// The complete files in the spool, oldest first (history files before their
+    /// timeline's segments).
+    async fn spooled(
+        &self,
+        what: &str,
+        container: &str,
+        spool: &str,
+    ) -> Result<Vec<String>, Failure> {
+        let spec =
+            ExecSpec { cmd: ["ls", "-1", spool].map(String::from).to_vec(), ..Default::default() };
+        let out =
+            self.exec_checked(container, &spec, 100_000, what, format!("listing {spool}")).await?;
+        let mut files: Vec<String> = out
+            .iter()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| wal_file_timeline(l).is_some())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Ships one file unless it is stored already; whether it was uploaded. It leaves the
+    /// spool once its signed record is stored.
+    async fn ship_file(
+        &self,
+        what: &str,
+        container: &str,
+        spool: &str,
+        file: &str,
+    ) -> Result<bool, Failure> {
+        let timeline = wal_file_timeline(file).unwrap_or_default();
+        let dir = wal_dir(container);
+        let record_name = format!("{dir}/{file}.json");
+        let path = format!("{spool}/{file}");
+        let uploaded = match self.wal_record(container, file).await? {
+            Some(stored) => {
+                // Received again after a restart (pg_receivewal starts at the slot's
+                // position): the same bytes, or something is wrong.
+                let local = self.local_sha256(what, container, &path).await?;
+                if local != stored.raw_sha256 {
+                    return Err(Failure::plain(format!(
+                        "{what}: {file} is stored already with other contents (sha256 {} in the bucket, {local} here): not overwritten",
+                        stored.raw_sha256
+                    )));
+                }
+                false
+            }
+            None => {
+                let object = self.object_name(format!("{dir}/{file}.zst"));
+                let spec = ExecSpec {
+                    cmd: ["cat", "--", &path].map(String::from).to_vec(),
+                    ..Default::default()
+                };
+                let component = format!("{what}/{file}");
+                let (stored, raw, _) =
+                    self.store_exec_stdout(container, &spec, &object, &component, 5).await?;
+                if raw.size == 0 {
+                    return Err(Failure::plain(format!("{component}: empty")));
+                }
+                let kind =
+                    Kind::Wal { container: container.to_owned(), timeline, file: file.to_owned() };
+                let entry = self.entry(component, kind, object, stored, raw);
+                let body = serde_json::to_vec_pretty(&entry).map_err(Failure::plain)?;
+                let signature = self.config.signing.sign(Purpose::Wal, &body);
+                let sig_name = format!("{dir}/{file}.sig");
+                self.store.put(&sig_name, Bytes::from(signature)).await.map_err(Failure::plain)?;
+                steward_failpoints::failpoint!("wal:signed");
+                self.store.put(&record_name, Bytes::from(body)).await.map_err(Failure::plain)?;
+                steward_failpoints::failpoint!("wal:stored");
+                true
+            }
+        };
+        let spec = ExecSpec {
+            cmd: ["rm", "-f", "--", &path].map(String::from).to_vec(),
+            ..Default::default()
+        };
+        self.exec_checked(container, &spec, 5, what, format!("removing {file} from the spool"))
+            .await?;
+        if uploaded {
+            tracing::info!(container, file, "WAL shipped");
+        }
+        Ok(uploaded)
+    }
+
+    /// The segment before `file` when it is not in the bucket although an earlier segment
+    /// of the same timeline is (a hole the replay cannot cross); None otherwise, and for
+    /// history files. A new timeline's first segments and a cluster's first shipped one have
+    /// no earlier segment in the bucket: no gap.
+    async fn missing_before(
+        &self,
+        container: &str,
+        file: &str,
+        state: &mut ShipState,
+    ) -> Result<Option<String>, Failure> {
+        if file.ends_with(".history") {
+            return Ok(None);
+        }
+        let previous = previous_segment(file);
+        let known = state.last.insert(container.to_owned(), file.to_owned());
+        let Some(previous) = previous else { return Ok(None) };
+        if known.as_deref() == Some(previous.as_str()) {
+            return Ok(None);
+        }
+        if self.wal_record(container, &previous).await?.is_some() {
+            return Ok(None);
+        }
+        let dir = wal_dir(container);
+        let listed = self.store.list_objects(&dir).await.map_err(Failure::plain)?;
+        let earlier = listed.iter().any(|o| {
+            o.strip_prefix(&format!("{dir}/"))
+                .and_then(|n| n.strip_suffix(".json"))
+                .is_some_and(|n| n.len() == 24 && n[..8] == file[..8] && n < file)
+        });
+        Ok(earlier.then_some(previous))
+    }
+
+    async fn local_sha256(
+        &self,
+        what: &str,
+        container: &str,
+        path: &str,
+    ) -> Result<String, Failure> {
+        let spec = ExecSpec {
+            cmd: ["sha256sum", "--", path].map(String::from).to_vec(),
+            ..Default::default()
+        };
+        let out = self.exec_checked(container, &spec, 5, what, format!("hashing {path}")).await?;
+        let line = out.last().map(|l| l.trim()).unwrap_or_default();
+        Ok(line.split_whitespace().next().unwrap_or_default().to_owned())
+    }
+
+    /// The signed record of `container`'s WAL file `file`, if one is stored. A record that
+    /// is unsigned, badly signed, unreadable or not about this file is an error: the bucket
+    /// is not trusted.
+    pub async fn wal_record(
+        &self,
+        container: &str,
+        file: &str,
+    ) -> Result<Option<Component>, Failure> {
+        let dir = wal_dir(container);
+        let store = &self.reading;
+        let name = format!("{dir}/{file}.json");
+        let Some(body) = store.get_small(&name, MAX_RECORD).await.map_err(Failure::plain)? else {
+            return Ok(None);
+        };
+        let refused = |why: String| Failure::plain(format!("{name}: refused: {why}"));
+        let signature = store
+            .get_small(&format!("{dir}/{file}.sig"), MAX_RECORD)
+            .await
+            .map_err(Failure::plain)?;
+        match self.config.trust.check(Purpose::Wal, &body, signature.as_deref()) {
+            Signature::Signed { .. } => {}
+            Signature::Unsigned => return Err(refused("it is not signed".into())),
+            Signature::Unchecked => return Err(refused("no key is trusted to check it".into())),
+            Signature::Bad { reason } => return Err(refused(reason)),
+        }
+        let entry: Component =
+            serde_json::from_slice(&body).map_err(|e| refused(format!("unreadable: {e}")))?;
+        let about = matches!(&entry.kind, Kind::Wal { container: c, file: f, .. } if c == container && f == file);
+        if !about || !entry.object.starts_with(&format!("{dir}/{file}.zst")) {
+            return Err(refused(format!("it does not describe {file} of {container}")));
+        }
+        Ok(Some(entry))
+    }
+
+    /// Asks `pg_switch_wal()` when WAL has waited in the current segment for half the
+    /// maximum lag; whether it did.
+    async fn switch_if_waiting(
+        &self,
+        what: &str,
+        container: &str,
+        login: &PgLogin,
+        state: &mut ShipState,
+    ) -> Result<bool, Failure> {
+        let sql = "SELECT pg_current_wal_insert_lsn(), setting FROM pg_settings WHERE name = 'wal_segment_size'";
+        let lines = self.sql(what, container, login, sql).await?;
+        let parsed = lines.iter().find_map(|l| {
+            let (lsn, size) = l.trim().split_once('|')?;
+            Some((parse_lsn(lsn)?, size.parse::<u64>().ok().filter(|s| *s > 0)?))
+        });
+        let Some((lsn, segment_size)) = parsed else {
+            return Err(Failure::plain(format!("{what}: unreadable WAL position {lines:?}")));
+        };
+        let segment = lsn / segment_size;
+        if lsn % segment_size <= LONG_PAGE_HEADER {
+            state.waiting.remove(container);
+            return Ok(false);
+        }
+        let since = match state.waiting.get(container) {
+            Some((s, since)) if *s == segment => *since,
+            _ => {
+                state.waiting.insert(container.to_owned(), (segment, Instant::now()));
+                return Ok(false);
+            }
+        };
+        if since.elapsed() < self.config.pitr.max_lag / 2 {
+            return Ok(false);
+        }
+        self.sql(what, container, login, "SELECT pg_switch_wal()").await?;
+        state.waiting.remove(container);
+        tracing::debug!(container, "asked for a WAL switch: the lag bound is half spent");
+        Ok(true)
+    }
+}
+
+impl Backups {
+    /// Deletes the shipped WAL no retained base backup needs (retention, after the backups
+    /// were pruned): a segment is kept when some base in `retained` of its container starts
+    /// on its timeline or an earlier one, at or before it; history files are kept. A
+    /// container none of `retained` has a base of keeps everything (nothing to judge by).
+    /// Returns the files deleted.
+    pub async fn prune_wal(
+        &self,
+        retained: &[&manifest::Manifest],
+    ) -> Result<Vec<String>, Failure> {
+        let store = &self.reading;
+        let mut bases: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
+        for c in retained.iter().flat_map(|m| &m.components) {
+            if let Kind::PostgresBase { container, timeline, start_lsn, .. } = &c.kind {
+                if let Some(start) = parse_lsn(start_lsn) {
+                    bases.entry(container.clone()).or_default().push((*timeline, start));
+                }
+            }
+        }
+        let mut deleted = vec![];
+        for (container, starts) in bases {
+            let dir = wal_dir(&container);
+            let listed = store.list_objects(&dir).await.map_err(Failure::plain)?;
+            let mut files: Vec<String> = listed
+                .iter()
+                .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json"))
+                .filter(|f| !f.ends_with(".history") && wal_file_timeline(f).is_some())
+                .map(str::to_owned)
+                .collect();
+            files.sort();
+            // The segment size from a signed record (every segment of a cluster has it).
+            let Some(first) = files.first() else { continue };
+            let Some(size) = self.wal_record(&container, first).await?.map(|r| r.raw_size) else {
+                continue;
+            };
+            for file in files {
+                let (Some(tl), Some(n)) = (wal_file_timeline(&file), segment_index(&file, size))
+                else {
+                    continue;
+                };
+                let needed = starts.iter().any(|(btl, start)| {
+                    tl >= *btl && n.saturating_add(1).saturating_mul(size) > *start
+                });
+                if needed {
+                    continue;
+                }
+                // The record first: a file without one counts as not shipped, never as a
+                // record without its object.
+                store.delete(&format!("{dir}/{file}.json")).await.map_err(Failure::plain)?;
+                store.delete(&format!("{dir}/{file}.sig")).await.map_err(Failure::plain)?;
+                for o in listed.iter().filter(|o| o.starts_with(&format!("{dir}/{file}.zst"))) {
+                    store.delete(o).await.map_err(Failure::plain)?;
+                }
+                deleted.push(format!("{dir}/{file}"));
+            }
+        }
+        if !deleted.is_empty() {
+            tracing::info!(files = deleted.len(), "pruned the WAL no retained base backup needs");
+        }
+        Ok(deleted)
+    }
+}
+
+/// The index of segment `name` (of `size` bytes) in its timeline: its LSN divided by the
+/// segment size.
+pub fn segment_index(name: &str, size: u64) -> Option<u64> {
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    let per_log = 0x1_0000_0000u64.checked_div(size).filter(|n| *n > 0)?;
+    log.checked_mul(per_log)?.checked_add(seg)
+}
+
+/// The name of the segment before `file` on its timeline, for the default 16 MiB segments
+/// (256 a log file); None for the first or a name that is not a segment's.
+fn previous_segment(file: &str) -> Option<String> {
+    wal_file_timeline(file).filter(|_| file.len() == 24)?;
+    let log = u32::from_str_radix(file.get(8..16)?, 16).ok()?;
+    let seg = u32::from_str_radix(file.get(16..24)?, 16).ok()?;
+    let (log, seg) = match seg.checked_sub(1) {
+        Some(seg) => (log, seg),
+        None => (log.checked_sub(1)?, 0xFF),
+    };
+    Some(format!("{}{log:08X}{seg:08X}", &file[..8]))
+}
+
+/// `8GB`, `8192MB`, `1TB` as PostgreSQL shows a size, in MiB.
+fn mib(shown: &str) -> Option<u64> {
+    let digits: String = shown.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let n: u64 = digits.parse().ok()?;
+    match &shown[digits.len()..] {
+        "MB" => Some(n),
+        "GB" => n.checked_mul(1024),
+        "TB" => n.checked_mul(1024 * 1024),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_file_names() {
+        assert_eq!(wal_file_timeline("000000010000000000000003"), Some(1));
+        assert_eq!(wal_file_timeline("0000000A00000001000000FF"), Some(10));
+        assert_eq!(wal_file_timeline("00000002.history"), Some(2));
+        for bad in [
+            "000000010000000000000003.partial",
+            "00000001000000000000000",
+            "0000000100000000000000030",
+            "000000010000000000000g03",
+            "000000000000000000000003",
+            "0000002.history",
+            "../../etc/passwd",
+            "",
+        ] {
+            assert_eq!(wal_file_timeline(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn lsns_and_sizes() {
+        assert_eq!(parse_lsn("0/3000028"), Some(0x300_0028));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(parse_lsn("0/"), None);
+        assert_eq!(parse_lsn("x/1"), None);
+        assert_eq!(parse_lsn("123456789/1"), None);
+        assert_eq!(mib("8GB"), Some(8192));
+        assert_eq!(mib("8192MB"), Some(8192));
+        assert_eq!(mib("-1"), None);
+    }
+
+    #[test]
+    fn previous_segments() {
+        let p = |f: &str| previous_segment(f);
+        assert_eq!(p("000000010000000000000003").as_deref(), Some("000000010000000000000002"));
+        assert_eq!(p("000000020000000100000000").as_deref(), Some("0000000200000000000000FF"));
+        assert_eq!(p("000000010000000000000000"), None);
+        assert_eq!(p("00000002.history"), None);
+    }
+
+    #[test]
+    fn slot_names_fit_postgres() {
+        assert_eq!(slot_name("gitea-db"), "steward_gitea_db");
+        let long = slot_name(&"X".repeat(100));
+        assert!(long.len() <= 63 && long.starts_with("steward_xxx"), "{long}");
+    }
+}

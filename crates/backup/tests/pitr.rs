@@ -1,0 +1,627 @@
+//! Point-in-time recovery against a real PostgreSQL container and the test bed's S3 server:
+//! base backups (`steward.backup.pitr=true`) and restoring a whole cluster from one.
+
+mod common;
+
+use common::{Stack, DB_USER};
+use steward_backup::encryption::Keys;
+use steward_backup::journal::RestoreJournal;
+use steward_backup::restore::{Busy, RestoreOptions};
+use steward_events::RestoreScope;
+use steward_store::manifest::Kind;
+use steward_testkit::docker::docker;
+
+/// A database restore of backup `id` by the library, as the service runs it.
+async fn restore_db(
+    stack: &Stack,
+    id: &str,
+    options: RestoreOptions,
+) -> Result<steward_backup::restore::Restored, steward_backup::Failure> {
+    let busy = Busy::new();
+    let mut journal = RestoreJournal::none();
+    stack.backups.restore_journaled(id, RestoreScope::Db, options, &busy, &mut journal).await
+}
+
+fn physical() -> RestoreOptions {
+    RestoreOptions { safety_backup: true, physical: true, ..Default::default() }
+}
+
+/// Every database of the cluster but the templates, sorted.
+fn databases(stack: &Stack) -> String {
+    stack.psql(
+        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE NOT datistemplate",
+    )
+}
+
+/// The restore's entries in the data directory (none once a restore is done).
+fn steward_entries(stack: &Stack) -> String {
+    docker(&["exec", &stack.db.name, "sh", "-c", "ls -A \"$PGDATA\" | grep '^\\.steward-' || true"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_base_backup_brings_back_the_whole_cluster_encrypted() {
+    let identity = age::x25519::Identity::generate();
+    let keys = Keys::new(vec![identity.to_public()], vec![identity.clone()]);
+    let stack = Stack::start_pitr("pitr-base", keys).await;
+    stack.fill_db(20_000);
+    // What a dump of one database cannot bring back: another database and a role.
+    stack.psql("CREATE ROLE reader LOGIN");
+    stack.psql("CREATE DATABASE other OWNER reader");
+    docker(&[
+        "exec",
+        &stack.db.name,
+        "psql",
+        "-U",
+        DB_USER,
+        "-d",
+        "other",
+        "-c",
+        "CREATE TABLE notes AS SELECT g AS id FROM generate_series(1, 77) g",
+    ]);
+    let before = stack.db_fingerprint();
+    let dbs_before = databases(&stack);
+    assert!(dbs_before.contains("other"), "{dbs_before}");
+
+    let (id, manifest) = stack.back_up().await;
+    let kinds: Vec<&Kind> = manifest.components.iter().map(|c| &c.kind).collect();
+    assert!(
+        matches!(
+            kinds[..],
+            [Kind::Postgres { .. }, Kind::PostgresBase { .. }, Kind::Path { .. }, Kind::Containers]
+        ),
+        "{kinds:?}"
+    );
+    let base = manifest
+        .components
+        .iter()
+        .find(|c| matches!(c.kind, Kind::PostgresBase { .. }))
+        .unwrap_or_else(|| unreachable!());
+    let Kind::PostgresBase { data_dir, timeline, start_lsn, stop_lsn, user, .. } = &base.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(data_dir, "/var/lib/postgresql/data");
+    assert_eq!(*timeline, 1);
+    assert_eq!(user, DB_USER);
+    assert!(start_lsn.contains('/') && stop_lsn.contains('/'), "{start_lsn} {stop_lsn}");
+    assert!(base.object.ends_with(".tar.zst.age"), "{}", base.object);
+    assert_eq!(base.encoding, "zstd+age");
+    let stored = stack.stored_bytes(&base.object).await;
+    assert!(stored.starts_with(b"age-encryption.org/v1\n"), "the base backup is not encrypted");
+    // A cluster's data files: far more than the dump.
+    assert!(base.raw_size > 16 << 20, "{} bytes", base.raw_size);
+
+    // Disaster: the table, the other database and the role gone, something new instead.
+    stack.psql("DROP TABLE items");
+    stack.psql("CREATE TABLE stray (id int)");
+    stack.psql("DROP DATABASE other");
+    stack.psql("DROP ROLE reader");
+    assert_ne!(databases(&stack), dbs_before);
+
+    let restored = restore_db(&stack, &id, physical())
+        .await
+        .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
+    assert_eq!(restored.restored, vec![format!("postgres-base/{}", stack.db.name)]);
+    assert_eq!(stack.db_fingerprint(), before);
+    assert_eq!(databases(&stack), dbs_before);
+    assert_eq!(stack.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'reader'"), "1");
+    let notes = docker(&[
+        "exec",
+        &stack.db.name,
+        "psql",
+        "-U",
+        DB_USER,
+        "-d",
+        "other",
+        "-tAc",
+        "SELECT count(*) FROM notes",
+    ]);
+    assert_eq!(notes, "77");
+    assert_eq!(stack.psql("SELECT to_regclass('stray') IS NULL"), "t", "the stray table is back");
+    // The replaced cluster is removed once the restored one is healthy; nothing is left.
+    assert_eq!(steward_entries(&stack), "");
+    assert!(stack.app_running(), "the app was not started again");
+
+    // The safety backup holds the replaced cluster: restoring it undoes the restore.
+    let safety = restored.safety_backup_id.unwrap_or_else(|| panic!("no safety backup"));
+    let undo = restore_db(&stack, &safety, RestoreOptions { physical: true, ..Default::default() })
+        .await
+        .unwrap_or_else(|e| panic!("undo failed: {e} {:?}", e.stderr_tail));
+    assert_eq!(undo.manifest.backup_id, safety);
+    assert_eq!(stack.psql("SELECT to_regclass('stray') IS NOT NULL"), "t");
+    assert_eq!(stack.psql("SELECT to_regclass('items') IS NULL"), "t");
+    assert!(!databases(&stack).contains("other"));
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_restore_uses_the_dump_and_leaves_the_cluster_alone() {
+    let stack = Stack::start_pitr("pitr-plain", Keys::default()).await;
+    stack.fill_db(1_000);
+    let before = stack.db_fingerprint();
+    let (id, _) = stack.back_up().await;
+    stack.psql("DROP TABLE items");
+    stack.psql("CREATE DATABASE kept");
+    let restored = stack
+        .backups
+        .restore(&id, RestoreScope::Db)
+        .await
+        .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
+    assert_eq!(restored.restored, vec![format!("postgres/{}", stack.db.name)]);
+    assert_eq!(stack.db_fingerprint(), before);
+    // A dump restore replaces one database, not the cluster.
+    assert!(databases(&stack).contains("kept"));
+    stack.destroy_bucket().await;
+}
+
+/// The WAL files (`pg_wal` names) of `container` with a record in the bucket, sorted.
+async fn shipped_files(stack: &Stack) -> Vec<String> {
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let mut files: Vec<String> = stack
+        .store
+        .list_objects(&dir)
+        .await
+        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+        .iter()
+        .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json").map(String::from))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Segment numbers (log and segment parts) of timeline-1 segment names, to check they follow
+/// each other.
+fn segment_number(file: &str) -> Option<u64> {
+    let log = u64::from_str_radix(file.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(file.get(16..24)?, 16).ok()?;
+    // 16 MiB segments: 256 a log file.
+    Some(log * 256 + seg)
+}
+
+/// One shipping round, which must succeed for every container.
+async fn ship_round(
+    backups: &steward_backup::Backups,
+    state: &mut steward_backup::wal::ShipState,
+) -> Vec<(String, Result<steward_backup::wal::Shipped, steward_backup::Failure>)> {
+    let rounds = backups.ship_all(state).await.unwrap_or_else(|e| panic!("{e}"));
+    for (container, round) in &rounds {
+        if let Err(e) = round {
+            panic!("shipping {container} failed: {e} {:?}", e.stderr_tail);
+        }
+    }
+    rounds
+}
+
+/// A pitr stack shipping its WAL (the slot made first), and its first backup with the base.
+async fn shipping_stack(
+    tag: &str,
+) -> (Stack, steward_backup::Backups, (String, steward_store::manifest::Manifest)) {
+    let stack = Stack::start_pitr(tag, Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    ship_round(&backups, &mut Default::default()).await;
+    let backup = stack.back_up().await;
+    (stack, backups, backup)
+}
+
+fn pitr_stack_config(stack: &Stack) -> steward_backup::Backups {
+    let mut config = stack.backups.config().clone();
+    config.pitr.max_lag = std::time::Duration::from_secs(4);
+    steward_backup::Backups::new(steward_engine::Engine::from_env(), stack.store.clone(), config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_is_shipped_signed_within_the_lag_across_a_database_restart() {
+    use std::time::{Duration, Instant};
+    use steward_backup::wal::ShipState;
+    let stack = Stack::start_pitr("pitr-ship", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    let tick = backups.config().pitr.tick();
+    let mut state = ShipState::default();
+    let rounds = ship_round(&backups, &mut state).await;
+    assert_eq!(rounds.len(), 1, "{rounds:?}");
+    assert!(rounds[0].1.as_ref().is_ok_and(|r| r.receiver_started), "{rounds:?}");
+    stack.psql("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz NOT NULL)");
+
+    // Each commit's segment must reach the bucket; the time it took is the RPO of that commit.
+    let mut lags = vec![];
+    let mut restarted = false;
+    for i in 1..=6 {
+        if i == 4 {
+            // PostgreSQL goes away mid-stream: its receiver with it.
+            docker(&["restart", &stack.db.name]);
+            restarted = true;
+            steward_testkit::wait_for("PostgreSQL back", Duration::from_secs(60), || {
+                let out = std::process::Command::new("docker")
+                    .args(["exec", &stack.db.name, "pg_isready", "-U", DB_USER])
+                    .output()
+                    .ok()?;
+                out.status.success().then_some(())
+            });
+        }
+        let file = stack.psql(&format!(
+            "INSERT INTO ticks VALUES ({i}, clock_timestamp()) RETURNING pg_walfile_name(pg_current_wal_insert_lsn())"
+        ));
+        let file = file.lines().next().unwrap_or_default().to_owned();
+        let committed = Instant::now();
+        let mut rounds_left = 120u32;
+        loop {
+            if backups.wal_record(&stack.db.name, &file).await.ok().flatten().is_some() {
+                lags.push(committed.elapsed());
+                break;
+            }
+            rounds_left = rounds_left
+                .checked_sub(1)
+                .unwrap_or_else(|| panic!("{file} (commit {i}) not shipped after 120 rounds"));
+            tokio::time::sleep(tick).await;
+            ship_round(&backups, &mut state).await;
+        }
+    }
+    assert!(restarted);
+    let worst = lags.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "RPO: commit to its WAL in the bucket, max lag 4s, tick {tick:?}: {:?} (worst {worst:?})",
+        lags
+    );
+
+    // No gap: every segment from the first shipped to the last, once each.
+    let files = shipped_files(&stack).await;
+    let numbers: Vec<u64> = files.iter().filter_map(|f| segment_number(f)).collect();
+    assert!(numbers.len() >= 6, "{files:?}");
+    for pair in numbers.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "a gap in {files:?}");
+    }
+    // Each is signed, and its object matches its record.
+    for f in &files {
+        let record = backups
+            .wal_record(&stack.db.name, f)
+            .await
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .unwrap_or_else(|| panic!("{f}: no record"));
+        steward_backup::pipeline::check_component(
+            steward_backup::pipeline::Io {
+                store: &stack.store,
+                keys: &backups.config().keys,
+                meter: &Default::default(),
+            },
+            &record,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    // The spool holds at most the segment being received.
+    let spool =
+        docker(&["exec", &stack.db.name, "sh", "-c", "ls \"$PGDATA/pgsql_tmp_steward_wal\""]);
+    assert!(spool.lines().all(|l| l.ends_with(".partial")), "{spool}");
+
+    // A hostile bucket: an edited record and an unsigned one are refused, not used.
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let first = &files[0];
+    let body = stack.stored_bytes(&format!("{dir}/{first}.json")).await;
+    let edited =
+        String::from_utf8_lossy(&body).replacen("\"raw_sha256\": \"", "\"raw_sha256\": \"0", 1);
+    stack
+        .store
+        .put(&format!("{dir}/{first}.json"), bytes::Bytes::from(edited.into_bytes()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = backups.wal_record(&stack.db.name, first).await.err().map(|e| e.reason);
+    assert!(
+        e.as_deref().is_some_and(|e| e.contains("refused") && e.contains("does not match")),
+        "{e:?}"
+    );
+    let second = &files[1];
+    stack.store.delete(&format!("{dir}/{second}.sig")).await.unwrap_or_else(|e| panic!("{e}"));
+    let e = backups.wal_record(&stack.db.name, second).await.err().map(|e| e.reason);
+    assert!(e.as_deref().is_some_and(|e| e.contains("not signed")), "{e:?}");
+    stack.destroy_bucket().await;
+}
+
+/// Ships rounds until the segment holding everything committed so far is in the bucket.
+async fn ship_until_current(stack: &Stack, backups: &steward_backup::Backups) {
+    let mut state = steward_backup::wal::ShipState::default();
+    let file = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    for _ in 0..120 {
+        ship_round(backups, &mut state).await;
+        if backups.wal_record(&stack.db.name, &file).await.ok().flatten().is_some() {
+            return;
+        }
+        tokio::time::sleep(backups.config().pitr.tick()).await;
+    }
+    panic!("{file} not shipped after 120 rounds");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use steward_backup::pitr::PointInTime;
+    let stack = Stack::start_pitr("pitr-time", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    stack.fill_db(5_000);
+    let items_before = stack.db_fingerprint();
+    // The slot first, then the base: the WAL from the base's end on is kept for the shipper.
+    ship_round(&backups, &mut Default::default()).await;
+    let (id, _) = stack.back_up().await;
+    stack.psql("CREATE TABLE rows (id int PRIMARY KEY, at timestamptz NOT NULL)");
+
+    // The shipper runs beside the writer, as in the service.
+    let stop = Arc::new(AtomicBool::new(false));
+    let shipper = {
+        let (backups, stop) = (backups.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut state = steward_backup::wal::ShipState::default();
+            for _ in 0..600 {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                ship_round(&backups, &mut state).await;
+                tokio::time::sleep(backups.config().pitr.tick()).await;
+            }
+        })
+    };
+    // Rows committed one by one, each with its time; at T the table `items` is dropped.
+    let mut dropped_at = String::new();
+    for i in 1..=60 {
+        if i == 40 {
+            dropped_at = stack.psql("SELECT clock_timestamp()");
+            stack.psql("DROP TABLE items");
+        }
+        stack.psql(&format!("INSERT INTO rows VALUES ({i}, clock_timestamp())"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    shipper.await.unwrap_or_else(|e| panic!("shipper: {e}"));
+    ship_until_current(&stack, &backups).await;
+
+    // T - 1 s, moved to the middle between the two commits around it, so "before" is exact.
+    let all: Vec<(i32, String)> = stack
+        .psql("SELECT id || '|' || to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| {
+            let (id, at) = l.split_once('|')?;
+            Some((id.parse().ok()?, at.to_owned()))
+        })
+        .collect();
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+    };
+    let dropped = parse(
+        &stack.psql(&format!(
+            "SELECT to_char(timestamptz '{dropped_at}' AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        )),
+    );
+    let wanted = dropped - time::Duration::seconds(1);
+    let before: Vec<i32> = all.iter().filter(|(_, at)| parse(at) <= wanted).map(|r| r.0).collect();
+    let last_before = all.iter().rfind(|(_, at)| parse(at) <= wanted).map(|r| parse(&r.1));
+    let first_after = all.iter().find(|(_, at)| parse(at) > wanted).map(|r| parse(&r.1));
+    let (Some(a), Some(b)) = (last_before, first_after) else {
+        panic!("no commits around {wanted}: {all:?}")
+    };
+    let target = a + (b - a) / 2;
+    assert!(before.len() >= 10 && before.len() < 39, "{before:?}");
+
+    let restored = restore_db(
+        &stack,
+        &id,
+        RestoreOptions {
+            safety_backup: true,
+            physical: true,
+            to_time: Some(PointInTime::At(target)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
+    assert_eq!(restored.restored, vec![format!("postgres-base/{}", stack.db.name)]);
+    let ids: Vec<i32> = stack
+        .psql("SELECT id FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(ids, before, "exactly the rows committed before {target}");
+    assert_eq!(stack.db_fingerprint(), items_before, "the dropped table is back");
+    // A new timeline: the restored server is on its own history from now on.
+    let timeline = stack.psql("SELECT timeline_id FROM pg_control_checkpoint()");
+    assert_ne!(timeline, "1");
+    assert_eq!(steward_entries(&stack), "");
+    assert!(stack.app_running());
+
+    // A time the shipped WAL does not reach is refused, nothing changed.
+    let fingerprint = stack.db_fingerprint();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let refused = restore_db(
+        &stack,
+        &id,
+        RestoreOptions {
+            physical: true,
+            to_time: Some(PointInTime::At(later)),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("a restore beyond the shipped WAL succeeded"));
+    assert!(refused.reason.contains("nothing was changed"), "{}", refused.reason);
+    assert_eq!(stack.db_fingerprint(), fingerprint);
+    assert_eq!(steward_entries(&stack), "");
+    let scratch =
+        docker(&["ps", "-aq", "--filter", &format!("name=steward-pitr-{}", stack.db.name)]);
+    assert_eq!(scratch, "", "the scratch server was left behind");
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
+    let (stack, backups, (_, first)) = shipping_stack("pitr-prune").await;
+    stack.fill_db(2_000);
+    stack.psql("SELECT pg_switch_wal()");
+    ship_until_current(&stack, &backups).await;
+    let (_, second) = stack.back_up().await;
+    stack.psql("CREATE TABLE after (id int)");
+    ship_until_current(&stack, &backups).await;
+    let start_of = |m: &steward_store::manifest::Manifest| {
+        m.components
+            .iter()
+            .find_map(|c| match &c.kind {
+                Kind::PostgresBase { start_lsn, .. } => steward_backup::wal::parse_lsn(start_lsn),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no base"))
+    };
+    let size = 16u64 << 20;
+    let index = |f: &str| steward_backup::wal::segment_index(f, size).unwrap_or(u64::MAX);
+    let before = shipped_files(&stack).await;
+    let first_start = start_of(&first) / size;
+    let second_start = start_of(&second) / size;
+    assert!(second_start > first_start, "{first_start} {second_start}");
+    assert!(before.iter().any(|f| index(f) < second_start), "{before:?}");
+
+    // Both bases retained: only what precedes the first (shipped since the slot was made).
+    let deleted = backups.prune_wal(&[&first, &second]).await.unwrap_or_else(|e| panic!("{e}"));
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let expected: Vec<String> =
+        before.iter().filter(|f| index(f) < first_start).map(|f| format!("{dir}/{f}")).collect();
+    assert_eq!(deleted, expected);
+    let deleted = backups.prune_wal(&[&first, &second]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(deleted, Vec::<String>::new(), "a second run deletes nothing more");
+    // Only the second: exactly the segments before its start go.
+    let deleted = backups.prune_wal(&[&second]).await.unwrap_or_else(|e| panic!("{e}"));
+    let after = shipped_files(&stack).await;
+    assert!(!deleted.is_empty());
+    assert!(after.iter().all(|f| index(f) >= second_start), "{after:?}");
+    let expected: Vec<&String> = before.iter().filter(|f| index(f) >= second_start).collect();
+    assert_eq!(after.iter().collect::<Vec<_>>(), expected);
+    // No object or signature is left without its record.
+    let objects = stack.store.list_objects(&dir).await.unwrap_or_default();
+    for o in &objects {
+        let file = o.trim_start_matches(&format!("{dir}/")).split('.').next().unwrap_or_default();
+        assert!(after.iter().any(|f| f == file), "{o} left behind");
+    }
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
+    use steward_backup::pitr::PointInTime;
+    let (stack, backups, (id, _)) = shipping_stack("pitr-gap").await;
+    for i in 0..3 {
+        stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+        ship_until_current(&stack, &backups).await;
+    }
+    let files = shipped_files(&stack).await;
+    assert!(files.len() >= 4, "{files:?}");
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let latest = || RestoreOptions {
+        physical: true,
+        to_time: Some(PointInTime::Latest),
+        ..Default::default()
+    };
+    let fingerprint = stack.db_fingerprint_tables();
+    // Verification replays the base and every shipped segment in a scratch server.
+    let verified = stack
+        .backups
+        .verify(&id)
+        .await
+        .unwrap_or_else(|e| panic!("verify: {e} {:?}", e.stderr_tail));
+    assert!(verified.database_restored);
+
+    // A forged record (its checksum changed, the signature kept): refused before any replay.
+    let victim = &files[files.len() - 2];
+    let record = format!("{dir}/{victim}.json");
+    let body = stack.stored_bytes(&record).await;
+    let forged = String::from_utf8_lossy(&body).replacen("\"raw_size\": ", "\"raw_size\": 1", 1);
+    stack
+        .store
+        .put(&record, bytes::Bytes::from(forged.into_bytes()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e = restore_db(&stack, &id, latest())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a forged WAL record was replayed"));
+    assert!(
+        e.reason.contains("refused") && e.reason.contains("nothing was changed"),
+        "{}",
+        e.reason
+    );
+    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+
+    // The same segment gone from the bucket: `latest` cannot be reached, and says so.
+    stack.store.delete(&record).await.unwrap_or_else(|e| panic!("{e}"));
+    let e = restore_db(&stack, &id, latest())
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a gap was restored over"));
+    assert!(
+        e.reason.contains("WAL is missing") && e.reason.contains("nothing was changed"),
+        "{}",
+        e.reason
+    );
+    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+    assert_eq!(steward_entries(&stack), "");
+    assert!(stack.app_running());
+    // ... and verification fails on it.
+    let e = stack.backups.verify(&id).await.err().unwrap_or_else(|| panic!("a gap verified"));
+    assert!(e.reason.contains("WAL is missing"), "{}", e.reason);
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_slot_is_a_gap_the_shipper_reports() {
+    let stack = Stack::start_pitr("pitr-slot", Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    let mut state = steward_backup::wal::ShipState::default();
+    ship_round(&backups, &mut state).await;
+    stack.back_up().await;
+    stack.psql("CREATE TABLE a AS SELECT generate_series(1, 1000) AS id");
+    ship_until_current(&stack, &backups).await;
+    // Every round so far: no gap.
+    let rounds = ship_round(&backups, &mut state).await;
+    assert!(rounds.iter().all(|(_, r)| r.as_ref().is_ok_and(|r| r.gap.is_none())), "{rounds:?}");
+
+    // The slot goes (an operator, a failover script) while WAL is written and not received.
+    let slot = steward_backup::wal::slot_name(&stack.db.name);
+    let mut dropped = false;
+    for _ in 0..20 {
+        stack.psql(&format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"));
+        let out = std::process::Command::new("docker")
+            .args(["exec", &stack.db.name, "psql", "-U", DB_USER, "-d", "postgres", "-tAc"])
+            .arg(format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        if out.status.success() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(dropped, "could not drop the slot");
+    for i in 0..3 {
+        stack.psql(&format!("CREATE TABLE lost{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+    }
+    stack.psql("CHECKPOINT");
+
+    // The shipper makes a new slot and goes on; the first segment it ships says the gap.
+    let mut gap = None;
+    for _ in 0..60 {
+        for (_, round) in ship_round(&backups, &mut state).await {
+            if let Ok(shipped) = round {
+                gap = gap.or(shipped.gap);
+            }
+        }
+        if gap.is_some() {
+            break;
+        }
+        tokio::time::sleep(backups.config().pitr.tick()).await;
+    }
+    let gap = gap.unwrap_or_else(|| panic!("no gap reported"));
+    assert!(gap.contains("was never shipped"), "{gap}");
+    // Shipping goes on past it.
+    stack.psql("CREATE TABLE later AS SELECT 1 AS id");
+    ship_until_current(&stack, &backups).await;
+    stack.destroy_bucket().await;
+}
