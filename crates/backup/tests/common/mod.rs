@@ -82,6 +82,7 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
         keys: Keys::default(),
         signing,
         trust,
+        incremental: false,
     }
 }
 
