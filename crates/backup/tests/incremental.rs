@@ -291,3 +291,63 @@ async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_
     assert_eq!(differ(&tree(&stack), &newest_tree), Vec::<String>::new());
     stack.destroy_bucket().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_second_copy_gets_every_chunk_and_restores_from_them_alone() {
+    let stack = Stack::start("cdc-copy", &[]).await;
+    let copy_s3 = common::s3_config(&common::bucket_name("cdc-copy2"), None);
+    let copy_store = common::store_for(&copy_s3).await;
+    let require = steward_testkit::testbed::require;
+    let copy = steward_store::config::CopyConfig {
+        s3: copy_s3,
+        credentials: Some((
+            require("STEWARD_TEST_S3_ACCESS_KEY"),
+            require("STEWARD_TEST_S3_SECRET_KEY"),
+        )),
+    };
+    let primary = incremental(&stack);
+    let backups = Backups::new(
+        Engine::from_env(),
+        stack.store.clone(),
+        BackupConfig { copy: Some(copy), ..primary.config().clone() },
+    );
+    fill(&stack, 30);
+    let (first, m1) = back_up(&backups).await;
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f7 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let second_tree = tree(&stack);
+    let (second, m2) = back_up(&backups).await;
+
+    // A chunk gone from the primary: the copy of its backups fails and stays incomplete there.
+    let needed = referenced(&stack, &[&m1, &m2]).await;
+    let victim = needed.iter().next().cloned().unwrap_or_default();
+    let good = stack.stored_bytes(&victim).await;
+    stack.store.delete(&victim).await.unwrap_or_else(|e| panic!("{e}"));
+    let failed =
+        backups.sync_copy().await.err().unwrap_or_else(|| panic!("copied without {victim}"));
+    assert!(failed.contains("gone from the primary"), "{failed}");
+    let from_copy = backups.from_copy().unwrap_or_else(|| panic!("no copy"));
+    let listed = from_copy.list().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(listed.iter().all(|l| l.usable().is_none()), "{listed:?}");
+    stack.store.put(&victim, good.into()).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let copied = backups.sync_copy().await.unwrap_or_else(|e| panic!("copy: {e}"));
+    assert_eq!(copied, vec![first.clone(), second.clone()]);
+    let there: BTreeSet<String> = copy_store
+        .list_objects(CHUNKS_DIR)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .collect();
+    assert_eq!(there, needed);
+    // The primary's chunks gone: the copy alone restores.
+    stack.store.delete_dir(CHUNKS_DIR).await.unwrap_or_else(|e| panic!("{e}"));
+    from_copy.verify(&first).await.unwrap_or_else(|e| panic!("verify the copy: {e}"));
+    stack.app_sh("rm -rf /data/files");
+    from_copy
+        .restore(&second, RestoreScope::Paths)
+        .await
+        .unwrap_or_else(|e| panic!("restore from the copy: {e} {:?}", e.stderr_tail));
+    assert_eq!(differ(&tree(&stack), &second_tree), Vec::<String>::new());
+    common::destroy_bucket(copy_store.bucket()).await;
+    stack.destroy_bucket().await;
+}
