@@ -219,6 +219,7 @@ async fn referenced(stack: &Stack, manifests: &[&Manifest]) -> BTreeSet<String> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_backup_needs() {
+    // (An unsigned copy of the pruned backup is in the bucket throughout: it protects nothing.)
     let stack = Stack::start("cdc-gc", &[]).await;
     let backups = incremental(&stack);
     fill(&stack, 40);
@@ -244,6 +245,28 @@ async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_
     let (ok, said) = gc(&stack, "");
     assert!(ok && said.contains("no manifest yet"), "{said}");
     stack.store.delete_dir(&pending).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // The pruned backup planted again unsigned under another id, index and all: an unsigned
+    // manifest protects nothing (and the collection is not stopped by it).
+    let planted = steward_store::manifest::new_backup_id(
+        time::OffsetDateTime::now_utc() - time::Duration::days(2),
+    );
+    for object in stack.store.list_objects(&pruned).await.unwrap_or_else(|e| panic!("{e}")) {
+        if object.ends_with("manifest.sig") {
+            continue;
+        }
+        let body = String::from_utf8_lossy(&stack.stored_bytes(&object).await).into_owned();
+        let body = if object.ends_with(".json") { body.replace(&pruned, &planted) } else { body };
+        let bytes = match object.ends_with(".json") {
+            true => body.into_bytes(),
+            false => stack.stored_bytes(&object).await,
+        };
+        let name = object.replace(&pruned, &planted);
+        stack.store.put(&name, bytes.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let listed = backups.list().await.unwrap_or_else(|e| panic!("{e}"));
+    let standing = listed.iter().find(|l| l.backup_id == planted).map(|l| l.standing.clone());
+    assert_eq!(standing, Some(steward_store::catalog::Standing::Unsigned));
 
     // Retention's way: the manifest first, then the rest.
     stack.store.delete(&format!("{pruned}/manifest.json")).await.unwrap_or_else(|e| panic!("{e}"));
