@@ -52,7 +52,7 @@ pub const MAX_CHUNK: u32 = 4 << 20;
 /// Chunks compressed, sealed and transferred at once (memory: about 2 × [`MAX_CHUNK`] each).
 pub const PARALLEL: usize = 4;
 /// An index is at most this long unpacked (4 TiB of path at 1 MiB average).
-const MAX_INDEX_RAW: usize = 1 << 30;
+const MAX_INDEX_RAW: u64 = 1 << 30;
 
 /// Whether `encoding` is a chunked component's.
 pub fn is_chunked(encoding: &str) -> bool {
@@ -237,7 +237,6 @@ async fn put_chunk(
         stored_size: sealed.len() as u64,
         stored_sha256: hex::encode(Sha256::digest(&sealed)),
     };
-    steward_failpoints::failpoint!("backup:chunk:before");
     store.put(&entry.object(), Bytes::from(sealed)).await?;
     Ok((entry.clone(), entry.stored_size))
 }
@@ -278,8 +277,15 @@ pub async fn read_index(
             component.stored_sha256
         )));
     }
-    let raw = zstd::bulk::decompress(&bytes, MAX_INDEX_RAW)
+    // Streamed with a cap: a bulk decompression would reserve the whole cap up front.
+    let mut raw = vec![];
+    let decoder = zstd::stream::read::Decoder::new(bytes.as_slice())
         .map_err(|e| unreadable(format!("the chunk index does not unpack: {e}")))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_INDEX_RAW + 1), &mut raw)
+        .map_err(|e| unreadable(format!("the chunk index does not unpack: {e}")))?;
+    if raw.len() as u64 > MAX_INDEX_RAW {
+        return Err(unreadable("the chunk index unpacks to more than 1 GiB".into()));
+    }
     let index = Index::parse(&raw).map_err(unreadable)?;
     if index.raw_size() != Some(component.raw_size) {
         return Err(unreadable(format!(
