@@ -217,12 +217,7 @@ pub async fn read_component_pinned(
     let (decoded, etag) = if chunks::is_chunked(&component.encoding) {
         chunks::read_chunked(io, component, pin, &stored).await?
     } else {
-        let (body, etag) =
-            store.get_pinned(&component.object, pin).await?.ok_or_else(|| StoreError::S3 {
-                op: "GetObject",
-                key: store.key(&component.object),
-                reason: "the object is missing".into(),
-            })?;
+        let (body, etag) = get_component(store, component, pin).await?;
         // One byte more than signed is enough to tell a larger object from the right one.
         let body = body.take(component.stored_size.saturating_add(1));
         let body = BufReader::new(stored.reader(body));
@@ -251,6 +246,19 @@ pub async fn read_component_pinned(
         }
     };
     Ok((stream, etag))
+}
+
+/// The object of `component` with its ETag (pinned to `pin`); a missing one is an error.
+pub(crate) async fn get_component(
+    store: &Store,
+    component: &Component,
+    pin: Option<&str>,
+) -> Result<(impl tokio::io::AsyncBufRead + Send + Unpin + 'static, Option<String>), StoreError> {
+    store.get_pinned(&component.object, pin).await?.ok_or_else(|| StoreError::S3 {
+        op: "GetObject",
+        key: store.key(&component.object),
+        reason: "the object is missing".into(),
+    })
 }
 
 /// `stream`, ended with an error as soon as it yields more than the component's signed raw

@@ -254,12 +254,7 @@ pub async fn read_index(
         key: store.key(&component.object),
         reason: format!("{}: {reason}", component.name),
     };
-    let (body, etag) =
-        store.get_pinned(&component.object, pin).await?.ok_or_else(|| StoreError::S3 {
-            op: "GetObject",
-            key: store.key(&component.object),
-            reason: "the chunk index is missing".into(),
-        })?;
+    let (body, etag) = crate::pipeline::get_component(store, component, pin).await?;
     let mut bytes = vec![];
     body.take(component.stored_size.saturating_add(1))
         .read_to_end(&mut bytes)
