@@ -77,6 +77,13 @@ fn differ(a: &str, b: &str) -> Vec<String> {
     a.symmetric_difference(&b).map(|l| (*l).to_owned()).collect()
 }
 
+/// Restores the paths of backup `id` and checks /data is `expected` again.
+async fn restored_as(stack: &Stack, backups: &Backups, id: &str, expected: &str) {
+    let restored = backups.restore(id, RestoreScope::Paths).await;
+    restored.unwrap_or_else(|e| panic!("restore {id}: {e} {:?}", e.stderr_tail));
+    assert_eq!(differ(&tree(stack), expected), Vec::<String>::new());
+}
+
 fn path_component(m: &Manifest) -> steward_store::manifest::Component {
     let c = m.components.iter().find(|c| matches!(c.kind, Kind::Path { .. }));
     c.cloned().unwrap_or_else(|| panic!("no path component: {m:?}"))
@@ -119,16 +126,8 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     assert_ne!(c2.raw_sha256, c1.raw_sha256);
 
     backups.verify(&second).await.unwrap_or_else(|e| panic!("verify: {e}"));
-    backups
-        .restore(&first, RestoreScope::Paths)
-        .await
-        .unwrap_or_else(|e| panic!("restore {first}: {e} {:?}", e.stderr_tail));
-    assert_eq!(differ(&tree(&stack), &first_tree), Vec::<String>::new());
-    backups
-        .restore(&second, RestoreScope::Paths)
-        .await
-        .unwrap_or_else(|e| panic!("restore {second}: {e} {:?}", e.stderr_tail));
-    assert_eq!(differ(&tree(&stack), &second_tree), Vec::<String>::new());
+    restored_as(&stack, &backups, &first, &first_tree).await;
+    restored_as(&stack, &backups, &second, &second_tree).await;
     stack.destroy_bucket().await;
 }
 
@@ -307,11 +306,7 @@ async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_
     assert!(ok && said.contains(" 0 deleted"), "{said}");
 
     stack.app_sh("rm -rf /data/files");
-    backups
-        .restore(&newest, RestoreScope::Paths)
-        .await
-        .unwrap_or_else(|e| panic!("restore {newest}: {e} {:?}", e.stderr_tail));
-    assert_eq!(differ(&tree(&stack), &newest_tree), Vec::<String>::new());
+    restored_as(&stack, &backups, &newest, &newest_tree).await;
     stack.destroy_bucket().await;
 }
 
@@ -366,11 +361,7 @@ async fn the_second_copy_gets_every_chunk_and_restores_from_them_alone() {
     stack.store.delete_dir(CHUNKS_DIR).await.unwrap_or_else(|e| panic!("{e}"));
     from_copy.verify(&first).await.unwrap_or_else(|e| panic!("verify the copy: {e}"));
     stack.app_sh("rm -rf /data/files");
-    from_copy
-        .restore(&second, RestoreScope::Paths)
-        .await
-        .unwrap_or_else(|e| panic!("restore from the copy: {e} {:?}", e.stderr_tail));
-    assert_eq!(differ(&tree(&stack), &second_tree), Vec::<String>::new());
+    restored_as(&stack, &from_copy, &second, &second_tree).await;
     common::destroy_bucket(copy_store.bucket()).await;
     stack.destroy_bucket().await;
 }

@@ -316,12 +316,15 @@ async fn read_chunk(store: Store, keys: Keys, e: Entry, encrypted: bool) -> io::
     let bad = |reason: String| {
         io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
     };
-    let limit = usize::try_from(e.stored_size).map_err(|_| bad("too large".into()))?;
-    let sealed = match store.get_small(&e.object(), limit).await {
-        Ok(Some(bytes)) => bytes,
+    use tokio::io::AsyncReadExt as _;
+    let body = match store.get(&e.object()).await {
+        Ok(Some(body)) => body,
         Ok(None) => return Err(bad("refused: it is missing from the bucket".into())),
         Err(err) => return Err(bad(err.to_string())),
     };
+    // One byte more than indexed tells a larger object from the right one.
+    let mut sealed = vec![];
+    body.take(e.stored_size.saturating_add(1)).read_to_end(&mut sealed).await?;
     let sha = hex::encode(Sha256::digest(&sealed));
     if sealed.len() as u64 != e.stored_size || sha != e.stored_sha256 {
         return Err(bad(format!(
