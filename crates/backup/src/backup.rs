@@ -364,11 +364,15 @@ impl Backups {
             tracing::info!(backup = id, component, "archiving");
             self.meter.item(&component);
             let tar = self.engine.download_path(name, path);
+            let kind = Kind::Path { container: name.clone(), path: path.clone() };
+            if self.config.incremental {
+                out.push(self.store_chunked(id, component, kind, tar).await?);
+                continue;
+            }
             let (stored, raw) =
                 pipeline::store_stream(self.io(), &object, tar, self.config.zstd_level)
                     .await
                     .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
-            let kind = Kind::Path { container: name.clone(), path: path.clone() };
             out.push(self.entry(component, kind, object, stored, raw));
         }
         Ok(out)

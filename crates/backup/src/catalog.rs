@@ -92,6 +92,17 @@ impl Backups {
             self.reading.delete_dir(id).await?;
             tracing::info!(backup = %id, "pruned");
         }
+        // Then the chunks no backup left needs (every time: a collection a kill interrupted
+        // is finished by the next one).
+        match self.collect_chunks().await {
+            Ok(c) if c.skipped.is_some() => {
+                tracing::info!(reason = ?c.skipped, "chunks not collected this time")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "chunks not collected; the next prune tries again")
+            }
+        }
         let kept = candidates.iter().filter(|c| c.complete && !prune.contains(&c.id)).count();
         // Then the WAL no retained base backup needs (issue 20); a failure there keeps it.
         let retained: Vec<&steward_store::manifest::Manifest> = listed

@@ -28,6 +28,10 @@ pub const ENV_ZSTD_LEVEL: &str = "STEWARD_BACKUP_ZSTD_LEVEL";
 
 /// Daily 02:00.
 pub const DEFAULT_SCHEDULE: &str = "0 2 * * *";
+/// Paths stored as deduplicated chunks ([`crate::chunks`]): `true` or `false` (default).
+pub const ENV_INCREMENTAL: &str = "STEWARD_BACKUP_INCREMENTAL";
+/// Hourly, on the hour: the default schedule when backups are incremental.
+pub const DEFAULT_INCREMENTAL_SCHEDULE: &str = "0 * * * *";
 /// Cron expression of the full verification of the newest backup (host time zone).
 pub const ENV_VERIFY_SCHEDULE: &str = "STEWARD_BACKUP_VERIFY_SCHEDULE";
 /// Weekly, Sunday 04:00 (after the nightly backup).
@@ -122,12 +126,18 @@ pub struct BackupConfig {
     pub restore_pending: Option<String>,
     /// WAL shipping of `steward.backup.pitr` clusters.
     pub pitr: PitrConfig,
+    /// Paths are stored as deduplicated chunks (`STEWARD_BACKUP_INCREMENTAL`).
+    pub incremental: bool,
 }
 
 impl BackupConfig {
     /// Reads the settings; errors go to `env`.
     pub fn read(env: &mut Env) -> Self {
-        let schedule = env.cron(ENV_SCHEDULE, DEFAULT_SCHEDULE);
+        let incremental = env.choice(ENV_INCREMENTAL, "false", &["true", "false"]) == "true";
+        let schedule = env.cron(
+            ENV_SCHEDULE,
+            if incremental { DEFAULT_INCREMENTAL_SCHEDULE } else { DEFAULT_SCHEDULE },
+        );
         let verify_schedule = env.cron(ENV_VERIFY_SCHEDULE, DEFAULT_VERIFY_SCHEDULE);
         let heartbeat = crate::heartbeat::Heartbeat::read(env);
         let s3 = S3Config::read(env);
@@ -183,6 +193,7 @@ impl BackupConfig {
             signing,
             trust,
             pitr: PitrConfig::read(env),
+            incremental,
         }
     }
 }
@@ -239,6 +250,26 @@ mod tests {
         assert_eq!(config.schedule.as_str(), DEFAULT_SCHEDULE);
         assert_eq!(config.pitr, PitrConfig::default());
         assert_eq!(config.pitr.tick(), Duration::from_secs(6));
+        assert!(!config.incremental);
+    }
+
+    #[test]
+    fn incremental_backups_are_hourly_unless_scheduled() {
+        let key = SigningKey::generate().to_pem();
+        let read = |pairs: &[(&str, &str)]| {
+            let mut all = vec![(ENV_BUCKET, "steward"), (signing::ENV_SIGNING_KEY, key.as_str())];
+            all.extend_from_slice(pairs);
+            let mut env = Env::from_pairs(all);
+            let config = BackupConfig::read(&mut env);
+            env.finish().map(|()| config).map_err(|e| e.to_string())
+        };
+        let on = read(&[(ENV_INCREMENTAL, "true")]).expect("incremental");
+        assert!(on.incremental);
+        assert_eq!(on.schedule.as_str(), DEFAULT_INCREMENTAL_SCHEDULE);
+        let set = read(&[(ENV_INCREMENTAL, "true"), (ENV_SCHEDULE, "0 3 * * *")]).expect("set");
+        assert_eq!(set.schedule.as_str(), "0 3 * * *");
+        let e = read(&[(ENV_INCREMENTAL, "sometimes")]).expect_err("not a boolean");
+        assert!(e.contains(ENV_INCREMENTAL), "{e}");
     }
 
     #[test]

@@ -58,6 +58,8 @@ impl Backups {
         // written, the backup must read as incomplete in the copy.
         copy.delete(&format!("{id}/{MANIFEST}")).await.map_err(|e| on_copy(&e))?;
         for c in &m.components {
+            // A chunked component's chunks first, then its index (the object below).
+            self.copy_chunks(copy, c).await.map_err(|e| on_copy(&e))?;
             let body = self
                 .store
                 .get(&c.object)

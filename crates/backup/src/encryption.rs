@@ -152,6 +152,54 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// The recipients, sorted, one a line: what a chunk id's key depends on (chunks sealed to
+    /// other recipients are not shared).
+    pub fn recipients_text(&self) -> String {
+        let mut words: Vec<String> = self.recipients.iter().map(|r| r.to_string()).collect();
+        words.sort();
+        words.join("\n")
+    }
+
+    /// `plain` sealed to the recipients in memory (one chunk; [`Keys::seal`] for streams);
+    /// `plain` itself without recipients.
+    pub fn seal_bytes(&self, plain: &[u8]) -> io::Result<Vec<u8>> {
+        if !self.encrypts() {
+            return Ok(plain.to_vec());
+        }
+        let encryptor = age::Encryptor::with_recipients(
+            self.recipients.iter().map(|r| r as &dyn age::Recipient),
+        )
+        .map_err(io::Error::other)?;
+        let mut out = Vec::with_capacity(plain.len().saturating_add(1024));
+        let mut writer = encryptor.wrap_output(&mut out)?;
+        writer.write_all(plain)?;
+        writer.finish()?;
+        Ok(out)
+    }
+
+    /// Opens what [`Keys::seal_bytes`] sealed; an error if it is not age, not for these
+    /// identities, or altered.
+    pub fn open_bytes(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        use std::io::Read as _;
+        if self.identities.is_empty() {
+            return Err(format!(
+                "it is encrypted with age and this service has no identity ({})",
+                ENV_AGE_IDENTITY_FILE
+            ));
+        }
+        let decryptor =
+            age::Decryptor::new(sealed).map_err(|e| format!("not a readable age file: {e}"))?;
+        let mut reader = decryptor
+            .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| format!("cannot decrypt it with the configured identities: {e}"))?;
+        // Never more out than in: age only adds.
+        let mut out = Vec::with_capacity(sealed.len());
+        reader.read_to_end(&mut out).map_err(|e| format!("altered or cut short: {e}"))?;
+        Ok(out)
+    }
+}
+
 /// Where the encryptor writes; drained by [`Encrypting::poll_read`].
 #[derive(Debug, Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);

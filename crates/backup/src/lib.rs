@@ -11,6 +11,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod chunks;
 pub mod config;
 pub mod copy;
 pub mod encryption;

@@ -1,5 +1,6 @@
 //! Entry point of `steward-backup`: configuration, runtime, handler; or `extract` (one
-//! component of a backup on stdout, [`steward_backup::extract`]).
+//! component of a backup on stdout, [`steward_backup::extract`]); or `gc` (deletes the
+//! chunks no usable backup needs, [`steward_backup::chunks::gc`]).
 
 // The AWS SDK's nested futures exceed the default depth when the layout of `main` is computed.
 #![recursion_limit = "256"]
@@ -17,6 +18,9 @@ async fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("extract") {
         return extract(&args[1..]).await;
     }
+    if args.first().map(String::as_str) == Some("gc") {
+        return gc(&args[1..]).await;
+    }
     steward_runtime::main(steward_backup::SERVICE, BackupConfig::read, |cfg, ctx| async move {
         BackupService::start(cfg, &ctx).await
     })
@@ -32,29 +36,64 @@ async fn extract(args: &[String]) -> ExitCode {
         eprintln!("{}", steward_backup::extract::USAGE);
         return ExitCode::from(2);
     };
-    let mut env = Env::from_process();
-    let cfg = BackupConfig::read(&mut env);
-    if let Err(e) = env.finish() {
-        eprintln!("steward-backup: {e}");
-        return ExitCode::from(2);
-    }
-    let store = Store::lazy(&cfg.s3);
-    let backups = Backups::new(steward_engine::Engine::from_env(), store, cfg);
-    let backups = if from_copy {
-        match backups.from_copy() {
-            Some(copy) => copy,
-            None => {
-                eprintln!("steward-backup: --from-copy, but no copy is configured (STEWARD_BACKUP_COPY_*)");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        backups
+    let backups = match one_shot(from_copy) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     let mut stdout = std::io::stdout().lock();
     match backups.extract(id, component, &mut stdout).await {
         Ok(c) => {
             eprintln!("steward-backup: {} of backup {id}: {} bytes, checked", c.name, c.raw_size);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("steward-backup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The backups a one-shot command reads (the primary, or the copy), from the environment.
+fn one_shot(from_copy: bool) -> Result<Backups, ExitCode> {
+    let mut env = Env::from_process();
+    let cfg = BackupConfig::read(&mut env);
+    if let Err(e) = env.finish() {
+        eprintln!("steward-backup: {e}");
+        return Err(ExitCode::from(2));
+    }
+    let store = Store::lazy(&cfg.s3);
+    let backups = Backups::new(steward_engine::Engine::from_env(), store, cfg);
+    if from_copy {
+        match backups.from_copy() {
+            Some(copy) => Ok(copy),
+            None => {
+                eprintln!("steward-backup: --from-copy, but no copy is configured (STEWARD_BACKUP_COPY_*)");
+                Err(ExitCode::from(2))
+            }
+        }
+    } else {
+        Ok(backups)
+    }
+}
+
+/// `steward-backup gc [--from-copy]`: exit 0 when the collection ran (or was safely skipped,
+/// said on stderr), 2 for bad usage or settings, 1 when the bucket could not be read.
+async fn gc(args: &[String]) -> ExitCode {
+    let from_copy = args.iter().any(|a| a == "--from-copy");
+    if args.iter().any(|a| a != "--from-copy") {
+        eprintln!("usage: steward-backup gc [--from-copy]");
+        return ExitCode::from(2);
+    }
+    let backups = match one_shot(from_copy) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match backups.collect_chunks().await {
+        Ok(c) => {
+            match c.skipped {
+                Some(why) => eprintln!("steward-backup: nothing deleted: {why}"),
+                None => eprintln!("steward-backup: {} chunks kept, {} deleted", c.kept, c.deleted),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -23,6 +23,7 @@ use steward_store::store::{Store, StoreError, Stored};
 use tokio::io::{AsyncRead, AsyncReadExt as _, BufReader, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::chunks;
 use crate::encryption::{self, Keys};
 use crate::progress::Meter;
 use crate::tarcheck;
@@ -85,7 +86,7 @@ impl Counter {
         Self(Arc::default(), Some(meter.clone()))
     }
 
-    fn update(&self, bytes: &[u8]) {
+    pub(crate) fn update(&self, bytes: &[u8]) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).update(bytes);
         if let Some(meter) = &self.1 {
             meter.add(bytes.len() as u64);
@@ -204,30 +205,31 @@ pub async fn read_component_pinned(
     };
     // Defence in depth behind the signature: with an identity configured this installation's
     // backups are encrypted, so a plain component is not one of them.
-    if component.encoding == encryption::ZSTD && keys.reads_encrypted() {
+    let plain = component.encoding == encryption::ZSTD || component.encoding == chunks::CDC_ZSTD;
+    if plain && keys.reads_encrypted() {
         return Err(unreadable(format!(
             "refused: it is not encrypted, but an age identity is configured ({})",
             encryption::ENV_AGE_IDENTITY_FILE
         )));
     }
-    let (body, etag) =
-        store.get_pinned(&component.object, pin).await?.ok_or_else(|| StoreError::S3 {
-            op: "GetObject",
-            key: store.key(&component.object),
-            reason: "the object is missing".into(),
-        })?;
     let stored = Counter::default();
     let raw = Counter::metered(meter);
-    // One byte more than signed is enough to tell a larger object from the right one.
-    let body = body.take(component.stored_size.saturating_add(1));
-    let body = BufReader::new(stored.reader(body));
-    let compressed: Pin<Box<dyn AsyncRead + Send + Unpin>> = match component.encoding.as_str() {
-        encryption::ZSTD => Box::pin(body),
-        encryption::ZSTD_AGE => Box::pin(keys.decrypting(body).await.map_err(unreadable)?),
-        other => return Err(unreadable(format!("unknown encoding {other:?}"))),
+    let (decoded, etag) = if chunks::is_chunked(&component.encoding) {
+        chunks::read_chunked(io, component, pin, &stored).await?
+    } else {
+        let (body, etag) = get_component(store, component, pin).await?;
+        // One byte more than signed is enough to tell a larger object from the right one.
+        let body = body.take(component.stored_size.saturating_add(1));
+        let body = BufReader::new(stored.reader(body));
+        let compressed: Pin<Box<dyn AsyncRead + Send + Unpin>> = match component.encoding.as_str() {
+            encryption::ZSTD => Box::pin(body),
+            encryption::ZSTD_AGE => Box::pin(keys.decrypting(body).await.map_err(unreadable)?),
+            other => return Err(unreadable(format!("unknown encoding {other:?}"))),
+        };
+        let decoded = ZstdDecoder::new(BufReader::new(compressed));
+        (ReaderStream::with_capacity(decoded, CHUNK).boxed(), etag)
     };
-    let decoded = ZstdDecoder::new(BufReader::new(compressed));
-    let decoded = capped(ReaderStream::with_capacity(decoded, CHUNK), component);
+    let decoded = capped(decoded, component);
     let bytes = raw.count(decoded);
     let expected = component.clone();
     let check =
@@ -249,6 +251,19 @@ pub async fn read_component_pinned(
         | Kind::Wal { .. } => checked.boxed(),
     };
     Ok((stream, etag))
+}
+
+/// The object of `component` with its ETag (pinned to `pin`); a missing one is an error.
+pub(crate) async fn get_component(
+    store: &Store,
+    component: &Component,
+    pin: Option<&str>,
+) -> Result<(impl tokio::io::AsyncBufRead + Send + Unpin + 'static, Option<String>), StoreError> {
+    store.get_pinned(&component.object, pin).await?.ok_or_else(|| StoreError::S3 {
+        op: "GetObject",
+        key: store.key(&component.object),
+        reason: "the object is missing".into(),
+    })
 }
 
 /// `stream`, ended with an error as soon as it yields more than the component's signed raw

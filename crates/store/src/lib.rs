@@ -10,6 +10,7 @@
 //! ([`signing`]), is never listed as usable.
 
 pub mod catalog;
+pub mod chunks;
 pub mod config;
 pub mod manifest;
 pub mod signing;

@@ -141,6 +141,16 @@ impl SigningKey {
         PublicKey(self.0.verifying_key())
     }
 
+    /// A secret derived from this key for `context` (HMAC-SHA256 keyed by the private seed):
+    /// e.g. the key of incremental backups' chunk ids, so no second secret is to be kept.
+    pub fn derive(&self, context: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(context);
+        mac.finalize().into_bytes().into()
+    }
+
     /// The signature file for `bytes` signed for `purpose`.
     pub fn sign(&self, purpose: Purpose, bytes: &[u8]) -> Vec<u8> {
         let signature = self.0.sign(&purpose.message(bytes));

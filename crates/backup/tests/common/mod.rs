@@ -84,6 +84,7 @@ pub fn config(s3: S3Config, scope: &str) -> BackupConfig {
         trust,
         restore_pending: None,
         pitr: Default::default(),
+        incremental: false,
     }
 }
 

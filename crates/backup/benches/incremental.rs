@@ -1,0 +1,275 @@
+//! Incremental path backups (issue 20) against today's full archives and the peer `restic
+//! backup`, in one run, on one S3 server (the test bed's s3s-fs, whose directory gives the
+//! bytes each run stored):
+//!   data:  DATA_MIB in an app container's volume: half one random file, half distinct text
+//!          files of 256 KiB; then 1 % of the files rewritten.
+//!   full:  `Backups::take` with `STEWARD_BACKUP_INCREMENTAL=false` (one tar.zst.age per path)
+//!   incremental: the same with `true` (chunks), a first and a second backup
+//!   restic: `restic backup` of the volume's directory on the host, first and second
+//!   restore: `Backups::restore` (paths) of each kind's second backup.
+//! Peak RSS of this process per phase (VmRSS sampled every 10 ms): the backup service runs
+//! the same code in its own process.
+//!
+//! Run: `cargo bench -p steward-backup --bench incremental` after `infra/testbed/up.sh`
+//! (`DATA_MIB=4096` for the larger set; restic from Debian: `apt-get install restic`).
+
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use steward_backup::config::BackupConfig;
+use steward_backup::encryption::Keys;
+use steward_backup::Backups;
+use steward_engine::Engine;
+use steward_events::{BackupReason, RestoreScope};
+use steward_store::store::Store;
+use steward_testkit::docker::docker;
+use steward_testkit::{testbed, unique_name};
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Bytes under `dir` on disk.
+fn disk_bytes(dir: &Path) -> u64 {
+    let out = Command::new("du").args(["-sb"]).arg(dir).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// This process's resident set now, MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// The highest resident set sampled every 10 ms while `work` runs (VmHWM cannot be reset
+/// everywhere, and a phase's peak is what is compared).
+async fn peak_of<T>(work: impl std::future::Future<Output = T>) -> (T, f64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = rss_mib();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mib());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let out = work.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, sampler.join().unwrap_or(0.0))
+}
+
+struct Phase {
+    name: String,
+    seconds: f64,
+    bytes: u64,
+    peak: f64,
+}
+
+/// The service's settings as it reads them, for `bucket`.
+fn config(bucket: &str, scope: &str, keys: Keys, incremental: bool) -> BackupConfig {
+    let signing = steward_store::signing::SigningKey::generate().to_pem();
+    let endpoint = testbed::require("STEWARD_TEST_S3_ENDPOINT");
+    let incremental = incremental.to_string();
+    let mut env = steward_runtime::Env::from_pairs([
+        (steward_store::config::ENV_BUCKET, bucket),
+        (steward_store::config::ENV_PREFIX, "bench"),
+        (steward_store::config::ENV_ENDPOINT, endpoint.as_str()),
+        (steward_store::signing::ENV_SIGNING_KEY, signing.as_str()),
+        ("STEWARD_SCOPE", scope),
+        (steward_backup::config::ENV_INCREMENTAL, incremental.as_str()),
+    ]);
+    let cfg = BackupConfig::read(&mut env);
+    if let Err(e) = env.finish() {
+        panic!("settings: {e}");
+    }
+    BackupConfig { keys, ..cfg }
+}
+
+async fn backups(bucket: &str, scope: &str, keys: &Keys, incremental: bool) -> Backups {
+    let cfg = config(bucket, scope, keys.clone(), incremental);
+    let store = Store::connect_static(
+        &cfg.s3,
+        &testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+        &testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+    )
+    .await;
+    store.create_bucket().await.unwrap_or_else(|e| panic!("bucket {bucket}: {e}"));
+    Backups::new(Engine::from_env(), store, cfg)
+}
+
+async fn take(name: &str, b: &Backups, dir: &Path) -> (String, Phase) {
+    let before = disk_bytes(dir);
+    let id = steward_store::manifest::new_backup_id(time::OffsetDateTime::now_utc());
+    let t = Instant::now();
+    let (taken, peak) = peak_of(b.take(&id, BackupReason::Manual, &[])).await;
+    taken.unwrap_or_else(|e| panic!("{name}: {e}"));
+    let seconds = t.elapsed().as_secs_f64();
+    let phase =
+        Phase { name: name.into(), seconds, bytes: disk_bytes(dir).saturating_sub(before), peak };
+    (id, phase)
+}
+
+async fn restore(name: &str, b: &Backups, id: &str) -> Phase {
+    let t = Instant::now();
+    let (restored, peak) = peak_of(b.restore(id, RestoreScope::Paths)).await;
+    restored.unwrap_or_else(|e| panic!("{name}: {e}"));
+    Phase { name: name.into(), seconds: t.elapsed().as_secs_f64(), bytes: 0, peak }
+}
+
+/// `restic backup` of `data` into `repo`: the phase, or why it could not run.
+fn restic(name: &str, repo: &str, data: &str, dir: &Path, init: bool) -> Result<Phase, String> {
+    let run = |args: &[&str]| {
+        Command::new("restic")
+            .args(["-r", repo, "--no-cache", "-q"])
+            .args(args)
+            .env("RESTIC_PASSWORD", "bench")
+            .env("AWS_ACCESS_KEY_ID", testbed::require("STEWARD_TEST_S3_ACCESS_KEY"))
+            .env("AWS_SECRET_ACCESS_KEY", testbed::require("STEWARD_TEST_S3_SECRET_KEY"))
+            .output()
+            .map_err(|e| format!("restic: {e} (apt-get install restic)"))
+            .and_then(|o| match o.status.success() {
+                true => Ok(()),
+                false => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+            })
+    };
+    if init {
+        run(&["init"])?;
+    }
+    let before = disk_bytes(dir);
+    let t = Instant::now();
+    run(&["backup", data])?;
+    Ok(Phase {
+        name: name.into(),
+        seconds: t.elapsed().as_secs_f64(),
+        bytes: disk_bytes(dir).saturating_sub(before),
+        peak: 0.0,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let data_mib: u32 = std::env::var("DATA_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let scope = unique_name("bench-cdc");
+    let app = format!("{scope}-app");
+    let image = format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE"));
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &app,
+        "--label",
+        &format!("steward.scope={scope}"),
+        "--label",
+        "steward.backup.paths=/data",
+        "-v",
+        "/data",
+        &image,
+    ]);
+    let half = data_mib / 2;
+    let files = half * 4;
+    println!(
+        "== {} cores; {data_mib} MiB: {half} MiB random + {files} text files of 256 KiB",
+        num_cpus()
+    );
+    docker(&[
+        "exec", &app, "sh", "-c",
+        &format!(
+            "mkdir -p /data/lfs /data/repos && dd if=/dev/urandom of=/data/lfs/blob bs=1M count={half} 2>/dev/null && \
+             i=0; while [ $i -lt {files} ]; do head -c 131072 /dev/urandom | od -An -tx1 | head -c 262144 > /data/repos/f$i.txt; i=$((i+1)); done"
+        ),
+    ]);
+    let source = docker(&["inspect", "-f", "{{range .Mounts}}{{.Source}}{{end}}", &app]);
+    let identity = age::x25519::Identity::generate();
+    let keys = Keys::new(vec![identity.to_public()], vec![identity]);
+    let s3 = testbed::dir().join("s3");
+    let (full_bucket, cdc_bucket, restic_bucket) = (
+        format!("{}-full", scope.to_lowercase().replace('_', "-")),
+        format!("{}-cdc", scope.to_lowercase().replace('_', "-")),
+        format!("{}-restic", scope.to_lowercase().replace('_', "-")),
+    );
+    let full = backups(&full_bucket, &scope, &keys, false).await;
+    let cdc = backups(&cdc_bucket, &scope, &keys, true).await;
+    // restic makes its bucket itself; the directory makes it countable at once.
+    let _ = std::fs::create_dir_all(s3.join(&restic_bucket));
+    let repo =
+        format!("s3:{}/{restic_bucket}/restic", testbed::require("STEWARD_TEST_S3_ENDPOINT"));
+
+    let mut phases = vec![];
+    let (_, p) = take("full, first", &full, &s3.join(&full_bucket)).await;
+    phases.push(p);
+    let (_, p) = take("incremental, first", &cdc, &s3.join(&cdc_bucket)).await;
+    phases.push(p);
+    let restic_first = restic("restic, first", &repo, &source, &s3.join(&restic_bucket), true);
+
+    // 1 % of the files rewritten.
+    let changed = (files + 1) / 100;
+    docker(&[
+        "exec", &app, "sh", "-c",
+        &format!(
+            "i=0; while [ $i -lt {changed} ]; do n=$((i * 97 % {files})); \
+             head -c 131072 /dev/urandom | od -An -tx1 | head -c 262144 > /data/repos/f$n.txt; i=$((i+1)); done"
+        ),
+    ]);
+    println!("   changed {changed} of {} files", files + 1);
+    let (full_id, p) = take("full, second (1 % changed)", &full, &s3.join(&full_bucket)).await;
+    phases.push(p);
+    let (cdc_id, p) = take("incremental, second (1 % changed)", &cdc, &s3.join(&cdc_bucket)).await;
+    phases.push(p);
+    let restic_second = restic_first.and_then(|first| {
+        let second = restic(
+            "restic, second (1 % changed)",
+            &repo,
+            &source,
+            &s3.join(&restic_bucket),
+            false,
+        )?;
+        Ok((first, second))
+    });
+    match restic_second {
+        Ok((a, b)) => phases.extend([a, b]),
+        Err(e) => println!("   restic not measured: {}", e.trim()),
+    }
+    phases.push(restore("restore full", &full, &full_id).await);
+    phases.push(restore("restore incremental", &cdc, &cdc_id).await);
+
+    println!("| phase | time | uploaded | peak RSS |\n|---|---|---|---|");
+    for p in &phases {
+        let peak = if p.peak > 0.0 { format!("{:.1} MiB", p.peak) } else { "-".into() };
+        println!("| {} | {:.1} s | {:.1} MiB | {peak} |", p.name, p.seconds, mib(p.bytes));
+    }
+    let get = |n: &str| phases.iter().find(|p| p.name.starts_with(n));
+    if let (Some(f), Some(c)) = (get("full, second"), get("incremental, second")) {
+        println!(
+            "second backup, incremental vs full: {:.1}x fewer bytes (target >= 20x), {:.1}x less time (target >= 5x)",
+            f.bytes as f64 / c.bytes.max(1) as f64,
+            f.seconds / c.seconds.max(0.001)
+        );
+    }
+    if let (Some(f), Some(c)) = (get("restore full"), get("restore incremental")) {
+        println!(
+            "restore, incremental vs full: {:.2}x the time (target <= 1.2x)",
+            c.seconds / f.seconds
+        );
+    }
+    docker(&["rm", "-f", "-v", &app]);
+    for b in [&full_bucket, &cdc_bucket, &restic_bucket] {
+        let _ = std::fs::remove_dir_all(s3.join(b));
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

@@ -1,0 +1,474 @@
+//! Incremental path backups (`STEWARD_BACKUP_INCREMENTAL`): a path's tar stream, as the
+//! Docker archive API gives it, is cut into content-defined chunks (FastCDC 2020: min 256 KiB,
+//! average 1 MiB, max 4 MiB); each chunk is compressed with zstd, sealed with age when
+//! recipients are configured, and stored once under `chunks/` ([`steward_store::chunks`]). The
+//! component's object is its index: the ordered chunk list, whose size and SHA-256 the signed
+//! manifest holds, and whose raw size and SHA-256 are those of the whole tar stream.
+//!
+//! A chunk's id is HMAC-SHA256 of its plaintext, keyed by a secret derived from the signing
+//! key and the recipients when encrypting (so ids reveal no plaintext hash), SHA-256 of its
+//! plaintext otherwise. A chunk whose id a usable (signed) backup's index lists is not
+//! uploaded again: the new index names the same object.
+//!
+//! Invariants: a path is streamed, never held (at most [`PARALLEL`] chunks in flight); an
+//! index is used only after its bytes matched the signed manifest; every chunk read is checked
+//! against its size and SHA-256 in that index before it is opened, and against its plaintext
+//! size after; the whole stream is then checked by the pipeline against the manifest's raw
+//! SHA-256, as every component is, so a restore refuses before it touches anything.
+
+pub mod gc;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use fastcdc::v2020::{AsyncStreamCDC, Normalization};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use hmac::{Hmac, Mac as _};
+use sha2::{Digest as _, Sha256};
+use steward_store::chunks::{Entry, Index};
+use steward_store::manifest::{Component, Manifest};
+use steward_store::signing::SigningKey;
+use steward_store::store::{Store, StoreError, Stored};
+use tokio_util::io::StreamReader;
+
+use crate::encryption::Keys;
+use crate::pipeline::{Counted, Counter, Io};
+
+/// The encoding of a chunked component whose chunks are compressed.
+pub const CDC_ZSTD: &str = "cdc+zstd";
+/// The encoding of a chunked component whose chunks are compressed and then encrypted.
+pub const CDC_ZSTD_AGE: &str = "cdc+zstd+age";
+
+/// Chunk sizes: restic's are 512 KiB to 8 MiB; smaller keeps a 1 % change of small files
+/// small, larger keeps the index and the request count small.
+pub const MIN_CHUNK: u32 = 256 << 10;
+/// Average chunk size.
+pub const AVG_CHUNK: u32 = 1 << 20;
+/// Largest chunk.
+pub const MAX_CHUNK: u32 = 4 << 20;
+/// Chunks compressed, sealed and transferred at once (memory: about 2 × [`MAX_CHUNK`] each).
+pub const PARALLEL: usize = 4;
+/// An index is at most this long unpacked (4 TiB of path at 1 MiB average).
+const MAX_INDEX_RAW: u64 = 1 << 30;
+
+/// Whether `encoding` is a chunked component's.
+pub fn is_chunked(encoding: &str) -> bool {
+    encoding == CDC_ZSTD || encoding == CDC_ZSTD_AGE
+}
+
+/// How this installation cuts and names chunks.
+#[derive(Clone)]
+pub struct Chunker {
+    /// The id key; `None`: ids are plain SHA-256 (nothing is encrypted anyway).
+    key: Option<[u8; 32]>,
+    /// [`Index::scheme`].
+    scheme: String,
+    /// Seeds FastCDC's gear table, so cut points depend on the key too.
+    seed: u64,
+}
+
+impl std::fmt::Debug for Chunker {
+    // Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunker").field("scheme", &self.scheme).finish()
+    }
+}
+
+fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+impl Chunker {
+    /// The chunker of backups signed by `signing` and sealed with `keys`.
+    pub fn new(signing: &SigningKey, keys: &Keys) -> Self {
+        if !keys.encrypts() {
+            return Self { key: None, scheme: "sha256".into(), seed: 0 };
+        }
+        let mut context = b"steward chunk id v1\n".to_vec();
+        context.extend_from_slice(keys.recipients_text().as_bytes());
+        let key = signing.derive(&context);
+        let key_id = hex::encode(&hmac(&key, b"key id")[..8]);
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&hmac(&key, b"gear seed")[..8]);
+        Self {
+            key: Some(key),
+            scheme: format!("hmac-sha256:{key_id}"),
+            seed: u64::from_le_bytes(seed),
+        }
+    }
+
+    /// The id of a chunk's plaintext.
+    pub fn id(&self, plain: &[u8]) -> String {
+        match &self.key {
+            Some(key) => hex::encode(hmac(key, plain)),
+            None => hex::encode(Sha256::digest(plain)),
+        }
+    }
+
+    /// [`Index::scheme`] of this chunker's ids.
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+}
+
+/// Chunks already stored, by id: those of every usable backup's indexes of this chunker's
+/// scheme, and those this backup stored.
+#[derive(Debug, Default, Clone)]
+pub struct Known(Arc<Mutex<HashMap<String, Entry>>>);
+
+impl Known {
+    fn get(&self, id: &str) -> Option<Entry> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    fn insert(&self, e: Entry) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id.clone(), e);
+    }
+
+    /// How many chunks are known.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What storing one component uploaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Chunks in the component.
+    pub chunks: u64,
+    /// Chunks uploaded (not known before).
+    pub new_chunks: u64,
+    /// Stored bytes uploaded, the index included.
+    pub bytes: u64,
+}
+
+fn source(store: &Store, name: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Unreadable { key: store.key(name), reason: reason.to_string() }
+}
+
+/// Cuts `stream` into chunks, stores the ones `known` lacks and the index as object `index`;
+/// returns the index as stored, the whole stream as it passed, and what was uploaded.
+pub async fn store_chunked<S>(
+    io: Io<'_>,
+    chunker: &Chunker,
+    known: &Known,
+    index: &str,
+    stream: S,
+    level: i32,
+) -> Result<(Stored, Counted, Uploaded), StoreError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
+    let Io { store, keys, meter } = io;
+    let raw = Counter::metered(meter);
+    let reader = StreamReader::new(Box::pin(raw.count(stream)));
+    let mut cdc = AsyncStreamCDC::with_level_and_seed(
+        reader,
+        MIN_CHUNK,
+        AVG_CHUNK,
+        MAX_CHUNK,
+        Normalization::Level1,
+        chunker.seed,
+    );
+    let mut entries = vec![];
+    let mut uploaded = Uploaded::default();
+    {
+        let chunks = cdc.as_stream().map_err(|e| source(store, index, e)).map_ok(|chunk| {
+            let id = chunker.id(&chunk.data);
+            let found = known.get(&id);
+            async move {
+                match found {
+                    Some(e) => Ok((e, 0)),
+                    None => put_chunk(store, keys, id, chunk.data, level).await,
+                }
+            }
+        });
+        let mut chunks = std::pin::pin!(chunks.try_buffered(PARALLEL));
+        while let Some((entry, sent)) = chunks.try_next().await? {
+            uploaded.chunks += 1;
+            if sent > 0 {
+                uploaded.new_chunks += 1;
+                uploaded.bytes += sent;
+                known.insert(entry.clone());
+            }
+            entries.push(entry);
+        }
+    }
+    let body = Index { scheme: chunker.scheme.clone(), entries }.to_bytes();
+    let body = zstd::bulk::compress(&body, level).map_err(|e| source(store, index, e))?;
+    let stored = Stored { size: body.len() as u64, sha256: hex::encode(Sha256::digest(&body)) };
+    uploaded.bytes += stored.size;
+    store.put(index, Bytes::from(body)).await?;
+    Ok((stored, raw.result(), uploaded))
+}
+
+/// Compresses and seals one chunk off the async threads, and stores it under its hash.
+async fn put_chunk(
+    store: &Store,
+    keys: &Keys,
+    id: String,
+    plain: Vec<u8>,
+    level: i32,
+) -> Result<(Entry, u64), StoreError> {
+    let raw_size = plain.len() as u64;
+    let sealing = keys.clone();
+    let sealed = tokio::task::spawn_blocking(move || {
+        let packed = zstd::bulk::compress(&plain, level)?;
+        sealing.seal_bytes(&packed)
+    })
+    .await
+    .map_err(io::Error::other)
+    .and_then(|r| r)
+    .map_err(|e| source(store, steward_store::chunks::CHUNKS_DIR, e))?;
+    let entry = Entry {
+        id,
+        raw_size,
+        stored_size: sealed.len() as u64,
+        stored_sha256: hex::encode(Sha256::digest(&sealed)),
+    };
+    store.put(&entry.object(), Bytes::from(sealed)).await?;
+    Ok((entry.clone(), entry.stored_size))
+}
+
+/// The index of chunked `component`, after its bytes matched the signed manifest, with the
+/// ETag read; `stored` counts its bytes. With `pin`, only the object of that ETag.
+pub async fn read_index(
+    store: &Store,
+    component: &Component,
+    pin: Option<&str>,
+    stored: Option<&Counter>,
+) -> Result<(Index, Option<String>), StoreError> {
+    use tokio::io::AsyncReadExt as _;
+    let unreadable = |reason: String| StoreError::Unreadable {
+        key: store.key(&component.object),
+        reason: format!("{}: {reason}", component.name),
+    };
+    let (body, etag) = crate::pipeline::get_component(store, component, pin).await?;
+    let mut bytes = vec![];
+    body.take(component.stored_size.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| unreadable(format!("reading the chunk index: {e}")))?;
+    if let Some(counter) = stored {
+        counter.update(&bytes);
+    }
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if bytes.len() as u64 != component.stored_size || sha != component.stored_sha256 {
+        return Err(unreadable(format!(
+            "refused: the chunk index ({} bytes, SHA-256 {sha}) does not match the signed manifest ({} bytes, SHA-256 {})",
+            bytes.len(),
+            component.stored_size,
+            component.stored_sha256
+        )));
+    }
+    // Streamed with a cap: a bulk decompression would reserve the whole cap up front.
+    let mut raw = vec![];
+    let decoder = zstd::stream::read::Decoder::new(bytes.as_slice())
+        .map_err(|e| unreadable(format!("the chunk index does not unpack: {e}")))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_INDEX_RAW + 1), &mut raw)
+        .map_err(|e| unreadable(format!("the chunk index does not unpack: {e}")))?;
+    if raw.len() as u64 > MAX_INDEX_RAW {
+        return Err(unreadable("the chunk index unpacks to more than 1 GiB".into()));
+    }
+    let index = Index::parse(&raw).map_err(unreadable)?;
+    if index.raw_size() != Some(component.raw_size) {
+        return Err(unreadable(format!(
+            "the chunk index adds up to {:?} bytes, the manifest says {}",
+            index.raw_size(),
+            component.raw_size
+        )));
+    }
+    Ok((index, etag))
+}
+
+/// The plaintext of chunked `component`, chunk after chunk, each checked; `stored` counts
+/// the index's bytes (what the manifest's stored checksum is of).
+pub async fn read_chunked(
+    io: Io<'_>,
+    component: &Component,
+    pin: Option<&str>,
+    stored: &Counter,
+) -> Result<(BoxStream<'static, io::Result<Bytes>>, Option<String>), StoreError> {
+    let (index, etag) = read_index(io.store, component, pin, Some(stored)).await?;
+    let store = io.store.clone();
+    let keys = io.keys.clone();
+    let encrypted = component.encoding == CDC_ZSTD_AGE;
+    let stream = futures::stream::iter(index.entries)
+        .map(move |e| read_chunk(store.clone(), keys.clone(), e, encrypted))
+        .buffered(PARALLEL);
+    Ok((stream.boxed(), etag))
+}
+
+/// One chunk's plaintext: its stored bytes checked against the index, opened, unpacked to
+/// exactly its size.
+async fn read_chunk(store: Store, keys: Keys, e: Entry, encrypted: bool) -> io::Result<Bytes> {
+    let bad = |reason: String| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
+    };
+    use tokio::io::AsyncReadExt as _;
+    let body = match store.get(&e.object()).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return Err(bad("refused: it is missing from the bucket".into())),
+        Err(err) => return Err(bad(err.to_string())),
+    };
+    // One byte more than indexed tells a larger object from the right one.
+    let mut sealed = vec![];
+    body.take(e.stored_size.saturating_add(1)).read_to_end(&mut sealed).await?;
+    let sha = hex::encode(Sha256::digest(&sealed));
+    if sealed.len() as u64 != e.stored_size || sha != e.stored_sha256 {
+        return Err(bad(format!(
+            "refused: its bytes ({} bytes, SHA-256 {sha}) do not match the signed index",
+            sealed.len()
+        )));
+    }
+    let raw_size = usize::try_from(e.raw_size).map_err(|_| bad("too large".into()))?;
+    let plain = tokio::task::spawn_blocking(move || {
+        let packed = if encrypted { keys.open_bytes(&sealed)? } else { sealed };
+        zstd::bulk::decompress(&packed, raw_size).map_err(|err| format!("does not unpack: {err}"))
+    })
+    .await
+    .map_err(io::Error::other)?
+    .map_err(bad)?;
+    if plain.len() != raw_size {
+        return Err(bad(format!("unpacks to {} bytes, the index says {raw_size}", plain.len())));
+    }
+    Ok(Bytes::from(plain))
+}
+
+/// The chunked components of `m`.
+pub fn chunked_components(m: &Manifest) -> impl Iterator<Item = &Component> {
+    m.components.iter().filter(|c| is_chunked(&c.encoding))
+}
+
+/// Every chunk the usable backups of `store` list under `chunker`'s scheme: what a new backup
+/// need not upload again. Unusable or unreadable indexes add nothing (the chunk is uploaded
+/// again, never trusted from an unsigned list).
+pub async fn known_chunks(
+    store: &Store,
+    trust: &steward_store::signing::Trust,
+    chunker: &Chunker,
+) -> Result<Known, StoreError> {
+    let now = time::OffsetDateTime::now_utc();
+    let known = Known::default();
+    for listed in steward_store::catalog::list(store, trust, now).await? {
+        let Some(m) = listed.usable() else { continue };
+        for c in chunked_components(m) {
+            match read_index(store, c, None, None).await {
+                Ok((index, _)) if index.scheme == chunker.scheme => {
+                    index.entries.into_iter().for_each(|e| known.insert(e))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(backup = %m.backup_id, component = %c.name, error = %e, "an index of a usable backup is unreadable; its chunks are uploaded again")
+                }
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// Marks a backup's directory before its first chunk is stored: a collection then sees a
+/// backup in progress (its chunks are in no index yet) and deletes nothing.
+pub const PENDING: &str = "chunks-pending";
+
+impl crate::backup::Backups {
+    /// Stores path `component` of backup `id` as chunks: its index is the component's object.
+    pub(crate) async fn store_chunked<S>(
+        &self,
+        id: &str,
+        component: String,
+        kind: steward_store::manifest::Kind,
+        tar: S,
+    ) -> Result<Component, crate::Failure>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+    {
+        let failed = |e: &dyn std::fmt::Display| crate::Failure::plain(format!("{component}: {e}"));
+        let store = self.store();
+        store.put(&format!("{id}/{PENDING}"), Bytes::new()).await.map_err(|e| failed(&e))?;
+        let chunker = Chunker::new(&self.config.signing, &self.config.keys);
+        let known =
+            known_chunks(store, &self.config.trust, &chunker).await.map_err(|e| failed(&e))?;
+        let object = match &kind {
+            steward_store::manifest::Kind::Path { container, path } => format!(
+                "{id}/path-{}-{}.chunks.zst",
+                steward_store::manifest::slug(container),
+                steward_store::manifest::slug(path)
+            ),
+            _ => format!("{id}/{}.chunks.zst", steward_store::manifest::slug(&component)),
+        };
+        let (stored, raw, uploaded) =
+            store_chunked(self.io(), &chunker, &known, &object, tar, self.config.zstd_level)
+                .await
+                .map_err(|e| failed(&e))?;
+        tracing::info!(
+            backup = id,
+            component,
+            chunks = uploaded.chunks,
+            new_chunks = uploaded.new_chunks,
+            uploaded_bytes = uploaded.bytes,
+            raw_bytes = raw.size,
+            "stored as chunks"
+        );
+        let encoding = if self.config.keys.encrypts() { CDC_ZSTD_AGE } else { CDC_ZSTD };
+        Ok(Component {
+            name: component,
+            kind,
+            object,
+            encoding: encoding.into(),
+            stored_size: stored.size,
+            stored_sha256: stored.sha256,
+            raw_size: raw.size,
+            raw_sha256: raw.sha256,
+        })
+    }
+}
+
+impl crate::backup::Backups {
+    /// Copies to `copy` every chunk of `c` (when chunked) it lacks, each checked against the
+    /// index that the signed manifest vouches for. Chunk objects are named by their hash, so
+    /// one there by name is the same bytes (and is checked whenever it is read).
+    pub(crate) async fn copy_chunks(&self, copy: &Store, c: &Component) -> Result<(), String> {
+        if !is_chunked(&c.encoding) {
+            return Ok(());
+        }
+        let (index, _) =
+            read_index(self.store(), c, None, None).await.map_err(|e| e.to_string())?;
+        let there: std::collections::HashSet<String> = copy
+            .list_objects(steward_store::chunks::CHUNKS_DIR)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let mut done = std::collections::HashSet::new();
+        for e in &index.entries {
+            let name = e.object();
+            if there.contains(&name) || !done.insert(name.clone()) {
+                continue;
+            }
+            let limit = usize::try_from(e.stored_size).map_err(|_| format!("{name}: too large"))?;
+            let body = self
+                .store()
+                .get_small(&name, limit)
+                .await
+                .map_err(|err| err.to_string())?
+                .ok_or_else(|| format!("{name} is gone from the primary"))?;
+            if hex::encode(Sha256::digest(&body)) != e.stored_sha256 {
+                return Err(format!("{name} in the primary does not match its signed index"));
+            }
+            copy.put(&name, Bytes::from(body)).await.map_err(|err| err.to_string())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! Incremental path backups against the test bed's Docker and S3: deduplication between two
+//! backups, byte-identical restores (content, mode, owner, mtime), a hostile bucket, and the
+//! chunk collection killed at its steps.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::Stack;
+use steward_backup::config::BackupConfig;
+use steward_backup::encryption::Keys;
+use steward_backup::Backups;
+use steward_engine::Engine;
+use steward_events::RestoreScope;
+use steward_store::chunks::CHUNKS_DIR;
+use steward_store::manifest::{Kind, Manifest};
+
+/// The stack's backups made incremental (and encrypted with a fresh identity).
+fn incremental(stack: &Stack) -> Backups {
+    let identity = age::x25519::Identity::generate();
+    let keys = Keys::new(vec![identity.to_public()], vec![identity]);
+    let s3 = common::s3_config(stack.store.bucket(), None);
+    Backups::new(
+        Engine::from_env(),
+        stack.store.clone(),
+        BackupConfig { keys, incremental: true, ..common::config(s3, &stack.scope) },
+    )
+}
+
+async fn back_up(backups: &Backups) -> (String, Manifest) {
+    let id = steward_store::manifest::new_backup_id(time::OffsetDateTime::now_utc());
+    let m = backups
+        .take(&id, steward_events::BackupReason::Manual, &[])
+        .await
+        .unwrap_or_else(|e| panic!("backup failed: {e} {:?}", e.stderr_tail));
+    (id, m)
+}
+
+/// Every file and directory under /data: content hash, mode, owner, mtime. (Not /data's own
+/// mtime: the restore swaps what is inside the mount point, which is not in the archive's
+/// control.)
+fn tree(stack: &Stack) -> String {
+    stack.app_sh(
+        "cd /data && find . -mindepth 1 | sort | while read -r f; do \
+         if [ -f \"$f\" ]; then h=$(md5sum < \"$f\" | cut -d' ' -f1); else h=-; fi; \
+         echo \"$f $h $(stat -c '%a %u %g %Y' \"$f\")\"; done",
+    )
+}
+
+/// `n` files of 200 KiB of random bytes, with varied modes, owners and mtimes.
+fn fill(stack: &Stack, n: u32) {
+    stack.app_sh(&format!(
+        "mkdir -p /data/files && i=0; while [ $i -lt {n} ]; do \
+         dd if=/dev/urandom of=/data/files/f$i bs=200k count=1 2>/dev/null; \
+         chmod $((600 + i % 3 * 40)) /data/files/f$i; chown $((1000 + i % 2)):$((100 + i % 5)) /data/files/f$i; \
+         touch -d \"2024-01-$((1 + i % 28)) 12:00:00\" /data/files/f$i; i=$((i+1)); done"
+    ));
+}
+
+async fn chunk_objects(stack: &Stack) -> BTreeSet<String> {
+    let objects = stack.store.list_objects(CHUNKS_DIR).await;
+    objects.unwrap_or_else(|e| panic!("list chunks: {e}")).into_iter().collect()
+}
+
+async fn size_of(stack: &Stack, objects: &BTreeSet<String>) -> usize {
+    let mut total = 0;
+    for o in objects {
+        total += stack.stored_bytes(o).await.len();
+    }
+    total
+}
+
+/// The lines of two trees that differ (an empty list when they are the same).
+fn differ(a: &str, b: &str) -> Vec<String> {
+    let (a, b): (BTreeSet<&str>, BTreeSet<&str>) = (a.lines().collect(), b.lines().collect());
+    a.symmetric_difference(&b).map(|l| (*l).to_owned()).collect()
+}
+
+/// Restores the paths of backup `id` and checks /data is `expected` again.
+async fn restored_as(stack: &Stack, backups: &Backups, id: &str, expected: &str) {
+    let restored = backups.restore(id, RestoreScope::Paths).await;
+    restored.unwrap_or_else(|e| panic!("restore {id}: {e} {:?}", e.stderr_tail));
+    assert_eq!(differ(&tree(stack), expected), Vec::<String>::new());
+}
+
+fn path_component(m: &Manifest) -> steward_store::manifest::Component {
+    let c = m.components.iter().find(|c| matches!(c.kind, Kind::Path { .. }));
+    c.cloned().unwrap_or_else(|| panic!("no path component: {m:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_identical() {
+    let stack = Stack::start("cdc-dedup", &[]).await;
+    let backups = incremental(&stack);
+    fill(&stack, 200);
+    let first_tree = tree(&stack);
+    let (first, m1) = back_up(&backups).await;
+    let c1 = path_component(&m1);
+    assert_eq!(c1.encoding, "cdc+zstd+age");
+    let after_first = chunk_objects(&stack).await;
+    let first_bytes = size_of(&stack, &after_first).await;
+    assert!(after_first.len() >= 20, "40 MiB in {} chunks", after_first.len());
+
+    // 1 % of the files change (content and mtime).
+    stack.app_sh(
+        "dd if=/dev/urandom of=/data/files/f17 bs=200k count=1 conv=notrunc 2>/dev/null; \
+         dd if=/dev/urandom of=/data/files/f150 bs=200k count=1 conv=notrunc 2>/dev/null",
+    );
+    let second_tree = tree(&stack);
+    assert_ne!(first_tree, second_tree);
+    let (second, m2) = back_up(&backups).await;
+    let after_second = chunk_objects(&stack).await;
+    let new: BTreeSet<String> = after_second.difference(&after_first).cloned().collect();
+    let new_bytes = size_of(&stack, &new).await;
+    // Each changed file lies in one or two chunks, each boundary at most shifts one more.
+    assert!(
+        !new.is_empty() && new.len() <= 6,
+        "{} new chunks of {}",
+        new.len(),
+        after_second.len()
+    );
+    assert!(new_bytes * 5 <= first_bytes, "{new_bytes} new bytes of {first_bytes}");
+    let c2 = path_component(&m2);
+    assert_eq!(c2.raw_size, c1.raw_size);
+    assert_ne!(c2.raw_sha256, c1.raw_sha256);
+
+    backups.verify(&second).await.unwrap_or_else(|e| panic!("verify: {e}"));
+    restored_as(&stack, &backups, &first, &first_tree).await;
+    restored_as(&stack, &backups, &second, &second_tree).await;
+    stack.destroy_bucket().await;
+}
+
+/// A restore of `id` is refused with `reason` in its message and /data is left as it was;
+/// verify refuses too.
+async fn refused_untouched(stack: &Stack, backups: &Backups, id: &str, reason: &str) {
+    let before = tree(stack);
+    let failed = backups.verify(id).await.err();
+    let failed = failed.unwrap_or_else(|| panic!("verify passed ({reason})"));
+    assert!(failed.reason.contains(reason), "verify: {}", failed.reason);
+    let refused = backups.restore(id, RestoreScope::Paths).await.err();
+    let refused = refused.unwrap_or_else(|| panic!("restored although {reason}"));
+    assert!(refused.reason.contains(reason), "restore: {}", refused.reason);
+    assert_eq!(differ(&tree(stack), &before), Vec::<String>::new());
+    assert!(stack.app_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_or_missing_chunk_or_index_is_refused_before_anything_is_touched() {
+    let stack = Stack::start("cdc-hostile", &[]).await;
+    let backups = incremental(&stack);
+    fill(&stack, 30);
+    let (old, old_m) = back_up(&backups).await;
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f3 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let (id, m) = back_up(&backups).await;
+    stack.app_sh("echo after > /data/after.txt");
+    let chunks: Vec<String> = chunk_objects(&stack).await.into_iter().collect();
+    let victim = chunks[chunks.len() / 2].clone();
+    let good = stack.stored_bytes(&victim).await;
+
+    // A chunk replaced by another chunk's (validly encrypted) bytes.
+    let other = stack.stored_bytes(&chunks[0]).await;
+    stack.store.put(&victim, other.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    refused_untouched(&stack, &backups, &id, "do not match the signed index").await;
+    // Missing.
+    stack.store.delete(&victim).await.unwrap_or_else(|e| panic!("{e}"));
+    refused_untouched(&stack, &backups, &id, "missing").await;
+    stack.store.put(&victim, good.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    backups.verify(&id).await.unwrap_or_else(|e| panic!("put back, verify: {e}"));
+
+    // The index replaced by another backup's (a valid index, not the signed one).
+    let index = path_component(&m).object;
+    let good_index = stack.stored_bytes(&index).await;
+    let old_index = stack.stored_bytes(&path_component(&old_m).object).await;
+    stack.store.put(&index, old_index.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    refused_untouched(&stack, &backups, &id, "does not match the signed manifest").await;
+    stack.store.put(&index, good_index.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    backups.verify(&old).await.unwrap_or_else(|e| panic!("the older backup: {e}"));
+    stack.destroy_bucket().await;
+}
+
+/// `steward-backup gc` on the stack's bucket, with `failpoints` armed: whether it exited 0,
+/// and its stderr.
+fn gc(stack: &Stack, failpoints: &str) -> (bool, String) {
+    let require = steward_testkit::testbed::require;
+    let signing = common::signing_key();
+    let out = Command::new(env!("CARGO_BIN_EXE_steward-backup"))
+        .env_clear()
+        .envs([
+            ("STEWARD_S3_BUCKET", stack.store.bucket().to_owned()),
+            ("STEWARD_S3_PREFIX", "backups".into()),
+            ("STEWARD_S3_ENDPOINT", require("STEWARD_TEST_S3_ENDPOINT")),
+            ("AWS_ACCESS_KEY_ID", require("STEWARD_TEST_S3_ACCESS_KEY")),
+            ("AWS_SECRET_ACCESS_KEY", require("STEWARD_TEST_S3_SECRET_KEY")),
+            ("AWS_REGION", "us-east-1".into()),
+            ("STEWARD_BACKUP_SIGNING_KEY", signing.to_pem()),
+            ("STEWARD_FAILPOINTS", failpoints.into()),
+        ])
+        .arg("gc")
+        .output()
+        .unwrap_or_else(|e| panic!("steward-backup gc: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The chunk objects the indexes of `manifests` name.
+async fn referenced(stack: &Stack, manifests: &[&Manifest]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for m in manifests {
+        for c in steward_backup::chunks::chunked_components(m) {
+            let (index, _) = steward_backup::chunks::read_index(&stack.store, c, None, None)
+                .await
+                .unwrap_or_else(|e| panic!("index: {e}"));
+            out.extend(index.entries.iter().map(|e| e.object()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_backup_needs() {
+    // (An unsigned copy of the pruned backup is in the bucket throughout: it protects nothing.)
+    let stack = Stack::start("cdc-gc", &[]).await;
+    let backups = incremental(&stack);
+    fill(&stack, 40);
+    let (pruned, _) = back_up(&backups).await;
+    // Most files change: the pruned backup has many chunks no other needs.
+    stack.app_sh(
+        "i=0; while [ $i -lt 30 ]; do \
+         dd if=/dev/urandom of=/data/files/f$i bs=200k count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done",
+    );
+    let (kept, kept_m) = back_up(&backups).await;
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f35 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let newest_tree = tree(&stack);
+    let (newest, newest_m) = back_up(&backups).await;
+    let needed = referenced(&stack, &[&kept_m, &newest_m]).await;
+    let all = chunk_objects(&stack).await;
+    let garbage = all.len() - needed.len();
+    assert!(garbage >= 5, "{garbage} chunks only the pruned backup needs");
+
+    // A backup in progress (no manifest yet): nothing is deleted.
+    let pending = steward_store::manifest::new_backup_id(time::OffsetDateTime::now_utc());
+    let marker = format!("{pending}/{}", steward_backup::chunks::PENDING);
+    stack.store.put(&marker, bytes::Bytes::new()).await.unwrap_or_else(|e| panic!("{e}"));
+    let (ok, said) = gc(&stack, "");
+    assert!(ok && said.contains("no manifest yet"), "{said}");
+    stack.store.delete_dir(&pending).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // The pruned backup planted again unsigned under another id, index and all: an unsigned
+    // manifest protects nothing (and the collection is not stopped by it).
+    let planted = steward_store::manifest::new_backup_id(
+        time::OffsetDateTime::now_utc() - time::Duration::days(2),
+    );
+    for object in stack.store.list_objects(&pruned).await.unwrap_or_else(|e| panic!("{e}")) {
+        if object.ends_with("manifest.sig") {
+            continue;
+        }
+        let body = String::from_utf8_lossy(&stack.stored_bytes(&object).await).into_owned();
+        let body = if object.ends_with(".json") { body.replace(&pruned, &planted) } else { body };
+        let bytes = match object.ends_with(".json") {
+            true => body.into_bytes(),
+            false => stack.stored_bytes(&object).await,
+        };
+        let name = object.replace(&pruned, &planted);
+        stack.store.put(&name, bytes.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let listed = backups.list().await.unwrap_or_else(|e| panic!("{e}"));
+    let standing = listed.iter().find(|l| l.backup_id == planted).map(|l| l.standing.clone());
+    assert_eq!(standing, Some(steward_store::catalog::Standing::Unsigned));
+
+    // Retention's way: the manifest first, then the rest.
+    stack.store.delete(&format!("{pruned}/manifest.json")).await.unwrap_or_else(|e| panic!("{e}"));
+    stack.store.delete_dir(&pruned).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let check = |when: &'static str| {
+        let (stack, backups, needed) = (&stack, &backups, &needed);
+        let (kept, newest) = (kept.clone(), newest.clone());
+        async move {
+            let left = chunk_objects(stack).await;
+            let lost: Vec<&String> = needed.difference(&left).collect();
+            assert!(lost.is_empty(), "{when}: needed chunks deleted: {lost:?}");
+            for id in [&kept, &newest] {
+                backups.verify(id).await.unwrap_or_else(|e| panic!("{when}: verify {id}: {e}"));
+            }
+            left.len()
+        }
+    };
+    // Killed after the mark, then after the second and the first delete (a kill, its
+    // recovery killed again).
+    for (points, when) in [
+        ("gc:marked", "killed after marking"),
+        ("gc:deleted=2", "killed mid-sweep"),
+        ("gc:deleted", "killed again"),
+    ] {
+        let before = chunk_objects(&stack).await.len();
+        let (ok, said) = gc(&stack, points);
+        assert!(!ok && said.contains("failpoint"), "{when}: {said}");
+        let left = check(when).await;
+        assert!(left <= before, "{when}");
+    }
+    let (ok, said) = gc(&stack, "");
+    assert!(ok && said.contains("deleted"), "{said}");
+    assert_eq!(chunk_objects(&stack).await, needed, "exactly the needed chunks are left");
+    check("collected").await;
+    // Collected again: nothing more to do.
+    let (ok, said) = gc(&stack, "");
+    assert!(ok && said.contains(" 0 deleted"), "{said}");
+
+    stack.app_sh("rm -rf /data/files");
+    restored_as(&stack, &backups, &newest, &newest_tree).await;
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_second_copy_gets_every_chunk_and_restores_from_them_alone() {
+    let stack = Stack::start("cdc-copy", &[]).await;
+    let copy_s3 = common::s3_config(&common::bucket_name("cdc-copy2"), None);
+    let copy_store = common::store_for(&copy_s3).await;
+    let require = steward_testkit::testbed::require;
+    let copy = steward_store::config::CopyConfig {
+        s3: copy_s3,
+        credentials: Some((
+            require("STEWARD_TEST_S3_ACCESS_KEY"),
+            require("STEWARD_TEST_S3_SECRET_KEY"),
+        )),
+    };
+    let primary = incremental(&stack);
+    let backups = Backups::new(
+        Engine::from_env(),
+        stack.store.clone(),
+        BackupConfig { copy: Some(copy), ..primary.config().clone() },
+    );
+    fill(&stack, 30);
+    let (first, m1) = back_up(&backups).await;
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f7 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let second_tree = tree(&stack);
+    let (second, m2) = back_up(&backups).await;
+
+    // A chunk gone from the primary: the copy of its backups fails and stays incomplete there.
+    let needed = referenced(&stack, &[&m1, &m2]).await;
+    let victim = needed.iter().next().cloned().unwrap_or_default();
+    let good = stack.stored_bytes(&victim).await;
+    stack.store.delete(&victim).await.unwrap_or_else(|e| panic!("{e}"));
+    let failed =
+        backups.sync_copy().await.err().unwrap_or_else(|| panic!("copied without {victim}"));
+    assert!(failed.contains("gone from the primary"), "{failed}");
+    let from_copy = backups.from_copy().unwrap_or_else(|| panic!("no copy"));
+    let listed = from_copy.list().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(listed.iter().all(|l| l.usable().is_none()), "{listed:?}");
+    stack.store.put(&victim, good.into()).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let copied = backups.sync_copy().await.unwrap_or_else(|e| panic!("copy: {e}"));
+    assert_eq!(copied, vec![first.clone(), second.clone()]);
+    let there: BTreeSet<String> = copy_store
+        .list_objects(CHUNKS_DIR)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .collect();
+    assert_eq!(there, needed);
+    // The primary's chunks gone: the copy alone restores.
+    stack.store.delete_dir(CHUNKS_DIR).await.unwrap_or_else(|e| panic!("{e}"));
+    from_copy.verify(&first).await.unwrap_or_else(|e| panic!("verify the copy: {e}"));
+    stack.app_sh("rm -rf /data/files");
+    restored_as(&stack, &from_copy, &second, &second_tree).await;
+    common::destroy_bucket(copy_store.bucket()).await;
+    stack.destroy_bucket().await;
+}
