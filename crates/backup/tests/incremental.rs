@@ -151,15 +151,23 @@ async fn a_replaced_or_missing_chunk_or_index_is_refused_before_anything_is_touc
     let backups = incremental(&stack);
     fill(&stack, 30);
     let (old, old_m) = back_up(&backups).await;
+    let first_chunks = chunk_objects(&stack).await;
     stack.app_sh("dd if=/dev/urandom of=/data/files/f3 bs=200k count=1 conv=notrunc 2>/dev/null");
     let (id, m) = back_up(&backups).await;
     stack.app_sh("echo after > /data/after.txt");
-    let chunks: Vec<String> = chunk_objects(&stack).await.into_iter().collect();
-    let victim = chunks[chunks.len() / 2].clone();
+    // A chunk the second backup stored (so its index names it: a chunk only the first one
+    // uses would leave the second intact, and the test pass or fail by chance).
+    let victim = chunk_objects(&stack)
+        .await
+        .difference(&first_chunks)
+        .next()
+        .cloned()
+        .unwrap_or_else(|| panic!("the second backup stored no chunk of its own"));
     let good = stack.stored_bytes(&victim).await;
 
     // A chunk replaced by another chunk's (validly encrypted) bytes.
-    let other = stack.stored_bytes(&chunks[0]).await;
+    let donor = first_chunks.iter().next().unwrap_or_else(|| panic!("no chunk"));
+    let other = stack.stored_bytes(donor).await;
     stack.store.put(&victim, other.into()).await.unwrap_or_else(|e| panic!("{e}"));
     refused_untouched(&stack, &backups, &id, "do not match the signed index").await;
     // Missing.
