@@ -853,9 +853,9 @@ impl<'a> Run<'a> {
             }
             Action::Remove => {
                 let found = containers_of(&self.app.name);
-                self.notes.action(format!("docker rm -f {} containers", found.len()));
+                self.notes.action(format!("docker rm -f -v {} containers", found.len()));
                 for (name, _, _) in found {
-                    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+                    let _ = Command::new("docker").args(["rm", "-f", "-v", &name]).output();
                 }
                 self.removed = true;
             }
