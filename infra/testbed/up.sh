@@ -43,7 +43,8 @@ spawn() { # LOGFILE CMD...
 # version of this script started from a CI clone since removed), so that it is started again.
 stop_orphan() { # PORT NAME
   local pid cwd
-  pid=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2)
+  # Nothing listening is the usual case: not a failure under `set -e -o pipefail`.
+  pid=$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2) || true
   [ -n "$pid" ] || return 0
   cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || return 0
   case "$cwd" in
