@@ -249,7 +249,7 @@ impl Flow {
         // stands (the one it ran before is kept for `steward rollback`). Never fails the flow.
         self.prune_after_update(&r.name).await;
         if v.value.write_back {
-            if let Err(e) = self.write_back(v).await {
+            if let Err(e) = Box::pin(self.write_back(v)).await {
                 tracing::warn!(container = %r.name, error = %e, "cannot write the new tag into the compose project now; the sweep tries again");
             }
         }

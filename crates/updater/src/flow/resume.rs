@@ -92,7 +92,7 @@ impl Flow {
             // Only a start decides a handover (who is the successor).
             UpdateStep::HandingOver => Ok(()),
             // A success whose compose project was not told yet (a kill in between).
-            UpdateStep::Succeeded if v.value.write_back => self.write_back(v).await,
+            UpdateStep::Succeeded if v.value.write_back => Box::pin(self.write_back(v)).await,
             UpdateStep::Succeeded
             | UpdateStep::RolledBack
             | UpdateStep::Failed

@@ -31,7 +31,7 @@ impl Flow {
             // The last update still owes its write-back (a kill after its success): done
             // first, so a newer update finds the project naming what the container runs.
             Some(v) if v.value.step == UpdateStep::Succeeded && v.value.write_back => {
-                self.write_back(v).await?;
+                Box::pin(self.write_back(v)).await?;
                 self.records.get(&u.container).await?
             }
             current => current,

@@ -83,6 +83,10 @@ fn place(working_dir: &str, path: &str) -> Result<Place, String> {
 const ENGINE_PING: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Flow {
+    /// Callers box this future (`Box::pin(flow.write_back(v))`): its state (the project's
+    /// files, a tar, the helper's engine calls) made the update flow's future overflow a 2 MiB
+    /// thread stack (the updater's `crash` tests aborted).
+    ///
     /// Writes the new tag into the project of a succeeded update whose record asks for it,
     /// then clears the flag with `update.written_back`. An engine that does not answer is an
     /// error (the sweep tries again); everything else ends the step.
