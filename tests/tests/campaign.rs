@@ -32,7 +32,7 @@
 //! restarting it disturbs no other test) and its own app; seeds run in two test functions
 //! (odd, even). A failing seed prints its actions and how to replay it:
 //!
-//! - `STEWARD_CAMPAIGN_SEEDS=N`: run N seeds (default 30, from a first seed that moves by 30
+//! - `STEWARD_CAMPAIGN_SEEDS=N`: run N seeds (default 20, from a first seed that moves by 20
 //!   every day through 1..=300);
 //! - `STEWARD_CAMPAIGN_SEED=N`: run only seed N;
 //! - `STEWARD_CAMPAIGN_FIRST=F`: start at seed F (`scripts/campaign.sh`).
@@ -1279,7 +1279,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Seeds a run takes when not told how many: CI's bounded sample.
-const DAILY_SEEDS: u64 = 30;
+const DAILY_SEEDS: u64 = 20;
 
 /// The seeds this process runs.
 fn seeds() -> Vec<u64> {
@@ -1288,11 +1288,11 @@ fn seeds() -> Vec<u64> {
     }
     let count = env_u64("STEWARD_CAMPAIGN_SEEDS").unwrap_or(DAILY_SEEDS);
     let first = env_u64("STEWARD_CAMPAIGN_FIRST").unwrap_or_else(|| {
-        // Unasked, a window that moves every day: the same cost covers seeds 1..=300 in ten.
+        // Unasked, a window that moves every day: the same cost covers seeds 1..=300 in 15.
         let days = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() / 86_400);
-        1 + (days % 10) * DAILY_SEEDS
+        1 + (days % 15) * DAILY_SEEDS
     });
     let end = first.saturating_add(count);
     eprintln!("campaign: seeds {first}..{end} (STEWARD_CAMPAIGN_FIRST/SEEDS to choose)");

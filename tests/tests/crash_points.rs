@@ -21,7 +21,7 @@
 //!
 //! `STEWARD_CRASH_POINTS=all` runs every point in every variant (the full matrix);
 //! `STEWARD_CRASH_POINTS=each` kills each point once, in one of the variants (rotating); by
-//! default every second point of that, which half moving with the day, keeps CI short.
+//! default every third point of that, which third moving with the day, keeps CI short.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -399,15 +399,18 @@ async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[Str
 }
 
 /// The (point, variant) runs of a scenario: all (`STEWARD_CRASH_POINTS=all`), each point
-/// once in a rotating variant (`=each`), or by default every second point of that (which
-/// half moves with the day of the year, printed), which keeps CI short.
+/// once in a rotating variant (`=each`), or by default every third point of that (which
+/// third moves with the day, printed), which keeps CI short.
+/// A CI run kills one point in this many (every point over as many days).
+const SHARES: usize = 3;
+
 fn sample(points: &[String]) -> Vec<(String, Variant)> {
     let mode = std::env::var("STEWARD_CRASH_POINTS").unwrap_or_default();
     let all = mode == "all";
-    let half = if all || mode == "each" {
+    let share = if all || mode == "each" {
         None
     } else {
-        Some((time::OffsetDateTime::now_utc().unix_timestamp() / 86_400) as usize % 2)
+        Some((time::OffsetDateTime::now_utc().unix_timestamp() / 86_400) as usize % SHARES)
     };
     // `STEWARD_CRASH_ONLY=swap,gate`: only the points whose names contain one of these.
     let only = std::env::var("STEWARD_CRASH_ONLY").unwrap_or_default();
@@ -416,7 +419,7 @@ fn sample(points: &[String]) -> Vec<(String, Variant)> {
         points.iter().filter(|p| only.is_empty() || only.iter().any(|o| p.contains(o))).collect();
     let mut runs = vec![];
     for (i, point) in points.into_iter().enumerate() {
-        if half.is_some_and(|h| i % 2 != h) {
+        if share.is_some_and(|h| i % SHARES != h) {
             continue;
         }
         for (j, variant) in VARIANTS.iter().enumerate() {
@@ -425,8 +428,8 @@ fn sample(points: &[String]) -> Vec<(String, Variant)> {
             }
         }
     }
-    if let Some(h) = half {
-        eprintln!("every second point from {h} (today's half; STEWARD_CRASH_POINTS=each or =all for more)");
+    if let Some(h) = share {
+        eprintln!("every third point from {h} (today's third; STEWARD_CRASH_POINTS=each or =all for more)");
     }
     runs
 }
