@@ -22,6 +22,24 @@ async fn restore_db(
     stack.backups.restore_journaled(id, RestoreScope::Db, options, &busy, &mut journal).await
 }
 
+/// A restore of `id` that must be refused (`case` says what it was given): its reason, which
+/// says nothing was changed, and the database's tables are still `fingerprint`.
+async fn refused_unchanged(
+    stack: &Stack,
+    id: &str,
+    options: RestoreOptions,
+    fingerprint: &str,
+    case: &str,
+) -> String {
+    let e = restore_db(stack, id, options)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("restored over {case}"));
+    assert!(e.reason.contains("nothing was changed"), "{}", e.reason);
+    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+    e.reason
+}
+
 fn physical() -> RestoreOptions {
     RestoreOptions { safety_backup: true, physical: true, ..Default::default() }
 }
@@ -538,29 +556,13 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
         .put(&record, bytes::Bytes::from(forged.into_bytes()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let e = restore_db(&stack, &id, latest())
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("a forged WAL record was replayed"));
-    assert!(
-        e.reason.contains("refused") && e.reason.contains("nothing was changed"),
-        "{}",
-        e.reason
-    );
-    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+    let reason = refused_unchanged(&stack, &id, latest(), &fingerprint, "a forged record").await;
+    assert!(reason.contains("refused"), "{reason}");
 
     // The same segment gone from the bucket: `latest` cannot be reached, and says so.
     stack.store.delete(&record).await.unwrap_or_else(|e| panic!("{e}"));
-    let e = restore_db(&stack, &id, latest())
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("a gap was restored over"));
-    assert!(
-        e.reason.contains("WAL is missing") && e.reason.contains("nothing was changed"),
-        "{}",
-        e.reason
-    );
-    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+    let reason = refused_unchanged(&stack, &id, latest(), &fingerprint, "a gap").await;
+    assert!(reason.contains("WAL is missing"), "{reason}");
     assert_eq!(steward_entries(&stack), "");
     assert!(stack.app_running());
     // ... and verification fails on it.
