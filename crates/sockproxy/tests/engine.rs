@@ -442,22 +442,12 @@ async fn a_podman_healthcheck_run_passes_the_roles_that_read_health() {
     // The watcher never reads health: its socket refuses the run.
     let path = format!("/v4.0.0/libpod/containers/{name}/healthcheck");
     let watcher = proxies.dir.join("watcher.sock");
-    let status = tokio::task::spawn_blocking(move || raw_get_status(&watcher, &path))
-        .await
-        .expect("raw GET");
+    let status =
+        tokio::task::spawn_blocking(move || steward_testkit::podman::get_status(&watcher, &path))
+            .await
+            .expect("raw GET")
+            .unwrap_or_else(|e| panic!("GET through the watcher's socket: {e}"));
     tally.refused += 1;
     assert_eq!(status, 403, "the watcher's socket let a healthcheck run through");
     assert_eq!((tally.allowed > 0, tally.refused), (true, 1));
-}
-
-/// The status code of `GET path` on the Unix socket `socket` (HTTP/1.0, read to the end).
-fn raw_get_status(socket: &std::path::Path, path: &str) -> u16 {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to the proxy");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").expect("request");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("answer");
-    let status = answer.split_whitespace().nth(1).unwrap_or_default();
-    status.parse().unwrap_or_else(|_| panic!("no status in {answer:?}"))
 }

@@ -335,13 +335,22 @@ pub mod podman {
 
     /// `GET /_ping` on the socket, within 5 s.
     fn ping(socket: &str) -> Result<(), String> {
+        match get_status(std::path::Path::new(socket), "/_ping")? {
+            200 => Ok(()),
+            other => Err(format!("HTTP {other}")),
+        }
+    }
+
+    /// The status code of `GET path` on the Unix socket `socket` (HTTP/1.0, read to the end,
+    /// within 10 s): for API calls no client library makes.
+    pub fn get_status(socket: &std::path::Path, path: &str) -> Result<u16, String> {
         let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: engine\r\n\r\n").map_err(|e| e.to_string())?;
         let mut answer = String::new();
         s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
-        let status = answer.lines().next().unwrap_or_default().to_owned();
-        status.contains(" 200 ").then_some(()).ok_or(status)
+        let status = answer.split_whitespace().nth(1).unwrap_or_default();
+        status.parse().map_err(|_| format!("no status in {answer:?}"))
     }
 
     /// Runs `podman ARGS` with the test bed's Podman configuration (the service's own).
