@@ -12,8 +12,11 @@ use steward_backup::{BackupService, Backups};
 use steward_runtime::Env;
 use steward_store::store::Store;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    steward_runtime::block_on(steward_backup::SERVICE, run())
+}
+
+async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("extract") {
         return extract(&args[1..]).await;

@@ -343,9 +343,15 @@ async fn the_second_copy_gets_every_chunk_and_restores_from_them_alone() {
     let second_tree = tree(&stack);
     let (second, m2) = back_up(&backups).await;
 
-    // A chunk gone from the primary: the copy of its backups fails and stays incomplete there.
+    // A chunk both backups need gone from the primary: the copy of each fails and stays
+    // incomplete there. (A chunk only the second needs would let the first copy succeed.)
     let needed = referenced(&stack, &[&m1, &m2]).await;
-    let victim = needed.iter().next().cloned().unwrap_or_default();
+    let in_second = referenced(&stack, &[&m2]).await;
+    let victim = referenced(&stack, &[&m1])
+        .await
+        .into_iter()
+        .find(|c| in_second.contains(c))
+        .unwrap_or_else(|| panic!("the two backups share no chunk"));
     let good = stack.stored_bytes(&victim).await;
     stack.store.delete(&victim).await.unwrap_or_else(|e| panic!("{e}"));
     let failed =

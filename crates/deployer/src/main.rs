@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use steward_deployer::config::DeployerConfig;
 use steward_deployer::Deployer;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    steward_runtime::main(steward_deployer::SERVICE, DeployerConfig::read, |cfg, ctx| async move {
-        Deployer::start(cfg, &ctx).await
-    })
-    .await
+fn main() -> ExitCode {
+    steward_runtime::block_on(
+        steward_deployer::SERVICE,
+        steward_runtime::main(
+            steward_deployer::SERVICE,
+            DeployerConfig::read,
+            |cfg, ctx| async move { Deployer::start(cfg, &ctx).await },
+        ),
+    )
 }

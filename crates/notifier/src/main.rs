@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use steward_notifier::config::NotifierConfig;
 use steward_notifier::Notifier;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    steward_runtime::main(steward_notifier::SERVICE, NotifierConfig::read, |cfg, ctx| async move {
-        Notifier::start(cfg, &ctx).await
-    })
-    .await
+fn main() -> ExitCode {
+    steward_runtime::block_on(
+        steward_notifier::SERVICE,
+        steward_runtime::main(
+            steward_notifier::SERVICE,
+            NotifierConfig::read,
+            |cfg, ctx| async move { Notifier::start(cfg, &ctx).await },
+        ),
+    )
 }

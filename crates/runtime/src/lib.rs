@@ -207,6 +207,28 @@ impl Runtime {
     }
 }
 
+/// Stack of each runtime thread. Debug builds of the update and backup flows keep poll frames
+/// of hundreds of KiB (a future is built on the stack before it moves into its parent), so
+/// tokio's 2 MiB left too thin a margin; the memory is reserved, not resident.
+pub const THREAD_STACK: usize = 8 * 1024 * 1024;
+
+/// Runs a service's `main` future on its runtime: two workers (the host has few cores and a
+/// service waits on I/O), [`THREAD_STACK`] each.
+pub fn block_on(service: Service, main: impl Future<Output = ExitCode>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(THREAD_STACK)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            eprintln!("steward-{service}: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The whole life of a service process: configuration, start, run, exit code.
 ///
 /// `read_own` reads the service's own variables into the same [`Env`], so every bad variable

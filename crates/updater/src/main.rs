@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use steward_updater::config::UpdaterConfig;
 use steward_updater::Updater;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    steward_runtime::main(steward_updater::SERVICE, UpdaterConfig::read, |cfg, ctx| async move {
-        Updater::start(cfg, &ctx).await
-    })
-    .await
+fn main() -> ExitCode {
+    steward_runtime::block_on(
+        steward_updater::SERVICE,
+        steward_runtime::main(
+            steward_updater::SERVICE,
+            UpdaterConfig::read,
+            |cfg, ctx| async move { Updater::start(cfg, &ctx).await },
+        ),
+    )
 }

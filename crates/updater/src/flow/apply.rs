@@ -29,6 +29,12 @@ pub fn pull_target(
 impl Flow {
     /// Runs the update from `Swapping` to a terminal step.
     pub async fn apply(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
+        // The swap's state (engine calls, health gate, rollback, write-back) is large in a
+        // debug build; on the heap, every caller's future and stack stay small.
+        Box::pin(self.apply_boxed(v)).await
+    }
+
+    async fn apply_boxed(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
         let name = v.value.container.clone();
         let target = ImageRef::parse(&v.value.image)
             .and_then(|image| pull_target(&image, v.value.new_tag.as_deref()));
