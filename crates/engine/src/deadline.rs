@@ -85,6 +85,7 @@ impl Engine {
                 what: what.to_owned(),
                 after: whole(limit),
             },
+            e if connection_lost(&e) => self.unreachable(format!("{what}: {e}")),
             e => self.failed(what, e),
         }
     }
@@ -196,6 +197,45 @@ where
         }
         polled
     }
+}
+
+/// Whether a call failed because the engine could not be reached or the connection broke
+/// (dockerd or the socket proxy restarting), not because the engine refused or failed it:
+/// callers try such a call again once the engine answers, and report the others.
+pub(crate) fn connection_lost(e: &BollardError) -> bool {
+    use std::io::ErrorKind::*;
+    if matches!(e, BollardError::SocketNotFoundError(_)) {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | BrokenPipe
+                    | UnexpectedEof
+                    | NotFound
+            ) {
+                return true;
+            }
+        }
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(h) = c.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if h.is_connect() {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 #[cfg(test)]

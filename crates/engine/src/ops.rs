@@ -232,7 +232,7 @@ impl Engine {
             .map_err(|e| self.call_failed(&what, e))?
         {
             while let Some(chunk) = output.next().await {
-                let chunk = chunk.map_err(|e| self.failed(&what, e))?;
+                let chunk = chunk.map_err(|e| self.call_failed(&what, e))?;
                 for line in chunk.to_string().lines() {
                     lines.push_back(line.to_owned());
                     if lines.len() > keep {

@@ -136,7 +136,7 @@ impl Engine {
                     push_tail(&mut tail, &message, keep)
                 }
                 Ok(_) => {}
-                Err(e) => return Err(self.failed(what, e)),
+                Err(e) => return Err(self.call_failed(what, e)),
             }
         }
         Ok(tail)

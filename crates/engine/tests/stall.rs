@@ -159,3 +159,34 @@ async fn long_calls_are_bounded_by_progress_not_by_the_deadline() {
     assert!(started.elapsed() >= Duration::from_secs(4), "{:?}", started.elapsed());
     assert_eq!(engine.is_running(&name).await.expect("inspect"), Some(false));
 }
+
+/// A connection that breaks mid-call (dockerd or the socket proxy restarting) and an engine
+/// whose socket is gone are "unreachable", which callers try again; a call the engine refuses
+/// is an operation that failed, which they report. (Before, both of the first were reported as
+/// failed operations, and the updater's write-back pinged the engine to tell them apart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_or_a_missing_socket_is_unreachable_and_a_refusal_is_not() {
+    let name = unique_name("away");
+    let _c = app(&name);
+    let proxy = StallProxy::docker();
+    let engine = Engine::new(proxy.docker_host(), Duration::from_secs(20));
+
+    let refused = engine.stop(&unique_name("no-such"), 1).await;
+    assert!(matches!(refused, Err(EngineError::Operation { .. })), "{refused:?}");
+
+    let exec = {
+        let engine = engine.clone();
+        let name = name.clone();
+        tokio::spawn(async move { engine.exec(&name, vec!["sleep".into(), "5".into()], 5).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(proxy);
+    let broken = exec.await.expect("exec task");
+    assert!(matches!(broken, Err(EngineError::Unreachable { .. })), "{broken:?}");
+    let msg = broken.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains(&format!("exec in {name}")) || msg.contains(&name), "{msg}");
+
+    let gone = engine.stop(&name, 1).await;
+    assert!(matches!(gone, Err(EngineError::Unreachable { .. })), "{gone:?}");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &name]), "true");
+}

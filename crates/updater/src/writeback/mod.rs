@@ -79,9 +79,6 @@ fn place(working_dir: &str, path: &str) -> Result<Place, String> {
     Ok(Place { rel: rel.to_owned(), host: path })
 }
 
-/// How long the engine has to answer the ping that tells a refusal from an engine away.
-const ENGINE_PING: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Flow {
     /// Callers box this future (`Box::pin(flow.write_back(v))`): its state (the project's
     /// files, a tar, the helper's engine calls) made the update flow's future overflow a 2 MiB
@@ -101,16 +98,8 @@ impl Flow {
         let outcome = match self.write_back_outcome(record, &image).await {
             Ok(outcome) => outcome,
             // The engine answered with a failure (a directory that is not there, a read-only
-            // file system): doing it again will not help. The engine crate also reports a
-            // connection that broke (dockerd or the socket proxy restarting) as a failed
-            // operation: an engine that does not answer a ping now is tried again instead.
-            Err(e @ EngineError::Operation { .. }) => {
-                if let Err(away) = self.engine.ping(ENGINE_PING).await {
-                    tracing::warn!(container = %record.container, error = %e, engine = %away, "write-back failed with the engine away: tried again");
-                    return Err(e.into());
-                }
-                Outcome::Refused(e.to_string())
-            }
+            // file system): doing it again will not help.
+            Err(e @ EngineError::Operation { .. }) => Outcome::Refused(e.to_string()),
             // Not answering or not reachable: the sweep tries again.
             Err(e) => return Err(e.into()),
         };
