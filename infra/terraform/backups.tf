@@ -74,6 +74,24 @@ resource "aws_s3_bucket_versioning" "backups" {
   }
 }
 
+# S3 Object Lock (optional): every new object version is locked for backup_lock_days, so a
+# compromised host (or anyone with its role) can hide backups behind delete markers but never
+# destroy or overwrite a locked version. Enabled on the existing versioned bucket (no new
+# bucket); Steward sends Content-MD5 on uploads, which S3 requires here.
+resource "aws_s3_bucket_object_lock_configuration" "backups" {
+  count  = var.backup_lock_mode == "" ? 0 : 1
+  bucket = aws_s3_bucket.backups.id
+
+  depends_on = [aws_s3_bucket_versioning.backups]
+
+  rule {
+    default_retention {
+      mode = var.backup_lock_mode
+      days = var.backup_lock_days
+    }
+  }
+}
+
 resource "aws_s3_bucket_server_side_encryption_configuration" "backups" {
   bucket = aws_s3_bucket.backups.id
 

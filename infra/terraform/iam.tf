@@ -27,7 +27,7 @@ resource "aws_iam_instance_profile" "host" {
 data "aws_iam_policy_document" "steward_backup" {
   statement {
     sid       = "ListTheBucket"
-    actions   = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
+    actions   = ["s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation", "s3:GetBucketObjectLockConfiguration"]
     resources = [aws_s3_bucket.backups.arn]
   }
 
@@ -39,6 +39,9 @@ data "aws_iam_policy_document" "steward_backup" {
       "s3:DeleteObject",
       "s3:AbortMultipartUpload",
       "s3:ListMultipartUploadParts",
+      # Read-only: retention asks whether a backup is still locked (never bypasses a lock).
+      "s3:GetObjectRetention",
+      "s3:GetObjectLegalHold",
     ]
     resources = ["${aws_s3_bucket.backups.arn}/*"]
   }

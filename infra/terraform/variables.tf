@@ -137,6 +137,28 @@ variable "backup_noncurrent_days" {
   }
 }
 
+variable "backup_lock_mode" {
+  description = "S3 Object Lock on the backup bucket: \"\" (off), \"GOVERNANCE\" (an account administrator with s3:BypassGovernanceRetention can still shorten or remove a lock) or \"COMPLIANCE\" (nobody can, not even the root user, until it ends). Every new object is locked for backup_lock_days; Steward's retention keeps a locked backup until its lock ends."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = contains(["", "GOVERNANCE", "COMPLIANCE"], var.backup_lock_mode)
+    error_message = "backup_lock_mode: \"\", \"GOVERNANCE\" or \"COMPLIANCE\"."
+  }
+}
+
+variable "backup_lock_days" {
+  description = "Days each new backup object stays locked when backup_lock_mode is set (at least the age of the oldest backup STEWARD_BACKUP_RETENTION keeps, or retention waits for the lock)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.backup_lock_days >= 1 && var.backup_lock_days <= 3650
+    error_message = "backup_lock_days: from 1 to 3650."
+  }
+}
+
 variable "mail_from_domain" {
   description = "Domain the notifier sends mail from through SES (verified with DKIM records in hosted_zone_id)."
   type        = string

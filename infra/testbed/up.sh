@@ -2,7 +2,7 @@
 # The test bed: installs what is missing and starts what is not running, idempotently.
 #
 #   dockerd, nats-server (JetStream), an OCI registry (plain and with basic auth), an
-#   S3-compatible server (s3s-fs), an SMTP server (aiosmtpd, maildir), the local test images,
+#   S3-compatible server (s3s-fs), moto's S3 (for S3 Object Lock, which s3s-fs lacks), an SMTP server (aiosmtpd, maildir), the local test images,
 #   and Chromium with chromedriver (installed only; each browser test starts its own).
 #
 # Everything listens on 127.0.0.1. State and logs live in $STEWARD_TESTBED_DIR
@@ -17,6 +17,8 @@ REGISTRY_PORT=${STEWARD_TESTBED_REGISTRY_PORT:-5000}
 REGISTRY_AUTH_PORT=${STEWARD_TESTBED_REGISTRY_AUTH_PORT:-5001}
 S3_PORT=${STEWARD_TESTBED_S3_PORT:-9000}
 SMTP_PORT=${STEWARD_TESTBED_SMTP_PORT:-2525}
+MOTO_PORT=${STEWARD_TESTBED_MOTO_PORT:-5070}
+MOTO_VERSION=5.2.5
 S3_KEY=steward-test
 S3_SECRET=steward-test-secret
 REGISTRY_USER=steward
@@ -145,6 +147,23 @@ if ! listening "$S3_PORT"; then
   wait_port "$S3_PORT" s3s-fs "$STATE/logs/s3.log"
 fi
 
+# ---- moto: S3 with Object Lock (issue 25) ------------------------------------------------
+# s3s-fs has no Object Lock; moto implements it (versions, retention, legal holds). In a venv of
+# its own in the state directory, pinned like the infra checks' copy.
+if [ "$(cat "$STATE/moto/.version" 2>/dev/null)" != "$MOTO_VERSION" ]; then
+  log "installing moto $MOTO_VERSION into $STATE/moto"
+  rm -rf "$STATE/moto"
+  python3 -m venv "$STATE/moto" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$STATE/moto"; }
+  "$STATE/moto/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  echo "$MOTO_VERSION" >"$STATE/moto/.version"
+fi
+stop_orphan "$MOTO_PORT" moto
+if ! listening "$MOTO_PORT"; then
+  log "starting moto (S3 with Object Lock) on 127.0.0.1:$MOTO_PORT"
+  spawn "$STATE/logs/moto.log" "$STATE/moto/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+  wait_port "$MOTO_PORT" moto "$STATE/logs/moto.log"
+fi
+
 # ---- SMTP -------------------------------------------------------------------------------
 stop_orphan "$SMTP_PORT" aiosmtpd
 if ! listening "$SMTP_PORT"; then
@@ -190,6 +209,7 @@ export STEWARD_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export STEWARD_TEST_S3_ACCESS_KEY=$S3_KEY
 export STEWARD_TEST_S3_SECRET_KEY=$S3_SECRET
 export STEWARD_TEST_SMTP=127.0.0.1:$SMTP_PORT
+export STEWARD_TEST_MOTO_ENDPOINT=http://127.0.0.1:$MOTO_PORT
 export STEWARD_TEST_MAILDIR=$STATE/maildir
 export STEWARD_TEST_APP_IMAGE=steward-test/app
 export STEWARD_TEST_POSTGRES_IMAGE=steward-test/postgres:15
@@ -201,4 +221,5 @@ log "  nats        nats://127.0.0.1:$NATS_PORT (JetStream, store $STATE/nats)"
 log "  registry    http://127.0.0.1:$REGISTRY_PORT, basic auth on :$REGISTRY_AUTH_PORT ($REGISTRY_USER)"
 log "  s3          http://127.0.0.1:$S3_PORT (key $S3_KEY)"
 log "  smtp        127.0.0.1:$SMTP_PORT -> $STATE/maildir/new"
+log "  moto        http://127.0.0.1:$MOTO_PORT (S3 with Object Lock; any key)"
 log "  env         source $STATE/env"

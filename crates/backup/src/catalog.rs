@@ -85,7 +85,21 @@ impl Backups {
                 })
             })
             .collect();
-        let prune = retention::to_prune(self.config.retention, &candidates, to_chrono(now));
+        let mut prune = retention::to_prune(self.config.retention, &candidates, to_chrono(now));
+        // S3 Object Lock: a locked backup stays, whole and listed, until its lock ends (a
+        // delete would only hide it behind delete markers). The manifest is written last, so
+        // its lock ends last.
+        let mut locked = vec![];
+        for id in &prune {
+            match self.reading.locked_until(&format!("{id}/{MANIFEST}")).await? {
+                Some(until) if until > now => {
+                    tracing::info!(backup = %id, %until, "kept past retention: locked by S3 Object Lock");
+                    locked.push(id.clone());
+                }
+                _ => {}
+            }
+        }
+        prune.retain(|id| !locked.contains(id));
         for id in &prune {
             // The manifest goes first: a half-deleted backup must read as incomplete.
             self.reading.delete(&format!("{id}/{MANIFEST}")).await?;

@@ -17,6 +17,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt};
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
@@ -26,6 +27,9 @@ use crate::config::S3Config;
 /// The backup service's journal folder under the prefix (`journal` is not a backup id, so
 /// listing never sees it); open multipart uploads are journaled in its `uploads/`.
 pub const JOURNAL_DIR: &str = "journal";
+
+/// What [`Store::locked_until`] answers for an object under a legal hold: no date ends it.
+pub const LOCKED_FOR_GOOD: OffsetDateTime = time::macros::datetime!(9999-12-31 0:00 UTC);
 
 /// Parts uploaded while the next one fills: one hides the request's latency behind the
 /// compression of the next part; more only adds 8 MiB each (measured: no faster here).
@@ -121,6 +125,8 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct Store {
     client: Arc<OnceCell<Client>>,
+    /// Whether the bucket has S3 Object Lock, asked once: its uploads then need Content-MD5.
+    object_lock: Arc<OnceCell<bool>>,
     credentials: Option<aws_sdk_s3::config::Credentials>,
     endpoint: Option<String>,
     bucket: String,
@@ -134,6 +140,7 @@ impl Store {
     pub fn lazy(config: &S3Config) -> Self {
         Self {
             client: Arc::default(),
+            object_lock: Arc::default(),
             credentials: None,
             endpoint: config.endpoint.clone(),
             bucket: config.bucket.clone(),
@@ -329,6 +336,7 @@ impl Store {
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
+                .set_content_md5(self.content_md5(&part).await)
                 .body(ByteStream::from(part.freeze()));
             let key_owned = key.to_owned();
             in_flight.spawn(async move {
@@ -372,6 +380,7 @@ impl Store {
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
+            .set_content_md5(self.content_md5(&body).await)
             .body(ByteStream::from(body))
             .send()
             .await
@@ -514,6 +523,52 @@ impl Store {
                 .map_err(|e| s3("DeleteBucket", &self.bucket, e))?;
         }
         Ok(())
+    }
+
+    /// The Content-MD5 header of `body` where the bucket needs one: S3 refuses an upload
+    /// into a bucket with Object Lock (whose default retention locks it) without it. Other
+    /// buckets are not made to pay for the hash.
+    async fn content_md5(&self, body: &[u8]) -> Option<String> {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let locked = *self.object_lock.get_or_init(|| self.has_object_lock()).await;
+        locked.then(|| base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body)))
+    }
+
+    /// Whether the bucket has Object Lock enabled. A store that does not know the call (an
+    /// S3-compatible server without Object Lock) or answers anything else has none, and an
+    /// upload S3 then refuses names the missing header.
+    async fn has_object_lock(&self) -> bool {
+        let answer =
+            self.client().await.get_object_lock_configuration().bucket(&self.bucket).send().await;
+        let enabled = answer
+            .ok()
+            .and_then(|a| a.object_lock_configuration)
+            .and_then(|c| c.object_lock_enabled);
+        enabled.is_some_and(|e| e.as_str() == "Enabled")
+    }
+
+    /// Until when S3 Object Lock keeps object `name` from being deleted: its retention date,
+    /// or [`LOCKED_FOR_GOOD`] under a legal hold; `None` when it is not locked (or the store
+    /// has no Object Lock, or the object is gone). Retention asks before deleting a backup:
+    /// in a locked bucket a delete only hides the object behind a delete marker, so a
+    /// "pruned" backup would still be stored, and unlisted.
+    pub async fn locked_until(&self, name: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        let key = self.key(name);
+        let head =
+            match self.client().await.head_object().bucket(&self.bucket).key(&key).send().await {
+                Ok(head) => head,
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(s3("HeadObject", &key, e)),
+            };
+        if head.object_lock_legal_hold_status.as_ref().map(|s| s.as_str()) == Some("ON") {
+            return Ok(Some(LOCKED_FOR_GOOD));
+        }
+        Ok(head
+            .object_lock_retain_until_date
+            .and_then(|d| OffsetDateTime::from_unix_timestamp(d.secs()).ok()))
     }
 
     /// Deletes one object (absent is fine).
