@@ -359,3 +359,54 @@ async fn a_failed_copy_is_said_and_the_next_backup_copies_what_it_missed() {
     }
     bed.destroy().await;
 }
+
+/// The service killed while copying a backup (after its components and signature, then again
+/// at the first component of the catch-up): the copy never lists the backup as usable half
+/// written, and the restarted service finishes the copy at start, without waiting a day for
+/// the next backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_killed_twice_is_finished_at_the_next_start() {
+    let mut bed = Bed::new("copy-killed").await;
+    assert_eq!(bed.service.terminate(Duration::from_secs(20)), Some(0), "{}", bed.service.logs());
+    let with = |points: &str| {
+        let mut env = bed.env.clone();
+        env.push(("STEWARD_FAILPOINTS", points.into()));
+        env
+    };
+    bed.service = Proc::service("steward-backup", &bed.bus, &with("copy:signed"));
+    let done = request_backup(&bed.bus, &|| bed.service.logs()).await;
+    let id = done.backup_id;
+    assert!(bed.service.exits_within(Duration::from_secs(60)), "not killed while copying");
+    let standing = |store: &Store| {
+        let (store, trust, id) = (store.clone(), bed.trust.clone(), id.clone());
+        async move {
+            catalog::read(&store, &trust, &id, OffsetDateTime::now_utc())
+                .await
+                .map(|l| l.standing)
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    // Every component and the signature are there, not the manifest: incomplete.
+    assert!(matches!(standing(&bed.copy_store).await, Standing::Incomplete));
+    assert!(!objects(&bed.copy_store, &id).await.is_empty());
+
+    // Killed again, at the first component the start's catch-up copies.
+    bed.service = Proc::service("steward-backup", &bed.bus, &with("copy:component"));
+    assert!(bed.service.exits_within(Duration::from_secs(60)), "the start did not copy");
+    assert!(matches!(standing(&bed.copy_store).await, Standing::Incomplete));
+
+    bed.service = Proc::service("steward-backup", &bed.bus, &bed.env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !matches!(standing(&bed.copy_store).await, Standing::Usable { .. }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy was not finished at start:\n{}",
+            bed.service.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(objects(&bed.copy_store, &id).await, objects(&bed.primary_store, &id).await);
+    let verified = steward_with(&bed.bus, &bed.env, &["backup", "verify", &id, "--from", "copy"]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    bed.destroy().await;
+}

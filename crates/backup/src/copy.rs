@@ -75,6 +75,7 @@ impl Backups {
                     c.name, stored.sha256, stored.size, c.stored_sha256, c.stored_size
                 )));
             }
+            steward_failpoints::failpoint!("copy:component");
         }
         let small = |name: String, limit: usize| async move {
             self.store
@@ -88,6 +89,7 @@ impl Backups {
         copy.put(&format!("{id}/{SIGNATURE}"), Bytes::from(signature))
             .await
             .map_err(|e| on_copy(&e))?;
+        steward_failpoints::failpoint!("copy:signed");
         copy.put(&format!("{id}/{MANIFEST}"), Bytes::from(manifest))
             .await
             .map_err(|e| on_copy(&e))?;

@@ -62,6 +62,11 @@ impl BackupService {
         ctx.spawn("interrupted backups", async move {
             let _one_at_a_time = resumed.lock.lock().await;
             resumed.conclude_orphans(&ctx_for_orphans).await;
+            // A copy a killed process left unfinished is finished now, not by the next
+            // backup: until then, losing the primary would lose the newest backup.
+            if let Err(e) = resumed.second_copy(&ctx_for_orphans, None).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not report the second copy's state");
+            }
         });
         let (watched, ctx_for_age) = (service.clone(), ctx.clone());
         ctx.spawn("backup age", async move { watched.watch_age(max_age, ctx_for_age).await });
@@ -436,7 +441,7 @@ impl BackupService {
                 tracing::warn!(error = %e, "retention could not prune; it tries again after the next backup")
             }
         }
-        self.second_copy(ctx, &id).await?;
+        self.second_copy(ctx, Some(&id)).await?;
         // Last: the heartbeat it ends with also says the copy was written. (Retention before
         // it keeps the newest backup proven restorable, which this check does not make it.)
         if let (Ok(m), BackupReason::Schedule | BackupReason::Manual) = (&outcome, reason) {
@@ -449,15 +454,20 @@ impl BackupService {
     /// any an earlier failed copy missed), then prunes the copy by the same policy. A failed
     /// copy is its own `backup.failed`, in a flow of its own (the requester already has its
     /// `backup.done`: the backup exists and an update may go on), mailed like any failed
-    /// backup; the next job copies again.
-    async fn second_copy(&self, ctx: &Context, id: &str) -> anyhow::Result<()> {
+    /// backup; the next job copies again. `id`: the backup just taken; `None` at start, when
+    /// what a killed process left uncopied is caught up.
+    async fn second_copy(&self, ctx: &Context, id: Option<&str>) -> anyhow::Result<()> {
         let Some(copy) = self.backups.from_copy() else { return Ok(()) };
         if let Err(reason) = self.backups.sync_copy().await {
-            tracing::error!(backup = %id, reason = %reason, "the second copy failed; the next backup copies it again");
+            tracing::error!(backup = ?id, reason = %reason, "the second copy failed; the next backup copies it again");
+            let complete = match id {
+                Some(id) => format!("backup {id} itself is complete"),
+                None => "the backups are complete".into(),
+            };
             let data = BackupFailed {
-                backup_id: Some(id.to_owned()),
+                backup_id: id.map(str::to_owned),
                 reason: format!(
-                    "second copy: {reason}; backup {id} itself is complete in the primary bucket, and the next backup copies what the copy lacks"
+                    "second copy: {reason}; {complete} in the primary bucket, and the next backup copies what the copy lacks"
                 ),
                 stderr_tail: vec![],
             };
