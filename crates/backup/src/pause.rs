@@ -5,11 +5,14 @@
 //! `steward kit import` writes [`ENV_RESTORE_PENDING`] (a token of its own) into the rebuilt
 //! project's `.env`; while it is set and the bucket holds no record that a restore ended this
 //! token's pause, every backup is refused with a `backup.failed` saying why. A successful
-//! restore writes that record (`journal/restored/<token>.json`), so nothing has to be undone
-//! by hand: the setting left in `.env` is inert from then on.
+//! restore writes that record (`journal/restored/<token>.json`, signed with the manifests' key
+//! beside it as `<token>.sig`), so nothing has to be undone by hand: the setting left in `.env`
+//! is inert from then on. A record that is unsigned, badly signed or names another token ends
+//! nothing: whoever can write to the bucket cannot resume the backups of an empty stack.
 
 use bytes::Bytes;
 use steward_store::manifest::Manifest;
+use steward_store::signing::{Purpose, Signature, MAX_SIGNATURE_BYTES};
 use steward_store::store::JOURNAL_DIR;
 
 use crate::backup::{Backups, Failure};
@@ -35,19 +38,47 @@ fn record_name(token: &str) -> String {
     format!("{JOURNAL_DIR}/restored/{token}.json")
 }
 
+fn signature_name(token: &str) -> String {
+    format!("{JOURNAL_DIR}/restored/{token}.sig")
+}
+
 impl Backups {
     /// The reason no backup may be taken now, or `Ok` when none: a pause whose restore has
     /// not been recorded (or cannot be read: then it is not known to be over).
     pub async fn check_not_paused(&self) -> Result<(), Failure> {
         let Some(token) = self.config.restore_pending.as_deref() else { return Ok(()) };
-        let why = match self.store.get_small(&record_name(token), 64 << 10).await {
-            Ok(Some(_)) => return Ok(()),
+        let why = match self.pause_record(token).await {
+            Ok(Some(Ok(()))) => return Ok(()),
+            Ok(Some(Err(refused))) => format!(" (the record that it ended is refused: {refused})"),
             Ok(None) => String::new(),
             Err(e) => format!(" (cannot tell whether it is done: {e})"),
         };
         Err(Failure::plain(format!(
             "backups are paused until this rebuilt host's restore is done ({ENV_RESTORE_PENDING}={token}, written by steward kit import){why}: a backup now would hold the empty stack and become the latest; restore first (steward backup list, then steward restore ID --yes --no-safety-backup), which ends the pause; to keep the stack as it is instead, remove {ENV_RESTORE_PENDING} from .env and docker-compose up -d backup"
         )))
+    }
+
+    /// The record that `token`'s pause ended: `None` when there is none, `Some(Err)` when it
+    /// does not hold (unsigned, badly signed, another token's).
+    async fn pause_record(
+        &self,
+        token: &str,
+    ) -> Result<Option<Result<(), String>>, steward_store::store::StoreError> {
+        let Some(body) = self.store.get_small(&record_name(token), 64 << 10).await? else {
+            return Ok(None);
+        };
+        let signature = self.store.get_small(&signature_name(token), MAX_SIGNATURE_BYTES).await?;
+        let held = match self.config.trust.check(Purpose::PauseEnded, &body, signature.as_deref()) {
+            Signature::Signed { .. } => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .filter(|r| r["token"].as_str() == Some(token))
+                .map(|_| ())
+                .ok_or_else(|| "it names another pause".to_owned()),
+            Signature::Unsigned => Err("it is not signed".into()),
+            Signature::Unchecked => Err("no key is trusted to check it".into()),
+            Signature::Bad { reason } => Err(reason),
+        };
+        Ok(Some(held))
     }
 
     /// Ends the pause, after the restore of `manifest` succeeded. Best effort: a failure is
@@ -61,7 +92,14 @@ impl Backups {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
         });
-        match self.store.put(&record_name(token), Bytes::from(record.to_string())).await {
+        let body = record.to_string().into_bytes();
+        let signature = self.config.signing.sign(Purpose::PauseEnded, &body);
+        // The signature first: a record without one would be refused.
+        let written = match self.store.put(&signature_name(token), Bytes::from(signature)).await {
+            Ok(()) => self.store.put(&record_name(token), Bytes::from(body)).await,
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(()) => {
                 tracing::info!(backup = %manifest.backup_id, token, "restore done: backups are no longer paused")
             }

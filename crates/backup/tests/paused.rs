@@ -54,6 +54,22 @@ async fn backups_stay_paused_until_a_restore_ends_the_pause() {
     let listed = stack.store.list_dirs().await.unwrap_or_else(|e| panic!("list: {e}"));
     assert_eq!(listed.iter().filter(|d| d.as_str() != "journal").count(), 1, "{listed:?}");
 
+    // Whoever can write to the bucket cannot end the pause: a record without a signature,
+    // one signed with another key, or this token's signed record copied under another token.
+    let record = format!("journal/restored/{token}.json");
+    let body = format!("{{\"token\":\"{token}\",\"backup_id\":\"{id}\"}}");
+    stack.store.put(&record, body.clone().into()).await.unwrap_or_else(|e| panic!("{e}"));
+    let e = rebuilt.check_not_paused().await.expect_err("an unsigned record ended the pause");
+    assert!(e.reason.contains("not signed"), "{}", e.reason);
+    let stranger = steward_store::signing::SigningKey::generate();
+    let forged = stranger.sign(steward_store::signing::Purpose::PauseEnded, body.as_bytes());
+    let signature = format!("journal/restored/{token}.sig");
+    stack.store.put(&signature, forged.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    let e = rebuilt.check_not_paused().await.expect_err("a stranger's record ended the pause");
+    assert!(e.reason.contains("refused"), "{}", e.reason);
+    stack.store.delete(&record).await.unwrap_or_else(|e| panic!("{e}"));
+    stack.store.delete(&signature).await.unwrap_or_else(|e| panic!("{e}"));
+
     // Another installation's pause (another token) is not ended by this restore.
     let other = paused(&stack, &steward_testkit::unique_name("kit"));
     let restored = rebuilt
@@ -67,5 +83,14 @@ async fn backups_stay_paused_until_a_restore_ends_the_pause() {
     // A restarted service (a new `Backups` with the same setting) finds the pause over.
     paused(&stack, &token).check_not_paused().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(other.check_not_paused().await.is_err(), "another token's pause was ended");
+    // This token's genuine record, copied under the other token, names another pause.
+    let other_token = other.config().restore_pending.clone().unwrap_or_default();
+    for ext in ["json", "sig"] {
+        let genuine = stack.stored_bytes(&format!("journal/restored/{token}.{ext}")).await;
+        let copied = format!("journal/restored/{other_token}.{ext}");
+        stack.store.put(&copied, genuine.into()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let e = other.check_not_paused().await.expect_err("a copied record ended another pause");
+    assert!(e.reason.contains("another pause"), "{}", e.reason);
     stack.destroy_bucket().await;
 }

@@ -55,6 +55,9 @@ pub enum Purpose {
     Verified,
     /// A shipped WAL segment's record (`wal/<container>/<segment>.json`).
     Wal,
+    /// The record that a restore ended a rebuilt host's backup pause
+    /// (`journal/restored/<token>.json`).
+    PauseEnded,
 }
 
 impl Purpose {
@@ -63,6 +66,7 @@ impl Purpose {
             Purpose::Manifest => b"steward backup manifest v1\n",
             Purpose::Verified => b"steward backup verified v1\n",
             Purpose::Wal => b"steward wal segment v1\n",
+            Purpose::PauseEnded => b"steward backup pause ended v1\n",
         }
     }
 
