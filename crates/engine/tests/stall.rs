@@ -103,6 +103,8 @@ async fn long_calls_are_bounded_by_progress_not_by_the_deadline() {
     let _c =
         Container::run(&name, &["steward-test/busybox", "sh", "-c", "mkdir -p /in; sleep 600"]);
     let engine = Engine::new(steward_engine::docker_host(), DEADLINE);
+    // The container's own `mkdir` may not have run yet on a loaded machine (CI failed so).
+    docker(&["exec", &name, "mkdir", "-p", "/in"]);
 
     // An upload from a source slower than the deadline between chunks.
     let tar = {
