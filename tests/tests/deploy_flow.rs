@@ -415,3 +415,58 @@ async fn pushes_during_a_deployment_wait_the_newest_wins_the_older_is_superseded
     let third_started = flow_of(&bus, third_flow).await;
     assert!(!third_started.iter().any(|e| e.event_type() == "deploy.started"), "v3 started");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_deployment_ends_failed_touches_nothing_and_a_late_approval_is_ignored() {
+    let bus = TestBus::new("deployrej").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let extra = [("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned())];
+    let _deployer = deployer(&repo.env(&bus, port, &extra));
+    let first = repo.commit("dev", "v1", "first");
+    let body = push_body(&repo, "dev", &first, "first");
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    approve(&bus, &first).await;
+    assert_eq!(
+        terminal(&outcome(&bus, &first, Duration::from_secs(45)).await),
+        ["deploy.succeeded"]
+    );
+    let web = repo.container("web").expect("web runs");
+
+    let second = repo.commit("dev", "v2", "web: v2");
+    let body = push_body(&repo, "dev", &second, "web: v2");
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let pending = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployPending(p) if p.change.commit == second => Some(p.deploy_id),
+        _ => None,
+    })
+    .await;
+    let said = steward_ok(&bus, &["deploy", "reject", "dev", "--reason", "release freeze"]);
+    assert!(said.contains(&pending.to_string()), "{said}");
+    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
+    let reason = flow.iter().find_map(|e| match &e.data {
+        EventData::DeployFailed(f) => Some(f.reason.clone()),
+        _ => None,
+    });
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.contains("rejected by tester@") && reason.contains("release freeze"),
+        "{reason}"
+    );
+    assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
+    // Nothing waits any more: a second rejection is refused by the CLI.
+    assert!(!steward(&bus, &["deploy", "reject", "dev"]).status.success());
+
+    // An approval that comes late (replayed, or sent before the rejection was seen) is ignored.
+    let late = Event::new(
+        "steward/test",
+        steward_events::DeployApproved { deploy_id: pending, by: "ops@test".into() },
+    );
+    bus.publish(&late).await.expect("publish approval");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = outcome(&bus, &second, Duration::from_secs(5)).await;
+    assert!(!again.iter().any(|e| e.event_type() == "deploy.started"), "{again:#?}");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
+    assert!(serves(repo.web, "v1"));
+}

@@ -1,6 +1,7 @@
-//! `steward deploy list|approve`: deployments from git (issue 21). The list reads the
+//! `steward deploy list|approve|reject`: deployments from git (issue 21). The list reads the
 //! deployer's `DEPLOYS` bucket (each environment's deployment, and the push waiting for it);
-//! an approval is an event (`deploy.approved`), in the audit trail, that the deployer acts on.
+//! an approval or a rejection is an event (`deploy.approved`, `deploy.rejected`), in the audit
+//! trail, that the deployer acts on.
 
 use std::io::Write;
 
@@ -8,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use steward_bus::StateStore;
 use steward_events::records::{DeployRecord, DeployStep, Outboxed, QueuedDeploy, DEPLOY_BUCKET};
-use steward_events::{DeployApproved, Event, EventData, Service};
+use steward_events::{DeployApproved, DeployRejected, Event, EventData, Service};
 
 use crate::{who, Connection};
 
@@ -27,6 +28,15 @@ pub enum DeployCommand {
         /// The environment or the deployment id, as `steward deploy list` shows them.
         id: String,
     },
+    /// Reject a deployment waiting for approval: it ends with `deploy.failed`, nothing touched,
+    /// and the next push waiting for the environment goes on.
+    Reject {
+        /// The environment or the deployment id, as `steward deploy list` shows them.
+        id: String,
+        /// Why (in the audit trail and the mail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// Runs a `steward deploy` command.
@@ -34,6 +44,7 @@ pub async fn run(cmd: DeployCommand, conn: &Connection) -> anyhow::Result<()> {
     match cmd {
         DeployCommand::List { json } => list(conn, json).await,
         DeployCommand::Approve { id } => approve(conn, &id).await,
+        DeployCommand::Reject { id, reason } => reject(conn, &id, reason).await,
     }
 }
 
@@ -156,6 +167,28 @@ async fn approve(conn: &Connection, id: &str) -> anyhow::Result<()> {
             r.change.short_commit(),
             r.change.environment,
             r.change.message.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+async fn reject(conn: &Connection, id: &str, reason: Option<String>) -> anyhow::Result<()> {
+    let (bus, records, _) = read(conn).await?;
+    let r = pending(&records, id)?;
+    let reason = reason.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let event = Event::new(
+        steward_settings::event_source(Service::Cli),
+        DeployRejected { deploy_id: r.deploy_id, by: who(), reason },
+    )
+    .with_correlation(r.correlation_id);
+    bus.publish(&event).await.context("cannot publish the rejection")?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "rejected deployment {} of {} to {}; it ends with deploy.failed, nothing changed",
+            r.deploy_id,
+            r.change.short_commit(),
+            r.change.environment
         );
     }
     Ok(())

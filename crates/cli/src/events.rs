@@ -354,6 +354,12 @@ pub(crate) fn summary(data: &EventData) -> String {
             p.services.join(", ")
         ),
         EventData::DeployApproved(p) => format!("deploy {} approved by {}", p.deploy_id, p.by),
+        EventData::DeployRejected(p) => format!(
+            "deploy {} rejected by {}{}",
+            p.deploy_id,
+            p.by,
+            p.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        ),
         EventData::DeployStarted(p) => {
             format!("{} ({})", deploy_change(&p.change), p.services.join(", "))
         }

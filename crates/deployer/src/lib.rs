@@ -116,6 +116,7 @@ impl Handler for Deployer {
         match &event.data {
             EventData::DeployRequested(r) => self.flow.on_requested(&event, r).await.map_err(retry),
             EventData::DeployApproved(a) => self.flow.on_approved(a).await.map_err(retry),
+            EventData::DeployRejected(r) => self.flow.on_rejected(r).await.map_err(retry),
             EventData::BackupDone(_) | EventData::BackupFailed(_) => {
                 self.flow.on_backup_outcome(&event).await.map_err(retry)
             }

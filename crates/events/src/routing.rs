@@ -134,9 +134,13 @@ impl Service {
             ],
             // Its own requests (webhook, polling, the CLI), approvals, and the outcome of the
             // pre-deployment backup it asked for.
-            Service::Deployer => {
-                &["deploy.requested", "deploy.approved", "backup.done", "backup.failed"]
-            }
+            Service::Deployer => &[
+                "deploy.requested",
+                "deploy.approved",
+                "deploy.rejected",
+                "backup.done",
+                "backup.failed",
+            ],
             Service::Cli => &[],
         }
     }
@@ -209,6 +213,7 @@ impl Service {
                 "rollback.requested",
                 "deploy.requested",
                 "deploy.approved",
+                "deploy.rejected",
             ],
         }
     }

@@ -354,6 +354,12 @@ pub fn all(container: &str) -> Vec<EventData> {
         }
         .into(),
         DeployApproved { deploy_id: update_id, by: "ops@host".into() }.into(),
+        DeployRejected {
+            deploy_id: update_id,
+            by: "ops@host".into(),
+            reason: Some("not during the release freeze".into()),
+        }
+        .into(),
         DeployStarted {
             deploy_id: update_id,
             change: change(),

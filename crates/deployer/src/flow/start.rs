@@ -5,7 +5,7 @@ use steward_bus::Versioned;
 use steward_events::records::{DeployRecord, DeployStep};
 use steward_events::{
     BackupReason, BackupRequested, Change, DeployApproved, DeployFailed, DeployPending,
-    DeployRequested, DeployStarted, DeploySucceeded, Event,
+    DeployRejected, DeployRequested, DeployStarted, DeploySucceeded, Event,
 };
 use time::OffsetDateTime;
 
@@ -298,6 +298,27 @@ impl Flow {
         record.approved_by = Some(a.by.clone());
         tracing::info!(deploy = %record.deploy_id, by = %a.by, "deployment approved");
         self.begin(Versioned { value: record, revision: v.revision }).await?;
+        self.start_queued(&key).await
+    }
+
+    /// `deploy.rejected`: a pending deployment ends with `deploy.failed`, nothing touched, and
+    /// the next push waiting for the environment (if any) goes on. A rejection of a deployment
+    /// no longer pending (approved meanwhile, superseded, replayed) changes nothing.
+    pub async fn on_rejected(&self, r: &DeployRejected) -> Result<(), FlowError> {
+        let Some(v) = self.by_deploy_id(r.deploy_id).await? else {
+            tracing::warn!(deploy = %r.deploy_id, "rejection of an unknown deployment; ignored");
+            return Ok(());
+        };
+        let key = v.value.change.environment.clone();
+        let Some(_hold) = self.records.hold(&key) else { return Err(FlowError::Busy(key)) };
+        let Some(v) = self.records.get(&key).await? else { return Ok(()) };
+        if v.value.deploy_id != r.deploy_id || v.value.step != DeployStep::Pending {
+            tracing::info!(deploy = %r.deploy_id, "rejection of a deployment not waiting for approval; ignored");
+            return Ok(());
+        }
+        let why = r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+        tracing::info!(deploy = %r.deploy_id, by = %r.by, "deployment rejected");
+        self.fail(v, format!("rejected by {}{why}; nothing was changed", r.by), vec![]).await?;
         self.start_queued(&key).await
     }
 

@@ -76,6 +76,20 @@ pub struct DeployApproved {
 
 impl Payload for DeployApproved {}
 
+/// A human rejected a pending deployment: it ends with `deploy.failed`, nothing touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRejected {
+    /// The deployment.
+    pub deploy_id: Uuid,
+    /// Who rejected (`user@host`).
+    pub by: String,
+    /// Why, if they said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Payload for DeployRejected {}
+
 /// The deployment began: backed up (or about to be), then the changed services are applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployStarted {

@@ -186,6 +186,8 @@ catalog! {
     DeployPending => "deploy.pending": DeployPending,
     /// A human approved a pending deployment.
     DeployApproved => "deploy.approved": DeployApproved,
+    /// A human rejected a pending deployment.
+    DeployRejected => "deploy.rejected": DeployRejected,
     /// A deployment began.
     DeployStarted => "deploy.started": DeployStarted,
     /// The changed services run the commit and are healthy.
