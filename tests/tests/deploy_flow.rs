@@ -217,9 +217,7 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     let _deployer = deployer(&repo.env(&bus, port, &extra));
 
     // Nothing runs yet: approved, then deployed without a backup (nothing to back up).
-    let first = repo.commit("dev", "v1", "first");
-    let body = push_body(&repo, "dev", &first, "first");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let first = push_version(&repo, port, "v1", "first").await;
     let pending = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
         EventData::DeployPending(p) if p.change.commit == first => Some(p.deploy_id),
         _ => None,
@@ -245,9 +243,7 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
 
     // Web changes: approved, then backed up before web is touched.
-    let second = repo.commit("dev", "v2", "web: v2");
-    let body = push_body(&repo, "dev", &second, "web: v2");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let second = push_version(&repo, port, "v2", "web: v2").await;
     let pending = approve(&bus, &second).await;
     let requested = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
         EventData::BackupRequested(r) if e.correlation_id == pending.correlation_id => {
@@ -308,17 +304,13 @@ async fn a_newer_push_replaces_one_waiting_for_approval() {
     let port = free_port();
     let extra = [("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned())];
     let _deployer = deployer(&repo.env(&bus, port, &extra));
-    let first = repo.commit("dev", "v1", "first");
-    let body = push_body(&repo, "dev", &first, "first");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let first = push_version(&repo, port, "v1", "first").await;
     let waiting = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
         EventData::DeployPending(p) if p.change.commit == first => Some(e.correlation_id),
         _ => None,
     })
     .await;
-    let second = repo.commit("dev", "v2", "second");
-    let body = push_body(&repo, "dev", &second, "second");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let second = push_version(&repo, port, "v2", "second").await;
     let superseded = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
         EventData::DeployFailed(f) if e.correlation_id == waiting => Some(f.reason.clone()),
         _ => None,
@@ -423,9 +415,7 @@ async fn a_rejected_deployment_ends_failed_touches_nothing_and_a_late_approval_i
     let port = free_port();
     let extra = [("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned())];
     let _deployer = deployer(&repo.env(&bus, port, &extra));
-    let first = repo.commit("dev", "v1", "first");
-    let body = push_body(&repo, "dev", &first, "first");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let first = push_version(&repo, port, "v1", "first").await;
     approve(&bus, &first).await;
     assert_eq!(
         terminal(&outcome(&bus, &first, Duration::from_secs(45)).await),
@@ -433,9 +423,7 @@ async fn a_rejected_deployment_ends_failed_touches_nothing_and_a_late_approval_i
     );
     let web = repo.container("web").expect("web runs");
 
-    let second = repo.commit("dev", "v2", "web: v2");
-    let body = push_body(&repo, "dev", &second, "web: v2");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let second = push_version(&repo, port, "v2", "web: v2").await;
     let pending = first_event(&bus, Duration::from_secs(30), |e| match &e.data {
         EventData::DeployPending(p) if p.change.commit == second => Some(p.deploy_id),
         _ => None,

@@ -14,7 +14,6 @@ use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::BackupReason;
 use steward_store::manifest::{self, Manifest, FORMAT, MANIFEST};
-use steward_store::signing::{Purpose, SIGNATURE};
 use steward_testkit::{free_port, testbed, unique_name, wait_for};
 
 fn new_id() -> String {
@@ -183,25 +182,7 @@ async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
     let mut ids = vec![];
     for day in 0..70 {
         let at = now - time::Duration::days(day) - time::Duration::minutes(5);
-        let id = manifest::new_backup_id(at);
-        let m = Manifest {
-            format: FORMAT,
-            backup_id: id.clone(),
-            taken_at: at,
-            reason: BackupReason::Schedule,
-            docker_host: "test".into(),
-            components: vec![],
-        };
-        let body = serde_json::to_vec(&m).unwrap_or_default();
-        let signature = signing.sign(Purpose::Manifest, &body);
-        store
-            .put(&format!("{id}/{SIGNATURE}"), Bytes::from(signature))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        store
-            .put(&format!("{id}/{MANIFEST}"), Bytes::from(body))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let id = common::plant_signed(&store, &signing, at).await;
         ids.push((id, at));
     }
     // An old unsigned backup (from before signing, or planted): neither counted nor pruned.

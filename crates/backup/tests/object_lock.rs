@@ -15,8 +15,7 @@ use steward_backup::retention::Retention;
 use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::BackupReason;
-use steward_store::manifest::{self, Manifest, FORMAT, MANIFEST};
-use steward_store::signing::{Purpose, SIGNATURE};
+use steward_store::manifest::{self, MANIFEST};
 use steward_store::store::Store;
 use steward_testkit::testbed;
 use time::{Duration, OffsetDateTime};
@@ -91,34 +90,6 @@ async fn remove_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
     }
 }
 
-/// Plants a signed, empty backup taken at `at`: its id.
-async fn plant(
-    store: &Store,
-    signing: &steward_store::signing::SigningKey,
-    at: OffsetDateTime,
-) -> String {
-    let id = manifest::new_backup_id(at);
-    let m = Manifest {
-        format: FORMAT,
-        backup_id: id.clone(),
-        taken_at: at,
-        reason: BackupReason::Schedule,
-        docker_host: "test".into(),
-        components: vec![],
-    };
-    let body = serde_json::to_vec(&m).unwrap_or_default();
-    let signature = signing.sign(Purpose::Manifest, &body);
-    store
-        .put(&format!("{id}/{SIGNATURE}"), Bytes::from(signature))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    store
-        .put(&format!("{id}/{MANIFEST}"), Bytes::from(body))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    id
-}
-
 async fn listed(backups: &Backups) -> Vec<String> {
     let all = backups.list().await.unwrap_or_else(|e| panic!("list: {e}"));
     all.into_iter().filter(|l| l.usable().is_some()).map(|l| l.backup_id).collect()
@@ -136,9 +107,9 @@ async fn a_locked_backup_survives_its_own_keys_and_retention_prunes_it_only_once
     let signing = config.signing.clone();
     let backups = Backups::new(Engine::from_env(), store.clone(), config);
     let now = OffsetDateTime::now_utc();
-    let old = plant(&store, &signing, now - Duration::days(3)).await;
-    let older = plant(&store, &signing, now - Duration::days(4)).await;
-    let newest = plant(&store, &signing, now - Duration::minutes(5)).await;
+    let old = common::plant_signed(&store, &signing, now - Duration::days(3)).await;
+    let older = common::plant_signed(&store, &signing, now - Duration::days(4)).await;
+    let newest = common::plant_signed(&store, &signing, now - Duration::minutes(5)).await;
     let mut all = vec![older.clone(), old.clone(), newest.clone()];
     all.sort();
     assert_eq!(listed(&backups).await, all);

@@ -233,6 +233,15 @@ pub fn terminal(flow: &[Event]) -> Vec<&'static str> {
     flow.iter().map(Event::event_type).filter(|t| TERMINAL.contains(t)).collect()
 }
 
+/// Commits `version` to `dev` and pushes it by a signed webhook, which is accepted: the commit.
+pub async fn push_version(repo: &Repo, port: u16, version: &str, message: &str) -> String {
+    let commit = repo.commit("dev", version, message);
+    let body = push_body(repo, "dev", &commit, message);
+    let (status, text) = post(port, &body, Some(&sign(&body, SECRET))).await;
+    assert_eq!(status, 202, "{text}");
+    commit
+}
+
 pub async fn deploy_by_webhook(
     bus: &Bus,
     repo: &Repo,
@@ -240,10 +249,7 @@ pub async fn deploy_by_webhook(
     version: &str,
     message: &str,
 ) -> (String, Vec<Event>) {
-    let commit = repo.commit("dev", version, message);
-    let body = push_body(repo, "dev", &commit, message);
-    let (status, text) = post(port, &body, Some(&sign(&body, SECRET))).await;
-    assert_eq!(status, 202, "{text}");
+    let commit = push_version(repo, port, version, message).await;
     let flow = outcome(bus, &commit, Duration::from_secs(45)).await;
     (commit, flow)
 }

@@ -216,3 +216,32 @@ pub async fn destroy_bucket(bucket: &str) {
         eprintln!("could not remove test bucket {bucket}: {e}");
     }
 }
+
+/// Plants a signed backup with no components, taken at `at`, in `store`: its id (retention
+/// tests need many backups of given ages without taking them).
+pub async fn plant_signed(
+    store: &Store,
+    signing: &steward_store::signing::SigningKey,
+    at: time::OffsetDateTime,
+) -> String {
+    use steward_store::manifest::{self, Manifest, FORMAT, MANIFEST};
+    use steward_store::signing::{Purpose, SIGNATURE};
+    let id = manifest::new_backup_id(at);
+    let m = Manifest {
+        format: FORMAT,
+        backup_id: id.clone(),
+        taken_at: at,
+        reason: steward_events::BackupReason::Schedule,
+        docker_host: "test".into(),
+        components: vec![],
+    };
+    let body = serde_json::to_vec(&m).unwrap_or_default();
+    let signature = signing.sign(Purpose::Manifest, &body);
+    for (name, bytes) in [(SIGNATURE, signature), (MANIFEST, body)] {
+        store
+            .put(&format!("{id}/{name}"), bytes.into())
+            .await
+            .unwrap_or_else(|e| panic!("plant {id}/{name}: {e}"));
+    }
+    id
+}
