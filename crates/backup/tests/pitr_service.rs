@@ -1,0 +1,382 @@
+//! Point-in-time recovery through the real `steward-backup` process: WAL shipping that goes on
+//! across kills of the service (SIGKILL mid-shipping, then aborted twice in a row at the
+//! shipping's kill points), restarts and kills of PostgreSQL and a restart of NATS, while rows
+//! are written; a restore to a time requested on the bus as `steward restore --to-time` does.
+//! Real PostgreSQL, Docker, S3 (the test bed's), and a NATS server of the test's own where it
+//! is restarted.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{rows_before, segment_number, shipped_files, Stack, DB_USER};
+use steward_backup::encryption::Keys;
+use steward_events::{Event, EventData, RestoreRequested, RestoreScope};
+use steward_testkit::docker::docker;
+use steward_testkit::{stored_events, testbed, unique_name, NatsServer, TestBus};
+
+/// `steward-backup` as a process of its own, serving `stack`'s scope and bucket; killed on
+/// drop.
+struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Started with `failpoints` (`STEWARD_FAILPOINTS`: an empty value logs every point passed),
+    /// a 4 s lag bound (the shipper looks every second); returns once it consumes.
+    fn start(stack: &Stack, bus: &steward_bus::Bus, failpoints: &str) -> Self {
+        Self::start_with(stack, bus, failpoints, &[])
+    }
+
+    /// [`Service::start`] with `extra` settings.
+    fn start_with(
+        stack: &Stack,
+        bus: &steward_bus::Bus,
+        failpoints: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let require = testbed::require;
+        let ns = bus.namespace();
+        let log = std::env::temp_dir().join(unique_name("steward-backup")).with_extension("log");
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_steward-backup"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(std::env::var("DOCKER_HOST").ok().map(|h| ("DOCKER_HOST", h)))
+            .envs([
+                ("STEWARD_NATS_URL", bus.config().url.clone()),
+                ("STEWARD_STREAM", ns.stream.clone()),
+                ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
+                ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", steward_testkit::free_port())),
+                ("STEWARD_SCOPE", stack.scope.clone()),
+                ("STEWARD_S3_BUCKET", stack.store.bucket().to_owned()),
+                ("STEWARD_S3_PREFIX", "backups".into()),
+                ("STEWARD_S3_ENDPOINT", require("STEWARD_TEST_S3_ENDPOINT")),
+                ("AWS_ACCESS_KEY_ID", require("STEWARD_TEST_S3_ACCESS_KEY")),
+                ("AWS_SECRET_ACCESS_KEY", require("STEWARD_TEST_S3_SECRET_KEY")),
+                ("AWS_REGION", "us-east-1".into()),
+                (steward_store::signing::ENV_SIGNING_KEY, common::signing_key().to_pem()),
+                ("STEWARD_PITR_MAX_LAG", "4s".into()),
+                // Only what the test asks for: no scheduled backup in a run.
+                ("STEWARD_BACKUP_SCHEDULE", "0 3 1 1 *".into()),
+                ("STEWARD_BACKUP_STOP_TIMEOUT", "5s".into()),
+                ("STEWARD_RESTORE_HEALTH_TIMEOUT", "60s".into()),
+                ("STEWARD_FAILPOINTS", failpoints.into()),
+            ])
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("steward-backup: {e}"));
+        let service = Self { child, log };
+        let started = Instant::now();
+        while !service.logs().contains("\"consuming\"") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "not consuming: {}",
+                service.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        service
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines logged, for a failure's message.
+    fn tail(&self) -> String {
+        let logs = self.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits up to `bound` for the process to end by itself (a failpoint's abort).
+    async fn exits_within(&mut self, bound: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Polls `probe` every 200 ms until it holds, for at most `bound`; panics with `what` and
+/// `context()` otherwise.
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    bound: Duration,
+    context: &dyn Fn() -> String,
+    mut probe: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !probe().await {
+        assert!(started.elapsed() < bound, "{what} not within {bound:?}:\n{}", context());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the segment holding everything committed so far has its signed record in the
+/// bucket: shipping works, and has caught up.
+async fn caught_up(stack: &Stack, service: &Service, when: &str) {
+    let file = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    let (what, file) = (format!("{file} shipped ({when})"), &file);
+    until(&what, Duration::from_secs(60), &|| service.tail(), || async move {
+        stack.backups.wal_record(&stack.db.name, file).await.ok().flatten().is_some()
+    })
+    .await;
+}
+
+/// Waits until the shipper's slot is held by a running receiver.
+async fn receiving(stack: &Stack, service: &Service) {
+    let slot = steward_backup::wal::slot_name(&stack.db.name);
+    let sql =
+        format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active");
+    let sql = &sql;
+    until("the receiver", Duration::from_secs(30), &|| service.tail(), || async move {
+        try_psql(stack, sql).as_deref() == Some("1")
+    })
+    .await;
+}
+
+/// `psql` that may fail (the server is restarting): its output, or None.
+fn try_psql(stack: &Stack, sql: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["exec", &stack.db.name, "psql", "-U", DB_USER, "-d", DB_USER, "-tAc", sql])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn database_back(stack: &Stack) {
+    until("PostgreSQL back", Duration::from_secs(60), &String::new, || async move {
+        try_psql(stack, "SELECT 1").as_deref() == Some("1")
+    })
+    .await;
+}
+
+/// Rows committed one at a time into `rows` (each with its commit's time) until stopped, through
+/// whatever happens to the server (a failed insert is tried again later); how many failed.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(stack: &Stack) -> Self {
+        stack.psql("CREATE TABLE rows (id serial PRIMARY KEY, at timestamptz NOT NULL)");
+        let (stop, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+        let db = stack.db.name.clone();
+        let (stop_, failed_) = (stop.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: 20 minutes of rows at most.
+            for _ in 0..12_000 {
+                if stop_.load(Ordering::SeqCst) {
+                    return;
+                }
+                let sql = "INSERT INTO rows (at) VALUES (clock_timestamp())";
+                let ok = Command::new("docker")
+                    .args(["exec", &db, "psql", "-U", DB_USER, "-d", DB_USER, "-tAc", sql])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if !ok {
+                    failed_.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, failed, thread: Some(thread) }
+    }
+
+    fn stop(&mut self) -> u32 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The first stored event `pick` takes, waited for up to `bound`.
+async fn first_event<T>(
+    bus: &steward_bus::Bus,
+    bound: Duration,
+    context: &dyn Fn() -> String,
+    pick: impl Fn(&Event) -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = stored_events(bus).await.iter().find_map(&pick) {
+            return found;
+        }
+        assert!(started.elapsed() < bound, "no such event within {bound:?}:\n{}", context());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A restore of backup `id`'s database to `to_time` requested as `steward restore ID
+/// --to-time T` does; its outcome.
+async fn restore_to(bus: &steward_bus::Bus, id: &str, to_time: &str) -> Event {
+    let request = Event::new(
+        "steward-cli/test",
+        RestoreRequested {
+            backup_id: id.to_owned(),
+            scope: RestoreScope::Db,
+            requested_by: Some("tester".into()),
+            allow_unsigned: false,
+            no_safety_backup: false,
+            from: None,
+            to_time: Some(to_time.to_owned()),
+        },
+    );
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let terminal = ["restore.done", "restore.failed"];
+    first_event(bus, Duration::from_secs(300), &String::new, |e| {
+        (e.correlation_id == request.correlation_id && terminal.contains(&e.event_type()))
+            .then(|| e.clone())
+    })
+    .await
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every segment from the first shipped to the last, once each.
+async fn no_gap(stack: &Stack) -> Vec<String> {
+    let files = shipped_files(stack).await;
+    let numbers: Vec<u64> = files.iter().filter_map(|f| segment_number(f)).collect();
+    assert!(numbers.len() >= 5, "{files:?}");
+    for pair in numbers.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "a gap in {files:?}");
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_shipping_survives_kills_and_restarts_and_a_restore_to_time_brings_back_exactly_the_rows_before_a_drop(
+) {
+    let stack = Stack::start_pitr("pitr-kill", Keys::default()).await;
+    let mut nats = NatsServer::start();
+    let bus = TestBus::with_config(steward_testkit::bus_config(&nats.url(), "pitrkill")).await;
+    stack.fill_db(2_000);
+    let items_before = stack.db_fingerprint();
+
+    // The first service makes the slot; the base is taken after it, so its WAL is kept.
+    let mut service = Service::start(&stack, &bus, "");
+    receiving(&stack, &service).await;
+    let (id, _) = stack.back_up().await;
+    let mut writer = Writer::start(&stack);
+
+    // SIGKILL mid-shipping: right after a segment's record is signed.
+    {
+        let first = &service;
+        until("a segment signed", Duration::from_secs(60), &|| first.tail(), || async move {
+            first.logs().contains("failpoint: wal:signed")
+        })
+        .await;
+    }
+    service.kill();
+    // Killed twice in a row at the shipping's own points: after the signature, before the
+    // record; then after the record, before the file leaves the spool.
+    for point in ["wal:signed", "wal:stored"] {
+        let mut killed = Service::start(&stack, &bus, point);
+        assert!(killed.exits_within(Duration::from_secs(60)).await, "{point}: {}", killed.tail());
+        assert!(
+            killed.logs().contains(&format!("failpoint: {point}: aborting")),
+            "{}",
+            killed.tail()
+        );
+    }
+    service = Service::start(&stack, &bus, "");
+    caught_up(&stack, &service, "after three kills of the service").await;
+
+    // PostgreSQL restarted, then killed, mid-stream: its receiver goes with it.
+    docker(&["restart", &stack.db.name]);
+    database_back(&stack).await;
+    caught_up(&stack, &service, "after a restart of PostgreSQL").await;
+    docker(&["kill", &stack.db.name]);
+    docker(&["start", &stack.db.name]);
+    database_back(&stack).await;
+    caught_up(&stack, &service, "after a kill of PostgreSQL").await;
+
+    // NATS gone: shipping needs none of it, and goes on; then back.
+    nats.kill();
+    caught_up(&stack, &service, "while NATS is down").await;
+    nats.start_again();
+    caught_up(&stack, &service, "after NATS came back").await;
+    assert!(service.running(), "the service died with NATS: {}", service.tail());
+
+    // At T the table is dropped; rows go on being written after it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dropped_at = stack.psql("SELECT clock_timestamp()");
+    stack.psql("DROP TABLE items");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed = writer.stop();
+    caught_up(&stack, &service, "at the end").await;
+    let files = no_gap(&stack).await;
+    let (target, before) = rows_before(&stack, &dropped_at);
+    let written: usize = stack.psql("SELECT count(*) FROM rows").parse().unwrap_or_default();
+    eprintln!(
+        "{written} rows written ({failed} inserts failed while PostgreSQL was down), {} before {target}; {} segments shipped",
+        before.len(),
+        files.len()
+    );
+    assert!(before.len() > 50 && before.len() < written, "{} of {written}", before.len());
+
+    // The restore, requested on the bus as the CLI does (after NATS's restart).
+    let done = restore_to(&bus, &id, &rfc3339(target)).await;
+    let EventData::RestoreDone(done) = done.data else {
+        panic!("restore failed: {:?}\n{}", done.data, service.tail())
+    };
+    assert_eq!(done.restored, vec![format!("postgres-base/{}", stack.db.name)]);
+    assert!(done.safety_backup_id.is_some());
+    let ids: Vec<i32> = stack
+        .psql("SELECT id FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(ids, before, "exactly the rows committed before {target}");
+    assert_eq!(stack.db_fingerprint(), items_before, "the dropped table is back");
+    // No gap was ever reported.
+    let failures: Vec<Event> = stored_events(&bus)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type() == "backup.failed")
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    drop(service);
+    stack.destroy_bucket().await;
+}
