@@ -432,7 +432,7 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     use steward_backup::pitr::PointInTime;
-    let (stack, backups, (id, _)) = shipping_stack("pitr-gap").await;
+    let (stack, backups, (id, manifest)) = shipping_stack("pitr-gap").await;
     for i in 0..3 {
         stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
         stack.psql("SELECT pg_switch_wal()");
@@ -478,6 +478,24 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     let e = stack.backups.verify(&id).await.err().unwrap_or_else(|| panic!("a gap verified"));
     assert!(e.reason.contains("WAL is missing"), "{}", e.reason);
 
+    // That segment back, and the one holding the base's end gone instead: the base's own copy
+    // of it ends there, so `latest` would have stopped at the base's end without a word.
+    stack.store.put(&record, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
+    let size = 16u64 << 20;
+    let stop = manifest
+        .components
+        .iter()
+        .find_map(|c| match &c.kind {
+            Kind::PostgresBase { stop_lsn, .. } => steward_backup::wal::parse_lsn(stop_lsn),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no base"));
+    let first = steward_backup::wal::segment_name(1, stop / size, size).unwrap_or_default();
+    assert!(files.contains(&first) && &first != victim, "{first} {victim} {files:?}");
+    stack.store.delete(&format!("{dir}/{first}.json")).await.unwrap_or_else(|e| panic!("{e}"));
+    let reason =
+        refused_unchanged(&stack, &id, latest(), &fingerprint, "WAL missing after the base").await;
+    assert!(reason.contains(&format!("WAL is missing from segment {first}")), "{reason}");
     stack.destroy_bucket().await;
 }
 

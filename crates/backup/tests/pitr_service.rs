@@ -1,9 +1,10 @@
 //! Point-in-time recovery through the real `steward-backup` process: WAL shipping that goes on
 //! across kills of the service (SIGKILL mid-shipping, then aborted twice in a row at the
 //! shipping's kill points), restarts and kills of PostgreSQL and a restart of NATS, while rows
-//! are written; a restore to a time requested on the bus as `steward restore --to-time` does.
-//! Real PostgreSQL, Docker, S3 (the test bed's), and a NATS server of the test's own where it
-//! is restarted.
+//! are written; a restore to a time requested on the bus as `steward restore --to-time` does;
+//! and a gap made behind the service's back, reported critical and followed by a new base
+//! backup, a restore into it refused with nothing changed. Real PostgreSQL, Docker, S3 (the
+//! test bed's), and a NATS server of the test's own where it is restarted.
 
 mod common;
 
@@ -116,6 +117,12 @@ impl Service {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGSTOP or SIGCONT.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
     }
 }
 
@@ -377,6 +384,160 @@ async fn wal_shipping_survives_kills_and_restarts_and_a_restore_to_time_brings_b
         .filter(|e| e.event_type() == "backup.failed")
         .collect();
     assert!(failures.is_empty(), "{failures:?}");
+    drop(service);
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_behind_the_services_back_is_reported_critical_a_new_base_follows_and_a_restore_into_it_is_refused(
+) {
+    let stack = Stack::start_pitr("pitr-hole", Keys::default()).await;
+    let bus = TestBus::new("pitrhole").await;
+    // The least WAL a lost receiver may make the server keep, so the second gap is quick.
+    let service = Service::start_with(&stack, &bus, "", &[("STEWARD_PITR_SLOT_KEEP_MB", "64")]);
+    receiving(&stack, &service).await;
+    let (id, _) = stack.back_up().await;
+    stack.psql("CREATE TABLE a AS SELECT generate_series(1, 1000) AS id");
+    stack.psql("SELECT pg_switch_wal()");
+    caught_up(&stack, &service, "before the gap").await;
+    // Fully verified (base and WAL replayed), so retention keeps it beside the base taken the
+    // same day after the gap (the newest proven backup is always kept).
+    let verified = stack.backups.verify(&id).await.unwrap_or_else(|e| panic!("verify: {e}"));
+    assert!(verified.database_restored);
+
+    // Behind the service's back (stopped meanwhile, so it cannot make a slot in between): the
+    // slot dropped, WAL written and recycled that nobody receives.
+    service.signal("-STOP");
+    let slot = steward_backup::wal::slot_name(&stack.db.name);
+    let mut dropped = false;
+    for _ in 0..20 {
+        let _ = try_psql(&stack, &format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"));
+        if try_psql(&stack, &format!("SELECT pg_drop_replication_slot('{slot}')")).is_some() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(dropped, "could not drop the slot");
+    let mut in_gap = String::new();
+    for i in 0..3 {
+        stack.psql(&format!("CREATE TABLE lost{i} AS SELECT generate_series(1, 1000) AS id"));
+        if i == 0 {
+            in_gap = stack.psql(
+                "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            );
+        }
+        stack.psql("SELECT pg_switch_wal()");
+    }
+    stack.psql("CHECKPOINT");
+    let gap_made = time::OffsetDateTime::now_utc();
+    service.signal("-CONT");
+
+    // A critical failure naming the gap, in a flow of its own; then a new base backup.
+    let context = || service.tail();
+    let (failed_id, failed) =
+        first_event(&bus, Duration::from_secs(60), &context, |e| match &e.data {
+            EventData::BackupFailed(f) => Some((e.id, f.clone())),
+            _ => None,
+        })
+        .await;
+    let prefix = format!("WAL of {}:", stack.db.name);
+    assert!(failed.reason.starts_with(&prefix), "{}", failed.reason);
+    assert!(failed.reason.contains("was never shipped"), "{}", failed.reason);
+    assert!(failed.reason.contains("a new base backup is being taken"), "{}", failed.reason);
+    assert_eq!(failed.backup_id, None);
+    let done = first_event(&bus, Duration::from_secs(120), &context, |e| match &e.data {
+        EventData::BackupDone(d) if e.id != failed_id => Some(d.clone()),
+        _ => None,
+    })
+    .await;
+    assert_ne!(done.backup_id, id);
+    let base = format!("postgres-base/{}", stack.db.name);
+    assert!(done.components.iter().any(|c| c.name == base), "{:?}", done.components);
+    let manifest = stack
+        .backups
+        .resolve(&done.backup_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: \n{}", service.tail()));
+    assert!(manifest.taken_at > gap_made, "the new base predates the gap");
+
+    // A restore of the old base to a time inside the gap: refused, saying so, nothing changed.
+    let fingerprint = stack.db_fingerprint_tables();
+    let refused = restore_to(&bus, &id, &in_gap).await;
+    let EventData::RestoreFailed(refused) = refused.data else {
+        panic!("restored into a gap: {:?}", refused.data)
+    };
+    eprintln!("refused: {}", refused.reason);
+    assert!(
+        refused.reason.contains("has a gap") && refused.reason.contains("nothing was changed"),
+        "{}",
+        refused.reason
+    );
+    assert_eq!(stack.db_fingerprint_tables(), fingerprint);
+    for table in ["a", "lost0", "lost2"] {
+        assert_eq!(stack.psql(&format!("SELECT count(*) FROM {table}")), "1000");
+    }
+    let scratch =
+        docker(&["ps", "-aq", "--filter", &format!("name=steward-pitr-{}", stack.db.name)]);
+    assert_eq!(scratch, "", "the scratch server was left behind");
+
+    // The slot lost instead: its receiver gone with the service away, more WAL written than
+    // the slot may keep (64 MiB). One alarm and one base backup for it, not two.
+    caught_up(&stack, &service, "after the first gap").await;
+    service.signal("-STOP");
+    let active =
+        format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active");
+    for _ in 0..50 {
+        let _ = try_psql(&stack, &format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"));
+        if try_psql(&stack, &active).as_deref() == Some("0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.psql(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1500000) g",
+    );
+    let status = format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    let mut lost = false;
+    for _ in 0..10 {
+        stack.psql("SELECT pg_switch_wal()");
+        stack.psql("CHECKPOINT");
+        if stack.psql(&status) == "lost" {
+            lost = true;
+            break;
+        }
+    }
+    assert!(lost, "the slot is {}", stack.psql(&status));
+    service.signal("-CONT");
+    let lost_failure = |e: &Event| match &e.data {
+        EventData::BackupFailed(f) if f.reason.contains("lost WAL") => Some((e.id, f.clone())),
+        _ => None,
+    };
+    let (second_id, second) =
+        first_event(&bus, Duration::from_secs(60), &context, lost_failure).await;
+    assert!(second.reason.starts_with(&prefix), "{}", second.reason);
+    first_event(&bus, Duration::from_secs(120), &context, |e| match &e.data {
+        EventData::BackupDone(d)
+            if e.id != failed_id && e.id != second_id && d.backup_id != done.backup_id =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    // The new receiver's first segment follows the hole: the same gap, not said again.
+    stack.psql("CREATE TABLE after_lost (id int)");
+    caught_up(&stack, &service, "after the slot was lost").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failures: Vec<String> = stored_events(&bus)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.data {
+            EventData::BackupFailed(f) => Some(f.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:#?}");
     drop(service);
     stack.destroy_bucket().await;
 }
