@@ -204,9 +204,14 @@ impl Backups {
     /// directory into `staging` of the live container, which is not touched otherwise
     /// (`None`: only the proof, what `verify` does). Returns the time of the last transaction
     /// replayed (`none` when there was none).
+    ///
+    /// `wal_of` is the container whose shipped WAL is replayed: the one the backup recorded,
+    /// which a restore onto a rebuilt host may have matched to a container named otherwise
+    /// here (`c`'s container is then the new name; its WAL is still under the old one).
     pub(crate) async fn recover_into(
         &self,
         c: &Component,
+        wal_of: &str,
         pin: Option<&str>,
         to: PointInTime,
         staging: Option<&str>,
@@ -218,7 +223,7 @@ impl Backups {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
         };
         let (files, gap) =
-            self.wal_to_replay(c, container, *timeline, start_lsn, stop_lsn, to).await?;
+            self.wal_to_replay(c, wal_of, *timeline, start_lsn, stop_lsn, to).await?;
         let image = self.scratch_image(c, image, container).await?;
         let name = format!("steward-pitr-{}", manifest::slug(container));
         let replay = format!("{data_dir}/{REPLAY_DIR}");
@@ -258,7 +263,7 @@ impl Backups {
                     let own = format!("{}: ", c.name);
                     let server = f.reason.strip_prefix(&own).unwrap_or(&f.reason);
                     f.reason = format!(
-                        "{}: the shipped WAL of {container} has a gap ({gap}): {t} is in it or after it, and no replay crosses it; restore to a time before the gap, or from a backup taken after it ({server})",
+                        "{}: the shipped WAL of {wal_of} has a gap ({gap}): {t} is in it or after it, and no replay crosses it; restore to a time before the gap, or from a backup taken after it ({server})",
                         c.name
                     );
                 }
