@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    pitr_stack_config, rows_before, segment_number, ship_round, ship_until_current, shipped_files,
-    shipping_stack, Stack, DB_USER,
+    pitr_stack_config, row_ids, rows_before, segment_number, ship_round, ship_until_current,
+    shipped_files, shipping_stack, Stack, DB_USER,
 };
 use steward_backup::encryption::Keys;
 use steward_backup::journal::RestoreJournal;
@@ -342,12 +342,7 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     .await
     .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
     assert_eq!(restored.restored, vec![format!("postgres-base/{}", stack.db.name)]);
-    let ids: Vec<i32> = stack
-        .psql("SELECT id FROM rows ORDER BY id")
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    assert_eq!(ids, before, "exactly the rows committed before {target}");
+    assert_eq!(row_ids(&stack), before, "exactly the rows committed before {target}");
     assert_eq!(stack.db_fingerprint(), items_before, "the dropped table is back");
     // A new timeline: the restored server is on its own history from now on.
     let timeline = stack.psql("SELECT timeline_id FROM pg_control_checkpoint()");

@@ -8,177 +8,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{rows_before, segment_number, shipped_files, Stack, DB_USER};
+use common::service::{caught_up, receiving, try_psql, until, Service};
+use common::{row_ids, rows_before, segment_number, shipped_files, Stack, DB_USER};
 use steward_backup::encryption::Keys;
 use steward_events::{Event, EventData, RestoreRequested, RestoreScope};
 use steward_testkit::docker::docker;
-use steward_testkit::{stored_events, testbed, unique_name, NatsServer, TestBus};
-
-/// `steward-backup` as a process of its own, serving `stack`'s scope and bucket; killed on
-/// drop.
-struct Service {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Service {
-    /// Started with `failpoints` (`STEWARD_FAILPOINTS`: an empty value logs every point passed),
-    /// a 4 s lag bound (the shipper looks every second); returns once it consumes.
-    fn start(stack: &Stack, bus: &steward_bus::Bus, failpoints: &str) -> Self {
-        Self::start_with(stack, bus, failpoints, &[])
-    }
-
-    /// [`Service::start`] with `extra` settings.
-    fn start_with(
-        stack: &Stack,
-        bus: &steward_bus::Bus,
-        failpoints: &str,
-        extra: &[(&str, &str)],
-    ) -> Self {
-        let require = testbed::require;
-        let ns = bus.namespace();
-        let log = std::env::temp_dir().join(unique_name("steward-backup")).with_extension("log");
-        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_steward-backup"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(std::env::var("DOCKER_HOST").ok().map(|h| ("DOCKER_HOST", h)))
-            .envs([
-                ("STEWARD_NATS_URL", bus.config().url.clone()),
-                ("STEWARD_STREAM", ns.stream.clone()),
-                ("STEWARD_SUBJECT_PREFIX", ns.prefix.clone()),
-                ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{}", steward_testkit::free_port())),
-                ("STEWARD_SCOPE", stack.scope.clone()),
-                ("STEWARD_S3_BUCKET", stack.store.bucket().to_owned()),
-                ("STEWARD_S3_PREFIX", "backups".into()),
-                ("STEWARD_S3_ENDPOINT", require("STEWARD_TEST_S3_ENDPOINT")),
-                ("AWS_ACCESS_KEY_ID", require("STEWARD_TEST_S3_ACCESS_KEY")),
-                ("AWS_SECRET_ACCESS_KEY", require("STEWARD_TEST_S3_SECRET_KEY")),
-                ("AWS_REGION", "us-east-1".into()),
-                (steward_store::signing::ENV_SIGNING_KEY, common::signing_key().to_pem()),
-                ("STEWARD_PITR_MAX_LAG", "4s".into()),
-                // Only what the test asks for: no scheduled backup in a run.
-                ("STEWARD_BACKUP_SCHEDULE", "0 3 1 1 *".into()),
-                ("STEWARD_BACKUP_STOP_TIMEOUT", "5s".into()),
-                ("STEWARD_RESTORE_HEALTH_TIMEOUT", "60s".into()),
-                ("STEWARD_FAILPOINTS", failpoints.into()),
-            ])
-            .envs(extra.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("steward-backup: {e}"));
-        let service = Self { child, log };
-        let started = Instant::now();
-        while !service.logs().contains("\"consuming\"") {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "not consuming: {}",
-                service.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        service
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The last lines logged, for a failure's message.
-    fn tail(&self) -> String {
-        let logs = self.logs();
-        let lines: Vec<&str> = logs.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Waits up to `bound` for the process to end by itself (a failpoint's abort).
-    async fn exits_within(&mut self, bound: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < bound {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGSTOP or SIGCONT.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
-        assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// Polls `probe` every 200 ms until it holds, for at most `bound`; panics with `what` and
-/// `context()` otherwise.
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    bound: Duration,
-    context: &dyn Fn() -> String,
-    mut probe: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !probe().await {
-        assert!(started.elapsed() < bound, "{what} not within {bound:?}:\n{}", context());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until the segment holding everything committed so far has its signed record in the
-/// bucket: shipping works, and has caught up.
-async fn caught_up(stack: &Stack, service: &Service, when: &str) {
-    let file = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
-    let (what, file) = (format!("{file} shipped ({when})"), &file);
-    until(&what, Duration::from_secs(60), &|| service.tail(), || async move {
-        stack.backups.wal_record(&stack.db.name, file).await.ok().flatten().is_some()
-    })
-    .await;
-}
-
-/// Waits until the shipper's slot is held by a running receiver.
-async fn receiving(stack: &Stack, service: &Service) {
-    let slot = steward_backup::wal::slot_name(&stack.db.name);
-    let sql =
-        format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active");
-    let sql = &sql;
-    until("the receiver", Duration::from_secs(30), &|| service.tail(), || async move {
-        try_psql(stack, sql).as_deref() == Some("1")
-    })
-    .await;
-}
-
-/// `psql` that may fail (the server is restarting): its output, or None.
-fn try_psql(stack: &Stack, sql: &str) -> Option<String> {
-    let out = Command::new("docker")
-        .args(["exec", &stack.db.name, "psql", "-U", DB_USER, "-d", DB_USER, "-tAc", sql])
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
+use steward_testkit::{stored_events, NatsServer, TestBus};
 
 async fn database_back(stack: &Stack) {
     until("PostgreSQL back", Duration::from_secs(60), &String::new, || async move {
@@ -370,12 +210,7 @@ async fn wal_shipping_survives_kills_and_restarts_and_a_restore_to_time_brings_b
     };
     assert_eq!(done.restored, vec![format!("postgres-base/{}", stack.db.name)]);
     assert!(done.safety_backup_id.is_some());
-    let ids: Vec<i32> = stack
-        .psql("SELECT id FROM rows ORDER BY id")
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    assert_eq!(ids, before, "exactly the rows committed before {target}");
+    assert_eq!(row_ids(&stack), before, "exactly the rows committed before {target}");
     assert_eq!(stack.db_fingerprint(), items_before, "the dropped table is back");
     // No gap was ever reported.
     let failures: Vec<Event> = stored_events(&bus)

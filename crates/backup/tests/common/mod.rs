@@ -3,6 +3,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod service;
+
 use std::time::Duration;
 
 use steward_backup::config::BackupConfig;
@@ -325,4 +327,27 @@ pub fn rows_before(stack: &Stack, dropped_at: &str) -> (time::OffsetDateTime, Ve
     };
     let target = a + (b - a) / 2;
     (target, before)
+}
+
+/// The ids in table `rows`, in order.
+pub fn row_ids(stack: &Stack) -> Vec<i32> {
+    stack
+        .psql("SELECT id FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// What a `steward-backup` process needs to use `stack`'s bucket, signing as these tests'
+/// backups are signed.
+pub fn bucket_env(stack: &Stack) -> Vec<(&'static str, String)> {
+    vec![
+        ("STEWARD_S3_BUCKET", stack.store.bucket().to_owned()),
+        ("STEWARD_S3_PREFIX", "backups".into()),
+        ("STEWARD_S3_ENDPOINT", testbed::require("STEWARD_TEST_S3_ENDPOINT")),
+        ("AWS_ACCESS_KEY_ID", testbed::require("STEWARD_TEST_S3_ACCESS_KEY")),
+        ("AWS_SECRET_ACCESS_KEY", testbed::require("STEWARD_TEST_S3_SECRET_KEY")),
+        ("AWS_REGION", "us-east-1".into()),
+        (steward_store::signing::ENV_SIGNING_KEY, signing_key().to_pem()),
+    ]
 }
