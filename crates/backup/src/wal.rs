@@ -39,6 +39,10 @@ const MAX_RECORD: usize = 64 << 10;
 /// The first page's long header: an insert position this far into a segment means nothing
 /// was written in it yet.
 const LONG_PAGE_HEADER: u64 = 40;
+/// After `pg_switch_wal()`, how long the round waits for the closed segment: up to
+/// `SWITCHED_POLLS` looks at the spool, `SWITCHED_POLL` apart.
+const SWITCHED_POLLS: u32 = 20;
+const SWITCHED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// What the receiver runs as: the owner of the data directory in the official image.
 const OS_USER: &str = "postgres";
 
@@ -188,18 +192,44 @@ impl Backups {
             self.start_receiver(&what, name, &login, &spool, &slot_name).await?;
             shipped.receiver_started = true;
         }
-        for file in self.spooled(&what, name, &spool).await? {
+        self.ship_spooled(&what, name, &spool, state, &mut shipped).await?;
+        shipped.switched = self.switch_if_waiting(&what, name, &login, state).await?;
+        if shipped.switched {
+            // The segment just closed reaches the spool within moments: shipped in this round,
+            // not a tick later (a tick is up to a tenth of the lag bound).
+            for _ in 0..SWITCHED_POLLS {
+                tokio::time::sleep(SWITCHED_POLL).await;
+                if self.ship_spooled(&what, name, &spool, state, &mut shipped).await? {
+                    break;
+                }
+            }
+        }
+        Ok(shipped)
+    }
+
+    /// Ships every complete file in the spool, oldest first, into `shipped`; whether there was
+    /// any.
+    async fn ship_spooled(
+        &self,
+        what: &str,
+        name: &str,
+        spool: &str,
+        state: &mut ShipState,
+        shipped: &mut Shipped,
+    ) -> Result<bool, Failure> {
+        let files = self.spooled(what, name, spool).await?;
+        let any = !files.is_empty();
+        for file in files {
             if let Some(missing) = self.missing_before(name, &file, state).await? {
                 shipped.gap.get_or_insert(format!(
                     "segment {missing} was never shipped, {file} follows it"
                 ));
             }
-            if self.ship_file(&what, name, &spool, &file).await? {
+            if self.ship_file(what, name, spool, &file).await? {
                 shipped.uploaded.push(file);
             }
         }
-        shipped.switched = self.switch_if_waiting(&what, name, &login, state).await?;
-        Ok(shipped)
+        Ok(any)
     }
 
     /// Runs `sql` as the container's user; its output lines.
