@@ -32,7 +32,7 @@ use crate::backup::{Backups, Failure};
 use crate::pipeline;
 use crate::restore::psql;
 use crate::targets::Target;
-use crate::wal::{segment_index, wal_dir, wal_file_timeline};
+use crate::wal::{segment_index, segment_name, wal_dir, wal_file_timeline};
 
 /// Where the WAL to replay is put in the scratch server's data directory (left out of what
 /// is copied back).
@@ -204,18 +204,26 @@ impl Backups {
     /// directory into `staging` of the live container, which is not touched otherwise
     /// (`None`: only the proof, what `verify` does). Returns the time of the last transaction
     /// replayed (`none` when there was none).
+    ///
+    /// `wal_of` is the container whose shipped WAL is replayed: the one the backup recorded,
+    /// which a restore onto a rebuilt host may have matched to a container named otherwise
+    /// here (`c`'s container is then the new name; its WAL is still under the old one).
     pub(crate) async fn recover_into(
         &self,
         c: &Component,
+        wal_of: &str,
         pin: Option<&str>,
         to: PointInTime,
         staging: Option<&str>,
     ) -> Result<String, Failure> {
-        let Kind::PostgresBase { container, image, data_dir, timeline, start_lsn, .. } = &c.kind
+        let Kind::PostgresBase {
+            container, image, data_dir, timeline, start_lsn, stop_lsn, ..
+        } = &c.kind
         else {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
         };
-        let files = self.wal_to_replay(c, container, *timeline, start_lsn, to).await?;
+        let (files, gap) =
+            self.wal_to_replay(c, wal_of, *timeline, start_lsn, stop_lsn, to).await?;
         let image = self.scratch_image(c, image, container).await?;
         let name = format!("steward-pitr-{}", manifest::slug(container));
         let replay = format!("{data_dir}/{REPLAY_DIR}");
@@ -247,20 +255,36 @@ impl Backups {
         if let Err(e) = self.engine.remove(&scratch, true).await {
             tracing::warn!(container = %name, error = %e, "could not remove the scratch server");
         }
-        result
+        result.map_err(|mut f| {
+            // The server's own words ("recovery ended before configured recovery target was
+            // reached") do not say why: a hole in the shipped WAL the target lies in or after.
+            if let (Some(gap), PointInTime::At(t)) = (&gap, to) {
+                if f.stderr_tail.iter().any(|l| l.contains("before configured recovery target")) {
+                    let own = format!("{}: ", c.name);
+                    let server = f.reason.strip_prefix(&own).unwrap_or(&f.reason);
+                    f.reason = format!(
+                        "{}: the shipped WAL of {wal_of} has a gap ({gap}): {t} is in it or after it, and no replay crosses it; restore to a time before the gap, or from a backup taken after it ({server})",
+                        c.name
+                    );
+                }
+            }
+            f
+        })
     }
 
     /// The WAL files to replay on base backup `c`: its timeline's segments from its start
-    /// on, as long as they follow each other (the first missing one ends what can be
-    /// replayed), and every later timeline's history and segments.
+    /// on, as long as they follow each other from the one holding its end on (the base's own
+    /// copy of that one may end at the base's end; the first missing one ends what can be
+    /// replayed, and is the second value), and every later timeline's history and segments.
     async fn wal_to_replay(
         &self,
         c: &Component,
         container: &str,
         timeline: u32,
         start_lsn: &str,
+        stop_lsn: &str,
         to: PointInTime,
-    ) -> Result<Vec<Component>, Failure> {
+    ) -> Result<(Vec<Component>, Option<String>), Failure> {
         let dir = wal_dir(container);
         let listed = self.reading.list_objects(&dir).await.map_err(Failure::plain)?;
         let mut names: Vec<String> = listed
@@ -272,8 +296,11 @@ impl Backups {
         names.sort();
         let start = crate::wal::parse_lsn(start_lsn)
             .ok_or_else(|| Failure::plain(format!("{}: unreadable start {start_lsn}", c.name)))?;
+        let stop = crate::wal::parse_lsn(stop_lsn)
+            .ok_or_else(|| Failure::plain(format!("{}: unreadable end {stop_lsn}", c.name)))?;
         let mut files = vec![];
         let mut expected: Option<u64> = None;
+        let mut gap = None;
         for name in names {
             let record = self
                 .wal_record(container, &name)
@@ -284,8 +311,13 @@ impl Backups {
                 if number.saturating_add(1).saturating_mul(record.raw_size) <= start {
                     continue; // before the base
                 }
-                match expected {
+                // The segment holding the base's end is the first that must be shipped: a
+                // replay starting later would end, silently for `latest`, at the base's end.
+                let first = stop.checked_div(record.raw_size).unwrap_or(u64::MAX);
+                match expected.or(Some(number.min(first))) {
                     Some(e) if number != e => {
+                        let e = segment_name(timeline, e, record.raw_size)
+                            .unwrap_or_else(|| e.to_string());
                         // `latest` would silently stop short of the newest WAL shipped.
                         if to == PointInTime::Latest {
                             return Err(Failure::plain(format!(
@@ -293,7 +325,8 @@ impl Backups {
                                 c.name
                             )));
                         }
-                        tracing::warn!(component = %c.name, missing_from = e, "WAL missing: the replay ends before it");
+                        tracing::warn!(component = %c.name, missing_from = %e, "WAL missing: the replay ends before it");
+                        gap = Some(format!("segment {e} and on missing, {name} follows"));
                         break;
                     }
                     _ => expected = Some(number.saturating_add(1)),
@@ -301,7 +334,7 @@ impl Backups {
             }
             files.push(record);
         }
-        Ok(files)
+        Ok((files, gap))
     }
 
     async fn recover_in(

@@ -25,6 +25,10 @@ use crate::journal::{RestoreJournal, SwapState};
 use crate::pipeline;
 use crate::verify::{wait_ready, Pins};
 
+/// Per base backup component (by name), the container whose shipped WAL a point-in-time
+/// restore replays: the one the backup recorded.
+type WalOf = std::collections::BTreeMap<String, String>;
+
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restored {
@@ -210,6 +214,16 @@ impl Backups {
             (false, _) => id.to_owned(),
         };
         let manifest = self.resolve_allowing(&id, allow_unsigned).await.map_err(Failure::plain)?;
+        // Shipped WAL is kept under the container the backup recorded, whatever the matching
+        // below names it here.
+        let wal_of: WalOf = manifest
+            .components
+            .iter()
+            .filter_map(|c| match &c.kind {
+                Kind::PostgresBase { container, .. } => Some((c.name.clone(), container.clone())),
+                _ => None,
+            })
+            .collect();
         // A swap an interrupted attempt began is finished whatever holds now: stopping there
         // would leave the data half swapped. That attempt checked everything before it began.
         let committed = journal.record.swap.as_ref().is_some_and(|s| s.state != SwapState::Loading);
@@ -312,7 +326,8 @@ impl Backups {
         if result.is_ok() {
             let total = chosen.iter().map(|c| c.raw_size).sum();
             self.meter.phase("restoring", Some(total));
-            result = self.restore_components(&chosen, &pins, options.to_time, journal).await;
+            let replay = options.to_time.map(|to| (to, &wal_of));
+            result = self.restore_components(&chosen, &pins, replay, journal).await;
         }
         // Started again whatever happened: a failed restore must not leave the stack down.
         // Database servers first: the apps need them.
@@ -363,7 +378,7 @@ impl Backups {
         &self,
         chosen: &[&Component],
         pins: &Pins,
-        to_time: Option<crate::pitr::PointInTime>,
+        replay: Option<(crate::pitr::PointInTime, &WalOf)>,
         journal: &mut RestoreJournal,
     ) -> Result<Vec<String>, Failure> {
         let state = journal.record.swap.as_ref().map(|s| s.state);
@@ -373,7 +388,7 @@ impl Backups {
                 .await
                 .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
             steward_failpoints::failpoint!("restore:loading");
-            if let Err(mut f) = self.load_all(chosen, pins, to_time, &tag).await {
+            if let Err(mut f) = self.load_all(chosen, pins, replay, &tag).await {
                 for c in chosen {
                     if let Err(e) = self.discard_copy(c, &tag).await {
                         tracing::warn!(component = %c.name, error = %e, "could not remove the restore's copy");
@@ -412,7 +427,7 @@ impl Backups {
         &self,
         chosen: &[&Component],
         pins: &Pins,
-        to_time: Option<crate::pitr::PointInTime>,
+        replay: Option<(crate::pitr::PointInTime, &WalOf)>,
         tag: &str,
     ) -> Result<(), Failure> {
         for c in chosen {
@@ -427,9 +442,10 @@ impl Backups {
                     steward_failpoints::failpoint!("restore:path_loaded");
                 }
                 Kind::PostgresBase { container, data_dir, .. } => {
-                    match to_time {
+                    match replay {
                         None => self.load_base(c, container, data_dir, pin, tag).await?,
-                        Some(to) => {
+                        Some((to, wal_of)) => {
+                            let wal_of = wal_of.get(&c.name).unwrap_or(container);
                             let side = self.base_sides(c, container, data_dir, tag).await?;
                             self.in_volumes(
                                 c,
@@ -439,7 +455,7 @@ impl Backups {
                                 "preparing the restore's copy",
                             )
                             .await?;
-                            self.recover_into(c, pin, to, Some(&side.staging)).await?;
+                            self.recover_into(c, wal_of, pin, to, Some(&side.staging)).await?;
                             self.in_volumes(
                                 c,
                                 container,

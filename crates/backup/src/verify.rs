@@ -51,9 +51,9 @@ impl Backups {
                 }
                 // The base with every shipped WAL file replayed in a scratch server: what a
                 // restore to `latest` would build (a gap fails it).
-                Kind::PostgresBase { .. } => {
+                Kind::PostgresBase { container, .. } => {
                     let latest = crate::pitr::PointInTime::Latest;
-                    let replayed = self.recover_into(c, None, latest, None).await?;
+                    let replayed = self.recover_into(c, container, None, latest, None).await?;
                     tracing::info!(backup = %id, component = %c.name, last_replayed_transaction = %replayed, "base backup and WAL replayed");
                     database_restored = true;
                 }

@@ -39,6 +39,10 @@ const MAX_RECORD: usize = 64 << 10;
 /// The first page's long header: an insert position this far into a segment means nothing
 /// was written in it yet.
 const LONG_PAGE_HEADER: u64 = 40;
+/// After `pg_switch_wal()`, how long the round waits for the closed segment: up to
+/// `SWITCHED_POLLS` looks at the spool, `SWITCHED_POLL` apart.
+const SWITCHED_POLLS: u32 = 20;
+const SWITCHED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// What the receiver runs as: the owner of the data directory in the official image.
 const OS_USER: &str = "postgres";
 
@@ -90,6 +94,10 @@ pub struct ShipState {
     waiting: HashMap<String, (u64, Instant)>,
     /// Per container: the last segment it shipped or found shipped.
     last: HashMap<String, String>,
+    /// Per container whose slot was found `lost` (its gap reported): the server's segment
+    /// then. The new receiver starts at or before it, so a hole found up to it is the one
+    /// reported, not a second (which would be a second alarm and a second base backup).
+    reported: HashMap<String, String>,
 }
 
 /// What one round did.
@@ -143,6 +151,13 @@ impl Backups {
         self.keep_at_most(&what, name, &login).await?;
         let mut slot = self.slot(&what, name, &login, &slot_name).await?;
         if slot.as_ref().is_some_and(|s| s.wal_status == "lost") {
+            let sql = "SELECT pg_walfile_name(pg_current_wal_insert_lsn())";
+            let now = self.sql(&what, name, &login, sql).await?;
+            if let Some(now) =
+                now.last().map(|l| l.trim()).filter(|l| wal_file_timeline(l).is_some())
+            {
+                state.reported.insert(name.clone(), now.to_owned());
+            }
             shipped.gap = Some(format!(
                 "the replication slot {slot_name} lost WAL the shipper had not received (more than {} MiB waited)",
                 self.config.pitr.slot_keep_mb
@@ -177,18 +192,44 @@ impl Backups {
             self.start_receiver(&what, name, &login, &spool, &slot_name).await?;
             shipped.receiver_started = true;
         }
-        for file in self.spooled(&what, name, &spool).await? {
+        self.ship_spooled(&what, name, &spool, state, &mut shipped).await?;
+        shipped.switched = self.switch_if_waiting(&what, name, &login, state).await?;
+        if shipped.switched {
+            // The segment just closed reaches the spool within moments: shipped in this round,
+            // not a tick later (a tick is up to a tenth of the lag bound).
+            for _ in 0..SWITCHED_POLLS {
+                tokio::time::sleep(SWITCHED_POLL).await;
+                if self.ship_spooled(&what, name, &spool, state, &mut shipped).await? {
+                    break;
+                }
+            }
+        }
+        Ok(shipped)
+    }
+
+    /// Ships every complete file in the spool, oldest first, into `shipped`; whether there was
+    /// any.
+    async fn ship_spooled(
+        &self,
+        what: &str,
+        name: &str,
+        spool: &str,
+        state: &mut ShipState,
+        shipped: &mut Shipped,
+    ) -> Result<bool, Failure> {
+        let files = self.spooled(what, name, spool).await?;
+        let any = !files.is_empty();
+        for file in files {
             if let Some(missing) = self.missing_before(name, &file, state).await? {
                 shipped.gap.get_or_insert(format!(
                     "segment {missing} was never shipped, {file} follows it"
                 ));
             }
-            if self.ship_file(&what, name, &spool, &file).await? {
+            if self.ship_file(what, name, spool, &file).await? {
                 shipped.uploaded.push(file);
             }
         }
-        shipped.switched = self.switch_if_waiting(&what, name, &login, state).await?;
-        Ok(shipped)
+        Ok(any)
     }
 
     /// Runs `sql` as the container's user; its output lines.
@@ -380,6 +421,14 @@ impl Backups {
         }
         let previous = previous_segment(file);
         let known = state.last.insert(container.to_owned(), file.to_owned());
+        let reported = match state.reported.get(container) {
+            Some(upto) if file <= upto.as_str() => true,
+            Some(_) => {
+                state.reported.remove(container);
+                false
+            }
+            None => false,
+        };
         let Some(previous) = previous else { return Ok(None) };
         if known.as_deref() == Some(previous.as_str()) {
             return Ok(None);
@@ -394,6 +443,11 @@ impl Backups {
                 .and_then(|n| n.strip_suffix(".json"))
                 .is_some_and(|n| n.len() == 24 && n[..8] == file[..8] && n < file)
         });
+        if earlier && reported {
+            // The lost slot's hole, reported already.
+            state.reported.remove(container);
+            return Ok(None);
+        }
         Ok(earlier.then_some(previous))
     }
 
@@ -558,6 +612,15 @@ pub fn segment_index(name: &str, size: u64) -> Option<u64> {
     log.checked_mul(per_log)?.checked_add(seg)
 }
 
+/// The name of segment `index` (of `size` bytes) of `timeline`: the inverse of
+/// [`segment_index`].
+pub fn segment_name(timeline: u32, index: u64, size: u64) -> Option<String> {
+    let per_log = 0x1_0000_0000u64.checked_div(size).filter(|n| *n > 0)?;
+    let log = u32::try_from(index / per_log).ok()?;
+    let seg = u32::try_from(index % per_log).ok()?;
+    Some(format!("{timeline:08X}{log:08X}{seg:08X}"))
+}
+
 /// The name of the segment before `file` on its timeline, for the default 16 MiB segments
 /// (256 a log file); None for the first or a name that is not a segment's.
 fn previous_segment(file: &str) -> Option<String> {
@@ -625,6 +688,13 @@ mod tests {
         assert_eq!(p("000000020000000100000000").as_deref(), Some("0000000200000000000000FF"));
         assert_eq!(p("000000010000000000000000"), None);
         assert_eq!(p("00000002.history"), None);
+        let mib16 = 16 << 20;
+        for name in ["000000010000000000000003", "0000000200000001000000FF"] {
+            let index = segment_index(name, mib16).unwrap_or_default();
+            let tl = wal_file_timeline(name).unwrap_or_default();
+            assert_eq!(segment_name(tl, index, mib16).as_deref(), Some(name));
+        }
+        assert_eq!(segment_name(1, 3, 0), None);
     }
 
     #[test]

@@ -26,6 +26,16 @@ fn name(naming: Naming, project: &str, service: &str) -> String {
 
 /// The database and the app of compose project `project`, as compose would make them.
 fn compose_pair(naming: Naming, scope: &str, project: &str) -> (Container, Container) {
+    compose_pair_with(naming, scope, project, &[])
+}
+
+/// [`compose_pair`], the database with `db_extra` labels too.
+fn compose_pair_with(
+    naming: Naming,
+    scope: &str,
+    project: &str,
+    db_extra: &[&str],
+) -> (Container, Container) {
     let labels = |service: &str| {
         vec![
             format!("steward.scope={scope}"),
@@ -35,6 +45,7 @@ fn compose_pair(naming: Naming, scope: &str, project: &str) -> (Container, Conta
     };
     let mut db_labels = labels("db");
     db_labels.push("steward.backup.postgres=true".into());
+    db_labels.extend(db_extra.iter().map(|l| l.to_string()));
     let db_labels: Vec<&str> = db_labels.iter().map(String::as_str).collect();
     let db = postgres(&name(naming, project, "db"), &db_labels, DB_USER);
     (db, app_container(naming, project, "app", &labels("app")))
@@ -167,5 +178,47 @@ async fn no_container_or_two_for_a_service_is_a_refusal_that_changes_nothing() {
     assert_eq!(psql(&db, "SELECT count(*) FROM pg_tables WHERE tablename = 'kept'"), "1");
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &one.name]), "true");
     drop((db, one, two));
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_point_in_time_restore_onto_a_rebuilt_host_replays_the_wal_shipped_under_the_old_name() {
+    use steward_backup::journal::RestoreJournal;
+    use steward_backup::pitr::PointInTime;
+    use steward_backup::restore::{Busy, RestoreOptions};
+    let stack = bare_stack("cnamespitr").await;
+    let project = unique_name("proj").replace('-', "");
+    let pitr = ["steward.backup.pitr=true"];
+    let (db, app) = compose_pair_with(Naming::V1, &stack.scope, &project, &pitr);
+    let backups = common::pitr_stack_config(&stack);
+    common::ship_round(&backups, &mut Default::default()).await;
+    let (id, _) = stack.back_up().await;
+    // Committed after the base: only the shipped WAL, under the v1 name, holds it.
+    psql(&db, "CREATE TABLE after_base AS SELECT generate_series(1, 300) AS id");
+    common::ship_until_current_of(&db.name, &backups).await;
+    drop((db, app));
+
+    // The rebuilt host: compose v2 names, a fresh cluster; nothing shipped under these names.
+    let (db, app) = compose_pair_with(Naming::V2, &stack.scope, &project, &pitr);
+    let options =
+        RestoreOptions { physical: true, to_time: Some(PointInTime::Latest), ..Default::default() };
+    let restored = stack
+        .backups
+        .restore_journaled(
+            &id,
+            RestoreScope::Db,
+            options,
+            &Busy::new(),
+            &mut RestoreJournal::none(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
+    assert_eq!(
+        restored.restored,
+        vec![format!("postgres-base/{}", name(Naming::V1, &project, "db"))]
+    );
+    assert_eq!(psql(&db, "SELECT count(*) FROM pg_tables WHERE tablename = 'after_base'"), "1");
+    assert_eq!(psql(&db, "SELECT count(*) FROM after_base"), "300");
+    drop((db, app));
     stack.destroy_bucket().await;
 }

@@ -190,20 +190,10 @@ async fn a_replaced_or_missing_chunk_or_index_is_refused_before_anything_is_touc
 /// `steward-backup gc` on the stack's bucket, with `failpoints` armed: whether it exited 0,
 /// and its stderr.
 fn gc(stack: &Stack, failpoints: &str) -> (bool, String) {
-    let require = steward_testkit::testbed::require;
-    let signing = common::signing_key();
     let out = Command::new(env!("CARGO_BIN_EXE_steward-backup"))
         .env_clear()
-        .envs([
-            ("STEWARD_S3_BUCKET", stack.store.bucket().to_owned()),
-            ("STEWARD_S3_PREFIX", "backups".into()),
-            ("STEWARD_S3_ENDPOINT", require("STEWARD_TEST_S3_ENDPOINT")),
-            ("AWS_ACCESS_KEY_ID", require("STEWARD_TEST_S3_ACCESS_KEY")),
-            ("AWS_SECRET_ACCESS_KEY", require("STEWARD_TEST_S3_SECRET_KEY")),
-            ("AWS_REGION", "us-east-1".into()),
-            ("STEWARD_BACKUP_SIGNING_KEY", signing.to_pem()),
-            ("STEWARD_FAILPOINTS", failpoints.into()),
-        ])
+        .envs(common::bucket_env(stack))
+        .env("STEWARD_FAILPOINTS", failpoints)
         .arg("gc")
         .output()
         .unwrap_or_else(|e| panic!("steward-backup gc: {e}"));

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{Stack, DB_USER};
+use common::{
+    pitr_stack_config, row_ids, rows_before, segment_number, ship_round, ship_until_current,
+    shipped_files, shipping_stack, Stack, DB_USER,
+};
 use steward_backup::encryption::Keys;
 use steward_backup::journal::RestoreJournal;
 use steward_backup::restore::{Busy, RestoreOptions};
@@ -172,61 +175,6 @@ async fn a_plain_restore_uses_the_dump_and_leaves_the_cluster_alone() {
     stack.destroy_bucket().await;
 }
 
-/// The WAL files (`pg_wal` names) of `container` with a record in the bucket, sorted.
-async fn shipped_files(stack: &Stack) -> Vec<String> {
-    let dir = steward_backup::wal::wal_dir(&stack.db.name);
-    let mut files: Vec<String> = stack
-        .store
-        .list_objects(&dir)
-        .await
-        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
-        .iter()
-        .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json").map(String::from))
-        .collect();
-    files.sort();
-    files
-}
-
-/// Segment numbers (log and segment parts) of timeline-1 segment names, to check they follow
-/// each other.
-fn segment_number(file: &str) -> Option<u64> {
-    let log = u64::from_str_radix(file.get(8..16)?, 16).ok()?;
-    let seg = u64::from_str_radix(file.get(16..24)?, 16).ok()?;
-    // 16 MiB segments: 256 a log file.
-    Some(log * 256 + seg)
-}
-
-/// One shipping round, which must succeed for every container.
-async fn ship_round(
-    backups: &steward_backup::Backups,
-    state: &mut steward_backup::wal::ShipState,
-) -> Vec<(String, Result<steward_backup::wal::Shipped, steward_backup::Failure>)> {
-    let rounds = backups.ship_all(state).await.unwrap_or_else(|e| panic!("{e}"));
-    for (container, round) in &rounds {
-        if let Err(e) = round {
-            panic!("shipping {container} failed: {e} {:?}", e.stderr_tail);
-        }
-    }
-    rounds
-}
-
-/// A pitr stack shipping its WAL (the slot made first), and its first backup with the base.
-async fn shipping_stack(
-    tag: &str,
-) -> (Stack, steward_backup::Backups, (String, steward_store::manifest::Manifest)) {
-    let stack = Stack::start_pitr(tag, Keys::default()).await;
-    let backups = pitr_stack_config(&stack);
-    ship_round(&backups, &mut Default::default()).await;
-    let backup = stack.back_up().await;
-    (stack, backups, backup)
-}
-
-fn pitr_stack_config(stack: &Stack) -> steward_backup::Backups {
-    let mut config = stack.backups.config().clone();
-    config.pitr.max_lag = std::time::Duration::from_secs(4);
-    steward_backup::Backups::new(steward_engine::Engine::from_env(), stack.store.clone(), config)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn wal_is_shipped_signed_within_the_lag_across_a_database_restart() {
     use std::time::{Duration, Instant};
@@ -334,20 +282,6 @@ async fn wal_is_shipped_signed_within_the_lag_across_a_database_restart() {
     stack.destroy_bucket().await;
 }
 
-/// Ships rounds until the segment holding everything committed so far is in the bucket.
-async fn ship_until_current(stack: &Stack, backups: &steward_backup::Backups) {
-    let mut state = steward_backup::wal::ShipState::default();
-    let file = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
-    for _ in 0..120 {
-        ship_round(backups, &mut state).await;
-        if backups.wal_record(&stack.db.name, &file).await.ok().flatten().is_some() {
-            return;
-        }
-        tokio::time::sleep(backups.config().pitr.tick()).await;
-    }
-    panic!("{file} not shipped after 120 rounds");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -392,32 +326,7 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     shipper.await.unwrap_or_else(|e| panic!("shipper: {e}"));
     ship_until_current(&stack, &backups).await;
 
-    // T - 1 s, moved to the middle between the two commits around it, so "before" is exact.
-    let all: Vec<(i32, String)> = stack
-        .psql("SELECT id || '|' || to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM rows ORDER BY id")
-        .lines()
-        .filter_map(|l| {
-            let (id, at) = l.split_once('|')?;
-            Some((id.parse().ok()?, at.to_owned()))
-        })
-        .collect();
-    let parse = |s: &str| {
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|e| panic!("{s}: {e}"))
-    };
-    let dropped = parse(
-        &stack.psql(&format!(
-            "SELECT to_char(timestamptz '{dropped_at}' AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-        )),
-    );
-    let wanted = dropped - time::Duration::seconds(1);
-    let before: Vec<i32> = all.iter().filter(|(_, at)| parse(at) <= wanted).map(|r| r.0).collect();
-    let last_before = all.iter().rfind(|(_, at)| parse(at) <= wanted).map(|r| parse(&r.1));
-    let first_after = all.iter().find(|(_, at)| parse(at) > wanted).map(|r| parse(&r.1));
-    let (Some(a), Some(b)) = (last_before, first_after) else {
-        panic!("no commits around {wanted}: {all:?}")
-    };
-    let target = a + (b - a) / 2;
+    let (target, before) = rows_before(&stack, &dropped_at);
     assert!(before.len() >= 10 && before.len() < 39, "{before:?}");
 
     let restored = restore_db(
@@ -433,12 +342,7 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     .await
     .unwrap_or_else(|e| panic!("restore failed: {e} {:?}", e.stderr_tail));
     assert_eq!(restored.restored, vec![format!("postgres-base/{}", stack.db.name)]);
-    let ids: Vec<i32> = stack
-        .psql("SELECT id FROM rows ORDER BY id")
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    assert_eq!(ids, before, "exactly the rows committed before {target}");
+    assert_eq!(row_ids(&stack), before, "exactly the rows committed before {target}");
     assert_eq!(stack.db_fingerprint(), items_before, "the dropped table is back");
     // A new timeline: the restored server is on its own history from now on.
     let timeline = stack.psql("SELECT timeline_id FROM pg_control_checkpoint()");
@@ -523,7 +427,7 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     use steward_backup::pitr::PointInTime;
-    let (stack, backups, (id, _)) = shipping_stack("pitr-gap").await;
+    let (stack, backups, (id, manifest)) = shipping_stack("pitr-gap").await;
     for i in 0..3 {
         stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
         stack.psql("SELECT pg_switch_wal()");
@@ -568,6 +472,25 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     // ... and verification fails on it.
     let e = stack.backups.verify(&id).await.err().unwrap_or_else(|| panic!("a gap verified"));
     assert!(e.reason.contains("WAL is missing"), "{}", e.reason);
+
+    // That segment back, and the one holding the base's end gone instead: the base's own copy
+    // of it ends there, so `latest` would have stopped at the base's end without a word.
+    stack.store.put(&record, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
+    let size = 16u64 << 20;
+    let stop = manifest
+        .components
+        .iter()
+        .find_map(|c| match &c.kind {
+            Kind::PostgresBase { stop_lsn, .. } => steward_backup::wal::parse_lsn(stop_lsn),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no base"));
+    let first = steward_backup::wal::segment_name(1, stop / size, size).unwrap_or_default();
+    assert!(files.contains(&first) && &first != victim, "{first} {victim} {files:?}");
+    stack.store.delete(&format!("{dir}/{first}.json")).await.unwrap_or_else(|e| panic!("{e}"));
+    let reason =
+        refused_unchanged(&stack, &id, latest(), &fingerprint, "WAL missing after the base").await;
+    assert!(reason.contains(&format!("WAL is missing from segment {first}")), "{reason}");
     stack.destroy_bucket().await;
 }
 

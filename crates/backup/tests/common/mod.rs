@@ -3,6 +3,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod service;
+
 use std::time::Duration;
 
 use steward_backup::config::BackupConfig;
@@ -244,4 +246,137 @@ pub async fn plant_signed(
             .unwrap_or_else(|e| panic!("plant {id}/{name}: {e}"));
     }
     id
+}
+
+// Point-in-time recovery: shipping rounds and what a restore to a time must bring back.
+
+/// The WAL files (`pg_wal` names) of `container` with a record in the bucket, sorted.
+pub async fn shipped_files(stack: &Stack) -> Vec<String> {
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let mut files: Vec<String> = stack
+        .store
+        .list_objects(&dir)
+        .await
+        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+        .iter()
+        .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json").map(String::from))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Segment numbers (log and segment parts) of timeline-1 segment names, to check they follow
+/// each other.
+pub fn segment_number(file: &str) -> Option<u64> {
+    let log = u64::from_str_radix(file.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(file.get(16..24)?, 16).ok()?;
+    // 16 MiB segments: 256 a log file.
+    Some(log * 256 + seg)
+}
+
+/// One shipping round, which must succeed for every container.
+pub async fn ship_round(
+    backups: &steward_backup::Backups,
+    state: &mut steward_backup::wal::ShipState,
+) -> Vec<(String, Result<steward_backup::wal::Shipped, steward_backup::Failure>)> {
+    let rounds = backups.ship_all(state).await.unwrap_or_else(|e| panic!("{e}"));
+    for (container, round) in &rounds {
+        if let Err(e) = round {
+            panic!("shipping {container} failed: {e} {:?}", e.stderr_tail);
+        }
+    }
+    rounds
+}
+
+/// A pitr stack shipping its WAL (the slot made first), and its first backup with the base.
+pub async fn shipping_stack(
+    tag: &str,
+) -> (Stack, steward_backup::Backups, (String, steward_store::manifest::Manifest)) {
+    let stack = Stack::start_pitr(tag, Keys::default()).await;
+    let backups = pitr_stack_config(&stack);
+    ship_round(&backups, &mut Default::default()).await;
+    let backup = stack.back_up().await;
+    (stack, backups, backup)
+}
+
+pub fn pitr_stack_config(stack: &Stack) -> steward_backup::Backups {
+    let mut config = stack.backups.config().clone();
+    config.pitr.max_lag = std::time::Duration::from_secs(4);
+    steward_backup::Backups::new(steward_engine::Engine::from_env(), stack.store.clone(), config)
+}
+
+/// Ships rounds until the segment holding everything committed so far is in the bucket.
+pub async fn ship_until_current(stack: &Stack, backups: &steward_backup::Backups) {
+    ship_until_current_of(&stack.db.name, backups).await;
+}
+
+/// [`ship_until_current`] of database container `db` (user and database [`DB_USER`]).
+pub async fn ship_until_current_of(db: &str, backups: &steward_backup::Backups) {
+    let mut state = steward_backup::wal::ShipState::default();
+    let sql = "SELECT pg_walfile_name(pg_current_wal_insert_lsn())";
+    let file = docker(&["exec", db, "psql", "-U", DB_USER, "-d", DB_NAME, "-tAc", sql]);
+    for _ in 0..120 {
+        ship_round(backups, &mut state).await;
+        if backups.wal_record(db, &file).await.ok().flatten().is_some() {
+            return;
+        }
+        tokio::time::sleep(backups.config().pitr.tick()).await;
+    }
+    panic!("{file} not shipped after 120 rounds");
+}
+
+/// Table `rows` (id, at: each row's commit time) as written one by one, and a drop committed
+/// at `dropped_at` (`clock_timestamp()` text read just before it): the restore target a
+/// second before the drop, moved to the middle between the two commits around it so "before"
+/// is exact, and the ids committed up to it.
+pub fn rows_before(stack: &Stack, dropped_at: &str) -> (time::OffsetDateTime, Vec<i32>) {
+    let all: Vec<(i32, String)> = stack
+        .psql("SELECT id || '|' || to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| {
+            let (id, at) = l.split_once('|')?;
+            Some((id.parse().ok()?, at.to_owned()))
+        })
+        .collect();
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+    };
+    let dropped = parse(
+        &stack.psql(&format!(
+            "SELECT to_char(timestamptz '{dropped_at}' AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        )),
+    );
+    let wanted = dropped - time::Duration::seconds(1);
+    let before: Vec<i32> = all.iter().filter(|(_, at)| parse(at) <= wanted).map(|r| r.0).collect();
+    let last_before = all.iter().rfind(|(_, at)| parse(at) <= wanted).map(|r| parse(&r.1));
+    let first_after = all.iter().find(|(_, at)| parse(at) > wanted).map(|r| parse(&r.1));
+    let (Some(a), Some(b)) = (last_before, first_after) else {
+        panic!("no commits around {wanted}: {all:?}")
+    };
+    let target = a + (b - a) / 2;
+    (target, before)
+}
+
+/// The ids in table `rows`, in order.
+pub fn row_ids(stack: &Stack) -> Vec<i32> {
+    stack
+        .psql("SELECT id FROM rows ORDER BY id")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// What a `steward-backup` process needs to use `stack`'s bucket, signing as these tests'
+/// backups are signed.
+pub fn bucket_env(stack: &Stack) -> Vec<(&'static str, String)> {
+    vec![
+        ("STEWARD_S3_BUCKET", stack.store.bucket().to_owned()),
+        ("STEWARD_S3_PREFIX", "backups".into()),
+        ("STEWARD_S3_ENDPOINT", testbed::require("STEWARD_TEST_S3_ENDPOINT")),
+        ("AWS_ACCESS_KEY_ID", testbed::require("STEWARD_TEST_S3_ACCESS_KEY")),
+        ("AWS_SECRET_ACCESS_KEY", testbed::require("STEWARD_TEST_S3_SECRET_KEY")),
+        ("AWS_REGION", "us-east-1".into()),
+        (steward_store::signing::ENV_SIGNING_KEY, signing_key().to_pem()),
+    ]
 }
