@@ -72,6 +72,7 @@ pub fn placeholder() -> Manifest {
         taken_at: OffsetDateTime::UNIX_EPOCH,
         reason: BackupReason::Manual,
         docker_host: String::new(),
+        host: None,
         components: vec![],
     }
 }

@@ -94,7 +94,7 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
     };
     let cause = Event::new("steward-watcher/test", news.clone());
     let mut gating = UpdateRecord::from_news(
-        uuid::Uuid::new_v4(),
+        (uuid::Uuid::new_v4(), None),
         &cause,
         &news,
         "automatic",

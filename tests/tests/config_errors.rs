@@ -237,3 +237,15 @@ fn the_cli_refuses_what_the_services_refuse_with_the_same_words() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("STEWARD_S3_BUCKET is required but not set"), "{stderr}");
 }
+
+#[test]
+fn an_agent_refuses_a_host_that_is_not_a_subject_token() {
+    for name in ["steward-watcher", "steward-updater", "steward-backup", "steward-health"] {
+        let (code, stderr) = run(name, &[("STEWARD_HOST", "vps1.example.org")]);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains("STEWARD_HOST=\"vps1.example.org\": 1 to 63 of a-z, 0-9"),
+            "{name}: {stderr}"
+        );
+    }
+}

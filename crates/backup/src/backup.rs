@@ -179,6 +179,7 @@ impl Backups {
             taken_at,
             reason,
             docker_host: self.engine.host().to_owned(),
+            host: self.bus.as_ref().and_then(|b| b.host()).map(str::to_owned),
             components,
         };
         let body = serde_json::to_vec_pretty(&manifest).map_err(Failure::plain)?;

@@ -194,6 +194,7 @@ async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
         taken_at: unsigned_at,
         reason: BackupReason::Schedule,
         docker_host: "test".into(),
+        host: None,
         components: vec![],
     };
     let body = Bytes::from(serde_json::to_vec(&m).unwrap_or_default());

@@ -75,6 +75,10 @@ pub struct BusConfig {
     pub request_timeout: Duration,
     /// The NATS user to log in as; `None` for a server without authorization.
     pub credentials: Option<Credentials>,
+    /// The host an engine-bound agent looks after (`STEWARD_HOST`, resolved by the runtime):
+    /// every event it publishes without a host of its own is stamped with it. `None` for the
+    /// central participants (notifier, CLI).
+    pub host: Option<String>,
 }
 
 /// A NATS user and password. The password never appears in `Debug` output or logs.
@@ -103,6 +107,7 @@ impl Default for BusConfig {
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             credentials: None,
+            host: None,
         }
     }
 }

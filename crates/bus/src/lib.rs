@@ -144,6 +144,11 @@ impl Bus {
         &self.cfg
     }
 
+    /// The host this agent looks after ([`BusConfig::host`]); `None` for a central participant.
+    pub fn host(&self) -> Option<&str> {
+        self.cfg.host.as_deref()
+    }
+
     /// The namespace (stream name and subject prefix).
     pub fn namespace(&self) -> &Namespace {
         &self.cfg.namespace

@@ -24,7 +24,12 @@ pub struct Published {
 }
 
 pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published, BusError> {
-    let payload = Bytes::from(event.encode()?);
+    // An agent's events carry its host; one that names a host already keeps it.
+    let payload = match (&event.host, &bus.config().host) {
+        (None, Some(host)) => event.clone().with_host(Some(host.clone())).encode()?,
+        _ => event.encode()?,
+    };
+    let payload = Bytes::from(payload);
     let subject = bus.namespace().subject(event.event_type());
     publish_raw(bus, subject, HeaderMap::new(), payload, &event.id.to_string()).await
 }

@@ -363,3 +363,27 @@ async fn services_only_look_up_what_setup_provisions() {
     let err = steward_bus::Bus::connect(cfg, "test").await.expect_err("no stream").to_string();
     assert!(err.contains("stream") && err.contains("steward setup"), "{err}");
 }
+
+/// An agent's bus stamps its host on what it publishes; an event naming a host keeps it; a
+/// central participant's bus adds none.
+#[tokio::test]
+async fn an_agents_events_carry_its_host() {
+    let bus = TestBus::new("hoststamp").await;
+    let start = time::OffsetDateTime::now_utc() - Duration::from_millis(5);
+    let agent_cfg = steward_bus::BusConfig { host: Some("vps1".into()), ..bus.config().clone() };
+    let agent = steward_bus::Bus::connect(agent_cfg, "agent").await.expect("agent connects");
+    assert_eq!(agent.host(), Some("vps1"));
+    let plain = Event::new("agent", WatchRequested::default());
+    let named = Event::new("agent", WatchRequested::default()).with_host(Some("vps2".into()));
+    let central = Event::new("cli", WatchRequested::default());
+    agent.publish(&plain).await.expect("publish");
+    agent.publish(&named).await.expect("publish");
+    bus.publish(&central).await.expect("publish");
+    let replayed = replay_all(&bus, ReplayQuery { since: Some(start), ..Default::default() }).await;
+    let hosts: Vec<_> =
+        replayed.into_iter().map(|r| r.event.expect("decodes")).map(|e| (e.id, e.host)).collect();
+    assert_eq!(
+        hosts,
+        vec![(plain.id, Some("vps1".into())), (named.id, Some("vps2".into())), (central.id, None)]
+    );
+}

@@ -30,6 +30,9 @@ pub struct AuditArgs {
     /// Only flows of this kind: update, backup, verify, restore, health, certs, check.
     #[arg(long)]
     kind: Option<String>,
+    /// Only flows on this host (an event of theirs names it); default every host.
+    #[arg(long, value_parser = crate::hosts::parse)]
+    host: Option<String>,
     /// One JSON object per flow and line.
     #[arg(long)]
     json: bool,
@@ -96,6 +99,12 @@ impl Flow {
         decided.unwrap_or_else(|| "in progress".into())
     }
 
+    /// The hosts whose agents took part (none for a flow from before hosts, or the CLI's
+    /// alone).
+    pub fn hosts(&self) -> BTreeSet<String> {
+        self.events.iter().filter_map(|e| e.host.clone()).collect()
+    }
+
     /// Containers it touched.
     pub fn containers(&self) -> BTreeSet<String> {
         self.events.iter().filter_map(|e| e.container().map(str::to_owned)).collect()
@@ -156,6 +165,7 @@ pub async fn run(args: AuditArgs, conn: &Connection) -> anyhow::Result<()> {
         .into_iter()
         .filter(|f| args.container.as_ref().is_none_or(|c| f.containers().contains(c)))
         .filter(|f| args.kind.as_deref().is_none_or(|k| f.kind() == k))
+        .filter(|f| args.host.as_ref().is_none_or(|h| f.hosts().contains(h)))
         .collect();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -183,6 +193,7 @@ fn json(flow: &Flow) -> anyhow::Result<String> {
         "correlation_id": flow.id,
         "kind": flow.kind(),
         "containers": flow.containers(),
+        "hosts": flow.hosts(),
         "outcome": flow.outcome(),
         "started": rfc3339(flow.started()),
         "duration_ms": flow.duration_ms(),
@@ -193,11 +204,13 @@ fn json(flow: &Flow) -> anyhow::Result<String> {
 
 fn write_flow(out: &mut impl Write, flow: &Flow) -> std::io::Result<()> {
     let containers = flow.containers().into_iter().collect::<Vec<_>>().join(",");
+    let hosts = flow.hosts().into_iter().collect::<Vec<_>>().join(",");
     writeln!(
         out,
-        "{}  {:<7}  {:<20}  {:<18}  {:>8}  flow {}",
+        "{}  {:<7}  {:<16}  {:<20}  {:<18}  {:>8}  flow {}",
         rfc3339(flow.started()),
         flow.kind(),
+        if hosts.is_empty() { "-".into() } else { hosts },
         if containers.is_empty() { "-".into() } else { containers },
         flow.outcome(),
         seconds(flow.duration_ms()),
@@ -269,5 +282,20 @@ mod tests {
         assert_eq!(flows.len(), 2);
         assert_eq!(flows[0].events.iter().map(|e| e.id).collect::<Vec<_>>(), [a.id, a2.id]);
         assert_eq!(flows[1].events[0].id, b.id);
+    }
+
+    #[test]
+    fn a_flow_names_the_hosts_whose_agents_took_part() {
+        let mut flow = flow_of(&["watch.requested", "image.updated", "update.succeeded"]);
+        assert!(flow.hosts().is_empty(), "events from before hosts name none");
+        flow.events[1].host = Some("vps1".into());
+        flow.events[2].host = Some("vps1".into());
+        assert_eq!(flow.hosts().into_iter().collect::<Vec<_>>(), ["vps1"]);
+        let mut line = vec![];
+        write_flow(&mut line, &flow).expect("write");
+        let header = String::from_utf8_lossy(&line).lines().next().unwrap_or_default().to_owned();
+        assert_eq!(header.split_whitespace().nth(2), Some("vps1"), "{header}");
+        let json: serde_json::Value = serde_json::from_str(&json(&flow).expect("json")).expect("v");
+        assert_eq!(json["hosts"], serde_json::json!(["vps1"]));
     }
 }

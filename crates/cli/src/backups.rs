@@ -44,6 +44,9 @@ pub enum BackupCommand {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Only backups taken on this host (their manifest names it); default every host.
+        #[arg(long, value_parser = crate::hosts::parse)]
+        host: Option<String>,
     },
     /// Download a backup, check every checksum and load its database dumps into a scratch
     /// server.
@@ -211,7 +214,7 @@ pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
                 _ => bail!("unexpected outcome {}", outcome.event_type()),
             }
         }
-        BackupCommand::List { s3, from, json } => list(s3, from, json).await,
+        BackupCommand::List { s3, from, json, host } => list(s3, from, json, host).await,
         BackupCommand::Verify { id, from, wait } => {
             let data = VerifyRequested {
                 backup_id: id,
@@ -428,7 +431,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
+async fn list(s3: S3Args, from: Target, json: bool, host: Option<String>) -> anyhow::Result<()> {
     let (store, trust) = match from {
         Target::Primary => {
             let (config, trust) = s3.read()?;
@@ -436,7 +439,12 @@ async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
         }
         Target::Copy => s3.read_copy()?,
     };
-    let listed = steward_store::catalog::list(&store, &trust, OffsetDateTime::now_utc()).await?;
+    let mut listed =
+        steward_store::catalog::list(&store, &trust, OffsetDateTime::now_utc()).await?;
+    // A backup without a readable manifest names no host: only the unfiltered list shows it.
+    let host_of =
+        |l: &steward_store::catalog::Listed| l.manifest.as_ref().and_then(|m| m.host.clone());
+    listed.retain(|l| crate::hosts::shown(host.as_deref(), host_of(l).as_deref()));
     let mut out = std::io::stdout().lock();
     if json {
         for l in &listed {
@@ -446,11 +454,13 @@ async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<24} {:<20} {:>10} {:>10}  {:<9} COMPONENTS",
-        "ID", "TAKEN (UTC)", "SIZE", "REASON", "VERIFIED"
+        "{:<24} {:<16} {:<20} {:>10} {:>10}  {:<9} COMPONENTS",
+        "ID", "HOST", "TAKEN (UTC)", "SIZE", "REASON", "VERIFIED"
     )?;
     for l in listed {
         let taken = crate::when::seconds(l.taken_at);
+        let host = host_of(&l);
+        let host = crate::hosts::column(host.as_deref());
         // Only a usable backup's manifest is shown as what it holds: the rest say why not.
         let note = match &l.standing {
             Standing::Usable { .. } | Standing::Incomplete => "",
@@ -458,16 +468,16 @@ async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
             Standing::Unsigned => {
                 writeln!(
                     out,
-                    "{:<24} {:<20} {:>10} {:>10}  {:<9} UNSIGNED: never latest; restorable by id with --unsigned if you know it is yours",
-                    l.backup_id, taken, "-", "-", "-"
+                    "{:<24} {:<16} {:<20} {:>10} {:>10}  {:<9} UNSIGNED: never latest; restorable by id with --unsigned if you know it is yours",
+                    l.backup_id, host, taken, "-", "-", "-"
                 )?;
                 continue;
             }
             Standing::Refused { reason } => {
                 writeln!(
                     out,
-                    "{:<24} {:<20} {:>10} {:>10}  {:<9} REFUSED: {reason}",
-                    l.backup_id, taken, "-", "-", "-"
+                    "{:<24} {:<16} {:<20} {:>10} {:>10}  {:<9} REFUSED: {reason}",
+                    l.backup_id, host, taken, "-", "-", "-"
                 )?;
                 continue;
             }
@@ -481,8 +491,9 @@ async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 writeln!(
                     out,
-                    "{:<24} {:<20} {:>10} {:>10}  {:<9} {note}{}",
+                    "{:<24} {:<16} {:<20} {:>10} {:>10}  {:<9} {note}{}",
                     l.backup_id,
+                    host,
                     taken,
                     bytes(m.stored_size()),
                     reason,
@@ -492,8 +503,8 @@ async fn list(s3: S3Args, from: Target, json: bool) -> anyhow::Result<()> {
             }
             None => writeln!(
                 out,
-                "{:<24} {:<20} {:>10} {:>10}  {:<9} incomplete (no manifest): never used",
-                l.backup_id, taken, "-", "-", "-"
+                "{:<24} {:<16} {:<20} {:>10} {:>10}  {:<9} incomplete (no manifest): never used",
+                l.backup_id, host, taken, "-", "-", "-"
             )?,
         }
     }

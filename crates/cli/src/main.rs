@@ -8,6 +8,7 @@ mod backups;
 mod deploys;
 mod events;
 mod events_import;
+mod hosts;
 mod kit;
 mod notify;
 mod rollback;
@@ -73,6 +74,9 @@ enum Command {
         /// One JSON record per line.
         #[arg(long)]
         json: bool,
+        /// Only this host's containers (its agents' STEWARD_HOST); default every host.
+        #[arg(long, value_parser = hosts::parse)]
+        host: Option<String>,
     },
     /// Updates waiting for approval or in progress.
     Updates {
@@ -82,6 +86,9 @@ enum Command {
         /// One JSON record per line.
         #[arg(long)]
         json: bool,
+        /// Only this host's updates; default every host.
+        #[arg(long, value_parser = hosts::parse)]
+        host: Option<String>,
     },
     /// Approve a pending update (id or a unique prefix of it).
     Approve {
@@ -230,8 +237,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("watch requested ({})", event.id);
             Ok(())
         }
-        Command::Status { json } => status::run(&cli.conn, json).await,
-        Command::Updates { all, json } => updates::list(&cli.conn, all, json).await,
+        Command::Status { json, host } => status::run(&cli.conn, json, host.as_deref()).await,
+        Command::Updates { all, json, host } => {
+            updates::list(&cli.conn, all, json, host.as_deref()).await
+        }
         Command::Approve { id } => updates::decide(&cli.conn, &id, true, None).await,
         Command::Reject { id, reason } => updates::decide(&cli.conn, &id, false, reason).await,
         Command::Rollback { container, to, wait } => {

@@ -8,7 +8,7 @@ use steward_events::records::{WatchRecord, WATCH_BUCKET};
 
 use crate::Connection;
 
-pub async fn run(conn: &Connection, json: bool) -> anyhow::Result<()> {
+pub async fn run(conn: &Connection, json: bool, host: Option<&str>) -> anyhow::Result<()> {
     let bus = conn.bus().await?;
     // Read-only: the bucket is the watcher's. None: nothing was ever checked.
     let store = StateStore::<WatchRecord>::open_existing(&bus, WATCH_BUCKET).await?;
@@ -16,18 +16,20 @@ pub async fn run(conn: &Connection, json: bool) -> anyhow::Result<()> {
     if let Some(store) = &store {
         for key in store.keys().await? {
             if let Some(record) = store.get(&key).await? {
-                records.push(record.value);
+                if crate::hosts::shown(host, record.value.host.as_deref()) {
+                    records.push(record.value);
+                }
             }
         }
     }
-    records.sort_by(|a, b| a.container.cmp(&b.container));
+    records.sort_by(|a, b| (&a.container, &a.host).cmp(&(&b.container, &b.host)));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if !json {
         writeln!(
             out,
-            "{:<24} {:<10} {:<13} {:<13} {:<20} NOTE",
-            "CONTAINER", "POLICY", "RUNNING", "NEWEST", "CHECKED (UTC)"
+            "{:<24} {:<16} {:<10} {:<13} {:<13} {:<20} NOTE",
+            "CONTAINER", "HOST", "POLICY", "RUNNING", "NEWEST", "CHECKED (UTC)"
         )?;
     }
     for r in records {
@@ -51,8 +53,9 @@ pub async fn run(conn: &Connection, json: bool) -> anyhow::Result<()> {
         let checked = crate::when::seconds(r.checked_at);
         writeln!(
             out,
-            "{:<24} {:<10} {:<13} {:<13} {:<20} {note}",
+            "{:<24} {:<16} {:<10} {:<13} {:<13} {:<20} {note}",
             r.container,
+            crate::hosts::column(r.host.as_deref()),
             r.policy,
             short(&r.running_digest),
             short(&r.newest_digest),

@@ -27,18 +27,24 @@ async fn records(conn: &Connection) -> anyhow::Result<(steward_bus::Bus, Vec<Upd
 }
 
 /// Lists updates in progress or waiting (all with `all`).
-pub async fn list(conn: &Connection, all: bool, json: bool) -> anyhow::Result<()> {
+pub async fn list(
+    conn: &Connection,
+    all: bool,
+    json: bool,
+    host: Option<&str>,
+) -> anyhow::Result<()> {
     let (_, records) = records(conn).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if !json {
         writeln!(
             out,
-            "{:<36}  {:<24} {:<12} {:<27} REASON",
-            "ID", "CONTAINER", "STEP", "FROM -> TO"
+            "{:<36}  {:<24} {:<16} {:<12} {:<27} REASON",
+            "ID", "CONTAINER", "HOST", "STEP", "FROM -> TO"
         )?;
     }
-    for r in records.iter().filter(|r| all || !r.step.is_terminal()) {
+    let shown = |r: &&UpdateRecord| crate::hosts::shown(host, r.host.as_deref());
+    for r in records.iter().filter(|r| all || !r.step.is_terminal()).filter(shown) {
         if json {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
             continue;
@@ -52,9 +58,10 @@ pub async fn list(conn: &Connection, all: bool, json: bool) -> anyhow::Result<()
         );
         writeln!(
             out,
-            "{:<36}  {:<24} {:<12} {:<27} {}",
+            "{:<36}  {:<24} {:<16} {:<12} {:<27} {}",
             r.update_id,
             r.container,
+            crate::hosts::column(r.host.as_deref()),
             step,
             change,
             r.reason.as_deref().unwrap_or("")

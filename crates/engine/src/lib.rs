@@ -294,6 +294,14 @@ impl Engine {
         })
     }
 
+    /// The engine's name for its machine (`Name` of `/info`: Docker's and Podman's hostname),
+    /// `None` when it gives none.
+    pub async fn name(&self) -> Result<Option<String>, EngineError> {
+        let info =
+            self.timed(self.client()?.info()).await.map_err(|e| self.list_failed("info", e))?;
+        Ok(info.name.filter(|n| !n.trim().is_empty()))
+    }
+
     /// The engine's version and API version, e.g. `("20.10.24", "1.41")`.
     pub async fn version(&self) -> Result<(String, String), EngineError> {
         let v = self

@@ -21,6 +21,7 @@ fn main() {
     println!("| `subject` | the container the event is about, when there is one |");
     println!("| `correlationid` | the flow (one update, backup or restore) the event belongs to |");
     println!("| `causationid` | the id of the event that caused this one |");
+    println!("| `host` | extension: the host (`STEWARD_HOST`) whose agent published it; absent from the CLI's and the notifier's events and from events before hosts |");
     println!("| `data` | the payload, below |\n");
     println!("Decoders refuse unknown types, missing fields, other spec versions and messages over 1 MiB;");
     println!("they ignore unknown extra fields, so producers can add fields without breaking consumers.\n");

@@ -34,6 +34,10 @@ pub struct Event {
     pub correlation_id: Uuid,
     /// The event that caused this one.
     pub causation_id: Option<Uuid>,
+    /// The host (engine) it concerns, extension attribute `host` ([`crate::check_host`]): set
+    /// by the bus for what an engine-bound agent publishes; `None` in events from before
+    /// hosts, or from a central participant that names none.
+    pub host: Option<String>,
     /// The typed payload; its variant decides `type`.
     pub data: EventData,
 }
@@ -53,6 +57,8 @@ struct WireOut<'a> {
     correlationid: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
     causationid: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
     data: &'a RawValue,
 }
 
@@ -72,6 +78,8 @@ struct WireIn<'a> {
     correlationid: Uuid,
     #[serde(default)]
     causationid: Option<Uuid>,
+    #[serde(default)]
+    host: Option<String>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
@@ -88,6 +96,7 @@ impl Event {
             subject: data.container().map(str::to_owned),
             correlation_id: id,
             causation_id: None,
+            host: None,
             data,
         }
     }
@@ -103,6 +112,12 @@ impl Event {
     /// Puts this event into an existing flow.
     pub fn with_correlation(mut self, correlation_id: Uuid) -> Self {
         self.correlation_id = correlation_id;
+        self
+    }
+
+    /// The same event about `host` (see [`Event::host`]).
+    pub fn with_host(mut self, host: Option<String>) -> Self {
+        self.host = host;
         self
     }
 
@@ -131,6 +146,7 @@ impl Event {
             subject: self.subject.as_deref(),
             correlationid: self.correlation_id,
             causationid: self.causation_id,
+            host: self.host.as_deref(),
             data: &data,
         };
         let bytes = serde_json::to_vec(&wire).map_err(json)?;
@@ -178,6 +194,10 @@ impl Event {
         }
         let event_type = EventData::known_type(&wire.event_type)
             .ok_or_else(|| DecodeError::UnknownType(wire.event_type.clone()))?;
+        if let Some(host) = &wire.host {
+            crate::check_host(host)
+                .map_err(|rule| DecodeError::Host { host: host.clone(), rule })?;
+        }
         let raw = wire.data.ok_or(DecodeError::MissingData(event_type))?;
         let data = EventData::from_json(event_type, raw)?;
         Ok(Self {
@@ -187,6 +207,7 @@ impl Event {
             subject: wire.subject,
             correlation_id: wire.correlationid,
             causation_id: wire.causationid,
+            host: wire.host,
             data,
         })
     }

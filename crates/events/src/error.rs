@@ -39,6 +39,14 @@ pub enum DecodeError {
         /// The `type` the envelope declares.
         declared: String,
     },
+    /// The `host` attribute is not a host name.
+    #[error("invalid host {host:?}: {rule}")]
+    Host {
+        /// The attribute as it came (an event is at most 1 MiB).
+        host: String,
+        /// What a host name may be.
+        rule: String,
+    },
     /// `data` does not match the payload of its type (missing or mistyped field).
     #[error("invalid data for {event_type}: {source}")]
     Data {

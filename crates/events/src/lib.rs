@@ -11,6 +11,7 @@
 mod catalog;
 mod envelope;
 mod error;
+mod host;
 pub mod records;
 pub mod redact;
 pub mod release;
@@ -21,6 +22,7 @@ mod types;
 pub use catalog::*;
 pub use envelope::{Event, MAX_EVENT_BYTES, SPEC_VERSION};
 pub use error::{DecodeError, EncodeError};
+pub use host::{check_host, host_from_name, HOST_RULE, MAX_HOST_LEN};
 pub use redact::{redact_url, redact_urls_in};
 pub use release::{release_notes, ImageVersion, Versions};
 pub use routing::Service;

@@ -50,6 +50,10 @@ pub struct WatchRecord {
     /// Why the last check failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The host whose engine runs the container (`STEWARD_HOST`); none in records from before
+    /// hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// KV bucket (within the namespace) of [`UpdateRecord`]s, keyed by container name: one update
@@ -201,13 +205,17 @@ pub struct UpdateRecord {
     /// event, so a kill between the two writes it on the next start.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub write_back: bool,
+    /// The host whose engine runs the container (the updater's `STEWARD_HOST`); none in
+    /// records from before hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl UpdateRecord {
-    /// A new update of `u.container` from the `image.updated` event `news`, at `step`: the
-    /// one place that lists what a fresh record holds.
+    /// A new update of `u.container` on `host` from the `image.updated` event `news`, at
+    /// `step`.
     pub fn from_news(
-        update_id: Uuid,
+        (update_id, host): (Uuid, Option<String>),
         news: &Event,
         u: &crate::ImageUpdated,
         policy: &str,
@@ -218,7 +226,7 @@ impl UpdateRecord {
             news_time: Some(news.time),
             versions: u.versions.clone(),
             ..Self::fresh(
-                update_id,
+                (update_id, host),
                 news,
                 (&u.container, &u.image),
                 (&u.current_digest, &u.new_digest),
@@ -228,10 +236,11 @@ impl UpdateRecord {
         }
     }
 
-    /// A new update of `container` (created from `image`) from digest `from` to `to`, in the
-    /// flow of `cause`, at `step`, with nothing else decided yet.
+    /// A new update of `container` (created from `image`) on `host` from digest `from` to
+    /// `to`, in the flow of `cause`, at `step`, with nothing else decided yet: the one place
+    /// that lists what a fresh record holds.
     pub fn fresh(
-        update_id: Uuid,
+        (update_id, host): (Uuid, Option<String>),
         cause: &Event,
         (container, image): (&str, &str),
         (from, to): (&Digest, &Digest),
@@ -268,6 +277,7 @@ impl UpdateRecord {
             requested_by: None,
             previous_digest: None,
             write_back: false,
+            host,
         }
     }
 
@@ -607,6 +617,22 @@ mod compatibility {
         let u: UpdateRecord = serde_json::from_str(OLD_UPDATE).expect("old update record");
         assert_eq!(u.step, UpdateStep::Pending);
         assert!(u.outbox.is_empty() && u.dependents.is_empty() && u.approval_expires.is_none());
+    }
+
+    #[test]
+    fn records_carry_their_host_and_older_ones_have_none() {
+        let w: WatchRecord = serde_json::from_str(OLD_WATCH).expect("old watch record");
+        let u: UpdateRecord = serde_json::from_str(OLD_UPDATE).expect("old update record");
+        assert_eq!((w.host.as_deref(), u.host.as_deref()), (None, None));
+        let text = serde_json::to_string(&u).expect("encode");
+        assert!(!text.contains("\"host\""), "no host, no field: an older reader sees the same");
+        let on_vps1 = |text: &str| text.replacen('{', r#"{"host":"vps1","#, 1);
+        let w: WatchRecord = serde_json::from_str(&on_vps1(OLD_WATCH)).expect("watch record");
+        let u: UpdateRecord = serde_json::from_str(&on_vps1(OLD_UPDATE)).expect("update record");
+        assert_eq!((w.host.as_deref(), u.host.as_deref()), (Some("vps1"), Some("vps1")));
+        let again: UpdateRecord =
+            serde_json::from_str(&serde_json::to_string(&u).expect("encode")).expect("decode");
+        assert_eq!(again.host.as_deref(), Some("vps1"));
     }
 
     #[test]

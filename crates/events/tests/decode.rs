@@ -139,3 +139,28 @@ fn docs_event_catalog_lists_every_type() {
         assert!(doc.contains(&format!("### `{t}`")), "docs/events.md lacks {t}: regenerate it with `cargo run -q -p steward-events --example catalog > docs/events.md`");
     }
 }
+
+#[test]
+fn the_host_attribute_round_trips_is_optional_and_checked() {
+    // An event from before hosts (no attribute) decodes, with no host.
+    let old = sample_json();
+    assert!(old.get("host").is_none(), "no host, no attribute: old readers see what they saw");
+    assert_eq!(decode_value(&old).expect("old event").host, None);
+
+    let event = Event::new("steward-watcher/vps1", samples::all("gitea").remove(1))
+        .with_host(Some("vps1".into()));
+    let bytes = event.encode().expect("encode");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(v["host"], "vps1", "a CloudEvents extension attribute");
+    assert_eq!(Event::decode(&bytes).expect("decode"), event);
+
+    for bad in ["VPS1", "a.b", "a*", ">", "", " x", "-x"] {
+        let mut v = v.clone();
+        v["host"] = bad.into();
+        let err = decode_value(&v).expect_err(bad);
+        assert!(matches!(err, DecodeError::Host { .. }), "{bad:?}: {err}");
+    }
+    let mut v = v;
+    v["host"] = 7.into();
+    assert!(matches!(decode_value(&v), Err(DecodeError::Envelope(_))));
+}

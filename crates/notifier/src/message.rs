@@ -80,8 +80,14 @@ fn utc(t: time::OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC).format(&f).unwrap_or_else(|_| t.to_string())
 }
 
-fn host_of(source: &str) -> String {
-    source.split_once('/').map_or(source, |(_, h)| h).to_owned()
+/// The host an event is about: its `host` (the agent's `STEWARD_HOST`), else, for an event
+/// from before hosts or from the CLI, the machine in its `source`.
+fn host_of(event: &Event) -> String {
+    let source = event.source.as_str();
+    event
+        .host
+        .clone()
+        .unwrap_or_else(|| source.split_once('/').map_or(source, |(_, h)| h).to_owned())
 }
 
 /// `1.22.7 (3f2a…)` with tag tracking, else the moving tag's reference and the new digest.
@@ -183,7 +189,7 @@ pub fn describe(event: &Event) -> Item {
         headline: String::new(),
         container: event.data.container().or(event.container()).map(str::to_owned),
         when: utc(event.time),
-        host: host_of(&event.source),
+        host: host_of(event),
         facts: vec![],
         log_tail: vec![],
         next: String::new(),
@@ -692,7 +698,7 @@ pub fn describe_news(events: &[&Event]) -> Item {
         headline: format!("Newer image {new_name} for {names} ({})", first.image),
         container: Some(names),
         when: utc(first_event.time),
-        host: host_of(&first_event.source),
+        host: host_of(first_event),
         facts,
         log_tail: vec![],
         next: String::new(),
@@ -907,6 +913,26 @@ mod tests {
             .find(|d| d.event_type() == kind)
             .expect("sample");
         Event::new("steward-updater/gitea-host", data)
+    }
+
+    #[test]
+    fn a_mail_names_the_events_host_else_its_sources_machine() {
+        let t = Templates::builtin().expect("templates");
+        let on_vps1 = sample("health.failed").with_host(Some("vps1".into()));
+        let m = t.render(vec![describe(&on_vps1)]).expect("render");
+        assert!(m.subject.starts_with("[steward] CRITICAL vps1: "), "{}", m.subject);
+        assert!(m.text.contains(" on vps1"), "{}", m.text);
+        let old = t.render(vec![describe(&sample("health.failed"))]).expect("render");
+        assert!(old.subject.starts_with("[steward] CRITICAL gitea-host: "), "{}", old.subject);
+        // Two hosts in one message: the subject names neither, each item its own.
+        let on_vps2 = sample("health.failed").with_host(Some("vps2".into()));
+        let both = t.render(vec![describe(&on_vps1), describe(&on_vps2)]).expect("render");
+        assert!(
+            !both.subject.contains("vps1:") && !both.subject.contains("vps2:"),
+            "{}",
+            both.subject
+        );
+        assert!(both.text.contains(" on vps1") && both.text.contains(" on vps2"), "{}", both.text);
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct RuntimeConfig {
     pub uses_docker: bool,
     /// Deadline of one Docker engine call.
     pub engine_timeout: Duration,
+    /// `STEWARD_HOST` as set, for an engine-bound service; unset, [`Runtime::start`] takes the
+    /// engine's name (else the hostname).
+    ///
+    /// [`Runtime::start`]: crate::Runtime::start
+    pub host: Option<String>,
 }
 
 pub use steward_settings::default_http_addr;
@@ -70,7 +75,9 @@ impl RuntimeConfig {
         {
             env.error(ENV_ENGINE_TIMEOUT, &format!("{engine_timeout:?}"), "from 1s to 1h");
         }
+        let uses_docker = !matches!(service, Service::Notifier | Service::Cli);
         Self {
+            host: if uses_docker { env.host() } else { None },
             service,
             bus,
             http_addr: env.http_addr(service),
@@ -79,7 +86,7 @@ impl RuntimeConfig {
             ack_wait: env.ack_wait(),
             max_deliver: env.max_deliver(),
             shutdown_grace: env.duration(ENV_SHUTDOWN_GRACE, Duration::from_secs(20)),
-            uses_docker: !matches!(service, Service::Notifier | Service::Cli),
+            uses_docker,
             engine_timeout,
         }
     }

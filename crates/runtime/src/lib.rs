@@ -58,6 +58,12 @@ impl Context {
         event_source(self.service)
     }
 
+    /// The host this agent looks after (`STEWARD_HOST`, resolved at start); `None` for a
+    /// central service.
+    pub fn host(&self) -> Option<&str> {
+        self.bus.host()
+    }
+
     /// Serves `router` beside `/healthz`, `/readyz` and `/metrics` on `STEWARD_HTTP_ADDR`
     /// (e.g. the updater's approval page). Set once; a second call is refused.
     pub fn serve_routes(&self, router: axum::Router) -> anyhow::Result<()> {
@@ -86,6 +92,27 @@ impl Context {
     }
 }
 
+/// `STEWARD_HOST`'s default: the engine's name for its machine, else this machine's (or
+/// container's) hostname, as a host token (`steward_events::host_from_name`).
+async fn default_host(engine: Option<&Engine>) -> String {
+    let from_engine = match engine {
+        Some(engine) => match engine.name().await {
+            Ok(name) => name.as_deref().and_then(steward_events::host_from_name),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the engine's name");
+                None
+            }
+        },
+        None => None,
+    };
+    from_engine.unwrap_or_else(|| {
+        let host = steward_events::host_from_name(&steward_settings::hostname())
+            .unwrap_or_else(|| "localhost".to_owned());
+        tracing::warn!(%host, "the engine gave no name: the host is the hostname (set {ENV_HOST} to choose)");
+        host
+    })
+}
+
 /// A started service: configuration read, connections made, HTTP serving.
 pub struct Runtime {
     config: RuntimeConfig,
@@ -106,17 +133,25 @@ impl Runtime {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let service = config.service;
-        let bus = Bus::connect(config.bus.clone(), service.binary()).await?;
+        let mut bus_config = config.bus.clone();
         let engine = if config.uses_docker {
             let engine = Engine::new(steward_engine::docker_host(), config.engine_timeout);
             // Not fatal: /readyz reports it, and the engine may come up after us.
-            if let Err(e) = engine.ping(std::time::Duration::from_secs(5)).await {
+            let answers = engine.ping(std::time::Duration::from_secs(5)).await;
+            if let Err(e) = &answers {
                 tracing::warn!(error = %e, "Docker engine not reachable yet");
             }
+            let host = match &config.host {
+                Some(host) => host.clone(),
+                None => default_host(answers.is_ok().then_some(&engine)).await,
+            };
+            tracing::info!(%host, "looking after this host's engine");
+            bus_config.host = Some(host);
             Some(engine)
         } else {
             None
         };
+        let bus = Bus::connect(bus_config, service.binary()).await?;
         let metrics = Arc::new(Metrics::new(service.name()));
         metrics.start_at_zero(service.consumes());
         let routes = Arc::new(std::sync::OnceLock::new());

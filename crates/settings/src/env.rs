@@ -175,6 +175,21 @@ impl Env {
         self.optional(crate::ENV_SCOPE).filter(|s| !s.is_empty())
     }
 
+    /// [`ENV_HOST`](crate::ENV_HOST) as set (an agent's host, or the CLI's `--host`), checked
+    /// by [`steward_events::check_host`]; `None` when unset, so the agent takes its default
+    /// (the engine's name). A bad value is an error naming the rule.
+    pub fn host(&mut self) -> Option<String> {
+        let name = crate::ENV_HOST;
+        let raw = self.optional(name)?;
+        match steward_events::check_host(raw.trim()) {
+            Ok(()) => Some(raw.trim().to_owned()),
+            Err(rule) => {
+                self.error(name, &raw, rule);
+                None
+            }
+        }
+    }
+
     /// [`ENV_ACK_WAIT`](crate::ENV_ACK_WAIT): redelivery timeout of an unacknowledged event,
     /// at least 1s.
     pub fn ack_wait(&mut self) -> Duration {
@@ -243,6 +258,18 @@ mod tests {
 
     fn error_of(env: Env) -> String {
         env.finish().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_host_is_a_token_or_a_clear_error() {
+        assert_eq!(Env::from_pairs([("STEWARD_HOST", " vps-1 ")]).host().as_deref(), Some("vps-1"));
+        assert_eq!(Env::from_pairs([("OTHER", "x")]).host(), None);
+        for bad in ["vps.1", "VPS1", "a>", ""] {
+            let mut env = Env::from_pairs([("STEWARD_HOST", bad)]);
+            assert_eq!(env.host(), None);
+            let line = error_of(env);
+            assert!(line.contains("STEWARD_HOST=") && line.contains("a-z, 0-9"), "{bad}: {line}");
+        }
     }
 
     #[test]

@@ -20,12 +20,16 @@ use steward_events::Service;
 
 /// `binary/hostname`: the CloudEvents `source` of what `service` publishes.
 pub fn event_source(service: Service) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
+    format!("{}/{}", service.binary(), hostname())
+}
+
+/// This machine's (or container's) name from `/etc/hostname`, `localhost` without one.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{}/{}", service.binary(), host)
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Default HTTP address of each participant, so all of them can run on one host side by side.

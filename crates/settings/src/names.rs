@@ -32,5 +32,7 @@ pub const ENV_SHUTDOWN_GRACE: &str = "STEWARD_SHUTDOWN_GRACE";
 pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
 /// How long one Docker engine call may go unanswered (default 30s).
 pub const ENV_ENGINE_TIMEOUT: &str = "STEWARD_ENGINE_TIMEOUT";
+/// The host an engine-bound agent looks after (default: the engine's name, else the hostname).
+pub const ENV_HOST: &str = "STEWARD_HOST";
 /// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
 pub const ENV_SCOPE: &str = "STEWARD_SCOPE";

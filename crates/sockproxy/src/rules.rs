@@ -109,6 +109,8 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/_ping", EVERY),
     rule("HEAD", "/_ping", EVERY),
     rule("GET", "/version", EVERY),
+    // Engine::name: the default of STEWARD_HOST, read once at start.
+    rule("GET", "/info", EVERY),
     // running_containers, containers, container_id, health_view, brief, inspect_json, ...
     rule("GET", "/containers/json", EVERY),
     rule("GET", "/containers/*/json", EVERY),
@@ -467,6 +469,7 @@ mod tests {
             ("GET", "/_ping"),
             ("HEAD", "/_ping"),
             ("GET", "/v1.41/version"),
+            ("GET", "/v1.41/info"),
             ("GET", "/v1.41/containers/json"),
             ("GET", "/containers/abc/json"),
             ("GET", "/images/127.0.0.1:5000/e2e/app:stable/json"),
@@ -484,7 +487,8 @@ mod tests {
             ("POST", "/images/create"),
             ("GET", "/containers/abc/logs"),
             ("GET", "/containers/abc/archive"),
-            ("GET", "/info"),
+            ("POST", "/info"),
+            ("GET", "/info/x"),
             ("GET", "/events"),
             ("POST", "/containers/json"),
             ("GET", "/volumes"),

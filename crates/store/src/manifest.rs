@@ -28,6 +28,10 @@ pub struct Manifest {
     pub reason: BackupReason,
     /// The Docker host it was taken from.
     pub docker_host: String,
+    /// The host (`STEWARD_HOST`) whose engine it was taken from; none in manifests from
+    /// before hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// What it holds.
     pub components: Vec<Component>,
 }
@@ -201,6 +205,7 @@ mod tests {
             taken_at: time::macros::datetime!(2026-11-23 02:00:07 UTC),
             reason: BackupReason::Schedule,
             docker_host: "unix:///var/run/docker.sock".into(),
+            host: Some("vps1".into()),
             components: vec![Component {
                 name: "app:/data".into(),
                 kind: Kind::Path { container: "app".into(), path: "/data".into() },
@@ -217,6 +222,17 @@ mod tests {
         let other = serde_json::to_vec(&Manifest { format: 2, ..m }).unwrap_or_default();
         assert!(Manifest::parse(&other).is_err_and(|e| e.contains("format 2")));
         assert!(Manifest::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn a_manifest_from_before_hosts_reads_with_none() {
+        let old = r#"{"format":1,"backup_id":"20261123T020007Z-abcdef",
+            "taken_at":"2026-11-23T02:00:07Z","reason":"schedule",
+            "docker_host":"unix:///var/run/docker.sock","components":[]}"#;
+        let m = Manifest::parse(old.as_bytes()).expect("an old manifest reads");
+        assert_eq!(m.host, None);
+        let text = serde_json::to_string(&m).unwrap_or_default();
+        assert!(!text.contains("\"host\""), "{text}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ const AUTOMATIC: [&str; 2] = ["steward.update.policy=automatic", "steward.update
 /// The record a flow of `event` would have written, at `step` (the event's id as update id,
 /// as the updater before minting its own wrote it).
 fn record(event: &Event, u: &ImageUpdated, step: UpdateStep) -> UpdateRecord {
-    UpdateRecord::from_news(event.id, event, u, "automatic", step)
+    UpdateRecord::from_news((event.id, None), event, u, "automatic", step)
 }
 
 async fn put(flow: &Flow, r: &UpdateRecord) {
@@ -199,6 +199,7 @@ async fn the_watchers_newer_digest_outranks_an_older_event_but_not_one_it_has_ye
         reported_digest: None,
         checked_at: seen,
         last_error: None,
+        host: None,
     };
     let other = format!("sha256:{}", "7".repeat(64));
     // The watcher has seen another digest as the newest since this event: it is old news.

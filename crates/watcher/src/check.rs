@@ -294,6 +294,7 @@ impl Checker {
                 .and_then(|p| p.reported_digest.clone()),
             checked_at: now,
             last_error: None,
+            host: self.bus.host().map(str::to_owned),
         };
         // A pulled multi-arch image is known by its index digest and its platform manifest's:
         // either one equal to the registry's means nothing changed.
@@ -402,6 +403,7 @@ impl Checker {
             reported_digest: base.as_ref().and_then(|b| b.reported_digest.clone()),
             checked_at: OffsetDateTime::now_utc(),
             last_error: Some(why.to_owned()),
+            host: self.bus.host().map(str::to_owned),
         };
         // An unchanged failure is not written again within the hour, like any record.
         if worth_saving(base.as_ref(), &record) {
@@ -534,6 +536,7 @@ mod tests {
             reported_digest: None,
             checked_at: at,
             last_error: None,
+            host: None,
         }
     }
 

@@ -235,6 +235,7 @@ pub async fn plant_signed(
         taken_at: at,
         reason: steward_events::BackupReason::Schedule,
         docker_host: "test".into(),
+        host: None,
         components: vec![],
     };
     let body = serde_json::to_vec(&m).unwrap_or_default();

@@ -94,6 +94,11 @@ impl Flow {
         Ok(Self { bus, engine, records, queue, cfg, source, own_id })
     }
 
+    /// The host this updater looks after, recorded in each update it claims.
+    pub(crate) fn host(&self) -> Option<String> {
+        self.bus.host().map(str::to_owned)
+    }
+
     /// The record of an update by id (approvals name only the id).
     pub async fn by_update_id(
         &self,

@@ -127,7 +127,7 @@ impl Flow {
             previous_digest: recorded,
             // As the container was created from it: the swap checks it is still that.
             ..UpdateRecord::fresh(
-                uuid::Uuid::now_v7(),
+                (uuid::Uuid::now_v7(), self.host()),
                 event,
                 (name, &container.image_ref),
                 (&from, &target),

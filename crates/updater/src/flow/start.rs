@@ -95,8 +95,13 @@ impl Flow {
             UpdateStep::Deferred
         };
         let update_id = uuid::Uuid::now_v7();
-        let mut record =
-            UpdateRecord::from_news(update_id, event, u, settings.policy.as_str(), step);
+        let mut record = UpdateRecord::from_news(
+            (update_id, self.host()),
+            event,
+            u,
+            settings.policy.as_str(),
+            step,
+        );
         record.not_before = settings.not_before(event.time);
         // What `steward rollback` brings back, carried over the update this one replaces.
         record.previous_digest = current.as_ref().and_then(|v| v.value.rollback_target().cloned());
