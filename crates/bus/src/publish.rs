@@ -11,6 +11,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use steward_events::Event;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::{Bus, BusError};
 
@@ -23,10 +24,18 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// Publishes `event` in a `publish` span (the NATS call), whose trace context the event
+/// carries: the span that handles the event is its child.
 pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published, BusError> {
-    let payload = Bytes::from(event.encode()?);
     let subject = bus.namespace().subject(event.event_type());
-    publish_raw(bus, subject, HeaderMap::new(), payload, &event.id.to_string()).await
+    let span = tracing::info_span!("publish", otel.kind = "producer", messaging.system = "nats",
+        messaging.destination.name = %subject, event.id = %event.id, "event.type" = event.event_type());
+    let stamped = span.in_scope(|| crate::trace::stamped(event));
+    let event = stamped.as_ref().unwrap_or(event);
+    let payload = Bytes::from(event.encode()?);
+    publish_raw(bus, subject, HeaderMap::new(), payload, &event.id.to_string())
+        .instrument(span)
+        .await
 }
 
 /// Publishes bytes with a message id, retrying until acked or `publish_timeout` has passed.

@@ -1,6 +1,6 @@
 //! The CloudEvents 1.0 JSON envelope around every payload.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -36,6 +36,57 @@ pub struct Event {
     pub causation_id: Option<Uuid>,
     /// The typed payload; its variant decides `type`.
     pub data: EventData,
+    /// W3C trace context of the span that published it (CloudEvents distributed tracing).
+    pub trace: TraceContext,
+}
+
+/// The CloudEvents distributed-tracing extension: the W3C `traceparent` and `tracestate` of
+/// the span that published an event, so that the span handling it joins the same trace.
+///
+/// Carried as text and never validated here: the tracing setup parses it, and a malformed
+/// one starts a new trace rather than failing the event. Absent on events published with
+/// tracing off (and on events older than it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// `00-<trace id>-<parent span id>-<flags>`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "trace_attribute"
+    )]
+    pub traceparent: Option<String>,
+    /// Vendor entries, passed on with the traceparent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "trace_attribute"
+    )]
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// No trace context at all.
+    pub fn is_empty(&self) -> bool {
+        self.traceparent.is_none() && self.tracestate.is_none()
+    }
+}
+
+/// Longest trace attribute kept (W3C's limit for `tracestate`; a `traceparent` is 55 bytes).
+const MAX_TRACE_ATTRIBUTE: usize = 512;
+
+/// A trace attribute as sent, or none if it is not a string or too long: a bad one must not
+/// cost an event its delivery (it is only a hint which trace to join).
+fn trace_attribute<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Lenient::deserialize(d)? {
+        Lenient::Text(s) if s.len() <= MAX_TRACE_ATTRIBUTE => Some(s),
+        _ => None,
+    })
 }
 
 #[derive(Serialize)]
@@ -53,6 +104,10 @@ struct WireOut<'a> {
     correlationid: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
     causationid: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
     data: &'a RawValue,
 }
 
@@ -72,6 +127,10 @@ struct WireIn<'a> {
     correlationid: Uuid,
     #[serde(default)]
     causationid: Option<Uuid>,
+    #[serde(default, deserialize_with = "trace_attribute")]
+    traceparent: Option<String>,
+    #[serde(default, deserialize_with = "trace_attribute")]
+    tracestate: Option<String>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
@@ -89,20 +148,29 @@ impl Event {
             correlation_id: id,
             causation_id: None,
             data,
+            trace: TraceContext::default(),
         }
     }
 
-    /// A new event caused by `cause`: same flow, with `cause` as its causation.
+    /// A new event caused by `cause`: same flow, with `cause` as its causation, and in its
+    /// trace (the bus replaces the trace context with the publishing span's, if one).
     pub fn caused_by(cause: &Event, source: impl Into<String>, data: impl Into<EventData>) -> Self {
         let mut event = Self::new(source, data);
         event.correlation_id = cause.correlation_id;
         event.causation_id = Some(cause.id);
+        event.trace = cause.trace.clone();
         event
     }
 
     /// Puts this event into an existing flow.
     pub fn with_correlation(mut self, correlation_id: Uuid) -> Self {
         self.correlation_id = correlation_id;
+        self
+    }
+
+    /// Puts this event into an existing trace (that of the flow a decision belongs to).
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = trace;
         self
     }
 
@@ -131,6 +199,8 @@ impl Event {
             subject: self.subject.as_deref(),
             correlationid: self.correlation_id,
             causationid: self.causation_id,
+            traceparent: self.trace.traceparent.as_deref(),
+            tracestate: self.trace.tracestate.as_deref(),
             data: &data,
         };
         let bytes = serde_json::to_vec(&wire).map_err(json)?;
@@ -188,6 +258,7 @@ impl Event {
             correlation_id: wire.correlationid,
             causation_id: wire.causationid,
             data,
+            trace: TraceContext { traceparent: wire.traceparent, tracestate: wire.tracestate },
         })
     }
 }

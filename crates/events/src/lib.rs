@@ -19,7 +19,7 @@ pub mod samples;
 mod types;
 
 pub use catalog::*;
-pub use envelope::{Event, MAX_EVENT_BYTES, SPEC_VERSION};
+pub use envelope::{Event, TraceContext, MAX_EVENT_BYTES, SPEC_VERSION};
 pub use error::{DecodeError, EncodeError};
 pub use redact::{redact_url, redact_urls_in};
 pub use release::{release_notes, ImageVersion, Versions};

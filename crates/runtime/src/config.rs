@@ -43,6 +43,8 @@ pub struct RuntimeConfig {
     pub uses_docker: bool,
     /// Deadline of one Docker engine call.
     pub engine_timeout: Duration,
+    /// Whether spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` set; see `telemetry`).
+    pub traces: bool,
 }
 
 pub use steward_settings::default_http_addr;
@@ -81,6 +83,7 @@ impl RuntimeConfig {
             shutdown_grace: env.duration(ENV_SHUTDOWN_GRACE, Duration::from_secs(20)),
             uses_docker: !matches!(service, Service::Notifier | Service::Cli),
             engine_timeout,
+            traces: crate::telemetry::traces_wanted(env),
         }
     }
 }

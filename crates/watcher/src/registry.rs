@@ -22,6 +22,7 @@ use oci_client::RegistryOperation;
 use steward_events::Digest;
 use steward_imageref::ImageRef;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 /// Media types accepted for a manifest HEAD: indexes first, as `docker pull` sends them.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -348,7 +349,28 @@ impl Registries {
     /// One request to `reference`'s repository (`/v2/<repo>/<kind>/<name>`) through the
     /// registry's gate, permits and auth, retried once for a stale token and for 429s within
     /// the bound; the headers and at most `limit` bytes of body of its 200 answer.
+    ///
+    /// Inside a traced span (a check) it is a `registry <method> <kind>` child span.
     async fn fetch(
+        &self,
+        reference: &ImageRef,
+        method: reqwest::Method,
+        kind: &str,
+        name: &str,
+        accept: &str,
+        limit: usize,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), RegistryError> {
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("registry", otel.name = %format_args!("registry {method} {kind}"),
+                otel.kind = "client", registry = reference.as_oci().resolve_registry(),
+                repository = reference.repository(), reference = name)
+        };
+        self.fetch_traced(reference, method, kind, name, accept, limit).instrument(span).await
+    }
+
+    async fn fetch_traced(
         &self,
         reference: &ImageRef,
         method: reqwest::Method,
