@@ -14,6 +14,11 @@ fn rendered() -> String {
 
 /// The same with `overlays` (paths from `compose/`) layered over the compose file with `-f`.
 fn rendered_with(overlays: &[&str]) -> String {
+    rendered_in(overlays, &[])
+}
+
+/// The same with `vars` set as an operator's `.env` would.
+fn rendered_in(overlays: &[&str], vars: &[(&str, &str)]) -> String {
     let dir = compose_dir();
     // An empty env file: a `.env` an operator left in the checkout changes nothing here.
     let empty = std::env::temp_dir().join(steward_testkit::unique_name("compose-env"));
@@ -33,6 +38,8 @@ fn rendered_with(overlays: &[&str]) -> String {
         .env("STEWARD_MAIL_TO", "ops@example.com")
         .env("GITEA_DOMAIN", "git.example.com")
         .env("E2E_SCOPE", "e2e-scope")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .envs(vars.iter().copied())
         .output()
         .expect("run docker-compose");
     let _ = std::fs::remove_file(&empty);
@@ -336,4 +343,35 @@ fn the_runbooks_events_import_runs_as_the_setup_user_through_the_setup_service()
     let command = "compose run --rm -T setup events import - < events.ndjson";
     assert!(dr.contains(command), "docs/runbooks.md, disaster recovery: `{command}`");
     assert!(read_repo_file("compose/docker-compose.yml").contains(command), "compose file");
+}
+
+#[test]
+fn traces_go_to_the_monitoring_profiles_jaeger_only_when_asked() {
+    const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    let services = ["watcher", "updater", "backup", "health", "notifier"];
+    // Off unless asked: an empty endpoint is no exporter at all.
+    let plain = rendered();
+    for name in services {
+        let env = environment(&service(&plain, name));
+        assert_eq!(env.get(ENDPOINT).map(String::as_str), Some("''"), "{name}");
+    }
+    // Asked (compose/README.md): every service exports to the profile's Jaeger.
+    let traced = rendered_in(&[], &[(ENDPOINT, "http://jaeger:4318")]);
+    for name in services {
+        let env = environment(&service(&traced, name));
+        assert_eq!(env.get(ENDPOINT).map(String::as_str), Some("http://jaeger:4318"), "{name}");
+    }
+    // Jaeger: in the monitoring profile, on the stack's network only, receiving OTLP/HTTP on
+    // the port the services are told, and Grafana's data source on its query port.
+    let jaeger = service(&traced, "jaeger");
+    assert_eq!(list(&jaeger, "profiles"), ["monitoring"]);
+    assert!(!jaeger.iter().any(|l| l.trim() == "ports:"), "Jaeger publishes no port");
+    let config = read_repo_file("compose/monitoring/jaeger.yml");
+    assert!(config.contains("endpoint: 0.0.0.0:4318"), "{config}");
+    assert!(!config.contains("grpc"), "no gRPC receiver: the services send OTLP/HTTP");
+    let source = read_repo_file("compose/monitoring/grafana/provisioning/datasources/jaeger.yml");
+    assert!(source.contains("type: jaeger") && source.contains("url: http://jaeger:16686"));
+    assert!(config.contains("endpoint: 0.0.0.0:16686"), "{config}");
+    let docs = read_repo_file("compose/README.md");
+    assert!(docs.contains("OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318"), "compose/README.md");
 }

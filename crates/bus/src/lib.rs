@@ -35,6 +35,7 @@ mod setup;
 mod state;
 mod stream;
 pub mod subject;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,6 +11,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use steward_events::Event;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::{Bus, BusError};
 
@@ -23,15 +24,29 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// Publishes `event` in a `publish` span (the NATS call), whose trace context the event
+/// carries: the span that handles the event is its child.
 pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published, BusError> {
+    let subject = bus.namespace().subject(event.event_type());
+    let outside_trace = crate::trace::current().is_none();
+    let span = tracing::info_span!("publish", otel.kind = "producer", messaging.system = "nats",
+        messaging.destination.name = %subject, event.id = %event.id, "event.type" = event.event_type());
+    // Outside any traced span (the approval page, the sweeper, an outbox flushed at start),
+    // the publish continues the trace the event carries instead of starting a new one.
+    if outside_trace && !event.trace.is_empty() {
+        crate::trace::join(&span, event);
+    }
+    let stamped = span.in_scope(|| crate::trace::stamped(event));
+    let event = stamped.as_ref().unwrap_or(event);
     // An agent's events carry its host; one that names a host already keeps it.
     let payload = match (&event.host, &bus.config().host) {
         (None, Some(host)) => event.clone().with_host(Some(host.clone())).encode()?,
         _ => event.encode()?,
     };
     let payload = Bytes::from(payload);
-    let subject = bus.namespace().subject(event.event_type());
-    publish_raw(bus, subject, HeaderMap::new(), payload, &event.id.to_string()).await
+    publish_raw(bus, subject, HeaderMap::new(), payload, &event.id.to_string())
+        .instrument(span)
+        .await
 }
 
 /// Publishes bytes with a message id, retrying until acked or `publish_timeout` has passed.

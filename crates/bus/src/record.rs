@@ -146,6 +146,11 @@ impl<T: FlowRecord + Serialize + DeserializeOwned> RecordStore<T> {
         let last = record.last_event_id_mut();
         event.causation_id = Some(*last);
         *last = event.id;
+        // In the current span's trace, else the flow's (a step run outside a handled event);
+        // kept for decisions made outside any span (`steward approve`, the approval page).
+        let trace = record.trace_mut();
+        event.trace = crate::trace::current().unwrap_or_else(|| trace.clone());
+        trace.clone_from(&event.trace);
         record.outbox_mut().push(event);
     }
 

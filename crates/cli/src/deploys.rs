@@ -157,7 +157,8 @@ async fn approve(conn: &Connection, id: &str) -> anyhow::Result<()> {
         steward_settings::event_source(Service::Cli),
         DeployApproved { deploy_id: r.deploy_id, by: who() },
     )
-    .with_correlation(r.correlation_id);
+    .with_correlation(r.correlation_id)
+    .with_trace(r.trace.clone());
     bus.publish(&event).await.context("cannot publish the approval")?;
     #[allow(clippy::print_stdout)]
     {

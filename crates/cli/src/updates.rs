@@ -115,7 +115,8 @@ pub async fn decide(
     } else {
         Event::new(source, UpdateRejected { update_id: r.update_id, by, reason })
     }
-    .with_correlation(r.correlation_id);
+    .with_correlation(r.correlation_id)
+    .with_trace(r.trace.clone());
     bus.publish(&event).await.context("cannot publish the decision")?;
     #[allow(clippy::print_stdout)]
     {

@@ -26,6 +26,7 @@ use bollard::errors::Error as BollardError;
 use bollard::Docker;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use tracing::Instrument as _;
 
 use crate::{Engine, EngineError};
 
@@ -38,6 +39,17 @@ pub const ENGINE_STOP_GRACE: Duration = Duration::from_secs(10);
 /// The bollard timeout of requests whose answer comes at the pace of the work, bounded by
 /// progress instead (uploads): long enough to never be the bound that fires.
 const WHOLE_TRANSFER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The name of the bollard method whose future `F` is (`inspect_container`), from the type's
+/// name: `bollard::...::Docker>::inspect_container::{{closure}}`.
+fn call_name<F>() -> &'static str {
+    let name = std::any::type_name::<F>();
+    let head = name.split("::{{closure}}").next().unwrap_or(name);
+    match head.rsplit("::").next() {
+        Some(method) if !method.contains(['<', '>']) && !method.is_empty() => method,
+        _ => "call",
+    }
+}
 
 /// `d` rounded up to whole seconds, at least 1 s: bollard's timeout has one-second
 /// resolution, and rounding down would make 0.5 s an immediate failure.
@@ -54,12 +66,21 @@ impl Engine {
 
     /// Runs one call with `limit` to answer; a call that does not is bollard's
     /// `RequestTimeoutError`, which [`Engine::call_failed`] turns into a timeout.
-    pub(crate) async fn within<T>(
-        &self,
-        limit: Duration,
-        call: impl Future<Output = Result<T, BollardError>>,
-    ) -> Result<T, BollardError> {
+    ///
+    /// Inside a traced span (an event being handled) the call is a `docker <call>` child span,
+    /// named after bollard's method; outside one (periodic probes) no span is made.
+    pub(crate) async fn within<T, F>(&self, limit: Duration, call: F) -> Result<T, BollardError>
+    where
+        F: Future<Output = Result<T, BollardError>>,
+    {
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("docker", otel.name = %format_args!("docker {}", call_name::<F>()),
+                otel.kind = "client", docker.host = %self.host)
+        };
         tokio::time::timeout(whole(limit), call)
+            .instrument(span)
             .await
             .unwrap_or(Err(BollardError::RequestTimeoutError))
     }
@@ -248,5 +269,23 @@ mod tests {
         assert_eq!(super::whole(Duration::ZERO), Duration::from_secs(1));
         assert_eq!(super::whole(Duration::from_secs(30)), Duration::from_secs(30));
         assert_eq!(super::whole(Duration::from_secs(1 << 40)), Duration::from_secs(1 << 40));
+    }
+
+    fn name_of<F>(_: &F) -> &'static str {
+        super::call_name::<F>()
+    }
+
+    #[test]
+    fn a_call_span_is_named_after_the_method() {
+        async fn inspect_container() {}
+        let docker = bollard::Docker::connect_with_http(
+            "http://127.0.0.1:9",
+            1,
+            bollard::API_DEFAULT_VERSION,
+        );
+        let docker = docker.expect("client");
+        assert_eq!(name_of(&docker.ping()), "ping");
+        assert_eq!(name_of(&inspect_container()), "inspect_container");
+        assert_eq!(name_of(&std::future::ready(())), "call");
     }
 }

@@ -22,9 +22,15 @@ fn main() {
     println!("| `correlationid` | the flow (one update, backup or restore) the event belongs to |");
     println!("| `causationid` | the id of the event that caused this one |");
     println!("| `host` | extension: the host (`STEWARD_HOST`) whose agent published it; absent from the CLI's and the notifier's events and from events before hosts |");
+    println!("| `traceparent` | optional: W3C trace context of the span that published it (CloudEvents distributed-tracing extension), present when the publisher exports traces or the event continues a traced flow |");
+    println!("| `tracestate` | optional: W3C vendor trace state, with `traceparent` |");
     println!("| `data` | the payload, below |\n");
     println!("Decoders refuse unknown types, missing fields, other spec versions and messages over 1 MiB;");
     println!("they ignore unknown extra fields, so producers can add fields without breaking consumers.\n");
+    println!("A `traceparent` or `tracestate` that is not a string or is over 512 bytes is dropped, and a");
+    println!(
+        "malformed one only starts a new trace: trace context never costs an event its handling.\n"
+    );
     println!("Dead letters go to `dlq.<consumer>` with headers `Steward-Dlq-Reason`, `Steward-Dlq-Subject`,");
     println!(
         "`Steward-Dlq-Sequence`, `Steward-Dlq-Deliveries`; the body is the original message.\n"

@@ -1,6 +1,6 @@
 //! The CloudEvents 1.0 JSON envelope around every payload.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,6 +40,68 @@ pub struct Event {
     pub host: Option<String>,
     /// The typed payload; its variant decides `type`.
     pub data: EventData,
+    /// W3C trace context of the span that published it (CloudEvents distributed tracing).
+    pub trace: TraceContext,
+}
+
+/// The CloudEvents distributed-tracing extension: the W3C `traceparent` and `tracestate` of
+/// the span that published an event, so that the span handling it joins the same trace.
+///
+/// Carried as text and never validated here: the tracing setup parses it, and a malformed
+/// one starts a new trace rather than failing the event. Absent on events published with
+/// tracing off (and on events older than it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// `00-<trace id>-<parent span id>-<flags>`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "trace_attribute"
+    )]
+    pub traceparent: Option<String>,
+    /// Vendor entries, passed on with the traceparent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "trace_attribute"
+    )]
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// No trace context at all.
+    pub fn is_empty(&self) -> bool {
+        self.traceparent.is_none() && self.tracestate.is_none()
+    }
+}
+
+/// Longest trace attribute kept (W3C's limit for `tracestate`; a `traceparent` is 55 bytes).
+const MAX_TRACE_ATTRIBUTE: usize = 512;
+
+/// A trace attribute as sent, or none if it is not a string or too long: a bad one must not
+/// cost an event its delivery (it is only a hint which trace to join).
+fn trace_attribute<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Lenient::deserialize(d)? {
+        Lenient::Text(s) if s.len() <= MAX_TRACE_ATTRIBUTE => Some(s),
+        _ => None,
+    })
+}
+
+/// [`trace_attribute`] of the envelope's raw value: a string of at most
+/// [`MAX_TRACE_ATTRIBUTE`] bytes, else none.
+fn raw_trace_attribute(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?.get();
+    // Escapes take up to 6 bytes a character: longer than that cannot be short enough.
+    if raw.len() > MAX_TRACE_ATTRIBUTE.saturating_mul(6).saturating_add(2) {
+        return None;
+    }
+    serde_json::from_str::<String>(raw).ok().filter(|s| s.len() <= MAX_TRACE_ATTRIBUTE)
 }
 
 #[derive(Serialize)]
@@ -59,6 +121,10 @@ struct WireOut<'a> {
     causationid: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
     data: &'a RawValue,
 }
 
@@ -80,6 +146,12 @@ struct WireIn<'a> {
     causationid: Option<Uuid>,
     #[serde(default)]
     host: Option<String>,
+    // Taken raw (skipped, not parsed, as unknown attributes were before): nesting, bad
+    // escapes or any other value there cannot cost the event its decoding.
+    #[serde(borrow, default)]
+    traceparent: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tracestate: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
@@ -98,14 +170,17 @@ impl Event {
             causation_id: None,
             host: None,
             data,
+            trace: TraceContext::default(),
         }
     }
 
-    /// A new event caused by `cause`: same flow, with `cause` as its causation.
+    /// A new event caused by `cause`: same flow, with `cause` as its causation, and in its
+    /// trace (the bus replaces the trace context with the publishing span's, if one).
     pub fn caused_by(cause: &Event, source: impl Into<String>, data: impl Into<EventData>) -> Self {
         let mut event = Self::new(source, data);
         event.correlation_id = cause.correlation_id;
         event.causation_id = Some(cause.id);
+        event.trace = cause.trace.clone();
         event
     }
 
@@ -118,6 +193,12 @@ impl Event {
     /// The same event about `host` (see [`Event::host`]).
     pub fn with_host(mut self, host: Option<String>) -> Self {
         self.host = host;
+        self
+    }
+
+    /// Puts this event into an existing trace (that of the flow a decision belongs to).
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = trace;
         self
     }
 
@@ -147,6 +228,8 @@ impl Event {
             correlationid: self.correlation_id,
             causationid: self.causation_id,
             host: self.host.as_deref(),
+            traceparent: self.trace.traceparent.as_deref(),
+            tracestate: self.trace.tracestate.as_deref(),
             data: &data,
         };
         let bytes = serde_json::to_vec(&wire).map_err(json)?;
@@ -209,6 +292,10 @@ impl Event {
             causation_id: wire.causationid,
             host: wire.host,
             data,
+            trace: TraceContext {
+                traceparent: raw_trace_attribute(wire.traceparent),
+                tracestate: raw_trace_attribute(wire.tracestate),
+            },
         })
     }
 }

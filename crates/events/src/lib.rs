@@ -20,7 +20,7 @@ pub mod samples;
 mod types;
 
 pub use catalog::*;
-pub use envelope::{Event, MAX_EVENT_BYTES, SPEC_VERSION};
+pub use envelope::{Event, TraceContext, MAX_EVENT_BYTES, SPEC_VERSION};
 pub use error::{DecodeError, EncodeError};
 pub use host::{check_host, host_from_name, HOST_RULE, MAX_HOST_LEN};
 pub use redact::{redact_url, redact_urls_in};

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{Digest, Event};
+use crate::{Digest, Event, TraceContext};
 
 /// KV bucket (within the namespace) of [`WatchRecord`]s, keyed by container name.
 pub const WATCH_BUCKET: &str = "WATCHER";
@@ -130,6 +130,10 @@ pub struct UpdateRecord {
     pub correlation_id: Uuid,
     /// The last event of this flow (causation of the next).
     pub last_event_id: Uuid,
+    /// The trace context of the last event staged: a decision made outside a traced span
+    /// (`steward approve`, the approval page) joins the flow's trace with it.
+    #[serde(default, skip_serializing_if = "TraceContext::is_empty")]
+    pub trace: TraceContext,
     /// Where it is.
     pub step: UpdateStep,
     /// When the update began.
@@ -257,6 +261,7 @@ impl UpdateRecord {
             policy: policy.to_owned(),
             correlation_id: cause.correlation_id,
             last_event_id: cause.id,
+            trace: cause.trace.clone(),
             step,
             started_at: OffsetDateTime::now_utc(),
             not_before: None,
@@ -359,6 +364,9 @@ pub struct DeployRecord {
     pub correlation_id: Uuid,
     /// The last event of this flow (causation of the next).
     pub last_event_id: Uuid,
+    /// The trace context of the last event staged (see [`UpdateRecord::trace`]).
+    #[serde(default, skip_serializing_if = "TraceContext::is_empty")]
+    pub trace: TraceContext,
     /// Where it is.
     pub step: DeployStep,
     /// When the request was published: an older request never replaces a newer deployment.
@@ -427,6 +435,9 @@ pub trait FlowRecord: Outboxed {
     fn correlation_id(&self) -> Uuid;
     /// The last event of the flow (the causation of the next one staged).
     fn last_event_id_mut(&mut self) -> &mut Uuid;
+    /// The trace context of the last event staged (that of the next one, if it is staged
+    /// outside a traced span).
+    fn trace_mut(&mut self) -> &mut TraceContext;
     /// Ends the flow: its terminal `step` and why.
     fn end(&mut self, step: Self::Step, reason: Option<String>);
 }
@@ -455,6 +466,9 @@ impl FlowRecord for UpdateRecord {
     }
     fn last_event_id_mut(&mut self) -> &mut Uuid {
         &mut self.last_event_id
+    }
+    fn trace_mut(&mut self) -> &mut TraceContext {
+        &mut self.trace
     }
     fn end(&mut self, step: UpdateStep, reason: Option<String>) {
         debug_assert!(step.is_terminal());
@@ -490,6 +504,9 @@ impl FlowRecord for DeployRecord {
     }
     fn last_event_id_mut(&mut self) -> &mut Uuid {
         &mut self.last_event_id
+    }
+    fn trace_mut(&mut self) -> &mut TraceContext {
+        &mut self.trace
     }
     fn end(&mut self, step: DeployStep, reason: Option<String>) {
         debug_assert!(step.is_terminal());

@@ -164,3 +164,59 @@ fn the_host_attribute_round_trips_is_optional_and_checked() {
     v["host"] = 7.into();
     assert!(matches!(decode_value(&v), Err(DecodeError::Envelope(_))));
 }
+
+#[test]
+fn trace_context_round_trips_and_is_optional() {
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut v = sample_json();
+    v["traceparent"] = traceparent.into();
+    v["tracestate"] = "rojo=00f067aa0ba902b7".into();
+    let event = decode_value(&v).expect("decodes");
+    assert_eq!(event.trace.traceparent.as_deref(), Some(traceparent));
+    assert_eq!(event.trace.tracestate.as_deref(), Some("rojo=00f067aa0ba902b7"));
+    let again = Event::decode(&event.encode().expect("encodes")).expect("decodes");
+    assert_eq!(again.trace, event.trace);
+    // Caused events stay in the cause's trace until a span replaces it.
+    let next = Event::caused_by(&event, "t", event.data.clone());
+    assert_eq!(next.trace, event.trace);
+
+    // An event from before trace context (or published with tracing off) has none, and
+    // writes none.
+    let plain = decode_value(&sample_json()).expect("decodes");
+    assert!(plain.trace.is_empty());
+    let text = String::from_utf8(plain.encode().expect("encodes")).expect("utf-8");
+    assert!(!text.contains("traceparent") && !text.contains("tracestate"), "{text}");
+}
+
+#[test]
+fn a_hostile_trace_context_never_costs_the_event() {
+    // Wrong JSON types, overlong and malformed values: the event decodes without them (or
+    // with the text, for the tracing setup to refuse as a parent), never an error.
+    for (traceparent, tracestate) in [
+        (serde_json::json!(42), serde_json::json!({"a": 1})),
+        (serde_json::json!(null), serde_json::json!([1, 2])),
+        (serde_json::json!("x".repeat(100_000)), serde_json::json!("y".repeat(513))),
+        (serde_json::json!("00-zz-\u{0}-01"), serde_json::json!(true)),
+    ] {
+        let mut v = sample_json();
+        v["traceparent"] = traceparent.clone();
+        v["tracestate"] = tracestate;
+        let event = decode_value(&v).unwrap_or_else(|e| panic!("{traceparent:.40}: {e}"));
+        assert!(event.trace.tracestate.is_none());
+        assert!(event.trace.traceparent.as_ref().is_none_or(|t| t.len() <= 512));
+    }
+    // What JSON values cannot even express: nesting deeper than a parser's limit and a lone
+    // surrogate escape, written as raw text.
+    let text = serde_json::to_string(&sample_json()).expect("json");
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for (traceparent, tracestate) in [(deep.as_str(), "\"\\ud800\""), ("\"\\udfff\"", "7")] {
+        let hostile = text.replacen(
+            '{',
+            &format!("{{\"traceparent\":{traceparent},\"tracestate\":{tracestate},"),
+            1,
+        );
+        let event = Event::decode(hostile.as_bytes())
+            .unwrap_or_else(|e| panic!("{:.40} / {tracestate}: {e}", traceparent));
+        assert!(event.trace.is_empty(), "{:?}", event.trace);
+    }
+}

@@ -17,6 +17,7 @@ use steward_events::{Event, EventData, NotifyFailed, NotifySent};
 use steward_runtime::Context;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 use crate::channels::Channel;
 use crate::message::{describe, describe_news, Item, Severity, Templates};
@@ -194,7 +195,11 @@ impl Delivery {
         // Recorded before the attempt: whatever happens next, a later attempt is this message.
         let batch = self.outbox.mark(batch, &mark).await?;
         steward_failpoints::failpoint!("notify:sending");
-        match self.channel.deliver(&message, &mark.message_id).await {
+        // The SMTP or webhook call, in the trace of the first event it tells of.
+        let span = tracing::info_span!("deliver", otel.name = %format_args!("notify {kind}"),
+            otel.kind = "client", channel = kind, events = about.len());
+        steward_bus::trace::join(&span, &batch[0].event);
+        match self.channel.deliver(&message, &mark.message_id).instrument(span).await {
             Ok(()) => {
                 steward_failpoints::failpoint!("notify:delivered");
                 tracing::info!(channel = kind, subject = %message.subject, events = about.len(), "notification sent");

@@ -48,6 +48,8 @@ pub struct RuntimeConfig {
     ///
     /// [`Runtime::start`]: crate::Runtime::start
     pub host: Option<String>,
+    /// Whether spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` set; see `telemetry`).
+    pub traces: bool,
 }
 
 pub use steward_settings::default_http_addr;
@@ -88,6 +90,7 @@ impl RuntimeConfig {
             shutdown_grace: env.duration(ENV_SHUTDOWN_GRACE, Duration::from_secs(20)),
             uses_docker,
             engine_timeout,
+            traces: crate::telemetry::traces_wanted(env),
         }
     }
 }

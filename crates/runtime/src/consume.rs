@@ -23,6 +23,7 @@ use futures::FutureExt;
 use steward_bus::{Delivery, Idempotency, Inbox};
 use steward_events::{DecodeError, Event};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::metrics::Metrics;
 use crate::tasks::Grace;
@@ -109,23 +110,33 @@ impl<H: Handler> Loop<'_, H> {
             self.dead_letter(&d, &reason).await;
             return Next::Continue;
         }
+        // The span of this event's handling: a child of the span that published it (a new
+        // trace if it carries no valid trace context). Attached to the future, never entered
+        // across an await.
+        let (image, from, to) = event.data.image_and_digests();
         let span = tracing::info_span!("event", id = %event.id, subject = %d.event_type,
-            correlation = %event.correlation_id, attempt = d.attempt);
-        let _enter = span.enter();
+            correlation = %event.correlation_id, attempt = d.attempt,
+            otel.name = %format_args!("handle {}", d.event_type), otel.kind = "consumer",
+            container = event.container(), image, digest.from = from, digest.to = to);
+        steward_bus::trace::join(&span, &event);
+        self.handle(&d, event, &label).instrument(span).await
+    }
 
+    /// Handles a decoded delivery that is not exhausted, inside its span.
+    async fn handle(&self, d: &Delivery, event: Event, label: &crate::metrics::TypeLabel) -> Next {
         if Duration::try_from_secs_f64(d.age_seconds).is_ok_and(|age| age > self.horizon) {
-            self.metrics.expired.get_or_create(&label).inc();
+            self.metrics.expired.get_or_create(label).inc();
             tracing::warn!(age_seconds = d.age_seconds, horizon = ?self.horizon, seq = d.stream_sequence,
                 "event older than the idempotency horizon (a replay?); acknowledging it without handling it");
-            self.ack(&d).await;
+            self.ack(d).await;
             return Next::Continue;
         }
 
         match self.idempotency.is_done(&event.id).await {
             Ok(true) => {
-                self.metrics.duplicates.get_or_create(&label).inc();
+                self.metrics.duplicates.get_or_create(label).inc();
                 tracing::info!("already handled; acknowledging redelivery");
-                self.ack(&d).await;
+                self.ack(d).await;
                 return Next::Continue;
             }
             Ok(false) => {}
@@ -138,31 +149,30 @@ impl<H: Handler> Loop<'_, H> {
 
         tracing::info!(container = event.container().unwrap_or("-"), source = %event.source, "received");
         let started = Instant::now();
-        let Some(result) = self.run_handler(&d, event.clone()).await else {
+        let Some(result) = self.run_handler(d, event.clone()).await else {
             tracing::warn!(grace = ?self.grace.period, "handler did not finish within the shutdown grace; returning the event for redelivery");
             let _ = d.nak(Duration::ZERO).await;
             return Next::Stop;
         };
-        self.metrics.handler_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        self.metrics.handler_seconds.get_or_create(label).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 self.mark_done(&event).await;
-                self.ack(&d).await;
-                self.metrics.handled.get_or_create(&label).inc();
+                self.ack(d).await;
+                self.metrics.handled.get_or_create(label).inc();
             }
             Err(HandlerError::Reject(e)) => {
-                self.metrics.failed.get_or_create(&label).inc();
+                self.metrics.failed.get_or_create(label).inc();
                 tracing::error!(error = %format!("{e:#}"), "handler rejected the event");
-                self.dead_letter(&d, &format!("rejected: {e:#}")).await;
+                self.dead_letter(d, &format!("rejected: {e:#}")).await;
             }
             Err(HandlerError::Retry(e)) if d.is_last_attempt() => {
-                self.metrics.failed.get_or_create(&label).inc();
+                self.metrics.failed.get_or_create(label).inc();
                 tracing::error!(error = %format!("{e:#}"), "handler failed on the last attempt");
-                self.dead_letter(&d, &format!("failed after {} deliveries: {e:#}", d.attempt))
-                    .await;
+                self.dead_letter(d, &format!("failed after {} deliveries: {e:#}", d.attempt)).await;
             }
             Err(HandlerError::Retry(e)) => {
-                self.metrics.failed.get_or_create(&label).inc();
+                self.metrics.failed.get_or_create(label).inc();
                 let delay = Duration::from_secs(1 << d.attempt.min(6));
                 tracing::warn!(error = %format!("{e:#}"), ?delay, "handler failed; will retry");
                 let _ = d.nak(delay).await;

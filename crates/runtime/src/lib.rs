@@ -31,6 +31,7 @@ use steward_bus::{Bus, ConsumerSpec, Idempotency};
 use steward_engine::Engine;
 use steward_events::{Event, Service};
 pub use steward_settings::{env, event_source, ConfigError, Env};
+pub use telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
 
 /// What a handler can use.
@@ -285,7 +286,7 @@ where
         eprintln!("{}: {e}", service.binary());
         return ExitCode::from(2);
     }
-    telemetry::init(config.log_format, &config.log_filter);
+    let telemetry = telemetry::init(service, config.log_format, &config.log_filter, config.traces);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{} starting", service.binary());
     let result = async {
         let runtime = Runtime::start(config).await?;
@@ -293,6 +294,7 @@ where
         runtime.run(handler).await
     }
     .await;
+    telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

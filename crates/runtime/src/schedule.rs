@@ -4,6 +4,7 @@
 use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Runs `job` at every occurrence of `schedule` until `shutdown`; `what` names the job in
 /// the logs ("check", "backup"). A job that overruns the next occurrence delays it, never
@@ -34,6 +35,7 @@ pub async fn on_schedule<F, Fut>(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep((next - now).to_std().unwrap_or_default()) => {}
         }
-        job().await;
+        // Each run is a trace of its own (a scheduled check or backup is one flow).
+        job().instrument(tracing::info_span!("scheduled", otel.name = what, job = what)).await;
     }
 }

@@ -299,7 +299,8 @@ async fn decide(
             UpdateRejected { update_id: record.update_id, by: PAGE_ACTOR.into(), reason },
         )
     }
-    .with_correlation(record.correlation_id);
+    .with_correlation(record.correlation_id)
+    .with_trace(record.trace.clone());
     event.causation_id = Some(record.last_event_id);
     if let Err(e) = page.flow.bus.publish(&event).await {
         // Release the link: the decision was not recorded, so the operator may try again.

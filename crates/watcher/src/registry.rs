@@ -22,6 +22,7 @@ use oci_client::RegistryOperation;
 use steward_events::Digest;
 use steward_imageref::ImageRef;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 /// Media types accepted for a manifest HEAD: indexes first, as `docker pull` sends them.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -348,6 +349,8 @@ impl Registries {
     /// One request to `reference`'s repository (`/v2/<repo>/<kind>/<name>`) through the
     /// registry's gate, permits and auth, retried once for a stale token and for 429s within
     /// the bound; the headers and at most `limit` bytes of body of its 200 answer.
+    ///
+    /// Inside a traced span (a check) it is a `registry <method> <kind>` child span.
     async fn fetch(
         &self,
         reference: &ImageRef,
@@ -357,82 +360,97 @@ impl Registries {
         accept: &str,
         limit: usize,
     ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), RegistryError> {
-        let host = self.host(reference.as_oci().resolve_registry());
-        let url =
-            format!("{}://{}/v2/{}/{kind}/{name}", host.scheme, host.name, reference.repository(),);
-        let mut refreshed_auth = false;
-        for _ in 0..4 {
-            self.wait_for_gate(&host).await?;
-            let _permit = host.permits.acquire().await.map_err(|_| RegistryError::Unreachable {
-                registry: host.name.clone(),
-                reason: "shutting down".into(),
-            })?;
-            let auth = self.authorization(&host, reference).await?;
-            let mut request =
-                self.http.request(method.clone(), &url).header(reqwest::header::ACCEPT, accept);
-            if let Some(auth) = &auth {
-                request = request.header(reqwest::header::AUTHORIZATION, auth);
-            }
-            let mut response = request.send().await.map_err(|e| unreachable(&host, e))?;
-            let status = response.status();
-            match status.as_u16() {
-                200 => {
-                    let headers = response.headers().clone();
-                    let mut body = vec![];
-                    while let Some(chunk) =
-                        response.chunk().await.map_err(|e| unreachable(&host, e))?
-                    {
-                        if body.len().saturating_add(chunk.len()) > limit {
-                            return Err(RegistryError::Protocol {
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("registry", otel.name = %format_args!("registry {method} {kind}"),
+                otel.kind = "client", registry = reference.as_oci().resolve_registry(),
+                repository = reference.repository(), reference = name)
+        };
+        let fetch = async {
+            let host = self.host(reference.as_oci().resolve_registry());
+            let url = format!(
+                "{}://{}/v2/{}/{kind}/{name}",
+                host.scheme,
+                host.name,
+                reference.repository(),
+            );
+            let mut refreshed_auth = false;
+            for _ in 0..4 {
+                self.wait_for_gate(&host).await?;
+                let _permit =
+                    host.permits.acquire().await.map_err(|_| RegistryError::Unreachable {
+                        registry: host.name.clone(),
+                        reason: "shutting down".into(),
+                    })?;
+                let auth = self.authorization(&host, reference).await?;
+                let mut request =
+                    self.http.request(method.clone(), &url).header(reqwest::header::ACCEPT, accept);
+                if let Some(auth) = &auth {
+                    request = request.header(reqwest::header::AUTHORIZATION, auth);
+                }
+                let mut response = request.send().await.map_err(|e| unreachable(&host, e))?;
+                let status = response.status();
+                match status.as_u16() {
+                    200 => {
+                        let headers = response.headers().clone();
+                        let mut body = vec![];
+                        while let Some(chunk) =
+                            response.chunk().await.map_err(|e| unreachable(&host, e))?
+                        {
+                            if body.len().saturating_add(chunk.len()) > limit {
+                                return Err(RegistryError::Protocol {
+                                    registry: host.name.clone(),
+                                    reason: format!("{url} is larger than {limit} bytes"),
+                                });
+                            }
+                            body.extend_from_slice(&chunk);
+                        }
+                        return Ok((headers, body));
+                    }
+                    401 | 403 if !refreshed_auth && auth.is_some() => {
+                        refreshed_auth = true;
+                        self.forget_auth(&host, reference);
+                    }
+                    401 | 403 => {
+                        return Err(RegistryError::Auth {
+                            registry: host.name.clone(),
+                            reason: format!("HTTP {status} for {url}"),
+                        })
+                    }
+                    404 => {
+                        return Err(RegistryError::NotFound {
+                            registry: host.name.clone(),
+                            reference: format!("{reference} ({kind}/{name})"),
+                        })
+                    }
+                    429 => {
+                        let retry_after =
+                            retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
+                        self.close_gate(&host, retry_after);
+                        if retry_after > self.cfg.max_wait {
+                            return Err(RegistryError::RateLimited {
                                 registry: host.name.clone(),
-                                reason: format!("{url} is larger than {limit} bytes"),
+                                retry_after,
                             });
                         }
-                        body.extend_from_slice(&chunk);
+                        tracing::warn!(registry = %host.name, ?retry_after, "registry rate limiting; waiting");
                     }
-                    return Ok((headers, body));
-                }
-                401 | 403 if !refreshed_auth && auth.is_some() => {
-                    refreshed_auth = true;
-                    self.forget_auth(&host, reference);
-                }
-                401 | 403 => {
-                    return Err(RegistryError::Auth {
-                        registry: host.name.clone(),
-                        reason: format!("HTTP {status} for {url}"),
-                    })
-                }
-                404 => {
-                    return Err(RegistryError::NotFound {
-                        registry: host.name.clone(),
-                        reference: format!("{reference} ({kind}/{name})"),
-                    })
-                }
-                429 => {
-                    let retry_after =
-                        retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
-                    self.close_gate(&host, retry_after);
-                    if retry_after > self.cfg.max_wait {
-                        return Err(RegistryError::RateLimited {
+                    _ => {
+                        return Err(RegistryError::Status {
                             registry: host.name.clone(),
-                            retry_after,
-                        });
+                            url,
+                            status: status.as_u16(),
+                        })
                     }
-                    tracing::warn!(registry = %host.name, ?retry_after, "registry rate limiting; waiting");
-                }
-                _ => {
-                    return Err(RegistryError::Status {
-                        registry: host.name.clone(),
-                        url,
-                        status: status.as_u16(),
-                    })
                 }
             }
-        }
-        Err(RegistryError::Protocol {
-            registry: host.name.clone(),
-            reason: format!("gave up on {url} after retries"),
-        })
+            Err(RegistryError::Protocol {
+                registry: host.name.clone(),
+                reason: format!("gave up on {url} after retries"),
+            })
+        };
+        fetch.instrument(span).await
     }
 
     /// Every tag of `reference`'s repository (all pages).

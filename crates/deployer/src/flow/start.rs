@@ -138,6 +138,7 @@ impl Flow {
             new_services: vec![],
             correlation_id: event.correlation_id,
             last_event_id: event.id,
+            trace: event.trace.clone(),
             step: DeployStep::Preparing,
             requested_at: event.time,
             request_id: event.id,

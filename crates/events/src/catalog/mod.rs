@@ -56,6 +56,24 @@ macro_rules! catalog {
                 match self { $(Self::$variant(p) => p.container(),)+ }
             }
 
+            /// The image and the digests (from, to) this payload names, for trace attributes:
+            /// the fields of those names (`current_digest`/`new_digest` in news).
+            pub fn image_and_digests(&self) -> (Option<String>, Option<String>, Option<String>) {
+                let Ok(serde_json::Value::Object(v)) = (match self {
+                    $(Self::$variant(p) => serde_json::to_value(p),)+
+                }) else {
+                    return (None, None, None);
+                };
+                let text = |names: &[&str]| {
+                    names.iter().find_map(|n| v.get(*n).and_then(|x| x.as_str()).map(str::to_owned))
+                };
+                (
+                    text(&["image"]),
+                    text(&["from_digest", "current_digest"]),
+                    text(&["to_digest", "new_digest"]),
+                )
+            }
+
             /// Decodes `data` for the given `type`.
             pub(crate) fn from_json(event_type: &str, data: &RawValue) -> Result<Self, DecodeError> {
                 match event_type {
