@@ -405,7 +405,9 @@ fn sample(points: &[String], offset: usize) -> Vec<String> {
     }
     let day = (time::OffsetDateTime::now_utc().unix_timestamp() / 86_400) as usize;
     let skip = (offset + day) % SHARES;
-    eprintln!("killing every {SHARES}th point from the {skip}th (STEWARD_CRASH_POINTS=all for all)");
+    eprintln!(
+        "killing every {SHARES}th point from the {skip}th (STEWARD_CRASH_POINTS=all for all)"
+    );
     points.iter().skip(skip).step_by(SHARES).cloned().collect()
 }
 
