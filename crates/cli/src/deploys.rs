@@ -150,16 +150,25 @@ fn pending<'a>(records: &'a [DeployRecord], id: &str) -> anyhow::Result<&'a Depl
     }
 }
 
-async fn approve(conn: &Connection, id: &str) -> anyhow::Result<()> {
+/// Publishes a human's decision on the deployment `id` names (it must wait for approval), in
+/// its flow and its trace; the decided record.
+async fn decide(
+    conn: &Connection,
+    id: &str,
+    decision: impl FnOnce(&DeployRecord) -> EventData,
+) -> anyhow::Result<DeployRecord> {
     let (bus, records, _) = read(conn).await?;
     let r = pending(&records, id)?;
-    let event = Event::new(
-        steward_settings::event_source(Service::Cli),
-        DeployApproved { deploy_id: r.deploy_id, by: who() },
-    )
-    .with_correlation(r.correlation_id)
-    .with_trace(r.trace.clone());
-    bus.publish(&event).await.context("cannot publish the approval")?;
+    let event = Event::new(steward_settings::event_source(Service::Cli), decision(r))
+        .with_correlation(r.correlation_id)
+        .with_trace(r.trace.clone());
+    bus.publish(&event).await.with_context(|| format!("cannot publish {}", event.event_type()))?;
+    Ok(r.clone())
+}
+
+async fn approve(conn: &Connection, id: &str) -> anyhow::Result<()> {
+    let r =
+        decide(conn, id, |r| DeployApproved { deploy_id: r.deploy_id, by: who() }.into()).await?;
     #[allow(clippy::print_stdout)]
     {
         println!(
@@ -174,15 +183,10 @@ async fn approve(conn: &Connection, id: &str) -> anyhow::Result<()> {
 }
 
 async fn reject(conn: &Connection, id: &str, reason: Option<String>) -> anyhow::Result<()> {
-    let (bus, records, _) = read(conn).await?;
-    let r = pending(&records, id)?;
     let reason = reason.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    let event = Event::new(
-        steward_settings::event_source(Service::Cli),
-        DeployRejected { deploy_id: r.deploy_id, by: who(), reason },
-    )
-    .with_correlation(r.correlation_id);
-    bus.publish(&event).await.context("cannot publish the rejection")?;
+    let r =
+        decide(conn, id, |r| DeployRejected { deploy_id: r.deploy_id, by: who(), reason }.into())
+            .await?;
     #[allow(clippy::print_stdout)]
     {
         println!(
