@@ -3,8 +3,12 @@
 #   data:  DATA_MIB of mixed files in a volume (half random, half text) + a PostgreSQL database
 #          whose dump is about DB_MB
 #   peer:  docker exec db pg_dump | gzip | aws s3 cp -   and   docker exec app tar czf - /data | aws s3 cp -
-#   Steward: the release steward-backup service, `steward backup now` (wall time), its peak RSS
-#          (VmHWM), then `steward restore latest --yes` (RTO).
+#   limit: the tools' own limit: the custom-format dump and the path's tar each piped through
+#          zstd -T0 -3 into aws s3 cp -, both at once (independent components need not wait)
+#   Steward: the release steward-backup service with signed manifests and a second copy (another
+#          bucket on the same server; COPY=0 leaves it out), `steward backup now` (wall time to
+#          backup.done), then the time until the copy is complete, its peak RSS (VmHWM), then
+#          `steward restore latest --yes` (RTO: checks, safety backup, staged load and swap).
 #   benches/backup.sh                   1 GiB of data + ~200 MB dump
 #   DATA_MIB=4096 benches/backup.sh     the memory check at 4 GiB
 #   AGE=1 benches/backup.sh             Steward with client-side age encryption (needs age-keygen)
@@ -34,7 +38,21 @@ pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null
   docker rm -f -v "$DB" "$APP" >/dev/null 2>&1 || true
-  rm -rf "${STATE:?}/s3/$BUCKET" "$STATE/$RUN.age"
+  [ -n "${stamp:-}" ] && kill "$stamp" 2>/dev/null
+  # The run's stream and KV buckets (created by `steward setup` below) go with it.
+  python3 - "$STEWARD_TEST_NATS_URL" "$STEWARD_STREAM" <<'PY' 2>/dev/null || true
+import asyncio, sys, nats
+async def main(url, stream):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for info in await js.streams_info():
+        name = info.config.name
+        if name == stream or name.startswith(f"KV_{stream}_"):
+            await js.delete_stream(name)
+    await nc.close()
+asyncio.run(main(*sys.argv[1:]))
+PY
+  rm -rf "${STATE:?}/s3/$BUCKET" "${STATE:?}/s3/$BUCKET-copy" "$STATE/$RUN.age" "$STATE/$RUN.key" "$STATE/logs/$RUN.stamped"
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
@@ -65,6 +83,18 @@ t2=$(now)
 peer_db=$(secs "$t0" "$t1"); peer_data=$(secs "$t1" "$t2"); peer_total=$(secs "$t0" "$t2")
 echo "   database ${peer_db} s, data ${peer_data} s, total ${peer_total} s"
 
+echo "== the tools' limit: pg_dump -Fc -Z0 | zstd -T0 -3 | aws s3 cp -  and  tar cf - | zstd -T0 -3 | aws s3 cp -, at once"
+command -v zstd >/dev/null 2>&1 || apt-get install -y -qq zstd >/dev/null
+t0=$(now)
+docker exec "$DB" pg_dump -Fc -Z0 -U gitea gitea | zstd -q -T0 -3 | $S3 cp - "s3://$BUCKET/limit/db.dump.zst" >/dev/null &
+l1=$!
+docker exec "$APP" tar cf - /data 2>/dev/null | zstd -q -T0 -3 | $S3 cp - "s3://$BUCKET/limit/data.tar.zst" >/dev/null &
+l2=$!
+wait "$l1" "$l2"
+t1=$(now)
+limit_total=$(secs "$t0" "$t1")
+echo "   total ${limit_total} s"
+
 if [ "${AGE:-0}" = 1 ]; then
   command -v age-keygen >/dev/null 2>&1 || apt-get install -y -qq age >/dev/null
   age-keygen -o "$STATE/$RUN.age" 2>/dev/null
@@ -72,27 +102,51 @@ if [ "${AGE:-0}" = 1 ]; then
   STEWARD_BACKUP_AGE_RECIPIENTS=$(age-keygen -y "$STATE/$RUN.age")
   export STEWARD_BACKUP_AGE_RECIPIENTS
 fi
-echo "== Steward: steward-backup (release) + steward backup now${AGE:+ (age: ${AGE})}"
+"$BIN/steward" setup >/dev/null
+# Every manifest is signed (required since issue 25).
+openssl genpkey -algorithm ed25519 -out "$STATE/$RUN.key" 2>/dev/null
+export STEWARD_BACKUP_SIGNING_KEY_FILE=$STATE/$RUN.key
+if [ "${COPY:-1}" = 1 ]; then
+  mkdir -p "$STATE/s3/$BUCKET-copy"
+  export STEWARD_BACKUP_COPY_BUCKET=$BUCKET-copy STEWARD_BACKUP_COPY_ENDPOINT=$STEWARD_TEST_S3_ENDPOINT
+fi
+echo "== Steward: steward-backup (release) + steward backup now (signed${AGE:+, age}$([ "${COPY:-1}" = 1 ] && echo ', second copy'))"
 http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # As the image runs it (Dockerfile: MALLOC_ARENA_MAX=2); ARENAS=default measures glibc's own.
 arenas=()
 [ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}")
 env "${arenas[@]}" STEWARD_HTTP_ADDR=127.0.0.1:$http "$BIN/steward-backup" >"$STATE/logs/$RUN.log" 2>&1 &
 pid=$!
+# Each log line with the time it was written, for the phases of the backup and the restore.
+(tail -n +1 -F "$STATE/logs/$RUN.log" 2>/dev/null | while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done) >"$STATE/logs/$RUN.stamped" &
+stamp=$!
 for _ in $(seq 100); do grep -q consuming "$STATE/logs/$RUN.log" && break; sleep 0.1; done
+at() { awk -v m="$1" 'index($0, m) {print $1; exit}' "$STATE/logs/$RUN.stamped"; }
 t0=$(now)
 "$BIN/steward" backup now
 t1=$(now)
-hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 steward_total=$(secs "$t0" "$t1")
-echo "   total ${steward_total} s; peak RSS of steward-backup $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
-echo "   speed-up over the peer: $(echo "$peer_total / $steward_total" | bc -l | xargs printf '%.1f')x"
-echo "   stored: steward $($S3 ls --recursive "s3://$BUCKET/" | grep -v ' peer/' | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB," \
-  "peer $($S3 ls --recursive "s3://$BUCKET/peer/" | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB"
+copied=
+if [ "${COPY:-1}" = 1 ]; then
+  for _ in $(seq 1200); do copied=$(at "copied to the second copy"); [ -n "$copied" ] && break; sleep 0.25; done
+fi
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
+echo "   total ${steward_total} s to backup.done${copied:+; second copy complete after $(secs "$t0" "$copied") s}; peak RSS of steward-backup $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
+echo "   speed-up over the peer: $(echo "$peer_total / $steward_total" | bc -l | xargs printf '%.1f')x; against the tools' limit: $(echo "$steward_total / $limit_total" | bc -l | xargs printf '%.2f')x its time"
+echo "   stored: steward $($S3 ls --recursive "s3://$BUCKET/" | grep -v ' peer/' | grep -v ' limit/' | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB," \
+  "peer $($S3 ls --recursive "s3://$BUCKET/peer/" | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB," \
+  "limit $($S3 ls --recursive "s3://$BUCKET/limit/" | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB"
 
 echo "== restore (RTO): steward restore latest --yes"
 t0=$(now)
 "$BIN/steward" restore latest --yes
 t1=$(now)
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
-echo "   restore ${sec:-}$(secs "$t0" "$t1") s; peak RSS after restore $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
+echo "   restore $(secs "$t0" "$t1") s; peak RSS after restore $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
+checks=$(at "checking checksums before touching anything"); safety=$(at "taking the safety backup")
+safe=$(at "safety backup complete"); stopping=$(at "stopping for the restore")
+loaded=$(awk 'index($0, "loaded beside the live data") {t=$1} END {print t}' "$STATE/logs/$RUN.stamped")
+if [ -n "$checks" ] && [ -n "$safety" ] && [ -n "$safe" ] && [ -n "$stopping" ] && [ -n "$loaded" ]; then
+  echo "   phases: checksums of every object $(secs "$checks" "$safety") s; safety backup $(secs "$safety" "$safe") s;" \
+    "staged load beside the live data $(secs "$stopping" "$loaded") s; swap, restart, health $(secs "$loaded" "$t1") s"
+fi
