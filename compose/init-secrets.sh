@@ -18,6 +18,9 @@ put() { # NAME CONTENT
 put postgres_password "$(random)"
 put approval_secret "$(random)$(random)"
 put grafana_admin_password "$(random)"
+# Alertmanager's token for the notifier's POST /alerts, and Prometheus' for Gitea's /metrics.
+put alerts_token "$(random)"
+put gitea_metrics_token "$(random)"
 for user in watcher updater backup health notifier deployer cli setup; do
   put "nats_${user}_password" "$(random)"
 done

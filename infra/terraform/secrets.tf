@@ -40,6 +40,18 @@ resource "random_password" "grafana" {
   special = false
 }
 
+# Alertmanager's token for the notifier's POST /alerts, and Prometheus' for Gitea's /metrics
+# (compose profile `monitoring`).
+resource "random_password" "alerts" {
+  length  = 40
+  special = false
+}
+
+resource "random_password" "gitea_metrics" {
+  length  = 40
+  special = false
+}
+
 resource "random_password" "nats" {
   for_each = local.nats_users
 
@@ -69,6 +81,22 @@ resource "aws_ssm_parameter" "grafana_admin_password" {
   type        = "SecureString"
   key_id      = aws_kms_key.secrets.arn
   value       = random_password.grafana.result
+}
+
+resource "aws_ssm_parameter" "alerts_token" {
+  name        = "${local.secrets_path}/alerts-token"
+  description = "Token Alertmanager sends to Steward's notifier (POST /alerts)"
+  type        = "SecureString"
+  key_id      = aws_kms_key.secrets.arn
+  value       = random_password.alerts.result
+}
+
+resource "aws_ssm_parameter" "gitea_metrics_token" {
+  name        = "${local.secrets_path}/gitea-metrics-token"
+  description = "Token Prometheus sends to Gitea's /metrics"
+  type        = "SecureString"
+  key_id      = aws_kms_key.secrets.arn
+  value       = random_password.gitea_metrics.result
 }
 
 resource "aws_ssm_parameter" "nats_password" {

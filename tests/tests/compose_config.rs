@@ -375,3 +375,49 @@ fn traces_go_to_the_monitoring_profiles_jaeger_only_when_asked() {
     let docs = read_repo_file("compose/README.md");
     assert!(docs.contains("OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318"), "compose/README.md");
 }
+
+#[test]
+fn alerts_go_from_prometheus_through_alertmanager_to_the_notifier_with_the_token_they_share() {
+    let plain = rendered();
+    // Prometheus sends to the profile's Alertmanager.
+    let prometheus = read_repo_file("compose/monitoring/prometheus.yml");
+    assert!(prometheus.contains("targets: [\"alertmanager:9093\"]"), "{prometheus}");
+    let alertmanager = service(&plain, "alertmanager");
+    assert_eq!(list(&alertmanager, "profiles"), ["monitoring"]);
+    assert!(!alertmanager.iter().any(|l| l.trim() == "ports:"), "Alertmanager publishes no port");
+    // It posts to the notifier's HTTP port, with the token file it mounts...
+    let notifier = service(&plain, "notifier");
+    let env = environment(&notifier);
+    let port = env
+        .get("STEWARD_HTTP_ADDR")
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .expect("the notifier's STEWARD_HTTP_ADDR");
+    let config = read_repo_file("compose/monitoring/alertmanager.yml");
+    assert!(config.contains(&format!("url: http://notifier:{port}/alerts")), "{config}");
+    let token_file = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("credentials_file: "))
+        .expect("the webhook's credentials_file");
+    let mounted = |block: &[String], file: &str| {
+        secrets(block).iter().any(|(_, target)| format!("/run/secrets/{target}") == file)
+    };
+    assert!(mounted(&alertmanager, token_file), "{alertmanager:?}");
+    // ...which is the secret the notifier checks it against.
+    let expected = env.get("STEWARD_ALERTS_TOKEN_FILE").expect("STEWARD_ALERTS_TOKEN_FILE");
+    assert_eq!(expected, token_file);
+    assert!(mounted(&notifier, expected), "{notifier:?}");
+    // Gitea's /metrics: enabled with a token Prometheus mounts too.
+    let gitea = environment(&service(&plain, "gitea"));
+    let enabled = gitea.get("GITEA__metrics__ENABLED").map(|v| v.trim_matches(['\'', '"']));
+    assert_eq!(enabled, Some("true"));
+    let gitea_token = gitea.get("GITEA__metrics__TOKEN__FILE").expect("Gitea's metrics token");
+    assert!(mounted(&service(&plain, "gitea"), gitea_token));
+    assert!(mounted(&service(&plain, "prometheus"), gitea_token));
+    assert!(prometheus.contains(&format!("credentials_file: {gitea_token}")), "{prometheus}");
+    // The host's metrics, read-only.
+    let node = service(&plain, "node-exporter");
+    assert_eq!(list(&node, "profiles"), ["monitoring"]);
+    assert!(!node.iter().any(|l| l.trim() == "ports:"), "node-exporter publishes no port");
+    assert!(prometheus.contains("targets: [\"node-exporter:9100\"]"), "{prometheus}");
+}

@@ -50,6 +50,11 @@ pub const ENV_GROUP_WINDOW: &str = "STEWARD_NOTIFY_GROUP_WINDOW";
 pub const ENV_RETRY_FOR: &str = "STEWARD_NOTIFY_RETRY_FOR";
 /// How long the notifier's NATS connection may be down before it mails directly.
 pub const ENV_BUS_DOWN_AFTER: &str = "STEWARD_NOTIFY_BUS_DOWN_AFTER";
+/// The bearer token Alertmanager sends with its webhook (`POST /alerts`), usually as `_FILE`;
+/// without it the route is not served.
+pub const ENV_ALERTS_TOKEN: &str = "STEWARD_ALERTS_TOKEN";
+/// The shortest alert token taken: it is the only thing between the network and a mail.
+const MIN_ALERTS_TOKEN: usize = 24;
 
 /// Where mail goes.
 #[derive(Clone)]
@@ -95,6 +100,8 @@ pub struct NotifierConfig {
     pub retry_for: Duration,
     /// NATS unreachable this long: mailed directly (the outbox lives in NATS).
     pub bus_down_after: Duration,
+    /// Alertmanager's bearer token: `POST /alerts` is served when set.
+    pub alerts_token: Option<String>,
 }
 
 /// Event types notified by default (`image.updated` only for `notify` containers).
@@ -124,6 +131,17 @@ impl NotifierConfig {
             );
         }
         let bus_down_after = env.duration(ENV_BUS_DOWN_AFTER, Duration::from_secs(300));
+        let alerts_token = env.optional(ENV_ALERTS_TOKEN).map(|t| t.trim().to_owned()).filter(|t| {
+            let ok = t.len() >= MIN_ALERTS_TOKEN && t.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                env.error(
+                    ENV_ALERTS_TOKEN,
+                    "(not shown)",
+                    format!("at least {MIN_ALERTS_TOKEN} printable characters without spaces (compose/init-secrets.sh makes one)"),
+                );
+            }
+            ok
+        });
         Self {
             email,
             webhook,
@@ -133,6 +151,7 @@ impl NotifierConfig {
             group_window,
             retry_for,
             bus_down_after,
+            alerts_token,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! renders an `update.pending`, it asks the updater for the link (NATS request and reply that
 //! only these two may use). Mail carries it; webhooks only when the operator enabled it.
 
+pub mod alerts;
 pub mod channels;
 pub mod config;
 pub mod delivery;
@@ -71,6 +72,13 @@ impl Notifier {
             after: cfg.bus_down_after,
         };
         ctx.spawn("NATS watch", watch.run(ctx.clone()));
+        if let Some(token) = &cfg.alerts_token {
+            let source = ctx.source();
+            let host = source.split_once('/').map_or(source.as_str(), |(_, h)| h).to_owned();
+            let alerts = alerts::Alerts::new(token, channels.clone(), templates.clone(), host);
+            ctx.serve_routes(alerts.router())?;
+            tracing::info!(path = alerts::PATH, "taking Alertmanager's webhook");
+        }
         for channel in channels {
             let approval_links = match channel.kind() {
                 ChannelKind::Email => true,

@@ -858,6 +858,11 @@ const TOLD: &[Told] = &[
         next: "The previous commit's definitions run again. Fix the commit and push again; the log lines below are from the failed service (runbook: a deployment was rolled back)." },
     Told { kind: "notify.test_requested", severity: Severity::Info, one: "test notification", many: "test notifications",
         next: "Nothing to do: this is the test asked for with `steward notify test`. Mail about updates, backups and health comes the same way." },
+    // Not events: Alertmanager's webhook (`alerts.rs`); severity comes from each alert's label.
+    Told { kind: "alert.firing", severity: Severity::Warning, one: "alert firing", many: "alerts firing",
+        next: "" },
+    Told { kind: "alert.resolved", severity: Severity::Info, one: "alert resolved", many: "alerts resolved",
+        next: "" },
 ];
 
 /// Anything else (a type configured in `STEWARD_NOTIFY_EVENTS` that has no entry).

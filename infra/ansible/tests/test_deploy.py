@@ -106,6 +106,8 @@ class Target:
             "postgres-password": uuid.uuid4().hex,
             "approval-secret": uuid.uuid4().hex + uuid.uuid4().hex,
             "grafana-admin-password": uuid.uuid4().hex,
+            "alerts-token": uuid.uuid4().hex,
+            "gitea-metrics-token": uuid.uuid4().hex,
             "smtp-url": "smtp://smtp:2525",
             **{f"nats-{user}-password": uuid.uuid4().hex for user in NATS_USERS},
         }
