@@ -14,7 +14,7 @@ echo "== idle RSS (private nats-server; measured 5 s after /readyz answers 200)"
 # Services to measure: the arguments, or all five.
 services=("${@:-watcher updater backup health notifier}")
 read -r -a services <<<"${services[*]}"
-cargo build -q --release $(printf -- '-p steward-%s ' "${services[@]}") --bins
+cargo build -q --release $(printf -- '-p steward-%s ' "${services[@]}") -p steward-cli --bins
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 tmp=$(mktemp -d)
 nats_port=$(port)
@@ -22,6 +22,10 @@ nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$tmp/nats" >/dev/null 2>&1 &
 nats_pid=$!
 trap 'kill $nats_pid 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+# The stream, the consumers and the buckets (services only look them up), and the key the
+# backup service needs to start.
+"$BIN/steward" setup --nats-url "nats://127.0.0.1:$nats_port" >/dev/null
+openssl genpkey -algorithm ed25519 -out "$tmp/signing.pem" 2>/dev/null
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # Traces on: an endpoint on loopback where nothing listens (an idle service exports nothing;
 # what is measured is the cost of the exporter, its client and its thread being there).
@@ -31,13 +35,19 @@ for svc in "${services[@]}"; do
     http=$(port)
     endpoint=""
     [ "$traces" = on ] && endpoint=$otlp
-    # The backup service needs a bucket name to start; idle, it never contacts S3 (and with
-    # a fixed region and no instance metadata, it could not send traffic off this machine).
+    # The backup service needs a bucket; at start it looks at it (copies to finish, chunks to
+    # collect, the newest verified backup): an endpoint on loopback where nothing listens, so
+    # nothing leaves this machine. Two malloc arenas, as the image runs every service
+    # (ARENAS=default: glibc's own).
     # The notifier needs a channel; idle, it never calls it.
-    OTEL_EXPORTER_OTLP_ENDPOINT=$endpoint \
+    arenas=()
+    [ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}")
+    env "${arenas[@]}" OTEL_EXPORTER_OTLP_ENDPOINT=$endpoint \
     STEWARD_WEBHOOK_URL=http://127.0.0.1:9/unused \
     AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
     STEWARD_S3_BUCKET=steward-bench-idle STEWARD_SCOPE=steward-bench-idle \
+    STEWARD_S3_ENDPOINT="http://127.0.0.1:$(port)" \
+    STEWARD_BACKUP_SIGNING_KEY_FILE="$tmp/signing.pem" \
     STEWARD_NATS_URL="nats://127.0.0.1:$nats_port" STEWARD_HTTP_ADDR="127.0.0.1:$http" \
       "$BIN/steward-$svc" 2>/dev/null &
     pid=$!
@@ -45,6 +55,9 @@ for svc in "${services[@]}"; do
       [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$http/readyz")" = 200 ] && break; sleep 0.1
     done
     sleep 5
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "  steward-$svc traces $traces: exited before it was measured" >&2; exit 1
+    fi
     printf '  steward-%-9s traces %-3s %6.1f MiB\n' "$svc" "$traces" "$(echo "$(rss_kib $pid) / 1024" | bc -l)"
     kill -TERM $pid; wait $pid 2>/dev/null || true
   done
