@@ -128,18 +128,7 @@ async fn receive(
         }
     };
     let message_id = format!("<{}.alert@steward>", uuid::Uuid::now_v7());
-    let mut any = false;
-    for channel in &alerts.channels {
-        match channel.deliver(&message, &message_id).await {
-            Ok(()) => {
-                tracing::info!(channel = channel.kind().as_str(), subject = %message.subject, "alert told");
-                any = true;
-            }
-            Err(e) => {
-                tracing::warn!(channel = channel.kind().as_str(), error = %e, "cannot tell an alert")
-            }
-        }
-    }
+    let any = crate::channels::tell_all(&alerts.channels, &message, &message_id, "alert").await;
     if any {
         (StatusCode::OK, "told\n".into())
     } else {

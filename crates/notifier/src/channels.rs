@@ -76,6 +76,24 @@ impl Channel {
     }
 }
 
+/// Sends `m` on every channel at once, outside the outbox (what the bus cannot carry: the NATS
+/// notice, Alertmanager's alerts), logging each outcome as `what`; whether one took it.
+pub async fn tell_all(channels: &[Channel], m: &Message, message_id: &str, what: &str) -> bool {
+    let mut any = false;
+    for channel in channels {
+        match channel.deliver(m, message_id).await {
+            Ok(()) => {
+                tracing::info!(channel = channel.kind().as_str(), subject = %m.subject, "{what} told");
+                any = true;
+            }
+            Err(e) => {
+                tracing::warn!(channel = channel.kind().as_str(), error = %e, "cannot tell the {what}")
+            }
+        }
+    }
+    any
+}
+
 /// Sends `m` as `hook`'s format wants it. Every error is scrubbed of the token and of secret
 /// URL parts (the client's own error text is taken without its URL).
 async fn send_hook(

@@ -122,18 +122,6 @@ impl BusWatch {
             }
         };
         let message_id = format!("<{}.bus@steward>", uuid::Uuid::now_v7());
-        let mut any = false;
-        for channel in &self.channels {
-            match channel.deliver(&message, &message_id).await {
-                Ok(()) => {
-                    tracing::warn!(channel = channel.kind().as_str(), subject = %message.subject, "told directly (NATS)");
-                    any = true;
-                }
-                Err(e) => {
-                    tracing::warn!(channel = channel.kind().as_str(), error = %e, "cannot tell the NATS notice")
-                }
-            }
-        }
-        any
+        crate::channels::tell_all(&self.channels, &message, &message_id, "NATS notice").await
     }
 }
