@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    pitr_stack_config, row_ids, rows_before, segment_number, ship_round, ship_until_current,
-    shipped_files, shipping_stack, Stack, DB_USER,
+    base_range, pitr_stack_config, row_ids, rows_before, segment_number, ship_gapless_until,
+    ship_round, ship_segments, ship_until_current, shipped_files, shipping_stack, Stack, DB_USER,
 };
 use steward_backup::encryption::Keys;
 use steward_backup::journal::RestoreJournal;
@@ -465,15 +465,7 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
     let (_, second) = stack.back_up().await;
     stack.psql("CREATE TABLE after (id int)");
     ship_until_current(&stack, &backups).await;
-    let start_of = |m: &steward_store::manifest::Manifest| {
-        m.components
-            .iter()
-            .find_map(|c| match &c.kind {
-                Kind::PostgresBase { start_lsn, .. } => steward_backup::wal::parse_lsn(start_lsn),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("no base"))
-    };
+    let start_of = |m: &steward_store::manifest::Manifest| base_range(m).0;
     let size = 16u64 << 20;
     let index = |f: &str| steward_backup::wal::segment_index(f, size).unwrap_or(u64::MAX);
     let before = shipped_files(&stack).await;
@@ -510,11 +502,7 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
 async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     use steward_backup::pitr::PointInTime;
     let (stack, backups, (id, manifest)) = shipping_stack("pitr-gap").await;
-    for i in 0..3 {
-        stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
-        stack.psql("SELECT pg_switch_wal()");
-        ship_until_current(&stack, &backups).await;
-    }
+    ship_segments(&stack, &backups, 3).await;
     let files = shipped_files(&stack).await;
     assert!(files.len() >= 4, "{files:?}");
     let dir = steward_backup::wal::wal_dir(&stack.db.name);
@@ -563,14 +551,7 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     // of it ends there, so `latest` would have stopped at the base's end without a word.
     stack.store.put(&record, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
     let size = 16u64 << 20;
-    let stop = manifest
-        .components
-        .iter()
-        .find_map(|c| match &c.kind {
-            Kind::PostgresBase { stop_lsn, .. } => steward_backup::wal::parse_lsn(stop_lsn),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no base"));
+    let stop = base_range(&manifest).1;
     let first = steward_backup::wal::segment_name(1, stop / size, size).unwrap_or_default();
     assert!(files.contains(&first) && &first != victim, "{first} {victim} {files:?}");
     stack.store.delete(&format!("{dir}/{first}.json")).await.unwrap_or_else(|e| panic!("{e}"));
@@ -714,19 +695,8 @@ async fn a_full_spool_stops_the_receiver_until_uploads_work_again_without_a_gap(
 
     // Uploads work again: the spool drains, the receiver starts, every segment is shipped.
     let current = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
-    let mut shipped = false;
-    for _ in 0..60 {
-        for (_, round) in ship_round(&backups, &mut state).await {
-            let round = round.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(round.gap, None);
-        }
-        if backups.wal_record(&stack.db.name, &current).await.ok().flatten().is_some() {
-            shipped = true;
-            break;
-        }
-        tokio::time::sleep(backups.config().pitr.tick()).await;
-    }
-    assert!(shipped, "{current} not shipped after the spool drained");
+    let db = &stack.db.name;
+    ship_gapless_until(&backups, &mut state, db, &current, "after the spool drained").await;
     assert_eq!(state.spool_full().count(), 0);
     let files = shipped_files(&stack).await;
     let numbers: Vec<u64> = files.iter().filter_map(|f| segment_number(f)).collect();
@@ -775,30 +745,16 @@ async fn a_lost_slot_is_one_alarm_even_across_a_restart_of_the_shipper() {
     let mut restarted = ShipState::default();
     stack.psql("CREATE TABLE later AS SELECT 1 AS id");
     let current = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
-    let mut shipped = false;
-    for _ in 0..60 {
-        for (_, round) in ship_round(&backups, &mut restarted).await {
-            let round = round.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(round.gap, None, "the lost slot's hole said a second time");
-        }
-        if backups.wal_record(&stack.db.name, &current).await.ok().flatten().is_some() {
-            shipped = true;
-            break;
-        }
-        tokio::time::sleep(backups.config().pitr.tick()).await;
-    }
-    assert!(shipped, "{current} not shipped after the lost slot");
+    // (a gap said here is the lost slot's hole said a second time)
+    let db = &stack.db.name;
+    ship_gapless_until(&backups, &mut restarted, db, &current, "after the lost slot").await;
     stack.destroy_bucket().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_keeps_a_base_that_alone_reaches_the_times_before_a_hole() {
     let (stack, backups, (first, first_manifest)) = shipping_stack("pitr-keep").await;
-    for i in 0..3 {
-        stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
-        stack.psql("SELECT pg_switch_wal()");
-        ship_until_current(&stack, &backups).await;
-    }
+    ship_segments(&stack, &backups, 3).await;
     let (second, _) = stack.back_up().await;
     let mut config = stack.backups.config().clone();
     // One backup a day: the day's newest base replaces the morning's.
@@ -809,14 +765,7 @@ async fn retention_keeps_a_base_that_alone_reaches_the_times_before_a_hole() {
         config,
     );
     let size = 16u64 << 20;
-    let stop = first_manifest
-        .components
-        .iter()
-        .find_map(|c| match &c.kind {
-            Kind::PostgresBase { stop_lsn, .. } => steward_backup::wal::parse_lsn(stop_lsn),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no base"));
+    let stop = base_range(&first_manifest).1;
     // A hole after the first base's end, before the second's start.
     let hole = steward_backup::wal::segment_name(1, stop / size + 1, size).unwrap_or_default();
     let files = shipped_files(&stack).await;
