@@ -27,6 +27,12 @@ use crate::pitr::PointInTime;
 use crate::progress;
 use crate::restore::{Busy, RestoreOptions};
 
+/// A WAL shipping failure is said (`backup.failed`) once it has lasted this many times
+/// `STEWARD_PITR_MAX_LAG` (5 min by default): commits since are beyond the promised loss by
+/// then, while a database restart or recreation by an update (no commits meanwhile) ends
+/// before it.
+pub const ALARM_AFTER_LAGS: u32 = 5;
+
 /// The backup service's event handler.
 #[derive(Debug, Clone)]
 pub struct BackupService {
@@ -102,9 +108,9 @@ impl BackupService {
 
     /// Ships the WAL of every `steward.backup.pitr` cluster, every
     /// [`crate::config::PitrConfig::tick`] ([`crate::wal`]). A failure is logged when it
-    /// starts, changes or ends, not every round; one that lasts `STEWARD_PITR_MAX_LAG` (the
-    /// commits since are beyond the promised loss) is a `backup.failed`, once an episode, and
-    /// so is a spool that reached its cap.
+    /// starts, changes or ends, not every round; one that lasts [`ALARM_AFTER_LAGS`] times
+    /// `STEWARD_PITR_MAX_LAG` is a `backup.failed`, once an episode, and so is a spool that
+    /// reached its cap.
     async fn ship_wal(self, ctx: Context) {
         let pitr = self.backups.config().pitr.clone();
         let tick = pitr.tick();
@@ -133,7 +139,8 @@ impl BackupService {
                     }
                     Err(f) => {
                         let now = Instant::now();
-                        let failed = failing.failed(&container, &f.reason, now, pitr.max_lag);
+                        let after = pitr.max_lag.saturating_mul(ALARM_AFTER_LAGS);
+                        let failed = failing.failed(&container, &f.reason, now, after);
                         if failed.new_reason {
                             tracing::error!(container = %container, error = %f.reason, stderr = ?f.stderr_tail, "WAL shipping failed");
                         }
@@ -141,7 +148,7 @@ impl BackupService {
                         let who =
                             if container.is_empty() { "every cluster" } else { container.as_str() };
                         let reason = format!(
-                            "WAL of {who}: shipping has failed for {}s, longer than STEWARD_PITR_MAX_LAG ({}s): commits since are not in the bucket and a restore cannot reach them; PostgreSQL keeps their WAL for the slot meanwhile: {}",
+                            "WAL of {who}: shipping has failed for {}s, {ALARM_AFTER_LAGS} times STEWARD_PITR_MAX_LAG ({}s): commits since are not in the bucket and a restore cannot reach them; PostgreSQL keeps their WAL for the slot meanwhile: {}",
                             lasted.as_secs(),
                             pitr.max_lag.as_secs(),
                             f.reason
