@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use steward_events::BackupReason;
 use steward_store::catalog::{self, Listed, Standing, VerifiedMark};
-use steward_store::manifest::{Manifest, MANIFEST, VERIFIED};
+use steward_store::manifest::{Kind, Manifest, MANIFEST, VERIFIED};
 use steward_store::signing::{Purpose, VERIFIED_SIGNATURE};
 use steward_store::store::StoreError;
 use time::OffsetDateTime;
@@ -86,6 +86,25 @@ impl Backups {
             })
             .collect();
         let mut prune = retention::to_prune(self.config.retention, &candidates, to_chrono(now));
+        // A base that is the only way to times before a hole in its WAL stays while its day
+        // is retained (issue 20); when that cannot be judged, every base stays this time.
+        let holding_base = |l: &Listed| {
+            l.usable().is_some_and(|m| {
+                m.components.iter().any(|c| matches!(c.kind, Kind::PostgresBase { .. }))
+            })
+        };
+        match self.bases_before_holes(&listed, &prune).await {
+            Ok(rescued) => {
+                for id in &rescued {
+                    tracing::info!(backup = %id, "kept past retention: its base is the only way to the times before a hole in the shipped WAL");
+                }
+                prune.retain(|id| !rescued.contains(id));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.reason, "cannot tell which base backups precede a hole in the shipped WAL; every one is kept this time");
+                prune.retain(|id| !listed.iter().any(|l| &l.backup_id == id && holding_base(l)));
+            }
+        }
         // S3 Object Lock: a locked backup stays, whole and listed, until its lock ends (a
         // delete would only hide it behind delete markers). The manifest is written last, so
         // its lock ends last.

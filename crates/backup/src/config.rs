@@ -45,6 +45,10 @@ pub const ENV_PITR_MAX_LAG: &str = "STEWARD_PITR_MAX_LAG";
 /// The most WAL (MiB) a replication slot may make PostgreSQL keep for a shipper that does not
 /// read it (`max_slot_wal_keep_size`); beyond it the slot is lost and a gap reported.
 pub const ENV_PITR_SLOT_KEEP_MB: &str = "STEWARD_PITR_SLOT_KEEP_MB";
+/// The most WAL (MiB) the receiver's spool in the data volume may hold while uploads fail;
+/// at it the receiver is stopped (the slot then keeps the WAL in `pg_wal`, up to
+/// [`ENV_PITR_SLOT_KEEP_MB`]) and an alarm raised.
+pub const ENV_PITR_SPOOL_MAX_MB: &str = "STEWARD_PITR_SPOOL_MAX_MB";
 
 /// WAL shipping's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +57,13 @@ pub struct PitrConfig {
     pub max_lag: Duration,
     /// [`ENV_PITR_SLOT_KEEP_MB`], default 8192.
     pub slot_keep_mb: u32,
+    /// [`ENV_PITR_SPOOL_MAX_MB`], default 1024.
+    pub spool_max_mb: u32,
 }
 
 impl Default for PitrConfig {
     fn default() -> Self {
-        Self { max_lag: Duration::from_secs(60), slot_keep_mb: 8192 }
+        Self { max_lag: Duration::from_secs(60), slot_keep_mb: 8192, spool_max_mb: 1024 }
     }
 }
 
@@ -74,7 +80,13 @@ impl PitrConfig {
                 Ok(n) if n >= 64 => Ok(n),
                 _ => Err("a whole number of MiB, at least 64".into()),
             });
-        Self { max_lag, slot_keep_mb }
+        // The receiver's partial segment and two complete ones (16 MiB each by default).
+        let spool_max_mb =
+            env.parse_with(ENV_PITR_SPOOL_MAX_MB, d.spool_max_mb, |s| match s.parse::<u32>() {
+                Ok(n) if n >= 48 => Ok(n),
+                _ => Err("a whole number of MiB, at least 48".into()),
+            });
+        Self { max_lag, slot_keep_mb, spool_max_mb }
     }
 
     /// How often the shipper looks: a tenth of the lag, from 1 to 10 seconds.
@@ -274,11 +286,16 @@ mod tests {
 
     #[test]
     fn pitr_settings_are_bounded() {
-        let mut env = Env::from_pairs([(ENV_PITR_MAX_LAG, "1s"), (ENV_PITR_SLOT_KEEP_MB, "10")]);
+        let mut env = Env::from_pairs([
+            (ENV_PITR_MAX_LAG, "1s"),
+            (ENV_PITR_SLOT_KEEP_MB, "10"),
+            (ENV_PITR_SPOOL_MAX_MB, "16"),
+        ]);
         let _ = PitrConfig::read(&mut env);
         let message = env.finish().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains(ENV_PITR_MAX_LAG) && message.contains("at least 4s"), "{message}");
         assert!(message.contains(ENV_PITR_SLOT_KEEP_MB), "{message}");
+        assert!(message.contains(ENV_PITR_SPOOL_MAX_MB), "{message}");
         let mut env = Env::from_pairs([(ENV_PITR_MAX_LAG, "10s")]);
         let pitr = PitrConfig::read(&mut env);
         assert!(env.finish().is_ok());

@@ -62,6 +62,35 @@ impl PointInTime {
     }
 }
 
+/// The WAL a replay needs ([`Backups::wal_to_replay`]).
+#[derive(Debug)]
+pub(crate) struct Replay {
+    /// The records of the files to replay: the end timeline's history first, then the
+    /// segments in order.
+    pub files: Vec<Component>,
+    /// Where the replay ends short of the newest WAL shipped (a hole), for a target time.
+    pub gap: Option<String>,
+    /// The timeline it ends on (`recovery_target_timeline`).
+    pub timeline: u32,
+}
+
+/// A timeline history file: per line an ancestor timeline and the LSN where the next one
+/// branched off it (`1\t0/3000000\tno recovery target specified`), oldest first; `#` lines
+/// and empty ones skipped. None when a line does not read so.
+pub fn parse_history(text: &str) -> Option<Vec<(u32, u64)>> {
+    let mut out = vec![];
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let tli = fields.next()?.parse::<u32>().ok()?;
+        let at = crate::wal::parse_lsn(fields.next()?)?;
+        out.push((tli, at));
+    }
+    Some(out)
+}
+
 /// Lines of `pg_basebackup --verbose` stderr kept: its start and end points are among them.
 const STDERR_LINES: usize = 40;
 
@@ -216,14 +245,10 @@ impl Backups {
         to: PointInTime,
         staging: Option<&str>,
     ) -> Result<String, Failure> {
-        let Kind::PostgresBase {
-            container, image, data_dir, timeline, start_lsn, stop_lsn, ..
-        } = &c.kind
-        else {
+        let Kind::PostgresBase { container, image, data_dir, .. } = &c.kind else {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
         };
-        let (files, gap) =
-            self.wal_to_replay(c, wal_of, *timeline, start_lsn, stop_lsn, to).await?;
+        let Replay { files, gap, timeline } = self.wal_to_replay(c, wal_of, to).await?;
         let image = self.scratch_image(c, image, container).await?;
         let name = format!("steward-pitr-{}", manifest::slug(container));
         let replay = format!("{data_dir}/{REPLAY_DIR}");
@@ -231,6 +256,9 @@ impl Backups {
         let mut set = |k: &str, v: String| cmd.extend(["-c".into(), format!("{k}={v}")]);
         set("restore_command", format!("cp {replay}/%f %p"));
         set("recovery_target_action", "promote".into());
+        // The path checked, not PostgreSQL's `latest` (the newest history file, which may
+        // branch off before this base).
+        set("recovery_target_timeline", timeline.to_string());
         set("archive_mode", "off".into());
         set("max_slot_wal_keep_size", "-1".into());
         if let PointInTime::At(t) = to {
@@ -272,69 +300,153 @@ impl Backups {
         })
     }
 
-    /// The WAL files to replay on base backup `c`: its timeline's segments from its start
-    /// on, as long as they follow each other from the one holding its end on (the base's own
-    /// copy of that one may end at the base's end; the first missing one ends what can be
-    /// replayed, and is the second value), and every later timeline's history and segments.
-    async fn wal_to_replay(
+    /// The WAL files to replay on base backup `c` and the timeline the replay ends on: the
+    /// replay path is the base's timeline from the segment holding its end, then each later
+    /// timeline from the segment holding its parent's switch point, up to the newest timeline
+    /// whose history (read from the bucket) has the base's timeline ending after the base's
+    /// end. Its segments must follow each other (a file on another timeline, such as the
+    /// abandoned rest of a parent after its switch point, is not on it); the first missing
+    /// one ends what can be replayed, and is the second value (`latest` is refused instead:
+    /// it would silently stop short of the newest WAL shipped). The segment holding the
+    /// base's end must be in the bucket whatever the target: the base's own copy of it ends
+    /// there, so a replay without it stops at the base's end. Refusals say nothing was
+    /// changed: they come before anything is. Only the records of what is replayed are read
+    /// (and of the newest segment, for the segment size, and of the history files tried).
+    pub(crate) async fn wal_to_replay(
         &self,
         c: &Component,
         container: &str,
-        timeline: u32,
-        start_lsn: &str,
-        stop_lsn: &str,
         to: PointInTime,
-    ) -> Result<(Vec<Component>, Option<String>), Failure> {
+    ) -> Result<Replay, Failure> {
+        let Kind::PostgresBase { timeline, stop_lsn, .. } = &c.kind else {
+            return Err(Failure::plain(format!("{}: not a base backup", c.name)));
+        };
+        let timeline = *timeline;
         let dir = wal_dir(container);
         let listed = self.reading.list_objects(&dir).await.map_err(Failure::plain)?;
-        let mut names: Vec<String> = listed
+        let names: std::collections::BTreeSet<String> = listed
             .iter()
             .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json"))
             .filter(|f| wal_file_timeline(f).is_some_and(|t| t >= timeline))
             .map(str::to_owned)
             .collect();
-        names.sort();
-        let start = crate::wal::parse_lsn(start_lsn)
-            .ok_or_else(|| Failure::plain(format!("{}: unreadable start {start_lsn}", c.name)))?;
         let stop = crate::wal::parse_lsn(stop_lsn)
             .ok_or_else(|| Failure::plain(format!("{}: unreadable end {stop_lsn}", c.name)))?;
-        let mut files = vec![];
-        let mut expected: Option<u64> = None;
-        let mut gap = None;
-        for name in names {
-            let record = self
-                .wal_record(container, &name)
-                .await?
-                .ok_or_else(|| Failure::plain(format!("{dir}/{name}: gone while listed")))?;
-            if wal_file_timeline(&name) == Some(timeline) && !name.ends_with(".history") {
-                let Some(number) = segment_index(&name, record.raw_size) else { continue };
-                if number.saturating_add(1).saturating_mul(record.raw_size) <= start {
-                    continue; // before the base
-                }
-                // The segment holding the base's end is the first that must be shipped: a
-                // replay starting later would end, silently for `latest`, at the base's end.
-                let first = stop.checked_div(record.raw_size).unwrap_or(u64::MAX);
-                match expected.or(Some(number.min(first))) {
-                    Some(e) if number != e => {
-                        let e = segment_name(timeline, e, record.raw_size)
-                            .unwrap_or_else(|| e.to_string());
-                        // `latest` would silently stop short of the newest WAL shipped.
-                        if to == PointInTime::Latest {
-                            return Err(Failure::plain(format!(
-                                "{}: WAL is missing from segment {e} on ({name} follows): the newest shipped state cannot be reached; restore to a time before the gap, nothing was changed",
-                                c.name
-                            )));
-                        }
-                        tracing::warn!(component = %c.name, missing_from = %e, "WAL missing: the replay ends before it");
-                        gap = Some(format!("segment {e} and on missing, {name} follows"));
-                        break;
-                    }
-                    _ => expected = Some(number.saturating_add(1)),
-                }
+        let missing_end = |segment: String| {
+            Failure::plain(format!(
+                "{}: the segment holding the base backup's end ({segment}, timeline {timeline}) is not in the bucket {dir}: no shipped WAL can be replayed on this base (is WAL shipping running?); nothing was changed",
+                c.name
+            ))
+        };
+        // The segment size from the newest segment's signed record: every segment of a
+        // cluster has it.
+        let on_base = |n: &&String| wal_file_timeline(n) == Some(timeline) && n.len() == 24;
+        let Some(newest) = names.iter().rev().find(on_base) else {
+            return Err(missing_end(format!("from {stop_lsn} on")));
+        };
+        let size = self.listed_record(container, newest).await?.raw_size;
+        let first = stop.checked_div(size).unwrap_or(u64::MAX);
+        // The path: (timeline, its first segment), ascending.
+        let mut path = vec![(timeline, first)];
+        let mut history = None;
+        let mut later: Vec<u32> = names
+            .iter()
+            .filter(|n| n.ends_with(".history"))
+            .filter_map(|n| wal_file_timeline(n))
+            .filter(|t| *t > timeline)
+            .collect();
+        later.sort_unstable_by(|a, b| b.cmp(a));
+        for target in later {
+            let h = self.listed_record(container, &format!("{target:08X}.history")).await?;
+            let text = self.history_text(&h).await?;
+            let Some(chain) = parse_history(&text) else {
+                return Err(Failure::plain(format!(
+                    "{}: refused: unreadable timeline history: {text:?}",
+                    h.name
+                )));
+            };
+            let Some(from) = chain.iter().position(|(t, at)| *t == timeline && *at >= stop) else {
+                continue; // a branch that does not pass through this base
+            };
+            for (k, (_, at)) in chain.iter().enumerate().skip(from) {
+                let next = chain.get(k + 1).map_or(target, |(t, _)| *t);
+                path.push((next, at.checked_div(size).unwrap_or(u64::MAX)));
             }
-            files.push(record);
+            history = Some(h);
+            break;
         }
-        Ok((files, gap))
+        let timeline_of =
+            |segment: u64| path.iter().rev().find(|(_, begin)| *begin <= segment).map(|(t, _)| *t);
+        let end = path.last().map_or(timeline, |(t, _)| *t);
+        let mut on_path: Vec<(u64, &String)> = names
+            .iter()
+            .filter(|n| n.len() == 24)
+            .filter_map(|n| Some((segment_index(n, size)?, n)))
+            .filter(|(i, n)| *i >= first && timeline_of(*i) == wal_file_timeline(n))
+            .collect();
+        on_path.sort();
+        let mut wanted = vec![];
+        let mut expected = first;
+        let mut gap = None;
+        for (number, name) in on_path {
+            if number != expected {
+                let e = timeline_of(expected)
+                    .and_then(|t| segment_name(t, expected, size))
+                    .unwrap_or_else(|| expected.to_string());
+                if expected == first {
+                    return Err(missing_end(e));
+                }
+                if to == PointInTime::Latest {
+                    return Err(Failure::plain(format!(
+                        "{}: WAL is missing from segment {e} on ({name} follows): the newest shipped state cannot be reached; restore to a time before the gap, nothing was changed",
+                        c.name
+                    )));
+                }
+                tracing::warn!(component = %c.name, missing_from = %e, "WAL missing: the replay ends before it");
+                gap = Some(format!("segment {e} and on missing, {name} follows"));
+                break;
+            }
+            expected = number.saturating_add(1);
+            wanted.push(name.clone());
+        }
+        if expected == first {
+            let e = segment_name(timeline, first, size).unwrap_or_else(|| first.to_string());
+            return Err(missing_end(e));
+        }
+        let mut files: Vec<Component> = history.into_iter().collect();
+        for name in wanted {
+            files.push(self.listed_record(container, &name).await?);
+        }
+        Ok(Replay { files, gap, timeline: end })
+    }
+
+    /// The signed record of WAL file `name` of `container`, which was just listed.
+    async fn listed_record(&self, container: &str, name: &str) -> Result<Component, Failure> {
+        self.wal_record(container, name).await?.ok_or_else(|| {
+            Failure::plain(format!("{}/{name}: gone while listed", wal_dir(container)))
+        })
+    }
+
+    /// A timeline history file's text (they are small: a line a timeline).
+    async fn history_text(&self, record: &Component) -> Result<String, Failure> {
+        const MAX_HISTORY: u64 = 1 << 20;
+        let refused = |why: String| Failure::plain(format!("{}: refused: {why}", record.name));
+        if record.raw_size > MAX_HISTORY {
+            return Err(refused(format!("{} bytes is no timeline history", record.raw_size)));
+        }
+        let mut stream = pipeline::read_component(self.read_io(), record)
+            .await
+            .map_err(|e| Failure::plain(format!("{}: {e}", record.name)))?;
+        let mut out = vec![];
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(
+                &chunk.map_err(|e| Failure::plain(format!("{}: {e}", record.name)))?,
+            );
+            if out.len() as u64 > MAX_HISTORY {
+                return Err(refused("longer than its record says".into()));
+            }
+        }
+        String::from_utf8(out).map_err(|e| refused(e.to_string()))
     }
 
     async fn recover_in(
@@ -517,6 +629,16 @@ mod tests {
         assert_eq!(segment_index("000000010000000100000000", mib16), Some(256));
         assert_eq!(segment_index("00000001", mib16), None);
         assert_eq!(segment_index("000000010000000000000003", 0), None);
+    }
+
+    #[test]
+    fn reads_timeline_histories() {
+        let text = "1\t0/3000158\tno recovery target specified\n\n# a comment\n2\t1/A0000000\tbefore 2026-11-30 08:00:00+00\n";
+        assert_eq!(parse_history(text), Some(vec![(1, 0x300_0158), (2, (1 << 32) | 0xA000_0000)]));
+        assert_eq!(parse_history(""), Some(vec![]));
+        assert_eq!(parse_history("1\tx/3\treason"), None);
+        assert_eq!(parse_history("one\t0/3\treason"), None);
+        assert_eq!(parse_history("1"), None);
     }
 
     #[tokio::test]

@@ -255,6 +255,20 @@ impl Backups {
                 )));
             }
             self.check_targets(&manifest).await?;
+            // The shipped WAL a point-in-time restore needs, before the downloads, the safety
+            // backup and the stop: a refused restore costs and touches nothing. The replay
+            // checks again (the bucket may change meanwhile).
+            if let Some(to) = options.to_time {
+                for c in chosen.iter().filter(|c| matches!(c.kind, Kind::PostgresBase { .. })) {
+                    let Some(wal_of) = wal_of.get(&c.name) else { continue };
+                    if let Err(mut f) = self.wal_to_replay(c, wal_of, to).await {
+                        if !f.reason.contains("nothing was changed") {
+                            f.reason = format!("{}; nothing was changed", f.reason);
+                        }
+                        return Err(f);
+                    }
+                }
+            }
             tracing::info!(backup = %manifest.backup_id, components = chosen.len(), "checking checksums before touching anything");
             let total = chosen.iter().map(|c| c.raw_size).sum();
             self.meter.phase("checking", Some(total));

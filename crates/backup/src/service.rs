@@ -27,6 +27,12 @@ use crate::pitr::PointInTime;
 use crate::progress;
 use crate::restore::{Busy, RestoreOptions};
 
+/// A WAL shipping failure is said (`backup.failed`) once it has lasted this many times
+/// `STEWARD_PITR_MAX_LAG` (5 min by default): commits since are beyond the promised loss by
+/// then, while a database restart or recreation by an update (no commits meanwhile) ends
+/// before it.
+pub const ALARM_AFTER_LAGS: u32 = 5;
+
 /// The backup service's event handler.
 #[derive(Debug, Clone)]
 pub struct BackupService {
@@ -102,11 +108,15 @@ impl BackupService {
 
     /// Ships the WAL of every `steward.backup.pitr` cluster, every
     /// [`crate::config::PitrConfig::tick`] ([`crate::wal`]). A failure is logged when it
-    /// starts, changes or ends, not every round.
+    /// starts, changes or ends, not every round; one that lasts [`ALARM_AFTER_LAGS`] times
+    /// `STEWARD_PITR_MAX_LAG` is a `backup.failed`, once an episode, and so is a spool that
+    /// reached its cap.
     async fn ship_wal(self, ctx: Context) {
-        let tick = self.backups.config().pitr.tick();
+        let pitr = self.backups.config().pitr.clone();
+        let tick = pitr.tick();
         let mut state = crate::wal::ShipState::default();
-        let mut failing: std::collections::HashMap<String, String> = Default::default();
+        let mut failing = crate::wal::Episodes::default();
+        let mut full: std::collections::HashSet<String> = Default::default();
         loop {
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
@@ -120,18 +130,59 @@ impl BackupService {
             for (container, round) in rounds {
                 match round {
                     Ok(shipped) => {
-                        if failing.remove(&container).is_some() {
+                        if failing.ok(&container) {
                             tracing::info!(container = %container, "WAL shipping works again");
                         }
                         if let Some(gap) = shipped.gap {
                             self.after_wal_gap(&ctx, &container, &gap).await;
                         }
                     }
-                    Err(f) if failing.get(&container) != Some(&f.reason) => {
-                        tracing::error!(container = %container, error = %f.reason, stderr = ?f.stderr_tail, "WAL shipping failed");
-                        failing.insert(container, f.reason);
+                    Err(f) => {
+                        let now = Instant::now();
+                        let after = pitr.max_lag.saturating_mul(ALARM_AFTER_LAGS);
+                        let failed = failing.failed(&container, &f.reason, now, after);
+                        if failed.new_reason {
+                            tracing::error!(container = %container, error = %f.reason, stderr = ?f.stderr_tail, "WAL shipping failed");
+                        }
+                        let Some(lasted) = failed.alarm else { continue };
+                        let who =
+                            if container.is_empty() { "every cluster" } else { container.as_str() };
+                        let reason = format!(
+                            "WAL of {who}: shipping has failed for {}s, {ALARM_AFTER_LAGS} times STEWARD_PITR_MAX_LAG ({}s): commits since are not in the bucket and a restore cannot reach them; PostgreSQL keeps their WAL for the slot meanwhile: {}",
+                            lasted.as_secs(),
+                            pitr.max_lag.as_secs(),
+                            f.reason
+                        );
+                        let data =
+                            BackupFailed { backup_id: None, reason, stderr_tail: f.stderr_tail };
+                        match self.publish(&ctx, None, data).await {
+                            Ok(()) => failing.said(&container),
+                            Err(e) => {
+                                tracing::warn!(error = %format!("{e:#}"), "cannot report the WAL shipping failure")
+                            }
+                        }
                     }
-                    Err(_) => {}
+                }
+            }
+            full.retain(|c| state.spool_full().any(|(p, _)| p == c));
+            let newly: Vec<(String, u64)> = state
+                .spool_full()
+                .filter(|(c, _)| !full.contains(*c))
+                .map(|(c, mib)| (c.to_owned(), mib))
+                .collect();
+            for (container, mib) in newly {
+                let reason = format!(
+                    "WAL of {container}: the receiver's spool holds {mib} MiB, STEWARD_PITR_SPOOL_MAX_MB ({} MiB) reached while uploads fail: the receiver is stopped, PostgreSQL keeps the WAL for its slot up to STEWARD_PITR_SLOT_KEEP_MB ({} MiB), beyond which it is lost (a gap); shipping resumes once uploads work",
+                    pitr.spool_max_mb, pitr.slot_keep_mb
+                );
+                let data = BackupFailed { backup_id: None, reason, stderr_tail: vec![] };
+                match self.publish(&ctx, None, data).await {
+                    Ok(()) => {
+                        full.insert(container);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot report the full WAL spool")
+                    }
                 }
             }
         }

@@ -34,6 +34,9 @@ use crate::targets::Target;
 /// The receiver's directory inside the data directory (`pgsql_tmp` is what `pg_basebackup`
 /// leaves out).
 pub const SPOOL: &str = "pgsql_tmp_steward_wal";
+/// Beside a container's WAL in the bucket: the segment up to which a hole was reported
+/// already ([`ShipState`]'s `reported`), while it is not yet passed.
+const REPORTED: &str = "gap-reported";
 /// Records are small; anything bigger is not one.
 const MAX_RECORD: usize = 64 << 10;
 /// The first page's long header: an insert position this far into a segment means nothing
@@ -96,8 +99,83 @@ pub struct ShipState {
     last: HashMap<String, String>,
     /// Per container whose slot was found `lost` (its gap reported): the server's segment
     /// then. The new receiver starts at or before it, so a hole found up to it is the one
-    /// reported, not a second (which would be a second alarm and a second base backup).
+    /// reported, not a second (which would be a second alarm and a second base backup). Kept
+    /// in the bucket too ([`REPORTED`]): a restart in between must not say it again.
     reported: HashMap<String, String>,
+    /// Containers whose persisted `reported` ([`REPORTED`]) was read by this process.
+    recalled: std::collections::HashSet<String>,
+    /// Per container whose receiver is stopped because its spool reached
+    /// [`PitrConfig::spool_max_mb`](crate::config::PitrConfig::spool_max_mb): the spool's
+    /// size then, in MiB.
+    paused: HashMap<String, u64>,
+}
+
+impl ShipState {
+    /// The containers whose receiver is stopped because their spool is full (uploads fail),
+    /// each with the spool's size in MiB: the slot keeps their WAL in `pg_wal` meanwhile.
+    pub fn spool_full(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.paused.iter().map(|(c, mib)| (c.as_str(), *mib))
+    }
+}
+
+/// Failures that persist, said once an episode: from the first failed round of a key (a
+/// container's shipping) to its next good one.
+#[derive(Debug, Default)]
+pub struct Episodes {
+    open: HashMap<String, Episode>,
+}
+
+#[derive(Debug)]
+struct Episode {
+    since: Instant,
+    reason: String,
+    said: bool,
+}
+
+/// What a failed round means for its episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    /// The reason is not the one of the round before (worth a log line).
+    pub new_reason: bool,
+    /// The failure has lasted this long, at least the bound, and was not said yet: say it
+    /// (then [`Episodes::said`]).
+    pub alarm: Option<std::time::Duration>,
+}
+
+impl Episodes {
+    /// A failed round of `key` at `now`: an alarm once the episode has lasted `after`.
+    pub fn failed(
+        &mut self,
+        key: &str,
+        reason: &str,
+        now: Instant,
+        after: std::time::Duration,
+    ) -> Failing {
+        let episode = self.open.entry(key.to_owned()).or_insert_with(|| Episode {
+            since: now,
+            reason: String::new(),
+            said: false,
+        });
+        let new_reason = episode.reason != reason;
+        if new_reason {
+            episode.reason = reason.to_owned();
+        }
+        let lasted = now.saturating_duration_since(episode.since);
+        let alarm = (!episode.said && lasted >= after).then_some(lasted);
+        Failing { new_reason, alarm }
+    }
+
+    /// The alarm of `key`'s episode was published: not again until a good round ends it.
+    pub fn said(&mut self, key: &str) {
+        if let Some(e) = self.open.get_mut(key) {
+            e.said = true;
+        }
+    }
+
+    /// A good round of `key`: whether it ended an episode.
+    pub fn ok(&mut self, key: &str) -> bool {
+        self.open.remove(key).is_some()
+    }
 }
 
 /// What one round did.
@@ -157,15 +235,18 @@ impl Backups {
                 now.last().map(|l| l.trim()).filter(|l| wal_file_timeline(l).is_some())
             {
                 state.reported.insert(name.clone(), now.to_owned());
+                state.recalled.insert(name.clone());
+                let object = format!("{}/{REPORTED}", wal_dir(name));
+                if let Err(e) = self.store.put(&object, Bytes::from(now.to_owned())).await {
+                    // The gap is said anyway; a restart before its hole is passed says it again.
+                    tracing::warn!(container = %name, error = %e, "could not keep the reported gap in the bucket");
+                }
             }
             shipped.gap = Some(format!(
                 "the replication slot {slot_name} lost WAL the shipper had not received (more than {} MiB waited)",
                 self.config.pitr.slot_keep_mb
             ));
-            let sql = format!(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot_name}' AND active_pid IS NOT NULL"
-            );
-            self.sql(&what, name, &login, &sql).await?;
+            self.stop_receiver(&what, name, &login, &slot_name).await?;
             let sql = format!("SELECT pg_drop_replication_slot('{slot_name}')");
             self.sql(&what, name, &login, &sql).await?;
             // Said now, before anything else of the round can fail: the gap travels only in
@@ -191,9 +272,25 @@ impl Backups {
                 Slot { active: false, wal_status: "reserved".into() }
             }
         };
-        if !slot.active {
-            self.start_receiver(&what, name, &login, &spool, &slot_name).await?;
-            shipped.receiver_started = true;
+        // A spool at its cap (uploads failing) stops the receiver: PostgreSQL keeps the WAL
+        // for the slot instead, bounded by `max_slot_wal_keep_size`, so the data volume holds
+        // at most both bounds; the receiver starts again once the spool has room.
+        let spooled = self.spool_mib(&what, name, &spool).await?;
+        if spooled >= u64::from(self.config.pitr.spool_max_mb) {
+            if state.paused.insert(name.clone(), spooled).is_none() {
+                tracing::error!(container = %name, spool_mib = spooled, "the WAL spool is full: the receiver is stopped until uploads work again");
+            }
+            if slot.active {
+                self.stop_receiver(&what, name, &login, &slot_name).await?;
+            }
+        } else {
+            if state.paused.remove(name.as_str()).is_some() {
+                tracing::info!(container = %name, spool_mib = spooled, "the WAL spool has room again: the receiver starts");
+            }
+            if !slot.active {
+                self.start_receiver(&what, name, &login, &spool, &slot_name).await?;
+                shipped.receiver_started = true;
+            }
         }
         self.ship_spooled(&what, name, &spool, state, &mut shipped).await?;
         shipped.switched = self.switch_if_waiting(&what, name, &login, state).await?;
@@ -295,6 +392,39 @@ impl Backups {
         self.exec_checked(container, &spec, 20, what, "setting max_slot_wal_keep_size").await?;
         tracing::info!(container, max_slot_wal_keep_size = %wanted, "bounded the WAL a stalled shipper can make the server keep");
         Ok(())
+    }
+
+    /// Ends the receiver streaming from `slot` (`--no-loop`: it exits).
+    async fn stop_receiver(
+        &self,
+        what: &str,
+        container: &str,
+        login: &PgLogin,
+        slot: &str,
+    ) -> Result<(), Failure> {
+        let sql = format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
+        );
+        self.sql(what, container, login, &sql).await?;
+        Ok(())
+    }
+
+    /// What the spool holds on disk, in MiB (the partial segment included); 0 before the
+    /// receiver first made it.
+    async fn spool_mib(&self, what: &str, container: &str, spool: &str) -> Result<u64, Failure> {
+        let script = r#"if [ -d "$1" ]; then du -sk -- "$1"; else echo 0; fi"#;
+        let cmd = ["sh", "-c", script, "sh", spool].map(String::from).to_vec();
+        let spec = ExecSpec { cmd, ..Default::default() };
+        let out =
+            self.exec_checked(container, &spec, 5, what, format!("measuring {spool}")).await?;
+        let kib = out
+            .last()
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                Failure::plain(format!("{what}: unreadable size of {spool}: {out:?}"))
+            })?;
+        Ok(kib / 1024)
     }
 
     async fn start_receiver(
@@ -424,10 +554,11 @@ impl Backups {
         }
         let previous = previous_segment(file);
         let known = state.last.insert(container.to_owned(), file.to_owned());
+        self.recall_reported(container, state).await?;
         let reported = match state.reported.get(container) {
             Some(upto) if file <= upto.as_str() => true,
             Some(_) => {
-                state.reported.remove(container);
+                self.forget_reported(container, state).await;
                 false
             }
             None => false,
@@ -448,10 +579,41 @@ impl Backups {
         });
         if earlier && reported {
             // The lost slot's hole, reported already.
-            state.reported.remove(container);
+            self.forget_reported(container, state).await;
             return Ok(None);
         }
         Ok(earlier.then_some(previous))
+    }
+
+    /// Reads the reported gap a previous process kept in the bucket, once a process.
+    async fn recall_reported(&self, container: &str, state: &mut ShipState) -> Result<(), Failure> {
+        if !state.recalled.insert(container.to_owned()) {
+            return Ok(());
+        }
+        let object = format!("{}/{REPORTED}", wal_dir(container));
+        let body = match self.store.get_small(&object, 64).await {
+            Ok(body) => body,
+            Err(e) => {
+                state.recalled.remove(container);
+                return Err(Failure::plain(format!("{object}: {e}")));
+            }
+        };
+        let upto = body.and_then(|b| String::from_utf8(b).ok()).map(|s| s.trim().to_owned());
+        // Only a segment's name: anything else is not ours to trust.
+        if let Some(upto) = upto.filter(|u| u.len() == 24 && wal_file_timeline(u).is_some()) {
+            state.reported.entry(container.to_owned()).or_insert(upto);
+        }
+        Ok(())
+    }
+
+    /// The reported gap is passed: forgotten here and in the bucket (best effort: a stale
+    /// one is passed again by the next segment).
+    async fn forget_reported(&self, container: &str, state: &mut ShipState) {
+        state.reported.remove(container);
+        let object = format!("{}/{REPORTED}", wal_dir(container));
+        if let Err(e) = self.store.delete(&object).await {
+            tracing::warn!(container, error = %e, "could not remove the reported gap from the bucket");
+        }
     }
 
     async fn local_sha256(
@@ -606,6 +768,102 @@ impl Backups {
     }
 }
 
+impl Backups {
+    /// Of the backups retention would prune (`prune`), those whose base is the only way to
+    /// times before a hole in its container's shipped WAL: the next newer base kept starts
+    /// after a segment missing since this base's end (a new base after a gap the same day
+    /// would otherwise replace it, and the times between its end and the hole with it). Only
+    /// while its day is still retained (another backup of that UTC day is kept), so such
+    /// bases age out with their day. Judged newest first: a base kept so is the next one of
+    /// the older ones.
+    pub(crate) async fn bases_before_holes(
+        &self,
+        listed: &[steward_store::catalog::Listed],
+        prune: &[String],
+    ) -> Result<Vec<String>, Failure> {
+        struct Base<'a> {
+            id: &'a str,
+            taken_at: time::OffsetDateTime,
+            timeline: u32,
+            start: u64,
+            stop: u64,
+        }
+        let mut bases: HashMap<&str, Vec<Base>> = HashMap::new();
+        for l in listed {
+            let Some(m) = l.usable() else { continue };
+            for c in &m.components {
+                if let Kind::PostgresBase { container, timeline, start_lsn, stop_lsn, .. } = &c.kind
+                {
+                    let (Some(start), Some(stop)) = (parse_lsn(start_lsn), parse_lsn(stop_lsn))
+                    else {
+                        continue;
+                    };
+                    let base = Base {
+                        id: &l.backup_id,
+                        taken_at: m.taken_at,
+                        timeline: *timeline,
+                        start,
+                        stop,
+                    };
+                    bases.entry(container.as_str()).or_default().push(base);
+                }
+            }
+        }
+        let mut rescued: Vec<String> = vec![];
+        for (container, mut bases) in bases {
+            if !bases.iter().any(|b| prune.iter().any(|p| p == b.id)) {
+                continue;
+            }
+            bases.sort_by_key(|b| b.taken_at);
+            let dir = wal_dir(container);
+            let listed_wal = self.reading.list_objects(&dir).await.map_err(Failure::plain)?;
+            let names: std::collections::BTreeSet<&str> = listed_wal
+                .iter()
+                .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json"))
+                .filter(|f| f.len() == 24 && wal_file_timeline(f).is_some())
+                .collect();
+            let Some(newest) = names.iter().next_back() else { continue };
+            let Some(size) = self.wal_record(container, newest).await?.map(|r| r.raw_size) else {
+                continue;
+            };
+            for i in (0..bases.len()).rev() {
+                let kept =
+                    |id: &str| !prune.iter().any(|p| p == id) || rescued.iter().any(|r| r == id);
+                let b = &bases[i];
+                if kept(b.id) {
+                    continue;
+                }
+                let Some(next) = bases[i + 1..].iter().find(|n| kept(n.id)) else { continue };
+                let day = b.taken_at.to_offset(time::UtcOffset::UTC).date();
+                let day_kept = listed.iter().any(|l| {
+                    kept(&l.backup_id)
+                        && l.usable().is_some_and(|m| {
+                            m.taken_at.to_offset(time::UtcOffset::UTC).date() == day
+                        })
+                });
+                if !day_kept || next.timeline != b.timeline {
+                    continue;
+                }
+                let (from, to) = (b.stop / size.max(1), next.start / size.max(1));
+                let Some(end) = segment_name(b.timeline, from, size) else { continue };
+                if from >= to || !names.contains(end.as_str()) {
+                    continue; // no time only this base reaches
+                }
+                let present = names
+                    .iter()
+                    .filter(|n| wal_file_timeline(n) == Some(b.timeline))
+                    .filter_map(|n| segment_index(n, size))
+                    .filter(|n| (from..to).contains(n))
+                    .count();
+                if (present as u64) < to - from {
+                    rescued.push(b.id.to_owned());
+                }
+            }
+        }
+        Ok(rescued)
+    }
+}
+
 /// The index of segment `name` (of `size` bytes) in its timeline: its LSN divided by the
 /// segment size.
 pub fn segment_index(name: &str, size: u64) -> Option<u64> {
@@ -698,6 +956,34 @@ mod tests {
             assert_eq!(segment_name(tl, index, mib16).as_deref(), Some(name));
         }
         assert_eq!(segment_name(1, 3, 0), None);
+    }
+
+    #[test]
+    fn a_persisting_failure_is_said_once_an_episode() {
+        let lag = std::time::Duration::from_secs(60);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        let mut e = Episodes::default();
+        let f = e.failed("db", "S3 down", at(0), lag);
+        assert_eq!(f, Failing { new_reason: true, alarm: None });
+        let f = e.failed("db", "S3 down", at(30), lag);
+        assert_eq!(f, Failing { new_reason: false, alarm: None });
+        // Another container's episode is its own.
+        assert_eq!(e.failed("other", "x", at(61), lag).alarm, None);
+        // The bound reached: said, with how long it lasted; a publish that failed says it again.
+        let f = e.failed("db", "S3 refuses", at(61), lag);
+        assert_eq!(
+            f,
+            Failing { new_reason: true, alarm: Some(std::time::Duration::from_secs(61)) }
+        );
+        assert!(e.failed("db", "S3 refuses", at(62), lag).alarm.is_some());
+        e.said("db");
+        assert_eq!(e.failed("db", "S3 refuses", at(600), lag).alarm, None);
+        // A good round ends the episode (once); the next failure starts a new one.
+        assert!(e.ok("db"));
+        assert!(!e.ok("db"));
+        assert_eq!(e.failed("db", "S3 refuses", at(700), lag).alarm, None);
+        assert!(e.failed("db", "S3 refuses", at(760), lag).alarm.is_some());
     }
 
     #[test]

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    pitr_stack_config, row_ids, rows_before, segment_number, ship_round, ship_until_current,
-    shipped_files, shipping_stack, Stack, DB_USER,
+    base_range, pitr_stack_config, row_ids, rows_before, segment_number, ship_gapless_until,
+    ship_round, ship_segments, ship_until_current, shipped_files, shipping_stack, Stack, DB_USER,
 };
 use steward_backup::encryption::Keys;
 use steward_backup::journal::RestoreJournal;
@@ -41,6 +41,28 @@ async fn refused_unchanged(
     assert!(e.reason.contains("nothing was changed"), "{}", e.reason);
     assert_eq!(stack.db_fingerprint_tables(), fingerprint);
     e.reason
+}
+
+/// What a refused restore must leave as it was: the backups (no safety backup taken) and the
+/// containers (none stopped or restarted).
+struct Untouched {
+    backups: usize,
+    started: String,
+}
+
+impl Untouched {
+    async fn now(stack: &Stack) -> Self {
+        let backups = stack.backups.list().await.unwrap_or_else(|e| panic!("{e}")).len();
+        let started =
+            docker(&["inspect", "-f", "{{.State.StartedAt}}", &stack.db.name, &stack.app.name]);
+        Self { backups, started }
+    }
+
+    async fn still(&self, stack: &Stack) {
+        let now = Self::now(stack).await;
+        assert_eq!(now.backups, self.backups, "a refused restore took a safety backup");
+        assert_eq!(now.started, self.started, "a refused restore stopped a container");
+    }
 }
 
 fn physical() -> RestoreOptions {
@@ -111,6 +133,17 @@ async fn a_base_backup_brings_back_the_whole_cluster_encrypted() {
     assert!(stored.starts_with(b"age-encryption.org/v1\n"), "the base backup is not encrypted");
     // A cluster's data files: far more than the dump.
     assert!(base.raw_size > 16 << 20, "{} bytes", base.raw_size);
+
+    // No WAL shipped at all: `--to-time latest` would replay the base alone and call that the
+    // newest state. Refused before it costs or touches anything: no safety backup, nothing
+    // stopped.
+    let untouched = Untouched::now(&stack).await;
+    let latest =
+        RestoreOptions { to_time: Some(steward_backup::pitr::PointInTime::Latest), ..physical() };
+    let tables = stack.db_fingerprint_tables();
+    let reason = refused_unchanged(&stack, &id, latest, &tables, "no shipped WAL").await;
+    assert!(reason.contains("holding the base backup's end"), "{reason}");
+    untouched.still(&stack).await;
 
     // Disaster: the table, the other database and the role gone, something new instead.
     stack.psql("DROP TABLE items");
@@ -328,6 +361,12 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
 
     let (target, before) = rows_before(&stack, &dropped_at);
     assert!(before.len() >= 10 && before.len() < 39, "{before:?}");
+    // More of timeline 1 after the target: abandoned by the restore below.
+    for i in 0..2 {
+        stack.psql(&format!("CREATE TABLE future{i} AS SELECT 1 AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+    }
+    ship_until_current(&stack, &backups).await;
 
     let restored = restore_db(
         &stack,
@@ -371,6 +410,49 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     let scratch =
         docker(&["ps", "-aq", "--filter", &format!("name=steward-pitr-{}", stack.db.name)]);
     assert_eq!(scratch, "", "the scratch server was left behind");
+
+    // The restored server ships on timeline 2; a replay from the old base follows the history
+    // there, and only there.
+    for i in 1000..1003 {
+        stack.psql(&format!("INSERT INTO rows VALUES ({i}, clock_timestamp())"));
+        stack.psql("SELECT pg_switch_wal()");
+    }
+    ship_until_current(&stack, &backups).await;
+    let files = shipped_files(&stack).await;
+    let on = |t: &str| -> Vec<&String> {
+        files.iter().filter(|f| f.starts_with(t) && f.len() == 24).collect()
+    };
+    let (tl1, tl2) = (on("00000001"), on("00000002"));
+    assert!(files.iter().any(|f| f == "00000002.history"), "{files:?}");
+    assert!(tl2.len() >= 3, "{files:?}");
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let latest = || RestoreOptions {
+        physical: true,
+        to_time: Some(PointInTime::Latest),
+        ..Default::default()
+    };
+    // A hole in timeline 2: `latest` from the old base is refused, naming it.
+    let hole = format!("{dir}/{}.json", tl2[1]);
+    let body = stack.stored_bytes(&hole).await;
+    stack.store.delete(&hole).await.unwrap_or_else(|e| panic!("{e}"));
+    let fingerprint = stack.db_fingerprint_tables();
+    let reason =
+        refused_unchanged(&stack, &id, latest(), &fingerprint, "a hole on timeline 2").await;
+    assert!(reason.contains(&format!("WAL is missing from segment {}", tl2[1])), "{reason}");
+    stack.store.put(&hole, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
+    // A hole in timeline 1's abandoned rest (after the branch point): not on the path, no gap;
+    // the replay of the old base reaches timeline 2's newest WAL.
+    let index = |f: &str| segment_number(f).unwrap_or_default();
+    let abandoned: Vec<&&String> = tl1.iter().filter(|f| index(f) > index(tl2[0])).collect();
+    assert!(abandoned.len() >= 2, "{files:?}");
+    let hole = format!("{dir}/{}.json", abandoned[0]);
+    stack.store.delete(&hole).await.unwrap_or_else(|e| panic!("{e}"));
+    let verified = stack
+        .backups
+        .verify(&id)
+        .await
+        .unwrap_or_else(|e| panic!("verify across timelines: {e} {:?}", e.stderr_tail));
+    assert!(verified.database_restored);
     stack.destroy_bucket().await;
 }
 
@@ -383,15 +465,7 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
     let (_, second) = stack.back_up().await;
     stack.psql("CREATE TABLE after (id int)");
     ship_until_current(&stack, &backups).await;
-    let start_of = |m: &steward_store::manifest::Manifest| {
-        m.components
-            .iter()
-            .find_map(|c| match &c.kind {
-                Kind::PostgresBase { start_lsn, .. } => steward_backup::wal::parse_lsn(start_lsn),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("no base"))
-    };
+    let start_of = |m: &steward_store::manifest::Manifest| base_range(m).0;
     let size = 16u64 << 20;
     let index = |f: &str| steward_backup::wal::segment_index(f, size).unwrap_or(u64::MAX);
     let before = shipped_files(&stack).await;
@@ -428,16 +502,13 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
 async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     use steward_backup::pitr::PointInTime;
     let (stack, backups, (id, manifest)) = shipping_stack("pitr-gap").await;
-    for i in 0..3 {
-        stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
-        stack.psql("SELECT pg_switch_wal()");
-        ship_until_current(&stack, &backups).await;
-    }
+    ship_segments(&stack, &backups, 3).await;
     let files = shipped_files(&stack).await;
     assert!(files.len() >= 4, "{files:?}");
     let dir = steward_backup::wal::wal_dir(&stack.db.name);
     let latest = || RestoreOptions {
         physical: true,
+        safety_backup: true,
         to_time: Some(PointInTime::Latest),
         ..Default::default()
     };
@@ -463,10 +534,13 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     let reason = refused_unchanged(&stack, &id, latest(), &fingerprint, "a forged record").await;
     assert!(reason.contains("refused"), "{reason}");
 
-    // The same segment gone from the bucket: `latest` cannot be reached, and says so.
+    // The same segment gone from the bucket: `latest` cannot be reached, and says so before
+    // a safety backup is taken or anything stopped.
     stack.store.delete(&record).await.unwrap_or_else(|e| panic!("{e}"));
+    let untouched = Untouched::now(&stack).await;
     let reason = refused_unchanged(&stack, &id, latest(), &fingerprint, "a gap").await;
     assert!(reason.contains("WAL is missing"), "{reason}");
+    untouched.still(&stack).await;
     assert_eq!(steward_entries(&stack), "");
     assert!(stack.app_running());
     // ... and verification fails on it.
@@ -477,20 +551,21 @@ async fn a_gap_or_a_forged_wal_record_fails_the_restore_and_changes_nothing() {
     // of it ends there, so `latest` would have stopped at the base's end without a word.
     stack.store.put(&record, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
     let size = 16u64 << 20;
-    let stop = manifest
-        .components
-        .iter()
-        .find_map(|c| match &c.kind {
-            Kind::PostgresBase { stop_lsn, .. } => steward_backup::wal::parse_lsn(stop_lsn),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no base"));
+    let stop = base_range(&manifest).1;
     let first = steward_backup::wal::segment_name(1, stop / size, size).unwrap_or_default();
     assert!(files.contains(&first) && &first != victim, "{first} {victim} {files:?}");
     stack.store.delete(&format!("{dir}/{first}.json")).await.unwrap_or_else(|e| panic!("{e}"));
     let reason =
         refused_unchanged(&stack, &id, latest(), &fingerprint, "WAL missing after the base").await;
-    assert!(reason.contains(&format!("WAL is missing from segment {first}")), "{reason}");
+    assert!(reason.contains(&format!("holding the base backup's end ({first}")), "{reason}");
+    // ... whatever the target: no replay can leave the base without it.
+    let at = RestoreOptions {
+        to_time: Some(PointInTime::At(time::OffsetDateTime::now_utc())),
+        ..latest()
+    };
+    let reason = refused_unchanged(&stack, &id, at, &fingerprint, "no end segment").await;
+    assert!(reason.contains(&format!("holding the base backup's end ({first}")), "{reason}");
+    untouched.still(&stack).await;
     stack.destroy_bucket().await;
 }
 
@@ -548,5 +623,167 @@ async fn a_dropped_slot_is_a_gap_the_shipper_reports() {
     // Shipping goes on past it.
     stack.psql("CREATE TABLE later AS SELECT 1 AS id");
     ship_until_current(&stack, &backups).await;
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_stops_the_receiver_until_uploads_work_again_without_a_gap() {
+    use std::time::Duration;
+    use steward_backup::wal::{slot_name, ShipState};
+    let stack = Stack::start_pitr("pitr-spool", Keys::default()).await;
+    let mut config = pitr_stack_config(&stack).config().clone();
+    // The receiver's partial segment and two complete ones.
+    config.pitr.spool_max_mb = 48;
+    let engine = steward_engine::Engine::from_env;
+    let backups = steward_backup::Backups::new(engine(), stack.store.clone(), config.clone());
+    // A bucket that does not exist: every upload fails.
+    let gone = common::s3_config(&common::bucket_name("pitr-nobucket"), None);
+    let require = steward_testkit::testbed::require;
+    let store = steward_store::store::Store::connect_static(
+        &gone,
+        &require("STEWARD_TEST_S3_ACCESS_KEY"),
+        &require("STEWARD_TEST_S3_SECRET_KEY"),
+    )
+    .await;
+    let failing = steward_backup::Backups::new(
+        engine(),
+        store,
+        steward_backup::config::BackupConfig { s3: gone, ..config },
+    );
+    let mut state = ShipState::default();
+    ship_round(&backups, &mut state).await;
+    let slot = slot_name(&stack.db.name);
+    let active = || {
+        stack.psql(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+    };
+    let spool =
+        || docker(&["exec", &stack.db.name, "sh", "-c", "ls \"$PGDATA/pgsql_tmp_steward_wal\""]);
+
+    // WAL written while uploads fail: the spool grows to its cap, then the receiver stops.
+    let mut full = None;
+    for i in 0..12 {
+        stack.psql(&format!("CREATE TABLE s{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rounds = failing.ship_all(&mut state).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rounds.len(), 1, "{rounds:?}");
+        full = state.spool_full().map(|(c, mib)| (c.to_owned(), mib)).next();
+        if full.is_some() {
+            break;
+        }
+    }
+    let (container, mib) = full.unwrap_or_else(|| panic!("the spool never filled: {}", spool()));
+    assert_eq!(container, stack.db.name);
+    assert!(mib >= 48, "{mib}");
+    for _ in 0..40 {
+        if active() == "f" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(active(), "f", "the receiver still runs");
+    // More WAL while it is full: the slot keeps it, the spool does not grow.
+    let held = spool();
+    for i in 0..2 {
+        stack.psql(&format!("CREATE TABLE p{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+        let rounds = failing.ship_all(&mut state).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(rounds.iter().all(|(_, r)| r.is_err()), "{rounds:?}");
+    }
+    assert_eq!(active(), "f", "the receiver was started on a full spool");
+    assert_eq!(spool(), held);
+
+    // Uploads work again: the spool drains, the receiver starts, every segment is shipped.
+    let current = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    let db = &stack.db.name;
+    ship_gapless_until(&backups, &mut state, db, &current, "after the spool drained").await;
+    assert_eq!(state.spool_full().count(), 0);
+    let files = shipped_files(&stack).await;
+    let numbers: Vec<u64> = files.iter().filter_map(|f| segment_number(f)).collect();
+    for pair in numbers.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "a gap in {files:?}");
+    }
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_slot_is_one_alarm_even_across_a_restart_of_the_shipper() {
+    use steward_backup::wal::{slot_name, ShipState};
+    let stack = Stack::start_pitr("pitr-lost", Keys::default()).await;
+    let mut config = pitr_stack_config(&stack).config().clone();
+    config.pitr.slot_keep_mb = 64;
+    let engine = steward_engine::Engine::from_env();
+    let backups = steward_backup::Backups::new(engine, stack.store.clone(), config);
+    let mut state = ShipState::default();
+    ship_round(&backups, &mut state).await;
+    stack.psql("CREATE TABLE a AS SELECT generate_series(1, 1000) AS id");
+    ship_until_current(&stack, &backups).await;
+
+    // The receiver gone and no round while more than 64 MiB of WAL is written: the slot is lost.
+    let slot = slot_name(&stack.db.name);
+    let mut lost = false;
+    for i in 0..12 {
+        stack.psql(&format!("SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"));
+        stack.psql(&format!("CREATE TABLE l{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+        stack.psql("CHECKPOINT");
+        let status = stack.psql(&format!(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ));
+        if status == "lost" {
+            lost = true;
+            break;
+        }
+    }
+    assert!(lost, "the slot was not lost");
+    let rounds = ship_round(&backups, &mut state).await;
+    let gap = rounds.iter().find_map(|(_, r)| r.as_ref().ok()?.gap.clone());
+    assert!(gap.as_deref().is_some_and(|g| g.contains("lost WAL")), "{rounds:?}");
+
+    // The shipper restarts (its memory gone) before the new receiver's first segment: that
+    // segment's hole is the one said already, not a second alarm (and a second base backup).
+    let mut restarted = ShipState::default();
+    stack.psql("CREATE TABLE later AS SELECT 1 AS id");
+    let current = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    // (a gap said here is the lost slot's hole said a second time)
+    let db = &stack.db.name;
+    ship_gapless_until(&backups, &mut restarted, db, &current, "after the lost slot").await;
+    stack.destroy_bucket().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_a_base_that_alone_reaches_the_times_before_a_hole() {
+    let (stack, backups, (first, first_manifest)) = shipping_stack("pitr-keep").await;
+    ship_segments(&stack, &backups, 3).await;
+    let (second, _) = stack.back_up().await;
+    let mut config = stack.backups.config().clone();
+    // One backup a day: the day's newest base replaces the morning's.
+    config.retention = steward_backup::retention::Retention { daily: 1, weekly: 0, monthly: 0 };
+    let pruning = steward_backup::Backups::new(
+        steward_engine::Engine::from_env(),
+        stack.store.clone(),
+        config,
+    );
+    let size = 16u64 << 20;
+    let stop = base_range(&first_manifest).1;
+    // A hole after the first base's end, before the second's start.
+    let hole = steward_backup::wal::segment_name(1, stop / size + 1, size).unwrap_or_default();
+    let files = shipped_files(&stack).await;
+    assert!(files.contains(&hole), "{hole} {files:?}");
+    let dir = steward_backup::wal::wal_dir(&stack.db.name);
+    let record = format!("{dir}/{hole}.json");
+    let body = stack.stored_bytes(&record).await;
+    stack.store.delete(&record).await.unwrap_or_else(|e| panic!("{e}"));
+    let now = time::OffsetDateTime::now_utc();
+    let (pruned, kept) = pruning.prune(now).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pruned, Vec::<String>::new(), "the only base before the hole was pruned");
+    assert_eq!(kept, 2);
+
+    // Without the hole the second base reaches every time the first does: it replaces it.
+    stack.store.put(&record, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (pruned, _) = pruning.prune(now).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pruned, vec![first]);
+    let listed = pruning.list().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(listed.iter().any(|l| l.backup_id == second));
     stack.destroy_bucket().await;
 }

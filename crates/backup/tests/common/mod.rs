@@ -306,6 +306,52 @@ pub fn pitr_stack_config(stack: &Stack) -> steward_backup::Backups {
     steward_backup::Backups::new(steward_engine::Engine::from_env(), stack.store.clone(), config)
 }
 
+/// `n` tables `t<i>` created, each in a segment then closed and shipped.
+pub async fn ship_segments(stack: &Stack, backups: &steward_backup::Backups, n: u32) {
+    for i in 0..n {
+        stack.psql(&format!("CREATE TABLE t{i} AS SELECT generate_series(1, 1000) AS id"));
+        stack.psql("SELECT pg_switch_wal()");
+        ship_until_current(stack, backups).await;
+    }
+}
+
+/// Where the base backup of `manifest` starts and ends in the WAL (LSNs).
+pub fn base_range(manifest: &steward_store::manifest::Manifest) -> (u64, u64) {
+    manifest
+        .components
+        .iter()
+        .find_map(|c| match &c.kind {
+            steward_store::manifest::Kind::PostgresBase { start_lsn, stop_lsn, .. } => Some((
+                steward_backup::wal::parse_lsn(start_lsn)?,
+                steward_backup::wal::parse_lsn(stop_lsn)?,
+            )),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no base in {}", manifest.backup_id))
+}
+
+/// Ships rounds with `state` until `db`'s segment `file` is in the bucket; no round may fail or
+/// say a gap (`when` says what came before, for the message).
+pub async fn ship_gapless_until(
+    backups: &steward_backup::Backups,
+    state: &mut steward_backup::wal::ShipState,
+    db: &str,
+    file: &str,
+    when: &str,
+) {
+    for _ in 0..60 {
+        for (_, round) in ship_round(backups, state).await {
+            let round = round.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(round.gap, None, "a gap said {when}");
+        }
+        if backups.wal_record(db, file).await.ok().flatten().is_some() {
+            return;
+        }
+        tokio::time::sleep(backups.config().pitr.tick()).await;
+    }
+    panic!("{file} not shipped {when} after 60 rounds");
+}
+
 /// Ships rounds until the segment holding everything committed so far is in the bucket.
 pub async fn ship_until_current(stack: &Stack, backups: &steward_backup::Backups) {
     ship_until_current_of(&stack.db.name, backups).await;
