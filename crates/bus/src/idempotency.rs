@@ -108,7 +108,10 @@ impl Idempotency {
 ///
 /// The stream is declared here rather than with `create_key_value`: that call first asks for
 /// account info, whose answer from nats-server 2.9 (Debian 12) async-nats 0.51 cannot parse.
-/// The settings are the KV conventions (`KV_<bucket>`, `$KV.<bucket>.>`, rollups, direct get).
+/// The settings are the KV conventions (`KV_<bucket>`, `$KV.<bucket>.>`, direct get), except
+/// rollups: nothing here purges a key, and a rollup published on any key a writer may use
+/// (`Nats-Rollup: all`) would erase every other writer's keys (the idempotency markers that
+/// every agent shares, another host's records).
 pub(crate) async fn open_bucket(
     bus: &Bus,
     bucket: &str,
@@ -125,7 +128,7 @@ pub(crate) async fn open_bucket(
         max_bytes: -1,
         max_message_size: -1,
         storage: StorageType::File,
-        allow_rollup: true,
+        allow_rollup: false,
         deny_delete: true,
         allow_direct: true,
         discard: DiscardPolicy::New,

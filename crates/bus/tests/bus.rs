@@ -164,6 +164,27 @@ async fn state_store_compare_and_set_refuses_stale_writes() {
 }
 
 #[tokio::test]
+async fn a_rollup_cannot_wipe_a_state_bucket() {
+    // A writer of one key must not be able to erase every other key: a publish with
+    // `Nats-Rollup: all` on any subject of a bucket that allows rollups purges the bucket.
+    let bus = TestBus::new("kvrollup").await;
+    bus.ensure_state_bucket("FLOWS").await.expect("provision");
+    let store: StateStore<serde_json::Value> = StateStore::open(&bus, "FLOWS").await.expect("open");
+    store.create("vps-a.gitea", &serde_json::json!({"step": "backup"})).await.expect("create");
+    let subject = format!("$KV.{}.vps-b.x", bus.namespace().bucket("FLOWS"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Rollup", "all");
+    let client = async_nats::connect(&bus.config().url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let refused = match js.publish_with_headers(subject, headers, "{}".into()).await {
+        Err(_) => true,
+        Ok(ack) => ack.await.is_err(),
+    };
+    assert!(refused, "the server took a rollup into a state bucket");
+    assert!(store.get("vps-a.gitea").await.expect("get").is_some(), "the other key was wiped");
+}
+
+#[tokio::test]
 async fn state_store_reads_every_current_value_in_one_pass() {
     let bus = TestBus::new("kvall").await;
     bus.ensure_state_bucket("ALL").await.expect("provision");
