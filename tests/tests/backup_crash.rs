@@ -25,8 +25,8 @@
 //! and the service stops cleanly.
 //!
 //! `STEWARD_CRASH_POINTS=all` runs every point of every variant (the full matrix); by default
-//! (a) and (b) run every third point, offset by variant and by the day, so each point is killed
-//! in each variant over three days, and (c) and (d), which need a bed or a schedule of their own per run, two points
+//! (a) and (b) run every fourth point, offset by variant and by the day, so each point is killed
+//! in each variant over four days, and (c) and (d), which need a bed or a schedule of their own per run, two points
 //! each, from an offset that moves with the day of the year (printed).
 
 use std::collections::HashMap;
@@ -396,7 +396,7 @@ async fn wait_settled(s: &Service, flow: Flow, context: &dyn Fn() -> String) {
 
 /// A CI run kills one point in this many per variant (the suite's 45-minute budget); the
 /// offset moves with the day, so every point is killed in both variants over as many days.
-const SHARES: usize = 3;
+const SHARES: usize = 4;
 
 /// The points this variant runs: all, or one in [`SHARES`] (offset by variant and day).
 fn sample(points: &[String], offset: usize) -> Vec<String> {

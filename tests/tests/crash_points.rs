@@ -21,7 +21,7 @@
 //!
 //! `STEWARD_CRASH_POINTS=all` runs every point in every variant (the full matrix);
 //! `STEWARD_CRASH_POINTS=each` kills each point once, in one of the variants (rotating); by
-//! default every third point of that, which third moving with the day, keeps CI short.
+//! default every fourth point of that, which fourth moving with the day, keeps CI short.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -399,10 +399,10 @@ async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[Str
 }
 
 /// The (point, variant) runs of a scenario: all (`STEWARD_CRASH_POINTS=all`), each point
-/// once in a rotating variant (`=each`), or by default every third point of that (which
-/// third moves with the day, printed), which keeps CI short.
+/// once in a rotating variant (`=each`), or by default every fourth point of that (which
+/// fourth moves with the day, printed), which keeps CI short.
 /// A CI run kills one point in this many (every point over as many days).
-const SHARES: usize = 3;
+const SHARES: usize = 4;
 
 fn sample(points: &[String]) -> Vec<(String, Variant)> {
     let mode = std::env::var("STEWARD_CRASH_POINTS").unwrap_or_default();
@@ -429,7 +429,7 @@ fn sample(points: &[String]) -> Vec<(String, Variant)> {
         }
     }
     if let Some(h) = share {
-        eprintln!("every third point from {h} (today's third; STEWARD_CRASH_POINTS=each or =all for more)");
+        eprintln!("every {SHARES}th point from {h} (today's share; STEWARD_CRASH_POINTS=each or =all for more)");
     }
     runs
 }
