@@ -13,6 +13,14 @@ use steward_system_tests::{steward_with, Proc, TestBucket};
 use steward_testkit::docker::docker;
 use steward_testkit::{stored_events, unique_name, TestBus};
 
+/// `steward ARGS` with `env`: whether it succeeded, and what it said (stdout, then stderr).
+fn run(bus: &TestBus, env: &[(&str, String)], args: &[&str]) -> (bool, String) {
+    let out = steward_with(bus, env, args);
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), said)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebuilt_hosts_backups_wait_for_its_restore() {
     let bus = TestBus::new("backuppaused").await;
@@ -23,15 +31,7 @@ async fn a_rebuilt_hosts_backups_wait_for_its_restore() {
     docker(&["exec", &app.name, "sh", "-c", "echo precious > /data/repo.txt"]);
     let mut env = bucket.env();
     env.push(("STEWARD_SCOPE", scope.clone()));
-    let run = |env: &[(&str, String)], args: &[&str]| {
-        let out = steward_with(&bus, env, args);
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), said)
-    };
+    let run = |env: &[(&str, String)], args: &[&str]| run(&bus, env, args);
 
     // The old host's backup.
     let mut old = Proc::service("steward-backup", &bus, &env);
@@ -93,15 +93,7 @@ async fn a_rebuilt_host_resumes_its_backups_without_a_restore_when_told() {
     let (_db, _app) = backed_up_pair(&scope);
     let mut env = bucket.env();
     env.push(("STEWARD_SCOPE", scope.clone()));
-    let run = |env: &[(&str, String)], args: &[&str]| {
-        let out = steward_with(&bus, env, args);
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), said)
-    };
+    let run = |env: &[(&str, String)], args: &[&str]| run(&bus, env, args);
 
     // Not paused: nothing to resume.
     let mut plain = Proc::service("steward-backup", &bus, &env);
