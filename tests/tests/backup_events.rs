@@ -162,6 +162,17 @@ async fn the_stream_and_the_project_come_back_onto_a_fresh_nats() {
         .find(|l| l.contains(&format!("\"backup_id\":\"{}\"", ids[0])) && l.contains("backup.done"))
         .unwrap_or_else(|| panic!("the first backup's flow is not in the audit: {flows}"));
     assert!(first_flow.contains("backup.requested"), "{first_flow}");
+    // The restored backup's own flow: its export was taken while it ran, so the extract adds
+    // the `backup.done` its signed manifest proves; the flow is done, not begun.
+    let own = flows
+        .lines()
+        .find(|l| l.contains(&format!("\"backup_id\":\"{}\"", ids[1])))
+        .unwrap_or_else(|| panic!("the second backup's flow is not in the audit: {flows}"));
+    let own: serde_json::Value = serde_json::from_str(own).unwrap_or_else(|e| panic!("{e}: {own}"));
+    assert_eq!(own["outcome"], "done", "{own:#}");
+    let types: Vec<&str> =
+        own["events"].as_array().into_iter().flatten().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["backup.requested", "backup.started", "backup.done"], "{own:#}");
     let count = stored(&fresh);
 
     // Again: every message is there already, nothing is added.

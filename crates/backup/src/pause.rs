@@ -88,18 +88,9 @@ impl Backups {
         let record = serde_json::json!({
             "token": token,
             "backup_id": manifest.backup_id,
-            "restored_at": time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            "restored_at": now(),
         });
-        let body = record.to_string().into_bytes();
-        let signature = self.config.signing.sign(Purpose::PauseEnded, &body);
-        // The signature first: a record without one would be refused.
-        let written = match self.store.put(&signature_name(token), Bytes::from(signature)).await {
-            Ok(()) => self.store.put(&record_name(token), Bytes::from(body)).await,
-            Err(e) => Err(e),
-        };
-        match written {
+        match self.write_pause_record(token, &record).await {
             Ok(()) => {
                 tracing::info!(backup = %manifest.backup_id, token, "restore done: backups are no longer paused")
             }
@@ -108,6 +99,55 @@ impl Backups {
             }
         }
     }
+
+    /// Ends the pause without a restore (`steward backup resume`): the operator keeps the
+    /// stack as it is. The same signed record as a restore's, naming who asked and why
+    /// instead of a backup. `Ok(true)` when the pause had ended already (nothing written).
+    pub async fn resume(&self, by: Option<&str>, reason: Option<&str>) -> Result<bool, Failure> {
+        let Some(token) = self.config.restore_pending.as_deref() else {
+            return Err(Failure::plain(format!(
+                "backups are not paused on this host (no {ENV_RESTORE_PENDING}): nothing to resume"
+            )));
+        };
+        match self.pause_record(token).await {
+            Ok(Some(Ok(()))) => return Ok(true),
+            // A refused record (unsigned, another key's) is replaced by a genuine one.
+            Ok(Some(Err(_)) | None) => {}
+            Err(e) => return Err(Failure::plain(format!("cannot read the pause's record: {e}"))),
+        }
+        let record = serde_json::json!({
+            "token": token,
+            "resumed_by": by,
+            "reason": reason,
+            "resumed_at": now(),
+        });
+        self.write_pause_record(token, &record).await.map_err(|e| {
+            Failure::plain(format!(
+                "the end of the pause could not be recorded, backups stay paused: {e}"
+            ))
+        })?;
+        tracing::warn!(token, by, reason, "backups resumed without a restore");
+        Ok(false)
+    }
+
+    /// Writes `record`, signed, as the end of `token`'s pause.
+    async fn write_pause_record(
+        &self,
+        token: &str,
+        record: &serde_json::Value,
+    ) -> Result<(), steward_store::store::StoreError> {
+        let body = record.to_string().into_bytes();
+        let signature = self.config.signing.sign(Purpose::PauseEnded, &body);
+        // The signature first: a record without one would be refused.
+        self.store.put(&signature_name(token), Bytes::from(signature)).await?;
+        self.store.put(&record_name(token), Bytes::from(body)).await
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -748,6 +748,29 @@ impl BackupService {
     /// run killed while loading left or finishing the swap a run killed after its commit point
     /// began (`restore::Backups::restore_journaled`), and starts what the killed run had
     /// stopped. One whose outcome was decided publishes that outcome again, with the same id.
+    /// `steward backup resume`: this rebuilt host's backup pause ends without a restore
+    /// ([`Backups::resume`]), never while a backup or restore runs.
+    async fn resume(
+        &self,
+        ctx: &Context,
+        cause: &Event,
+        r: &steward_events::BackupResumeRequested,
+    ) -> anyhow::Result<()> {
+        let _one_at_a_time = self.lock.lock().await;
+        let by = r.requested_by.as_deref();
+        let data: EventData = match self.backups.resume(by, r.reason.as_deref()).await {
+            Ok(already) => steward_events::BackupResumed {
+                token: self.backups.config().restore_pending.clone().unwrap_or_default(),
+                requested_by: r.requested_by.clone(),
+                reason: r.reason.clone(),
+                already,
+            }
+            .into(),
+            Err(f) => steward_events::BackupResumeFailed { reason: f.reason }.into(),
+        };
+        self.publish(ctx, Some(cause), data).await
+    }
+
     async fn restore(
         &self,
         ctx: &Context,
@@ -886,9 +909,13 @@ impl BackupService {
     }
 }
 
-/// Containers whose update is swapping or in its health gate, from the updater's records.
 /// `backup.done` for backup `id` whose manifest is `m`.
-fn done(store: &Store, id: &str, m: &manifest::Manifest, duration_ms: u64) -> BackupDone {
+pub(crate) fn done(
+    store: &Store,
+    id: &str,
+    m: &manifest::Manifest,
+    duration_ms: u64,
+) -> BackupDone {
     BackupDone {
         backup_id: id.to_owned(),
         manifest_key: store.key(&format!("{id}/{}", manifest::MANIFEST)),
@@ -906,6 +933,7 @@ fn done(store: &Store, id: &str, m: &manifest::Manifest, duration_ms: u64) -> Ba
     }
 }
 
+/// Containers whose update is swapping or in its health gate, from the updater's records.
 async fn updates_in_progress(ctx: &Context) -> anyhow::Result<Busy> {
     let mut busy = Busy::new();
     // Read-only: the bucket is the updater's. None: no update ever ran.
@@ -937,6 +965,7 @@ impl Handler for BackupService {
                 self.verify(ctx, Some(&event), &v.backup_id, v.from).await
             }
             EventData::RestoreRequested(r) => self.restore(ctx, &event, r).await,
+            EventData::BackupResumeRequested(r) => self.resume(ctx, &event, r).await,
             _ => Ok(()),
         };
         // Only publishing can fail here: the bus is down, try again later.

@@ -83,12 +83,31 @@ pub struct ExportedValue {
 }
 
 impl ExportedMessage {
-    fn payload(&self) -> Vec<u8> {
+    /// Its payload's bytes.
+    pub fn payload(&self) -> Vec<u8> {
         match (&self.payload, &self.payload_bytes) {
             (Some(text), _) => text.as_bytes().to_vec(),
             (None, Some(bytes)) => bytes.clone(),
             (None, None) => vec![],
         }
+    }
+
+    /// `event` as a message of an export, under its own id (what an import keys on), at
+    /// `sequence` (0: not read from a stream).
+    pub fn of_event(
+        sequence: u64,
+        stored_at: OffsetDateTime,
+        event: &Event,
+    ) -> Result<Self, steward_events::EncodeError> {
+        let payload = String::from_utf8_lossy(&event.encode()?).into_owned();
+        Ok(Self {
+            sequence,
+            stored_at,
+            subject: event.event_type().to_owned(),
+            headers: vec![(NATS_MSG_ID.to_owned(), event.id.to_string())],
+            payload: Some(payload),
+            payload_bytes: None,
+        })
     }
 
     /// Its `Nats-Msg-Id`.

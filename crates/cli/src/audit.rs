@@ -82,6 +82,8 @@ impl Flow {
                 EventData::BackupDone(_) => "done".into(),
                 EventData::BackupFailed(_) => "failed".into(),
                 EventData::BackupVerified(_) => "verified".into(),
+                EventData::BackupResumed(_) => "resumed".into(),
+                EventData::BackupResumeFailed(_) => "failed".into(),
                 EventData::VerifyFailed(_) => "failed verification".into(),
                 EventData::RestoreDone(_) => "done".into(),
                 EventData::RestoreFailed(_) => "failed".into(),

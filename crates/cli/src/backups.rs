@@ -10,8 +10,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use steward_bus::{Bus, ReplayQuery};
 use steward_events::{
-    BackupReason, BackupRequested, BackupTarget, Event, EventData, RestoreRequested, RestoreScope,
-    Service, VerifyRequested,
+    BackupReason, BackupRequested, BackupResumeRequested, BackupTarget, Event, EventData,
+    RestoreRequested, RestoreScope, Service, VerifyRequested,
 };
 use steward_settings::Env;
 use steward_store::catalog::Standing;
@@ -57,6 +57,19 @@ pub enum BackupCommand {
         #[arg(long, value_enum, default_value = "primary")]
         from: Target,
         #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// End this rebuilt host's backup pause (`steward kit import` set it) without a restore:
+    /// the stack is kept as it is, and its next backup may become the latest. The backup
+    /// service signs the record that ends it; the request and its outcome are in the audit.
+    Resume {
+        /// Why (kept in the audit trail and mailed).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         wait: Duration,
     },
 }
@@ -215,6 +228,7 @@ pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
             }
         }
         BackupCommand::List { s3, from, json, host } => list(s3, from, json, host).await,
+        BackupCommand::Resume { reason, yes, wait } => resume(conn, reason, yes, wait).await,
         BackupCommand::Verify { id, from, wait } => {
             let data = VerifyRequested {
                 backup_id: id,
@@ -242,6 +256,55 @@ pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
     }
 }
 
+/// Asks at a terminal (`what`, then `question`); refuses without one, as `why` needs `--yes`.
+fn confirm(why: &str, question: &str, declined: &str) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{why}; confirm with --yes when not at a terminal");
+    }
+    eprint!("{question} Continue? [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).context("reading the answer")?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("{declined}");
+    }
+    Ok(())
+}
+
+/// `steward backup resume`.
+async fn resume(
+    conn: &Connection,
+    reason: Option<String>,
+    yes: bool,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    if !yes {
+        confirm(
+            "resuming backups without a restore lets this host's stack become the latest backup",
+            "End the backup pause without a restore: the next backup holds the stack as it is now and may become the latest.",
+            "not resumed",
+        )?;
+    }
+    let data = BackupResumeRequested { requested_by: Some(crate::who()), reason };
+    let outcome =
+        request(conn, data, &["backup.resumed", "backup.resume_failed"], wait, "resuming").await?;
+    match outcome.data {
+        EventData::BackupResumed(r) if r.already => {
+            println!("backups were not paused: the pause {} had ended already", r.token);
+            Ok(())
+        }
+        EventData::BackupResumed(r) => {
+            println!(
+                "backups resumed: the pause {} ended without a restore (signed record in the bucket)",
+                r.token
+            );
+            Ok(())
+        }
+        EventData::BackupResumeFailed(f) => failed("not resumed", &f.reason, &[]),
+        _ => bail!("unexpected outcome {}", outcome.event_type()),
+    }
+}
+
 pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()> {
     let scope = match args.only {
         None => RestoreScope::All,
@@ -252,19 +315,14 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
         bail!("--unsigned needs a backup id, not latest: choose the unsigned backup you trust (steward backup list)");
     }
     if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("a restore replaces live data; confirm with --yes when not at a terminal");
-        }
-        eprint!(
-            "Restore backup {} ({scope:?}): the app containers are stopped and their data REPLACED. Continue? [y/N] ",
-            args.id
-        );
-        std::io::stderr().flush().ok();
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).context("reading the answer")?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            bail!("not restored");
-        }
+        confirm(
+            "a restore replaces live data",
+            &format!(
+                "Restore backup {} ({scope:?}): the app containers are stopped and their data REPLACED.",
+                args.id
+            ),
+            "not restored",
+        )?;
     }
     let data = RestoreRequested {
         backup_id: args.id,

@@ -301,6 +301,18 @@ pub(crate) fn summary(data: &EventData) -> String {
         EventData::BackupStale(p) => {
             format!("newest {}", p.newest.as_deref().unwrap_or("none"))
         }
+        EventData::BackupResumeRequested(p) => format!(
+            "by {}{}",
+            p.requested_by.as_deref().unwrap_or("?"),
+            p.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        EventData::BackupResumed(p) if p.already => format!("pause {} had ended already", p.token),
+        EventData::BackupResumed(p) => format!(
+            "pause {} ended without a restore by {}",
+            p.token,
+            p.requested_by.as_deref().unwrap_or("?")
+        ),
+        EventData::BackupResumeFailed(p) => p.reason.clone(),
         EventData::HealthRestarted(p) => format!("restart {} this hour: {}", p.attempt, p.reason),
         EventData::HealthRestartLimited(p) => {
             format!("{} restarts this hour, no more: {}", p.restarts, p.reason)

@@ -83,7 +83,12 @@ impl Service {
                 "certs.requested",
                 "rollback.requested",
             ],
-            Service::Backup => &["backup.requested", "verify.requested", "restore.requested"],
+            Service::Backup => &[
+                "backup.requested",
+                "verify.requested",
+                "restore.requested",
+                "backup.resume_requested",
+            ],
             // Health leaves a container alone while it is being updated, re-baselines it
             // after an update or restore, and excuses a container stopped for a backup copy
             // while a backup runs.
@@ -108,6 +113,7 @@ impl Service {
                 "update.written_back",
                 "backup.failed",
                 "backup.stale",
+                "backup.resumed",
                 "verify.failed",
                 "restore.done",
                 "restore.failed",
@@ -173,6 +179,8 @@ impl Service {
                 "backup.verified",
                 "backup.pruned",
                 "backup.stale",
+                "backup.resumed",
+                "backup.resume_failed",
                 "verify.failed",
                 "restore.done",
                 "restore.failed",
@@ -208,6 +216,7 @@ impl Service {
                 "backup.requested",
                 "verify.requested",
                 "restore.requested",
+                "backup.resume_requested",
                 "certs.requested",
                 "notify.test_requested",
                 "rollback.requested",

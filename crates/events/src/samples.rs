@@ -314,6 +314,22 @@ pub fn all(container: &str) -> Vec<EventData> {
             max_age_secs: 93_600,
         }
         .into(),
+        BackupResumeRequested {
+            requested_by: Some("ops@host".into()),
+            reason: Some("the old data is not wanted: starting afresh".into()),
+        }
+        .into(),
+        BackupResumed {
+            token: "kit-20261130T081800Z-1a2b".into(),
+            requested_by: Some("ops@host".into()),
+            reason: Some("the old data is not wanted: starting afresh".into()),
+            already: false,
+        }
+        .into(),
+        BackupResumeFailed {
+            reason: "backups are not paused on this host (no STEWARD_BACKUP_RESTORE_PENDING): nothing to resume".into(),
+        }
+        .into(),
         NotifySent {
             channel: "email".into(),
             recipients: vec!["ops@example.com".into()],

@@ -358,6 +358,14 @@ pub fn describe(event: &Event) -> Item {
                 item.facts.push(fact("Newest backup", id.clone()));
             }
         }
+        EventData::BackupResumed(r) => {
+            let by = r.requested_by.clone().unwrap_or_else(|| "?".into());
+            item.headline = format!("Backups resumed without a restore by {by}");
+            item.facts = vec![fact("Pause", r.token.clone()), fact("Requested by", by)];
+            if let Some(why) = &r.reason {
+                item.facts.push(fact("Reason", why.clone()));
+            }
+        }
         EventData::VerifyFailed(v) => {
             item.headline = format!("Backup {} failed verification", v.backup_id);
             item.facts =
@@ -813,6 +821,8 @@ const TOLD: &[Told] = &[
         next: "No manifest was written, so this backup is never used; earlier backups are intact. Fix the cause and run `steward backup now` (runbook: a backup failed)." },
     Told { kind: "backup.stale", severity: Severity::Critical, one: "backups stale", many: "backups stale",
         next: "The nightly backup did not happen or keeps failing: look for `backup.failed` mails and `docker logs` of the backup service, then run `steward backup now` (runbook: a backup failed). Data changed since the newest backup is not protected." },
+    Told { kind: "backup.resumed", severity: Severity::Warning, one: "backups resumed without a restore", many: "backups resumed without a restore",
+        next: "This rebuilt host backs up its stack as it is from now on: its next backup becomes the latest, and the old host's backups age out by retention. If nobody here meant to give up the old data, restore it now, before the next backup (runbook: disaster recovery on an empty host, step 4)." },
     Told { kind: "verify.failed", severity: Severity::Warning, one: "backup failed verification", many: "backups failed verification",
         next: "Do not restore this backup. Take a new one with `steward backup now` and verify it." },
     Told { kind: "restore.done", severity: Severity::Info, one: "restore done", many: "restores done",

@@ -193,6 +193,49 @@ pub struct BackupStale {
 
 impl Payload for BackupStale {}
 
+/// End a rebuilt host's backup pause without a restore (`steward backup resume`): the operator
+/// keeps the stack as it is, and its next backup may become the latest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupResumeRequested {
+    /// Who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Why, in the asker's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Payload for BackupResumeRequested {}
+
+/// A rebuilt host's backups run again without a restore: the signed record that its pause
+/// ended is in the bucket (`journal/restored/<token>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupResumed {
+    /// The pause's token (`STEWARD_BACKUP_RESTORE_PENDING`).
+    pub token: String,
+    /// Who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Why, in the asker's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The pause had ended already (a restore, or an earlier resume): nothing was written.
+    #[serde(default)]
+    pub already: bool,
+}
+
+impl Payload for BackupResumed {}
+
+/// A backup pause could not be ended (none is set on this host, or its record could not be
+/// written): backups stay as they were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupResumeFailed {
+    /// Why.
+    pub reason: String,
+}
+
+impl Payload for BackupResumeFailed {}
+
 #[cfg(test)]
 mod tests {
     use super::BackupReason;

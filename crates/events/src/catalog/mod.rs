@@ -152,6 +152,12 @@ catalog! {
     BackupPruned => "backup.pruned": BackupPruned,
     /// No complete backup is newer than the configured maximum age.
     BackupStale => "backup.stale": BackupStale,
+    /// A human asks to end a rebuilt host's backup pause without a restore.
+    BackupResumeRequested => "backup.resume_requested": BackupResumeRequested,
+    /// A rebuilt host's backups run again without a restore (a signed record says so).
+    BackupResumed => "backup.resumed": BackupResumed,
+    /// A backup pause could not be ended.
+    BackupResumeFailed => "backup.resume_failed": BackupResumeFailed,
     /// Someone asks to verify a backup.
     VerifyRequested => "verify.requested": VerifyRequested,
     /// A backup failed verification.
