@@ -331,7 +331,7 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     let id = uuid::Uuid::now_v7();
     let notifier = connect(&server, Service::Notifier).await;
     let reply = notifier
-        .request_approval_link(id, Duration::from_secs(5))
+        .request_approval_link(id, None, Duration::from_secs(5))
         .await
         .expect("the notifier is answered");
     let LinkReply::Link { url, .. } = reply else { panic!("{reply:?}") };
@@ -340,7 +340,7 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     // Nobody else may ask: the server refuses the publish, so no answer comes.
     for service in Service::ALL.into_iter().filter(|s| *s != Service::Notifier) {
         let bus = connect(&server, service).await;
-        let asked = bus.request_approval_link(id, Duration::from_millis(500)).await;
+        let asked = bus.request_approval_link(id, None, Duration::from_millis(500)).await;
         assert!(asked.is_err(), "{service} was answered: {asked:?}");
     }
     let log = wait_log(&server, "Publish Violation").await;
@@ -353,7 +353,7 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
         .subscribe(watcher.namespace().subject(steward_bus::approval::APPROVAL_LINK_SUBJECT))
         .await
         .expect("subscribe call");
-    notifier.request_approval_link(id, Duration::from_secs(5)).await.expect("asked again");
+    notifier.request_approval_link(id, None, Duration::from_secs(5)).await.expect("asked again");
     let heard = tokio::time::timeout(Duration::from_millis(500), overheard.next()).await;
     assert!(!matches!(heard, Ok(Some(_))), "the watcher overheard a link request");
 
