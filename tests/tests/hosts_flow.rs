@@ -105,11 +105,5 @@ async fn an_update_on_one_host_is_approved_and_applied_on_that_host_only() {
     assert!(info.delivered.consumer_sequence <= 1, "b got more than its watch request: {info:?}");
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
 
-    let log = server.log();
-    let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
-    assert!(violations.is_empty(), "refused by the server: {violations:#?}");
-    for (user, proc) in &procs {
-        let logs = proc.logs();
-        assert!(!logs.contains("NATS server error"), "{user}: {logs}");
-    }
+    steward_system_tests::assert_nothing_refused(&server, &procs);
 }

@@ -59,17 +59,6 @@ async fn next(inbox: &mut steward_bus::Inbox) -> steward_bus::Delivery {
     tokio::time::timeout(Duration::from_secs(10), inbox.next()).await.expect("a delivery")
 }
 
-async fn wait_log(server: &NatsServer, needle: &str) -> String {
-    for _ in 0..50 {
-        let log = server.log();
-        if log.contains(needle) {
-            return log;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the server never logged {needle:?}: {}", server.log())
-}
-
 #[tokio::test]
 async fn an_approval_for_one_host_reaches_only_its_updater_and_no_other_host_can_forge_one() {
     let (server, _setup) = provisioned().await;
@@ -104,11 +93,9 @@ async fn an_approval_for_one_host_reaches_only_its_updater_and_no_other_host_can
         .await
         .expect("core publish does not fail on the client side");
     updater_b.flush().await.expect("flush");
-    wait_log(
-        &server,
+    server.wait_log(
         "Publish Violation - User \"updater-vps-b\", Subject \"host.vps-a.update.approved\"",
-    )
-    .await;
+    );
     // Nor can b's own subject carry an event about a: stored, but refused before any handler.
     let smuggled = approval(Some(A)).encode().expect("encode");
     let js = async_nats::jetstream::new(updater_b.raw_client().clone());
@@ -206,7 +193,7 @@ async fn same_named_containers_on_two_hosts_keep_their_own_records() {
         .raw_client()
         .request("$KV.STEWARD_UPDATES.vps-a.gitea", "{\"on\":\"vps-b\"}".into());
     assert!(tokio::time::timeout(Duration::from_secs(2), put).await.map_or(true, |r| r.is_err()));
-    wait_log(&server, "User \"updater-vps-b\", Subject \"$KV.STEWARD_UPDATES.vps-a.gitea\"").await;
+    server.wait_log("User \"updater-vps-b\", Subject \"$KV.STEWARD_UPDATES.vps-a.gitea\"");
     let value = records_a.get("gitea").await.expect("get").map(|v| v.value["on"].clone());
     assert_eq!(value, Some(serde_json::json!(A)));
 }

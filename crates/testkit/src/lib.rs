@@ -273,6 +273,19 @@ impl NatsServer {
         std::fs::read_to_string(self.store.join("server.log")).unwrap_or_default()
     }
 
+    /// Waits (up to 5 s) until the server has logged `needle` (a permissions violation, for
+    /// instance) and returns the log; panics with the log when it never does.
+    pub fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..50 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server never logged {needle:?}: {}", self.log())
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
