@@ -137,6 +137,21 @@ impl Proc {
     }
 }
 
+/// Nothing any participant needed was refused: the server logged no permissions violation and
+/// no process logged a NATS server error (`procs`: a name for the message, the process).
+pub fn assert_nothing_refused<N: std::fmt::Display>(
+    server: &steward_testkit::NatsServer,
+    procs: &[(N, Proc)],
+) {
+    let log = server.log();
+    let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(violations.is_empty(), "refused by the server: {violations:#?}");
+    for (name, proc) in procs {
+        let logs = proc.logs();
+        assert!(!logs.contains("NATS server error"), "{name}: {logs}");
+    }
+}
+
 /// The environment of a service binary in `bus`'s namespace (NATS, stream, subject prefix, a
 /// free HTTP port), plus `extra` settings.
 pub fn service_env<'a>(

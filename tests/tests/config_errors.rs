@@ -249,3 +249,18 @@ fn an_agent_refuses_a_host_that_is_not_a_subject_token() {
         );
     }
 }
+
+#[test]
+fn a_bad_host_table_or_a_host_outside_it_is_refused_before_anything_runs() {
+    for name in SERVICES {
+        let (code, stderr) = run(name, &[("STEWARD_HOSTS", "vps-1,vps_1")]);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("STEWARD_HOSTS=\"vps-1,vps_1\""), "{name}: {stderr}");
+        assert!(stderr.contains("one host to NATS"), "{name}: {stderr}");
+    }
+    // An agent whose host the table does not name would read nothing: it stops and says so.
+    let (code, stderr) =
+        run("steward-watcher", &[("STEWARD_HOSTS", "vps-a,vps-b"), ("STEWARD_HOST", "vps-c")]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("host \"vps-c\" is not in STEWARD_HOSTS (vps-a,vps-b)"), "{stderr}");
+}

@@ -99,13 +99,7 @@ async fn the_services_and_the_cli_work_as_their_own_nats_users() {
     let mails = steward_system_tests::mail::mails_to(&testbed_maildir(), &to);
     assert!(mails.iter().any(|m| m.text.contains(&app.name)), "{:?}", mails.len());
 
-    let log = server.log();
-    let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
-    assert!(violations.is_empty(), "refused by the server: {violations:#?}");
-    for (service, proc) in &procs {
-        let logs = proc.logs();
-        assert!(!logs.contains("NATS server error"), "{service}: {logs}");
-    }
+    steward_system_tests::assert_nothing_refused(&server, &procs);
     bucket.destroy().await;
 }
 

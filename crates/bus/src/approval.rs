@@ -70,15 +70,22 @@ impl LinkAsk {
 }
 
 impl Bus {
-    fn approval_link_subject(&self) -> String {
-        self.namespace().subject(APPROVAL_LINK_SUBJECT)
+    /// `approval.link`, or under host routing `approval.link.<host>`: only the updater of the
+    /// update's host answers (and only its NATS user may).
+    fn approval_link_subject(&self, host: Option<&str>) -> String {
+        match host.filter(|_| self.config().routes_by_host()) {
+            Some(host) => self.namespace().subject(&format!("{APPROVAL_LINK_SUBJECT}.{host}")),
+            None => self.namespace().subject(APPROVAL_LINK_SUBJECT),
+        }
     }
 
-    /// Asks the updater for the approval link of `update_id`, waiting at most `timeout`.
-    /// No updater listening is an error at once (NATS answers "no responders").
+    /// Asks the updater of `host` (the pending update's event's) for the approval link of
+    /// `update_id`, waiting at most `timeout`. No updater listening is an error at once (NATS
+    /// answers "no responders").
     pub async fn request_approval_link(
         &self,
         update_id: Uuid,
+        host: Option<&str>,
         timeout: Duration,
     ) -> Result<LinkReply, BusError> {
         let body = serde_json::to_vec(&LinkRequest { update_id })
@@ -86,7 +93,7 @@ impl Bus {
         let request = async_nats::Request::new().payload(body.into()).timeout(Some(timeout));
         let answer = self
             .client
-            .send_request(self.approval_link_subject(), request)
+            .send_request(self.approval_link_subject(host), request)
             .await
             .map_err(|e| BusError::nats("ask for an approval link", e))?;
         serde_json::from_slice(&answer.payload)
@@ -100,7 +107,7 @@ impl Bus {
     ) -> Result<impl Stream<Item = LinkAsk> + Send + Unpin + 'static, BusError> {
         let subscriber = self
             .client
-            .subscribe(self.approval_link_subject())
+            .subscribe(self.approval_link_subject(self.config().route_host()))
             .await
             .map_err(|e| BusError::nats("subscribe to approval link requests", e))?;
         let client = self.client.clone();

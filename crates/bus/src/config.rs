@@ -40,9 +40,27 @@ impl Namespace {
         format!("{}{}", self.prefix, event_type)
     }
 
-    /// The event type of a NATS subject, if it is in this namespace.
-    pub fn event_type<'a>(&self, subject: &'a str) -> Option<&'a str> {
+    /// The NATS subject of an event type addressed to `host` (`<prefix>host.<host>.<type>`),
+    /// or the plain subject for none ([`steward_events::address`]).
+    pub fn addressed(&self, host: Option<&str>, event_type: &str) -> String {
+        self.subject(&steward_events::address(host, event_type))
+    }
+
+    /// Every subject addressed to `host`: an agent's consumer filter and its permissions.
+    pub fn host_subjects(&self, host: &str) -> String {
+        self.subject(&format!("{}.{host}.>", steward_events::HOST_FAMILY))
+    }
+
+    /// A NATS subject without this namespace's prefix (`<type>`, `host.<host>.<type>`,
+    /// `dlq.<consumer>`), if it is in this namespace.
+    pub fn unprefixed<'a>(&self, subject: &'a str) -> Option<&'a str> {
         subject.strip_prefix(self.prefix.as_str())
+    }
+
+    /// The event type of a NATS subject, if it is in this namespace (the host an addressed
+    /// subject names left out).
+    pub fn event_type<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        self.unprefixed(subject).map(|s| steward_events::split_address(s).1)
     }
 
     /// The dead-letter subject of a consumer.
@@ -79,6 +97,10 @@ pub struct BusConfig {
     /// every event it publishes without a host of its own is stamped with it. `None` for the
     /// central participants (notifier, CLI).
     pub host: Option<String>,
+    /// The routing table's hosts (`STEWARD_HOSTS`); empty: one host, no host routing (every
+    /// subject as before hosts). Set, the events of an agent and those addressed to it go on
+    /// its host's subjects ([`Namespace::addressed`]).
+    pub hosts: Vec<String>,
 }
 
 /// A NATS user and password. The password never appears in `Debug` output or logs.
@@ -108,6 +130,7 @@ impl Default for BusConfig {
             request_timeout: Duration::from_secs(5),
             credentials: None,
             host: None,
+            hosts: vec![],
         }
     }
 }
@@ -159,10 +182,54 @@ impl BusConfig {
             url,
             credentials,
             namespace: Namespace { stream, prefix },
+            hosts: env.hosts(),
             retention: env.duration(ENV_EVENT_RETENTION, defaults.retention),
             duplicate_window: env.duration(ENV_DUPLICATE_WINDOW, defaults.duplicate_window),
             publish_timeout: env.duration(ENV_PUBLISH_TIMEOUT, defaults.publish_timeout),
             ..defaults
+        }
+    }
+}
+
+impl BusConfig {
+    /// Whether this installation routes by host (`STEWARD_HOSTS` set).
+    pub fn routes_by_host(&self) -> bool {
+        !self.hosts.is_empty()
+    }
+
+    /// The host this participant is confined to: an agent's under host routing, else `None`
+    /// (no host routing, or a central participant).
+    pub fn route_host(&self) -> Option<&str> {
+        self.host.as_deref().filter(|_| self.routes_by_host())
+    }
+
+    /// The subject `event` goes on: its host's (its own `host`, else this agent's) under host
+    /// routing, the plain one otherwise. An event for the agents that names no host, or a
+    /// host the table does not know, has no subject: no consumer would ever read it.
+    pub fn subject_of(&self, event: &steward_events::Event) -> Result<String, String> {
+        let event_type = event.event_type();
+        let ns = &self.namespace;
+        if !self.routes_by_host() {
+            return Ok(ns.subject(event_type));
+        }
+        match event.host.as_deref().or(self.host.as_deref()) {
+            Some(host) if self.hosts.iter().any(|h| h == host) => {
+                Ok(ns.addressed(Some(host), event_type))
+            }
+            Some(host) => Err(format!(
+                "host {host:?} is not in STEWARD_HOSTS ({}): nothing would read it",
+                self.hosts.join(",")
+            )),
+            None if steward_events::Service::DAEMONS
+                .iter()
+                .any(|s| s.is_agent() && s.consumes().contains(&event_type)) =>
+            {
+                Err(format!(
+                    "{event_type} names no host: under host routing it must name one of {}",
+                    self.hosts.join(",")
+                ))
+            }
+            None => Ok(ns.subject(event_type)),
         }
     }
 }
@@ -179,4 +246,52 @@ pub fn validate_url(urls: &str) -> Result<(), String> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_events::{Event, NotifySent, UpdateApproved};
+
+    fn approval(host: Option<&str>) -> Event {
+        let data = UpdateApproved { update_id: uuid::Uuid::now_v7(), by: "op".into() };
+        Event::new("t", data).with_host(host.map(str::to_owned))
+    }
+
+    #[test]
+    fn one_rule_gives_an_events_subject() {
+        let ns = Namespace { stream: "S".into(), prefix: "p.".into() };
+        let single =
+            BusConfig { namespace: ns.clone(), host: Some("a".into()), ..BusConfig::default() };
+        // Without a host table, as before hosts, whatever host an event names.
+        assert_eq!(single.subject_of(&approval(Some("a"))).as_deref(), Ok("p.update.approved"));
+        assert_eq!(single.route_host(), None);
+        let hosts = vec!["a".to_owned(), "b".to_owned()];
+        let agent = BusConfig { hosts: hosts.clone(), ..single };
+        assert_eq!(agent.route_host(), Some("a"));
+        // An agent's own events are its host's; an event naming its host keeps it.
+        assert_eq!(agent.subject_of(&approval(None)).as_deref(), Ok("p.host.a.update.approved"));
+        assert_eq!(
+            agent.subject_of(&approval(Some("b"))).as_deref(),
+            Ok("p.host.b.update.approved")
+        );
+        let central = BusConfig { namespace: ns, hosts, ..BusConfig::default() };
+        assert!(central.subject_of(&approval(None)).is_err_and(|e| e.contains("names no host")));
+        assert!(central.subject_of(&approval(Some("c"))).is_err_and(|e| e.contains("not in")));
+        // What only the centre reads needs no host.
+        let sent = Event::new(
+            "t",
+            NotifySent {
+                channel: "email".into(),
+                recipients: vec![],
+                title: "x".into(),
+                about: vec![],
+            },
+        );
+        assert_eq!(central.subject_of(&sent).as_deref(), Ok("p.notify.sent"));
+        assert_eq!(
+            central.namespace.event_type("p.host.b.update.approved"),
+            Some("update.approved")
+        );
+    }
 }

@@ -326,7 +326,7 @@ fn check_message(m: &ExportedMessage) -> Result<(), String> {
         return Err(format!("the payload is over {MAX_PAYLOAD} bytes"));
     }
     if !dead_letter {
-        Event::decode_for(&m.subject, &payload)
+        Event::decode_addressed(&m.subject, &payload)
             .map_err(|e| format!("not an event of its subject {:?}: {e}", m.subject))?;
     }
     Ok(())

@@ -3,7 +3,9 @@
 //! NATS 2.9 (Debian 12's server) has no multi-subject consumer filter. A consumer of exactly
 //! one event type filters on the server; one of several reads the whole stream and acks what
 //! it does not consume without handing it out (Steward's event rate is low, and one consumer
-//! keeps the stream's order across the service's subjects).
+//! keeps the stream's order across the service's subjects). Under host routing an agent's
+//! consumer filters on its host's subjects (`host.<host>.>`, one filter), and acks the types
+//! of its host it does not consume in the same way.
 
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ pub struct ConsumerSpec {
     pub name: String,
     /// Event types handed out.
     pub event_types: Vec<String>,
+    /// Under host routing, the agent's host: the consumer reads only subjects addressed to it.
+    pub host: Option<String>,
     /// Time the server waits for an ack before redelivering.
     pub ack_wait: Duration,
     /// Handler attempts before a message is given up on (then dead-lettered). The server is
@@ -49,6 +53,7 @@ impl ConsumerSpec {
         Self {
             name: name.into(),
             event_types: event_types.iter().map(|s| (*s).to_owned()).collect(),
+            host: None,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             max_ack_pending: 16,
@@ -57,16 +62,24 @@ impl ConsumerSpec {
 
     /// The consumer of `service` as the routing table describes it, with Steward's defaults:
     /// what `steward setup` creates and what the service's runtime looks up (one meaning).
-    pub fn of(service: Service) -> Self {
-        Self::new(service.name(), service.consumes())
+    /// `host`: an agent's host under host routing ([`crate::BusConfig::route_host`]); the
+    /// consumer is then `<service>-<host>` ([`Service::identity`]) and reads that host only.
+    pub fn of(service: Service, host: Option<&str>) -> Self {
+        let host = host.filter(|_| service.is_agent());
+        Self {
+            host: host.map(str::to_owned),
+            ..Self::new(service.identity(host), service.consumes())
+        }
     }
 
-    /// The server-side filter: exact for a consumer of one type, none for several (NATS 2.9
-    /// has one filter subject; the inbox acks what it does not consume).
+    /// The server-side filter: an agent's host's subjects under host routing; else exact for a
+    /// consumer of one type, none for several (NATS 2.9 has one filter subject; the inbox
+    /// acks what it does not consume).
     pub(crate) fn filter_subject(&self, ns: &crate::Namespace) -> String {
-        match self.event_types.as_slice() {
-            [one] => ns.subject(one),
-            _ => String::new(),
+        match (&self.host, self.event_types.as_slice()) {
+            (Some(host), _) => ns.host_subjects(host),
+            (None, [one]) => ns.subject(one),
+            (None, _) => String::new(),
         }
     }
 
@@ -247,7 +260,8 @@ impl Inbox {
     /// Turns a message into a delivery, or acks and skips one this service does not consume.
     async fn accept(&self, msg: async_nats::jetstream::Message) -> Option<Delivery> {
         let ns = self.bus.namespace();
-        let event_type = ns.event_type(msg.subject.as_str()).unwrap_or("").to_owned();
+        let subject = ns.unprefixed(msg.subject.as_str()).unwrap_or("").to_owned();
+        let event_type = steward_events::split_address(&subject).1.to_owned();
         if !self.spec.event_types.contains(&event_type) {
             if let Err(e) = msg.ack().await {
                 tracing::debug!(error = %e, "skip-ack failed; the message will come again");
@@ -261,9 +275,9 @@ impl Inbox {
                 (i.delivered.max(1) as u64, i.stream_sequence, i.pending, age.max(0.0))
             })
             .unwrap_or((1, 0, 0, 0.0));
-        // The subject is what the server's permissions checked; the payload's `type` is the
-        // publisher's word. One that differs is refused here, before any handler.
-        let event = Event::decode_for(&event_type, &msg.payload);
+        // The subject is what the server's permissions checked; the payload's `type` and
+        // `host` are the publisher's word. One that differs is refused here, before any handler.
+        let event = Event::decode_addressed(&subject, &msg.payload);
         Some(Delivery {
             bus: self.bus.clone(),
             consumer: self.spec.name.clone(),

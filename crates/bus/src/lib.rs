@@ -52,7 +52,8 @@ pub use inbox::{
     ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,
 };
 pub use permissions::{
-    inbox_prefix, password_variable, setup_password_variable, Permissions, SETUP_USER,
+    inbox_prefix, password_variable, setup_password_variable, user_password_variable, Permissions,
+    SETUP_USER,
 };
 pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;

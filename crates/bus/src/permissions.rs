@@ -11,6 +11,14 @@
 //! services). No participant creates, updates, purges or deletes the stream, a durable
 //! consumer or a bucket: that is the provisioning user's ([`SETUP_USER`], `steward setup`),
 //! which has the JetStream API and nothing else (it publishes no event and writes no value).
+//!
+//! Under host routing (`STEWARD_HOSTS`) each agent has a user per host (`updater-<host>`),
+//! confined to that host: it publishes only on the host's subjects (`host.<host>.<type>`), reads
+//! only its host's consumer, writes only its host's keys of its buckets (`<host>.<key>`) and
+//! answers only its host's approval link requests. So host B's updater can neither act on
+//! host A's approval (its consumer never receives it) nor forge one for A (the server refuses
+//! the publish). The notifier and the CLI are central: they read every host, and the CLI
+//! addresses its requests to any host.
 
 use steward_events::Service;
 
@@ -36,6 +44,9 @@ pub fn inbox_prefix(user: &str) -> String {
 pub struct Permissions {
     /// The participant.
     pub service: Service,
+    /// Its NATS user: the service's name, or `<service>-<host>` for an agent under host
+    /// routing ([`Service::identity`]).
+    pub user: String,
     /// Subjects (with wildcards) it may publish to.
     pub publish: Vec<String>,
     /// Subjects it may not publish to, although `publish` matches them.
@@ -48,19 +59,38 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    /// The permissions of `service` in namespace `ns`.
+    /// The permissions of `service` in namespace `ns`, without host routing.
     pub fn of(service: Service, ns: &Namespace) -> Self {
+        Self::routed(service, ns, &[], None)
+    }
+
+    /// The permissions of `service` under the routing table's `hosts` (empty: no host
+    /// routing): an agent's for `host` (one of `hosts`), a central participant's (`host` is
+    /// `None` for them, and ignored).
+    pub fn routed(service: Service, ns: &Namespace, hosts: &[String], host: Option<&str>) -> Self {
         let stream = &ns.stream;
         let api = |s: &str| format!("$JS.API.{s}");
-        let mut publish: Vec<String> = service.publishes().iter().map(|t| ns.subject(t)).collect();
-        let mut subscribe = vec![format!("{}.>", inbox_prefix(service.name()))];
+        let routed = !hosts.is_empty();
+        let host = host.filter(|_| routed && service.is_agent());
+        let user = service.identity(host);
+        let mut publish: Vec<String> = match host {
+            // An agent publishes on its host's subjects only.
+            Some(h) => service.publishes().iter().map(|t| ns.addressed(Some(h), t)).collect(),
+            None => service.publishes().iter().map(|t| ns.subject(t)).collect(),
+        };
+        if routed && service == Service::Cli {
+            // The CLI's requests go to any host's agents.
+            let any = |t: &&str| ns.subject(&format!("{}.*.{t}", steward_events::HOST_FAMILY));
+            publish.extend(service.publishes().iter().map(any));
+        }
+        let mut subscribe = vec![format!("{}.>", inbox_prefix(&user))];
 
         // Every connection checks JetStream and looks the stream up.
         publish.push(api("INFO"));
         publish.push(api(&format!("STREAM.INFO.{stream}")));
         // Its own durable consumer (looked up, pulled from, acked); its own dead letters.
         if !service.consumes().is_empty() {
-            let name = service.name();
+            let name = user.as_str();
             publish.push(ns.dead_letter_subject(name));
             for op in ["INFO", "MSG.NEXT"] {
                 publish.push(api(&format!("CONSUMER.{op}.{stream}.{name}")));
@@ -75,7 +105,11 @@ impl Permissions {
         for bucket in service.writes_buckets() {
             let bucket = ns.bucket(bucket);
             publish.extend(read_bucket(&bucket));
-            publish.push(format!("$KV.{bucket}.>"));
+            match host {
+                // An agent's keys are its host's (`StateStore` scopes them).
+                Some(h) => publish.push(format!("$KV.{bucket}.{h}.>")),
+                None => publish.push(format!("$KV.{bucket}.>")),
+            }
         }
         // Others' buckets: read only.
         for bucket in service.reads_buckets() {
@@ -102,9 +136,15 @@ impl Permissions {
         let links = ns.subject(crate::approval::APPROVAL_LINK_SUBJECT);
         if service.requests_approval_links() {
             publish.push(links.clone());
+            if routed {
+                publish.push(format!("{links}.*"));
+            }
         }
         if service.serves_approval_links() {
-            subscribe.push(links);
+            match host {
+                Some(h) => subscribe.push(format!("{links}.{h}")),
+                None => subscribe.push(links),
+            }
         }
         publish.sort();
         publish.dedup();
@@ -113,16 +153,31 @@ impl Permissions {
         // one would steal (and, repeated, exhaust) another service's deliveries.
         let mut deny = vec![];
         if replays {
-            let others = Service::ALL.into_iter().filter(|s| *s != service);
-            for other in others.filter(|s| !s.consumes().is_empty()) {
+            let consumers = crate::Setup::for_hosts(hosts).consumers;
+            for other in consumers.iter().map(|c| &c.name).filter(|c| **c != user) {
                 for op in ["CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT", "DELETE"] {
-                    deny.push(api(&format!("CONSUMER.{op}.{stream}.{}", other.name())));
+                    deny.push(api(&format!("CONSUMER.{op}.{stream}.{other}")));
                 }
-                deny.push(api(&format!("CONSUMER.CREATE.{stream}.{}.>", other.name())));
+                deny.push(api(&format!("CONSUMER.CREATE.{stream}.{other}.>")));
             }
             deny.sort();
         }
-        Self { service, publish, deny, subscribe, allow_responses: service.serves_approval_links() }
+        let allow_responses = service.serves_approval_links();
+        Self { service, user, publish, deny, subscribe, allow_responses }
+    }
+
+    /// Every NATS user of the routing table: each participant once, each agent once per host
+    /// under host routing.
+    pub fn users(ns: &Namespace, hosts: &[String]) -> Vec<Self> {
+        let mut users = vec![];
+        for service in Service::ALL {
+            match hosts {
+                _ if !service.is_agent() => users.push(Self::routed(service, ns, hosts, None)),
+                [] => users.push(Self::of(service, ns)),
+                _ => users.extend(hosts.iter().map(|h| Self::routed(service, ns, hosts, Some(h)))),
+            }
+        }
+        users
     }
 
     /// The provisioning user's permissions: the JetStream API (create, update, purge, delete
@@ -137,6 +192,7 @@ impl Permissions {
         types.dedup();
         publish.extend(types.iter().map(|t| ns.subject(t)));
         publish.push(ns.subject("dlq.>"));
+        publish.push(ns.subject(&format!("{}.>", steward_events::HOST_FAMILY)));
         publish.extend(
             crate::export::state_buckets().iter().map(|b| format!("$KV.{}.>", ns.bucket(b))),
         );
@@ -148,17 +204,32 @@ impl Permissions {
     /// resolves `$NAME` from its environment; variables of an included file are not seen
     /// here), so no secret is in this text.
     pub fn server_config(ns: &Namespace) -> String {
+        Self::server_config_for(ns, &[])
+    }
+
+    /// [`server_config`](Self::server_config) for the routing table's `hosts` (what `steward
+    /// nats-authorization` prints): each agent's user once per host, its password from
+    /// `STEWARD_<SERVICE>_<HOST>_PASSWORD` ([`user_password_variable`]).
+    pub fn server_config_for(ns: &Namespace, hosts: &[String]) -> String {
         let mut out = String::from(
-            "# Generated from Steward's routing table (steward_bus::Permissions); do not edit.\n\
-             # Regenerate: STEWARD_REGENERATE=1 cargo test -p steward-bus --test permissions\n\
-             authorization {\n  users = [\n",
+            "# Generated from Steward's routing table (steward_bus::Permissions); do not edit.\n",
         );
-        for service in Service::ALL {
-            let p = Self::of(service, ns);
+        if hosts.is_empty() {
+            out.push_str(
+                "# Regenerate: STEWARD_REGENERATE=1 cargo test -p steward-bus --test permissions\n",
+            );
+        } else {
+            out.push_str(&format!(
+                "# Regenerate: STEWARD_HOSTS={} steward nats-authorization\n",
+                hosts.join(",")
+            ));
+        }
+        out.push_str("authorization {\n  users = [\n");
+        for p in Self::users(ns, hosts) {
             out.push_str(&format!(
                 "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",
-                service.name(),
-                password_variable(service)
+                p.user,
+                user_password_variable(&p.user)
             ));
             if p.deny.is_empty() {
                 out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&p.publish)));
@@ -191,7 +262,14 @@ impl Permissions {
 
 /// The server variable holding a participant's password, e.g. `STEWARD_WATCHER_PASSWORD`.
 pub fn password_variable(service: Service) -> String {
-    format!("STEWARD_{}_PASSWORD", service.name().to_uppercase())
+    user_password_variable(service.name())
+}
+
+/// The server variable holding a NATS user's password: `STEWARD_UPDATER_PASSWORD`, or
+/// `STEWARD_UPDATER_VPS_1_PASSWORD` for `updater-vps-1` (`-` is `_`: `steward_events::check_hosts`
+/// refuses two hosts that would share one).
+pub fn user_password_variable(user: &str) -> String {
+    format!("STEWARD_{}_PASSWORD", user.to_uppercase().replace('-', "_"))
 }
 
 /// The server variable holding the provisioning user's password, `STEWARD_SETUP_PASSWORD`.

@@ -27,7 +27,10 @@ pub struct Published {
 /// Publishes `event` in a `publish` span (the NATS call), whose trace context the event
 /// carries: the span that handles the event is its child.
 pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published, BusError> {
-    let subject = bus.namespace().subject(event.event_type());
+    let subject = bus.config().subject_of(event).map_err(|reason| BusError::PublishRefused {
+        subject: event.event_type().to_owned(),
+        reason,
+    })?;
     let outside_trace = crate::trace::current().is_none();
     let span = tracing::info_span!("publish", otel.kind = "producer", messaging.system = "nats",
         messaging.destination.name = %subject, event.id = %event.id, "event.type" = event.event_type());

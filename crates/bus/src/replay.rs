@@ -47,7 +47,7 @@ pub struct Replay {
     messages: pull::Stream,
     remaining: u64,
     query: ReplayQuery,
-    prefix: String,
+    ns: crate::Namespace,
 }
 
 impl std::fmt::Debug for Replay {
@@ -65,13 +65,14 @@ impl Bus {
             (None, true) => DeliverPolicy::New,
             (None, false) => DeliverPolicy::All,
         };
-        // One pattern filters on the server; several are matched here (NATS 2.9 has one filter).
+        // One pattern filters on the server; several are matched here (NATS 2.9 has one filter),
+        // and so is any under host routing, where a type is on every host's subjects.
         let filter_subject = match query.subjects.as_slice() {
-            [one] => ns.subject(one),
+            [one] if !self.config().routes_by_host() => ns.subject(one),
             _ => String::new(),
         };
         let (messages, remaining) = self.read_stream(deliver_policy, filter_subject).await?;
-        Ok(Replay { messages, remaining, query, prefix: ns.prefix.clone() })
+        Ok(Replay { messages, remaining, query, ns: ns.clone() })
     }
 }
 
@@ -103,8 +104,8 @@ impl Replay {
                     continue;
                 }
             }
-            let event_type =
-                msg.subject.as_str().strip_prefix(self.prefix.as_str()).unwrap_or("").to_owned();
+            let subject = self.ns.unprefixed(msg.subject.as_str()).unwrap_or("").to_owned();
+            let event_type = steward_events::split_address(&subject).1.to_owned();
             let wanted = if self.query.subjects.is_empty() {
                 !subject::matches("dlq.>", &event_type)
             } else {
@@ -118,7 +119,7 @@ impl Replay {
             let event = if subject::matches("dlq.>", &event_type) {
                 Event::decode(&msg.payload)
             } else {
-                Event::decode_for(&event_type, &msg.payload)
+                Event::decode_addressed(&subject, &msg.payload)
             };
             if let Some(container) = &self.query.container {
                 let about = event.as_ref().ok().and_then(|e| e.container());

@@ -28,10 +28,21 @@ impl Setup {
     /// Everything Steward's routing table needs: every consuming service's consumer, every
     /// bucket a participant writes, and the markers bucket.
     pub fn steward() -> Self {
+        Self::for_hosts(&[])
+    }
+
+    /// [`Setup::steward`] under host routing (`STEWARD_HOSTS`): each agent's consumer once per
+    /// host (`updater-<host>`, reading that host's subjects), the central ones once. Without
+    /// hosts, the consumers of one host as before routing.
+    pub fn for_hosts(hosts: &[String]) -> Self {
         let consumers = Service::ALL
             .into_iter()
             .filter(|s| !s.consumes().is_empty())
-            .map(ConsumerSpec::of)
+            .flat_map(|s| match hosts {
+                [] => vec![ConsumerSpec::of(s, None)],
+                _ if !s.is_agent() => vec![ConsumerSpec::of(s, None)],
+                _ => hosts.iter().map(|h| ConsumerSpec::of(s, Some(h))).collect(),
+            })
             .collect();
         let mut state_buckets: Vec<String> = Service::ALL
             .into_iter()
@@ -85,6 +96,24 @@ impl Bus {
         let handled = ns.bucket(HANDLED_BUCKET);
         open_bucket(self, &handled, setup.marker_ttl, 1).await?;
         done.push(format!("bucket {handled}: markers kept {}", humanize(setup.marker_ttl)));
+        // Upgraded to host routing: the agents' consumers from before are read by nobody now.
+        // Setup never deletes one (its unread events would go with it): it says so.
+        let wanted: Vec<&str> = setup.consumers.iter().map(|c| c.name.as_str()).collect();
+        for service in
+            Service::DAEMONS.into_iter().filter(|s| s.is_agent() && !s.consumes().is_empty())
+        {
+            let name = service.name();
+            if wanted.contains(&name) {
+                continue;
+            }
+            match self.lookup_consumer(name).await {
+                Ok(_) => done.push(format!(
+                    "consumer {name}: from before host routing, read by nobody now; delete it once its agents are stopped (docs/migration.md)"
+                )),
+                Err(BusError::NotProvisioned { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(done)
     }
 

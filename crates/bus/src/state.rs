@@ -23,15 +23,27 @@ pub struct Versioned<T> {
 }
 
 /// A typed KV bucket of JSON values.
+///
+/// Under host routing an agent's store is its host's part of the bucket: every key it names
+/// is `<host>.<key>` on the server (so two hosts' `gitea` records never collide, and the
+/// server's permissions let it write only its host's keys), and it lists only those. A
+/// central participant's store is the whole bucket, keys as stored.
 pub struct StateStore<T> {
     kv: kv::Store,
     bucket: String,
+    /// `<host>.` for an agent under host routing, else empty.
+    scope: String,
     _value: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for StateStore<T> {
     fn clone(&self) -> Self {
-        Self { kv: self.kv.clone(), bucket: self.bucket.clone(), _value: PhantomData }
+        Self {
+            kv: self.kv.clone(),
+            bucket: self.bucket.clone(),
+            scope: self.scope.clone(),
+            _value: PhantomData,
+        }
     }
 }
 
@@ -76,7 +88,13 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             .get_key_value(&bucket)
             .await
             .map_err(|e| BusError::nats("open kv bucket", e))?;
-        Ok(Some(Self { kv, bucket, _value: PhantomData }))
+        let scope = bus.config().route_host().map(|h| format!("{h}.")).unwrap_or_default();
+        Ok(Some(Self { kv, bucket, scope, _value: PhantomData }))
+    }
+
+    /// The key on the server.
+    fn scoped(&self, key: &str) -> String {
+        format!("{}{key}", self.scope)
     }
 
     fn encode(&self, key: &str, value: &T) -> Result<Bytes, BusError> {
@@ -89,7 +107,8 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
 
     /// The current value, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, BusError> {
-        let entry = self.kv.entry(key).await.map_err(|e| BusError::nats("kv entry", e))?;
+        let entry =
+            self.kv.entry(self.scoped(key)).await.map_err(|e| BusError::nats("kv entry", e))?;
         let Some(entry) = entry else { return Ok(None) };
         if entry.operation != kv::Operation::Put {
             return Ok(None);
@@ -105,7 +124,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     /// Stores `value` only if `key` has none; returns the new revision.
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, BusError> {
         let bytes = self.encode(key, value)?;
-        self.kv.create(key, bytes).await.map_err(|e| match e.kind() {
+        self.kv.create(self.scoped(key), bytes).await.map_err(|e| match e.kind() {
             kv::CreateErrorKind::AlreadyExists => BusError::Conflict {
                 bucket: self.bucket.clone(),
                 key: key.to_owned(),
@@ -118,7 +137,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     /// Stores `value` only if `key` is still at `revision`; returns the new revision.
     pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, BusError> {
         let bytes = self.encode(key, value)?;
-        self.kv.update(key, bytes, revision).await.map_err(|e| match e.kind() {
+        self.kv.update(self.scoped(key), bytes, revision).await.map_err(|e| match e.kind() {
             kv::UpdateErrorKind::WrongLastRevision => BusError::Conflict {
                 bucket: self.bucket.clone(),
                 key: key.to_owned(),
@@ -131,17 +150,19 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     /// Stores `value` whatever the key holds (for state only one process writes).
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, BusError> {
         let bytes = self.encode(key, value)?;
-        self.kv.put(key, bytes).await.map_err(|e| BusError::nats("kv put", e))
+        self.kv.put(self.scoped(key), bytes).await.map_err(|e| BusError::nats("kv put", e))
     }
 
     /// Removes `key`.
     pub async fn delete(&self, key: &str) -> Result<(), BusError> {
-        self.kv.delete(key).await.map_err(|e| BusError::nats("kv delete", e))
+        self.kv.delete(self.scoped(key)).await.map_err(|e| BusError::nats("kv delete", e))
     }
 
     /// Removes `key` only if it is still at `revision` (a newer value stays).
     pub async fn delete_at(&self, key: &str, revision: u64) -> Result<(), BusError> {
-        self.kv.delete_expect_revision(key, Some(revision)).await.map_err(|e| match e.kind() {
+        self.kv.delete_expect_revision(self.scoped(key), Some(revision)).await.map_err(|e| match e
+            .kind()
+        {
             kv::DeleteErrorKind::WrongLastRevision => BusError::Conflict {
                 bucket: self.bucket.clone(),
                 key: key.to_owned(),
@@ -165,12 +186,29 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             // An empty stream delivers nothing, not even an end.
             return Ok(out);
         }
-        let mut watch =
-            self.kv.watch_with_history(">").await.map_err(|e| BusError::nats("kv read all", e))?;
+        if !self.scope.is_empty() {
+            // Nor does a host's part of the bucket without a key.
+            let mut subjects = self
+                .kv
+                .stream
+                .info_with_subjects(format!("$KV.{}.{}>", self.bucket, self.scope))
+                .await
+                .map_err(|e| BusError::nats("kv status", e))?;
+            if subjects.try_next().await.map_err(|e| BusError::nats("kv status", e))?.is_none() {
+                return Ok(out);
+            }
+        }
+        let mut watch = self
+            .kv
+            .watch_with_history(format!("{}>", self.scope))
+            .await
+            .map_err(|e| BusError::nats("kv read all", e))?;
         let read = async {
             while let Some(entry) = watch.next().await {
                 let entry = entry.map_err(|e| BusError::nats("kv read all", e))?;
                 let last = entry.delta == 0;
+                let key = entry.key.strip_prefix(self.scope.as_str()).unwrap_or(&entry.key);
+                let key = key.to_owned();
                 if entry.operation == kv::Operation::Put {
                     let value = serde_json::from_slice(&entry.value).map_err(|e| {
                         BusError::CorruptState {
@@ -179,9 +217,9 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
                             reason: e.to_string(),
                         }
                     })?;
-                    out.insert(entry.key, Versioned { value, revision: entry.revision });
+                    out.insert(key, Versioned { value, revision: entry.revision });
                 } else {
-                    out.remove(&entry.key);
+                    out.remove(&key);
                 }
                 if last {
                     break;
@@ -195,9 +233,14 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         Ok(out)
     }
 
-    /// Every key that holds a value.
+    /// Every key that holds a value (of this agent's host, under host routing).
     pub async fn keys(&self) -> Result<Vec<String>, BusError> {
         let keys = self.kv.keys().await.map_err(|e| BusError::nats("kv keys", e))?;
-        keys.try_collect().await.map_err(|e| BusError::nats("kv keys", e))
+        let keys: Vec<String> =
+            keys.try_collect().await.map_err(|e| BusError::nats("kv keys", e))?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(self.scope.as_str()).map(str::to_owned))
+            .collect())
     }
 }

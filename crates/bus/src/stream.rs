@@ -102,11 +102,13 @@ impl Bus {
     }
 }
 
-/// One wildcard per event family (`update.>` ...) plus the dead letters, all under `prefix`.
+/// One wildcard per event family (`update.>` ...) plus the dead letters and the events
+/// addressed to one host (`host.>`, host routing), all under `prefix`.
 fn stream_subjects(prefix: &str) -> Vec<String> {
     let mut families: Vec<&str> =
         EventData::ALL_TYPES.iter().filter_map(|t| t.split('.').next()).collect();
     families.push("dlq");
+    families.push(steward_events::HOST_FAMILY);
     families.sort_unstable();
     families.dedup();
     families.into_iter().map(|f| format!("{prefix}{f}.>")).collect()
@@ -150,9 +152,10 @@ mod tests {
             "p.rollback.>",
             "p.deploy.>",
             "p.dlq.>",
+            "p.host.>",
         ] {
             assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
         }
-        assert_eq!(s.len(), 12);
+        assert_eq!(s.len(), 13);
     }
 }

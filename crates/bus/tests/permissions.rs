@@ -89,7 +89,7 @@ async fn each_participant_publishes_only_its_own_event_types() {
     assert!(expected.contains(&("cli".to_owned(), "update.approved".to_owned())));
     assert!(!expected.iter().any(|(who, t)| who == "notifier" && t == "update.approved"));
     assert!(!expected.iter().any(|(who, t)| who == "watcher" && t.starts_with("backup.")));
-    let log = wait_log(&server, "Publish Violation").await;
+    let log = server.wait_log("Publish Violation");
     assert!(log.contains("User \"notifier\", Subject \"update.approved\""), "{log}");
 }
 
@@ -128,7 +128,7 @@ async fn nobody_changes_what_is_not_theirs() {
     assert!(marker.is_ok(), "core publish does not fail on the client side");
     let _sub = client.subscribe("update.>").await.expect("subscribe request");
     watcher.flush().await.expect("flush");
-    let log = wait_log(&server, "Subscription Violation").await;
+    let log = server.wait_log("Subscription Violation");
     assert!(log.contains("User \"watcher\", Subject \"update.>\""), "{log}");
     assert!(log.contains("Subject \"$JS.API.STREAM.DELETE.STEWARD\""), "{log}");
     assert!(log.contains("Subject \"$KV.STEWARD_HANDLED.updater.x\""), "{log}");
@@ -250,7 +250,7 @@ async fn only_the_setup_user_administers_the_stream_the_consumers_and_the_bucket
         assert!(kv.get("forged").await.expect("get").is_none(), "{bucket} was written");
     }
     assert!(admin.get_stream("KV_STEWARD_NEW").await.is_err(), "a service created a bucket");
-    let log = wait_log(&server, "Publish Violation").await;
+    let log = server.wait_log("Publish Violation");
     assert!(log.contains("User \"watcher\", Subject \"$JS.API.STREAM.UPDATE.STEWARD\""), "{log}");
 
     // The provisioning user can do all of it.
@@ -281,16 +281,6 @@ fn open_later(bus: Bus) {
 }
 
 /// The server log once it mentions `needle` (violations are logged asynchronously).
-async fn wait_log(server: &NatsServer, needle: &str) -> String {
-    for _ in 0..50 {
-        let log = server.log();
-        if log.contains(needle) {
-            return log;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the server never logged {needle:?}: {}", server.log())
-}
 
 #[test]
 fn the_data_of_every_sample_is_covered() {
@@ -331,7 +321,7 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     let id = uuid::Uuid::now_v7();
     let notifier = connect(&server, Service::Notifier).await;
     let reply = notifier
-        .request_approval_link(id, Duration::from_secs(5))
+        .request_approval_link(id, None, Duration::from_secs(5))
         .await
         .expect("the notifier is answered");
     let LinkReply::Link { url, .. } = reply else { panic!("{reply:?}") };
@@ -340,10 +330,10 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     // Nobody else may ask: the server refuses the publish, so no answer comes.
     for service in Service::ALL.into_iter().filter(|s| *s != Service::Notifier) {
         let bus = connect(&server, service).await;
-        let asked = bus.request_approval_link(id, Duration::from_millis(500)).await;
+        let asked = bus.request_approval_link(id, None, Duration::from_millis(500)).await;
         assert!(asked.is_err(), "{service} was answered: {asked:?}");
     }
-    let log = wait_log(&server, "Publish Violation").await;
+    let log = server.wait_log("Publish Violation");
     assert!(log.contains("approval.link"), "{log}");
 
     // Nobody else may listen: a watcher's subscription receives nothing of the notifier's asks.
@@ -353,7 +343,7 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
         .subscribe(watcher.namespace().subject(steward_bus::approval::APPROVAL_LINK_SUBJECT))
         .await
         .expect("subscribe call");
-    notifier.request_approval_link(id, Duration::from_secs(5)).await.expect("asked again");
+    notifier.request_approval_link(id, None, Duration::from_secs(5)).await.expect("asked again");
     let heard = tokio::time::timeout(Duration::from_millis(500), overheard.next()).await;
     assert!(!matches!(heard, Ok(Some(_))), "the watcher overheard a link request");
 

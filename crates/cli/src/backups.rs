@@ -211,7 +211,8 @@ pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
                 requested_by: Some(crate::who()),
             };
             let outcome =
-                request(conn, data, &["backup.done", "backup.failed"], wait, "backing up").await?;
+                request(conn, None, data, &["backup.done", "backup.failed"], wait, "backing up")
+                    .await?;
             match outcome.data {
                 EventData::BackupDone(d) => {
                     println!(
@@ -236,7 +237,7 @@ pub async fn run(cmd: BackupCommand, conn: &Connection) -> anyhow::Result<()> {
                 from: (from == Target::Copy).then_some(from.target()),
             };
             let outcome =
-                request(conn, data, &["backup.verified", "verify.failed"], wait, "verifying")
+                request(conn, None, data, &["backup.verified", "verify.failed"], wait, "verifying")
                     .await?;
             match outcome.data {
                 EventData::BackupVerified(v) => {
@@ -334,7 +335,8 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
         to_time: args.to_time,
     };
     let outcome =
-        request(conn, data, &["restore.done", "restore.failed"], args.wait, "restoring").await?;
+        request(conn, None, data, &["restore.done", "restore.failed"], args.wait, "restoring")
+            .await?;
     match outcome.data {
         EventData::RestoreDone(d) => {
             println!(
@@ -385,15 +387,19 @@ pub(crate) fn failed(what: &str, reason: &str, tail: &[String]) -> anyhow::Resul
 
 /// Publishes a command and waits for the first event of `outcomes` in its correlation,
 /// showing a spinner with the elapsed time on a terminal.
+/// Under host routing it goes to `about`'s host (that of the record it acts on), else the one
+/// `STEWARD_HOST` names ([`crate::hosts::target`]).
 pub(crate) async fn request(
     conn: &Connection,
+    about: Option<&str>,
     data: impl Into<EventData>,
     outcomes: &[&str],
     wait: Duration,
     doing: &str,
 ) -> anyhow::Result<Event> {
     let bus = conn.bus().await?;
-    let event = Event::new(steward_settings::event_source(Service::Cli), data);
+    let host = crate::hosts::target(conn, bus.config(), about)?;
+    let event = Event::new(steward_settings::event_source(Service::Cli), data).with_host(host);
     // Follow before publishing, from a moment before: the outcome cannot slip past.
     let mut follow = follow(&bus, outcomes).await?;
     let mut progress = bus.watch_progress(event.correlation_id).await?;

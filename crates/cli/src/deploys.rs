@@ -61,10 +61,13 @@ async fn read(
     let slots = StateStore::<QueuedDeploy>::open_existing(&bus, DEPLOY_BUCKET)
         .await?
         .context("the DEPLOYS bucket went away")?;
+    let routed = bus.config().routes_by_host();
     for key in deploys.keys().await? {
-        if DeployRecord::is_key(&key) {
+        // Under host routing a deployer's keys are `<host>.<key>`: judge the key's own shape.
+        let own = if routed { key.split_once('.').map_or(key.as_str(), |(_, k)| k) } else { &key };
+        if DeployRecord::is_key(own) {
             records.extend(deploys.get(&key).await?.map(|v| v.value));
-        } else if QueuedDeploy::is_key(&key) {
+        } else if QueuedDeploy::is_key(own) {
             waiting.extend(slots.get(&key).await?.map(|v| v.value));
         }
     }
@@ -161,7 +164,8 @@ async fn decide(
     let r = pending(&records, id)?;
     let event = Event::new(steward_settings::event_source(Service::Cli), decision(r))
         .with_correlation(r.correlation_id)
-        .with_trace(r.trace.clone());
+        .with_trace(r.trace.clone())
+        .with_host(crate::hosts::target(conn, bus.config(), None)?);
     bus.publish(&event).await.with_context(|| format!("cannot publish {}", event.event_type()))?;
     Ok(r.clone())
 }

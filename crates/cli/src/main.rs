@@ -144,6 +144,9 @@ enum Command {
     /// up). Reads STEWARD_EVENT_RETENTION, STEWARD_DUPLICATE_WINDOW, STEWARD_ACK_WAIT and
     /// STEWARD_MAX_DELIVER.
     Setup,
+    /// Print the NATS server's users and permissions for this installation (STEWARD_HOSTS:
+    /// each agent's user once per host, confined to it), to include in nats-server's config.
+    NatsAuthorization,
     /// Exit 0 when the service in this container answers `/healthz` (the image's
     /// HEALTHCHECK); its address is the container's STEWARD_HTTP_ADDR.
     Healthcheck {
@@ -229,12 +232,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { container } => {
             let bus = cli.conn.bus().await?;
-            let event = Event::new(
-                steward_settings::event_source(Service::Cli),
-                WatchRequested { container, requested_by: Some(who()) },
-            );
-            bus.publish(&event).await?;
-            println!("watch requested ({})", event.id);
+            // Under host routing, every host's watcher, or the one STEWARD_HOST names.
+            let named = {
+                let mut env = cli.conn.env();
+                let host = env.host();
+                env.finish()?;
+                host
+            };
+            let hosts: Vec<Option<String>> = match (bus.config().routes_by_host(), named) {
+                (false, _) => vec![None],
+                (true, Some(host)) => vec![Some(host)],
+                (true, None) => bus.config().hosts.iter().cloned().map(Some).collect(),
+            };
+            for host in hosts {
+                let event = Event::new(
+                    steward_settings::event_source(Service::Cli),
+                    WatchRequested { container: container.clone(), requested_by: Some(who()) },
+                )
+                .with_host(host.clone());
+                bus.publish(&event).await?;
+                match host {
+                    Some(host) => println!("watch requested on {host} ({})", event.id),
+                    None => println!("watch requested ({})", event.id),
+                }
+            }
             Ok(())
         }
         Command::Status { json, host } => status::run(&cli.conn, json, host.as_deref()).await,
@@ -255,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(cmd) => events::run(cmd, &cli.conn).await,
         Command::Audit(args) => audit::run(args, &cli.conn).await,
         Command::Setup => setup::run(&cli.conn).await,
+        Command::NatsAuthorization => setup::authorization(&cli.conn),
         Command::Healthcheck { addr } => healthcheck(addr).await,
     }
 }
@@ -263,7 +285,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn renew_certs(conn: &Connection, wait: Duration) -> anyhow::Result<()> {
     let data = steward_events::CertsRequested { requested_by: Some(who()) };
     let outcome =
-        backups::request(conn, data, &["certs.checked", "certs.failed"], wait, "renewing").await?;
+        backups::request(conn, None, data, &["certs.checked", "certs.failed"], wait, "renewing")
+            .await?;
     match outcome.data {
         EventData::CertsChecked(c) if c.renewed.is_empty() => {
             println!("certificates checked in {}: none was due", c.container);

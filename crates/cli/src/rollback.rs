@@ -26,8 +26,11 @@ pub async fn run(
         Some(d) => Some(Digest::parse(&d)?),
         None => None,
     };
+    // Under host routing, to the updater of the host the container runs on.
+    let host = crate::hosts::of_container(conn, &container).await?;
     let data = RollbackRequested { container, requested_by: who(), to_digest };
-    let outcome = backups::request(conn, data, &OUTCOMES, wait, "rolling back").await?;
+    let outcome =
+        backups::request(conn, host.as_deref(), data, &OUTCOMES, wait, "rolling back").await?;
     match outcome.data {
         EventData::UpdateSucceeded(s) => {
             #[allow(clippy::print_stdout)]

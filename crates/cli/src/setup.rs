@@ -16,10 +16,11 @@ pub async fn run(conn: &Connection) -> anyhow::Result<()> {
     let max_deliver = env.max_deliver();
     env.finish()?;
     let url = steward_events::redact_url(&cfg.url);
+    let hosts = cfg.hosts.clone();
     let bus = Bus::open(cfg, "steward-setup")
         .await
         .with_context(|| format!("cannot reach NATS at {url}"))?;
-    let setup = Setup::steward().with_delivery(ack_wait, max_deliver);
+    let setup = Setup::for_hosts(&hosts).with_delivery(ack_wait, max_deliver);
     let done = bus.setup(&setup).await.context(
         "provisioning failed (is this the `setup` NATS user? STEWARD_NATS_USER=setup and its password)",
     )?;
@@ -28,5 +29,17 @@ pub async fn run(conn: &Connection) -> anyhow::Result<()> {
     }
     bus.flush().await?;
     println!("setup done: the services may start");
+    Ok(())
+}
+
+/// `steward nats-authorization`: the NATS server's `authorization` block for this
+/// installation's routing table (`STEWARD_HOSTS`, `STEWARD_STREAM`, `STEWARD_SUBJECT_PREFIX`),
+/// passwords as the server's `$STEWARD_<USER>_PASSWORD` variables. Without hosts it is the
+/// compose stack's `compose/nats/authorization.conf`.
+pub fn authorization(conn: &Connection) -> anyhow::Result<()> {
+    let mut env = conn.env();
+    let cfg = conn.read(&mut env);
+    env.finish()?;
+    print!("{}", steward_bus::Permissions::server_config_for(&cfg.namespace, &cfg.hosts));
     Ok(())
 }

@@ -116,7 +116,9 @@ pub async fn decide(
         Event::new(source, UpdateRejected { update_id: r.update_id, by, reason })
     }
     .with_correlation(r.correlation_id)
-    .with_trace(r.trace.clone());
+    .with_trace(r.trace.clone())
+    // Under host routing, to the updater of the update's host, and only to it.
+    .with_host(crate::hosts::target(conn, bus.config(), r.host.as_deref())?);
     bus.publish(&event).await.context("cannot publish the decision")?;
     #[allow(clippy::print_stdout)]
     {

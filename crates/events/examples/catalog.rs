@@ -21,7 +21,7 @@ fn main() {
     println!("| `subject` | the container the event is about, when there is one |");
     println!("| `correlationid` | the flow (one update, backup or restore) the event belongs to |");
     println!("| `causationid` | the id of the event that caused this one |");
-    println!("| `host` | extension: the host (`STEWARD_HOST`) whose agent published it; absent from the CLI's and the notifier's events and from events before hosts |");
+    println!("| `host` | extension: the host (`STEWARD_HOST`) whose agent published it, or, under host routing, the host a CLI request is addressed to; absent from the notifier's events, from the CLI's without host routing and from events before hosts |");
     println!("| `traceparent` | optional: W3C trace context of the span that published it (CloudEvents distributed-tracing extension), present when the publisher exports traces or the event continues a traced flow |");
     println!("| `tracestate` | optional: W3C vendor trace state, with `traceparent` |");
     println!("| `data` | the payload, below |\n");
@@ -34,6 +34,19 @@ fn main() {
     println!("Dead letters go to `dlq.<consumer>` with headers `Steward-Dlq-Reason`, `Steward-Dlq-Subject`,");
     println!(
         "`Steward-Dlq-Sequence`, `Steward-Dlq-Deliveries`; the body is the original message.\n"
+    );
+    println!(
+        "Under host routing (`STEWARD_HOSTS` set, several hosts) an event about a host goes on"
+    );
+    println!("`host.<host>.<type>` instead (`host` is its `host` attribute: an agent's own, or the host the");
+    println!(
+        "CLI addresses a request to), and an agent's consumer reads only `host.<its host>.>`; a"
+    );
+    println!(
+        "consumer refuses an event whose `host` is not its subject's (`Event::decode_addressed`)."
+    );
+    println!(
+        "Events about no host (the notifier's, `notify.test_requested`) keep the plain subject.\n"
     );
     println!("## Subjects\n");
     println!("| type | published by | consumed by |\n|---|---|---|");

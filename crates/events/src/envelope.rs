@@ -257,6 +257,23 @@ impl Event {
         Ok(event)
     }
 
+    /// Decodes an envelope that arrived on `subject` (the NATS subject without the namespace
+    /// prefix: `<type>`, or `host.<host>.<type>` when addressed to one host, see
+    /// [`crate::split_address`]), refusing one whose `type` is not the subject's type or, on
+    /// an addressed subject, whose `host` is not the subject's host: the subject is what the
+    /// server's permissions checked.
+    pub fn decode_addressed(subject: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (host, event_type) = crate::split_address(subject);
+        let event = Self::decode_for(event_type, bytes)?;
+        match host {
+            Some(host) if event.host.as_deref() != Some(host) => Err(DecodeError::WrongHost {
+                subject: host.to_owned(),
+                declared: event.host.clone(),
+            }),
+            _ => Ok(event),
+        }
+    }
+
     /// Decodes and validates an envelope. Never panics; every problem is a [`DecodeError`].
     ///
     /// Unknown *extra* attributes and payload fields are ignored, so a newer publisher can add

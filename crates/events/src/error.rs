@@ -39,6 +39,15 @@ pub enum DecodeError {
         /// The `type` the envelope declares.
         declared: String,
     },
+    /// The subject is addressed to one host and the envelope names another (or none): a
+    /// participant allowed to publish for one host smuggled in an event about another.
+    #[error("subject of host {subject:?} carries an event of host {declared:?}: the host must be the subject's")]
+    WrongHost {
+        /// The host the subject is addressed to.
+        subject: String,
+        /// The `host` the envelope declares.
+        declared: Option<String>,
+    },
     /// The `host` attribute is not a host name.
     #[error("invalid host {host:?}: {rule}")]
     Host {

@@ -41,9 +41,74 @@ pub fn host_from_name(name: &str) -> Option<String> {
     check_host(&cut).is_ok().then_some(cut)
 }
 
+/// The subject family of events addressed to one host: `host.<host>.<type>` (under the
+/// namespace's prefix). Under host routing (`STEWARD_HOSTS`) every event about a host goes
+/// there, so one agent's durable consumer filters on `host.<its host>.>`, one filter subject
+/// (all NATS 2.9 has), and the server's permissions confine a host's agents to their subjects.
+/// No event type's family is `host` (a test keeps it so).
+pub const HOST_FAMILY: &str = "host";
+
+/// The subject (without the namespace prefix) of `event_type` addressed to `host`, or the
+/// plain type when it is addressed to none.
+pub fn address(host: Option<&str>, event_type: &str) -> String {
+    match host {
+        Some(host) => format!("{HOST_FAMILY}.{host}.{event_type}"),
+        None => event_type.to_owned(),
+    }
+}
+
+/// The host a subject (without the namespace prefix) is addressed to, and its event type:
+/// the inverse of [`address`]. A subject outside the host family is addressed to none.
+pub fn split_address(subject: &str) -> (Option<&str>, &str) {
+    match subject.strip_prefix(HOST_FAMILY).and_then(|r| r.strip_prefix('.')) {
+        Some(rest) => match rest.split_once('.') {
+            Some((host, event_type)) => (Some(host), event_type),
+            None => (Some(rest), ""),
+        },
+        None => (None, subject),
+    }
+}
+
+/// The routing table's hosts (`STEWARD_HOSTS`): comma-separated host names, each checked by
+/// [`check_host`], none twice; also none two that differ only by `-` and `_`, which would share
+/// a NATS password variable (`STEWARD_UPDATER_VPS_1_PASSWORD`). Empty: no host routing.
+pub fn check_hosts(raw: &str) -> Result<Vec<String>, String> {
+    let mut hosts: Vec<String> = vec![];
+    for host in raw.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        check_host(host).map_err(|rule| format!("{host:?}: {rule}"))?;
+        let same = |h: &String| h.replace('-', "_") == host.replace('-', "_");
+        if let Some(other) = hosts.iter().find(|h| same(h)) {
+            return Err(format!("{host:?} and {other:?} are one host to NATS (its user names)"));
+        }
+        hosts.push(host.to_owned());
+    }
+    Ok(hosts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_read_back_and_no_event_family_is_the_host_family() {
+        assert_eq!(address(Some("vps-1"), "update.approved"), "host.vps-1.update.approved");
+        assert_eq!(address(None, "update.approved"), "update.approved");
+        assert_eq!(split_address("host.vps-1.update.approved"), (Some("vps-1"), "update.approved"));
+        assert_eq!(split_address("update.approved"), (None, "update.approved"));
+        assert_eq!(split_address("host.a"), (Some("a"), ""));
+        assert_eq!(split_address("hostile.x"), (None, "hostile.x"));
+        assert!(crate::EventData::ALL_TYPES.iter().all(|t| !t.starts_with("host.")));
+    }
+
+    #[test]
+    fn the_host_table_is_checked() {
+        assert_eq!(check_hosts(""), Ok(vec![]));
+        assert_eq!(check_hosts(" a, b-1 ,"), Ok(vec!["a".into(), "b-1".into()]));
+        assert!(check_hosts("a,A").is_err_and(|e| e.contains("\"A\"")));
+        assert!(check_hosts("a,a").is_err());
+        assert!(check_hosts("vps-1,vps_1").is_err_and(|e| e.contains("one host")));
+        assert!(check_hosts("a.b").is_err());
+    }
 
     #[test]
     fn host_tokens_are_subject_safe() {

@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::{Digest, Event, TraceContext};
 
-/// KV bucket (within the namespace) of [`WatchRecord`]s, keyed by container name.
+/// KV bucket (within the namespace) of [`WatchRecord`]s, keyed by container name (on the server
+/// `<host>.<container>` under host routing: `steward_bus::StateStore` scopes an agent's keys).
 pub const WATCH_BUCKET: &str = "WATCHER";
 /// KV bucket of the health service's tracks (a restarted health service neither repeats nor
 /// forgets a `health.failed`).
@@ -56,8 +57,8 @@ pub struct WatchRecord {
     pub host: Option<String>,
 }
 
-/// KV bucket (within the namespace) of [`UpdateRecord`]s, keyed by container name: one update
-/// of a container at a time.
+/// KV bucket (within the namespace) of [`UpdateRecord`]s, keyed by container name (host-scoped
+/// under host routing, as [`WATCH_BUCKET`]): one update of a container at a time.
 pub const UPDATE_BUCKET: &str = "UPDATES";
 
 /// KV bucket of newer images that arrived while an update of their container was under way,

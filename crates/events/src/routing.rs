@@ -70,6 +70,23 @@ impl Service {
         }
     }
 
+    /// Whether it runs once per engine and looks after that engine's containers (an agent:
+    /// watcher, updater, backup, health, deployer) rather than once for every host (the
+    /// notifier, the CLI). Under host routing an agent is confined to its host.
+    pub fn is_agent(self) -> bool {
+        !matches!(self, Service::Notifier | Service::Cli)
+    }
+
+    /// Its NATS user and durable consumer name: `updater`, or `updater-<host>` for an agent
+    /// under host routing (service names have no `-`, so the two parts never blur). A
+    /// central participant has one identity whatever `host` says.
+    pub fn identity(self, host: Option<&str>) -> String {
+        match host {
+            Some(host) if self.is_agent() => format!("{}-{host}", self.name()),
+            _ => self.name().to_owned(),
+        }
+    }
+
     /// Event types this service's durable consumer receives.
     pub fn consumes(self) -> &'static [&'static str] {
         match self {

@@ -284,7 +284,11 @@ impl Delivery {
         if p.expires_at.is_none() {
             return;
         }
-        match ctx.bus.request_approval_link(p.update_id, LINK_REQUEST_TIMEOUT).await {
+        match ctx
+            .bus
+            .request_approval_link(p.update_id, event.host.as_deref(), LINK_REQUEST_TIMEOUT)
+            .await
+        {
             Ok(LinkReply::Link { url, expires_at }) => item.offer_link(url, expires_at),
             Ok(LinkReply::Unavailable { reason }) => item.without_link(&reason),
             Err(e) => {

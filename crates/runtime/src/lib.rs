@@ -146,6 +146,12 @@ impl Runtime {
                 Some(host) => host.clone(),
                 None => default_host(answers.is_ok().then_some(&engine)).await,
             };
+            if bus_config.routes_by_host() && !bus_config.hosts.contains(&host) {
+                anyhow::bail!(
+                    "host {host:?} is not in STEWARD_HOSTS ({}): set {ENV_HOST} to one of them, or add it (and run `steward setup`)",
+                    bus_config.hosts.join(",")
+                );
+            }
             tracing::info!(%host, "looking after this host's engine");
             bus_config.host = Some(host);
             Some(engine)
@@ -211,12 +217,13 @@ impl Runtime {
         let service = self.config.service;
         // The consumer `steward setup` made for this service (same spec, one meaning); its
         // settings as the server has them (`inbox` reconciles a service's own overrides).
-        let mut spec = ConsumerSpec::of(service);
+        // Under host routing an agent's is `<service>-<host>`, reading its host's subjects.
+        let mut spec = ConsumerSpec::of(service, self.ctx.bus.config().route_host());
         spec.ack_wait = self.config.ack_wait;
         spec.max_deliver = self.config.max_deliver;
         let inbox = self.ctx.bus.inbox(spec).await?;
         let ack_wait = inbox.spec().ack_wait;
-        let idempotency = Idempotency::open(&self.ctx.bus, service.name()).await?;
+        let idempotency = Idempotency::open(&self.ctx.bus, &inbox.spec().name).await?;
         let horizon = idempotency.horizon();
         tracing::info!(consumes = ?service.consumes(), "consuming");
         let grace = tasks::Grace::new(self.ctx.shutdown.clone(), self.config.shutdown_grace);

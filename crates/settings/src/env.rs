@@ -190,6 +190,20 @@ impl Env {
         }
     }
 
+    /// [`ENV_HOSTS`](crate::ENV_HOSTS): the routing table's hosts, checked by
+    /// [`steward_events::check_hosts`]; empty when unset (no host routing).
+    pub fn hosts(&mut self) -> Vec<String> {
+        let name = crate::ENV_HOSTS;
+        let Some(raw) = self.optional(name) else { return vec![] };
+        match steward_events::check_hosts(&raw) {
+            Ok(hosts) => hosts,
+            Err(reason) => {
+                self.error(name, &raw, reason);
+                vec![]
+            }
+        }
+    }
+
     /// [`ENV_ACK_WAIT`](crate::ENV_ACK_WAIT): redelivery timeout of an unacknowledged event,
     /// at least 1s.
     pub fn ack_wait(&mut self) -> Duration {

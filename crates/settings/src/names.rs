@@ -34,5 +34,9 @@ pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
 pub const ENV_ENGINE_TIMEOUT: &str = "STEWARD_ENGINE_TIMEOUT";
 /// The host an engine-bound agent looks after (default: the engine's name, else the hostname).
 pub const ENV_HOST: &str = "STEWARD_HOST";
+/// The routing table's hosts, comma-separated (default none: one host, no host routing). Set,
+/// every participant routes by host: an agent's events and the requests for it go on its
+/// host's subjects, which its NATS user alone may use (docs/security.md).
+pub const ENV_HOSTS: &str = "STEWARD_HOSTS";
 /// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
 pub const ENV_SCOPE: &str = "STEWARD_SCOPE";

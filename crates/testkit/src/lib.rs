@@ -175,7 +175,13 @@ impl NatsServer {
     /// Starts a server with Steward's generated users and permissions for the default
     /// namespace; each participant's password is [`NatsServer::password`].
     pub fn start_with_steward_users() -> Self {
-        use steward_events::Service;
+        Self::start_with_users_for(&[])
+    }
+
+    /// [`start_with_steward_users`](Self::start_with_steward_users) under host routing: the
+    /// users `steward nats-authorization` generates for `hosts` (each agent's once per host,
+    /// `updater-<host>`), each user's password [`NatsServer::user_password`].
+    pub fn start_with_users_for(hosts: &[String]) -> Self {
         let dir = std::env::temp_dir().join(unique_name("steward-nats-auth"));
         let write = |name: &str, text: &str| {
             std::fs::create_dir_all(&dir)
@@ -184,14 +190,17 @@ impl NatsServer {
         };
         write(
             "authorization.conf",
-            &steward_bus::Permissions::server_config(&Namespace::default()),
+            &steward_bus::Permissions::server_config_for(&Namespace::default(), hosts),
         );
         write("nats.conf", "include authorization.conf\n");
         // Passwords reach the server as environment variables, as in the compose stack.
-        let mut env: Vec<(String, String)> = Service::ALL
-            .into_iter()
-            .map(|s| (steward_bus::password_variable(s), Self::password(s)))
-            .collect();
+        let mut env: Vec<(String, String)> =
+            steward_bus::Permissions::users(&Namespace::default(), hosts)
+                .into_iter()
+                .map(|p| {
+                    (steward_bus::user_password_variable(&p.user), Self::user_password(&p.user))
+                })
+                .collect();
         env.push((steward_bus::setup_password_variable(), Self::setup_password()));
         let server = Self::start_with(Some(dir.join("nats.conf")), env);
         let _ = std::fs::remove_dir_all(&dir);
@@ -200,7 +209,13 @@ impl NatsServer {
 
     /// The password of `service` on a [`NatsServer::start_with_steward_users`] server.
     pub fn password(service: steward_events::Service) -> String {
-        format!("pw-{}", service.name())
+        Self::user_password(service.name())
+    }
+
+    /// The password of the NATS user `user` (`updater`, `updater-<host>`) on a
+    /// [`NatsServer::start_with_users_for`] server.
+    pub fn user_password(user: &str) -> String {
+        format!("pw-{user}")
     }
 
     /// The provisioning user's (`steward setup`'s) password on a
@@ -232,10 +247,14 @@ impl NatsServer {
 
     /// Settings to connect to a [`NatsServer::start_with_steward_users`] server as `service`.
     pub fn bus_config_as(&self, service: steward_events::Service) -> BusConfig {
-        let credentials = steward_bus::Credentials {
-            user: service.name().into(),
-            password: Self::password(service),
-        };
+        self.bus_config_as_user(service.name())
+    }
+
+    /// Settings to connect to a [`NatsServer::start_with_users_for`] server as the NATS user
+    /// `user` (no host settings: the caller adds `host` and `hosts`).
+    pub fn bus_config_as_user(&self, user: &str) -> BusConfig {
+        let credentials =
+            steward_bus::Credentials { user: user.into(), password: Self::user_password(user) };
         BusConfig { url: self.url(), credentials: Some(credentials), ..BusConfig::default() }
     }
 
@@ -252,6 +271,19 @@ impl NatsServer {
     /// What the server logged (its permission violations, for instance).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.store.join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits (up to 5 s) until the server has logged `needle` (a permissions violation, for
+    /// instance) and returns the log; panics with the log when it never does.
+    pub fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..50 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server never logged {needle:?}: {}", self.log())
     }
 
     /// `nats://127.0.0.1:PORT`.
