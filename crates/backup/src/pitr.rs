@@ -348,7 +348,6 @@ impl Backups {
         let first = stop.checked_div(size).unwrap_or(u64::MAX);
         // The path: (timeline, its first segment), ascending.
         let mut path = vec![(timeline, first)];
-        let mut history = None;
         let mut later: Vec<u32> = names
             .iter()
             .filter(|n| n.ends_with(".history"))
@@ -356,7 +355,10 @@ impl Backups {
             .filter(|t| *t > timeline)
             .collect();
         later.sort_unstable_by(|a, b| b.cmp(a));
-        for target in later {
+        let newest_timeline = later.first().copied();
+        let mut later_all = later.clone();
+        later_all.sort_unstable();
+        for target in later.iter().copied() {
             let h = self.listed_record(container, &format!("{target:08X}.history")).await?;
             let text = self.history_text(&h).await?;
             let Some(chain) = parse_history(&text) else {
@@ -372,12 +374,23 @@ impl Backups {
                 let next = chain.get(k + 1).map_or(target, |(t, _)| *t);
                 path.push((next, at.checked_div(size).unwrap_or(u64::MAX)));
             }
-            history = Some(h);
             break;
         }
         let timeline_of =
             |segment: u64| path.iter().rev().find(|(_, begin)| *begin <= segment).map(|(t, _)| *t);
         let end = path.last().map_or(timeline, |(t, _)| *t);
+        // `latest` means the newest state shipped: a timeline above the path's end (a later
+        // restore forked it from before this base's end, or from a branch this base is not
+        // on) holds newer WAL that this base cannot reach.
+        let newer = newest_timeline.filter(|t| *t > end).or_else(|| {
+            names.iter().filter_map(|n| wal_file_timeline(n)).filter(|t| *t > end).max()
+        });
+        if let (PointInTime::Latest, Some(newer)) = (to, newer) {
+            return Err(Failure::plain(format!(
+                "{}: the bucket holds timeline {newer}, newer than the timeline {end} this base backup's WAL reaches (a later restore branched off before this base's end): the newest state is on timeline {newer}; restore `latest` of a backup taken since, or to a time; nothing was changed",
+                c.name
+            )));
+        }
         let mut on_path: Vec<(u64, &String)> = names
             .iter()
             .filter(|n| n.len() == 24)
@@ -413,7 +426,13 @@ impl Backups {
             let e = segment_name(timeline, first, size).unwrap_or_else(|| first.to_string());
             return Err(missing_end(e));
         }
-        let mut files: Vec<Component> = history.into_iter().collect();
+        // Every history above the base's timeline, not only the end's: at promotion
+        // PostgreSQL takes the first timeline number whose history `restore_command` cannot
+        // find, and one taken already would make its WAL collide with the bucket's.
+        let mut files: Vec<Component> = vec![];
+        for t in later_all {
+            files.push(self.listed_record(container, &format!("{t:08X}.history")).await?);
+        }
         for name in wanted {
             files.push(self.listed_record(container, &name).await?);
         }
