@@ -288,7 +288,8 @@ async fn resume(
     }
     let data = BackupResumeRequested { requested_by: Some(crate::who()), reason };
     let outcome =
-        request(conn, data, &["backup.resumed", "backup.resume_failed"], wait, "resuming").await?;
+        request(conn, None, data, &["backup.resumed", "backup.resume_failed"], wait, "resuming")
+            .await?;
     match outcome.data {
         EventData::BackupResumed(r) if r.already => {
             println!("backups were not paused: the pause {} had ended already", r.token);
