@@ -413,7 +413,10 @@ pub(crate) async fn request(
                 item = follow.next() => {
                     let Some(item) = item else { bail!("the event stream ended") };
                     if let Ok(e) = item?.event {
-                        if e.correlation_id == event.correlation_id {
+                        // Under host routing, only the addressed host's answer: another
+                        // host's user could copy the correlation id from the stream.
+                        let from_addressed = event.host.is_none() || e.host == event.host;
+                        if e.correlation_id == event.correlation_id && from_addressed {
                             return Ok(e);
                         }
                     }
