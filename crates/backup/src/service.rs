@@ -83,7 +83,7 @@ impl BackupService {
 
     /// A gap in `container`'s shipped WAL: said as a failed backup (critical, mailed), and a
     /// new backup (with its base) started so recovery has a start past the gap again.
-    async fn after_wal_gap(&self, ctx: &Context, container: &str, gap: &str) {
+    async fn after_wal_gap(&self, ctx: &Context, container: &str, gap: &str, upto: Option<&str>) {
         tracing::error!(container, gap, "a gap in the shipped WAL: point-in-time recovery cannot cross it; taking a new base backup");
         let data = steward_events::BackupFailed {
             backup_id: None,
@@ -92,8 +92,13 @@ impl BackupService {
             ),
             stderr_tail: vec![],
         };
-        if let Err(e) = self.publish(ctx, None, data).await {
-            tracing::warn!(error = %format!("{e:#}"), "cannot report the WAL gap");
+        match self.publish(ctx, None, data).await {
+            Ok(()) => {
+                if let Some(upto) = upto {
+                    self.backups.gap_said(container, upto).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot report the WAL gap"),
         }
         let (service, ctx_for_backup) = (self.clone(), ctx.clone());
         let only = vec![container.to_owned()];
@@ -124,7 +129,18 @@ impl BackupService {
             }
             let _no_restore = self.shipping.lock().await;
             let rounds = match self.backups.ship_all(&mut state).await {
-                Ok(rounds) => rounds,
+                Ok(rounds) => {
+                    // The clusters were listed: that failure's episode ends, and so do those
+                    // of clusters not in this round.
+                    let mut present: std::collections::HashSet<&str> =
+                        rounds.iter().map(|(c, _)| c.as_str()).collect();
+                    present.insert("");
+                    failing.only(&present);
+                    if failing.ok("") {
+                        tracing::info!("the PITR clusters can be listed again");
+                    }
+                    rounds
+                }
                 Err(f) => vec![(String::new(), Err(f))],
             };
             for (container, round) in rounds {
@@ -134,7 +150,8 @@ impl BackupService {
                             tracing::info!(container = %container, "WAL shipping works again");
                         }
                         if let Some(gap) = shipped.gap {
-                            self.after_wal_gap(&ctx, &container, &gap).await;
+                            let upto = shipped.gap_upto.as_deref();
+                            self.after_wal_gap(&ctx, &container, &gap, upto).await;
                         }
                     }
                     Err(f) => {

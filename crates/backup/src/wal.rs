@@ -176,6 +176,12 @@ impl Episodes {
     pub fn ok(&mut self, key: &str) -> bool {
         self.open.remove(key).is_some()
     }
+
+    /// A round that reached only `present`: the episodes of every other key end (a container
+    /// stopped or removed meanwhile starts afresh when it is back, not with the old start).
+    pub fn only(&mut self, present: &std::collections::HashSet<&str>) {
+        self.open.retain(|k, _| present.contains(k.as_str()));
+    }
 }
 
 /// What one round did.
@@ -190,6 +196,9 @@ pub struct Shipped {
     /// WAL that can no longer be shipped (the slot lost it, a segment missing before the one
     /// shipped): recovery cannot cross it, so a new base backup is needed.
     pub gap: Option<String>,
+    /// A lost slot's hole, up to this segment: once the gap is said, [`Backups::gap_said`]
+    /// keeps it in the bucket, so a restart does not say the new receiver's hole again.
+    pub gap_upto: Option<String>,
 }
 
 /// The slot as the server reports it.
@@ -236,11 +245,9 @@ impl Backups {
             {
                 state.reported.insert(name.clone(), now.to_owned());
                 state.recalled.insert(name.clone());
-                let object = format!("{}/{REPORTED}", wal_dir(name));
-                if let Err(e) = self.store.put(&object, Bytes::from(now.to_owned())).await {
-                    // The gap is said anyway; a restart before its hole is passed says it again.
-                    tracing::warn!(container = %name, error = %e, "could not keep the reported gap in the bucket");
-                }
+                // Kept in the bucket only once it is said (`gap_said`): a kill before that
+                // must leave the hole to be found and said by the next process.
+                shipped.gap_upto = Some(now.to_owned());
             }
             shipped.gap = Some(format!(
                 "the replication slot {slot_name} lost WAL the shipper had not received (more than {} MiB waited)",
@@ -591,19 +598,44 @@ impl Backups {
             return Ok(());
         }
         let object = format!("{}/{REPORTED}", wal_dir(container));
-        let body = match self.store.get_small(&object, 64).await {
+        let read = async {
+            use tokio::io::AsyncReadExt as _;
+            let Some(body) = self.store.get(&object).await.map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let mut out = vec![];
+            body.take(65).read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some(out))
+        };
+        let body = match read.await {
             Ok(body) => body,
             Err(e) => {
+                // Unreachable now: asked again next round.
                 state.recalled.remove(container);
                 return Err(Failure::plain(format!("{object}: {e}")));
             }
         };
-        let upto = body.and_then(|b| String::from_utf8(b).ok()).map(|s| s.trim().to_owned());
-        // Only a segment's name: anything else is not ours to trust.
-        if let Some(upto) = upto.filter(|u| u.len() == 24 && wal_file_timeline(u).is_some()) {
-            state.reported.entry(container.to_owned()).or_insert(upto);
+        let upto = body.map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+        // Only a segment's name: anything else (corrupt, foreign, a later format) is not
+        // ours to trust, and must not stop shipping either.
+        match upto {
+            Some(u) if u.len() == 24 && wal_file_timeline(&u).is_some() => {
+                state.reported.entry(container.to_owned()).or_insert(u);
+            }
+            Some(_) => tracing::warn!(object = %object, "not a segment name: ignored"),
+            None => {}
         }
         Ok(())
+    }
+
+    /// The lost slot's gap of `container` (up to segment `upto`, [`Shipped::gap_upto`]) was
+    /// said: kept in the bucket, so a restart before its hole is passed does not say it again.
+    pub async fn gap_said(&self, container: &str, upto: &str) {
+        let object = format!("{}/{REPORTED}", wal_dir(container));
+        if let Err(e) = self.store.put(&object, Bytes::from(upto.to_owned())).await {
+            // Said anyway; a restart before its hole is passed says it again.
+            tracing::warn!(container, error = %e, "could not keep the reported gap in the bucket");
+        }
     }
 
     /// The reported gap is passed: forgotten here and in the bucket (best effort: a stale
@@ -984,6 +1016,15 @@ mod tests {
         assert!(!e.ok("db"));
         assert_eq!(e.failed("db", "S3 refuses", at(700), lag).alarm, None);
         assert!(e.failed("db", "S3 refuses", at(760), lag).alarm.is_some());
+        // A round without the container (stopped for a while) ends its episode: back, its
+        // first failure ("starting up") is a new episode, not an alarm at once.
+        e.failed("other", "x", at(800), lag);
+        e.only(&["other"].into_iter().collect());
+        assert_eq!(e.failed("db", "starting up", at(900), lag).alarm, None);
+        assert_eq!(
+            e.failed("other", "x", at(900), lag).alarm,
+            Some(std::time::Duration::from_secs(839))
+        );
     }
 
     #[test]

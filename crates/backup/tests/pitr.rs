@@ -714,6 +714,16 @@ async fn a_lost_slot_is_one_alarm_even_across_a_restart_of_the_shipper() {
     config.pitr.slot_keep_mb = 64;
     let engine = steward_engine::Engine::from_env();
     let backups = steward_backup::Backups::new(engine, stack.store.clone(), config);
+    // A reported-gap marker that is not a segment name (corrupt, foreign, a later format) is
+    // ignored: shipping goes on (`ship_round` fails on any error).
+    let marker = format!("{}/gap-reported", steward_backup::wal::wal_dir(&stack.db.name));
+    stack
+        .store
+        .put(&marker, bytes::Bytes::from(vec![b'x'; 200]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ship_round(&backups, &mut ShipState::default()).await;
+    stack.store.delete(&marker).await.unwrap_or_else(|e| panic!("{e}"));
     let mut state = ShipState::default();
     ship_round(&backups, &mut state).await;
     stack.psql("CREATE TABLE a AS SELECT generate_series(1, 1000) AS id");
@@ -739,6 +749,12 @@ async fn a_lost_slot_is_one_alarm_even_across_a_restart_of_the_shipper() {
     let rounds = ship_round(&backups, &mut state).await;
     let gap = rounds.iter().find_map(|(_, r)| r.as_ref().ok()?.gap.clone());
     assert!(gap.as_deref().is_some_and(|g| g.contains("lost WAL")), "{rounds:?}");
+    // Not kept in the bucket before it is said (a kill in between must let the next process
+    // find and say the hole); kept once the service said it.
+    let upto = rounds.iter().find_map(|(_, r)| r.as_ref().ok()?.gap_upto.clone());
+    let upto = upto.unwrap_or_else(|| panic!("the lost slot's hole has no end: {rounds:?}"));
+    assert!(stack.store.get_small(&marker, 64).await.expect("read").is_none(), "kept before said");
+    backups.gap_said(&stack.db.name, &upto).await;
 
     // The shipper restarts (its memory gone) before the new receiver's first segment: that
     // segment's hole is the one said already, not a second alarm (and a second base backup).
