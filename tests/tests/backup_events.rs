@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use steward_bus::ExportRecord;
+use steward_bus::{check_import, ExportRecord};
 use steward_events::Service;
 use steward_system_tests::{binary, service_env, steward_with, Proc, TestBucket};
 use steward_testkit::docker::Container;
@@ -196,7 +196,29 @@ async fn the_stream_and_the_project_come_back_onto_a_fresh_nats() {
             })
             .collect()
     };
-    let as_backup = steward_bus::Bus::connect(fresh.bus_config_as(Service::Backup), "backup")
+    let backup_config = fresh.bus_config_as(Service::Backup);
+    // A message the stream took but the consumers refuse (a participant's malformed publish
+    // on its own subject): left out of the export, which stays importable, and counted.
+    let credentials = backup_config.credentials.clone().expect("the backup user");
+    let raw = async_nats::ConnectOptions::with_user_and_password(
+        credentials.user.clone(),
+        credentials.password.clone(),
+    )
+    .custom_inbox_prefix(steward_bus::inbox_prefix(&credentials.user))
+    .connect(backup_config.url.as_str())
+    .await
+    .unwrap_or_else(|e| panic!("connect as backup: {e}"));
+    let mut poison = async_nats::HeaderMap::new();
+    poison.insert("Nats-Msg-Id", "poison-1");
+    let subject = backup_config.namespace.subject("backup.done");
+    async_nats::jetstream::new(raw)
+        .publish_with_headers(subject, poison, "{\"not\": \"an event\"}".into())
+        .await
+        .unwrap_or_else(|e| panic!("publish: {e}"))
+        .await
+        .unwrap_or_else(|e| panic!("stored: {e}"));
+    let count = count + 1;
+    let as_backup = steward_bus::Bus::connect(backup_config, "backup")
         .await
         .unwrap_or_else(|e| panic!("the backup user connects: {e}"));
     let mut export =
@@ -206,6 +228,8 @@ async fn the_stream_and_the_project_come_back_onto_a_fresh_nats() {
         again_records.push(record.unwrap_or_else(|e| panic!("export: {e}\n{}", fresh.log())));
     }
     assert_eq!(ids_of(&again_records), ids_of(&lines));
+    assert_eq!(export.skipped(), 1, "the malformed message is counted as left out");
+    assert!(check_import(&again_records).is_empty(), "{:?}", check_import(&again_records));
 
     // Hostile exports: refused whole, nothing imported.
     let original = String::from_utf8_lossy(&events.stdout).into_owned();

@@ -126,6 +126,7 @@ pub struct Export {
     header: Option<ExportRecord>,
     messages: Option<pull::Stream>,
     remaining: u64,
+    skipped: u64,
     prefix: String,
     values: std::vec::IntoIter<ExportedValue>,
 }
@@ -181,6 +182,7 @@ impl Bus {
             header: Some(header),
             messages: Some(messages),
             remaining,
+            skipped: 0,
             prefix: ns.prefix.clone(),
             values: values.into_iter(),
         })
@@ -193,6 +195,13 @@ impl Bus {
 }
 
 impl Export {
+    /// Messages left out so far: those [`check_import`] would refuse (a participant's
+    /// malformed or forged publish the consumers refused, a message without an id), so that
+    /// one such message in the stream cannot make every export refused at import.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
     /// The next record; `None` at the end.
     pub async fn next(&mut self) -> Option<Result<ExportRecord, BusError>> {
         if let Some(header) = self.header.take() {
@@ -229,14 +238,20 @@ impl Export {
                     Ok(text) => (Some(text), None),
                     Err(e) => (None, Some(e.into_bytes())),
                 };
-                return Some(Ok(ExportRecord::Message(ExportedMessage {
+                let m = ExportedMessage {
                     sequence,
                     stored_at,
                     subject,
                     headers,
                     payload,
                     payload_bytes,
-                })));
+                };
+                if let Err(why) = check_message(&m) {
+                    tracing::warn!(sequence, subject = %m.subject, reason = %why, "not exported: an import would refuse it");
+                    self.skipped = self.skipped.saturating_add(1);
+                    continue;
+                }
+                return Some(Ok(ExportRecord::Message(m)));
             }
             self.messages = None;
         }
