@@ -46,13 +46,6 @@ impl Updater {
     /// come, flows a failed step left, leftover swap containers).
     pub async fn start(cfg: UpdaterConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().context("the updater needs Docker")?;
-        let mut cfg = cfg;
-        // Under host routing, approval links are this host's alone (a copied secret on
-        // another host mints nothing this updater takes).
-        let bus_config = ctx.bus.config();
-        if let (false, Some(host)) = (bus_config.hosts.is_empty(), bus_config.host.as_deref()) {
-            cfg.links = cfg.links.map(|l| l.for_host(host));
-        }
         let links = cfg.links.clone();
         let renewal =
             Renewal::new(ctx.bus.clone(), engine.clone(), ctx.source(), cfg.renewal.clone());

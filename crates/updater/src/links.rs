@@ -41,9 +41,6 @@ pub struct ApprovalLinks {
     ttl: Duration,
     /// How long before a link's expiry a still pending update is mailed again (zero: never).
     remind_before: Duration,
-    /// Under host routing, the updater's host, signed into every token: another host's
-    /// updater, even one given the same secret (a copied `.env`), refuses it.
-    host: Option<String>,
 }
 
 /// The default of [`ApprovalLinks::with_reminder`]: a day before the link expires.
@@ -67,15 +64,7 @@ impl ApprovalLinks {
             secret: secret.to_vec(),
             ttl,
             remind_before: DEFAULT_REMIND_BEFORE,
-            host: None,
         }
-    }
-
-    /// Tokens bound to `host` (host routing: `STEWARD_HOSTS`): minted and accepted only for
-    /// it. Without it, tokens are those of a single host, as before hosts.
-    pub fn for_host(mut self, host: &str) -> Self {
-        self.host = Some(host.to_owned());
-        self
     }
 
     /// Reminds `before` a link expires (zero: never).
@@ -106,12 +95,7 @@ impl ApprovalLinks {
         // `new_from_slice` accepts keys of any length for HMAC.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        match &self.host {
-            None => mac.update(format!("steward-approval-v1:{update_id}:{expires}").as_bytes()),
-            Some(host) => {
-                mac.update(format!("steward-approval-v2:{host}:{update_id}:{expires}").as_bytes())
-            }
-        }
+        mac.update(format!("steward-approval-v1:{update_id}:{expires}").as_bytes());
         mac
     }
 
@@ -253,29 +237,4 @@ mod tests {
         // An expired forgery is still reported as forged, not expired.
         assert_eq!(l.verify(&later, now + Duration::from_secs(10 * 86400)), Err(LinkError::Forged));
     }
-
-    #[test]
-    fn a_link_of_one_host_is_refused_by_another_with_the_same_secret() {
-        let now = OffsetDateTime::now_utc();
-        let secret = [3u8; 32];
-        let links = |host: Option<&str>| {
-            let l = ApprovalLinks::new("https://s.test", &secret, Duration::from_secs(3600));
-            match host {
-                Some(h) => l.for_host(h),
-                None => l,
-            }
-        };
-        let id = Uuid::now_v7();
-        let token = |l: &ApprovalLinks| {
-            let (link, _) = l.mint(id, now);
-            link.rsplit('/').next().map(str::to_owned).unwrap_or_default()
-        };
-        let on_a = token(&links(Some("vps-a")));
-        assert_eq!(links(Some("vps-a")).verify(&on_a, now), Ok(id));
-        assert_eq!(links(Some("vps-b")).verify(&on_a, now), Err(LinkError::Forged));
-        assert_eq!(links(None).verify(&on_a, now), Err(LinkError::Forged));
-        // A single host's token is not a routed host's either.
-        assert_eq!(links(Some("vps-a")).verify(&token(&links(None)), now), Err(LinkError::Forged));
-    }
-
 }
