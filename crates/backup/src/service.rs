@@ -83,7 +83,14 @@ impl BackupService {
 
     /// A gap in `container`'s shipped WAL: said as a failed backup (critical, mailed), and a
     /// new backup (with its base) started so recovery has a start past the gap again.
-    async fn after_wal_gap(&self, ctx: &Context, container: &str, gap: &str, upto: Option<&str>) {
+    /// Says a WAL gap and takes a new base backup; whether the alarm was published.
+    async fn after_wal_gap(
+        &self,
+        ctx: &Context,
+        container: &str,
+        gap: &str,
+        upto: Option<&str>,
+    ) -> bool {
         tracing::error!(container, gap, "a gap in the shipped WAL: point-in-time recovery cannot cross it; taking a new base backup");
         let data = steward_events::BackupFailed {
             backup_id: None,
@@ -92,14 +99,18 @@ impl BackupService {
             ),
             stderr_tail: vec![],
         };
-        match self.publish(ctx, None, data).await {
+        let said = match self.publish(ctx, None, data).await {
             Ok(()) => {
                 if let Some(upto) = upto {
                     self.backups.gap_said(container, upto).await;
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot report the WAL gap"),
-        }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot report the WAL gap");
+                false
+            }
+        };
         let (service, ctx_for_backup) = (self.clone(), ctx.clone());
         let only = vec![container.to_owned()];
         ctx.spawn("backup after a WAL gap", async move {
@@ -109,6 +120,7 @@ impl BackupService {
                 tracing::error!(error = %format!("{e:#}"), "could not publish the outcome of the backup after a WAL gap");
             }
         });
+        said
     }
 
     /// Ships the WAL of every `steward.backup.pitr` cluster, every
@@ -151,7 +163,9 @@ impl BackupService {
                         }
                         if let Some(gap) = shipped.gap {
                             let upto = shipped.gap_upto.as_deref();
-                            self.after_wal_gap(&ctx, &container, &gap, upto).await;
+                            if !self.after_wal_gap(&ctx, &container, &gap, upto).await {
+                                state.unsay_gap(&container);
+                            }
                         }
                     }
                     Err(f) => {

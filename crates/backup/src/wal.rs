@@ -111,6 +111,12 @@ pub struct ShipState {
 }
 
 impl ShipState {
+    /// The alarm of `container`'s lost slot could not be published: forget that it was said,
+    /// so the new receiver's hole is found and said again (at least once, never not at all).
+    pub fn unsay_gap(&mut self, container: &str) {
+        self.reported.remove(container);
+    }
+
     /// The containers whose receiver is stopped because their spool is full (uploads fail),
     /// each with the spool's size in MiB: the slot keeps their WAL in `pg_wal` meanwhile.
     pub fn spool_full(&self) -> impl Iterator<Item = (&str, u64)> {

@@ -714,20 +714,17 @@ async fn a_lost_slot_is_one_alarm_even_across_a_restart_of_the_shipper() {
     config.pitr.slot_keep_mb = 64;
     let engine = steward_engine::Engine::from_env();
     let backups = steward_backup::Backups::new(engine, stack.store.clone(), config);
-    // A reported-gap marker that is not a segment name (corrupt, foreign, a later format) is
-    // ignored: shipping goes on (`ship_round` fails on any error).
-    let marker = format!("{}/gap-reported", steward_backup::wal::wal_dir(&stack.db.name));
-    stack
-        .store
-        .put(&marker, bytes::Bytes::from(vec![b'x'; 200]))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    ship_round(&backups, &mut ShipState::default()).await;
-    stack.store.delete(&marker).await.unwrap_or_else(|e| panic!("{e}"));
     let mut state = ShipState::default();
     ship_round(&backups, &mut state).await;
+    // A reported-gap marker that is not a segment name (corrupt, foreign, a later format) is
+    // ignored while segments are shipped (it is read when one is): shipping goes on
+    // (`ship_round` fails on any error).
+    let marker = format!("{}/gap-reported", steward_backup::wal::wal_dir(&stack.db.name));
+    let garbage = bytes::Bytes::from(vec![b'x'; 200]);
+    stack.store.put(&marker, garbage).await.unwrap_or_else(|e| panic!("{e}"));
     stack.psql("CREATE TABLE a AS SELECT generate_series(1, 1000) AS id");
     ship_until_current(&stack, &backups).await;
+    stack.store.delete(&marker).await.unwrap_or_else(|e| panic!("{e}"));
 
     // The receiver gone and no round while more than 64 MiB of WAL is written: the slot is lost.
     let slot = slot_name(&stack.db.name);

@@ -195,9 +195,11 @@ impl Bus {
 }
 
 impl Export {
-    /// Messages left out so far: those [`check_import`] would refuse (a participant's
-    /// malformed or forged publish the consumers refused, a message without an id), so that
-    /// one such message in the stream cannot make every export refused at import.
+    /// Messages left out so far: those no import would take, by this build or a later one (a
+    /// participant's forged or malformed publish the consumers refused, a message without an
+    /// id), so that one such message in the stream cannot make every export refused at
+    /// import. An event of a type or schema this build does not know is kept (a newer build
+    /// may import it).
     pub fn skipped(&self) -> u64 {
         self.skipped
     }
@@ -246,8 +248,8 @@ impl Export {
                     payload,
                     payload_bytes,
                 };
-                if let Err(why) = check_message(&m) {
-                    tracing::warn!(sequence, subject = %m.subject, reason = %why, "not exported: an import would refuse it");
+                if let Err((why, true)) = check_message_kind(&m) {
+                    tracing::warn!(sequence, subject = %m.subject, reason = %why, "not exported: no import would take it");
                     self.skipped = self.skipped.saturating_add(1);
                     continue;
                 }
@@ -323,26 +325,46 @@ pub fn check_import(records: &[ExportRecord]) -> Vec<String> {
 }
 
 fn check_message(m: &ExportedMessage) -> Result<(), String> {
+    check_message_kind(m).map_err(|(why, _)| why)
+}
+
+/// [`check_message`], with whether the refusal holds for any build: a message without an id,
+/// with bad headers, too large, not JSON, or forged (its type or host not its subject's)
+/// never imports; one of a type or schema this build does not know may import into a newer
+/// one, so an export keeps it.
+fn check_message_kind(m: &ExportedMessage) -> Result<(), (String, bool)> {
     // Any other subject is checked by decoding its event for it (an unknown type is refused).
     let dead_letter = m.subject.strip_prefix("dlq.").is_some_and(valid_token);
     match m.msg_id() {
         Some(id) if !id.is_empty() && id.len() <= 256 => {}
-        _ => return Err("no Nats-Msg-Id (it is what makes a second import skip it)".into()),
+        _ => {
+            return Err(("no Nats-Msg-Id (it is what makes a second import skip it)".into(), true))
+        }
     }
     for (name, value) in &m.headers {
         let bad_name =
             name.is_empty() || name.chars().any(|c| c.is_control() || c == ':' || c == ' ');
         if bad_name || value.chars().any(char::is_control) {
-            return Err(format!("header {name:?} is not a valid NATS header"));
+            return Err((format!("header {name:?} is not a valid NATS header"), true));
         }
     }
     let payload = m.payload();
     if payload.len() > MAX_PAYLOAD {
-        return Err(format!("the payload is over {MAX_PAYLOAD} bytes"));
+        return Err((format!("the payload is over {MAX_PAYLOAD} bytes"), true));
     }
     if !dead_letter {
-        Event::decode_addressed(&m.subject, &payload)
-            .map_err(|e| format!("not an event of its subject {:?}: {e}", m.subject))?;
+        Event::decode_addressed(&m.subject, &payload).map_err(|e| {
+            use steward_events::DecodeError as D;
+            let forever = matches!(
+                e,
+                D::TooLarge { .. }
+                    | D::Envelope(_)
+                    | D::WrongSubject { .. }
+                    | D::WrongHost { .. }
+                    | D::Host { .. }
+            );
+            (format!("not an event of its subject {:?}: {e}", m.subject), forever)
+        })?;
     }
     Ok(())
 }
