@@ -6,8 +6,10 @@
 //! sent through the same SMTP settings and TLS rules, and with no second copy of the SMTP
 //! credentials in Alertmanager's configuration. Alertmanager is the queue: it groups,
 //! repeats, silences and retries; the answer is 200 once a channel took the message and 503
-//! otherwise, which Alertmanager tries again. Nothing goes through the bus: an alert is often
-//! about the bus.
+//! otherwise, which Alertmanager tries again. Delivery does not go through the bus: an alert
+//! is often about the bus. (The route exists once the notifier has started, which needs NATS
+//! at start: a notifier that cannot start shows as `StewardServiceDown` on Prometheus' page,
+//! and Alertmanager's refused posts in its log.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -199,7 +201,9 @@ impl Alerts {
             headline,
             container: a.labels.get("container").or_else(|| a.labels.get("name")).map(|s| clip(s)),
             when: clip(if firing { &a.starts_at } else { &a.ends_at }),
-            host: a.labels.get("instance").map(|s| clip(s)).unwrap_or_else(|| self.host.clone()),
+            // An alert's `host` label if it has one; `instance` is a scrape address
+            // (`backup:9100`), shown among the labels.
+            host: a.labels.get("host").map(|s| clip(s)).unwrap_or_else(|| self.host.clone()),
             facts,
             log_tail: vec![],
             next,
