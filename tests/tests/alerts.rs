@@ -80,6 +80,8 @@ async fn a_prometheus_alert_reaches_the_mail_through_alertmanager_and_the_notifi
             400,
         ),
         ("2 MiB", Some(format!("Bearer {token}")), vec![b' '; 2 << 20], 413),
+        // The token is checked before the body is read.
+        ("2 MiB without a token", None, vec![b' '; 2 << 20], 401),
     ];
     for (what, auth, body, status) in cases {
         let mut request = client.post(&url).header("content-type", "application/json").body(body);

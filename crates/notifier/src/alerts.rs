@@ -14,9 +14,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
@@ -59,10 +58,7 @@ impl Alerts {
 
     /// `POST /alerts`.
     pub fn router(self) -> Router {
-        Router::new()
-            .route(PATH, post(receive))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
-            .with_state(Arc::new(self))
+        Router::new().route(PATH, post(receive)).with_state(Arc::new(self))
     }
 }
 
@@ -91,12 +87,11 @@ struct Alert {
     ends_at: String,
 }
 
-async fn receive(
-    State(alerts): State<Arc<Alerts>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, String) {
-    let given = headers
+async fn receive(State(alerts): State<Arc<Alerts>>, request: Request) -> (StatusCode, String) {
+    // The token before the body: an unauthenticated client gets nothing read or buffered.
+    let (parts, body) = request.into_parts();
+    let given = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -105,6 +100,13 @@ async fn receive(
         tracing::warn!("alert post refused: no or a wrong bearer token");
         return (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n".into());
     }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(_) => {
+            tracing::warn!("alert post refused: over 1 MiB, or cut off");
+            return (StatusCode::PAYLOAD_TOO_LARGE, "over 1 MiB, or cut off\n".into());
+        }
+    };
     let payload: Payload = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
