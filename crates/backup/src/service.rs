@@ -774,11 +774,6 @@ impl BackupService {
         }
     }
 
-    /// One restore with its outcome, journaled under the request's event id: a redelivered
-    /// request whose run was killed restores the same backup again, discarding the copies a
-    /// run killed while loading left or finishing the swap a run killed after its commit point
-    /// began (`restore::Backups::restore_journaled`), and starts what the killed run had
-    /// stopped. One whose outcome was decided publishes that outcome again, with the same id.
     /// `steward backup resume`: this rebuilt host's backup pause ends without a restore
     /// ([`Backups::resume`]), never while a backup or restore runs.
     async fn resume(
@@ -802,6 +797,11 @@ impl BackupService {
         self.publish(ctx, Some(cause), data).await
     }
 
+    /// One restore with its outcome, journaled under the request's event id: a redelivered
+    /// request whose run was killed restores the same backup again, discarding the copies a
+    /// run killed while loading left or finishing the swap a run killed after its commit point
+    /// began (`restore::Backups::restore_journaled`), and starts what the killed run had
+    /// stopped. One whose outcome was decided publishes that outcome again, with the same id.
     async fn restore(
         &self,
         ctx: &Context,
