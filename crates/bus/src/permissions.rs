@@ -88,6 +88,10 @@ impl Permissions {
         // Every connection checks JetStream and looks the stream up.
         publish.push(api("INFO"));
         publish.push(api(&format!("STREAM.INFO.{stream}")));
+        // One stored message by sequence: a publish acked as a duplicate reads back what the
+        // stream holds under its id (`publish::check_duplicate`). Every participant may read
+        // every event already, so this exposes nothing new.
+        publish.push(api(&format!("STREAM.MSG.GET.{stream}")));
         // Its own durable consumer (looked up, pulled from, acked); its own dead letters.
         if !service.consumes().is_empty() {
             let name = user.as_str();

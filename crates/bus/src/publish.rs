@@ -47,9 +47,69 @@ pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published,
         _ => event.encode()?,
     };
     let payload = Bytes::from(payload);
-    publish_raw(bus, subject, HeaderMap::new(), payload, &event.id.to_string())
-        .instrument(span)
-        .await
+    let id = event.id.to_string();
+    async {
+        let published =
+            publish_raw(bus, subject.clone(), HeaderMap::new(), payload.clone(), &id).await?;
+        if !published.duplicate {
+            return Ok(published);
+        }
+        check_duplicate(bus, subject, payload, published, &id).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// A duplicate ack says the stream holds *a* message with this id: ours (a retry whose ack
+/// was lost, an outbox flushed again after a restart), or another participant's that took
+/// the id first. The duplicate window is stream-wide and staged ids are readable in every
+/// record's outbox, so any user could publish on its own subject under an id another has
+/// staged, and the real event would be dropped unseen. The stored message is read back: the
+/// same subject and the same event (its trace context aside: a flush after a restart stamps
+/// a new one) is ours; anything else, or a message that cannot be read, and the event goes
+/// out under a fresh, unguessable message id. Consumers skip a second delivery of one event
+/// id by their markers, so the worst case is the event stored twice, never lost.
+async fn check_duplicate(
+    bus: &Bus,
+    subject: String,
+    payload: Bytes,
+    published: Published,
+    id: &str,
+) -> Result<Published, BusError> {
+    let stored = async {
+        let stream =
+            bus.js().get_stream(&bus.namespace().stream).await.map_err(|e| e.to_string())?;
+        stream.get_raw_message(published.sequence).await.map_err(|e| e.to_string())
+    }
+    .await;
+    let why = match stored {
+        Ok(stored)
+            if stored.subject.as_str() == subject && same_event(&stored.payload, &payload) =>
+        {
+            return Ok(published)
+        }
+        Ok(stored) => format!(
+            "the stream's message {} under this id is another (subject {})",
+            stored.sequence, stored.subject
+        ),
+        Err(e) => format!("the stored message {} could not be read: {e}", published.sequence),
+    };
+    let fresh = format!("{id}.{}", uuid::Uuid::new_v4().simple());
+    tracing::error!(%subject, msg_id = id, fresh_msg_id = %fresh, reason = %why,
+        "publish taken as a duplicate of a message that is not this event; publishing again under a fresh message id");
+    publish_raw(bus, subject, HeaderMap::new(), payload, &fresh).await
+}
+
+/// Whether two payloads are one event, their trace context aside.
+fn same_event(a: &[u8], b: &[u8]) -> bool {
+    match (Event::decode(a), Event::decode(b)) {
+        (Ok(mut a), Ok(mut b)) => {
+            a.trace = Default::default();
+            b.trace = Default::default();
+            a == b
+        }
+        _ => false,
+    }
 }
 
 /// Publishes bytes with a message id, retrying until acked or `publish_timeout` has passed.

@@ -63,6 +63,12 @@ async fn a_duplicate_publish_is_stored_once() {
     assert!(!first.duplicate);
     assert!(second.duplicate, "same Nats-Msg-Id within the window is a duplicate");
     assert_eq!(first.sequence, second.sequence);
+    // An outbox flushed again after a restart carries a new trace context: still this event.
+    let mut restamped = event.clone();
+    restamped.trace.traceparent =
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let third = bus.publish(&restamped).await.expect("again, traced");
+    assert_eq!((third.duplicate, third.sequence), (true, first.sequence));
     let other = bus.publish(&Event::new("test", WatchRequested::default())).await.expect("third");
     assert!(!other.duplicate);
     let stored = replay_all(&bus, ReplayQuery::default()).await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use steward_bus::{Bus, BusConfig, BusError, ConsumerSpec, Permissions, Setup, StateStore};
-use steward_events::{DecodeError, Event, Service, UpdateApproved};
+use steward_events::{DecodeError, Event, Service, UpdateApproved, UpdateRejected};
 use steward_testkit::NatsServer;
 
 const A: &str = "vps-a";
@@ -149,6 +149,58 @@ async fn an_approval_for_one_host_reaches_only_its_updater_and_no_other_host_can
         (second_for_a.id, Some(A.to_owned())),
     ];
     assert_eq!(seen, want);
+}
+
+/// The stream's duplicate window is stream-wide and staged event ids are readable in every
+/// record's outbox: b's user publishes, on its own subject, a message under the id of an
+/// event a has staged. a's publish is then acked as a duplicate; it must not be lost.
+#[tokio::test]
+async fn an_event_id_taken_first_by_another_host_does_not_swallow_the_event() {
+    let (server, _setup) = provisioned().await;
+    let updater_a = agent(&server, Service::Updater, A).await;
+    let updater_b = agent(&server, Service::Updater, B).await;
+    let staged = Event::new(
+        "steward-updater/a",
+        UpdateRejected { update_id: uuid::Uuid::now_v7(), by: "op@desk".into(), reason: None },
+    );
+    let squatter = staged.clone().with_host(Some(B.to_owned())).encode().expect("encode");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", staged.id.to_string().as_str());
+    let js = async_nats::jetstream::new(updater_b.raw_client().clone());
+    js.publish_with_headers("host.vps-b.update.rejected", headers, squatter.into())
+        .await
+        .expect("b publishes on its own subject")
+        .await
+        .expect("stored under a's event id");
+
+    let published = updater_a.publish(&staged).await.expect("a publishes its event");
+    assert!(!published.duplicate, "a's event was taken for b's message: {published:?}");
+    // A genuine retry, as a's own user, is still recognised (the stored copy is read back).
+    let other = approval(Some(A));
+    let first = updater_a.publish(&other).await.expect("publish");
+    let again = updater_a.publish(&other).await.expect("publish again");
+    assert_eq!((again.duplicate, again.sequence), (true, first.sequence));
+    let cli = central(&server, Service::Cli).await;
+    let mut replay = cli
+        .replay(steward_bus::ReplayQuery {
+            subjects: vec!["update.rejected".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("replay");
+    let mut seen = vec![];
+    while let Some(r) = replay.next().await {
+        if let Ok(e) = r.expect("replayed").event {
+            seen.push((e.id, e.host));
+        }
+    }
+    assert_eq!(seen, vec![(staged.id, Some(B.to_owned())), (staged.id, Some(A.to_owned()))]);
+    // a's updater consumer gets its own copy (b's never reaches it).
+    let mut inbox_a =
+        updater_a.inbox(ConsumerSpec::of(Service::Updater, Some(A))).await.expect("a's inbox");
+    let d = next(&mut inbox_a).await;
+    let got = d.event.as_ref().expect("a's event decodes");
+    assert_eq!((got.id, got.host.as_deref()), (staged.id, Some(A)));
 }
 
 #[tokio::test]

@@ -13,7 +13,11 @@ fn main() {
     println!("`STEWARD_SUBJECT_PREFIX`, empty by default). Attributes:\n");
     println!("| attribute | meaning |\n|---|---|");
     println!("| `specversion` | always `1.0` |");
-    println!("| `id` | UUIDv7; also `Nats-Msg-Id`, so a re-published event is stored once |");
+    println!(
+        "| `id` | UUIDv7; also `Nats-Msg-Id`, so a re-published event is stored once (if another \
+         message took the id first, the event is published under `<id>.<random>` instead: see \
+         security.md) |"
+    );
     println!("| `source` | `steward-<service>/<hostname>` or `steward/<hostname>` for the CLI |");
     println!("| `type` | the subject, below |");
     println!("| `time` | RFC 3339 |");
