@@ -8,17 +8,18 @@
 use std::time::Duration;
 
 use steward_bus::{Bus, BusConfig};
-use steward_events::{EventData, Service};
+use steward_events::{BackupReason, BackupRequested, Event, EventData, Service};
 use steward_system_tests::apps::{app, wait_event};
-use steward_system_tests::{steward_with, Proc};
-use steward_testkit::docker::push_app;
+use steward_system_tests::{steward_with, wait_outcome, Proc, TestBucket};
+use steward_testkit::docker::{push_app, Container};
 use steward_testkit::{unique_name, NatsServer};
 
 const A: &str = "vps-a";
 const B: &str = "vps-b";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_on_one_host_is_approved_and_applied_on_that_host_only() {
+/// A NATS server with both hosts' users, provisioned by `steward setup` under the routing
+/// table; the setup user's and the CLI's connections.
+async fn routed() -> (NatsServer, Bus, Bus, String) {
     let hosts = vec![A.to_owned(), B.to_owned()];
     let table = hosts.join(",");
     let server = NatsServer::start_with_users_for(&hosts);
@@ -43,37 +44,59 @@ async fn an_update_on_one_host_is_approved_and_applied_on_that_host_only() {
     )
     .await
     .expect("the CLI's user connects");
+    (server, setup, bus, table)
+}
+
+/// `service`'s agent on `host`, as its per-host user, with `extra` settings.
+fn agent(
+    bus: &Bus,
+    table: &str,
+    service: Service,
+    host: &str,
+    extra: &[(&'static str, String)],
+) -> (String, Proc) {
+    let user = service.identity(Some(host));
+    let mut env = vec![
+        ("STEWARD_NATS_USER", user.clone()),
+        ("STEWARD_NATS_PASSWORD", NatsServer::user_password(&user)),
+        ("STEWARD_HOSTS", table.to_owned()),
+        ("STEWARD_HOST", host.to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    (user, Proc::service(service.binary(), bus, &env))
+}
+
+/// `steward ARGS` as the CLI's user under the routing table, with `extra` settings; stdout.
+fn cli(bus: &Bus, table: &str, extra: &[(&'static str, String)], args: &[&str]) -> String {
+    let mut env = vec![
+        ("STEWARD_NATS_USER", Service::Cli.name().to_owned()),
+        ("STEWARD_NATS_PASSWORD", NatsServer::password(Service::Cli)),
+        ("STEWARD_HOSTS", table.to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    let out = steward_with(bus, &env, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "steward {args:?} failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_on_one_host_is_approved_and_applied_on_that_host_only() {
+    let (server, setup, bus, table) = routed().await;
 
     let (scope_a, scope_b) = (unique_name("scope-a"), unique_name("scope-b"));
     let app = app(&scope_a, "manual", &[]);
     let mut procs = vec![];
     for (host, scope) in [(A, &scope_a), (B, &scope_b)] {
         for service in [Service::Watcher, Service::Updater] {
-            let user = service.identity(Some(host));
-            let mut env = vec![
-                ("STEWARD_NATS_USER", user.clone()),
-                ("STEWARD_NATS_PASSWORD", NatsServer::user_password(&user)),
-                ("STEWARD_HOSTS", table.clone()),
-                ("STEWARD_HOST", host.to_owned()),
-                ("STEWARD_SCOPE", scope.clone()),
-            ];
+            let mut extra = vec![("STEWARD_SCOPE", scope.clone())];
             if service == Service::Updater {
-                env.push(("STEWARD_HEALTH_GRACE", "2s".into()));
+                extra.push(("STEWARD_HEALTH_GRACE", "2s".into()));
             }
-            procs.push((user, Proc::service(service.binary(), &bus, &env)));
+            procs.push(agent(&bus, &table, service, host, &extra));
         }
     }
-    let cli = |args: &[&str]| {
-        let env = vec![
-            ("STEWARD_NATS_USER", Service::Cli.name().to_owned()),
-            ("STEWARD_NATS_PASSWORD", NatsServer::password(Service::Cli)),
-            ("STEWARD_HOSTS", table.clone()),
-        ];
-        let out = steward_with(&bus, &env, args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "steward {args:?} failed: {stderr}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| cli(&bus, &table, &[], args);
 
     push_app("v2", &app.image);
     let checked = cli(&["check"]);
@@ -105,5 +128,118 @@ async fn an_update_on_one_host_is_approved_and_applied_on_that_host_only() {
     assert!(info.delivered.consumer_sequence <= 1, "b got more than its watch request: {info:?}");
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
 
+    steward_system_tests::assert_nothing_refused(&server, &procs);
+}
+
+/// Two hosts' backup services share one bucket and prefix (the plain setting for one
+/// installation): each keeps its backups under its own prefix, so one host's retention never
+/// counts or prunes the other's (before, host a's `daily=1` deleted host b's only backup),
+/// and `steward backup list` shows both hosts, or one with `--host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_sharing_a_bucket_keep_their_own_backups() {
+    let (server, _setup, bus, table) = routed().await;
+    let bucket = TestBucket::new("hosts");
+    let bucket = bucket.await;
+    let mut procs = vec![];
+    let mut apps = vec![];
+    for host in [A, B] {
+        let scope = unique_name(&format!("bk-{host}"));
+        apps.push(Container::run(
+            &format!("{scope}-app"),
+            &[
+                "--label",
+                &format!("steward.scope={scope}"),
+                "--label",
+                "steward.backup.paths=/data",
+                "-v",
+                "/data",
+                &format!("{}:v1", steward_testkit::testbed::require("STEWARD_TEST_APP_IMAGE")),
+            ],
+        ));
+        let mut extra = bucket.env();
+        extra
+            .extend([("STEWARD_SCOPE", scope), ("STEWARD_BACKUP_RETENTION", "daily=1".to_owned())]);
+        procs.push(agent(&bus, &table, Service::Backup, host, &extra));
+    }
+    let back_up = |host: &'static str| {
+        let bus = bus.clone();
+        async move {
+            let request = Event::new(
+                "steward-cli/test",
+                BackupRequested {
+                    reason: BackupReason::Manual,
+                    containers: vec![],
+                    requested_by: None,
+                },
+            )
+            .with_host(Some(host.to_owned()));
+            bus.publish(&request).await.expect("publish");
+            let outcome = wait_outcome(
+                &bus,
+                &request,
+                &["backup.done", "backup.failed"],
+                Duration::from_secs(90),
+            )
+            .await;
+            match outcome.data {
+                EventData::BackupDone(d) => (d.backup_id, outcome.host),
+                other => panic!("{host}'s backup failed: {other:?}"),
+            }
+        }
+    };
+    let (b1, on) = back_up(B).await;
+    assert_eq!(on.as_deref(), Some(B));
+    // Three on a: retention keeps the newest and the newest verified (each backup is
+    // verified after the prune that follows it), so the first is a's to prune.
+    let (a1, _) = back_up(A).await;
+    let (a2, _) = back_up(A).await;
+    let (a3, _) = back_up(A).await;
+
+    let list = |args: &[&str]| cli(&bus, &table, &bucket.env(), args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let all = list(&["backup", "list"]);
+        if !all.contains(&a1) || std::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        !all.contains(&a1),
+        "host a's retention (daily=1) kept its oldest backup {a1} (newer {a2}, {a3}): {all}\n{}",
+        procs[0].1.logs()
+    );
+    let row = |id: &str| all.lines().find(|l| l.starts_with(id)).map(str::to_owned);
+    let b_row =
+        row(&b1).unwrap_or_else(|| panic!("host a's retention pruned host b's backup {b1}: {all}"));
+    assert!(b_row.contains(B), "{b_row}");
+    for a in [&a2, &a3] {
+        assert!(row(a).is_some_and(|r| r.contains(A)), "{all}");
+    }
+    let only_b = list(&["backup", "list", "--host", B]);
+    assert!(only_b.contains(&b1) && !only_b.contains(&a3), "{only_b}");
+    // Each host's objects are under its own prefix.
+    let under = |host: &str| {
+        let config = steward_store::config::S3Config {
+            bucket: bucket.name.clone(),
+            prefix: steward_store::config::host_prefix("steward/", host),
+            endpoint: Some(steward_testkit::testbed::require("STEWARD_TEST_S3_ENDPOINT")),
+        };
+        async move {
+            let store = steward_store::store::Store::connect_static(
+                &config,
+                &steward_testkit::testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+                &steward_testkit::testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+            )
+            .await;
+            let dirs = store.list_dirs().await.expect("list");
+            dirs.into_iter()
+                .filter(|d| steward_store::manifest::time_of_id(d).is_some())
+                .collect::<std::collections::BTreeSet<_>>()
+        }
+    };
+    assert_eq!(under(B).await, [b1.clone()].into());
+    assert_eq!(under(A).await, [a2.clone(), a3.clone()].into());
+    drop(apps);
     steward_system_tests::assert_nothing_refused(&server, &procs);
 }

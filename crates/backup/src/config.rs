@@ -143,6 +143,17 @@ pub struct BackupConfig {
 }
 
 impl BackupConfig {
+    /// These settings for `host`'s agent under host routing: the primary's and the copy's
+    /// prefixes become the host's own ([`steward_store::config::host_prefix`]).
+    pub fn for_host(mut self, host: &str) -> Self {
+        use steward_store::config::host_prefix;
+        self.s3.prefix = host_prefix(&self.s3.prefix, host);
+        if let Some(copy) = &mut self.copy {
+            copy.s3.prefix = host_prefix(&copy.s3.prefix, host);
+        }
+        self
+    }
+
     /// Reads the settings; errors go to `env`.
     pub fn read(env: &mut Env) -> Self {
         let incremental = env.choice(ENV_INCREMENTAL, "false", &["true", "false"]) == "true";

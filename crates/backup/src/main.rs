@@ -60,10 +60,21 @@ async fn extract(args: &[String]) -> ExitCode {
 fn one_shot(from_copy: bool) -> Result<Backups, ExitCode> {
     let mut env = Env::from_process();
     let cfg = BackupConfig::read(&mut env);
+    // Under host routing, the host's own backups, as its service keeps them.
+    let routed = !env.hosts().is_empty();
+    let host = env.host();
     if let Err(e) = env.finish() {
         eprintln!("steward-backup: {e}");
         return Err(ExitCode::from(2));
     }
+    let cfg = match (routed, host) {
+        (false, _) => cfg,
+        (true, Some(host)) => cfg.for_host(&host),
+        (true, None) => {
+            eprintln!("steward-backup: STEWARD_HOSTS routes by host: name this host's with STEWARD_HOST (its backups are under their own prefix)");
+            return Err(ExitCode::from(2));
+        }
+    };
     let store = Store::lazy(&cfg.s3);
     let backups = Backups::new(steward_engine::Engine::from_env(), store, cfg);
     if from_copy {

@@ -47,6 +47,16 @@ impl BackupService {
     /// Connects to S3 and starts the schedule.
     pub async fn start(cfg: BackupConfig, ctx: &Context) -> anyhow::Result<Self> {
         let engine = ctx.engine.clone().context("the backup service needs Docker")?;
+        // Hosts sharing a bucket keep apart: one host's retention or chunk collection must
+        // never see another's backups.
+        let cfg = match ctx.bus.host() {
+            Some(host) if ctx.bus.config().routes_by_host() => {
+                let cfg = cfg.for_host(host);
+                tracing::info!(prefix = %cfg.s3.prefix, "host routing: this host's backups under their own prefix");
+                cfg
+            }
+            _ => cfg,
+        };
         let store = Store::lazy(&cfg.s3);
         let schedule = cfg.schedule.clone();
         let verify_schedule = cfg.verify_schedule.clone();

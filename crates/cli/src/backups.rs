@@ -110,7 +110,7 @@ pub struct S3Args {
 impl S3Args {
     /// The bucket, and the public keys whose signatures `list` checks
     /// (`STEWARD_BACKUP_TRUSTED_KEYS`, the CLI never holds the private key).
-    fn read(self) -> anyhow::Result<(S3Config, Trust)> {
+    fn read(self) -> anyhow::Result<(S3Config, Trust, Vec<String>)> {
         let mut env = Env::from_process();
         for (name, flag) in
             [(ENV_BUCKET, self.bucket), (ENV_PREFIX, self.prefix), (ENV_ENDPOINT, self.endpoint)]
@@ -121,13 +121,14 @@ impl S3Args {
         }
         let config = S3Config::read(&mut env);
         let trust = Trust::read(&mut env);
+        let hosts = env.hosts();
         env.finish()?;
-        Ok((config, trust))
+        Ok((config, trust, hosts))
     }
 
     /// The second copy's store (`STEWARD_BACKUP_COPY_*`, the flags standing for its bucket,
     /// prefix and endpoint), and the trusted keys: the copy is checked exactly as the primary.
-    fn read_copy(self) -> anyhow::Result<(Store, Trust)> {
+    fn read_copy(self) -> anyhow::Result<(CopyConfig, Trust, Vec<String>)> {
         use steward_store::config::{ENV_COPY_BUCKET, ENV_COPY_ENDPOINT, ENV_COPY_PREFIX};
         let mut env = Env::from_process();
         for (name, flag) in [
@@ -141,11 +142,12 @@ impl S3Args {
         }
         let copy = CopyConfig::read(&mut env);
         let trust = Trust::read(&mut env);
+        let hosts = env.hosts();
         env.finish()?;
         let copy = copy.context(
             "no second copy is configured: set STEWARD_BACKUP_COPY_BUCKET (or --bucket) as the backup service has it",
         )?;
-        Ok((Store::lazy_copy(&copy), trust))
+        Ok((copy, trust, hosts))
     }
 }
 
@@ -500,15 +502,36 @@ fn bytes(n: u64) -> String {
 }
 
 async fn list(s3: S3Args, from: Target, json: bool, host: Option<String>) -> anyhow::Result<()> {
-    let (store, trust) = match from {
+    use steward_store::config::host_prefix;
+    // The prefix itself (a single host's backups, and those from before host routing), and
+    // under routing each host's own prefix (`--host`: only that one's).
+    let (stores, trust) = match from {
         Target::Primary => {
-            let (config, trust) = s3.read()?;
-            (Store::connect(&config).await, trust)
+            let (config, trust, hosts) = s3.read()?;
+            let mut stores = vec![Store::connect(&config).await];
+            for h in hosts.iter().filter(|h| crate::hosts::shown(host.as_deref(), Some(h))) {
+                let prefix = host_prefix(&config.prefix, h);
+                stores.push(Store::connect(&S3Config { prefix, ..config.clone() }).await);
+            }
+            (stores, trust)
         }
-        Target::Copy => s3.read_copy()?,
+        Target::Copy => {
+            let (copy, trust, hosts) = s3.read_copy()?;
+            let mut stores = vec![Store::lazy_copy(&copy)];
+            for h in hosts.iter().filter(|h| crate::hosts::shown(host.as_deref(), Some(h))) {
+                let mut of_host = copy.clone();
+                of_host.s3.prefix = host_prefix(&copy.s3.prefix, h);
+                stores.push(Store::lazy_copy(&of_host));
+            }
+            (stores, trust)
+        }
     };
-    let mut listed =
-        steward_store::catalog::list(&store, &trust, OffsetDateTime::now_utc()).await?;
+    let mut listed = vec![];
+    for store in &stores {
+        listed
+            .extend(steward_store::catalog::list(store, &trust, OffsetDateTime::now_utc()).await?);
+    }
+    listed.sort_by(|a, b| (a.taken_at, &a.backup_id).cmp(&(b.taken_at, &b.backup_id)));
     // A backup without a readable manifest names no host: only the unfiltered list shows it.
     let host_of =
         |l: &steward_store::catalog::Listed| l.manifest.as_ref().and_then(|m| m.host.clone());

@@ -135,6 +135,14 @@ impl CopyConfig {
     }
 }
 
+/// Where one host's backups live under host routing (`STEWARD_HOSTS`): `<prefix>hosts/<host>/`.
+/// Hosts sharing a bucket never see each other's backups, WAL, chunks or journal: a host's
+/// retention, chunk collection and `latest` can touch only its own. (`hosts` is no backup
+/// id, so a listing of the prefix itself skips it.)
+pub fn host_prefix(prefix: &str, host: &str) -> String {
+    format!("{prefix}hosts/{host}/")
+}
+
 /// A prefix as stored: no leading `/`, a trailing `/` unless empty.
 pub fn normalise_prefix(prefix: &str) -> String {
     let p = prefix.trim().trim_matches('/');
@@ -231,5 +239,7 @@ mod tests {
         assert_eq!(normalise_prefix("/"), "");
         assert_eq!(normalise_prefix("gitea"), "gitea/");
         assert_eq!(normalise_prefix("/a/b/"), "a/b/");
+        assert_eq!(host_prefix("", "vps-a"), "hosts/vps-a/");
+        assert_eq!(host_prefix("gitea/", "vps-a"), "gitea/hosts/vps-a/");
     }
 }
