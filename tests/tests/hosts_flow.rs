@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use steward_bus::{Bus, BusConfig};
+use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
 use steward_events::{BackupReason, BackupRequested, Event, EventData, Service};
 use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::{steward_with, wait_outcome, Proc, TestBucket};
@@ -107,6 +108,47 @@ async fn an_update_on_one_host_is_approved_and_applied_on_that_host_only() {
         pending.lines().find(|l| l.contains(&app.name)).unwrap_or_else(|| panic!("{pending}"));
     assert!(row.contains(A), "the update is host a's: {row}");
     let id = row.split_whitespace().next().expect("an id");
+    // A record under b's keys that claims to be a's is b's: the CLI takes a record's host from
+    // its key (the server lets only b's updater write `vps-b.*`), never from what it says.
+    let b_updater = Bus::connect(
+        BusConfig {
+            hosts: vec![A.to_owned(), B.to_owned()],
+            host: Some(B.to_owned()),
+            ..server.bus_config_as_user(&Service::Updater.identity(Some(B)))
+        },
+        Service::Updater.binary(),
+    )
+    .await
+    .expect("b's updater user connects");
+    let records = steward_bus::StateStore::<UpdateRecord>::open(&b_updater, UPDATE_BUCKET)
+        .await
+        .expect("b's records");
+    let a_key = format!("{A}.{}", app.name);
+    let real = steward_bus::StateStore::<UpdateRecord>::open_existing(&bus, UPDATE_BUCKET)
+        .await
+        .expect("open")
+        .expect("the bucket")
+        .get(&a_key)
+        .await
+        .expect("get")
+        .expect("a's record of the pending update")
+        .value;
+    let forged_name = format!("{}-forged", app.name);
+    let forged = UpdateRecord {
+        update_id: uuid::Uuid::now_v7(),
+        container: forged_name.clone(),
+        host: Some(A.to_owned()),
+        ..real
+    };
+    records.put(&forged_name, &forged).await.expect("b writes its own key");
+    let listed = cli(&["updates"]);
+    let forged_row =
+        listed.lines().find(|l| l.contains(&forged_name)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        forged_row.contains(B) && !forged_row.contains(A),
+        "the record's claim was believed: {forged_row}"
+    );
+    records.delete(&forged_name).await.expect("b deletes its record");
     cli(&["approve", id]);
     let events = wait_event(&bus, "update.succeeded", Duration::from_secs(60)).await;
     let approved = events

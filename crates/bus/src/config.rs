@@ -203,6 +203,14 @@ impl BusConfig {
         self.host.as_deref().filter(|_| self.routes_by_host())
     }
 
+    /// Under host routing, the host whose agent alone may write state key `key` (`<host>.<key>`:
+    /// the server enforces it, so a central reader takes a record's host from here, never from
+    /// the `host` the record says); `None` without routing or for a key from before it.
+    pub fn host_of_key<'a>(&self, key: &'a str) -> Option<&'a str> {
+        let (host, _) = key.split_once('.').filter(|_| self.routes_by_host())?;
+        self.hosts.iter().any(|h| h == host).then_some(host)
+    }
+
     /// The subject `event` goes on: its host's (its own `host`, else this agent's) under host
     /// routing, the plain one otherwise. An event for the agents that names no host, or a
     /// host the table does not know, has no subject: no consumer would ever read it.
@@ -256,6 +264,18 @@ mod tests {
     fn approval(host: Option<&str>) -> Event {
         let data = UpdateApproved { update_id: uuid::Uuid::now_v7(), by: "op".into() };
         Event::new("t", data).with_host(host.map(str::to_owned))
+    }
+
+    #[test]
+    fn a_keys_host_is_its_prefix_when_the_table_knows_it() {
+        let single = BusConfig::default();
+        assert_eq!(single.host_of_key("vps-a.gitea"), None);
+        let central = BusConfig { hosts: vec!["vps-a".into(), "b".into()], ..single };
+        assert_eq!(central.host_of_key("vps-a.gitea"), Some("vps-a"));
+        assert_eq!(central.host_of_key("b.my.app"), Some("b"));
+        // From before routing: a container name, dotted or not.
+        assert_eq!(central.host_of_key("gitea"), None);
+        assert_eq!(central.host_of_key("my.app"), None);
     }
 
     #[test]

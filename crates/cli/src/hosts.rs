@@ -54,7 +54,8 @@ pub async fn of_container(
     for key in store.keys().await? {
         if let Some(r) = store.get(&key).await? {
             if r.value.container == container {
-                hosts.extend(r.value.host);
+                // The key's host, not the record's word: only that host's watcher may write it.
+                hosts.extend(bus.config().host_of_key(&key).map(str::to_owned));
             }
         }
     }

@@ -16,8 +16,13 @@ pub async fn run(conn: &Connection, json: bool, host: Option<&str>) -> anyhow::R
     if let Some(store) = &store {
         for key in store.keys().await? {
             if let Some(record) = store.get(&key).await? {
-                if crate::hosts::shown(host, record.value.host.as_deref()) {
-                    records.push(record.value);
+                let mut r = record.value;
+                if bus.config().routes_by_host() {
+                    // The key says whose it is (only that host's watcher may write it).
+                    r.host = bus.config().host_of_key(&key).map(str::to_owned);
+                }
+                if crate::hosts::shown(host, r.host.as_deref()) {
+                    records.push(r);
                 }
             }
         }

@@ -19,7 +19,12 @@ async fn records(conn: &Connection) -> anyhow::Result<(steward_bus::Bus, Vec<Upd
     };
     for key in store.keys().await? {
         if let Some(v) = store.get(&key).await? {
-            out.push(v.value);
+            let mut r = v.value;
+            if bus.config().routes_by_host() {
+                // The key says whose it is (only that host's updater may write it).
+                r.host = bus.config().host_of_key(&key).map(str::to_owned);
+            }
+            out.push(r);
         }
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
