@@ -20,6 +20,17 @@ pub enum BusError {
         /// What is missing, e.g. `stream STEWARD` or `durable consumer updater on STEWARD`.
         what: String,
     },
+    /// This participant's routing table (`STEWARD_HOSTS`) is not the one the stream was
+    /// provisioned with.
+    #[error("STEWARD_HOSTS is {ours} here, but `steward setup` provisioned stream {stream} with {provisioned}: give every participant the same STEWARD_HOSTS (and run `steward setup` with it)")]
+    Misrouted {
+        /// Stream name.
+        stream: String,
+        /// This participant's table.
+        ours: String,
+        /// The stream's.
+        provisioned: String,
+    },
     /// Not connected right now.
     #[error("not connected to NATS")]
     NotConnected,

@@ -17,7 +17,7 @@ impl Bus {
         let ns = self.namespace();
         let config = Config {
             name: ns.stream.clone(),
-            description: Some("Steward events: every event is kept for the audit trail".into()),
+            description: Some(describe(&self.cfg.hosts)),
             subjects: stream_subjects(&ns.prefix),
             storage: StorageType::File,
             max_age: self.cfg.retention,
@@ -69,7 +69,10 @@ impl Bus {
         let mut delay = Duration::from_millis(100);
         loop {
             let missing = match self.js().get_stream(&stream).await {
-                Ok(_) => return Ok(()),
+                Ok(found) => {
+                    let description = found.cached_info().config.description.as_deref();
+                    return self.check_routing(description);
+                }
                 Err(e) => match e.kind() {
                     GetStreamErrorKind::JetStream(j)
                         if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
@@ -99,6 +102,50 @@ impl Bus {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+/// What `steward setup` writes as the stream's description: what it is for, and the routing
+/// table it was provisioned with (`hosts: vps-a,vps-b`, or `hosts: none`), which every
+/// participant compares with its own `STEWARD_HOSTS` when it connects.
+fn describe(hosts: &[String]) -> String {
+    let table = if hosts.is_empty() { "none".to_owned() } else { hosts.join(",") };
+    format!("Steward events: every event is kept for the audit trail; {HOSTS_MARK}{table}")
+}
+
+const HOSTS_MARK: &str = "hosts: ";
+
+/// The routing table a stream's description names: `None` when it names none (provisioned
+/// before the description carried it), `Some(empty)` for `none`.
+fn described_hosts(description: &str) -> Option<Vec<String>> {
+    let (_, table) = description.rsplit_once(HOSTS_MARK)?;
+    let table = table.trim();
+    Some(match table {
+        "none" => vec![],
+        _ => table.split(',').map(|h| h.trim().to_owned()).collect(),
+    })
+}
+
+impl Bus {
+    /// A participant whose `STEWARD_HOSTS` is not the table `steward setup` provisioned
+    /// would publish and ask where nobody reads (a notifier without the table asks for
+    /// approval links no routed updater answers): refused at start, naming both. A stream
+    /// whose description names no table (provisioned by an older setup) is not judged.
+    fn check_routing(&self, description: Option<&str>) -> Result<(), BusError> {
+        let Some(provisioned) = description.and_then(described_hosts) else { return Ok(()) };
+        let mut ours = self.cfg.hosts.clone();
+        let mut theirs = provisioned.clone();
+        ours.sort();
+        theirs.sort();
+        if ours == theirs {
+            return Ok(());
+        }
+        let show = |h: &[String]| if h.is_empty() { "unset".to_owned() } else { h.join(",") };
+        Err(BusError::Misrouted {
+            stream: self.namespace().stream.clone(),
+            ours: show(&self.cfg.hosts),
+            provisioned: show(&provisioned),
+        })
     }
 }
 
@@ -157,5 +204,18 @@ mod tests {
             assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
         }
         assert_eq!(s.len(), 13);
+    }
+
+    #[test]
+    fn the_description_carries_the_routing_table() {
+        use super::{describe, described_hosts};
+        let table = vec!["vps-a".to_owned(), "vps-b".to_owned()];
+        assert_eq!(described_hosts(&describe(&table)), Some(table));
+        assert_eq!(described_hosts(&describe(&[])), Some(vec![]));
+        // An older setup's description names no table: not judged.
+        assert_eq!(
+            described_hosts("Steward events: every event is kept for the audit trail"),
+            None
+        );
     }
 }

@@ -281,3 +281,34 @@ fn each_hosts_agents_are_confined_to_their_host_and_one_host_is_as_before() {
     assert_eq!(single, services);
     assert_eq!(Permissions::server_config_for(&ns, &[]), Permissions::server_config(&ns));
 }
+
+/// A participant whose routing table is not the one `steward setup` provisioned would publish
+/// and ask where nobody reads (a notifier without the table asks for approval links no routed
+/// updater answers): it is refused when it connects, naming both tables.
+#[tokio::test]
+async fn a_participant_with_another_routing_table_is_refused_at_start() {
+    let (server, _setup) = provisioned().await;
+    let no_table =
+        BusConfig { hosts: vec![], ..quick(server.bus_config_as(Service::Notifier), None) };
+    match Bus::connect(no_table, Service::Notifier.binary()).await {
+        Err(e @ BusError::Misrouted { .. }) => {
+            let said = e.to_string();
+            assert!(said.contains("unset") && said.contains("vps-a,vps-b"), "{said}");
+        }
+        other => panic!("a notifier without STEWARD_HOSTS connected: {other:?}"),
+    }
+    let other_table = BusConfig {
+        hosts: vec![A.to_owned()],
+        ..quick(server.bus_config_as_user(&Service::Updater.identity(Some(A))), Some(A))
+    };
+    assert!(matches!(
+        Bus::connect(other_table, Service::Updater.binary()).await,
+        Err(BusError::Misrouted { .. })
+    ));
+    // The same table, in another order, is the same table.
+    let reordered = BusConfig {
+        hosts: vec![B.to_owned(), A.to_owned()],
+        ..quick(server.bus_config_as_user(&Service::Updater.identity(Some(A))), Some(A))
+    };
+    Bus::connect(reordered, Service::Updater.binary()).await.expect("same table");
+}
