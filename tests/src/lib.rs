@@ -180,6 +180,28 @@ pub struct TestBucket {
     pub signing: steward_store::signing::SigningKey,
 }
 
+impl Drop for TestBucket {
+    fn drop(&mut self) {
+        // Drop cannot be async and may run inside a runtime: empty and remove the bucket
+        // through S3 on a thread of its own (a test that removed it already leaves nothing).
+        let name = self.name.clone();
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                let store = Self::store_of(&name).await;
+                if let Err(e) = store.destroy().await {
+                    if !format!("{e:?}").contains("NoSuchBucket") {
+                        eprintln!("warning: could not remove test bucket {name}: {e}");
+                    }
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
 impl TestBucket {
     /// Creates the bucket.
     pub async fn new(tag: &str) -> Self {
