@@ -285,3 +285,74 @@ async fn hosts_sharing_a_bucket_keep_their_own_backups() {
     drop(apps);
     steward_system_tests::assert_nothing_refused(&server, &procs);
 }
+
+/// Under host routing the central notifier asks the pending update's own host for its
+/// approval link (`approval.link.<host>`): the mail names the host and carries host a's link,
+/// and a POST to it has host a's updater apply the update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailed_link_approves_on_the_updates_host() {
+    use steward_system_tests::mail::{
+        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    };
+    let (server, _setup, bus, table) = routed().await;
+    let scope = unique_name("scope-link");
+    let app = app(&scope, "manual", &[]);
+    let port = steward_testkit::free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut procs = vec![];
+    procs.push(agent(&bus, &table, Service::Watcher, A, &[("STEWARD_SCOPE", scope.clone())]));
+    procs.push(agent(
+        &bus,
+        &table,
+        Service::Updater,
+        A,
+        &[
+            ("STEWARD_SCOPE", scope.clone()),
+            ("STEWARD_HEALTH_GRACE", "2s".into()),
+            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("STEWARD_PUBLIC_URL", public.clone()),
+            (
+                "STEWARD_APPROVAL_SECRET",
+                "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+            ),
+        ],
+    ));
+    let to = unique_address("routed-link");
+    let mut notifier_env = testbed_notifier_env(&to);
+    notifier_env.extend([
+        ("STEWARD_NATS_USER", Service::Notifier.name().to_owned()),
+        ("STEWARD_NATS_PASSWORD", NatsServer::password(Service::Notifier)),
+        ("STEWARD_HOSTS", table.clone()),
+    ]);
+    procs.push((
+        "notifier".to_owned(),
+        Proc::service(Service::Notifier.binary(), &bus, &notifier_env),
+    ));
+
+    push_app("v2", &app.image);
+    cli(&bus, &table, &[], &["check"]);
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(60));
+    let mail = &mails[0];
+    assert!(mail.subject.contains(&app.name), "{}", mail.subject);
+    assert!(mail.text.contains(A), "the mail does not name the host: {}", mail.text);
+    let link = mail
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Approval page: "))
+        .unwrap_or_else(|| panic!("no link in the mail (asked on the wrong host?): {}", mail.text))
+        .to_owned();
+    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
+    let posted = reqwest::Client::new()
+        .post(&link)
+        .form(&[("decision", "approve")])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("POST the link");
+    assert!(posted.status().is_success(), "{}", posted.status());
+    let events = wait_event(&bus, "update.succeeded", Duration::from_secs(60)).await;
+    for e in events.iter().filter(|e| e.event_type().starts_with("update.")) {
+        assert_eq!(e.host.as_deref(), Some(A), "{} about host a", e.event_type());
+    }
+    steward_system_tests::assert_nothing_refused(&server, &procs);
+}
