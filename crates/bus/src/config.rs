@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use steward_settings::{
-    Env, ENV_DUPLICATE_WINDOW, ENV_EVENT_RETENTION, ENV_NATS_PASSWORD, ENV_NATS_URL, ENV_NATS_USER,
-    ENV_PUBLISH_TIMEOUT, ENV_STREAM, ENV_SUBJECT_PREFIX,
+    Env, ENV_DUPLICATE_WINDOW, ENV_EVENT_RETENTION, ENV_NATS_PASSWORD, ENV_NATS_REPLICAS,
+    ENV_NATS_URL, ENV_NATS_USER, ENV_PUBLISH_TIMEOUT, ENV_STREAM, ENV_SUBJECT_PREFIX,
 };
 
 /// Where Steward's subjects and state live on a NATS server.
@@ -101,6 +101,10 @@ pub struct BusConfig {
     /// subject as before hosts). Set, the events of an agent and those addressed to it go on
     /// its host's subjects ([`Namespace::addressed`]).
     pub hosts: Vec<String>,
+    /// Copies of the stream and of every KV bucket `steward setup` provisions
+    /// (`STEWARD_NATS_REPLICAS`): 1 on one server, 3 on a three-node cluster. Durable
+    /// consumers take the stream's.
+    pub replicas: usize,
 }
 
 /// A NATS user and password. The password never appears in `Debug` output or logs.
@@ -131,6 +135,7 @@ impl Default for BusConfig {
             credentials: None,
             host: None,
             hosts: vec![],
+            replicas: 1,
         }
     }
 }
@@ -186,6 +191,15 @@ impl BusConfig {
             retention: env.duration(ENV_EVENT_RETENTION, defaults.retention),
             duplicate_window: env.duration(ENV_DUPLICATE_WINDOW, defaults.duplicate_window),
             publish_timeout: env.duration(ENV_PUBLISH_TIMEOUT, defaults.publish_timeout),
+            replicas: env.parse_with(ENV_NATS_REPLICAS, defaults.replicas, |s| {
+                match s.trim().parse::<usize>() {
+                    Ok(n) if (1..=5).contains(&n) => Ok(n),
+                    _ => Err(
+                        "1 (one server) to 5 (JetStream's limit), e.g. 3 on a three-node cluster"
+                            .to_owned(),
+                    ),
+                }
+            }),
             ..defaults
         }
     }

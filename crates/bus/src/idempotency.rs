@@ -25,6 +25,8 @@ pub struct Idempotency {
     kv: kv::Store,
     scope: String,
     horizon: Duration,
+    /// How long a call is retried while NATS is away (the bus's `publish_timeout`).
+    retry_for: Duration,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -61,7 +63,8 @@ impl Idempotency {
             .get_key_value(&bucket)
             .await
             .map_err(|e| BusError::nats("open kv bucket", e))?;
-        Ok(Self { kv, scope: scope.to_owned(), horizon })
+        let retry_for = bus.config().publish_timeout;
+        Ok(Self { kv, scope: scope.to_owned(), horizon, retry_for })
     }
 
     /// How old a delivery may be and still be recognised as handled: the markers' TTL.
@@ -75,17 +78,26 @@ impl Idempotency {
 
     /// Whether `id` was already handled in this scope.
     pub async fn is_done(&self, id: &Uuid) -> Result<bool, BusError> {
-        let entry = self.kv.get(self.key(id)).await.map_err(|e| BusError::nats("kv get", e))?;
-        Ok(entry.is_some())
+        let key = self.key(id);
+        let (entry, _) = crate::state::retry_transient(self.retry_for, "kv get", || async {
+            self.kv.get(key.clone()).await.map_err(|e| BusError::nats("kv get", e))
+        })
+        .await;
+        Ok(entry?.is_some())
     }
 
     /// Records that `id` was handled.
     pub async fn mark_done(&self, id: &Uuid) -> Result<(), BusError> {
-        self.kv
-            .put(self.key(id), Bytes::from_static(b"1"))
-            .await
-            .map(|_| ())
-            .map_err(|e| BusError::nats("kv put", e))
+        let key = self.key(id);
+        crate::state::retry_transient(self.retry_for, "kv put", || async {
+            self.kv
+                .put(key.clone(), Bytes::from_static(b"1"))
+                .await
+                .map(|_| ())
+                .map_err(|e| BusError::nats("kv put", e))
+        })
+        .await
+        .0
     }
 
     /// Runs `work` unless `id` was handled before; marks it handled when `work` succeeds.
@@ -132,7 +144,7 @@ pub(crate) async fn open_bucket(
         deny_delete: true,
         allow_direct: true,
         discard: DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: bus.config().replicas,
         ..Default::default()
     };
     bus.js()

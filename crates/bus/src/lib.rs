@@ -132,7 +132,9 @@ impl Bus {
         if let Some(c) = &cfg.credentials {
             options = options.user_and_password(c.user.clone(), c.password.clone());
         }
-        let client = options.connect(&url).await.map_err(|e| BusError::Connect {
+        // A cluster's nodes as a list: the client tries each, and reconnects to any.
+        let urls: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
+        let client = options.connect(urls).await.map_err(|e| BusError::Connect {
             url: steward_events::redact_url(&url),
             reason: steward_events::redact_urls_in(&e.to_string()),
         })?;

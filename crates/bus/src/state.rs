@@ -3,6 +3,11 @@
 //! Every write names the revision it read; a write based on a stale read fails with
 //! [`BusError::Conflict`] instead of overwriting, so an updater that was thought dead and a
 //! new instance cannot both advance one update.
+//!
+//! A call that meets NATS away (restarting, or a cluster electing the bucket's leader) is
+//! retried for up to the bus's `publish_timeout`, as a publish is: a flow in the middle of an
+//! update must not fail, and be rolled back, for a few seconds of failover. A write whose
+//! answer was lost and that then meets its own value is taken as done.
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -10,6 +15,7 @@ use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use crate::{Bus, BusError};
 
@@ -33,7 +39,37 @@ pub struct StateStore<T> {
     bucket: String,
     /// `<host>.` for an agent under host routing, else empty.
     scope: String,
+    /// How long a call is retried while NATS is away.
+    retry_for: Duration,
     _value: PhantomData<fn() -> T>,
+}
+
+/// Runs `attempt` again while it fails with a NATS error, backing off (50 ms doubling to
+/// 2 s) for up to `bound`; a conflict or an unreadable value is an answer, returned at once.
+/// Also says whether an attempt was repeated (a write's first attempt may have landed).
+pub(crate) async fn retry_transient<R, F, Fut>(
+    bound: Duration,
+    what: &str,
+    mut attempt: F,
+) -> (Result<R, BusError>, bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<R, BusError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    let mut retried = false;
+    loop {
+        match attempt().await {
+            Err(e @ BusError::Nats { .. }) if started.elapsed() + delay < bound => {
+                tracing::warn!(error = %e, what, "NATS not answering; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                retried = true;
+            }
+            other => return (other, retried),
+        }
+    }
 }
 
 impl<T> Clone for StateStore<T> {
@@ -42,6 +78,7 @@ impl<T> Clone for StateStore<T> {
             kv: self.kv.clone(),
             bucket: self.bucket.clone(),
             scope: self.scope.clone(),
+            retry_for: self.retry_for,
             _value: PhantomData,
         }
     }
@@ -89,7 +126,8 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             .await
             .map_err(|e| BusError::nats("open kv bucket", e))?;
         let scope = bus.config().route_host().map(|h| format!("{h}.")).unwrap_or_default();
-        Ok(Some(Self { kv, bucket, scope, _value: PhantomData }))
+        let retry_for = bus.config().publish_timeout;
+        Ok(Some(Self { kv, bucket, scope, retry_for, _value: PhantomData }))
     }
 
     /// The key on the server.
@@ -107,9 +145,12 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
 
     /// The current value, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, BusError> {
-        let entry =
-            self.kv.entry(self.scoped(key)).await.map_err(|e| BusError::nats("kv entry", e))?;
-        let Some(entry) = entry else { return Ok(None) };
+        let scoped = self.scoped(key);
+        let (entry, _) = retry_transient(self.retry_for, "kv entry", || async {
+            self.kv.entry(scoped.clone()).await.map_err(|e| BusError::nats("kv entry", e))
+        })
+        .await;
+        let Some(entry) = entry? else { return Ok(None) };
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
@@ -121,55 +162,116 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         Ok(Some(Versioned { value, revision: entry.revision }))
     }
 
+    /// After a conflict met by a repeated write: the revision at which `key` holds exactly
+    /// `bytes` (the write's first attempt landed, its answer was lost), else the conflict.
+    async fn landed(&self, key: &str, bytes: &Bytes, conflict: BusError) -> Result<u64, BusError> {
+        let scoped = self.scoped(key);
+        let (entry, _) = retry_transient(self.retry_for, "kv entry", || async {
+            self.kv.entry(scoped.clone()).await.map_err(|e| BusError::nats("kv entry", e))
+        })
+        .await;
+        match entry? {
+            Some(e) if e.operation == kv::Operation::Put && e.value == *bytes => Ok(e.revision),
+            _ => Err(conflict),
+        }
+    }
+
     /// Stores `value` only if `key` has none; returns the new revision.
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, BusError> {
         let bytes = self.encode(key, value)?;
-        self.kv.create(self.scoped(key), bytes).await.map_err(|e| match e.kind() {
-            kv::CreateErrorKind::AlreadyExists => BusError::Conflict {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                expected: None,
-            },
-            _ => BusError::nats("kv create", e),
+        let scoped = self.scoped(key);
+        let (result, retried) = retry_transient(self.retry_for, "kv create", || async {
+            self.kv.create(scoped.clone(), bytes.clone()).await.map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => BusError::Conflict {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    expected: None,
+                },
+                _ => BusError::nats("kv create", e),
+            })
         })
+        .await;
+        match result {
+            Err(conflict @ BusError::Conflict { .. }) if retried => {
+                self.landed(key, &bytes, conflict).await
+            }
+            other => other,
+        }
     }
 
     /// Stores `value` only if `key` is still at `revision`; returns the new revision.
     pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, BusError> {
         let bytes = self.encode(key, value)?;
-        self.kv.update(self.scoped(key), bytes, revision).await.map_err(|e| match e.kind() {
-            kv::UpdateErrorKind::WrongLastRevision => BusError::Conflict {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                expected: Some(revision),
-            },
-            _ => BusError::nats("kv update", e),
+        let scoped = self.scoped(key);
+        let (result, retried) = retry_transient(self.retry_for, "kv update", || async {
+            self.kv.update(scoped.clone(), bytes.clone(), revision).await.map_err(|e| {
+                match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => BusError::Conflict {
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        expected: Some(revision),
+                    },
+                    _ => BusError::nats("kv update", e),
+                }
+            })
         })
+        .await;
+        match result {
+            Err(conflict @ BusError::Conflict { .. }) if retried => {
+                self.landed(key, &bytes, conflict).await
+            }
+            other => other,
+        }
     }
 
     /// Stores `value` whatever the key holds (for state only one process writes).
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, BusError> {
         let bytes = self.encode(key, value)?;
-        self.kv.put(self.scoped(key), bytes).await.map_err(|e| BusError::nats("kv put", e))
+        let scoped = self.scoped(key);
+        retry_transient(self.retry_for, "kv put", || async {
+            self.kv
+                .put(scoped.clone(), bytes.clone())
+                .await
+                .map_err(|e| BusError::nats("kv put", e))
+        })
+        .await
+        .0
     }
 
     /// Removes `key`.
     pub async fn delete(&self, key: &str) -> Result<(), BusError> {
-        self.kv.delete(self.scoped(key)).await.map_err(|e| BusError::nats("kv delete", e))
+        let scoped = self.scoped(key);
+        retry_transient(self.retry_for, "kv delete", || async {
+            self.kv.delete(scoped.clone()).await.map_err(|e| BusError::nats("kv delete", e))
+        })
+        .await
+        .0
     }
 
     /// Removes `key` only if it is still at `revision` (a newer value stays).
     pub async fn delete_at(&self, key: &str, revision: u64) -> Result<(), BusError> {
-        self.kv.delete_expect_revision(self.scoped(key), Some(revision)).await.map_err(|e| match e
-            .kind()
-        {
-            kv::DeleteErrorKind::WrongLastRevision => BusError::Conflict {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-                expected: Some(revision),
-            },
-            _ => BusError::nats("kv delete", e),
+        let scoped = self.scoped(key);
+        let (result, retried) = retry_transient(self.retry_for, "kv delete", || async {
+            self.kv.delete_expect_revision(scoped.clone(), Some(revision)).await.map_err(
+                |e| match e.kind() {
+                    kv::DeleteErrorKind::WrongLastRevision => BusError::Conflict {
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        expected: Some(revision),
+                    },
+                    _ => BusError::nats("kv delete", e),
+                },
+            )
         })
+        .await;
+        match result {
+            // A repeated delete meeting the key gone: the first one landed.
+            Err(conflict @ BusError::Conflict { .. }) if retried => match self.get(key).await? {
+                None => Ok(()),
+                Some(_) => Err(conflict),
+            },
+            other => other,
+        }
     }
 
     /// Every key's current value, read in one pass (one ordered consumer streaming the last

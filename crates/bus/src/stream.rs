@@ -25,6 +25,7 @@ impl Bus {
             discard: DiscardPolicy::Old,
             // Headers of a dead letter add a little to the largest event.
             max_message_size: (MAX_EVENT_BYTES + 16 * 1024) as i32,
+            num_replicas: self.cfg.replicas,
             ..Default::default()
         };
         self.js()

@@ -22,6 +22,9 @@ pub const ENV_EVENT_RETENTION: &str = "STEWARD_EVENT_RETENTION";
 pub const ENV_DUPLICATE_WINDOW: &str = "STEWARD_DUPLICATE_WINDOW";
 /// How long a publish retries while NATS is away (default 30s).
 pub const ENV_PUBLISH_TIMEOUT: &str = "STEWARD_PUBLISH_TIMEOUT";
+/// How many copies of the stream and the KV buckets a NATS cluster keeps (`steward setup`
+/// reads it): 1 on a single server, 3 on a three-node cluster (any one node may be lost).
+pub const ENV_NATS_REPLICAS: &str = "STEWARD_NATS_REPLICAS";
 /// Redelivery timeout of an unacked event (default 30s).
 pub const ENV_ACK_WAIT: &str = "STEWARD_ACK_WAIT";
 /// Deliveries before an event is dead-lettered (default 5).

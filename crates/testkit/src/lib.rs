@@ -157,6 +157,8 @@ pub struct NatsServer {
     store: PathBuf,
     config: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// Further command-line arguments (a cluster node's name and routes).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -183,8 +185,18 @@ impl NatsServer {
     /// `updater-<host>`), each user's password [`NatsServer::user_password`].
     pub fn start_with_users_for(hosts: &[String]) -> Self {
         let dir = std::env::temp_dir().join(unique_name("steward-nats-auth"));
+        let (config, env) = Self::users_config(&dir, hosts);
+        let server = Self::start_with(Some(config), env);
+        let _ = std::fs::remove_dir_all(&dir);
+        server
+    }
+
+    /// Writes Steward's generated users for `hosts` into `dir`: the configuration file to
+    /// start a server with, and the passwords it reads from its environment (as in the
+    /// compose stack).
+    fn users_config(dir: &Path, hosts: &[String]) -> (PathBuf, Vec<(String, String)>) {
         let write = |name: &str, text: &str| {
-            std::fs::create_dir_all(&dir)
+            std::fs::create_dir_all(dir)
                 .and_then(|()| std::fs::write(dir.join(name), text))
                 .unwrap_or_else(|e| panic!("cannot write {name} in {dir:?}: {e}"));
         };
@@ -193,7 +205,6 @@ impl NatsServer {
             &steward_bus::Permissions::server_config_for(&Namespace::default(), hosts),
         );
         write("nats.conf", "include authorization.conf\n");
-        // Passwords reach the server as environment variables, as in the compose stack.
         let mut env: Vec<(String, String)> =
             steward_bus::Permissions::users(&Namespace::default(), hosts)
                 .into_iter()
@@ -202,9 +213,7 @@ impl NatsServer {
                 })
                 .collect();
         env.push((steward_bus::setup_password_variable(), Self::setup_password()));
-        let server = Self::start_with(Some(dir.join("nats.conf")), env);
-        let _ = std::fs::remove_dir_all(&dir);
-        server
+        (dir.join("nats.conf"), env)
     }
 
     /// The password of `service` on a [`NatsServer::start_with_steward_users`] server.
@@ -263,7 +272,7 @@ impl NatsServer {
         if let Err(e) = std::fs::create_dir_all(&store) {
             panic!("cannot create {store:?}: {e}");
         }
-        let mut server = Self { port: free_port(), store, config, env, child: None };
+        let mut server = Self { port: free_port(), store, config, env, args: vec![], child: None };
         server.start_again();
         server
     }
@@ -311,7 +320,8 @@ impl NatsServer {
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-l"])
             .arg(&log)
             .arg("-sd")
-            .arg(self.store.join("jetstream"));
+            .arg(self.store.join("jetstream"))
+            .args(&self.args);
         let child = cmd
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -320,6 +330,75 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("cannot run {bin}: {e} (apt-get install nats-server)"));
         self.child = Some(child);
         wait_listening(self.port, "nats-server");
+    }
+}
+
+/// Three (or more) nats-servers of a test's own clustered on loopback ports, JetStream on
+/// each, with Steward's generated users: what a highly available centre runs. Clients get
+/// every node's URL ([`NatsCluster::url`]); a node can be killed and started again.
+pub struct NatsCluster {
+    /// The nodes, `n0`, `n1`, ... (their `server_name`).
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` clustered nodes with the users of [`NatsServer::start_with_steward_users`]
+    /// and waits until each accepts clients (JetStream elects its leaders after that: the
+    /// provisioning retries until it can).
+    pub fn start_with_steward_users(size: usize) -> Self {
+        let name = unique_name("steward-cluster");
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = vec![];
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let store = std::env::temp_dir().join(unique_name("steward-nats"));
+            // The configuration lives in the node's store: a restart reads it again.
+            let (config, env) = NatsServer::users_config(&store.join("conf"), &[]);
+            let args = vec![
+                "--name".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                name.clone(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route_port}"),
+                "--routes".to_owned(),
+                routes.clone(),
+            ];
+            let port = free_port();
+            let mut node = NatsServer { port, store, config: Some(config), env, args, child: None };
+            node.start_again();
+            nodes.push(node);
+        }
+        Self { nodes }
+    }
+
+    /// Every node's URL, comma-separated (`STEWARD_NATS_URL`).
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node named `name` (`n0`, ...).
+    pub fn node(&mut self, name: &str) -> &mut NatsServer {
+        let i: usize = name
+            .strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("{name:?} is not a node of this cluster"));
+        &mut self.nodes[i]
+    }
+
+    /// Settings to connect to every node as `service`, with `replicas` copies for what
+    /// `steward setup` provisions.
+    pub fn bus_config_as(&self, service: steward_events::Service, replicas: usize) -> BusConfig {
+        BusConfig { url: self.url(), replicas, ..self.nodes[0].bus_config_as(service) }
+    }
+
+    /// Settings to connect to every node as the provisioning user.
+    pub fn bus_config_as_setup(&self, replicas: usize) -> BusConfig {
+        BusConfig { url: self.url(), replicas, ..self.nodes[0].bus_config_as_setup() }
     }
 }
 
