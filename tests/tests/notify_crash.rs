@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use steward_bus::{Bus, StateStore};
 use steward_events::records::OUTBOX_BUCKET;
 use steward_events::{Event, EventData};
-use steward_notifier::outbox::{Entry, EntryState};
+use steward_notifier::outbox::{self, ChannelKind, Entry, EntryState};
 use steward_system_tests::mail::{
     health_failed, mails_to, testbed_maildir, testbed_notifier_env, Mail,
 };
@@ -68,7 +68,7 @@ async fn entries(bus: &Bus, events: &[Event]) -> Option<Vec<Entry>> {
     let store: StateStore<Entry> = StateStore::open(bus, OUTBOX_BUCKET).await.ok()?;
     let mut out = vec![];
     for e in events {
-        out.push(store.get(&format!("email.{}", e.id)).await.ok()??.value);
+        out.push(store.get(&outbox::key(ChannelKind::Email, e)).await.ok()??.value);
     }
     Some(out)
 }

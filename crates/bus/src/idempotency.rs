@@ -1,6 +1,6 @@
 //! "Do this once per event id", across redeliveries and restarts.
 //!
-//! A marker `SCOPE.EVENT_ID` is written to a KV bucket *after* the work succeeded. A second
+//! A marker `SCOPE.TYPE.HOST.EVENT_ID` ([`Event::identity`]) is written to a KV bucket *after* the work succeeded. A second
 //! delivery finds the marker and skips the work. The marker is not a lock: a process that dies
 //! between finishing the work and writing the marker will do the work again on redelivery, so
 //! long flows additionally keep their own compare-and-set state ([`crate::StateStore`]).
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use steward_events::Event;
 use uuid::Uuid;
 
 use crate::{Bus, BusError};
@@ -72,23 +73,33 @@ impl Idempotency {
         self.horizon
     }
 
-    fn key(&self, id: &Uuid) -> String {
+    fn key(&self, event: &Event) -> String {
+        format!("{}.{}", self.scope, event.identity())
+    }
+
+    /// The key markers had before they named the type and host (`<scope>.<id>`), still
+    /// honoured: an event handled before an upgrade stays handled.
+    fn legacy_key(&self, id: &Uuid) -> String {
         format!("{}.{}", self.scope, id.simple())
     }
 
-    /// Whether `id` was already handled in this scope.
-    pub async fn is_done(&self, id: &Uuid) -> Result<bool, BusError> {
-        let key = self.key(id);
-        let (entry, _) = crate::state::retry_transient(self.retry_for, "kv get", || async {
-            self.kv.get(key.clone()).await.map_err(|e| BusError::nats("kv get", e))
-        })
-        .await;
-        Ok(entry?.is_some())
+    /// Whether `event` was already handled in this scope.
+    pub async fn is_done(&self, event: &Event) -> Result<bool, BusError> {
+        for key in [self.key(event), self.legacy_key(&event.id)] {
+            let (entry, _) = crate::state::retry_transient(self.retry_for, "kv get", || async {
+                self.kv.get(key.clone()).await.map_err(|e| BusError::nats("kv get", e))
+            })
+            .await;
+            if entry?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
-    /// Records that `id` was handled.
-    pub async fn mark_done(&self, id: &Uuid) -> Result<(), BusError> {
-        let key = self.key(id);
+    /// Records that `event` was handled.
+    pub async fn mark_done(&self, event: &Event) -> Result<(), BusError> {
+        let key = self.key(event);
         crate::state::retry_transient(self.retry_for, "kv put", || async {
             self.kv
                 .put(key.clone(), Bytes::from_static(b"1"))
@@ -100,18 +111,18 @@ impl Idempotency {
         .0
     }
 
-    /// Runs `work` unless `id` was handled before; marks it handled when `work` succeeds.
+    /// Runs `work` unless `event` was handled before; marks it handled when `work` succeeds.
     /// Returns `None` when skipped.
-    pub async fn once<T, E, F>(&self, id: &Uuid, work: F) -> Result<Option<T>, E>
+    pub async fn once<T, E, F>(&self, event: &Event, work: F) -> Result<Option<T>, E>
     where
         F: std::future::Future<Output = Result<T, E>>,
         E: From<BusError>,
     {
-        if self.is_done(id).await? {
+        if self.is_done(event).await? {
             return Ok(None);
         }
         let out = work.await?;
-        self.mark_done(id).await?;
+        self.mark_done(event).await?;
         Ok(Some(out))
     }
 }

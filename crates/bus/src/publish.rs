@@ -61,14 +61,15 @@ pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published,
 }
 
 /// A duplicate ack says the stream holds *a* message with this id: ours (a retry whose ack
-/// was lost, an outbox flushed again after a restart), or another participant's that took
-/// the id first. The duplicate window is stream-wide and staged ids are readable in every
-/// record's outbox, so any user could publish on its own subject under an id another has
-/// staged, and the real event would be dropped unseen. The stored message is read back: the
-/// same subject and the same event (its trace context aside: a flush after a restart stamps
-/// a new one) is ours; anything else, or a message that cannot be read, and the event goes
-/// out under a fresh, unguessable message id. Consumers skip a second delivery of one event
-/// id by their markers, so the worst case is the event stored twice, never lost.
+/// was lost, an outbox flushed again after a restart, an event rebuilt under its fixed id),
+/// or another participant's that took the id first. The duplicate window is stream-wide and
+/// staged ids are readable in every record's outbox, so any user could publish on its own
+/// subject under an id another has staged, and the real event would be dropped unseen. The
+/// stored message is read back: on the same subject and the same event (what it says, not
+/// when or by which process it was built) it is ours; positively another, and the event goes
+/// out again under a fresh, unguessable message id, stored twice at worst. A stored message
+/// that cannot be read (an installation whose NATS authorization predates the read) leaves
+/// the duplicate ack believed, with a warning.
 async fn check_duplicate(
     bus: &Bus,
     subject: String,
@@ -82,32 +83,31 @@ async fn check_duplicate(
         stream.get_raw_message(published.sequence).await.map_err(|e| e.to_string())
     }
     .await;
-    let why = match stored {
-        Ok(stored)
-            if stored.subject.as_str() == subject && same_event(&stored.payload, &payload) =>
-        {
-            return Ok(published)
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(%subject, msg_id = id, error = %e,
+                "acked as a duplicate and the stored message cannot be read back: believed (regenerate the NATS authorization: `steward nats-authorization`)");
+            return Ok(published);
         }
-        Ok(stored) => format!(
-            "the stream's message {} under this id is another (subject {})",
-            stored.sequence, stored.subject
-        ),
-        Err(e) => format!("the stored message {} could not be read: {e}", published.sequence),
     };
+    if stored.subject.as_str() == subject && same_event(&stored.payload, &payload) {
+        return Ok(published);
+    }
     let fresh = format!("{id}.{}", uuid::Uuid::new_v4().simple());
-    tracing::error!(%subject, msg_id = id, fresh_msg_id = %fresh, reason = %why,
-        "publish taken as a duplicate of a message that is not this event; publishing again under a fresh message id");
+    tracing::error!(%subject, msg_id = id, fresh_msg_id = %fresh, taken_by = %stored.subject,
+        sequence = stored.sequence,
+        "publish taken as a duplicate of another message under this event's id; publishing again under a fresh message id");
     publish_raw(bus, subject, HeaderMap::new(), payload, &fresh).await
 }
 
-/// Whether two payloads are one event, their trace context aside.
+/// Whether two payloads are one event: the same id, type, host, flow and data. When and by
+/// which process it was built (`time`, `source`) and its trace context may differ: an event
+/// rebuilt under its fixed id after a restart (`notify.sent`) is still that event.
 fn same_event(a: &[u8], b: &[u8]) -> bool {
+    let what = |e: Event| (e.id, e.host, e.correlation_id, e.causation_id, e.subject, e.data);
     match (Event::decode(a), Event::decode(b)) {
-        (Ok(mut a), Ok(mut b)) => {
-            a.trace = Default::default();
-            b.trace = Default::default();
-            a == b
-        }
+        (Ok(a), Ok(b)) => what(a) == what(b),
         _ => false,
     }
 }

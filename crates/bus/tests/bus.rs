@@ -63,10 +63,13 @@ async fn a_duplicate_publish_is_stored_once() {
     assert!(!first.duplicate);
     assert!(second.duplicate, "same Nats-Msg-Id within the window is a duplicate");
     assert_eq!(first.sequence, second.sequence);
-    // An outbox flushed again after a restart carries a new trace context: still this event.
+    // An outbox flushed again after a restart carries a new trace context, and an event
+    // rebuilt under its fixed id (`notify.sent`) a new time and source: still this event.
     let mut restamped = event.clone();
     restamped.trace.traceparent =
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    restamped.time += time::Duration::seconds(7);
+    restamped.source = "test/another-process".into();
     let third = bus.publish(&restamped).await.expect("again, traced");
     assert_eq!((third.duplicate, third.sequence), (true, first.sequence));
     let other = bus.publish(&Event::new("test", WatchRequested::default())).await.expect("third");
@@ -220,7 +223,7 @@ async fn idempotency_does_the_work_once() {
     let bus = TestBus::new("idem").await;
     let idem = Idempotency::open(&bus, "svc").await.expect("open");
     let other = Idempotency::open(&bus, "other").await.expect("open");
-    let id = uuid::Uuid::now_v7();
+    let id = Event::new("test", WatchRequested::default());
     let mut runs = 0;
     for _ in 0..3 {
         let r: Result<Option<()>, BusError> = idem
@@ -238,6 +241,18 @@ async fn idempotency_does_the_work_once() {
         other.once(&id, async { Err(BusError::NotConnected) }).await;
     assert!(failing.is_err());
     assert!(!other.is_done(&id).await.expect("check"));
+    // Another participant's message under the same id (another type, or the same type about
+    // another host) is another event: handling it first does not mark the real one.
+    let squatter = Event { host: Some("vps-b".into()), ..id.clone() };
+    let mut copy = id.clone();
+    copy.data = samples::all("gitea")
+        .into_iter()
+        .find(|d| d.event_type() != "watch.requested")
+        .expect("another type");
+    for other_event in [&squatter, &copy] {
+        assert_eq!(other_event.id, id.id);
+        assert!(!idem.is_done(other_event).await.expect("check"), "{}", other_event.identity());
+    }
 }
 
 #[tokio::test]

@@ -207,6 +207,19 @@ impl Event {
         self.data.event_type()
     }
 
+    /// What a handler records an event as handled (or queued) by: `<type>.<host|_>.<id>`,
+    /// a valid KV key suffix. Not the id alone: any participant may publish, on a subject of
+    /// its own, a message under an id it read in another's record, and a copy handled first
+    /// must not make the real event (another type or host) look handled.
+    pub fn identity(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.event_type(),
+            self.host.as_deref().unwrap_or("_"),
+            self.id.simple()
+        )
+    }
+
     /// The container this event concerns, if one.
     pub fn container(&self) -> Option<&str> {
         self.subject.as_deref().or_else(|| self.data.container())

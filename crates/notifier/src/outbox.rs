@@ -127,7 +127,16 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
-fn key(channel: ChannelKind, event: &Event) -> String {
+/// An event's entry on a channel: by its identity (type, host, id), not its id alone, so a
+/// copy another participant published under the same id is another entry
+/// ([`Event::identity`]).
+pub fn key(channel: ChannelKind, event: &Event) -> String {
+    format!("{}.{}", channel.as_str(), event.identity())
+}
+
+/// The key entries had before they named the type and host: an event queued under it before
+/// an upgrade is not queued a second time.
+fn legacy_key(channel: ChannelKind, event: &Event) -> String {
     format!("{}.{}", channel.as_str(), event.id)
 }
 
@@ -169,6 +178,9 @@ impl Outbox {
             done_at: None,
             message: None,
         };
+        if self.store.get(&legacy_key(channel, event)).await?.is_some() {
+            return Ok(false);
+        }
         let key = key(channel, event);
         match self.store.create(&key, &entry).await {
             Ok(_) => {

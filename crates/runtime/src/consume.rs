@@ -132,7 +132,7 @@ impl<H: Handler> Loop<'_, H> {
             return Next::Continue;
         }
 
-        match self.idempotency.is_done(&event.id).await {
+        match self.idempotency.is_done(&event).await {
             Ok(true) => {
                 self.metrics.duplicates.get_or_create(label).inc();
                 tracing::info!("already handled; acknowledging redelivery");
@@ -229,7 +229,7 @@ impl<H: Handler> Loop<'_, H> {
         let mut delay = Duration::from_millis(100);
         let deadline = Instant::now() + self.ack_wait.max(Duration::from_secs(30));
         loop {
-            match self.idempotency.mark_done(&event.id).await {
+            match self.idempotency.mark_done(event).await {
                 Ok(()) => return,
                 Err(e) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, "cannot write handled marker; retrying");
