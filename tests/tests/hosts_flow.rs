@@ -261,20 +261,25 @@ async fn hosts_sharing_a_bucket_keep_their_own_backups() {
     let only_b = list(&["backup", "list", "--host", B]);
     assert!(only_b.contains(&b1) && !only_b.contains(&a3), "{only_b}");
     // Each host's objects are under its own prefix.
-    let under = |host: &str| {
+    let store_of = |host: &str| {
         let config = steward_store::config::S3Config {
             bucket: bucket.name.clone(),
             prefix: steward_store::config::host_prefix("steward/", host),
             endpoint: Some(steward_testkit::testbed::require("STEWARD_TEST_S3_ENDPOINT")),
         };
         async move {
-            let store = steward_store::store::Store::connect_static(
+            steward_store::store::Store::connect_static(
                 &config,
                 &steward_testkit::testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
                 &steward_testkit::testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
             )
-            .await;
-            let dirs = store.list_dirs().await.expect("list");
+            .await
+        }
+    };
+    let under = |host: &'static str| {
+        let store = store_of(host);
+        async move {
+            let dirs = store.await.list_dirs().await.expect("list");
             dirs.into_iter()
                 .filter(|d| steward_store::manifest::time_of_id(d).is_some())
                 .collect::<std::collections::BTreeSet<_>>()
@@ -282,6 +287,29 @@ async fn hosts_sharing_a_bucket_keep_their_own_backups() {
     };
     assert_eq!(under(B).await, [b1.clone()].into());
     assert_eq!(under(A).await, [a2.clone(), a3.clone()].into());
+
+    // b's signed backup copied into a's prefix (anyone who may write the bucket can) is not
+    // a's: its manifest names host b. a's service refuses to verify (or restore) it.
+    let (store_a, store_b) = (store_of(A).await, store_of(B).await);
+    for name in store_b.list_objects(&b1).await.expect("b's objects") {
+        let body = store_b.get_small(&name, 64 << 20).await.expect("get").expect("there");
+        store_a.put(&name, body.into()).await.expect("copy into a's prefix");
+    }
+    let verify = Event::new(
+        "steward-cli/test",
+        steward_events::VerifyRequested { backup_id: b1.clone(), requested_by: None, from: None },
+    )
+    .with_host(Some(A.to_owned()));
+    bus.publish(&verify).await.expect("publish");
+    let outcome =
+        wait_outcome(&bus, &verify, &["backup.verified", "verify.failed"], Duration::from_secs(60))
+            .await;
+    match outcome.data {
+        EventData::VerifyFailed(f) => {
+            assert!(f.reason.contains("taken on host vps-b"), "{}", f.reason)
+        }
+        other => panic!("host a verified host b's backup from its own prefix: {other:?}"),
+    }
     drop(apps);
     steward_system_tests::assert_nothing_refused(&server, &procs);
 }

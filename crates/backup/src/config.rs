@@ -144,10 +144,13 @@ pub struct BackupConfig {
 
 impl BackupConfig {
     /// These settings for `host`'s agent under host routing: the primary's and the copy's
-    /// prefixes become the host's own ([`steward_store::config::host_prefix`]).
+    /// prefixes become the host's own ([`steward_store::config::host_prefix`]), and only
+    /// backups whose signed manifest names this host (or none) are usable.
     pub fn for_host(mut self, host: &str) -> Self {
         use steward_store::config::host_prefix;
         self.s3.prefix = host_prefix(&self.s3.prefix, host);
+        // And only its own: a manifest naming another host is refused, wherever it lies.
+        self.trust = self.trust.for_host(host);
         if let Some(copy) = &mut self.copy {
             copy.s3.prefix = host_prefix(&copy.s3.prefix, host);
         }

@@ -15,6 +15,21 @@ impl Bus {
     /// list or duplicate window on an existing stream.
     pub async fn ensure_stream(&self) -> Result<(), BusError> {
         let ns = self.namespace();
+        // A setup run without the routing table (a compose `up` whose setup lacks
+        // STEWARD_HOSTS, an events import) must not turn a routed installation into an
+        // unrouted one: every participant would be refused at its next start.
+        if self.cfg.hosts.is_empty() {
+            if let Ok(found) = self.js().get_stream(&ns.stream).await {
+                let described = found.cached_info().config.description.as_deref();
+                if let Some(table) = described.and_then(described_hosts).filter(|t| !t.is_empty()) {
+                    return Err(BusError::Misrouted {
+                        stream: ns.stream.clone(),
+                        ours: "unset".into(),
+                        provisioned: table.join(","),
+                    });
+                }
+            }
+        }
         let config = Config {
             name: ns.stream.clone(),
             description: Some(describe(&self.cfg.hosts)),
@@ -42,6 +57,8 @@ impl Bus {
         loop {
             match self.ensure_stream().await {
                 Ok(()) => return Ok(()),
+                // An answer, not NATS starting: waiting changes nothing.
+                Err(e @ BusError::Misrouted { .. }) => return Err(e),
                 Err(e) if tokio::time::Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, "stream not ready yet; retrying");
                     tokio::time::sleep(delay).await;

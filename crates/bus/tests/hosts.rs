@@ -311,4 +311,14 @@ async fn a_participant_with_another_routing_table_is_refused_at_start() {
         ..quick(server.bus_config_as_user(&Service::Updater.identity(Some(A))), Some(A))
     };
     Bus::connect(reordered, Service::Updater.binary()).await.expect("same table");
+    // A setup run without the table (compose's setup lacking STEWARD_HOSTS, an events
+    // import) is refused instead of unrouting the installation.
+    let bare = BusConfig { hosts: vec![], ..quick(server.bus_config_as_setup(), None) };
+    let bare = Bus::open(bare, "steward-setup").await.expect("the setup user connects");
+    match bare.setup(&Setup::steward()).await {
+        Err(BusError::Misrouted { provisioned, .. }) => assert_eq!(provisioned, "vps-a,vps-b"),
+        other => panic!("a setup without STEWARD_HOSTS ran: {other:?}"),
+    }
+    let routed = quick(server.bus_config_as_user(&Service::Updater.identity(Some(A))), Some(A));
+    Bus::connect(routed, Service::Updater.binary()).await.expect("still routed");
 }

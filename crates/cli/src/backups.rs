@@ -505,31 +505,32 @@ async fn list(s3: S3Args, from: Target, json: bool, host: Option<String>) -> any
     use steward_store::config::host_prefix;
     // The prefix itself (a single host's backups, and those from before host routing), and
     // under routing each host's own prefix (`--host`: only that one's).
-    let (stores, trust) = match from {
+    let stores = match from {
         Target::Primary => {
             let (config, trust, hosts) = s3.read()?;
-            let mut stores = vec![Store::connect(&config).await];
+            let mut stores = vec![(Store::connect(&config).await, trust.clone())];
             for h in hosts.iter().filter(|h| crate::hosts::shown(host.as_deref(), Some(h))) {
                 let prefix = host_prefix(&config.prefix, h);
-                stores.push(Store::connect(&S3Config { prefix, ..config.clone() }).await);
+                let store = Store::connect(&S3Config { prefix, ..config.clone() }).await;
+                // As that host's service judges them: another host's manifest is refused.
+                stores.push((store, trust.clone().for_host(h)));
             }
-            (stores, trust)
+            stores
         }
         Target::Copy => {
             let (copy, trust, hosts) = s3.read_copy()?;
-            let mut stores = vec![Store::lazy_copy(&copy)];
+            let mut stores = vec![(Store::lazy_copy(&copy), trust.clone())];
             for h in hosts.iter().filter(|h| crate::hosts::shown(host.as_deref(), Some(h))) {
                 let mut of_host = copy.clone();
                 of_host.s3.prefix = host_prefix(&copy.s3.prefix, h);
-                stores.push(Store::lazy_copy(&of_host));
+                stores.push((Store::lazy_copy(&of_host), trust.clone().for_host(h)));
             }
-            (stores, trust)
+            stores
         }
     };
     let mut listed = vec![];
-    for store in &stores {
-        listed
-            .extend(steward_store::catalog::list(store, &trust, OffsetDateTime::now_utc()).await?);
+    for (store, trust) in &stores {
+        listed.extend(steward_store::catalog::list(store, trust, OffsetDateTime::now_utc()).await?);
     }
     listed.sort_by(|a, b| (a.taken_at, &a.backup_id).cmp(&(b.taken_at, &b.backup_id)));
     // A backup without a readable manifest names no host: only the unfiltered list shows it.

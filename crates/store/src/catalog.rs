@@ -144,6 +144,13 @@ pub async fn read(
             "its manifest is backup {}'s, copied here: not this backup",
             m.backup_id
         )),
+        (_, Ok(m)) if trust.host().is_some_and(|h| m.host.as_deref().is_some_and(|o| o != h)) => {
+            refused(format!(
+                "taken on host {}, not on {} (copied into this host's backups?)",
+                m.host.as_deref().unwrap_or_default(),
+                trust.host().unwrap_or_default()
+            ))
+        }
         (Signature::Signed { key }, Ok(_)) => Standing::Usable { key },
         (Signature::Unsigned, Ok(_)) => Standing::Unsigned,
         (Signature::Unchecked, Ok(_)) => Standing::Unchecked,

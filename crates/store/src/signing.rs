@@ -229,9 +229,23 @@ pub enum Signature {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trust {
     keys: Vec<PublicKey>,
+    /// Under host routing, the host whose backups these are: a manifest naming another host
+    /// is refused (a copy of another host's signed backup into this host's prefix).
+    host: Option<String>,
 }
 
 impl Trust {
+    /// This trust for `host`'s own backups only ([`Trust::host`]).
+    pub fn for_host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_owned());
+        self
+    }
+
+    /// The host whose backups alone are usable, under host routing.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
     /// Trusting `keys`.
     pub fn new(keys: Vec<PublicKey>) -> Self {
         let mut trust = Self::default();
