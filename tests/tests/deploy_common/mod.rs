@@ -73,9 +73,21 @@ impl Repo {
     /// Commits a compose file with `web` on `web_version` (and `side` always on v1) and
     /// pushes it to `branch`; the commit id.
     pub fn commit(&self, branch: &str, web_version: &str, message: &str) -> String {
+        self.commit_noted(branch, web_version, message, "")
+    }
+
+    /// [`Repo::commit`] with `note` as a YAML comment (a new commit with the same
+    /// definitions as another).
+    pub fn commit_noted(
+        &self,
+        branch: &str,
+        web_version: &str,
+        message: &str,
+        note: &str,
+    ) -> String {
         let (web, side) = (self.web, self.side);
         let compose = format!(
-            "version: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{web_version}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{web}/\n  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{side}:8080\"]\n"
+            "# {note}\nversion: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{web_version}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{web}/\n  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{side}:8080\"]\n"
         );
         std::fs::write(self.work.join("docker-compose.yml"), compose).expect("write compose");
         git(&self.work, &["add", "docker-compose.yml"]);
