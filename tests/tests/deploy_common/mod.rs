@@ -85,9 +85,22 @@ impl Repo {
         message: &str,
         note: &str,
     ) -> String {
+        self.commit_labelled(branch, web_version, message, note, "")
+    }
+
+    /// [`Repo::commit_noted`] with `label` (`key: value`) on web too, when not empty.
+    pub fn commit_labelled(
+        &self,
+        branch: &str,
+        web_version: &str,
+        message: &str,
+        note: &str,
+        label: &str,
+    ) -> String {
         let (web, side) = (self.web, self.side);
+        let label = if label.is_empty() { String::new() } else { format!("      {label}\n") };
         let compose = format!(
-            "# {note}\nversion: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{web_version}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{web}/\n  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{side}:8080\"]\n"
+            "# {note}\nversion: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{web_version}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{web}/\n{label}  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{side}:8080\"]\n"
         );
         std::fs::write(self.work.join("docker-compose.yml"), compose).expect("write compose");
         git(&self.work, &["add", "docker-compose.yml"]);
