@@ -57,8 +57,7 @@ async fn a_pin_goes_back_holds_against_pushes_saying_so_and_the_head_follows_the
     // A push while the pin holds: refused, saying so, nothing touched.
     let web = repo.container("web").expect("web runs");
     let c3 = repo.commit_noted("dev", "v2", "third", "again");
-    let body = push_body(&repo, "dev", &c3, "third");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    push_commit(&repo, port, &c3, "third").await;
     let refused = refusal_of(&bus, &c3).await;
     assert!(refused.deploy_id.is_none(), "{refused:?}");
     assert!(
@@ -121,21 +120,11 @@ async fn a_pin_of_a_manual_environment_waits_for_approval_and_a_killed_pin_ends_
     let extra = [("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned())];
     let deployer_a = deployer(&repo.env(&bus, port, &extra));
     let c1 = push_version(&repo, port, "v1", "first").await;
-    first_event(&bus, Duration::from_secs(30), |e| match &e.data {
-        EventData::DeployPending(p) if p.change.commit == c1 => Some(()),
-        _ => None,
-    })
-    .await;
+    pending_of(&bus, &c1).await;
     steward_ok(&bus, &["deploy", "approve", "dev"]);
     assert_eq!(terminal(&outcome(&bus, &c1, Duration::from_secs(45)).await), ["deploy.succeeded"]);
-    let c2 = repo.commit("dev", "v2", "second");
-    let body = push_body(&repo, "dev", &c2, "second");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
-    first_event(&bus, Duration::from_secs(30), |e| match &e.data {
-        EventData::DeployPending(p) if p.change.commit == c2 => Some(()),
-        _ => None,
-    })
-    .await;
+    let c2 = push_version(&repo, port, "v2", "second").await;
+    pending_of(&bus, &c2).await;
     steward_ok(&bus, &["deploy", "approve", "dev"]);
     assert_eq!(terminal(&outcome(&bus, &c2, Duration::from_secs(45)).await), ["deploy.succeeded"]);
 
@@ -172,9 +161,7 @@ async fn a_pin_of_a_manual_environment_waits_for_approval_and_a_killed_pin_ends_
         (e.correlation_id == correlation && TERMINAL.contains(&e.event_type())).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let flow: Vec<Event> =
-        stored_events(&bus).await.into_iter().filter(|e| e.correlation_id == correlation).collect();
+    let flow = settled_flow(&bus, correlation).await;
     assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
     wait_for("web back on v2", Duration::from_secs(10), || serves(repo.web, "v2").then_some(()));
     // A pin that did not end running its commit holds nothing: a push deploys again.

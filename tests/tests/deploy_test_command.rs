@@ -19,6 +19,13 @@ fn failed(flow: &[Event]) -> steward_events::DeployFailed {
         .unwrap_or_else(|| panic!("no deploy.failed: {flow:#?}"))
 }
 
+/// Commits v2 with `label` on web, pushes it, and waits for the deployment's outcome.
+async fn try_label(bus: &Bus, repo: &Repo, port: u16, message: &str, label: &str) -> Vec<Event> {
+    let commit = repo.commit_labelled("dev", "v2", message, "", label);
+    push_commit(repo, port, &commit, message).await;
+    outcome(bus, &commit, Duration::from_secs(60)).await
+}
+
 /// The containers left of the deployer's test runs in `repo`'s project.
 fn test_containers(repo: &Repo) -> String {
     docker(&["ps", "-aq", "--filter", &format!("name={}-dev-steward-test", repo.project)])
@@ -42,10 +49,7 @@ async fn a_failing_test_fails_the_deployment_with_its_output_and_touches_nothing
 
     // A test that fails: deploy.failed with its command, exit code and output.
     let bad = "steward.deploy.test: ls /no-such-steward-test-file";
-    let commit = repo.commit_labelled("dev", "v2", "failing test", "", bad);
-    let body = push_body(&repo, "dev", &commit, "failing test");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
-    let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
+    let flow = try_label(&bus, &repo, port, "failing test", bad).await;
     assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
     let f = failed(&flow);
     assert!(
@@ -58,30 +62,21 @@ async fn a_failing_test_fails_the_deployment_with_its_output_and_touches_nothing
 
     // A test that hangs: stopped at the bound, its container removed.
     let slow = "steward.deploy.test: sleep 60";
-    let commit = repo.commit_labelled("dev", "v2", "slow test", "", slow);
-    let body = push_body(&repo, "dev", &commit, "slow test");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
-    let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
+    let flow = try_label(&bus, &repo, port, "slow test", slow).await;
     let f = failed(&flow);
     assert!(f.reason.contains("did not finish within"), "{f:?}");
     untouched("slow test");
 
     // Shell syntax is refused, not run.
     let shell = "steward.deploy.test: touch /tmp/x; rm -rf /";
-    let commit = repo.commit_labelled("dev", "v2", "shell test", "", shell);
-    let body = push_body(&repo, "dev", &commit, "shell test");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
-    let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
+    let flow = try_label(&bus, &repo, port, "shell test", shell).await;
     let f = failed(&flow);
     assert!(f.reason.contains("steward.deploy.test") && f.reason.contains("no shell"), "{f:?}");
     untouched("shell test");
 
     // A test that passes: deployed.
     let good = "steward.deploy.test: cat /VERSION";
-    let commit = repo.commit_labelled("dev", "v2", "passing test", "", good);
-    let body = push_body(&repo, "dev", &commit, "passing test");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
-    let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
+    let flow = try_label(&bus, &repo, port, "passing test", good).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     assert!(serves(repo.web, "v2"));
     assert!(test_containers(&repo).trim().is_empty(), "a test container is left");
@@ -92,19 +87,14 @@ async fn a_deployer_killed_during_the_test_removes_its_container_and_ends_the_de
     let bus = TestBus::new("deploytestkill").await;
     let repo = Repo::new();
     let port = free_port();
-    {
-        let _first = deployer(&repo.env(&bus, port, &[]));
-        let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
-        assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
-    }
+    deploy_v1_cleanly(&bus, &repo, port).await;
     let web = repo.container("web").expect("web runs");
 
     // Killed (SIGKILL) while the test runs: its container outlives the deployer.
     let killed = deployer(&repo.env(&bus, port, &[]));
     let commit =
         repo.commit_labelled("dev", "v2", "slow test", "", "steward.deploy.test: sleep 120");
-    let body = push_body(&repo, "dev", &commit, "slow test");
-    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    push_commit(&repo, port, &commit, "slow test").await;
     wait_for("the test container", Duration::from_secs(30), || {
         (!test_containers(&repo).trim().is_empty()).then_some(())
     });
@@ -115,10 +105,7 @@ async fn a_deployer_killed_during_the_test_removes_its_container_and_ends_the_de
     // once, times out, and the deployment ends once with nothing touched.
     let _again = deployer(&repo.env(&bus, port, &[("STEWARD_DEPLOY_TEST_TIMEOUT", "3s".into())]));
     let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let correlation = flow[0].correlation_id;
-    let flow: Vec<Event> =
-        stored_events(&bus).await.into_iter().filter(|e| e.correlation_id == correlation).collect();
+    let flow = settled_flow(&bus, flow[0].correlation_id).await;
     assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
     assert!(failed(&flow).reason.contains("did not finish within"), "{flow:#?}");
     assert!(test_containers(&repo).trim().is_empty(), "a test container is left");
