@@ -7,7 +7,6 @@
 mod deploy_common;
 
 use deploy_common::*;
-use steward_bus::BusConfig;
 use steward_events::Service;
 use steward_system_tests::steward_with;
 use steward_testkit::NatsServer;
@@ -19,28 +18,9 @@ const B: &str = "vps-b";
 async fn deploy_commands_go_to_the_host_of_the_environments_record() {
     let hosts = vec![A.to_owned(), B.to_owned()];
     let table = hosts.join(",");
-    let server = NatsServer::start_with_users_for(&hosts);
-    let setup = Bus::open(
-        BusConfig { hosts: hosts.clone(), ..server.bus_config_as_setup() },
-        "steward-setup",
-    )
-    .await
-    .expect("the setup user connects");
-    let setup_env = vec![
-        ("STEWARD_NATS_USER", steward_bus::SETUP_USER.to_owned()),
-        ("STEWARD_NATS_PASSWORD", NatsServer::setup_password()),
-        ("STEWARD_HOSTS", table.clone()),
-        // The deployer's own (deploy_common): its consumer made as it runs.
-        ("STEWARD_ACK_WAIT", "2s".to_owned()),
-    ];
-    let out = steward_with(&setup, &setup_env, &["setup"]);
-    assert!(out.status.success(), "steward setup: {}", String::from_utf8_lossy(&out.stderr));
-    let bus = Bus::connect(
-        BusConfig { hosts: hosts.clone(), ..server.bus_config_as(Service::Cli) },
-        Service::Cli.binary(),
-    )
-    .await
-    .expect("the CLI's user connects");
+    // The deployer's own ack wait (deploy_common): its consumer made as it runs.
+    let ack_wait = [("STEWARD_ACK_WAIT", "2s".to_owned())];
+    let (server, _setup, bus) = steward_system_tests::routed_bus(&hosts, &ack_wait).await;
 
     let repo = Repo::new();
     let port = free_port();

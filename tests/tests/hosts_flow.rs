@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use steward_bus::{Bus, BusConfig};
 use steward_events::{EventData, Service};
 use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::{steward_with, Proc};
@@ -21,28 +20,7 @@ const B: &str = "vps-b";
 async fn an_update_on_one_host_is_approved_and_applied_on_that_host_only() {
     let hosts = vec![A.to_owned(), B.to_owned()];
     let table = hosts.join(",");
-    let server = NatsServer::start_with_users_for(&hosts);
-    let setup = Bus::open(
-        BusConfig { hosts: hosts.clone(), ..server.bus_config_as_setup() },
-        "steward-setup",
-    )
-    .await
-    .expect("the setup user connects");
-    let setup_env = vec![
-        ("STEWARD_NATS_USER", steward_bus::SETUP_USER.to_owned()),
-        ("STEWARD_NATS_PASSWORD", NatsServer::setup_password()),
-        ("STEWARD_HOSTS", table.clone()),
-    ];
-    let out = steward_with(&setup, &setup_env, &["setup"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "steward setup: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("consumer updater-vps-a") && stdout.contains("consumer updater-vps-b"));
-    let bus = Bus::connect(
-        BusConfig { hosts: hosts.clone(), ..server.bus_config_as(Service::Cli) },
-        Service::Cli.binary(),
-    )
-    .await
-    .expect("the CLI's user connects");
+    let (server, setup, bus) = steward_system_tests::routed_bus(&hosts, &[]).await;
 
     let (scope_a, scope_b) = (unique_name("scope-a"), unique_name("scope-b"));
     let app = app(&scope_a, "manual", &[]);
