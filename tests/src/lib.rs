@@ -372,3 +372,40 @@ fn base64url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A NATS server with the generated users of host routing over `hosts` (`STEWARD_HOSTS`),
+/// provisioned by `steward setup` as the setup user (with `setup_extra` settings, e.g. the
+/// services' `STEWARD_ACK_WAIT`); the setup user's bus and the CLI's.
+pub async fn routed_bus(
+    hosts: &[String],
+    setup_extra: &[(&str, String)],
+) -> (steward_testkit::NatsServer, steward_bus::Bus, steward_bus::Bus) {
+    use steward_bus::{Bus, BusConfig};
+    use steward_testkit::NatsServer;
+    let server = NatsServer::start_with_users_for(hosts);
+    let setup = Bus::open(
+        BusConfig { hosts: hosts.to_vec(), ..server.bus_config_as_setup() },
+        "steward-setup",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the setup user connects: {e}"));
+    let mut env = vec![
+        ("STEWARD_NATS_USER", steward_bus::SETUP_USER.to_owned()),
+        ("STEWARD_NATS_PASSWORD", NatsServer::setup_password()),
+        ("STEWARD_HOSTS", hosts.join(",")),
+    ];
+    env.extend(setup_extra.iter().cloned());
+    let out = steward_with(&setup, &env, &["setup"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "steward setup: {}", String::from_utf8_lossy(&out.stderr));
+    for host in hosts {
+        assert!(stdout.contains(&format!("consumer updater-{host}")), "{stdout}");
+    }
+    let cli = Bus::connect(
+        BusConfig { hosts: hosts.to_vec(), ..server.bus_config_as(steward_events::Service::Cli) },
+        steward_events::Service::Cli.binary(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the CLI's user connects: {e}"));
+    (server, setup, cli)
+}

@@ -166,11 +166,7 @@ async fn killed_after_the_verdict_it_ends_once_on_the_new_commit() {
 
 /// Approves the pending deployment of `commit` as a human would (`deploy.approved`).
 async fn approve(bus: &Bus, commit: &str) -> Event {
-    let pending = first_event(bus, Duration::from_secs(30), |e| match &e.data {
-        EventData::DeployPending(p) if p.change.commit == commit => Some((e.clone(), p.clone())),
-        _ => None,
-    })
-    .await;
+    let pending = pending_of(bus, commit).await;
     let approved = Event::caused_by(
         &pending.0,
         "steward/test",
@@ -326,9 +322,7 @@ async fn a_newer_push_replaces_one_waiting_for_approval() {
 /// Pushes `commit` (already committed by [`Repo::commit`]) through the signed webhook; the
 /// request's correlation id, read back from the stream.
 async fn push(bus: &Bus, repo: &Repo, port: u16, commit: &str, message: &str) -> uuid::Uuid {
-    let body = push_body(repo, "dev", commit, message);
-    let (status, text) = post(port, &body, Some(&sign(&body, SECRET))).await;
-    assert_eq!(status, 202, "{text}");
+    push_commit(repo, port, commit, message).await;
     first_event(bus, Duration::from_secs(10), |e| match &e.data {
         EventData::DeployRequested(r) if r.change.commit == commit => Some(e.correlation_id),
         _ => None,

@@ -23,28 +23,7 @@ const B: &str = "vps-b";
 async fn routed() -> (NatsServer, Bus, Bus, String) {
     let hosts = vec![A.to_owned(), B.to_owned()];
     let table = hosts.join(",");
-    let server = NatsServer::start_with_users_for(&hosts);
-    let setup = Bus::open(
-        BusConfig { hosts: hosts.clone(), ..server.bus_config_as_setup() },
-        "steward-setup",
-    )
-    .await
-    .expect("the setup user connects");
-    let setup_env = vec![
-        ("STEWARD_NATS_USER", steward_bus::SETUP_USER.to_owned()),
-        ("STEWARD_NATS_PASSWORD", NatsServer::setup_password()),
-        ("STEWARD_HOSTS", table.clone()),
-    ];
-    let out = steward_with(&setup, &setup_env, &["setup"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "steward setup: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("consumer updater-vps-a") && stdout.contains("consumer updater-vps-b"));
-    let bus = Bus::connect(
-        BusConfig { hosts: hosts.clone(), ..server.bus_config_as(Service::Cli) },
-        Service::Cli.binary(),
-    )
-    .await
-    .expect("the CLI's user connects");
+    let (server, setup, bus) = steward_system_tests::routed_bus(&hosts, &[]).await;
     (server, setup, bus, table)
 }
 

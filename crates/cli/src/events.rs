@@ -359,11 +359,20 @@ pub(crate) fn summary(data: &EventData) -> String {
         EventData::DeployRequested(p) => {
             format!("{} by {}", deploy_change(&p.change), p.requested_by.as_deref().unwrap_or("?"))
         }
+        EventData::DeployPinRequested(p) => {
+            format!(
+                "pin {} to {} by {}",
+                p.environment,
+                p.commit.get(..10).unwrap_or(&p.commit),
+                p.by
+            )
+        }
         EventData::DeployPending(p) => format!(
-            "deploy {} awaits approval: {} ({})",
+            "deploy {} awaits approval: {} ({}){}",
             p.deploy_id,
             deploy_change(&p.change),
-            p.services.join(", ")
+            p.services.join(", "),
+            p.pinned_by.as_deref().map(|by| format!(", pinned by {by}")).unwrap_or_default()
         ),
         EventData::DeployApproved(p) => format!("deploy {} approved by {}", p.deploy_id, p.by),
         EventData::DeployRejected(p) => format!(

@@ -131,9 +131,9 @@ enum Command {
     /// the compose project), encrypted with age.
     #[command(subcommand)]
     Kit(kit::KitCommand),
-    /// Deployments from git: list them, approve one.
-    #[command(subcommand)]
-    Deploy(deploys::DeployCommand),
+    /// Deployments from git: list them, approve or reject one, or pin an environment to a
+    /// commit (`steward deploy ENV COMMIT`).
+    Deploy(deploys::DeployArgs),
     /// Read the event stream.
     #[command(subcommand)]
     Events(events::EventsCommand),

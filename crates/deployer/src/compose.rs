@@ -67,6 +67,41 @@ impl Compose {
         Ok(images_in(&self.compose(&["config"]).await?))
     }
 
+    /// Each service's labels, from the normalised configuration.
+    pub async fn labels(
+        &self,
+    ) -> Result<BTreeMap<String, std::collections::HashMap<String, String>>, CommandError> {
+        Ok(labels_in(&self.compose(&["config"]).await?))
+    }
+
+    /// Runs `args` in a throw-away container of `service` (`run --rm --no-deps -T`: the
+    /// service's image and configuration, its ports not published, no other service started)
+    /// within `timeout`, as the container `name` (the caller removes one a timeout or a kill
+    /// left behind: a killed `docker-compose` does not stop it).
+    pub async fn test(
+        &self,
+        service: &str,
+        args: &[String],
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), CommandError> {
+        let mut all = vec![
+            "-p",
+            self.project.as_str(),
+            "-f",
+            self.file.as_str(),
+            "run",
+            "--rm",
+            "--no-deps",
+            "-T",
+            "--name",
+            name,
+            service,
+        ];
+        all.extend(args.iter().map(String::as_str));
+        run("docker-compose", &all, Some(&self.dir), timeout).await.map(drop)
+    }
+
     /// Pulls the images of `services` (the validation that they exist in their registry).
     pub async fn pull(&self, services: &[String]) -> Result<(), CommandError> {
         let mut args = vec!["pull", "-q"];
@@ -98,8 +133,32 @@ impl Compose {
 /// `service -> image` from `docker-compose config` output.
 pub fn images_in(config: &str) -> BTreeMap<String, String> {
     let mut images = BTreeMap::new();
+    service_keys(config, |service, key, value| {
+        if key == "image" {
+            images.insert(service.to_owned(), scalar(value));
+        }
+    });
+    images
+}
+
+/// `service -> labels` from `docker-compose config` output (which prints labels as a map,
+/// one `key: value` at six spaces under `labels:`).
+pub fn labels_in(config: &str) -> BTreeMap<String, std::collections::HashMap<String, String>> {
+    let mut labels: BTreeMap<String, std::collections::HashMap<String, String>> = BTreeMap::new();
+    service_keys(config, |service, key, value| {
+        if let Some((label, v)) = key.strip_prefix("labels.").zip(Some(value)) {
+            labels.entry(service.to_owned()).or_default().insert(scalar(label), scalar(v));
+        }
+    });
+    labels
+}
+
+/// Calls `each(service, key, value)` for every service's key (four spaces) and every entry of
+/// its `labels` (six spaces, as `labels.<name>`) in the normalised configuration.
+fn service_keys(config: &str, mut each: impl FnMut(&str, &str, &str)) {
     let mut in_services = false;
     let mut service: Option<String> = None;
+    let mut in_labels = false;
     for line in config.lines() {
         if !line.starts_with(' ') {
             in_services = line.trim_end() == "services:";
@@ -111,12 +170,32 @@ pub fn images_in(config: &str) -> BTreeMap<String, String> {
         }
         if let Some(name) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
             service = name.trim_end().strip_suffix(':').map(str::to_owned);
-        } else if let (Some(s), Some(image)) = (&service, line.strip_prefix("    image: ")) {
-            let image = image.trim().trim_matches(|c| c == '\'' || c == '"');
-            images.insert(s.clone(), image.to_owned());
+            in_labels = false;
+            continue;
+        }
+        let Some(s) = &service else { continue };
+        if let Some(entry) = line.strip_prefix("    ").filter(|l| !l.starts_with(' ')) {
+            in_labels = entry.trim_end() == "labels:";
+            if let Some((key, value)) = entry.split_once(": ") {
+                each(s, key, value);
+            }
+        } else if let Some(entry) = line.strip_prefix("      ").filter(|l| !l.starts_with(' ')) {
+            if let Some((key, value)) = entry.split_once(": ").filter(|_| in_labels) {
+                each(s, &format!("labels.{key}"), value);
+            }
         }
     }
-    images
+}
+
+/// A YAML scalar as compose prints it: plain, or quoted when it must be (`'...'` with `''`
+/// for a quote; `"..."`, whose escapes are left as they are: a label that needs them is
+/// refused by its own parser).
+fn scalar(v: &str) -> String {
+    let v = v.trim();
+    if let Some(inner) = v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+        return inner.replace("''", "'");
+    }
+    v.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(v).to_owned()
 }
 
 #[cfg(test)]
@@ -130,5 +209,16 @@ mod tests {
         assert_eq!(images.get("db").map(String::as_str), Some("postgres:15"));
         assert_eq!(images.get("web").map(String::as_str), Some("127.0.0.1:5000/web:2"));
         assert_eq!(images.len(), 2);
+    }
+
+    #[test]
+    fn labels_are_read_per_service() {
+        let config = "services:\n  web:\n    image: app:1\n    labels:\n      steward.deploy.test: pytest -q\n      other: 'a: b'\n    ports:\n    - published: 80\n  db:\n    environment:\n      labels: no\n    image: postgres:15\nvolumes: {}\n";
+        let labels = labels_in(config);
+        let web = labels.get("web").expect("web's labels");
+        assert_eq!(web.get("steward.deploy.test").map(String::as_str), Some("pytest -q"));
+        assert_eq!(web.get("other").map(String::as_str), Some("a: b"));
+        assert!(!labels.contains_key("db"), "{labels:?}");
+        assert_eq!(images_in(config).get("web").map(String::as_str), Some("app:1"));
     }
 }

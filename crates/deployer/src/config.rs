@@ -31,6 +31,8 @@ pub const ENV_BACKUP_TIMEOUT: &str = "STEWARD_DEPLOY_BACKUP_TIMEOUT";
 pub const ENV_HEALTH_TIMEOUT: &str = "STEWARD_DEPLOY_HEALTH_TIMEOUT";
 /// Services without a check of their own must run this long without restarting.
 pub const ENV_HEALTH_GRACE: &str = "STEWARD_DEPLOY_HEALTH_GRACE";
+/// Bound of the repository's test command (`steward.deploy.test`).
+pub const ENV_TEST_TIMEOUT: &str = "STEWARD_DEPLOY_TEST_TIMEOUT";
 /// Bound of one `git` or `docker-compose` command.
 pub const ENV_COMMAND_TIMEOUT: &str = "STEWARD_DEPLOY_COMMAND_TIMEOUT";
 
@@ -87,6 +89,8 @@ pub struct DeployerConfig {
     pub health_grace: Duration,
     /// One command's bound.
     pub command_timeout: Duration,
+    /// The test command's bound.
+    pub test_timeout: Duration,
     /// One probe's settings, shared with the health service and the updater.
     pub probe: steward_probe::ProbeConfig,
 }
@@ -160,6 +164,7 @@ impl DeployerConfig {
             health_timeout: env.duration(ENV_HEALTH_TIMEOUT, Duration::from_secs(120)),
             health_grace: env.duration(ENV_HEALTH_GRACE, Duration::from_secs(30)),
             command_timeout: env.duration(ENV_COMMAND_TIMEOUT, Duration::from_secs(600)),
+            test_timeout: env.duration(ENV_TEST_TIMEOUT, Duration::from_secs(600)),
             probe: steward_probe::ProbeConfig::read(env),
         }
     }

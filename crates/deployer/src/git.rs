@@ -75,6 +75,13 @@ impl Git {
         Ok(())
     }
 
+    /// The commit the branch's last [`Git::fetch`] found at its head.
+    pub async fn fetched_head(&self, dir: &Path, branch: &str) -> Result<String, CommandError> {
+        let name = format!("refs/remotes/origin/{branch}^{{commit}}");
+        let out = self.git(dir, &["rev-parse", "--verify", "-q", &name]).await?;
+        Ok(out.trim().to_owned())
+    }
+
     /// Puts `commit`'s files in the work tree (`--force`: whatever a killed checkout left).
     pub async fn checkout(&self, dir: &Path, commit: &str) -> Result<(), CommandError> {
         // Only this service uses the directory: a lock is a git we were killed with.

@@ -115,6 +115,7 @@ impl Handler for Deployer {
     async fn handle(&self, _ctx: &Context, event: Event) -> Result<(), HandlerError> {
         match &event.data {
             EventData::DeployRequested(r) => self.flow.on_requested(&event, r).await.map_err(retry),
+            EventData::DeployPinRequested(p) => self.flow.on_pin(&event, p).await.map_err(retry),
             EventData::DeployApproved(a) => self.flow.on_approved(a).await.map_err(retry),
             EventData::DeployRejected(r) => self.flow.on_rejected(r).await.map_err(retry),
             EventData::BackupDone(_) | EventData::BackupFailed(_) => {

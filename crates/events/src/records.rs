@@ -384,6 +384,10 @@ pub struct DeployRecord {
     /// Who approved a manual deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// Who pinned the environment to this commit (`deploy.pin_requested` of a commit behind
+    /// its branch's head); see [`DeployRecord::is_pinned`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_by: Option<String>,
     /// Why it ended as it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -403,6 +407,14 @@ impl DeployRecord {
             DeployStep::Succeeded => Some(&self.change.commit),
             _ => self.deployed_commit.as_deref(),
         }
+    }
+
+    /// Whether the environment holds a pinned commit: a pin under way or running. A pin that
+    /// did not end running its commit (refused, rejected, rolled back) holds nothing: the
+    /// environment follows its branch again.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned_by.is_some()
+            && !matches!(self.step, DeployStep::Failed | DeployStep::RolledBack)
     }
 }
 

@@ -159,6 +159,7 @@ impl Service {
             // pre-deployment backup it asked for.
             Service::Deployer => &[
                 "deploy.requested",
+                "deploy.pin_requested",
                 "deploy.approved",
                 "deploy.rejected",
                 "backup.done",
@@ -238,6 +239,7 @@ impl Service {
                 "notify.test_requested",
                 "rollback.requested",
                 "deploy.requested",
+                "deploy.pin_requested",
                 "deploy.approved",
                 "deploy.rejected",
             ],

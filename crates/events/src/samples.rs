@@ -362,11 +362,18 @@ pub fn all(container: &str) -> Vec<EventData> {
         }
         .into(),
         DeployRequested { change: change(), requested_by: Some("webhook".into()) }.into(),
+        DeployPinRequested {
+            environment: "prod".into(),
+            commit: PREVIOUS_COMMIT.into(),
+            by: "ops@host".into(),
+        }
+        .into(),
         DeployPending {
             deploy_id: update_id,
             change: change(),
             previous_commit: Some(PREVIOUS_COMMIT.into()),
             services: vec!["web".into()],
+            pinned_by: None,
         }
         .into(),
         DeployApproved { deploy_id: update_id, by: "ops@host".into() }.into(),

@@ -50,6 +50,10 @@ pub const MAX_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(366 
 pub const WINDOW: &str = "steward.update.window";
 /// A shell command run by exec in the old container before it is stopped.
 pub const PRE_HOOK: &str = "steward.update.pre";
+/// In a compose file the deployer deploys: a test command (plain command and arguments, no
+/// shell) run in a throw-away container of this service before anything is touched; the
+/// deployment fails when it exits non-zero.
+pub const DEPLOY_TEST: &str = "steward.deploy.test";
 
 /// On a database container: dump it with `pg_dump` by exec.
 pub const BACKUP_POSTGRES: &str = "steward.backup.postgres";
@@ -395,21 +399,34 @@ pub fn health_check(labels: &HashMap<String, String>) -> Result<Option<Vec<Strin
         return Ok(None);
     }
     let line = if v.eq_ignore_ascii_case("true") { DEFAULT_HEALTH_CHECK } else { v };
-    let bad = |reason: &str| LabelError {
-        label: HEALTH_CHECK,
-        value: raw.clone(),
-        reason: reason.into(),
-    };
+    plain_command(HEALTH_CHECK, raw, line, "`nginx -t`").map(Some)
+}
+
+/// The deployment test of `steward.deploy.test` (a compose service's label), as the program
+/// and its arguments (no shell, as [`health_check`]); `None` without the label.
+pub fn deploy_test(labels: &HashMap<String, String>) -> Result<Option<Vec<String>>, LabelError> {
+    let Some(raw) = labels.get(DEPLOY_TEST) else { return Ok(None) };
+    plain_command(DEPLOY_TEST, raw, raw.trim(), "`pytest -q` or `npm test`").map(Some)
+}
+
+/// `line` (the value of `label`, `raw`) as a program and its arguments.
+fn plain_command(
+    label: &'static str,
+    raw: &str,
+    line: &str,
+    example: &str,
+) -> Result<Vec<String>, LabelError> {
+    let bad = |reason: String| LabelError { label, value: raw.to_owned(), reason };
     if line.is_empty() {
-        return Err(bad("expected true, false or a command such as `nginx -t`"));
+        return Err(bad(format!("expected a command such as {example}")));
     }
     // No shell runs it: quotes, pipes or variables would mean something else than they seem.
     if line.chars().any(|c| "\"'`$|&;<>(){}\\*?".contains(c)) {
-        return Err(bad(
-            "expected a plain command and arguments (no shell syntax), such as `nginx -t`",
-        ));
+        return Err(bad(format!(
+            "expected a plain command and arguments (no shell syntax), such as {example}"
+        )));
     }
-    Ok(Some(line.split_whitespace().map(str::to_owned).collect()))
+    Ok(line.split_whitespace().map(str::to_owned).collect())
 }
 
 /// Which filesystems `steward.health.disk` asks to watch in a container.

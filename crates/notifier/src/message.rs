@@ -534,10 +534,14 @@ pub fn describe(event: &Event) -> Item {
             );
             item.facts = deploy_facts(&d.change);
             item.facts.push(fact("Services", d.services.join(", ")));
+            if let Some(by) = &d.pinned_by {
+                // A pin goes back on purpose: the approver should know it is not a push.
+                item.facts.push(fact("Pinned by", by.clone()));
+            }
             item.needs_decision = true;
             item.next = format!(
-                "Approve it on the host: `steward events publish deploy.approved --data '{{\"deploy_id\":\"{}\",\"by\":\"YOU\"}}'`.",
-                d.deploy_id
+                "Approve it on the host: `steward deploy approve {}` (or `steward deploy reject {}`).",
+                d.deploy_id, d.deploy_id
             );
         }
         EventData::DeploySucceeded(d) => {

@@ -73,9 +73,34 @@ impl Repo {
     /// Commits a compose file with `web` on `web_version` (and `side` always on v1) and
     /// pushes it to `branch`; the commit id.
     pub fn commit(&self, branch: &str, web_version: &str, message: &str) -> String {
+        self.commit_noted(branch, web_version, message, "")
+    }
+
+    /// [`Repo::commit`] with `note` as a YAML comment (a new commit with the same
+    /// definitions as another).
+    pub fn commit_noted(
+        &self,
+        branch: &str,
+        web_version: &str,
+        message: &str,
+        note: &str,
+    ) -> String {
+        self.commit_labelled(branch, web_version, message, note, "")
+    }
+
+    /// [`Repo::commit_noted`] with `label` (`key: value`) on web too, when not empty.
+    pub fn commit_labelled(
+        &self,
+        branch: &str,
+        web_version: &str,
+        message: &str,
+        note: &str,
+        label: &str,
+    ) -> String {
         let (web, side) = (self.web, self.side);
+        let label = if label.is_empty() { String::new() } else { format!("      {label}\n") };
         let compose = format!(
-            "version: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{web_version}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{web}/\n  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{side}:8080\"]\n"
+            "# {note}\nversion: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{web_version}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{web}/\n{label}  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{side}:8080\"]\n"
         );
         std::fs::write(self.work.join("docker-compose.yml"), compose).expect("write compose");
         git(&self.work, &["add", "docker-compose.yml"]);
@@ -236,10 +261,31 @@ pub fn terminal(flow: &[Event]) -> Vec<&'static str> {
 /// Commits `version` to `dev` and pushes it by a signed webhook, which is accepted: the commit.
 pub async fn push_version(repo: &Repo, port: u16, version: &str, message: &str) -> String {
     let commit = repo.commit("dev", version, message);
-    let body = push_body(repo, "dev", &commit, message);
+    push_commit(repo, port, &commit, message).await;
+    commit
+}
+
+/// Tells the deployer by a signed webhook that `commit` (already pushed to `dev`) is there;
+/// the webhook accepts it.
+pub async fn push_commit(repo: &Repo, port: u16, commit: &str, message: &str) {
+    let body = push_body(repo, "dev", commit, message);
     let (status, text) = post(port, &body, Some(&sign(&body, SECRET))).await;
     assert_eq!(status, 202, "{text}");
-    commit
+}
+
+/// The first `deploy.pending` of `commit` (its event and payload), waited for.
+pub async fn pending_of(bus: &Bus, commit: &str) -> (Event, steward_events::DeployPending) {
+    first_event(bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployPending(p) if p.change.commit == commit => Some((e.clone(), p.clone())),
+        _ => None,
+    })
+    .await
+}
+
+/// Flow `correlation`'s events once a redelivered request (ack wait 2 s) had time to settle.
+pub async fn settled_flow(bus: &Bus, correlation: uuid::Uuid) -> Vec<Event> {
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stored_events(bus).await.into_iter().filter(|e| e.correlation_id == correlation).collect()
 }
 
 pub async fn deploy_by_webhook(
@@ -282,11 +328,8 @@ pub async fn killed_at(point: &str) -> &'static str {
     drop(armed);
     let _again = deployer(&repo.env(&bus, port, &[]));
     let flow = outcome(&bus, &commit, Duration::from_secs(45)).await;
-    // The redelivered request (ack wait 2 s) settles without a second outcome.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let correlation = flow[0].correlation_id;
-    let flow: Vec<Event> =
-        stored_events(&bus).await.into_iter().filter(|e| e.correlation_id == correlation).collect();
+    // The redelivered request settles without a second outcome.
+    let flow = settled_flow(&bus, flow[0].correlation_id).await;
     let ends = terminal(&flow);
     assert_eq!(ends.len(), 1, "{point}: {ends:?}");
     let mut ids: Vec<_> = flow.iter().map(|e| e.id).collect();

@@ -7,7 +7,7 @@
 
 use steward_bus::{BusError, Versioned};
 use steward_events::records::{DeployRecord, QueuedDeploy};
-use steward_events::{Change, DeployFailed, Event, EventData};
+use steward_events::{Change, DeployFailed, Event};
 
 use super::{Flow, FlowError};
 
@@ -17,15 +17,22 @@ use super::{Flow, FlowError};
 const SUPERSEDED_ID_MASK: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0002;
 
 /// Whether a request for `change` published at `event`'s time is no news for the deployment
-/// `r`: an older request, or the commit it deploys.
-pub(super) fn not_news(r: &DeployRecord, event: &Event, change: &Change) -> bool {
-    event.time <= r.requested_at || r.change.commit == change.commit
+/// `r`: an older request, or (a push, not a `pin`) the commit it deploys. A pin of the commit
+/// in hand is news: it pins it.
+pub(super) fn not_news(r: &DeployRecord, event: &Event, change: &Change, pin: bool) -> bool {
+    event.time <= r.requested_at || (!pin && r.change.commit == change.commit)
 }
 
 impl Flow {
     /// Puts `event` (a request for `change`) in its environment's slot: it waits there if it is
     /// newer than the request waiting (which is then superseded), else it is superseded itself.
-    pub(super) async fn enqueue(&self, event: &Event, change: &Change) -> Result<(), FlowError> {
+    /// A push never takes the place of a waiting pin: it is refused, as while a pin holds.
+    pub(super) async fn enqueue(
+        &self,
+        event: &Event,
+        change: &Change,
+        pin: Option<&str>,
+    ) -> Result<(), FlowError> {
         let key = QueuedDeploy::key_of(&change.environment);
         let Some(v) = self.queue.get(&key).await? else {
             let slot = QueuedDeploy {
@@ -39,26 +46,30 @@ impl Flow {
             return Ok(());
         };
         let waiting = v.value.request.clone();
-        let EventData::DeployRequested(w) = &waiting.data else {
+        let Some((w, w_pin)) = self.request_of(&waiting) else {
             return Err(FlowError::Bus(BusError::CorruptState {
                 bucket: "DEPLOYS".into(),
                 key,
                 reason: format!("the queued event is a {}", waiting.event_type()),
             }));
         };
-        if waiting.id == event.id || w.change.commit == change.commit {
+        if waiting.id == event.id || (w.commit == change.commit && w_pin.is_some() == pin.is_some())
+        {
             // A redelivery, or the same commit again (polling): it waits already.
             self.queue.flush(v).await?;
             return Ok(());
         }
         if (event.time, event.id) < (waiting.time, waiting.id) {
-            tracing::info!(environment = %change.environment, commit = %change.commit, newer = %w.change.commit, "an older request than the one waiting; superseded");
-            self.bus.publish(&self.superseded(event, change, &w.change)).await?;
+            tracing::info!(environment = %change.environment, commit = %change.commit, newer = %w.commit, "an older request than the one waiting; superseded");
+            self.bus.publish(&self.superseded(event, change, &w)).await?;
             return Ok(());
         }
-        tracing::info!(environment = %change.environment, commit = %change.commit, superseded = %w.change.commit, "a newer request waits in place of the one waiting");
+        if let (None, Some(by)) = (pin, &w_pin) {
+            return self.refuse_pinned(event, change, &w.commit, by).await;
+        }
+        tracing::info!(environment = %change.environment, commit = %change.commit, superseded = %w.commit, "a newer request waits in place of the one waiting");
         let mut slot = v.value;
-        let ended = self.superseded(&waiting, &w.change, change);
+        let ended = self.superseded(&waiting, &w, change);
         slot.outbox.push(ended);
         slot.request = event.clone();
         self.queue.announce(slot, v.revision).await?;
@@ -92,12 +103,12 @@ impl Flow {
             let claimed = match &current {
                 Some(v) if v.value.request_id == request.id => None,
                 Some(v) if !v.value.step.is_terminal() => return Ok(()),
-                _ => match &request.data {
-                    EventData::DeployRequested(r) => {
-                        tracing::info!(environment = %env, commit = %r.change.commit, "the deployment ended; the waiting request starts");
-                        self.claim(&request, &r.change, current, true).await?
+                _ => match self.request_of(&request) {
+                    Some((change, pin)) => {
+                        tracing::info!(environment = %env, commit = %change.commit, "the deployment ended; the waiting request starts");
+                        self.claim(&request, &change, pin.as_deref(), current, true).await?
                     }
-                    _ => None,
+                    None => None,
                 },
             };
             match self.queue.delete_at(&key, slot.revision).await {

@@ -5,7 +5,8 @@ use steward_bus::Versioned;
 use steward_events::records::{DeployRecord, DeployStep};
 use steward_events::{
     BackupReason, BackupRequested, Change, DeployApproved, DeployFailed, DeployPending,
-    DeployRejected, DeployRequested, DeployStarted, DeploySucceeded, Event,
+    DeployPinRequested, DeployRejected, DeployRequested, DeployStarted, DeploySucceeded, Event,
+    EventData,
 };
 use time::OffsetDateTime;
 
@@ -18,16 +19,62 @@ use crate::git::is_commit_id;
 /// A refusal's event id is derived from its request's, so a redelivered request's refusal
 /// is the same event (dropped by the stream's duplicate window).
 const REFUSAL_ID_MASK: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
+/// The same for a push refused because a pin holds its environment.
+const PINNED_ID_MASK: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0003;
 
 impl Flow {
-    /// `deploy.requested`: ignored when it is not news (an older or the same commit, an
-    /// older request, a redelivery of what was done), else claimed and prepared.
+    /// `deploy.requested` (a push, polling): see [`Flow::on_request`].
     pub async fn on_requested(
         &self,
         event: &Event,
         req: &DeployRequested,
     ) -> Result<(), FlowError> {
-        let change = &req.change;
+        self.on_request(event, &req.change, None).await
+    }
+
+    /// `deploy.pin_requested` (`steward deploy ENV COMMIT`): the same flow and policy as a
+    /// push, for a commit that must be on the environment's branch; see [`Flow::on_request`].
+    pub async fn on_pin(&self, event: &Event, pin: &DeployPinRequested) -> Result<(), FlowError> {
+        self.on_request(event, &self.pin_change(pin), Some(&pin.by)).await
+    }
+
+    /// The change a pin asks for (the branch is the environment's; none when it has none,
+    /// which the request's checks refuse).
+    fn pin_change(&self, pin: &DeployPinRequested) -> Change {
+        Change {
+            repository: self.cfg.repository_shown(),
+            branch: self
+                .cfg
+                .environment(&pin.environment)
+                .map(|e| e.branch.clone())
+                .unwrap_or_default(),
+            environment: pin.environment.clone(),
+            commit: pin.commit.clone(),
+            author: None,
+            message: None,
+        }
+    }
+
+    /// What a request event (a push's or a pin's, as the queue keeps it) asks for, and who
+    /// pins it when it is a pin.
+    pub fn request_of(&self, event: &Event) -> Option<(Change, Option<String>)> {
+        match &event.data {
+            EventData::DeployRequested(r) => Some((r.change.clone(), None)),
+            EventData::DeployPinRequested(p) => Some((self.pin_change(p), Some(p.by.clone()))),
+            _ => None,
+        }
+    }
+
+    /// A request for `change` (pinned by `pin`, when a human pins): ignored when it is not
+    /// news (an older request, a redelivery of what was done; for a push also an older or the
+    /// same commit), refused while a pin holds the environment (a push), else claimed and
+    /// prepared.
+    pub async fn on_request(
+        &self,
+        event: &Event,
+        change: &Change,
+        pin: Option<&str>,
+    ) -> Result<(), FlowError> {
         let env = self.cfg.environment(&change.environment);
         let refusal = match env {
             None => Some(format!("no environment {:?} is configured", change.environment)),
@@ -44,14 +91,7 @@ impl Flow {
             // Nothing is claimed: the failure is the request's own answer (same id on a
             // redelivery, so the stream keeps one).
             tracing::warn!(environment = %change.environment, %reason, "deploy request refused");
-            let mut failed = Event::caused_by(
-                event,
-                self.source.clone(),
-                DeployFailed { deploy_id: None, change: change.clone(), reason, log_tail: vec![] },
-            );
-            failed.id = uuid::Uuid::from_u128(event.id.as_u128() ^ REFUSAL_ID_MASK);
-            self.bus.publish(&failed).await?;
-            return Ok(());
+            return self.refuse(event, change, reason, REFUSAL_ID_MASK).await;
         }
         let key = change.environment.clone();
         let Some(_hold) = self.records.hold(&key) else {
@@ -60,18 +100,66 @@ impl Flow {
             // during a long health gate). A finished deployment is held only for a moment.
             let current = self.records.get(&key).await?;
             return match current {
-                Some(v) if v.value.request_id == event.id || not_news(&v.value, event, change) => {
+                Some(v)
+                    if v.value.request_id == event.id
+                        || not_news(&v.value, event, change, pin.is_some()) =>
+                {
                     Ok(())
                 }
-                Some(v) if !v.value.step.is_terminal() => self.enqueue(event, change).await,
+                Some(v) if pin.is_none() && v.value.is_pinned() => {
+                    let r = &v.value;
+                    let by = r.pinned_by.as_deref().unwrap_or_default();
+                    self.refuse_pinned(event, change, &r.change.commit, by).await
+                }
+                Some(v) if !v.value.step.is_terminal() => self.enqueue(event, change, pin).await,
                 _ => Err(FlowError::Busy(key)),
             };
         };
         let current = self.records.get(&key).await?;
-        if let Some(v) = self.claim(event, change, current, false).await? {
+        if let Some(v) = self.claim(event, change, pin, current, false).await? {
             self.prepare(v).await?;
         }
         self.start_queued(&key).await
+    }
+
+    /// Answers `event` (a request for `change`) with `deploy.failed` without claiming
+    /// anything; its id is derived from the request's (with `mask`), so a redelivery's answer
+    /// is the same event, dropped by the stream's duplicate window.
+    async fn refuse(
+        &self,
+        event: &Event,
+        change: &Change,
+        reason: String,
+        mask: u128,
+    ) -> Result<(), FlowError> {
+        let mut failed = Event::caused_by(
+            event,
+            self.source.clone(),
+            DeployFailed { deploy_id: None, change: change.clone(), reason, log_tail: vec![] },
+        );
+        failed.id = uuid::Uuid::from_u128(event.id.as_u128() ^ mask);
+        self.bus.publish(&failed).await?;
+        Ok(())
+    }
+
+    /// A push while a pin of `pinned` by `by` holds its environment (or waits for it):
+    /// refused, saying so, so that a pin is never undone silently.
+    pub(super) async fn refuse_pinned(
+        &self,
+        event: &Event,
+        change: &Change,
+        pinned: &str,
+        by: &str,
+    ) -> Result<(), FlowError> {
+        let env = &change.environment;
+        let reason = format!(
+            "{env} is pinned to {} by {by} (steward deploy): {} of {} is not deployed; `steward deploy {env} <the branch's head>` deploys the head and follows the branch again",
+            pinned.get(..10).unwrap_or(pinned),
+            change.short_commit(),
+            change.branch,
+        );
+        tracing::warn!(environment = %env, commit = %change.commit, "a push while the environment is pinned; refused");
+        self.refuse(event, change, reason, PINNED_ID_MASK).await
     }
 
     /// Claims the environment for `event` (a request for `change`; the caller holds the
@@ -82,12 +170,19 @@ impl Flow {
         &self,
         event: &Event,
         change: &Change,
+        pin: Option<&str>,
         mut current: Option<Versioned<DeployRecord>>,
         from_queue: bool,
     ) -> Result<Option<Versioned<DeployRecord>>, FlowError> {
         let key = change.environment.clone();
         if let Some(v) = current.clone() {
             let r = &v.value;
+            let news = r.request_id != event.id && !not_news(r, event, change, pin.is_some());
+            if news && pin.is_none() && r.is_pinned() {
+                let by = r.pinned_by.as_deref().unwrap_or_default();
+                self.refuse_pinned(event, change, &r.change.commit, by).await?;
+                return Ok(None);
+            }
             let newer = r.request_id != event.id
                 && event.time > r.requested_at
                 && r.change.commit != change.commit;
@@ -107,17 +202,19 @@ impl Flow {
                 self.drive(v.clone()).await?;
                 return Ok(None);
             }
-            if not_news(r, event, change) {
+            if not_news(r, event, change, pin.is_some()) {
                 tracing::info!(environment = %key, commit = %change.commit, "not news: an older or the same commit; ignored");
                 return Ok(None);
             }
             if !from_queue && (!r.step.is_terminal() || self.queued(&key).await?.is_some()) {
                 // One deployment of an environment at a time; the newest request waits.
-                self.enqueue(event, change).await?;
+                self.enqueue(event, change, pin).await?;
                 return Ok(None);
             }
             deployed = r.now_running().map(str::to_owned);
-            if let Some(d) = &deployed {
+            // A pin goes back on purpose; its commit's place in the branch is checked once
+            // fetched.
+            if let Some(d) = deployed.as_ref().filter(|_| pin.is_none()) {
                 // An ancestor of what runs is older, whatever the request's time says (a
                 // replay, a push of an old branch head): never a downgrade by accident.
                 let dir = self.cfg.checkout_of(&key);
@@ -145,6 +242,7 @@ impl Flow {
             started_at: now,
             backup_deadline: None,
             approved_by: None,
+            pinned_by: pin.map(str::to_owned),
             reason: None,
             interruptions: 0,
             outbox: vec![],
@@ -154,7 +252,7 @@ impl Flow {
             Some(v) => self.records.update(&key, &record, v.revision).await?,
         };
         steward_failpoints::failpoint!("claimed:preparing");
-        tracing::info!(environment = %key, commit = %change.commit, "deployment claimed");
+        tracing::info!(environment = %key, commit = %change.commit, pinned_by = ?pin, "deployment claimed");
         Ok(Some(Versioned { value: record, revision }))
     }
 
@@ -165,16 +263,29 @@ impl Flow {
         let commit = v.value.change.commit.clone();
         let dir = self.cfg.checkout_of(&env);
         let compose = self.compose(&env);
+        let branch = v.value.change.branch.clone();
+        let pinned = v.value.pinned_by.is_some();
         let prepared = async {
-            self.git.fetch(&dir, &v.value.change.branch, &commit).await?;
+            self.git.fetch(&dir, &branch, &commit).await?;
+            // A pin names any commit: it must be the branch's head or one of its ancestors
+            // (a commit of another branch, or one a force-push removed, is refused).
+            let head = self.git.fetched_head(&dir, &branch).await?;
+            if pinned && !self.git.is_ancestor(&dir, &commit, &head).await? {
+                return Err(crate::command::CommandError {
+                    command: format!("git merge-base --is-ancestor {commit} origin/{branch}"),
+                    reason: format!("{commit} is not on the history of branch {branch}"),
+                    tail: vec![],
+                    code: Some(1),
+                });
+            }
             self.git.checkout(&dir, &commit).await?;
             let info = self.git.info(&dir, &commit).await?;
             compose.validate().await?;
             let hashes = compose.hashes().await?;
-            Ok::<_, crate::command::CommandError>((info, hashes, compose.images().await?))
+            Ok::<_, crate::command::CommandError>((info, hashes, compose.images().await?, head))
         }
         .await;
-        let (info, hashes, images) = match prepared {
+        let (info, hashes, images, head) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!("{e}");
@@ -213,7 +324,17 @@ impl Flow {
                 return self.fail(v, reason, e.tail).await;
             }
         }
+        if !services.is_empty() {
+            if let Err((reason, tail)) = self.test_commit(&env, &v.value.deploy_id).await {
+                return self.fail(v, reason, tail).await;
+            }
+        }
         let mut record = v.value;
+        if record.pinned_by.is_some() && head == commit {
+            // Pinning the head is following the branch again: no pin holds pushes back.
+            tracing::info!(environment = %env, commit = %commit, "pinned to the branch's head: the environment follows its branch again");
+            record.pinned_by = None;
+        }
         record.change.author = record.change.author.or(Some(info.author));
         record.change.message = record.change.message.or(Some(info.subject));
         record.services = services;
@@ -244,6 +365,7 @@ impl Flow {
                 change: record.change.clone(),
                 previous_commit: record.deployed_commit.clone(),
                 services: record.services.clone(),
+                pinned_by: record.pinned_by.clone(),
             };
             self.records.stage(&mut record, data);
             record.step = DeployStep::Pending;
@@ -251,6 +373,64 @@ impl Flow {
             return Ok(());
         }
         self.begin(Versioned { value: record, revision: v.revision }).await
+    }
+
+    /// The repository's test (`steward.deploy.test` on one service of the checked out
+    /// commit), run in a throw-away container of that service before anything is touched:
+    /// `Err` with the reason and the output's last lines when it cannot run, fails or times
+    /// out. No label: nothing to run.
+    async fn test_commit(
+        &self,
+        env: &str,
+        deploy_id: &uuid::Uuid,
+    ) -> Result<(), (String, Vec<String>)> {
+        let compose = self.compose(env);
+        let labels = compose.labels().await.map_err(|e| (e.to_string(), e.tail))?;
+        let mut tests = vec![];
+        for (service, labels) in &labels {
+            match steward_labels::deploy_test(labels) {
+                Ok(Some(args)) => tests.push((service.clone(), args)),
+                Ok(None) => {}
+                Err(e) => return Err((format!("service {service}: {e}"), vec![])),
+            }
+        }
+        let (service, args) = match tests.as_slice() {
+            [] => return Ok(()),
+            [one] => one.clone(),
+            _ => {
+                let names: Vec<&str> = tests.iter().map(|(s, _)| s.as_str()).collect();
+                return Err((
+                    format!(
+                        "{} carries {}: one service may",
+                        names.join(" and "),
+                        steward_labels::DEPLOY_TEST
+                    ),
+                    vec![],
+                ));
+            }
+        };
+        // Named per deployment, so that one a kill left is found and removed on the retry.
+        let name =
+            format!("{}-steward-test-{}", compose.project, &deploy_id.simple().to_string()[20..]);
+        let remove = || async {
+            if let Err(e) = self.engine.remove(&name, true).await {
+                tracing::warn!(container = %name, error = %e, "the test container was not removed");
+            }
+        };
+        remove().await;
+        tracing::info!(environment = %env, %service, command = %args.join(" "), "running the repository's test");
+        let result = compose.test(&service, &args, &name, self.cfg.test_timeout).await;
+        remove().await;
+        result.map_err(|e| {
+            (
+                format!(
+                    "the test `{}` in service {service} {}; nothing was touched",
+                    args.join(" "),
+                    e.reason
+                ),
+                e.tail,
+            )
+        })
     }
 
     /// `deploy.started`, then the backup or straight to the apply.

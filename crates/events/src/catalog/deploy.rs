@@ -48,6 +48,23 @@ pub struct DeployRequested {
 
 impl Payload for DeployRequested {}
 
+/// A human pins an environment to a commit of its branch (`steward deploy ENV COMMIT`): a
+/// rollback to any earlier commit, or, naming the branch's head, the end of a pin. Only the
+/// CLI's NATS user may publish it. It goes through the environment's policy like a push; while
+/// the pinned commit runs, pushes to the branch are refused with `deploy.failed` (saying so)
+/// instead of replacing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployPinRequested {
+    /// The environment (`dev`, `staging`, `prod`).
+    pub environment: String,
+    /// The full commit id; it must be on the environment's branch (its head or an ancestor).
+    pub commit: String,
+    /// Who asked (`user@host`).
+    pub by: String,
+}
+
+impl Payload for DeployPinRequested {}
+
 /// A deployment to an environment with manual approval waits for `deploy.approved`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployPending {
@@ -61,6 +78,9 @@ pub struct DeployPending {
     pub previous_commit: Option<String>,
     /// The compose services whose definition changes.
     pub services: Vec<String>,
+    /// Who pinned the environment to this commit (`deploy.pin_requested`), when it is a pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_by: Option<String>,
 }
 
 impl Payload for DeployPending {}

@@ -206,6 +206,8 @@ catalog! {
     CertsFailed => "certs.failed": CertsFailed,
     /// A commit should be deployed (push webhook, polling, or a human).
     DeployRequested => "deploy.requested": DeployRequested,
+    /// A human pins an environment to a commit of its branch (`steward deploy ENV COMMIT`).
+    DeployPinRequested => "deploy.pin_requested": DeployPinRequested,
     /// A deployment to a manually approved environment waits for approval.
     DeployPending => "deploy.pending": DeployPending,
     /// A human approved a pending deployment.

@@ -1,0 +1,169 @@
+//! `steward deploy ENV COMMIT` (issue 21): pinning an environment to an earlier commit of its
+//! branch, through the real CLI, deployer, NATS, Docker engine and a `git daemon` on
+//! 127.0.0.1. A pin goes back; pushes while it holds are refused with `deploy.failed` saying
+//! so; pinning the branch's head follows the branch again; an unknown commit, a commit a
+//! force-push removed from the branch, a short id or an unknown environment touch nothing; an
+//! old pin replayed does nothing; a manual environment's pin waits for approval; a deployer
+//! killed in a pin ends it once.
+
+mod deploy_common;
+
+use deploy_common::*;
+use steward_events::DeployPinRequested;
+use steward_system_tests::{steward, steward_ok};
+
+/// The `deploy.failed` answering a push of `commit` (none claimed: no `deploy_id`).
+async fn refusal_of(bus: &Bus, commit: &str) -> steward_events::DeployFailed {
+    first_event(bus, Duration::from_secs(30), |e| match &e.data {
+        EventData::DeployFailed(f) if f.change.commit == commit => Some(f.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Runs `steward deploy dev COMMIT`; (exit success, stdout + stderr).
+fn pin(bus: &Bus, commit: &str) -> (bool, String) {
+    let out = steward(bus, &["deploy", "dev", commit, "--wait", "60s"]);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn dev_row(bus: &Bus) -> String {
+    let listed = steward_ok(bus, &["deploy", "list"]);
+    listed.lines().find(|l| l.starts_with("dev ")).unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_goes_back_holds_against_pushes_saying_so_and_the_head_follows_the_branch_again() {
+    let bus = TestBus::new("deploypin").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    let (c1, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    let (c2, flow) = deploy_by_webhook(&bus, &repo, port, "v2", "second").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert!(serves(repo.web, "v2"));
+
+    // Back to the first commit: web recreated from its definition, the pin shown.
+    let (ok, said) = pin(&bus, &c1);
+    assert!(ok, "{said}");
+    assert!(said.contains("dev runs") && said.contains(&c1[..10]), "{said}");
+    assert!(serves(repo.web, "v1"), "web not back on v1");
+    let row = dev_row(&bus);
+    assert!(row.contains("pinned by tester@"), "{row}");
+
+    // A push while the pin holds: refused, saying so, nothing touched.
+    let web = repo.container("web").expect("web runs");
+    let c3 = repo.commit_noted("dev", "v2", "third", "again");
+    push_commit(&repo, port, &c3, "third").await;
+    let refused = refusal_of(&bus, &c3).await;
+    assert!(refused.deploy_id.is_none(), "{refused:?}");
+    assert!(
+        refused.reason.contains("pinned to") && refused.reason.contains(&c1[..10]),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web touched while pinned");
+    assert!(serves(repo.web, "v1"));
+
+    // An old pin (published before the one in hand) replayed: no event, nothing touched.
+    let before = stored_events(&bus).await.len();
+    let mut old = Event::new(
+        "steward/test",
+        DeployPinRequested { environment: "dev".into(), commit: c2.clone(), by: "old@test".into() },
+    );
+    old.time -= time::Duration::hours(1);
+    bus.publish(&old).await.expect("publish old pin");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = stored_events(&bus).await;
+    assert_eq!(after.len(), before + 1, "the old pin caused events: {:#?}", &after[before..]);
+    assert!(serves(repo.web, "v1"));
+
+    // Hostile pins: none touches anything.
+    let short = steward(&bus, &["deploy", "dev", &c2[..10]]);
+    assert!(!short.status.success(), "a short id was accepted");
+    assert_eq!(stored_events(&bus).await.len(), before + 1, "a short id was published");
+    let (ok, said) = pin(&bus, &"ab".repeat(20));
+    assert!(!ok && said.contains("found no commit"), "{said}");
+    let out = steward(&bus, &["deploy", "nowhere", &c2, "--wait", "30s"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("no environment"), "{said}");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web touched");
+
+    // The branch's head: deployed, and the environment follows its branch again.
+    let (ok, said) = pin(&bus, &c3);
+    assert!(ok, "{said}");
+    assert!(serves(repo.web, "v2"), "web not on the head's v2");
+    assert!(!dev_row(&bus).contains("pinned"), "{}", dev_row(&bus));
+    let (c4, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "fourth").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert!(serves(repo.web, "v1"));
+
+    // A commit a force-push took off the branch (the checkout still has it): refused.
+    let (c5, flow) = deploy_by_webhook(&bus, &repo, port, "v2", "fifth").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    git(&repo.work, &["push", "-q", "-f", "origin", &format!("{c4}:refs/heads/dev")]);
+    let web = repo.container("web").expect("web runs");
+    let (ok, said) = pin(&bus, &c5);
+    assert!(!ok && said.contains("not on the history of branch dev"), "{said}");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web touched");
+    assert!(serves(repo.web, "v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_of_a_manual_environment_waits_for_approval_and_a_killed_pin_ends_once() {
+    let bus = TestBus::new("deploypinman").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let extra = [("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned())];
+    let deployer_a = deployer(&repo.env(&bus, port, &extra));
+    let c1 = push_version(&repo, port, "v1", "first").await;
+    pending_of(&bus, &c1).await;
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    assert_eq!(terminal(&outcome(&bus, &c1, Duration::from_secs(45)).await), ["deploy.succeeded"]);
+    let c2 = push_version(&repo, port, "v2", "second").await;
+    pending_of(&bus, &c2).await;
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    assert_eq!(terminal(&outcome(&bus, &c2, Duration::from_secs(45)).await), ["deploy.succeeded"]);
+
+    // The pin waits for approval like a push, and says it is a pin.
+    let (ok, said) = pin(&bus, &c1);
+    assert!(ok && said.contains("waits for approval"), "{said}");
+    // The newest deploy.pending of c1 (the first was its push's).
+    let (correlation, pending) = stored_events(&bus)
+        .await
+        .into_iter()
+        .rev()
+        .find_map(|e| match e.data {
+            EventData::DeployPending(p) if p.change.commit == c1 => Some((e.correlation_id, p)),
+            _ => None,
+        })
+        .expect("the pin's deploy.pending");
+    assert!(pending.pinned_by.as_deref().is_some_and(|b| b.starts_with("tester@")), "{pending:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(serves(repo.web, "v2"), "deployed before approval");
+
+    // Approved; the deployer is killed once the pin is applied and before its verdict: the
+    // one started again rolls it back, and the flow ends once.
+    drop(deployer_a);
+    let mut armed = deployer(&repo.env(
+        &bus,
+        port,
+        &[extra[0].clone(), ("STEWARD_FAILPOINTS", "applied=1".into())],
+    ));
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    assert!(armed.exits_within(Duration::from_secs(30)), "not killed: {}", armed.logs());
+    drop(armed);
+    let _again = deployer(&repo.env(&bus, port, &extra));
+    first_event(&bus, Duration::from_secs(45), |e| {
+        (e.correlation_id == correlation && TERMINAL.contains(&e.event_type())).then_some(())
+    })
+    .await;
+    let flow = settled_flow(&bus, correlation).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    wait_for("web back on v2", Duration::from_secs(10), || serves(repo.web, "v2").then_some(()));
+    // A pin that did not end running its commit holds nothing: a push deploys again.
+    assert!(!dev_row(&bus).contains("pinned"), "{}", dev_row(&bus));
+}
