@@ -136,6 +136,7 @@ class Target:
                 "[default]\naws_access_key_id = e2e-key\naws_secret_access_key = e2e-secret-key\n",
             "deploy_env_extra": {
                 "PUBLISH_ADDR": "127.0.0.1",
+                "GITEA_SSH_ADDR": "127.0.0.1",
                 "HTTP_PORT": free_port(),
                 "HTTPS_PORT": free_port(),
                 "GITEA_SSH_PORT": free_port(),

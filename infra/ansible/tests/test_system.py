@@ -189,3 +189,70 @@ def test_podman_socket_is_the_engine_groups_and_clients_find_it(tmp_path):
                     else "[Socket]\nListenStream=%t/podman/podman.sock\n")
     verify = run(["systemd-analyze", "verify", "--man=no", str(unit)])
     assert "Unknown key" not in verify.stderr, verify.stderr
+
+
+COMPOSE = REPO / "compose"
+
+
+def stack_dir(tmp: Path, env: dict) -> Path:
+    """A stack directory as the deploy role writes it: the compose files and a .env."""
+    root = tmp / "stack"
+    root.mkdir()
+    for name in ["docker-compose.yml", "podman.yml", "selinux.yml"]:
+        (root / name).write_text((COMPOSE / name).read_text())
+    base = {"GITEA_DOMAIN": "git.example.com", "STEWARD_S3_BUCKET": "b",
+            "STEWARD_MAIL_FROM": "steward@example.com", "STEWARD_MAIL_TO": "ops@example.com"}
+    (root / ".env").write_text("".join(f"{k}={v}\n" for k, v in {**base, **env}.items()))
+    return root
+
+
+def compose_argv(podman=False, selinux=False):
+    return ((["/usr/bin/env", "DOCKER_HOST=unix:///run/podman/podman.sock"] if podman else [])
+            + ["docker-compose", "--project-name", "gitea", "--file", "docker-compose.yml"]
+            + (["--file=podman.yml"] if podman else [])
+            + (["--file=selinux.yml"] if selinux else []))
+
+
+@pytest.mark.parametrize("env,exposed", [
+    ({"GITEA_SSH_ADDR": "127.0.0.1"}, None),
+    ({}, None),  # the compose file's own default: loopback
+    ({"GITEA_SSH_ADDR": "0.0.0.0"}, "gitea 0.0.0.0:2222"),
+    ({"GRAFANA_ADDR": "0.0.0.0", "GITEA_SSH_ADDR": "127.0.0.1"}, "grafana 0.0.0.0:3001"),
+    ({"HTTP_PORT": "8080"}, "nginx 0.0.0.0:8080"),
+])
+def test_deploy_behind_firewalld_refuses_a_port_published_past_it(tmp_path, env, exposed):
+    root = stack_dir(tmp_path, env)
+    result = role_tasks(tmp_path, "exposure", {
+        "deploy_root": str(root), "deploy_compose": compose_argv(podman=True, selinux=True),
+        "deploy_public_ports": [80, 443]}, role="deploy")
+    if exposed is None:
+        ok(result)
+    else:
+        assert result.returncode != 0, result.stdout
+        assert "published beyond loopback, past firewalld" in result.stdout, result.stdout
+        assert exposed in result.stdout, result.stdout
+
+
+def test_podman_stack_unit_brings_the_stack_up_at_boot_against_podmans_socket(tmp_path):
+    systemd = tmp_path / "systemd"
+    systemd.mkdir()
+    ok(role_tasks(tmp_path, "boot_files", {
+        "deploy_root": "/opt/gitea", "deploy_project": "gitea", "deploy_wait_seconds": 300,
+        "deploy_systemd_dir": str(systemd), "deploy_compose": compose_argv(podman=True)},
+        role="deploy"))
+    unit = (systemd / "gitea-stack.service").read_text()
+    lines = unit.splitlines()
+    for line in ["Requires=podman.socket", "After=podman.socket network-online.target",
+                 "Type=oneshot", "RemainAfterExit=true", "WorkingDirectory=/opt/gitea",
+                 "WantedBy=multi-user.target",
+                 "ExecStart=/usr/bin/env DOCKER_HOST=unix:///run/podman/podman.sock docker-compose "
+                 "--project-name gitea --file docker-compose.yml --file=podman.yml up --detach",
+                 "ExecStop=/usr/bin/env DOCKER_HOST=unix:///run/podman/podman.sock docker-compose "
+                 "--project-name gitea --file docker-compose.yml --file=podman.yml stop"]:
+        assert line in lines, f"{line!r} not in\n{unit}"
+    # systemd's own reading of it: no unknown key or bad value (a missing podman.socket unit
+    # on this machine is not the file's fault).
+    verify = run(["systemd-analyze", "verify", "--man=no", str(systemd / "gitea-stack.service")])
+    problems = [line for line in verify.stderr.splitlines()
+                if "podman.socket" not in line and "network-online" not in line]
+    assert not problems, verify.stderr
