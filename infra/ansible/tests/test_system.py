@@ -12,22 +12,16 @@ installed: infra/check.sh), else the installed one.
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from roletasks import role_tasks, run
+
 REPO = Path(__file__).resolve().parents[3]
-ANSIBLE = REPO / "infra" / "ansible"
-BIN = Path(sys.executable).parent
 FIREWALLD_ROOT = Path(os.environ.get("STEWARD_FIREWALLD_ROOT", "/"))
 OFFLINE_CMD = FIREWALLD_ROOT / "usr" / "bin" / "firewall-offline-cmd"
 DEFAULT_CONFIG = FIREWALLD_ROOT / "usr" / "lib" / "firewalld"
-
-
-def run(args, **kwargs):
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, **kwargs)
 
 
 def tree_digest(path: Path) -> str:
@@ -38,26 +32,6 @@ def tree_digest(path: Path) -> str:
             h.update(str(f).encode())
             h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def role_tasks(tmp: Path, tasks_from: str, variables: dict, role="system"):
-    """Runs `role`'s `tasks_from` on this machine; returns the completed process."""
-    play = tmp / f"{tasks_from}.json"
-    play.write_text(json.dumps([{
-        "hosts": "localhost",
-        "gather_facts": False,
-        "vars": variables,
-        "tasks": [{"ansible.builtin.include_role": {"name": role, "tasks_from": tasks_from}}],
-    }]))
-    inventory = tmp / "inventory.ini"
-    inventory.write_text(f"localhost ansible_python_interpreter={sys.executable}\n")
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
-           "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
-           "ANSIBLE_REMOTE_TEMP": str(tmp / "ansible-tmp"),
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
-    return run([str(BIN / "ansible-playbook"), "--connection=local", "--inventory",
-                str(inventory), str(play)], cwd=ANSIBLE, env=env)
 
 
 def ok(result):
