@@ -118,7 +118,7 @@ def test_firewalld_refuses_trusted_networks_that_would_lock_out_or_open_ssh(
 def test_firewalld_refuses_a_run_from_outside_the_trusted_networks(tmp_path):
     config = tmp_path / "firewalld"
     variables = {**firewalld_vars(config, ["203.0.113.0/24"]),
-                 "ansible_facts": {"env": {"SSH_CONNECTION": "198.51.100.7 50000 10.0.0.5 22"}}}
+                 "system_ssh_client": "198.51.100.7"}
     result = role_tasks(tmp_path, "firewalld", variables)
     assert result.returncode != 0
     assert "this connection comes from 198.51.100.7" in result.stdout, result.stdout
