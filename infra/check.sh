@@ -2,7 +2,9 @@
 # Checks the infrastructure code with its own tools, installing them on first use:
 #   Terraform: checkov (no failed check; every skip carries its reason in the code), the
 #              python-hcl2 tests of infra/tests (security settings, terraform fmt alignment);
-#   Ansible:   ansible-playbook --syntax-check, ansible-lint (production profile), and the
+#   Ansible:   ansible-playbook --syntax-check, ansible-lint (production profile), the system
+#              role's firewalld, log and Podman files written into throw-away directories and
+#              read back by firewall-offline-cmd, and the
 #              deploy playbook run for real against a throw-away stack (infra/ansible/tests;
 #              needs the test bed's Docker engine and stack images, as scripts/test.sh runs it);
 #   Gitea Actions: actionlint on .gitea/workflows;
@@ -58,7 +60,21 @@ say "ansible: syntax check and ansible-lint (production profile)"
   ansible-lint --profile production --offline --nocolor
 )
 
-say "ansible: the deploy playbook against a throw-away stack"
+# firewall-offline-cmd for the system role's firewalld test: Debian's firewalld package
+# unpacked into $TOOLS, never installed (installing it would start firewalld on a host with
+# systemd and take over this machine's firewall); only its Python library is installed.
+/usr/bin/python3 -c 'import firewall.core.fw' 2>/dev/null ||
+  apt-get install -y -qq python3-firewall python3-nftables >/dev/null
+FIREWALLD=$TOOLS/firewalld
+if [ ! -x "$FIREWALLD/root/usr/bin/firewall-offline-cmd" ]; then
+  say "unpacking firewalld (not installed) into $FIREWALLD"
+  rm -rf "$FIREWALLD" && mkdir -p "$FIREWALLD"
+  (cd "$FIREWALLD" && apt-get download firewalld >/dev/null 2>&1 &&
+    dpkg-deb -x firewalld_*.deb root && rm -f firewalld_*.deb)
+fi
+export STEWARD_FIREWALLD_ROOT=$FIREWALLD/root
+
+say "ansible: the system role's files (firewalld, logs, Podman) and the deploy playbook against a throw-away stack"
 "$TOOLS/ansible/bin/python" -m pytest -q -p no:cacheprovider infra/ansible/tests
 
 say "actionlint: .gitea/workflows"

@@ -421,3 +421,185 @@ fn alerts_go_from_prometheus_through_alertmanager_to_the_notifier_with_the_token
     assert!(!node.iter().any(|l| l.trim() == "ports:"), "node-exporter publishes no port");
     assert!(prometheus.contains("targets: [\"node-exporter:9100\"]"), "{prometheus}");
 }
+
+/// The names of the rendered file's services (every profile's: `config` lists them all).
+fn service_names(rendered: &str) -> Vec<String> {
+    rendered
+        .lines()
+        .skip_while(|l| *l != "services:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .filter_map(|l| l.strip_prefix("  ")?.strip_suffix(':'))
+        .filter(|name| !name.starts_with(' '))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of a service block's scalar `key:`.
+fn scalar(block: &[String], key: &str) -> Option<String> {
+    let prefix = format!("    {key}: ");
+    block.iter().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim_matches('\'').to_owned())
+}
+
+#[test]
+fn every_service_has_memory_cpu_and_process_limits_and_memory_and_cpus_are_settings() {
+    let file = rendered();
+    let names = service_names(&file);
+    assert!(names.len() >= 18, "{names:?}");
+    let raw = read_repo_file("compose/docker-compose.yml");
+    let example = read_repo_file("compose/.env.example");
+    for name in &names {
+        let block = service(&file, name);
+        let mem = scalar(&block, "mem_limit").unwrap_or_else(|| panic!("{name}: no mem_limit"));
+        let cpus: f64 = scalar(&block, "cpus")
+            .unwrap_or_else(|| panic!("{name}: no cpus"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: cpus: {e}"));
+        let pids: u32 = scalar(&block, "pids_limit")
+            .unwrap_or_else(|| panic!("{name}: no pids_limit"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: pids_limit: {e}"));
+        // A 1-vCPU host must start every service: the engine refuses more CPUs than it has.
+        assert!(cpus > 0.0 && cpus <= 1.0, "{name}: cpus {cpus}");
+        assert!((32..=4096).contains(&pids), "{name}: pids_limit {pids}");
+        // Memory and CPUs are settings with these defaults, each listed in .env.example.
+        let var = match name.as_str() {
+            "steward" => "CLI".to_owned(),
+            other => other.to_uppercase().replace('-', "_"),
+        };
+        for (key, value) in [("MEM_LIMIT", mem.clone()), ("CPUS", cpus.to_string())] {
+            let setting = format!("{var}_{key}");
+            assert!(
+                raw.contains(&format!("${{{setting}:-")),
+                "{name}: {key} is not the setting {setting}"
+            );
+            let listed = example
+                .lines()
+                .find_map(|l| l.trim_start_matches('#').strip_prefix(&format!("{setting}=")));
+            let listed: Option<String> = listed.map(|v| {
+                if key == "CPUS" {
+                    v.parse::<f64>().map(|c| c.to_string()).unwrap_or_default()
+                } else {
+                    v.to_owned()
+                }
+            });
+            assert_eq!(listed.as_deref(), Some(value.as_str()), ".env.example: {setting}");
+        }
+    }
+    // A setting reaches its service.
+    let raised = rendered_in(&[], &[("GITEA_MEM_LIMIT", "3g"), ("BACKUP_CPUS", "0.75")]);
+    assert_eq!(scalar(&service(&raised, "gitea"), "mem_limit").as_deref(), Some("3g"));
+    assert_eq!(scalar(&service(&raised, "backup"), "cpus").as_deref(), Some("0.75"));
+}
+
+/// `(host address, host port, container port)` of a service block's published ports.
+fn published(block: &[String]) -> Vec<(String, String, String)> {
+    list(block, "ports")
+        .iter()
+        .filter_map(|p| {
+            let p = p.trim_matches(['\'', '"']);
+            let p = p.split('/').next()?;
+            let mut parts = p.rsplitn(3, ':');
+            let target = parts.next()?.to_owned();
+            let port = parts.next()?.to_owned();
+            let addr = parts.next().unwrap_or("0.0.0.0").to_owned();
+            Some((addr, port, target))
+        })
+        .collect()
+}
+
+#[test]
+fn only_nginx_is_published_beyond_loopback_by_default() {
+    // A published port passes the engine's forwarding rules ahead of ufw or firewalld: every
+    // port but 80/443 stays on loopback unless the operator names an address.
+    let file = rendered();
+    let mut public = vec![];
+    for name in service_names(&file) {
+        for (addr, port, target) in published(&service(&file, &name)) {
+            if addr != "127.0.0.1" && addr != "::1" {
+                public.push(format!("{name} {addr}:{port}->{target}"));
+            }
+        }
+    }
+    public.sort();
+    assert_eq!(public, ["nginx 0.0.0.0:443->443", "nginx 0.0.0.0:80->80"], "published widely");
+    assert!(
+        published(&service(&file, "gitea")).contains(&(
+            "127.0.0.1".into(),
+            "2222".into(),
+            "22".into()
+        )),
+        "{:?}",
+        published(&service(&file, "gitea"))
+    );
+    // Git over SSH for everyone is the operator's choice.
+    let open = rendered_in(&[], &[("GITEA_SSH_ADDR", "0.0.0.0")]);
+    assert!(published(&service(&open, "gitea"))
+        .iter()
+        .any(|(a, p, _)| a == "0.0.0.0" && p == "2222"));
+    // The application ports of seed 003 and the stack's own are never published.
+    for port in ["3000", "3100", "3200", "5432", "4222", "8222", "9100", "9090", "9093"] {
+        for name in service_names(&file) {
+            assert!(
+                !published(&service(&file, &name))
+                    .iter()
+                    .any(|(a, p, _)| p == port && a != "127.0.0.1"),
+                "{name} publishes {port}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_selinux_overlay_labels_the_stacks_bind_mounts_and_never_the_hosts_paths() {
+    let file = rendered_with(&["selinux.yml"]);
+    let dir = compose_dir().display().to_string();
+    let mut labelled = 0;
+    for name in service_names(&file) {
+        let block = service(&file, &name);
+        let security: Vec<String> = list(&block, "security_opt");
+        for volume in list(&block, "volumes") {
+            let mut parts = volume.splitn(3, ':');
+            let (source, mode) = (parts.next().unwrap_or(""), parts.nth(1).unwrap_or(""));
+            let modes: Vec<&str> = mode.split(',').collect();
+            if source.starts_with(&dir) {
+                // The stack's own files: relabelled, shared (others mount the same tree).
+                assert!(modes.contains(&"z"), "{name}: {volume} not labelled");
+                labelled += 1;
+            } else if source.starts_with('/') {
+                // The host's paths and the engine's socket: never relabelled; the container
+                // runs unconfined instead.
+                assert!(!modes.contains(&"z") && !modes.contains(&"Z"), "{name}: {volume}");
+                assert!(security.contains(&"label=disable".to_owned()), "{name}: {volume}");
+            }
+        }
+    }
+    assert!(labelled >= 9, "{labelled} bind mounts labelled");
+    // Without the overlay nothing is relabelled (Docker on Debian/Ubuntu has no SELinux).
+    let plain = rendered();
+    for name in service_names(&plain) {
+        for volume in list(&service(&plain, &name), "volumes") {
+            assert!(!volume.ends_with(",z") && !volume.ends_with(":z"), "{name}: {volume}");
+        }
+    }
+}
+
+#[test]
+fn the_podman_overlay_gives_the_socket_proxy_podmans_socket_and_nothing_else() {
+    let file = rendered_with(&["podman.yml"]);
+    let volumes = list(&service(&file, "sockproxy"), "volumes");
+    let sockets: Vec<&String> =
+        volumes.iter().filter(|v| v.contains(":/var/run/docker.sock")).collect();
+    assert_eq!(sockets, ["/run/podman/podman.sock:/var/run/docker.sock:rw"], "{volumes:?}");
+    let plain = rendered();
+    for name in service_names(&plain) {
+        if name == "sockproxy" {
+            continue;
+        }
+        // The same lines (a layered file reorders a service's volumes).
+        let (mut layered, mut alone) = (service(&file, &name), service(&plain, &name));
+        layered.sort();
+        alone.sort();
+        assert_eq!(layered, alone, "{name} changed on Podman");
+    }
+}

@@ -26,6 +26,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from roletasks import role_tasks
+
 REPO = Path(__file__).resolve().parents[3]
 ANSIBLE = REPO / "infra" / "ansible"
 BIN = Path(sys.executable).parent
@@ -136,6 +138,7 @@ class Target:
                 "[default]\naws_access_key_id = e2e-key\naws_secret_access_key = e2e-secret-key\n",
             "deploy_env_extra": {
                 "PUBLISH_ADDR": "127.0.0.1",
+                "GITEA_SSH_ADDR": "127.0.0.1",
                 "HTTP_PORT": free_port(),
                 "HTTPS_PORT": free_port(),
                 "GITEA_SSH_PORT": free_port(),
@@ -322,25 +325,11 @@ def test_env_keeps_the_image_tags_steward_wrote_back_until_the_inventory_moves(t
     raised in the inventory wins; deploy_keep_written_images: false writes the inventory's."""
     root = tmp_path / "stack"
     root.mkdir()
-    play = tmp_path / "env.yml"
 
     def deploy(env, keep=True):
-        play.write_text(json.dumps([{
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars": {"deploy_root": str(root), "deploy_env": env, "deploy_env_extra": {},
-                     "deploy_keep_written_images": keep},
-            "tasks": [{"ansible.builtin.include_role": {"name": "deploy", "tasks_from": "env"}}],
-        }]))
-        inventory = tmp_path / "inventory.ini"
-        inventory.write_text(f"localhost ansible_python_interpreter={sys.executable}\n")
-        env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
-               "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_NOCOLOR": "1",
-               "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-               "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-tmp"),
-               "PATH": f"{BIN}:{os.environ['PATH']}"}
-        result = run([str(BIN / "ansible-playbook"), "--connection=local", "--inventory",
-                      str(inventory), str(play)], cwd=ANSIBLE, env=env)
+        result = role_tasks(tmp_path, "env", {
+            "deploy_root": str(root), "deploy_env": env, "deploy_env_extra": {},
+            "deploy_keep_written_images": keep}, role="deploy")
         assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
         return result.stdout
 

@@ -1,0 +1,35 @@
+"""One role's task file run on this machine (`ansible-playbook --connection=local`), shared by
+the role tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ANSIBLE = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(args, **kwargs):
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def role_tasks(tmp: Path, tasks_from: str, variables: dict, role="system"):
+    """Runs `role`'s `tasks_from` with `variables` on this machine; the completed process."""
+    play = tmp / f"{tasks_from}.json"
+    play.write_text(json.dumps([{
+        "hosts": "localhost",
+        "gather_facts": False,
+        "vars": variables,
+        "tasks": [{"ansible.builtin.include_role": {"name": role, "tasks_from": tasks_from}}],
+    }]))
+    inventory = tmp / "inventory.ini"
+    inventory.write_text(f"localhost ansible_python_interpreter={sys.executable}\n")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+           "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+           "ANSIBLE_REMOTE_TEMP": str(tmp / "ansible-tmp"),
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return run([str(BIN / "ansible-playbook"), "--connection=local", "--inventory",
+                str(inventory), str(play)], cwd=ANSIBLE, env=env)

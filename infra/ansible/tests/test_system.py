@@ -1,0 +1,232 @@
+"""The system role's files for the seed 003 host (Podman, firewalld), run for real: the role's
+file tasks (`tasks_from`) with `--connection=local`, every path pointed at a throw-away
+directory, then the result read back by firewalld's own tool (`firewall-offline-cmd
+--system-config`, which reads and writes only the directory it is given; no firewalld runs) and
+by systemd's parsers. This machine's /etc/firewalld, firewall and units are never touched: the
+test checks that too.
+
+firewall-offline-cmd: from $STEWARD_FIREWALLD_ROOT (the firewalld package unpacked, not
+installed: infra/check.sh), else the installed one.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from roletasks import role_tasks, run
+
+REPO = Path(__file__).resolve().parents[3]
+FIREWALLD_ROOT = Path(os.environ.get("STEWARD_FIREWALLD_ROOT", "/"))
+OFFLINE_CMD = FIREWALLD_ROOT / "usr" / "bin" / "firewall-offline-cmd"
+DEFAULT_CONFIG = FIREWALLD_ROOT / "usr" / "lib" / "firewalld"
+
+
+def tree_digest(path: Path) -> str:
+    """One digest of every file's path and content under `path` (empty when absent)."""
+    h = hashlib.sha256()
+    if path.exists():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def ok(result):
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def offline():
+    if not OFFLINE_CMD.exists():
+        pytest.fail(f"{OFFLINE_CMD} missing: run infra/check.sh (it unpacks firewalld's package "
+                    "into $STEWARD_INFRA_TOOLS) or set STEWARD_FIREWALLD_ROOT")
+
+    def query(config: Path, *args):
+        out = run([str(OFFLINE_CMD), f"--system-config={config}",
+                   f"--default-config={DEFAULT_CONFIG}", *args])
+        # --query-* answers "no" with exit code 1.
+        assert out.returncode == 0 or out.stdout.strip() == "no", \
+            f"firewall-offline-cmd {args}: {out.stdout}{out.stderr}"
+        return out.stdout.strip()
+    return query
+
+
+def firewalld_vars(config: Path, networks):
+    return {"system_firewalld_dir": str(config), "system_trusted_networks": networks,
+            "system_firewalld_default_dir": str(DEFAULT_CONFIG),
+            "system_firewall_offline_cmd": str(OFFLINE_CMD), "system_firewall": "firewalld"}
+
+
+def test_firewalld_public_zone_lets_in_80_443_ssh_only_from_trusted_and_logs_the_rest(
+        tmp_path, offline):
+    machine = tree_digest(Path("/etc/firewalld"))
+    config = tmp_path / "firewalld"
+    # A cloud image's leftovers: ssh and cockpit open to everyone in the public zone.
+    (config / "zones").mkdir(parents=True)
+    (config / "zones" / "public.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<zone><short>Public</short>'
+        '<service name="ssh"/><service name="cockpit"/><port port="3000" protocol="tcp"/></zone>\n')
+    networks = ["203.0.113.0/24", "2001:db8:1::/48"]
+    first = ok(role_tasks(tmp_path, "firewalld_files", firewalld_vars(config, networks)))
+    assert "changed=" in first
+
+    # firewalld's reading of what the role wrote.
+    assert offline(config, "--get-default-zone") == "public"
+    assert offline(config, "--get-log-denied") == "all"
+    assert offline(config, "--zone=public", "--list-services") == ""
+    assert sorted(offline(config, "--zone=public", "--list-ports").split()) == ["443/tcp", "80/tcp"]
+    assert offline(config, "--zone=public", "--get-target") == "default"
+    rules = offline(config, "--zone=public", "--list-rich-rules").splitlines()
+    assert sorted(rules) == sorted([
+        'rule family="ipv4" source address="203.0.113.0/24" port port="22" protocol="tcp" accept',
+        'rule family="ipv6" source address="2001:db8:1::/48" port port="22" protocol="tcp" accept',
+    ]), rules
+    for port in ["22", "2222", "3000", "3100", "3200", "5432", "9100", "4222", "8222"]:
+        assert offline(config, "--zone=public", f"--query-port={port}/tcp") == "no", port
+    for service in ["ssh", "cockpit", "dhcpv6-client", "postgresql"]:
+        assert offline(config, "--zone=public", f"--query-service={service}") == "no", service
+    assert offline(config, "--zone=public", "--query-port=443/tcp") == "yes"
+
+    # A second run changes nothing; this machine's firewalld configuration is as it was.
+    again = ok(role_tasks(tmp_path, "firewalld_files", firewalld_vars(config, networks)))
+    assert "changed=0" in again, again
+    assert tree_digest(Path("/etc/firewalld")) == machine, "the machine's /etc/firewalld changed"
+    assert run(["pgrep", "-x", "firewalld"]).returncode != 0, "a firewalld runs on this machine"
+
+
+@pytest.mark.parametrize("networks,message", [
+    ([], "system_trusted_networks is empty"),
+    (["0.0.0.0/0"], "is the whole internet"),
+    (["::/0"], "is the whole internet"),
+    (["10.0.0.0/8", "not-a-net"], "'not-a-net' is not a network"),
+])
+def test_firewalld_refuses_trusted_networks_that_would_lock_out_or_open_ssh(
+        tmp_path, networks, message):
+    config = tmp_path / "firewalld"
+    variables = {**firewalld_vars(config, networks), "system_firewalld_lockout_check": False}
+    # firewalld.yml checks first: the files are never written.
+    result = role_tasks(tmp_path, "firewalld", variables)
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout
+    assert not config.exists(), "nothing may be written after a refused check"
+
+
+def test_firewalld_refuses_a_run_from_outside_the_trusted_networks(tmp_path):
+    config = tmp_path / "firewalld"
+    variables = {**firewalld_vars(config, ["203.0.113.0/24"]),
+                 "system_ssh_client": "198.51.100.7"}
+    result = role_tasks(tmp_path, "firewalld", variables)
+    assert result.returncode != 0
+    assert "this connection comes from 198.51.100.7" in result.stdout, result.stdout
+    assert not config.exists()
+
+
+def test_journal_and_container_logs_are_bounded_for_each_engine(tmp_path):
+    dirs = {"system_journald_dir": str(tmp_path / "journald.conf.d"),
+            "system_docker_dir": str(tmp_path / "docker"),
+            "system_containers_dir": str(tmp_path / "containers")}
+    ok(role_tasks(tmp_path, "logs_files", {**dirs, "system_engine": "podman"}))
+    journald = (tmp_path / "journald.conf.d" / "50-steward.conf").read_text()
+    for line in ["[Journal]", "SystemMaxUse=1G", "SystemMaxFileSize=64M", "MaxRetentionSec=1month"]:
+        assert line in journald.splitlines(), journald
+    podman = (tmp_path / "containers" / "containers.conf.d" / "50-steward.conf").read_text()
+    assert '[containers]' in podman and 'log_driver = "journald"' in podman, podman
+    assert not (tmp_path / "docker").exists(), "a Podman host gets no daemon.json"
+
+    docker_dirs = {k: v + "-d" for k, v in dirs.items()}
+    ok(role_tasks(tmp_path, "logs_files", {**docker_dirs, "system_engine": "docker",
+                                             "system_docker_log_max_size": "20m"}))
+    daemon = json.loads((tmp_path / "docker-d" / "daemon.json").read_text())
+    assert daemon == {"log-driver": "json-file", "log-opts": {"max-size": "20m", "max-file": "5"},
+                      "live-restore": True}, daemon
+    assert not (tmp_path / "containers-d").exists()
+
+
+def test_podman_socket_is_the_engine_groups_and_clients_find_it(tmp_path):
+    (tmp_path / "profile.d").mkdir()
+    ok(role_tasks(tmp_path, "podman_files", {
+        "system_engine": "podman", "system_systemd_dir": str(tmp_path / "systemd"),
+        "system_profile_dir": str(tmp_path / "profile.d")}))
+    dropin = (tmp_path / "systemd" / "podman.socket.d" / "steward.conf").read_text()
+    for line in ["[Socket]", "SocketGroup=podman", "SocketMode=0660"]:
+        assert line in dropin.splitlines(), dropin
+    profile = (tmp_path / "profile.d" / "steward-engine.sh").read_text()
+    assert "export DOCKER_HOST=unix:///run/podman/podman.sock" in profile.splitlines(), profile
+    # The unit with the drop-in, as systemd reads them: no unknown keys, no errors.
+    unit = tmp_path / "systemd" / "podman.socket"
+    unit.write_text(Path("/lib/systemd/system/podman.socket").read_text()
+                    if Path("/lib/systemd/system/podman.socket").exists()
+                    else "[Socket]\nListenStream=%t/podman/podman.sock\n")
+    verify = run(["systemd-analyze", "verify", "--man=no", str(unit)])
+    assert "Unknown key" not in verify.stderr, verify.stderr
+
+
+COMPOSE = REPO / "compose"
+
+
+def stack_dir(tmp: Path, env: dict) -> Path:
+    """A stack directory as the deploy role writes it: the compose files and a .env."""
+    root = tmp / "stack"
+    root.mkdir()
+    for name in ["docker-compose.yml", "podman.yml", "selinux.yml"]:
+        (root / name).write_text((COMPOSE / name).read_text())
+    base = {"GITEA_DOMAIN": "git.example.com", "STEWARD_S3_BUCKET": "b",
+            "STEWARD_MAIL_FROM": "steward@example.com", "STEWARD_MAIL_TO": "ops@example.com"}
+    (root / ".env").write_text("".join(f"{k}={v}\n" for k, v in {**base, **env}.items()))
+    return root
+
+
+def compose_argv(podman=False, selinux=False):
+    return ((["/usr/bin/env", "DOCKER_HOST=unix:///run/podman/podman.sock"] if podman else [])
+            + ["docker-compose", "--project-name", "gitea", "--file", "docker-compose.yml"]
+            + (["--file=podman.yml"] if podman else [])
+            + (["--file=selinux.yml"] if selinux else []))
+
+
+@pytest.mark.parametrize("env,exposed", [
+    ({"GITEA_SSH_ADDR": "127.0.0.1"}, None),
+    ({}, None),  # the compose file's own default: loopback
+    ({"GITEA_SSH_ADDR": "0.0.0.0"}, "gitea 0.0.0.0:2222"),
+    ({"GRAFANA_ADDR": "0.0.0.0", "GITEA_SSH_ADDR": "127.0.0.1"}, "grafana 0.0.0.0:3001"),
+    ({"HTTP_PORT": "8080"}, "nginx 0.0.0.0:8080"),
+])
+def test_deploy_behind_firewalld_refuses_a_port_published_past_it(tmp_path, env, exposed):
+    root = stack_dir(tmp_path, env)
+    result = role_tasks(tmp_path, "exposure", {
+        "deploy_root": str(root), "deploy_compose": compose_argv(podman=True, selinux=True),
+        "deploy_public_ports": [80, 443]}, role="deploy")
+    if exposed is None:
+        ok(result)
+    else:
+        assert result.returncode != 0, result.stdout
+        assert "published beyond loopback, past firewalld" in result.stdout, result.stdout
+        assert exposed in result.stdout, result.stdout
+
+
+def test_podman_stack_unit_brings_the_stack_up_at_boot_against_podmans_socket(tmp_path):
+    systemd = tmp_path / "systemd"
+    systemd.mkdir()
+    ok(role_tasks(tmp_path, "boot_files", {
+        "deploy_root": "/opt/gitea", "deploy_project": "gitea", "deploy_wait_seconds": 300,
+        "deploy_systemd_dir": str(systemd), "deploy_compose": compose_argv(podman=True)},
+        role="deploy"))
+    unit = (systemd / "gitea-stack.service").read_text()
+    lines = unit.splitlines()
+    for line in ["Requires=podman.socket", "After=podman.socket network-online.target",
+                 "Type=oneshot", "RemainAfterExit=true", "WorkingDirectory=/opt/gitea",
+                 "WantedBy=multi-user.target",
+                 "ExecStart=/usr/bin/env DOCKER_HOST=unix:///run/podman/podman.sock docker-compose "
+                 "--project-name gitea --file docker-compose.yml --file=podman.yml up --detach",
+                 "ExecStop=/usr/bin/env DOCKER_HOST=unix:///run/podman/podman.sock docker-compose "
+                 "--project-name gitea --file docker-compose.yml --file=podman.yml stop"]:
+        assert line in lines, f"{line!r} not in\n{unit}"
+    # systemd's own reading of it: no unknown key or bad value (a missing podman.socket unit
+    # on this machine is not the file's fault).
+    verify = run(["systemd-analyze", "verify", "--man=no", str(systemd / "gitea-stack.service")])
+    problems = [line for line in verify.stderr.splitlines()
+                if "podman.socket" not in line and "network-online" not in line]
+    assert not problems, verify.stderr
