@@ -4,65 +4,12 @@
 //! count) counts failed requests while servers are switched.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use steward_haproxy::{HaproxyError, Name, Runtime, SwitchBounds};
-use steward_testkit::{free_port, http_get, unique_name, wait_for};
+use steward_testkit::haproxy::{Haproxy, Prober};
+use steward_testkit::{free_port, http_get, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A haproxy process of this test: killed and its directory removed on drop.
-struct Haproxy {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Haproxy {
-    /// Backend `app` with one server `blue` at `first` (checked every 100 ms).
-    fn start(first: SocketAddr) -> Self {
-        let dir = std::env::temp_dir().join(unique_name("haproxy"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let port = free_port();
-        let config = format!(
-            "global\n  stats socket {sock} mode 600 level admin\n\
-             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n  \
-             retries 3\n  option redispatch\n\
-             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend app\n\
-             backend app\n  balance roundrobin\n  option httpchk GET /\n  \
-             default-server inter 100ms fall 2 rise 1\n  server blue {first} check\n",
-            sock = dir.join("admin.sock").display()
-        );
-        let cfg = dir.join("haproxy.cfg");
-        std::fs::write(&cfg, config).expect("config");
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy installed (infra/testbed/up.sh)");
-        let me = Self { child, dir, port };
-        wait_for("haproxy serving", Duration::from_secs(10), || http_get(port));
-        me
-    }
-
-    fn runtime(&self) -> Runtime {
-        Runtime::new(self.dir.join("admin.sock"))
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// An HTTP server on 127.0.0.1 answering `body` to every request, until the test ends.
 async fn app(body: &'static str) -> SocketAddr {
@@ -93,39 +40,6 @@ async fn app(body: &'static str) -> SocketAddr {
     addr
 }
 
-/// Requests over HAProxy every 20 ms until stopped (at most 1500): the bodies seen, failures.
-struct Prober {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(Vec<String>, usize)>,
-}
-
-impl Prober {
-    fn start(port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let (mut seen, mut failed) = (Vec::new(), 0);
-            for _ in 0..1500 {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                match http_get(port) {
-                    Some(body) => seen.push(body),
-                    None => failed += 1,
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (seen, failed)
-        });
-        Self { stop, handle }
-    }
-
-    fn finish(self) -> (Vec<String>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().expect("prober")
-    }
-}
-
 fn n(s: &str) -> Name {
     Name::new(s).expect("name")
 }
@@ -133,8 +47,8 @@ fn n(s: &str) -> Name {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_moves_traffic_without_a_failed_request() {
     let (v1, v2) = (app("v1").await, app("v2").await);
-    let h = Haproxy::start(v1);
-    let rt = h.runtime();
+    let h = Haproxy::start("blue", v1);
+    let rt = Runtime::new(h.socket());
     let prober = Prober::start(h.port);
     tokio::time::sleep(Duration::from_millis(300)).await;
     rt.switch(&n("app"), &n("blue"), &n("green"), v2, true, SwitchBounds::default())
@@ -166,8 +80,8 @@ async fn a_new_server_never_up_leaves_the_old_one_serving() {
     let v1 = app("v1").await;
     // A port nothing listens on: the new server's checks never pass.
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let h = Haproxy::start(v1);
-    let rt = h.runtime();
+    let h = Haproxy::start("blue", v1);
+    let rt = Runtime::new(h.socket());
     let prober = Prober::start(h.port);
     let bounds = SwitchBounds { up: Duration::from_secs(1), drain: Duration::from_secs(5) };
     let err = rt
@@ -188,8 +102,8 @@ async fn a_new_server_never_up_leaves_the_old_one_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_switch_is_finished_by_running_it_again() {
     let (v1, v2) = (app("v1").await, app("v2").await);
-    let h = Haproxy::start(v1);
-    let rt = h.runtime();
+    let h = Haproxy::start("blue", v1);
+    let rt = Runtime::new(h.socket());
     // Interrupted after each phase a crash could stop it at: added; ready; old draining;
     // old in maintenance. Each time the same switch finishes it.
     for cut in 0..4 {
@@ -220,8 +134,8 @@ async fn an_interrupted_switch_is_finished_by_running_it_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_errors_with_haproxys_answer() {
     let v1 = app("v1").await;
-    let h = Haproxy::start(v1);
-    let rt = h.runtime();
+    let h = Haproxy::start("blue", v1);
+    let rt = Runtime::new(h.socket());
     let err = rt.servers(&n("nosuch")).await.expect_err("unknown backend");
     assert!(matches!(err, HaproxyError::Refused { .. }), "{err}");
     let err = rt.ready(&n("app"), &n("nosuch")).await.expect_err("unknown server");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use steward_bus::{Bus, BusConfig, Namespace};
 
+pub mod haproxy;
 pub mod stall;
 pub mod tar;
 

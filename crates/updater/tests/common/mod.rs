@@ -76,6 +76,8 @@ pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Fl
         // The tests of the cleanup itself set one; the others see it at once, as before.
         prune_grace: Duration::ZERO,
         write_back: true,
+        haproxy_socket: None,
+        haproxy_switch_timeout: Duration::from_secs(10),
         probe: Default::default(),
     };
     change(&mut cfg);

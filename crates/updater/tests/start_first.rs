@@ -1,0 +1,308 @@
+//! Start-first swaps behind a real HAProxy (one per test, on its own port and admin socket):
+//! the stand-in app on a Docker network of the test's own, reached by HAProxy at its address
+//! there, a prober every 20 ms through HAProxy counting failed requests.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use steward_events::records::{UpdateRecord, UpdateStep};
+use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_haproxy::{Name, Runtime};
+use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag, SwapLeftovers};
+use steward_testkit::haproxy::{Haproxy, Prober};
+use steward_testkit::{http_get, unique_name, wait_for, TestBus};
+use steward_updater::flow::Flow;
+
+/// A Docker network removed when dropped (declare it before the containers on it).
+struct Network(String);
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["network", "rm", &self.0]).output();
+    }
+}
+
+/// The stand-in app v1 on its own network, labelled start-first, behind its own HAProxy.
+struct Stage {
+    app: App,
+    haproxy: Haproxy,
+    v2: String,
+    _net: Network,
+}
+
+fn stage() -> Stage {
+    let net = Network(unique_name("sfnet"));
+    docker(&["network", "create", &net.0]);
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/sf"));
+    let tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let name = unique_name("sf");
+    let args = [
+        "--network",
+        &net.0,
+        "--label",
+        "steward.update.policy=automatic",
+        "--label",
+        "steward.update.backup=false",
+        "--label",
+        "steward.update.strategy=start-first",
+        "--label",
+        "steward.haproxy.backend=app",
+        "--label",
+        "steward.haproxy.port=8080",
+        &image,
+    ];
+    let c = Container::run(&name, &args);
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &name,
+    ]);
+    let addr: SocketAddr = format!("{ip}:8080").parse().expect("container address");
+    let haproxy = Haproxy::start(&name, addr);
+    wait_for("v1 served through HAProxy", Duration::from_secs(15), || {
+        http_get(haproxy.port).filter(|b| b.contains("app v1"))
+    });
+    let app = App {
+        _parked: SwapLeftovers(name.clone()),
+        name,
+        image,
+        port: haproxy.port,
+        v1,
+        _c: c,
+        _tag: tag,
+    };
+    // v2 under the same tag (the registry keeps v1's manifest by digest).
+    let v2 = push_app("v2", &app.image);
+    Stage { app, haproxy, v2, _net: net }
+}
+
+async fn start_first_flow(bus: &steward_bus::Bus, h: &Haproxy) -> Flow {
+    flow_with(bus, |cfg| {
+        cfg.haproxy_socket = Some(h.socket());
+        cfg.health_timeout = Duration::from_secs(15);
+        cfg.haproxy_switch_timeout = Duration::from_secs(10);
+    })
+    .await
+}
+
+/// `image.updated` of `app` from `from` to `to`, published.
+async fn news(bus: &steward_bus::Bus, app: &App, from: &str, to: &str) -> (Event, ImageUpdated) {
+    let u = ImageUpdated {
+        container: app.name.clone(),
+        image: app.image.clone(),
+        current_digest: Digest::parse(from).expect("digest"),
+        new_digest: Digest::parse(to).expect("digest"),
+        new_tag: None,
+        policy: None,
+        versions: Default::default(),
+    };
+    let event = Event::new("steward-watcher/test", u.clone());
+    bus.publish(&event).await.expect("publish");
+    (event, u)
+}
+
+fn terminal(events: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter(|e| e.correlation_id == correlation)
+        .map(Event::event_type)
+        .filter(|t| ["update.succeeded", "update.rolled_back", "update.failed"].contains(t))
+        .collect()
+}
+
+/// Exactly one container under the name, running; HAProxy's backend has exactly one server,
+/// serving, at that container's address; what HAProxy serves is `body`.
+async fn consistent(s: &Stage, body: &str) {
+    let app = &s.app;
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &app.name]), "true");
+    no_strays(&app.name);
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &app.name,
+    ]);
+    let servers = Runtime::new(s.haproxy.socket())
+        .servers(&Name::new("app").expect("name"))
+        .await
+        .expect("servers");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(servers[0].serving(), "{servers:?}");
+    assert_eq!((servers[0].addr.as_str(), servers[0].port), (ip.as_str(), 8080), "{servers:?}");
+    wait_for("served through HAProxy", Duration::from_secs(10), || {
+        http_get(s.haproxy.port).filter(|b| b.contains(body))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_first_update_serves_every_request() {
+    let bus = TestBus::new("sfok").await;
+    let s = stage();
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    let prober = Prober::start(s.haproxy.port);
+    let (event, u) = news(&bus, &s.app, &s.app.v1, &s.v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (seen, failed) = prober.finish();
+    assert_eq!(failed, 0, "failed requests through HAProxy during a start-first update");
+    assert!(seen.first().is_some_and(|b| b.contains("app v1")), "{:?}", seen.first());
+    assert!(seen.last().is_some_and(|b| b.contains("app v2")), "{:?}", seen.last());
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.succeeded"], "{:?}", types(&all));
+    consistent(&s, "app v2").await;
+    // And back (the server names alternate): the second swap works as well.
+    let prober = Prober::start(s.haproxy.port);
+    let (event, u) = news(&bus, &s.app, &s.v2, &s.app.v1).await;
+    flow.on_image_updated(&event, &u).await.expect("update back");
+    let (_, failed) = prober.finish();
+    assert_eq!(failed, 0);
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.succeeded"], "{:?}", types(&all));
+    consistent(&s, "app v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_healthy_release_is_rolled_back_with_haproxy_serving_the_old_one() {
+    let bus = TestBus::new("sfbad").await;
+    let s = stage();
+    let v3 = push_app("v3", &s.app.image);
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    let prober = Prober::start(s.haproxy.port);
+    let (event, u) = news(&bus, &s.app, &s.app.v1, &v3).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let (seen, failed) = prober.finish();
+    assert_eq!(failed, 0, "failed requests while a broken release was tried and rolled back");
+    assert!(seen.iter().all(|b| b.contains("app v1")));
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.rolled_back"], "{:?}", types(&all));
+    consistent(&s, "app v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_haproxy_or_with_published_ports_nothing_is_touched() {
+    let bus = TestBus::new("sfrefuse").await;
+    let s = stage();
+    // No admin socket configured: failed before anything was touched.
+    let flow = flow_with(&bus, |_| {}).await;
+    let before = docker(&["inspect", "-f", "{{.Id}}", &s.app.name]);
+    let (event, u) = news(&bus, &s.app, &s.app.v1, &s.v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.failed"], "{:?}", types(&all));
+    let reason = all.iter().find_map(|e| match &e.data {
+        EventData::UpdateFailed(f) if e.correlation_id == event.correlation_id => {
+            Some(f.reason.clone())
+        }
+        _ => None,
+    });
+    assert!(reason.as_deref().is_some_and(|r| r.contains("STEWARD_HAPROXY_SOCKET")), "{reason:?}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &s.app.name]), before);
+    // A socket nobody listens on: the same.
+    let flow =
+        flow_with(&bus, |cfg| cfg.haproxy_socket = Some(s.haproxy.dir.join("nosuch.sock"))).await;
+    let (event, u) = news(&bus, &s.app, &s.app.v1, &s.v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.failed"], "{:?}", types(&all));
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &s.app.name]), before);
+    consistent(&s, "app v1").await;
+    // A container publishing a host port cannot run twice: refused, untouched.
+    let published = app(&[
+        "steward.update.policy=automatic",
+        "steward.update.backup=false",
+        "steward.update.strategy=start-first",
+        "steward.haproxy.backend=app",
+        "steward.haproxy.port=8080",
+    ]);
+    let v2 = push_app("v2", &published.image);
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    let before = docker(&["inspect", "-f", "{{.Id}}", &published.name]);
+    let (event, u) = news(&bus, &published, &published.v1, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    let reason = all.iter().find_map(|e| match &e.data {
+        EventData::UpdateFailed(f) if e.correlation_id == event.correlation_id => {
+            Some(f.reason.clone())
+        }
+        _ => None,
+    });
+    assert!(reason.as_deref().is_some_and(|r| r.contains("publishes ports")), "{reason:?}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &published.name]), before);
+    assert!(http_get(published.port).is_some_and(|b| b.contains("app v1")));
+}
+
+/// Where an update is cut: a predicate on its record.
+type Cut = (&'static str, fn(&UpdateRecord) -> bool);
+
+const CUTS: [Cut; 4] = [
+    ("planned", |r| r.haproxy.is_some() && r.new_id.is_none()),
+    ("new container created", |r| r.step == UpdateStep::Gating),
+    ("switching", |r| r.haproxy.as_ref().is_some_and(|h| h.new_addr.is_some() && !h.switched)),
+    ("switched", |r| r.haproxy.as_ref().is_some_and(|h| h.switched)),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_cut_at_each_step_ends_consistent_with_one_terminal_event() {
+    let bus = TestBus::new("sfcut").await;
+    let s = stage();
+    let digests = [s.app.v1.clone(), s.v2.clone()];
+    let mut running = 0; // index into digests
+    for (what, cut) in CUTS {
+        let flow = start_first_flow(&bus, &s.haproxy).await;
+        let (event, u) = news(&bus, &s.app, &digests[running], &digests[1 - running]).await;
+        let task = {
+            let flow = flow.clone();
+            tokio::spawn(async move { flow.on_image_updated(&event, &u).await })
+        };
+        // The flow is dropped mid-step (like a kill: nothing after the cut runs) once its
+        // record shows the cut; bounded in time.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut reached = false;
+        while Instant::now() < deadline && !task.is_finished() {
+            if let Some(v) = flow.records.get(&s.app.name).await.expect("record") {
+                if !v.value.step.is_terminal() && cut(&v.value) {
+                    task.abort();
+                    reached = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = task.await;
+        // A restarted updater (a fresh flow) finds it.
+        let restarted = start_first_flow(&bus, &s.haproxy).await;
+        let unfinished = restarted.resume().await;
+        assert!(unfinished.is_empty(), "{what}: {unfinished:?}");
+        let all = events(&bus).await;
+        let ends = terminal(&all, event_correlation(&all, &s.app.name, &digests[1 - running]));
+        assert!(reached, "{what}: the update ended before the cut");
+        assert_eq!(ends.len(), 1, "{what}: {ends:?}");
+        if ends[0] == "update.succeeded" {
+            running = 1 - running;
+        }
+        let body = if running == 0 { "app v1" } else { "app v2" };
+        consistent(&s, body).await;
+        let record = restarted.records.get(&s.app.name).await.expect("record").expect("some");
+        assert!(record.value.step.is_terminal() && record.value.outbox.is_empty(), "{what}");
+    }
+}
+
+/// The correlation of the newest `image.updated` of `name` to `digest`.
+fn event_correlation(all: &[Event], name: &str, digest: &str) -> uuid::Uuid {
+    all.iter()
+        .rev()
+        .find_map(|e| match &e.data {
+            EventData::ImageUpdated(u)
+                if u.container == name && u.new_digest.as_str() == digest =>
+            {
+                Some(e.correlation_id)
+            }
+            _ => None,
+        })
+        .expect("the news")
+}
