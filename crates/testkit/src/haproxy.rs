@@ -70,15 +70,10 @@ impl Drop for Haproxy {
 /// `GET /` on 127.0.0.1:`port`: the body of a `200` answer; `None` for anything else (no
 /// connection, HAProxy's own 502/503 when no server answers).
 pub fn get_ok(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?;
-    (head.starts_with("HTTP/1.") && status == "200").then(|| body.to_owned())
+    match crate::http_get_at(SocketAddr::from(([127, 0, 0, 1], port))) {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 /// `GET /` through a port every 20 ms until finished (at most `MAX` requests): the bodies

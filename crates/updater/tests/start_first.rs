@@ -9,21 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use steward_events::records::{UpdateRecord, UpdateStep};
-use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_events::{Event, EventData};
 use steward_haproxy::{Name, Runtime};
-use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag, SwapLeftovers};
+use steward_testkit::docker::{
+    address_of, docker, push_app, registry, Container, ImageTag, Network, SwapLeftovers,
+};
 use steward_testkit::haproxy::{Haproxy, Prober};
 use steward_testkit::{http_get, unique_name, wait_for, TestBus};
 use steward_updater::flow::Flow;
-
-/// A Docker network removed when dropped (declare it before the containers on it).
-struct Network(String);
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker").args(["network", "rm", &self.0]).output();
-    }
-}
 
 /// The stand-in app v1 on its own network, labelled start-first, behind its own HAProxy.
 struct Stage {
@@ -34,8 +27,7 @@ struct Stage {
 }
 
 fn stage() -> Stage {
-    let net = Network(unique_name("sfnet"));
-    docker(&["network", "create", &net.0]);
+    let net = Network::create("sfnet");
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/sf"));
     let tag = ImageTag(image.clone());
     let v1 = push_app("v1", &image);
@@ -56,12 +48,7 @@ fn stage() -> Stage {
         &image,
     ];
     let c = Container::run(&name, &args);
-    let ip = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &name,
-    ]);
+    let ip = address_of(&name);
     let addr: SocketAddr = format!("{ip}:8080").parse().expect("container address");
     let haproxy = Haproxy::start(&name, addr);
     wait_for("v1 served through HAProxy", Duration::from_secs(15), || {
@@ -90,43 +77,13 @@ async fn start_first_flow(bus: &steward_bus::Bus, h: &Haproxy) -> Flow {
     .await
 }
 
-/// `image.updated` of `app` from `from` to `to`, published.
-async fn news(bus: &steward_bus::Bus, app: &App, from: &str, to: &str) -> (Event, ImageUpdated) {
-    let u = ImageUpdated {
-        container: app.name.clone(),
-        image: app.image.clone(),
-        current_digest: Digest::parse(from).expect("digest"),
-        new_digest: Digest::parse(to).expect("digest"),
-        new_tag: None,
-        policy: None,
-        versions: Default::default(),
-    };
-    let event = Event::new("steward-watcher/test", u.clone());
-    bus.publish(&event).await.expect("publish");
-    (event, u)
-}
-
-fn terminal(events: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
-    events
-        .iter()
-        .filter(|e| e.correlation_id == correlation)
-        .map(Event::event_type)
-        .filter(|t| ["update.succeeded", "update.rolled_back", "update.failed"].contains(t))
-        .collect()
-}
-
 /// Exactly one container under the name, running; HAProxy's backend has exactly one server,
 /// serving, at that container's address; what HAProxy serves is `body`.
 async fn consistent(s: &Stage, body: &str) {
     let app = &s.app;
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &app.name]), "true");
     no_strays(&app.name);
-    let ip = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &app.name,
-    ]);
+    let ip = address_of(&app.name);
     let servers = Runtime::new(s.haproxy.socket())
         .servers(&Name::new("app").expect("name"))
         .await
@@ -145,7 +102,7 @@ async fn a_start_first_update_serves_every_request() {
     let s = stage();
     let flow = start_first_flow(&bus, &s.haproxy).await;
     let prober = Prober::start(s.haproxy.port);
-    let (event, u) = news(&bus, &s.app, &s.app.v1, &s.v2).await;
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
     flow.on_image_updated(&event, &u).await.expect("update");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (seen, failed) = prober.finish();
@@ -157,7 +114,7 @@ async fn a_start_first_update_serves_every_request() {
     consistent(&s, "app v2").await;
     // And back (the server names alternate): the second swap works as well.
     let prober = Prober::start(s.haproxy.port);
-    let (event, u) = news(&bus, &s.app, &s.v2, &s.app.v1).await;
+    let (event, u) = image_updated_from(&bus, &s.app, &s.v2, &s.app.v1).await;
     flow.on_image_updated(&event, &u).await.expect("update back");
     let (_, failed) = prober.finish();
     assert_eq!(failed, 0);
@@ -173,7 +130,7 @@ async fn a_never_healthy_release_is_rolled_back_with_haproxy_serving_the_old_one
     let v3 = push_app("v3", &s.app.image);
     let flow = start_first_flow(&bus, &s.haproxy).await;
     let prober = Prober::start(s.haproxy.port);
-    let (event, u) = news(&bus, &s.app, &s.app.v1, &v3).await;
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &v3).await;
     flow.on_image_updated(&event, &u).await.expect("update");
     let (seen, failed) = prober.finish();
     assert_eq!(failed, 0, "failed requests while a broken release was tried and rolled back");
@@ -190,7 +147,7 @@ async fn without_haproxy_or_with_published_ports_nothing_is_touched() {
     // No admin socket configured: failed before anything was touched.
     let flow = flow_with(&bus, |_| {}).await;
     let before = docker(&["inspect", "-f", "{{.Id}}", &s.app.name]);
-    let (event, u) = news(&bus, &s.app, &s.app.v1, &s.v2).await;
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
     flow.on_image_updated(&event, &u).await.expect("update");
     let all = events(&bus).await;
     assert_eq!(terminal(&all, event.correlation_id), ["update.failed"], "{:?}", types(&all));
@@ -205,7 +162,7 @@ async fn without_haproxy_or_with_published_ports_nothing_is_touched() {
     // A socket nobody listens on: the same.
     let flow =
         flow_with(&bus, |cfg| cfg.haproxy_socket = Some(s.haproxy.dir.join("nosuch.sock"))).await;
-    let (event, u) = news(&bus, &s.app, &s.app.v1, &s.v2).await;
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
     flow.on_image_updated(&event, &u).await.expect("update");
     let all = events(&bus).await;
     assert_eq!(terminal(&all, event.correlation_id), ["update.failed"], "{:?}", types(&all));
@@ -222,7 +179,7 @@ async fn without_haproxy_or_with_published_ports_nothing_is_touched() {
     let v2 = push_app("v2", &published.image);
     let flow = start_first_flow(&bus, &s.haproxy).await;
     let before = docker(&["inspect", "-f", "{{.Id}}", &published.name]);
-    let (event, u) = news(&bus, &published, &published.v1, &v2).await;
+    let (event, u) = image_updated_from(&bus, &published, &published.v1, &v2).await;
     flow.on_image_updated(&event, &u).await.expect("update");
     let all = events(&bus).await;
     let reason = all.iter().find_map(|e| match &e.data {
@@ -254,7 +211,8 @@ async fn an_update_cut_at_each_step_ends_consistent_with_one_terminal_event() {
     let mut running = 0; // index into digests
     for (what, cut) in CUTS {
         let flow = start_first_flow(&bus, &s.haproxy).await;
-        let (event, u) = news(&bus, &s.app, &digests[running], &digests[1 - running]).await;
+        let (event, u) =
+            image_updated_from(&bus, &s.app, &digests[running], &digests[1 - running]).await;
         let task = {
             let flow = flow.clone();
             tokio::spawn(async move { flow.on_image_updated(&event, &u).await })

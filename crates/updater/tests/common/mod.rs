@@ -88,10 +88,30 @@ pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Fl
 
 /// Publishes `image.updated` for `app` to `new_digest` and returns it.
 pub async fn image_updated(bus: &Bus, app: &App, new_digest: &str) -> (Event, ImageUpdated) {
+    image_updated_from(bus, app, &app.v1, new_digest).await
+}
+
+/// The terminal events (`update.succeeded|rolled_back|failed`) of flow `correlation`.
+pub fn terminal(events: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter(|e| e.correlation_id == correlation)
+        .map(Event::event_type)
+        .filter(|t| ["update.succeeded", "update.rolled_back", "update.failed"].contains(t))
+        .collect()
+}
+
+/// [`image_updated`] from `current_digest` (a container updated before runs another).
+pub async fn image_updated_from(
+    bus: &Bus,
+    app: &App,
+    current_digest: &str,
+    new_digest: &str,
+) -> (Event, ImageUpdated) {
     let u = ImageUpdated {
         container: app.name.clone(),
         image: app.image.clone(),
-        current_digest: Digest::parse(&app.v1).expect("digest"),
+        current_digest: Digest::parse(current_digest).expect("digest"),
         new_digest: Digest::parse(new_digest).expect("digest"),
         new_tag: None,
         policy: None,
