@@ -24,49 +24,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use steward_testkit::docker::{
-    address_of, docker, push_app, registry, Container, ImageTag, Network, SwapLeftovers,
-};
+use steward_testkit::docker::{address_of, docker, Container, Network, SwapLeftovers};
 use steward_testkit::haproxy::{get_ok, Haproxy, Prober};
 use steward_testkit::{http_get_at, unique_name, wait_for, TestBus};
-
-/// The app v1 as `name` on `net` with `strategy`, behind its own HAProxy.
-fn staged(net: &str, strategy: &str) -> (App, Haproxy, String) {
-    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/sfbench"));
-    let tag = ImageTag(image.clone());
-    let v1 = push_app("v1", &image);
-    let name = unique_name("sfb");
-    let label = format!("steward.update.strategy={strategy}");
-    let args = [
-        "--network",
-        net,
-        "--label",
-        "steward.update.policy=automatic",
-        "--label",
-        "steward.update.backup=false",
-        "--label",
-        &label,
-        "--label",
-        "steward.haproxy.backend=app",
-        "--label",
-        "steward.haproxy.port=8080",
-        &image,
-    ];
-    let c = Container::run(&name, &args);
-    let addr: SocketAddr = format!("{}:8080", address_of(&name)).parse().expect("address");
-    let h = Haproxy::start(&name, addr);
-    let v2 = push_app("v2", &image);
-    let app = App {
-        _parked: SwapLeftovers(name.clone()),
-        name,
-        image,
-        port: h.port,
-        v1,
-        _c: c,
-        _tag: tag,
-    };
-    (app, h, v2)
-}
 
 /// `rounds` updates through the flow: failed requests, and the updates' median duration.
 async fn flow_rounds(
@@ -75,7 +35,7 @@ async fn flow_rounds(
     net: &str,
     rounds: usize,
 ) -> (usize, usize, Duration) {
-    let (app, h, v2) = staged(net, strategy);
+    let (app, h, v2) = behind_haproxy(net, strategy);
     let flow = flow_with(&bus.bus, |cfg| {
         cfg.haproxy_socket = Some(h.socket());
         cfg.health_timeout = Duration::from_secs(30);

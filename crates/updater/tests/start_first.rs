@@ -4,18 +4,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::{Event, EventData};
 use steward_haproxy::{Name, Runtime};
-use steward_testkit::docker::{
-    address_of, docker, push_app, registry, Container, ImageTag, Network, SwapLeftovers,
-};
+use steward_testkit::docker::{address_of, docker, push_app, Network};
 use steward_testkit::haproxy::{Haproxy, Prober};
-use steward_testkit::{http_get, unique_name, wait_for, TestBus};
+use steward_testkit::{http_get, wait_for, TestBus};
 use steward_updater::flow::Flow;
 
 /// The stand-in app v1 on its own network, labelled start-first, behind its own HAProxy.
@@ -28,43 +25,7 @@ struct Stage {
 
 fn stage() -> Stage {
     let net = Network::create("sfnet");
-    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/sf"));
-    let tag = ImageTag(image.clone());
-    let v1 = push_app("v1", &image);
-    let name = unique_name("sf");
-    let args = [
-        "--network",
-        &net.0,
-        "--label",
-        "steward.update.policy=automatic",
-        "--label",
-        "steward.update.backup=false",
-        "--label",
-        "steward.update.strategy=start-first",
-        "--label",
-        "steward.haproxy.backend=app",
-        "--label",
-        "steward.haproxy.port=8080",
-        &image,
-    ];
-    let c = Container::run(&name, &args);
-    let ip = address_of(&name);
-    let addr: SocketAddr = format!("{ip}:8080").parse().expect("container address");
-    let haproxy = Haproxy::start(&name, addr);
-    wait_for("v1 served through HAProxy", Duration::from_secs(15), || {
-        http_get(haproxy.port).filter(|b| b.contains("app v1"))
-    });
-    let app = App {
-        _parked: SwapLeftovers(name.clone()),
-        name,
-        image,
-        port: haproxy.port,
-        v1,
-        _c: c,
-        _tag: tag,
-    };
-    // v2 under the same tag (the registry keeps v1's manifest by digest).
-    let v2 = push_app("v2", &app.image);
+    let (app, haproxy, v2) = behind_haproxy(&net.0, "start-first");
     Stage { app, haproxy, v2, _net: net }
 }
 

@@ -2,11 +2,15 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use steward_bus::Bus;
 use steward_events::{Digest, Event, ImageUpdated};
-use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag, SwapLeftovers};
+use steward_testkit::docker::{
+    address_of, docker, push_app, registry, Container, ImageTag, SwapLeftovers,
+};
+use steward_testkit::haproxy::Haproxy;
 use steward_testkit::{free_port, http_get, unique_name, wait_for};
 use steward_updater::config::UpdaterConfig;
 use steward_updater::flow::Flow;
@@ -49,6 +53,40 @@ pub fn app_on_port(port: u16, labels: &[&str], extra: &[&str]) -> App {
         http_get(port).filter(|b| b.contains("app v1"))
     });
     App { _parked: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
+}
+
+/// The stand-in app v1 on Docker network `net`, labelled automatic, no backup, with
+/// `steward.update.strategy=STRATEGY` and HAProxy backend `app`, port 8080, behind a haproxy of
+/// its own (its server at the container's address); v2 pushed under the same tag. Returns
+/// once v1 is served through HAProxy: the app, the haproxy, v2's digest.
+pub fn behind_haproxy(net: &str, strategy: &str) -> (App, Haproxy, String) {
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/sf"));
+    let tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let name = unique_name("sf");
+    let strategy = format!("steward.update.strategy={strategy}");
+    let mut args = vec!["--network", net];
+    for label in [
+        "steward.update.policy=automatic",
+        "steward.update.backup=false",
+        &strategy,
+        "steward.haproxy.backend=app",
+        "steward.haproxy.port=8080",
+    ] {
+        args.extend_from_slice(&["--label", label]);
+    }
+    args.push(&image);
+    let c = Container::run(&name, &args);
+    let addr: SocketAddr = format!("{}:8080", address_of(&name)).parse().expect("address");
+    let haproxy = Haproxy::start(&name, addr);
+    wait_for("v1 served through HAProxy", Duration::from_secs(15), || {
+        http_get(haproxy.port).filter(|b| b.contains("app v1"))
+    });
+    // v2 under the same tag (the registry keeps v1's manifest by digest).
+    let v2 = push_app("v2", &image);
+    let port = haproxy.port;
+    let app = App { _parked: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag };
+    (app, haproxy, v2)
 }
 
 pub async fn flow(bus: &Bus) -> Flow {
