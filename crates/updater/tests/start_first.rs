@@ -165,12 +165,12 @@ const CUTS: [Cut; 4] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_cut_at_each_step_ends_consistent_with_one_terminal_event() {
+async fn an_update_cut_at_each_step_and_again_in_its_recovery_ends_consistent() {
     let bus = TestBus::new("sfcut").await;
     let s = stage();
     let digests = [s.app.v1.clone(), s.v2.clone()];
     let mut running = 0; // index into digests
-    for (what, cut) in CUTS {
+    for (round, (what, cut)) in CUTS.into_iter().enumerate() {
         let flow = start_first_flow(&bus, &s.haproxy).await;
         let (event, u) =
             image_updated_from(&bus, &s.app, &digests[running], &digests[1 - running]).await;
@@ -193,7 +193,13 @@ async fn an_update_cut_at_each_step_ends_consistent_with_one_terminal_event() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let _ = task.await;
-        // A restarted updater (a fresh flow) finds it.
+        // Twice: the first restarted updater is cut too, a while into its recovery (a
+        // different while for each cut), and a second one finds what it left.
+        let first = start_first_flow(&bus, &s.haproxy).await;
+        let recovery = tokio::spawn(async move { first.resume().await });
+        tokio::time::sleep(Duration::from_millis(150 * (round as u64 + 1))).await;
+        recovery.abort();
+        let _ = recovery.await;
         let restarted = start_first_flow(&bus, &s.haproxy).await;
         let unfinished = restarted.resume().await;
         assert!(unfinished.is_empty(), "{what}: {unfinished:?}");
