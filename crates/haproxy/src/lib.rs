@@ -165,7 +165,7 @@ impl Server {
 pub struct SwitchBounds {
     /// For the new server to be up (its health checks to pass).
     pub up: Duration,
-    /// For the old server's sessions to end.
+    /// For the old server's sessions to end (then those left are shut down).
     pub drain: Duration,
 }
 
@@ -385,7 +385,8 @@ impl Runtime {
     /// Moves `backend`'s traffic from `from` to `to` at `addr`: `to` added; when `check`, put
     /// in drain (checked, given no traffic: HAProxy marks a server leaving maintenance up
     /// before any check ran) until a health check passed; then made ready; `from` drained
-    /// until it holds no session, then deleted. Idempotent; run again after a crash at any point it finishes
+    /// until it holds no session (those left after `bounds.drain` are shut down), then
+    /// deleted. Idempotent; run again after a crash at any point it finishes
     /// the same switch. `from` missing (already deleted) is fine; `to` not coming up leaves
     /// `from` serving and returns [`HaproxyError::NotReached`].
     pub async fn switch(
@@ -408,9 +409,15 @@ impl Runtime {
         self.wait(backend, to, "up", bounds.up, Server::serving).await?;
         if self.server(backend, from).await?.is_some() {
             self.drain(backend, from).await?;
-            // A server left in drain past the bound is deleted anyway only when it has no
-            // session; otherwise the switch stops here, the new server serving.
-            self.wait(backend, from, "drained", bounds.drain, |s| s.sessions == 0).await?;
+            // Sessions still open after the bound (a WebSocket, an event stream: Gitea keeps
+            // one per open page) are closed, as stopping the old container would close them;
+            // rolling back a healthy release because of them would be worse.
+            let drained = self.wait(backend, from, "drained", bounds.drain, |s| s.sessions == 0);
+            if let Err(e) = drained.await {
+                tracing::warn!(%backend, server = %from, error = %e, "closing the sessions left on the old server");
+                self.expect(&format!("shutdown sessions server {backend}/{from}"), &[]).await?;
+                self.wait(backend, from, "drained", bounds.drain, |s| s.sessions == 0).await?;
+            }
             self.delete_server(backend, from).await?;
         }
         tracing::info!(%backend, %from, %to, %addr, "HAProxy switched");

@@ -11,7 +11,8 @@ use steward_testkit::haproxy::{Haproxy, Prober};
 use steward_testkit::{free_port, http_get, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An HTTP server on 127.0.0.1 answering `body` to every request, until the test ends.
+/// An HTTP server on 127.0.0.1 answering `body` to every request, until the test ends; a
+/// request for `/hold` is answered only after 30 s (a long-lived session).
 async fn app(body: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -28,6 +29,9 @@ async fn app(body: &'static str) -> SocketAddr {
                     if got.len() > 16 * 1024 {
                         return;
                     }
+                }
+                if got.starts_with(b"GET /hold") {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
                 }
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -149,4 +153,34 @@ async fn refusals_are_errors_with_haproxys_answer() {
     let gone = Runtime::new(h.dir.join("nosuch.sock"));
     assert!(matches!(gone.servers(&n("app")).await, Err(HaproxyError::Connect { .. })));
     assert_eq!(http_get(h.port).as_deref(), Some("v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_left_after_the_drain_bound_are_closed_not_a_failed_switch() {
+    use std::io::{Read, Write};
+    let (v1, v2) = (app("v1").await, app("v2").await);
+    let h = Haproxy::start("blue", v1);
+    let rt = Runtime::new(h.socket());
+    // A session held open on the old server (HAProxy's `timeout server` is 5 s).
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", h.port)).expect("connect");
+    held.write_all(b"GET /hold HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+    wait_for("the held session counted", Duration::from_secs(5), || {
+        let rt = rt.clone();
+        let servers = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move { rt.servers(&n("app")).await })
+        });
+        servers.ok().filter(|s| s.first().is_some_and(|s| s.sessions == 1))
+    });
+    let started = std::time::Instant::now();
+    let bounds = SwitchBounds { up: Duration::from_secs(5), drain: Duration::from_millis(500) };
+    rt.switch(&n("app"), &n("blue"), &n("green"), v2, true, bounds).await.expect("switch");
+    assert!(started.elapsed() < Duration::from_secs(4), "waited for the held session");
+    let servers = rt.servers(&n("app")).await.expect("servers");
+    assert_eq!(servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["green"]);
+    // The held session was closed by HAProxy.
+    held.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut rest = Vec::new();
+    let _ = held.read_to_end(&mut rest);
+    assert!(!String::from_utf8_lossy(&rest).contains("v1"), "the held request was answered");
+    assert_eq!(http_get(h.port).as_deref(), Some("v2"));
 }
