@@ -83,6 +83,8 @@ need debootstrap debootstrap
 need docker-compose docker-compose
 need prometheus prometheus
 need prometheus-alertmanager prometheus-alertmanager
+# Start-first swaps are tested against a real HAProxy (its runtime API on an admin socket).
+need haproxy haproxy
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || apt_install busybox-static
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || apt_install python3-aiosmtpd
 # The approval page's browser test drives headless Chromium through chromedriver (WebDriver).

@@ -78,6 +78,8 @@ async fn the_health_service_and_the_update_gate_give_the_same_verdict() {
         keep_images: 2,
         prune_grace: Duration::ZERO,
         write_back: true,
+        haproxy_socket: None,
+        haproxy_switch_timeout: Duration::from_secs(10),
         probe,
     };
     let flow =

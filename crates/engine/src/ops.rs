@@ -93,6 +93,51 @@ impl Engine {
         }
     }
 
+    /// Where a proxy reaches container `id` on Docker network `network` (its only network
+    /// when `None`): its address there, or why there is none. `Ok(Err(..))` is the
+    /// container's configuration, not the engine's failure.
+    pub async fn address_on(
+        &self,
+        id: &str,
+        network: Option<&str>,
+    ) -> Result<Result<std::net::IpAddr, String>, EngineError> {
+        let c = match self.timed(self.client()?.inspect_container(id, None)).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                return Ok(Err(format!("no container {id}")))
+            }
+            Err(e) => return Err(self.call_failed(&format!("inspect {id}"), e)),
+        };
+        let networks = c.network_settings.and_then(|n| n.networks).unwrap_or_default();
+        let endpoint = match network {
+            Some(n) => networks.get(n),
+            None if networks.len() == 1 => networks.values().next(),
+            None => {
+                return Ok(Err(format!(
+                    "it is on {} networks; name one with steward.haproxy.network",
+                    networks.len()
+                )))
+            }
+        };
+        let ip = endpoint.and_then(|e| e.ip_address.clone()).filter(|ip| !ip.is_empty());
+        Ok(match ip.map(|ip| ip.parse()) {
+            Some(Ok(ip)) => Ok(ip),
+            Some(Err(_)) | None => {
+                Err(format!("it has no address on network {}", network.unwrap_or("(its only one)")))
+            }
+        })
+    }
+
+    /// Whether container `id` publishes ports on the host (two of it cannot run at once).
+    pub async fn publishes_ports(&self, id: &str) -> Result<bool, EngineError> {
+        let c = self
+            .timed(self.client()?.inspect_container(id, None))
+            .await
+            .map_err(|e| self.call_failed(&format!("inspect {id}"), e))?;
+        let bindings = c.host_config.and_then(|h| h.port_bindings).unwrap_or_default();
+        Ok(bindings.values().any(|b| b.as_ref().is_some_and(|b| !b.is_empty())))
+    }
+
     /// The id of the container called `name`, if there is one.
     pub async fn container_id(&self, name: &str) -> Result<Option<String>, EngineError> {
         match self.timed(self.client()?.inspect_container(name, None)).await {

@@ -214,6 +214,33 @@ pub struct UpdateRecord {
     /// records from before hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// A start-first swap: the HAProxy switch, saved before HAProxy is touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy: Option<HaproxySwitch>,
+}
+
+/// The HAProxy part of a start-first swap: which server serves before and after, and whether
+/// traffic was moved. Until `switched`, an interrupted swap is rolled back (HAProxy switched
+/// back to `old_server`, the new container removed); once `switched`, it is finished forward
+/// (the new container passed its gate and serves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaproxySwitch {
+    /// The admin socket.
+    pub socket: String,
+    /// The backend.
+    pub backend: String,
+    /// The server of the old container, and its address (`IP:PORT`).
+    pub old_server: String,
+    /// Its address.
+    pub old_addr: String,
+    /// The server of the new container (the other of `<server>` / `<server>-b`).
+    pub new_server: String,
+    /// The new container's address, once it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_addr: Option<String>,
+    /// HAProxy serves the new container; the old one may be stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switched: bool,
 }
 
 impl UpdateRecord {
@@ -284,6 +311,7 @@ impl UpdateRecord {
             previous_digest: None,
             write_back: false,
             host,
+            haproxy: None,
         }
     }
 

@@ -54,6 +54,20 @@ pub const PRE_HOOK: &str = "steward.update.pre";
 /// shell) run in a throw-away container of this service before anything is touched; the
 /// deployment fails when it exits non-zero.
 pub const DEPLOY_TEST: &str = "steward.deploy.test";
+/// How the update swaps containers: `stop-first` (the default: the old one stops, then the
+/// new one starts) or `start-first` (the new one starts beside the old one and HAProxy is
+/// switched to it; never for a service that cannot run twice, such as PostgreSQL or Gitea).
+pub const STRATEGY: &str = "steward.update.strategy";
+/// Start-first: the HAProxy backend that serves this container.
+pub const HAPROXY_BACKEND: &str = "steward.haproxy.backend";
+/// Start-first: the HAProxy server of this container in that backend (default: the container
+/// name).
+pub const HAPROXY_SERVER: &str = "steward.haproxy.server";
+/// Start-first: the port the container serves on (inside its network).
+pub const HAPROXY_PORT: &str = "steward.haproxy.port";
+/// Start-first: the Docker network through which HAProxy reaches the container (default: its
+/// only one).
+pub const HAPROXY_NETWORK: &str = "steward.haproxy.network";
 
 /// On a database container: dump it with `pg_dump` by exec.
 pub const BACKUP_POSTGRES: &str = "steward.backup.postgres";
@@ -257,6 +271,31 @@ pub fn watch_labels(labels: &HashMap<String, String>) -> Result<WatchLabels, Lab
     Ok(WatchLabels { policy, tags })
 }
 
+/// How an update swaps the old container for the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The old container stops, then the new one starts under the name.
+    #[default]
+    StopFirst,
+    /// The new container starts beside the old one, passes the health gate, HAProxy is
+    /// switched to it, then the old one stops.
+    StartFirst(HaproxyTarget),
+}
+
+/// Where HAProxy serves a start-first container. The names are HAProxy's to check
+/// (`steward_haproxy::Name`), when the update runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyTarget {
+    /// Its backend.
+    pub backend: String,
+    /// Its server in the backend; `None`: the container name.
+    pub server: Option<String>,
+    /// The port it serves on.
+    pub port: u16,
+    /// The Docker network HAProxy reaches it through; `None`: its only one.
+    pub network: Option<String>,
+}
+
 /// How to update a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateLabels {
@@ -272,6 +311,8 @@ pub struct UpdateLabels {
     pub window: Option<Window>,
     /// Command run in the old container before it is stopped.
     pub pre: Option<String>,
+    /// Stop-first (default) or start-first behind HAProxy.
+    pub strategy: Strategy,
 }
 
 impl UpdateLabels {
@@ -591,7 +632,47 @@ pub fn update_labels(labels: &HashMap<String, String>) -> Result<UpdateLabels, L
         })?),
     };
     let pre = labels.get(PRE_HOOK).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-    Ok(UpdateLabels { policy, backup, health_url, min_age, window, pre })
+    let strategy = strategy(labels)?;
+    Ok(UpdateLabels { policy, backup, health_url, min_age, window, pre, strategy })
+}
+
+/// The swap strategy of a container: `start-first` needs [`HAPROXY_BACKEND`] and
+/// [`HAPROXY_PORT`].
+pub fn strategy(labels: &HashMap<String, String>) -> Result<Strategy, LabelError> {
+    let Some(v) = labels.get(STRATEGY) else { return Ok(Strategy::StopFirst) };
+    let bad = |label, value: &str, reason: &str| LabelError {
+        label,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match v.trim() {
+        "stop-first" => Ok(Strategy::StopFirst),
+        "start-first" => {
+            let text =
+                |label| labels.get(label).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+            let backend = text(HAPROXY_BACKEND).ok_or_else(|| {
+                bad(
+                    STRATEGY,
+                    v,
+                    "start-first needs steward.haproxy.backend (the HAProxy backend serving it)",
+                )
+            })?;
+            let port = text(HAPROXY_PORT).ok_or_else(|| {
+                bad(STRATEGY, v, "start-first needs steward.haproxy.port (the port it serves on)")
+            })?;
+            let port = match port.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(bad(HAPROXY_PORT, &port, "a port, 1 to 65535")),
+            };
+            Ok(Strategy::StartFirst(HaproxyTarget {
+                backend,
+                server: text(HAPROXY_SERVER),
+                port,
+                network: text(HAPROXY_NETWORK),
+            }))
+        }
+        _ => Err(bad(STRATEGY, v, "stop-first or start-first")),
+    }
 }
 
 /// A container's part in the certificate renewal.
@@ -760,6 +841,43 @@ mod tests {
         assert_eq!(u.health_url.as_deref(), Some("http://web:8080/"));
         assert!(update_labels(&labels(&[("steward.health.url", "web:8080")])).is_err());
         assert!(update_labels(&labels(&[("steward.update.backup", "perhaps")])).is_err());
+    }
+
+    #[test]
+    fn start_first_needs_a_backend_and_a_port_and_stop_first_stays_the_default() {
+        fn s(pairs: &[(&str, &str)]) -> Result<Strategy, LabelError> {
+            update_labels(&labels(pairs)).map(|u| u.strategy)
+        }
+        assert_eq!(s(&[]), Ok(Strategy::StopFirst));
+        assert_eq!(s(&[("steward.update.strategy", "stop-first")]), Ok(Strategy::StopFirst));
+        assert_eq!(
+            s(&[
+                ("steward.update.strategy", "start-first"),
+                ("steward.haproxy.backend", "web"),
+                ("steward.haproxy.port", "8080"),
+            ]),
+            Ok(Strategy::StartFirst(HaproxyTarget {
+                backend: "web".into(),
+                server: None,
+                port: 8080,
+                network: None
+            }))
+        );
+        let err = s(&[("steward.update.strategy", "start-first")]).expect_err("no backend");
+        assert!(err.to_string().contains("steward.haproxy.backend"), "{err}");
+        let err =
+            s(&[("steward.update.strategy", "start-first"), ("steward.haproxy.backend", "web")])
+                .expect_err("no port");
+        assert!(err.to_string().contains("steward.haproxy.port"), "{err}");
+        for port in ["0", "70000", "http"] {
+            assert!(s(&[
+                ("steward.update.strategy", "start-first"),
+                ("steward.haproxy.backend", "web"),
+                ("steward.haproxy.port", port),
+            ])
+            .is_err());
+        }
+        assert!(s(&[("steward.update.strategy", "blue-green")]).is_err());
     }
 
     fn at(s: &str) -> chrono::NaiveDateTime {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use steward_bus::{Bus, BusConfig, Namespace};
 
+pub mod haproxy;
 pub mod stall;
 pub mod tar;
 
@@ -577,6 +578,30 @@ pub mod docker {
             .to_owned()
     }
 
+    /// A Docker network, created now and removed when dropped (declare it before the
+    /// containers on it, so it is dropped after them).
+    pub struct Network(pub String);
+
+    impl Network {
+        /// `docker network create` under a fresh name starting with `prefix`.
+        pub fn create(prefix: &str) -> Self {
+            let name = super::unique_name(prefix);
+            docker(&["network", "create", &name]);
+            Self(name)
+        }
+    }
+
+    impl Drop for Network {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
+        }
+    }
+
+    /// The address of container `name` on its (only) network.
+    pub fn address_of(name: &str) -> String {
+        docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name])
+    }
+
     /// A container removed (with its anonymous volumes) when dropped.
     pub struct Container {
         /// Its name.
@@ -697,14 +722,21 @@ pub mod docker {
 
 /// `GET /` on 127.0.0.1:`port`; the body, or `None` if nothing answers.
 pub fn http_get(port: u16) -> Option<String> {
+    http_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port))).map(|(_, body)| body)
+}
+
+/// `GET /` on `addr` (HTTP/1.0, 2 s bounds): the status and the body, or `None` if nothing
+/// answers HTTP.
+pub fn http_get_at(addr: std::net::SocketAddr) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.").then(|| body.to_owned())
+    let status = head.strip_prefix("HTTP/1.")?.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, or fails the test after `bound`.

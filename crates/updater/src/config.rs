@@ -43,6 +43,14 @@ pub const DEFAULT_KEEP_IMAGES: u32 = 2;
 /// More than this is a typo, not a policy.
 pub const MAX_KEEP_IMAGES: u32 = 1000;
 
+/// HAProxy's admin socket (`stats socket ... level admin`), through which start-first
+/// swaps (`steward.update.strategy=start-first`) switch traffic; unset: start-first updates
+/// fail before touching anything.
+pub const ENV_HAPROXY_SOCKET: &str = "STEWARD_HAPROXY_SOCKET";
+/// How long a start-first swap waits for HAProxy to see the new server up, and then for the
+/// old server's sessions to end.
+pub const ENV_HAPROXY_SWITCH_TIMEOUT: &str = "STEWARD_HAPROXY_SWITCH_TIMEOUT";
+
 /// When the certificate renewal runs (cron, host time zone).
 pub const ENV_CERTS_SCHEDULE: &str = "STEWARD_CERTS_SCHEDULE";
 /// Weekly, Monday 04:00: outside the default update window and the nightly backup.
@@ -73,6 +81,10 @@ pub struct UpdaterConfig {
     pub prune_grace: Duration,
     /// Write a newer tag into the compose project after a successful update.
     pub write_back: bool,
+    /// HAProxy's admin socket, for start-first swaps.
+    pub haproxy_socket: Option<std::path::PathBuf>,
+    /// Each of the two waits of a start-first switch (new server up, old one drained).
+    pub haproxy_switch_timeout: Duration,
 }
 
 impl UpdaterConfig {
@@ -96,6 +108,9 @@ impl UpdaterConfig {
             }),
             prune_grace: read_prune_grace(env),
             write_back: env.parse(ENV_WRITE_BACK, DEFAULT_WRITE_BACK),
+            haproxy_socket: env.optional(ENV_HAPROXY_SOCKET).map(Into::into),
+            haproxy_switch_timeout: env
+                .duration(ENV_HAPROXY_SWITCH_TIMEOUT, Duration::from_secs(30)),
         }
     }
 }

@@ -45,15 +45,6 @@ fn digests_of(name: &str) -> String {
     docker(&["image", "inspect", "-f", "{{json .RepoDigests}}", &image])
 }
 
-fn terminal(events: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
-    events
-        .iter()
-        .filter(|e| e.correlation_id == correlation)
-        .map(Event::event_type)
-        .filter(|t| ["update.succeeded", "update.rolled_back", "update.failed"].contains(t))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_earlier_interrupted_updates_never_block_a_rollback_or_the_next_update() {
     let bus = TestBus::new("crashleft").await;

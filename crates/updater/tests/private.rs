@@ -57,6 +57,8 @@ async fn the_pull_uses_the_operators_docker_login() {
         keep_images: 2,
         prune_grace: Duration::ZERO,
         write_back: true,
+        haproxy_socket: None,
+        haproxy_switch_timeout: Duration::from_secs(10),
         probe: Default::default(),
     };
     let flow = Flow::open(bus.bus.clone(), steward_engine::Engine::from_env(), cfg, "test".into())

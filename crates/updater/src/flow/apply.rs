@@ -142,14 +142,37 @@ impl Flow {
                 Err(e) => return self.engine_failed(v, e).await,
             }
         }
+        let start_first = match settings.as_ref().map(|s| &s.strategy) {
+            Some(steward_labels::Strategy::StartFirst(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let haproxy = match &start_first {
+            Some(_) if !dependents.is_empty() => {
+                let reason = format!(
+                    "{name} is labelled start-first but {} share its network namespace; nothing was changed",
+                    dependents.join(", ")
+                );
+                return self.fail(v, reason, vec![]).await;
+            }
+            Some(t) => match self.plan_start_first(&name, &old_id, t).await? {
+                Ok(h) => Some(h),
+                Err(reason) => return self.fail(v, reason, vec![]).await,
+            },
+            None => None,
+        };
         let mut record = v.value;
         record.old_id = Some(old_id);
         record.dependents = dependents;
+        record.haproxy = haproxy;
         let v = self.records.save(record, v.revision).await?;
 
         let image = format!("{repository}:{tag}");
         if self.is_own(v.value.old_id.as_deref().unwrap_or_default()) {
             return self.hand_over(v, &image).await;
+        }
+        if let Some(target) = &start_first {
+            steward_failpoints::failpoint!("startfirst:planned");
+            return self.swap_start_first(v, &image, target, health_url.as_deref()).await;
         }
         let replacement = match self.engine.replace(&name, &image).await {
             Ok(r) => r,

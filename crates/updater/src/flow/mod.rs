@@ -15,6 +15,7 @@
 //! [`health_gate`], [`rollback`], [`handover`] (the updater's own container: `HandingOver` to
 //! the successor, which concludes), [`resume`] for what a restarted updater finds, and
 //! [`queue`] for a newer image that arrives while its container's update is under way.
+//! [`start_first`] is the swap of `steward.update.strategy=start-first` behind HAProxy.
 //!
 //! `steward rollback` ([`revert`]) claims the container with a record of kind `rollback`
 //! (the previous digest as `to_digest`) and joins the same machine at `Deferred`: backup,
@@ -32,6 +33,7 @@ pub mod resume;
 pub mod revert;
 pub mod rollback;
 pub mod start;
+pub mod start_first;
 
 pub use steward_bus::Hold;
 use steward_bus::{Bus, BusError, RecordStore, StateStore, Versioned};

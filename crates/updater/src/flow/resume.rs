@@ -6,6 +6,8 @@
 //! - `Pending`, `Deferred`, `AwaitingBackup` keep waiting (for a human, the sweep, a backup);
 //! - `Swapping` before the swap (nothing touched) is started again, once: a second restart
 //!   there ends it with `update.failed`;
+//! - a start-first swap whose HAProxy switch was recorded is finished forward (the new
+//!   container passed its gate and serves);
 //! - `Swapping` after it, and `Gating`, are rolled back: exactly one container under the name,
 //!   the old one, running, its network-namespace dependents back in it. If the containers
 //!   changed meanwhile (the old one removed, the name taken by a container someone else
@@ -105,6 +107,12 @@ impl Flow {
     async fn recover(&self, v: Versioned<UpdateRecord>) -> Result<(), FlowError> {
         let name = v.value.container.clone();
         let Some(old_id) = v.value.old_id.clone() else { return self.apply(v).await };
+        if let (Some(h), Some(new_id)) = (&v.value.haproxy, v.value.new_id.clone()) {
+            if h.switched {
+                let r = Replacement { name, old_id, new_id };
+                return self.finish_start_first(v, &r).await;
+            }
+        }
         tracing::warn!(container = %name, "rolling back an interrupted update");
         let old = self.engine.brief(&old_id).await?;
         let holder = self.engine.brief(&name).await?;

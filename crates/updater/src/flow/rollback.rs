@@ -21,9 +21,26 @@ impl Flow {
         reason: String,
     ) -> Result<(), FlowError> {
         let log_tail = self.engine.logs_tail(&r.new_id, LOG_LINES).await.unwrap_or_default();
+        // Start-first: HAProxy goes back to the old container while it still runs, before
+        // the new one is removed (a no-op when it was never switched).
+        let mut reason = reason;
+        let switched_back = match &v.value.haproxy {
+            Some(h) => self.switch_back(h).await,
+            None => Ok(()),
+        };
         steward_failpoints::failpoint!("restore");
         self.engine.restore(r).await?;
         steward_failpoints::failpoint!("restored");
+        if let (Err(first), Some(h)) = (switched_back, &v.value.haproxy) {
+            // Once more with the old container surely running again.
+            if let Err(e) = self.switch_back(h).await {
+                tracing::error!(container = %r.name, error = %e, first = %first, "HAProxy could not be switched back to the old container");
+                reason = format!(
+                    "{reason}; HAProxy could not be switched back to {}/{}: {e} (see docs/runbooks.md, HAProxy switched wrong)",
+                    h.backend, h.old_server
+                );
+            }
+        }
         // Dependents that joined the new container (or lost the old one) join the old again.
         let from = [r.new_id.as_str(), r.old_id.as_str(), r.name.as_str()];
         if let Err(e) = self.rejoin_dependents(&from, &r.old_id).await {

@@ -2,11 +2,15 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use steward_bus::Bus;
 use steward_events::{Digest, Event, ImageUpdated};
-use steward_testkit::docker::{docker, push_app, registry, Container, ImageTag, SwapLeftovers};
+use steward_testkit::docker::{
+    address_of, docker, push_app, registry, Container, ImageTag, SwapLeftovers,
+};
+use steward_testkit::haproxy::Haproxy;
 use steward_testkit::{free_port, http_get, unique_name, wait_for};
 use steward_updater::config::UpdaterConfig;
 use steward_updater::flow::Flow;
@@ -51,6 +55,40 @@ pub fn app_on_port(port: u16, labels: &[&str], extra: &[&str]) -> App {
     App { _parked: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
 }
 
+/// The stand-in app v1 on Docker network `net`, labelled automatic, no backup, with
+/// `steward.update.strategy=STRATEGY` and HAProxy backend `app`, port 8080, behind a haproxy of
+/// its own (its server at the container's address); v2 pushed under the same tag. Returns
+/// once v1 is served through HAProxy: the app, the haproxy, v2's digest.
+pub fn behind_haproxy(net: &str, strategy: &str) -> (App, Haproxy, String) {
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/sf"));
+    let tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let name = unique_name("sf");
+    let strategy = format!("steward.update.strategy={strategy}");
+    let mut args = vec!["--network", net];
+    for label in [
+        "steward.update.policy=automatic",
+        "steward.update.backup=false",
+        &strategy,
+        "steward.haproxy.backend=app",
+        "steward.haproxy.port=8080",
+    ] {
+        args.extend_from_slice(&["--label", label]);
+    }
+    args.push(&image);
+    let c = Container::run(&name, &args);
+    let addr: SocketAddr = format!("{}:8080", address_of(&name)).parse().expect("address");
+    let haproxy = Haproxy::start(&name, addr);
+    wait_for("v1 served through HAProxy", Duration::from_secs(15), || {
+        http_get(haproxy.port).filter(|b| b.contains("app v1"))
+    });
+    // v2 under the same tag (the registry keeps v1's manifest by digest).
+    let v2 = push_app("v2", &image);
+    let port = haproxy.port;
+    let app = App { _parked: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag };
+    (app, haproxy, v2)
+}
+
 pub async fn flow(bus: &Bus) -> Flow {
     flow_with_links(bus, None).await
 }
@@ -76,6 +114,8 @@ pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Fl
         // The tests of the cleanup itself set one; the others see it at once, as before.
         prune_grace: Duration::ZERO,
         write_back: true,
+        haproxy_socket: None,
+        haproxy_switch_timeout: Duration::from_secs(10),
         probe: Default::default(),
     };
     change(&mut cfg);
@@ -86,10 +126,30 @@ pub async fn flow_with(bus: &Bus, change: impl FnOnce(&mut UpdaterConfig)) -> Fl
 
 /// Publishes `image.updated` for `app` to `new_digest` and returns it.
 pub async fn image_updated(bus: &Bus, app: &App, new_digest: &str) -> (Event, ImageUpdated) {
+    image_updated_from(bus, app, &app.v1, new_digest).await
+}
+
+/// The terminal events (`update.succeeded|rolled_back|failed`) of flow `correlation`.
+pub fn terminal(events: &[Event], correlation: uuid::Uuid) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter(|e| e.correlation_id == correlation)
+        .map(Event::event_type)
+        .filter(|t| ["update.succeeded", "update.rolled_back", "update.failed"].contains(t))
+        .collect()
+}
+
+/// [`image_updated`] from `current_digest` (a container updated before runs another).
+pub async fn image_updated_from(
+    bus: &Bus,
+    app: &App,
+    current_digest: &str,
+    new_digest: &str,
+) -> (Event, ImageUpdated) {
     let u = ImageUpdated {
         container: app.name.clone(),
         image: app.image.clone(),
-        current_digest: Digest::parse(&app.v1).expect("digest"),
+        current_digest: Digest::parse(current_digest).expect("digest"),
         new_digest: Digest::parse(new_digest).expect("digest"),
         new_tag: None,
         policy: None,

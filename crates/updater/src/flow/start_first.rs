@@ -1,0 +1,188 @@
+//! Start-first swaps behind HAProxy (`steward.update.strategy=start-first`): the new container
+//! starts beside the old one under `<name>-steward-new`, passes the same health gate while the
+//! old one still serves, HAProxy is switched to it through its runtime API
+//! ([`steward_haproxy::Runtime::switch`]), and only then is the old one stopped and the new
+//! one given the name ([`steward_engine::Engine::take_over`], the self-update's takeover).
+//!
+//! The HAProxy part is in the record ([`HaproxySwitch`]), saved before HAProxy or any
+//! container is touched. A kill before `switched` is saved is rolled back like any swap
+//! (HAProxy switched back to the old server first); once `switched`, the new container passed
+//! its gate and serves, so the swap is finished forward. The HAProxy server names alternate
+//! between `<server>` and `<server>-b`, so the backend never holds two servers of one name.
+
+use std::net::SocketAddr;
+
+use steward_bus::Versioned;
+use steward_engine::Replacement;
+use steward_events::records::{HaproxySwitch, UpdateRecord, UpdateStep};
+use steward_haproxy::{Name, Runtime, SwitchBounds};
+use steward_labels::HaproxyTarget;
+
+use super::{Flow, FlowError};
+
+impl Flow {
+    /// What a start-first swap of container `name` (running as `old_id`) will switch, read
+    /// from HAProxy before anything is touched; `Err` says why it cannot run (the update then
+    /// fails with nothing changed).
+    pub(crate) async fn plan_start_first(
+        &self,
+        name: &str,
+        old_id: &str,
+        target: &HaproxyTarget,
+    ) -> Result<Result<HaproxySwitch, String>, FlowError> {
+        let Some(socket) = self.cfg.haproxy_socket.clone() else {
+            return Ok(Err(format!(
+                "{name} is labelled start-first but {} is not set; nothing was changed",
+                crate::config::ENV_HAPROXY_SOCKET
+            )));
+        };
+        if self.engine.publishes_ports(old_id).await? {
+            return Ok(Err(format!(
+                "{name} is labelled start-first but publishes ports on the host, which two containers cannot share; let HAProxy reach it over a Docker network; nothing was changed"
+            )));
+        }
+        let names = (|| {
+            let server = target.server.as_deref().unwrap_or(name);
+            Ok::<_, steward_haproxy::NameError>((
+                Name::new(&target.backend)?,
+                Name::new(server)?,
+                Name::new(&format!("{server}-b"))?,
+            ))
+        })();
+        let (backend, server, alternate) = match names {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(format!("{e}; nothing was changed"))),
+        };
+        let runtime = Runtime::new(&socket);
+        let servers = match runtime.servers(&backend).await {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(format!("{e}; nothing was changed"))),
+        };
+        let serving = |n: &Name| servers.iter().find(|s| s.name == n.as_str() && s.serving());
+        let (old, new) = match (serving(&server), serving(&alternate)) {
+            (Some(old), None) => (old, alternate),
+            (None, Some(old)) => (old, server),
+            (a, b) => {
+                let found = if a.is_some() && b.is_some() { "both" } else { "neither" };
+                return Ok(Err(format!(
+                    "HAProxy backend {backend}: {found} of {server} and {alternate} serve{}; see docs/runbooks.md (HAProxy switched wrong); nothing was changed",
+                    if found == "both" { "" } else { "s" }
+                )));
+            }
+        };
+        Ok(Ok(HaproxySwitch {
+            socket: socket.display().to_string(),
+            backend: backend.to_string(),
+            old_server: old.name.clone(),
+            old_addr: format!("{}:{}", old.addr, old.port),
+            new_server: new.to_string(),
+            new_addr: None,
+            switched: false,
+        }))
+    }
+
+    /// The swap itself, from a record saved with `old_id` and its [`HaproxySwitch`].
+    pub(crate) async fn swap_start_first(
+        &self,
+        v: Versioned<UpdateRecord>,
+        image: &str,
+        target: &HaproxyTarget,
+        health_url: Option<&str>,
+    ) -> Result<(), FlowError> {
+        let name = v.value.container.clone();
+        let r = match self.engine.create_successor_of(&name, image).await {
+            Ok(r) => r,
+            Err(e) => {
+                return self.fail(v, format!("cannot create the new container: {e}"), vec![]).await
+            }
+        };
+        let mut record = v.value;
+        record.new_id = Some(r.new_id.clone());
+        record.step = UpdateStep::Gating;
+        let v = self.records.save(record, v.revision).await?;
+        steward_failpoints::failpoint!("startfirst:created");
+        if let Err(e) = self.engine.start(&r.new_id).await {
+            return self.roll_back(v, &r, format!("cannot start the new container: {e}")).await;
+        }
+        steward_failpoints::failpoint!("startfirst:gate");
+        if let Err(reason) = self.health_gate(&r.new_id, health_url).await {
+            return self.roll_back(v, &r, reason).await;
+        }
+        let ip = match self.engine.address_on(&r.new_id, target.network.as_deref()).await? {
+            Ok(ip) => ip,
+            Err(why) => {
+                let reason = format!("HAProxy cannot reach the new container: {why}");
+                return self.roll_back(v, &r, reason).await;
+            }
+        };
+        let addr = SocketAddr::new(ip, target.port);
+        let mut record = v.value;
+        if let Some(h) = record.haproxy.as_mut() {
+            h.new_addr = Some(addr.to_string());
+        }
+        let v = self.records.save(record, v.revision).await?;
+        steward_failpoints::failpoint!("startfirst:switch");
+        if let Err(e) = self.switch_forward(&v.value).await {
+            return self.roll_back(v, &r, format!("HAProxy was not switched: {e}")).await;
+        }
+        let mut record = v.value;
+        if let Some(h) = record.haproxy.as_mut() {
+            h.switched = true;
+        }
+        let v = self.records.save(record, v.revision).await?;
+        steward_failpoints::failpoint!("startfirst:switched");
+        if let Err(e) = self.engine.take_over(&r).await {
+            // The old container runs again under its name; HAProxy goes back to it.
+            let reason = format!("the old container could not be stopped for the new one: {e}");
+            return self.roll_back(v, &r, reason).await;
+        }
+        steward_failpoints::failpoint!("startfirst:taken");
+        self.succeed(v, &r).await
+    }
+
+    /// A start-first swap interrupted after HAProxy was switched: the new container passed
+    /// its gate and serves, so the takeover is finished and the update stands.
+    pub(crate) async fn finish_start_first(
+        &self,
+        v: Versioned<UpdateRecord>,
+        r: &Replacement,
+    ) -> Result<(), FlowError> {
+        tracing::warn!(container = %r.name, "finishing an interrupted start-first swap (HAProxy already serves the new container)");
+        self.engine.finish_take_over(r).await?;
+        self.succeed(v, r).await
+    }
+
+    async fn switch_forward(&self, record: &UpdateRecord) -> Result<(), String> {
+        let Some(h) = &record.haproxy else { return Ok(()) };
+        let addr = h.new_addr.as_deref().ok_or("no address of the new container recorded")?;
+        self.switch(h, &h.old_server, &h.new_server, addr).await
+    }
+
+    /// HAProxy back on the old container (a rollback): the same switch backwards.
+    pub(crate) async fn switch_back(&self, h: &HaproxySwitch) -> Result<(), String> {
+        self.switch(h, &h.new_server, &h.old_server, &h.old_addr).await
+    }
+
+    async fn switch(
+        &self,
+        h: &HaproxySwitch,
+        from: &str,
+        to: &str,
+        addr: &str,
+    ) -> Result<(), String> {
+        let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
+        let addr: SocketAddr = addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?;
+        let bound = self.cfg.haproxy_switch_timeout;
+        Runtime::new(&h.socket)
+            .switch(
+                &name(&h.backend)?,
+                &name(from)?,
+                &name(to)?,
+                addr,
+                true,
+                SwitchBounds { up: bound, drain: bound },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,233 @@
+//! Start-first swaps behind a real HAProxy (one per test, on its own port and admin socket):
+//! the stand-in app on a Docker network of the test's own, reached by HAProxy at its address
+//! there, a prober every 20 ms through HAProxy counting failed requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use steward_events::records::{UpdateRecord, UpdateStep};
+use steward_events::{Event, EventData};
+use steward_haproxy::{Name, Runtime};
+use steward_testkit::docker::{address_of, docker, push_app, Network};
+use steward_testkit::haproxy::{Haproxy, Prober};
+use steward_testkit::{http_get, wait_for, TestBus};
+use steward_updater::flow::Flow;
+
+/// The stand-in app v1 on its own network, labelled start-first, behind its own HAProxy.
+struct Stage {
+    app: App,
+    haproxy: Haproxy,
+    v2: String,
+    _net: Network,
+}
+
+fn stage() -> Stage {
+    let net = Network::create("sfnet");
+    let (app, haproxy, v2) = behind_haproxy(&net.0, "start-first");
+    Stage { app, haproxy, v2, _net: net }
+}
+
+async fn start_first_flow(bus: &steward_bus::Bus, h: &Haproxy) -> Flow {
+    flow_with(bus, |cfg| {
+        cfg.haproxy_socket = Some(h.socket());
+        cfg.health_timeout = Duration::from_secs(15);
+        cfg.haproxy_switch_timeout = Duration::from_secs(10);
+    })
+    .await
+}
+
+/// Exactly one container under the name, running; HAProxy's backend has exactly one server,
+/// serving, at that container's address; what HAProxy serves is `body`.
+async fn consistent(s: &Stage, body: &str) {
+    let app = &s.app;
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &app.name]), "true");
+    no_strays(&app.name);
+    let ip = address_of(&app.name);
+    let servers = Runtime::new(s.haproxy.socket())
+        .servers(&Name::new("app").expect("name"))
+        .await
+        .expect("servers");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert!(servers[0].serving(), "{servers:?}");
+    assert_eq!((servers[0].addr.as_str(), servers[0].port), (ip.as_str(), 8080), "{servers:?}");
+    wait_for("served through HAProxy", Duration::from_secs(10), || {
+        http_get(s.haproxy.port).filter(|b| b.contains(body))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_first_update_serves_every_request() {
+    let bus = TestBus::new("sfok").await;
+    let s = stage();
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    let prober = Prober::start(s.haproxy.port);
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (seen, failed) = prober.finish();
+    assert_eq!(failed, 0, "failed requests through HAProxy during a start-first update");
+    assert!(seen.first().is_some_and(|b| b.contains("app v1")), "{:?}", seen.first());
+    assert!(seen.last().is_some_and(|b| b.contains("app v2")), "{:?}", seen.last());
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.succeeded"], "{:?}", types(&all));
+    consistent(&s, "app v2").await;
+    // And back (the server names alternate): the second swap works as well.
+    let prober = Prober::start(s.haproxy.port);
+    let (event, u) = image_updated_from(&bus, &s.app, &s.v2, &s.app.v1).await;
+    flow.on_image_updated(&event, &u).await.expect("update back");
+    let (_, failed) = prober.finish();
+    assert_eq!(failed, 0);
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.succeeded"], "{:?}", types(&all));
+    consistent(&s, "app v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_healthy_release_is_rolled_back_with_haproxy_serving_the_old_one() {
+    let bus = TestBus::new("sfbad").await;
+    let s = stage();
+    let v3 = push_app("v3", &s.app.image);
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    let prober = Prober::start(s.haproxy.port);
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &v3).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let (seen, failed) = prober.finish();
+    assert_eq!(failed, 0, "failed requests while a broken release was tried and rolled back");
+    assert!(seen.iter().all(|b| b.contains("app v1")));
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.rolled_back"], "{:?}", types(&all));
+    consistent(&s, "app v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_haproxy_or_with_published_ports_nothing_is_touched() {
+    let bus = TestBus::new("sfrefuse").await;
+    let s = stage();
+    // No admin socket configured: failed before anything was touched.
+    let flow = flow_with(&bus, |_| {}).await;
+    let before = docker(&["inspect", "-f", "{{.Id}}", &s.app.name]);
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.failed"], "{:?}", types(&all));
+    let reason = all.iter().find_map(|e| match &e.data {
+        EventData::UpdateFailed(f) if e.correlation_id == event.correlation_id => {
+            Some(f.reason.clone())
+        }
+        _ => None,
+    });
+    assert!(reason.as_deref().is_some_and(|r| r.contains("STEWARD_HAPROXY_SOCKET")), "{reason:?}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &s.app.name]), before);
+    // A socket nobody listens on: the same.
+    let flow =
+        flow_with(&bus, |cfg| cfg.haproxy_socket = Some(s.haproxy.dir.join("nosuch.sock"))).await;
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.failed"], "{:?}", types(&all));
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &s.app.name]), before);
+    consistent(&s, "app v1").await;
+    // A container publishing a host port cannot run twice: refused, untouched.
+    let published = app(&[
+        "steward.update.policy=automatic",
+        "steward.update.backup=false",
+        "steward.update.strategy=start-first",
+        "steward.haproxy.backend=app",
+        "steward.haproxy.port=8080",
+    ]);
+    let v2 = push_app("v2", &published.image);
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    let before = docker(&["inspect", "-f", "{{.Id}}", &published.name]);
+    let (event, u) = image_updated_from(&bus, &published, &published.v1, &v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    let all = events(&bus).await;
+    let reason = all.iter().find_map(|e| match &e.data {
+        EventData::UpdateFailed(f) if e.correlation_id == event.correlation_id => {
+            Some(f.reason.clone())
+        }
+        _ => None,
+    });
+    assert!(reason.as_deref().is_some_and(|r| r.contains("publishes ports")), "{reason:?}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &published.name]), before);
+    assert!(http_get(published.port).is_some_and(|b| b.contains("app v1")));
+}
+
+/// Where an update is cut: a predicate on its record.
+type Cut = (&'static str, fn(&UpdateRecord) -> bool);
+
+const CUTS: [Cut; 4] = [
+    ("planned", |r| r.haproxy.is_some() && r.new_id.is_none()),
+    ("new container created", |r| r.step == UpdateStep::Gating),
+    ("switching", |r| r.haproxy.as_ref().is_some_and(|h| h.new_addr.is_some() && !h.switched)),
+    ("switched", |r| r.haproxy.as_ref().is_some_and(|h| h.switched)),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_cut_at_each_step_and_again_in_its_recovery_ends_consistent() {
+    let bus = TestBus::new("sfcut").await;
+    let s = stage();
+    let digests = [s.app.v1.clone(), s.v2.clone()];
+    let mut running = 0; // index into digests
+    for (round, (what, cut)) in CUTS.into_iter().enumerate() {
+        let flow = start_first_flow(&bus, &s.haproxy).await;
+        let (event, u) =
+            image_updated_from(&bus, &s.app, &digests[running], &digests[1 - running]).await;
+        let task = {
+            let flow = flow.clone();
+            tokio::spawn(async move { flow.on_image_updated(&event, &u).await })
+        };
+        // The flow is dropped mid-step (like a kill: nothing after the cut runs) once its
+        // record shows the cut; bounded in time.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut reached = false;
+        while Instant::now() < deadline && !task.is_finished() {
+            if let Some(v) = flow.records.get(&s.app.name).await.expect("record") {
+                if !v.value.step.is_terminal() && cut(&v.value) {
+                    task.abort();
+                    reached = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = task.await;
+        // Twice: the first restarted updater is cut too, a while into its recovery (a
+        // different while for each cut), and a second one finds what it left.
+        let first = start_first_flow(&bus, &s.haproxy).await;
+        let recovery = tokio::spawn(async move { first.resume().await });
+        tokio::time::sleep(Duration::from_millis(150 * (round as u64 + 1))).await;
+        recovery.abort();
+        let _ = recovery.await;
+        let restarted = start_first_flow(&bus, &s.haproxy).await;
+        let unfinished = restarted.resume().await;
+        assert!(unfinished.is_empty(), "{what}: {unfinished:?}");
+        let all = events(&bus).await;
+        let ends = terminal(&all, event_correlation(&all, &s.app.name, &digests[1 - running]));
+        assert!(reached, "{what}: the update ended before the cut");
+        assert_eq!(ends.len(), 1, "{what}: {ends:?}");
+        if ends[0] == "update.succeeded" {
+            running = 1 - running;
+        }
+        let body = if running == 0 { "app v1" } else { "app v2" };
+        consistent(&s, body).await;
+        let record = restarted.records.get(&s.app.name).await.expect("record").expect("some");
+        assert!(record.value.step.is_terminal() && record.value.outbox.is_empty(), "{what}");
+    }
+}
+
+/// The correlation of the newest `image.updated` of `name` to `digest`.
+fn event_correlation(all: &[Event], name: &str, digest: &str) -> uuid::Uuid {
+    all.iter()
+        .rev()
+        .find_map(|e| match &e.data {
+            EventData::ImageUpdated(u)
+                if u.container == name && u.new_digest.as_str() == digest =>
+            {
+                Some(e.correlation_id)
+            }
+            _ => None,
+        })
+        .expect("the news")
+}
