@@ -55,6 +55,21 @@ fn approval(host: Option<&str>) -> Event {
     Event::new("steward/desk", data).with_host(host.map(str::to_owned))
 }
 
+/// Every stored event of type `subject`, as (id, host), in order.
+async fn stored(reader: &Bus, subject: &str) -> Vec<(uuid::Uuid, Option<String>)> {
+    let mut replay = reader
+        .replay(steward_bus::ReplayQuery { subjects: vec![subject.into()], ..Default::default() })
+        .await
+        .expect("replay");
+    let mut seen = vec![];
+    while let Some(r) = replay.next().await {
+        if let Ok(e) = r.expect("replayed").event {
+            seen.push((e.id, e.host));
+        }
+    }
+    seen
+}
+
 async fn next(inbox: &mut steward_bus::Inbox) -> steward_bus::Delivery {
     tokio::time::timeout(Duration::from_secs(10), inbox.next()).await.expect("a delivery")
 }
@@ -130,19 +145,7 @@ async fn an_approval_for_one_host_reaches_only_its_updater_and_no_other_host_can
     assert_eq!(d.event.as_ref().map(|e| e.id).ok(), Some(for_b.id));
     d.ack().await.expect("ack");
     // The central reader sees both hosts' events, each with its host.
-    let mut replay = cli
-        .replay(steward_bus::ReplayQuery {
-            subjects: vec!["update.approved".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("replay");
-    let mut seen = vec![];
-    while let Some(r) = replay.next().await {
-        if let Ok(e) = r.expect("replayed").event {
-            seen.push((e.id, e.host));
-        }
-    }
+    let seen = stored(&cli, "update.approved").await;
     let want = vec![
         (for_a.id, Some(A.to_owned())),
         (for_b.id, Some(B.to_owned())),
@@ -181,19 +184,7 @@ async fn an_event_id_taken_first_by_another_host_does_not_swallow_the_event() {
     let again = updater_a.publish(&other).await.expect("publish again");
     assert_eq!((again.duplicate, again.sequence), (true, first.sequence));
     let cli = central(&server, Service::Cli).await;
-    let mut replay = cli
-        .replay(steward_bus::ReplayQuery {
-            subjects: vec!["update.rejected".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("replay");
-    let mut seen = vec![];
-    while let Some(r) = replay.next().await {
-        if let Ok(e) = r.expect("replayed").event {
-            seen.push((e.id, e.host));
-        }
-    }
+    let seen = stored(&cli, "update.rejected").await;
     assert_eq!(seen, vec![(staged.id, Some(B.to_owned())), (staged.id, Some(A.to_owned()))]);
     // a's updater consumer gets its own copy (b's never reaches it).
     let mut inbox_a =
