@@ -361,16 +361,28 @@ impl Delivery {
         headers.insert(DLQ_SUBJECT, self.msg.subject.as_str());
         headers.insert(DLQ_SEQUENCE, self.stream_sequence.to_string().as_str());
         headers.insert(DLQ_DELIVERIES, self.attempt.to_string().as_str());
-        // One dead letter per (consumer, message), however often this is retried.
+        // One dead letter per (consumer, message), however often this is retried. The id is
+        // predictable: one another participant stored first (on its own dead-letter subject)
+        // is found out by reading it back, and this one goes out under a fresh id.
         let id = format!("dlq-{}-{}-{}", ns.stream, self.consumer, self.stream_sequence);
-        publish::publish_raw(
-            &self.bus,
-            ns.dead_letter_subject(&self.consumer),
-            headers,
-            self.msg.payload.clone(),
-            &id,
-        )
-        .await?;
+        let subject = ns.dead_letter_subject(&self.consumer);
+        let payload = self.msg.payload.clone();
+        let published =
+            publish::publish_raw(&self.bus, subject.clone(), headers.clone(), payload.clone(), &id)
+                .await?;
+        if published.duplicate {
+            let ours = |stored: &[u8]| stored == payload.as_ref();
+            publish::check_duplicate(
+                &self.bus,
+                subject,
+                headers,
+                payload.clone(),
+                published,
+                &id,
+                ours,
+            )
+            .await?;
+        }
         self.msg.double_ack_with(AckKind::Term).await.map_err(|e| BusError::nats("term", e))
     }
 }

@@ -54,7 +54,17 @@ pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published,
         if !published.duplicate {
             return Ok(published);
         }
-        check_duplicate(bus, subject, payload, published, &id).await
+        let ours = |stored: &[u8]| same_event(stored, &payload);
+        check_duplicate(
+            bus,
+            subject.clone(),
+            HeaderMap::new(),
+            payload.clone(),
+            published,
+            &id,
+            ours,
+        )
+        .await
     }
     .instrument(span)
     .await
@@ -70,12 +80,15 @@ pub(crate) async fn publish_event(bus: &Bus, event: &Event) -> Result<Published,
 /// out again under a fresh, unguessable message id, stored twice at worst. A stored message
 /// that cannot be read (an installation whose NATS authorization predates the read) leaves
 /// the duplicate ack believed, with a warning.
-async fn check_duplicate(
+/// `ours` judges a stored payload found on the same subject.
+pub(crate) async fn check_duplicate(
     bus: &Bus,
     subject: String,
+    headers: HeaderMap,
     payload: Bytes,
     published: Published,
     id: &str,
+    ours: impl Fn(&[u8]) -> bool,
 ) -> Result<Published, BusError> {
     let stored = async {
         let stream =
@@ -91,14 +104,14 @@ async fn check_duplicate(
             return Ok(published);
         }
     };
-    if stored.subject.as_str() == subject && same_event(&stored.payload, &payload) {
+    if stored.subject.as_str() == subject && ours(&stored.payload) {
         return Ok(published);
     }
     let fresh = format!("{id}.{}", uuid::Uuid::new_v4().simple());
     tracing::error!(%subject, msg_id = id, fresh_msg_id = %fresh, taken_by = %stored.subject,
         sequence = stored.sequence,
         "publish taken as a duplicate of another message under this event's id; publishing again under a fresh message id");
-    publish_raw(bus, subject, HeaderMap::new(), payload, &fresh).await
+    publish_raw(bus, subject, headers, payload, &fresh).await
 }
 
 /// Whether two payloads are one event: the same id, type, host, flow and data. When and by

@@ -313,3 +313,33 @@ async fn a_participant_with_another_routing_table_is_refused_at_start() {
     let routed = quick(server.bus_config_as_user(&Service::Updater.identity(Some(A))), Some(A));
     Bus::connect(routed, Service::Updater.binary()).await.expect("still routed");
 }
+
+/// A dead letter's message id is predictable (`dlq-<stream>-<consumer>-<sequence>`): host b
+/// stores a message under the id of a's next dead letter first, on b's own dead-letter
+/// subject. a's dead letter is still stored, on a's.
+#[tokio::test]
+async fn a_dead_letter_whose_id_was_taken_first_is_still_stored() {
+    let (server, _setup) = provisioned().await;
+    let cli = central(&server, Service::Cli).await;
+    let updater_a = agent(&server, Service::Updater, A).await;
+    let updater_b = agent(&server, Service::Updater, B).await;
+    let mut inbox_a =
+        updater_a.inbox(ConsumerSpec::of(Service::Updater, Some(A))).await.expect("a's inbox");
+    let poison = approval(Some(A));
+    cli.publish(&poison).await.expect("publish");
+    let d = next(&mut inbox_a).await;
+    let mut headers = async_nats::HeaderMap::new();
+    let id = format!("dlq-STEWARD-updater-vps-a-{}", d.stream_sequence);
+    headers.insert("Nats-Msg-Id", id.as_str());
+    let js = async_nats::jetstream::new(updater_b.raw_client().clone());
+    js.publish_with_headers("dlq.updater-vps-b", headers, "squatted".into())
+        .await
+        .expect("b publishes on its own dead-letter subject")
+        .await
+        .expect("stored under a's dead-letter id");
+    d.dead_letter("poison for the test").await.expect("dead-lettered");
+    let stream = js.get_stream("STEWARD").await.expect("stream");
+    let a_dead = stream.info_with_subjects("dlq.updater-vps-a").await.expect("subjects");
+    let a_dead: Vec<_> = futures::TryStreamExt::try_collect(a_dead).await.expect("subjects");
+    assert_eq!(a_dead.len(), 1, "a's dead letter was swallowed: {a_dead:?}");
+}
