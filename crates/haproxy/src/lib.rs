@@ -309,23 +309,28 @@ impl Runtime {
         addr: SocketAddr,
         check: bool,
     ) -> Result<(), HaproxyError> {
-        if let Some(s) = self.server(backend, server).await? {
-            if s.addr == addr.ip().to_string() && s.port == addr.port() {
-                return Ok(());
+        let exists = match self.server(backend, server).await? {
+            Some(s) if s.addr == addr.ip().to_string() && s.port == addr.port() => true,
+            Some(s) => {
+                return Err(HaproxyError::Refused {
+                    command: format!("add server {backend}/{server} {addr}"),
+                    answer: format!("{backend}/{server} exists at {}:{}", s.addr, s.port),
+                })
             }
-            return Err(HaproxyError::Refused {
-                command: format!("add server {backend}/{server} {addr}"),
-                answer: format!("{backend}/{server} exists at {}:{}", s.addr, s.port),
-            });
+            None => false,
+        };
+        if !exists {
+            let with_check = if check { " check" } else { "" };
+            self.expect(
+                &format!("add server {backend}/{server} {addr}{with_check}"),
+                &["New server registered"],
+            )
+            .await?;
         }
-        let check = if check { " check" } else { "" };
-        self.expect(
-            &format!("add server {backend}/{server} {addr}{check}"),
-            &["New server registered"],
-        )
-        .await?;
-        if !check.is_empty() {
-            // Dynamic servers start with their checks disabled.
+        if check {
+            // Dynamic servers start with their checks disabled. Also when the server was
+            // there already: a swap cut between its add and this line resumes here, and a
+            // server whose checks never run never passes one.
             self.expect(&format!("enable health {backend}/{server}"), &[]).await?;
         }
         Ok(())

@@ -135,6 +135,35 @@ async fn an_interrupted_switch_is_finished_by_running_it_again() {
     }
 }
 
+/// One raw command on the admin socket, its answer (a cut the adapter's own calls cannot
+/// leave: a server added with `check` whose checks were never enabled).
+async fn raw(socket: std::path::PathBuf, command: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::UnixStream::connect(socket).await.expect("admin socket");
+    s.write_all(format!("{command}\n").as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("read");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_cut_between_add_and_enabling_health_is_finished() {
+    let (v1, v2) = (app("v1").await, app("v2").await);
+    let h = Haproxy::start("blue", v1);
+    let rt = Runtime::new(h.socket());
+    let answer = raw(h.socket(), &format!("add server app/green {v2} check")).await;
+    assert!(answer.contains("New server registered"), "{answer}");
+    let bounds = SwitchBounds { up: Duration::from_secs(10), ..SwitchBounds::default() };
+    rt.switch(&n("app"), &n("blue"), &n("green"), v2, true, bounds)
+        .await
+        .expect("the switch resumes and its check passes");
+    let servers = rt.servers(&n("app")).await.expect("servers");
+    assert!(
+        servers.len() == 1 && servers[0].name == "green" && servers[0].serving(),
+        "{servers:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_errors_with_haproxys_answer() {
     let v1 = app("v1").await;
