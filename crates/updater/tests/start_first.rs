@@ -231,3 +231,41 @@ fn event_correlation(all: &[Event], name: &str, digest: &str) -> uuid::Uuid {
         })
         .expect("the news")
 }
+
+/// Cut once HAProxy serves the new container, which then dies before the takeover is
+/// finished: the restarted updater never finishes a takeover by it. The old container comes
+/// back under its name, HAProxy serves it, and the update ends `update.rolled_back`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_container_gone_after_the_switch_is_never_taken_over() {
+    let bus = TestBus::new("sfgone").await;
+    let s = stage();
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
+    let task = {
+        let flow = flow.clone();
+        tokio::spawn(async move { flow.on_image_updated(&event, &u).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut cut = None;
+    while Instant::now() < deadline && !task.is_finished() {
+        if let Some(v) = flow.records.get(&s.app.name).await.expect("record") {
+            if !v.value.step.is_terminal() && v.value.haproxy.as_ref().is_some_and(|h| h.switched) {
+                task.abort();
+                cut = Some(v.value);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = task.await;
+    let record = cut.expect("the update ended before HAProxy was switched");
+    let (old_id, new_id) = (record.old_id.expect("old"), record.new_id.expect("new"));
+    docker(&["rm", "-f", &new_id]);
+    let restarted = start_first_flow(&bus, &s.haproxy).await;
+    assert!(restarted.resume().await.is_empty());
+    let all = events(&bus).await;
+    let ends = terminal(&all, event_correlation(&all, &s.app.name, &s.v2));
+    assert_eq!(ends, ["update.rolled_back"]);
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &old_id]), "true");
+    consistent(&s, "app v1").await;
+}

@@ -14,8 +14,7 @@ use steward_events::records::{UpdateRecord, UpdateStep};
 
 use super::{Flow, FlowError};
 
-/// Log lines of a successor that did not take over, for the operator's mail.
-const LOG_LINES: usize = 20;
+use super::rollback::LOG_LINES;
 
 /// The id of the container this process runs in, if it runs in one: Docker bind-mounts the
 /// container's own `hostname`, `hosts` and `resolv.conf` from

@@ -9,8 +9,8 @@ use steward_events::UpdateRolledBack;
 
 use super::{Flow, FlowError};
 
-/// Log lines carried in the event (and so in the operator's mail).
-const LOG_LINES: usize = 20;
+/// Log lines of a new container carried in the event (and so in the operator's mail).
+pub(super) const LOG_LINES: usize = 20;
 
 impl Flow {
     /// Puts the old container back after a failed health gate.

@@ -132,9 +132,11 @@ impl Flow {
         let v = self.records.save(record, v.revision).await?;
         steward_failpoints::failpoint!("startfirst:switched");
         if let Err(e) = self.engine.take_over(&r).await {
-            // The old container runs again under its name; HAProxy goes back to it.
-            let reason = format!("the old container could not be stopped for the new one: {e}");
-            return self.roll_back(v, &r, reason).await;
+            // From `switched` on, only forward: HAProxy serves the new container, and a
+            // rollback now would switch back to an address the stopped old one may have lost.
+            // The handler's retry (or the sweep) finishes the takeover.
+            tracing::error!(container = %r.name, error = %e, "the old container could not be stopped for the new one; the takeover is retried");
+            return Err(e.into());
         }
         steward_failpoints::failpoint!("startfirst:taken");
         self.succeed(v, &r).await
@@ -148,6 +150,22 @@ impl Flow {
         r: &Replacement,
     ) -> Result<(), FlowError> {
         tracing::warn!(container = %r.name, "finishing an interrupted start-first swap (HAProxy already serves the new container)");
+        // Never finish a takeover by a new container that is not there to serve: forward is
+        // impossible, so the old one comes back. `switched` is cleared first, so a kill
+        // during this rollback resumes it as a rollback, never as a takeover.
+        let new = self.engine.brief(&r.new_id).await?;
+        if !new.as_ref().is_some_and(|n| n.running) {
+            let state = if new.is_some() { "stopped" } else { "gone" };
+            let reason = format!(
+                "the new container stopped serving ({state}) after HAProxy was switched to it; the old one is brought back"
+            );
+            let mut record = v.value;
+            if let Some(h) = record.haproxy.as_mut() {
+                h.switched = false;
+            }
+            let v = self.records.save(record, v.revision).await?;
+            return self.roll_back(v, r, reason).await;
+        }
         self.engine.finish_take_over(r).await?;
         self.succeed(v, r).await
     }
