@@ -7,6 +7,7 @@
 mod deploy_common;
 
 use deploy_common::*;
+use steward_system_tests::steward_ok;
 use steward_testkit::docker::docker;
 
 /// The `deploy.failed` of the flow that tried `commit`.
@@ -110,5 +111,38 @@ async fn a_deployer_killed_during_the_test_removes_its_container_and_ends_the_de
     assert!(failed(&flow).reason.contains("did not finish within"), "{flow:#?}");
     assert!(test_containers(&repo).trim().is_empty(), "a test container is left");
     assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web touched");
+    assert!(serves(repo.web, "v1"));
+}
+
+/// In an environment that needs an approval the test runs the commit's compose file only
+/// once a human approved: a push alone (whose compose file could mount the host or run
+/// privileged) starts no test container. Approved, the failing test fails the deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_environments_test_waits_for_the_approval() {
+    let bus = TestBus::new("deploytestmanual").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let extra = [("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned())];
+    let _deployer = deployer(&repo.env(&bus, port, &extra));
+    let c1 = push_version(&repo, port, "v1", "first").await;
+    pending_of(&bus, &c1).await;
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    assert_eq!(terminal(&outcome(&bus, &c1, Duration::from_secs(45)).await), ["deploy.succeeded"]);
+
+    let label = "steward.deploy.test: ls /no-such-steward-test-file";
+    let commit = repo.commit_labelled("dev", "v2", "failing test", "", label);
+    push_commit(&repo, port, &commit, "failing test").await;
+    pending_of(&bus, &commit).await;
+    assert!(
+        !stored_events(&bus).await.iter().any(|e| matches!(&e.data,
+            EventData::DeployFailed(f) if f.change.commit == commit)),
+        "the test ran before the approval"
+    );
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
+    assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
+    assert!(failed(&flow).reason.contains("ls /no-such-steward-test-file"), "{flow:#?}");
+    assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
+    assert!(test_containers(&repo).trim().is_empty(), "a test container is left");
     assert!(serves(repo.web, "v1"));
 }

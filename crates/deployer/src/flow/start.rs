@@ -324,7 +324,11 @@ impl Flow {
                 return self.fail(v, reason, e.tail).await;
             }
         }
-        if !services.is_empty() {
+        // The test runs the commit's compose file (its volumes, privileges and image): in an
+        // environment that needs an approval, only once a human approved (`on_approved`),
+        // never on a push alone.
+        let manual = self.cfg.environment(&env).is_some_and(|e| e.policy == Policy::Manual);
+        if !services.is_empty() && !(manual && v.value.approved_by.is_none()) {
             if let Err((reason, tail)) = self.test_commit(&env, &v.value.deploy_id).await {
                 return self.fail(v, reason, tail).await;
             }
@@ -358,7 +362,6 @@ impl Flow {
                 .await?;
             return Ok(());
         }
-        let manual = self.cfg.environment(&env).is_some_and(|e| e.policy == Policy::Manual);
         if manual && record.approved_by.is_none() {
             let data = DeployPending {
                 deploy_id: record.deploy_id,
@@ -478,6 +481,13 @@ impl Flow {
         let mut record = v.value;
         record.approved_by = Some(a.by.clone());
         tracing::info!(deploy = %record.deploy_id, by = %a.by, "deployment approved");
+        // The repository's test, held back until now (a kill during it: the approval is
+        // delivered again and the test runs again, its container removed first).
+        if let Err((reason, tail)) = self.test_commit(&key, &record.deploy_id).await {
+            let v = Versioned { value: record, revision: v.revision };
+            self.fail(v, reason, tail).await?;
+            return self.start_queued(&key).await;
+        }
         self.begin(Versioned { value: record, revision: v.revision }).await?;
         self.start_queued(&key).await
     }
