@@ -216,7 +216,7 @@ def test_podman_stack_unit_brings_the_stack_up_at_boot_against_podmans_socket(tm
         role="deploy"))
     unit = (systemd / "gitea-stack.service").read_text()
     lines = unit.splitlines()
-    for line in ["Requires=podman.socket", "After=podman.socket network-online.target",
+    for line in ["Wants=podman.socket", "After=podman.socket network-online.target",
                  "Type=oneshot", "RemainAfterExit=true", "WorkingDirectory=/opt/gitea",
                  "WantedBy=multi-user.target",
                  "ExecStart=/usr/bin/env DOCKER_HOST=unix:///run/podman/podman.sock docker-compose "
