@@ -328,7 +328,8 @@ impl Flow {
         // environment that needs an approval, only once a human approved (`on_approved`),
         // never on a push alone.
         let manual = self.cfg.environment(&env).is_some_and(|e| e.policy == Policy::Manual);
-        if !services.is_empty() && !(manual && v.value.approved_by.is_none()) {
+        let held_back = manual && v.value.approved_by.is_none();
+        if !services.is_empty() && !held_back {
             if let Err((reason, tail)) = self.test_commit(&env, &v.value.deploy_id).await {
                 return self.fail(v, reason, tail).await;
             }
