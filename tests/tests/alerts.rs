@@ -80,8 +80,6 @@ async fn a_prometheus_alert_reaches_the_mail_through_alertmanager_and_the_notifi
             400,
         ),
         ("2 MiB", Some(format!("Bearer {token}")), vec![b' '; 2 << 20], 413),
-        // The token is checked before the body is read.
-        ("2 MiB without a token", None, vec![b' '; 2 << 20], 401),
     ];
     for (what, auth, body, status) in cases {
         let mut request = client.post(&url).header("content-type", "application/json").body(body);
@@ -91,6 +89,25 @@ async fn a_prometheus_alert_reaches_the_mail_through_alertmanager_and_the_notifi
         let got = request.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(got.status().as_u16(), status, "{what}");
     }
+    // The token is checked before the body is read: a request announcing 2 MiB and sending
+    // none of it is answered 401 at once (a server reading the body first would wait). Raw,
+    // because an HTTP client still sending its body when the server closes may see only the
+    // reset, not the answer.
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http)).await.expect("connect");
+        let head = format!(
+            "POST /alerts HTTP/1.1\r\nHost: 127.0.0.1:{http}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            2 << 20
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 64];
+        let n = s.read(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .expect("no answer without the body: the body is read before the token is checked");
+    assert!(answer.starts_with("HTTP/1.1 401"), "2 MiB announced without a token: {answer}");
 
     // Alertmanager, with the webhook's token from a file as the compose stack gives it.
     let am_port = free_port();
