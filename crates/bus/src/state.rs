@@ -145,12 +145,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
 
     /// The current value, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, BusError> {
-        let scoped = self.scoped(key);
-        let (entry, _) = retry_transient(self.retry_for, "kv entry", || async {
-            self.kv.entry(scoped.clone()).await.map_err(|e| BusError::nats("kv entry", e))
-        })
-        .await;
-        let Some(entry) = entry? else { return Ok(None) };
+        let Some(entry) = self.entry(key).await? else { return Ok(None) };
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
@@ -162,15 +157,25 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         Ok(Some(Versioned { value, revision: entry.revision }))
     }
 
+    /// The raw entry of `key` (a value or a delete marker), retried while NATS is away.
+    async fn entry(&self, key: &str) -> Result<Option<kv::Entry>, BusError> {
+        let scoped = self.scoped(key);
+        retry_transient(self.retry_for, "kv entry", || async {
+            self.kv.entry(scoped.clone()).await.map_err(|e| BusError::nats("kv entry", e))
+        })
+        .await
+        .0
+    }
+
+    /// The answer to a write of `key` that expected `expected` and met something else.
+    fn conflict(&self, key: &str, expected: Option<u64>) -> BusError {
+        BusError::Conflict { bucket: self.bucket.clone(), key: key.to_owned(), expected }
+    }
+
     /// After a conflict met by a repeated write: the revision at which `key` holds exactly
     /// `bytes` (the write's first attempt landed, its answer was lost), else the conflict.
     async fn landed(&self, key: &str, bytes: &Bytes, conflict: BusError) -> Result<u64, BusError> {
-        let scoped = self.scoped(key);
-        let (entry, _) = retry_transient(self.retry_for, "kv entry", || async {
-            self.kv.entry(scoped.clone()).await.map_err(|e| BusError::nats("kv entry", e))
-        })
-        .await;
-        match entry? {
+        match self.entry(key).await? {
             Some(e) if e.operation == kv::Operation::Put && e.value == *bytes => Ok(e.revision),
             _ => Err(conflict),
         }
@@ -182,11 +187,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         let scoped = self.scoped(key);
         let (result, retried) = retry_transient(self.retry_for, "kv create", || async {
             self.kv.create(scoped.clone(), bytes.clone()).await.map_err(|e| match e.kind() {
-                kv::CreateErrorKind::AlreadyExists => BusError::Conflict {
-                    bucket: self.bucket.clone(),
-                    key: key.to_owned(),
-                    expected: None,
-                },
+                kv::CreateErrorKind::AlreadyExists => self.conflict(key, None),
                 _ => BusError::nats("kv create", e),
             })
         })
@@ -206,11 +207,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         let (result, retried) = retry_transient(self.retry_for, "kv update", || async {
             self.kv.update(scoped.clone(), bytes.clone(), revision).await.map_err(|e| {
                 match e.kind() {
-                    kv::UpdateErrorKind::WrongLastRevision => BusError::Conflict {
-                        bucket: self.bucket.clone(),
-                        key: key.to_owned(),
-                        expected: Some(revision),
-                    },
+                    kv::UpdateErrorKind::WrongLastRevision => self.conflict(key, Some(revision)),
                     _ => BusError::nats("kv update", e),
                 }
             })
@@ -254,11 +251,7 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
         let (result, retried) = retry_transient(self.retry_for, "kv delete", || async {
             self.kv.delete_expect_revision(scoped.clone(), Some(revision)).await.map_err(
                 |e| match e.kind() {
-                    kv::DeleteErrorKind::WrongLastRevision => BusError::Conflict {
-                        bucket: self.bucket.clone(),
-                        key: key.to_owned(),
-                        expected: Some(revision),
-                    },
+                    kv::DeleteErrorKind::WrongLastRevision => self.conflict(key, Some(revision)),
                     _ => BusError::nats("kv delete", e),
                 },
             )

@@ -70,6 +70,16 @@ async fn stored(reader: &Bus, subject: &str) -> Vec<(uuid::Uuid, Option<String>)
     seen
 }
 
+/// The CLI, both hosts' updaters as their own users, and a's inbox.
+async fn two_updaters(server: &NatsServer) -> (Bus, Bus, Bus, steward_bus::Inbox) {
+    let cli = central(server, Service::Cli).await;
+    let updater_a = agent(server, Service::Updater, A).await;
+    let updater_b = agent(server, Service::Updater, B).await;
+    let inbox_a =
+        updater_a.inbox(ConsumerSpec::of(Service::Updater, Some(A))).await.expect("a's inbox");
+    (cli, updater_a, updater_b, inbox_a)
+}
+
 async fn next(inbox: &mut steward_bus::Inbox) -> steward_bus::Delivery {
     tokio::time::timeout(Duration::from_secs(10), inbox.next()).await.expect("a delivery")
 }
@@ -77,11 +87,7 @@ async fn next(inbox: &mut steward_bus::Inbox) -> steward_bus::Delivery {
 #[tokio::test]
 async fn an_approval_for_one_host_reaches_only_its_updater_and_no_other_host_can_forge_one() {
     let (server, _setup) = provisioned().await;
-    let cli = central(&server, Service::Cli).await;
-    let updater_a = agent(&server, Service::Updater, A).await;
-    let updater_b = agent(&server, Service::Updater, B).await;
-    let mut inbox_a =
-        updater_a.inbox(ConsumerSpec::of(Service::Updater, Some(A))).await.expect("a's inbox");
+    let (cli, _updater_a, updater_b, mut inbox_a) = two_updaters(&server).await;
     let mut inbox_b =
         updater_b.inbox(ConsumerSpec::of(Service::Updater, Some(B))).await.expect("b's inbox");
 
@@ -320,11 +326,7 @@ async fn a_participant_with_another_routing_table_is_refused_at_start() {
 #[tokio::test]
 async fn a_dead_letter_whose_id_was_taken_first_is_still_stored() {
     let (server, _setup) = provisioned().await;
-    let cli = central(&server, Service::Cli).await;
-    let updater_a = agent(&server, Service::Updater, A).await;
-    let updater_b = agent(&server, Service::Updater, B).await;
-    let mut inbox_a =
-        updater_a.inbox(ConsumerSpec::of(Service::Updater, Some(A))).await.expect("a's inbox");
+    let (cli, _updater_a, updater_b, mut inbox_a) = two_updaters(&server).await;
     let poison = approval(Some(A));
     cli.publish(&poison).await.expect("publish");
     let d = next(&mut inbox_a).await;

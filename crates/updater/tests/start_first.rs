@@ -164,6 +164,36 @@ const CUTS: [Cut; 4] = [
     ("switched", |r| r.haproxy.as_ref().is_some_and(|h| h.switched)),
 ];
 
+/// Runs the update of `name` and drops it mid-step (like a kill: nothing after the cut runs)
+/// once its record shows `cut`, bounded in time; the record it was cut at, `None` when the
+/// update ended first.
+async fn cut_update(
+    flow: &Flow,
+    name: &str,
+    event: Event,
+    u: steward_events::ImageUpdated,
+    cut: impl Fn(&UpdateRecord) -> bool,
+) -> Option<UpdateRecord> {
+    let task = {
+        let flow = flow.clone();
+        tokio::spawn(async move { flow.on_image_updated(&event, &u).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reached = None;
+    while Instant::now() < deadline && !task.is_finished() {
+        if let Some(v) = flow.records.get(name).await.expect("record") {
+            if !v.value.step.is_terminal() && cut(&v.value) {
+                task.abort();
+                reached = Some(v.value);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = task.await;
+    reached
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_cut_at_each_step_and_again_in_its_recovery_ends_consistent() {
     let bus = TestBus::new("sfcut").await;
@@ -174,25 +204,7 @@ async fn an_update_cut_at_each_step_and_again_in_its_recovery_ends_consistent() 
         let flow = start_first_flow(&bus, &s.haproxy).await;
         let (event, u) =
             image_updated_from(&bus, &s.app, &digests[running], &digests[1 - running]).await;
-        let task = {
-            let flow = flow.clone();
-            tokio::spawn(async move { flow.on_image_updated(&event, &u).await })
-        };
-        // The flow is dropped mid-step (like a kill: nothing after the cut runs) once its
-        // record shows the cut; bounded in time.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut reached = false;
-        while Instant::now() < deadline && !task.is_finished() {
-            if let Some(v) = flow.records.get(&s.app.name).await.expect("record") {
-                if !v.value.step.is_terminal() && cut(&v.value) {
-                    task.abort();
-                    reached = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let _ = task.await;
+        let reached = cut_update(&flow, &s.app.name, event, u, cut).await.is_some();
         // Twice: the first restarted updater is cut too, a while into its recovery (a
         // different while for each cut), and a second one finds what it left.
         let first = start_first_flow(&bus, &s.haproxy).await;
@@ -241,24 +253,10 @@ async fn a_new_container_gone_after_the_switch_is_never_taken_over() {
     let s = stage();
     let flow = start_first_flow(&bus, &s.haproxy).await;
     let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
-    let task = {
-        let flow = flow.clone();
-        tokio::spawn(async move { flow.on_image_updated(&event, &u).await })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut cut = None;
-    while Instant::now() < deadline && !task.is_finished() {
-        if let Some(v) = flow.records.get(&s.app.name).await.expect("record") {
-            if !v.value.step.is_terminal() && v.value.haproxy.as_ref().is_some_and(|h| h.switched) {
-                task.abort();
-                cut = Some(v.value);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let _ = task.await;
-    let record = cut.expect("the update ended before HAProxy was switched");
+    let switched = |r: &UpdateRecord| r.haproxy.as_ref().is_some_and(|h| h.switched);
+    let record = cut_update(&flow, &s.app.name, event, u, switched)
+        .await
+        .expect("the update ended before HAProxy was switched");
     let (old_id, new_id) = (record.old_id.expect("old"), record.new_id.expect("new"));
     docker(&["rm", "-f", &new_id]);
     let restarted = start_first_flow(&bus, &s.haproxy).await;
