@@ -132,10 +132,9 @@ impl Bed {
         let io = Io { store: &self.store, keys: &keys, meter: &meter };
         let object = format!("{id}/path-hostile.tar.zst");
         let stream = futures::stream::once(async move { Ok::<_, io::Error>(Bytes::from(bytes)) });
-        let (stored, raw) =
-            pipeline::store_stream(io, &object, stream, pipeline::Zstd::all_cores(3))
-                .await
-                .unwrap_or_else(|e| panic!("store: {e}"));
+        let (stored, raw) = pipeline::store_stream(io, &object, stream, 3)
+            .await
+            .unwrap_or_else(|e| panic!("store: {e}"));
         Component {
             name: format!("{}:/data", self.app.name),
             kind: Kind::Path { container: self.app.name.clone(), path: "/data".into() },

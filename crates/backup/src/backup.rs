@@ -91,8 +91,6 @@ pub struct Backups {
     pub(crate) meter: Arc<Meter>,
     /// The bus whose stream and state buckets each backup exports ([`Backups::with_bus`]).
     pub(crate) bus: Option<steward_bus::Bus>,
-    /// How this handle's pipelines compress ([`Backups::sharing_cores`]).
-    pub(crate) zstd: pipeline::Zstd,
 }
 
 impl Backups {
@@ -102,8 +100,7 @@ impl Backups {
         let copy = config.copy.as_ref().map(Store::lazy_copy);
         let reading = store.clone();
         let meter = Arc::default();
-        let zstd = pipeline::Zstd::all_cores(config.zstd_level);
-        Self { engine, reading, reading_copy: false, store, copy, config, meter, bus: None, zstd }
+        Self { engine, reading, reading_copy: false, store, copy, config, meter, bus: None }
     }
 
     /// The same, each backup also exporting `bus`'s stream and state buckets ([`crate::stack`]).
@@ -145,11 +142,6 @@ impl Backups {
     /// The running job's progress.
     pub fn meter(&self) -> &Meter {
         &self.meter
-    }
-
-    /// The same, for one of `ways` jobs compressing at once ([`pipeline::Zstd::share`]).
-    fn sharing_cores(&self, ways: u32) -> Self {
-        Self { zstd: self.zstd.share(ways), ..self.clone() }
     }
 
     pub(crate) fn io(&self) -> pipeline::Io<'_> {
@@ -220,56 +212,19 @@ impl Backups {
         let plan = targets::plan(&self.engine, self.config.scope.as_deref(), only)
             .await
             .map_err(Failure::plain)?;
-        // The databases and the paths are independent: taken at once, a backup lasts about as
-        // long as the longer of the two, not their sum. Not when a database's own container
-        // is stopped for its paths' copy (the dump needs it running).
-        let at_once = !plan.targets.iter().any(|t| t.labels.postgres && t.stops_for_paths());
-        let (for_databases, for_paths) = if at_once {
-            (self.sharing_cores(2), self.sharing_cores(2))
-        } else {
-            (self.clone(), self.clone())
-        };
-        let databases = async {
-            let mut out = vec![];
-            for t in plan.targets.iter().filter(|t| t.labels.postgres) {
-                out.push(for_databases.dump_postgres(id, t).await?);
-                steward_failpoints::failpoint!("backup:stored:database");
-                if t.labels.pitr {
-                    out.push(for_databases.base_backup(id, t).await?);
-                    steward_failpoints::failpoint!("backup:stored:base");
-                }
+        let mut components = vec![];
+        for t in plan.targets.iter().filter(|t| t.labels.postgres) {
+            components.push(self.dump_postgres(id, t).await?);
+            steward_failpoints::failpoint!("backup:stored:database");
+            if t.labels.pitr {
+                components.push(self.base_backup(id, t).await?);
+                steward_failpoints::failpoint!("backup:stored:base");
             }
-            Ok::<_, Failure>(out)
-        };
-        let paths = async {
-            let mut out = vec![];
-            for t in plan.targets.iter().filter(|t| !t.labels.paths.is_empty()) {
-                out.extend(for_paths.archive_paths(id, t).await?);
-                steward_failpoints::failpoint!("backup:stored:paths");
-            }
-            Ok::<_, Failure>(out)
-        };
-        let mut components = if at_once {
-            // Both run to their end, never dropped half-way: a path's container stopped for
-            // its copy is started again only by its own future.
-            match tokio::join!(databases, paths) {
-                (Ok(mut databases), Ok(paths)) => {
-                    databases.extend(paths);
-                    databases
-                }
-                (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
-                (Err(first), Err(second)) => {
-                    return Err(Failure {
-                        reason: format!("{}; also {}", first.reason, second.reason),
-                        ..first
-                    })
-                }
-            }
-        } else {
-            let mut databases = databases.await?;
-            databases.extend(paths.await?);
-            databases
-        };
+        }
+        for t in plan.targets.iter().filter(|t| !t.labels.paths.is_empty()) {
+            components.extend(self.archive_paths(id, t).await?);
+            steward_failpoints::failpoint!("backup:stored:paths");
+        }
         components.push(self.save_configs(id, &plan.configs).await?);
         steward_failpoints::failpoint!("backup:stored:containers");
         let labels: Vec<_> = plan.targets.iter().map(|t| &t.container.labels).collect();
@@ -331,7 +286,8 @@ impl Backups {
             .await
             .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         let stdout = std::mem::replace(&mut exec.stdout, Box::pin(futures::stream::empty()));
-        let stored = pipeline::store_stream(self.io(), object, stdout, self.zstd).await;
+        let stored =
+            pipeline::store_stream(self.io(), object, stdout, self.config.zstd_level).await;
         let out = exec.finish().await.map_err(|e| Failure::plain(format!("{component}: {e}")))?;
         let program = spec.cmd.first().map(String::as_str).unwrap_or_default();
         Failure::check_exit(&out, format!("{component}: {program}"))?;
@@ -414,9 +370,10 @@ impl Backups {
                 out.push(self.store_chunked(id, component, kind, tar).await?);
                 continue;
             }
-            let (stored, raw) = pipeline::store_stream(self.io(), &object, tar, self.zstd)
-                .await
-                .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+            let (stored, raw) =
+                pipeline::store_stream(self.io(), &object, tar, self.config.zstd_level)
+                    .await
+                    .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
             out.push(self.entry(component, kind, object, stored, raw));
         }
         Ok(out)
@@ -431,9 +388,10 @@ impl Backups {
         let object = self.object_name(format!("{id}/containers.json.zst"));
         self.meter.item("containers");
         let stream = futures::stream::once(async move { Ok::<_, io::Error>(body) });
-        let (stored, raw) = pipeline::store_stream(self.io(), &object, stream, self.zstd)
-            .await
-            .map_err(|e| Failure::plain(format!("containers: {e}")))?;
+        let (stored, raw) =
+            pipeline::store_stream(self.io(), &object, stream, self.config.zstd_level)
+                .await
+                .map_err(|e| Failure::plain(format!("containers: {e}")))?;
         Ok(self.entry("containers".into(), Kind::Containers, object, stored, raw))
     }
 }

@@ -145,38 +145,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
     }
 }
 
-/// How a stream is compressed: the level, and the worker threads its zstd may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Zstd {
-    /// zstd's level.
-    pub level: i32,
-    /// Worker threads (at least 1).
-    pub workers: u32,
-}
-
-impl Zstd {
-    /// `level` on every core.
-    pub fn all_cores(level: i32) -> Self {
-        Self { level, workers: cores() }
-    }
-
-    /// The same, for one of `ways` pipelines running at once: each gets its share of the
-    /// cores (at least one), so two together use no more threads, nor job buffers, than one.
-    pub fn share(self, ways: u32) -> Self {
-        Self { workers: (cores() / ways.max(1)).max(1), ..self }
-    }
-}
-
-fn cores() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
-}
-
-/// Compresses a stream with zstd.
-pub fn compress<S>(stream: S, zstd: Zstd) -> impl AsyncRead + Send + Unpin
+/// Compresses a stream with zstd on all cores.
+pub fn compress<S>(stream: S, level: i32) -> impl AsyncRead + Send + Unpin
 where
     S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
 {
-    let Zstd { level, workers } = zstd;
+    let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     ZstdEncoder::with_quality_and_params(
         StreamReader::new(stream),
         Level::Precise(level),
@@ -192,7 +166,7 @@ pub async fn store_stream<S>(
     io: Io<'_>,
     name: &str,
     stream: S,
-    zstd: Zstd,
+    level: i32,
 ) -> Result<(Stored, Counted), StoreError>
 where
     S: Stream<Item = io::Result<Bytes>> + Send + 'static,
@@ -201,7 +175,7 @@ where
     let raw = Counter::metered(meter);
     let counted = Box::pin(raw.count(stream));
     let sealed = keys
-        .seal(compress(counted, zstd))
+        .seal(compress(counted, level))
         .map_err(|source| StoreError::Source { key: store.key(name), source })?;
     let stored = store.upload(name, sealed).await?;
     Ok((stored, raw.result()))

@@ -29,9 +29,10 @@ impl Backups {
         let object = self.object_name(format!("{id}/events.ndjson.zst"));
         self.meter.item("events");
         let export = bus.export().await.map_err(|e| Failure::plain(format!("events: {e}")))?;
-        let (stored, raw) = pipeline::store_stream(self.io(), &object, lines(export), self.zstd)
-            .await
-            .map_err(|e| Failure::plain(format!("events: {e}")))?;
+        let (stored, raw) =
+            pipeline::store_stream(self.io(), &object, lines(export), self.config.zstd_level)
+                .await
+                .map_err(|e| Failure::plain(format!("events: {e}")))?;
         Ok(self.entry("events".into(), Kind::Events, object, stored, raw))
     }
 
@@ -64,9 +65,10 @@ impl Backups {
             let object = self.object_name(format!("{id}/project-{}.tar.zst", manifest::slug(dir)));
             self.meter.item(&component);
             let tar = self.engine.download_path(&container, &mounted_at);
-            let (stored, raw) = pipeline::store_stream(self.io(), &object, tar, self.zstd)
-                .await
-                .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
+            let (stored, raw) =
+                pipeline::store_stream(self.io(), &object, tar, self.config.zstd_level)
+                    .await
+                    .map_err(|e| Failure::plain(format!("{component}: {e}")))?;
             let kind = Kind::Project { container, working_dir: dir.to_owned() };
             out.push(self.entry(component, kind, object, stored, raw));
         }

@@ -16,11 +16,6 @@ pub struct Target {
 }
 
 impl Target {
-    /// Whether its container is stopped while its paths are copied.
-    pub fn stops_for_paths(&self) -> bool {
-        self.labels.stop && !self.labels.paths.is_empty()
-    }
-
     fn project(&self) -> Option<&str> {
         self.container.labels.get(steward_labels::compose::PROJECT).map(String::as_str)
     }

@@ -169,43 +169,6 @@ async fn a_container_stopped_for_the_copy_runs_again_after_a_failed_copy() {
     stack.destroy_bucket().await;
 }
 
-/// The dump and the paths are taken at once: both run to their end whatever the other does,
-/// so a container stopped for its copy is started again, and both failures are reported.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_dump_beside_a_failing_copy_reports_both_and_leaves_the_app_running() {
-    let stack = Stack::start(
-        "bothfail",
-        &["steward.backup.paths=/data,/no/such/path", "steward.backup.stop=true"],
-    )
-    .await;
-    // Enough data for the copy to be under way while the dump fails.
-    stack.fill_data(32, 64);
-    stack.psql("SELECT 1");
-    steward_testkit::docker::docker(&[
-        "exec",
-        &stack.db.name,
-        "psql",
-        "-U",
-        common::DB_USER,
-        "-d",
-        "postgres",
-        "-c",
-        &format!("DROP DATABASE {}", common::DB_NAME),
-    ]);
-    let id = new_id();
-    let failure = stack
-        .backups
-        .take(&id, BackupReason::Manual, &[])
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("a failed dump and a missing path were backed up"));
-    assert!(failure.reason.contains("pg_dump exited with 1"), "{}", failure.reason);
-    assert!(failure.reason.contains("/no/such/path"), "{}", failure.reason);
-    assert!(stack.app_running(), "the app was left stopped");
-    assert!(stack.store.list_objects(&id).await.unwrap_or_default().is_empty(), "objects left");
-    stack.destroy_bucket().await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_prunes_exactly_what_the_policy_says_in_the_bucket() {
     let cfg = s3_config(&common::bucket_name("retention"), None);
