@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod backup_bed;
+pub mod crash;
 pub mod mail;
 pub mod stack;
 

@@ -15,7 +15,8 @@
 //! 0 on SIGTERM.
 //!
 //! `STEWARD_CRASH_POINTS=all` runs every point in both variants; by default each point runs
-//! in one variant, alternating.
+//! in one variant, alternating, which one moving with the crash seed (the day, or
+//! `STEWARD_CRASH_SEED`; printed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use steward_notifier::outbox::{self, ChannelKind, Entry, EntryState};
 use steward_system_tests::mail::{
     health_failed, mails_to, testbed_maildir, testbed_notifier_env, Mail,
 };
-use steward_system_tests::{failpoints_passed, service_env, Proc};
+use steward_system_tests::{crash, failpoints_passed, service_env, Proc};
 use steward_testkit::{stored_events, unique_name, TestBus};
 
 /// The points a delivery may be killed at and its recovery passes (armed in the twice variant).
@@ -182,18 +183,26 @@ async fn run(spec: &str, variant: Variant) {
     assert_eq!(last.terminate(Duration::from_secs(20)), Some(0), "{spec}: no clean stop");
 }
 
-/// The points one variant runs: all with `STEWARD_CRASH_POINTS=all`, else every second.
-fn sample(points: &[String], offset: usize) -> Vec<String> {
-    if std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all") {
+/// The points one variant runs: all with `STEWARD_CRASH_POINTS=all`, else every second,
+/// which half moving with the crash seed (printed): the two variants together kill every
+/// point, each in the other variant the next day.
+fn sample(variant: Variant, points: &[String], offset: u64) -> Vec<String> {
+    if crash::full() {
         return points.to_vec();
     }
-    points.iter().skip(offset).step_by(2).cloned().collect()
+    let seed = crash::seed();
+    let chosen: Vec<String> = crash::shared(points.len(), 2, offset, seed)
+        .into_iter()
+        .map(|i| points[i].clone())
+        .collect();
+    crash::announce(&format!("notify crash {variant:?}"), &chosen, points.len(), seed);
+    chosen
 }
 
-async fn matrix(variant: Variant, offset: usize) {
+async fn matrix(variant: Variant, offset: u64) {
     let points = discover().await;
     let started = Instant::now();
-    let mine = sample(&points, offset);
+    let mine = sample(variant, &points, offset);
     for spec in &mine {
         let t = Instant::now();
         run(spec, variant).await;

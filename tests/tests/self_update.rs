@@ -371,7 +371,8 @@ async fn self_update_run(failpoints: &[&str], context: &str) -> (Vec<String>, Ve
 
 /// The points to kill at: all with `STEWARD_CRASH_POINTS=all`, else `STEWARD_SELF_UPDATE_SAMPLE`
 /// of them (default 3), evenly spread, starting at `STEWARD_SELF_UPDATE_OFFSET` (default: the
-/// day of the year, so successive CI runs cover other points; printed for a replay).
+/// crash seed, `STEWARD_CRASH_SEED` or the day, so successive CI runs cover other points;
+/// printed for a replay).
 fn self_update_sample(points: &[String]) -> Vec<String> {
     if std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all") {
         return points.to_vec();
@@ -384,7 +385,7 @@ fn self_update_sample(points: &[String]) -> Vec<String> {
     let offset: usize = std::env::var("STEWARD_SELF_UPDATE_OFFSET")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| time::OffsetDateTime::now_utc().ordinal() as usize);
+        .unwrap_or_else(|| (steward_system_tests::crash::seed() % 366) as usize);
     let step = (points.len() / count).max(1);
     eprintln!(
         "self-update matrix: {count} of {} points from offset {offset} (replay: \
