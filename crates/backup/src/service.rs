@@ -922,6 +922,7 @@ impl BackupService {
                 safety_backup_id: done.safety_backup_id,
                 from,
                 fallback_reason,
+                notes: done.notes,
             }
             .into(),
             Err(f) => {
