@@ -432,7 +432,13 @@ impl Backups {
     /// What the spool holds on disk, in MiB (the partial segment included); 0 before the
     /// receiver first made it.
     async fn spool_mib(&self, what: &str, container: &str, spool: &str) -> Result<u64, Failure> {
-        let script = r#"if [ -d "$1" ]; then du -sk -- "$1"; else echo 0; fi"#;
+        // `du` exits 1 when a file goes while it walks (the receiver renaming its partial
+        // segment), with the total printed all the same: the total counts, not the status.
+        let script = r#"if [ -d "$1" ]; then
+  out=$(du -sk -- "$1")
+  [ -n "$out" ] || exit 1
+  echo "$out"
+else echo 0; fi"#;
         let cmd = ["sh", "-c", script, "sh", spool].map(String::from).to_vec();
         let spec = ExecSpec { cmd, ..Default::default() };
         let out =

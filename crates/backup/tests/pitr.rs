@@ -691,6 +691,14 @@ async fn a_dropped_slot_is_a_gap_the_shipper_reports() {
     // Every round so far: no gap.
     let rounds = ship_round(&backups, &mut state).await;
     assert!(rounds.iter().all(|(_, r)| r.as_ref().is_ok_and(|r| r.gap.is_none())), "{rounds:?}");
+    // `du` measuring the spool while the receiver renames a file in it: the total, and exit 1
+    // (as a `du` that found a file gone). The round goes on (`ship_round` fails on an error).
+    let fake_du = "printf '#!/bin/sh\\n/usr/bin/du \"$@\"\\necho \"du: cannot access x: No such file or directory\" >&2\\nexit 1\\n' > /usr/local/bin/du && chmod 755 /usr/local/bin/du";
+    docker(&["exec", "-u", "root", &stack.db.name, "sh", "-c", fake_du]);
+    let du = docker(&["exec", &stack.db.name, "sh", "-c", "du -sk / >/dev/null 2>&1; echo $?"]);
+    assert_eq!(du, "1", "the fake du is not the one found");
+    ship_round(&backups, &mut state).await;
+    docker(&["exec", "-u", "root", &stack.db.name, "rm", "/usr/local/bin/du"]);
 
     // The slot goes (an operator, a failover script) while WAL is written and not received.
     let slot = steward_backup::wal::slot_name(&stack.db.name);
