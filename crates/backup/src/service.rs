@@ -168,16 +168,16 @@ impl BackupService {
     /// attempt is due (each round of shipping looks).
     fn take_gap_bases(&self, ctx: &Context) {
         let now = Instant::now();
-        let due: Vec<String> = self
+        let due: Vec<(String, OffsetDateTime)> = self
             .gap_bases()
             .iter_mut()
             .filter(|(_, g)| !g.running && g.due <= now)
             .map(|(c, g)| {
                 g.running = true;
-                c.clone()
+                (c.clone(), g.since)
             })
             .collect();
-        for container in due {
+        for (container, since) in due {
             let (service, ctx_for_backup) = (self.clone(), ctx.clone());
             ctx.spawn("backup after a WAL gap", async move {
                 let only = vec![container.clone()];
@@ -186,7 +186,7 @@ impl BackupService {
                 {
                     tracing::error!(error = %format!("{e:#}"), "could not publish the outcome of the backup after a WAL gap");
                 }
-                service.gap_base_tried(&ctx_for_backup, &container).await;
+                service.gap_base_tried(&ctx_for_backup, &container, since).await;
             });
         }
     }
@@ -194,11 +194,11 @@ impl BackupService {
     /// After an attempt at `container`'s base backup after its gap: done when a usable backup
     /// with its base was taken since the gap (this attempt's or any other); otherwise tried
     /// again later, or, after [`GAP_BASE_ATTEMPTS`], given up with a `backup.failed` saying so.
-    async fn gap_base_tried(&self, ctx: &Context, container: &str) {
-        let Some(since) = self.gap_bases().get(container).map(|g| g.since) else { return };
+    /// `since` is the gap this attempt was started for.
+    async fn gap_base_tried(&self, ctx: &Context, container: &str, since: OffsetDateTime) {
         let taken = match self.backups.list().await {
             Ok(listed) => listed.iter().any(|l| {
-                l.taken_at >= since
+                taken_since(l.taken_at, since)
                     && l.usable().is_some_and(|m| {
                         m.components.iter().any(|c| {
                             matches!(&c.kind, manifest::Kind::PostgresBase { container: b, .. } if b == container)
@@ -216,14 +216,16 @@ impl BackupService {
             let Some(g) = gaps.get_mut(container) else { return };
             g.running = false;
             if g.since != since {
-                return; // a later gap: its own attempts, the first due now
+                return; // a gap after this attempt began: its own attempts, the first due now
             }
             if taken {
                 gaps.remove(container);
                 return;
             }
             g.attempts = g.attempts.saturating_add(1);
-            g.due = Instant::now() + retry;
+            // A retry too far to represent (an absurd STEWARD_PITR_MAX_LAG) waits a day.
+            let now = Instant::now();
+            g.due = now.checked_add(retry).unwrap_or(now + std::time::Duration::from_secs(86_400));
             let attempts = g.attempts;
             if attempts >= GAP_BASE_ATTEMPTS {
                 gaps.remove(container);
@@ -1128,5 +1130,25 @@ impl Handler for BackupService {
         };
         // Only publishing can fail here: the bus is down, try again later.
         result.map_err(HandlerError::Retry)
+    }
+}
+
+/// Whether a backup taken at `taken_at` (its id's time: whole seconds) was taken after a
+/// gap seen at `since`: a base started in the gap's own second counts.
+fn taken_since(taken_at: OffsetDateTime, since: OffsetDateTime) -> bool {
+    taken_at >= since.replace_nanosecond(0).unwrap_or(since)
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    #[test]
+    fn a_base_in_the_gaps_own_second_counts() {
+        let since = time::macros::datetime!(2026-12-01 03:00:00.700 UTC);
+        let id_time = time::macros::datetime!(2026-12-01 03:00:00 UTC);
+        assert!(taken_since(id_time, since));
+        assert!(taken_since(id_time + time::Duration::seconds(1), since));
+        assert!(!taken_since(id_time - time::Duration::seconds(1), since));
     }
 }

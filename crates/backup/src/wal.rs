@@ -433,9 +433,14 @@ impl Backups {
     /// receiver first made it.
     async fn spool_mib(&self, what: &str, container: &str, spool: &str) -> Result<u64, Failure> {
         // `du` exits 1 when a file goes while it walks (the receiver renaming its partial
-        // segment), with the total printed all the same: the total counts, not the status.
+        // segment), with the total printed all the same: then the total counts. Any other
+        // complaint (a directory it cannot read: the total would be too low) fails the round.
         let script = r#"if [ -d "$1" ]; then
-  out=$(du -sk -- "$1")
+  out=$(du -sk -- "$1" 2>/dev/null); status=$?
+  if [ "$status" -ne 0 ]; then
+    err=$(du -sk -- "$1" 2>&1 >/dev/null | grep -v 'No such file or directory')
+    [ -z "$err" ] || { echo "$err" >&2; exit "$status"; }
+  fi
   [ -n "$out" ] || exit 1
   echo "$out"
 else echo 0; fi"#;
