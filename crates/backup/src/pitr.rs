@@ -476,8 +476,9 @@ impl Backups {
         }
         if let PointInTime::At(t) = to {
             // A target past the fork of a timeline begun after it needs the parent's WAL past
-            // the fork: without it PostgreSQL would stop at the end of what it has, short of
-            // the target, and call that success.
+            // the fork: without it PostgreSQL stops at the end of what it has, short of the
+            // target (13 and later then fail the recovery, after the stack was stopped; older
+            // ones call it success): refused here, before anything is touched.
             for (newer, created, text) in &not_yet {
                 let Some(fork) = parse_history(text)
                     .and_then(|chain| chain.into_iter().find(|(p, _)| *p == end))
