@@ -143,7 +143,14 @@ impl Backups {
             .filter(|l| !prune.contains(&l.backup_id))
             .filter_map(|l| l.usable())
             .collect();
-        if let Err(e) = self.prune_wal(&retained).await {
+        // WAL under a name no retained base has is judged only when every other backup's
+        // manifest was read (none of them may hold a base of that name).
+        let kept_listed = listed.iter().filter(|l| !prune.contains(&l.backup_id));
+        let judged: Option<Vec<&steward_store::manifest::Manifest>> = kept_listed
+            .filter(|l| !matches!(l.standing, steward_store::catalog::Standing::Incomplete))
+            .map(|l| l.manifest.as_ref())
+            .collect();
+        if let Err(e) = self.prune_wal(&retained, judged.as_deref()).await {
             tracing::warn!(error = %e, "could not prune the shipped WAL; it is kept");
         }
         Ok((prune, u32::try_from(kept).unwrap_or(u32::MAX)))

@@ -72,6 +72,9 @@ pub(crate) struct Replay {
     pub gap: Option<String>,
     /// The timeline it ends on (`recovery_target_timeline`).
     pub timeline: u32,
+    /// What the operator should know of the replay chosen (a newer timeline `latest` does not
+    /// reach from this base), for the restore's outcome.
+    pub note: Option<String>,
 }
 
 /// A timeline history file: per line an ancestor timeline and the LSN where the next one
@@ -89,6 +92,33 @@ pub fn parse_history(text: &str) -> Option<Vec<(u32, u64)>> {
         out.push((tli, at));
     }
     Some(out)
+}
+
+/// When the branch off `parent` in a timeline history happened: the time PostgreSQL wrote
+/// as the reason of `parent`'s line when the recovery stopped at a target time (`before
+/// 2026-11-30 08:00:00.123456+00`: the first transaction it did not replay, the first one of
+/// the stretch the new timeline abandoned). None for other reasons.
+pub fn branch_time(text: &str, parent: u32) -> Option<OffsetDateTime> {
+    let line = text.lines().map(str::trim).find(|l| {
+        l.split_whitespace().next().and_then(|t| t.parse::<u32>().ok()) == Some(parent)
+    })?;
+    let reason = line.splitn(3, char::is_whitespace).nth(2)?.trim();
+    let shown = reason.strip_prefix("before ").or_else(|| reason.strip_prefix("after "))?;
+    // `2026-11-30 08:00:00.123456+00` (or `+05:30`) as RFC 3339.
+    let mut rfc = shown.trim().replacen(' ', "T", 1);
+    let zone = rfc.rfind(['+', '-']).filter(|i| *i > 10)?;
+    if rfc.len().saturating_sub(zone) == 3 {
+        rfc.push_str(":00");
+    }
+    OffsetDateTime::parse(&rfc, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// At most the first 200 characters of `text` (what a failure's reason quotes of a file).
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// Lines of `pg_basebackup --verbose` stderr kept: its start and end points are among them.
@@ -248,7 +278,7 @@ impl Backups {
         let Kind::PostgresBase { container, image, data_dir, .. } = &c.kind else {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
         };
-        let Replay { files, gap, timeline } = self.wal_to_replay(c, wal_of, to).await?;
+        let Replay { files, gap, timeline, .. } = self.wal_to_replay(c, wal_of, to).await?;
         let image = self.scratch_image(c, image, container).await?;
         let name = format!("steward-pitr-{}", manifest::slug(container));
         let replay = format!("{data_dir}/{REPLAY_DIR}");
@@ -358,18 +388,32 @@ impl Backups {
         let newest_timeline = later.first().copied();
         let mut later_all = later.clone();
         later_all.sort_unstable();
+        // Timelines begun after a target time did not exist at it: the target lies on what
+        // their parent was then (the stretch a restore later abandoned), not past their fork.
+        let mut not_yet: Vec<(u32, time::OffsetDateTime, String)> = vec![];
         for target in later.iter().copied() {
-            let h = self.listed_record(container, &format!("{target:08X}.history")).await?;
+            let file = format!("{target:08X}.history");
+            let (h, created) = self
+                .signed_wal_record(container, &file)
+                .await?
+                .ok_or_else(|| Failure::plain(format!("{dir}/{file}: gone while listed")))?;
             let text = self.history_text(&h).await?;
             let Some(chain) = parse_history(&text) else {
                 return Err(Failure::plain(format!(
-                    "{}: refused: unreadable timeline history: {text:?}",
-                    h.name
+                    "{}: refused: unreadable timeline history: {:?}",
+                    h.name,
+                    shortened(&text)
                 )));
             };
             let Some(from) = chain.iter().position(|(t, at)| *t == timeline && *at >= stop) else {
                 continue; // a branch that does not pass through this base
             };
+            if let (PointInTime::At(t), Some(created)) = (to, created) {
+                if created > t {
+                    not_yet.push((target, created, text));
+                    continue;
+                }
+            }
             for (k, (_, at)) in chain.iter().enumerate().skip(from) {
                 let next = chain.get(k + 1).map_or(target, |(t, _)| *t);
                 path.push((next, at.checked_div(size).unwrap_or(u64::MAX)));
@@ -387,8 +431,13 @@ impl Backups {
         let newer = newest_timeline.filter(|t| *t > end).or_else(|| {
             names.iter().filter_map(|n| wal_file_timeline(n)).filter(|t| *t > end).max()
         });
+        let mut note = None;
         if let (PointInTime::Latest, Some(newer)) = (to, newer) {
             tracing::warn!(component = %c.name, timeline = end, newer, "the bucket holds a newer timeline this base does not reach: replaying this base's branch to its end");
+            note = Some(format!(
+                "{}: the bucket holds timeline {newer}, which this base does not reach (it branched off before the base's end): replayed this base's timeline {end} to its end; for the newest state restore a backup taken on timeline {newer}",
+                c.name
+            ));
         }
         let mut on_path: Vec<(u64, &String)> = names
             .iter()
@@ -425,6 +474,33 @@ impl Backups {
             let e = segment_name(timeline, first, size).unwrap_or_else(|| first.to_string());
             return Err(missing_end(e));
         }
+        if let PointInTime::At(t) = to {
+            // A target past the fork of a timeline begun after it needs the parent's WAL past
+            // the fork: without it PostgreSQL stops at the end of what it has, short of the
+            // target (13 and later then fail the recovery, after the stack was stopped; older
+            // ones call it success): refused here, before anything is touched.
+            for (newer, created, text) in &not_yet {
+                let Some(fork) = parse_history(text)
+                    .and_then(|chain| chain.into_iter().find(|(p, _)| *p == end))
+                    .map(|(_, at)| at)
+                else {
+                    continue;
+                };
+                let Some(left) = branch_time(text, end).filter(|left| t >= *left) else {
+                    continue;
+                };
+                let fork_segment = fork.checked_div(size).unwrap_or(u64::MAX);
+                if expected <= fork_segment {
+                    let held = segment_name(end, expected.saturating_sub(1), size)
+                        .unwrap_or_else(|| expected.to_string());
+                    return Err(Failure::plain(format!(
+                        "{}: {t} is on the stretch of timeline {end} that timeline {newer} (begun {created}) abandoned at {}, and the bucket {dir} holds timeline {end}'s WAL only up to segment {held}: the target cannot be reached; restore to a time before {left} or after {created}; nothing was changed",
+                        c.name,
+                        format_args!("{:X}/{:X}", fork >> 32, fork & 0xFFFF_FFFF),
+                    )));
+                }
+            }
+        }
         // Every history above the base's timeline, not only the end's: at promotion
         // PostgreSQL takes the first timeline number whose history `restore_command` cannot
         // find, and one taken already would make its WAL collide with the bucket's.
@@ -435,7 +511,7 @@ impl Backups {
         for name in wanted {
             files.push(self.listed_record(container, &name).await?);
         }
-        Ok(Replay { files, gap, timeline: end })
+        Ok(Replay { files, gap, timeline: end, note })
     }
 
     /// The signed record of WAL file `name` of `container`, which was just listed.
@@ -657,6 +733,23 @@ mod tests {
         assert_eq!(parse_history("1\tx/3\treason"), None);
         assert_eq!(parse_history("one\t0/3\treason"), None);
         assert_eq!(parse_history("1"), None);
+    }
+
+    #[test]
+    fn reads_when_a_timeline_branched_off() {
+        let text = "1\t0/3000158\tbefore 2026-11-30 08:00:00.123456+00\n2\t0/5000000\tafter 2026-11-30 09:30:00+05:30\n3\t0/6000000\tno recovery target specified\n";
+        assert_eq!(
+            branch_time(text, 1),
+            Some(time::macros::datetime!(2026-11-30 08:00:00.123456 UTC))
+        );
+        assert_eq!(branch_time(text, 2), Some(time::macros::datetime!(2026-11-30 04:00:00 UTC)));
+        assert_eq!(branch_time(text, 3), None);
+        assert_eq!(branch_time(text, 4), None);
+        assert_eq!(branch_time("1\t0/3\tbefore yesterday", 1), None);
+        // A failure quotes at most the start of a file.
+        let long = "x".repeat(10_000);
+        assert_eq!(shortened(&long).chars().count(), 201);
+        assert_eq!(shortened("short"), "short");
     }
 
     #[tokio::test]

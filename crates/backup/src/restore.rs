@@ -38,6 +38,8 @@ pub struct Restored {
     pub restored: Vec<String>,
     /// The backup of what it replaced, taken before it touched anything.
     pub safety_backup_id: Option<String>,
+    /// What the operator should know of how it was restored (`restore.done`'s `notes`).
+    pub notes: Vec<String>,
 }
 
 /// How a restore goes.
@@ -235,6 +237,7 @@ impl Backups {
         let chosen: Vec<&Component> =
             manifest.components.iter().filter(|c| in_scope(c, scope, options.physical)).collect();
         let mut pins = Pins::new();
+        let mut notes = vec![];
         if !committed {
             let conflicts: Vec<String> = manifest
                 .components
@@ -261,11 +264,14 @@ impl Backups {
             if let Some(to) = options.to_time {
                 for c in chosen.iter().filter(|c| matches!(c.kind, Kind::PostgresBase { .. })) {
                     let Some(wal_of) = wal_of.get(&c.name) else { continue };
-                    if let Err(mut f) = self.wal_to_replay(c, wal_of, to).await {
-                        if !f.reason.contains("nothing was changed") {
-                            f.reason = format!("{}; nothing was changed", f.reason);
+                    match self.wal_to_replay(c, wal_of, to).await {
+                        Ok(replay) => notes.extend(replay.note),
+                        Err(mut f) => {
+                            if !f.reason.contains("nothing was changed") {
+                                f.reason = format!("{}; nothing was changed", f.reason);
+                            }
+                            return Err(f);
                         }
-                        return Err(f);
                     }
                 }
             }
@@ -382,7 +388,7 @@ impl Backups {
         }
         steward_failpoints::failpoint!("restore:cleaned");
         let safety_backup_id = journal.record.safety_backup_id.clone();
-        Ok(Restored { manifest, restored, safety_backup_id })
+        Ok(Restored { manifest, restored, safety_backup_id, notes })
     }
 
     /// Loads every component beside the live data, then (the journal's commit point) swaps

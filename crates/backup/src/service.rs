@@ -33,6 +33,24 @@ use crate::restore::{Busy, RestoreOptions};
 /// before it.
 pub const ALARM_AFTER_LAGS: u32 = 5;
 
+/// The base backup after a WAL gap is tried this many times in all, [`ALARM_AFTER_LAGS`] times
+/// `STEWARD_PITR_MAX_LAG` apart; each failure is its own `backup.failed`, and the last says
+/// that the next scheduled backup is the next chance.
+pub const GAP_BASE_ATTEMPTS: u32 = 3;
+
+/// A cluster whose shipped WAL has a gap and no base backup taken since.
+#[derive(Debug, Clone)]
+struct GapBase {
+    /// When the gap was said: a base backup taken after it is one recovery can start from.
+    since: OffsetDateTime,
+    /// Attempts that ended without such a base.
+    attempts: u32,
+    /// When the next attempt may start.
+    due: Instant,
+    /// An attempt is under way.
+    running: bool,
+}
+
 /// The backup service's event handler.
 #[derive(Debug, Clone)]
 pub struct BackupService {
@@ -41,6 +59,9 @@ pub struct BackupService {
     lock: Arc<Mutex<()>>,
     /// WAL shipping pauses while a restore runs (it goes on during backups).
     shipping: Arc<Mutex<()>>,
+    /// Per container, the base backup its WAL gap still needs (in memory: a restart of the
+    /// service leaves it to the next scheduled backup).
+    gap_bases: Arc<std::sync::Mutex<std::collections::HashMap<String, GapBase>>>,
 }
 
 impl BackupService {
@@ -62,7 +83,12 @@ impl BackupService {
         let verify_schedule = cfg.verify_schedule.clone();
         let max_age = cfg.max_age;
         let backups = Backups::new(engine, store, cfg).with_bus(ctx.bus.clone());
-        let service = Self { backups, lock: Default::default(), shipping: Default::default() };
+        let service = Self {
+            backups,
+            lock: Default::default(),
+            shipping: Default::default(),
+            gap_bases: Default::default(),
+        };
         let scheduled = service.clone();
         let ctx_for_schedule = ctx.clone();
         ctx.spawn("backup schedule", async move {
@@ -121,29 +147,116 @@ impl BackupService {
                 false
             }
         };
-        let (service, ctx_for_backup) = (self.clone(), ctx.clone());
-        let only = vec![container.to_owned()];
-        ctx.spawn("backup after a WAL gap", async move {
-            if let Err(e) =
-                service.back_up(&ctx_for_backup, None, BackupReason::Schedule, &only).await
-            {
-                tracing::error!(error = %format!("{e:#}"), "could not publish the outcome of the backup after a WAL gap");
-            }
-        });
+        // A later gap needs a base after it: the count starts again.
+        let gap = GapBase {
+            since: OffsetDateTime::now_utc(),
+            attempts: 0,
+            due: Instant::now(),
+            running: false,
+        };
+        let running = self.gap_bases().get(container).is_some_and(|g| g.running);
+        self.gap_bases().insert(container.to_owned(), GapBase { running, ..gap });
+        self.take_gap_bases(ctx);
         said
+    }
+
+    fn gap_bases(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, GapBase>> {
+        self.gap_bases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the base backup of every cluster whose WAL gap still needs one and whose
+    /// attempt is due (each round of shipping looks).
+    fn take_gap_bases(&self, ctx: &Context) {
+        let now = Instant::now();
+        let due: Vec<(String, OffsetDateTime)> = self
+            .gap_bases()
+            .iter_mut()
+            .filter(|(_, g)| !g.running && g.due <= now)
+            .map(|(c, g)| {
+                g.running = true;
+                (c.clone(), g.since)
+            })
+            .collect();
+        for (container, since) in due {
+            let (service, ctx_for_backup) = (self.clone(), ctx.clone());
+            ctx.spawn("backup after a WAL gap", async move {
+                let only = vec![container.clone()];
+                if let Err(e) =
+                    service.back_up(&ctx_for_backup, None, BackupReason::Schedule, &only).await
+                {
+                    tracing::error!(error = %format!("{e:#}"), "could not publish the outcome of the backup after a WAL gap");
+                }
+                service.gap_base_tried(&ctx_for_backup, &container, since).await;
+            });
+        }
+    }
+
+    /// After an attempt at `container`'s base backup after its gap: done when a usable backup
+    /// with its base was taken since the gap (this attempt's or any other); otherwise tried
+    /// again later, or, after [`GAP_BASE_ATTEMPTS`], given up with a `backup.failed` saying so.
+    /// `since` is the gap this attempt was started for.
+    async fn gap_base_tried(&self, ctx: &Context, container: &str, since: OffsetDateTime) {
+        let taken = match self.backups.list().await {
+            Ok(listed) => listed.iter().any(|l| {
+                taken_since(l.taken_at, since)
+                    && l.usable().is_some_and(|m| {
+                        m.components.iter().any(|c| {
+                            matches!(&c.kind, manifest::Kind::PostgresBase { container: b, .. } if b == container)
+                        })
+                    })
+            }),
+            Err(e) => {
+                tracing::warn!(container, error = %e, "cannot tell whether the base backup after the WAL gap was taken");
+                false
+            }
+        };
+        let retry = self.backups.config().pitr.max_lag.saturating_mul(ALARM_AFTER_LAGS);
+        let given_up = {
+            let mut gaps = self.gap_bases();
+            let Some(g) = gaps.get_mut(container) else { return };
+            g.running = false;
+            if g.since != since {
+                return; // a gap after this attempt began: its own attempts, the first due now
+            }
+            if taken {
+                gaps.remove(container);
+                return;
+            }
+            g.attempts = g.attempts.saturating_add(1);
+            // A retry too far to represent (an absurd STEWARD_PITR_MAX_LAG) waits a day.
+            let now = Instant::now();
+            g.due = now.checked_add(retry).unwrap_or(now + std::time::Duration::from_secs(86_400));
+            let attempts = g.attempts;
+            if attempts >= GAP_BASE_ATTEMPTS {
+                gaps.remove(container);
+                Some(attempts)
+            } else {
+                tracing::warn!(container, attempts, retry_in = ?retry, "the base backup after the WAL gap failed: it is tried again");
+                None
+            }
+        };
+        let Some(attempts) = given_up else { return };
+        let reason = format!(
+            "WAL of {container}: the base backup after its gap failed {attempts} times: point-in-time recovery cannot reach past the gap until a backup with a base succeeds (the next scheduled one, or steward backup now)"
+        );
+        tracing::error!(container, attempts, "gave up the base backup after the WAL gap");
+        let data = BackupFailed { backup_id: None, reason, stderr_tail: vec![] };
+        if let Err(e) = self.publish(ctx, None, data).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot report the base backup given up");
+        }
     }
 
     /// Ships the WAL of every `steward.backup.pitr` cluster, every
     /// [`crate::config::PitrConfig::tick`] ([`crate::wal`]). A failure is logged when it
     /// starts, changes or ends, not every round; one that lasts [`ALARM_AFTER_LAGS`] times
     /// `STEWARD_PITR_MAX_LAG` is a `backup.failed`, once an episode, and so is a spool that
-    /// reached its cap.
+    /// has stayed at its cap that long.
     async fn ship_wal(self, ctx: Context) {
         let pitr = self.backups.config().pitr.clone();
         let tick = pitr.tick();
         let mut state = crate::wal::ShipState::default();
         let mut failing = crate::wal::Episodes::default();
-        let mut full: std::collections::HashSet<String> = Default::default();
+        let mut full = crate::wal::Episodes::default();
         loop {
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
@@ -165,6 +278,7 @@ impl BackupService {
                 }
                 Err(f) => vec![(String::new(), Err(f))],
             };
+            self.take_gap_bases(&ctx);
             for (container, round) in rounds {
                 match round {
                     Ok(shipped) => {
@@ -205,22 +319,26 @@ impl BackupService {
                     }
                 }
             }
-            full.retain(|c| state.spool_full().any(|(p, _)| p == c));
-            let newly: Vec<(String, u64)> = state
-                .spool_full()
-                .filter(|(c, _)| !full.contains(*c))
-                .map(|(c, mib)| (c.to_owned(), mib))
-                .collect();
-            for (container, mib) in newly {
+            // A spool full for as long as a shipping failure is said (a burst that drains
+            // within it is no alarm), once until it has room again.
+            let spools: Vec<(String, u64)> =
+                state.spool_full().map(|(c, mib)| (c.to_owned(), mib)).collect();
+            full.only(&spools.iter().map(|(c, _)| c.as_str()).collect());
+            for (container, mib) in spools {
+                let after = pitr.max_lag.saturating_mul(ALARM_AFTER_LAGS);
+                let Some(lasted) = full.failed(&container, "full", Instant::now(), after).alarm
+                else {
+                    continue;
+                };
                 let reason = format!(
-                    "WAL of {container}: the receiver's spool holds {mib} MiB, STEWARD_PITR_SPOOL_MAX_MB ({} MiB) reached while uploads fail: the receiver is stopped, PostgreSQL keeps the WAL for its slot up to STEWARD_PITR_SLOT_KEEP_MB ({} MiB), beyond which it is lost (a gap); shipping resumes once uploads work",
-                    pitr.spool_max_mb, pitr.slot_keep_mb
+                    "WAL of {container}: the receiver's spool holds {mib} MiB, STEWARD_PITR_SPOOL_MAX_MB ({} MiB) reached for {}s while uploads fail: the receiver is stopped, PostgreSQL keeps the WAL for its slot up to STEWARD_PITR_SLOT_KEEP_MB ({} MiB), beyond which it is lost (a gap); shipping resumes once uploads work",
+                    pitr.spool_max_mb,
+                    lasted.as_secs(),
+                    pitr.slot_keep_mb
                 );
                 let data = BackupFailed { backup_id: None, reason, stderr_tail: vec![] };
                 match self.publish(&ctx, None, data).await {
-                    Ok(()) => {
-                        full.insert(container);
-                    }
+                    Ok(()) => full.said(&container),
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "cannot report the full WAL spool")
                     }
@@ -922,6 +1040,7 @@ impl BackupService {
                 safety_backup_id: done.safety_backup_id,
                 from,
                 fallback_reason,
+                notes: done.notes,
             }
             .into(),
             Err(f) => {
@@ -1011,5 +1130,25 @@ impl Handler for BackupService {
         };
         // Only publishing can fail here: the bus is down, try again later.
         result.map_err(HandlerError::Retry)
+    }
+}
+
+/// Whether a backup taken at `taken_at` (its id's time: whole seconds) was taken after a
+/// gap seen at `since`: a base started in the gap's own second counts.
+fn taken_since(taken_at: OffsetDateTime, since: OffsetDateTime) -> bool {
+    taken_at >= since.replace_nanosecond(0).unwrap_or(since)
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    #[test]
+    fn a_base_in_the_gaps_own_second_counts() {
+        let since = time::macros::datetime!(2026-12-01 03:00:00.700 UTC);
+        let id_time = time::macros::datetime!(2026-12-01 03:00:00 UTC);
+        assert!(taken_since(id_time, since));
+        assert!(taken_since(id_time + time::Duration::seconds(1), since));
+        assert!(!taken_since(id_time - time::Duration::seconds(1), since));
     }
 }

@@ -39,6 +39,9 @@ pub const SPOOL: &str = "pgsql_tmp_steward_wal";
 const REPORTED: &str = "gap-reported";
 /// Records are small; anything bigger is not one.
 const MAX_RECORD: usize = 64 << 10;
+/// In a timeline history file's signed record: when its timeline began, as the shipper could
+/// tell (RFC 3339). A replay to a time before it does not follow that timeline.
+const CREATED: &str = "timeline_created";
 /// The first page's long header: an insert position this far into a segment means nothing
 /// was written in it yet.
 const LONG_PAGE_HEADER: u64 = 40;
@@ -60,9 +63,12 @@ pub fn slot_name(container: &str) -> String {
     format!("steward_{name}")
 }
 
+/// Where every container's WAL is kept in the bucket, a directory each.
+const WAL_ROOT: &str = "wal";
+
 /// Where `container`'s WAL is kept in the bucket.
 pub fn wal_dir(container: &str) -> String {
-    format!("wal/{}", manifest::slug(container))
+    format!("{WAL_ROOT}/{}", manifest::slug(container))
 }
 
 /// The timeline of a WAL file `pg_receivewal` completes: a segment (24 upper-case hex
@@ -305,14 +311,14 @@ impl Backups {
                 shipped.receiver_started = true;
             }
         }
-        self.ship_spooled(&what, name, &spool, state, &mut shipped).await?;
+        self.ship_spooled(&what, name, &login, &spool, state, &mut shipped).await?;
         shipped.switched = self.switch_if_waiting(&what, name, &login, state).await?;
         if shipped.switched {
             // The segment just closed reaches the spool within moments: shipped in this round,
             // not a tick later (a tick is up to a tenth of the lag bound).
             for _ in 0..SWITCHED_POLLS {
                 tokio::time::sleep(SWITCHED_POLL).await;
-                if self.ship_spooled(&what, name, &spool, state, &mut shipped).await? {
+                if self.ship_spooled(&what, name, &login, &spool, state, &mut shipped).await? {
                     break;
                 }
             }
@@ -326,6 +332,7 @@ impl Backups {
         &self,
         what: &str,
         name: &str,
+        login: &PgLogin,
         spool: &str,
         state: &mut ShipState,
         shipped: &mut Shipped,
@@ -338,7 +345,7 @@ impl Backups {
                     "segment {missing} was never shipped, {file} follows it"
                 ));
             }
-            if self.ship_file(what, name, spool, &file).await? {
+            if self.ship_file(what, name, login, spool, &file).await? {
                 shipped.uploaded.push(file);
             }
         }
@@ -425,7 +432,18 @@ impl Backups {
     /// What the spool holds on disk, in MiB (the partial segment included); 0 before the
     /// receiver first made it.
     async fn spool_mib(&self, what: &str, container: &str, spool: &str) -> Result<u64, Failure> {
-        let script = r#"if [ -d "$1" ]; then du -sk -- "$1"; else echo 0; fi"#;
+        // `du` exits 1 when a file goes while it walks (the receiver renaming its partial
+        // segment), with the total printed all the same: then the total counts. Any other
+        // complaint (a directory it cannot read: the total would be too low) fails the round.
+        let script = r#"if [ -d "$1" ]; then
+  out=$(du -sk -- "$1" 2>/dev/null); status=$?
+  if [ "$status" -ne 0 ]; then
+    err=$(du -sk -- "$1" 2>&1 >/dev/null | grep -v 'No such file or directory')
+    [ -z "$err" ] || { echo "$err" >&2; exit "$status"; }
+  fi
+  [ -n "$out" ] || exit 1
+  echo "$out"
+else echo 0; fi"#;
         let cmd = ["sh", "-c", script, "sh", spool].map(String::from).to_vec();
         let spec = ExecSpec { cmd, ..Default::default() };
         let out =
@@ -495,6 +513,7 @@ impl Backups {
         &self,
         what: &str,
         container: &str,
+        login: &PgLogin,
         spool: &str,
         file: &str,
     ) -> Result<bool, Failure> {
@@ -530,7 +549,17 @@ impl Backups {
                 let kind =
                     Kind::Wal { container: container.to_owned(), timeline, file: file.to_owned() };
                 let entry = self.entry(component, kind, object, stored, raw);
-                let body = serde_json::to_vec_pretty(&entry).map_err(Failure::plain)?;
+                let mut body = serde_json::to_value(&entry).map_err(Failure::plain)?;
+                if file.ends_with(".history") {
+                    let created = self.timeline_created(what, container, login, timeline).await?;
+                    let created = created
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .map_err(Failure::plain)?;
+                    if let Some(fields) = body.as_object_mut() {
+                        fields.insert(CREATED.into(), created.into());
+                    }
+                }
+                let body = serde_json::to_vec_pretty(&body).map_err(Failure::plain)?;
                 let signature = self.config.signing.sign(Purpose::Wal, &body);
                 let sig_name = format!("{dir}/{file}.sig");
                 self.store.put(&sig_name, Bytes::from(signature)).await.map_err(Failure::plain)?;
@@ -568,14 +597,11 @@ impl Backups {
         let previous = previous_segment(file);
         let known = state.last.insert(container.to_owned(), file.to_owned());
         self.recall_reported(container, state).await?;
-        let reported = match state.reported.get(container) {
-            Some(upto) if file <= upto.as_str() => true,
-            Some(_) => {
-                self.forget_reported(container, state).await;
-                false
-            }
-            None => false,
-        };
+        let upto = state.reported.get(container).cloned();
+        if upto.as_deref().is_some_and(|u| file > u) {
+            // Passed: whatever hole lies before this file is judged below, once.
+            self.forget_reported(container, state).await;
+        }
         let Some(previous) = previous else { return Ok(None) };
         if known.as_deref() == Some(previous.as_str()) {
             return Ok(None);
@@ -585,17 +611,20 @@ impl Backups {
         }
         let dir = wal_dir(container);
         let listed = self.store.list_objects(&dir).await.map_err(Failure::plain)?;
-        let earlier = listed.iter().any(|o| {
-            o.strip_prefix(&format!("{dir}/"))
-                .and_then(|n| n.strip_suffix(".json"))
-                .is_some_and(|n| n.len() == 24 && n[..8] == file[..8] && n < file)
-        });
-        if earlier && reported {
+        let newest_earlier = listed
+            .iter()
+            .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json"))
+            .filter(|n| n.len() == 24 && n[..8] == file[..8] && *n < file)
+            .max();
+        let Some(newest_earlier) = newest_earlier else { return Ok(None) };
+        if said_already(file, newest_earlier, upto.as_deref()) {
             // The lost slot's hole, reported already.
-            self.forget_reported(container, state).await;
+            if upto.as_deref().is_some_and(|u| file <= u) {
+                self.forget_reported(container, state).await;
+            }
             return Ok(None);
         }
-        Ok(earlier.then_some(previous))
+        Ok(Some(previous))
     }
 
     /// Reads the reported gap a previous process kept in the bucket, once a process.
@@ -677,6 +706,16 @@ impl Backups {
         container: &str,
         file: &str,
     ) -> Result<Option<Component>, Failure> {
+        Ok(self.signed_wal_record(container, file).await?.map(|(record, _)| record))
+    }
+
+    /// [`Backups::wal_record`], with the time its timeline began when it is a history file's
+    /// record that says (shipped by a version that wrote it).
+    pub(crate) async fn signed_wal_record(
+        &self,
+        container: &str,
+        file: &str,
+    ) -> Result<Option<(Component, Option<time::OffsetDateTime>)>, Failure> {
         let dir = wal_dir(container);
         let store = &self.reading;
         let name = format!("{dir}/{file}.json");
@@ -700,7 +739,39 @@ impl Backups {
         if !about || !entry.object.starts_with(&format!("{dir}/{file}.zst")) {
             return Err(refused(format!("it does not describe {file} of {container}")));
         }
-        Ok(Some(entry))
+        let created = match serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get(CREATED).and_then(|c| c.as_str()).map(str::to_owned))
+        {
+            None => None,
+            Some(at) => Some(
+                time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| refused(format!("{CREATED} {at:?}: {e}")))?,
+            ),
+        };
+        Ok(Some((entry, created)))
+    }
+
+    /// When `timeline` began, for its history file's record: the start of the server now
+    /// running on it (a restore starts the server on its new timeline after the old one's
+    /// last commit and before the new one's first), or now when the server is on another
+    /// timeline by now (shipped late: later than the truth, never earlier).
+    async fn timeline_created(
+        &self,
+        what: &str,
+        container: &str,
+        login: &PgLogin,
+        timeline: u32,
+    ) -> Result<time::OffsetDateTime, Failure> {
+        let now = time::OffsetDateTime::now_utc();
+        let sql = "SELECT timeline_id || '|' || to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_control_checkpoint()";
+        let lines = self.sql(what, container, login, sql).await?;
+        let started = lines.iter().find_map(|l| {
+            let (tl, at) = l.trim().split_once('|')?;
+            (tl.parse::<u32>().ok()? == timeline).then_some(())?;
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+        });
+        Ok(started.map_or(now, |s| s.min(now)))
     }
 
     /// Asks `pg_switch_wal()` when WAL has waited in the current segment for half the
@@ -746,26 +817,60 @@ impl Backups {
 impl Backups {
     /// Deletes the shipped WAL no retained base backup needs (retention, after the backups
     /// were pruned): a segment is kept when some base in `retained` of its container starts
-    /// on its timeline or an earlier one, at or before it; history files are kept. A
-    /// container none of `retained` has a base of keeps everything (nothing to judge by).
-    /// Returns the files deleted.
+    /// on its timeline or an earlier one, at or before it; history files are kept. WAL under
+    /// a container name none of `retained` has a base of (a container renamed or recreated
+    /// under another name since) is needed by none: a base taken later starts after all of
+    /// it. Such WAL is kept, though, when `judged` is None (a manifest could not be read: it
+    /// may hold a base of that name) or a manifest in it (read, but not usable, e.g. unsigned
+    /// and restorable only by the explicit override) has a base of that name. Returns the
+    /// files deleted.
     pub async fn prune_wal(
         &self,
         retained: &[&manifest::Manifest],
+        judged: Option<&[&manifest::Manifest]>,
     ) -> Result<Vec<String>, Failure> {
         let store = &self.reading;
-        let mut bases: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
+        // Per directory in the bucket: a container stored there, and its bases' starts.
+        let mut bases: HashMap<String, (String, Vec<(u32, u64)>)> = HashMap::new();
         for c in retained.iter().flat_map(|m| &m.components) {
             if let Kind::PostgresBase { container, timeline, start_lsn, .. } = &c.kind {
                 if let Some(start) = parse_lsn(start_lsn) {
-                    bases.entry(container.clone()).or_default().push((*timeline, start));
+                    let (_, starts) = bases
+                        .entry(wal_dir(container))
+                        .or_insert_with(|| (container.clone(), vec![]));
+                    starts.push((*timeline, start));
                 }
             }
         }
+        let spared: std::collections::HashSet<String> = match judged {
+            None => Default::default(),
+            Some(judged) => judged
+                .iter()
+                .flat_map(|m| &m.components)
+                .filter_map(|c| match &c.kind {
+                    Kind::PostgresBase { container, .. } => Some(wal_dir(container)),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let all = store.list_objects(WAL_ROOT).await.map_err(Failure::plain)?;
+        let dirs: std::collections::BTreeSet<&str> = all
+            .iter()
+            .filter_map(|o| o.strip_prefix(&format!("{WAL_ROOT}/"))?.split_once('/'))
+            .map(|(slug, _)| slug)
+            .collect();
         let mut deleted = vec![];
-        for (container, starts) in bases {
-            let dir = wal_dir(&container);
-            let listed = store.list_objects(&dir).await.map_err(Failure::plain)?;
+        for slug in dirs {
+            let dir = format!("{WAL_ROOT}/{slug}");
+            let Some((container, starts)) = bases
+                .get(&dir)
+                .cloned()
+                .or_else(|| (judged.is_some() && !spared.contains(&dir)).then(Default::default))
+            else {
+                continue;
+            };
+            let listed: Vec<&String> =
+                all.iter().filter(|o| o.starts_with(&format!("{dir}/"))).collect();
             let mut files: Vec<String> = listed
                 .iter()
                 .filter_map(|o| o.strip_prefix(&format!("{dir}/"))?.strip_suffix(".json"))
@@ -773,17 +878,23 @@ impl Backups {
                 .map(str::to_owned)
                 .collect();
             files.sort();
-            // The segment size from a signed record (every segment of a cluster has it).
+            // The segment size from a signed record (every segment of a cluster has it); not
+            // needed where no base is retained.
             let Some(first) = files.first() else { continue };
-            let Some(size) = self.wal_record(&container, first).await?.map(|r| r.raw_size) else {
-                continue;
+            let size = match starts.is_empty() {
+                true => 0,
+                false => match self.wal_record(&container, first).await?.map(|r| r.raw_size) {
+                    Some(size) => size,
+                    None => continue,
+                },
             };
             for file in files {
-                let (Some(tl), Some(n)) = (wal_file_timeline(&file), segment_index(&file, size))
-                else {
-                    continue;
-                };
                 let needed = starts.iter().any(|(btl, start)| {
+                    let (Some(tl), Some(n)) =
+                        (wal_file_timeline(&file), segment_index(&file, size))
+                    else {
+                        return true; // unreadable: kept
+                    };
                     tl >= *btl && n.saturating_add(1).saturating_mul(size) > *start
                 });
                 if needed {
@@ -900,6 +1011,17 @@ impl Backups {
         }
         Ok(rescued)
     }
+}
+
+/// Whether the hole before segment `file` (the newest stored segment of its timeline before
+/// it is `newest_earlier`) is the lost slot's, said up to segment `upto`: `file` is at or
+/// before `upto`, or the hole began at or before it (a receiver that starts at the server's
+/// position rather than the new slot's, as `pg_receivewal` of PostgreSQL 14 and older does,
+/// may start past `upto`: the same outage, said once).
+fn said_already(file: &str, newest_earlier: &str, upto: Option<&str>) -> bool {
+    let Some(upto) = upto else { return false };
+    let same_timeline = upto.get(..8).is_some_and(|t| file.get(..8) == Some(t));
+    file <= upto || (same_timeline && newest_earlier < upto)
 }
 
 /// The index of segment `name` (of `size` bytes) in its timeline: its LSN divided by the
@@ -1031,6 +1153,25 @@ mod tests {
             e.failed("other", "x", at(900), lag).alarm,
             Some(std::time::Duration::from_secs(839))
         );
+    }
+
+    #[test]
+    fn a_lost_slots_hole_is_said_once() {
+        let seg = |n: u32| format!("00000001000000000000{n:04X}");
+        // Nothing reported: a hole is a hole.
+        assert!(!said_already(&seg(9), &seg(3), None));
+        // The new receiver starts at or before the point reported (PostgreSQL 15 and later).
+        assert!(said_already(&seg(7), &seg(3), Some(&seg(7))));
+        assert!(said_already(&seg(6), &seg(3), Some(&seg(7))));
+        // ... or past it (14 and older start at the server's position): the same hole, which
+        // began before the point reported.
+        assert!(said_already(&seg(9), &seg(3), Some(&seg(7))));
+        // A hole that began after the point reported was passed is a new one.
+        assert!(!said_already(&seg(12), &seg(8), Some(&seg(7))));
+        assert!(!said_already(&seg(12), &seg(7), Some(&seg(7))));
+        // Another timeline's hole is not the reported one.
+        let other = "000000020000000000000009";
+        assert!(!said_already(other, "000000020000000000000003", Some(&seg(0x10))));
     }
 
     #[test]

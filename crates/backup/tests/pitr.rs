@@ -361,11 +361,23 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
 
     let (target, before) = rows_before(&stack, &dropped_at);
     assert!(before.len() >= 10 && before.len() < 39, "{before:?}");
-    // More of timeline 1 after the target: abandoned by the restore below.
+    // A time on the stretch of timeline 1 the restore below abandons: between rows 50 and 51.
+    let at = |id: i32| {
+        let shown = stack.psql(&format!(
+            "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM rows WHERE id = {id}"
+        ));
+        time::OffsetDateTime::parse(&shown, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{shown}: {e}"))
+    };
+    let on_abandoned = at(50) + (at(51) - at(50)) / 2;
+    // More of timeline 1 after the target: abandoned by the restore below, with a base
+    // backup taken on it, and a table after that base.
     for i in 0..2 {
         stack.psql(&format!("CREATE TABLE future{i} AS SELECT 1 AS id"));
         stack.psql("SELECT pg_switch_wal()");
     }
+    let (abandoned_base, _) = stack.back_up().await;
+    stack.psql("CREATE TABLE after_abandoned_base AS SELECT 1 AS id");
     ship_until_current(&stack, &backups).await;
 
     let restored = restore_db(
@@ -446,6 +458,7 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     let abandoned: Vec<&&String> = tl1.iter().filter(|f| index(f) > index(tl2[0])).collect();
     assert!(abandoned.len() >= 2, "{files:?}");
     let hole = format!("{dir}/{}.json", abandoned[0]);
+    let body = stack.stored_bytes(&hole).await;
     stack.store.delete(&hole).await.unwrap_or_else(|e| panic!("{e}"));
     let verified = stack
         .backups
@@ -453,6 +466,68 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
         .await
         .unwrap_or_else(|e| panic!("verify across timelines: {e} {:?}", e.stderr_tail));
     assert!(verified.database_restored);
+    stack.store.put(&hole, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
+    stack.psql("SELECT pg_switch_wal()");
+    ship_until_current(&stack, &backups).await;
+
+    // A time on timeline 1's abandoned stretch (after the branch point, before timeline 2
+    // began) follows timeline 1, not timeline 2 (which would stop at the branch point and
+    // call that success). Without timeline 1's WAL past the branch point it cannot be
+    // reached: refused before anything is touched.
+    let at_fork: Vec<String> = tl1
+        .iter()
+        .filter(|f| index(f) >= index(tl2[0]))
+        .map(|f| format!("{dir}/{f}.json"))
+        .collect();
+    let mut kept = vec![];
+    for hole in &at_fork {
+        kept.push((hole.clone(), stack.stored_bytes(hole).await));
+        stack.store.delete(hole).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(!kept.is_empty(), "{files:?}");
+    let to_abandoned = || RestoreOptions {
+        safety_backup: true,
+        physical: true,
+        to_time: Some(PointInTime::At(on_abandoned)),
+        ..Default::default()
+    };
+    let untouched = Untouched::now(&stack).await;
+    let fingerprint = stack.db_fingerprint_tables();
+    let reason =
+        refused_unchanged(&stack, &id, to_abandoned(), &fingerprint, "an unreachable stretch")
+            .await;
+    assert!(reason.contains("that timeline 2 (begun"), "{reason}");
+    untouched.still(&stack).await;
+    for (hole, body) in kept {
+        stack.store.put(&hole, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    restore_db(&stack, &id, to_abandoned())
+        .await
+        .unwrap_or_else(|e| panic!("restore to the abandoned stretch: {e} {:?}", e.stderr_tail));
+    assert_eq!(row_ids(&stack), (1..=50).collect::<Vec<i32>>(), "timeline 1 as it was then");
+    let dropped = stack.psql("SELECT to_regclass('items') IS NULL");
+    assert_eq!(dropped, "t", "the table dropped at row 40 stays dropped");
+    // Every history above timeline 1 was in the replay: the new timeline is 3, not a second
+    // timeline 2 whose files would collide with the bucket's (shipping would then fail).
+    assert_eq!(stack.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "3");
+    stack.psql("INSERT INTO rows VALUES (2000, clock_timestamp())");
+    stack.psql("SELECT pg_switch_wal()");
+    ship_until_current(&stack, &backups).await;
+
+    // `latest` from the base taken on the abandoned stretch: its own branch to its end (the
+    // table after it is there), the newer timelines named in the restore's outcome.
+    let restored =
+        restore_db(&stack, &abandoned_base, RestoreOptions { safety_backup: true, ..latest() })
+            .await
+            .unwrap_or_else(|e| panic!("latest from the abandoned base: {e} {:?}", e.stderr_tail));
+    assert_eq!(stack.psql("SELECT count(*) FROM after_abandoned_base"), "1");
+    assert_eq!(row_ids(&stack), (1..=60).collect::<Vec<i32>>());
+    let [note] = &restored.notes[..] else { panic!("{:?}", restored.notes) };
+    assert!(note.contains("timeline 3") && note.contains("timeline 1"), "{note}");
+    assert_eq!(stack.psql("SELECT timeline_id FROM pg_control_checkpoint()"), "4");
+    stack.psql("INSERT INTO rows VALUES (3000, clock_timestamp())");
+    stack.psql("SELECT pg_switch_wal()");
+    ship_until_current(&stack, &backups).await;
     stack.destroy_bucket().await;
 }
 
@@ -475,15 +550,17 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
     assert!(before.iter().any(|f| index(f) < second_start), "{before:?}");
 
     // Both bases retained: only what precedes the first (shipped since the slot was made).
-    let deleted = backups.prune_wal(&[&first, &second]).await.unwrap_or_else(|e| panic!("{e}"));
+    let deleted =
+        backups.prune_wal(&[&first, &second], Some(&[])).await.unwrap_or_else(|e| panic!("{e}"));
     let dir = steward_backup::wal::wal_dir(&stack.db.name);
     let expected: Vec<String> =
         before.iter().filter(|f| index(f) < first_start).map(|f| format!("{dir}/{f}")).collect();
     assert_eq!(deleted, expected);
-    let deleted = backups.prune_wal(&[&first, &second]).await.unwrap_or_else(|e| panic!("{e}"));
+    let deleted =
+        backups.prune_wal(&[&first, &second], Some(&[])).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(deleted, Vec::<String>::new(), "a second run deletes nothing more");
     // Only the second: exactly the segments before its start go.
-    let deleted = backups.prune_wal(&[&second]).await.unwrap_or_else(|e| panic!("{e}"));
+    let deleted = backups.prune_wal(&[&second], Some(&[])).await.unwrap_or_else(|e| panic!("{e}"));
     let after = shipped_files(&stack).await;
     assert!(!deleted.is_empty());
     assert!(after.iter().all(|f| index(f) >= second_start), "{after:?}");
@@ -495,6 +572,39 @@ async fn retention_keeps_exactly_the_wal_the_retained_bases_need() {
         let file = o.trim_start_matches(&format!("{dir}/")).split('.').next().unwrap_or_default();
         assert!(after.iter().any(|f| f == file), "{o} left behind");
     }
+
+    // WAL stored under the name of a database container renamed since: no retained base
+    // needs it, whatever the name, so it goes; unless a manifest could not be read, or one
+    // read but not usable has a base of that name.
+    let old_name = format!("{}-renamed-away", stack.db.name);
+    let old_dir = steward_backup::wal::wal_dir(&old_name);
+    let copied: Vec<String> = objects.iter().take(6).cloned().collect();
+    for o in &copied {
+        let body = stack.stored_bytes(o).await;
+        let to = o.replacen(&dir, &old_dir, 1);
+        stack.store.put(&to, bytes::Bytes::from(body)).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let old_listed =
+        || async { stack.store.list_objects(&old_dir).await.unwrap_or_else(|e| panic!("{e}")) };
+    let planted = old_listed().await;
+    assert_eq!(planted.len(), copied.len());
+    let mut unusable = first.clone();
+    for c in &mut unusable.components {
+        if let Kind::PostgresBase { container, .. } = &mut c.kind {
+            container.clone_from(&old_name);
+        }
+    }
+    for judged in [None, Some(&[&unusable][..])] {
+        let deleted = backups.prune_wal(&[&second], judged).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(deleted, Vec::<String>::new());
+        assert_eq!(old_listed().await, planted);
+    }
+    let deleted =
+        backups.prune_wal(&[&second], Some(&[&first])).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!deleted.is_empty() && deleted.iter().all(|d| d.starts_with(&old_dir)), "{deleted:?}");
+    let segment_left = old_listed().await.into_iter().any(|o| !o.contains(".history"));
+    assert!(!segment_left, "{:?}", old_listed().await);
+    assert_eq!(shipped_files(&stack).await, after, "the live name's WAL is as it was");
     stack.destroy_bucket().await;
 }
 
@@ -581,6 +691,14 @@ async fn a_dropped_slot_is_a_gap_the_shipper_reports() {
     // Every round so far: no gap.
     let rounds = ship_round(&backups, &mut state).await;
     assert!(rounds.iter().all(|(_, r)| r.as_ref().is_ok_and(|r| r.gap.is_none())), "{rounds:?}");
+    // `du` measuring the spool while the receiver renames a file in it: the total, and exit 1
+    // (as a `du` that found a file gone). The round goes on (`ship_round` fails on an error).
+    let fake_du = "printf '#!/bin/sh\\n/usr/bin/du \"$@\"\\necho \"du: cannot access x: No such file or directory\" >&2\\nexit 1\\n' > /usr/local/bin/du && chmod 755 /usr/local/bin/du";
+    docker(&["exec", "-u", "root", &stack.db.name, "sh", "-c", fake_du]);
+    let du = docker(&["exec", &stack.db.name, "sh", "-c", "du -sk / >/dev/null 2>&1; echo $?"]);
+    assert_eq!(du, "1", "the fake du is not the one found");
+    ship_round(&backups, &mut state).await;
+    docker(&["exec", "-u", "root", &stack.db.name, "rm", "/usr/local/bin/du"]);
 
     // The slot goes (an operator, a failover script) while WAL is written and not received.
     let slot = steward_backup::wal::slot_name(&stack.db.name);

@@ -266,6 +266,18 @@ async fn a_gap_behind_the_services_back_is_reported_critical_a_new_base_follows_
     }
     stack.psql("CHECKPOINT");
     let gap_made = time::OffsetDateTime::now_utc();
+    // A file the server cannot read in its data directory: the first base backup after the
+    // gap fails (and is said); it is tried again later.
+    let blocker = "\"$PGDATA\"/steward-test-unreadable";
+    docker(&[
+        "exec",
+        "-u",
+        "root",
+        &stack.db.name,
+        "sh",
+        "-c",
+        &format!(": > {blocker} && chmod 000 {blocker}"),
+    ]);
     service.signal("-CONT");
 
     // A critical failure naming the gap, in a flow of its own; then a new base backup.
@@ -281,6 +293,15 @@ async fn a_gap_behind_the_services_back_is_reported_critical_a_new_base_follows_
     assert!(failed.reason.contains("was never shipped"), "{}", failed.reason);
     assert!(failed.reason.contains("a new base backup is being taken"), "{}", failed.reason);
     assert_eq!(failed.backup_id, None);
+    let base_failed = first_event(&bus, Duration::from_secs(120), &context, |e| match &e.data {
+        EventData::BackupFailed(f) if f.backup_id.is_some() => Some(f.clone()),
+        _ => None,
+    })
+    .await;
+    let tail = base_failed.stderr_tail.join("\n");
+    assert!(base_failed.reason.contains("pg_basebackup"), "{}", base_failed.reason);
+    assert!(tail.contains("steward-test-unreadable"), "{tail}");
+    docker(&["exec", "-u", "root", &stack.db.name, "sh", "-c", &format!("rm -f {blocker}")]);
     let done = first_event(&bus, Duration::from_secs(120), &context, |e| match &e.data {
         EventData::BackupDone(d) if e.id != failed_id => Some(d.clone()),
         _ => None,
@@ -372,7 +393,8 @@ async fn a_gap_behind_the_services_back_is_reported_critical_a_new_base_follows_
             _ => None,
         })
         .collect();
-    assert_eq!(failures.len(), 2, "{failures:#?}");
+    // The two gaps, and the first base backup after the first (tried again, which worked).
+    assert_eq!(failures.len(), 3, "{failures:#?}");
     drop(service);
     stack.destroy_bucket().await;
 }

@@ -356,6 +356,9 @@ pub async fn restore(args: RestoreArgs, conn: &Connection) -> anyhow::Result<()>
                     None => println!("read from the second copy"),
                 }
             }
+            for note in &d.notes {
+                println!("note: {note}");
+            }
             match &d.safety_backup_id {
                 Some(safety) => {
                     let only = match scope {

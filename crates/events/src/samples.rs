@@ -213,6 +213,7 @@ pub fn all(container: &str) -> Vec<EventData> {
             safety_backup_id: Some("20261123T101500Z-3f9a1c".into()),
             from: Some(BackupTarget::Copy),
             fallback_reason: Some("backup 20261123T020000Z has no manifest in the primary".into()),
+            notes: vec![],
         }
         .into(),
         RestoreFailed {

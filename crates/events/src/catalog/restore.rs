@@ -69,6 +69,11 @@ pub struct RestoreDone {
     /// Why the primary was not used when the restore fell back to the copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// What the operator should know of how it was restored: a point-in-time restore to
+    /// `latest` that replayed its base's own branch while the bucket holds a newer timeline
+    /// the base does not reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Payload for RestoreDone {}
