@@ -15,6 +15,8 @@ source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # The matrices run the real binaries; the self-update's runs the debug image built from them.
 cargo build --workspace --bins --locked
+# self_update starts its own NATS from the stand-in image (built once per revision).
+"$ROOT/infra/testbed/stack-images.sh" stand-ins
 "$ROOT/infra/testbed/stack-images.sh" steward debug
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(crash_points backup_crash notify_crash self_update deploy_crash)

@@ -16,11 +16,12 @@ cargo build --workspace --bins --locked
 "$ROOT/infra/testbed/stack-images.sh" stand-ins
 "$ROOT/infra/testbed/stack-images.sh" steward debug
 # STEWARD_TEST_ENGINE=podman makes the Podman tests (the ones known to pass against Podman's
-# Docker-compatible API: crates/engine/tests/podman.rs, tests/tests/podman_flow.rs and
-# podman_backup.rs, on the test bed's service, STEWARD_TEST_PODMAN_SOCKET) required: a missing
-# or silent Podman fails them instead of letting them skip (issue 22). It changes nothing else:
-# every other engine-facing test runs against Docker (docs/podman.md, "The test bed"). They
-# run once, here, not again in a leg of their own.
+# Docker-compatible API: crates/engine/tests/podman.rs, tests/tests/podman_flow.rs,
+# podman_backup.rs and the socket proxy's Podman healthcheck test, on the test bed's service,
+# STEWARD_TEST_PODMAN_SOCKET) required: a missing or silent Podman fails them instead of
+# letting them skip (issue 22). It changes nothing else: every other engine-facing test runs
+# against Docker (docs/podman.md, "The test bed"). They run once, here, not again in a leg of
+# their own.
 STEWARD_TEST_ENGINE=podman cargo test --workspace --locked --no-fail-fast
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

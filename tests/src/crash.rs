@@ -18,11 +18,12 @@ pub fn full() -> bool {
 /// The sample's seed: `STEWARD_CRASH_SEED`, else today's day number.
 pub fn seed() -> u64 {
     match std::env::var(SEED_VAR) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|e| panic!("{SEED_VAR}={v:?}: {e}")),
-        // Before 1970 only with a wrong clock; the day number is then 0.
-        Err(_) => {
-            u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp() / 86_400).unwrap_or(0)
+        // Set but empty (`STEWARD_CRASH_SEED= scripts/...`) means unset.
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().unwrap_or_else(|e| panic!("{SEED_VAR}={v:?}: {e}"))
         }
+        // Before 1970 only with a wrong clock; the day number is then 0.
+        _ => u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp() / 86_400).unwrap_or(0),
     }
 }
 

@@ -419,7 +419,8 @@ async fn wait_settled(s: &Service, flow: Flow, context: &dyn Fn() -> String) {
 }
 
 /// A CI run kills one point in this many per variant (the suite's 45-minute budget); the
-/// offset moves with the day, so every point is killed in both variants over as many days.
+/// offset moves with the crash seed (the day by default), so every point is killed in both
+/// variants over as many seeds.
 const SHARES: usize = 4;
 
 /// The points this variant runs: all, or one in [`SHARES`] (offset by variant and by the

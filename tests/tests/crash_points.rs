@@ -329,20 +329,24 @@ async fn is_settled(s: &Stage, variant: Variant) -> bool {
 async fn second_ends(second: &mut Proc, s: &Stage) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(20);
+    let mut settled = false;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = second.child.try_wait() {
             return;
         }
         // Settled only counts once it consumes: its recovery at start has run by then.
         if second.logs().contains("\"consuming\"") && is_settled(s, Variant::Twice).await {
+            settled = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The recovery passed no armed point (or took the whole bound): it is stopped, not killed.
+    // The recovery passed no armed point: it is stopped, not killed. Said apart from the
+    // bound running out (a slow recovery cut short: the next process finishes it).
     eprintln!(
-        "second updater passed no armed point; stopped after {:.1}s",
-        started.elapsed().as_secs_f64()
+        "second updater passed no armed point; stopped after {:.1}s, {}",
+        started.elapsed().as_secs_f64(),
+        if settled { "settled" } else { "NOT settled: the 20 s bound ran out" }
     );
     second.terminate(Duration::from_secs(20));
 }
