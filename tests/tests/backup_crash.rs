@@ -421,7 +421,7 @@ async fn wait_settled(s: &Service, flow: Flow, context: &dyn Fn() -> String) {
 /// A CI run kills one point in this many per variant (the suite's 45-minute budget); the
 /// offset moves with the crash seed (the day by default), so every point is killed in both
 /// variants over as many seeds.
-const SHARES: usize = 4;
+const SHARES: usize = 6;
 
 /// The points this variant runs: all, or one in [`SHARES`] (offset by variant and by the
 /// crash seed, printed).
