@@ -82,10 +82,7 @@ pub(crate) struct Replay {
 /// and empty ones skipped. None when a line does not read so.
 pub fn parse_history(text: &str) -> Option<Vec<(u32, u64)>> {
     let mut out = vec![];
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+    for line in history_lines(text) {
         let mut fields = line.split_whitespace();
         let tli = fields.next()?.parse::<u32>().ok()?;
         let at = crate::wal::parse_lsn(fields.next()?)?;
@@ -94,12 +91,17 @@ pub fn parse_history(text: &str) -> Option<Vec<(u32, u64)>> {
     Some(out)
 }
 
+/// A history file's entries: its lines without blanks and comments.
+fn history_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
 /// When the branch off `parent` in a timeline history happened: the time PostgreSQL wrote
 /// as the reason of `parent`'s line when the recovery stopped at a target time (`before
 /// 2026-11-30 08:00:00.123456+00`: the first transaction it did not replay, the first one of
 /// the stretch the new timeline abandoned). None for other reasons.
 pub fn branch_time(text: &str, parent: u32) -> Option<OffsetDateTime> {
-    let line = text.lines().map(str::trim).find(|l| {
+    let line = history_lines(text).find(|l| {
         l.split_whitespace().next().and_then(|t| t.parse::<u32>().ok()) == Some(parent)
     })?;
     let reason = line.splitn(3, char::is_whitespace).nth(2)?.trim();
