@@ -13,6 +13,8 @@
 #   DATA_MIB=4096 benches/backup.sh     the memory check at 4 GiB
 #   AGE=1 benches/backup.sh             Steward with client-side age encryption (needs age-keygen)
 #   ARENAS=default benches/backup.sh    glibc's default malloc arenas instead of the image's 2
+#   PEER=0 benches/backup.sh            without the seeds' pipeline (quicker, for profiling)
+#   BACKUP_BIN=path benches/backup.sh   another steward-backup build (an A/B of a change)
 # Results go to stdout; docs/benchmarks.md records a run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,11 +54,25 @@ async def main(url, stream):
     await nc.close()
 asyncio.run(main(*sys.argv[1:]))
 PY
-  rm -rf "${STATE:?}/s3/$BUCKET" "${STATE:?}/s3/$BUCKET-copy" "$STATE/$RUN.age" "$STATE/$RUN.key" "$STATE/logs/$RUN.stamped"
+  rm -rf "${STATE:?}/s3/$BUCKET" "${STATE:?}/s3/$BUCKET-copy" "$STATE/$RUN.time" "$STATE/$RUN.age" "$STATE/$RUN.key" "$STATE/logs/$RUN.stamped"
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l | xargs printf '%.1f'; }
+# CPU seconds (user + system, with reaped children) of the named processes, read from /proc:
+# where a phase's work went, which the wall time alone does not say on a shared machine.
+TICK=$(getconf CLK_TCK)
+cpu() {
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13 + $14 + $15}')))
+  done
+  echo "$total"
+}
+engine_cpu() { cpu $(pgrep -x dockerd) $(pgrep -x containerd) $(pgrep -f containerd-shim); }
+s3_cpu() { cpu $(pgrep -x s3s-fs); }
+cpus() { echo "$2 - $1" | bc -l | xargs -I{} echo "{} / $TICK" | bc -l | xargs printf '%.1f'; }
 
 echo "== machine: $(nproc) cores; data ${DATA_MIB} MiB; ${DB_ROWS} rows"
 docker run -d --name "$DB" --label "steward.scope=$RUN" --label steward.backup.postgres=true \
@@ -74,26 +90,34 @@ docker exec "$APP" sh -c "mkdir -p /data/lfs /data/repos && \
 dump_mb=$(docker exec "$DB" sh -c 'pg_dump -Fc -Z0 -U gitea gitea | wc -c' | awk '{printf "%.0f", $1/1e6}')
 echo "   dump (custom format, uncompressed): ${dump_mb} MB; data: $(docker exec "$APP" du -sm /data | cut -f1) MiB"
 
-echo "== peer: pg_dump | gzip | aws s3 cp -  and  tar czf - | aws s3 cp -"
-t0=$(now)
-docker exec "$DB" pg_dump -U gitea gitea | gzip | $S3 cp - "s3://$BUCKET/peer/db.sql.gz" >/dev/null
-t1=$(now)
-docker exec "$APP" tar czf - /data 2>/dev/null | $S3 cp - "s3://$BUCKET/peer/data.tar.gz" >/dev/null
-t2=$(now)
-peer_db=$(secs "$t0" "$t1"); peer_data=$(secs "$t1" "$t2"); peer_total=$(secs "$t0" "$t2")
-echo "   database ${peer_db} s, data ${peer_data} s, total ${peer_total} s"
+if [ "${PEER:-1}" = 1 ]; then
+  echo "== peer: pg_dump | gzip | aws s3 cp -  and  tar czf - | aws s3 cp -"
+  t0=$(now)
+  docker exec "$DB" pg_dump -U gitea gitea | gzip | $S3 cp - "s3://$BUCKET/peer/db.sql.gz" >/dev/null
+  t1=$(now)
+  docker exec "$APP" tar czf - /data 2>/dev/null | $S3 cp - "s3://$BUCKET/peer/data.tar.gz" >/dev/null
+  t2=$(now)
+  peer_db=$(secs "$t0" "$t1"); peer_data=$(secs "$t1" "$t2"); peer_total=$(secs "$t0" "$t2")
+  echo "   database ${peer_db} s, data ${peer_data} s, total ${peer_total} s"
+else
+  # PEER=0 (while profiling Steward against the limit): the seeds' pipeline is left out.
+  peer_total=0
+fi
 
 echo "== the tools' limit: pg_dump -Fc -Z0 | zstd -T0 -3 | aws s3 cp -  and  tar cf - | zstd -T0 -3 | aws s3 cp -, at once"
 command -v zstd >/dev/null 2>&1 || apt-get install -y -qq zstd >/dev/null
+e0=$(engine_cpu); s0=$(s3_cpu)
 t0=$(now)
-docker exec "$DB" pg_dump -Fc -Z0 -U gitea gitea | zstd -q -T0 -3 | $S3 cp - "s3://$BUCKET/limit/db.dump.zst" >/dev/null &
-l1=$!
-docker exec "$APP" tar cf - /data 2>/dev/null | zstd -q -T0 -3 | $S3 cp - "s3://$BUCKET/limit/data.tar.zst" >/dev/null &
-l2=$!
-wait "$l1" "$l2"
+# Under time(1), whose account includes the pipelines' own processes (docker CLI, zstd, aws).
+/usr/bin/time -f '%U %S' -o "$STATE/$RUN.time" bash -c "
+docker exec $DB pg_dump -Fc -Z0 -U gitea gitea | zstd -q -T0 -3 | $S3 cp - s3://$BUCKET/limit/db.dump.zst >/dev/null &
+docker exec $APP tar cf - /data 2>/dev/null | zstd -q -T0 -3 | $S3 cp - s3://$BUCKET/limit/data.tar.zst >/dev/null &
+wait"
 t1=$(now)
+e1=$(engine_cpu); s1=$(s3_cpu)
 limit_total=$(secs "$t0" "$t1")
 echo "   total ${limit_total} s"
+echo "   CPU s: docker CLI + zstd + aws $(awk '{printf "%.1f", $1 + $2}' "$STATE/$RUN.time"), engine $(cpus "$e0" "$e1"), S3 server $(cpus "$s0" "$s1")"
 
 if [ "${AGE:-0}" = 1 ]; then
   command -v age-keygen >/dev/null 2>&1 || apt-get install -y -qq age >/dev/null
@@ -115,17 +139,20 @@ http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 # As the image runs it (Dockerfile: MALLOC_ARENA_MAX=2); ARENAS=default measures glibc's own.
 arenas=()
 [ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}")
-env "${arenas[@]}" STEWARD_HTTP_ADDR=127.0.0.1:$http "$BIN/steward-backup" >"$STATE/logs/$RUN.log" 2>&1 &
+env "${arenas[@]}" STEWARD_HTTP_ADDR=127.0.0.1:$http "${BACKUP_BIN:-$BIN/steward-backup}" >"$STATE/logs/$RUN.log" 2>&1 &
 pid=$!
 # Each log line with the time it was written, for the phases of the backup and the restore.
-(tail -n +1 -F "$STATE/logs/$RUN.log" 2>/dev/null | while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done) >"$STATE/logs/$RUN.stamped" &
+(tail -n +1 -F --pid=$$ "$STATE/logs/$RUN.log" 2>/dev/null | while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done) >"$STATE/logs/$RUN.stamped" &
 stamp=$!
 for _ in $(seq 100); do grep -q consuming "$STATE/logs/$RUN.log" && break; sleep 0.1; done
 at() { awk -v m="$1" 'index($0, m) {print $1; exit}' "$STATE/logs/$RUN.stamped"; }
+e0=$(engine_cpu); s0=$(s3_cpu); b0=$(cpu "$pid")
 t0=$(now)
 "$BIN/steward" backup now
 t1=$(now)
+e1=$(engine_cpu); s1=$(s3_cpu); b1=$(cpu "$pid")
 steward_total=$(secs "$t0" "$t1")
+echo "   CPU s to backup.done: steward-backup $(cpus "$b0" "$b1"), engine $(cpus "$e0" "$e1"), S3 server $(cpus "$s0" "$s1")"
 copied=
 if [ "${COPY:-1}" = 1 ]; then
   for _ in $(seq 1200); do copied=$(at "copied to the second copy"); [ -n "$copied" ] && break; sleep 0.25; done
