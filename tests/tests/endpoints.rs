@@ -124,3 +124,50 @@ async fn readyz_fails_while_docker_is_unreachable_and_notifier_does_not_need_it(
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert!(v.get("docker").is_none(), "{v}");
 }
+
+/// A service told to stop while NATS is unreachable stops. The shutdown's final flush waited
+/// for the server's answer, which never comes while the client reconnects: a watcher logged
+/// "shutting down" and then lived until NATS came back or SIGKILL (`docker stop` waits its
+/// timeout, then kills). A second signal did nothing.
+#[tokio::test]
+async fn a_service_stops_on_sigterm_while_nats_is_down() {
+    let mut nats = NatsServer::start();
+    let cfg = bus_config(&nats.url(), "stop-without-nats");
+    let _bus = TestBus::with_config(cfg.clone()).await;
+    let port = free_port();
+    let mut proc = Proc::start(
+        "steward-watcher",
+        &service_env(&nats.url(), &cfg.namespace, port, "unix:///var/run/docker.sock"),
+    );
+    wait_for(port, "/readyz", 200, Duration::from_secs(20)).await;
+
+    nats.kill();
+    wait_for(port, "/readyz", 503, Duration::from_secs(10)).await;
+    // The bound is the shutdown's own (no event in hand, so no grace is used) plus its 2 s
+    // flush and slack for a loaded machine; the old code never exited.
+    let code = proc.terminate(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "no clean exit on SIGTERM with NATS down: {}", proc.logs());
+    assert!(proc.logs().contains("stopping without flushing"), "{}", proc.logs());
+}
+
+/// A service told to stop while it cannot reach NATS at start stops then, instead of holding
+/// the signal until its connection attempt gives up (about half a minute).
+#[tokio::test]
+async fn a_service_stops_on_sigterm_while_starting_without_nats() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let cfg = bus_config(&url, "stop-while-starting");
+    nats.kill();
+    let mut proc = Proc::start(
+        "steward-watcher",
+        &service_env(&url, &cfg.namespace, free_port(), "unix:///var/run/docker.sock"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !proc.logs().contains("looking after this host's engine") {
+        assert!(Instant::now() < deadline, "never got to connecting: {}", proc.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let code = proc.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "not stopped while starting: {}", proc.logs());
+    assert!(proc.logs().contains("stopped before it was up"), "{}", proc.logs());
+}

@@ -241,14 +241,23 @@ impl Runtime {
         // the loop is busy settling an event then.
         tokio::join!(consume_loop.run(inbox), grace.start_on_cancel());
         self.ctx.tasks.wait_until(grace.deadline()).await;
-        // Deliver whatever acks and events are still buffered before the process exits.
-        if let Err(e) = self.ctx.bus.flush().await {
-            tracing::warn!(error = %e, "could not flush NATS connection on shutdown");
+        // Deliver whatever acks and events are still buffered before the process exits. A
+        // flush waits for the server's answer, forever while NATS is unreachable: bounded, so
+        // a service stops when told to even then (what was unacknowledged is redelivered).
+        match tokio::time::timeout(FLUSH_ON_EXIT, self.ctx.bus.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not flush NATS connection on shutdown"),
+            Err(_) => tracing::warn!(
+                "NATS did not answer within {FLUSH_ON_EXIT:?}: stopping without flushing (unacknowledged events are redelivered)"
+            ),
         }
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// How long a stopping service waits for NATS to take what it buffered.
+const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Stack of each runtime thread. Debug builds of the update and backup flows keep poll frames
 /// of hundreds of KiB (a future is built on the stack before it moves into its parent), so
@@ -295,12 +304,25 @@ where
     }
     let telemetry = telemetry::init(service, config.log_format, &config.log_filter, config.traces);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{} starting", service.binary());
-    let result = async {
-        let runtime = Runtime::start(config).await?;
+    let shutdown = shutdown::on_signal();
+    let starting = async {
+        let runtime = Runtime::start_with_shutdown(config, shutdown.clone()).await?;
         let handler = build(own, runtime.context().clone()).await?;
-        runtime.run(handler).await
-    }
-    .await;
+        anyhow::Ok((runtime, handler))
+    };
+    // A signal while starting (NATS or the engine not answering yet can take a while) stops
+    // the service then: nothing was taken from the bus yet, and a half-done start is what a
+    // kill leaves, which every service recovers from.
+    let result = tokio::select! {
+        started = starting => match started {
+            Ok((runtime, handler)) => runtime.run(handler).await,
+            Err(e) => Err(e),
+        },
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped before it was up");
+            Ok(())
+        }
+    };
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
