@@ -52,8 +52,11 @@ main_pid=$BASHPID
 cleanup() {
   # Background jobs (the services) are subshells of this one: only the script itself cleans up.
   [ "$BASHPID" = "$main_pid" ] || return 0
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # The services first, while NATS still answers (they finish their work and exit), NATS last.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
   [ ${#containers[@]} -eq 0 ] || docker rm -f "${containers[@]}" >/dev/null 2>&1 || true
   [ ${#images[@]} -eq 0 ] || docker rmi "${images[@]}" >/dev/null 2>&1 || true
   rm -rf "$tmp"
