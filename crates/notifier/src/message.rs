@@ -665,19 +665,27 @@ pub fn describe_news(events: &[&Event]) -> Item {
             events.first().copied().unwrap_or_else(|| unreachable!("one event at least")),
         );
     };
-    let mut containers: Vec<&str> = news.iter().map(|(_, u)| u.container.as_str()).collect();
+    // Under host routing one image is news on every host that runs it, in one report: each
+    // container is then named with its host (`gitea on vps-a`), or the report would name the
+    // first event's host only, and a container name once for all the hosts that have it.
+    let hosts: std::collections::BTreeSet<String> = news.iter().map(|(e, _)| host_of(e)).collect();
+    let who = |e: &Event, u: &ImageUpdated| match hosts.len() {
+        1 => u.container.clone(),
+        _ => format!("{} on {}", u.container, host_of(e)),
+    };
+    let mut containers: Vec<String> = news.iter().map(|(e, u)| who(e, u)).collect();
     containers.sort_unstable();
     containers.dedup();
     let names = containers.join(", ");
     // Containers on the same image usually run the same digest; when not, each is told.
-    let mut running: Vec<(&steward_events::Digest, Option<&ImageVersion>, Vec<&str>)> = vec![];
-    for (_, u) in &news {
+    let mut running: Vec<(&steward_events::Digest, Option<&ImageVersion>, Vec<String>)> = vec![];
+    for (e, u) in &news {
         match running.iter_mut().find(|(d, _, _)| **d == u.current_digest) {
-            Some((_, _, who)) => who.push(&u.container),
+            Some((_, _, named)) => named.push(who(e, u)),
             None => running.push((
                 &u.current_digest,
                 u.versions.current_version.as_ref(),
-                vec![u.container.as_str()],
+                vec![who(e, u)],
             )),
         }
     }
@@ -710,7 +718,10 @@ pub fn describe_news(events: &[&Event]) -> Item {
         headline: format!("Newer image {new_name} for {names} ({})", first.image),
         container: Some(names),
         when: utc(first_event.time),
-        host: host_of(first_event),
+        host: match hosts.len() {
+            1 => host_of(first_event),
+            n => format!("{n} hosts"),
+        },
         facts,
         log_tail: vec![],
         next: String::new(),
@@ -1117,6 +1128,26 @@ mod tests {
         assert!(m.text.contains("steward.update.policy=notify"), "{}", m.text);
         // One event alone is told the same way.
         assert!(describe(&a).headline.starts_with("Newer image 1.22.7 for gitea-b"));
+    }
+
+    /// Issue 23's simulation (docs/scaling.md): one image, news on 50 hosts at once, was one
+    /// report naming the first event's host and the container once.
+    #[test]
+    fn a_newer_image_on_several_hosts_names_every_host() {
+        let on = |host: &str| news_for("gitea").with_host(Some(host.into()));
+        let (a, b) = (on("vps-b"), on("vps-a"));
+        let item = describe_news(&[&a, &b]);
+        let fact = |k: &str| item.facts.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(fact("Containers"), Some("gitea on vps-a, gitea on vps-b"), "{item:?}");
+        assert_eq!(item.host, "2 hosts");
+        let m = Templates::builtin().expect("templates").render(vec![item]).expect("render");
+        assert!(m.subject.contains("for gitea on vps-a, gitea on vps-b"), "{}", m.subject);
+        assert!(m.text.contains(" on 2 hosts"), "{}", m.text);
+        // One host: named as before.
+        let same = describe_news(&[&on("vps-a"), &news_for("web").with_host(Some("vps-a".into()))]);
+        assert_eq!(same.host, "vps-a");
+        let fact = |k: &str| same.facts.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(fact("Containers").as_deref(), Some("gitea, web"));
     }
 
     #[test]
