@@ -53,8 +53,11 @@ cleanup() {
   # Background jobs (the services) are subshells of this one: only the script itself cleans up.
   [ "$BASHPID" = "$main_pid" ] || return 0
   # The services first, while NATS still answers (they finish their work and exit), NATS last.
+  # Each given 25 s (a service's shutdown grace is 20 s), then killed: the wait is bounded.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill "${pids[i]}" 2>/dev/null || true
+    for _ in $(seq 250); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
   done
   [ ${#containers[@]} -eq 0 ] || docker rm -f "${containers[@]}" >/dev/null 2>&1 || true
@@ -62,6 +65,9 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+# Ctrl-C and SIGTERM go through the same clean-up, services before their nats-server (which
+# runs in a session of its own below, so a terminal's Ctrl-C does not reach it first).
+trap 'exit 130' INT TERM
 
 hosts=$(for i in $(seq -f %02g 1 "$AGENTS"); do printf 'sim-%s,' "$i"; done)
 hosts=${hosts%,}
@@ -80,7 +86,7 @@ while read -r user var; do
 done < <(awk '/user:/ {u=$2} /password: \$/ {print u, $2}' "$tmp/authorization.conf")
 nats_port=$(port)
 mon_port=$(port)
-nats-server -c "$tmp/nats.conf" -a 127.0.0.1 -p "$nats_port" -m "$mon_port" -js -sd "$tmp/js" \
+setsid nats-server -c "$tmp/nats.conf" -a 127.0.0.1 -p "$nats_port" -m "$mon_port" -js -sd "$tmp/js" \
   >"$tmp/nats.log" 2>&1 &
 nats_pid=$!
 pids+=("$nats_pid")

@@ -715,8 +715,8 @@ pub fn describe_news(events: &[&Event]) -> Item {
         kind: first_event.event_type(),
         told: first_event.event_type(),
         id: first_event.id,
-        headline: format!("Newer image {new_name} for {names} ({})", first.image),
-        container: Some(names),
+        headline: format!("Newer image {new_name} for {} ({})", at_most(&containers), first.image),
+        container: Some(at_most(&containers)),
         when: utc(first_event.time),
         host: match hosts.len() {
             1 => host_of(first_event),
@@ -733,6 +733,21 @@ pub fn describe_news(events: &[&Event]) -> Item {
     item.next = told(item.told).next.to_owned();
     item
 }
+
+/// The names for a headline or a subject: the first [`NAMED_IN_HEADLINE`], then how many
+/// more (one image on fifty hosts would otherwise make a subject of hundreds of characters;
+/// the item's facts name every one).
+fn at_most(names: &[String]) -> String {
+    match names.len().checked_sub(NAMED_IN_HEADLINE) {
+        Some(more) if more > 0 => {
+            format!("{} and {more} more", names[..NAMED_IN_HEADLINE].join(", "))
+        }
+        _ => names.join(", "),
+    }
+}
+
+/// How many containers a headline names.
+const NAMED_IN_HEADLINE: usize = 3;
 
 /// The subject of a message of `items` (at least one).
 pub fn subject(items: &[Item]) -> String {
@@ -1143,6 +1158,14 @@ mod tests {
         let m = Templates::builtin().expect("templates").render(vec![item]).expect("render");
         assert!(m.subject.contains("for gitea on vps-a, gitea on vps-b"), "{}", m.subject);
         assert!(m.text.contains(" on 2 hosts"), "{}", m.text);
+        // Fifty hosts: every one in the facts, three and a count in the subject.
+        let hosts: Vec<Event> = (1..=50).map(|n| on(&format!("vps-{n:02}"))).collect();
+        let item = describe_news(&hosts.iter().collect::<Vec<_>>());
+        let fact = |k: &str| item.facts.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(fact("Containers").map(|c| c.matches(" on vps-").count()), Some(50));
+        let m = Templates::builtin().expect("templates").render(vec![item]).expect("render");
+        assert!(m.subject.contains("gitea on vps-03 and 47 more"), "{}", m.subject);
+        assert!(m.subject.len() < 200, "{}", m.subject);
         // One host: named as before.
         let same = describe_news(&[&on("vps-a"), &news_for("web").with_host(Some("vps-a".into()))]);
         assert_eq!(same.host, "vps-a");
