@@ -5,16 +5,27 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-"$ROOT/infra/testbed/up.sh"
+# phase NAME COMMAND...: runs COMMAND, then prints how long it took, so a CI log shows where
+# the time goes (a failing phase stops the script as before: set -e).
+phase() {
+  local name=$1 start=$SECONDS
+  shift
+  "$@"
+  echo "[phase] $name: $((SECONDS - start)) s"
+}
+phase testbed "$ROOT/infra/testbed/up.sh"
 # shellcheck disable=SC1091
 source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 # A one-off build gains nothing from incremental state, which only costs disk.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # System tests run the real binaries, which Cargo does not build for another package's tests.
-cargo build --workspace --bins --locked
+phase build cargo build --workspace --bins --locked
 # The compose stack's end-to-end test runs these images (built from the binaries just built).
-"$ROOT/infra/testbed/stack-images.sh" stand-ins
-"$ROOT/infra/testbed/stack-images.sh" steward debug
+images() {
+  "$ROOT/infra/testbed/stack-images.sh" stand-ins
+  "$ROOT/infra/testbed/stack-images.sh" steward debug
+}
+phase images images
 # STEWARD_TEST_ENGINE=podman makes the Podman tests (the ones known to pass against Podman's
 # Docker-compatible API: crates/engine/tests/podman.rs, tests/tests/podman_flow.rs,
 # podman_backup.rs and the socket proxy's Podman healthcheck test, on the test bed's service,
@@ -22,9 +33,9 @@ cargo build --workspace --bins --locked
 # letting them skip (issue 22). It changes nothing else: every other engine-facing test runs
 # against Docker (docs/podman.md, "The test bed"). They run once, here, not again in a leg of
 # their own.
-STEWARD_TEST_ENGINE=podman cargo test --workspace --locked --no-fail-fast
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+phase tests env STEWARD_TEST_ENGINE=podman cargo test --workspace --locked --no-fail-fast
+phase fmt cargo fmt --all -- --check
+phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 # Terraform (checkov, python-hcl2 tests) and workflow (actionlint) checks.
-"$ROOT/infra/check.sh"
-echo "all tests and checks passed"
+phase infra-check "$ROOT/infra/check.sh"
+echo "all tests and checks passed ($SECONDS s)"

@@ -54,6 +54,47 @@ pub fn window(len: usize, count: usize, seed: u64) -> Vec<usize> {
     (0..count.min(len)).map(|i| (first + i) % len).collect()
 }
 
+/// `count` indexes of `len` evenly spread (`len / count` apart, wrapping) from `offset % len`:
+/// over `len` consecutive offsets each index is taken `count` times (for `count` dividing
+/// `len`; at least once for any `count`).
+pub fn spread(len: usize, count: usize, offset: u64) -> Vec<usize> {
+    if len == 0 {
+        return vec![];
+    }
+    let count = count.clamp(1, len);
+    let step = len / count;
+    let first = usize::try_from(offset % len as u64).unwrap_or(0);
+    (0..count).map(|i| (first + i * step) % len).collect()
+}
+
+/// Runs `run` on each of `runs`, `limit` at once, each on a thread of its own: a run blocks
+/// its thread while it waits for a process, which would stall a run polled beside it; its
+/// tasks still go to the calling test's runtime. A run's panic is the caller's.
+pub async fn at_once<T, F, Fut>(runs: impl IntoIterator<Item = T>, limit: usize, run: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let run = std::sync::Arc::new(run);
+    let runtime = tokio::runtime::Handle::current();
+    let mut queue = runs.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < limit.max(1) {
+            let Some(item) = queue.next() else { break };
+            let (run, runtime) = (run.clone(), runtime.clone());
+            running.spawn_blocking(move || runtime.block_on(run(item)));
+        }
+        match running.join_next().await {
+            None => break,
+            Some(Ok(())) => {}
+            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Some(Err(e)) => panic!("a run did not finish: {e}"),
+        }
+    }
+}
+
 /// Prints what a run kills and how to replay it or run everything.
 pub fn announce(what: &str, chosen: &[String], of: usize, seed: u64) {
     eprintln!(
@@ -85,5 +126,20 @@ mod tests {
         assert_eq!(taken, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
         assert_eq!(window(2, 3, 5), [1, 0]);
         assert!(window(0, 2, 5).is_empty());
+    }
+
+    #[test]
+    fn spreads_over_consecutive_offsets_take_each_index_count_times() {
+        // Across day 366 too: the offset is the day number, which does not wrap there.
+        for start in [0, 360, 20_420] {
+            let mut taken: Vec<usize> =
+                (start..start + 12).flat_map(|s| spread(12, 3, s)).collect();
+            taken.sort_unstable();
+            let expected: Vec<usize> = (0..12).flat_map(|i| [i, i, i]).collect();
+            assert_eq!(taken, expected, "from offset {start}");
+        }
+        assert_eq!(spread(13, 3, 12), [12, 3, 7]);
+        assert_eq!(spread(2, 5, 1), [1, 0]);
+        assert!(spread(0, 3, 7).is_empty());
     }
 }

@@ -475,25 +475,11 @@ async fn campaign(scenario: Scenario) {
     let runs = sample(scenario, &points);
     eprintln!("{scenario:?}: {} runs over {} points: {points:?}", runs.len(), points.len());
     let points = std::sync::Arc::new(points);
-    let runtime = tokio::runtime::Handle::current();
-    let mut queue = runs.into_iter();
-    let mut running = tokio::task::JoinSet::new();
-    loop {
-        while running.len() < RUNS_AT_ONCE {
-            let Some((spec, variant)) = queue.next() else { break };
-            let (points, runtime) = (points.clone(), runtime.clone());
-            // A thread of its own: a run blocks its thread while it waits for a process, which
-            // would stall a run polled beside it; its tasks still go to the test's runtime.
-            running
-                .spawn_blocking(move || runtime.block_on(run(scenario, &spec, variant, &points)));
-        }
-        match running.join_next().await {
-            None => break,
-            Some(Ok(())) => {}
-            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Some(Err(e)) => panic!("a run did not finish: {e}"),
-        }
-    }
+    crash::at_once(runs, RUNS_AT_ONCE, move |(spec, variant)| {
+        let points = points.clone();
+        async move { run(scenario, &spec, variant, &points).await }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

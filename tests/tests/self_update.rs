@@ -382,18 +382,24 @@ fn self_update_sample(points: &[String]) -> Vec<String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .clamp(1, points.len().max(1));
-    let offset: usize = std::env::var("STEWARD_SELF_UPDATE_OFFSET")
+    let offset: u64 = std::env::var("STEWARD_SELF_UPDATE_OFFSET")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| (steward_system_tests::crash::seed() % 366) as usize);
-    let step = (points.len() / count).max(1);
+        .unwrap_or_else(steward_system_tests::crash::seed);
     eprintln!(
         "self-update matrix: {count} of {} points from offset {offset} (replay: \
          STEWARD_SELF_UPDATE_OFFSET={offset} STEWARD_SELF_UPDATE_SAMPLE={count})",
         points.len()
     );
-    (0..count).map(|i| points[(offset + i * step) % points.len()].clone()).collect()
+    steward_system_tests::crash::spread(points.len(), count, offset)
+        .into_iter()
+        .map(|i| points[i].clone())
+        .collect()
 }
+
+/// Kill runs at once. Each has its own network, NATS, updater, image and failpoints
+/// directory, and mostly waits (on Docker, the health checks, the settling time).
+const RUNS_AT_ONCE: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_update_killed_at_its_points_once_and_twice_ends_on_one_healthy_updater() {
@@ -413,7 +419,8 @@ async fn a_self_update_killed_at_its_points_once_and_twice_ends_on_one_healthy_u
     let mut names: Vec<&str> = specs.iter().filter_map(|s| s.split('=').next()).collect();
     names.sort_unstable();
     names.dedup();
-    let all_names = names.join(",");
+    let all_names = std::sync::Arc::new(names.join(","));
+    let mut runs: Vec<(String, bool)> = vec![];
     for (i, spec) in self_update_sample(&specs).into_iter().enumerate() {
         // Alternating variants; with `all`, both for every point.
         let twice_too = std::env::var("STEWARD_CRASH_POINTS").as_deref() == Ok("all");
@@ -424,7 +431,11 @@ async fn a_self_update_killed_at_its_points_once_and_twice_ends_on_one_healthy_u
         } else {
             &[true]
         };
-        for &twice in variants {
+        runs.extend(variants.iter().map(|&twice| (spec.clone(), twice)));
+    }
+    steward_system_tests::crash::at_once(runs, RUNS_AT_ONCE, move |(spec, twice)| {
+        let all_names = all_names.clone();
+        async move {
             let started = std::time::Instant::now();
             let first = format!("STEWARD_FAILPOINTS={spec}");
             let then = format!("STEWARD_FAILPOINTS_THEN={all_names}");
@@ -446,5 +457,6 @@ async fn a_self_update_killed_at_its_points_once_and_twice_ends_on_one_healthy_u
                 started.elapsed().as_secs_f64()
             );
         }
-    }
+    })
+    .await;
 }

@@ -360,8 +360,7 @@ pub async fn ship_until_current(stack: &Stack, backups: &steward_backup::Backups
 /// [`ship_until_current`] of database container `db` (user and database [`DB_USER`]).
 pub async fn ship_until_current_of(db: &str, backups: &steward_backup::Backups) {
     let mut state = steward_backup::wal::ShipState::default();
-    let sql = "SELECT pg_walfile_name(pg_current_wal_insert_lsn())";
-    let file = docker(&["exec", db, "psql", "-U", DB_USER, "-d", DB_NAME, "-tAc", sql]);
+    let file = current_segment(db);
     for _ in 0..120 {
         ship_round(backups, &mut state).await;
         if backups.wal_record(db, &file).await.ok().flatten().is_some() {
@@ -370,6 +369,22 @@ pub async fn ship_until_current_of(db: &str, backups: &steward_backup::Backups) 
         tokio::time::sleep(backups.config().pitr.tick()).await;
     }
     panic!("{file} not shipped after 120 rounds");
+}
+
+/// The name of the segment of container `db` that everything committed so far reaches: the
+/// one to wait for in the bucket.
+pub fn current_segment(db: &str) -> String {
+    let psql = |sql: &str| docker(&["exec", db, "psql", "-U", DB_USER, "-d", DB_NAME, "-tAc", sql]);
+    // Right after `pg_switch_wal()` the position is a segment's start (after its 40-byte
+    // header), a segment holding nothing yet, which the shipper does not switch (nothing waits
+    // in it) until PostgreSQL writes WAL on its own, up to about 15 s later. Everything
+    // committed is in the segments before it; a transaction id taken puts WAL into it now.
+    let at_start = "SELECT mod(pg_current_wal_insert_lsn() - '0/0', setting::numeric) <= 40 \
+        FROM pg_settings WHERE name = 'wal_segment_size'";
+    if psql(at_start) == "t" {
+        psql("SELECT txid_current()");
+    }
+    psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
 }
 
 /// Table `rows` (id, at: each row's commit time) as written one by one, and a drop committed

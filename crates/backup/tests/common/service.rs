@@ -132,7 +132,7 @@ pub async fn until<F: std::future::Future<Output = bool>>(
 /// Waits until the segment holding everything committed so far has its signed record in the
 /// bucket: shipping works, and has caught up.
 pub async fn caught_up(stack: &Stack, service: &Service, when: &str) {
-    let file = stack.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    let file = super::current_segment(&stack.db.name);
     let (what, file) = (format!("{file} shipped ({when})"), &file);
     until(&what, Duration::from_secs(60), &|| service.tail(), || async move {
         stack.backups.wal_record(&stack.db.name, file).await.ok().flatten().is_some()
