@@ -426,3 +426,38 @@ impl Backups {
         }
     }
 }
+
+/// A [`Backups`] on a bucket of its own on the test bed's S3, with no engine behind it (it
+/// fails every Docker call): for what only reads and writes the bucket.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub async fn backups() -> (Backups, Store) {
+        use steward_store::config::{ENV_BUCKET, ENV_ENDPOINT};
+        let bucket = steward_testkit::unique_name("steward-unit").to_lowercase().replace('_', "-");
+        let endpoint = steward_testkit::testbed::require("STEWARD_TEST_S3_ENDPOINT");
+        let mut env = steward_runtime::Env::from_pairs([
+            (ENV_BUCKET, bucket.as_str()),
+            (ENV_ENDPOINT, endpoint.as_str()),
+        ]);
+        let mut cfg = crate::config::BackupConfig::read(&mut env);
+        cfg.trust = steward_store::signing::Trust::new(vec![cfg.signing.public()]);
+        let store = Store::connect_static(
+            &cfg.s3,
+            &steward_testkit::testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+            &steward_testkit::testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+        )
+        .await;
+        store.create_bucket().await.unwrap_or_else(|e| panic!("create bucket: {e}"));
+        let engine = Engine::new("unix:///nonexistent", std::time::Duration::from_secs(1));
+        (Backups::new(engine, store.clone(), cfg), store)
+    }
+
+    /// Removes the bucket and what is in it.
+    pub async fn done(store: Store) {
+        if let Err(e) = store.destroy().await {
+            eprintln!("could not remove the test bucket: {e}");
+        }
+    }
+}

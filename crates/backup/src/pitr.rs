@@ -907,32 +907,10 @@ mod tests {
     /// PostgreSQL: the decisions before anything is touched).
     mod planned {
         use super::*;
-        use steward_store::store::Store;
+
         use time::macros::datetime;
 
         const MIB16: u64 = 16 << 20;
-
-        async fn backups() -> (Backups, Store) {
-            use steward_store::config::{ENV_BUCKET, ENV_ENDPOINT};
-            let bucket =
-                steward_testkit::unique_name("steward-replay").to_lowercase().replace('_', "-");
-            let endpoint = steward_testkit::testbed::require("STEWARD_TEST_S3_ENDPOINT");
-            let mut env = steward_runtime::Env::from_pairs([
-                (ENV_BUCKET, bucket.as_str()),
-                (ENV_ENDPOINT, endpoint.as_str()),
-            ]);
-            let mut cfg = crate::config::BackupConfig::read(&mut env);
-            cfg.trust = steward_store::signing::Trust::new(vec![cfg.signing.public()]);
-            let store = Store::connect_static(
-                &cfg.s3,
-                &steward_testkit::testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
-                &steward_testkit::testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
-            )
-            .await;
-            store.create_bucket().await.unwrap_or_else(|e| panic!("create bucket: {e}"));
-            let engine = steward_engine::Engine::new("unix:///nonexistent", Duration::from_secs(1));
-            (Backups::new(engine, store.clone(), cfg), store)
-        }
 
         fn base(container: &str) -> Component {
             Component {
@@ -1024,15 +1002,9 @@ mod tests {
             r.err().map(|f| f.reason).unwrap_or_else(|| "planned, not refused".into())
         }
 
-        async fn done(store: Store) {
-            if let Err(e) = store.destroy().await {
-                eprintln!("could not empty the test bucket: {e}");
-            }
-        }
-
         #[tokio::test]
         async fn a_target_past_the_shipped_wal_of_the_live_timeline_is_refused() {
-            let (b, store) = backups().await;
+            let (b, store) = crate::backup::testing::backups().await;
             // Segments 2 to 4 shipped by 08:20.
             for (n, m) in [(2, 0), (3, 10), (4, 20)] {
                 segment(&b, "live", &seg(1, n), Some(shipped(m))).await;
@@ -1064,7 +1036,7 @@ mod tests {
                 .wal_to_replay(&base("old"), "old", PointInTime::At(shipped(600)))
                 .await
                 .is_ok());
-            done(store).await;
+            crate::backup::testing::done(store).await;
         }
 
         /// Timeline 2 forked in segment 3 of timeline 1 (its first transaction left out
@@ -1073,7 +1045,7 @@ mod tests {
         /// timeline 1's unshipped tail: refused, where the old code replayed timeline 1 and
         /// PostgreSQL failed after the stop.
         async fn forked(exact: bool) {
-            let (b, store) = backups().await;
+            let (b, store) = crate::backup::testing::backups().await;
             let name = "db";
             let text = "1\t0/3000158\tbefore 2026-11-30 08:05:00+00\n";
             for (n, m) in [(2, 0), (3, 10), (4, 20)] {
@@ -1106,7 +1078,7 @@ mod tests {
                 .await
                 .unwrap_or_else(|f| panic!("{}", f.reason));
             assert_eq!(r.timeline, 2);
-            done(store).await;
+            crate::backup::testing::done(store).await;
         }
 
         #[tokio::test]
