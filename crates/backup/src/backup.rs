@@ -454,6 +454,46 @@ pub(crate) mod testing {
         (Backups::new(engine, store.clone(), cfg), store)
     }
 
+    /// A backup's manifest with no components.
+    pub fn manifest(id: &str, taken_at: OffsetDateTime) -> Manifest {
+        Manifest {
+            format: manifest::FORMAT,
+            backup_id: id.into(),
+            taken_at,
+            reason: BackupReason::Schedule,
+            docker_host: "test".into(),
+            host: None,
+            components: vec![],
+        }
+    }
+
+    /// A component of `kind`, stored nowhere.
+    pub fn component(kind: Kind) -> Component {
+        Component {
+            name: String::new(),
+            kind,
+            object: String::new(),
+            encoding: "zstd".into(),
+            stored_size: 0,
+            stored_sha256: String::new(),
+            raw_size: 0,
+            raw_sha256: String::new(),
+        }
+    }
+
+    /// A base backup of `container` on timeline 1, ending in segment 2 (16 MiB segments).
+    pub fn base_kind(container: &str) -> Kind {
+        Kind::PostgresBase {
+            container: container.into(),
+            image: String::new(),
+            user: "u".into(),
+            data_dir: "/var/lib/postgresql/data".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+        }
+    }
+
     /// Removes the bucket and what is in it.
     pub async fn done(store: Store) {
         if let Err(e) = store.destroy().await {

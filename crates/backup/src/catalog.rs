@@ -188,15 +188,8 @@ mod tests {
 
     #[test]
     fn wal_is_judged_only_by_every_manifest_left_read() {
-        let manifest = |id: &str| Manifest {
-            format: steward_store::manifest::FORMAT,
-            backup_id: id.into(),
-            taken_at: time::macros::datetime!(2026-11-30 08:00:00 UTC),
-            reason: BackupReason::Schedule,
-            docker_host: "test".into(),
-            host: None,
-            components: vec![],
-        };
+        let at = time::macros::datetime!(2026-11-30 08:00:00 UTC);
+        let manifest = |id: &str| crate::backup::testing::manifest(id, at);
         let listed = |id: &str, standing: Standing, read: bool| Listed {
             backup_id: id.into(),
             taken_at: time::macros::datetime!(2026-11-30 08:00:00 UTC),

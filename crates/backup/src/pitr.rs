@@ -410,7 +410,9 @@ impl Backups {
         }
         result.map_err(|mut f| {
             // The server's own words ("recovery ended before configured recovery target was
-            // reached") do not say why: a hole in the shipped WAL the target lies in or after.
+            // reached") do not say why: a hole in the shipped WAL the target lies in or after,
+            // or no transaction after the target in the WAL replayed (timelines begun later
+            // not followed).
             let PointInTime::At(t) = to else { return f };
             if !f.stderr_tail.iter().any(|l| l.contains("before configured recovery target")) {
                 return f;
@@ -449,8 +451,8 @@ impl Backups {
     /// time the last segment it can use was shipped is refused too ([`Short::refusal`]: no
     /// transaction after it is in the bucket, and PostgreSQL would fail the recovery after
     /// the stack was stopped). Refusals say nothing was changed: they come before anything
-    /// is. Only the records of what is replayed are read
-    /// (and of the newest segment, for the segment size, and of the history files tried).
+    /// is. Only the records of what is replayed are read (and of the newest segment, for the
+    /// segment size, and of the history files tried).
     pub(crate) async fn wal_to_replay(
         &self,
         c: &Component,
@@ -913,23 +915,10 @@ mod tests {
         const MIB16: u64 = 16 << 20;
 
         fn base(container: &str) -> Component {
+            let kind = crate::backup::testing::base_kind(container);
             Component {
                 name: format!("postgres-base/{container}"),
-                kind: Kind::PostgresBase {
-                    container: container.into(),
-                    image: String::new(),
-                    user: "u".into(),
-                    data_dir: "/var/lib/postgresql/data".into(),
-                    timeline: 1,
-                    start_lsn: "0/2000028".into(),
-                    stop_lsn: "0/2000100".into(),
-                },
-                object: String::new(),
-                encoding: "zstd".into(),
-                stored_size: 0,
-                stored_sha256: String::new(),
-                raw_size: 0,
-                raw_sha256: String::new(),
+                ..crate::backup::testing::component(kind)
             }
         }
 

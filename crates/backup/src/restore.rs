@@ -1178,21 +1178,13 @@ mod tests {
     /// notes the interrupted attempt's checks found: it does not run them again.
     #[tokio::test]
     async fn a_resumed_restore_reports_the_notes_its_first_attempt_found() {
-        use steward_store::manifest::{Manifest, FORMAT, MANIFEST};
+        use steward_store::manifest::MANIFEST;
         use steward_store::signing::{Purpose, SIGNATURE};
         let (b, store) = crate::backup::testing::backups().await;
         // A backup with nothing in scope: the resumed attempt stops and starts nothing.
         let at = time::macros::datetime!(2026-11-30 08:00:00 UTC);
         let id = steward_store::manifest::new_backup_id(at);
-        let m = Manifest {
-            format: FORMAT,
-            backup_id: id.clone(),
-            taken_at: at,
-            reason: steward_events::BackupReason::Schedule,
-            docker_host: "test".into(),
-            host: None,
-            components: vec![],
-        };
+        let m = crate::backup::testing::manifest(&id, at);
         let body = serde_json::to_vec(&m).unwrap_or_default();
         let signature = b.config.signing.sign(Purpose::Manifest, &body);
         for (name, bytes) in [(SIGNATURE, signature), (MANIFEST, body)] {
@@ -1222,16 +1214,7 @@ mod tests {
 
     #[test]
     fn scopes_pick_components() {
-        let c = |kind| Component {
-            name: String::new(),
-            kind,
-            object: String::new(),
-            encoding: "zstd".into(),
-            stored_size: 0,
-            stored_sha256: String::new(),
-            raw_size: 0,
-            raw_sha256: String::new(),
-        };
+        let c = crate::backup::testing::component;
         let db = c(Kind::Postgres {
             container: "db".into(),
             image: String::new(),
@@ -1240,15 +1223,7 @@ mod tests {
         });
         let path = c(Kind::Path { container: "app".into(), path: "/data".into() });
         let configs = c(Kind::Containers);
-        let base = c(Kind::PostgresBase {
-            container: "db".into(),
-            image: String::new(),
-            user: "u".into(),
-            data_dir: "/var/lib/postgresql/data".into(),
-            timeline: 1,
-            start_lsn: "0/2000028".into(),
-            stop_lsn: "0/2000100".into(),
-        });
+        let base = c(crate::backup::testing::base_kind("db"));
         for physical in [false, true] {
             let in_scope = |c, scope| in_scope(c, scope, physical);
             assert_eq!(in_scope(&db, RestoreScope::All), !physical);
