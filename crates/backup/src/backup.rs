@@ -426,3 +426,78 @@ impl Backups {
         }
     }
 }
+
+/// A [`Backups`] on a bucket of its own on the test bed's S3, with no engine behind it (it
+/// fails every Docker call): for what only reads and writes the bucket.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub async fn backups() -> (Backups, Store) {
+        use steward_store::config::{ENV_BUCKET, ENV_ENDPOINT};
+        let bucket = steward_testkit::unique_name("steward-unit").to_lowercase().replace('_', "-");
+        let endpoint = steward_testkit::testbed::require("STEWARD_TEST_S3_ENDPOINT");
+        let mut env = steward_runtime::Env::from_pairs([
+            (ENV_BUCKET, bucket.as_str()),
+            (ENV_ENDPOINT, endpoint.as_str()),
+        ]);
+        let mut cfg = crate::config::BackupConfig::read(&mut env);
+        cfg.trust = steward_store::signing::Trust::new(vec![cfg.signing.public()]);
+        let store = Store::connect_static(
+            &cfg.s3,
+            &steward_testkit::testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+            &steward_testkit::testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+        )
+        .await;
+        store.create_bucket().await.unwrap_or_else(|e| panic!("create bucket: {e}"));
+        let engine = Engine::new("unix:///nonexistent", std::time::Duration::from_secs(1));
+        (Backups::new(engine, store.clone(), cfg), store)
+    }
+
+    /// A backup's manifest with no components.
+    pub fn manifest(id: &str, taken_at: OffsetDateTime) -> Manifest {
+        Manifest {
+            format: manifest::FORMAT,
+            backup_id: id.into(),
+            taken_at,
+            reason: BackupReason::Schedule,
+            docker_host: "test".into(),
+            host: None,
+            components: vec![],
+        }
+    }
+
+    /// A component of `kind`, stored nowhere.
+    pub fn component(kind: Kind) -> Component {
+        Component {
+            name: String::new(),
+            kind,
+            object: String::new(),
+            encoding: "zstd".into(),
+            stored_size: 0,
+            stored_sha256: String::new(),
+            raw_size: 0,
+            raw_sha256: String::new(),
+        }
+    }
+
+    /// A base backup of `container` on timeline 1, ending in segment 2 (16 MiB segments).
+    pub fn base_kind(container: &str) -> Kind {
+        Kind::PostgresBase {
+            container: container.into(),
+            image: String::new(),
+            user: "u".into(),
+            data_dir: "/var/lib/postgresql/data".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+        }
+    }
+
+    /// Removes the bucket and what is in it.
+    pub async fn done(store: Store) {
+        if let Err(e) = store.destroy().await {
+            eprintln!("could not remove the test bucket: {e}");
+        }
+    }
+}

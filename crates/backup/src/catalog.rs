@@ -143,13 +143,7 @@ impl Backups {
             .filter(|l| !prune.contains(&l.backup_id))
             .filter_map(|l| l.usable())
             .collect();
-        // WAL under a name no retained base has is judged only when every other backup's
-        // manifest was read (none of them may hold a base of that name).
-        let kept_listed = listed.iter().filter(|l| !prune.contains(&l.backup_id));
-        let judged: Option<Vec<&steward_store::manifest::Manifest>> = kept_listed
-            .filter(|l| !matches!(l.standing, steward_store::catalog::Standing::Incomplete))
-            .map(|l| l.manifest.as_ref())
-            .collect();
+        let judged = judged(&listed, &prune);
         if let Err(e) = self.prune_wal(&retained, judged.as_deref()).await {
             tracing::warn!(error = %e, "could not prune the shipped WAL; it is kept");
         }
@@ -171,12 +165,61 @@ pub fn proven(l: &Listed) -> bool {
     l.verified.as_ref().is_some_and(|v| v.database_restored || !has_database)
 }
 
+/// The manifests of every backup `prune` leaves but incomplete ones (which have none), read
+/// whatever their standing: WAL under a name no retained base has is judged only by them
+/// (none may hold a base of that name, [`Backups::prune_wal`]). None when one of them could
+/// not be read: it may.
+fn judged<'a>(listed: &'a [Listed], prune: &[String]) -> Option<Vec<&'a Manifest>> {
+    listed
+        .iter()
+        .filter(|l| !prune.contains(&l.backup_id))
+        .filter(|l| !matches!(l.standing, Standing::Incomplete))
+        .map(|l| l.manifest.as_ref())
+        .collect()
+}
+
 fn to_chrono(t: OffsetDateTime) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_is_judged_only_by_every_manifest_left_read() {
+        let at = time::macros::datetime!(2026-11-30 08:00:00 UTC);
+        let manifest = |id: &str| crate::backup::testing::manifest(id, at);
+        let listed = |id: &str, standing: Standing, read: bool| Listed {
+            backup_id: id.into(),
+            taken_at: time::macros::datetime!(2026-11-30 08:00:00 UTC),
+            manifest: read.then(|| manifest(id)),
+            standing,
+            verified: None,
+        };
+        let usable = || Standing::Usable { key: "k".into() };
+        let ids = |j: Option<Vec<&Manifest>>| {
+            j.map(|m| m.iter().map(|m| m.backup_id.clone()).collect::<Vec<_>>())
+        };
+        let all = vec![
+            listed("a", usable(), true),
+            // Read but not usable: its bases still count (restorable by the override).
+            listed("b", Standing::Unsigned, true),
+            // Incomplete: no manifest to read, nothing to hold.
+            listed("c", Standing::Incomplete, false),
+        ];
+        assert_eq!(ids(judged(&all, &[])), Some(vec!["a".into(), "b".into()]));
+        // A pruned backup is not judged by.
+        assert_eq!(ids(judged(&all, &["a".into()])), Some(vec!["b".into()]));
+        // A manifest that could not be read: nothing is judged (it may hold a base).
+        let mut unreadable = all.clone();
+        unreadable.push(listed("d", Standing::Refused { reason: "unreadable".into() }, false));
+        assert_eq!(ids(judged(&unreadable, &[])), None);
+        // ... unless it is pruned.
+        assert_eq!(ids(judged(&unreadable, &["d".into()])), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(ids(judged(&[], &[])), Some(vec![]));
+    }
+
     #[test]
     fn times_keep_their_fraction_of_a_second() {
         let a = time::macros::datetime!(2026-11-30 05:43:26.100 UTC);

@@ -51,6 +51,11 @@ pub struct FlowRecord {
     /// data to save.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_skipped: Option<String>,
+    /// What the operator should know of how a restore restores (`restore.done`'s `notes`),
+    /// found by the checks before anything was touched: a resumed attempt past the commit
+    /// point does not run them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// A restore's copies beside the live data and how far their swap went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap: Option<Swap>,
@@ -205,6 +210,15 @@ impl RestoreJournal {
             return Ok(());
         }
         self.record.backup_id = backup_id.to_owned();
+        self.save().await
+    }
+
+    /// What the restore's outcome will say ([`FlowRecord::notes`]).
+    pub async fn noted(&mut self, notes: &[String]) -> Result<(), String> {
+        if self.record.notes == notes {
+            return Ok(());
+        }
+        self.record.notes = notes.to_vec();
         self.save().await
     }
 

@@ -32,7 +32,7 @@ use crate::backup::{Backups, Failure};
 use crate::pipeline;
 use crate::restore::psql;
 use crate::targets::Target;
-use crate::wal::{segment_index, segment_name, wal_dir, wal_file_timeline};
+use crate::wal::{segment_index, segment_name, wal_dir, wal_file_timeline, WalExtra};
 
 /// Where the WAL to replay is put in the scratch server's data directory (left out of what
 /// is copied back).
@@ -70,11 +70,104 @@ pub(crate) struct Replay {
     pub files: Vec<Component>,
     /// Where the replay ends short of the newest WAL shipped (a hole), for a target time.
     pub gap: Option<String>,
+    /// For a target time: what the replayed WAL ends with and which timelines begun later
+    /// it leaves out ([`Short::why`]), to explain a server that stops short of the target.
+    pub short: Option<Short>,
     /// The timeline it ends on (`recovery_target_timeline`).
     pub timeline: u32,
     /// What the operator should know of the replay chosen (a newer timeline `latest` does not
     /// reach from this base), for the restore's outcome.
     pub note: Option<String>,
+}
+
+/// Where the WAL a replay to a target time uses ends ([`Backups::wal_to_replay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Short {
+    /// The bucket's directory of the WAL.
+    pub dir: String,
+    /// The timeline the replay ends on.
+    pub end: u32,
+    /// The last segment replayed.
+    pub last: String,
+    /// When it was shipped (None: a record older than that field).
+    pub shipped: Option<OffsetDateTime>,
+    /// The hole the replay stops at, if any.
+    pub gap: Option<String>,
+    /// Timelines branching off the end's that began after the target, so not followed.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A timeline a replay to a target time did not follow: it began after the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Skipped {
+    pub timeline: u32,
+    /// When it began, as its history's signed record says.
+    pub created: OffsetDateTime,
+    /// Whether that is exact, or only the time the history was shipped (later than the truth).
+    pub exact: bool,
+    /// The first transaction of its parent it left out, when PostgreSQL wrote it.
+    pub branched: Option<OffsetDateTime>,
+}
+
+impl Short {
+    /// The refusal of target `t` when it is at or after the time the last segment was shipped:
+    /// no transaction in the replayed WAL committed after it, so no replay reaches it. None
+    /// when that cannot be told (a target before it, a record without the time).
+    pub fn refusal(&self, t: OffsetDateTime) -> Option<String> {
+        let shipped = self.shipped.filter(|s| t >= *s)?;
+        let window = self.skipped.iter().find(|s| !s.exact).map(|s| {
+            // The timeline began after its parent's last shipped segment (the parent ran
+            // until the restore that began it) and after the transaction it left out.
+            let from = s.branched.map_or(shipped, |b| b.max(shipped));
+            format!(
+                "; timeline {} began between {from} and {} (its history was shipped late, when the server had moved on, so its start is known only within that window): {t} is in that window, and may be on timeline {}",
+                s.timeline, s.created, s.timeline
+            )
+        });
+        Some(format!(
+            "{t} is at or after the time the last segment the replay can use was shipped ({} at {shipped}): no transaction after {t} is in the bucket, so the replay cannot reach it ({}){}; restore to a time before {shipped}{}; nothing was changed",
+            self.last,
+            self.why(),
+            window.unwrap_or_default(),
+            self.otherwise(),
+        ))
+    }
+
+    /// What the replayed WAL is, for a refusal or a failure.
+    pub fn why(&self) -> String {
+        let mut why = match &self.gap {
+            Some(gap) => format!("the shipped WAL of {} has a gap ({gap})", self.dir),
+            None => format!(
+                "the bucket {} holds timeline {}'s WAL up to segment {}",
+                self.dir, self.end, self.last
+            ),
+        };
+        for s in &self.skipped {
+            let (latest, began) = match s.exact {
+                true => ("", "it began"),
+                false => (" at the latest", "it may have begun"),
+            };
+            why.push_str(&format!(
+                "; timeline {} (begun {}{latest}) is not followed: {began} after the target",
+                s.timeline, s.created
+            ));
+        }
+        why
+    }
+
+    /// The other ways to a later time.
+    pub fn otherwise(&self) -> String {
+        if self.gap.is_some() {
+            return ", or from a backup taken after the gap".into();
+        }
+        match self.skipped.iter().map(|s| s.created).max() {
+            Some(created) => format!(", or at or after {created}"),
+            None => {
+                ", to latest, or once the next segment is shipped (within STEWARD_PITR_MAX_LAG)"
+                    .into()
+            }
+        }
+    }
 }
 
 /// A timeline history file: per line an ancestor timeline and the LSN where the next one
@@ -280,7 +373,7 @@ impl Backups {
         let Kind::PostgresBase { container, image, data_dir, .. } = &c.kind else {
             return Err(Failure::plain(format!("{}: not a base backup", c.name)));
         };
-        let Replay { files, gap, timeline, .. } = self.wal_to_replay(c, wal_of, to).await?;
+        let Replay { files, gap, short, timeline, .. } = self.wal_to_replay(c, wal_of, to).await?;
         let image = self.scratch_image(c, image, container).await?;
         let name = format!("steward-pitr-{}", manifest::slug(container));
         let replay = format!("{data_dir}/{REPLAY_DIR}");
@@ -317,16 +410,29 @@ impl Backups {
         }
         result.map_err(|mut f| {
             // The server's own words ("recovery ended before configured recovery target was
-            // reached") do not say why: a hole in the shipped WAL the target lies in or after.
-            if let (Some(gap), PointInTime::At(t)) = (&gap, to) {
-                if f.stderr_tail.iter().any(|l| l.contains("before configured recovery target")) {
-                    let own = format!("{}: ", c.name);
-                    let server = f.reason.strip_prefix(&own).unwrap_or(&f.reason);
-                    f.reason = format!(
-                        "{}: the shipped WAL of {wal_of} has a gap ({gap}): {t} is in it or after it, and no replay crosses it; restore to a time before the gap, or from a backup taken after it ({server})",
-                        c.name
-                    );
-                }
+            // reached") do not say why: a hole in the shipped WAL the target lies in or after,
+            // or no transaction after the target in the WAL replayed (timelines begun later
+            // not followed).
+            let PointInTime::At(t) = to else { return f };
+            if !f.stderr_tail.iter().any(|l| l.contains("before configured recovery target")) {
+                return f;
+            }
+            let own = format!("{}: ", c.name);
+            let server = f.reason.strip_prefix(&own).unwrap_or(&f.reason).to_owned();
+            if let Some(gap) = &gap {
+                f.reason = format!(
+                    "{}: the shipped WAL of {wal_of} has a gap ({gap}): {t} is in it or after it, and no replay crosses it; restore to a time before the gap, or from a backup taken after it ({server})",
+                    c.name
+                );
+            } else if let Some(short) = &short {
+                // A target before the end's shipping time (not refused up front) with no
+                // transaction after it in what was shipped.
+                f.reason = format!(
+                    "{}: the WAL replayed holds no transaction after {t}, so the server could not tell it had reached the target ({}); restore to an earlier time{} ({server})",
+                    c.name,
+                    short.why(),
+                    short.otherwise(),
+                );
             }
             f
         })
@@ -341,9 +447,12 @@ impl Backups {
     /// one ends what can be replayed, and is the second value (`latest` is refused instead:
     /// it would silently stop short of the newest WAL shipped). The segment holding the
     /// base's end must be in the bucket whatever the target: the base's own copy of it ends
-    /// there, so a replay without it stops at the base's end. Refusals say nothing was
-    /// changed: they come before anything is. Only the records of what is replayed are read
-    /// (and of the newest segment, for the segment size, and of the history files tried).
+    /// there, so a replay without it stops at the base's end. A target time at or after the
+    /// time the last segment it can use was shipped is refused too ([`Short::refusal`]: no
+    /// transaction after it is in the bucket, and PostgreSQL would fail the recovery after
+    /// the stack was stopped). Refusals say nothing was changed: they come before anything
+    /// is. Only the records of what is replayed are read (and of the newest segment, for the
+    /// segment size, and of the history files tried).
     pub(crate) async fn wal_to_replay(
         &self,
         c: &Component,
@@ -392,13 +501,14 @@ impl Backups {
         later_all.sort_unstable();
         // Timelines begun after a target time did not exist at it: the target lies on what
         // their parent was then (the stretch a restore later abandoned), not past their fork.
-        let mut not_yet: Vec<(u32, time::OffsetDateTime, String)> = vec![];
+        let mut not_yet: Vec<(u32, time::OffsetDateTime, bool, String)> = vec![];
         for target in later.iter().copied() {
             let file = format!("{target:08X}.history");
-            let (h, created) = self
+            let (h, extra) = self
                 .signed_wal_record(container, &file)
                 .await?
                 .ok_or_else(|| Failure::plain(format!("{dir}/{file}: gone while listed")))?;
+            let created = extra.created;
             let text = self.history_text(&h).await?;
             let Some(chain) = parse_history(&text) else {
                 return Err(Failure::plain(format!(
@@ -412,7 +522,7 @@ impl Backups {
             };
             if let (PointInTime::At(t), Some(created)) = (to, created) {
                 if created > t {
-                    not_yet.push((target, created, text));
+                    not_yet.push((target, created, extra.created_exact, text));
                     continue;
                 }
             }
@@ -481,7 +591,7 @@ impl Backups {
             // the fork: without it PostgreSQL stops at the end of what it has, short of the
             // target (13 and later then fail the recovery, after the stack was stopped; older
             // ones call it success): refused here, before anything is touched.
-            for (newer, created, text) in &not_yet {
+            for (newer, created, _, text) in &not_yet {
                 let Some(fork) = parse_history(text)
                     .and_then(|chain| chain.into_iter().find(|(p, _)| *p == end))
                     .map(|(_, at)| at)
@@ -510,10 +620,51 @@ impl Backups {
         for t in later_all {
             files.push(self.listed_record(container, &format!("{t:08X}.history")).await?);
         }
-        for name in wanted {
-            files.push(self.listed_record(container, &name).await?);
+        for name in &wanted {
+            files.push(self.listed_record(container, name).await?);
         }
-        Ok(Replay { files, gap, timeline: end, note })
+        let mut short = None;
+        if let (PointInTime::At(t), Some(last)) = (to, wanted.last()) {
+            // PostgreSQL reaches a target time only on a transaction that committed after it:
+            // WAL shipped before the target holds none, and the server would replay it all and
+            // fail (13 and later), after the stack was stopped. What the signed records tell
+            // for sure: nothing in a file committed after it was shipped.
+            let shipped = self.listed_extra(container, last).await?.shipped_at;
+            let skipped = not_yet
+                .iter()
+                .filter(|(_, _, _, text)| {
+                    parse_history(text).is_some_and(|chain| chain.iter().any(|(p, _)| *p == end))
+                })
+                .map(|(newer, created, exact, text)| Skipped {
+                    timeline: *newer,
+                    created: *created,
+                    exact: *exact,
+                    branched: branch_time(text, end),
+                })
+                .collect();
+            let found = Short {
+                dir: dir.clone(),
+                end,
+                last: last.clone(),
+                shipped,
+                gap: gap.clone(),
+                skipped,
+            };
+            if let Some(refusal) = found.refusal(t) {
+                return Err(Failure::plain(format!("{}: {refusal}", c.name)));
+            }
+            short = Some(found);
+        }
+        Ok(Replay { files, gap, short, timeline: end, note })
+    }
+
+    /// What the signed record of WAL file `name` of `container`, which was just listed, says
+    /// beyond its component.
+    async fn listed_extra(&self, container: &str, name: &str) -> Result<WalExtra, Failure> {
+        let record = self.signed_wal_record(container, name).await?;
+        record.map(|(_, extra)| extra).ok_or_else(|| {
+            Failure::plain(format!("{}/{name}: gone while listed", wal_dir(container)))
+        })
     }
 
     /// The signed record of WAL file `name` of `container`, which was just listed.
@@ -752,6 +903,182 @@ mod tests {
         let long = "x".repeat(10_000);
         assert_eq!(shortened(&long).chars().count(), 201);
         assert_eq!(shortened("short"), "short");
+    }
+
+    /// Replays planned from signed WAL records planted in a bucket of the test bed's S3 (no
+    /// PostgreSQL: the decisions before anything is touched).
+    mod planned {
+        use super::*;
+
+        use time::macros::datetime;
+
+        const MIB16: u64 = 16 << 20;
+
+        fn base(container: &str) -> Component {
+            let kind = crate::backup::testing::base_kind(container);
+            Component {
+                name: format!("postgres-base/{container}"),
+                ..crate::backup::testing::component(kind)
+            }
+        }
+
+        /// A segment's signed record (its object is not read by the planning).
+        async fn segment(
+            b: &Backups,
+            container: &str,
+            file: &str,
+            shipped: Option<OffsetDateTime>,
+        ) {
+            let entry = Component {
+                name: format!("wal/{container}/{file}"),
+                kind: Kind::Wal {
+                    container: container.into(),
+                    timeline: wal_file_timeline(file).unwrap_or_default(),
+                    file: file.into(),
+                },
+                object: format!("{}/{file}.zst", wal_dir(container)),
+                encoding: "zstd".into(),
+                stored_size: 1,
+                stored_sha256: String::new(),
+                raw_size: MIB16,
+                raw_sha256: String::new(),
+            };
+            let extra = WalExtra { shipped_at: shipped, ..Default::default() };
+            b.put_wal_record(container, file, &entry, &extra)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        /// A history file, stored and recorded as the shipper does.
+        async fn history(
+            b: &Backups,
+            container: &str,
+            timeline: u32,
+            text: &str,
+            created: OffsetDateTime,
+            exact: bool,
+        ) {
+            let file = format!("{timeline:08X}.history");
+            let object = b.object_name(format!("{}/{file}.zst", wal_dir(container)));
+            let data = futures::stream::once({
+                let text = Bytes::from(text.to_owned());
+                async move { Ok(text) }
+            });
+            let (stored, raw) = pipeline::store_stream(b.read_io(), &object, data, 3)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let kind = Kind::Wal { container: container.into(), timeline, file: file.clone() };
+            let entry = b.entry(format!("wal/{container}/{file}"), kind, object, stored, raw);
+            let extra = WalExtra {
+                created: Some(created),
+                created_exact: exact,
+                shipped_at: Some(created),
+            };
+            b.put_wal_record(container, &file, &entry, &extra)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        fn seg(timeline: u32, n: u64) -> String {
+            segment_name(timeline, n, MIB16).unwrap_or_default()
+        }
+
+        fn shipped(m: i64) -> OffsetDateTime {
+            datetime!(2026-11-30 08:00:00 UTC) + time::Duration::minutes(m)
+        }
+
+        fn reason(r: Result<Replay, Failure>) -> String {
+            r.err().map(|f| f.reason).unwrap_or_else(|| "planned, not refused".into())
+        }
+
+        #[tokio::test]
+        async fn a_target_past_the_shipped_wal_of_the_live_timeline_is_refused() {
+            let (b, store) = crate::backup::testing::backups().await;
+            // Segments 2 to 4 shipped by 08:20.
+            for (n, m) in [(2, 0), (3, 10), (4, 20)] {
+                segment(&b, "live", &seg(1, n), Some(shipped(m))).await;
+            }
+            let c = base("live");
+            let e = reason(b.wal_to_replay(&c, "live", PointInTime::At(shipped(21))).await);
+            assert!(
+                e.contains("no transaction after")
+                    && e.contains(&seg(1, 4))
+                    && e.contains("nothing was changed")
+                    && e.contains("to latest"),
+                "{e}"
+            );
+            // At the shipping time itself: nothing in the file committed after it.
+            assert!(b.wal_to_replay(&c, "live", PointInTime::At(shipped(20))).await.is_err());
+            // Before it: it may be reached (only the replay can tell).
+            let r = b
+                .wal_to_replay(&c, "live", PointInTime::At(shipped(19)))
+                .await
+                .unwrap_or_else(|f| panic!("{}", f.reason));
+            assert_eq!((r.timeline, r.files.len()), (1, 3));
+            assert!(b.wal_to_replay(&c, "live", PointInTime::Latest).await.is_ok());
+            // Records shipped before `shipped_at` was written: it cannot be told, the replay
+            // decides (the earlier behaviour).
+            for n in [2, 3] {
+                segment(&b, "old", &seg(1, n), None).await;
+            }
+            assert!(b
+                .wal_to_replay(&base("old"), "old", PointInTime::At(shipped(600)))
+                .await
+                .is_ok());
+            crate::backup::testing::done(store).await;
+        }
+
+        /// Timeline 2 forked in segment 3 of timeline 1 (its first transaction left out
+        /// committed at 08:05) and began at 09:00 (`exact`, or only shipped then); timeline 1's
+        /// abandoned rest reaches segment 4, shipped at 08:20. A target in between lies on
+        /// timeline 1's unshipped tail: refused, where the old code replayed timeline 1 and
+        /// PostgreSQL failed after the stop.
+        async fn forked(exact: bool) {
+            let (b, store) = crate::backup::testing::backups().await;
+            let name = "db";
+            let text = "1\t0/3000158\tbefore 2026-11-30 08:05:00+00\n";
+            for (n, m) in [(2, 0), (3, 10), (4, 20)] {
+                segment(&b, name, &seg(1, n), Some(shipped(m))).await;
+            }
+            history(&b, name, 2, text, shipped(60), exact).await;
+            segment(&b, name, &seg(2, 3), Some(shipped(70))).await;
+            let c = base(name);
+            let e = reason(b.wal_to_replay(&c, name, PointInTime::At(shipped(30))).await);
+            assert!(
+                e.contains("timeline 2 (begun")
+                    && e.contains("is not followed")
+                    && e.contains("nothing was changed")
+                    && e.contains("or at or after 2026-11-30 9:00:00.0 +00:00:00"),
+                "{e}"
+            );
+            // A creation time known only as the time shipped: the window it lies in is named
+            // (from the parent's last shipped segment: the timeline began after it).
+            let window = "timeline 2 began between 2026-11-30 8:20:00.0 +00:00:00 and 2026-11-30 9:00:00.0 +00:00:00";
+            assert_eq!(e.contains(window), !exact, "{e}");
+            // On the abandoned stretch before what was shipped: replayed on timeline 1.
+            let r = b
+                .wal_to_replay(&c, name, PointInTime::At(shipped(15)))
+                .await
+                .unwrap_or_else(|f| panic!("{}", f.reason));
+            assert_eq!(r.timeline, 1);
+            // After the creation: timeline 2, whose segment was shipped later.
+            let r = b
+                .wal_to_replay(&c, name, PointInTime::At(shipped(65)))
+                .await
+                .unwrap_or_else(|f| panic!("{}", f.reason));
+            assert_eq!(r.timeline, 2);
+            crate::backup::testing::done(store).await;
+        }
+
+        #[tokio::test]
+        async fn a_target_on_the_unshipped_tail_of_an_abandoned_timeline_is_refused() {
+            forked(true).await;
+        }
+
+        #[tokio::test]
+        async fn a_target_in_the_window_of_an_inexact_timeline_start_is_refused_naming_it() {
+            forked(false).await;
+        }
     }
 
     #[tokio::test]

@@ -292,6 +292,15 @@ impl Backups {
             .resolved(&manifest.backup_id)
             .await
             .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?;
+        // Past the commit point the checks that found them did not run again: the attempt
+        // that ran them kept them.
+        match committed {
+            false => journal
+                .noted(&notes)
+                .await
+                .map_err(|e| Failure::plain(format!("{e}, nothing was changed")))?,
+            true => notes = journal.record.notes.clone(),
+        }
         // Before anything is stopped or touched (and after every check, so a refused restore
         // leaves no backup behind); past the commit point it was taken already.
         if !committed {
@@ -1165,18 +1174,47 @@ mod tests {
         assert!(!is_gitea("gitea/gitea:1.22 ; true"));
     }
 
+    /// A restore resumed past its commit point (killed after the swap began) reports the
+    /// notes the interrupted attempt's checks found: it does not run them again.
+    #[tokio::test]
+    async fn a_resumed_restore_reports_the_notes_its_first_attempt_found() {
+        use steward_store::manifest::MANIFEST;
+        use steward_store::signing::{Purpose, SIGNATURE};
+        let (b, store) = crate::backup::testing::backups().await;
+        // A backup with nothing in scope: the resumed attempt stops and starts nothing.
+        let at = time::macros::datetime!(2026-11-30 08:00:00 UTC);
+        let id = steward_store::manifest::new_backup_id(at);
+        let m = crate::backup::testing::manifest(&id, at);
+        let body = serde_json::to_vec(&m).unwrap_or_default();
+        let signature = b.config.signing.sign(Purpose::Manifest, &body);
+        for (name, bytes) in [(SIGNATURE, signature), (MANIFEST, body)] {
+            store
+                .put(&format!("{id}/{name}"), bytes.into())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let note = "postgres-base/db: the bucket holds timeline 3, which this base does not reach"
+            .to_owned();
+        let mut journal = RestoreJournal::none();
+        journal.record = crate::journal::FlowRecord {
+            backup_id: id.clone(),
+            notes: vec![note.clone()],
+            swap: Some(crate::journal::Swap { tag: "t".into(), state: SwapState::Swapped }),
+            ..Default::default()
+        };
+        let options = RestoreOptions { physical: true, ..Default::default() };
+        let restored = b
+            .restore_journaled("latest", RestoreScope::Db, options, &Busy::new(), &mut journal)
+            .await
+            .unwrap_or_else(|f| panic!("{}", f.reason));
+        assert_eq!(restored.manifest.backup_id, id);
+        assert_eq!(restored.notes, vec![note]);
+        crate::backup::testing::done(store).await;
+    }
+
     #[test]
     fn scopes_pick_components() {
-        let c = |kind| Component {
-            name: String::new(),
-            kind,
-            object: String::new(),
-            encoding: "zstd".into(),
-            stored_size: 0,
-            stored_sha256: String::new(),
-            raw_size: 0,
-            raw_sha256: String::new(),
-        };
+        let c = crate::backup::testing::component;
         let db = c(Kind::Postgres {
             container: "db".into(),
             image: String::new(),
@@ -1185,15 +1223,7 @@ mod tests {
         });
         let path = c(Kind::Path { container: "app".into(), path: "/data".into() });
         let configs = c(Kind::Containers);
-        let base = c(Kind::PostgresBase {
-            container: "db".into(),
-            image: String::new(),
-            user: "u".into(),
-            data_dir: "/var/lib/postgresql/data".into(),
-            timeline: 1,
-            start_lsn: "0/2000028".into(),
-            stop_lsn: "0/2000100".into(),
-        });
+        let base = c(crate::backup::testing::base_kind("db"));
         for physical in [false, true] {
             let in_scope = |c, scope| in_scope(c, scope, physical);
             assert_eq!(in_scope(&db, RestoreScope::All), !physical);

@@ -51,6 +51,79 @@ struct GapBase {
     running: bool,
 }
 
+/// The base backups WAL gaps still need, per container, and their attempts: the bookkeeping
+/// of [`BackupService`]'s retries, apart from the backups themselves.
+#[derive(Debug, Default)]
+struct GapBases(std::collections::HashMap<String, GapBase>);
+
+/// What an attempt at a gap's base backup leads to ([`GapBases::tried`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tried {
+    /// A usable base was taken since the gap: no more attempts.
+    Done,
+    /// Tried again once due.
+    Again { attempts: u32 },
+    /// [`GAP_BASE_ATTEMPTS`] failed: given up (to be said).
+    GivenUp { attempts: u32 },
+    /// A later gap replaced the one it was for (its own attempts go on), or none is kept.
+    Stale,
+}
+
+impl GapBases {
+    /// A gap in `container`'s WAL, said at `since`: a base after it is needed, due at `now`.
+    /// A later gap needs a base after it: the count starts again (an attempt under way
+    /// stays marked: it is not started twice).
+    fn gap(&mut self, container: &str, since: OffsetDateTime, now: Instant) {
+        let running = self.0.get(container).is_some_and(|g| g.running);
+        let gap = GapBase { since, attempts: 0, due: now, running };
+        self.0.insert(container.to_owned(), gap);
+    }
+
+    /// The attempts due at `now` and not under way (each marked under way): per container,
+    /// the gap it is for.
+    fn due(&mut self, now: Instant) -> Vec<(String, OffsetDateTime)> {
+        self.0
+            .iter_mut()
+            .filter(|(_, g)| !g.running && g.due <= now)
+            .map(|(c, g)| {
+                g.running = true;
+                (c.clone(), g.since)
+            })
+            .collect()
+    }
+
+    /// An attempt at `container`'s base after the gap of `since` ended at `now`; `taken`:
+    /// a usable base was taken since the gap. Failed ones are tried again `retry` later, up
+    /// to [`GAP_BASE_ATTEMPTS`] in all.
+    fn tried(
+        &mut self,
+        container: &str,
+        since: OffsetDateTime,
+        taken: bool,
+        now: Instant,
+        retry: Duration,
+    ) -> Tried {
+        let Some(g) = self.0.get_mut(container) else { return Tried::Stale };
+        g.running = false;
+        if g.since != since {
+            return Tried::Stale; // a gap after this attempt began: its own attempts, the first due now
+        }
+        if taken {
+            self.0.remove(container);
+            return Tried::Done;
+        }
+        g.attempts = g.attempts.saturating_add(1);
+        // A retry too far to represent (an absurd STEWARD_PITR_MAX_LAG) waits a day.
+        g.due = now.checked_add(retry).unwrap_or(now + Duration::from_secs(86_400));
+        let attempts = g.attempts;
+        if attempts >= GAP_BASE_ATTEMPTS {
+            self.0.remove(container);
+            return Tried::GivenUp { attempts };
+        }
+        Tried::Again { attempts }
+    }
+}
+
 /// The backup service's event handler.
 #[derive(Debug, Clone)]
 pub struct BackupService {
@@ -61,7 +134,7 @@ pub struct BackupService {
     shipping: Arc<Mutex<()>>,
     /// Per container, the base backup its WAL gap still needs (in memory: a restart of the
     /// service leaves it to the next scheduled backup).
-    gap_bases: Arc<std::sync::Mutex<std::collections::HashMap<String, GapBase>>>,
+    gap_bases: Arc<std::sync::Mutex<GapBases>>,
 }
 
 impl BackupService {
@@ -147,36 +220,19 @@ impl BackupService {
                 false
             }
         };
-        // A later gap needs a base after it: the count starts again.
-        let gap = GapBase {
-            since: OffsetDateTime::now_utc(),
-            attempts: 0,
-            due: Instant::now(),
-            running: false,
-        };
-        let running = self.gap_bases().get(container).is_some_and(|g| g.running);
-        self.gap_bases().insert(container.to_owned(), GapBase { running, ..gap });
+        self.gap_bases().gap(container, OffsetDateTime::now_utc(), Instant::now());
         self.take_gap_bases(ctx);
         said
     }
 
-    fn gap_bases(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, GapBase>> {
+    fn gap_bases(&self) -> std::sync::MutexGuard<'_, GapBases> {
         self.gap_bases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts the base backup of every cluster whose WAL gap still needs one and whose
     /// attempt is due (each round of shipping looks).
     fn take_gap_bases(&self, ctx: &Context) {
-        let now = Instant::now();
-        let due: Vec<(String, OffsetDateTime)> = self
-            .gap_bases()
-            .iter_mut()
-            .filter(|(_, g)| !g.running && g.due <= now)
-            .map(|(c, g)| {
-                g.running = true;
-                (c.clone(), g.since)
-            })
-            .collect();
+        let due = self.gap_bases().due(Instant::now());
         for (container, since) in due {
             let (service, ctx_for_backup) = (self.clone(), ctx.clone());
             ctx.spawn("backup after a WAL gap", async move {
@@ -211,31 +267,15 @@ impl BackupService {
             }
         };
         let retry = self.backups.config().pitr.max_lag.saturating_mul(ALARM_AFTER_LAGS);
-        let given_up = {
-            let mut gaps = self.gap_bases();
-            let Some(g) = gaps.get_mut(container) else { return };
-            g.running = false;
-            if g.since != since {
-                return; // a gap after this attempt began: its own attempts, the first due now
-            }
-            if taken {
-                gaps.remove(container);
+        let tried = self.gap_bases().tried(container, since, taken, Instant::now(), retry);
+        let attempts = match tried {
+            Tried::Done | Tried::Stale => return,
+            Tried::Again { attempts } => {
+                tracing::warn!(container, attempts, retry_in = ?retry, "the base backup after the WAL gap failed: it is tried again");
                 return;
             }
-            g.attempts = g.attempts.saturating_add(1);
-            // A retry too far to represent (an absurd STEWARD_PITR_MAX_LAG) waits a day.
-            let now = Instant::now();
-            g.due = now.checked_add(retry).unwrap_or(now + std::time::Duration::from_secs(86_400));
-            let attempts = g.attempts;
-            if attempts >= GAP_BASE_ATTEMPTS {
-                gaps.remove(container);
-                Some(attempts)
-            } else {
-                tracing::warn!(container, attempts, retry_in = ?retry, "the base backup after the WAL gap failed: it is tried again");
-                None
-            }
+            Tried::GivenUp { attempts } => attempts,
         };
-        let Some(attempts) = given_up else { return };
         let reason = format!(
             "WAL of {container}: the base backup after its gap failed {attempts} times: point-in-time recovery cannot reach past the gap until a backup with a base succeeds (the next scheduled one, or steward backup now)"
         );
@@ -1150,5 +1190,65 @@ mod gap_tests {
         assert!(taken_since(id_time, since));
         assert!(taken_since(id_time + time::Duration::seconds(1), since));
         assert!(!taken_since(id_time - time::Duration::seconds(1), since));
+    }
+
+    #[test]
+    fn a_gaps_base_is_tried_three_times_at_most_and_not_after_one_succeeds() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let retry = Duration::from_secs(300);
+        let since = time::macros::datetime!(2026-12-01 03:00:00 UTC);
+        let mut gaps = GapBases::default();
+        gaps.gap("db", since, at(0));
+        // Due at once, started once (not again while it runs).
+        assert_eq!(gaps.due(at(0)), vec![("db".to_owned(), since)]);
+        assert_eq!(gaps.due(at(1)), vec![]);
+        assert_eq!(gaps.tried("db", since, false, at(10), retry), Tried::Again { attempts: 1 });
+        // Not before the retry is due.
+        assert_eq!(gaps.due(at(309)), vec![]);
+        assert_eq!(gaps.due(at(310)).len(), 1);
+        assert_eq!(gaps.tried("db", since, false, at(320), retry), Tried::Again { attempts: 2 });
+        assert_eq!(gaps.due(at(620)).len(), 1);
+        assert_eq!(
+            gaps.tried("db", since, false, at(630), retry),
+            Tried::GivenUp { attempts: GAP_BASE_ATTEMPTS }
+        );
+        // Given up: no fourth attempt.
+        assert_eq!(gaps.due(at(100_000)), vec![]);
+
+        // A base taken (by this attempt or any other) ends the retries.
+        gaps.gap("db", since, at(0));
+        assert_eq!(gaps.due(at(0)).len(), 1);
+        assert_eq!(gaps.tried("db", since, false, at(10), retry), Tried::Again { attempts: 1 });
+        assert_eq!(gaps.due(at(310)).len(), 1);
+        assert_eq!(gaps.tried("db", since, true, at(320), retry), Tried::Done);
+        assert_eq!(gaps.due(at(100_000)), vec![]);
+
+        // A second gap while an attempt for the first runs: that attempt is stale (even if it
+        // took a base: it was before the new gap), the new gap's count starts at 0, its first
+        // attempt due once the running one has ended.
+        let later = since + time::Duration::hours(1);
+        gaps.gap("db", since, at(0));
+        assert_eq!(gaps.due(at(0)).len(), 1);
+        gaps.gap("db", later, at(5));
+        assert_eq!(gaps.due(at(6)), vec![]);
+        assert_eq!(gaps.tried("db", since, true, at(10), retry), Tried::Stale);
+        assert_eq!(gaps.due(at(10)), vec![("db".to_owned(), later)]);
+        for n in 1..GAP_BASE_ATTEMPTS {
+            assert_eq!(gaps.tried("db", later, false, at(10), retry), Tried::Again { attempts: n });
+            assert_eq!(gaps.due(at(10 + 300 * u64::from(n))).len(), 1);
+        }
+        assert!(matches!(gaps.tried("db", later, false, at(2000), retry), Tried::GivenUp { .. }));
+        // Another container's gap is its own; an attempt for no kept gap is stale.
+        assert_eq!(gaps.tried("other", since, false, at(0), retry), Tried::Stale);
+        // A retry too far to represent waits a day instead of failing.
+        gaps.gap("db", since, at(0));
+        assert_eq!(gaps.due(at(0)).len(), 1);
+        assert_eq!(
+            gaps.tried("db", since, false, at(0), Duration::MAX),
+            Tried::Again { attempts: 1 }
+        );
+        assert_eq!(gaps.due(at(86_399)), vec![]);
+        assert_eq!(gaps.due(at(86_400)).len(), 1);
     }
 }

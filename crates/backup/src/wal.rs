@@ -42,6 +42,18 @@ const MAX_RECORD: usize = 64 << 10;
 /// In a timeline history file's signed record: when its timeline began, as the shipper could
 /// tell (RFC 3339). A replay to a time before it does not follow that timeline.
 const CREATED: &str = "timeline_created";
+/// Beside [`CREATED`]: `false` when it is only the time the file was shipped (the server was
+/// on another timeline by then: the truth is earlier, by up to an outage). Absent in records
+/// shipped before it was written: read as exact, the only way those records were read
+/// before, and almost always right (the fallback needs a history shipped after its server
+/// moved on); read as inexact, every time on a stretch such a timeline abandoned would be
+/// refused, with no other way to it.
+const CREATED_EXACT: &str = "timeline_created_exact";
+/// In every WAL file's signed record: when the shipper stored it (RFC 3339). Everything in
+/// the file was written before, so no transaction in it committed later (the database and
+/// the shipper read one host's clock): a target time at or after it is past what the file
+/// holds.
+const SHIPPED: &str = "shipped_at";
 /// The first page's long header: an insert position this far into a segment means nothing
 /// was written in it yet.
 const LONG_PAGE_HEADER: u64 = 40;
@@ -94,6 +106,24 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     }
     let (hi, lo) = (u64::from_str_radix(hi, 16).ok()?, u64::from_str_radix(lo, 16).ok()?);
     Some((hi << 32) | lo)
+}
+
+/// What a WAL file's signed record says beyond its component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalExtra {
+    /// A history file's: when its timeline began ([`CREATED`]).
+    pub created: Option<time::OffsetDateTime>,
+    /// Whether `created` is the start of the server first running on it rather than the
+    /// (later) time it was shipped ([`CREATED_EXACT`]).
+    pub created_exact: bool,
+    /// When it was shipped ([`SHIPPED`]); None in records shipped before it was written.
+    pub shipped_at: Option<time::OffsetDateTime>,
+}
+
+impl Default for WalExtra {
+    fn default() -> Self {
+        Self { created: None, created_exact: true, shipped_at: None }
+    }
 }
 
 /// The shipper's memory between rounds (lost with the process: the lag timer restarts).
@@ -519,7 +549,6 @@ else echo 0; fi"#;
     ) -> Result<bool, Failure> {
         let timeline = wal_file_timeline(file).unwrap_or_default();
         let dir = wal_dir(container);
-        let record_name = format!("{dir}/{file}.json");
         let path = format!("{spool}/{file}");
         let uploaded = match self.wal_record(container, file).await? {
             Some(stored) => {
@@ -549,23 +578,17 @@ else echo 0; fi"#;
                 let kind =
                     Kind::Wal { container: container.to_owned(), timeline, file: file.to_owned() };
                 let entry = self.entry(component, kind, object, stored, raw);
-                let mut body = serde_json::to_value(&entry).map_err(Failure::plain)?;
+                let mut extra = WalExtra {
+                    shipped_at: Some(time::OffsetDateTime::now_utc()),
+                    ..Default::default()
+                };
                 if file.ends_with(".history") {
-                    let created = self.timeline_created(what, container, login, timeline).await?;
-                    let created = created
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .map_err(Failure::plain)?;
-                    if let Some(fields) = body.as_object_mut() {
-                        fields.insert(CREATED.into(), created.into());
-                    }
+                    let (created, exact) =
+                        self.timeline_created(what, container, login, timeline).await?;
+                    extra.created = Some(created);
+                    extra.created_exact = exact;
                 }
-                let body = serde_json::to_vec_pretty(&body).map_err(Failure::plain)?;
-                let signature = self.config.signing.sign(Purpose::Wal, &body);
-                let sig_name = format!("{dir}/{file}.sig");
-                self.store.put(&sig_name, Bytes::from(signature)).await.map_err(Failure::plain)?;
-                steward_failpoints::failpoint!("wal:signed");
-                self.store.put(&record_name, Bytes::from(body)).await.map_err(Failure::plain)?;
-                steward_failpoints::failpoint!("wal:stored");
+                self.put_wal_record(container, file, &entry, &extra).await?;
                 true
             }
         };
@@ -709,13 +732,13 @@ else echo 0; fi"#;
         Ok(self.signed_wal_record(container, file).await?.map(|(record, _)| record))
     }
 
-    /// [`Backups::wal_record`], with the time its timeline began when it is a history file's
-    /// record that says (shipped by a version that wrote it).
+    /// [`Backups::wal_record`], with what its record says beyond the component (shipped by a
+    /// version that wrote it).
     pub(crate) async fn signed_wal_record(
         &self,
         container: &str,
         file: &str,
-    ) -> Result<Option<(Component, Option<time::OffsetDateTime>)>, Failure> {
+    ) -> Result<Option<(Component, WalExtra)>, Failure> {
         let dir = wal_dir(container);
         let store = &self.reading;
         let name = format!("{dir}/{file}.json");
@@ -739,30 +762,71 @@ else echo 0; fi"#;
         if !about || !entry.object.starts_with(&format!("{dir}/{file}.zst")) {
             return Err(refused(format!("it does not describe {file} of {container}")));
         }
-        let created = match serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get(CREATED).and_then(|c| c.as_str()).map(str::to_owned))
-        {
-            None => None,
-            Some(at) => Some(
-                time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
-                    .map_err(|e| refused(format!("{CREATED} {at:?}: {e}")))?,
-            ),
+        let fields = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+        let time_of = |key: &str| match fields.get(key).and_then(|c| c.as_str()) {
+            None => Ok(None),
+            Some(at) => {
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .map(Some)
+                    .map_err(|e| refused(format!("{key} {at:?}: {e}")))
+            }
         };
-        Ok(Some((entry, created)))
+        let extra = WalExtra {
+            created: time_of(CREATED)?,
+            created_exact: fields.get(CREATED_EXACT).and_then(|v| v.as_bool()).unwrap_or(true),
+            shipped_at: time_of(SHIPPED)?,
+        };
+        Ok(Some((entry, extra)))
+    }
+
+    /// Signs and stores the record of `container`'s WAL file `file` (`entry`, with `extra`):
+    /// the signature first, so a record is never there without it.
+    pub(crate) async fn put_wal_record(
+        &self,
+        container: &str,
+        file: &str,
+        entry: &Component,
+        extra: &WalExtra,
+    ) -> Result<(), Failure> {
+        let dir = wal_dir(container);
+        let mut body = serde_json::to_value(entry).map_err(Failure::plain)?;
+        let shown = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339).map_err(Failure::plain)
+        };
+        if let Some(fields) = body.as_object_mut() {
+            if let Some(at) = extra.shipped_at {
+                fields.insert(SHIPPED.into(), shown(at)?.into());
+            }
+            if let Some(created) = extra.created {
+                fields.insert(CREATED.into(), shown(created)?.into());
+                fields.insert(CREATED_EXACT.into(), extra.created_exact.into());
+            }
+        }
+        let body = serde_json::to_vec_pretty(&body).map_err(Failure::plain)?;
+        let signature = self.config.signing.sign(Purpose::Wal, &body);
+        let sig_name = format!("{dir}/{file}.sig");
+        self.store.put(&sig_name, Bytes::from(signature)).await.map_err(Failure::plain)?;
+        steward_failpoints::failpoint!("wal:signed");
+        self.store
+            .put(&format!("{dir}/{file}.json"), Bytes::from(body))
+            .await
+            .map_err(Failure::plain)?;
+        steward_failpoints::failpoint!("wal:stored");
+        Ok(())
     }
 
     /// When `timeline` began, for its history file's record: the start of the server now
     /// running on it (a restore starts the server on its new timeline after the old one's
     /// last commit and before the new one's first), or now when the server is on another
-    /// timeline by now (shipped late: later than the truth, never earlier).
+    /// timeline by now (shipped late: later than the truth, never earlier; the second value
+    /// is then false: [`CREATED_EXACT`]).
     async fn timeline_created(
         &self,
         what: &str,
         container: &str,
         login: &PgLogin,
         timeline: u32,
-    ) -> Result<time::OffsetDateTime, Failure> {
+    ) -> Result<(time::OffsetDateTime, bool), Failure> {
         let now = time::OffsetDateTime::now_utc();
         let sql = "SELECT timeline_id || '|' || to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_control_checkpoint()";
         let lines = self.sql(what, container, login, sql).await?;
@@ -771,7 +835,7 @@ else echo 0; fi"#;
             (tl.parse::<u32>().ok()? == timeline).then_some(())?;
             time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
         });
-        Ok(started.map_or(now, |s| s.min(now)))
+        Ok(started.map_or((now, false), |s| (s.min(now), true)))
     }
 
     /// Asks `pg_switch_wal()` when WAL has waited in the current segment for half the
