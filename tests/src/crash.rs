@@ -69,10 +69,11 @@ pub fn spread(len: usize, count: usize, offset: u64) -> Vec<usize> {
 
 /// Runs `run` on each of `runs`, `limit` at once, each on a thread of its own: a run blocks
 /// its thread while it waits for a process, which would stall a run polled beside it; its
-/// tasks still go to the calling test's runtime. A run's panic is the caller's.
+/// tasks still go to the calling test's runtime. A run's panic is the caller's, named with
+/// the run (`T`'s debug form): with runs interleaved, the log no longer says which failed.
 pub async fn at_once<T, F, Fut>(runs: impl IntoIterator<Item = T>, limit: usize, run: F)
 where
-    T: Send + 'static,
+    T: std::fmt::Debug + Send + 'static,
     F: Fn(T) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()>,
 {
@@ -80,17 +81,29 @@ where
     let runtime = tokio::runtime::Handle::current();
     let mut queue = runs.into_iter();
     let mut running = tokio::task::JoinSet::new();
+    let mut labels = std::collections::HashMap::new();
     loop {
         while running.len() < limit.max(1) {
             let Some(item) = queue.next() else { break };
+            let label = format!("{item:?}");
+            eprintln!("run started: {label}");
             let (run, runtime) = (run.clone(), runtime.clone());
-            running.spawn_blocking(move || runtime.block_on(run(item)));
+            let handle = running.spawn_blocking(move || runtime.block_on(run(item)));
+            labels.insert(handle.id(), label);
         }
-        match running.join_next().await {
+        match running.join_next_with_id().await {
             None => break,
-            Some(Ok(())) => {}
-            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Some(Err(e)) => panic!("a run did not finish: {e}"),
+            Some(Ok((id, ()))) => {
+                labels.remove(&id);
+            }
+            Some(Err(e)) => {
+                let label = labels.remove(&e.id()).unwrap_or_default();
+                eprintln!("run FAILED: {label}");
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                panic!("run {label} did not finish: {e}");
+            }
         }
     }
 }
