@@ -77,7 +77,8 @@ FROM scratch
 COPY root/ /
 COPY --chown=10001:10001 sockets/ /run/steward-docker/
 ENV PATH=/usr/local/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \
-    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt MALLOC_ARENA_MAX=2
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=1048576
 USER 10001:10001
 EXPOSE 9100
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["steward", "healthcheck"]
