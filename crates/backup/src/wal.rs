@@ -49,10 +49,12 @@ const CREATED: &str = "timeline_created";
 /// moved on); read as inexact, every time on a stretch such a timeline abandoned would be
 /// refused, with no other way to it.
 const CREATED_EXACT: &str = "timeline_created_exact";
-/// In every WAL file's signed record: when the shipper stored it (RFC 3339). Everything in
-/// the file was written before, so no transaction in it committed later (the database and
-/// the shipper read one host's clock): a target time at or after it is past what the file
-/// holds.
+/// In every WAL file's signed record: a time, on the database container's clock (the one
+/// its commit times are read from), by which the file was complete: just after the spool
+/// listing that found it, rounded up to the second (RFC 3339). Everything in the file was
+/// written before, so no transaction in it committed later: a target time at or after it is
+/// past what the file holds. Steward's own clock is not used: on another host (a remote
+/// `DOCKER_HOST`) or after a step back it could be behind, and a reachable target refused.
 const SHIPPED: &str = "shipped_at";
 /// The first page's long header: an insert position this far into a segment means nothing
 /// was written in it yet.
@@ -367,7 +369,7 @@ impl Backups {
         state: &mut ShipState,
         shipped: &mut Shipped,
     ) -> Result<bool, Failure> {
-        let files = self.spooled(what, name, spool).await?;
+        let (files, listed_at) = self.spooled(what, name, spool).await?;
         let any = !files.is_empty();
         for file in files {
             if let Some(missing) = self.missing_before(name, &file, state).await? {
@@ -375,7 +377,7 @@ impl Backups {
                     "segment {missing} was never shipped, {file} follows it"
                 ));
             }
-            if self.ship_file(what, name, login, spool, &file).await? {
+            if self.ship_file(what, name, login, spool, &file, listed_at).await? {
                 shipped.uploaded.push(file);
             }
         }
@@ -517,24 +519,23 @@ else echo 0; fi"#;
     }
 
     /// The complete files in the spool, oldest first (history files before their
-    /// timeline's segments).
+    /// timeline's segments), and the container's time just after it listed them ([`SHIPPED`]).
     async fn spooled(
         &self,
         what: &str,
         container: &str,
         spool: &str,
-    ) -> Result<Vec<String>, Failure> {
-        let spec =
-            ExecSpec { cmd: ["ls", "-1", spool].map(String::from).to_vec(), ..Default::default() };
+    ) -> Result<(Vec<String>, Option<time::OffsetDateTime>), Failure> {
+        // The time after the listing, so every file listed was complete by then; whole
+        // seconds, which every `date` (busybox's too) prints.
+        let script = r#"ls -1 -- "$1" && date -u +%s"#;
+        let spec = ExecSpec {
+            cmd: ["sh", "-c", script, "sh", spool].map(String::from).to_vec(),
+            ..Default::default()
+        };
         let out =
             self.exec_checked(container, &spec, 100_000, what, format!("listing {spool}")).await?;
-        let mut files: Vec<String> = out
-            .iter()
-            .map(|l| l.trim().to_owned())
-            .filter(|l| wal_file_timeline(l).is_some())
-            .collect();
-        files.sort();
-        Ok(files)
+        Ok(spool_listing(&out))
     }
 
     /// Ships one file unless it is stored already; whether it was uploaded. It leaves the
@@ -546,6 +547,7 @@ else echo 0; fi"#;
         login: &PgLogin,
         spool: &str,
         file: &str,
+        listed_at: Option<time::OffsetDateTime>,
     ) -> Result<bool, Failure> {
         let timeline = wal_file_timeline(file).unwrap_or_default();
         let dir = wal_dir(container);
@@ -578,10 +580,9 @@ else echo 0; fi"#;
                 let kind =
                     Kind::Wal { container: container.to_owned(), timeline, file: file.to_owned() };
                 let entry = self.entry(component, kind, object, stored, raw);
-                let mut extra = WalExtra {
-                    shipped_at: Some(time::OffsetDateTime::now_utc()),
-                    ..Default::default()
-                };
+                // No time from the container: no bound (a restore then leaves the question
+                // to PostgreSQL), never one from another clock.
+                let mut extra = WalExtra { shipped_at: listed_at, ..Default::default() };
                 if file.ends_with(".history") {
                     let (created, exact) =
                         self.timeline_created(what, container, login, timeline).await?;
@@ -1131,6 +1132,24 @@ fn mib(shown: &str) -> Option<u64> {
     }
 }
 
+/// The spool listing's files (WAL names only, sorted) and the time printed after them
+/// (`date +%s`, rounded up by a second: the listing took part of it); no time when the last
+/// line is not one.
+fn spool_listing(lines: &[String]) -> (Vec<String>, Option<time::OffsetDateTime>) {
+    let listed_at = lines
+        .last()
+        .and_then(|l| l.trim().parse::<i64>().ok())
+        .and_then(|secs| secs.checked_add(1))
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok());
+    let mut files: Vec<String> = lines
+        .iter()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| wal_file_timeline(l).is_some())
+        .collect();
+    files.sort();
+    (files, listed_at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1236,6 +1255,35 @@ mod tests {
         // Another timeline's hole is not the reported one.
         let other = "000000020000000000000009";
         assert!(!said_already(other, "000000020000000000000003", Some(&seg(0x10))));
+    }
+
+    /// The bound on what a shipped file holds comes from the container's clock, printed
+    /// after the listing: a shipper whose own clock is behind the database's no longer makes
+    /// a reachable target look unreachable.
+    #[test]
+    fn a_spool_listing_reads_its_files_and_the_containers_time_after_them() {
+        let lines: Vec<String> = [
+            "000000010000000000000004",
+            "000000010000000000000003",
+            "000000010000000000000005.partial",
+            "00000002.history",
+            "1796110000",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (files, at) = spool_listing(&lines);
+        assert_eq!(
+            files,
+            ["000000010000000000000003", "000000010000000000000004", "00000002.history"]
+        );
+        let expected = time::OffsetDateTime::from_unix_timestamp(1_796_110_001).ok();
+        assert_eq!(at, expected, "rounded up past the listing's second");
+        // No time printed (or not a number): no bound, never another clock's.
+        let (files, at) = spool_listing(&lines[..4]);
+        assert_eq!((files.len(), at), (3, None));
+        let (_, at) = spool_listing(&["%s".to_owned()]);
+        assert_eq!(at, None);
+        assert_eq!(spool_listing(&[format!("{}", i64::MAX)]).1, None);
     }
 
     #[test]
