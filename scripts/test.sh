@@ -41,15 +41,31 @@ phase images images
 # five minutes of the suite's wall time on two cores.
 infra_log=$(mktemp)
 infra_start=$SECONDS
-nice -n 10 "$ROOT/infra/check.sh" >"$infra_log" 2>&1 &
+# In a process group of its own (setsid): an early exit stops the checks and their children.
+setsid nice -n 10 "$ROOT/infra/check.sh" >"$infra_log" 2>&1 &
 infra_pid=$!
-# An early exit (a failing phase) does not leave the checks running behind it.
-trap 'kill "$infra_pid" 2>/dev/null || true; rm -f "$infra_log"' EXIT
+infra_done=
+# An early exit (a failing phase) does not leave the checks running behind it: the group gets
+# SIGTERM (the Ansible tests' conftest turns it into an interrupt, so their fixtures take
+# their compose stacks down), a minute to end, then SIGKILL; what they printed is shown.
+stop_infra() {
+  [ -z "$infra_done" ] || return 0
+  kill -TERM -- "-$infra_pid" 2>/dev/null || true
+  for _ in $(seq 60); do
+    pgrep -g "$infra_pid" >/dev/null || break
+    sleep 1
+  done
+  kill -KILL -- "-$infra_pid" 2>/dev/null || true
+  echo "[infra] stopped early; what it printed:"
+  cat "$infra_log"
+}
+trap 'stop_infra; rm -f "$infra_log"' EXIT
 phase tests env STEWARD_TEST_ENGINE=podman cargo test --workspace --locked --no-fail-fast
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 infra_rc=0
 wait "$infra_pid" || infra_rc=$?
+infra_done=1
 cat "$infra_log"
 echo "[phase] infra-check (beside the tests): $((SECONDS - infra_start)) s, exit $infra_rc"
 [ "$infra_rc" -eq 0 ] || exit "$infra_rc"

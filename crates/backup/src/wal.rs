@@ -528,7 +528,7 @@ else echo 0; fi"#;
     ) -> Result<(Vec<String>, Option<time::OffsetDateTime>), Failure> {
         // The time after the listing, so every file listed was complete by then; whole
         // seconds, which every `date` (busybox's too) prints.
-        let script = r#"ls -1 -- "$1" && date -u +%s"#;
+        let script = r#"ls -1 -- "$1" && date -u +now=%s"#;
         let spec = ExecSpec {
             cmd: ["sh", "-c", script, "sh", spool].map(String::from).to_vec(),
             ..Default::default()
@@ -820,7 +820,8 @@ else echo 0; fi"#;
     /// running on it (a restore starts the server on its new timeline after the old one's
     /// last commit and before the new one's first), or now when the server is on another
     /// timeline by now (shipped late: later than the truth, never earlier; the second value
-    /// is then false: [`CREATED_EXACT`]).
+    /// is then false: [`CREATED_EXACT`]). Both times are the database server's clock, like
+    /// the commit times a target is compared with; Steward's own clock may be another.
     async fn timeline_created(
         &self,
         what: &str,
@@ -828,15 +829,13 @@ else echo 0; fi"#;
         login: &PgLogin,
         timeline: u32,
     ) -> Result<(time::OffsetDateTime, bool), Failure> {
-        let now = time::OffsetDateTime::now_utc();
-        let sql = "SELECT timeline_id || '|' || to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_control_checkpoint()";
+        let sql = "SELECT timeline_id || '|' || coalesce(to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '') || '|' || to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_control_checkpoint()";
         let lines = self.sql(what, container, login, sql).await?;
-        let started = lines.iter().find_map(|l| {
-            let (tl, at) = l.trim().split_once('|')?;
-            (tl.parse::<u32>().ok()? == timeline).then_some(())?;
-            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-        });
-        Ok(started.map_or((now, false), |s| (s.min(now), true)))
+        timeline_began(&lines, timeline).ok_or_else(|| {
+            Failure::plain(format!(
+                "{what}: unreadable server times for timeline {timeline}'s history: {lines:?}"
+            ))
+        })
     }
 
     /// Asks `pg_switch_wal()` when WAL has waited in the current segment for half the
@@ -1132,13 +1131,32 @@ fn mib(shown: &str) -> Option<u64> {
     }
 }
 
+/// [`Backups::timeline_created`]'s answer from the server's `timeline|start|now` line: the
+/// start when the checkpoint is on `timeline` (never later than now), now otherwise (not
+/// exact); None when the line does not read.
+fn timeline_began(lines: &[String], timeline: u32) -> Option<(time::OffsetDateTime, bool)> {
+    let at = |s: &str| {
+        time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339).ok()
+    };
+    lines.iter().find_map(|l| {
+        let mut parts = l.trim().splitn(3, '|');
+        let tl = parts.next()?.parse::<u32>().ok()?;
+        let started = parts.next()?;
+        let now = at(parts.next()?)?;
+        match (tl == timeline).then(|| at(started)).flatten() {
+            Some(s) => Some((s.min(now), true)),
+            None => Some((now, false)),
+        }
+    })
+}
+
 /// The spool listing's files (WAL names only, sorted) and the time printed after them
-/// (`date +%s`, rounded up by a second: the listing took part of it); no time when the last
-/// line is not one.
+/// (`date +now=%s`, rounded up by a second: the listing took part of it); no time when the
+/// last line is not one (the marker tells a cut or missing line from a number).
 fn spool_listing(lines: &[String]) -> (Vec<String>, Option<time::OffsetDateTime>) {
     let listed_at = lines
         .last()
-        .and_then(|l| l.trim().parse::<i64>().ok())
+        .and_then(|l| l.trim().strip_prefix("now=")?.parse::<i64>().ok())
         .and_then(|secs| secs.checked_add(1))
         .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok());
     let mut files: Vec<String> = lines
@@ -1267,7 +1285,7 @@ mod tests {
             "000000010000000000000003",
             "000000010000000000000005.partial",
             "00000002.history",
-            "1796110000",
+            "now=1796110000",
         ]
         .map(String::from)
         .to_vec();
@@ -1281,9 +1299,36 @@ mod tests {
         // No time printed (or not a number): no bound, never another clock's.
         let (files, at) = spool_listing(&lines[..4]);
         assert_eq!((files.len(), at), (3, None));
-        let (_, at) = spool_listing(&["%s".to_owned()]);
+        let (_, at) = spool_listing(&["now=%s".to_owned()]);
         assert_eq!(at, None);
-        assert_eq!(spool_listing(&[format!("{}", i64::MAX)]).1, None);
+        assert_eq!(spool_listing(&[format!("now={}", i64::MAX)]).1, None);
+        // A bare number is a cut line (or a file named so), never a time.
+        assert_eq!(spool_listing(&["10000".to_owned()]).1, None);
+    }
+
+    /// A timeline's start and the fallback are both the server's clock (one query), never
+    /// Steward's: a shipper whose clock is behind would date a timeline too early, and a
+    /// target on the abandoned stretch would then follow the new timeline.
+    #[test]
+    fn a_timeline_began_when_its_server_started_on_the_servers_clock() {
+        let line = |s: &str| vec![s.to_owned()];
+        let t = |s: &str| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        };
+        let on_it = line("2|2026-12-01T10:00:00.000000Z|2026-12-01T10:00:05.000000Z");
+        assert_eq!(timeline_began(&on_it, 2), t("2026-12-01T10:00:00Z").map(|x| (x, true)));
+        // Already on a later timeline: now, and said to be inexact.
+        assert_eq!(timeline_began(&on_it, 1), t("2026-12-01T10:00:05Z").map(|x| (x, false)));
+        // A start after now (a clock step) is capped at now.
+        let stepped = line("2|2026-12-01T11:00:00.000000Z|2026-12-01T10:00:05.000000Z");
+        assert_eq!(timeline_began(&stepped, 2), t("2026-12-01T10:00:05Z").map(|x| (x, true)));
+        // No start known: now, inexact.
+        let unknown = line("2||2026-12-01T10:00:05.000000Z");
+        assert_eq!(timeline_began(&unknown, 2), t("2026-12-01T10:00:05Z").map(|x| (x, false)));
+        // Unreadable: no answer (the file waits in the spool), never Steward's clock.
+        assert_eq!(timeline_began(&line("2|2026-12-01T10:00:00.000000Z"), 2), None);
+        assert_eq!(timeline_began(&line("x|a|b"), 2), None);
+        assert_eq!(timeline_began(&[], 2), None);
     }
 
     #[test]

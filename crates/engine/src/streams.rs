@@ -129,26 +129,72 @@ impl Engine {
         keep: usize,
         what: &str,
     ) -> Result<VecDeque<String>, EngineError> {
-        let mut tail = VecDeque::new();
+        let mut tail = Tail::new(keep);
         while let Some(frame) = output.next().await {
             match frame {
-                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message }) => {
-                    push_tail(&mut tail, &message, keep)
-                }
+                Ok(LogOutput::StdOut { message }) => tail.push(OUT, &message),
+                Ok(LogOutput::StdErr { message }) => tail.push(ERR, &message),
                 Ok(_) => {}
                 Err(e) => return Err(self.call_failed(what, e)),
             }
         }
-        Ok(tail)
+        Ok(tail.finish())
     }
 }
 
-fn push_tail(tail: &mut VecDeque<String>, text: &[u8], keep: usize) {
-    for line in String::from_utf8_lossy(text).lines() {
-        tail.push_back(line.to_owned());
-        if tail.len() > keep {
-            tail.pop_front();
+const OUT: usize = 0;
+const ERR: usize = 1;
+/// A line longer than this is cut there (a command printing one endless line must not grow
+/// the service's memory).
+const MAX_LINE: usize = 64 << 10;
+
+/// The last `keep` lines of an exec's output. The engine frames output as the command wrote
+/// it (`ls` writes 4 KiB at a time), not by line, so a line cut between two frames is joined
+/// again before it counts; stdout's and stderr's open lines are apart.
+struct Tail {
+    lines: VecDeque<String>,
+    keep: usize,
+    open: [Vec<u8>; 2],
+}
+
+impl Tail {
+    fn new(keep: usize) -> Self {
+        Self { lines: VecDeque::new(), keep, open: [vec![], vec![]] }
+    }
+
+    fn push(&mut self, stream: usize, text: &[u8]) {
+        let mut rest = text;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            let mut line = std::mem::take(&mut self.open[stream]);
+            line.extend_from_slice(&rest[..end]);
+            self.add(&line);
+            rest = &rest[end + 1..];
         }
+        let open = &mut self.open[stream];
+        open.extend_from_slice(rest);
+        if open.len() > MAX_LINE {
+            let line = std::mem::take(open);
+            self.add(&line);
+        }
+    }
+
+    fn add(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.lines.push_back(String::from_utf8_lossy(line).into_owned());
+        if self.lines.len() > self.keep {
+            self.lines.pop_front();
+        }
+    }
+
+    /// The lines, an unfinished last line of either stream included.
+    fn finish(mut self) -> VecDeque<String> {
+        for stream in [OUT, ERR] {
+            let line = std::mem::take(&mut self.open[stream]);
+            if !line.is_empty() {
+                self.add(&line);
+            }
+        }
+        self.lines
     }
 }
 
@@ -222,7 +268,7 @@ impl Engine {
         let engine = self.clone();
         let container = container.to_owned();
         tokio::spawn(async move {
-            let mut stderr = VecDeque::new();
+            let mut stderr = Tail::new(keep_stderr);
             let mut reader_gone = false;
             while let Some(frame) = output.next().await {
                 match frame {
@@ -230,7 +276,7 @@ impl Engine {
                         reader_gone = tx.send(Ok(message)).await.is_err();
                     }
                     Ok(LogOutput::StdErr { message }) => {
-                        push_tail(&mut stderr, &message, keep_stderr)
+                        stderr.push(ERR, &message)
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -240,7 +286,7 @@ impl Engine {
                 }
             }
             drop(tx);
-            let _ = done_tx.send(engine.exec_result(&container, &exec_id, stderr).await);
+            let _ = done_tx.send(engine.exec_result(&container, &exec_id, stderr.finish()).await);
         });
         let stdout = tokio_stream_from(rx);
         Ok(ExecStream { stdout, done })
@@ -652,5 +698,33 @@ mod tests {
         assert_eq!(rooted_name(&pax[..TAR_BLOCK]), None, "a pax header is left to the reader");
         let plain = archive(&[entry::file("/etc/x", b"x")]);
         assert_eq!(rooted_name(&plain[..TAR_BLOCK]).as_deref(), Some("/etc/x"));
+    }
+
+    /// A line the engine split across two frames is one line (it was two, and a cut WAL name
+    /// in a spool listing looked like a gap, a cut time like 1970).
+    #[test]
+    fn a_line_cut_between_frames_is_one_line() {
+        let mut tail = Tail::new(10);
+        tail.push(OUT, b"000000010000000000000003\n0000000100000000");
+        tail.push(ERR, b"warn");
+        tail.push(OUT, b"00000004\nnow=17961");
+        tail.push(ERR, b"ing\r\n");
+        tail.push(OUT, b"10000\n");
+        let lines: Vec<String> = tail.finish().into();
+        assert_eq!(
+            lines,
+            ["000000010000000000000003", "000000010000000000000004", "warning", "now=1796110000"]
+        );
+        // The last lines only, an unfinished last line included.
+        let mut tail = Tail::new(2);
+        tail.push(OUT, b"a\nb\nc\nd");
+        assert_eq!(Vec::from(tail.finish()), ["c", "d"]);
+        // An endless line is cut, not held whole.
+        let mut tail = Tail::new(4);
+        tail.push(OUT, &vec![b'x'; MAX_LINE + 10]);
+        tail.push(OUT, b"y");
+        let lines = Vec::from(tail.finish());
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE + 10);
     }
 }
