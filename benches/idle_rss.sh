@@ -37,11 +37,11 @@ for svc in "${services[@]}"; do
     [ "$traces" = on ] && endpoint=$otlp
     # The backup service needs a bucket; at start it looks at it (copies to finish, chunks to
     # collect, the newest verified backup): an endpoint on loopback where nothing listens, so
-    # nothing leaves this machine. Two malloc arenas, as the image runs every service
-    # (ARENAS=default: glibc's own).
+    # nothing leaves this machine. Two malloc arenas and a fixed 1 MiB mmap threshold, as the
+    # image runs every service (ARENAS=default: glibc's own for both).
     # The notifier needs a channel; idle, it never calls it.
     arenas=()
-    [ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}")
+    [ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}" MALLOC_MMAP_THRESHOLD_=1048576)
     env "${arenas[@]}" OTEL_EXPORTER_OTLP_ENDPOINT=$endpoint \
     STEWARD_WEBHOOK_URL=http://127.0.0.1:9/unused \
     AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \

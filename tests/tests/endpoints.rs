@@ -171,3 +171,24 @@ async fn a_service_stops_on_sigterm_while_starting_without_nats() {
     assert_eq!(code, Some(0), "not stopped while starting: {}", proc.logs());
     assert!(proc.logs().contains("stopped before it was up"), "{}", proc.logs());
 }
+
+/// Ctrl-C reaches every process of a terminal's group and the script that started them sends
+/// SIGTERM in its cleanup right after: one request to stop, not two. The second signal ended
+/// the services at once (143), with no graceful shutdown.
+#[tokio::test]
+async fn ctrl_c_and_the_scripts_sigterm_right_after_are_one_request() {
+    let nats = NatsServer::start();
+    let cfg = bus_config(&nats.url(), "one-request");
+    let _bus = TestBus::with_config(cfg.clone()).await;
+    let port = free_port();
+    let mut proc = Proc::start(
+        "steward-watcher",
+        &service_env(&nats.url(), &cfg.namespace, port, "unix:///var/run/docker.sock"),
+    );
+    wait_for(port, "/readyz", 200, Duration::from_secs(20)).await;
+    let pid = proc.child.id().to_string();
+    let _ = std::process::Command::new("kill").args(["-INT", &pid]).status();
+    let code = proc.terminate(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "not a graceful stop: {}", proc.logs());
+    assert!(!proc.logs().contains("a second signal"), "{}", proc.logs());
+}

@@ -275,9 +275,7 @@ impl Engine {
                     Ok(LogOutput::StdOut { message }) if !reader_gone => {
                         reader_gone = tx.send(Ok(message)).await.is_err();
                     }
-                    Ok(LogOutput::StdErr { message }) => {
-                        stderr.push(ERR, &message)
-                    }
+                    Ok(LogOutput::StdErr { message }) => stderr.push(ERR, &message),
                     Ok(_) => {}
                     Err(e) => {
                         let _ = tx.send(Err(io::Error::other(e.to_string()))).await;

@@ -1,10 +1,14 @@
 //! Graceful shutdown: SIGTERM or SIGINT cancels one token that every task watches; a second
 //! one ends the process at once.
 
+use std::time::{Duration, Instant};
+
 use tokio_util::sync::CancellationToken;
 
-/// The exit code after a second signal: 128 + SIGTERM's number, as a shell reports it.
-const EXIT_ON_SECOND_SIGNAL: i32 = 143;
+/// A signal this soon after the first is the same request: Ctrl-C in a terminal reaches every
+/// process of the group, and the script that started them sends SIGTERM in its cleanup right
+/// after; that must not cut their graceful shutdown short.
+const SAME_REQUEST: Duration = Duration::from_secs(1);
 
 /// Returns a token cancelled on the first SIGTERM or SIGINT. A second signal exits the
 /// process without waiting for the graceful shutdown: once tokio handles a signal its default
@@ -17,12 +21,23 @@ pub fn on_signal() -> CancellationToken {
         // Installed once, before the first signal, so a second one sent right after the
         // first is not missed.
         let mut signals = Signals::install();
-        let name = signals.next().await;
+        let (name, _) = signals.next().await;
+        let first = Instant::now();
         tracing::info!(signal = name, "shutting down");
         trigger.cancel();
-        let name = signals.next().await;
-        tracing::warn!(signal = name, "a second signal: exiting without finishing the shutdown");
-        std::process::exit(EXIT_ON_SECOND_SIGNAL);
+        loop {
+            let (name, code) = signals.next().await;
+            if first.elapsed() < SAME_REQUEST {
+                tracing::info!(signal = name, "taken as part of the first request to stop");
+                continue;
+            }
+            tracing::warn!(
+                signal = name,
+                "a second signal: exiting without finishing the shutdown"
+            );
+            // 128 + the signal's number, as a shell reports a process it ended.
+            std::process::exit(code);
+        }
     });
     token
 }
@@ -46,15 +61,16 @@ impl Signals {
         }
     }
 
-    async fn next(&mut self) -> &'static str {
+    /// The next signal's name and the exit code a shell gives a process it ends.
+    async fn next(&mut self) -> (&'static str, i32) {
         match &mut self.0 {
             Some((term, int)) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
+                _ = term.recv() => ("SIGTERM", 143),
+                _ = int.recv() => ("SIGINT", 130),
             },
             None => {
                 let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+                ("SIGINT", 130)
             }
         }
     }
@@ -69,8 +85,8 @@ impl Signals {
         Self
     }
 
-    async fn next(&mut self) -> &'static str {
+    async fn next(&mut self) -> (&'static str, i32) {
         let _ = tokio::signal::ctrl_c().await;
-        "ctrl-c"
+        ("ctrl-c", 130)
     }
 }
