@@ -1,0 +1,500 @@
+//! The stack's HAProxy front (`compose/haproxy/haproxy.cfg`, started by `front.sh` as the
+//! container does) run by a real `haproxy` (Debian's package): the same file the stack ships,
+//! given only 127.0.0.1 ports, a test certificate and test backends through the environment
+//! variables it reads. One HAProxy per test, killed (with its workers) when the test ends.
+//!
+//! The backends are small HTTP servers on 127.0.0.1: "gitea" (answers its health check, holds
+//! `/slow` for a while, echoes after a WebSocket upgrade), the updater's approval page, and
+//! certbot's standalone server during a renewal.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use steward_haproxy::{Name, Runtime};
+use steward_testkit::{free_port, unique_name, wait_for};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The name the test certificate is for, and the Host of the requests.
+const DOMAIN: &str = "git.example.test";
+
+/// The request heads one backend received, in order.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A backend on 127.0.0.1 answering `name` (and the request path) to every request;
+/// `GET /slow` after 2 s; an `Upgrade: websocket` request with a 101, then it echoes what
+/// it reads.
+async fn backend(name: &'static str) -> (u16, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                // One request per connection (`Connection: close` on every answer).
+                let Some(head) = read_head(&mut s).await else { return };
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(head.clone());
+                let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                if head.to_ascii_lowercase().contains("\r\nupgrade: websocket") {
+                    let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                                  Connection: Upgrade\r\nSec-WebSocket-Accept: \
+                                  s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                if path == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                let body = format!("{name} {path}");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Reads up to the end of an HTTP head (at most 16 KiB): the head, without the blank line.
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Option<String> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => got.push(byte[0]),
+            _ => return None,
+        }
+        if got.len() > 16 * 1024 {
+            return None;
+        }
+    }
+    got.truncate(got.len() - 4);
+    String::from_utf8(got).ok()
+}
+
+/// A parsed answer: status, headers (lowercase names), body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// `GET path` with `Host: DOMAIN` and `Connection: close` on `s`; the whole answer (5 s bound).
+async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, path: &str) -> Answer {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("answer within 5 s")
+        .expect("read answer");
+    parse(&String::from_utf8_lossy(&raw))
+}
+
+fn parse(raw: &str) -> Answer {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {raw:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {raw:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Answer { status, headers, body: body.to_owned() }
+}
+
+/// A self-signed certificate for [`DOMAIN`]: (PEM chain, PEM key, DER).
+fn certificate() -> (String, String, CertificateDer<'static>) {
+    let params = rcgen::CertificateParams::new(vec![DOMAIN.to_owned()]).expect("params");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+/// The stack's HAProxy, started by `front.sh start` from certbot-like live files.
+struct Front {
+    child: Child,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    http: u16,
+    https: u16,
+    stats: u16,
+    /// The certificates a client trusts (every one the test installed).
+    trusted: Vec<CertificateDer<'static>>,
+    gitea: Seen,
+    updater: Seen,
+}
+
+/// `compose/haproxy/` of this checkout.
+fn front_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../compose/haproxy")
+}
+
+impl Front {
+    /// With the stack's settings except `extra` (`HAPROXY_RATE_LIMIT`, ...).
+    async fn start(extra: &[(&str, &str)]) -> Self {
+        let (gitea_port, gitea) = backend("gitea").await;
+        let (updater_port, updater) = backend("updater").await;
+        let (acme_port, _) = backend("certbot").await;
+        let dir = std::env::temp_dir().join(unique_name("haproxy-front"));
+        std::fs::create_dir_all(dir.join("live")).expect("temp dir");
+        let (chain, key, der) = certificate();
+        std::fs::write(dir.join("live/fullchain.pem"), chain).expect("chain");
+        std::fs::write(dir.join("live/privkey.pem"), key).expect("key");
+        let (http, https, stats) = (free_port(), free_port(), free_port());
+        // The socket's group: the test's own (the stack's is the updater's, 10001).
+        let gid = std::fs::metadata(&dir).expect("dir").gid().to_string();
+        let mut env: Vec<(String, String)> = [
+            ("HAPROXY_CFG", front_dir().join("haproxy.cfg").display().to_string()),
+            ("CERTS_LIVE", dir.join("live").display().to_string()),
+            ("HAPROXY_CERT", dir.join("tls/front.pem").display().to_string()),
+            ("HAPROXY_SOCKET", dir.join("admin.sock").display().to_string()),
+            ("HAPROXY_SOCKET_GID", gid),
+            ("HAPROXY_HTTP_BIND", format!("127.0.0.1:{http}")),
+            ("HAPROXY_HTTPS_BIND", format!("127.0.0.1:{https}")),
+            ("HAPROXY_STATS_BIND", format!("127.0.0.1:{stats}")),
+            ("HAPROXY_GITEA", format!("127.0.0.1:{gitea_port}")),
+            ("HAPROXY_UPDATER", format!("127.0.0.1:{updater_port}")),
+            ("HAPROXY_ACME", format!("127.0.0.1:{acme_port}")),
+            // High enough for every test but the rate limit's own.
+            ("HAPROXY_RATE_LIMIT", "1000".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let log = std::fs::File::create(dir.join("haproxy.log")).expect("log file");
+        let child = Command::new("sh")
+            .arg(front_dir().join("front.sh"))
+            .arg("start")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("sh front.sh start: {e}"));
+        env.push(("HAPROXY_MASTER_PID".into(), child.id().to_string()));
+        let me = Self { child, dir, env, http, https, stats, trusted: vec![der], gitea, updater };
+        // Readiness on the internal port: requests there are not counted by the rate limit.
+        let stats = me.stats;
+        let ready = tokio::task::spawn_blocking(move || {
+            wait_for("haproxy serving", Duration::from_secs(15), || {
+                plain_status(stats, "/healthz").filter(|s| *s == 200)
+            })
+        });
+        if ready.await.is_err() {
+            panic!("haproxy did not start: {}", me.log());
+        }
+        me
+    }
+
+    /// HAProxy's output (its log lines included).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
+    }
+
+    async fn plain(&self, port: u16) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", port)).await.expect("connect")
+    }
+
+    /// A TLS connection to the HTTPS port for [`DOMAIN`], trusting only the test's
+    /// certificates; and the leaf it was served.
+    async fn tls(&self) -> (tokio_rustls::client::TlsStream<TcpStream>, CertificateDer<'static>) {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in &self.trusted {
+            roots.add(der.clone()).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from(DOMAIN).expect("name");
+        let tcp = self.plain(self.https).await;
+        let tls =
+            connector.connect(name, tcp).await.expect("TLS handshake with a trusted certificate");
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+        (tls, leaf.expect("a served certificate"))
+    }
+
+    async fn https_get(&self, path: &str) -> Answer {
+        get(self.tls().await.0, path).await
+    }
+
+    /// `front.sh reload` as the updater runs it after a renewal: its exit and output.
+    fn reload(&self) -> (bool, String) {
+        let out = Command::new("sh")
+            .arg(front_dir().join("front.sh"))
+            .arg("reload")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("sh front.sh reload");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (old ones of a reload included) and exits;
+        // SIGKILL if it has not after 5 s.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` without TLS (blocking, 2 s bounds): the status.
+fn plain_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.strip_prefix("HTTP/1.")?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn env_of<'a>(front: &'a Front, key: &str) -> &'a str {
+    front.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_configuration_passes_haproxy_check_without_a_warning() {
+    let front = Front::start(&[]).await;
+    let out = Command::new("haproxy")
+        .args(["-c", "-f", env_of(&front, "HAPROXY_CFG")])
+        .envs(front.env.iter().map(|(k, v)| (k, v)))
+        .env("HAPROXY_CERT", front.dir.join("tls/front.pem"))
+        .output()
+        .expect("haproxy -c");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "haproxy -c: {text}");
+    assert!(!text.contains("[WARNING]") && !text.contains("[ALERT]"), "haproxy -c: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_is_redirected_to_https_except_the_acme_challenges() {
+    let front = Front::start(&[]).await;
+    let answer = get(front.plain(front.http).await, "/user/login?redirect_to=%2F").await;
+    assert_eq!(answer.status, 301, "{answer:?}");
+    assert_eq!(
+        answer.header("location"),
+        Some(format!("https://{DOMAIN}/user/login?redirect_to=%2F").as_str()),
+        "{answer:?}"
+    );
+    // certbot's http-01 challenge reaches certbot, in clear text.
+    let acme = get(front.plain(front.http).await, "/.well-known/acme-challenge/tok3n").await;
+    assert_eq!(
+        (acme.status, acme.body.as_str()),
+        (200, "certbot /.well-known/acme-challenge/tok3n")
+    );
+    // Nothing of Gitea or the approval page is served in clear text.
+    let approve = get(front.plain(front.http).await, "/steward/approve/x").await;
+    assert_eq!(approve.status, 301, "{approve:?}");
+    assert!(front.gitea.lock().expect("seen").iter().all(|h| !h.starts_with("GET /user")));
+    assert!(front.updater.lock().expect("seen").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_gitea_with_every_security_header() {
+    let front = Front::start(&[]).await;
+    let answer = front.https_get("/explore/repos").await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "gitea /explore/repos"), "{answer:?}");
+    for (name, value) in [
+        ("strict-transport-security", "max-age=31536000"),
+        ("x-frame-options", "SAMEORIGIN"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "strict-origin-when-cross-origin"),
+    ] {
+        assert_eq!(answer.header(name), Some(value), "{name}: {answer:?}");
+    }
+    let head = front.gitea.lock().expect("seen").last().cloned().unwrap_or_default().to_lowercase();
+    assert!(head.contains("\r\nx-forwarded-proto: https"), "{head}");
+    assert!(head.contains("\r\nx-forwarded-for: 127.0.0.1"), "{head}");
+    // HAProxy's metrics are not on the public port: /metrics there is Gitea's.
+    let metrics = front.https_get("/metrics").await;
+    assert_eq!(metrics.body, "gitea /metrics", "{metrics:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approval_page_gets_no_referrer_no_cache_and_no_log_line() {
+    let front = Front::start(&[]).await;
+    let answer = front.https_get("/steward/approve/s3cr3t-token").await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "updater /approve/s3cr3t-token"));
+    assert_eq!(answer.header("referrer-policy"), Some("no-referrer"), "{answer:?}");
+    assert_eq!(answer.header("cache-control"), Some("no-store"), "{answer:?}");
+    assert_eq!(answer.header("strict-transport-security"), Some("max-age=31536000"));
+    // A request after it is logged (so the log is written), the token never.
+    front.https_get("/after").await;
+    let log = wait_for("the next request's log line", Duration::from_secs(5), || {
+        let log = front.log();
+        log.contains("GET /after").then_some(log)
+    });
+    assert!(!log.contains("s3cr3t-token"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_per_ip_limit_get_429_until_the_window_passed() {
+    let front = Front::start(&[("HAPROXY_RATE_LIMIT", "20"), ("HAPROXY_RATE_PERIOD", "2s")]).await;
+    // Bounded: at most 40 requests, as fast as they go.
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let answer = front.https_get("/").await;
+        statuses.push(answer.status);
+        if answer.status == 429 {
+            assert_eq!(answer.header("strict-transport-security"), Some("max-age=31536000"));
+            break;
+        }
+    }
+    assert_eq!(statuses.len(), 21, "the 21st request is the first refused: {statuses:?}");
+    assert!(statuses[..20].iter().all(|s| *s == 200), "{statuses:?}");
+    // Still refused at once, on plain HTTP too (one table for both ports).
+    assert_eq!(plain_status(front.http, "/"), Some(429));
+    // After the window (two periods without a request: the rate is over a sliding period),
+    // normal service.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let answer = front.https_get("/").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_passes_and_the_tunnel_carries_data() {
+    let front = Front::start(&[]).await;
+    let (mut tls, _) = front.tls().await;
+    let request = format!(
+        "GET /user/events HTTP/1.1\r\nHost: {DOMAIN}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut tls))
+        .await
+        .expect("answer within 5 s")
+        .expect("a head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_lowercase().contains("\r\nupgrade: websocket"), "{head}");
+    // The tunnel: bytes go to the backend and back.
+    tls.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut echo))
+        .await
+        .expect("echo within 5 s")
+        .expect("echo");
+    assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_and_the_admin_socket_answer_on_internal_addresses() {
+    let front = Front::start(&[]).await;
+    let metrics = get(front.plain(front.stats).await, "/metrics").await;
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    // Gitea's server is checked and up.
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = get(front.plain(front.stats).await, "/metrics").await.body;
+        if seen.contains(r#"haproxy_server_status{proxy="gitea",server="gitea",state="UP"} 1"#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen.contains(r#"haproxy_server_status{proxy="gitea",server="gitea",state="UP"} 1"#),
+        "{seen}"
+    );
+    assert!(seen.contains(r#"haproxy_server_check_status{proxy="gitea",server="gitea""#));
+    // The updater's client on the shipped admin socket: the backend and its server.
+    let runtime = Runtime::new(front.dir.join("admin.sock"));
+    let servers = runtime.servers(&Name::new("gitea").expect("name")).await.expect("servers");
+    assert_eq!(servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["gitea"]);
+    assert!(servers[0].serving(), "{servers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_after_the_hook_without_cutting_a_request() {
+    let mut front = Front::start(&[]).await;
+    let (_, old_leaf) = front.tls().await;
+    // A request in flight across the reload: /slow answers after 2 s.
+    let (slow, _) = front.tls().await;
+    let in_flight = tokio::spawn(get(slow, "/slow"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // certbot renewed: new live files, then the hook.
+    let (chain, key, new_der) = certificate();
+    std::fs::write(front.dir.join("live/fullchain.pem"), chain).expect("chain");
+    std::fs::write(front.dir.join("live/privkey.pem"), key).expect("key");
+    front.trusted.push(new_der.clone());
+    let (ok, out) = front.reload();
+    assert!(ok, "front.sh reload: {out}");
+
+    let answer = in_flight.await.expect("join");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "gitea /slow"), "{answer:?}");
+    let mut served = old_leaf.clone();
+    for _ in 0..50 {
+        served = front.tls().await.1;
+        if served == new_der {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served == new_der, "the renewed certificate is not served: {}", front.log());
+    let mode = std::fs::metadata(front.dir.join("tls/front.pem")).expect("pem").mode();
+    assert_eq!(mode & 0o077, 0, "the key's file is readable by others: {mode:o}");
+
+    // A renewal HAProxy refuses (a key that is not the certificate's): the hook fails, the
+    // served certificate stays.
+    let (chain, _, _) = certificate();
+    std::fs::write(front.dir.join("live/fullchain.pem"), chain).expect("chain");
+    let (ok, out) = front.reload();
+    assert!(!ok, "a bad certificate must fail the hook: {out}");
+    assert!(out.contains("still serving the old one"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(front.tls().await.1 == new_der);
+    assert_eq!(front.https_get("/").await.status, 200);
+}
