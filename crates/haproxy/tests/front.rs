@@ -498,3 +498,54 @@ async fn a_renewed_certificate_is_served_after_the_hook_without_cutting_a_reques
     assert!(front.tls().await.1 == new_der);
     assert_eq!(front.https_get("/").await.status, 200);
 }
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_first_switch_works_on_the_documented_backend_through_the_shipped_socket() {
+    // The shipped file with its commented `backend app` example taken in, as an operator
+    // would, its server at a test backend.
+    let (app_port, _) = backend("app").await;
+    let shipped = std::fs::read_to_string(front_dir().join("haproxy.cfg")).expect("haproxy.cfg");
+    let example: Vec<&str> = shipped
+        .lines()
+        .skip_while(|l| *l != "#backend app")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| &l[1..])
+        .collect();
+    assert!(example.len() >= 2, "no `#backend app` example in haproxy.cfg");
+    let example = example.join("\n").replace("app:8080", &format!("127.0.0.1:{app_port}"));
+    let cfg = TempFile(std::env::temp_dir().join(unique_name("haproxy-front-app.cfg")));
+    std::fs::write(&cfg.0, format!("{shipped}\n{example}\n")).expect("config");
+    let path = cfg.0.display().to_string();
+    let front = Front::start(&[("HAPROXY_CFG", &path)]).await;
+
+    // The new container of a start-first update: another server answering its checks.
+    let (next_port, next) = backend("next").await;
+    let runtime = Runtime::new(front.dir.join("admin.sock"));
+    let (b, old, new) = (
+        Name::new("app").expect("name"),
+        Name::new("app").expect("name"),
+        Name::new("app-next").expect("name"),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], next_port));
+    runtime
+        .switch(&b, &old, &new, addr, true, steward_haproxy::SwitchBounds::default())
+        .await
+        .unwrap_or_else(|e| panic!("switch: {e}\n{}", front.log()));
+    // Checked as the backend says before it took traffic.
+    assert!(
+        next.lock().expect("seen").iter().any(|h| h.starts_with("GET / ")),
+        "the new server was never checked"
+    );
+    let servers = runtime.servers(&b).await.expect("servers");
+    assert_eq!(servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["app-next"]);
+    assert!(servers[0].serving(), "{servers:?}");
+}
