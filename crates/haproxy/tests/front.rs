@@ -5,7 +5,8 @@
 //!
 //! The backends are small HTTP servers on 127.0.0.1: "gitea" (answers its health check, holds
 //! `/slow` for a while, echoes after a WebSocket upgrade), the updater's approval page, and
-//! certbot's standalone server during a renewal.
+//! certbot's standalone server during a renewal. The last test runs the test bed's image of the
+//! front in Docker, as `compose/haproxy.yml` does.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
@@ -548,4 +549,138 @@ async fn a_start_first_switch_works_on_the_documented_backend_through_the_shippe
     let servers = runtime.servers(&b).await.expect("servers");
     assert_eq!(servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["app-next"]);
     assert!(servers[0].serving(), "{servers:?}");
+}
+
+/// Docker volumes removed when dropped (declared before the containers that mount them).
+struct Volumes(Vec<String>);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        for v in &self.0 {
+            let _ = Command::new("docker").args(["volume", "rm", "-f", v]).output();
+        }
+    }
+}
+
+/// The test bed's image of the front (`infra/testbed/stack-images.sh stand-ins`: Debian's
+/// haproxy in the official image's layout) run as `compose/haproxy.yml` runs it: as root with
+/// front.sh as its entrypoint, certbot's files in a volume, the PEM on a tmpfs, the admin
+/// socket in a volume of its own. What the host tests cannot show: the workers drop to the
+/// image's user, the socket is the updater's group's, the compose healthcheck passes.
+#[test]
+fn the_image_runs_the_front_as_the_compose_layer_does() {
+    use steward_testkit::docker::{docker, Container, Network};
+    let image = "steward-local/haproxy:latest";
+    assert!(
+        Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "{image} missing: infra/testbed/stack-images.sh stand-ins"
+    );
+    let (chain, key, _) = certificate();
+    let src = std::env::temp_dir().join(unique_name("haproxy-front-certs"));
+    std::fs::create_dir_all(&src).expect("dir");
+    let _src = TempDirGuard(src.clone());
+    std::fs::write(src.join("fullchain.pem"), chain).expect("chain");
+    std::fs::write(src.join("privkey.pem"), key).expect("key");
+
+    let (certs, admin) = (unique_name("front-certs"), unique_name("front-admin"));
+    let _volumes = Volumes(vec![certs.clone(), admin.clone()]);
+    let network = Network::create("front");
+    // certbot's layout and modes: live/ 0700, the key 0600, root's.
+    let fill = format!("{certs}:/etc/letsencrypt");
+    let from = format!("{}:/src:ro", src.display());
+    docker(&[
+        "run", "--rm", "-v", &fill, "-v", &from, "steward-test/busybox", "sh", "-c",
+        &format!(
+            "mkdir -p /etc/letsencrypt/live/{DOMAIN} && cp /src/*.pem /etc/letsencrypt/live/{DOMAIN}/ \
+             && chmod 700 /etc/letsencrypt/live && chmod 600 /etc/letsencrypt/live/{DOMAIN}/privkey.pem"
+        ),
+    ]);
+    let _gitea = Container::run(
+        &unique_name("front-gitea"),
+        &["--network", &network.0, "--network-alias", "gitea", "steward-test/app:v1"],
+    );
+    let config = format!("{}:/usr/local/etc/haproxy:ro", front_dir().display());
+    let certs_ro = format!("{certs}:/etc/letsencrypt:ro");
+    let admin_rw = format!("{admin}:/run/haproxy");
+    let domain = format!("GITEA_DOMAIN={DOMAIN}");
+    let front = Container::run(
+        &unique_name("front-haproxy"),
+        &[
+            "--network",
+            &network.0,
+            "--user",
+            "root",
+            "-e",
+            &domain,
+            "-e",
+            "HAPROXY_GITEA=gitea:8080",
+            "-v",
+            &config,
+            "-v",
+            &certs_ro,
+            "-v",
+            &admin_rw,
+            "--tmpfs",
+            "/run/haproxy-tls:mode=0700",
+            "--entrypoint",
+            "/bin/sh",
+            image,
+            "/usr/local/etc/haproxy/front.sh",
+            "start",
+        ],
+    );
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", front.name.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    };
+    wait_for("the front's internal port", Duration::from_secs(15), || {
+        steward_testkit::docker::try_docker(&[
+            "exec",
+            &front.name,
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://127.0.0.1:8405/healthz",
+        ])
+    });
+    let workers = |ps: &str| -> Vec<String> {
+        ps.lines()
+            .filter(|l| l.contains("haproxy") && !l.trim_start().starts_with("1 "))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let ps = exec(&["ps", "-o", "pid,user,args"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["1", "root", "haproxy"]),
+        "{ps}"
+    );
+    let before = workers(&ps);
+    assert!(before.len() == 1 && before[0].ends_with(" haproxy"), "one worker, as haproxy: {ps}");
+    assert_eq!(exec(&["stat", "-c", "%a %g", "/run/haproxy/admin.sock"]), "660 10001");
+    assert_eq!(exec(&["stat", "-c", "%a %u", "/run/haproxy-tls/front.pem"]), "600 0");
+    let metrics = exec(&["wget", "-q", "-O", "-", "http://127.0.0.1:8405/metrics"]);
+    assert!(metrics.contains(r#"haproxy_server_status{proxy="gitea",server="gitea""#));
+    // The compose healthcheck, then the renewal hook as the updater runs it.
+    exec(&["haproxy", "-c", "-q", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]);
+    assert_eq!(exec(&["sh", "-c", "sh /usr/local/etc/haproxy/front.sh reload"]), "reloaded");
+    let after = wait_for("a new worker", Duration::from_secs(10), || {
+        let now = workers(&exec(&["ps", "-o", "pid,user,args"]));
+        (now.len() == 1 && now != before).then_some(now)
+    });
+    assert!(after[0].ends_with(" haproxy"), "{after:?}");
+}
+
+/// A directory removed when dropped.
+struct TempDirGuard(PathBuf);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
