@@ -665,7 +665,8 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
         ("HAPROXY_MEM_LIMIT", "256m"),
         ("HAPROXY_CPUS", "0.5"),
         ("HAPROXY_RATE_LIMIT", "200"),
-        ("HAPROXY_RATE_PERIOD", "10s"),
+        ("HAPROXY_RATE_PERIOD", "10"),
+        ("HAPROXY_MAXCONN", "1000"),
     ] {
         let listed = example
             .lines()
@@ -674,6 +675,13 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
     }
     assert_eq!(scalar(&haproxy, "mem_limit").as_deref(), Some("256m"));
     assert_eq!(scalar(&haproxy, "pids_limit").as_deref(), Some("128"));
+    // One thread under that pids_limit; the connection bound and the redirect's domain (never
+    // the client's Host) from the environment.
+    assert!(cfg.contains("    nbthread 1\n"), "nbthread in haproxy.cfg");
+    assert!(cfg.contains("maxconn \"${HAPROXY_MAXCONN-1000}\""), "maxconn in haproxy.cfg");
+    let env = environment(&haproxy);
+    assert_eq!(env.get("HAPROXY_MAXCONN").map(String::as_str), Some("'1000'"));
+    assert!(env.get("GITEA_DOMAIN").is_some_and(|d| d.contains("git.example.com")), "{env:?}");
     let tuned = rendered_in(&["haproxy.yml"], &[("HAPROXY_RATE_LIMIT", "50")]);
     assert_eq!(
         environment(&service(&tuned, "haproxy")).get("HAPROXY_RATE_LIMIT").map(String::as_str),

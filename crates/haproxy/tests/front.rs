@@ -105,8 +105,13 @@ impl Answer {
 }
 
 /// `GET path` with `Host: DOMAIN` and `Connection: close` on `s`; the whole answer (5 s bound).
-async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, path: &str) -> Answer {
+async fn get<S: AsyncRead + AsyncWrite + Unpin>(s: S, path: &str) -> Answer {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n");
+    send(s, &request).await
+}
+
+/// `request` (a whole head) on `s`; the whole answer (5 s bound).
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &str) -> Answer {
     s.write_all(request.as_bytes()).await.expect("write request");
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
@@ -184,6 +189,7 @@ impl Front {
             ("HAPROXY_GITEA", format!("127.0.0.1:{gitea_port}")),
             ("HAPROXY_UPDATER", format!("127.0.0.1:{updater_port}")),
             ("HAPROXY_ACME", format!("127.0.0.1:{acme_port}")),
+            ("GITEA_DOMAIN", DOMAIN.to_owned()),
             // High enough for every test but the rate limit's own.
             ("HAPROXY_RATE_LIMIT", "1000".to_owned()),
         ]
@@ -330,6 +336,18 @@ async fn plain_http_is_redirected_to_https_except_the_acme_challenges() {
         Some(format!("https://{DOMAIN}/user/login?redirect_to=%2F").as_str()),
         "{answer:?}"
     );
+    // A client's Host is not echoed into the redirect: the configured domain is.
+    let hostile = send(
+        front.plain(front.http).await,
+        "GET /x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(hostile.status, 301, "{hostile:?}");
+    assert_eq!(
+        hostile.header("location"),
+        Some(format!("https://{DOMAIN}/x").as_str()),
+        "{hostile:?}"
+    );
     // certbot's http-01 challenge reaches certbot, in clear text.
     let acme = get(front.plain(front.http).await, "/.well-known/acme-challenge/tok3n").await;
     assert_eq!(
@@ -359,6 +377,28 @@ async fn https_serves_gitea_with_every_security_header() {
     let head = front.gitea.lock().expect("seen").last().cloned().unwrap_or_default().to_lowercase();
     assert!(head.contains("\r\nx-forwarded-proto: https"), "{head}");
     assert!(head.contains("\r\nx-forwarded-for: 127.0.0.1"), "{head}");
+    // What a client claims about the forwarding is dropped: the backend sees HAProxy's only.
+    let (tls, _) = front.tls().await;
+    let forged = send(
+        tls,
+        &format!(
+            "GET /forged HTTP/1.1\r\nHost: {DOMAIN}\r\nX-Forwarded-For: 6.6.6.6\r\n\
+             Forwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil.example\r\n\
+             X-Forwarded-Proto: http\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(forged.status, 200, "{forged:?}");
+    let head = front.gitea.lock().expect("seen").last().cloned().unwrap_or_default().to_lowercase();
+    assert!(head.starts_with("get /forged "), "{head}");
+    let xff: Vec<&str> =
+        head.lines().filter_map(|l| l.strip_prefix("x-forwarded-for:")).map(str::trim).collect();
+    assert_eq!(xff, ["127.0.0.1"], "{head}");
+    assert!(!head.contains("6.6.6.6") && !head.contains("evil.example"), "{head}");
+    assert!(!head.contains("\r\nforwarded:"), "{head}");
+    assert!(
+        !head.contains("x-forwarded-proto: http\r") && !head.ends_with("x-forwarded-proto: http")
+    );
     // HAProxy's metrics are not on the public port: /metrics there is Gitea's.
     let metrics = front.https_get("/metrics").await;
     assert_eq!(metrics.body, "gitea /metrics", "{metrics:?}");
@@ -366,24 +406,35 @@ async fn https_serves_gitea_with_every_security_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_approval_page_gets_no_referrer_no_cache_and_no_log_line() {
-    let front = Front::start(&[]).await;
+    // Two requests per 10 s: the third is refused, an approval URL's included.
+    let front = Front::start(&[("HAPROXY_RATE_LIMIT", "2"), ("HAPROXY_RATE_PERIOD", "10")]).await;
     let answer = front.https_get("/steward/approve/s3cr3t-token").await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "updater /approve/s3cr3t-token"));
     assert_eq!(answer.header("referrer-policy"), Some("no-referrer"), "{answer:?}");
     assert_eq!(answer.header("cache-control"), Some("no-store"), "{answer:?}");
     assert_eq!(answer.header("strict-transport-security"), Some("max-age=31536000"));
-    // A request after it is logged (so the log is written), the token never.
+    // Port 80 redirects an approval URL (the token in it) without a log line either.
+    let plain = get(front.plain(front.http).await, "/steward/approve/pl41n-token").await;
+    assert_eq!(plain.status, 301, "{plain:?}");
+    // Past the limit: the 429 of an approval URL is not logged and not cached or referred.
+    let refused = front.https_get("/steward/approve/l1m1t-token").await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.header("referrer-policy"), Some("no-referrer"), "{refused:?}");
+    assert_eq!(refused.header("cache-control"), Some("no-store"), "{refused:?}");
+    // A request after them is logged (so the log is written: a 429 too), the tokens never.
     front.https_get("/after").await;
     let log = wait_for("the next request's log line", Duration::from_secs(5), || {
         let log = front.log();
         log.contains("GET /after").then_some(log)
     });
-    assert!(!log.contains("s3cr3t-token"), "{log}");
+    for token in ["s3cr3t-token", "pl41n-token", "l1m1t-token"] {
+        assert!(!log.contains(token), "{token} logged: {log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_per_ip_limit_get_429_until_the_window_passed() {
-    let front = Front::start(&[("HAPROXY_RATE_LIMIT", "20"), ("HAPROXY_RATE_PERIOD", "2s")]).await;
+    let front = Front::start(&[("HAPROXY_RATE_LIMIT", "20"), ("HAPROXY_RATE_PERIOD", "2")]).await;
     // Bounded: at most 40 requests, as fast as they go.
     let mut statuses = Vec::new();
     for _ in 0..40 {
@@ -391,6 +442,8 @@ async fn requests_past_the_per_ip_limit_get_429_until_the_window_passed() {
         statuses.push(answer.status);
         if answer.status == 429 {
             assert_eq!(answer.header("strict-transport-security"), Some("max-age=31536000"));
+            // When to come back: one period (git-lfs, among others, waits that long).
+            assert_eq!(answer.header("retry-after"), Some("2"), "{answer:?}");
             break;
         }
     }
@@ -403,6 +456,29 @@ async fn requests_past_the_per_ip_limit_get_429_until_the_window_passed() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let answer = front.https_get("/").await;
     assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_client_is_counted_by_its_64_and_an_ipv4_one_by_its_address() {
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port},::1:{port}");
+    let front = Front::start(&[("HAPROXY_HTTP_BIND", &bind)]).await;
+    let v6 = TcpStream::connect(("::1", port)).await.expect("connect to [::1]");
+    assert_eq!(get(v6, "/").await.status, 301);
+    let v4 = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    assert_eq!(get(v4, "/").await.status, 301);
+    // The counters' keys, from the admin socket: ::1's /64 is "::".
+    let mut sock =
+        tokio::net::UnixStream::connect(front.dir.join("admin.sock")).await.expect("socket");
+    sock.write_all(b"show table per_ip\n").await.expect("write");
+    let mut table = String::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_string(&mut table))
+        .await
+        .expect("answer within 5 s")
+        .expect("read");
+    let keys: Vec<&str> = table.split_whitespace().filter_map(|w| w.strip_prefix("key=")).collect();
+    assert_eq!(keys.len(), 2, "{table}");
+    assert!(keys.contains(&"::") && keys.contains(&"::ffff:127.0.0.1"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,6 +526,13 @@ async fn prometheus_metrics_and_the_admin_socket_answer_on_internal_addresses() 
         "{seen}"
     );
     assert!(seen.contains(r#"haproxy_server_check_status{proxy="gitea",server="gitea""#));
+    // Scrapes are not logged; a request after them is (so the log is written).
+    front.https_get("/after").await;
+    let log = wait_for("the next request's log line", Duration::from_secs(5), || {
+        let log = front.log();
+        log.contains("GET /after").then_some(log)
+    });
+    assert!(!log.contains("/metrics"), "{log}");
     // The updater's client on the shipped admin socket: the backend and its server.
     let runtime = Runtime::new(front.dir.join("admin.sock"));
     let servers = runtime.servers(&Name::new("gitea").expect("name")).await.expect("servers");
