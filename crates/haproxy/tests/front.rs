@@ -578,9 +578,64 @@ async fn a_renewed_certificate_is_served_after_the_hook_without_cutting_a_reques
     let (ok, out) = front.reload();
     assert!(!ok, "a bad certificate must fail the hook: {out}");
     assert!(out.contains("still serving the old one"), "{out}");
+    // Why, in HAProxy's words.
+    assert!(out.contains("configuration or certificate refused"), "{out}");
+    assert!(out.contains("inconsistencies between private key and certificate"), "{out}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(front.tls().await.1 == new_der);
     assert_eq!(front.https_get("/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reloads_at_once_both_finish_and_leave_no_temporary_file() {
+    let mut front = Front::start(&[]).await;
+    let (chain, key, new_der) = certificate();
+    std::fs::write(front.dir.join("live/fullchain.pem"), chain).expect("chain");
+    std::fs::write(front.dir.join("live/privkey.pem"), key).expect("key");
+    front.trusted.push(new_der.clone());
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| front.reload());
+        let b = s.spawn(|| front.reload());
+        (a.join().expect("join"), b.join().expect("join"))
+    });
+    assert!(a.0 && b.0, "both reloads: {a:?} {b:?}");
+    let left: Vec<_> = std::fs::read_dir(front.dir.join("tls"))
+        .expect("tls dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("front.pem"))
+        .collect();
+    assert_eq!(left, ["front.pem"], "temporary files left beside the PEM");
+    let mut served = front.tls().await.1;
+    for _ in 0..50 {
+        if served == new_der {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        served = front.tls().await.1;
+    }
+    assert!(served == new_der, "the renewed certificate is not served: {}", front.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_no_new_worker_answers_is_reported_as_failed() {
+    let front = Front::start(&[]).await;
+    // A "master" that ignores SIGUSR2: no worker ever appears.
+    let mut deaf = Command::new("sh").args(["-c", "trap '' USR2; sleep 30"]).spawn().expect("sh");
+    let out = Command::new("sh")
+        .arg(front_dir().join("front.sh"))
+        .arg("reload")
+        .envs(front.env.iter().map(|(k, v)| (k, v)))
+        .env("HAPROXY_MASTER_PID", deaf.id().to_string())
+        .env("HAPROXY_RELOAD_WAIT", "2")
+        .output()
+        .expect("sh front.sh reload");
+    let _ = deaf.kill();
+    let _ = deaf.wait();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("reloaded"), "{text}");
+    assert!(text.contains("no new worker"), "{text}");
 }
 
 /// A file removed when dropped.
@@ -757,6 +812,9 @@ fn the_image_runs_the_front_as_the_compose_layer_does() {
         (now.len() == 1 && now != before).then_some(now)
     });
     assert!(after[0].ends_with(" haproxy"), "{after:?}");
+    // Again: the first left its lock (busybox has no flock: a directory) and no file behind.
+    assert_eq!(exec(&["sh", "-c", "sh /usr/local/etc/haproxy/front.sh reload"]), "reloaded");
+    assert_eq!(exec(&["ls", "-A", "/run/haproxy-tls"]), "front.pem");
 }
 
 /// A directory removed when dropped.
