@@ -11,6 +11,8 @@
 #                     requests and transfers it holds. No connection is refused; a transfer or
 #                     WebSocket still open hard-stop-after (30 min, haproxy.cfg) after the
 #                     reload is cut then. "reloaded" once a new worker process runs.
+#   front.sh health   the compose healthcheck: GET /healthz on the internal port answered 200
+#                     by the running process (not only a configuration that parses).
 #
 # HAProxy wants the chain and its key in one PEM file: certbot's fullchain.pem then
 # privkey.pem, written (mode 600) to a tmpfs, so the key lands on no other disk.
@@ -82,6 +84,19 @@ case "${1:-}" in
 esac
 
 case "${1:-}" in
+  health)
+    # The stats frontend's port (HAPROXY_STATS_BIND is [address]:port), asked on loopback.
+    port=${HAPROXY_STATS_BIND:-:8405}
+    port=${port##*:}
+    if command -v bash >/dev/null 2>&1; then
+      # The official image (Debian) has bash and no HTTP client: bash's /dev/tcp. The
+      # healthcheck's timeout bounds it.
+      exec bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "GET /healthz HTTP/1.0\r\n\r\n" >&3 && read -r status <&3 && case "$status" in "HTTP/1."?" 200 "*) exit 0 ;; *) exit 1 ;; esac' health "$port"
+    fi
+    # Busybox images (the test bed's) have no bash but wget (no -T: Debian's busybox crashes on
+    # it; the healthcheck's timeout bounds it).
+    exec wget -q -O /dev/null "http://127.0.0.1:$port/healthz"
+    ;;
   start)
     build
     mv -f "$NEW" "$PEM"

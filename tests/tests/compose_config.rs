@@ -679,6 +679,15 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
     // the client's Host) from the environment.
     assert!(cfg.contains("    nbthread 1\n"), "nbthread in haproxy.cfg");
     assert!(cfg.contains("maxconn \"${HAPROXY_MAXCONN-1000}\""), "maxconn in haproxy.cfg");
+    // Its healthcheck asks the running process (front.sh health), not only `haproxy -c`.
+    let probe: Vec<&str> = haproxy
+        .iter()
+        .map(|l| l.trim())
+        .skip_while(|l| *l != "test:")
+        .skip(1)
+        .take_while(|l| l.starts_with("- "))
+        .collect();
+    assert_eq!(probe, ["- CMD", "- sh", "- /usr/local/etc/haproxy/front.sh", "- health"]);
     let env = environment(&haproxy);
     assert_eq!(env.get("HAPROXY_MAXCONN").map(String::as_str), Some("'1000'"));
     assert!(env.get("GITEA_DOMAIN").is_some_and(|d| d.contains("git.example.com")), "{env:?}");

@@ -638,6 +638,39 @@ async fn a_reload_no_new_worker_answers_is_reported_as_failed() {
     assert!(text.contains("no new worker"), "{text}");
 }
 
+/// `front.sh health` (the compose healthcheck) with the front's environment and `extra`.
+fn health(front: &Front, extra: &[(&str, &str)]) -> std::process::Output {
+    Command::new("sh")
+        .arg(front_dir().join("front.sh"))
+        .arg("health")
+        .envs(front.env.iter().map(|(k, v)| (k, v)))
+        .envs(extra.iter().copied())
+        .output()
+        .expect("sh front.sh health")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_asks_the_running_process() {
+    assert!(
+        Command::new("sh")
+            .args(["-c", "command -v bash"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "bash missing: the official image's branch of `front.sh health` needs it"
+    );
+    let front = Front::start(&[]).await;
+    let out = health(&front, &[]);
+    assert!(out.status.success(), "{out:?}");
+    // Nothing listening, or no HTTP answer (the TLS port): unhealthy.
+    let closed = free_port().to_string();
+    let https = front.https.to_string();
+    for port in [closed.as_str(), https.as_str()] {
+        let bind = format!("127.0.0.1:{port}");
+        let out = health(&front, &[("HAPROXY_STATS_BIND", &bind)]);
+        assert!(!out.status.success(), "healthy on {bind}: {out:?}");
+    }
+}
+
 /// A file removed when dropped.
 struct TempFile(PathBuf);
 
@@ -804,8 +837,19 @@ fn the_image_runs_the_front_as_the_compose_layer_does() {
     assert_eq!(exec(&["stat", "-c", "%a %u", "/run/haproxy-tls/front.pem"]), "600 0");
     let metrics = exec(&["wget", "-q", "-O", "-", "http://127.0.0.1:8405/metrics"]);
     assert!(metrics.contains(r#"haproxy_server_status{proxy="gitea",server="gitea""#));
-    // The compose healthcheck, then the renewal hook as the updater runs it.
-    exec(&["haproxy", "-c", "-q", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]);
+    // The compose healthcheck (busybox: its wget branch), then the renewal hook as the
+    // updater runs it.
+    exec(&["sh", "/usr/local/etc/haproxy/front.sh", "health"]);
+    let elsewhere = steward_testkit::docker::try_docker(&[
+        "exec",
+        "-e",
+        "HAPROXY_STATS_BIND=:1",
+        &front.name,
+        "sh",
+        "/usr/local/etc/haproxy/front.sh",
+        "health",
+    ]);
+    assert_eq!(elsewhere, None, "healthy where nothing listens");
     assert_eq!(exec(&["sh", "-c", "sh /usr/local/etc/haproxy/front.sh reload"]), "reloaded");
     let after = wait_for("a new worker", Duration::from_secs(10), || {
         let now = workers(&exec(&["ps", "-o", "pid,user,args"]));
