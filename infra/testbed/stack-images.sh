@@ -12,7 +12,9 @@
 #                                     the entrypoint), steward-local/registry (distribution),
 #                                     steward-local/prometheus (Debian's prometheus),
 #                                     steward-local/s3 (s3s-fs), steward-local/smtp (aiosmtpd
-#                                     writing a maildir). Built once per REV.
+#                                     writing a maildir), steward-local/haproxy (Debian's
+#                                     haproxy + busybox for compose/haproxy/front.sh, as the
+#                                     official image's layout). Built once per REV.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
@@ -122,6 +124,17 @@ stand_ins() {
     cp "$s3s" "$ctx/root/usr/local/bin/s3s-fs"; copy_libs "$ctx/root" "$s3s"
     printf 'FROM scratch\nCOPY root/ /\nENTRYPOINT ["/usr/local/bin/s3s-fs"]\nEXPOSE 9000\n' >"$ctx/Dockerfile"
     stand_in steward-local/s3:latest; rm -rf "$ctx"
+  fi
+  if ! have steward-local/haproxy:latest; then
+    # The layout of the official image compose/haproxy.yml names: haproxy on PATH, the user
+    # haproxy its workers run as, /usr/local/etc/haproxy (bind-mounted) and /run/haproxy.
+    ctx=$(mktemp -d); base_root "$ctx/root"
+    copy_with_libs "$ctx/root" /usr/sbin/haproxy /bin/busybox
+    printf 'haproxy:x:99:99:haproxy:/var/lib/haproxy:/sbin/nologin\n' >>"$ctx/root/etc/passwd"
+    printf 'haproxy:x:99:\n' >>"$ctx/root/etc/group"
+    mkdir -p "$ctx/root/usr/local/etc/haproxy" "$ctx/root/run/haproxy" "$ctx/root/var/lib/haproxy"
+    printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/sbin:/usr/bin:/bin\nSTOPSIGNAL SIGUSR1\nEXPOSE 80 443 8405\nCMD ["haproxy","-W","-db","-f","/usr/local/etc/haproxy/haproxy.cfg"]\n' >"$ctx/Dockerfile"
+    stand_in steward-local/haproxy:latest; rm -rf "$ctx"
   fi
   if ! have steward-local/smtp:latest; then
     ctx=$(mktemp -d); base_root "$ctx/root"

@@ -603,3 +603,111 @@ fn the_podman_overlay_gives_the_socket_proxy_podmans_socket_and_nothing_else() {
         assert_eq!(layered, alone, "{name} changed on Podman");
     }
 }
+
+#[test]
+fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_metrics() {
+    let file = rendered_with(&["haproxy.yml"]);
+    // nginx is left out (its profile is never asked for); HAProxy publishes 80 and 443 only.
+    assert_eq!(list(&service(&file, "nginx"), "profiles"), ["nginx"]);
+    let haproxy = service(&file, "haproxy");
+    let mut ports = published(&haproxy);
+    ports.sort();
+    assert_eq!(
+        ports,
+        [
+            ("0.0.0.0".into(), "443".into(), "443".into()),
+            ("0.0.0.0".into(), "80".into(), "80".into())
+        ]
+    );
+    // The admin socket: in a volume only HAProxy and the updater mount, where the updater is
+    // told it is; the configuration's default path is the same.
+    let socket = "/run/haproxy/admin.sock";
+    assert_eq!(
+        environment(&service(&file, "updater")).get("STEWARD_HAPROXY_SOCKET").map(String::as_str),
+        Some(socket)
+    );
+    let mut mounting = vec![];
+    for name in service_names(&file) {
+        if list(&service(&file, &name), "volumes").iter().any(|v| v.starts_with("haproxy-admin:")) {
+            mounting.push(name);
+        }
+    }
+    mounting.sort();
+    assert_eq!(mounting, ["haproxy", "updater"]);
+    assert!(list(&haproxy, "volumes").contains(&"haproxy-admin:/run/haproxy:rw".to_owned()));
+    let cfg = read_repo_file("compose/haproxy/haproxy.cfg");
+    assert!(
+        cfg.contains(&format!("\"${{HAPROXY_SOCKET-{socket}}}\"")),
+        "socket path in haproxy.cfg"
+    );
+    // The key's PEM file on a tmpfs, where front.sh and haproxy.cfg put it.
+    assert_eq!(list(&haproxy, "tmpfs"), ["/run/haproxy-tls:mode=0700"]);
+    assert!(cfg.contains("\"${HAPROXY_CERT-/run/haproxy-tls/front.pem}\""));
+    assert!(read_repo_file("compose/haproxy/front.sh")
+        .contains("PEM=${HAPROXY_CERT:-/run/haproxy-tls/front.pem}"));
+    // Renewals reload it through front.sh; its served certificate is watched.
+    let labels = labels(&haproxy);
+    assert_eq!(
+        labels.get("steward.certs.reload").map(String::as_str),
+        Some("sh /usr/local/etc/haproxy/front.sh reload")
+    );
+    assert_eq!(
+        labels.get("steward.health.tls").map(String::as_str),
+        Some("git.example.com@haproxy:443")
+    );
+    // Metrics on 8405, never published, scraped by the monitoring profile's Prometheus.
+    assert!(cfg.contains("bind \"${HAPROXY_STATS_BIND-:8405}\""));
+    let prometheus = read_repo_file("compose/monitoring/prometheus.yml");
+    assert!(prometheus.contains("names: [\"haproxy\"]") && prometheus.contains("port: 8405"));
+    // Limits and the rate limit are settings, listed in .env.example.
+    let example = read_repo_file("compose/.env.example");
+    for (setting, value) in [
+        ("HAPROXY_MEM_LIMIT", "256m"),
+        ("HAPROXY_CPUS", "0.5"),
+        ("HAPROXY_RATE_LIMIT", "200"),
+        ("HAPROXY_RATE_PERIOD", "10"),
+        ("HAPROXY_MAXCONN", "1000"),
+    ] {
+        let listed = example
+            .lines()
+            .find_map(|l| l.trim_start_matches('#').strip_prefix(&format!("{setting}=")));
+        assert_eq!(listed, Some(value), ".env.example: {setting}");
+    }
+    assert_eq!(scalar(&haproxy, "mem_limit").as_deref(), Some("256m"));
+    assert_eq!(scalar(&haproxy, "pids_limit").as_deref(), Some("128"));
+    // One thread under that pids_limit; the connection bound and the redirect's domain (never
+    // the client's Host) from the environment.
+    assert!(cfg.contains("    nbthread 1\n"), "nbthread in haproxy.cfg");
+    assert!(cfg.contains("maxconn \"${HAPROXY_MAXCONN-1000}\""), "maxconn in haproxy.cfg");
+    // Its healthcheck asks the running process (front.sh health), not only `haproxy -c`.
+    let probe: Vec<&str> = haproxy
+        .iter()
+        .map(|l| l.trim())
+        .skip_while(|l| *l != "test:")
+        .skip(1)
+        .take_while(|l| l.starts_with("- "))
+        .collect();
+    assert_eq!(probe, ["- CMD", "- sh", "- /usr/local/etc/haproxy/front.sh", "- health"]);
+    let env = environment(&haproxy);
+    assert_eq!(env.get("HAPROXY_MAXCONN").map(String::as_str), Some("'1000'"));
+    assert!(env.get("GITEA_DOMAIN").is_some_and(|d| d.contains("git.example.com")), "{env:?}");
+    let tuned = rendered_in(&["haproxy.yml"], &[("HAPROXY_RATE_LIMIT", "50")]);
+    assert_eq!(
+        environment(&service(&tuned, "haproxy")).get("HAPROXY_RATE_LIMIT").map(String::as_str),
+        Some("'50'")
+    );
+    // Nothing else changes; without the overlay there is no HAProxy and nginx is the front.
+    let plain = rendered();
+    for name in service_names(&plain) {
+        if name == "nginx" || name == "updater" {
+            continue;
+        }
+        let (mut layered, mut alone) = (service(&file, &name), service(&plain, &name));
+        layered.sort();
+        alone.sort();
+        assert_eq!(layered, alone, "{name} changed with HAProxy");
+    }
+    assert!(!service_names(&plain).contains(&"haproxy".to_owned()));
+    assert!(list(&service(&plain, "nginx"), "profiles").is_empty());
+    assert!(!environment(&service(&plain, "updater")).contains_key("STEWARD_HAPROXY_SOCKET"));
+}
