@@ -112,17 +112,22 @@ async fn every_service_receives_the_cli_events_and_replay_shows_them() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        // ... and nothing it does not consume.
-        let count = proc.logs().lines().filter(|l| l.contains("\"received\"")).count();
-        // The watcher also gets update.succeeded; the updater the backup service's backup.done;
-        // health the backup's backup.started and backup.done (a backup excuses containers
-        // stopped for the copy).
+        // ... and nothing it does not consume. The watcher also gets update.succeeded; the
+        // updater the backup service's backup.done; health the backup's backup.started and
+        // backup.done (a backup excuses containers stopped for the copy). Those come from the
+        // services themselves, maybe later than the CLI's events: waited for, then a moment
+        // for anything more to show.
         let expected = match name {
             "steward-watcher" | "steward-updater" | "steward-notifier" => 2,
             "steward-health" => 3,
             _ => 1,
         };
-        assert_eq!(count, expected, "{name}: {}", proc.logs());
+        let received = || proc.logs().lines().filter(|l| l.contains("\"received\"")).count();
+        while received() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(received(), expected, "{name}: {}", proc.logs());
     }
 
     // Replay as JSON: the four events, in order, one CloudEvent per line.

@@ -140,6 +140,13 @@ async fn a_service_stops_on_sigterm_while_nats_is_down() {
         &service_env(&nats.url(), &cfg.namespace, port, "unix:///var/run/docker.sock"),
     );
     wait_for(port, "/readyz", 200, Duration::from_secs(20)).await;
+    // Consuming, so the stop goes through the final flush (before, it is still the start:
+    // `a_service_stops_on_sigterm_while_starting_without_nats`).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proc.logs().contains("\"consuming\"") {
+        assert!(Instant::now() < deadline, "never consuming: {}", proc.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     nats.kill();
     wait_for(port, "/readyz", 503, Duration::from_secs(10)).await;

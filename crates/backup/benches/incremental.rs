@@ -11,7 +11,8 @@
 //! the same code in its own process.
 //!
 //! Run: `cargo bench -p steward-backup --bench incremental` after `infra/testbed/up.sh`
-//! (`DATA_MIB=4096` for the larger set; restic from Debian: `apt-get install restic`).
+//! (`DATA_MIB=4096` for the larger set; restic from Debian: `apt-get install restic`;
+//! `RUST_LOG=info` prints the service's log lines, timed, on stderr).
 
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -161,6 +162,13 @@ fn restic(name: &str, repo: &str, data: &str, dir: &Path, init: bool) -> Result<
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // RUST_LOG=info: the service's own log lines, timed, say where a phase's time goes.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let data_mib: u32 = std::env::var("DATA_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     let scope = unique_name("bench-cdc");
     let app = format!("{scope}-app");

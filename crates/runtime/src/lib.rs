@@ -221,9 +221,21 @@ impl Runtime {
         let mut spec = ConsumerSpec::of(service, self.ctx.bus.config().route_host());
         spec.ack_wait = self.config.ack_wait;
         spec.max_deliver = self.config.max_deliver;
-        let inbox = self.ctx.bus.inbox(spec).await?;
+        // Still part of the start: a signal now stops it (with NATS gone, each request here
+        // waits for its timeout, and the failure was reported as fatal after a SIGTERM).
+        let setup = async {
+            let inbox = self.ctx.bus.inbox(spec).await?;
+            let idempotency = Idempotency::open(&self.ctx.bus, &inbox.spec().name).await?;
+            anyhow::Ok((inbox, idempotency))
+        };
+        let (inbox, idempotency) = tokio::select! {
+            ready = setup => ready?,
+            () = self.ctx.shutdown.cancelled() => {
+                tracing::info!("stopped before it was up");
+                return Ok(());
+            }
+        };
         let ack_wait = inbox.spec().ack_wait;
-        let idempotency = Idempotency::open(&self.ctx.bus, &inbox.spec().name).await?;
         let horizon = idempotency.horizon();
         tracing::info!(consumes = ?service.consumes(), "consuming");
         let grace = tasks::Grace::new(self.ctx.shutdown.clone(), self.config.shutdown_grace);

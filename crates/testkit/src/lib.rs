@@ -64,20 +64,30 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+///
+/// Picked below Linux's ephemeral range (32768 and up unless configured otherwise), where the
+/// kernel hands out ports for `bind(0)` and for every outgoing connection: a port released
+/// here and bound by the test a moment later could be taken in between by any process's
+/// connection (CI saw `docker run -p` fail with "address already in use" while the
+/// infrastructure checks ran beside the tests).
 pub fn free_port() -> u16 {
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_768;
     // The kernel may hand a just-released port out again: never the same one twice in a
     // process (two services of one test were given the same port and one failed to start).
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..1000 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port: {e}"));
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    // A random start: test binaries of other runs pick from the same range.
+    let span = u32::from(HIGH - LOW);
+    let start = u32::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(span)).unwrap_or(0);
+    for step in 0..span {
+        let offset = (start + step) % span;
+        let Ok(port) = u16::try_from(u32::from(LOW) + offset) else { continue };
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
     panic!("no free port not handed out before")
 }
