@@ -22,7 +22,7 @@
 
 use steward_events::Service;
 
-use crate::config::Namespace;
+use crate::config::{Namespace, Topology};
 use crate::setup::HANDLED_BUCKET;
 use crate::PROGRESS_FAMILY;
 
@@ -215,6 +215,28 @@ impl Permissions {
     /// nats-authorization` prints): each agent's user once per host, its password from
     /// `STEWARD_<SERVICE>_<HOST>_PASSWORD` ([`user_password_variable`]).
     pub fn server_config_for(ns: &Namespace, hosts: &[String]) -> String {
+        Self::server_config_on(ns, hosts, Topology::Single)
+    }
+
+    /// [`server_config_for`](Self::server_config_for) for one server of the leaf-node
+    /// topology: a host's leaf gets that host's agents' users (and the provisioning user's);
+    /// the hub the central participants' and one [`LeafLink`] user per host, the identity a
+    /// host's leaf logs in to the hub as.
+    pub fn server_config_on(ns: &Namespace, hosts: &[String], topology: Topology<'_>) -> String {
+        let users: Vec<Self> = Self::users(ns, hosts)
+            .into_iter()
+            .filter(|p| match topology {
+                Topology::Single => true,
+                Topology::Hub { .. } => !p.service.is_agent(),
+                Topology::Leaf { host } => {
+                    p.service.is_agent() && p.user == p.service.identity(Some(host))
+                }
+            })
+            .collect();
+        let links: Vec<LeafLink> = match topology {
+            Topology::Hub { hosts } => hosts.iter().map(|h| LeafLink::of(ns, h)).collect(),
+            _ => vec![],
+        };
         let mut out = String::from(
             "# Generated from Steward's routing table (steward_bus::Permissions); do not edit.\n",
         );
@@ -229,7 +251,7 @@ impl Permissions {
             ));
         }
         out.push_str("authorization {\n  users = [\n");
-        for p in Self::users(ns, hosts) {
+        for p in users {
             out.push_str(&format!(
                 "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",
                 p.user,
@@ -259,9 +281,77 @@ impl Permissions {
         out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&publish)));
         out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&subscribe)));
         out.push_str("      }\n    }\n");
+        // A leaf node's connection is checked against these permissions from the hub's side:
+        // what it may publish is what may cross from the host to the centre, what it may
+        // subscribe to what may cross from the centre to the host.
+        for link in links {
+            out.push_str(&format!(
+                "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",
+                link.user,
+                user_password_variable(&link.user)
+            ));
+            out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&link.publish)));
+            out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&link.subscribe)));
+            out.push_str("      }\n    }\n");
+        }
         out.push_str("  ]\n}\n");
         out
     }
+}
+
+/// The identity a host's leaf node logs in to the hub as (`leaf-<host>`), under the leaf-node
+/// topology (docs/scaling.md), and what may cross its link. The link carries that host's
+/// subjects only: another host's leaf cannot pass events or requests off as this host's, nor
+/// reach this host's JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafLink {
+    /// The host.
+    pub host: String,
+    /// Its NATS user on the hub, `leaf-<host>` (no service is named `leaf`).
+    pub user: String,
+    /// What may cross from the host to the centre.
+    pub publish: Vec<String>,
+    /// What may cross from the centre to the host.
+    pub subscribe: Vec<String>,
+}
+
+impl LeafLink {
+    /// The link of `host`'s leaf in namespace `ns`.
+    pub fn of(ns: &Namespace, host: &str) -> Self {
+        let user = leaf_user(host);
+        let mut publish = vec![
+            // Its host's events, for whoever follows them live at the centre (the hub's
+            // stream does not hold them: it sources them).
+            ns.host_subjects(host),
+            // Its stream delivered to the hub's (the source's deliver prefix is this host's).
+            format!("{}.>", ns.leaf_delivery(host)),
+            // Answers to the hub's JetStream requests (creating the source's consumer).
+            "$JSC.R.>".to_owned(),
+        ];
+        // Answers to the centre's requests: the leaf stream's acks of what the CLI or the
+        // notifier address to the host, the updater's approval links. `allow_responses` does
+        // not apply across a leaf link (nats-server 2.9: the reply's interest never reaches
+        // the leaf), hence the inbox prefixes of the central participants.
+        for central in Service::ALL.into_iter().filter(|s| !s.is_agent()) {
+            publish.push(format!("{}.>", inbox_prefix(central.name())));
+        }
+        let subscribe = vec![
+            // What the centre addresses to the host (approvals, requests).
+            ns.host_subjects(host),
+            // The approval links the notifier asks the host's updater for.
+            format!("{}.{host}", ns.subject(crate::approval::APPROVAL_LINK_SUBJECT)),
+            // The host's JetStream, for the hub's source (no central user may publish here).
+            format!("$JS.{host}.API.>"),
+            // The source's flow control, hub to leaf.
+            format!("$JS.FC.{}.>", ns.stream),
+        ];
+        Self { host: host.to_owned(), user, publish, subscribe }
+    }
+}
+
+/// The NATS user of `host`'s leaf node on the hub.
+pub fn leaf_user(host: &str) -> String {
+    format!("leaf-{host}")
 }
 
 /// The server variable holding a participant's password, e.g. `STEWARD_WATCHER_PASSWORD`.
