@@ -1,11 +1,18 @@
 //! The leaf-node topology (docs/scaling.md) on real nats-servers: a hub and one leaf per host,
 //! each with JetStream under its own domain, each leaf logged in to the hub as its host's
 //! link user through a link the test cuts. Provisioned as `steward setup` does on each
-//! (`STEWARD_NATS_DOMAIN`): a leaf's stream holds its host's subjects, the hub's sources
-//! every leaf's. Real Steward bus code publishes and consumes on both sides.
+//! (`STEWARD_NATS_DOMAIN`; a setup told the wrong domain is refused): a leaf's stream holds
+//! its host's subjects, the hub's sources every leaf's. Real Steward bus code publishes and
+//! consumes on both sides. Shown: every host's events reach the hub's stream once and in
+//! order, and the notifier's consumer there; a host cut off (or the hub killed) keeps
+//! publishing and consuming on its leaf and the hub gets all of it once when it is back; a
+//! request for a cut-off host fails naming its subject and is never delivered later; a host's
+//! leaf cannot carry another host's subjects nor reach its or the hub's JetStream; the
+//! notifier's approval-link request reaches the host's updater across the link.
 
 use std::time::{Duration, Instant};
 
+use steward_bus::approval::LinkReply;
 use steward_bus::{Bus, BusConfig, BusError, ConsumerSpec, Inbox, ReplayQuery, Setup};
 use steward_events::{Event, HealthRecovered, Service, UpdateApproved};
 use steward_testkit::leaf::{NatsLeaves, HOST_ROOT};
@@ -31,6 +38,18 @@ fn quick(cfg: BusConfig, host: Option<&str>) -> BusConfig {
 /// generated configuration (to see a test fail when the link permissions are wrong).
 async fn provisioned(mangle: impl Fn(String) -> String) -> NatsLeaves {
     let net = NatsLeaves::start(&hosts(), mangle);
+    // A setup told the wrong server (b's domain, run against a's leaf) provisions nothing.
+    let wrong = BusConfig {
+        domain: Some(B.into()),
+        ..quick(net.leaf_config_as(A, steward_bus::SETUP_USER), None)
+    };
+    let setup = Bus::open(wrong, "steward-setup").await.expect("the leaf's setup user connects");
+    let err = setup.setup(&Setup::for_hosts(&hosts())).await.expect_err("a's leaf is not b's");
+    assert!(
+        err.to_string()
+            .contains("STEWARD_NATS_DOMAIN is vps-b, but the server's JetStream domain is vps-a"),
+        "{err}"
+    );
     for host in [A, B] {
         let cfg = quick(net.leaf_config_as(host, steward_bus::SETUP_USER), None);
         let setup = Bus::open(cfg, "steward-setup").await.expect("the leaf's setup user connects");
@@ -329,4 +348,71 @@ async fn a_hosts_leaf_cannot_carry_another_hosts_subjects_or_reach_its_jetstream
     assert!(!on_leaf.contains(&forged.id), "stored on a's leaf");
     let (at_hub, _) = hub_has(&cli, A, 1, Duration::from_secs(15)).await;
     assert!(!at_hub.contains(&forged.id), "stored at the hub");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_killed_and_restarted_gets_every_event_its_hosts_made_meanwhile_once() {
+    let mut net = provisioned(|c| c).await;
+    let updater_a = agent(&net, Service::Updater, A).await;
+    let mut inbox_a =
+        updater_a.inbox(ConsumerSpec::of(Service::Updater, Some(A))).await.expect("a's inbox");
+    let first = approval(A);
+    updater_a.publish(&first).await.expect("publish");
+    {
+        let cli = central(&net, Service::Cli).await;
+        hub_has(&cli, A, 1, Duration::from_secs(15)).await;
+    }
+    assert_eq!(take(&mut inbox_a, Duration::from_secs(5)).await, Some(first.id));
+
+    net.hub.kill();
+    let mut sent = vec![first.id];
+    for _ in 0..20 {
+        let event = approval(A);
+        updater_a.publish(&event).await.expect("the host publishes while the hub is down");
+        sent.push(event.id);
+    }
+    for want in &sent[1..] {
+        assert_eq!(take(&mut inbox_a, Duration::from_secs(5)).await, Some(*want));
+    }
+    net.hub.start_again();
+    let restarted = Instant::now();
+    let cli = central(&net, Service::Cli).await;
+    let (_, _) = hub_has(&cli, A, sent.len(), Duration::from_secs(45)).await;
+    eprintln!(
+        "MEASURED 20 events made while the hub was down at the hub {:?} after its restart",
+        restarted.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(of_host(&cli, A).await, sent, "a's events at the hub: each once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notifier_gets_an_approval_link_from_the_hosts_updater_across_the_link_only() {
+    let net = provisioned(|c| c).await;
+    let updater_a = agent(&net, Service::Updater, A).await;
+    let mut asks = updater_a.approval_link_requests().await.expect("a's updater listens");
+    let served = tokio::spawn(async move {
+        use futures::StreamExt as _;
+        while let Some(ask) = asks.next().await {
+            let id = ask.request.as_ref().map(|r| r.update_id).unwrap_or_default();
+            let url = format!("https://vps-a.example/approve/{id}");
+            let reply = LinkReply::Link { url, expires_at: time::OffsetDateTime::now_utc() };
+            ask.answer(&reply).await.expect("answer");
+        }
+    });
+    let notifier = central(&net, Service::Notifier).await;
+    let id = uuid::Uuid::now_v7();
+    let answer = notifier.request_approval_link(id, Some(A), Duration::from_secs(5)).await;
+    match answer {
+        Ok(LinkReply::Link { url, .. }) => assert!(url.ends_with(&id.to_string()), "{url}"),
+        other => panic!("no link from a's updater across the link: {other:?}"),
+    }
+    // b's updater is not listening: nobody answers for b (a's never sees b's requests).
+    let for_b = notifier.request_approval_link(id, Some(B), Duration::from_secs(2)).await;
+    assert!(for_b.is_err(), "someone answered for b: {for_b:?}");
+    // Cut off, a cannot be asked: an error at once or at the timeout, never a late answer.
+    net.leaf(A).link.cut();
+    let cut = notifier.request_approval_link(id, Some(A), Duration::from_secs(2)).await;
+    assert!(cut.is_err(), "a cut-off host answered: {cut:?}");
+    served.abort();
 }
