@@ -59,7 +59,7 @@ pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;
 pub use record::{Hold, RecordStore};
 pub use replay::{Replay, ReplayQuery, Replayed};
-pub use setup::{Setup, HANDLED_BUCKET};
+pub use setup::{sourced_buckets, Setup, HANDLED_BUCKET};
 pub use state::{StateStore, Versioned};
 use steward_events::Event;
 

@@ -335,16 +335,21 @@ impl LeafLink {
         for central in Service::ALL.into_iter().filter(|s| !s.is_agent()) {
             publish.push(format!("{}.>", inbox_prefix(central.name())));
         }
-        let subscribe = vec![
+        let mut subscribe = vec![
             // What the centre addresses to the host (approvals, requests).
             ns.host_subjects(host),
             // The approval links the notifier asks the host's updater for.
             format!("{}.{host}", ns.subject(crate::approval::APPROVAL_LINK_SUBJECT)),
-            // The host's JetStream, for the hub's source (no central user may publish here).
+            // The host's JetStream, for the hub's sources (no central user may publish here).
             format!("$JS.{host}.API.>"),
-            // The source's flow control, hub to leaf.
+            // The sources' flow control, hub to leaf: the stream's and the agents' buckets'.
             format!("$JS.FC.{}.>", ns.stream),
         ];
+        subscribe.extend(
+            crate::setup::sourced_buckets()
+                .into_iter()
+                .map(|b| format!("$JS.FC.KV_{}.>", ns.bucket(b))),
+        );
         Self { host: host.to_owned(), user, publish, subscribe }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use steward_events::Service;
 
-use crate::idempotency::{open_bucket, MARKER_TTL};
+use crate::idempotency::{open_bucket, open_sourced_bucket, MARKER_TTL};
 use crate::{Bus, BusError, ConsumerSpec, Topology};
 
 /// Bucket of the idempotency markers; every service writes only keys under its own name.
@@ -217,8 +217,31 @@ impl Bus {
     /// Creates (or updates) the state bucket `name` of this namespace: values never expire,
     /// 5 revisions kept. Provisioning only.
     pub async fn ensure_state_bucket(&self, name: &str) -> Result<(), BusError> {
-        open_bucket(self, &self.namespace().bucket(name), Duration::ZERO, 5).await.map(|_| ())
+        let bucket = self.namespace().bucket(name);
+        // The hub's copy of a bucket the hosts' agents write is fed by their leaves' (keys
+        // are `<host>.<key>`, so the hosts' records never collide): `steward status`,
+        // `updates` and `approve` read them at the centre. Nobody writes it there.
+        let sources = match self.cfg.topology() {
+            Topology::Hub { hosts } if sourced_buckets().contains(&name) => {
+                Some(crate::stream::leaf_sources(self.namespace(), hosts, &format!("KV_{bucket}")))
+            }
+            _ => None,
+        };
+        open_sourced_bucket(self, &bucket, Duration::ZERO, 5, sources).await.map(|_| ())
     }
+}
+
+/// The state buckets the hosts' agents write: under the leaf-node topology each host's are
+/// on its leaf, and the hub's copies source them.
+pub fn sourced_buckets() -> Vec<&'static str> {
+    let mut buckets: Vec<&'static str> = Service::ALL
+        .into_iter()
+        .filter(|s| s.is_agent())
+        .flat_map(|s| s.writes_buckets().iter().copied())
+        .collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    buckets
 }
 
 fn humanize(d: Duration) -> String {

@@ -45,18 +45,7 @@ impl Bus {
                 let host_family = format!("{}{}.>", ns.prefix, steward_events::HOST_FAMILY);
                 let subjects =
                     stream_subjects(&ns.prefix).into_iter().filter(|s| *s != host_family).collect();
-                let sources = hosts
-                    .iter()
-                    .map(|h| Source {
-                        name: ns.stream.clone(),
-                        external: Some(External {
-                            api_prefix: format!("$JS.{h}.API"),
-                            delivery_prefix: Some(ns.leaf_delivery(h)),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect();
-                (subjects, Some(sources))
+                (subjects, Some(leaf_sources(ns, hosts, &ns.stream)))
             }
         };
         let config = Config {
@@ -151,6 +140,23 @@ impl Bus {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// The hub's sources of the stream (or bucket stream) `stream` of every host's leaf: through
+/// the leaf's JetStream domain, delivered under that host's own prefix
+/// ([`Namespace::leaf_delivery`], which only its link may publish under).
+pub(crate) fn leaf_sources(ns: &crate::Namespace, hosts: &[String], stream: &str) -> Vec<Source> {
+    hosts
+        .iter()
+        .map(|h| Source {
+            name: stream.to_owned(),
+            external: Some(External {
+                api_prefix: format!("$JS.{h}.API"),
+                delivery_prefix: Some(ns.leaf_delivery(h)),
+            }),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// What `steward setup` writes as the stream's description: what it is for, and the routing
