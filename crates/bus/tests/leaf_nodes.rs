@@ -175,6 +175,19 @@ async fn each_hosts_events_reach_the_hubs_stream_once_and_in_order() {
     assert_eq!(of_host(&cli, A).await, sent_a, "host a's events at the hub (once, in order)");
     assert_eq!(of_host(&cli, B).await, sent_b, "host b's events at the hub (once, in order)");
     assert_eq!((at_hub_a.len(), at_hub_b.len()), (10, 10));
+    // The centre publishes one request twice (a retry whose ack was lost): the second ack is
+    // a duplicate from a's leaf, whose sequence means something else in the hub's stream. It
+    // is stored once on the leaf, not again under a fresh id.
+    let request = approval(A);
+    let once = cli.publish(&request).await.expect("the centre reaches a");
+    let again = cli.publish(&request).await.expect("the retry");
+    assert!(!once.duplicate && again.duplicate && again.elsewhere, "{once:?} {again:?}");
+    let on_leaf = of_host(&reader_a, A).await;
+    assert_eq!(
+        on_leaf.iter().filter(|id| **id == request.id).count(),
+        1,
+        "stored twice on a's leaf"
+    );
     // The centre's notifier is handed what it handles of every host's (a recovery, not an
     // approval) by its consumer on the hub, each once.
     let mut recovered = vec![];
