@@ -404,3 +404,57 @@ fn list(subjects: &[String]) -> String {
     out.push_str("        ]");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users_in(config: &str) -> Vec<&str> {
+        config.lines().filter_map(|l| l.trim().strip_prefix("user: ")).collect()
+    }
+
+    #[test]
+    fn each_server_of_the_leaf_topology_gets_its_own_users() {
+        let ns = Namespace::default();
+        let hosts = vec!["vps-a".to_owned(), "vps-b".to_owned()];
+        let leaf = Permissions::server_config_on(&ns, &hosts, Topology::Leaf { host: "vps-a" });
+        let users = users_in(&leaf);
+        assert!(users.contains(&"updater-vps-a") && users.contains(&SETUP_USER), "{users:?}");
+        // Not another host's agents, not the centre's, not a link.
+        assert!(!users.iter().any(|u| u.ends_with("vps-b") || u.starts_with("leaf-")), "{users:?}");
+        assert!(!users.contains(&"notifier") && !users.contains(&"cli"), "{users:?}");
+        let hub = Permissions::server_config_on(&ns, &hosts, Topology::Hub { hosts: &hosts });
+        let users = users_in(&hub);
+        for want in ["notifier", "cli", SETUP_USER, "leaf-vps-a", "leaf-vps-b"] {
+            assert!(users.contains(&want), "{want} missing: {users:?}");
+        }
+        assert!(!users.iter().any(|u| u.starts_with("updater")), "{users:?}");
+        assert!(hub.contains("password: $STEWARD_LEAF_VPS_A_PASSWORD"), "{hub}");
+        // Without leaf nodes, as before.
+        assert_eq!(
+            Permissions::server_config_on(&ns, &hosts, Topology::Single),
+            Permissions::server_config_for(&ns, &hosts)
+        );
+    }
+
+    #[test]
+    fn a_link_carries_its_own_hosts_subjects_only() {
+        let ns = Namespace::default();
+        let link = LeafLink::of(&ns, "vps-a");
+        assert_eq!(link.user, "leaf-vps-a");
+        for list in [&link.publish, &link.subscribe] {
+            assert!(list.contains(&"host.vps-a.>".to_owned()), "{list:?}");
+            // Nothing of another host's, no wildcard over hosts, no plain JetStream API.
+            assert!(
+                !list.iter().any(|s| s.contains("vps-b")
+                    || s.starts_with("host.*")
+                    || s == "host.>"
+                    || s.starts_with("$JS.API")
+                    || s == ">"),
+                "{list:?}"
+            );
+        }
+        assert!(link.publish.contains(&"leaf.vps-a.>".to_owned()), "{:?}", link.publish);
+        assert!(link.subscribe.contains(&"$JS.vps-a.API.>".to_owned()), "{:?}", link.subscribe);
+    }
+}
