@@ -5,7 +5,9 @@
 //! at the hub. `steward check` from the centre reaches both hosts' watchers across their
 //! links, the pending update on host a is listed at the centre (the hub's copy of the hosts'
 //! `UPDATES`), approved with `steward approve` and applied by a's updater; the hub's stream
-//! holds the flow once, and no server refused anything a participant needed.
+//! holds the flow once, and no server refused anything a participant needed. And the same
+//! through the mail: the notifier at the hub asks a's updater on its leaf for the approval
+//! link, and a POST to it has a's updater apply the update.
 
 use std::time::Duration;
 
@@ -121,6 +123,85 @@ async fn an_update_on_a_leaf_host_is_approved_from_the_centre_and_applied_there(
     ids.dedup();
     assert_eq!(ids.len(), stored, "an event stored twice at the hub");
 
+    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+        steward_system_tests::assert_nothing_refused(server, &procs);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
+    use steward_system_tests::mail::{
+        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    };
+    let hosts = vec![A.to_owned(), B.to_owned()];
+    let table = hosts.join(",");
+    let net = NatsLeaves::start(&hosts, |c| c);
+    for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
+        let setup = open(&net, host, steward_bus::SETUP_USER).await;
+        let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
+        assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let scope = unique_name("scope-leaf-link");
+    let app = app(&scope, "manual", &[]);
+    let port = steward_testkit::free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut procs = vec![];
+    for service in [Service::Watcher, Service::Updater] {
+        let user = service.identity(Some(A));
+        let leaf = open(&net, Some(A), &user).await;
+        let mut extra = env(&table, A, &user);
+        extra.push(("STEWARD_HOST", A.to_owned()));
+        extra.push(("STEWARD_SCOPE", scope.clone()));
+        if service == Service::Updater {
+            extra.extend([
+                ("STEWARD_HEALTH_GRACE", "2s".to_owned()),
+                ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+                ("STEWARD_PUBLIC_URL", public.clone()),
+                (
+                    "STEWARD_APPROVAL_SECRET",
+                    "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+                ),
+            ]);
+        }
+        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
+    }
+    let to = unique_address("leaf-link");
+    let hub = open(&net, None, Service::Notifier.name()).await;
+    let mut notifier_env = testbed_notifier_env(&to);
+    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
+    procs.push((
+        "notifier".to_owned(),
+        Proc::service(Service::Notifier.binary(), &hub, &notifier_env),
+    ));
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+
+    push_app("v2", &app.image);
+    let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
+    assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(60));
+    let mail = &mails[0];
+    assert!(mail.text.contains(A), "the mail does not name the host: {}", mail.text);
+    let link = mail
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Approval page: "))
+        .unwrap_or_else(|| panic!("no link in the mail: {}\n{}", mail.text, logs()))
+        .to_owned();
+    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
+    let posted = reqwest::Client::new()
+        .post(&link)
+        .form(&[("decision", "approve")])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("POST the link");
+    assert!(posted.status().is_success(), "{}", posted.status());
+    let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
+    for e in events.iter().filter(|e| e.event_type().starts_with("update.")) {
+        assert_eq!(e.host.as_deref(), Some(A), "{} about host a", e.event_type());
+    }
     for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }
