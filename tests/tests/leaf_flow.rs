@@ -206,3 +206,82 @@ async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }
 }
+
+/// The hub SIGKILLed during an automatic update on host a: the update goes on and ends on a's
+/// leaf, which never needed the hub; restarted, the hub gets the whole flow, each step once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_on_a_leaf_host_ends_while_the_hub_is_down_and_the_hub_gets_it_once() {
+    let hosts = vec![A.to_owned(), B.to_owned()];
+    let table = hosts.join(",");
+    let mut net = NatsLeaves::start(&hosts, |c| c);
+    for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
+        let setup = open(&net, host, steward_bus::SETUP_USER).await;
+        let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
+        assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let scope = unique_name("scope-leaf-kill");
+    let app = app(&scope, "automatic", &[]);
+    let mut procs = vec![];
+    for service in [Service::Watcher, Service::Updater] {
+        let user = service.identity(Some(A));
+        let leaf = open(&net, Some(A), &user).await;
+        let mut extra = env(&table, A, &user);
+        extra.push(("STEWARD_HOST", A.to_owned()));
+        extra.push(("STEWARD_SCOPE", scope.clone()));
+        if service == Service::Updater {
+            // A health gate long enough for the hub to be down inside the flow.
+            extra.push(("STEWARD_HEALTH_GRACE", "5s".into()));
+        }
+        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
+    }
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    // The host's own view, for while the hub is down.
+    let leaf_a = open(&net, Some(A), steward_bus::SETUP_USER).await;
+    let leaf_a = Bus::connect(leaf_a.config().clone(), "steward-test").await.expect("a's stream");
+    {
+        let hub = open(&net, None, Service::Cli.name()).await;
+        push_app("v2", &app.image);
+        let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
+        assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+        let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("hub stream");
+        wait_event(&hub, "update.started", Duration::from_secs(60)).await;
+    }
+    net.hub.kill();
+    let killed = std::time::Instant::now();
+    let on_leaf = wait_event(&leaf_a, "update.succeeded", Duration::from_secs(60)).await;
+    assert!(
+        !on_leaf.iter().any(|e| e.event_type() == "update.failed"),
+        "the update failed with the hub down\n{}",
+        logs()
+    );
+    eprintln!(
+        "MEASURED the update ended on the host {:?} after the hub was killed",
+        killed.elapsed()
+    );
+    net.hub.start_again();
+    let restarted = std::time::Instant::now();
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+    let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
+    eprintln!("MEASURED the flow at the hub {:?} after its restart", restarted.elapsed());
+    let of = |t: &str| events.iter().filter(|e| e.event_type() == t).count();
+    for step in ["image.updated", "update.started", "update.succeeded"] {
+        assert_eq!(of(step), 1, "{step} at the hub {} times\n{}", of(step), logs());
+    }
+    let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    ids.sort();
+    let stored = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), stored, "an event stored twice at the hub");
+    // Every event of a's leaf is at the hub, in a's order.
+    let at_hub: Vec<_> =
+        events.iter().filter(|e| e.host.as_deref() == Some(A)).map(|e| e.id).collect();
+    let on_leaf = wait_event(&leaf_a, "update.succeeded", Duration::from_secs(5)).await;
+    let on_leaf: Vec<_> = on_leaf.iter().map(|e| e.id).collect();
+    assert_eq!(at_hub, on_leaf, "the hub's copy of a's events");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !steward_testkit::http_get(app.port).is_some_and(|b| b.contains("app v2")) {
+        assert!(std::time::Instant::now() < deadline, "v2 is not served\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
