@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use steward_settings::{
-    Env, ENV_DUPLICATE_WINDOW, ENV_EVENT_RETENTION, ENV_NATS_PASSWORD, ENV_NATS_REPLICAS,
-    ENV_NATS_URL, ENV_NATS_USER, ENV_PUBLISH_TIMEOUT, ENV_STREAM, ENV_SUBJECT_PREFIX,
+    Env, ENV_DUPLICATE_WINDOW, ENV_EVENT_RETENTION, ENV_NATS_DOMAIN, ENV_NATS_PASSWORD,
+    ENV_NATS_REPLICAS, ENV_NATS_URL, ENV_NATS_USER, ENV_PUBLISH_TIMEOUT, ENV_STREAM,
+    ENV_SUBJECT_PREFIX,
 };
 
 /// Where Steward's subjects and state live on a NATS server.
@@ -63,6 +64,13 @@ impl Namespace {
         self.unprefixed(subject).map(|s| steward_events::split_address(s).1)
     }
 
+    /// The prefix of the subjects on which a host's leaf delivers its stream to the hub's
+    /// (`<prefix>leaf.<host>`, the source's deliver prefix): only that host's leaf link may
+    /// publish under it, so no other host can pass events off as its.
+    pub fn leaf_delivery(&self, host: &str) -> String {
+        self.subject(&format!("leaf.{host}"))
+    }
+
     /// The dead-letter subject of a consumer.
     pub fn dead_letter_subject(&self, consumer: &str) -> String {
         format!("{}dlq.{}", self.prefix, consumer)
@@ -105,6 +113,31 @@ pub struct BusConfig {
     /// (`STEWARD_NATS_REPLICAS`): 1 on one server, 3 on a three-node cluster. Durable
     /// consumers take the stream's.
     pub replicas: usize,
+    /// The JetStream domain of the server this participant connects to
+    /// (`STEWARD_NATS_DOMAIN`), under the leaf-node topology: one of `hosts` on that host's
+    /// leaf node, another name at the hub. `None`: one NATS system, no leaf nodes.
+    pub domain: Option<String>,
+}
+
+/// Where the NATS server a participant connects to sits ([`BusConfig::topology`]); decides
+/// what `steward setup` provisions there ([`Bus::setup`](crate::Bus::setup)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology<'a> {
+    /// One NATS system (one server, or a cluster) for every participant: the stream holds
+    /// every subject, every consumer and bucket is on it.
+    Single,
+    /// The centre's server under the leaf-node topology: its stream holds the centre's own
+    /// subjects and sources every host's leaf stream; the central consumers are on it.
+    Hub {
+        /// The hosts whose leaf streams it sources (their domains are their names).
+        hosts: &'a [String],
+    },
+    /// A host's leaf node: its stream holds that host's subjects (and its dead letters); its
+    /// agents' consumers and the buckets are on it.
+    Leaf {
+        /// The host (its leaf's JetStream domain).
+        host: &'a str,
+    },
 }
 
 /// A NATS user and password. The password never appears in `Debug` output or logs.
@@ -136,6 +169,7 @@ impl Default for BusConfig {
             host: None,
             hosts: vec![],
             replicas: 1,
+            domain: None,
         }
     }
 }
@@ -183,11 +217,30 @@ impl BusConfig {
                 None
             }
         };
+        let hosts = env.hosts();
+        let domain = match env.optional(ENV_NATS_DOMAIN).map(|d| d.trim().to_owned()) {
+            None => None,
+            Some(d) if d.is_empty() => None,
+            Some(d) => match steward_events::check_host(&d) {
+                Err(rule) => {
+                    env.error(ENV_NATS_DOMAIN, &d, rule);
+                    None
+                }
+                // Leaf nodes are one per host: without the routing table there is no host to
+                // give a leaf, nor a stream of its subjects for the hub to source.
+                Ok(()) if hosts.is_empty() => {
+                    env.error(ENV_NATS_DOMAIN, &d, "needs STEWARD_HOSTS (leaf nodes are per host)");
+                    None
+                }
+                Ok(()) => Some(d),
+            },
+        };
         Self {
             url,
             credentials,
             namespace: Namespace { stream, prefix },
-            hosts: env.hosts(),
+            hosts,
+            domain,
             retention: env.duration(ENV_EVENT_RETENTION, defaults.retention),
             duplicate_window: env.duration(ENV_DUPLICATE_WINDOW, defaults.duplicate_window),
             publish_timeout: env.duration(ENV_PUBLISH_TIMEOUT, defaults.publish_timeout),
@@ -206,6 +259,18 @@ impl BusConfig {
 }
 
 impl BusConfig {
+    /// Where the server this participant connects to sits: a domain naming one of the hosts
+    /// is that host's leaf, another domain the hub; no domain, one NATS system.
+    pub fn topology(&self) -> Topology<'_> {
+        match &self.domain {
+            None => Topology::Single,
+            Some(d) => match self.hosts.iter().find(|h| *h == d) {
+                Some(host) => Topology::Leaf { host },
+                None => Topology::Hub { hosts: &self.hosts },
+            },
+        }
+    }
+
     /// Whether this installation routes by host (`STEWARD_HOSTS` set).
     pub fn routes_by_host(&self) -> bool {
         !self.hosts.is_empty()
@@ -278,6 +343,29 @@ mod tests {
     fn approval(host: Option<&str>) -> Event {
         let data = UpdateApproved { update_id: uuid::Uuid::now_v7(), by: "op".into() };
         Event::new("t", data).with_host(host.map(str::to_owned))
+    }
+
+    #[test]
+    fn the_domain_says_where_the_server_sits() {
+        let read = |pairs: &[(&str, &str)]| {
+            let mut env = steward_settings::Env::from_pairs(pairs.iter().copied());
+            let cfg = BusConfig::read(&mut env);
+            (cfg, env.finish().err().map(|e| e.to_string()))
+        };
+        let (cfg, err) = read(&[]);
+        assert_eq!((cfg.topology(), err), (Topology::Single, None));
+        let hosts = ("STEWARD_HOSTS", "vps-a,vps-b");
+        let (cfg, err) = read(&[hosts, ("STEWARD_NATS_DOMAIN", "vps-b")]);
+        assert_eq!((cfg.topology(), err), (Topology::Leaf { host: "vps-b" }, None));
+        let (cfg, err) = read(&[hosts, ("STEWARD_NATS_DOMAIN", "hub")]);
+        let table = ["vps-a".to_owned(), "vps-b".to_owned()];
+        assert_eq!((cfg.topology(), err), (Topology::Hub { hosts: &table }, None));
+        // Leaf nodes are per host: a domain without the routing table is refused, and so is
+        // one that cannot be a subject token.
+        let (_, err) = read(&[("STEWARD_NATS_DOMAIN", "hub")]);
+        assert!(err.is_some_and(|e| e.contains("needs STEWARD_HOSTS")));
+        let (_, err) = read(&[hosts, ("STEWARD_NATS_DOMAIN", "a.b")]);
+        assert!(err.is_some_and(|e| e.contains("STEWARD_NATS_DOMAIN")));
     }
 
     #[test]

@@ -141,6 +141,18 @@ pub(crate) async fn open_bucket(
     max_age: Duration,
     history: i64,
 ) -> Result<kv::Store, BusError> {
+    open_sourced_bucket(bus, bucket, max_age, history, None).await
+}
+
+/// [`open_bucket`], its stream fed by `sources` too (the hub's copy of the hosts' buckets
+/// under the leaf-node topology).
+pub(crate) async fn open_sourced_bucket(
+    bus: &Bus,
+    bucket: &str,
+    max_age: Duration,
+    history: i64,
+    sources: Option<Vec<async_nats::jetstream::stream::Source>>,
+) -> Result<kv::Store, BusError> {
     use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
     let config = Config {
         name: format!("KV_{bucket}"),
@@ -156,6 +168,7 @@ pub(crate) async fn open_bucket(
         allow_direct: true,
         discard: DiscardPolicy::New,
         num_replicas: bus.config().replicas,
+        sources,
         ..Default::default()
     };
     bus.js()

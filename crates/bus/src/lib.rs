@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-pub use config::{validate_url, BusConfig, Credentials, Namespace};
+pub use config::{validate_url, BusConfig, Credentials, Namespace, Topology};
 pub use error::BusError;
 pub use export::{
     check_import, state_buckets, Export, ExportRecord, ExportedMessage, ExportedValue, ImportError,
@@ -52,14 +52,14 @@ pub use inbox::{
     ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,
 };
 pub use permissions::{
-    inbox_prefix, password_variable, setup_password_variable, user_password_variable, Permissions,
-    SETUP_USER,
+    inbox_prefix, leaf_user, password_variable, setup_password_variable, user_password_variable,
+    LeafLink, Permissions, SETUP_USER,
 };
 pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;
 pub use record::{Hold, RecordStore};
 pub use replay::{Replay, ReplayQuery, Replayed};
-pub use setup::{Setup, HANDLED_BUCKET};
+pub use setup::{sourced_buckets, Setup, HANDLED_BUCKET};
 pub use state::{StateStore, Versioned};
 use steward_events::Event;
 

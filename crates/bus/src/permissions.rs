@@ -22,7 +22,7 @@
 
 use steward_events::Service;
 
-use crate::config::Namespace;
+use crate::config::{Namespace, Topology};
 use crate::setup::HANDLED_BUCKET;
 use crate::PROGRESS_FAMILY;
 
@@ -215,6 +215,28 @@ impl Permissions {
     /// nats-authorization` prints): each agent's user once per host, its password from
     /// `STEWARD_<SERVICE>_<HOST>_PASSWORD` ([`user_password_variable`]).
     pub fn server_config_for(ns: &Namespace, hosts: &[String]) -> String {
+        Self::server_config_on(ns, hosts, Topology::Single)
+    }
+
+    /// [`server_config_for`](Self::server_config_for) for one server of the leaf-node
+    /// topology: a host's leaf gets that host's agents' users (and the provisioning user's);
+    /// the hub the central participants' and one [`LeafLink`] user per host, the identity a
+    /// host's leaf logs in to the hub as.
+    pub fn server_config_on(ns: &Namespace, hosts: &[String], topology: Topology<'_>) -> String {
+        let users: Vec<Self> = Self::users(ns, hosts)
+            .into_iter()
+            .filter(|p| match topology {
+                Topology::Single => true,
+                Topology::Hub { .. } => !p.service.is_agent(),
+                Topology::Leaf { host } => {
+                    p.service.is_agent() && p.user == p.service.identity(Some(host))
+                }
+            })
+            .collect();
+        let links: Vec<LeafLink> = match topology {
+            Topology::Hub { hosts } => hosts.iter().map(|h| LeafLink::of(ns, h)).collect(),
+            _ => vec![],
+        };
         let mut out = String::from(
             "# Generated from Steward's routing table (steward_bus::Permissions); do not edit.\n",
         );
@@ -229,7 +251,7 @@ impl Permissions {
             ));
         }
         out.push_str("authorization {\n  users = [\n");
-        for p in Self::users(ns, hosts) {
+        for p in users {
             out.push_str(&format!(
                 "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",
                 p.user,
@@ -259,9 +281,82 @@ impl Permissions {
         out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&publish)));
         out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&subscribe)));
         out.push_str("      }\n    }\n");
+        // A leaf node's connection is checked against these permissions from the hub's side:
+        // what it may publish is what may cross from the host to the centre, what it may
+        // subscribe to what may cross from the centre to the host.
+        for link in links {
+            out.push_str(&format!(
+                "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",
+                link.user,
+                user_password_variable(&link.user)
+            ));
+            out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&link.publish)));
+            out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&link.subscribe)));
+            out.push_str("      }\n    }\n");
+        }
         out.push_str("  ]\n}\n");
         out
     }
+}
+
+/// The identity a host's leaf node logs in to the hub as (`leaf-<host>`), under the leaf-node
+/// topology (docs/scaling.md), and what may cross its link. The link carries that host's
+/// subjects only: another host's leaf cannot pass events or requests off as this host's, nor
+/// reach this host's JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafLink {
+    /// The host.
+    pub host: String,
+    /// Its NATS user on the hub, `leaf-<host>` (no service is named `leaf`).
+    pub user: String,
+    /// What may cross from the host to the centre.
+    pub publish: Vec<String>,
+    /// What may cross from the centre to the host.
+    pub subscribe: Vec<String>,
+}
+
+impl LeafLink {
+    /// The link of `host`'s leaf in namespace `ns`.
+    pub fn of(ns: &Namespace, host: &str) -> Self {
+        let user = leaf_user(host);
+        let mut publish = vec![
+            // Its host's events, for whoever follows them live at the centre (the hub's
+            // stream does not hold them: it sources them).
+            ns.host_subjects(host),
+            // Its stream delivered to the hub's (the source's deliver prefix is this host's).
+            format!("{}.>", ns.leaf_delivery(host)),
+            // Answers to the hub's JetStream requests (creating the source's consumer).
+            "$JSC.R.>".to_owned(),
+        ];
+        // Answers to the centre's requests: the leaf stream's acks of what the CLI or the
+        // notifier address to the host, the updater's approval links. `allow_responses` does
+        // not apply across a leaf link (nats-server 2.9: the reply's interest never reaches
+        // the leaf), hence the inbox prefixes of the central participants.
+        for central in Service::ALL.into_iter().filter(|s| !s.is_agent()) {
+            publish.push(format!("{}.>", inbox_prefix(central.name())));
+        }
+        let mut subscribe = vec![
+            // What the centre addresses to the host (approvals, requests).
+            ns.host_subjects(host),
+            // The approval links the notifier asks the host's updater for.
+            format!("{}.{host}", ns.subject(crate::approval::APPROVAL_LINK_SUBJECT)),
+            // The host's JetStream, for the hub's sources (no central user may publish here).
+            format!("$JS.{host}.API.>"),
+            // The sources' flow control, hub to leaf: the stream's and the agents' buckets'.
+            format!("$JS.FC.{}.>", ns.stream),
+        ];
+        subscribe.extend(
+            crate::setup::sourced_buckets()
+                .into_iter()
+                .map(|b| format!("$JS.FC.KV_{}.>", ns.bucket(b))),
+        );
+        Self { host: host.to_owned(), user, publish, subscribe }
+    }
+}
+
+/// The NATS user of `host`'s leaf node on the hub.
+pub fn leaf_user(host: &str) -> String {
+    format!("leaf-{host}")
 }
 
 /// The server variable holding a participant's password, e.g. `STEWARD_WATCHER_PASSWORD`.
@@ -308,4 +403,58 @@ fn list(subjects: &[String]) -> String {
     }
     out.push_str("        ]");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users_in(config: &str) -> Vec<&str> {
+        config.lines().filter_map(|l| l.trim().strip_prefix("user: ")).collect()
+    }
+
+    #[test]
+    fn each_server_of_the_leaf_topology_gets_its_own_users() {
+        let ns = Namespace::default();
+        let hosts = vec!["vps-a".to_owned(), "vps-b".to_owned()];
+        let leaf = Permissions::server_config_on(&ns, &hosts, Topology::Leaf { host: "vps-a" });
+        let users = users_in(&leaf);
+        assert!(users.contains(&"updater-vps-a") && users.contains(&SETUP_USER), "{users:?}");
+        // Not another host's agents, not the centre's, not a link.
+        assert!(!users.iter().any(|u| u.ends_with("vps-b") || u.starts_with("leaf-")), "{users:?}");
+        assert!(!users.contains(&"notifier") && !users.contains(&"cli"), "{users:?}");
+        let hub = Permissions::server_config_on(&ns, &hosts, Topology::Hub { hosts: &hosts });
+        let users = users_in(&hub);
+        for want in ["notifier", "cli", SETUP_USER, "leaf-vps-a", "leaf-vps-b"] {
+            assert!(users.contains(&want), "{want} missing: {users:?}");
+        }
+        assert!(!users.iter().any(|u| u.starts_with("updater")), "{users:?}");
+        assert!(hub.contains("password: $STEWARD_LEAF_VPS_A_PASSWORD"), "{hub}");
+        // Without leaf nodes, as before.
+        assert_eq!(
+            Permissions::server_config_on(&ns, &hosts, Topology::Single),
+            Permissions::server_config_for(&ns, &hosts)
+        );
+    }
+
+    #[test]
+    fn a_link_carries_its_own_hosts_subjects_only() {
+        let ns = Namespace::default();
+        let link = LeafLink::of(&ns, "vps-a");
+        assert_eq!(link.user, "leaf-vps-a");
+        for list in [&link.publish, &link.subscribe] {
+            assert!(list.contains(&"host.vps-a.>".to_owned()), "{list:?}");
+            // Nothing of another host's, no wildcard over hosts, no plain JetStream API.
+            assert!(
+                !list.iter().any(|s| s.contains("vps-b")
+                    || s.starts_with("host.*")
+                    || s == "host.>"
+                    || s.starts_with("$JS.API")
+                    || s == ">"),
+                "{list:?}"
+            );
+        }
+        assert!(link.publish.contains(&"leaf.vps-a.>".to_owned()), "{:?}", link.publish);
+        assert!(link.subscribe.contains(&"$JS.vps-a.API.>".to_owned()), "{:?}", link.subscribe);
+    }
 }

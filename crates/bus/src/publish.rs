@@ -22,6 +22,10 @@ pub struct Published {
     pub sequence: u64,
     /// True if the stream already had this id (a retry or a second publish of one event).
     pub duplicate: bool,
+    /// True if the stream that stored it is in another JetStream domain than this
+    /// participant's (the centre's request stored on a host's leaf, under the leaf-node
+    /// topology): `sequence` is that stream's, which this participant cannot read back.
+    pub elsewhere: bool,
 }
 
 /// Publishes `event` in a `publish` span (the NATS call), whose trace context the event
@@ -90,6 +94,14 @@ pub(crate) async fn check_duplicate(
     id: &str,
     ours: impl Fn(&[u8]) -> bool,
 ) -> Result<Published, BusError> {
+    // Stored in another domain's stream (a host's leaf): this participant's own stream holds
+    // something else under that sequence, and reading it would take ours for another's and
+    // publish the event again under a fresh id. Believed, as an unreadable one is.
+    if published.elsewhere {
+        tracing::debug!(%subject, msg_id = id, sequence = published.sequence,
+            "acked as a duplicate by a stream of another JetStream domain: believed");
+        return Ok(published);
+    }
     let stored = async {
         let stream =
             bus.js().get_stream(&bus.namespace().stream).await.map_err(|e| e.to_string())?;
@@ -146,7 +158,15 @@ pub(crate) async fn publish_raw(
             ack.await
         };
         let last_error = match attempt.await {
-            Ok(ack) => return Ok(Published { sequence: ack.sequence, duplicate: ack.duplicate }),
+            Ok(ack) => {
+                let ours = bus.config().domain.as_deref().unwrap_or_default();
+                let elsewhere = !ack.domain.is_empty() && ack.domain != ours;
+                return Ok(Published {
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                    elsewhere,
+                });
+            }
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 return Err(BusError::PublishRefused { subject, reason: e.to_string() })
             }

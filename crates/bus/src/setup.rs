@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use steward_events::Service;
 
-use crate::idempotency::{open_bucket, MARKER_TTL};
-use crate::{Bus, BusError, ConsumerSpec};
+use crate::idempotency::{open_bucket, open_sourced_bucket, MARKER_TTL};
+use crate::{Bus, BusError, ConsumerSpec, Topology};
 
 /// Bucket of the idempotency markers; every service writes only keys under its own name.
 pub const HANDLED_BUCKET: &str = "HANDLED";
@@ -69,17 +69,58 @@ impl Bus {
     /// line per thing done. Safe to run again (an install and every upgrade run it once).
     /// An existing consumer keeps its position and delivery policy; a new one starts at new
     /// events. Needs the provisioning identity's NATS user (`setup`).
+    ///
+    /// Under the leaf-node topology ([`BusConfig::topology`](crate::BusConfig::topology)) it
+    /// provisions the server it is connected to only: on a host's leaf, the stream of that
+    /// host's subjects and that host's agents' consumers; on the hub, the stream sourcing
+    /// every leaf's and the central consumers. Buckets are made on both (a leaf's hold its
+    /// agents' records; the hub's its centre's). It first checks that the server's JetStream
+    /// domain is the one `STEWARD_NATS_DOMAIN` names: provisioning a leaf as the hub, or the
+    /// other way round, would leave events where nobody reads them.
     pub async fn setup(&self, setup: &Setup) -> Result<Vec<String>, BusError> {
         let ns = self.namespace().clone();
         let mut done = vec![];
+        let topology = self.cfg.topology();
+        if let Some(domain) = &self.cfg.domain {
+            let found = self.domain_within(self.cfg.connect_timeout).await?;
+            if found.as_deref() != Some(domain.as_str()) {
+                return Err(BusError::Nats {
+                    op: "check the JetStream domain",
+                    reason: format!(
+                        "STEWARD_NATS_DOMAIN is {domain}, but the server's JetStream domain is {} (its `jetstream {{ domain: ... }}`)",
+                        found.as_deref().unwrap_or("unset")
+                    ),
+                });
+            }
+        }
         self.ensure_stream_within(self.cfg.connect_timeout).await?;
+        let consumers: Vec<&ConsumerSpec> = setup
+            .consumers
+            .iter()
+            .filter(|c| match topology {
+                Topology::Single => true,
+                Topology::Hub { .. } => c.host.is_none(),
+                Topology::Leaf { host } => c.host.as_deref() == Some(host),
+            })
+            .collect();
+        match topology {
+            Topology::Single => {}
+            Topology::Hub { hosts } => done.push(format!(
+                "JetStream domain {}: the hub, sourcing the streams of {}",
+                self.cfg.domain.as_deref().unwrap_or_default(),
+                hosts.join(", ")
+            )),
+            Topology::Leaf { host } => {
+                done.push(format!("JetStream domain {host}: the leaf node of host {host}"))
+            }
+        }
         done.push(format!(
             "stream {}: {} retention, {:?} duplicate window",
             ns.stream,
             humanize(self.cfg.retention),
             self.cfg.duplicate_window
         ));
-        for spec in &setup.consumers {
+        for spec in consumers {
             let created = self.ensure_consumer(spec).await?;
             done.push(format!(
                 "consumer {}: {} (ack wait {:?}, {} attempts)",
@@ -117,6 +158,39 @@ impl Bus {
         Ok(done)
     }
 
+    /// The JetStream domain of the server (`$JS.API.INFO`), asked again while NATS is not
+    /// reachable yet. Read raw: async-nats' account type does not parse nats-server 2.9's
+    /// answer.
+    async fn domain_within(&self, bound: Duration) -> Result<Option<String>, BusError> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let answer = tokio::time::timeout(
+                self.cfg.request_timeout,
+                self.client.request("$JS.API.INFO", bytes::Bytes::new()),
+            )
+            .await;
+            let last = match answer {
+                Ok(Ok(reply)) => {
+                    let info: serde_json::Value = serde_json::from_slice(&reply.payload)
+                        .map_err(|e| BusError::nats("JetStream info", e))?;
+                    if let Some(e) = info.get("error") {
+                        return Err(BusError::nats("JetStream info", e));
+                    }
+                    return Ok(info.get("domain").and_then(|d| d.as_str()).map(str::to_owned));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_owned(),
+            };
+            if tokio::time::Instant::now() + delay >= deadline {
+                return Err(BusError::nats("JetStream info", last));
+            }
+            tracing::warn!(error = %last, "JetStream not answering yet; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// Creates the durable consumer of `spec`, or updates an existing one's settings keeping
     /// its position. Returns whether it was created. Provisioning only.
     pub async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<bool, BusError> {
@@ -143,8 +217,31 @@ impl Bus {
     /// Creates (or updates) the state bucket `name` of this namespace: values never expire,
     /// 5 revisions kept. Provisioning only.
     pub async fn ensure_state_bucket(&self, name: &str) -> Result<(), BusError> {
-        open_bucket(self, &self.namespace().bucket(name), Duration::ZERO, 5).await.map(|_| ())
+        let bucket = self.namespace().bucket(name);
+        // The hub's copy of a bucket the hosts' agents write is fed by their leaves' (keys
+        // are `<host>.<key>`, so the hosts' records never collide): `steward status`,
+        // `updates` and `approve` read them at the centre. Nobody writes it there.
+        let sources = match self.cfg.topology() {
+            Topology::Hub { hosts } if sourced_buckets().contains(&name) => {
+                Some(crate::stream::leaf_sources(self.namespace(), hosts, &format!("KV_{bucket}")))
+            }
+            _ => None,
+        };
+        open_sourced_bucket(self, &bucket, Duration::ZERO, 5, sources).await.map(|_| ())
     }
+}
+
+/// The state buckets the hosts' agents write: under the leaf-node topology each host's are
+/// on its leaf, and the hub's copies source them.
+pub fn sourced_buckets() -> Vec<&'static str> {
+    let mut buckets: Vec<&'static str> = Service::ALL
+        .into_iter()
+        .filter(|s| s.is_agent())
+        .flat_map(|s| s.writes_buckets().iter().copied())
+        .collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    buckets
 }
 
 fn humanize(d: Duration) -> String {

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, External, Source, StorageType};
 use steward_events::{EventData, MAX_EVENT_BYTES};
 
-use crate::{Bus, BusError};
+use crate::{Bus, BusError, Topology};
 
 impl Bus {
     /// Creates the stream, or updates it to the current configuration. Provisioning only
@@ -30,10 +30,29 @@ impl Bus {
                 }
             }
         }
+        let (subjects, sources) = match self.cfg.topology() {
+            Topology::Single => (stream_subjects(&ns.prefix), None),
+            // A host's leaf stores what its agents publish and what the centre addresses to
+            // them, and its agents' dead letters; nothing else reaches it.
+            Topology::Leaf { host } => {
+                (vec![ns.host_subjects(host), ns.dead_letter_subject(">")], None)
+            }
+            // The hub stores the centre's own events and takes every host's from its leaf's
+            // stream (in order, each once: a source keeps its position across a broken link).
+            // It must not hold `host.>` itself: a request for a cut-off host would then be
+            // acknowledged by the hub and never reach the host, instead of failing.
+            Topology::Hub { hosts } => {
+                let host_family = format!("{}{}.>", ns.prefix, steward_events::HOST_FAMILY);
+                let subjects =
+                    stream_subjects(&ns.prefix).into_iter().filter(|s| *s != host_family).collect();
+                (subjects, Some(leaf_sources(ns, hosts, &ns.stream)))
+            }
+        };
         let config = Config {
             name: ns.stream.clone(),
             description: Some(describe(&self.cfg.hosts)),
-            subjects: stream_subjects(&ns.prefix),
+            subjects,
+            sources,
             storage: StorageType::File,
             max_age: self.cfg.retention,
             duplicate_window: self.cfg.duplicate_window,
@@ -121,6 +140,23 @@ impl Bus {
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// The hub's sources of the stream (or bucket stream) `stream` of every host's leaf: through
+/// the leaf's JetStream domain, delivered under that host's own prefix
+/// ([`Namespace::leaf_delivery`], which only its link may publish under).
+pub(crate) fn leaf_sources(ns: &crate::Namespace, hosts: &[String], stream: &str) -> Vec<Source> {
+    hosts
+        .iter()
+        .map(|h| Source {
+            name: stream.to_owned(),
+            external: Some(External {
+                api_prefix: format!("$JS.{h}.API"),
+                delivery_prefix: Some(ns.leaf_delivery(h)),
+            }),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// What `steward setup` writes as the stream's description: what it is for, and the routing

@@ -35,11 +35,17 @@ pub async fn run(conn: &Connection) -> anyhow::Result<()> {
 /// `steward nats-authorization`: the NATS server's `authorization` block for this
 /// installation's routing table (`STEWARD_HOSTS`, `STEWARD_STREAM`, `STEWARD_SUBJECT_PREFIX`),
 /// passwords as the server's `$STEWARD_<USER>_PASSWORD` variables. Without hosts it is the
-/// compose stack's `compose/nats/authorization.conf`.
+/// compose stack's `compose/nats/authorization.conf`. With `STEWARD_NATS_DOMAIN` (the leaf-node
+/// topology) it is the block of that one server: a host's leaf, or the hub with every host's
+/// leaf link user.
 pub fn authorization(conn: &Connection) -> anyhow::Result<()> {
     let mut env = conn.env();
     let cfg = conn.read(&mut env);
     env.finish()?;
-    print!("{}", steward_bus::Permissions::server_config_for(&cfg.namespace, &cfg.hosts));
+    // Under the leaf-node topology (`STEWARD_NATS_DOMAIN`), the users of that one server.
+    print!(
+        "{}",
+        steward_bus::Permissions::server_config_on(&cfg.namespace, &cfg.hosts, cfg.topology())
+    );
     Ok(())
 }

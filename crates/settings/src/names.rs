@@ -25,6 +25,10 @@ pub const ENV_PUBLISH_TIMEOUT: &str = "STEWARD_PUBLISH_TIMEOUT";
 /// How many copies of the stream and the KV buckets a NATS cluster keeps (`steward setup`
 /// reads it): 1 on a single server, 3 on a three-node cluster (any one node may be lost).
 pub const ENV_NATS_REPLICAS: &str = "STEWARD_NATS_REPLICAS";
+/// The JetStream domain of the NATS server this participant connects to, under the leaf-node
+/// topology (docs/scaling.md): a host's name on that host's leaf node, another name (`hub`) at
+/// the centre; unset: one NATS system without leaf nodes.
+pub const ENV_NATS_DOMAIN: &str = "STEWARD_NATS_DOMAIN";
 /// Redelivery timeout of an unacked event (default 30s).
 pub const ENV_ACK_WAIT: &str = "STEWARD_ACK_WAIT";
 /// Deliveries before an event is dead-lettered (default 5).

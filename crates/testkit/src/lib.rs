@@ -6,7 +6,8 @@
 //!   plays `steward setup`'s role: its connection (no NATS user, all powers) provisions the
 //!   stream, every service's consumer and every bucket ([`Bus::setup`]) before the test
 //!   starts services, which only look them up.
-//! - [`NatsServer`] is a private nats-server on a free port, for tests that stop and restart it.
+//! - [`NatsServer`] is a private nats-server on a free port, for tests that stop and restart it;
+//!   [`NatsCluster`] three of them clustered; [`leaf::NatsLeaves`] a hub and a leaf per host.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use steward_bus::{Bus, BusConfig, Namespace};
 
 pub mod haproxy;
+pub mod leaf;
 pub mod stall;
 pub mod tar;
 

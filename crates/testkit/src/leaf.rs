@@ -1,0 +1,266 @@
+//! The leaf-node topology on loopback ports (docs/scaling.md): a hub nats-server and one
+//! leaf nats-server per host, each with JetStream under its own domain (`hub`, the host's
+//! name) and the users `steward nats-authorization` generates for that server
+//! ([`Permissions::server_config_on`]). Each leaf logs in to the hub as its host's
+//! [`steward_bus::LeafLink`] user through a [`Link`] the test can cut and restore, as a host's
+//! uplink goes down and comes back.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use steward_bus::{BusConfig, Credentials, Namespace, Permissions, Topology};
+
+use crate::{free_port, unique_name, NatsServer};
+
+/// The hub's JetStream domain in these tests (no host is named so).
+pub const HUB_DOMAIN: &str = "hub";
+
+/// A user of every leaf allowed everything on it (not one Steward generates): a host's
+/// root, who can rewrite its leaf's configuration.
+pub const HOST_ROOT: &str = "host-root";
+
+/// A hub and its leaves; every process is killed and every store removed when dropped.
+pub struct NatsLeaves {
+    /// The centre's server.
+    pub hub: NatsServer,
+    /// One leaf per host, in the order of `hosts`.
+    pub leaves: Vec<Leaf>,
+    hosts: Vec<String>,
+}
+
+/// A host's leaf node and its link to the hub.
+pub struct Leaf {
+    /// The host (also the leaf's JetStream domain).
+    pub host: String,
+    /// The leaf's nats-server.
+    pub server: NatsServer,
+    /// Its uplink to the hub's leaf-node port.
+    pub link: Link,
+}
+
+impl NatsLeaves {
+    /// Starts the hub, then a leaf per host connected to it through its own [`Link`]. A
+    /// leaf's link credentials are the ones the hub's generated configuration expects
+    /// (`mangle` may change the hub's configuration text first, to prove a test fails when
+    /// the permissions are wrong).
+    pub fn start(hosts: &[String], mangle: impl Fn(String) -> String) -> Self {
+        let ns = Namespace::default();
+        let hub_store = std::env::temp_dir().join(unique_name("steward-nats-hub"));
+        let leaf_port = free_port();
+        // A leaf learns the hub's leaf-node address from it and would reconnect there
+        // directly, around its cut link (`no_advertise` does not stop that in nats-server
+        // 2.9): the hub advertises a closed port instead.
+        let hub_conf = format!(
+            "include authorization.conf\njetstream {{ domain: {HUB_DOMAIN} }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\", advertise: \"127.0.0.1:1\" }}\n"
+        );
+        let auth = mangle(Permissions::server_config_on(&ns, hosts, Topology::Hub { hosts }));
+        let config = write_config(&hub_store.join("conf"), &auth, &hub_conf);
+        let mut hub = NatsServer {
+            port: free_port(),
+            store: hub_store,
+            config: Some(config),
+            env: passwords(&ns, hosts),
+            args: vec!["--name".into(), HUB_DOMAIN.into()],
+            child: None,
+        };
+        hub.start_again();
+        let mut leaves = vec![];
+        for host in hosts {
+            let link = Link::start(leaf_port);
+            let store = std::env::temp_dir().join(unique_name("steward-nats-leaf"));
+            let user = steward_bus::leaf_user(host);
+            let conf = format!(
+                "include authorization.conf\njetstream {{ domain: {host} }}\nleafnodes {{\n  remotes = [ {{ url: \"nats-leaf://{user}:{}@127.0.0.1:{}\" }} ]\n}}\n",
+                NatsServer::user_password(&user),
+                link.port()
+            );
+            // Whoever controls a host controls its leaf's configuration: a user allowed
+            // everything there ([`HOST_ROOT`]) is what a test forges with. Only the link's
+            // permissions, on the hub, stand between it and the other hosts.
+            let auth = Permissions::server_config_on(&ns, hosts, Topology::Leaf { host }).replace(
+                "  ]\n}\n",
+                &format!(
+                    "    {{ user: {HOST_ROOT}, password: {} }}\n  ]\n}}\n",
+                    NatsServer::user_password(HOST_ROOT)
+                ),
+            );
+            let config = write_config(&store.join("conf"), &auth, &conf);
+            let mut server = NatsServer {
+                port: free_port(),
+                store,
+                config: Some(config),
+                env: passwords(&ns, hosts),
+                args: vec!["--name".into(), format!("leaf-{host}")],
+                child: None,
+            };
+            server.start_again();
+            leaves.push(Leaf { host: host.clone(), server, link });
+        }
+        Self { hub, leaves, hosts: hosts.to_vec() }
+    }
+
+    /// The leaf of `host`.
+    pub fn leaf(&self, host: &str) -> &Leaf {
+        self.leaves
+            .iter()
+            .find(|l| l.host == host)
+            .unwrap_or_else(|| panic!("{host} has no leaf here"))
+    }
+
+    /// Settings of the NATS user `user` on the hub: the centre's view (domain `hub`).
+    pub fn hub_config_as(&self, user: &str) -> BusConfig {
+        self.config(&self.hub, user, HUB_DOMAIN)
+    }
+
+    /// Settings of the NATS user `user` on `host`'s leaf (domain `host`).
+    pub fn leaf_config_as(&self, host: &str, user: &str) -> BusConfig {
+        self.config(&self.leaf(host).server, user, host)
+    }
+
+    fn config(&self, server: &NatsServer, user: &str, domain: &str) -> BusConfig {
+        let password = if user == steward_bus::SETUP_USER {
+            NatsServer::setup_password()
+        } else {
+            NatsServer::user_password(user)
+        };
+        BusConfig {
+            url: server.url(),
+            credentials: Some(Credentials { user: user.into(), password }),
+            hosts: self.hosts.clone(),
+            domain: Some(domain.into()),
+            ..BusConfig::default()
+        }
+    }
+}
+
+/// Every password a server of this topology may name (extra ones are not read).
+fn passwords(ns: &Namespace, hosts: &[String]) -> Vec<(String, String)> {
+    let mut users: Vec<String> =
+        Permissions::users(ns, hosts).into_iter().map(|p| p.user).collect();
+    users.extend(hosts.iter().map(|h| steward_bus::leaf_user(h)));
+    let mut env: Vec<(String, String)> = users
+        .iter()
+        .map(|u| (steward_bus::user_password_variable(u), NatsServer::user_password(u)))
+        .collect();
+    env.push((steward_bus::setup_password_variable(), NatsServer::setup_password()));
+    env
+}
+
+/// Writes `authorization.conf` and `nats.conf` (which includes it) into `dir`, in the
+/// server's store so a restart reads them again; returns the path of `nats.conf`.
+fn write_config(dir: &Path, authorization: &str, main: &str) -> std::path::PathBuf {
+    let write = |name: &str, text: &str| {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join(name), text))
+            .unwrap_or_else(|e| panic!("cannot write {name} in {dir:?}: {e}"));
+    };
+    write("authorization.conf", authorization);
+    write("nats.conf", main);
+    dir.join("nats.conf")
+}
+
+#[derive(Default)]
+struct Shared {
+    down: AtomicBool,
+    closing: AtomicBool,
+    connections: Mutex<Vec<TcpStream>>,
+}
+
+/// A TCP forwarder on a loopback port of its own to `upstream`: a host's uplink. Cut, it
+/// closes every connection and refuses (accepts and closes) new ones until restored. Stops
+/// when dropped.
+pub struct Link {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Link {
+    /// Forwards a fresh loopback port to `127.0.0.1:upstream`.
+    pub fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let acceptor = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.closing.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if s.down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let mut open = s.connections.lock().unwrap_or_else(|p| p.into_inner());
+                for stream in [&client, &server] {
+                    if let Ok(clone) = stream.try_clone() {
+                        open.push(clone);
+                    }
+                }
+                drop(open);
+                pipe(&client, &server);
+                pipe(&server, &client);
+            }
+        });
+        Self { port, shared, acceptor: Some(acceptor) }
+    }
+
+    /// The port the leaf connects to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cuts the link: every connection through it is closed, new ones are refused.
+    pub fn cut(&self) {
+        self.shared.down.store(true, Ordering::SeqCst);
+        let mut open = self.shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+        for stream in open.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Restores the link: the leaf's next reconnect attempt gets through.
+    pub fn restore(&self) {
+        self.shared.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` on a thread of its own until either side closes.
+fn pipe(from: &TcpStream, to: &TcpStream) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { return };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.cut();
+        // Wakes the acceptor so it sees `closing`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(handle) = self.acceptor.take() {
+            let _ = handle.join();
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The leaf-node topology with the real binaries: a hub and a leaf nats-server per host
+//! (`steward_testkit::leaf`), each provisioned by the real `steward setup` given its
+//! `STEWARD_NATS_DOMAIN`; each host's real watcher and updater on its own leaf (two
+//! `STEWARD_HOST`s against the test bed's one engine, each with a scope of its own); the CLI
+//! at the hub. `steward check` from the centre reaches both hosts' watchers across their
+//! links, the pending update on host a is listed at the centre (the hub's copy of the hosts'
+//! `UPDATES`), approved with `steward approve` and applied by a's updater; the hub's stream
+//! holds the flow once, and no server refused anything a participant needed. And the same
+//! through the mail: the notifier at the hub asks a's updater on its leaf for the approval
+//! link, and a POST to it has a's updater apply the update.
+
+use std::time::Duration;
+
+use steward_bus::{Bus, BusConfig};
+use steward_events::{EventData, Service};
+use steward_system_tests::apps::{app, wait_event};
+use steward_system_tests::{steward_with, Proc};
+use steward_testkit::docker::push_app;
+use steward_testkit::leaf::{NatsLeaves, HUB_DOMAIN};
+use steward_testkit::{unique_name, NatsServer};
+
+const A: &str = "vps-a";
+const B: &str = "vps-b";
+
+/// A connection as `user` to `host`'s leaf (`None`: the hub): what the processes' settings
+/// are taken from.
+async fn open(net: &NatsLeaves, host: Option<&str>, user: &str) -> Bus {
+    let cfg = match host {
+        Some(h) => net.leaf_config_as(h, user),
+        None => net.hub_config_as(user),
+    };
+    let cfg = BusConfig { connect_timeout: Duration::from_secs(10), ..cfg };
+    Bus::open(cfg, "steward-test").await.unwrap_or_else(|e| panic!("{user} connects: {e}"))
+}
+
+/// The settings every process of `domain`'s server gets, as `user`.
+fn env(table: &str, domain: &str, user: &str) -> Vec<(&'static str, String)> {
+    let password = if user == steward_bus::SETUP_USER {
+        NatsServer::setup_password()
+    } else {
+        NatsServer::user_password(user)
+    };
+    vec![
+        ("STEWARD_NATS_USER", user.to_owned()),
+        ("STEWARD_NATS_PASSWORD", password),
+        ("STEWARD_HOSTS", table.to_owned()),
+        ("STEWARD_NATS_DOMAIN", domain.to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_on_a_leaf_host_is_approved_from_the_centre_and_applied_there() {
+    let hosts = vec![A.to_owned(), B.to_owned()];
+    let table = hosts.join(",");
+    let net = NatsLeaves::start(&hosts, |c| c);
+    for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
+        let setup = open(&net, host, steward_bus::SETUP_USER).await;
+        let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("JetStream domain {domain}")), "{stdout}");
+    }
+
+    let (scope_a, scope_b) = (unique_name("scope-a"), unique_name("scope-b"));
+    let app = app(&scope_a, "manual", &[]);
+    let mut procs = vec![];
+    for (host, scope) in [(A, &scope_a), (B, &scope_b)] {
+        for service in [Service::Watcher, Service::Updater] {
+            let user = service.identity(Some(host));
+            let leaf = open(&net, Some(host), &user).await;
+            let mut extra = env(&table, host, &user);
+            extra.push(("STEWARD_HOST", host.to_owned()));
+            extra.push(("STEWARD_SCOPE", scope.clone()));
+            if service == Service::Updater {
+                extra.push(("STEWARD_HEALTH_GRACE", "2s".into()));
+            }
+            procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
+        }
+    }
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+    let cli = |args: &[&str]| {
+        let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "steward {args:?} failed: {stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+
+    push_app("v2", &app.image);
+    let checked = cli(&["check"]);
+    assert!(checked.contains("on vps-a") && checked.contains("on vps-b"), "{checked}");
+    wait_event(&hub, "update.pending", Duration::from_secs(60)).await;
+    // The record is on a's leaf; the centre lists it from the hub's copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let pending = cli(&["updates"]);
+        if let Some(row) = pending.lines().find(|l| l.contains(&app.name)) {
+            break row.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "not listed: {pending}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(row.contains(A), "the update is host a's: {row}");
+    let id = row.split_whitespace().next().expect("an id").to_owned();
+    cli(&["approve", &id]);
+    let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
+    let approved = events
+        .iter()
+        .find(|e| matches!(&e.data, EventData::UpdateApproved(_)))
+        .expect("the approval is in the hub's stream");
+    assert_eq!(approved.host.as_deref(), Some(A), "addressed to the update's host");
+    for e in events.iter().filter(|e| e.event_type().starts_with("update.")) {
+        assert_eq!(e.host.as_deref(), Some(A), "{} about host a", e.event_type());
+    }
+    let of = |t: &str| events.iter().filter(|e| e.event_type() == t).count();
+    for step in ["update.pending", "update.approved", "update.started", "update.succeeded"] {
+        assert_eq!(of(step), 1, "{step} at the hub {} times\n{}", of(step), logs());
+    }
+    let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    ids.sort();
+    let stored = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), stored, "an event stored twice at the hub");
+
+    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+        steward_system_tests::assert_nothing_refused(server, &procs);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
+    use steward_system_tests::mail::{
+        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    };
+    let hosts = vec![A.to_owned(), B.to_owned()];
+    let table = hosts.join(",");
+    let net = NatsLeaves::start(&hosts, |c| c);
+    for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
+        let setup = open(&net, host, steward_bus::SETUP_USER).await;
+        let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
+        assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let scope = unique_name("scope-leaf-link");
+    let app = app(&scope, "manual", &[]);
+    let port = steward_testkit::free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let mut procs = vec![];
+    for service in [Service::Watcher, Service::Updater] {
+        let user = service.identity(Some(A));
+        let leaf = open(&net, Some(A), &user).await;
+        let mut extra = env(&table, A, &user);
+        extra.push(("STEWARD_HOST", A.to_owned()));
+        extra.push(("STEWARD_SCOPE", scope.clone()));
+        if service == Service::Updater {
+            extra.extend([
+                ("STEWARD_HEALTH_GRACE", "2s".to_owned()),
+                ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+                ("STEWARD_PUBLIC_URL", public.clone()),
+                (
+                    "STEWARD_APPROVAL_SECRET",
+                    "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+                ),
+            ]);
+        }
+        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
+    }
+    let to = unique_address("leaf-link");
+    let hub = open(&net, None, Service::Notifier.name()).await;
+    let mut notifier_env = testbed_notifier_env(&to);
+    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
+    procs.push((
+        "notifier".to_owned(),
+        Proc::service(Service::Notifier.binary(), &hub, &notifier_env),
+    ));
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+
+    push_app("v2", &app.image);
+    let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
+    assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(60));
+    let mail = &mails[0];
+    assert!(mail.text.contains(A), "the mail does not name the host: {}", mail.text);
+    let link = mail
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Approval page: "))
+        .unwrap_or_else(|| panic!("no link in the mail: {}\n{}", mail.text, logs()))
+        .to_owned();
+    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
+    let posted = reqwest::Client::new()
+        .post(&link)
+        .form(&[("decision", "approve")])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("POST the link");
+    assert!(posted.status().is_success(), "{}", posted.status());
+    let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
+    for e in events.iter().filter(|e| e.event_type().starts_with("update.")) {
+        assert_eq!(e.host.as_deref(), Some(A), "{} about host a", e.event_type());
+    }
+    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+        steward_system_tests::assert_nothing_refused(server, &procs);
+    }
+}
+
+/// The hub SIGKILLed during an automatic update on host a: the update goes on and ends on a's
+/// leaf, which never needed the hub; restarted, the hub gets the whole flow, each step once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_on_a_leaf_host_ends_while_the_hub_is_down_and_the_hub_gets_it_once() {
+    let hosts = vec![A.to_owned(), B.to_owned()];
+    let table = hosts.join(",");
+    let mut net = NatsLeaves::start(&hosts, |c| c);
+    for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
+        let setup = open(&net, host, steward_bus::SETUP_USER).await;
+        let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
+        assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let scope = unique_name("scope-leaf-kill");
+    let app = app(&scope, "automatic", &[]);
+    let mut procs = vec![];
+    for service in [Service::Watcher, Service::Updater] {
+        let user = service.identity(Some(A));
+        let leaf = open(&net, Some(A), &user).await;
+        let mut extra = env(&table, A, &user);
+        extra.push(("STEWARD_HOST", A.to_owned()));
+        extra.push(("STEWARD_SCOPE", scope.clone()));
+        if service == Service::Updater {
+            // A health gate long enough for the hub to be down inside the flow.
+            extra.push(("STEWARD_HEALTH_GRACE", "5s".into()));
+        }
+        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
+    }
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    // The host's own view, for while the hub is down.
+    let leaf_a = open(&net, Some(A), steward_bus::SETUP_USER).await;
+    let leaf_a = Bus::connect(leaf_a.config().clone(), "steward-test").await.expect("a's stream");
+    {
+        let hub = open(&net, None, Service::Cli.name()).await;
+        push_app("v2", &app.image);
+        let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
+        assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+        let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("hub stream");
+        wait_event(&hub, "update.started", Duration::from_secs(60)).await;
+    }
+    net.hub.kill();
+    let killed = std::time::Instant::now();
+    let on_leaf = wait_event(&leaf_a, "update.succeeded", Duration::from_secs(60)).await;
+    assert!(
+        !on_leaf.iter().any(|e| e.event_type() == "update.failed"),
+        "the update failed with the hub down\n{}",
+        logs()
+    );
+    eprintln!(
+        "MEASURED the update ended on the host {:?} after the hub was killed",
+        killed.elapsed()
+    );
+    net.hub.start_again();
+    let restarted = std::time::Instant::now();
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+    let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
+    eprintln!("MEASURED the flow at the hub {:?} after its restart", restarted.elapsed());
+    let of = |t: &str| events.iter().filter(|e| e.event_type() == t).count();
+    for step in ["image.updated", "update.started", "update.succeeded"] {
+        assert_eq!(of(step), 1, "{step} at the hub {} times\n{}", of(step), logs());
+    }
+    let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    ids.sort();
+    let stored = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), stored, "an event stored twice at the hub");
+    // Every event of a's leaf is at the hub, in a's order.
+    let at_hub: Vec<_> =
+        events.iter().filter(|e| e.host.as_deref() == Some(A)).map(|e| e.id).collect();
+    let on_leaf = wait_event(&leaf_a, "update.succeeded", Duration::from_secs(5)).await;
+    let on_leaf: Vec<_> = on_leaf.iter().map(|e| e.id).collect();
+    assert_eq!(at_hub, on_leaf, "the hub's copy of a's events");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !steward_testkit::http_get(app.port).is_some_and(|b| b.contains("app v2")) {
+        assert!(std::time::Instant::now() < deadline, "v2 is not served\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
