@@ -6,7 +6,7 @@
 //! reads (looks up, pulls from, acks) only its own durable consumer; it writes only its own
 //! KV buckets (and its own keys of the markers bucket); it reads others' buckets without the
 //! right to change them; it receives replies only on its own inbox prefix, and answers only
-//! requests it received (the updater's approval links). Every participant
+//! requests it received (the updater's and the deployer's approval links). Every participant
 //! may read the event stream through JetStream (the audit trail is not secret among Steward's
 //! services). No participant creates, updates, purges or deletes the stream, a durable
 //! consumer or a bucket: that is the provisioning user's ([`SETUP_USER`], `steward setup`),
@@ -136,18 +136,21 @@ impl Permissions {
         if service.follows_progress() {
             subscribe.push(progress);
         }
-        // Approval links: asked by the notifier, answered by the updater, never stored.
-        let links = ns.subject(crate::approval::APPROVAL_LINK_SUBJECT);
-        if service.requests_approval_links() {
-            publish.push(links.clone());
-            if routed {
-                publish.push(format!("{links}.*"));
+        // Approval links: asked by the notifier, answered by the kind's service (the updater
+        // for image updates, the deployer for deployments), never stored.
+        for kind in crate::approval::LinkKind::ALL {
+            let links = ns.subject(kind.subject());
+            if service.requests_approval_links() {
+                publish.push(links.clone());
+                if routed {
+                    publish.push(format!("{links}.*"));
+                }
             }
-        }
-        if service.serves_approval_links() {
-            match host {
-                Some(h) => subscribe.push(format!("{links}.{h}")),
-                None => subscribe.push(links),
+            if service == kind.server() {
+                match host {
+                    Some(h) => subscribe.push(format!("{links}.{h}")),
+                    None => subscribe.push(links),
+                }
             }
         }
         publish.sort();

@@ -36,6 +36,22 @@ pub const ENV_TEST_TIMEOUT: &str = "STEWARD_DEPLOY_TEST_TIMEOUT";
 /// Bound of one `git` or `docker-compose` command.
 pub const ENV_COMMAND_TIMEOUT: &str = "STEWARD_DEPLOY_COMMAND_TIMEOUT";
 
+/// Base URL under which operators reach the deployer's HTTP port (behind the proxy), for the
+/// approval links of manual environments: `https`, or `http` to a loopback host only. The
+/// deployer's own: it is another service on another port than the updater's page.
+pub const ENV_PUBLIC_URL: &str = "STEWARD_DEPLOY_PUBLIC_URL";
+/// Key that signs deployment approval links (at least 32 bytes; give it as `_FILE`). Its
+/// own, so a leak of the updater's secret does not approve deployments (and back).
+pub const ENV_APPROVAL_SECRET: &str = "STEWARD_DEPLOY_APPROVAL_SECRET";
+/// How long a deployment's approval link stays valid from its claim (1m to 7d; default 72h).
+pub const ENV_APPROVAL_TTL: &str = "STEWARD_DEPLOY_APPROVAL_TTL";
+/// The deployer's link settings, read by the same rule as the updater's.
+pub const LINK_VARS: steward_approval::LinkVars = steward_approval::LinkVars {
+    public_url: ENV_PUBLIC_URL,
+    secret: ENV_APPROVAL_SECRET,
+    ttl: ENV_APPROVAL_TTL,
+};
+
 /// A webhook body larger than this is refused (413) before it is read whole: Gitea's push
 /// payloads are a few KiB per commit.
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
@@ -93,6 +109,8 @@ pub struct DeployerConfig {
     pub test_timeout: Duration,
     /// One probe's settings, shared with the health service and the updater.
     pub probe: steward_probe::ProbeConfig,
+    /// Signed approval links of manual environments; `None`: approvals by CLI only.
+    pub links: Option<steward_approval::ApprovalLinks>,
 }
 
 impl std::fmt::Debug for DeployerConfig {
@@ -103,6 +121,7 @@ impl std::fmt::Debug for DeployerConfig {
             .field("dir", &self.dir)
             .field("project", &self.project)
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<set>"))
+            .field("links", &self.links)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +185,11 @@ impl DeployerConfig {
             command_timeout: env.duration(ENV_COMMAND_TIMEOUT, Duration::from_secs(600)),
             test_timeout: env.duration(ENV_TEST_TIMEOUT, Duration::from_secs(600)),
             probe: steward_probe::ProbeConfig::read(env),
+            links: steward_approval::read_links(
+                env,
+                steward_approval::LinkKind::Deploy,
+                &LINK_VARS,
+            ),
         }
     }
 
