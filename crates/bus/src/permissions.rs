@@ -312,3 +312,38 @@ fn list(subjects: &[String]) -> String {
     out.push_str("        ]");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approval::LinkKind;
+
+    /// Under host routing each kind's service listens to its own host's link requests only,
+    /// and the notifier asks any host's; nobody else touches either subject.
+    #[test]
+    fn link_subjects_are_per_host_and_per_kind() {
+        let ns = Namespace::default();
+        let hosts = vec!["a".to_owned(), "b".to_owned()];
+        let users = Permissions::users(&ns, &hosts);
+        let find = |user: &str| users.iter().find(|p| p.user == user).expect(user);
+        for kind in LinkKind::ALL {
+            let subject = ns.subject(kind.subject());
+            let server = find(&format!("{}-a", kind.server().name()));
+            assert!(server.subscribe.contains(&format!("{subject}.a")), "{kind:?}");
+            assert!(!server.subscribe.iter().any(|s| s.starts_with(&format!("{subject}.b"))));
+            assert!(server.allow_responses);
+            let notifier = find("notifier");
+            assert!(notifier.publish.contains(&format!("{subject}.*")), "{kind:?}");
+            for other in users.iter().filter(|p| p.service != kind.server()) {
+                assert!(
+                    !other.subscribe.iter().any(|s| s.starts_with(&subject)),
+                    "{} listens to {kind:?} links",
+                    other.user
+                );
+            }
+            for other in users.iter().filter(|p| p.service != Service::Notifier) {
+                assert!(!other.publish.iter().any(|s| s.starts_with(&subject)), "{}", other.user);
+            }
+        }
+    }
+}

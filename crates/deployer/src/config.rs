@@ -279,4 +279,37 @@ mod tests {
             assert!(parse_environments(bad).is_err(), "{bad:?} accepted");
         }
     }
+
+    #[test]
+    fn approval_links_follow_the_updaters_rule_under_the_deployers_names() {
+        let read = |pairs: &[(&str, &str)]| {
+            let mut all = vec![(ENV_REPOSITORY, "file:///srv/site.git")];
+            all.extend_from_slice(pairs);
+            let mut env = Env::from_pairs(all);
+            let cfg = DeployerConfig::read(&mut env);
+            env.finish().map(|()| cfg).map_err(|e| e.to_string())
+        };
+        let secret = "0123456789abcdef0123456789abcdef";
+        assert!(read(&[]).expect("no links").links.is_none(), "CLI approvals only");
+        let on = read(&[(ENV_PUBLIC_URL, "https://x.test/deploy"), (ENV_APPROVAL_SECRET, secret)])
+            .expect("links");
+        let links = on.links.clone().expect("links on");
+        assert_eq!(links.kind(), steward_approval::LinkKind::Deploy);
+        assert!(!format!("{on:?}").contains(secret), "the key is printed");
+        for (pairs, named) in [
+            (
+                vec![(ENV_PUBLIC_URL, "http://x.test"), (ENV_APPROVAL_SECRET, secret)],
+                ENV_PUBLIC_URL,
+            ),
+            (vec![(ENV_PUBLIC_URL, "https://x.test")], ENV_PUBLIC_URL),
+            (
+                vec![(ENV_PUBLIC_URL, "https://x.test"), (ENV_APPROVAL_SECRET, "short")],
+                ENV_APPROVAL_SECRET,
+            ),
+            (vec![(ENV_APPROVAL_TTL, "8d")], ENV_APPROVAL_TTL),
+        ] {
+            let e = read(&pairs).expect_err(named);
+            assert!(e.contains(named), "{pairs:?}: {e}");
+        }
+    }
 }
