@@ -160,7 +160,9 @@ if [ "${COPY:-1}" = 1 ]; then
 fi
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 echo "   total ${steward_total} s to backup.done${copied:+; second copy complete after $(secs "$t0" "$copied") s}; peak RSS of steward-backup $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
-echo "   speed-up over the peer: $(echo "$peer_total / $steward_total" | bc -l | xargs printf '%.1f')x; against the tools' limit: $(echo "$steward_total / $limit_total" | bc -l | xargs printf '%.2f')x its time"
+speedup="not measured (PEER=0)"
+[ "$peer_total" = 0 ] || speedup="$(echo "$peer_total / $steward_total" | bc -l | xargs printf '%.1f')x"
+echo "   speed-up over the peer: $speedup; against the tools' limit: $(echo "$steward_total / $limit_total" | bc -l | xargs printf '%.2f')x its time"
 echo "   stored: steward $($S3 ls --recursive "s3://$BUCKET/" | grep -v ' peer/' | grep -v ' limit/' | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB," \
   "peer $($S3 ls --recursive "s3://$BUCKET/peer/" | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB," \
   "limit $($S3 ls --recursive "s3://$BUCKET/limit/" | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB"

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
+use steward_approval::links::ApprovalLinks;
 use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, EventData};
@@ -31,7 +32,6 @@ use steward_system_tests::mail::{testbed_notifier_env, unique_address, wait_mail
 use steward_system_tests::{steward_ok as steward, Proc};
 use steward_testkit::docker::{build_and_push, ImageTag};
 use steward_testkit::{free_port, http_get, stored_events, unique_name, TestBus};
-use steward_updater::links::ApprovalLinks;
 
 const SECRET: &str = "9a8b7c6d5e4f30211203f4e5d6c7b8a90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 /// The buttons' background colours in approval.html: a painted button shows them.
@@ -423,8 +423,13 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     // An expired link (same update, minted with the test's secret two hours ago): its page,
     // no buttons, nothing decided.
     let old = time::OffsetDateTime::now_utc() - Duration::from_secs(7200);
-    let (expired, _) = ApprovalLinks::new(&public, SECRET.as_bytes(), Duration::from_secs(3600))
-        .mint(pending.1.update_id, old);
+    let (expired, _) = ApprovalLinks::new(
+        steward_approval::LinkKind::Update,
+        &public,
+        SECRET.as_bytes(),
+        Duration::from_secs(3600),
+    )
+    .mint(pending.1.update_id, old);
     client.goto(&expired).await.expect("open the expired link");
     let text = page_with_heading(&client, "Link expired").await;
     assert!(text.contains("expired") && text.contains("Nothing was changed"), "{text}");

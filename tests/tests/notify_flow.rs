@@ -7,6 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use steward_approval::links::ApprovalLinks;
 use steward_bus::{Bus, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, EventData};
@@ -18,7 +19,6 @@ use steward_system_tests::mail::{
 use steward_system_tests::{steward_ok as steward, Proc};
 use steward_testkit::docker::push_app;
 use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for, TestBus};
-use steward_updater::links::ApprovalLinks;
 
 const SECRET: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
@@ -136,8 +136,13 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
     assert_eq!(get(&forged).await.0, 403);
     assert_eq!(post(&forged, "approve").await.0, 403);
     let old = time::OffsetDateTime::now_utc() - Duration::from_secs(7200);
-    let (expired, _) = ApprovalLinks::new(&public, SECRET.as_bytes(), Duration::from_secs(3600))
-        .mint(pending.1.update_id, old);
+    let (expired, _) = ApprovalLinks::new(
+        steward_approval::LinkKind::Update,
+        &public,
+        SECRET.as_bytes(),
+        Duration::from_secs(3600),
+    )
+    .mint(pending.1.update_id, old);
     let (status, body) = post(&expired, "approve").await;
     assert_eq!(status, 410, "{body}");
     assert!(body.contains("expired"), "{body}");

@@ -1,11 +1,12 @@
-//! Approval links by request and reply, on the plain NATS subject `<prefix>approval.link`,
-//! outside the stream.
+//! Approval links by request and reply, on plain NATS subjects outside the stream: one per
+//! kind of decision ([`LinkKind`]): `<prefix>approval.link` (image updates, answered by the
+//! updater) and `<prefix>approval.deploy` (deployments, answered by the deployer).
 //!
-//! An approval link holds a live token: whoever has it approves a production update. So it
+//! An approval link holds a live token: whoever has it approves a production change. So it
 //! is never an event (the stream keeps events for a year and every service reads them): the
-//! notifier asks the updater for it when it mails, and the updater mints it again from the
-//! pending update's record. The NATS permissions let only the notifier ask and only the
-//! updater answer, and the updater may answer only the requests it received
+//! notifier asks the service that decides for it when it mails, and that service mints it
+//! again from the pending record. The NATS permissions let only the notifier ask and only the
+//! kind's service answer, and that service may answer only the requests it received
 //! (`allow_responses`), never publish to anyone's inbox ([`crate::Permissions`]).
 
 use std::time::Duration;
@@ -15,23 +16,69 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use steward_events::Service;
+
 use crate::{Bus, BusError};
 
-/// Subject (under the namespace's prefix) of approval link requests. Not an event family:
-/// the stream never captures it.
+/// Subject (under the namespace's prefix) of image update approval link requests. Not an
+/// event family: the stream never captures it.
 pub const APPROVAL_LINK_SUBJECT: &str = "approval.link";
+/// Subject of deployment approval link requests (same family, outside the stream).
+pub const DEPLOY_LINK_SUBJECT: &str = "approval.deploy";
 
-/// Longest request body the updater reads: a request is a UUID in JSON.
-const MAX_REQUEST: usize = 256;
-
-/// What the notifier asks: the link of one pending update.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkRequest {
-    /// The pending update (from its `update.pending`).
-    pub update_id: Uuid,
+/// What an approval link decides on. Part of what a token signs, so a link minted for one
+/// kind never decides on the other, even under the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkKind {
+    /// A pending image update (`update.pending`), decided by the updater.
+    Update,
+    /// A pending deployment (`deploy.pending`), decided by the deployer.
+    Deploy,
 }
 
-/// What the updater answers.
+impl LinkKind {
+    /// Every kind.
+    pub const ALL: [LinkKind; 2] = [LinkKind::Update, LinkKind::Deploy];
+
+    /// Its request subject, under the namespace's prefix (and the host's suffix when routed).
+    pub fn subject(self) -> &'static str {
+        match self {
+            LinkKind::Update => APPROVAL_LINK_SUBJECT,
+            LinkKind::Deploy => DEPLOY_LINK_SUBJECT,
+        }
+    }
+
+    /// The one service that mints and answers its links.
+    pub fn server(self) -> Service {
+        match self {
+            LinkKind::Update => Service::Updater,
+            LinkKind::Deploy => Service::Deployer,
+        }
+    }
+
+    /// `update` or `deploy`, as logs and pages say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkKind::Update => "update",
+            LinkKind::Deploy => "deploy",
+        }
+    }
+}
+
+/// Longest request body a service reads: a request is a UUID in JSON.
+const MAX_REQUEST: usize = 256;
+
+/// What the notifier asks: the link of one pending update or deployment (the kind is the
+/// subject's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRequest {
+    /// The pending update (from its `update.pending`) or deployment (`deploy.pending`).
+    /// Read under its former name too, from a notifier of the previous release.
+    #[serde(alias = "update_id")]
+    pub id: Uuid,
+}
+
+/// What the service answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum LinkReply {
@@ -43,14 +90,14 @@ pub enum LinkReply {
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
     },
-    /// No link: the update no longer waits for a decision, is unknown, or links are off.
+    /// No link: the change no longer waits for a decision, is unknown, or links are off.
     Unavailable {
         /// Why, for the mail.
         reason: String,
     },
 }
 
-/// One request received by the updater; answer it with [`LinkAsk::answer`].
+/// One request received by the kind's service; answer it with [`LinkAsk::answer`].
 #[derive(Debug)]
 pub struct LinkAsk {
     /// The request, or why it could not be read (answered as unavailable).
@@ -70,44 +117,53 @@ impl LinkAsk {
 }
 
 impl Bus {
-    /// `approval.link`, or under host routing `approval.link.<host>`: only the updater of the
-    /// update's host answers (and only its NATS user may).
-    fn approval_link_subject(&self, host: Option<&str>) -> String {
+    /// `approval.link`, or under host routing `approval.link.<host>` (`approval.deploy[.<host>]`
+    /// for deployments): only the kind's service of the change's host answers (and only its
+    /// NATS user may).
+    fn approval_link_subject(&self, kind: LinkKind, host: Option<&str>) -> String {
+        let subject = kind.subject();
         match host.filter(|_| self.config().routes_by_host()) {
-            Some(host) => self.namespace().subject(&format!("{APPROVAL_LINK_SUBJECT}.{host}")),
-            None => self.namespace().subject(APPROVAL_LINK_SUBJECT),
+            Some(host) => self.namespace().subject(&format!("{subject}.{host}")),
+            None => self.namespace().subject(subject),
         }
     }
 
-    /// Asks the updater of `host` (the pending update's event's) for the approval link of
-    /// `update_id`, waiting at most `timeout`. No updater listening is an error at once (NATS
+    /// Asks the service of `kind` on `host` (the pending event's) for the approval link of
+    /// `id`, waiting at most `timeout`. No service listening is an error at once (NATS
     /// answers "no responders").
     pub async fn request_approval_link(
         &self,
-        update_id: Uuid,
+        kind: LinkKind,
+        id: Uuid,
         host: Option<&str>,
         timeout: Duration,
     ) -> Result<LinkReply, BusError> {
-        let body = serde_json::to_vec(&LinkRequest { update_id })
+        let body = serde_json::to_vec(&LinkRequest { id })
             .map_err(|e| BusError::Nats { op: "encode link request", reason: e.to_string() })?;
         let request = async_nats::Request::new().payload(body.into()).timeout(Some(timeout));
-        let answer = self
-            .client
-            .send_request(self.approval_link_subject(host), request)
-            .await
-            .map_err(|e| BusError::nats("ask for an approval link", e))?;
+        let subject = self.approval_link_subject(kind, host);
+        let answer =
+            self.client.send_request(subject.clone(), request).await.map_err(|e| {
+                match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        BusError::NoResponders { subject }
+                    }
+                    _ => BusError::nats("ask for an approval link", e),
+                }
+            })?;
         serde_json::from_slice(&answer.payload)
             .map_err(|e| BusError::Nats { op: "read the link reply", reason: e.to_string() })
     }
 
-    /// The approval link requests from now on (the updater's). Lost while nobody listens:
-    /// the asker gets "no responders" and tries again later.
+    /// The approval link requests of `kind` from now on (its service's). Lost while nobody
+    /// listens: the asker gets "no responders" and tries again later.
     pub async fn approval_link_requests(
         &self,
+        kind: LinkKind,
     ) -> Result<impl Stream<Item = LinkAsk> + Send + Unpin + 'static, BusError> {
         let subscriber = self
             .client
-            .subscribe(self.approval_link_subject(self.config().route_host()))
+            .subscribe(self.approval_link_subject(kind, self.config().route_host()))
             .await
             .map_err(|e| BusError::nats("subscribe to approval link requests", e))?;
         let client = self.client.clone();
@@ -127,14 +183,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_link_subject_is_not_captured_by_the_stream() {
-        let family = APPROVAL_LINK_SUBJECT.split('.').next().unwrap_or_default();
-        assert!(
-            !steward_events::EventData::ALL_TYPES
-                .iter()
-                .any(|t| t.split('.').next() == Some(family)),
-            "`{family}` is an event family: links would be stored in the stream"
-        );
+    fn the_link_subjects_are_not_captured_by_the_stream() {
+        for kind in LinkKind::ALL {
+            let family = kind.subject().split('.').next().unwrap_or_default();
+            assert!(
+                !steward_events::EventData::ALL_TYPES
+                    .iter()
+                    .any(|t| t.split('.').next() == Some(family)),
+                "`{family}` is an event family: links would be stored in the stream"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_of_the_previous_release_reads() {
+        let id = Uuid::now_v7();
+        let old = format!(r#"{{"update_id":"{id}"}}"#);
+        assert_eq!(serde_json::from_str::<LinkRequest>(&old).expect("read"), LinkRequest { id });
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub enum BusError {
     /// Not connected right now.
     #[error("not connected to NATS")]
     NotConnected,
+    /// A request found nobody listening on its subject (NATS answered "no responders").
+    #[error("nobody listens on {subject}")]
+    NoResponders {
+        /// The request's subject.
+        subject: String,
+    },
     /// The stream could not be created or updated.
     #[error("cannot create or update stream {stream}: {reason}")]
     Stream {

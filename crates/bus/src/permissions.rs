@@ -6,7 +6,7 @@
 //! reads (looks up, pulls from, acks) only its own durable consumer; it writes only its own
 //! KV buckets (and its own keys of the markers bucket); it reads others' buckets without the
 //! right to change them; it receives replies only on its own inbox prefix, and answers only
-//! requests it received (the updater's approval links). Every participant
+//! requests it received (the updater's and the deployer's approval links). Every participant
 //! may read the event stream through JetStream (the audit trail is not secret among Steward's
 //! services). No participant creates, updates, purges or deletes the stream, a durable
 //! consumer or a bucket: that is the provisioning user's ([`SETUP_USER`], `steward setup`),
@@ -136,18 +136,21 @@ impl Permissions {
         if service.follows_progress() {
             subscribe.push(progress);
         }
-        // Approval links: asked by the notifier, answered by the updater, never stored.
-        let links = ns.subject(crate::approval::APPROVAL_LINK_SUBJECT);
-        if service.requests_approval_links() {
-            publish.push(links.clone());
-            if routed {
-                publish.push(format!("{links}.*"));
+        // Approval links: asked by the notifier, answered by the kind's service (the updater
+        // for image updates, the deployer for deployments), never stored.
+        for kind in crate::approval::LinkKind::ALL {
+            let links = ns.subject(kind.subject());
+            if service.requests_approval_links() {
+                publish.push(links.clone());
+                if routed {
+                    publish.push(format!("{links}.*"));
+                }
             }
-        }
-        if service.serves_approval_links() {
-            match host {
-                Some(h) => subscribe.push(format!("{links}.{h}")),
-                None => subscribe.push(links),
+            if service == kind.server() {
+                match host {
+                    Some(h) => subscribe.push(format!("{links}.{h}")),
+                    None => subscribe.push(links),
+                }
             }
         }
         publish.sort();
@@ -338,13 +341,17 @@ impl LeafLink {
         let mut subscribe = vec![
             // What the centre addresses to the host (approvals, requests).
             ns.host_subjects(host),
-            // The approval links the notifier asks the host's updater for.
-            format!("{}.{host}", ns.subject(crate::approval::APPROVAL_LINK_SUBJECT)),
             // The host's JetStream, for the hub's sources (no central user may publish here).
             format!("$JS.{host}.API.>"),
             // The sources' flow control, hub to leaf: the stream's and the agents' buckets'.
             format!("$JS.FC.{}.>", ns.stream),
         ];
+        // The approval links the notifier asks the host's updater and deployer for.
+        subscribe.extend(
+            crate::approval::LinkKind::ALL
+                .into_iter()
+                .map(|kind| format!("{}.{host}", ns.subject(kind.subject()))),
+        );
         subscribe.extend(
             crate::setup::sourced_buckets()
                 .into_iter()
@@ -456,5 +463,40 @@ mod tests {
         }
         assert!(link.publish.contains(&"leaf.vps-a.>".to_owned()), "{:?}", link.publish);
         assert!(link.subscribe.contains(&"$JS.vps-a.API.>".to_owned()), "{:?}", link.subscribe);
+        for kind in crate::approval::LinkKind::ALL {
+            let asked = format!("{}.vps-a", ns.subject(kind.subject()));
+            assert!(link.subscribe.contains(&asked), "{kind:?}: {:?}", link.subscribe);
+        }
+    }
+
+    use crate::approval::LinkKind;
+
+    /// Under host routing each kind's service listens to its own host's link requests only,
+    /// and the notifier asks any host's; nobody else touches either subject.
+    #[test]
+    fn link_subjects_are_per_host_and_per_kind() {
+        let ns = Namespace::default();
+        let hosts = vec!["a".to_owned(), "b".to_owned()];
+        let users = Permissions::users(&ns, &hosts);
+        let find = |user: &str| users.iter().find(|p| p.user == user).expect(user);
+        for kind in LinkKind::ALL {
+            let subject = ns.subject(kind.subject());
+            let server = find(&format!("{}-a", kind.server().name()));
+            assert!(server.subscribe.contains(&format!("{subject}.a")), "{kind:?}");
+            assert!(!server.subscribe.iter().any(|s| s.starts_with(&format!("{subject}.b"))));
+            assert!(server.allow_responses);
+            let notifier = find("notifier");
+            assert!(notifier.publish.contains(&format!("{subject}.*")), "{kind:?}");
+            for other in users.iter().filter(|p| p.service != kind.server()) {
+                assert!(
+                    !other.subscribe.iter().any(|s| s.starts_with(&subject)),
+                    "{} listens to {kind:?} links",
+                    other.user
+                );
+            }
+            for other in users.iter().filter(|p| p.service != Service::Notifier) {
+                assert!(!other.publish.iter().any(|s| s.starts_with(&subject)), "{}", other.user);
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use steward_bus::approval::LinkReply;
+use steward_bus::approval::{LinkKind, LinkReply};
 use steward_bus::{Bus, BusConfig, BusError, ConsumerSpec, Inbox, ReplayQuery, Setup};
 use steward_events::{Event, HealthRecovered, Service, UpdateApproved};
 use steward_testkit::leaf::{NatsLeaves, HOST_ROOT};
@@ -403,33 +403,37 @@ async fn the_hub_killed_and_restarted_gets_every_event_its_hosts_made_meanwhile_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notifier_gets_an_approval_link_from_the_hosts_updater_across_the_link_only() {
-    let net = provisioned(|c| c).await;
-    let updater_a = agent(&net, Service::Updater, A).await;
-    let mut asks = updater_a.approval_link_requests().await.expect("a's updater listens");
-    let served = tokio::spawn(async move {
-        use futures::StreamExt as _;
-        while let Some(ask) = asks.next().await {
-            let id = ask.request.as_ref().map(|r| r.update_id).unwrap_or_default();
-            let url = format!("https://vps-a.example/approve/{id}");
-            let reply = LinkReply::Link { url, expires_at: time::OffsetDateTime::now_utc() };
-            ask.answer(&reply).await.expect("answer");
+    // Both kinds: an update's link from a's updater, a deployment's from a's deployer.
+    for kind in LinkKind::ALL {
+        let net = provisioned(|c| c).await;
+        let server_a = agent(&net, kind.server(), A).await;
+        let mut asks = server_a.approval_link_requests(kind).await.expect("a's server listens");
+        let served = tokio::spawn(async move {
+            use futures::StreamExt as _;
+            while let Some(ask) = asks.next().await {
+                let id = ask.request.as_ref().map(|r| r.id).unwrap_or_default();
+                let url = format!("https://vps-a.example/approve/{id}");
+                let reply = LinkReply::Link { url, expires_at: time::OffsetDateTime::now_utc() };
+                ask.answer(&reply).await.expect("answer");
+            }
+        });
+        let notifier = central(&net, Service::Notifier).await;
+        let id = uuid::Uuid::now_v7();
+        let answer =
+            notifier.request_approval_link(kind, id, Some(A), Duration::from_secs(5)).await;
+        match answer {
+            Ok(LinkReply::Link { url, .. }) => assert!(url.ends_with(&id.to_string()), "{url}"),
+            other => panic!("{kind:?}: no link from a across the link: {other:?}"),
         }
-    });
-    let notifier = central(&net, Service::Notifier).await;
-    let id = uuid::Uuid::now_v7();
-    let answer = notifier.request_approval_link(id, Some(A), Duration::from_secs(5)).await;
-    match answer {
-        Ok(LinkReply::Link { url, .. }) => assert!(url.ends_with(&id.to_string()), "{url}"),
-        other => panic!("no link from a's updater across the link: {other:?}"),
+        // b's server is not listening: nobody answers for b (a's never sees b's requests).
+        let for_b = notifier.request_approval_link(kind, id, Some(B), Duration::from_secs(2)).await;
+        assert!(for_b.is_err(), "{kind:?}: someone answered for b: {for_b:?}");
+        // Cut off, a cannot be asked: an error at once or at the timeout, never a late answer.
+        net.leaf(A).link.cut();
+        let cut = notifier.request_approval_link(kind, id, Some(A), Duration::from_secs(2)).await;
+        assert!(cut.is_err(), "{kind:?}: a cut-off host answered: {cut:?}");
+        served.abort();
     }
-    // b's updater is not listening: nobody answers for b (a's never sees b's requests).
-    let for_b = notifier.request_approval_link(id, Some(B), Duration::from_secs(2)).await;
-    assert!(for_b.is_err(), "someone answered for b: {for_b:?}");
-    // Cut off, a cannot be asked: an error at once or at the timeout, never a late answer.
-    net.leaf(A).link.cut();
-    let cut = notifier.request_approval_link(id, Some(A), Duration::from_secs(2)).await;
-    assert!(cut.is_err(), "a cut-off host answered: {cut:?}");
-    served.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

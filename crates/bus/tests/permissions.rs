@@ -300,13 +300,16 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     let server = NatsServer::start_with_steward_users();
     let _setup = server.setup().await;
     let updater = connect(&server, Service::Updater).await;
-    let mut asks = updater.approval_link_requests().await.expect("the updater listens");
+    let mut asks = updater
+        .approval_link_requests(steward_bus::approval::LinkKind::Update)
+        .await
+        .expect("the updater listens");
     let served = tokio::spawn(async move {
         let mut answered = 0;
         while let Some(ask) = asks.next().await {
             let reply = match &ask.request {
                 Ok(r) => LinkReply::Link {
-                    url: format!("https://steward.test/approve/{}", r.update_id.simple()),
+                    url: format!("https://steward.test/approve/{}", r.id.simple()),
                     expires_at: time::OffsetDateTime::now_utc(),
                 },
                 Err(why) => LinkReply::Unavailable { reason: why.clone() },
@@ -321,7 +324,12 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     let id = uuid::Uuid::now_v7();
     let notifier = connect(&server, Service::Notifier).await;
     let reply = notifier
-        .request_approval_link(id, None, Duration::from_secs(5))
+        .request_approval_link(
+            steward_bus::approval::LinkKind::Update,
+            id,
+            None,
+            Duration::from_secs(5),
+        )
         .await
         .expect("the notifier is answered");
     let LinkReply::Link { url, .. } = reply else { panic!("{reply:?}") };
@@ -330,7 +338,14 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     // Nobody else may ask: the server refuses the publish, so no answer comes.
     for service in Service::ALL.into_iter().filter(|s| *s != Service::Notifier) {
         let bus = connect(&server, service).await;
-        let asked = bus.request_approval_link(id, None, Duration::from_millis(500)).await;
+        let asked = bus
+            .request_approval_link(
+                steward_bus::approval::LinkKind::Update,
+                id,
+                None,
+                Duration::from_millis(500),
+            )
+            .await;
         assert!(asked.is_err(), "{service} was answered: {asked:?}");
     }
     let log = server.wait_log("Publish Violation");
@@ -343,7 +358,15 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
         .subscribe(watcher.namespace().subject(steward_bus::approval::APPROVAL_LINK_SUBJECT))
         .await
         .expect("subscribe call");
-    notifier.request_approval_link(id, None, Duration::from_secs(5)).await.expect("asked again");
+    notifier
+        .request_approval_link(
+            steward_bus::approval::LinkKind::Update,
+            id,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("asked again");
     let heard = tokio::time::timeout(Duration::from_millis(500), overheard.next()).await;
     assert!(!matches!(heard, Ok(Some(_))), "the watcher overheard a link request");
 
@@ -358,6 +381,56 @@ async fn only_the_notifier_asks_for_approval_links_and_only_the_updater_answers(
     assert!(!matches!(got, Ok(Some(_))), "an unrequested reply reached the notifier");
 
     drop(updater);
+    served.abort();
+}
+
+/// Deployment links have their own subject: only the notifier asks, only the deployer listens
+/// (the updater, which answers update links, overhears none of them, and the deployer none of
+/// the updater's).
+#[tokio::test]
+async fn only_the_deployer_answers_deployment_approval_links() {
+    use futures::StreamExt as _;
+    use steward_bus::approval::{LinkKind, LinkReply};
+
+    let server = NatsServer::start_with_steward_users();
+    let _setup = server.setup().await;
+    let deployer = connect(&server, Service::Deployer).await;
+    let mut asks = deployer.approval_link_requests(LinkKind::Deploy).await.expect("listens");
+    let served = tokio::spawn(async move {
+        while let Some(ask) = asks.next().await {
+            let reply = LinkReply::Unavailable { reason: "deployer".into() };
+            ask.answer(&reply).await.expect("answer");
+        }
+    });
+    deployer.flush().await.expect("flush");
+    let notifier = connect(&server, Service::Notifier).await;
+    let id = uuid::Uuid::now_v7();
+    let reply = notifier
+        .request_approval_link(LinkKind::Deploy, id, None, Duration::from_secs(5))
+        .await
+        .expect("the notifier is answered");
+    assert_eq!(reply, LinkReply::Unavailable { reason: "deployer".into() });
+
+    // The updater may not listen to deployment links, nor the deployer to update links.
+    for (service, kind) in
+        [(Service::Updater, LinkKind::Deploy), (Service::Deployer, LinkKind::Update)]
+    {
+        let bus = connect(&server, service).await;
+        let mut overheard = bus
+            .raw_client()
+            .subscribe(bus.namespace().subject(kind.subject()))
+            .await
+            .expect("subscribe call");
+        bus.flush().await.expect("flush");
+        let _ = notifier.request_approval_link(kind, id, None, Duration::from_millis(300)).await;
+        let heard = tokio::time::timeout(Duration::from_millis(300), overheard.next()).await;
+        assert!(!matches!(heard, Ok(Some(_))), "{service} overheard a {kind:?} link request");
+    }
+    // Nobody but the notifier asks.
+    let updater = connect(&server, Service::Updater).await;
+    let asked =
+        updater.request_approval_link(LinkKind::Deploy, id, None, Duration::from_millis(500)).await;
+    assert!(asked.is_err(), "the updater was answered: {asked:?}");
     served.abort();
 }
 

@@ -36,6 +36,22 @@ pub const ENV_TEST_TIMEOUT: &str = "STEWARD_DEPLOY_TEST_TIMEOUT";
 /// Bound of one `git` or `docker-compose` command.
 pub const ENV_COMMAND_TIMEOUT: &str = "STEWARD_DEPLOY_COMMAND_TIMEOUT";
 
+/// Base URL under which operators reach the deployer's HTTP port (behind the proxy), for the
+/// approval links of manual environments: `https`, or `http` to a loopback host only. The
+/// deployer's own: it is another service on another port than the updater's page.
+pub const ENV_PUBLIC_URL: &str = "STEWARD_DEPLOY_PUBLIC_URL";
+/// Key that signs deployment approval links (at least 32 bytes; give it as `_FILE`). Its
+/// own, so a leak of the updater's secret does not approve deployments (and back).
+pub const ENV_APPROVAL_SECRET: &str = "STEWARD_DEPLOY_APPROVAL_SECRET";
+/// How long a deployment's approval link stays valid from its claim (1m to 7d; default 72h).
+pub const ENV_APPROVAL_TTL: &str = "STEWARD_DEPLOY_APPROVAL_TTL";
+/// The deployer's link settings, read by the same rule as the updater's.
+pub const LINK_VARS: steward_approval::LinkVars = steward_approval::LinkVars {
+    public_url: ENV_PUBLIC_URL,
+    secret: ENV_APPROVAL_SECRET,
+    ttl: ENV_APPROVAL_TTL,
+};
+
 /// A webhook body larger than this is refused (413) before it is read whole: Gitea's push
 /// payloads are a few KiB per commit.
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
@@ -93,6 +109,8 @@ pub struct DeployerConfig {
     pub test_timeout: Duration,
     /// One probe's settings, shared with the health service and the updater.
     pub probe: steward_probe::ProbeConfig,
+    /// Signed approval links of manual environments; `None`: approvals by CLI only.
+    pub links: Option<steward_approval::ApprovalLinks>,
 }
 
 impl std::fmt::Debug for DeployerConfig {
@@ -103,6 +121,7 @@ impl std::fmt::Debug for DeployerConfig {
             .field("dir", &self.dir)
             .field("project", &self.project)
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<set>"))
+            .field("links", &self.links)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +185,11 @@ impl DeployerConfig {
             command_timeout: env.duration(ENV_COMMAND_TIMEOUT, Duration::from_secs(600)),
             test_timeout: env.duration(ENV_TEST_TIMEOUT, Duration::from_secs(600)),
             probe: steward_probe::ProbeConfig::read(env),
+            links: steward_approval::read_links(
+                env,
+                steward_approval::LinkKind::Deploy,
+                &LINK_VARS,
+            ),
         }
     }
 
@@ -253,6 +277,39 @@ mod tests {
             ["", "prod", "prod=main:maybe", "Prod=main", "a=-x", "a=b..c", "a=x,a=y", "a=x,b=x"]
         {
             assert!(parse_environments(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn approval_links_follow_the_updaters_rule_under_the_deployers_names() {
+        let read = |pairs: &[(&str, &str)]| {
+            let mut all = vec![(ENV_REPOSITORY, "file:///srv/site.git")];
+            all.extend_from_slice(pairs);
+            let mut env = Env::from_pairs(all);
+            let cfg = DeployerConfig::read(&mut env);
+            env.finish().map(|()| cfg).map_err(|e| e.to_string())
+        };
+        let secret = "0123456789abcdef0123456789abcdef";
+        assert!(read(&[]).expect("no links").links.is_none(), "CLI approvals only");
+        let on = read(&[(ENV_PUBLIC_URL, "https://x.test/deploy"), (ENV_APPROVAL_SECRET, secret)])
+            .expect("links");
+        let links = on.links.clone().expect("links on");
+        assert_eq!(links.kind(), steward_approval::LinkKind::Deploy);
+        assert!(!format!("{on:?}").contains(secret), "the key is printed");
+        for (pairs, named) in [
+            (
+                vec![(ENV_PUBLIC_URL, "http://x.test"), (ENV_APPROVAL_SECRET, secret)],
+                ENV_PUBLIC_URL,
+            ),
+            (vec![(ENV_PUBLIC_URL, "https://x.test")], ENV_PUBLIC_URL),
+            (
+                vec![(ENV_PUBLIC_URL, "https://x.test"), (ENV_APPROVAL_SECRET, "short")],
+                ENV_APPROVAL_SECRET,
+            ),
+            (vec![(ENV_APPROVAL_TTL, "8d")], ENV_APPROVAL_TTL),
+        ] {
+            let e = read(&pairs).expect_err(named);
+            assert!(e.contains(named), "{pairs:?}: {e}");
         }
     }
 }

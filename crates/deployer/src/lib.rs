@@ -7,9 +7,11 @@
 //! manual environment (`deploy.pending` → `deploy.approved`), back up first (the updater's
 //! backup gate: `backup.requested` → `backup.done`), recreate only the services whose
 //! definition changed, health-gate them with `steward-probe`, and roll back to the previous
-//! commit's definitions on failure. Git is the `git` binary ([`git`]); compose is
+//! commit's definitions on failure. A manual environment's `deploy.pending` is mailed with a
+//! signed approval link ([`approval`]), as an image update's is. Git is the `git` binary ([`git`]); compose is
 //! `docker-compose` ([`compose`]).
 
+pub mod approval;
 pub mod command;
 pub mod compose;
 pub mod config;
@@ -60,20 +62,39 @@ impl Deployer {
             "Webhook requests refused for a missing or wrong signature",
             refused.clone(),
         );
+        // One router for the HTTP port: the webhook and the approval page, each when set up.
+        let mut routes = axum::Router::new();
         match flow.cfg.webhook_secret.clone() {
             Some(secret) => {
-                let routes = webhook::router(
+                routes = routes.merge(webhook::router(
                     ctx.bus.clone(),
                     flow.cfg.clone(),
                     secret,
                     ctx.source(),
                     refused,
-                );
-                ctx.serve_routes(routes)?;
+                ));
                 tracing::info!(path = webhook::PATH, "push webhook served");
             }
             None => tracing::info!("no {}: no webhook, polling only", config::ENV_WEBHOOK_SECRET),
         }
+        match flow.cfg.links.clone() {
+            Some(links) => {
+                routes = routes.merge(approval::router(flow.clone(), links.clone())?);
+                tracing::info!(path = approval::PATH, "deployment approval page served");
+                let (flow, shutdown) = (flow.clone(), ctx.shutdown.clone());
+                ctx.spawn("deployment approval link requests", async move {
+                    if let Err(e) = approval::serve_links(flow, links, shutdown).await {
+                        tracing::error!(error = %e, "approval links cannot be served: mails will not carry them");
+                    }
+                });
+            }
+            None => tracing::info!(
+                "no {}/{}: deployments approved by CLI only",
+                config::ENV_PUBLIC_URL,
+                config::ENV_APPROVAL_SECRET
+            ),
+        }
+        ctx.serve_routes(routes)?;
         let left = flow.resume().await;
         if !left.is_empty() {
             tracing::error!(count = left.len(), "interrupted deployments left for the sweep");

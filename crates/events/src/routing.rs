@@ -218,9 +218,12 @@ impl Service {
                 "health.config_recovered",
             ],
             Service::Notifier => &["notify.sent", "notify.failed"],
+            // `deploy.approved|rejected` from its approval page (the CLI's too).
             Service::Deployer => &[
                 "deploy.requested",
                 "deploy.pending",
+                "deploy.approved",
+                "deploy.rejected",
                 "deploy.started",
                 "deploy.succeeded",
                 "deploy.failed",
@@ -297,9 +300,10 @@ impl Service {
         self == Service::Cli
     }
 
-    /// Whether it serves approval links on request (it holds the approval secret).
+    /// Whether it serves approval links on request (it holds an approval secret): the
+    /// updater for image updates, the deployer for deployments.
     pub fn serves_approval_links(self) -> bool {
-        self == Service::Updater
+        matches!(self, Service::Updater | Service::Deployer)
     }
 
     /// Whether it may ask for an approval link (to mail it).

@@ -210,6 +210,7 @@ impl Alerts {
             log_tail: vec![],
             next,
             update_id: None,
+            deploy_id: None,
             approval_url: None,
             needs_decision: false,
             release_notes: None,

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_bus::approval::LinkReply;
+use steward_bus::approval::{LinkKind, LinkReply};
 use steward_bus::BusError;
 use steward_events::{Event, EventData, NotifyFailed, NotifySent};
 use steward_runtime::Context;
@@ -276,24 +276,35 @@ impl Delivery {
         Ok(())
     }
 
-    /// Puts the approval link of a pending update into its item, asked from the updater
-    /// now (it is never stored: a link approves a production update). Without one, the item
-    /// says why and how to decide on the host instead.
+    /// Puts the approval link of a pending update or deployment into its item, asked now from
+    /// the updater or the deployer (it is never stored: a link approves a production change).
+    /// Without one, the item says why and how to decide on the host instead.
     async fn add_approval_link(&self, ctx: &Context, event: &Event, item: &mut Item) {
-        let EventData::UpdatePending(p) = &event.data else { return };
-        if p.expires_at.is_none() {
-            return;
-        }
+        let (kind, id) = match &event.data {
+            // An update announced without a link (links off): nothing to ask.
+            EventData::UpdatePending(p) if p.expires_at.is_some() => {
+                (LinkKind::Update, p.update_id)
+            }
+            EventData::DeployPending(p) => (LinkKind::Deploy, p.deploy_id),
+            _ => return,
+        };
         match ctx
             .bus
-            .request_approval_link(p.update_id, event.host.as_deref(), LINK_REQUEST_TIMEOUT)
+            .request_approval_link(kind, id, event.host.as_deref(), LINK_REQUEST_TIMEOUT)
             .await
         {
             Ok(LinkReply::Link { url, expires_at }) => item.offer_link(url, expires_at),
             Ok(LinkReply::Unavailable { reason }) => item.without_link(&reason),
+            // Deployment links are off unless the deployer has a public URL and a key (an
+            // update's event says so itself): nobody listening is that, not a fault, and the
+            // mail keeps the CLI's commands without a warning.
+            Err(BusError::NoResponders { .. }) if kind == LinkKind::Deploy => {
+                tracing::debug!(%id, "no deployer serves approval links: the CLI's commands only");
+            }
             Err(e) => {
-                tracing::warn!(error = %e, update = %p.update_id, "no approval link from the updater");
-                item.without_link(&format!("the updater did not answer ({e})"));
+                let service = kind.server();
+                tracing::warn!(error = %e, kind = kind.as_str(), %id, "no approval link from the {service}");
+                item.without_link(&format!("the {service} did not answer ({e})"));
             }
         }
     }

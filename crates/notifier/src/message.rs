@@ -51,7 +51,10 @@ pub struct Item {
     pub next: String,
     /// The update a decision is asked for (update.pending only).
     pub update_id: Option<Uuid>,
-    /// Signed approval page (update.pending only), asked from the updater when rendered.
+    /// The deployment a decision is asked for (deploy.pending only).
+    pub deploy_id: Option<Uuid>,
+    /// Signed approval page (update.pending and deploy.pending only), asked from the updater
+    /// or the deployer when rendered.
     pub approval_url: Option<String>,
     /// Whether this item needs a human decision (never grouped with others).
     pub needs_decision: bool,
@@ -131,6 +134,12 @@ fn on_the_host(update_id: Uuid) -> String {
     format!("Run `steward approve {update_id}` or `steward reject {update_id}` on the host.")
 }
 
+fn deploy_on_the_host(deploy_id: Uuid) -> String {
+    format!(
+        "Approve it on the host: `steward deploy approve {deploy_id}` (or `steward deploy reject {deploy_id}`)."
+    )
+}
+
 /// `Update` or `Rollback`: what a flow of `kind` is called at the start of a headline.
 fn flow_name(kind: UpdateKind) -> &'static str {
     match kind {
@@ -163,9 +172,15 @@ fn told_key(event: &Event) -> &'static str {
 impl Item {
     /// An approval request with its signed page.
     pub fn offer_link(&mut self, url: String, expires: time::OffsetDateTime) {
-        let Some(id) = self.update_id else { return };
+        let cli = match (self.update_id, self.deploy_id) {
+            (Some(id), _) => format!("`steward approve {id}` / `steward reject {id}`"),
+            (None, Some(id)) => {
+                format!("`steward deploy approve {id}` / `steward deploy reject {id}`")
+            }
+            (None, None) => return,
+        };
         self.next = format!(
-            "Open the approval page to approve or reject (the link works once and expires {}), or run `steward approve {id}` / `steward reject {id}` on the host.",
+            "Open the approval page to approve or reject (the link works once and expires {}), or run {cli} on the host.",
             utc(expires)
         );
         self.approval_url = Some(url);
@@ -173,9 +188,13 @@ impl Item {
 
     /// An approval request whose link could not be had, and why.
     pub fn without_link(&mut self, why: &str) {
-        let Some(id) = self.update_id else { return };
+        let host = match (self.update_id, self.deploy_id) {
+            (Some(id), _) => on_the_host(id),
+            (None, Some(id)) => deploy_on_the_host(id),
+            (None, None) => return,
+        };
         self.approval_url = None;
-        self.next = format!("{} (No approval link: {why}.)", on_the_host(id));
+        self.next = format!("{host} (No approval link: {why}.)");
     }
 }
 
@@ -194,6 +213,7 @@ pub fn describe(event: &Event) -> Item {
         log_tail: vec![],
         next: String::new(),
         update_id: None,
+        deploy_id: None,
         approval_url: None,
         needs_decision: false,
         release_notes: None,
@@ -539,10 +559,9 @@ pub fn describe(event: &Event) -> Item {
                 item.facts.push(fact("Pinned by", by.clone()));
             }
             item.needs_decision = true;
-            item.next = format!(
-                "Approve it on the host: `steward deploy approve {}` (or `steward deploy reject {}`).",
-                d.deploy_id, d.deploy_id
-            );
+            // The link is added by the delivery, asked from the deployer (`Item::offer_link`).
+            item.next = deploy_on_the_host(d.deploy_id);
+            item.deploy_id = Some(d.deploy_id);
         }
         EventData::DeploySucceeded(d) => {
             item.headline =
@@ -726,6 +745,7 @@ pub fn describe_news(events: &[&Event]) -> Item {
         log_tail: vec![],
         next: String::new(),
         update_id: None,
+        deploy_id: None,
         approval_url: None,
         needs_decision: false,
         release_notes: first.versions.release_notes(),
@@ -1306,6 +1326,20 @@ mod tests {
             time::OffsetDateTime::now_utc(),
         );
         assert_eq!(other.approval_url, None);
+    }
+
+    #[test]
+    fn a_pending_deployment_carries_its_link_and_the_deploy_commands() {
+        let mut item = describe(&sample("deploy.pending"));
+        assert_eq!(item.approval_url, None, "an event never gives the link");
+        let url = "https://steward.example/deploy/approve/token";
+        item.offer_link(url.into(), time::OffsetDateTime::now_utc());
+        assert_eq!(item.approval_url.as_deref(), Some(url));
+        assert!(item.next.contains("steward deploy approve"), "{}", item.next);
+        item.without_link("this deployment no longer waits for approval");
+        assert_eq!(item.approval_url, None);
+        assert!(item.next.contains("steward deploy reject"), "{}", item.next);
+        assert!(item.next.contains("no longer waits for approval"), "{}", item.next);
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn item(
         log_tail: vec![],
         next: next.to_owned(),
         update_id: None,
+        deploy_id: None,
         approval_url: None,
         needs_decision: false,
         release_notes: None,

@@ -444,6 +444,7 @@ mod tests {
             log_tail: vec!["panic: <boom>".into()],
             next: "Look.".into(),
             update_id: None,
+            deploy_id: None,
             approval_url: None,
             needs_decision: false,
             release_notes: None,

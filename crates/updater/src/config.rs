@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use steward_runtime::Env;
 
-use crate::links::{ApprovalLinks, DEFAULT_REMIND_BEFORE, MAX_TTL, MIN_SECRET_LEN, MIN_TTL};
 use crate::renewal::RenewalConfig;
+use steward_approval::links::DEFAULT_REMIND_BEFORE;
+use steward_approval::{ApprovalLinks, LinkKind, LinkVars};
 
 /// How long a requested pre-update backup is waited for.
 pub const ENV_BACKUP_TIMEOUT: &str = "STEWARD_UPDATE_BACKUP_TIMEOUT";
@@ -142,60 +143,14 @@ fn read_renewal(env: &mut Env) -> RenewalConfig {
     }
 }
 
-/// Approval links travel in mail and are opened in a browser: over `https`, or `http` only to
-/// this machine (a demo, a test), so the token is never readable on the way.
-fn check_public_url(url: &str) -> Result<(), String> {
-    let example = "e.g. https://git.example.com/steward";
-    let u =
-        reqwest::Url::parse(url).map_err(|e| format!("{e}: expected an https URL, {example}"))?;
-    match u.scheme() {
-        "https" => Ok(()),
-        "http" if u.host_str().is_some_and(steward_runtime::env::is_loopback_host) => Ok(()),
-        "http" => Err(format!(
-            "http to a host that is not loopback would expose approval tokens: use https, {example}"
-        )),
-        _ => Err(format!("expected an https URL, {example}")),
-    }
-}
+/// The updater's link settings (the deployer has its own: `steward_deployer::config`).
+pub const LINK_VARS: LinkVars =
+    LinkVars { public_url: ENV_PUBLIC_URL, secret: ENV_APPROVAL_SECRET, ttl: ENV_APPROVAL_TTL };
 
 fn read_links(env: &mut Env) -> Option<ApprovalLinks> {
-    let url = env.optional(ENV_PUBLIC_URL).filter(|s| !s.is_empty());
-    let secret = env.optional(ENV_APPROVAL_SECRET).filter(|s| !s.is_empty());
-    let ttl = env.duration(ENV_APPROVAL_TTL, Duration::from_secs(72 * 3600));
-    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-        env.error(
-            ENV_APPROVAL_TTL,
-            &format!("{ttl:?}"),
-            "from 1m to 7d: a leaked link approves for that long",
-        );
-    }
-    match (url, secret) {
-        (None, None) => None,
-        (Some(url), None) => {
-            env.error(ENV_PUBLIC_URL, &url, format!("set without {ENV_APPROVAL_SECRET}"));
-            None
-        }
-        (None, Some(_)) => {
-            env.error(ENV_APPROVAL_SECRET, "***", format!("set without {ENV_PUBLIC_URL}"));
-            None
-        }
-        (Some(url), Some(secret)) => {
-            if let Err(reason) = check_public_url(&url) {
-                env.error(ENV_PUBLIC_URL, &url, reason);
-                return None;
-            }
-            if secret.len() < MIN_SECRET_LEN {
-                env.error(
-                    ENV_APPROVAL_SECRET,
-                    "***",
-                    format!("{} bytes; at least {MIN_SECRET_LEN} are needed (e.g. `openssl rand -hex 32`)", secret.len()),
-                );
-                return None;
-            }
-            let remind = env.duration(ENV_APPROVAL_REMIND_BEFORE, DEFAULT_REMIND_BEFORE);
-            Some(ApprovalLinks::new(&url, secret.as_bytes(), ttl).with_reminder(remind))
-        }
-    }
+    let links = steward_approval::read_links(env, LinkKind::Update, &LINK_VARS)?;
+    let remind = env.duration(ENV_APPROVAL_REMIND_BEFORE, DEFAULT_REMIND_BEFORE);
+    Some(links.with_reminder(remind))
 }
 
 #[cfg(test)]

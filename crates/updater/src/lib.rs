@@ -15,7 +15,6 @@
 pub mod config;
 pub mod flow;
 pub mod link_server;
-pub mod links;
 pub mod page;
 pub mod renewal;
 pub mod writeback;

@@ -7,7 +7,8 @@
 //! for, before its expiry, and never for a link already used.
 
 use futures::StreamExt as _;
-use steward_bus::approval::LinkReply;
+use steward_approval::ApprovalLinks;
+use steward_bus::approval::{LinkKind, LinkReply};
 use steward_bus::StateStore;
 use steward_events::records::UpdateStep;
 use time::OffsetDateTime;
@@ -15,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::flow::Flow;
-use crate::links::ApprovalLinks;
 use crate::page::{UsedLink, USED_LINKS_BUCKET};
 
 /// What the updater answers for `update_id` at `now`.
@@ -56,7 +56,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let used = StateStore::open(&flow.bus, USED_LINKS_BUCKET).await?;
-    let mut asks = flow.bus.approval_link_requests().await?;
+    let mut asks = flow.bus.approval_link_requests(LinkKind::Update).await?;
     tracing::info!("answering approval link requests");
     loop {
         let ask = tokio::select! {
@@ -67,7 +67,7 @@ pub async fn serve(
             },
         };
         let reply = match &ask.request {
-            Ok(r) => answer(&flow, &links, &used, r.update_id, OffsetDateTime::now_utc()).await,
+            Ok(r) => answer(&flow, &links, &used, r.id, OffsetDateTime::now_utc()).await,
             Err(why) => {
                 tracing::warn!(%why, "unreadable approval link request");
                 LinkReply::Unavailable { reason: why.clone() }

@@ -1,31 +1,36 @@
 //! The approval page behind a signed link: `GET /approve/TOKEN` shows the update and two
 //! buttons; only `POST /approve/TOKEN` (from that page) decides, because mail scanners and
-//! link previews fetch every link they see.
+//! link previews fetch every link they see. The page's shell (form, rendering, refusal of a
+//! bad token) is `steward_approval::page`'s, shared with the deployer's.
 //!
 //! Invariants: a forged, expired, used or no-longer-pending link changes nothing and says
 //! why; a link decides at most once (claimed in the `APPROVAL_LINKS` bucket before the
 //! decision is published, released again if publishing fails).
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Form, Router};
 use serde::{Deserialize, Serialize};
+use steward_approval::links::expiry_of;
+use steward_approval::page::{row, Decision, Row, Shell, View};
+use steward_approval::ApprovalLinks;
 use steward_bus::{BusError, StateStore};
 use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::{Event, UpdateApproved, UpdateRejected};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::flow::Flow;
-use crate::links::{expiry_of, ApprovalLinks, LinkError};
 
+pub use steward_approval::page::PAGE_ACTOR;
 pub use steward_events::records::USED_LINKS_BUCKET;
-/// Who decided, as recorded in `update.approved` / `update.rejected`.
-pub const PAGE_ACTOR: &str = "approval-page";
+
+/// How to decide without the link.
+const ON_THE_HOST: &str =
+    "Use `steward approve` or `steward reject` on the host, or wait for the next newer image.";
+/// What approving does.
+const NOTE: &str = "Approving backs up first, then recreates the container on the new image, checks its health and rolls back if it fails. This link works once.";
 
 /// A used link: what it decided, when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,37 +47,14 @@ struct Page {
     flow: Flow,
     links: ApprovalLinks,
     used: StateStore<UsedLink>,
-    template: Arc<minijinja::Environment<'static>>,
+    shell: Shell,
 }
 
 /// The page's routes.
 pub async fn router(flow: Flow, links: ApprovalLinks) -> anyhow::Result<Router> {
     let used = StateStore::open(&flow.bus, USED_LINKS_BUCKET).await?;
-    let mut env = minijinja::Environment::new();
-    env.add_template("approval.html", include_str!("../templates/approval.html"))?;
-    let page = Page { flow, links, used, template: Arc::new(env) };
+    let page = Page { flow, links, used, shell: Shell::new()? };
     Ok(Router::new().route("/approve/{token}", get(show).post(decide)).with_state(page))
-}
-
-/// What the form sends.
-#[derive(Debug, Deserialize)]
-struct Decision {
-    decision: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Serialize)]
-struct UpdateView {
-    container: String,
-    image: String,
-    current: String,
-    new: String,
-    /// When the new image was built, if it says.
-    released: Option<String>,
-    /// Its release notes or changes (`https` only: `steward_events::release_notes`).
-    notes: Option<String>,
-    id: Uuid,
 }
 
 /// `1.22.7 (tag 1.22.7, sha256:…)`, as the approval mail tells it.
@@ -88,6 +70,34 @@ fn told(
     }
 }
 
+/// The update as the page tells it.
+fn rows(r: &UpdateRecord) -> Vec<Row> {
+    let mut rows = vec![
+        row("Container", r.container.clone()),
+        row("Image", r.image.clone()),
+        row("Running now", told(r.versions.current_version.as_ref(), None, &r.from_digest)),
+        row(
+            "New version",
+            told(r.versions.new_version.as_ref(), r.new_tag.as_deref(), &r.to_digest),
+        ),
+    ];
+    // The build time and its age, as the mail says it.
+    let released = r.versions.new_version.as_ref().and_then(|v| {
+        let at = v.created?.format(&time::format_description::well_known::Rfc3339).ok()?;
+        let age = v.age(OffsetDateTime::now_utc())?;
+        Some(format!("{at} ({age} ago)"))
+    });
+    if let Some(released) = released {
+        rows.push(row("Released", released));
+    }
+    // Release notes or changes: `https` only (`steward_events::release_notes`).
+    if let Some(notes) = r.versions.release_notes() {
+        rows.push(Row { label: "Release notes".into(), value: notes.clone(), href: Some(notes) });
+    }
+    rows.push(row("Update id", r.update_id.to_string()));
+    rows
+}
+
 impl Page {
     fn render(
         &self,
@@ -98,54 +108,19 @@ impl Page {
         form: bool,
         expires: Option<OffsetDateTime>,
     ) -> Response {
-        let update = record.map(|r| UpdateView {
-            container: r.container.clone(),
-            image: r.image.clone(),
-            current: told(r.versions.current_version.as_ref(), None, &r.from_digest),
-            new: told(r.versions.new_version.as_ref(), r.new_tag.as_deref(), &r.to_digest),
-            // The build time and its age, as the mail says it.
-            released: r.versions.new_version.as_ref().and_then(|v| {
-                let at = v.created?.format(&time::format_description::well_known::Rfc3339).ok()?;
-                let age = v.age(OffsetDateTime::now_utc())?;
-                Some(format!("{at} ({age} ago)"))
-            }),
-            notes: r.versions.release_notes(),
-            id: r.update_id,
-        });
-        let ctx = minijinja::context! {
-            title, message, update, form, expires => expires.map(|t| t.to_string()),
+        let view = View {
+            title: title.to_owned(),
+            message: message.to_owned(),
+            rows: record.map(rows).unwrap_or_default(),
+            form,
+            expires,
+            note: NOTE.to_owned(),
         };
-        let body = self
-            .template
-            .get_template("approval.html")
-            .and_then(|t| t.render(ctx))
-            .unwrap_or_else(|e| format!("cannot render the page: {e}"));
-        let mut response = (status, axum::response::Html(body)).into_response();
-        let h = response.headers_mut();
-        // The token is in the URL: keep it out of caches, referrers, frames and indexes.
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-            ),
-        );
-        h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
-        response
+        self.shell.render(status, &view)
     }
 
     fn unavailable(&self, e: &BusError) -> Response {
-        tracing::warn!(error = %e, "approval page: state unavailable");
-        self.render(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Try again in a moment",
-            "Steward cannot read its state right now; nothing was changed.",
-            None,
-            false,
-            None,
-        )
+        self.shell.unavailable(e)
     }
 
     /// Checks a token and the update it names; `Err` is the page to show instead.
@@ -153,27 +128,7 @@ impl Page {
         let now = OffsetDateTime::now_utc();
         let update_id = match self.links.verify(token, now) {
             Ok(id) => id,
-            Err(e @ LinkError::Forged) => {
-                tracing::warn!("approval page: forged or altered link refused");
-                return Err(self.render(
-                    StatusCode::FORBIDDEN,
-                    "Invalid link",
-                    &e.to_string(),
-                    None,
-                    false,
-                    None,
-                ));
-            }
-            Err(e @ LinkError::Expired(_)) => {
-                return Err(self.render(
-                    StatusCode::GONE,
-                    "Link expired",
-                    &format!("{e}. Nothing was changed. Use `steward approve` or `steward reject` on the host, or wait for the next newer image."),
-                    None,
-                    false,
-                    None,
-                ));
-            }
+            Err(e) => return Err(self.shell.refuse_token(&e, ON_THE_HOST)),
         };
         let record = match self.flow.by_update_id(update_id).await {
             Ok(Some(v)) => v.value,
@@ -249,20 +204,7 @@ async fn decide(
     Path(token): Path<String>,
     Form(form): Form<Decision>,
 ) -> Response {
-    let approve = match form.decision.as_str() {
-        "approve" => true,
-        "reject" => false,
-        _ => {
-            return page.render(
-                StatusCode::BAD_REQUEST,
-                "Unknown decision",
-                "Use the Approve or Reject button. Nothing was changed.",
-                None,
-                false,
-                None,
-            );
-        }
-    };
+    let Some(approve) = form.approves() else { return page.shell.unknown_decision() };
     let record = match page.check(&token).await {
         Err(response) => return response,
         Ok(record) => record,
@@ -284,10 +226,7 @@ async fn decide(
         }
         Err(e) => return page.unavailable(&e),
     }
-    let reason = form
-        .reason
-        .map(|r| r.trim().chars().take(200).collect::<String>())
-        .filter(|r| !r.is_empty());
+    let reason = form.reason();
     let mut event = if approve {
         Event::new(
             &page.flow.source,

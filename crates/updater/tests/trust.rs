@@ -77,18 +77,23 @@ async fn an_event_naming_another_repository_than_the_containers_is_ignored() {
 /// never for a used link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() {
+    use steward_approval::links::ApprovalLinks;
     use steward_bus::approval::LinkReply;
     use steward_bus::StateStore;
     use steward_events::UpdateRejected;
     use steward_updater::link_server::answer;
-    use steward_updater::links::ApprovalLinks;
     use steward_updater::page::{UsedLink, USED_LINKS_BUCKET};
     use time::OffsetDateTime;
 
     let bus = TestBus::new("trustlink").await;
     let app = app(&["steward.update.policy=manual", "steward.update.backup=false"]);
     let v2 = push_app("v2", &app.image);
-    let links = ApprovalLinks::new("https://steward.test", &[9u8; 32], Duration::from_secs(3600));
+    let links = ApprovalLinks::new(
+        steward_approval::LinkKind::Update,
+        "https://steward.test",
+        &[9u8; 32],
+        Duration::from_secs(3600),
+    );
     let flow = flow_with_links(&bus, Some(links.clone())).await;
     let (event, u) = image_updated(&bus, &app, &v2).await;
     flow.on_image_updated(&event, &u).await.expect("pending");
@@ -107,7 +112,7 @@ async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() 
         panic!("no link for a pending update")
     };
     assert_eq!(expires_at, expires);
-    let token = steward_updater::links::token_of(&url).expect("token");
+    let token = steward_approval::links::token_of(&url).expect("token");
     assert_eq!(links.verify(token, now), Ok(id), "the link approves this update");
     // The same link each time: nothing to store.
     assert_eq!(answer(&flow, &links, &used, id, now).await, LinkReply::Link { url, expires_at });
@@ -134,13 +139,18 @@ async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() 
 /// and its link still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_update_near_its_links_expiry_is_reminded_once() {
-    use steward_updater::links::ApprovalLinks;
+    use steward_approval::links::ApprovalLinks;
     use time::OffsetDateTime;
 
     let bus = TestBus::new("trustremind").await;
     let app = app(&["steward.update.policy=manual", "steward.update.backup=false"]);
     let v2 = push_app("v2", &app.image);
-    let links = ApprovalLinks::new("https://steward.test", &[7u8; 32], Duration::from_secs(3600));
+    let links = ApprovalLinks::new(
+        steward_approval::LinkKind::Update,
+        "https://steward.test",
+        &[7u8; 32],
+        Duration::from_secs(3600),
+    );
     let flow = flow_with_links(&bus, Some(links.clone())).await;
     let (event, u) = image_updated(&bus, &app, &v2).await;
     flow.on_image_updated(&event, &u).await.expect("pending");

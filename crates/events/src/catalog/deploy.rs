@@ -85,12 +85,13 @@ pub struct DeployPending {
 
 impl Payload for DeployPending {}
 
-/// A human approved a pending deployment.
+/// A human approved a pending deployment (`steward deploy approve`, or the signed link of the
+/// `deploy.pending` mail: published by the deployer's approval page).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployApproved {
     /// The deployment.
     pub deploy_id: Uuid,
-    /// Who approved (`user@host`).
+    /// Who approved (`user@host`, or `approval-page` for the mailed link).
     pub by: String,
 }
 
@@ -101,7 +102,7 @@ impl Payload for DeployApproved {}
 pub struct DeployRejected {
     /// The deployment.
     pub deploy_id: Uuid,
-    /// Who rejected (`user@host`).
+    /// Who rejected (`user@host`, or `approval-page` for the mailed link).
     pub by: String,
     /// Why, if they said.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -96,7 +96,7 @@ pub async fn flow(bus: &Bus) -> Flow {
 /// A flow that mints approval links with `links`.
 pub async fn flow_with_links(
     bus: &Bus,
-    links: Option<steward_updater::links::ApprovalLinks>,
+    links: Option<steward_approval::links::ApprovalLinks>,
 ) -> Flow {
     flow_with(bus, |cfg| cfg.links = links).await
 }

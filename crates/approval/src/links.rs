@@ -1,9 +1,12 @@
-//! Signed approval links: `PUBLIC_URL/approve/TOKEN`, where the token names the update and an
-//! expiry time, signed with HMAC-SHA256 under `STEWARD_APPROVAL_SECRET`.
+//! Signed approval links: `PUBLIC_URL/approve/TOKEN` (an image update, the updater's) or
+//! `PUBLIC_URL/deploy/approve/TOKEN` (a deployment, the deployer's), where the token names the
+//! pending change and an expiry time, signed with HMAC-SHA256 under the service's secret.
 //!
 //! Invariants: a token is accepted only with a valid signature (checked in constant time)
 //! and before its expiry; the signature is checked first, so a forged token learns nothing
-//! about expiry. Single use is enforced by the page ([`crate::page`]), not by the token.
+//! about expiry. The kind ([`LinkKind`]) is part of what is signed, so a token minted for an
+//! update never decides on a deployment (or back), even when both services were given the
+//! same secret. Single use is the page's and the flow's to enforce, not the token's.
 
 use std::time::Duration;
 
@@ -13,6 +16,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+pub use steward_bus::approval::LinkKind;
 
 /// Shortest accepted secret, in bytes: an HMAC-SHA256 key shorter than its output is weak.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -33,9 +38,10 @@ pub enum LinkError {
     Expired(OffsetDateTime),
 }
 
-/// Mints and checks approval links.
+/// Mints and checks approval links of one kind.
 #[derive(Clone)]
 pub struct ApprovalLinks {
+    kind: LinkKind,
     base: String,
     secret: Vec<u8>,
     ttl: Duration,
@@ -50,6 +56,7 @@ impl std::fmt::Debug for ApprovalLinks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The secret mints approvals: never print it.
         f.debug_struct("ApprovalLinks")
+            .field("kind", &self.kind)
             .field("base", &self.base)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
@@ -57,9 +64,11 @@ impl std::fmt::Debug for ApprovalLinks {
 }
 
 impl ApprovalLinks {
-    /// Links under `public_url` (no trailing slash needed), signed with `secret`, valid `ttl`.
-    pub fn new(public_url: &str, secret: &[u8], ttl: Duration) -> Self {
+    /// Links of `kind` under `public_url` (no trailing slash needed), signed with `secret`,
+    /// valid `ttl`.
+    pub fn new(kind: LinkKind, public_url: &str, secret: &[u8], ttl: Duration) -> Self {
         Self {
+            kind,
             base: public_url.trim_end_matches('/').to_owned(),
             secret: secret.to_vec(),
             ttl,
@@ -91,11 +100,23 @@ impl ApprovalLinks {
         expires - now <= before && now >= halfway
     }
 
-    fn mac(&self, update_id: Uuid, expires: i64) -> Hmac<Sha256> {
+    /// What these links decide on.
+    pub fn kind(&self) -> LinkKind {
+        self.kind
+    }
+
+    fn mac(&self, id: Uuid, expires: i64) -> Hmac<Sha256> {
         // `new_from_slice` accepts keys of any length for HMAC.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(format!("steward-approval-v1:{update_id}:{expires}").as_bytes());
+        // The kind is signed. An update's message keeps the form it had before deployments
+        // had links (links already mailed stay good across the upgrade); it cannot be mistaken
+        // for a deployment's, whose second field is the word `deploy`, never a UUID.
+        let message = match self.kind {
+            LinkKind::Update => format!("steward-approval-v1:{id}:{expires}"),
+            LinkKind::Deploy => format!("steward-approval-v1:deploy:{id}:{expires}"),
+        };
+        mac.update(message.as_bytes());
         mac
     }
 
@@ -118,7 +139,11 @@ impl ApprovalLinks {
     pub fn link_for(&self, update_id: Uuid, expires: OffsetDateTime) -> String {
         let ts = expires.unix_timestamp();
         let sig = URL_SAFE_NO_PAD.encode(self.mac(update_id, ts).finalize().into_bytes());
-        format!("{}/approve/{}.{ts}.{sig}", self.base, update_id.simple())
+        let path = match self.kind {
+            LinkKind::Update => "approve",
+            LinkKind::Deploy => "deploy/approve",
+        };
+        format!("{}/{path}/{}.{ts}.{sig}", self.base, update_id.simple())
     }
 
     /// The update a token approves, if it is genuine and not expired at `now`.
@@ -164,7 +189,7 @@ pub fn expiry_of(token: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(Parts::parse(token)?.expires).ok()
 }
 
-/// The token part of a link (what follows `/approve/`).
+/// The token part of a link (what follows `/approve/`, of either kind).
 pub fn token_of(url: &str) -> Option<&str> {
     url.rsplit_once("/approve/").map(|(_, t)| t)
 }
@@ -175,8 +200,12 @@ mod tests {
 
     #[test]
     fn a_reminder_is_due_near_the_expiry_past_half_the_links_life_and_never_after() {
-        let links =
-            ApprovalLinks::new("https://s.test", &[1u8; 32], Duration::from_secs(72 * 3600));
+        let links = ApprovalLinks::new(
+            LinkKind::Update,
+            "https://s.test",
+            &[1u8; 32],
+            Duration::from_secs(72 * 3600),
+        );
         let t0 = time::macros::datetime!(2026-11-30 00:00 UTC);
         let expires = t0 + time::Duration::hours(72);
         let at = |h: i64| t0 + time::Duration::hours(h);
@@ -194,6 +223,7 @@ mod tests {
 
     fn links() -> ApprovalLinks {
         ApprovalLinks::new(
+            LinkKind::Update,
             "https://git.example.com/steward/",
             &[7u8; 32],
             Duration::from_secs(3600),
@@ -229,12 +259,38 @@ mod tests {
         let (_, ts) = head.split_once('.').expect("ts");
         let later = format!("{id}.{}.{sig}", ts.parse::<i64>().expect("ts") + 86400);
         assert_eq!(l.verify(&later, now), Err(LinkError::Forged));
-        let other_key = ApprovalLinks::new("https://x", &[8u8; 32], Duration::from_secs(3600));
+        let other_key = ApprovalLinks::new(
+            LinkKind::Update,
+            "https://x",
+            &[8u8; 32],
+            Duration::from_secs(3600),
+        );
         assert_eq!(other_key.verify(token, now), Err(LinkError::Forged));
         for junk in ["", "a.b.c", "x", &format!("{token}.extra")] {
             assert_eq!(l.verify(junk, now), Err(LinkError::Forged), "{junk}");
         }
         // An expired forgery is still reported as forged, not expired.
         assert_eq!(l.verify(&later, now + Duration::from_secs(10 * 86400)), Err(LinkError::Forged));
+    }
+
+    #[test]
+    fn a_token_of_one_kind_never_decides_on_the_other() {
+        let now = OffsetDateTime::now_utc();
+        let id = Uuid::now_v7();
+        let update = links();
+        let deploy = ApprovalLinks::new(
+            LinkKind::Deploy,
+            "https://git.example.com/steward-deploy",
+            &[7u8; 32],
+            Duration::from_secs(3600),
+        );
+        let (url, _) = deploy.mint(id, now);
+        assert!(url.starts_with("https://git.example.com/steward-deploy/deploy/approve/"), "{url}");
+        let token = token_of(&url).expect("token");
+        assert_eq!(deploy.verify(token, now), Ok(id));
+        // The same key, the same id and expiry: still refused by the other kind.
+        assert_eq!(update.verify(token, now), Err(LinkError::Forged));
+        let (url, _) = update.mint(id, now);
+        assert_eq!(deploy.verify(token_of(&url).expect("token"), now), Err(LinkError::Forged));
     }
 }
