@@ -15,6 +15,7 @@
 #   ARENAS=default benches/backup.sh    glibc's default malloc arenas instead of the image's 2
 #   PEER=0 benches/backup.sh            without the seeds' pipeline (quicker, for profiling)
 #   BACKUP_BIN=path benches/backup.sh   another steward-backup build (an A/B of a change)
+#   MMAP=262144 benches/backup.sh       another glibc mmap threshold than the image's 1 MiB
 # Results go to stdout; docs/benchmarks.md records a run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -137,9 +138,9 @@ fi
 echo "== Steward: steward-backup (release) + steward backup now (signed${AGE:+, age}$([ "${COPY:-1}" = 1 ] && echo ', second copy'))"
 http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # As the image runs it (Dockerfile: MALLOC_ARENA_MAX=2, MALLOC_MMAP_THRESHOLD_=1048576);
-# ARENAS=default measures glibc's own malloc settings.
+# ARENAS=default measures glibc's own malloc settings; MMAP=BYTES another mmap threshold.
 arenas=()
-[ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}" MALLOC_MMAP_THRESHOLD_=1048576)
+[ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}" MALLOC_MMAP_THRESHOLD_="${MMAP:-1048576}")
 env "${arenas[@]}" STEWARD_HTTP_ADDR=127.0.0.1:$http "${BACKUP_BIN:-$BIN/steward-backup}" >"$STATE/logs/$RUN.log" 2>&1 &
 pid=$!
 # Each log line with the time it was written, for the phases of the backup and the restore.
