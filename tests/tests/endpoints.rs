@@ -125,6 +125,20 @@ async fn readyz_fails_while_docker_is_unreachable_and_notifier_does_not_need_it(
     assert!(v.get("docker").is_none(), "{v}");
 }
 
+/// A watcher on `nats` under a fresh namespace, its provisioned bus and its HTTP port, once
+/// it answers ready.
+async fn ready_watcher(nats: &NatsServer, tag: &str) -> (TestBus, Proc, u16) {
+    let cfg = bus_config(&nats.url(), tag);
+    let bus = TestBus::with_config(cfg.clone()).await;
+    let port = free_port();
+    let proc = Proc::start(
+        "steward-watcher",
+        &service_env(&nats.url(), &cfg.namespace, port, "unix:///var/run/docker.sock"),
+    );
+    wait_for(port, "/readyz", 200, Duration::from_secs(20)).await;
+    (bus, proc, port)
+}
+
 /// A service told to stop while NATS is unreachable stops. The shutdown's final flush waited
 /// for the server's answer, which never comes while the client reconnects: a watcher logged
 /// "shutting down" and then lived until NATS came back or SIGKILL (`docker stop` waits its
@@ -132,14 +146,7 @@ async fn readyz_fails_while_docker_is_unreachable_and_notifier_does_not_need_it(
 #[tokio::test]
 async fn a_service_stops_on_sigterm_while_nats_is_down() {
     let mut nats = NatsServer::start();
-    let cfg = bus_config(&nats.url(), "stop-without-nats");
-    let _bus = TestBus::with_config(cfg.clone()).await;
-    let port = free_port();
-    let mut proc = Proc::start(
-        "steward-watcher",
-        &service_env(&nats.url(), &cfg.namespace, port, "unix:///var/run/docker.sock"),
-    );
-    wait_for(port, "/readyz", 200, Duration::from_secs(20)).await;
+    let (_bus, mut proc, port) = ready_watcher(&nats, "stop-without-nats").await;
     // Consuming, so the stop goes through the final flush (before, it is still the start:
     // `a_service_stops_on_sigterm_while_starting_without_nats`).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -185,14 +192,7 @@ async fn a_service_stops_on_sigterm_while_starting_without_nats() {
 #[tokio::test]
 async fn ctrl_c_and_the_scripts_sigterm_right_after_are_one_request() {
     let nats = NatsServer::start();
-    let cfg = bus_config(&nats.url(), "one-request");
-    let _bus = TestBus::with_config(cfg.clone()).await;
-    let port = free_port();
-    let mut proc = Proc::start(
-        "steward-watcher",
-        &service_env(&nats.url(), &cfg.namespace, port, "unix:///var/run/docker.sock"),
-    );
-    wait_for(port, "/readyz", 200, Duration::from_secs(20)).await;
+    let (_bus, mut proc, _) = ready_watcher(&nats, "one-request").await;
     let pid = proc.child.id().to_string();
     let _ = std::process::Command::new("kill").args(["-INT", &pid]).status();
     let code = proc.terminate(Duration::from_secs(15));
