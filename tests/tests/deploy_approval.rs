@@ -6,6 +6,13 @@
 //! the same id, a genuine token for another deployment, an altered one, an expired one) are
 //! refused and deploy nothing; the POST deploys, recorded as by the approval page; the link
 //! replayed, and replayed again after a restart once the deployment is over, changes nothing.
+//!
+//! The claim survives the process (`DEPLOY_LINKS`): a link used before a SIGKILL, or before a
+//! kill while the flow takes the approval (once, or twice in a row), is refused by the
+//! restarted deployer while the deployment still waits on its approval, with no second
+//! decision event, and the flow ends once. A kill between the claim and its publish leaves the
+//! link refused (and not given to the notifier again) and the page says the decision may not
+//! have been recorded; the CLI decides.
 
 mod deploy_common;
 
@@ -14,6 +21,7 @@ use steward_approval::{ApprovalLinks, LinkKind};
 use steward_system_tests::mail::{
     testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
 };
+use steward_system_tests::steward_ok;
 
 const LINK_SECRET: &str = "deploy-link-secret-0123456789abcdef0123";
 
@@ -143,7 +151,7 @@ async fn a_pending_deployment_is_approved_by_its_mailed_link_on_post_only_and_ho
     let deployer_proc = deployer(&env);
     let (status, body) = post_decision(&link, "approve").await;
     assert_eq!(status, 410, "after a restart: {body}");
-    assert!(body.contains("no longer waits"), "{body}");
+    assert!(body.contains("already used: approved at"), "{body}");
     let (status, _) = get(&link).await;
     assert_eq!(status, 410);
     let events = stored_events(&bus).await;
@@ -175,4 +183,178 @@ async fn without_deployment_links_the_mail_gives_the_cli_commands_without_a_warn
     assert!(text.contains(&first[..10]) && text.contains("steward deploy approve"), "{text}");
     assert!(!text.contains("No approval link") && !text.contains("Approval page"), "{text}");
     assert!(!notifier.logs().contains("no approval link"), "{}", notifier.logs());
+}
+
+/// The deployer's settings with links on `port`, for the kill tests.
+fn link_env(repo: &Repo, bus: &Bus, port: u16) -> Vec<(&'static str, String)> {
+    let extra = [
+        ("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned()),
+        ("STEWARD_DEPLOY_PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ("STEWARD_DEPLOY_APPROVAL_SECRET", LINK_SECRET.to_owned()),
+        ("STEWARD_DEPLOY_APPROVAL_TTL", "1h".to_owned()),
+    ];
+    repo.env(bus, port, &extra)
+}
+
+/// What the repository's test runs, after the approval: long enough that the deployment
+/// still waits on its approval (`pending`) when the test clicks again after a restart.
+const SLOW_TEST: &str = "steward.deploy.test: sleep 12";
+
+/// v1 pushed with [`SLOW_TEST`] to the manual environment, waiting: its commit, deployment
+/// id, and the approval link (minted as the deployer mints it; the mail's is tested above).
+async fn pending_with_link(bus: &Bus, repo: &Repo, port: u16) -> (String, uuid::Uuid, String) {
+    let commit = repo.commit_labelled("dev", "v1", "first: web v1", "", SLOW_TEST);
+    push_commit(repo, port, &commit, "first: web v1").await;
+    let (_, pending) = pending_of(bus, &commit).await;
+    let links = ApprovalLinks::new(
+        LinkKind::Deploy,
+        &format!("http://127.0.0.1:{port}"),
+        LINK_SECRET.as_bytes(),
+        Duration::from_secs(3600),
+    );
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    (commit, pending.deploy_id, links.link_for(pending.deploy_id, expires))
+}
+
+/// A POST the deployer may die answering: the status, or none.
+async fn post_dying(url: &str, decision: &str) -> Option<u16> {
+    let r = reqwest::Client::new().post(url).form(&[("decision", decision)]).send().await;
+    r.ok().map(|r| r.status().as_u16())
+}
+
+/// After the restart, with the deployment still waiting on its approval: both buttons of the
+/// used link are refused, nothing is published, and the flow ends once, deployed.
+async fn replays_refused_and_one_end(
+    bus: &Bus,
+    repo: &Repo,
+    commit: &str,
+    id: uuid::Uuid,
+    link: &str,
+) {
+    for decision in ["reject", "approve"] {
+        let (status, body) = post_decision(link, decision).await;
+        assert_eq!(status, 410, "{decision} after the restart: {body}");
+        assert!(body.contains("already used: approved at"), "{body}");
+    }
+    let flow = outcome(bus, commit, Duration::from_secs(90)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert!(serves(repo.web, "v1"));
+    let events = stored_events(bus).await;
+    assert_eq!(approvals(&events, id), ["approval-page"], "one decision, by the page");
+    // After the end the link stays refused (the deployment no longer waits, and it is used).
+    let (status, _) = post_decision(link, "reject").await;
+    assert_eq!(status, 410);
+}
+
+/// Approved through the page, SIGKILLed while the flow runs the repository's test (the
+/// approval taken, not yet acknowledged), started again: the link is refused although the
+/// deployment still waits on its approval. A claim kept in memory accepted the `reject`,
+/// published a second decision and said "Rejected" of a deployment being approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_used_before_a_sigkill_is_refused_after_the_restart_and_the_flow_ends_once() {
+    let bus = TestBus::new("deployclaim").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let env = link_env(&repo, &bus, port);
+    let first = deployer(&env);
+    let (commit, id, link) = pending_with_link(&bus, &repo, port).await;
+    let (status, body) = post_decision(&link, "approve").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Approved"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !first.logs().contains("deployment approved") {
+        assert!(Instant::now() < deadline, "the approval was not taken: {}", first.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Approved and taken (its repository's test runs): the record says so, and the CLI has
+    // nothing more to decide (it used to publish a rejection the flow then ignored, and say
+    // "rejected").
+    let out = steward_system_tests::steward(&bus, &["deploy", "reject", "dev"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("already approved"), "{said}");
+    drop(first); // SIGKILL
+    let _again = deployer(&env);
+    replays_refused_and_one_end(&bus, &repo, &commit, id, &link).await;
+}
+
+/// Approved through the page by a deployer that aborts (failpoint `approving`) as its flow
+/// takes the approval, before doing anything with it, `kills` times in a row (each restart
+/// is delivered the approval again and aborts again), then started clean: it starts, the
+/// used link is refused, and the flow ends once.
+async fn killed_taking_the_approval(kills: usize) {
+    let bus = TestBus::new("deployclaimkill").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let env = link_env(&repo, &bus, port);
+    let mut armed_env = env.clone();
+    armed_env.push(("STEWARD_FAILPOINTS", "approving".into()));
+    let mut armed = deployer(&armed_env);
+    let (commit, id, link) = pending_with_link(&bus, &repo, port).await;
+    // The deployer may die before it answers: what counts is what was published.
+    let _ = post_dying(&link, "approve").await;
+    for kill in 1..=kills {
+        assert!(armed.exits_within(Duration::from_secs(30)), "kill {kill}: {}", armed.logs());
+        assert!(armed.logs().contains("failpoint: approving: aborting"), "{}", armed.logs());
+        if kill < kills {
+            armed = deployer(&armed_env);
+        }
+    }
+    drop(armed);
+    let events = stored_events(&bus).await;
+    assert_eq!(approvals(&events, id), ["approval-page"], "the approval was published");
+    let again = deployer(&env);
+    replays_refused_and_one_end(&bus, &repo, &commit, id, &link).await;
+    assert!(again.logs().contains("deployment approved"), "{}", again.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_used_before_a_kill_as_the_flow_takes_it_is_refused_after_the_restart() {
+    killed_taking_the_approval(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_twice_in_a_row_taking_the_approval_it_starts_and_the_flow_ends_once() {
+    killed_taking_the_approval(2).await;
+}
+
+/// Killed between the claim and its publish (failpoint `link_claimed`): nothing was
+/// decided and the link is spent. The restarted page refuses it and says the decision may not
+/// have been recorded, naming the command; the CLI then decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_claim_and_its_publish_the_page_says_so_and_the_cli_decides() {
+    let bus = TestBus::new("deployclaimgap").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let env = link_env(&repo, &bus, port);
+    let mut armed_env = env.clone();
+    armed_env.push(("STEWARD_FAILPOINTS", "link_claimed".into()));
+    let mut armed = deployer(&armed_env);
+    let (commit, id, link) = pending_with_link(&bus, &repo, port).await;
+    assert_eq!(post_dying(&link, "approve").await, None, "answered after the claim");
+    assert!(armed.exits_within(Duration::from_secs(30)), "{}", armed.logs());
+    drop(armed);
+    let _again = deployer(&env);
+    let (status, body) = post_decision(&link, "approve").await;
+    assert_eq!(status, 410, "{body}");
+    assert!(
+        body.contains("not recorded") && body.contains("steward deploy approve"),
+        "the page does not say the decision may be lost: {body}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(approvals(&stored_events(&bus).await, id).is_empty(), "decided by a spent link");
+    // Nor is the spent link mailed again (a reminder asks for it while the deployment waits).
+    let reply = bus
+        .request_approval_link(LinkKind::Deploy, id, None, Duration::from_secs(5))
+        .await
+        .expect("the deployer answers");
+    match reply {
+        steward_bus::approval::LinkReply::Unavailable { reason } => {
+            assert!(reason.contains("already used"), "{reason}")
+        }
+        other => panic!("a spent link given again: {other:?}"),
+    }
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    let flow = outcome(&bus, &commit, Duration::from_secs(90)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert_eq!(approvals(&stored_events(&bus).await, id).len(), 1, "one decision");
 }

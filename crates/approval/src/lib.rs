@@ -8,16 +8,20 @@
 //! - [`links`]: minting and checking tokens (the kind is signed).
 //! - [`page`]: the page's shell: the decision form, the refusal of a forged or expired
 //!   token, the rendering with the headers that keep a token out of caches and referrers.
+//! - [`used`]: a link decides once, claimed in its kind's KV bucket before the decision is
+//!   published, across processes and restarts.
 //! - [`read_links`]: the settings (public URL, secret, validity) by one rule for both.
 
 pub mod links;
 pub mod page;
+pub mod used;
 
 use std::time::Duration;
 
 use steward_settings::{is_loopback_host, Env};
 
 pub use links::{ApprovalLinks, LinkError, LinkKind};
+pub use used::{UsedLink, UsedLinks};
 
 /// The names of one service's link settings (each service has its own: see
 /// `docs/configuration.md`).

@@ -265,6 +265,14 @@ fn pending<'a>(
     };
     match matches.as_slice() {
         [] => bail!("no deployment {id} (see `steward deploy list`)"),
+        [(_, r)] if r.step == DeployStep::Pending && r.approved_by.is_some() => bail!(
+            "deployment {} of {} to {} was already approved (by {}); its test and start are under \
+             way: nothing more to decide",
+            r.deploy_id,
+            r.change.short_commit(),
+            r.change.environment,
+            r.approved_by.as_deref().unwrap_or_default()
+        ),
         [(h, r)] if r.step == DeployStep::Pending => Ok((h.clone(), r)),
         [(_, r)] => bail!(
             "deployment {} of {} to {} is not waiting for approval (it is {})",

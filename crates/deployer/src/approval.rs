@@ -10,13 +10,13 @@
 //! nor put in an event.
 //!
 //! Invariants: a link is given, and decides, only while its deployment is the environment's
-//! current one and waits for approval, before its expiry; a token for an update, another
-//! deployment or altered is refused; a link decides at most once (claimed in this process
-//! before the decision is published; across a restart, the flow ignores a decision on a
-//! deployment no longer pending).
-
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+//! current one and waits for approval, before its expiry, and is not given once used; a token
+//! for an update, another deployment or altered is refused; a link decides at most once,
+//! across processes and restarts: it is claimed in the deployer's `DEPLOY_LINKS` bucket (a KV
+//! `create`, `steward_approval::used`, as the updater claims its links in `APPROVAL_LINKS`)
+//! before the decision is published, and released if publishing fails. (A claim kept only in
+//! memory let a restarted deployer take a second decision on a deployment still pending, and
+//! the page said "rejected" of a deployment being approved.)
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -26,7 +26,7 @@ use axum::{Form, Router};
 use futures::StreamExt as _;
 use steward_approval::links::expiry_of;
 use steward_approval::page::{row, Decision, Row, Shell, View, PAGE_ACTOR};
-use steward_approval::ApprovalLinks;
+use steward_approval::{ApprovalLinks, UsedLinks};
 use steward_bus::approval::{LinkKind, LinkReply};
 use steward_events::records::{DeployRecord, DeployStep};
 use steward_events::{DeployApproved, DeployRejected, Event};
@@ -54,6 +54,7 @@ pub fn expiry(links: &ApprovalLinks, record: &DeployRecord) -> OffsetDateTime {
 pub async fn answer(
     flow: &Flow,
     links: &ApprovalLinks,
+    used: &UsedLinks,
     id: Uuid,
     now: OffsetDateTime,
 ) -> LinkReply {
@@ -63,12 +64,17 @@ pub async fn answer(
         Ok(None) => return unavailable("this deployment is not known (any more)"),
         Err(e) => return unavailable(&format!("the deployer cannot read its state: {e}")),
     };
-    if record.step != DeployStep::Pending {
+    if record.step != DeployStep::Pending || record.approved_by.is_some() {
         return unavailable("this deployment no longer waits for approval");
     }
     let expires = expiry(links, &record);
     if expires <= now {
         return unavailable("the approval link has expired");
+    }
+    match used.used(id).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return unavailable("the approval link was already used"),
+        Err(e) => return unavailable(&format!("the deployer cannot read its state: {e}")),
     }
     LinkReply::Link { url: links.link_for(id, expires), expires_at: expires }
 }
@@ -79,6 +85,7 @@ pub async fn serve_links(
     links: ApprovalLinks,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let used = UsedLinks::open(&flow.bus, LinkKind::Deploy).await?;
     let mut asks = flow.bus.approval_link_requests(LinkKind::Deploy).await?;
     tracing::info!("answering deployment approval link requests");
     loop {
@@ -90,7 +97,7 @@ pub async fn serve_links(
             },
         };
         let reply = match &ask.request {
-            Ok(r) => answer(&flow, &links, r.id, OffsetDateTime::now_utc()).await,
+            Ok(r) => answer(&flow, &links, &used, r.id, OffsetDateTime::now_utc()).await,
             Err(why) => {
                 tracing::warn!(%why, "unreadable approval link request");
                 LinkReply::Unavailable { reason: why.clone() }
@@ -110,13 +117,14 @@ struct Page {
     flow: Flow,
     links: ApprovalLinks,
     shell: Shell,
-    /// Deployments a link of this process decided on.
-    decided: Arc<Mutex<HashSet<Uuid>>>,
+    /// The links already used (`DEPLOY_LINKS`).
+    used: UsedLinks,
 }
 
 /// The page's routes.
-pub fn router(flow: Flow, links: ApprovalLinks) -> anyhow::Result<Router> {
-    let page = Page { flow, links, shell: Shell::new()?, decided: Arc::default() };
+pub async fn router(flow: Flow, links: ApprovalLinks) -> anyhow::Result<Router> {
+    let used = UsedLinks::open(&flow.bus, LinkKind::Deploy).await?;
+    let page = Page { flow, links, shell: Shell::new()?, used };
     Ok(Router::new().route(PATH, get(show).post(decide)).with_state(page))
 }
 
@@ -166,15 +174,26 @@ impl Page {
             }
             Err(e) => return Err(self.shell.unavailable(&e)),
         };
-        if self.decided.lock().map(|d| d.contains(&id)).unwrap_or(true) {
-            let message =
-                "This link was already used; a link works once. Nothing more was changed.";
-            return Err(self.gone("Link already used", message.into(), &record));
+        match self.used.used(id).await {
+            Ok(Some(used)) => {
+                let message = used.refusal(
+                    record.step == DeployStep::Pending && record.approved_by.is_none(),
+                    ON_THE_HOST,
+                );
+                return Err(self.gone("Link already used", message, &record));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(self.shell.unavailable(&e)),
         }
-        if record.step != DeployStep::Pending {
+        if record.step != DeployStep::Pending || record.approved_by.is_some() {
+            let state = match &record.approved_by {
+                Some(by) if record.step == DeployStep::Pending => {
+                    format!("approved by {by}; its test and start are under way")
+                }
+                _ => format!("it is {}", record.step.name()),
+            };
             let message = format!(
-                "This deployment no longer waits for approval (it is {}). Nothing was changed.",
-                record.step.name()
+                "This deployment no longer waits for approval ({state}). Nothing was changed."
             );
             return Err(self.gone("Already decided", message, &record));
         }
@@ -213,13 +232,18 @@ async fn decide(
         Err(response) => return response,
         Ok(record) => record,
     };
-    // Claimed before publishing: a second click (or the other button) right after finds it.
-    let claimed = page.decided.lock().map(|mut d| d.insert(record.deploy_id)).unwrap_or(false);
-    if !claimed {
-        let message =
-            "This link was used a moment ago; a link works once. Nothing more was changed.";
-        return page.gone("Link already used", message.into(), &record);
+    // Claimed before publishing: a second click (or the other button), on this process or a
+    // restarted one, finds it.
+    match page.used.claim(record.deploy_id, &form.decision, OffsetDateTime::now_utc()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let message =
+                "This link was used a moment ago; a link works once. Nothing more was changed.";
+            return page.gone("Link already used", message.into(), &record);
+        }
+        Err(e) => return page.shell.unavailable(&e),
     }
+    steward_failpoints::failpoint!("link_claimed");
     let data: steward_events::EventData = if approve {
         DeployApproved { deploy_id: record.deploy_id, by: PAGE_ACTOR.into() }.into()
     } else {
@@ -231,11 +255,9 @@ async fn decide(
         .with_trace(record.trace.clone());
     event.causation_id = Some(record.last_event_id);
     if let Err(e) = page.flow.bus.publish(&event).await {
-        // Not recorded: release the claim so the operator may try again.
-        if let Ok(mut d) = page.decided.lock() {
-            d.remove(&record.deploy_id);
-        }
-        return page.shell.unavailable(&e);
+        // The link is released when the decision was certainly not recorded, kept spent when
+        // it may have been (`Shell::not_published`).
+        return page.shell.not_published(&e, &page.used, record.deploy_id, ON_THE_HOST).await;
     }
     tracing::info!(deploy = %record.deploy_id, environment = %record.change.environment, approve, "decided on the approval page");
     let (title, message) = if approve {

@@ -79,7 +79,7 @@ impl Deployer {
         }
         match flow.cfg.links.clone() {
             Some(links) => {
-                routes = routes.merge(approval::router(flow.clone(), links.clone())?);
+                routes = routes.merge(approval::router(flow.clone(), links.clone()).await?);
                 tracing::info!(path = approval::PATH, "deployment approval page served");
                 let (flow, shutdown) = (flow.clone(), ctx.shutdown.clone());
                 ctx.spawn("deployment approval link requests", async move {

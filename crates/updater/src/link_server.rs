@@ -7,22 +7,20 @@
 //! for, before its expiry, and never for a link already used.
 
 use futures::StreamExt as _;
-use steward_approval::ApprovalLinks;
+use steward_approval::{ApprovalLinks, UsedLinks};
 use steward_bus::approval::{LinkKind, LinkReply};
-use steward_bus::StateStore;
 use steward_events::records::UpdateStep;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::flow::Flow;
-use crate::page::{UsedLink, USED_LINKS_BUCKET};
 
 /// What the updater answers for `update_id` at `now`.
 pub async fn answer(
     flow: &Flow,
     links: &ApprovalLinks,
-    used: &StateStore<UsedLink>,
+    used: &UsedLinks,
     update_id: Uuid,
     now: OffsetDateTime,
 ) -> LinkReply {
@@ -41,7 +39,7 @@ pub async fn answer(
     if expires <= now {
         return unavailable("the approval link has expired");
     }
-    match used.get(&update_id.simple().to_string()).await {
+    match used.used(update_id).await {
         Ok(None) => {}
         Ok(Some(_)) => return unavailable("the approval link was already used"),
         Err(e) => return unavailable(&format!("the updater cannot read its state: {e}")),
@@ -55,7 +53,7 @@ pub async fn serve(
     links: ApprovalLinks,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let used = StateStore::open(&flow.bus, USED_LINKS_BUCKET).await?;
+    let used = UsedLinks::open(&flow.bus, LinkKind::Update).await?;
     let mut asks = flow.bus.approval_link_requests(LinkKind::Update).await?;
     tracing::info!("answering approval link requests");
     loop {

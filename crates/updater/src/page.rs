@@ -5,18 +5,17 @@
 //!
 //! Invariants: a forged, expired, used or no-longer-pending link changes nothing and says
 //! why; a link decides at most once (claimed in the `APPROVAL_LINKS` bucket before the
-//! decision is published, released again if publishing fails).
+//! decision is published, released again if publishing fails: `steward_approval::used`).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Form, Router};
-use serde::{Deserialize, Serialize};
 use steward_approval::links::expiry_of;
 use steward_approval::page::{row, Decision, Row, Shell, View};
-use steward_approval::ApprovalLinks;
-use steward_bus::{BusError, StateStore};
+use steward_approval::{ApprovalLinks, LinkKind, UsedLinks};
+use steward_bus::BusError;
 use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::{Event, UpdateApproved, UpdateRejected};
 use time::OffsetDateTime;
@@ -24,6 +23,7 @@ use time::OffsetDateTime;
 use crate::flow::Flow;
 
 pub use steward_approval::page::PAGE_ACTOR;
+pub use steward_approval::UsedLink;
 pub use steward_events::records::USED_LINKS_BUCKET;
 
 /// How to decide without the link.
@@ -32,27 +32,17 @@ const ON_THE_HOST: &str =
 /// What approving does.
 const NOTE: &str = "Approving backs up first, then recreates the container on the new image, checks its health and rolls back if it fails. This link works once.";
 
-/// A used link: what it decided, when.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UsedLink {
-    /// `approve` or `reject`.
-    pub decision: String,
-    /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-}
-
 #[derive(Clone)]
 struct Page {
     flow: Flow,
     links: ApprovalLinks,
-    used: StateStore<UsedLink>,
+    used: UsedLinks,
     shell: Shell,
 }
 
 /// The page's routes.
 pub async fn router(flow: Flow, links: ApprovalLinks) -> anyhow::Result<Router> {
-    let used = StateStore::open(&flow.bus, USED_LINKS_BUCKET).await?;
+    let used = UsedLinks::open(&flow.bus, LinkKind::Update).await?;
     let page = Page { flow, links, used, shell: Shell::new()? };
     Ok(Router::new().route("/approve/{token}", get(show).post(decide)).with_state(page))
 }
@@ -144,13 +134,9 @@ impl Page {
             }
             Err(e) => return Err(self.unavailable(&e)),
         };
-        match self.used.get(&update_id.simple().to_string()).await {
+        match self.used.used(update_id).await {
             Ok(Some(used)) => {
-                let message = format!(
-                    "This link was already used: {} at {}. A link works once; nothing was changed.",
-                    if used.value.decision == "approve" { "approved" } else { "rejected" },
-                    used.value.at
-                );
+                let message = used.refusal(record.step == UpdateStep::Pending, ON_THE_HOST);
                 return Err(self.render(
                     StatusCode::GONE,
                     "Link already used",
@@ -209,12 +195,10 @@ async fn decide(
         Err(response) => return response,
         Ok(record) => record,
     };
-    let key = record.update_id.simple().to_string();
-    let used = UsedLink { decision: form.decision.clone(), at: OffsetDateTime::now_utc() };
-    match page.used.create(&key, &used).await {
-        Ok(_) => {}
+    match page.used.claim(record.update_id, &form.decision, OffsetDateTime::now_utc()).await {
+        Ok(true) => {}
         // Another click got there first.
-        Err(BusError::Conflict { .. }) => {
+        Ok(false) => {
             return page.render(
                 StatusCode::GONE,
                 "Link already used",
@@ -242,9 +226,9 @@ async fn decide(
     .with_trace(record.trace.clone());
     event.causation_id = Some(record.last_event_id);
     if let Err(e) = page.flow.bus.publish(&event).await {
-        // Release the link: the decision was not recorded, so the operator may try again.
-        let _ = page.used.delete(&key).await;
-        return page.unavailable(&e);
+        // The link is released when the decision was certainly not recorded, kept spent when
+        // it may have been (`Shell::not_published`).
+        return page.shell.not_published(&e, &page.used, record.update_id, ON_THE_HOST).await;
     }
     tracing::info!(container = %record.container, update = %record.update_id, approve, "decided on the approval page");
     let (title, message) = if approve {

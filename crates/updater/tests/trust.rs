@@ -78,11 +78,10 @@ async fn an_event_naming_another_repository_than_the_containers_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() {
     use steward_approval::links::ApprovalLinks;
+    use steward_approval::UsedLinks;
     use steward_bus::approval::LinkReply;
-    use steward_bus::StateStore;
     use steward_events::UpdateRejected;
     use steward_updater::link_server::answer;
-    use steward_updater::page::{UsedLink, USED_LINKS_BUCKET};
     use time::OffsetDateTime;
 
     let bus = TestBus::new("trustlink").await;
@@ -105,7 +104,7 @@ async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() 
     assert_eq!(pending.expires_at, Some(expires));
     assert!(!serde_json::to_string(&record).expect("json").contains("/approve/"));
 
-    let used = StateStore::<UsedLink>::open(&bus, USED_LINKS_BUCKET).await.expect("bucket");
+    let used = UsedLinks::open(&bus, steward_approval::LinkKind::Update).await.expect("bucket");
     let now = OffsetDateTime::now_utc();
     let id = pending.update_id;
     let LinkReply::Link { url, expires_at } = answer(&flow, &links, &used, id, now).await else {
@@ -124,10 +123,9 @@ async fn an_approval_link_is_given_only_while_its_update_waits_for_a_decision() 
     refused(answer(&flow, &links, &used, uuid::Uuid::now_v7(), now).await, "not known");
     let later = expires + Duration::from_secs(1);
     refused(answer(&flow, &links, &used, id, later).await, "expired");
-    let key = id.simple().to_string();
-    used.create(&key, &UsedLink { decision: "approve".into(), at: now }).await.expect("use");
+    assert!(used.claim(id, "approve", now).await.expect("use"), "claimed");
     refused(answer(&flow, &links, &used, id, now).await, "already used");
-    used.delete(&key).await.expect("release");
+    used.release(id).await.expect("release");
     flow.on_rejected(&UpdateRejected { update_id: id, by: "ops@host".into(), reason: None })
         .await
         .expect("reject");

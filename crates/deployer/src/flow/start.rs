@@ -479,17 +479,25 @@ impl Flow {
         if v.value.deploy_id != a.deploy_id || v.value.step != DeployStep::Pending {
             return Ok(());
         }
-        let mut record = v.value;
-        record.approved_by = Some(a.by.clone());
-        tracing::info!(deploy = %record.deploy_id, by = %a.by, "deployment approved");
+        // Taken, nothing done yet: a kill here leaves the approval to be delivered again.
+        steward_failpoints::failpoint!("approving");
+        let mut v = v;
+        if v.value.approved_by.is_none() {
+            // Saved before the repository's test (minutes, up to its timeout): from here the
+            // CLI refuses a second decision and the approval page does not call it lost, and a
+            // rejection arriving meanwhile is ignored (`on_rejected`).
+            let mut record = v.value;
+            record.approved_by = Some(a.by.clone());
+            v = self.records.save(record, v.revision).await?;
+        }
+        tracing::info!(deploy = %v.value.deploy_id, by = %a.by, "deployment approved");
         // The repository's test, held back until now (a kill during it: the approval is
         // delivered again and the test runs again, its container removed first).
-        if let Err((reason, tail)) = self.test_commit(&key, &record.deploy_id).await {
-            let v = Versioned { value: record, revision: v.revision };
+        if let Err((reason, tail)) = self.test_commit(&key, &v.value.deploy_id).await {
             self.fail(v, reason, tail).await?;
             return self.start_queued(&key).await;
         }
-        self.begin(Versioned { value: record, revision: v.revision }).await?;
+        self.begin(v).await?;
         self.start_queued(&key).await
     }
 
@@ -504,8 +512,11 @@ impl Flow {
         let key = v.value.change.environment.clone();
         let Some(_hold) = self.records.hold(&key) else { return Err(FlowError::Busy(key)) };
         let Some(v) = self.records.get(&key).await? else { return Ok(()) };
-        if v.value.deploy_id != r.deploy_id || v.value.step != DeployStep::Pending {
-            tracing::info!(deploy = %r.deploy_id, "rejection of a deployment not waiting for approval; ignored");
+        if v.value.deploy_id != r.deploy_id
+            || v.value.step != DeployStep::Pending
+            || v.value.approved_by.is_some()
+        {
+            tracing::info!(deploy = %r.deploy_id, "rejection of a deployment not waiting for approval (approved first, or no longer pending); ignored");
             return Ok(());
         }
         let why = r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
