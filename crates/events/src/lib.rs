@@ -8,7 +8,7 @@
 //! Invariant: this crate is pure data. It does no I/O and knows nothing of NATS or Docker, so
 //! every service, the CLI and the tests agree on one vocabulary.
 
-mod catalog;
+pub mod catalog;
 mod envelope;
 mod error;
 mod host;

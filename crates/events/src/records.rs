@@ -18,8 +18,12 @@ pub const HEALTH_BUCKET: &str = "HEALTH";
 pub const REGISTRY_EPISODES_BUCKET: &str = "WATCH_REGISTRIES";
 /// KV bucket of the notifier's outbox.
 pub const OUTBOX_BUCKET: &str = "NOTIFY_OUTBOX";
-/// KV bucket of the approval links already used, by update id.
+/// KV bucket of the image update approval links already used, by update id (the updater's).
 pub const USED_LINKS_BUCKET: &str = "APPROVAL_LINKS";
+/// KV bucket of the deployment approval links already used, by deployment id (the
+/// deployer's: a bucket of its own rather than keys in the updater's, so each service may
+/// write only its own claims).
+pub const USED_DEPLOY_LINKS_BUCKET: &str = "DEPLOY_LINKS";
 /// KV bucket of the newer images the notifier has reported, per channel, image, tag and
 /// digest: each is reported once, also when its containers are announced at different times.
 pub const ANNOUNCED_BUCKET: &str = "NOTIFY_ANNOUNCED";

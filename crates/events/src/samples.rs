@@ -1,7 +1,8 @@
-//! One realistic example payload for every event type, in catalog order.
+//! One realistic example payload for every event type.
 //!
 //! Used by round-trip tests (here and against the real bus), by the benchmark and to render
-//! the examples in `docs/events.md`.
+//! the examples in `docs/events.md` ([`crate::catalog::markdown`], which puts them in catalog
+//! order and fixes their ids with [`with_ids`]).
 
 use uuid::Uuid;
 
@@ -34,11 +35,17 @@ fn versions() -> Versions {
     }
 }
 
-/// One example of each event type, for container `container`.
+/// One example of each event type, for container `container`, with fresh ids (so events
+/// made from two calls never share an update or deployment).
 pub fn all(container: &str) -> Vec<EventData> {
+    with_ids(container, Uuid::now_v7(), Uuid::now_v7())
+}
+
+/// [`all`] with the given ids: `update_id` names the update and the deployment of the
+/// examples, `event_id` the event the notifications are about. Fixed ids make the output
+/// reproducible (the generated `docs/events.md`).
+pub fn with_ids(container: &str, update_id: Uuid, event_id: Uuid) -> Vec<EventData> {
     let c = container.to_owned();
-    let update_id = Uuid::now_v7();
-    let event_id = Uuid::now_v7();
     let image = "gitea/gitea:1.22".to_owned();
     vec![
         WatchRequested { container: Some(c.clone()), requested_by: Some("ops@host".into()) }.into(),

@@ -131,13 +131,44 @@ fn unknown_extra_fields_are_tolerated_for_rolling_upgrades() {
     assert!(decode_value(&v).is_ok());
 }
 
+/// `docs/events.md` is what the generator prints, byte for byte: prose written into the file
+/// by hand would be lost on the next regeneration, so it belongs in the catalog.
 #[test]
-fn docs_event_catalog_lists_every_type() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.md"))
-        .expect("docs/events.md");
-    for t in EventData::ALL_TYPES {
-        assert!(doc.contains(&format!("### `{t}`")), "docs/events.md lacks {t}: regenerate it with `cargo run -q -p steward-events --example catalog > docs/events.md`");
+fn docs_events_md_is_exactly_the_generated_catalog() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.md");
+    let doc = std::fs::read_to_string(path).expect("docs/events.md");
+    let generated = steward_events::catalog::markdown();
+    if doc != generated {
+        let (file, gen) = (doc.split('\n'), generated.split('\n'));
+        let line = file.clone().zip(gen.clone()).position(|(a, b)| a != b);
+        let line = line.unwrap_or(file.clone().count().min(gen.clone().count()));
+        panic!(
+            "docs/events.md is not what the catalog generates (first difference at line {}: \
+             file {:?}, generated {:?}). Put prose in crates/events/src/catalog (an entry's doc \
+             comment, or catalog/markdown.rs), then regenerate: `{}`",
+            line + 1,
+            file.clone().nth(line).unwrap_or("<end of file>"),
+            gen.clone().nth(line).unwrap_or("<end of file>"),
+            steward_events::REGENERATE_EVENTS_MD,
+        );
     }
+}
+
+#[test]
+fn the_generated_catalog_describes_and_shows_every_type_once() {
+    let doc = steward_events::catalog::markdown();
+    assert_eq!(doc, steward_events::catalog::markdown(), "the same text on every call");
+    for t in EventData::ALL_TYPES {
+        let heading = format!("\n### `{t}`\n");
+        assert_eq!(doc.matches(&heading).count(), 1, "{t}: one heading");
+        let section = doc.split(&heading).nth(1).and_then(|s| s.split("\n### ").next());
+        let section = section.expect("a section");
+        let description = EventData::description(t).expect("in the catalog");
+        let first = description.lines().next().unwrap_or_default().trim();
+        assert!(!first.is_empty() && section.contains(first), "{t}: its description");
+        assert_eq!(section.matches("```json").count(), 1, "{t}: one example");
+    }
+    assert_eq!(EventData::description("image.exploded"), None);
 }
 
 #[test]

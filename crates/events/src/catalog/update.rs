@@ -91,7 +91,8 @@ pub struct PrunedImage {
 pub struct ImagePruned {
     /// The repository, as Docker names it (`gitea/gitea`, `127.0.0.1:5000/app`).
     pub repository: String,
-    /// The container whose update (or the updater's start) led to the cleanup, if one.
+    /// The container whose successful update led to the cleanup; absent for the cleanup at
+    /// the updater's start and the daily one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// What was removed.
