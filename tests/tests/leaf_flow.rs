@@ -55,6 +55,17 @@ async fn an_update_on_a_leaf_host_is_approved_from_the_centre_and_applied_there(
     let net = NatsLeaves::start(&hosts, |c| c);
     for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
         let setup = open(&net, host, steward_bus::SETUP_USER).await;
+        if host.is_none() {
+            // A rebuilt centre's operator imports an old export at the hub before its setup:
+            // the central event goes in; a's old approval is left out (published at the hub
+            // it would be stored on a's leaf, whose updater has its consumer already).
+            let out = import_at_hub(&setup, &table);
+            assert!(out.contains("imported 1 events (0 already"), "{out}");
+            assert!(
+                out.contains("left out at the hub: 1 events and 0 values of hosts (vps-a)"),
+                "{out}"
+            );
+        }
         let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
@@ -128,11 +139,55 @@ async fn an_update_on_a_leaf_host_is_approved_from_the_centre_and_applied_there(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
-    use steward_system_tests::mail::{
-        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
-    };
+/// `steward events import` at the hub, as its setup user, of an old export holding a central
+/// `notify.sent` and an approval for host a; its stdout.
+fn import_at_hub(setup: &Bus, table: &str) -> String {
+    use steward_bus::{ExportRecord, ExportedMessage};
+    let at = time::OffsetDateTime::now_utc();
+    let sent = steward_events::Event::new(
+        "steward/test",
+        steward_events::NotifySent {
+            channel: "email".into(),
+            recipients: vec!["op@desk".into()],
+            title: "an old mail".into(),
+            about: vec![],
+        },
+    );
+    let approved = steward_events::Event::new(
+        "steward/test",
+        steward_events::UpdateApproved { update_id: uuid::Uuid::now_v7(), by: "op@desk".into() },
+    )
+    .with_host(Some(A.to_owned()));
+    let mut lines = vec![ExportRecord::Header {
+        format: steward_bus::EXPORT_FORMAT,
+        stream: "STEWARD".into(),
+        exported_at: at,
+    }];
+    for (sequence, event) in [(1, &sent), (2, &approved)] {
+        let mut m = ExportedMessage::of_event(sequence, at, event).expect("encode");
+        m.subject = steward_events::address(event.host.as_deref(), event.event_type());
+        lines.push(ExportRecord::Message(m));
+    }
+    let text: String =
+        lines.iter().map(|r| serde_json::to_string(r).expect("a record") + "\n").collect();
+    let file = std::env::temp_dir().join(unique_name("steward-hub-import"));
+    std::fs::write(&file, text).expect("the export file");
+    let path = file.to_string_lossy().into_owned();
+    let out = steward_with(
+        setup,
+        &env(table, HUB_DOMAIN, steward_bus::SETUP_USER),
+        &["events", "import", &path],
+    );
+    let _ = std::fs::remove_file(&file);
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the import at the hub: {stdout}{stderr}");
+    stdout.into_owned()
+}
+
+/// The hub and a leaf per host, each provisioned by `steward setup` as its own server's
+/// (the hosts' domains, the hub's); with the routing table the participants are given.
+async fn set_up() -> (NatsLeaves, String) {
     let hosts = vec![A.to_owned(), B.to_owned()];
     let table = hosts.join(",");
     let net = NatsLeaves::start(&hosts, |c| c);
@@ -141,6 +196,15 @@ async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
         let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
         assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    (net, table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
+    use steward_system_tests::mail::{
+        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    };
+    let (net, table) = set_up().await;
     let scope = unique_name("scope-leaf-link");
     let app = app(&scope, "manual", &[]);
     let port = steward_testkit::free_port();
@@ -211,14 +275,7 @@ async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
 /// leaf, which never needed the hub; restarted, the hub gets the whole flow, each step once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_on_a_leaf_host_ends_while_the_hub_is_down_and_the_hub_gets_it_once() {
-    let hosts = vec![A.to_owned(), B.to_owned()];
-    let table = hosts.join(",");
-    let mut net = NatsLeaves::start(&hosts, |c| c);
-    for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
-        let setup = open(&net, host, steward_bus::SETUP_USER).await;
-        let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
-        assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let (mut net, table) = set_up().await;
     let scope = unique_name("scope-leaf-kill");
     let app = app(&scope, "automatic", &[]);
     let mut procs = vec![];
@@ -284,4 +341,144 @@ async fn an_update_on_a_leaf_host_ends_while_the_hub_is_down_and_the_hub_gets_it
         assert!(std::time::Instant::now() < deadline, "v2 is not served\n{}", logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Host b's root, on b's leaf, unfiltered at the hub, passes off alerts and a record as host
+/// a's (and an alert on a central subject): the real notifier at the hub mails none of it,
+/// `steward status` and `steward events replay` at the hub show none of it; b's own alert
+/// and record come through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_leaf_gets_nothing_into_the_centres_mail_or_output() {
+    use steward_system_tests::mail::{
+        mails_to, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    };
+    let (net, table) = set_up().await;
+    net.unfilter_at_hub("STEWARD", B).await;
+    net.unfilter_at_hub("KV_STEWARD_WATCHER", B).await;
+    let to = unique_address("leaf-hostile");
+    let hub = open(&net, None, Service::Notifier.name()).await;
+    let mut notifier_env = testbed_notifier_env(&to);
+    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
+    let metrics_port = steward_testkit::free_port();
+    notifier_env.push(("STEWARD_HTTP_ADDR", format!("127.0.0.1:{metrics_port}")));
+    let procs =
+        [("notifier".to_owned(), Proc::service(Service::Notifier.binary(), &hub, &notifier_env))];
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+
+    let (forged, genuine) = (unique_name("forged"), unique_name("genuine"));
+    let root_b = async_nats::ConnectOptions::with_user_and_password(
+        steward_testkit::leaf::HOST_ROOT.into(),
+        NatsServer::user_password(steward_testkit::leaf::HOST_ROOT),
+    )
+    .connect(net.leaf(B).server.url())
+    .await
+    .expect("b's root connects to b's leaf");
+    let js_b = async_nats::jetstream::new(root_b);
+    let stream = js_b.get_stream("STEWARD").await.expect("b's stream");
+    let mut config = stream.cached_info().config.clone();
+    config.subjects.extend(["host.vps-a.>".to_owned(), "health.>".to_owned()]);
+    js_b.update_stream(config).await.expect("b's root widens b's stream");
+    let alert = |host: Option<&str>, container: &str| {
+        let data = steward_events::HealthFailed {
+            container: container.to_owned(),
+            check: "http".into(),
+            reason: format!("{container} does not answer"),
+            consecutive_failures: 3,
+        };
+        steward_events::Event::new("steward/test", data).with_host(host.map(str::to_owned))
+    };
+    let record = |host: &str, container: &str| steward_events::records::WatchRecord {
+        container: container.to_owned(),
+        image: "registry.test/app:1".into(),
+        policy: "notify".into(),
+        running_digest: None,
+        newest_digest: None,
+        newest_tag: None,
+        newest_seen_at: None,
+        reported_digest: None,
+        checked_at: time::OffsetDateTime::now_utc(),
+        last_error: None,
+        host: Some(host.to_owned()),
+    };
+    let store = |subject: String, body: Vec<u8>| {
+        let js_b = js_b.clone();
+        async move {
+            js_b.publish(subject, body.into()).await.expect("publish").await.expect("b stores it");
+        }
+    };
+    let forged_a = alert(Some(A), &forged);
+    let forged_central = alert(None, &format!("{forged}-central"));
+    store("host.vps-a.health.failed".into(), forged_a.encode().expect("encode")).await;
+    store("health.failed".into(), forged_central.encode().expect("encode")).await;
+    let json = |r: &steward_events::records::WatchRecord| serde_json::to_vec(r).expect("json");
+    store(format!("$KV.STEWARD_WATCHER.vps-a.{forged}"), json(&record(A, &forged))).await;
+    // A dead letter of b's updater: it stays on b's leaf (the filter is b's subjects).
+    let dead = alert(Some(B), &format!("{genuine}-dead"));
+    store("dlq.updater-vps-b".into(), dead.encode().expect("encode")).await;
+    // b's own, on b's subjects and keys.
+    let genuine_b = alert(Some(B), &genuine);
+    store("host.vps-b.health.failed".into(), genuine_b.encode().expect("encode")).await;
+    store(format!("$KV.STEWARD_WATCHER.vps-b.{genuine}"), json(&record(B, &genuine))).await;
+
+    let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(60));
+    assert!(mails.iter().any(|m| m.text.contains(&genuine)), "b's alert not mailed\n{}", logs());
+    // The notifier handles in stream order: the forgeries came before b's alert. A moment
+    // for a late mail, then every mail is judged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for mail in mails_to(&testbed_maildir(), &to) {
+        assert!(!mail.text.contains(&forged), "a forgery was mailed: {}\n{}", mail.text, logs());
+    }
+    let cli = open(&net, None, Service::Cli.name()).await;
+    let run = |args: &[&str]| {
+        let out = steward_with(&cli, &env(&table, HUB_DOMAIN, Service::Cli.name()), args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The hub's copy of b's bucket may lag b's leaf by a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = run(&["status"]);
+        if status.contains(&genuine) || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(status.contains(&genuine), "b's record not in `steward status`: {status}");
+    assert!(!status.contains(&forged), "a forged record in `steward status`: {status}");
+    // Dead letters of a host's agents are read on its leaf (its setup user), not at the hub.
+    let dead_at_hub = run(&["events", "replay", "--subject", "dlq.>", "--json"]);
+    assert!(!dead_at_hub.contains(&dead.id.to_string()), "b's dead letter at the hub");
+    let setup_b = open(&net, Some(B), steward_bus::SETUP_USER).await;
+    let out = steward_with(
+        &setup_b,
+        &env(&table, B, steward_bus::SETUP_USER),
+        &["events", "replay", "--subject", "dlq.>", "--json"],
+    );
+    let on_b = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "on b: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(on_b.contains(&dead.id.to_string()), "b's dead letter not read on b: {on_b}");
+    let replay = run(&["events", "replay", "--json"]);
+    assert!(replay.contains(&genuine_b.id.to_string()), "b's alert not replayed: {replay}");
+    for id in [forged_a.id, forged_central.id] {
+        assert!(!replay.contains(&id.to_string()), "a forgery replayed: {replay}");
+    }
+    assert!(
+        logs().contains("refused a message whose origin is not the host it names"),
+        "the notifier did not say it refused anything\n{}",
+        logs()
+    );
+    // ... and counts them: the forged alert about a, the one on the central subject, and b's
+    // dead letter (which only an unfiltered source brings to the hub).
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("the notifier's /metrics")
+        .text()
+        .await
+        .expect("body");
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("steward_leaf_origin_refused_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(refused, Some(3), "{metrics}");
 }

@@ -56,6 +56,14 @@ impl LinkKind {
         }
     }
 
+    /// The KV bucket (the server's own) where its links are claimed once used.
+    pub fn used_bucket(self) -> &'static str {
+        match self {
+            LinkKind::Update => steward_events::records::USED_LINKS_BUCKET,
+            LinkKind::Deploy => steward_events::records::USED_DEPLOY_LINKS_BUCKET,
+        }
+    }
+
     /// `update` or `deploy`, as logs and pages say it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -192,6 +200,20 @@ mod tests {
                     .any(|t| t.split('.').next() == Some(family)),
                 "`{family}` is an event family: links would be stored in the stream"
             );
+        }
+    }
+
+    /// Each kind's links are claimed in a bucket its server alone writes: neither service can
+    /// spend, or free again, the other's links.
+    #[test]
+    fn each_kind_claims_its_links_in_its_servers_own_bucket() {
+        let [a, b] = LinkKind::ALL;
+        assert_ne!(a.used_bucket(), b.used_bucket());
+        for kind in LinkKind::ALL {
+            for service in Service::ALL {
+                let writes = service.writes_buckets().contains(&kind.used_bucket());
+                assert_eq!(writes, service == kind.server(), "{service:?} and {kind:?}'s claims");
+            }
         }
     }
 

@@ -9,9 +9,13 @@
 //!
 //! Invariant: an import publishes only into a stream without durable consumers, so no service
 //! acts on the old events as new ones: `steward setup` creates the consumers after it, and
-//! they start at new events.
+//! they start at new events. At the hub of the leaf-node topology (docs/scaling.md) it
+//! publishes no host's subject and writes no host's record: the hub's stream does not hold
+//! `host.<h>.>`, so such a publish is stored by that host's leaf, across its link, where the
+//! host's agents' consumers run (an old `update.approved` would be applied again); and the
+//! hub gets every host's history back from its leaf by its sources anyway.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::HeaderMap;
@@ -21,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use steward_events::Event;
 use time::OffsetDateTime;
 
-use crate::{publish, Bus, BusError, Setup};
+use crate::{publish, Bus, BusError, Setup, Topology};
 
 /// The export format this build writes and reads.
 pub const EXPORT_FORMAT: u32 = 1;
@@ -270,6 +274,10 @@ pub enum ImportError {
     /// The stream has durable consumers: they would take the old events for new ones.
     #[error("refused, nothing was imported: the stream has durable consumers ({0}), which would deliver the old events to the services as new ones; import into a NATS server before `steward setup` creates them")]
     ConsumersExist(String),
+    /// The server has a JetStream domain (the leaf-node topology) but the import was not told
+    /// it: it would provision the server as a single one (a hub's stream holding `host.>`).
+    #[error("refused, nothing was imported: the server's JetStream domain is {0} (the leaf-node topology), but STEWARD_NATS_DOMAIN is unset; give the import the settings of this server's `steward setup` (STEWARD_NATS_DOMAIN, STEWARD_HOSTS): at the hub it leaves the hosts' events out (docs/runbooks.md, \"A rebuilt centre under leaf nodes\")")]
+    DomainUnset(String),
     /// NATS failed (what was published before stays; importing again skips it).
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -286,6 +294,15 @@ pub struct Imported {
     pub values: u64,
     /// Values skipped because the key holds a value already.
     pub values_kept: u64,
+    /// At the hub: messages on a host's subjects (`host.<h>.…`) left out (they belong to the
+    /// host's leaf, which the hub's sources read them from).
+    pub left_to_leaves: u64,
+    /// At the hub: values of the buckets the hosts' agents write, left out (the hub's copies
+    /// source each host's leaf bucket).
+    pub values_left_to_leaves: u64,
+    /// The hosts those left-out records name (a hostile or foreign export may name a host
+    /// this installation does not have).
+    pub hosts_left: BTreeSet<String>,
 }
 
 /// Checks records before anything is imported: the first is a header of a format this build
@@ -342,8 +359,9 @@ fn check_message_kind(m: &ExportedMessage) -> Result<(), (String, bool)> {
         }
     }
     for (name, value) in &m.headers {
-        let bad_name =
-            name.is_empty() || name.chars().any(|c| c.is_control() || c == ':' || c == ' ');
+        // A NATS header name is printable ASCII without ':' (async-nats panics on any other
+        // name given as a `&str`, so one here would end the import half done).
+        let bad_name = name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':');
         if bad_name || value.chars().any(char::is_control) {
             return Err((format!("header {name:?} is not a valid NATS header"), true));
         }
@@ -381,16 +399,32 @@ fn valid_key(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./".contains(c))
 }
 
+/// The host of a host's agent's dead letter (`dlq.<service>-<host>`): kept on the host's leaf,
+/// never the hub's to hold (its consumer lives on the leaf). A central consumer's dead
+/// letter (`dlq.notifier`) names none.
+fn dead_letter_host(subject: &str) -> Option<&str> {
+    let consumer = subject.strip_prefix("dlq.")?;
+    steward_events::Service::agent_and_host(consumer).map(|(_, host)| host)
+}
+
 impl Bus {
     /// Imports checked `records` ([`check_import`]; refused whole if one is wrong): creates the
     /// stream and the state buckets when missing (the provisioning identity's rights), refuses
     /// a stream with durable consumers, publishes every message the stream does not hold yet
     /// with its own `Nats-Msg-Id` and headers, in order, and writes every value whose key is
-    /// empty.
+    /// empty. At the hub, a host's messages and the hosts' buckets' values are left out and
+    /// counted ([`Imported::left_to_leaves`]): see the module's invariant.
     pub async fn import(&self, records: &[ExportRecord]) -> Result<Imported, ImportError> {
         let problems = check_import(records);
         if !problems.is_empty() {
             return Err(ImportError::Refused(problems));
+        }
+        // Without its domain the import would provision a hub or a leaf as a single server
+        // (its stream holding every subject), and publish hosts' events there as new.
+        if self.cfg.domain.is_none() {
+            if let Some(found) = self.domain_within(self.cfg.connect_timeout).await? {
+                return Err(ImportError::DomainUnset(found));
+            }
         }
         let setup = Setup { consumers: vec![], ..Setup::steward() };
         self.setup(&setup).await?;
@@ -410,11 +444,21 @@ impl Bus {
             return Err(ImportError::ConsumersExist(durable.join(", ")));
         }
         let held = self.held_ids().await?;
+        let hub = matches!(self.cfg.topology(), Topology::Hub { .. });
+        let sourced = crate::setup::sourced_buckets();
         let mut done = Imported::default();
         for record in records {
             match record {
                 ExportRecord::Header { .. } => {}
                 ExportRecord::Message(m) => {
+                    let host = steward_events::split_address(&m.subject)
+                        .0
+                        .or_else(|| dead_letter_host(&m.subject));
+                    if let (true, Some(host)) = (hub, host) {
+                        done.left_to_leaves = done.left_to_leaves.saturating_add(1);
+                        done.hosts_left.insert(host.to_owned());
+                        continue;
+                    }
                     let id = m.msg_id().unwrap_or_default();
                     if held.contains(id) {
                         done.duplicates = done.duplicates.saturating_add(1);
@@ -422,8 +466,11 @@ impl Bus {
                     }
                     let mut headers = HeaderMap::new();
                     for (name, value) in &m.headers {
-                        // publish_raw sets the id itself.
-                        if !name.eq_ignore_ascii_case(NATS_MSG_ID) {
+                        // publish_raw sets the id itself; an origin stamp is the hub's to
+                        // write on what it sources, never an import's (`origin`).
+                        if !name.eq_ignore_ascii_case(NATS_MSG_ID)
+                            && !name.eq_ignore_ascii_case(crate::origin::STREAM_SOURCE)
+                        {
                             headers.append(name.as_str(), value.as_str());
                         }
                     }
@@ -435,6 +482,12 @@ impl Bus {
                         done.duplicates = done.duplicates.saturating_add(1);
                     } else {
                         done.messages = done.messages.saturating_add(1);
+                    }
+                }
+                ExportRecord::Value(v) if hub && sourced.contains(&v.bucket.as_str()) => {
+                    done.values_left_to_leaves = done.values_left_to_leaves.saturating_add(1);
+                    if let Some((host, _)) = v.key.split_once('.') {
+                        done.hosts_left.insert(host.to_owned());
                     }
                 }
                 ExportRecord::Value(v) => {
@@ -535,6 +588,16 @@ mod tests {
     }
 
     #[test]
+    fn a_hosts_agents_dead_letters_name_the_host() {
+        assert_eq!(dead_letter_host("dlq.updater-vps-a"), Some("vps-a"));
+        assert_eq!(dead_letter_host("dlq.backup-b"), Some("b"));
+        assert_eq!(dead_letter_host("dlq.notifier"), None);
+        assert_eq!(dead_letter_host("dlq.updater"), None);
+        assert_eq!(dead_letter_host("dlq.updater-"), None);
+        assert_eq!(dead_letter_host("update.pending"), None);
+    }
+
+    #[test]
     fn hostile_records_are_named() {
         let (payload, headers) = event();
         let cases: Vec<(Vec<ExportRecord>, &str)> = vec![
@@ -557,6 +620,18 @@ mod tests {
                     ),
                 ],
                 "not a valid NATS header",
+            ),
+            // Not ASCII: async-nats would panic on it in the middle of an import.
+            (
+                vec![
+                    header(1),
+                    message(
+                        "watch.requested",
+                        &payload,
+                        [headers.clone(), vec![("Nätz".into(), "x".into())]].concat(),
+                    ),
+                ],
+                "\"Nätz\" is not a valid NATS header",
             ),
             (vec![header(1), message("dlq.>", "x", headers.clone())], "not an event"),
             (vec![header(1), value("KV_STEWARD_HANDLED", "k")], "not a state bucket"),

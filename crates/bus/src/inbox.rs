@@ -262,6 +262,17 @@ impl Inbox {
         let ns = self.bus.namespace();
         let subject = ns.unprefixed(msg.subject.as_str()).unwrap_or("").to_owned();
         let event_type = steward_events::split_address(&subject).1.to_owned();
+        // At the hub: a message a host's leaf brought that is not about that host is nobody's
+        // to handle (logged and counted there), and must never come again.
+        let headers = msg.headers.as_ref();
+        if !crate::origin::stream_message(self.bus.config(), &msg.subject, headers, &self.spec.name)
+        {
+            // Confirmed: a termination lost on the way would bring it back, counted twice.
+            if let Err(e) = msg.double_ack_with(AckKind::Term).await {
+                tracing::debug!(error = %e, "terminating a refused message failed; it will come again");
+            }
+            return None;
+        }
         if !self.spec.event_types.contains(&event_type) {
             if let Err(e) = msg.ack().await {
                 tracing::debug!(error = %e, "skip-ack failed; the message will come again");
@@ -327,6 +338,14 @@ impl Delivery {
     /// True when a failure now would exhaust `max_deliver`.
     pub fn is_last_attempt(&self) -> bool {
         self.max_deliver > 0 && self.attempt >= self.max_deliver as u64
+    }
+
+    /// True when the hub copied this message from a host's leaf (it carries the hub's
+    /// `Nats-Stream-Source` stamp). Its stored time is then when the hub copied it, not when
+    /// it was made: a rebuilt hub copies each leaf's whole history at once, all of it
+    /// "fresh" by the stored time.
+    pub fn is_sourced(&self) -> bool {
+        self.msg.headers.as_ref().is_some_and(|h| h.get(crate::origin::STREAM_SOURCE).is_some())
     }
 
     /// True when every handler attempt was used up without the message being settled: the

@@ -26,6 +26,7 @@ mod error;
 mod export;
 mod idempotency;
 mod inbox;
+mod origin;
 mod permissions;
 mod progress;
 mod publish;
@@ -51,6 +52,7 @@ pub use idempotency::{Idempotency, MARKER_TTL};
 pub use inbox::{
     ConsumerSpec, Delivery, Inbox, DLQ_DELIVERIES, DLQ_REASON, DLQ_SEQUENCE, DLQ_SUBJECT,
 };
+pub use origin::{refused_origins, STREAM_SOURCE};
 pub use permissions::{
     inbox_prefix, leaf_user, password_variable, setup_password_variable, user_password_variable,
     LeafLink, Permissions, SETUP_USER,

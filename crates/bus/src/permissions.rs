@@ -293,7 +293,11 @@ impl Permissions {
                 link.user,
                 user_password_variable(&link.user)
             ));
-            out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&link.publish)));
+            out.push_str(&format!(
+                "        publish: {{\n          allow: {}\n          deny: {}\n        }}\n",
+                list(&link.publish),
+                list(&link.deny)
+            ));
             out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&link.subscribe)));
             out.push_str("      }\n    }\n");
         }
@@ -314,6 +318,10 @@ pub struct LeafLink {
     pub user: String,
     /// What may cross from the host to the centre.
     pub publish: Vec<String>,
+    /// What may not, although `publish` covers it: the hub stream's anchor subject of this
+    /// host (`host.<host>._sourced`, the one host subject the hub's stream holds itself), so
+    /// nothing the link publishes is stored at the hub unsourced, with a stamp of its choice.
+    pub deny: Vec<String>,
     /// What may cross from the centre to the host.
     pub subscribe: Vec<String>,
 }
@@ -357,7 +365,8 @@ impl LeafLink {
                 .into_iter()
                 .map(|b| format!("$JS.FC.KV_{}.>", ns.bucket(b))),
         );
-        Self { host: host.to_owned(), user, publish, subscribe }
+        let deny = vec![crate::stream::source_anchor(ns, host)];
+        Self { host: host.to_owned(), user, publish, deny, subscribe }
     }
 }
 
@@ -496,6 +505,22 @@ mod tests {
             }
             for other in users.iter().filter(|p| p.service != Service::Notifier) {
                 assert!(!other.publish.iter().any(|s| s.starts_with(&subject)), "{}", other.user);
+            }
+            // Its used links: the server of host `a` claims (and releases) only `a.<id>`
+            // (`StateStore` scopes the keys), nobody else any.
+            let used = format!("$KV.{}.", ns.bucket(kind.used_bucket()));
+            assert!(
+                server.publish.contains(&format!("{used}a.>")),
+                "{kind:?}: {:?}",
+                server.publish
+            );
+            for other in users.iter().filter(|p| p.user != server.user) {
+                let writes: Vec<&String> =
+                    other.publish.iter().filter(|s| s.starts_with(&used)).collect();
+                let own = format!("{used}b.>");
+                let allowed: Vec<&String> =
+                    if other.service == kind.server() { vec![&own] } else { vec![] };
+                assert_eq!(writes, allowed, "{} and {kind:?} claims", other.user);
             }
         }
     }

@@ -48,6 +48,7 @@ pub struct Replay {
     remaining: u64,
     query: ReplayQuery,
     ns: crate::Namespace,
+    cfg: crate::BusConfig,
 }
 
 impl std::fmt::Debug for Replay {
@@ -72,7 +73,7 @@ impl Bus {
             _ => String::new(),
         };
         let (messages, remaining) = self.read_stream(deliver_policy, filter_subject).await?;
-        Ok(Replay { messages, remaining, query, ns: ns.clone() })
+        Ok(Replay { messages, remaining, query, ns: ns.clone(), cfg: self.config().clone() })
     }
 }
 
@@ -103,6 +104,15 @@ impl Replay {
                     }
                     continue;
                 }
+            }
+            // At the hub, what a host's leaf brought about anything but that host is not shown.
+            if !crate::origin::stream_message(
+                &self.cfg,
+                &msg.subject,
+                msg.headers.as_ref(),
+                "replay",
+            ) {
+                continue;
             }
             let subject = self.ns.unprefixed(msg.subject.as_str()).unwrap_or("").to_owned();
             let event_type = steward_events::split_address(&subject).1.to_owned();

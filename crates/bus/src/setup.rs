@@ -161,7 +161,7 @@ impl Bus {
     /// The JetStream domain of the server (`$JS.API.INFO`), asked again while NATS is not
     /// reachable yet. Read raw: async-nats' account type does not parse nats-server 2.9's
     /// answer.
-    async fn domain_within(&self, bound: Duration) -> Result<Option<String>, BusError> {
+    pub(crate) async fn domain_within(&self, bound: Duration) -> Result<Option<String>, BusError> {
         let deadline = tokio::time::Instant::now() + bound;
         let mut delay = Duration::from_millis(100);
         loop {
@@ -223,7 +223,14 @@ impl Bus {
         // `updates` and `approve` read them at the centre. Nobody writes it there.
         let sources = match self.cfg.topology() {
             Topology::Hub { hosts } if sourced_buckets().contains(&name) => {
-                Some(crate::stream::leaf_sources(self.namespace(), hosts, &format!("KV_{bucket}")))
+                // Each host's keys only (`<host>.<key>`).
+                let filter = |h: &str| format!("$KV.{bucket}.{h}.>");
+                Some(crate::stream::leaf_sources(
+                    self.namespace(),
+                    hosts,
+                    &format!("KV_{bucket}"),
+                    filter,
+                ))
             }
             _ => None,
         };

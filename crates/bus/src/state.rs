@@ -19,6 +19,15 @@ use std::time::Duration;
 
 use crate::{Bus, BusError};
 
+/// Which message of a subject [`StateStore::direct_get`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    /// The newest.
+    Newest,
+    /// The first at or after this stream sequence (0: the oldest kept).
+    AtOrAfter(u64),
+}
+
 /// A value and the revision it was read at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -41,6 +50,9 @@ pub struct StateStore<T> {
     scope: String,
     /// How long a call is retried while NATS is away.
     retry_for: Duration,
+    /// At the hub, for a bucket the hosts' leaves feed: the settings the origin of each entry
+    /// is judged by ([`crate::origin`]); `None` elsewhere.
+    judged: Option<crate::BusConfig>,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -79,6 +91,7 @@ impl<T> Clone for StateStore<T> {
             bucket: self.bucket.clone(),
             scope: self.scope.clone(),
             retry_for: self.retry_for,
+            judged: self.judged.clone(),
             _value: PhantomData,
         }
     }
@@ -127,7 +140,10 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             .map_err(|e| BusError::nats("open kv bucket", e))?;
         let scope = bus.config().route_host().map(|h| format!("{h}.")).unwrap_or_default();
         let retry_for = bus.config().publish_timeout;
-        Ok(Some(Self { kv, bucket, scope, retry_for, _value: PhantomData }))
+        let judged = (matches!(bus.config().topology(), crate::Topology::Hub { .. })
+            && crate::setup::sourced_buckets().contains(&name))
+        .then(|| bus.config().clone());
+        Ok(Some(Self { kv, bucket, scope, retry_for, judged, _value: PhantomData }))
     }
 
     /// The key on the server.
@@ -160,11 +176,92 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     /// The raw entry of `key` (a value or a delete marker), retried while NATS is away.
     async fn entry(&self, key: &str) -> Result<Option<kv::Entry>, BusError> {
         let scoped = self.scoped(key);
+        if let Some(cfg) = &self.judged {
+            return self.judged_entry(cfg, scoped).await;
+        }
         retry_transient(self.retry_for, "kv entry", || async {
             self.kv.entry(scoped.clone()).await.map_err(|e| BusError::nats("kv entry", e))
         })
         .await
         .0
+    }
+
+    /// [`entry`](Self::entry) at the hub: read with its headers (a KV entry carries none). A
+    /// revision a host's leaf brought under another host's key (or a key of no host) is not
+    /// the key's: the newest revision that passes is ([`crate::origin`]), if the bucket still
+    /// keeps one (5 per key), else the key is absent.
+    async fn judged_entry(
+        &self,
+        cfg: &crate::BusConfig,
+        key: String,
+    ) -> Result<Option<kv::Entry>, BusError> {
+        let subject = format!("$KV.{}.{key}", self.bucket);
+        let stream = format!("KV_{}", self.bucket);
+        let Some(last) = self.direct_get(&subject, Which::Newest).await? else { return Ok(None) };
+        let passes = |m: &async_nats::jetstream::message::StreamMessage| {
+            crate::origin::bucket_entry(cfg, &stream, &key, Some(&m.headers), "state")
+        };
+        if passes(&last) {
+            return Ok(Some(self.kv_entry(key, last)));
+        }
+        // Walk the key's kept revisions, oldest first, keeping the newest that passes.
+        let mut kept = None;
+        let mut next = self.direct_get(&subject, Which::AtOrAfter(0)).await?;
+        while let Some(m) = next {
+            let sequence = m.sequence;
+            if sequence >= last.sequence {
+                break;
+            }
+            if passes(&m) {
+                kept = Some(m);
+            }
+            next = self.direct_get(&subject, Which::AtOrAfter(sequence.saturating_add(1))).await?;
+        }
+        Ok(kept.map(|m| self.kv_entry(key, m)))
+    }
+
+    /// One message of the bucket's stream on `subject` with its headers, retried while NATS
+    /// is away; `None`: there is none.
+    async fn direct_get(
+        &self,
+        subject: &str,
+        which: Which,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, BusError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        retry_transient(self.retry_for, "kv entry", || async {
+            let got = match which {
+                Which::Newest => self.kv.stream.direct_get_last_for_subject(subject).await,
+                Which::AtOrAfter(0) => self.kv.stream.direct_get_first_for_subject(subject).await,
+                Which::AtOrAfter(seq) => {
+                    self.kv.stream.direct_get_next_for_subject(subject, Some(seq)).await
+                }
+            };
+            match got {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(BusError::nats("kv entry", e)),
+            }
+        })
+        .await
+        .0
+    }
+
+    fn kv_entry(&self, key: String, m: async_nats::jetstream::message::StreamMessage) -> kv::Entry {
+        let operation = match m.headers.get("KV-Operation").map(|v| v.as_str()) {
+            Some("DEL") => kv::Operation::Delete,
+            Some("PURGE") => kv::Operation::Purge,
+            _ => kv::Operation::Put,
+        };
+        kv::Entry {
+            bucket: self.bucket.clone(),
+            key,
+            value: m.payload,
+            revision: m.sequence,
+            delta: 0,
+            created: m.time,
+            operation,
+            seen_current: false,
+        }
     }
 
     /// The answer to a write of `key` that expected `expected` and met something else.
@@ -275,6 +372,27 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     ) -> Result<std::collections::HashMap<String, Versioned<T>>, BusError> {
         use futures::StreamExt as _;
         let mut out = std::collections::HashMap::new();
+        if self.judged.is_some() {
+            // At the hub each entry's origin is judged, which a watch's entries do not show:
+            // key by key (the centre reads a few records per host). No central caller reads a
+            // whole bucket this way today: the CLI's listings (`status`, `updates`, `deploys`,
+            // `hosts`) read `keys` and `get` themselves, at the same cost, and the one caller of
+            // `all` is the watcher, on its own leaf. Kept so that a reader at the hub gets the
+            // judged values rather than a watch's unjudged ones (tested at the hub in
+            // `leaf_nodes.rs`, `an_import_at_a_rebuilt_hub_gives_no_host_an_old_event`).
+            let read = async {
+                for key in self.keys().await? {
+                    if let Some(v) = self.get(&key).await? {
+                        out.insert(key, v);
+                    }
+                }
+                Ok::<_, BusError>(())
+            };
+            tokio::time::timeout(bound, read)
+                .await
+                .map_err(|_| BusError::nats("kv read all", "timed out"))??;
+            return Ok(out);
+        }
         // Fresh from the server (`Store::status` answers from what `open` saw).
         let info = self.kv.stream.get_info().await.map_err(|e| BusError::nats("kv status", e))?;
         if info.state.messages == 0 {

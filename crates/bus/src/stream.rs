@@ -43,11 +43,16 @@ impl Bus {
             // acknowledged by the hub and never reach the host, instead of failing.
             Topology::Hub { hosts } => {
                 let host_family = format!("{}{}.>", ns.prefix, steward_events::HOST_FAMILY);
-                let subjects =
+                let mut subjects: Vec<String> =
                     stream_subjects(&ns.prefix).into_iter().filter(|s| *s != host_family).collect();
-                (subjects, Some(leaf_sources(ns, hosts, &ns.stream)))
+                subjects.extend(hosts.iter().map(|h| source_anchor(ns, h)));
+                let sources = leaf_sources(ns, hosts, &ns.stream, |h| ns.host_subjects(h));
+                (subjects, Some(sources))
             }
         };
+        if let Topology::Hub { .. } = self.cfg.topology() {
+            self.anchor_hub_stream(&subjects).await?;
+        }
         let config = Config {
             name: ns.stream.clone(),
             description: Some(describe(&self.cfg.hosts)),
@@ -144,19 +149,63 @@ impl Bus {
 
 /// The hub's sources of the stream (or bucket stream) `stream` of every host's leaf: through
 /// the leaf's JetStream domain, delivered under that host's own prefix
-/// ([`Namespace::leaf_delivery`], which only its link may publish under).
-pub(crate) fn leaf_sources(ns: &crate::Namespace, hosts: &[String], stream: &str) -> Vec<Source> {
+/// ([`Namespace::leaf_delivery`], which only its link may publish under), each filtered on
+/// that host's own subjects (`filter(host)`). One filter per source (NATS 2.9), and one source
+/// per host: nats-server 2.9 indexes an external source by its stream name and API prefix
+/// only, so a second source of the same leaf stream with another filter would be the same
+/// source. The filter is the leaf's to apply, so it is not trusted alone: every central read
+/// checks each message's origin ([`crate::origin`]).
+pub(crate) fn leaf_sources(
+    ns: &crate::Namespace,
+    hosts: &[String],
+    stream: &str,
+    filter: impl Fn(&str) -> String,
+) -> Vec<Source> {
     hosts
         .iter()
         .map(|h| Source {
             name: stream.to_owned(),
+            filter_subject: Some(filter(h)),
             external: Some(External {
-                api_prefix: format!("$JS.{h}.API"),
+                api_prefix: crate::origin::leaf_api_prefix(h),
                 delivery_prefix: Some(ns.leaf_delivery(h)),
             }),
             ..Default::default()
         })
         .collect()
+}
+
+/// A subject of `host`'s on the hub's stream that nothing publishes (`host.<host>._sourced`:
+/// no event type is one token). nats-server 2.9 checks a source's filter against the
+/// subjects of the *local* stream named as the source, which for the hub is the hub's own
+/// `STEWARD`, when the stream is updated (not when it is created): without a subject
+/// overlapping `host.<host>.>` every later `steward setup` of the hub would be refused ("filter
+/// subject does not overlap with any origin stream subject"). The hub must not hold `host.>`
+/// (a request for a cut-off host would be acknowledged there and never delivered); this one
+/// subject is never a request. The host's link may not publish it (`LeafLink::deny`), and every
+/// central read refuses it whatever its stamp (`origin`).
+pub(crate) fn source_anchor(ns: &crate::Namespace, host: &str) -> String {
+    ns.subject(&format!("{}.{host}._sourced", steward_events::HOST_FAMILY))
+}
+
+impl Bus {
+    /// Before the hub's stream is given filtered sources, its subjects must already hold each
+    /// host's anchor ([`source_anchor`]): a stream provisioned before (sources unfiltered, no
+    /// anchors) is first updated with the new subjects and its sources as they are.
+    async fn anchor_hub_stream(&self, subjects: &[String]) -> Result<(), BusError> {
+        let ns = self.namespace();
+        let Ok(found) = self.js().get_stream(&ns.stream).await else { return Ok(()) };
+        let mut config = found.cached_info().config.clone();
+        if subjects.iter().all(|s| config.subjects.contains(s)) {
+            return Ok(());
+        }
+        config.subjects = subjects.to_vec();
+        self.js()
+            .update_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Stream { stream: ns.stream.clone(), reason: e.to_string() })
+    }
 }
 
 /// What `steward setup` writes as the stream's description: what it is for, and the routing

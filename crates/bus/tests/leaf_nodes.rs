@@ -38,6 +38,14 @@ fn quick(cfg: BusConfig, host: Option<&str>) -> BusConfig {
 /// generated configuration (to see a test fail when the link permissions are wrong).
 async fn provisioned(mangle: impl Fn(String) -> String) -> NatsLeaves {
     let net = NatsLeaves::start(&hosts(), mangle);
+    provision_leaves(&net).await;
+    provision_hub(&net).await;
+    net
+}
+
+/// Each host's leaf provisioned by its own setup run (after a setup told the wrong domain is
+/// refused); the hub left as it is.
+async fn provision_leaves(net: &NatsLeaves) {
     // A setup told the wrong server (b's domain, run against a's leaf) provisions nothing.
     let wrong = BusConfig {
         domain: Some(B.into()),
@@ -62,6 +70,10 @@ async fn provisioned(mangle: impl Fn(String) -> String) -> NatsLeaves {
         assert!(!done.iter().any(|l| l.starts_with("consumer notifier")), "{done:?}");
         assert!(!done.iter().any(|l| l.contains("-vps-") && !l.contains(host)), "{done:?}");
     }
+}
+
+/// The hub provisioned by its setup run (twice, as every upgrade runs it again).
+async fn provision_hub(net: &NatsLeaves) {
     let cfg = quick(net.hub_config_as(steward_bus::SETUP_USER), None);
     let setup = Bus::open(cfg, "steward-setup").await.expect("the hub's setup user connects");
     let done = setup.setup(&Setup::for_hosts(&hosts())).await.expect("the hub provisions");
@@ -69,7 +81,6 @@ async fn provisioned(mangle: impl Fn(String) -> String) -> NatsLeaves {
     assert!(!done.iter().any(|l| l.starts_with("consumer updater")), "{done:?}");
     // Run again (every upgrade does): the sources stay as they are.
     setup.setup(&Setup::for_hosts(&hosts())).await.expect("the hub provisions again");
-    net
 }
 
 /// `service`'s agent of `host`, on its leaf as its per-host user.
@@ -485,4 +496,414 @@ async fn the_centre_reads_every_hosts_records_from_the_hubs_copy_of_their_bucket
         "MEASURED a record written while cut at the hub {:?} after the link returned",
         restored.elapsed()
     );
+}
+
+/// Host b's root on b's leaf (a user allowed everything there).
+async fn root_of(net: &NatsLeaves, host: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(
+        HOST_ROOT.into(),
+        steward_testkit::NatsServer::user_password(HOST_ROOT),
+    )
+    .connect(net.leaf(host).server.url())
+    .await
+    .expect("the host's root connects to its leaf")
+}
+
+fn alert(host: &str, reason: &str) -> Event {
+    let data = steward_events::HealthFailed {
+        container: "gitea".into(),
+        check: "http".into(),
+        reason: reason.into(),
+        consecutive_failures: 3,
+    };
+    Event::new("steward/test", data).with_host(Some(host.to_owned()))
+}
+
+/// What b's root forges on b's leaf: its stream widened to hold a's subjects and a central
+/// one, then an alert "from a", an alert on the central subject, and a record under a's key
+/// in b's `UPDATES`. Returns the forged events' ids, the stream sequence of the first, and the
+/// record's sequence in b's bucket stream.
+async fn forge_on_b(root_b: &async_nats::Client) -> (Vec<uuid::Uuid>, u64, u64) {
+    let js_b = async_nats::jetstream::new(root_b.clone());
+    let stream = js_b.get_stream("STEWARD").await.expect("b's stream");
+    let mut config = stream.cached_info().config.clone();
+    for wider in ["host.vps-a.>", "health.>"] {
+        if !config.subjects.iter().any(|s| s == wider) {
+            config.subjects.push(wider.to_owned());
+        }
+    }
+    js_b.update_stream(config).await.expect("b's root widens b's stream");
+    let mut forged = vec![];
+    let mut first = None;
+    for (subject, event) in [
+        ("host.vps-a.health.failed", alert(A, "forged by b: a is down")),
+        ("health.failed", alert(A, "forged by b on a central subject").with_host(None)),
+    ] {
+        let body = bytes::Bytes::from(event.encode().expect("encode"));
+        let ack = js_b.publish(subject, body).await.expect("publish").await.expect("b stores it");
+        first.get_or_insert(ack.sequence);
+        forged.push(event.id);
+    }
+    let record = serde_json::json!({ "forged": true });
+    let kv = js_b
+        .publish("$KV.STEWARD_UPDATES.vps-a.gitea", record.to_string().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("b's bucket takes a's key");
+    (forged, first.unwrap_or_default(), kv.sequence)
+}
+
+/// Everything the notifier's consumer at the hub hands out within `quiet` of the last:
+/// (host, reason) of each alert, acknowledged.
+async fn notifier_gets(inbox: &mut Inbox, quiet: Duration) -> Vec<(Option<String>, String)> {
+    let mut got = vec![];
+    while let Ok(delivery) = tokio::time::timeout(quiet, inbox.next()).await {
+        if let Ok(event) = &delivery.event {
+            if let steward_events::EventData::HealthFailed(f) = &event.data {
+                got.push((event.host.clone(), f.reason.clone()));
+            }
+        }
+        delivery.ack().await.expect("ack");
+    }
+    got
+}
+
+/// Every event id the CLI's replay at the hub shows.
+async fn replayed(cli: &Bus) -> Vec<uuid::Uuid> {
+    stored(cli).await.expect("the hub's stream answers").into_iter().map(|(id, _)| id).collect()
+}
+
+/// What the hostile-leaf cases start from: the hub and its leaves, the CLI and the notifier
+/// (with its consumer) at the hub, and a's genuine record of `gitea` written on a's leaf.
+async fn with_a_genuine_record() -> (NatsLeaves, Bus, Bus, Inbox) {
+    use steward_bus::StateStore;
+    use steward_events::records::UPDATE_BUCKET;
+    let net = provisioned(|c| c).await;
+    let cli = central(&net, Service::Cli).await;
+    let notifier = central(&net, Service::Notifier).await;
+    let inbox = notifier.inbox(ConsumerSpec::of(Service::Notifier, None)).await.expect("inbox");
+    let updater_a = agent(&net, Service::Updater, A).await;
+    let record_a =
+        StateStore::<serde_json::Value>::open(&updater_a, UPDATE_BUCKET).await.expect("a's");
+    record_a.put("gitea", &serde_json::json!({ "host": A, "genuine": true })).await.expect("put");
+    (net, cli, notifier, inbox)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_leaf_cannot_pass_its_events_or_records_off_as_another_hosts() {
+    use steward_bus::StateStore;
+    use steward_events::records::UPDATE_BUCKET;
+    let (net, cli, _notifier, mut inbox) = with_a_genuine_record().await;
+    let root_b = root_of(&net, B).await;
+    let (forged, _, _) = forge_on_b(&root_b).await;
+    // The hub stream's anchor of b (`host.vps-b._sourced`, the one host subject it holds
+    // itself): published by b's root with a's stamp, it would be stored at the hub as it is
+    // and read as a's. The link may not publish it; only the copy b's source brings, stamped
+    // b's, reaches the hub.
+    let mut stamp_a = async_nats::HeaderMap::new();
+    stamp_a.insert(steward_bus::STREAM_SOURCE, "STEWARD:VTo6fgI0 1");
+    let anchor = alert(B, "forged on the anchor").encode().expect("encode");
+    root_b
+        .publish_with_headers("host.vps-b._sourced", stamp_a, anchor.into())
+        .await
+        .expect("b's root publishes on its leaf");
+    root_b.flush().await.expect("flush");
+    // b's own alert, after the forgeries: it still arrives.
+    let health_b = agent(&net, Service::Health, B).await;
+    let genuine = alert(B, "b is down");
+    health_b.publish(&genuine).await.expect("b's health publishes");
+    hub_has(&cli, B, 1, Duration::from_secs(15)).await;
+    let got = notifier_gets(&mut inbox, Duration::from_secs(3)).await;
+    assert_eq!(got, [(Some(B.to_owned()), "b is down".to_owned())], "the notifier's deliveries");
+    let shown = replayed(&cli).await;
+    assert!(shown.contains(&genuine.id), "b's own alert is not in the replay: {shown:?}");
+    assert!(!forged.iter().any(|id| shown.contains(id)), "a forged event in the replay");
+    // The hub's copy of UPDATES holds a's own record under a's key, not b's.
+    let at_hub = StateStore::<serde_json::Value>::open(&cli, UPDATE_BUCKET).await.expect("hub's");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen = at_hub.get("vps-a.gitea").await.expect("the hub's copy answers");
+        if seen.is_some() || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = at_hub.get("vps-a.gitea").await.expect("get").or(seen);
+    assert_eq!(seen.map(|v| v.value), Some(serde_json::json!({ "host": A, "genuine": true })));
+    // The filters kept it all on b: nothing of it is even stored at the hub.
+    let at_hub = hub_stored(&net, "STEWARD").await;
+    assert!(
+        !at_hub.iter().any(|(s, _)| s == "health.failed" || s.starts_with("host.vps-a.")),
+        "{at_hub:?}"
+    );
+    let on_anchor: Vec<_> = at_hub.iter().filter(|(s, _)| s == "host.vps-b._sourced").collect();
+    assert!(
+        on_anchor
+            .iter()
+            .all(|(_, stamp)| stamp.as_deref().is_some_and(|s| s.starts_with("STEWARD:J7OS1RmN "))),
+        "stored at the hub unsourced, with a's stamp: {on_anchor:?}"
+    );
+    let kv = hub_stored(&net, "KV_STEWARD_UPDATES").await;
+    assert!(
+        kv.iter().all(|(_, stamp)| stamp
+            .as_deref()
+            .is_some_and(|s| s.starts_with("KV_STEWARD_UPDATES:VTo6fgI0 "))),
+        "{kv:?}"
+    );
+}
+
+/// (subject, `Nats-Stream-Source`) of every message the hub's stream `stream` holds, read raw
+/// by the hub's provisioning user.
+async fn hub_stored(net: &NatsLeaves, stream: &str) -> Vec<(String, Option<String>)> {
+    let js = net.hub_jetstream().await;
+    let mut stream = js.get_stream(stream).await.expect("the hub's stream");
+    let state = stream.info().await.expect("info").state.clone();
+    let mut out = vec![];
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let stamp = m.headers.get(steward_bus::STREAM_SOURCE).map(|v| v.as_str().to_owned());
+            out.push((m.subject.to_string(), stamp));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_leaf_that_ignores_its_filter_gets_nothing_past_the_centre() {
+    use steward_bus::StateStore;
+    use steward_events::records::UPDATE_BUCKET;
+    let (net, cli, _notifier, mut inbox) = with_a_genuine_record().await;
+    // A leaf that does not apply its filter hands the hub whatever its stream holds, stamped
+    // as its own. A stock nats-server on b applies the filter even against b's root (two
+    // attempts did not get past it: docs/security.md); a patched one, which b's root may run,
+    // need not. Its effect is the hub's source of b without the filter, which is what this
+    // test gives the hub (the hub's setup user removes the filter of b's sources).
+    net.unfilter_at_hub("STEWARD", B).await;
+    net.unfilter_at_hub("KV_STEWARD_UPDATES", B).await;
+    let root_b = root_of(&net, B).await;
+    let (forged, _, _) = forge_on_b(&root_b).await;
+    let health_b = agent(&net, Service::Health, B).await;
+    let genuine = alert(B, "b is down");
+    health_b.publish(&genuine).await.expect("b's health publishes");
+    hub_has(&cli, B, 1, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What the server enforced: nothing. The hub took b's forgeries, stamped as b's.
+    let at_hub = hub_stored(&net, "STEWARD").await;
+    let kv = hub_stored(&net, "KV_STEWARD_UPDATES").await;
+    eprintln!("MEASURED the hub's stream holds {at_hub:?}; its UPDATES {kv:?}");
+    let b_stamp = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains(":J7OS1RmN "));
+    assert!(
+        at_hub.iter().any(|(s, st)| s == "host.vps-a.health.failed" && b_stamp(st)),
+        "{at_hub:?}"
+    );
+    assert!(at_hub.iter().any(|(s, st)| s == "health.failed" && b_stamp(st)), "{at_hub:?}");
+    assert!(kv.iter().any(|(s, st)| s.ends_with(".vps-a.gitea") && b_stamp(st)), "{kv:?}");
+    // What the centre enforces: none of it is handed out, replayed or read.
+    let refused_before = steward_bus::refused_origins();
+    let got = notifier_gets(&mut inbox, Duration::from_secs(3)).await;
+    assert_eq!(got, [(Some(B.to_owned()), "b is down".to_owned())], "the notifier's deliveries");
+    let shown = replayed(&cli).await;
+    assert!(shown.contains(&genuine.id), "b's own alert is not in the replay: {shown:?}");
+    assert!(!forged.iter().any(|id| shown.contains(id)), "a forged event in the replay");
+    let at_hub = StateStore::<serde_json::Value>::open(&cli, UPDATE_BUCKET).await.expect("hub's");
+    // a's own revision, kept under the forged one, is what the centre reads.
+    let seen = at_hub.get("vps-a.gitea").await.expect("the hub's copy answers");
+    assert_eq!(seen.map(|v| v.value), Some(serde_json::json!({ "host": A, "genuine": true })));
+    // What remains: b can push a's revisions out of the hub's copy (5 kept per key), and the
+    // record then reads as absent, never as b's.
+    let js_b = async_nats::jetstream::new(root_b.clone());
+    let mut last = 0;
+    for n in 0..5 {
+        let body = serde_json::json!({ "forged": n }).to_string();
+        let ack = js_b.publish("$KV.STEWARD_UPDATES.vps-a.gitea", body.into()).await.expect("pub");
+        last = ack.await.expect("b's bucket takes it").sequence;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !hub_stored(&net, "KV_STEWARD_UPDATES")
+        .await
+        .iter()
+        .any(|(_, stamp)| stamp.as_deref() == Some(&format!("KV_STEWARD_UPDATES:J7OS1RmN {last}")))
+    {
+        assert!(Instant::now() < deadline, "b's revisions did not reach the hub");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = at_hub.get("vps-a.gitea").await.expect("the hub's copy answers");
+    assert_eq!(seen, None, "a's record once b pushed it out of the hub's copy");
+    assert!(steward_bus::refused_origins() > refused_before, "nothing was refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_provisioned_before_the_filters_gets_them_from_setup() {
+    let net = provisioned(|c| c).await;
+    // The hub's stream as an older setup left it: every leaf sourced unfiltered, no anchors.
+    let js = net.hub_jetstream().await;
+    let mut config = js.get_stream("STEWARD").await.expect("hub").cached_info().config.clone();
+    config.subjects.retain(|s| !s.ends_with("._sourced"));
+    for source in config.sources.iter_mut().flatten() {
+        source.filter_subject = None;
+    }
+    js.update_stream(config).await.expect("the older shape");
+    // Setup of this release: refused by nats-server 2.9 if it set the filters at once.
+    let cfg = quick(net.hub_config_as(steward_bus::SETUP_USER), None);
+    let setup = Bus::open(cfg, "steward-setup").await.expect("the hub's setup user connects");
+    setup.setup(&Setup::for_hosts(&hosts())).await.expect("the hub provisions again");
+    let info = js.get_stream("STEWARD").await.expect("hub").cached_info().config.clone();
+    let filters: Vec<_> = info.sources.iter().flatten().map(|s| s.filter_subject.clone()).collect();
+    assert_eq!(
+        filters,
+        [Some("host.vps-a.>".to_owned()), Some("host.vps-b.>".to_owned())],
+        "{info:?}"
+    );
+    // Events still flow.
+    let health_b = agent(&net, Service::Health, B).await;
+    let event = alert(B, "after the upgrade");
+    health_b.publish(&event).await.expect("b publishes");
+    let cli = central(&net, Service::Cli).await;
+    let (ids, _) = hub_has(&cli, B, 1, Duration::from_secs(15)).await;
+    assert_eq!(ids, [event.id]);
+}
+
+/// The old hub's export as a rebuilt centre's operator has it: a central event (`notify.sent`,
+/// with a stamp forged on it), an old approval for a, the same stamped as the old hub held
+/// a's events (`Nats-Stream-Source` of a's source), an alert of a host that does not exist,
+/// a dead letter of a's updater, a record of a's in the hub's copy of `UPDATES` and one of the centre's own. Returns the
+/// records, the central event's id and the host events' ids.
+fn old_hub_export() -> (Vec<steward_bus::ExportRecord>, uuid::Uuid, Vec<uuid::Uuid>) {
+    use steward_bus::{ExportRecord, ExportedMessage, ExportedValue};
+    use steward_events::records::{ANNOUNCED_BUCKET, UPDATE_BUCKET};
+    let at = time::OffsetDateTime::now_utc();
+    let message = |sequence: u64, event: &Event, stamp: Option<&str>| {
+        let mut m = ExportedMessage::of_event(sequence, at, event).expect("encode");
+        m.subject = steward_events::address(event.host.as_deref(), event.event_type());
+        if let Some(stamp) = stamp {
+            m.headers.push((steward_bus::STREAM_SOURCE.into(), stamp.into()));
+        }
+        ExportRecord::Message(m)
+    };
+    let sent = Event::new(
+        "steward/test",
+        steward_events::NotifySent {
+            channel: "email".into(),
+            recipients: vec!["op@desk".into()],
+            title: "an old mail".into(),
+            about: vec![],
+        },
+    );
+    let (old, stamped, ghost) = (approval(A), approval(A), alert("vps-z", "no such host"));
+    let value = |bucket: &str, key: &str| {
+        ExportRecord::Value(ExportedValue {
+            bucket: bucket.into(),
+            key: key.into(),
+            revision: 1,
+            value: serde_json::json!({ "old": true }).to_string(),
+        })
+    };
+    let records = vec![
+        ExportRecord::Header {
+            format: steward_bus::EXPORT_FORMAT,
+            stream: "STEWARD".into(),
+            exported_at: at,
+        },
+        message(1, &sent, Some("STEWARD:VTo6fgI0 9")),
+        message(2, &old, None),
+        message(3, &stamped, Some("STEWARD:VTo6fgI0 3")),
+        message(4, &ghost, None),
+        // A dead letter of a's updater: a's leaf keeps those, not the hub.
+        {
+            let mut m = ExportedMessage::of_event(5, at, &approval(A)).expect("encode");
+            m.subject = format!("dlq.updater-{A}");
+            ExportRecord::Message(m)
+        },
+        value(UPDATE_BUCKET, "vps-a.gitea"),
+        value(ANNOUNCED_BUCKET, "email.gitea"),
+    ];
+    (records, sent.id, vec![old.id, stamped.id, ghost.id])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_at_a_rebuilt_hub_gives_no_host_an_old_event() {
+    use steward_bus::StateStore;
+    use steward_events::records::UPDATE_BUCKET;
+    // A rebuilt centre: the hosts' leaves run on, a's updater waiting on its consumer; the hub
+    // is new and empty (not yet set up), and the operator imports the old hub's export.
+    let net = NatsLeaves::start(&hosts(), |c| c);
+    provision_leaves(&net).await;
+    let updater_a = agent(&net, Service::Updater, A).await;
+    let mut inbox_a =
+        updater_a.inbox(ConsumerSpec::of(Service::Updater, Some(A))).await.expect("a's inbox");
+    // a's history on its leaf, which the old hub had sourced: the new one must get it back.
+    let kept = alert(A, "on a's leaf, made before the centre was lost");
+    agent(&net, Service::Health, A).await.publish(&kept).await.expect("a's health publishes");
+    let genuine = serde_json::json!({ "host": A, "genuine": true });
+    StateStore::<serde_json::Value>::open(&updater_a, UPDATE_BUCKET)
+        .await
+        .expect("a's UPDATES")
+        .put("gitea", &genuine)
+        .await
+        .expect("a's updater writes its record");
+    let (records, sent, host_events) = old_hub_export();
+    // Not told the hub's domain, the import would make the hub a single server's stream.
+    let undomained =
+        BusConfig { domain: None, ..quick(net.hub_config_as(steward_bus::SETUP_USER), None) };
+    let bus = Bus::open(undomained, "steward").await.expect("the hub's setup user connects");
+    let err = bus.import(&records).await.expect_err("refused without STEWARD_NATS_DOMAIN");
+    assert!(err.to_string().contains("the server's JetStream domain is hub"), "{err}");
+    let importer = Bus::open(quick(net.hub_config_as(steward_bus::SETUP_USER), None), "steward")
+        .await
+        .expect("the hub's setup user connects");
+    let first = importer.import(&records).await;
+    // a's updater is handed no old approval (it would act on it as a new decision).
+    assert_eq!(
+        take(&mut inbox_a, Duration::from_secs(2)).await,
+        None,
+        "a's updater got an old event"
+    );
+    let first = first.expect("the import at the hub");
+    assert_eq!((first.messages, first.duplicates, first.values), (1, 0, 1), "{first:?}");
+    assert_eq!((first.left_to_leaves, first.values_left_to_leaves), (4, 1), "{first:?}");
+    let named: Vec<&str> = first.hosts_left.iter().map(String::as_str).collect();
+    assert_eq!(named, [A, "vps-z"]);
+    let again = importer.import(&records).await.expect("the import again");
+    assert_eq!(
+        (again.messages, again.duplicates, again.values, again.values_kept),
+        (0, 1, 0, 1),
+        "{again:?}"
+    );
+    assert_eq!(
+        take(&mut inbox_a, Duration::from_secs(1)).await,
+        None,
+        "a's updater got an old event"
+    );
+    // Nothing of it on a's leaf; at the hub the central event, and a's history from a's leaf
+    // (the sources the import's setup gave the new hub start at the leaf's first event).
+    let on_leaf = of_host(&leaf_reader(&net, A).await, A).await;
+    assert_eq!(on_leaf, vec![kept.id], "a's leaf");
+    let cli = central(&net, Service::Cli).await;
+    let (at_hub, _) = hub_has(&cli, A, 1, Duration::from_secs(15)).await;
+    assert_eq!(at_hub, vec![kept.id]);
+    let replay = replayed(&cli).await;
+    assert!(replay.contains(&sent), "the central event is not at the hub: {replay:?}");
+    assert!(!host_events.iter().any(|id| replay.contains(id)), "{replay:?}");
+    // a's record at the hub is a's, from a's leaf; the export's old one was not written.
+    let records = StateStore::<serde_json::Value>::open(&cli, UPDATE_BUCKET).await.expect("hub's");
+    let started = Instant::now();
+    while records.get("vps-a.gitea").await.expect("read").is_none() {
+        assert!(started.elapsed() < Duration::from_secs(15), "a's record is not at the hub");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at_hub = records.get("vps-a.gitea").await.expect("read").map(|v| v.value);
+    assert_eq!(at_hub.as_ref(), Some(&genuine));
+    let kv = hub_stored(&net, "KV_STEWARD_UPDATES").await;
+    assert_eq!(kv.len(), 1, "{kv:?}");
+    // Read whole at the hub (judged key by key) it is the same.
+    let all = records.all(Duration::from_secs(5)).await.expect("the hub's UPDATES");
+    let all: Vec<_> = all.into_iter().map(|(k, v)| (k, v.value)).collect();
+    assert_eq!(all, [("vps-a.gitea".to_owned(), genuine)]);
+    // The path to a was open all along: the set-up hub's real approval arrives.
+    provision_hub(&net).await;
+    let real = approval(A);
+    cli.publish(&real).await.expect("the centre reaches a");
+    assert_eq!(take(&mut inbox_a, Duration::from_secs(5)).await, Some(real.id));
 }

@@ -332,7 +332,18 @@ async fn healthcheck(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let result = run(cli).await;
+    // The CLI logs nothing: what the hub's origin check left out of the output is said here
+    // (docs/runbooks.md, "The centre refused a message from a host's leaf").
+    let refused = steward_bus::refused_origins();
+    if refused > 0 {
+        eprintln!(
+            "steward: warning: {refused} message(s) or record(s) at the hub were left out: a \
+             host's leaf brought them about another host or about none (docs/runbooks.md, \
+             \"The centre refused a message from a host's leaf\")"
+        );
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("steward: {e:#}");

@@ -87,6 +87,15 @@ impl Service {
         }
     }
 
+    /// The agent and host an identity of [`Service::identity`] names (`updater-vps-a`), or
+    /// `None` for a central identity or an agent's without a host.
+    pub fn agent_and_host(identity: &str) -> Option<(Service, &str)> {
+        Service::ALL.iter().filter(|s| s.is_agent()).find_map(|s| {
+            let host = identity.strip_prefix(s.name())?.strip_prefix('-')?;
+            (!host.is_empty()).then_some((*s, host))
+        })
+    }
+
     /// Event types this service's durable consumer receives.
     pub fn consumes(self) -> &'static [&'static str] {
         match self {
@@ -259,7 +268,7 @@ impl Service {
             Service::Updater => &[UPDATE_BUCKET, UPDATE_QUEUE_BUCKET, USED_LINKS_BUCKET],
             Service::Health => &[HEALTH_BUCKET],
             Service::Notifier => &[OUTBOX_BUCKET, ANNOUNCED_BUCKET],
-            Service::Deployer => &[DEPLOY_BUCKET],
+            Service::Deployer => &[DEPLOY_BUCKET, USED_DEPLOY_LINKS_BUCKET],
             Service::Backup | Service::Cli => &[],
         }
     }
@@ -280,6 +289,7 @@ impl Service {
                 OUTBOX_BUCKET,
                 ANNOUNCED_BUCKET,
                 DEPLOY_BUCKET,
+                USED_DEPLOY_LINKS_BUCKET,
             ],
             // An `image.updated` is applied only while its digest is the newest the watcher
             // knows: a redelivered or replayed older one never downgrades a container.

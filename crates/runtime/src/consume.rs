@@ -5,7 +5,9 @@
 //!    retried: it cannot improve; the subject is what the server's permissions checked, so an
 //!    event smuggled under another participant's subject is never handled);
 //! 2. older than the idempotency horizon (the handled markers' TTL: a replayed old event could
-//!    no longer be recognised as handled) → ack and ignore, count it expired, log it;
+//!    no longer be recognised as handled; for a message the hub copied from a host's leaf,
+//!    also by the event's own `time`, as a rebuilt hub copies old history stored "now")
+//!    → ack and ignore, count it expired, log it;
 //!    already handled (idempotency marker) → ack, count a duplicate;
 //! 3. run the handler, sending `in progress` so long work keeps its ack timer alive;
 //! 4. success → write the marker (retried while NATS is away), then a confirmed ack;
@@ -124,9 +126,11 @@ impl<H: Handler> Loop<'_, H> {
 
     /// Handles a decoded delivery that is not exhausted, inside its span.
     async fn handle(&self, d: &Delivery, event: Event, label: &crate::metrics::TypeLabel) -> Next {
-        if Duration::try_from_secs_f64(d.age_seconds).is_ok_and(|age| age > self.horizon) {
+        let age = delivery_age(d, &event);
+        if Duration::try_from_secs_f64(age).is_ok_and(|age| age > self.horizon) {
             self.metrics.expired.get_or_create(label).inc();
-            tracing::warn!(age_seconds = d.age_seconds, horizon = ?self.horizon, seq = d.stream_sequence,
+            tracing::warn!(age_seconds = age, horizon = ?self.horizon, seq = d.stream_sequence,
+                sourced = d.is_sourced(), event_time = %event.time,
                 "event older than the idempotency horizon (a replay?); acknowledging it without handling it");
             self.ack(d).await;
             return Next::Continue;
@@ -271,4 +275,19 @@ pub(crate) fn panicked(panic: Box<dyn std::any::Any + Send>) -> anyhow::Error {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into());
     anyhow::anyhow!("handler panicked: {message}")
+}
+
+/// How old a delivery is, for the idempotency horizon: seconds since it was stored, or, for a
+/// message the hub copied from a host's leaf, since the event's own CloudEvents `time` when
+/// that is older. A rebuilt hub copies each leaf's history with the hub's current time as the
+/// stored time, so only the event's time tells an old event there from a new one. The event's
+/// time is the publisher's word; it only ever makes a delivery older (ignored), never younger.
+fn delivery_age(d: &Delivery, event: &Event) -> f64 {
+    if !d.is_sourced() {
+        return d.age_seconds;
+    }
+    let made = std::time::SystemTime::now()
+        .duration_since(event.time.into())
+        .map_or(0.0, |made| made.as_secs_f64());
+    d.age_seconds.max(made)
 }

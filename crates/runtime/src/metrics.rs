@@ -37,6 +37,10 @@ pub struct Metrics {
     pub consumer_pending: Gauge,
     /// Age of the last delivered message when it arrived (publish to delivery).
     pub delivery_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// At the hub of leaf nodes: messages refused because a host's leaf brought them about
+    /// another host (`steward_bus::refused_origins`, brought up to date when rendered).
+    origin_refused: Counter,
+    origin_refused_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -92,6 +96,12 @@ impl Metrics {
             "Seconds from publish to delivery of the last message (bus lag)",
             delivery_lag_seconds.clone(),
         );
+        let origin_refused = Counter::default();
+        registry.register(
+            "leaf_origin_refused",
+            "Messages read at the hub that a host's leaf brought about another host (or about no host), refused",
+            origin_refused.clone(),
+        );
         Self {
             registry: std::sync::Mutex::new(registry),
             handled,
@@ -103,6 +113,8 @@ impl Metrics {
             nats_connected,
             consumer_pending,
             delivery_lag_seconds,
+            origin_refused,
+            origin_refused_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -137,6 +149,10 @@ impl Metrics {
 
     /// Prometheus/OpenMetrics text.
     pub fn render(&self) -> String {
+        // The bus counts refusals process-wide (it knows no registry); the counter follows it.
+        let now = steward_bus::refused_origins();
+        let seen = self.origin_refused_seen.swap(now, std::sync::atomic::Ordering::Relaxed);
+        self.origin_refused.inc_by(now.saturating_sub(seen));
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {

@@ -120,6 +120,35 @@ impl NatsLeaves {
         self.config(&self.leaf(host).server, user, host)
     }
 
+    /// JetStream at the hub as its provisioning user (`setup`), for reading and changing the
+    /// hub's streams raw.
+    pub async fn hub_jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            steward_bus::SETUP_USER.into(),
+            NatsServer::setup_password(),
+        )
+        .custom_inbox_prefix(steward_bus::inbox_prefix(steward_bus::SETUP_USER))
+        .connect(self.hub.url())
+        .await
+        .expect("the hub's setup user connects");
+        async_nats::jetstream::new(client)
+    }
+
+    /// The hub's `stream` with `host`'s source unfiltered: what a leaf server that ignores the
+    /// hub's filter would hand it (a stock one applies it).
+    pub async fn unfilter_at_hub(&self, stream: &str, host: &str) {
+        let js = self.hub_jetstream().await;
+        let found = js.get_stream(stream).await.expect("the hub's stream");
+        let mut config = found.cached_info().config.clone();
+        let prefix = format!("$JS.{host}.API");
+        for source in config.sources.iter_mut().flatten() {
+            if source.external.as_ref().is_some_and(|e| e.api_prefix == prefix) {
+                source.filter_subject = None;
+            }
+        }
+        js.update_stream(config).await.expect("the hub's sources without the host's filter");
+    }
+
     fn config(&self, server: &NatsServer, user: &str, domain: &str) -> BusConfig {
         let password = if user == steward_bus::SETUP_USER {
             NatsServer::setup_password()
