@@ -265,6 +265,19 @@ fn the_backup_service_mounts_the_project_it_backs_up_read_only() {
     assert!(list(&service(&scoped, "backup"), "volumes").contains(&mount));
 }
 
+/// The nginx template resolves the deployer's name per request (the deployer is optional: a
+/// name in `proxy_pass` itself must resolve when nginx starts) with `resolver
+/// ${NGINX_LOCAL_RESOLVERS}`, which the image's entrypoint exports only when asked.
+#[test]
+fn nginx_is_given_the_engines_dns_for_the_optional_deployer() {
+    let file = rendered();
+    let env = environment(&service(&file, "nginx"));
+    let asked = env.get("NGINX_ENTRYPOINT_LOCAL_RESOLVERS").map(|v| v.trim_matches(['\'', '"']));
+    assert_eq!(asked, Some("1"), "{env:?}");
+    let template = read_repo_file("compose/nginx/templates/gitea.conf.template");
+    assert!(template.contains("resolver ${NGINX_LOCAL_RESOLVERS} "), "the template's resolver");
+}
+
 #[test]
 fn the_backup_service_verifies_weekly_and_can_be_given_a_heartbeat_url() {
     use steward_backup::config::{DEFAULT_VERIFY_SCHEDULE, ENV_VERIFY_SCHEDULE};
@@ -586,12 +599,40 @@ fn the_selinux_overlay_labels_the_stacks_bind_mounts_and_never_the_hosts_paths()
 
 #[test]
 fn the_podman_overlay_gives_the_socket_proxy_podmans_socket_and_nothing_else() {
-    let file = rendered_with(&["podman.yml"]);
-    let volumes = list(&service(&file, "sockproxy"), "volumes");
-    let sockets: Vec<&String> =
-        volumes.iter().filter(|v| v.contains(":/var/run/docker.sock")).collect();
-    assert_eq!(sockets, ["/run/podman/podman.sock:/var/run/docker.sock:rw"], "{volumes:?}");
+    // The socket's directory is mounted, never the socket file (whose inode a recreated socket
+    // leaves dead: infra/ansible/tests/test_engine_socket.py), and the proxy is told the
+    // socket's name in it. Docker's by default, Podman's with the overlay, or where .env says.
+    let engine = |file: &str| {
+        let block = service(file, "sockproxy");
+        let volumes = list(&block, "volumes");
+        let mounted: Vec<String> =
+            volumes.iter().filter(|v| v.contains(":/run/engine")).cloned().collect();
+        for volume in &volumes {
+            assert!(!volume.split(':').next().unwrap_or("").ends_with(".sock"), "{volume}");
+        }
+        (mounted, environment(&block).get("STEWARD_SOCKPROXY_UPSTREAM").cloned())
+    };
     let plain = rendered();
+    assert_eq!(
+        engine(&plain),
+        (vec!["/var/run:/run/engine:ro".to_owned()], Some("/run/engine/docker.sock".to_owned()))
+    );
+    let file = rendered_with(&["podman.yml"]);
+    assert_eq!(
+        engine(&file),
+        (vec!["/run/podman:/run/engine:ro".to_owned()], Some("/run/engine/podman.sock".to_owned()))
+    );
+    let moved = rendered_in(
+        &["podman.yml"],
+        &[("ENGINE_SOCKET_DIR", "/run/podman-api"), ("ENGINE_SOCKET_NAME", "api.sock")],
+    );
+    assert_eq!(
+        engine(&moved),
+        (
+            vec!["/run/podman-api:/run/engine:ro".to_owned()],
+            Some("/run/engine/api.sock".to_owned())
+        )
+    );
     for name in service_names(&plain) {
         if name == "sockproxy" {
             continue;
@@ -601,6 +642,40 @@ fn the_podman_overlay_gives_the_socket_proxy_podmans_socket_and_nothing_else() {
         layered.sort();
         alone.sort();
         assert_eq!(layered, alone, "{name} changed on Podman");
+    }
+}
+
+/// No service but the socket proxy reaches the engine's socket through a mount: not by the
+/// socket's file (compose_stack.rs checks `docker.sock` on a running stack), nor by its
+/// directory (`/run/engine`, the host's /run, /var/run or a directory under them such as
+/// /run/podman), on Docker or Podman, with every profile. node-exporter alone mounts the host's
+/// root read-only for its filesystem metrics: it runs as `nobody`, outside the engine's group,
+/// so the socket under it (mode 0660) does not open for it.
+#[test]
+fn no_service_but_the_socket_proxy_mounts_the_engines_socket_or_its_directory() {
+    let all = [("COMPOSE_PROFILES", "*")];
+    for overlays in [&[][..], &["podman.yml"][..]] {
+        let file = rendered_in(overlays, &all);
+        let names = service_names(&file);
+        assert!(names.iter().any(|n| n == "node-exporter"), "profiles not rendered: {names:?}");
+        for name in names.iter().filter(|n| *n != "sockproxy") {
+            for volume in list(&service(&file, name), "volumes") {
+                let mut parts = volume.split(':');
+                let (source, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let source = source.trim_end_matches('/');
+                let under_run = ["/run", "/var/run"]
+                    .iter()
+                    .any(|run| source == *run || source.starts_with(&format!("{run}/")));
+                let host_root = volume.starts_with('/') && source.is_empty();
+                assert!(
+                    !target.starts_with("/run/engine")
+                        && !under_run
+                        && !source.ends_with(".sock")
+                        && (!host_root || name == "node-exporter"),
+                    "{name} ({overlays:?}) mounts {volume}: the engine's socket is the proxy's alone"
+                );
+            }
+        }
     }
 }
 

@@ -235,16 +235,27 @@ fn matches(pattern: &str, path: &str) -> bool {
     }
 }
 
-/// Sources of bind mounts that hand out the Docker socket: the socket itself or a directory
-/// holding it.
-const SOCKET_SOURCES: &[&str] =
-    &["/", "/var", "/var/run", "/run", "/var/run/docker.sock", "/run/docker.sock"];
+/// Sources of bind mounts that hand out the engine's socket: the socket itself or a directory
+/// holding it, Docker's or rootful Podman's (`/run/podman/podman.sock`, whose directory the
+/// compose stack's Podman layer mounts into the proxy).
+const SOCKET_SOURCES: &[&str] = &[
+    "/",
+    "/var",
+    "/var/run",
+    "/run",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run/podman",
+    "/run/podman",
+];
 
-/// Whether a bind or mount source is the Docker socket or a directory holding it.
+/// Whether a bind or mount source is the engine's socket or a directory holding it.
 pub fn is_socket_source(source: &str) -> bool {
     let trimmed = source.trim_end_matches('/');
     let source = if trimmed.is_empty() { "/" } else { trimmed };
-    SOCKET_SOURCES.contains(&source) || source.ends_with("/docker.sock")
+    SOCKET_SOURCES.contains(&source)
+        || source.ends_with("/docker.sock")
+        || source.ends_with("/podman.sock")
 }
 
 /// Checks an exec's creation body for `role`. Errors say why it is refused.
@@ -355,7 +366,9 @@ pub fn check_create(role: Role, body: &serde_json::Value) -> Result<Vec<String>,
     for bind in binds.iter().filter_map(|b| b.as_str()) {
         let source = bind.split(':').next().unwrap_or_default();
         if is_socket_source(source) {
-            return Err(format!("a bind of {source} (the Docker socket) is not allowed"));
+            return Err(format!(
+                "a bind of {source} (the engine's socket or a directory holding it) is not allowed"
+            ));
         }
     }
     let mounts = host.get("Mounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
@@ -363,7 +376,7 @@ pub fn check_create(role: Role, body: &serde_json::Value) -> Result<Vec<String>,
         let source = mount.get("Source").and_then(|s| s.as_str()).unwrap_or_default();
         let bind = mount.get("Type").and_then(|t| t.as_str()) == Some("bind");
         if bind && is_socket_source(source) {
-            return Err(format!("a mount of {source} (the Docker socket) is not allowed"));
+            return Err(format!("a mount of {source} (the engine's socket or a directory holding it) is not allowed"));
         }
     }
     if role == Role::Backup {
@@ -667,7 +680,12 @@ mod tests {
         let socket = json!({"Image": "x", "HostConfig": {"Binds": ["/var/run/docker.sock:/s"]}});
         let root = json!({"Image": "x", "HostConfig": {"Binds": ["/:/host:ro"]}});
         let mount = json!({"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/run/"}]}});
-        for body in [&socket, &root, &mount] {
+        // Podman's socket and its directory (on a Podman host they are the engine's).
+        let podman = json!({"HostConfig": {"Binds": ["/run/podman/podman.sock:/s"]}});
+        let podman_dir = json!({"HostConfig": {"Binds": ["/run/podman:/engine:ro"]}});
+        let podman_mount =
+            json!({"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/var/run/podman/"}]}});
+        for body in [&socket, &root, &mount, &podman, &podman_dir, &podman_mount] {
             assert!(check_create(Updater, body).is_err(), "{body}");
             assert!(check_create(Backup, body).is_err(), "{body}");
         }

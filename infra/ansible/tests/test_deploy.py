@@ -359,3 +359,70 @@ def test_env_keeps_the_image_tags_steward_wrote_back_until_the_inventory_moves(t
     (root / ".env").write_text((root / ".env").read_text().replace("1.23.0", "1.23.1"))
     deploy(raised, keep=False)
     assert env_file()["GITEA_IMAGE"] == "gitea/gitea:1.23.0"
+
+
+@pytest.mark.parametrize("memory", ["2g", 0, "-512", ""])
+def test_memory_sizing_refuses_a_host_memory_that_is_not_a_whole_number_of_mib(tmp_path, memory):
+    """A bad deploy_host_memory_mb stops the run, naming it, before .env is written: read as
+    an integer it would be 0 and give every service its floor."""
+    root = tmp_path / "stack"
+    root.mkdir()
+    result = role_tasks(tmp_path, ["limits", "env"], {
+        "deploy_root": str(root), "deploy_env": {}, "deploy_env_extra": {},
+        "deploy_host_memory_mb": memory}, role="deploy")
+    assert result.returncode != 0, result.stdout
+    assert "deploy_host_memory_mb must be the host's memory in MiB" in result.stdout, result.stdout
+    assert not (root / ".env").exists()
+
+
+def test_memory_limits_follow_the_hosts_memory_unless_the_inventory_sets_them(tmp_path):
+    """The role's limits and .env tasks alone (no stack): the services that grow with the host
+    get a share of its memory (from its facts), never less than their floor, and what the
+    inventory sets wins; the compose file renders what .env says."""
+    root = tmp_path / "stack"
+    root.mkdir()
+    base = {"GITEA_IMAGE": "gitea/gitea:1.22"}
+
+    def deploy(variables, gather_facts=False):
+        result = role_tasks(tmp_path, ["limits", "env"], {
+            "deploy_root": str(root), "deploy_env": base, "deploy_env_extra": {},
+            **variables}, role="deploy", gather_facts=gather_facts)
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+        return {k: v for k, v in (line.split("=", 1) for line in
+                (root / ".env").read_text().splitlines() if line and not line.startswith("#"))
+                if k.endswith("_MEM_LIMIT")}
+
+    # A 2 GiB host: the compose file's own defaults.
+    assert deploy({"deploy_host_memory_mb": 2048}) == {
+        "POSTGRES_MEM_LIMIT": "1024m", "GITEA_MEM_LIMIT": "1024m",
+        "PROMETHEUS_MEM_LIMIT": "1024m", "JAEGER_MEM_LIMIT": "512m"}
+    # 512 MiB: the floors, not a share too small to start.
+    assert deploy({"deploy_host_memory_mb": 512}) == {
+        "POSTGRES_MEM_LIMIT": "256m", "GITEA_MEM_LIMIT": "384m",
+        "PROMETHEUS_MEM_LIMIT": "256m", "JAEGER_MEM_LIMIT": "128m"}
+    # 8 GiB: four times as much, but the operator's values win (deploy_env, deploy_env_extra).
+    assert deploy({"deploy_host_memory_mb": 8192,
+                   "deploy_env": {**base, "GITEA_MEM_LIMIT": "1g"},
+                   "deploy_env_extra": {"POSTGRES_MEM_LIMIT": "700m"}}) == {
+        "POSTGRES_MEM_LIMIT": "700m", "GITEA_MEM_LIMIT": "1g",
+        "PROMETHEUS_MEM_LIMIT": "4096m", "JAEGER_MEM_LIMIT": "2048m"}
+    # Off: nothing written, the compose file's defaults apply.
+    assert deploy({"deploy_mem_sizing": False}) == {}
+
+    # From this machine's facts (ansible_facts.memtotal_mb: MemTotal in MiB, rounded down).
+    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal:")))
+    half = max((mem_kib // 1024) // 2, 384)
+    limits = deploy({}, gather_facts=True)
+    assert limits["GITEA_MEM_LIMIT"] == f"{half}m", limits
+
+    # docker-compose hands it to the service as its limit.
+    (root / "docker-compose.yml").write_text((REPO / "compose" / "docker-compose.yml").read_text())
+    with open(root / ".env", "a") as env:
+        env.write("GITEA_DOMAIN=git.example.com\nSTEWARD_S3_BUCKET=b\n"
+                  "STEWARD_MAIL_FROM=steward@example.com\nSTEWARD_MAIL_TO=ops@example.com\n")
+    config = run(["docker-compose", "--file", "docker-compose.yml", "config"], cwd=root)
+    assert config.returncode == 0, config.stderr
+    gitea = config.stdout.split("\n  gitea:\n", 1)[1]
+    gitea = gitea[:re.search(r"\n  \S", gitea).start()]
+    assert f"    mem_limit: {half}m\n" in gitea, gitea

@@ -77,7 +77,8 @@ def test_firewalld_public_zone_lets_in_80_443_ssh_only_from_trusted_and_logs_the
     # firewalld's reading of what the role wrote.
     assert offline(config, "--get-default-zone") == "public"
     assert offline(config, "--get-log-denied") == "all"
-    assert offline(config, "--zone=public", "--list-services") == ""
+    # DHCPv6 stays open: a host whose IPv6 address comes by DHCPv6 keeps its lease.
+    assert offline(config, "--zone=public", "--list-services") == "dhcpv6-client"
     assert sorted(offline(config, "--zone=public", "--list-ports").split()) == ["443/tcp", "80/tcp"]
     assert offline(config, "--zone=public", "--get-target") == "default"
     rules = offline(config, "--zone=public", "--list-rich-rules").splitlines()
@@ -87,7 +88,7 @@ def test_firewalld_public_zone_lets_in_80_443_ssh_only_from_trusted_and_logs_the
     ]), rules
     for port in ["22", "2222", "3000", "3100", "3200", "5432", "9100", "4222", "8222"]:
         assert offline(config, "--zone=public", f"--query-port={port}/tcp") == "no", port
-    for service in ["ssh", "cockpit", "dhcpv6-client", "postgresql"]:
+    for service in ["ssh", "cockpit", "postgresql"]:
         assert offline(config, "--zone=public", f"--query-service={service}") == "no", service
     assert offline(config, "--zone=public", "--query-port=443/tcp") == "yes"
 
@@ -96,6 +97,135 @@ def test_firewalld_public_zone_lets_in_80_443_ssh_only_from_trusted_and_logs_the
     assert "changed=0" in again, again
     assert tree_digest(Path("/etc/firewalld")) == machine, "the machine's /etc/firewalld changed"
     assert run(["pgrep", "-x", "firewalld"]).returncode != 0, "a firewalld runs on this machine"
+
+
+def test_firewalld_opens_sshs_own_port_for_the_trusted_networks(tmp_path, offline):
+    """sshd on another port than 22: the port Ansible connects to (ansible_port) is the one the
+    zone opens, unless system_ssh_port says otherwise; dhcpv6-client can be closed."""
+    config = tmp_path / "firewalld"
+    variables = {**firewalld_vars(config, ["203.0.113.0/24"]), "ansible_port": 2200}
+    ok(role_tasks(tmp_path, "firewalld_files", variables))
+    assert offline(config, "--zone=public", "--list-rich-rules").splitlines() == [
+        'rule family="ipv4" source address="203.0.113.0/24" port port="2200" protocol="tcp" accept']
+    assert offline(config, "--zone=public", "--query-port=22/tcp") == "no"
+
+    ok(role_tasks(tmp_path, "firewalld_files", {**variables, "system_ssh_port": 2022,
+                                                 "system_firewalld_public_services": []}))
+    assert offline(config, "--zone=public", "--list-rich-rules").splitlines() == [
+        'rule family="ipv4" source address="203.0.113.0/24" port port="2022" protocol="tcp" accept']
+    assert offline(config, "--zone=public", "--list-services") == ""
+
+
+def test_ssh_port_is_the_one_sshd_accepted_the_login_on_not_the_one_ansible_dials(
+        tmp_path, offline):
+    """Behind a port forward (Ansible dials 2222, sshd listens on 22) the zone opens 22, the
+    port in the login's SSH_CONNECTION, not ansible_port; a system_ssh_port set by hand that is
+    not that port stops the run before anything is written (unless the check is off)."""
+    config = tmp_path / "firewalld"
+    login = {"SSH_CONNECTION": "203.0.113.9 50122 192.0.2.10 22"}
+    variables = {**firewalld_vars(config, ["203.0.113.0/24"]), "ansible_port": 2222}
+    ok(role_tasks(tmp_path, ["ssh_connection", "firewalld_files"], variables, env=login))
+    assert offline(config, "--zone=public", "--list-rich-rules").splitlines() == [
+        'rule family="ipv4" source address="203.0.113.0/24" port port="22" protocol="tcp" accept']
+
+    other = tmp_path / "other"
+    wrong = {**variables, "system_firewalld_dir": str(other), "system_ssh_port": 2022}
+    refused = role_tasks(tmp_path, ["ssh_connection", "firewalld_files"], wrong, env=login)
+    assert refused.returncode != 0
+    assert "system_ssh_port is 2022 but this login came in on sshd's port 22" in refused.stdout, \
+        refused.stdout
+    assert not other.exists(), "nothing may be written after a refused check"
+
+    # Check off (sshd listens on both): the port set by hand is the one opened.
+    ok(role_tasks(tmp_path, ["ssh_connection", "firewalld_files"],
+                  {**wrong, "system_firewalld_lockout_check": False}, env=login))
+    assert offline(other, "--zone=public", "--list-rich-rules").splitlines() == [
+        'rule family="ipv4" source address="203.0.113.0/24" port port="2022" protocol="tcp" accept']
+
+
+def test_firewalld_refuses_an_interface_or_source_bound_to_another_zone(tmp_path, offline):
+    """An interface in another zone (a cloud image's `internal`) would never meet the public
+    zone's rules: the run stops before anything is written, naming it, unless it is listed in
+    system_firewalld_other_zone_bindings."""
+    config = tmp_path / "firewalld"
+    (config / "zones").mkdir(parents=True)
+    internal = ('<?xml version="1.0" encoding="utf-8"?>\n<zone><short>Internal</short>'
+                '<interface name="eth1"/><service name="ssh"/></zone>\n')
+    (config / "zones" / "internal.xml").write_text(internal)
+    (config / "zones" / "trusted.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<zone target="ACCEPT"><short>Trusted</short>'
+        '<source address="198.51.100.0/24"/></zone>\n')
+    # Docker's own zone, with its bridge: the engine's, left alone.
+    (config / "zones" / "docker.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<zone target="ACCEPT"><short>docker</short>'
+        '<interface name="docker0"/></zone>\n')
+    assert offline(config, "--get-zone-of-interface=eth1") == "internal"
+    variables = firewalld_vars(config, ["203.0.113.0/24"])
+
+    result = role_tasks(tmp_path, "firewalld_files", variables)
+    assert result.returncode != 0, result.stdout
+    assert "bound to another zone than public" in result.stdout, result.stdout
+    assert "internal: eth1, trusted: 198.51.100.0/24;" in result.stdout, result.stdout
+    assert "docker0" not in result.stdout.split("bound to another zone")[1].split("\n")[0]
+    assert not (config / "zones" / "public.xml").exists(), "nothing may be written after it"
+    assert not (config / "firewalld.conf").exists()
+
+    # Listed as meant to be there: the run goes on; those zones are left as they were.
+    ok(role_tasks(tmp_path, "firewalld_files", {
+        **variables, "system_firewalld_other_zone_bindings": ["eth1", "198.51.100.0/24"]}))
+    assert offline(config, "--get-default-zone") == "public"
+    assert (config / "zones" / "internal.xml").read_text() == internal
+
+
+def test_firewalld_running_zones_allow_podmans_subnets_in_trusted_but_nothing_else(tmp_path):
+    """The running firewalld's listing (`firewall-cmd --list-all-zones`, zones marked
+    `(active)`), as firewalld.yml checks it: the subnet Podman's network backend put in the
+    trusted zone is the engine's; an interface a NetworkManager profile put in `work` is not."""
+    def listing(zone_lines):
+        return [line for zone, interfaces, sources in zone_lines for line in [
+            f"{zone} (active)", "  target: default", f"  interfaces: {interfaces}",
+            f"  sources: {sources}", "  services: ", ""]]
+
+    variables = {"system_firewalld_zones_source": "running firewalld",
+                 "system_firewalld_other_zone_bindings": [],
+                 "system_firewalld_engine_bindings": ["10.88.0.0/16", "10.89.0.0/24"]}
+    ok(role_tasks(tmp_path, "firewalld_zones", {**variables, "system_firewalld_zones_listing":
+        listing([("public", "eth0", ""), ("trusted", "", "10.88.0.0/16 10.89.0.0/24")])}))
+    nm_bound = listing([("public", "eth0", ""), ("trusted", "", "10.88.0.0/16"),
+                        ("work", "eth1", "")])
+    refused = role_tasks(tmp_path, "firewalld_zones",
+                         {**variables, "system_firewalld_zones_listing": nm_bound})
+    assert refused.returncode != 0
+    assert "(running firewalld): work: eth1;" in refused.stdout, refused.stdout
+
+
+def test_firewalld_running_zones_accept_only_the_engines_own_bindings(tmp_path):
+    """Only what the engines put there passes: in `trusted`, Podman's private or ULA subnets
+    of prefix /8 or longer and addresses inside them (CNI's per-container entries); in `docker`,
+    docker0 and br-<12 hex> interfaces. The same subnet in another zone, a public or too wide
+    "engine" subnet, another interface or any source in `docker` stop the run."""
+    def listing(zone_lines):
+        return [line for zone, interfaces, sources in zone_lines for line in [
+            f"{zone} (active)", "  target: default", f"  interfaces: {interfaces}",
+            f"  sources: {sources}", "  services: ", ""]]
+
+    engine = ["10.88.0.0/16", "fd00:88::/64", "203.0.113.0/24", "fc00::/7"]
+    variables = {"system_firewalld_zones_source": "running firewalld",
+                 "system_firewalld_other_zone_bindings": [],
+                 "system_firewalld_engine_bindings": engine}
+    ok(role_tasks(tmp_path, "firewalld_zones", {**variables, "system_firewalld_zones_listing":
+        listing([("public", "eth0", ""),
+                 ("trusted", "", "10.88.0.0/16 fd00:88::/64 10.88.0.5/32 10.88.0.6"),
+                 ("docker", "docker0 br-0123456789ab", "")])}))
+    refused = role_tasks(tmp_path, "firewalld_zones", {**variables, "system_firewalld_zones_listing":
+        listing([("public", "eth0", ""),
+                 ("trusted", "", "203.0.113.0/24 fc00::/7 10.89.0.0/24"),
+                 ("work", "", "10.88.0.0/16"),
+                 ("docker", "eth1 br-0123 docker0", "10.88.0.0/16")])})
+    assert refused.returncode != 0
+    assert ("(running firewalld): trusted: 203.0.113.0/24, trusted: fc00::/7, "
+            "trusted: 10.89.0.0/24, work: 10.88.0.0/16, docker: eth1, docker: br-0123, "
+            "docker: 10.88.0.0/16;") in refused.stdout, refused.stdout
 
 
 @pytest.mark.parametrize("networks,message", [
