@@ -147,6 +147,13 @@ pid=$!
 (tail -n +1 -F --pid=$$ "$STATE/logs/$RUN.log" 2>/dev/null | while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done) >"$STATE/logs/$RUN.stamped" &
 stamp=$!
 for _ in $(seq 100); do grep -q consuming "$STATE/logs/$RUN.log" && break; sleep 0.1; done
+# Resident memory every 0.1 s (time, KiB), for the peak of each phase below (VmHWM gives only
+# the whole run's).
+(while kill -0 "$pid" 2>/dev/null; do
+  printf '%s %s\n' "$(date +%s.%N)" "$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null)"
+  sleep 0.1
+done) >"$STATE/logs/$RUN.rss" &
+peak() { awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b && $2 > m {m = $2} END {printf "%.1f", m / 1024}' "$STATE/logs/$RUN.rss"; }
 at() { awk -v m="$1" 'index($0, m) {print $1; exit}' "$STATE/logs/$RUN.stamped"; }
 e0=$(engine_cpu); s0=$(s3_cpu); b0=$(cpu "$pid")
 t0=$(now)
@@ -161,6 +168,14 @@ if [ "${COPY:-1}" = 1 ]; then
 fi
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 echo "   total ${steward_total} s to backup.done${copied:+; second copy complete after $(secs "$t0" "$copied") s}; peak RSS of steward-backup $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
+echo "   sampled peak RSS: backup $(peak "$t0" "$t1") MiB${copied:+, copy after it $(peak "$t1" "$copied") MiB}"
+# Flat or growing: the peak of each quarter of the backup (a plateau reached early is flat;
+# a peak that keeps rising with the data is not).
+quarters=$(for q in 0 1 2 3; do
+  peak "$(echo "$t0 + ($t1 - $t0) * $q / 4" | bc -l)" "$(echo "$t0 + ($t1 - $t0) * ($q + 1) / 4" | bc -l)"
+  printf ' '
+done)
+echo "   sampled peak RSS by quarter of the backup: $quarters(MiB; trace kept in $STATE/logs/$RUN.rss)"
 speedup="not measured (PEER=0)"
 [ "$peer_total" = 0 ] || speedup="$(echo "$peer_total / $steward_total" | bc -l | xargs printf '%.1f')x"
 echo "   speed-up over the peer: $speedup; against the tools' limit: $(echo "$steward_total / $limit_total" | bc -l | xargs printf '%.2f')x its time"
@@ -180,4 +195,6 @@ loaded=$(awk 'index($0, "loaded beside the live data") {t=$1} END {print t}' "$S
 if [ -n "$checks" ] && [ -n "$safety" ] && [ -n "$safe" ] && [ -n "$stopping" ] && [ -n "$loaded" ]; then
   echo "   phases: checksums of every object $(secs "$checks" "$safety") s; safety backup $(secs "$safety" "$safe") s;" \
     "staged load beside the live data $(secs "$stopping" "$loaded") s; swap, restart, health $(secs "$loaded" "$t1") s"
+  echo "   sampled peak RSS: checksums $(peak "$checks" "$safety") MiB; safety backup $(peak "$safety" "$safe") MiB;" \
+    "staged load $(peak "$stopping" "$loaded") MiB; swap $(peak "$loaded" "$t1") MiB"
 fi

@@ -95,7 +95,7 @@ struct Bed {
 }
 
 impl Bed {
-    /// `blob_mib` of random bytes in the app's `/data`: over 8 MiB makes its upload multipart.
+    /// `blob_mib` of random bytes in the app's `/data`: over 5 MiB makes its upload multipart.
     async fn new(tag: &str, blob_mib: u32) -> Self {
         let scope = unique_name(tag);
         let (db, app) = backed_up_pair(&scope);
@@ -667,7 +667,8 @@ async fn undo_once(
 
 async fn backup_campaign(variant: Variant, offset: u64) {
     let started = Instant::now();
-    let bed = Bed::new("bkcrash", 12).await;
+    // 8 MiB: two parts of the store's 5 MiB.
+    let bed = Bed::new("bkcrash", 8).await;
     let (_, points) = clean_backup(&bed).await;
     assert!(
         points.iter().any(|p| p.starts_with("backup:part=2")),

@@ -28,8 +28,10 @@ use crate::encryption::{self, Keys};
 use crate::progress::Meter;
 use crate::tarcheck;
 
-/// Bytes of input per zstd worker job.
-const JOB_SIZE: u32 = 2 << 20;
+/// Bytes of input per zstd worker job. zstd's input ring holds the window (2 MiB at level 3)
+/// or a job per worker, whichever is more, plus three jobs of slack; output buffers hold a
+/// job each. 1 MiB jobs halve that against 2 MiB (two components compress at once).
+const JOB_SIZE: u32 = 1 << 20;
 
 /// Read size when decompressing.
 const CHUNK: usize = 256 << 10;

@@ -188,7 +188,8 @@ async fn a_backup_with_multipart_components_is_stored_and_verified_in_a_locked_b
         .await
         .unwrap_or_else(|e| panic!("backup into a locked bucket: {e}"));
     let path = m.components.iter().find(|c| c.name.ends_with(":/data")).expect("the path");
-    assert!(path.stored_size > 8 << 20, "not multipart: {} bytes", path.stored_size);
+    let first_part = steward_store::store::FIRST_PART as u64;
+    assert!(path.stored_size > first_part, "not multipart: {} bytes", path.stored_size);
     backups.verify(&id).await.unwrap_or_else(|e| panic!("verify: {e}"));
     remove_bucket(&s3, &bucket).await;
     stack.destroy_bucket().await;

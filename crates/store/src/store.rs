@@ -32,16 +32,17 @@ pub const JOURNAL_DIR: &str = "journal";
 pub const LOCKED_FOR_GOOD: OffsetDateTime = time::macros::datetime!(9999-12-31 0:00 UTC);
 
 /// Parts uploaded while the next one fills: one hides the request's latency behind the
-/// compression of the next part; more only adds 8 MiB each (measured: no faster here).
+/// compression of the next part; more only adds a part's memory each (measured: no faster).
 pub const PARTS_IN_FLIGHT: usize = 1;
-/// The first part size; S3's minimum is 5 MiB.
-pub const FIRST_PART: usize = 8 << 20;
+/// The first part size: S3's minimum. Two components upload at once, each holding the part
+/// it fills and the one in flight, so this is most of a backup's memory.
+pub const FIRST_PART: usize = 5 << 20;
 /// S3's part limits.
 const MAX_PARTS: i32 = 10_000;
 const MAX_PART: usize = 5 << 30;
 
-/// The size of part `n` (1-based): 8 MiB for the first thousand parts, doubling every
-/// thousand after, so the 10,000 parts cover about 8 TiB while small streams use small parts.
+/// The size of part `n` (1-based): 5 MiB for the first thousand parts, doubling every
+/// thousand after, so the 10,000 parts cover about 5 TiB while small streams use small parts.
 pub fn part_size(n: i32) -> usize {
     let doublings = ((n.max(1) - 1) / 1000) as u32;
     FIRST_PART.saturating_mul(1usize << doublings.min(20)).min(MAX_PART)
@@ -683,9 +684,9 @@ mod tests {
 
     #[test]
     fn parts_grow_and_ten_thousand_hold_terabytes() {
-        assert_eq!(part_size(1), 8 << 20);
-        assert_eq!(part_size(1000), 8 << 20);
-        assert_eq!(part_size(1001), 16 << 20);
+        assert_eq!(part_size(1), 5 << 20);
+        assert_eq!(part_size(1000), 5 << 20);
+        assert_eq!(part_size(1001), 10 << 20);
         let total: u128 = (1..=MAX_PARTS).map(|n| part_size(n) as u128).sum();
         assert!(total > 4 << 40, "10,000 parts hold only {total} bytes");
         assert!((1..=MAX_PARTS).all(|n| part_size(n) >= 5 << 20 && part_size(n) <= MAX_PART));
