@@ -114,7 +114,7 @@ impl World {
         all.extend_from_slice(args);
         all.push(image);
         docker(&all);
-        self.containers.push(Container { name });
+        self.containers.push(Container::adopt(name));
     }
 
     fn dir(&self) -> PathBuf {

@@ -23,7 +23,7 @@ const SERVICES: [&str; 6] = [
 /// The operator's binary: it talks to the services through the bus only.
 const CLI: &str = "steward-cli";
 /// Crates that test the binaries; they may depend on a service to drive it.
-const TEST_CRATES: [&str; 1] = ["steward-system-tests"];
+const TEST_CRATES: [&str; 2] = ["steward-system-tests", "steward-testkit"];
 /// Pure data at the bottom of the workspace: nothing of Steward below them.
 const BOTTOM: [&str; 4] =
     ["steward-events", "steward-labels", "steward-failpoints", "steward-agekeys"];
@@ -35,13 +35,20 @@ const OWNED: [(&str, &str, &str); 2] = [
 ];
 
 /// Justified uses of an owned dependency outside its owner: (crate, dependency, kind, why).
-const OWNED_EXCEPTIONS: [(&str, &str, Kind, &str); 2] = [
+const OWNED_EXCEPTIONS: [(&str, &str, Kind, &str); 3] = [
     (
         "steward-system-tests",
         "async-nats",
         Kind::Dev,
         "crash_points.rs watches a consumer's pending counts on the server as an outside \
          observer; no shipped code does",
+    ),
+    (
+        "steward-testkit",
+        "async-nats",
+        Kind::Normal,
+        "a test-only crate: the hostile-leaf cases reach the hub's JetStream as a raw \
+         client to edit a source's filter and forge stamps, which steward-bus must never offer",
     ),
     (
         "steward-sockproxy",
@@ -219,6 +226,17 @@ fn docker_and_nats_each_have_one_crate() {
             errors.push(format!(
                 "{krate} no longer depends on {dep} ({kind:?}): remove its exception"
             ));
+        }
+    }
+    // The exceptions above hold only while no shipped binary links a test crate.
+    for (krate, deps) in &ws.declared {
+        for (dep, kind) in deps {
+            let shipped = !TEST_CRATES.contains(&krate.as_str());
+            if shipped && TEST_CRATES.contains(&dep.as_str()) && *kind != Kind::Dev {
+                errors.push(format!(
+                    "{krate} depends on {dep} ({kind:?}): a test crate is a dev-dependency only"
+                ));
+            }
         }
     }
     report("a crate uses Docker or NATS directly", errors);

@@ -109,7 +109,7 @@ async fn stack_with(env: &[&str], run_args: &[&str]) -> Stack {
     let name = unique_name("selfupd-updater");
     // Whichever instance holds the name, and any leftover under the temporary names.
     let leftovers = SwapLeftovers(name.clone());
-    let updater = Container { name: name.clone() };
+    let updater = Container::adopt(name.clone());
     let gid = std::fs::metadata("/var/run/docker.sock")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
         .expect("docker.sock");

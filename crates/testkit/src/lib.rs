@@ -618,6 +618,10 @@ pub mod docker {
     pub struct Container {
         /// Its name.
         pub name: String,
+        /// The anonymous volumes it started with. An update re-attaches them to the new
+        /// container by name, and `docker rm -v` removes only volumes a container mounted
+        /// anonymously: they are removed by name after it (a leak seen in CI).
+        anonymous: Vec<String>,
     }
 
     impl Container {
@@ -626,7 +630,29 @@ pub mod docker {
             let mut all = vec!["run", "-d", "--name", name];
             all.extend_from_slice(args);
             docker(&all);
-            Self { name: name.to_owned() }
+            Self::adopt(name.to_owned())
+        }
+
+        /// A container started some other way (compose, a service), removed when dropped.
+        pub fn adopt(name: String) -> Self {
+            let mounts = Command::new("docker")
+                .args([
+                    "inspect",
+                    "-f",
+                    "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
+                    &name,
+                ])
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default();
+            // Docker names an anonymous volume with 64 hex digits; a test's named volumes are
+            // its own to remove.
+            let anonymous = mounts
+                .split_whitespace()
+                .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_owned)
+                .collect();
+            Self { name, anonymous }
         }
     }
 
@@ -655,6 +681,11 @@ pub mod docker {
     impl Drop for Container {
         fn drop(&mut self) {
             let _ = Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();
+            // Refused while another container still mounts one (Docker never force-removes a
+            // volume in use), so nothing a live container holds goes.
+            for volume in &self.anonymous {
+                let _ = Command::new("docker").args(["volume", "rm", volume]).output();
+            }
         }
     }
 
@@ -689,14 +720,15 @@ pub mod docker {
     }
 
     /// Removes, when dropped, whatever an interrupted update of container `.0` left under the
-    /// updater's temporary names (`NAME-steward-old`, `-steward-new`, `-steward-failed`).
+    /// updater's temporary names (`NAME-steward-old`, `-steward-new`, `-steward-failed`), with
+    /// their anonymous volumes (Docker keeps one still used by another container).
     pub struct SwapLeftovers(pub String);
 
     impl Drop for SwapLeftovers {
         fn drop(&mut self) {
             for suffix in ["-steward-old", "-steward-new", "-steward-failed"] {
                 let _ = std::process::Command::new("docker")
-                    .args(["rm", "-f", &format!("{}{suffix}", self.0)])
+                    .args(["rm", "-f", "-v", &format!("{}{suffix}", self.0)])
                     .output();
             }
         }
