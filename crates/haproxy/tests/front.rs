@@ -4,8 +4,8 @@
 //! variables it reads. One HAProxy per test, killed (with its workers) when the test ends.
 //!
 //! The backends are small HTTP servers on 127.0.0.1: "gitea" (answers its health check, holds
-//! `/slow` for a while, echoes after a WebSocket upgrade), the updater's approval page, and
-//! certbot's standalone server during a renewal. The last test runs the test bed's image of the
+//! `/slow` for a while, echoes after a WebSocket upgrade), the updater's and the deployer's
+//! approval pages, and certbot's standalone server during a renewal. The last test runs the test bed's image of the
 //! front in Docker, as `compose/haproxy.yml` does.
 
 use std::collections::BTreeMap;
@@ -156,6 +156,7 @@ struct Front {
     trusted: Vec<CertificateDer<'static>>,
     gitea: Seen,
     updater: Seen,
+    deployer: Seen,
 }
 
 /// `compose/haproxy/` of this checkout.
@@ -168,6 +169,7 @@ impl Front {
     async fn start(extra: &[(&str, &str)]) -> Self {
         let (gitea_port, gitea) = backend("gitea").await;
         let (updater_port, updater) = backend("updater").await;
+        let (deployer_port, deployer) = backend("deployer").await;
         let (acme_port, _) = backend("certbot").await;
         let dir = std::env::temp_dir().join(unique_name("haproxy-front"));
         std::fs::create_dir_all(dir.join("live")).expect("temp dir");
@@ -188,6 +190,7 @@ impl Front {
             ("HAPROXY_STATS_BIND", format!("127.0.0.1:{stats}")),
             ("HAPROXY_GITEA", format!("127.0.0.1:{gitea_port}")),
             ("HAPROXY_UPDATER", format!("127.0.0.1:{updater_port}")),
+            ("HAPROXY_DEPLOYER", format!("127.0.0.1:{deployer_port}")),
             ("HAPROXY_ACME", format!("127.0.0.1:{acme_port}")),
             ("GITEA_DOMAIN", DOMAIN.to_owned()),
             // High enough for every test but the rate limit's own.
@@ -210,7 +213,8 @@ impl Front {
             .spawn()
             .unwrap_or_else(|e| panic!("sh front.sh start: {e}"));
         env.push(("HAPROXY_MASTER_PID".into(), child.id().to_string()));
-        let me = Self { child, dir, env, http, https, stats, trusted: vec![der], gitea, updater };
+        let trusted = vec![der];
+        let me = Self { child, dir, env, http, https, stats, trusted, gitea, updater, deployer };
         // Readiness on the internal port: requests there are not counted by the rate limit.
         let stats = me.stats;
         let ready = tokio::task::spawn_blocking(move || {
@@ -359,6 +363,9 @@ async fn plain_http_is_redirected_to_https_except_the_acme_challenges() {
     assert_eq!(approve.status, 301, "{approve:?}");
     assert!(front.gitea.lock().expect("seen").iter().all(|h| !h.starts_with("GET /user")));
     assert!(front.updater.lock().expect("seen").is_empty());
+    let deploy = get(front.plain(front.http).await, "/steward/deploy/approve/x").await;
+    assert_eq!(deploy.status, 301, "{deploy:?}");
+    assert!(front.deployer.lock().expect("seen").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,6 +437,59 @@ async fn the_approval_page_gets_no_referrer_no_cache_and_no_log_line() {
     for token in ["s3cr3t-token", "pl41n-token", "l1m1t-token"] {
         assert!(!log.contains(token), "{token} logged: {log}");
     }
+}
+
+/// The deployer's page (issue 21) as the updater's: over HTTPS only, to the deployer under
+/// `/deploy/approve/`, with no referrer, no cache and no log line; nothing else of the deployer
+/// (its webhook is for Gitea on the stack's network, not the internet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_approval_page_goes_to_the_deployer_unlogged_and_nothing_else_of_it() {
+    let front = Front::start(&[]).await;
+    let answer = front.https_get("/steward/deploy/approve/d3pl0y-token").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "deployer /deploy/approve/d3pl0y-token"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.header("referrer-policy"), Some("no-referrer"), "{answer:?}");
+    assert_eq!(answer.header("cache-control"), Some("no-store"), "{answer:?}");
+    assert_eq!(answer.header("strict-transport-security"), Some("max-age=31536000"));
+    let plain = get(front.plain(front.http).await, "/steward/deploy/approve/pl41n-d3pl0y").await;
+    assert_eq!(plain.status, 301, "{plain:?}");
+    for other in ["/steward/deploy/webhook", "/deploy/webhook", "/deploy/approve/r00t-d3pl0y"] {
+        let answer = front.https_get(other).await;
+        assert_eq!(answer.body, format!("gitea {other}"), "{other}: {answer:?}");
+    }
+    let seen = front.deployer.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("GET /deploy/approve/d3pl0y-token "), "{seen:?}");
+    assert!(front.updater.lock().expect("seen").is_empty());
+    front.https_get("/after").await;
+    let log = wait_for("the next request's log line", Duration::from_secs(5), || {
+        let log = front.log();
+        log.contains("GET /after").then_some(log)
+    });
+    for token in ["d3pl0y-token", "pl41n-d3pl0y"] {
+        assert!(!log.contains(token), "{token} logged: {log}");
+    }
+    // A path on the root is Gitea's and logged as any: the front is not the deployer's.
+    assert!(log.contains("r00t-d3pl0y"), "{log}");
+}
+
+/// The deployer is optional in the stack: a front whose deployer is not there starts, serves
+/// Gitea, and answers the deployment page 503. Not there is a loopback port nobody listens on:
+/// a name that does not resolve would send DNS queries off the machine (the shipped file
+/// resolves through the host's resolv.conf), which the tests must not; the stack's own case,
+/// the name `deployer` unknown to the engine's DNS, rests on `init-addr ...,none`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_deployer_the_front_starts_and_its_page_is_503() {
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let front = Front::start(&[("HAPROXY_DEPLOYER", nobody.as_str())]).await;
+    let gitea = front.https_get("/explore/repos").await;
+    assert_eq!((gitea.status, gitea.body.as_str()), (200, "gitea /explore/repos"));
+    let page = front.https_get("/steward/deploy/approve/n0-d3pl0yer").await;
+    assert_eq!(page.status, 503, "{page:?}");
+    assert_eq!(page.header("cache-control"), Some("no-store"), "{page:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
