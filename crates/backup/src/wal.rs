@@ -326,14 +326,24 @@ impl Backups {
         // A spool at its cap (uploads failing) stops the receiver: PostgreSQL keeps the WAL
         // for the slot instead, bounded by `max_slot_wal_keep_size`, so the data volume holds
         // at most both bounds; the receiver starts again once the spool has room.
-        let spooled = self.spool_mib(&what, name, &spool).await?;
-        if spooled >= u64::from(self.config.pitr.spool_max_mb) {
-            if state.paused.insert(name.clone(), spooled).is_none() {
-                tracing::error!(container = %name, spool_mib = spooled, "the WAL spool is full: the receiver is stopped until uploads work again");
+        let cap = u64::from(self.config.pitr.spool_max_mb);
+        let mut spooled = self.spool_mib(&what, name, &spool).await?;
+        if spooled >= cap {
+            // What is there is shipped first: a receiver catching up on the slot's backlog
+            // (after an outage of the uploads, or its own) fills the spool faster than a
+            // round ships it, and stopping it then only delays the newest WAL. Only a spool
+            // still full once its files are shipped, or one whose uploads fail, is full.
+            match self.ship_spooled(&what, name, &login, &spool, state, &mut shipped).await {
+                Ok(_) => spooled = self.spool_mib(&what, name, &spool).await?,
+                Err(f) => {
+                    self.pause(&what, name, &login, &slot_name, slot.active, spooled, state)
+                        .await?;
+                    return Err(f);
+                }
             }
-            if slot.active {
-                self.stop_receiver(&what, name, &login, &slot_name).await?;
-            }
+        }
+        if spooled >= cap {
+            self.pause(&what, name, &login, &slot_name, slot.active, spooled, state).await?;
         } else {
             if state.paused.remove(name.as_str()).is_some() {
                 tracing::info!(container = %name, spool_mib = spooled, "the WAL spool has room again: the receiver starts");
@@ -356,6 +366,28 @@ impl Backups {
             }
         }
         Ok(shipped)
+    }
+
+    /// Stops `name`'s receiver (when `active`) because its spool holds `spooled` MiB, at
+    /// the cap: PostgreSQL keeps the WAL for the slot meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn pause(
+        &self,
+        what: &str,
+        name: &str,
+        login: &PgLogin,
+        slot_name: &str,
+        active: bool,
+        spooled: u64,
+        state: &mut ShipState,
+    ) -> Result<(), Failure> {
+        if state.paused.insert(name.to_owned(), spooled).is_none() {
+            tracing::error!(container = %name, spool_mib = spooled, "the WAL spool is full: the receiver is stopped until uploads work again");
+        }
+        if active {
+            self.stop_receiver(what, name, login, slot_name).await?;
+        }
+        Ok(())
     }
 
     /// Ships every complete file in the spool, oldest first, into `shipped`; whether there was
