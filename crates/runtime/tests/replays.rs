@@ -100,10 +100,12 @@ async fn a_delivery_older_than_the_idempotency_horizon_is_never_handled() {
     let new = publish(&bus).await;
     let seen = seen_eventually(&recorder, new).await;
     assert_eq!(seen, vec![new], "{old} is beyond the horizon and was handed to the handler");
-    // Deliveries are handled concurrently: the old one's count may land after the new one is
-    // handled (seen in CI under load), so its count is awaited, bounded.
+    // Deliveries are handled concurrently and counted after their handler returns: the old
+    // one's count, and the new one's, may land after the handler saw the new one (both seen
+    // in CI under load), so the counts are awaited, bounded.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while counter(&metrics, "events_expired") == 0 && Instant::now() < deadline {
+    let counted = |name| counter(&metrics, name) > 0;
+    while !(counted("events_expired") && counted("events_handled")) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(counter(&metrics, "events_expired"), 1, "{}", metrics.render());
@@ -175,6 +177,11 @@ async fn a_rebuilt_hub_does_not_hand_on_a_hosts_old_history_as_new() {
     agent.publish(&new).await.expect("the host's new alert");
     let seen = seen_eventually(&recorder, new.id).await;
     assert_eq!(seen, vec![new.id], "{} is a week old and was handed on as new", old.id);
+    // Counted concurrently with the new one's handling (as above): awaited, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&metrics, "events_expired") == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(counter(&metrics, "events_expired"), 1, "{}", metrics.render());
     shutdown.cancel();
     task.await.expect("join").expect("clean exit");
