@@ -570,6 +570,21 @@ async fn notifier_gets(inbox: &mut Inbox, quiet: Duration) -> Vec<(Option<String
 }
 
 /// Every event id the CLI's replay at the hub shows.
+/// The centre hands the notifier b's genuine alert only, and its replay shows it and none of
+/// the `forged` events.
+async fn centre_shows_only_bs_alert(
+    inbox: &mut Inbox,
+    cli: &Bus,
+    genuine: uuid::Uuid,
+    forged: &[uuid::Uuid],
+) {
+    let got = notifier_gets(inbox, Duration::from_secs(3)).await;
+    assert_eq!(got, [(Some(B.to_owned()), "b is down".to_owned())], "the notifier's deliveries");
+    let shown = replayed(cli).await;
+    assert!(shown.contains(&genuine), "b's own alert is not in the replay: {shown:?}");
+    assert!(!forged.iter().any(|id| shown.contains(id)), "a forged event in the replay");
+}
+
 async fn replayed(cli: &Bus) -> Vec<uuid::Uuid> {
     stored(cli).await.expect("the hub's stream answers").into_iter().map(|(id, _)| id).collect()
 }
@@ -614,11 +629,7 @@ async fn a_hosts_leaf_cannot_pass_its_events_or_records_off_as_another_hosts() {
     let genuine = alert(B, "b is down");
     health_b.publish(&genuine).await.expect("b's health publishes");
     hub_has(&cli, B, 1, Duration::from_secs(15)).await;
-    let got = notifier_gets(&mut inbox, Duration::from_secs(3)).await;
-    assert_eq!(got, [(Some(B.to_owned()), "b is down".to_owned())], "the notifier's deliveries");
-    let shown = replayed(&cli).await;
-    assert!(shown.contains(&genuine.id), "b's own alert is not in the replay: {shown:?}");
-    assert!(!forged.iter().any(|id| shown.contains(id)), "a forged event in the replay");
+    centre_shows_only_bs_alert(&mut inbox, &cli, genuine.id, &forged).await;
     // The hub's copy of UPDATES holds a's own record under a's key, not b's.
     let at_hub = StateStore::<serde_json::Value>::open(&cli, UPDATE_BUCKET).await.expect("hub's");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -702,11 +713,7 @@ async fn a_hosts_leaf_that_ignores_its_filter_gets_nothing_past_the_centre() {
     assert!(kv.iter().any(|(s, st)| s.ends_with(".vps-a.gitea") && b_stamp(st)), "{kv:?}");
     // What the centre enforces: none of it is handed out, replayed or read.
     let refused_before = steward_bus::refused_origins();
-    let got = notifier_gets(&mut inbox, Duration::from_secs(3)).await;
-    assert_eq!(got, [(Some(B.to_owned()), "b is down".to_owned())], "the notifier's deliveries");
-    let shown = replayed(&cli).await;
-    assert!(shown.contains(&genuine.id), "b's own alert is not in the replay: {shown:?}");
-    assert!(!forged.iter().any(|id| shown.contains(id)), "a forged event in the replay");
+    centre_shows_only_bs_alert(&mut inbox, &cli, genuine.id, &forged).await;
     let at_hub = StateStore::<serde_json::Value>::open(&cli, UPDATE_BUCKET).await.expect("hub's");
     // a's own revision, kept under the forged one, is what the centre reads.
     let seen = at_hub.get("vps-a.gitea").await.expect("the hub's copy answers");
