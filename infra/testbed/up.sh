@@ -85,6 +85,8 @@ need prometheus prometheus
 need prometheus-alertmanager prometheus-alertmanager
 # Start-first swaps are tested against a real HAProxy (its runtime API on an admin socket).
 need haproxy haproxy
+# The test build links with mold when it is there (scripts/link-gcc).
+need mold mold
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || apt_install busybox-static
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || apt_install python3-aiosmtpd
 # The approval page's browser test drives headless Chromium through chromedriver (WebDriver).
