@@ -144,6 +144,7 @@ impl Bed {
             stored_sha256: stored.sha256,
             raw_size: raw.size,
             raw_sha256: raw.sha256,
+            entries_checked: None,
         }
     }
 

@@ -423,6 +423,7 @@ impl Backups {
             stored_sha256: stored.sha256,
             raw_size: raw.size,
             raw_sha256: raw.sha256,
+            entries_checked: None,
         }
     }
 }
@@ -478,6 +479,7 @@ pub(crate) mod testing {
             stored_sha256: String::new(),
             raw_size: 0,
             raw_sha256: String::new(),
+            entries_checked: None,
         }
     }
 

@@ -205,15 +205,7 @@ pub async fn read_component_pinned(
         key: store.key(&component.object),
         reason: format!("{}: {reason}", component.name),
     };
-    // Defence in depth behind the signature: with an identity configured this installation's
-    // backups are encrypted, so a plain component is not one of them.
-    let plain = component.encoding == encryption::ZSTD || component.encoding == chunks::CDC_ZSTD;
-    if plain && keys.reads_encrypted() {
-        return Err(unreadable(format!(
-            "refused: it is not encrypted, but an age identity is configured ({})",
-            encryption::ENV_AGE_IDENTITY_FILE
-        )));
-    }
+    refuse_plain(io, component)?;
     let stored = Counter::default();
     let raw = Counter::metered(meter);
     let (decoded, etag) = if chunks::is_chunked(&component.encoding) {
@@ -253,6 +245,23 @@ pub async fn read_component_pinned(
         | Kind::Wal { .. } => checked.boxed(),
     };
     Ok((stream, etag))
+}
+
+/// Defence in depth behind the signature: with an identity configured this installation's
+/// backups are encrypted, so a plain component is not one of them.
+pub(crate) fn refuse_plain(io: Io<'_>, component: &Component) -> Result<(), StoreError> {
+    let plain = component.encoding == encryption::ZSTD || component.encoding == chunks::CDC_ZSTD;
+    if plain && io.keys.reads_encrypted() {
+        return Err(StoreError::Unreadable {
+            key: io.store.key(&component.object),
+            reason: format!(
+                "{}: refused: it is not encrypted, but an age identity is configured ({})",
+                component.name,
+                encryption::ENV_AGE_IDENTITY_FILE
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The object of `component` with its ETag (pinned to `pin`); a missing one is an error.

@@ -942,6 +942,7 @@ mod tests {
                 stored_sha256: String::new(),
                 raw_size: MIB16,
                 raw_sha256: String::new(),
+                entries_checked: None,
             };
             let extra = WalExtra { shipped_at: shipped, ..Default::default() };
             b.put_wal_record(container, file, &entry, &extra)

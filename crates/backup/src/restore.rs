@@ -6,7 +6,10 @@
 //! Invariants: nothing is touched before the manifest is signed by a trusted key (or unsigned
 //! and explicitly allowed), every container it names exists and carries the matching backup
 //! label now (`guard`), and every component in scope has been downloaded, matched its
-//! manifest and, for a path, had every tar entry checked (`tarcheck`); the bytes loaded are
+//! manifest and, for a path, had every tar entry checked (`tarcheck`) — of a chunked path
+//! whose signed manifest says its entries passed these rules when it was taken, every chunk's
+//! stored bytes matched the signed index and the first chunk opened (`chunks::check_stored`:
+//! the same plaintext, so the same verdict); the bytes loaded are
 //! those checked (an object replaced since is refused) and are checked again as they load; the
 //! live data is renamed away only once every copy is loaded (the journal's commit point,
 //! [`SwapState::Swapping`]): a failure or kill before it leaves the live data untouched, one
@@ -278,7 +281,10 @@ impl Backups {
             tracing::info!(backup = %manifest.backup_id, components = chosen.len(), "checking checksums before touching anything");
             let total = chosen.iter().map(|c| c.raw_size).sum();
             self.meter.phase("checking", Some(total));
-            pins = self.check_all(&chosen).await?;
+            pins = self.check_all(&chosen).await.map_err(|mut f| {
+                f.reason = format!("{}; nothing was changed", f.reason);
+                f
+            })?;
             for name in chosen.iter().filter_map(|c| container_of(c)) {
                 if self.engine.is_running(name).await.map_err(Failure::plain)?.is_none() {
                     return Err(Failure::plain(format!(

@@ -472,6 +472,75 @@ where
     .boxed()
 }
 
+/// The version of the rules a [`TarGuard`] applies. A backup records it for an archive whose
+/// every entry passed ([`watched`]); a change that refuses more raises it, so a restore trusts
+/// only verdicts of its own rules.
+pub const RULES: u32 = 1;
+
+/// What [`watched`] saw of an archive.
+#[derive(Debug, Clone)]
+pub struct Watch(std::sync::Arc<std::sync::Mutex<Watching>>);
+
+#[derive(Debug)]
+struct Watching {
+    guard: TarGuard,
+    refused: Option<String>,
+    ended: bool,
+}
+
+impl Watch {
+    fn with<T>(&self, f: impl FnOnce(&mut Watching) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// [`RULES`] when the archive ended and every entry passed; `None` otherwise.
+    pub fn verdict(&self) -> Option<u32> {
+        self.with(|w| (w.ended && w.refused.is_none()).then_some(RULES))
+    }
+
+    /// Why an entry did not pass, if one did not.
+    pub fn refused(&self) -> Option<String> {
+        self.with(|w| w.refused.clone())
+    }
+}
+
+/// `stream` (an archive) passed on unchanged while `guard` reads it: what a backup uses to
+/// record whether its archive would pass a restore's checks ([`Watch::verdict`]), without
+/// refusing to store it (data that would not pass is still the operator's data).
+pub fn watched<S>(stream: S, guard: TarGuard) -> (impl Stream<Item = io::Result<Bytes>>, Watch)
+where
+    S: Stream<Item = io::Result<Bytes>>,
+{
+    let watch = Watch(std::sync::Arc::new(std::sync::Mutex::new(Watching {
+        guard,
+        refused: None,
+        ended: false,
+    })));
+    let (feed, end) = (watch.clone(), watch.clone());
+    let stream = stream
+        .inspect(move |item| {
+            if let Ok(bytes) = item {
+                feed.with(|w| {
+                    if w.refused.is_none() {
+                        w.refused = w.guard.feed(bytes).err();
+                    }
+                })
+            }
+        })
+        .chain(futures::stream::poll_fn(move |_| {
+            end.with(|w| {
+                if !w.ended {
+                    w.ended = true;
+                    if w.refused.is_none() {
+                        w.refused = w.guard.finish().err();
+                    }
+                }
+            });
+            std::task::Poll::Ready(None)
+        }));
+    (stream, watch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +554,50 @@ mod tests {
             guard.feed(piece)?;
         }
         guard.finish()
+    }
+
+    /// What [`watched`] says of `archive` fed in pieces, and whether every byte passed
+    /// unchanged; `whole`: read to its end (else the reader stops after the first piece).
+    fn watch(archive: &[u8], whole: bool) -> (Option<u32>, Option<String>, bool) {
+        let pieces: Vec<io::Result<Bytes>> =
+            archive.chunks(301).map(|p| Ok(Bytes::copy_from_slice(p))).collect();
+        let (stream, watch) = watched(futures::stream::iter(pieces), TarGuard::new("/data"));
+        let passed = futures::executor::block_on(async {
+            let mut stream = std::pin::pin!(stream);
+            let mut out = vec![];
+            while let Some(Ok(bytes)) = stream.next().await {
+                out.extend_from_slice(&bytes);
+                if !whole {
+                    break;
+                }
+            }
+            out
+        });
+        (watch.verdict(), watch.refused(), passed == archive)
+    }
+
+    #[test]
+    fn a_watched_archive_passes_unchanged_and_gets_a_verdict_only_when_whole_and_good() {
+        let good = steward_testkit::tar::archive(&[
+            entry::dir("data/"),
+            entry::file("data/a.txt", &[7u8; 5000]),
+            entry::symlink("data/up", "a.txt"),
+        ]);
+        assert_eq!(watch(&good, true), (Some(RULES), None, true));
+        // Stopped early (a failed upload): no verdict.
+        assert_eq!(watch(&good, false).0, None);
+        // Cut short, or holding a link out of the path: passed on all the same, no verdict.
+        let (verdict, why, passed) = watch(&good[..good.len() - 1500], true);
+        assert_eq!((verdict, passed), (None, true));
+        assert!(why.unwrap_or_default().contains("cut short"));
+        let bad = steward_testkit::tar::archive(&[
+            entry::dir("data/"),
+            entry::symlink("data/out", "/etc"),
+            entry::file("data/b.txt", b"after it"),
+        ]);
+        let (verdict, why, passed) = watch(&bad, true);
+        assert_eq!((verdict, passed), (None, true));
+        assert!(why.unwrap_or_default().contains("outside /data"));
     }
 
     #[test]

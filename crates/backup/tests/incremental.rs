@@ -18,7 +18,11 @@ use steward_store::manifest::{Kind, Manifest};
 
 /// The stack's backups made incremental (and encrypted with a fresh identity).
 fn incremental(stack: &Stack) -> Backups {
-    let identity = age::x25519::Identity::generate();
+    incremental_with(stack, age::x25519::Identity::generate())
+}
+
+/// [`incremental`], encrypting to and reading with `identity`.
+fn incremental_with(stack: &Stack, identity: age::x25519::Identity) -> Backups {
     let keys = Keys::new(vec![identity.to_public()], vec![identity]);
     let s3 = common::s3_config(stack.store.bucket(), None);
     Backups::new(
@@ -184,6 +188,41 @@ async fn a_replaced_or_missing_chunk_or_index_is_refused_before_anything_is_touc
     refused_untouched(&stack, &backups, &id, "does not match the signed manifest").await;
     stack.store.put(&index, good_index.into()).await.unwrap_or_else(|e| panic!("{e}"));
     backups.verify(&old).await.unwrap_or_else(|e| panic!("the older backup: {e}"));
+    stack.destroy_bucket().await;
+}
+
+/// A backup records in its signed manifest whether every entry of the archive passed the
+/// restore's tar rules, and a restore's check before the stop trusts that verdict only: it
+/// then proves the chunks' stored bytes and opens the first one. An identity that cannot open
+/// them, and an archive whose entries did not pass (read whole as before), are refused with
+/// the app running and nothing touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_trusts_only_a_signed_verdict_on_the_entries_and_refuses_untouched_otherwise() {
+    let stack = Stack::start("cdc-verdict", &[]).await;
+    let backups = incremental(&stack);
+    fill(&stack, 4);
+    let (good, m) = back_up(&backups).await;
+    assert_eq!(path_component(&m).entries_checked, Some(steward_backup::tarcheck::RULES));
+
+    // Signed by the same key, the chunks sealed to another identity than this reader's.
+    let stranger = incremental_with(&stack, age::x25519::Identity::generate());
+    let before = tree(&stack);
+    let refused = stranger.restore(&good, RestoreScope::Paths).await.err();
+    let refused =
+        refused.unwrap_or_else(|| panic!("restored with an identity that cannot open it"));
+    assert!(refused.reason.contains("cannot decrypt it"), "{}", refused.reason);
+    assert!(refused.reason.contains("nothing was changed"), "{}", refused.reason);
+    assert_eq!(differ(&tree(&stack), &before), Vec::<String>::new());
+    assert!(stack.app_running());
+
+    // A link out of the path: stored all the same (it is the operator's data), no verdict,
+    // and the restore reads the archive whole and refuses it before the stop.
+    stack.app_sh("ln -s /etc/passwd /data/files/outside");
+    let (bad, m) = back_up(&backups).await;
+    assert_eq!(path_component(&m).entries_checked, None);
+    stack.app_sh("rm /data/files/outside && echo after > /data/after.txt");
+    refused_untouched(&stack, &backups, &bad, "refused: the archive holds").await;
+    restored_as(&stack, &backups, &good, &before).await;
     stack.destroy_bucket().await;
 }
 

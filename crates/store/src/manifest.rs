@@ -124,6 +124,12 @@ pub struct Component {
     pub raw_size: u64,
     /// SHA-256 before compression.
     pub raw_sha256: String,
+    /// For an archive: the version of the tar-entry rules every one of its entries passed as
+    /// the backup was taken (the backup service's `tarcheck::RULES`). Signed with the rest, so
+    /// a restore that finds its own version here need not open the archive to check its
+    /// entries before it touches anything; absent in older manifests and for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_checked: Option<u32>,
 }
 
 impl Manifest {
@@ -215,6 +221,7 @@ mod tests {
                 stored_sha256: "a".repeat(64),
                 raw_size: 2,
                 raw_sha256: "b".repeat(64),
+                entries_checked: None,
             }],
         };
         let bytes = serde_json::to_vec(&m).unwrap_or_default();

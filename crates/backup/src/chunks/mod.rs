@@ -14,7 +14,10 @@
 //! index is used only after its bytes matched the signed manifest; every chunk read is checked
 //! against its size and SHA-256 in that index before it is opened, and against its plaintext
 //! size after; the whole stream is then checked by the pipeline against the manifest's raw
-//! SHA-256, as every component is, so a restore refuses before it touches anything.
+//! SHA-256, as every component is, so a restore refuses before it touches anything. A
+//! backup records in the signed manifest whether every tar entry passed the restore's rules
+//! (`Component::entries_checked`); for such a component a restore's check before the stop
+//! proves the stored bytes only ([`check_stored`]), and the load checks everything again.
 
 pub mod gc;
 
@@ -313,25 +316,10 @@ pub async fn read_chunked(
 /// One chunk's plaintext: its stored bytes checked against the index, opened, unpacked to
 /// exactly its size.
 async fn read_chunk(store: Store, keys: Keys, e: Entry, encrypted: bool) -> io::Result<Bytes> {
+    let sealed = fetch_checked(&store, &e, true).await?;
     let bad = |reason: String| {
         io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
     };
-    use tokio::io::AsyncReadExt as _;
-    let body = match store.get(&e.object()).await {
-        Ok(Some(body)) => body,
-        Ok(None) => return Err(bad("refused: it is missing from the bucket".into())),
-        Err(err) => return Err(bad(err.to_string())),
-    };
-    // One byte more than indexed tells a larger object from the right one.
-    let mut sealed = vec![];
-    body.take(e.stored_size.saturating_add(1)).read_to_end(&mut sealed).await?;
-    let sha = hex::encode(Sha256::digest(&sealed));
-    if sealed.len() as u64 != e.stored_size || sha != e.stored_sha256 {
-        return Err(bad(format!(
-            "refused: its bytes ({} bytes, SHA-256 {sha}) do not match the signed index",
-            sealed.len()
-        )));
-    }
     let raw_size = usize::try_from(e.raw_size).map_err(|_| bad("too large".into()))?;
     let plain = tokio::task::spawn_blocking(move || {
         let packed = if encrypted { keys.open_bytes(&sealed)? } else { sealed };
@@ -344,6 +332,86 @@ async fn read_chunk(store: Store, keys: Keys, e: Entry, encrypted: bool) -> io::
         return Err(bad(format!("unpacks to {} bytes, the index says {raw_size}", plain.len())));
     }
     Ok(Bytes::from(plain))
+}
+
+/// Chunk `e`'s stored bytes, refused unless they are exactly those its index records (size
+/// and SHA-256); with `keep` false they are only hashed as they arrive (an empty vector).
+async fn fetch_checked(store: &Store, e: &Entry, keep: bool) -> io::Result<Vec<u8>> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let bad = |reason: String| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
+    };
+    let body = match store.get(&e.object()).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return Err(bad("refused: it is missing from the bucket".into())),
+        Err(err) => return Err(bad(err.to_string())),
+    };
+    // One byte more than indexed tells a larger object from the right one.
+    let mut body = body.take(e.stored_size.saturating_add(1));
+    let (mut kept, mut hasher, mut size) = (vec![], Sha256::new(), 0u64);
+    loop {
+        let part = body.fill_buf().await?;
+        if part.is_empty() {
+            break;
+        }
+        hasher.update(part);
+        if keep {
+            kept.extend_from_slice(part);
+        }
+        let n = part.len();
+        size = size.saturating_add(n as u64);
+        body.consume(n);
+    }
+    let sha = hex::encode(hasher.finalize());
+    if size != e.stored_size || sha != e.stored_sha256 {
+        return Err(bad(format!(
+            "refused: its bytes ({size} bytes, SHA-256 {sha}) do not match the signed index"
+        )));
+    }
+    Ok(kept)
+}
+
+/// Chunks a [`check_stored`] fetches at once: each holds a hasher, not the chunk.
+const CHECK_PARALLEL: usize = 8;
+
+/// A restore's check of chunked `component` before it touches anything, returning the
+/// index's ETag: the index matches the signed manifest, every chunk it names is in the bucket
+/// with exactly the bytes the index records, and the first chunk opens and unpacks (the
+/// identity configured opens this backup). The chunks' bytes being the signed ones, their
+/// plaintext is the one hashed into the manifest when the backup was taken; the load reads
+/// every chunk again and checks all of it (each chunk, the whole stream's SHA-256, every tar
+/// entry) into a staging copy that is discarded, before any swap, if anything fails.
+/// `steward backup verify` reads everything ([`read_chunked`]).
+pub async fn check_stored(io: Io<'_>, component: &Component) -> Result<Option<String>, String> {
+    let failed = |e: &dyn std::fmt::Display| {
+        let e = e.to_string();
+        if e.contains(&component.name) {
+            e
+        } else {
+            format!("{}: {e}", component.name)
+        }
+    };
+    io.meter.item(&component.name);
+    crate::pipeline::refuse_plain(io, component).map_err(|e| failed(&e))?;
+    let (index, etag) =
+        read_index(io.store, component, None, None).await.map_err(|e| failed(&e))?;
+    let encrypted = component.encoding == CDC_ZSTD_AGE;
+    if let Some(first) = index.entries.first() {
+        read_chunk(io.store.clone(), io.keys.clone(), first.clone(), encrypted)
+            .await
+            .map_err(|e| failed(&e))?;
+    }
+    let store = io.store.clone();
+    let mut checks = futures::stream::iter(index.entries)
+        .map(|e| {
+            let store = store.clone();
+            async move { fetch_checked(&store, &e, false).await.map(|_| e.raw_size) }
+        })
+        .buffer_unordered(CHECK_PARALLEL);
+    while let Some(checked) = checks.next().await {
+        io.meter.add(checked.map_err(|e| failed(&e))?);
+    }
+    Ok(etag)
 }
 
 /// The chunked components of `m`.
@@ -408,10 +476,25 @@ impl crate::backup::Backups {
             ),
             _ => format!("{id}/{}.chunks.zst", steward_store::manifest::slug(&component)),
         };
+        // Whether every entry would pass a restore's tar check, recorded in the signed
+        // manifest: a restore then proves the chunks' stored bytes only before it stops the
+        // app ([`check_stored`]). Not a refusal: the data is stored either way.
+        let (tar, watch) = match &kind {
+            steward_store::manifest::Kind::Path { path, .. } => {
+                let (tar, watch) =
+                    crate::tarcheck::watched(tar, crate::tarcheck::TarGuard::new(path));
+                (tar.boxed(), Some(watch))
+            }
+            _ => (tar.boxed(), None),
+        };
         let (stored, raw, uploaded) =
             store_chunked(self.io(), &chunker, &known, &object, tar, self.config.zstd_level)
                 .await
                 .map_err(|e| failed(&e))?;
+        let entries_checked = watch.as_ref().and_then(|w| w.verdict());
+        if let Some(why) = watch.as_ref().and_then(|w| w.refused()) {
+            tracing::warn!(backup = id, component, reason = %why, "an entry of the archive would not pass a restore's check: a restore of it will be refused");
+        }
         tracing::info!(
             backup = id,
             component,
@@ -431,6 +514,7 @@ impl crate::backup::Backups {
             stored_sha256: stored.sha256,
             raw_size: raw.size,
             raw_sha256: raw.sha256,
+            entries_checked,
         })
     }
 }
