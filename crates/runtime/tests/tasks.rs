@@ -65,9 +65,13 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
         WatchRequested { container: Some(unique_name("job")), requested_by: None },
     );
     let done = Arc::new(AtomicBool::new(false));
+    // Why the job ended early, if it did (a panic in a task is only logged): CI saw this test
+    // fail once, loaded, without saying why.
+    let failed = Arc::new(Mutex::new(None::<String>));
     let (started_tx, started) = tokio::sync::oneshot::channel();
     ctx.spawn("slow job", {
-        let (ctx, outcome, done) = (ctx.clone(), outcome.clone(), done.clone());
+        let (ctx, outcome, done, failed) =
+            (ctx.clone(), outcome.clone(), done.clone(), failed.clone());
         async move {
             let mut started_tx = Some(started_tx);
             loop {
@@ -81,7 +85,10 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
                     let _ = tx.send(());
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                ctx.bus.publish(&outcome).await.expect("publish the job's outcome");
+                if let Err(e) = ctx.bus.publish(&outcome).await {
+                    *failed.lock().expect("lock") = Some(format!("publishing the outcome: {e}"));
+                    return;
+                }
                 done.store(true, Ordering::SeqCst);
             }
         }
@@ -95,7 +102,12 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
         .expect("stops within 30 s")
         .expect("join")
         .expect("clean exit");
-    assert!(done.load(Ordering::SeqCst), "run returned before the job in progress finished");
+    assert!(
+        done.load(Ordering::SeqCst),
+        "run returned before the job in progress finished ({:?}, after {:?})",
+        failed.lock().expect("lock"),
+        stopping.elapsed()
+    );
     assert!(stopping.elapsed() >= Duration::from_millis(1500), "{:?}", stopping.elapsed());
     let stored = stored_events(&bus).await;
     assert!(stored.iter().any(|e| e.id == outcome.id), "the job's outcome is on the stream");
