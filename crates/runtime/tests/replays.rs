@@ -45,7 +45,8 @@ async fn publish(bus: &Bus) -> uuid::Uuid {
 }
 
 async fn seen_eventually(recorder: &Recorder, id: uuid::Uuid) -> Vec<uuid::Uuid> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Generous: it returns as soon as the event is seen; leaf-node copies under CI load are slow.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let seen = recorder.0.lock().expect("lock").clone();
         if seen.contains(&id) || Instant::now() > deadline {
@@ -125,22 +126,15 @@ async fn a_rebuilt_hub_does_not_hand_on_a_hosts_old_history_as_new() {
     use steward_testkit::leaf::NatsLeaves;
     const A: &str = "vps-a";
     let hosts = vec![A.to_owned()];
-    let quick = |cfg: BusConfig| BusConfig {
-        connect_timeout: Duration::from_secs(10),
-        request_timeout: Duration::from_secs(1),
-        publish_timeout: Duration::from_secs(2),
-        ..cfg
-    };
+    // The bus's own timeouts throughout: one-second request bounds failed in CI under load.
     let net = NatsLeaves::start(&hosts, |c| c);
-    let leaf_setup = Bus::open(quick(net.leaf_config_as(A, steward_bus::SETUP_USER)), "setup")
+    let leaf_setup = Bus::open(net.leaf_config_as(A, steward_bus::SETUP_USER), "setup")
         .await
         .expect("the leaf's setup user connects");
     leaf_setup.setup(&Setup::for_hosts(&hosts)).await.expect("the leaf provisions");
     let health = Service::Health;
-    let cfg = BusConfig {
-        host: Some(A.into()),
-        ..quick(net.leaf_config_as(A, &health.identity(Some(A))))
-    };
+    let cfg =
+        BusConfig { host: Some(A.into()), ..net.leaf_config_as(A, &health.identity(Some(A))) };
     let agent = Bus::connect(cfg, health.binary()).await.expect("a's health agent connects");
     let alert = || {
         let data = HealthFailed {
@@ -157,7 +151,7 @@ async fn a_rebuilt_hub_does_not_hand_on_a_hosts_old_history_as_new() {
     agent.publish(&old).await.expect("the host's old alert");
 
     // The hub rebuilt: its setup creates the stream with its sources and the consumers.
-    let hub_setup = Bus::open(quick(net.hub_config_as(steward_bus::SETUP_USER)), "setup")
+    let hub_setup = Bus::open(net.hub_config_as(steward_bus::SETUP_USER), "setup")
         .await
         .expect("the hub's setup user connects");
     hub_setup.setup(&Setup::for_hosts(&hosts)).await.expect("the hub provisions");
@@ -165,24 +159,37 @@ async fn a_rebuilt_hub_does_not_hand_on_a_hosts_old_history_as_new() {
     let mut env = Env::from_pairs(std::iter::empty::<(&str, &str)>());
     let mut rcfg = RuntimeConfig::read(Service::Notifier, &mut env);
     env.finish().expect("test config");
-    rcfg.bus = quick(net.hub_config_as(Service::Notifier.name()));
+    rcfg.bus = net.hub_config_as(Service::Notifier.name());
     rcfg.http_addr = ([127, 0, 0, 1], free_port()).into();
     let shutdown = CancellationToken::new();
     let runtime = Runtime::start_with_shutdown(rcfg, shutdown.clone()).await.expect("starts");
     let metrics = runtime.metrics();
     let task = tokio::spawn(runtime.run(recorder.clone()));
 
-    // A new alert reaches the hub behind the old one (a source copies in order).
+    // The copy of the old alert races the consumer's creation: copied first, the consumer
+    // (new messages only) never sees it; copied after, the horizon refuses it. Under CI load
+    // the copy won, so the horizon is also made to decide for certain: an alert as old, copied
+    // only now, after the consumer exists (a leaf's history reaches a hub in any order).
+    let mut late = alert();
+    late.time -= Duration::from_secs(8 * 24 * 3600);
+    agent.publish(&late).await.expect("the host's old alert, copied late");
+    // A new alert reaches the hub behind the old ones (a source copies in order).
     let new = alert();
     agent.publish(&new).await.expect("the host's new alert");
     let seen = seen_eventually(&recorder, new.id).await;
-    assert_eq!(seen, vec![new.id], "{} is a week old and was handed on as new", old.id);
+    assert_eq!(seen, vec![new.id], "{} or {} is a week old and was handed on", old.id, late.id);
     // Counted concurrently with the new one's handling (as above): awaited, bounded.
     let deadline = Instant::now() + Duration::from_secs(30);
     while counter(&metrics, "events_expired") == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(counter(&metrics, "events_expired"), 1, "{}", metrics.render());
+    let expired = counter(&metrics, "events_expired");
+    assert!(expired == 1 || expired == 2, "{}", metrics.render());
+    assert_eq!(
+        recorder.0.lock().expect("lock").clone(),
+        vec![new.id],
+        "an old alert, handled late"
+    );
     shutdown.cancel();
     task.await.expect("join").expect("clean exit");
 }
