@@ -24,7 +24,11 @@ source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 # A one-off build gains nothing from incremental state, which only costs disk.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # System tests run the real binaries, which Cargo does not build for another package's tests.
-phase build cargo build --workspace --bins --locked
+# The tests and examples are built in the same invocation: alone, `--bins` resolves the
+# dependencies' features without the dev-dependencies' (resolver 2), so the test build
+# compiled about 140 dependencies, every workspace library and every binary a second time
+# (the CI's test-build phase was 970 s, after a 434 s build).
+phase build cargo build --workspace --bins --tests --examples --locked
 # The compose stack's end-to-end test runs these images (built from the binaries just built).
 images() {
   "$ROOT/infra/testbed/stack-images.sh" stand-ins
@@ -67,9 +71,10 @@ stop_infra() {
   cat "$infra_log"
 }
 trap 'stop_infra; rm -f "$infra_log"' EXIT
-# The tests are compiled first, on their own, so the lint below starts only when the tests
-# run (two compilations at once would halve each on two cores).
-# Cargo's JSON messages name the test binaries, which the runner below takes from them.
+# The tests were compiled by the build phase; this only lists them (Cargo's JSON messages
+# name the test binaries, which the runner below takes from them) and builds what `cargo
+# build --tests` leaves to `cargo test`, before the lint below starts (two compilations at
+# once would halve each on two cores).
 test_bins=$(mktemp)
 phase test-build bash -c 'cargo test --workspace --locked --no-run \
   --message-format=json-render-diagnostics >"$1"' _ "$test_bins"
