@@ -10,7 +10,7 @@ STATE=${1:-${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { printf '[testbed] %s\n' "$*" >&2; }
 # Bump when an image's definition changes: existing test beds then rebuild it.
-REV=3
+REV=4
 have() { [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.rev"}}' "$1" 2>/dev/null)" = "$REV" ]; }
 build() { # TAG CONTEXT [BUILD ARGS...]
   local tag=$1 ctx=$2; shift 2

@@ -154,7 +154,7 @@ async fn a_pin_of_a_manual_environment_waits_for_approval_and_a_killed_pin_ends_
         &[extra[0].clone(), ("STEWARD_FAILPOINTS", "applied=1".into())],
     ));
     steward_ok(&bus, &["deploy", "approve", "dev"]);
-    assert!(armed.exits_within(Duration::from_secs(30)), "not killed: {}", armed.logs());
+    assert!(armed.exits_within(Duration::from_secs(120)), "not killed: {}", armed.logs());
     drop(armed);
     let _again = deployer(&repo.env(&bus, port, &extra));
     first_event(&bus, Duration::from_secs(45), |e| {
