@@ -178,10 +178,9 @@ impl Keys {
         Ok(out)
     }
 
-    /// Opens what [`Keys::seal_bytes`] sealed; an error if it is not age, not for these
-    /// identities, or altered.
-    pub fn open_bytes(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
-        use std::io::Read as _;
+    /// What [`Keys::seal_bytes`] sealed, opened as it is read: a read fails if the bytes were
+    /// altered or cut short. An error if it is not age or not for these identities.
+    pub fn open_reader<'a>(&self, sealed: &'a [u8]) -> Result<impl io::Read + 'a, String> {
         if self.identities.is_empty() {
             return Err(format!(
                 "it is encrypted with age and this service has no identity ({})",
@@ -190,13 +189,9 @@ impl Keys {
         }
         let decryptor =
             age::Decryptor::new(sealed).map_err(|e| format!("not a readable age file: {e}"))?;
-        let mut reader = decryptor
+        decryptor
             .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
-            .map_err(|e| format!("cannot decrypt it with the configured identities: {e}"))?;
-        // Never more out than in: age only adds.
-        let mut out = Vec::with_capacity(sealed.len());
-        reader.read_to_end(&mut out).map_err(|e| format!("altered or cut short: {e}"))?;
-        Ok(out)
+            .map_err(|e| format!("cannot decrypt it with the configured identities: {e}"))
     }
 }
 

@@ -321,9 +321,25 @@ async fn read_chunk(store: Store, keys: Keys, e: Entry, encrypted: bool) -> io::
         io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
     };
     let raw_size = usize::try_from(e.raw_size).map_err(|_| bad("too large".into()))?;
+    let cap = e.raw_size.saturating_add(1);
     let plain = tokio::task::spawn_blocking(move || {
-        let packed = if encrypted { keys.open_bytes(&sealed)? } else { sealed };
-        zstd::bulk::decompress(&packed, raw_size).map_err(|err| format!("does not unpack: {err}"))
+        // Opened and unpacked as one stream: only the sealed and the plain chunk are held
+        // (a whole opened copy between them was a third chunk-sized buffer per chunk in
+        // flight, much of a restore's peak memory).
+        let unpack = |from: &mut dyn std::io::Read| {
+            // The index is signed, but a size is reserved only up to the largest chunk.
+            let mut plain = Vec::with_capacity(raw_size.min(MAX_CHUNK as usize));
+            let decoder = zstd::stream::read::Decoder::new(from)
+                .map_err(|err| format!("does not unpack: {err}"))?;
+            std::io::Read::read_to_end(&mut std::io::Read::take(decoder, cap), &mut plain)
+                .map_err(|err| format!("does not unpack (altered or cut short?): {err}"))?;
+            Ok::<_, String>(plain)
+        };
+        if encrypted {
+            unpack(&mut keys.open_reader(&sealed)?)
+        } else {
+            unpack(&mut sealed.as_slice())
+        }
     })
     .await
     .map_err(io::Error::other)?
