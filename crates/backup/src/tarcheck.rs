@@ -440,10 +440,20 @@ where
                         let err = refused(&s, e);
                         return Some((Err(err), s));
                     }
+                    let safe =
+                        usize::try_from(s.guard.safe().saturating_sub(start)).unwrap_or(usize::MAX);
+                    // Nothing held back: the checked part of the chunk goes on as it is (no
+                    // copy of every byte), only its unchecked tail is held.
+                    if s.held.is_empty() {
+                        let n = safe.min(chunk.len());
+                        s.held.extend_from_slice(&chunk[n..]);
+                        if n == 0 {
+                            continue;
+                        }
+                        return Some((Ok(chunk.slice(..n)), s));
+                    }
                     s.held.extend_from_slice(&chunk);
-                    let n = usize::try_from(s.guard.safe().saturating_sub(start))
-                        .unwrap_or(usize::MAX)
-                        .min(s.held.len());
+                    let n = safe.min(s.held.len());
                     if n == 0 {
                         continue;
                     }
@@ -697,5 +707,41 @@ mod tests {
         }
         assert_eq!(passed.len(), 512 + 2048, "only the good entry passed");
         assert!(error.is_some_and(|e| e.contains("app:/data") && e.contains("absolute")));
+    }
+
+    /// Checked parts of a piece pass without a copy, unchecked tails are held: whatever the
+    /// cut, a good archive comes out byte for byte, and a bad header never does.
+    #[tokio::test]
+    async fn the_guarded_stream_passes_a_good_archive_unchanged_whatever_the_pieces() {
+        let good = steward_testkit::tar::archive(&[
+            entry::file("data/a", &[7u8; 2000]),
+            entry::file("data/b", &[8u8; 5000]),
+            entry::file("data/c", b""),
+        ]);
+        let mut bad = good[..good.len() - 1024].to_vec();
+        bad.extend_from_slice(&steward_testkit::tar::archive(&[entry::file("../x", b"x")]));
+        for size in [1, 100, 301, 512, 513, 4096, good.len()] {
+            let run = |archive: Vec<u8>| async move {
+                let pieces: Vec<io::Result<Bytes>> =
+                    archive.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+                let mut out = guarded(futures::stream::iter(pieces), "/data", "app:/data");
+                let (mut passed, mut error) = (vec![], None);
+                while let Some(item) = out.next().await {
+                    match item {
+                        Ok(b) => passed.extend_from_slice(&b),
+                        Err(e) => error = Some(e.to_string()),
+                    }
+                }
+                (passed, error)
+            };
+            let (passed, error) = run(good.clone()).await;
+            assert_eq!(error, None, "pieces of {size}");
+            assert!(passed == good, "pieces of {size}: {} of {} bytes", passed.len(), good.len());
+            let (passed, error) = run(bad.clone()).await;
+            assert!(error.is_some(), "pieces of {size}: the bad archive passed");
+            // The piece holding the bad header is refused whole: its checked head may go too.
+            assert!(passed.len() <= good.len() - 1024, "pieces of {size}: past the bad header");
+            assert!(bad.starts_with(&passed), "pieces of {size}: changed bytes");
+        }
     }
 }
