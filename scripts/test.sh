@@ -82,9 +82,9 @@ phase test-build bash -c 'cargo test --workspace --locked --no-run \
 # priority. It shares the build's target directory: the build scripts (with the C they
 # compile: aws-lc, zstd) and the proc macros are the same units in check mode and are reused,
 # where a directory of its own built them all again (process accounting of a CI run: the C
-# compilers ran twice, 969 times and 221 s of CPU in all). Cargo's lock on the directory is free: the tests run the built
-# binaries without Cargo, and the doc tests after them wait for the lint if it is still
-# running. Its verdict is read after the tests, as the infrastructure checks' are.
+# compilers ran twice, 969 times and 221 s of CPU in all). Cargo's lock on the directory is
+# free: the tests run the built binaries without Cargo, and the doc tests after them wait
+# for the lint if it is still running. Its verdict is read after the tests, as the infrastructure checks' are.
 # The lowest priority is its session's: with the kernel's autogroups (Debian's default), a
 # process's own nice value counts only inside its session, and a session of its own (setsid,
 # for the early exit) would otherwise get as much CPU as the whole test run.

@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     base_range, pitr_stack_config, row_ids, segment_number, ship_gapless_until, ship_round,
-    ship_segments, ship_until_current, shipped_files, shipping_stack, Stack, DB_USER,
+    ship_segments, ship_until_current, shipped_files, shipping_stack, utc, Stack, DB_USER,
 };
 use steward_backup::encryption::Keys;
 use steward_backup::journal::RestoreJournal;
@@ -359,25 +359,13 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     shipper.await.unwrap_or_else(|e| panic!("shipper: {e}"));
     ship_until_current(&stack, &backups).await;
 
-    let at = |id: i32| {
-        let shown = stack.psql(&format!(
-            "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM rows WHERE id = {id}"
-        ));
-        time::OffsetDateTime::parse(&shown, &time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|e| panic!("{shown}: {e}"))
-    };
+    let at = |id: i32| utc(&stack, &format!("SELECT at FROM rows WHERE id = {id}"));
     // T-1s: between rows 30 and 31, nine commits before the drop. Not "a second before the
     // drop": under CI load one `docker exec psql` took over a second, so that second held
     // no commit and the cut fell on the drop's own neighbour.
     let target = at(30) + (at(31) - at(30)) / 2;
     let before: Vec<i32> = (1..=30).collect();
-    let dropped = time::OffsetDateTime::parse(
-        &stack.psql(&format!(
-            "SELECT to_char(timestamptz '{dropped_at}' AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-        )),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap_or_else(|e| panic!("{dropped_at}: {e}"));
+    let dropped = utc(&stack, &format!("timestamptz '{dropped_at}'"));
     assert!(at(31) < dropped && at(30) < at(31), "the rows straddle the target, before the drop");
     // A time on the stretch of timeline 1 the restore below abandons: between rows 50 and 51.
     let on_abandoned = at(50) + (at(51) - at(50)) / 2;

@@ -387,6 +387,15 @@ pub fn current_segment(db: &str) -> String {
     psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
 }
 
+/// SQL timestamp `expr`, as PostgreSQL reads it, in UTC.
+pub fn utc(stack: &Stack, expr: &str) -> time::OffsetDateTime {
+    let shown = stack.psql(&format!(
+        "SELECT to_char(({expr}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    ));
+    time::OffsetDateTime::parse(&shown, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{shown}: {e}"))
+}
+
 /// Table `rows` (id, at: each row's commit time) as written one by one, and a drop committed
 /// at `dropped_at` (`clock_timestamp()` text read just before it): the restore target a
 /// second before the drop, moved to the middle between the two commits around it so "before"
@@ -404,11 +413,7 @@ pub fn rows_before(stack: &Stack, dropped_at: &str) -> (time::OffsetDateTime, Ve
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|e| panic!("{s}: {e}"))
     };
-    let dropped = parse(
-        &stack.psql(&format!(
-            "SELECT to_char(timestamptz '{dropped_at}' AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-        )),
-    );
+    let dropped = utc(stack, &format!("timestamptz '{dropped_at}'"));
     let wanted = dropped - time::Duration::seconds(1);
     let before: Vec<i32> = all.iter().filter(|(_, at)| parse(at) <= wanted).map(|r| r.0).collect();
     let last_before = all.iter().rfind(|(_, at)| parse(at) <= wanted).map(|r| parse(&r.1));
