@@ -139,8 +139,12 @@ def test_the_socket_proxy_reaches_podman_again_after_its_socket_is_recreated(eng
             time.sleep(0.5)
         assert ping(watcher) == "HTTP/1.1 200 OK OK", ping(watcher)
 
-        # The engine's socket recreated: stopped (gone), then a new one in the same place.
+        # The engine's socket recreated: stopped (gone), then a new one in the same place. A
+        # hard link keeps the old inode alive, as a file bind mount would; otherwise the file
+        # system may hand its freed number to the new socket and the check below means nothing.
+        os.link(engine_dir / "podman.sock", engine_dir / "previous.sock")
         podman.stop()
+        assert not (engine_dir / "podman.sock").exists()
         assert ping(watcher).startswith("HTTP/1.1 502"), ping(watcher)
         second = podman.start()
         assert second != first, "the socket was not recreated (same inode)"
