@@ -54,6 +54,9 @@ pub const AVG_CHUNK: u32 = 1 << 20;
 pub const MAX_CHUNK: u32 = 4 << 20;
 /// Chunks compressed, sealed and transferred at once (memory: about 2 × [`MAX_CHUNK`] each).
 pub const PARALLEL: usize = 4;
+/// A sealed chunk's size is reserved up to this: the largest chunk, stored incompressible,
+/// with zstd's and age's overhead.
+const SEALED_MAX: usize = MAX_CHUNK as usize + (64 << 10);
 /// An index is at most this long unpacked (4 TiB of path at 1 MiB average).
 const MAX_INDEX_RAW: u64 = 1 << 30;
 
@@ -188,12 +191,19 @@ where
     let mut uploaded = Uploaded::default();
     {
         let chunks = cdc.as_stream().map_err(|e| source(store, index, e)).map_ok(|chunk| {
-            let id = chunker.id(&chunk.data);
-            let found = known.get(&id);
+            let naming = chunker.clone();
             async move {
-                match found {
+                // Named off the stream's task, so one chunk's id is hashed while the next
+                // chunk is cut.
+                let (id, plain) = tokio::task::spawn_blocking(move || {
+                    let id = naming.id(&chunk.data);
+                    (id, chunk.data)
+                })
+                .await
+                .map_err(|e| source(store, index, e))?;
+                match known.get(&id) {
                     Some(e) => Ok((e, 0)),
-                    None => put_chunk(store, keys, id, chunk.data, level).await,
+                    None => put_chunk(store, keys, id, plain, level).await,
                 }
             }
         });
@@ -226,20 +236,17 @@ async fn put_chunk(
 ) -> Result<(Entry, u64), StoreError> {
     let raw_size = plain.len() as u64;
     let sealing = keys.clone();
-    let sealed = tokio::task::spawn_blocking(move || {
+    let (sealed, sha) = tokio::task::spawn_blocking(move || {
         let packed = zstd::bulk::compress(&plain, level)?;
-        sealing.seal_bytes(&packed)
+        let sealed = sealing.seal_bytes(&packed)?;
+        let sha = hex::encode(Sha256::digest(&sealed));
+        Ok::<_, io::Error>((sealed, sha))
     })
     .await
     .map_err(io::Error::other)
     .and_then(|r| r)
     .map_err(|e| source(store, steward_store::chunks::CHUNKS_DIR, e))?;
-    let entry = Entry {
-        id,
-        raw_size,
-        stored_size: sealed.len() as u64,
-        stored_sha256: hex::encode(Sha256::digest(&sealed)),
-    };
+    let entry = Entry { id, raw_size, stored_size: sealed.len() as u64, stored_sha256: sha };
     store.put(&entry.object(), Bytes::from(sealed)).await?;
     Ok((entry.clone(), entry.stored_size))
 }
@@ -364,7 +371,12 @@ async fn fetch_checked(store: &Store, e: &Entry, keep: bool) -> io::Result<Vec<u
     };
     // One byte more than indexed tells a larger object from the right one.
     let mut body = body.take(e.stored_size.saturating_add(1));
-    let (mut kept, mut hasher, mut size) = (vec![], Sha256::new(), 0u64);
+    // Reserved once at the signed size (bounded: a sealed chunk is at most a little over the
+    // largest chunk), not grown by doubling: growing held the old buffer beside one twice
+    // its size, and kept up to twice the chunk.
+    let reserve =
+        if keep { usize::try_from(e.stored_size).unwrap_or(usize::MAX).min(SEALED_MAX) } else { 0 };
+    let (mut kept, mut hasher, mut size) = (Vec::with_capacity(reserve), Sha256::new(), 0u64);
     loop {
         let part = body.fill_buf().await?;
         if part.is_empty() {
