@@ -10,8 +10,9 @@
 //! Peak RSS of this process per phase (VmRSS sampled every 10 ms): the backup service runs
 //! the same code in its own process.
 //!
-//! Run: `cargo bench -p steward-backup --bench incremental` after `infra/testbed/up.sh`
-//! (`DATA_MIB=4096` for the larger set; restic from Debian: `apt-get install restic`;
+//! Run: `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=1048576 cargo bench -p steward-backup
+//! --bench incremental` (glibc's settings as the image runs the service) after
+//! `infra/testbed/up.sh` (`DATA_MIB=4096` for the larger set; restic from Debian: `apt-get install restic`;
 //! `RUST_LOG=info` prints the service's log lines, timed, on stderr).
 
 #![allow(clippy::print_stdout, missing_docs)]
@@ -52,9 +53,40 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
+/// CPU seconds (user + system) of process `pid` so far (Linux's USER_HZ is 100).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime are the 12th and
+    // 13th of them.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let ticks: f64 =
+        rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
+
+/// CPU seconds so far of this process, and of the engine (dockerd, containerd, its shims).
+fn cpu_now() -> (f64, f64) {
+    let mut engine = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if matches!(comm.trim(), "dockerd" | "containerd") || comm.starts_with("containerd-shim") {
+            engine += cpu_seconds(&pid);
+        }
+    }
+    (cpu_seconds("self"), engine)
+}
+
+/// CPU seconds of this process and of the engine since `then` ([`cpu_now`]).
+fn cpu_since(then: (f64, f64)) -> (f64, f64) {
+    let now = cpu_now();
+    (now.0 - then.0, now.1 - then.1)
+}
+
 /// The highest resident set sampled every 10 ms while `work` runs (VmHWM cannot be reset
 /// everywhere, and a phase's peak is what is compared).
-async fn peak_of<T>(work: impl std::future::Future<Output = T>) -> (T, f64) {
+async fn peak_of<T>(work: impl std::future::Future<Output = T>) -> (T, f64, f64) {
+    let start = rss_mib();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
@@ -69,7 +101,7 @@ async fn peak_of<T>(work: impl std::future::Future<Output = T>) -> (T, f64) {
     };
     let out = work.await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    (out, sampler.join().unwrap_or(0.0))
+    (out, sampler.join().unwrap_or(0.0), start)
 }
 
 struct Phase {
@@ -77,6 +109,10 @@ struct Phase {
     seconds: f64,
     bytes: u64,
     peak: f64,
+    /// CPU seconds of this process and of the engine during the phase.
+    cpu: (f64, f64),
+    /// RSS when the phase began: what earlier phases left (a heap does not shrink back).
+    start: f64,
 }
 
 /// The service's settings as it reads them, for `bucket`.
@@ -114,20 +150,22 @@ async fn backups(bucket: &str, scope: &str, keys: &Keys, incremental: bool) -> B
 async fn take(name: &str, b: &Backups, dir: &Path) -> (String, Phase) {
     let before = disk_bytes(dir);
     let id = steward_store::manifest::new_backup_id(time::OffsetDateTime::now_utc());
-    let t = Instant::now();
-    let (taken, peak) = peak_of(b.take(&id, BackupReason::Manual, &[])).await;
+    let (t, c) = (Instant::now(), cpu_now());
+    let (taken, peak, start) = peak_of(b.take(&id, BackupReason::Manual, &[])).await;
     taken.unwrap_or_else(|e| panic!("{name}: {e}"));
     let seconds = t.elapsed().as_secs_f64();
-    let phase =
-        Phase { name: name.into(), seconds, bytes: disk_bytes(dir).saturating_sub(before), peak };
+    let cpu = cpu_since(c);
+    let bytes = disk_bytes(dir).saturating_sub(before);
+    let phase = Phase { name: name.into(), seconds, bytes, peak, cpu, start };
     (id, phase)
 }
 
 async fn restore(name: &str, b: &Backups, id: &str) -> Phase {
-    let t = Instant::now();
-    let (restored, peak) = peak_of(b.restore(id, RestoreScope::Paths)).await;
+    let (t, c) = (Instant::now(), cpu_now());
+    let (restored, peak, start) = peak_of(b.restore(id, RestoreScope::Paths)).await;
     restored.unwrap_or_else(|e| panic!("{name}: {e}"));
-    Phase { name: name.into(), seconds: t.elapsed().as_secs_f64(), bytes: 0, peak }
+    let (seconds, cpu) = (t.elapsed().as_secs_f64(), cpu_since(c));
+    Phase { name: name.into(), seconds, bytes: 0, peak, cpu, start }
 }
 
 /// `restic backup` of `data` into `repo`: the phase, or why it could not run.
@@ -157,6 +195,8 @@ fn restic(name: &str, repo: &str, data: &str, dir: &Path, init: bool) -> Result<
         seconds: t.elapsed().as_secs_f64(),
         bytes: disk_bytes(dir).saturating_sub(before),
         peak: 0.0,
+        cpu: (0.0, 0.0),
+        start: 0.0,
     })
 }
 
@@ -188,9 +228,14 @@ async fn main() {
     ]);
     let half = data_mib / 2;
     let files = half * 4;
+    // The image runs the service with these (Dockerfile); without them glibc keeps freed
+    // chunk buffers in its heap and the peaks are not the service's.
+    let malloc = ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"]
+        .map(|v| format!("{v}={}", std::env::var(v).unwrap_or_else(|_| "(unset)".into())));
     println!(
-        "== {} cores; {data_mib} MiB: {half} MiB random + {files} text files of 256 KiB",
-        num_cpus()
+        "== {} cores; {data_mib} MiB: {half} MiB random + {files} text files of 256 KiB; {}",
+        num_cpus(),
+        malloc.join(" ")
     );
     docker(&[
         "exec", &app, "sh", "-c",
@@ -253,10 +298,18 @@ async fn main() {
     phases.push(restore("restore full", &full, &full_id).await);
     phases.push(restore("restore incremental", &cdc, &cdc_id).await);
 
-    println!("| phase | time | uploaded | peak RSS |\n|---|---|---|---|");
+    println!(
+        "| phase | time | uploaded | peak RSS (RSS before) | CPU s: this process / engine |\n|---|---|---|---|---|"
+    );
     for p in &phases {
-        let peak = if p.peak > 0.0 { format!("{:.1} MiB", p.peak) } else { "-".into() };
-        println!("| {} | {:.1} s | {:.1} MiB | {peak} |", p.name, p.seconds, mib(p.bytes));
+        let (peak, cpu) = match p.peak > 0.0 {
+            true => (
+                format!("{:.1} MiB ({:.1})", p.peak, p.start),
+                format!("{:.1} / {:.1}", p.cpu.0, p.cpu.1),
+            ),
+            false => ("-".into(), "-".into()),
+        };
+        println!("| {} | {:.1} s | {:.1} MiB | {peak} | {cpu} |", p.name, p.seconds, mib(p.bytes));
     }
     let get = |n: &str| phases.iter().find(|p| p.name.starts_with(n));
     if let (Some(f), Some(c)) = (get("full, second"), get("incremental, second")) {
