@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use steward_testkit::docker::{docker, ImageTag};
+use steward_testkit::docker::{docker, try_docker, ImageTag};
 use steward_testkit::{free_port, unique_name, wait_for};
 
 /// Every long-running service of the stack.
@@ -359,6 +359,12 @@ impl Stack {
 
     pub fn image_of(&self, service: &str) -> String {
         docker(&["inspect", "-f", "{{.Image}}", &self.container(service)])
+    }
+
+    /// [`Self::image_of`] for a wait: `None` while no container has the service's name (an
+    /// update swaps containers, so the name is briefly free).
+    pub fn image_now(&self, service: &str) -> Option<String> {
+        try_docker(&["inspect", "-f", "{{.Image}}", &self.container(service)])
     }
 
     /// The lines of a service's container log that contain `needle`.

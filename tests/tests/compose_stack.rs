@@ -315,7 +315,8 @@ fn an_update_goes_from_mail_to_approval_backup_update_rollback_and_restore_throu
 
     // Backed up, updated, healthy.
     stack.wait("Gitea on v2, healthy", Duration::from_secs(180), || {
-        (stack.image_of("gitea") == v2 && stack.health("gitea") == "healthy").then_some(())
+        (stack.image_now("gitea") == Some(v2.clone()) && stack.health("gitea") == "healthy")
+            .then_some(())
     });
 
     stage("updated to v2");
