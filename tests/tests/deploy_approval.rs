@@ -139,7 +139,7 @@ async fn a_pending_deployment_is_approved_by_its_mailed_link_on_post_only_and_ho
     assert_eq!(statuses, [200, 410], "{a:?} {b:?}");
     let body = if a.0 == 200 { a.1 } else { b.1 };
     assert!(body.contains("Approved"), "{body}");
-    let flow = outcome(&bus, &first, Duration::from_secs(60)).await;
+    let flow = outcome(&bus, &first, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     assert!(serves(repo.web, "v1"));
 
@@ -354,7 +354,7 @@ async fn killed_between_the_claim_and_its_publish_the_page_says_so_and_the_cli_d
         other => panic!("a spent link given again: {other:?}"),
     }
     steward_ok(&bus, &["deploy", "approve", "dev"]);
-    let flow = outcome(&bus, &commit, Duration::from_secs(90)).await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     assert_eq!(approvals(&stored_events(&bus).await, id).len(), 1, "one decision");
 }

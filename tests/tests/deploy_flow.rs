@@ -134,7 +134,7 @@ async fn polling_deploys_a_new_head() {
     let port = free_port();
     let env = repo.env(&bus, port, &[("STEWARD_DEPLOY_POLL_INTERVAL", "1s".into())]);
     let _deployer = deployer(&env);
-    let flow = outcome(&bus, &commit, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     let requested = flow.iter().find_map(|e| match &e.data {
         EventData::DeployRequested(r) => Some(r.requested_by.clone()),
@@ -230,7 +230,7 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     assert!(!refused.status.success(), "approved a deployment of no environment");
     let said = steward_ok(&bus, &["deploy", "approve", "dev"]);
     assert!(said.contains(&pending.to_string()), "{said}");
-    let flow = outcome(&bus, &first, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &first, Duration::from_secs(180)).await;
     let approved = flow.iter().find_map(|e| match &e.data {
         EventData::DeployApproved(a) => Some(a.by.clone()),
         _ => None,
@@ -252,7 +252,7 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(serves(repo.web, "v1"), "web touched before the backup was done");
     back_up(&bus, pending.correlation_id).await;
-    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &second, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     let order: Vec<&str> = flow.iter().map(Event::event_type).collect();
     let at = |t: &str| order.iter().position(|o| *o == t).unwrap_or(usize::MAX);
@@ -277,7 +277,7 @@ async fn a_compose_file_that_does_not_parse_fails_the_deployment_and_touches_not
     let commit = git(&repo.work, &["rev-parse", "HEAD"]);
     let body = push_body(&repo, "dev", &commit, "broken");
     assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
-    let flow = outcome(&bus, &commit, Duration::from_secs(30)).await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
     let failed = flow
         .iter()
         .find_map(|e| match &e.data {
@@ -314,7 +314,7 @@ async fn a_newer_push_replaces_one_waiting_for_approval() {
     .await;
     assert!(superseded.contains(&second), "{superseded}");
     approve(&bus, &second).await;
-    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &second, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     assert!(serves(repo.web, "v2"));
 }
@@ -377,10 +377,10 @@ async fn pushes_during_a_deployment_wait_the_newest_wins_the_older_is_superseded
     .await;
     assert!(superseded.reason.contains(&format!("superseded by {fourth}")), "{superseded:?}");
     back_up(&bus, second_flow).await;
-    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &second, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     back_up(&bus, fourth_flow).await;
-    let flow = outcome(&bus, &fourth, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &fourth, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     assert!(serves(repo.web, "v1"));
 
@@ -412,7 +412,7 @@ async fn a_rejected_deployment_ends_failed_touches_nothing_and_a_late_approval_i
     let first = push_version(&repo, port, "v1", "first").await;
     approve(&bus, &first).await;
     assert_eq!(
-        terminal(&outcome(&bus, &first, Duration::from_secs(45)).await),
+        terminal(&outcome(&bus, &first, Duration::from_secs(180)).await),
         ["deploy.succeeded"]
     );
     let web = repo.container("web").expect("web runs");
@@ -425,7 +425,7 @@ async fn a_rejected_deployment_ends_failed_touches_nothing_and_a_late_approval_i
     .await;
     let said = steward_ok(&bus, &["deploy", "reject", "dev", "--reason", "release freeze"]);
     assert!(said.contains(&pending.to_string()), "{said}");
-    let flow = outcome(&bus, &second, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &second, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
     let reason = flow.iter().find_map(|e| match &e.data {
         EventData::DeployFailed(f) => Some(f.reason.clone()),

@@ -51,7 +51,7 @@ async fn deploy_commands_go_to_the_host_of_the_environments_record() {
     let (pending, _) = pending_of(&bus, &c1).await;
     assert_eq!(pending.host.as_deref(), Some(B), "{pending:?}");
     cli(&["deploy", "approve", "dev"]);
-    let flow = outcome(&bus, &c1, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &c1, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     let approved = flow
         .iter()
@@ -63,7 +63,7 @@ async fn deploy_commands_go_to_the_host_of_the_environments_record() {
     let c2 = push_version(&repo, port, "v2", "second").await;
     pending_of(&bus, &c2).await;
     cli(&["deploy", "approve", "dev"]);
-    let flow = outcome(&bus, &c2, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &c2, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     let said = cli(&["deploy", "dev", &c1, "--wait", "60s"]);
     assert!(said.contains("waits for approval"), "{said}");

@@ -122,11 +122,11 @@ async fn a_pin_of_a_manual_environment_waits_for_approval_and_a_killed_pin_ends_
     let c1 = push_version(&repo, port, "v1", "first").await;
     pending_of(&bus, &c1).await;
     steward_ok(&bus, &["deploy", "approve", "dev"]);
-    assert_eq!(terminal(&outcome(&bus, &c1, Duration::from_secs(45)).await), ["deploy.succeeded"]);
+    assert_eq!(terminal(&outcome(&bus, &c1, Duration::from_secs(180)).await), ["deploy.succeeded"]);
     let c2 = push_version(&repo, port, "v2", "second").await;
     pending_of(&bus, &c2).await;
     steward_ok(&bus, &["deploy", "approve", "dev"]);
-    assert_eq!(terminal(&outcome(&bus, &c2, Duration::from_secs(45)).await), ["deploy.succeeded"]);
+    assert_eq!(terminal(&outcome(&bus, &c2, Duration::from_secs(180)).await), ["deploy.succeeded"]);
 
     // The pin waits for approval like a push, and says it is a pin.
     let (ok, said) = pin(&bus, &c1);

@@ -107,7 +107,7 @@ async fn a_deployer_killed_during_the_test_removes_its_container_and_ends_the_de
     // Started again (a shorter bound): the left container is removed, the test runs again
     // once, times out, and the deployment ends once with nothing touched.
     let _again = deployer(&repo.env(&bus, port, &[("STEWARD_DEPLOY_TEST_TIMEOUT", "3s".into())]));
-    let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
     let flow = settled_flow(&bus, flow[0].correlation_id).await;
     assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
     assert!(failed(&flow).reason.contains("did not finish within"), "{flow:#?}");
@@ -129,7 +129,7 @@ async fn a_manual_environments_test_waits_for_the_approval() {
     let c1 = push_version(&repo, port, "v1", "first").await;
     pending_of(&bus, &c1).await;
     steward_ok(&bus, &["deploy", "approve", "dev"]);
-    assert_eq!(terminal(&outcome(&bus, &c1, Duration::from_secs(45)).await), ["deploy.succeeded"]);
+    assert_eq!(terminal(&outcome(&bus, &c1, Duration::from_secs(180)).await), ["deploy.succeeded"]);
 
     let label = "steward.deploy.test: ls /no-such-steward-test-file";
     let commit = repo.commit_labelled("dev", "v2", "failing test", "", label);
@@ -141,7 +141,7 @@ async fn a_manual_environments_test_waits_for_the_approval() {
         "the test ran before the approval"
     );
     steward_ok(&bus, &["deploy", "approve", "dev"]);
-    let flow = outcome(&bus, &commit, Duration::from_secs(60)).await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
     assert!(failed(&flow).reason.contains("ls /no-such-steward-test-file"), "{flow:#?}");
     assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");

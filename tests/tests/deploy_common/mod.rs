@@ -233,7 +233,9 @@ pub async fn post(port: u16, body: &str, signature: Option<&str>) -> (u16, Strin
     }
 }
 
-/// The events of the flow that deployed `commit`, once it has a terminal one.
+/// The events of the flow that deployed `commit`, once it has a terminal one. Callers give
+/// generous bounds (180 s): it returns as soon as the outcome is there, and under CI's load an
+/// apply with its health gate took over 45 s.
 pub async fn outcome(bus: &Bus, commit: &str, bound: Duration) -> Vec<Event> {
     let deadline = Instant::now() + bound;
     loop {
