@@ -98,7 +98,7 @@ async fn a_deployer_killed_during_the_test_removes_its_container_and_ends_the_de
     let commit =
         repo.commit_labelled("dev", "v2", "slow test", "", "steward.deploy.test: sleep 120");
     push_commit(&repo, port, &commit, "slow test").await;
-    wait_for("the test container", Duration::from_secs(30), || {
+    wait_for("the test container", Duration::from_secs(90), || {
         (!test_containers(&repo).trim().is_empty()).then_some(())
     });
     drop(killed);
