@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -128,7 +128,7 @@ const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// An export being read: [`Export::next`] until `None`.
 pub struct Export {
     header: Option<ExportRecord>,
-    messages: Option<pull::Stream>,
+    messages: Option<crate::replay::StreamReader>,
     remaining: u64,
     skipped: u64,
     prefix: String,
@@ -193,7 +193,7 @@ impl Bus {
     }
 
     /// An ephemeral consumer of everything the stream holds, and how many messages that is.
-    async fn read_all(&self) -> Result<(pull::Stream, u64), BusError> {
+    async fn read_all(&self) -> Result<(crate::replay::StreamReader, u64), BusError> {
         self.read_stream(DeliverPolicy::All, String::new()).await
     }
 }
@@ -217,7 +217,7 @@ impl Export {
             while self.remaining > 0 {
                 let msg = match messages.next().await {
                     Some(Ok(msg)) => msg,
-                    Some(Err(e)) => return Some(Err(BusError::nats("export", e))),
+                    Some(Err(e)) => return Some(Err(e)),
                     None => return Some(Err(BusError::NotConnected)),
                 };
                 self.remaining = self.remaining.saturating_sub(1);

@@ -5,7 +5,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{
+    self,
+    consumer::{
+        pull::{self, MessagesErrorKind},
+        AckPolicy, DeliverPolicy,
+    },
+};
 use futures::StreamExt;
 use steward_events::{DecodeError, Event};
 use time::OffsetDateTime;
@@ -44,7 +50,7 @@ pub struct Replayed {
 
 /// An open replay; call [`Replay::next`] until it returns `None`.
 pub struct Replay {
-    messages: pull::Stream,
+    messages: StreamReader,
     remaining: u64,
     query: ReplayQuery,
     ns: crate::Namespace,
@@ -91,7 +97,7 @@ impl Replay {
             }
             let msg = match self.messages.next().await? {
                 Ok(msg) => msg,
-                Err(e) => return Some(Err(BusError::nats("replay", e))),
+                Err(e) => return Some(Err(e)),
             };
             self.remaining = self.remaining.saturating_sub(1);
             let Ok(info) = msg.info() else { continue };
@@ -150,15 +156,120 @@ impl Replay {
     }
 }
 
+/// Consecutive times a reader reopens its consumer before it gives up (a message read resets
+/// the count).
+const REOPEN_LIMIT: u32 = 5;
+
+/// An ephemeral, unacknowledged consumer of the stream read in order, what the audit's
+/// replay and the backup's export both read with. The server may drop such a consumer under
+/// the reader's feet (its idle heartbeats missed while either side was stalled, the consumer
+/// deleted, the server restarted): the reader then opens a new one at the sequence after the
+/// last message it delivered, so a long `backup verify` or `events tail` on a loaded host
+/// does not fail on a hiccup (CI saw "missed idle heartbeat" end a CLI wait).
+pub(crate) struct StreamReader {
+    bus: Bus,
+    filter_subject: String,
+    /// The stream sequence of the last message delivered (or the one before the first).
+    last_sequence: u64,
+    /// `None` after the server dropped the consumer, until it is reopened.
+    messages: Option<pull::Stream>,
+    failures: u32,
+}
+
+impl StreamReader {
+    /// The next message in stream order; `None` when the connection is gone.
+    pub(crate) async fn next(&mut self) -> Option<Result<jetstream::Message, BusError>> {
+        loop {
+            let Some(messages) = &mut self.messages else {
+                // A moment first: what dropped the consumer (a stall, a restart) may not be over.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match self
+                    .bus
+                    .open_consumer(
+                        DeliverPolicy::ByStartSequence {
+                            start_sequence: self.last_sequence.saturating_add(1),
+                        },
+                        self.filter_subject.clone(),
+                    )
+                    .await
+                {
+                    Ok((messages, _, _)) => self.messages = Some(messages),
+                    Err(e) => {
+                        if !self.failed(&e) {
+                            return Some(Err(e));
+                        }
+                    }
+                }
+                continue;
+            };
+            match messages.next().await? {
+                Ok(msg) => {
+                    if let Ok(info) = msg.info() {
+                        self.last_sequence = info.stream_sequence;
+                    }
+                    self.failures = 0;
+                    return Some(Ok(msg));
+                }
+                Err(e) if recoverable(e.kind()) => {
+                    self.messages = None;
+                    let e = BusError::nats("read the stream", e);
+                    if !self.failed(&e) {
+                        return Some(Err(e));
+                    }
+                }
+                Err(e) => return Some(Err(BusError::nats("read the stream", e))),
+            }
+        }
+    }
+
+    /// Counts a failure; false once the limit is reached.
+    fn failed(&mut self, e: &BusError) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures > REOPEN_LIMIT {
+            return false;
+        }
+        tracing::warn!(error = %e, attempt = self.failures, after = self.last_sequence, "the stream's reader was dropped; reopening it after the last message read");
+        true
+    }
+}
+
+/// Errors after which the consumer is gone or silent, and a new one can carry on.
+fn recoverable(kind: MessagesErrorKind) -> bool {
+    matches!(
+        kind,
+        MessagesErrorKind::MissingHeartbeat
+            | MessagesErrorKind::ConsumerDeleted
+            | MessagesErrorKind::NoResponders
+    )
+}
+
 impl Bus {
-    /// An ephemeral, unacknowledged consumer of the stream from `deliver_policy` (only
-    /// `filter_subject` when not empty), read in order, and how many messages it has to
-    /// deliver now: what the audit's replay and the backup's export both read with.
+    /// A reader of the stream from `deliver_policy` (only `filter_subject` when not empty),
+    /// and how many messages it has to deliver now.
     pub(crate) async fn read_stream(
         &self,
         deliver_policy: DeliverPolicy,
         filter_subject: String,
-    ) -> Result<(pull::Stream, u64), BusError> {
+    ) -> Result<(StreamReader, u64), BusError> {
+        let (messages, remaining, before_first) =
+            self.open_consumer(deliver_policy, filter_subject.clone()).await?;
+        let reader = StreamReader {
+            bus: self.clone(),
+            filter_subject,
+            last_sequence: before_first,
+            messages: Some(messages),
+            failures: 0,
+        };
+        Ok((reader, remaining))
+    }
+
+    /// An ephemeral consumer's messages, how many it has pending, and the stream sequence
+    /// before its first (the server reports it as delivered, whatever the policy).
+    async fn open_consumer(
+        &self,
+        deliver_policy: DeliverPolicy,
+        filter_subject: String,
+    ) -> Result<(pull::Stream, u64, u64), BusError> {
         let stream = self
             .js()
             .get_stream(&self.namespace().stream)
@@ -174,8 +285,8 @@ impl Bus {
             })
             .await
             .map_err(|e| BusError::nats("create a reading consumer", e))?;
-        let remaining =
-            consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?.num_pending;
+        let info = consumer.info().await.map_err(|e| BusError::nats("consumer info", e))?;
+        let (remaining, before_first) = (info.num_pending, info.delivered.stream_sequence);
         let messages = consumer
             .stream()
             .max_messages_per_batch(2000)
@@ -184,6 +295,6 @@ impl Bus {
             .messages()
             .await
             .map_err(|e| BusError::nats("read the stream", e))?;
-        Ok((messages, remaining))
+        Ok((messages, remaining, before_first))
     }
 }

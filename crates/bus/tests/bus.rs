@@ -429,3 +429,85 @@ async fn an_agents_events_carry_its_host() {
         vec![(plain.id, Some("vps1".into())), (named.id, Some("vps2".into())), (central.id, None)]
     );
 }
+
+/// The reading consumers of `bus`'s stream, deleted behind the reader's back (what the server
+/// does to an ephemeral consumer whose reader stalled past its heartbeats, or on a restart).
+async fn delete_reading_consumers(bus: &TestBus) -> usize {
+    use futures::StreamExt as _;
+    let client = async_nats::connect(bus.config().url.as_str()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&bus.namespace().stream).await.expect("stream");
+    let mut names = vec![];
+    let mut listed = stream.consumers();
+    while let Some(info) = listed.next().await {
+        let info = info.expect("consumer info");
+        // Only the ephemeral ones: the services' durable consumers stay.
+        if info.config.durable_name.is_none() {
+            names.push(info.name);
+        }
+    }
+    for name in &names {
+        stream.delete_consumer(name).await.expect("delete consumer");
+    }
+    names.len()
+}
+
+#[tokio::test]
+async fn a_followed_replay_carries_on_after_the_server_drops_its_consumer() {
+    let bus = TestBus::new("reopen").await;
+    let before =
+        Event::new("test", WatchRequested { container: Some("gitea".into()), requested_by: None });
+    bus.publish(&before).await.expect("publish");
+    let mut replay = bus
+        .replay(ReplayQuery {
+            since: Some(time::OffsetDateTime::now_utc() - Duration::from_secs(60)),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("replay");
+    let first = tokio::time::timeout(WAIT, replay.next()).await.expect("first").expect("open");
+    assert_eq!(first.expect("item").event.expect("event").id, before.id);
+    assert_eq!(delete_reading_consumers(&bus).await, 1, "the replay's consumer");
+    let after =
+        Event::new("test", WatchRequested { container: Some("nginx".into()), requested_by: None });
+    bus.publish(&after).await.expect("publish");
+    // The old code ended the replay with an error here ("consumer deleted", or "missed idle
+    // heartbeat" when the server went quiet); now the reader reopens after the last message
+    // it read: the next event, and not the first one again.
+    let next = tokio::time::timeout(Duration::from_secs(30), replay.next())
+        .await
+        .expect("the replay carries on within 30 s")
+        .expect("still open");
+    assert_eq!(next.expect("not an error").event.expect("event").id, after.id);
+}
+
+#[tokio::test]
+async fn an_export_carries_on_after_the_server_drops_its_consumer() {
+    let bus = TestBus::new("reopen-export").await;
+    // More than one pull's batch (2,000), so the reader asks the server again after the
+    // consumer is gone.
+    let sent = 2_500;
+    for i in 0..sent {
+        let e = Event::new(
+            "test",
+            WatchRequested { container: Some(format!("c{i}")), requested_by: None },
+        );
+        bus.publish(&e).await.expect("publish");
+    }
+    let mut export = bus.export().await.expect("export");
+    let mut ids = vec![];
+    while let Some(record) = tokio::time::timeout(Duration::from_secs(30), export.next())
+        .await
+        .expect("the export carries on within 30 s")
+    {
+        if let steward_bus::ExportRecord::Message(m) = record.expect("not an error") {
+            ids.push(m.sequence);
+            if ids.len() == 1 {
+                assert_eq!(delete_reading_consumers(&bus).await, 1, "the export's consumer");
+            }
+        }
+    }
+    assert_eq!(ids.len(), sent, "every message once");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
