@@ -236,7 +236,7 @@ async fn replays_refused_and_one_end(
         assert_eq!(status, 410, "{decision} after the restart: {body}");
         assert!(body.contains("already used: approved at"), "{body}");
     }
-    let flow = outcome(bus, commit, Duration::from_secs(90)).await;
+    let flow = outcome(bus, commit, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
     assert!(serves(repo.web, "v1"));
     let events = stored_events(bus).await;

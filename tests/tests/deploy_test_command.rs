@@ -24,7 +24,7 @@ fn failed(flow: &[Event]) -> steward_events::DeployFailed {
 async fn try_label(bus: &Bus, repo: &Repo, port: u16, message: &str, label: &str) -> Vec<Event> {
     let commit = repo.commit_labelled("dev", "v2", message, "", label);
     push_commit(repo, port, &commit, message).await;
-    outcome(bus, &commit, Duration::from_secs(60)).await
+    outcome(bus, &commit, Duration::from_secs(180)).await
 }
 
 /// The containers left of the deployer's test runs in `repo`'s project.

@@ -299,7 +299,7 @@ pub async fn deploy_by_webhook(
     message: &str,
 ) -> (String, Vec<Event>) {
     let commit = push_version(repo, port, version, message).await;
-    let flow = outcome(bus, &commit, Duration::from_secs(45)).await;
+    let flow = outcome(bus, &commit, Duration::from_secs(180)).await;
     (commit, flow)
 }
 
@@ -330,7 +330,7 @@ pub async fn killed_at(point: &str) -> &'static str {
     assert!(armed.logs().contains("aborting"), "{point}: {}", armed.logs());
     drop(armed);
     let _again = deployer(&repo.env(&bus, port, &[]));
-    let flow = outcome(&bus, &commit, Duration::from_secs(45)).await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
     // The redelivered request settles without a second outcome.
     let flow = settled_flow(&bus, flow[0].correlation_id).await;
     let ends = terminal(&flow);
