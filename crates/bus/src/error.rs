@@ -105,4 +105,21 @@ impl BusError {
     pub(crate) fn nats(op: &'static str, e: impl std::fmt::Display) -> Self {
         Self::Nats { op, reason: e.to_string() }
     }
+
+    /// Whether trying again later may succeed: the server was slow or briefly away, as
+    /// opposed to refusing, missing what `steward setup` makes, or misconfigured. (A service
+    /// starting on a loaded host saw "get consumer failed: timed out" and exited.)
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::NotConnected | Self::NoResponders { .. } | Self::PublishTimeout { .. } => true,
+            // async-nats gives each operation its own error kinds; a timeout or a lost
+            // connection reads the same in all of them.
+            Self::Nats { reason, .. } => {
+                ["timed out", "no responders", "disconnected", "not connected"]
+                    .iter()
+                    .any(|t| reason.contains(t))
+            }
+            _ => false,
+        }
+    }
 }

@@ -223,10 +223,28 @@ impl Runtime {
         spec.max_deliver = self.config.max_deliver;
         // Still part of the start: a signal now stops it (with NATS gone, each request here
         // waits for its timeout, and the failure was reported as fatal after a SIGTERM).
+        // A slow or briefly absent server is waited for (a start on a loaded host timed out
+        // looking up the consumer, and the service exited); what waiting cannot fix (not
+        // provisioned, refused) ends the start at once.
         let setup = async {
-            let inbox = self.ctx.bus.inbox(spec).await?;
-            let idempotency = Idempotency::open(&self.ctx.bus, &inbox.spec().name).await?;
-            anyhow::Ok((inbox, idempotency))
+            let mut delay = std::time::Duration::from_secs(1);
+            let started = tokio::time::Instant::now();
+            loop {
+                let attempt = async {
+                    let inbox = self.ctx.bus.inbox(spec.clone()).await?;
+                    let idempotency = Idempotency::open(&self.ctx.bus, &inbox.spec().name).await?;
+                    Ok::<_, steward_bus::BusError>((inbox, idempotency))
+                };
+                match attempt.await {
+                    Ok(ready) => return anyhow::Ok(ready),
+                    Err(e) if e.is_transient() && started.elapsed() < SETUP_PATIENCE => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "the bus is not answering yet");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let (inbox, idempotency) = tokio::select! {
             ready = setup => ready?,
@@ -267,6 +285,9 @@ impl Runtime {
         Ok(())
     }
 }
+
+/// How long a starting service keeps trying a bus that times out before it gives up.
+const SETUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How long a stopping service waits for NATS to take what it buffered.
 const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use steward_bus::{Bus, BusConfig, ReplayQuery};
+use steward_bus::{Bus, BusConfig, ConsumerSpec, ReplayQuery};
 use steward_events::{Event, Service, WatchRequested};
 use steward_runtime::{Context, Env, Handler, HandlerError, Metrics, Runtime, RuntimeConfig};
 use steward_testkit::{bus_config, free_port, NatsServer, TestBus};
@@ -169,6 +169,55 @@ async fn nats_killed_and_restarted_mid_stream_loses_nothing_and_handles_nothing_
     assert_eq!(counts.len(), 300, "no event lost, none extra");
     assert_eq!(counter(&running.metrics, "events_handled"), 300);
     running.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_starting_while_nats_stalls_waits_for_it_and_consumes() {
+    let server = NatsServer::start();
+    let mut cfg = bus_config(&server.url(), "stall");
+    cfg.request_timeout = Duration::from_secs(1);
+    let publisher_bus = TestBus::with_config(cfg.clone()).await;
+    let recorder = Recorder::default();
+    let shutdown = CancellationToken::new();
+    let runtime = Runtime::start_with_shutdown(config(cfg, &[]), shutdown.clone())
+        .await
+        .expect("runtime starts");
+    // Connected, then the server stalls for longer than a request's timeout: the consumer's
+    // lookup times out (the old code exited "fatal": get consumer failed: timed out).
+    server.pause();
+    let task = tokio::spawn(runtime.run(recorder.clone()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.resume();
+    assert!(!task.is_finished(), "the service gave up: {:?}", task.await);
+    let sent = publish_n(&publisher_bus, 1).await;
+    wait_until("the event handled", Duration::from_secs(60), || recorder.seen() == sent).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stops within 30 s")
+        .expect("join")
+        .expect("clean exit");
+}
+
+#[tokio::test]
+async fn a_service_whose_consumer_was_never_provisioned_stops_at_once() {
+    let server = NatsServer::start();
+    let cfg = bus_config(&server.url(), "unprovisioned");
+    // The stream is there, but not this service's consumer: waiting cannot help.
+    let mut setup = steward_bus::Setup::steward();
+    setup.consumers.retain(|c| c.name != ConsumerSpec::of(Service::Watcher, None).name);
+    let _bus = TestBus::with_setup(cfg.clone(), &setup).await;
+    let shutdown = CancellationToken::new();
+    let runtime = Runtime::start_with_shutdown(config(cfg, &[]), shutdown.clone())
+        .await
+        .expect("runtime starts");
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), runtime.run(Recorder::default()))
+        .await
+        .expect("ends within 30 s");
+    let e = ended.expect_err("not provisioned");
+    assert!(e.to_string().contains("steward setup"), "{e:#}");
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
 }
 
 #[tokio::test]

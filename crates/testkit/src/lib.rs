@@ -321,6 +321,24 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as a
+    /// server stalled on a loaded host. [`NatsServer::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`NatsServer::pause`]d server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status =
+            Command::new("kill").args([sig, &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
     /// Starts the server again on the same port with the same store.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "server already running");
