@@ -170,10 +170,11 @@ impl Drop for Repo {
 }
 
 /// Starts the deployer and waits until it consumes (after it resumed an interrupted
-/// deployment, which may run a test first: 20 s was too short on a loaded machine).
+/// deployment, which may run a test first: 20 s, then 60 s, were too short on a loaded
+/// machine; it returns as soon as the deployer consumes).
 pub fn deployer(env: &[(&'static str, String)]) -> Proc {
     let p = Proc::start("steward-deployer", env);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while !p.logs().contains("\"consuming\"") {
         assert!(Instant::now() < deadline, "deployer not consuming: {}", p.logs());
         std::thread::sleep(Duration::from_millis(50));
