@@ -59,6 +59,10 @@ const SHIPPED: &str = "shipped_at";
 /// The first page's long header: an insert position this far into a segment means nothing
 /// was written in it yet.
 const LONG_PAGE_HEADER: u64 = 40;
+/// Passes over a full spool in one round, each after one that shipped something, before the
+/// receiver is stopped: a receiver catching up on a backlog writes while a pass ships.
+const DRAIN_PASSES: u32 = 8;
+
 /// After `pg_switch_wal()`, how long the round waits for the closed segment: up to
 /// `SWITCHED_POLLS` looks at the spool, `SWITCHED_POLL` apart.
 const SWITCHED_POLLS: u32 = 20;
@@ -333,12 +337,23 @@ impl Backups {
             // (after an outage of the uploads, or its own) fills the spool faster than a
             // round ships it, and stopping it then only delays the newest WAL. Only a spool
             // still full once its files are shipped, or one whose uploads fail, is full.
-            match self.ship_spooled(&what, name, &login, &spool, state, &mut shipped).await {
-                Ok(_) => spooled = self.spool_mib(&what, name, &spool).await?,
-                Err(f) => {
-                    self.pause(&what, name, &login, &slot_name, slot.active, spooled, state)
-                        .await?;
-                    return Err(f);
+            // The receiver goes on writing while a pass ships, so a pass that shipped
+            // something is followed by another (bounded), until the spool is under its cap:
+            // one pass under load left it full again, and the receiver was stopped in the
+            // middle of its catch-up (CI).
+            for _ in 0..DRAIN_PASSES {
+                match self.ship_spooled(&what, name, &login, &spool, state, &mut shipped).await {
+                    Ok(any) => {
+                        spooled = self.spool_mib(&what, name, &spool).await?;
+                        if !any || spooled < cap {
+                            break;
+                        }
+                    }
+                    Err(f) => {
+                        self.pause(&what, name, &login, &slot_name, slot.active, spooled, state)
+                            .await?;
+                        return Err(f);
+                    }
                 }
             }
         }
