@@ -185,18 +185,14 @@ async fn a_service_starting_while_nats_stalls_waits_for_it_and_consumes() {
     // Connected, then the server stalls for longer than a request's timeout: the consumer's
     // lookup times out (the old code exited "fatal": get consumer failed: timed out).
     server.pause();
+    let metrics = runtime.metrics();
     let task = tokio::spawn(runtime.run(recorder.clone()));
     tokio::time::sleep(Duration::from_secs(4)).await;
     server.resume();
     assert!(!task.is_finished(), "the service gave up: {:?}", task.await);
     let sent = publish_n(&publisher_bus, 1).await;
     wait_until("the event handled", Duration::from_secs(60), || recorder.seen() == sent).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("stops within 30 s")
-        .expect("join")
-        .expect("clean exit");
+    Running { shutdown, task, metrics }.stop().await;
 }
 
 #[tokio::test]
