@@ -74,6 +74,9 @@ cpu() {
 engine_cpu() { cpu $(pgrep -x dockerd) $(pgrep -x containerd) $(pgrep -f containerd-shim); }
 s3_cpu() { cpu $(pgrep -x s3s-fs); }
 cpus() { echo "$2 - $1" | bc -l | xargs -I{} echo "{} / $TICK" | bc -l | xargs printf '%.1f'; }
+# CPU time the hypervisor gave to other guests (all cores: /proc/stat's steal column): on a
+# shared VM a phase with seconds of it measured the neighbours too, and should be re-run.
+stolen() { awk '/^cpu / {print $9}' /proc/stat; }
 
 echo "== machine: $(nproc) cores; data ${DATA_MIB} MiB; ${DB_ROWS} rows"
 docker run -d --name "$DB" --label "steward.scope=$RUN" --label steward.backup.postgres=true \
@@ -93,13 +96,14 @@ echo "   dump (custom format, uncompressed): ${dump_mb} MB; data: $(docker exec 
 
 if [ "${PEER:-1}" = 1 ]; then
   echo "== peer: pg_dump | gzip | aws s3 cp -  and  tar czf - | aws s3 cp -"
+  st0=$(stolen)
   t0=$(now)
   docker exec "$DB" pg_dump -U gitea gitea | gzip | $S3 cp - "s3://$BUCKET/peer/db.sql.gz" >/dev/null
   t1=$(now)
   docker exec "$APP" tar czf - /data 2>/dev/null | $S3 cp - "s3://$BUCKET/peer/data.tar.gz" >/dev/null
   t2=$(now)
   peer_db=$(secs "$t0" "$t1"); peer_data=$(secs "$t1" "$t2"); peer_total=$(secs "$t0" "$t2")
-  echo "   database ${peer_db} s, data ${peer_data} s, total ${peer_total} s"
+  echo "   database ${peer_db} s, data ${peer_data} s, total ${peer_total} s; CPU s stolen by the hypervisor $(cpus "$st0" "$(stolen)")"
 else
   # PEER=0 (while profiling Steward against the limit): the seeds' pipeline is left out.
   peer_total=0
@@ -107,7 +111,7 @@ fi
 
 echo "== the tools' limit: pg_dump -Fc -Z0 | zstd -T0 -3 | aws s3 cp -  and  tar cf - | zstd -T0 -3 | aws s3 cp -, at once"
 command -v zstd >/dev/null 2>&1 || apt-get install -y -qq zstd >/dev/null
-e0=$(engine_cpu); s0=$(s3_cpu)
+e0=$(engine_cpu); s0=$(s3_cpu); st0=$(stolen)
 t0=$(now)
 # Under time(1), whose account includes the pipelines' own processes (docker CLI, zstd, aws).
 /usr/bin/time -f '%U %S' -o "$STATE/$RUN.time" bash -c "
@@ -115,10 +119,10 @@ docker exec $DB pg_dump -Fc -Z0 -U gitea gitea | zstd -q -T0 -3 | $S3 cp - s3://
 docker exec $APP tar cf - /data 2>/dev/null | zstd -q -T0 -3 | $S3 cp - s3://$BUCKET/limit/data.tar.zst >/dev/null &
 wait"
 t1=$(now)
-e1=$(engine_cpu); s1=$(s3_cpu)
+e1=$(engine_cpu); s1=$(s3_cpu); st1=$(stolen)
 limit_total=$(secs "$t0" "$t1")
 echo "   total ${limit_total} s"
-echo "   CPU s: docker CLI + zstd + aws $(awk '{printf "%.1f", $1 + $2}' "$STATE/$RUN.time"), engine $(cpus "$e0" "$e1"), S3 server $(cpus "$s0" "$s1")"
+echo "   CPU s: docker CLI + zstd + aws $(awk '{printf "%.1f", $1 + $2}' "$STATE/$RUN.time"), engine $(cpus "$e0" "$e1"), S3 server $(cpus "$s0" "$s1"), stolen by the hypervisor $(cpus "$st0" "$st1")"
 
 if [ "${AGE:-0}" = 1 ]; then
   command -v age-keygen >/dev/null 2>&1 || apt-get install -y -qq age >/dev/null
@@ -155,13 +159,13 @@ for _ in $(seq 100); do grep -q consuming "$STATE/logs/$RUN.log" && break; sleep
 done) >"$STATE/logs/$RUN.rss" &
 peak() { awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b && $2 > m {m = $2} END {printf "%.1f", m / 1024}' "$STATE/logs/$RUN.rss"; }
 at() { awk -v m="$1" 'index($0, m) {print $1; exit}' "$STATE/logs/$RUN.stamped"; }
-e0=$(engine_cpu); s0=$(s3_cpu); b0=$(cpu "$pid")
+e0=$(engine_cpu); s0=$(s3_cpu); b0=$(cpu "$pid"); st0=$(stolen)
 t0=$(now)
 "$BIN/steward" backup now
 t1=$(now)
-e1=$(engine_cpu); s1=$(s3_cpu); b1=$(cpu "$pid")
+e1=$(engine_cpu); s1=$(s3_cpu); b1=$(cpu "$pid"); st1=$(stolen)
 steward_total=$(secs "$t0" "$t1")
-echo "   CPU s to backup.done: steward-backup $(cpus "$b0" "$b1"), engine $(cpus "$e0" "$e1"), S3 server $(cpus "$s0" "$s1")"
+echo "   CPU s to backup.done: steward-backup $(cpus "$b0" "$b1"), engine $(cpus "$e0" "$e1"), S3 server $(cpus "$s0" "$s1"), stolen by the hypervisor $(cpus "$st0" "$st1")"
 copied=
 if [ "${COPY:-1}" = 1 ]; then
   for _ in $(seq 1200); do copied=$(at "copied to the second copy"); [ -n "$copied" ] && break; sleep 0.25; done
@@ -184,11 +188,12 @@ echo "   stored: steward $($S3 ls --recursive "s3://$BUCKET/" | grep -v ' peer/'
   "limit $($S3 ls --recursive "s3://$BUCKET/limit/" | awk '{s+=$3} END {printf "%.0f", s/1048576}') MiB"
 
 echo "== restore (RTO): steward restore latest --yes"
+st0=$(stolen)
 t0=$(now)
 "$BIN/steward" restore latest --yes
 t1=$(now)
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
-echo "   restore $(secs "$t0" "$t1") s; peak RSS after restore $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
+echo "   restore $(secs "$t0" "$t1") s (CPU s stolen by the hypervisor $(cpus "$st0" "$(stolen)")); peak RSS after restore $(echo "$hwm / 1024" | bc -l | xargs printf '%.1f') MiB"
 checks=$(at "checking checksums before touching anything"); safety=$(at "taking the safety backup")
 safe=$(at "safety backup complete"); stopping=$(at "stopping for the restore")
 loaded=$(awk 'index($0, "loaded beside the live data") {t=$1} END {print t}' "$STATE/logs/$RUN.stamped")
