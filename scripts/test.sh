@@ -23,12 +23,23 @@ phase testbed "$ROOT/infra/testbed/up.sh"
 source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 # A one-off build gains nothing from incremental state, which only costs disk.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# Clippy lints the workspace's crates while they are built, as `cargo clippy` does (it runs
+# Cargo with clippy-driver as the wrapper of the workspace's rustc), but with code generated:
+# a `cargo clippy` of its own compiled every dependency a second time in check mode, about
+# 600 CPU s beside the tests on two cores. Every Cargo command below runs with the same
+# wrapper, or Cargo would rebuild the workspace's crates (the wrapper is in their
+# fingerprints). `-D warnings` makes a lint or a compiler warning fail the build, before any
+# test runs.
+CLIPPY_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)
+[ -n "$CLIPPY_DRIVER" ] || { rustup component add clippy && CLIPPY_DRIVER=$(rustup which clippy-driver); }
+export RUSTC_WORKSPACE_WRAPPER=$CLIPPY_DRIVER CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 # System tests run the real binaries, which Cargo does not build for another package's tests.
-# The tests and examples are built in the same invocation: alone, `--bins` resolves the
-# dependencies' features without the dev-dependencies' (resolver 2), so the test build
-# compiled about 140 dependencies, every workspace library and every binary a second time
-# (the CI's test-build phase was 970 s, after a 434 s build).
-phase build cargo build --workspace --bins --tests --examples --locked
+# Every target (tests, examples, benches: what `clippy --all-targets` lints) is built in the
+# same invocation: alone, `--bins` resolves the dependencies' features without the
+# dev-dependencies' (resolver 2), so the test build compiled about 140 dependencies, every
+# workspace library and every binary a second time (the CI's test-build phase was 970 s,
+# after a 434 s build).
+phase build cargo build --workspace --all-targets --locked
 # The compose stack's end-to-end test runs these images (built from the binaries just built).
 images() {
   "$ROOT/infra/testbed/stack-images.sh" stand-ins
@@ -73,39 +84,16 @@ stop_infra() {
 trap 'stop_infra; rm -f "$infra_log"' EXIT
 # The tests were compiled by the build phase; this only lists them (Cargo's JSON messages
 # name the test binaries, which the runner below takes from them) and builds what `cargo
-# build --tests` leaves to `cargo test`, before the lint below starts (two compilations at
-# once would halve each on two cores).
+# build --all-targets` leaves to `cargo test` (nothing, when the wrapper above is the same).
 test_bins=$(mktemp)
 phase test-build bash -c 'cargo test --workspace --locked --no-run \
   --message-format=json-render-diagnostics >"$1"' _ "$test_bins"
-# Clippy runs beside the tests (which wait mostly on containers and servers), at the lowest
-# priority. It shares the build's target directory: the build scripts (with the C they
-# compile: aws-lc, zstd) and the proc macros are the same units in check mode and are reused,
-# where a directory of its own built them all again (process accounting of a CI run: the C
-# compilers ran twice, 969 times and 221 s of CPU in all). Cargo's lock on the directory is
-# free: the tests run the built binaries without Cargo, and the doc tests after them wait
-# for the lint if it is still running. Its verdict is read after the tests, as the infrastructure checks' are.
-# The lowest priority is its session's: with the kernel's autogroups (Debian's default), a
-# process's own nice value counts only inside its session, and a session of its own (setsid,
-# for the early exit) would otherwise get as much CPU as the whole test run.
-clippy_log=$(mktemp)
-clippy_start=$SECONDS
-setsid bash -c '
-  echo 19 >/proc/self/autogroup 2>/dev/null || true
-  exec nice -n 19 cargo clippy --workspace --all-targets --locked -- -D warnings' \
-  >"$clippy_log" 2>&1 &
-clippy_pid=$!
-trap 'kill -TERM -- "-$clippy_pid" 2>/dev/null || true; stop_infra; rm -f "$infra_log" "$clippy_log" "$test_bins"' EXIT
+trap 'stop_infra; rm -f "$infra_log" "$test_bins"' EXIT
 # Two test binaries at a time, the longest first (scripts/run-tests.py): one at a time left
 # the CPUs half idle. Every binary runs even when one fails (as --no-fail-fast).
 phase tests env STEWARD_TEST_ENGINE=podman python3 "$ROOT/scripts/run-tests.py" <"$test_bins"
 phase doc-tests cargo test --workspace --locked --doc
 phase fmt cargo fmt --all -- --check
-clippy_rc=0
-wait "$clippy_pid" || clippy_rc=$?
-cat "$clippy_log"
-echo "[phase] clippy (beside the tests): $((SECONDS - clippy_start)) s, exit $clippy_rc"
-[ "$clippy_rc" -eq 0 ] || exit "$clippy_rc"
 infra_rc=0
 wait "$infra_pid" || infra_rc=$?
 infra_done=1
