@@ -3,7 +3,9 @@
 //! runs; the pull before and the health gate after add nothing to the outage) against the
 //! peer, a plain `docker stop; docker rm; docker run` of the same change (what Watchtower does).
 //!
-//! Run: `cargo bench -p steward-engine --bench downtime` after `infra/testbed/up.sh`.
+//! Run: `cargo bench -p steward-engine --bench downtime` after `infra/testbed/up.sh`;
+//! `STEWARD_BENCH_ENGINE=podman` measures the same on the test bed's Podman service (the peer
+//! then `podman stop; podman rm; podman run`, the images pulled from the test bed's registry).
 
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -12,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steward_engine::Engine;
-use steward_testkit::docker::docker;
-use steward_testkit::{free_port, http_get, unique_name, wait_for};
+use steward_testkit::{free_port, http_get, unique_name, wait_for, BenchEngine};
 
 const ROUNDS: usize = 6;
 
@@ -40,11 +41,10 @@ fn prober(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Duration>
     })
 }
 
-/// `docker run` of the stand-in app `version` as `name`, published on `port`.
-fn run(name: &str, port: u16, version: &str) {
+/// `docker run` (or `podman run`) of `image` as `name`, published on `port`.
+fn run(cli: BenchEngine, name: &str, port: u16, image: &str) {
     let publish = format!("127.0.0.1:{port}:8080");
-    let image = format!("steward-test/app:{version}");
-    docker(&[
+    cli.cli(&[
         "run",
         "-d",
         "--name",
@@ -55,7 +55,7 @@ fn run(name: &str, port: u16, version: &str) {
         "unless-stopped",
         "--label",
         "steward.enable=true",
-        &image,
+        image,
     ]);
 }
 
@@ -67,9 +67,9 @@ struct Probed {
 }
 
 impl Probed {
-    /// Runs `version` as `name`, waits until it serves, starts probing.
-    fn start(name: &str, port: u16, version: &str) -> Self {
-        run(name, port, version);
+    /// Runs `image` as `name`, waits until it serves, starts probing.
+    fn start(cli: BenchEngine, name: &str, port: u16, image: &str) -> Self {
+        run(cli, name, port, image);
         wait_for("app up", Duration::from_secs(10), || http_get(port));
         let stop = Arc::new(AtomicBool::new(false));
         let probe = prober(port, stop.clone());
@@ -100,36 +100,45 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let engine = Engine::from_env();
+    let cli = BenchEngine::from_env();
+    let engine = Engine::new(cli.host(), Duration::from_secs(60));
+    let images = [("v1", cli.app_image("v1")), ("v2", cli.app_image("v2"))];
     let (mut steward, mut peer) = (vec![], vec![]);
     for round in 0..ROUNDS {
-        let (from, to) = if round % 2 == 0 { ("v1", "v2") } else { ("v2", "v1") };
+        let ((from, from_image), (to, to_image)) =
+            if round % 2 == 0 { (&images[0], &images[1]) } else { (&images[1], &images[0]) };
         let port = free_port();
 
         // Steward: the swap the updater performs.
         let name = unique_name("downtime-steward");
-        let probed = Probed::start(&name, port, from);
-        let r = engine.replace(&name, &format!("steward-test/app:{to}")).await.expect("replace");
+        let probed = Probed::start(cli, &name, port, from_image);
+        let r = engine.replace(&name, to_image).await.expect("replace");
         steward.push(probed.until(to));
         engine.finish(&r).await.expect("finish");
-        docker(&["rm", "-f", &name]);
+        cli.cli(&["rm", "-f", &name]);
 
         // Peer: stop, rm, run.
         let name = unique_name("downtime-peer");
-        let probed = Probed::start(&name, port, from);
-        docker(&["stop", &name]);
-        docker(&["rm", &name]);
-        run(&name, port, to);
+        let probed = Probed::start(cli, &name, port, from_image);
+        cli.cli(&["stop", &name]);
+        cli.cli(&["rm", &name]);
+        run(cli, &name, port, to_image);
         peer.push(probed.until(to));
-        docker(&["rm", "-f", &name]);
+        cli.cli(&["rm", "-f", &name]);
 
         println!(
-            "round {}: {from} -> {to}: steward {:.0} ms, docker stop/rm/run {:.0} ms",
+            "round {}: {from} -> {to}: steward {:.0} ms, {engine} stop/rm/run {:.0} ms",
             round + 1,
             ms(steward[round]),
-            ms(peer[round])
+            ms(peer[round]),
+            engine = cli.name(),
         );
     }
+    if cli == BenchEngine::Podman {
+        for (_, image) in &images {
+            let _ = steward_testkit::podman::cli(&["rmi", image]);
+        }
+    }
     let (s, p) = (median(steward), median(peer));
-    println!("median downtime over {ROUNDS} rounds: steward {:.0} ms, peer {:.0} ms, ratio {:.2} (target <= 1.2)", ms(s), ms(p), s.as_secs_f64() / p.as_secs_f64());
+    println!("engine {}: median downtime over {ROUNDS} rounds: steward {:.0} ms, peer {:.0} ms, ratio {:.2} (target <= 1.2)", cli.name(), ms(s), ms(p), s.as_secs_f64() / p.as_secs_f64());
 }

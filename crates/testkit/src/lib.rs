@@ -454,7 +454,11 @@ pub mod podman {
     /// and not asked for; `STEWARD_TEST_ENGINE=podman` asks for it: then a missing or silent
     /// service fails the test.
     pub fn socket() -> Option<String> {
-        let required = std::env::var("STEWARD_TEST_ENGINE").is_ok_and(|e| e == "podman");
+        socket_if(std::env::var("STEWARD_TEST_ENGINE").is_ok_and(|e| e == "podman"))
+    }
+
+    /// [`socket`], a missing or silent service failing the caller when `required`.
+    pub fn socket_if(required: bool) -> Option<String> {
         let Some(socket) = super::testbed::var("STEWARD_TEST_PODMAN_SOCKET") else {
             assert!(
                 !required,
@@ -518,6 +522,18 @@ pub mod podman {
         (image, digest)
     }
 
+    /// Runs `podman ARGS` as [`cli`] does, returning stdout; a failure fails the caller with
+    /// podman's stderr (as [`super::docker::docker`]).
+    pub fn podman(args: &[&str]) -> String {
+        let out = cli(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Podman containers removed (with their anonymous volumes) when dropped.
     pub struct Containers(pub Vec<String>);
     impl Drop for Containers {
@@ -535,6 +551,74 @@ pub mod podman {
         fn drop(&mut self) {
             for name in &self.0 {
                 let _ = cli(&["rmi", name]);
+            }
+        }
+    }
+}
+
+/// The engine a benchmark measures: Docker, or the test bed's Podman service with
+/// `STEWARD_BENCH_ENGINE=podman` (issue 22: the same numbers on both). Driven with the engine's
+/// own CLI, as its users would (`docker ...` or `podman ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchEngine {
+    /// dockerd (`DOCKER_HOST` or its default socket).
+    Docker,
+    /// Podman's Docker-compatible service (`STEWARD_TEST_PODMAN_SOCKET`).
+    Podman,
+}
+
+impl BenchEngine {
+    /// `STEWARD_BENCH_ENGINE`: `podman`, or Docker when unset or `docker`; anything else, or
+    /// Podman asked for without its service, stops the bench with the reason.
+    pub fn from_env() -> Self {
+        match std::env::var("STEWARD_BENCH_ENGINE").as_deref() {
+            Err(_) | Ok("docker") => Self::Docker,
+            Ok("podman") => {
+                // A missing or silent service stops the bench (never a skip).
+                let _ = podman::socket_if(true);
+                Self::Podman
+            }
+            Ok(other) => panic!("STEWARD_BENCH_ENGINE={other:?}: expected docker or podman"),
+        }
+    }
+
+    /// `docker` or `podman`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+        }
+    }
+
+    /// The engine's API address, for `Engine::new` (`DOCKER_HOST` or the default socket for
+    /// Docker).
+    pub fn host(self) -> String {
+        match self {
+            Self::Docker => std::env::var("DOCKER_HOST")
+                .unwrap_or_else(|_| "unix:///var/run/docker.sock".into()),
+            Self::Podman => format!("unix://{}", testbed::require("STEWARD_TEST_PODMAN_SOCKET")),
+        }
+    }
+
+    /// Runs the engine's CLI with `args`; stdout, a failure failing the caller.
+    pub fn cli(self, args: &[&str]) -> String {
+        match self {
+            Self::Docker => docker::docker(args),
+            Self::Podman => podman::podman(args),
+        }
+    }
+
+    /// The stand-in app `version` as this engine has it: `steward-test/app:VERSION` on Docker;
+    /// on Podman the same image pushed to the test bed's registry and pulled (Podman has no
+    /// other way to it here).
+    pub fn app_image(self, version: &str) -> String {
+        match self {
+            Self::Docker => format!("steward-test/app:{version}"),
+            Self::Podman => {
+                let (image, _) = podman::pushed_app(version);
+                let tagged = format!("{image}:1.0");
+                podman::podman(&["pull", "-q", &tagged]);
+                tagged
             }
         }
     }

@@ -3,7 +3,9 @@
 //! record) against the peer, a loop of `skopeo inspect` over the same 200 references.
 //!
 //! Run: `cargo bench -p steward-watcher --bench check` after `infra/testbed/up.sh`.
-//! `STEWARD_BENCH_TAGS` changes the count (default 200).
+//! `STEWARD_BENCH_TAGS` changes the count (default 200); `STEWARD_BENCH_ENGINE=podman` runs
+//! the containers on the test bed's Podman service (the image pulled from the test bed's
+//! registry) and points the check at it.
 
 #![allow(clippy::print_stdout, missing_docs)]
 
@@ -12,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::family::Family;
-use steward_testkit::docker::{docker, push_app, registry};
-use steward_testkit::{unique_name, TestBus};
+use steward_testkit::docker::{push_app, registry};
+use steward_testkit::{unique_name, BenchEngine, TestBus};
 use steward_watcher::check::Checker;
 use steward_watcher::registry::{Registries, RegistryConfig};
 
@@ -26,6 +28,7 @@ async fn main() {
     let n: usize =
         std::env::var("STEWARD_BENCH_TAGS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let reg = registry();
+    let cli = BenchEngine::from_env();
     // STEWARD_BENCH_KEEP=NAME keeps (or reuses) the set-up under that name between runs.
     let keep = std::env::var("STEWARD_BENCH_KEEP").ok();
     let repo = keep
@@ -33,20 +36,21 @@ async fn main() {
         .map_or_else(|| unique_name("steward-bench/check"), |k| format!("steward-bench/{k}"));
     let scope = keep.clone().unwrap_or_else(|| unique_name("bench"));
     let reuse = keep.is_some()
-        && docker(&["ps", "-q", "--filter", &format!("label=steward.scope={scope}")])
+        && cli
+            .cli(&["ps", "-q", "--filter", &format!("label=steward.scope={scope}")])
             .lines()
             .count()
             == n;
 
     let first = format!("{reg}/{repo}:t0");
     if !reuse {
-        set_up(n, &reg, &repo, &scope, &first).await;
+        set_up(cli, n, &reg, &repo, &scope, &first).await;
     }
 
     let bus = TestBus::new("benchcheck").await;
     let checker = Checker {
         bus: bus.bus.clone(),
-        engine: steward_engine::Engine::from_env(),
+        engine: steward_engine::Engine::new(cli.host(), Duration::from_secs(60)),
         registries: Arc::new(
             Registries::new(RegistryConfig {
                 timeout: Duration::from_secs(10),
@@ -94,8 +98,8 @@ async fn main() {
         peer.as_secs_f64() / median.as_secs_f64()
     );
 
-    // Breakdown: the Docker side and the registry side alone.
-    let engine = steward_engine::Engine::from_env();
+    // Breakdown: the engine's side and the registry side alone.
+    let engine = checker.engine.clone();
     let started = Instant::now();
     let containers = engine
         .running_containers(|l| l.get("steward.scope").map(String::as_str) == Some(scope.as_str()))
@@ -127,19 +131,30 @@ async fn main() {
     if keep.is_some() {
         return;
     }
-    let ids = docker(&["ps", "-aq", "--filter", &format!("label=steward.scope={scope}")]);
+    let ids = cli.cli(&["ps", "-aq", "--filter", &format!("label=steward.scope={scope}")]);
     let ids: Vec<&str> = ids.lines().collect();
     // At most 4 removals at once: `docker rm` runs its arguments in parallel, and 200 at once
     // deadlocked dockerd 20.10 in libnetwork.
     for batch in ids.chunks(REMOVE_AT_ONCE) {
         let mut rm = vec!["rm", "-f"];
         rm.extend(batch);
-        docker(&rm);
+        cli.cli(&rm);
     }
     for i in 0..n {
-        let _ = Command::new("docker")
-            .args(["rmi", "--no-prune", &format!("{reg}/{repo}:t{i}")])
-            .output();
+        let image = format!("{reg}/{repo}:t{i}");
+        let rmi = ["rmi", "--no-prune", &image];
+        match cli {
+            BenchEngine::Docker => {
+                let _ = Command::new("docker").args(rmi).output();
+            }
+            BenchEngine::Podman => {
+                let _ = steward_testkit::podman::cli(&rmi);
+            }
+        }
+    }
+    if cli == BenchEngine::Podman {
+        // The name Docker pushed it under.
+        let _ = Command::new("docker").args(["rmi", "--no-prune", &first]).output();
     }
 }
 
@@ -171,8 +186,11 @@ fn curl_floor(n: usize, reg: &str, repo: &str, parallel: usize) -> Duration {
 
 /// One image, n tags (pushed once, then the same manifest PUT under every tag), and n
 /// containers, one per tag.
-async fn set_up(n: usize, reg: &str, repo: &str, scope: &str, first: &str) {
+async fn set_up(cli: BenchEngine, n: usize, reg: &str, repo: &str, scope: &str, first: &str) {
     push_app("v1", first);
+    if cli == BenchEngine::Podman {
+        cli.cli(&["pull", "-q", first]);
+    }
     let http = reqwest::Client::new();
     let manifest = http
         .get(format!("http://{reg}/v2/{repo}/manifests/t0"))
@@ -198,10 +216,10 @@ async fn set_up(n: usize, reg: &str, repo: &str, scope: &str, first: &str) {
     for i in 0..n {
         let image = format!("{reg}/{repo}:t{i}");
         if i > 0 {
-            docker(&["tag", first, &image]);
+            cli.cli(&["tag", first, &image]);
         }
         // No healthcheck: 200 of them every second would load the engine and skew every number.
-        docker(&[
+        cli.cli(&[
             "run",
             "-d",
             "--no-healthcheck",
@@ -217,7 +235,8 @@ async fn set_up(n: usize, reg: &str, repo: &str, scope: &str, first: &str) {
         ]);
     }
     println!(
-        "set-up: {n} tags pushed, {n} containers started in {:.0} s",
+        "set-up: {n} tags pushed, {n} containers started on {} in {:.0} s",
+        cli.name(),
         started.elapsed().as_secs_f64()
     );
 }
