@@ -101,7 +101,9 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cli = BenchEngine::from_env();
-    let engine = Engine::new(cli.host(), Duration::from_secs(60));
+    let engine = cli
+        .podman_host()
+        .map_or_else(Engine::from_env, |h| Engine::new(h, Duration::from_secs(60)));
     let images = [("v1", cli.app_image("v1")), ("v2", cli.app_image("v2"))];
     let (mut steward, mut peer) = (vec![], vec![]);
     for round in 0..ROUNDS {

@@ -561,7 +561,7 @@ pub mod podman {
 /// own CLI, as its users would (`docker ...` or `podman ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchEngine {
-    /// dockerd (`DOCKER_HOST` or its default socket).
+    /// dockerd, where `Engine::from_env` finds it.
     Docker,
     /// Podman's Docker-compatible service (`STEWARD_TEST_PODMAN_SOCKET`).
     Podman,
@@ -590,14 +590,11 @@ impl BenchEngine {
         }
     }
 
-    /// The engine's API address, for `Engine::new` (`DOCKER_HOST` or the default socket for
-    /// Docker).
-    pub fn host(self) -> String {
-        match self {
-            Self::Docker => std::env::var("DOCKER_HOST")
-                .unwrap_or_else(|_| "unix:///var/run/docker.sock".into()),
-            Self::Podman => format!("unix://{}", testbed::require("STEWARD_TEST_PODMAN_SOCKET")),
-        }
+    /// The API address of Podman's service, for `Engine::new`; `None` for Docker, whose
+    /// address is the engine's own default (`Engine::from_env`: `DOCKER_HOST` or the socket).
+    pub fn podman_host(self) -> Option<String> {
+        (self == Self::Podman)
+            .then(|| format!("unix://{}", testbed::require("STEWARD_TEST_PODMAN_SOCKET")))
     }
 
     /// Runs the engine's CLI with `args`; stdout, a failure failing the caller.

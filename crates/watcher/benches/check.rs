@@ -50,7 +50,9 @@ async fn main() {
     let bus = TestBus::new("benchcheck").await;
     let checker = Checker {
         bus: bus.bus.clone(),
-        engine: steward_engine::Engine::new(cli.host(), Duration::from_secs(60)),
+        engine: cli.podman_host().map_or_else(steward_engine::Engine::from_env, |h| {
+            steward_engine::Engine::new(h, Duration::from_secs(60))
+        }),
         registries: Arc::new(
             Registries::new(RegistryConfig {
                 timeout: Duration::from_secs(10),
