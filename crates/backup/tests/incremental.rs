@@ -410,3 +410,43 @@ async fn the_second_copy_gets_every_chunk_and_restores_from_them_alone() {
     common::destroy_bucket(copy_store.bucket()).await;
     stack.destroy_bucket().await;
 }
+
+/// An archive stream that breaks part-way (the engine or the container gone mid-read) fails
+/// the store: no index is written for the bytes that did arrive, so no backup can name a
+/// path cut short. Chunks already uploaded stay, unreferenced, for the collection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_broken_mid_stream_stores_no_index() {
+    use steward_backup::chunks::{store_chunked, Chunker, Known};
+    let bucket = common::bucket_name("chunks-broken");
+    let store = common::store_for(&common::s3_config(&bucket, None)).await;
+    let identity = age::x25519::Identity::generate();
+    let keys = Keys::new(vec![identity.to_public()], vec![identity]);
+    let chunker = Chunker::new(&common::signing_key(), &keys);
+    let meter = std::sync::Arc::new(steward_backup::progress::Meter::default());
+    // 9 MiB of bytes no chunker cuts alike twice, in 64 KiB pieces, then the break.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let pieces: Vec<std::io::Result<bytes::Bytes>> = (0..144)
+        .map(|_| {
+            let piece: Vec<u8> = (0..8192)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()
+                })
+                .collect();
+            Ok(bytes::Bytes::from(piece))
+        })
+        .chain([Err(std::io::Error::other("the engine closed the archive"))])
+        .collect();
+    let io = steward_backup::pipeline::Io { store: &store, keys: &keys, meter: &meter };
+    let known = Known::default();
+    let result =
+        store_chunked(io, &chunker, &known, "b1/data.chunks.zst", futures::stream::iter(pieces), 3)
+            .await;
+    let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("the engine closed the archive"), "the store did not fail: {err:?}");
+    let index = store.get_small("b1/data.chunks.zst", 1 << 20).await;
+    assert!(matches!(index, Ok(None)), "an index was stored for a broken stream: {index:?}");
+    common::destroy_bucket(&bucket).await;
+}
