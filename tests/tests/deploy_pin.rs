@@ -167,3 +167,35 @@ async fn a_pin_of_a_manual_environment_waits_for_approval_and_a_killed_pin_ends_
     // A pin that did not end running its commit holds nothing: a push deploys again.
     assert!(!dev_row(&bus).contains("pinned"), "{}", dev_row(&bus));
 }
+
+/// A pin from a machine whose clock is behind the environment's last request: the deployer
+/// would take it for an old request replayed and drop it, and the pin would wait out `--wait`
+/// unanswered. The CLI refuses it at once, naming the clock, and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_from_a_clock_behind_the_last_request_is_refused_at_once_saying_so() {
+    use steward_bus::StateStore;
+    use steward_events::records::{DeployRecord, DEPLOY_BUCKET};
+    let bus = TestBus::new("deploypinclock").await;
+    // The last request as a deployer on a machine an hour ahead recorded it.
+    let ahead = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let ahead = ahead.format(&time::format_description::well_known::Rfc3339).expect("formats");
+    let id = uuid::Uuid::new_v4();
+    let record: DeployRecord = serde_json::from_value(serde_json::json!({
+        "deploy_id": id, "repository": "git://127.0.0.1/app", "branch": "dev",
+        "environment": "dev", "commit": "b".repeat(40), "deployed_commit": "b".repeat(40),
+        "correlation_id": id, "last_event_id": id, "step": "succeeded",
+        "requested_at": ahead, "request_id": id, "started_at": ahead,
+    }))
+    .expect("a deploy record");
+    let records = StateStore::<DeployRecord>::open(&bus, DEPLOY_BUCKET).await.expect("bucket");
+    records.create("dev", &record).await.expect("record planted");
+
+    let (ok, said) = pin(&bus, &"a".repeat(40));
+    assert!(!ok, "{said}");
+    assert!(said.contains("clock") && said.contains("behind the last request for dev"), "{said}");
+    let published = stored_events(&bus).await;
+    assert!(
+        !published.iter().any(|e| matches!(e.data, EventData::DeployPinRequested(_))),
+        "a pin was published: {published:#?}"
+    );
+}

@@ -36,8 +36,9 @@ pub struct DeployArgs {
     /// The full commit id (`git rev-parse COMMIT`).
     #[arg(value_name = "COMMIT")]
     commit: Option<String>,
-    /// How long to wait for the outcome (a backup may come first).
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    /// How long to wait for the outcome: the repository's test command (up to
+    /// STEWARD_DEPLOY_TEST_TIMEOUT, 10 minutes by default) and a backup may come first.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     wait: Duration,
 }
 
@@ -89,6 +90,16 @@ async fn pin(conn: &Connection, env: &str, commit: &str, wait: Duration) -> anyh
     let mine: Vec<&(Option<String>, DeployRecord)> =
         records.iter().filter(|(_, r)| r.change.environment == env).collect();
     let host = host_of(conn, &mine)?;
+    // The deployer takes a request no later than the environment's last one for a replay
+    // and drops it: with this machine's clock behind the one that stamped that request, the
+    // pin would wait out `--wait` unanswered.
+    let now = time::OffsetDateTime::now_utc();
+    let latest = mine.iter().filter(|(h, _)| *h == host).map(|(_, r)| r.requested_at).max();
+    if let Some(latest) = latest.filter(|latest| now <= *latest) {
+        bail!(
+            "this machine's clock ({now}) is behind the last request for {env} ({latest}): the deployer would take the pin for an old one and ignore it; set the clock right (NTP) and try again"
+        );
+    }
     let data = DeployPinRequested { environment: env.to_owned(), commit, by: who() };
     let outcome =
         crate::backups::request(conn, host.as_deref(), data, &PIN_OUTCOMES, wait, "deploying")
