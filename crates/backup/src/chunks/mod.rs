@@ -10,8 +10,7 @@
 //! plaintext otherwise. A chunk whose id a usable (signed) backup's index lists is not
 //! uploaded again: the new index names the same object.
 //!
-//! Invariants: a path is streamed, never held (at most [`PARALLEL`] chunks in flight, cut
-//! in one reused buffer at `AsyncStreamCDC`'s points, `cut.rs`); an
+//! Invariants: a path is streamed, never held (at most [`PARALLEL`] chunks in flight); an
 //! index is used only after its bytes matched the signed manifest; every chunk read is checked
 //! against its size and SHA-256 in that index before it is opened, and against its plaintext
 //! size after; the whole stream is then checked by the pipeline against the manifest's raw
@@ -20,7 +19,6 @@
 //! (`Component::entries_checked`); for such a component a restore's check before the stop
 //! proves the stored bytes only ([`check_stored`]), and the load checks everything again.
 
-mod cut;
 pub mod gc;
 
 use std::collections::HashMap;
@@ -28,6 +26,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use fastcdc::v2020::{AsyncStreamCDC, Normalization};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac as _};
@@ -36,6 +35,7 @@ use steward_store::chunks::{Entry, Index};
 use steward_store::manifest::{Component, Manifest};
 use steward_store::signing::SigningKey;
 use steward_store::store::{Store, StoreError, Stored};
+use tokio_util::io::StreamReader;
 
 use crate::encryption::Keys;
 use crate::pipeline::{Counted, Counter, Io};
@@ -52,8 +52,7 @@ pub const MIN_CHUNK: u32 = 256 << 10;
 pub const AVG_CHUNK: u32 = 1 << 20;
 /// Largest chunk.
 pub const MAX_CHUNK: u32 = 4 << 20;
-/// Chunks compressed, sealed and transferred at once (memory: about 2 × [`MAX_CHUNK`] each,
-/// beside the cutting buffer of 2 × [`MAX_CHUNK`] and one new chunk waiting).
+/// Chunks compressed, sealed and transferred at once (memory: about 2 × [`MAX_CHUNK`] each).
 pub const PARALLEL: usize = 4;
 /// A sealed chunk's size is reserved up to this: the largest chunk, stored incompressible,
 /// with zstd's and age's overhead.
@@ -179,48 +178,37 @@ where
 {
     let Io { store, keys, meter } = io;
     let raw = Counter::metered(meter);
-    let (groups, received) = tokio::sync::mpsc::channel::<Vec<Bytes>>(PIECE_GROUPS);
-    let (cuts, mut cut) = tokio::sync::mpsc::channel::<Cut>(1);
-    let cutting = {
-        let (chunker, known) = (chunker.clone(), known.clone());
-        tokio::task::spawn_blocking(move || cut_and_name(received, cuts, &chunker, &known))
-    };
-    // The engine's stream, hashed as it passes, goes to the cutting thread in groups: one
-    // hand-off per group instead of per piece of the HTTP body.
-    let feed = async move {
-        let mut stream = std::pin::pin!(raw.count(stream));
-        let (mut group, mut grouped) = (vec![], 0usize);
-        loop {
-            let piece = stream.try_next().await.map_err(|e| source(store, index, e))?;
-            let end = piece.is_none();
-            if let Some(piece) = piece {
-                grouped += piece.len();
-                group.push(piece);
-            }
-            if (end || grouped >= PIECE_GROUP) && !group.is_empty() {
-                grouped = 0;
-                if groups.send(std::mem::take(&mut group)).await.is_err() {
-                    // The cutting thread ended early: its result says why.
-                    break;
+    let reader = StreamReader::new(Box::pin(raw.count(stream)));
+    let mut cdc = AsyncStreamCDC::with_level_and_seed(
+        reader,
+        MIN_CHUNK,
+        AVG_CHUNK,
+        MAX_CHUNK,
+        Normalization::Level1,
+        chunker.seed,
+    );
+    let mut entries = vec![];
+    let mut uploaded = Uploaded::default();
+    {
+        let chunks = cdc.as_stream().map_err(|e| source(store, index, e)).map_ok(|chunk| {
+            let naming = chunker.clone();
+            async move {
+                // Named off the stream's task, so one chunk's id is hashed while the next
+                // chunk is cut.
+                let (id, plain) = tokio::task::spawn_blocking(move || {
+                    let id = naming.id(&chunk.data);
+                    (id, chunk.data)
+                })
+                .await
+                .map_err(|e| source(store, index, e))?;
+                match known.get(&id) {
+                    Some(e) => Ok((e, 0)),
+                    None => put_chunk(store, keys, id, plain, level).await,
                 }
             }
-            if end {
-                break;
-            }
-        }
-        Ok::<_, StoreError>(raw)
-    };
-    let mut uploaded = Uploaded::default();
-    let store_all = async {
-        let named = futures::stream::poll_fn(|cx| cut.poll_recv(cx)).map(|c| async move {
-            match c {
-                Cut::Known(e) => Ok((e, 0)),
-                Cut::New { id, plain } => put_chunk(store, keys, id, plain, level).await,
-            }
         });
-        let mut named = std::pin::pin!(named.buffered(PARALLEL));
-        let mut entries = vec![];
-        while let Some((entry, sent)) = named.try_next().await? {
+        let mut chunks = std::pin::pin!(chunks.try_buffered(PARALLEL));
+        while let Some((entry, sent)) = chunks.try_next().await? {
             uploaded.chunks += 1;
             if sent > 0 {
                 uploaded.new_chunks += 1;
@@ -229,79 +217,13 @@ where
             }
             entries.push(entry);
         }
-        Ok::<_, StoreError>(entries)
-    };
-    let (raw, entries) = futures::future::try_join(feed, store_all).await?;
-    cutting.await.map_err(|e| source(store, index, e))?;
-    let raw = raw.result();
-    // The chunks must cover the stream exactly (a cutting thread that ended early would
-    // leave the index short).
-    let chunked = entries.iter().map(|e| e.raw_size).sum::<u64>();
-    if chunked != raw.size {
-        return Err(source(
-            store,
-            index,
-            format!("the chunks add up to {chunked} bytes of a {}-byte stream", raw.size),
-        ));
     }
     let body = Index { scheme: chunker.scheme.clone(), entries }.to_bytes();
     let body = zstd::bulk::compress(&body, level).map_err(|e| source(store, index, e))?;
     let stored = Stored { size: body.len() as u64, sha256: hex::encode(Sha256::digest(&body)) };
     uploaded.bytes += stored.size;
     store.put(index, Bytes::from(body)).await?;
-    Ok((stored, raw, uploaded))
-}
-
-/// Pieces of the engine's stream handed to the cutting thread at once, and groups queued.
-const PIECE_GROUP: usize = 256 << 10;
-const PIECE_GROUPS: usize = 4;
-
-/// A chunk as cut and named: one already stored, or the plaintext of one to store.
-enum Cut {
-    Known(Entry),
-    New { id: String, plain: Vec<u8> },
-}
-
-/// The cutting thread: cuts what arrives on `groups` into chunks in one reused buffer and
-/// names each in place; only a chunk not `known` is copied out (to be uploaded). Ends at the
-/// end of the stream, or when the receiver of `cuts` is gone.
-fn cut_and_name(
-    mut groups: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
-    cuts: tokio::sync::mpsc::Sender<Cut>,
-    chunker: &Chunker,
-    known: &Known,
-) {
-    let mut cutter = cut::Cutter::new(MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, chunker.seed);
-    let mut queued = std::collections::VecDeque::new();
-    let mut ended = false;
-    loop {
-        while let Some(chunk) = cutter.next_chunk(ended) {
-            let id = chunker.id(chunk);
-            let c = match known.get(&id) {
-                Some(e) => Cut::Known(e),
-                None => Cut::New { id, plain: chunk.to_vec() },
-            };
-            if cuts.blocking_send(c).is_err() {
-                return;
-            }
-        }
-        if ended {
-            return;
-        }
-        cutter.fill();
-        if cutter.has_pending() || cutter.ready() {
-            continue;
-        }
-        if queued.is_empty() {
-            match groups.blocking_recv() {
-                Some(group) => queued.extend(group),
-                None => ended = true,
-            }
-        }
-        if let Some(piece) = queued.pop_front() {
-            cutter.push(piece);
-        }
-    }
+    Ok((stored, raw.result(), uploaded))
 }
 
 /// Compresses and seals one chunk off the async threads, and stores it under its hash.
@@ -572,8 +494,11 @@ impl crate::backup::Backups {
         let store = self.store();
         store.put(&format!("{id}/{PENDING}"), Bytes::new()).await.map_err(|e| failed(&e))?;
         let chunker = Chunker::new(&self.config.signing, &self.config.keys);
+        let reading = std::time::Instant::now();
         let known =
             known_chunks(store, &self.config.trust, &chunker).await.map_err(|e| failed(&e))?;
+        let (known_seconds, streaming) =
+            (reading.elapsed().as_secs_f64(), std::time::Instant::now());
         let object = match &kind {
             steward_store::manifest::Kind::Path { container, path } => format!(
                 "{id}/path-{}-{}.chunks.zst",
@@ -608,6 +533,9 @@ impl crate::backup::Backups {
             new_chunks = uploaded.new_chunks,
             uploaded_bytes = uploaded.bytes,
             raw_bytes = raw.size,
+            known_chunks = known.len(),
+            known_seconds,
+            stream_seconds = streaming.elapsed().as_secs_f64(),
             "stored as chunks"
         );
         let encoding = if self.config.keys.encrypts() { CDC_ZSTD_AGE } else { CDC_ZSTD };
