@@ -423,7 +423,7 @@ async fn an_archive_broken_mid_stream_stores_no_index() {
     let keys = Keys::new(vec![identity.to_public()], vec![identity]);
     let chunker = Chunker::new(&common::signing_key(), &keys);
     let meter = std::sync::Arc::new(steward_backup::progress::Meter::default());
-    // 9 MiB of bytes no chunker cuts alike twice, in 64 KiB pieces, then the break.
+    // 9 MiB of pseudo-random bytes (several chunks) in 64 KiB pieces, then the break.
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let pieces: Vec<std::io::Result<bytes::Bytes>> = (0..144)
         .map(|_| {
