@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use steward_bus::{Bus, BusConfig, Namespace};
 
+pub mod cpu;
 pub mod haproxy;
 pub mod leaf;
 pub mod stall;
