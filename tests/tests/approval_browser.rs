@@ -353,6 +353,9 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     let bus = TestBus::new("approvebrowser").await;
     let scope = unique_name("scope");
     let to = unique_address("browser");
+    // Declared before the app, so dropped after its container: by then the container runs
+    // tag 1.1, and Docker keeps a tag that a container uses.
+    let _newer_tag: ImageTag;
     // Tag tracking: the newer release is tag 1.1 of the app's repository (it runs 1.0).
     let app = app(&scope, "manual", &[r"steward.watch.tags=^\d+\.\d+$".to_owned()]);
     let port = free_port();
@@ -375,7 +378,7 @@ async fn the_approval_page_works_in_a_real_browser_with_the_keyboard_alone() {
     // the run keeps another test's cached build from being this one.
     let (repo, _) = app.image.rsplit_once(':').expect("repo:tag");
     let newer = format!("{repo}:1.1");
-    let _newer_tag = ImageTag(newer.clone());
+    _newer_tag = ImageTag(newer.clone());
     let released = "2026-11-20T10:00:00Z";
     let v2 = build_and_push(
         &newer,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use steward_events::{Event, EventData};
 use steward_system_tests::apps::wait_event;
 use steward_system_tests::{steward_ok as steward, Proc};
-use steward_testkit::docker::{push_app, registry};
+use steward_testkit::docker::{push_app, registry, ImageTag};
 use steward_testkit::podman::{cli, Containers, Names};
 use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
 
@@ -43,6 +43,8 @@ async fn an_update_on_podman_passes_its_health_gate_and_a_broken_one_is_rolled_b
     let scope = unique_name("scope");
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/podflow"));
     let repository = image.trim_end_matches(":1.0").to_owned();
+    // The pushes tag it in Docker too.
+    let _docker_tag = ImageTag(image.clone());
     let v1 = push_app("v1", &image);
     // Removed after the containers (dropped after them): the names the pulls leave, and the
     // first image by id (the updater's cleanup leaves it without a name; an id that other

@@ -17,6 +17,8 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -180,7 +182,7 @@ async fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let data_mib: u32 = std::env::var("DATA_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let data_mib = common::data_mib();
     let scope = unique_name("bench-cdc");
     let app = format!("{scope}-app");
     let image = format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE"));
@@ -197,8 +199,7 @@ async fn main() {
         "/data",
         &image,
     ]);
-    let half = data_mib / 2;
-    let files = half * 4;
+    let (half, files) = common::shape(data_mib);
     // The image runs the service with these (Dockerfile); without them glibc keeps freed
     // chunk buffers in its heap and the peaks are not the service's.
     let malloc = ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"]
@@ -208,13 +209,7 @@ async fn main() {
         num_cpus(),
         malloc.join(" ")
     );
-    docker(&[
-        "exec", &app, "sh", "-c",
-        &format!(
-            "mkdir -p /data/lfs /data/repos && dd if=/dev/urandom of=/data/lfs/blob bs=1M count={half} 2>/dev/null && \
-             i=0; while [ $i -lt {files} ]; do head -c 131072 /dev/urandom | od -An -tx1 | head -c 262144 > /data/repos/f$i.txt; i=$((i+1)); done"
-        ),
-    ]);
+    common::fill(&app, data_mib);
     let source = docker(&["inspect", "-f", "{{range .Mounts}}{{.Source}}{{end}}", &app]);
     let identity = age::x25519::Identity::generate();
     let keys = Keys::new(vec![identity.to_public()], vec![identity]);
@@ -240,13 +235,7 @@ async fn main() {
 
     // 1 % of the files rewritten.
     let changed = (files + 1) / 100;
-    docker(&[
-        "exec", &app, "sh", "-c",
-        &format!(
-            "i=0; while [ $i -lt {changed} ]; do n=$((i * 97 % {files})); \
-             head -c 131072 /dev/urandom | od -An -tx1 | head -c 262144 > /data/repos/f$n.txt; i=$((i+1)); done"
-        ),
-    ]);
+    common::rewrite(&app, data_mib, changed);
     println!("   changed {changed} of {} files", files + 1);
     let (full_id, p) = take("full, second (1 % changed)", &full, &s3.join(&full_bucket)).await;
     phases.push(p);

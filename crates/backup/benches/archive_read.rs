@@ -1,16 +1,18 @@
 //! Where an unchanged incremental backup's time goes (issue 20): reading a path's archive
-//! from the engine, DATA_MIB (default 1024) shaped like the incremental bench's set (half one
-//! random file, half text files of 256 KiB), four ways in one run, three rounds:
+//! from the engine, the incremental bench's data set (benches/common: DATA_MIB, default
+//! 1024), four ways in one run, three rounds:
 //!   cli:     `docker cp CONTAINER:/data -` into /dev/null (the engine and its own client)
 //!   drain:   Steward's reader, `Engine::download_path`, every piece dropped
 //!   sha:     the same, every piece hashed with SHA-256 on the reading task (the raw checksum)
-//!   sha+cdc: the same, then cut by `fastcdc`'s `AsyncStreamCDC` (the backup's sizes) and each
+//!   sha+cdc: the same, then cut by `fastcdc`'s `AsyncStreamCDC` (the backup's chunk sizes) and each
 //!            chunk hashed again (its id): an unchanged second backup without S3.
 //! Each way prints its wall time and the CPU seconds of this process and of the engine.
 //!
-//! Run: `cargo bench -p steward-engine --bench archive_read` after `infra/testbed/up.sh`.
+//! Run: `cargo bench -p steward-backup --bench archive_read` after `infra/testbed/up.sh`.
 
 #![allow(clippy::print_stdout, missing_docs)]
+
+mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -18,6 +20,7 @@ use std::time::Instant;
 use fastcdc::v2020::{AsyncStreamCDC, Normalization};
 use futures::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
+use steward_backup::chunks::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
 use steward_engine::Engine;
 use steward_testkit::cpu::{cpu_now, cpu_since};
 use steward_testkit::docker::docker;
@@ -34,18 +37,12 @@ async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, f64, (f64, 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let data_mib: u32 = std::env::var("DATA_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let data_mib = common::data_mib();
     let name = unique_name("bench-archive");
     let image = format!("{}:v1", testbed::require("STEWARD_TEST_APP_IMAGE"));
     docker(&["run", "-d", "--name", &name, "--no-healthcheck", "-v", "/data", &image]);
-    let (half, files) = (data_mib / 2, data_mib / 2 * 4);
-    docker(&[
-        "exec", &name, "sh", "-c",
-        &format!(
-            "mkdir -p /data/lfs /data/repos && dd if=/dev/urandom of=/data/lfs/blob bs=1M count={half} 2>/dev/null && \
-             i=0; while [ $i -lt {files} ]; do head -c 131072 /dev/urandom | od -An -tx1 | head -c 262144 > /data/repos/f$i.txt; i=$((i+1)); done"
-        ),
-    ]);
+    let (half, files) = common::shape(data_mib);
+    common::fill(&name, data_mib);
     println!("== {data_mib} MiB: {half} MiB random + {files} text files of 256 KiB");
     let engine = Engine::from_env();
     println!("| round | way | seconds | bytes | pieces | CPU s: this process / engine |");
@@ -108,9 +105,9 @@ async fn main() {
             let reader = tokio_util::io::StreamReader::new(tar);
             let mut cdc = AsyncStreamCDC::with_level_and_seed(
                 reader,
-                256 << 10,
-                1 << 20,
-                4 << 20,
+                MIN_CHUNK,
+                AVG_CHUNK,
+                MAX_CHUNK,
                 Normalization::Level1,
                 0x5eed,
             );
