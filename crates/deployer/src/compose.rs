@@ -36,8 +36,11 @@ impl Compose {
         Ok(run("docker-compose", &all, Some(&self.dir), self.timeout).await?.stdout)
     }
 
-    /// The file parses and is a valid compose project (`config -q`).
-    pub async fn validate(&self) -> Result<(), CommandError> {
+    /// The normalised configuration (`config`), read once per deployment: compose prints it
+    /// only for a file that parses and is a valid project, so it is the validation too, and
+    /// the images and labels are read from it (each run of the Python `docker-compose` costs
+    /// about a CPU second).
+    pub async fn config(&self) -> Result<Config, CommandError> {
         if !self.dir.join(&self.file).is_file() {
             return Err(CommandError {
                 command: format!("read {}", self.file),
@@ -46,7 +49,7 @@ impl Compose {
                 code: None,
             });
         }
-        self.compose(&["config", "-q"]).await.map(drop)
+        Ok(Config(self.compose(&["config"]).await?))
     }
 
     /// Each service's configuration hash, as compose computes it (`config --hash=*`).
@@ -58,20 +61,6 @@ impl Compose {
             .map(|(s, h)| (s.trim().to_owned(), h.trim().to_owned()))
             .filter(|(s, h)| !s.is_empty() && !h.is_empty())
             .collect())
-    }
-
-    /// The image each service names, from the normalised configuration (`config` prints it
-    /// with services at two spaces and their keys at four; a service that is only built has
-    /// none).
-    pub async fn images(&self) -> Result<BTreeMap<String, String>, CommandError> {
-        Ok(images_in(&self.compose(&["config"]).await?))
-    }
-
-    /// Each service's labels, from the normalised configuration.
-    pub async fn labels(
-        &self,
-    ) -> Result<BTreeMap<String, std::collections::HashMap<String, String>>, CommandError> {
-        Ok(labels_in(&self.compose(&["config"]).await?))
     }
 
     /// Runs `args` in a throw-away container of `service` (`run --rm --no-deps -T`: the
@@ -127,6 +116,23 @@ impl Compose {
         let mut args = vec!["rm", "-s", "-f"];
         args.extend(services.iter().map(String::as_str));
         self.compose(&args).await.map(drop)
+    }
+}
+
+/// A project's normalised configuration, as `docker-compose config` printed it.
+#[derive(Debug, Clone)]
+pub struct Config(String);
+
+impl Config {
+    /// The image each service names (`config` prints services at two spaces and their keys
+    /// at four; a service that is only built has none).
+    pub fn images(&self) -> BTreeMap<String, String> {
+        images_in(&self.0)
+    }
+
+    /// Each service's labels.
+    pub fn labels(&self) -> BTreeMap<String, std::collections::HashMap<String, String>> {
+        labels_in(&self.0)
     }
 }
 

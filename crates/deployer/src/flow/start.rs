@@ -280,12 +280,12 @@ impl Flow {
             }
             self.git.checkout(&dir, &commit).await?;
             let info = self.git.info(&dir, &commit).await?;
-            compose.validate().await?;
+            let config = compose.config().await?;
             let hashes = compose.hashes().await?;
-            Ok::<_, crate::command::CommandError>((info, hashes, compose.images().await?, head))
+            Ok::<_, crate::command::CommandError>((info, hashes, config, head))
         }
         .await;
-        let (info, hashes, images, head) = match prepared {
+        let (info, hashes, config, head) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!("{e}");
@@ -307,6 +307,7 @@ impl Flow {
         }
         // The images it names exist here or in their registry (pulled now, so the apply
         // does not wait for them).
+        let images = config.images();
         let mut missing = vec![];
         for s in &services {
             if let Some(image) = images.get(s) {
@@ -330,7 +331,9 @@ impl Flow {
         let manual = self.cfg.environment(&env).is_some_and(|e| e.policy == Policy::Manual);
         let held_back = manual && v.value.approved_by.is_none();
         if !services.is_empty() && !held_back {
-            if let Err((reason, tail)) = self.test_commit(&env, &v.value.deploy_id).await {
+            if let Err((reason, tail)) =
+                self.test_commit(&env, &v.value.deploy_id, &config.labels()).await
+            {
                 return self.fail(v, reason, tail).await;
             }
         }
@@ -380,18 +383,18 @@ impl Flow {
     }
 
     /// The repository's test (`steward.deploy.test` on one service of the checked out
-    /// commit), run in a throw-away container of that service before anything is touched:
+    /// commit, among its configuration's `labels`), run in a throw-away container of that service before anything is touched:
     /// `Err` with the reason and the output's last lines when it cannot run, fails or times
     /// out. No label: nothing to run.
     async fn test_commit(
         &self,
         env: &str,
         deploy_id: &uuid::Uuid,
+        labels: &std::collections::BTreeMap<String, std::collections::HashMap<String, String>>,
     ) -> Result<(), (String, Vec<String>)> {
         let compose = self.compose(env);
-        let labels = compose.labels().await.map_err(|e| (e.to_string(), e.tail))?;
         let mut tests = vec![];
-        for (service, labels) in &labels {
+        for (service, labels) in labels {
             match steward_labels::deploy_test(labels) {
                 Ok(Some(args)) => tests.push((service.clone(), args)),
                 Ok(None) => {}
@@ -493,7 +496,11 @@ impl Flow {
         tracing::info!(deploy = %v.value.deploy_id, by = %a.by, "deployment approved");
         // The repository's test, held back until now (a kill during it: the approval is
         // delivered again and the test runs again, its container removed first).
-        if let Err((reason, tail)) = self.test_commit(&key, &v.value.deploy_id).await {
+        let tested = match self.compose(&key).config().await {
+            Ok(config) => self.test_commit(&key, &v.value.deploy_id, &config.labels()).await,
+            Err(e) => Err((e.to_string(), e.tail)),
+        };
+        if let Err((reason, tail)) = tested {
             self.fail(v, reason, tail).await?;
             return self.start_queued(&key).await;
         }
