@@ -260,6 +260,21 @@ async fn a_manual_environment_waits_for_approval_and_the_stack_is_backed_up_firs
     assert!(at("deploy.approved") < at("backup.requested"), "{order:?}");
     assert!(at("backup.done") < at("deploy.succeeded"), "{order:?}");
     assert!(serves(repo.web, "v2"));
+    // The audit shows both as deployments, each with its outcome (the second's backup gate
+    // made it a "backup" flow, "done", before deployments were a kind of their own).
+    assert_eq!(audited_deployments(&bus), ["succeeded", "succeeded"]);
+}
+
+/// The outcomes of `steward audit --kind deploy`, oldest first.
+fn audited_deployments(bus: &Bus) -> Vec<String> {
+    let out = steward_ok(bus, &["audit", "--kind", "deploy", "--json"]);
+    out.lines()
+        .map(|line| {
+            let flow: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            flow["outcome"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,6 +454,7 @@ async fn a_rejected_deployment_ends_failed_touches_nothing_and_a_late_approval_i
     assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
     // Nothing waits any more: a second rejection is refused by the CLI.
     assert!(!steward(&bus, &["deploy", "reject", "dev"]).status.success());
+    assert_eq!(audited_deployments(&bus), ["succeeded", "rejected"]);
 
     // An approval that comes late (replayed, or sent before the rejection was seen) is ignored.
     let late = Event::new(

@@ -1,5 +1,5 @@
-//! `steward audit`: the stream as timelines. Every update, backup, verification, restore and
-//! outage is one flow (one correlation id); each is shown with what it was about, its
+//! `steward audit`: the stream as timelines. Every update, deployment, backup, verification,
+//! restore and outage is one flow (one correlation id); each is shown with what it was about, its
 //! outcome, its duration and its events in order.
 
 use std::collections::BTreeSet;
@@ -27,7 +27,7 @@ pub struct AuditArgs {
     /// Only flows that touched this container.
     #[arg(long)]
     container: Option<String>,
-    /// Only flows of this kind: update, backup, verify, restore, health, certs, check.
+    /// Only flows of this kind: update, deploy, backup, verify, restore, health, certs, check.
     #[arg(long)]
     kind: Option<String>,
     /// Only flows on this host (an event of theirs names it); default every host.
@@ -53,6 +53,9 @@ impl Flow {
         let has = |prefix: &str| self.events.iter().any(|e| e.event_type().starts_with(prefix));
         if has("update.") || has("image.") {
             "update"
+        } else if has("deploy.") {
+            // Before backups: a deployment's flow holds its backup gate's events.
+            "deploy"
         } else if has("restore.") {
             "restore"
         } else if has("verify.") || has("backup.verified") {
@@ -70,31 +73,41 @@ impl Flow {
         }
     }
 
-    /// How it ended (or `in progress`), from its last deciding event.
+    /// How it ended (or `in progress`), from its last deciding event. Only events of the
+    /// flow's own kind decide: an update, a deployment or a restore takes a backup first, and
+    /// that backup's `backup.done` says nothing of how the flow itself ended.
     pub fn outcome(&self) -> String {
+        let kind = self.kind();
+        // A rejected deployment ends with `deploy.failed`; "rejected" says more.
+        let rejected = self.events.iter().any(|e| matches!(e.data, EventData::DeployRejected(_)));
         let decided = self.events.iter().rev().find_map(|e| {
-            Some(match &e.data {
-                EventData::UpdateSucceeded(_) => "succeeded".into(),
-                EventData::UpdateRolledBack(_) => "rolled back".into(),
-                EventData::UpdateFailed(_) => "failed".into(),
-                EventData::UpdateRejected(_) => "rejected".into(),
-                EventData::UpdatePending(_) => "awaiting approval".into(),
-                EventData::BackupDone(_) => "done".into(),
-                EventData::BackupFailed(_) => "failed".into(),
-                EventData::BackupVerified(_) => "verified".into(),
-                EventData::BackupResumed(_) => "resumed".into(),
-                EventData::BackupResumeFailed(_) => "failed".into(),
-                EventData::VerifyFailed(_) => "failed verification".into(),
-                EventData::RestoreDone(_) => "done".into(),
-                EventData::RestoreFailed(_) => "failed".into(),
-                EventData::HealthFailed(_) => "down".into(),
-                EventData::HealthRecovered(_) => "recovered".into(),
-                EventData::EngineFailed(_) => "engine not answering".into(),
-                EventData::EngineRecovered(_) => "engine recovered".into(),
-                EventData::CertsChecked(c) if c.renewed.is_empty() => "none due".into(),
-                EventData::CertsChecked(_) => "renewed".into(),
-                EventData::CertsFailed(_) => "failed".into(),
-                EventData::ImageUpdated(_) if self.kind() == "update" => "newer image found".into(),
+            Some(match (&e.data, kind) {
+                (EventData::UpdateSucceeded(_), _) => "succeeded".into(),
+                (EventData::UpdateRolledBack(_), _) => "rolled back".into(),
+                (EventData::UpdateFailed(_), _) => "failed".into(),
+                (EventData::UpdateRejected(_), _) => "rejected".into(),
+                (EventData::UpdatePending(_), _) => "awaiting approval".into(),
+                (EventData::DeploySucceeded(_), _) => "succeeded".into(),
+                (EventData::DeployRolledBack(_), _) => "rolled back".into(),
+                (EventData::DeployFailed(_), _) if !rejected => "failed".into(),
+                (EventData::DeployFailed(_) | EventData::DeployRejected(_), _) => "rejected".into(),
+                (EventData::DeployPending(_), _) => "awaiting approval".into(),
+                (EventData::BackupDone(_), "backup") => "done".into(),
+                (EventData::BackupFailed(_), "backup") => "failed".into(),
+                (EventData::BackupVerified(_), "backup" | "verify") => "verified".into(),
+                (EventData::BackupResumed(_), "backup") => "resumed".into(),
+                (EventData::BackupResumeFailed(_), "backup") => "failed".into(),
+                (EventData::VerifyFailed(_), _) => "failed verification".into(),
+                (EventData::RestoreDone(_), _) => "done".into(),
+                (EventData::RestoreFailed(_), _) => "failed".into(),
+                (EventData::HealthFailed(_), _) => "down".into(),
+                (EventData::HealthRecovered(_), _) => "recovered".into(),
+                (EventData::EngineFailed(_), _) => "engine not answering".into(),
+                (EventData::EngineRecovered(_), _) => "engine recovered".into(),
+                (EventData::CertsChecked(c), _) if c.renewed.is_empty() => "none due".into(),
+                (EventData::CertsChecked(_), _) => "renewed".into(),
+                (EventData::CertsFailed(_), _) => "failed".into(),
+                (EventData::ImageUpdated(_), "update") => "newer image found".into(),
                 _ => return None,
             })
         });
@@ -273,6 +286,29 @@ mod tests {
         assert_eq!((f.kind(), f.outcome().as_str()), ("restore", "in progress"));
         let f = flow_of(&["health.failed", "notify.sent", "health.recovered"]);
         assert_eq!((f.kind(), f.outcome().as_str()), ("health", "recovered"));
+    }
+
+    #[test]
+    fn a_deployment_is_its_own_kind_and_its_backup_gate_decides_nothing() {
+        let gate = ["deploy.requested", "backup.requested", "backup.started", "backup.done"];
+        let f = flow_of(&gate);
+        assert_eq!((f.kind(), f.outcome().as_str()), ("deploy", "in progress"));
+        let f = flow_of(&[&gate[..], &["deploy.started", "deploy.succeeded"]].concat());
+        assert_eq!((f.kind(), f.outcome().as_str()), ("deploy", "succeeded"));
+        let f = flow_of(&[&gate[..], &["deploy.started", "deploy.rolled_back"]].concat());
+        assert_eq!(f.outcome(), "rolled back");
+        let f =
+            flow_of(&["deploy.requested", "deploy.pending", "deploy.rejected", "deploy.failed"]);
+        assert_eq!(f.outcome(), "rejected");
+        let f = flow_of(&["deploy.requested", "deploy.failed"]);
+        assert_eq!(f.outcome(), "failed");
+        let f = flow_of(&["deploy.requested", "deploy.pending"]);
+        assert_eq!(f.outcome(), "awaiting approval");
+        // The same for an update backed up first, and a restore after its safety backup.
+        let f = flow_of(&["update.approved", "backup.requested", "backup.done", "update.started"]);
+        assert_eq!((f.kind(), f.outcome().as_str()), ("update", "in progress"));
+        let f = flow_of(&["restore.requested", "backup.requested", "backup.done"]);
+        assert_eq!((f.kind(), f.outcome().as_str()), ("restore", "in progress"));
     }
 
     #[test]
