@@ -11,6 +11,7 @@ mod deploy_common;
 use deploy_common::*;
 use steward_events::{Change, DeployRequested};
 use steward_system_tests::{steward, steward_ok};
+use steward_testkit::docker::registry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_recreates_only_the_changed_service_a_broken_one_is_rolled_back_an_old_one_ignored()
@@ -278,9 +279,10 @@ fn audited_deployments(bus: &Bus) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compose_file_that_does_not_parse_fails_the_deployment_and_touches_nothing() {
+async fn a_compose_file_that_does_not_parse_an_image_nowhere_or_an_unreachable_repository_fail_the_deployment_and_touch_nothing(
+) {
     let bus = TestBus::new("deploybad").await;
-    let repo = Repo::new();
+    let mut repo = Repo::new();
     let port = free_port();
     let _deployer = deployer(&repo.env(&bus, port, &[]));
     let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
@@ -306,6 +308,55 @@ async fn a_compose_file_that_does_not_parse_fails_the_deployment_and_touches_not
     assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
     assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
     assert!(serves(repo.web, "v1"));
+
+    // An image that is neither here nor in its registry (the test bed's: nothing leaves
+    // the machine): refused before anything is touched, naming the service.
+    let nowhere = format!("{}/{}:1", registry(), unique_name("steward-test/nowhere"));
+    let definition = format!(
+        "version: \"2.4\"\nservices:\n  web:\n    image: {nowhere}\n    ports: [\"127.0.0.1:{}:8080\"]\n  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{}:8080\"]\n",
+        repo.web, repo.side
+    );
+    let failed = failed_push(&bus, &repo, port, &definition, "an image nowhere").await;
+    let reason = &failed.reason;
+    assert!(reason.contains("an image of web is neither here nor in its registry"), "{reason}");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
+
+    // The repository cannot be fetched (its server is gone): a clear failure, nothing touched.
+    let _ = repo.daemon.kill();
+    let _ = repo.daemon.wait();
+    let failed = failed_push(&bus, &repo, port, &definition, "unreachable").await;
+    assert!(failed.reason.contains(" fetch "), "{}", failed.reason);
+    assert!(!failed.log_tail.is_empty(), "git's own words are kept");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
+    assert!(serves(repo.web, "v1"));
+}
+
+/// Commits `definition` as the compose file (`message` as a comment: a commit of its own),
+/// pushes it and sends its webhook; the reason of
+/// the `deploy.failed` it must end with (and no `deploy.started` before it).
+async fn failed_push(
+    bus: &Bus,
+    repo: &Repo,
+    port: u16,
+    definition: &str,
+    message: &str,
+) -> steward_events::DeployFailed {
+    let file = format!("# {message}\n{definition}");
+    std::fs::write(repo.work.join("docker-compose.yml"), file).expect("write");
+    git(&repo.work, &["commit", "-q", "-am", message]);
+    git(&repo.work, &["push", "-q", "origin", "HEAD:dev"]);
+    let commit = git(&repo.work, &["rev-parse", "HEAD"]);
+    let body = push_body(repo, "dev", &commit, message);
+    assert_eq!(post(port, &body, Some(&sign(&body, SECRET))).await.0, 202);
+    let flow = outcome(bus, &commit, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
+    assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
+    flow.iter()
+        .find_map(|e| match &e.data {
+            EventData::DeployFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("deploy.failed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

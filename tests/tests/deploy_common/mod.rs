@@ -54,8 +54,16 @@ impl Repo {
         git(&root, &["init", "-q", "--bare", "origin.git"]);
         git(&work, &["init", "-q", "-b", "dev"]);
         let port = free_port();
-        let daemon = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+        // `git-daemon` itself, not `git daemon`: git runs the daemon as a child and waits, so
+        // killing it left the daemon serving (every deploy test leaked one, and a test of an
+        // unreachable repository could not make it unreachable).
+        let exec_path = String::from_utf8_lossy(
+            &Command::new("git").arg("--exec-path").output().expect("git --exec-path").stdout,
+        )
+        .trim()
+        .to_owned();
+        let daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", root.display()))
             .arg(&root)
