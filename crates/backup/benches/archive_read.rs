@@ -4,7 +4,7 @@
 //!   cli:     `docker cp CONTAINER:/data -` into /dev/null (the engine and its own client)
 //!   drain:   Steward's reader, `Engine::download_path`, every piece dropped
 //!   sha:     the same, every piece hashed with SHA-256 on the reading task (the raw checksum)
-//!   sha+cdc: the same, then cut by `fastcdc`'s `AsyncStreamCDC` (the backup's chunk sizes) and each
+//!   sha+cdc: the same, then cut by the backup's cutter (`chunks::cutter`: `fastcdc`'s `AsyncStreamCDC`) and each
 //!            chunk hashed again (its id): an unchanged second backup without S3.
 //! Each way prints its wall time and the CPU seconds of this process and of the engine.
 //!
@@ -17,10 +17,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use fastcdc::v2020::{AsyncStreamCDC, Normalization};
 use futures::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
-use steward_backup::chunks::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
+use steward_backup::chunks::cutter;
 use steward_engine::Engine;
 use steward_testkit::cpu::{cpu_now, cpu_since};
 use steward_testkit::docker::docker;
@@ -103,14 +102,7 @@ async fn main() {
                 h.1.update(piece);
             });
             let reader = tokio_util::io::StreamReader::new(tar);
-            let mut cdc = AsyncStreamCDC::with_level_and_seed(
-                reader,
-                MIN_CHUNK,
-                AVG_CHUNK,
-                MAX_CHUNK,
-                Normalization::Level1,
-                0x5eed,
-            );
+            let mut cdc = cutter(reader, 0x5eed);
             let chunks = cdc
                 .as_stream()
                 .map_ok(|chunk| Sha256::digest(&chunk.data))

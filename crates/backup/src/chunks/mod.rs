@@ -60,6 +60,20 @@ const SEALED_MAX: usize = MAX_CHUNK as usize + (64 << 10);
 /// An index is at most this long unpacked (4 TiB of path at 1 MiB average).
 const MAX_INDEX_RAW: u64 = 1 << 30;
 
+/// How every path backup cuts its stream: FastCDC 2020 at [`MIN_CHUNK`], [`AVG_CHUNK`] and
+/// [`MAX_CHUNK`], normalization level 1, the gear table seeded by `seed` (derived from the
+/// key, so the cut points depend on it too; 0 without one).
+pub fn cutter<R: tokio::io::AsyncRead + Unpin>(reader: R, seed: u64) -> AsyncStreamCDC<R> {
+    AsyncStreamCDC::with_level_and_seed(
+        reader,
+        MIN_CHUNK,
+        AVG_CHUNK,
+        MAX_CHUNK,
+        Normalization::Level1,
+        seed,
+    )
+}
+
 /// Whether `encoding` is a chunked component's.
 pub fn is_chunked(encoding: &str) -> bool {
     encoding == CDC_ZSTD || encoding == CDC_ZSTD_AGE
@@ -179,14 +193,7 @@ where
     let Io { store, keys, meter } = io;
     let raw = Counter::metered(meter);
     let reader = StreamReader::new(Box::pin(raw.count(stream)));
-    let mut cdc = AsyncStreamCDC::with_level_and_seed(
-        reader,
-        MIN_CHUNK,
-        AVG_CHUNK,
-        MAX_CHUNK,
-        Normalization::Level1,
-        chunker.seed,
-    );
+    let mut cdc = cutter(reader, chunker.seed);
     let mut entries = vec![];
     let mut uploaded = Uploaded::default();
     {
