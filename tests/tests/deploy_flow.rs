@@ -332,8 +332,8 @@ async fn a_compose_file_that_does_not_parse_an_image_nowhere_or_an_unreachable_r
 }
 
 /// Commits `definition` as the compose file (`message` as a comment: a commit of its own),
-/// pushes it and sends its webhook; the reason of
-/// the `deploy.failed` it must end with (and no `deploy.started` before it).
+/// pushes it and sends its webhook; the `deploy.failed` it must end with (no
+/// `deploy.started` before it).
 async fn failed_push(
     bus: &Bus,
     repo: &Repo,
