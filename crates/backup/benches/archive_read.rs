@@ -4,8 +4,9 @@
 //!   cli:     `docker cp CONTAINER:/data -` into /dev/null (the engine and its own client)
 //!   drain:   Steward's reader, `Engine::download_path`, every piece dropped
 //!   sha:     the same, every piece hashed with SHA-256 on the reading task (the raw checksum)
-//!   sha+cdc: the same, then cut by the backup's cutter (`chunks::cutter`: `fastcdc`'s `AsyncStreamCDC`) and each
-//!            chunk hashed again (its id): an unchanged second backup without S3.
+//!   sha+cdc: the same, then cut by the backup's cutter (`chunks::cutter`, fastcdc's
+//!            `AsyncStreamCDC`) and each chunk hashed again (its id): an unchanged second
+//!            backup without S3.
 //! Each way prints its wall time and the CPU seconds of this process and of the engine.
 //!
 //! Run: `cargo bench -p steward-backup --bench archive_read` after `infra/testbed/up.sh`.

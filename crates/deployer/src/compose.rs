@@ -119,6 +119,9 @@ impl Compose {
     }
 }
 
+/// Each service's labels: `service -> (key -> value)`.
+pub type Labels = BTreeMap<String, std::collections::HashMap<String, String>>;
+
 /// A project's normalised configuration, as `docker-compose config` printed it.
 #[derive(Debug, Clone)]
 pub struct Config(String);
@@ -131,7 +134,7 @@ impl Config {
     }
 
     /// Each service's labels.
-    pub fn labels(&self) -> BTreeMap<String, std::collections::HashMap<String, String>> {
+    pub fn labels(&self) -> Labels {
         labels_in(&self.0)
     }
 }
@@ -149,8 +152,8 @@ pub fn images_in(config: &str) -> BTreeMap<String, String> {
 
 /// `service -> labels` from `docker-compose config` output (which prints labels as a map,
 /// one `key: value` at six spaces under `labels:`).
-pub fn labels_in(config: &str) -> BTreeMap<String, std::collections::HashMap<String, String>> {
-    let mut labels: BTreeMap<String, std::collections::HashMap<String, String>> = BTreeMap::new();
+pub fn labels_in(config: &str) -> Labels {
+    let mut labels = Labels::new();
     service_keys(config, |service, key, value| {
         if let Some((label, v)) = key.strip_prefix("labels.").zip(Some(value)) {
             labels.entry(service.to_owned()).or_default().insert(scalar(label), scalar(v));

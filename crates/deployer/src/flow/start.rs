@@ -390,7 +390,7 @@ impl Flow {
         &self,
         env: &str,
         deploy_id: &uuid::Uuid,
-        labels: &std::collections::BTreeMap<String, std::collections::HashMap<String, String>>,
+        labels: &crate::compose::Labels,
     ) -> Result<(), (String, Vec<String>)> {
         let compose = self.compose(env);
         let mut tests = vec![];
