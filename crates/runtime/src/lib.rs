@@ -246,17 +246,21 @@ impl Runtime {
                 }
             }
         };
+        let grace = tasks::Grace::new(self.ctx.shutdown.clone(), self.config.shutdown_grace);
         let (inbox, idempotency) = tokio::select! {
             ready = setup => ready?,
             () = self.ctx.shutdown.cancelled() => {
+                // The background tasks started with the runtime are already at work (a CI
+                // run stopped during a loaded start and cut a job mid-way): they get the
+                // same grace as after a start that finished.
                 tracing::info!("stopped before it was up");
+                self.finish(&grace).await;
                 return Ok(());
             }
         };
         let ack_wait = inbox.spec().ack_wait;
         let horizon = idempotency.horizon();
         tracing::info!(consumes = ?service.consumes(), "consuming");
-        let grace = tasks::Grace::new(self.ctx.shutdown.clone(), self.config.shutdown_grace);
         let consume_loop = consume::Loop {
             ctx: &self.ctx,
             handler: &handler,
@@ -270,6 +274,13 @@ impl Runtime {
         // The loop returns only after shutdown; the deadline starts at the signal even if
         // the loop is busy settling an event then.
         tokio::join!(consume_loop.run(inbox), grace.start_on_cancel());
+        self.finish(&grace).await;
+        Ok(())
+    }
+
+    /// The end of every run: the background tasks until the grace's deadline, then what the
+    /// connection still buffers.
+    async fn finish(&self, grace: &tasks::Grace) {
         self.ctx.tasks.wait_until(grace.deadline()).await;
         // Deliver whatever acks and events are still buffered before the process exits. A
         // flush waits for the server's answer, forever while NATS is unreachable: bounded, so
@@ -282,7 +293,6 @@ impl Runtime {
             ),
         }
         tracing::info!("stopped");
-        Ok(())
     }
 }
 

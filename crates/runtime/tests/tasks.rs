@@ -51,6 +51,70 @@ fn lines(buf: &Mutex<Vec<u8>>) -> Vec<String> {
     String::from_utf8_lossy(&buf.lock().expect("lock")).lines().map(str::to_owned).collect()
 }
 
+/// A job of two-second units of work, each ending in `outcome` on the bus; `started` fires
+/// when the first unit begins.
+struct SlowJob {
+    outcome: Event,
+    done: Arc<AtomicBool>,
+    /// Why the job ended early, if it did (a panic in a task is only logged).
+    failed: Arc<Mutex<Option<String>>>,
+    started: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl SlowJob {
+    fn spawn(ctx: &Context) -> Self {
+        let outcome = Event::new(
+            "test",
+            WatchRequested { container: Some(unique_name("job")), requested_by: None },
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Mutex::new(None::<String>));
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        ctx.spawn("slow job", {
+            let (ctx, outcome, done, failed) =
+                (ctx.clone(), outcome.clone(), done.clone(), failed.clone());
+            async move {
+                let mut started_tx = Some(started_tx);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = ctx.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if let Err(e) = ctx.bus.publish(&outcome).await {
+                        *failed.lock().expect("lock") =
+                            Some(format!("publishing the outcome: {e}"));
+                        return;
+                    }
+                    done.store(true, Ordering::SeqCst);
+                }
+            }
+        });
+        Self { outcome, done, failed, started }
+    }
+
+    /// Asserts that `run` (which returned `stopping.elapsed()` after the signal) waited for
+    /// the unit of work in hand and its outcome reached the stream.
+    async fn assert_finished(&self, bus: &TestBus, stopping: Instant) {
+        assert!(
+            self.done.load(Ordering::SeqCst),
+            "run returned before the job in progress finished ({:?}, after {:?})",
+            self.failed.lock().expect("lock"),
+            stopping.elapsed()
+        );
+        assert!(stopping.elapsed() >= Duration::from_millis(1500), "{:?}", stopping.elapsed());
+        let stored = stored_events(bus).await;
+        assert!(
+            stored.iter().any(|e| e.id == self.outcome.id),
+            "the job's outcome is on the stream"
+        );
+    }
+}
+
 #[tokio::test]
 async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
     let bus = TestBus::new("tasks-finish").await;
@@ -61,42 +125,9 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
         Runtime::start_with_shutdown(config(bus.config().clone(), "60s"), shutdown.clone())
             .await
             .expect("runtime starts");
-    let ctx = runtime.context().clone();
-    let outcome = Event::new(
-        "test",
-        WatchRequested { container: Some(unique_name("job")), requested_by: None },
-    );
-    let done = Arc::new(AtomicBool::new(false));
-    // Why the job ended early, if it did (a panic in a task is only logged): CI saw this test
-    // fail once, loaded, without saying why.
-    let failed = Arc::new(Mutex::new(None::<String>));
-    let (started_tx, started) = tokio::sync::oneshot::channel();
-    ctx.spawn("slow job", {
-        let (ctx, outcome, done, failed) =
-            (ctx.clone(), outcome.clone(), done.clone(), failed.clone());
-        async move {
-            let mut started_tx = Some(started_tx);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = ctx.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
-                // One unit of work: two seconds, then its outcome on the bus.
-                if let Some(tx) = started_tx.take() {
-                    let _ = tx.send(());
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if let Err(e) = ctx.bus.publish(&outcome).await {
-                    *failed.lock().expect("lock") = Some(format!("publishing the outcome: {e}"));
-                    return;
-                }
-                done.store(true, Ordering::SeqCst);
-            }
-        }
-    });
+    let mut job = SlowJob::spawn(runtime.context());
     let run = tokio::spawn(runtime.run(Idle));
-    started.await.expect("job started");
+    (&mut job.started).await.expect("job started");
     let stopping = Instant::now();
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(90), run)
@@ -104,15 +135,29 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
         .expect("stops within 90 s")
         .expect("join")
         .expect("clean exit");
-    assert!(
-        done.load(Ordering::SeqCst),
-        "run returned before the job in progress finished ({:?}, after {:?})",
-        failed.lock().expect("lock"),
-        stopping.elapsed()
-    );
-    assert!(stopping.elapsed() >= Duration::from_millis(1500), "{:?}", stopping.elapsed());
-    let stored = stored_events(&bus).await;
-    assert!(stored.iter().any(|e| e.id == outcome.id), "the job's outcome is on the stream");
+    job.assert_finished(&bus, stopping).await;
+}
+
+/// CI (loaded) stopped a service while `run` was still looking up its consumer, and `run`
+/// returned at once, cutting a job that had started with the runtime.
+#[tokio::test]
+async fn shutdown_before_the_consumer_is_up_still_lets_a_background_task_finish() {
+    let bus = TestBus::new("tasks-early").await;
+    let shutdown = CancellationToken::new();
+    let runtime =
+        Runtime::start_with_shutdown(config(bus.config().clone(), "60s"), shutdown.clone())
+            .await
+            .expect("runtime starts");
+    let mut job = SlowJob::spawn(runtime.context());
+    (&mut job.started).await.expect("job started");
+    let stopping = Instant::now();
+    // Requested before run is first polled: its start cannot have finished.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(90), runtime.run(Idle))
+        .await
+        .expect("stops within 90 s")
+        .expect("clean exit");
+    job.assert_finished(&bus, stopping).await;
 }
 
 /// Handles each event slowly, to hold an event in hand at shutdown.
