@@ -4,7 +4,8 @@
 //! so; pinning the branch's head follows the branch again; an unknown commit, a commit a
 //! force-push removed from the branch, a short id or an unknown environment touch nothing; an
 //! old pin replayed does nothing; a manual environment's pin waits for approval; a deployer
-//! killed in a pin ends it once.
+//! killed in a pin ends it once. Deployment windows (`STEWARD_DEPLOY_WINDOWS`): a push
+//! outside its window waits, through kills, and starts once when it opens; a pin does not wait.
 
 mod deploy_common;
 
@@ -198,4 +199,104 @@ async fn a_pin_from_a_clock_behind_the_last_request_is_refused_at_once_saying_so
         !published.iter().any(|e| matches!(e.data, EventData::DeployPinRequested(_))),
         "a pin was published: {published:#?}"
     );
+}
+
+/// `STEWARD_DEPLOY_WINDOWS` for dev: an hour starting `minutes` from now (host time, as the
+/// deployer reads it).
+fn dev_window(minutes: i64) -> (&'static str, String) {
+    let from = chrono::Local::now().naive_local() + chrono::Duration::minutes(minutes);
+    let to = from + chrono::Duration::hours(1);
+    ("STEWARD_DEPLOY_WINDOWS", format!("dev={}-{}", from.format("%H:%M"), to.format("%H:%M")))
+}
+
+/// The events about `commit` so far, by type.
+async fn types_of(bus: &Bus, commit: &str) -> Vec<&'static str> {
+    let about = |e: &Event| match &e.data {
+        EventData::DeployPending(p) => p.change.commit == commit,
+        EventData::DeployStarted(s) => s.change.commit == commit,
+        EventData::DeploySucceeded(s) => s.change.commit == commit,
+        EventData::DeployRolledBack(r) => r.change.commit == commit,
+        EventData::DeployFailed(f) => f.change.commit == commit,
+        _ => false,
+    };
+    stored_events(bus).await.iter().filter(|e| about(e)).map(Event::event_type).collect()
+}
+
+/// Waits until `steward deploy list`'s dev row says `step` for `commit`; the row.
+async fn dev_row_until(bus: &Bus, step: &str, commit: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = dev_row(bus);
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        if cols.get(2) == Some(&step) && cols.get(3) == commit.get(..10).as_ref() {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "dev never {step} on {commit}: {row}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_outside_its_window_waits_through_kills_starts_once_when_it_opens_and_a_pin_does_not_wait(
+) {
+    let bus = TestBus::new("deploywindow").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let closed = dev_window(6 * 60);
+
+    // Killed right after it saved the wait, then (SIGKILL) twice more once a restart found it:
+    // the push waits, nothing touched, no deploy.started.
+    let mut armed = deployer(&repo.env(
+        &bus,
+        port,
+        &[closed.clone(), ("STEWARD_FAILPOINTS", "saved:deferred=1".into())],
+    ));
+    let c1 = push_version(&repo, port, "v1", "first").await;
+    assert!(armed.exits_within(Duration::from_secs(120)), "not killed: {}", armed.logs());
+    assert!(armed.logs().contains("aborting"), "{}", armed.logs());
+    drop(armed);
+    for _ in 0..2 {
+        let again = deployer(&repo.env(&bus, port, std::slice::from_ref(&closed)));
+        let row = dev_row_until(&bus, "deferred", &c1).await;
+        assert!(row.contains("waiting: the deployment window of dev opens"), "{row}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(again);
+    }
+    assert!(repo.container("web").is_none(), "web created outside the window");
+    assert!(types_of(&bus, &c1).await.is_empty(), "{:?}", types_of(&bus, &c1).await);
+
+    // The window open (the same deployer with its setting changed): it starts, once.
+    let open = deployer(&repo.env(&bus, port, &[dev_window(-5)]));
+    let flow = outcome(&bus, &c1, Duration::from_secs(180)).await;
+    let flow = settled_flow(&bus, flow[0].correlation_id).await;
+    let types: Vec<&str> = flow.iter().map(Event::event_type).collect();
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{types:?}");
+    assert_eq!(types.iter().filter(|t| **t == "deploy.started").count(), 1, "{types:?}");
+    assert!(serves(repo.web, "v1"));
+    drop(open);
+
+    // Manual and closed: an approval says yes, not now; a newer push replaces the approved
+    // one before its window opened; a pin, approved, does not wait.
+    let manual = ("STEWARD_DEPLOY_ENVIRONMENTS", "dev=dev:manual".to_owned());
+    let _closed = deployer(&repo.env(&bus, port, &[closed.clone(), manual]));
+    let c2 = push_version(&repo, port, "v2", "second").await;
+    pending_of(&bus, &c2).await;
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    dev_row_until(&bus, "deferred", &c2).await;
+    let c3 = push_version(&repo, port, "v3", "third").await;
+    pending_of(&bus, &c3).await;
+    let superseded = refusal_of(&bus, &c2).await;
+    assert!(superseded.reason.contains("before its window opened"), "{superseded:?}");
+    assert_eq!(types_of(&bus, &c2).await, ["deploy.pending", "deploy.failed"]);
+    assert!(serves(repo.web, "v1"), "deployed outside the window");
+
+    let (ok, said) = pin(&bus, &c2);
+    assert!(ok && said.contains("waits for approval"), "{said}");
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    wait_for("the pin on v2 despite the window", Duration::from_secs(120), || {
+        serves(repo.web, "v2").then_some(())
+    });
+    dev_row_until(&bus, "succeeded", &c2).await;
+    let ends = types_of(&bus, &c3).await;
+    assert_eq!(ends, ["deploy.pending", "deploy.failed"], "c3 replaced by the pin");
 }

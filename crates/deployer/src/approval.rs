@@ -260,10 +260,20 @@ async fn decide(
         return page.shell.not_published(&e, &page.used, record.deploy_id, ON_THE_HOST).await;
     }
     tracing::info!(deploy = %record.deploy_id, environment = %record.change.environment, approve, "decided on the approval page");
-    let (title, message) = if approve {
-        ("Approved", "The deployment starts now: backup, the changed services, health check, and rollback if it fails. You will be notified of the outcome.")
-    } else {
-        ("Rejected", "Nothing was deployed; the environment stays on its running commit.")
+    let steps = "backup, the changed services, health check, and rollback if it fails. You will be notified of the outcome.";
+    let (title, message) = match (approve, page.flow.waits_until(&record)) {
+        (true, None) => ("Approved", format!("The deployment starts now: {steps}")),
+        (true, Some(until)) => (
+            "Approved",
+            format!(
+                "The deployment starts when the deployment window of {} opens ({until}, host time): {steps}",
+                record.change.environment
+            ),
+        ),
+        (false, _) => (
+            "Rejected",
+            "Nothing was deployed; the environment stays on its running commit.".to_owned(),
+        ),
     };
     page.shell.render(StatusCode::OK, &View::say(title, message).with_rows(rows(&record)))
 }

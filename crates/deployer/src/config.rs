@@ -13,6 +13,9 @@ pub const ENV_REPOSITORY: &str = "STEWARD_DEPLOY_REPOSITORY";
 pub const ENV_ENVIRONMENTS: &str = "STEWARD_DEPLOY_ENVIRONMENTS";
 /// The default mapping: every push to `dev` and `staging` goes out, `main` waits for approval.
 pub const DEFAULT_ENVIRONMENTS: &str = "dev=dev,staging=staging,prod=main:manual";
+/// `ENV=WINDOW;ENV=WINDOW`: when each named environment may start a deployment (the
+/// maintenance-window syntax, host time: `prod=Sat,Sun 03:00-05:00`); others start any time.
+pub const ENV_WINDOWS: &str = "STEWARD_DEPLOY_WINDOWS";
 /// Where the checkouts live (one directory per environment; a volume).
 pub const ENV_DIR: &str = "STEWARD_DEPLOY_DIR";
 /// The compose file inside the repository.
@@ -76,6 +79,16 @@ pub struct Environment {
     pub branch: String,
     /// Its policy.
     pub policy: Policy,
+    /// When a push's deployment may start (`None`: any time).
+    pub window: Option<steward_labels::Window>,
+}
+
+impl Environment {
+    /// When a deployment that could start at `now` (host time) may: `None` when it may at
+    /// once (no window, or the window is open), else the window's next opening.
+    pub fn waits_until(&self, now: chrono::NaiveDateTime) -> Option<chrono::NaiveDateTime> {
+        self.window.as_ref().filter(|w| !w.contains(now)).map(|w| w.next_open(now))
+    }
 }
 
 /// The deployer's settings.
@@ -135,6 +148,8 @@ impl DeployerConfig {
             parse_environments(DEFAULT_ENVIRONMENTS).unwrap_or_default(),
             parse_environments,
         );
+        let environments =
+            env.parse_with(ENV_WINDOWS, environments.clone(), |s| with_windows(environments, s));
         let dir = PathBuf::from(env.string(ENV_DIR, "/var/lib/steward/deploy"));
         let compose_file = env.parse_with(ENV_COMPOSE_FILE, "docker-compose.yml".to_owned(), |s| {
             let p = std::path::Path::new(s);
@@ -253,12 +268,44 @@ pub fn parse_environments(s: &str) -> Result<Vec<Environment>, String> {
         if out.iter().any(|e| e.name == name || e.branch == branch) {
             return Err(format!("{part:?}: each environment and branch once"));
         }
-        out.push(Environment { name: name.to_owned(), branch: branch.to_owned(), policy });
+        out.push(Environment {
+            name: name.to_owned(),
+            branch: branch.to_owned(),
+            policy,
+            window: None,
+        });
     }
     if out.is_empty() {
         return Err("at least one ENV=BRANCH".into());
     }
     Ok(out)
+}
+
+/// `environments` with the windows of `s` (`prod=Sat,Sun 03:00-05:00;staging=01:00-03:00`):
+/// each named environment must exist, and appear once.
+pub fn with_windows(
+    mut environments: Vec<Environment>,
+    s: &str,
+) -> Result<Vec<Environment>, String> {
+    let mut named: Vec<&str> = vec![];
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, window) = part.split_once('=').ok_or_else(|| {
+            format!("{part:?}: expected ENV=WINDOW, e.g. prod=Sat,Sun 03:00-05:00")
+        })?;
+        let name = name.trim();
+        let window =
+            steward_labels::Window::parse(window.trim()).map_err(|e| format!("{part:?}: {e}"))?;
+        if named.contains(&name) {
+            return Err(format!("{part:?}: {name} has a window already"));
+        }
+        named.push(name);
+        let env = environments
+            .iter_mut()
+            .find(|e| e.name == name)
+            .ok_or_else(|| format!("{part:?}: no environment {name:?} in {ENV_ENVIRONMENTS}"))?;
+        env.window = Some(window);
+    }
+    Ok(environments)
 }
 
 #[cfg(test)]
@@ -271,12 +318,47 @@ mod tests {
         assert_eq!(envs.len(), 3);
         assert_eq!(
             envs[2],
-            Environment { name: "prod".into(), branch: "main".into(), policy: Policy::Manual }
+            Environment {
+                name: "prod".into(),
+                branch: "main".into(),
+                policy: Policy::Manual,
+                window: None
+            }
         );
         for bad in
             ["", "prod", "prod=main:maybe", "Prod=main", "a=-x", "a=b..c", "a=x,a=y", "a=x,b=x"]
         {
             assert!(parse_environments(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn windows_go_to_their_environments_and_bad_ones_are_named() {
+        let read = |windows: &str| {
+            let mut env =
+                Env::from_pairs([(ENV_REPOSITORY, "file:///srv/site.git"), (ENV_WINDOWS, windows)]);
+            let cfg = DeployerConfig::read(&mut env);
+            env.finish().map(|()| cfg).map_err(|e| e.to_string())
+        };
+        let cfg = read("prod=Sat,Sun 03:00-05:00; staging = Mon-Fri 22:00-02:00").expect("windows");
+        let at = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").expect("t");
+        let prod = cfg.environment("prod").expect("prod");
+        // 2026-12-05 is a Saturday.
+        assert_eq!(prod.waits_until(at("2026-12-05 04:00")), None, "open");
+        assert_eq!(prod.waits_until(at("2026-12-04 04:00")), Some(at("2026-12-05 03:00")));
+        let staging = cfg.environment("staging").expect("staging");
+        assert_eq!(staging.waits_until(at("2026-12-05 01:00")), None, "Friday's night");
+        assert!(staging.waits_until(at("2026-12-05 23:00")).is_some(), "Saturday's night");
+        assert_eq!(cfg.environment("dev").expect("dev").waits_until(at("2026-12-05 12:00")), None);
+        for bad in [
+            "prod",
+            "prod=Someday 03:00-05:00",
+            "prod=03:00-03:00",
+            "qa=03:00-05:00",
+            "prod=03:00-05:00;prod=06:00-07:00",
+        ] {
+            let e = read(bad).expect_err(bad);
+            assert!(e.contains(ENV_WINDOWS), "{bad:?}: {e}");
         }
     }
 

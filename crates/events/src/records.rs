@@ -343,6 +343,9 @@ pub enum DeployStep {
     Preparing,
     /// Manual environment: waiting for `deploy.approved`.
     Pending,
+    /// A push's deployment (approved, in a manual environment) waiting for its environment's
+    /// deployment window; the sweep starts it when the window opens (nothing touched yet).
+    Deferred,
     /// `backup.requested` published; waiting for its outcome.
     AwaitingBackup,
     /// Recreating the changed services from the commit's definitions.

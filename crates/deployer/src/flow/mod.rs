@@ -7,7 +7,7 @@
 //! deploy.requested ─> Preparing (fetch, validate, diff, images)
 //!   ├─ invalid ───────────────────────────────> Failed
 //!   ├─ manual ──> Pending ─ deploy.approved ─┐
-//!   └─ automatic ────────────────────────────┴─> deploy.started
+//!   └─ automatic ────────────────────────────┴─> (Deferred: window closed) ─> deploy.started
 //!        ├─ backup off ───────────────────────────────────┐
 //!        └─ backup.requested ─> AwaitingBackup ─ done ────┴─> Applying (up -d --no-deps)
 //!                 └─ failed / timeout ─> Failed                └─> Gating ─ healthy ─> Succeeded

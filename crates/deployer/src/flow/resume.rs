@@ -38,7 +38,7 @@ impl Flow {
 
     /// One step on from wherever `v` is (the caller holds it): publish the outbox; roll back
     /// what was between the apply and the verdict; prepare again, once, what was interrupted
-    /// before anything was touched; expire a backup wait.
+    /// before anything was touched; expire a backup wait; start what waited for its window.
     pub async fn drive(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
         let v = self.records.flush(v).await?;
         match v.value.step {
@@ -58,6 +58,7 @@ impl Flow {
                 self.prepare(v).await
             }
             DeployStep::Pending => Ok(()),
+            DeployStep::Deferred => self.start_if_due(v).await,
             DeployStep::AwaitingBackup => self.expire_backup(v).await,
             DeployStep::Applying | DeployStep::Gating => {
                 self.roll_back(v, "the deployer stopped during the deployment".into(), vec![]).await
@@ -70,7 +71,8 @@ impl Flow {
         }
     }
 
-    /// The sweep: what nobody holds is driven on (outboxes, backup timeouts, kills).
+    /// The sweep: what nobody holds is driven on (outboxes, backup timeouts, kills, windows
+    /// that opened).
     pub async fn sweep(&self) {
         let left = self.resume().await;
         if !left.is_empty() {

@@ -186,10 +186,16 @@ impl Flow {
             let newer = r.request_id != event.id
                 && event.time > r.requested_at
                 && r.change.commit != change.commit;
-            if newer && r.step == DeployStep::Pending {
-                // A newer push replaces one still waiting for approval (nothing was touched):
-                // the waiting one ends, and this one is claimed in its place.
-                let reason = format!("superseded by {} before it was approved", change.commit);
+            let waiting = match r.step {
+                DeployStep::Pending => Some("it was approved"),
+                DeployStep::Deferred => Some("its window opened"),
+                _ => None,
+            };
+            if let Some(before) = waiting.filter(|_| newer) {
+                // A newer request replaces one still waiting for approval or for its window
+                // (nothing was touched): the waiting one ends, and this one is claimed in its
+                // place.
+                let reason = format!("superseded by {} before {before}", change.commit);
                 self.fail(v, reason, vec![]).await?;
                 current = self.records.get(&key).await?;
             }
@@ -379,6 +385,43 @@ impl Flow {
             self.records.announce(record, v.revision).await?;
             return Ok(());
         }
+        self.begin_or_defer(Versioned { value: record, revision: v.revision }).await
+    }
+
+    /// When the deployment `r` would wait for its environment's window: `None` when it may
+    /// start now. A pin never waits: a human asked for it now (most often a rollback), as an
+    /// updater's rollback asked by a human does not.
+    pub fn waits_until(&self, r: &DeployRecord) -> Option<chrono::NaiveDateTime> {
+        if r.pinned_by.is_some() {
+            return None;
+        }
+        let env = self.cfg.environment(&r.change.environment)?;
+        env.waits_until(chrono::Local::now().naive_local())
+    }
+
+    /// Starts now, or waits in `Deferred` (saved, nothing touched, no event) until the sweep
+    /// finds the environment's window open ([`Flow::start_if_due`]).
+    pub async fn begin_or_defer(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
+        let Some(until) = self.waits_until(&v.value) else { return self.begin(v).await };
+        let mut record = v.value;
+        let env = &record.change.environment;
+        let reason = format!("waiting: the deployment window of {env} opens {until}");
+        tracing::info!(environment = %env, commit = %record.change.commit, %reason, "deployment deferred");
+        record.step = DeployStep::Deferred;
+        record.reason = Some(reason);
+        self.records.save(record, v.revision).await?;
+        steward_failpoints::failpoint!("saved:deferred");
+        Ok(())
+    }
+
+    /// Starts a deferred deployment once its window is open (the caller holds it).
+    pub(super) async fn start_if_due(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
+        if self.waits_until(&v.value).is_some() {
+            return Ok(());
+        }
+        tracing::info!(environment = %v.value.change.environment, commit = %v.value.change.commit, "the deployment window is open; the deferred deployment starts");
+        let mut record = v.value;
+        record.reason = None;
         self.begin(Versioned { value: record, revision: v.revision }).await
     }
 
@@ -504,7 +547,7 @@ impl Flow {
             self.fail(v, reason, tail).await?;
             return self.start_queued(&key).await;
         }
-        self.begin(v).await?;
+        self.begin_or_defer(v).await?;
         self.start_queued(&key).await
     }
 
