@@ -89,6 +89,15 @@ fn minus<T: PartialEq + Clone>(
     (!kept.is_empty()).then_some(kept)
 }
 
+/// `env` without what Podman writes into every container's inspected environment: its own
+/// `HOSTNAME` (the old container's, wrong for the replacement, which gets its own again) and
+/// `container=podman` (set again). Docker writes neither there; a `HOSTNAME` the operator set
+/// to something else than the hostname is kept.
+fn engine_written_env_removed(env: Vec<String>, hostname: &Option<String>) -> Vec<String> {
+    let own = hostname.as_deref().filter(|h| !h.is_empty()).map(|h| format!("HOSTNAME={h}"));
+    env.into_iter().filter(|v| v != "container=podman" && Some(v) != own.as_ref()).collect()
+}
+
 fn unless_default<T: PartialEq + Clone>(value: &Option<T>, default: &Option<T>) -> Option<T> {
     match (value, default) {
         (Some(v), Some(d)) if v == d => None,
@@ -127,7 +136,9 @@ pub(crate) fn creation_body(
         tty: cfg.tty,
         open_stdin: cfg.open_stdin,
         stdin_once: cfg.stdin_once,
-        env: minus(&cfg.env, &img.env),
+        env: minus(&cfg.env, &img.env)
+            .map(|env| engine_written_env_removed(env, &cfg.hostname))
+            .filter(|env| !env.is_empty()),
         cmd: unless_default(&cfg.cmd, &img.cmd),
         healthcheck: unless_default(&cfg.healthcheck, &img.healthcheck),
         volumes: minus(&cfg.volumes, &img.volumes),
@@ -677,5 +688,21 @@ fn image_config_as_container(c: bollard::models::ImageConfig) -> ContainerConfig
         labels: c.labels,
         stop_signal: c.stop_signal,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podmans_own_environment_is_not_carried_over_an_operators_hostname_is() {
+        let env = |vars: &[&str]| vars.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>();
+        let host = Some("c415f3038b79".to_owned());
+        let podman = env(&["KEPT=yes", "HOSTNAME=c415f3038b79", "TERM=xterm", "container=podman"]);
+        assert_eq!(engine_written_env_removed(podman, &host), env(&["KEPT=yes", "TERM=xterm"]));
+        let chosen = env(&["HOSTNAME=gitea.internal", "KEPT=yes"]);
+        assert_eq!(engine_written_env_removed(chosen.clone(), &host), chosen);
+        assert_eq!(engine_written_env_removed(chosen.clone(), &None), chosen);
     }
 }

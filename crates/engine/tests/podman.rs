@@ -111,7 +111,22 @@ async fn a_container_is_replaced_with_its_configuration() {
     let inspect = engine.inspect_json(&name).await.expect("inspect");
     let env = inspect["Config"]["Env"].to_string();
     assert!(env.contains("KEPT=yes"), "environment not carried over: {env}");
-    assert_ne!(inspect["Id"].as_str(), Some(replacement_old_id(&run).as_str()), "not replaced");
+    let old_id = replacement_old_id(&run);
+    assert_ne!(inspect["Id"].as_str(), Some(old_id.as_str()), "not replaced");
+    // Podman writes the container's own `HOSTNAME` and `container=podman` into the
+    // environment inspect reports: the replacement gets its own, not the old container's.
+    let hostname = inspect["Config"]["Hostname"].as_str().unwrap_or_default().to_owned();
+    let vars: Vec<&str> = inspect["Config"]["Env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let hostnames: Vec<&&str> = vars.iter().filter(|v| v.starts_with("HOSTNAME=")).collect();
+    assert!(!old_id.starts_with(&hostname), "the old hostname kept: {hostname}");
+    assert!(
+        hostnames.iter().all(|v| **v == format!("HOSTNAME={hostname}")),
+        "HOSTNAME is not the replacement's own ({hostname}): {vars:?}"
+    );
+    assert!(vars.iter().filter(|v| **v == "container=podman").count() <= 1, "{vars:?}");
 }
 
 /// The id `podman run -d` printed.
