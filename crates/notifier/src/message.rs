@@ -1357,6 +1357,25 @@ mod tests {
     }
 
     #[test]
+    fn a_rolled_back_deployment_says_why_what_runs_again_and_its_log_escaped_in_html() {
+        let mut e = sample("deploy.rolled_back");
+        let EventData::DeployRolledBack(r) = &mut e.data else { panic!("a rollback sample") };
+        r.reason = "web failed its health gate: <b>unhealthy</b> after 3 checks".into();
+        r.log_tail = vec!["<script>alert(1)</script> listen: address in use".into()];
+        r.previous_commit = Some("0123456789abcdef0123456789abcdef01234567".into());
+        let environment = r.change.environment.clone();
+        let t = Templates::builtin().expect("templates");
+        let m = t.render(vec![describe(&e)]).expect("render");
+        assert!(m.subject.contains("rolled back"), "{}", m.subject);
+        assert!(m.text.contains(&environment), "{}", m.text);
+        assert!(m.text.contains("web failed its health gate: <b>unhealthy</b>"), "{}", m.text);
+        assert!(m.text.contains("0123456789abcdef"), "what runs again: {}", m.text);
+        assert!(m.text.contains("listen: address in use"), "{}", m.text);
+        assert!(!m.html.contains("<script>") && !m.html.contains("<b>unhealthy"), "{}", m.html);
+        assert!(m.html.contains("&lt;b&gt;unhealthy&lt;"), "{}", m.html);
+    }
+
+    #[test]
     fn a_burst_gets_one_subject_naming_the_containers() {
         let items: Vec<Item> = (0..10)
             .map(|i| {
