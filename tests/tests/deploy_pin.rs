@@ -5,7 +5,8 @@
 //! force-push removed from the branch, a short id or an unknown environment touch nothing; an
 //! old pin replayed does nothing; a manual environment's pin waits for approval; a deployer
 //! killed in a pin ends it once. Deployment windows (`STEWARD_DEPLOY_WINDOWS`): a push
-//! outside its window waits, through kills, and starts once when it opens; a pin does not wait.
+//! outside its window waits, through kills, and starts once when it opens; a newer push or a
+//! rejection ends it; a pin (also of the branch's head) does not wait.
 
 mod deploy_common;
 
@@ -283,6 +284,10 @@ async fn a_push_outside_its_window_waits_through_kills_starts_once_when_it_opens
     pending_of(&bus, &c2).await;
     steward_ok(&bus, &["deploy", "approve", "dev"]);
     dev_row_until(&bus, "deferred", &c2).await;
+    // Approving again says what it waits for and how to cancel or deploy now.
+    let again = steward(&bus, &["deploy", "approve", "dev"]);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && said.contains("waits for its deployment window"), "{said}");
     let c3 = push_version(&repo, port, "v3", "third").await;
     pending_of(&bus, &c3).await;
     let superseded = refusal_of(&bus, &c2).await;
@@ -299,4 +304,26 @@ async fn a_push_outside_its_window_waits_through_kills_starts_once_when_it_opens
     dev_row_until(&bus, "succeeded", &c2).await;
     let ends = types_of(&bus, &c3).await;
     assert_eq!(ends, ["deploy.pending", "deploy.failed"], "c3 replaced by the pin");
+
+    // Pinning the branch's head (which follows the branch again) does not wait either.
+    let c4 = repo.commit("dev", "v1", "fourth");
+    let (ok, said) = pin(&bus, &c4);
+    assert!(ok && said.contains("waits for approval"), "{said}");
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    wait_for("the head's pin on v1 despite the window", Duration::from_secs(120), || {
+        serves(repo.web, "v1").then_some(())
+    });
+    let row = dev_row_until(&bus, "succeeded", &c4).await;
+    assert!(!row.contains("pinned"), "{row}");
+
+    // An approved push waiting for its window can still be rejected: nothing touched.
+    let c5 = push_version(&repo, port, "v2", "fifth").await;
+    pending_of(&bus, &c5).await;
+    steward_ok(&bus, &["deploy", "approve", "dev"]);
+    dev_row_until(&bus, "deferred", &c5).await;
+    steward_ok(&bus, &["deploy", "reject", "dev", "--reason", "not this week"]);
+    let rejected = refusal_of(&bus, &c5).await;
+    assert!(rejected.reason.contains("not this week"), "{rejected:?}");
+    assert_eq!(types_of(&bus, &c5).await, ["deploy.pending", "deploy.failed"]);
+    assert!(serves(repo.web, "v1"), "deployed after its rejection");
 }

@@ -92,6 +92,13 @@ impl Flow {
                 (EventData::DeployFailed(_), _) if !rejected => "failed".into(),
                 (EventData::DeployFailed(_) | EventData::DeployRejected(_), _) => "rejected".into(),
                 (EventData::DeployPending(_), _) => "awaiting approval".into(),
+                // Approved is not started: an update's or deployment's window may hold it back.
+                (EventData::UpdateApproved(_) | EventData::DeployApproved(_), _) => {
+                    "approved, not started".into()
+                }
+                (EventData::UpdateStarted(_) | EventData::DeployStarted(_), _) => {
+                    "in progress".into()
+                }
                 (EventData::BackupDone(_), "backup") => "done".into(),
                 (EventData::BackupFailed(_), "backup") => "failed".into(),
                 (EventData::BackupVerified(_), "backup" | "verify") => "verified".into(),
@@ -304,6 +311,13 @@ mod tests {
         assert_eq!(f.outcome(), "failed");
         let f = flow_of(&["deploy.requested", "deploy.pending"]);
         assert_eq!(f.outcome(), "awaiting approval");
+        // Approved, held back by a window: not "awaiting approval" any more, not yet started.
+        let f = flow_of(&["deploy.requested", "deploy.pending", "deploy.approved"]);
+        assert_eq!(f.outcome(), "approved, not started");
+        let f = flow_of(&["deploy.pending", "deploy.approved", "deploy.started"]);
+        assert_eq!(f.outcome(), "in progress");
+        let f = flow_of(&["update.pending", "update.approved"]);
+        assert_eq!((f.kind(), f.outcome().as_str()), ("update", "approved, not started"));
         // The same for an update backed up first, and a restore after its safety backup.
         let f = flow_of(&["update.approved", "backup.requested", "backup.done", "update.started"]);
         assert_eq!((f.kind(), f.outcome().as_str()), ("update", "in progress"));

@@ -57,8 +57,8 @@ pub enum DeployCommand {
         /// The environment or the deployment id, as `steward deploy list` shows them.
         id: String,
     },
-    /// Reject a deployment waiting for approval: it ends with `deploy.failed`, nothing touched,
-    /// and the next push waiting for the environment goes on.
+    /// Reject a deployment waiting for approval or for its deployment window: it ends with
+    /// `deploy.failed`, nothing touched, and the next push waiting for the environment goes on.
     Reject {
         /// The environment or the deployment id, as `steward deploy list` shows them.
         id: String,
@@ -251,11 +251,13 @@ fn host_of(
 }
 
 /// The deployment `id` names (environment, id, or a unique prefix or suffix of the id), if it
-/// waits for approval, and the host whose deployer keeps it (under host routing).
+/// waits for approval (or, for a rejection, `or_window`, for its deployment window), and the
+/// host whose deployer keeps it (under host routing).
 fn pending<'a>(
     conn: &Connection,
     records: &'a [(Option<String>, DeployRecord)],
     id: &str,
+    or_window: bool,
 ) -> anyhow::Result<(Option<String>, &'a DeployRecord)> {
     let id = id.to_ascii_lowercase();
     let by_env: Vec<&(Option<String>, DeployRecord)> =
@@ -276,6 +278,17 @@ fn pending<'a>(
     };
     match matches.as_slice() {
         [] => bail!("no deployment {id} (see `steward deploy list`)"),
+        [(h, r)] if or_window && r.step == DeployStep::Deferred => Ok((h.clone(), r)),
+        [(_, r)] if r.step == DeployStep::Deferred => bail!(
+            "deployment {} of {} to {} needs no approval: it waits for its deployment window ({}); \
+             `steward deploy reject {}` cancels it, `steward deploy {} COMMIT` deploys now",
+            r.deploy_id,
+            r.change.short_commit(),
+            r.change.environment,
+            r.reason.as_deref().unwrap_or("deferred"),
+            r.change.environment,
+            r.change.environment
+        ),
         [(_, r)] if r.step == DeployStep::Pending && r.approved_by.is_some() => bail!(
             "deployment {} of {} to {} was already approved (by {}); its test and start are under \
              way: nothing more to decide",
@@ -296,15 +309,17 @@ fn pending<'a>(
     }
 }
 
-/// Publishes a human's decision on the deployment `id` names (it must wait for approval), in
-/// its flow and its trace, to the host whose deployer keeps it; the decided record.
+/// Publishes a human's decision on the deployment `id` names (it must wait for approval, or
+/// `or_window` for its window), in its flow and its trace, to the host whose deployer keeps
+/// it; the decided record.
 async fn decide(
     conn: &Connection,
     id: &str,
+    or_window: bool,
     decision: impl FnOnce(&DeployRecord) -> EventData,
 ) -> anyhow::Result<DeployRecord> {
     let (bus, records, _) = read(conn).await?;
-    let (host, r) = pending(conn, &records, id)?;
+    let (host, r) = pending(conn, &records, id, or_window)?;
     let event = Event::new(steward_settings::event_source(Service::Cli), decision(r))
         .with_correlation(r.correlation_id)
         .with_trace(r.trace.clone())
@@ -315,7 +330,8 @@ async fn decide(
 
 async fn approve(conn: &Connection, id: &str) -> anyhow::Result<()> {
     let r =
-        decide(conn, id, |r| DeployApproved { deploy_id: r.deploy_id, by: who() }.into()).await?;
+        decide(conn, id, false, |r| DeployApproved { deploy_id: r.deploy_id, by: who() }.into())
+            .await?;
     #[allow(clippy::print_stdout)]
     {
         println!(
@@ -331,9 +347,10 @@ async fn approve(conn: &Connection, id: &str) -> anyhow::Result<()> {
 
 async fn reject(conn: &Connection, id: &str, reason: Option<String>) -> anyhow::Result<()> {
     let reason = reason.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    let r =
-        decide(conn, id, |r| DeployRejected { deploy_id: r.deploy_id, by: who(), reason }.into())
-            .await?;
+    let r = decide(conn, id, true, |r| {
+        DeployRejected { deploy_id: r.deploy_id, by: who(), reason }.into()
+    })
+    .await?;
     #[allow(clippy::print_stdout)]
     {
         println!(

@@ -261,7 +261,20 @@ async fn decide(
     }
     tracing::info!(deploy = %record.deploy_id, environment = %record.change.environment, approve, "decided on the approval page");
     let steps = "backup, the changed services, health check, and rollback if it fails. You will be notified of the outcome.";
+    let windowed = !record.by_hand
+        && page
+            .flow
+            .cfg
+            .environment(&record.change.environment)
+            .is_some_and(|e| e.window.is_some());
     let (title, message) = match (approve, page.flow.waits_until(&record)) {
+        (true, None) if windowed => (
+            "Approved",
+            format!(
+                "The deployment starts now, inside the deployment window of {} (should its test outlast the window, at the window's next opening): {steps}",
+                record.change.environment
+            ),
+        ),
         (true, None) => ("Approved", format!("The deployment starts now: {steps}")),
         (true, Some(until)) => (
             "Approved",

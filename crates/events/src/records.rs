@@ -423,6 +423,10 @@ pub struct DeployRecord {
     /// its branch's head); see [`DeployRecord::is_pinned`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_by: Option<String>,
+    /// A human's pin (also of the branch's head, which clears `pinned_by`): it does not wait
+    /// for the environment's deployment window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_hand: bool,
     /// Why it ended as it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

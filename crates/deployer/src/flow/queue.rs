@@ -6,9 +6,10 @@
 //! slot: it is not sent back to the stream to run out of deliveries during a long health gate.
 
 use steward_bus::{BusError, Versioned};
-use steward_events::records::{DeployRecord, QueuedDeploy};
+use steward_events::records::{DeployRecord, DeployStep, QueuedDeploy};
 use steward_events::{Change, DeployFailed, Event};
 
+use super::start::replaces_waiting;
 use super::{Flow, FlowError};
 
 /// A superseded request's `deploy.failed` has an id derived from the request's, so deciding it
@@ -100,10 +101,19 @@ impl Flow {
             let slot = self.queue.flush(slot).await?;
             let request = slot.value.request.clone();
             let current = self.records.get(env).await?;
+            let asked = self.request_of(&request);
+            // A deployment waiting for its window holds nothing newer back: the request
+            // replaces it (`claim` ends it first), else it would deploy the older commit first.
+            let replaces = |v: &Versioned<DeployRecord>| {
+                v.value.step == DeployStep::Deferred
+                    && asked.as_ref().is_some_and(|(change, pin)| {
+                        replaces_waiting(&v.value, &request, change, pin.is_some()).is_some()
+                    })
+            };
             let claimed = match &current {
                 Some(v) if v.value.request_id == request.id => None,
-                Some(v) if !v.value.step.is_terminal() => return Ok(()),
-                _ => match self.request_of(&request) {
+                Some(v) if !v.value.step.is_terminal() && !replaces(v) => return Ok(()),
+                _ => match asked {
                     Some((change, pin)) => {
                         tracing::info!(environment = %env, commit = %change.commit, "the deployment ended; the waiting request starts");
                         self.claim(&request, &change, pin.as_deref(), current, true).await?

@@ -22,6 +22,24 @@ const REFUSAL_ID_MASK: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0001;
 /// The same for a push refused because a pin holds its environment.
 const PINNED_ID_MASK: u128 = 0x5eed_0000_0000_0000_0000_0000_0000_0003;
 
+/// Whether a request for `change` (a pin when `pin`) replaces the deployment `r` while it
+/// still waits, nothing touched: for approval (a newer request for another commit), or for
+/// its window (also a pin of the same commit: a pin does not wait). `Some(what r waited for)`.
+pub(super) fn replaces_waiting(
+    r: &DeployRecord,
+    event: &Event,
+    change: &Change,
+    pin: bool,
+) -> Option<&'static str> {
+    let newer = r.request_id != event.id && event.time > r.requested_at;
+    let other = r.change.commit != change.commit;
+    match r.step {
+        DeployStep::Pending if newer && other => Some("it was approved"),
+        DeployStep::Deferred if newer && (other || pin) => Some("its window opened"),
+        _ => None,
+    }
+}
+
 impl Flow {
     /// `deploy.requested` (a push, polling): see [`Flow::on_request`].
     pub async fn on_requested(
@@ -183,19 +201,15 @@ impl Flow {
                 self.refuse_pinned(event, change, &r.change.commit, by).await?;
                 return Ok(None);
             }
-            let newer = r.request_id != event.id
-                && event.time > r.requested_at
-                && r.change.commit != change.commit;
-            let waiting = match r.step {
-                DeployStep::Pending => Some("it was approved"),
-                DeployStep::Deferred => Some("its window opened"),
-                _ => None,
-            };
-            if let Some(before) = waiting.filter(|_| newer) {
+            if let Some(before) = replaces_waiting(r, event, change, pin.is_some()) {
                 // A newer request replaces one still waiting for approval or for its window
                 // (nothing was touched): the waiting one ends, and this one is claimed in its
                 // place.
-                let reason = format!("superseded by {} before {before}", change.commit);
+                let by = match pin {
+                    Some(by) => format!("a pin of {} by {by}", change.commit),
+                    None => change.commit.clone(),
+                };
+                let reason = format!("superseded by {by} before {before}");
                 self.fail(v, reason, vec![]).await?;
                 current = self.records.get(&key).await?;
             }
@@ -249,6 +263,7 @@ impl Flow {
             backup_deadline: None,
             approved_by: None,
             pinned_by: pin.map(str::to_owned),
+            by_hand: pin.is_some(),
             reason: None,
             interruptions: 0,
             outbox: vec![],
@@ -392,7 +407,7 @@ impl Flow {
     /// start now. A pin never waits: a human asked for it now (most often a rollback), as an
     /// updater's rollback asked by a human does not.
     pub fn waits_until(&self, r: &DeployRecord) -> Option<chrono::NaiveDateTime> {
-        if r.pinned_by.is_some() {
+        if r.by_hand {
             return None;
         }
         let env = self.cfg.environment(&r.change.environment)?;
@@ -562,11 +577,15 @@ impl Flow {
         let key = v.value.change.environment.clone();
         let Some(_hold) = self.records.hold(&key) else { return Err(FlowError::Busy(key)) };
         let Some(v) = self.records.get(&key).await? else { return Ok(()) };
-        if v.value.deploy_id != r.deploy_id
-            || v.value.step != DeployStep::Pending
-            || v.value.approved_by.is_some()
-        {
-            tracing::info!(deploy = %r.deploy_id, "rejection of a deployment not waiting for approval (approved first, or no longer pending); ignored");
+        // Waiting for a human, or (approved or automatic) for its window: nothing touched yet,
+        // so a rejection can still end it.
+        let waiting = match v.value.step {
+            DeployStep::Pending => v.value.approved_by.is_none(),
+            DeployStep::Deferred => true,
+            _ => false,
+        };
+        if v.value.deploy_id != r.deploy_id || !waiting {
+            tracing::info!(deploy = %r.deploy_id, "rejection of a deployment not waiting for approval or its window (approved and under way, or over); ignored");
             return Ok(());
         }
         let why = r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
@@ -638,5 +657,78 @@ impl Flow {
                     && l.get(SERVICE_LABEL).is_some_and(|s| services.contains(s))
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_events::DeployPinRequested;
+
+    fn waiting(step: DeployStep, commit: char, requested: Event) -> DeployRecord {
+        let at =
+            requested.time.format(&time::format_description::well_known::Rfc3339).expect("formats");
+        serde_json::from_value(serde_json::json!({
+            "deploy_id": uuid::Uuid::new_v4(), "repository": "git://127.0.0.1/app",
+            "branch": "dev", "environment": "dev", "commit": commit.to_string().repeat(40),
+            "correlation_id": requested.id, "last_event_id": requested.id,
+            "step": step, "requested_at": at, "request_id": requested.id, "started_at": at,
+        }))
+        .expect("a deploy record")
+    }
+
+    fn change(commit: char) -> Change {
+        Change {
+            repository: "git://127.0.0.1/app".into(),
+            branch: "dev".into(),
+            environment: "dev".into(),
+            commit: commit.to_string().repeat(40),
+            author: None,
+            message: None,
+        }
+    }
+
+    fn request(after: &Event, seconds: i64) -> Event {
+        let data = DeployPinRequested {
+            environment: "dev".into(),
+            commit: "c".repeat(40),
+            by: "t".into(),
+        };
+        let mut e = Event::new("test", data);
+        e.time = after.time + time::Duration::seconds(seconds);
+        e
+    }
+
+    #[test]
+    fn a_newer_request_replaces_a_waiting_deployment_a_pin_also_of_the_same_commit() {
+        let first = Event::new(
+            "test",
+            DeployPinRequested {
+                environment: "dev".into(),
+                commit: "a".repeat(40),
+                by: "t".into(),
+            },
+        );
+        let (newer, older) = (request(&first, 5), request(&first, -5));
+        let pending = waiting(DeployStep::Pending, 'a', first.clone());
+        let deferred = waiting(DeployStep::Deferred, 'a', first.clone());
+        let (same, other) = (change('a'), change('b'));
+        // Waiting for approval: a newer request for another commit.
+        assert_eq!(replaces_waiting(&pending, &newer, &other, false), Some("it was approved"));
+        assert_eq!(replaces_waiting(&pending, &newer, &same, true), None);
+        assert_eq!(replaces_waiting(&pending, &older, &other, false), None);
+        // Waiting for its window: also a pin of the same commit (a pin does not wait).
+        assert_eq!(replaces_waiting(&deferred, &newer, &other, false), Some("its window opened"));
+        assert_eq!(replaces_waiting(&deferred, &newer, &same, true), Some("its window opened"));
+        assert_eq!(replaces_waiting(&deferred, &newer, &same, false), None);
+        assert_eq!(replaces_waiting(&deferred, &older, &other, true), None);
+        assert_eq!(replaces_waiting(&deferred, &first, &other, false), None, "a redelivery");
+        // Under way: nothing replaces it (the request waits in the slot).
+        for step in [DeployStep::Preparing, DeployStep::AwaitingBackup, DeployStep::Gating] {
+            assert_eq!(
+                replaces_waiting(&waiting(step, 'a', first.clone()), &newer, &other, true),
+                None
+            );
+        }
     }
 }
