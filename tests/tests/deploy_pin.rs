@@ -214,6 +214,7 @@ fn dev_window(minutes: i64) -> (&'static str, String) {
 async fn types_of(bus: &Bus, commit: &str) -> Vec<&'static str> {
     let about = |e: &Event| match &e.data {
         EventData::DeployPending(p) => p.change.commit == commit,
+        EventData::DeployDeferred(d) => d.change.commit == commit,
         EventData::DeployStarted(s) => s.change.commit == commit,
         EventData::DeploySucceeded(s) => s.change.commit == commit,
         EventData::DeployRolledBack(r) => r.change.commit == commit,
@@ -264,7 +265,8 @@ async fn a_push_outside_its_window_waits_through_kills_starts_once_when_it_opens
         drop(again);
     }
     assert!(repo.container("web").is_none(), "web created outside the window");
-    assert!(types_of(&bus, &c1).await.is_empty(), "{:?}", types_of(&bus, &c1).await);
+    // Said once (published from the record's outbox by the first restart), nothing started.
+    assert_eq!(types_of(&bus, &c1).await, ["deploy.deferred"]);
 
     // The window open (the same deployer with its setting changed): it starts, once.
     let open = deployer(&repo.env(&bus, port, &[dev_window(-5)]));
@@ -273,6 +275,7 @@ async fn a_push_outside_its_window_waits_through_kills_starts_once_when_it_opens
     let types: Vec<&str> = flow.iter().map(Event::event_type).collect();
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{types:?}");
     assert_eq!(types.iter().filter(|t| **t == "deploy.started").count(), 1, "{types:?}");
+    assert_eq!(types.iter().filter(|t| **t == "deploy.deferred").count(), 1, "{types:?}");
     assert!(serves(repo.web, "v1"));
     drop(open);
 
@@ -292,7 +295,7 @@ async fn a_push_outside_its_window_waits_through_kills_starts_once_when_it_opens
     pending_of(&bus, &c3).await;
     let superseded = refusal_of(&bus, &c2).await;
     assert!(superseded.reason.contains("before its window opened"), "{superseded:?}");
-    assert_eq!(types_of(&bus, &c2).await, ["deploy.pending", "deploy.failed"]);
+    assert_eq!(types_of(&bus, &c2).await, ["deploy.pending", "deploy.deferred", "deploy.failed"]);
     assert!(serves(repo.web, "v1"), "deployed outside the window");
 
     let (ok, said) = pin(&bus, &c2);
@@ -324,6 +327,6 @@ async fn a_push_outside_its_window_waits_through_kills_starts_once_when_it_opens
     steward_ok(&bus, &["deploy", "reject", "dev", "--reason", "not this week"]);
     let rejected = refusal_of(&bus, &c5).await;
     assert!(rejected.reason.contains("not this week"), "{rejected:?}");
-    assert_eq!(types_of(&bus, &c5).await, ["deploy.pending", "deploy.failed"]);
+    assert_eq!(types_of(&bus, &c5).await, ["deploy.pending", "deploy.deferred", "deploy.failed"]);
     assert!(serves(repo.web, "v1"), "deployed after its rejection");
 }

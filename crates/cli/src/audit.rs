@@ -92,6 +92,7 @@ impl Flow {
                 (EventData::DeployFailed(_), _) if !rejected => "failed".into(),
                 (EventData::DeployFailed(_) | EventData::DeployRejected(_), _) => "rejected".into(),
                 (EventData::DeployPending(_), _) => "awaiting approval".into(),
+                (EventData::DeployDeferred(_), _) => "waiting for its window".into(),
                 // Approved is not started: an update's or deployment's window may hold it back.
                 (EventData::UpdateApproved(_) | EventData::DeployApproved(_), _) => {
                     "approved, not started".into()
@@ -315,6 +316,10 @@ mod tests {
         let f = flow_of(&["deploy.requested", "deploy.pending", "deploy.approved"]);
         assert_eq!(f.outcome(), "approved, not started");
         let f = flow_of(&["deploy.pending", "deploy.approved", "deploy.started"]);
+        assert_eq!(f.outcome(), "in progress");
+        let f = flow_of(&["deploy.pending", "deploy.approved", "deploy.deferred"]);
+        assert_eq!(f.outcome(), "waiting for its window");
+        let f = flow_of(&["deploy.requested", "deploy.deferred", "deploy.started"]);
         assert_eq!(f.outcome(), "in progress");
         let f = flow_of(&["update.pending", "update.approved"]);
         assert_eq!((f.kind(), f.outcome().as_str()), ("update", "approved, not started"));

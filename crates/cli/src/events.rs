@@ -374,6 +374,13 @@ pub(crate) fn summary(data: &EventData) -> String {
             p.services.join(", "),
             p.pinned_by.as_deref().map(|by| format!(", pinned by {by}")).unwrap_or_default()
         ),
+        EventData::DeployDeferred(p) => format!(
+            "deploy {} waits for its window (opens {}): {} ({})",
+            p.deploy_id,
+            p.opens,
+            deploy_change(&p.change),
+            p.services.join(", ")
+        ),
         EventData::DeployApproved(p) => format!("deploy {} approved by {}", p.deploy_id, p.by),
         EventData::DeployRejected(p) => format!(
             "deploy {} rejected by {}{}",

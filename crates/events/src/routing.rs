@@ -160,6 +160,7 @@ impl Service {
                 "watch.registry_recovered",
                 "notify.test_requested",
                 "deploy.pending",
+                "deploy.deferred",
                 "deploy.succeeded",
                 "deploy.failed",
                 "deploy.rolled_back",
@@ -231,6 +232,7 @@ impl Service {
             Service::Deployer => &[
                 "deploy.requested",
                 "deploy.pending",
+                "deploy.deferred",
                 "deploy.approved",
                 "deploy.rejected",
                 "deploy.started",

@@ -384,6 +384,15 @@ pub fn with_ids(container: &str, update_id: Uuid, event_id: Uuid) -> Vec<EventDa
             pinned_by: None,
         }
         .into(),
+        DeployDeferred {
+            deploy_id: update_id,
+            change: change(),
+            previous_commit: Some(PREVIOUS_COMMIT.into()),
+            services: vec!["web".into()],
+            opens: "2026-06-06 03:00".into(),
+            approved_by: Some("ops@host".into()),
+        }
+        .into(),
         DeployApproved { deploy_id: update_id, by: "ops@host".into() }.into(),
         DeployRejected {
             deploy_id: update_id,

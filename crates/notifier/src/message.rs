@@ -563,6 +563,20 @@ pub fn describe(event: &Event) -> Item {
             item.next = deploy_on_the_host(d.deploy_id);
             item.deploy_id = Some(d.deploy_id);
         }
+        EventData::DeployDeferred(d) => {
+            item.headline = format!(
+                "Deployment of {} to {} waits for its window (opens {})",
+                d.change.short_commit(),
+                d.change.environment,
+                d.opens
+            );
+            item.facts = deploy_facts(&d.change);
+            item.facts.push(fact("Services", d.services.join(", ")));
+            item.facts.push(fact("Window opens", d.opens.clone()));
+            if let Some(by) = &d.approved_by {
+                item.facts.push(fact("Approved by", by.clone()));
+            }
+        }
         EventData::DeploySucceeded(d) => {
             item.headline =
                 format!("Deployed {} to {}", d.change.short_commit(), d.change.environment);
@@ -910,6 +924,8 @@ const TOLD: &[Told] = &[
         next: "The certificates in service are unchanged unless listed as renewed; check their expiry. Fix the cause and run `steward certs renew` (runbook: certificates)." },
     Told { kind: "deploy.pending", severity: Severity::Info, one: "deployment awaiting approval", many: "deployments awaiting approval",
         next: "Nothing is deployed until it is approved (runbook: approving a deployment)." },
+    Told { kind: "deploy.deferred", severity: Severity::Info, one: "deployment waiting for its window", many: "deployments waiting for their window",
+        next: "Nothing to do: it starts when the environment's deployment window opens. To deploy now, pin the commit (`steward deploy ENV COMMIT`); to cancel it, `steward deploy reject ENV` (runbook: approving a deployment)." },
     Told { kind: "deploy.succeeded", severity: Severity::Info, one: "deployment done", many: "deployments done",
         next: "Nothing to do: the changed services passed their health gate on the new commit." },
     Told { kind: "deploy.failed", severity: Severity::Warning, one: "deployment failed", many: "deployments failed",

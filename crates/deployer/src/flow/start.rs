@@ -4,9 +4,9 @@
 use steward_bus::Versioned;
 use steward_events::records::{DeployRecord, DeployStep};
 use steward_events::{
-    BackupReason, BackupRequested, Change, DeployApproved, DeployFailed, DeployPending,
-    DeployPinRequested, DeployRejected, DeployRequested, DeployStarted, DeploySucceeded, Event,
-    EventData,
+    BackupReason, BackupRequested, Change, DeployApproved, DeployDeferred, DeployFailed,
+    DeployPending, DeployPinRequested, DeployRejected, DeployRequested, DeployStarted,
+    DeploySucceeded, Event, EventData,
 };
 use time::OffsetDateTime;
 
@@ -414,18 +414,27 @@ impl Flow {
         env.waits_until(chrono::Local::now().naive_local())
     }
 
-    /// Starts now, or waits in `Deferred` (saved, nothing touched, no event) until the sweep
-    /// finds the environment's window open ([`Flow::start_if_due`]).
+    /// Starts now, or waits in `Deferred` (`deploy.deferred`, nothing touched) until the
+    /// sweep finds the environment's window open ([`Flow::start_if_due`]).
     pub async fn begin_or_defer(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
         let Some(until) = self.waits_until(&v.value) else { return self.begin(v).await };
         let mut record = v.value;
+        let opens = until.format("%Y-%m-%d %H:%M").to_string();
         let env = &record.change.environment;
-        let reason = format!("waiting: the deployment window of {env} opens {until}");
+        let reason = format!("waiting: the deployment window of {env} opens {opens}");
         tracing::info!(environment = %env, commit = %record.change.commit, %reason, "deployment deferred");
+        let data = DeployDeferred {
+            deploy_id: record.deploy_id,
+            change: record.change.clone(),
+            previous_commit: record.deployed_commit.clone(),
+            services: record.services.clone(),
+            opens,
+            approved_by: record.approved_by.clone(),
+        };
+        self.records.stage(&mut record, data);
         record.step = DeployStep::Deferred;
         record.reason = Some(reason);
-        self.records.save(record, v.revision).await?;
-        steward_failpoints::failpoint!("saved:deferred");
+        self.records.announce(record, v.revision).await?;
         Ok(())
     }
 

@@ -85,6 +85,28 @@ pub struct DeployPending {
 
 impl Payload for DeployPending {}
 
+/// A deployment that could start waits for its environment's deployment window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployDeferred {
+    /// The deployment.
+    pub deploy_id: Uuid,
+    /// What will be deployed.
+    #[serde(flatten)]
+    pub change: Change,
+    /// The commit running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_commit: Option<String>,
+    /// The compose services whose definition changes.
+    pub services: Vec<String>,
+    /// When the window opens, in the deployer's time zone (`TZ`): `2026-12-05 03:00`.
+    pub opens: String,
+    /// Who approved it, in a manual environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+impl Payload for DeployDeferred {}
+
 /// A human approved a pending deployment (`steward deploy approve`, or the signed link of the
 /// `deploy.pending` mail: published by the deployer's approval page).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

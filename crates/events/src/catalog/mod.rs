@@ -442,6 +442,14 @@ catalog! {
     DeployPinRequested => "deploy.pin_requested": DeployPinRequested,
     /// A deployment to a manually approved environment waits for approval.
     DeployPending => "deploy.pending": DeployPending,
+    /// A deployment that could start (automatic, or approved) waits for its window.
+    ///
+    /// The environment has a deployment window (`STEWARD_DEPLOY_WINDOWS`) and it is closed:
+    /// nothing is touched until the deployer's sweep finds it open, then `deploy.started`
+    /// follows in the same flow. A newer push or a pin replaces it (`deploy.failed`,
+    /// "superseded ... before its window opened"), `steward deploy reject` ends it; a pin
+    /// never waits. Once per deployment, also across restarts (the record's outbox).
+    DeployDeferred => "deploy.deferred": DeployDeferred,
     /// A human approved a pending deployment.
     ///
     /// `steward deploy approve ENV|ID` (`by` is `user@host`), or the signed link of the
