@@ -117,6 +117,7 @@ impl SlowJob {
 
 #[tokio::test]
 async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
+    let (logs, _guard) = capture_logs();
     let bus = TestBus::new("tasks-finish").await;
     let shutdown = CancellationToken::new();
     let runtime =
@@ -128,6 +129,12 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
     let mut job = SlowJob::spawn(runtime.context());
     let run = tokio::spawn(runtime.run(Idle));
     (&mut job.started).await.expect("job started");
+    // Stopped while consuming (the next test stops it before).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lines(&logs).iter().any(|l| l.contains("consuming")) {
+        assert!(Instant::now() < deadline, "never consuming: {:?}", lines(&logs));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stopping = Instant::now();
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(90), run)
