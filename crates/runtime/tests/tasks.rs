@@ -115,17 +115,23 @@ impl SlowJob {
     }
 }
 
+/// A started runtime on `bus` and the token that stops it. Its grace is far beyond the job's
+/// two seconds: what is tested is that run waits for the job, and CI (loaded) once failed
+/// with 10 s without saying why.
+async fn patient_runtime(bus: &TestBus) -> (Runtime, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let runtime =
+        Runtime::start_with_shutdown(config(bus.config().clone(), "60s"), shutdown.clone())
+            .await
+            .expect("runtime starts");
+    (runtime, shutdown)
+}
+
 #[tokio::test]
 async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
     let (logs, _guard) = capture_logs();
     let bus = TestBus::new("tasks-finish").await;
-    let shutdown = CancellationToken::new();
-    let runtime =
-        // A grace far beyond the job's two seconds: what is tested is that run waits for the
-        // job, and CI (loaded) once failed this with 10 s without saying why.
-        Runtime::start_with_shutdown(config(bus.config().clone(), "60s"), shutdown.clone())
-            .await
-            .expect("runtime starts");
+    let (runtime, shutdown) = patient_runtime(&bus).await;
     let mut job = SlowJob::spawn(runtime.context());
     let run = tokio::spawn(runtime.run(Idle));
     (&mut job.started).await.expect("job started");
@@ -150,11 +156,7 @@ async fn shutdown_lets_a_background_task_finish_its_unit_of_work() {
 #[tokio::test]
 async fn shutdown_before_the_consumer_is_up_still_lets_a_background_task_finish() {
     let bus = TestBus::new("tasks-early").await;
-    let shutdown = CancellationToken::new();
-    let runtime =
-        Runtime::start_with_shutdown(config(bus.config().clone(), "60s"), shutdown.clone())
-            .await
-            .expect("runtime starts");
+    let (runtime, shutdown) = patient_runtime(&bus).await;
     let mut job = SlowJob::spawn(runtime.context());
     (&mut job.started).await.expect("job started");
     let stopping = Instant::now();
