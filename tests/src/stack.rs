@@ -438,9 +438,35 @@ impl Stack {
             .expect("docker exec")
     }
 
+    /// What a failure shows: first the state and the last healthcheck runs (exit code and
+    /// output) of every service that is not healthy, then the tail of each service's log. A CI
+    /// failure once said only "gitea is unhealthy", its probe's own output cut away with the
+    /// logs.
     pub fn logs(&self) -> String {
-        let out = self.compose().args(["logs", "--no-color", "--tail", "40"]).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+        let mut out = String::new();
+        for service in SERVICES {
+            let state = self.health(service);
+            if state == "healthy" || (service == "certbot" && state == "running") {
+                continue;
+            }
+            let probes = Command::new("docker")
+                .args([
+                    "inspect",
+                    "-f",
+                    "{{.State.Status}} since {{.State.StartedAt}}, exit {{.State.ExitCode}}\
+                     {{if .State.Health}}{{range .State.Health.Log}}\n  probe {{.Start}}: \
+                     exit {{.ExitCode}}: {{.Output}}{{end}}{{end}}",
+                    &self.container(service),
+                ])
+                .output();
+            let probes = probes
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default();
+            out.push_str(&format!("{service}: {state}: {probes}\n"));
+        }
+        let logs = self.compose().args(["logs", "--no-color", "--tail", "40"]).output();
+        out.push_str(&logs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default());
+        out
     }
 }
 
