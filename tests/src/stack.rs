@@ -465,7 +465,9 @@ impl Stack {
             out.push_str(&format!("{service}: {state}: {probes}\n"));
         }
         let logs = self.compose().args(["logs", "--no-color", "--tail", "40"]).output();
-        out.push_str(&logs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default());
+        out.push_str(
+            &logs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default(),
+        );
         out
     }
 }

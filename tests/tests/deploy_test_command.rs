@@ -1,8 +1,15 @@
-//! The repository's test command (`steward.deploy.test` on a compose service, issue 21): run by
-//! the real deployer in a throw-away container of that service (real Docker, NATS, `git
-//! daemon`) before anything is touched. A failing test fails the deployment with its output;
-//! one over `STEWARD_DEPLOY_TEST_TIMEOUT` is stopped and its container removed; shell syntax
-//! in the label is refused; a passing one lets the deployment go on.
+//! The repository's own commands, run by the real deployer in throw-away containers of their
+//! service (real Docker, NATS, `git daemon`; issue 21).
+//!
+//! The test (`steward.deploy.test`) runs before anything is touched. A failing test fails the
+//! deployment with its output; one over `STEWARD_DEPLOY_TEST_TIMEOUT` is stopped and its
+//! container removed; shell syntax in the label is refused; a passing one lets the
+//! deployment go on.
+//!
+//! The pre-deployment commands (`steward.deploy.pre`, e.g. migrations) run with the new
+//! definition before it starts, only for the services that change; a failing one rolls the
+//! deployment back with the old version never stopped; a kill during one (and another as the
+//! deployer starts again) rolls it back once, the command left running stopped first.
 
 mod deploy_common;
 
@@ -147,4 +154,166 @@ async fn a_manual_environments_test_waits_for_the_approval() {
     assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
     assert!(test_containers(&repo).trim().is_empty(), "a test container is left");
     assert!(serves(repo.web, "v1"));
+}
+
+/// The pre-deployment tests' compose file: web on `version` and side on v1, both with the
+/// project's volume `state` at /state (where the commands leave their marks), each with its
+/// `steward.deploy.pre` when not empty.
+fn with_state(repo: &Repo, version: &str, web_pre: &str, side_pre: &str) -> String {
+    let pre = |p: &str| {
+        if p.is_empty() {
+            String::new()
+        } else {
+            format!("      steward.deploy.pre: {p}\n")
+        }
+    };
+    format!(
+        "version: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{version}\n    ports: [\"127.0.0.1:{}:8080\"]\n    volumes: [\"state:/state\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{}/\n{}  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{}:8080\"]\n    volumes: [\"state:/state\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{}/\n{}volumes:\n  state: {{}}\n",
+        repo.web,
+        repo.web,
+        pre(web_pre),
+        repo.side,
+        repo.side,
+        pre(side_pre)
+    )
+}
+
+/// A command in a throw-away container on `repo`'s volume `state`; its output.
+fn in_state(repo: &Repo, args: &[&str]) -> String {
+    let volume = format!("{}-dev_state:/state", repo.project);
+    let mut all = vec!["run", "--rm", "-v", volume.as_str(), "steward-test/busybox:latest"];
+    all.extend_from_slice(args);
+    docker(&all)
+}
+
+/// The containers left of the deployer's pre-deployment commands in `repo`'s project.
+fn pre_containers(repo: &Repo) -> String {
+    docker(&["ps", "-aq", "--filter", &format!("name={}-dev-steward-pre", repo.project)])
+}
+
+/// The `deploy.rolled_back` of a flow.
+fn rolled_back(flow: &[Event]) -> steward_events::DeployRolledBack {
+    flow.iter()
+        .find_map(|e| match &e.data {
+            EventData::DeployRolledBack(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no deploy.rolled_back: {flow:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_deployment_command_runs_with_the_new_definition_before_it_starts_only_for_changed_services(
+) {
+    let bus = TestBus::new("deploypre").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    let deploy = |text: String, message: &'static str| {
+        let commit = repo.commit_text("dev", &text, message);
+        let (bus, repo) = (&bus, &repo);
+        async move {
+            push_commit(repo, port, &commit, message).await;
+            outcome(bus, &commit, Duration::from_secs(180)).await
+        }
+    };
+    let side_pre = "touch /state/side-migrated";
+
+    // The first deployment: both services are new, both commands run, each with its own
+    // service's definition (web's copies its image's version).
+    let flow =
+        deploy(with_state(&repo, "v1", "cp /VERSION /state/web-migrated", side_pre), "v1").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert_eq!(in_state(&repo, &["cat", "/state/web-migrated"]).trim(), "v1");
+    assert!(in_state(&repo, &["ls", "/state"]).contains("side-migrated"));
+    in_state(&repo, &["rm", "/state/side-migrated", "/state/web-migrated"]);
+    let web = repo.container("web").expect("web runs");
+    let side = repo.container("side").expect("side runs");
+
+    // A failing command: rolled back, and the old web was never stopped (the new one never
+    // started); side does not change, so its command does not run.
+    let failing = with_state(&repo, "v2", "ls /no-such-migration", side_pre);
+    let flow = deploy(failing, "failing migration").await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    let r = rolled_back(&flow);
+    assert!(
+        r.reason.contains("pre-deployment command `ls /no-such-migration` of service web")
+            && r.reason.contains("exited with")
+            && r.reason.contains("was not started"),
+        "{r:?}"
+    );
+    assert!(r.log_tail.iter().any(|l| l.contains("no-such-migration")), "{r:?}");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
+    assert!(serves(repo.web, "v1"), "web not on v1");
+    assert_eq!(in_state(&repo, &["ls", "/state"]).trim(), "", "a command ran that should not");
+    assert!(pre_containers(&repo).trim().is_empty(), "a pre-deployment container is left");
+
+    // Shell syntax: refused before anything starts (no deploy.started, no backup).
+    let shell = with_state(&repo, "v2", "migrate && rm -rf /", side_pre);
+    let flow = deploy(shell, "shell migration").await;
+    assert_eq!(terminal(&flow), ["deploy.failed"], "{flow:#?}");
+    assert!(!flow.iter().any(|e| e.event_type() == "deploy.started"), "{flow:#?}");
+    let f = failed(&flow);
+    assert!(f.reason.contains("steward.deploy.pre") && f.reason.contains("no shell"), "{f:?}");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
+
+    // A passing command: it ran with v2's definition, then v2 started; side untouched.
+    let passing = with_state(&repo, "v2", "cp /VERSION /state/web-migrated", side_pre);
+    let flow = deploy(passing, "migration").await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert_eq!(in_state(&repo, &["cat", "/state/web-migrated"]).trim(), "v2");
+    assert!(serves(repo.web, "v2"), "web not on v2");
+    assert!(!in_state(&repo, &["ls", "/state"]).contains("side-migrated"), "side's command ran");
+    assert_eq!(repo.container("side").as_deref(), Some(side.as_str()), "side was touched");
+    assert!(pre_containers(&repo).trim().is_empty(), "a pre-deployment container is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_back_once() {
+    let bus = TestBus::new("deployprekill").await;
+    let repo = Repo::new();
+    let port = free_port();
+    {
+        let _clean = deployer(&repo.env(&bus, port, &[]));
+        let c1 = repo.commit_text("dev", &with_state(&repo, "v1", "", ""), "v1");
+        push_commit(&repo, port, &c1, "v1").await;
+        let flow = outcome(&bus, &c1, Duration::from_secs(180)).await;
+        assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    }
+    let web = repo.container("web").expect("web runs");
+
+    // SIGKILLed while the command runs: its container outlives the deployer, still running.
+    let killed = deployer(&repo.env(&bus, port, &[]));
+    let slow = with_state(&repo, "v2", "sleep 600", "");
+    let commit = repo.commit_text("dev", &slow, "slow migration");
+    push_commit(&repo, port, &commit, "slow migration").await;
+    let left = wait_for("the pre-deployment container", Duration::from_secs(120), || {
+        Some(pre_containers(&repo).trim().to_owned()).filter(|id| !id.is_empty())
+    });
+    drop(killed);
+    let running = docker(&["inspect", "-f", "{{.State.Running}}", &left]);
+    assert_eq!(running.trim(), "true", "the kill stopped the command");
+
+    // Killed again as it starts (before it consumes; it may be rolling back): nothing is
+    // lost, the deployment still ends once.
+    let again = Proc::start("steward-deployer", &repo.env(&bus, port, &[]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(again);
+
+    // Started again: the interrupted deployment rolls back (the rule for a stop during the
+    // apply), and the command still running against the old version is stopped first.
+    let _last = deployer(&repo.env(&bus, port, &[]));
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+    let flow = settled_flow(&bus, flow[0].correlation_id).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
+    assert_eq!(started, 1, "{flow:#?}");
+    let r = rolled_back(&flow);
+    assert!(
+        r.reason.contains("stopped during the deployment")
+            && r.reason.contains("pre-deployment command of web was stopped"),
+        "{r:?}"
+    );
+    assert!(pre_containers(&repo).trim().is_empty(), "the command still runs");
+    assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
+    assert!(serves(repo.web, "v1"), "web not on v1");
 }

@@ -36,6 +36,8 @@ pub const ENV_HEALTH_TIMEOUT: &str = "STEWARD_DEPLOY_HEALTH_TIMEOUT";
 pub const ENV_HEALTH_GRACE: &str = "STEWARD_DEPLOY_HEALTH_GRACE";
 /// Bound of the repository's test command (`steward.deploy.test`).
 pub const ENV_TEST_TIMEOUT: &str = "STEWARD_DEPLOY_TEST_TIMEOUT";
+/// Bound of one service's pre-deployment command (`steward.deploy.pre`).
+pub const ENV_PRE_TIMEOUT: &str = "STEWARD_DEPLOY_PRE_TIMEOUT";
 /// Bound of one `git` or `docker-compose` command.
 pub const ENV_COMMAND_TIMEOUT: &str = "STEWARD_DEPLOY_COMMAND_TIMEOUT";
 
@@ -120,6 +122,8 @@ pub struct DeployerConfig {
     pub command_timeout: Duration,
     /// The test command's bound.
     pub test_timeout: Duration,
+    /// One pre-deployment command's bound.
+    pub pre_timeout: Duration,
     /// One probe's settings, shared with the health service and the updater.
     pub probe: steward_probe::ProbeConfig,
     /// Signed approval links of manual environments; `None`: approvals by CLI only.
@@ -199,6 +203,9 @@ impl DeployerConfig {
             health_grace: env.duration(ENV_HEALTH_GRACE, Duration::from_secs(30)),
             command_timeout: env.duration(ENV_COMMAND_TIMEOUT, Duration::from_secs(600)),
             test_timeout: env.duration(ENV_TEST_TIMEOUT, Duration::from_secs(600)),
+            // Migrations of a large database take long; the backup before them is the bound
+            // that matters, this one only stops a command that hangs.
+            pre_timeout: env.duration(ENV_PRE_TIMEOUT, Duration::from_secs(30 * 60)),
             probe: steward_probe::ProbeConfig::read(env),
             links: steward_approval::read_links(
                 env,

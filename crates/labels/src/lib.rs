@@ -54,6 +54,11 @@ pub const PRE_HOOK: &str = "steward.update.pre";
 /// shell) run in a throw-away container of this service before anything is touched; the
 /// deployment fails when it exits non-zero.
 pub const DEPLOY_TEST: &str = "steward.deploy.test";
+/// In a compose file the deployer deploys: a one-off command (plain command and arguments, no
+/// shell; e.g. database migrations) run in a throw-away container of this service's new
+/// definition after the pre-deployment backup and before the new version starts; the
+/// deployment rolls back when it exits non-zero.
+pub const DEPLOY_PRE: &str = "steward.deploy.pre";
 /// How the update swaps containers: `stop-first` (the default: the old one stops, then the
 /// new one starts) or `start-first` (the new one starts beside the old one and HAProxy is
 /// switched to it; never for a service that cannot run twice, such as PostgreSQL or Gitea).
@@ -448,6 +453,13 @@ pub fn health_check(labels: &HashMap<String, String>) -> Result<Option<Vec<Strin
 pub fn deploy_test(labels: &HashMap<String, String>) -> Result<Option<Vec<String>>, LabelError> {
     let Some(raw) = labels.get(DEPLOY_TEST) else { return Ok(None) };
     plain_command(DEPLOY_TEST, raw, raw.trim(), "`pytest -q` or `npm test`").map(Some)
+}
+
+/// The pre-deployment command of `steward.deploy.pre` (a compose service's label), as the
+/// program and its arguments (no shell, as [`deploy_test`]); `None` without the label.
+pub fn deploy_pre(labels: &HashMap<String, String>) -> Result<Option<Vec<String>>, LabelError> {
+    let Some(raw) = labels.get(DEPLOY_PRE) else { return Ok(None) };
+    plain_command(DEPLOY_PRE, raw, raw.trim(), "`gitea migrate` or `./manage.py migrate`").map(Some)
 }
 
 /// `line` (the value of `label`, `raw`) as a program and its arguments.
@@ -987,6 +999,26 @@ mod tests {
         for bad in ["", "data", "/a/../b", "yes", "/a b"] {
             assert!(disk(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn deployment_commands_are_plain_commands_and_name_their_label() {
+        let pre = |v: &str| deploy_pre(&labels(&[(DEPLOY_PRE, v)]));
+        assert_eq!(pre(" gitea  migrate "), Ok(Some(vec!["gitea".into(), "migrate".into()])));
+        assert_eq!(deploy_pre(&labels(&[(DEPLOY_TEST, "pytest")])), Ok(None));
+        // "true" is no default here: it is the program `true`.
+        assert_eq!(pre("true"), Ok(Some(vec!["true".into()])));
+        for bad in ["", "  ", "migrate; rm -rf /", "sh -c 'migrate'", "migrate > /log"] {
+            let e = pre(bad).expect_err(bad);
+            assert_eq!(e.label, DEPLOY_PRE, "{bad:?}");
+            assert!(e.to_string().contains(DEPLOY_PRE), "{e}");
+        }
+        let test = deploy_test(&labels(&[(DEPLOY_TEST, "npm test")]));
+        assert_eq!(test, Ok(Some(vec!["npm".into(), "test".into()])));
+        assert_eq!(
+            deploy_test(&labels(&[(DEPLOY_TEST, "a|b")])).map_err(|e| e.label),
+            Err(DEPLOY_TEST)
+        );
     }
 
     #[test]

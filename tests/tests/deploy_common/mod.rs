@@ -110,6 +110,11 @@ impl Repo {
         let compose = format!(
             "# {note}\nversion: \"2.4\"\nservices:\n  web:\n    image: steward-test/app:{web_version}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    labels:\n      steward.health.url: http://127.0.0.1:{web}/\n{label}  side:\n    image: steward-test/app:v1\n    ports: [\"127.0.0.1:{side}:8080\"]\n"
         );
+        self.commit_text(branch, &compose, message)
+    }
+
+    /// Commits `compose` as the compose file and pushes it to `branch`; the commit id.
+    pub fn commit_text(&self, branch: &str, compose: &str, message: &str) -> String {
         std::fs::write(self.work.join("docker-compose.yml"), compose).expect("write compose");
         git(&self.work, &["add", "docker-compose.yml"]);
         git(&self.work, &["commit", "-q", "-m", message]);
@@ -173,6 +178,11 @@ impl Drop for Repo {
             }
         }
         let _ = try_docker(&["network", "rm", &format!("{}-dev_default", self.project)]);
+        let label = format!("label=com.docker.compose.project={}-dev", self.project);
+        let volumes = try_docker(&["volume", "ls", "-q", "--filter", &label]).unwrap_or_default();
+        for volume in volumes.lines() {
+            let _ = try_docker(&["volume", "rm", "-f", volume]);
+        }
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

@@ -1,4 +1,5 @@
-//! The apply: only the changed services are recreated from the commit's definitions
+//! The apply: the changed services' pre-deployment commands run (`steward.deploy.pre`), then
+//! only the changed services are recreated from the commit's definitions
 //! (`up -d --no-deps`), health-gated with `steward-probe` (the one meaning of healthy), and
 //! on failure the previous commit's definitions are put back.
 
@@ -25,13 +26,16 @@ impl Flow {
         let dir = self.cfg.checkout_of(&env);
         steward_failpoints::failpoint!("apply");
         let applied = async {
-            self.git.checkout(&dir, &v.value.change.commit).await?;
-            compose.up(&v.value.services).await
+            let failed = |e: crate::command::CommandError| (e.to_string(), e.tail);
+            self.git.checkout(&dir, &v.value.change.commit).await.map_err(failed)?;
+            // Inside the backup gate (the backup is done), before the new version starts.
+            self.run_pre(&v.value).await?;
+            compose.up(&v.value.services).await.map_err(failed)
         }
         .await;
         steward_failpoints::failpoint!("applied");
-        if let Err(e) = applied {
-            return self.roll_back(v, e.to_string(), e.tail).await;
+        if let Err((reason, tail)) = applied {
+            return self.roll_back(v, reason, tail).await;
         }
         let mut record = v.value;
         record.step = DeployStep::Gating;
@@ -69,9 +73,21 @@ impl Flow {
         let v = if v.value.step == DeployStep::RollingBack {
             v
         } else {
+            // A pre-deployment command a kill left running is stopped first, and said.
+            let stopped = self.stop_pre(&v.value).await;
+            let reason = if stopped.is_empty() {
+                reason.clone()
+            } else {
+                format!(
+                    "{reason}; the pre-deployment command of {} was stopped before it ended \
+                     (what it changed stays: {})",
+                    stopped.join(", "),
+                    Self::backup_note(&v.value)
+                )
+            };
             let mut record = v.value;
             record.step = DeployStep::RollingBack;
-            record.reason = Some(reason.clone());
+            record.reason = Some(reason);
             self.records.save(record, v.revision).await?
         };
         steward_failpoints::failpoint!("rollback");

@@ -14,11 +14,13 @@
 //!                                                                        └─ not ─> RollingBack ─> RolledBack
 //! ```
 //! One file per step: [`start`] (request, claim, prepare, approval), [`backup`], [`apply`]
-//! (apply, health gate, rollback), [`resume`] (what a restart, a redelivery or the sweep
-//! finds).
+//! (pre-deployment commands, apply, health gate, rollback), [`resume`] (what a restart, a
+//! redelivery or the sweep finds); [`commands`] runs the repository's test and
+//! pre-deployment commands.
 
 pub mod apply;
 pub mod backup;
+pub mod commands;
 pub mod queue;
 pub mod resume;
 pub mod start;

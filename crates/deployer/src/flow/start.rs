@@ -346,6 +346,11 @@ impl Flow {
                 return self.fail(v, reason, e.tail).await;
             }
         }
+        // A pre-deployment command that could not run is found now, before anything is
+        // touched, not after the backup.
+        if let Err(reason) = super::commands::pre_commands(&config.labels(), &services) {
+            return self.fail(v, reason, vec![]).await;
+        }
         // The test runs the commit's compose file (its volumes, privileges and image): in an
         // environment that needs an approval, only once a human approved (`on_approved`),
         // never on a push alone.
@@ -447,64 +452,6 @@ impl Flow {
         let mut record = v.value;
         record.reason = None;
         self.begin(Versioned { value: record, revision: v.revision }).await
-    }
-
-    /// The repository's test (`steward.deploy.test` on one service of the checked out
-    /// commit, among its configuration's `labels`), run in a throw-away container of that service before anything is touched:
-    /// `Err` with the reason and the output's last lines when it cannot run, fails or times
-    /// out. No label: nothing to run.
-    async fn test_commit(
-        &self,
-        env: &str,
-        deploy_id: &uuid::Uuid,
-        labels: &crate::compose::Labels,
-    ) -> Result<(), (String, Vec<String>)> {
-        let compose = self.compose(env);
-        let mut tests = vec![];
-        for (service, labels) in labels {
-            match steward_labels::deploy_test(labels) {
-                Ok(Some(args)) => tests.push((service.clone(), args)),
-                Ok(None) => {}
-                Err(e) => return Err((format!("service {service}: {e}"), vec![])),
-            }
-        }
-        let (service, args) = match tests.as_slice() {
-            [] => return Ok(()),
-            [one] => one.clone(),
-            _ => {
-                let names: Vec<&str> = tests.iter().map(|(s, _)| s.as_str()).collect();
-                return Err((
-                    format!(
-                        "{} carries {}: one service may",
-                        names.join(" and "),
-                        steward_labels::DEPLOY_TEST
-                    ),
-                    vec![],
-                ));
-            }
-        };
-        // Named per deployment, so that one a kill left is found and removed on the retry.
-        let name =
-            format!("{}-steward-test-{}", compose.project, &deploy_id.simple().to_string()[20..]);
-        let remove = || async {
-            if let Err(e) = self.engine.remove(&name, true).await {
-                tracing::warn!(container = %name, error = %e, "the test container was not removed");
-            }
-        };
-        remove().await;
-        tracing::info!(environment = %env, %service, command = %args.join(" "), "running the repository's test");
-        let result = compose.test(&service, &args, &name, self.cfg.test_timeout).await;
-        remove().await;
-        result.map_err(|e| {
-            (
-                format!(
-                    "the test `{}` in service {service} {}; nothing was touched",
-                    args.join(" "),
-                    e.reason
-                ),
-                e.tail,
-            )
-        })
     }
 
     /// `deploy.started`, then the backup or straight to the apply.

@@ -93,7 +93,8 @@ not configured is answered by a `deploy.failed` without `deploy_id`, and so is a
 superseded before it started (it came while a deployment of its environment was under way and
 a newer one came after it, or it came older than the one already waiting: `reason` "superseded
 by COMMIT (a newer push to BRANCH) before it started"). `deploy.rolled_back` means the changed
-services failed (or the deployer stopped between applying them and the verdict) and run the
+services failed, or a pre-deployment command of theirs (`steward.deploy.pre`) failed before
+they started, or the deployer stopped between applying them and the verdict, and they run the
 previous commit's definitions again. A `deploy.requested` for the commit the environment runs
 or last tried, for an ancestor of what runs, or older than the request in hand, is
 acknowledged and ignored (no event). Every `deploy.*` payload carries the commit with
