@@ -286,12 +286,14 @@ async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_ba
     let slow = with_state(&repo, "v2", "sleep 600", "");
     let commit = repo.commit_text("dev", &slow, "slow migration");
     push_commit(&repo, port, &commit, "slow migration").await;
-    let left = wait_for("the pre-deployment container", Duration::from_secs(120), || {
-        Some(pre_containers(&repo).trim().to_owned()).filter(|id| !id.is_empty())
+    let is_running =
+        |id: &str| docker(&["inspect", "-f", "{{.State.Running}}", id]).trim() == "true";
+    // Running, not only created: `docker-compose run` creates the container, then starts it.
+    let left = wait_for("the pre-deployment command running", Duration::from_secs(120), || {
+        Some(pre_containers(&repo).trim().to_owned()).filter(|id| !id.is_empty() && is_running(id))
     });
     drop(killed);
-    let running = docker(&["inspect", "-f", "{{.State.Running}}", &left]);
-    assert_eq!(running.trim(), "true", "the kill stopped the command");
+    assert!(is_running(&left), "the kill stopped the command");
 
     // Killed again as it starts (before it consumes; it may be rolling back): nothing is
     // lost, the deployment still ends once.

@@ -396,6 +396,11 @@ pub struct DeployRecord {
     /// Of those, the ones that did not exist in the deployed commit (a rollback removes them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_services: Vec<String>,
+    /// The changed services' pre-deployment commands (`steward.deploy.pre`), in the order they
+    /// run before any of them is recreated: read with the rest of the commit's configuration
+    /// when it was prepared (the commit does not change; the apply needs no second parse).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_commands: Vec<PreCommand>,
     /// The flow's correlation id (the request's).
     pub correlation_id: Uuid,
     /// The last event of this flow (causation of the next).
@@ -436,6 +441,15 @@ pub struct DeployRecord {
     /// Events decided and not yet confirmed published (see [`UpdateRecord::outbox`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "outbox")]
     pub outbox: Vec<Event>,
+}
+
+/// A service's pre-deployment command in a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreCommand {
+    /// The compose service.
+    pub service: String,
+    /// The program and its arguments (no shell).
+    pub command: Vec<String>,
 }
 
 impl DeployRecord {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use steward_events::records::DeployRecord;
+use steward_events::records::{DeployRecord, PreCommand};
 use uuid::Uuid;
 
 use super::Flow;
@@ -20,17 +20,14 @@ pub type Failure = (String, Vec<String>);
 /// The pre-deployment commands of `services` (the deployment's changed ones; a service that
 /// does not change gets no new version to prepare for), in service order. `Err` names the
 /// first label that is not a plain command.
-pub fn pre_commands(
-    labels: &Labels,
-    services: &[String],
-) -> Result<Vec<(String, Vec<String>)>, String> {
+pub fn pre_commands(labels: &Labels, services: &[String]) -> Result<Vec<PreCommand>, String> {
     let mut commands = vec![];
     for (service, labels) in labels {
         if !services.contains(service) {
             continue;
         }
         match steward_labels::deploy_pre(labels) {
-            Ok(Some(args)) => commands.push((service.clone(), args)),
+            Ok(Some(command)) => commands.push(PreCommand { service: service.clone(), command }),
             Ok(None) => {}
             Err(e) => return Err(format!("service {service}: {e}")),
         }
@@ -150,18 +147,17 @@ impl Flow {
 
     /// The pre-deployment commands of the record's changed services, one after the other,
     /// with the checked-out commit's definitions, before any of them starts (the caller has
-    /// checked the commit out). A kill during one runs them all again from the first on the
-    /// restart: such commands must be safe to repeat, as migration tools are (they record
-    /// what they applied). `Err` at the first that cannot run, fails or times out.
+    /// checked the commit out). A kill during one rolls the deployment back on the restart,
+    /// which stops the command first ([`Self::stop_pre`]); a deployment tried again runs them
+    /// again, so they must be safe to repeat, as migration tools are (they record what they
+    /// applied). `Err` at the first that cannot run, fails or times out.
     pub(super) async fn run_pre(&self, record: &DeployRecord) -> Result<(), Failure> {
         let env = &record.change.environment;
         let compose = self.compose(env);
-        let config = compose.config().await.map_err(|e| (e.to_string(), e.tail))?;
-        let commands = pre_commands(&config.labels(), &record.services).map_err(|e| (e, vec![]))?;
-        for (service, args) in commands {
-            let name = pre_name(&compose, &service, record);
+        for PreCommand { service, command: args } in &record.pre_commands {
+            let name = pre_name(&compose, service, record);
             tracing::info!(environment = %env, %service, command = %args.join(" "), "running the pre-deployment command");
-            let ran = self.one_off(&compose, &service, &args, &name, self.cfg.pre_timeout).await;
+            let ran = self.one_off(&compose, service, args, &name, self.cfg.pre_timeout).await;
             steward_failpoints::failpoint!("pre");
             ran.map_err(|e| {
                 (
@@ -212,13 +208,11 @@ mod tests {
         let changed = vec!["web".to_owned(), "api".to_owned()];
         let all = labels(&[("web", "web migrate"), ("api", "api migrate"), ("db", "db migrate")]);
         let commands = pre_commands(&all, &changed).expect("plain commands");
-        assert_eq!(
-            commands,
-            vec![
-                ("api".to_owned(), vec!["api".to_owned(), "migrate".to_owned()]),
-                ("web".to_owned(), vec!["web".to_owned(), "migrate".to_owned()]),
-            ]
-        );
+        let pre = |service: &str| PreCommand {
+            service: service.to_owned(),
+            command: vec![service.to_owned(), "migrate".to_owned()],
+        };
+        assert_eq!(commands, vec![pre("api"), pre("web")]);
         // An unchanged service's bad label does not stop another deployment.
         let bad_unchanged = labels(&[("web", "migrate"), ("db", "migrate; rm -rf /")]);
         assert!(pre_commands(&bad_unchanged, &changed).is_ok());

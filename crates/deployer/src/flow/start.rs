@@ -253,6 +253,7 @@ impl Flow {
             deployed_commit: deployed,
             services: vec![],
             new_services: vec![],
+            pre_commands: vec![],
             correlation_id: event.correlation_id,
             last_event_id: event.id,
             trace: event.trace.clone(),
@@ -348,9 +349,10 @@ impl Flow {
         }
         // A pre-deployment command that could not run is found now, before anything is
         // touched, not after the backup.
-        if let Err(reason) = super::commands::pre_commands(&config.labels(), &services) {
-            return self.fail(v, reason, vec![]).await;
-        }
+        let pre_commands = match super::commands::pre_commands(&config.labels(), &services) {
+            Ok(commands) => commands,
+            Err(reason) => return self.fail(v, reason, vec![]).await,
+        };
         // The test runs the commit's compose file (its volumes, privileges and image): in an
         // environment that needs an approval, only once a human approved (`on_approved`),
         // never on a push alone.
@@ -373,6 +375,7 @@ impl Flow {
         record.change.message = record.change.message.or(Some(info.subject));
         record.services = services;
         record.new_services = new_services;
+        record.pre_commands = pre_commands;
         if record.services.is_empty() {
             tracing::info!(environment = %env, commit = %commit, "no service changes; recorded as deployed");
             let data = DeploySucceeded {
