@@ -256,11 +256,12 @@ async fn a_pre_deployment_command_runs_with_the_new_definition_before_it_starts_
     assert!(f.reason.contains("steward.deploy.pre") && f.reason.contains("no shell"), "{f:?}");
     assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
 
-    // A passing command: it ran with v2's definition, then v2 started; side untouched.
-    let passing = with_state(&repo, "v2", "cp /VERSION /state/web-migrated", side_pre);
-    let flow = deploy(passing, "migration").await;
+    // A passing command, then v2 started; side untouched. The command asked the service
+    // `web` on the project's network what it serves: v1, so it ran before v2 started.
+    let seen = "wget -q -O /state/seen http://web:8080/";
+    let flow = deploy(with_state(&repo, "v2", seen, side_pre), "migration").await;
     assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
-    assert_eq!(in_state(&repo, &["cat", "/state/web-migrated"]).trim(), "v2");
+    assert_eq!(in_state(&repo, &["cat", "/state/seen"]).trim(), "app v1", "ran after v2 started");
     assert!(serves(repo.web, "v2"), "web not on v2");
     assert!(!in_state(&repo, &["ls", "/state"]).contains("side-migrated"), "side's command ran");
     assert_eq!(repo.container("side").as_deref(), Some(side.as_str()), "side was touched");
@@ -295,10 +296,12 @@ async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_ba
     drop(killed);
     assert!(is_running(&left), "the kill stopped the command");
 
-    // Killed again as it starts (before it consumes; it may be rolling back): nothing is
-    // lost, the deployment still ends once.
+    // Killed again once it began the rollback (its reason saved or not yet, the command's
+    // container removed or not yet): nothing is lost, the deployment still ends once.
     let again = Proc::start("steward-deployer", &repo.env(&bus, port, &[]));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the second deployer rolling back", Duration::from_secs(120), || {
+        again.logs().contains("rolling back").then_some(())
+    });
     drop(again);
 
     // Started again: the interrupted deployment rolls back (the rule for a stop during the

@@ -399,8 +399,9 @@ pub struct DeployRecord {
     /// The changed services' pre-deployment commands (`steward.deploy.pre`), in the order they
     /// run before any of them is recreated: read with the rest of the commit's configuration
     /// when it was prepared (the commit does not change; the apply needs no second parse).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pre_commands: Vec<PreCommand>,
+    /// `None`: prepared by a deployer that did not keep them; the apply reads them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_commands: Option<Vec<PreCommand>>,
     /// The flow's correlation id (the request's).
     pub correlation_id: Uuid,
     /// The last event of this flow (causation of the next).

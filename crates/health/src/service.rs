@@ -174,7 +174,9 @@ impl HealthService {
     }
 
     fn probed(&self, labels: &HashMap<String, String>) -> bool {
-        if !steward_labels::in_scope(labels, self.inner.cfg.scope.as_deref()) {
+        if !steward_labels::in_scope(labels, self.inner.cfg.scope.as_deref())
+            || steward_labels::one_off(labels)
+        {
             return false;
         }
         steward_labels::watched(labels).unwrap_or(false)

@@ -230,6 +230,16 @@ pub fn watched(labels: &HashMap<String, String>) -> Result<bool, LabelError> {
     }
 }
 
+/// Compose's mark on the containers of `docker-compose run` (value `True`).
+pub const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
+
+/// Whether the container is a one-off of `docker-compose run` (a deployment's test or
+/// migration, an operator's command): it carries its service's labels and healthcheck, but is
+/// not the service, so it is never probed, restarted, updated or taken for the service.
+pub fn one_off(labels: &HashMap<String, String>) -> bool {
+    labels.get(COMPOSE_ONEOFF).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 /// Whether the container belongs to `scope` (`None`: the installation without a scope, which
 /// owns containers without a `steward.scope` label).
 pub fn in_scope(labels: &HashMap<String, String>, scope: Option<&str>) -> bool {
@@ -999,6 +1009,13 @@ mod tests {
         for bad in ["", "data", "/a/../b", "yes", "/a b"] {
             assert!(disk(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn compose_one_offs_are_told_from_services() {
+        assert!(one_off(&labels(&[(COMPOSE_ONEOFF, "True")])));
+        assert!(!one_off(&labels(&[(COMPOSE_ONEOFF, "False")])));
+        assert!(!one_off(&labels(&[])));
     }
 
     #[test]

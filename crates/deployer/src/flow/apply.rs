@@ -73,8 +73,11 @@ impl Flow {
         let v = if v.value.step == DeployStep::RollingBack {
             v
         } else {
-            // A pre-deployment command a kill left running is stopped first, and said.
-            let stopped = self.stop_pre(&v.value).await;
+            // A pre-deployment command a kill left running is said in the reason, saved before
+            // its container is removed (below, on every pass), so a second kill keeps it.
+            let left = self.pre_left(&v.value).await?;
+            let stopped: Vec<&str> =
+                left.iter().filter(|(_, running)| *running).map(|(s, _)| s.as_str()).collect();
             let reason = if stopped.is_empty() {
                 reason.clone()
             } else {
@@ -90,6 +93,7 @@ impl Flow {
             record.reason = Some(reason);
             self.records.save(record, v.revision).await?
         };
+        self.remove_pre(&v.value).await?;
         steward_failpoints::failpoint!("rollback");
         let compose = self.compose(&env);
         let dir = self.cfg.checkout_of(&env);

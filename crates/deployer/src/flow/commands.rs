@@ -10,6 +10,8 @@ use std::time::Duration;
 use steward_events::records::{DeployRecord, PreCommand};
 use uuid::Uuid;
 
+use steward_engine::EngineError;
+
 use super::Flow;
 use crate::command::CommandError;
 use crate::compose::{Compose, Labels};
@@ -116,45 +118,58 @@ impl Flow {
         }
     }
 
-    /// Stops and removes the pre-deployment commands' containers of `record`'s deployment that
-    /// a kill left running (a `docker-compose run` outlives the deployer): a rollback must
-    /// not leave a migration running against the previous version. The services whose
-    /// command was stopped.
-    pub(super) async fn stop_pre(&self, record: &DeployRecord) -> Vec<String> {
+    /// The pre-deployment commands' containers of `record`'s deployment that a kill left
+    /// (a `docker-compose run` outlives the deployer): each service, and whether its command
+    /// still runs.
+    pub(super) async fn pre_left(
+        &self,
+        record: &DeployRecord,
+    ) -> Result<Vec<(String, bool)>, EngineError> {
         let compose = self.compose(&record.change.environment);
-        let mut stopped = vec![];
+        let mut left = vec![];
         for service in &record.services {
-            let name = pre_name(&compose, service, record);
-            match self.engine.container_id(&name).await {
-                Ok(None) => continue,
-                Ok(Some(_)) => {}
-                Err(e) => {
-                    tracing::warn!(container = %name, error = %e, "cannot tell whether a pre-deployment command was left")
-                }
-            }
-            match self.engine.remove(&name, true).await {
-                Ok(()) => {
-                    tracing::warn!(container = %name, %service, "a pre-deployment command left by a stop was stopped");
-                    stopped.push(service.clone());
-                }
-                Err(e) => {
-                    tracing::warn!(container = %name, error = %e, "a pre-deployment container was not removed")
-                }
+            if let Some(running) =
+                self.engine.is_running(&pre_name(&compose, service, record)).await?
+            {
+                left.push((service.clone(), running));
             }
         }
-        stopped
+        Ok(left)
+    }
+
+    /// Stops and removes those containers: a rollback must not leave a migration running
+    /// against the previous version. `Err` when the engine refused: the rollback stops there
+    /// and is tried again (the sweep), never concluded with the command still running.
+    pub(super) async fn remove_pre(&self, record: &DeployRecord) -> Result<(), EngineError> {
+        let compose = self.compose(&record.change.environment);
+        for service in &record.services {
+            let name = pre_name(&compose, service, record);
+            if self.engine.is_running(&name).await?.is_some() {
+                tracing::warn!(container = %name, %service, "removing a pre-deployment command a stop left");
+                self.engine.remove(&name, true).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The pre-deployment commands of the record's changed services, one after the other,
     /// with the checked-out commit's definitions, before any of them starts (the caller has
     /// checked the commit out). A kill during one rolls the deployment back on the restart,
-    /// which stops the command first ([`Self::stop_pre`]); a deployment tried again runs them
+    /// which stops the command first ([`Self::remove_pre`]); a deployment tried again runs them
     /// again, so they must be safe to repeat, as migration tools are (they record what they
     /// applied). `Err` at the first that cannot run, fails or times out.
     pub(super) async fn run_pre(&self, record: &DeployRecord) -> Result<(), Failure> {
         let env = &record.change.environment;
         let compose = self.compose(env);
-        for PreCommand { service, command: args } in &record.pre_commands {
+        let commands = match &record.pre_commands {
+            Some(commands) => commands.clone(),
+            // Prepared by a deployer that did not keep them (an upgrade while it waited).
+            None => {
+                let config = compose.config().await.map_err(|e| (e.to_string(), e.tail))?;
+                pre_commands(&config.labels(), &record.services).map_err(|e| (e, vec![]))?
+            }
+        };
+        for PreCommand { service, command: args } in &commands {
             let name = pre_name(&compose, service, record);
             tracing::info!(environment = %env, %service, command = %args.join(" "), "running the pre-deployment command");
             let ran = self.one_off(&compose, service, args, &name, self.cfg.pre_timeout).await;

@@ -253,7 +253,7 @@ impl Flow {
             deployed_commit: deployed,
             services: vec![],
             new_services: vec![],
-            pre_commands: vec![],
+            pre_commands: None,
             correlation_id: event.correlation_id,
             last_event_id: event.id,
             trace: event.trace.clone(),
@@ -375,7 +375,7 @@ impl Flow {
         record.change.message = record.change.message.or(Some(info.subject));
         record.services = services;
         record.new_services = new_services;
-        record.pre_commands = pre_commands;
+        record.pre_commands = Some(pre_commands);
         if record.services.is_empty() {
             tracing::info!(environment = %env, commit = %commit, "no service changes; recorded as deployed");
             let data = DeploySucceeded {
@@ -584,8 +584,12 @@ impl Flow {
         env: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, FlowError> {
         let project = self.cfg.project_of(env);
-        let containers =
-            self.engine.containers(|l| l.get(PROJECT_LABEL).is_some_and(|p| *p == project)).await?;
+        let containers = self
+            .engine
+            .containers(|l| {
+                l.get(PROJECT_LABEL).is_some_and(|p| *p == project) && !steward_labels::one_off(l)
+            })
+            .await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {
@@ -603,7 +607,8 @@ impl Flow {
         Ok(self.service_containers(env, services).await?.into_iter().map(|c| c.name).collect())
     }
 
-    /// The environment's containers of `services` (stopped ones included).
+    /// The environment's containers of `services` (stopped ones included; one-offs of
+    /// `docker-compose run`, such as a test or a migration, are not the service).
     pub async fn service_containers(
         &self,
         env: &str,
@@ -614,6 +619,7 @@ impl Flow {
             .containers(|l| {
                 l.get(PROJECT_LABEL).is_some_and(|p| *p == project)
                     && l.get(SERVICE_LABEL).is_some_and(|s| services.contains(s))
+                    && !steward_labels::one_off(l)
             })
             .await
     }
