@@ -67,7 +67,7 @@ impl Compose {
     /// service's image and configuration, its ports not published, no other service started)
     /// within `timeout`, as the container `name` (the caller removes one a timeout or a kill
     /// left behind: a killed `docker-compose` does not stop it).
-    pub async fn test(
+    pub async fn run_one_off(
         &self,
         service: &str,
         args: &[String],

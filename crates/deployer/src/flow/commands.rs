@@ -55,7 +55,7 @@ impl Flow {
             }
         };
         remove().await;
-        let result = compose.test(service, args, name, timeout).await;
+        let result = compose.run_one_off(service, args, name, timeout).await;
         remove().await;
         result
     }
