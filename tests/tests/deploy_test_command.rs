@@ -322,3 +322,115 @@ async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_ba
     assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "web was touched");
     assert!(serves(repo.web, "v1"), "web not on v1");
 }
+
+/// A stack started by hand in the environment's compose project and never deployed by
+/// Steward (no deployed commit: a rollback has no previous commit to put back). Deployed for
+/// the first time, a failing pre-deployment command, and a deployer killed during one, roll
+/// back without touching those containers: the new version's `up` never began (before the
+/// deployment saved that mark, both rollbacks removed web: the app down). A deployment that
+/// did start its new version and fails its gate makes web again from the compose file it was
+/// started with, and removes side, whose file was edited since (before: both removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_deployments_rollback_leaves_or_puts_back_a_stack_started_by_hand() {
+    let bus = TestBus::new("deployprefirst").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let by_hand = repo.root.join("by-hand");
+    std::fs::create_dir_all(&by_hand).expect("the hand-started project's directory");
+    let file = by_hand.join("docker-compose.yml");
+    std::fs::write(&file, with_state(&repo, "v1", "", "")).expect("its compose file");
+    let project = format!("{}-dev", repo.project);
+    let up = std::process::Command::new("docker-compose")
+        .arg("-p")
+        .arg(&project)
+        .arg("-f")
+        .arg(&file)
+        .args(["up", "-d"])
+        .output()
+        .expect("docker-compose");
+    assert!(up.status.success(), "up by hand: {}", String::from_utf8_lossy(&up.stderr));
+    let web = repo.container("web").expect("web started by hand");
+    let side = repo.container("side").expect("side started by hand");
+    wait_for("web on v1", Duration::from_secs(60), || serves(repo.web, "v1").then_some(()));
+    let untouched = |what: &str| {
+        assert_eq!(repo.container("web").as_deref(), Some(web.as_str()), "{what}: web touched");
+        assert_eq!(repo.container("side").as_deref(), Some(side.as_str()), "{what}: side touched");
+        assert!(serves(repo.web, "v1"), "{what}: web not on v1");
+        assert!(pre_containers(&repo).trim().is_empty(), "{what}: a command's container is left");
+    };
+    let push = |compose: String, message: &'static str| {
+        let commit = repo.commit_text("dev", &compose, message);
+        let repo = &repo;
+        async move {
+            push_commit(repo, port, &commit, message).await;
+            commit
+        }
+    };
+
+    // A failing command: rolled back at once, the containers started by hand left running.
+    {
+        let _deployer = deployer(&repo.env(&bus, port, &[]));
+        let failing = with_state(&repo, "v2", "ls /no-such-migration", "");
+        let commit = push(failing, "failing migration").await;
+        let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+        assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+        let r = rolled_back(&flow);
+        assert!(r.reason.contains("was not started") && !r.reason.contains("had run"), "{r:?}");
+        assert_eq!(r.previous_commit, None, "{r:?}");
+        untouched("a failing command");
+    }
+
+    // SIGKILLed while a command runs, then started again: one rollback, nothing removed.
+    let killed = deployer(&repo.env(&bus, port, &[]));
+    let commit = push(with_state(&repo, "v2", "sleep 600", ""), "slow migration").await;
+    let is_running =
+        |id: &str| docker(&["inspect", "-f", "{{.State.Running}}", id]).trim() == "true";
+    wait_for("the pre-deployment command running", Duration::from_secs(120), || {
+        Some(pre_containers(&repo).trim().to_owned()).filter(|id| !id.is_empty() && is_running(id))
+    });
+    drop(killed);
+    let _again = deployer(&repo.env(&bus, port, &[]));
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+    let flow = settled_flow(&bus, flow[0].correlation_id).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
+    assert_eq!(started, 1, "{flow:#?}");
+    let r = rolled_back(&flow);
+    assert!(r.reason.contains("pre-deployment command of web was stopped"), "{r:?}");
+    untouched("a kill during the command");
+
+    // A command that passes, then web on a version that never gets healthy and side on v2,
+    // while side's hand-started definition was edited meanwhile: web is made again from the
+    // file it was started with; side, which that file no longer describes as it ran, is
+    // removed; the reason says both, and that the command had run and its changes stay.
+    let side_v1 = "  side:\n    image: steward-test/app:v1\n";
+    let edited = with_state(&repo, "v1", "", "")
+        .replace(side_v1, &format!("{side_v1}    environment: [EDITED=1]\n"));
+    std::fs::write(&file, edited).expect("side edited by hand");
+    let broken = with_state(&repo, "v3", "touch /state/migrated", "")
+        .replace(side_v1, "  side:\n    image: steward-test/app:v2\n");
+    let commit = push(broken, "migration, broken app").await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    let r = rolled_back(&flow);
+    assert!(
+        r.reason.contains("the pre-deployment command of web had run")
+            && r.reason.contains("no backup was taken before it")
+            && r.reason.contains("web put back from the compose files they were started with")
+            && r.reason.contains("removed, not put back: side (")
+            && r.reason.contains("no longer gives the configuration it ran with"),
+        "{r:?}"
+    );
+    assert_eq!(r.previous_healthy, Some(true), "{r:?}");
+    assert!(serves(repo.web, "v1"), "web not put back on v1");
+    let web_now = repo.container("web").expect("web put back");
+    let dir = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"com.docker.compose.project.working_dir\"}}",
+        &web_now,
+    ]);
+    assert_eq!(dir.trim(), by_hand.display().to_string(), "web not made from its own file");
+    assert_eq!(repo.container("side"), None, "side left running a definition nobody has");
+    assert!(in_state(&repo, &["ls", "/state"]).contains("migrated"), "the command did not run");
+}

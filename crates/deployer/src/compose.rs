@@ -16,24 +16,43 @@ pub const SERVICE_LABEL: &str = "com.docker.compose.service";
 /// The hash of the service's configuration the container was made from.
 pub const HASH_LABEL: &str = "com.docker.compose.config-hash";
 
-/// One environment's project: its name, checkout and compose file.
+/// The compose file a container was made from, as compose labels it.
+pub const CONFIG_FILES_LABEL: &str = "com.docker.compose.project.config_files";
+/// The project directory a container was made in, as compose labels it.
+pub const WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
+
+/// One environment's project: its name, checkout and compose file; or, to put back what ran
+/// before an environment's first deployment, the project as compose labelled its containers.
 #[derive(Debug, Clone)]
 pub struct Compose {
     /// Project name (`<project>-<env>`).
     pub project: String,
     /// The checkout (compose's working directory: relative paths resolve here).
     pub dir: PathBuf,
-    /// The compose file, relative to `dir`.
-    pub file: String,
+    /// The compose files, relative to `dir` (or absolute).
+    pub files: Vec<String>,
+    /// `--project-directory`, when not the first file's directory (compose's default).
+    pub project_directory: Option<PathBuf>,
     /// One command's bound.
     pub timeout: Duration,
 }
 
 impl Compose {
-    async fn compose(&self, args: &[&str]) -> Result<String, CommandError> {
-        let mut all = vec!["-p", self.project.as_str(), "-f", self.file.as_str()];
+    /// `-p PROJECT [--project-directory DIR] -f FILE...`, then `args`.
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["-p", self.project.as_str()];
+        if let Some(d) = self.project_directory.as_ref().and_then(|d| d.to_str()) {
+            all.extend(["--project-directory", d]);
+        }
+        for f in &self.files {
+            all.extend(["-f", f.as_str()]);
+        }
         all.extend_from_slice(args);
-        Ok(run("docker-compose", &all, Some(&self.dir), self.timeout).await?.stdout)
+        all
+    }
+
+    async fn compose(&self, args: &[&str]) -> Result<String, CommandError> {
+        Ok(run("docker-compose", &self.args(args), Some(&self.dir), self.timeout).await?.stdout)
     }
 
     /// The normalised configuration (`config`), read once per deployment: compose prints it
@@ -41,9 +60,9 @@ impl Compose {
     /// the images and labels are read from it (each run of the Python `docker-compose` costs
     /// about a CPU second).
     pub async fn config(&self) -> Result<Config, CommandError> {
-        if !self.dir.join(&self.file).is_file() {
+        if let Some(missing) = self.files.iter().find(|f| !self.dir.join(f).is_file()) {
             return Err(CommandError {
-                command: format!("read {}", self.file),
+                command: format!("read {missing}"),
                 reason: "no such file in the commit".into(),
                 tail: vec![],
                 code: None,
@@ -74,21 +93,9 @@ impl Compose {
         name: &str,
         timeout: Duration,
     ) -> Result<(), CommandError> {
-        let mut all = vec![
-            "-p",
-            self.project.as_str(),
-            "-f",
-            self.file.as_str(),
-            "run",
-            "--rm",
-            "--no-deps",
-            "-T",
-            "--name",
-            name,
-            service,
-        ];
+        let mut all = vec!["run", "--rm", "--no-deps", "-T", "--name", name, service];
         all.extend(args.iter().map(String::as_str));
-        run("docker-compose", &all, Some(&self.dir), timeout).await.map(drop)
+        run("docker-compose", &self.args(&all), Some(&self.dir), timeout).await.map(drop)
     }
 
     /// Pulls the images of `services` (the validation that they exist in their registry).

@@ -402,6 +402,18 @@ pub struct DeployRecord {
     /// `None`: prepared by a deployer that did not keep them; the apply reads them again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_commands: Option<Vec<PreCommand>>,
+    /// Whether the new version's `up` may have begun: saved just before it, after the
+    /// pre-deployment commands. A rollback of a deployment that never got there leaves the
+    /// running containers alone (on a first deployment they may be a stack started by hand,
+    /// which the rollback would otherwise remove). Absent from the records of a deployer that
+    /// did not keep it: read as begun, the rollback it would have done.
+    #[serde(default = "begun")]
+    pub up_begun: bool,
+    /// An environment's first deployment (no deployed commit): the containers of the changed
+    /// services it found running and did not make (a stack started by hand), read just before
+    /// its `up`, so that a rollback can make them again from their own compose files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prior: Vec<PriorService>,
     /// The flow's correlation id (the request's).
     pub correlation_id: Uuid,
     /// The last event of this flow (causation of the next).
@@ -442,6 +454,21 @@ pub struct DeployRecord {
     /// Events decided and not yet confirmed published (see [`UpdateRecord::outbox`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "outbox")]
     pub outbox: Vec<Event>,
+}
+
+/// A service's container as compose made it outside the deployer: its project directory,
+/// compose files and configuration hash (compose's own labels on the container).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorService {
+    /// The compose service.
+    pub service: String,
+    /// The project directory it was made in.
+    pub working_dir: String,
+    /// The compose files it was made from.
+    pub config_files: Vec<String>,
+    /// The hash of the configuration it was made from: it is made again only while its files
+    /// still give that configuration.
+    pub config_hash: String,
 }
 
 /// A service's pre-deployment command in a deployment.
@@ -628,6 +655,11 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// [`DeployRecord::up_begun`] of a record that does not say.
+fn begun() -> bool {
+    true
+}
+
 /// The outbox as the events' own wire form, so a record holds exactly what is published.
 mod outbox {
     use serde::de::Error as _;
@@ -749,6 +781,27 @@ mod compatibility {
         assert_eq!(u.reason.as_deref(), Some("unhealthy"));
         assert_eq!(DeployStep::AwaitingBackup.name(), "awaiting_backup");
         assert_eq!(DeployStep::RollingBack.name(), "rolling_back");
+    }
+
+    #[test]
+    fn a_deploy_record_from_before_the_up_mark_reads_as_begun() {
+        // An older deployer's record at `applying` may have run `up`: its rollback must do
+        // what that deployer would have done. A record that says so keeps what it says.
+        let id = uuid::Uuid::new_v4();
+        let mut old = serde_json::json!({
+            "deploy_id": id, "repository": "git://127.0.0.1/app", "branch": "dev",
+            "environment": "dev", "commit": "a".repeat(40), "correlation_id": id,
+            "last_event_id": id, "step": "applying", "requested_at": "2026-12-01T10:00:00Z",
+            "request_id": id, "started_at": "2026-12-01T10:00:00Z",
+        });
+        let r: DeployRecord = serde_json::from_value(old.clone()).expect("an older record");
+        assert!(r.up_begun);
+        old["up_begun"] = serde_json::Value::Bool(false);
+        let r: DeployRecord = serde_json::from_value(old).expect("a newer record");
+        assert!(!r.up_begun);
+        let again: DeployRecord =
+            serde_json::from_str(&serde_json::to_string(&r).expect("encode")).expect("decode");
+        assert!(!again.up_begun, "a record that says not begun must read back so");
     }
 
     #[test]

@@ -25,14 +25,29 @@ impl Flow {
         let compose = self.compose(&env);
         let dir = self.cfg.checkout_of(&env);
         steward_failpoints::failpoint!("apply");
-        let applied = async {
-            let failed = |e: crate::command::CommandError| (e.to_string(), e.tail);
+        let failed = |e: crate::command::CommandError| (e.to_string(), e.tail);
+        let ready = async {
             self.git.checkout(&dir, &v.value.change.commit).await.map_err(failed)?;
             // Inside the backup gate (the backup is done), before the new version starts.
-            self.run_pre(&v.value).await?;
-            compose.up(&v.value.services).await.map_err(failed)
+            self.run_pre(&v.value).await
         }
         .await;
+        if let Err((reason, tail)) = ready {
+            return self.roll_back(v, reason, tail).await;
+        }
+        // Saved before `up`, never after: a kill in between must roll back as if it began.
+        let v = if v.value.up_begun {
+            v
+        } else {
+            let mut record = v.value;
+            record.up_begun = true;
+            if record.deployed_commit.is_none() {
+                record.prior = self.prior_services(&env, &record.services).await?;
+            }
+            self.records.save(record, v.revision).await?
+        };
+        steward_failpoints::failpoint!("up");
+        let applied = compose.up(&v.value.services).await.map_err(failed);
         steward_failpoints::failpoint!("applied");
         if let Err((reason, tail)) = applied {
             return self.roll_back(v, reason, tail).await;
@@ -60,8 +75,10 @@ impl Flow {
     }
 
     /// Puts the previous commit's definitions back for the changed services (and removes
-    /// the services the commit added), then `deploy.rolled_back`. Runs again from the start
-    /// after a kill: every command in it is idempotent.
+    /// the services the commit added; on a first deployment, makes again what was started by
+    /// hand and removes the rest), then `deploy.rolled_back`. A deployment whose `up` never
+    /// began touches no container. Runs again from the start after a kill: every command in
+    /// it is idempotent.
     pub async fn roll_back(
         &self,
         v: Versioned<DeployRecord>,
@@ -88,6 +105,20 @@ impl Flow {
                     Self::backup_note(&v.value)
                 )
             };
+            // Commands that ran to their end before the new version started: their changes
+            // stay whatever the rollback does, and the operator must hear it.
+            let reason = match (&v.value.pre_commands, v.value.up_begun) {
+                (Some(ran), true) if !ran.is_empty() => {
+                    let services: Vec<&str> = ran.iter().map(|c| c.service.as_str()).collect();
+                    format!(
+                        "{reason}; the pre-deployment command of {} had run (what it changed \
+                         stays: {})",
+                        services.join(", "),
+                        Self::backup_note(&v.value)
+                    )
+                }
+                _ => reason,
+            };
             let mut record = v.value;
             record.step = DeployStep::RollingBack;
             record.reason = Some(reason);
@@ -98,17 +129,41 @@ impl Flow {
         let compose = self.compose(&env);
         let dir = self.cfg.checkout_of(&env);
         let record = &v.value;
-        let (back, removed): (Vec<String>, Vec<String>) = match &record.deployed_commit {
-            Some(_) => {
-                record.services.iter().cloned().partition(|s| !record.new_services.contains(s))
+        let mut note = String::new();
+        let back = match &record.deployed_commit {
+            // Nothing of the new version started: what runs is left as it is.
+            _ if !record.up_begun => {
+                if let Some(previous) = &record.deployed_commit {
+                    self.git.checkout(&dir, previous).await?;
+                }
+                vec![]
             }
-            None => (vec![], record.services.clone()),
+            Some(previous) => {
+                let (back, removed): (Vec<String>, Vec<String>) =
+                    record.services.iter().cloned().partition(|s| !record.new_services.contains(s));
+                compose.remove(&removed).await?;
+                self.git.checkout(&dir, previous).await?;
+                compose.up(&back).await?;
+                back
+            }
+            // No previous commit: what ran before it was started by hand, or nothing.
+            None => {
+                let put = self.put_back_prior(record).await?;
+                let removed: Vec<String> =
+                    record.services.iter().filter(|s| !put.back.contains(s)).cloned().collect();
+                compose.remove(&removed).await?;
+                if !put.back.is_empty() {
+                    note.push_str(&format!(
+                        "; {} put back from the compose files they were started with",
+                        put.back.join(", ")
+                    ));
+                }
+                if !put.refused.is_empty() {
+                    note.push_str(&format!("; removed, not put back: {}", put.refused.join(", ")));
+                }
+                put.back
+            }
         };
-        compose.remove(&removed).await?;
-        if let Some(previous) = &record.deployed_commit {
-            self.git.checkout(&dir, previous).await?;
-            compose.up(&back).await?;
-        }
         steward_failpoints::failpoint!("rolled_back");
         let previous_healthy = if back.is_empty() {
             None
@@ -120,7 +175,7 @@ impl Flow {
             change: record.change.clone(),
             previous_commit: record.deployed_commit.clone(),
             services: record.services.clone(),
-            reason: record.reason.clone().unwrap_or(reason),
+            reason: format!("{}{note}", record.reason.clone().unwrap_or(reason)),
             log_tail,
             previous_healthy,
         };

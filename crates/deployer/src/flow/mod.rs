@@ -16,11 +16,12 @@
 //! One file per step: [`start`] (request, claim, prepare, approval), [`backup`], [`apply`]
 //! (pre-deployment commands, apply, health gate, rollback), [`resume`] (what a restart, a
 //! redelivery or the sweep finds); [`commands`] runs the repository's test and
-//! pre-deployment commands.
+//! pre-deployment commands; [`prior`] puts back what ran before a first deployment.
 
 pub mod apply;
 pub mod backup;
 pub mod commands;
+pub mod prior;
 pub mod queue;
 pub mod resume;
 pub mod start;
@@ -99,7 +100,8 @@ impl Flow {
         Compose {
             project: self.cfg.project_of(environment),
             dir: self.cfg.checkout_of(environment),
-            file: self.cfg.compose_file.clone(),
+            files: vec![self.cfg.compose_file.clone()],
+            project_directory: None,
             timeout: self.cfg.command_timeout,
         }
     }

@@ -254,6 +254,8 @@ impl Flow {
             services: vec![],
             new_services: vec![],
             pre_commands: None,
+            up_begun: false,
+            prior: vec![],
             correlation_id: event.correlation_id,
             last_event_id: event.id,
             trace: event.trace.clone(),

@@ -196,11 +196,12 @@ pub struct DeployRolledBack {
     /// What was deployed and refused.
     #[serde(flatten)]
     pub change: Change,
-    /// The commit whose definitions run again (none: the services new in this commit were
-    /// removed and nothing ran before).
+    /// The commit whose definitions run again (none: the environment's first deployment;
+    /// what was started by hand is made again from its own compose files, the rest removed,
+    /// as the reason says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_commit: Option<String>,
-    /// The services put back.
+    /// The services the deployment changed (each put back or removed).
     pub services: Vec<String>,
     /// Why the commit was refused.
     pub reason: String,

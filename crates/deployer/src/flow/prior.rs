@@ -1,0 +1,150 @@
+//! What ran before an environment's first deployment. With no deployed commit there are no
+//! previous definitions to put back, but a stack started by hand (the usual way to adopt
+//! one) was made by compose, which labels each container with its project directory,
+//! compose files and configuration hash. The apply reads those just before its `up`
+//! ([`Flow::prior_services`]); a rollback makes the containers again from the same files,
+//! only while the files still give the same configuration ([`Flow::put_back_prior`]), and
+//! removes what it cannot put back, saying why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use steward_events::records::{DeployRecord, PriorService};
+
+use super::{Flow, FlowError};
+use crate::compose::{Compose, CONFIG_FILES_LABEL, HASH_LABEL, SERVICE_LABEL, WORKING_DIR_LABEL};
+
+/// What a rollback of a first deployment could put back.
+#[derive(Debug, Default)]
+pub struct PutBack {
+    /// The services made again from their own compose files.
+    pub back: Vec<String>,
+    /// Why each of the others could not be (they are removed).
+    pub refused: Vec<String>,
+}
+
+impl Flow {
+    /// The containers of `services` in `env`'s project that the deployer did not make (their
+    /// project directory is not its checkout), one per service.
+    pub(super) async fn prior_services(
+        &self,
+        env: &str,
+        services: &[String],
+    ) -> Result<Vec<PriorService>, FlowError> {
+        let checkout = self.cfg.checkout_of(env);
+        let containers = self.service_containers(env, services).await?;
+        let mut prior: BTreeMap<String, PriorService> = BTreeMap::new();
+        for c in containers {
+            if let Some(p) = prior_of(&c.labels, &checkout) {
+                prior.entry(p.service.clone()).or_insert(p);
+            }
+        }
+        Ok(prior.into_values().collect())
+    }
+
+    /// Makes the record's prior services again (`up -d --no-deps` with their own files, in
+    /// their own project directory), each group of files only for the services whose
+    /// configuration hash those files still give. `Err`: an `up` failed (the rollback is
+    /// tried again).
+    pub(super) async fn put_back_prior(&self, record: &DeployRecord) -> Result<PutBack, FlowError> {
+        let env = &record.change.environment;
+        let mut groups: BTreeMap<(&str, &[String]), Vec<&PriorService>> = BTreeMap::new();
+        for p in record.prior.iter().filter(|p| record.services.contains(&p.service)) {
+            groups.entry((p.working_dir.as_str(), p.config_files.as_slice())).or_default().push(p);
+        }
+        let mut out = PutBack::default();
+        for ((dir, files), services) in groups {
+            let compose = Compose {
+                project: self.cfg.project_of(env),
+                dir: PathBuf::from(dir),
+                files: files.to_vec(),
+                project_directory: Some(PathBuf::from(dir)),
+                timeout: self.cfg.command_timeout,
+            };
+            let shown = files.join(", ");
+            let hashes = match compose.hashes().await {
+                Ok(h) => h,
+                Err(e) => {
+                    for p in services {
+                        out.refused.push(format!("{} ({shown} cannot be read: {e})", p.service));
+                    }
+                    continue;
+                }
+            };
+            let mut back = vec![];
+            for p in services {
+                if hashes.get(&p.service) == Some(&p.config_hash) {
+                    back.push(p.service.clone());
+                } else {
+                    out.refused.push(format!(
+                        "{} ({shown} no longer gives the configuration it ran with)",
+                        p.service
+                    ));
+                }
+            }
+            compose.up(&back).await?;
+            out.back.extend(back);
+        }
+        Ok(out)
+    }
+}
+
+/// A container's compose labels as a [`PriorService`], unless it has none or was made from
+/// the deployer's own checkout (whose files move with every deployment).
+fn prior_of(
+    labels: &std::collections::HashMap<String, String>,
+    checkout: &Path,
+) -> Option<PriorService> {
+    let working_dir = labels.get(WORKING_DIR_LABEL)?;
+    if Path::new(working_dir).starts_with(checkout) {
+        return None;
+    }
+    let config_files: Vec<String> = labels
+        .get(CONFIG_FILES_LABEL)?
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if config_files.is_empty() {
+        return None;
+    }
+    Some(PriorService {
+        service: labels.get(SERVICE_LABEL)?.clone(),
+        working_dir: working_dir.clone(),
+        config_files,
+        config_hash: labels.get(HASH_LABEL)?.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn only_containers_compose_made_outside_the_checkout_are_prior() {
+        let labels = |dir: &str, files: &str| {
+            HashMap::from([
+                (SERVICE_LABEL.to_owned(), "web".to_owned()),
+                (HASH_LABEL.to_owned(), "abc".to_owned()),
+                (WORKING_DIR_LABEL.to_owned(), dir.to_owned()),
+                (CONFIG_FILES_LABEL.to_owned(), files.to_owned()),
+            ])
+        };
+        let checkout = Path::new("/var/lib/steward/deploy/prod");
+        let by_hand =
+            prior_of(&labels("/srv/gitea", "/srv/gitea/a.yml,/srv/gitea/b.yml"), checkout)
+                .expect("a container started by hand");
+        assert_eq!(by_hand.config_files, ["/srv/gitea/a.yml", "/srv/gitea/b.yml"]);
+        assert_eq!((by_hand.service.as_str(), by_hand.config_hash.as_str()), ("web", "abc"));
+        // The deployer's own, one without files, one compose did not label: none.
+        let own = labels("/var/lib/steward/deploy/prod", "docker-compose.yml");
+        assert!(prior_of(&own, checkout).is_none());
+        assert!(prior_of(&labels("/srv/gitea", ""), checkout).is_none());
+        let mut unlabelled = labels("/srv/gitea", "/srv/gitea/a.yml");
+        unlabelled.remove(HASH_LABEL);
+        assert!(prior_of(&unlabelled, checkout).is_none());
+    }
+}
