@@ -180,13 +180,27 @@ async fn approve(bus: &Bus, commit: &str) -> Event {
 /// Waits for the `backup.requested` of the flow `correlation` and answers it with
 /// `backup.done` as the backup service would; the request.
 async fn back_up(bus: &Bus, correlation: uuid::Uuid) -> steward_events::BackupRequested {
-    let request = first_event(bus, Duration::from_secs(30), |e| match &e.data {
+    let request = back_up_requested(bus, correlation).await;
+    back_up_done(bus, &request).await;
+    request.1
+}
+
+/// The `backup.requested` of flow `correlation` (waited for).
+async fn back_up_requested(
+    bus: &Bus,
+    correlation: uuid::Uuid,
+) -> (Event, steward_events::BackupRequested) {
+    first_event(bus, Duration::from_secs(30), |e| match &e.data {
         EventData::BackupRequested(r) if e.correlation_id == correlation => {
             Some((e.clone(), r.clone()))
         }
         _ => None,
     })
-    .await;
+    .await
+}
+
+/// Answers `request` with a `backup.done`, as the backup service would.
+async fn back_up_done(bus: &Bus, request: &(Event, steward_events::BackupRequested)) {
     let done = Event::caused_by(
         &request.0,
         "steward-backup/test",
@@ -199,7 +213,6 @@ async fn back_up(bus: &Bus, correlation: uuid::Uuid) -> steward_events::BackupRe
         },
     );
     bus.publish(&done).await.expect("publish backup.done");
-    request.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,6 +479,71 @@ async fn pushes_during_a_deployment_wait_the_newest_wins_the_older_is_superseded
     }
     let third_started = flow_of(&bus, third_flow).await;
     assert!(!third_started.iter().any(|e| e.event_type() == "deploy.started"), "v3 started");
+}
+
+/// The other two points of the slot, killed in a row: `queued` (a push written to the empty
+/// slot, not yet acknowledged: redelivered to the next deployer, which finds it waiting
+/// already) and `dequeued` (the waiting push claimed as the environment's record and the slot
+/// emptied, nothing prepared: the next deployer prepares it once). Each push ends once, with
+/// no event twice, and the waiting one deploys after the one in hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_as_a_push_enters_and_as_it_leaves_the_slot_each_push_ends_once() {
+    let bus = TestBus::new("deployqkill").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let extra = [("STEWARD_DEPLOY_BACKUP", "true".to_owned())];
+    let armed = |point: &str| {
+        let mut env = repo.env(&bus, port, &extra);
+        env.push(("STEWARD_FAILPOINTS", point.to_owned()));
+        env
+    };
+    {
+        let _clean = deployer(&repo.env(&bus, port, &extra));
+        let (_, flow) = deploy_by_webhook(&bus, &repo, port, "v1", "first").await;
+        assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    }
+
+    // v2 waits for its backup; v3 pushed meanwhile enters the empty slot: killed there.
+    let mut first = deployer(&armed("queued=1"));
+    let second = repo.commit("dev", "v2", "web: v2");
+    let second_flow = push(&bus, &repo, port, &second, "web: v2").await;
+    let request = back_up_requested(&bus, second_flow).await;
+    let third = repo.commit("dev", "v3", "web: v3 broken");
+    let third_flow = push(&bus, &repo, port, &third, "web: v3 broken").await;
+    assert!(first.exits_within(Duration::from_secs(60)), "{}", first.logs());
+    assert!(first.logs().contains("failpoint: queued: aborting"), "{}", first.logs());
+    drop(first);
+
+    // Started again, armed where the waiting push leaves the slot: v2 goes on once backed up,
+    // then v3 is claimed and the slot emptied, and it is killed there.
+    let mut again = deployer(&armed("dequeued=1"));
+    back_up_done(&bus, &request).await;
+    let flow = outcome(&bus, &second, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    assert!(again.exits_within(Duration::from_secs(60)), "{}", again.logs());
+    assert!(again.logs().contains("failpoint: dequeued: aborting"), "{}", again.logs());
+    drop(again);
+    assert!(serves(repo.web, "v2"), "web not on v2");
+
+    // Started clean: v3 is prepared once, backed up, rolled back (it never gets healthy).
+    let _last = deployer(&repo.env(&bus, port, &extra));
+    back_up(&bus, third_flow).await;
+    let flow = outcome(&bus, &third, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    assert!(serves(repo.web, "v2"), "web not back on v2");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (commit, correlation, end) in
+        [(&second, second_flow, "deploy.succeeded"), (&third, third_flow, "deploy.rolled_back")]
+    {
+        let flow = flow_of(&bus, correlation).await;
+        assert_eq!(terminal(&flow), [end], "{commit}: {flow:#?}");
+        let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
+        assert_eq!(started, 1, "{commit}: {flow:#?}");
+        let mut ids: Vec<_> = flow.iter().map(|e| e.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), flow.len(), "{commit}: an event twice");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
