@@ -1,6 +1,7 @@
 //! The health service and the notifier as real processes against real containers: a stopped
 //! container is one `health.failed` and one mail, survives a health-service restart without a
-//! second one, and its start is one `health.recovered`; a database passes `pg_isready`.
+//! second one, and its start is one `health.recovered`; a database passes `pg_isready`; a
+//! compose one-off with the same labels is never probed nor restarted.
 
 use std::time::Duration;
 
@@ -138,6 +139,17 @@ async fn a_down_container_labelled_for_it_is_restarted_and_recovers() {
     );
     // Not labelled: stays down.
     let other = steward_system_tests::apps::app(&scope, "notify", &[]);
+    // A compose one-off (`docker-compose run`: a migration, a deployment's test) carries its
+    // service's labels, these included, but is not the service: never probed, never restarted.
+    let one_off = steward_system_tests::apps::app(
+        &scope,
+        "notify",
+        &[
+            "steward.health.url=http://127.0.0.1:{port}/".into(),
+            "steward.health.restart=true".into(),
+            "com.docker.compose.oneoff=True".into(),
+        ],
+    );
     let port = free_port();
     let prober = health(&bus, &scope, port);
     let _notifier = Proc::service("steward-notifier", &bus, &testbed_notifier_env(&to));
@@ -155,6 +167,7 @@ async fn a_down_container_labelled_for_it_is_restarted_and_recovers() {
     // Both crash (exit; no restart policy).
     docker(&["kill", &app.name]);
     docker(&["kill", &other.name]);
+    docker(&["kill", &one_off.name]);
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while count(&bus, "health.recovered", &app.name).await == 0 {
         assert!(
@@ -167,6 +180,7 @@ async fn a_down_container_labelled_for_it_is_restarted_and_recovers() {
     let running = |name: &str| docker(&["inspect", "-f", "{{.State.Running}}", name]);
     assert_eq!(running(&app.name), "true", "restarted");
     assert_eq!(running(&other.name), "false", "not labelled: left alone");
+    assert_eq!(running(&one_off.name), "false", "a one-off was restarted");
 
     let all = stored_events(&bus).await;
     let flow_of = |kind: &str, name: &str| {
@@ -180,6 +194,8 @@ async fn a_down_container_labelled_for_it_is_restarted_and_recovers() {
     assert_eq!(count(&bus, "health.restarted", &app.name).await, 1, "one restart was enough");
     assert_eq!(count(&bus, "health.restarted", &other.name).await, 0);
     assert_eq!(count(&bus, "health.failed", &other.name).await, 1);
+    let about_one_off = all.iter().filter(|e| e.container() == Some(one_off.name.as_str())).count();
+    assert_eq!(about_one_off, 0, "a one-off was probed");
     let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(20));
     let subjects: Vec<String> =
         mails_to(&testbed_maildir(), &to).into_iter().map(|m| m.subject).collect();
