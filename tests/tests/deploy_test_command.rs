@@ -329,7 +329,9 @@ async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_ba
 /// back without touching those containers: the new version's `up` never began (before the
 /// deployment saved that mark, both rollbacks removed web: the app down). A deployment that
 /// did start its new version and fails its gate makes web again from the compose file it was
-/// started with, and removes side, whose file was edited since (before: both removed).
+/// started with, and removes side, whose file was edited since (before: both removed); one
+/// aborted between saving that its `up` begins and the `up` leaves both as they were, the
+/// edited file notwithstanding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_deployments_rollback_leaves_or_puts_back_a_stack_started_by_hand() {
     let bus = TestBus::new("deployprefirst").await;
@@ -389,26 +391,50 @@ async fn a_first_deployments_rollback_leaves_or_puts_back_a_stack_started_by_han
         Some(pre_containers(&repo).trim().to_owned()).filter(|id| !id.is_empty() && is_running(id))
     });
     drop(killed);
-    let _again = deployer(&repo.env(&bus, port, &[]));
-    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
-    let flow = settled_flow(&bus, flow[0].correlation_id).await;
-    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
-    let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
-    assert_eq!(started, 1, "{flow:#?}");
-    let r = rolled_back(&flow);
-    assert!(r.reason.contains("pre-deployment command of web was stopped"), "{r:?}");
-    untouched("a kill during the command");
+    {
+        let _again = deployer(&repo.env(&bus, port, &[]));
+        let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+        let flow = settled_flow(&bus, flow[0].correlation_id).await;
+        assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+        let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
+        assert_eq!(started, 1, "{flow:#?}");
+        let r = rolled_back(&flow);
+        assert!(r.reason.contains("pre-deployment command of web was stopped"), "{r:?}");
+        untouched("a kill during the command");
+    }
 
-    // A command that passes, then web on a version that never gets healthy and side on v2,
-    // while side's hand-started definition was edited meanwhile: web is made again from the
-    // file it was started with; side, which that file no longer describes as it ran, is
-    // removed; the reason says both, and that the command had run and its changes stay.
+    // Side's hand-started definition is edited meanwhile (its file no longer gives the
+    // configuration it runs with). A deployment changing both is aborted after it saved that
+    // its `up` begins, before the `up`: started again, it rolls back with both containers the
+    // ones started by hand, still running (the file's change does not matter: never replaced).
     let side_v1 = "  side:\n    image: steward-test/app:v1\n";
+    let side_v2 = "  side:\n    image: steward-test/app:v2\n";
     let edited = with_state(&repo, "v1", "", "")
         .replace(side_v1, &format!("{side_v1}    environment: [EDITED=1]\n"));
     std::fs::write(&file, edited).expect("side edited by hand");
-    let broken = with_state(&repo, "v3", "touch /state/migrated", "")
-        .replace(side_v1, "  side:\n    image: steward-test/app:v2\n");
+    let mut armed = repo.env(&bus, port, &[]);
+    armed.push(("STEWARD_FAILPOINTS", "up=1".into()));
+    let mut aborted = deployer(&armed);
+    let both = with_state(&repo, "v2", "", "").replace(side_v1, side_v2);
+    let commit = push(both, "web and side: v2").await;
+    assert!(aborted.exits_within(Duration::from_secs(120)), "{}", aborted.logs());
+    assert!(aborted.logs().contains("failpoint: up: aborting"), "{}", aborted.logs());
+    drop(aborted);
+    {
+        let _again = deployer(&repo.env(&bus, port, &[]));
+        let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+        assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+        let r = rolled_back(&flow);
+        assert!(r.reason.contains("side, web never replaced: left running as started"), "{r:?}");
+        untouched("a kill before the up");
+    }
+
+    // A command that passes, then web on a version that never gets healthy and side on v2:
+    // web is made again from the file it was started with; side, which its edited file no
+    // longer describes as it ran, is removed; the reason says both, and that the command had
+    // run and its changes stay.
+    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    let broken = with_state(&repo, "v3", "touch /state/migrated", "").replace(side_v1, side_v2);
     let commit = push(broken, "migration, broken app").await;
     let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
     assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");

@@ -60,7 +60,10 @@ pub async fn run(
         // Never wait for a password on a terminal nobody watches; plumbing output in English.
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "true")
-        .env("LC_ALL", "C");
+        .env("LC_ALL", "C")
+        // The engine the deployer watches, whatever a project's `.env` says (compose reads
+        // its client settings there unless the environment has them).
+        .env("DOCKER_HOST", steward_engine::docker_host());
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }

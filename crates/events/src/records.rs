@@ -414,6 +414,10 @@ pub struct DeployRecord {
     /// its `up`, so that a rollback can make them again from their own compose files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prior: Vec<PriorService>,
+    /// The services whose pre-deployment command ran to its end, each saved as it ended: what
+    /// they changed stays whatever the rollback does, and its reason says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_done: Vec<String>,
     /// The flow's correlation id (the request's).
     pub correlation_id: Uuid,
     /// The last event of this flow (causation of the next).
@@ -462,6 +466,9 @@ pub struct DeployRecord {
 pub struct PriorService {
     /// The compose service.
     pub service: String,
+    /// The container's id: while it is still the service's container, the deployment did
+    /// not replace it, and the rollback leaves it alone.
+    pub container: String,
     /// The project directory it was made in.
     pub working_dir: String,
     /// The compose files it was made from.
@@ -481,6 +488,16 @@ pub struct PreCommand {
 }
 
 impl DeployRecord {
+    /// Moves it to `Applying` with nothing of the apply done yet: a record an older deployer
+    /// kept waiting (pending, deferred, awaiting its backup) has no marks and would read as
+    /// applied ([`DeployRecord::up_begun`]).
+    pub fn begin_apply(&mut self) {
+        self.step = DeployStep::Applying;
+        self.up_begun = false;
+        self.prior.clear();
+        self.pre_done.clear();
+    }
+
     /// The commit the environment runs once this record is over: its own after a success,
     /// else the one carried.
     pub fn now_running(&self) -> Option<&str> {

@@ -26,15 +26,16 @@ impl Flow {
         let dir = self.cfg.checkout_of(&env);
         steward_failpoints::failpoint!("apply");
         let failed = |e: crate::command::CommandError| (e.to_string(), e.tail);
-        let ready = async {
-            self.git.checkout(&dir, &v.value.change.commit).await.map_err(failed)?;
-            // Inside the backup gate (the backup is done), before the new version starts.
-            self.run_pre(&v.value).await
-        }
-        .await;
-        if let Err((reason, tail)) = ready {
+        if let Err((reason, tail)) =
+            self.git.checkout(&dir, &v.value.change.commit).await.map_err(failed)
+        {
             return self.roll_back(v, reason, tail).await;
         }
+        // Inside the backup gate (the backup is done), before the new version starts.
+        let v = match self.run_pre(v).await? {
+            Ok(v) => v,
+            Err((v, (reason, tail))) => return self.roll_back(v, reason, tail).await,
+        };
         // Saved before `up`, never after: a kill in between must roll back as if it began.
         let v = if v.value.up_begun {
             v
@@ -107,17 +108,15 @@ impl Flow {
             };
             // Commands that ran to their end before the new version started: their changes
             // stay whatever the rollback does, and the operator must hear it.
-            let reason = match (&v.value.pre_commands, v.value.up_begun) {
-                (Some(ran), true) if !ran.is_empty() => {
-                    let services: Vec<&str> = ran.iter().map(|c| c.service.as_str()).collect();
-                    format!(
-                        "{reason}; the pre-deployment command of {} had run (what it changed \
-                         stays: {})",
-                        services.join(", "),
-                        Self::backup_note(&v.value)
-                    )
-                }
-                _ => reason,
+            let reason = if v.value.pre_done.is_empty() {
+                reason
+            } else {
+                format!(
+                    "{reason}; the pre-deployment command of {} had run (what it changed \
+                     stays: {})",
+                    v.value.pre_done.join(", "),
+                    Self::backup_note(&v.value)
+                )
             };
             let mut record = v.value;
             record.step = DeployStep::RollingBack;
@@ -149,9 +148,19 @@ impl Flow {
             // No previous commit: what ran before it was started by hand, or nothing.
             None => {
                 let put = self.put_back_prior(record).await?;
-                let removed: Vec<String> =
-                    record.services.iter().filter(|s| !put.back.contains(s)).cloned().collect();
+                let removed: Vec<String> = record
+                    .services
+                    .iter()
+                    .filter(|s| !put.back.contains(s) && !put.untouched.contains(s))
+                    .cloned()
+                    .collect();
                 compose.remove(&removed).await?;
+                if !put.untouched.is_empty() {
+                    note.push_str(&format!(
+                        "; {} never replaced: left running as started",
+                        put.untouched.join(", ")
+                    ));
+                }
                 if !put.back.is_empty() {
                     note.push_str(&format!(
                         "; {} put back from the compose files they were started with",

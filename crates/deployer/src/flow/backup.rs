@@ -32,7 +32,7 @@ impl Flow {
                     tracing::info!(environment = %key, backup = %done.backup_id, "pre-deployment backup done");
                     let mut record = v.value;
                     record.last_event_id = event.id;
-                    record.step = DeployStep::Applying;
+                    record.begin_apply();
                     let v = self.records.save(record, v.revision).await?;
                     self.apply(v).await
                 }

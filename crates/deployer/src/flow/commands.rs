@@ -7,17 +7,22 @@
 
 use std::time::Duration;
 
+use steward_bus::Versioned;
 use steward_events::records::{DeployRecord, PreCommand};
 use uuid::Uuid;
 
 use steward_engine::EngineError;
 
-use super::Flow;
+use super::{Flow, FlowError};
 use crate::command::CommandError;
 use crate::compose::{Compose, Labels};
 
 /// A failed command's reason and its output's last lines.
 pub type Failure = (String, Vec<String>);
+
+/// The pre-deployment commands' outcome: the record with their ends saved, or the record and
+/// why one stopped the deployment.
+pub type Ran = Result<Versioned<DeployRecord>, (Versioned<DeployRecord>, Failure)>;
 
 /// The pre-deployment commands of `services` (the deployment's changed ones; a service that
 /// does not change gets no new version to prepare for), in service order. `Err` names the
@@ -157,37 +162,48 @@ impl Flow {
     /// checked the commit out). A kill during one rolls the deployment back on the restart,
     /// which stops the command first ([`Self::remove_pre`]); a deployment tried again runs them
     /// again, so they must be safe to repeat, as migration tools are (they record what they
-    /// applied). `Err` at the first that cannot run, fails or times out.
-    pub(super) async fn run_pre(&self, record: &DeployRecord) -> Result<(), Failure> {
-        let env = &record.change.environment;
-        let compose = self.compose(env);
-        let commands = match &record.pre_commands {
+    /// applied). Each command's end is saved in the record (`pre_done`) as it ends. `Ok(Err)`
+    /// with the record at the first that cannot run, fails or times out.
+    pub(super) async fn run_pre(&self, mut v: Versioned<DeployRecord>) -> Result<Ran, FlowError> {
+        let env = v.value.change.environment.clone();
+        let compose = self.compose(&env);
+        let commands = match &v.value.pre_commands {
             Some(commands) => commands.clone(),
             // Prepared by a deployer that did not keep them (an upgrade while it waited).
             None => {
-                let config = compose.config().await.map_err(|e| (e.to_string(), e.tail))?;
-                pre_commands(&config.labels(), &record.services).map_err(|e| (e, vec![]))?
+                let read = match compose.config().await {
+                    Ok(config) => {
+                        pre_commands(&config.labels(), &v.value.services).map_err(|e| (e, vec![]))
+                    }
+                    Err(e) => Err((e.to_string(), e.tail)),
+                };
+                match read {
+                    Ok(commands) => commands,
+                    Err(failure) => return Ok(Err((v, failure))),
+                }
             }
         };
         for PreCommand { service, command: args } in &commands {
+            let record = &v.value;
             let name = pre_name(&compose, service, record);
             tracing::info!(environment = %env, %service, command = %args.join(" "), "running the pre-deployment command");
             let ran = self.one_off(&compose, service, args, &name, self.cfg.pre_timeout).await;
             steward_failpoints::failpoint!("pre");
-            ran.map_err(|e| {
-                (
-                    format!(
-                        "the pre-deployment command `{}` of service {service} {}; the new \
-                         version was not started (what the command changed stays: {})",
-                        args.join(" "),
-                        e.reason,
-                        Self::backup_note(record)
-                    ),
-                    e.tail,
-                )
-            })?;
+            if let Err(e) = ran {
+                let reason = format!(
+                    "the pre-deployment command `{}` of service {service} {}; the new version \
+                     was not started (what the command changed stays: {})",
+                    args.join(" "),
+                    e.reason,
+                    Self::backup_note(record)
+                );
+                return Ok(Err((v, (reason, e.tail))));
+            }
+            let mut record = v.value;
+            record.pre_done.push(service.clone());
+            v = self.records.save(record, v.revision).await?;
         }
-        Ok(())
+        Ok(Ok(v))
     }
 }
 

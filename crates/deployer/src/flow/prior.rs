@@ -17,6 +17,9 @@ use crate::compose::{Compose, CONFIG_FILES_LABEL, HASH_LABEL, SERVICE_LABEL, WOR
 /// What a rollback of a first deployment could put back.
 #[derive(Debug, Default)]
 pub struct PutBack {
+    /// The services whose container is still the one started by hand (the `up` stopped before
+    /// it, or was never reached): left as they are.
+    pub untouched: Vec<String>,
     /// The services made again from their own compose files.
     pub back: Vec<String>,
     /// Why each of the others could not be (they are removed).
@@ -35,7 +38,7 @@ impl Flow {
         let containers = self.service_containers(env, services).await?;
         let mut prior: BTreeMap<String, PriorService> = BTreeMap::new();
         for c in containers {
-            if let Some(p) = prior_of(&c.labels, &checkout) {
+            if let Some(p) = prior_of(&c.id, &c.labels, &checkout) {
                 prior.entry(p.service.clone()).or_insert(p);
             }
         }
@@ -48,11 +51,25 @@ impl Flow {
     /// tried again).
     pub(super) async fn put_back_prior(&self, record: &DeployRecord) -> Result<PutBack, FlowError> {
         let env = &record.change.environment;
+        let now = self.service_containers(env, &record.services).await?;
+        let mut out = PutBack::default();
         let mut groups: BTreeMap<(&str, &[String]), Vec<&PriorService>> = BTreeMap::new();
         for p in record.prior.iter().filter(|p| record.services.contains(&p.service)) {
+            // Untouched: still the service's only container, and running (compose stops and
+            // renames the old one before it makes the new: a kill there leaves it stopped).
+            let of_service: Vec<&str> = now
+                .iter()
+                .filter(|c| c.labels.get(SERVICE_LABEL) == Some(&p.service))
+                .map(|c| c.id.as_str())
+                .collect();
+            if of_service == [p.container.as_str()]
+                && self.engine.is_running(&p.container).await? == Some(true)
+            {
+                out.untouched.push(p.service.clone());
+                continue;
+            }
             groups.entry((p.working_dir.as_str(), p.config_files.as_slice())).or_default().push(p);
         }
-        let mut out = PutBack::default();
         for ((dir, files), services) in groups {
             let compose = Compose {
                 project: self.cfg.project_of(env),
@@ -62,6 +79,12 @@ impl Flow {
                 timeout: self.cfg.command_timeout,
             };
             let shown = files.join(", ");
+            if let Err(why) = trusted(Path::new(dir), files) {
+                for p in services {
+                    out.refused.push(format!("{} ({why})", p.service));
+                }
+                continue;
+            }
             let hashes = match compose.hashes().await {
                 Ok(h) => h,
                 Err(e) => {
@@ -82,16 +105,48 @@ impl Flow {
                     ));
                 }
             }
-            compose.up(&back).await?;
-            out.back.extend(back);
+            // A file that no longer starts (a port taken since, an image gone) must not hold
+            // the rollback forever: refused like the others, and removed.
+            match compose.up(&back).await {
+                Ok(()) => out.back.extend(back),
+                Err(e) => {
+                    out.refused.extend(back.iter().map(|s| format!("{s} ({shown}: {e})")));
+                }
+            }
         }
         Ok(out)
     }
 }
 
+/// Whether the deployer may run compose on `files` in `dir`: each of them, and the directory's
+/// `.env` (which compose reads for its own settings), owned by root or the deployer's user and
+/// not writable by anybody else. `Err`: which one is not, and why.
+fn trusted(dir: &Path, files: &[String]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of /proc/self is this process's effective user (no libc call needed).
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let env = dir.join(".env");
+    let paths = files.iter().map(|f| dir.join(f)).chain(std::iter::once(env.clone()));
+    for path in paths {
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if path == env && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(format!("{} is owned by uid {}", path.display(), meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!("{} is writable by others than its owner", path.display()));
+        }
+    }
+    Ok(())
+}
+
 /// A container's compose labels as a [`PriorService`], unless it has none or was made from
 /// the deployer's own checkout (whose files move with every deployment).
 fn prior_of(
+    container: &str,
     labels: &std::collections::HashMap<String, String>,
     checkout: &Path,
 ) -> Option<PriorService> {
@@ -111,6 +166,7 @@ fn prior_of(
     }
     Some(PriorService {
         service: labels.get(SERVICE_LABEL)?.clone(),
+        container: container.to_owned(),
         working_dir: working_dir.clone(),
         config_files,
         config_hash: labels.get(HASH_LABEL)?.clone(),
@@ -135,16 +191,43 @@ mod tests {
         };
         let checkout = Path::new("/var/lib/steward/deploy/prod");
         let by_hand =
-            prior_of(&labels("/srv/gitea", "/srv/gitea/a.yml,/srv/gitea/b.yml"), checkout)
+            prior_of("c1", &labels("/srv/gitea", "/srv/gitea/a.yml,/srv/gitea/b.yml"), checkout)
                 .expect("a container started by hand");
         assert_eq!(by_hand.config_files, ["/srv/gitea/a.yml", "/srv/gitea/b.yml"]);
         assert_eq!((by_hand.service.as_str(), by_hand.config_hash.as_str()), ("web", "abc"));
+        assert_eq!(by_hand.container, "c1");
         // The deployer's own, one without files, one compose did not label: none.
         let own = labels("/var/lib/steward/deploy/prod", "docker-compose.yml");
-        assert!(prior_of(&own, checkout).is_none());
-        assert!(prior_of(&labels("/srv/gitea", ""), checkout).is_none());
+        assert!(prior_of("c1", &own, checkout).is_none());
+        assert!(prior_of("c1", &labels("/srv/gitea", ""), checkout).is_none());
         let mut unlabelled = labels("/srv/gitea", "/srv/gitea/a.yml");
         unlabelled.remove(HASH_LABEL);
-        assert!(prior_of(&unlabelled, checkout).is_none());
+        assert!(prior_of("c1", &unlabelled, checkout).is_none());
+    }
+
+    #[test]
+    fn files_anybody_may_write_are_not_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("steward-prior-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("docker-compose.yml");
+        std::fs::write(&file, "services: {}\n").expect("file");
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        mode(&file, 0o644);
+        let files = ["docker-compose.yml".to_owned()];
+        assert_eq!(trusted(&dir, &files), Ok(()));
+        mode(&file, 0o664);
+        let e = trusted(&dir, &files).expect_err("group-writable");
+        assert!(e.contains("writable by others"), "{e}");
+        mode(&file, 0o644);
+        // compose reads the directory's .env for its own settings (DOCKER_HOST): the same rule.
+        std::fs::write(dir.join(".env"), "DOCKER_HOST=tcp://elsewhere:2375\n").expect(".env");
+        mode(&dir.join(".env"), 0o666);
+        assert!(trusted(&dir, &files).expect_err(".env").contains(".env"));
+        let missing = ["gone.yml".to_owned()];
+        assert!(trusted(&dir, &missing).is_err());
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -256,6 +256,7 @@ impl Flow {
             pre_commands: None,
             up_begun: false,
             prior: vec![],
+            pre_done: vec![],
             correlation_id: event.correlation_id,
             last_event_id: event.id,
             trace: event.trace.clone(),
@@ -484,7 +485,7 @@ impl Flow {
             self.records.announce(record, v.revision).await?;
             return Ok(());
         }
-        record.step = DeployStep::Applying;
+        record.begin_apply();
         let v = self.records.announce(record, v.revision).await?;
         self.apply(v).await
     }

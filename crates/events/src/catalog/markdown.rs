@@ -95,7 +95,10 @@ a newer one came after it, or it came older than the one already waiting: `reaso
 by COMMIT (a newer push to BRANCH) before it started"). `deploy.rolled_back` means the changed
 services failed, or a pre-deployment command of theirs (`steward.deploy.pre`) failed before
 they started, or the deployer stopped between applying them and the verdict, and they run the
-previous commit's definitions again. A `deploy.requested` for the commit the environment runs
+previous commit's definitions again (none touched when the new version never started; on
+an environment's first deployment, with no previous commit, containers started by hand are
+made again from the compose files they were started with, the rest removed, as the reason
+says). A `deploy.requested` for the commit the environment runs
 or last tried, for an ancestor of what runs, or older than the request in hand, is
 acknowledged and ignored (no event). Every `deploy.*` payload carries the commit with
 `repository`, `branch`, `environment`, `commit`, and `author` and `message` when known.

@@ -470,6 +470,7 @@ catalog! {
     DeploySucceeded => "deploy.succeeded": DeploySucceeded,
     /// A deployment stopped before any service was touched.
     DeployFailed => "deploy.failed": DeployFailed,
-    /// The commit failed; the previous commit's definitions run again.
+    /// The commit failed; the previous commit's definitions run again (on a first deployment:
+    /// what was started by hand, from its own compose files).
     DeployRolledBack => "deploy.rolled_back": DeployRolledBack,
 }
