@@ -201,6 +201,30 @@ fn rolled_back(flow: &[Event]) -> steward_events::DeployRolledBack {
         .unwrap_or_else(|| panic!("no deploy.rolled_back: {flow:#?}"))
 }
 
+/// Whether container `id` runs.
+fn is_running(id: &str) -> bool {
+    docker(&["inspect", "-f", "{{.State.Running}}", id]).trim() == "true"
+}
+
+/// The container of `repo`'s pre-deployment command once it runs (not only created:
+/// `docker-compose run` creates the container, then starts it).
+fn pre_running(repo: &Repo) -> String {
+    wait_for("the pre-deployment command running", Duration::from_secs(120), || {
+        Some(pre_containers(repo).trim().to_owned()).filter(|id| !id.is_empty() && is_running(id))
+    })
+}
+
+/// The `deploy.rolled_back` of `commit`'s deployment, once it settled with that one outcome
+/// and one `deploy.started`.
+async fn rolled_back_once(bus: &Bus, commit: &str) -> steward_events::DeployRolledBack {
+    let flow = outcome(bus, commit, Duration::from_secs(180)).await;
+    let flow = settled_flow(bus, flow[0].correlation_id).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
+    assert_eq!(started, 1, "{flow:#?}");
+    rolled_back(&flow)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pre_deployment_command_runs_with_the_new_definition_before_it_starts_only_for_changed_services(
 ) {
@@ -287,12 +311,7 @@ async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_ba
     let slow = with_state(&repo, "v2", "sleep 600", "");
     let commit = repo.commit_text("dev", &slow, "slow migration");
     push_commit(&repo, port, &commit, "slow migration").await;
-    let is_running =
-        |id: &str| docker(&["inspect", "-f", "{{.State.Running}}", id]).trim() == "true";
-    // Running, not only created: `docker-compose run` creates the container, then starts it.
-    let left = wait_for("the pre-deployment command running", Duration::from_secs(120), || {
-        Some(pre_containers(&repo).trim().to_owned()).filter(|id| !id.is_empty() && is_running(id))
-    });
+    let left = pre_running(&repo);
     drop(killed);
     assert!(is_running(&left), "the kill stopped the command");
 
@@ -307,12 +326,7 @@ async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_ba
     // Started again: the interrupted deployment rolls back (the rule for a stop during the
     // apply), and the command still running against the old version is stopped first.
     let _last = deployer(&repo.env(&bus, port, &[]));
-    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
-    let flow = settled_flow(&bus, flow[0].correlation_id).await;
-    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
-    let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
-    assert_eq!(started, 1, "{flow:#?}");
-    let r = rolled_back(&flow);
+    let r = rolled_back_once(&bus, &commit).await;
     assert!(
         r.reason.contains("stopped during the deployment")
             && r.reason.contains("pre-deployment command of web was stopped"),
@@ -385,20 +399,11 @@ async fn a_first_deployments_rollback_leaves_or_puts_back_a_stack_started_by_han
     // SIGKILLed while a command runs, then started again: one rollback, nothing removed.
     let killed = deployer(&repo.env(&bus, port, &[]));
     let commit = push(with_state(&repo, "v2", "sleep 600", ""), "slow migration").await;
-    let is_running =
-        |id: &str| docker(&["inspect", "-f", "{{.State.Running}}", id]).trim() == "true";
-    wait_for("the pre-deployment command running", Duration::from_secs(120), || {
-        Some(pre_containers(&repo).trim().to_owned()).filter(|id| !id.is_empty() && is_running(id))
-    });
+    pre_running(&repo);
     drop(killed);
     {
         let _again = deployer(&repo.env(&bus, port, &[]));
-        let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
-        let flow = settled_flow(&bus, flow[0].correlation_id).await;
-        assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
-        let started = flow.iter().filter(|e| e.event_type() == "deploy.started").count();
-        assert_eq!(started, 1, "{flow:#?}");
-        let r = rolled_back(&flow);
+        let r = rolled_back_once(&bus, &commit).await;
         assert!(r.reason.contains("pre-deployment command of web was stopped"), "{r:?}");
         untouched("a kill during the command");
     }
