@@ -398,6 +398,18 @@ pub(crate) fn summary(data: &EventData) -> String {
             p.duration_ms / 1000
         ),
         EventData::DeployFailed(p) => format!("{}: {}", deploy_change(&p.change), p.reason),
+        EventData::DeployWrittenBack(p) => match (&p.refused, &p.commit) {
+            (Some(why), _) => format!("{} not committed to {}: {why}", p.image, p.branch),
+            (None, Some(c)) => format!(
+                "{} committed to {} as {} ({} in {})",
+                p.image,
+                p.branch,
+                c.get(..10).unwrap_or(c),
+                p.key.as_deref().unwrap_or("it"),
+                p.file.as_deref().unwrap_or("the compose file")
+            ),
+            (None, None) => format!("{} already named on {}", p.image, p.branch),
+        },
         EventData::DeployRolledBack(p) => format!(
             "{} rolled back to {}: {}",
             deploy_change(&p.change),

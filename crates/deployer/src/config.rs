@@ -40,6 +40,9 @@ pub const ENV_TEST_TIMEOUT: &str = "STEWARD_DEPLOY_TEST_TIMEOUT";
 pub const ENV_PRE_TIMEOUT: &str = "STEWARD_DEPLOY_PRE_TIMEOUT";
 /// Bound of one `git` or `docker-compose` command.
 pub const ENV_COMMAND_TIMEOUT: &str = "STEWARD_DEPLOY_COMMAND_TIMEOUT";
+/// `Name <mail>`: the author and committer of the commits that write an image update into an
+/// environment's branch (the repository's credentials in the URL must allow the push).
+pub const ENV_COMMIT_AUTHOR: &str = "STEWARD_DEPLOY_COMMIT_AUTHOR";
 
 /// Base URL under which operators reach the deployer's HTTP port (behind the proxy), for the
 /// approval links of manual environments: `https`, or `http` to a loopback host only. The
@@ -128,6 +131,8 @@ pub struct DeployerConfig {
     pub probe: steward_probe::ProbeConfig,
     /// Signed approval links of manual environments; `None`: approvals by CLI only.
     pub links: Option<steward_approval::ApprovalLinks>,
+    /// Author of the write-back commits (`Name <mail>`).
+    pub commit_author: String,
 }
 
 impl std::fmt::Debug for DeployerConfig {
@@ -184,6 +189,15 @@ impl DeployerConfig {
                 );
             }
         }
+        let commit_author =
+            env.parse_with(ENV_COMMIT_AUTHOR, "Steward <steward@localhost>".to_owned(), |s| {
+                let ok = s.ends_with('>')
+                    && s.split_once(" <").is_some_and(|(n, m)| {
+                        !n.trim().is_empty() && m.contains('@') && !m.contains(['<', ' '])
+                    })
+                    && !s.contains(['\n', '\r']);
+                ok.then(|| s.to_owned()).ok_or_else(|| "`Name <mail@host>`".into())
+            });
         let backup = env.parse_with(ENV_BACKUP, true, |s| match s {
             "true" | "1" | "yes" => Ok(true),
             "false" | "0" | "no" => Ok(false),
@@ -212,7 +226,15 @@ impl DeployerConfig {
                 steward_approval::LinkKind::Deploy,
                 &LINK_VARS,
             ),
+            commit_author,
         }
+    }
+
+    /// Where the write-back commits of an environment are made: a clone of its own, so a
+    /// commit never disturbs the checkout a deployment runs from (`.` cannot begin an
+    /// environment's name).
+    pub fn commit_dir_of(&self, environment: &str) -> PathBuf {
+        self.dir.join(".write-back").join(environment)
     }
 
     /// The repository as events and logs show it (credentials removed).

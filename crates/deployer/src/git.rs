@@ -57,6 +57,19 @@ impl Git {
     /// Makes `dir` a repository with the remote `origin` (again after a kill: each step is
     /// idempotent), then fetches `branch` and checks that it holds `commit`.
     pub async fn fetch(&self, dir: &Path, branch: &str, commit: &str) -> Result<(), CommandError> {
+        self.fetch_branch(dir, branch).await?;
+        mark(dir).map_err(|e| io_error(dir, "mark", e))?;
+        let object = format!("{commit}^{{commit}}");
+        self.git(dir, &["cat-file", "-e", &object]).await.map_err(|mut e| {
+            e.reason = format!("found no commit {commit} on branch {branch}");
+            e
+        })?;
+        Ok(())
+    }
+
+    /// Makes `dir` a repository with the remote `origin` (again after a kill: each step is
+    /// idempotent), then fetches `branch`.
+    pub async fn fetch_branch(&self, dir: &Path, branch: &str) -> Result<(), CommandError> {
         if !dir.join(".git").is_dir() {
             std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "create", e))?;
             self.git(dir, &["init", "-q"]).await?;
@@ -67,11 +80,48 @@ impl Git {
         }
         let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
         self.git(dir, &["fetch", "-q", "--no-tags", "origin", &refspec]).await?;
-        let object = format!("{commit}^{{commit}}");
-        self.git(dir, &["cat-file", "-e", &object]).await.map_err(|mut e| {
-            e.reason = format!("found no commit {commit} on branch {branch}");
-            e
-        })?;
+        Ok(())
+    }
+
+    /// The newest commit in the history of `commit` whose message has the line `line`.
+    pub async fn find_line(
+        &self,
+        dir: &Path,
+        commit: &str,
+        line: &str,
+    ) -> Result<Option<String>, CommandError> {
+        let grep = format!("--grep=^{}$", regex_escape(line));
+        let out = self.git(dir, &["log", "-1", "--format=%H", &grep, commit, "--"]).await?;
+        Ok(Some(out.trim().to_owned()).filter(|c| is_commit_id(c)))
+    }
+
+    /// Commits `content` as the file `rel` of the work tree (checked out at the branch's head)
+    /// with `message`, by `author` (`Name <mail>`, also the committer); the new commit.
+    pub async fn commit_file(
+        &self,
+        dir: &Path,
+        rel: &str,
+        content: &[u8],
+        message: &str,
+        author: &str,
+    ) -> Result<String, CommandError> {
+        let path = dir.join(rel);
+        std::fs::write(&path, content).map_err(|e| io_error(&path, "write", e))?;
+        let (name, mail) = author
+            .rsplit_once(" <")
+            .map_or((author, "steward@localhost"), |(n, m)| (n, m.trim_end_matches('>')));
+        let (name, mail) = (format!("user.name={name}"), format!("user.email={mail}"));
+        self.git(dir, &["add", "--", rel]).await?;
+        self.git(dir, &["-c", &name, "-c", &mail, "commit", "-q", "--no-verify", "-m", message])
+            .await?;
+        Ok(self.git(dir, &["rev-parse", "HEAD"]).await?.trim().to_owned())
+    }
+
+    /// Pushes the work tree's `HEAD` to `branch` (only as a fast-forward: a branch that moved
+    /// since the fetch refuses it).
+    pub async fn push(&self, dir: &Path, branch: &str) -> Result<(), CommandError> {
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        self.git(dir, &["push", "-q", "--no-verify", "origin", &refspec]).await?;
         Ok(())
     }
 
@@ -118,6 +168,31 @@ impl Git {
         all.extend_from_slice(args);
         Ok(run("git", &all, None, self.timeout).await?.stdout)
     }
+}
+
+/// Marks `dir` as the deployer's checkout ([`steward_definition::DEPLOYER_MARK`]), so the
+/// updater hands the write-back of its services over; idempotent.
+pub fn mark(dir: &Path) -> std::io::Result<()> {
+    let mark = dir.join(steward_definition::DEPLOYER_MARK);
+    if mark.exists() {
+        return Ok(());
+    }
+    std::fs::write(
+        mark,
+        "steward-deployer's checkout: image updates of its services are committed to the branch\n",
+    )
+}
+
+/// `s` with the basic regular expression's special characters escaped (for `git log --grep`).
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.[]*^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn io_error(dir: &Path, what: &str, e: std::io::Error) -> CommandError {

@@ -19,6 +19,7 @@ pub mod flow;
 pub mod git;
 pub mod poll;
 pub mod webhook;
+pub mod writeback;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,6 +57,7 @@ impl Deployer {
             format!("cannot create {} ({})", cfg.dir.display(), config::ENV_DIR)
         })?;
         let flow = Flow::open(ctx.bus.clone(), engine, cfg, ctx.source()).await?;
+        writeback::mark_checkouts(&flow);
         let refused = prometheus_client::metrics::family::Family::default();
         ctx.metrics.register(
             "deploy_webhook_refused",
@@ -141,6 +143,9 @@ impl Handler for Deployer {
             EventData::DeployRejected(r) => self.flow.on_rejected(r).await.map_err(retry),
             EventData::BackupDone(_) | EventData::BackupFailed(_) => {
                 self.flow.on_backup_outcome(&event).await.map_err(retry)
+            }
+            EventData::UpdateWrittenBack(w) => {
+                self.flow.on_written_back(&event, w).await.map_err(retry)
             }
             _ => Ok(()),
         }

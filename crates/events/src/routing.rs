@@ -164,6 +164,7 @@ impl Service {
                 "deploy.succeeded",
                 "deploy.failed",
                 "deploy.rolled_back",
+                "deploy.written_back",
             ],
             // Its own requests (webhook, polling, the CLI), approvals, and the outcome of the
             // pre-deployment backup it asked for.
@@ -174,6 +175,8 @@ impl Service {
                 "deploy.rejected",
                 "backup.done",
                 "backup.failed",
+                // Handed over for a commit (`committer: deployer`); others are ignored.
+                "update.written_back",
             ],
             Service::Cli => &[],
         }
@@ -239,6 +242,7 @@ impl Service {
                 "deploy.succeeded",
                 "deploy.failed",
                 "deploy.rolled_back",
+                "deploy.written_back",
                 "backup.requested",
             ],
             Service::Cli => &[

@@ -105,6 +105,8 @@ pub fn with_ids(container: &str, update_id: Uuid, event_id: Uuid) -> Vec<EventDa
             file: None,
             key: None,
             refused: Some("GITEA_IMAGE is not set in /opt/gitea/.env: the shell's environment or the default names the image; set it there".into()),
+            from_image: Some(image.clone()),
+            committer: None,
         }
         .into(),
         UpdateFailed {
@@ -430,6 +432,19 @@ pub fn with_ids(container: &str, update_id: Uuid, event_id: Uuid) -> Vec<EventDa
             reason: "web: not healthy within 60s: GET http://127.0.0.1:3000/ answered 502".into(),
             log_tail: vec!["panic: cannot connect to database".into()],
             previous_healthy: Some(true),
+        }
+        .into(),
+        DeployWrittenBack {
+            update_id,
+            environment: "prod".into(),
+            branch: "main".into(),
+            repository: "https://git.example.com/ops/site.git".into(),
+            container: "site-prod-web-1".into(),
+            image: "nginx:1.27.4".into(),
+            commit: Some(PREVIOUS_COMMIT.into()),
+            file: Some("docker-compose.yml".into()),
+            key: Some("services.web.image".into()),
+            refused: None,
         }
         .into(),
     ]

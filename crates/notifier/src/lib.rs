@@ -136,6 +136,7 @@ impl Notifier {
             EventData::ImageUpdated(u) => u.policy.as_deref() == Some("notify"),
             // A definition written is in the audit trail; one that was not needs a human.
             EventData::UpdateWrittenBack(w) => w.refused.is_some(),
+            EventData::DeployWrittenBack(w) => w.refused.is_some(),
             _ => true,
         }
     }

@@ -608,6 +608,23 @@ pub fn describe(event: &Event) -> Item {
             item.facts.push(fact("Reason", d.reason.clone()));
             item.log_tail = d.log_tail.clone();
         }
+        EventData::DeployWrittenBack(w) => {
+            item.headline = format!(
+                "{} runs {}, but branch {} still names the old version",
+                w.container, w.image, w.branch
+            );
+            item.facts = vec![
+                fact("Container", w.container.clone()),
+                fact("Now", w.image.clone()),
+                fact("Environment", w.environment.clone()),
+                fact("Repository", w.repository.clone()),
+                fact("Branch", w.branch.clone()),
+            ];
+            if let Some(why) = &w.refused {
+                item.facts.push(fact("Not committed because", why.clone()));
+            }
+            item.facts.push(fact("Update id", w.update_id.to_string()));
+        }
         EventData::NotifyTestRequested(t) => {
             item.headline = "Test notification: this channel works".into();
             item.facts = vec![fact("Requested by", t.by.clone()), fact("Host", item.host.clone())];
@@ -932,6 +949,8 @@ const TOLD: &[Told] = &[
         next: "No service was touched. Fix the cause in the repository and push again (runbook: a deployment failed)." },
     Told { kind: "deploy.rolled_back", severity: Severity::Warning, one: "deployment rolled back", many: "deployments rolled back",
         next: "The previous commit's definitions run again. Fix the commit and push again; the log lines below are from the failed service (runbook: a deployment was rolled back)." },
+    Told { kind: "deploy.written_back", severity: Severity::Warning, one: "update not committed", many: "updates not committed",
+        next: "The update stands, but the next deployment of the branch recreates {container} from the version it names: commit the version above where the repository defines the image (the `.env` variable or the `image:` line) (runbook: an update was not written back)." },
     Told { kind: "notify.test_requested", severity: Severity::Info, one: "test notification", many: "test notifications",
         next: "Nothing to do: this is the test asked for with `steward notify test`. Mail about updates, backups and health comes the same way." },
     // Not events: Alertmanager's webhook (`alerts.rs`); severity comes from each alert's label.

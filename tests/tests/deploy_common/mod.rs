@@ -63,7 +63,8 @@ impl Repo {
         .trim()
         .to_owned();
         let daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
-            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            // Pushes too: the deployer commits image updates back to the branch.
+            .args(["--reuseaddr", "--export-all", "--enable=receive-pack", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", root.display()))
             .arg(&root)

@@ -214,3 +214,40 @@ pub struct DeployRolledBack {
 }
 
 impl Payload for DeployRolledBack {}
+
+/// An image update of a service deployed from git (`update.written_back` handed to the
+/// deployer): the deployer committed the new reference to the environment's branch, so the
+/// next deployment keeps it; or why not (`refused`), for a human to commit by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployWrittenBack {
+    /// The image update.
+    pub update_id: Uuid,
+    /// The environment whose branch names the service's image.
+    pub environment: String,
+    /// The branch.
+    pub branch: String,
+    /// The repository, without credentials.
+    pub repository: String,
+    /// Container name.
+    pub container: String,
+    /// The reference the container runs now (what was, or should be, committed).
+    pub image: String,
+    /// The commit that names it (made now, or found: a repeat); absent when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The file changed, in the repository (absent when refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// What was changed in it: a variable's name or `services.S.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Why nothing was committed (the update itself stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl Payload for DeployWrittenBack {
+    fn container(&self) -> Option<&str> {
+        Some(&self.container)
+    }
+}

@@ -473,4 +473,13 @@ catalog! {
     /// The commit failed; the previous commit's definitions run again (on a first deployment:
     /// what was started by hand, from its own compose files).
     DeployRolledBack => "deploy.rolled_back": DeployRolledBack,
+    /// An image update of a service deployed from git, committed to its environment's branch.
+    ///
+    /// After `update.written_back` with `"committer": "deployer"` (in the update's flow): the
+    /// deployer changed the service's `image:` line or `.env` variable in a commit of its own
+    /// (trailer `Steward-Update: <update_id>`) and pushed it to the branch, so the next
+    /// deployment keeps the new version. `commit` is that commit (also when a repeat found it
+    /// already there); `refused` says why nothing was committed (the push was refused, the
+    /// branch names another version, the container was recreated since), and is mailed.
+    DeployWrittenBack => "deploy.written_back": DeployWrittenBack,
 }

@@ -249,6 +249,15 @@ pub struct UpdateWrittenBack {
     /// Why the definition was not changed (the update itself stands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The reference the container ran before the update (what the definition named);
+    /// absent in events from before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_image: Option<String>,
+    /// `deployer`: the project is a checkout the deployer deploys from git, so nothing was
+    /// written here; the deployer commits the change to the environment's branch and says so
+    /// (`deploy.written_back`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<String>,
 }
 container_payload!(UpdateWrittenBack);
 

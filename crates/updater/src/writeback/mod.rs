@@ -18,15 +18,16 @@
 //! tag over a newer one: it writes only while the container is still the one this update made,
 //! and only over the exact value the old container was created from.
 //!
+//! Handed over (`update.written_back` with `committer: deployer`): the deployer's checkout
+//! (marked [`DEPLOYER_MARK`]); the deployer commits the change to the environment's branch.
+//!
 //! Refused (the update stands; `update.written_back` with `refused`, mailed): no single
-//! compose file, a git checkout (the deployer's, or the operator's: the change belongs in a
-//! commit), a service that `extends` or is not found, the variable not in the env file (the
+//! compose file, an operator's git checkout (the change belongs in a commit), a service that `extends` or is not found, the variable not in the env file (the
 //! shell's environment or the default names the image), a file without its owner's write
 //! permission, a value that is not what the container was created from.
 
-pub mod edit;
-
 use steward_bus::Versioned;
+use steward_definition::{edit, Change, Env, Found, Text, DEPLOYER, DEPLOYER_MARK};
 use steward_engine::{EngineError, ProjectDir, ProjectFile};
 use steward_events::records::UpdateRecord;
 use steward_events::{UpdateKind, UpdateWrittenBack};
@@ -55,6 +56,8 @@ enum Outcome {
     Written { file: String, key: String },
     /// Not written, and why.
     Refused(String),
+    /// A checkout the deployer deploys from git: it commits the change.
+    ToDeployer,
 }
 
 /// A file of the project: its path on the host, relative to the working directory.
@@ -121,6 +124,8 @@ impl Flow {
             file,
             key,
             refused,
+            from_image: Some(record.image.clone()),
+            committer: None,
         };
         let data = match outcome {
             Outcome::NotCompose => None,
@@ -131,6 +136,13 @@ impl Flow {
             Outcome::Refused(why) => {
                 tracing::warn!(container = %record.container, %image, reason = %why, "the compose project still names the old tag");
                 Some(data(None, None, Some(why)))
+            }
+            Outcome::ToDeployer => {
+                tracing::info!(container = %record.container, %image, "deployed from git: the deployer commits the new tag");
+                Some(UpdateWrittenBack {
+                    committer: Some(DEPLOYER.to_owned()),
+                    ..data(None, None, None)
+                })
             }
         };
         if let Some(data) = data {
@@ -213,6 +225,11 @@ impl Flow {
         env: Result<Place, String>,
     ) -> Result<Outcome, EngineError> {
         let refused = |why: String| Ok(Outcome::Refused(why));
+        // The deployer's checkout: the change belongs in a commit to the environment's branch,
+        // which the deployer makes (and pushes) with its own credentials.
+        if project.exists(DEPLOYER_MARK).await? {
+            return Ok(Outcome::ToDeployer);
+        }
         if project.exists(".git").await? {
             return refused(format!(
                 "{dir} is a git checkout (deployed from git?): the new tag belongs in a commit, not in the working tree"
@@ -224,122 +241,61 @@ impl Flow {
         let Ok(text) = String::from_utf8(file.content.clone()) else {
             return refused(format!("{} is not UTF-8", compose.host));
         };
-        let line = match edit::find_image(&text, service) {
-            Ok(line) => line,
-            Err(e) => return refused(format!("{}: {e}", compose.host)),
-        };
-        let interpolated = match edit::interpolation(&line.value) {
-            Ok(i) => i,
-            Err(e) => {
-                return refused(format!(
-                    "{}: the `image:` of service `{service}`: {e}",
-                    compose.host
-                ))
+        let found = steward_definition::find(
+            Text { name: &compose.host, text: &text },
+            service,
+            &record.image,
+            image,
+        );
+        let var = match found {
+            Ok(Found::Literal(change)) => {
+                return self.replace_value(project, compose, file, &text, change).await
             }
+            Ok(Found::Variable(var)) => var,
+            Err(why) => return refused(why),
         };
-        let Some(var) = interpolated else {
-            // Literal: that line of the compose file.
-            let key = format!("services.{service}.image");
-            let (old, new) = (record.image.as_str(), image);
-            return self
-                .replace_value(
-                    project,
-                    compose,
-                    file,
-                    &text,
-                    line.span,
-                    &line.value,
-                    (old, new),
-                    key,
-                )
-                .await;
-        };
-        if let Some(other) = edit::shared_use(&text, &line.span, &var.name, &line.value) {
-            return refused(format!(
-                "{}: {} also names something else (`{other}`): writing it would move that too; give service `{service}` a variable of its own",
-                compose.host, var.name
-            ));
-        }
-        // Interpolated: the variable's line in the env file; the tag must be inside it.
+        // Interpolated: the variable's line in the env file.
         let env = match env {
             Ok(env) => env,
             Err(e) => return refused(e),
         };
-        let Some(env_file) = project.read(&env.rel).await? else {
-            return refused(format!(
-                "{} is not set in {} (it does not exist): the shell's environment or the default names the image; set it there",
-                var.name, env.host
-            ));
+        let env_file = project.read(&env.rel).await?;
+        let env_text = env_file.as_ref().map(|f| String::from_utf8(f.content.clone()));
+        let not_utf8 = format!("{} is not UTF-8", env.host);
+        let read = match &env_text {
+            None => Env::Missing(&env.host),
+            Some(Err(_)) => Env::Unusable(&not_utf8),
+            Some(Ok(text)) => Env::Read(Text { name: &env.host, text }),
         };
-        let Ok(env_text) = String::from_utf8(env_file.content.clone()) else {
-            return refused(format!("{} is not UTF-8", env.host));
+        let change = match var.change(read) {
+            Ok(change) => change,
+            Err(why) => return refused(why),
         };
-        let set = match edit::find_env(&env_text, &var.name) {
-            Ok(Some(set)) => set,
-            Ok(None) => {
-                return refused(format!(
-                    "{} is not set in {}: the shell's environment or the default names the image; set it there",
-                    var.name, env.host
-                ))
+        match (env_file, &env_text) {
+            (Some(file), Some(Ok(text))) => {
+                self.replace_value(project, &env, file, text, change).await
             }
-            Err(e) => return refused(format!("{}: {e}", env.host)),
-        };
-        if !var.suffix.is_empty() {
-            return refused(format!(
-                "the tag of service `{service}` is not inside {} (`{}`)",
-                var.name, line.value
-            ));
+            // `change` succeeds only on a file read as text.
+            _ => refused(format!("{} could not be read", env.host)),
         }
-        let Some(old_value) = record.image.strip_prefix(var.prefix.as_str()) else {
-            return refused(format!(
-                "{}: `{}` is not what {} was created from ({})",
-                compose.host, line.value, record.container, record.image
-            ));
-        };
-        let Some(new_value) = image.strip_prefix(var.prefix.as_str()) else {
-            return refused(format!("{image} does not start with `{}`", var.prefix));
-        };
-        let key = var.name.clone();
-        let (old_value, new_value) = (old_value.to_owned(), new_value.to_owned());
-        let span = set.span.clone();
-        let current = set.value.clone();
-        self.replace_value(
-            project,
-            &env,
-            env_file,
-            &env_text,
-            span,
-            &current,
-            (&old_value, &new_value),
-            key,
-        )
-        .await
     }
 
-    /// Replaces the value at `span` (now `current`) by `new` when it is `old`; leaves a file
-    /// that already says `new` as it is; refuses anything else.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `change` into `file` (at `at`, now `text`) when its owner may write it; leaves a
+    /// file that already says it as it is; refuses anything else.
     async fn replace_value(
         &self,
         project: &ProjectDir,
         at: &Place,
         file: ProjectFile,
         text: &str,
-        span: std::ops::Range<usize>,
-        current: &str,
-        (old, new): (&str, &str),
-        key: String,
+        change: Change,
     ) -> Result<Outcome, EngineError> {
-        let written = Outcome::Written { file: at.host.clone(), key: key.clone() };
-        if current == new {
-            return Ok(written);
-        }
-        if current != old {
-            return Ok(Outcome::Refused(format!(
-                "{key} in {} is `{current}`, not `{old}` the container ran before: changed by hand since? Left as it is",
-                at.host
-            )));
-        }
+        let written = Outcome::Written { file: at.host.clone(), key: change.key.clone() };
+        let content = match change.apply(text) {
+            Ok(None) => return Ok(written),
+            Ok(Some(content)) => content.into_bytes(),
+            Err(why) => return Ok(Outcome::Refused(why)),
+        };
         if file.mode & 0o200 == 0 {
             return Ok(Outcome::Refused(format!(
                 "{} is not writable (mode {:o}): left as it is",
@@ -347,7 +303,6 @@ impl Flow {
                 file.mode & 0o7777
             )));
         }
-        let content = edit::replaced(text, &span, new).into_bytes();
         project.write(&at.rel, &ProjectFile { content, ..file }).await?;
         steward_failpoints::failpoint!("writeback:written");
         Ok(written)

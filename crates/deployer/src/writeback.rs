@@ -1,0 +1,267 @@
+//! Commit-back: an image update of a service this deployer deploys from git is written into
+//! the environment's branch, as a commit, so the next deployment keeps the new version
+//! instead of recreating the old one (the same defect as a compose project's `.env` left
+//! naming the old tag).
+//!
+//! The updater finds the deployer's mark in the service's working directory
+//! ([`steward_definition::DEPLOYER_MARK`]) and hands the write-back over
+//! (`update.written_back` with `committer: deployer`). Here: the change is decided by the same
+//! rule as the updater's ([`steward_definition`]: only over the exact value the old container
+//! ran; a branch already naming the new one is left as it is), made in a clone of its own
+//! (never the checkout a deployment runs from), committed with the trailer
+//! `Steward-Update: <update id>` and pushed as a fast-forward. Outcome: `deploy.written_back`,
+//! with the commit or why not (mailed).
+//!
+//! Repeats and crashes: everything before the push is redone from the branch's head, so a
+//! kill anywhere before it leaves nothing; a kill after it finds the trailer on the next
+//! delivery and answers with that commit. A replayed old event is refused: the container no
+//! longer runs its image, or the branch names another version. A branch that moved between
+//! the fetch and the push refuses the push; the change is made again on the new head (a few
+//! times, then refused with git's message).
+
+use steward_definition::{Env, Found, Text, DEPLOYER};
+use steward_events::{DeployWrittenBack, Event, UpdateWrittenBack};
+
+use crate::command::CommandError;
+use crate::config::Environment;
+use crate::flow::{Flow, FlowError};
+
+/// How often a push that lost a race with another push is made again on the new head.
+const PUSH_ATTEMPTS: u32 = 3;
+
+/// The `deploy.written_back` of a delivery is derived from its id (this mask): a redelivery's
+/// answer is the same event, dropped by the stream's duplicate window.
+const ANSWER_MASK: u128 = 0x7772_6974_7465_6e5f_6261_636b_0000_0001;
+
+/// What the commit-back did.
+enum Outcome {
+    /// Committed (or found committed): the commit, file and key.
+    Committed { commit: String, file: String, key: String },
+    /// The branch already names the new version without a commit of this update.
+    Named { file: String, key: String },
+    /// Nothing committed, and why.
+    Refused(String),
+}
+
+impl Flow {
+    /// Writes the handed-over update `w` into its environment's branch and says so. Events not
+    /// handed to the deployer, and containers of no environment of this deployer, are ignored.
+    pub async fn on_written_back(
+        &self,
+        event: &Event,
+        w: &UpdateWrittenBack,
+    ) -> Result<(), FlowError> {
+        if w.committer.as_deref() != Some(DEPLOYER) {
+            return Ok(());
+        }
+        let Some(brief) = self.engine.brief(&w.container).await? else {
+            let gone = Outcome::Refused(format!("container {} no longer exists", w.container));
+            return self.answer(event, w, None, gone).await;
+        };
+        let label = |k: &str| brief.labels.get(k).map(String::as_str).unwrap_or_default();
+        let project = label(steward_labels::compose::PROJECT);
+        let Some(env) =
+            self.cfg.environments.iter().find(|e| self.cfg.project_of(&e.name) == project)
+        else {
+            tracing::debug!(container = %w.container, project, "not a project of this deployer: its write-back is not ours");
+            return Ok(());
+        };
+        let dir = self.cfg.checkout_of(&env.name);
+        if label(steward_labels::compose::WORKING_DIR).trim_end_matches('/')
+            != dir.to_string_lossy().trim_end_matches('/')
+        {
+            tracing::debug!(container = %w.container, "not from this deployer's checkout: its write-back is not ours");
+            return Ok(());
+        }
+        let outcome = if brief.image_ref != w.image {
+            Outcome::Refused(format!(
+                "container {} runs {} now, not {} (updated or recreated since): left as it is",
+                w.container, brief.image_ref, w.image
+            ))
+        } else {
+            match w.from_image.as_deref() {
+                None => Outcome::Refused(
+                    "the update does not say which image the container ran before".into(),
+                ),
+                Some(from) => {
+                    let service = label(steward_labels::compose::SERVICE).to_owned();
+                    match self.commit_back(env, w, &service, from).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => Outcome::Refused(e.to_string()),
+                    }
+                }
+            }
+        };
+        self.answer(event, w, Some(env), outcome).await
+    }
+
+    /// Commits the change on the branch's head and pushes it, again on a newer head when the
+    /// push lost a race.
+    async fn commit_back(
+        &self,
+        env: &Environment,
+        w: &UpdateWrittenBack,
+        service: &str,
+        from: &str,
+    ) -> Result<Outcome, CommandError> {
+        let dir = self.cfg.commit_dir_of(&env.name);
+        let trailer = format!("Steward-Update: {}", w.update_id);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.git.fetch_branch(&dir, &env.branch).await?;
+            let head = self.git.fetched_head(&dir, &env.branch).await?;
+            self.git.checkout(&dir, &head).await?;
+            if let Some(commit) = self.git.find_line(&dir, &head, &trailer).await? {
+                let (file, key) = self.located(&dir, service, from, &w.image).unwrap_or_default();
+                return Ok(Outcome::Committed { commit, file, key });
+            }
+            let (rel, change, text) = match self.change_in(&dir, service, from, &w.image) {
+                Ok(found) => found,
+                Err(why) => return Ok(Outcome::Refused(why)),
+            };
+            let content = match change.apply(&text) {
+                Ok(None) => return Ok(Outcome::Named { file: rel, key: change.key }),
+                Ok(Some(content)) => content,
+                Err(why) => return Ok(Outcome::Refused(why)),
+            };
+            let message = format!(
+                "{service}: {} (image update on {})\n\nThe container of {} runs {} since Steward's update {}; this keeps the next deployment on it.\n\n{trailer}",
+                short(&w.image),
+                env.name,
+                w.container,
+                w.image,
+                w.update_id,
+            );
+            let commit = self
+                .git
+                .commit_file(&dir, &rel, content.as_bytes(), &message, &self.cfg.commit_author)
+                .await?;
+            steward_failpoints::failpoint!("commit_back:committed");
+            match self.git.push(&dir, &env.branch).await {
+                Ok(()) => {
+                    steward_failpoints::failpoint!("commit_back:pushed");
+                    return Ok(Outcome::Committed { commit, file: rel, key: change.key });
+                }
+                Err(e) if attempt < PUSH_ATTEMPTS => {
+                    tracing::warn!(branch = %env.branch, error = %e, attempt, "the push of the write-back was refused; again on the branch's new head");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The file and key the change is in (for a repeat's answer).
+    fn located(
+        &self,
+        dir: &std::path::Path,
+        service: &str,
+        from: &str,
+        to: &str,
+    ) -> Option<(String, String)> {
+        self.change_in(dir, service, from, to).ok().map(|(rel, c, _)| (rel, c.key))
+    }
+
+    /// The change of `service`'s image from `from` to `to` in the checkout at `dir`: the file
+    /// (relative to the repository), the change, and the file's text.
+    fn change_in(
+        &self,
+        dir: &std::path::Path,
+        service: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(String, steward_definition::Change, String), String> {
+        let rel = self.cfg.compose_file.clone();
+        let text = read_text(dir, &rel)?.ok_or_else(|| format!("{rel} is not on the branch"))?;
+        let var =
+            match steward_definition::find(Text { name: &rel, text: &text }, service, from, to)? {
+                Found::Literal(change) => return Ok((rel, change, text)),
+                Found::Variable(var) => var,
+            };
+        // Compose reads `.env` beside the (first) compose file.
+        let env_rel = match std::path::Path::new(&rel).parent().and_then(|p| p.to_str()) {
+            Some(p) if !p.is_empty() => format!("{p}/.env"),
+            _ => ".env".to_owned(),
+        };
+        let env_text = read_text(dir, &env_rel);
+        let env = match &env_text {
+            Ok(Some(text)) => Env::Read(Text { name: &env_rel, text }),
+            Ok(None) => Env::Missing(&env_rel),
+            Err(why) => Env::Unusable(why),
+        };
+        let change = var.change(env)?;
+        match env_text {
+            Ok(Some(text)) => Ok((env_rel, change, text)),
+            _ => Err(format!("{env_rel} could not be read")),
+        }
+    }
+
+    /// Publishes the outcome, in the update's flow.
+    async fn answer(
+        &self,
+        event: &Event,
+        w: &UpdateWrittenBack,
+        env: Option<&Environment>,
+        outcome: Outcome,
+    ) -> Result<(), FlowError> {
+        let (commit, file, key, refused) = match outcome {
+            Outcome::Committed { commit, file, key } => {
+                tracing::info!(container = %w.container, %commit, %file, "the branch names the new version");
+                (
+                    Some(commit),
+                    Some(file).filter(|f| !f.is_empty()),
+                    Some(key).filter(|k| !k.is_empty()),
+                    None,
+                )
+            }
+            Outcome::Named { file, key } => (None, Some(file), Some(key), None),
+            Outcome::Refused(why) => {
+                tracing::warn!(container = %w.container, image = %w.image, reason = %why, "the branch still names the old version");
+                (None, None, None, Some(why))
+            }
+        };
+        let data = DeployWrittenBack {
+            update_id: w.update_id,
+            environment: env.map(|e| e.name.clone()).unwrap_or_default(),
+            branch: env.map(|e| e.branch.clone()).unwrap_or_default(),
+            repository: self.cfg.repository_shown(),
+            container: w.container.clone(),
+            image: w.image.clone(),
+            commit,
+            file,
+            key,
+            refused,
+        };
+        let mut answer = Event::caused_by(event, self.source.clone(), data);
+        answer.id = uuid::Uuid::from_u128(event.id.as_u128() ^ ANSWER_MASK);
+        self.bus.publish(&answer).await?;
+        Ok(())
+    }
+}
+
+/// Marks each environment's existing checkout as the deployer's (a checkout made before the
+/// mark existed is marked at the next fetch, or here at start).
+pub fn mark_checkouts(flow: &Flow) {
+    for env in &flow.cfg.environments {
+        let dir = flow.cfg.checkout_of(&env.name);
+        if dir.join(".git").is_dir() {
+            if let Err(e) = crate::git::mark(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot mark the checkout as the deployer's");
+            }
+        }
+    }
+}
+
+/// A file of the checkout as text; `None` when it is not there.
+fn read_text(dir: &std::path::Path, rel: &str) -> Result<Option<String>, String> {
+    match std::fs::read(dir.join(rel)) {
+        Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| format!("{rel} is not UTF-8")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{rel}: {e}")),
+    }
+}
+
+/// `repo:tag` of a reference, without its registry (a commit subject stays short).
+fn short(image: &str) -> &str {
+    image.rsplit('/').next().unwrap_or(image)
+}

@@ -1,0 +1,240 @@
+//! Commit-back (issue 21): an image update of a service deployed from git is committed to its
+//! environment's branch, so the next deployment keeps the new version. Real updater and
+//! deployer, NATS, Docker, registry, and a `git daemon` that takes pushes.
+//!
+//! The defect without it: the updater refuses to write into a git checkout, the branch keeps
+//! naming the old tag, and the next deployment that recreates the service (any change to its
+//! definition) brings the old version back.
+
+mod deploy_common;
+
+use deploy_common::*;
+use steward_events::{Digest, ImageUpdated, UpdateWrittenBack};
+use steward_testkit::docker::{push_app, registry, ImageTag, SwapLeftovers};
+
+/// The registry's `1.0` (the app's v1) and `1.1` (v2) of a repository of this test.
+struct Tags {
+    base: String,
+    v1: String,
+    v2: String,
+    _tags: Vec<ImageTag>,
+}
+
+fn tags() -> Tags {
+    let base = format!("{}/{}", registry(), unique_name("steward-test/cb"));
+    let v1 = push_app("v1", &format!("{base}:1.0"));
+    let v2 = push_app("v2", &format!("{base}:1.1"));
+    let _tags = vec![ImageTag(format!("{base}:1.0")), ImageTag(format!("{base}:1.1"))];
+    Tags { base, v1, v2, _tags }
+}
+
+/// The compose file: web's image from `WEB_IMAGE` (in `.env`), watched in `scope`; `note`
+/// changes web's definition (a deployment then recreates it).
+fn compose(repo: &Repo, scope: &str, note: &str) -> String {
+    let web = repo.web;
+    format!(
+        "version: \"2.4\"\nservices:\n  web:\n    image: ${{WEB_IMAGE}}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    environment:\n      NOTE: \"{note}\"\n    labels:\n      steward.enable: \"true\"\n      steward.scope: \"{scope}\"\n      steward.update.policy: automatic\n      steward.update.backup: \"false\"\n      steward.health.url: http://127.0.0.1:{web}/\n"
+    )
+}
+
+/// Commits `.env` naming `image` and the compose file, pushes to `dev` and deploys it by
+/// webhook: the commit, once deployed.
+async fn deploy(bus: &Bus, repo: &Repo, port: u16, scope: &str, image: &str, note: &str) -> String {
+    std::fs::write(repo.work.join(".env"), format!("WEB_IMAGE={image}\n")).expect("write .env");
+    git(&repo.work, &["add", ".env"]);
+    let commit = repo.commit_text("dev", &compose(repo, scope, note), note);
+    push_commit(repo, port, &commit, note).await;
+    let flow = outcome(bus, &commit, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    commit
+}
+
+/// The bare repository's `git` output.
+fn origin(repo: &Repo, args: &[&str]) -> String {
+    git(&repo.root.join("origin.git"), args)
+}
+
+/// The commits of `dev` whose message carries `update_id`'s trailer.
+fn trailer_commits(repo: &Repo, update_id: uuid::Uuid) -> Vec<String> {
+    let grep = format!("--grep=^Steward-Update: {update_id}$");
+    let out = origin(repo, &["log", "--format=%H", &grep, "dev"]);
+    out.lines().map(str::to_owned).collect()
+}
+
+fn web_container(repo: &Repo) -> String {
+    format!("{}-dev_web_1", repo.project)
+}
+
+/// The updater's news that web (running 1.0) has 1.1.
+fn news(repo: &Repo, t: &Tags) -> Event {
+    Event::new(
+        "steward-watcher/test",
+        ImageUpdated {
+            container: web_container(repo),
+            image: format!("{}:1.0", t.base),
+            current_digest: Digest::parse(&t.v1).expect("digest"),
+            new_digest: Digest::parse(&t.v2).expect("digest"),
+            new_tag: Some("1.1".into()),
+            policy: Some("automatic".into()),
+            versions: Default::default(),
+        },
+    )
+}
+
+fn updater(bus: &Bus, scope: &str) -> Proc {
+    Proc::service(
+        "steward-updater",
+        bus,
+        &[
+            ("STEWARD_SCOPE", scope.to_owned()),
+            ("STEWARD_HEALTH_TIMEOUT", "30s".into()),
+            ("STEWARD_HEALTH_GRACE", "2s".into()),
+            ("STEWARD_ACK_WAIT", "5s".into()),
+        ],
+    )
+}
+
+/// The `deploy.written_back` answers in `correlation`'s flow, once there are `n`.
+async fn answers(
+    bus: &Bus,
+    correlation: uuid::Uuid,
+    n: usize,
+) -> Vec<(Event, steward_events::DeployWrittenBack)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let found: Vec<_> = stored_events(bus)
+            .await
+            .into_iter()
+            .filter(|e| e.correlation_id == correlation)
+            .filter_map(|e| match &e.data {
+                EventData::DeployWrittenBack(w) => Some((e.clone(), w.clone())),
+                _ => None,
+            })
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} deploy.written_back", found.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The updater's hand-over in `correlation`'s flow.
+async fn handed_over(bus: &Bus, correlation: uuid::Uuid) -> (Event, UpdateWrittenBack) {
+    first_event(bus, Duration::from_secs(120), |e| match &e.data {
+        EventData::UpdateWrittenBack(w) if e.correlation_id == correlation => {
+            Some((e.clone(), w.clone()))
+        }
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_update_of_a_deployed_service_is_committed_and_the_next_deployment_keeps_it() {
+    let bus = TestBus::new("commitback").await;
+    let (repo, t, scope, port) = (Repo::new(), tags(), unique_name("scope"), free_port());
+    let _leftovers = SwapLeftovers(web_container(&repo));
+    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    let deployed = deploy(&bus, &repo, port, &scope, &format!("{}:1.0", t.base), "a").await;
+    let updater = updater(&bus, &scope);
+
+    let news = news(&repo, &t);
+    bus.publish(&news).await.expect("publish");
+    let (handover, w) = handed_over(&bus, news.correlation_id).await;
+    assert_eq!(w.committer.as_deref(), Some("deployer"), "{w:?}\n{}", updater.logs());
+    assert_eq!(
+        (w.refused.as_deref(), w.file.as_deref()),
+        (None, None),
+        "nothing written by the updater"
+    );
+    let (_, answer) = answers(&bus, news.correlation_id, 1).await.remove(0);
+    assert_eq!(answer.refused, None, "{answer:?}");
+    assert_eq!((answer.file.as_deref(), answer.key.as_deref()), (Some(".env"), Some("WEB_IMAGE")));
+    assert_eq!((answer.environment.as_str(), answer.branch.as_str()), ("dev", "dev"));
+    let commit = answer.commit.clone().expect("a commit");
+
+    // On the branch: one commit on top of the deployed one, changing only the variable.
+    assert_eq!(origin(&repo, &["rev-parse", "dev"]), commit);
+    assert_eq!(origin(&repo, &["rev-parse", "dev^"]), deployed);
+    assert_eq!(origin(&repo, &["show", "dev:.env"]), format!("WEB_IMAGE={}:1.1", t.base));
+    assert_eq!(origin(&repo, &["diff", "--name-only", "dev^", "dev"]), ".env");
+    assert_eq!(
+        origin(&repo, &["log", "-1", "--format=%an <%ae>", "dev"]),
+        "Steward <steward@localhost>"
+    );
+    assert_eq!(trailer_commits(&repo, w.update_id), std::slice::from_ref(&commit));
+
+    // The hand-over again (a replay under a new id): the same commit is found, none is added.
+    let mut again = handover.clone();
+    again.id = uuid::Uuid::new_v4();
+    bus.publish(&again).await.expect("publish");
+    let both = answers(&bus, news.correlation_id, 2).await;
+    assert!(both.iter().all(|(_, a)| a.commit.as_deref() == Some(commit.as_str())), "{both:?}");
+    assert_eq!(origin(&repo, &["rev-parse", "dev"]), commit, "a second commit");
+
+    // An old hand-over (the container ran 1.1 before and 1.0 after, say): the container runs
+    // something else, so nothing is committed.
+    let mut stale = handover.clone();
+    stale.id = uuid::Uuid::new_v4();
+    let EventData::UpdateWrittenBack(s) = &mut stale.data else { unreachable!() };
+    s.update_id = uuid::Uuid::new_v4();
+    (s.image, s.from_image) = (format!("{}:1.0", t.base), Some(format!("{}:1.1", t.base)));
+    bus.publish(&stale).await.expect("publish");
+    let three = answers(&bus, news.correlation_id, 3).await;
+    let refused = three.iter().find_map(|(_, a)| a.refused.clone()).expect("a refusal");
+    assert!(refused.contains("runs") && refused.contains(":1.1 now"), "{refused}");
+    assert_eq!(origin(&repo, &["rev-parse", "dev"]), commit, "an old event committed");
+
+    // The next deployment recreates web (its definition changed) and keeps 1.1.
+    git(&repo.work, &["pull", "-q", "--ff-only", "origin", "dev"]);
+    let next = repo.commit_text("dev", &compose(&repo, &scope, "b"), "web: note b");
+    push_commit(&repo, port, &next, "web: note b").await;
+    let flow = outcome(&bus, &next, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    let image = steward_testkit::docker::docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &web_container(&repo),
+    ]);
+    assert_eq!(image, format!("{}:1.1", t.base), "the next deployment went back");
+    assert!(serves(repo.web, "v2"), "web does not serve v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_killed_before_and_after_its_push_commits_the_update_once() {
+    let bus = TestBus::new("commitbackkill").await;
+    let (repo, t, scope, port) = (Repo::new(), tags(), unique_name("scope"), free_port());
+    let _leftovers = SwapLeftovers(web_container(&repo));
+    {
+        let _clean = deployer(&repo.env(&bus, port, &[]));
+        deploy(&bus, &repo, port, &scope, &format!("{}:1.0", t.base), "a").await;
+    }
+    let _updater = updater(&bus, &scope);
+    let news = news(&repo, &t);
+    bus.publish(&news).await.expect("publish");
+    let (_, w) = handed_over(&bus, news.correlation_id).await;
+
+    // Killed with the commit made and not pushed, then with it pushed and not announced.
+    for point in ["commit_back:committed", "commit_back:pushed"] {
+        let mut armed = deployer(&repo.env(&bus, port, &[("STEWARD_FAILPOINTS", point.into())]));
+        assert!(
+            armed.exits_within(Duration::from_secs(120)),
+            "{point} not reached: {}",
+            armed.logs()
+        );
+        assert!(armed.logs().contains("aborting"), "{point}: {}", armed.logs());
+    }
+    let pushed = trailer_commits(&repo, w.update_id);
+    assert_eq!(pushed.len(), 1, "after the kills: {pushed:?}");
+
+    let _again = deployer(&repo.env(&bus, port, &[]));
+    let (_, answer) = answers(&bus, news.correlation_id, 1).await.remove(0);
+    assert_eq!(answer.commit.as_deref(), Some(pushed[0].as_str()), "{answer:?}");
+    // Settled: one answer, one commit.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(answers(&bus, news.correlation_id, 1).await.len(), 1);
+    assert_eq!(trailer_commits(&repo, w.update_id), pushed);
+    assert_eq!(origin(&repo, &["show", "dev:.env"]), format!("WEB_IMAGE={}:1.1", t.base));
+}
