@@ -10,7 +10,7 @@ mod deploy_common;
 
 use deploy_common::*;
 use steward_events::{Digest, ImageUpdated, UpdateWrittenBack};
-use steward_testkit::docker::{push_app, registry, ImageTag, SwapLeftovers};
+use steward_testkit::docker::{docker, push_app, registry, ImageTag, SwapLeftovers};
 
 /// The registry's `1.0` (the app's v1) and `1.1` (v2) of a repository of this test.
 struct Tags {
@@ -185,6 +185,21 @@ async fn an_image_update_of_a_deployed_service_is_committed_and_the_next_deploym
     let refused = three.iter().find_map(|(_, a)| a.refused.clone()).expect("a refusal");
     assert!(refused.contains("runs") && refused.contains(":1.1 now"), "{refused}");
     assert_eq!(origin(&repo, &["rev-parse", "dev"]), commit, "an old event committed");
+
+    // The write-back commit itself deployed (the poll or webhook asks for it): only an image web
+    // already runs changed, so nothing is recreated (and a manual environment would not ask
+    // again for what its human approved).
+    let web_id = || docker(&["inspect", "-f", "{{.Id}}", &web_container(&repo)]);
+    let before = web_id();
+    push_commit(&repo, port, &commit, "write-back").await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+    let done = flow.iter().find_map(|e| match &e.data {
+        EventData::DeploySucceeded(s) => Some(s.clone()),
+        _ => None,
+    });
+    let done = done.unwrap_or_else(|| panic!("{flow:#?}"));
+    assert!(done.services.is_empty(), "recreated for its own write-back: {done:?}");
+    assert_eq!(web_id(), before, "web was recreated");
 
     // The next deployment recreates web (its definition changed) and keeps 1.1.
     git(&repo.work, &["pull", "-q", "--ff-only", "origin", "dev"]);

@@ -205,6 +205,55 @@ impl Variable {
     }
 }
 
+/// A project's definition files as text: the compose file and, when there is one, its `.env`.
+#[derive(Debug, Clone, Copy)]
+pub struct Files<'a> {
+    /// The compose file.
+    pub compose: &'a str,
+    /// The env file beside it.
+    pub env: Option<&'a str>,
+}
+
+/// Whether `after` differs from `before` in nothing but the image values of `services` (their
+/// `image:` lines, or the `.env` variables those lines interpolate, written the same way in
+/// both): every other byte is the same. What a write-back commit changes; a deployment of
+/// such a change has nothing to apply to a container that already runs the new image. Not
+/// sure (a service or variable not found, an image line now interpolating and before not):
+/// `false`.
+pub fn images_only(before: Files<'_>, after: Files<'_>, services: &[&str]) -> bool {
+    let mut compose_edits = vec![];
+    let mut env_edits = vec![];
+    for service in services {
+        let (Ok(a), Ok(b)) =
+            (edit::find_image(after.compose, service), edit::find_image(before.compose, service))
+        else {
+            return false;
+        };
+        match (edit::interpolation(&a.value), edit::interpolation(&b.value)) {
+            (Ok(None), Ok(None)) => compose_edits.push((a.span, b.value)),
+            (Ok(Some(va)), Ok(Some(_))) if a.value == b.value => {
+                let (Some(env_a), Some(env_b)) = (after.env, before.env) else { return false };
+                let (Ok(Some(ea)), Ok(Some(eb))) =
+                    (edit::find_env(env_a, &va.name), edit::find_env(env_b, &va.name))
+                else {
+                    return false;
+                };
+                env_edits.push((ea.span, eb.value));
+            }
+            _ => return false,
+        }
+    }
+    let undo = |text: &str, mut edits: Vec<(Range<usize>, String)>| {
+        // From the end, so earlier spans stay valid; a variable shared by two services once.
+        edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
+        edits.dedup_by(|x, y| x.0 == y.0);
+        edits.iter().fold(text.to_owned(), |t, (span, value)| edit::replaced(&t, span, value))
+    };
+    let compose = undo(after.compose, compose_edits);
+    let env = after.env.map(|e| undo(e, env_edits));
+    compose == before.compose && env.as_deref() == before.env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +303,30 @@ mod tests {
         let unset = var.change(Env::Read(Text { name: ".env", text: "A=1\n" })).expect_err("unset");
         assert!(unset.contains("is not set in .env"), "{unset}");
         assert_eq!(var.change(Env::Unusable("x is not UTF-8")), Err("x is not UTF-8".to_owned()));
+    }
+
+    #[test]
+    fn only_image_changes_are_told_from_definition_changes() {
+        let env = "DB_IMAGE=postgres:15\nOTHER=1\n";
+        let before = Files { compose: COMPOSE, env: Some(env) };
+        let web = COMPOSE.replace("reg/app:v1", "reg/app:v2");
+        let db_env = env.replace("postgres:15", "postgres:16");
+        let after = Files { compose: &web, env: Some(&db_env) };
+        assert!(images_only(before, after, &["web", "db"]));
+        // Each change needs its service named.
+        assert!(!images_only(before, after, &["web"]));
+        assert!(!images_only(before, after, &["db"]));
+        // Anything else changed beside the image: not only images.
+        let more = web.replace("# pinned", "# moved");
+        assert!(!images_only(before, Files { compose: &more, env: Some(env) }, &["web"]));
+        let other = env.replace("OTHER=1", "OTHER=2");
+        assert!(!images_only(before, Files { compose: COMPOSE, env: Some(&other) }, &["db"]));
+        // The env file gone, or a literal image turned into a variable: not sure, so no.
+        assert!(!images_only(before, Files { compose: COMPOSE, env: None }, &["db"]));
+        let var = COMPOSE.replace("\"reg/app:v1\"", "${WEB}");
+        assert!(!images_only(before, Files { compose: &var, env: Some(env) }, &["web"]));
+        // Nothing changed at all: only images (none).
+        assert!(images_only(before, before, &[]));
     }
 
     #[test]

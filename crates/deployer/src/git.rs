@@ -117,6 +117,20 @@ impl Git {
         Ok(self.git(dir, &["rev-parse", "HEAD"]).await?.trim().to_owned())
     }
 
+    /// The file `rel` as `commit` has it; `None` when it has no such file.
+    pub async fn show(
+        &self,
+        dir: &Path,
+        commit: &str,
+        rel: &str,
+    ) -> Result<Option<String>, CommandError> {
+        let object = format!("{commit}:{rel}");
+        if self.git(dir, &["cat-file", "-e", &object]).await.is_err() {
+            return Ok(None);
+        }
+        Ok(Some(self.git(dir, &["show", &object]).await?))
+    }
+
     /// Pushes the work tree's `HEAD` to `branch` (only as a fast-forward: a branch that moved
     /// since the fetch refuses it).
     pub async fn push(&self, dir: &Path, branch: &str) -> Result<(), CommandError> {

@@ -178,11 +178,7 @@ impl Flow {
                 Found::Literal(change) => return Ok((rel, change, text)),
                 Found::Variable(var) => var,
             };
-        // Compose reads `.env` beside the (first) compose file.
-        let env_rel = match std::path::Path::new(&rel).parent().and_then(|p| p.to_str()) {
-            Some(p) if !p.is_empty() => format!("{p}/.env"),
-            _ => ".env".to_owned(),
-        };
+        let env_rel = env_file_of(&rel);
         let env_text = read_text(dir, &env_rel);
         let env = match &env_text {
             Ok(Some(text)) => Env::Read(Text { name: &env_rel, text }),
@@ -236,6 +232,71 @@ impl Flow {
         answer.id = uuid::Uuid::from_u128(event.id.as_u128() ^ ANSWER_MASK);
         self.bus.publish(&answer).await?;
         Ok(())
+    }
+}
+
+impl Flow {
+    /// Of the `changed` services of environment `env` (its checkout `dir` holds the commit to
+    /// deploy and `deployed`), those whose definition changed in nothing but an image their
+    /// container already runs (`images`: each service's image in the commit) are taken out:
+    /// a write-back commit has nothing to apply, and a manual environment is not asked again
+    /// for an update a human approved. Anything else in the compose file or `.env` changed,
+    /// or a service not running that image: all of `changed` stays.
+    pub(crate) async fn without_running_images(
+        &self,
+        env: &str,
+        deployed: Option<&str>,
+        changed: Vec<String>,
+        new: &[String],
+        images: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<String>, FlowError> {
+        let Some(deployed) = deployed else { return Ok(changed) };
+        let mut running = vec![];
+        for service in changed.iter().filter(|s| !new.contains(s)) {
+            let containers = self.service_containers(env, std::slice::from_ref(service)).await?;
+            let [one] = containers.as_slice() else { continue };
+            let Some(brief) = self.engine.brief(&one.id).await? else { continue };
+            let same = |a: &str, b: &str| {
+                let parse = steward_imageref::ImageRef::parse;
+                a == b || matches!((parse(a), parse(b)), (Ok(x), Ok(y)) if x == y)
+            };
+            if images.get(service).is_some_and(|i| same(i, &brief.image_ref)) {
+                running.push(service.clone());
+            }
+        }
+        if running.is_empty() {
+            return Ok(changed);
+        }
+        let dir = self.cfg.checkout_of(env);
+        let compose_rel = self.cfg.compose_file.clone();
+        let env_rel = env_file_of(&compose_rel);
+        let before_compose = self.git.show(&dir, deployed, &compose_rel).await?;
+        let before_env = self.git.show(&dir, deployed, &env_rel).await?;
+        let (after_compose, after_env) =
+            match (read_text(&dir, &compose_rel), read_text(&dir, &env_rel)) {
+                (Ok(Some(c)), Ok(e)) => (c, e),
+                _ => return Ok(changed),
+            };
+        let Some(before_compose) = before_compose else { return Ok(changed) };
+        let names: Vec<&str> = running.iter().map(String::as_str).collect();
+        let only = steward_definition::images_only(
+            steward_definition::Files { compose: &before_compose, env: before_env.as_deref() },
+            steward_definition::Files { compose: &after_compose, env: after_env.as_deref() },
+            &names,
+        );
+        if !only {
+            return Ok(changed);
+        }
+        tracing::info!(environment = %env, services = ?running, "only images the containers already run changed (a write-back): not recreated");
+        Ok(changed.into_iter().filter(|s| !running.contains(s)).collect())
+    }
+}
+
+/// The `.env` compose reads for `compose_rel`: beside the (first) compose file.
+fn env_file_of(compose_rel: &str) -> String {
+    match std::path::Path::new(compose_rel).parent().and_then(|p| p.to_str()) {
+        Some(p) if !p.is_empty() => format!("{p}/.env"),
+        _ => ".env".to_owned(),
     }
 }
 

@@ -333,6 +333,9 @@ impl Flow {
         // The images it names exist here or in their registry (pulled now, so the apply
         // does not wait for them).
         let images = config.images();
+        let deployed = v.value.deployed_commit.as_deref();
+        let services =
+            self.without_running_images(&env, deployed, services, &new_services, &images).await?;
         let mut missing = vec![];
         for s in &services {
             if let Some(image) = images.get(s) {
