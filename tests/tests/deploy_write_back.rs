@@ -1,5 +1,7 @@
 //! Commit-back (issue 21): an image update of a service deployed from git is committed to its
-//! environment's branch, so the next deployment keeps the new version. Real updater and
+//! environment's branch, so the next deployment keeps the new version; killed twice around
+//! the push (with git's lock files left), refused by the remote, or racing another push, it
+//! commits once or says why. Real updater and
 //! deployer, NATS, Docker, registry, and a `git daemon` that takes pushes.
 //!
 //! The defect without it: the updater refuses to write into a git checkout, the branch keeps
@@ -31,9 +33,14 @@ fn tags() -> Tags {
 /// The compose file: web's image from `WEB_IMAGE` (in `.env`), watched in `scope`; `note`
 /// changes web's definition (a deployment then recreates it).
 fn compose(repo: &Repo, scope: &str, note: &str) -> String {
+    compose_of(repo, scope, note, "${WEB_IMAGE}")
+}
+
+/// [`compose`] with web's `image:` written as `image`.
+fn compose_of(repo: &Repo, scope: &str, note: &str, image: &str) -> String {
     let web = repo.web;
     format!(
-        "version: \"2.4\"\nservices:\n  web:\n    image: ${{WEB_IMAGE}}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    environment:\n      NOTE: \"{note}\"\n    labels:\n      steward.enable: \"true\"\n      steward.scope: \"{scope}\"\n      steward.update.policy: automatic\n      steward.update.backup: \"false\"\n      steward.health.url: http://127.0.0.1:{web}/\n"
+        "version: \"2.4\"\nservices:\n  web:\n    image: {image}\n    ports: [\"127.0.0.1:{web}:8080\"]\n    environment:\n      NOTE: \"{note}\"\n    labels:\n      steward.enable: \"true\"\n      steward.scope: \"{scope}\"\n      steward.update.policy: automatic\n      steward.update.backup: \"false\"\n      steward.health.url: http://127.0.0.1:{web}/\n"
     )
 }
 
@@ -244,12 +251,88 @@ async fn a_deployer_killed_before_and_after_its_push_commits_the_update_once() {
     let pushed = trailer_commits(&repo, w.update_id);
     assert_eq!(pushed.len(), 1, "after the kills: {pushed:?}");
 
+    // Lock files a git killed in the middle of a command leaves (the deployer's command
+    // timeout or a shutdown kills it): each would fail every later command in the clone.
+    let clone = repo.root.join("deploy/.write-back/dev/.git");
+    for lock in ["HEAD.lock", "index.lock", "config.lock", "refs/remotes/origin/dev.lock"] {
+        std::fs::write(clone.join(lock), "").expect("plant a lock");
+    }
     let _again = deployer(&repo.env(&bus, port, &[]));
     let (_, answer) = answers(&bus, news.correlation_id, 1).await.remove(0);
     assert_eq!(answer.commit.as_deref(), Some(pushed[0].as_str()), "{answer:?}");
-    // Settled: one answer, one commit.
+    // Settled (redeliveries had time): still one commit of the update.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(answers(&bus, news.correlation_id, 1).await.len(), 1);
     assert_eq!(trailer_commits(&repo, w.update_id), pushed);
     assert_eq!(origin(&repo, &["show", "dev:.env"]), format!("WEB_IMAGE={}:1.1", t.base));
+}
+
+/// Installs a `pre-receive` hook in the bare repository: `mode` `refuse` refuses every push,
+/// `race` moves `dev` to `race_to` (as another pusher would) and refuses the push in hand once.
+fn hook(repo: &Repo, mode: &str, race_to: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bare = repo.root.join("origin.git");
+    let script = match mode {
+        "refuse" => "#!/bin/sh\necho 'branch dev is protected' >&2\nexit 1\n".to_owned(),
+        _ => format!(
+            "#!/bin/sh\nif [ -e \"$GIT_DIR/raced\" ]; then exit 0; fi\ntouch \"$GIT_DIR/raced\"\nenv -u GIT_QUARANTINE_PATH -u GIT_OBJECT_DIRECTORY -u GIT_ALTERNATE_OBJECT_DIRECTORIES git --git-dir=\"$GIT_DIR\" update-ref refs/heads/dev {race_to}\necho 'dev moved meanwhile' >&2\nexit 1\n"
+        ),
+    };
+    let path = bare.join("hooks/pre-receive");
+    std::fs::write(&path, script).expect("hook");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_push_is_told_and_a_push_that_lost_a_race_is_made_again_on_the_new_head() {
+    let bus = TestBus::new("commitbackpush").await;
+    let (repo, t, scope, port) = (Repo::new(), tags(), unique_name("scope"), free_port());
+    let _leftovers = SwapLeftovers(web_container(&repo));
+    // The compose file in a directory of the repository (compose's working directory is
+    // that directory, not the checkout), its image written in its `image:` line.
+    let file = "deploy/compose.yml";
+    let _deployer =
+        deployer(&repo.env(&bus, port, &[("STEWARD_DEPLOY_COMPOSE_FILE", file.into())]));
+    std::fs::create_dir_all(repo.work.join("deploy")).expect("mkdir");
+    let literal = compose_of(&repo, &scope, "a", &format!("{}:1.0", t.base));
+    std::fs::write(repo.work.join(file), &literal).expect("write");
+    git(&repo.work, &["add", file]);
+    let deployed = repo.commit_text("dev", "# not deployed\n", "a");
+    push_commit(&repo, port, &deployed, "a").await;
+    let flow = outcome(&bus, &deployed, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
+    // Another pusher's commit, ready on a branch of its own.
+    std::fs::write(repo.work.join("README"), "the site\n").expect("write");
+    git(&repo.work, &["add", "README"]);
+    git(&repo.work, &["commit", "-q", "-m", "readme"]);
+    git(&repo.work, &["push", "-q", "origin", "HEAD:refs/heads/other"]);
+    let other = git(&repo.work, &["rev-parse", "HEAD"]);
+
+    // A branch that refuses every push: told (three attempts), nothing committed.
+    hook(&repo, "refuse", "");
+    let _updater = updater(&bus, &scope);
+    let news = news(&repo, &t);
+    bus.publish(&news).await.expect("publish");
+    let (handover, _) = handed_over(&bus, news.correlation_id).await;
+    let (_, refused) = answers(&bus, news.correlation_id, 1).await.remove(0);
+    let why = refused.refused.clone().unwrap_or_else(|| panic!("not refused: {refused:?}"));
+    assert!(why.contains("protected"), "git's message is not in the reason: {why}");
+    assert_eq!(refused.commit, None);
+    assert_eq!(origin(&repo, &["rev-parse", "dev"]), deployed, "the branch moved");
+
+    // The branch moves under the deployer's push: the change is made again on the new head.
+    hook(&repo, "race", &other);
+    let mut again = handover.clone();
+    again.id = uuid::Uuid::new_v4();
+    bus.publish(&again).await.expect("publish");
+    let (_, answer) = answers(&bus, news.correlation_id, 2).await.remove(1);
+    let commit = answer.commit.clone().unwrap_or_else(|| panic!("{answer:?}"));
+    assert_eq!(origin(&repo, &["rev-parse", "dev"]), commit);
+    assert_eq!(origin(&repo, &["rev-parse", "dev^"]), other, "not on the new head");
+    assert_eq!(origin(&repo, &["show", "dev:README"]), "the site");
+    assert_eq!(
+        (answer.file.as_deref(), answer.key.as_deref()),
+        (Some(file), Some("services.web.image"))
+    );
+    let want = literal.replace(&format!("{}:1.0", t.base), &format!("{}:1.1", t.base));
+    assert_eq!(origin(&repo, &["show", &format!("dev:{file}")]), want.trim_end());
 }

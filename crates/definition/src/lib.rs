@@ -16,10 +16,21 @@ use std::ops::Range;
 
 /// What `update.written_back`'s `committer` says when the deployer commits the change.
 pub const DEPLOYER: &str = "deployer";
-/// The file that marks a checkout as the deployer's (inside `.git`, so it is never committed):
-/// the deployer writes it into each environment's checkout; the updater, finding it, hands the
-/// write-back over instead of refusing a git checkout.
-pub const DEPLOYER_MARK: &str = ".git/steward-deployer";
+/// The files that mark a compose project's directory as a checkout of the deployer, holding
+/// the compose project's name: the updater, finding one that names the container's project,
+/// hands the write-back over instead of refusing a git checkout. Where the deployer writes it:
+/// [`deployer_mark`].
+pub const DEPLOYER_MARKS: [&str; 2] = [".git/steward-deployer", ".steward-deployer"];
+
+/// Where the mark goes for a repository whose compose file is `compose_file`: compose's
+/// working directory is the compose file's; at the top of the checkout, inside `.git` (never
+/// committed, never in the work tree), else beside the compose file.
+pub fn deployer_mark(compose_file: &str) -> String {
+    match compose_file.rsplit_once('/') {
+        Some((dir, _)) if !dir.is_empty() => format!("{dir}/{}", DEPLOYER_MARKS[1]),
+        _ => DEPLOYER_MARKS[0].to_owned(),
+    }
+}
 
 /// A file of the project as read: what to call it in a message, and its text.
 #[derive(Debug, Clone, Copy)]
@@ -327,6 +338,13 @@ mod tests {
         assert!(!images_only(before, Files { compose: &var, env: Some(env) }, &["web"]));
         // Nothing changed at all: only images (none).
         assert!(images_only(before, before, &[]));
+    }
+
+    #[test]
+    fn the_mark_goes_where_compose_runs() {
+        assert_eq!(deployer_mark("docker-compose.yml"), ".git/steward-deployer");
+        assert_eq!(deployer_mark("deploy/compose.yml"), "deploy/.steward-deployer");
+        assert_eq!(deployer_mark("a/b/c.yml"), "a/b/.steward-deployer");
     }
 
     #[test]

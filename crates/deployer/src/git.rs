@@ -58,7 +58,6 @@ impl Git {
     /// idempotent), then fetches `branch` and checks that it holds `commit`.
     pub async fn fetch(&self, dir: &Path, branch: &str, commit: &str) -> Result<(), CommandError> {
         self.fetch_branch(dir, branch).await?;
-        mark(dir).map_err(|e| io_error(dir, "mark", e))?;
         let object = format!("{commit}^{{commit}}");
         self.git(dir, &["cat-file", "-e", &object]).await.map_err(|mut e| {
             e.reason = format!("found no commit {commit} on branch {branch}");
@@ -184,17 +183,37 @@ impl Git {
     }
 }
 
-/// Marks `dir` as the deployer's checkout ([`steward_definition::DEPLOYER_MARK`]), so the
-/// updater hands the write-back of its services over; idempotent.
-pub fn mark(dir: &Path) -> std::io::Result<()> {
-    let mark = dir.join(steward_definition::DEPLOYER_MARK);
-    if mark.exists() {
+/// Marks the checkout `dir` as the deployer's checkout of compose project `project`
+/// ([`steward_definition::deployer_mark`] of `compose_file`), so the updater hands the
+/// write-back of its services over; idempotent.
+pub fn mark(dir: &Path, compose_file: &str, project: &str) -> Result<(), CommandError> {
+    let mark = dir.join(steward_definition::deployer_mark(compose_file));
+    if std::fs::read_to_string(&mark).is_ok_and(|m| m.trim() == project) {
         return Ok(());
     }
-    std::fs::write(
-        mark,
-        "steward-deployer's checkout: image updates of its services are committed to the branch\n",
-    )
+    if let Some(parent) = mark.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io_error(parent, "create", e))?;
+    }
+    std::fs::write(&mark, format!("{project}\n")).map_err(|e| io_error(&mark, "write", e))
+}
+
+/// Removes the lock files a `git` killed in `dir` left (`index.lock`, `HEAD.lock`,
+/// `config.lock`, a ref's): only this service uses the directory, one command at a time, so
+/// a lock is always a leftover, and each would fail every later command there.
+pub fn clear_locks(dir: &Path) {
+    fn walk(dir: &Path, depth: u32) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() && depth < 8 && path.file_name().is_some_and(|n| n != "objects") {
+                walk(&path, depth + 1);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    walk(&dir.join(".git"), 0);
 }
 
 /// `s` with the basic regular expression's special characters escaped (for `git log --grep`).

@@ -60,19 +60,23 @@ impl Flow {
         };
         let label = |k: &str| brief.labels.get(k).map(String::as_str).unwrap_or_default();
         let project = label(steward_labels::compose::PROJECT);
-        let Some(env) =
-            self.cfg.environments.iter().find(|e| self.cfg.project_of(&e.name) == project)
-        else {
+        let working_dir = std::path::Path::new(label(steward_labels::compose::WORKING_DIR));
+        let env = self.cfg.environments.iter().find(|e| self.cfg.project_of(&e.name) == project);
+        let Some(env) = env.filter(|e| same_dir(working_dir, &self.compose_dir_of(&e.name))) else {
+            // Under this deployer's directory but of no environment it has now (one removed
+            // from its settings): told, not lost. Anywhere else: another deployer's.
+            if same_dir(working_dir, &self.cfg.dir)
+                || canonical(working_dir).starts_with(canonical(&self.cfg.dir))
+            {
+                let why = format!(
+                    "project {project} ({}) is none of this deployer's environments now",
+                    working_dir.display()
+                );
+                return self.answer(event, w, None, Outcome::Refused(why)).await;
+            }
             tracing::debug!(container = %w.container, project, "not a project of this deployer: its write-back is not ours");
             return Ok(());
         };
-        let dir = self.cfg.checkout_of(&env.name);
-        if label(steward_labels::compose::WORKING_DIR).trim_end_matches('/')
-            != dir.to_string_lossy().trim_end_matches('/')
-        {
-            tracing::debug!(container = %w.container, "not from this deployer's checkout: its write-back is not ours");
-            return Ok(());
-        }
         let outcome = if brief.image_ref != w.image {
             Outcome::Refused(format!(
                 "container {} runs {} now, not {} (updated or recreated since): left as it is",
@@ -85,14 +89,21 @@ impl Flow {
                 ),
                 Some(from) => {
                     let service = label(steward_labels::compose::SERVICE).to_owned();
-                    match self.commit_back(env, w, &service, from).await {
-                        Ok(outcome) => outcome,
-                        Err(e) => Outcome::Refused(e.to_string()),
-                    }
+                    self.commit_back(env, w, &service, from).await?
                 }
             }
         };
         self.answer(event, w, Some(env), outcome).await
+    }
+
+    /// Compose's working directory for an environment: the compose file's directory in its
+    /// checkout.
+    fn compose_dir_of(&self, env: &str) -> std::path::PathBuf {
+        let checkout = self.cfg.checkout_of(env);
+        match std::path::Path::new(&self.cfg.compose_file).parent() {
+            Some(p) if !p.as_os_str().is_empty() => checkout.join(p),
+            _ => checkout,
+        }
     }
 
     /// Commits the change on the branch's head and pushes it, again on a newer head when the
@@ -103,12 +114,15 @@ impl Flow {
         w: &UpdateWrittenBack,
         service: &str,
         from: &str,
-    ) -> Result<Outcome, CommandError> {
+    ) -> Result<Outcome, FlowError> {
         let dir = self.cfg.commit_dir_of(&env.name);
         let trailer = format!("Steward-Update: {}", w.update_id);
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A fetch, checkout or commit that fails is tried again (redelivery: the remote
+            // may be back); a push the remote refuses is told.
+            crate::git::clear_locks(&dir);
             self.git.fetch_branch(&dir, &env.branch).await?;
             let head = self.git.fetched_head(&dir, &env.branch).await?;
             self.git.checkout(&dir, &head).await?;
@@ -146,7 +160,14 @@ impl Flow {
                 Err(e) if attempt < PUSH_ATTEMPTS => {
                     tracing::warn!(branch = %env.branch, error = %e, attempt, "the push of the write-back was refused; again on the branch's new head");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let why = format!(
+                        "the push to {} was refused ({attempt} attempts): {}",
+                        env.branch,
+                        told(&e)
+                    );
+                    return Ok(Outcome::Refused(why));
+                }
             }
         }
     }
@@ -306,16 +327,65 @@ pub fn mark_checkouts(flow: &Flow) {
     for env in &flow.cfg.environments {
         let dir = flow.cfg.checkout_of(&env.name);
         if dir.join(".git").is_dir() {
-            if let Err(e) = crate::git::mark(&dir) {
+            let project = flow.cfg.project_of(&env.name);
+            if let Err(e) = crate::git::mark(&dir, &flow.cfg.compose_file, &project) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot mark the checkout as the deployer's");
             }
         }
     }
 }
 
-/// A file of the checkout as text; `None` when it is not there.
+/// A command's failure with git's own reason (the remote's lines and git's errors, else the
+/// last lines), on one line.
+fn told(e: &CommandError) -> String {
+    let said = |l: &&String| {
+        let l = l.trim_start();
+        ["remote:", "!", "error:", "fatal:"].iter().any(|p| l.starts_with(p))
+    };
+    let mut tail: Vec<&str> = e.tail.iter().filter(said).take(6).map(|l| l.trim()).collect();
+    if tail.is_empty() {
+        tail = e.tail.iter().rev().take(3).rev().map(|l| l.trim()).collect();
+    }
+    match tail.is_empty() {
+        true => e.to_string(),
+        false => format!("{e}: {}", tail.join(" / ")),
+    }
+}
+
+/// `path` with symbolic links resolved, or as given when it cannot be.
+fn canonical(path: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Whether two paths name the same directory (compose records the directory it ran in with
+/// links resolved; the settings may name it through one).
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    !a.as_os_str().is_empty() && canonical(a) == canonical(b)
+}
+
+/// A file of the checkout as text; `None` when it is not there. Only a regular file reached
+/// through directories: a link committed to the repository is never followed (it could lead
+/// the deployer to read or write outside the clone).
 fn read_text(dir: &std::path::Path, rel: &str) -> Result<Option<String>, String> {
-    match std::fs::read(dir.join(rel)) {
+    let mut at = dir.to_owned();
+    for part in std::path::Path::new(rel).components() {
+        let std::path::Component::Normal(part) = part else {
+            return Err(format!("{rel} is not a plain path inside the repository"));
+        };
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("{rel} is a symbolic link in the repository: not followed"))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{rel}: {e}")),
+        }
+    }
+    if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_file()) {
+        return Err(format!("{rel} is not a regular file"));
+    }
+    match std::fs::read(&at) {
         Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| format!("{rel} is not UTF-8")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{rel}: {e}")),

@@ -609,9 +609,13 @@ pub fn describe(event: &Event) -> Item {
             item.log_tail = d.log_tail.clone();
         }
         EventData::DeployWrittenBack(w) => {
+            let branch = match w.branch.as_str() {
+                "" => "its branch".to_owned(),
+                b => format!("branch {b}"),
+            };
             item.headline = format!(
-                "{} runs {}, but branch {} still names the old version",
-                w.container, w.image, w.branch
+                "{} runs {}, but {branch} still names the old version",
+                w.container, w.image
             );
             item.facts = vec![
                 fact("Container", w.container.clone()),

@@ -292,6 +292,8 @@ impl Flow {
         let pinned = v.value.pinned_by.is_some();
         let prepared = async {
             self.git.fetch(&dir, &branch, &commit).await?;
+            let project = self.cfg.project_of(&env);
+            crate::git::mark(&dir, &self.cfg.compose_file, &project)?;
             // A pin names any commit: it must be the branch's head or one of its ancestors
             // (a commit of another branch, or one a force-push removed, is refused).
             let head = self.git.fetched_head(&dir, &branch).await?;

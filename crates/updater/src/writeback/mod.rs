@@ -19,7 +19,8 @@
 //! and only over the exact value the old container was created from.
 //!
 //! Handed over (`update.written_back` with `committer: deployer`): the deployer's checkout
-//! (marked [`DEPLOYER_MARK`]); the deployer commits the change to the environment's branch.
+//! (marked by one of [`DEPLOYER_MARKS`] naming the container's compose project); the deployer
+//! commits the change to the environment's branch.
 //!
 //! Refused (the update stands; `update.written_back` with `refused`, mailed): no single
 //! compose file, an operator's git checkout (the change belongs in a commit), a service that `extends` or is not found, the variable not in the env file (the
@@ -27,7 +28,7 @@
 //! permission, a value that is not what the container was created from.
 
 use steward_bus::Versioned;
-use steward_definition::{edit, Change, Env, Found, Text, DEPLOYER, DEPLOYER_MARK};
+use steward_definition::{edit, Change, Env, Found, Text, DEPLOYER, DEPLOYER_MARKS};
 use steward_engine::{EngineError, ProjectDir, ProjectFile};
 use steward_events::records::UpdateRecord;
 use steward_events::{UpdateKind, UpdateWrittenBack};
@@ -206,7 +207,14 @@ impl Flow {
         };
         let owner = record.update_id.to_string();
         let project = self.engine.open_project_dir(dir, name, &owner).await?;
-        let result = self.edit_project(&project, dir, record, image, service, &compose, env).await;
+        let compose_project = label(steward_labels::compose::PROJECT).unwrap_or_default();
+        let result = match deployer_mark(&project, compose_project).await {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => {
+                self.edit_project(&project, dir, record, image, service, &compose, env).await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = project.close().await {
             tracing::warn!(error = %e, "cannot remove the write-back's helper container");
         }
@@ -225,11 +233,6 @@ impl Flow {
         env: Result<Place, String>,
     ) -> Result<Outcome, EngineError> {
         let refused = |why: String| Ok(Outcome::Refused(why));
-        // The deployer's checkout: the change belongs in a commit to the environment's branch,
-        // which the deployer makes (and pushes) with its own credentials.
-        if project.exists(DEPLOYER_MARK).await? {
-            return Ok(Outcome::ToDeployer);
-        }
         if project.exists(".git").await? {
             return refused(format!(
                 "{dir} is a git checkout (deployed from git?): the new tag belongs in a commit, not in the working tree"
@@ -307,6 +310,25 @@ impl Flow {
         steward_failpoints::failpoint!("writeback:written");
         Ok(written)
     }
+}
+
+/// The deployer's checkout: the change belongs in a commit to the environment's branch, which
+/// the deployer makes (and pushes) with its own credentials. A mark naming another project is
+/// a checkout nobody here writes into.
+async fn deployer_mark(project: &ProjectDir, name: &str) -> Result<Option<Outcome>, EngineError> {
+    for mark in DEPLOYER_MARKS {
+        if let Some(file) = project.read(mark).await? {
+            let marked = String::from_utf8_lossy(&file.content).trim().to_owned();
+            return Ok(Some(if marked == name {
+                Outcome::ToDeployer
+            } else {
+                Outcome::Refused(format!(
+                    "{mark} marks this directory as the deployer's checkout of project `{marked}`, not of `{name}`: the new tag belongs in a commit; left as it is"
+                ))
+            }));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
