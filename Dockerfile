@@ -2,6 +2,8 @@
 # (steward-watcher, steward-updater, steward-backup, steward-health, steward-notifier, the
 # Docker socket proxy steward-sockproxy; the CLI is `steward`).
 # Build: docker build -t steward/steward:0.1.0 .
+# The deployer's image (the same, plus git, docker-compose and ssh, which the others never
+# need): docker build --target deployer -t steward/deployer:0.1.0 .
 #
 # infra/testbed/stack-images.sh builds the same image on machines that cannot pull these bases
 # (keep its final stage in step with this one).
@@ -13,9 +15,9 @@ RUN cargo build --release --locked --bins \
  && mkdir -p /out \
  && cp target/release/steward target/release/steward-watcher target/release/steward-updater \
        target/release/steward-backup target/release/steward-health target/release/steward-notifier \
-       target/release/steward-sockproxy /out/
+       target/release/steward-sockproxy target/release/steward-deployer /out/
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS runtime
 # CA roots for S3, registries and SMTP over TLS; zone data for schedules and update windows.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates tzdata \
@@ -23,7 +25,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 steward \
  && useradd --system --uid 10001 --gid steward --home-dir /nonexistent --shell /usr/sbin/nologin steward \
  && mkdir -p /run/steward-docker/watcher /run/steward-docker/health /run/steward-docker/updater \
-             /run/steward-docker/backup \
+             /run/steward-docker/backup /run/steward-docker/deployer \
  && chown -R 10001:10001 /run/steward-docker
 # The socket proxy's sockets: a fresh compose volume mounted here takes this owner, so the
 # proxy (user 10001) can create its socket and the service (user 10001) can connect to it.
@@ -40,3 +42,19 @@ USER 10001:10001
 EXPOSE 9100
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["steward", "healthcheck"]
 CMD ["steward", "--help"]
+
+# The deployer: git (its checkouts, and commits of image updates), docker-compose (Debian's
+# 1.29, the one the tests run), ssh for `ssh://` repositories. HOME for git's own files.
+FROM runtime AS deployer
+USER root
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git docker-compose openssh-client \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /var/lib/steward/deploy /home/steward \
+ && chown 10001:10001 /var/lib/steward/deploy /home/steward
+ENV HOME=/home/steward
+USER 10001:10001
+CMD ["steward-deployer"]
+
+# The default target: every other service's image.
+FROM runtime AS steward

@@ -21,6 +21,10 @@ put grafana_admin_password "$(random)"
 # Alertmanager's token for the notifier's POST /alerts, and Prometheus' for Gitea's /metrics.
 put alerts_token "$(random)"
 put gitea_metrics_token "$(random)"
+# The deployer's (profile deploy): the push webhook's secret (give it to Gitea's webhook) and
+# the key of its approval links.
+put deploy_webhook_secret "$(random)"
+put deploy_approval_secret "$(random)$(random)"
 for user in watcher updater backup health notifier deployer cli setup; do
   put "nats_${user}_password" "$(random)"
 done

@@ -40,7 +40,8 @@ export RUSTC_WORKSPACE_WRAPPER=$CLIPPY_DRIVER CLIPPY_ARGS=-D__CLIPPY_HACKERY__wa
 # workspace library and every binary a second time (the CI's test-build phase was 970 s,
 # after a 434 s build).
 phase build cargo build --workspace --all-targets --locked
-# The compose stack's end-to-end test runs these images (built from the binaries just built).
+# The compose stack's end-to-end test and the deployer's image test run these images (built
+# from the binaries just built).
 images() {
   "$ROOT/infra/testbed/stack-images.sh" stand-ins
   "$ROOT/infra/testbed/stack-images.sh" steward debug

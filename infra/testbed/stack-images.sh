@@ -14,14 +14,18 @@
 #                                     steward-local/s3 (s3s-fs), steward-local/smtp (aiosmtpd
 #                                     writing a maildir), steward-local/haproxy (Debian's
 #                                     haproxy + busybox for compose/haproxy/front.sh, as the
-#                                     official image's layout). Built once per REV.
+#                                     official image's layout), steward-local/deployer-tools
+#                                     (git, Debian's docker-compose with its Python, busybox:
+#                                     what the deployer's image adds). Built once per REV.
+#   stack-images.sh steward PROFILE also builds steward-local/deployer:PROFILE: the tools and
+#                                     the Steward image's files (../../Dockerfile's `deployer`).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
 mkdir -p "$STATE/logs"
 log() { printf '[stack-images] %s\n' "$*" >&2; }
 REV=2
-BINARIES=(steward steward-watcher steward-updater steward-backup steward-health steward-notifier steward-sockproxy)
+BINARIES=(steward steward-watcher steward-updater steward-backup steward-health steward-notifier steward-sockproxy steward-deployer)
 
 have() { [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.rev"}}' "$1" 2>/dev/null)" = "$REV" ]; }
 
@@ -72,7 +76,8 @@ steward_image() {
   cp -L --parents /etc/ssl/certs/ca-certificates.crt "$ctx/root"
   tar -C / -cf - usr/share/zoneinfo | tar -C "$ctx/root" -xf -
   # The socket proxy's socket directories, owned by 10001 (a fresh volume takes this owner).
-  mkdir -p "$ctx/sockets/watcher" "$ctx/sockets/health" "$ctx/sockets/updater" "$ctx/sockets/backup"
+  mkdir -p "$ctx/sockets/watcher" "$ctx/sockets/health" "$ctx/sockets/updater" "$ctx/sockets/backup" \
+    "$ctx/sockets/deployer"
   # Keep in step with ../../Dockerfile's final stage.
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM scratch
@@ -88,6 +93,22 @@ CMD ["steward", "--help"]
 EOF
   log "building steward-local/steward:$profile from target/$profile"
   build "steward-local/steward:$profile" "$ctx"
+  # Keep in step with ../../Dockerfile's `deployer` stage.
+  have steward-local/deployer-tools:latest || { log "error: stand-ins first"; exit 1; }
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM steward-local/deployer-tools:latest
+COPY --from=steward-local/steward:$profile / /
+ENV PATH=/usr/local/bin:/usr/bin:/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \\
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt MALLOC_ARENA_MAX=2 \\
+    MALLOC_MMAP_THRESHOLD_=1048576 HOME=/home/steward \\
+    PYTHONPATH=/usr/lib/python3/dist-packages
+USER 10001:10001
+EXPOSE 9100
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["steward", "healthcheck"]
+CMD ["steward-deployer"]
+DOCKERFILE
+  log "building steward-local/deployer:$profile"
+  build "steward-local/deployer:$profile" "$ctx"
 }
 
 stand_in() { # TAG: build from the context prepared in $ctx
@@ -151,8 +172,27 @@ stand_ins() {
   fi
 }
 
+deployer_tools() {
+  have steward-local/deployer-tools:latest && return 0
+  local ctx py=/usr/bin/python3.11
+  ctx=$(mktemp -d); base_root "$ctx/root"
+  # git with its helpers and templates; docker-compose (a Python script) with the interpreter,
+  # the standard library and Debian's packages it imports; busybox for git's `sh`.
+  copy_with_libs "$ctx/root" /usr/bin/git "$py" /bin/busybox /usr/bin/docker-compose
+  tar -C / --exclude=usr/lib/python3.11/test --exclude=usr/lib/python3.11/idlelib -cf - \
+    usr/lib/git-core usr/share/git-core usr/lib/python3.11 usr/lib/python3/dist-packages \
+    | tar -C "$ctx/root" -xf -
+  # shellcheck disable=SC2046 # one argument per library
+  copy_libs "$ctx/root" /usr/lib/git-core/git-remote-http /usr/lib/python3.11/lib-dynload/*.so \
+    $(find /usr/lib/python3/dist-packages -name '*.so')
+  ln -sf python3.11 "$ctx/root/usr/bin/python3"
+  mkdir -p "$ctx/root/home/steward" "$ctx/root/var/lib/steward/deploy"
+  printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nRUN ["/bin/chown","10001:10001","/home/steward","/var/lib/steward/deploy"]\n' >"$ctx/Dockerfile"
+  stand_in steward-local/deployer-tools:latest; rm -rf "$ctx"
+}
+
 case "${1:-}" in
   steward) steward_image "${2:-debug}" ;;
-  stand-ins) stand_ins ;;
+  stand-ins) stand_ins; deployer_tools ;;
   *) echo "usage: $0 steward [debug|release] | stand-ins" >&2; exit 2 ;;
 esac

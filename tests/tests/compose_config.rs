@@ -786,3 +786,50 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
     assert!(list(&service(&plain, "nginx"), "profiles").is_empty());
     assert!(!environment(&service(&plain, "updater")).contains_key("STEWARD_HAPROXY_SOCKET"));
 }
+
+#[test]
+fn the_deployer_runs_in_its_profile_with_its_own_image_socket_user_and_checkouts_at_the_hosts_path()
+{
+    let file = rendered();
+    let deployer = service(&file, "deployer");
+    assert_eq!(list(&deployer, "profiles"), ["deploy"]);
+    assert_eq!(scalar(&deployer, "image").as_deref(), Some("steward/deployer:0.1.0"));
+    let env = environment(&deployer);
+    assert_eq!(env.get("STEWARD_NATS_USER").map(String::as_str), Some("deployer"));
+    assert_eq!(
+        env.get("DOCKER_HOST").map(String::as_str),
+        Some("unix:///run/steward-docker/docker.sock")
+    );
+    // Its socket is the proxy's `deployer` role, in a volume only the two share.
+    let proxy = service(&file, "sockproxy");
+    let sockets = environment(&proxy).get("STEWARD_SOCKPROXY_SOCKETS").cloned().unwrap_or_default();
+    assert!(sockets.contains("deployer=/run/steward-docker/deployer/docker.sock"), "{sockets}");
+    let volumes = list(&deployer, "volumes");
+    assert!(volumes.contains(&"docker-deployer:/run/steward-docker:rw".to_owned()), "{volumes:?}");
+    for name in service_names(&file) {
+        let theirs = list(&service(&file, &name), "volumes");
+        let shares = theirs.iter().any(|v| v.starts_with("docker-deployer:"));
+        assert_eq!(shares, name == "deployer" || name == "sockproxy", "{name}: {theirs:?}");
+    }
+    // The checkouts: the same path inside as on the host (compose gives the engine host paths),
+    // moved by one setting.
+    assert!(volumes.contains(&"/var/lib/steward/deploy:/var/lib/steward/deploy:rw".to_owned()));
+    let moved = rendered_in(&[], &[("STEWARD_DEPLOY_DIR", "/srv/deploy")]);
+    let moved = service(&moved, "deployer");
+    assert!(list(&moved, "volumes").contains(&"/srv/deploy:/srv/deploy:rw".to_owned()));
+    assert_eq!(
+        environment(&moved).get("STEWARD_DEPLOY_DIR").map(String::as_str),
+        Some("/srv/deploy")
+    );
+    // Its secrets: its NATS password, the webhook's secret and the approval links' key (made
+    // by init-secrets.sh).
+    let mounted: Vec<String> = secrets(&deployer).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        mounted,
+        ["nats_deployer_password", "deploy_webhook_secret", "deploy_approval_secret"]
+    );
+    let init = read_repo_file("compose/init-secrets.sh");
+    assert!(
+        init.contains("put deploy_webhook_secret") && init.contains("put deploy_approval_secret")
+    );
+}

@@ -437,13 +437,27 @@ async fn a_first_deployments_rollback_leaves_or_puts_back_a_stack_started_by_han
     // A command that passes, then web on a version that never gets healthy and side on v2:
     // web is made again from the file it was started with; side, which its edited file no
     // longer describes as it ran, is removed; the reason says both, and that the command had
-    // run and its changes stay.
-    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    // run and its changes stay. The deployer is aborted right after web was put back, and the
+    // next one as its rollback ends (before the outcome is saved): the third ends it once.
+    let mut armed = repo.env(&bus, port, &[]);
+    armed.push(("STEWARD_FAILPOINTS", "put_back=1".into()));
+    let mut aborted = deployer(&armed);
     let broken = with_state(&repo, "v3", "touch /state/migrated", "").replace(side_v1, side_v2);
     let commit = push(broken, "migration, broken app").await;
-    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
-    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
-    let r = rolled_back(&flow);
+    for (point, next) in [("put_back", Some("rolled_back=1")), ("rolled_back", None)] {
+        assert!(aborted.exits_within(Duration::from_secs(180)), "{point}: {}", aborted.logs());
+        let said = format!("failpoint: {point}: aborting");
+        assert!(aborted.logs().contains(&said), "{point}: {}", aborted.logs());
+        if let Some(next) = next {
+            let mut armed = repo.env(&bus, port, &[]);
+            armed.push(("STEWARD_FAILPOINTS", next.into()));
+            // It drives the rollback on as it starts, before it consumes: not waited for.
+            aborted = Proc::start("steward-deployer", &armed);
+        }
+    }
+    drop(aborted);
+    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    let r = rolled_back_once(&bus, &commit).await;
     assert!(
         r.reason.contains("the pre-deployment command of web had run")
             && r.reason.contains("no backup was taken before it")

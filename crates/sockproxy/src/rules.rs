@@ -17,11 +17,15 @@ pub enum Role {
     Updater,
     /// Exec (`pg_dump`, `pg_restore`), archives both ways, scratch and helper containers.
     Backup,
+    /// `docker-compose` on the deployer's own projects (pull, create, start, stop, remove,
+    /// rename, a project's network and volumes, `run` attached), and the health gate's reads.
+    Deployer,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Watcher, Role::Health, Role::Updater, Role::Backup];
+    pub const ALL: [Role; 5] =
+        [Role::Watcher, Role::Health, Role::Updater, Role::Backup, Role::Deployer];
 
     /// The role's name, as in `STEWARD_SOCKPROXY_SOCKETS`.
     pub fn name(self) -> &'static str {
@@ -30,6 +34,7 @@ impl Role {
             Role::Health => "health",
             Role::Updater => "updater",
             Role::Backup => "backup",
+            Role::Deployer => "deployer",
         }
     }
 }
@@ -45,7 +50,7 @@ impl FromStr for Role {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Role::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
-            format!("unknown role {s:?} (expected watcher, health, updater or backup)")
+            format!("unknown role {s:?} (expected watcher, health, updater, backup or deployer)")
         })
     }
 }
@@ -85,10 +90,11 @@ pub struct Rule {
     pub check: Check,
 }
 
-use Role::{Backup, Health, Updater, Watcher};
-const EVERY: &[Role] = &[Watcher, Health, Updater, Backup];
-const EXEC: &[Role] = &[Health, Updater, Backup];
-const CHANGE: &[Role] = &[Updater, Backup];
+use Role::{Backup, Deployer, Health, Updater, Watcher};
+const EVERY: &[Role] = &[Watcher, Health, Updater, Backup, Deployer];
+const EXEC: &[Role] = &[Health, Updater, Backup, Deployer];
+const CHANGE: &[Role] = &[Updater, Backup, Deployer];
+const PULL: &[Role] = &[Updater, Deployer];
 
 const fn rule(method: &'static str, path: &'static str, roles: &'static [Role]) -> Rule {
     Rule { method, path, roles, check: Check::None }
@@ -127,11 +133,10 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/exec/*/start", EXEC),
     rule("GET", "/exec/*/json", EXEC),
     // pull_digest; tag_local_digest (a rollback to an image still on the host).
-    rule("POST", "/images/create", &[Updater]),
+    rule("POST", "/images/create", PULL),
     rule("POST", "/images/**/tag", &[Updater]),
     // images, remove_image: the old-image cleanup (by id, never forced; the engine refuses
     // to remove an image a container uses).
-    rule("GET", "/images/json", &[Updater]),
     checked("DELETE", "/images/*", &[Updater], Check::ImageRemove),
     // replace, create_successor_of (updater); start_scratch, run_with_volumes_of (backup).
     checked("POST", "/containers/create", CHANGE, Check::Create),
@@ -141,10 +146,24 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/containers/*/restart", &[Health]),
     rule("DELETE", "/containers/*", CHANGE),
     // replace, take_over, restore, remove_leftovers (parking names); rejoin.
-    rule("POST", "/containers/*/rename", &[Updater]),
-    rule("POST", "/networks/*/connect", &[Updater]),
-    // run_with_volumes_of.
-    rule("POST", "/containers/*/wait", &[Backup]),
+    rule("POST", "/containers/*/rename", PULL),
+    rule("POST", "/networks/*/connect", PULL),
+    // run_with_volumes_of; `docker-compose run` waits for its one-off.
+    rule("POST", "/containers/*/wait", &[Backup, Deployer]),
+    // `docker-compose` (the deployer, on its own projects): `up` makes the project's network
+    // and named volumes when missing and looks them up; `run` attaches to its one-off (the
+    // test and the pre-deployment commands) and `rm -s` may kill; it lists images to tell
+    // which are here. Containers it creates go through the same `Create` check as above.
+    rule("GET", "/networks", &[Deployer]),
+    rule("GET", "/networks/*", &[Deployer]),
+    rule("POST", "/networks/create", &[Deployer]),
+    rule("POST", "/networks/*/disconnect", &[Deployer]),
+    rule("GET", "/volumes", &[Deployer]),
+    rule("GET", "/volumes/*", &[Deployer]),
+    rule("POST", "/volumes/create", &[Deployer]),
+    rule("POST", "/containers/*/attach", &[Deployer]),
+    rule("POST", "/containers/*/kill", &[Deployer]),
+    rule("GET", "/images/json", &[Updater, Deployer]),
     // download_path (backups; the updater's certificate fingerprints), upload_tar (restores).
     checked("GET", "/containers/*/archive", CHANGE, Check::Target),
     // The health service's certificate expiry check: certbot's live links and full chains.
@@ -637,15 +656,32 @@ mod tests {
         for (m, p) in updater_only {
             assert!(!allowed(Backup, m, p), "backup {m} {p}");
         }
+        // What compose needs is the deployer's alone.
+        let compose_only = [
+            ("POST", "/containers/abc/kill"),
+            ("POST", "/containers/abc/attach"),
+            ("POST", "/volumes/create"),
+            ("POST", "/networks/create"),
+            ("GET", "/networks"),
+            ("GET", "/volumes/v1"),
+            ("POST", "/networks/n1/disconnect"),
+        ];
+        for role in Role::ALL {
+            for (m, p) in compose_only {
+                assert_eq!(allowed(role, m, p), role == Deployer, "{role} {m} {p}");
+            }
+        }
+        for (m, p) in [("POST", "/containers/create"), ("POST", "/images/create")] {
+            assert!(allowed(Deployer, m, p), "deployer {m} {p}");
+        }
         // Nobody may do these.
         for role in Role::ALL {
             for (m, p) in [
-                ("POST", "/containers/abc/kill"),
                 ("POST", "/containers/abc/update"),
-                ("POST", "/containers/abc/attach"),
                 ("POST", "/build"),
-                ("POST", "/volumes/create"),
-                ("POST", "/networks/create"),
+                ("DELETE", "/volumes/v1"),
+                ("DELETE", "/networks/n1"),
+                ("POST", "/images/abc/push"),
                 ("POST", "/swarm/init"),
                 ("POST", "/plugins/pull"),
                 ("POST", "/containers/prune"),

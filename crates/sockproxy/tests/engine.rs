@@ -451,3 +451,74 @@ async fn a_podman_healthcheck_run_passes_the_roles_that_read_health() {
     assert_eq!(status, 403, "the watcher's socket let a healthcheck run through");
     assert_eq!((tally.allowed > 0, tally.refused), (true, 1));
 }
+
+/// `docker-compose` (the test bed's 1.29, the deployer's) against the deployer's socket: the
+/// commands the deployer runs on its projects pass (`config`, `up -d` with a named volume and
+/// the project's network, `run --rm --no-deps -T` attached, `up` recreating a changed service,
+/// `rm -s -f`), and a compose file that binds the engine's socket is refused at its create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_compose_runs_a_project_through_the_deployer_socket_but_never_binds_the_socket() {
+    let proxies = Proxies::start();
+    let project = unique_name("sockproxy-compose").replace('-', "");
+    let dir = std::env::temp_dir().join(&project);
+    std::fs::create_dir_all(&dir).expect("project dir");
+    let file = |note: &str, extra: &str| {
+        format!(
+            "version: \"2.4\"\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [\"sleep\", \"600\"]\n    stop_grace_period: 1s\n    environment: [NOTE={note}]\n    volumes: [\"data:/data\"]\n{extra}volumes:\n  data: {{}}\n"
+        )
+    };
+    let host = proxies.host(Role::Deployer);
+    let compose = |args: &[&str]| {
+        let out = std::process::Command::new("docker-compose")
+            .current_dir(&dir)
+            .env("DOCKER_HOST", &host)
+            .args(["-p", &project])
+            .args(args)
+            .output()
+            .expect("docker-compose");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let cleanup = || {
+        let filter = format!("label=com.docker.compose.project={project}");
+        for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
+            let _ = try_docker(&["rm", "-f", "-v", id]);
+        }
+        let _ = try_docker(&["network", "rm", &format!("{project}_default")]);
+        let _ = try_docker(&["volume", "rm", "-f", &format!("{project}_data")]);
+    };
+    std::fs::write(dir.join("docker-compose.yml"), file("a", "")).expect("write");
+    let steps: [(&str, &[&str]); 3] = [
+        ("config", &["config", "--hash=*"]),
+        ("up", &["up", "-d", "--no-deps", "web"]),
+        ("run", &["run", "--rm", "--no-deps", "-T", "web", "touch", "/data/ran"]),
+    ];
+    for (what, args) in steps {
+        let (ok, err) = compose(args);
+        if !ok {
+            cleanup();
+        }
+        assert!(ok, "{what} through the deployer's socket: {err}");
+    }
+    // A changed definition: compose stops, renames and replaces the container.
+    std::fs::write(dir.join("docker-compose.yml"), file("b", "")).expect("write");
+    let (ok, err) = compose(&["up", "-d", "--no-deps", "web"]);
+    let note =
+        docker(&["ps", "-q", "--filter", &format!("label=com.docker.compose.project={project}")]);
+    let env = docker(&["inspect", "-f", "{{.Config.Env}}", note.trim()]);
+    let (rm_ok, rm_err) = compose(&["rm", "-s", "-f", "web"]);
+    // A definition binding the engine's socket: refused by the proxy, nothing runs.
+    let socket = "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n";
+    let hostile = file("c", "").replace("    volumes: [\"data:/data\"]\n", socket);
+    std::fs::write(dir.join("docker-compose.yml"), hostile).expect("write");
+    let (bad_ok, bad_err) = compose(&["up", "-d", "--no-deps", "web"]);
+    let left =
+        docker(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")]);
+    cleanup();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "up of a changed definition: {err}");
+    assert!(env.contains("NOTE=b"), "not recreated: {env}");
+    assert!(rm_ok, "rm -s -f: {rm_err}");
+    assert!(!bad_ok, "a socket bind went through");
+    assert!(bad_err.contains("steward-sockproxy") || bad_err.contains("403"), "{bad_err}");
+    assert!(left.trim().is_empty(), "a container of the socket bind was made: {left}");
+}

@@ -108,7 +108,10 @@ impl Flow {
             // A file that no longer starts (a port taken since, an image gone) must not hold
             // the rollback forever: refused like the others, and removed.
             match compose.up(&back).await {
-                Ok(()) => out.back.extend(back),
+                Ok(()) => {
+                    out.back.extend(back);
+                    steward_failpoints::failpoint!("put_back");
+                }
                 Err(e) => {
                     out.refused.extend(back.iter().map(|s| format!("{s} ({shown}: {e})")));
                 }
