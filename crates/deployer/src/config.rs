@@ -362,6 +362,25 @@ mod tests {
     }
 
     #[test]
+    fn the_commit_author_is_a_name_and_a_mail_on_one_line() {
+        let read = |author: &str| {
+            let mut env = Env::from_pairs([
+                (ENV_REPOSITORY, "file:///srv/site.git"),
+                (ENV_COMMIT_AUTHOR, author),
+            ]);
+            let cfg = DeployerConfig::read(&mut env);
+            env.finish().map(|()| cfg.commit_author).map_err(|e| e.to_string())
+        };
+        assert_eq!(read("Ops Bot <ops@example.com>").as_deref(), Ok("Ops Bot <ops@example.com>"));
+        for bad in
+            ["ops@example.com", "<ops@example.com>", "Ops <no-at>", "Ops <a b@c>", "Ops <o@e>\nX"]
+        {
+            let e = read(bad).expect_err(bad);
+            assert!(e.contains(ENV_COMMIT_AUTHOR), "{e}");
+        }
+    }
+
+    #[test]
     fn windows_go_to_their_environments_and_bad_ones_are_named() {
         let read = |windows: &str| {
             let mut env =

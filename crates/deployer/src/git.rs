@@ -236,3 +236,38 @@ fn io_error(dir: &Path, what: &str, e: std::io::Error) -> CommandError {
         code: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trailer_is_matched_literally() {
+        assert_eq!(regex_escape("Steward-Update: 0a1b-2c"), "Steward-Update: 0a1b-2c");
+        assert_eq!(regex_escape("a.b*[c]^$\\"), "a\\.b\\*\\[c\\]\\^\\$\\\\");
+    }
+
+    #[test]
+    fn leftover_locks_are_removed_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("steward-locks-{}", uuid::Uuid::new_v4()));
+        let git = dir.join(".git");
+        std::fs::create_dir_all(git.join("refs/remotes/origin")).expect("dirs");
+        std::fs::create_dir_all(git.join("objects/ab")).expect("dirs");
+        for f in
+            ["HEAD.lock", "index.lock", "refs/remotes/origin/dev.lock", "HEAD", "objects/ab/x.lock"]
+        {
+            std::fs::write(git.join(f), "").expect("file");
+        }
+        clear_locks(&dir);
+        for (f, kept) in [
+            ("HEAD.lock", false),
+            ("index.lock", false),
+            ("refs/remotes/origin/dev.lock", false),
+            ("HEAD", true),
+            ("objects/ab/x.lock", true),
+        ] {
+            assert_eq!(git.join(f).exists(), kept, "{f}");
+        }
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}

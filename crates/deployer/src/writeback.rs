@@ -396,3 +396,60 @@ fn read_text(dir: &std::path::Path, rel: &str) -> Result<Option<String>, String>
 fn short(image: &str) -> &str {
     image.rsplit('/').next().unwrap_or(image)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_s_reason_is_the_remote_s_lines_else_the_last_ones() {
+        let e = |tail: &[&str]| CommandError {
+            command: "git push".into(),
+            reason: "exited with 1".into(),
+            tail: tail.iter().map(|l| l.to_string()).collect(),
+            code: Some(1),
+        };
+        let pushed = e(&[
+            "remote: branch dev is protected",
+            "To git://127.0.0.1/x.git",
+            " ! [remote rejected] HEAD -> dev (pre-receive hook declined)",
+            "error: failed to push some refs",
+        ]);
+        let said = told(&pushed);
+        assert!(said.contains("remote: branch dev is protected"), "{said}");
+        assert!(said.contains("! [remote rejected]") && !said.contains("To git://"), "{said}");
+        assert_eq!(told(&e(&[])), "`git push` exited with 1");
+        assert!(told(&e(&["a", "b", "c", "d"])).ends_with(": b / c / d"));
+    }
+
+    #[test]
+    fn the_env_file_is_beside_the_compose_file() {
+        assert_eq!(env_file_of("docker-compose.yml"), ".env");
+        assert_eq!(env_file_of("deploy/compose.yml"), "deploy/.env");
+    }
+
+    #[test]
+    fn files_are_read_only_through_plain_directories_never_links() {
+        let dir = std::env::temp_dir().join(format!("steward-wb-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("deploy")).expect("dir");
+        std::fs::write(dir.join("deploy/compose.yml"), "services: {}\n").expect("file");
+        std::fs::write(dir.join("outside"), "SECRET=1\n").expect("file");
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(dir.join(target), dir.join(at)).expect("symlink")
+        };
+        link("outside", ".env");
+        link("deploy", "via");
+        assert_eq!(read_text(&dir, "deploy/compose.yml"), Ok(Some("services: {}\n".into())));
+        assert_eq!(read_text(&dir, "nope.yml"), Ok(None));
+        for (rel, why) in [
+            (".env", "symbolic link"),
+            ("via/compose.yml", "symbolic link"),
+            ("deploy", "not a regular file"),
+            ("../outside", "not a plain path"),
+        ] {
+            let e = read_text(&dir, rel).expect_err(rel);
+            assert!(e.contains(why), "{rel}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}
