@@ -47,14 +47,17 @@ CMD ["steward", "--help"]
 # 1.29, the one the tests run), ssh for `ssh://` repositories. HOME for git's own files.
 FROM runtime AS deployer
 USER root
+# ssh reads ~/.ssh from the user's passwd entry, not $HOME: the user gets a real home here.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git docker-compose openssh-client \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /var/lib/steward/deploy /home/steward \
- && chown 10001:10001 /var/lib/steward/deploy /home/steward
+ && chown 10001:10001 /var/lib/steward/deploy /home/steward \
+ && usermod -d /home/steward steward
 ENV HOME=/home/steward
 USER 10001:10001
 CMD ["steward-deployer"]
 
-# The default target: every other service's image.
+# The default target: every other service's image. (The legacy builder, without BuildKit,
+# also builds the deployer stage on the way; BuildKit builds only what the target needs.)
 FROM runtime AS steward

@@ -17,14 +17,16 @@
 #                                     official image's layout), steward-local/deployer-tools
 #                                     (git, Debian's docker-compose with its Python, busybox:
 #                                     what the deployer's image adds). Built once per REV.
-#   stack-images.sh steward PROFILE also builds steward-local/deployer:PROFILE: the tools and
-#                                     the Steward image's files (../../Dockerfile's `deployer`).
+#   stack-images.sh steward PROFILE also builds steward-local/deployer:PROFILE: the tools (made
+#                                     first if missing) and the Steward image's files
+#                                     (../../Dockerfile's `deployer`). Bump REV when the tools
+#                                     change: they are cached by it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
 mkdir -p "$STATE/logs"
 log() { printf '[stack-images] %s\n' "$*" >&2; }
-REV=2
+REV=3
 BINARIES=(steward steward-watcher steward-updater steward-backup steward-health steward-notifier steward-sockproxy steward-deployer)
 
 have() { [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.rev"}}' "$1" 2>/dev/null)" = "$REV" ]; }
@@ -94,7 +96,7 @@ EOF
   log "building steward-local/steward:$profile from target/$profile"
   build "steward-local/steward:$profile" "$ctx"
   # Keep in step with ../../Dockerfile's `deployer` stage.
-  have steward-local/deployer-tools:latest || { log "error: stand-ins first"; exit 1; }
+  deployer_tools
   cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM steward-local/deployer-tools:latest
 COPY --from=steward-local/steward:$profile / /
@@ -179,6 +181,8 @@ deployer_tools() {
   # git with its helpers and templates; docker-compose (a Python script) with the interpreter,
   # the standard library and Debian's packages it imports; busybox for git's `sh`.
   copy_with_libs "$ctx/root" /usr/bin/git "$py" /bin/busybox /usr/bin/docker-compose
+  # ssh for ssh:// repositories, when the host has it (the Dockerfile's image always does).
+  if [ -x /usr/bin/ssh ]; then copy_with_libs "$ctx/root" /usr/bin/ssh; fi
   tar -C / --exclude=usr/lib/python3.11/test --exclude=usr/lib/python3.11/idlelib -cf - \
     usr/lib/git-core usr/share/git-core usr/lib/python3.11 usr/lib/python3/dist-packages \
     | tar -C "$ctx/root" -xf -

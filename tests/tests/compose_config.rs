@@ -604,6 +604,16 @@ fn the_podman_overlay_gives_the_socket_proxy_podmans_socket_and_nothing_else() {
     // socket's name in it. Docker's by default, Podman's with the overlay, or where .env says.
     let engine = |file: &str| {
         let block = service(file, "sockproxy");
+        // The deployer's proxy (profile deploy) is given the same.
+        let deploy = service(file, "deploy-sockproxy");
+        assert_eq!(
+            list(&deploy, "volumes").iter().find(|v| v.contains(":/run/engine")),
+            list(&block, "volumes").iter().find(|v| v.contains(":/run/engine")),
+        );
+        assert_eq!(
+            environment(&deploy).get("STEWARD_SOCKPROXY_UPSTREAM"),
+            environment(&block).get("STEWARD_SOCKPROXY_UPSTREAM")
+        );
         let volumes = list(&block, "volumes");
         let mounted: Vec<String> =
             volumes.iter().filter(|v| v.contains(":/run/engine")).cloned().collect();
@@ -634,7 +644,7 @@ fn the_podman_overlay_gives_the_socket_proxy_podmans_socket_and_nothing_else() {
         )
     );
     for name in service_names(&plain) {
-        if name == "sockproxy" {
+        if name == "sockproxy" || name == "deploy-sockproxy" {
             continue;
         }
         // The same lines (a layered file reorders a service's volumes).
@@ -658,7 +668,7 @@ fn no_service_but_the_socket_proxy_mounts_the_engines_socket_or_its_directory() 
         let file = rendered_in(overlays, &all);
         let names = service_names(&file);
         assert!(names.iter().any(|n| n == "node-exporter"), "profiles not rendered: {names:?}");
-        for name in names.iter().filter(|n| *n != "sockproxy") {
+        for name in names.iter().filter(|n| *n != "sockproxy" && *n != "deploy-sockproxy") {
             for volume in list(&service(&file, name), "volumes") {
                 let mut parts = volume.split(':');
                 let (source, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -800,16 +810,21 @@ fn the_deployer_runs_in_its_profile_with_its_own_image_socket_user_and_checkouts
         env.get("DOCKER_HOST").map(String::as_str),
         Some("unix:///run/steward-docker/docker.sock")
     );
-    // Its socket is the proxy's `deployer` role, in a volume only the two share.
-    let proxy = service(&file, "sockproxy");
+    // Its socket is the `deployer` role of a proxy of its own in the same profile (without the
+    // profile no such socket is served), in a volume only the two share.
+    let proxy = service(&file, "deploy-sockproxy");
+    assert_eq!(list(&proxy, "profiles"), ["deploy"]);
+    assert_eq!(labels(&proxy).get("steward.sockproxy").map(String::as_str), Some("true"));
     let sockets = environment(&proxy).get("STEWARD_SOCKPROXY_SOCKETS").cloned().unwrap_or_default();
-    assert!(sockets.contains("deployer=/run/steward-docker/deployer/docker.sock"), "{sockets}");
+    assert_eq!(sockets, "deployer=/run/steward-docker/deployer/docker.sock");
+    let main = environment(&service(&file, "sockproxy")).get("STEWARD_SOCKPROXY_SOCKETS").cloned();
+    assert!(!main.unwrap_or_default().contains("deployer"), "the main proxy serves the deployer");
     let volumes = list(&deployer, "volumes");
     assert!(volumes.contains(&"docker-deployer:/run/steward-docker:rw".to_owned()), "{volumes:?}");
     for name in service_names(&file) {
         let theirs = list(&service(&file, &name), "volumes");
         let shares = theirs.iter().any(|v| v.starts_with("docker-deployer:"));
-        assert_eq!(shares, name == "deployer" || name == "sockproxy", "{name}: {theirs:?}");
+        assert_eq!(shares, name == "deployer" || name == "deploy-sockproxy", "{name}: {theirs:?}");
     }
     // The checkouts: the same path inside as on the host (compose gives the engine host paths),
     // moved by one setting.
@@ -826,8 +841,14 @@ fn the_deployer_runs_in_its_profile_with_its_own_image_socket_user_and_checkouts
     let mounted: Vec<String> = secrets(&deployer).into_iter().map(|(s, _)| s).collect();
     assert_eq!(
         mounted,
-        ["nats_deployer_password", "deploy_webhook_secret", "deploy_approval_secret"]
+        [
+            "nats_deployer_password",
+            "deploy_webhook_secret",
+            "deploy_approval_secret",
+            "docker_config"
+        ]
     );
+    assert_eq!(env.get("DOCKER_CONFIG").map(String::as_str), Some("/run/secrets/docker_config"));
     let init = read_repo_file("compose/init-secrets.sh");
     assert!(
         init.contains("put deploy_webhook_secret") && init.contains("put deploy_approval_secret")

@@ -111,7 +111,9 @@ async fn handle(req: Request<Incoming>, role: Role, upstream: &Path) -> Response
                 Err(reason) => Err(Denied::Refused(reason)),
             }
         }
-        Check::Exec | Check::Create => check_body(req, role, rule.check, upstream).await,
+        Check::Exec | Check::Create | Check::VolumeCreate => {
+            check_body(req, role, rule.check, upstream).await
+        }
     };
     let req = match checked {
         Ok(req) => req,
@@ -178,7 +180,15 @@ async fn check_body(
             rules::check_exec(role, &json).map_err(Denied::Refused)?;
             rules::container_of(parts.uri.path()).map(str::to_owned).into_iter().collect()
         }
-        _ => rules::check_create(role, &json).map_err(Denied::Refused)?,
+        Check::VolumeCreate => {
+            rules::check_volume_create(&json).map_err(Denied::Refused)?;
+            vec![]
+        }
+        _ => {
+            let named = rules::check_create(role, &json).map_err(Denied::Refused)?;
+            ensure_not_protected_volumes(&named.volumes, upstream).await?;
+            named.containers
+        }
     };
     for target in targets {
         ensure_unprotected(&target, upstream).await?;
@@ -191,6 +201,54 @@ async fn check_target(req: Request<Incoming>, upstream: &Path) -> Result<Request
         ensure_unprotected(target, upstream).await?;
     }
     Ok(req.map(|b| b.boxed()))
+}
+
+/// Refuses named volumes that a proxy's container mounts (they hold the other roles' sockets).
+async fn ensure_not_protected_volumes(volumes: &[String], upstream: &Path) -> Result<(), Denied> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
+    let filter = format!("{{\"label\":[\"{}\"]}}", rules::PROTECTED_LABEL);
+    let query: String = url_encode(&filter);
+    let list = Request::get(format!("/containers/json?all=1&filters={query}"))
+        .header(HOST, "docker")
+        .body(full(Bytes::new()))
+        .map_err(|e| Denied::Failed(format!("cannot list the proxy's containers: {e}")))?;
+    let response = forward(list, upstream).await.map_err(Denied::Failed)?;
+    if !response.status().is_success() {
+        return Err(Denied::Failed(format!(
+            "cannot list the proxy's containers to check volumes: {}",
+            response.status()
+        )));
+    }
+    let body = Limited::new(response.into_body(), 16 * MAX_CHECKED_BODY)
+        .collect()
+        .await
+        .map_err(|e| Denied::Failed(format!("cannot list the proxy's containers: {e}")))?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| Denied::Failed(format!("cannot list the proxy's containers: {e}")))?;
+    for container in json.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let theirs = rules::named_volumes(container);
+        if let Some(v) = volumes.iter().find(|v| theirs.contains(v)) {
+            return Err(Denied::Refused(format!(
+                "volume {v} is the socket proxy's (it holds a role's socket)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `s` percent-encoded for a query value (everything but unreserved characters).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Refuses a container that is the proxy's own (or holds the socket); one the engine does not

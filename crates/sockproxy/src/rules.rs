@@ -74,6 +74,9 @@ pub enum Check {
     /// The health role's archive read: only a certificate (a `*.pem` not named `privkey*`)
     /// or a `live` directory of certbot's links, and never the proxy's container.
     CertRead,
+    /// A volume's creation: the local driver without options (options can make a "volume"
+    /// that is a bind of any host path, the engine's socket included).
+    VolumeCreate,
 }
 
 /// One allowed call.
@@ -151,19 +154,17 @@ pub const RULES: &[Rule] = &[
     // run_with_volumes_of; `docker-compose run` waits for its one-off.
     rule("POST", "/containers/*/wait", &[Backup, Deployer]),
     // `docker-compose` (the deployer, on its own projects): `up` makes the project's network
-    // and named volumes when missing and looks them up; `run` attaches to its one-off (the
-    // test and the pre-deployment commands) and `rm -s` may kill; it lists images to tell
-    // which are here. Containers it creates go through the same `Create` check as above.
-    rule("GET", "/networks", &[Deployer]),
+    // and named volumes when missing (a volume only plain: `VolumeCreate`) and looks them up;
+    // `run` attaches to its one-off (the test and the pre-deployment commands). Containers
+    // it creates go through the same `Create` check as above. (What compose 1.29 calls, read
+    // off the proxy's debug log: crates/sockproxy/tests/engine.rs.)
     rule("GET", "/networks/*", &[Deployer]),
     rule("POST", "/networks/create", &[Deployer]),
     rule("POST", "/networks/*/disconnect", &[Deployer]),
-    rule("GET", "/volumes", &[Deployer]),
     rule("GET", "/volumes/*", &[Deployer]),
-    rule("POST", "/volumes/create", &[Deployer]),
-    rule("POST", "/containers/*/attach", &[Deployer]),
-    rule("POST", "/containers/*/kill", &[Deployer]),
-    rule("GET", "/images/json", &[Updater, Deployer]),
+    checked("POST", "/volumes/create", &[Deployer], Check::VolumeCreate),
+    checked("POST", "/containers/*/attach", &[Deployer], Check::Target),
+    rule("GET", "/images/json", &[Updater]),
     // download_path (backups; the updater's certificate fingerprints), upload_tar (restores).
     checked("GET", "/containers/*/archive", CHANGE, Check::Target),
     // The health service's certificate expiry check: certbot's live links and full chains.
@@ -377,9 +378,35 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Checks a container's creation body for `role`; returns the containers named in
-/// `HostConfig.VolumesFrom`, which the caller must check are not the proxy's own.
-pub fn check_create(role: Role, body: &serde_json::Value) -> Result<Vec<String>, String> {
+/// Checks a volume's creation body: the local driver (or none named), no driver options.
+pub fn check_volume_create(body: &serde_json::Value) -> Result<(), String> {
+    let driver = body.get("Driver").and_then(|d| d.as_str()).unwrap_or_default();
+    if !driver.is_empty() && driver != "local" {
+        return Err(format!("a volume of driver {driver:?} is not allowed (only local)"));
+    }
+    let options = body.get("DriverOpts").and_then(|o| o.as_object());
+    if options.is_some_and(|o| !o.is_empty()) {
+        return Err(
+            "a volume with driver options is not allowed (they can bind any host path): create it by hand".into(),
+        );
+    }
+    Ok(())
+}
+
+/// What a container's creation names that the caller must check against the proxy's own
+/// container: containers it borrows volumes from, and named volumes it mounts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CreateTargets {
+    /// `HostConfig.VolumesFrom`'s containers.
+    pub containers: Vec<String>,
+    /// Named volumes (`Binds` whose source is not a path, `Mounts` of type volume).
+    pub volumes: Vec<String>,
+}
+
+/// Checks a container's creation body for `role`; returns what it names that the caller must
+/// check is not the proxy's own (the containers of `HostConfig.VolumesFrom`, named volumes:
+/// the proxy's volumes hold the other roles' sockets).
+pub fn check_create(role: Role, body: &serde_json::Value) -> Result<CreateTargets, String> {
     let host = body.get("HostConfig").cloned().unwrap_or(serde_json::Value::Null);
     let binds = host.get("Binds").and_then(|b| b.as_array()).cloned().unwrap_or_default();
     for bind in binds.iter().filter_map(|b| b.as_str()) {
@@ -390,25 +417,53 @@ pub fn check_create(role: Role, body: &serde_json::Value) -> Result<Vec<String>,
             ));
         }
     }
+    let mut volumes: Vec<String> = binds
+        .iter()
+        .filter_map(|b| b.as_str())
+        .map(|b| b.split(':').next().unwrap_or_default())
+        .filter(|source| !source.is_empty() && !source.starts_with('/'))
+        .map(str::to_owned)
+        .collect();
     let mounts = host.get("Mounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
     for mount in &mounts {
         let source = mount.get("Source").and_then(|s| s.as_str()).unwrap_or_default();
-        let bind = mount.get("Type").and_then(|t| t.as_str()) == Some("bind");
-        if bind && is_socket_source(source) {
+        let kind = mount.get("Type").and_then(|t| t.as_str());
+        if kind == Some("bind") && is_socket_source(source) {
             return Err(format!("a mount of {source} (the engine's socket or a directory holding it) is not allowed"));
+        }
+        if kind == Some("volume") {
+            // A volume made at the create with driver options: a bind of any host path.
+            let driver = mount.pointer("/VolumeOptions/DriverConfig");
+            if driver.is_some_and(|d| !d.is_null() && d.as_object().is_none_or(|o| !o.is_empty())) {
+                return Err("a volume mount with a driver configuration is not allowed".into());
+            }
+            if !source.is_empty() {
+                volumes.push(source.to_owned());
+            }
         }
     }
     if role == Role::Backup {
         check_backup_host_config(&host)?;
     }
     let volumes_from = host.get("VolumesFrom").and_then(|v| v.as_array()).cloned();
-    Ok(volumes_from
+    let containers = volumes_from
         .unwrap_or_default()
         .iter()
         .filter_map(|v| v.as_str())
         // `name[:ro|rw]`.
         .map(|v| v.split(':').next().unwrap_or_default().to_owned())
-        .collect())
+        .collect();
+    Ok(CreateTargets { containers, volumes })
+}
+
+/// The named volumes a container's inspect (or list entry) mounts.
+pub fn named_volumes(container: &serde_json::Value) -> Vec<String> {
+    let mounts = container.get("Mounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+    mounts
+        .iter()
+        .filter(|m| m.get("Type").and_then(|t| t.as_str()) == Some("volume"))
+        .filter_map(|m| m.get("Name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect()
 }
 
 /// The backup service makes two shapes only (a scratch server, a helper sharing a container's
@@ -658,11 +713,10 @@ mod tests {
         }
         // What compose needs is the deployer's alone.
         let compose_only = [
-            ("POST", "/containers/abc/kill"),
             ("POST", "/containers/abc/attach"),
             ("POST", "/volumes/create"),
             ("POST", "/networks/create"),
-            ("GET", "/networks"),
+            ("GET", "/networks/n1"),
             ("GET", "/volumes/v1"),
             ("POST", "/networks/n1/disconnect"),
         ];
@@ -677,6 +731,7 @@ mod tests {
         // Nobody may do these.
         for role in Role::ALL {
             for (m, p) in [
+                ("POST", "/containers/abc/kill"),
                 ("POST", "/containers/abc/update"),
                 ("POST", "/build"),
                 ("DELETE", "/volumes/v1"),
@@ -728,15 +783,16 @@ mod tests {
         // The updater recreates what exists: other binds and settings are the operator's.
         let nginx = json!({"HostConfig": {"Binds": ["/srv/nginx/templates:/etc/nginx/templates:ro"],
             "RestartPolicy": {"Name": "unless-stopped"}, "NetworkMode": "stack_default"}});
-        assert_eq!(check_create(Updater, &nginx), Ok(vec![]));
+        assert_eq!(check_create(Updater, &nginx), Ok(CreateTargets::default()));
         assert!(check_create(Backup, &nginx).is_err());
         // The backup's two shapes (as bollard serialises them).
         let scratch = json!({"Image": "postgres:15", "Env": ["A=1"], "Labels": {"steward.helper": "s"},
             "HostConfig": {"NetworkMode": "none"}});
-        assert_eq!(check_create(Backup, &scratch), Ok(vec![]));
+        assert_eq!(check_create(Backup, &scratch), Ok(CreateTargets::default()));
         let helper = json!({"Image": "busybox", "User": "0", "NetworkDisabled": true,
             "HostConfig": {"VolumesFrom": ["gitea:ro"], "NetworkMode": "none"}});
-        assert_eq!(check_create(Backup, &helper), Ok(vec!["gitea".to_owned()]));
+        let borrowed = check_create(Backup, &helper).expect("the helper");
+        assert_eq!(borrowed.containers, ["gitea"]);
         for host in [
             json!({"Privileged": true}),
             json!({"CapAdd": ["SYS_ADMIN"]}),
@@ -746,6 +802,28 @@ mod tests {
             json!({"Binds": ["data:/data"]}),
         ] {
             assert!(check_create(Backup, &json!({"HostConfig": host})).is_err(), "{host}");
+        }
+        // Named volumes are returned to be checked against the proxy's own (they hold the
+        // roles' sockets); a volume made at the create with a driver configuration is refused.
+        let named = json!({"HostConfig": {"Binds": ["data:/data", "/srv/x:/x"],
+            "Mounts": [{"Type": "volume", "Source": "stack_docker-updater", "Target": "/s"}]}});
+        let named = check_create(Deployer, &named).expect("named volumes");
+        assert_eq!(named.volumes, ["data", "stack_docker-updater"]);
+        let driven = json!({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v",
+            "VolumeOptions": {"DriverConfig": {"Name": "local",
+                "Options": {"type": "none", "o": "bind", "device": "/var/run"}}}}]}});
+        assert!(check_create(Deployer, &driven).is_err());
+        // And a volume's own creation: local and plain only.
+        assert_eq!(
+            check_volume_create(&json!({"Name": "site-dev_data", "Driver": "local"})),
+            Ok(())
+        );
+        assert_eq!(check_volume_create(&json!({"Name": "v", "DriverOpts": {}})), Ok(()));
+        for bad in [
+            json!({"Name": "v", "Driver": "local", "DriverOpts": {"type": "none", "o": "bind", "device": "/var/run"}}),
+            json!({"Name": "v", "Driver": "rclone"}),
+        ] {
+            assert!(check_volume_create(&bad).is_err(), "{bad}");
         }
     }
 

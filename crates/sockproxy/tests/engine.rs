@@ -452,41 +452,61 @@ async fn a_podman_healthcheck_run_passes_the_roles_that_read_health() {
     assert_eq!((tally.allowed > 0, tally.refused), (true, 1));
 }
 
+/// A compose project's containers, network, volumes and directory, removed when dropped.
+struct ComposeProject {
+    name: String,
+    dir: PathBuf,
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let filter = format!("label=com.docker.compose.project={}", self.name);
+        for id in try_docker(&["ps", "-aq", "--filter", &filter]).unwrap_or_default().lines() {
+            let _ = try_docker(&["rm", "-f", "-v", id]);
+        }
+        let _ = try_docker(&["network", "rm", &format!("{}_default", self.name)]);
+        for v in ["data", "opts", "sockets"] {
+            let _ = try_docker(&["volume", "rm", "-f", &format!("{}_{v}", self.name)]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// `docker-compose` (the test bed's 1.29, the deployer's) against the deployer's socket: the
 /// commands the deployer runs on its projects pass (`config`, `up -d` with a named volume and
 /// the project's network, `run --rm --no-deps -T` attached, `up` recreating a changed service,
-/// `rm -s -f`), and a compose file that binds the engine's socket is refused at its create.
+/// `rm -s -f`); a compose file that binds the engine's socket, that makes a volume binding a
+/// host path through driver options, or that mounts a volume of the proxy's container (where
+/// the other roles' sockets are) is refused at its create, and nothing of it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_compose_runs_a_project_through_the_deployer_socket_but_never_binds_the_socket() {
+async fn docker_compose_runs_a_project_through_the_deployer_socket_but_never_reaches_a_socket() {
     let proxies = Proxies::start();
-    let project = unique_name("sockproxy-compose").replace('-', "");
-    let dir = std::env::temp_dir().join(&project);
-    std::fs::create_dir_all(&dir).expect("project dir");
-    let file = |note: &str, extra: &str| {
+    let name = unique_name("sockproxy-compose").replace('-', "");
+    let project = ComposeProject { dir: std::env::temp_dir().join(&name), name };
+    std::fs::create_dir_all(&project.dir).expect("project dir");
+    let file = |note: &str, volumes: &str, declared: &str| {
         format!(
-            "version: \"2.4\"\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [\"sleep\", \"600\"]\n    stop_grace_period: 1s\n    environment: [NOTE={note}]\n    volumes: [\"data:/data\"]\n{extra}volumes:\n  data: {{}}\n"
+            "version: \"2.4\"\nservices:\n  web:\n    image: {BUSYBOX}\n    command: [\"sleep\", \"600\"]\n    stop_grace_period: 1s\n    environment: [NOTE={note}]\n    volumes: [{volumes}]\nvolumes:\n{declared}"
         )
     };
+    let plain = |note: &str| file(note, "\"data:/data\"", "  data: {}\n");
     let host = proxies.host(Role::Deployer);
     let compose = |args: &[&str]| {
         let out = std::process::Command::new("docker-compose")
-            .current_dir(&dir)
+            .current_dir(&project.dir)
             .env("DOCKER_HOST", &host)
-            .args(["-p", &project])
+            .args(["-p", &project.name])
             .args(args)
             .output()
             .expect("docker-compose");
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let cleanup = || {
-        let filter = format!("label=com.docker.compose.project={project}");
-        for id in docker(&["ps", "-aq", "--filter", &filter]).lines() {
-            let _ = try_docker(&["rm", "-f", "-v", id]);
-        }
-        let _ = try_docker(&["network", "rm", &format!("{project}_default")]);
-        let _ = try_docker(&["volume", "rm", "-f", &format!("{project}_data")]);
+    let write = |text: String| std::fs::write(project.dir.join("docker-compose.yml"), text);
+    let running = || {
+        let filter = format!("label=com.docker.compose.project={}", project.name);
+        docker(&["ps", "-q", "--filter", &filter])
     };
-    std::fs::write(dir.join("docker-compose.yml"), file("a", "")).expect("write");
+    write(plain("a")).expect("write");
     let steps: [(&str, &[&str]); 3] = [
         ("config", &["config", "--hash=*"]),
         ("up", &["up", "-d", "--no-deps", "web"]),
@@ -494,31 +514,63 @@ async fn docker_compose_runs_a_project_through_the_deployer_socket_but_never_bin
     ];
     for (what, args) in steps {
         let (ok, err) = compose(args);
-        if !ok {
-            cleanup();
-        }
         assert!(ok, "{what} through the deployer's socket: {err}");
     }
+    let (ok, err) = compose(&["run", "--rm", "--no-deps", "-T", "web", "ls", "/data/ran"]);
+    assert!(ok, "the one-off's file is not in the project's volume: {err}");
     // A changed definition: compose stops, renames and replaces the container.
-    std::fs::write(dir.join("docker-compose.yml"), file("b", "")).expect("write");
+    write(plain("b")).expect("write");
     let (ok, err) = compose(&["up", "-d", "--no-deps", "web"]);
-    let note =
-        docker(&["ps", "-q", "--filter", &format!("label=com.docker.compose.project={project}")]);
-    let env = docker(&["inspect", "-f", "{{.Config.Env}}", note.trim()]);
-    let (rm_ok, rm_err) = compose(&["rm", "-s", "-f", "web"]);
-    // A definition binding the engine's socket: refused by the proxy, nothing runs.
-    let socket = "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n";
-    let hostile = file("c", "").replace("    volumes: [\"data:/data\"]\n", socket);
-    std::fs::write(dir.join("docker-compose.yml"), hostile).expect("write");
-    let (bad_ok, bad_err) = compose(&["up", "-d", "--no-deps", "web"]);
-    let left =
-        docker(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")]);
-    cleanup();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(ok, "up of a changed definition: {err}");
+    let env = docker(&["inspect", "-f", "{{.Config.Env}}", running().trim()]);
     assert!(env.contains("NOTE=b"), "not recreated: {env}");
-    assert!(rm_ok, "rm -s -f: {rm_err}");
-    assert!(!bad_ok, "a socket bind went through");
-    assert!(bad_err.contains("steward-sockproxy") || bad_err.contains("403"), "{bad_err}");
-    assert!(left.trim().is_empty(), "a container of the socket bind was made: {left}");
+    let (ok, err) = compose(&["rm", "-s", "-f", "web"]);
+    assert!(ok, "rm -s -f: {err}");
+
+    // The proxy's container (labelled as the stack labels it) and the volume it holds.
+    let proxy_volume = format!("{}_sockets", project.name);
+    let proxy_name = format!("{}-proxy", project.name);
+    let _proxy = Container::run(
+        &proxy_name,
+        &[
+            "--label",
+            "steward.sockproxy=true",
+            "-v",
+            &format!("{proxy_volume}:/run/steward-docker"),
+            "--stop-timeout",
+            "1",
+            BUSYBOX,
+            "sleep",
+            "600",
+        ],
+    );
+    let hostile = [
+        (
+            "a bind of the socket",
+            file("c", "\"/var/run/docker.sock:/var/run/docker.sock\"", "  data: {}\n"),
+        ),
+        (
+            "a volume binding /var/run through driver options",
+            file(
+                "c",
+                "\"opts:/engine\"",
+                "  opts:\n    driver_opts: {type: none, o: bind, device: /var/run}\n",
+            ),
+        ),
+        (
+            "the proxy's volume",
+            file(
+                "c",
+                "\"sockets:/s\"",
+                &format!("  sockets:\n    external: true\n    name: {proxy_volume}\n"),
+            ),
+        ),
+    ];
+    for (what, text) in hostile {
+        write(text).expect("write");
+        let (ok, err) = compose(&["up", "-d", "--no-deps", "web"]);
+        assert!(!ok, "{what} went through");
+        assert!(err.contains("steward-sockproxy"), "{what}: not the proxy's refusal: {err}");
+        assert!(running().trim().is_empty(), "{what}: a container runs");
+    }
 }
