@@ -186,7 +186,12 @@ async fn check_body(
         }
         _ => {
             let named = rules::check_create(role, &json).map_err(Denied::Refused)?;
-            ensure_not_protected_volumes(&named.volumes, upstream).await?;
+            // The deployer's creates come from a repository. (The updater recreates what runs:
+            // Steward's own services mount their sockets' volumes, and a self-update must
+            // recreate them; the backup's shapes mount no named volume.)
+            if role == Role::Deployer {
+                ensure_not_protected_volumes(&named.volumes, upstream).await?;
+            }
             named.containers
         }
     };

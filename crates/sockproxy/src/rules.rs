@@ -432,9 +432,12 @@ pub fn check_create(role: Role, body: &serde_json::Value) -> Result<CreateTarget
             return Err(format!("a mount of {source} (the engine's socket or a directory holding it) is not allowed"));
         }
         if kind == Some("volume") {
-            // A volume made at the create with driver options: a bind of any host path.
+            // A volume made at the create with driver options: a bind of any host path. Only
+            // the deployer's creates come from a repository; the updater recreates what runs.
             let driver = mount.pointer("/VolumeOptions/DriverConfig");
-            if driver.is_some_and(|d| !d.is_null() && d.as_object().is_none_or(|o| !o.is_empty())) {
+            let configured =
+                driver.is_some_and(|d| !d.is_null() && d.as_object().is_none_or(|o| !o.is_empty()));
+            if role == Role::Deployer && configured {
                 return Err("a volume mount with a driver configuration is not allowed".into());
             }
             if !source.is_empty() {
@@ -813,6 +816,7 @@ mod tests {
             "VolumeOptions": {"DriverConfig": {"Name": "local",
                 "Options": {"type": "none", "o": "bind", "device": "/var/run"}}}}]}});
         assert!(check_create(Deployer, &driven).is_err());
+        assert!(check_create(Updater, &driven).is_ok(), "the updater recreates what runs");
         // And a volume's own creation: local and plain only.
         assert_eq!(
             check_volume_create(&json!({"Name": "site-dev_data", "Driver": "local"})),
