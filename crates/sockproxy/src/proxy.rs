@@ -214,25 +214,8 @@ async fn ensure_not_protected_volumes(volumes: &[String], upstream: &Path) -> Re
         return Ok(());
     }
     let filter = format!("{{\"label\":[\"{}\"]}}", rules::PROTECTED_LABEL);
-    let query: String = url_encode(&filter);
-    let list = Request::get(format!("/containers/json?all=1&filters={query}"))
-        .header(HOST, "docker")
-        .body(full(Bytes::new()))
-        .map_err(|e| Denied::Failed(format!("cannot list the proxy's containers: {e}")))?;
-    let response = forward(list, upstream).await.map_err(Denied::Failed)?;
-    if !response.status().is_success() {
-        return Err(Denied::Failed(format!(
-            "cannot list the proxy's containers to check volumes: {}",
-            response.status()
-        )));
-    }
-    let body = Limited::new(response.into_body(), 16 * MAX_CHECKED_BODY)
-        .collect()
-        .await
-        .map_err(|e| Denied::Failed(format!("cannot list the proxy's containers: {e}")))?
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| Denied::Failed(format!("cannot list the proxy's containers: {e}")))?;
+    let path = format!("/containers/json?all=1&filters={}", url_encode(&filter));
+    let json = engine_json(&path, "the proxy's containers", upstream).await?.unwrap_or_default();
     for container in json.as_array().map(Vec::as_slice).unwrap_or_default() {
         let theirs = rules::named_volumes(container);
         if let Some(v) = volumes.iter().find(|v| theirs.contains(v)) {
@@ -242,6 +225,36 @@ async fn ensure_not_protected_volumes(volumes: &[String], upstream: &Path) -> Re
         }
     }
     Ok(())
+}
+
+/// The engine's JSON answer to `GET path` (`what` it is, for errors); `None` for a 404.
+async fn engine_json(
+    path: &str,
+    what: &str,
+    upstream: &Path,
+) -> Result<Option<serde_json::Value>, Denied> {
+    let request = Request::get(path)
+        .header(HOST, "docker")
+        .body(full(Bytes::new()))
+        .map_err(|e| Denied::Refused(format!("cannot ask for {what}: {e}")))?;
+    let response = forward(request, upstream).await.map_err(Denied::Failed)?;
+    if response.status() == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !response.status().is_success() {
+        return Err(Denied::Failed(format!(
+            "cannot read {what} to check it: {}",
+            response.status()
+        )));
+    }
+    let body = Limited::new(response.into_body(), 16 * MAX_CHECKED_BODY)
+        .collect()
+        .await
+        .map_err(|e| Denied::Failed(format!("cannot read {what}: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| Denied::Failed(format!("cannot read {what}: {e}")))
 }
 
 /// `s` percent-encoded for a query value (everything but unreserved characters).
@@ -259,27 +272,11 @@ fn url_encode(s: &str) -> String {
 /// Refuses a container that is the proxy's own (or holds the socket); one the engine does not
 /// know passes (the engine answers 404 for it itself).
 async fn ensure_unprotected(container: &str, upstream: &Path) -> Result<(), Denied> {
-    let inspect = Request::get(format!("/containers/{container}/json"))
-        .header(HOST, "docker")
-        .body(full(Bytes::new()))
-        .map_err(|e| Denied::Refused(format!("bad container name {container:?}: {e}")))?;
-    let response = forward(inspect, upstream).await.map_err(Denied::Failed)?;
-    if response.status() == StatusCode::NOT_FOUND {
+    let what = format!("container {container}");
+    let Some(json) = engine_json(&format!("/containers/{container}/json"), &what, upstream).await?
+    else {
         return Ok(());
-    }
-    if !response.status().is_success() {
-        return Err(Denied::Failed(format!(
-            "cannot inspect {container} to check it: {}",
-            response.status()
-        )));
-    }
-    let body = Limited::new(response.into_body(), 16 * MAX_CHECKED_BODY)
-        .collect()
-        .await
-        .map_err(|e| Denied::Failed(format!("cannot inspect {container}: {e}")))?
-        .to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| Denied::Failed(format!("cannot inspect {container}: {e}")))?;
+    };
     if rules::is_protected(&json) {
         return Err(Denied::Refused(format!(
             "{container} is the socket proxy's container (or holds the Docker socket)"
