@@ -259,6 +259,11 @@ pub(crate) fn summary(data: &EventData) -> String {
         }
         EventData::UpdateWrittenBack(p) => match (&p.refused, &p.file) {
             (Some(why), _) => format!("{} not written back: {why}", p.image),
+            (None, None) if p.committer.is_some() => format!(
+                "{} to be committed by the {} (deployed from git)",
+                p.image,
+                p.committer.as_deref().unwrap_or_default()
+            ),
             (None, Some(file)) => {
                 format!("{} written to {} in {file}", p.image, p.key.as_deref().unwrap_or("it"))
             }
@@ -433,7 +438,51 @@ fn deploy_change(c: &steward_events::Change) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::build_event;
+    use super::{build_event, summary};
+    use steward_events::{DeployWrittenBack, EventData, UpdateWrittenBack};
+
+    #[test]
+    fn write_backs_say_who_writes_and_what() {
+        let id = uuid::Uuid::nil();
+        let handed = UpdateWrittenBack {
+            update_id: id,
+            container: "site-prod-web-1".into(),
+            image: "app:1.1".into(),
+            file: None,
+            key: None,
+            refused: None,
+            from_image: Some("app:1.0".into()),
+            committer: Some("deployer".into()),
+        };
+        let line = summary(&EventData::UpdateWrittenBack(handed.clone()));
+        assert_eq!(line, "app:1.1 to be committed by the deployer (deployed from git)");
+        let named = UpdateWrittenBack { committer: None, ..handed };
+        assert_eq!(
+            summary(&EventData::UpdateWrittenBack(named)),
+            "app:1.1 already named by the project"
+        );
+        let committed = DeployWrittenBack {
+            update_id: id,
+            environment: "prod".into(),
+            branch: "main".into(),
+            repository: "https://git.example.com/ops/site.git".into(),
+            container: "site-prod-web-1".into(),
+            image: "app:1.1".into(),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            file: Some(".env".into()),
+            key: Some("WEB_IMAGE".into()),
+            refused: None,
+        };
+        let line = summary(&EventData::DeployWrittenBack(committed.clone()));
+        assert_eq!(line, "app:1.1 committed to main as 0123456789 (WEB_IMAGE in .env)");
+        let refused = DeployWrittenBack {
+            commit: None,
+            refused: Some("the push was refused".into()),
+            ..committed
+        };
+        let line = summary(&EventData::DeployWrittenBack(refused));
+        assert_eq!(line, "app:1.1 not committed to main: the push was refused");
+    }
 
     #[test]
     fn publish_validates_the_payload() {
