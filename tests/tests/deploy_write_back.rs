@@ -222,6 +222,19 @@ async fn an_image_update_of_a_deployed_service_is_committed_and_the_next_deploym
     ]);
     assert_eq!(image, format!("{}:1.1", t.base), "the next deployment went back");
     assert!(serves(repo.web, "v2"), "web does not serve v2");
+
+    // A human reverts the write-back commit; a replay of the hand-over then is refused, and
+    // the revert stands (a replay is no new decision).
+    git(&repo.work, &["revert", "--no-edit", &commit]);
+    git(&repo.work, &["push", "-q", "origin", "HEAD:dev"]);
+    let reverted = git(&repo.work, &["rev-parse", "HEAD"]);
+    let mut late = handover.clone();
+    late.id = uuid::Uuid::new_v4();
+    bus.publish(&late).await.expect("publish");
+    let four = answers(&bus, news.correlation_id, 4).await;
+    let why = four.iter().filter_map(|(_, a)| a.refused.clone()).find(|r| r.contains("reverted"));
+    assert!(why.is_some(), "{four:?}");
+    assert_eq!(origin(&repo, &["rev-parse", "dev"]), reverted, "the revert was undone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

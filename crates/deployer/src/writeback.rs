@@ -14,7 +14,8 @@
 //!
 //! Repeats and crashes: everything before the push is redone from the branch's head, so a
 //! kill anywhere before it leaves nothing; a kill after it finds the trailer on the next
-//! delivery and answers with that commit. A replayed old event is refused: the container no
+//! delivery and answers with that commit (refused when the branch no longer names the image:
+//! a revert since is a human's decision, never redone). A replayed old event is refused: the container no
 //! longer runs its image, or the branch names another version. A branch that moved between
 //! the fetch and the push refuses the push; the change is made again on the new head (a few
 //! times, then refused with git's message).
@@ -127,8 +128,21 @@ impl Flow {
             let head = self.git.fetched_head(&dir, &env.branch).await?;
             self.git.checkout(&dir, &head).await?;
             if let Some(commit) = self.git.find_line(&dir, &head, &trailer).await? {
-                let (file, key) = self.located(&dir, service, from, &w.image).unwrap_or_default();
-                return Ok(Outcome::Committed { commit, file, key });
+                // Made before (a repeat): that commit, while the branch still names the image.
+                // Reverted or changed since, a human decided: left as it is, never redone.
+                return Ok(match self.change_in(&dir, service, from, &w.image) {
+                    Ok((file, change, _)) if change.done() => {
+                        Outcome::Committed { commit, file, key: change.key }
+                    }
+                    Ok((_, change, _)) => Outcome::Refused(format!(
+                        "this update's commit {} is on {}, but {} says `{}` now (reverted or changed since): left as it is",
+                        commit.get(..10).unwrap_or(&commit),
+                        env.branch,
+                        change.key,
+                        change.current
+                    )),
+                    Err(why) => Outcome::Refused(why),
+                });
             }
             let (rel, change, text) = match self.change_in(&dir, service, from, &w.image) {
                 Ok(found) => found,
@@ -170,17 +184,6 @@ impl Flow {
                 }
             }
         }
-    }
-
-    /// The file and key the change is in (for a repeat's answer).
-    fn located(
-        &self,
-        dir: &std::path::Path,
-        service: &str,
-        from: &str,
-        to: &str,
-    ) -> Option<(String, String)> {
-        self.change_in(dir, service, from, to).ok().map(|(rel, c, _)| (rel, c.key))
     }
 
     /// The change of `service`'s image from `from` to `to` in the checkout at `dir`: the file
