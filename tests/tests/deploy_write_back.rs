@@ -12,22 +12,11 @@ mod deploy_common;
 
 use deploy_common::*;
 use steward_events::{Digest, ImageUpdated, UpdateWrittenBack};
-use steward_testkit::docker::{docker, push_app, registry, ImageTag, SwapLeftovers};
+use steward_testkit::docker::{docker, AppTags, SwapLeftovers};
 
 /// The registry's `1.0` (the app's v1) and `1.1` (v2) of a repository of this test.
-struct Tags {
-    base: String,
-    v1: String,
-    v2: String,
-    _tags: Vec<ImageTag>,
-}
-
-fn tags() -> Tags {
-    let base = format!("{}/{}", registry(), unique_name("steward-test/cb"));
-    let v1 = push_app("v1", &format!("{base}:1.0"));
-    let v2 = push_app("v2", &format!("{base}:1.1"));
-    let _tags = vec![ImageTag(format!("{base}:1.0")), ImageTag(format!("{base}:1.1"))];
-    Tags { base, v1, v2, _tags }
+fn tags() -> AppTags {
+    AppTags::push("steward-test/cb")
 }
 
 /// The compose file: web's image from `WEB_IMAGE` (in `.env`), watched in `scope`; `note`
@@ -73,7 +62,7 @@ fn web_container(repo: &Repo) -> String {
 }
 
 /// The updater's news that web (running 1.0) has 1.1.
-fn news(repo: &Repo, t: &Tags) -> Event {
+fn news(repo: &Repo, t: &AppTags) -> Event {
     Event::new(
         "steward-watcher/test",
         ImageUpdated {

@@ -18,9 +18,7 @@ use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
 use steward_events::{Digest, Event, EventData, ImageUpdated, UpdateWrittenBack};
 use steward_system_tests::mail::{mails_to, testbed_maildir, testbed_notifier_env, unique_address};
 use steward_system_tests::Proc;
-use steward_testkit::docker::{
-    build_and_push, docker, push_app, registry, ImageTag, SwapLeftovers,
-};
+use steward_testkit::docker::{build_and_push, docker, AppTags, ImageTag, SwapLeftovers};
 use steward_testkit::{stored_events, unique_name, TestBus};
 
 /// A compose project in a temp directory; brought down (containers, networks) and removed
@@ -94,21 +92,11 @@ impl Drop for Project {
     }
 }
 
-/// A repository of its own in the local registry: `:1.0` is v1, `:1.1` v2 (tags removed
-/// locally when dropped).
-struct Repo {
-    base: String,
-    v1: String,
-    v2: String,
-    _tags: Vec<ImageTag>,
-}
+/// A repository of its own in the local registry: `:1.0` is v1, `:1.1` v2.
+type Repo = AppTags;
 
 fn repo() -> Repo {
-    let base = format!("{}/{}", registry(), unique_name("steward-test/wb"));
-    let v1 = push_app("v1", &format!("{base}:1.0"));
-    let v2 = push_app("v2", &format!("{base}:1.1"));
-    let tags = vec![ImageTag(format!("{base}:1.0")), ImageTag(format!("{base}:1.1"))];
-    Repo { base, v1, v2, _tags: tags }
+    AppTags::push("steward-test/wb")
 }
 
 /// The compose file: service `app` watched in `scope`, its image `image` (as written).

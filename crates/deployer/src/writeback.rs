@@ -66,9 +66,7 @@ impl Flow {
         let Some(env) = env.filter(|e| same_dir(working_dir, &self.compose_dir_of(&e.name))) else {
             // Under this deployer's directory but of no environment it has now (one removed
             // from its settings): told, not lost. Anywhere else: another deployer's.
-            if same_dir(working_dir, &self.cfg.dir)
-                || canonical(working_dir).starts_with(canonical(&self.cfg.dir))
-            {
+            if canonical(working_dir).starts_with(canonical(&self.cfg.dir)) {
                 let why = format!(
                     "project {project} ({}) is none of this deployer's environments now",
                     working_dir.display()

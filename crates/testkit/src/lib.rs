@@ -660,6 +660,29 @@ pub mod docker {
         push(image)
     }
 
+    /// A repository of its own in the local registry holding the stand-in app: `:1.0` is v1,
+    /// `:1.1` v2, with their pushed digests (the tags removed locally when dropped).
+    pub struct AppTags {
+        /// `registry/name`.
+        pub base: String,
+        /// The digest of `:1.0`.
+        pub v1: String,
+        /// The digest of `:1.1`.
+        pub v2: String,
+        _tags: Vec<ImageTag>,
+    }
+
+    impl AppTags {
+        /// Pushes both tags under a unique repository named after `name`.
+        pub fn push(name: &str) -> Self {
+            let base = format!("{}/{}", registry(), crate::unique_name(name));
+            let v1 = push_app("v1", &format!("{base}:1.0"));
+            let v2 = push_app("v2", &format!("{base}:1.1"));
+            let _tags = vec![ImageTag(format!("{base}:1.0")), ImageTag(format!("{base}:1.1"))];
+            Self { base, v1, v2, _tags }
+        }
+    }
+
     /// Builds `dockerfile` (no context: `FROM` a local image plus instructions) as `image`
     /// and pushes it; the digest the registry has for it.
     pub fn build_and_push(image: &str, dockerfile: &str) -> String {
