@@ -14,6 +14,12 @@ The order is longest first (known durations: target/test-times.tsv from the last
 machine, else scripts/test-times.tsv), so the longest binary does not start last. Arguments
 after the options are passed to every binary (e.g. a test name filter).
 
+The engine matrix (issue 22): the binaries listed in scripts/podman-tests.txt run a second
+time against Podman's Docker-compatible service (STEWARD_TEST_PODMAN_SOCKET) as DOCKER_HOST,
+which the `docker` CLI their set-up runs, the engine client and the services they start all
+read. That run is named "[podman] KEY" in the log and "KEY@podman" in the times, so a failure
+names the engine. STEWARD_TEST_MATRIX=docker runs the Docker leg only.
+
 Exit: 0 when every binary passed, 101 (as Cargo) when one failed or could not run.
 """
 
@@ -29,6 +35,7 @@ import tomllib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEASURED = os.path.join(ROOT, "target", "test-times.tsv")
 HINTS = os.path.join(ROOT, "scripts", "test-times.tsv")
+PODMAN_TESTS = os.path.join(ROOT, "scripts", "podman-tests.txt")
 
 
 def package_name(package_id):
@@ -105,8 +112,40 @@ def config_env(env):
     return out
 
 
+def podman_leg(found, env):
+    """The Podman runs of the binaries scripts/podman-tests.txt lists (a key per line, as in
+    the times file; `#` starts a comment). A listed key that names no binary is an error: the
+    matrix must not shrink silently when a test file is renamed."""
+    if env.get("STEWARD_TEST_MATRIX", "docker,podman") == "docker":
+        return []
+    socket = env.get("STEWARD_TEST_PODMAN_SOCKET")
+    if not socket:
+        sys.exit("the Podman leg needs STEWARD_TEST_PODMAN_SOCKET (infra/testbed/up.sh sets it; "
+                 "STEWARD_TEST_MATRIX=docker runs the Docker leg only)")
+    wanted = []
+    with open(PODMAN_TESTS) as f:
+        for line in f:
+            key = line.split("#", 1)[0].strip()
+            if key:
+                wanted.append(key)
+    by_key = {b["key"]: b for b in found}
+    missing = [k for k in wanted if k not in by_key]
+    if missing:
+        sys.exit(f"scripts/podman-tests.txt names no test binary: {', '.join(missing)}")
+    leg = []
+    for key in wanted:
+        b = dict(by_key[key])
+        b["key"] = f"{key}@podman"
+        b["engine"] = "podman"
+        b["env"] = {"DOCKER_HOST": f"unix://{socket}", "STEWARD_TEST_ENGINE": "podman"}
+        leg.append(b)
+    return leg
+
+
 def cargo_args(b):
     # How Cargo names a target in "to rerun pass ...".
+    if b.get("engine") == "podman":
+        return f"DOCKER_HOST=unix://$STEWARD_TEST_PODMAN_SOCKET cargo test -p {b['package']} --{b['kind']} {b['name']}"
     if b["kind"] == "lib":
         return f"-p {b['package']} --lib"
     if b["kind"] == "bin":
@@ -122,14 +161,14 @@ def main():
     todo = binaries(sys.stdin)
     if not todo:
         sys.exit("no test binaries in Cargo's messages (was it `cargo test --no-run --message-format=json`?)")
+    env = dict(os.environ)
+    env.setdefault("CARGO", "cargo")
+    env.update(config_env(env))
+    todo += podman_leg(todo, env)
     times = read_times(HINTS)
     times.update(read_times(MEASURED))
     # Unknown binaries count as 10 s: the list holds every binary of 20 s or more.
     todo.sort(key=lambda b: -times.get(b["key"], 10.0))
-
-    env = dict(os.environ)
-    env.setdefault("CARGO", "cargo")
-    env.update(config_env(env))
     running = {}  # pid -> (binary, Popen, output file, start)
     failed = []
     took = {}
@@ -149,14 +188,15 @@ def main():
         while todo and len(running) < jobs:
             b = todo.pop(0)
             out = tempfile.TemporaryFile()
-            env["CARGO_MANIFEST_DIR"] = b["dir"]
-            env["CARGO_PKG_NAME"] = b["package"]
+            run_env = dict(env, **b.get("env", {}))
+            run_env["CARGO_MANIFEST_DIR"] = b["dir"]
+            run_env["CARGO_PKG_NAME"] = b["package"]
             try:
                 # A session of its own: a stop reaches the binary's children (servers it runs).
                 proc = subprocess.Popen(
                     [b["exe"], *passthrough],
                     cwd=b["dir"],
-                    env=env,
+                    env=run_env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -174,7 +214,8 @@ def main():
         proc.returncode = os.waitstatus_to_exitcode(status)
         took[b["key"]] = time.monotonic() - start
         out.seek(0)
-        sys.stdout.write(f"     Running {b['src']} ({os.path.relpath(b['exe'], ROOT)})\n")
+        engine = f"[{b['engine']}] " if b.get("engine") else ""
+        sys.stdout.write(f"     Running {engine}{b['src']} ({os.path.relpath(b['exe'], ROOT)})\n")
         sys.stdout.flush()
         sys.stdout.buffer.write(out.read())
         out.close()
@@ -186,7 +227,8 @@ def main():
             flush=True,
         )
         if proc.returncode != 0:
-            print(f"error: test failed, to rerun pass `{cargo_args(b)}`", flush=True)
+            print(f"error: test failed{' on ' + b['engine'] if b.get('engine') else ''}, "
+                  f"to rerun pass `{cargo_args(b)}`", flush=True)
             failed.append(b)
 
     os.makedirs(os.path.dirname(MEASURED), exist_ok=True)

@@ -202,6 +202,22 @@ fi
 
 # ---- test images ------------------------------------------------------------------------
 "$HERE/images.sh" "$STATE"
+# Podman gets the same stand-ins (the engine matrix runs the engine-facing tests on it, issue
+# 22): copied from Docker by `docker save | podman load` when its copy is missing or another
+# build (the image id is the configuration's digest, the same on both). Podman names them
+# `localhost/steward-test/...`; a short name resolves to that.
+podman_ids() { podman --url "unix://$PODMAN_SOCKET" image inspect -f '{{.Id}}' "$@" 2>/dev/null | sed 's/^sha256://'; }
+to_copy=()
+for image in steward-test/busybox:latest steward-test/app:v1 steward-test/app:v2 steward-test/app:v3 \
+  steward-test/postgres:15 steward-test/nginx:latest; do
+  want=$(docker image inspect -f '{{.Id}}' "$image" | sed 's/^sha256://')
+  [ "$(podman_ids "localhost/$image")" = "$want" ] || to_copy+=("$image")
+done
+if [ ${#to_copy[@]} -gt 0 ]; then
+  log "copying ${to_copy[*]} into Podman"
+  docker save "${to_copy[@]}" | podman --url "unix://$PODMAN_SOCKET" load -q >/dev/null \
+    || die "podman load of the test images failed"
+fi
 
 # ---- where everything is ----------------------------------------------------------------
 cat >"$STATE/env" <<EOF

@@ -4,9 +4,7 @@ use std::collections::HashMap;
 
 use bollard::auth::DockerCredentials;
 use bollard::models::HealthStatusEnum;
-use bollard::query_parameters::{
-    CreateImageOptions, ListContainersOptionsBuilder, LogsOptions, TagImageOptions,
-};
+use bollard::query_parameters::{CreateImageOptions, ListContainersOptionsBuilder, LogsOptions};
 use futures::StreamExt;
 use steward_imageref::ImageRef;
 
@@ -73,10 +71,7 @@ impl Engine {
                 return Err(self.failed(&what, error));
             }
         }
-        let options = TagImageOptions { repo: Some(repository.clone()), tag: Some(tag.to_owned()) };
-        self.timed(docker.tag_image(&reference, Some(options)))
-            .await
-            .map_err(|e| self.call_failed(&format!("tag {reference} as {repository}:{tag}"), e))
+        self.tag_checked(&reference, &repository, tag).await
     }
 
     /// A container's labels, or `None` if there is no such container.

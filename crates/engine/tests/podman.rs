@@ -210,3 +210,31 @@ async fn no_check_is_run_for_a_container_without_one_or_stopped() {
     let view = engine.health_view(&plain).await.expect("health_view of a stopped container");
     assert!(!view.running);
 }
+
+/// Tags set on one image two at a time (two updates pulling the same image, or a rollback's
+/// tag beside an operator's) all stay: Podman 4.3 loses some of them (a lost update of the
+/// image's names), and the engine reads each tag back and sets it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_set_two_at_a_time_on_one_image_all_stay() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(engine) = podman() else { return };
+    let (image, digest) = pushed_app("v1");
+    let reference = ImageRef::parse(&format!("{image}:1.0")).expect("reference");
+    let _names = Names(vec![format!("{image}@{digest}")]);
+    engine.pull_digest(&reference, &digest, "1.0").await.expect("pull on Podman");
+    const PAIRS: usize = 20;
+    let mut names = Names(vec![format!("{image}:1.0")]);
+    for n in 0..PAIRS {
+        let (a, b) = (format!("a{n}"), format!("b{n}"));
+        names.0.extend([format!("{image}:{a}"), format!("{image}:{b}")]);
+        let (ta, tb) = tokio::join!(
+            engine.tag_local_digest(&reference, &digest, &a),
+            engine.tag_local_digest(&reference, &digest, &b),
+        );
+        assert!(ta.expect("tag a") && tb.expect("tag b"), "the digest is on the host");
+    }
+    let listed = engine.images().await.expect("list images");
+    let tags: Vec<&String> = listed.iter().flat_map(|i| &i.repo_tags).collect();
+    let lost: Vec<&String> = names.0.iter().filter(|n| !tags.contains(n)).collect();
+    assert!(lost.is_empty(), "tags lost: {lost:?}");
+}

@@ -29,7 +29,7 @@ struct Proxies {
 
 impl Proxies {
     fn start() -> Self {
-        Self::start_before(PathBuf::from(steward_testkit::stall::DOCKER_SOCKET))
+        Self::start_before(steward_testkit::stall::engine_socket())
     }
 
     /// Proxies in front of the engine at `upstream` (a socket path).

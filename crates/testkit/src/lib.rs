@@ -704,13 +704,22 @@ pub mod docker {
     }
 
     /// Pushes `image`; the digest the registry has for it.
+    ///
+    /// On Podman the digest is then pulled: Podman does not record a pushed digest (Docker
+    /// does), so the host would know the image by tag only, as no host that pulled it would.
     pub fn push(image: &str) -> String {
         let out = docker(&["push", image]);
-        out.split_whitespace()
+        let digest = out
+            .split_whitespace()
             .skip_while(|w| *w != "digest:")
             .nth(1)
             .unwrap_or_else(|| panic!("no digest in push output: {out}"))
-            .to_owned()
+            .to_owned();
+        if crate::on_podman() {
+            let repository = image.rsplit_once(':').map_or(image, |(r, _)| r);
+            docker(&["pull", "-q", &format!("{repository}@{digest}")]);
+        }
+        digest
     }
 
     /// A Docker network, created now and removed when dropped (declare it before the
@@ -857,6 +866,18 @@ pub mod docker {
         }
     }
 
+    /// Whether the image `reference` names carries a tag of a repository other than
+    /// `repository` (unknown: yes).
+    fn has_other_tag(reference: &str, repository: &str) -> bool {
+        let format = "{{range .RepoTags}}{{println .}}{{end}}";
+        let Some(tags) = try_docker(&["image", "inspect", "-f", format, reference]) else {
+            return true;
+        };
+        tags.lines()
+            .filter(|t| !t.contains('@'))
+            .any(|t| t.rsplit_once(':').is_none_or(|(r, _)| r != repository))
+    }
+
     /// Removes a local image tag when dropped, and every reference by digest to the same
     /// repository (what pulls by digest leave behind); the registry keeps what was pushed.
     pub struct ImageTag(pub String);
@@ -878,8 +899,16 @@ pub mod docker {
                 ])
                 .output();
             let Ok(listed) = listed else { return };
+            // Only the repository's own lines: Podman's compatible list ignores the repository
+            // argument and lists every image (the stand-ins included).
+            let own = format!("{repository}@");
             for reference in String::from_utf8_lossy(&listed.stdout).lines() {
-                if !reference.ends_with("<none>") {
+                // Podman removes the whole image for a digest reference, other names and all
+                // (Docker removes the reference): there, only an image of no other tag goes.
+                if crate::on_podman() && has_other_tag(reference, &repository) {
+                    continue;
+                }
+                if reference.starts_with(&own) && !reference.ends_with("<none>") {
                     let _ = Command::new("docker").args(["rmi", "--no-prune", reference]).output();
                 }
             }
@@ -940,4 +969,25 @@ pub async fn stored_events(bus: &Bus) -> Vec<steward_events::Event> {
         }
     }
     out
+}
+
+/// Whether the tests run against Podman's service: `DOCKER_HOST` is the test bed's Podman
+/// socket (the engine matrix's Podman leg, `scripts/run-tests.py`).
+pub fn on_podman() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let (Ok(host), Some(socket)) =
+            (std::env::var("DOCKER_HOST"), testbed::var("STEWARD_TEST_PODMAN_SOCKET"))
+        else {
+            return false;
+        };
+        host.strip_prefix("unix://") == Some(socket.as_str())
+    })
+}
+
+/// Whether the engine's `reported` image name (a container's `Config.Image`) is `expected`:
+/// Podman qualifies a short name of a local image with `localhost/`
+/// (`steward-test/app:v2` is reported as `localhost/steward-test/app:v2`); Docker keeps it.
+pub fn is_image_name(reported: &str, expected: &str) -> bool {
+    reported == expected || reported.strip_prefix("localhost/") == Some(expected)
 }

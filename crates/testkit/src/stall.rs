@@ -13,8 +13,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The Docker socket tests proxy to.
+/// Docker's socket, where tests find the engine when `DOCKER_HOST` does not say otherwise.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// The engine's Unix socket the tests run against: `DOCKER_HOST`'s path (the engine matrix
+/// points it at Podman's service), else [`DOCKER_SOCKET`].
+pub fn engine_socket() -> PathBuf {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) => match host.strip_prefix("unix://") {
+            Some(path) => PathBuf::from(path),
+            None => panic!("DOCKER_HOST={host:?}: the tests need the engine on a Unix socket"),
+        },
+        Err(_) => PathBuf::from(DOCKER_SOCKET),
+    }
+}
 
 #[derive(Default)]
 struct Shared {
@@ -38,9 +50,9 @@ impl std::fmt::Debug for StallProxy {
 }
 
 impl StallProxy {
-    /// A proxy to the Docker socket on a fresh socket path, forwarding.
+    /// A proxy to the engine's socket ([`engine_socket`]) on a fresh socket path, forwarding.
     pub fn docker() -> Self {
-        Self::start(Path::new(DOCKER_SOCKET))
+        Self::start(&engine_socket())
     }
 
     /// A proxy to the Unix socket `upstream`, forwarding.
