@@ -236,8 +236,15 @@ fn primary_network(old: &ContainerInspectResponse) -> Option<(String, EndpointSe
     networks.get(&name).map(|s| (name.clone(), endpoint(old, &name, s)))
 }
 
-/// The other networks, joined after create (API 1.41 accepts one network at create).
+/// The other networks, joined after create (API 1.41 accepts one network at create). None
+/// for a container in another's network namespace (`container:X`), the host's, or none:
+/// it joins no network itself. (Docker lists no network for such a container; Podman lists
+/// the namespace owner's, and connecting to it is refused: "invalid network mode".)
 fn other_networks(old: &ContainerInspectResponse) -> Vec<(String, EndpointSettings)> {
+    let mode = old.host_config.as_ref().and_then(|h| h.network_mode.as_deref());
+    if mode.is_some_and(|m| m.starts_with("container:") || m == "host" || m == "none") {
+        return vec![];
+    }
     let primary = primary_network(old).map(|(n, _)| n);
     let Some(networks) = old.network_settings.as_ref().and_then(|n| n.networks.as_ref()) else {
         return vec![];
@@ -474,14 +481,40 @@ impl Engine {
                 doomed.push(found.id);
             }
         }
+        // Containers in a doomed one's network namespace (joined during the update): Podman
+        // refuses to remove a container others share the namespace of ("has dependent
+        // containers"), Docker removes it and they lose their network. There the doomed one
+        // is set aside, its dependents join the old one once it runs again, and then it goes.
+        let mut set_aside = vec![];
         for id in &doomed {
             // A graceful stop first: the failed container may be writing to shared volumes.
             // Its own stop timeout is not known here: the engine's default grace applies.
             let _ = self.stop(id, 10).await;
+            if let Err(e) = self.remove(id, false).await {
+                if self.network_dependents(&[id.as_str()]).await?.is_empty() {
+                    return Err(e);
+                }
+                set_aside.push(id.clone());
+                continue;
+            }
+            steward_failpoints::failpoint!("restore:removed");
+        }
+        for id in &set_aside {
+            let failed = format!("{}{FAILED_SUFFIX}", r.name);
+            if self.brief(id).await?.is_some_and(|b| b.name != failed) {
+                self.rename(id, &failed).await?;
+            }
+        }
+        self.bring_back_old(r).await?;
+        for id in &set_aside {
+            for dependent in self.network_dependents(&[id.as_str()]).await? {
+                // Boxed: a rejoin is a replacement, whose own undo is a restore.
+                Box::pin(self.rejoin(&dependent, &r.old_id)).await?;
+            }
             self.remove(id, false).await?;
             steward_failpoints::failpoint!("restore:removed");
         }
-        self.bring_back_old(r).await
+        Ok(())
     }
 
     /// A container's id, name, state and labels by id or name; `None` if there is none.
@@ -576,7 +609,7 @@ impl Engine {
         ids_or_names: &[&str],
     ) -> Result<Vec<String>, EngineError> {
         let mut out = vec![];
-        for c in self.containers(|_| true).await? {
+        for c in self.containers_with_network_modes().await? {
             let mode = c.network_mode.unwrap_or_default();
             let Some(target) = mode.strip_prefix("container:") else { continue };
             let refers = |x: &&str| *x == target || (target.len() >= 12 && x.starts_with(target));
@@ -588,6 +621,31 @@ impl Engine {
         Ok(out)
     }
 
+    /// Every container with its network mode. Docker's list gives the mode; Podman's has no
+    /// `HostConfig` at all, so there each container is inspected (one call each; a container
+    /// gone meanwhile is left out).
+    async fn containers_with_network_modes(
+        &self,
+    ) -> Result<Vec<crate::ops::ListedContainer>, EngineError> {
+        let mut all = self.containers(|_| true).await?;
+        for c in &mut all {
+            if c.network_mode.is_some() {
+                continue;
+            }
+            match self.timed(self.client()?.inspect_container(&c.id, None)).await {
+                Ok(inspected) => {
+                    c.network_mode = inspected.host_config.and_then(|h| h.network_mode);
+                }
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => c.id.clear(),
+                Err(e) => return Err(self.call_failed(&format!("inspect {}", c.name), e)),
+            }
+        }
+        all.retain(|c| !c.id.is_empty());
+        Ok(all)
+    }
+
     /// Dependents of a container known by any of `ids_or_names` whose rejoin was cut short
     /// (the process died between stopping the old dependent and removing it): each gets one
     /// container under its name again. If the name is taken, the leftovers under temporary
@@ -595,7 +653,7 @@ impl Engine {
     /// back, or else the new one. Returns the names given back; those containers are stopped,
     /// as the swap left them. Safe to repeat.
     pub async fn repair_rejoins(&self, ids_or_names: &[&str]) -> Result<Vec<String>, EngineError> {
-        let all = self.containers(|_| true).await?;
+        let all = self.containers_with_network_modes().await?;
         let refers = |c: &crate::ops::ListedContainer| {
             let mode = c.network_mode.as_deref().unwrap_or_default();
             mode.strip_prefix("container:").is_some_and(|target| {
@@ -704,5 +762,23 @@ mod tests {
         let chosen = env(&["HOSTNAME=gitea.internal", "KEPT=yes"]);
         assert_eq!(engine_written_env_removed(chosen.clone(), &host), chosen);
         assert_eq!(engine_written_env_removed(chosen.clone(), &None), chosen);
+    }
+
+    #[test]
+    fn a_container_in_another_ones_namespace_joins_no_network_of_its_own() {
+        let inspected = |mode: &str| -> ContainerInspectResponse {
+            serde_json::from_value(serde_json::json!({
+                "HostConfig": { "NetworkMode": mode },
+                // What Podman lists for a container in another's namespace: the owner's.
+                "NetworkSettings": { "Networks": { "podman": { "Aliases": ["7619a26e85cc"] } } }
+            }))
+            .expect("inspect JSON")
+        };
+        for mode in ["container:7619a26e85cc0fd8", "host", "none"] {
+            assert!(other_networks(&inspected(mode)).is_empty(), "{mode}");
+        }
+        let joined: Vec<String> =
+            other_networks(&inspected("backend")).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(joined, ["podman"]);
     }
 }
