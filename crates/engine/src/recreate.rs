@@ -232,9 +232,26 @@ fn endpoint(
 fn primary_network(old: &ContainerInspectResponse) -> Option<(String, EndpointSettings)> {
     let mode = old.host_config.as_ref()?.network_mode.clone()?;
     let networks = old.network_settings.as_ref()?.networks.as_ref()?;
-    let name = if mode == "default" { "bridge".to_owned() } else { mode };
+    // Docker's mode names the network (`default` is `bridge`). Podman reports `bridge` for
+    // every container on its bridge networks and lists them by name: its default `podman`
+    // when joined, else the first by name (created on it, the rest joined after, as on
+    // Docker; before, a new container went to the default network and to these: one more).
+    let name = match mode.as_str() {
+        "default" | "bridge" if !networks.contains_key("bridge") => {
+            if networks.contains_key(PODMAN_DEFAULT_NETWORK) {
+                PODMAN_DEFAULT_NETWORK.to_owned()
+            } else {
+                networks.keys().min()?.clone()
+            }
+        }
+        "default" => "bridge".to_owned(),
+        _ => mode,
+    };
     networks.get(&name).map(|s| (name.clone(), endpoint(old, &name, s)))
 }
+
+/// Podman's default network, which it lists for a container in network mode `bridge`.
+const PODMAN_DEFAULT_NETWORK: &str = "podman";
 
 /// The other networks, joined after create (API 1.41 accepts one network at create). None
 /// for a container in another's network namespace (`container:X`), the host's, or none:
@@ -780,5 +797,30 @@ mod tests {
         let joined: Vec<String> =
             other_networks(&inspected("backend")).into_iter().map(|(n, _)| n).collect();
         assert_eq!(joined, ["podman"]);
+    }
+
+    #[test]
+    fn podmans_default_network_is_the_primary_of_a_bridge_mode_container() {
+        let inspected = |networks: serde_json::Value| -> ContainerInspectResponse {
+            serde_json::from_value(serde_json::json!({
+                "HostConfig": { "NetworkMode": "bridge" },
+                "NetworkSettings": { "Networks": networks }
+            }))
+            .expect("inspect JSON")
+        };
+        // Podman: created on its default network, nothing to join after create.
+        let podman = inspected(serde_json::json!({ "podman": {} }));
+        assert_eq!(primary_network(&podman).map(|(n, _)| n).as_deref(), Some("podman"));
+        assert!(other_networks(&podman).is_empty());
+        // Podman, on two networks of the user's: the first by name at create, the other after.
+        let podman = inspected(serde_json::json!({ "sfnet": {}, "backend": {} }));
+        assert_eq!(primary_network(&podman).map(|(n, _)| n).as_deref(), Some("backend"));
+        let joined: Vec<String> = other_networks(&podman).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(joined, ["sfnet"]);
+        // Docker: `bridge` is the primary, a compose network joined after.
+        let docker = inspected(serde_json::json!({ "bridge": {}, "backend": {} }));
+        assert_eq!(primary_network(&docker).map(|(n, _)| n).as_deref(), Some("bridge"));
+        let joined: Vec<String> = other_networks(&docker).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(joined, ["backend"]);
     }
 }

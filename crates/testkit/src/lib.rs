@@ -628,7 +628,28 @@ pub mod docker {
     use std::process::Command;
 
     /// Runs `docker ARGS`, returning stdout; a failure fails the test with docker's stderr.
+    ///
+    /// On Podman a `docker tag` is read back and set again when lost: Podman 4.3 loses a name
+    /// set while another name of the image changes (tests tag the stand-ins at once), as the
+    /// engine crate's own tags do (`Engine::tag_checked`).
     pub fn docker(args: &[&str]) -> String {
+        if let (true, ["tag", _, target]) = (crate::on_podman(), args) {
+            for _ in 0..5 {
+                let out = run(args);
+                let kept = || try_docker(&["image", "inspect", "-f", "{{.Id}}", target]).is_some();
+                if kept() && {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    kept()
+                } {
+                    return out;
+                }
+            }
+            panic!("docker {args:?}: Podman lost the tag 5 times in a row");
+        }
+        run(args)
+    }
+
+    fn run(args: &[&str]) -> String {
         let out = Command::new("docker")
             .args(args)
             .output()
