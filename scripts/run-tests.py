@@ -14,8 +14,8 @@ The order is longest first (known durations: target/test-times.tsv from the last
 machine, else scripts/test-times.tsv), so the longest binary does not start last. Arguments
 after the options are passed to every binary (e.g. a test name filter).
 
-The engine matrix (issue 22): the binaries listed in scripts/podman-tests.txt run a second
-time against Podman's Docker-compatible service (STEWARD_TEST_PODMAN_SOCKET) as DOCKER_HOST,
+The engine matrix (issue 22): the binaries listed in scripts/podman-tests.txt (each with
+the harness arguments on its line, e.g. `--skip NAME`) run a second time against Podman's Docker-compatible service (STEWARD_TEST_PODMAN_SOCKET) as DOCKER_HOST,
 which the `docker` CLI their set-up runs, the engine client and the services they start all
 read. That run is named "[podman] KEY" in the log and "KEY@podman" in the times, so a failure
 names the engine. STEWARD_TEST_MATRIX=docker runs the Docker leg only.
@@ -125,18 +125,24 @@ def podman_leg(found, env):
     wanted = []
     with open(PODMAN_TESTS) as f:
         for line in f:
-            key = line.split("#", 1)[0].strip()
-            if key:
-                wanted.append(key)
+            words = line.split("#", 1)[0].split()
+            if words:
+                wanted.append((words[0], words[1:]))
     by_key = {b["key"]: b for b in found}
-    missing = [k for k in wanted if k not in by_key]
+    # A key of a package that was built but names none of its binaries is an error (a test
+    # file renamed); keys of packages not built this run (a partial run) are left out.
+    built = {b["key"].split(":", 1)[0] for b in found}
+    missing = [k for k, _ in wanted if k not in by_key and k.split(":", 1)[0] in built]
     if missing:
         sys.exit(f"scripts/podman-tests.txt names no test binary: {', '.join(missing)}")
     leg = []
-    for key in wanted:
+    for key, args in wanted:
+        if key not in by_key:
+            continue
         b = dict(by_key[key])
         b["key"] = f"{key}@podman"
         b["engine"] = "podman"
+        b["args"] = args
         b["env"] = {"DOCKER_HOST": f"unix://{socket}", "STEWARD_TEST_ENGINE": "podman"}
         leg.append(b)
     return leg
@@ -145,7 +151,9 @@ def podman_leg(found, env):
 def cargo_args(b):
     # How Cargo names a target in "to rerun pass ...".
     if b.get("engine") == "podman":
-        return f"DOCKER_HOST=unix://$STEWARD_TEST_PODMAN_SOCKET cargo test -p {b['package']} --{b['kind']} {b['name']}"
+        args = " ".join(["--", *b["args"]]) if b.get("args") else ""
+        return (f"DOCKER_HOST=unix://$STEWARD_TEST_PODMAN_SOCKET STEWARD_TEST_ENGINE=podman "
+                f"cargo test -p {b['package']} --{b['kind']} {b['name']} {args}").rstrip()
     if b["kind"] == "lib":
         return f"-p {b['package']} --lib"
     if b["kind"] == "bin":
@@ -186,7 +194,14 @@ def main():
 
     while todo or running:
         while todo and len(running) < jobs:
-            b = todo.pop(0)
+            # One Podman-leg binary at a time: they share Podman's images (whose name list
+            # Podman 4.3 updates without a lock), and the Docker leg keeps the other CPU busy.
+            podman_busy = any(r[0].get("engine") == "podman" for r in running.values())
+            pick = next((i for i, c in enumerate(todo)
+                         if not (podman_busy and c.get("engine") == "podman")), None)
+            if pick is None:
+                break
+            b = todo.pop(pick)
             out = tempfile.TemporaryFile()
             run_env = dict(env, **b.get("env", {}))
             run_env["CARGO_MANIFEST_DIR"] = b["dir"]
@@ -194,7 +209,7 @@ def main():
             try:
                 # A session of its own: a stop reaches the binary's children (servers it runs).
                 proc = subprocess.Popen(
-                    [b["exe"], *passthrough],
+                    [b["exe"], *b.get("args", []), *passthrough],
                     cwd=b["dir"],
                     env=run_env,
                     stdin=subprocess.DEVNULL,
@@ -227,8 +242,11 @@ def main():
             flush=True,
         )
         if proc.returncode != 0:
-            print(f"error: test failed{' on ' + b['engine'] if b.get('engine') else ''}, "
-                  f"to rerun pass `{cargo_args(b)}`", flush=True)
+            if b.get("engine"):
+                print(f"error: test failed on {b['engine']}, to rerun: `{cargo_args(b)}`",
+                      flush=True)
+            else:
+                print(f"error: test failed, to rerun pass `{cargo_args(b)}`", flush=True)
             failed.append(b)
 
     os.makedirs(os.path.dirname(MEASURED), exist_ok=True)
