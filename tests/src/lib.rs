@@ -41,6 +41,7 @@ impl Proc {
         let child = Command::new(binary(name))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(steward_testkit::engine_env())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(file)
@@ -103,6 +104,7 @@ pub fn steward_with(bus: &steward_bus::Bus, env: &[(&str, String)], args: &[&str
     let ns = bus.namespace();
     Command::new(binary("steward"))
         .env_clear()
+        .envs(steward_testkit::engine_env())
         .env("STEWARD_NATS_URL", &bus.config().url)
         .env("STEWARD_STREAM", &ns.stream)
         .env("STEWARD_SUBJECT_PREFIX", &ns.prefix)

@@ -992,6 +992,13 @@ pub async fn stored_events(bus: &Bus) -> Vec<steward_events::Event> {
     out
 }
 
+/// The engine the tests run against, for the processes they start on a clean environment:
+/// `DOCKER_HOST` when set (the engine matrix's Podman leg sets it; a setting of the
+/// process's own, given after, wins).
+pub fn engine_env() -> Option<(&'static str, String)> {
+    std::env::var("DOCKER_HOST").ok().map(|host| ("DOCKER_HOST", host))
+}
+
 /// Whether the tests run against Podman's service: `DOCKER_HOST` is the test bed's Podman
 /// socket (the engine matrix's Podman leg, `scripts/run-tests.py`).
 pub fn on_podman() -> bool {

@@ -35,7 +35,7 @@ impl Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_steward-backup"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(std::env::var("DOCKER_HOST").ok().map(|h| ("DOCKER_HOST", h)))
+            .envs(steward_testkit::engine_env())
             .envs(super::bucket_env(stack))
             .envs([
                 ("STEWARD_NATS_URL", bus.config().url.clone()),
