@@ -185,7 +185,9 @@ fi
 PODMAN_SOCKET=${STEWARD_TESTBED_PODMAN_SOCKET:-/run/steward-test-podman.sock}
 need podman podman
 mkdir -p "$STATE/podman"
-printf 'unqualified-search-registries = []\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' \
+# docker.io is blocked: a stand-in missing from Podman's store fails at once instead of a
+# pull tried from the internet (the tests reach nothing beyond this machine).
+printf 'unqualified-search-registries = []\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n[[registry]]\nlocation = "docker.io"\nblocked = true\n' \
   "$REGISTRY_PORT" "$REGISTRY_AUTH_PORT" >"$STATE/podman/registries.conf"
 printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=4096:4096"]\n' \
   "$(ulimit -Hn)" "$(ulimit -Hn)" >"$STATE/podman/containers.conf"

@@ -17,6 +17,7 @@ mod podman;
 mod project;
 pub mod recreate;
 mod streams;
+mod unroot;
 pub use credentials::{registry_credentials, CredentialsError, RegistryCredentials};
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use images::ListedImage;

@@ -24,18 +24,18 @@ use crate::{Engine, EngineError, ExecOutput};
 /// Chunks of stdout in flight between the engine and the consumer: a few hundred KiB at most.
 const STDOUT_CHANNEL: usize = 8;
 /// A tar header block.
-const TAR_BLOCK: usize = 512;
+const TAR_BLOCK: usize = crate::unroot::BLOCK;
 
-/// `tar` unless its first entry is named from `/`, which ends it with an error instead.
-///
-/// Podman 4.3 archives a stopped container's volume mount point (`/data`) with entries named
-/// `/`, `/a.txt`, ... instead of `data/`, `data/a.txt` (a running container's, or a
-/// subdirectory's, are named right). Stored as is, such a copy could never be restored (the
-/// restore refuses absolute names): the read fails now, naming why, rather than a backup
-/// that cannot be brought back. Docker never names an entry from `/`.
-fn refuse_rooted(
+/// `tar` as Docker names it: when its first entry is named from `/` (Podman 4.3's archive of
+/// a stopped container's volume mount point `/data`: `/`, `/a.txt` instead of `data/`,
+/// `data/a.txt`; a running container's, or a subdirectory's, are named right), every entry
+/// is renamed under `base` on the way ([`crate::unroot`]). Stored as Podman gave it, such a
+/// copy could never be restored (the restore refuses absolute names). Without a `base` (the
+/// path `/` itself) such an archive ends with an error. Docker never names an entry from `/`.
+fn unrooted(
     mut tar: BoxStream<'static, io::Result<Bytes>>,
-    refused: String,
+    base: Option<String>,
+    what: String,
 ) -> BoxStream<'static, io::Result<Bytes>> {
     futures::stream::once(async move {
         let mut head = bytes::BytesMut::new();
@@ -47,11 +47,14 @@ fn refuse_rooted(
             }
         }
         if let Some(name) = head.get(..TAR_BLOCK).and_then(rooted_name) {
-            let e = io::Error::other(format!(
-                "{refused} names its entries from / ({name:?}; Podman 4.3 does so for a stopped \
-                 container's volume): not a copy that could be restored"
-            ));
-            return futures::stream::once(async { Err(e) }).boxed();
+            let Some(base) = base else {
+                let e = io::Error::other(format!(
+                    "{what}: the engine's archive names its entries from / ({name:?}): not a \
+                     copy that could be restored"
+                ));
+                return futures::stream::once(async { Err(e) }).boxed();
+            };
+            return crate::unroot::renamed(head, tar, base, what);
         }
         let head = head.freeze();
         futures::stream::iter((!head.is_empty()).then_some(Ok(head))).chain(tar).boxed()
@@ -63,18 +66,11 @@ fn refuse_rooted(
 /// The name of a plain (ustar or old-style) tar header if it starts with `/`. Extended
 /// headers (pax `x`/`g`, GNU `L`/`K`) name the next entry in their data: not judged here.
 fn rooted_name(header: &[u8]) -> Option<String> {
-    let field = |range: std::ops::Range<usize>| {
-        let f = header.get(range).unwrap_or_default();
-        let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
-        String::from_utf8_lossy(&f[..end]).into_owned()
-    };
     if matches!(header.get(156), Some(b'x' | b'g' | b'L' | b'K')) {
         return None;
     }
-    let prefix =
-        if header.get(257..262) == Some(b"ustar") { field(345..500) } else { String::new() };
-    let name =
-        if prefix.is_empty() { field(0..100) } else { format!("{prefix}/{}", field(0..100)) };
+    let header: &[u8; TAR_BLOCK] = header.try_into().ok()?;
+    let name = crate::unroot::header_name(header);
     name.starts_with('/').then_some(name)
 }
 
@@ -344,7 +340,14 @@ impl Engine {
         let options = DownloadFromContainerOptions { path: path.to_owned() };
         let engine = self.clone();
         let what = format!("read {path} of {container}");
-        let refused = format!("{what}: the engine's archive");
+        // Docker names the entries after the path's last component.
+        let base = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|b| !b.is_empty() && *b != "." && *b != "..")
+            .map(str::to_owned);
+        let unrooted_what = what.clone();
         // Bounded per chunk, counted from when the reader asks: a slow reader is not a hang.
         let tar = crate::deadline::idle_bounded(
             docker.download_from_container(container, Some(options)),
@@ -352,7 +355,7 @@ impl Engine {
         )
         .map(move |chunk| chunk.map_err(|e| io::Error::other(engine.call_failed(&what, e))))
         .boxed();
-        refuse_rooted(tar, refused)
+        unrooted(tar, base, unrooted_what)
     }
 
     /// Extracts a tar stream into directory `dir` of a container (running or stopped).
@@ -657,11 +660,12 @@ mod tests {
 
     use super::*;
 
-    /// `bytes` cut into chunks of `size`, through the check.
-    async fn through(bytes: Vec<u8>, size: usize) -> io::Result<Vec<u8>> {
+    /// `bytes` cut into chunks of `size`, through the check, as a read of `path`'s base.
+    async fn through(bytes: Vec<u8>, size: usize, base: Option<&str>) -> io::Result<Vec<u8>> {
         let chunks: Vec<io::Result<Bytes>> =
             bytes.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        let checked = refuse_rooted(futures::stream::iter(chunks).boxed(), "read".into());
+        let checked =
+            unrooted(futures::stream::iter(chunks).boxed(), base.map(str::to_owned), "read".into());
         let parts: Vec<Bytes> = checked.try_collect().await?;
         Ok(parts.concat())
     }
@@ -670,24 +674,32 @@ mod tests {
     async fn a_docker_style_archive_passes_whole_whatever_the_chunking() {
         let tar = archive(&[entry::dir("data/"), entry::file("data/a.txt", b"hi")]);
         for size in [1, 100, 511, 512, 513, 4096] {
-            assert_eq!(through(tar.clone(), size).await.expect("passes"), tar, "chunks of {size}");
+            let out = through(tar.clone(), size, Some("data")).await.expect("passes");
+            assert_eq!(out, tar, "chunks of {size}");
         }
-        assert_eq!(through(vec![], 10).await.expect("empty passes"), Vec::<u8>::new());
+        let empty = through(vec![], 10, Some("data")).await.expect("empty passes");
+        assert_eq!(empty, Vec::<u8>::new());
     }
 
     #[tokio::test]
-    async fn an_archive_named_from_the_root_is_refused_before_any_byte() {
-        // What Podman 4.3 gives for a stopped container's volume mount point.
-        let tar = archive(&[entry::dir("/"), entry::file("/a.txt", b"hi")]);
+    async fn an_archive_named_from_the_root_is_renamed_under_the_paths_name() {
+        // What Podman 4.3 gives for a stopped container's volume mount point: the same bytes
+        // as Docker's archive of it, but for the names.
+        let podman = archive(&[entry::dir("/"), entry::file("/a.txt", b"hi")]);
+        let docker = archive(&[entry::dir("data/"), entry::file("data/a.txt", b"hi")]);
         for size in [1, 512, 4096] {
-            let e = through(tar.clone(), size).await.expect_err("refused");
-            assert!(e.to_string().contains("names its entries from /"), "{e}");
+            let out = through(podman.clone(), size, Some("data")).await.expect("renamed");
+            assert_eq!(out, docker, "chunks of {size}");
         }
-        let mut checked = refuse_rooted(
-            futures::stream::iter([Ok(Bytes::from(tar))]).boxed(),
-            "read /data of c".into(),
+        // Without a name to put back (a read of / itself): refused before any byte.
+        let mut checked = unrooted(
+            futures::stream::iter([Ok(Bytes::from(podman))]).boxed(),
+            None,
+            "read / of c".into(),
         );
-        assert!(checked.next().await.expect("one item").is_err(), "bytes before the refusal");
+        let first = checked.next().await.expect("one item");
+        let e = first.expect_err("refused, no bytes before");
+        assert!(e.to_string().contains("names its entries from /"), "{e}");
     }
 
     #[test]

@@ -546,11 +546,25 @@ pub mod podman {
     }
 
     /// Podman's names for images, removed when dropped (an image stays while other names
-    /// hold it, as Docker's does).
+    /// hold it, as Docker's does). A `repo@digest` name is removed only from an image no
+    /// other repository names: Podman removes the whole image for it (the test bed's
+    /// stand-ins, which a pulled image may be, included).
     pub struct Names(pub Vec<String>);
     impl Drop for Names {
         fn drop(&mut self) {
             for name in &self.0 {
+                if let Some((repository, _)) = name.split_once('@') {
+                    let format = "{{range .RepoTags}}{{println .}}{{end}}";
+                    let out = cli(&["image", "inspect", "--format", format, name]);
+                    let tags = String::from_utf8_lossy(&out.stdout);
+                    let other = tags
+                        .lines()
+                        .filter(|t| !t.contains('@'))
+                        .any(|t| t.rsplit_once(':').is_none_or(|(r, _)| r != repository));
+                    if !out.status.success() || other {
+                        continue;
+                    }
+                }
                 let _ = cli(&["rmi", name]);
             }
         }

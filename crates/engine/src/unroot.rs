@@ -1,0 +1,404 @@
+//! Podman 4.3 archives a stopped container's volume mount point (`/data`) with its entries
+//! named `/`, `/a.txt`, `/sub/b` where Docker (and Podman for a running container) names them
+//! `data/`, `data/a.txt`, `data/sub/b`: the same tree with the directory's own name left out.
+//! [`renamed`] puts the name back on the way, so the copy is the one Docker would give and a
+//! restore (which refuses absolute names) accepts it.
+//!
+//! Only names change: each header's name (and a hard link's target, which names an entry of
+//! the same archive) gets the directory's name in front; a symbolic link's target is the
+//! link's content and stays. A name that no longer fits the header's 100 bytes goes into a
+//! PAX `path` record, as Go's writer (Podman's) does itself. Entry data passes through as it
+//! came, without being held. What this does not expect (GNU long names, which Go never
+//! writes; an entry not named from `/` among ones that are; a PAX header over 1 MiB) ends the
+//! stream with an error rather than a copy that would restore elsewhere.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+/// A PAX header's records, in order.
+type Records = Vec<(String, String)>;
+
+/// A tar header block.
+pub(crate) const BLOCK: usize = 512;
+/// A PAX header's data is held whole to rewrite it: at most this much.
+const MAX_PAX: u64 = 1 << 20;
+
+/// `tar` (whose first `head` bytes were read already) with every entry renamed from `/` to
+/// `base/`; `what` names the read in errors.
+pub(crate) fn renamed(
+    head: BytesMut,
+    tar: BoxStream<'static, io::Result<Bytes>>,
+    base: String,
+    what: String,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    let renamer =
+        Renamer { input: tar, buf: head, pass: 0, ended: false, failed: false, base, what };
+    futures::stream::unfold(renamer, |mut r| async move {
+        let item = r.next_out().await?;
+        r.failed = item.is_err();
+        Some((item, r))
+    })
+    .boxed()
+}
+
+struct Renamer {
+    input: BoxStream<'static, io::Result<Bytes>>,
+    /// Read and not yet handed on.
+    buf: BytesMut,
+    /// Bytes of entry data (with padding) still to hand on as they are.
+    pass: u64,
+    /// The end-of-archive block was seen: the rest passes as it is.
+    ended: bool,
+    failed: bool,
+    base: String,
+    what: String,
+}
+
+impl Renamer {
+    fn error(&self, why: impl std::fmt::Display) -> io::Error {
+        io::Error::other(format!(
+            "{}: an archive named from / (Podman's, of a stopped container's volume) {why}",
+            self.what
+        ))
+    }
+
+    /// At least `n` bytes in `buf`, unless the input ends first (`false`).
+    async fn fill(&mut self, n: usize) -> io::Result<bool> {
+        while self.buf.len() < n {
+            match self.input.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    async fn next_out(&mut self) -> Option<io::Result<Bytes>> {
+        if self.failed {
+            return None;
+        }
+        if self.pass > 0 || self.ended {
+            return self.pass_on().await;
+        }
+        match self.entry().await {
+            Ok(Some(out)) => Some(Ok(out)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Entry data (or everything after the end block) as it came.
+    async fn pass_on(&mut self) -> Option<io::Result<Bytes>> {
+        if self.buf.is_empty() {
+            match self.input.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some(Err(e)),
+                None if self.ended => return None,
+                None => return Some(Err(self.error("ends inside an entry's data"))),
+            }
+        }
+        let n = if self.ended {
+            self.buf.len()
+        } else {
+            usize::try_from(self.pass).unwrap_or(usize::MAX).min(self.buf.len())
+        };
+        if !self.ended {
+            self.pass -= n as u64;
+        }
+        Some(Ok(self.buf.split_to(n).freeze()))
+    }
+
+    /// The next entry's headers, renamed; `None` at the input's clean end.
+    async fn entry(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.fill(BLOCK).await? {
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(self.error("ends inside a header"));
+        }
+        let mut header: [u8; BLOCK] = block(&self.buf.split_to(BLOCK));
+        if header.iter().all(|b| *b == 0) {
+            self.ended = true;
+            return Ok(Some(Bytes::copy_from_slice(&header)));
+        }
+        let mut pax: Option<([u8; BLOCK], Records)> = None;
+        if header[156] == b'x' {
+            let size = size_of(&header).ok_or_else(|| self.error("has a bad size field"))?;
+            if size > MAX_PAX {
+                return Err(self.error(format_args!("has a PAX header of {size} bytes")));
+            }
+            let padded = padded(size);
+            if !self.fill(padded).await? {
+                return Err(self.error("ends inside a PAX header"));
+            }
+            let data = self.buf.split_to(padded);
+            let records = parse_pax(&data[..size as usize])
+                .ok_or_else(|| self.error("has a PAX header that does not parse"))?;
+            pax = Some((header, records));
+            if !self.fill(BLOCK).await? {
+                return Err(self.error("ends after a PAX header"));
+            }
+            header = block(&self.buf.split_to(BLOCK));
+        }
+        match header[156] {
+            b'L' | b'K' => return Err(self.error("has a GNU long name (not renamed)")),
+            b'x' => return Err(self.error("has two PAX headers in a row")),
+            b'g' => {
+                // Global records apply to every entry: passed on as they are.
+                let size = size_of(&header).ok_or_else(|| self.error("has a bad size field"))?;
+                self.pass = padded(size) as u64;
+                return Ok(Some(Bytes::copy_from_slice(&header)));
+            }
+            _ => {}
+        }
+        let size = size_of(&header).ok_or_else(|| self.error("has a bad size field"))?;
+        let (pax_header, mut records) = match pax {
+            Some((h, r)) => (Some(h), r),
+            None => (None, vec![]),
+        };
+        let record = |records: &[(String, String)], key: &str| {
+            records.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        };
+        let name = record(&records, "path").unwrap_or_else(|| header_name(&header));
+        let new_name = self.rename(&name)?;
+        set_record(&mut records, "path", &new_name, new_name.len() > 100);
+        set_field(&mut header[..100], &new_name);
+        header[345..500].fill(0);
+        if header[156] == b'1' {
+            let link = record(&records, "linkpath").unwrap_or_else(|| field(&header[157..257]));
+            let new_link = self.rename(&link)?;
+            set_record(&mut records, "linkpath", &new_link, new_link.len() > 100);
+            set_field(&mut header[157..257], &new_link);
+        }
+        checksum(&mut header);
+        let mut out = BytesMut::new();
+        if !records.is_empty() {
+            let data = format_pax(&records);
+            let mut h = pax_header.unwrap_or_else(|| new_pax_header(&header));
+            set_field(&mut h[124..136], &format!("{:011o}", data.len()));
+            checksum(&mut h);
+            out.extend_from_slice(&h);
+            out.extend_from_slice(&data);
+            out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+        }
+        out.extend_from_slice(&header);
+        self.pass = padded(size) as u64;
+        Ok(Some(out.freeze()))
+    }
+
+    /// `/` → `base/`, `/x` → `base/x`.
+    fn rename(&self, name: &str) -> io::Result<String> {
+        match name.strip_prefix('/') {
+            Some(rest) => Ok(format!("{}/{rest}", self.base)),
+            None => Err(self.error(format_args!("also has an entry named {name:?}"))),
+        }
+    }
+}
+
+fn block(bytes: &[u8]) -> [u8; BLOCK] {
+    let mut b = [0u8; BLOCK];
+    b.copy_from_slice(&bytes[..BLOCK]);
+    b
+}
+
+fn padded(size: u64) -> usize {
+    usize::try_from(size.div_ceil(BLOCK as u64) * BLOCK as u64).unwrap_or(usize::MAX)
+}
+
+/// A NUL-terminated header field.
+fn field(f: &[u8]) -> String {
+    let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
+    String::from_utf8_lossy(&f[..end]).into_owned()
+}
+
+/// The header's name, with the ustar prefix.
+pub(crate) fn header_name(header: &[u8; BLOCK]) -> String {
+    let prefix =
+        if &header[257..262] == b"ustar" { field(&header[345..500]) } else { String::new() };
+    let name = field(&header[..100]);
+    if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// Writes `value` into `f`, cut to its length (a PAX record then holds it whole).
+fn set_field(f: &mut [u8], value: &str) {
+    f.fill(0);
+    let v = value.as_bytes();
+    let n = v.len().min(f.len());
+    f[..n].copy_from_slice(&v[..n]);
+}
+
+/// Sets `key` to `value` where a record holds it already, or adds it when `needed`.
+fn set_record(records: &mut Vec<(String, String)>, key: &str, value: &str, needed: bool) {
+    match records.iter_mut().find(|(k, _)| k == key) {
+        Some((_, v)) => *v = value.to_owned(),
+        None if needed => records.push((key.to_owned(), value.to_owned())),
+        None => {}
+    }
+}
+
+/// The size field: octal, or base-256 (a first byte with its high bit set) for large sizes.
+fn size_of(header: &[u8; BLOCK]) -> Option<u64> {
+    let f = &header[124..136];
+    if f[0] & 0x80 != 0 {
+        return f[1..].iter().try_fold(u64::from(f[0] & 0x7f), |acc, b| {
+            acc.checked_mul(256)?.checked_add(u64::from(*b))
+        });
+    }
+    let text = field(f);
+    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+fn checksum(header: &mut [u8; BLOCK]) {
+    header[148..156].fill(b' ');
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// `LEN key=value\n` records.
+fn parse_pax(mut data: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut records = vec![];
+    while !data.is_empty() {
+        let space = data.iter().position(|b| *b == b' ')?;
+        let len: usize = std::str::from_utf8(&data[..space]).ok()?.parse().ok()?;
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return None;
+        }
+        let record = std::str::from_utf8(&data[space + 1..len - 1]).ok()?;
+        let (k, v) = record.split_once('=')?;
+        records.push((k.to_owned(), v.to_owned()));
+        data = &data[len..];
+    }
+    Some(records)
+}
+
+fn format_pax(records: &[(String, String)]) -> Vec<u8> {
+    let mut out = vec![];
+    for (k, v) in records {
+        let body = format!(" {k}={v}\n");
+        // The length counts its own digits.
+        let mut len = body.len() + 1;
+        while len.to_string().len() + body.len() != len {
+            len += 1;
+        }
+        out.extend_from_slice(format!("{len}{body}").as_bytes());
+    }
+    out
+}
+
+/// A PAX header for `entry` (Go's form: `PaxHeaders.0/NAME`, the entry's mode and times).
+fn new_pax_header(entry: &[u8; BLOCK]) -> [u8; BLOCK] {
+    let mut h = *entry;
+    let name = field(&entry[..100]);
+    let short = name.rsplit('/').find(|s| !s.is_empty()).unwrap_or("x");
+    set_field(&mut h[..100], &format!("PaxHeaders.0/{short}"));
+    h[156] = b'x';
+    h[157..257].fill(0);
+    h[345..500].fill(0);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt as _;
+    use steward_testkit::tar::{archive, entry};
+
+    use super::*;
+
+    /// `tar` through the renamer, fed in chunks of `size`.
+    async fn through(tar: &[u8], size: usize) -> io::Result<Vec<u8>> {
+        let chunks: Vec<io::Result<Bytes>> =
+            tar.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let out = renamed(
+            BytesMut::new(),
+            futures::stream::iter(chunks).boxed(),
+            "data".into(),
+            "read /data of c".into(),
+        );
+        let parts: Vec<Bytes> = out.try_collect().await?;
+        Ok(parts.concat())
+    }
+
+    /// Every entry's (path, kind, link, content) as the `tar` crate reads them.
+    fn entries(tar: &[u8]) -> Vec<(String, u8, String, Vec<u8>)> {
+        let mut a = tar::Archive::new(tar);
+        let mut out = vec![];
+        for e in a.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let path = e.path().expect("path").to_string_lossy().into_owned();
+            let link = e.link_name().expect("link").map(|l| l.to_string_lossy().into_owned());
+            let kind = e.header().entry_type().as_byte();
+            let mut data = vec![];
+            std::io::Read::read_to_end(&mut e, &mut data).expect("data");
+            out.push((path, kind, link.unwrap_or_default(), data));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn podmans_names_get_the_directorys_name_and_nothing_else_changes() {
+        let long = format!("/{}", "n".repeat(97));
+        let tar = archive(&[
+            entry::dir("/"),
+            entry::file("/a.txt", b"hello"),
+            entry::dir("/sub"),
+            entry::file("/sub/b", &vec![7u8; 1500]),
+            entry::hardlink("/h", "/a.txt"),
+            entry::symlink("/s", "/etc/passwd"),
+            entry::file(&long, b"long"),
+            entry::pax_path("/p-short", "/pax/named", b"p"),
+        ]);
+        let want = vec![
+            ("data/".to_owned(), b'5', String::new(), vec![]),
+            ("data/a.txt".into(), b'0', String::new(), b"hello".to_vec()),
+            ("data/sub".into(), b'5', String::new(), vec![]),
+            ("data/sub/b".into(), b'0', String::new(), vec![7u8; 1500]),
+            ("data/h".into(), b'1', "data/a.txt".into(), vec![]),
+            // A symbolic link's target is its content, not a name in the archive.
+            ("data/s".into(), b'2', "/etc/passwd".into(), vec![]),
+            (format!("data{long}"), b'0', String::new(), b"long".to_vec()),
+            ("data/pax/named".into(), b'0', String::new(), b"p".to_vec()),
+        ];
+        let mut outputs = vec![];
+        for size in [1, 7, 512, 4096, 1 << 20] {
+            let out = through(&tar, size).await.expect("renamed");
+            assert_eq!(entries(&out), want, "chunks of {size}");
+            outputs.push(out);
+        }
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]), "the same bytes whatever the chunking");
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_renamed_ends_the_stream_with_an_error() {
+        let mixed = archive(&[entry::dir("/"), entry::file("elsewhere", b"x")]);
+        let e = through(&mixed, 512).await.expect_err("mixed");
+        assert!(e.to_string().contains("also has an entry named \"elsewhere\""), "{e}");
+        let mut cut = archive(&[entry::dir("/"), entry::file("/a", &[1u8; 2000])]);
+        cut.truncate(1200);
+        let e = through(&cut, 100).await.expect_err("cut");
+        assert!(e.to_string().contains("ends inside an entry's data"), "{e}");
+        let gnu = archive(&[entry::dir("/"), entry::file(&format!("/{}", "g".repeat(120)), b"")]);
+        let e = through(&gnu, 512).await.expect_err("GNU long name");
+        assert!(e.to_string().contains("GNU long name"), "{e}");
+    }
+
+    #[test]
+    fn pax_records_round_trip_with_their_self_counting_lengths() {
+        let records = vec![("path".to_owned(), "x".repeat(95)), ("mtime".into(), "1.5".into())];
+        let data = format_pax(&records);
+        assert_eq!(parse_pax(&data), Some(records));
+        assert_eq!(parse_pax(b"9 path=a\n"), Some(vec![("path".into(), "a".into())]));
+        assert_eq!(parse_pax(b"99 path=a\n"), None);
+    }
+}
