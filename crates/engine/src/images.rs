@@ -38,10 +38,6 @@ const TAG_ATTEMPTS: usize = 5;
 /// How long after setting a tag [`Engine::tag_checked`] reads it back the second time.
 const TAG_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-fn not_found(e: &bollard::errors::Error) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
-}
-
 impl Engine {
     /// Points `image`'s repository `tag` at `digest` if that digest is already on the host
     /// (`true`); `false` when it is not (then it must be pulled). A digest is content-addressed:
@@ -57,7 +53,7 @@ impl Engine {
         let reference = format!("{repository}@{digest}");
         match self.timed(docker.inspect_image(&reference)).await {
             Ok(_) => {}
-            Err(e) if not_found(&e) => return Ok(false),
+            Err(e) if crate::gone(&e) => return Ok(false),
             Err(e) => return Err(self.call_failed(&format!("inspect image {reference}"), e)),
         }
         self.tag_checked(&reference, &repository, tag).await?;
@@ -89,7 +85,7 @@ impl Engine {
         let kept = || async {
             match self.timed(docker.inspect_image(&tagged)).await {
                 Ok(image) => Ok(image.id == wanted),
-                Err(e) if not_found(&e) => Ok(false),
+                Err(e) if crate::gone(&e) => Ok(false),
                 Err(e) => Err(self.call_failed(&format!("inspect image {tagged}"), e)),
             }
         };
@@ -148,7 +144,7 @@ impl Engine {
         let options = RemoveImageOptions { force: false, noprune: false, platforms: None };
         match self.timed(self.client()?.remove_image(id, Some(options), None)).await {
             Ok(_) => Ok(true),
-            Err(e) if not_found(&e) => Ok(false),
+            Err(e) if crate::gone(&e) => Ok(false),
             Err(e) => Err(self.call_failed(&format!("remove image {id}"), e)),
         }
     }

@@ -127,6 +127,20 @@ fn looks_like_image_id(s: &str) -> bool {
         && (s.starts_with("sha256:") || hex.len() == 64)
 }
 
+/// Whether the engine said the container or image asked about does not exist: 404, or
+/// Podman's 500 for one removed while the call ran ("container ... does not exist in
+/// database: no such container"; Docker answers 404 there too).
+pub(crate) fn gone(e: &bollard::errors::Error) -> bool {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => true,
+        bollard::errors::Error::DockerResponseServerError { status_code: 500, message } => {
+            let message = message.to_ascii_lowercase();
+            message.ends_with("no such container") || message.ends_with("no such image")
+        }
+        _ => false,
+    }
+}
+
 /// Where the engine is looked for: `DOCKER_HOST`, else the default Unix socket.
 pub fn docker_host() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
@@ -315,6 +329,24 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gone_is_a_404_or_podmans_500_for_a_container_removed_meanwhile() {
+        let answer =
+            |status_code, message: &str| bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: message.to_owned(),
+            };
+        assert!(super::gone(&answer(404, "No such container: x")));
+        let podman = "container 0fc3a4231b87 does not exist in database: no such container";
+        assert!(super::gone(&answer(500, podman)));
+        // Other refusals are failures, whatever they mention.
+        let dependents = "container 0500d31f has dependent containers which must be removed \
+                          before it: 2884a495: container already exists";
+        assert!(!super::gone(&answer(500, dependents)));
+        assert!(!super::gone(&answer(409, "no such container")));
+        assert!(!super::gone(&answer(500, "no such container in the way: disk full")));
+    }
+
     #[test]
     fn image_ids_are_told_from_references() {
         assert!(super::looks_like_image_id(&format!("sha256:{}", "ab".repeat(32))));

@@ -81,9 +81,7 @@ impl Engine {
     ) -> Result<Option<HashMap<String, String>>, EngineError> {
         match self.timed(self.client()?.inspect_container(name, None)).await {
             Ok(c) => Ok(Some(c.config.and_then(|c| c.labels).unwrap_or_default())),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Ok(None)
-            }
+            Err(e) if crate::gone(&e) => Ok(None),
             Err(e) => Err(self.call_failed(&format!("inspect {name}"), e)),
         }
     }
@@ -98,9 +96,7 @@ impl Engine {
     ) -> Result<Result<std::net::IpAddr, String>, EngineError> {
         let c = match self.timed(self.client()?.inspect_container(id, None)).await {
             Ok(c) => c,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                return Ok(Err(format!("no container {id}")))
-            }
+            Err(e) if crate::gone(&e) => return Ok(Err(format!("no container {id}"))),
             Err(e) => return Err(self.call_failed(&format!("inspect {id}"), e)),
         };
         let networks = c.network_settings.and_then(|n| n.networks).unwrap_or_default();
@@ -137,9 +133,7 @@ impl Engine {
     pub async fn container_id(&self, name: &str) -> Result<Option<String>, EngineError> {
         match self.timed(self.client()?.inspect_container(name, None)).await {
             Ok(c) => Ok(c.id),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Ok(None)
-            }
+            Err(e) if crate::gone(&e) => Ok(None),
             Err(e) => Err(self.call_failed(&format!("inspect {name}"), e)),
         }
     }

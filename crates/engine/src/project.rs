@@ -187,9 +187,7 @@ impl Engine {
         match self.timed(self.client()?.get_container_archive_info(container, Some(options))).await
         {
             Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Ok(false)
-            }
+            Err(e) if crate::gone(&e) => Ok(false),
             Err(e) => Err(self.call_failed(&format!("look for {path} in {container}"), e)),
         }
     }

@@ -349,9 +349,7 @@ impl Engine {
         let old_image = match &old.image {
             Some(id) => match self.timed(docker.inspect_image(id)).await {
                 Ok(i) => i.config.map(image_config_as_container),
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => None,
+                Err(e) if crate::gone(&e) => None,
                 Err(e) => return Err(self.call_failed(&format!("inspect image {id}"), e)),
             },
             None => None,
@@ -545,9 +543,7 @@ impl Engine {
                 image_ref: c.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
                 labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
             })),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Ok(None)
-            }
+            Err(e) if crate::gone(&e) => Ok(None),
             Err(e) => Err(self.call_failed(&format!("inspect {id_or_name}"), e)),
         }
     }
@@ -653,9 +649,7 @@ impl Engine {
                 Ok(inspected) => {
                     c.network_mode = inspected.host_config.and_then(|h| h.network_mode);
                 }
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => c.id.clear(),
+                Err(e) if crate::gone(&e) => c.id.clear(),
                 Err(e) => return Err(self.call_failed(&format!("inspect {}", c.name), e)),
             }
         }

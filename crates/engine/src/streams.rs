@@ -423,9 +423,7 @@ impl Engine {
     pub async fn is_running(&self, container: &str) -> Result<Option<bool>, EngineError> {
         match self.timed(self.client()?.inspect_container(container, None)).await {
             Ok(c) => Ok(Some(c.state.and_then(|s| s.running).unwrap_or(false))),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Ok(None)
-            }
+            Err(e) if crate::gone(&e) => Ok(None),
             Err(e) => Err(self.call_failed(&format!("inspect {container}"), e)),
         }
     }
@@ -597,9 +595,7 @@ impl Engine {
         let options = RemoveContainerOptions { force: true, v: volumes, ..Default::default() };
         match self.timed(self.client()?.remove_container(container, Some(options))).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Ok(())
-            }
+            Err(e) if crate::gone(&e) => Ok(()),
             Err(e) => Err(self.call_failed(&format!("remove {container}"), e)),
         }
     }
@@ -608,9 +604,7 @@ impl Engine {
     pub async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
         match self.timed(self.client()?.inspect_image(image)).await {
             Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Ok(false)
-            }
+            Err(e) if crate::gone(&e) => Ok(false),
             Err(e) => Err(self.call_failed(&format!("inspect image {image}"), e)),
         }
     }
