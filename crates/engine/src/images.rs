@@ -84,7 +84,7 @@ impl Engine {
         let tagged = format!("{repository}:{tag}");
         let kept = || async {
             match self.timed(docker.inspect_image(&tagged)).await {
-                Ok(image) => Ok(image.id == wanted),
+                Ok(image) => Ok(image.id.is_some() && image.id == wanted),
                 Err(e) if crate::gone(&e) => Ok(false),
                 Err(e) => Err(self.call_failed(&format!("inspect image {tagged}"), e)),
             }

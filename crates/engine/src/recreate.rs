@@ -471,8 +471,10 @@ impl Engine {
 
     /// Undoes a replacement: the new container is removed and the old one runs again under
     /// its name. Safe to repeat after a crash at any point: the new container is found by id
-    /// or by its temporary name and removed, never renamed, so a repeat finds what is left;
-    /// leftovers of earlier attempts under the swap names go with it.
+    /// or by its temporary name and removed, so a repeat finds what is left; leftovers of
+    /// earlier attempts under the swap names go with it. Where the engine refuses to remove
+    /// it while containers share its network namespace (Podman), it is set aside (renamed
+    /// `-steward-failed` if it holds the name) until they have joined the old one.
     pub async fn restore(&self, r: &Replacement) -> Result<(), EngineError> {
         let Some(old) = self.brief(&r.old_id).await? else {
             return Err(self.failed(&format!("inspect old {}", r.name), "no such container"));
@@ -506,7 +508,8 @@ impl Engine {
             // Its own stop timeout is not known here: the engine's default grace applies.
             let _ = self.stop(id, 10).await;
             if let Err(e) = self.remove(id, false).await {
-                if self.network_dependents(&[id.as_str()]).await?.is_empty() {
+                // The removal's own error is the one to tell when the look fails too.
+                if self.network_dependents(&[id.as_str()]).await.unwrap_or_default().is_empty() {
                     return Err(e);
                 }
                 set_aside.push(id.clone());
@@ -514,10 +517,10 @@ impl Engine {
             }
             steward_failpoints::failpoint!("restore:removed");
         }
+        // Only the one holding the name must make way (two under the failed name cannot be).
         for id in &set_aside {
-            let failed = format!("{}{FAILED_SUFFIX}", r.name);
-            if self.brief(id).await?.is_some_and(|b| b.name != failed) {
-                self.rename(id, &failed).await?;
+            if self.brief(id).await?.is_some_and(|b| b.name == r.name) {
+                self.rename(id, &format!("{}{FAILED_SUFFIX}", r.name)).await?;
             }
         }
         self.bring_back_old(r).await?;

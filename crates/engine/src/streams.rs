@@ -70,7 +70,7 @@ fn rooted_name(header: &[u8]) -> Option<String> {
         return None;
     }
     let header: &[u8; TAR_BLOCK] = header.try_into().ok()?;
-    let name = crate::unroot::header_name(header);
+    let name = crate::unroot::header_name(header)?;
     name.starts_with('/').then_some(name)
 }
 

@@ -101,6 +101,10 @@ impl Renamer {
                 None => return Some(Err(self.error("ends inside an entry's data"))),
             }
         }
+        if self.ended && self.buf.iter().any(|b| *b != 0) {
+            // Entries after an end block would pass unrenamed: a reader might take them.
+            return Some(Err(self.error("has entries after its end")));
+        }
         let n = if self.ended {
             self.buf.len()
         } else {
@@ -125,37 +129,41 @@ impl Renamer {
             self.ended = true;
             return Ok(Some(Bytes::copy_from_slice(&header)));
         }
+        self.checked(&header)?;
         let mut pax: Option<([u8; BLOCK], Records)> = None;
         if header[156] == b'x' {
             let size = size_of(&header).ok_or_else(|| self.error("has a bad size field"))?;
             if size > MAX_PAX {
                 return Err(self.error(format_args!("has a PAX header of {size} bytes")));
             }
-            let padded = padded(size);
+            let padded = self.padded(size)?;
             if !self.fill(padded).await? {
                 return Err(self.error("ends inside a PAX header"));
             }
             let data = self.buf.split_to(padded);
-            let records = parse_pax(&data[..size as usize])
+            let records = data
+                .get(..usize::try_from(size).unwrap_or(usize::MAX))
+                .and_then(parse_pax)
                 .ok_or_else(|| self.error("has a PAX header that does not parse"))?;
             pax = Some((header, records));
             if !self.fill(BLOCK).await? {
                 return Err(self.error("ends after a PAX header"));
             }
             header = block(&self.buf.split_to(BLOCK));
+            self.checked(&header)?;
         }
         match header[156] {
             b'L' | b'K' => return Err(self.error("has a GNU long name (not renamed)")),
             b'x' => return Err(self.error("has two PAX headers in a row")),
+            b'g' if pax.is_some() => return Err(self.error("has a PAX header before a global one")),
             b'g' => {
                 // Global records apply to every entry: passed on as they are.
                 let size = size_of(&header).ok_or_else(|| self.error("has a bad size field"))?;
-                self.pass = padded(size) as u64;
+                self.pass = self.padded(size)? as u64;
                 return Ok(Some(Bytes::copy_from_slice(&header)));
             }
             _ => {}
         }
-        let size = size_of(&header).ok_or_else(|| self.error("has a bad size field"))?;
         let (pax_header, mut records) = match pax {
             Some((h, r)) => (Some(h), r),
             None => (None, vec![]),
@@ -163,16 +171,38 @@ impl Renamer {
         let record = |records: &[(String, String)], key: &str| {
             records.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
         };
-        let name = record(&records, "path").unwrap_or_else(|| header_name(&header));
+        // A PAX size is the entry's (Go writes one for 8 GiB and more, with 0 in the header).
+        let size = match record(&records, "size") {
+            Some(v) => v.parse().map_err(|_| self.error(format_args!("has a PAX size {v:?}")))?,
+            None => size_of(&header).ok_or_else(|| self.error("has a bad size field"))?,
+        };
+        let name = match record(&records, "path") {
+            Some(name) => name,
+            None => header_name(&header).ok_or_else(|| self.error("has a name not in UTF-8"))?,
+        };
         let new_name = self.rename(&name)?;
         set_record(&mut records, "path", &new_name, new_name.len() > 100);
         set_field(&mut header[..100], &new_name);
-        header[345..500].fill(0);
+        if is_ustar(&header) {
+            header[345..500].fill(0);
+        }
         if header[156] == b'1' {
-            let link = record(&records, "linkpath").unwrap_or_else(|| field(&header[157..257]));
+            let link = match record(&records, "linkpath") {
+                Some(link) => link,
+                None => field(&header[157..257])
+                    .ok_or_else(|| self.error("has a link target not in UTF-8"))?,
+            };
             let new_link = self.rename(&link)?;
             set_record(&mut records, "linkpath", &new_link, new_link.len() > 100);
             set_field(&mut header[157..257], &new_link);
+        }
+        // Links, devices, directories and FIFOs carry no data whatever their size says (as
+        // Go's reader takes them: what follows is the next header). The size written is 0,
+        // so that every reader agrees (some skip a size's worth of data there).
+        let header_only = matches!(header[156], b'1'..=b'6');
+        if header_only {
+            set_field(&mut header[124..136], &format!("{:011o}", 0));
+            records.retain(|(k, _)| k != "size");
         }
         checksum(&mut header);
         let mut out = BytesMut::new();
@@ -186,16 +216,41 @@ impl Renamer {
             out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
         }
         out.extend_from_slice(&header);
-        self.pass = padded(size) as u64;
+        self.pass = if header_only { 0 } else { self.padded(size)? as u64 };
         Ok(Some(out.freeze()))
     }
 
-    /// `/` → `base/`, `/x` → `base/x`.
+    /// `/` → `base/`, `/x` → `base/x`; a name with a `..` component is refused (it would
+    /// leave `base/`).
     fn rename(&self, name: &str) -> io::Result<String> {
         match name.strip_prefix('/') {
-            Some(rest) => Ok(format!("{}/{rest}", self.base)),
+            Some(rest) if !rest.split('/').any(|c| c == "..") => {
+                Ok(format!("{}/{rest}", self.base))
+            }
+            Some(_) => Err(self.error(format_args!("has an entry named {name:?}"))),
             None => Err(self.error(format_args!("also has an entry named {name:?}"))),
         }
+    }
+
+    /// `size` rounded up to whole blocks.
+    fn padded(&self, size: u64) -> io::Result<usize> {
+        size.checked_next_multiple_of(BLOCK as u64)
+            .and_then(|p| usize::try_from(p).ok())
+            .ok_or_else(|| self.error(format_args!("has an entry of {size} bytes")))
+    }
+
+    /// A header whose checksum is right (one that is not was damaged: renaming it would
+    /// give it a right one).
+    fn checked(&self, header: &[u8; BLOCK]) -> io::Result<()> {
+        let stored = field(&header[148..156])
+            .and_then(|f| u32::from_str_radix(f.trim_matches([' ', '\0']), 8).ok());
+        let mut blank = *header;
+        blank[148..156].fill(b' ');
+        let sum: u32 = blank.iter().map(|b| u32::from(*b)).sum();
+        if stored != Some(sum) {
+            return Err(self.error("has a header whose checksum is wrong"));
+        }
+        Ok(())
     }
 }
 
@@ -205,26 +260,22 @@ fn block(bytes: &[u8]) -> [u8; BLOCK] {
     b
 }
 
-fn padded(size: u64) -> usize {
-    usize::try_from(size.div_ceil(BLOCK as u64) * BLOCK as u64).unwrap_or(usize::MAX)
-}
-
-/// A NUL-terminated header field.
-fn field(f: &[u8]) -> String {
+/// A NUL-terminated header field; `None` when it is not UTF-8 (never changed silently).
+fn field(f: &[u8]) -> Option<String> {
     let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
-    String::from_utf8_lossy(&f[..end]).into_owned()
+    String::from_utf8(f[..end].to_vec()).ok()
 }
 
-/// The header's name, with the ustar prefix.
-pub(crate) fn header_name(header: &[u8; BLOCK]) -> String {
-    let prefix =
-        if &header[257..262] == b"ustar" { field(&header[345..500]) } else { String::new() };
-    let name = field(&header[..100]);
-    if prefix.is_empty() {
-        name
-    } else {
-        format!("{prefix}/{name}")
-    }
+/// Whether the header is POSIX ustar (GNU's `ustar  ` keeps other fields where the prefix is).
+fn is_ustar(header: &[u8; BLOCK]) -> bool {
+    &header[257..263] == b"ustar\0"
+}
+
+/// The header's name, with the ustar prefix; `None` when it is not UTF-8.
+pub(crate) fn header_name(header: &[u8; BLOCK]) -> Option<String> {
+    let prefix = if is_ustar(header) { field(&header[345..500])? } else { String::new() };
+    let name = field(&header[..100])?;
+    Some(if prefix.is_empty() { name } else { format!("{prefix}/{name}") })
 }
 
 /// Writes `value` into `f`, cut to its length (a PAX record then holds it whole).
@@ -252,7 +303,7 @@ fn size_of(header: &[u8; BLOCK]) -> Option<u64> {
             acc.checked_mul(256)?.checked_add(u64::from(*b))
         });
     }
-    let text = field(f);
+    let text = field(f)?;
     let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
     if text.is_empty() {
         return Some(0);
@@ -277,6 +328,10 @@ fn parse_pax(mut data: &[u8]) -> Option<Vec<(String, String)>> {
         }
         let record = std::str::from_utf8(&data[space + 1..len - 1]).ok()?;
         let (k, v) = record.split_once('=')?;
+        // Readers take the last of two records of a key, this the first: neither is trusted.
+        if records.iter().any(|(key, _)| key == k) {
+            return None;
+        }
         records.push((k.to_owned(), v.to_owned()));
         data = &data[len..];
     }
@@ -300,7 +355,7 @@ fn format_pax(records: &[(String, String)]) -> Vec<u8> {
 /// A PAX header for `entry` (Go's form: `PaxHeaders.0/NAME`, the entry's mode and times).
 fn new_pax_header(entry: &[u8; BLOCK]) -> [u8; BLOCK] {
     let mut h = *entry;
-    let name = field(&entry[..100]);
+    let name = field(&entry[..100]).unwrap_or_default();
     let short = name.rsplit('/').find(|s| !s.is_empty()).unwrap_or("x");
     set_field(&mut h[..100], &format!("PaxHeaders.0/{short}"));
     h[156] = b'x';
@@ -393,6 +448,75 @@ mod tests {
         assert!(e.to_string().contains("GNU long name"), "{e}");
     }
 
+    /// Block `n` of `tar` with its size field set to `size` (checksum made right again).
+    fn with_size(mut tar: Vec<u8>, n: usize, size: u64) -> Vec<u8> {
+        let at = n * BLOCK;
+        let mut header = block(&tar[at..at + BLOCK]);
+        set_field(&mut header[124..136], &format!("{size:011o}"));
+        checksum(&mut header);
+        tar[at..at + BLOCK].copy_from_slice(&header);
+        tar
+    }
+
+    #[tokio::test]
+    async fn a_hostile_archive_never_passes_a_name_unrenamed() {
+        // A directory claiming data: the next block is still a header, and renamed (a reader
+        // takes it as one; skipped as data, it would have passed as `/hidden`).
+        let tar = archive(&[entry::dir("/"), entry::dir("/d"), entry::file("/hidden", b"h")]);
+        let out = through(&with_size(tar, 1, 512), 512).await.expect("renamed");
+        let names: Vec<String> = entries(&out).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["data/", "data/d", "data/hidden"]);
+        // Out of the directory, a damaged header, entries after the end: refused.
+        for (tar, why) in [
+            (archive(&[entry::dir("/"), entry::file("/../etc/x", b"x")]), "\"/../etc/x\""),
+            (archive(&[entry::dir("/"), entry::hardlink("/h", "/../x")]), "\"/../x\""),
+            (
+                {
+                    let mut t = archive(&[entry::dir("/"), entry::file("/a", b"x")]);
+                    t[BLOCK + 3] ^= 1;
+                    t
+                },
+                "checksum is wrong",
+            ),
+            (
+                {
+                    let mut t = archive(&[entry::dir("/")]);
+                    t.extend_from_slice(&archive(&[entry::file("/late", b"x")]));
+                    t
+                },
+                "entries after its end",
+            ),
+        ] {
+            let e = through(&tar, 4096).await.expect_err(why);
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        // A size that does not fit: an error, not an overflow.
+        let tar = archive(&[entry::dir("/"), entry::file("/big", b"")]);
+        let mut big = tar.clone();
+        let at = BLOCK;
+        big[at + 124] = 0xff;
+        big[at + 125..at + 136].fill(0xff);
+        let mut header = block(&big[at..at + BLOCK]);
+        checksum(&mut header);
+        big[at..at + BLOCK].copy_from_slice(&header);
+        let e = through(&big, 4096).await.expect_err("too big");
+        assert!(e.to_string().contains("bad size") || e.to_string().contains("bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_pax_size_is_the_entrys() {
+        // Go writes a file of 8 GiB or more with its size in a PAX record and 0 in the header.
+        let mut tar = archive(&[entry::dir("/"), entry::pax_path("/f", "/f", &[9u8; 600])]);
+        // The PAX header is block 1, its data block 2, the file's header block 3.
+        let records = format_pax(&[("path".into(), "/f".into()), ("size".into(), "600".into())]);
+        let mut data = records.clone();
+        data.resize(BLOCK, 0);
+        tar[2 * BLOCK..3 * BLOCK].copy_from_slice(&data);
+        let tar = with_size(with_size(tar, 1, records.len() as u64), 3, 0);
+        let out = through(&tar, 100).await.expect("renamed");
+        assert_eq!(entries(&out)[1], ("data/f".into(), b'0', String::new(), vec![9u8; 600]));
+    }
+
     #[test]
     fn pax_records_round_trip_with_their_self_counting_lengths() {
         let records = vec![("path".to_owned(), "x".repeat(95)), ("mtime".into(), "1.5".into())];
@@ -400,5 +524,6 @@ mod tests {
         assert_eq!(parse_pax(&data), Some(records));
         assert_eq!(parse_pax(b"9 path=a\n"), Some(vec![("path".into(), "a".into())]));
         assert_eq!(parse_pax(b"99 path=a\n"), None);
+        assert_eq!(parse_pax(b"9 path=a\n9 path=b\n"), None, "a key twice");
     }
 }

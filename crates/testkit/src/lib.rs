@@ -647,10 +647,12 @@ pub mod docker {
     /// set while another name of the image changes (tests tag the stand-ins at once), as the
     /// engine crate's own tags do (`Engine::tag_checked`).
     pub fn docker(args: &[&str]) -> String {
-        if let (true, ["tag", _, target]) = (crate::on_podman(), args) {
+        if let (true, ["tag", source, target]) = (crate::on_podman(), args) {
+            let id = |image: &str| try_docker(&["image", "inspect", "-f", "{{.Id}}", image]);
+            let wanted = id(source);
             for _ in 0..5 {
                 let out = run(args);
-                let kept = || try_docker(&["image", "inspect", "-f", "{{.Id}}", target]).is_some();
+                let kept = || wanted.is_some() && id(target) == wanted;
                 if kept() && {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                     kept()
@@ -751,7 +753,11 @@ pub mod docker {
             .unwrap_or_else(|| panic!("no digest in push output: {out}"))
             .to_owned();
         if crate::on_podman() {
-            let repository = image.rsplit_once(':').map_or(image, |(r, _)| r);
+            // The tag is after the last `:` that has no `/` after it (a registry has a port).
+            let repository = match image.rsplit_once(':') {
+                Some((r, tag)) if !tag.contains('/') => r,
+                _ => image,
+            };
             docker(&["pull", "-q", &format!("{repository}@{digest}")]);
         }
         digest
@@ -940,12 +946,13 @@ pub mod docker {
             for reference in String::from_utf8_lossy(&listed.stdout).lines() {
                 // Podman removes the whole image for a digest reference, other names and all
                 // (Docker removes the reference): there, only an image of no other tag goes.
+                if !reference.starts_with(&own) || reference.ends_with("<none>") {
+                    continue;
+                }
                 if crate::on_podman() && has_other_tag(reference, &repository) {
                     continue;
                 }
-                if reference.starts_with(&own) && !reference.ends_with("<none>") {
-                    let _ = Command::new("docker").args(["rmi", "--no-prune", reference]).output();
-                }
+                let _ = Command::new("docker").args(["rmi", "--no-prune", reference]).output();
             }
         }
     }
