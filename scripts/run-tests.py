@@ -18,7 +18,9 @@ The engine matrix (issue 22): the binaries listed in scripts/podman-tests.txt (e
 the harness arguments on its line, e.g. `--skip NAME`) run a second time against Podman's Docker-compatible service (STEWARD_TEST_PODMAN_SOCKET) as DOCKER_HOST,
 which the `docker` CLI their set-up runs, the engine client and the services they start all
 read. That run is named "[podman] KEY" in the log and "KEY@podman" in the times, so a failure
-names the engine. STEWARD_TEST_MATRIX=docker runs the Docker leg only.
+names the engine. The file's plain lines are the sample CI runs; with
+STEWARD_TEST_MATRIX=full its `full:` lines run too (instead of a sample line for the same
+binary); STEWARD_TEST_MATRIX=docker runs the Docker leg only.
 
 Exit: 0 when every binary passed, 101 (as Cargo) when one failed or could not run.
 """
@@ -116,18 +118,30 @@ def podman_leg(found, env):
     """The Podman runs of the binaries scripts/podman-tests.txt lists (a key per line, as in
     the times file; `#` starts a comment). A listed key that names no binary is an error: the
     matrix must not shrink silently when a test file is renamed."""
-    if env.get("STEWARD_TEST_MATRIX", "docker,podman") == "docker":
+    matrix = env.get("STEWARD_TEST_MATRIX", "sample")
+    if matrix == "docker":
         return []
+    if matrix not in ("sample", "full"):
+        sys.exit(f"STEWARD_TEST_MATRIX={matrix!r}: expected sample (the default), full or docker")
     socket = env.get("STEWARD_TEST_PODMAN_SOCKET")
     if not socket:
         sys.exit("the Podman leg needs STEWARD_TEST_PODMAN_SOCKET (infra/testbed/up.sh sets it; "
                  "STEWARD_TEST_MATRIX=docker runs the Docker leg only)")
-    wanted = []
+    sample, full = [], []
     with open(PODMAN_TESTS) as f:
         for line in f:
             words = line.split("#", 1)[0].split()
-            if words:
-                wanted.append((words[0], words[1:]))
+            if not words:
+                continue
+            if words[0] == "full:":
+                full.append((words[1], words[2:]))
+            else:
+                sample.append((words[0], words[1:]))
+    wanted = sample
+    if matrix == "full":
+        # A binary on a `full:` line runs as that line says, instead of its sample's line.
+        whole = {k for k, _ in full}
+        wanted = [w for w in sample if w[0] not in whole] + full
     by_key = {b["key"]: b for b in found}
     # A key of a package that was built but names none of its binaries is an error (a test
     # file renamed); keys of packages not built this run (a partial run) are left out.

@@ -315,13 +315,17 @@ async fn an_engine_that_stops_answering_mid_update_is_rolled_back_once_it_answer
     let name = app.name.clone();
     let stalls = tokio::spawn(async move {
         // The engine hangs as soon as the new container runs (the health gate begins).
-        loop {
-            let step = watcher.records.get(&name).await.ok().flatten().map(|v| v.value.step);
+        // Bounded: an update that never gets there fails the test instead of hanging it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut step = None;
+        while tokio::time::Instant::now() < deadline {
+            step = watcher.records.get(&name).await.ok().flatten().map(|v| v.value.step);
             if step == Some(UpdateStep::Gating) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        panic!("the update never reached its health gate in 120 s (last step {step:?})");
     });
     let updating = {
         let flow = flow.clone();
