@@ -557,11 +557,8 @@ pub mod podman {
                     let format = "{{range .RepoTags}}{{println .}}{{end}}";
                     let out = cli(&["image", "inspect", "--format", format, name]);
                     let tags = String::from_utf8_lossy(&out.stdout);
-                    let other = tags
-                        .lines()
-                        .filter(|t| !t.contains('@'))
-                        .any(|t| t.rsplit_once(':').is_none_or(|(r, _)| r != repository));
-                    if !out.status.success() || other {
+                    if !out.status.success() || super::tags_of_another_repository(&tags, repository)
+                    {
                         continue;
                     }
                 }
@@ -914,9 +911,7 @@ pub mod docker {
         let Some(tags) = try_docker(&["image", "inspect", "-f", format, reference]) else {
             return true;
         };
-        tags.lines()
-            .filter(|t| !t.contains('@'))
-            .any(|t| t.rsplit_once(':').is_none_or(|(r, _)| r != repository))
+        crate::tags_of_another_repository(&tags, repository)
     }
 
     /// Removes a local image tag when dropped, and every reference by digest to the same
@@ -1018,6 +1013,15 @@ pub async fn stored_events(bus: &Bus) -> Vec<steward_events::Event> {
 /// process's own, given after, wins).
 pub fn engine_env() -> Option<(&'static str, String)> {
     std::env::var("DOCKER_HOST").ok().map(|host| ("DOCKER_HOST", host))
+}
+
+/// Whether `tags` (an image's `RepoTags`, a line each) name a repository other than
+/// `repository` (digest names aside): the image is shared, and removing it by a digest name
+/// on Podman would remove it for the other repository too.
+pub fn tags_of_another_repository(tags: &str, repository: &str) -> bool {
+    tags.lines()
+        .filter(|t| !t.contains('@'))
+        .any(|t| t.rsplit_once(':').is_none_or(|(r, _)| r != repository))
 }
 
 /// Whether the tests run against Podman's service: `DOCKER_HOST` is the test bed's Podman
