@@ -4,9 +4,7 @@
 
 use std::collections::HashSet;
 
-use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListImagesOptions, RemoveImageOptions, TagImageOptions,
-};
+use bollard::query_parameters::{ListImagesOptions, RemoveImageOptions, TagImageOptions};
 use steward_imageref::ImageRef;
 
 use crate::{Engine, EngineError};
@@ -129,9 +127,8 @@ impl Engine {
 
     /// The image ids of every container, running or stopped: none of them may be removed.
     pub async fn images_in_use(&self) -> Result<HashSet<String>, EngineError> {
-        let options = ListContainersOptionsBuilder::new().all(true).build();
         let summaries = self
-            .timed(self.client()?.list_containers(Some(options)))
+            .timed(self.list_containers(&self.client()?, true))
             .await
             .map_err(|e| self.call_failed("list containers", e))?;
         Ok(summaries.into_iter().filter_map(|s| s.image_id).collect())

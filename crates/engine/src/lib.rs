@@ -16,6 +16,7 @@ mod ops;
 mod podman;
 mod project;
 pub mod recreate;
+mod states;
 mod streams;
 mod unroot;
 pub use credentials::{registry_credentials, CredentialsError, RegistryCredentials};
@@ -216,7 +217,7 @@ impl Engine {
         use futures::StreamExt;
         let docker = self.client()?;
         let summaries = self
-            .timed(docker.list_containers(None))
+            .timed(self.list_containers(&docker, false))
             .await
             .map_err(|e| self.list_failed("list containers", e))?;
         let mut out = vec![];
@@ -247,7 +248,7 @@ impl Engine {
             .map(|(id, labels)| {
                 let docker = docker.clone();
                 async move {
-                    let inspect = match self.timed(docker.inspect_container(&id, None)).await {
+                    let inspect = match self.timed(self.inspect_container(&docker, &id)).await {
                         Ok(inspect) => inspect,
                         // A hung engine is not a container that went away.
                         Err(e @ bollard::errors::Error::RequestTimeoutError) => {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bollard::auth::DockerCredentials;
 use bollard::models::HealthStatusEnum;
-use bollard::query_parameters::{CreateImageOptions, ListContainersOptionsBuilder, LogsOptions};
+use bollard::query_parameters::{CreateImageOptions, LogsOptions};
 use futures::StreamExt;
 use steward_imageref::ImageRef;
 
@@ -79,7 +79,7 @@ impl Engine {
         &self,
         name: &str,
     ) -> Result<Option<HashMap<String, String>>, EngineError> {
-        match self.timed(self.client()?.inspect_container(name, None)).await {
+        match self.timed(self.inspect_container(&self.client()?, name)).await {
             Ok(c) => Ok(Some(c.config.and_then(|c| c.labels).unwrap_or_default())),
             Err(e) if crate::gone(&e) => Ok(None),
             Err(e) => Err(self.call_failed(&format!("inspect {name}"), e)),
@@ -94,7 +94,7 @@ impl Engine {
         id: &str,
         network: Option<&str>,
     ) -> Result<Result<std::net::IpAddr, String>, EngineError> {
-        let c = match self.timed(self.client()?.inspect_container(id, None)).await {
+        let c = match self.timed(self.inspect_container(&self.client()?, id)).await {
             Ok(c) => c,
             Err(e) if crate::gone(&e) => return Ok(Err(format!("no container {id}"))),
             Err(e) => return Err(self.call_failed(&format!("inspect {id}"), e)),
@@ -122,7 +122,7 @@ impl Engine {
     /// Whether container `id` publishes ports on the host (two of it cannot run at once).
     pub async fn publishes_ports(&self, id: &str) -> Result<bool, EngineError> {
         let c = self
-            .timed(self.client()?.inspect_container(id, None))
+            .timed(self.inspect_container(&self.client()?, id))
             .await
             .map_err(|e| self.call_failed(&format!("inspect {id}"), e))?;
         let bindings = c.host_config.and_then(|h| h.port_bindings).unwrap_or_default();
@@ -131,7 +131,7 @@ impl Engine {
 
     /// The id of the container called `name`, if there is one.
     pub async fn container_id(&self, name: &str) -> Result<Option<String>, EngineError> {
-        match self.timed(self.client()?.inspect_container(name, None)).await {
+        match self.timed(self.inspect_container(&self.client()?, name)).await {
             Ok(c) => Ok(c.id),
             Err(e) if crate::gone(&e) => Ok(None),
             Err(e) => Err(self.call_failed(&format!("inspect {name}"), e)),
@@ -144,9 +144,8 @@ impl Engine {
         &self,
         wanted: impl Fn(&HashMap<String, String>) -> bool,
     ) -> Result<Vec<ListedContainer>, EngineError> {
-        let options = ListContainersOptionsBuilder::new().all(true).build();
         let summaries = self
-            .timed(self.client()?.list_containers(Some(options)))
+            .timed(self.list_containers(&self.client()?, true))
             .await
             .map_err(|e| self.list_failed("list containers", e))?;
         Ok(summaries
@@ -168,7 +167,7 @@ impl Engine {
     /// ([`crate::podman`]).
     pub async fn health_view(&self, id: &str) -> Result<HealthView, EngineError> {
         let inspect = || async {
-            self.timed(self.client()?.inspect_container(id, None))
+            self.timed(self.inspect_container(&self.client()?, id))
                 .await
                 .map_err(|e| self.call_failed(&format!("inspect {id}"), e))
         };

@@ -21,7 +21,7 @@ use crate::{Engine, EngineError};
 
 /// Docker's (and Podman's) default healthcheck interval and timeout.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-/// A libpod answer is a small JSON object; anything bigger is not one.
+/// A healthcheck's answer is a small JSON object; anything bigger is not one.
 const MAX_ANSWER: usize = 64 << 10;
 /// The libpod API version asked for: the oldest Podman 4 serves.
 const LIBPOD_VERSION: &str = "v4.0.0";
@@ -105,19 +105,15 @@ impl Engine {
         let what = format!("run the healthcheck of {id}");
         let path = format!("/{LIBPOD_VERSION}/libpod/containers/{id}/healthcheck");
         let limit = self.deadline.saturating_add(check_timeout);
-        let answer = tokio::time::timeout(limit, self.raw_get(&path)).await.map_err(|_| {
-            EngineError::Timeout { host: self.host.clone(), what: what.clone(), after: limit }
-        })?;
+        let answer =
+            tokio::time::timeout(limit, self.raw_get(&path, MAX_ANSWER)).await.map_err(|_| {
+                EngineError::Timeout { host: self.host.clone(), what: what.clone(), after: limit }
+            })?;
         let (status, body) = answer.map_err(|reason| self.operation(&what, reason))?;
         if status == 200 {
             return Ok(());
         }
-        // Podman's errors are `{"message": ...}`; say what it said.
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-        Err(self.operation(&what, format!("HTTP {status}: {message}")))
+        Err(self.operation(&what, format!("HTTP {status}: {}", message_of(&body))))
     }
 
     fn operation(&self, what: &str, reason: String) -> EngineError {
@@ -125,28 +121,37 @@ impl Engine {
     }
 
     /// One GET on the engine's address outside bollard, which knows no libpod endpoint:
-    /// `unix://` and `tcp://`/`http://` only (Podman's service is not served over TLS).
-    async fn raw_get(&self, path: &str) -> Result<(u16, Bytes), String> {
+    /// `unix://` and `tcp://`/`http://` only (Podman's service is not served over TLS). The
+    /// answer's body is read up to `max` bytes.
+    pub(crate) async fn raw_get(&self, path: &str, max: usize) -> Result<(u16, Bytes), String> {
         let host = self.host.as_str();
         if let Some(socket) = host.strip_prefix("unix://") {
             let stream = tokio::net::UnixStream::connect(socket)
                 .await
                 .map_err(|e| format!("connect {socket}: {e}"))?;
-            get_over(stream, path).await
+            get_over(stream, path, max).await
         } else if let Some(address) = host.strip_prefix("tcp://").or(host.strip_prefix("http://")) {
             let address = address.trim_end_matches('/');
             let stream = tokio::net::TcpStream::connect(address)
                 .await
                 .map_err(|e| format!("connect {address}: {e}"))?;
-            get_over(stream, path).await
+            get_over(stream, path, max).await
         } else {
             Err(format!("libpod's API is reached over unix:// or tcp:// only, not {host}"))
         }
     }
 }
 
+/// What an engine's error answer says: its `{"message": ...}`, else its first 200 characters.
+pub(crate) fn message_of(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
+}
+
 /// An HTTP/1.1 GET of `path` on a fresh connection; the answer's status and body (bounded).
-async fn get_over<S>(stream: S, path: &str) -> Result<(u16, Bytes), String>
+async fn get_over<S>(stream: S, path: &str, max: usize) -> Result<(u16, Bytes), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -161,7 +166,7 @@ where
         .map_err(|e| format!("request: {e}"))?;
     let answer = sender.send_request(request).await.map_err(|e| format!("GET {path}: {e}"))?;
     let status = answer.status().as_u16();
-    let body = Limited::new(answer.into_body(), MAX_ANSWER)
+    let body = Limited::new(answer.into_body(), max)
         .collect()
         .await
         .map_err(|e| format!("read the answer to GET {path}: {e}"))?

@@ -339,7 +339,7 @@ impl Engine {
     ) -> Result<Successor, EngineError> {
         let docker = self.client()?;
         let old = self
-            .timed(docker.inspect_container(name, None))
+            .timed(self.inspect_container(&docker, name))
             .await
             .map_err(|e| self.call_failed(&format!("inspect {name}"), e))?;
         let old_id = old.id.clone().unwrap_or_default();
@@ -426,7 +426,7 @@ impl Engine {
     /// its temporary name, is the caller's to remove (it may be the caller itself).
     pub async fn take_over(&self, r: &Replacement) -> Result<(), EngineError> {
         let old = self
-            .timed(self.client()?.inspect_container(&r.old_id, None))
+            .timed(self.inspect_container(&self.client()?, &r.old_id))
             .await
             .map_err(|e| self.call_failed(&format!("inspect old {}", r.name), e))?;
         let stop_timeout = old.config.as_ref().and_then(|c| c.stop_timeout).map(|t| t as i32);
@@ -537,7 +537,7 @@ impl Engine {
 
     /// A container's id, name, state and labels by id or name; `None` if there is none.
     pub async fn brief(&self, id_or_name: &str) -> Result<Option<Brief>, EngineError> {
-        match self.timed(self.client()?.inspect_container(id_or_name, None)).await {
+        match self.timed(self.inspect_container(&self.client()?, id_or_name)).await {
             Ok(c) => Ok(Some(Brief {
                 id: c.id.unwrap_or_default(),
                 name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
@@ -648,7 +648,7 @@ impl Engine {
             if c.network_mode.is_some() {
                 continue;
             }
-            match self.timed(self.client()?.inspect_container(&c.id, None)).await {
+            match self.timed(self.inspect_container(&self.client()?, &c.id)).await {
                 Ok(inspected) => {
                     c.network_mode = inspected.host_config.and_then(|h| h.network_mode);
                 }

@@ -421,7 +421,7 @@ impl Engine {
 
     /// Whether a container is running now (`None`: no such container).
     pub async fn is_running(&self, container: &str) -> Result<Option<bool>, EngineError> {
-        match self.timed(self.client()?.inspect_container(container, None)).await {
+        match self.timed(self.inspect_container(&self.client()?, container)).await {
             Ok(c) => Ok(Some(c.state.and_then(|s| s.running).unwrap_or(false))),
             Err(e) if crate::gone(&e) => Ok(None),
             Err(e) => Err(self.call_failed(&format!("inspect {container}"), e)),
@@ -432,7 +432,7 @@ impl Engine {
     pub async fn inspect_json(&self, container: &str) -> Result<serde_json::Value, EngineError> {
         let what = format!("inspect {container}");
         let c = self
-            .timed(self.client()?.inspect_container(container, None))
+            .timed(self.inspect_container(&self.client()?, container))
             .await
             .map_err(|e| self.call_failed(&what, e))?;
         serde_json::to_value(c).map_err(|e| self.failed(&what, e))
@@ -444,7 +444,7 @@ impl Engine {
         container: &str,
     ) -> Result<std::collections::HashMap<String, String>, EngineError> {
         let c = self
-            .timed(self.client()?.inspect_container(container, None))
+            .timed(self.inspect_container(&self.client()?, container))
             .await
             .map_err(|e| self.call_failed(&format!("inspect {container}"), e))?;
         Ok(c.config
@@ -458,7 +458,7 @@ impl Engine {
     /// The destinations of a container's mounts (volumes and binds).
     pub async fn mount_points(&self, container: &str) -> Result<Vec<String>, EngineError> {
         let c = self
-            .timed(self.client()?.inspect_container(container, None))
+            .timed(self.inspect_container(&self.client()?, container))
             .await
             .map_err(|e| self.call_failed(&format!("inspect {container}"), e))?;
         Ok(c.mounts.unwrap_or_default().into_iter().filter_map(|m| m.destination).collect())
