@@ -336,6 +336,33 @@ impl Runtime {
         Ok(())
     }
 
+    /// Moves server `server` of `backend` from address `from` to `to` (its container came
+    /// back with another address). Nothing to do when it is at `to` already, or absent (a
+    /// switch adds it at `to`); refused when it is at neither: then it is not the server
+    /// the caller recorded, and is left alone.
+    pub async fn move_server(
+        &self,
+        backend: &Name,
+        server: &Name,
+        from: SocketAddr,
+        to: SocketAddr,
+    ) -> Result<(), HaproxyError> {
+        let at = |s: &Server, a: SocketAddr| s.addr == a.ip().to_string() && s.port == a.port();
+        match self.server(backend, server).await? {
+            None => Ok(()),
+            Some(s) if at(&s, to) => Ok(()),
+            Some(s) if at(&s, from) => {
+                let command =
+                    format!("set server {backend}/{server} addr {} port {}", to.ip(), to.port());
+                self.expect(&command, &["IP changed from", "no need to change the addr"]).await
+            }
+            Some(s) => Err(HaproxyError::Refused {
+                command: format!("move server {backend}/{server} from {from} to {to}"),
+                answer: format!("{backend}/{server} is at {}:{}", s.addr, s.port),
+            }),
+        }
+    }
+
     /// Takes new sessions (out of maintenance and drain).
     pub async fn ready(&self, backend: &Name, server: &Name) -> Result<(), HaproxyError> {
         self.expect(&format!("set server {backend}/{server} state ready"), &[]).await

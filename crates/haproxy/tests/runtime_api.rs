@@ -213,3 +213,26 @@ async fn sessions_left_after_the_drain_bound_are_closed_not_a_failed_switch() {
     assert!(!String::from_utf8_lossy(&rest).contains("v1"), "the held request was answered");
     assert_eq!(http_get(h.port).as_deref(), Some("v2"));
 }
+
+/// A server whose container came back at another address is moved there only from the
+/// address the caller recorded: moved twice is done once, and a server found at a third
+/// address is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_is_moved_only_from_the_address_recorded() {
+    let (v1, moved) = (app("v1").await, app("v1 moved").await);
+    let h = Haproxy::start("blue", v1);
+    let rt = Runtime::new(h.socket());
+    let third: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let err = rt.move_server(&n("app"), &n("blue"), third, moved).await.expect_err("not at from");
+    assert!(matches!(err, HaproxyError::Refused { .. }), "{err}");
+    assert_eq!(http_get(h.port).as_deref(), Some("v1"), "left alone");
+    rt.move_server(&n("app"), &n("blue"), v1, moved).await.expect("move");
+    rt.move_server(&n("app"), &n("blue"), v1, moved).await.expect("moved already");
+    let servers = rt.servers(&n("app")).await.expect("servers");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0].port, moved.port(), "{servers:?}");
+    wait_for("served from the new address", Duration::from_secs(10), || {
+        http_get(h.port).filter(|b| b == "v1 moved")
+    });
+    rt.move_server(&n("app"), &n("nosuch"), v1, moved).await.expect("absent: nothing to move");
+}

@@ -25,15 +25,15 @@ impl Flow {
         // the new one is removed (a no-op when it was never switched).
         let mut reason = reason;
         let switched_back = match &v.value.haproxy {
-            Some(h) => self.switch_back(h).await,
+            Some(h) => self.switch_back(h, &r.old_id).await,
             None => Ok(()),
         };
         steward_failpoints::failpoint!("restore");
         self.engine.restore(r).await?;
         steward_failpoints::failpoint!("restored");
         if let (Err(first), Some(h)) = (switched_back, &v.value.haproxy) {
-            // Once more with the old container surely running again.
-            if let Err(e) = self.switch_back(h).await {
+            // Once more with the old container surely running again (at its address now).
+            if let Err(e) = self.switch_back(h, &r.old_id).await {
                 tracing::error!(container = %r.name, error = %e, first = %first, "HAProxy could not be switched back to the old container");
                 reason = format!(
                     "{reason}; HAProxy could not be switched back to {}/{}: {e} (see docs/runbooks.md, HAProxy switched wrong)",

@@ -176,9 +176,46 @@ impl Flow {
         self.switch(h, &h.old_server, &h.new_server, addr).await
     }
 
-    /// HAProxy back on the old container (a rollback): the same switch backwards.
-    pub(crate) async fn switch_back(&self, h: &HaproxySwitch) -> Result<(), String> {
-        self.switch(h, &h.new_server, &h.old_server, &h.old_addr).await
+    /// HAProxy back on the old container `old_id` (a rollback): the same switch backwards,
+    /// to where the old container is now.
+    /// The old server is moved there first: it is the server recorded, at the address
+    /// recorded, and HAProxy refuses to add a server of that name at another.
+    pub(crate) async fn switch_back(&self, h: &HaproxySwitch, old_id: &str) -> Result<(), String> {
+        let addr = self.old_addr_now(h, old_id).await;
+        if addr != h.old_addr {
+            let parse =
+                |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("address {a:?}: {e}"));
+            let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
+            Runtime::new(&h.socket)
+                .move_server(
+                    &name(&h.backend)?,
+                    &name(&h.old_server)?,
+                    parse(&h.old_addr)?,
+                    parse(&addr)?,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.switch(h, &h.new_server, &h.old_server, &addr).await
+    }
+
+    /// The old container's address on HAProxy's network now, at the recorded port. A stopped
+    /// container the rollback started again may have another address than the recorded one
+    /// (Podman gives it a new one; Docker mostly the same); while none can be read (it is
+    /// stopped, or its labels no longer say start-first) the recorded one stands.
+    async fn old_addr_now(&self, h: &HaproxySwitch, old_id: &str) -> String {
+        let Ok(recorded) = h.old_addr.parse::<SocketAddr>() else { return h.old_addr.clone() };
+        let network = match self.engine.container_labels(old_id).await {
+            Ok(Some(labels)) => match steward_labels::strategy(&labels) {
+                Ok(steward_labels::Strategy::StartFirst(t)) => t.network,
+                _ => return h.old_addr.clone(),
+            },
+            _ => return h.old_addr.clone(),
+        };
+        match self.engine.address_on(old_id, network.as_deref()).await {
+            Ok(Ok(ip)) => SocketAddr::new(ip, recorded.port()).to_string(),
+            _ => h.old_addr.clone(),
+        }
     }
 
     async fn switch(
