@@ -255,12 +255,11 @@ impl Checker {
                 return Outcome::Skipped(format!("cannot inspect image {}: {e}", t.info.image_id))
             }
         };
-        let running = known[0].clone();
         let (newest_tag, newest) = match self.newest(&t).await {
             Ok(found) => found,
             Err(e) => {
                 count(e.kind());
-                self.remember_error(&t, Some(&running), &e.to_string()).await;
+                self.remember_error(&t, Some(&known[0]), &e.to_string()).await;
                 return Outcome::Failed(e);
             }
         };
@@ -273,12 +272,13 @@ impl Checker {
             Err(e) => return Outcome::Skipped(format!("cannot read watch record: {e}")),
         };
         let prev = previous.as_ref().map(|v| &v.value);
+        let running = self.running_digest(&t, &known, &newest, prev).await;
         let now = OffsetDateTime::now_utc();
         let newest_seen_at = match prev {
             Some(p) if p.newest_digest.as_ref() == Some(&newest) => p.newest_seen_at.or(Some(now)),
             _ => Some(now),
         };
-        let mut record = WatchRecord {
+        let record = WatchRecord {
             container: t.info.name.clone(),
             image: t.info.image_ref.clone(),
             policy: t.labels.policy.as_str().to_owned(),
@@ -297,11 +297,8 @@ impl Checker {
             host: self.bus.host().map(str::to_owned),
         };
         // A pulled multi-arch image is known by its index digest and its platform manifest's:
-        // either one equal to the registry's means nothing changed.
+        // either one equal to the registry's means nothing changed (and is what it runs).
         let current = known.contains(&newest);
-        if current {
-            record.running_digest = Some(newest.clone());
-        }
         let is_new = !current && record.reported_digest.as_ref() != Some(&newest);
         if is_new {
             let current_version = image
@@ -387,6 +384,42 @@ impl Checker {
             }
         }
         Ok((None, self.registries.manifest_digest(&t.reference).await?))
+    }
+
+    /// Which of the digests the container's image is `known` by it runs, as its repository
+    /// knows it. Usually there is one, or two of one image (a pulled multi-arch index and its
+    /// platform manifest, both in the repository). Podman lists an image with every digest
+    /// any of its names ever had, most of them manifests of other repositories (another
+    /// push of the same image): then the registry's `newest` if known (nothing changed), else
+    /// the one the previous check settled on, else the first one the repository holds (a
+    /// `HEAD` each, in order), else the first.
+    async fn running_digest(
+        &self,
+        t: &Target,
+        known: &[Digest],
+        newest: &Digest,
+        prev: Option<&WatchRecord>,
+    ) -> Digest {
+        if known.contains(newest) {
+            return newest.clone();
+        }
+        if let [only] = known {
+            return only.clone();
+        }
+        if let Some(settled) = prev.and_then(|p| p.running_digest.as_ref()) {
+            if known.contains(settled) {
+                return settled.clone();
+            }
+        }
+        for d in known {
+            match self.registries.holds_manifest(&t.reference, d).await {
+                Ok(true) => return d.clone(),
+                Ok(false) => {}
+                // No answer: no better choice than the first.
+                Err(_) => break,
+            }
+        }
+        known[0].clone()
     }
 
     async fn remember_error(&self, t: &Target, running: Option<&Digest>, why: &str) {

@@ -276,6 +276,29 @@ impl Registries {
         })
     }
 
+    /// Whether `reference`'s repository holds the manifest `digest` (one `HEAD`).
+    pub async fn holds_manifest(
+        &self,
+        reference: &ImageRef,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let head = self
+            .fetch(
+                reference,
+                reqwest::Method::HEAD,
+                "manifests",
+                digest.as_str(),
+                MANIFEST_TYPES,
+                0,
+            )
+            .await;
+        match head {
+            Ok(_) => Ok(true),
+            Err(RegistryError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The labels and build time in the config of the image `digest` of `reference`'s
     /// repository (for an index, of its manifest for this host's platform): two or three
     /// `GET`s, asked only for a newer image, never on every check.

@@ -149,6 +149,41 @@ async fn tag_tracking_reports_the_newest_matching_tag() {
     assert!(watcher.records.get(&name).await.expect("get").is_none());
 }
 
+/// A newer image found by the very first check (no record to go by) names as the current
+/// digest the one the repository holds. On Podman the image is listed with every digest any
+/// of its names ever had (the test bed's app v1 has several: other tests push and pull it
+/// elsewhere), and the first of them was reported before, a digest of another repository.
+#[tokio::test]
+async fn an_update_found_by_the_first_check_names_the_digest_the_repository_holds() {
+    let bus = TestBus::new("watchfirst").await;
+    let scope = unique_name("scope");
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/watchfirst"));
+    let _tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let name = unique_name("watchedfirst");
+    let _c = run_app(&name, &image, &scope, &["steward.update.policy=automatic"]);
+    let v2 = push_app("v2", &image);
+    let repository = image.trim_end_matches(":1.0");
+    let listed = docker(&["image", "inspect", "-f", "{{json .RepoDigests}}", &v1_image(&name)]);
+    let known = listed.matches(&format!("\"{repository}@")).count();
+    eprintln!("{name}'s image is listed with {known} digest(s) of {repository}");
+
+    let watcher = checker(&bus, &scope, Duration::from_secs(5)).await;
+    let summary = watcher.run(None, None).await.expect("check");
+    assert_eq!(summary.updated, std::slice::from_ref(&name));
+    let updates = image_updates(&bus).await;
+    assert_eq!(updates.len(), 1);
+    let u = &updates[0].1;
+    assert_eq!((u.current_digest.as_str(), u.new_digest.as_str()), (v1.as_str(), v2.as_str()));
+    let record = watcher.records.get(&name).await.expect("get").expect("record").value;
+    assert_eq!(record.running_digest.as_ref().map(|d| d.as_str()), Some(v1.as_str()));
+}
+
+/// The image id container `name` runs.
+fn v1_image(name: &str) -> String {
+    docker(&["inspect", "-f", "{{.Image}}", name])
+}
+
 #[tokio::test]
 async fn bad_labels_and_unknown_images_are_skipped_with_a_reason_and_others_still_checked() {
     let bus = TestBus::new("badlabels").await;
