@@ -878,7 +878,15 @@ pub mod docker {
             let dir = std::env::temp_dir().join(super::unique_name("docker-config"));
             std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("config dir: {e}"));
             let config = dir.to_string_lossy().into_owned();
-            docker(&["--config", &config, "login", &registry, "-u", &user, "-p", &pass]);
+            if crate::on_podman() {
+                // Podman's compatible `/auth` tries https whatever registries.conf says; an
+                // operator there logs in with `podman login`, into the same file format.
+                let file = dir.join("config.json").to_string_lossy().into_owned();
+                let args = ["login", "--tls-verify=false", "--authfile", &file, "-u", &user];
+                crate::podman::podman(&[&args[..], &["-p", &pass, &registry]].concat());
+            } else {
+                docker(&["--config", &config, "login", &registry, "-u", &user, "-p", &pass]);
+            }
             Self { registry, config }
         }
     }
