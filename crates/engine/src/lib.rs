@@ -128,9 +128,6 @@ fn looks_like_image_id(s: &str) -> bool {
         && (s.starts_with("sha256:") || hex.len() == 64)
 }
 
-/// Podman's name prefix of images in its local storage only (built or loaded on the host).
-const PODMAN_LOCAL: &str = "localhost/";
-
 /// Whether the engine said the container or image asked about does not exist: 404, or
 /// Podman's 500 for one removed while the call ran ("container ... does not exist in
 /// database: no such container"; Docker answers 404 there too).
@@ -291,17 +288,16 @@ impl Engine {
 
     /// A local image's repo digests, labels and build time, from one inspect.
     ///
-    /// On Podman, without the `localhost/` ones: Podman names an image built or loaded on
-    /// the host `localhost/...` and gives it digests there, which name no registry (Docker
-    /// gives such an image no repo digest at all).
+    /// On Podman, as Docker keeps them ([`crate::podman::repo_digests`]).
     pub async fn local_image(&self, image_id: &str) -> Result<LocalImage, EngineError> {
         let image = self
             .timed(self.client()?.inspect_image(image_id))
             .await
             .map_err(|e| self.list_failed(&format!("inspect image {image_id}"), e))?;
         let mut repo_digests = image.repo_digests.unwrap_or_default();
-        if repo_digests.iter().any(|d| d.starts_with(PODMAN_LOCAL)) && self.is_podman().await? {
-            repo_digests.retain(|d| !d.starts_with(PODMAN_LOCAL));
+        if self.is_podman().await? {
+            let history = self.names_history(image_id).await?;
+            repo_digests = crate::podman::repo_digests(repo_digests, &history);
         }
         Ok(LocalImage {
             repo_digests,

@@ -81,7 +81,76 @@ pub(crate) fn is_podman(v: &bollard::models::SystemVersion) -> bool {
     v.components.as_deref().unwrap_or_default().iter().any(|c| c.name.starts_with("Podman"))
 }
 
+/// Podman's name prefix of images in its local storage only (built or loaded on the host).
+const LOCAL: &str = "localhost/";
+/// A libpod image inspect lists every name the image ever had: large on a busy host.
+const MAX_IMAGE_ANSWER: usize = 16 << 20;
+
+/// An image's repo digests on Podman as Docker keeps them, from Podman's `listed` ones (every
+/// current name × every digest the image has) and the image's `history` of names.
+///
+/// - A repository the image *was* named in keeps its digests: Podman drops a repository from
+///   the list once its tag moves to another image (a newer release pulled, the updater's
+///   pull before a swap that is then rolled back), and the watcher then took the container
+///   for one never pulled from a registry. Docker keeps `repo@digest`.
+/// - `localhost/...` names are left out: Podman names an image built or loaded on the host
+///   so and gives it digests there, which name no registry (Docker gives it none).
+pub(crate) fn repo_digests(listed: Vec<String>, history: &[String]) -> Vec<String> {
+    let digests: std::collections::BTreeSet<&str> =
+        listed.iter().filter_map(|d| d.split_once('@').map(|(_, d)| d)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = vec![];
+    let former = history
+        .iter()
+        .filter_map(|name| repository_of(name))
+        .flat_map(|repository| digests.iter().map(move |d| format!("{repository}@{d}")));
+    for d in listed.iter().cloned().chain(former.collect::<Vec<_>>()) {
+        if !d.starts_with(LOCAL) && seen.insert(d.clone()) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// The repository of an image name (`host/repo:tag` or `host/repo@digest`): the name
+/// without its tag or digest.
+fn repository_of(name: &str) -> Option<&str> {
+    let name = name.split_once('@').map_or(name, |(r, _)| r);
+    let tag_at = name.rfind(':').filter(|&i| !name[i..].contains('/'));
+    let repository = tag_at.map_or(name, |i| &name[..i]);
+    (!repository.is_empty()).then_some(repository)
+}
+
 impl Engine {
+    /// Every name image `id` ever had (libpod's `NamesHistory`).
+    pub(crate) async fn names_history(&self, id: &str) -> Result<Vec<String>, EngineError> {
+        let what = format!("inspect image {id} (its former names)");
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':') {
+            return Err(self.operation(&what, "not an image id".into()));
+        }
+        let path = format!("/{LIBPOD_VERSION}/libpod/images/{id}/json");
+        let answer = tokio::time::timeout(self.deadline, self.raw_get(&path, MAX_IMAGE_ANSWER))
+            .await
+            .map_err(|_| EngineError::Timeout {
+                host: self.host.clone(),
+                what: what.clone(),
+                after: self.deadline,
+            })?;
+        let (status, body) =
+            answer.map_err(|reason| self.unreachable(format!("{what}: {reason}")))?;
+        if status != 200 {
+            return Err(self.operation(&what, format!("HTTP {status}: {}", message_of(&body))));
+        }
+        #[derive(serde::Deserialize)]
+        struct Names {
+            #[serde(rename = "NamesHistory", default)]
+            names_history: Option<Vec<String>>,
+        }
+        let names: Names = serde_json::from_slice(&body)
+            .map_err(|e| self.operation(&what, format!("unreadable answer: {e}")))?;
+        Ok(names.names_history.unwrap_or_default())
+    }
+
     /// Whether this engine is Podman, asked once and remembered (an engine does not change
     /// kind under a running service; a failed question is asked again next time).
     pub async fn is_podman(&self) -> Result<bool, EngineError> {
@@ -206,6 +275,46 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_repository_keeps_its_digests_after_its_tag_moved_and_localhost_names_none() {
+        let listed = vec![
+            "localhost/app@sha256:aa".to_owned(),
+            "127.0.0.1:5000/app@sha256:aa".to_owned(),
+            "127.0.0.1:5000/app@sha256:bb".to_owned(),
+        ];
+        let history = [
+            "127.0.0.1:5000/app:1.0".to_owned(),
+            "127.0.0.1:5000/old:1.0".to_owned(),
+            "registry.example:443/team/web@sha256:cc".to_owned(),
+            "localhost/app:v1".to_owned(),
+        ];
+        let got = repo_digests(listed, &history);
+        assert_eq!(
+            got,
+            [
+                "127.0.0.1:5000/app@sha256:aa",
+                "127.0.0.1:5000/app@sha256:bb",
+                "127.0.0.1:5000/old@sha256:aa",
+                "127.0.0.1:5000/old@sha256:bb",
+                "registry.example:443/team/web@sha256:aa",
+                "registry.example:443/team/web@sha256:bb",
+            ]
+        );
+        // Nothing listed: no digest to give anyone.
+        assert!(repo_digests(vec![], &history).is_empty());
+    }
+
+    #[test]
+    fn a_names_repository_is_it_without_tag_or_digest() {
+        assert_eq!(repository_of("127.0.0.1:5000/app:1.0"), Some("127.0.0.1:5000/app"));
+        assert_eq!(repository_of("127.0.0.1:5000/app"), Some("127.0.0.1:5000/app"));
+        assert_eq!(
+            repository_of("docker.io/library/nginx@sha256:aa"),
+            Some("docker.io/library/nginx")
+        );
+        assert_eq!(repository_of(":1.0"), None);
     }
 
     const CHECK: &[&str] = &["CMD-SHELL", "true"];

@@ -274,3 +274,29 @@ async fn a_container_in_podmans_stopped_state_is_read_and_the_host_still_listed(
     }
     panic!("{name} was seen stopped {seen_stopped} times in 20 reads: this proved nothing");
 }
+
+/// An image pulled by tag whose tag then moves to another image (a newer release pulled)
+/// keeps its digest in that repository, as on Docker: Podman drops the repository from the
+/// image's list, and the watcher took a container still running it for one never pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_keeps_its_repositorys_digest_after_its_tag_moved() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(engine) = podman() else { return };
+    let (image, digest) = pushed_app("v1");
+    let tagged = format!("{image}:1.0");
+    let _names = Names(vec![tagged.clone()]);
+    let pull = cli(&["pull", "--tls-verify=false", &tagged]);
+    assert!(pull.status.success(), "podman pull: {}", String::from_utf8_lossy(&pull.stderr));
+    let id = String::from_utf8_lossy(&cli(&["image", "inspect", "-f", "{{.Id}}", &tagged]).stdout)
+        .trim()
+        .to_owned();
+    let wanted = format!("{image}@{digest}");
+    let before = engine.repo_digests(&id).await.expect("repo digests");
+    assert!(before.contains(&wanted), "{wanted} not in {before:?}");
+
+    let moved = cli(&["tag", "localhost/steward-test/app:v2", &tagged]);
+    assert!(moved.status.success(), "podman tag: {}", String::from_utf8_lossy(&moved.stderr));
+    let after = engine.repo_digests(&id).await.expect("repo digests after the tag moved");
+    assert!(after.contains(&wanted), "{wanted} lost when the tag moved: {after:?}");
+    assert!(after.iter().all(|d| !d.starts_with("localhost/")), "{after:?}");
+}

@@ -129,6 +129,8 @@ pub const RULES: &[Rule] = &[
     // due (every caller of health_view: the health service, the updater's and the restore's
     // health gates).
     rule("GET", "/libpod/containers/*/healthcheck", EXEC),
+    // repo_digests on Podman: the names an image had (`NamesHistory`, libpod's inspect only).
+    rule("GET", "/libpod/images/*/json", EVERY),
     // logs_tail (rollback reasons, helper output).
     rule("GET", "/containers/*/logs", CHANGE),
     // exec, exec_stdout, exec_stdin, exec_as: create, start (an HTTP upgrade), exit code.
@@ -538,11 +540,16 @@ mod tests {
     }
 
     #[test]
-    fn only_a_healthcheck_run_is_allowed_of_libpod() {
+    fn only_a_healthcheck_run_and_an_image_inspect_are_allowed_of_libpod() {
         for role in [Health, Updater, Backup] {
             assert!(allowed(role, "GET", "/v4.0.0/libpod/containers/abc/healthcheck"), "{role}");
         }
+        for role in [Watcher, Health, Updater, Backup, Deployer] {
+            assert!(allowed(role, "GET", "/v4.0.0/libpod/images/sha256:abc/json"), "{role}");
+        }
         for (m, p) in [
+            ("DELETE", "/v4.0.0/libpod/images/sha256:abc"),
+            ("GET", "/v4.0.0/libpod/images/sha256:abc/tree"),
             ("POST", "/v4.0.0/libpod/containers/abc/healthcheck"),
             ("GET", "/libpod/containers/abc/healthcheck/x"),
             ("POST", "/v4.0.0/libpod/containers/abc/exec"),
