@@ -295,9 +295,14 @@ impl Engine {
             .await
             .map_err(|e| self.list_failed(&format!("inspect image {image_id}"), e))?;
         let mut repo_digests = image.repo_digests.unwrap_or_default();
-        if self.is_podman().await? {
-            let history = self.names_history(image_id).await?;
-            repo_digests = crate::podman::repo_digests(repo_digests, &history);
+        if self.is_podman().await.unwrap_or(false) {
+            // Without the history the current names still count: a failed read costs the
+            // former names only (a socket proxy not upgraded with the services refuses it).
+            let names = self.names_history(image_id).await.unwrap_or_else(|e| {
+                tracing::warn!(image = %image_id, error = %e, "cannot read the image's former names");
+                Default::default()
+            });
+            repo_digests = crate::podman::repo_digests(repo_digests, &names);
         }
         Ok(LocalImage {
             repo_digests,

@@ -95,9 +95,16 @@ const MAX_IMAGE_ANSWER: usize = 16 << 20;
 ///   for one never pulled from a registry. Docker keeps `repo@digest`.
 /// - `localhost/...` names are left out: Podman names an image built or loaded on the host
 ///   so and gives it digests there, which name no registry (Docker gives it none).
-pub(crate) fn repo_digests(listed: Vec<String>, history: &[String]) -> Vec<String> {
-    let digests: std::collections::BTreeSet<&str> =
-        listed.iter().filter_map(|d| d.split_once('@').map(|(_, d)| d)).collect();
+pub(crate) fn repo_digests(listed: Vec<String>, names: &Names) -> Vec<String> {
+    let history = &names.history;
+    // An image whose names are all gone (its only tag moved) lists no digest at all: its
+    // own digest (libpod's `Digest`) and those in its former `repo@digest` names stand in.
+    let digests: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .chain(history)
+        .filter_map(|d| d.split_once('@').map(|(_, d)| d))
+        .chain(names.digest.as_deref())
+        .collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = vec![];
     let former = history
@@ -112,6 +119,14 @@ pub(crate) fn repo_digests(listed: Vec<String>, history: &[String]) -> Vec<Strin
     out
 }
 
+/// What libpod says of an image beyond the compatible API: every name it ever had, and its
+/// own digest.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    pub(crate) history: Vec<String>,
+    pub(crate) digest: Option<String>,
+}
+
 /// The repository of an image name (`host/repo:tag` or `host/repo@digest`): the name
 /// without its tag or digest.
 fn repository_of(name: &str) -> Option<&str> {
@@ -122,8 +137,8 @@ fn repository_of(name: &str) -> Option<&str> {
 }
 
 impl Engine {
-    /// Every name image `id` ever had (libpod's `NamesHistory`).
-    pub(crate) async fn names_history(&self, id: &str) -> Result<Vec<String>, EngineError> {
+    /// Every name image `id` ever had (libpod's `NamesHistory`) and its digest.
+    pub(crate) async fn names_history(&self, id: &str) -> Result<Names, EngineError> {
         let what = format!("inspect image {id} (its former names)");
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':') {
             return Err(self.operation(&what, "not an image id".into()));
@@ -142,13 +157,18 @@ impl Engine {
             return Err(self.operation(&what, format!("HTTP {status}: {}", message_of(&body))));
         }
         #[derive(serde::Deserialize)]
-        struct Names {
+        struct Answer {
             #[serde(rename = "NamesHistory", default)]
             names_history: Option<Vec<String>>,
+            #[serde(rename = "Digest", default)]
+            digest: Option<String>,
         }
-        let names: Names = serde_json::from_slice(&body)
+        let answer: Answer = serde_json::from_slice(&body)
             .map_err(|e| self.operation(&what, format!("unreadable answer: {e}")))?;
-        Ok(names.names_history.unwrap_or_default())
+        Ok(Names {
+            history: answer.names_history.unwrap_or_default(),
+            digest: answer.digest.filter(|d| d.starts_with("sha256:")),
+        })
     }
 
     /// Whether this engine is Podman, asked once and remembered (an engine does not change
@@ -290,20 +310,32 @@ mod tests {
             "registry.example:443/team/web@sha256:cc".to_owned(),
             "localhost/app:v1".to_owned(),
         ];
-        let got = repo_digests(listed, &history);
+        let names = Names { history: history.to_vec(), digest: None };
+        let got = repo_digests(listed, &names);
         assert_eq!(
             got,
+            // Podman's own way: every repository × every digest (`cc` from a former
+            // `repo@digest` name); the watcher picks the one a repository holds.
             [
                 "127.0.0.1:5000/app@sha256:aa",
                 "127.0.0.1:5000/app@sha256:bb",
+                "127.0.0.1:5000/app@sha256:cc",
                 "127.0.0.1:5000/old@sha256:aa",
                 "127.0.0.1:5000/old@sha256:bb",
+                "127.0.0.1:5000/old@sha256:cc",
                 "registry.example:443/team/web@sha256:aa",
                 "registry.example:443/team/web@sha256:bb",
+                "registry.example:443/team/web@sha256:cc",
             ]
         );
-        // Nothing listed: no digest to give anyone.
-        assert!(repo_digests(vec![], &history).is_empty());
+        // No name left (its only tag moved): its own digest under its former repository.
+        let gone = Names {
+            history: vec!["127.0.0.1:5000/app:1.0".to_owned(), "localhost/x:1".to_owned()],
+            digest: Some("sha256:dd".to_owned()),
+        };
+        assert_eq!(repo_digests(vec![], &gone), ["127.0.0.1:5000/app@sha256:dd"]);
+        // Nothing known at all: no digest to give anyone.
+        assert!(repo_digests(vec![], &Names::default()).is_empty());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! answer: before this, one such container anywhere on a Podman host made every container list
 //! fail (the engine looked unreachable) and every inspect of it fail.
 //!
-//! These reads make bollard's typed call; only when its answer names an unknown state do they
-//! read the same path again outside bollard and translate the state to Docker's nearest name
-//! before the same typed parse. Docker's answers never take the second read.
+//! These reads make bollard's typed call; only when its answer names an unknown name and the
+//! engine is Podman do they read the same path again outside bollard and translate the state
+//! to Docker's nearest name before the same typed parse. If that fails too, bollard's own
+//! error stands. Docker's answers never take the second read.
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerInspectResponse, ContainerSummary};
@@ -83,7 +84,8 @@ impl Engine {
     ) -> Result<ContainerInspectResponse, BollardError> {
         match docker.inspect_container(id, None).await {
             Err(e) if unknown_name(&e) && path_safe(id) => {
-                self.reread(&format!("/containers/{id}/json"), MAX_INSPECT, translate_inspect).await
+                let path = format!("/containers/{id}/json");
+                self.reread_on_podman(e, &path, MAX_INSPECT, translate_inspect).await
             }
             answer => answer,
         }
@@ -99,9 +101,31 @@ impl Engine {
         let options = ListContainersOptionsBuilder::new().all(all).build();
         match docker.list_containers(Some(options)).await {
             Err(e) if unknown_name(&e) => {
-                self.reread(&format!("/containers/json?all={all}"), MAX_LIST, translate_list).await
+                let path = format!("/containers/json?all={all}");
+                self.reread_on_podman(e, &path, MAX_LIST, translate_list).await
             }
             answer => answer,
+        }
+    }
+
+    /// On Podman, [`Engine::reread`]; bollard's error `first` stands on any other engine
+    /// (an unknown name there is not a state this translates) and when the re-read fails.
+    async fn reread_on_podman<T: serde::de::DeserializeOwned>(
+        &self,
+        first: BollardError,
+        path: &str,
+        max: usize,
+        fix: fn(&mut Value),
+    ) -> Result<T, BollardError> {
+        if !self.is_podman().await.unwrap_or(false) {
+            return Err(first);
+        }
+        match self.reread(path, max, fix).await {
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "re-reading Podman's answer failed");
+                Err(first)
+            }
         }
     }
 

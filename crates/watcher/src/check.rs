@@ -272,7 +272,7 @@ impl Checker {
             Err(e) => return Outcome::Skipped(format!("cannot read watch record: {e}")),
         };
         let prev = previous.as_ref().map(|v| &v.value);
-        let running = self.running_digest(&t, &known, &newest, prev).await;
+        let running = self.running_digest(&t, &known, &newest).await;
         let now = OffsetDateTime::now_utc();
         let newest_seen_at = match prev {
             Some(p) if p.newest_digest.as_ref() == Some(&newest) => p.newest_seen_at.or(Some(now)),
@@ -391,25 +391,15 @@ impl Checker {
     /// platform manifest, both in the repository). Podman lists an image with every digest
     /// any of its names ever had, most of them manifests of other repositories (another
     /// push of the same image): then the registry's `newest` if known (nothing changed), else
-    /// the one the previous check settled on, else the first one the repository holds (a
-    /// `HEAD` each, in order), else the first.
-    async fn running_digest(
-        &self,
-        t: &Target,
-        known: &[Digest],
-        newest: &Digest,
-        prev: Option<&WatchRecord>,
-    ) -> Digest {
+    /// the first one the repository holds (a `HEAD` each, in order, on every such check: a
+    /// choice remembered from a check whose registry did not answer would be a guess), else
+    /// the first.
+    async fn running_digest(&self, t: &Target, known: &[Digest], newest: &Digest) -> Digest {
         if known.contains(newest) {
             return newest.clone();
         }
         if let [only] = known {
             return only.clone();
-        }
-        if let Some(settled) = prev.and_then(|p| p.running_digest.as_ref()) {
-            if known.contains(settled) {
-                return settled.clone();
-            }
         }
         for d in known {
             match self.registries.holds_manifest(&t.reference, d).await {
