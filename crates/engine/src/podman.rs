@@ -144,18 +144,7 @@ impl Engine {
             return Err(self.operation(&what, "not an image id".into()));
         }
         let path = format!("/{LIBPOD_VERSION}/libpod/images/{id}/json");
-        let answer = tokio::time::timeout(self.deadline, self.raw_get(&path, MAX_IMAGE_ANSWER))
-            .await
-            .map_err(|_| EngineError::Timeout {
-                host: self.host.clone(),
-                what: what.clone(),
-                after: self.deadline,
-            })?;
-        let (status, body) =
-            answer.map_err(|reason| self.unreachable(format!("{what}: {reason}")))?;
-        if status != 200 {
-            return Err(self.operation(&what, format!("HTTP {status}: {}", message_of(&body))));
-        }
+        let body = self.libpod_get(&what, &path, MAX_IMAGE_ANSWER, self.deadline).await?;
         #[derive(serde::Deserialize)]
         struct Answer {
             #[serde(rename = "NamesHistory", default)]
@@ -194,15 +183,26 @@ impl Engine {
         let what = format!("run the healthcheck of {id}");
         let path = format!("/{LIBPOD_VERSION}/libpod/containers/{id}/healthcheck");
         let limit = self.deadline.saturating_add(check_timeout);
-        let answer =
-            tokio::time::timeout(limit, self.raw_get(&path, MAX_ANSWER)).await.map_err(|_| {
-                EngineError::Timeout { host: self.host.clone(), what: what.clone(), after: limit }
-            })?;
-        let (status, body) = answer.map_err(|reason| self.operation(&what, reason))?;
-        if status == 200 {
-            return Ok(());
+        self.libpod_get(&what, &path, MAX_ANSWER, limit).await.map(|_| ())
+    }
+
+    /// One GET of a libpod endpoint (`what`, for errors) within `limit`: its body (up to
+    /// `max` bytes) when answered 200, else the error saying what Podman said.
+    async fn libpod_get(
+        &self,
+        what: &str,
+        path: &str,
+        max: usize,
+        limit: Duration,
+    ) -> Result<Bytes, EngineError> {
+        let answer = tokio::time::timeout(limit, self.raw_get(path, max)).await.map_err(|_| {
+            EngineError::Timeout { host: self.host.clone(), what: what.to_owned(), after: limit }
+        })?;
+        let (status, body) = answer.map_err(|reason| self.operation(what, reason))?;
+        if status != 200 {
+            return Err(self.operation(what, format!("HTTP {status}: {}", message_of(&body))));
         }
-        Err(self.operation(&what, format!("HTTP {status}: {}", message_of(&body))))
+        Ok(body)
     }
 
     fn operation(&self, what: &str, reason: String) -> EngineError {
