@@ -182,13 +182,33 @@ fi
 # Rootful `podman system service` on a socket of its own, with its own configuration (never
 # the system files): the test bed's registries over plain http, and rlimits no higher than
 # this host's hard limits (Podman's defaults need CAP_SYS_RESOURCE, which containers lack).
-PODMAN_SOCKET=${STEWARD_TESTBED_PODMAN_SOCKET:-/run/steward-test-podman.sock}
+# The socket is alone in its directory, group `podman`, mode 660, as the Ansible role's
+# socket drop-in makes it: the compose stack's socket proxy (an unprivileged user with the
+# socket's group) mounts the directory (compose/podman.yml).
+PODMAN_SOCKET=${STEWARD_TESTBED_PODMAN_SOCKET:-/run/steward-test-podman/podman.sock}
+# Ports of 127.0.0.1 Podman takes as plain-http registries besides the test bed's two: the
+# compose stack's own registry on Podman listens on one of them (Podman, unlike Docker, does
+# not take 127.0.0.0/8 as plain http, and a port cannot be a wildcard in registries.conf).
+PODMAN_STACK_REGISTRY_PORTS=${STEWARD_TESTBED_PODMAN_STACK_REGISTRY_PORTS:-5081 5082 5083}
 need podman podman
-mkdir -p "$STATE/podman"
+mkdir -p "$STATE/podman" "$(dirname "$PODMAN_SOCKET")"
+getent group podman >/dev/null || groupadd --system podman
 # docker.io is blocked: a stand-in missing from Podman's store fails at once instead of a
 # pull tried from the internet (the tests reach nothing beyond this machine).
-printf 'unqualified-search-registries = []\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n[[registry]]\nlocation = "docker.io"\nblocked = true\n' \
-  "$REGISTRY_PORT" "$REGISTRY_AUTH_PORT" >"$STATE/podman/registries.conf"
+{
+  printf 'unqualified-search-registries = []\n'
+  for port in "$REGISTRY_PORT" "$REGISTRY_AUTH_PORT" $PODMAN_STACK_REGISTRY_PORTS; do
+    printf '[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' "$port"
+  done
+  printf '[[registry]]\nlocation = "docker.io"\nblocked = true\n'
+} >"$STATE/podman/registries.conf.new"
+# A changed configuration needs the service restarted (it reads the file at start).
+if ! cmp -s "$STATE/podman/registries.conf.new" "$STATE/podman/registries.conf"; then
+  mv "$STATE/podman/registries.conf.new" "$STATE/podman/registries.conf"
+  pkill -f "podman system service --time=0 unix://$PODMAN_SOCKET" 2>/dev/null && sleep 1 || true
+else
+  rm -f "$STATE/podman/registries.conf.new"
+fi
 printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=4096:4096"]\n' \
   "$(ulimit -Hn)" "$(ulimit -Hn)" >"$STATE/podman/containers.conf"
 podman_up() { curl -sf --max-time 2 --unix-socket "$PODMAN_SOCKET" http://podman/_ping >/dev/null 2>&1; }
@@ -201,6 +221,7 @@ if ! podman_up; then
   for _ in $(seq 1 100); do podman_up && break; sleep 0.2; done
   podman_up || { tail -n 20 "$STATE/logs/podman.log" >&2; die "podman system service did not come up"; }
 fi
+chgrp podman "$PODMAN_SOCKET" && chmod 660 "$PODMAN_SOCKET"
 
 # ---- test images ------------------------------------------------------------------------
 "$HERE/images.sh" "$STATE"
@@ -237,6 +258,7 @@ export STEWARD_TEST_MAILDIR=$STATE/maildir
 export STEWARD_TEST_APP_IMAGE=steward-test/app
 export STEWARD_TEST_POSTGRES_IMAGE=steward-test/postgres:15
 export STEWARD_TEST_PODMAN_SOCKET=$PODMAN_SOCKET
+export STEWARD_TEST_PODMAN_STACK_REGISTRY_PORTS="$PODMAN_STACK_REGISTRY_PORTS"
 EOF
 log "ready:"
 log "  docker      $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"

@@ -7,6 +7,7 @@ pub mod apps;
 pub mod backup_bed;
 pub mod crash;
 pub mod mail;
+pub mod podman;
 pub mod stack;
 
 use std::path::PathBuf;

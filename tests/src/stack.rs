@@ -11,7 +11,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use steward_testkit::docker::{docker, try_docker, ImageTag};
-use steward_testkit::{free_port, unique_name, wait_for};
+use steward_testkit::{free_port, on_podman, testbed, unique_name, wait_for};
+
+use crate::podman::{copy_images_from_docker, HealthTimers};
 
 /// Every long-running service of the stack.
 pub const SERVICES: [&str; 11] = [
@@ -46,6 +48,45 @@ pub fn steward_image() -> String {
     std::env::var("STEWARD_STACK_IMAGE").unwrap_or_else(|_| "steward-local/steward:debug".into())
 }
 
+/// The stack's engine when the test runs in the engine matrix's Podman leg (`DOCKER_HOST` is
+/// the test bed's Podman service): its socket. The stack then runs as docs/deploy.md's
+/// Podman host runs it: docker-compose against Podman's socket with `compose/podman.yml`.
+pub fn podman_socket() -> Option<String> {
+    on_podman().then(|| testbed::require("STEWARD_TEST_PODMAN_SOCKET"))
+}
+
+/// The images of the stack that are not in a registry (every service's but Gitea's).
+fn local_images() -> Vec<String> {
+    let mut images: Vec<String> = [
+        "steward-local/nats:latest",
+        "steward-local/registry:latest",
+        "steward-local/s3:latest",
+        "steward-local/smtp:latest",
+        "steward-local/prometheus:latest",
+        "steward-test/app:v1",
+        "steward-test/postgres:15",
+        "steward-test/busybox:latest",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    images.push(steward_image());
+    images
+}
+
+/// The stack's registry port: any free one on Docker (which takes 127.0.0.0/8 as plain
+/// http); on Podman the first free one of those the test bed lists as plain http.
+fn registry_port() -> u16 {
+    if podman_socket().is_none() {
+        return free_port();
+    }
+    let ports = testbed::require("STEWARD_TEST_PODMAN_STACK_REGISTRY_PORTS");
+    ports
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap_or_else(|| panic!("none of the Podman stack registry ports {ports} is free"))
+}
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -78,6 +119,8 @@ pub struct Stack {
     _app_tags: ImageTag,
     /// Compose files layered over the stand-ins (`tests/compose/`).
     pub overrides: Vec<&'static str>,
+    /// On Podman, systemd's healthcheck timers for the project's containers.
+    _timers: Option<HealthTimers>,
 }
 
 impl Stack {
@@ -104,11 +147,11 @@ impl Stack {
             std::fs::copy(repo().join("tests/compose").join(file), dir.join(file))
                 .expect("copy the override");
         }
-        let registry_port = free_port();
+        let registry_port = registry_port();
         let registry = format!("127.0.0.1:{registry_port}");
         let app_image = format!("{registry}/e2e/app:stable");
         let registry_password = unique_name("pw");
-        let stack = Self {
+        let mut stack = Self {
             docker_config: dir.join("operator-docker"),
             dir,
             project,
@@ -119,6 +162,7 @@ impl Stack {
             prometheus_port: free_port(),
             _app_tags: ImageTag(app_image),
             overrides: overrides.to_vec(),
+            _timers: None,
         };
         stack.run_checked(Command::new("bash").arg(stack.dir.join("init-secrets.sh")));
         let secrets = stack.dir.join("secrets");
@@ -160,12 +204,23 @@ impl Stack {
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(stack.maildir().join(sub)).expect("maildir");
         }
+        // The group of the engine's socket, which the socket proxy's user joins; on Podman
+        // the proxy gets the socket's directory (compose/podman.yml).
+        let engine_socket = podman_socket().unwrap_or_else(|| "/var/run/docker.sock".into());
+        let mut engine_env = String::new();
+        if let Some(socket) = podman_socket() {
+            let socket = Path::new(&socket);
+            let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+                panic!("odd Podman socket {socket:?}");
+            };
+            engine_env = format!(
+                "ENGINE_SOCKET_DIR={}\nENGINE_SOCKET_NAME={}\n",
+                dir.display(),
+                name.to_string_lossy()
+            );
+        }
         let docker_gid = String::from_utf8_lossy(
-            &Command::new("stat")
-                .args(["-c", "%g", "/var/run/docker.sock"])
-                .output()
-                .expect("stat")
-                .stdout,
+            &Command::new("stat").args(["-c", "%g", &engine_socket]).output().expect("stat").stdout,
         )
         .trim()
         .to_owned();
@@ -180,7 +235,7 @@ impl Stack {
              STEWARD_MAIL_FROM=Steward <steward@gitea.test>\nSTEWARD_MAIL_TO={MAIL_TO}\n\
              E2E_S3_DIR={}\nE2E_MAILDIR={}\nE2E_REGISTRY_PORT={registry_port}\n\
              E2E_UPDATER_PORT={}\nGITEA_UPDATE_WINDOW=00:00-23:59\nE2E_PROMETHEUS_PORT={}\n\
-             STEWARD_BACKUP_AGE_RECIPIENTS={AGE_RECIPIENT}\nE2E_SCOPE={}\n{copy_env}",
+             STEWARD_BACKUP_AGE_RECIPIENTS={AGE_RECIPIENT}\nE2E_SCOPE={}\n{copy_env}{engine_env}",
             free_port(),
             free_port(),
             free_port(),
@@ -192,6 +247,17 @@ impl Stack {
             stack.project,
         );
         write(&stack.dir.join(".env"), &env);
+        if let Some(socket) = podman_socket() {
+            let images = local_images();
+            copy_images_from_docker(
+                &socket,
+                &images.iter().map(String::as_str).collect::<Vec<_>>(),
+            );
+            stack._timers = Some(HealthTimers::start(
+                &socket,
+                &format!("com.docker.compose.project={}", stack.project),
+            ));
+        }
         stack
     }
 
@@ -209,6 +275,9 @@ impl Stack {
             "-f",
             "scope.yml",
         ]);
+        if podman_socket().is_some() {
+            cmd.args(["-f", "podman.yml"]);
+        }
         for file in &self.overrides {
             cmd.args(["-f", file]);
         }
@@ -234,14 +303,23 @@ impl Stack {
 
     /// Tags the stand-in app `version` (v1, v2, v3) as Gitea's image and pushes it to the
     /// private registry with the operator's login; the pushed manifest digest.
+    ///
+    /// On Podman the pushed digest is then pulled: Podman does not record a pushed digest
+    /// (Docker does), and a host that runs a release pulled it from the registry.
     pub fn push_app(&self, version: &str) -> String {
         docker(&["tag", &format!("steward-test/app:{version}"), &self.app_image]);
         let out = ok(&self.operator_docker(&["push", &self.app_image]));
-        out.split_whitespace()
+        let digest = out
+            .split_whitespace()
             .skip_while(|w| *w != "digest:")
             .nth(1)
             .unwrap_or_else(|| panic!("no digest in push output: {out}"))
-            .to_owned()
+            .to_owned();
+        if podman_socket().is_some() {
+            let repository = self.app_image.rsplit_once(':').map_or("", |(r, _)| r);
+            ok(&self.operator_docker(&["pull", "-q", &format!("{repository}@{digest}")]));
+        }
+        digest
     }
 
     pub fn maildir(&self) -> PathBuf {
@@ -271,14 +349,33 @@ impl Stack {
         let registry = self.compose().args(["up", "-d", "registry"]).output().expect("up");
         assert!(registry.status.success(), "{}", String::from_utf8_lossy(&registry.stderr));
         wait_for("a login at the stack's registry", Duration::from_secs(30), || {
-            let login = self.operator_docker(&[
-                "login",
-                &self.registry,
-                "-u",
-                REGISTRY_USER,
-                "-p",
-                &self.registry_password,
-            ]);
+            let login = if podman_socket().is_some() {
+                // Podman's compatible `/auth` (what `docker login` calls) tries https on a
+                // plain-http registry: the operator logs in with podman, into the same file
+                // (docs/podman.md, "Credentials on Podman").
+                let authfile = self.docker_config.join("config.json");
+                std::fs::create_dir_all(&self.docker_config).ok()?;
+                steward_testkit::podman::cli(&[
+                    "login",
+                    "--tls-verify=false",
+                    "--authfile",
+                    &authfile.to_string_lossy(),
+                    "-u",
+                    REGISTRY_USER,
+                    "-p",
+                    &self.registry_password,
+                    &self.registry,
+                ])
+            } else {
+                self.operator_docker(&[
+                    "login",
+                    &self.registry,
+                    "-u",
+                    REGISTRY_USER,
+                    "-p",
+                    &self.registry_password,
+                ])
+            };
             login.status.success().then_some(())
         });
         // `cp` over the file init-secrets.sh made keeps its mode (0444): the services, which
@@ -405,17 +502,25 @@ impl Stack {
         format!("{}_{service}_1", self.project)
     }
 
+    /// The health status of a service's container, or its state when it has no healthcheck
+    /// (Podman reports an empty health status then, Docker none).
     pub fn health(&self, service: &str) -> String {
         let out = Command::new("docker")
             .args([
                 "inspect",
                 "-f",
-                "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+                "{{if .State.Health}}{{.State.Health.Status}}{{end}} {{.State.Status}}",
                 &self.container(service),
             ])
             .output()
             .expect("docker inspect");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        let out = String::from_utf8_lossy(&out.stdout);
+        let mut words = out.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(state), None) => state.to_owned(),
+            (Some(health), Some(_)) => health.to_owned(),
+            _ => String::new(),
+        }
     }
 
     /// `steward ARGS` in the stack's CLI container (`docker-compose run --rm steward`).

@@ -187,7 +187,21 @@ fn host_config(old: &ContainerInspectResponse) -> HostConfig {
             *name = ulimit_name(name);
         }
     }
+    cpu_limit_once(&mut hc);
     hc
+}
+
+/// A CPU limit given as a number of CPUs (`--cpus`, compose's `cpus:`) is copied as that
+/// alone. Podman's inspect reports it twice, as `NanoCpus` and as the period and quota it
+/// becomes (100000 and 50000 for 0.5), and its own create then refuses the copy ("NanoCpus
+/// conflicts with CpuPeriod and CpuQuota"): every update of a service with a CPU limit failed
+/// there. Docker refuses both at once too, so its inspect never has both: unchanged there. A
+/// period and quota set without `--cpus` stay.
+fn cpu_limit_once(hc: &mut HostConfig) {
+    if hc.nano_cpus.is_some_and(|n| n > 0) {
+        hc.cpu_period = None;
+        hc.cpu_quota = None;
+    }
 }
 
 /// A ulimit's name as a create accepts it (`nofile`). Podman's inspect reports the kernel's
@@ -776,6 +790,26 @@ mod tests {
         let chosen = env(&["HOSTNAME=gitea.internal", "KEPT=yes"]);
         assert_eq!(engine_written_env_removed(chosen.clone(), &host), chosen);
         assert_eq!(engine_written_env_removed(chosen.clone(), &None), chosen);
+    }
+
+    #[test]
+    fn a_cpu_limit_is_copied_once_as_podman_reports_it_twice() {
+        let podman: HostConfig = serde_json::from_value(serde_json::json!({
+            "NanoCpus": 500_000_000, "CpuPeriod": 100_000, "CpuQuota": 50_000, "Memory": 1 << 28
+        }))
+        .expect("HostConfig JSON");
+        let mut hc = podman.clone();
+        cpu_limit_once(&mut hc);
+        assert_eq!((hc.nano_cpus, hc.cpu_period, hc.cpu_quota), (Some(500_000_000), None, None));
+        assert_eq!(hc.memory, podman.memory);
+        // A period and quota of the operator's own (no `--cpus`) are kept.
+        let own: HostConfig = serde_json::from_value(serde_json::json!({
+            "NanoCpus": 0, "CpuPeriod": 50_000, "CpuQuota": 25_000
+        }))
+        .expect("HostConfig JSON");
+        let mut hc = own.clone();
+        cpu_limit_once(&mut hc);
+        assert_eq!(hc, own);
     }
 
     #[test]

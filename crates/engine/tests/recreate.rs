@@ -72,6 +72,11 @@ async fn replace_keeps_every_configuration_item_and_the_data() {
             "unless-stopped",
             "--memory",
             "64m",
+            // Podman reports a CPU limit twice and refused its own copy (issue 22).
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "64",
             "--health-cmd",
             "wget -q -O /dev/null http://127.0.0.1:8080/",
             "--health-interval",
@@ -110,6 +115,8 @@ async fn replace_keeps_every_configuration_item_and_the_data() {
     assert_eq!(after["HostConfig"]["PortBindings"], before["HostConfig"]["PortBindings"]);
     assert_eq!(after["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
     assert_eq!(after["HostConfig"]["Memory"], 64 * 1024 * 1024);
+    assert_eq!(after["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(after["HostConfig"]["PidsLimit"], 64);
     assert_eq!(after["HostConfig"]["Binds"], before["HostConfig"]["Binds"]);
     assert_eq!(after["Config"]["Healthcheck"], before["Config"]["Healthcheck"]);
     assert_eq!(after["Config"]["User"], "0:0");

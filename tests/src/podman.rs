@@ -1,0 +1,180 @@
+//! What a Podman host has that the test bed's Podman service lacks (issue 22): the images
+//! (built with Docker here, copied over as an operator would load them) and systemd, whose
+//! timers run Podman's healthchecks. Without systemd `podman system service` runs none, and
+//! compose's `depends_on: condition: service_healthy` waits for ever; [`HealthTimers`] plays
+//! those timers for one compose project's containers, at each container's own interval, the
+//! way Podman's transient systemd units do. Steward's own fallback for such hosts (the engine
+//! runs a due check when it reads health) stays in play as well.
+
+// Test helpers, named for what they do; a failure panics with what it saw.
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// `podman --url unix://SOCKET ARGS` (the service's own configuration: no local one is read
+/// for remote calls).
+fn remote(socket: &str) -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.arg("--url").arg(format!("unix://{socket}"));
+    cmd
+}
+
+/// The id Docker (its own socket, whatever `DOCKER_HOST` says) has for `image`.
+fn docker_id(image: &str) -> String {
+    let out = Command::new("docker")
+        .env_remove("DOCKER_HOST")
+        .args(["image", "inspect", "-f", "{{.Id}}", image])
+        .output()
+        .unwrap_or_else(|e| panic!("docker: {e}"));
+    assert!(
+        out.status.success(),
+        "{image} is not on Docker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Copies the `images` (names Docker has) into Podman's store, each only when Podman's copy
+/// (`localhost/NAME`, which the short name resolves to) is missing or another build: `docker
+/// save | podman load`, as `infra/testbed/up.sh` does for the test bed's stand-ins.
+pub fn copy_images_from_docker(socket: &str, images: &[&str]) {
+    let stale: Vec<&str> = images
+        .iter()
+        .copied()
+        .filter(|image| {
+            let podman = remote(socket)
+                .args(["image", "inspect", "-f", "{{.Id}}", &format!("localhost/{image}")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default();
+            docker_id(image).trim_start_matches("sha256:") != podman.trim_start_matches("sha256:")
+        })
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let mut save = Command::new("docker")
+        .env_remove("DOCKER_HOST")
+        .arg("save")
+        .args(&stale)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("docker save: {e}"));
+    let archive = save.stdout.take().expect("docker save's stdout");
+    let load = remote(socket)
+        .args(["load", "-q"])
+        .stdin(archive)
+        .output()
+        .unwrap_or_else(|e| panic!("podman load: {e}"));
+    let saved = save.wait().unwrap_or_else(|e| panic!("docker save: {e}"));
+    assert!(
+        saved.success() && load.status.success(),
+        "copying {stale:?} into Podman failed: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    eprintln!("copied {stale:?} into Podman in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// systemd's healthcheck timers for the running containers labelled `label` (`key=value`),
+/// until dropped: each container's check runs at its own interval (Podman's default 30 s),
+/// one run at a time per container, through the service (`podman healthcheck run`, which
+/// records the result, streaks and retries as a timer's run does).
+pub struct HealthTimers {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HealthTimers {
+    pub fn start(socket: &str, label: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (socket, label, stopped) = (socket.to_owned(), label.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut timers: HashMap<String, Timer> = HashMap::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let listed = remote(&socket)
+                    .args(["ps", "-q", "--no-trunc", "--filter", &format!("label={label}")])
+                    .output();
+                let running: Vec<String> = listed
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()
+                    })
+                    .unwrap_or_default();
+                timers.retain(|id, _| running.contains(id));
+                for id in running {
+                    let timer = timers.entry(id.clone()).or_insert_with(|| Timer {
+                        every: interval(&socket, &id),
+                        began: None,
+                        run: None,
+                    });
+                    let Some(every) = timer.every else { continue };
+                    if let Some(run) = &mut timer.run {
+                        if matches!(run.try_wait(), Ok(None)) {
+                            continue;
+                        }
+                        timer.run = None;
+                    }
+                    if timer.began.is_none_or(|began| began.elapsed() >= every) {
+                        timer.began = Some(Instant::now());
+                        timer.run = remote(&socket)
+                            .args(["healthcheck", "run", &id])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .ok();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            for timer in timers.into_values() {
+                if let Some(mut run) = timer.run {
+                    let _ = run.kill();
+                    let _ = run.wait();
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+/// One container's timer.
+struct Timer {
+    /// Its healthcheck's interval; `None`: it has none.
+    every: Option<Duration>,
+    /// When its last run began.
+    began: Option<Instant>,
+    /// The run in progress.
+    run: Option<Child>,
+}
+
+/// A container's healthcheck interval; `None` when it has no healthcheck.
+fn interval(socket: &str, id: &str) -> Option<Duration> {
+    let out = remote(socket)
+        .args(["inspect", "--format", "{{json .Config.Healthcheck}}", id])
+        .output()
+        .ok()?;
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let test = config["Test"].as_array()?;
+    if test.is_empty() || test[0] == "NONE" {
+        return None;
+    }
+    // Go's time.Duration: nanoseconds; 0 is Podman's default.
+    match config["Interval"].as_u64().unwrap_or(0) {
+        0 => Some(Duration::from_secs(30)),
+        ns => Some(Duration::from_nanos(ns)),
+    }
+}
+
+impl Drop for HealthTimers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
