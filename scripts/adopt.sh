@@ -21,6 +21,8 @@
 # volumes are copied, not moved. To go back: `docker-compose down` in STEWARD_DIR, then
 # `docker start` the old containers.
 set -euo pipefail
+# shellcheck source=throwaway.sh
+source "$(dirname "${BASH_SOURCE[0]}")/throwaway.sh"
 OLD_PROJECT=${1:?usage: adopt.sh OLD_PROJECT STEWARD_DIR}
 DIR=${2:?usage: adopt.sh OLD_PROJECT STEWARD_DIR}
 OLD_GITEA=${OLD_GITEA:-server}
@@ -90,7 +92,7 @@ postgres_image=$(docker inspect -f '{{.Config.Image}}' "$db")
 # copied over: a second run, or a stack started by mistake before the data was moved.
 for volume in postgres gitea certs; do
   if docker volume inspect "${NEW}_$volume" >/dev/null 2>&1 \
-    && ! docker run --rm --entrypoint sh -v "${NEW}_$volume:/v:ro" "$postgres_image" -c '[ -z "$(ls -A /v)" ]'; then
+    && ! throwaway --entrypoint sh -v "${NEW}_$volume:/v:ro" "$postgres_image" -c '[ -z "$(ls -A /v)" ]'; then
     die "volume ${NEW}_$volume exists and is not empty: nothing is copied over it (another COMPOSE_PROJECT_NAME, or remove it if it is not needed)"
   fi
 done
@@ -124,7 +126,7 @@ for pair in "postgres:$db_data" "gitea:$gitea_data" "certs:$LETSENCRYPT"; do
   docker volume inspect "$volume" >/dev/null 2>&1 \
     || docker volume create --label "com.docker.compose.project=$NEW" \
       --label "com.docker.compose.volume=${pair%%:*}" "$volume" >/dev/null
-  docker run --rm --entrypoint sh -v "$source:/from:ro" -v "$volume:/to" "$postgres_image" \
+  throwaway --entrypoint sh -v "$source:/from:ro" -v "$volume:/to" "$postgres_image" \
     -c 'cp -a /from/. /to/'
   say "  $source -> $volume"
 done

@@ -17,6 +17,8 @@
 # the project directory is backed up) in .<name>.rebuild, one finished step a line; that file
 # is also what lets a second run find DIR not empty, and it is removed when the rebuild is done.
 set -euo pipefail
+# shellcheck source=throwaway.sh
+source "$(dirname "${BASH_SOURCE[0]}")/throwaway.sh"
 log() { printf '[rebuild] %s\n' "$*"; }
 if [ $# -lt 3 ]; then sed -n '2,19p' "$0" >&2; exit 2; fi
 kit=$(realpath "$1")
@@ -47,7 +49,7 @@ if finished 1 || filled; then
   log "step 1: done already (the kit is in $dir)"
 else
   log "step 1: the kit into $dir; backups paused until the restore is done"
-  docker run --rm -i --user 0 --network none -v "$parent:$parent" \
+  throwaway -i --user 0 --network none -v "$parent:$parent" \
     -v "$identity:/run/kit-identity:ro" --entrypoint steward "$image" \
     kit import --identity /run/kit-identity - "$dir" <"$kit"
 fi

@@ -261,24 +261,37 @@ impl Stack {
         stack
     }
 
+    /// `docker-compose down -v --remove-orphans`: containers, volumes and networks gone;
+    /// whether it succeeded. Podman refuses to remove a container another one shares the
+    /// network namespace of (the test's watcher, the registry's) while that one is still
+    /// there, and docker-compose removes them at once: there a second `down` removes what
+    /// the first left, and then the network and the volumes.
+    pub fn down(&self) -> bool {
+        let down = || {
+            self.compose()
+                .args(["down", "-v", "--remove-orphans", "-t", "5"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        down() || (podman_socket().is_some() && down())
+    }
+
+    /// The compose files, in order: the shipped file, the test's stand-ins, on Podman the
+    /// shipped `podman.yml` (as docs/deploy.md's Podman host layers it), the overrides.
+    pub fn compose_files(&self) -> Vec<&str> {
+        let mut files =
+            vec!["docker-compose.yml", "stand-ins.yml", "registry-auth.yml", "scope.yml"];
+        if podman_socket().is_some() {
+            files.push("podman.yml");
+        }
+        files.extend(self.overrides.iter().copied());
+        files
+    }
+
     pub fn compose(&self) -> Command {
         let mut cmd = Command::new("docker-compose");
-        cmd.current_dir(&self.dir).args([
-            "-p",
-            &self.project,
-            "-f",
-            "docker-compose.yml",
-            "-f",
-            "stand-ins.yml",
-            "-f",
-            "registry-auth.yml",
-            "-f",
-            "scope.yml",
-        ]);
-        if podman_socket().is_some() {
-            cmd.args(["-f", "podman.yml"]);
-        }
-        for file in &self.overrides {
+        cmd.current_dir(&self.dir).args(["-p", &self.project]);
+        for file in self.compose_files() {
             cmd.args(["-f", file]);
         }
         cmd
@@ -398,7 +411,7 @@ impl Stack {
             .arg(&old.project)
             .arg(&self.dir)
             .env("COMPOSE_PROJECT_NAME", &self.project)
-            .env("COMPOSE_FILE", "docker-compose.yml:stand-ins.yml:registry-auth.yml:scope.yml")
+            .env("COMPOSE_FILE", self.compose_files().join(":"))
             .env("LETSENCRYPT", old.dir.join("letsencrypt"));
         let stdout = self.script_ok("adopt.sh", &mut adopt);
         self.healthy_since(started);
@@ -596,7 +609,7 @@ pub fn event_types(flow: &serde_json::Value) -> Vec<String> {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = self.compose().args(["down", "-v", "--remove-orphans", "-t", "5"]).output();
+        self.down();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -109,13 +109,31 @@ fn the_compose_stack_comes_up_healthy_and_keeps_each_service_to_its_role() {
             .output()
             .expect("inspect"))
     };
+    // The engine's socket is in /var/run (Docker) or a directory of its own (Podman's:
+    // compose/podman.yml); none of the others mounts it, or that directory.
+    let engine_dir = podman_socket()
+        .and_then(|s| std::path::Path::new(&s).parent().map(|d| d.display().to_string()));
+    let engine_dirs = match &engine_dir {
+        Some(dir) => vec![dir.clone()],
+        None => vec!["/var/run".to_owned(), "/run".to_owned()],
+    };
     for service in SERVICES.iter().filter(|s| **s != "sockproxy") {
-        assert!(!mounts(service).contains("docker.sock"), "{service} mounts the Docker socket");
+        let mounted = mounts(service);
+        assert!(
+            !mounted.contains("docker.sock")
+                && !mounted.contains("podman.sock")
+                && !mounted
+                    .split(' ')
+                    .any(|m| engine_dirs.iter().any(|d| m.starts_with(&format!("{d}=")))),
+            "{service} mounts the engine's socket: {mounted}"
+        );
     }
     // The directory holding the socket (a recreated socket stays reachable), not the file.
     let proxy_mounts = mounts("sockproxy");
     assert!(
-        proxy_mounts.split(' ').any(|m| m == "/var/run=/run/engine" || m == "/run=/run/engine"),
+        proxy_mounts
+            .split(' ')
+            .any(|m| engine_dirs.iter().any(|d| m == format!("{d}=/run/engine"))),
         "{proxy_mounts}"
     );
     let proxy_checked = Instant::now();

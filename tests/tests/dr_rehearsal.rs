@@ -126,8 +126,7 @@ fn a_lost_host_is_rebuilt_from_the_bucket_and_the_kit_by_the_runbook() {
 
     // The host is lost: every container, volume and network of the stack, the NATS store
     // (a volume), the compose directory. Images stay (a new host pulls them).
-    let down = stack.compose().args(["down", "-v", "--remove-orphans", "-t", "5"]).output();
-    assert!(down.is_ok_and(|o| o.status.success()), "docker-compose down");
+    assert!(stack.down(), "docker-compose down");
     std::fs::remove_dir_all(&stack.dir).expect("remove the compose directory");
     assert_eq!(leftovers(&stack.project), Vec::<String>::new(), "not everything was destroyed");
 

@@ -1,0 +1,13 @@
+# Sourced by the scripts that run a command in a throw-away container (adopt.sh, rebuild.sh).
+#
+# throwaway ARGS...: `docker run ARGS` in a container removed afterwards, returning the
+# command's exit code. Not `docker run --rm`: against Podman's Docker-compatible API (4.3) it
+# exits 0 whatever the command's code, so a refusal or a failed copy would pass unseen
+# (adopt.sh copied old data over a volume already holding the new stack's). Without --rm
+# the code is right on both engines; the container is removed once it is read.
+throwaway() {
+  local name="steward-throwaway-$$-$RANDOM" code=0
+  docker run --name "$name" "$@" || code=$?
+  docker rm -f -v "$name" >/dev/null 2>&1 || true
+  return "$code"
+}
