@@ -98,11 +98,14 @@ impl Compose {
         run("docker-compose", &self.args(&all), Some(&self.dir), timeout).await.map(drop)
     }
 
-    /// Pulls the images of `services` (the validation that they exist in their registry).
-    pub async fn pull(&self, services: &[String]) -> Result<(), CommandError> {
+    /// Pulls the images of `services` (the validation that they exist in their registry);
+    /// what it printed. Its exit code alone proves nothing: docker-compose 1.29 against
+    /// Podman's compatible API exits 0 after a pull that failed (the error comes inside the
+    /// answer's stream), so the caller checks that the images are here afterwards.
+    pub async fn pull(&self, services: &[String]) -> Result<crate::command::Output, CommandError> {
         let mut args = vec!["pull", "-q"];
         args.extend(services.iter().map(String::as_str));
-        self.compose(&args).await.map(drop)
+        run("docker-compose", &self.args(&args), Some(&self.dir), self.timeout).await
     }
 
     /// Creates or recreates `services` only (`up -d --no-deps`): the others are not touched.

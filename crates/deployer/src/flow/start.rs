@@ -338,21 +338,25 @@ impl Flow {
         let deployed = v.value.deployed_commit.as_deref();
         let services =
             self.without_running_images(&env, deployed, services, &new_services, &images).await?;
-        let mut missing = vec![];
-        for s in &services {
-            if let Some(image) = images.get(s) {
-                if !self.engine.has_image(image).await? {
-                    missing.push(s.clone());
-                }
-            }
-        }
+        let missing = self.absent_images(&services, &images).await?;
         if !missing.is_empty() {
-            if let Err(e) = compose.pull(&missing).await {
+            let (why, tail) = match compose.pull(&missing).await {
+                Err(e) => (Some(e.to_string()), e.tail),
+                // A pull that exits 0 without the image (docker-compose against Podman).
+                Ok(out) => match self.absent_images(&missing, &images).await? {
+                    absent if absent.is_empty() => (None, vec![]),
+                    absent => (
+                        Some(format!("`docker-compose pull` ended without {}", absent.join(", "))),
+                        crate::command::tail(&format!("{}\n{}", out.stderr, out.stdout)),
+                    ),
+                },
+            };
+            if let Some(why) = why {
                 let reason = format!(
-                    "an image of {} is neither here nor in its registry: {e}",
+                    "an image of {} is neither here nor in its registry: {why}",
                     missing.join(", ")
                 );
-                return self.fail(v, reason, e.tail).await;
+                return self.fail(v, reason, tail).await;
             }
         }
         // A pre-deployment command that could not run is found now, before anything is
@@ -630,6 +634,23 @@ impl Flow {
                     && !steward_labels::one_off(l)
             })
             .await
+    }
+
+    /// Those of `services` whose image (`images`: each service's) the engine does not have.
+    async fn absent_images(
+        &self,
+        services: &[String],
+        images: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<String>, FlowError> {
+        let mut absent = vec![];
+        for s in services {
+            if let Some(image) = images.get(s) {
+                if !self.engine.has_image(image).await? {
+                    absent.push(s.clone());
+                }
+            }
+        }
+        Ok(absent)
     }
 }
 
