@@ -31,6 +31,9 @@ pub struct Proc {
     pub child: Child,
     /// Where its stderr (the logs) goes.
     pub log: PathBuf,
+    /// What it runs with (a socket proxy in front of its engine and its directory), dropped
+    /// after it ends.
+    pub companions: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Proc {
@@ -48,7 +51,7 @@ impl Proc {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Self { child, log }
+        Self { child, log, companions: vec![] }
     }
 
     /// Everything logged so far.

@@ -198,7 +198,31 @@ async fn check_body(
     for target in targets {
         ensure_unprotected(&target, upstream).await?;
     }
+    // The one change the proxy makes to a request: a compose one-off made fit for Podman
+    // (`rules::one_off_for_podman`). The deployer's test and pre-deployment commands are
+    // such one-offs.
+    if check == Check::Create && role == Role::Deployer {
+        let mut changed = json;
+        let removed = rules::one_off_for_podman(&mut changed);
+        if !removed.is_empty() && engine_is_podman(upstream).await? {
+            let bytes = Bytes::from(changed.to_string());
+            let mut parts = parts;
+            parts.headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            tracing::debug!(%role, ?removed, "a compose one-off made fit for Podman");
+            return Ok(Request::from_parts(parts, full(bytes)));
+        }
+    }
     Ok(Request::from_parts(parts, full(bytes)))
+}
+
+/// Whether the engine at `upstream` is Podman (its version names a Podman component).
+async fn engine_is_podman(upstream: &Path) -> Result<bool, Denied> {
+    let version = engine_json("/version", "the engine's version", upstream).await?;
+    let components = version.as_ref().and_then(|v| v.get("Components")).and_then(|c| c.as_array());
+    Ok(components
+        .into_iter()
+        .flatten()
+        .any(|c| c.get("Name").and_then(|n| n.as_str()).is_some_and(|n| n.starts_with("Podman"))))
 }
 
 async fn check_target(req: Request<Incoming>, upstream: &Path) -> Result<Request<Body>, Denied> {

@@ -461,6 +461,49 @@ pub fn check_create(role: Role, body: &serde_json::Value) -> Result<CreateTarget
     Ok(CreateTargets { containers, volumes })
 }
 
+/// Compose's labels on a container: a one-off (`docker-compose run`), and its service.
+const ONE_OFF_LABEL: &str = "com.docker.compose.oneoff";
+const SERVICE_LABEL: &str = "com.docker.compose.service";
+
+/// Makes a compose one-off's creation body (`docker-compose run`) one Podman accepts and
+/// resolves names for as Docker does; what was taken out (for the log). The caller applies it
+/// on Podman only. docker-compose 1.29 gives every one-off links to the running containers of
+/// its own service (seen as `["", ":site_web_1", ":web"]`; Compose v2 links one-offs to their
+/// service too), and Podman refuses any link ("link is not supported"): each test and
+/// pre-deployment command of a service that runs failed there. The links go. It also gives
+/// the one-off its service's name as an alias on the project's networks; on Docker the link
+/// to the service hides it, but without links the name would also reach the one-off itself
+/// (a migration asking `http://web:8080/` got its own refused port one time in two): that
+/// alias goes too, so the service's name reaches the service's containers only, as on Docker.
+/// Other containers' bodies stay as they are.
+pub fn one_off_for_podman(body: &mut serde_json::Value) -> Vec<String> {
+    let label = |name: &str| {
+        body.pointer(&format!("/Labels/{name}")).and_then(|v| v.as_str()).map(str::to_owned)
+    };
+    if label(ONE_OFF_LABEL).as_deref() != Some("True") {
+        return vec![];
+    }
+    let service = label(SERVICE_LABEL);
+    let mut removed = vec![];
+    if let Some(links) = body.pointer_mut("/HostConfig/Links").and_then(|l| l.as_array_mut()) {
+        removed.extend(links.drain(..).map(|l| format!("link {l}")));
+    }
+    let endpoints = body.pointer_mut("/NetworkingConfig/EndpointsConfig");
+    for (network, endpoint) in endpoints.and_then(|e| e.as_object_mut()).into_iter().flatten() {
+        let Some(aliases) = endpoint.get_mut("Aliases").and_then(|a| a.as_array_mut()) else {
+            continue;
+        };
+        aliases.retain(|a| {
+            let own = service.is_some() && a.as_str() == service.as_deref();
+            if own {
+                removed.push(format!("alias {a} on {network}"));
+            }
+            !own
+        });
+    }
+    removed
+}
+
 /// The named volumes a container's inspect (or list entry) mounts.
 pub fn named_volumes(container: &serde_json::Value) -> Vec<String> {
     let mounts = container.get("Mounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
@@ -517,6 +560,37 @@ pub const PROTECTED_LABEL: &str = "steward.sockproxy";
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_compose_one_off_loses_its_links_and_its_services_alias_and_nothing_else() {
+        let body = |oneoff: &str, links: &[&str], aliases: &[&str]| {
+            serde_json::json!({
+                "Labels": {
+                    "com.docker.compose.project": "site",
+                    "com.docker.compose.service": "web",
+                    "com.docker.compose.oneoff": oneoff
+                },
+                "HostConfig": { "Links": links, "Memory": 1 },
+                "NetworkingConfig": { "EndpointsConfig": { "site_default": { "Aliases": aliases } } }
+            })
+        };
+        // What docker-compose 1.29 sent for a one-off of `web` with one running container.
+        let mut one_off = body("True", &["", ":site_web_1", ":web"], &["web", "other"]);
+        assert_eq!(
+            one_off_for_podman(&mut one_off),
+            ["link \"\"", "link \":site_web_1\"", "link \":web\"", "alias \"web\" on site_default"]
+        );
+        assert_eq!(one_off, body("True", &[], &["other"]));
+        // A service's own container (not a one-off) is left as it is.
+        let mut service = body("False", &["site_db_1:db"], &["web"]);
+        assert!(one_off_for_podman(&mut service).is_empty());
+        assert_eq!(service, body("False", &["site_db_1:db"], &["web"]));
+        let mut bare =
+            serde_json::json!({ "Image": "x", "Labels": { "com.docker.compose.oneoff": "True" } });
+        let before = bare.clone();
+        assert!(one_off_for_podman(&mut bare).is_empty());
+        assert_eq!(bare, before);
+    }
     use super::*;
     use serde_json::json;
 

@@ -188,11 +188,50 @@ impl Drop for Repo {
     }
 }
 
+/// A directory removed when dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Starts the deployer and waits until it consumes (after it resumed an interrupted
 /// deployment, which may run a test first: 20 s, then 60 s, were too short on a loaded
 /// machine; it returns as soon as the deployer consumes).
+///
+/// On Podman it runs as the stack runs it, behind a socket proxy of the deployer's role (the
+/// real `steward-sockproxy`, which outlives a kill of the deployer): the proxy makes its
+/// one-off containers acceptable to Podman (docs/podman.md, links).
 pub fn deployer(env: &[(&'static str, String)]) -> Proc {
-    let p = Proc::start("steward-deployer", env);
+    let mut env = env.to_vec();
+    let mut companions = vec![];
+    if let Some(upstream) = steward_testkit::testbed::var("STEWARD_TEST_PODMAN_SOCKET")
+        .filter(|_| steward_testkit::on_podman())
+    {
+        let dir = std::env::temp_dir().join(unique_name("deploy-proxy"));
+        std::fs::create_dir_all(&dir).expect("proxy directory");
+        let socket = dir.join("deployer.sock");
+        let proxy = Proc::start(
+            "steward-sockproxy",
+            &[
+                ("STEWARD_SOCKPROXY_SOCKETS", format!("deployer={}", socket.display())),
+                ("STEWARD_SOCKPROXY_UPSTREAM", upstream),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "socket proxy not listening: {}", proxy.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        env.push(("DOCKER_HOST", format!("unix://{}", socket.display())));
+        // The proxy ends first, then its directory goes (with the socket it leaves).
+        companions.push(Box::new(RemovedOnDrop(dir)) as Box<dyn std::any::Any + Send>);
+        companions.insert(0, Box::new(proxy));
+    }
+    let mut p = Proc::start("steward-deployer", &env);
+    p.companions = companions;
     let deadline = Instant::now() + Duration::from_secs(180);
     while !p.logs().contains("\"consuming\"") {
         assert!(Instant::now() < deadline, "deployer not consuming: {}", p.logs());
