@@ -43,6 +43,10 @@ fn docker_id(image: &str) -> String {
 /// (`localhost/NAME`, which the short name resolves to) is missing or another build: `docker
 /// save | podman load`, as `infra/testbed/up.sh` does for the test bed's stand-ins.
 pub fn copy_images_from_docker(socket: &str, images: &[&str]) {
+    // One copy at a time in this process (two stacks' tests start at once; Podman 4.3 loses
+    // names when two loads name one image at once).
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let stale: Vec<&str> = images
         .iter()
         .copied()
@@ -100,18 +104,21 @@ impl HealthTimers {
                 let listed = remote(&socket)
                     .args(["ps", "-q", "--no-trunc", "--filter", &format!("label={label}")])
                     .output();
-                let running: Vec<String> = listed
-                    .map(|o| {
+                // A list that failed says nothing: the timers stay as they are until the next.
+                let running: Vec<String> = match listed {
+                    Ok(o) if o.status.success() => {
                         String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()
-                    })
-                    .unwrap_or_default();
+                    }
+                    _ => timers.keys().cloned().collect(),
+                };
                 timers.retain(|id, _| running.contains(id));
                 for id in running {
-                    let timer = timers.entry(id.clone()).or_insert_with(|| Timer {
-                        every: interval(&socket, &id),
-                        began: None,
-                        run: None,
-                    });
+                    if !timers.contains_key(&id) {
+                        // A read that failed is tried again on the next round.
+                        let Some(every) = interval(&socket, &id) else { continue };
+                        timers.insert(id.clone(), Timer { every, began: None, run: None });
+                    }
+                    let Some(timer) = timers.get_mut(&id) else { continue };
                     let Some(every) = timer.every else { continue };
                     if let Some(run) = &mut timer.run {
                         if matches!(run.try_wait(), Ok(None)) {
@@ -152,21 +159,22 @@ struct Timer {
     run: Option<Child>,
 }
 
-/// A container's healthcheck interval; `None` when it has no healthcheck.
-fn interval(socket: &str, id: &str) -> Option<Duration> {
+/// A container's healthcheck interval (`Some(None)`: it has none); `None` when it could not
+/// be read.
+fn interval(socket: &str, id: &str) -> Option<Option<Duration>> {
     let out = remote(socket)
         .args(["inspect", "--format", "{{json .Config.Healthcheck}}", id])
         .output()
-        .ok()?;
+        .ok()
+        .filter(|o| o.status.success())?;
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let test = config["Test"].as_array()?;
-    if test.is_empty() || test[0] == "NONE" {
-        return None;
+    if config["Test"].as_array().is_none_or(|t| t.is_empty() || t[0] == "NONE") {
+        return Some(None);
     }
     // Go's time.Duration: nanoseconds; 0 is Podman's default.
     match config["Interval"].as_u64().unwrap_or(0) {
-        0 => Some(Duration::from_secs(30)),
-        ns => Some(Duration::from_nanos(ns)),
+        0 => Some(Some(Duration::from_secs(30))),
+        ns => Some(Some(Duration::from_nanos(ns))),
     }
 }
 

@@ -79,12 +79,19 @@ fn registry_port() -> u16 {
     if podman_socket().is_none() {
         return free_port();
     }
+    // Two stacks of one test binary would both find the first port free before either's
+    // registry binds it: a port handed out is not handed out again by this process.
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let ports = testbed::require("STEWARD_TEST_PODMAN_STACK_REGISTRY_PORTS");
-    ports
+    let port = ports
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
+        .filter(|p| !taken.contains(p))
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .unwrap_or_else(|| panic!("none of the Podman stack registry ports {ports} is free"))
+        .unwrap_or_else(|| panic!("none of the Podman stack registry ports {ports} is free"));
+    taken.push(port);
+    port
 }
 
 pub fn repo() -> PathBuf {

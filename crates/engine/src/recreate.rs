@@ -196,7 +196,9 @@ fn host_config(old: &ContainerInspectResponse) -> HostConfig {
 /// becomes (100000 and 50000 for 0.5), and its own create then refuses the copy ("NanoCpus
 /// conflicts with CpuPeriod and CpuQuota"): every update of a service with a CPU limit failed
 /// there. Docker refuses both at once too, so its inspect never has both: unchanged there. A
-/// period and quota set without `--cpus` stay.
+/// period and quota given without `--cpus` stay where the engine reports them so (Docker);
+/// Podman reports a quota over its default period of 100000 as `NanoCpus` too, and it is
+/// copied as that: the same limit.
 fn cpu_limit_once(hc: &mut HostConfig) {
     if hc.nano_cpus.is_some_and(|n| n > 0) {
         hc.cpu_period = None;

@@ -175,6 +175,7 @@ async fn check_body(
         serde_json::from_slice(&bytes)
             .map_err(|e| Denied::Refused(format!("body is not JSON: {e}")))?
     };
+    rules::check_unambiguous(&json).map_err(Denied::Refused)?;
     let targets = match check {
         Check::Exec => {
             rules::check_exec(role, &json).map_err(Denied::Refused)?;
@@ -198,20 +199,25 @@ async fn check_body(
     for target in targets {
         ensure_unprotected(&target, upstream).await?;
     }
+    // What was checked is what is forwarded: the body as read here, written again (a key
+    // given twice reaches the engine once, as the last of the twins that was checked; the
+    // engine would have merged both).
+    let mut json = json;
     // The one change the proxy makes to a request: a compose one-off made fit for Podman
     // (`rules::one_off_for_podman`). The deployer's test and pre-deployment commands are
     // such one-offs.
     if check == Check::Create && role == Role::Deployer {
-        let mut changed = json;
+        let mut changed = json.clone();
         let removed = rules::one_off_for_podman(&mut changed);
         if !removed.is_empty() && engine_is_podman(upstream).await? {
-            let bytes = Bytes::from(changed.to_string());
-            let mut parts = parts;
-            parts.headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             tracing::debug!(%role, ?removed, "a compose one-off made fit for Podman");
-            return Ok(Request::from_parts(parts, full(bytes)));
+            json = changed;
         }
     }
+    let bytes = if json.is_null() { bytes } else { Bytes::from(json.to_string()) };
+    let mut parts = parts;
+    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+    parts.headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     Ok(Request::from_parts(parts, full(bytes)))
 }
 

@@ -461,6 +461,79 @@ pub fn check_create(role: Role, body: &serde_json::Value) -> Result<CreateTarget
     Ok(CreateTargets { containers, volumes })
 }
 
+/// The field names the checks read, as the engine spells them.
+const CHECKED_FIELDS: &[&str] = &[
+    "HostConfig",
+    "Binds",
+    "Mounts",
+    "Source",
+    "Type",
+    "VolumeOptions",
+    "DriverConfig",
+    "VolumesFrom",
+    "NetworkMode",
+    "Privileged",
+    "Cmd",
+    "AttachStdin",
+    "Driver",
+    "DriverOpts",
+    "Labels",
+    "Links",
+    "NetworkingConfig",
+    "EndpointsConfig",
+    "Aliases",
+];
+
+/// Refuses a body the engine could read otherwise than the checks do. The checks read JSON
+/// with exact keys; the engines (Go's decoder) match a key to a field whatever its case, with
+/// Unicode's folding (`ſ` is an `s` there), and merge a key given twice. So
+/// `{"hostConfig": {"Binds": ["/var/run:/x"]}}`, or `HostConfig` given twice, passed every
+/// check and reached the engine with the bind. In the objects the checks read (the body,
+/// `HostConfig`, each mount and its volume options, the networking configuration and each
+/// endpoint), a key that is not ASCII, two keys equal but for case, or a key equal to a
+/// checked field but for case is refused. (A key given twice exactly is read as its last
+/// value, and the proxy forwards the body as read: the engine gets that one only.)
+pub fn check_unambiguous(body: &serde_json::Value) -> Result<(), String> {
+    fn object(path: &str, value: &serde_json::Value) -> Result<(), String> {
+        let Some(fields) = value.as_object() else { return Ok(()) };
+        let mut seen: Vec<String> = vec![];
+        for key in fields.keys() {
+            if !key.is_ascii() {
+                return Err(format!("a key that is not ASCII in {path}: {key:?}"));
+            }
+            let folded = key.to_ascii_lowercase();
+            if seen.contains(&folded) {
+                return Err(format!("two keys equal but for case in {path}: {key:?}"));
+            }
+            if CHECKED_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key) && f != key) {
+                return Err(format!("key {key:?} in {path} is a checked field spelled otherwise"));
+            }
+            seen.push(folded);
+        }
+        Ok(())
+    }
+    object("the body", body)?;
+    let host = body.get("HostConfig").unwrap_or(&serde_json::Value::Null);
+    object("HostConfig", host)?;
+    for mount in host.get("Mounts").and_then(|m| m.as_array()).into_iter().flatten() {
+        object("a mount", mount)?;
+        let options = mount.get("VolumeOptions").unwrap_or(&serde_json::Value::Null);
+        object("a mount's VolumeOptions", options)?;
+        object(
+            "a mount's DriverConfig",
+            options.get("DriverConfig").unwrap_or(&serde_json::Value::Null),
+        )?;
+    }
+    let networking = body.get("NetworkingConfig").unwrap_or(&serde_json::Value::Null);
+    object("NetworkingConfig", networking)?;
+    // Its keys are network names (exact in Go's maps too); each endpoint's are fields.
+    let endpoints = networking.get("EndpointsConfig").unwrap_or(&serde_json::Value::Null);
+    for endpoint in endpoints.as_object().into_iter().flat_map(|e| e.values()) {
+        object("an endpoint", endpoint)?;
+    }
+    Ok(())
+}
+
 /// Compose's labels on a container: a one-off (`docker-compose run`), and its service.
 const ONE_OFF_LABEL: &str = "com.docker.compose.oneoff";
 const SERVICE_LABEL: &str = "com.docker.compose.service";
@@ -560,6 +633,38 @@ pub const PROTECTED_LABEL: &str = "steward.sockproxy";
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_body_the_engine_could_read_otherwise_is_refused() {
+        let refused = [
+            // A checked field under another case: the engine reads it, the checks did not.
+            r#"{"hostConfig": {"Binds": ["/var/run:/x"]}}"#,
+            r#"{"HostConfig": {"binds": ["/var/run:/x"]}}"#,
+            r#"{"HostConfig": {"Mounts": [{"type": "bind", "Source": "/var/run"}]}}"#,
+            r#"{"privileged": true, "Cmd": ["sh"]}"#,
+            // Two keys one field for the engine.
+            r#"{"HostConfig": {}, "HOSTCONFIG": {"Privileged": true}}"#,
+            r#"{"HostConfig": {"Memory": 1, "memory": 2}}"#,
+            // Go folds `ſ` into `s`: "HoſtConfig" is HostConfig there.
+            r#"{"Ho\u017ftConfig": {"Binds": ["/var/run:/x"]}}"#,
+            r#"{"NetworkingConfig": {"EndpointsConfig": {"n": {"aliases": ["web"]}}}}"#,
+        ];
+        for body in refused {
+            let json: serde_json::Value = serde_json::from_str(body).expect(body);
+            assert!(check_unambiguous(&json).is_err(), "passed: {body}");
+        }
+        let fine = [
+            r#"{"Image": "x", "HostConfig": {"Binds": ["data:/data"], "Memory": 1}}"#,
+            // User data (labels, environment) is not folded: only the fields' own objects.
+            r#"{"Labels": {"a": "1", "A": "2"}, "Env": ["X=1"]}"#,
+            r#"{"NetworkingConfig": {"EndpointsConfig": {"Net": {"Aliases": ["web"]}, "net": {}}}}"#,
+            "null",
+        ];
+        for body in fine {
+            let json: serde_json::Value = serde_json::from_str(body).expect(body);
+            assert_eq!(check_unambiguous(&json), Ok(()), "{body}");
+        }
+    }
 
     #[test]
     fn a_compose_one_off_loses_its_links_and_its_services_alias_and_nothing_else() {

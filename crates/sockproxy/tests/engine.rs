@@ -574,3 +574,60 @@ async fn docker_compose_runs_a_project_through_the_deployer_socket_but_never_rea
         assert!(running().trim().is_empty(), "{what}: a container runs");
     }
 }
+
+/// `POST path` with `body` on the Unix socket at `socket` (HTTP/1.1, the connection closed
+/// after): the status. For bodies no client library sends.
+async fn raw_post(socket: &std::path::Path, path: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::UnixStream::connect(socket).await.expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut answer));
+    read.await.expect("answered in time").expect("read");
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// The engine decodes JSON as Go does (a key matches a field whatever its case; a key given
+/// twice is merged): a bind of the engine's socket spelled so that the checks did not see it
+/// never reaches the engine. Each of these was created with the bind before (201). Spelled
+/// otherwise, it is refused; given twice, the body goes on as the proxy read it (the last
+/// `HostConfig`, empty): created without the bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_spelled_for_the_engine_but_not_for_the_checks_never_gets_its_bind() {
+    let proxies = Proxies::start();
+    let socket = proxies.dir.join(format!("{}.sock", Role::Deployer));
+    let bind = r#"{"Binds": ["/var/run:/engine"]}"#;
+    let bodies = [
+        (format!(r#"{{"Image": "{BUSYBOX}", "Cmd": ["true"], "hostConfig": {bind}}}"#), 403),
+        (
+            format!(
+                r#"{{"Image": "{BUSYBOX}", "Cmd": ["true"], "HostConfig": {{"binds": ["/var/run:/engine"]}}}}"#
+            ),
+            403,
+        ),
+        (
+            format!(
+                r#"{{"Image": "{BUSYBOX}", "Cmd": ["true"], "HostConfig": {bind}, "HostConfig": {{}}}}"#
+            ),
+            201,
+        ),
+    ];
+    for (body, expected) in &bodies {
+        let name = unique_name("sockproxy-smuggled");
+        let status =
+            raw_post(&socket, &format!("/v1.41/containers/create?name={name}"), body).await;
+        let binds = try_docker(&["inspect", "-f", "{{json .HostConfig.Binds}}", &name]);
+        if binds.is_some() {
+            let _ = try_docker(&["rm", "-f", &name]);
+        }
+        assert_eq!(status, *expected, "{body}");
+        assert!(
+            binds.as_deref().is_none_or(|b| !b.contains("/var/run")),
+            "created with the bind ({binds:?}): {body}"
+        );
+    }
+}
