@@ -15,7 +15,7 @@ mod deploy_common;
 
 use deploy_common::*;
 use steward_system_tests::steward_ok;
-use steward_testkit::docker::docker;
+use steward_testkit::docker::{docker, try_docker};
 
 /// The `deploy.failed` of the flow that tried `commit`.
 fn failed(flow: &[Event]) -> steward_events::DeployFailed {
@@ -201,9 +201,10 @@ fn rolled_back(flow: &[Event]) -> steward_events::DeployRolledBack {
         .unwrap_or_else(|| panic!("no deploy.rolled_back: {flow:#?}"))
 }
 
-/// Whether container `id` runs.
+/// Whether container `id` runs (one gone since it was listed does not: the previous step's
+/// one-off, removed by `run --rm` meanwhile, failed a CI run here).
 fn is_running(id: &str) -> bool {
-    docker(&["inspect", "-f", "{{.State.Running}}", id]).trim() == "true"
+    try_docker(&["inspect", "-f", "{{.State.Running}}", id]).is_some_and(|s| s.trim() == "true")
 }
 
 /// The container of `repo`'s pre-deployment command once it runs (not only created:
