@@ -52,7 +52,12 @@ impl Compose {
     }
 
     async fn compose(&self, args: &[&str]) -> Result<String, CommandError> {
-        Ok(run("docker-compose", &self.args(args), Some(&self.dir), self.timeout).await?.stdout)
+        Ok(self.compose_output(args).await?.stdout)
+    }
+
+    /// `docker-compose ARGS` in the project, what it printed on both streams.
+    async fn compose_output(&self, args: &[&str]) -> Result<crate::command::Output, CommandError> {
+        run("docker-compose", &self.args(args), Some(&self.dir), self.timeout).await
     }
 
     /// The normalised configuration (`config`), read once per deployment: compose prints it
@@ -105,7 +110,7 @@ impl Compose {
     pub async fn pull(&self, services: &[String]) -> Result<crate::command::Output, CommandError> {
         let mut args = vec!["pull", "-q"];
         args.extend(services.iter().map(String::as_str));
-        run("docker-compose", &self.args(&args), Some(&self.dir), self.timeout).await
+        self.compose_output(&args).await
     }
 
     /// Creates or recreates `services` only (`up -d --no-deps`): the others are not touched.
