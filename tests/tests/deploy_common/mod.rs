@@ -212,6 +212,8 @@ pub fn deployer(env: &[(&'static str, String)]) -> Proc {
     {
         let dir = std::env::temp_dir().join(unique_name("deploy-proxy"));
         std::fs::create_dir_all(&dir).expect("proxy directory");
+        // Removed however this ends (a proxy that fails to start panics below).
+        let guard = RemovedOnDrop(dir.clone());
         let socket = dir.join("deployer.sock");
         let proxy = Proc::start(
             "steward-sockproxy",
@@ -227,7 +229,7 @@ pub fn deployer(env: &[(&'static str, String)]) -> Proc {
         }
         env.push(("DOCKER_HOST", format!("unix://{}", socket.display())));
         // The proxy ends first, then its directory goes (with the socket it leaves).
-        companions.push(Box::new(RemovedOnDrop(dir)) as Box<dyn std::any::Any + Send>);
+        companions.push(Box::new(guard) as Box<dyn std::any::Any + Send>);
         companions.insert(0, Box::new(proxy));
     }
     let mut p = Proc::start("steward-deployer", &env);
