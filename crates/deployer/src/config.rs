@@ -8,8 +8,13 @@ use steward_runtime::Env;
 /// The git repository holding the compose project (any URL `git` accepts: `https://`,
 /// `ssh://`, `git://`, `file://`). Credentials in it are never put into events or logs.
 pub const ENV_REPOSITORY: &str = "STEWARD_DEPLOY_REPOSITORY";
-/// `ENV=BRANCH[:automatic|manual]`, comma separated: which branch deploys to which
-/// environment, and whether it needs approval.
+/// More repositories, each `NAME=URL[#COMPOSE_FILE]`, separated by white space: `NAME` is the
+/// repository's compose project name (as [`ENV_PROJECT`] is the first one's), and an
+/// environment names the repository it deploys from (`ENV=BRANCH@NAME`).
+pub const ENV_REPOSITORIES: &str = "STEWARD_DEPLOY_REPOSITORIES";
+/// `ENV=BRANCH[@REPOSITORY][:automatic|manual]`, comma separated: which branch (of which
+/// repository, when there are several) deploys to which environment, and whether it needs
+/// approval.
 pub const ENV_ENVIRONMENTS: &str = "STEWARD_DEPLOY_ENVIRONMENTS";
 /// The default mapping: every push to `dev` and `staging` goes out, `main` waits for approval.
 pub const DEFAULT_ENVIRONMENTS: &str = "dev=dev,staging=staging,prod=main:manual";
@@ -18,7 +23,7 @@ pub const DEFAULT_ENVIRONMENTS: &str = "dev=dev,staging=staging,prod=main:manual
 pub const ENV_WINDOWS: &str = "STEWARD_DEPLOY_WINDOWS";
 /// Where the checkouts live (one directory per environment; a volume).
 pub const ENV_DIR: &str = "STEWARD_DEPLOY_DIR";
-/// The compose file inside the repository.
+/// The compose file inside the repository (the default of [`ENV_REPOSITORIES`]' too).
 pub const ENV_COMPOSE_FILE: &str = "STEWARD_DEPLOY_COMPOSE_FILE";
 /// The compose project name; each environment is the project `<name>-<env>`.
 pub const ENV_PROJECT: &str = "STEWARD_DEPLOY_PROJECT";
@@ -75,11 +80,42 @@ pub enum Policy {
     Manual,
 }
 
+/// One repository the deployer follows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Repository {
+    /// Its compose project name: each of its environments is the project `<project>-<env>`.
+    pub project: String,
+    /// The URL (may hold credentials: never print it, see [`Self::shown`]).
+    pub url: String,
+    /// The compose file in it.
+    pub compose_file: String,
+}
+
+impl Repository {
+    /// The URL as events and logs show it (credentials removed).
+    pub fn shown(&self) -> String {
+        steward_events::redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("project", &self.project)
+            .field("url", &self.shown())
+            .field("compose_file", &self.compose_file)
+            .finish()
+    }
+}
+
 /// One environment: the branch that deploys to it, and its policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Environment {
     /// `dev`, `staging`, `prod`, ...
     pub name: String,
+    /// The repository's project name ([`Repository::project`]); empty until the
+    /// environments are read with the repositories (the first one's, unless `@NAME` says).
+    pub repository: String,
     /// The branch.
     pub branch: String,
     /// Its policy.
@@ -99,16 +135,12 @@ impl Environment {
 /// The deployer's settings.
 #[derive(Clone)]
 pub struct DeployerConfig {
-    /// The repository URL (may hold credentials: never print it, see [`Self::repository_shown`]).
-    pub repository: String,
-    /// The environments, each with its own branch.
+    /// The repositories (at least one; the first is [`ENV_REPOSITORY`]'s when it is set).
+    pub repositories: Vec<Repository>,
+    /// The environments, each with its own repository and branch.
     pub environments: Vec<Environment>,
     /// The checkouts' root.
     pub dir: PathBuf,
-    /// The compose file in the repository.
-    pub compose_file: String,
-    /// The project name.
-    pub project: String,
     /// Polling period; `None`: no polling.
     pub poll_interval: Option<Duration>,
     /// The webhook secret.
@@ -138,10 +170,9 @@ pub struct DeployerConfig {
 impl std::fmt::Debug for DeployerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeployerConfig")
-            .field("repository", &self.repository_shown())
+            .field("repositories", &self.repositories)
             .field("environments", &self.environments)
             .field("dir", &self.dir)
-            .field("project", &self.project)
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<set>"))
             .field("links", &self.links)
             .finish_non_exhaustive()
@@ -151,33 +182,38 @@ impl std::fmt::Debug for DeployerConfig {
 impl DeployerConfig {
     /// Reads the settings; errors go to `env`.
     pub fn read(env: &mut Env) -> Self {
-        let repository = env.required(ENV_REPOSITORY);
+        let compose_file =
+            env.parse_with(ENV_COMPOSE_FILE, "docker-compose.yml".to_owned(), compose_path);
+        let project = env.parse_with(ENV_PROJECT, "site".to_owned(), project_name);
+        let mut repositories = vec![];
+        let first = env.optional(ENV_REPOSITORY).filter(|u| !u.is_empty());
+        if let Some(url) = first {
+            repositories.push(Repository { project, url, compose_file: compose_file.clone() });
+        }
+        let more = env.optional(ENV_REPOSITORIES).unwrap_or_default();
+        match parse_repositories(&more, &compose_file, &repositories) {
+            Ok(more) => repositories.extend(more),
+            Err(e) => env.error(ENV_REPOSITORIES, &more, e),
+        }
+        if repositories.is_empty() {
+            env.required(ENV_REPOSITORY);
+        }
         let environments = env.parse_with(
             ENV_ENVIRONMENTS,
             parse_environments(DEFAULT_ENVIRONMENTS).unwrap_or_default(),
             parse_environments,
         );
+        let environments = match with_repositories(environments, &repositories) {
+            Ok(e) => e,
+            Err(e) => {
+                let raw = env.optional(ENV_ENVIRONMENTS).unwrap_or_default();
+                env.error(ENV_ENVIRONMENTS, &raw, e);
+                vec![]
+            }
+        };
         let environments =
             env.parse_with(ENV_WINDOWS, environments.clone(), |s| with_windows(environments, s));
         let dir = PathBuf::from(env.string(ENV_DIR, "/var/lib/steward/deploy"));
-        let compose_file = env.parse_with(ENV_COMPOSE_FILE, "docker-compose.yml".to_owned(), |s| {
-            let p = std::path::Path::new(s);
-            let inside = !s.is_empty()
-                && p.is_relative()
-                && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
-            inside.then(|| s.to_owned()).ok_or_else(|| {
-                "a path inside the repository, such as docker-compose.yml or deploy/compose.yml"
-                    .into()
-            })
-        });
-        let project = env.parse_with(ENV_PROJECT, "site".to_owned(), |s| {
-            let ok = !s.is_empty()
-                && s.len() <= 40
-                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !s.starts_with('-');
-            ok.then(|| s.to_owned())
-                .ok_or_else(|| "lower-case letters, digits and -, at most 40".into())
-        });
         let poll = env.duration(ENV_POLL_INTERVAL, Duration::from_secs(300));
         let webhook_secret = env.optional(ENV_WEBHOOK_SECRET).filter(|s| !s.is_empty());
         if let Some(s) = &webhook_secret {
@@ -204,11 +240,9 @@ impl DeployerConfig {
             _ => Err("true or false".into()),
         });
         Self {
-            repository,
+            repositories,
             environments,
             dir,
-            compose_file,
-            project,
             poll_interval: (!poll.is_zero()).then_some(poll),
             webhook_secret,
             backup,
@@ -237,14 +271,20 @@ impl DeployerConfig {
         self.dir.join(".write-back").join(environment)
     }
 
-    /// The repository as events and logs show it (credentials removed).
-    pub fn repository_shown(&self) -> String {
-        steward_events::redact_url(&self.repository)
+    /// The repository an environment deploys from. An environment no longer configured
+    /// (a record of an older configuration) is taken as the first repository's, which is
+    /// what it was while the deployer followed one.
+    pub fn repository_of(&self, environment: &str) -> &Repository {
+        let named = self.environment(environment).map(|e| e.repository.as_str());
+        named
+            .and_then(|n| self.repositories.iter().find(|r| r.project == n))
+            .or_else(|| self.repositories.first())
+            .unwrap_or_else(|| unreachable!("the settings are refused without a repository"))
     }
 
-    /// The environment a branch deploys to.
-    pub fn environment_of_branch(&self, branch: &str) -> Option<&Environment> {
-        self.environments.iter().find(|e| e.branch == branch)
+    /// The repository (of `project`) and branch an environment deploys from.
+    pub fn environment_of_branch(&self, project: &str, branch: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.repository == project && e.branch == branch)
     }
 
     /// The environment called `name`.
@@ -254,7 +294,12 @@ impl DeployerConfig {
 
     /// The compose project of an environment.
     pub fn project_of(&self, environment: &str) -> String {
-        format!("{}-{environment}", self.project)
+        format!("{}-{environment}", self.repository_of(environment).project)
+    }
+
+    /// The compose file of an environment, in its checkout.
+    pub fn compose_file_of(&self, environment: &str) -> &str {
+        &self.repository_of(environment).compose_file
     }
 
     /// The checkout of an environment.
@@ -263,14 +308,90 @@ impl DeployerConfig {
     }
 }
 
+/// A compose file's path: inside the repository.
+fn compose_path(s: &str) -> Result<String, String> {
+    let p = std::path::Path::new(s);
+    let inside = !s.is_empty()
+        && p.is_relative()
+        && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    inside.then(|| s.to_owned()).ok_or_else(|| {
+        "a path inside the repository, such as docker-compose.yml or deploy/compose.yml".into()
+    })
+}
+
+/// A compose project name prefix.
+fn project_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-');
+    ok.then(|| s.to_owned()).ok_or_else(|| "lower-case letters, digits and -, at most 40".into())
+}
+
+/// `site=https://git.example.com/ops/site.git blog=ssh://git@git.example.com/ops/blog.git#deploy/compose.yml`:
+/// each name once, and not the name of one already in `before`.
+pub fn parse_repositories(
+    s: &str,
+    compose_file: &str,
+    before: &[Repository],
+) -> Result<Vec<Repository>, String> {
+    let mut out: Vec<Repository> = vec![];
+    for part in s.split_whitespace() {
+        // Never the URL in a message: it may hold credentials.
+        let (name, rest) = part
+            .split_once('=')
+            .ok_or_else(|| "expected NAME=URL[#COMPOSE_FILE] separated by spaces".to_owned())?;
+        let project = project_name(name).map_err(|e| format!("repository name {name:?}: {e}"))?;
+        let (url, file) = match rest.rsplit_once('#') {
+            Some((u, f)) => (u, compose_path(f).map_err(|e| format!("{name}: {e}"))?),
+            None => (rest, compose_file.to_owned()),
+        };
+        if url.is_empty() || url.starts_with('-') {
+            return Err(format!("{name}: not a repository URL"));
+        }
+        if before.iter().chain(&out).any(|r| r.project == project) {
+            return Err(format!("{name}: each repository name once (and not {ENV_PROJECT}'s)"));
+        }
+        out.push(Repository { project, url: url.to_owned(), compose_file: file });
+    }
+    Ok(out)
+}
+
+/// `environments` with their repositories: `@NAME` must name one; without it, the first
+/// repository's. A repository's branch deploys to one environment.
+pub fn with_repositories(
+    mut environments: Vec<Environment>,
+    repositories: &[Repository],
+) -> Result<Vec<Environment>, String> {
+    let Some(first) = repositories.first() else { return Ok(environments) };
+    for i in 0..environments.len() {
+        let e = &environments[i];
+        let project = if e.repository.is_empty() {
+            first.project.clone()
+        } else if repositories.iter().any(|r| r.project == e.repository) {
+            e.repository.clone()
+        } else {
+            return Err(format!("{}: no repository {:?} is configured", e.name, e.repository));
+        };
+        if environments[..i].iter().any(|o| o.repository == project && o.branch == e.branch) {
+            let (name, branch) = (&e.name, &e.branch);
+            return Err(format!(
+                "{name}: branch {branch} of {project} deploys to two environments"
+            ));
+        }
+        environments[i].repository = project;
+    }
+    Ok(environments)
+}
+
 /// `dev=dev,staging=staging,prod=main:manual`.
 pub fn parse_environments(s: &str) -> Result<Vec<Environment>, String> {
     let mut out: Vec<Environment> = vec![];
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, rest) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?}: expected ENV=BRANCH[:automatic|manual]"))?;
-        let (branch, policy) = match rest.split_once(':') {
+        let (name, rest) = part.split_once('=').ok_or_else(|| {
+            format!("{part:?}: expected ENV=BRANCH[@REPOSITORY][:automatic|manual]")
+        })?;
+        let (rest, policy) = match rest.split_once(':') {
             None => (rest, Policy::Automatic),
             Some((b, "automatic")) => (b, Policy::Automatic),
             Some((b, "manual")) => (b, Policy::Manual),
@@ -278,6 +399,10 @@ pub fn parse_environments(s: &str) -> Result<Vec<Environment>, String> {
                 return Err(format!("{part:?}: policy {other:?} is not automatic or manual"))
             }
         };
+        let (branch, repository) = rest.split_once('@').unwrap_or((rest, ""));
+        if rest.contains('@') && project_name(repository).is_err() {
+            return Err(format!("{part:?}: {repository:?} is not a repository name"));
+        }
         let name_ok = !name.is_empty()
             && name.len() <= 20
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -294,11 +419,13 @@ pub fn parse_environments(s: &str) -> Result<Vec<Environment>, String> {
         if !branch_ok {
             return Err(format!("{part:?}: {branch:?} is not a branch name"));
         }
-        if out.iter().any(|e| e.name == name || e.branch == branch) {
+        if out.iter().any(|e| e.name == name || (e.branch == branch && e.repository == repository))
+        {
             return Err(format!("{part:?}: each environment and branch once"));
         }
         out.push(Environment {
             name: name.to_owned(),
+            repository: repository.to_owned(),
             branch: branch.to_owned(),
             policy,
             window: None,
@@ -349,16 +476,107 @@ mod tests {
             envs[2],
             Environment {
                 name: "prod".into(),
+                repository: String::new(),
                 branch: "main".into(),
                 policy: Policy::Manual,
                 window: None
             }
         );
-        for bad in
-            ["", "prod", "prod=main:maybe", "Prod=main", "a=-x", "a=b..c", "a=x,a=y", "a=x,b=x"]
-        {
+        for bad in [
+            "",
+            "prod",
+            "prod=main:maybe",
+            "Prod=main",
+            "a=-x",
+            "a=b..c",
+            "a=x,a=y",
+            "a=x,b=x",
+            "a=x@,b=y",
+            "a=x@Blog",
+            "a=x@-b",
+            "a=x@b,c=x@b",
+        ] {
             assert!(parse_environments(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn several_repositories_each_with_its_project_compose_file_and_environments() {
+        let read = |pairs: &[(&str, &str)]| {
+            let mut env = Env::from_pairs(pairs.iter().copied());
+            let cfg = DeployerConfig::read(&mut env);
+            env.finish().map(|()| cfg).map_err(|e| e.to_string())
+        };
+        let secret_url = "https://bot:s3cret@git.test/ops/blog.git";
+        let more = format!("blog={secret_url}#deploy/compose.yml  docs=file:///srv/docs.git");
+        let cfg = read(&[
+            (ENV_REPOSITORY, "file:///srv/site.git"),
+            (ENV_REPOSITORIES, &more),
+            (ENV_ENVIRONMENTS, "prod=main:manual,blog=main@blog,docs=pages@docs:automatic"),
+        ])
+        .expect("three repositories");
+        assert_eq!(cfg.repositories.len(), 3);
+        assert_eq!(cfg.project_of("prod"), "site-prod");
+        assert_eq!(cfg.project_of("blog"), "blog-blog");
+        assert_eq!(cfg.compose_file_of("prod"), "docker-compose.yml");
+        assert_eq!(cfg.compose_file_of("blog"), "deploy/compose.yml");
+        assert_eq!(cfg.compose_file_of("docs"), "docker-compose.yml");
+        assert_eq!(cfg.repository_of("blog").url, secret_url);
+        assert!(!cfg.repository_of("blog").shown().contains("s3cret"));
+        assert!(!format!("{cfg:?}").contains("s3cret"), "a credential is printed");
+        assert_eq!(
+            cfg.environment_of_branch("blog", "main").map(|e| e.name.as_str()),
+            Some("blog")
+        );
+        assert_eq!(
+            cfg.environment_of_branch("site", "main").map(|e| e.name.as_str()),
+            Some("prod")
+        );
+        assert!(cfg.environment_of_branch("docs", "main").is_none());
+        // A record of an environment no longer configured: the first repository's.
+        assert_eq!(cfg.project_of("gone"), "site-gone");
+
+        // Only the list: the first of it is the default repository.
+        let only = read(&[
+            (ENV_REPOSITORIES, "app=file:///srv/app.git api=file:///srv/api.git"),
+            (ENV_ENVIRONMENTS, "dev=dev,apidev=dev@api"),
+        ])
+        .expect("the list alone");
+        assert_eq!(only.project_of("dev"), "app-dev");
+        assert_eq!(only.project_of("apidev"), "api-apidev");
+
+        for (pairs, named) in [
+            (vec![(ENV_ENVIRONMENTS, "dev=dev")], ENV_REPOSITORY),
+            (
+                vec![(ENV_REPOSITORY, "file:///a"), (ENV_REPOSITORIES, "site=file:///b")],
+                ENV_REPOSITORIES,
+            ),
+            (vec![(ENV_REPOSITORIES, "a=file:///a a=file:///b")], ENV_REPOSITORIES),
+            (vec![(ENV_REPOSITORIES, "Blog=file:///a")], ENV_REPOSITORIES),
+            (vec![(ENV_REPOSITORIES, "blog")], ENV_REPOSITORIES),
+            (vec![(ENV_REPOSITORIES, "blog=")], ENV_REPOSITORIES),
+            (vec![(ENV_REPOSITORIES, "blog=--upload-pack=x")], ENV_REPOSITORIES),
+            (vec![(ENV_REPOSITORIES, "blog=file:///a#../x.yml")], ENV_REPOSITORIES),
+            (
+                vec![(ENV_REPOSITORY, "file:///a"), (ENV_ENVIRONMENTS, "dev=dev@nope")],
+                ENV_ENVIRONMENTS,
+            ),
+            (
+                vec![
+                    (ENV_REPOSITORY, "file:///a"),
+                    (ENV_REPOSITORIES, "b=file:///b"),
+                    (ENV_ENVIRONMENTS, "dev=dev,other=dev@site"),
+                ],
+                ENV_ENVIRONMENTS,
+            ),
+        ] {
+            let e = read(&pairs).expect_err(named);
+            assert!(e.contains(named), "{pairs:?}: {e}");
+            assert!(!e.contains("s3cret"));
+        }
+        let e = read(&[(ENV_REPOSITORIES, &format!("blog={secret_url} Blog={secret_url}"))])
+            .expect_err("bad name");
+        assert!(!e.contains("s3cret"), "a credential in an error: {e}");
     }
 
     #[test]

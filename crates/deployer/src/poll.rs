@@ -1,4 +1,5 @@
-//! Polling: every `STEWARD_DEPLOY_POLL_INTERVAL`, `git ls-remote` of the configured branches;
+//! Polling: every `STEWARD_DEPLOY_POLL_INTERVAL`, `git ls-remote` of each repository's
+//! configured branches;
 //! a head that is not the commit an environment's record names becomes `deploy.requested`
 //! (once per head per process; the flow ignores what is not news anyway).
 
@@ -10,15 +11,26 @@ use crate::flow::Flow;
 
 /// One poll; `seen` remembers what this process already asked for, per environment.
 pub async fn poll_once(flow: &Flow, seen: &mut BTreeMap<String, String>) {
-    let branches: Vec<&str> = flow.cfg.environments.iter().map(|e| e.branch.as_str()).collect();
-    let heads = match flow.git.heads(&branches).await {
+    for repository in &flow.cfg.repositories {
+        poll_repository(flow, &repository.project, seen).await;
+    }
+}
+
+/// One poll of the repository of project `repository`: one repository that cannot be
+/// reached delays only its own environments.
+async fn poll_repository(flow: &Flow, repository: &str, seen: &mut BTreeMap<String, String>) {
+    let environments: Vec<&crate::config::Environment> =
+        flow.cfg.environments.iter().filter(|e| e.repository == repository).collect();
+    let Some(first) = environments.first() else { return };
+    let branches: Vec<&str> = environments.iter().map(|e| e.branch.as_str()).collect();
+    let heads = match flow.git(&first.name).heads(&branches).await {
         Ok(h) => h,
         Err(e) => {
-            tracing::warn!(error = %e, "polling the repository failed; tried again next time");
+            tracing::warn!(repository, error = %e, "polling the repository failed; tried again next time");
             return;
         }
     };
-    for env in &flow.cfg.environments {
+    for env in environments {
         let Some(head) = heads.get(&env.branch) else { continue };
         if seen.get(&env.name) == Some(head) {
             continue;
@@ -46,7 +58,7 @@ pub async fn poll_once(flow: &Flow, seen: &mut BTreeMap<String, String>) {
             }
         }
         let change = Change {
-            repository: flow.cfg.repository_shown(),
+            repository: flow.cfg.repository_of(&env.name).shown(),
             branch: env.branch.clone(),
             environment: env.name.clone(),
             commit: head.clone(),

@@ -20,7 +20,7 @@ use sha2::Sha256;
 use steward_bus::Bus;
 use steward_events::{Change, DeployRequested, Event};
 
-use crate::config::{DeployerConfig, MAX_WEBHOOK_BYTES};
+use crate::config::{DeployerConfig, Environment, MAX_WEBHOOK_BYTES};
 use crate::git::is_commit_id;
 
 /// Where the webhook is served.
@@ -142,20 +142,27 @@ async fn receive(
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("not a push payload: {e}\n")),
     };
-    let configured = comparable(&hook.cfg.repository);
     let named = [&push.repository.clone_url, &push.repository.ssh_url, &push.repository.html_url];
-    if !named.iter().any(|u| u.as_deref().is_some_and(|u| comparable(u) == configured)) {
-        return (StatusCode::UNPROCESSABLE_ENTITY, "not the configured repository\n".into());
+    let named: Vec<String> = named.iter().filter_map(|u| u.as_deref().map(comparable)).collect();
+    // One URL may be configured under several names (two compose projects in one repository).
+    let repositories: Vec<&str> = (hook.cfg.repositories.iter())
+        .filter(|r| named.contains(&comparable(&r.url)))
+        .map(|r| r.project.as_str())
+        .collect();
+    if repositories.is_empty() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "not a configured repository\n".into());
     }
     let Some(branch) = push.git_ref.strip_prefix("refs/heads/") else {
         return (StatusCode::ACCEPTED, format!("{} is not a branch; ignored\n", push.git_ref));
     };
-    let Some(env) = hook.cfg.environment_of_branch(branch) else {
+    let environments: Vec<&Environment> =
+        repositories.iter().filter_map(|r| hook.cfg.environment_of_branch(r, branch)).collect();
+    if environments.is_empty() {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("branch {branch} deploys to no environment\n"),
         );
-    };
+    }
     if push.after.bytes().all(|b| b == b'0') {
         return (StatusCode::ACCEPTED, format!("branch {branch} deleted; nothing deployed\n"));
     }
@@ -170,29 +177,32 @@ async fn receive(
     });
     let message =
         head.and_then(|c| c.message.as_deref()).and_then(|m| m.lines().next()).map(str::to_owned);
-    let change = Change {
-        repository: hook.cfg.repository_shown(),
-        branch: branch.to_owned(),
-        environment: env.name.clone(),
-        commit: push.after.clone(),
-        author,
-        message,
-    };
-    let event =
-        Event::new(&hook.source, DeployRequested { change, requested_by: Some("webhook".into()) });
-    match hook.bus.publish(&event).await {
-        Ok(_) => {
-            tracing::info!(branch, commit = %push.after, environment = %env.name, "push received");
-            (StatusCode::ACCEPTED, format!("{{\"event\":\"{}\"}}\n", event.id))
-        }
-        Err(e) => {
+    let mut ids = vec![];
+    for env in environments {
+        let change = Change {
+            repository: hook.cfg.repository_of(&env.name).shown(),
+            branch: branch.to_owned(),
+            environment: env.name.clone(),
+            commit: push.after.clone(),
+            author: author.clone(),
+            message: message.clone(),
+        };
+        let requested_by = Some("webhook".into());
+        let event = Event::new(&hook.source, DeployRequested { change, requested_by });
+        if let Err(e) = hook.bus.publish(&event).await {
+            // Gitea delivers again on a 5xx; what was published is not news then.
             tracing::error!(error = %e, "could not publish deploy.requested");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the bus did not take the request; try again\n".into(),
-            )
+            let busy = "the bus did not take the request; try again\n";
+            return (StatusCode::SERVICE_UNAVAILABLE, busy.into());
         }
+        tracing::info!(branch, commit = %push.after, environment = %env.name, "push received");
+        ids.push(format!("\"{}\"", event.id));
     }
+    let body = match ids.as_slice() {
+        [one] => format!("{{\"event\":{one}}}\n"),
+        all => format!("{{\"events\":[{}]}}\n", all.join(",")),
+    };
+    (StatusCode::ACCEPTED, body)
 }
 
 #[cfg(test)]

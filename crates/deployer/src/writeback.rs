@@ -99,7 +99,7 @@ impl Flow {
     /// checkout.
     fn compose_dir_of(&self, env: &str) -> std::path::PathBuf {
         let checkout = self.cfg.checkout_of(env);
-        match std::path::Path::new(&self.cfg.compose_file).parent() {
+        match std::path::Path::new(self.cfg.compose_file_of(env)).parent() {
             Some(p) if !p.as_os_str().is_empty() => checkout.join(p),
             _ => checkout,
         }
@@ -122,13 +122,13 @@ impl Flow {
             // A fetch, checkout or commit that fails is tried again (redelivery: the remote
             // may be back); a push the remote refuses is told.
             crate::git::clear_locks(&dir);
-            self.git.fetch_branch(&dir, &env.branch).await?;
-            let head = self.git.fetched_head(&dir, &env.branch).await?;
-            self.git.checkout(&dir, &head).await?;
-            if let Some(commit) = self.git.find_line(&dir, &head, &trailer).await? {
+            self.git(&env.name).fetch_branch(&dir, &env.branch).await?;
+            let head = self.git(&env.name).fetched_head(&dir, &env.branch).await?;
+            self.git(&env.name).checkout(&dir, &head).await?;
+            if let Some(commit) = self.git(&env.name).find_line(&dir, &head, &trailer).await? {
                 // Made before (a repeat): that commit, while the branch still names the image.
                 // Reverted or changed since, a human decided: left as it is, never redone.
-                return Ok(match self.change_in(&dir, service, from, &w.image) {
+                return Ok(match self.change_in(&env.name, &dir, service, from, &w.image) {
                     Ok((file, change, _)) if change.done() => {
                         Outcome::Committed { commit, file, key: change.key }
                     }
@@ -142,7 +142,8 @@ impl Flow {
                     Err(why) => Outcome::Refused(why),
                 });
             }
-            let (rel, change, text) = match self.change_in(&dir, service, from, &w.image) {
+            let (rel, change, text) = match self.change_in(&env.name, &dir, service, from, &w.image)
+            {
                 Ok(found) => found,
                 Err(why) => return Ok(Outcome::Refused(why)),
             };
@@ -160,11 +161,11 @@ impl Flow {
                 w.update_id,
             );
             let commit = self
-                .git
+                .git(&env.name)
                 .commit_file(&dir, &rel, content.as_bytes(), &message, &self.cfg.commit_author)
                 .await?;
             steward_failpoints::failpoint!("commit_back:committed");
-            match self.git.push(&dir, &env.branch).await {
+            match self.git(&env.name).push(&dir, &env.branch).await {
                 Ok(()) => {
                     steward_failpoints::failpoint!("commit_back:pushed");
                     return Ok(Outcome::Committed { commit, file: rel, key: change.key });
@@ -184,16 +185,17 @@ impl Flow {
         }
     }
 
-    /// The change of `service`'s image from `from` to `to` in the checkout at `dir`: the file
+    /// The change of `service`'s image from `from` to `to` in `environment`'s clone at `dir`: the file
     /// (relative to the repository), the change, and the file's text.
     fn change_in(
         &self,
+        environment: &str,
         dir: &std::path::Path,
         service: &str,
         from: &str,
         to: &str,
     ) -> Result<(String, steward_definition::Change, String), String> {
-        let rel = self.cfg.compose_file.clone();
+        let rel = self.cfg.compose_file_of(environment).to_owned();
         let text = read_text(dir, &rel)?.ok_or_else(|| format!("{rel} is not on the branch"))?;
         let var =
             match steward_definition::find(Text { name: &rel, text: &text }, service, from, to)? {
@@ -242,7 +244,7 @@ impl Flow {
             update_id: w.update_id,
             environment: env.map(|e| e.name.clone()).unwrap_or_default(),
             branch: env.map(|e| e.branch.clone()).unwrap_or_default(),
-            repository: self.cfg.repository_shown(),
+            repository: env.map(|e| self.cfg.repository_of(&e.name).shown()).unwrap_or_default(),
             container: w.container.clone(),
             image: w.image.clone(),
             commit,
@@ -290,10 +292,10 @@ impl Flow {
             return Ok(changed);
         }
         let dir = self.cfg.checkout_of(env);
-        let compose_rel = self.cfg.compose_file.clone();
+        let compose_rel = self.cfg.compose_file_of(env).to_owned();
         let env_rel = env_file_of(&compose_rel);
-        let before_compose = self.git.show(&dir, deployed, &compose_rel).await?;
-        let before_env = self.git.show(&dir, deployed, &env_rel).await?;
+        let before_compose = self.git(env).show(&dir, deployed, &compose_rel).await?;
+        let before_env = self.git(env).show(&dir, deployed, &env_rel).await?;
         let (after_compose, after_env) =
             match (read_text(&dir, &compose_rel), read_text(&dir, &env_rel)) {
                 (Ok(Some(c)), Ok(e)) => (c, e),
@@ -329,7 +331,7 @@ pub fn mark_checkouts(flow: &Flow) {
         let dir = flow.cfg.checkout_of(&env.name);
         if dir.join(".git").is_dir() {
             let project = flow.cfg.project_of(&env.name);
-            if let Err(e) = crate::git::mark(&dir, &flow.cfg.compose_file, &project) {
+            if let Err(e) = crate::git::mark(&dir, flow.cfg.compose_file_of(&env.name), &project) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot mark the checkout as the deployer's");
             }
         }

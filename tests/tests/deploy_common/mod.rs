@@ -25,6 +25,11 @@ pub struct Repo {
     pub url: String,
     pub daemon: Child,
     pub project: String,
+    /// The environment its `dev` branch deploys to (`dev`; another when the deployer
+    /// follows several repositories): the compose project is `<project>-<environment>`.
+    pub environment: String,
+    /// The compose file's path in the repository.
+    pub compose_path: String,
     /// Host ports of the two services.
     pub web: u16,
     pub side: u16,
@@ -76,7 +81,22 @@ impl Repo {
         let url = format!("git://127.0.0.1:{port}/origin.git");
         let origin = root.join("origin.git").display().to_string();
         git(&work, &["remote", "add", "origin", &origin]);
-        Self { root, work, url, daemon, project: name, web: free_port(), side: free_port() }
+        Self {
+            root,
+            work,
+            url,
+            daemon,
+            project: name,
+            environment: "dev".into(),
+            compose_path: "docker-compose.yml".into(),
+            web: free_port(),
+            side: free_port(),
+        }
+    }
+
+    /// The compose project of its environment.
+    pub fn compose_project(&self) -> String {
+        format!("{}-{}", self.project, self.environment)
     }
 
     /// Commits a compose file with `web` on `web_version` (and `side` always on v1) and
@@ -116,8 +136,10 @@ impl Repo {
 
     /// Commits `compose` as the compose file and pushes it to `branch`; the commit id.
     pub fn commit_text(&self, branch: &str, compose: &str, message: &str) -> String {
-        std::fs::write(self.work.join("docker-compose.yml"), compose).expect("write compose");
-        git(&self.work, &["add", "docker-compose.yml"]);
+        let path = self.work.join(&self.compose_path);
+        std::fs::create_dir_all(path.parent().expect("a directory")).expect("compose's directory");
+        std::fs::write(path, compose).expect("write compose");
+        git(&self.work, &["add", &self.compose_path]);
         git(&self.work, &["commit", "-q", "-m", message]);
         git(&self.work, &["push", "-q", "origin", &format!("HEAD:{branch}")]);
         git(&self.work, &["rev-parse", "HEAD"])
@@ -129,7 +151,7 @@ impl Repo {
             "ps",
             "-aq",
             "--filter",
-            &format!("label=com.docker.compose.project={}-dev", self.project),
+            &format!("label=com.docker.compose.project={}", self.compose_project()),
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
         ]);
@@ -178,8 +200,8 @@ impl Drop for Repo {
                 let _ = try_docker(&["rm", "-f", id]);
             }
         }
-        let _ = try_docker(&["network", "rm", &format!("{}-dev_default", self.project)]);
-        let label = format!("label=com.docker.compose.project={}-dev", self.project);
+        let _ = try_docker(&["network", "rm", &format!("{}_default", self.compose_project())]);
+        let label = format!("label=com.docker.compose.project={}", self.compose_project());
         let volumes = try_docker(&["volume", "ls", "-q", "--filter", &label]).unwrap_or_default();
         for volume in volumes.lines() {
             let _ = try_docker(&["volume", "rm", "-f", volume]);

@@ -27,7 +27,7 @@ impl Flow {
         steward_failpoints::failpoint!("apply");
         let failed = |e: crate::command::CommandError| (e.to_string(), e.tail);
         if let Err((reason, tail)) =
-            self.git.checkout(&dir, &v.value.change.commit).await.map_err(failed)
+            self.git(&env).checkout(&dir, &v.value.change.commit).await.map_err(failed)
         {
             return self.roll_back(v, reason, tail).await;
         }
@@ -133,7 +133,7 @@ impl Flow {
             // Nothing of the new version started: what runs is left as it is.
             _ if !record.up_begun => {
                 if let Some(previous) = &record.deployed_commit {
-                    self.git.checkout(&dir, previous).await?;
+                    self.git(&env).checkout(&dir, previous).await?;
                 }
                 vec![]
             }
@@ -141,7 +141,7 @@ impl Flow {
                 let (back, removed): (Vec<String>, Vec<String>) =
                     record.services.iter().cloned().partition(|s| !record.new_services.contains(s));
                 compose.remove(&removed).await?;
-                self.git.checkout(&dir, previous).await?;
+                self.git(&env).checkout(&dir, previous).await?;
                 compose.up(&back).await?;
                 back
             }

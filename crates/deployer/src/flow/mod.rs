@@ -52,8 +52,6 @@ pub struct Flow {
     pub queue: RecordStore<QueuedDeploy>,
     /// Settings.
     pub cfg: Arc<DeployerConfig>,
-    /// Git.
-    pub git: Git,
     /// CloudEvents source of what the deployer publishes.
     pub source: String,
 }
@@ -91,8 +89,13 @@ impl Flow {
     ) -> Result<Self, BusError> {
         let records = RecordStore::open(&bus, DEPLOY_BUCKET, source.clone()).await?;
         let queue = RecordStore::open(&bus, DEPLOY_BUCKET, source.clone()).await?;
-        let git = Git { url: cfg.repository.clone(), timeout: cfg.command_timeout };
-        Ok(Self { bus, engine, records, queue, cfg: Arc::new(cfg), git, source })
+        Ok(Self { bus, engine, records, queue, cfg: Arc::new(cfg), source })
+    }
+
+    /// git on the repository an environment deploys from.
+    pub fn git(&self, environment: &str) -> Git {
+        let url = self.cfg.repository_of(environment).url.clone();
+        Git { url, timeout: self.cfg.command_timeout }
     }
 
     /// The compose project of an environment.
@@ -100,7 +103,7 @@ impl Flow {
         Compose {
             project: self.cfg.project_of(environment),
             dir: self.cfg.checkout_of(environment),
-            files: vec![self.cfg.compose_file.clone()],
+            files: vec![self.cfg.compose_file_of(environment).to_owned()],
             project_directory: None,
             timeout: self.cfg.command_timeout,
         }

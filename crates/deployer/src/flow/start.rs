@@ -60,7 +60,7 @@ impl Flow {
     /// which the request's checks refuse).
     fn pin_change(&self, pin: &DeployPinRequested) -> Change {
         Change {
-            repository: self.cfg.repository_shown(),
+            repository: self.cfg.repository_of(&pin.environment).shown(),
             branch: self
                 .cfg
                 .environment(&pin.environment)
@@ -239,7 +239,7 @@ impl Flow {
                 // replay, a push of an old branch head): never a downgrade by accident.
                 let dir = self.cfg.checkout_of(&key);
                 if dir.join(".git").is_dir()
-                    && self.git.is_ancestor(&dir, &change.commit, d).await.unwrap_or(false)
+                    && self.git(&key).is_ancestor(&dir, &change.commit, d).await.unwrap_or(false)
                 {
                     tracing::info!(environment = %key, commit = %change.commit, running = %d, "an ancestor of the running commit; ignored");
                     return Ok(None);
@@ -291,13 +291,13 @@ impl Flow {
         let branch = v.value.change.branch.clone();
         let pinned = v.value.pinned_by.is_some();
         let prepared = async {
-            self.git.fetch(&dir, &branch, &commit).await?;
+            self.git(&env).fetch(&dir, &branch, &commit).await?;
             let project = self.cfg.project_of(&env);
-            crate::git::mark(&dir, &self.cfg.compose_file, &project)?;
+            crate::git::mark(&dir, self.cfg.compose_file_of(&env), &project)?;
             // A pin names any commit: it must be the branch's head or one of its ancestors
             // (a commit of another branch, or one a force-push removed, is refused).
-            let head = self.git.fetched_head(&dir, &branch).await?;
-            if pinned && !self.git.is_ancestor(&dir, &commit, &head).await? {
+            let head = self.git(&env).fetched_head(&dir, &branch).await?;
+            if pinned && !self.git(&env).is_ancestor(&dir, &commit, &head).await? {
                 return Err(crate::command::CommandError {
                     command: format!("git merge-base --is-ancestor {commit} origin/{branch}"),
                     reason: format!("{commit} is not on the history of branch {branch}"),
@@ -305,8 +305,8 @@ impl Flow {
                     code: Some(1),
                 });
             }
-            self.git.checkout(&dir, &commit).await?;
-            let info = self.git.info(&dir, &commit).await?;
+            self.git(&env).checkout(&dir, &commit).await?;
+            let info = self.git(&env).info(&dir, &commit).await?;
             let config = compose.config().await?;
             let hashes = compose.hashes().await?;
             Ok::<_, crate::command::CommandError>((info, hashes, config, head))
@@ -576,7 +576,7 @@ impl Flow {
         tracing::error!(environment = %v.value.change.environment, %reason, "deployment failed");
         if let Some(running) = &v.value.deployed_commit {
             let dir = self.cfg.checkout_of(&v.value.change.environment);
-            if let Err(e) = self.git.checkout(&dir, running).await {
+            if let Err(e) = self.git(&v.value.change.environment).checkout(&dir, running).await {
                 tracing::warn!(error = %e, "checkout of the running commit failed");
             }
         }
