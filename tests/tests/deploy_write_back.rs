@@ -338,3 +338,270 @@ async fn a_refused_push_is_told_and_a_push_that_lost_a_race_is_made_again_on_the
     let want = literal.replace(&format!("{}:1.0", t.base), &format!("{}:1.1", t.base));
     assert_eq!(origin(&repo, &["show", &format!("dev:{file}")]), want.trim_end());
 }
+
+/// A stand-in for Gitea's API v1 (no Gitea can run on this machine): the two calls the
+/// deployer makes, `GET` and `POST /api/v1/repos/ops/site/pulls`, with Gitea's answers as its
+/// documentation and swagger give them (401 without the token, 404 for a head branch the
+/// repository lacks, 409 for a second open request of the same branches, 201 with the
+/// request). The head branch is looked up in the real bare repository, so a request made
+/// before its branch is pushed fails as it would on Gitea.
+mod fake_gitea {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::Json;
+    use serde_json::{json, Value};
+
+    pub const TOKEN: &str = "gitea-test-token-0123456789";
+
+    #[derive(Default)]
+    pub struct Pulls {
+        pub list: Vec<Value>,
+        /// Answers 500 to this many more POSTs (Gitea down for a moment).
+        pub fail_posts: u32,
+        pub posts: u32,
+        pub tokens_seen: Vec<String>,
+    }
+
+    #[derive(Clone)]
+    struct Api {
+        pulls: Arc<Mutex<Pulls>>,
+        bare: std::path::PathBuf,
+        base: String,
+    }
+
+    fn authorised(api: &Api, headers: &HeaderMap) -> bool {
+        let got = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        api.pulls.lock().expect("lock").tokens_seen.push(got.to_owned());
+        got == format!("token {TOKEN}")
+    }
+
+    async fn list(State(api): State<Api>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
+        if !authorised(&api, &headers) {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"message": "token is required"})));
+        }
+        let mut all = api.pulls.lock().expect("lock").list.clone();
+        all.reverse();
+        (StatusCode::OK, Json(Value::Array(all)))
+    }
+
+    async fn create(
+        State(api): State<Api>,
+        headers: HeaderMap,
+        Json(body): Json<Value>,
+    ) -> (StatusCode, Json<Value>) {
+        if !authorised(&api, &headers) {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"message": "token is required"})));
+        }
+        let mut pulls = api.pulls.lock().expect("lock");
+        pulls.posts += 1;
+        if pulls.fail_posts > 0 {
+            pulls.fail_posts -= 1;
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"message": "database is locked"})),
+            );
+        }
+        let (head, base) =
+            (body["head"].as_str().unwrap_or(""), body["base"].as_str().unwrap_or(""));
+        let exists = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&api.bare)
+            .args(["rev-parse", "--verify", "-q", &format!("refs/heads/{head}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"message": "The target couldn't be found."})),
+            );
+        }
+        let open = |p: &&Value| {
+            p["state"] == "open" && p["head"]["ref"] == head && p["base"]["ref"] == base
+        };
+        if pulls.list.iter().any(|p| open(&p)) {
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({"message": "pull request already exists for these targets"})),
+            );
+        }
+        let number = pulls.list.len() + 1;
+        let pr = json!({
+            "number": number,
+            "html_url": format!("{}/ops/site/pulls/{number}", api.base),
+            "state": "open",
+            "merged": false,
+            "title": body["title"],
+            "body": body["body"],
+            "head": {"ref": head},
+            "base": {"ref": base},
+        });
+        pulls.list.push(pr.clone());
+        (StatusCode::CREATED, Json(pr))
+    }
+
+    /// Serves the API on 127.0.0.1 for the repository `bare`; its URL and state.
+    pub async fn serve(bare: std::path::PathBuf) -> (String, Arc<Mutex<Pulls>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let pulls = Arc::new(Mutex::new(Pulls::default()));
+        let api = Api { pulls: pulls.clone(), bare, base: base.clone() };
+        let app = axum::Router::new()
+            .route("/api/v1/repos/ops/site/pulls", axum::routing::get(list).post(create))
+            .with_state(api);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, pulls)
+    }
+}
+
+/// A repository served as `ops/site.git` (Gitea's owner/name), a fake Gitea for it, and the
+/// deployer's settings for pull requests with `token`.
+async fn gitea_repo() -> (Repo, String, std::sync::Arc<std::sync::Mutex<fake_gitea::Pulls>>) {
+    let mut repo = Repo::new();
+    std::fs::create_dir_all(repo.root.join("ops")).expect("mkdir");
+    std::os::unix::fs::symlink(repo.root.join("origin.git"), repo.root.join("ops/site.git"))
+        .expect("link");
+    repo.url = repo.url.replace("/origin.git", "/ops/site.git");
+    let (url, pulls) = fake_gitea::serve(repo.root.join("origin.git")).await;
+    (repo, url, pulls)
+}
+
+fn gitea_env(url: &str, token: &str) -> [(&'static str, String); 2] {
+    [("STEWARD_DEPLOY_GITEA_URL", url.to_owned()), ("STEWARD_DEPLOY_GITEA_TOKEN", token.to_owned())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_gitea_token_the_update_is_proposed_once_a_closed_request_stays_closed_and_a_merge_settles_it(
+) {
+    let bus = TestBus::new("commitbackpr").await;
+    let (repo, api, pulls) = gitea_repo().await;
+    let (t, scope, port) = (tags(), unique_name("scope"), free_port());
+    let _leftovers = SwapLeftovers(web_container(&repo));
+    let _deployer = deployer(&repo.env(&bus, port, &gitea_env(&api, fake_gitea::TOKEN)));
+    let deployed = deploy(&bus, &repo, port, &scope, &format!("{}:1.0", t.base), "a").await;
+    // Gitea fails the first creation: the hand-over is delivered again and the request made.
+    pulls.lock().expect("lock").fail_posts = 1;
+    let _updater = updater(&bus, &scope);
+    let news = news(&repo, &t);
+    bus.publish(&news).await.expect("publish");
+    let (handover, w) = handed_over(&bus, news.correlation_id).await;
+    let (_, answer) = answers(&bus, news.correlation_id, 1).await.remove(0);
+    let proposal = format!("steward/update-{}", w.update_id);
+    assert_eq!(answer.refused, None, "{answer:?}");
+    assert_eq!(answer.proposal_branch.as_deref(), Some(proposal.as_str()));
+    assert_eq!(answer.pull_request, Some(format!("{api}/ops/site/pulls/1")));
+    let commit = answer.commit.clone().expect("the proposal's commit");
+    {
+        let p = pulls.lock().expect("lock");
+        assert_eq!((p.list.len(), p.posts), (1, 2), "one request, after one failed creation");
+        assert_eq!(p.list[0]["base"]["ref"], "dev");
+        assert!(
+            p.list[0]["title"].as_str().unwrap_or("").ends_with(":1.1 (image update on dev)"),
+            "{}",
+            p.list[0]
+        );
+        assert!(p.tokens_seen.iter().all(|t| t == &format!("token {}", fake_gitea::TOKEN)));
+    }
+    // The branch is untouched until a human merges; the proposal is one commit on top of it.
+    assert_eq!(origin(&repo, &["rev-parse", "dev"]), deployed);
+    assert_eq!(origin(&repo, &["rev-parse", &proposal]), commit);
+    assert_eq!(origin(&repo, &["rev-parse", &format!("{proposal}^")]), deployed);
+    assert_eq!(
+        origin(&repo, &["show", &format!("{proposal}:.env")]),
+        format!("WEB_IMAGE={}:1.1", t.base)
+    );
+
+    // A replay finds the branch and the request: none is added.
+    let replay = |n: u128| {
+        let mut again = handover.clone();
+        again.id = uuid::Uuid::from_u128(handover.id.as_u128() ^ n);
+        again
+    };
+    bus.publish(&replay(1)).await.expect("publish");
+    let (_, again) = answers(&bus, news.correlation_id, 2).await.remove(1);
+    assert_eq!(
+        (again.pull_request.as_deref(), again.commit.as_deref()),
+        (answer.pull_request.as_deref(), Some(commit.as_str()))
+    );
+    assert_eq!(pulls.lock().expect("lock").list.len(), 1, "a second request");
+
+    // A human closes it unmerged: a replay leaves it closed, and says so.
+    pulls.lock().expect("lock").list[0]["state"] = "closed".into();
+    bus.publish(&replay(2)).await.expect("publish");
+    let (_, closed) = answers(&bus, news.correlation_id, 3).await.remove(2);
+    let why = closed.refused.clone().unwrap_or_else(|| panic!("{closed:?}"));
+    assert!(why.contains("closed without merging"), "{why}");
+    assert_eq!(pulls.lock().expect("lock").list.len(), 1, "reopened as a new request");
+
+    // Merged (the branch fast-forwarded to the proposal): the update's commit is found on it.
+    origin(&repo, &["update-ref", "refs/heads/dev", &commit]);
+    bus.publish(&replay(3)).await.expect("publish");
+    let (_, merged) = answers(&bus, news.correlation_id, 4).await.remove(3);
+    assert_eq!(
+        (merged.commit.as_deref(), merged.pull_request.as_deref()),
+        (Some(commit.as_str()), None),
+        "{merged:?}"
+    );
+    assert_eq!(merged.refused, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_proposals_push_and_before_its_request_it_proposes_once_and_a_wrong_token_is_told(
+) {
+    let bus = TestBus::new("commitbackprkill").await;
+    let (repo, api, pulls) = gitea_repo().await;
+    let (t, scope, port) = (tags(), unique_name("scope"), free_port());
+    let _leftovers = SwapLeftovers(web_container(&repo));
+    let settings = |extra: &[(&'static str, String)]| {
+        let mut all = gitea_env(&api, fake_gitea::TOKEN).to_vec();
+        all.extend(extra.iter().cloned());
+        repo.env(&bus, port, &all)
+    };
+    {
+        let _clean = deployer(&settings(&[]));
+        deploy(&bus, &repo, port, &scope, &format!("{}:1.0", t.base), "a").await;
+    }
+    let _updater = updater(&bus, &scope);
+    let news = news(&repo, &t);
+    bus.publish(&news).await.expect("publish");
+    let (handover, w) = handed_over(&bus, news.correlation_id).await;
+    for point in ["propose:pushed", "propose:listed"] {
+        let mut armed = deployer(&settings(&[("STEWARD_FAILPOINTS", point.into())]));
+        assert!(
+            armed.exits_within(Duration::from_secs(120)),
+            "{point} not reached: {}",
+            armed.logs()
+        );
+        assert!(armed.logs().contains("aborting"), "{point}: {}", armed.logs());
+    }
+    assert!(pulls.lock().expect("lock").list.is_empty(), "a request before the kills' end");
+    let proposal = format!("steward/update-{}", w.update_id);
+    let pushed = origin(&repo, &["rev-list", &format!("dev..{proposal}")]);
+    assert_eq!(pushed.lines().count(), 1, "{pushed}");
+    let _again = deployer(&settings(&[]));
+    let (_, answer) = answers(&bus, news.correlation_id, 1).await.remove(0);
+    assert_eq!(answer.commit.as_deref(), Some(pushed.trim()), "{answer:?}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(pulls.lock().expect("lock").list.len(), 1, "settled: one request");
+    assert_eq!(
+        origin(&repo, &["rev-list", &format!("dev..{proposal}")]),
+        pushed,
+        "a second commit"
+    );
+    drop(_again);
+
+    // A wrong token (a new update of the same change): the branch is pushed, the refusal
+    // names Gitea's answer, and the token is in no event.
+    let _wrong = deployer(&repo.env(&bus, port, &gitea_env(&api, "not-the-token-at-all")));
+    let mut other = handover.clone();
+    other.id = uuid::Uuid::new_v4();
+    let EventData::UpdateWrittenBack(o) = &mut other.data else { unreachable!() };
+    o.update_id = uuid::Uuid::new_v4();
+    bus.publish(&other).await.expect("publish");
+    let (_, refused) = answers(&bus, news.correlation_id, 2).await.remove(1);
+    let why = refused.refused.clone().unwrap_or_else(|| panic!("{refused:?}"));
+    assert!(why.contains("401") && why.contains("open one by hand"), "{why}");
+    let all = format!("{:?}", stored_events(&bus).await);
+    assert!(!all.contains(fake_gitea::TOKEN) && !all.contains("not-the-token-at-all"));
+}

@@ -405,6 +405,13 @@ pub(crate) fn summary(data: &EventData) -> String {
         EventData::DeployFailed(p) => format!("{}: {}", deploy_change(&p.change), p.reason),
         EventData::DeployWrittenBack(p) => match (&p.refused, &p.commit) {
             (Some(why), _) => format!("{} not committed to {}: {why}", p.image, p.branch),
+            (None, Some(_)) if p.pull_request.is_some() => format!(
+                "{} proposed to {} as {} (from {})",
+                p.image,
+                p.branch,
+                p.pull_request.as_deref().unwrap_or_default(),
+                p.proposal_branch.as_deref().unwrap_or("its branch")
+            ),
             (None, Some(c)) => format!(
                 "{} committed to {} as {} ({} in {})",
                 p.image,
@@ -472,16 +479,28 @@ mod tests {
             file: Some(".env".into()),
             key: Some("WEB_IMAGE".into()),
             refused: None,
+            proposal_branch: None,
+            pull_request: None,
         };
         let line = summary(&EventData::DeployWrittenBack(committed.clone()));
         assert_eq!(line, "app:1.1 committed to main as 0123456789 (WEB_IMAGE in .env)");
         let refused = DeployWrittenBack {
             commit: None,
             refused: Some("the push was refused".into()),
-            ..committed
+            ..committed.clone()
         };
         let line = summary(&EventData::DeployWrittenBack(refused));
         assert_eq!(line, "app:1.1 not committed to main: the push was refused");
+        let proposed = DeployWrittenBack {
+            proposal_branch: Some("steward/update-x".into()),
+            pull_request: Some("https://git.example.com/ops/site/pulls/7".into()),
+            ..committed
+        };
+        let line = summary(&EventData::DeployWrittenBack(proposed));
+        assert_eq!(
+            line,
+            "app:1.1 proposed to main as https://git.example.com/ops/site/pulls/7 (from steward/update-x)"
+        );
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub const ENV_COMMAND_TIMEOUT: &str = "STEWARD_DEPLOY_COMMAND_TIMEOUT";
 /// `Name <mail>`: the author and committer of the commits that write an image update into an
 /// environment's branch (the repository's credentials in the URL must allow the push).
 pub const ENV_COMMIT_AUTHOR: &str = "STEWARD_DEPLOY_COMMIT_AUTHOR";
+/// A Gitea token (give it as `_FILE`): with it, an image update is proposed as a pull request
+/// from a branch of its own instead of committed to the environment's branch.
+pub const ENV_GITEA_TOKEN: &str = "STEWARD_DEPLOY_GITEA_TOKEN";
+/// The Gitea that serves the repositories (its base URL), for the pull requests.
+pub const ENV_GITEA_URL: &str = "STEWARD_DEPLOY_GITEA_URL";
 
 /// Base URL under which operators reach the deployer's HTTP port (behind the proxy), for the
 /// approval links of manual environments: `https`, or `http` to a loopback host only. The
@@ -165,6 +170,8 @@ pub struct DeployerConfig {
     pub links: Option<steward_approval::ApprovalLinks>,
     /// Author of the write-back commits (`Name <mail>`).
     pub commit_author: String,
+    /// Gitea's API, when image updates are proposed as pull requests.
+    pub gitea: Option<crate::gitea::Gitea>,
 }
 
 impl std::fmt::Debug for DeployerConfig {
@@ -234,6 +241,7 @@ impl DeployerConfig {
                     && !s.contains(['\n', '\r']);
                 ok.then(|| s.to_owned()).ok_or_else(|| "`Name <mail@host>`".into())
             });
+        let gitea = read_gitea(env);
         let backup = env.parse_with(ENV_BACKUP, true, |s| match s {
             "true" | "1" | "yes" => Ok(true),
             "false" | "0" | "no" => Ok(false),
@@ -261,6 +269,7 @@ impl DeployerConfig {
                 &LINK_VARS,
             ),
             commit_author,
+            gitea,
         }
     }
 
@@ -305,6 +314,29 @@ impl DeployerConfig {
     /// The checkout of an environment.
     pub fn checkout_of(&self, environment: &str) -> PathBuf {
         self.dir.join(environment)
+    }
+}
+
+/// Gitea's API for pull requests: the token and the URL together, or neither.
+fn read_gitea(env: &mut Env) -> Option<crate::gitea::Gitea> {
+    let token = env.optional(ENV_GITEA_TOKEN).filter(|t| !t.trim().is_empty());
+    let url = env.optional(ENV_GITEA_URL).filter(|u| !u.trim().is_empty());
+    match (token, url) {
+        (None, None) => None,
+        (Some(_), None) => {
+            env.error(ENV_GITEA_URL, "", format!("required with {ENV_GITEA_TOKEN}"));
+            None
+        }
+        (None, Some(url)) => {
+            env.error(ENV_GITEA_TOKEN, &url, format!("required with {ENV_GITEA_URL}"));
+            None
+        }
+        (Some(token), Some(url)) => {
+            let checked = crate::gitea::check_url(url.trim()).and_then(|u| {
+                crate::gitea::Gitea::new(u, token.trim().to_owned(), Duration::from_secs(30))
+            });
+            checked.map_err(|e| env.error(ENV_GITEA_URL, &url, e)).ok()
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod compose;
 pub mod config;
 pub mod flow;
 pub mod git;
+pub mod gitea;
 pub mod poll;
 pub mod webhook;
 pub mod writeback;

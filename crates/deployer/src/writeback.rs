@@ -38,6 +38,8 @@ const ANSWER_MASK: u128 = 0x7772_6974_7465_6e5f_6261_636b_0000_0001;
 enum Outcome {
     /// Committed (or found committed): the commit, file and key.
     Committed { commit: String, file: String, key: String },
+    /// Committed to `branch` and proposed as the pull request `url`.
+    Proposed { commit: String, file: String, key: String, branch: String, url: String },
     /// The branch already names the new version without a commit of this update.
     Named { file: String, key: String },
     /// Nothing committed, and why.
@@ -88,7 +90,10 @@ impl Flow {
                 ),
                 Some(from) => {
                     let service = label(steward_labels::compose::SERVICE).to_owned();
-                    self.commit_back(env, w, &service, from).await?
+                    match &self.cfg.gitea {
+                        Some(gitea) => self.propose(gitea, env, w, &service, from).await?,
+                        None => self.commit_back(env, w, &service, from).await?,
+                    }
                 }
             }
         };
@@ -121,45 +126,15 @@ impl Flow {
             attempt += 1;
             // A fetch, checkout or commit that fails is tried again (redelivery: the remote
             // may be back); a push the remote refuses is told.
-            crate::git::clear_locks(&dir);
-            self.git(&env.name).fetch_branch(&dir, &env.branch).await?;
-            let head = self.git(&env.name).fetched_head(&dir, &env.branch).await?;
-            self.git(&env.name).checkout(&dir, &head).await?;
-            if let Some(commit) = self.git(&env.name).find_line(&dir, &head, &trailer).await? {
-                // Made before (a repeat): that commit, while the branch still names the image.
-                // Reverted or changed since, a human decided: left as it is, never redone.
-                return Ok(match self.change_in(&env.name, &dir, service, from, &w.image) {
-                    Ok((file, change, _)) if change.done() => {
-                        Outcome::Committed { commit, file, key: change.key }
-                    }
-                    Ok((_, change, _)) => Outcome::Refused(format!(
-                        "this update's commit {} is on {}, but {} says `{}` now (reverted or changed since): left as it is",
-                        commit.get(..10).unwrap_or(&commit),
-                        env.branch,
-                        change.key,
-                        change.current
-                    )),
-                    Err(why) => Outcome::Refused(why),
-                });
+            let (_, found) = self.branch_head(env, w, service, from).await?;
+            if let Some(done) = found {
+                return Ok(done);
             }
-            let (rel, change, text) = match self.change_in(&env.name, &dir, service, from, &w.image)
-            {
-                Ok(found) => found,
-                Err(why) => return Ok(Outcome::Refused(why)),
+            let (rel, change, content) = match self.changed(env, w, service, from) {
+                Ok(c) => c,
+                Err(done) => return Ok(done),
             };
-            let content = match change.apply(&text) {
-                Ok(None) => return Ok(Outcome::Named { file: rel, key: change.key }),
-                Ok(Some(content)) => content,
-                Err(why) => return Ok(Outcome::Refused(why)),
-            };
-            let message = format!(
-                "{service}: {} (image update on {})\n\nThe container of {} runs {} since Steward's update {}; this keeps the next deployment on it.\n\n{trailer}",
-                short(&w.image),
-                env.name,
-                w.container,
-                w.image,
-                w.update_id,
-            );
+            let message = commit_message(env, w, service, &trailer);
             let commit = self
                 .git(&env.name)
                 .commit_file(&dir, &rel, content.as_bytes(), &message, &self.cfg.commit_author)
@@ -182,6 +157,146 @@ impl Flow {
                     return Ok(Outcome::Refused(why));
                 }
             }
+        }
+    }
+
+    /// Fetches the environment's branch into its clone and checks its head out: the head,
+    /// and the outcome when this update's commit is on it already (made before, or a pull
+    /// request merged): that commit while the branch still names the image; reverted or
+    /// changed since, a human decided: left as it is, never redone.
+    async fn branch_head(
+        &self,
+        env: &Environment,
+        w: &UpdateWrittenBack,
+        service: &str,
+        from: &str,
+    ) -> Result<(String, Option<Outcome>), FlowError> {
+        let dir = self.cfg.commit_dir_of(&env.name);
+        let git = self.git(&env.name);
+        let trailer = format!("Steward-Update: {}", w.update_id);
+        crate::git::clear_locks(&dir);
+        git.fetch_branch(&dir, &env.branch).await?;
+        let head = git.fetched_head(&dir, &env.branch).await?;
+        git.checkout(&dir, &head).await?;
+        let Some(commit) = git.find_line(&dir, &head, &trailer).await? else {
+            return Ok((head, None));
+        };
+        let done = match self.change_in(&env.name, &dir, service, from, &w.image) {
+            Ok((file, change, _)) if change.done() => {
+                Outcome::Committed { commit, file, key: change.key }
+            }
+            Ok((_, change, _)) => Outcome::Refused(format!(
+                "this update's commit {} is on {}, but {} says `{}` now (reverted or changed since): left as it is",
+                commit.get(..10).unwrap_or(&commit),
+                env.branch,
+                change.key,
+                change.current
+            )),
+            Err(why) => Outcome::Refused(why),
+        };
+        Ok((head, Some(done)))
+    }
+
+    /// The change to commit in the clone as checked out: the file, the change, the file's new
+    /// content; or the outcome when there is nothing to commit.
+    fn changed(
+        &self,
+        env: &Environment,
+        w: &UpdateWrittenBack,
+        service: &str,
+        from: &str,
+    ) -> Result<(String, steward_definition::Change, String), Outcome> {
+        let dir = self.cfg.commit_dir_of(&env.name);
+        let (rel, change, text) =
+            self.change_in(&env.name, &dir, service, from, &w.image).map_err(Outcome::Refused)?;
+        match change.apply(&text) {
+            Ok(None) => Err(Outcome::Named { file: rel, key: change.key }),
+            Ok(Some(content)) => Ok((rel, change, content)),
+            Err(why) => Err(Outcome::Refused(why)),
+        }
+    }
+
+    /// The pull-request variant: the change committed on the branch's head and pushed to a
+    /// branch of its own (`steward/update-<id>`), and a pull request opened from it into the
+    /// environment's branch through Gitea's API. A repeat finds the branch (its commit carries
+    /// the trailer) and the request (listed before any is made); a request a human closed
+    /// unmerged is left closed; once merged, the trailer is on the branch and the outcome is
+    /// that commit, as for a direct commit.
+    async fn propose(
+        &self,
+        gitea: &crate::gitea::Gitea,
+        env: &Environment,
+        w: &UpdateWrittenBack,
+        service: &str,
+        from: &str,
+    ) -> Result<Outcome, FlowError> {
+        let repository = self.cfg.repository_of(&env.name);
+        let Some((owner, name)) = crate::gitea::owner_and_name(&repository.url) else {
+            return Ok(Outcome::Refused(format!(
+                "{} names no owner/repository for Gitea's API: commit by hand",
+                repository.shown()
+            )));
+        };
+        let dir = self.cfg.commit_dir_of(&env.name);
+        let git = self.git(&env.name);
+        let trailer = format!("Steward-Update: {}", w.update_id);
+        let (_, found) = self.branch_head(env, w, service, from).await?;
+        if let Some(done) = found {
+            return Ok(done);
+        }
+        let proposal = format!("steward/update-{}", w.update_id);
+        let made = git.heads(&[&proposal]).await?.remove(&proposal);
+        let (commit, rel, change) = match made {
+            // Pushed before (a repeat, a kill after the push): that commit, if it is ours.
+            Some(commit) => {
+                git.fetch_branch(&dir, &proposal).await?;
+                if git.find_line(&dir, &commit, &trailer).await?.is_none() {
+                    return Ok(Outcome::Refused(format!(
+                        "branch {proposal} exists without this update's commit: left as it is"
+                    )));
+                }
+                git.checkout(&dir, &commit).await?;
+                match self.change_in(&env.name, &dir, service, from, &w.image) {
+                    Ok((rel, change, _)) => (commit, rel, change),
+                    Err(why) => return Ok(Outcome::Refused(why)),
+                }
+            }
+            None => {
+                let (rel, change, content) = match self.changed(env, w, service, from) {
+                    Ok(c) => c,
+                    Err(done) => return Ok(done),
+                };
+                let message = commit_message(env, w, service, &trailer);
+                let author = &self.cfg.commit_author;
+                let commit =
+                    git.commit_file(&dir, &rel, content.as_bytes(), &message, author).await?;
+                steward_failpoints::failpoint!("propose:committed");
+                if let Err(e) = git.push(&dir, &proposal).await {
+                    let why = format!("the push of branch {proposal} was refused: {}", told(&e));
+                    return Ok(Outcome::Refused(why));
+                }
+                steward_failpoints::failpoint!("propose:pushed");
+                (commit, rel, change)
+            }
+        };
+        let title = format!("{service}: {} (image update on {})", short(&w.image), env.name);
+        let body = format!(
+            "The container {} runs `{}` since Steward's update {}; until this is merged, a deployment of `{}` recreates it from `{from}`.\n\nChanged: `{}` in `{rel}`.",
+            w.container, w.image, w.update_id, env.branch, change.key
+        );
+        match gitea.ensure(&owner, &name, &proposal, &env.branch, &title, &body).await {
+            Ok(pr) if pr.state == "closed" && !pr.merged => Ok(Outcome::Refused(format!(
+                "pull request #{} ({}) was closed without merging: left as it is",
+                pr.number, pr.html_url
+            ))),
+            Ok(pr) => {
+                let (url, key) = (pr.html_url, change.key);
+                Ok(Outcome::Proposed { commit, file: rel, key, branch: proposal, url })
+            }
+            Err(crate::gitea::GiteaError::Refused(why)) => Ok(Outcome::Refused(format!(
+                "branch {proposal} was pushed, but no pull request was opened ({why}): open one by hand"
+            ))),
+            Err(e @ crate::gitea::GiteaError::Retry(_)) => Err(FlowError::Api(e.to_string())),
         }
     }
 
@@ -224,6 +339,7 @@ impl Flow {
         env: Option<&Environment>,
         outcome: Outcome,
     ) -> Result<(), FlowError> {
+        let (mut proposal_branch, mut pull_request) = (None, None);
         let (commit, file, key, refused) = match outcome {
             Outcome::Committed { commit, file, key } => {
                 tracing::info!(container = %w.container, %commit, %file, "the branch names the new version");
@@ -233,6 +349,11 @@ impl Flow {
                     Some(key).filter(|k| !k.is_empty()),
                     None,
                 )
+            }
+            Outcome::Proposed { commit, file, key, branch, url } => {
+                tracing::info!(container = %w.container, %commit, %url, "proposed as a pull request");
+                (proposal_branch, pull_request) = (Some(branch), Some(url));
+                (Some(commit), Some(file), Some(key), None)
             }
             Outcome::Named { file, key } => (None, Some(file), Some(key), None),
             Outcome::Refused(why) => {
@@ -251,6 +372,8 @@ impl Flow {
             file,
             key,
             refused,
+            proposal_branch,
+            pull_request,
         };
         let mut answer = Event::caused_by(event, self.source.clone(), data);
         answer.id = uuid::Uuid::from_u128(event.id.as_u128() ^ ANSWER_MASK);
@@ -393,6 +516,23 @@ fn read_text(dir: &std::path::Path, rel: &str) -> Result<Option<String>, String>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{rel}: {e}")),
     }
+}
+
+/// The message of an update's commit, with its trailer.
+fn commit_message(
+    env: &Environment,
+    w: &UpdateWrittenBack,
+    service: &str,
+    trailer: &str,
+) -> String {
+    format!(
+        "{service}: {} (image update on {})\n\nThe container of {} runs {} since Steward's update {}; this keeps the next deployment on it.\n\n{trailer}",
+        short(&w.image),
+        env.name,
+        w.container,
+        w.image,
+        w.update_id,
+    )
 }
 
 /// `repo:tag` of a reference, without its registry (a commit subject stays short).

@@ -445,6 +445,8 @@ pub fn with_ids(container: &str, update_id: Uuid, event_id: Uuid) -> Vec<EventDa
             file: Some("docker-compose.yml".into()),
             key: Some("services.web.image".into()),
             refused: None,
+            proposal_branch: None,
+            pull_request: None,
         }
         .into(),
     ]

@@ -132,13 +132,19 @@ impl Notifier {
         if !self.events.contains(&event.event_type()) {
             return false;
         }
-        match &event.data {
-            EventData::ImageUpdated(u) => u.policy.as_deref() == Some("notify"),
-            // A definition written is in the audit trail; one that was not needs a human.
-            EventData::UpdateWrittenBack(w) => w.refused.is_some(),
-            EventData::DeployWrittenBack(w) => w.refused.is_some(),
-            _ => true,
-        }
+        told_of(&event.data)
+    }
+}
+
+/// Of a configured type, whether this event is told (the rest is in the audit trail).
+fn told_of(data: &EventData) -> bool {
+    match data {
+        EventData::ImageUpdated(u) => u.policy.as_deref() == Some("notify"),
+        // A definition written is in the audit trail; one that was not needs a human.
+        EventData::UpdateWrittenBack(w) => w.refused.is_some(),
+        // Refused, or waiting for a human to merge it.
+        EventData::DeployWrittenBack(w) => w.refused.is_some() || w.pull_request.is_some(),
+        _ => true,
     }
 }
 
@@ -160,5 +166,33 @@ impl Handler for Notifier {
         steward_failpoints::failpoint!("notify:queued");
         self.wake.notify_waiters();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod told_tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_back_is_told_when_refused_or_waiting_for_a_merge() {
+        let Some(EventData::DeployWrittenBack(committed)) = steward_events::samples::all("web")
+            .into_iter()
+            .find(|d| matches!(d, EventData::DeployWrittenBack(_)))
+        else {
+            panic!("no sample")
+        };
+        assert!(!told_of(&EventData::DeployWrittenBack(committed.clone())), "a commit is mailed");
+        let proposed = steward_events::DeployWrittenBack {
+            pull_request: Some("https://git.example.com/ops/site/pulls/7".into()),
+            proposal_branch: Some("steward/update-x".into()),
+            ..committed.clone()
+        };
+        assert!(told_of(&EventData::DeployWrittenBack(proposed)), "a pull request is not mailed");
+        let refused = steward_events::DeployWrittenBack {
+            commit: None,
+            refused: Some("the push was refused".into()),
+            ..committed
+        };
+        assert!(told_of(&EventData::DeployWrittenBack(refused)));
     }
 }

@@ -613,10 +613,16 @@ pub fn describe(event: &Event) -> Item {
                 "" => "its branch".to_owned(),
                 b => format!("branch {b}"),
             };
-            item.headline = format!(
-                "{} runs {}, but {branch} still names the old version",
-                w.container, w.image
-            );
+            item.headline = match &w.pull_request {
+                Some(pr) if w.refused.is_none() => format!(
+                    "{} runs {}: merge {pr} so that {branch} names it",
+                    w.container, w.image
+                ),
+                _ => format!(
+                    "{} runs {}, but {branch} still names the old version",
+                    w.container, w.image
+                ),
+            };
             item.facts = vec![
                 fact("Container", w.container.clone()),
                 fact("Now", w.image.clone()),
@@ -626,6 +632,12 @@ pub fn describe(event: &Event) -> Item {
             ];
             if let Some(why) = &w.refused {
                 item.facts.push(fact("Not committed because", why.clone()));
+            }
+            if let Some(pr) = &w.pull_request {
+                item.facts.push(fact("Pull request", pr.clone()));
+            }
+            if let Some(b) = &w.proposal_branch {
+                item.facts.push(fact("Proposed on branch", b.clone()));
             }
             item.facts.push(fact("Update id", w.update_id.to_string()));
         }
@@ -953,8 +965,8 @@ const TOLD: &[Told] = &[
         next: "No service was touched. Fix the cause in the repository and push again (runbook: a deployment failed)." },
     Told { kind: "deploy.rolled_back", severity: Severity::Warning, one: "deployment rolled back", many: "deployments rolled back",
         next: "The previous commit's definitions run again. Fix the commit and push again; the log lines below are from the failed service (runbook: a deployment was rolled back)." },
-    Told { kind: "deploy.written_back", severity: Severity::Warning, one: "update not committed", many: "updates not committed",
-        next: "The update stands, but the next deployment of the branch recreates {container} from the version it names: commit the version above where the repository defines the image (the `.env` variable or the `image:` line) (runbook: an update was not written back)." },
+    Told { kind: "deploy.written_back", severity: Severity::Warning, one: "update not on its branch yet", many: "updates not on their branch yet",
+        next: "The update stands, but until the branch names the version above, a deployment of the branch recreates {container} from the old version: merge the pull request above when there is one, else commit the version where the repository defines the image (the `.env` variable or the `image:` line) (runbook: an update was not written back)." },
     Told { kind: "notify.test_requested", severity: Severity::Info, one: "test notification", many: "test notifications",
         next: "Nothing to do: this is the test asked for with `steward notify test`. Mail about updates, backups and health comes the same way." },
     // Not events: Alertmanager's webhook (`alerts.rs`); severity comes from each alert's label.

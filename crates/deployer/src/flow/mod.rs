@@ -74,6 +74,9 @@ pub enum FlowError {
     /// A command failed where the flow cannot conclude (a rollback's): tried again.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// Gitea's API did not answer: tried again.
+    #[error("{0}")]
+    Api(String),
     /// Another task of this process works on the environment right now.
     #[error("a deployment step of {0} is in hand; try again")]
     Busy(String),

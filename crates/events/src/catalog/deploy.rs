@@ -244,6 +244,12 @@ pub struct DeployWrittenBack {
     /// Why nothing was committed (the update itself stands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The branch the commit was pushed to for review, when proposed as a pull request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal_branch: Option<String>,
+    /// The pull request's page, when proposed as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<String>,
 }
 
 impl Payload for DeployWrittenBack {

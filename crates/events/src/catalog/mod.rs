@@ -473,13 +473,19 @@ catalog! {
     /// The commit failed; the previous commit's definitions run again (on a first deployment:
     /// what was started by hand, from its own compose files).
     DeployRolledBack => "deploy.rolled_back": DeployRolledBack,
-    /// An image update of a service deployed from git, committed to its environment's branch.
+    /// An image update of a service deployed from git, committed to its environment's branch
+    /// (or proposed to it as a pull request).
     ///
     /// After `update.written_back` with `"committer": "deployer"` (in the update's flow): the
     /// deployer changed the service's `image:` line or `.env` variable in a commit of its own
     /// (trailer `Steward-Update: <update_id>`) and pushed it to the branch, so the next
     /// deployment keeps the new version. `commit` is that commit (also when a repeat found it
     /// already there); `refused` says why nothing was committed (the push was refused, the
-    /// branch names another version, the container was recreated since), and is mailed.
+    /// branch names another version, the container was recreated since), and is mailed. With
+    /// a Gitea token (`STEWARD_DEPLOY_GITEA_TOKEN`) the commit goes to a branch of its own,
+    /// `proposal_branch` (`steward/update-<update_id>`), and `pull_request` is the page of
+    /// the pull request opened from it into `branch`: mailed too, since the branch names the
+    /// old version until a human merges it. `commit` is then the proposal's commit, or the
+    /// branch's own once the trailer is found there (merged).
     DeployWrittenBack => "deploy.written_back": DeployWrittenBack,
 }
