@@ -34,6 +34,18 @@ resource "random_password" "approval" {
   special = false
 }
 
+# The deployer's (compose profile `deploy`): the push webhook's secret (give it to Gitea's
+# webhook) and the key that signs deployment approval links, its own.
+resource "random_password" "deploy_webhook" {
+  length  = 48
+  special = false
+}
+
+resource "random_password" "deploy_approval" {
+  length  = 64
+  special = false
+}
+
 # Grafana's admin password (compose profile `monitoring`).
 resource "random_password" "grafana" {
   length  = 32
@@ -73,6 +85,22 @@ resource "aws_ssm_parameter" "approval_secret" {
   type        = "SecureString"
   key_id      = aws_kms_key.secrets.arn
   value       = random_password.approval.result
+}
+
+resource "aws_ssm_parameter" "deploy_webhook_secret" {
+  name        = "${local.secrets_path}/deploy-webhook-secret"
+  description = "Secret of the deployer's push webhook (Gitea's webhook signs with it)"
+  type        = "SecureString"
+  key_id      = aws_kms_key.secrets.arn
+  value       = random_password.deploy_webhook.result
+}
+
+resource "aws_ssm_parameter" "deploy_approval_secret" {
+  name        = "${local.secrets_path}/deploy-approval-secret"
+  description = "Key that signs the deployer's approval links"
+  type        = "SecureString"
+  key_id      = aws_kms_key.secrets.arn
+  value       = random_password.deploy_approval.result
 }
 
 resource "aws_ssm_parameter" "grafana_admin_password" {
