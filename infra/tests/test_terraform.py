@@ -372,4 +372,5 @@ def test_terraform_stores_every_secret_the_ansible_deploy_reads(tf):
     defaults = yaml.safe_load(
         (TF.parent / "ansible" / "roles" / "deploy" / "defaults" / "main.yml").read_text()
     )
-    assert set(defaults["deploy_secret_names"]) <= ssm_names(tf, sources()["secrets.tf"])
+    names = defaults["deploy_secret_names"] + defaults["deploy_deployer_secret_names"]
+    assert set(names) <= ssm_names(tf, sources()["secrets.tf"])

@@ -418,7 +418,7 @@ mod fake_gitea {
             );
         }
         let open = |p: &&Value| {
-            p["state"] == "open" && p["head"]["ref"] == head && p["base"]["ref"] == base
+            p["state"] == "open" && p["head"]["label"] == head && p["base"]["ref"] == base
         };
         if pulls.list.iter().any(|p| open(&p)) {
             return (
@@ -434,8 +434,8 @@ mod fake_gitea {
             "merged": false,
             "title": body["title"],
             "body": body["body"],
-            "head": {"ref": head},
-            "base": {"ref": base},
+            "head": {"ref": head, "label": head},
+            "base": {"ref": base, "label": base},
         });
         pulls.list.push(pr.clone());
         (StatusCode::CREATED, Json(pr))
@@ -526,18 +526,44 @@ async fn with_a_gitea_token_the_update_is_proposed_once_a_closed_request_stays_c
     );
     assert_eq!(pulls.lock().expect("lock").list.len(), 1, "a second request");
 
-    // A human closes it unmerged: a replay leaves it closed, and says so.
-    pulls.lock().expect("lock").list[0]["state"] = "closed".into();
+    let body = pulls.lock().expect("lock").list[0]["body"].as_str().unwrap_or("").to_owned();
+    let trailer = format!("Steward-Update: {}", w.update_id);
+    assert!(body.ends_with(&trailer), "a squash would lose the trailer: {body}");
+
+    // A human closes it unmerged and deletes its branch (Gitea then gives the head's `ref` as
+    // the request's own): a replay finds it by the branch's name, leaves it closed, says so,
+    // and pushes nothing.
+    {
+        let mut p = pulls.lock().expect("lock");
+        p.list[0]["state"] = "closed".into();
+        p.list[0]["head"]["ref"] = "refs/pull/1/head".into();
+    }
+    origin(&repo, &["update-ref", "-d", &format!("refs/heads/{proposal}")]);
     bus.publish(&replay(2)).await.expect("publish");
     let (_, closed) = answers(&bus, news.correlation_id, 3).await.remove(2);
     let why = closed.refused.clone().unwrap_or_else(|| panic!("{closed:?}"));
     assert!(why.contains("closed without merging"), "{why}");
     assert_eq!(pulls.lock().expect("lock").list.len(), 1, "reopened as a new request");
+    let branches = origin(&repo, &["branch", "--list", "steward/*"]);
+    assert!(branches.is_empty(), "pushed again: {branches}");
 
-    // Merged (the branch fast-forwarded to the proposal): the update's commit is found on it.
+    // Merged by Gitea (a squash, say: the branch lacks the proposal's commit): settled with
+    // the merge's commit, no longer waiting.
+    {
+        let mut p = pulls.lock().expect("lock");
+        p.list[0]["merged"] = true.into();
+        p.list[0]["merge_commit_sha"] = deployed.clone().into();
+    }
+    bus.publish(&replay(4)).await.expect("publish");
+    let (_, squashed) = answers(&bus, news.correlation_id, 4).await.remove(3);
+    let said = (squashed.commit.as_deref(), squashed.pull_request.as_deref());
+    assert_eq!(said, (Some(deployed.as_str()), None), "{squashed:?}");
+    assert_eq!(squashed.refused, None);
+
+    // Merged into the branch (fast-forwarded to the proposal): the update's commit is found on it.
     origin(&repo, &["update-ref", "refs/heads/dev", &commit]);
     bus.publish(&replay(3)).await.expect("publish");
-    let (_, merged) = answers(&bus, news.correlation_id, 4).await.remove(3);
+    let (_, merged) = answers(&bus, news.correlation_id, 5).await.remove(4);
     assert_eq!(
         (merged.commit.as_deref(), merged.pull_request.as_deref()),
         (Some(commit.as_str()), None),
@@ -589,6 +615,7 @@ async fn killed_after_the_proposals_push_and_before_its_request_it_proposes_once
         pushed,
         "a second commit"
     );
+    let again_logs = _again.logs();
     drop(_again);
 
     // A wrong token (a new update of the same change): the branch is pushed, the refusal
@@ -604,4 +631,7 @@ async fn killed_after_the_proposals_push_and_before_its_request_it_proposes_once
     assert!(why.contains("401") && why.contains("open one by hand"), "{why}");
     let all = format!("{:?}", stored_events(&bus).await);
     assert!(!all.contains(fake_gitea::TOKEN) && !all.contains("not-the-token-at-all"));
+    for logs in [_wrong.logs(), again_logs] {
+        assert!(!logs.contains(fake_gitea::TOKEN) && !logs.contains("not-the-token-at-all"));
+    }
 }

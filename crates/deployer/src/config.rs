@@ -374,9 +374,13 @@ pub fn parse_repositories(
             .split_once('=')
             .ok_or_else(|| "expected NAME=URL[#COMPOSE_FILE] separated by spaces".to_owned())?;
         let project = project_name(name).map_err(|e| format!("repository name {name:?}: {e}"))?;
+        // A `#` in a credential must be written `%23` (as in any URL); what follows the last
+        // `#` is a compose file only when it could not be part of the URL's authority.
         let (url, file) = match rest.rsplit_once('#') {
-            Some((u, f)) => (u, compose_path(f).map_err(|e| format!("{name}: {e}"))?),
-            None => (rest, compose_file.to_owned()),
+            Some((u, f)) if !f.contains(['@', ':']) => {
+                (u, compose_path(f).map_err(|e| format!("{name}: {e}"))?)
+            }
+            _ => (rest, compose_file.to_owned()),
         };
         if url.is_empty() || url.starts_with('-') {
             return Err(format!("{name}: not a repository URL"));
@@ -576,6 +580,13 @@ mod tests {
         .expect("the list alone");
         assert_eq!(only.project_of("dev"), "app-dev");
         assert_eq!(only.project_of("apidev"), "api-apidev");
+        // A `#` in a credential is no compose file (it could be part of the authority).
+        let hashed = parse_repositories("x=https://u:pa#ss@h.test/o/x.git", "c.yml", &[])
+            .expect("a # in the credential");
+        assert_eq!(
+            (hashed[0].url.as_str(), hashed[0].compose_file.as_str()),
+            ("https://u:pa#ss@h.test/o/x.git", "c.yml")
+        );
 
         for (pairs, named) in [
             (vec![(ENV_ENVIRONMENTS, "dev=dev")], ENV_REPOSITORY),

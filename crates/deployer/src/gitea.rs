@@ -44,14 +44,26 @@ pub struct PullRequest {
     /// Whether it was merged (closed then too).
     #[serde(default)]
     pub merged: bool,
+    /// The commit the merge made on the base branch, once merged.
+    #[serde(default)]
+    pub merge_commit_sha: Option<String>,
     head: Branch,
     base: Branch,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 struct Branch {
+    /// The branch's name, also once it is deleted (then `ref` is `refs/pull/N/head`).
+    #[serde(default)]
+    label: Option<String>,
     #[serde(rename = "ref")]
     name: String,
+}
+
+impl Branch {
+    fn is(&self, branch: &str) -> bool {
+        self.label.as_deref() == Some(branch) || self.name == branch
+    }
 }
 
 /// Gitea's API at `url` with `token`.
@@ -81,10 +93,20 @@ pub fn check_url(url: &str) -> Result<String, String> {
         "http" => local,
         _ => false,
     };
-    if !ok || !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("https://HOST[:PORT][/PATH] (http only to localhost or a single-label host such as the stack's server; no credentials: the token is its own setting)".into());
+    let plain = parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.query().is_none()
+        && parsed.fragment().is_none();
+    if !ok || !plain {
+        return Err("https://HOST[:PORT][/PATH] (http only to localhost or a single-label host such as the stack's server; no credentials, query or fragment: the token is its own setting)".into());
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Whether `token` can go in a header as it is (Gitea's are hex; anything printable passes).
+pub fn check_token(token: &str) -> Result<(), String> {
+    let ok = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
+    ok.then_some(()).ok_or_else(|| "printable characters without spaces".to_owned())
 }
 
 /// The owner and name of a repository from its git URL (`https://host/ops/site.git`,
@@ -109,11 +131,15 @@ pub fn owner_and_name(url: &str) -> Option<(String, String)> {
 impl Gitea {
     /// The API of the Gitea at `url` (checked by [`check_url`]) with `token`.
     pub fn new(url: String, token: String, timeout: Duration) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        check_token(&token).map_err(|e| format!("the token: {e}"))?;
+        let mut client =
+            reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
+        // Plain http is allowed only to a host on this machine or the stack's network: never
+        // through a proxy from the environment.
+        if url.starts_with("http://") {
+            client = client.no_proxy();
+        }
+        let client = client.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self { url, token, client })
     }
 
@@ -145,7 +171,7 @@ impl Gitea {
             let list: Vec<PullRequest> = resp.json().await.map_err(|e| {
                 GiteaError::Refused(format!("the list of pull requests did not read: {e}"))
             })?;
-            if let Some(found) = list.iter().find(|p| p.head.name == head && p.base.name == base) {
+            if let Some(found) = list.iter().find(|p| p.head.is(head) && p.base.is(base)) {
                 return Ok(Some(found.clone()));
             }
             if list.len() < 50 {
@@ -259,6 +285,8 @@ mod tests {
             "http://10.0.0.5:3000",
             "ftp://server",
             "https://u:p@git.example.com",
+            "https://g.example.com/?x=1",
+            "https://g.example.com/#x",
             "git.example.com",
             "",
         ] {

@@ -9,28 +9,40 @@ use steward_events::{Change, DeployRequested, Event};
 
 use crate::flow::Flow;
 
-/// One poll; `seen` remembers what this process already asked for, per environment.
+/// One poll; `seen` remembers what this process already asked for, per environment. The
+/// repositories are asked at once, so one that hangs delays none of the others.
 pub async fn poll_once(flow: &Flow, seen: &mut BTreeMap<String, String>) {
-    for repository in &flow.cfg.repositories {
-        poll_repository(flow, &repository.project, seen).await;
+    let asked = flow.cfg.repositories.iter().map(|r| heads_of(flow, &r.project));
+    for (repository, heads) in futures::future::join_all(asked).await {
+        match heads {
+            Ok(heads) => requests(flow, repository, &heads, seen).await,
+            Err(e) => {
+                tracing::warn!(repository, error = %e, "polling the repository failed; tried again next time")
+            }
+        }
     }
 }
 
-/// One poll of the repository of project `repository`: one repository that cannot be
-/// reached delays only its own environments.
-async fn poll_repository(flow: &Flow, repository: &str, seen: &mut BTreeMap<String, String>) {
-    let environments: Vec<&crate::config::Environment> =
-        flow.cfg.environments.iter().filter(|e| e.repository == repository).collect();
-    let Some(first) = environments.first() else { return };
-    let branches: Vec<&str> = environments.iter().map(|e| e.branch.as_str()).collect();
-    let heads = match flow.git(&first.name).heads(&branches).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(repository, error = %e, "polling the repository failed; tried again next time");
-            return;
-        }
-    };
-    for env in environments {
+/// The heads of the branches the environments of the repository of project `repository`
+/// deploy.
+async fn heads_of<'a>(
+    flow: &Flow,
+    repository: &'a str,
+) -> (&'a str, Result<BTreeMap<String, String>, crate::command::CommandError>) {
+    let environments = flow.cfg.environments.iter().filter(|e| e.repository == repository);
+    let branches: Vec<&str> = environments.clone().map(|e| e.branch.as_str()).collect();
+    let Some(first) = environments.clone().next() else { return (repository, Ok(BTreeMap::new())) };
+    (repository, flow.git(&first.name).heads(&branches).await)
+}
+
+/// `deploy.requested` for each environment of `repository` whose branch's head is news.
+async fn requests(
+    flow: &Flow,
+    repository: &str,
+    heads: &BTreeMap<String, String>,
+    seen: &mut BTreeMap<String, String>,
+) {
+    for env in flow.cfg.environments.iter().filter(|e| e.repository == repository) {
         let Some(head) = heads.get(&env.branch) else { continue };
         if seen.get(&env.name) == Some(head) {
             continue;

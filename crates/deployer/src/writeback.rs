@@ -246,6 +246,28 @@ impl Flow {
         }
         let proposal = format!("steward/update-{}", w.update_id);
         let made = git.heads(&[&proposal]).await?.remove(&proposal);
+        let refused = |why: String| {
+            Outcome::Refused(format!(
+                "branch {proposal} was pushed, but no pull request was opened ({why}): open one by hand"
+            ))
+        };
+        if made.is_none() {
+            // A request made before whose branch was deleted since: closed or merged, it is
+            // a human's decision, never proposed again.
+            let before = match gitea.find(&owner, &name, &proposal, &env.branch).await {
+                Ok(found) => found,
+                Err(crate::gitea::GiteaError::Refused(why)) => return Ok(refused(why)),
+                Err(e) => return Err(FlowError::Api(e.to_string())),
+            };
+            if let Some(pr) = before {
+                let dir = self.cfg.commit_dir_of(&env.name);
+                let (rel, key) = match self.change_in(&env.name, &dir, service, from, &w.image) {
+                    Ok((rel, change, _)) => (rel, change.key),
+                    Err(_) => (String::new(), String::new()),
+                };
+                return Ok(settled(pr, String::new(), rel, key, proposal.clone()));
+            }
+        }
         let (commit, rel, change) = match made {
             // Pushed before (a repeat, a kill after the push): that commit, if it is ours.
             Some(commit) => {
@@ -272,6 +294,13 @@ impl Flow {
                     git.commit_file(&dir, &rel, content.as_bytes(), &message, author).await?;
                 steward_failpoints::failpoint!("propose:committed");
                 if let Err(e) = git.push(&dir, &proposal).await {
+                    // The remote's refusal is told; anything else (the network) is tried again.
+                    let rejected = e.tail.iter().any(|l| {
+                        l.trim_start().starts_with("remote:") || l.contains("[remote rejected]")
+                    });
+                    if !rejected {
+                        return Err(e.into());
+                    }
                     let why = format!("the push of branch {proposal} was refused: {}", told(&e));
                     return Ok(Outcome::Refused(why));
                 }
@@ -281,22 +310,13 @@ impl Flow {
         };
         let title = format!("{service}: {} (image update on {})", short(&w.image), env.name);
         let body = format!(
-            "The container {} runs `{}` since Steward's update {}; until this is merged, a deployment of `{}` recreates it from `{from}`.\n\nChanged: `{}` in `{rel}`.",
+            "The container {} runs `{}` since Steward's update {}; until this is merged, a deployment of `{}` recreates it from `{from}`.\n\nChanged: `{}` in `{rel}`.\n\n{trailer}",
             w.container, w.image, w.update_id, env.branch, change.key
         );
         match gitea.ensure(&owner, &name, &proposal, &env.branch, &title, &body).await {
-            Ok(pr) if pr.state == "closed" && !pr.merged => Ok(Outcome::Refused(format!(
-                "pull request #{} ({}) was closed without merging: left as it is",
-                pr.number, pr.html_url
-            ))),
-            Ok(pr) => {
-                let (url, key) = (pr.html_url, change.key);
-                Ok(Outcome::Proposed { commit, file: rel, key, branch: proposal, url })
-            }
-            Err(crate::gitea::GiteaError::Refused(why)) => Ok(Outcome::Refused(format!(
-                "branch {proposal} was pushed, but no pull request was opened ({why}): open one by hand"
-            ))),
-            Err(e @ crate::gitea::GiteaError::Retry(_)) => Err(FlowError::Api(e.to_string())),
+            Ok(pr) => Ok(settled(pr, commit, rel, change.key, proposal.clone())),
+            Err(crate::gitea::GiteaError::Refused(why)) => Ok(refused(why)),
+            Err(e) => Err(FlowError::Api(e.to_string())),
         }
     }
 
@@ -344,7 +364,7 @@ impl Flow {
             Outcome::Committed { commit, file, key } => {
                 tracing::info!(container = %w.container, %commit, %file, "the branch names the new version");
                 (
-                    Some(commit),
+                    Some(commit).filter(|c| !c.is_empty()),
                     Some(file).filter(|f| !f.is_empty()),
                     Some(key).filter(|k| !k.is_empty()),
                     None,
@@ -353,7 +373,8 @@ impl Flow {
             Outcome::Proposed { commit, file, key, branch, url } => {
                 tracing::info!(container = %w.container, %commit, %url, "proposed as a pull request");
                 (proposal_branch, pull_request) = (Some(branch), Some(url));
-                (Some(commit), Some(file), Some(key), None)
+                let some = |s: String| Some(s).filter(|s| !s.is_empty());
+                (some(commit), some(file), some(key), None)
             }
             Outcome::Named { file, key } => (None, Some(file), Some(key), None),
             Outcome::Refused(why) => {
@@ -516,6 +537,28 @@ fn read_text(dir: &std::path::Path, rel: &str) -> Result<Option<String>, String>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{rel}: {e}")),
     }
+}
+
+/// What a pull request of the update says: merged (its merge is the commit; the body carries
+/// the trailer, so a squash keeps it too), closed unmerged (left so), or open.
+fn settled(
+    pr: crate::gitea::PullRequest,
+    commit: String,
+    file: String,
+    key: String,
+    branch: String,
+) -> Outcome {
+    if pr.merged {
+        let commit = pr.merge_commit_sha.filter(|c| !c.is_empty()).unwrap_or(commit);
+        return Outcome::Committed { commit, file, key };
+    }
+    if pr.state == "closed" {
+        return Outcome::Refused(format!(
+            "pull request #{} ({}) was closed without merging: left as it is",
+            pr.number, pr.html_url
+        ));
+    }
+    Outcome::Proposed { commit, file, key, branch, url: pr.html_url }
 }
 
 /// The message of an update's commit, with its trailer.

@@ -41,6 +41,18 @@ impl Flow {
     /// before anything was touched; expire a backup wait; start what waited for its window.
     pub async fn drive(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
         let v = self.records.flush(v).await?;
+        let env = &v.value.change.environment;
+        if !v.value.step.is_terminal()
+            && self.cfg.environment(env).is_none()
+            && self.cfg.repositories.len() > 1
+        {
+            // Which repository and compose project it came from is no longer known: nothing
+            // is guessed (with one repository, it can only be that one's).
+            let reason = format!(
+                "environment {env} is no longer configured; its deployment is left as it was: finish it by hand"
+            );
+            return self.fail(v, reason, vec![]).await;
+        }
         match v.value.step {
             DeployStep::Preparing => {
                 if v.value.interruptions >= 1 {
