@@ -347,25 +347,64 @@ async fn a_deployer_killed_during_a_pre_deployment_command_stops_it_and_rolls_ba
 /// started with, and removes side, whose file was edited since (before: both removed); one
 /// aborted between saving that its `up` begins and the `up` leaves both as they were, the
 /// edited file notwithstanding.
+/// `docker-compose ARGS` on the environment's project with `file`, as an operator would.
+fn compose_by_hand(repo: &Repo, file: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("docker-compose")
+        .arg("-p")
+        .arg(repo.compose_project())
+        .arg("-f")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("docker-compose");
+    assert!(out.status.success(), "{args:?} by hand: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts `compose` by hand as the environment's project, from a directory of its own; the
+/// compose file.
+fn start_by_hand(repo: &Repo, compose: &str) -> std::path::PathBuf {
+    let by_hand = repo.root.join("by-hand");
+    std::fs::create_dir_all(&by_hand).expect("the hand-started project's directory");
+    let file = by_hand.join("docker-compose.yml");
+    std::fs::write(&file, compose).expect("its compose file");
+    compose_by_hand(repo, &file, &["up", "-d"]);
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_deployments_rollback_puts_a_service_stopped_by_hand_back_stopped() {
+    let bus = TestBus::new("deployprestopped").await;
+    let repo = Repo::new();
+    let port = free_port();
+    let file = start_by_hand(&repo, &with_state(&repo, "v1", "", ""));
+    compose_by_hand(&repo, &file, &["stop", "side"]);
+    wait_for("web on v1", Duration::from_secs(60), || serves(repo.web, "v1").then_some(()));
+    let _deployer = deployer(&repo.env(&bus, port, &[]));
+    // Both replaced (side's replacement started), web never healthy: rolled back.
+    let (side_v1, side_v2) =
+        ("  side:\n    image: steward-test/app:v1\n", "  side:\n    image: steward-test/app:v2\n");
+    let broken = with_state(&repo, "v3", "", "").replace(side_v1, side_v2);
+    let commit = repo.commit_text("dev", &broken, "web v3, side v2");
+    push_commit(&repo, port, &commit, "web v3, side v2").await;
+    let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    let r = rolled_back(&flow);
+    assert!(r.reason.contains("put back from the compose files they were started with"), "{r:?}");
+    assert!(r.reason.contains("(side stopped again, as it was)"), "{r:?}");
+    assert_eq!(r.previous_healthy, Some(true), "web alone is checked: {r:?}");
+    assert!(serves(repo.web, "v1"), "web not put back on v1");
+    let side = repo.container("side").expect("side put back");
+    let state = docker(&["inspect", "-f", "{{.State.Running}} {{.Config.Image}}", &side]);
+    assert_eq!(state.trim(), "false steward-test/app:v1", "side is not as the operator left it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_deployments_rollback_leaves_or_puts_back_a_stack_started_by_hand() {
     let bus = TestBus::new("deployprefirst").await;
     let repo = Repo::new();
     let port = free_port();
-    let by_hand = repo.root.join("by-hand");
-    std::fs::create_dir_all(&by_hand).expect("the hand-started project's directory");
-    let file = by_hand.join("docker-compose.yml");
-    std::fs::write(&file, with_state(&repo, "v1", "", "")).expect("its compose file");
-    let project = format!("{}-dev", repo.project);
-    let up = std::process::Command::new("docker-compose")
-        .arg("-p")
-        .arg(&project)
-        .arg("-f")
-        .arg(&file)
-        .args(["up", "-d"])
-        .output()
-        .expect("docker-compose");
-    assert!(up.status.success(), "up by hand: {}", String::from_utf8_lossy(&up.stderr));
+    let file = start_by_hand(&repo, &with_state(&repo, "v1", "", ""));
+    let by_hand = file.parent().expect("its directory").to_owned();
     let web = repo.container("web").expect("web started by hand");
     let side = repo.container("side").expect("side started by hand");
     wait_for("web on v1", Duration::from_secs(60), || serves(repo.web, "v1").then_some(()));
@@ -431,7 +470,7 @@ async fn a_first_deployments_rollback_leaves_or_puts_back_a_stack_started_by_han
         let flow = outcome(&bus, &commit, Duration::from_secs(180)).await;
         assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
         let r = rolled_back(&flow);
-        assert!(r.reason.contains("side, web never replaced: left running as started"), "{r:?}");
+        assert!(r.reason.contains("side, web never replaced: left as started"), "{r:?}");
         untouched("a kill before the up");
     }
 

@@ -123,6 +123,16 @@ impl Compose {
         self.compose(&args).await.map(drop)
     }
 
+    /// Stops the containers of `services`.
+    pub async fn stop(&self, services: &[String]) -> Result<(), CommandError> {
+        if services.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec!["stop"];
+        args.extend(services.iter().map(String::as_str));
+        self.compose(&args).await.map(drop)
+    }
+
     /// Stops and removes the containers of `services`.
     pub async fn remove(&self, services: &[String]) -> Result<(), CommandError> {
         if services.is_empty() {

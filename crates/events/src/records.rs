@@ -476,6 +476,14 @@ pub struct PriorService {
     /// The hash of the configuration it was made from: it is made again only while its files
     /// still give that configuration.
     pub config_hash: String,
+    /// Whether it ran: one stopped by hand is put back stopped (records from before this
+    /// field: running, as the rollback then made them).
+    #[serde(default = "running")]
+    pub running: bool,
+}
+
+fn running() -> bool {
+    true
 }
 
 /// A service's pre-deployment command in a deployment.

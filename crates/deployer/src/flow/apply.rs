@@ -157,7 +157,7 @@ impl Flow {
                 compose.remove(&removed).await?;
                 if !put.untouched.is_empty() {
                     note.push_str(&format!(
-                        "; {} never replaced: left running as started",
+                        "; {} never replaced: left as started",
                         put.untouched.join(", ")
                     ));
                 }
@@ -167,10 +167,17 @@ impl Flow {
                         put.back.join(", ")
                     ));
                 }
+                if !put.stopped.is_empty() {
+                    note.push_str(&format!(
+                        " ({} stopped again, as it was)",
+                        put.stopped.join(", ")
+                    ));
+                }
                 if !put.refused.is_empty() {
                     note.push_str(&format!("; removed, not put back: {}", put.refused.join(", ")));
                 }
-                put.back
+                // What was put back stopped has no health to check.
+                put.back.into_iter().filter(|s| !put.stopped.contains(s)).collect()
             }
         };
         steward_failpoints::failpoint!("rolled_back");

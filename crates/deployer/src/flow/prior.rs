@@ -22,6 +22,8 @@ pub struct PutBack {
     pub untouched: Vec<String>,
     /// The services made again from their own compose files.
     pub back: Vec<String>,
+    /// Of those, the ones stopped again, as they were.
+    pub stopped: Vec<String>,
     /// Why each of the others could not be (they are removed).
     pub refused: Vec<String>,
 }
@@ -38,8 +40,13 @@ impl Flow {
         let containers = self.service_containers(env, services).await?;
         let mut prior: BTreeMap<String, PriorService> = BTreeMap::new();
         for c in containers {
-            if let Some(p) = prior_of(&c.id, &c.labels, &checkout) {
-                prior.entry(p.service.clone()).or_insert(p);
+            if let Some(mut p) = prior_of(&c.id, &c.labels, &checkout) {
+                if prior.contains_key(&p.service) {
+                    continue;
+                }
+                // A container gone meanwhile did not run.
+                p.running = self.engine.is_running(&c.id).await? == Some(true);
+                prior.insert(p.service.clone(), p);
             }
         }
         Ok(prior.into_values().collect())
@@ -55,15 +62,16 @@ impl Flow {
         let mut out = PutBack::default();
         let mut groups: BTreeMap<(&str, &[String]), Vec<&PriorService>> = BTreeMap::new();
         for p in record.prior.iter().filter(|p| record.services.contains(&p.service)) {
-            // Untouched: still the service's only container, and running (compose stops and
-            // renames the old one before it makes the new: a kill there leaves it stopped).
+            // Untouched: still the service's only container, and running as it did (compose
+            // stops and renames the old one before it makes the new: a kill there leaves it
+            // stopped).
             let of_service: Vec<&str> = now
                 .iter()
                 .filter(|c| c.labels.get(SERVICE_LABEL) == Some(&p.service))
                 .map(|c| c.id.as_str())
                 .collect();
             if of_service == [p.container.as_str()]
-                && self.engine.is_running(&p.container).await? == Some(true)
+                && self.engine.is_running(&p.container).await? == Some(p.running)
             {
                 out.untouched.push(p.service.clone());
                 continue;
@@ -95,7 +103,7 @@ impl Flow {
                 }
             };
             let mut back = vec![];
-            for p in services {
+            for p in &services {
                 if hashes.get(&p.service) == Some(&p.config_hash) {
                     back.push(p.service.clone());
                 } else {
@@ -109,6 +117,13 @@ impl Flow {
             // the rollback forever: refused like the others, and removed.
             match compose.up(&back).await {
                 Ok(()) => {
+                    // One the operator had stopped stays stopped (`up` starts what it makes).
+                    let was_stopped: Vec<String> = (services.iter())
+                        .filter(|p| !p.running && back.contains(&p.service))
+                        .map(|p| p.service.clone())
+                        .collect();
+                    compose.stop(&was_stopped).await?;
+                    out.stopped.extend(was_stopped);
                     out.back.extend(back);
                     steward_failpoints::failpoint!("put_back");
                 }
@@ -173,6 +188,7 @@ fn prior_of(
         working_dir: working_dir.clone(),
         config_files,
         config_hash: labels.get(HASH_LABEL)?.clone(),
+        running: true,
     })
 }
 
