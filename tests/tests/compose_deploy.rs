@@ -67,6 +67,12 @@ fn the_deploy_profile_deploys_pushed_commits_through_its_own_socket_proxy() {
         git_dir.display()
     ));
     write(&stack.dir.join(".env"), &env);
+    if let Some(socket) = podman_socket() {
+        // What the stack's own set-up does not copy into Podman's store.
+        let tools = "steward-local/deployer-tools:latest";
+        let images = [&image, tools, "steward-test/app:v2", "steward-test/app:v3"];
+        steward_system_tests::podman::copy_images_from_docker(&socket, &images);
+    }
     // Only what the deployer needs (NATS, setup, its proxy), the backup service for its
     // backup gate (from the second deployment on, web runs), and the git server.
     stack.run_checked(stack.compose().args(["up", "-d", "deployer", "backup", "git"]));
@@ -98,7 +104,8 @@ fn the_deploy_profile_deploys_pushed_commits_through_its_own_socket_proxy() {
 
     push("v1", "web: v1");
     deployed("succeeded", 1);
-    let on = |what: &str| docker(&["inspect", "-f", what, &container]);
+    // Podman names a local image `localhost/...` in the container's configuration.
+    let on = |what: &str| docker(&["inspect", "-f", what, &container]).replace("localhost/", "");
     assert_eq!(on("{{.Config.Image}} {{.State.Running}}"), "steward-test/app:v1 true");
     // Made by compose from the checkout at the host's path (what the engine resolves).
     let dir = on("{{index .Config.Labels \"com.docker.compose.project.working_dir\"}}");
