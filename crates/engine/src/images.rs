@@ -35,6 +35,15 @@ fn is_tag(reference: &str) -> bool {
 const TAG_ATTEMPTS: usize = 5;
 /// How long after setting a tag [`Engine::tag_checked`] reads it back the second time.
 const TAG_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often an image list that lost an image under it is asked (Podman).
+const LIST_ATTEMPTS: u32 = 3;
+
+/// Podman 4.3's answer when an image it was listing was removed meanwhile: 500, "... image not
+/// known" (Docker lists what is there).
+fn lost_while_listed(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 500, message }
+        if message.contains("image not known"))
+}
 
 impl Engine {
     /// Points `image`'s repository `tag` at `digest` if that digest is already on the host
@@ -108,11 +117,21 @@ impl Engine {
 
     /// Every local image (intermediate layers excluded).
     pub async fn images(&self) -> Result<Vec<ListedImage>, EngineError> {
-        let options = ListImagesOptions { all: false, ..Default::default() };
-        let listed = self
-            .timed(self.client()?.list_images(Some(options)))
-            .await
-            .map_err(|e| self.call_failed("list images", e))?;
+        let mut attempt = 0;
+        let listed = loop {
+            attempt += 1;
+            let options = ListImagesOptions { all: false, ..Default::default() };
+            match self.timed(self.client()?.list_images(Some(options))).await {
+                Ok(listed) => break listed,
+                // Podman fails the whole list when an image is removed while it lists: the
+                // list is asked again (the removal is over by then).
+                Err(e) if attempt < LIST_ATTEMPTS && lost_while_listed(&e) => {
+                    tracing::debug!(error = %e, attempt, "an image went away during the list; listed again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(self.call_failed("list images", e)),
+            }
+        };
         Ok(listed
             .into_iter()
             .map(|i| ListedImage {
@@ -149,6 +168,20 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_podmans_image_lost_during_a_list_is_listed_again() {
+        let error =
+            |status_code: u16, message: &str| bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: message.into(),
+            };
+        // As the CI's Podman sample saw it.
+        let lost = "retrieving label for image \"33a0\": you may need to remove the image to resolve the error: fallback error checking whether image is a manifest list: reading image \"33a0\": locating image with ID \"33a0\": image not known";
+        assert!(super::lost_while_listed(&error(500, lost)));
+        assert!(!super::lost_while_listed(&error(500, "database is locked")));
+        assert!(!super::lost_while_listed(&error(404, "image not known")));
+    }
+
     #[test]
     fn digest_names_are_not_tags() {
         assert!(super::is_tag("127.0.0.1:5000/app:1.0"));

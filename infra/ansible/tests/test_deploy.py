@@ -107,8 +107,6 @@ class Target:
         self.secrets = {
             "postgres-password": uuid.uuid4().hex,
             "approval-secret": uuid.uuid4().hex + uuid.uuid4().hex,
-            "deploy-webhook-secret": uuid.uuid4().hex,
-            "deploy-approval-secret": uuid.uuid4().hex + uuid.uuid4().hex,
             "grafana-admin-password": uuid.uuid4().hex,
             "alerts-token": uuid.uuid4().hex,
             "gitea-metrics-token": uuid.uuid4().hex,
