@@ -402,6 +402,11 @@ async fn a_newer_push_replaces_one_waiting_for_approval() {
 /// request's correlation id, read back from the stream.
 async fn push(bus: &Bus, repo: &Repo, port: u16, commit: &str, message: &str) -> uuid::Uuid {
     push_commit(repo, port, commit, message).await;
+    requested(bus, commit).await
+}
+
+/// The flow of the `deploy.requested` of `commit`, waited for.
+async fn requested(bus: &Bus, commit: &str) -> uuid::Uuid {
     first_event(bus, Duration::from_secs(10), |e| match &e.data {
         EventData::DeployRequested(r) if r.change.commit == commit => Some(e.correlation_id),
         _ => None,
@@ -514,11 +519,7 @@ async fn killed_as_a_push_enters_and_as_it_leaves_the_slot_each_push_ends_once()
     let body = push_body(&repo, "dev", &third, "web: v3 broken");
     let (status, text) = post(port, &body, Some(&sign(&body, SECRET))).await;
     assert!(status == 202 || status == 0, "{status}: {text}");
-    let third_flow = first_event(&bus, Duration::from_secs(10), |e| match &e.data {
-        EventData::DeployRequested(r) if r.change.commit == third => Some(e.correlation_id),
-        _ => None,
-    })
-    .await;
+    let third_flow = requested(&bus, &third).await;
     assert!(first.exits_within(Duration::from_secs(60)), "{}", first.logs());
     assert!(first.logs().contains("failpoint: queued: aborting"), "{}", first.logs());
     drop(first);

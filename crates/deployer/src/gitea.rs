@@ -143,6 +143,11 @@ impl Gitea {
         Ok(Self { url, token, client })
     }
 
+    /// The header Gitea takes a token in.
+    fn authorization(&self) -> String {
+        format!("token {}", self.token)
+    }
+
     fn pulls(&self, owner: &str, name: &str) -> String {
         format!("{}/api/v1/repos/{owner}/{name}/pulls", self.url)
     }
@@ -163,7 +168,7 @@ impl Gitea {
             let resp = self
                 .client
                 .get(url)
-                .header("Authorization", format!("token {}", self.token))
+                .header("Authorization", self.authorization())
                 .send()
                 .await
                 .map_err(|e| GiteaError::Retry(without_url(&e)))?;
@@ -198,7 +203,7 @@ impl Gitea {
         let resp = self
             .client
             .post(self.pulls(owner, name))
-            .header("Authorization", format!("token {}", self.token))
+            .header("Authorization", self.authorization())
             .json(&serde_json::json!({"head": head, "base": base, "title": title, "body": body}))
             .send()
             .await
