@@ -123,6 +123,16 @@ impl Compose {
         self.compose(&args).await.map(drop)
     }
 
+    /// Makes a second container of `service` from the current definitions beside the one
+    /// that runs (`up -d --no-deps --no-recreate --scale SERVICE=2`: the running one is kept
+    /// whatever its configuration; compose numbers the new one after the highest): a
+    /// start-first swap's new container.
+    pub async fn up_beside(&self, service: &str) -> Result<(), CommandError> {
+        let scale = format!("{service}=2");
+        let args = ["up", "-d", "--no-deps", "--no-recreate", "--scale", &scale, service];
+        self.compose(&args).await.map(drop)
+    }
+
     /// Stops the containers of `services`.
     pub async fn stop(&self, services: &[String]) -> Result<(), CommandError> {
         if services.is_empty() {
@@ -161,6 +171,14 @@ impl Config {
     /// Each service's labels.
     pub fn labels(&self) -> Labels {
         labels_in(&self.0)
+    }
+
+    /// Whether `service` sets `key` (a top-level key of the service: `ports`,
+    /// `container_name`).
+    pub fn sets(&self, service: &str, key: &str) -> bool {
+        let mut found = false;
+        service_keys(&self.0, |s, k, _| found |= s == service && k == key);
+        found
     }
 }
 
@@ -212,6 +230,9 @@ fn service_keys(config: &str, mut each: impl FnMut(&str, &str, &str)) {
             in_labels = entry.trim_end() == "labels:";
             if let Some((key, value)) = entry.split_once(": ") {
                 each(s, key, value);
+            } else if let Some(key) = entry.trim_end().strip_suffix(':') {
+                // A key whose value is a block (`ports:`, `labels:`).
+                each(s, key, "");
             }
         } else if let Some(entry) = line.strip_prefix("      ").filter(|l| !l.starts_with(' ')) {
             if let Some((key, value)) = entry.split_once(": ").filter(|_| in_labels) {
@@ -254,5 +275,11 @@ mod tests {
         assert_eq!(web.get("other").map(String::as_str), Some("a: b"));
         assert!(!labels.contains_key("db"), "{labels:?}");
         assert_eq!(images_in(config).get("web").map(String::as_str), Some("app:1"));
+        let config = Config(config.to_owned());
+        assert!(config.sets("web", "ports"));
+        assert!(config.sets("web", "image"));
+        assert!(!config.sets("db", "ports"), "a key inside another key is not the service's");
+        assert!(!config.sets("db", "labels"));
+        assert!(!config.sets("web", "container_name"));
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use steward_runtime::Env;
+pub use steward_runtime::{ENV_HAPROXY_SOCKET, ENV_HAPROXY_SWITCH_TIMEOUT};
 
 /// The git repository holding the compose project (any URL `git` accepts: `https://`,
 /// `ssh://`, `git://`, `file://`). Credentials in it are never put into events or logs.
@@ -172,6 +173,11 @@ pub struct DeployerConfig {
     pub commit_author: String,
     /// Gitea's API, when image updates are proposed as pull requests.
     pub gitea: Option<crate::gitea::Gitea>,
+    /// HAProxy's admin socket, for start-first services; `None`: their deployments fail
+    /// before anything is touched.
+    pub haproxy_socket: Option<PathBuf>,
+    /// How long a start-first swap waits for each of its HAProxy phases.
+    pub haproxy_switch_timeout: Duration,
 }
 
 impl std::fmt::Debug for DeployerConfig {
@@ -270,6 +276,12 @@ impl DeployerConfig {
             ),
             commit_author,
             gitea,
+            haproxy_socket: env
+                .optional(ENV_HAPROXY_SOCKET)
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
+            haproxy_switch_timeout: env
+                .duration(ENV_HAPROXY_SWITCH_TIMEOUT, Duration::from_secs(30)),
         }
     }
 

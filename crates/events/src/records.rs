@@ -418,6 +418,15 @@ pub struct DeployRecord {
     /// they changed stays whatever the rollback does, and its reason says so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_done: Vec<String>,
+    /// The changed services deployed start-first behind HAProxy (a running container of them
+    /// labelled `steward.update.strategy=start-first` in the commit), as the commit's labels
+    /// name them when it was prepared; planned, made and switched one by one during the apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swaps: Vec<DeploySwap>,
+    /// The deployment passed its gate and its swaps' old containers are being removed: a
+    /// restart finishes that and concludes it succeeded (before this, a restart rolls back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
     /// The flow's correlation id (the request's).
     pub correlation_id: Uuid,
     /// The last event of this flow (causation of the next).
@@ -458,6 +467,45 @@ pub struct DeployRecord {
     /// Events decided and not yet confirmed published (see [`UpdateRecord::outbox`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "outbox")]
     pub outbox: Vec<Event>,
+}
+
+impl DeployRecord {
+    /// The changed services recreated in place (`up -d`): all but the start-first swaps.
+    pub fn plain_services(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|s| !self.swaps.iter().any(|w| w.service == **s))
+            .cloned()
+            .collect()
+    }
+}
+
+/// One service's start-first swap in a deployment: its container made beside the old one by
+/// compose (`--scale SERVICE=2 --no-recreate`), gated, HAProxy switched to it; the old one is
+/// removed only once the whole deployment passed its gate. Until then a rollback switches
+/// HAProxy back to the old container (which never stopped) and removes the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySwap {
+    /// The compose service.
+    pub service: String,
+    /// The HAProxy backend serving it (`steward.haproxy.backend`).
+    pub backend: String,
+    /// Its server in the backend (`steward.haproxy.server`; it alternates with `<server>-b`).
+    pub server: String,
+    /// The port it serves on in its network (`steward.haproxy.port`).
+    pub port: u16,
+    /// The network HAProxy reaches it on (`steward.haproxy.network`; `None`: its only one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The container serving before the deployment, once planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_id: Option<String>,
+    /// The container compose made from the commit's definition, once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_id: Option<String>,
+    /// The HAProxy side, planned with `old_id` (before anything is touched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy: Option<HaproxySwitch>,
 }
 
 /// A service's container as compose made it outside the deployer: its project directory,

@@ -76,6 +76,19 @@ pub enum HaproxyError {
     /// A backend or server name HAProxy would not take, or one that could inject commands.
     #[error("{0}")]
     Name(#[from] NameError),
+    /// A start-first swap cannot tell which server serves: both or neither of the two names
+    /// a backend alternates between do.
+    #[error("HAProxy backend {backend}: {found} of {server} and {alternate} {verb}; see docs/runbooks.md (HAProxy switched wrong)", verb = if *found == "both" { "serve" } else { "serves" })]
+    Ambiguous {
+        /// The backend.
+        backend: String,
+        /// `both` or `neither`.
+        found: &'static str,
+        /// The configured server name.
+        server: String,
+        /// Its alternate (`<server>-b`).
+        alternate: String,
+    },
     /// A server did not reach the wanted state within the bound.
     #[error("HAProxy server {backend}/{server}: not {wanted} within {}s", after.as_secs())]
     NotReached {
@@ -173,6 +186,17 @@ impl Default for SwitchBounds {
     fn default() -> Self {
         Self { up: Duration::from_secs(30), drain: Duration::from_secs(30) }
     }
+}
+
+/// A swap planned from what HAProxy serves now: `old` serves, the new container will be
+/// `new`, the other of `<server>` and `<server>-b` (so a backend never holds two servers of one
+/// name, and the next swap goes back the other way).
+#[derive(Debug, Clone)]
+pub struct Slots {
+    /// The server serving now.
+    pub old: Server,
+    /// The name the new container's server gets.
+    pub new: Name,
 }
 
 /// The runtime API behind one admin socket.
@@ -386,6 +410,47 @@ impl Runtime {
         }
         self.maint(backend, server).await?;
         self.expect(&format!("del server {backend}/{server}"), &["Server deleted"]).await
+    }
+
+    /// Which of `server` and `<server>-b` in `backend` serves now, and so which name a new
+    /// server takes: exactly one must serve ([`HaproxyError::Ambiguous`] otherwise, and a swap
+    /// must not begin: HAProxy was switched by hand, or a swap was cut in a way its record
+    /// does not know).
+    pub async fn plan_swap(&self, backend: &Name, server: &Name) -> Result<Slots, HaproxyError> {
+        let alternate = Name::new(&format!("{server}-b"))?;
+        let servers = self.servers(backend).await?;
+        let serving = |n: &Name| servers.iter().find(|s| s.name == n.as_str() && s.serving());
+        match (serving(server), serving(&alternate)) {
+            (Some(old), None) => Ok(Slots { old: old.clone(), new: alternate }),
+            (None, Some(old)) => Ok(Slots { old: old.clone(), new: server.clone() }),
+            (a, _) => Err(HaproxyError::Ambiguous {
+                backend: backend.to_string(),
+                found: if a.is_some() { "both" } else { "neither" },
+                server: server.to_string(),
+                alternate: alternate.to_string(),
+            }),
+        }
+    }
+
+    /// A swap undone: traffic back from `from` to `to`, the old server, which now listens at
+    /// `now` (a container started again may have another address than the `recorded` one:
+    /// Podman gives it a new one). The old server is moved there first, since HAProxy refuses
+    /// a server of that name at another address; then [`Runtime::switch`]. Idempotent.
+    #[allow(clippy::too_many_arguments)] // each is one of the swap's recorded facts
+    pub async fn switch_back(
+        &self,
+        backend: &Name,
+        from: &Name,
+        to: &Name,
+        recorded: SocketAddr,
+        now: SocketAddr,
+        check: bool,
+        bounds: SwitchBounds,
+    ) -> Result<(), HaproxyError> {
+        if now != recorded {
+            self.move_server(backend, to, recorded, now).await?;
+        }
+        self.switch(backend, from, to, now, check, bounds).await
     }
 
     /// Polls `server` every 50 ms until `wanted` holds of it, at most `bound`.

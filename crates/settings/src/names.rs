@@ -47,3 +47,10 @@ pub const ENV_HOST: &str = "STEWARD_HOST";
 pub const ENV_HOSTS: &str = "STEWARD_HOSTS";
 /// Only containers labelled `steward.scope=<this>` (unset: only containers without the label).
 pub const ENV_SCOPE: &str = "STEWARD_SCOPE";
+/// HAProxy's admin socket (`stats socket ... level admin`), through which start-first swaps
+/// (`steward.update.strategy=start-first`, of the updater and the deployer) switch traffic;
+/// unset: a start-first update or deployment fails before touching anything.
+pub const ENV_HAPROXY_SOCKET: &str = "STEWARD_HAPROXY_SOCKET";
+/// How long a start-first swap waits for HAProxy to see the new server up, and then for the
+/// old server's sessions to end.
+pub const ENV_HAPROXY_SWITCH_TIMEOUT: &str = "STEWARD_HAPROXY_SWITCH_TIMEOUT";

@@ -44,13 +44,8 @@ pub const DEFAULT_KEEP_IMAGES: u32 = 2;
 /// More than this is a typo, not a policy.
 pub const MAX_KEEP_IMAGES: u32 = 1000;
 
-/// HAProxy's admin socket (`stats socket ... level admin`), through which start-first
-/// swaps (`steward.update.strategy=start-first`) switch traffic; unset: start-first updates
-/// fail before touching anything.
-pub const ENV_HAPROXY_SOCKET: &str = "STEWARD_HAPROXY_SOCKET";
-/// How long a start-first swap waits for HAProxy to see the new server up, and then for the
-/// old server's sessions to end.
-pub const ENV_HAPROXY_SWITCH_TIMEOUT: &str = "STEWARD_HAPROXY_SWITCH_TIMEOUT";
+/// Shared with the deployer's start-first deployments.
+pub use steward_runtime::{ENV_HAPROXY_SOCKET, ENV_HAPROXY_SWITCH_TIMEOUT};
 
 /// When the certificate renewal runs (cron, host time zone).
 pub const ENV_CERTS_SCHEDULE: &str = "STEWARD_CERTS_SCHEDULE";

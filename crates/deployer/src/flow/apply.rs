@@ -16,7 +16,7 @@ use super::{Flow, FlowError};
 /// Between two rounds of the gate.
 const ROUND_PAUSE: Duration = Duration::from_millis(500);
 /// Log lines of a failed service kept for the rollback's event.
-const LOG_LINES: usize = 20;
+pub(super) const LOG_LINES: usize = 20;
 
 impl Flow {
     /// Applies a record at `Applying`, gates it, and concludes or rolls back.
@@ -31,6 +31,12 @@ impl Flow {
         {
             return self.roll_back(v, reason, tail).await;
         }
+        // Before the pre-deployment commands: a swap that cannot run ends it untouched.
+        let v = match self.plan_swaps(v).await? {
+            Ok(v) => v,
+            Err((v, reason, tail)) => return self.roll_back(v, reason, tail).await,
+        };
+        let plain = v.value.plain_services();
         // Inside the backup gate (the backup is done), before the new version starts.
         let v = match self.run_pre(v).await? {
             Ok(v) => v,
@@ -43,36 +49,58 @@ impl Flow {
             let mut record = v.value;
             record.up_begun = true;
             if record.deployed_commit.is_none() {
-                record.prior = self.prior_services(&env, &record.services).await?;
+                record.prior = self.prior_services(&env, &plain).await?;
             }
             self.records.save(record, v.revision).await?
         };
         steward_failpoints::failpoint!("up");
-        let applied = compose.up(&v.value.services).await.map_err(failed);
+        let applied = compose.up(&plain).await.map_err(failed);
         steward_failpoints::failpoint!("applied");
         if let Err((reason, tail)) = applied {
             return self.roll_back(v, reason, tail).await;
+        }
+        // The start-first services, one by one, each gated before HAProxy serves it.
+        let mut v = v;
+        for i in 0..v.value.swaps.len() {
+            v = match self.swap_in(v, i).await? {
+                Ok(v) => v,
+                Err((v, reason, tail)) => return self.roll_back(v, reason, tail).await,
+            };
         }
         let mut record = v.value;
         record.step = DeployStep::Gating;
         let v = self.records.save(record, v.revision).await?;
         steward_failpoints::failpoint!("gate");
-        match self.gate(&env, &v.value.services, "the new").await {
-            Ok(()) => {
-                let record = &v.value;
-                tracing::info!(environment = %env, commit = %record.change.commit, services = ?record.services, "deployed");
-                let data = DeploySucceeded {
-                    deploy_id: record.deploy_id,
-                    change: record.change.clone(),
-                    previous_commit: record.deployed_commit.clone(),
-                    services: record.services.clone(),
-                    duration_ms: super::ms_since(record.started_at),
-                };
-                self.records.conclude(v, DeployStep::Succeeded, None, data).await?;
-                Ok(())
-            }
+        match self.gate(&env, &plain, "the new").await {
+            Ok(()) => self.succeed(v).await,
             Err((reason, log_tail)) => self.roll_back(v, reason, log_tail).await,
         }
+    }
+
+    /// A deployment that passed its gate: its swaps' old containers removed (`retiring`,
+    /// saved first, makes a restart finish this rather than roll back), then
+    /// `deploy.succeeded`.
+    pub async fn succeed(&self, v: Versioned<DeployRecord>) -> Result<(), FlowError> {
+        let v = if v.value.swaps.is_empty() || v.value.retiring {
+            v
+        } else {
+            let mut record = v.value;
+            record.retiring = true;
+            self.records.save(record, v.revision).await?
+        };
+        steward_failpoints::failpoint!("retire");
+        self.retire(&v.value).await?;
+        let record = &v.value;
+        tracing::info!(environment = %record.change.environment, commit = %record.change.commit, services = ?record.services, "deployed");
+        let data = DeploySucceeded {
+            deploy_id: record.deploy_id,
+            change: record.change.clone(),
+            previous_commit: record.deployed_commit.clone(),
+            services: record.services.clone(),
+            duration_ms: super::ms_since(record.started_at),
+        };
+        self.records.conclude(v, DeployStep::Succeeded, None, data).await?;
+        Ok(())
     }
 
     /// Puts the previous commit's definitions back for the changed services (and removes
@@ -129,7 +157,16 @@ impl Flow {
         let dir = self.cfg.checkout_of(&env);
         let record = &v.value;
         let mut note = String::new();
-        let back = match &record.deployed_commit {
+        // HAProxy back on the start-first services' old containers first (they never
+        // stopped), their new ones removed; the other services after.
+        let swapped: Vec<String> = record.swaps.iter().map(|s| s.service.clone()).collect();
+        if record.up_begun {
+            for n in self.undo_swaps(record).await? {
+                note.push_str(&format!("; {n}"));
+            }
+        }
+        let plain = record.plain_services();
+        let mut back = match &record.deployed_commit {
             // Nothing of the new version started: what runs is left as it is.
             _ if !record.up_begun => {
                 if let Some(previous) = &record.deployed_commit {
@@ -139,7 +176,7 @@ impl Flow {
             }
             Some(previous) => {
                 let (back, removed): (Vec<String>, Vec<String>) =
-                    record.services.iter().cloned().partition(|s| !record.new_services.contains(s));
+                    plain.iter().cloned().partition(|s| !record.new_services.contains(s));
                 compose.remove(&removed).await?;
                 self.git(&env).checkout(&dir, previous).await?;
                 compose.up(&back).await?;
@@ -148,8 +185,7 @@ impl Flow {
             // No previous commit: what ran before it was started by hand, or nothing.
             None => {
                 let put = self.put_back_prior(record).await?;
-                let removed: Vec<String> = record
-                    .services
+                let removed: Vec<String> = plain
                     .iter()
                     .filter(|s| !put.back.contains(s) && !put.untouched.contains(s))
                     .cloned()
@@ -180,6 +216,10 @@ impl Flow {
                 put.back.into_iter().filter(|s| !put.stopped.contains(s)).collect()
             }
         };
+        if record.up_begun {
+            // Their old containers serve again: the previous version's health counts them.
+            back.extend(swapped);
+        }
         steward_failpoints::failpoint!("rolled_back");
         let previous_healthy = if back.is_empty() {
             None
@@ -226,7 +266,7 @@ impl Flow {
         Ok(())
     }
 
-    async fn judge(
+    pub(super) async fn judge(
         &self,
         id: &str,
         labels: &std::collections::HashMap<String, String>,

@@ -16,7 +16,8 @@
 //! One file per step: [`start`] (request, claim, prepare, approval), [`backup`], [`apply`]
 //! (pre-deployment commands, apply, health gate, rollback), [`resume`] (what a restart, a
 //! redelivery or the sweep finds); [`commands`] runs the repository's test and
-//! pre-deployment commands; [`prior`] puts back what ran before a first deployment.
+//! pre-deployment commands; [`prior`] puts back what ran before a first deployment;
+//! [`swap`] deploys start-first services behind HAProxy.
 
 pub mod apply;
 pub mod backup;
@@ -25,6 +26,7 @@ pub mod prior;
 pub mod queue;
 pub mod resume;
 pub mod start;
+pub mod swap;
 
 use std::sync::Arc;
 
@@ -77,6 +79,9 @@ pub enum FlowError {
     /// Gitea's API did not answer: tried again.
     #[error("{0}")]
     Api(String),
+    /// HAProxy's runtime API refused or did not answer a rollback's switch: tried again.
+    #[error("{0}")]
+    Switch(String),
     /// Another task of this process works on the environment right now.
     #[error("a deployment step of {0} is in hand; try again")]
     Busy(String),

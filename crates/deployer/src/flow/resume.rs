@@ -72,6 +72,8 @@ impl Flow {
             DeployStep::Pending => Ok(()),
             DeployStep::Deferred => self.start_if_due(v).await,
             DeployStep::AwaitingBackup => self.expire_backup(v).await,
+            // Past its gate, only its old containers' removal was left.
+            DeployStep::Applying | DeployStep::Gating if v.value.retiring => self.succeed(v).await,
             DeployStep::Applying | DeployStep::Gating => {
                 self.roll_back(v, "the deployer stopped during the deployment".into(), vec![]).await
             }

@@ -257,6 +257,8 @@ impl Flow {
             up_begun: false,
             prior: vec![],
             pre_done: vec![],
+            swaps: vec![],
+            retiring: false,
             correlation_id: event.correlation_id,
             last_event_id: event.id,
             trace: event.trace.clone(),
@@ -365,6 +367,11 @@ impl Flow {
             Ok(commands) => commands,
             Err(reason) => return self.fail(v, reason, vec![]).await,
         };
+        // So is a start-first service that cannot be swapped.
+        let swaps = match self.swaps_of(&config, &services, &new_services) {
+            Ok(swaps) => swaps,
+            Err(reason) => return self.fail(v, reason, vec![]).await,
+        };
         // The test runs the commit's compose file (its volumes, privileges and image): in an
         // environment that needs an approval, only once a human approved (`on_approved`),
         // never on a push alone.
@@ -388,6 +395,7 @@ impl Flow {
         record.services = services;
         record.new_services = new_services;
         record.pre_commands = Some(pre_commands);
+        record.swaps = swaps;
         if record.services.is_empty() {
             tracing::info!(environment = %env, commit = %commit, "no service changes; recorded as deployed");
             let data = DeploySucceeded {

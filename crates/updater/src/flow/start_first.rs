@@ -41,35 +41,17 @@ impl Flow {
                 "{name} is labelled start-first but publishes ports on the host, which two containers cannot share; let HAProxy reach it over a Docker network; nothing was changed"
             )));
         }
-        let names = (|| {
-            let server = target.server.as_deref().unwrap_or(name);
-            Ok::<_, steward_haproxy::NameError>((
-                Name::new(&target.backend)?,
-                Name::new(server)?,
-                Name::new(&format!("{server}-b"))?,
-            ))
-        })();
-        let (backend, server, alternate) = match names {
+        let names = Name::new(&target.backend)
+            .and_then(|b| Ok((b, Name::new(target.server.as_deref().unwrap_or(name))?)));
+        let (backend, server) = match names {
             Ok(n) => n,
             Err(e) => return Ok(Err(format!("{e}; nothing was changed"))),
         };
-        let runtime = Runtime::new(&socket);
-        let servers = match runtime.servers(&backend).await {
+        let slots = match Runtime::new(&socket).plan_swap(&backend, &server).await {
             Ok(s) => s,
             Err(e) => return Ok(Err(format!("{e}; nothing was changed"))),
         };
-        let serving = |n: &Name| servers.iter().find(|s| s.name == n.as_str() && s.serving());
-        let (old, new) = match (serving(&server), serving(&alternate)) {
-            (Some(old), None) => (old, alternate),
-            (None, Some(old)) => (old, server),
-            (a, b) => {
-                let found = if a.is_some() && b.is_some() { "both" } else { "neither" };
-                return Ok(Err(format!(
-                    "HAProxy backend {backend}: {found} of {server} and {alternate} serve{}; see docs/runbooks.md (HAProxy switched wrong); nothing was changed",
-                    if found == "both" { "" } else { "s" }
-                )));
-            }
-        };
+        let (old, new) = (slots.old, slots.new);
         Ok(Ok(HaproxySwitch {
             socket: socket.display().to_string(),
             backend: backend.to_string(),
@@ -177,26 +159,24 @@ impl Flow {
     }
 
     /// HAProxy back on the old container `old_id` (a rollback): the same switch backwards,
-    /// to where the old container is now.
-    /// The old server is moved there first: it is the server recorded, at the address
-    /// recorded, and HAProxy refuses to add a server of that name at another.
+    /// to where the old container is now ([`Runtime::switch_back`]).
     pub(crate) async fn switch_back(&self, h: &HaproxySwitch, old_id: &str) -> Result<(), String> {
         let addr = self.old_addr_now(h, old_id).await;
-        if addr != h.old_addr {
-            let parse =
-                |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("address {a:?}: {e}"));
-            let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
-            Runtime::new(&h.socket)
-                .move_server(
-                    &name(&h.backend)?,
-                    &name(&h.old_server)?,
-                    parse(&h.old_addr)?,
-                    parse(&addr)?,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        self.switch(h, &h.new_server, &h.old_server, &addr).await
+        let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("address {a:?}: {e}"));
+        let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
+        let bound = self.cfg.haproxy_switch_timeout;
+        Runtime::new(&h.socket)
+            .switch_back(
+                &name(&h.backend)?,
+                &name(&h.new_server)?,
+                &name(&h.old_server)?,
+                parse(&h.old_addr)?,
+                parse(&addr)?,
+                true,
+                SwitchBounds { up: bound, drain: bound },
+            )
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The old container's address on HAProxy's network now, at the recorded port. A stopped
