@@ -690,7 +690,7 @@ fn no_service_but_the_socket_proxy_mounts_the_engines_socket_or_its_directory() 
 }
 
 #[test]
-fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_metrics() {
+fn the_haproxy_overlay_makes_haproxy_the_front_with_the_swappers_socket_and_its_metrics() {
     let file = rendered_with(&["haproxy.yml"]);
     // nginx is left out (its profile is never asked for); HAProxy publishes 80 and 443 only.
     assert_eq!(list(&service(&file, "nginx"), "profiles"), ["nginx"]);
@@ -704,13 +704,19 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
             ("0.0.0.0".into(), "80".into(), "80".into())
         ]
     );
-    // The admin socket: in a volume only HAProxy and the updater mount, where the updater is
-    // told it is; the configuration's default path is the same.
+    // The admin socket: in a volume only HAProxy, the updater and the deployer (start-first
+    // deployments) mount, where both are told it is; the configuration's default path is the
+    // same.
     let socket = "/run/haproxy/admin.sock";
-    assert_eq!(
-        environment(&service(&file, "updater")).get("STEWARD_HAPROXY_SOCKET").map(String::as_str),
-        Some(socket)
-    );
+    for swapping in ["updater", "deployer"] {
+        assert_eq!(
+            environment(&service(&file, swapping))
+                .get("STEWARD_HAPROXY_SOCKET")
+                .map(String::as_str),
+            Some(socket),
+            "{swapping}"
+        );
+    }
     let mut mounting = vec![];
     for name in service_names(&file) {
         if list(&service(&file, &name), "volumes").iter().any(|v| v.starts_with("haproxy-admin:")) {
@@ -718,7 +724,7 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
         }
     }
     mounting.sort();
-    assert_eq!(mounting, ["haproxy", "updater"]);
+    assert_eq!(mounting, ["deployer", "haproxy", "updater"]);
     assert!(list(&haproxy, "volumes").contains(&"haproxy-admin:/run/haproxy:rw".to_owned()));
     let cfg = read_repo_file("compose/haproxy/haproxy.cfg");
     assert!(
@@ -784,7 +790,7 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
     // Nothing else changes; without the overlay there is no HAProxy and nginx is the front.
     let plain = rendered();
     for name in service_names(&plain) {
-        if name == "nginx" || name == "updater" {
+        if ["nginx", "updater", "deployer"].contains(&name.as_str()) {
             continue;
         }
         let (mut layered, mut alone) = (service(&file, &name), service(&plain, &name));
@@ -794,7 +800,9 @@ fn the_haproxy_overlay_makes_haproxy_the_front_with_the_updaters_socket_and_its_
     }
     assert!(!service_names(&plain).contains(&"haproxy".to_owned()));
     assert!(list(&service(&plain, "nginx"), "profiles").is_empty());
-    assert!(!environment(&service(&plain, "updater")).contains_key("STEWARD_HAPROXY_SOCKET"));
+    for swapping in ["updater", "deployer"] {
+        assert!(!environment(&service(&plain, swapping)).contains_key("STEWARD_HAPROXY_SOCKET"));
+    }
 }
 
 #[test]
