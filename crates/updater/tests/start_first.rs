@@ -11,7 +11,7 @@ use steward_events::records::{UpdateRecord, UpdateStep};
 use steward_events::{Event, EventData};
 use steward_haproxy::{Name, Runtime};
 use steward_testkit::docker::{address_of, docker, push_app, Network};
-use steward_testkit::haproxy::{Haproxy, Prober};
+use steward_testkit::haproxy::{get_ok, Haproxy, Prober};
 use steward_testkit::{http_get, wait_for, TestBus};
 use steward_updater::flow::Flow;
 
@@ -152,6 +152,35 @@ async fn without_haproxy_or_with_published_ports_nothing_is_touched() {
     assert!(reason.as_deref().is_some_and(|r| r.contains("publishes ports")), "{reason:?}");
     assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &published.name]), before);
     assert!(http_get(published.port).is_some_and(|b| b.contains("app v1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_back_at_another_address_is_followed_by_its_haproxy_server() {
+    // Declared before the stage: dropped after the container that ends up on it.
+    let moved = Network::create("sfmoved");
+    let bus = TestBus::new("sffollow").await;
+    let s = stage();
+    let flow = start_first_flow(&bus, &s.haproxy).await;
+    // A swap first: HAProxy's server is then the one the switch added, by address.
+    let (event, u) = image_updated_from(&bus, &s.app, &s.app.v1, &s.v2).await;
+    flow.on_image_updated(&event, &u).await.expect("update");
+    consistent(&s, "app v2").await;
+    // The container comes back at another address (what a restart does on Podman, and on
+    // Docker when another container took its address): here moved to another network, still
+    // its only one.
+    let before = address_of(&s.app.name);
+    docker(&["network", "disconnect", &s._net.0, &s.app.name]);
+    docker(&["network", "connect", &moved.0, &s.app.name]);
+    assert_ne!(address_of(&s.app.name), before, "the container came back at the same address");
+    wait_for("HAProxy's server down at the old address", Duration::from_secs(10), || {
+        get_ok(s.haproxy.port).is_none().then_some(())
+    });
+    // One sweep later HAProxy sends the traffic to where the container is (on the code
+    // before, nothing moved it: no service until a reload).
+    flow.sweep().await.expect("sweep");
+    consistent(&s, "app v2").await;
+    flow.sweep().await.expect("a second sweep changes nothing");
+    consistent(&s, "app v2").await;
 }
 
 /// Where an update is cut: a predicate on its record.

@@ -216,6 +216,9 @@ impl Flow {
         if let Err(e) = self.run_queue().await {
             tracing::warn!(error = %e, "sweep: cannot take up the images that wait");
         }
+        if let Err(e) = self.follow_addresses().await {
+            tracing::warn!(error = %e, "sweep: cannot compare HAProxy's servers with their containers now");
+        }
         self.clean_leftovers().await
     }
 

@@ -198,6 +198,81 @@ impl Flow {
         }
     }
 
+    /// Keeps each start-first container's HAProxy server at the container's address. A
+    /// swapped-in server is added by address (HAProxy's dynamic servers take no resolver),
+    /// so a container that comes back with another address (Podman gives a restarted one a
+    /// new address; Docker may, when another took its old one) would leave HAProxy sending
+    /// its traffic nowhere until a reload. Every sweep, for each running start-first
+    /// container of this installation: when exactly one container carries its server name,
+    /// no update of it is in hand, and exactly one of `SERVER` and `SERVER-b` is in its
+    /// backend, at another address than the container's, that server is moved there
+    /// (`set server ... addr`). Anything less clear is left alone (a swap of the deployer
+    /// under way holds two containers, or both servers).
+    pub async fn follow_addresses(&self) -> Result<(), FlowError> {
+        let Some(socket) = self.cfg.haproxy_socket.clone() else { return Ok(()) };
+        // The installation's scope (`STEWARD_SCOPE`, kept with the renewal's settings).
+        let scope = self.cfg.renewal.scope.clone();
+        let listed = self
+            .engine
+            .containers(|l| {
+                l.contains_key(steward_labels::HAPROXY_BACKEND)
+                    && steward_labels::in_scope(l, scope.as_deref())
+            })
+            .await?;
+        let mut by_server: std::collections::HashMap<(String, String), Vec<_>> =
+            std::collections::HashMap::new();
+        for c in listed.into_iter().filter(|c| !steward_engine::recreate::is_swap_name(&c.name)) {
+            let Ok(steward_labels::Strategy::StartFirst(t)) = steward_labels::strategy(&c.labels)
+            else {
+                continue;
+            };
+            if self.engine.is_running(&c.id).await? != Some(true) {
+                continue;
+            }
+            let server = t.server.clone().unwrap_or_else(|| c.name.clone());
+            by_server.entry((t.backend.clone(), server)).or_default().push((c, t));
+        }
+        let runtime = Runtime::new(&socket);
+        for ((backend, server), containers) in by_server {
+            let [(c, t)] = containers.as_slice() else { continue };
+            let Some(_hold) = self.records.hold(&c.name) else { continue };
+            if self.records.get(&c.name).await?.is_some_and(|v| !v.value.step.is_terminal()) {
+                continue;
+            }
+            let (Ok(backend), Ok(server), Ok(alternate)) =
+                (Name::new(&backend), Name::new(&server), Name::new(&format!("{server}-b")))
+            else {
+                continue;
+            };
+            let Ok(servers) = runtime.servers(&backend).await else { continue };
+            let present: Vec<_> = servers
+                .iter()
+                .filter(|s| s.name == server.as_str() || s.name == alternate.as_str())
+                .collect();
+            let [held] = present.as_slice() else { continue };
+            let Ok(ip) = self.engine.address_on(&c.id, t.network.as_deref()).await? else {
+                continue;
+            };
+            let to = SocketAddr::new(ip, t.port);
+            let Ok(from) = format!("{}:{}", held.addr, held.port).parse::<SocketAddr>() else {
+                continue;
+            };
+            if from == to {
+                continue;
+            }
+            let name = if held.name == server.as_str() { &server } else { &alternate };
+            match runtime.move_server(&backend, name, from, to).await {
+                Ok(()) => {
+                    tracing::warn!(container = %c.name, %backend, server = %name, %from, %to, "HAProxy's server followed its container to a new address")
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.name, %backend, server = %name, error = %e, "HAProxy's server could not follow its container")
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn switch(
         &self,
         h: &HaproxySwitch,
