@@ -227,7 +227,59 @@ async fn a_start_first_service_that_cannot_be_swapped_is_refused_untouched() {
     let flow = s.deploy("v2").await;
     untouched("neither serves", &flow, "deploy.rolled_back", "neither of web and web-b serves");
     runtime.ready(&app, &server).await.expect("ready");
+    // A stopped leftover of the service beside the running one: compose's `--scale` would
+    // count it (start it instead of making the new container); refused.
+    let project = s.repo.compose_project();
+    let leftover = steward_testkit::unique_name("deploysf-left");
+    docker(&[
+        "create",
+        "--name",
+        &leftover,
+        "--label",
+        &format!("com.docker.compose.project={project}"),
+        "--label",
+        "com.docker.compose.service=web",
+        "steward-test/app:v1",
+    ]);
+    let flow = s.deploy("v2").await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "leftover: {flow:#?}");
+    let reason = reason_of(&flow);
+    assert!(reason.contains("exactly one container"), "leftover: {reason}");
+    docker(&["rm", "-f", &leftover]);
+    assert_eq!(s.repo.container("web").as_deref(), Some(web.as_str()), "leftover: web touched");
     s.consistent("v1", 1, "after the refusals").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_container_that_stops_after_the_switch_is_rolled_back_to_the_old_one() {
+    let s = Stage::new("deploysfstop").await;
+    // The deployer pauses as the other services' gate begins (HAProxy serves the new web by
+    // then); the new web is killed meanwhile.
+    let _d = deployer(&s.env(&[("STEWARD_FAILPOINTS", "gate=sleep:4000".into())]));
+    let old = s.repo.container("web").expect("web");
+    let commit = s.commit("v2", "");
+    push_commit(&s.repo, s.port, &commit, "web").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let new = loop {
+        let ids = s.repo.container("web").unwrap_or_default();
+        let switched = Runtime::new(s.haproxy.socket())
+            .servers(&Name::new("app").expect("name"))
+            .await
+            .is_ok_and(|servers| servers.len() == 1 && servers[0].name == "web-b");
+        if let Some(new) = ids.lines().find(|id| *id != old).filter(|_| switched) {
+            break new.to_owned();
+        }
+        assert!(Instant::now() < deadline, "HAProxy never switched to a new web");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    docker(&["kill", &new]);
+    let flow = outcome(&s.bus, &commit, Duration::from_secs(180)).await;
+    assert_eq!(terminal(&flow), ["deploy.rolled_back"], "{flow:#?}");
+    let reason = reason_of(&flow);
+    assert!(reason.contains("the new web stopped serving"), "{reason}");
+    // The old one was never removed: it serves again, alone.
+    assert_eq!(s.repo.container("web").as_deref(), Some(old.as_str()));
+    s.consistent("v1", 1, "the new web killed after the switch").await;
 }
 
 /// v(other) pushed to a deployer armed at `first`; a second one armed at `then` (empty:

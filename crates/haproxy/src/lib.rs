@@ -103,6 +103,14 @@ pub enum HaproxyError {
     },
 }
 
+impl HaproxyError {
+    /// HAProxy could not be asked at all (its socket absent or silent): worth trying again
+    /// later, unlike an answer that refused or a server that did not come up.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Io { .. } | Self::Timeout { .. })
+    }
+}
+
 /// A name refused by [`Name::new`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("HAProxy name {value:?}: {reason}")]

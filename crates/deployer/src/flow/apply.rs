@@ -71,7 +71,11 @@ impl Flow {
         record.step = DeployStep::Gating;
         let v = self.records.save(record, v.revision).await?;
         steward_failpoints::failpoint!("gate");
-        match self.gate(&env, &plain, "the new").await {
+        let gated = match self.gate(&env, &plain, "the new").await {
+            Ok(()) => self.still_serving(&v.value).await.map_err(|why| (why, vec![])),
+            Err(failed) => Err(failed),
+        };
+        match gated {
             Ok(()) => self.succeed(v).await,
             Err((reason, log_tail)) => self.roll_back(v, reason, log_tail).await,
         }
@@ -157,14 +161,6 @@ impl Flow {
         let dir = self.cfg.checkout_of(&env);
         let record = &v.value;
         let mut note = String::new();
-        // HAProxy back on the start-first services' old containers first (they never
-        // stopped), their new ones removed; the other services after.
-        let swapped: Vec<String> = record.swaps.iter().map(|s| s.service.clone()).collect();
-        if record.up_begun {
-            for n in self.undo_swaps(record).await? {
-                note.push_str(&format!("; {n}"));
-            }
-        }
         let plain = record.plain_services();
         let mut back = match &record.deployed_commit {
             // Nothing of the new version started: what runs is left as it is.
@@ -217,8 +213,14 @@ impl Flow {
             }
         };
         if record.up_begun {
-            // Their old containers serve again: the previous version's health counts them.
-            back.extend(swapped);
+            // Then HAProxy back on the start-first services' old containers (they never
+            // stopped), their new ones removed: after the other services, whose previous
+            // version the old containers may need to pass HAProxy's check.
+            let undone = self.undo_swaps(record).await?;
+            for n in undone.notes {
+                note.push_str(&format!("; {n}"));
+            }
+            back.extend(undone.back);
         }
         steward_failpoints::failpoint!("rolled_back");
         let previous_healthy = if back.is_empty() {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use steward_bus::Versioned;
 use steward_events::records::{DeployRecord, DeploySwap, HaproxySwitch};
-use steward_haproxy::{Name, Runtime, SwitchBounds};
+use steward_haproxy::{HaproxyError, Name, Runtime, SwitchBounds};
 use steward_labels::Strategy;
 
 use super::{Flow, FlowError};
@@ -27,6 +27,16 @@ const RETIRE_GRACE_SECS: i32 = 10;
 
 /// A step that failed: the record as it is now, why, and the failing container's log tail.
 type Failed = (Versioned<DeployRecord>, String, Vec<String>);
+
+/// What undoing a deployment's swaps did.
+#[derive(Debug, Default)]
+pub(super) struct Undone {
+    /// The services whose old container serves again (the previous version's health counts
+    /// them).
+    pub back: Vec<String>,
+    /// What could not be undone, for the rollback's reason.
+    pub notes: Vec<String>,
+}
 
 impl Flow {
     /// The changed `services` to deploy start-first, from the commit's configuration (a
@@ -110,20 +120,23 @@ impl Flow {
         for swap in &mut record.swaps {
             let service = swap.service.clone();
             let refuse = |why: String| format!("{service}: {why}; nothing was changed");
-            let mut running = vec![];
-            for c in self.service_containers(&env, std::slice::from_ref(&service)).await? {
-                if self.engine.is_running(&c.id).await? == Some(true) {
-                    running.push(c.id);
-                }
-            }
-            let [old_id] = running.as_slice() else {
+            // Exactly one, in any state: compose's `--scale` counts stopped ones too (it would
+            // start a stopped leftover instead of making the new one, or scale two down).
+            let all = self.service_containers(&env, std::slice::from_ref(&service)).await?;
+            let running = match all.as_slice() {
+                [c] => self.engine.is_running(&c.id).await? == Some(true),
+                _ => false,
+            };
+            let (true, [old]) = (running, all.as_slice()) else {
                 let why = format!(
-                    "start-first needs exactly one running container to serve while the new one \
-                     starts, and {} run",
-                    running.len()
+                    "start-first needs exactly one container, running, to serve while the new \
+                     one starts; it has {} ({})",
+                    all.len(),
+                    if running { "running" } else { "not all running" }
                 );
                 return Ok(Err((v, refuse(why), vec![])));
             };
+            let old_id = &old.id;
             let names = Name::new(&swap.backend).and_then(|b| Ok((b, Name::new(&swap.server)?)));
             let planned = match names {
                 Ok((backend, server)) => runtime.plan_swap(&backend, &server).await,
@@ -255,31 +268,47 @@ impl Flow {
     }
 
     /// The swaps undone, last first: HAProxy back on each old container (started again if it
-    /// stopped), then every other container of its service removed. What could not be done
-    /// is said in the returned notes. Idempotent: runs again after a kill.
-    pub(super) async fn undo_swaps(&self, record: &DeployRecord) -> Result<Vec<String>, FlowError> {
+    /// stopped), then every other container of its service removed. Where that cannot be
+    /// done safely, both containers are left running and a note says why; HAProxy that
+    /// cannot be reached at all is an error (tried again). Idempotent: runs again after a
+    /// kill.
+    pub(super) async fn undo_swaps(&self, record: &DeployRecord) -> Result<Undone, FlowError> {
         let env = &record.change.environment;
-        let mut notes = vec![];
+        let mut undone = Undone::default();
         for swap in record.swaps.iter().rev() {
             let Some(old) = &swap.old_id else { continue };
             let service = &swap.service;
+            let old_state = self.engine.brief(old).await?;
+            let Some(old_state) = old_state else {
+                // Nothing to go back to: whatever the new container is, it stays.
+                undone.notes.push(format!(
+                    "the old container of {service} was gone, so its new one was left as it is \
+                     and HAProxy was not switched back (see docs/runbooks.md, HAProxy switched wrong)"
+                ));
+                continue;
+            };
             if let Some(h) = swap.haproxy.as_ref().filter(|h| h.new_addr.is_some()) {
-                match self.engine.brief(old).await? {
-                    None => {
-                        // Nothing to switch back to: the new container stays and serves.
-                        notes.push(format!(
-                            "the old container of {service} was gone, so HAProxy was left on the new one (see docs/runbooks.md)"
-                        ));
-                        continue;
-                    }
-                    Some(b) if !b.running => self.engine.start(old).await?,
-                    Some(_) => {}
+                if !old_state.running {
+                    self.engine.start(old).await?;
                 }
                 let now = match self.engine.address_on(old, swap.network.as_deref()).await? {
                     Ok(ip) => SocketAddr::new(ip, swap.port).to_string(),
                     Err(_) => h.old_addr.clone(),
                 };
-                self.switch_back(h, &now).await.map_err(FlowError::Switch)?;
+                match self.switch_back(h, &now).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_unreachable() => return Err(FlowError::Switch(e.to_string())),
+                    Err(e) => {
+                        // Removing the new container now could leave HAProxy with nothing.
+                        tracing::error!(environment = %env, %service, error = %e, "HAProxy could not be switched back");
+                        undone.notes.push(format!(
+                            "HAProxy could not be switched back to the old container of \
+                             {service} ({e}), so both of its containers were left running (see \
+                             docs/runbooks.md, HAProxy switched wrong)"
+                        ));
+                        continue;
+                    }
+                }
             }
             steward_failpoints::failpoint!("swap:back");
             for c in self.service_containers(env, std::slice::from_ref(service)).await? {
@@ -287,8 +316,25 @@ impl Flow {
                     self.engine.remove(&c.id, false).await?;
                 }
             }
+            undone.back.push(service.clone());
         }
-        Ok(notes)
+        Ok(undone)
+    }
+
+    /// The swaps' new containers still serve, checked once more just before the old ones are
+    /// removed (the other services' gate ran in between). `Err`: which one does not, and why.
+    pub(super) async fn still_serving(&self, record: &DeployRecord) -> Result<(), String> {
+        for swap in &record.swaps {
+            let Some(new) = &swap.new_id else { continue };
+            let view = self.engine.health_view(new).await.map_err(|e| e.to_string())?;
+            if let steward_probe::Verdict::Fail(f) = steward_probe::judge_state(&view, None) {
+                return Err(format!(
+                    "the new {} stopped serving after HAProxy was switched to it: {}",
+                    swap.service, f.reason
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn switch(
@@ -297,29 +343,37 @@ impl Flow {
         from: &str,
         to: &str,
         addr: SocketAddr,
-    ) -> Result<(), String> {
-        let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
+    ) -> Result<(), HaproxyError> {
         Runtime::new(&h.socket)
-            .switch(&name(&h.backend)?, &name(from)?, &name(to)?, addr, true, self.bounds())
+            .switch(
+                &Name::new(&h.backend)?,
+                &Name::new(from)?,
+                &Name::new(to)?,
+                addr,
+                true,
+                self.bounds(),
+            )
             .await
-            .map_err(|e| e.to_string())
     }
 
-    async fn switch_back(&self, h: &HaproxySwitch, now: &str) -> Result<(), String> {
-        let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
-        let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("address {a:?}: {e}"));
+    async fn switch_back(&self, h: &HaproxySwitch, now: &str) -> Result<(), HaproxyError> {
+        let parse = |a: &str| {
+            a.parse::<SocketAddr>().map_err(|e| HaproxyError::Malformed {
+                command: "switch back".into(),
+                detail: format!("address {a:?}: {e}"),
+            })
+        };
         Runtime::new(&h.socket)
             .switch_back(
-                &name(&h.backend)?,
-                &name(&h.new_server)?,
-                &name(&h.old_server)?,
+                &Name::new(&h.backend)?,
+                &Name::new(&h.new_server)?,
+                &Name::new(&h.old_server)?,
                 parse(&h.old_addr)?,
                 parse(now)?,
                 true,
                 self.bounds(),
             )
             .await
-            .map_err(|e| format!("HAProxy was not switched back: {e}"))
     }
 
     fn bounds(&self) -> SwitchBounds {

@@ -203,7 +203,8 @@ impl Flow {
     /// so a container that comes back with another address (Podman gives a restarted one a
     /// new address; Docker may, when another took its old one) would leave HAProxy sending
     /// its traffic nowhere until a reload. Every sweep, for each running start-first
-    /// container of this installation: when exactly one container carries its server name,
+    /// container of this installation: when exactly one container (in any state) carries its
+    /// server name,
     /// no update of it is in hand, and exactly one of `SERVER` and `SERVER-b` is in its
     /// backend, at another address than the container's, that server is moved there
     /// (`set server ... addr`). Anything less clear is left alone (a swap of the deployer
@@ -226,15 +227,17 @@ impl Flow {
             else {
                 continue;
             };
-            if self.engine.is_running(&c.id).await? != Some(true) {
-                continue;
-            }
             let server = t.server.clone().unwrap_or_else(|| c.name.clone());
             by_server.entry((t.backend.clone(), server)).or_default().push((c, t));
         }
         let runtime = Runtime::new(&socket);
         for ((backend, server), containers) in by_server {
+            // One container of that name, in any state (a deployer's swap holds two, one of
+            // them perhaps stopped for a moment), and running.
             let [(c, t)] = containers.as_slice() else { continue };
+            if self.engine.is_running(&c.id).await? != Some(true) {
+                continue;
+            }
             let Some(_hold) = self.records.hold(&c.name) else { continue };
             if self.records.get(&c.name).await?.is_some_and(|v| !v.value.step.is_terminal()) {
                 continue;
