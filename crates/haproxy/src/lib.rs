@@ -461,6 +461,36 @@ impl Runtime {
         self.switch(backend, from, to, now, check, bounds).await
     }
 
+    /// [`Runtime::switch`] (with health checks) from names and an address as a swap's record
+    /// keeps them: the names are checked here, the address parsed.
+    pub async fn switch_recorded(
+        &self,
+        backend: &str,
+        from: &str,
+        to: &str,
+        addr: &str,
+        bounds: SwitchBounds,
+    ) -> Result<(), HaproxyError> {
+        let (backend, from, to) = (Name::new(backend)?, Name::new(from)?, Name::new(to)?);
+        self.switch(&backend, &from, &to, parse_addr(addr)?, true, bounds).await
+    }
+
+    /// [`Runtime::switch_back`] (with health checks) from a swap's record: its backend, the
+    /// new server `from`, the old server `to` with its `recorded` address, and where its
+    /// container is `now`.
+    pub async fn switch_back_recorded(
+        &self,
+        backend: &str,
+        (from, to): (&str, &str),
+        recorded: &str,
+        now: &str,
+        bounds: SwitchBounds,
+    ) -> Result<(), HaproxyError> {
+        let (backend, from, to) = (Name::new(backend)?, Name::new(from)?, Name::new(to)?);
+        let (recorded, now) = (parse_addr(recorded)?, parse_addr(now)?);
+        self.switch_back(&backend, &from, &to, recorded, now, true, bounds).await
+    }
+
     /// Polls `server` every 50 ms until `wanted` holds of it, at most `bound`.
     async fn wait(
         &self,
@@ -528,6 +558,14 @@ impl Runtime {
         tracing::info!(%backend, %from, %to, %addr, "HAProxy switched");
         Ok(())
     }
+}
+
+/// An `IP:PORT` as a record keeps it.
+fn parse_addr(addr: &str) -> Result<SocketAddr, HaproxyError> {
+    addr.parse().map_err(|e| HaproxyError::Malformed {
+        command: "an address".into(),
+        detail: format!("{addr:?}: {e}"),
+    })
 }
 
 #[cfg(test)]

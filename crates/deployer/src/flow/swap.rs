@@ -344,35 +344,14 @@ impl Flow {
         to: &str,
         addr: SocketAddr,
     ) -> Result<(), HaproxyError> {
-        Runtime::new(&h.socket)
-            .switch(
-                &Name::new(&h.backend)?,
-                &Name::new(from)?,
-                &Name::new(to)?,
-                addr,
-                true,
-                self.bounds(),
-            )
-            .await
+        let addr = addr.to_string();
+        Runtime::new(&h.socket).switch_recorded(&h.backend, from, to, &addr, self.bounds()).await
     }
 
     async fn switch_back(&self, h: &HaproxySwitch, now: &str) -> Result<(), HaproxyError> {
-        let parse = |a: &str| {
-            a.parse::<SocketAddr>().map_err(|e| HaproxyError::Malformed {
-                command: "switch back".into(),
-                detail: format!("address {a:?}: {e}"),
-            })
-        };
+        let servers = (h.new_server.as_str(), h.old_server.as_str());
         Runtime::new(&h.socket)
-            .switch_back(
-                &Name::new(&h.backend)?,
-                &Name::new(&h.new_server)?,
-                &Name::new(&h.old_server)?,
-                parse(&h.old_addr)?,
-                parse(now)?,
-                true,
-                self.bounds(),
-            )
+            .switch_back_recorded(&h.backend, servers, &h.old_addr, now, self.bounds())
             .await
     }
 

@@ -162,19 +162,9 @@ impl Flow {
     /// to where the old container is now ([`Runtime::switch_back`]).
     pub(crate) async fn switch_back(&self, h: &HaproxySwitch, old_id: &str) -> Result<(), String> {
         let addr = self.old_addr_now(h, old_id).await;
-        let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| format!("address {a:?}: {e}"));
-        let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
-        let bound = self.cfg.haproxy_switch_timeout;
+        let servers = (h.new_server.as_str(), h.old_server.as_str());
         Runtime::new(&h.socket)
-            .switch_back(
-                &name(&h.backend)?,
-                &name(&h.new_server)?,
-                &name(&h.old_server)?,
-                parse(&h.old_addr)?,
-                parse(&addr)?,
-                true,
-                SwitchBounds { up: bound, drain: bound },
-            )
+            .switch_back_recorded(&h.backend, servers, &h.old_addr, &addr, self.bounds())
             .await
             .map_err(|e| e.to_string())
     }
@@ -283,19 +273,14 @@ impl Flow {
         to: &str,
         addr: &str,
     ) -> Result<(), String> {
-        let name = |s: &str| Name::new(s).map_err(|e| e.to_string());
-        let addr: SocketAddr = addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?;
-        let bound = self.cfg.haproxy_switch_timeout;
         Runtime::new(&h.socket)
-            .switch(
-                &name(&h.backend)?,
-                &name(from)?,
-                &name(to)?,
-                addr,
-                true,
-                SwitchBounds { up: bound, drain: bound },
-            )
+            .switch_recorded(&h.backend, from, to, addr, self.bounds())
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn bounds(&self) -> SwitchBounds {
+        let bound = self.cfg.haproxy_switch_timeout;
+        SwitchBounds { up: bound, drain: bound }
     }
 }
