@@ -462,12 +462,12 @@ impl Runtime {
     }
 
     /// [`Runtime::switch`] (with health checks) from names and an address as a swap's record
-    /// keeps them: the names are checked here, the address parsed.
+    /// keeps them (`from` and `to` the old and the new server): the names are checked here,
+    /// the address parsed.
     pub async fn switch_recorded(
         &self,
         backend: &str,
-        from: &str,
-        to: &str,
+        (from, to): (&str, &str),
         addr: &str,
         bounds: SwitchBounds,
     ) -> Result<(), HaproxyError> {

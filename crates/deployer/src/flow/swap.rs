@@ -123,20 +123,17 @@ impl Flow {
             // Exactly one, in any state: compose's `--scale` counts stopped ones too (it would
             // start a stopped leftover instead of making the new one, or scale two down).
             let all = self.service_containers(&env, std::slice::from_ref(&service)).await?;
-            let running = match all.as_slice() {
-                [c] => self.engine.is_running(&c.id).await? == Some(true),
-                _ => false,
+            let old_id = match all.as_slice() {
+                [c] if self.engine.is_running(&c.id).await? == Some(true) => &c.id,
+                _ => {
+                    let why = format!(
+                        "start-first needs exactly one container, running, to serve while the \
+                         new one starts; it has {} (one stopped counts)",
+                        all.len()
+                    );
+                    return Ok(Err((v, refuse(why), vec![])));
+                }
             };
-            let (true, [old]) = (running, all.as_slice()) else {
-                let why = format!(
-                    "start-first needs exactly one container, running, to serve while the new \
-                     one starts; it has {} ({})",
-                    all.len(),
-                    if running { "running" } else { "not all running" }
-                );
-                return Ok(Err((v, refuse(why), vec![])));
-            };
-            let old_id = &old.id;
             let names = Name::new(&swap.backend).and_then(|b| Ok((b, Name::new(&swap.server)?)));
             let planned = match names {
                 Ok((backend, server)) => runtime.plan_swap(&backend, &server).await,
@@ -191,6 +188,9 @@ impl Flow {
         let env = v.value.change.environment.clone();
         let Some(swap) = v.value.swaps.get(i).cloned() else { return Ok(Ok(v)) };
         let service = swap.service.clone();
+        let Some(mut h) = swap.haproxy.clone() else {
+            return Ok(Err((v, format!("{service}: its swap was never planned"), vec![])));
+        };
         let old_id = swap.old_id.clone().unwrap_or_default();
         steward_failpoints::failpoint!("swap:up");
         if let Err(e) = self.compose(&env).up_beside(&service).await {
@@ -225,17 +225,15 @@ impl Flow {
                 return Ok(Err((v, why, vec![])));
             }
         };
-        let addr = SocketAddr::new(ip, swap.port);
+        let addr = SocketAddr::new(ip, swap.port).to_string();
+        h.new_addr = Some(addr.clone());
         let mut record = v.value;
-        let Some(h) = record.swaps[i].haproxy.as_mut() else {
-            let why = format!("{service}: its swap was never planned");
-            return Ok(Err((Versioned { value: record, revision: v.revision }, why, vec![])));
-        };
-        h.new_addr = Some(addr.to_string());
-        let h = h.clone();
+        record.swaps[i].haproxy = Some(h.clone());
         let v = self.records.save(record, v.revision).await?;
         steward_failpoints::failpoint!("swap:switch");
-        if let Err(e) = self.switch(&h, &h.old_server, &h.new_server, addr).await {
+        let servers = (h.old_server.as_str(), h.new_server.as_str());
+        let runtime = Runtime::new(&h.socket);
+        if let Err(e) = runtime.switch_recorded(&h.backend, servers, &addr, self.bounds()).await {
             let why = format!("HAProxy was not switched to the new {service}: {e}");
             return Ok(Err((v, why, vec![])));
         }
@@ -335,17 +333,6 @@ impl Flow {
             }
         }
         Ok(())
-    }
-
-    async fn switch(
-        &self,
-        h: &HaproxySwitch,
-        from: &str,
-        to: &str,
-        addr: SocketAddr,
-    ) -> Result<(), HaproxyError> {
-        let addr = addr.to_string();
-        Runtime::new(&h.socket).switch_recorded(&h.backend, from, to, &addr, self.bounds()).await
     }
 
     async fn switch_back(&self, h: &HaproxySwitch, now: &str) -> Result<(), HaproxyError> {

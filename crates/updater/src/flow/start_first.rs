@@ -155,7 +155,11 @@ impl Flow {
     async fn switch_forward(&self, record: &UpdateRecord) -> Result<(), String> {
         let Some(h) = &record.haproxy else { return Ok(()) };
         let addr = h.new_addr.as_deref().ok_or("no address of the new container recorded")?;
-        self.switch(h, &h.old_server, &h.new_server, addr).await
+        let servers = (h.old_server.as_str(), h.new_server.as_str());
+        Runtime::new(&h.socket)
+            .switch_recorded(&h.backend, servers, addr, self.bounds())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// HAProxy back on the old container `old_id` (a rollback): the same switch backwards,
@@ -194,9 +198,8 @@ impl Flow {
     /// new address; Docker may, when another took its old one) would leave HAProxy sending
     /// its traffic nowhere until a reload. Every sweep, for each running start-first
     /// container of this installation: when exactly one container (in any state) carries its
-    /// server name,
-    /// no update of it is in hand, and exactly one of `SERVER` and `SERVER-b` is in its
-    /// backend, at another address than the container's, that server is moved there
+    /// server name, no update of it is in hand, and exactly one of `SERVER` and `SERVER-b` is
+    /// in its backend, at another address than the container's, that server is moved there
     /// (`set server ... addr`). Anything less clear is left alone (a swap of the deployer
     /// under way holds two containers, or both servers).
     pub async fn follow_addresses(&self) -> Result<(), FlowError> {
@@ -264,19 +267,6 @@ impl Flow {
             }
         }
         Ok(())
-    }
-
-    async fn switch(
-        &self,
-        h: &HaproxySwitch,
-        from: &str,
-        to: &str,
-        addr: &str,
-    ) -> Result<(), String> {
-        Runtime::new(&h.socket)
-            .switch_recorded(&h.backend, from, to, addr, self.bounds())
-            .await
-            .map_err(|e| e.to_string())
     }
 
     fn bounds(&self) -> SwitchBounds {
