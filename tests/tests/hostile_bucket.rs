@@ -145,6 +145,7 @@ impl Bed {
             raw_size: raw.size,
             raw_sha256: raw.sha256,
             entries_checked: None,
+            tree: None,
         }
     }
 

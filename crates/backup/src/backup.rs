@@ -424,6 +424,7 @@ impl Backups {
             raw_size: raw.size,
             raw_sha256: raw.sha256,
             entries_checked: None,
+            tree: None,
         }
     }
 }
@@ -480,6 +481,7 @@ pub(crate) mod testing {
             raw_size: 0,
             raw_sha256: String::new(),
             entries_checked: None,
+            tree: None,
         }
     }
 

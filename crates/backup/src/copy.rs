@@ -9,6 +9,7 @@
 //! primary has it): the next job copies what is missing ([`Backups::sync_copy`]).
 
 use bytes::Bytes;
+use sha2::Digest as _;
 use steward_store::catalog::{self, Standing};
 use steward_store::manifest::{Manifest, MANIFEST, MAX_MANIFEST_BYTES};
 use steward_store::signing::{MAX_SIGNATURE_BYTES, SIGNATURE};
@@ -58,8 +59,21 @@ impl Backups {
         // written, the backup must read as incomplete in the copy.
         copy.delete(&format!("{id}/{MANIFEST}")).await.map_err(|e| on_copy(&e))?;
         for c in &m.components {
-            // A chunked component's chunks first, then its index (the object below).
+            // A chunked component's chunks first, then its tree and index (the object below).
             self.copy_chunks(copy, c).await.map_err(|e| on_copy(&e))?;
+            if let Some(tree) = &c.tree {
+                let limit = usize::try_from(tree.stored_size).unwrap_or(usize::MAX);
+                let body = self
+                    .store
+                    .get_small(&tree.object, limit)
+                    .await
+                    .map_err(|e| on_copy(&e))?
+                    .ok_or_else(|| on_copy(&format!("{} is gone from the primary", tree.object)))?;
+                if hex::encode(sha2::Sha256::digest(&body)) != tree.stored_sha256 {
+                    return Err(on_copy(&format!("{} does not match the manifest", tree.object)));
+                }
+                copy.put(&tree.object, Bytes::from(body)).await.map_err(|e| on_copy(&e))?;
+            }
             let body = self
                 .store
                 .get(&c.object)

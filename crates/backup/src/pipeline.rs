@@ -331,7 +331,8 @@ pub async fn read_component_pinned(
 /// Defence in depth behind the signature: with an identity configured this installation's
 /// backups are encrypted, so a plain component is not one of them.
 pub(crate) fn refuse_plain(io: Io<'_>, component: &Component) -> Result<(), StoreError> {
-    let plain = component.encoding == encryption::ZSTD || component.encoding == chunks::CDC_ZSTD;
+    let plain = component.encoding == encryption::ZSTD
+        || (chunks::is_chunked(&component.encoding) && !chunks::is_sealed(&component.encoding));
     if plain && io.keys.reads_encrypted() {
         return Err(StoreError::Unreadable {
             key: io.store.key(&component.object),
@@ -397,7 +398,10 @@ fn mismatch(expected: &Component, stored: &Counted, raw: &Counted) -> Option<Str
             "{}: the stored object ({} bytes, SHA-256 {}) does not match the manifest ({} bytes, SHA-256 {})",
             expected.name, stored.size, stored.sha256, expected.stored_size, expected.stored_sha256
         ))
-    } else if raw.size != expected.raw_size || raw.sha256 != expected.raw_sha256 {
+    } else if raw.size != expected.raw_size
+        // A chunk list's digest is checked as its chunks are read (`chunks::read_chunked`).
+        || (raw.sha256 != expected.raw_sha256 && !chunks::hashes_chunks(&expected.encoding))
+    {
         Some(format!(
             "{}: the unpacked data ({} bytes) does not match the manifest ({} bytes)",
             expected.name, raw.size, expected.raw_size

@@ -943,6 +943,7 @@ mod tests {
                 raw_size: MIB16,
                 raw_sha256: String::new(),
                 entries_checked: None,
+                tree: None,
             };
             let extra = WalExtra { shipped_at: shipped, ..Default::default() };
             b.put_wal_record(container, file, &entry, &extra)

@@ -47,6 +47,21 @@ pub struct TarGuard {
     safe: u64,
     /// The end-of-archive block was seen.
     ended: bool,
+    /// Where the entry being read began (its first long-name or PAX header).
+    entry_start: Option<u64>,
+    /// Every entry's place, when recording ([`TarGuard::recording`]).
+    seen: Option<Vec<Seen>>,
+}
+
+/// Where one entry lies in an archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Its name, without a directory's trailing `/`.
+    pub name: String,
+    /// Offset of its first header.
+    pub start: u64,
+    /// Offset just past its data's padding.
+    pub end: u64,
 }
 
 #[derive(Debug)]
@@ -100,6 +115,32 @@ fn number(field: &[u8]) -> Result<u64, String> {
     }
 }
 
+/// A PAX extended header's records (`LEN key=value\n`), in order.
+pub fn pax_records(mut data: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut out = vec![];
+    while !data.is_empty() {
+        let space = data.iter().position(|b| *b == b' ').ok_or("an unreadable PAX record")?;
+        let len: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|l| *l > space && *l <= data.len())
+            .ok_or("an unreadable PAX record")?;
+        let record = &data[space + 1..len];
+        let record = record.strip_suffix(b"\n").ok_or("an unreadable PAX record")?;
+        let eq = record.iter().position(|b| *b == b'=').ok_or("an unreadable PAX record")?;
+        let key = String::from_utf8_lossy(&record[..eq]).into_owned();
+        let value = String::from_utf8_lossy(&record[eq + 1..]).into_owned();
+        out.push((key, value));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
+/// A header block's size field (octal, or GNU base-256).
+pub fn header_size(block: &[u8; BLOCK]) -> Result<u64, String> {
+    number(&block[124..136])
+}
+
 impl TarGuard {
     /// A guard for the archive of absolute path `path`.
     pub fn new(path: &str) -> Self {
@@ -117,7 +158,14 @@ impl TarGuard {
             consumed: 0,
             safe: 0,
             ended: false,
+            entry_start: None,
+            seen: None,
         }
+    }
+
+    /// [`TarGuard::new`], also noting where each entry lies ([`Watch::seen`]).
+    pub fn recording(path: &str) -> Self {
+        Self { seen: Some(vec![]), ..Self::new(path) }
     }
 
     /// A guard for an archive of the contents of absolute path `path`, entries named
@@ -215,7 +263,9 @@ impl TarGuard {
         }
         let kind = block[156];
         let size = number(&block[124..136])?;
+        let header_at = self.consumed.saturating_sub(BLOCK as u64);
         if matches!(kind, b'L' | b'K' | b'x' | b'g') {
+            self.entry_start.get_or_insert(header_at);
             if size > MAX_META {
                 return Err(format!("a {size}-byte long name or PAX record"));
             }
@@ -261,6 +311,14 @@ impl TarGuard {
         if has_data {
             self.skip = size.checked_add(padding(size)).ok_or("a size beyond 2^64")?;
         }
+        let start = self.entry_start.take().unwrap_or(header_at);
+        if let Some(seen) = &mut self.seen {
+            seen.push(Seen {
+                name: name.trim_end_matches('/').to_owned(),
+                start,
+                end: self.consumed.saturating_add(self.skip),
+            });
+        }
         self.safe = self.consumed;
         Ok(())
     }
@@ -298,19 +356,8 @@ impl TarGuard {
     }
 
     /// PAX records: `LEN key=value\n`.
-    fn pax(&mut self, mut data: &[u8]) -> Result<(), String> {
-        while !data.is_empty() {
-            let space = data.iter().position(|b| *b == b' ').ok_or("an unreadable PAX record")?;
-            let len: usize = std::str::from_utf8(&data[..space])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .filter(|l| *l > space && *l <= data.len())
-                .ok_or("an unreadable PAX record")?;
-            let record = &data[space + 1..len];
-            let record = record.strip_suffix(b"\n").ok_or("an unreadable PAX record")?;
-            let eq = record.iter().position(|b| *b == b'=').ok_or("an unreadable PAX record")?;
-            let key = String::from_utf8_lossy(&record[..eq]);
-            let value = String::from_utf8_lossy(&record[eq + 1..]).into_owned();
+    fn pax(&mut self, data: &[u8]) -> Result<(), String> {
+        for (key, value) in pax_records(data)? {
             match key.as_ref() {
                 "path" => self.pax_path = Some(value),
                 "linkpath" => self.pax_link = Some(value),
@@ -320,7 +367,6 @@ impl TarGuard {
                 k if k.starts_with("GNU.sparse") => return Err("a sparse file".into()),
                 _ => {}
             }
-            data = &data[len..];
         }
         Ok(())
     }
@@ -511,6 +557,12 @@ impl Watch {
     /// Why an entry did not pass, if one did not.
     pub fn refused(&self) -> Option<String> {
         self.with(|w| w.refused.clone())
+    }
+
+    /// Where each entry lay, when the guard was [`TarGuard::recording`] and the archive was
+    /// read to its end without a refusal; taken once.
+    pub fn seen(&self) -> Option<Vec<Seen>> {
+        self.with(|w| if w.ended && w.refused.is_none() { w.guard.seen.take() } else { None })
     }
 }
 

@@ -130,6 +130,22 @@ pub struct Component {
     /// entries before it touches anything; absent in older manifests and for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_checked: Option<u32>,
+    /// For an incremental path: its tree (every entry's name, place in the archive and
+    /// listing, sealed like the chunks), what the next backup reads instead of unchanged
+    /// files. Absent in older manifests and for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeRef>,
+}
+
+/// A component's second object (an incremental path's tree), checked like the first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRef {
+    /// Object name relative to the prefix.
+    pub object: String,
+    /// Stored bytes.
+    pub stored_size: u64,
+    /// SHA-256 of the stored bytes.
+    pub stored_sha256: String,
 }
 
 impl Manifest {
@@ -222,6 +238,7 @@ mod tests {
                 raw_size: 2,
                 raw_sha256: "b".repeat(64),
                 entries_checked: None,
+                tree: None,
             }],
         };
         let bytes = serde_json::to_vec(&m).unwrap_or_default();

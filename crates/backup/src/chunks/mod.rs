@@ -20,6 +20,9 @@
 //! proves the stored bytes only ([`check_stored`]), and the load checks everything again.
 
 pub mod gc;
+pub mod listing;
+pub mod splice;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +39,7 @@ use steward_store::manifest::{Component, Manifest};
 use steward_store::signing::SigningKey;
 use steward_store::store::{Store, StoreError, Stored};
 use tokio_util::io::StreamReader;
+use tree::Tree;
 
 use crate::encryption::Keys;
 use crate::pipeline::{Counted, Counter, Io};
@@ -44,6 +48,12 @@ use crate::pipeline::{Counted, Counter, Io};
 pub const CDC_ZSTD: &str = "cdc+zstd";
 /// The encoding of a chunked component whose chunks are compressed and then encrypted.
 pub const CDC_ZSTD_AGE: &str = "cdc+zstd+age";
+/// [`CDC_ZSTD`] whose raw SHA-256 is that of its chunks' plaintext SHA-256s in order
+/// ([`chunk_list_digest`]), so a backup that takes unchanged chunks unread can state it; with
+/// a tree ([`tree`]).
+pub const CDC2_ZSTD: &str = "cdc2+zstd";
+/// [`CDC_ZSTD_AGE`], its raw SHA-256 as [`CDC2_ZSTD`]'s.
+pub const CDC2_ZSTD_AGE: &str = "cdc2+zstd+age";
 
 /// Chunk sizes: restic's are 512 KiB to 8 MiB; smaller keeps a 1 % change of small files
 /// small, larger keeps the index and the request count small.
@@ -76,7 +86,24 @@ pub fn cutter<R: tokio::io::AsyncRead + Unpin>(reader: R, seed: u64) -> AsyncStr
 
 /// Whether `encoding` is a chunked component's.
 pub fn is_chunked(encoding: &str) -> bool {
-    encoding == CDC_ZSTD || encoding == CDC_ZSTD_AGE
+    [CDC_ZSTD, CDC_ZSTD_AGE, CDC2_ZSTD, CDC2_ZSTD_AGE].contains(&encoding)
+}
+
+/// Whether a chunked component's chunks are sealed.
+pub fn is_sealed(encoding: &str) -> bool {
+    encoding == CDC_ZSTD_AGE || encoding == CDC2_ZSTD_AGE
+}
+
+/// Whether a chunked component's raw SHA-256 is [`chunk_list_digest`]'s.
+pub fn hashes_chunks(encoding: &str) -> bool {
+    encoding == CDC2_ZSTD || encoding == CDC2_ZSTD_AGE
+}
+
+/// SHA-256 (hex) of the chunks' plaintext SHA-256s, in order.
+pub fn chunk_list_digest<'a>(digests: impl IntoIterator<Item = &'a [u8; 32]>) -> String {
+    let mut h = Sha256::new();
+    digests.into_iter().for_each(|d| h.update(d));
+    hex::encode(h.finalize())
 }
 
 /// How this installation cuts and names chunks.
@@ -125,9 +152,14 @@ impl Chunker {
 
     /// The id of a chunk's plaintext.
     pub fn id(&self, plain: &[u8]) -> String {
+        self.id_with(plain, &Sha256::digest(plain).into())
+    }
+
+    /// [`Chunker::id`] of `plain`, whose SHA-256 is `digest` (the id itself without a key).
+    fn id_with(&self, plain: &[u8], digest: &[u8; 32]) -> String {
         match &self.key {
             Some(key) => hex::encode(hmac(key, plain)),
-            None => hex::encode(Sha256::digest(plain)),
+            None => hex::encode(digest),
         }
     }
 
@@ -178,7 +210,8 @@ fn source(store: &Store, name: &str, reason: impl std::fmt::Display) -> StoreErr
 }
 
 /// Cuts `stream` into chunks, stores the ones `known` lacks and the index as object `index`;
-/// returns the index as stored, the whole stream as it passed, and what was uploaded.
+/// returns the index as stored, the whole stream as it passed, what was uploaded and each
+/// chunk's plaintext SHA-256.
 pub async fn store_chunked<S>(
     io: Io<'_>,
     chunker: &Chunker,
@@ -186,7 +219,7 @@ pub async fn store_chunked<S>(
     index: &str,
     stream: S,
     level: i32,
-) -> Result<(Stored, Counted, Uploaded), StoreError>
+) -> Result<(Stored, Counted, Uploaded, Vec<[u8; 32]>), StoreError>
 where
     S: Stream<Item = io::Result<Bytes>> + Send + 'static,
 {
@@ -194,7 +227,7 @@ where
     let raw = Counter::metered(meter);
     let reader = StreamReader::new(Box::pin(raw.count(stream)));
     let mut cdc = cutter(reader, chunker.seed);
-    let mut entries = vec![];
+    let (mut entries, mut digests) = (vec![], vec![]);
     let mut uploaded = Uploaded::default();
     {
         let chunks = cdc.as_stream().map_err(|e| source(store, index, e)).map_ok(|chunk| {
@@ -202,20 +235,23 @@ where
             async move {
                 // Named off the stream's task, so one chunk's id is hashed while the next
                 // chunk is cut.
-                let (id, plain) = tokio::task::spawn_blocking(move || {
-                    let id = naming.id(&chunk.data);
-                    (id, chunk.data)
+                let (id, digest, plain) = tokio::task::spawn_blocking(move || {
+                    let digest: [u8; 32] = Sha256::digest(&chunk.data).into();
+                    let id = naming.id_with(&chunk.data, &digest);
+                    (id, digest, chunk.data)
                 })
                 .await
                 .map_err(|e| source(store, index, e))?;
                 match known.get(&id) {
-                    Some(e) => Ok((e, 0)),
-                    None => put_chunk(store, keys, id, plain, level).await,
+                    Some(e) => Ok((e, 0, digest)),
+                    None => put_chunk(store, keys, id, plain, level)
+                        .await
+                        .map(|(e, sent)| (e, sent, digest)),
                 }
             }
         });
         let mut chunks = std::pin::pin!(chunks.try_buffered(PARALLEL));
-        while let Some((entry, sent)) = chunks.try_next().await? {
+        while let Some((entry, sent, digest)) = chunks.try_next().await? {
             uploaded.chunks += 1;
             if sent > 0 {
                 uploaded.new_chunks += 1;
@@ -223,14 +259,27 @@ where
                 known.insert(entry.clone());
             }
             entries.push(entry);
+            digests.push(digest);
         }
     }
+    let stored = put_index(store, index, chunker, entries, level).await?;
+    uploaded.bytes += stored.size;
+    Ok((stored, raw.result(), uploaded, digests))
+}
+
+/// Stores the index of `entries` as object `index`.
+async fn put_index(
+    store: &Store,
+    index: &str,
+    chunker: &Chunker,
+    entries: Vec<Entry>,
+    level: i32,
+) -> Result<Stored, StoreError> {
     let body = Index { scheme: chunker.scheme.clone(), entries }.to_bytes();
     let body = zstd::bulk::compress(&body, level).map_err(|e| source(store, index, e))?;
     let stored = Stored { size: body.len() as u64, sha256: hex::encode(Sha256::digest(&body)) };
-    uploaded.bytes += stored.size;
     store.put(index, Bytes::from(body)).await?;
-    Ok((stored, raw.result(), uploaded))
+    Ok(stored)
 }
 
 /// Compresses and seals one chunk off the async threads, and stores it under its hash.
@@ -320,10 +369,34 @@ pub async fn read_chunked(
     let (index, etag) = read_index(io.store, component, pin, Some(stored)).await?;
     let store = io.store.clone();
     let keys = io.keys.clone();
-    let encrypted = component.encoding == CDC_ZSTD_AGE;
+    let encrypted = is_sealed(&component.encoding);
     let stream = futures::stream::iter(index.entries)
         .map(move |e| read_chunk(store.clone(), keys.clone(), e, encrypted))
         .buffered(PARALLEL);
+    if !hashes_chunks(&component.encoding) {
+        return Ok((stream.boxed(), etag));
+    }
+    // Each chunk's plaintext hashed as it passes; the list's digest is checked at the end.
+    let (expected, name) = (component.raw_sha256.clone(), component.name.clone());
+    let list = Arc::new(Mutex::new(Sha256::new()));
+    let (feed, end) = (list.clone(), list);
+    let stream = stream
+        .inspect(move |item| {
+            if let Ok(chunk) = item {
+                let digest = Sha256::digest(chunk);
+                feed.lock().unwrap_or_else(|p| p.into_inner()).update(digest);
+            }
+        })
+        .chain(futures::stream::once(async move {
+            let h = std::mem::take(&mut *end.lock().unwrap_or_else(|p| p.into_inner()));
+            let got = hex::encode(h.finalize());
+            (got != expected).then(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{name}: its chunks' digests ({got}) do not match the manifest ({expected})"),
+                )
+            })
+        }).filter_map(|e| async move { e.map(Err) }));
     Ok((stream.boxed(), etag))
 }
 
@@ -430,7 +503,7 @@ pub async fn check_stored(io: Io<'_>, component: &Component) -> Result<Option<St
     crate::pipeline::refuse_plain(io, component).map_err(|e| failed(&e))?;
     let (index, etag) =
         read_index(io.store, component, None, None).await.map_err(|e| failed(&e))?;
-    let encrypted = component.encoding == CDC_ZSTD_AGE;
+    let encrypted = is_sealed(&component.encoding);
     if let Some(first) = index.entries.first() {
         read_chunk(io.store.clone(), io.keys.clone(), first.clone(), encrypted)
             .await
@@ -485,8 +558,83 @@ pub async fn known_chunks(
 /// backup in progress (its chunks are in no index yet) and deletes nothing.
 pub const PENDING: &str = "chunks-pending";
 
+/// The newest usable backup's component `name` of this host, engine and chunk scheme, with
+/// its index, when it has a tree: what the next backup of the path splices from.
+#[derive(Debug)]
+struct Candidate {
+    component: Component,
+    index: Index,
+    taken_at: time::OffsetDateTime,
+}
+
 impl crate::backup::Backups {
-    /// Stores path `component` of backup `id` as chunks: its index is the component's object.
+    /// Every chunk the usable backups list under `chunker`'s scheme ([`known_chunks`]'s rule),
+    /// and the previous backup of component `name` to splice from, if one can be.
+    async fn known_and_parent(
+        &self,
+        chunker: &Chunker,
+        name: &str,
+    ) -> Result<(Known, Option<splice::Parent>), StoreError> {
+        let store = self.store();
+        let now = time::OffsetDateTime::now_utc();
+        let known = Known::default();
+        let host = self.bus.as_ref().and_then(|b| b.host()).map(str::to_owned);
+        let mut newest: Option<Candidate> = None;
+        for listed in steward_store::catalog::list(store, &self.config.trust, now).await? {
+            let Some(m) = listed.usable() else { continue };
+            let same_engine = m.docker_host == self.engine.host() && m.host == host;
+            for c in chunked_components(m) {
+                match read_index(store, c, None, None).await {
+                    Ok((index, _)) if index.scheme == chunker.scheme => {
+                        index.entries.iter().for_each(|e| known.insert(e.clone()));
+                        let fits = same_engine
+                            && c.name == name
+                            && c.tree.is_some()
+                            && hashes_chunks(&c.encoding)
+                            && newest.as_ref().is_none_or(|n| n.taken_at < m.taken_at);
+                        if fits {
+                            newest = Some(Candidate {
+                                component: c.clone(),
+                                index,
+                                taken_at: m.taken_at,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(backup = %m.backup_id, component = %c.name, error = %e, "an index of a usable backup is unreadable; its chunks are uploaded again")
+                    }
+                }
+            }
+        }
+        let Some(Candidate { component: c, index, .. }) = newest else { return Ok((known, None)) };
+        let Some(reference) = &c.tree else { return Ok((known, None)) };
+        let encrypted = is_sealed(&c.encoding);
+        let parent = match tree::get(store, &self.config.keys, reference, encrypted).await {
+            Ok(tree) => match tree.consistent(&index, c.raw_size) {
+                Ok(()) => Some(splice::Parent {
+                    index,
+                    tree,
+                    raw_size: c.raw_size,
+                    encrypted,
+                    checked: c.entries_checked == Some(crate::tarcheck::RULES),
+                }),
+                Err(why) => {
+                    tracing::warn!(component = name, reason = %why, "the previous backup's tree is inconsistent: the path is read whole");
+                    None
+                }
+            },
+            Err(why) => {
+                tracing::warn!(component = name, reason = %why, "the previous backup's tree cannot be read: the path is read whole");
+                None
+            }
+        };
+        Ok((known, parent))
+    }
+
+    /// Stores path `component` of backup `id` as chunks: its index is the component's object,
+    /// its tree beside it. A path whose previous backup has a tree is spliced from it when its
+    /// listing allows ([`splice`]); otherwise `tar` is read whole.
     pub(crate) async fn store_chunked<S>(
         &self,
         id: &str,
@@ -497,42 +645,149 @@ impl crate::backup::Backups {
     where
         S: Stream<Item = io::Result<Bytes>> + Send + 'static,
     {
+        use steward_store::manifest::Kind;
         let failed = |e: &dyn std::fmt::Display| crate::Failure::plain(format!("{component}: {e}"));
         let store = self.store();
         store.put(&format!("{id}/{PENDING}"), Bytes::new()).await.map_err(|e| failed(&e))?;
         let chunker = Chunker::new(&self.config.signing, &self.config.keys);
         let reading = std::time::Instant::now();
-        let known =
-            known_chunks(store, &self.config.trust, &chunker).await.map_err(|e| failed(&e))?;
+        let (known, parent) =
+            self.known_and_parent(&chunker, &component).await.map_err(|e| failed(&e))?;
         let (known_seconds, streaming) =
             (reading.elapsed().as_secs_f64(), std::time::Instant::now());
         let object = match &kind {
-            steward_store::manifest::Kind::Path { container, path } => format!(
+            Kind::Path { container, path } => format!(
                 "{id}/path-{}-{}.chunks.zst",
                 steward_store::manifest::slug(container),
                 steward_store::manifest::slug(path)
             ),
             _ => format!("{id}/{}.chunks.zst", steward_store::manifest::slug(&component)),
         };
+        let encoding = if self.config.keys.encrypts() { CDC2_ZSTD_AGE } else { CDC2_ZSTD };
+        let listing = match &kind {
+            Kind::Path { container, path } => {
+                match listing::list(&self.engine, container, path).await {
+                    Ok(l) => Some(l),
+                    Err(why) => {
+                        tracing::info!(backup = id, component, reason = %why, "no listing of the path: it is read whole, and the next backup reads it whole too");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let level = self.config.zstd_level;
+        if let (Some(listing), Some(parent), Kind::Path { container, path }) =
+            (&listing, &parent, &kind)
+        {
+            let ctx = splice::Ctx {
+                store,
+                keys: &self.config.keys,
+                engine: &self.engine,
+                container,
+                path,
+                chunker: &chunker,
+                known: &known,
+                level,
+            };
+            match splice::splice(&ctx, parent, listing).await.map_err(|e| failed(&e))? {
+                Ok(done) => {
+                    steward_failpoints::failpoint!("chunks:spliced");
+                    let stored = put_index(store, &object, &chunker, done.entries, level)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    let tree = tree::Tree {
+                        version: 1,
+                        listed: listing.started,
+                        entries: done.tree,
+                        digests: done.digests.iter().map(hex::encode).collect(),
+                    };
+                    let tree_ref = tree::put(
+                        store,
+                        &self.config.keys,
+                        &Tree::object_for(&object),
+                        &tree,
+                        level,
+                    )
+                    .await
+                    .map_err(|e| failed(&e))?;
+                    self.meter.add(done.size);
+                    tracing::info!(
+                        backup = id,
+                        component,
+                        chunks = done.uploaded.chunks,
+                        new_chunks = done.uploaded.new_chunks,
+                        uploaded_bytes = done.uploaded.bytes + stored.size + tree_ref.stored_size,
+                        raw_bytes = done.size,
+                        read_bytes = done.read,
+                        read_entries = done.fresh_entries,
+                        known_seconds,
+                        splice_seconds = streaming.elapsed().as_secs_f64(),
+                        "stored as chunks, unchanged entries taken from the previous backup unread"
+                    );
+                    return Ok(Component {
+                        name: component,
+                        kind,
+                        object,
+                        encoding: encoding.into(),
+                        stored_size: stored.size,
+                        stored_sha256: stored.sha256,
+                        raw_size: done.size,
+                        raw_sha256: chunk_list_digest(&done.digests),
+                        entries_checked: done.checked.then_some(crate::tarcheck::RULES),
+                        tree: Some(tree_ref),
+                    });
+                }
+                Err(splice::Fallback(why)) => {
+                    tracing::info!(backup = id, component, reason = %why, "the path is read whole")
+                }
+            }
+        }
         // Whether every entry would pass a restore's tar check, recorded in the signed
         // manifest: a restore then proves the chunks' stored bytes only before it stops the
         // app ([`check_stored`]). Not a refusal: the data is stored either way.
         let (tar, watch) = match &kind {
-            steward_store::manifest::Kind::Path { path, .. } => {
+            Kind::Path { path, .. } => {
                 let (tar, watch) =
-                    crate::tarcheck::watched(tar, crate::tarcheck::TarGuard::new(path));
+                    crate::tarcheck::watched(tar, crate::tarcheck::TarGuard::recording(path));
                 (tar.boxed(), Some(watch))
             }
             _ => (tar.boxed(), None),
         };
-        let (stored, raw, uploaded) =
-            store_chunked(self.io(), &chunker, &known, &object, tar, self.config.zstd_level)
+        let (stored, raw, mut uploaded, digests) =
+            store_chunked(self.io(), &chunker, &known, &object, tar, level)
                 .await
                 .map_err(|e| failed(&e))?;
         let entries_checked = watch.as_ref().and_then(|w| w.verdict());
         if let Some(why) = watch.as_ref().and_then(|w| w.refused()) {
             tracing::warn!(backup = id, component, reason = %why, "an entry of the archive would not pass a restore's check: a restore of it will be refused");
         }
+        let seen = watch.as_ref().and_then(|w| w.seen());
+        let tree = match (listing, seen) {
+            (Some(listing), Some(seen)) => {
+                let tree = tree::Tree {
+                    version: 1,
+                    listed: listing.started,
+                    entries: seen
+                        .into_iter()
+                        .map(|s| tree::TreeEntry {
+                            stat: listing.entries.get(&s.name).cloned(),
+                            name: s.name,
+                            start: s.start,
+                            len: s.end.saturating_sub(s.start),
+                        })
+                        .collect(),
+                    digests: digests.iter().map(hex::encode).collect(),
+                };
+                let reference =
+                    tree::put(store, &self.config.keys, &Tree::object_for(&object), &tree, level)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                uploaded.bytes += reference.stored_size;
+                Some(reference)
+            }
+            _ => None,
+        };
         tracing::info!(
             backup = id,
             component,
@@ -545,7 +800,6 @@ impl crate::backup::Backups {
             stream_seconds = streaming.elapsed().as_secs_f64(),
             "stored as chunks"
         );
-        let encoding = if self.config.keys.encrypts() { CDC_ZSTD_AGE } else { CDC_ZSTD };
         Ok(Component {
             name: component,
             kind,
@@ -554,8 +808,9 @@ impl crate::backup::Backups {
             stored_size: stored.size,
             stored_sha256: stored.sha256,
             raw_size: raw.size,
-            raw_sha256: raw.sha256,
+            raw_sha256: chunk_list_digest(&digests),
             entries_checked,
+            tree,
         })
     }
 }

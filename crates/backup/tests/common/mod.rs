@@ -447,3 +447,42 @@ pub fn bucket_env(stack: &Stack) -> Vec<(&'static str, String)> {
         (steward_store::signing::ENV_SIGNING_KEY, signing_key().to_pem()),
     ]
 }
+
+/// Every log line of this test binary (all tests: select by backup id), captured from the
+/// first call on.
+#[allow(dead_code)]
+pub fn logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let capture = Capture(buffer.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("steward_backup=info"))
+            .with_ansi(false)
+            .with_writer(move || capture.clone())
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+/// The captured log lines that mention `needle`.
+#[allow(dead_code)]
+pub fn log_lines(needle: &str) -> Vec<String> {
+    let logs = logs();
+    let text =
+        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+}

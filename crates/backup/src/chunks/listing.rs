@@ -1,0 +1,266 @@
+//! What a path holds, read without reading its files: one record per entry (type, size,
+//! times, inode, mode, owner, link count), listed by `find` inside the running container (GNU
+//! `find -printf`, or busybox's `find -exec stat`). An incremental backup compares it with the
+//! previous backup's tree and reads through the archive API only what changed
+//! ([`super::splice`]).
+//!
+//! A listing is a hint, never trusted for content: anything odd in it (an unparsable or
+//! duplicated record, a name outside the path, an entry type other than file, directory or
+//! symbolic link, a hard-linked file) makes the backup read the whole path instead.
+
+use std::collections::HashMap;
+
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use steward_engine::{Engine, ExecSpec};
+
+/// Listing text beyond this (about a million entries) is not held: the path is read whole.
+const MAX_LISTING: usize = 128 << 20;
+
+/// `$1` is the path. The first line names the record format and the clock (seconds) before
+/// the walk began; records follow, NUL-terminated from GNU find, newline-terminated from
+/// busybox's stat (whose names cannot hold a newline unnoticed: see [`parse`]).
+const SCRIPT: &str = r#"set -u
+if find "$1" -maxdepth 0 -printf '' >/dev/null 2>&1; then
+  printf 'steward-listing 1 nul %s\n' "$(date +%s)"
+  exec find "$1" -printf '%y %s %T@ %C@ %i %m %U %G %n %p\0'
+fi
+printf 'steward-listing 1 line %s\n' "$(date +%s)"
+exec find "$1" -exec stat -c '%f %s %Y %Z %i %u %g %h %n' {} +
+"#;
+
+/// An entry's type, as far as a listing needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Link,
+    /// Anything else (device, FIFO, socket): never spliced.
+    Other,
+}
+
+/// One entry as listed. Two listings of an unchanged entry are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    /// Its type.
+    pub kind: Kind,
+    /// Bytes (a file's data).
+    pub size: u64,
+    /// Modification time as listed (seconds, with a fraction when the listing has one).
+    pub mtime: String,
+    /// Status change time as listed: changes with every write, chmod, chown or rename.
+    pub ctime: String,
+    /// Inode number.
+    pub inode: u64,
+    /// Permission bits (with set-id and sticky bits).
+    pub perms: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Hard links.
+    pub nlink: u64,
+}
+
+impl Stat {
+    /// The whole seconds of a listed time.
+    pub fn seconds(time: &str) -> Option<i64> {
+        time.split('.').next()?.parse().ok()
+    }
+}
+
+/// A path's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The container's clock (seconds) before the walk began: an entry changed in or after
+    /// that second may look unchanged to the next listing ([`super::splice`]'s rule).
+    pub started: i64,
+    /// Entries by archive name (`data`, `data/a/b`: as the archive API names them, without a
+    /// directory's trailing `/`).
+    pub entries: HashMap<String, Stat>,
+}
+
+/// The archive name of absolute `listed` under `root` (`/srv/data/a` under `/srv/data` →
+/// `data/a`), if it is `root` or inside it.
+fn archive_name(root: &str, listed: &str) -> Option<String> {
+    let root = root.trim_end_matches('/');
+    let base_at = root.rfind('/')? + 1;
+    let rest = listed.strip_prefix(root)?;
+    if !(rest.is_empty() || rest.starts_with('/')) || rest.ends_with('/') {
+        return None;
+    }
+    let name = format!("{}{rest}", &root[base_at..]);
+    (!name.split('/').any(|c| c.is_empty() || c == "." || c == "..")).then_some(name)
+}
+
+fn octal(s: &str) -> Option<u32> {
+    u32::from_str_radix(s, 8).ok()
+}
+
+/// A GNU record: `%y %s %T@ %C@ %i %m %U %G %n %p`.
+fn gnu(record: &str) -> Option<(String, Stat)> {
+    let mut f = record.splitn(10, ' ');
+    let kind = match f.next()? {
+        "f" => Kind::File,
+        "d" => Kind::Dir,
+        "l" => Kind::Link,
+        _ => Kind::Other,
+    };
+    let stat = Stat {
+        kind,
+        size: f.next()?.parse().ok()?,
+        mtime: time_field(f.next()?)?,
+        ctime: time_field(f.next()?)?,
+        inode: f.next()?.parse().ok()?,
+        perms: octal(f.next()?)?,
+        uid: f.next()?.parse().ok()?,
+        gid: f.next()?.parse().ok()?,
+        nlink: f.next()?.parse().ok()?,
+    };
+    Some((f.next()?.to_owned(), stat))
+}
+
+/// A busybox record: `%f %s %Y %Z %i %u %g %h %n` (raw mode in hex).
+fn busybox(record: &str) -> Option<(String, Stat)> {
+    let mut f = record.splitn(9, ' ');
+    let mode = u32::from_str_radix(f.next()?, 16).ok()?;
+    let kind = match mode & 0o170000 {
+        0o100000 => Kind::File,
+        0o040000 => Kind::Dir,
+        0o120000 => Kind::Link,
+        _ => Kind::Other,
+    };
+    let stat = Stat {
+        kind,
+        size: f.next()?.parse().ok()?,
+        mtime: time_field(f.next()?)?,
+        ctime: time_field(f.next()?)?,
+        inode: f.next()?.parse().ok()?,
+        perms: mode & 0o7777,
+        uid: f.next()?.parse().ok()?,
+        gid: f.next()?.parse().ok()?,
+        nlink: f.next()?.parse().ok()?,
+    };
+    Some((f.next()?.to_owned(), stat))
+}
+
+/// A time: digits, optionally a `.` and digits.
+fn time_field(s: &str) -> Option<String> {
+    let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    (digits(whole) && digits(fraction) && whole.len() <= 18).then(|| s.to_owned())
+}
+
+/// Parses what [`SCRIPT`] printed for `root`.
+pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
+    let newline = out.iter().position(|b| *b == b'\n').ok_or("no header line")?;
+    let head = std::str::from_utf8(&out[..newline]).map_err(|_| "an unreadable header line")?;
+    let fields: Vec<&str> = head.split(' ').collect();
+    let (nul, started) = match fields.as_slice() {
+        ["steward-listing", "1", "nul", t] => (true, t),
+        ["steward-listing", "1", "line", t] => (false, t),
+        _ => return Err(format!("an unknown header line {head:?}")),
+    };
+    let started = started.parse::<i64>().map_err(|_| "an unreadable clock")?;
+    let body = &out[newline + 1..];
+    let separator = if nul { 0 } else { b'\n' };
+    let body = body.strip_suffix(&[separator]).unwrap_or(body);
+    let mut entries = HashMap::new();
+    if body.is_empty() {
+        return Err("no entries (not even the path itself)".into());
+    }
+    for record in body.split(|b| *b == separator) {
+        let record = std::str::from_utf8(record)
+            .map_err(|_| "a name that is not UTF-8 (the archive's name may differ)")?;
+        let (listed, stat) = if nul { gnu(record) } else { busybox(record) }.ok_or_else(|| {
+            format!("an unreadable record {:?}", record.chars().take(120).collect::<String>())
+        })?;
+        let name = archive_name(root, &listed)
+            .ok_or_else(|| format!("{listed:?} is not inside {root}"))?;
+        if entries.insert(name, stat).is_some() {
+            return Err(format!("{listed:?} is listed twice"));
+        }
+    }
+    Ok(Listing { started, entries })
+}
+
+/// Lists `path` in running `container` (as root, like the archive API reads it).
+pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listing, String> {
+    let spec = ExecSpec {
+        cmd: vec!["/bin/sh".into(), "-c".into(), SCRIPT.into(), "steward-list".into(), path.into()],
+        env: vec![],
+        user: Some("0".into()),
+    };
+    let mut run = engine.exec_stdout(container, &spec, 5).await.map_err(|e| e.to_string())?;
+    let mut out = vec![];
+    while let Some(part) = run.stdout.next().await {
+        let part = part.map_err(|e| e.to_string())?;
+        if out.len().saturating_add(part.len()) > MAX_LISTING {
+            return Err(format!("the listing is longer than {} MiB", MAX_LISTING >> 20));
+        }
+        out.extend_from_slice(&part);
+    }
+    let done = run.finish().await.map_err(|e| e.to_string())?;
+    if done.exit_code != 0 {
+        return Err(format!(
+            "the listing exited with {} ({})",
+            done.exit_code,
+            done.tail.join(" | ")
+        ));
+    }
+    parse(path, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_archive_apis() {
+        assert_eq!(archive_name("/data", "/data").as_deref(), Some("data"));
+        assert_eq!(archive_name("/data/", "/data/a b/c").as_deref(), Some("data/a b/c"));
+        assert_eq!(archive_name("/srv/data", "/srv/data/x").as_deref(), Some("data/x"));
+        assert_eq!(archive_name("/data", "/database/x"), None);
+        assert_eq!(archive_name("/data", "/data/../etc"), None);
+        assert_eq!(archive_name("/data", "/data//x"), None);
+        assert_eq!(archive_name("/data", "/other"), None);
+    }
+
+    #[test]
+    fn gnu_and_busybox_records_read_alike() {
+        let gnu_out = b"steward-listing 1 nul 1700000100\n\
+            d 4096 1700000000.5000000000 1700000001.2500000000 11 755 0 0 3 /data\0\
+            f 12 1700000002.0000000000 1700000003.0000000000 12 4755 1000 1000 1 /data/a b\nc\0";
+        let l = parse("/data", gnu_out).expect("parses");
+        assert_eq!(l.started, 1_700_000_100);
+        let f = &l.entries["data/a b\nc"];
+        assert_eq!((f.kind, f.size, f.perms, f.uid, f.nlink), (Kind::File, 12, 0o4755, 1000, 1));
+        assert_eq!(Stat::seconds(&f.ctime), Some(1_700_000_003));
+        let busybox_out = b"steward-listing 1 line 1700000100\n\
+            41ed 4096 1700000000 1700000001 11 0 0 3 /data\n\
+            a1ff 5 1700000000 1700000001 13 0 0 1 /data/l\n";
+        let l = parse("/data", busybox_out).expect("parses");
+        assert_eq!(l.entries["data"].kind, Kind::Dir);
+        assert_eq!(l.entries["data"].perms, 0o755);
+        assert_eq!(l.entries["data/l"].kind, Kind::Link);
+    }
+
+    #[test]
+    fn an_odd_listing_is_refused_not_guessed() {
+        let refused = |out: &[u8]| parse("/data", out).expect_err("refused");
+        // A busybox name with a newline splits into a record that does not parse.
+        refused(b"steward-listing 1 line 5\n81a4 1 1 1 1 0 0 1 /data/a\nb\n");
+        // ... or into one that names an entry twice.
+        refused(
+            b"steward-listing 1 line 5\n81a4 1 1 1 1 0 0 1 /data/a\n81a4 1 1 1 1 0 0 1 /data/a\n",
+        );
+        refused(b"steward-listing 1 line 5\n81a4 1 1 1 1 0 0 1 /etc/passwd\n");
+        refused(b"steward-listing 2 line 5\n");
+        refused(b"steward-listing 1 line 5\n");
+        refused(b"steward-listing 1 nul x\n");
+        refused(b"steward-listing 1 line 5\n81a4 1 1e3 1 1 0 0 1 /data/a\n");
+    }
+}

@@ -1,0 +1,767 @@
+//! A second backup of a path without reading what did not change. The path's listing
+//! ([`super::listing`]) is compared with the previous backup's tree ([`super::tree`]): an entry
+//! listed exactly as then (type, size, times, inode, mode, owner, links), and settled then
+//! (its ctime second before that listing began, so no write after it was read can hide behind
+//! an equal time), keeps the archive bytes it had. The new archive is those ranges of the old
+//! one with the changed entries in between, each read alone through the archive API, in the
+//! order the archive API writes them (names sorted per directory).
+//!
+//! Cutting the new archive gives exactly the chunks a full read would, without reading most
+//! of it: a content-defined cut depends only on the bytes since the previous cut, so from a
+//! cut the old archive also had, inside an unchanged range, every old chunk that ends inside
+//! that range is cut again identically and is taken from the old index unread. Bytes are read
+//! (from the old chunks or the engine) and cut only from the last old cut before a change
+//! until the cutting meets an old cut again.
+//!
+//! Anything unexpected (an entry type the archive API writes differently, a file that changed
+//! between the listing and its read, an old chunk that does not match its digest) makes it
+//! give up with a [`Fallback`], and the path is read whole.
+
+use std::collections::HashMap;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use fastcdc::v2020::{FastCDC, Normalization};
+use futures::stream::{BoxStream, FuturesOrdered};
+use futures::{FutureExt as _, StreamExt as _};
+use sha2::{Digest as _, Sha256};
+use steward_engine::Engine;
+use steward_store::chunks::{Entry, Index};
+use steward_store::store::{Store, StoreError};
+
+use super::listing::{Kind, Listing, Stat};
+use super::tree::{Tree, TreeEntry};
+use super::{
+    put_chunk, read_chunk, Chunker, Known, Uploaded, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK, PARALLEL,
+};
+use crate::encryption::Keys;
+use crate::tarcheck::TarGuard;
+
+const BLOCK: u64 = 512;
+/// More changed entries than this, or more changed file bytes than half the path: reading the
+/// whole path is cheaper than reading each alone.
+const MAX_FRESH_ENTRIES: usize = 20_000;
+/// Bytes added to the cutting window at a time: most cuts are found in the first.
+const STEP: usize = AVG_CHUNK as usize;
+
+/// Why the path is read whole instead.
+#[derive(Debug)]
+pub struct Fallback(pub String);
+
+impl From<String> for Fallback {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// The previous backup of the path.
+#[derive(Debug)]
+pub struct Parent {
+    /// Its chunks.
+    pub index: Index,
+    /// Its tree.
+    pub tree: Tree,
+    /// Its archive's length.
+    pub raw_size: u64,
+    /// Its chunks are sealed.
+    pub encrypted: bool,
+    /// Every entry of it passed the tar rules ([`crate::tarcheck::RULES`]).
+    pub checked: bool,
+}
+
+/// What a splice stored (the index is not written yet).
+#[derive(Debug)]
+pub struct Spliced {
+    /// The new archive's chunks.
+    pub entries: Vec<Entry>,
+    /// Their plaintext SHA-256s.
+    pub digests: Vec<[u8; 32]>,
+    /// The new tree's entries.
+    pub tree: Vec<TreeEntry>,
+    /// The new archive's length.
+    pub size: u64,
+    /// What was uploaded.
+    pub uploaded: Uploaded,
+    /// Entries read from the engine.
+    pub fresh_entries: usize,
+    /// Bytes read from the old chunks and the engine (the rest was not read).
+    pub read: u64,
+    /// Every entry passes the tar rules (the old ones did, the read ones do).
+    pub checked: bool,
+}
+
+/// Where the splice reads and writes.
+pub struct Ctx<'a> {
+    /// The bucket.
+    pub store: &'a Store,
+    /// Sealing keys.
+    pub keys: &'a Keys,
+    /// The engine the path is read from.
+    pub engine: &'a Engine,
+    /// The container.
+    pub container: &'a str,
+    /// The path (absolute).
+    pub path: &'a str,
+    /// Chunk naming.
+    pub chunker: &'a Chunker,
+    /// Chunks already stored.
+    pub known: &'a Known,
+    /// zstd level.
+    pub level: i32,
+}
+
+/// One piece of the new archive.
+#[derive(Debug)]
+enum Piece {
+    /// Bytes `from..from+len` of the old archive.
+    Old { from: u64, len: u64 },
+    /// Bytes made here (a directory's header).
+    Made(Bytes),
+    /// An entry read alone through the archive API: renamed, of this kind and data size.
+    Read { name: String, kind: Kind, size: u64 },
+}
+
+#[derive(Debug)]
+struct Seg {
+    /// Offset in the new archive.
+    at: u64,
+    len: u64,
+    piece: Piece,
+}
+
+fn padding(size: u64) -> u64 {
+    (BLOCK - size % BLOCK) % BLOCK
+}
+
+/// A PAX `path` record's header block, when `name` does not fit a ustar name field.
+fn pax_for(name: &str) -> Option<Vec<u8>> {
+    if name.len() < 100 && name.is_ascii() {
+        return None;
+    }
+    let body = |n: usize| format!("{n} path={name}\n");
+    let mut n = body(0).len();
+    while body(n).len() != n {
+        n = body(n).len();
+    }
+    let record = body(n).into_bytes();
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_size(record.len() as u64);
+    header.set_mode(0o644);
+    header.as_old_mut().name[..14].copy_from_slice(b"PaxHeaders/pax");
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(&record);
+    out.resize(out.len() + padding(record.len() as u64) as usize, 0);
+    Some(out)
+}
+
+/// The header bytes of `name` before a header block (its PAX record, if any).
+fn name_prefix_len(name: &str) -> u64 {
+    pax_for(name).map_or(0, |p| p.len() as u64)
+}
+
+/// Writes `name` into a ustar header block (truncated when a PAX record carries it) and
+/// fixes its checksum.
+fn rename(block: &mut [u8; 512], name: &str) {
+    let field = &mut block[..100];
+    field.fill(0);
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(99);
+    field[..n].copy_from_slice(&bytes[..n]);
+    if &block[257..263] == b"ustar\0" {
+        // The ustar prefix would be joined to the name.
+        block[345..500].fill(0);
+    }
+    block[148..156].fill(b' ');
+    let sum: u64 = block.iter().map(|b| u64::from(*b)).sum();
+    let text = format!("{sum:06o}\0 ");
+    block[148..156].copy_from_slice(text.as_bytes());
+}
+
+/// A directory's entry made from its listing, as the archive API writes one.
+fn dir_entry(name: &str, stat: &Stat) -> Result<Bytes, Fallback> {
+    let name = format!("{name}/");
+    let mut out = pax_for(&name).unwrap_or_default();
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(stat.perms);
+    header.set_uid(u64::from(stat.uid));
+    header.set_gid(u64::from(stat.gid));
+    let mtime = Stat::seconds(&stat.mtime)
+        .and_then(|s| u64::try_from(s).ok())
+        .ok_or_else(|| Fallback(format!("{name}: a modification time before 1970")))?;
+    header.set_mtime(mtime);
+    header.set_size(0);
+    let mut block = [0u8; 512];
+    block.copy_from_slice(header.as_bytes());
+    rename(&mut block, &name);
+    out.extend_from_slice(&block);
+    Ok(Bytes::from(out))
+}
+
+/// Sorts archive names as the archive API walks them: a directory, then its entries by name.
+fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// The pieces of the new archive and its tree, or why it cannot be spliced.
+fn plan(parent: &Parent, listing: &Listing) -> Result<(Vec<Seg>, Vec<TreeEntry>, u64), Fallback> {
+    let old: HashMap<&str, &TreeEntry> =
+        parent.tree.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut names: Vec<&String> = listing.entries.keys().collect();
+    names.sort_by(|a, b| walk_order(a, b));
+    let (mut segs, mut tree, mut at) = (Vec::<Seg>::new(), vec![], 0u64);
+    let (mut fresh, mut fresh_bytes, mut all_bytes) = (0usize, 0u64, 0u64);
+    let overflow = || Fallback("the archive would be larger than 2^64 bytes".into());
+    for name in names {
+        let stat = &listing.entries[name];
+        match stat.kind {
+            Kind::Other => {
+                return Err(Fallback(format!("{name} is not a file, directory or link")))
+            }
+            Kind::File if stat.nlink > 1 => {
+                return Err(Fallback(format!("{name} is hard-linked")));
+            }
+            _ => {}
+        }
+        all_bytes = all_bytes.saturating_add(stat.size);
+        let settled = |e: &&&TreeEntry| {
+            e.stat.as_ref() == Some(stat)
+                && Stat::seconds(&stat.ctime).is_some_and(|c| c < parent.tree.listed)
+        };
+        let (len, piece) = match old.get(name.as_str()).filter(settled) {
+            Some(e) => (e.len, Piece::Old { from: e.start, len: e.len }),
+            None => {
+                fresh += 1;
+                match stat.kind {
+                    Kind::Dir => {
+                        let made = dir_entry(name, stat)?;
+                        (made.len() as u64, Piece::Made(made))
+                    }
+                    kind => {
+                        fresh_bytes = fresh_bytes.saturating_add(stat.size);
+                        let size = if kind == Kind::File { stat.size } else { 0 };
+                        let len = name_prefix_len(name)
+                            .checked_add(BLOCK)
+                            .and_then(|l| l.checked_add(size))
+                            .and_then(|l| l.checked_add(padding(size)))
+                            .ok_or_else(overflow)?;
+                        (len, Piece::Read { name: name.clone(), kind, size })
+                    }
+                }
+            }
+        };
+        tree.push(TreeEntry { name: name.clone(), start: at, len, stat: Some(stat.clone()) });
+        push(&mut segs, Seg { at, len, piece });
+        at = at.checked_add(len).ok_or_else(overflow)?;
+    }
+    if fresh > MAX_FRESH_ENTRIES || fresh_bytes > all_bytes / 2 {
+        return Err(Fallback(format!(
+            "{fresh} entries ({fresh_bytes} bytes of files) changed: reading the whole path"
+        )));
+    }
+    // The end-of-archive blocks, as the old archive had them.
+    let end = parent.tree.entries.last().map_or(0, |e| e.start.saturating_add(e.len));
+    let trailer = parent
+        .raw_size
+        .checked_sub(end)
+        .filter(|t| *t >= 2 * BLOCK)
+        .ok_or_else(|| Fallback("the old archive has no end-of-archive blocks".into()))?;
+    push(&mut segs, Seg { at, len: trailer, piece: Piece::Old { from: end, len: trailer } });
+    at = at.checked_add(trailer).ok_or_else(overflow)?;
+    Ok((segs, tree, at))
+}
+
+/// Appends `seg`, joined to the last one when both are consecutive old bytes.
+fn push(segs: &mut Vec<Seg>, seg: Seg) {
+    if let (Some(last), Piece::Old { from, len }) = (segs.last_mut(), &seg.piece) {
+        if let Piece::Old { from: last_from, len: last_len } = &mut last.piece {
+            if last_from.checked_add(*last_len) == Some(*from) {
+                *last_len += len;
+                last.len += len;
+                return;
+            }
+        }
+    }
+    segs.push(seg);
+}
+
+/// The old archive's chunks, read on demand, the last one kept.
+struct OldChunks<'a> {
+    ctx: &'a Ctx<'a>,
+    parent: &'a Parent,
+    starts: Vec<u64>,
+    cached: Option<(usize, Bytes)>,
+    read: u64,
+}
+
+impl OldChunks<'_> {
+    /// The chunk holding old offset `at`, and `at`'s offset in it.
+    async fn at(&mut self, at: u64) -> Result<(Bytes, usize), Fallback> {
+        let k = match self.starts.binary_search(&at) {
+            Ok(k) => k,
+            Err(k) => k
+                .checked_sub(1)
+                .ok_or_else(|| Fallback("an offset before the first chunk".into()))?,
+        };
+        let chunk =
+            match &self.cached {
+                Some((c, bytes)) if *c == k => bytes.clone(),
+                _ => {
+                    let e =
+                        self.parent.index.entries.get(k).ok_or_else(|| {
+                            Fallback("an offset past the old archive's end".into())
+                        })?;
+                    let plain = read_chunk(
+                        self.ctx.store.clone(),
+                        self.ctx.keys.clone(),
+                        e.clone(),
+                        self.parent.encrypted,
+                    )
+                    .await
+                    .map_err(|e| Fallback(format!("reading an old chunk: {e}")))?;
+                    if hex::encode(Sha256::digest(&plain)) != self.parent.tree.digests[k] {
+                        return Err(Fallback(format!(
+                            "old chunk {} does not match its digest",
+                            e.object()
+                        )));
+                    }
+                    self.read = self.read.saturating_add(plain.len() as u64);
+                    self.cached = Some((k, plain.clone()));
+                    plain
+                }
+            };
+        let offset = usize::try_from(at - self.starts[k]).unwrap_or(usize::MAX);
+        if offset >= chunk.len() {
+            return Err(Fallback("an offset past the old archive's end".into()));
+        }
+        Ok((chunk, offset))
+    }
+}
+
+/// An entry being read from the engine: its renamed headers, then data, then padding.
+struct Reading {
+    made: Bytes,
+    data: BoxStream<'static, io::Result<Bytes>>,
+    pending: BytesMut,
+    data_left: u64,
+    padding_left: u64,
+}
+
+/// Reads the first entry of the archive of one path: its header block (PAX and long-name
+/// headers skipped, refused if they say more than a name) and the rest of the stream.
+async fn first_entry(
+    mut tar: BoxStream<'static, io::Result<Bytes>>,
+) -> Result<([u8; 512], u64, BytesMut, BoxStream<'static, io::Result<Bytes>>), Fallback> {
+    let mut buf = BytesMut::new();
+    let mut pax_size: Option<u64> = None;
+    loop {
+        while buf.len() < BLOCK as usize {
+            match tar.next().await {
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+                Some(Err(e)) => return Err(Fallback(format!("reading it: {e}"))),
+                None => return Err(Fallback("the archive ended before its entry".into())),
+            }
+        }
+        let block: [u8; 512] = buf.split_to(BLOCK as usize)[..].try_into().unwrap_or([0; 512]);
+        let size = crate::tarcheck::header_size(&block).map_err(Fallback)?;
+        match block[156] {
+            b'x' | b'L' => {
+                let want = size.checked_add(padding(size)).filter(|w| *w <= 1 << 20);
+                let want = want.ok_or_else(|| Fallback("a long extended header".into()))? as usize;
+                while buf.len() < want {
+                    match tar.next().await {
+                        Some(Ok(b)) => buf.extend_from_slice(&b),
+                        Some(Err(e)) => return Err(Fallback(format!("reading it: {e}"))),
+                        None => return Err(Fallback("the archive ended in a header".into())),
+                    }
+                }
+                let meta = buf.split_to(want);
+                if block[156] == b'x' {
+                    for (key, value) in
+                        crate::tarcheck::pax_records(&meta[..size as usize]).map_err(Fallback)?
+                    {
+                        match key.as_str() {
+                            "path" | "mtime" | "atime" | "ctime" => {}
+                            "size" => pax_size = value.parse().ok(),
+                            other => {
+                                return Err(Fallback(format!(
+                                    "its archive entry carries {other:?}, which a renamed header would lose"
+                                )))
+                            }
+                        }
+                    }
+                }
+            }
+            _ => return Ok((block, pax_size.unwrap_or(size), buf, tar)),
+        }
+    }
+}
+
+impl Reading {
+    async fn open(ctx: &Ctx<'_>, name: &str, kind: Kind, size: u64) -> Result<Self, Fallback> {
+        let parent_dir = ctx.path.trim_end_matches('/').rsplit_once('/').map_or("", |(p, _)| p);
+        let path = format!("{parent_dir}/{name}");
+        let failed = |why: String| Fallback(format!("{path}: {why}"));
+        let tar = ctx.engine.download_path(ctx.container, &path);
+        let (mut block, found, pending, data) = first_entry(tar).await.map_err(|f| failed(f.0))?;
+        let (typeflag, want) = match kind {
+            Kind::File => (b'0', size),
+            _ => (b'2', 0),
+        };
+        let found_type = if block[156] == 0 { b'0' } else { block[156] };
+        if found_type != typeflag || found != want {
+            return Err(failed(format!(
+                "changed since it was listed (type {:?}, {found} bytes; listed {:?}, {want} bytes)",
+                found_type as char, typeflag as char
+            )));
+        }
+        let mut made = pax_for(name).unwrap_or_default();
+        rename(&mut block, name);
+        made.extend_from_slice(&block);
+        Ok(Self {
+            made: Bytes::from(made),
+            data,
+            pending,
+            data_left: want,
+            padding_left: padding(want),
+        })
+    }
+
+    /// Up to `max` next bytes (never none before its end).
+    async fn next(&mut self, max: usize) -> Result<Bytes, Fallback> {
+        if !self.made.is_empty() {
+            let n = max.min(self.made.len());
+            return Ok(self.made.split_to(n));
+        }
+        if self.data_left > 0 {
+            if self.pending.is_empty() {
+                match self.data.next().await {
+                    Some(Ok(b)) => self.pending.extend_from_slice(&b),
+                    Some(Err(e)) => return Err(Fallback(format!("reading a file: {e}"))),
+                    None => return Err(Fallback("a file was cut short while it was read".into())),
+                }
+            }
+            let n = max
+                .min(self.pending.len())
+                .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+            self.data_left -= n as u64;
+            return Ok(self.pending.split_to(n).freeze());
+        }
+        let n = max.min(self.padding_left as usize);
+        self.padding_left -= n as u64;
+        Ok(Bytes::from(vec![0u8; n]))
+    }
+}
+
+/// The new archive, read in order on demand.
+struct Source<'a> {
+    ctx: &'a Ctx<'a>,
+    segs: &'a [Seg],
+    /// Next byte to read (offset in the new archive).
+    at: u64,
+    seg: usize,
+    old: OldChunks<'a>,
+    reading: Option<Reading>,
+    guard: TarGuard,
+    guard_failed: Option<String>,
+    fresh_read: u64,
+}
+
+impl<'a> Source<'a> {
+    fn current(&mut self) -> Option<&'a Seg> {
+        let segs = self.segs;
+        while segs.get(self.seg).is_some_and(|s| self.at >= s.at + s.len) {
+            self.seg += 1;
+            self.reading = None;
+        }
+        segs.get(self.seg)
+    }
+
+    /// Appends `want` bytes to `buf`.
+    async fn read(&mut self, buf: &mut Vec<u8>, mut want: usize) -> Result<(), Fallback> {
+        while want > 0 {
+            let Some(seg) = self.current() else {
+                return Err(Fallback("read past the new archive's end".into()));
+            };
+            let within = self.at - seg.at;
+            let left = usize::try_from(seg.len - within).unwrap_or(usize::MAX);
+            let got = match &seg.piece {
+                Piece::Old { from, .. } => {
+                    let (chunk, offset) = self.old.at(from + within).await?;
+                    let n = want.min(left).min(chunk.len() - offset);
+                    chunk.slice(offset..offset + n)
+                }
+                Piece::Made(bytes) => {
+                    let offset = within as usize;
+                    bytes.slice(offset..offset + want.min(left))
+                }
+                Piece::Read { name, kind, size } => {
+                    if self.reading.is_none() {
+                        let (name, kind, size) = (name.clone(), *kind, *size);
+                        self.reading = Some(Reading::open(self.ctx, &name, kind, size).await?);
+                    }
+                    let reading =
+                        self.reading.as_mut().ok_or_else(|| Fallback("no reader".into()))?;
+                    reading.next(want.min(left)).await?
+                }
+            };
+            if got.is_empty() {
+                return Err(Fallback("an empty read".into()));
+            }
+            if !matches!(self.segs[self.seg].piece, Piece::Old { .. }) {
+                self.fresh_read = self.fresh_read.saturating_add(got.len() as u64);
+                if self.guard_failed.is_none() {
+                    self.guard_failed = self.guard.feed(&got).err();
+                }
+            }
+            buf.extend_from_slice(&got);
+            self.at += got.len() as u64;
+            want -= got.len();
+        }
+        Ok(())
+    }
+
+    /// Skips `n` bytes of old archive without reading them.
+    fn skip(&mut self, n: u64) -> Result<(), Fallback> {
+        let end = self.at.checked_add(n).ok_or_else(|| Fallback("a skip past 2^64".into()))?;
+        match self.current() {
+            Some(Seg { at, len, piece: Piece::Old { .. } }) if end <= at + len => {
+                self.at = end;
+                Ok(())
+            }
+            _ => Err(Fallback("a skip over bytes that are not old".into())),
+        }
+    }
+}
+
+/// The old chunk that a cut at new offset `pos` would cut again, if any: `pos` lies in old
+/// bytes at an old cut, and that chunk ends inside the same old bytes (the old archive's last
+/// chunk only where both archives end with it, as it was cut by the end).
+fn reusable(segs: &[Seg], starts: &[u64], parent: &Parent, pos: u64, total: u64) -> Option<usize> {
+    let i = segs.partition_point(|s| s.at + s.len <= pos);
+    let seg = segs.get(i)?;
+    let Piece::Old { from, len } = &seg.piece else { return None };
+    let old_at = from + (pos - seg.at);
+    let k = starts.binary_search(&old_at).ok()?;
+    let size = parent.index.entries[k].raw_size;
+    let end = old_at.checked_add(size)?;
+    if end > from + len {
+        return None;
+    }
+    if k + 1 == parent.index.entries.len() && !(end == parent.raw_size && pos + size == total) {
+        return None;
+    }
+    Some(k)
+}
+
+/// Where the next cut after the start of `window` falls; `None` when more bytes are needed
+/// to tell (`at_end`: the window holds the rest of the archive).
+fn cut(window: &[u8], seed: u64, at_end: bool) -> Option<usize> {
+    let cdc = FastCDC::with_level_and_seed(
+        window,
+        MIN_CHUNK,
+        AVG_CHUNK,
+        MAX_CHUNK,
+        Normalization::Level1,
+        seed,
+    );
+    let (_, n) = cdc.cut(0, window.len());
+    (n < window.len() || at_end || window.len() >= MAX_CHUNK as usize).then_some(n)
+}
+
+type Stored = (Entry, u64, [u8; 32]);
+
+/// Splices the new archive of `ctx.path` from `parent` and `listing`.
+pub async fn splice(
+    ctx: &Ctx<'_>,
+    parent: &Parent,
+    listing: &Listing,
+) -> Result<Result<Spliced, Fallback>, StoreError> {
+    let (segs, tree, total) = match plan(parent, listing) {
+        Ok(p) => p,
+        Err(f) => return Ok(Err(f)),
+    };
+    let fresh_entries = segs.iter().filter(|s| !matches!(s.piece, Piece::Old { .. })).count();
+    let mut starts = Vec::with_capacity(parent.index.entries.len());
+    let mut at = 0u64;
+    for e in &parent.index.entries {
+        starts.push(at);
+        at = at.saturating_add(e.raw_size);
+    }
+    let old = OldChunks { ctx, parent, starts: starts.clone(), cached: None, read: 0 };
+    let mut source = Source {
+        ctx,
+        segs: &segs,
+        at: 0,
+        seg: 0,
+        old,
+        reading: None,
+        guard: TarGuard::new(ctx.path),
+        guard_failed: None,
+        fresh_read: 0,
+    };
+    let mut pending: FuturesOrdered<futures::future::BoxFuture<'_, Result<Stored, StoreError>>> =
+        FuturesOrdered::new();
+    let (mut entries, mut digests, mut uploaded) = (vec![], vec![], Uploaded::default());
+    let mut take = |stored: Stored, uploaded: &mut Uploaded| {
+        let (entry, sent, digest) = stored;
+        uploaded.chunks += 1;
+        if sent > 0 {
+            uploaded.new_chunks += 1;
+            uploaded.bytes += sent;
+            ctx.known.insert(entry.clone());
+        }
+        entries.push(entry);
+        digests.push(digest);
+    };
+    let (mut pos, mut buf) = (0u64, Vec::<u8>::new());
+    while pos < total {
+        if let Some(k) = reusable(&segs, &starts, parent, pos, total) {
+            let e = parent.index.entries[k].clone();
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&parent.tree.digests[k], &mut digest).is_err() {
+                return Ok(Err(Fallback("an unreadable digest in the old tree".into())));
+            }
+            let size = e.raw_size;
+            let from_buf = usize::try_from(size).unwrap_or(usize::MAX).min(buf.len());
+            buf.drain(..from_buf);
+            if size > from_buf as u64 {
+                if let Err(f) = source.skip(size - from_buf as u64) {
+                    return Ok(Err(f));
+                }
+            }
+            pending.push_back(futures::future::ready(Ok((e, 0, digest))).boxed());
+            pos += size;
+        } else {
+            let rest = usize::try_from(total - pos).unwrap_or(usize::MAX);
+            let n = loop {
+                let at_end = buf.len() >= rest;
+                if let Some(n) = cut(&buf[..buf.len().min(rest)], ctx.chunker.seed, at_end) {
+                    break n;
+                }
+                let want = STEP.min(rest - buf.len()).min(MAX_CHUNK as usize - buf.len());
+                if let Err(f) = source.read(&mut buf, want).await {
+                    return Ok(Err(f));
+                }
+            };
+            let plain: Vec<u8> = buf.drain(..n).collect();
+            pos += n as u64;
+            let (naming, store, keys, level) =
+                (ctx.chunker.clone(), ctx.store, ctx.keys, ctx.level);
+            pending.push_back(
+                async move {
+                    let (id, digest, plain) = tokio::task::spawn_blocking(move || {
+                        let digest: [u8; 32] = Sha256::digest(&plain).into();
+                        (naming.id(&plain), digest, plain)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Unreadable {
+                        key: store.key("chunks"),
+                        reason: e.to_string(),
+                    })?;
+                    match ctx.known.get(&id) {
+                        Some(e) => Ok((e, 0, digest)),
+                        None => put_chunk(store, keys, id, plain, level)
+                            .await
+                            .map(|(e, sent)| (e, sent, digest)),
+                    }
+                }
+                .boxed(),
+            );
+        }
+        while pending.len() >= PARALLEL {
+            if let Some(stored) = pending.next().await {
+                take(stored?, &mut uploaded);
+            }
+        }
+    }
+    while let Some(stored) = pending.next().await {
+        take(stored?, &mut uploaded);
+    }
+    let checked = parent.checked && source.guard_failed.is_none() && source.guard.finish().is_ok();
+    let read = source.old.read.saturating_add(source.fresh_read);
+    Ok(Ok(Spliced { entries, digests, tree, size: total, uploaded, fresh_entries, read, checked }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_order_is_the_archive_apis() {
+        let mut names = vec!["data/b", "data/a/z", "data", "data/a", "data/a.txt", "data/a/b"];
+        names.sort_by(|a, b| walk_order(a, b));
+        assert_eq!(names, ["data", "data/a", "data/a/b", "data/a/z", "data/a.txt", "data/b"]);
+    }
+
+    #[test]
+    fn a_cut_found_in_a_short_window_is_the_cut_of_a_full_one() {
+        let mut data = vec![0u8; 12 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in &mut data {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        for seed in [0u64, 42] {
+            // The cuts of a whole stream, as the full read makes them.
+            let whole: Vec<usize> = FastCDC::with_level_and_seed(
+                &data,
+                MIN_CHUNK,
+                AVG_CHUNK,
+                MAX_CHUNK,
+                Normalization::Level1,
+                seed,
+            )
+            .map(|c| c.length)
+            .collect();
+            // The same cuts found window by window, growing each by STEP.
+            let (mut at, mut found) = (0usize, vec![]);
+            while at < data.len() {
+                let mut end = (at + STEP).min(data.len());
+                let n = loop {
+                    let window = &data[at..end];
+                    if let Some(n) = cut(window, seed, end == data.len()) {
+                        break n;
+                    }
+                    end = (end + STEP).min(data.len()).min(at + MAX_CHUNK as usize);
+                };
+                found.push(n);
+                at += n;
+            }
+            assert_eq!(found, whole, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_renamed_header_is_valid_and_long_names_get_a_pax_record() {
+        let long = format!("data/{}", "x".repeat(150));
+        let stat = Stat {
+            kind: Kind::Dir,
+            size: 0,
+            mtime: "1700000000.5".into(),
+            ctime: "1700000000".into(),
+            inode: 1,
+            perms: 0o2755,
+            uid: 1000,
+            gid: 1000,
+            nlink: 2,
+        };
+        for name in ["data/short", long.as_str()] {
+            let made = dir_entry(name, &stat).expect("made");
+            let mut archive = made.to_vec();
+            archive.extend_from_slice(&[0u8; 1024]);
+            let mut reader = tar::Archive::new(archive.as_slice());
+            let entries: Vec<_> = reader.entries().expect("entries").collect();
+            assert_eq!(entries.len(), 1);
+            let e = entries.into_iter().next().expect("one").expect("readable");
+            assert_eq!(e.path().expect("path").to_str(), Some(format!("{name}/").as_str()));
+            assert_eq!(e.header().mode().expect("mode"), 0o2755);
+            assert_eq!(e.header().mtime().expect("mtime"), 1_700_000_000);
+            assert_eq!(made.len() as u64, name_prefix_len(&format!("{name}/")) + BLOCK);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! An incremental path's tree: each archive entry's name, its place in the stored archive and
+//! its listing when the backup was taken, and each chunk's plaintext SHA-256. The next backup
+//! of the path reads it to take unchanged entries from this backup's chunks instead of the
+//! engine ([`super::splice`]).
+//!
+//! Stored beside the index, compressed and sealed like a chunk (it names every file), its
+//! size and SHA-256 in the signed manifest ([`TreeRef`]); refused unless it matches them and
+//! is consistent with its index. A restore never needs it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use steward_store::chunks::Index;
+use steward_store::manifest::TreeRef;
+use steward_store::store::{Store, StoreError};
+
+use super::listing::Stat;
+use crate::encryption::Keys;
+
+/// A tree unpacks to at most this much JSON (about 2 million entries).
+const MAX_TREE_RAW: u64 = 512 << 20;
+/// Stored trees are at most this long.
+const MAX_TREE_STORED: usize = 256 << 20;
+const VERSION: u32 = 1;
+
+/// One archive entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// Archive name without a directory's trailing `/` (`data/a/b`).
+    pub name: String,
+    /// Offset of its first header (a PAX or long-name header when it has one) in the archive.
+    pub start: u64,
+    /// Its bytes: headers, data and padding.
+    pub len: u64,
+    /// Its listing when the backup was taken; `None` when the listing did not have it (then
+    /// the next backup reads it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat: Option<Stat>,
+}
+
+/// A path's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Format version.
+    pub version: u32,
+    /// The listing's clock: an entry whose ctime second is this or later may have changed
+    /// after it was read, so it is read again next time.
+    pub listed: i64,
+    /// Entries in archive order.
+    pub entries: Vec<TreeEntry>,
+    /// Plaintext SHA-256 (hex) of each chunk of the index, in order.
+    pub digests: Vec<String>,
+}
+
+impl Tree {
+    /// The object beside index `index` (`…/path-x-y.chunks.zst` → `…/path-x-y.tree.zst`).
+    pub fn object_for(index: &str) -> String {
+        format!("{}.tree.zst", index.strip_suffix(".chunks.zst").unwrap_or(index))
+    }
+
+    /// Whether it describes `index` of `raw_size` bytes: a digest per chunk, entries in
+    /// order, apart, and inside the archive.
+    pub fn consistent(&self, index: &Index, raw_size: u64) -> Result<(), String> {
+        if self.version != VERSION {
+            return Err(format!(
+                "tree version {} (this backup service reads {VERSION})",
+                self.version
+            ));
+        }
+        if self.digests.len() != index.entries.len()
+            || !self
+                .digests
+                .iter()
+                .all(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err("the tree's chunk digests do not match its index".into());
+        }
+        let mut at = 0u64;
+        for e in &self.entries {
+            let end = e.start.checked_add(e.len).ok_or("an entry beyond 2^64")?;
+            if e.start < at || end > raw_size || e.len == 0 {
+                return Err(format!("entry {:?} is out of place in the tree", e.name));
+            }
+            at = end;
+        }
+        Ok(())
+    }
+}
+
+/// Compresses and seals `tree`, stores it as `object` and returns its reference.
+pub async fn put(
+    store: &Store,
+    keys: &Keys,
+    object: &str,
+    tree: &Tree,
+    level: i32,
+) -> Result<TreeRef, StoreError> {
+    let failed = |e: &dyn std::fmt::Display| StoreError::Unreadable {
+        key: store.key(object),
+        reason: format!("writing the tree: {e}"),
+    };
+    let json = serde_json::to_vec(tree).map_err(|e| failed(&e))?;
+    let sealing = keys.clone();
+    let sealed = tokio::task::spawn_blocking(move || {
+        let packed = zstd::bulk::compress(&json, level)?;
+        sealing.seal_bytes(&packed)
+    })
+    .await
+    .map_err(|e| failed(&e))?
+    .map_err(|e| failed(&e))?;
+    let reference = TreeRef {
+        object: object.to_owned(),
+        stored_size: sealed.len() as u64,
+        stored_sha256: hex::encode(Sha256::digest(&sealed)),
+    };
+    store.put(object, Bytes::from(sealed)).await?;
+    Ok(reference)
+}
+
+/// The tree `reference` names, refused unless its bytes are the signed ones; `encrypted`:
+/// sealed (opening it needs an identity).
+pub async fn get(
+    store: &Store,
+    keys: &Keys,
+    reference: &TreeRef,
+    encrypted: bool,
+) -> Result<Tree, String> {
+    let limit = usize::try_from(reference.stored_size)
+        .ok()
+        .filter(|l| *l <= MAX_TREE_STORED)
+        .ok_or("the tree is too large")?;
+    let body = store
+        .get_small(&reference.object, limit)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the tree is missing from the bucket")?;
+    let sha = hex::encode(Sha256::digest(&body));
+    if body.len() as u64 != reference.stored_size || sha != reference.stored_sha256 {
+        return Err("the tree does not match the signed manifest".into());
+    }
+    let keys = keys.clone();
+    tokio::task::spawn_blocking(move || {
+        let unpack = |from: &mut dyn std::io::Read| {
+            let decoder = zstd::stream::read::Decoder::new(from).map_err(|e| e.to_string())?;
+            let mut json = vec![];
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(decoder, MAX_TREE_RAW + 1),
+                &mut json,
+            )
+            .map_err(|e| format!("the tree does not unpack: {e}"))?;
+            if json.len() as u64 > MAX_TREE_RAW {
+                return Err("the tree unpacks to more than 512 MiB".to_owned());
+            }
+            serde_json::from_slice::<Tree>(&json).map_err(|e| format!("an unreadable tree: {e}"))
+        };
+        if encrypted {
+            unpack(&mut keys.open_reader(&body)?)
+        } else {
+            unpack(&mut body.as_slice())
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
