@@ -756,6 +756,132 @@ async fn a_restore_killed_twice_in_a_row_at_each_point() {
     restore_campaign(Variant::Twice, 1).await;
 }
 
+/// Incremental backups: the service with `STEWARD_BACKUP_INCREMENTAL=true`.
+fn incremental() -> [(&'static str, String); 1] {
+    [("STEWARD_BACKUP_INCREMENTAL", "true".into())]
+}
+
+/// [`kill_and_recover`] for an incremental service: a backup request to a service killed at
+/// `spec`, for `Twice` one killed again at the first point it passes, then a clean one.
+async fn incremental_run(bed: &Bed, spec: &str, variant: Variant, points: &[String]) {
+    let bus = TestBus::new("spcrash").await;
+    let request = bed.backup_request();
+    let mut first = bed.service_with(&bus, Some(spec), &incremental());
+    first.consuming();
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    assert!(first.exits_within(Duration::from_secs(90)), "{spec}: never reached\n{}", first.logs());
+    assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
+    if variant == Variant::Twice {
+        let names = all_names(Flow::Backup, points);
+        let mut second = bed.service_with(&bus, Some(&names), &incremental());
+        second.ends(Flow::Backup).await;
+    }
+    let mut last = bed.service_with(&bus, None, &incremental());
+    last.consuming();
+    wait_terminal(&bus, Flow::Backup, request.correlation_id, &last).await;
+    let log = last.proc.log.clone();
+    let context = move || {
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        format!("incremental backup killed at {spec} ({variant:?})\n{logs}")
+    };
+    wait_settled(&last, Flow::Backup, &context).await;
+    let all = stored_events(&bus).await;
+    let mine = check_flow(Flow::Backup, &all, request.correlation_id, &context);
+    let done = mine
+        .iter()
+        .find_map(|e| match &e.data {
+            EventData::BackupDone(d) => Some(d.backup_id.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no backup.done: {}", context()));
+    let complete = bed.check_catalog(&context).await;
+    assert!(complete.contains(&done), "{complete:?}: {}", context());
+    // The recovered backup still takes the unchanged entries from an earlier one.
+    assert!(last.logs().contains("unread"), "the recovery read the path whole: {}", context());
+    assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+}
+
+/// An incremental backup that splices the path from the previous one, killed at its steps:
+/// after the listing, after the chunks are stored (before the index and the tree), after the
+/// path's component, at the manifest; once and twice in a row. Each run changes a file first,
+/// so every splice reads something. Ends with a restore of the last backup, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
+    let started = Instant::now();
+    let bed = Bed::new("spcrash", 8).await;
+    let change = |n: u32| {
+        sh(
+            &bed.app.name,
+            &format!(
+                "echo change {n} >> /data/repo.txt && mkdir -p /data/d{n} && echo x > /data/d{n}/f"
+            ),
+        );
+    };
+    // The parent: a clean incremental backup; then a clean splice, which names the points.
+    let bus = TestBus::new("spfind").await;
+    let mut s = bed.service_with(&bus, Some(""), &incremental());
+    s.consuming();
+    for n in 0..2 {
+        change(n);
+        // Settled: a file changed in the second its listing starts is read again next time.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let request = bed.backup_request();
+        bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+        let all = wait_terminal(&bus, Flow::Backup, request.correlation_id, &s).await;
+        check_flow(Flow::Backup, &all, request.correlation_id, &|| s.logs());
+    }
+    assert!(s.logs().contains("unread"), "the second backup did not splice:\n{}", s.logs());
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    let points = steward_system_tests::failpoints_passed(&s.logs());
+    let wanted = ["chunks:listed", "chunks:spliced", "backup:stored:paths", "backup:manifest"];
+    for p in wanted {
+        assert!(points.iter().any(|q| q.starts_with(p)), "{p} not passed: {points:?}");
+    }
+    // The splice's own points always; the rest of the flow is the other campaigns'.
+    let chosen: Vec<String> =
+        points.iter().filter(|p| wanted.iter().any(|w| p.starts_with(w))).cloned().collect();
+    let mut n = 2;
+    for variant in [Variant::Once, Variant::Twice] {
+        for spec in &chosen {
+            change(n);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let t = Instant::now();
+            incremental_run(&bed, spec, variant, &points).await;
+            eprintln!("incremental {variant:?} {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
+        }
+    }
+    // The last backup restores what the path held.
+    let backed_up = bed.content();
+    let dirs = sh(&bed.app.name, "ls /data | sort | tr '\n' ' '");
+    let last = {
+        let trust = steward_store::signing::Trust::new(
+            bed.bucket.iter().map(|b| b.signing.public()).collect(),
+        );
+        let listed =
+            steward_store::catalog::list(&bed.store, &trust, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap_or_else(|e| panic!("list: {e}"));
+        let usable: Vec<String> =
+            listed.iter().filter(|l| l.usable().is_some()).map(|l| l.backup_id.clone()).collect();
+        usable.into_iter().max().unwrap_or_else(|| panic!("no usable backup"))
+    };
+    let bus = TestBus::new("sprestore").await;
+    bed.diverge();
+    assert_ne!(bed.content(), backed_up);
+    let mut s = bed.service_with(&bus, None, &incremental());
+    s.consuming();
+    let request = restore_request(&last);
+    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
+    let all = wait_terminal(&bus, Flow::Restore, request.correlation_id, &s).await;
+    check_flow(Flow::Restore, &all, request.correlation_id, &|| s.logs());
+    assert_eq!(bed.content(), backed_up, "the last spliced backup restores the path's content");
+    assert_eq!(sh(&bed.app.name, "ls /data | sort | tr '\n' ' '"), dirs);
+    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+    bed.destroy().await;
+    eprintln!("incremental: {:.0}s", started.elapsed().as_secs_f64());
+}
+
 /// A schedule (seconds first) that fires once, `secs` from now, and then not for a year.
 fn once_in(secs: i64) -> String {
     let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);

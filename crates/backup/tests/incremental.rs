@@ -88,6 +88,22 @@ async fn restored_as(stack: &Stack, backups: &Backups, id: &str, expected: &str)
     assert_eq!(differ(&tree(stack), expected), Vec::<String>::new());
 }
 
+/// Bytes backup `id` read to splice its path, which it did reading `entries` entries
+/// through the engine (from the captured log line).
+fn spliced(id: &str, entries: usize) -> u64 {
+    let lines = common::log_lines(id);
+    let lines: Vec<&String> = lines.iter().filter(|l| l.contains("unread")).collect();
+    assert_eq!(lines.len(), 1, "backup {id} did not splice: {lines:?}");
+    eprintln!("{}", lines[0]);
+    assert!(lines[0].contains(&format!("read_entries={entries} ")), "{}", lines[0]);
+    lines[0]
+        .split("read_bytes=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no read_bytes in {}", lines[0]))
+}
+
 fn path_component(m: &Manifest) -> steward_store::manifest::Component {
     let c = m.components.iter().find(|c| matches!(c.kind, Kind::Path { .. }));
     c.cloned().unwrap_or_else(|| panic!("no path component: {m:?}"))
@@ -134,21 +150,28 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     let c2 = path_component(&m2);
     assert_eq!(c2.raw_size, c1.raw_size);
     assert_ne!(c2.raw_sha256, c1.raw_sha256);
-    // The second backup read only the two changed files through the engine (and their
-    // directory, whose times the writes did not change: listed as before), plus the old
-    // chunks around them: not the 40 MiB.
-    let spliced = common::log_lines(&second);
-    let spliced: Vec<&String> = spliced.iter().filter(|l| l.contains("unread")).collect();
-    assert_eq!(spliced.len(), 1, "{spliced:?}");
-    eprintln!("{}", spliced[0]);
-    assert!(spliced[0].contains("read_entries=2 "), "{}", spliced[0]);
-    let read: u64 = spliced[0]
-        .split("read_bytes=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("no read_bytes in {}", spliced[0]));
+    assert!(c2.tree.is_some() && c2.entries_checked.is_some(), "{c2:?}");
+    // The second backup read only the two changed files through the engine (their
+    // directory's times did not change), plus the old chunks around them: not the 40 MiB.
+    let read = spliced(&second, 2);
     assert!(read < c2.raw_size / 3, "read {read} of {} bytes", c2.raw_size);
+
+    // A file changes mode only, one goes, a directory, a file in it and a link come: read
+    // are the first file, the new file and the link; the headers of /data, /data/files and
+    // /data/new are made from their listing.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    stack.app_sh(
+        "chmod 604 /data/files/f3; rm /data/files/f4; \
+         mkdir /data/new && echo hello > /data/new/n.txt && chown 1001:101 /data/new/n.txt; \
+         ln -s files/f5 /data/link",
+    );
+    let third_tree = tree(&stack);
+    let (third, m3) = back_up(&backups).await;
+    let read = spliced(&third, 6);
+    let c3 = path_component(&m3);
+    assert!(read < c3.raw_size / 3, "read {read} of {} bytes", c3.raw_size);
+    assert!(c3.entries_checked.is_some(), "{c3:?}");
+    restored_as(&stack, &backups, &third, &third_tree).await;
 
     backups.verify(&second).await.unwrap_or_else(|e| panic!("verify: {e}"));
     restored_as(&stack, &backups, &first, &first_tree).await;

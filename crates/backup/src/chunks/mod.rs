@@ -676,6 +676,7 @@ impl crate::backup::Backups {
             }
             _ => None,
         };
+        steward_failpoints::failpoint!("chunks:listed");
         let level = self.config.zstd_level;
         if let (Some(listing), Some(parent), Kind::Path { container, path }) =
             (&listing, &parent, &kind)

@@ -689,6 +689,111 @@ pub async fn splice(
 mod tests {
     use super::*;
 
+    fn stat(kind: Kind, size: u64, ctime: &str) -> Stat {
+        Stat {
+            kind,
+            size,
+            mtime: "1700000000".into(),
+            ctime: ctime.into(),
+            inode: 7,
+            perms: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+        }
+    }
+
+    /// A parent whose archive holds `data` (a directory) then `entries` of 1 KiB each, listed
+    /// at second 2000, and ends with 1 KiB of end-of-archive blocks.
+    fn parent(entries: &[(&str, Stat)]) -> Parent {
+        let mut tree = vec![TreeEntry {
+            name: "data".into(),
+            start: 0,
+            len: 512,
+            stat: Some(stat(Kind::Dir, 4096, "1000")),
+        }];
+        for (i, (name, s)) in entries.iter().enumerate() {
+            tree.push(TreeEntry {
+                name: (*name).into(),
+                start: 512 + 1024 * i as u64,
+                len: 1024,
+                stat: Some(s.clone()),
+            });
+        }
+        let raw_size = 512 + 1024 * entries.len() as u64 + 1024;
+        Parent {
+            index: Index { scheme: "sha256".into(), entries: vec![] },
+            tree: Tree { version: 1, listed: 2000, entries: tree, digests: vec![] },
+            raw_size,
+            encrypted: false,
+            checked: true,
+        }
+    }
+
+    fn listing(entries: &[(&str, Stat)]) -> Listing {
+        let mut all: HashMap<String, Stat> =
+            entries.iter().map(|(n, s)| ((*n).to_owned(), s.clone())).collect();
+        all.insert("data".into(), stat(Kind::Dir, 4096, "1000"));
+        Listing { started: 3000, entries: all }
+    }
+
+    fn kinds(segs: &[Seg]) -> Vec<String> {
+        segs.iter()
+            .map(|s| match &s.piece {
+                Piece::Old { from, len } => format!("old {from}+{len}"),
+                Piece::Made(b) => format!("made {}", b.len()),
+                Piece::Read { name, .. } => format!("read {name}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_entries_listed_as_before_and_settled_then_are_taken_unread() {
+        let a = stat(Kind::File, 100, "1500");
+        let racy = stat(Kind::File, 100, "2000");
+        let p = parent(&[("data/a", a.clone()), ("data/b", racy.clone()), ("data/c", a.clone())]);
+        // Unchanged a and c, b changed in the second the old listing began (its stat equal).
+        let (segs, tree, total) =
+            plan(&p, &listing(&[("data/a", a.clone()), ("data/b", racy), ("data/c", a.clone())]))
+                .expect("planned");
+        assert_eq!(kinds(&segs), ["old 0+1536", "read data/b", "old 2560+2048"]);
+        assert_eq!(total, 4608, "the same length: b's new entry is as long as its old one");
+        assert_eq!(tree.iter().map(|e| e.start).collect::<Vec<_>>(), [0, 512, 1536, 2560]);
+
+        // c's ctime moved (a chmod): read; a new directory: made; a gone: left out.
+        let chmod = stat(Kind::File, 100, "2500");
+        let (segs, _, _) = plan(
+            &p,
+            &listing(&[
+                ("data/c", chmod),
+                ("data/b", a.clone()),
+                ("data/new", stat(Kind::Dir, 0, "2500")),
+            ]),
+        )
+        .expect("planned");
+        assert_eq!(
+            kinds(&segs),
+            ["old 0+512", "read data/b", "read data/c", "made 512", "old 3584+1024"]
+        );
+    }
+
+    #[test]
+    fn what_the_archive_api_writes_otherwise_is_never_spliced() {
+        let a = stat(Kind::File, 100, "1500");
+        let p = parent(&[("data/a", a.clone())]);
+        let linked = Stat { nlink: 2, ..a.clone() };
+        assert!(plan(&p, &listing(&[("data/a", linked)])).is_err(), "a hard link");
+        let fifo = stat(Kind::Other, 0, "1500");
+        assert!(plan(&p, &listing(&[("data/a", a.clone()), ("data/p", fifo)])).is_err(), "a FIFO");
+        // Most of the bytes changed: cheaper to read whole.
+        let big = stat(Kind::File, 1 << 20, "2500");
+        assert!(plan(&p, &listing(&[("data/a", a), ("data/big", big)])).is_err(), "mostly new");
+        // An old archive without its end blocks is not trusted.
+        let short =
+            Parent { raw_size: 512 + 1024, ..parent(&[("data/a", stat(Kind::File, 100, "1500"))]) };
+        assert!(plan(&short, &listing(&[("data/a", stat(Kind::File, 100, "1500"))])).is_err());
+    }
+
     #[test]
     fn walk_order_is_the_archive_apis() {
         let mut names = vec!["data/b", "data/a/z", "data", "data/a", "data/a.txt", "data/a/b"];
