@@ -796,8 +796,12 @@ async fn incremental_run(bed: &Bed, spec: &str, variant: Variant, points: &[Stri
         .unwrap_or_else(|| panic!("no backup.done: {}", context()));
     let complete = bed.check_catalog(&context).await;
     assert!(complete.contains(&done), "{complete:?}: {}", context());
-    // The recovered backup still takes the unchanged entries from an earlier one.
-    assert!(last.logs().contains("unread"), "the recovery read the path whole: {}", context());
+    // A recovery that takes the backup again still takes the unchanged entries from an
+    // earlier one (one killed after its manifest only concludes it).
+    let logs = last.logs();
+    if logs.contains("stored as chunks") {
+        assert!(logs.contains("unread"), "the recovery read the path whole: {}", context());
+    }
     assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
 }
 
@@ -817,22 +821,26 @@ async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
             ),
         );
     };
-    // The parent: a clean incremental backup; then a clean splice, which names the points.
+    // The parent: a clean incremental backup; then a clean splice by a service of its own,
+    // which names the points (counted from its start).
     let bus = TestBus::new("spfind").await;
-    let mut s = bed.service_with(&bus, Some(""), &incremental());
-    s.consuming();
+    let mut points = vec![];
     for n in 0..2 {
         change(n);
         // Settled: a file changed in the second its listing starts is read again next time.
         tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut s = bed.service_with(&bus, Some(""), &incremental());
+        s.consuming();
         let request = bed.backup_request();
         bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
         let all = wait_terminal(&bus, Flow::Backup, request.correlation_id, &s).await;
         check_flow(Flow::Backup, &all, request.correlation_id, &|| s.logs());
+        assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
+        if n == 1 {
+            assert!(s.logs().contains("unread"), "the second backup did not splice:\n{}", s.logs());
+            points = steward_system_tests::failpoints_passed(&s.logs());
+        }
     }
-    assert!(s.logs().contains("unread"), "the second backup did not splice:\n{}", s.logs());
-    assert_eq!(s.proc.terminate(Duration::from_secs(30)), Some(0));
-    let points = steward_system_tests::failpoints_passed(&s.logs());
     let wanted = ["chunks:listed", "chunks:spliced", "backup:stored:paths", "backup:manifest"];
     for p in wanted {
         assert!(points.iter().any(|q| q.starts_with(p)), "{p} not passed: {points:?}");
