@@ -326,22 +326,27 @@ impl TarGuard {
     /// The name, with the ustar prefix when the format has one (not GNU's, whose prefix field
     /// holds times).
     fn header_name(&self, block: &[u8]) -> String {
-        let name = text(&block[0..100]);
-        if &block[257..263] != b"ustar\0" || &block[263..265] != b"00" {
-            return name;
-        }
-        let prefix = if &block[508..512] == b"tar\0" {
-            text(&block[345..476])
-        } else {
-            text(&block[345..500])
-        };
-        if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        }
+        block_name(block)
     }
+}
 
+/// A header block's name, with the ustar prefix when the format has one (not GNU's, whose
+/// prefix field holds times).
+pub fn block_name(block: &[u8]) -> String {
+    let name = text(&block[0..100]);
+    if &block[257..263] != b"ustar\0" || &block[263..265] != b"00" {
+        return name;
+    }
+    let prefix =
+        if &block[508..512] == b"tar\0" { text(&block[345..476]) } else { text(&block[345..500]) };
+    if prefix.is_empty() {
+        name
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+impl TarGuard {
     fn end_meta(&mut self) -> Result<(), String> {
         let Some(meta) = self.meta.take() else { return Ok(()) };
         let value = text(&meta.data);

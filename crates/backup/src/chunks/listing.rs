@@ -17,15 +17,18 @@ use steward_engine::{Engine, ExecSpec};
 /// Listing text beyond this (about a million entries) is not held: the path is read whole.
 const MAX_LISTING: usize = 128 << 20;
 
-/// `$1` is the path. The first line names the record format and the clock (seconds) before
-/// the walk began; records follow, NUL-terminated from GNU find, newline-terminated from
-/// busybox's stat (whose names cannot hold a newline unnoticed: see [`parse`]).
+/// `$1` is the path. The first line names the record format, the clock (seconds) before the
+/// walk began and whether `tar` is there (changed entries are then read by one exec); records
+/// follow, NUL-terminated from GNU find, newline-terminated from busybox's stat (whose names
+/// cannot hold a newline unnoticed: see [`parse`]).
 const SCRIPT: &str = r#"set -u
+tar=no
+command -v tar >/dev/null 2>&1 && tar=tar
 if find "$1" -maxdepth 0 -printf '' >/dev/null 2>&1; then
-  printf 'steward-listing 1 nul %s\n' "$(date +%s)"
+  printf 'steward-listing 1 nul %s %s\n' "$(date +%s)" "$tar"
   exec find "$1" -printf '%y %s %T@ %C@ %i %m %U %G %n %p\0'
 fi
-printf 'steward-listing 1 line %s\n' "$(date +%s)"
+printf 'steward-listing 1 line %s %s\n' "$(date +%s)" "$tar"
 exec find "$1" -exec stat -c '%f %s %Y %Z %i %u %g %h %n' {} +
 "#;
 
@@ -78,6 +81,8 @@ pub struct Listing {
     /// The container's clock (seconds) before the walk began: an entry changed in or after
     /// that second may look unchanged to the next listing ([`super::splice`]'s rule).
     pub started: i64,
+    /// The container has `tar`.
+    pub tar: bool,
     /// Entries by archive name (`data`, `data/a/b`: as the archive API names them, without a
     /// directory's trailing `/`).
     pub entries: HashMap<String, Stat>,
@@ -159,9 +164,9 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
     let newline = out.iter().position(|b| *b == b'\n').ok_or("no header line")?;
     let head = std::str::from_utf8(&out[..newline]).map_err(|_| "an unreadable header line")?;
     let fields: Vec<&str> = head.split(' ').collect();
-    let (nul, started) = match fields.as_slice() {
-        ["steward-listing", "1", "nul", t] => (true, t),
-        ["steward-listing", "1", "line", t] => (false, t),
+    let (nul, started, tar) = match fields.as_slice() {
+        ["steward-listing", "1", "nul", t, tar] => (true, t, *tar == "tar"),
+        ["steward-listing", "1", "line", t, tar] => (false, t, *tar == "tar"),
         _ => return Err(format!("an unknown header line {head:?}")),
     };
     let started = started.parse::<i64>().map_err(|_| "an unreadable clock")?;
@@ -184,7 +189,7 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
             return Err(format!("{listed:?} is listed twice"));
         }
     }
-    Ok(Listing { started, entries })
+    Ok(Listing { started, tar, entries })
 }
 
 /// Lists `path` in running `container` (as root, like the archive API reads it).
@@ -231,7 +236,7 @@ mod tests {
 
     #[test]
     fn gnu_and_busybox_records_read_alike() {
-        let gnu_out = b"steward-listing 1 nul 1700000100\n\
+        let gnu_out = b"steward-listing 1 nul 1700000100 tar\n\
             d 4096 1700000000.5000000000 1700000001.2500000000 11 755 0 0 3 /data\0\
             f 12 1700000002.0000000000 1700000003.0000000000 12 4755 1000 1000 1 /data/a b\nc\0";
         let l = parse("/data", gnu_out).expect("parses");
@@ -239,7 +244,7 @@ mod tests {
         let f = &l.entries["data/a b\nc"];
         assert_eq!((f.kind, f.size, f.perms, f.uid, f.nlink), (Kind::File, 12, 0o4755, 1000, 1));
         assert_eq!(Stat::seconds(&f.ctime), Some(1_700_000_003));
-        let busybox_out = b"steward-listing 1 line 1700000100\n\
+        let busybox_out = b"steward-listing 1 line 1700000100 no\n\
             41ed 4096 1700000000 1700000001 11 0 0 3 /data\n\
             a1ff 5 1700000000 1700000001 13 0 0 1 /data/l\n";
         let l = parse("/data", busybox_out).expect("parses");
@@ -252,15 +257,16 @@ mod tests {
     fn an_odd_listing_is_refused_not_guessed() {
         let refused = |out: &[u8]| parse("/data", out).expect_err("refused");
         // A busybox name with a newline splits into a record that does not parse.
-        refused(b"steward-listing 1 line 5\n81a4 1 1 1 1 0 0 1 /data/a\nb\n");
+        refused(b"steward-listing 1 line 5 no\n81a4 1 1 1 1 0 0 1 /data/a\nb\n");
         // ... or into one that names an entry twice.
         refused(
-            b"steward-listing 1 line 5\n81a4 1 1 1 1 0 0 1 /data/a\n81a4 1 1 1 1 0 0 1 /data/a\n",
+            b"steward-listing 1 line 5 no\n81a4 1 1 1 1 0 0 1 /data/a\n81a4 1 1 1 1 0 0 1 /data/a\n",
         );
-        refused(b"steward-listing 1 line 5\n81a4 1 1 1 1 0 0 1 /etc/passwd\n");
-        refused(b"steward-listing 2 line 5\n");
-        refused(b"steward-listing 1 line 5\n");
-        refused(b"steward-listing 1 nul x\n");
-        refused(b"steward-listing 1 line 5\n81a4 1 1e3 1 1 0 0 1 /data/a\n");
+        refused(b"steward-listing 1 line 5 no\n81a4 1 1 1 1 0 0 1 /etc/passwd\n");
+        refused(b"steward-listing 2 line 5 no\n");
+        refused(b"steward-listing 1 line 5\n81a4 1 1 1 1 0 0 1 /data\n");
+        refused(b"steward-listing 1 line 5 no\n");
+        refused(b"steward-listing 1 nul x tar\n");
+        refused(b"steward-listing 1 line 5 no\n81a4 1 1e3 1 1 0 0 1 /data/a\n");
     }
 }

@@ -527,33 +527,6 @@ pub fn chunked_components(m: &Manifest) -> impl Iterator<Item = &Component> {
     m.components.iter().filter(|c| is_chunked(&c.encoding))
 }
 
-/// Every chunk the usable backups of `store` list under `chunker`'s scheme: what a new backup
-/// need not upload again. Unusable or unreadable indexes add nothing (the chunk is uploaded
-/// again, never trusted from an unsigned list).
-pub async fn known_chunks(
-    store: &Store,
-    trust: &steward_store::signing::Trust,
-    chunker: &Chunker,
-) -> Result<Known, StoreError> {
-    let now = time::OffsetDateTime::now_utc();
-    let known = Known::default();
-    for listed in steward_store::catalog::list(store, trust, now).await? {
-        let Some(m) = listed.usable() else { continue };
-        for c in chunked_components(m) {
-            match read_index(store, c, None, None).await {
-                Ok((index, _)) if index.scheme == chunker.scheme => {
-                    index.entries.into_iter().for_each(|e| known.insert(e))
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(backup = %m.backup_id, component = %c.name, error = %e, "an index of a usable backup is unreadable; its chunks are uploaded again")
-                }
-            }
-        }
-    }
-    Ok(known)
-}
-
 /// Marks a backup's directory before its first chunk is stored: a collection then sees a
 /// backup in progress (its chunks are in no index yet) and deletes nothing.
 pub const PENDING: &str = "chunks-pending";
@@ -568,8 +541,10 @@ struct Candidate {
 }
 
 impl crate::backup::Backups {
-    /// Every chunk the usable backups list under `chunker`'s scheme ([`known_chunks`]'s rule),
-    /// and the previous backup of component `name` to splice from, if one can be.
+    /// Every chunk the usable backups list under `chunker`'s scheme: what a new backup need
+    /// not upload again (unusable or unreadable indexes add nothing: the chunk is uploaded
+    /// again, never trusted from an unsigned list); and the previous backup of component
+    /// `name` to splice from, if one can be.
     async fn known_and_parent(
         &self,
         chunker: &Chunker,

@@ -287,16 +287,81 @@ fn push(segs: &mut Vec<Seg>, seg: Seg) {
     segs.push(seg);
 }
 
-/// The old archive's chunks, read on demand, the last one kept.
+/// Old chunks fetched at once ahead of the cutting, and how many wait read.
+const PREFETCH: usize = 3;
+
+/// Fetches old chunk `k` and checks its plaintext against the tree's digest.
+async fn fetch_old(ctx: (Store, Keys), parent: (Entry, String, bool)) -> Result<Bytes, Fallback> {
+    let ((store, keys), (entry, digest, encrypted)) = (ctx, parent);
+    let object = entry.object();
+    let plain = read_chunk(store, keys, entry, encrypted)
+        .await
+        .map_err(|e| Fallback(format!("reading an old chunk: {e}")))?;
+    if hex::encode(Sha256::digest(&plain)) != digest {
+        return Err(Fallback(format!("old chunk {object} does not match its digest")));
+    }
+    Ok(plain)
+}
+
+/// The old archive's chunks, read on demand, the last one kept; those `wanted` fetched ahead
+/// in that order by a task of their own.
 struct OldChunks<'a> {
     ctx: &'a Ctx<'a>,
     parent: &'a Parent,
     starts: Vec<u64>,
     cached: Option<(usize, Bytes)>,
+    ahead: tokio::sync::mpsc::Receiver<(usize, Result<Bytes, Fallback>)>,
+    peeked: Option<(usize, Result<Bytes, Fallback>)>,
     read: u64,
 }
 
-impl OldChunks<'_> {
+impl<'a> OldChunks<'a> {
+    fn new(ctx: &'a Ctx<'a>, parent: &'a Parent, starts: Vec<u64>, wanted: Vec<usize>) -> Self {
+        let (tx, ahead) = tokio::sync::mpsc::channel(1);
+        let fetches: Vec<_> = wanted
+            .into_iter()
+            .filter_map(|k| {
+                let e = parent.index.entries.get(k)?.clone();
+                let digest = parent.tree.digests.get(k)?.clone();
+                Some((k, (ctx.store.clone(), ctx.keys.clone()), (e, digest, parent.encrypted)))
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut fetched = futures::stream::iter(fetches)
+                .map(|(k, c, p)| async move { (k, fetch_old(c, p).await) })
+                .buffered(PREFETCH);
+            while let Some(item) = fetched.next().await {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Self { ctx, parent, starts, cached: None, ahead, peeked: None, read: 0 }
+    }
+
+    /// Chunk `k`: fetched ahead when it was foreseen, else now.
+    async fn chunk(&mut self, k: usize) -> Result<Bytes, Fallback> {
+        loop {
+            if self.peeked.is_none() {
+                self.peeked = self.ahead.recv().await;
+            }
+            match self.peeked.take() {
+                Some((at, bytes)) if at == k => return bytes,
+                // Foreseen, but the cutting met an old cut before it.
+                Some((at, _)) if at < k => continue,
+                later => {
+                    self.peeked = later;
+                    break;
+                }
+            }
+        }
+        let e = self.parent.index.entries.get(k).cloned();
+        let e = e.ok_or_else(|| Fallback("an offset past the old archive's end".into()))?;
+        let digest = self.parent.tree.digests[k].clone();
+        let ctx = (self.ctx.store.clone(), self.ctx.keys.clone());
+        fetch_old(ctx, (e, digest, self.parent.encrypted)).await
+    }
+
     /// The chunk holding old offset `at`, and `at`'s offset in it.
     async fn at(&mut self, at: u64) -> Result<(Bytes, usize), Fallback> {
         let k = match self.starts.binary_search(&at) {
@@ -305,33 +370,15 @@ impl OldChunks<'_> {
                 .checked_sub(1)
                 .ok_or_else(|| Fallback("an offset before the first chunk".into()))?,
         };
-        let chunk =
-            match &self.cached {
-                Some((c, bytes)) if *c == k => bytes.clone(),
-                _ => {
-                    let e =
-                        self.parent.index.entries.get(k).ok_or_else(|| {
-                            Fallback("an offset past the old archive's end".into())
-                        })?;
-                    let plain = read_chunk(
-                        self.ctx.store.clone(),
-                        self.ctx.keys.clone(),
-                        e.clone(),
-                        self.parent.encrypted,
-                    )
-                    .await
-                    .map_err(|e| Fallback(format!("reading an old chunk: {e}")))?;
-                    if hex::encode(Sha256::digest(&plain)) != self.parent.tree.digests[k] {
-                        return Err(Fallback(format!(
-                            "old chunk {} does not match its digest",
-                            e.object()
-                        )));
-                    }
-                    self.read = self.read.saturating_add(plain.len() as u64);
-                    self.cached = Some((k, plain.clone()));
-                    plain
-                }
-            };
+        let chunk = match &self.cached {
+            Some((c, bytes)) if *c == k => bytes.clone(),
+            _ => {
+                let plain = self.chunk(k).await?;
+                self.read = self.read.saturating_add(plain.len() as u64);
+                self.cached = Some((k, plain.clone()));
+                plain
+            }
+        };
         let offset = usize::try_from(at - self.starts[k]).unwrap_or(usize::MAX);
         if offset >= chunk.len() {
             return Err(Fallback("an offset past the old archive's end".into()));
@@ -340,114 +387,259 @@ impl OldChunks<'_> {
     }
 }
 
-/// An entry being read from the engine: its renamed headers, then data, then padding.
-struct Reading {
-    made: Bytes,
-    data: BoxStream<'static, io::Result<Bytes>>,
-    pending: BytesMut,
-    data_left: u64,
-    padding_left: u64,
-}
-
-/// Reads the first entry of the archive of one path: its header block (PAX and long-name
-/// headers skipped, refused if they say more than a name) and the rest of the stream.
-async fn first_entry(
-    mut tar: BoxStream<'static, io::Result<Bytes>>,
-) -> Result<([u8; 512], u64, BytesMut, BoxStream<'static, io::Result<Bytes>>), Fallback> {
-    let mut buf = BytesMut::new();
-    let mut pax_size: Option<u64> = None;
-    loop {
-        while buf.len() < BLOCK as usize {
-            match tar.next().await {
-                Some(Ok(b)) => buf.extend_from_slice(&b),
-                Some(Err(e)) => return Err(Fallback(format!("reading it: {e}"))),
-                None => return Err(Fallback("the archive ended before its entry".into())),
+/// The old chunks the cutting will most likely read, in order: around each run of changed
+/// entries, the chunk the old bytes before it end in, and the first two after it.
+fn foreseen(segs: &[Seg], starts: &[u64]) -> Vec<usize> {
+    let chunk_of = |at: u64| starts.partition_point(|s| *s <= at).checked_sub(1);
+    let mut wanted: Vec<usize> = vec![];
+    let mut add = |k: Option<usize>| {
+        if let Some(k) = k.filter(|k| *k < starts.len()) {
+            if wanted.last().is_none_or(|last| *last < k) {
+                wanted.push(k);
             }
         }
-        let block: [u8; 512] = buf.split_to(BLOCK as usize)[..].try_into().unwrap_or([0; 512]);
-        let size = crate::tarcheck::header_size(&block).map_err(Fallback)?;
-        match block[156] {
-            b'x' | b'L' => {
-                let want = size.checked_add(padding(size)).filter(|w| *w <= 1 << 20);
-                let want = want.ok_or_else(|| Fallback("a long extended header".into()))? as usize;
-                while buf.len() < want {
-                    match tar.next().await {
-                        Some(Ok(b)) => buf.extend_from_slice(&b),
-                        Some(Err(e)) => return Err(Fallback(format!("reading it: {e}"))),
-                        None => return Err(Fallback("the archive ended in a header".into())),
-                    }
+    };
+    for (i, seg) in segs.iter().enumerate() {
+        if matches!(seg.piece, Piece::Old { .. }) {
+            continue;
+        }
+        if let Some(Seg { piece: Piece::Old { from, len }, .. }) =
+            i.checked_sub(1).map(|p| &segs[p])
+        {
+            add(chunk_of((from + len).saturating_sub(1)));
+        }
+        if let Some(Seg { piece: Piece::Old { from, .. }, .. }) = segs.get(i + 1) {
+            let k = chunk_of(*from);
+            add(k);
+            add(k.map(|k| k + 1));
+        }
+    }
+    wanted
+}
+
+/// An archive read entry after entry: the container's `tar` of every changed file and link
+/// (one exec), or the archive API's of one entry.
+struct TarCursor {
+    stream: BoxStream<'static, io::Result<Bytes>>,
+    pending: BytesMut,
+}
+
+impl TarCursor {
+    /// At least `n` bytes pending.
+    async fn fill(&mut self, n: usize) -> Result<(), Fallback> {
+        while self.pending.len() < n {
+            match self.stream.next().await {
+                Some(Ok(b)) => self.pending.extend_from_slice(&b),
+                Some(Err(e)) => return Err(Fallback(format!("reading a changed entry: {e}"))),
+                None => {
+                    return Err(Fallback("the archive of the changed entries ended early".into()))
                 }
-                let meta = buf.split_to(want);
-                if block[156] == b'x' {
-                    for (key, value) in
-                        crate::tarcheck::pax_records(&meta[..size as usize]).map_err(Fallback)?
-                    {
-                        match key.as_str() {
-                            "path" | "mtime" | "atime" | "ctime" => {}
-                            "size" => pax_size = value.parse().ok(),
-                            other => {
-                                return Err(Fallback(format!(
-                                    "its archive entry carries {other:?}, which a renamed header would lose"
-                                )))
-                            }
-                        }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next entry's header block, its name (from a long-name or PAX record when it has
+    /// one) and data size; refused when an extended header says more than a name, a size or
+    /// times (a renamed header would lose it).
+    async fn next_header(&mut self) -> Result<([u8; 512], String, u64), Fallback> {
+        let (mut name, mut pax_size) = (None, None);
+        loop {
+            self.fill(BLOCK as usize).await?;
+            let mut block = [0u8; 512];
+            block.copy_from_slice(&self.pending.split_to(BLOCK as usize));
+            let size = crate::tarcheck::header_size(&block).map_err(Fallback)?;
+            let kind = block[156];
+            if !matches!(kind, b'x' | b'L') {
+                let name = name.unwrap_or_else(|| crate::tarcheck::block_name(&block));
+                return Ok((block, name, pax_size.unwrap_or(size)));
+            }
+            let want = size
+                .checked_add(padding(size))
+                .filter(|w| *w <= 1 << 20)
+                .ok_or_else(|| Fallback("a long extended header".into()))?;
+            self.fill(want as usize).await?;
+            let meta = self.pending.split_to(want as usize);
+            let data = &meta[..size as usize];
+            if kind == b'L' {
+                let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+                name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+                continue;
+            }
+            for (key, value) in crate::tarcheck::pax_records(data).map_err(Fallback)? {
+                match key.as_str() {
+                    "path" => name = Some(value),
+                    "size" => pax_size = value.parse().ok(),
+                    "mtime" | "atime" | "ctime" => {}
+                    other => {
+                        return Err(Fallback(format!(
+                            "a changed entry carries {other:?}, which a renamed header would lose"
+                        )))
                     }
                 }
             }
-            _ => return Ok((block, pax_size.unwrap_or(size), buf, tar)),
         }
     }
 }
 
+/// How changed files and links are read.
+enum Changed {
+    /// All in one `tar` run by exec in the container (in walk order), and that exec.
+    Exec(TarCursor, Option<steward_engine::ExecStream>),
+    /// Each through the archive API (a container without `tar`, or too many for one command).
+    Api,
+}
+
+/// Changed files and links read in one exec at most this many (their names are arguments).
+const MAX_EXEC_NAMES: usize = 2_000;
+const MAX_EXEC_NAME_BYTES: usize = 256 << 10;
+
+impl Changed {
+    /// One `tar` of every changed file and link, in order, when the container can.
+    async fn start(ctx: &Ctx<'_>, segs: &[Seg], tar: bool) -> Self {
+        let names: Vec<&str> = segs
+            .iter()
+            .filter_map(|s| match &s.piece {
+                Piece::Read { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let bytes: usize = names.iter().map(|n| n.len() + 1).sum();
+        if !tar || names.is_empty() || names.len() > MAX_EXEC_NAMES || bytes > MAX_EXEC_NAME_BYTES {
+            return Changed::Api;
+        }
+        let mut cmd = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            r#"cd "$1" && shift && exec tar -cf - -- "$@""#.to_owned(),
+            "steward-read".to_owned(),
+            format!("{}/", parent_dir(ctx.path)),
+        ];
+        cmd.extend(names.iter().map(|n| (*n).to_owned()));
+        let spec = steward_engine::ExecSpec { cmd, env: vec![], user: Some("0".into()) };
+        match ctx.engine.exec_stdout(ctx.container, &spec, 5).await {
+            Ok(mut run) => {
+                let stream = std::mem::replace(&mut run.stdout, futures::stream::empty().boxed());
+                Changed::Exec(TarCursor { stream, pending: BytesMut::new() }, Some(run))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no tar in the container: changed entries read one by one");
+                Changed::Api
+            }
+        }
+    }
+
+    /// The header and data size of changed entry `name` (of `kind`), with the cursor its data
+    /// comes from next.
+    async fn open<'c>(
+        &'c mut self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        one: &'c mut Option<TarCursor>,
+    ) -> Result<([u8; 512], u64, &'c mut TarCursor), Fallback> {
+        let exec = matches!(self, Changed::Exec(..));
+        let cursor = match self {
+            Changed::Exec(cursor, _) => cursor,
+            Changed::Api => {
+                let path = format!("{}/{name}", parent_dir(ctx.path));
+                let stream = ctx.engine.download_path(ctx.container, &path);
+                one.insert(TarCursor { stream, pending: BytesMut::new() })
+            }
+        };
+        let (block, found, size) = cursor.next_header().await?;
+        if exec {
+            if found.trim_end_matches('/') != name {
+                return Err(Fallback(format!("tar wrote {found:?} where {name:?} was expected")));
+            }
+        }
+        Ok((block, size, cursor))
+    }
+
+    /// Whether the exec (if any) ended well: `tar` says when a file changed as it read it.
+    async fn finish(self) -> Result<(), Fallback> {
+        let Changed::Exec(cursor, Some(run)) = self else { return Ok(()) };
+        drop(cursor);
+        match run.finish().await {
+            Ok(out) if out.exit_code == 0 => Ok(()),
+            Ok(out) => Err(Fallback(format!(
+                "tar of the changed entries exited with {} ({})",
+                out.exit_code,
+                out.tail.join(" | ")
+            ))),
+            Err(e) => Err(Fallback(format!("tar of the changed entries: {e}"))),
+        }
+    }
+}
+
+/// The directory the path is archived from (`/srv/data` → `/srv`; `/data` → ``).
+fn parent_dir(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// A changed entry being copied into the new archive: its renamed header, then data, then
+/// padding.
+struct Reading {
+    made: Bytes,
+    data_left: u64,
+    padding_left: u64,
+    /// The source archive's padding after the data, skipped.
+    skip_left: u64,
+}
+
 impl Reading {
-    async fn open(ctx: &Ctx<'_>, name: &str, kind: Kind, size: u64) -> Result<Self, Fallback> {
-        let parent_dir = ctx.path.trim_end_matches('/').rsplit_once('/').map_or("", |(p, _)| p);
-        let path = format!("{parent_dir}/{name}");
-        let failed = |why: String| Fallback(format!("{path}: {why}"));
-        let tar = ctx.engine.download_path(ctx.container, &path);
-        let (mut block, found, pending, data) = first_entry(tar).await.map_err(|f| failed(f.0))?;
+    /// Reads the header of changed entry `name` and checks it is what the listing said.
+    fn check(
+        block: &mut [u8; 512],
+        size: u64,
+        name: &str,
+        kind: Kind,
+        listed: u64,
+    ) -> Result<Self, Fallback> {
         let (typeflag, want) = match kind {
-            Kind::File => (b'0', size),
+            Kind::File => (b'0', listed),
             _ => (b'2', 0),
         };
         let found_type = if block[156] == 0 { b'0' } else { block[156] };
-        if found_type != typeflag || found != want {
-            return Err(failed(format!(
-                "changed since it was listed (type {:?}, {found} bytes; listed {:?}, {want} bytes)",
+        let size = if found_type == b'0' { size } else { 0 };
+        if found_type != typeflag || size != want {
+            return Err(Fallback(format!(
+                "{name} changed since it was listed (type {:?}, {size} bytes; listed {:?}, {want} bytes)",
                 found_type as char, typeflag as char
             )));
         }
         let mut made = pax_for(name).unwrap_or_default();
-        rename(&mut block, name);
-        made.extend_from_slice(&block);
+        rename(block, name);
+        made.extend_from_slice(block);
         Ok(Self {
             made: Bytes::from(made),
-            data,
-            pending,
             data_left: want,
             padding_left: padding(want),
+            skip_left: padding(want),
         })
     }
 
     /// Up to `max` next bytes (never none before its end).
-    async fn next(&mut self, max: usize) -> Result<Bytes, Fallback> {
+    async fn next(&mut self, cursor: &mut TarCursor, max: usize) -> Result<Bytes, Fallback> {
         if !self.made.is_empty() {
             let n = max.min(self.made.len());
             return Ok(self.made.split_to(n));
         }
         if self.data_left > 0 {
-            if self.pending.is_empty() {
-                match self.data.next().await {
-                    Some(Ok(b)) => self.pending.extend_from_slice(&b),
-                    Some(Err(e)) => return Err(Fallback(format!("reading a file: {e}"))),
-                    None => return Err(Fallback("a file was cut short while it was read".into())),
-                }
+            if cursor.pending.is_empty() {
+                cursor.fill(1).await?;
             }
-            let n = max
-                .min(self.pending.len())
-                .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+            let left = usize::try_from(self.data_left).unwrap_or(usize::MAX);
+            let n = max.min(cursor.pending.len()).min(left);
             self.data_left -= n as u64;
-            return Ok(self.pending.split_to(n).freeze());
+            let data = cursor.pending.split_to(n).freeze();
+            if self.data_left == 0 {
+                // The source's padding, so the cursor stands at the next header.
+                let skip = self.skip_left as usize;
+                cursor.fill(skip).await?;
+                let _ = cursor.pending.split_to(skip);
+                self.skip_left = 0;
+            }
+            return Ok(data);
         }
         let n = max.min(self.padding_left as usize);
         self.padding_left -= n as u64;
@@ -463,6 +655,8 @@ struct Source<'a> {
     at: u64,
     seg: usize,
     old: OldChunks<'a>,
+    changed: Changed,
+    one: Option<TarCursor>,
     reading: Option<Reading>,
     guard: TarGuard,
     guard_failed: Option<String>,
@@ -499,18 +693,24 @@ impl<'a> Source<'a> {
                 }
                 Piece::Read { name, kind, size } => {
                     if self.reading.is_none() {
-                        let (name, kind, size) = (name.clone(), *kind, *size);
-                        self.reading = Some(Reading::open(self.ctx, &name, kind, size).await?);
+                        let (mut block, found, _) =
+                            self.changed.open(self.ctx, name, &mut self.one).await?;
+                        self.reading = Some(Reading::check(&mut block, found, name, *kind, *size)?);
                     }
+                    let cursor = match (&mut self.changed, &mut self.one) {
+                        (Changed::Exec(cursor, _), _) => cursor,
+                        (Changed::Api, Some(cursor)) => cursor,
+                        (Changed::Api, None) => return Err(Fallback("no reader".into())),
+                    };
                     let reading =
                         self.reading.as_mut().ok_or_else(|| Fallback("no reader".into()))?;
-                    reading.next(want.min(left)).await?
+                    reading.next(cursor, want.min(left)).await?
                 }
             };
             if got.is_empty() {
                 return Err(Fallback("an empty read".into()));
             }
-            if !matches!(self.segs[self.seg].piece, Piece::Old { .. }) {
+            if !matches!(seg.piece, Piece::Old { .. }) {
                 self.fresh_read = self.fresh_read.saturating_add(got.len() as u64);
                 if self.guard_failed.is_none() {
                     self.guard_failed = self.guard.feed(&got).err();
@@ -590,13 +790,16 @@ pub async fn splice(
         starts.push(at);
         at = at.saturating_add(e.raw_size);
     }
-    let old = OldChunks { ctx, parent, starts: starts.clone(), cached: None, read: 0 };
+    let old = OldChunks::new(ctx, parent, starts.clone(), foreseen(&segs, &starts));
+    let changed = Changed::start(ctx, &segs, listing.tar).await;
     let mut source = Source {
         ctx,
         segs: &segs,
         at: 0,
         seg: 0,
         old,
+        changed,
+        one: None,
         reading: None,
         guard: TarGuard::new(ctx.path),
         guard_failed: None,
@@ -680,8 +883,12 @@ pub async fn splice(
     while let Some(stored) = pending.next().await {
         take(stored?, &mut uploaded);
     }
-    let checked = parent.checked && source.guard_failed.is_none() && source.guard.finish().is_ok();
-    let read = source.old.read.saturating_add(source.fresh_read);
+    let Source { changed, guard, guard_failed, old, fresh_read, .. } = source;
+    if let Err(f) = changed.finish().await {
+        return Ok(Err(f));
+    }
+    let checked = parent.checked && guard_failed.is_none() && guard.finish().is_ok();
+    let read = old.read.saturating_add(fresh_read);
     Ok(Ok(Spliced { entries, digests, tree, size: total, uploaded, fresh_entries, read, checked }))
 }
 
@@ -734,7 +941,7 @@ mod tests {
         let mut all: HashMap<String, Stat> =
             entries.iter().map(|(n, s)| ((*n).to_owned(), s.clone())).collect();
         all.insert("data".into(), stat(Kind::Dir, 4096, "1000"));
-        Listing { started: 3000, entries: all }
+        Listing { started: 3000, tar: true, entries: all }
     }
 
     fn kinds(segs: &[Seg]) -> Vec<String> {
