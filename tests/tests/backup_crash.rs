@@ -827,8 +827,8 @@ async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
     let mut points = vec![];
     for n in 0..2 {
         change(n);
-        // Settled: a file changed in the second its listing starts is read again next time.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Settled: a file changed less than 2 s before its listing is read again next time.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         let mut s = bed.service_with(&bus, Some(""), &incremental());
         s.consuming();
         let request = bed.backup_request();
@@ -853,7 +853,7 @@ async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
         for spec in &chosen {
             change(n);
             n += 1;
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            tokio::time::sleep(Duration::from_millis(2100)).await;
             let t = Instant::now();
             incremental_run(&bed, spec, variant, &points).await;
             eprintln!("incremental {variant:?} {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());

@@ -173,8 +173,9 @@ impl Backups {
                 return Err(e);
             }
         };
+        let digests = components.iter().any(|c| crate::chunks::hashes_chunks(&c.encoding));
         let manifest = Manifest {
-            format: manifest::FORMAT,
+            format: if digests { manifest::FORMAT_CHUNK_DIGESTS } else { manifest::FORMAT },
             backup_id: id.to_owned(),
             taken_at,
             reason,

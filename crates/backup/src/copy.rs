@@ -62,17 +62,11 @@ impl Backups {
             // A chunked component's chunks first, then its tree and index (the object below).
             self.copy_chunks(copy, c).await.map_err(|e| on_copy(&e))?;
             if let Some(tree) = &c.tree {
-                let limit = usize::try_from(tree.stored_size).unwrap_or(usize::MAX);
-                let body = self
-                    .store
-                    .get_small(&tree.object, limit)
-                    .await
-                    .map_err(|e| on_copy(&e))?
-                    .ok_or_else(|| on_copy(&format!("{} is gone from the primary", tree.object)))?;
-                if hex::encode(sha2::Sha256::digest(&body)) != tree.stored_sha256 {
-                    return Err(on_copy(&format!("{} does not match the manifest", tree.object)));
+                // Only the next backup reads a tree (a restore never does): one that cannot
+                // be copied costs the copy's backups a whole read of the path, not the copy.
+                if let Err(e) = copy_tree(&self.store, copy, tree).await {
+                    tracing::warn!(backup = %id, object = %tree.object, error = %e, "the tree was not copied");
                 }
-                copy.put(&tree.object, Bytes::from(body)).await.map_err(|e| on_copy(&e))?;
             }
             let body = self
                 .store
@@ -110,4 +104,22 @@ impl Backups {
         tracing::info!(backup = %id, bucket = copy.bucket(), "copied to the second copy");
         Ok(())
     }
+}
+
+/// Copies `tree` from `from` to `to`, checked against the signed manifest's reference.
+async fn copy_tree(
+    from: &Store,
+    to: &Store,
+    tree: &steward_store::manifest::TreeRef,
+) -> Result<(), String> {
+    let limit = usize::try_from(tree.stored_size).map_err(|_| "too large".to_owned())?;
+    let body = from
+        .get_small(&tree.object, limit)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("it is gone from the primary")?;
+    if hex::encode(sha2::Sha256::digest(&body)) != tree.stored_sha256 {
+        return Err("it does not match the manifest".into());
+    }
+    to.put(&tree.object, Bytes::from(body)).await.map_err(|e| e.to_string())
 }

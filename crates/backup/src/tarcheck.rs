@@ -136,6 +136,25 @@ pub fn pax_records(mut data: &[u8]) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// Whether a header block's checksum matches (unsigned or, as old tars wrote it, signed).
+pub fn checksum_ok(block: &[u8]) -> bool {
+    if block.len() != BLOCK {
+        return false;
+    }
+    let Some(stored) = octal(&block[148..156]) else { return false };
+    let unsigned: u64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
+        .sum();
+    let signed: i64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { i64::from(*b as i8) })
+        .sum();
+    stored == unsigned || i64::try_from(stored).ok() == Some(signed)
+}
+
 /// A header block's size field (octal, or GNU base-256).
 pub fn header_size(block: &[u8; BLOCK]) -> Result<u64, String> {
     number(&block[124..136])
@@ -247,18 +266,10 @@ impl TarGuard {
         if self.ended {
             return Err("data after the end of the archive".into());
         }
-        let stored = octal(&block[148..156]).ok_or("an unreadable header checksum")?;
-        let unsigned: u64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
-            .sum();
-        let signed: i64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { i64::from(*b as i8) })
-            .sum();
-        if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
+        if octal(&block[148..156]).is_none() {
+            return Err("an unreadable header checksum".into());
+        }
+        if !checksum_ok(block) {
             return Err("a header whose checksum does not match".into());
         }
         let kind = block[156];

@@ -11,6 +11,11 @@ pub const MANIFEST: &str = "manifest.json";
 pub const VERIFIED: &str = "verified.json";
 /// The manifest format this build writes and reads.
 pub const FORMAT: u32 = 1;
+/// The format of a manifest with a component whose chunks are named by their digests
+/// (`cdc2`, incremental backups that splice): builds before it refuse such a manifest, so
+/// their chunk collection deletes nothing and their copy skips it (they would not see its
+/// chunks). This build reads both.
+pub const FORMAT_CHUNK_DIGESTS: u32 = 2;
 /// Manifests are small; anything bigger is not one.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
@@ -158,8 +163,11 @@ impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("unreadable manifest: {e}"))?;
-        if m.format != FORMAT {
-            return Err(format!("manifest format {} (this build reads {FORMAT})", m.format));
+        if m.format != FORMAT && m.format != FORMAT_CHUNK_DIGESTS {
+            return Err(format!(
+                "manifest format {} (this build reads {FORMAT} and {FORMAT_CHUNK_DIGESTS})",
+                m.format
+            ));
         }
         Ok(m)
     }

@@ -16,6 +16,9 @@ use steward_engine::{Engine, ExecSpec};
 
 /// Listing text beyond this (about a million entries) is not held: the path is read whole.
 const MAX_LISTING: usize = 128 << 20;
+/// What runs as root in the app's container is found in the system's directories only, not
+/// in a directory of the image's `PATH` that the app could write.
+pub const PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// `$1` is the path. The first line names the record format, the clock (seconds) before the
 /// walk began and whether `tar` is there (changed entries are then read by one exec); records
@@ -41,6 +44,8 @@ pub enum Kind {
     Dir,
     /// A symbolic link.
     Link,
+    /// A socket: the archive API leaves it out, and so does a listing.
+    Socket,
     /// Anything else (device, FIFO, socket): never spliced.
     Other,
 }
@@ -112,6 +117,7 @@ fn gnu(record: &str) -> Option<(String, Stat)> {
         "f" => Kind::File,
         "d" => Kind::Dir,
         "l" => Kind::Link,
+        "s" => Kind::Socket,
         _ => Kind::Other,
     };
     let stat = Stat {
@@ -136,6 +142,7 @@ fn busybox(record: &str) -> Option<(String, Stat)> {
         0o100000 => Kind::File,
         0o040000 => Kind::Dir,
         0o120000 => Kind::Link,
+        0o140000 => Kind::Socket,
         _ => Kind::Other,
     };
     let stat = Stat {
@@ -185,6 +192,9 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
         })?;
         let name = archive_name(root, &listed)
             .ok_or_else(|| format!("{listed:?} is not inside {root}"))?;
+        if stat.kind == Kind::Socket {
+            continue;
+        }
         if entries.insert(name, stat).is_some() {
             return Err(format!("{listed:?} is listed twice"));
         }
@@ -194,9 +204,13 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
 
 /// Lists `path` in running `container` (as root, like the archive API reads it).
 pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listing, String> {
+    let path = match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
     let spec = ExecSpec {
         cmd: vec!["/bin/sh".into(), "-c".into(), SCRIPT.into(), "steward-list".into(), path.into()],
-        env: vec![],
+        env: vec![PATH.into()],
         user: Some("0".into()),
     };
     let mut run = engine.exec_stdout(container, &spec, 5).await.map_err(|e| e.to_string())?;
@@ -248,9 +262,19 @@ mod tests {
             41ed 4096 1700000000 1700000001 11 0 0 3 /data\n\
             a1ff 5 1700000000 1700000001 13 0 0 1 /data/l\n";
         let l = parse("/data", busybox_out).expect("parses");
+        assert!(!l.tar);
         assert_eq!(l.entries["data"].kind, Kind::Dir);
         assert_eq!(l.entries["data"].perms, 0o755);
         assert_eq!(l.entries["data/l"].kind, Kind::Link);
+    }
+
+    #[test]
+    fn sockets_are_left_out_as_the_archive_api_leaves_them() {
+        let out =
+            b"steward-listing 1 line 5 tar\n41ed 1 1 1 1 0 0 2 /data\nc1ed 0 1 1 2 0 0 1 /data/s\n";
+        let l = parse("/data", out).expect("parses");
+        assert!(l.tar);
+        assert_eq!(l.entries.keys().collect::<Vec<_>>(), ["data"]);
     }
 
     #[test]

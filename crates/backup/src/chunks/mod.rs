@@ -374,18 +374,17 @@ pub async fn read_chunked(
         .map(move |e| read_chunk(store.clone(), keys.clone(), e, encrypted))
         .buffered(PARALLEL);
     if !hashes_chunks(&component.encoding) {
-        return Ok((stream.boxed(), etag));
+        return Ok((stream.map_ok(|(plain, _)| plain).boxed(), etag));
     }
-    // Each chunk's plaintext hashed as it passes; the list's digest is checked at the end.
+    // Each chunk's plaintext digest (taken as it was opened), in order; the list's digest is
+    // checked at the end.
     let (expected, name) = (component.raw_sha256.clone(), component.name.clone());
     let list = Arc::new(Mutex::new(Sha256::new()));
     let (feed, end) = (list.clone(), list);
     let stream = stream
-        .inspect(move |item| {
-            if let Ok(chunk) = item {
-                let digest = Sha256::digest(chunk);
-                feed.lock().unwrap_or_else(|p| p.into_inner()).update(digest);
-            }
+        .map_ok(move |(plain, digest)| {
+            feed.lock().unwrap_or_else(|p| p.into_inner()).update(digest);
+            plain
         })
         .chain(futures::stream::once(async move {
             let h = std::mem::take(&mut *end.lock().unwrap_or_else(|p| p.into_inner()));
@@ -400,9 +399,14 @@ pub async fn read_chunked(
     Ok((stream.boxed(), etag))
 }
 
-/// One chunk's plaintext: its stored bytes checked against the index, opened, unpacked to
-/// exactly its size.
-async fn read_chunk(store: Store, keys: Keys, e: Entry, encrypted: bool) -> io::Result<Bytes> {
+/// One chunk's plaintext and its SHA-256: its stored bytes checked against the index,
+/// opened, unpacked to exactly its size.
+async fn read_chunk(
+    store: Store,
+    keys: Keys,
+    e: Entry,
+    encrypted: bool,
+) -> io::Result<(Bytes, [u8; 32])> {
     let sealed = fetch_checked(&store, &e, true).await?;
     let bad = |reason: String| {
         io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
@@ -422,19 +426,23 @@ async fn read_chunk(store: Store, keys: Keys, e: Entry, encrypted: bool) -> io::
                 .map_err(|err| format!("does not unpack (altered or cut short?): {err}"))?;
             Ok::<_, String>(plain)
         };
-        if encrypted {
+        let plain = if encrypted {
             unpack(&mut keys.open_reader(&sealed)?)
         } else {
             unpack(&mut sealed.as_slice())
-        }
+        }?;
+        // Hashed here, off the async threads and beside the other chunks in flight.
+        let digest: [u8; 32] = Sha256::digest(&plain).into();
+        Ok::<_, String>((plain, digest))
     })
     .await
     .map_err(io::Error::other)?
     .map_err(bad)?;
+    let (plain, digest) = plain;
     if plain.len() != raw_size {
         return Err(bad(format!("unpacks to {} bytes, the index says {raw_size}", plain.len())));
     }
-    Ok(Bytes::from(plain))
+    Ok((Bytes::from(plain), digest))
 }
 
 /// Chunk `e`'s stored bytes, refused unless they are exactly those its index records (size
@@ -644,7 +652,7 @@ impl crate::backup::Backups {
                 match listing::list(&self.engine, container, path).await {
                     Ok(l) => Some(l),
                     Err(why) => {
-                        tracing::info!(backup = id, component, reason = %why, "no listing of the path: it is read whole, and the next backup reads it whole too");
+                        tracing::info!(backup = id, component, reason = %why, "no listing of the path: it is read whole, and keeps no tree");
                         None
                     }
                 }
@@ -677,6 +685,7 @@ impl crate::backup::Backups {
                         listed: listing.started,
                         entries: done.tree,
                         digests: done.digests.iter().map(hex::encode).collect(),
+                        spliced: parent.tree.spliced.saturating_add(1),
                     };
                     let tree_ref = tree::put(
                         store,
@@ -724,8 +733,12 @@ impl crate::backup::Backups {
         // app ([`check_stored`]). Not a refusal: the data is stored either way.
         let (tar, watch) = match &kind {
             Kind::Path { path, .. } => {
-                let (tar, watch) =
-                    crate::tarcheck::watched(tar, crate::tarcheck::TarGuard::recording(path));
+                // Entries' places are noted only for a tree, which needs a listing.
+                let guard = match &listing {
+                    Some(_) => crate::tarcheck::TarGuard::recording(path),
+                    None => crate::tarcheck::TarGuard::new(path),
+                };
+                let (tar, watch) = crate::tarcheck::watched(tar, guard);
                 (tar.boxed(), Some(watch))
             }
             _ => (tar.boxed(), None),
@@ -754,6 +767,7 @@ impl crate::backup::Backups {
                         })
                         .collect(),
                     digests: digests.iter().map(hex::encode).collect(),
+                    spliced: 0,
                 };
                 let reference =
                     tree::put(store, &self.config.keys, &Tree::object_for(&object), &tree, level)

@@ -212,6 +212,15 @@ fn plan(parent: &Parent, listing: &Listing) -> Result<(Vec<Seg>, Vec<TreeEntry>,
     let mut names: Vec<&String> = listing.entries.keys().collect();
     names.sort_by(|a, b| walk_order(a, b));
     let (mut segs, mut tree, mut at) = (Vec::<Seg>::new(), vec![], 0u64);
+    if parent.tree.spliced >= MAX_SPLICES {
+        return Err(Fallback(format!(
+            "{} backups in a row spliced: this one reads the path whole",
+            parent.tree.spliced
+        )));
+    }
+    if !parent.checked {
+        return Err(Fallback("the previous backup's entries were not all checked".into()));
+    }
     let (mut fresh, mut fresh_bytes, mut all_bytes) = (0usize, 0u64, 0u64);
     let overflow = || Fallback("the archive would be larger than 2^64 bytes".into());
     for name in names {
@@ -228,7 +237,7 @@ fn plan(parent: &Parent, listing: &Listing) -> Result<(Vec<Seg>, Vec<TreeEntry>,
         all_bytes = all_bytes.saturating_add(stat.size);
         let settled = |e: &&&TreeEntry| {
             e.stat.as_ref() == Some(stat)
-                && Stat::seconds(&stat.ctime).is_some_and(|c| c < parent.tree.listed)
+                && Stat::seconds(&stat.ctime).is_some_and(|c| c < parent.tree.listed - 1)
         };
         let (len, piece) = match old.get(name.as_str()).filter(settled) {
             Some(e) => (e.len, Piece::Old { from: e.start, len: e.len }),
@@ -289,15 +298,21 @@ fn push(segs: &mut Vec<Seg>, seg: Seg) {
 
 /// Old chunks fetched at once ahead of the cutting, and how many wait read.
 const PREFETCH: usize = 3;
+/// The largest size a ustar header's octal field holds (8 GiB - 1).
+const MAX_OCTAL_SIZE: u64 = 0o77_777_777_777;
+/// After this many splices in a row, the next backup reads the path whole: a change no
+/// listing shows (a write through a shared mapping that moves no time) is bounded to a day
+/// of hourly backups.
+pub const MAX_SPLICES: u32 = 23;
 
 /// Fetches old chunk `k` and checks its plaintext against the tree's digest.
 async fn fetch_old(ctx: (Store, Keys), parent: (Entry, String, bool)) -> Result<Bytes, Fallback> {
     let ((store, keys), (entry, digest, encrypted)) = (ctx, parent);
     let object = entry.object();
-    let plain = read_chunk(store, keys, entry, encrypted)
+    let (plain, got) = read_chunk(store, keys, entry, encrypted)
         .await
         .map_err(|e| Fallback(format!("reading an old chunk: {e}")))?;
-    if hex::encode(Sha256::digest(&plain)) != digest {
+    if hex::encode(got) != digest {
         return Err(Fallback(format!("old chunk {object} does not match its digest")));
     }
     Ok(plain)
@@ -440,19 +455,27 @@ impl TarCursor {
     }
 
     /// The next entry's header block, its name (from a long-name or PAX record when it has
-    /// one) and data size; refused when an extended header says more than a name, a size or
-    /// times (a renamed header would lose it).
+    /// one) and data size; refused when an extended header says more than a name (a renamed
+    /// header would lose it: a size, times out of the header's range, attributes).
     async fn next_header(&mut self) -> Result<([u8; 512], String, u64), Fallback> {
-        let (mut name, mut pax_size) = (None, None);
+        let (mut name, mut pax_size): (Option<String>, Option<String>) = (None, None);
         loop {
             self.fill(BLOCK as usize).await?;
             let mut block = [0u8; 512];
             block.copy_from_slice(&self.pending.split_to(BLOCK as usize));
+            if !crate::tarcheck::checksum_ok(&block) {
+                return Err(Fallback("a changed entry's header does not add up".into()));
+            }
             let size = crate::tarcheck::header_size(&block).map_err(Fallback)?;
             let kind = block[156];
             if !matches!(kind, b'x' | b'L') {
+                // A size the header's octal field cannot hold goes in a PAX record or in
+                // base-256, which a renamed header would not carry.
+                if pax_size.is_some() || size > MAX_OCTAL_SIZE || block[124] & 0x80 != 0 {
+                    return Err(Fallback("a changed file of 8 GiB or more".into()));
+                }
                 let name = name.unwrap_or_else(|| crate::tarcheck::block_name(&block));
-                return Ok((block, name, pax_size.unwrap_or(size)));
+                return Ok((block, name, size));
             }
             let want = size
                 .checked_add(padding(size))
@@ -469,8 +492,7 @@ impl TarCursor {
             for (key, value) in crate::tarcheck::pax_records(data).map_err(Fallback)? {
                 match key.as_str() {
                     "path" => name = Some(value),
-                    "size" => pax_size = value.parse().ok(),
-                    "mtime" | "atime" | "ctime" => {}
+                    "size" => pax_size = Some(value),
                     other => {
                         return Err(Fallback(format!(
                             "a changed entry carries {other:?}, which a renamed header would lose"
@@ -516,7 +538,11 @@ impl Changed {
             format!("{}/", parent_dir(ctx.path)),
         ];
         cmd.extend(names.iter().map(|n| (*n).to_owned()));
-        let spec = steward_engine::ExecSpec { cmd, env: vec![], user: Some("0".into()) };
+        let spec = steward_engine::ExecSpec {
+            cmd,
+            env: vec![super::listing::PATH.into()],
+            user: Some("0".into()),
+        };
         match ctx.engine.exec_stdout(ctx.container, &spec, 5).await {
             Ok(mut run) => {
                 let stream = std::mem::replace(&mut run.stdout, futures::stream::empty().boxed());
@@ -747,7 +773,9 @@ fn reusable(segs: &[Seg], starts: &[u64], parent: &Parent, pos: u64, total: u64)
     let k = starts.binary_search(&old_at).ok()?;
     let size = parent.index.entries[k].raw_size;
     let end = old_at.checked_add(size)?;
-    if end > from + len {
+    // A cut is decided on the byte after it too: a chunk ending where the old bytes end is
+    // cut again only if it is the old archive's last (checked below).
+    if end >= from + len && end != parent.raw_size {
         return None;
     }
     if k + 1 == parent.index.entries.len() && !(end == parent.raw_size && pos + size == total) {
@@ -887,7 +915,12 @@ pub async fn splice(
     if let Err(f) = changed.finish().await {
         return Ok(Err(f));
     }
-    let checked = parent.checked && guard_failed.is_none() && guard.finish().is_ok();
+    if let Some(why) = guard_failed.or_else(|| guard.finish().err()) {
+        return Ok(Err(Fallback(format!(
+            "a changed entry would not pass a restore's check: {why}"
+        ))));
+    }
+    let checked = parent.checked;
     let read = old.read.saturating_add(fresh_read);
     Ok(Ok(Spliced { entries, digests, tree, size: total, uploaded, fresh_entries, read, checked }))
 }
@@ -930,7 +963,7 @@ mod tests {
         let raw_size = 512 + 1024 * entries.len() as u64 + 1024;
         Parent {
             index: Index { scheme: "sha256".into(), entries: vec![] },
-            tree: Tree { version: 1, listed: 2000, entries: tree, digests: vec![] },
+            tree: Tree { version: 1, listed: 2000, entries: tree, digests: vec![], spliced: 0 },
             raw_size,
             encrypted: false,
             checked: true,
@@ -995,10 +1028,86 @@ mod tests {
         // Most of the bytes changed: cheaper to read whole.
         let big = stat(Kind::File, 1 << 20, "2500");
         assert!(plan(&p, &listing(&[("data/a", a), ("data/big", big)])).is_err(), "mostly new");
+        // A day of splices in a row, or a parent whose entries did not all pass the rules.
+        let mut tired = parent(&[("data/a", stat(Kind::File, 100, "1500"))]);
+        tired.tree.spliced = MAX_SPLICES;
+        assert!(plan(&tired, &listing(&[("data/a", stat(Kind::File, 100, "1500"))])).is_err());
+        let unchecked =
+            Parent { checked: false, ..parent(&[("data/a", stat(Kind::File, 100, "1500"))]) };
+        assert!(plan(&unchecked, &listing(&[("data/a", stat(Kind::File, 100, "1500"))])).is_err());
         // An old archive without its end blocks is not trusted.
         let short =
             Parent { raw_size: 512 + 1024, ..parent(&[("data/a", stat(Kind::File, 100, "1500"))]) };
         assert!(plan(&short, &listing(&[("data/a", stat(Kind::File, 100, "1500"))])).is_err());
+    }
+
+    #[test]
+    fn the_old_chunks_around_each_change_are_foreseen_in_order() {
+        // Old chunks at 0, 100, 200, 300, 400; the new archive: old 0..250, a changed
+        // entry, old 300..420, a made header, old 420..500.
+        let starts = [0, 100, 200, 300, 400];
+        let seg = |at, len, piece| Seg { at, len, piece };
+        let segs = [
+            seg(0, 250, Piece::Old { from: 0, len: 250 }),
+            seg(250, 10, Piece::Read { name: "data/x".into(), kind: Kind::File, size: 1 }),
+            seg(260, 120, Piece::Old { from: 300, len: 120 }),
+            seg(380, 512, Piece::Made(Bytes::from(vec![0u8; 512]))),
+            seg(892, 80, Piece::Old { from: 420, len: 80 }),
+        ];
+        // Before x: the chunk holding 249 (2); after it: 3 and 4; before the header: the
+        // chunk holding 419 (4, already there); after it: 4 and past the end.
+        assert_eq!(foreseen(&segs, &starts), [2, 3, 4]);
+    }
+
+    /// The first header the cursor reads from `archive`.
+    fn first_header(archive: Vec<u8>) -> Result<(String, u64), String> {
+        let stream = futures::stream::once(async move { Ok(Bytes::from(archive)) }).boxed();
+        let mut cursor = TarCursor { stream, pending: BytesMut::new() };
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(cursor.next_header()).map(|(_, name, size)| (name, size)).map_err(|f| f.0)
+    }
+
+    /// A PAX header carrying `records`, then a file header named `short` of `size` bytes.
+    fn with_pax(records: &[(&str, &str)], short: &str, size: u64) -> Vec<u8> {
+        let mut body = vec![];
+        for (k, v) in records {
+            let line = |n: usize| format!("{n} {k}={v}\n");
+            let mut n = line(0).len();
+            while line(n).len() != n {
+                n = line(n).len();
+            }
+            body.extend_from_slice(line(n).as_bytes());
+        }
+        let mut pax = tar::Header::new_ustar();
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_size(body.len() as u64);
+        pax.set_cksum();
+        let mut out = pax.as_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out.resize(out.len() + padding(body.len() as u64) as usize, 0);
+        let mut file = tar::Header::new_ustar();
+        file.set_path(short).expect("path");
+        file.set_size(size);
+        file.set_cksum();
+        out.extend_from_slice(file.as_bytes());
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn a_changed_entry_whose_header_carries_more_than_a_name_is_read_whole() {
+        let long = format!("data/{}", "n".repeat(120));
+        assert_eq!(first_header(with_pax(&[("path", &long)], "x", 5)), Ok((long, 5)));
+        // A size beyond the octal field (8 GiB or more): a renamed header would say 0.
+        let huge = first_header(with_pax(&[("size", "9000000000")], "data/big", 0));
+        assert!(huge.expect_err("refused").contains("8 GiB"));
+        for key in ["mtime", "SCHILY.xattr.security.capability", "uname"] {
+            let refused = first_header(with_pax(&[(key, "1")], "data/f", 1));
+            assert!(refused.is_err(), "{key}");
+        }
+        let mut bad = with_pax(&[("path", "data/x")], "x", 1);
+        bad[1024 + 10] ^= 1; // the file header's name, under its checksum
+        assert!(first_header(bad).expect_err("refused").contains("add up"));
     }
 
     #[test]

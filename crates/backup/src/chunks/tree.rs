@@ -50,6 +50,9 @@ pub struct Tree {
     pub entries: Vec<TreeEntry>,
     /// Plaintext SHA-256 (hex) of each chunk of the index, in order.
     pub digests: Vec<String>,
+    /// Backups in a row that spliced up to this one (0: this one read the path whole).
+    #[serde(default)]
+    pub spliced: u32,
 }
 
 impl Tree {
@@ -75,15 +78,23 @@ impl Tree {
         {
             return Err("the tree's chunk digests do not match its index".into());
         }
+        // Entries (the path itself at least) one after the other from the start, then the
+        // end-of-archive blocks.
+        if self.entries.is_empty() {
+            return Err("the tree has no entries".into());
+        }
         let mut at = 0u64;
         for e in &self.entries {
             let end = e.start.checked_add(e.len).ok_or("an entry beyond 2^64")?;
-            if e.start < at || end > raw_size || e.len == 0 {
+            if e.start != at || end > raw_size || e.len == 0 {
                 return Err(format!("entry {:?} is out of place in the tree", e.name));
             }
             at = end;
         }
-        Ok(())
+        match raw_size.checked_sub(at) {
+            Some(trailer) if (1024..=64 << 10).contains(&trailer) => Ok(()),
+            _ => Err("the tree's entries do not end where the archive's end blocks begin".into()),
+        }
     }
 }
 
@@ -161,4 +172,50 @@ pub async fn get(
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_store::chunks::Entry;
+
+    fn entry(name: &str, start: u64, len: u64) -> TreeEntry {
+        TreeEntry { name: name.into(), start, len, stat: None }
+    }
+
+    #[test]
+    fn a_tree_must_describe_its_index_exactly() {
+        let index = Index {
+            scheme: "sha256".into(),
+            entries: vec![Entry {
+                id: "a".repeat(64),
+                raw_size: 3072,
+                stored_size: 10,
+                stored_sha256: "b".repeat(64),
+            }],
+        };
+        let tree = |entries: Vec<TreeEntry>| Tree {
+            version: VERSION,
+            listed: 1,
+            entries,
+            digests: vec!["c".repeat(64)],
+            spliced: 0,
+        };
+        let good = tree(vec![entry("data", 0, 512), entry("data/a", 512, 1536)]);
+        assert_eq!(good.consistent(&index, 3072), Ok(()));
+        // A gap, an overlap, no end blocks, an empty tree (the whole archive as "end").
+        assert!(tree(vec![entry("data", 0, 512), entry("data/a", 1024, 1024)])
+            .consistent(&index, 3072)
+            .is_err());
+        assert!(tree(vec![entry("data", 0, 1024), entry("data/a", 512, 1536)])
+            .consistent(&index, 3072)
+            .is_err());
+        assert!(tree(vec![entry("data", 0, 512), entry("data/a", 512, 2560)])
+            .consistent(&index, 3072)
+            .is_err());
+        assert!(tree(vec![]).consistent(&index, 3072).is_err());
+        let mut no_digest = good.clone();
+        no_digest.digests.clear();
+        assert!(no_digest.consistent(&index, 3072).is_err());
+    }
 }
