@@ -460,8 +460,9 @@ async fn kill_and_recover(
     variant: Variant,
     points: &[String],
     after_kill: &dyn Fn(&str),
+    extra: &[(&'static str, String)],
 ) -> (Service, Vec<Event>) {
-    let mut first = bed.service(bus, Some(spec));
+    let mut first = bed.service_with(bus, Some(spec), extra);
     first.consuming();
     bus.publish(request).await.unwrap_or_else(|e| panic!("publish: {e}"));
     assert!(first.exits_within(Duration::from_secs(90)), "{spec}: never reached\n{}", first.logs());
@@ -472,11 +473,11 @@ async fn kill_and_recover(
     }
     after_kill(&format!("after the kill at {spec}"));
     if variant == Variant::Twice {
-        let mut second = bed.service(bus, Some(&all_names(flow, points)));
+        let mut second = bed.service_with(bus, Some(&all_names(flow, points)), extra);
         second.ends(flow).await;
         after_kill(&format!("after the kill at {spec} and the second kill"));
     }
-    let mut last = bed.service(bus, None);
+    let mut last = bed.service_with(bus, None, extra);
     last.consuming();
     let all = wait_terminal(bus, flow, request.correlation_id, &last).await;
     (last, all)
@@ -503,11 +504,20 @@ fn check_flow(
     mine
 }
 
-async fn backup_run(bed: &Bed, spec: &str, variant: Variant, points: &[String]) {
+/// A backup killed at `spec` (by services with `extra` settings), concluded and checked;
+/// the clean service's log.
+async fn backup_run(
+    bed: &Bed,
+    spec: &str,
+    variant: Variant,
+    points: &[String],
+    extra: &[(&'static str, String)],
+) -> String {
     let bus = TestBus::new("bkcrash").await;
     let request = bed.backup_request();
     let (mut last, _) =
-        kill_and_recover(bed, &bus, Flow::Backup, &request, spec, variant, points, &|_| {}).await;
+        kill_and_recover(bed, &bus, Flow::Backup, &request, spec, variant, points, &|_| {}, extra)
+            .await;
     let log = last.proc.log.clone();
     let context = move || {
         let logs = std::fs::read_to_string(&log).unwrap_or_default();
@@ -537,7 +547,9 @@ async fn backup_run(bed: &Bed, spec: &str, variant: Variant, points: &[String]) 
     assert!(complete.contains(&done.backup_id), "{complete:?}: {}", context());
     let open = bed.open_uploads();
     assert!(open.is_empty(), "open multipart uploads: {open:?}: {}", context());
+    let logs = last.logs();
     assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
+    logs
 }
 
 async fn restore_run(
@@ -555,7 +567,8 @@ async fn restore_run(
     let request = restore_request(backup_id);
     let check = |when: &str| bed.old_or_new(&before, backed_up, when);
     let (mut last, _) =
-        kill_and_recover(bed, &bus, Flow::Restore, &request, spec, variant, points, &check).await;
+        kill_and_recover(bed, &bus, Flow::Restore, &request, spec, variant, points, &check, &[])
+            .await;
     let log = last.proc.log.clone();
     let context = move || {
         let logs = std::fs::read_to_string(&log).unwrap_or_default();
@@ -677,7 +690,7 @@ async fn backup_campaign(variant: Variant, offset: u64) {
     let chosen = sample(&format!("backup {variant:?}"), &points, offset);
     for spec in &chosen {
         let t = Instant::now();
-        backup_run(&bed, spec, variant, &points).await;
+        backup_run(&bed, spec, variant, &points, &[]).await;
         eprintln!("backup {variant:?} {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
     }
     bed.destroy().await;
@@ -761,50 +774,6 @@ fn incremental() -> [(&'static str, String); 1] {
     [("STEWARD_BACKUP_INCREMENTAL", "true".into())]
 }
 
-/// [`kill_and_recover`] for an incremental service: a backup request to a service killed at
-/// `spec`, for `Twice` one killed again at the first point it passes, then a clean one.
-async fn incremental_run(bed: &Bed, spec: &str, variant: Variant, points: &[String]) {
-    let bus = TestBus::new("spcrash").await;
-    let request = bed.backup_request();
-    let mut first = bed.service_with(&bus, Some(spec), &incremental());
-    first.consuming();
-    bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
-    assert!(first.exits_within(Duration::from_secs(90)), "{spec}: never reached\n{}", first.logs());
-    assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
-    if variant == Variant::Twice {
-        let names = all_names(Flow::Backup, points);
-        let mut second = bed.service_with(&bus, Some(&names), &incremental());
-        second.ends(Flow::Backup).await;
-    }
-    let mut last = bed.service_with(&bus, None, &incremental());
-    last.consuming();
-    wait_terminal(&bus, Flow::Backup, request.correlation_id, &last).await;
-    let log = last.proc.log.clone();
-    let context = move || {
-        let logs = std::fs::read_to_string(&log).unwrap_or_default();
-        format!("incremental backup killed at {spec} ({variant:?})\n{logs}")
-    };
-    wait_settled(&last, Flow::Backup, &context).await;
-    let all = stored_events(&bus).await;
-    let mine = check_flow(Flow::Backup, &all, request.correlation_id, &context);
-    let done = mine
-        .iter()
-        .find_map(|e| match &e.data {
-            EventData::BackupDone(d) => Some(d.backup_id.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no backup.done: {}", context()));
-    let complete = bed.check_catalog(&context).await;
-    assert!(complete.contains(&done), "{complete:?}: {}", context());
-    // A recovery that takes the backup again still takes the unchanged entries from an
-    // earlier one (one killed after its manifest only concludes it).
-    let logs = last.logs();
-    if logs.contains("stored as chunks") {
-        assert!(logs.contains("unread"), "the recovery read the path whole: {}", context());
-    }
-    assert_eq!(last.proc.terminate(Duration::from_secs(30)), Some(0), "{}", context());
-}
-
 /// An incremental backup that splices the path from the previous one, killed at its steps:
 /// after the listing, after the chunks are stored (before the index and the tree), after the
 /// path's component, at the manifest; once and twice in a row. Each run changes a file first,
@@ -855,7 +824,15 @@ async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
             n += 1;
             tokio::time::sleep(Duration::from_millis(2100)).await;
             let t = Instant::now();
-            incremental_run(&bed, spec, variant, &points).await;
+            let logs = backup_run(&bed, spec, variant, &points, &incremental()).await;
+            // A recovery that takes the backup again still takes the unchanged entries from
+            // an earlier one (one killed after its manifest only concludes it).
+            if logs.contains("stored as chunks") {
+                assert!(
+                    logs.contains("unread"),
+                    "killed at {spec} ({variant:?}), the recovery read the path whole:\n{logs}"
+                );
+            }
             eprintln!("incremental {variant:?} {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
         }
     }

@@ -710,18 +710,12 @@ impl crate::backup::Backups {
                         splice_seconds = streaming.elapsed().as_secs_f64(),
                         "stored as chunks, unchanged entries taken from the previous backup unread"
                     );
-                    return Ok(Component {
-                        name: component,
-                        kind,
-                        object,
-                        encoding: encoding.into(),
-                        stored_size: stored.size,
-                        stored_sha256: stored.sha256,
-                        raw_size: done.size,
-                        raw_sha256: chunk_list_digest(&done.digests),
-                        entries_checked: done.checked.then_some(crate::tarcheck::RULES),
-                        tree: Some(tree_ref),
-                    });
+                    let checked = done.checked.then_some(crate::tarcheck::RULES);
+                    let raw = (done.size, chunk_list_digest(&done.digests));
+                    let stored = (stored, Some(tree_ref));
+                    return Ok(chunked_component(
+                        component, kind, object, encoding, stored, raw, checked,
+                    ));
                 }
                 Err(splice::Fallback(why)) => {
                     tracing::info!(backup = id, component, reason = %why, "the path is read whole")
@@ -790,18 +784,41 @@ impl crate::backup::Backups {
             stream_seconds = streaming.elapsed().as_secs_f64(),
             "stored as chunks"
         );
-        Ok(Component {
-            name: component,
+        let raw = (raw.size, chunk_list_digest(&digests));
+        Ok(chunked_component(
+            component,
             kind,
             object,
-            encoding: encoding.into(),
-            stored_size: stored.size,
-            stored_sha256: stored.sha256,
-            raw_size: raw.size,
-            raw_sha256: chunk_list_digest(&digests),
+            encoding,
+            (stored, tree),
+            raw,
             entries_checked,
-            tree,
-        })
+        ))
+    }
+}
+
+/// A chunked component's manifest entry: its index `stored` (with its tree), its archive's
+/// `raw` size and chunk list digest.
+fn chunked_component(
+    name: String,
+    kind: steward_store::manifest::Kind,
+    object: String,
+    encoding: &str,
+    (stored, tree): (Stored, Option<steward_store::manifest::TreeRef>),
+    (raw_size, raw_sha256): (u64, String),
+    entries_checked: Option<u32>,
+) -> Component {
+    Component {
+        name,
+        kind,
+        object,
+        encoding: encoding.into(),
+        stored_size: stored.size,
+        stored_sha256: stored.sha256,
+        raw_size,
+        raw_sha256,
+        entries_checked,
+        tree,
     }
 }
 

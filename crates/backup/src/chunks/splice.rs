@@ -573,10 +573,8 @@ impl Changed {
             }
         };
         let (block, found, size) = cursor.next_header().await?;
-        if exec {
-            if found.trim_end_matches('/') != name {
-                return Err(Fallback(format!("tar wrote {found:?} where {name:?} was expected")));
-            }
+        if exec && found.trim_end_matches('/') != name {
+            return Err(Fallback(format!("tar wrote {found:?} where {name:?} was expected")));
         }
         Ok((block, size, cursor))
     }
