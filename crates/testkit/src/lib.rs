@@ -78,7 +78,13 @@ pub fn free_port() -> u16 {
     const HIGH: u16 = 32_768;
     // The kernel may hand a just-released port out again: never the same one twice in a
     // process (two services of one test were given the same port and one failed to start).
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    // Nor in two test processes at once: a port is often bound long after it is chosen (a
+    // deployment's host port, after its approval), and another binary checking it meanwhile
+    // found it free (CI: "Bind for 127.0.0.1:22196 failed: port is already allocated"). Each
+    // port handed out is claimed for the process's life by an abstract Unix socket of its
+    // number, which the kernel releases when the process ends (no file is left).
+    static GIVEN: std::sync::Mutex<Vec<(u16, std::os::unix::net::UnixListener)>> =
+        std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     // A random start: test binaries of other runs pick from the same range.
     let span = u32::from(HIGH - LOW);
@@ -86,13 +92,24 @@ pub fn free_port() -> u16 {
     for step in 0..span {
         let offset = (start + step) % span;
         let Ok(port) = u16::try_from(u32::from(LOW) + offset) else { continue };
-        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+        if given.iter().any(|(p, _)| *p == port) || TcpListener::bind(("127.0.0.1", port)).is_err()
+        {
             continue;
         }
-        given.push(port);
+        let Some(claim) = claim_port(port) else { continue };
+        given.push((port, claim));
         return port;
     }
     panic!("no free port not handed out before")
+}
+
+/// Claims `port` for this process among the test processes of this machine; `None` when
+/// another holds it.
+fn claim_port(port: u16) -> Option<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let name = format!("steward-test-port-{port}");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).ok()
 }
 
 /// Bus settings for a test: unique namespace, short bounds.
@@ -1051,4 +1068,15 @@ pub fn on_podman() -> bool {
 /// (`steward-test/app:v2` is reported as `localhost/steward-test/app:v2`); Docker keeps it.
 pub fn is_image_name(reported: &str, expected: &str) -> bool {
     reported == expected || reported.strip_prefix("localhost/") == Some(expected)
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn a_port_claimed_by_one_process_is_not_handed_out_by_another() {
+        let port = super::free_port();
+        // Another process would find the claim taken (a second bind of the name fails).
+        assert!(super::claim_port(port).is_none(), "port {port} claimed twice");
+        assert_ne!(super::free_port(), port);
+    }
 }
