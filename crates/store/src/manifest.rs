@@ -251,8 +251,11 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&m).unwrap_or_default();
         assert_eq!(Manifest::parse(&bytes), Ok(m.clone()));
-        let other = serde_json::to_vec(&Manifest { format: 2, ..m }).unwrap_or_default();
-        assert!(Manifest::parse(&other).is_err_and(|e| e.contains("format 2")));
+        let digests = Manifest { format: FORMAT_CHUNK_DIGESTS, ..m.clone() };
+        let bytes = serde_json::to_vec(&digests).unwrap_or_default();
+        assert_eq!(Manifest::parse(&bytes), Ok(digests));
+        let other = serde_json::to_vec(&Manifest { format: 3, ..m }).unwrap_or_default();
+        assert!(Manifest::parse(&other).is_err_and(|e| e.contains("format 3")));
         assert!(Manifest::parse(b"{").is_err());
     }
 
