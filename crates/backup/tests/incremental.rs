@@ -7,6 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use common::cdc::{
+    back_up, differ, fill, incremental, incremental_with, path_component, path_lines, restored_as,
+    spliced, tree,
+};
 use common::Stack;
 use steward_backup::config::BackupConfig;
 use steward_backup::encryption::Keys;
@@ -14,53 +18,7 @@ use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::RestoreScope;
 use steward_store::chunks::CHUNKS_DIR;
-use steward_store::manifest::{Kind, Manifest};
-
-/// The stack's backups made incremental (and encrypted with a fresh identity).
-fn incremental(stack: &Stack) -> Backups {
-    incremental_with(stack, age::x25519::Identity::generate())
-}
-
-/// [`incremental`], encrypting to and reading with `identity`.
-fn incremental_with(stack: &Stack, identity: age::x25519::Identity) -> Backups {
-    let keys = Keys::new(vec![identity.to_public()], vec![identity]);
-    let s3 = common::s3_config(stack.store.bucket(), None);
-    Backups::new(
-        Engine::from_env(),
-        stack.store.clone(),
-        BackupConfig { keys, incremental: true, ..common::config(s3, &stack.scope) },
-    )
-}
-
-async fn back_up(backups: &Backups) -> (String, Manifest) {
-    let id = steward_store::manifest::new_backup_id(time::OffsetDateTime::now_utc());
-    let m = backups
-        .take(&id, steward_events::BackupReason::Manual, &[])
-        .await
-        .unwrap_or_else(|e| panic!("backup failed: {e} {:?}", e.stderr_tail));
-    (id, m)
-}
-
-/// Every file and directory under /data: content hash, mode, owner, mtime. (Not /data's own
-/// mtime: the restore swaps what is inside the mount point, which is not in the archive's
-/// control.)
-fn tree(stack: &Stack) -> String {
-    stack.app_sh(
-        "cd /data && find . -mindepth 1 | sort | while read -r f; do \
-         if [ -f \"$f\" ]; then h=$(md5sum < \"$f\" | cut -d' ' -f1); else h=-; fi; \
-         echo \"$f $h $(stat -c '%a %u %g %Y' \"$f\")\"; done",
-    )
-}
-
-/// `n` files of 200 KiB of random bytes, with varied modes, owners and mtimes.
-fn fill(stack: &Stack, n: u32) {
-    stack.app_sh(&format!(
-        "mkdir -p /data/files && i=0; while [ $i -lt {n} ]; do \
-         dd if=/dev/urandom of=/data/files/f$i bs=200k count=1 2>/dev/null; \
-         chmod $((600 + i % 3 * 40)) /data/files/f$i; chown $((1000 + i % 2)):$((100 + i % 5)) /data/files/f$i; \
-         touch -d \"2024-01-$((1 + i % 28)) 12:00:00\" /data/files/f$i; i=$((i+1)); done"
-    ));
-}
+use steward_store::manifest::Manifest;
 
 async fn chunk_objects(stack: &Stack) -> BTreeSet<String> {
     let objects = stack.store.list_objects(CHUNKS_DIR).await;
@@ -73,40 +31,6 @@ async fn size_of(stack: &Stack, objects: &BTreeSet<String>) -> usize {
         total += stack.stored_bytes(o).await.len();
     }
     total
-}
-
-/// The lines of two trees that differ (an empty list when they are the same).
-fn differ(a: &str, b: &str) -> Vec<String> {
-    let (a, b): (BTreeSet<&str>, BTreeSet<&str>) = (a.lines().collect(), b.lines().collect());
-    a.symmetric_difference(&b).map(|l| (*l).to_owned()).collect()
-}
-
-/// Restores the paths of backup `id` and checks /data is `expected` again.
-async fn restored_as(stack: &Stack, backups: &Backups, id: &str, expected: &str) {
-    let restored = backups.restore(id, RestoreScope::Paths).await;
-    restored.unwrap_or_else(|e| panic!("restore {id}: {e} {:?}", e.stderr_tail));
-    assert_eq!(differ(&tree(stack), expected), Vec::<String>::new());
-}
-
-/// Bytes backup `id` read to splice its path, which it did reading `entries` entries
-/// through the engine (from the captured log line).
-fn spliced(id: &str, entries: usize) -> u64 {
-    let all = common::log_lines(id);
-    let lines: Vec<&String> = all.iter().filter(|l| l.contains("unread")).collect();
-    assert_eq!(lines.len(), 1, "backup {id} did not splice: {all:#?}");
-    eprintln!("{}", lines[0]);
-    assert!(lines[0].contains(&format!("read_entries={entries} ")), "{}", lines[0]);
-    lines[0]
-        .split("read_bytes=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("no read_bytes in {}", lines[0]))
-}
-
-fn path_component(m: &Manifest) -> steward_store::manifest::Component {
-    let c = m.components.iter().find(|c| matches!(c.kind, Kind::Path { .. }));
-    c.cloned().unwrap_or_else(|| panic!("no path component: {m:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -493,4 +417,153 @@ async fn an_archive_broken_mid_stream_stores_no_index() {
     let index = store.get_small("b1/data.chunks.zst", 1 << 20).await;
     assert!(matches!(index, Ok(None)), "an index was stored for a broken stream: {index:?}");
     common::destroy_bucket(&bucket).await;
+}
+
+/// A chunk an older backup stored, deleted from the bucket under the index that names it
+/// (by hand, by a lifecycle rule): the next backup does not splice over it nor name it
+/// unread; it stores the bytes again, and it and the backups after it verify and restore.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_chunk_deleted_under_its_index_is_stored_again_not_named_unread() {
+    let stack = Stack::start("cdc-gone", &[]).await;
+    common::logs();
+    let backups = incremental(&stack);
+    fill(&stack, 30);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (first, m1) = back_up(&backups).await;
+    // The first chunk: the archive's start (the directories' headers, the first files), which
+    // a change at the end leaves unchanged, so a splice would take it unread.
+    let c1 = path_component(&m1);
+    let (index, _) = steward_backup::chunks::read_index(&stack.store, &c1, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("index: {e}"));
+    let victim = index.entries.first().map(|e| e.object()).unwrap_or_else(|| panic!("no chunk"));
+    stack.store.delete(&victim).await.unwrap_or_else(|e| panic!("{e}"));
+
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f29 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let second_tree = tree(&stack);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (second, m2) = back_up(&backups).await;
+    let said = path_lines(&stack, "missing from the bucket");
+    assert!(
+        said.iter().any(|l| l.contains("ERROR") && l.contains("chunks=1 ")),
+        "the loss is reported: {said:#?}"
+    );
+    assert!(said.iter().any(|l| l.contains("read whole")), "no splice: {said:#?}");
+    assert!(common::log_lines(&second).iter().all(|l| !l.contains("unread")));
+    let (index2, _) =
+        steward_backup::chunks::read_index(&stack.store, &path_component(&m2), None, None)
+            .await
+            .unwrap_or_else(|e| panic!("index: {e}"));
+    assert!(index2.entries.iter().all(|e| e.object() != victim), "the second names the lost chunk");
+    backups.verify(&second).await.unwrap_or_else(|e| panic!("verify the second: {e}"));
+    let failed = backups.verify(&first).await.err();
+    assert!(failed.is_some_and(|f| f.reason.contains("missing")), "the first is broken");
+
+    // The next backup splices from the second again.
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f3 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let third_tree = tree(&stack);
+    let (third, _) = back_up(&backups).await;
+    spliced(&third, 1);
+    backups.verify(&third).await.unwrap_or_else(|e| panic!("verify the third: {e}"));
+    restored_as(&stack, &backups, &second, &second_tree).await;
+    restored_as(&stack, &backups, &third, &third_tree).await;
+    stack.destroy_bucket().await;
+}
+
+/// Every file and directory under `dir` of `container` (GNU tools, `find` as `find`): content
+/// hash, mode, owner, mtime.
+fn gnu_tree(container: &str, dir: &str, find: &str) -> String {
+    let script = format!(
+        "cd {dir} && {find} . -mindepth 1 | sort | while read -r f; do \
+         if [ -f \"$f\" ]; then h=$(md5sum < \"$f\" | cut -d' ' -f1); else h=-; fi; \
+         echo \"$f $h $(stat -c '%a %u %g %Y' \"$f\")\"; done"
+    );
+    steward_testkit::docker::docker(&["exec", container, "sh", "-c", &script])
+}
+
+/// A container with GNU `find` and `tar` (Debian's) is listed with NUL-separated records and
+/// its changed entries read by one `tar`; without `tar`, they are read one by one through
+/// the archive API; without `find`, the path cannot be listed and is read whole (no tree).
+/// Every backup restores byte-identical. (busybox runs its applets without their links, so
+/// the stand-in app cannot lose them: a Debian container is used.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_with_gnu_tools_without_tar_or_find_is_spliced_or_read_whole() {
+    // The app keeps no path: the Debian container's is the only one.
+    let stack = Stack::start("cdc-tools", &["steward.test=no-paths"]).await;
+    common::logs();
+    let backups = incremental(&stack);
+    let name = format!("{}-gnu", stack.scope);
+    let scope = format!("steward.scope={}", stack.scope);
+    let image = steward_testkit::testbed::require("STEWARD_TEST_POSTGRES_IMAGE");
+    let _gnu = steward_testkit::docker::Container::run(
+        &name,
+        &[
+            "--label",
+            &scope,
+            "--label",
+            "steward.backup.paths=/srv",
+            "-v",
+            "/srv",
+            "--entrypoint",
+            "sleep",
+            &image,
+            "infinity",
+        ],
+    );
+    let sh = |script: &str| steward_testkit::docker::docker(&["exec", &name, "sh", "-c", script]);
+    sh("mkdir -p /srv/files && for i in $(seq 0 19); do \
+        head -c 200000 /dev/urandom > /srv/files/f$i; chown $((1000 + i % 2)):$((100 + i % 5)) /srv/files/f$i; \
+        chmod 640 /srv/files/f$i; touch -d \"2024-01-$((1 + i % 28)) 12:00:00.123456789\" /srv/files/f$i; done; \
+        ln -s files/f1 /srv/link");
+    let lines = |needle: &str| -> Vec<String> {
+        let all = common::log_lines(&format!("{name}:/srv"));
+        all.into_iter().filter(|l| l.contains(needle)).collect()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (first, _) = back_up(&backups).await;
+    let first_tree = gnu_tree(&name, "/srv", "find");
+
+    // GNU find's records with ns times: an unchanged tree is taken whole unread.
+    let (same, _) = back_up(&backups).await;
+    spliced(&same, 0);
+
+    // Changed entries read by GNU tar in the container.
+    sh("head -c 200000 /dev/urandom > /srv/files/f4 && echo new > /srv/files/new.txt && chown 1001:101 /srv/files/new.txt");
+    // Settled before the listing, so the next backup does not read them again.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (by_tar, _) = back_up(&backups).await;
+    // f4 and new.txt read, /srv/files's header made from its listing.
+    spliced(&by_tar, 3);
+    let by_tar_tree = gnu_tree(&name, "/srv", "find");
+
+    // Without tar: each through the archive API.
+    sh("mv /usr/bin/tar /root/tar && head -c 200000 /dev/urandom > /srv/files/f8 && echo two > /srv/files/two.txt");
+    // Settled before the listing, so the next backup does not read them again.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (by_api, _) = back_up(&backups).await;
+    spliced(&by_api, 3);
+    let by_api_tree = gnu_tree(&name, "/srv", "find");
+
+    // Without find: read whole, and no tree (the next backup with find splices again).
+    sh("mv /usr/bin/find /root/find && head -c 200000 /dev/urandom > /srv/files/f9");
+    let (whole, m) = back_up(&backups).await;
+    let said = lines("no listing of the path");
+    assert!(said.iter().any(|l| l.contains(&whole)), "{:#?}", common::log_lines(&whole));
+    assert!(common::log_lines(&whole).iter().all(|l| !l.contains("unread")));
+    let c = m.components.iter().find(|c| c.name == format!("{name}:/srv"));
+    assert!(c.is_some_and(|c| c.tree.is_none()), "a tree without a listing: {c:?}");
+    let whole_tree = gnu_tree(&name, "/srv", "/root/find");
+
+    for (id, expected, find) in [
+        (&whole, &whole_tree, "/root/find"),
+        (&by_api, &by_api_tree, "/root/find"),
+        (&by_tar, &by_tar_tree, "/root/find"),
+        (&first, &first_tree, "/root/find"),
+    ] {
+        let restored = backups.restore(id, RestoreScope::Paths).await;
+        restored.unwrap_or_else(|e| panic!("restore {id}: {e} {:?}", e.stderr_tail));
+        assert_eq!(differ(&gnu_tree(&name, "/srv", find), expected), Vec::<String>::new(), "{id}");
+        backups.verify(id).await.unwrap_or_else(|e| panic!("verify {id}: {e}"));
+    }
+    stack.destroy_bucket().await;
 }

@@ -12,6 +12,7 @@ use bollard::Docker;
 mod credentials;
 mod deadline;
 mod images;
+pub mod listing;
 mod ops;
 mod podman;
 mod project;

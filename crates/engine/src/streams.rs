@@ -32,12 +32,18 @@ const TAR_BLOCK: usize = crate::unroot::BLOCK;
 /// is renamed under `base` on the way ([`crate::unroot`]). Stored as Podman gave it, such a
 /// copy could never be restored (the restore refuses absolute names). Without a `base` (the
 /// path `/` itself) such an archive ends with an error. Docker never names an entry from `/`.
+/// With `owners` (Podman's archive read gives every entry uid and gid 0), each entry listed
+/// there gets its owner back on the way.
 fn unrooted(
+    owners: impl std::future::Future<Output = Option<crate::unroot::Owners>> + Send + 'static,
     mut tar: BoxStream<'static, io::Result<Bytes>>,
     base: Option<String>,
     what: String,
 ) -> BoxStream<'static, io::Result<Bytes>> {
     futures::stream::once(async move {
+        // Listed before the archive is asked for: an entry made between the two keeps the
+        // archive's owner (and is logged), never another's.
+        let owners = owners.await;
         let mut head = bytes::BytesMut::new();
         while head.len() < TAR_BLOCK {
             match tar.next().await {
@@ -54,7 +60,10 @@ fn unrooted(
                 ));
                 return futures::stream::once(async { Err(e) }).boxed();
             };
-            return crate::unroot::renamed(head, tar, base, what);
+            return crate::unroot::rewritten(head, tar, Some(base), owners, what);
+        }
+        if owners.is_some() {
+            return crate::unroot::rewritten(head, tar, None, owners, what);
         }
         let head = head.freeze();
         futures::stream::iter((!head.is_empty()).then_some(Ok(head))).chain(tar).boxed()
@@ -348,6 +357,10 @@ impl Engine {
             .filter(|b| !b.is_empty() && *b != "." && *b != "..")
             .map(str::to_owned);
         let unrooted_what = what.clone();
+        let owners = {
+            let (engine, container, path) = (self.clone(), container.to_owned(), path.to_owned());
+            async move { engine.podman_owners(&container, &path).await }
+        };
         // Bounded per chunk, counted from when the reader asks: a slow reader is not a hang.
         let tar = crate::deadline::idle_bounded(
             docker.download_from_container(container, Some(options)),
@@ -355,7 +368,26 @@ impl Engine {
         )
         .map(move |chunk| chunk.map_err(|e| io::Error::other(engine.call_failed(&what, e))))
         .boxed();
-        unrooted(tar, base, unrooted_what)
+        unrooted(owners, tar, base, unrooted_what)
+    }
+
+    /// On Podman, the owners of what `path` of running `container` holds, by a listing in it
+    /// (Podman's archive read gives every entry uid and gid 0: a copy taken through it alone
+    /// would restore every file as root's). `None` on Docker, and where the container cannot
+    /// be listed (stopped, or without `find`): then logged, as the owners are lost.
+    async fn podman_owners(&self, container: &str, path: &str) -> Option<crate::unroot::Owners> {
+        if !self.is_podman().await.unwrap_or(false) {
+            return None;
+        }
+        match crate::listing::list(self, container, path).await {
+            Ok(listing) => {
+                Some(listing.entries.into_iter().map(|(n, s)| (n, (s.uid, s.gid))).collect())
+            }
+            Err(why) => {
+                tracing::warn!(container, path, reason = %why, "Podman's archive read gives every entry root's owner and the path cannot be listed for its owners: the copy's files are root's");
+                None
+            }
+        }
     }
 
     /// Extracts a tar stream into directory `dir` of a container (running or stopped).
@@ -656,12 +688,109 @@ mod tests {
 
     /// `bytes` cut into chunks of `size`, through the check, as a read of `path`'s base.
     async fn through(bytes: Vec<u8>, size: usize, base: Option<&str>) -> io::Result<Vec<u8>> {
+        through_owned(bytes, size, base, None).await
+    }
+
+    /// [`through`], the entries given `owners`.
+    async fn through_owned(
+        bytes: Vec<u8>,
+        size: usize,
+        base: Option<&str>,
+        owners: Option<crate::unroot::Owners>,
+    ) -> io::Result<Vec<u8>> {
         let chunks: Vec<io::Result<Bytes>> =
             bytes.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let stream = futures::stream::iter(chunks).boxed();
         let checked =
-            unrooted(futures::stream::iter(chunks).boxed(), base.map(str::to_owned), "read".into());
+            unrooted(async move { owners }, stream, base.map(str::to_owned), "read".into());
         let parts: Vec<Bytes> = checked.try_collect().await?;
         Ok(parts.concat())
+    }
+
+    /// Each entry's (path, uid, gid, user name, content) as the `tar` crate reads them.
+    fn owned(tar: &[u8]) -> Vec<(String, u64, u64, String, Vec<u8>)> {
+        let mut a = tar::Archive::new(tar);
+        let entries = a.entries().expect("entries");
+        entries
+            .map(|e| {
+                let mut e = e.expect("entry");
+                let h = e.header().clone();
+                let name = e.path().expect("path").to_string_lossy().into_owned();
+                let user = h.username().ok().flatten().unwrap_or_default().to_owned();
+                let (uid, gid) = (
+                    e.pax_extensions().ok().flatten().and_then(|p| {
+                        p.filter_map(Result::ok)
+                            .find(|x| x.key() == Ok("uid"))
+                            .and_then(|x| x.value().ok()?.parse().ok())
+                    }),
+                    h.gid().expect("gid"),
+                );
+                let uid = uid.unwrap_or_else(|| h.uid().expect("uid"));
+                let mut data = vec![];
+                std::io::Read::read_to_end(&mut e, &mut data).expect("data");
+                (name, uid, gid, user, data)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn podmans_root_owners_are_replaced_by_the_listed_ones() {
+        // Podman's archive of a running container's path: every entry root's, by number and
+        // by name.
+        let mut podman = tar::Builder::new(vec![]);
+        for (name, data) in [
+            ("data/", None),
+            ("data/a.txt", Some("hi")),
+            ("data/big-id", Some("x")),
+            ("data/new", Some("y")),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(if data.is_some() {
+                tar::EntryType::Regular
+            } else {
+                tar::EntryType::Directory
+            });
+            h.set_size(data.map_or(0, |d| d.len() as u64));
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_username("root").expect("name");
+            h.set_groupname("root").expect("name");
+            podman.append_data(&mut h, name, data.unwrap_or_default().as_bytes()).expect("entry");
+        }
+        let podman = podman.into_inner().expect("archive");
+        let owners: crate::unroot::Owners = [
+            ("data".to_owned(), (1000, 100)),
+            ("data/a.txt".to_owned(), (1001, 101)),
+            ("data/big-id".to_owned(), (100_000_000, 5)),
+        ]
+        .into_iter()
+        .collect();
+        for size in [1, 512, 4096] {
+            let out = through_owned(podman.clone(), size, Some("data"), Some(owners.clone()))
+                .await
+                .expect("owned");
+            let got = owned(&out);
+            let want = [
+                ("data/", 1000, 100, "", &b""[..]),
+                ("data/a.txt", 1001, 101, "", b"hi"),
+                // Beyond the header's octal field: a PAX record holds it.
+                ("data/big-id", 100_000_000, 5, "", b"x"),
+                // Made after the listing: Podman's owner (and name) stays.
+                ("data/new", 0, 0, "root", b"y"),
+            ];
+            let want: Vec<_> = want
+                .iter()
+                .map(|(n, u, g, user, d)| ((*n).to_owned(), *u, *g, (*user).to_owned(), d.to_vec()))
+                .collect();
+            assert_eq!(got, want, "chunks of {size}");
+        }
+        // Owners put back on a stopped container's archive named from / too.
+        let rooted = archive(&[entry::dir("/"), entry::file("/a.txt", b"hi")]);
+        let out = through_owned(rooted, 512, Some("data"), Some(owners)).await.expect("both");
+        let got: Vec<(String, u64)> = owned(&out).into_iter().map(|e| (e.0, e.1)).collect();
+        assert_eq!(got, vec![("data/".to_owned(), 1000), ("data/a.txt".to_owned(), 1001)]);
     }
 
     #[tokio::test]
@@ -687,6 +816,7 @@ mod tests {
         }
         // Without a name to put back (a read of / itself): refused before any byte.
         let mut checked = unrooted(
+            async { None },
             futures::stream::iter([Ok(Bytes::from(podman))]).boxed(),
             None,
             "read / of c".into(),

@@ -11,6 +11,11 @@
 //! came, without being held. What this does not expect (GNU long names, which Go never
 //! writes; an entry not named from `/` among ones that are; a PAX header over 1 MiB) ends the
 //! stream with an error rather than a copy that would restore elsewhere.
+//!
+//! Podman's archive read also gives every entry uid and gid 0 (it chowns to the exec user,
+//! as `podman cp` does). Given the owners listed in the container ([`crate::listing`]), the
+//! same pass writes each entry's listed owner into its header (and blanks the user and group
+//! names, which some readers prefer to the numbers).
 
 use std::io;
 
@@ -25,17 +30,33 @@ type Records = Vec<(String, String)>;
 pub(crate) const BLOCK: usize = 512;
 /// A PAX header's data is held whole to rewrite it: at most this much.
 const MAX_PAX: u64 = 1 << 20;
+/// The largest id the header's 8-byte octal field holds; larger ones go in PAX records.
+const MAX_OCTAL_ID: u32 = 0o7_777_777;
+
+/// Owners (uid, gid) by archive name (`data/a/b`, without a directory's trailing `/`).
+pub(crate) type Owners = std::collections::HashMap<String, (u32, u32)>;
 
 /// `tar` (whose first `head` bytes were read already) with every entry renamed from `/` to
-/// `base/`; `what` names the read in errors.
-pub(crate) fn renamed(
+/// `base/` when a base is given, and given its owner in `owners` when they are; `what` names
+/// the read in errors.
+pub(crate) fn rewritten(
     head: BytesMut,
     tar: BoxStream<'static, io::Result<Bytes>>,
-    base: String,
+    base: Option<String>,
+    owners: Option<Owners>,
     what: String,
 ) -> BoxStream<'static, io::Result<Bytes>> {
-    let renamer =
-        Renamer { input: tar, buf: head, pass: 0, ended: false, failed: false, base, what };
+    let renamer = Renamer {
+        input: tar,
+        buf: head,
+        pass: 0,
+        ended: false,
+        failed: false,
+        base,
+        owners,
+        unlisted: 0,
+        what,
+    };
     futures::stream::unfold(renamer, |mut r| async move {
         let item = r.next_out().await?;
         r.failed = item.is_err();
@@ -53,16 +74,22 @@ struct Renamer {
     /// The end-of-archive block was seen: the rest passes as it is.
     ended: bool,
     failed: bool,
-    base: String,
+    /// Entries are renamed from `/` to `base/`.
+    base: Option<String>,
+    /// Entries get these owners.
+    owners: Option<Owners>,
+    /// Entries met that the owners' listing lacks (new since): they keep the archive's.
+    unlisted: u64,
     what: String,
 }
 
 impl Renamer {
     fn error(&self, why: impl std::fmt::Display) -> io::Error {
-        io::Error::other(format!(
-            "{}: an archive named from / (Podman's, of a stopped container's volume) {why}",
-            self.what
-        ))
+        let whose = match self.base {
+            Some(_) => "an archive named from / (Podman's, of a stopped container's volume)",
+            None => "Podman's archive",
+        };
+        io::Error::other(format!("{}: {whose} {why}", self.what))
     }
 
     /// At least `n` bytes in `buf`, unless the input ends first (`false`).
@@ -180,13 +207,20 @@ impl Renamer {
             Some(name) => name,
             None => header_name(&header).ok_or_else(|| self.error("has a name not in UTF-8"))?,
         };
-        let new_name = self.rename(&name)?;
-        set_record(&mut records, "path", &new_name, new_name.len() > 100);
-        set_field(&mut header[..100], &new_name);
-        if is_ustar(&header) {
-            header[345..500].fill(0);
-        }
-        if header[156] == b'1' {
+        let new_name = match &self.base {
+            Some(_) => {
+                let new_name = self.rename(&name)?;
+                set_record(&mut records, "path", &new_name, new_name.len() > 100);
+                set_field(&mut header[..100], &new_name);
+                if is_ustar(&header) {
+                    header[345..500].fill(0);
+                }
+                new_name
+            }
+            None => name,
+        };
+        self.own(&new_name, &mut header, &mut records);
+        if header[156] == b'1' && self.base.is_some() {
             let link = match record(&records, "linkpath") {
                 Some(link) => link,
                 None => field(&header[157..257])
@@ -220,13 +254,33 @@ impl Renamer {
         Ok(Some(out.freeze()))
     }
 
+    /// Writes the listed owner of entry `name` into its header (or records, for ids the
+    /// header cannot hold), when owners are given.
+    fn own(&mut self, name: &str, header: &mut [u8; BLOCK], records: &mut Records) {
+        let Some(owners) = &self.owners else { return };
+        let Some(&(uid, gid)) = owners.get(name.trim_end_matches('/')) else {
+            if self.unlisted == 0 {
+                tracing::warn!(read = %self.what, entry = name, "an entry appeared after the owners were listed: it keeps the owner Podman's archive gives (root)");
+            }
+            self.unlisted = self.unlisted.saturating_add(1);
+            return;
+        };
+        for (key, id, at) in [("uid", uid, 108..116), ("gid", gid, 116..124)] {
+            let fits = id <= MAX_OCTAL_ID;
+            set_record(records, key, &id.to_string(), !fits);
+            set_field(&mut header[at], &format!("{:07o}", if fits { id } else { 0 }));
+        }
+        // uname and gname (ustar's and GNU's): readers that map names take them first.
+        header[265..329].fill(0);
+        records.retain(|(k, _)| k != "uname" && k != "gname");
+    }
+
     /// `/` → `base/`, `/x` → `base/x`; a name with a `..` component is refused (it would
     /// leave `base/`).
     fn rename(&self, name: &str) -> io::Result<String> {
+        let base = self.base.as_deref().unwrap_or_default();
         match name.strip_prefix('/') {
-            Some(rest) if !rest.split('/').any(|c| c == "..") => {
-                Ok(format!("{}/{rest}", self.base))
-            }
+            Some(rest) if !rest.split('/').any(|c| c == "..") => Ok(format!("{base}/{rest}")),
             Some(_) => Err(self.error(format_args!("has an entry named {name:?}"))),
             None => Err(self.error(format_args!("also has an entry named {name:?}"))),
         }
@@ -375,10 +429,11 @@ mod tests {
     async fn through(tar: &[u8], size: usize) -> io::Result<Vec<u8>> {
         let chunks: Vec<io::Result<Bytes>> =
             tar.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        let out = renamed(
+        let out = rewritten(
             BytesMut::new(),
             futures::stream::iter(chunks).boxed(),
-            "data".into(),
+            Some("data".into()),
+            None,
             "read /data of c".into(),
         );
         let parts: Vec<Bytes> = out.try_collect().await?;

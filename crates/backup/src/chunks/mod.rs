@@ -20,7 +20,7 @@
 //! proves the stored bytes only ([`check_stored`]), and the load checks everything again.
 
 pub mod gc;
-pub mod listing;
+use steward_engine::listing;
 pub mod splice;
 pub mod tree;
 
@@ -181,6 +181,26 @@ impl Known {
 
     fn insert(&self, e: Entry) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id.clone(), e);
+    }
+
+    /// Forgets every chunk whose object is not in `stored` with its stored size (deleted or
+    /// cut short under the indexes that name it); returns those forgotten.
+    fn retain_stored(&self, stored: &HashMap<String, u64>) -> Vec<Entry> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<Entry> = map
+            .values()
+            .filter(|e| stored.get(&e.object()) != Some(&e.stored_size))
+            .cloned()
+            .collect();
+        gone.iter().for_each(|e| {
+            map.remove(&e.id);
+        });
+        gone
+    }
+
+    /// Whether chunk `e` is known as stored (by id, and as the same object).
+    fn holds(&self, e: &Entry) -> bool {
+        self.get(&e.id).is_some_and(|k| k.stored_sha256 == e.stored_sha256)
     }
 
     /// How many chunks are known.
@@ -590,8 +610,28 @@ impl crate::backup::Backups {
                 }
             }
         }
+        if !known.is_empty() {
+            // An index vouches that a chunk was stored, not that it still is: one deleted
+            // under it (by hand, by a lifecycle rule, by another tool) would otherwise be
+            // named by every later backup without being uploaded again.
+            let stored: HashMap<String, u64> =
+                store.list_sized(steward_store::chunks::CHUNKS_DIR).await?.into_iter().collect();
+            let gone = known.retain_stored(&stored);
+            if let Some(first) = gone.first() {
+                tracing::error!(
+                    component = name,
+                    chunks = gone.len(),
+                    first = %first.object(),
+                    "chunks named by signed backups are missing from the bucket or cut short: this backup uploads them again; the older backups that name them will fail verification"
+                );
+            }
+        }
         let Some(Candidate { component: c, index, .. }) = newest else { return Ok((known, None)) };
         let Some(reference) = &c.tree else { return Ok((known, None)) };
+        if let Some(gone) = index.entries.iter().find(|e| !known.holds(e)) {
+            tracing::warn!(component = name, chunk = %gone.object(), "a chunk of the previous backup is missing from the bucket: the path is read whole");
+            return Ok((known, None));
+        }
         let encrypted = is_sealed(&c.encoding);
         let parent = match tree::get(store, &self.config.keys, reference, encrypted).await {
             Ok(tree) => match tree.consistent(&index, c.raw_size) {

@@ -29,13 +29,13 @@ use steward_engine::Engine;
 use steward_store::chunks::{Entry, Index};
 use steward_store::store::{Store, StoreError};
 
-use super::listing::{Kind, Listing, Stat};
 use super::tree::{Tree, TreeEntry};
 use super::{
     put_chunk, read_chunk, Chunker, Known, Uploaded, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK, PARALLEL,
 };
 use crate::encryption::Keys;
 use crate::tarcheck::TarGuard;
+use steward_engine::listing::{Kind, Listing, Stat};
 
 const BLOCK: u64 = 512;
 /// More changed entries than this, or more changed file bytes than half the path: reading the
@@ -540,7 +540,7 @@ impl Changed {
         cmd.extend(names.iter().map(|n| (*n).to_owned()));
         let spec = steward_engine::ExecSpec {
             cmd,
-            env: vec![super::listing::PATH.into()],
+            env: vec![steward_engine::listing::PATH.into()],
             user: Some("0".into()),
         };
         match ctx.engine.exec_stdout(ctx.container, &spec, 5).await {
@@ -771,9 +771,12 @@ fn reusable(segs: &[Seg], starts: &[u64], parent: &Parent, pos: u64, total: u64)
     let k = starts.binary_search(&old_at).ok()?;
     let size = parent.index.entries[k].raw_size;
     let end = old_at.checked_add(size)?;
-    // A cut is decided on the byte after it too: a chunk ending where the old bytes end is
-    // cut again only if it is the old archive's last (checked below).
-    if end >= from + len && end != parent.raw_size {
+    // Every byte of the chunk must be these old bytes: one reaching past them would stand
+    // for new bytes it does not hold (the old archive's last chunk too, when the archive
+    // kept its length). And a cut is decided on the byte after it too: a chunk ending where
+    // the old bytes end is cut again only if it ends both archives (checked below).
+    let old_end = from.checked_add(*len)?;
+    if end > old_end || (end == old_end && end != parent.raw_size) {
         return None;
     }
     if k + 1 == parent.index.entries.len() && !(end == parent.raw_size && pos + size == total) {
@@ -983,6 +986,34 @@ mod tests {
                 Piece::Read { name, .. } => format!("read {name}"),
             })
             .collect()
+    }
+
+    fn chunk(raw_size: u64) -> Entry {
+        Entry { id: "x".into(), raw_size, stored_size: 1, stored_sha256: "00".into() }
+    }
+
+    #[test]
+    fn an_old_chunk_is_reused_only_over_old_bytes_the_last_one_too() {
+        let a = stat(Kind::File, 100, "1500");
+        let changed = stat(Kind::File, 100, "2500");
+        let mut p = parent(&[("data/a", a.clone()), ("data/b", a.clone()), ("data/c", a.clone())]);
+        // Two old chunks: the directory's header, then the rest to the end (the last).
+        p.index.entries = vec![chunk(512), chunk(p.raw_size - 512)];
+        let starts = [0, 512];
+        // b rewritten with its size: the new archive is as long as the old one, and its
+        // last chunk would run over b's new bytes.
+        let now = listing(&[("data/a", a.clone()), ("data/b", changed), ("data/c", a.clone())]);
+        let (segs, _, total) = plan(&p, &now).expect("planned");
+        assert_eq!(total, p.raw_size);
+        assert_eq!(kinds(&segs), ["old 0+1536", "read data/b", "old 2560+2048"]);
+        assert_eq!(reusable(&segs, &starts, &p, 512, total), None, "the last chunk spans b");
+        // The first chunk ends inside the old bytes: reused.
+        assert_eq!(reusable(&segs, &starts, &p, 0, total), Some(0));
+        // Nothing changed: the last chunk ends both archives, and is reused.
+        let same = listing(&[("data/a", a.clone()), ("data/b", a.clone()), ("data/c", a)]);
+        let (segs, _, total) = plan(&p, &same).expect("planned");
+        assert_eq!(kinds(&segs), [format!("old 0+{}", p.raw_size)]);
+        assert_eq!(reusable(&segs, &starts, &p, 512, total), Some(1));
     }
 
     #[test]

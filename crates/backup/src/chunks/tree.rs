@@ -14,8 +14,8 @@ use steward_store::chunks::Index;
 use steward_store::manifest::TreeRef;
 use steward_store::store::{Store, StoreError};
 
-use super::listing::Stat;
 use crate::encryption::Keys;
+use steward_engine::listing::Stat;
 
 /// A tree unpacks to at most this much JSON (about 2 million entries).
 const MAX_TREE_RAW: u64 = 512 << 20;

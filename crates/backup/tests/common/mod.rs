@@ -3,6 +3,7 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod cdc;
 pub mod service;
 
 use std::time::Duration;

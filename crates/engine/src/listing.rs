@@ -1,8 +1,9 @@
 //! What a path holds, read without reading its files: one record per entry (type, size,
 //! times, inode, mode, owner, link count), listed by `find` inside the running container (GNU
 //! `find -printf`, or busybox's `find -exec stat`). An incremental backup compares it with the
-//! previous backup's tree and reads through the archive API only what changed
-//! ([`super::splice`]).
+//! previous backup's tree and reads through the archive API only what changed (the backup
+//! crate's splice); on Podman, whose archive read gives every entry root's owner, the owners
+//! listed are put back in the archive's headers ([`crate::Engine::download_path`]).
 //!
 //! A listing is a hint, never trusted for content: anything odd in it (an unparsable or
 //! duplicated record, a name outside the path, an entry type other than file, directory or
@@ -10,9 +11,9 @@
 
 use std::collections::HashMap;
 
+use crate::{Engine, ExecSpec};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use steward_engine::{Engine, ExecSpec};
 
 /// Listing text beyond this (about a million entries) is not held: the path is read whole.
 const MAX_LISTING: usize = 128 << 20;
@@ -84,7 +85,7 @@ impl Stat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
     /// The container's clock (seconds) before the walk began: an entry changed in or after
-    /// that second may look unchanged to the next listing ([`super::splice`]'s rule).
+    /// that second may look unchanged to the next listing (the splice's rule).
     pub started: i64,
     /// The container has `tar`.
     pub tar: bool,
