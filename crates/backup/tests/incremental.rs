@@ -554,16 +554,27 @@ async fn a_container_with_gnu_tools_without_tar_or_find_is_spliced_or_read_whole
     assert!(c.is_some_and(|c| c.tree.is_none()), "a tree without a listing: {c:?}");
     let whole_tree = gnu_tree(&name, "/srv", "/root/find");
 
-    for (id, expected, find) in [
-        (&whole, &whole_tree, "/root/find"),
-        (&by_api, &by_api_tree, "/root/find"),
-        (&by_tar, &by_tar_tree, "/root/find"),
-        (&first, &first_tree, "/root/find"),
+    for (id, expected) in [
+        (&whole, &whole_tree),
+        (&by_api, &by_api_tree),
+        (&by_tar, &by_tar_tree),
+        (&first, &first_tree),
     ] {
         let restored = backups.restore(id, RestoreScope::Paths).await;
         restored.unwrap_or_else(|e| panic!("restore {id}: {e} {:?}", e.stderr_tail));
-        assert_eq!(differ(&gnu_tree(&name, "/srv", find), expected), Vec::<String>::new(), "{id}");
+        let now = gnu_tree(&name, "/srv", "/root/find");
         backups.verify(id).await.unwrap_or_else(|e| panic!("verify {id}: {e}"));
+        if id == &whole && steward_testkit::on_podman() {
+            // Podman's archive read alone (nothing listed the owners and times it loses:
+            // docs/podman.md): contents, modes and names are the same, owners root's.
+            let loose = |tree: &str| -> Vec<String> {
+                tree.lines().map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" ")).collect()
+            };
+            assert_eq!(loose(&now), loose(expected), "{id}");
+            assert!(now.lines().all(|l| l.split(' ').nth(3) == Some("0")), "{now}");
+            continue;
+        }
+        assert_eq!(differ(&now, expected), Vec::<String>::new(), "{id}");
     }
     stack.destroy_bucket().await;
 }

@@ -380,9 +380,16 @@ impl Engine {
             return None;
         }
         match crate::listing::list(self, container, path).await {
-            Ok(listing) => {
-                Some(listing.entries.into_iter().map(|(n, s)| (n, (s.uid, s.gid))).collect())
-            }
+            Ok(listing) => Some(
+                listing
+                    .entries
+                    .into_iter()
+                    .map(|(n, s)| {
+                        let mtime = crate::listing::Stat::seconds(&s.mtime);
+                        (n, crate::unroot::Listed { uid: s.uid, gid: s.gid, mtime })
+                    })
+                    .collect(),
+            ),
             Err(why) => {
                 tracing::warn!(container, path, reason = %why, "Podman's archive read gives every entry root's owner and the path cannot be listed for its owners: the copy's files are root's");
                 None
@@ -709,6 +716,12 @@ mod tests {
 
     /// Each entry's (path, uid, gid, user name, content) as the `tar` crate reads them.
     fn owned(tar: &[u8]) -> Vec<(String, u64, u64, String, Vec<u8>)> {
+        owned_at(tar).into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// [`owned`], with each entry's modification time.
+    #[allow(clippy::type_complexity)]
+    fn owned_at(tar: &[u8]) -> Vec<((String, u64, u64, String, Vec<u8>), u64)> {
         let mut a = tar::Archive::new(tar);
         let entries = a.entries().expect("entries");
         entries
@@ -728,13 +741,13 @@ mod tests {
                 let uid = uid.unwrap_or_else(|| h.uid().expect("uid"));
                 let mut data = vec![];
                 std::io::Read::read_to_end(&mut e, &mut data).expect("data");
-                (name, uid, gid, user, data)
+                ((name, uid, gid, user, data), h.mtime().expect("mtime"))
             })
             .collect()
     }
 
     #[tokio::test]
-    async fn podmans_root_owners_are_replaced_by_the_listed_ones() {
+    async fn podmans_root_owners_and_rounded_times_are_replaced_by_the_listed_ones() {
         // Podman's archive of a running container's path: every entry root's, by number and
         // by name.
         let mut podman = tar::Builder::new(vec![]);
@@ -754,16 +767,19 @@ mod tests {
             h.set_mode(0o644);
             h.set_uid(0);
             h.set_gid(0);
+            // Go's writer rounded 1_699_999_999.6 up.
             h.set_mtime(1_700_000_000);
             h.set_username("root").expect("name");
             h.set_groupname("root").expect("name");
             podman.append_data(&mut h, name, data.unwrap_or_default().as_bytes()).expect("entry");
         }
         let podman = podman.into_inner().expect("archive");
+        let listed = |uid, gid, mtime| crate::unroot::Listed { uid, gid, mtime: Some(mtime) };
         let owners: crate::unroot::Owners = [
-            ("data".to_owned(), (1000, 100)),
-            ("data/a.txt".to_owned(), (1001, 101)),
-            ("data/big-id".to_owned(), (100_000_000, 5)),
+            ("data".to_owned(), listed(1000, 100, 1_699_999_999)),
+            // Changed since it was listed: the archive's time is the newer one.
+            ("data/a.txt".to_owned(), listed(1001, 101, 1_699_999_990)),
+            ("data/big-id".to_owned(), listed(100_000_000, 5, 1_700_000_000)),
         ]
         .into_iter()
         .collect();
@@ -785,6 +801,8 @@ mod tests {
                 .map(|(n, u, g, user, d)| ((*n).to_owned(), *u, *g, (*user).to_owned(), d.to_vec()))
                 .collect();
             assert_eq!(got, want, "chunks of {size}");
+            let times: Vec<u64> = owned_at(&out).into_iter().map(|(_, t)| t).collect();
+            assert_eq!(times, [1_699_999_999, 1_700_000_000, 1_700_000_000, 1_700_000_000]);
         }
         // Owners put back on a stopped container's archive named from / too.
         let rooted = archive(&[entry::dir("/"), entry::file("/a.txt", b"hi")]);

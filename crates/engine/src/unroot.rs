@@ -13,9 +13,12 @@
 //! stream with an error rather than a copy that would restore elsewhere.
 //!
 //! Podman's archive read also gives every entry uid and gid 0 (it chowns to the exec user,
-//! as `podman cp` does). Given the owners listed in the container ([`crate::listing`]), the
-//! same pass writes each entry's listed owner into its header (and blanks the user and group
-//! names, which some readers prefer to the numbers).
+//! as `podman cp` does), and rounds each modification time to the nearest second where
+//! Docker cuts it (Go's tar writer rounds when no format is asked for): a file changed at
+//! 12:00:00.7 restores as changed at 12:00:01. Given the path as listed in the container
+//! ([`crate::listing`]), the same pass writes each entry's listed owner into its header (and
+//! blanks the user and group names, which some readers prefer to the numbers), and its
+//! listed second where the archive's is that second rounded.
 
 use std::io;
 
@@ -33,8 +36,17 @@ const MAX_PAX: u64 = 1 << 20;
 /// The largest id the header's 8-byte octal field holds; larger ones go in PAX records.
 const MAX_OCTAL_ID: u32 = 0o7_777_777;
 
-/// Owners (uid, gid) by archive name (`data/a/b`, without a directory's trailing `/`).
-pub(crate) type Owners = std::collections::HashMap<String, (u32, u32)>;
+/// An entry as listed in the container: what Podman's archive loses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub uid: u32,
+    pub gid: u32,
+    /// The modification time's whole seconds (cut, as Docker's archive gives it).
+    pub mtime: Option<i64>,
+}
+
+/// Entries as listed, by archive name (`data/a/b`, without a directory's trailing `/`).
+pub(crate) type Owners = std::collections::HashMap<String, Listed>;
 
 /// `tar` (whose first `head` bytes were read already) with every entry renamed from `/` to
 /// `base/` when a base is given, and given its owner in `owners` when they are; `what` names
@@ -258,7 +270,7 @@ impl Renamer {
     /// header cannot hold), when owners are given.
     fn own(&mut self, name: &str, header: &mut [u8; BLOCK], records: &mut Records) {
         let Some(owners) = &self.owners else { return };
-        let Some(&(uid, gid)) = owners.get(name.trim_end_matches('/')) else {
+        let Some(&Listed { uid, gid, mtime }) = owners.get(name.trim_end_matches('/')) else {
             if self.unlisted == 0 {
                 tracing::warn!(read = %self.what, entry = name, "an entry appeared after the owners were listed: it keeps the owner Podman's archive gives (root)");
             }
@@ -273,6 +285,16 @@ impl Renamer {
         // uname and gname (ustar's and GNU's): readers that map names take them first.
         header[265..329].fill(0);
         records.retain(|(k, _)| k != "uname" && k != "gname");
+        // A time rounded up by one second is put back; one further off changed since the
+        // listing (the archive's is newer), and one with a fraction is exact already.
+        let archived = field(&header[136..148])
+            .and_then(|f| i64::from_str_radix(f.trim_matches([' ', '\0']), 8).ok());
+        if let (Some(listed), Some(archived)) = (mtime, archived) {
+            let exact = records.iter().any(|(k, _)| k == "mtime");
+            if !exact && archived == listed + 1 {
+                set_field(&mut header[136..148], &format!("{listed:011o}"));
+            }
+        }
     }
 
     /// `/` → `base/`, `/x` → `base/x`; a name with a `..` component is refused (it would
