@@ -121,18 +121,7 @@ fn gnu(record: &str) -> Option<(String, Stat)> {
         "s" => Kind::Socket,
         _ => Kind::Other,
     };
-    let stat = Stat {
-        kind,
-        size: f.next()?.parse().ok()?,
-        mtime: time_field(f.next()?)?,
-        ctime: time_field(f.next()?)?,
-        inode: f.next()?.parse().ok()?,
-        perms: octal(f.next()?)?,
-        uid: f.next()?.parse().ok()?,
-        gid: f.next()?.parse().ok()?,
-        nlink: f.next()?.parse().ok()?,
-    };
-    Some((f.next()?.to_owned(), stat))
+    fields(kind, None, &mut f)
 }
 
 /// A busybox record: `%f %s %Y %Z %i %u %g %h %n` (raw mode in hex).
@@ -146,13 +135,30 @@ fn busybox(record: &str) -> Option<(String, Stat)> {
         0o140000 => Kind::Socket,
         _ => Kind::Other,
     };
+    fields(kind, Some(mode), &mut f)
+}
+
+/// The fields both records share after the type: size, times, inode, the permission bits
+/// (the GNU record's own field, or of busybox's `mode`), owner, links, then the name.
+fn fields<'a>(
+    kind: Kind,
+    mode: Option<u32>,
+    f: &mut impl Iterator<Item = &'a str>,
+) -> Option<(String, Stat)> {
+    let (size, mtime, ctime) =
+        (f.next()?.parse().ok()?, time_field(f.next()?)?, time_field(f.next()?)?);
+    let inode = f.next()?.parse().ok()?;
+    let perms = match mode {
+        Some(mode) => mode & 0o7777,
+        None => octal(f.next()?)?,
+    };
     let stat = Stat {
         kind,
-        size: f.next()?.parse().ok()?,
-        mtime: time_field(f.next()?)?,
-        ctime: time_field(f.next()?)?,
-        inode: f.next()?.parse().ok()?,
-        perms: mode & 0o7777,
+        size,
+        mtime,
+        ctime,
+        inode,
+        perms,
         uid: f.next()?.parse().ok()?,
         gid: f.next()?.parse().ok()?,
         nlink: f.next()?.parse().ok()?,
