@@ -64,11 +64,6 @@ pub const AVG_CHUNK: u32 = 1 << 20;
 pub const MAX_CHUNK: u32 = 4 << 20;
 /// Chunks compressed, sealed and transferred at once (memory: about 2 × [`MAX_CHUNK`] each).
 pub const PARALLEL: usize = 4;
-/// A read holds chunks of at most this many plain KiB at once (fetched and opened, not yet
-/// handed on), beside [`PARALLEL`]: four average chunks fit, so the pace is unchanged, but a
-/// run of the largest no longer holds four of them sealed and plain (32 MiB, the restore's
-/// peak growing with the data, as long runs of large chunks become likelier).
-const READ_BUDGET_KIB: u32 = (2 * MAX_CHUNK) >> 10;
 /// A sealed chunk's size is reserved up to this: the largest chunk, stored incompressible,
 /// with zstd's and age's overhead.
 const SEALED_MAX: usize = MAX_CHUNK as usize + (64 << 10);
@@ -395,24 +390,9 @@ pub async fn read_chunked(
     let store = io.store.clone();
     let keys = io.keys.clone();
     let encrypted = is_sealed(&component.encoding);
-    let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_KIB as usize));
     let stream = futures::stream::iter(index.entries)
-        // Taken in order (a later chunk never holds what an earlier one waits for), given
-        // back as each chunk is handed on.
-        .then(move |e| {
-            let budget = budget.clone();
-            async move {
-                let kib = e.raw_size.div_ceil(1024).min(u64::from(READ_BUDGET_KIB));
-                let permit = budget.acquire_many_owned(kib as u32).await.ok();
-                (e, permit)
-            }
-        })
-        .map(move |(e, permit)| {
-            let read = read_chunk(store.clone(), keys.clone(), e, encrypted);
-            async move { read.await.map(|chunk| (chunk, permit)) }
-        })
-        .buffered(PARALLEL)
-        .map_ok(|(chunk, _permit)| chunk);
+        .map(move |e| read_chunk(store.clone(), keys.clone(), e, encrypted))
+        .buffered(PARALLEL);
     if !hashes_chunks(&component.encoding) {
         return Ok((stream.map_ok(|(plain, _)| plain).boxed(), etag));
     }
