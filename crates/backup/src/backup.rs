@@ -365,7 +365,8 @@ impl Backups {
             ));
             tracing::info!(backup = id, component, "archiving");
             self.meter.item(&component);
-            let tar = self.engine.download_path(name, path);
+            // On Podman, listed first for the owners its archive read loses.
+            let tar = self.engine.download_path_listed(name, path, None);
             let kind = Kind::Path { container: name.clone(), path: path.clone() };
             if self.config.incremental {
                 out.push(self.store_chunked(id, component, kind, tar).await?);

@@ -64,7 +64,7 @@ impl Backups {
             let component = format!("project:{dir}");
             let object = self.object_name(format!("{id}/project-{}.tar.zst", manifest::slug(dir)));
             self.meter.item(&component);
-            let tar = self.engine.download_path(&container, &mounted_at);
+            let tar = self.engine.download_path_listed(&container, &mounted_at, None);
             let (stored, raw) =
                 pipeline::store_stream(self.io(), &object, tar, self.config.zstd_level)
                     .await

@@ -16,7 +16,8 @@ use common::Stack;
 use steward_backup::Backups;
 use steward_events::RestoreScope;
 
-const PAUSE_MS: u64 = 3000;
+/// Long enough for the test's `docker exec` to end inside the pause on a loaded machine.
+const PAUSE_MS: u64 = 6000;
 
 /// How many times this process passed the point after listing.
 fn listings(dir: &std::path::Path) -> usize {

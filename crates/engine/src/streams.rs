@@ -33,17 +33,23 @@ const TAR_BLOCK: usize = crate::unroot::BLOCK;
 /// copy could never be restored (the restore refuses absolute names). Without a `base` (the
 /// path `/` itself) such an archive ends with an error. Docker never names an entry from `/`.
 /// With `owners` (Podman's archive read gives every entry uid and gid 0), each entry listed
-/// there gets its owner back on the way.
+/// there as it is archived gets its owner back on the way; an error finding them ends the
+/// read before the archive is asked for.
 fn unrooted(
-    owners: impl std::future::Future<Output = Option<crate::unroot::Owners>> + Send + 'static,
+    owners: impl std::future::Future<Output = io::Result<Option<crate::unroot::Owners>>>
+        + Send
+        + 'static,
     mut tar: BoxStream<'static, io::Result<Bytes>>,
     base: Option<String>,
     what: String,
 ) -> BoxStream<'static, io::Result<Bytes>> {
     futures::stream::once(async move {
-        // Listed before the archive is asked for: an entry made between the two keeps the
-        // archive's owner (and is logged), never another's.
-        let owners = owners.await;
+        // Listed before the archive is asked for: an entry made or replaced between the two
+        // keeps the archive's owner, without set-id bits (and is logged).
+        let owners = match owners.await {
+            Ok(owners) => owners,
+            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+        };
         let mut head = bytes::BytesMut::new();
         while head.len() < TAR_BLOCK {
             match tar.next().await {
@@ -334,11 +340,36 @@ impl Engine {
     }
 
     /// A tar of `path` in a container (running or stopped), streamed from the engine.
-    /// Its entries are named after the path's last component (`/data` → `data/...`).
+    /// Its entries are named after the path's last component (`/data` → `data/...`). On
+    /// Podman every entry says root's owner ([`Engine::download_path_listed`] puts them back).
     pub fn download_path(
         &self,
         container: &str,
         path: &str,
+    ) -> BoxStream<'static, io::Result<Bytes>> {
+        self.download(container, path, None)
+    }
+
+    /// [`Engine::download_path`] for a copy that must restore as it was (a backup): on
+    /// Podman, whose archive read gives every entry uid and gid 0 and rounds times to the
+    /// nearest second, each entry gets back its owner and second from `listing` (of this
+    /// read, named as its entries are), or from a listing made in the container first when
+    /// none is given. Where none can be made (a stopped container, no `find`), logged: the
+    /// copy's files are root's. Docker's archive is read as it is.
+    pub fn download_path_listed(
+        &self,
+        container: &str,
+        path: &str,
+        listing: Option<crate::listing::Listing>,
+    ) -> BoxStream<'static, io::Result<Bytes>> {
+        self.download(container, path, Some(listing))
+    }
+
+    fn download(
+        &self,
+        container: &str,
+        path: &str,
+        repair: Option<Option<crate::listing::Listing>>,
     ) -> BoxStream<'static, io::Result<Bytes>> {
         let docker = match self.client() {
             Ok(d) => d,
@@ -359,7 +390,12 @@ impl Engine {
         let unrooted_what = what.clone();
         let owners = {
             let (engine, container, path) = (self.clone(), container.to_owned(), path.to_owned());
-            async move { engine.podman_owners(&container, &path).await }
+            async move {
+                match repair {
+                    Some(listing) => engine.podman_owners(&container, &path, listing).await,
+                    None => Ok(None),
+                }
+            }
         };
         // Bounded per chunk, counted from when the reader asks: a slow reader is not a hang.
         let tar = crate::deadline::idle_bounded(
@@ -371,28 +407,35 @@ impl Engine {
         unrooted(owners, tar, base, unrooted_what)
     }
 
-    /// On Podman, the owners of what `path` of running `container` holds, by a listing in it
-    /// (Podman's archive read gives every entry uid and gid 0: a copy taken through it alone
-    /// would restore every file as root's). `None` on Docker, and where the container cannot
-    /// be listed (stopped, or without `find`): then logged, as the owners are lost.
-    async fn podman_owners(&self, container: &str, path: &str) -> Option<crate::unroot::Owners> {
-        if !self.is_podman().await.unwrap_or(false) {
-            return None;
+    /// On Podman, what `path` of running `container` holds as `listing` says or as listed in
+    /// it now (Podman's archive read gives every entry uid and gid 0: a copy taken through it
+    /// alone would restore every file as root's). `None` on Docker, and where the container
+    /// cannot be listed (stopped, or without `find`): then logged, as the owners are lost. An
+    /// engine that does not say what it is ends the read (within the read's own deadline).
+    async fn podman_owners(
+        &self,
+        container: &str,
+        path: &str,
+        listing: Option<crate::listing::Listing>,
+    ) -> io::Result<Option<crate::unroot::Owners>> {
+        if !self.is_podman().await.map_err(io::Error::other)? {
+            return Ok(None);
         }
-        match crate::listing::list(self, container, path).await {
-            Ok(listing) => Some(
+        let listing = match listing {
+            Some(listing) => Ok(listing),
+            None => crate::listing::list(self, container, path).await,
+        };
+        match listing {
+            Ok(listing) => Ok(Some(
                 listing
                     .entries
                     .into_iter()
-                    .map(|(n, s)| {
-                        let mtime = crate::listing::Stat::seconds(&s.mtime);
-                        (n, crate::unroot::Listed { uid: s.uid, gid: s.gid, mtime })
-                    })
+                    .map(|(n, s)| (n, crate::unroot::Listed::from(&s)))
                     .collect(),
-            ),
+            )),
             Err(why) => {
                 tracing::warn!(container, path, reason = %why, "Podman's archive read gives every entry root's owner and the path cannot be listed for its owners: the copy's files are root's");
-                None
+                Ok(None)
             }
         }
     }
@@ -709,7 +752,7 @@ mod tests {
             bytes.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let stream = futures::stream::iter(chunks).boxed();
         let checked =
-            unrooted(async move { owners }, stream, base.map(str::to_owned), "read".into());
+            unrooted(async move { Ok(owners) }, stream, base.map(str::to_owned), "read".into());
         let parts: Vec<Bytes> = checked.try_collect().await?;
         Ok(parts.concat())
     }
@@ -756,6 +799,7 @@ mod tests {
             ("data/a.txt", Some("hi")),
             ("data/big-id", Some("x")),
             ("data/new", Some("y")),
+            ("data/swapped", Some("z")),
         ] {
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(if data.is_some() {
@@ -764,7 +808,7 @@ mod tests {
                 tar::EntryType::Directory
             });
             h.set_size(data.map_or(0, |d| d.len() as u64));
-            h.set_mode(0o644);
+            h.set_mode(if name == "data/swapped" { 0o4755 } else { 0o644 });
             h.set_uid(0);
             h.set_gid(0);
             // Go's writer rounded 1_699_999_999.6 up.
@@ -774,12 +818,22 @@ mod tests {
             podman.append_data(&mut h, name, data.unwrap_or_default().as_bytes()).expect("entry");
         }
         let podman = podman.into_inner().expect("archive");
-        let listed = |uid, gid, mtime| crate::unroot::Listed { uid, gid, mtime: Some(mtime) };
+        use crate::listing::Kind;
+        let listed = |uid, gid, mtime, kind, size| crate::unroot::Listed {
+            uid,
+            gid,
+            mtime: Some(mtime),
+            kind,
+            size,
+            perms: 0o644,
+        };
         let owners: crate::unroot::Owners = [
-            ("data".to_owned(), listed(1000, 100, 1_699_999_999)),
+            ("data".to_owned(), listed(1000, 100, 1_699_999_999, Kind::Dir, 4096)),
             // Changed since it was listed: the archive's time is the newer one.
-            ("data/a.txt".to_owned(), listed(1001, 101, 1_699_999_990)),
-            ("data/big-id".to_owned(), listed(100_000_000, 5, 1_700_000_000)),
+            ("data/a.txt".to_owned(), listed(1001, 101, 1_699_999_990, Kind::File, 2)),
+            ("data/big-id".to_owned(), listed(100_000_000, 5, 1_700_000_000, Kind::File, 1)),
+            // Replaced since by a set-uid file of another size: not the listed owner's.
+            ("data/swapped".to_owned(), listed(1000, 100, 1_700_000_000, Kind::File, 5)),
         ]
         .into_iter()
         .collect();
@@ -795,6 +849,7 @@ mod tests {
                 ("data/big-id", 100_000_000, 5, "", b"x"),
                 // Made after the listing: Podman's owner (and name) stays.
                 ("data/new", 0, 0, "root", b"y"),
+                ("data/swapped", 0, 0, "root", b"z"),
             ];
             let want: Vec<_> = want
                 .iter()
@@ -802,10 +857,24 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "chunks of {size}");
             let times: Vec<u64> = owned_at(&out).into_iter().map(|(_, t)| t).collect();
-            assert_eq!(times, [1_699_999_999, 1_700_000_000, 1_700_000_000, 1_700_000_000]);
+            assert_eq!(
+                times,
+                [1_699_999_999, 1_700_000_000, 1_700_000_000, 1_700_000_000, 1_700_000_000]
+            );
+            let mut a = tar::Archive::new(&out[..]);
+            let modes: Vec<u32> = a
+                .entries()
+                .expect("entries")
+                .map(|e| e.expect("entry").header().mode().expect("mode"))
+                .collect();
+            assert_eq!(modes, [0o644, 0o644, 0o644, 0o644, 0o755], "the set-uid bit is gone");
         }
         // Owners put back on a stopped container's archive named from / too.
         let rooted = archive(&[entry::dir("/"), entry::file("/a.txt", b"hi")]);
+        let mut owners = owners;
+        if let Some(dir) = owners.get_mut("data") {
+            dir.perms = 0o755;
+        }
         let out = through_owned(rooted, 512, Some("data"), Some(owners)).await.expect("both");
         let got: Vec<(String, u64)> = owned(&out).into_iter().map(|e| (e.0, e.1)).collect();
         assert_eq!(got, vec![("data/".to_owned(), 1000), ("data/a.txt".to_owned(), 1001)]);
@@ -834,7 +903,7 @@ mod tests {
         }
         // Without a name to put back (a read of / itself): refused before any byte.
         let mut checked = unrooted(
-            async { None },
+            async { Ok(None) },
             futures::stream::iter([Ok(Bytes::from(podman))]).boxed(),
             None,
             "read / of c".into(),

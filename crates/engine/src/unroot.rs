@@ -1,7 +1,7 @@
 //! Podman 4.3 archives a stopped container's volume mount point (`/data`) with its entries
 //! named `/`, `/a.txt`, `/sub/b` where Docker (and Podman for a running container) names them
 //! `data/`, `data/a.txt`, `data/sub/b`: the same tree with the directory's own name left out.
-//! [`renamed`] puts the name back on the way, so the copy is the one Docker would give and a
+//! [`rewritten`] puts the name back on the way, so the copy is the one Docker would give and a
 //! restore (which refuses absolute names) accepts it.
 //!
 //! Only names change: each header's name (and a hard link's target, which names an entry of
@@ -36,13 +36,36 @@ const MAX_PAX: u64 = 1 << 20;
 /// The largest id the header's 8-byte octal field holds; larger ones go in PAX records.
 const MAX_OCTAL_ID: u32 = 0o7_777_777;
 
-/// An entry as listed in the container: what Podman's archive loses.
+/// An entry as listed in the container: what Podman's archive loses (owner, the time's
+/// second), and what tells the listed entry from another made under its name since (type,
+/// size, permission bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Listed {
     pub uid: u32,
     pub gid: u32,
     /// The modification time's whole seconds (cut, as Docker's archive gives it).
     pub mtime: Option<i64>,
+    pub kind: crate::listing::Kind,
+    pub size: u64,
+    pub perms: u32,
+}
+
+impl From<&crate::listing::Stat> for Listed {
+    fn from(s: &crate::listing::Stat) -> Self {
+        let mtime = crate::listing::Stat::seconds(&s.mtime);
+        Self { uid: s.uid, gid: s.gid, mtime, kind: s.kind, size: s.size, perms: s.perms }
+    }
+}
+
+/// Whether an archived entry (type flag, data size, permission bits) is the one `listed`.
+fn is_listed(listed: &Listed, typeflag: u8, size: u64, perms: Option<u32>) -> bool {
+    use crate::listing::Kind;
+    let kind_matches = match (listed.kind, typeflag) {
+        (Kind::File, b'0' | 0) => listed.size == size,
+        (Kind::Dir, b'5') | (Kind::Link, b'2') => true,
+        _ => false,
+    };
+    kind_matches && perms == Some(listed.perms)
 }
 
 /// Entries as listed, by archive name (`data/a/b`, without a directory's trailing `/`).
@@ -231,7 +254,7 @@ impl Renamer {
             }
             None => name,
         };
-        self.own(&new_name, &mut header, &mut records);
+        self.own(&new_name, size, &mut header, &mut records);
         if header[156] == b'1' && self.base.is_some() {
             let link = match record(&records, "linkpath") {
                 Some(link) => link,
@@ -268,13 +291,27 @@ impl Renamer {
 
     /// Writes the listed owner of entry `name` into its header (or records, for ids the
     /// header cannot hold), when owners are given.
-    fn own(&mut self, name: &str, header: &mut [u8; BLOCK], records: &mut Records) {
+    fn own(&mut self, name: &str, size: u64, header: &mut [u8; BLOCK], records: &mut Records) {
         let Some(owners) = &self.owners else { return };
-        let Some(&Listed { uid, gid, mtime }) = owners.get(name.trim_end_matches('/')) else {
+        let perms = field(&header[100..108])
+            .and_then(|f| u32::from_str_radix(f.trim_matches([' ', '\0']), 8).ok())
+            .map(|m| m & 0o7777);
+        let listed = owners.get(name.trim_end_matches('/'));
+        let Some(&Listed { uid, gid, mtime, .. }) =
+            listed.filter(|l| is_listed(l, header[156], size, perms))
+        else {
+            // Made or replaced since the listing: not the listed entry's owner. Podman's
+            // (root) stays, and a set-id bit would give root's rights to whoever wrote it.
             if self.unlisted == 0 {
-                tracing::warn!(read = %self.what, entry = name, "an entry appeared after the owners were listed: it keeps the owner Podman's archive gives (root)");
+                tracing::warn!(read = %self.what, entry = name, "an entry was made or replaced after the path was listed: it keeps the owner Podman's archive gives (root), without set-id bits");
             }
             self.unlisted = self.unlisted.saturating_add(1);
+            if let Some(p) = perms.filter(|p| p & 0o6000 != 0) {
+                let mode = field(&header[100..108])
+                    .and_then(|f| u32::from_str_radix(f.trim_matches([' ', '\0']), 8).ok())
+                    .unwrap_or(p);
+                set_field(&mut header[100..108], &format!("{:07o}", mode & !0o6000));
+            }
             return;
         };
         for (key, id, at) in [("uid", uid, 108..116), ("gid", gid, 116..124)] {

@@ -494,10 +494,11 @@ impl Store {
         Ok(keys.iter().filter_map(|k| k.strip_prefix(&self.prefix)).map(str::to_owned).collect())
     }
 
-    /// The names (relative to the prefix) and sizes of every object under `dir/`.
-    pub async fn list_sized(&self, dir: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    /// The names (relative to the prefix) and sizes (when the server gives them) of every
+    /// object under `dir/`.
+    pub async fn list_sized(&self, dir: &str) -> Result<Vec<(String, Option<u64>)>, StoreError> {
         let objects = self.objects_under(&self.key(&format!("{dir}/"))).await?;
-        let relative = |(k, size): (String, u64)| {
+        let relative = |(k, size): (String, Option<u64>)| {
             k.strip_prefix(&self.prefix).map(|name| (name.to_owned(), size))
         };
         Ok(objects.into_iter().filter_map(relative).collect())
@@ -509,8 +510,8 @@ impl Store {
     }
 
     /// The full keys and sizes of every object whose key starts with `prefix` (a size the
-    /// server leaves out or gives as negative reads as 0).
-    async fn objects_under(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    /// server leaves out, or gives as negative, is none).
+    async fn objects_under(&self, prefix: &str) -> Result<Vec<(String, Option<u64>)>, StoreError> {
         let mut pages = self
             .client()
             .await
@@ -523,7 +524,7 @@ impl Store {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| s3("ListObjectsV2", prefix, e))?;
             out.extend(page.contents.unwrap_or_default().into_iter().filter_map(|o| {
-                let size = o.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+                let size = o.size.and_then(|s| u64::try_from(s).ok());
                 o.key.map(|k| (k, size))
             }));
         }

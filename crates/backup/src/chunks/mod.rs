@@ -183,24 +183,9 @@ impl Known {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id.clone(), e);
     }
 
-    /// Forgets every chunk whose object is not in `stored` with its stored size (deleted or
-    /// cut short under the indexes that name it); returns those forgotten.
-    fn retain_stored(&self, stored: &HashMap<String, u64>) -> Vec<Entry> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<Entry> = map
-            .values()
-            .filter(|e| stored.get(&e.object()) != Some(&e.stored_size))
-            .cloned()
-            .collect();
-        gone.iter().for_each(|e| {
-            map.remove(&e.id);
-        });
-        gone
-    }
-
-    /// Whether chunk `e` is known as stored (by id, and as the same object).
-    fn holds(&self, e: &Entry) -> bool {
-        self.get(&e.id).is_some_and(|k| k.stored_sha256 == e.stored_sha256)
+    /// Forgets every chunk `stored` does not hold.
+    fn retain(&self, stored: impl Fn(&Entry) -> bool) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, e| stored(e));
     }
 
     /// How many chunks are known.
@@ -583,13 +568,19 @@ impl crate::backup::Backups {
         let known = Known::default();
         let host = self.bus.as_ref().and_then(|b| b.host()).map(str::to_owned);
         let mut newest: Option<Candidate> = None;
+        // Every object an index names (one id may be stored as several: sealing is
+        // randomised), with its size.
+        let mut named: HashMap<String, u64> = HashMap::new();
         for listed in steward_store::catalog::list(store, &self.config.trust, now).await? {
             let Some(m) = listed.usable() else { continue };
             let same_engine = m.docker_host == self.engine.host() && m.host == host;
             for c in chunked_components(m) {
                 match read_index(store, c, None, None).await {
                     Ok((index, _)) if index.scheme == chunker.scheme => {
-                        index.entries.iter().for_each(|e| known.insert(e.clone()));
+                        for e in &index.entries {
+                            named.insert(e.object(), e.stored_size);
+                            known.insert(e.clone());
+                        }
                         let fits = same_engine
                             && c.name == name
                             && c.tree.is_some()
@@ -610,25 +601,43 @@ impl crate::backup::Backups {
                 }
             }
         }
-        if !known.is_empty() {
-            // An index vouches that a chunk was stored, not that it still is: one deleted
-            // under it (by hand, by a lifecycle rule, by another tool) would otherwise be
-            // named by every later backup without being uploaded again.
-            let stored: HashMap<String, u64> =
-                store.list_sized(steward_store::chunks::CHUNKS_DIR).await?.into_iter().collect();
-            let gone = known.retain_stored(&stored);
-            if let Some(first) = gone.first() {
-                tracing::error!(
-                    component = name,
-                    chunks = gone.len(),
-                    first = %first.object(),
-                    "chunks named by signed backups are missing from the bucket or cut short: this backup uploads them again; the older backups that name them will fail verification"
-                );
+        // An index vouches that a chunk was stored, not that it still is: one deleted under
+        // it (by hand, by a lifecycle rule, by another tool) would otherwise be named by
+        // every later backup without being uploaded again.
+        let stored: HashMap<String, Option<u64>> = match named.is_empty() {
+            true => HashMap::new(),
+            false => {
+                store.list_sized(steward_store::chunks::CHUNKS_DIR).await?.into_iter().collect()
             }
+        };
+        let holds = |e: &Entry| match stored.get(&e.object()) {
+            Some(Some(size)) => *size == e.stored_size,
+            // A server that gives no size: present is all that can be told.
+            Some(None) => true,
+            None => false,
+        };
+        let mut gone: Vec<&String> = named
+            .iter()
+            .filter(|(object, size)| match stored.get(*object) {
+                Some(Some(s)) => s != *size,
+                Some(None) => false,
+                None => true,
+            })
+            .map(|(object, _)| object)
+            .collect();
+        gone.sort();
+        if let Some(first) = gone.first() {
+            tracing::error!(
+                component = name,
+                chunks = gone.len(),
+                first = %first,
+                "chunks named by signed backups are missing from the bucket or cut short: this backup stores again what it still reads of them; the older backups that name them fail verification (unless stored again under the same name: unencrypted chunks)"
+            );
         }
+        known.retain(holds);
         let Some(Candidate { component: c, index, .. }) = newest else { return Ok((known, None)) };
         let Some(reference) = &c.tree else { return Ok((known, None)) };
-        if let Some(gone) = index.entries.iter().find(|e| !known.holds(e)) {
+        if let Some(gone) = index.entries.iter().find(|e| !holds(e)) {
             tracing::warn!(component = name, chunk = %gone.object(), "a chunk of the previous backup is missing from the bucket: the path is read whole");
             return Ok((known, None));
         }
@@ -713,6 +722,7 @@ impl crate::backup::Backups {
                 chunker: &chunker,
                 known: &known,
                 level,
+                listing,
             };
             match splice::splice(&ctx, parent, listing).await.map_err(|e| failed(&e))? {
                 Ok(done) => {

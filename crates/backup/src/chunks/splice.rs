@@ -108,6 +108,8 @@ pub struct Ctx<'a> {
     pub known: &'a Known,
     /// zstd level.
     pub level: i32,
+    /// The path as listed now.
+    pub listing: &'a Listing,
 }
 
 /// One piece of the new archive.
@@ -568,7 +570,16 @@ impl Changed {
             Changed::Exec(cursor, _) => cursor,
             Changed::Api => {
                 let path = format!("{}/{name}", parent_dir(ctx.path));
-                let stream = ctx.engine.download_path(ctx.container, &path);
+                // The entry as listed, named as this read names it (its last component):
+                // what Podman's archive read loses is put back from it.
+                let base = name.rsplit('/').next().unwrap_or(name).to_owned();
+                let entries = ctx.listing.entries.get(name).map(|s| (base, s.clone()));
+                let listing = Listing {
+                    started: ctx.listing.started,
+                    tar: ctx.listing.tar,
+                    entries: entries.into_iter().collect(),
+                };
+                let stream = ctx.engine.download_path_listed(ctx.container, &path, Some(listing));
                 one.insert(TarCursor { stream, pending: BytesMut::new() })
             }
         };
