@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::cdc::{
     back_up, differ, fill, incremental, incremental_with, path_component, path_lines, restored_as,
-    spliced, tree,
+    settle, spliced, tree,
 };
 use common::Stack;
 use steward_backup::config::BackupConfig;
@@ -41,7 +41,7 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     fill(&stack, 200);
     // Settled before the first listing: a file changed less than two seconds before a
     // listing starts is read again by the next backup, whatever its listing says.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     let first_tree = tree(&stack);
     let (first, m1) = back_up(&backups).await;
     let c1 = path_component(&m1);
@@ -57,7 +57,7 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     );
     let second_tree = tree(&stack);
     assert_ne!(first_tree, second_tree);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     let (second, m2) = back_up(&backups).await;
     let after_second = chunk_objects(&stack).await;
     let new: BTreeSet<String> = after_second.difference(&after_first).cloned().collect();
@@ -85,7 +85,7 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     // are the first file, the new file and the link; the headers of /data, /data/files and
     // /data/new are made from their listing (f17 and f150 had settled before the second
     // backup listed them, so they are not read again).
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     stack.app_sh(
         "chmod 604 /data/files/f3; rm /data/files/f4; \
          mkdir /data/new && echo hello > /data/new/n.txt && chown 1001:101 /data/new/n.txt; \
@@ -428,7 +428,7 @@ async fn an_old_chunk_deleted_under_its_index_is_stored_again_not_named_unread()
     common::logs();
     let backups = incremental(&stack);
     fill(&stack, 30);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     let (first, m1) = back_up(&backups).await;
     // The first chunk: the archive's start (the directories' headers, the first files), which
     // a change at the end leaves unchanged, so a splice would take it unread.
@@ -441,7 +441,7 @@ async fn an_old_chunk_deleted_under_its_index_is_stored_again_not_named_unread()
 
     stack.app_sh("dd if=/dev/urandom of=/data/files/f29 bs=200k count=1 conv=notrunc 2>/dev/null");
     let second_tree = tree(&stack);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     let (second, m2) = back_up(&backups).await;
     let said = path_lines(&stack, "missing from the bucket");
     assert!(
@@ -519,7 +519,7 @@ async fn a_container_with_gnu_tools_without_tar_or_find_is_spliced_or_read_whole
         let all = common::log_lines(&format!("{name}:/srv"));
         all.into_iter().filter(|l| l.contains(needle)).collect()
     };
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     let (first, _) = back_up(&backups).await;
     let first_tree = gnu_tree(&name, "/srv", "find");
 
@@ -530,7 +530,7 @@ async fn a_container_with_gnu_tools_without_tar_or_find_is_spliced_or_read_whole
     // Changed entries read by GNU tar in the container.
     sh("head -c 200000 /dev/urandom > /srv/files/f4 && echo new > /srv/files/new.txt && chown 1001:101 /srv/files/new.txt");
     // Settled before the listing, so the next backup does not read them again.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     let (by_tar, _) = back_up(&backups).await;
     // f4 and new.txt read, /srv/files's header made from its listing.
     spliced(&by_tar, 3);
@@ -539,7 +539,7 @@ async fn a_container_with_gnu_tools_without_tar_or_find_is_spliced_or_read_whole
     // Without tar: each through the archive API.
     sh("mv /usr/bin/tar /root/tar && head -c 200000 /dev/urandom > /srv/files/f8 && echo two > /srv/files/two.txt");
     // Settled before the listing, so the next backup does not read them again.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    settle().await;
     let (by_api, _) = back_up(&backups).await;
     spliced(&by_api, 3);
     let by_api_tree = gnu_tree(&name, "/srv", "find");

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cdc::{back_up, differ, fill, incremental, path_lines, spliced, tree};
+use common::cdc::{back_up, differ, fill, incremental, path_lines, settle, spliced, tree};
 use common::Stack;
 use steward_backup::Backups;
 use steward_events::RestoreScope;
@@ -68,13 +68,13 @@ async fn files_written_between_the_listing_and_the_reads_are_never_stored_under_
     common::logs();
     let backups = incremental(&stack);
     fill(&stack, 20);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    settle().await;
     back_up(&backups).await;
 
     // f5 changed before the listing, and grew after it: the header tar writes contradicts
     // the listing, and the path is read whole (as it was at the read).
     stack.app_sh(&rewrite("f5"));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    settle().await;
     let second = back_up_writing(&stack, &backups, &dir, "echo more >> /data/files/f5").await;
     let said = path_lines(&stack, "changed since it was listed");
     let all = common::log_lines(&second);
@@ -84,10 +84,10 @@ async fn files_written_between_the_listing_and_the_reads_are_never_stored_under_
 
     // f6 changed before the listing and again after it, with the same size (the archive
     // holds it as read); f7 changed only after it (taken unread: the listing's f7).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    settle().await;
     stack.app_sh(&rewrite("f6"));
     let f7_listed = md5(&stack, "f7");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    settle().await;
     let third =
         back_up_writing(&stack, &backups, &dir, &format!("{}; {}", rewrite("f6"), rewrite("f7")))
             .await;

@@ -365,6 +365,8 @@ impl Engine {
         self.download(container, path, Some(listing))
     }
 
+    /// `repair`: `Some` to put back what Podman's archive read loses, from the listing given
+    /// or from one made first.
     fn download(
         &self,
         container: &str,

@@ -293,9 +293,8 @@ impl Renamer {
     /// header cannot hold), when owners are given.
     fn own(&mut self, name: &str, size: u64, header: &mut [u8; BLOCK], records: &mut Records) {
         let Some(owners) = &self.owners else { return };
-        let perms = field(&header[100..108])
-            .and_then(|f| u32::from_str_radix(f.trim_matches([' ', '\0']), 8).ok())
-            .map(|m| m & 0o7777);
+        let mode = octal(&header[100..108]);
+        let perms = mode.and_then(|m| u32::try_from(m & 0o7777).ok());
         let listed = owners.get(name.trim_end_matches('/'));
         let Some(&Listed { uid, gid, mtime, .. }) =
             listed.filter(|l| is_listed(l, header[156], size, perms))
@@ -306,10 +305,7 @@ impl Renamer {
                 tracing::warn!(read = %self.what, entry = name, "an entry was made or replaced after the path was listed: it keeps the owner Podman's archive gives (root), without set-id bits");
             }
             self.unlisted = self.unlisted.saturating_add(1);
-            if let Some(p) = perms.filter(|p| p & 0o6000 != 0) {
-                let mode = field(&header[100..108])
-                    .and_then(|f| u32::from_str_radix(f.trim_matches([' ', '\0']), 8).ok())
-                    .unwrap_or(p);
+            if let Some(mode) = mode.filter(|m| m & 0o6000 != 0) {
                 set_field(&mut header[100..108], &format!("{:07o}", mode & !0o6000));
             }
             return;
@@ -324,8 +320,7 @@ impl Renamer {
         records.retain(|(k, _)| k != "uname" && k != "gname");
         // A time rounded up by one second is put back; one further off changed since the
         // listing (the archive's is newer), and one with a fraction is exact already.
-        let archived = field(&header[136..148])
-            .and_then(|f| i64::from_str_radix(f.trim_matches([' ', '\0']), 8).ok());
+        let archived = octal(&header[136..148]).and_then(|t| i64::try_from(t).ok());
         if let (Some(listed), Some(archived)) = (mtime, archived) {
             let exact = records.iter().any(|(k, _)| k == "mtime");
             if !exact && archived == listed + 1 {
@@ -355,11 +350,10 @@ impl Renamer {
     /// A header whose checksum is right (one that is not was damaged: renaming it would
     /// give it a right one).
     fn checked(&self, header: &[u8; BLOCK]) -> io::Result<()> {
-        let stored = field(&header[148..156])
-            .and_then(|f| u32::from_str_radix(f.trim_matches([' ', '\0']), 8).ok());
+        let stored = octal(&header[148..156]);
         let mut blank = *header;
         blank[148..156].fill(b' ');
-        let sum: u32 = blank.iter().map(|b| u32::from(*b)).sum();
+        let sum: u64 = blank.iter().map(|b| u64::from(*b)).sum();
         if stored != Some(sum) {
             return Err(self.error("has a header whose checksum is wrong"));
         }
@@ -389,6 +383,11 @@ pub(crate) fn header_name(header: &[u8; BLOCK]) -> Option<String> {
     let prefix = if is_ustar(header) { field(&header[345..500])? } else { String::new() };
     let name = field(&header[..100])?;
     Some(if prefix.is_empty() { name } else { format!("{prefix}/{name}") })
+}
+
+/// A NUL- or space-padded octal field.
+fn octal(f: &[u8]) -> Option<u64> {
+    u64::from_str_radix(field(f)?.trim_matches([' ', '\0']), 8).ok()
 }
 
 /// Writes `value` into `f`, cut to its length (a PAX record then holds it whole).

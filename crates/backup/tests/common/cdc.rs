@@ -96,3 +96,9 @@ pub fn path_lines(stack: &Stack, needle: &str) -> Vec<String> {
     let lines = super::log_lines(&format!("{}:/data", stack.app.name));
     lines.into_iter().filter(|l| l.contains(needle)).collect()
 }
+
+/// Waits until what was just written has settled: a file changed less than two seconds before
+/// a listing starts is read again by the next backup, whatever its listing says.
+pub async fn settle() {
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+}
