@@ -180,7 +180,10 @@ impl Keys {
 
     /// What [`Keys::seal_bytes`] sealed, opened as it is read: a read fails if the bytes were
     /// altered or cut short. An error if it is not age or not for these identities.
-    pub fn open_reader<'a>(&self, sealed: &'a [u8]) -> Result<impl io::Read + 'a, String> {
+    pub fn open_reader<'a, R: io::Read + 'a>(
+        &self,
+        sealed: R,
+    ) -> Result<impl io::Read + 'a, String> {
         if self.identities.is_empty() {
             return Err(format!(
                 "it is encrypted with age and this service has no identity ({})",

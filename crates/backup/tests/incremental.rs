@@ -470,6 +470,45 @@ async fn an_old_chunk_deleted_under_its_index_is_stored_again_not_named_unread()
     stack.destroy_bucket().await;
 }
 
+/// Two names of one file: the splice cannot tell which the archive API writes as the file and
+/// which as a link to it, so a hard-linked file makes the path read whole; the restore gives
+/// back one file under both names. Once the link is gone the path splices again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hard_linked_file_makes_the_path_read_whole_and_comes_back_linked() {
+    let stack = Stack::start("cdc-hardlink", &[]).await;
+    common::logs();
+    let backups = incremental(&stack);
+    fill(&stack, 20);
+    stack.app_sh("ln /data/files/f7 /data/files/f7-again");
+    settle().await;
+    let (_, m1) = back_up(&backups).await;
+    assert!(path_component(&m1).tree.is_some(), "the first keeps a tree: {m1:?}");
+
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f2 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let second_tree = tree(&stack);
+    settle().await;
+    let (second, _) = back_up(&backups).await;
+    let said = path_lines(&stack, "read whole");
+    assert!(said.iter().any(|l| l.contains("hard-linked")), "no splice, and why: {said:#?}");
+    assert!(common::log_lines(&second).iter().all(|l| !l.contains("unread")));
+
+    stack.app_sh("rm /data/files/f7-again");
+    let third_tree = tree(&stack);
+    settle().await;
+    let (third, _) = back_up(&backups).await;
+    // Read: f7 (one link fewer moved its ctime) and the directory that held the link.
+    spliced(&third, 2);
+
+    // One file under two names again, with the content of the second backup.
+    restored_as(&stack, &backups, &second, &second_tree).await;
+    let after = stack.app_sh("stat -c '%h %i' /data/files/f7 /data/files/f7-again");
+    let pair: Vec<&str> = after.lines().collect();
+    assert_eq!(pair.len(), 2, "{after}");
+    assert!(pair[0] == pair[1] && pair[0].starts_with("2 "), "not one file: {after}");
+    restored_as(&stack, &backups, &third, &third_tree).await;
+    stack.destroy_bucket().await;
+}
+
 /// Every file and directory under `dir` of `container` (GNU tools, `find` as `find`): content
 /// hash, mode, owner, mtime.
 fn gnu_tree(container: &str, dir: &str, find: &str) -> String {

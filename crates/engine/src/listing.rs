@@ -58,10 +58,10 @@ pub struct Stat {
     pub kind: Kind,
     /// Bytes (a file's data).
     pub size: u64,
-    /// Modification time as listed (seconds, with a fraction when the listing has one).
-    pub mtime: String,
+    /// Modification time as listed.
+    pub mtime: Time,
     /// Status change time as listed: changes with every write, chmod, chown or rename.
-    pub ctime: String,
+    pub ctime: Time,
     /// Inode number.
     pub inode: u64,
     /// Permission bits (with set-id and sticky bits).
@@ -74,10 +74,61 @@ pub struct Stat {
     pub nlink: u64,
 }
 
-impl Stat {
-    /// The whole seconds of a listed time.
-    pub fn seconds(time: &str) -> Option<i64> {
-        time.split('.').next()?.parse().ok()
+/// A listed time: whole seconds since 1970 and nanoseconds, as `find` (`1700000000.5000000000`)
+/// or busybox's `stat` (`1700000000`) printed it. Held as numbers, not the text: a path's
+/// listing, its previous tree and its new tree are all in memory during a splice, three
+/// times per entry. Written to a tree as text (`secs` or `secs.nnnnnnnnn`), so that trees
+/// written before read alike; a tree read by a service that compares the text instead only
+/// reads the entry again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time {
+    secs: i64,
+    nanos: u32,
+}
+
+impl Time {
+    /// Parses digits, optionally a `.` and digits (at most 18 before it; beyond nine after
+    /// it, only the first nine count: no filesystem keeps finer times).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !(digits(whole) && digits(fraction) && whole.len() <= 18) {
+            return None;
+        }
+        let nanos = fraction
+            .bytes()
+            .chain(std::iter::repeat(b'0'))
+            .take(9)
+            .fold(0u32, |n, b| n * 10 + u32::from(b - b'0'));
+        Some(Self { secs: whole.parse().ok()?, nanos })
+    }
+
+    /// Its whole seconds.
+    pub fn seconds(&self) -> i64 {
+        self.secs
+    }
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.nanos {
+            0 => write!(f, "{}", self.secs),
+            n => write!(f, "{}.{n:09}", self.secs),
+        }
+    }
+}
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("an unreadable time {text:?}")))
     }
 }
 
@@ -146,7 +197,7 @@ fn fields<'a>(
     f: &mut impl Iterator<Item = &'a str>,
 ) -> Option<(String, Stat)> {
     let (size, mtime, ctime) =
-        (f.next()?.parse().ok()?, time_field(f.next()?)?, time_field(f.next()?)?);
+        (f.next()?.parse().ok()?, Time::parse(f.next()?)?, Time::parse(f.next()?)?);
     let inode = f.next()?.parse().ok()?;
     let perms = match mode {
         Some(mode) => mode & 0o7777,
@@ -164,13 +215,6 @@ fn fields<'a>(
         nlink: f.next()?.parse().ok()?,
     };
     Some((f.next()?.to_owned(), stat))
-}
-
-/// A time: digits, optionally a `.` and digits.
-fn time_field(s: &str) -> Option<String> {
-    let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
-    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    (digits(whole) && digits(fraction) && whole.len() <= 18).then(|| s.to_owned())
 }
 
 /// Parses what [`SCRIPT`] printed for `root`.
@@ -264,7 +308,7 @@ mod tests {
         assert_eq!(l.started, 1_700_000_100);
         let f = &l.entries["data/a b\nc"];
         assert_eq!((f.kind, f.size, f.perms, f.uid, f.nlink), (Kind::File, 12, 0o4755, 1000, 1));
-        assert_eq!(Stat::seconds(&f.ctime), Some(1_700_000_003));
+        assert_eq!(f.ctime.seconds(), 1_700_000_003);
         let busybox_out = b"steward-listing 1 line 1700000100 no\n\
             41ed 4096 1700000000 1700000001 11 0 0 3 /data\n\
             a1ff 5 1700000000 1700000001 13 0 0 1 /data/l\n";
@@ -273,6 +317,27 @@ mod tests {
         assert_eq!(l.entries["data"].kind, Kind::Dir);
         assert_eq!(l.entries["data"].perms, 0o755);
         assert_eq!(l.entries["data/l"].kind, Kind::Link);
+    }
+
+    #[test]
+    fn times_are_numbers_that_read_and_write_as_the_listing_printed_them() {
+        let t = |s: &str| Time::parse(s).expect(s);
+        // GNU's ten digits, busybox's whole seconds, a tree's nine: one time each.
+        assert_eq!(t("1700000000.5000000000"), t("1700000000.500000000"));
+        assert_eq!(t("1700000000.0000000000"), t("1700000000"));
+        assert_ne!(t("1700000000.000000001"), t("1700000000"));
+        assert_eq!(t("1700000000.5").seconds(), 1_700_000_000);
+        assert_eq!(t("1700000000.25").to_string(), "1700000000.250000000");
+        assert_eq!(t("1700000000.0000000000").to_string(), "1700000000");
+        for bad in ["", ".5", "5.", "-1", "1e3", "1.2.3", "1234567890123456789", " 1"] {
+            assert_eq!(Time::parse(bad), None, "{bad:?}");
+        }
+        // A tree written with the text keeps reading; an unreadable one is refused.
+        let read: Time = serde_json::from_str("\"1700000000.5000000000\"").expect("reads");
+        assert_eq!(read, t("1700000000.5"));
+        assert_eq!(serde_json::to_string(&read).expect("writes"), "\"1700000000.500000000\"");
+        assert!(serde_json::from_str::<Time>("\"soon\"").is_err());
+        assert!(serde_json::from_str::<Time>("1700000000").is_err());
     }
 
     #[test]

@@ -799,16 +799,21 @@ mod tests {
         for (name, data) in [
             ("data/", None),
             ("data/a.txt", Some("hi")),
+            // a.txt's second name: a link entry to it.
+            ("data/a.txt-again", Some("")),
             ("data/big-id", Some("x")),
             ("data/new", Some("y")),
             ("data/swapped", Some("z")),
         ] {
             let mut h = tar::Header::new_ustar();
-            h.set_entry_type(if data.is_some() {
-                tar::EntryType::Regular
-            } else {
-                tar::EntryType::Directory
+            h.set_entry_type(match data {
+                None => tar::EntryType::Directory,
+                Some("") => tar::EntryType::Link,
+                Some(_) => tar::EntryType::Regular,
             });
+            if data == Some("") {
+                h.set_link_name("data/a.txt").expect("link");
+            }
             h.set_size(data.map_or(0, |d| d.len() as u64));
             h.set_mode(if name == "data/swapped" { 0o4755 } else { 0o644 });
             h.set_uid(0);
@@ -824,15 +829,19 @@ mod tests {
         let listed = |uid, gid, mtime, kind, size| crate::unroot::Listed {
             uid,
             gid,
-            mtime: Some(mtime),
+            mtime,
             kind,
             size,
             perms: 0o644,
+            links: 1,
         };
+        let twice = |l: crate::unroot::Listed| crate::unroot::Listed { links: 2, ..l };
         let owners: crate::unroot::Owners = [
             ("data".to_owned(), listed(1000, 100, 1_699_999_999, Kind::Dir, 4096)),
             // Changed since it was listed: the archive's time is the newer one.
-            ("data/a.txt".to_owned(), listed(1001, 101, 1_699_999_990, Kind::File, 2)),
+            ("data/a.txt".to_owned(), twice(listed(1001, 101, 1_699_999_990, Kind::File, 2))),
+            // Its extraction sets the owner of both names: root's would take the file.
+            ("data/a.txt-again".to_owned(), twice(listed(1001, 101, 1_699_999_990, Kind::File, 2))),
             ("data/big-id".to_owned(), listed(100_000_000, 5, 1_700_000_000, Kind::File, 1)),
             // Replaced since by a set-uid file of another size: not the listed owner's.
             ("data/swapped".to_owned(), listed(1000, 100, 1_700_000_000, Kind::File, 5)),
@@ -847,6 +856,7 @@ mod tests {
             let want = [
                 ("data/", 1000, 100, "", &b""[..]),
                 ("data/a.txt", 1001, 101, "", b"hi"),
+                ("data/a.txt-again", 1001, 101, "", b""),
                 // Beyond the header's octal field: a PAX record holds it.
                 ("data/big-id", 100_000_000, 5, "", b"x"),
                 // Made after the listing: Podman's owner (and name) stays.
@@ -861,7 +871,14 @@ mod tests {
             let times: Vec<u64> = owned_at(&out).into_iter().map(|(_, t)| t).collect();
             assert_eq!(
                 times,
-                [1_699_999_999, 1_700_000_000, 1_700_000_000, 1_700_000_000, 1_700_000_000]
+                [
+                    1_699_999_999,
+                    1_700_000_000,
+                    1_700_000_000,
+                    1_700_000_000,
+                    1_700_000_000,
+                    1_700_000_000
+                ]
             );
             let mut a = tar::Archive::new(&out[..]);
             let modes: Vec<u32> = a
@@ -869,7 +886,11 @@ mod tests {
                 .expect("entries")
                 .map(|e| e.expect("entry").header().mode().expect("mode"))
                 .collect();
-            assert_eq!(modes, [0o644, 0o644, 0o644, 0o644, 0o755], "the set-uid bit is gone");
+            assert_eq!(
+                modes,
+                [0o644, 0o644, 0o644, 0o644, 0o644, 0o755],
+                "the set-uid bit is gone"
+            );
         }
         // Owners put back on a stopped container's archive named from / too.
         let rooted = archive(&[entry::dir("/"), entry::file("/a.txt", b"hi")]);

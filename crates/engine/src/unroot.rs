@@ -44,16 +44,19 @@ pub(crate) struct Listed {
     pub uid: u32,
     pub gid: u32,
     /// The modification time's whole seconds (cut, as Docker's archive gives it).
-    pub mtime: Option<i64>,
+    pub mtime: i64,
     pub kind: crate::listing::Kind,
     pub size: u64,
     pub perms: u32,
+    /// Hard links: a file with more has its second name archived as a link to the first.
+    pub links: u64,
 }
 
 impl From<&crate::listing::Stat> for Listed {
     fn from(s: &crate::listing::Stat) -> Self {
-        let mtime = crate::listing::Stat::seconds(&s.mtime);
-        Self { uid: s.uid, gid: s.gid, mtime, kind: s.kind, size: s.size, perms: s.perms }
+        let mtime = s.mtime.seconds();
+        let (kind, size, perms, links) = (s.kind, s.size, s.perms, s.nlink);
+        Self { uid: s.uid, gid: s.gid, mtime, kind, size, perms, links }
     }
 }
 
@@ -62,6 +65,9 @@ fn is_listed(listed: &Listed, typeflag: u8, size: u64, perms: Option<u32>) -> bo
     use crate::listing::Kind;
     let kind_matches = match (listed.kind, typeflag) {
         (Kind::File, b'0' | 0) => listed.size == size,
+        // A hard-linked file's second name: a link entry without data. Left with Podman's
+        // root, its extraction would give the file (both names) to root.
+        (Kind::File, b'1') => listed.links > 1 && size == 0,
         (Kind::Dir, b'5') | (Kind::Link, b'2') => true,
         _ => false,
     };
@@ -321,10 +327,10 @@ impl Renamer {
         // A time rounded up by one second is put back; one further off changed since the
         // listing (the archive's is newer), and one with a fraction is exact already.
         let archived = octal(&header[136..148]).and_then(|t| i64::try_from(t).ok());
-        if let (Some(listed), Some(archived)) = (mtime, archived) {
+        if let Some(archived) = archived {
             let exact = records.iter().any(|(k, _)| k == "mtime");
-            if !exact && archived == listed + 1 {
-                set_field(&mut header[136..148], &format!("{listed:011o}"));
+            if !exact && mtime.checked_add(1) == Some(archived) {
+                set_field(&mut header[136..148], &format!("{mtime:011o}"));
             }
         }
     }

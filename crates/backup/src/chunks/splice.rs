@@ -190,8 +190,8 @@ fn dir_entry(name: &str, stat: &Stat) -> Result<Bytes, Fallback> {
     header.set_mode(stat.perms);
     header.set_uid(u64::from(stat.uid));
     header.set_gid(u64::from(stat.gid));
-    let mtime = Stat::seconds(&stat.mtime)
-        .and_then(|s| u64::try_from(s).ok())
+    let mtime = u64::try_from(stat.mtime.seconds())
+        .ok()
         .ok_or_else(|| Fallback(format!("{name}: a modification time before 1970")))?;
     header.set_mtime(mtime);
     header.set_size(0);
@@ -238,8 +238,7 @@ fn plan(parent: &Parent, listing: &Listing) -> Result<(Vec<Seg>, Vec<TreeEntry>,
         }
         all_bytes = all_bytes.saturating_add(stat.size);
         let settled = |e: &&&TreeEntry| {
-            e.stat.as_ref() == Some(stat)
-                && Stat::seconds(&stat.ctime).is_some_and(|c| c < parent.tree.listed - 1)
+            e.stat.as_ref() == Some(stat) && stat.ctime.seconds() < parent.tree.listed - 1
         };
         let (len, piece) = match old.get(name.as_str()).filter(settled) {
             Some(e) => (e.len, Piece::Old { from: e.start, len: e.len }),
@@ -941,12 +940,16 @@ pub async fn splice(
 mod tests {
     use super::*;
 
+    fn time(s: &str) -> steward_engine::listing::Time {
+        steward_engine::listing::Time::parse(s).expect("a time")
+    }
+
     fn stat(kind: Kind, size: u64, ctime: &str) -> Stat {
         Stat {
             kind,
             size,
-            mtime: "1700000000".into(),
-            ctime: ctime.into(),
+            mtime: time("1700000000"),
+            ctime: time(ctime),
             inode: 7,
             perms: 0o644,
             uid: 0,
@@ -1203,8 +1206,8 @@ mod tests {
         let stat = Stat {
             kind: Kind::Dir,
             size: 0,
-            mtime: "1700000000.5".into(),
-            ctime: "1700000000".into(),
+            mtime: time("1700000000.5"),
+            ctime: time("1700000000"),
             inode: 1,
             perms: 0o2755,
             uid: 1000,

@@ -98,23 +98,31 @@ impl Tree {
     }
 }
 
-/// Compresses and seals `tree`, stores it as `object` and returns its reference.
+/// Compresses and seals `tree`, stores it as `object` and returns its reference. Written
+/// into the compressor as it is serialised: a whole JSON copy (about 230 bytes per entry,
+/// grown by doubling) was the largest thing a splice held.
 pub async fn put(
     store: &Store,
     keys: &Keys,
     object: &str,
-    tree: &Tree,
+    tree: Tree,
     level: i32,
 ) -> Result<TreeRef, StoreError> {
+    use std::io::Write as _;
     let failed = |e: &dyn std::fmt::Display| StoreError::Unreadable {
         key: store.key(object),
         reason: format!("writing the tree: {e}"),
     };
-    let json = serde_json::to_vec(tree).map_err(|e| failed(&e))?;
     let sealing = keys.clone();
     let sealed = tokio::task::spawn_blocking(move || {
-        let packed = zstd::bulk::compress(&json, level)?;
-        sealing.seal_bytes(&packed)
+        let mut packer = zstd::stream::write::Encoder::new(vec![], level)?;
+        {
+            let mut writer = std::io::BufWriter::new(&mut packer);
+            serde_json::to_writer(&mut writer, &tree)?;
+            writer.flush()?;
+        }
+        drop(tree);
+        sealing.seal_bytes(&packer.finish()?)
     })
     .await
     .map_err(|e| failed(&e))?
@@ -151,21 +159,21 @@ pub async fn get(
     }
     let keys = keys.clone();
     tokio::task::spawn_blocking(move || {
+        // Parsed as it unpacks: the JSON is never held whole.
         let unpack = |from: &mut dyn std::io::Read| {
             let decoder = zstd::stream::read::Decoder::new(from).map_err(|e| e.to_string())?;
-            let mut json = vec![];
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(decoder, MAX_TREE_RAW + 1),
-                &mut json,
-            )
-            .map_err(|e| format!("the tree does not unpack: {e}"))?;
-            if json.len() as u64 > MAX_TREE_RAW {
+            let mut json = std::io::BufReader::new(std::io::Read::take(decoder, MAX_TREE_RAW + 1));
+            let tree = serde_json::from_reader::<_, Tree>(&mut json);
+            if json.get_ref().limit() == 0 {
                 return Err("the tree unpacks to more than 512 MiB".to_owned());
             }
-            serde_json::from_slice::<Tree>(&json).map_err(|e| format!("an unreadable tree: {e}"))
+            tree.map_err(|e| match e.classify() {
+                serde_json::error::Category::Io => format!("the tree does not unpack: {e}"),
+                _ => format!("an unreadable tree: {e}"),
+            })
         };
         if encrypted {
-            unpack(&mut keys.open_reader(&body)?)
+            unpack(&mut keys.open_reader(body.as_slice())?)
         } else {
             unpack(&mut body.as_slice())
         }
