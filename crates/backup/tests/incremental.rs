@@ -490,7 +490,9 @@ async fn a_hard_linked_file_makes_the_path_read_whole_and_comes_back_linked() {
     let (second, _) = back_up(&backups).await;
     let said = path_lines(&stack, "read whole");
     assert!(said.iter().any(|l| l.contains("hard-linked")), "no splice, and why: {said:#?}");
-    assert!(common::log_lines(&second).iter().all(|l| !l.contains("unread")));
+    let second_lines = common::log_lines(&second);
+    assert!(second_lines.iter().any(|l| l.contains("stored as chunks")), "{second_lines:#?}");
+    assert!(second_lines.iter().all(|l| !l.contains("unread")), "{second_lines:#?}");
 
     stack.app_sh("rm /data/files/f7-again");
     let third_tree = tree(&stack);

@@ -803,6 +803,9 @@ mod tests {
             ("data/a.txt-again", Some("")),
             ("data/big-id", Some("x")),
             ("data/new", Some("y")),
+            // A name listed as a set-uid file's second one, swapped since for a link to a
+            // file made after the listing.
+            ("data/new-again", Some("")),
             ("data/swapped", Some("z")),
         ] {
             let mut h = tar::Header::new_ustar();
@@ -812,10 +815,14 @@ mod tests {
                 Some(_) => tar::EntryType::Regular,
             });
             if data == Some("") {
-                h.set_link_name("data/a.txt").expect("link");
+                h.set_link_name(name.trim_end_matches("-again")).expect("link");
             }
             h.set_size(data.map_or(0, |d| d.len() as u64));
-            h.set_mode(if name == "data/swapped" { 0o4755 } else { 0o644 });
+            h.set_mode(if name.ends_with("swapped") || name.ends_with("new-again") {
+                0o4755
+            } else {
+                0o644
+            });
             h.set_uid(0);
             h.set_gid(0);
             // Go's writer rounded 1_699_999_999.6 up.
@@ -834,14 +841,19 @@ mod tests {
             size,
             perms: 0o644,
             links: 1,
+            inode: 0,
         };
-        let twice = |l: crate::unroot::Listed| crate::unroot::Listed { links: 2, ..l };
+        let twice = |l: crate::unroot::Listed| crate::unroot::Listed { links: 2, inode: 7, ..l };
         let owners: crate::unroot::Owners = [
             ("data".to_owned(), listed(1000, 100, 1_699_999_999, Kind::Dir, 4096)),
             // Changed since it was listed: the archive's time is the newer one.
             ("data/a.txt".to_owned(), twice(listed(1001, 101, 1_699_999_990, Kind::File, 2))),
             // Its extraction sets the owner of both names: root's would take the file.
             ("data/a.txt-again".to_owned(), twice(listed(1001, 101, 1_699_999_990, Kind::File, 2))),
+            ("data/new-again".to_owned(), {
+                let file = twice(listed(0, 0, 1_700_000_000, Kind::File, 1));
+                crate::unroot::Listed { perms: 0o4755, ..file }
+            }),
             ("data/big-id".to_owned(), listed(100_000_000, 5, 1_700_000_000, Kind::File, 1)),
             // Replaced since by a set-uid file of another size: not the listed owner's.
             ("data/swapped".to_owned(), listed(1000, 100, 1_700_000_000, Kind::File, 5)),
@@ -861,6 +873,8 @@ mod tests {
                 ("data/big-id", 100_000_000, 5, "", b"x"),
                 // Made after the listing: Podman's owner (and name) stays.
                 ("data/new", 0, 0, "root", b"y"),
+                // Its target is not the listed file: root's, not set-uid.
+                ("data/new-again", 0, 0, "root", b""),
                 ("data/swapped", 0, 0, "root", b"z"),
             ];
             let want: Vec<_> = want
@@ -869,17 +883,9 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "chunks of {size}");
             let times: Vec<u64> = owned_at(&out).into_iter().map(|(_, t)| t).collect();
-            assert_eq!(
-                times,
-                [
-                    1_699_999_999,
-                    1_700_000_000,
-                    1_700_000_000,
-                    1_700_000_000,
-                    1_700_000_000,
-                    1_700_000_000
-                ]
-            );
+            let mut want = vec![1_700_000_000; 7];
+            want[0] = 1_699_999_999;
+            assert_eq!(times, want);
             let mut a = tar::Archive::new(&out[..]);
             let modes: Vec<u32> = a
                 .entries()
@@ -888,7 +894,7 @@ mod tests {
                 .collect();
             assert_eq!(
                 modes,
-                [0o644, 0o644, 0o644, 0o644, 0o644, 0o755],
+                [0o644, 0o644, 0o644, 0o644, 0o644, 0o755, 0o755],
                 "the set-uid bit is gone"
             );
         }

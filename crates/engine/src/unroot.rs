@@ -50,13 +50,15 @@ pub(crate) struct Listed {
     pub perms: u32,
     /// Hard links: a file with more has its second name archived as a link to the first.
     pub links: u64,
+    /// Inode number: tells a link entry's target as the listed file the name was a link to.
+    pub inode: u64,
 }
 
 impl From<&crate::listing::Stat> for Listed {
     fn from(s: &crate::listing::Stat) -> Self {
         let mtime = s.mtime.seconds();
-        let (kind, size, perms, links) = (s.kind, s.size, s.perms, s.nlink);
-        Self { uid: s.uid, gid: s.gid, mtime, kind, size, perms, links }
+        let (kind, size, perms, links, inode) = (s.kind, s.size, s.perms, s.nlink, s.inode);
+        Self { uid: s.uid, gid: s.gid, mtime, kind, size, perms, links, inode }
     }
 }
 
@@ -65,8 +67,9 @@ fn is_listed(listed: &Listed, typeflag: u8, size: u64, perms: Option<u32>) -> bo
     use crate::listing::Kind;
     let kind_matches = match (listed.kind, typeflag) {
         (Kind::File, b'0' | 0) => listed.size == size,
-        // A hard-linked file's second name: a link entry without data. Left with Podman's
-        // root, its extraction would give the file (both names) to root.
+        // A hard-linked file's second name: a link entry without data (its target is
+        // checked too: [`Renamer::own`]). Left with Podman's root, its extraction would give
+        // the file, under both names, to root.
         (Kind::File, b'1') => listed.links > 1 && size == 0,
         (Kind::Dir, b'5') | (Kind::Link, b'2') => true,
         _ => false,
@@ -96,6 +99,7 @@ pub(crate) fn rewritten(
         base,
         owners,
         unlisted: 0,
+        linked: Default::default(),
         what,
     };
     futures::stream::unfold(renamer, |mut r| async move {
@@ -121,6 +125,9 @@ struct Renamer {
     owners: Option<Owners>,
     /// Entries met that the owners' listing lacks (new since): they keep the archive's.
     unlisted: u64,
+    /// Hard-linked files given their listed owner so far: a link entry gets its name's
+    /// listed owner only when its target is one of them, with the inode the name had.
+    linked: std::collections::HashSet<String>,
     what: String,
 }
 
@@ -260,17 +267,24 @@ impl Renamer {
             }
             None => name,
         };
-        self.own(&new_name, size, &mut header, &mut records);
-        if header[156] == b'1' && self.base.is_some() {
+        let mut target = None;
+        if header[156] == b'1' && (self.base.is_some() || self.owners.is_some()) {
             let link = match record(&records, "linkpath") {
                 Some(link) => link,
                 None => field(&header[157..257])
                     .ok_or_else(|| self.error("has a link target not in UTF-8"))?,
             };
-            let new_link = self.rename(&link)?;
-            set_record(&mut records, "linkpath", &new_link, new_link.len() > 100);
-            set_field(&mut header[157..257], &new_link);
+            target = Some(match &self.base {
+                Some(_) => {
+                    let new_link = self.rename(&link)?;
+                    set_record(&mut records, "linkpath", &new_link, new_link.len() > 100);
+                    set_field(&mut header[157..257], &new_link);
+                    new_link
+                }
+                None => link,
+            });
         }
+        self.own(&new_name, size, target.as_deref(), &mut header, &mut records);
         // Links, devices, directories and FIFOs carry no data whatever their size says (as
         // Go's reader takes them: what follows is the next header). The size written is 0,
         // so that every reader agrees (some skip a size's worth of data there).
@@ -295,15 +309,34 @@ impl Renamer {
         Ok(Some(out.freeze()))
     }
 
-    /// Writes the listed owner of entry `name` into its header (or records, for ids the
-    /// header cannot hold), when owners are given.
-    fn own(&mut self, name: &str, size: u64, header: &mut [u8; BLOCK], records: &mut Records) {
+    /// Writes the listed owner of entry `name` (a link to `target` if a hard link) into its
+    /// header (or records, for ids the header cannot hold), when owners are given.
+    fn own(
+        &mut self,
+        name: &str,
+        size: u64,
+        target: Option<&str>,
+        header: &mut [u8; BLOCK],
+        records: &mut Records,
+    ) {
         let Some(owners) = &self.owners else { return };
         let mode = octal(&header[100..108]);
         let perms = mode.and_then(|m| u32::try_from(m & 0o7777).ok());
-        let listed = owners.get(name.trim_end_matches('/'));
-        let Some(&Listed { uid, gid, mtime, .. }) =
-            listed.filter(|l| is_listed(l, header[156], size, perms))
+        let name = name.trim_end_matches('/');
+        let typeflag = header[156];
+        // A link entry's owner and mode go onto its target's inode at extraction: only a
+        // target that is the listed file this name was a link to (given its own listed owner
+        // above, with the same inode) may take them. Another (a name swapped after the
+        // listing for a link to a file of one's own) keeps root's, without set-id bits.
+        let linked = |l: &Listed| {
+            typeflag != b'1'
+                || target.map(|t| t.trim_end_matches('/')).is_some_and(|t| {
+                    self.linked.contains(t) && owners.get(t).is_some_and(|o| o.inode == l.inode)
+                })
+        };
+        let listed = owners.get(name);
+        let Some(&Listed { uid, gid, mtime, kind, links, .. }) =
+            listed.filter(|l| is_listed(l, typeflag, size, perms) && linked(l))
         else {
             // Made or replaced since the listing: not the listed entry's owner. Podman's
             // (root) stays, and a set-id bit would give root's rights to whoever wrote it.
@@ -316,6 +349,9 @@ impl Renamer {
             }
             return;
         };
+        if kind == crate::listing::Kind::File && links > 1 && typeflag != b'1' {
+            self.linked.insert(name.to_owned());
+        }
         for (key, id, at) in [("uid", uid, 108..116), ("gid", gid, 116..124)] {
             let fits = id <= MAX_OCTAL_ID;
             set_record(records, key, &id.to_string(), !fits);

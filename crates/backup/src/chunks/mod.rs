@@ -10,10 +10,12 @@
 //! plaintext otherwise. A chunk whose id a usable (signed) backup's index lists is not
 //! uploaded again: the new index names the same object.
 //!
-//! Invariants: a path is streamed, never held (at most [`PARALLEL`] chunks in flight); an
-//! index is used only after its bytes matched the signed manifest; every chunk read is checked
-//! against its size and SHA-256 in that index before it is opened, and against its plaintext
-//! size after; the whole stream is then checked by the pipeline against the manifest's raw
+//! Invariants: a path is streamed, never held (at most [`PARALLEL`] chunks in flight when
+//! stored, [`READ_AHEAD`] chunks and [`READ_BUDGET`] bytes when read); an index is used only
+//! after its bytes matched the signed manifest; every chunk read is checked against its size
+//! and SHA-256 in that index before any of its plaintext is handed on (it is opened and
+//! unpacked as its bytes arrive, within the largest chunk's window), and against its
+//! plaintext size after; the whole stream is then checked by the pipeline against the manifest's raw
 //! SHA-256, as every component is, so a restore refuses before it touches anything. A
 //! backup records in the signed manifest whether every tar entry passed the restore's rules
 //! (`Component::entries_checked`); for such a component a restore's check before the stop
@@ -64,6 +66,8 @@ pub const AVG_CHUNK: u32 = 1 << 20;
 pub const MAX_CHUNK: u32 = 4 << 20;
 /// Chunks compressed, sealed and transferred at once (memory: about 2 × [`MAX_CHUNK`] each).
 pub const PARALLEL: usize = 4;
+/// A chunk's zstd frame needs a window of at most this (log2): the largest chunk.
+const WINDOW_LOG_MAX: u32 = MAX_CHUNK.ilog2();
 /// An index is at most this long unpacked (4 TiB of path at 1 MiB average).
 const MAX_INDEX_RAW: u64 = 1 << 30;
 
@@ -400,8 +404,10 @@ pub async fn read_chunked(
     Ok((stream.boxed(), etag))
 }
 
-/// `work` as a task of its own, its result through the future returned (dropping that drops
-/// the task): it goes on, on any core, while its reader waits elsewhere.
+/// `work` as a task of its own, its result through the future returned: it goes on, on any
+/// core, while its reader waits elsewhere. Dropping the handle ends the task at its next
+/// await; work it handed to a blocking thread (a chunk being opened) runs to its end, bounded
+/// by the chunk's size.
 fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = T> + Send + 'static,
 ) -> futures::future::RemoteHandle<T> {
@@ -480,16 +486,23 @@ async fn read_chunk(
     // One byte more than indexed tells a larger object from the right one.
     let sealed = tokio_util::io::SyncIoBridge::new(body.take(e.stored_size.saturating_add(1)));
     let stored = (e.stored_size, e.stored_sha256);
+    let named = object.clone();
     let plain = tokio::task::spawn_blocking(move || {
+        let bad = |reason: String| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("chunk {named}: {reason}"))
+        };
         // Hashed, opened and unpacked as the stored bytes arrive: only the plain chunk is
         // held (the sealed one beside it was half of what a restore's chunks in flight held).
         // Nothing of it is handed on before the stored bytes proved to be the signed ones.
-        let mut sealed = Hashing { inner: sealed, hasher: Sha256::new(), size: 0 };
+        let mut sealed = Hashing { inner: sealed, hasher: Sha256::new(), size: 0, failed: None };
         let unpack = |from: &mut dyn std::io::Read| {
             // The index is signed, but a size is reserved only up to the largest chunk.
             let mut plain = Vec::with_capacity(raw_size.min(MAX_CHUNK as usize));
-            let decoder = zstd::stream::read::Decoder::new(from)
+            let mut decoder = zstd::stream::read::Decoder::new(from)
                 .map_err(|err| format!("does not unpack: {err}"))?;
+            // A chunk is packed whole, so its frame needs no window beyond the largest
+            // chunk; unchecked bytes must not make the decoder reserve more.
+            decoder.window_log_max(WINDOW_LOG_MAX).map_err(|err| err.to_string())?;
             std::io::Read::read_to_end(&mut std::io::Read::take(decoder, cap), &mut plain)
                 .map_err(|err| format!("does not unpack (altered or cut short?): {err}"))?;
             Ok::<_, String>(plain)
@@ -500,22 +513,29 @@ async fn read_chunk(
         };
         // The rest (a reader may stop before the end), so that every stored byte is checked
         // and a wrong object is named as such, not by what failed to open in it.
-        std::io::copy(&mut sealed, &mut std::io::sink())
-            .map_err(|err| format!("reading it: {err}"))?;
-        let (size, sha) = (sealed.size, hex::encode(sealed.hasher.finalize()));
-        if size != stored.0 || sha != stored.1 {
-            return Err(format!(
-                "refused: its bytes ({size} bytes, SHA-256 {sha}) do not match the signed index"
+        let drained = std::io::copy(&mut sealed, &mut std::io::sink());
+        // A failed read of the bucket is that failure (of its own kind), not a verdict on
+        // bytes that never came.
+        if let Some(failed) = sealed.failed.take() {
+            return Err(io::Error::new(
+                failed.kind(),
+                format!("chunk {named}: reading it: {failed}"),
             ));
         }
-        let plain = plain?;
+        drained?;
+        let (size, sha) = (sealed.size, hex::encode(sealed.hasher.finalize()));
+        if size != stored.0 || sha != stored.1 {
+            return Err(bad(format!(
+                "refused: its bytes ({size} bytes, SHA-256 {sha}) do not match the signed index"
+            )));
+        }
+        let plain = plain.map_err(bad)?;
         // Hashed here, off the async threads and beside the other chunks in flight.
         let digest: [u8; 32] = Sha256::digest(&plain).into();
-        Ok::<_, String>((plain, digest))
+        Ok::<_, io::Error>((plain, digest))
     })
     .await
-    .map_err(io::Error::other)?
-    .map_err(bad)?;
+    .map_err(io::Error::other)??;
     let (plain, digest) = plain;
     if plain.len() != raw_size {
         return Err(bad(format!("unpacks to {} bytes, the index says {raw_size}", plain.len())));
@@ -523,16 +543,28 @@ async fn read_chunk(
     Ok((Bytes::from(plain), digest))
 }
 
-/// A reader hashing and counting what passes through it.
+/// A reader hashing and counting what passes through it, keeping the first error of its
+/// source (the readers above it may turn it into one of their own, or read on).
 struct Hashing<R> {
     inner: R,
     hasher: Sha256,
     size: u64,
+    failed: Option<io::Error>,
 }
 
 impl<R: std::io::Read> std::io::Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        if let Some(failed) = &self.failed {
+            return Err(io::Error::new(failed.kind(), failed.to_string()));
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+                return Err(e);
+            }
+        };
         let read = buf.get(..n).unwrap_or_default();
         self.hasher.update(read);
         self.size = self.size.saturating_add(read.len() as u64);
