@@ -471,26 +471,13 @@ async fn read_chunk(
     e: Entry,
     encrypted: bool,
 ) -> io::Result<(Bytes, [u8; 32])> {
-    use tokio::io::AsyncReadExt as _;
-    let object = e.object();
-    let bad = |reason: String| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("chunk {object}: {reason}"))
-    };
-    let body = match store.get(&object).await {
-        Ok(Some(body)) => body,
-        Ok(None) => return Err(bad("refused: it is missing from the bucket".into())),
-        Err(err) => return Err(bad(err.to_string())),
-    };
+    let bad = |reason: String| chunk_error(&e, reason);
     let raw_size = usize::try_from(e.raw_size).map_err(|_| bad("too large".into()))?;
     let cap = e.raw_size.saturating_add(1);
-    // One byte more than indexed tells a larger object from the right one.
-    let sealed = tokio_util::io::SyncIoBridge::new(body.take(e.stored_size.saturating_add(1)));
-    let stored = (e.stored_size, e.stored_sha256);
-    let named = object.clone();
+    let sealed = tokio_util::io::SyncIoBridge::new(stored_body(&store, &e).await?);
+    let entry = e.clone();
     let plain = tokio::task::spawn_blocking(move || {
-        let bad = |reason: String| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("chunk {named}: {reason}"))
-        };
+        let bad = |reason: String| chunk_error(&entry, reason);
         // Hashed, opened and unpacked as the stored bytes arrive: only the plain chunk is
         // held (the sealed one beside it was half of what a restore's chunks in flight held).
         // Nothing of it is handed on before the stored bytes proved to be the signed ones.
@@ -517,18 +504,14 @@ async fn read_chunk(
         // A failed read of the bucket is that failure (of its own kind), not a verdict on
         // bytes that never came.
         if let Some(failed) = sealed.failed.take() {
+            let object = entry.object();
             return Err(io::Error::new(
                 failed.kind(),
-                format!("chunk {named}: reading it: {failed}"),
+                format!("chunk {object}: reading it: {failed}"),
             ));
         }
         drained?;
-        let (size, sha) = (sealed.size, hex::encode(sealed.hasher.finalize()));
-        if size != stored.0 || sha != stored.1 {
-            return Err(bad(format!(
-                "refused: its bytes ({size} bytes, SHA-256 {sha}) do not match the signed index"
-            )));
-        }
+        stored_as_indexed(&entry, sealed.size, sealed.hasher).map_err(bad)?;
         let plain = plain.map_err(bad)?;
         // Hashed here, off the async threads and beside the other chunks in flight.
         let digest: [u8; 32] = Sha256::digest(&plain).into();
@@ -575,17 +558,8 @@ impl<R: std::io::Read> std::io::Read for Hashing<R> {
 /// Chunk `e`'s stored bytes hashed as they arrive, refused unless they are exactly those its
 /// index records (size and SHA-256).
 async fn fetch_checked(store: &Store, e: &Entry) -> io::Result<()> {
-    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
-    let bad = |reason: String| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
-    };
-    let body = match store.get(&e.object()).await {
-        Ok(Some(body)) => body,
-        Ok(None) => return Err(bad("refused: it is missing from the bucket".into())),
-        Err(err) => return Err(bad(err.to_string())),
-    };
-    // One byte more than indexed tells a larger object from the right one.
-    let mut body = body.take(e.stored_size.saturating_add(1));
+    use tokio::io::AsyncBufReadExt as _;
+    let mut body = stored_body(store, e).await?;
     let (mut hasher, mut size) = (Sha256::new(), 0u64);
     loop {
         let part = body.fill_buf().await?;
@@ -597,13 +571,37 @@ async fn fetch_checked(store: &Store, e: &Entry) -> io::Result<()> {
         size = size.saturating_add(n as u64);
         body.consume(n);
     }
-    let sha = hex::encode(hasher.finalize());
-    if size != e.stored_size || sha != e.stored_sha256 {
-        return Err(bad(format!(
-            "refused: its bytes ({size} bytes, SHA-256 {sha}) do not match the signed index"
-        )));
+    stored_as_indexed(e, size, hasher).map_err(|reason| chunk_error(e, reason))
+}
+
+/// Chunk `e`'s stored object, read up to one byte past its indexed size: a larger object
+/// then tells itself from the right one.
+async fn stored_body(
+    store: &Store,
+    e: &Entry,
+) -> io::Result<impl tokio::io::AsyncBufRead + Send + Unpin + 'static> {
+    use tokio::io::AsyncReadExt as _;
+    match store.get(&e.object()).await {
+        Ok(Some(body)) => Ok(body.take(e.stored_size.saturating_add(1))),
+        Ok(None) => Err(chunk_error(e, "refused: it is missing from the bucket".into())),
+        Err(err) => Err(chunk_error(e, err.to_string())),
     }
-    Ok(())
+}
+
+/// Whether the stored bytes read (`size` of them, hashed into `hasher`) are those `e` records.
+fn stored_as_indexed(e: &Entry, size: u64, hasher: Sha256) -> Result<(), String> {
+    let sha = hex::encode(hasher.finalize());
+    match size == e.stored_size && sha == e.stored_sha256 {
+        true => Ok(()),
+        false => Err(format!(
+            "refused: its bytes ({size} bytes, SHA-256 {sha}) do not match the signed index"
+        )),
+    }
+}
+
+/// An error about chunk `e`'s bytes.
+fn chunk_error(e: &Entry, reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("chunk {}: {reason}", e.object()))
 }
 
 /// Chunks a [`check_stored`] fetches at once: each holds a hasher, not the chunk.
