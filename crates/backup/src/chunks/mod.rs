@@ -473,7 +473,6 @@ async fn read_chunk(
 ) -> io::Result<(Bytes, [u8; 32])> {
     let bad = |reason: String| chunk_error(&e, reason);
     let raw_size = usize::try_from(e.raw_size).map_err(|_| bad("too large".into()))?;
-    let cap = e.raw_size.saturating_add(1);
     let sealed = tokio_util::io::SyncIoBridge::new(stored_body(&store, &e).await?);
     let entry = e.clone();
     let plain = tokio::task::spawn_blocking(move || {
@@ -482,18 +481,7 @@ async fn read_chunk(
         // held (the sealed one beside it was half of what a restore's chunks in flight held).
         // Nothing of it is handed on before the stored bytes proved to be the signed ones.
         let mut sealed = Hashing { inner: sealed, hasher: Sha256::new(), size: 0, failed: None };
-        let unpack = |from: &mut dyn std::io::Read| {
-            // The index is signed, but a size is reserved only up to the largest chunk.
-            let mut plain = Vec::with_capacity(raw_size.min(MAX_CHUNK as usize));
-            let mut decoder = zstd::stream::read::Decoder::new(from)
-                .map_err(|err| format!("does not unpack: {err}"))?;
-            // A chunk is packed whole, so its frame needs no window beyond the largest
-            // chunk; unchecked bytes must not make the decoder reserve more.
-            decoder.window_log_max(WINDOW_LOG_MAX).map_err(|err| err.to_string())?;
-            std::io::Read::read_to_end(&mut std::io::Read::take(decoder, cap), &mut plain)
-                .map_err(|err| format!("does not unpack (altered or cut short?): {err}"))?;
-            Ok::<_, String>(plain)
-        };
+        let unpack = |from: &mut dyn std::io::Read| unpack_chunk(from, raw_size);
         let plain = match encrypted {
             true => keys.open_reader(&mut sealed).and_then(|mut r| unpack(&mut r)),
             false => unpack(&mut sealed),
@@ -524,6 +512,60 @@ async fn read_chunk(
         return Err(bad(format!("unpacks to {} bytes, the index says {raw_size}", plain.len())));
     }
     Ok((Bytes::from(plain), digest))
+}
+
+/// One zstd frame read from `from` to its end, unpacked into a buffer of exactly `raw_size`
+/// (the signed index's) that the decoder writes into directly (zstd's stable output buffer):
+/// a streaming decoder otherwise keeps a window of its own as large as the chunk, beside the
+/// plaintext, for every chunk in flight. The frame must fill the buffer exactly, end, and be
+/// all there is.
+fn unpack_chunk(from: &mut dyn std::io::Read, raw_size: usize) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer};
+    let code = |e: usize| zstd::zstd_safe::get_error_name(e).to_owned();
+    let mut dctx = DCtx::try_create().ok_or("no memory for a zstd decoder")?;
+    // A chunk is packed whole, so its frame needs no window beyond the largest chunk;
+    // unchecked bytes must not make the decoder reserve more.
+    dctx.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX)).map_err(code)?;
+    dctx.set_parameter(DParameter::StableOutBuffer(true)).map_err(code)?;
+    // The index is signed, but a size is reserved only up to the largest chunk.
+    let mut plain: Vec<u8> = Vec::with_capacity(raw_size.min(MAX_CHUNK as usize));
+    let mut input = vec![0u8; DCtx::in_size()];
+    // What the decoder still expects; 0 once the frame ended.
+    let mut wants = 1;
+    loop {
+        let n = match from.read(&mut input) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("does not unpack (altered or cut short?): {e}")),
+        };
+        let Some(read) = input.get(..n) else { break };
+        if read.is_empty() {
+            break;
+        }
+        if wants == 0 {
+            return Err("does not unpack: bytes after its frame".into());
+        }
+        let mut at = InBuffer::around(read);
+        while at.pos() < read.len() && wants != 0 {
+            let pos = plain.len();
+            let mut out = OutBuffer::around_pos(&mut plain, pos);
+            let before = (at.pos(), pos);
+            wants = dctx
+                .decompress_stream(&mut out, &mut at)
+                .map_err(|e| format!("does not unpack (altered or cut short?): {}", code(e)))?;
+            // The buffer is full and the frame goes on: larger than the index says.
+            if wants != 0 && (at.pos(), plain.len()) == before {
+                return Err(format!("unpacks to more than the {raw_size} bytes the index says"));
+            }
+        }
+        if at.pos() < read.len() {
+            return Err("does not unpack: bytes after its frame".into());
+        }
+    }
+    match wants {
+        0 => Ok(plain),
+        _ => Err("does not unpack: cut short".into()),
+    }
 }
 
 /// A reader hashing and counting what passes through it, keeping the first error of its
@@ -1019,5 +1061,75 @@ impl crate::backup::Backups {
             copy.put(&name, Bytes::from(body)).await.map_err(|err| err.to_string())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unpack(packed: &[u8], raw_size: usize) -> Result<Vec<u8>, String> {
+        // Fed in small reads, as a bucket's body arrives.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(1000);
+                let (head, rest) = self.0.split_at(n);
+                buf.get_mut(..n).unwrap_or_default().copy_from_slice(head);
+                self.0 = rest;
+                Ok(n)
+            }
+        }
+        unpack_chunk(&mut Trickle(packed), raw_size)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8 ^ (i >> 12) as u8).collect()
+    }
+
+    #[test]
+    fn a_chunk_unpacks_into_exactly_its_size() {
+        for n in [1, 1000, 300_000, MAX_CHUNK as usize] {
+            let plain = data(n);
+            let packed = zstd::bulk::compress(&plain, 3).expect("compress");
+            let out = unpack(&packed, n).expect("unpacks");
+            assert_eq!(out, plain, "{n} bytes");
+            assert_eq!(out.capacity(), n, "no more than the chunk is reserved");
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_match_its_index_is_refused() {
+        let plain = data(300_000);
+        let packed = zstd::bulk::compress(&plain, 3).expect("compress");
+        let larger = unpack(&packed, 299_999).expect_err("larger than the index");
+        assert!(larger.contains("does not unpack") || larger.contains("more than"), "{larger}");
+        // Smaller than the index: the caller compares the length.
+        assert_eq!(unpack(&packed, 300_001).map(|p| p.len()), Ok(300_000));
+        let cut = unpack(&packed[..packed.len() - 10], 300_000).expect_err("cut short");
+        assert!(cut.contains("cut short"), "{cut}");
+        let mut twice = packed.clone();
+        twice.extend_from_slice(&packed);
+        let after = unpack(&twice, 600_000).expect_err("a second frame");
+        assert!(after.contains("after its frame"), "{after}");
+        let mut flipped = packed.clone();
+        if let Some(b) = flipped.get_mut(packed.len() / 2) {
+            *b ^= 0x55;
+        }
+        assert!(unpack(&flipped, 300_000).map(|p| p != plain).unwrap_or(true));
+        assert!(unpack(b"not zstd at all", 10).is_err());
+        assert!(unpack(b"", 10).expect_err("empty").contains("cut short"));
+    }
+
+    #[test]
+    fn a_frame_asking_for_a_larger_window_is_refused() {
+        // Packed in one stream with a 16 MiB window: more than a chunk may need.
+        let plain = data(6 << 20);
+        let mut enc = zstd::stream::write::Encoder::new(vec![], 19).expect("encoder");
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(24)).expect("window");
+        std::io::Write::write_all(&mut enc, &plain).expect("write");
+        let packed = enc.finish().expect("finish");
+        let refused = unpack(&packed, MAX_CHUNK as usize).expect_err("window");
+        assert!(refused.contains("does not unpack"), "{refused}");
     }
 }
