@@ -20,17 +20,21 @@ pub const MAX_RAW_CHUNK: u64 = 8 << 20;
 /// A chunk's stored bytes are at most this long (zstd's worst case plus age's overhead).
 pub const MAX_STORED_CHUNK: u64 = MAX_RAW_CHUNK + (1 << 20);
 
+/// A 32-byte hash (a chunk's id, a SHA-256), held as bytes: a backup holds several per
+/// chunk of every retained backup, and as hex text each was four times larger.
+pub type Hash = [u8; 32];
+
 /// One chunk of a component, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    /// Keyed hash of the plaintext (hex): what finds it again in the next backup.
-    pub id: String,
+    /// Keyed hash of the plaintext: what finds it again in the next backup.
+    pub id: Hash,
     /// Plaintext bytes.
     pub raw_size: u64,
     /// Stored bytes.
     pub stored_size: u64,
-    /// SHA-256 of the stored bytes (hex): the object's name.
-    pub stored_sha256: String,
+    /// SHA-256 of the stored bytes: the object's name.
+    pub stored_sha256: Hash,
 }
 
 impl Entry {
@@ -38,6 +42,17 @@ impl Entry {
     pub fn object(&self) -> String {
         object(&self.stored_sha256)
     }
+}
+
+/// `hash` in lowercase hex, as indexes and object names write it.
+pub fn to_hex(hash: &Hash) -> String {
+    hex::encode(hash)
+}
+
+/// The hash lowercase hex `s` writes (64 digits), if it is one.
+pub fn from_hex(s: &str) -> Option<Hash> {
+    let mut out = [0u8; 32];
+    (is_hex64(s) && hex::decode_to_slice(s, &mut out).is_ok()).then_some(out)
 }
 
 /// A component's chunks, in order, and how their ids were made.
@@ -49,16 +64,17 @@ pub struct Index {
     pub entries: Vec<Entry>,
 }
 
-/// The object of the chunk whose stored bytes have SHA-256 `sha256` (hex).
-pub fn object(sha256: &str) -> String {
-    format!("{CHUNKS_DIR}/{}/{sha256}", sha256.get(..2).unwrap_or("__"))
+/// The object of the chunk whose stored bytes have SHA-256 `sha256`.
+pub fn object(sha256: &Hash) -> String {
+    let hex = to_hex(sha256);
+    format!("{CHUNKS_DIR}/{}/{hex}", hex.get(..2).unwrap_or("__"))
 }
 
 /// The stored SHA-256 a chunk object's name says, if it is one.
-pub fn sha256_of_object(name: &str) -> Option<&str> {
+pub fn sha256_of_object(name: &str) -> Option<Hash> {
     let rest = name.strip_prefix(CHUNKS_DIR)?.strip_prefix('/')?;
     let (dir, hash) = rest.split_once('/')?;
-    (is_hex64(hash) && hash.get(..2) == Some(dir)).then_some(hash)
+    (hash.get(..2) == Some(dir)).then(|| from_hex(hash)).flatten()
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -71,8 +87,14 @@ impl Index {
         let mut out = format!("{HEADER}\n{}\n", self.scheme).into_bytes();
         for e in &self.entries {
             out.extend_from_slice(
-                format!("{} {} {} {}\n", e.id, e.raw_size, e.stored_size, e.stored_sha256)
-                    .as_bytes(),
+                format!(
+                    "{} {} {} {}\n",
+                    to_hex(&e.id),
+                    e.raw_size,
+                    e.stored_size,
+                    to_hex(&e.stored_sha256)
+                )
+                .as_bytes(),
             );
         }
         out
@@ -99,14 +121,14 @@ impl Index {
             let size = |s: &str, max: u64| {
                 s.parse::<u64>().ok().filter(|v| *v > 0 && *v <= max).ok_or_else(|| bad("bad size"))
             };
-            if !is_hex64(id) || !is_hex64(sha) {
+            let (Some(id), Some(sha)) = (from_hex(id), from_hex(sha)) else {
                 return Err(bad("bad hash"));
-            }
+            };
             entries.push(Entry {
-                id: (*id).to_owned(),
+                id,
                 raw_size: size(raw, MAX_RAW_CHUNK)?,
                 stored_size: size(stored, MAX_STORED_CHUNK)?,
-                stored_sha256: (*sha).to_owned(),
+                stored_sha256: sha,
             });
         }
         Ok(Self { scheme, entries })
@@ -124,10 +146,10 @@ mod tests {
 
     fn entry(n: u8) -> Entry {
         Entry {
-            id: format!("{n:02x}").repeat(32),
+            id: [n; 32],
             raw_size: 1 << 20,
             stored_size: 1000,
-            stored_sha256: format!("{:02x}", n.wrapping_add(1)).repeat(32),
+            stored_sha256: [n.wrapping_add(1); 32],
         }
     }
 
@@ -163,7 +185,8 @@ mod tests {
     fn object_names_carry_the_stored_hash() {
         let e = entry(7);
         assert_eq!(e.object(), format!("chunks/08/{}", "08".repeat(32)));
-        assert_eq!(sha256_of_object(&e.object()), Some(e.stored_sha256.as_str()));
+        assert_eq!(sha256_of_object(&e.object()), Some(e.stored_sha256));
+        assert_eq!(sha256_of_object(&format!("chunks/0A/{}", "0A".repeat(32))), None);
         assert_eq!(sha256_of_object("chunks/09/0808"), None);
         assert_eq!(sha256_of_object(&format!("chunks/09/{}", "08".repeat(32))), None);
         assert_eq!(sha256_of_object("20261123T020007Z-abcdef/manifest.json"), None);

@@ -82,7 +82,7 @@ impl Backups {
         let mut out = Collected { kept: 0, deleted: 0, skipped: None };
         for name in &objects {
             match sha256_of_object(name) {
-                Some(sha) if marked.contains(sha) => out.kept += 1,
+                Some(sha) if marked.contains(&sha) => out.kept += 1,
                 Some(_) => {
                     store.delete(name).await.map_err(|e| format!("deleting {name}: {e}"))?;
                     out.deleted += 1;

@@ -36,7 +36,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt as _, Stream, StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
-use steward_store::chunks::{Entry, Index};
+use steward_store::chunks::{sha256_of_object, Entry, Hash, Index};
 use steward_store::manifest::{Component, Manifest};
 use steward_store::signing::SigningKey;
 use steward_store::store::{Store, StoreError, Stored};
@@ -152,15 +152,15 @@ impl Chunker {
     }
 
     /// The id of a chunk's plaintext.
-    pub fn id(&self, plain: &[u8]) -> String {
+    pub fn id(&self, plain: &[u8]) -> Hash {
         self.id_with(plain, &Sha256::digest(plain).into())
     }
 
     /// [`Chunker::id`] of `plain`, whose SHA-256 is `digest` (the id itself without a key).
-    fn id_with(&self, plain: &[u8], digest: &[u8; 32]) -> String {
+    fn id_with(&self, plain: &[u8], digest: &Hash) -> Hash {
         match &self.key {
-            Some(key) => hex::encode(hmac(key, plain)),
-            None => hex::encode(digest),
+            Some(key) => hmac(key, plain),
+            None => *digest,
         }
     }
 
@@ -173,15 +173,15 @@ impl Chunker {
 /// Chunks already stored, by id: those of every usable backup's indexes of this chunker's
 /// scheme, and those this backup stored.
 #[derive(Debug, Default, Clone)]
-pub struct Known(Arc<Mutex<HashMap<String, Entry>>>);
+pub struct Known(Arc<Mutex<HashMap<Hash, Entry>>>);
 
 impl Known {
-    fn get(&self, id: &str) -> Option<Entry> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    fn get(&self, id: &Hash) -> Option<Entry> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied()
     }
 
     fn insert(&self, e: Entry) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id.clone(), e);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id, e);
     }
 
     /// Forgets every chunk `stored` does not hold.
@@ -262,7 +262,7 @@ where
             if sent > 0 {
                 uploaded.new_chunks += 1;
                 uploaded.bytes += sent;
-                known.insert(entry.clone());
+                known.insert(entry);
             }
             entries.push(entry);
             digests.push(digest);
@@ -292,7 +292,7 @@ async fn put_index(
 async fn put_chunk(
     store: &Store,
     keys: &Keys,
-    id: String,
+    id: Hash,
     plain: Vec<u8>,
     level: i32,
 ) -> Result<(Entry, u64), StoreError> {
@@ -301,7 +301,7 @@ async fn put_chunk(
     let (sealed, sha) = tokio::task::spawn_blocking(move || {
         let packed = zstd::bulk::compress(&plain, level)?;
         let sealed = sealing.seal_bytes(&packed)?;
-        let sha = hex::encode(Sha256::digest(&sealed));
+        let sha: Hash = Sha256::digest(&sealed).into();
         Ok::<_, io::Error>((sealed, sha))
     })
     .await
@@ -310,7 +310,7 @@ async fn put_chunk(
     .map_err(|e| source(store, steward_store::chunks::CHUNKS_DIR, e))?;
     let entry = Entry { id, raw_size, stored_size: sealed.len() as u64, stored_sha256: sha };
     store.put(&entry.object(), Bytes::from(sealed)).await?;
-    Ok((entry.clone(), entry.stored_size))
+    Ok((entry, entry.stored_size))
 }
 
 /// The index of chunked `component`, after its bytes matched the signed manifest, with the
@@ -474,7 +474,7 @@ async fn read_chunk(
     let bad = |reason: String| chunk_error(&e, reason);
     let raw_size = usize::try_from(e.raw_size).map_err(|_| bad("too large".into()))?;
     let sealed = tokio_util::io::SyncIoBridge::new(stored_body(&store, &e).await?);
-    let entry = e.clone();
+    let entry = e;
     let plain = tokio::task::spawn_blocking(move || {
         let bad = |reason: String| chunk_error(&entry, reason);
         // Hashed, opened and unpacked as the stored bytes arrive: only the plain chunk is
@@ -632,11 +632,12 @@ async fn stored_body(
 
 /// Whether the stored bytes read (`size` of them, hashed into `hasher`) are those `e` records.
 fn stored_as_indexed(e: &Entry, size: u64, hasher: Sha256) -> Result<(), String> {
-    let sha = hex::encode(hasher.finalize());
+    let sha: Hash = hasher.finalize().into();
     match size == e.stored_size && sha == e.stored_sha256 {
         true => Ok(()),
         false => Err(format!(
-            "refused: its bytes ({size} bytes, SHA-256 {sha}) do not match the signed index"
+            "refused: its bytes ({size} bytes, SHA-256 {}) do not match the signed index",
+            hex::encode(sha)
         )),
     }
 }
@@ -672,7 +673,7 @@ pub async fn check_stored(io: Io<'_>, component: &Component) -> Result<Option<St
         read_index(io.store, component, None, None).await.map_err(|e| failed(&e))?;
     let encrypted = is_sealed(&component.encoding);
     if let Some(first) = index.entries.first() {
-        read_chunk(io.store.clone(), io.keys.clone(), first.clone(), encrypted)
+        read_chunk(io.store.clone(), io.keys.clone(), *first, encrypted)
             .await
             .map_err(|e| failed(&e))?;
     }
@@ -724,7 +725,7 @@ impl crate::backup::Backups {
         let mut newest: Option<Candidate> = None;
         // Every object an index names (one id may be stored as several: sealing is
         // randomised), with its size.
-        let mut named: HashMap<String, u64> = HashMap::new();
+        let mut named: HashMap<Hash, u64> = HashMap::new();
         for listed in steward_store::catalog::list(store, &self.config.trust, now).await? {
             let Some(m) = listed.usable() else { continue };
             let same_engine = m.docker_host == self.engine.host() && m.host == host;
@@ -732,8 +733,8 @@ impl crate::backup::Backups {
                 match read_index(store, c, None, None).await {
                     Ok((index, _)) if index.scheme == chunker.scheme => {
                         for e in &index.entries {
-                            named.insert(e.object(), e.stored_size);
-                            known.insert(e.clone());
+                            named.insert(e.stored_sha256, e.stored_size);
+                            known.insert(*e);
                         }
                         let fits = same_engine
                             && c.name == name
@@ -758,19 +759,22 @@ impl crate::backup::Backups {
         // An index vouches that a chunk was stored, not that it still is: one deleted under
         // it (by hand, by a lifecycle rule, by another tool) would otherwise be named by
         // every later backup without being uploaded again.
-        let stored: HashMap<String, Option<u64>> = match named.is_empty() {
+        let stored: HashMap<Hash, Option<u64>> = match named.is_empty() {
             true => HashMap::new(),
-            false => {
-                store.list_sized(steward_store::chunks::CHUNKS_DIR).await?.into_iter().collect()
-            }
+            false => store
+                .list_sized(steward_store::chunks::CHUNKS_DIR)
+                .await?
+                .into_iter()
+                .filter_map(|(object, size)| Some((sha256_of_object(&object)?, size)))
+                .collect(),
         };
-        let holds = |e: &Entry| match stored.get(&e.object()) {
+        let holds = |e: &Entry| match stored.get(&e.stored_sha256) {
             Some(Some(size)) => *size == e.stored_size,
             // A server that gives no size: present is all that can be told.
             Some(None) => true,
             None => false,
         };
-        let mut gone: Vec<&String> = named
+        let mut gone: Vec<&Hash> = named
             .iter()
             .filter(|(object, size)| match stored.get(*object) {
                 Some(Some(s)) => s != *size,
@@ -784,7 +788,7 @@ impl crate::backup::Backups {
             tracing::error!(
                 component = name,
                 chunks = gone.len(),
-                first = %first,
+                first = %steward_store::chunks::object(first),
                 "chunks named by signed backups are missing from the bucket or cut short: this backup stores again what it still reads of them; the older backups that name them fail verification (unless stored again under the same name: unencrypted chunks)"
             );
         }
@@ -884,11 +888,12 @@ impl crate::backup::Backups {
                     let stored = put_index(store, &object, &chunker, done.entries, level)
                         .await
                         .map_err(|e| failed(&e))?;
+                    let raw = (done.size, chunk_list_digest(&done.digests));
                     let tree = tree::Tree {
                         version: 1,
                         listed: listing.started,
                         entries: done.tree,
-                        digests: done.digests.iter().map(hex::encode).collect(),
+                        digests: done.digests,
                         spliced: parent.tree.spliced.saturating_add(1),
                     };
                     let tree_ref = tree::put(
@@ -915,7 +920,6 @@ impl crate::backup::Backups {
                         "stored as chunks, unchanged entries taken from the previous backup unread"
                     );
                     let checked = done.checked.then_some(crate::tarcheck::RULES);
-                    let raw = (done.size, chunk_list_digest(&done.digests));
                     let stored = (stored, Some(tree_ref));
                     return Ok(chunked_component(
                         component, kind, object, encoding, stored, raw, checked,
@@ -950,6 +954,7 @@ impl crate::backup::Backups {
             tracing::warn!(backup = id, component, reason = %why, "an entry of the archive would not pass a restore's check: a restore of it will be refused");
         }
         let seen = watch.as_ref().and_then(|w| w.seen());
+        let list_digest = chunk_list_digest(&digests);
         let tree = match (listing, seen) {
             (Some(listing), Some(seen)) => {
                 let tree = tree::Tree {
@@ -964,7 +969,7 @@ impl crate::backup::Backups {
                             len: s.end.saturating_sub(s.start),
                         })
                         .collect(),
-                    digests: digests.iter().map(hex::encode).collect(),
+                    digests,
                     spliced: 0,
                 };
                 let reference =
@@ -988,7 +993,7 @@ impl crate::backup::Backups {
             stream_seconds = streaming.elapsed().as_secs_f64(),
             "stored as chunks"
         );
-        let raw = (raw.size, chunk_list_digest(&digests));
+        let raw = (raw.size, list_digest);
         Ok(chunked_component(
             component,
             kind,
@@ -1055,7 +1060,7 @@ impl crate::backup::Backups {
                 .await
                 .map_err(|err| err.to_string())?
                 .ok_or_else(|| format!("{name} is gone from the primary"))?;
-            if hex::encode(Sha256::digest(&body)) != e.stored_sha256 {
+            if <Hash>::from(Sha256::digest(&body)) != e.stored_sha256 {
                 return Err(format!("{name} in the primary does not match its signed index"));
             }
             copy.put(&name, Bytes::from(body)).await.map_err(|err| err.to_string())?;

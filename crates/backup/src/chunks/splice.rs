@@ -26,7 +26,7 @@ use futures::stream::{BoxStream, FuturesOrdered};
 use futures::{FutureExt as _, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use steward_engine::Engine;
-use steward_store::chunks::{Entry, Index};
+use steward_store::chunks::{Entry, Hash, Index};
 use steward_store::store::{Store, StoreError};
 
 use super::tree::{Tree, TreeEntry};
@@ -307,13 +307,13 @@ const MAX_OCTAL_SIZE: u64 = 0o77_777_777_777;
 pub const MAX_SPLICES: u32 = 23;
 
 /// Fetches old chunk `k` and checks its plaintext against the tree's digest.
-async fn fetch_old(ctx: (Store, Keys), parent: (Entry, String, bool)) -> Result<Bytes, Fallback> {
+async fn fetch_old(ctx: (Store, Keys), parent: (Entry, Hash, bool)) -> Result<Bytes, Fallback> {
     let ((store, keys), (entry, digest, encrypted)) = (ctx, parent);
     let object = entry.object();
     let (plain, got) = read_chunk(store, keys, entry, encrypted)
         .await
         .map_err(|e| Fallback(format!("reading an old chunk: {e}")))?;
-    if hex::encode(got) != digest {
+    if got != digest {
         return Err(Fallback(format!("old chunk {object} does not match its digest")));
     }
     Ok(plain)
@@ -337,8 +337,8 @@ impl<'a> OldChunks<'a> {
         let fetches: Vec<_> = wanted
             .into_iter()
             .filter_map(|k| {
-                let e = parent.index.entries.get(k)?.clone();
-                let digest = parent.tree.digests.get(k)?.clone();
+                let e = *parent.index.entries.get(k)?;
+                let digest = *parent.tree.digests.get(k)?;
                 Some((k, (ctx.store.clone(), ctx.keys.clone()), (e, digest, parent.encrypted)))
             })
             .collect();
@@ -371,9 +371,9 @@ impl<'a> OldChunks<'a> {
                 }
             }
         }
-        let e = self.parent.index.entries.get(k).cloned();
+        let e = self.parent.index.entries.get(k).copied();
         let e = e.ok_or_else(|| Fallback("an offset past the old archive's end".into()))?;
-        let digest = self.parent.tree.digests[k].clone();
+        let digest = self.parent.tree.digests[k];
         let ctx = (self.ctx.store.clone(), self.ctx.keys.clone());
         fetch_old(ctx, (e, digest, self.parent.encrypted)).await
     }
@@ -853,7 +853,7 @@ pub async fn splice(
         if sent > 0 {
             uploaded.new_chunks += 1;
             uploaded.bytes += sent;
-            ctx.known.insert(entry.clone());
+            ctx.known.insert(entry);
         }
         entries.push(entry);
         digests.push(digest);
@@ -861,11 +861,7 @@ pub async fn splice(
     let (mut pos, mut buf) = (0u64, Vec::<u8>::new());
     while pos < total {
         if let Some(k) = reusable(&segs, &starts, parent, pos, total) {
-            let e = parent.index.entries[k].clone();
-            let mut digest = [0u8; 32];
-            if hex::decode_to_slice(&parent.tree.digests[k], &mut digest).is_err() {
-                return Ok(Err(Fallback("an unreadable digest in the old tree".into())));
-            }
+            let (e, digest) = (parent.index.entries[k], parent.tree.digests[k]);
             let size = e.raw_size;
             let from_buf = usize::try_from(size).unwrap_or(usize::MAX).min(buf.len());
             buf.drain(..from_buf);
@@ -1003,7 +999,7 @@ mod tests {
     }
 
     fn chunk(raw_size: u64) -> Entry {
-        Entry { id: "x".into(), raw_size, stored_size: 1, stored_sha256: "00".into() }
+        Entry { id: [0; 32], raw_size, stored_size: 1, stored_sha256: [0; 32] }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use steward_store::chunks::Index;
+use steward_store::chunks::{Hash, Index};
 use steward_store::manifest::TreeRef;
 use steward_store::store::{Store, StoreError};
 
@@ -48,8 +48,9 @@ pub struct Tree {
     pub listed: i64,
     /// Entries in archive order.
     pub entries: Vec<TreeEntry>,
-    /// Plaintext SHA-256 (hex) of each chunk of the index, in order.
-    pub digests: Vec<String>,
+    /// Plaintext SHA-256 of each chunk of the index, in order (hex in the stored tree).
+    #[serde(with = "hex_digests")]
+    pub digests: Vec<Hash>,
     /// Backups in a row that spliced up to this one (0: this one read the path whole).
     #[serde(default)]
     pub spliced: u32,
@@ -70,12 +71,7 @@ impl Tree {
                 self.version
             ));
         }
-        if self.digests.len() != index.entries.len()
-            || !self
-                .digests
-                .iter()
-                .all(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
+        if self.digests.len() != index.entries.len() {
             return Err("the tree's chunk digests do not match its index".into());
         }
         // Entries (the path itself at least) one after the other from the start, then the
@@ -95,6 +91,54 @@ impl Tree {
             Some(trailer) if (1024..=64 << 10).contains(&trailer) => Ok(()),
             _ => Err("the tree's entries do not end where the archive's end blocks begin".into()),
         }
+    }
+}
+
+/// The digests as a list of hex texts, read without holding the texts.
+mod hex_digests {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use steward_store::chunks::{from_hex, to_hex, Hash};
+
+    pub fn serialize<S: Serializer>(digests: &[Hash], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(digests.iter().map(to_hex))
+    }
+
+    /// One digest, from its hex text.
+    struct Digest(Hash);
+
+    impl<'de> serde::Deserialize<'de> for Digest {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl Visitor<'_> for Text {
+                type Value = Digest;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a SHA-256 in lowercase hex")
+                }
+                fn visit_str<E: Error>(self, v: &str) -> Result<Digest, E> {
+                    from_hex(v).map(Digest).ok_or_else(|| E::custom("not a SHA-256 in hex"))
+                }
+            }
+            d.deserialize_str(Text)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Hash>, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = Vec<Hash>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of SHA-256s in hex")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Hash>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(Digest(d)) = seq.next_element()? {
+                    out.push(d);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(List)
     }
 }
 
@@ -196,17 +240,17 @@ mod tests {
         let index = Index {
             scheme: "sha256".into(),
             entries: vec![Entry {
-                id: "a".repeat(64),
+                id: [0xaa; 32],
                 raw_size: 3072,
                 stored_size: 10,
-                stored_sha256: "b".repeat(64),
+                stored_sha256: [0xbb; 32],
             }],
         };
         let tree = |entries: Vec<TreeEntry>| Tree {
             version: VERSION,
             listed: 1,
             entries,
-            digests: vec!["c".repeat(64)],
+            digests: vec![[0xcc; 32]],
             spliced: 0,
         };
         let good = tree(vec![entry("data", 0, 512), entry("data/a", 512, 1536)]);
@@ -225,5 +269,32 @@ mod tests {
         let mut no_digest = good.clone();
         no_digest.digests.clear();
         assert!(no_digest.consistent(&index, 3072).is_err());
+    }
+
+    #[test]
+    fn digests_are_stored_as_hex_and_read_back_as_bytes() {
+        let tree = Tree {
+            version: VERSION,
+            listed: 1,
+            entries: vec![entry("data", 0, 512)],
+            digests: vec![[0xcc; 32], [0x01; 32]],
+            spliced: 2,
+        };
+        let json = serde_json::to_string(&tree).unwrap_or_default();
+        assert!(
+            json.contains(&format!(
+                "\"digests\":[\"{}\",\"{}\"]",
+                "cc".repeat(32),
+                "01".repeat(32)
+            )),
+            "{json}"
+        );
+        let back: Tree = serde_json::from_reader(json.as_bytes()).expect("reads back");
+        assert_eq!(back, tree);
+        // Not hex, short, upper case (never written): refused, the path is then read whole.
+        for bad in ["zz".repeat(32), "cc".repeat(31), "CC".repeat(32)] {
+            let hostile = json.replace(&"cc".repeat(32), &bad);
+            assert!(serde_json::from_reader::<_, Tree>(hostile.as_bytes()).is_err(), "{bad}");
+        }
     }
 }
