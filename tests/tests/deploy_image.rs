@@ -29,6 +29,13 @@ impl Drop for Container {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployers_image_deploys_through_the_socket_proxy_as_its_own_user() {
+    if let Some(socket) = steward_system_tests::stack::podman_socket() {
+        // The test bed builds with Docker; Podman's store gets copies (the stack's own
+        // set-up does the same for its images).
+        let images = [image(), "steward-test/app:v1".into(), "steward-test/app:v2".into()];
+        let images: Vec<&str> = images.iter().map(String::as_str).collect();
+        steward_system_tests::podman::copy_images_from_docker(&socket, &images);
+    }
     assert!(
         try_docker(&["image", "inspect", &image()]).is_some(),
         "{} is missing: infra/testbed/stack-images.sh stand-ins && infra/testbed/stack-images.sh steward debug",

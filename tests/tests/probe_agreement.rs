@@ -31,6 +31,12 @@ EOF
 chmod +x /www/cgi-bin/*
 exec httpd -f -p 8080 -h /www"#;
 
+/// The label of this run's containers (systemd's healthcheck timers on Podman find them by it).
+fn run_label() -> &'static str {
+    static LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| format!("steward.test.agree={}", unique_name("agree")))
+}
+
 /// A container of the app image whose probe URL is `path` on its published port.
 fn app(path: &str) -> Container {
     let port = free_port();
@@ -39,7 +45,18 @@ fn app(path: &str) -> Container {
     let name = unique_name("agree");
     let c = Container::run(
         &name,
-        &["-p", &publish, "--label", &url, "steward-test/app:v1", "sh", "-c", SERVER],
+        &[
+            "-p",
+            &publish,
+            "--label",
+            &url,
+            "--label",
+            run_label(),
+            "steward-test/app:v1",
+            "sh",
+            "-c",
+            SERVER,
+        ],
     );
     wait_for("its HEALTHCHECK healthy", Duration::from_secs(30), || {
         let status = docker(&["inspect", "-f", "{{.State.Health.Status}}", &name]);
@@ -50,6 +67,10 @@ fn app(path: &str) -> Container {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_service_and_the_update_gate_give_the_same_verdict() {
+    // Podman without systemd runs a container's healthcheck only when asked: the timers
+    // systemd would run (Steward reads health through the engine, which asks itself).
+    let _timers = steward_system_tests::stack::podman_socket()
+        .map(|socket| steward_system_tests::podman::HealthTimers::start(&socket, run_label()));
     let bus = TestBus::new("agree").await;
     let probe = ProbeConfig { timeout: Duration::from_secs(2) };
     let cases = [("200", app("/"), true)];

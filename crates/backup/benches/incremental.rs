@@ -8,7 +8,7 @@
 //!   restic: `restic backup` of the volume's directory on the host, first and second
 //!   restore: `Backups::restore` (paths) of each kind's second backup.
 //! Peak RSS of this process per phase (VmRSS sampled every 10 ms): the backup service runs
-//! the same code in its own process.
+//! the same code in its own process; restic's, of its process, from GNU time (`time`).
 //!
 //! Run: `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=1048576 cargo bench -p steward-backup
 //! --bench incremental` (glibc's settings as the image runs the service) after
@@ -143,18 +143,34 @@ async fn restore(name: &str, b: &Backups, id: &str) -> Phase {
 
 /// `restic backup` of `data` into `repo`: the phase, or why it could not run.
 fn restic(name: &str, repo: &str, data: &str, dir: &Path, init: bool) -> Result<Phase, String> {
+    // Its peak resident set, from GNU time when installed (Debian's `time`).
+    let timed = Path::new("/usr/bin/time").exists();
     let run = |args: &[&str]| {
-        Command::new("restic")
-            .args(["-r", repo, "--no-cache", "-q"])
+        let mut cmd = match timed {
+            true => {
+                let mut c = Command::new("/usr/bin/time");
+                c.args(["-f", "steward-maxrss-kib=%M", "restic"]);
+                c
+            }
+            false => Command::new("restic"),
+        };
+        cmd.args(["-r", repo, "--no-cache", "-q"])
             .args(args)
             .env("RESTIC_PASSWORD", "bench")
             .env("AWS_ACCESS_KEY_ID", testbed::require("STEWARD_TEST_S3_ACCESS_KEY"))
             .env("AWS_SECRET_ACCESS_KEY", testbed::require("STEWARD_TEST_S3_SECRET_KEY"))
             .output()
             .map_err(|e| format!("restic: {e} (apt-get install restic)"))
-            .and_then(|o| match o.status.success() {
-                true => Ok(()),
-                false => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+            .and_then(|o| {
+                let err = String::from_utf8_lossy(&o.stderr).into_owned();
+                match o.status.success() {
+                    true => Ok(err
+                        .lines()
+                        .find_map(|l| l.strip_prefix("steward-maxrss-kib="))
+                        .and_then(|k| k.trim().parse::<f64>().ok())
+                        .map_or(0.0, |kib| kib / 1024.0)),
+                    false => Err(err),
+                }
             })
     };
     if init {
@@ -162,12 +178,12 @@ fn restic(name: &str, repo: &str, data: &str, dir: &Path, init: bool) -> Result<
     }
     let before = disk_bytes(dir);
     let t = Instant::now();
-    run(&["backup", data])?;
+    let peak = run(&["backup", data])?;
     Ok(Phase {
         name: name.into(),
         seconds: t.elapsed().as_secs_f64(),
         bytes: disk_bytes(dir).saturating_sub(before),
-        peak: 0.0,
+        peak,
         cpu: (0.0, 0.0),
         start: 0.0,
     })
@@ -262,12 +278,14 @@ async fn main() {
         "| phase | time | uploaded | peak RSS (RSS before) | CPU s: this process / engine |\n|---|---|---|---|---|"
     );
     for p in &phases {
-        let (peak, cpu) = match p.peak > 0.0 {
-            true => (
+        let (peak, cpu) = match (p.peak > 0.0, p.start > 0.0) {
+            // restic's own process, whole (GNU time).
+            (true, false) => (format!("{:.1} MiB (its process)", p.peak), "-".into()),
+            (true, true) => (
                 format!("{:.1} MiB ({:.1})", p.peak, p.start),
                 format!("{:.1} / {:.1}", p.cpu.0, p.cpu.1),
             ),
-            false => ("-".into(), "-".into()),
+            (false, _) => ("-".into(), "-".into()),
         };
         println!("| {} | {:.1} s | {:.1} MiB | {peak} | {cpu} |", p.name, p.seconds, mib(p.bytes));
     }

@@ -868,8 +868,8 @@ impl crate::backup::Backups {
         };
         steward_failpoints::failpoint!("chunks:listed");
         let level = self.config.zstd_level;
-        if let (Some(listing), Some(parent), Kind::Path { container, path }) =
-            (&listing, &parent, &kind)
+        if let (Some(listing), Some(mut parent), Kind::Path { container, path }) =
+            (&listing, parent, &kind)
         {
             let ctx = splice::Ctx {
                 store,
@@ -882,7 +882,7 @@ impl crate::backup::Backups {
                 level,
                 listing,
             };
-            match splice::splice(&ctx, parent, listing).await.map_err(|e| failed(&e))? {
+            match splice::splice(&ctx, &mut parent, listing).await.map_err(|e| failed(&e))? {
                 Ok(done) => {
                     steward_failpoints::failpoint!("chunks:spliced");
                     let stored = put_index(store, &object, &chunker, done.entries, level)

@@ -815,13 +815,17 @@ type Stored = (Entry, u64, [u8; 32]);
 /// Splices the new archive of `ctx.path` from `parent` and `listing`.
 pub async fn splice(
     ctx: &Ctx<'_>,
-    parent: &Parent,
+    parent: &mut Parent,
     listing: &Listing,
 ) -> Result<Result<Spliced, Fallback>, StoreError> {
     let (segs, tree, total) = match plan(parent, listing) {
         Ok(p) => p,
         Err(f) => return Ok(Err(f)),
     };
+    // The plan holds what the old entries said; the rest reads only the old chunks. One of
+    // the three copies of every entry (listing, old tree, new tree) goes before the upload.
+    drop(std::mem::take(&mut parent.tree.entries));
+    let parent = &*parent;
     let fresh_entries = segs.iter().filter(|s| !matches!(s.piece, Piece::Old { .. })).count();
     let mut starts = Vec::with_capacity(parent.index.entries.len());
     let mut at = 0u64;
