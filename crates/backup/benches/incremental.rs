@@ -10,7 +10,7 @@
 //! Peak RSS of this process per phase (VmRSS sampled every 10 ms): the backup service runs
 //! the same code in its own process; restic's, of its process, from GNU time (`time`).
 //!
-//! Run: `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=1048576 cargo bench -p steward-backup
+//! Run: `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144 cargo bench -p steward-backup
 //! --bench incremental` (glibc's settings as the image runs the service) after
 //! `infra/testbed/up.sh` (`DATA_MIB=4096` for the larger set; restic from Debian: `apt-get install restic`;
 //! `RUST_LOG=info` prints the service's log lines, timed, on stderr).
@@ -169,6 +169,10 @@ fn restic(name: &str, repo: &str, data: &str, dir: &Path, init: bool) -> Result<
                         .find_map(|l| l.strip_prefix("steward-maxrss-kib="))
                         .and_then(|k| k.trim().parse::<f64>().ok())
                         .map_or(0.0, |kib| kib / 1024.0)),
+                    // GNU time's own code when it could not run restic.
+                    false if o.status.code() == Some(127) => {
+                        Err(format!("{err} (apt-get install restic)"))
+                    }
                     false => Err(err),
                 }
             })

@@ -14,7 +14,7 @@
 //! stored, [`READ_AHEAD`] chunks and [`READ_BUDGET`] bytes when read); an index is used only
 //! after its bytes matched the signed manifest; every chunk read is checked against its size
 //! and SHA-256 in that index before any of its plaintext is handed on (it is opened and
-//! unpacked as its bytes arrive, within the largest chunk's window), and against its
+//! unpacked as its bytes arrive, straight into a buffer of its indexed size), and against its
 //! plaintext size after; the whole stream is then checked by the pipeline against the manifest's raw
 //! SHA-256, as every component is, so a restore refuses before it touches anything. A
 //! backup records in the signed manifest whether every tar entry passed the restore's rules
@@ -517,8 +517,8 @@ async fn read_chunk(
 /// One zstd frame read from `from` to its end, unpacked into a buffer of exactly `raw_size`
 /// (the signed index's) that the decoder writes into directly (zstd's stable output buffer):
 /// a streaming decoder otherwise keeps a window of its own as large as the chunk, beside the
-/// plaintext, for every chunk in flight. The frame must fill the buffer exactly, end, and be
-/// all there is.
+/// plaintext, for every chunk in flight. The frame must fit the buffer, end, and be all there
+/// is (the caller compares the length).
 fn unpack_chunk(from: &mut dyn std::io::Read, raw_size: usize) -> Result<Vec<u8>, String> {
     use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer};
     let code = |e: usize| zstd::zstd_safe::get_error_name(e).to_owned();
@@ -527,8 +527,9 @@ fn unpack_chunk(from: &mut dyn std::io::Read, raw_size: usize) -> Result<Vec<u8>
     // unchecked bytes must not make the decoder reserve more.
     dctx.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX)).map_err(code)?;
     dctx.set_parameter(DParameter::StableOutBuffer(true)).map_err(code)?;
-    // The index is signed, but a size is reserved only up to the largest chunk.
-    let mut plain: Vec<u8> = Vec::with_capacity(raw_size.min(MAX_CHUNK as usize));
+    // The size is the signed index's, which no index exceeds when it parses.
+    let cap = raw_size.min(steward_store::chunks::MAX_RAW_CHUNK as usize);
+    let mut plain: Vec<u8> = Vec::with_capacity(cap);
     let mut input = vec![0u8; DCtx::in_size()];
     // What the decoder still expects; 0 once the frame ended.
     let mut wants = 1;
@@ -550,12 +551,13 @@ fn unpack_chunk(from: &mut dyn std::io::Read, raw_size: usize) -> Result<Vec<u8>
             let pos = plain.len();
             let mut out = OutBuffer::around_pos(&mut plain, pos);
             let before = (at.pos(), pos);
-            wants = dctx
-                .decompress_stream(&mut out, &mut at)
-                .map_err(|e| format!("does not unpack (altered or cut short?): {}", code(e)))?;
-            // The buffer is full and the frame goes on: larger than the index says.
+            // zstd refuses a frame larger than the buffer ("Destination buffer is too small").
+            let too_large = |why: &str| {
+                format!("does not unpack into the {raw_size} bytes the index says (altered or cut short?): {why}")
+            };
+            wants = dctx.decompress_stream(&mut out, &mut at).map_err(|e| too_large(&code(e)))?;
             if wants != 0 && (at.pos(), plain.len()) == before {
-                return Err(format!("unpacks to more than the {raw_size} bytes the index says"));
+                return Err(too_large("no progress"));
             }
         }
         if at.pos() < read.len() {
@@ -1108,7 +1110,7 @@ mod tests {
         let plain = data(300_000);
         let packed = zstd::bulk::compress(&plain, 3).expect("compress");
         let larger = unpack(&packed, 299_999).expect_err("larger than the index");
-        assert!(larger.contains("does not unpack") || larger.contains("more than"), "{larger}");
+        assert!(larger.contains("into the 299999 bytes the index says"), "{larger}");
         // Smaller than the index: the caller compares the length.
         assert_eq!(unpack(&packed, 300_001).map(|p| p.len()), Ok(300_000));
         let cut = unpack(&packed[..packed.len() - 10], 300_000).expect_err("cut short");

@@ -71,6 +71,8 @@ impl Tree {
                 self.version
             ));
         }
+        // Each digest is 32 bytes by its type: a stored tree with one that is not 64
+        // lowercase hex digits does not parse (`hex_digests`).
         if self.digests.len() != index.entries.len() {
             return Err("the tree's chunk digests do not match its index".into());
         }
