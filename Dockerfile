@@ -32,11 +32,13 @@ RUN apt-get update \
 COPY --from=build /out/ /usr/local/bin/
 # glibc's malloc makes an arena per busy thread (8 per core); zstd's workers then hold memory
 # the backup's fixed buffers never needed. Two arenas keep steward-backup's peak flat. A
-# fixed mmap threshold (1 MiB) keeps the multipart parts (8 MiB) in mappings returned when
-# freed: glibc's moving threshold otherwise rises to the part size after the first is freed
-# and keeps later ones in the arenas (measured: peak 69 MiB against 58, benchmarks.md).
+# fixed mmap threshold (256 KiB, the smallest chunk) keeps the multipart parts (8 MiB) and
+# every chunk buffer in mappings returned when freed: glibc's moving threshold otherwise
+# rises to the part size after the first is freed and keeps later ones in the arenas
+# (measured: peak 69 MiB against 58), and at 1 MiB the smaller chunks fragmented them (a
+# 1 GiB incremental restore: 57.8 MiB against 50.6; benchmarks.md).
 ENV STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json MALLOC_ARENA_MAX=2 \
-    MALLOC_MMAP_THRESHOLD_=1048576
+    MALLOC_MMAP_THRESHOLD_=262144
 # Not root. Only the socket proxy joins the Docker socket's group (compose: group_add).
 USER 10001:10001
 EXPOSE 9100

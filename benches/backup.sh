@@ -141,10 +141,10 @@ if [ "${COPY:-1}" = 1 ]; then
 fi
 echo "== Steward: steward-backup (release) + steward backup now (signed${AGE:+, age}$([ "${COPY:-1}" = 1 ] && echo ', second copy'))"
 http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# As the image runs it (Dockerfile: MALLOC_ARENA_MAX=2, MALLOC_MMAP_THRESHOLD_=1048576);
+# As the image runs it (Dockerfile: MALLOC_ARENA_MAX=2, MALLOC_MMAP_THRESHOLD_=262144);
 # ARENAS=default measures glibc's own malloc settings; MMAP=BYTES another mmap threshold.
 arenas=()
-[ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}" MALLOC_MMAP_THRESHOLD_="${MMAP:-1048576}")
+[ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}" MALLOC_MMAP_THRESHOLD_="${MMAP:-262144}")
 env "${arenas[@]}" STEWARD_HTTP_ADDR=127.0.0.1:$http "${BACKUP_BIN:-$BIN/steward-backup}" >"$STATE/logs/$RUN.log" 2>&1 &
 pid=$!
 # Each log line with the time it was written, for the phases of the backup and the restore.

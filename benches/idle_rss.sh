@@ -41,7 +41,7 @@ for svc in "${services[@]}"; do
     # image runs every service (ARENAS=default: glibc's own for both).
     # The notifier needs a channel; idle, it never calls it.
     arenas=()
-    [ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}" MALLOC_MMAP_THRESHOLD_=1048576)
+    [ "${ARENAS:-2}" = default ] || arenas=(MALLOC_ARENA_MAX="${ARENAS:-2}" MALLOC_MMAP_THRESHOLD_=262144)
     env "${arenas[@]}" OTEL_EXPORTER_OTLP_ENDPOINT=$endpoint \
     STEWARD_WEBHOOK_URL=http://127.0.0.1:9/unused \
     AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \

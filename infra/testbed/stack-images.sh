@@ -87,7 +87,7 @@ COPY root/ /
 COPY --chown=10001:10001 sockets/ /run/steward-docker/
 ENV PATH=/usr/local/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt MALLOC_ARENA_MAX=2 \
-    MALLOC_MMAP_THRESHOLD_=1048576
+    MALLOC_MMAP_THRESHOLD_=262144
 USER 10001:10001
 EXPOSE 9100
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["steward", "healthcheck"]
@@ -102,7 +102,7 @@ FROM steward-local/deployer-tools:latest
 COPY --from=steward-local/steward:$profile / /
 ENV PATH=/usr/local/bin:/usr/bin:/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \\
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt MALLOC_ARENA_MAX=2 \\
-    MALLOC_MMAP_THRESHOLD_=1048576 HOME=/home/steward \\
+    MALLOC_MMAP_THRESHOLD_=262144 HOME=/home/steward \\
     PYTHONPATH=/usr/lib/python3/dist-packages
 USER 10001:10001
 EXPOSE 9100

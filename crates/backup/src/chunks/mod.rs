@@ -417,16 +417,18 @@ fn detached<T: Send + 'static>(
 }
 
 /// Chunks a read fetches ahead of its reader, at most.
-const READ_AHEAD: usize = 8;
+const READ_AHEAD: usize = 12;
 /// ... and at most this many plaintext bytes of them (one larger chunk goes alone).
-const READ_BUDGET: u64 = 8 << 20;
+const READ_BUDGET: u64 = 16 << 20;
 
 /// `fetch` of each entry in order, up to [`READ_AHEAD`] chunks and [`READ_BUDGET`] bytes
 /// ahead of the reader, each fetched by a task of its own. A chunk's fetch is mostly waiting
 /// on the bucket (one request each): four in flight, polled only when the reader was (a
 /// restore's upload waits on the engine), loaded a 4 GiB restore in 52.6 s against the
 /// whole object's 34.2 s; a count alone let large chunks take the memory (eight: 71.5 MiB
-/// peak in the 1 GiB restore).
+/// peak in the 1 GiB restore). Since a chunk in flight holds its plaintext only (no sealed
+/// copy, no decoder window), 12 chunks and 16 MiB loaded it in 32.3 s against 40.7 s with 8
+/// and 8 MiB, at 61.7 MiB peak against 52.7 (benchmarks.md).
 fn read_ahead<T, F>(
     entries: Vec<Entry>,
     fetch: impl FnMut(Entry) -> F + Send + 'static,
