@@ -379,8 +379,15 @@ async fn run(scenario: Scenario, spec: &str, variant: Variant, all_points: &[Str
             second_ends(&mut second, &s).await;
         }
         Variant::Removed => {
-            // `compose down` while the updater is away: every container of the app goes.
-            for name in containers_named(&s.app.name) {
+            // `compose down` while the updater is away: every container of the app goes,
+            // those in another's network namespace first, as compose removes them (Podman
+            // refuses to remove a namespace's container while one is joined to it).
+            let mut names = containers_named(&s.app.name);
+            names.sort_by_key(|n| {
+                let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", n]);
+                !mode.starts_with("container:")
+            });
+            for name in names {
                 docker(&["rm", "-f", &name]);
             }
         }
