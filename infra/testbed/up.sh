@@ -187,9 +187,10 @@ fi
 # socket's group) mounts the directory (compose/podman.yml).
 PODMAN_SOCKET=${STEWARD_TESTBED_PODMAN_SOCKET:-/run/steward-test-podman/podman.sock}
 # Ports of 127.0.0.1 Podman takes as plain-http registries besides the test bed's two: the
-# compose stack's own registry on Podman listens on one of them (Podman, unlike Docker, does
-# not take 127.0.0.0/8 as plain http, and a port cannot be a wildcard in registries.conf).
-PODMAN_STACK_REGISTRY_PORTS=${STEWARD_TESTBED_PODMAN_STACK_REGISTRY_PORTS:-5081 5082 5083}
+# compose stack's own registry on Podman and the watcher's fault-injecting registry proxies
+# listen on them (Podman, unlike Docker, does not take 127.0.0.0/8 as plain http, and a port
+# cannot be a wildcard in registries.conf).
+PODMAN_PLAIN_HTTP_PORTS=${STEWARD_TESTBED_PODMAN_PLAIN_HTTP_PORTS:-5081 5082 5083 5084 5085 5086 5087}
 need podman podman
 mkdir -p "$STATE/podman" "$(dirname "$PODMAN_SOCKET")"
 getent group podman >/dev/null || groupadd --system podman
@@ -197,7 +198,7 @@ getent group podman >/dev/null || groupadd --system podman
 # pull tried from the internet (the tests reach nothing beyond this machine).
 {
   printf 'unqualified-search-registries = []\n'
-  for port in "$REGISTRY_PORT" "$REGISTRY_AUTH_PORT" $PODMAN_STACK_REGISTRY_PORTS; do
+  for port in "$REGISTRY_PORT" "$REGISTRY_AUTH_PORT" $PODMAN_PLAIN_HTTP_PORTS; do
     printf '[[registry]]\nlocation = "127.0.0.1:%s"\ninsecure = true\n' "$port"
   done
   printf '[[registry]]\nlocation = "docker.io"\nblocked = true\n'
@@ -258,7 +259,7 @@ export STEWARD_TEST_MAILDIR=$STATE/maildir
 export STEWARD_TEST_APP_IMAGE=steward-test/app
 export STEWARD_TEST_POSTGRES_IMAGE=steward-test/postgres:15
 export STEWARD_TEST_PODMAN_SOCKET=$PODMAN_SOCKET
-export STEWARD_TEST_PODMAN_STACK_REGISTRY_PORTS="$PODMAN_STACK_REGISTRY_PORTS"
+export STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS="$PODMAN_PLAIN_HTTP_PORTS"
 EOF
 log "ready:"
 log "  docker      $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"

@@ -83,13 +83,13 @@ fn registry_port() -> u16 {
     // registry binds it: a port handed out is not handed out again by this process.
     static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ports = testbed::require("STEWARD_TEST_PODMAN_STACK_REGISTRY_PORTS");
+    let ports = testbed::podman_plain_http_ports();
     let port = ports
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
+        .iter()
+        .copied()
         .filter(|p| !taken.contains(p))
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .unwrap_or_else(|| panic!("none of the Podman stack registry ports {ports} is free"));
+        .unwrap_or_else(|| panic!("none of Podman's plain-http registry ports {ports:?} is free"));
     taken.push(port);
     port
 }

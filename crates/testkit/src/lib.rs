@@ -58,6 +58,14 @@ pub mod testbed {
     pub fn nats_url() -> String {
         require("STEWARD_TEST_NATS_URL")
     }
+
+    /// Ports of 127.0.0.1 Podman takes as plain-http registries besides the test bed's own
+    /// (its registries.conf lists them: a port cannot be a wildcard there, and Podman, unlike
+    /// Docker, does not take 127.0.0.0/8 as plain http): for a registry a test starts itself.
+    pub fn podman_plain_http_ports() -> Vec<u16> {
+        let ports = require("STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS");
+        ports.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
 }
 
 /// A fresh name for a test resource: `PREFIX-<12 hex>`.
