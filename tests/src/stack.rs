@@ -76,22 +76,10 @@ fn local_images() -> Vec<String> {
 /// The stack's registry port: any free one on Docker (which takes 127.0.0.0/8 as plain
 /// http); on Podman the first free one of those the test bed lists as plain http.
 fn registry_port() -> u16 {
-    if podman_socket().is_none() {
-        return free_port();
+    match podman_socket() {
+        None => free_port(),
+        Some(_) => testbed::podman_plain_http_port(),
     }
-    // Two stacks of one test binary would both find the first port free before either's
-    // registry binds it: a port handed out is not handed out again by this process.
-    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ports = testbed::podman_plain_http_ports();
-    let port = ports
-        .iter()
-        .copied()
-        .filter(|p| !taken.contains(p))
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .unwrap_or_else(|| panic!("none of Podman's plain-http registry ports {ports:?} is free"));
-    taken.push(port);
-    port
 }
 
 pub fn repo() -> PathBuf {

@@ -49,15 +49,9 @@ async fn the_deployers_image_deploys_through_the_socket_proxy_as_its_own_user() 
     let sockets = repo.root.join("sockets");
     std::fs::create_dir_all(&sockets).expect("socket dir");
     let socket = sockets.join("docker.sock");
-    // In front of the engine under test: the proxy reads its own setting, not DOCKER_HOST
-    // (on Podman it otherwise deployed to Docker, and the test passed there).
-    let mut proxy_env =
-        vec![("STEWARD_SOCKPROXY_SOCKETS", format!("deployer={}", socket.display()))];
-    if let Some(podman) = steward_system_tests::stack::podman_socket() {
-        proxy_env.push(("STEWARD_SOCKPROXY_UPSTREAM", podman));
-    }
-    let proxy = Proc::start("steward-sockproxy", &proxy_env);
-    wait_for("the proxy's socket", Duration::from_secs(20), || socket.exists().then_some(()));
+    // In front of the engine under test (before, on Podman, it fronted Docker's socket, and the
+    // test passed there).
+    let proxy = deployer_proxy(&socket);
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let deploy_dir = repo.root.join("deploy");
     std::fs::create_dir_all(&deploy_dir).expect("deploy dir");

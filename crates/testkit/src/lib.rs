@@ -59,12 +59,25 @@ pub mod testbed {
         require("STEWARD_TEST_NATS_URL")
     }
 
-    /// Ports of 127.0.0.1 Podman takes as plain-http registries besides the test bed's own
-    /// (its registries.conf lists them: a port cannot be a wildcard there, and Podman, unlike
-    /// Docker, does not take 127.0.0.0/8 as plain http): for a registry a test starts itself.
-    pub fn podman_plain_http_ports() -> Vec<u16> {
+    /// A free one of the ports of 127.0.0.1 Podman takes as plain-http registries besides the
+    /// test bed's own (its registries.conf lists them: a port cannot be a wildcard there, and
+    /// Podman, unlike Docker, does not take 127.0.0.0/8 as plain http), for a registry a test
+    /// starts itself. Two registries of one test binary would both find the first port free
+    /// before either binds it: a port handed out is not handed out again by this process.
+    pub fn podman_plain_http_port() -> u16 {
+        static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ports = require("STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS");
-        ports.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+        let port = ports
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| !taken.contains(p))
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .unwrap_or_else(|| {
+                panic!("none of Podman's plain-http registry ports {ports} is free")
+            });
+        taken.push(port);
+        port
     }
 }
 

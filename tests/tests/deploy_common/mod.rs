@@ -229,26 +229,13 @@ impl Drop for RemovedOnDrop {
 pub fn deployer(env: &[(&'static str, String)]) -> Proc {
     let mut env = env.to_vec();
     let mut companions = vec![];
-    if let Some(upstream) = steward_testkit::testbed::var("STEWARD_TEST_PODMAN_SOCKET")
-        .filter(|_| steward_testkit::on_podman())
-    {
+    if steward_testkit::on_podman() {
         let dir = std::env::temp_dir().join(unique_name("deploy-proxy"));
         std::fs::create_dir_all(&dir).expect("proxy directory");
         // Removed however this ends (a proxy that fails to start panics below).
         let guard = RemovedOnDrop(dir.clone());
         let socket = dir.join("deployer.sock");
-        let proxy = Proc::start(
-            "steward-sockproxy",
-            &[
-                ("STEWARD_SOCKPROXY_SOCKETS", format!("deployer={}", socket.display())),
-                ("STEWARD_SOCKPROXY_UPSTREAM", upstream),
-            ],
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "socket proxy not listening: {}", proxy.logs());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let proxy = deployer_proxy(&socket);
         env.push(("DOCKER_HOST", format!("unix://{}", socket.display())));
         // The proxy ends first, then its directory goes (with the socket it leaves).
         companions.push(Box::new(guard) as Box<dyn std::any::Any + Send>);
@@ -262,6 +249,25 @@ pub fn deployer(env: &[(&'static str, String)]) -> Proc {
         std::thread::sleep(Duration::from_millis(50));
     }
     p
+}
+
+/// The real `steward-sockproxy` with the deployer's role on `socket`, in front of the engine
+/// under test (it reads its own setting, not DOCKER_HOST: on Podman, Podman's socket), once
+/// it listens.
+pub fn deployer_proxy(socket: &std::path::Path) -> Proc {
+    let mut env = vec![("STEWARD_SOCKPROXY_SOCKETS", format!("deployer={}", socket.display()))];
+    if let Some(podman) = steward_testkit::testbed::var("STEWARD_TEST_PODMAN_SOCKET")
+        .filter(|_| steward_testkit::on_podman())
+    {
+        env.push(("STEWARD_SOCKPROXY_UPSTREAM", podman));
+    }
+    let proxy = Proc::start("steward-sockproxy", &env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "socket proxy not listening: {}", proxy.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy
 }
 
 /// HMAC-SHA256 of `body` in hex, by openssl (an implementation independent of ours).
