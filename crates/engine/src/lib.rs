@@ -24,7 +24,7 @@ pub use credentials::{registry_credentials, CredentialsError, RegistryCredential
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use images::ListedImage;
 pub use ops::{ExecOutput, HealthView, ListedContainer};
-pub use project::{ProjectDir, ProjectFile};
+pub use project::{ProjectDir, ProjectFile, PROJECT_HELPER};
 pub use recreate::Replacement;
 pub use streams::{ExecSpec, ExecStream};
 

@@ -25,7 +25,7 @@ pub const PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 /// walk began and whether `tar` is there (changed entries are then read by one exec); records
 /// follow, NUL-terminated from GNU find, newline-terminated from busybox's stat (whose names
 /// cannot hold a newline unnoticed: see [`parse`]).
-const SCRIPT: &str = r#"set -u
+pub(crate) const SCRIPT: &str = r#"set -u
 tar=no
 command -v tar >/dev/null 2>&1 && tar=tar
 if find "$1" -maxdepth 0 -printf '' >/dev/null 2>&1; then

@@ -3,13 +3,22 @@
 //! the mounts of a stopped container). The updater runs in a container of its own and has
 //! the Docker API but no view of the host's files; this gives it the one directory it needs,
 //! for as long as it needs it, without a standing mount in its compose file.
+//!
+//! Podman's archive read gives every entry root's owner (docs/podman.md), so there a file's
+//! owner is listed by a one-shot container of the same image with the directory mounted
+//! read-only: a write-back keeps the owner the file has, or is refused, never made root's.
 
 use std::io::Read as _;
+use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::query_parameters::CreateContainerOptions;
+use bollard::container::LogOutput;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
+};
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions, StartContainerOptions};
 use futures::StreamExt as _;
 
+use crate::listing::{self, Kind};
 use crate::{Engine, EngineError};
 
 /// The label of a project directory's helper: who made it (the updater: the update's id).
@@ -18,6 +27,10 @@ pub const PROJECT_HELPER: &str = "steward.project-helper";
 const AT: &str = "/project";
 /// The largest file read this way: compose files and `.env` are a few KiB.
 const MAX_FILE: usize = 1 << 20;
+/// How long the listing of one file's owner may take (on Podman), start to exit.
+const OWNER_LISTING: Duration = Duration::from_secs(30);
+/// One file's listing is a header line and a record; anything longer is not one.
+const MAX_OWNER_LISTING: usize = 64 << 10;
 
 /// One file as the archive API gives it: content, and the owner and mode it is written back
 /// with (so a write-back changes neither).
@@ -40,6 +53,10 @@ pub struct ProjectDir {
     engine: Engine,
     id: String,
     dir: String,
+    /// The helper's image (the `like` container's), for the owner's listing on Podman.
+    image: String,
+    /// The helpers' label value.
+    owner: String,
 }
 
 impl Engine {
@@ -69,7 +86,7 @@ impl Engine {
             .ok_or_else(|| self.failed(&what, format!("no container {like} to take the image of")))?
             .image_id;
         let body = ContainerCreateBody {
-            image: Some(image),
+            image: Some(image.clone()),
             entrypoint: Some(vec!["/steward-never-started".into()]),
             network_disabled: Some(true),
             labels: Some([(PROJECT_HELPER.to_owned(), owner.to_owned())].into()),
@@ -93,7 +110,13 @@ impl Engine {
             .timed(docker.create_container(None::<CreateContainerOptions>, body))
             .await
             .map_err(|e| self.call_failed(&what, e))?;
-        Ok(ProjectDir { engine: self.clone(), id: created.id, dir: dir.to_owned() })
+        Ok(ProjectDir {
+            engine: self.clone(),
+            id: created.id,
+            dir: dir.to_owned(),
+            image,
+            owner: owner.to_owned(),
+        })
     }
 }
 
@@ -114,29 +137,132 @@ impl ProjectDir {
             }
             tar.extend_from_slice(&chunk);
         }
-        let mut archive = tar::Archive::new(tar.as_slice());
-        let mut entries = archive.entries().map_err(|e| self.engine.failed(&what, e))?;
-        let Some(entry) = entries.next() else {
-            return Err(self.engine.failed(&what, "the engine sent an empty archive"));
+        let (mut file, size) = only_file(&tar).map_err(|e| self.engine.failed(&what, e))?;
+        if self.engine.is_podman().await? {
+            (file.uid, file.gid) = self.listed_owner(rel, size, file.mode).await.map_err(|why| {
+                self.engine.failed(
+                    &what,
+                    format!("Podman's archive gives every file root's owner, and its own owner could not be listed: {why}"),
+                )
+            })?;
+        }
+        Ok(Some(file))
+    }
+
+    /// The owner of file `rel` as a one-shot container of the helper's image lists it (the
+    /// directory mounted read-only; `find` as root, as the backups' listing), when the listed
+    /// entry is the file read: a regular file of `size` bytes with permission bits `mode`.
+    async fn listed_owner(&self, rel: &str, size: u64, mode: u32) -> Result<(u64, u64), String> {
+        let path = format!("{AT}/{rel}");
+        let id = self.start_lister(&path).await.map_err(|e| e.to_string())?;
+        let listed = self.lister_output(&id).await;
+        if let Err(e) = self.engine.remove(&id, true).await {
+            tracing::warn!(error = %e, "cannot remove the owner's listing container");
+        }
+        let listing = listing::parse(&path, &listed?)?;
+        let mut entries = listing.entries.into_values();
+        let (Some(stat), None) = (entries.next(), entries.next()) else {
+            return Err("the listing is not of one file".into());
         };
-        let mut entry = entry.map_err(|e| self.engine.failed(&what, e))?;
-        let header = entry.header().clone();
-        if header.entry_type() != tar::EntryType::Regular {
-            return Err(self.engine.failed(&what, "not a regular file"));
+        if (stat.kind, stat.size, stat.perms) != (Kind::File, size, mode & 0o7777) {
+            return Err(format!(
+                "the file changed while it was read (listed {:?} of {} bytes, mode {:o})",
+                stat.kind, stat.size, stat.perms
+            ));
         }
-        let size = header.size().map_err(|e| self.engine.failed(&what, e))?;
-        if size > MAX_FILE as u64 {
-            return Err(self.engine.failed(&what, "larger than 1 MiB"));
+        Ok((u64::from(stat.uid), u64::from(stat.gid)))
+    }
+
+    /// Creates and starts the container listing `path`, labelled like the helper (so one
+    /// left by a kill goes with the helpers: [`Engine::open_project_dir`]).
+    async fn start_lister(&self, path: &str) -> Result<String, EngineError> {
+        let what = format!("list the owner of {path} in {}", self.dir);
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            entrypoint: Some(vec!["/bin/sh".into()]),
+            cmd: Some(vec![
+                "-c".into(),
+                listing::SCRIPT.into(),
+                "steward-list".into(),
+                path.to_owned(),
+            ]),
+            env: Some(vec![listing::PATH.into()]),
+            user: Some("0".into()),
+            network_disabled: Some(true),
+            labels: Some([(PROJECT_HELPER.to_owned(), self.owner.clone())].into()),
+            host_config: Some(HostConfig {
+                mounts: Some(vec![Mount {
+                    target: Some(AT.into()),
+                    source: Some(self.dir.clone()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    ..Default::default()
+                }]),
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let docker = self.engine.client()?;
+        let created = self
+            .engine
+            .timed(docker.create_container(None::<CreateContainerOptions>, body))
+            .await
+            .map_err(|e| self.engine.call_failed(&what, e))?;
+        let started =
+            self.engine.timed(docker.start_container(&created.id, None::<StartContainerOptions>));
+        if let Err(e) = started.await {
+            let _ = self.engine.remove(&created.id, true).await;
+            return Err(self.engine.call_failed(&what, e));
         }
-        let mut content = Vec::new();
-        entry.read_to_end(&mut content).map_err(|e| self.engine.failed(&what, e))?;
-        let field = |r: std::io::Result<u64>| r.map_err(|e| self.engine.failed(&what, e));
-        Ok(Some(ProjectFile {
-            content,
-            mode: header.mode().map_err(|e| self.engine.failed(&what, e))?,
-            uid: field(header.uid())?,
-            gid: field(header.gid())?,
-        }))
+        Ok(created.id)
+    }
+
+    /// What lister `id` printed once it exited with 0 (polled: the updater's socket proxy has
+    /// no `wait`); its exit code and error output otherwise.
+    async fn lister_output(&self, id: &str) -> Result<Vec<u8>, String> {
+        let docker = self.engine.client().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + OWNER_LISTING;
+        let exit_code = loop {
+            let c = self
+                .engine
+                .timed(self.engine.inspect_container(&docker, id))
+                .await
+                .map_err(|e| e.to_string())?;
+            let state = c.state.unwrap_or_default();
+            if matches!(
+                state.status,
+                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+            ) {
+                break state.exit_code.unwrap_or(-1);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("it did not end within {} s", OWNER_LISTING.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let options = LogsOptions { stdout: true, stderr: exit_code != 0, ..Default::default() };
+        let mut logs =
+            crate::deadline::idle_bounded(docker.logs(id, Some(options)), self.engine.deadline);
+        let (mut out, mut err) = (vec![], vec![]);
+        while let Some(part) = logs.next().await {
+            match part.map_err(|e| e.to_string())? {
+                LogOutput::StdOut { message } => out.extend_from_slice(&message),
+                LogOutput::StdErr { message } => err.extend_from_slice(&message),
+                _ => {}
+            }
+            if out.len().saturating_add(err.len()) > MAX_OWNER_LISTING {
+                return Err("its output is longer than a file's listing".into());
+            }
+        }
+        if exit_code != 0 {
+            let err = String::from_utf8_lossy(&err);
+            return Err(format!(
+                "the listing exited with {exit_code} (the image needs /bin/sh and find): {}",
+                err.trim()
+            ));
+        }
+        Ok(out)
     }
 
     /// Replaces the file at `rel` by `file` (its owner and mode as given). The whole file goes
@@ -191,4 +317,29 @@ impl Engine {
             Err(e) => Err(self.call_failed(&format!("look for {path} in {container}"), e)),
         }
     }
+}
+
+/// The one regular file in `tar` (at most 1 MiB), as its header says, and its size.
+fn only_file(tar: &[u8]) -> Result<(ProjectFile, u64), String> {
+    let mut archive = tar::Archive::new(tar);
+    let mut entries = archive.entries().map_err(|e| e.to_string())?;
+    let entry = entries.next().ok_or("the engine sent an empty archive")?;
+    let mut entry = entry.map_err(|e| e.to_string())?;
+    let header = entry.header().clone();
+    if header.entry_type() != tar::EntryType::Regular {
+        return Err("not a regular file".into());
+    }
+    let size = header.size().map_err(|e| e.to_string())?;
+    if size > MAX_FILE as u64 {
+        return Err("larger than 1 MiB".into());
+    }
+    let mut content = Vec::new();
+    entry.read_to_end(&mut content).map_err(|e| e.to_string())?;
+    let file = ProjectFile {
+        content,
+        mode: header.mode().map_err(|e| e.to_string())?,
+        uid: header.uid().map_err(|e| e.to_string())?,
+        gid: header.gid().map_err(|e| e.to_string())?,
+    };
+    Ok((file, size))
 }

@@ -300,3 +300,107 @@ async fn an_image_keeps_its_repositorys_digest_after_its_tag_moved() {
     assert!(after.contains(&wanted), "{wanted} lost when the tag moved: {after:?}");
     assert!(after.iter().all(|d| !d.starts_with("localhost/")), "{after:?}");
 }
+
+/// A project directory of its own (mode 0755, so any uid in a container can reach it), with
+/// `.env` owned 1234:2345, mode 0640; removed when dropped.
+struct ProjectDir(std::path::PathBuf);
+
+impl ProjectDir {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(unique_name("podman-project"));
+        std::fs::create_dir_all(&dir).expect("project dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let env = dir.join(".env");
+        std::fs::write(&env, "APP_IMAGE=app:1.0\n").expect("write .env");
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        std::os::unix::fs::chown(&env, Some(1234), Some(2345)).expect("chown");
+        Self(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp dir")
+    }
+
+    /// `.env`'s mode, owner and group on the host.
+    fn env_stat(&self) -> (u32, u32, u32) {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(self.0.join(".env")).expect("stat .env");
+        (meta.mode() & 0o7777, meta.uid(), meta.gid())
+    }
+}
+
+impl Drop for ProjectDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// No container labelled as `owner`'s project helper (or owner listing) is left on Podman.
+fn assert_no_project_helper(owner: &str) {
+    let filter = format!("label={}={owner}", steward_engine::PROJECT_HELPER);
+    let left = cli(&["ps", "-aq", "--filter", &filter]);
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "helper containers left");
+}
+
+/// The updater's write-back reads a project file's owner to write the new content back as
+/// that owner's. Podman's archive read gives every file root's owner, and the write-back made
+/// an operator's `.env` root's (`tests/tests/write_back.rs` on Podman). The owner read is the
+/// file's, and the write keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_files_owner_is_the_files_not_root_and_a_write_keeps_it() {
+    let Some(engine) = podman() else { return };
+    let project = ProjectDir::new();
+    let like = unique_name("podman-like");
+    let _containers = Containers(vec![like.clone()]);
+    let create = cli(&["create", "--name", &like, "steward-test/busybox:latest", "true"]);
+    assert!(create.status.success(), "podman create: {}", String::from_utf8_lossy(&create.stderr));
+    let owner = unique_name("owner");
+
+    let dir = engine.open_project_dir(project.path(), &like, &owner).await.expect("open");
+    let file = dir.read(".env").await.expect("read .env").expect(".env is there");
+    assert_eq!(file.content, b"APP_IMAGE=app:1.0\n");
+    assert_eq!((file.mode & 0o7777, file.uid, file.gid), (0o640, 1234, 2345), "{file:?}");
+    let new = steward_engine::ProjectFile { content: b"APP_IMAGE=app:1.1\n".to_vec(), ..file };
+    dir.write(".env", &new).await.expect("write .env");
+    dir.close().await.expect("close");
+
+    assert_eq!(std::fs::read(project.0.join(".env")).expect("read back"), b"APP_IMAGE=app:1.1\n");
+    assert_eq!(project.env_stat(), (0o640, 1234, 2345), "the owner or mode changed");
+    assert_no_project_helper(&owner);
+}
+
+/// Where the owner cannot be listed (an image without a shell: distroless, `scratch`), the
+/// read fails saying why, rather than hand back root's owner for the write to put on the file;
+/// the updater then refuses the write-back and the file stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_files_owner_that_cannot_be_listed_fails_the_read() {
+    let Some(engine) = podman() else { return };
+    let project = ProjectDir::new();
+    // An image of one file and nothing else, imported from a tar (no registry, no build).
+    let image = format!("localhost/{}:1", unique_name("steward-test/no-shell"));
+    let rootfs = project.0.join("rootfs.tar");
+    let tar = std::process::Command::new("tar")
+        .args(["-cf", rootfs.to_str().expect("utf-8"), "-C", project.path(), ".env"])
+        .status()
+        .expect("run tar");
+    assert!(tar.success(), "tar");
+    let imported = cli(&["import", rootfs.to_str().expect("utf-8"), &image]);
+    assert!(imported.status.success(), "import: {}", String::from_utf8_lossy(&imported.stderr));
+    let _image = Names(vec![image.clone()]);
+    std::fs::remove_file(&rootfs).expect("remove the tar");
+    let like = unique_name("podman-no-shell");
+    let _containers = Containers(vec![like.clone()]);
+    let create = cli(&["create", "--name", &like, &image, "/nothing"]);
+    assert!(create.status.success(), "podman create: {}", String::from_utf8_lossy(&create.stderr));
+    let owner = unique_name("owner");
+
+    let dir = engine.open_project_dir(project.path(), &like, &owner).await.expect("open");
+    let read = dir.read(".env").await;
+    dir.close().await.expect("close");
+    let e = read.expect_err("root's owner handed back");
+    assert!(e.to_string().contains("could not be listed"), "{e}");
+    assert!(matches!(e, steward_engine::EngineError::Operation { .. }), "{e:?}");
+    assert_eq!(project.env_stat(), (0o640, 1234, 2345));
+    assert_no_project_helper(&owner);
+}
