@@ -188,7 +188,8 @@ async fn a_backup_on_podman_restores_and_verifies() {
     let long = "n".repeat(97);
     let script = format!(
         "mkdir -p /data/sub && echo kept > /data/sub/a.txt && echo long > /data/{long} \
-         && ln /data/sub/a.txt /data/hard && ln -s sub/a.txt /data/soft"
+         && ln /data/sub/a.txt /data/hard && ln -s sub/a.txt /data/soft \
+         && chown 1000:100 /data/sub /data/sub/a.txt && chown 33:44 /data/{long}"
     );
     podman(&["exec", &stopped, "sh", "-c", &script]);
     let mut stop_env = bucket.env();
@@ -216,12 +217,27 @@ async fn a_backup_on_podman_restores_and_verifies() {
         "-c",
         &format!(
             "cat /data/sub/a.txt /data/{long}; readlink /data/soft; \
-             [ /data/hard -ef /data/sub/a.txt ] && echo linked; ls /data"
+             [ /data/hard -ef /data/sub/a.txt ] && echo linked; ls /data; \
+             stat -c %u:%g /data/sub /data/sub/a.txt /data/{long}"
         ),
     ]);
+    // With their owners: the stopped container's volume is listed in a one-shot container
+    // sharing it (before, Podman's archive read made every restored file root's).
     assert_eq!(
         listing.lines().collect::<Vec<_>>(),
-        ["kept", "long", "sub/a.txt", "linked", "hard", long.as_str(), "soft", "sub"],
+        [
+            "kept",
+            "long",
+            "sub/a.txt",
+            "linked",
+            "hard",
+            long.as_str(),
+            "soft",
+            "sub",
+            "1000:100",
+            "1000:100",
+            "33:44"
+        ],
         "{listing}"
     );
     assert_eq!(podman(&["inspect", "-f", "{{.State.Running}}", &stopped]), "true");

@@ -284,6 +284,61 @@ pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listin
     parse(path, &out)
 }
 
+/// Lists `path` in a one-shot container of `image` made for it, for files no running
+/// container can list: a stopped container's volumes, a host directory bind-mounted
+/// read-only (`host_config` says which; never a network). It runs as root, idles until the
+/// listing has run in it by exec (as [`list`]), and is removed (with its anonymous volumes when
+/// `volumes`: an image's `VOLUME`s, never a borrowed one's). Labelled `label`, so that one left
+/// by a kill can be found. Needs `/bin/sh`, `sleep` and `find` in the image.
+pub(crate) async fn list_in_oneshot(
+    engine: &Engine,
+    image: &str,
+    host_config: bollard::models::HostConfig,
+    label: (&str, &str),
+    volumes: bool,
+    path: &str,
+) -> Result<Listing, String> {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        entrypoint: Some(vec!["/bin/sh".into()]),
+        // Bounded, so that one a kill left behind ends by itself.
+        cmd: Some(vec!["-c".into(), "exec sleep 3600".into()]),
+        env: Some(vec![PATH.into()]),
+        user: Some("0".into()),
+        network_disabled: Some(true),
+        labels: Some([(label.0.to_owned(), label.1.to_owned())].into()),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some("none".into()),
+            ..host_config
+        }),
+        ..Default::default()
+    };
+    let docker = engine.client().map_err(|e| e.to_string())?;
+    let created = engine
+        .timed(docker.create_container(None::<CreateContainerOptions>, body))
+        .await
+        .map_err(|e| format!("cannot create a container to list it in: {e}"))?;
+    let listed = async {
+        engine
+            .timed(docker.start_container(&created.id, None::<StartContainerOptions>))
+            .await
+            .map_err(|e| format!("cannot start a container to list it in: {e}"))?;
+        list(engine, &created.id, path).await
+    }
+    .await;
+    let options = bollard::query_parameters::RemoveContainerOptions {
+        force: true,
+        v: volumes,
+        ..Default::default()
+    };
+    if let Err(e) = engine.timed(docker.remove_container(&created.id, Some(options))).await {
+        tracing::warn!(container = %created.id, error = %e, "cannot remove the listing's container");
+    }
+    listed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,13 +9,9 @@
 //! read-only: a write-back keeps the owner the file has, or is refused, never made root's.
 
 use std::io::Read as _;
-use std::time::{Duration, Instant};
 
-use bollard::container::LogOutput;
-use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
-};
-use bollard::query_parameters::{CreateContainerOptions, LogsOptions, StartContainerOptions};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::CreateContainerOptions;
 use futures::StreamExt as _;
 
 use crate::listing::{self, Kind};
@@ -27,10 +23,6 @@ pub const PROJECT_HELPER: &str = "steward.project-helper";
 const AT: &str = "/project";
 /// The largest file read this way: compose files and `.env` are a few KiB.
 const MAX_FILE: usize = 1 << 20;
-/// How long the listing of one file's owner may take (on Podman), start to exit.
-const OWNER_LISTING: Duration = Duration::from_secs(30);
-/// One file's listing is a header line and a record; anything longer is not one.
-const MAX_OWNER_LISTING: usize = 64 << 10;
 
 /// One file as the archive API gives it: content, and the owner and mode it is written back
 /// with (so a write-back changes neither).
@@ -154,12 +146,21 @@ impl ProjectDir {
     /// entry is the file read: a regular file of `size` bytes with permission bits `mode`.
     async fn listed_owner(&self, rel: &str, size: u64, mode: u32) -> Result<(u64, u64), String> {
         let path = format!("{AT}/{rel}");
-        let id = self.start_lister(&path).await.map_err(|e| e.to_string())?;
-        let listed = self.lister_output(&id).await;
-        if let Err(e) = self.engine.remove(&id, true).await {
-            tracing::warn!(error = %e, "cannot remove the owner's listing container");
-        }
-        let listing = listing::parse(&path, &listed?)?;
+        let mounted = HostConfig {
+            mounts: Some(vec![Mount {
+                target: Some(AT.into()),
+                source: Some(self.dir.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        // Labelled like the helper: one left by a kill goes with the helpers.
+        let label = (PROJECT_HELPER, self.owner.as_str());
+        let listing =
+            listing::list_in_oneshot(&self.engine, &self.image, mounted, label, true, &path)
+                .await?;
         let mut entries = listing.entries.into_values();
         let (Some(stat), None) = (entries.next(), entries.next()) else {
             return Err("the listing is not of one file".into());
@@ -171,98 +172,6 @@ impl ProjectDir {
             ));
         }
         Ok((u64::from(stat.uid), u64::from(stat.gid)))
-    }
-
-    /// Creates and starts the container listing `path`, labelled like the helper (so one
-    /// left by a kill goes with the helpers: [`Engine::open_project_dir`]).
-    async fn start_lister(&self, path: &str) -> Result<String, EngineError> {
-        let what = format!("list the owner of {path} in {}", self.dir);
-        let body = ContainerCreateBody {
-            image: Some(self.image.clone()),
-            entrypoint: Some(vec!["/bin/sh".into()]),
-            cmd: Some(vec![
-                "-c".into(),
-                listing::SCRIPT.into(),
-                "steward-list".into(),
-                path.to_owned(),
-            ]),
-            env: Some(vec![listing::PATH.into()]),
-            user: Some("0".into()),
-            network_disabled: Some(true),
-            labels: Some([(PROJECT_HELPER.to_owned(), self.owner.clone())].into()),
-            host_config: Some(HostConfig {
-                mounts: Some(vec![Mount {
-                    target: Some(AT.into()),
-                    source: Some(self.dir.clone()),
-                    typ: Some(MountType::BIND),
-                    read_only: Some(true),
-                    ..Default::default()
-                }]),
-                network_mode: Some("none".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let docker = self.engine.client()?;
-        let created = self
-            .engine
-            .timed(docker.create_container(None::<CreateContainerOptions>, body))
-            .await
-            .map_err(|e| self.engine.call_failed(&what, e))?;
-        let started =
-            self.engine.timed(docker.start_container(&created.id, None::<StartContainerOptions>));
-        if let Err(e) = started.await {
-            let _ = self.engine.remove(&created.id, true).await;
-            return Err(self.engine.call_failed(&what, e));
-        }
-        Ok(created.id)
-    }
-
-    /// What lister `id` printed once it exited with 0 (polled: the updater's socket proxy has
-    /// no `wait`); its exit code and error output otherwise.
-    async fn lister_output(&self, id: &str) -> Result<Vec<u8>, String> {
-        let docker = self.engine.client().map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + OWNER_LISTING;
-        let exit_code = loop {
-            let c = self
-                .engine
-                .timed(self.engine.inspect_container(&docker, id))
-                .await
-                .map_err(|e| e.to_string())?;
-            let state = c.state.unwrap_or_default();
-            if matches!(
-                state.status,
-                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
-            ) {
-                break state.exit_code.unwrap_or(-1);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("it did not end within {} s", OWNER_LISTING.as_secs()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let options = LogsOptions { stdout: true, stderr: exit_code != 0, ..Default::default() };
-        let mut logs =
-            crate::deadline::idle_bounded(docker.logs(id, Some(options)), self.engine.deadline);
-        let (mut out, mut err) = (vec![], vec![]);
-        while let Some(part) = logs.next().await {
-            match part.map_err(|e| e.to_string())? {
-                LogOutput::StdOut { message } => out.extend_from_slice(&message),
-                LogOutput::StdErr { message } => err.extend_from_slice(&message),
-                _ => {}
-            }
-            if out.len().saturating_add(err.len()) > MAX_OWNER_LISTING {
-                return Err("its output is longer than a file's listing".into());
-            }
-        }
-        if exit_code != 0 {
-            let err = String::from_utf8_lossy(&err);
-            return Err(format!(
-                "the listing exited with {exit_code} (the image needs /bin/sh and find): {}",
-                err.trim()
-            ));
-        }
-        Ok(out)
     }
 
     /// Replaces the file at `rel` by `file` (its owner and mode as given). The whole file goes

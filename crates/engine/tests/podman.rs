@@ -404,3 +404,63 @@ async fn a_project_files_owner_that_cannot_be_listed_fails_the_read() {
     assert_eq!(project.env_stat(), (0o640, 1234, 2345));
     assert_no_project_helper(&owner);
 }
+
+/// The owners in an archive read of `path` of `container` through `engine`, by entry name.
+async fn archived_owners(
+    engine: &Engine,
+    container: &str,
+    path: &str,
+) -> std::collections::BTreeMap<String, (u64, u64)> {
+    use futures::StreamExt as _;
+    let mut tar = vec![];
+    let mut stream = engine.download_path_listed(container, path, None);
+    while let Some(chunk) = stream.next().await {
+        tar.extend_from_slice(&chunk.expect("archive read"));
+    }
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut owners = std::collections::BTreeMap::new();
+    for entry in archive.entries().expect("a tar") {
+        let entry = entry.expect("an entry");
+        let h = entry.header();
+        let name = entry.path().expect("a name").to_string_lossy().trim_end_matches('/').to_owned();
+        owners.insert(name, (h.uid().expect("uid"), h.gid().expect("gid")));
+    }
+    owners
+}
+
+/// A backup that stops its container (`steward.backup.stop=true`) reads the path of a stopped
+/// container, which cannot be listed by exec. Its files came back root's on Podman. A path on
+/// a volume is listed in a one-shot container sharing the volumes read-only, and keeps its
+/// owners; one in the container's own layer cannot be (the loss docs/podman.md states).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_containers_volume_is_read_with_its_owners() {
+    let Some(engine) = podman() else { return };
+    let name = unique_name("podman-stopped");
+    let _containers = Containers(vec![name.clone()]);
+    let script = "mkdir -p /data/d /layer && echo hi > /data/d/f && chown 1000:100 /data/d \
+        && chown 33:44 /data/d/f && echo hi > /layer/f && chown 1000:100 /layer/f";
+    let run = cli(&[
+        "run",
+        "--name",
+        &name,
+        "-v",
+        "/data",
+        "steward-test/busybox:latest",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
+    let brief = engine.brief(&name).await.expect("inspect").expect("it exists");
+    assert!(!brief.running, "the container ended");
+
+    let owners = archived_owners(&engine, &name, "/data").await;
+    assert_eq!(owners.get("data/d"), Some(&(1000, 100)), "{owners:?}");
+    assert_eq!(owners.get("data/d/f"), Some(&(33, 44)), "{owners:?}");
+    // The container's own layer: no other container can see it, so no listing.
+    let owners = archived_owners(&engine, &name, "/layer").await;
+    assert_eq!(owners.get("layer/f"), Some(&(0, 0)), "the stated loss changed: {owners:?}");
+    let filter = format!("label=steward.helper={name}");
+    let left = cli(&["ps", "-aq", "--filter", &filter]);
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "listing containers left");
+}
