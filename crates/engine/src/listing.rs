@@ -286,10 +286,13 @@ pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listin
 
 /// Lists `path` in a one-shot container of `image` made for it, for files no running
 /// container can list: a stopped container's volumes, a host directory bind-mounted
-/// read-only (`host_config` says which; never a network). It runs as root, idles until the
-/// listing has run in it by exec (as [`list`]), and is removed (with its anonymous volumes when
-/// `volumes`: an image's `VOLUME`s, never a borrowed one's). Labelled `label`, so that one left
-/// by a kill can be found. Needs `/bin/sh`, `sleep` and `find` in the image.
+/// read-only (`host_config` says which; never a network). It runs as root with every
+/// capability dropped but reading past permissions, gains none, idles until the listing has
+/// run in it by exec (as [`list`]), and is removed (with its anonymous volumes when
+/// `volumes`: an image's `VOLUME`s, never a borrowed one's). One left by a kill ends within
+/// the hour and the engine removes it (`AutoRemove`). Labelled `label`. Needs `/bin/sh`,
+/// `sleep` and `find` in the image. The outer error is the engine's (a create or start that
+/// failed, timed out or found no engine), the inner one the listing's.
 pub(crate) async fn list_in_oneshot(
     engine: &Engine,
     image: &str,
@@ -297,13 +300,13 @@ pub(crate) async fn list_in_oneshot(
     label: (&str, &str),
     volumes: bool,
     path: &str,
-) -> Result<Listing, String> {
+) -> Result<Result<Listing, String>, crate::EngineError> {
     use bollard::models::ContainerCreateBody;
     use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
+    let what = format!("start a container of {image} to list {path} in");
     let body = ContainerCreateBody {
         image: Some(image.to_owned()),
         entrypoint: Some(vec!["/bin/sh".into()]),
-        // Bounded, so that one a kill left behind ends by itself.
         cmd: Some(vec!["-c".into(), "exec sleep 3600".into()]),
         env: Some(vec![PATH.into()]),
         user: Some("0".into()),
@@ -311,29 +314,28 @@ pub(crate) async fn list_in_oneshot(
         labels: Some([(label.0.to_owned(), label.1.to_owned())].into()),
         host_config: Some(bollard::models::HostConfig {
             network_mode: Some("none".into()),
+            auto_remove: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(vec!["DAC_READ_SEARCH".into()]),
+            // Unconfined by SELinux labels: the one-shot reads files labelled for another
+            // container (`:Z`) or for the host; it writes nothing.
+            security_opt: Some(vec!["no-new-privileges".into(), "label=disable".into()]),
             ..host_config
         }),
         ..Default::default()
     };
-    let docker = engine.client().map_err(|e| e.to_string())?;
+    let docker = engine.client()?;
     let created = engine
         .timed(docker.create_container(None::<CreateContainerOptions>, body))
         .await
-        .map_err(|e| format!("cannot create a container to list it in: {e}"))?;
-    let listed = async {
-        engine
-            .timed(docker.start_container(&created.id, None::<StartContainerOptions>))
-            .await
-            .map_err(|e| format!("cannot start a container to list it in: {e}"))?;
-        list(engine, &created.id, path).await
-    }
-    .await;
-    let options = bollard::query_parameters::RemoveContainerOptions {
-        force: true,
-        v: volumes,
-        ..Default::default()
+        .map_err(|e| engine.call_failed(&what, e))?;
+    let started =
+        engine.timed(docker.start_container(&created.id, None::<StartContainerOptions>)).await;
+    let listed = match started {
+        Ok(()) => Ok(list(engine, &created.id, path).await),
+        Err(e) => Err(engine.call_failed(&what, e)),
     };
-    if let Err(e) = engine.timed(docker.remove_container(&created.id, Some(options))).await {
+    if let Err(e) = engine.remove(&created.id, volumes).await {
         tracing::warn!(container = %created.id, error = %e, "cannot remove the listing's container");
     }
     listed

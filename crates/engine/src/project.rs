@@ -131,12 +131,22 @@ impl ProjectDir {
         }
         let (mut file, size) = only_file(&tar).map_err(|e| self.engine.failed(&what, e))?;
         if self.engine.is_podman().await? {
-            (file.uid, file.gid) = self.listed_owner(rel, size, file.mode).await.map_err(|why| {
-                self.engine.failed(
+            (file.uid, file.gid) = match self.listed_owner(rel, size, file.mode).await {
+                Ok(owner) => owner,
+                // An engine that did not answer is asked again later (the caller's retry);
+                // one that could not list is a refusal.
+                Err(OwnerUnknown::Engine(e)) if !matches!(e, EngineError::Operation { .. }) => {
+                    return Err(e)
+                }
+                Err(OwnerUnknown::Engine(e)) => return Err(self.engine.failed(
+                    &what,
+                    format!("Podman's archive gives every file root's owner, and its own owner could not be listed: {e}"),
+                )),
+                Err(OwnerUnknown::Listing(why)) => return Err(self.engine.failed(
                     &what,
                     format!("Podman's archive gives every file root's owner, and its own owner could not be listed: {why}"),
-                )
-            })?;
+                )),
+            };
         }
         Ok(Some(file))
     }
@@ -144,7 +154,12 @@ impl ProjectDir {
     /// The owner of file `rel` as a one-shot container of the helper's image lists it (the
     /// directory mounted read-only; `find` as root, as the backups' listing), when the listed
     /// entry is the file read: a regular file of `size` bytes with permission bits `mode`.
-    async fn listed_owner(&self, rel: &str, size: u64, mode: u32) -> Result<(u64, u64), String> {
+    async fn listed_owner(
+        &self,
+        rel: &str,
+        size: u64,
+        mode: u32,
+    ) -> Result<(u64, u64), OwnerUnknown> {
         let path = format!("{AT}/{rel}");
         let mounted = HostConfig {
             mounts: Some(vec![Mount {
@@ -160,16 +175,16 @@ impl ProjectDir {
         let label = (PROJECT_HELPER, self.owner.as_str());
         let listing =
             listing::list_in_oneshot(&self.engine, &self.image, mounted, label, true, &path)
-                .await?;
+                .await??;
         let mut entries = listing.entries.into_values();
         let (Some(stat), None) = (entries.next(), entries.next()) else {
-            return Err("the listing is not of one file".into());
+            return Err(OwnerUnknown::Listing("the listing is not of one file".into()));
         };
         if (stat.kind, stat.size, stat.perms) != (Kind::File, size, mode & 0o7777) {
-            return Err(format!(
+            return Err(OwnerUnknown::Listing(format!(
                 "the file changed while it was read (listed {:?} of {} bytes, mode {:o})",
                 stat.kind, stat.size, stat.perms
-            ));
+            )));
         }
         Ok((u64::from(stat.uid), u64::from(stat.gid)))
     }
@@ -251,4 +266,24 @@ fn only_file(tar: &[u8]) -> Result<(ProjectFile, u64), String> {
         gid: header.gid().map_err(|e| e.to_string())?,
     };
     Ok((file, size))
+}
+
+/// Why a file's owner is not known.
+enum OwnerUnknown {
+    /// The engine failed a call (it may answer later).
+    Engine(EngineError),
+    /// The listing failed or does not fit the file.
+    Listing(String),
+}
+
+impl From<EngineError> for OwnerUnknown {
+    fn from(e: EngineError) -> Self {
+        Self::Engine(e)
+    }
+}
+
+impl From<String> for OwnerUnknown {
+    fn from(why: String) -> Self {
+        Self::Listing(why)
+    }
 }

@@ -465,8 +465,17 @@ impl Engine {
             "" => "/",
             trimmed => trimmed,
         };
-        let on_a_mount =
-            c.mounts.iter().flatten().filter_map(|m| m.destination.as_deref()).any(|at| {
+        // Only volumes and binds are shared (`VolumesFrom`); under a tmpfs the one-shot would
+        // list its image's files.
+        let sharable =
+            |m: &&bollard::models::MountPoint| matches!(m.typ.as_deref(), Some("volume" | "bind"));
+        let on_a_mount = c
+            .mounts
+            .iter()
+            .flatten()
+            .filter(sharable)
+            .filter_map(|m| m.destination.as_deref())
+            .any(|at| {
                 let at = at.trim_end_matches('/');
                 at.is_empty()
                     || path == at
@@ -483,7 +492,9 @@ impl Engine {
             ..Default::default()
         };
         let label = ("steward.helper", container);
-        crate::listing::list_in_oneshot(self, &image, shared, label, false, path).await
+        crate::listing::list_in_oneshot(self, &image, shared, label, false, path)
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// Extracts a tar stream into directory `dir` of a container (running or stopped).

@@ -601,9 +601,29 @@ fn check_backup_host_config(host: &serde_json::Value) -> Result<(), String> {
             serde_json::Value::Array(a) => a.is_empty(),
             serde_json::Value::Object(o) => o.is_empty(),
         };
+        let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+            v.as_array()?.iter().map(|s| s.as_str().map(str::to_owned)).collect()
+        };
         let allowed = match key.as_str() {
             "NetworkMode" => value.as_str().is_some_and(|m| m == "none" || m.is_empty()),
             "VolumesFrom" => true,
+            // The one-shot listing container (`listing::list_in_oneshot`): it ends by itself,
+            // drops capabilities but reading past permissions, and gains none.
+            "AutoRemove" | "CapDrop" => true,
+            "CapAdd" => strings(value).is_some_and(|caps| {
+                caps.iter().all(|c| c.trim_start_matches("CAP_") == "DAC_READ_SEARCH")
+            }),
+            "SecurityOpt" => strings(value).is_some_and(|opts| {
+                opts.iter().all(|o| {
+                    [
+                        "no-new-privileges",
+                        "no-new-privileges:true",
+                        "label=disable",
+                        "label:disable",
+                    ]
+                    .contains(&o.as_str())
+                })
+            }),
             _ => empty,
         };
         if !allowed {
@@ -982,9 +1002,17 @@ mod tests {
             "HostConfig": {"VolumesFrom": ["gitea:ro"], "NetworkMode": "none"}});
         let borrowed = check_create(Backup, &helper).expect("the helper");
         assert_eq!(borrowed.containers, ["gitea"]);
+        let lister = json!({"Image": "busybox", "User": "0", "NetworkDisabled": true,
+            "HostConfig": {"VolumesFrom": ["gitea:ro"], "NetworkMode": "none", "AutoRemove": true,
+            "CapDrop": ["ALL"], "CapAdd": ["DAC_READ_SEARCH"],
+            "SecurityOpt": ["no-new-privileges", "label=disable"]}});
+        assert!(check_create(Backup, &lister).is_ok(), "the one-shot listing container");
         for host in [
             json!({"Privileged": true}),
             json!({"CapAdd": ["SYS_ADMIN"]}),
+            json!({"CapAdd": ["DAC_READ_SEARCH", "NET_ADMIN"]}),
+            json!({"SecurityOpt": ["apparmor=unconfined"]}),
+            json!({"SecurityOpt": ["seccomp=unconfined"]}),
             json!({"PidMode": "host"}),
             json!({"NetworkMode": "host"}),
             json!({"Devices": [{"PathOnHost": "/dev/sda"}]}),
