@@ -18,17 +18,25 @@ use super::rollback::LOG_LINES;
 
 /// The id of the container this process runs in, if it runs in one: Docker bind-mounts the
 /// container's own `hostname`, `hosts` and `resolv.conf` from
-/// `/var/lib/docker/containers/<id>/`, which `/proc/self/mountinfo` lists.
+/// `/var/lib/docker/containers/<id>/`, Podman from
+/// `.../containers/storage/overlay-containers/<id>/userdata/` (rootful and rootless), which
+/// `/proc/self/mountinfo` lists. (Podman's was not recognised: an updater updating its own
+/// container there replaced itself without a handover, stopping itself half-way.)
 pub fn own_container_id() -> Option<String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     container_id_in(&mountinfo)
 }
 
 fn container_id_in(mountinfo: &str) -> Option<String> {
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     mountinfo.lines().find_map(|line| {
-        let (_, rest) = line.split_once("/containers/")?;
-        let id = rest.split('/').next()?;
-        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+        // The mount's root within its file system: the fourth field.
+        let root = line.split(' ').nth(3)?;
+        let segments: Vec<&str> = root.split('/').collect();
+        segments.windows(2).find_map(|pair| match pair {
+            ["containers" | "overlay-containers", id] if is_id(id) => Some((*id).to_owned()),
+            _ => None,
+        })
     })
 }
 
@@ -156,5 +164,27 @@ mod tests {
         assert_eq!(container_id_in("25 1 8:1 / / rw - ext4 /dev/sda1 rw\n"), None);
         let short = "631 590 8:1 /var/lib/docker/containers/abc/hosts /etc/hosts rw - ext4 x rw\n";
         assert_eq!(container_id_in(short), None);
+    }
+
+    /// As Podman 4.3 (rootful) gives a container its mounts, read here on 2026-12-05: the
+    /// root's upper layer (another id) comes first and is not the container's.
+    #[test]
+    fn the_own_id_is_read_from_the_mounts_podman_gives_a_container() {
+        let id = "52701aa7725382531156071a375da3f5bff2f8cde3b137a9a3e048a45df8ae7a";
+        let layer = "53220d7cfe0e87dd7467037a87de8d12cdb204a6a9e04c270ae36aa51fabef4e";
+        let mountinfo = format!(
+            "180 72 0:48 / / rw,relatime - overlay overlay rw,lowerdir=/var/lib/containers/storage/overlay/l/GELR2GS7BN6KMH2YZM7CAZHAL7,upperdir=/var/lib/containers/storage/overlay/{layer}/diff,workdir=/var/lib/containers/storage/overlay/{layer}/work\n\
+             186 180 254:0 /run/containers/storage/overlay-containers/{id}/userdata/.containerenv /run/.containerenv rw,relatime - ext4 /dev/vda rw\n\
+             187 180 254:0 /run/containers/storage/overlay-containers/{id}/userdata/hostname /etc/hostname rw,relatime - ext4 /dev/vda rw\n"
+        );
+        assert_eq!(container_id_in(&mountinfo).as_deref(), Some(id));
+        // Rootless: under the user's storage.
+        let rootless = format!(
+            "201 180 0:40 /home/u/.local/share/containers/storage/overlay-containers/{id}/userdata/hosts /etc/hosts rw - ext4 x rw\n"
+        );
+        assert_eq!(container_id_in(&rootless).as_deref(), Some(id));
+        // A volume or bind whose path merely names a 64-hex directory after something else.
+        let other = format!("90 1 8:1 /srv/overlay/{layer} /data rw - ext4 x rw\n");
+        assert_eq!(container_id_in(&other), None);
     }
 }

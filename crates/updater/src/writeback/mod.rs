@@ -206,7 +206,11 @@ impl Flow {
             None => place(dir, &format!("{}/.env", dir.trim_end_matches('/'))),
         };
         let owner = record.update_id.to_string();
-        let project = self.engine.open_project_dir(dir, name, &owner).await?;
+        // The helper's image (and, on Podman, the owner listing's, which runs): Steward's own
+        // when the updater runs in a container, never code the update just pulled; else the
+        // updated container's (an updater run on the host).
+        let like = self.own_id.as_deref().unwrap_or(name);
+        let project = self.engine.open_project_dir(dir, like, &owner).await?;
         let compose_project = label(steward_labels::compose::PROJECT).unwrap_or_default();
         let result = match deployer_mark(&project, compose_project).await {
             Ok(Some(outcome)) => Ok(outcome),
