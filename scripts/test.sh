@@ -50,10 +50,10 @@ phase images images
 # STEWARD_TEST_ENGINE=podman makes the Podman tests (crates/engine/tests/podman.rs,
 # tests/tests/podman_flow.rs, podman_backup.rs, podman_self_update.rs and the socket proxy's
 # Podman healthcheck test, on the test bed's service, STEWARD_TEST_PODMAN_SOCKET) required: a
-# missing or silent Podman
-# fails them instead of letting them skip (issue 22). The engine matrix is the runner's: the
-# binaries scripts/podman-tests.txt lists run a second time with Podman's socket as
-# DOCKER_HOST, named "[podman]" in the log (docs/podman.md, "The engine matrix").
+# missing or silent Podman fails them instead of letting them skip (issue 22). The engine
+# matrix is the runner's: the binaries scripts/podman-tests.txt lists run a second time with
+# Podman's socket as DOCKER_HOST, named "[podman]" in the log (docs/podman.md, "The engine
+# matrix").
 #
 # The infrastructure checks (Terraform: checkov, python-hcl2 tests; Ansible: lint and its
 # role and deploy tests; workflows: actionlint; alert rules: promtool) share nothing with the
