@@ -482,3 +482,92 @@ async fn a_hostile_leaf_gets_nothing_into_the_centres_mail_or_output() {
         .and_then(|v| v.parse::<u64>().ok());
     assert_eq!(refused, Some(3), "{metrics}");
 }
+
+/// Host a's uplink cut while its update waits for approval: `steward approve` at the centre
+/// cannot reach a's leaf and says so (exit non-zero, naming the host): never an approval the
+/// centre reports as given that the host never gets. The host's updater goes on (nothing applied, nothing
+/// failed); once the link is back, the same command approves, and the update is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_while_the_hosts_link_is_cut_is_refused_and_applies_once_it_is_back() {
+    let (net, table) = set_up().await;
+    let scope = unique_name("scope-leaf-cut");
+    let app = app(&scope, "manual", &[]);
+    let mut procs = vec![];
+    for service in [Service::Watcher, Service::Updater] {
+        let user = service.identity(Some(A));
+        let leaf = open(&net, Some(A), &user).await;
+        let mut extra = env(&table, A, &user);
+        extra.push(("STEWARD_HOST", A.to_owned()));
+        extra.push(("STEWARD_SCOPE", scope.clone()));
+        if service == Service::Updater {
+            extra.push(("STEWARD_HEALTH_GRACE", "2s".into()));
+        }
+        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
+    }
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+    let cli =
+        |args: &[&str]| steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), args);
+
+    push_app("v2", &app.image);
+    let out = cli(&["check"]);
+    assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+    wait_event(&hub, "update.pending", Duration::from_secs(60)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let listed = String::from_utf8_lossy(&cli(&["updates"]).stdout).into_owned();
+        if let Some(row) = listed.lines().find(|l| l.contains(&app.name)) {
+            break row.split_whitespace().next().expect("an id").to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "not listed: {listed}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    net.leaf(A).link.cut();
+    let cut = std::time::Instant::now();
+    let refused = cli(&["approve", &id]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    eprintln!("MEASURED approve with the link cut: {:?}: {said}", cut.elapsed());
+    assert!(!refused.status.success(), "approved with the link cut: {said}");
+    assert!(!said.contains("approved update"), "{said}");
+    assert!(said.contains("host vps-a did not confirm the decision"), "{said}");
+    // Nothing happens on the host meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        steward_testkit::http_get(app.port).is_some_and(|b| b.contains("app v1")),
+        "{}",
+        logs()
+    );
+
+    net.leaf(A).link.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli(&["approve", &id]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no approval after the link came back: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
+    let of = |t: &str| events.iter().filter(|e| e.event_type() == t).count();
+    for step in ["update.pending", "update.approved", "update.started", "update.succeeded"] {
+        assert_eq!(of(step), 1, "{step} at the hub {} times\n{}", of(step), logs());
+    }
+    assert_eq!(of("update.failed"), 0, "{}", logs());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !steward_testkit::http_get(app.port).is_some_and(|b| b.contains("app v2")) {
+        assert!(std::time::Instant::now() < deadline, "v2 is not served\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

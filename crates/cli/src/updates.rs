@@ -124,7 +124,16 @@ pub async fn decide(
     .with_trace(r.trace.clone())
     // Under host routing, to the updater of the update's host, and only to it.
     .with_host(crate::hosts::target(conn, bus.config(), r.host.as_deref())?);
-    bus.publish(&event).await.context("cannot publish the decision")?;
+    bus.publish(&event).await.with_context(|| match &event.host {
+        // Under leaf nodes, a host's subjects are stored on its own server: unreachable while
+        // its link is down. Unconfirmed is not proven undelivered (an acknowledgement can be
+        // lost), so the operator is told how to see which; a second approval of one update
+        // is refused here once the first took, and acted on once by the updater.
+        Some(host) => format!(
+            "host {host} did not confirm the decision (is its link to this server down?): it is most likely not delivered; `steward updates` shows whether the update still waits, and running this again when the host is back is safe"
+        ),
+        None => "the decision was not confirmed; `steward updates` shows whether the update still waits, and running this again is safe".to_owned(),
+    })?;
     #[allow(clippy::print_stdout)]
     {
         println!(
