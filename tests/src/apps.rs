@@ -7,6 +7,25 @@ use steward_events::Event;
 use steward_testkit::docker::{push_app, registry, Container, ImageTag, SwapLeftovers};
 use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for};
 
+/// Publishes what the watcher would on finding `to` for container `name` (running `image` at
+/// `from`, digest-tracked): the event, whose correlation id names the flow.
+pub async fn announce(bus: &Bus, name: &str, image: &str, from: &str, to: &str) -> Event {
+    let event = Event::new(
+        "steward-watcher/test",
+        steward_events::ImageUpdated {
+            container: name.to_owned(),
+            image: image.to_owned(),
+            current_digest: steward_events::Digest::parse(from).expect("digest"),
+            new_digest: steward_events::Digest::parse(to).expect("digest"),
+            new_tag: None,
+            policy: None,
+            versions: Default::default(),
+        },
+    );
+    bus.publish(&event).await.expect("publish");
+    event
+}
+
 /// Waits until the stream holds an event of type `what`; every event stored by then.
 pub async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
     let deadline = Instant::now() + bound;

@@ -199,6 +199,29 @@ async fn set_up() -> (NatsLeaves, String) {
     (net, table)
 }
 
+/// Host a's watcher and updater on a's leaf, in `scope`, the updater with `updater_extra`
+/// settings too.
+async fn agents_of_a(
+    net: &NatsLeaves,
+    table: &str,
+    scope: &str,
+    updater_extra: &[(&'static str, String)],
+) -> Vec<(String, Proc)> {
+    let mut procs = vec![];
+    for service in [Service::Watcher, Service::Updater] {
+        let user = service.identity(Some(A));
+        let leaf = open(net, Some(A), &user).await;
+        let mut extra = env(table, A, &user);
+        extra.push(("STEWARD_HOST", A.to_owned()));
+        extra.push(("STEWARD_SCOPE", scope.to_owned()));
+        if service == Service::Updater {
+            extra.extend(updater_extra.iter().cloned());
+        }
+        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
+    }
+    procs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
     use steward_system_tests::mail::{
@@ -209,26 +232,16 @@ async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
     let app = app(&scope, "manual", &[]);
     let port = steward_testkit::free_port();
     let public = format!("http://127.0.0.1:{port}");
-    let mut procs = vec![];
-    for service in [Service::Watcher, Service::Updater] {
-        let user = service.identity(Some(A));
-        let leaf = open(&net, Some(A), &user).await;
-        let mut extra = env(&table, A, &user);
-        extra.push(("STEWARD_HOST", A.to_owned()));
-        extra.push(("STEWARD_SCOPE", scope.clone()));
-        if service == Service::Updater {
-            extra.extend([
-                ("STEWARD_HEALTH_GRACE", "2s".to_owned()),
-                ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
-                ("STEWARD_PUBLIC_URL", public.clone()),
-                (
-                    "STEWARD_APPROVAL_SECRET",
-                    "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
-                ),
-            ]);
-        }
-        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
-    }
+    let updater_extra = [
+        ("STEWARD_HEALTH_GRACE", "2s".to_owned()),
+        ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("STEWARD_PUBLIC_URL", public.clone()),
+        (
+            "STEWARD_APPROVAL_SECRET",
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+        ),
+    ];
+    let mut procs = agents_of_a(&net, &table, &scope, &updater_extra).await;
     let to = unique_address("leaf-link");
     let hub = open(&net, None, Service::Notifier.name()).await;
     let mut notifier_env = testbed_notifier_env(&to);
@@ -278,19 +291,8 @@ async fn an_update_on_a_leaf_host_ends_while_the_hub_is_down_and_the_hub_gets_it
     let (mut net, table) = set_up().await;
     let scope = unique_name("scope-leaf-kill");
     let app = app(&scope, "automatic", &[]);
-    let mut procs = vec![];
-    for service in [Service::Watcher, Service::Updater] {
-        let user = service.identity(Some(A));
-        let leaf = open(&net, Some(A), &user).await;
-        let mut extra = env(&table, A, &user);
-        extra.push(("STEWARD_HOST", A.to_owned()));
-        extra.push(("STEWARD_SCOPE", scope.clone()));
-        if service == Service::Updater {
-            // A health gate long enough for the hub to be down inside the flow.
-            extra.push(("STEWARD_HEALTH_GRACE", "5s".into()));
-        }
-        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
-    }
+    // A health gate long enough for the hub to be down inside the flow.
+    let procs = agents_of_a(&net, &table, &scope, &[("STEWARD_HEALTH_GRACE", "5s".into())]).await;
     let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
     // The host's own view, for while the hub is down.
     let leaf_a = open(&net, Some(A), steward_bus::SETUP_USER).await;
@@ -492,18 +494,7 @@ async fn an_approval_while_the_hosts_link_is_cut_is_refused_and_applies_once_it_
     let (net, table) = set_up().await;
     let scope = unique_name("scope-leaf-cut");
     let app = app(&scope, "manual", &[]);
-    let mut procs = vec![];
-    for service in [Service::Watcher, Service::Updater] {
-        let user = service.identity(Some(A));
-        let leaf = open(&net, Some(A), &user).await;
-        let mut extra = env(&table, A, &user);
-        extra.push(("STEWARD_HOST", A.to_owned()));
-        extra.push(("STEWARD_SCOPE", scope.clone()));
-        if service == Service::Updater {
-            extra.push(("STEWARD_HEALTH_GRACE", "2s".into()));
-        }
-        procs.push((user, Proc::service(service.binary(), &leaf, &extra)));
-    }
+    let procs = agents_of_a(&net, &table, &scope, &[("STEWARD_HEALTH_GRACE", "2s".into())]).await;
     let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
     let hub = open(&net, None, Service::Cli.name()).await;
     let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");

@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use steward_events::{Digest, Event, EventData, ImageUpdated};
+use steward_events::{Event, EventData};
+use steward_system_tests::apps::announce;
 use steward_testkit::docker::{build_and_push, docker, push, registry, ImageTag};
 use steward_testkit::podman::{cli, Containers, Names};
 use steward_testkit::{bus_config, free_port, stored_events, unique_name, wait_for, TestBus};
@@ -157,19 +158,7 @@ async fn the_updater_on_podman_hands_over_to_its_new_image() {
     // v2 of itself: handed over, the successor takes the name and concludes.
     let v2 = build_and_push(&image, &format!("FROM {BASE}\nLABEL steward.test.build=v2\n"));
     names.0.push(format!("{repository}@{v2}"));
-    let announced = Event::new(
-        "steward-watcher/test",
-        ImageUpdated {
-            container: name.clone(),
-            image: image.clone(),
-            current_digest: Digest::parse(&v1).expect("digest"),
-            new_digest: Digest::parse(&v2).expect("digest"),
-            new_tag: None,
-            policy: None,
-            versions: Default::default(),
-        },
-    );
-    bus.publish(&announced).await.expect("publish");
+    let announced = announce(&bus, &name, &image, &v1, &v2).await;
     let ended = |e: &Event| matches!(e.event_type(), "update.succeeded" | "update.rolled_back");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let all = loop {

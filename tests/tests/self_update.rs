@@ -9,8 +9,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use steward_events::{Digest, Event, EventData, ImageUpdated};
-use steward_system_tests::apps::wait_event;
+use steward_events::{Event, EventData};
+use steward_system_tests::apps::{announce, wait_event};
 use steward_testkit::docker::{docker, push, registry, Container, ImageTag, SwapLeftovers};
 use steward_testkit::{bus_config, free_port, stored_events, unique_name, wait_for, TestBus};
 
@@ -36,23 +36,6 @@ fn instances(name: &str) -> Vec<String> {
         .filter(|n| *n == name || n.starts_with(&format!("{name}-steward-")))
         .map(str::to_owned)
         .collect()
-}
-
-async fn announce(bus: &TestBus, name: &str, image: &str, from: &str, to: &str) -> Event {
-    let event = Event::new(
-        "steward-watcher/test",
-        ImageUpdated {
-            container: name.to_owned(),
-            image: image.to_owned(),
-            current_digest: Digest::parse(from).expect("digest"),
-            new_digest: Digest::parse(to).expect("digest"),
-            new_tag: None,
-            policy: None,
-            versions: Default::default(),
-        },
-    );
-    bus.publish(&event).await.expect("publish");
-    event
 }
 
 /// The updater in a container of its image (pushed as `image`, v1), on a network of the
