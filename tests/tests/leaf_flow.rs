@@ -552,7 +552,10 @@ async fn an_approval_while_the_hosts_link_is_cut_is_refused_and_applies_once_it_
     }
     let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
     let of = |t: &str| events.iter().filter(|e| e.event_type() == t).count();
-    for step in ["update.pending", "update.approved", "update.started", "update.succeeded"] {
+    // An approval retried while the link came back can be stored twice (its first
+    // acknowledgement lost); the updater acts on one.
+    assert!(of("update.approved") >= 1, "{}", logs());
+    for step in ["update.pending", "update.started", "update.succeeded"] {
         assert_eq!(of(step), 1, "{step} at the hub {} times\n{}", of(step), logs());
     }
     assert_eq!(of("update.failed"), 0, "{}", logs());

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, UPDATE_BUCKET};
 use steward_events::{Event, Service, UpdateApproved, UpdateRejected};
@@ -124,16 +124,19 @@ pub async fn decide(
     .with_trace(r.trace.clone())
     // Under host routing, to the updater of the update's host, and only to it.
     .with_host(crate::hosts::target(conn, bus.config(), r.host.as_deref())?);
-    bus.publish(&event).await.with_context(|| match &event.host {
-        // Under leaf nodes, a host's subjects are stored on its own server: unreachable while
-        // its link is down. Unconfirmed is not proven undelivered (an acknowledgement can be
-        // lost), so the operator is told how to see which; a second approval of one update
-        // is refused here once the first took, and acted on once by the updater.
-        Some(host) => format!(
-            "host {host} did not confirm the decision (is its link to this server down?): it is most likely not delivered; `steward updates` shows whether the update still waits, and running this again when the host is back is safe"
-        ),
-        None => "the decision was not confirmed; `steward updates` shows whether the update still waits, and running this again is safe".to_owned(),
-    })?;
+    match (bus.publish(&event).await, &event.host) {
+        (Ok(_), _) => {}
+        // Unacknowledged: under host routing the host's subjects may be stored on its own
+        // server (a leaf node), unreachable while its link is down. Unconfirmed is not proven
+        // undelivered (an acknowledgement can be lost), so the operator is told how to see
+        // which; a repeat is safe, as the updater acts only on a decision for a pending update.
+        (Err(e @ steward_bus::BusError::PublishTimeout { .. }), Some(host)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "host {host} did not confirm the decision (is its server unreachable from here, its link down?): it is most likely not delivered; `steward updates` shows whether the update still waits, and running this again is safe: the updater acts on one decision and ignores a repeat"
+            )))
+        }
+        (Err(e), _) => return Err(anyhow::Error::new(e).context("cannot publish the decision")),
+    }
     #[allow(clippy::print_stdout)]
     {
         println!(

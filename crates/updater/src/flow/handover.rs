@@ -29,15 +29,31 @@ pub fn own_container_id() -> Option<String> {
 
 fn container_id_in(mountinfo: &str) -> Option<String> {
     let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    mountinfo.lines().find_map(|line| {
-        // The mount's root within its file system: the fourth field.
-        let root = line.split(' ').nth(3)?;
-        let segments: Vec<&str> = root.split('/').collect();
-        segments.windows(2).find_map(|pair| match pair {
-            ["containers" | "overlay-containers", id] if is_id(id) => Some((*id).to_owned()),
-            _ => None,
+    // (where it is mounted, the id its source names) for each mount from a container's
+    // directory. The mount's root within its file system is the fourth field, where it is
+    // mounted the fifth (escaped, so a field never holds a space).
+    let candidates: Vec<(&str, String)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ').skip(3);
+            let (root, at) = (fields.next()?, fields.next()?);
+            let segments: Vec<&str> = root.split('/').collect();
+            let id = segments.windows(2).find_map(|pair| match pair {
+                ["containers" | "overlay-containers", id] if is_id(id) => Some((*id).to_owned()),
+                _ => None,
+            })?;
+            Some((at, id))
         })
-    })
+        .collect();
+    // Podman's `/run/.containerenv` is the container's own; `hosts` and `resolv.conf` are the
+    // namespace's (another container's in a pod or with `network_mode: container:`), and
+    // Podman orders these mounts differently from one start to the next. Then `hostname`;
+    // then any.
+    ["/run/.containerenv", "/etc/hostname"]
+        .iter()
+        .find_map(|want| candidates.iter().find(|(at, _)| at == want))
+        .or_else(|| candidates.first())
+        .map(|(_, id)| id.clone())
 }
 
 impl Flow {
@@ -183,8 +199,25 @@ mod tests {
             "201 180 0:40 /home/u/.local/share/containers/storage/overlay-containers/{id}/userdata/hosts /etc/hosts rw - ext4 x rw\n"
         );
         assert_eq!(container_id_in(&rootless).as_deref(), Some(id));
+        // Rootless, its run root: the root field starts at the run root's own file system.
+        let run_root = format!(
+            "202 180 0:41 /containers/overlay-containers/{id}/userdata/hostname /etc/hostname rw - tmpfs x rw\n"
+        );
+        assert_eq!(container_id_in(&run_root).as_deref(), Some(id));
         // A volume or bind whose path merely names a 64-hex directory after something else.
         let other = format!("90 1 8:1 /srv/overlay/{layer} /data rw - ext4 x rw\n");
         assert_eq!(container_id_in(&other), None);
+        // In a pod (or `network_mode: container:`), `hosts` and `resolv.conf` come from the
+        // infra container's directory, listed before the container's own in some starts; a
+        // bind whose source path names a container's directory comes first too.
+        let infra = "9f".repeat(32);
+        let pod = format!(
+            "90 180 8:1 /srv/containers/{layer} /data rw - ext4 x rw\n\
+             188 180 254:0 /run/containers/storage/overlay-containers/{infra}/userdata/resolv.conf /etc/resolv.conf rw - ext4 /dev/vda rw\n\
+             189 180 254:0 /run/containers/storage/overlay-containers/{infra}/userdata/hosts /etc/hosts rw - ext4 /dev/vda rw\n\
+             186 180 254:0 /run/containers/storage/overlay-containers/{id}/userdata/.containerenv /run/.containerenv rw - ext4 /dev/vda rw\n\
+             187 180 254:0 /run/containers/storage/overlay-containers/{id}/userdata/hostname /etc/hostname rw - ext4 /dev/vda rw\n"
+        );
+        assert_eq!(container_id_in(&pod).as_deref(), Some(id));
     }
 }
