@@ -84,7 +84,9 @@ pub fn app(scope: &str, policy: &str, labels: &[String]) -> App {
     args.push(image.clone());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let c = Container::run(&name, &args);
-    wait_for("v1 served", Duration::from_secs(15), || {
+    // Returns as soon as it serves; the bound is for a loaded CI machine (2 cores, the crash
+    // campaigns starting several apps at once beside other binaries): 15 s ran out there once.
+    wait_for("v1 served", Duration::from_secs(60), || {
         http_get(port).filter(|b| b.contains("app v1"))
     });
     App { _leftovers: SwapLeftovers(name.clone()), name, image, port, v1, _c: c, _tag: tag }
