@@ -133,12 +133,17 @@ fn a_lost_host_is_rebuilt_from_the_bucket_and_the_kit_by_the_runbook() {
     // The rebuild, by the runbook's script, from the kit and the bucket only. Its session
     // dies twice first (SIGKILL to the script and all it started): in step 2 (the events
     // import) and in step 4 (the restore); each re-run goes on from where the last stopped.
+    // The script's own temporary directory (`mktemp -d`, removed by its trap) outlives a
+    // SIGKILLed run: the runs make theirs in one of the test's, removed with it.
+    let scratch = OffHost(std::env::temp_dir().join(unique_name("dr-rebuild-tmp")));
+    std::fs::create_dir_all(&scratch.0).expect("a scratch directory");
     let rebuild = || {
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("scripts/rebuild.sh"))
             .arg(&kit)
             .arg(&identity)
             .arg(&stack.dir)
+            .env("TMPDIR", &scratch.0)
             .env("STEWARD_IMAGE", steward_image())
             .env("COMPOSE", stack.compose_line());
         cmd
