@@ -26,6 +26,29 @@ pub async fn announce(bus: &Bus, name: &str, image: &str, from: &str, to: &str) 
     event
 }
 
+/// The test's bus on a NATS server a container of the test publishes on loopback `port`,
+/// once it takes connections; namespaced by `name`.
+pub async fn bus_on_published_nats(port: u16, name: &str) -> steward_testkit::TestBus {
+    wait_for("NATS", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let url = format!("nats://127.0.0.1:{port}");
+    steward_testkit::TestBus::with_config(steward_testkit::bus_config(&url, name)).await
+}
+
+/// The settings (`-e` values) of an updater in a container reaching NATS as `nats` on the
+/// test's network, in `bus`'s namespace, with health gate `health_timeout`.
+pub fn contained_updater_settings(nats: &str, bus: &Bus, health_timeout: &str) -> Vec<String> {
+    let ns = bus.namespace();
+    vec![
+        format!("STEWARD_NATS_URL=nats://{nats}:4222"),
+        format!("STEWARD_STREAM={}", ns.stream),
+        format!("STEWARD_SUBJECT_PREFIX={}", ns.prefix),
+        format!("STEWARD_HEALTH_TIMEOUT={health_timeout}"),
+        "STEWARD_LOG_FORMAT=pretty".to_owned(),
+    ]
+}
+
 /// Waits until the stream holds an event of type `what`; every event stored by then.
 pub async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
     let deadline = Instant::now() + bound;

@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use steward_events::{Event, EventData};
-use steward_system_tests::apps::announce;
+use steward_system_tests::apps::{announce, bus_on_published_nats, contained_updater_settings};
 use steward_testkit::docker::{build_and_push, docker, push, registry, ImageTag};
 use steward_testkit::podman::{cli, Containers, Names};
-use steward_testkit::{bus_config, free_port, stored_events, unique_name, wait_for, TestBus};
+use steward_testkit::{free_port, stored_events, unique_name, wait_for};
 
 const BASE: &str = "steward-local/steward:debug";
 
@@ -103,23 +103,12 @@ async fn the_updater_on_podman_hands_over_to_its_new_image() {
         "-sd",
         "/tmp/jetstream",
     ]);
-    let url = format!("nats://127.0.0.1:{nats_port}");
-    wait_for("NATS", Duration::from_secs(15), || {
-        std::net::TcpStream::connect(("127.0.0.1", nats_port)).ok()
-    });
-    let bus = TestBus::with_config(bus_config(&url, "podself")).await;
-    let ns = bus.namespace().clone();
+    let bus = bus_on_published_nats(nats_port, "podself").await;
 
     let name = unique_name("podself-updater");
     let _instances = Instances(name.clone());
     let socket_mount = format!("{socket}:/var/run/docker.sock");
-    let settings = [
-        format!("STEWARD_NATS_URL=nats://{nats}:4222"),
-        format!("STEWARD_STREAM={}", ns.stream),
-        format!("STEWARD_SUBJECT_PREFIX={}", ns.prefix),
-        "STEWARD_HEALTH_TIMEOUT=30s".to_owned(),
-        "STEWARD_LOG_FORMAT=pretty".to_owned(),
-    ];
+    let settings = contained_updater_settings(&nats, &bus, "30s");
     // Root in the container: Podman's socket is root's (the stack runs the updater behind
     // the socket proxy instead).
     let mut args = vec![

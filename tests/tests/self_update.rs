@@ -10,9 +10,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use steward_events::{Event, EventData};
-use steward_system_tests::apps::{announce, wait_event};
+use steward_system_tests::apps::{
+    announce, bus_on_published_nats, contained_updater_settings, wait_event,
+};
 use steward_testkit::docker::{docker, push, registry, Container, ImageTag, SwapLeftovers};
-use steward_testkit::{bus_config, free_port, stored_events, unique_name, wait_for, TestBus};
+use steward_testkit::{free_port, stored_events, unique_name, wait_for, TestBus};
 
 const BASE: &str = "steward-local/steward:debug";
 
@@ -82,12 +84,7 @@ async fn stack_with(env: &[&str], run_args: &[&str]) -> Stack {
             "/tmp/jetstream",
         ],
     );
-    let url = format!("nats://127.0.0.1:{nats_port}");
-    wait_for("NATS", Duration::from_secs(15), || {
-        std::net::TcpStream::connect(("127.0.0.1", nats_port)).ok()
-    });
-    let bus = TestBus::with_config(bus_config(&url, "selfupd")).await;
-    let ns = bus.namespace().clone();
+    let bus = bus_on_published_nats(nats_port, "selfupd").await;
 
     let name = unique_name("selfupd-updater");
     // Whichever instance holds the name, and any leftover under the temporary names.
@@ -96,13 +93,7 @@ async fn stack_with(env: &[&str], run_args: &[&str]) -> Stack {
     let gid = std::fs::metadata("/var/run/docker.sock")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
         .expect("docker.sock");
-    let settings = [
-        format!("STEWARD_NATS_URL=nats://{}:4222", nats.name),
-        format!("STEWARD_STREAM={}", ns.stream),
-        format!("STEWARD_SUBJECT_PREFIX={}", ns.prefix),
-        "STEWARD_HEALTH_TIMEOUT=20s".to_owned(),
-        "STEWARD_LOG_FORMAT=pretty".to_owned(),
-    ];
+    let settings = contained_updater_settings(&nats.name, &bus, "20s");
     let mut args = vec![
         "run",
         "-d",

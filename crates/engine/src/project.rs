@@ -83,15 +83,7 @@ impl Engine {
             network_disabled: Some(true),
             labels: Some([(PROJECT_HELPER.to_owned(), owner.to_owned())].into()),
             host_config: Some(HostConfig {
-                // A `Mount` of type bind, unlike `Binds`, refuses a missing source instead of
-                // creating it as an empty root-owned directory on the host.
-                mounts: Some(vec![Mount {
-                    target: Some(AT.into()),
-                    source: Some(dir.to_owned()),
-                    typ: Some(MountType::BIND),
-                    read_only: Some(false),
-                    ..Default::default()
-                }]),
+                mounts: Some(vec![mount_at(dir, false)]),
                 network_mode: Some("none".into()),
                 ..Default::default()
             }),
@@ -161,16 +153,8 @@ impl ProjectDir {
         mode: u32,
     ) -> Result<(u64, u64), OwnerUnknown> {
         let path = format!("{AT}/{rel}");
-        let mounted = HostConfig {
-            mounts: Some(vec![Mount {
-                target: Some(AT.into()),
-                source: Some(self.dir.clone()),
-                typ: Some(MountType::BIND),
-                read_only: Some(true),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        };
+        let mounted =
+            HostConfig { mounts: Some(vec![mount_at(&self.dir, true)]), ..Default::default() };
         // Labelled like the helper: one left by a kill goes with the helpers.
         let label = (PROJECT_HELPER, self.owner.as_str());
         let listing =
@@ -285,5 +269,17 @@ impl From<EngineError> for OwnerUnknown {
 impl From<String> for OwnerUnknown {
     fn from(why: String) -> Self {
         Self::Listing(why)
+    }
+}
+
+/// Host directory `dir` bind-mounted at [`AT`]. A `Mount` of type bind, unlike `Binds`,
+/// refuses a missing source instead of creating it as an empty root-owned directory.
+fn mount_at(dir: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(AT.into()),
+        source: Some(dir.to_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        ..Default::default()
     }
 }
