@@ -207,12 +207,25 @@ async fn agents_of_a(
     scope: &str,
     updater_extra: &[(&'static str, String)],
 ) -> Vec<(String, Proc)> {
+    agents_of(net, A, table, scope, updater_extra).await
+}
+
+/// `host`'s watcher and updater on its leaf, in `scope`, the updater with `updater_extra`.
+async fn agents_of(
+    net: &NatsLeaves,
+    host: &str,
+    table: &str,
+    scope: &str,
+    updater_extra: &[(&'static str, String)],
+) -> Vec<(String, Proc)> {
     let mut procs = vec![];
-    for service in [Service::Watcher, Service::Updater] {
-        let user = service.identity(Some(A));
-        let leaf = open(net, Some(A), &user).await;
-        let mut extra = env(table, A, &user);
-        extra.push(("STEWARD_HOST", A.to_owned()));
+    // The watcher last: its pull is the newest when the set is stopped right after
+    // (`a_hosts_agents_away_...`).
+    for service in [Service::Updater, Service::Watcher] {
+        let user = service.identity(Some(host));
+        let leaf = open(net, Some(host), &user).await;
+        let mut extra = env(table, host, &user);
+        extra.push(("STEWARD_HOST", host.to_owned()));
         extra.push(("STEWARD_SCOPE", scope.to_owned()));
         if service == Service::Updater {
             extra.extend(updater_extra.iter().cloned());
@@ -563,5 +576,345 @@ async fn an_approval_while_the_hosts_link_is_cut_is_refused_and_applies_once_it_
     while !steward_testkit::http_get(app.port).is_some_and(|b| b.contains("app v2")) {
         assert!(std::time::Instant::now() < deadline, "v2 is not served\n{}", logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Host a's uplink cut while its automatic update is being applied (the updater held after
+/// its pull, so the swap, the health gate and the outcome all happen during the cut): the
+/// update ends on a's leaf, which never needs the hub; the centre has nothing of its end
+/// until the link is back, then the whole flow once, in a's order, and the centre's
+/// notifier mails its outcome once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_applied_while_the_hosts_link_is_cut_ends_there_and_reaches_the_centre_once() {
+    update_across(Outage::LinkCut).await;
+}
+
+/// The same with host a's own leaf SIGKILLed twice while the update is applied, during the
+/// held step and again during the swap and the health gate (the updater's server gone: its
+/// record and its events cannot be written), restarted each time: the update ends once, v2
+/// serving, and the centre has it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_applied_while_the_hosts_leaf_is_down_ends_once_it_is_back() {
+    update_across(Outage::LeafKilled).await;
+}
+
+async fn update_across(outage: Outage) {
+    use steward_system_tests::mail::{
+        mails_to, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    };
+    let (mut net, table) = set_up().await;
+    let scope = unique_name("scope-leaf-cut-apply");
+    let app = app(&scope, "automatic", &[]);
+    let held = [
+        ("STEWARD_HEALTH_GRACE", "2s".to_owned()),
+        ("STEWARD_FAILPOINTS", "pulled=sleep:5000".to_owned()),
+    ];
+    let mut procs = agents_of_a(&net, &table, &scope, &held).await;
+    let to = unique_address("leaf-cut-apply");
+    let notifier = open(&net, None, Service::Notifier.name()).await;
+    let mut notifier_env = testbed_notifier_env(&to);
+    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
+    procs.push((
+        "notifier".to_owned(),
+        Proc::service(Service::Notifier.binary(), &notifier, &notifier_env),
+    ));
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    let leaf_a = open(&net, Some(A), steward_bus::SETUP_USER).await;
+    let leaf_a = Bus::connect(leaf_a.config().clone(), "steward-test").await.expect("a's stream");
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+
+    push_app("v2", &app.image);
+    let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
+    assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+    wait_event(&hub, "update.started", Duration::from_secs(60)).await;
+    let cut = std::time::Instant::now();
+    match outage {
+        Outage::LinkCut => net.leaf(A).link.cut(),
+        Outage::LeafKilled => {
+            // Twice: during the held step (5 s), then during the swap and the gate (2 s).
+            for down in [4, 4] {
+                leaf_mut(&mut net, A).server.kill();
+                tokio::time::sleep(Duration::from_secs(down)).await;
+                leaf_mut(&mut net, A).server.start_again();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+        Outage::HubKilled => unreachable!("the hub's kill is leaf_flow's first kill test"),
+    }
+    let on_leaf = wait_event(&leaf_a, "update.succeeded", Duration::from_secs(60)).await;
+    eprintln!("MEASURED {outage:?}: the update ended on the host {:?} after it", cut.elapsed());
+    assert!(
+        on_leaf.iter().all(|e| e.event_type() != "update.failed"),
+        "the update failed during {outage:?}\n{}",
+        logs()
+    );
+    assert!(steward_testkit::http_get(app.port).is_some_and(|b| b.contains("app v2")));
+    if let Outage::LinkCut = outage {
+        // The swap happened during the cut: the app serves v2 while the centre still has only
+        // the flow's start.
+        let at_hub = steward_testkit::stored_events(&hub).await;
+        assert!(
+            at_hub.iter().all(|e| e.event_type() != "update.succeeded"),
+            "the centre had the outcome across a cut link"
+        );
+        net.leaf(A).link.restore();
+    }
+    let restored = std::time::Instant::now();
+    let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
+    eprintln!("MEASURED {outage:?}: the flow at the hub {:?} after its end", restored.elapsed());
+    let of = |t: &str| events.iter().filter(|e| e.event_type() == t).count();
+    for step in ["image.updated", "update.started", "update.succeeded"] {
+        assert_eq!(of(step), 1, "{step} at the hub {} times\n{}", of(step), logs());
+    }
+    assert_eq!(of("update.failed"), 0, "{}", logs());
+    let at_hub: Vec<_> =
+        events.iter().filter(|e| e.host.as_deref() == Some(A)).map(|e| e.id).collect();
+    let on_leaf: Vec<_> = on_leaf.iter().map(|e| e.id).collect();
+    assert_eq!(at_hub, on_leaf, "the hub's copy of a's events, in a's order");
+
+    let headline = format!("{} updated automatically", app.name);
+    let deadline = Duration::from_secs(60);
+    let mails = wait_mails(&testbed_maildir(), &to, 1, deadline);
+    assert!(mails.iter().any(|m| m.text.contains(&headline)), "{:?}\n{}", mails, logs());
+    // A moment for a second mail of the same outcome, then they are counted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcomes = mails_to(&testbed_maildir(), &to)
+        .into_iter()
+        .filter(|m| m.text.contains(&headline))
+        .count();
+    assert_eq!(outcomes, 1, "the outcome mailed {outcomes} times\n{}", logs());
+    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+        steward_system_tests::assert_nothing_refused(server, &procs);
+    }
+}
+
+/// What happens to the centre while a host's backup runs.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// The host's uplink is cut.
+    LinkCut,
+    /// The hub is SIGKILLed (its clients, the waiting command among them, lose their server).
+    HubKilled,
+    /// The host's own leaf is SIGKILLed: the backup service loses its server mid-backup and
+    /// has to deliver its outcome when the leaf is back.
+    LeafKilled,
+}
+
+/// `steward backup now` at the centre for host a, whose uplink is cut while the backup runs
+/// (the backup service held before its manifest): the backup ends on a's leaf, into a's
+/// bucket; the command, waiting at the centre all along, reports it once the link is back;
+/// the centre has each of its steps once, and lists the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_while_the_hosts_link_is_cut_ends_there_and_the_centres_command_reports_it() {
+    backup_across(Outage::LinkCut).await;
+}
+
+/// The same with the hub SIGKILLed during the backup and restarted after it ended on the
+/// host: the command at the centre rides out its server's restart and reports the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_while_the_hub_is_down_ends_on_the_host_and_the_centres_command_reports_it() {
+    backup_across(Outage::HubKilled).await;
+}
+
+/// The same with host a's own leaf SIGKILLed during the backup and restarted after the backup
+/// would have ended: the outcome is not lost with the server it could not reach; it is
+/// stored once, and the command at the centre reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_own_leaf_is_killed_reports_once_it_is_back() {
+    backup_across(Outage::LeafKilled).await;
+}
+
+fn leaf_mut<'a>(net: &'a mut NatsLeaves, host: &str) -> &'a mut steward_testkit::leaf::Leaf {
+    net.leaves.iter_mut().find(|l| l.host == host).expect("the host's leaf")
+}
+
+async fn backup_across(outage: Outage) {
+    use steward_system_tests::TestBucket;
+    let (mut net, table) = set_up().await;
+    let scope = unique_name("scope-leaf-cut-backup");
+    let bucket = TestBucket::new("leaf-cut").await;
+    let _data = steward_testkit::docker::Container::run(
+        &format!("{scope}-app"),
+        &[
+            "--label",
+            &format!("steward.scope={scope}"),
+            "--label",
+            "steward.backup.paths=/data",
+            "-v",
+            "/data",
+            &format!("{}:v1", steward_testkit::testbed::require("STEWARD_TEST_APP_IMAGE")),
+        ],
+    );
+    let user = Service::Backup.identity(Some(A));
+    let leaf = open(&net, Some(A), &user).await;
+    let mut extra = env(&table, A, &user);
+    extra.extend(bucket.env());
+    extra.extend([
+        ("STEWARD_HOST", A.to_owned()),
+        ("STEWARD_SCOPE", scope.clone()),
+        ("STEWARD_FAILPOINTS", "backup:manifest:before=sleep:6000".to_owned()),
+    ]);
+    let procs = [(user, Proc::service(Service::Backup.binary(), &leaf, &extra))];
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    let leaf_a = open(&net, Some(A), steward_bus::SETUP_USER).await;
+    let leaf_a = Bus::connect(leaf_a.config().clone(), "steward-test").await.expect("a's stream");
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+
+    let mut cli_env = env(&table, HUB_DOMAIN, Service::Cli.name());
+    cli_env.push(("STEWARD_HOST", A.to_owned()));
+    let asked = {
+        let (hub, cli_env) = (hub.clone(), cli_env.clone());
+        tokio::task::spawn_blocking(move || {
+            steward_with(&hub, &cli_env, &["backup", "now", "--wait", "150s"])
+        })
+    };
+    wait_event(&hub, "backup.started", Duration::from_secs(60)).await;
+    match outage {
+        Outage::LinkCut => net.leaf(A).link.cut(),
+        Outage::HubKilled => net.hub.kill(),
+        Outage::LeafKilled => leaf_mut(&mut net, A).server.kill(),
+    }
+    let cut = std::time::Instant::now();
+    if let Outage::LeafKilled = outage {
+        // Past the held step (6 s): the backup's end meets no server.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        leaf_mut(&mut net, A).server.start_again();
+    }
+    let on_leaf = wait_event(&leaf_a, "backup.done", Duration::from_secs(90)).await;
+    eprintln!("MEASURED {outage:?}: the backup ended on the host {:?} after it", cut.elapsed());
+    let done = on_leaf
+        .iter()
+        .find_map(|e| match &e.data {
+            EventData::BackupDone(d) => Some(d.backup_id.clone()),
+            _ => None,
+        })
+        .expect("backup.done");
+    // (A killed leaf is back by now: its outcome may have reached the command already.)
+    if !matches!(outage, Outage::LeafKilled) {
+        assert!(!asked.is_finished(), "the command ended during {outage:?}\n{}", logs());
+    }
+
+    match outage {
+        Outage::LinkCut => net.leaf(A).link.restore(),
+        Outage::HubKilled => net.hub.start_again(),
+        Outage::LeafKilled => {}
+    }
+    let restored = std::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(120), asked)
+        .await
+        .expect("the command waits no longer than its own bound")
+        .expect("the command's thread");
+    eprintln!("MEASURED {outage:?}: the command's answer {:?} after the end", restored.elapsed());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "backup now: {stdout}{stderr}\n{}", logs());
+    assert!(stdout.contains(&done) || stderr.contains(&done), "{stdout}{stderr}");
+
+    let events = wait_event(&hub, "backup.done", Duration::from_secs(10)).await;
+    let of = |t: &str| events.iter().filter(|e| e.event_type() == t).count();
+    for step in ["backup.requested", "backup.started", "backup.done"] {
+        assert_eq!(of(step), 1, "{step} at the hub {} times\n{}", of(step), logs());
+    }
+    assert_eq!(of("backup.failed"), 0, "{}", logs());
+    let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    ids.sort();
+    let stored = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), stored, "an event stored twice at the hub");
+
+    let mut list_env = env(&table, HUB_DOMAIN, Service::Cli.name());
+    list_env.extend(bucket.env());
+    let out = steward_with(&hub, &list_env, &["backup", "list", "--host", A]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "list: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(listed.lines().any(|l| l.starts_with(&done) && l.contains(A)), "{listed}");
+    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+        steward_system_tests::assert_nothing_refused(server, &procs);
+    }
+}
+
+/// Host a's agents SIGKILLed and kept away while both hosts have an update: host b's update
+/// is checked and applied as if nothing had happened, nothing of a's moves; when a's agents
+/// start again, the check that waited for them in a's stream is taken up and a's update is
+/// applied, once. (Before `Inbox::open` pulled one message at a time, a's leaf spent every
+/// delivery of that check on the killed watcher's last pull request: a's update never came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_agents_away_leave_the_other_host_alone_and_its_update_resumes_on_their_return() {
+    let (net, table) = set_up().await;
+    let (scope_a, scope_b) = (unique_name("scope-away-a"), unique_name("scope-away-b"));
+    let (app_a, app_b) = (app(&scope_a, "automatic", &[]), app(&scope_b, "automatic", &[]));
+    let gate = [("STEWARD_HEALTH_GRACE", "2s".to_owned())];
+    push_app("v2", &app_a.image);
+    push_app("v2", &app_b.image);
+    let procs = agents_of(&net, B, &table, &scope_b, &gate).await;
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+    // The update events about one app (its container name), as the centre has them.
+    let about = |events: &[steward_events::Event], name: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.event_type().starts_with("update.") || e.event_type() == "image.updated")
+            .filter(|e| e.container() == Some(name))
+            .map(|e| e.event_type().to_owned())
+            .collect()
+    };
+
+    // a's agents come up and are SIGKILLed at once; the check follows within a second or
+    // two: the watcher's last pull request is then still new to its leaf (what lost the
+    // request before: `Inbox::open`).
+    drop(agents_of(&net, A, &table, &scope_a, &gate).await);
+    let killed = std::time::Instant::now();
+    let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
+    assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("MEASURED the check {:?} after a's agents were killed", killed.elapsed());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = steward_testkit::stored_events(&hub).await;
+        if about(&events, &app_b.name).iter().any(|t| t == "update.succeeded") {
+            assert_eq!(about(&events, &app_a.name), Vec::<String>::new(), "a moved while away");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b's update did not end\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(steward_testkit::http_get(app_b.port).is_some_and(|b| b.contains("app v2")));
+    assert!(steward_testkit::http_get(app_a.port).is_some_and(|b| b.contains("app v1")));
+    // A while longer away: still nothing of a's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = steward_testkit::stored_events(&hub).await;
+    assert_eq!(about(&events, &app_a.name), Vec::<String>::new(), "a moved while away");
+
+    let back = agents_of(&net, A, &table, &scope_a, &gate).await;
+    let logs = || {
+        procs.iter().chain(&back).map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = steward_testkit::stored_events(&hub).await;
+        if about(&events, &app_a.name).iter().any(|t| t == "update.succeeded") {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "a's update did not resume\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for app in [&app_a, &app_b] {
+        let steps = about(&events, &app.name);
+        for step in ["image.updated", "update.started", "update.succeeded"] {
+            let n = steps.iter().filter(|t| *t == step).count();
+            assert_eq!(n, 1, "{step} of {} {n} times: {steps:?}\n{}", app.name, logs());
+        }
+        assert!(!steps.iter().any(|t| t == "update.failed"), "{steps:?}\n{}", logs());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !steward_testkit::http_get(app_a.port).is_some_and(|b| b.contains("app v2")) {
+        assert!(std::time::Instant::now() < deadline, "a's v2 is not served\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all: Vec<_> = procs.into_iter().chain(back).collect();
+    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+        steward_system_tests::assert_nothing_refused(server, &all);
     }
 }

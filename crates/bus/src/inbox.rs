@@ -201,7 +201,16 @@ impl Inbox {
     }
 
     async fn open(&self) -> Result<pull::Stream, BusError> {
-        let batch = usize::try_from(self.spec.max_ack_pending).unwrap_or(16).max(1);
+        // One message per pull request. A server with leaf nodes (the hub, each host's leaf)
+        // hands a message to a pull request received in the last 2 s without checking that
+        // its client is still there, and nats-server 2.9 hands it again at once to the same
+        // request while the request has room: a service killed just after a pull made the
+        // next message of its consumer spend every delivery the server allows on nobody, and
+        // it was never handed out again (a host's agents restarted, and the watch request
+        // that waited for them was gone; tests/tests/leaf_flow.rs). With room for one, a
+        // dead request takes at most one delivery; the message then waits for a live one.
+        // Steward handles one message at a time, so one pulled at a time costs a round trip.
+        let batch = 1;
         self.bus
             .lookup_consumer(&self.spec.name)
             .await?
