@@ -153,3 +153,80 @@ pub fn pending_in(events: &[Event]) -> Option<(Event, steward_events::UpdatePend
         _ => None,
     })
 }
+
+/// The test app (v1) from the local registry, pulled and run by Podman, published on
+/// 127.0.0.1, watched in `scope` with `policy`: [`app`] on the other engine. Its containers,
+/// the swap's names and the images' names are removed when dropped (in that order).
+pub struct PodmanApp {
+    /// Container name.
+    pub name: String,
+    /// Image reference (in the local registry, unique to the test).
+    pub image: String,
+    /// Published port of its HTTP server.
+    pub port: u16,
+    _containers: steward_testkit::podman::Containers,
+    /// Image names Podman holds for it; a test adds the digests an update pulls.
+    pub names: steward_testkit::podman::Names,
+    _tag: ImageTag,
+}
+
+impl PodmanApp {
+    /// Pushes `version` of the app and keeps the name Podman will give it when pulled by
+    /// digest (removed with the app).
+    pub fn push(&mut self, version: &str) -> String {
+        let digest = push_app(version, &self.image);
+        let repository = self.image.rsplit_once(':').map_or(self.image.as_str(), |(r, _)| r);
+        self.names.0.push(format!("{repository}@{digest}"));
+        digest
+    }
+}
+
+/// See [`PodmanApp`].
+pub fn podman_app(scope: &str, policy: &str) -> PodmanApp {
+    use steward_testkit::podman::{cli, Containers, Names};
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/podapp"));
+    let repository = image.trim_end_matches(":1.0").to_owned();
+    // The push tags it in Docker too.
+    let tag = ImageTag(image.clone());
+    let v1 = push_app("v1", &image);
+    let mut names = Names(vec![image.clone(), format!("{repository}@{v1}")]);
+    let pull = cli(&["pull", "-q", &image]);
+    assert!(pull.status.success(), "podman pull: {}", String::from_utf8_lossy(&pull.stderr));
+    // The first image by id: the updater's cleanup leaves it without a name.
+    names.0.push(String::from_utf8_lossy(&pull.stdout).trim().to_owned());
+    let name = unique_name("podapp");
+    let port = free_port();
+    let containers = Containers(
+        ["", "-steward-old", "-steward-new", "-steward-failed"]
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .collect(),
+    );
+    let (publish, scope_label, policy_label) = (
+        format!("127.0.0.1:{port}:8080"),
+        format!("steward.scope={scope}"),
+        format!("steward.update.policy={policy}"),
+    );
+    let run = cli(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &publish,
+        "--label",
+        "steward.enable=true",
+        "--label",
+        &scope_label,
+        "--label",
+        &policy_label,
+        "--label",
+        "steward.update.backup=false",
+        &image,
+    ]);
+    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
+    wait_for("v1 served by Podman", Duration::from_secs(60), || {
+        http_get(port).filter(|b| b.contains("app v1"))
+    });
+    PodmanApp { name, image, port, _containers: containers, names, _tag: tag }
+}

@@ -218,6 +218,18 @@ async fn agents_of(
     scope: &str,
     updater_extra: &[(&'static str, String)],
 ) -> Vec<(String, Proc)> {
+    agents_on(net, host, table, scope, &[], updater_extra).await
+}
+
+/// [`agents_of`], both agents with `both` settings too (another engine's `DOCKER_HOST`).
+async fn agents_on(
+    net: &NatsLeaves,
+    host: &str,
+    table: &str,
+    scope: &str,
+    both: &[(&'static str, String)],
+    updater_extra: &[(&'static str, String)],
+) -> Vec<(String, Proc)> {
     let mut procs = vec![];
     // The watcher last: its pull is the newest when the set is stopped right after
     // (`a_hosts_agents_away_...`).
@@ -227,6 +239,7 @@ async fn agents_of(
         let mut extra = env(table, host, &user);
         extra.push(("STEWARD_HOST", host.to_owned()));
         extra.push(("STEWARD_SCOPE", scope.to_owned()));
+        extra.extend(both.iter().cloned());
         if service == Service::Updater {
             extra.extend(updater_extra.iter().cloned());
         }
@@ -916,5 +929,124 @@ async fn a_hosts_agents_away_leave_the_other_host_alone_and_its_update_resumes_o
     let all: Vec<_> = procs.into_iter().chain(back).collect();
     for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
         steward_system_tests::assert_nothing_refused(server, &all);
+    }
+}
+
+/// Two engines as two hosts: a's agents on the test bed's dockerd, b's on Podman's service
+/// (`DOCKER_HOST`), each on its own leaf; an update on each, both announced by the centre's
+/// notifier in mails naming their host, each approved through its mail's link (served by that
+/// host's updater across its link) and applied on its own engine only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
+    use steward_system_tests::apps::podman_app;
+    use steward_system_tests::mail::{
+        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+    };
+    let Some(socket) = steward_testkit::podman::socket() else { return };
+    let (net, table) = set_up().await;
+    let (scope_a, scope_b) = (unique_name("scope-docker-a"), unique_name("scope-podman-b"));
+    let app_a = app(&scope_a, "manual", &[]);
+    let mut app_b = podman_app(&scope_b, "manual");
+    let mut procs = vec![];
+    let mut links = vec![];
+    for (host, scope, engine) in
+        [(A, &scope_a, vec![]), (B, &scope_b, vec![("DOCKER_HOST", format!("unix://{socket}"))])]
+    {
+        let port = steward_testkit::free_port();
+        let public = format!("http://127.0.0.1:{port}");
+        let updater_extra = [
+            ("STEWARD_HEALTH_GRACE", "2s".to_owned()),
+            ("STEWARD_HEALTH_TIMEOUT", "40s".to_owned()),
+            ("STEWARD_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("STEWARD_PUBLIC_URL", public.clone()),
+            // A secret of each host's own (64 hex digits).
+            ("STEWARD_APPROVAL_SECRET", format!("{:0>64}", format!("5eed{port:x}"))),
+        ];
+        procs.extend(agents_on(&net, host, &table, scope, &engine, &updater_extra).await);
+        links.push((host, public));
+    }
+    let to = unique_address("two-engines");
+    let notifier = open(&net, None, Service::Notifier.name()).await;
+    let mut notifier_env = testbed_notifier_env(&to);
+    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
+    procs.push((
+        "notifier".to_owned(),
+        Proc::service(Service::Notifier.binary(), &notifier, &notifier_env),
+    ));
+    let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
+    let hub = open(&net, None, Service::Cli.name()).await;
+    let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
+
+    push_app("v2", &app_a.image);
+    app_b.push("v2");
+    let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
+    assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
+    let mails = wait_mails(&testbed_maildir(), &to, 2, Duration::from_secs(90));
+    for ((host, public), container) in links.iter().zip([&app_a.name, &app_b.name]) {
+        let mail = mails
+            .iter()
+            .find(|m| m.text.contains(container.as_str()))
+            .unwrap_or_else(|| panic!("no mail about {container}: {mails:?}\n{}", logs()));
+        assert!(mail.text.contains(host), "the mail does not name {host}: {}", mail.text);
+        let link = mail
+            .text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Approval page: "))
+            .unwrap_or_else(|| panic!("no link in the mail: {}\n{}", mail.text, logs()))
+            .to_owned();
+        assert!(link.starts_with(&format!("{public}/approve/")), "{host}'s link: {link}");
+        let posted = reqwest::Client::new()
+            .post(&link)
+            .form(&[("decision", "approve")])
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("POST the link");
+        assert!(posted.status().is_success(), "{}", posted.status());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let events = steward_testkit::stored_events(&hub).await;
+        let done = |name: &str| {
+            events
+                .iter()
+                .any(|e| e.event_type() == "update.succeeded" && e.container() == Some(name))
+        };
+        if done(&app_a.name) && done(&app_b.name) {
+            break events;
+        }
+        let failed = events
+            .iter()
+            .find(|e| ["update.failed", "update.rolled_back"].contains(&e.event_type()));
+        assert!(failed.is_none(), "{failed:?}\n{}", logs());
+        assert!(std::time::Instant::now() < deadline, "not both updated\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for (host, name) in [(A, &app_a.name), (B, &app_b.name)] {
+        let steps: Vec<_> =
+            events.iter().filter(|e| e.container() == Some(name.as_str())).collect();
+        for e in &steps {
+            assert_eq!(e.host.as_deref(), Some(host), "{} of {name} about {host}", e.event_type());
+        }
+        for step in ["update.pending", "update.started", "update.succeeded"] {
+            let n = steps.iter().filter(|e| e.event_type() == step).count();
+            assert_eq!(n, 1, "{step} of {name} {n} times\n{}", logs());
+        }
+        // An approval names its update, not the container: one per host.
+        let approvals = events
+            .iter()
+            .filter(|e| e.event_type() == "update.approved" && e.host.as_deref() == Some(host))
+            .count();
+        assert_eq!(approvals, 1, "{host}'s approvals\n{}", logs());
+    }
+    for port in [app_a.port, app_b.port] {
+        assert!(steward_testkit::http_get(port).is_some_and(|b| b.contains("app v2")));
+    }
+    // Each engine runs its own app only: a's on Docker, b's on Podman.
+    let on_podman = steward_testkit::podman::cli(&["ps", "--format", "{{.Names}}"]);
+    let on_podman = String::from_utf8_lossy(&on_podman.stdout);
+    assert!(on_podman.lines().any(|n| n == app_b.name) && !on_podman.contains(&app_a.name));
+    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+        steward_system_tests::assert_nothing_refused(server, &procs);
     }
 }

@@ -12,11 +12,10 @@
 use std::time::Duration;
 
 use steward_events::{Event, EventData};
-use steward_system_tests::apps::wait_event;
+use steward_system_tests::apps::{podman_app, wait_event};
 use steward_system_tests::{steward_ok as steward, Proc};
-use steward_testkit::docker::{push_app, registry, ImageTag};
-use steward_testkit::podman::{cli, Containers, Names};
-use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
+use steward_testkit::podman::cli;
+use steward_testkit::{http_get, unique_name, wait_for, TestBus};
 
 fn service(bin: &str, bus: &steward_bus::Bus, scope: &str, socket: &str) -> Proc {
     let extra = [
@@ -41,54 +40,12 @@ async fn an_update_on_podman_passes_its_health_gate_and_a_broken_one_is_rolled_b
     let Some(socket) = steward_testkit::podman::socket() else { return };
     let bus = TestBus::new("podflow").await;
     let scope = unique_name("scope");
-    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/podflow"));
-    let repository = image.trim_end_matches(":1.0").to_owned();
-    // The pushes tag it in Docker too.
-    let _docker_tag = ImageTag(image.clone());
-    let v1 = push_app("v1", &image);
-    // Removed after the containers (dropped after them): the names the pulls leave, and the
-    // first image by id (the updater's cleanup leaves it without a name; an id that other
-    // names still hold is not removed).
-    let mut names = Names(vec![image.clone(), format!("{repository}@{v1}")]);
-    let pull = cli(&["pull", "-q", &image]);
-    assert!(pull.status.success(), "podman pull: {}", String::from_utf8_lossy(&pull.stderr));
-    names.0.push(String::from_utf8_lossy(&pull.stdout).trim().to_owned());
-    let name = unique_name("podflow");
-    let port = free_port();
-    let _containers = Containers(
-        ["", "-steward-old", "-steward-new", "-steward-failed"]
-            .iter()
-            .map(|s| format!("{name}{s}"))
-            .collect(),
-    );
-    let publish = format!("127.0.0.1:{port}:8080");
-    let scope_label = format!("steward.scope={scope}");
-    let run = cli(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "-p",
-        &publish,
-        "--label",
-        "steward.enable=true",
-        "--label",
-        &scope_label,
-        "--label",
-        "steward.update.policy=automatic",
-        "--label",
-        "steward.update.backup=false",
-        &image,
-    ]);
-    assert!(run.status.success(), "podman run: {}", String::from_utf8_lossy(&run.stderr));
-    wait_for("v1 served by Podman", Duration::from_secs(20), || {
-        http_get(port).filter(|b| b.contains("app v1"))
-    });
+    let mut app = podman_app(&scope, "automatic");
+    let (name, port) = (app.name.clone(), app.port);
     let watcher = service("steward-watcher", &bus, &scope, &socket);
     let updater = service("steward-updater", &bus, &scope, &socket);
 
-    let v2 = push_app("v2", &image);
-    names.0.push(format!("{repository}@{v2}"));
+    app.push("v2");
     steward(&bus, &["check"]);
     let all = wait_event(&bus, "update.succeeded", Duration::from_secs(90)).await;
     assert_eq!(
@@ -101,8 +58,7 @@ async fn an_update_on_podman_passes_its_health_gate_and_a_broken_one_is_rolled_b
     assert!(http_get(port).is_some_and(|b| b.contains("app v2")), "v2 not served after success");
 
     // v3 serves nothing healthy: the gate sees Podman's record turn `unhealthy`.
-    let v3 = push_app("v3", &image);
-    names.0.push(format!("{repository}@{v3}"));
+    app.push("v3");
     steward(&bus, &["check"]);
     let all = wait_event(&bus, "update.rolled_back", Duration::from_secs(120)).await;
     assert_eq!(outcomes(&all), ["update.succeeded", "update.rolled_back"], "{}", updater.logs());
