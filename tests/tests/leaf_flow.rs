@@ -795,7 +795,17 @@ async fn backup_across(outage: Outage) {
         tokio::time::sleep(Duration::from_secs(10)).await;
         leaf_mut(&mut net, A).server.start_again();
     }
-    let on_leaf = wait_event(&leaf_a, "backup.done", Duration::from_secs(90)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let on_leaf = loop {
+        let events = steward_testkit::stored_events(&leaf_a).await;
+        let failed = events.iter().find(|e| e.event_type() == "backup.failed");
+        assert!(failed.is_none(), "{failed:?}\n{}", logs());
+        if events.iter().any(|e| e.event_type() == "backup.done") {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "no backup.done\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     eprintln!("MEASURED {outage:?}: the backup ended on the host {:?} after it", cut.elapsed());
     let done = on_leaf
         .iter()
