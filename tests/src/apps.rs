@@ -124,11 +124,17 @@ pub fn backed_up_pair(scope: &str) -> (Container, Container) {
         &[&scope_label, "steward.backup.postgres=true"],
         "app",
     );
-    let app = Container::run(
+    (db, backed_up_app(scope))
+}
+
+/// The app of [`backed_up_pair`] alone: `{scope}-app`, its `/data` volume labelled as a
+/// backup path.
+pub fn backed_up_app(scope: &str) -> Container {
+    Container::run(
         &format!("{scope}-app"),
         &[
             "--label",
-            &scope_label,
+            &format!("steward.scope={scope}"),
             "--label",
             "steward.enable=true",
             "--label",
@@ -137,8 +143,7 @@ pub fn backed_up_pair(scope: &str) -> (Container, Container) {
             "/data",
             &format!("{}:v1", steward_testkit::testbed::require("STEWARD_TEST_APP_IMAGE")),
         ],
-    );
-    (db, app)
+    )
 }
 
 /// `psql` as the database user of [`backed_up_pair`] in its database; the output, trimmed.

@@ -95,6 +95,32 @@ pub fn wait_mails(maildir: &Path, to: &str, n: usize, bound: Duration) -> Vec<Ma
     }
 }
 
+/// The approval link `mail` carries (its `Approval page: ` line), which must be served under
+/// `public` (the updater's `STEWARD_PUBLIC_URL`); `context` goes into a failure's message.
+pub fn approval_link(mail: &Mail, public: &str, context: &str) -> String {
+    let link = mail
+        .text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Approval page: "))
+        .unwrap_or_else(|| panic!("no link in the mail: {}\n{context}", mail.text))
+        .to_owned();
+    assert!(link.starts_with(&format!("{public}/approve/")), "not {public}'s link: {link}");
+    link
+}
+
+/// POSTs the decision `approve` to an approval link, as its page's button does; the link
+/// must take it.
+pub async fn approve_by_link(link: &str) {
+    let posted = reqwest::Client::new()
+        .post(link)
+        .form(&[("decision", "approve")])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("POST the link");
+    assert!(posted.status().is_success(), "{link}: {}", posted.status());
+}
+
 /// An SMTP server of the test's own (aiosmtpd), for taking SMTP away and back.
 pub struct SmtpServer {
     /// Its port on 127.0.0.1.

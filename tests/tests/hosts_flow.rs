@@ -12,7 +12,7 @@ use steward_events::records::{UpdateRecord, UPDATE_BUCKET};
 use steward_events::{BackupReason, BackupRequested, Event, EventData, Service};
 use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::{steward_with, wait_outcome, Proc, TestBucket};
-use steward_testkit::docker::{push_app, Container};
+use steward_testkit::docker::push_app;
 use steward_testkit::{unique_name, NatsServer};
 
 const A: &str = "vps-a";
@@ -167,18 +167,7 @@ async fn hosts_sharing_a_bucket_keep_their_own_backups() {
     let mut apps = vec![];
     for host in [A, B] {
         let scope = unique_name(&format!("bk-{host}"));
-        apps.push(Container::run(
-            &format!("{scope}-app"),
-            &[
-                "--label",
-                &format!("steward.scope={scope}"),
-                "--label",
-                "steward.backup.paths=/data",
-                "-v",
-                "/data",
-                &format!("{}:v1", steward_testkit::testbed::require("STEWARD_TEST_APP_IMAGE")),
-            ],
-        ));
+        apps.push(steward_system_tests::apps::backed_up_app(&scope));
         let mut extra = bucket.env();
         extra
             .extend([("STEWARD_SCOPE", scope), ("STEWARD_BACKUP_RETENTION", "daily=1".to_owned())]);
@@ -301,7 +290,8 @@ async fn hosts_sharing_a_bucket_keep_their_own_backups() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailed_link_approves_on_the_updates_host() {
     use steward_system_tests::mail::{
-        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+        approval_link, approve_by_link, testbed_maildir, testbed_notifier_env, unique_address,
+        wait_mails,
     };
     let (server, _setup, bus, table) = routed().await;
     let scope = unique_name("scope-link");
@@ -344,21 +334,8 @@ async fn a_mailed_link_approves_on_the_updates_host() {
     let mail = &mails[0];
     assert!(mail.subject.contains(&app.name), "{}", mail.subject);
     assert!(mail.text.contains(A), "the mail does not name the host: {}", mail.text);
-    let link = mail
-        .text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Approval page: "))
-        .unwrap_or_else(|| panic!("no link in the mail (asked on the wrong host?): {}", mail.text))
-        .to_owned();
-    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
-    let posted = reqwest::Client::new()
-        .post(&link)
-        .form(&[("decision", "approve")])
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("POST the link");
-    assert!(posted.status().is_success(), "{}", posted.status());
+    let link = approval_link(mail, &public, "asked on the wrong host?");
+    approve_by_link(&link).await;
     let events = wait_event(&bus, "update.succeeded", Duration::from_secs(60)).await;
     for e in events.iter().filter(|e| e.event_type().starts_with("update.")) {
         assert_eq!(e.host.as_deref(), Some(A), "{} about host a", e.event_type());

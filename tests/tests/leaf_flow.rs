@@ -251,7 +251,8 @@ async fn agents_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
     use steward_system_tests::mail::{
-        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+        approval_link, approve_by_link, testbed_maildir, testbed_notifier_env, unique_address,
+        wait_mails,
     };
     let (net, table) = set_up().await;
     let scope = unique_name("scope-leaf-link");
@@ -286,21 +287,7 @@ async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
     let mails = wait_mails(&testbed_maildir(), &to, 1, Duration::from_secs(60));
     let mail = &mails[0];
     assert!(mail.text.contains(A), "the mail does not name the host: {}", mail.text);
-    let link = mail
-        .text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Approval page: "))
-        .unwrap_or_else(|| panic!("no link in the mail: {}\n{}", mail.text, logs()))
-        .to_owned();
-    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
-    let posted = reqwest::Client::new()
-        .post(&link)
-        .form(&[("decision", "approve")])
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("POST the link");
-    assert!(posted.status().is_success(), "{}", posted.status());
+    approve_by_link(&approval_link(mail, &public, &logs())).await;
     let events = wait_event(&hub, "update.succeeded", Duration::from_secs(60)).await;
     for e in events.iter().filter(|e| e.event_type().starts_with("update.")) {
         assert_eq!(e.host.as_deref(), Some(A), "{} about host a", e.event_type());
@@ -747,18 +734,7 @@ async fn backup_across(outage: Outage) {
     let (mut net, table) = set_up().await;
     let scope = unique_name("scope-leaf-cut-backup");
     let bucket = TestBucket::new("leaf-cut").await;
-    let _data = steward_testkit::docker::Container::run(
-        &format!("{scope}-app"),
-        &[
-            "--label",
-            &format!("steward.scope={scope}"),
-            "--label",
-            "steward.backup.paths=/data",
-            "-v",
-            "/data",
-            &format!("{}:v1", steward_testkit::testbed::require("STEWARD_TEST_APP_IMAGE")),
-        ],
-    );
+    let _data = steward_system_tests::apps::backed_up_app(&scope);
     let user = Service::Backup.identity(Some(A));
     let leaf = open(&net, Some(A), &user).await;
     let mut extra = env(&table, A, &user);
@@ -950,7 +926,8 @@ async fn a_hosts_agents_away_leave_the_other_host_alone_and_its_update_resumes_o
 async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
     use steward_system_tests::apps::podman_app;
     use steward_system_tests::mail::{
-        testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
+        approval_link, approve_by_link, testbed_maildir, testbed_notifier_env, unique_address,
+        wait_mails,
     };
     let Some(socket) = steward_testkit::podman::socket() else { return };
     let (net, table) = set_up().await;
@@ -998,21 +975,7 @@ async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
             .find(|m| m.text.contains(container.as_str()))
             .unwrap_or_else(|| panic!("no mail about {container}: {mails:?}\n{}", logs()));
         assert!(mail.text.contains(host), "the mail does not name {host}: {}", mail.text);
-        let link = mail
-            .text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Approval page: "))
-            .unwrap_or_else(|| panic!("no link in the mail: {}\n{}", mail.text, logs()))
-            .to_owned();
-        assert!(link.starts_with(&format!("{public}/approve/")), "{host}'s link: {link}");
-        let posted = reqwest::Client::new()
-            .post(&link)
-            .form(&[("decision", "approve")])
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .expect("POST the link");
-        assert!(posted.status().is_success(), "{}", posted.status());
+        approve_by_link(&approval_link(mail, public, &logs())).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let events = loop {
