@@ -149,12 +149,16 @@ pub fn state_buckets() -> Vec<String> {
 
 impl Bus {
     /// Starts exporting the stream (the messages it holds now) and the state buckets. The
-    /// buckets are read first (they are small); a missing one is skipped.
+    /// buckets are read first (they are small); one the server says does not exist is
+    /// skipped, one it cannot be asked about fails the export (a backup must not leave a
+    /// bucket out without a word because NATS was slow to answer).
     pub async fn export(&self) -> Result<Export, BusError> {
         let ns = self.namespace().clone();
         let mut values = vec![];
         for bucket in state_buckets() {
-            let Ok(kv) = self.js().get_key_value(ns.bucket(&bucket)).await else { continue };
+            let Some(kv) = crate::state::existing_kv(self, &ns.bucket(&bucket)).await? else {
+                continue;
+            };
             let mut keys = kv.keys().await.map_err(|e| BusError::nats("list keys", e))?;
             let mut names = vec![];
             while let Some(key) = keys.next().await {

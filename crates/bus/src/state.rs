@@ -119,25 +119,8 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
     /// Opens the bucket `name` without creating or reconfiguring it (no service may). `None`:
     /// it does not exist.
     pub async fn open_existing(bus: &Bus, name: &str) -> Result<Option<Self>, BusError> {
-        use async_nats::jetstream::context::GetStreamErrorKind;
-        use async_nats::jetstream::ErrorCode;
         let bucket = bus.namespace().bucket(name);
-        match bus.js().get_stream(format!("KV_{bucket}")).await {
-            Ok(_) => {}
-            Err(e) => match e.kind() {
-                GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    return Ok(None)
-                }
-                _ => return Err(BusError::nats("open kv bucket", e)),
-            },
-        }
-        let kv = bus
-            .js()
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| BusError::nats("open kv bucket", e))?;
+        let Some(kv) = existing_kv(bus, &bucket).await? else { return Ok(None) };
         let scope = bus.config().route_host().map(|h| format!("{h}.")).unwrap_or_default();
         let retry_for = bus.config().publish_timeout;
         let judged = (matches!(bus.config().topology(), crate::Topology::Hub { .. })
@@ -456,4 +439,29 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             .filter_map(|k| k.strip_prefix(self.scope.as_str()).map(str::to_owned))
             .collect())
     }
+}
+
+/// The KV bucket named `bucket` (the namespace's full name), or `None` when the server says it
+/// does not exist. Any other failure (a server that does not answer in time, a denied
+/// request) is an error: never taken for a missing bucket.
+pub(crate) async fn existing_kv(
+    bus: &Bus,
+    bucket: &str,
+) -> Result<Option<async_nats::jetstream::kv::Store>, BusError> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    use async_nats::jetstream::ErrorCode;
+    match bus.js().get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => {}
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                return Ok(None)
+            }
+            _ => return Err(BusError::nats("open kv bucket", format!("{bucket}: {e}"))),
+        },
+    }
+    bus.js()
+        .get_key_value(bucket)
+        .await
+        .map(Some)
+        .map_err(|e| BusError::nats("open kv bucket", format!("{bucket}: {e}")))
 }

@@ -511,3 +511,44 @@ async fn an_export_carries_on_after_the_server_drops_its_consumer() {
     assert_eq!(ids.len(), sent, "every message once");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 }
+
+/// A state bucket the export cannot ask the server about (here its user may not: as with a
+/// server that does not answer in time) fails the export, naming the bucket. Before, any
+/// failure to open a bucket was taken for a missing one: a backup taken while the host's
+/// NATS was away left the bucket out of its export without a word.
+#[tokio::test]
+async fn a_state_bucket_the_export_cannot_look_up_fails_it() {
+    let ns = steward_bus::Namespace::unique("export-denied");
+    let bucket = ns.bucket(&steward_bus::state_buckets()[0]);
+    let dir = std::env::temp_dir().join(steward_testkit::unique_name("steward-nats-deny"));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let config = dir.join("nats.conf");
+    let text = format!(
+        "authorization {{ users = [\n  {{ user: all, password: all-secret }}\n  {{ user: reader, password: reader-secret, permissions: {{ publish: {{ allow: \">\", deny: \"$JS.API.STREAM.INFO.KV_{bucket}\" }} }} }}\n] }}\n"
+    );
+    std::fs::write(&config, text).expect("config");
+    let server = steward_testkit::NatsServer::start_with_config(&config, vec![]);
+    let as_user = |user: &str, password: &str| steward_bus::BusConfig {
+        url: server.url(),
+        credentials: Some(steward_bus::Credentials {
+            user: user.into(),
+            password: password.into(),
+        }),
+        namespace: ns.clone(),
+        ..steward_bus::BusConfig::default()
+    };
+    let all = steward_bus::Bus::open(as_user("all", "all-secret"), "steward-test")
+        .await
+        .expect("connect");
+    all.setup(&steward_bus::Setup::steward()).await.expect("setup");
+    let reader = steward_bus::Bus::open(as_user("reader", "reader-secret"), "steward-test")
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let err = reader.export().await.expect_err("an export without the bucket");
+    eprintln!("MEASURED the export failed after {:?}: {err}", started.elapsed());
+    assert!(err.to_string().contains(&bucket), "{err}");
+    // The whole export still works for a user who may look.
+    all.export().await.expect("the export of a user who may look");
+    let _ = std::fs::remove_dir_all(&dir);
+}
