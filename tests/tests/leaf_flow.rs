@@ -628,6 +628,7 @@ async fn update_across(outage: Outage) {
     let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
     assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
     wait_event(&hub, "update.started", Duration::from_secs(60)).await;
+    wait_logged(&procs, "updater", "failpoint: pulled: sleeping").await;
     let cut = std::time::Instant::now();
     match outage {
         Outage::LinkCut => net.leaf(A).link.cut(),
@@ -689,7 +690,7 @@ async fn update_across(outage: Outage) {
     }
 }
 
-/// What happens to the centre while a host's backup runs.
+/// What goes away while a host's update or backup runs.
 #[derive(Clone, Copy, Debug)]
 enum Outage {
     /// The host's uplink is cut.
@@ -729,6 +730,17 @@ fn leaf_mut<'a>(net: &'a mut NatsLeaves, host: &str) -> &'a mut steward_testkit:
     net.leaves.iter_mut().find(|l| l.host == host).expect("the host's leaf")
 }
 
+/// Waits until the process named `name` among `procs` has logged `text` (a failpoint's hold,
+/// so that an outage falls inside it).
+async fn wait_logged(procs: &[(String, Proc)], name: &str, text: &str) {
+    let (_, p) = procs.iter().find(|(n, _)| n.starts_with(name)).expect("the process");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !p.logs().contains(text) {
+        assert!(std::time::Instant::now() < deadline, "{name} never logged {text:?}\n{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn backup_across(outage: Outage) {
     use steward_system_tests::TestBucket;
     let (mut net, table) = set_up().await;
@@ -760,6 +772,8 @@ async fn backup_across(outage: Outage) {
         })
     };
     wait_event(&hub, "backup.started", Duration::from_secs(60)).await;
+    // Inside the hold, after the backup's own reads of the leaf (its export of the stream).
+    wait_logged(&procs, "backup", "failpoint: backup:manifest:before: sleeping").await;
     match outage {
         Outage::LinkCut => net.leaf(A).link.cut(),
         Outage::HubKilled => net.hub.kill(),
@@ -864,7 +878,10 @@ async fn a_hosts_agents_away_leave_the_other_host_alone_and_its_update_resumes_o
     // a's agents come up and are SIGKILLed at once; the check follows within a second or
     // two: the watcher's last pull request is then still new to its leaf (what lost the
     // request before: `Inbox::open`).
-    drop(agents_of(&net, A, &table, &scope_a, &gate).await);
+    let agents_a = agents_of(&net, A, &table, &scope_a, &gate).await;
+    // The watcher's first pull goes out on its first poll after it says it is consuming.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(agents_a);
     let killed = std::time::Instant::now();
     let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
     assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
@@ -965,7 +982,7 @@ async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
     let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
 
     push_app("v2", &app_a.image);
-    app_b.push("v2");
+    let v2_b = app_b.push("v2");
     let out = steward_with(&hub, &env(&table, HUB_DOMAIN, Service::Cli.name()), &["check"]);
     assert!(out.status.success(), "check: {}", String::from_utf8_lossy(&out.stderr));
     let mails = wait_mails(&testbed_maildir(), &to, 2, Duration::from_secs(90));
@@ -1015,10 +1032,13 @@ async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
     for port in [app_a.port, app_b.port] {
         assert!(steward_testkit::http_get(port).is_some_and(|b| b.contains("app v2")));
     }
-    // Each engine runs its own app only: a's on Docker, b's on Podman.
-    let on_podman = steward_testkit::podman::cli(&["ps", "--format", "{{.Names}}"]);
-    let on_podman = String::from_utf8_lossy(&on_podman.stdout);
-    assert!(on_podman.lines().any(|n| n == app_b.name) && !on_podman.contains(&app_a.name));
+    // b's update ran on Podman: the container there that holds the name runs v2's image.
+    let podman = |args: &[&str]| {
+        String::from_utf8_lossy(&steward_testkit::podman::cli(args).stdout).trim().to_owned()
+    };
+    let repository = app_b.image.trim_end_matches(":1.0");
+    let v2 = podman(&["image", "inspect", "-f", "{{.Id}}", &format!("{repository}@{v2_b}")]);
+    assert_eq!(podman(&["inspect", "-f", "{{.Image}}", &app_b.name]), v2, "b's container");
     for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }

@@ -3,7 +3,8 @@
 //! NATS 2.9 (Debian 12's server) has no multi-subject consumer filter. A consumer of exactly
 //! one event type filters on the server; one of several reads the whole stream and acks what
 //! it does not consume without handing it out (Steward's event rate is low, and one consumer
-//! keeps the stream's order across the service's subjects). Under host routing an agent's
+//! keeps the stream's order across the service's subjects, except for a message redelivered
+//! after a failed attempt or one a dead pull request took: see [`Inbox::open`]). Under host routing an agent's
 //! consumer filters on its host's subjects (`host.<host>.>`, one filter), and acks the types
 //! of its host it does not consume in the same way.
 
@@ -39,16 +40,17 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     /// Handler attempts before a message is given up on (then dead-lettered). The server is
     /// told one more: that extra delivery only happens when the process died during every
-    /// attempt, and is dead-lettered without running the handler (see
-    /// [`Delivery::is_exhausted`]), so such a message is never silently dropped.
+    /// attempt (or a killed process's pull request took one, [`Inbox::open`]), and is
+    /// dead-lettered without running the handler (see [`Delivery::is_exhausted`]), so such a
+    /// message is never silently dropped.
     pub max_deliver: i64,
-    /// Unacked messages the server hands out at once. Kept small: prefetched messages' ack
-    /// timers run while they wait in the client buffer.
+    /// Unacked messages the server lets the consumer have at once: with one message per pull
+    /// ([`Inbox::open`]), the one being handled and any a killed process's pull took.
     pub max_ack_pending: i64,
 }
 
 impl ConsumerSpec {
-    /// A spec with Steward's defaults (30 s ack wait, 5 deliveries, 16 in flight).
+    /// A spec with Steward's defaults (30 s ack wait, 5 deliveries, 16 unacked at most).
     pub fn new(name: impl Into<String>, event_types: &[&str]) -> Self {
         Self {
             name: name.into(),
@@ -208,7 +210,9 @@ impl Inbox {
         // next message of its consumer spend every delivery the server allows on nobody, and
         // it was never handed out again (a host's agents restarted, and the watch request
         // that waited for them was gone; tests/tests/leaf_flow.rs). With room for one, a
-        // dead request takes at most one delivery; the message then waits for a live one.
+        // dead request takes at most one delivery (one of the handler's attempts); the
+        // message then goes to the next live request (seen handled as soon as the service
+        // was back).
         // Steward handles one message at a time, so one pulled at a time costs a round trip.
         let batch = 1;
         self.bus
