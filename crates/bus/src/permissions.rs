@@ -429,6 +429,24 @@ mod tests {
         config.lines().filter_map(|l| l.trim().strip_prefix("user: ")).collect()
     }
 
+    /// The backup's export fails on a state bucket it may not look up (`Bus::export`): its
+    /// user must be allowed every one, with and without host routing.
+    #[test]
+    fn the_backup_may_look_up_every_state_bucket_it_exports() {
+        let ns = Namespace::default();
+        let hosts = vec!["vps-a".to_owned()];
+        for user in [
+            Permissions::of(Service::Backup, &ns),
+            Permissions::routed(Service::Backup, &ns, &hosts, Some("vps-a")),
+        ] {
+            for bucket in crate::export::state_buckets() {
+                let info = format!("$JS.API.STREAM.INFO.KV_{}", ns.bucket(&bucket));
+                assert!(user.publish.contains(&info), "{}: {info}", user.user);
+                assert!(!user.deny.contains(&info), "{}: {info}", user.user);
+            }
+        }
+    }
+
     #[test]
     fn each_server_of_the_leaf_topology_gets_its_own_users() {
         let ns = Namespace::default();
