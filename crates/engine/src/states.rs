@@ -110,6 +110,10 @@ impl Engine {
 
     /// On Podman, [`Engine::reread`]; bollard's error `first` stands on any other engine
     /// (an unknown name there is not a state this translates) and when the re-read fails.
+    /// An engine whose kind could not be asked (its version call timed out on a loaded host)
+    /// is re-read too: the translation only renames states Docker never reports. A failed
+    /// re-read's reason is added to bollard's parse error, so that the failure says why (a
+    /// Podman list failed so once in CI, 2026-12-05, without saying; not reproduced).
     async fn reread_on_podman<T: serde::de::DeserializeOwned>(
         &self,
         first: BollardError,
@@ -117,14 +121,20 @@ impl Engine {
         max: usize,
         fix: fn(&mut Value),
     ) -> Result<T, BollardError> {
-        if !self.is_podman().await.unwrap_or(false) {
+        if let Ok(false) = self.is_podman().await {
             return Err(first);
         }
         match self.reread(path, max, fix).await {
             Ok(answer) => Ok(answer),
             Err(e) => {
                 tracing::warn!(%path, error = %e, "re-reading Podman's answer failed");
-                Err(first)
+                Err(match first {
+                    BollardError::JsonDataError { message, column } => {
+                        let message = format!("{message}; re-read as Podman's answer: {e}");
+                        BollardError::JsonDataError { message, column }
+                    }
+                    other => other,
+                })
             }
         }
     }
