@@ -48,6 +48,21 @@ fn env(table: &str, domain: &str, user: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The real notifier at the hub, mailing `to` through the test bed's SMTP server, with
+/// `extra` settings.
+async fn notifier_at_hub(
+    net: &NatsLeaves,
+    table: &str,
+    to: &str,
+    extra: &[(&'static str, String)],
+) -> (String, Proc) {
+    let hub = open(net, None, Service::Notifier.name()).await;
+    let mut settings = steward_system_tests::mail::testbed_notifier_env(to);
+    settings.extend(env(table, HUB_DOMAIN, Service::Notifier.name()));
+    settings.extend(extra.iter().cloned());
+    ("notifier".to_owned(), Proc::service(Service::Notifier.binary(), &hub, &settings))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_on_a_leaf_host_is_approved_from_the_centre_and_applied_there() {
     let hosts = vec![A.to_owned(), B.to_owned()];
@@ -251,8 +266,7 @@ async fn agents_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
     use steward_system_tests::mail::{
-        approval_link, approve_by_link, testbed_maildir, testbed_notifier_env, unique_address,
-        wait_mails,
+        approval_link, approve_by_link, testbed_maildir, unique_address, wait_mails,
     };
     let (net, table) = set_up().await;
     let scope = unique_name("scope-leaf-link");
@@ -270,13 +284,7 @@ async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
     ];
     let mut procs = agents_of_a(&net, &table, &scope, &updater_extra).await;
     let to = unique_address("leaf-link");
-    let hub = open(&net, None, Service::Notifier.name()).await;
-    let mut notifier_env = testbed_notifier_env(&to);
-    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
-    procs.push((
-        "notifier".to_owned(),
-        Proc::service(Service::Notifier.binary(), &hub, &notifier_env),
-    ));
+    procs.push(notifier_at_hub(&net, &table, &to, &[]).await);
     let hub = open(&net, None, Service::Cli.name()).await;
     let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");
 
@@ -364,20 +372,14 @@ async fn an_update_on_a_leaf_host_ends_while_the_hub_is_down_and_the_hub_gets_it
 /// and record come through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_leaf_gets_nothing_into_the_centres_mail_or_output() {
-    use steward_system_tests::mail::{
-        mails_to, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
-    };
+    use steward_system_tests::mail::{mails_to, testbed_maildir, unique_address, wait_mails};
     let (net, table) = set_up().await;
     net.unfilter_at_hub("STEWARD", B).await;
     net.unfilter_at_hub("KV_STEWARD_WATCHER", B).await;
     let to = unique_address("leaf-hostile");
-    let hub = open(&net, None, Service::Notifier.name()).await;
-    let mut notifier_env = testbed_notifier_env(&to);
-    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
     let metrics_port = steward_testkit::free_port();
-    notifier_env.push(("STEWARD_HTTP_ADDR", format!("127.0.0.1:{metrics_port}")));
-    let procs =
-        [("notifier".to_owned(), Proc::service(Service::Notifier.binary(), &hub, &notifier_env))];
+    let metrics = [("STEWARD_HTTP_ADDR", format!("127.0.0.1:{metrics_port}"))];
+    let procs = [notifier_at_hub(&net, &table, &to, &metrics).await];
     let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
 
     let (forged, genuine) = (unique_name("forged"), unique_name("genuine"));
@@ -599,9 +601,7 @@ async fn an_update_applied_while_the_hosts_leaf_is_down_ends_once_it_is_back() {
 }
 
 async fn update_across(outage: Outage) {
-    use steward_system_tests::mail::{
-        mails_to, testbed_maildir, testbed_notifier_env, unique_address, wait_mails,
-    };
+    use steward_system_tests::mail::{mails_to, testbed_maildir, unique_address, wait_mails};
     let (mut net, table) = set_up().await;
     let scope = unique_name("scope-leaf-cut-apply");
     let app = app(&scope, "automatic", &[]);
@@ -611,13 +611,7 @@ async fn update_across(outage: Outage) {
     ];
     let mut procs = agents_of_a(&net, &table, &scope, &held).await;
     let to = unique_address("leaf-cut-apply");
-    let notifier = open(&net, None, Service::Notifier.name()).await;
-    let mut notifier_env = testbed_notifier_env(&to);
-    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
-    procs.push((
-        "notifier".to_owned(),
-        Proc::service(Service::Notifier.binary(), &notifier, &notifier_env),
-    ));
+    procs.push(notifier_at_hub(&net, &table, &to, &[]).await);
     let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
     let leaf_a = open(&net, Some(A), steward_bus::SETUP_USER).await;
     let leaf_a = Bus::connect(leaf_a.config().clone(), "steward-test").await.expect("a's stream");
@@ -943,8 +937,7 @@ async fn a_hosts_agents_away_leave_the_other_host_alone_and_its_update_resumes_o
 async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
     use steward_system_tests::apps::podman_app;
     use steward_system_tests::mail::{
-        approval_link, approve_by_link, testbed_maildir, testbed_notifier_env, unique_address,
-        wait_mails,
+        approval_link, approve_by_link, testbed_maildir, unique_address, wait_mails,
     };
     let Some(socket) = steward_testkit::podman::socket() else { return };
     let (net, table) = set_up().await;
@@ -970,13 +963,7 @@ async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
         links.push((host, public));
     }
     let to = unique_address("two-engines");
-    let notifier = open(&net, None, Service::Notifier.name()).await;
-    let mut notifier_env = testbed_notifier_env(&to);
-    notifier_env.extend(env(&table, HUB_DOMAIN, Service::Notifier.name()));
-    procs.push((
-        "notifier".to_owned(),
-        Proc::service(Service::Notifier.binary(), &notifier, &notifier_env),
-    ));
+    procs.push(notifier_at_hub(&net, &table, &to, &[]).await);
     let logs = || procs.iter().map(|(n, p)| format!("{n}: {}\n", p.logs())).collect::<String>();
     let hub = open(&net, None, Service::Cli.name()).await;
     let hub = Bus::connect(hub.config().clone(), "steward-test").await.expect("the hub's stream");

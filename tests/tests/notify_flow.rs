@@ -113,13 +113,7 @@ async fn a_pending_update_is_mailed_once_with_a_link_that_approves_only_by_post_
     let mail = &mails[0];
     assert!(mail.subject.contains(&format!("Approve update of {}", app.name)), "{}", mail.subject);
     // The mail carries the link, asked from the updater when it was rendered.
-    let link = mail
-        .text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Approval page: "))
-        .unwrap_or_else(|| panic!("no link in the mail: {}", mail.text))
-        .to_owned();
-    assert!(link.starts_with(&format!("{public}/approve/")), "{link}");
+    let link = steward_system_tests::mail::approval_link(mail, &public, "");
     assert!(mail.html.contains("Review and approve or reject"), "{}", mail.html);
 
     // GET shows the page and decides nothing (mail scanners fetch links).
