@@ -3,15 +3,40 @@
 # authorization.conf): export them from the mounted secret files, then become the server.
 # nats-server parses a variable's value as config text (a password starting with a digit would
 # be read as a number and refused), so each is exported as a quoted string.
+# A host's leaf (nats.conf from `steward nats-config` with STEWARD_NATS_DOMAIN) also takes its
+# link to the hub, password included, from the secret nats_leaf_url.
+# STEWARD_NATS_SECRETS and STEWARD_NATS_CONFIG point elsewhere than the container's paths
+# (the tests run this script with nats-server outside a container).
 set -eu
-for file in /run/secrets/nats_*_password; do
-  name=$(basename "$file" _password)
-  name=$(echo "${name#nats_}" | tr '[:lower:]' '[:upper:]')
-  value=$(cat "$file")
-  [ -n "$value" ] || { echo "entrypoint: $file is empty" >&2; exit 1; }
-  case $value in
-    *'"'* | *'\'*) echo "entrypoint: $file: a password may not contain \" or \\" >&2; exit 1 ;;
+secrets=${STEWARD_NATS_SECRETS:-/run/secrets}
+config=${STEWARD_NATS_CONFIG:-/etc/nats/nats.conf}
+quotable() { # FILE VALUE
+  [ -n "$2" ] || { echo "entrypoint: $1 is empty" >&2; exit 1; }
+  case $2 in
+    *'"'* | *'\'*) echo "entrypoint: $1: may not contain \" or \\" >&2; exit 1 ;;
   esac
+}
+for file in "$secrets"/nats_*_password; do
+  [ -e "$file" ] || continue
+  # nats_leaf-vps-a_password (the hub's user for host vps-a's link): STEWARD_LEAF_VPS_A_PASSWORD.
+  name=$(basename "$file" _password)
+  name=$(echo "${name#nats_}" | tr '[:lower:]-' '[:upper:]_')
+  value=$(cat "$file")
+  quotable "$file" "$value"
   export "STEWARD_${name}_PASSWORD=\"$value\""
 done
-exec nats-server --config /etc/nats/nats.conf "$@"
+if grep -q '\$STEWARD_LEAF_URL' "$config"; then
+  file=$secrets/nats_leaf_url
+  [ -r "$file" ] || {
+    echo "entrypoint: $file is missing: this leaf's link to the hub, nats-leaf://leaf-<host>:<password>@<hub>:7422" >&2
+    exit 1
+  }
+  value=$(cat "$file")
+  quotable "$file" "$value"
+  case $value in
+    nats-leaf://*@* | tls://*@*) ;;
+    *) echo "entrypoint: $file: not nats-leaf://leaf-<host>:<password>@<hub>:<port>" >&2; exit 1 ;;
+  esac
+  export "STEWARD_LEAF_URL=\"$value\""
+fi
+exec nats-server --config "$config" "$@"

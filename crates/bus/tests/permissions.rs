@@ -1,6 +1,7 @@
 //! The NATS authorization derived from the routing table, against a real nats-server started
 //! with it: each participant publishes only its own event types and changes only its own
-//! state; the committed compose configuration is exactly what the code generates.
+//! state; the committed compose configuration (users and server) is exactly what the code
+//! generates.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,24 @@ fn the_compose_stacks_authorization_is_generated_from_the_routing_table() {
     assert!(
         committed == generated,
         "{path:?} is out of date with the routing table: \
+         STEWARD_REGENERATE=1 cargo test -p steward-bus --test permissions"
+    );
+}
+
+#[test]
+fn the_compose_stacks_server_configuration_is_generated() {
+    let generated =
+        steward_bus::ServerFile::new(steward_bus::Topology::Single, steward_bus::LinkTls::Off)
+            .render(None)
+            .expect("one server's configuration");
+    let path = committed_config().with_file_name("nats.conf");
+    if std::env::var_os("STEWARD_REGENERATE").is_some() {
+        std::fs::write(&path, &generated).expect("write nats.conf");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{path:?} is out of date with `steward nats-config`: \
          STEWARD_REGENERATE=1 cargo test -p steward-bus --test permissions"
     );
 }

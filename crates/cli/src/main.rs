@@ -147,6 +147,11 @@ enum Command {
     /// Print the NATS server's users and permissions for this installation (STEWARD_HOSTS:
     /// each agent's user once per host, confined to it), to include in nats-server's config.
     NatsAuthorization,
+    /// Print the NATS server's own configuration (nats.conf) for where it sits: the compose
+    /// stack's one server, or under the leaf-node topology (STEWARD_NATS_DOMAIN) the hub with
+    /// its leaf-node port or a host's leaf with its link to the hub, TLS on that link unless
+    /// --no-tls. It includes authorization.conf (`steward nats-authorization`).
+    NatsConfig(setup::NatsConfigArgs),
     /// Exit 0 when the service in this container answers `/healthz` (the image's
     /// HEALTHCHECK); its address is the container's STEWARD_HTTP_ADDR.
     Healthcheck {
@@ -277,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => audit::run(args, &cli.conn).await,
         Command::Setup => setup::run(&cli.conn).await,
         Command::NatsAuthorization => setup::authorization(&cli.conn),
+        Command::NatsConfig(args) => setup::nats_config(&cli.conn, args),
         Command::Healthcheck { addr } => healthcheck(addr).await,
     }
 }

@@ -49,3 +49,88 @@ pub fn authorization(conn: &Connection) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `steward nats-config`'s options: where the server keeps its data and, under the leaf-node
+/// topology, how the hub and its leaves find and trust each other. Paths are as the server
+/// sees them (inside its container).
+#[derive(Debug, clap::Args)]
+pub struct NatsConfigArgs {
+    /// The hub's certificate (chain), PEM, served to the leaves.
+    #[arg(long, requires = "tls_key", conflicts_with_all = ["tls_ca", "no_tls"])]
+    tls_cert: Option<String>,
+    /// The hub's private key, PEM.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<String>,
+    /// On a leaf: the CA file that signed the hub's certificate (without it, and without
+    /// --no-tls, the system's roots: a certificate from a public CA).
+    #[arg(long, conflicts_with = "no_tls")]
+    tls_ca: Option<String>,
+    /// The leaf-node link in the clear: only inside a private network (WireGuard). The link
+    /// carries each host's password and every event.
+    #[arg(long)]
+    no_tls: bool,
+    /// The hub's leaf-node listener.
+    #[arg(long, default_value_t = format!("0.0.0.0:{}", steward_bus::LEAF_PORT))]
+    leaf_listen: String,
+    /// The address the hub gives its leaves to reconnect to, when the listener's is not theirs
+    /// (behind NAT).
+    #[arg(long)]
+    leaf_advertise: Option<String>,
+    /// The clients' port.
+    #[arg(long, default_value_t = 4222)]
+    port: u16,
+    /// The monitoring port (the healthcheck's); 0 for none.
+    #[arg(long, default_value_t = 8222)]
+    http_port: u16,
+    /// JetStream's store directory.
+    #[arg(long, default_value = "/data")]
+    store_dir: String,
+    /// JetStream's file store limit.
+    #[arg(long, default_value = "10GB")]
+    max_file_store: String,
+    /// The server's name (default: steward-nats, or steward-nats-<domain>).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `steward nats-config`: the server's `nats.conf` for this installation's place in the
+/// topology (`STEWARD_HOSTS`, `STEWARD_NATS_DOMAIN`). A hub refuses to be written without the
+/// link's TLS unless `--no-tls` says the link is private.
+pub fn nats_config(conn: &Connection, args: NatsConfigArgs) -> anyhow::Result<()> {
+    use steward_bus::{LinkTls, ServerFile, Topology};
+    let mut env = conn.env();
+    let cfg = conn.read(&mut env);
+    env.finish()?;
+    let topology = cfg.topology();
+    let link_options = args.no_tls || args.tls_cert.is_some() || args.tls_ca.is_some();
+    if matches!(topology, Topology::Single) && link_options {
+        anyhow::bail!(
+            "one NATS server has no leaf-node link (STEWARD_NATS_DOMAIN is unset): the TLS \
+             options are for the hub and the leaves"
+        );
+    }
+    let tls = match (topology, args.no_tls, args.tls_cert, args.tls_key, args.tls_ca) {
+        (_, true, ..) | (Topology::Single, ..) => LinkTls::Off,
+        (Topology::Hub { .. }, _, Some(cert), Some(key), _) => LinkTls::Hub { cert, key },
+        (Topology::Hub { .. }, _, None, _, None) => anyhow::bail!(
+            "the hub's leaf-node link needs TLS: --tls-cert and --tls-key (the certificate the \
+             leaves verify), or --no-tls if every leaf reaches it through a private network"
+        ),
+        (Topology::Leaf { .. }, _, None, None, ca) => LinkTls::Leaf { ca },
+        // What does not fit where the server sits: the renderer says why.
+        (_, _, Some(cert), key, _) => LinkTls::Hub { cert, key: key.unwrap_or_default() },
+        (_, _, _, _, ca) => LinkTls::Leaf { ca },
+    };
+    let mut file = ServerFile::new(topology, tls);
+    if let Some(name) = args.name {
+        file.name = name;
+    }
+    file.port = args.port;
+    file.http_port = (args.http_port != 0).then_some(args.http_port);
+    file.store_dir = args.store_dir;
+    file.max_file_store = args.max_file_store;
+    file.leaf_listen = args.leaf_listen;
+    file.leaf_advertise = args.leaf_advertise;
+    print!("{}", file.render(cfg.domain.as_deref())?);
+    Ok(())
+}

@@ -64,6 +64,7 @@ impl NatsLeaves {
             config: Some(config),
             env: passwords(&ns, hosts),
             args: vec!["--name".into(), HUB_DOMAIN.into()],
+            launcher: None,
             child: None,
         };
         hub.start_again();
@@ -94,6 +95,7 @@ impl NatsLeaves {
                 config: Some(config),
                 env: passwords(&ns, hosts),
                 args: vec!["--name".into(), format!("leaf-{host}")],
+                launcher: None,
                 child: None,
             };
             server.start_again();

@@ -211,6 +211,9 @@ pub struct NatsServer {
     env: Vec<(String, String)>,
     /// Further command-line arguments (a cluster node's name and routes).
     args: Vec<String>,
+    /// A script that execs nats-server with the arguments it is given (the compose kit's
+    /// `entrypoint.sh`), run with `sh` instead of the server itself.
+    launcher: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -324,7 +327,37 @@ impl NatsServer {
         if let Err(e) = std::fs::create_dir_all(&store) {
             panic!("cannot create {store:?}: {e}");
         }
-        let mut server = Self { port: free_port(), store, config, env, args: vec![], child: None };
+        let mut server = Self {
+            port: free_port(),
+            store,
+            config,
+            env,
+            args: vec![],
+            launcher: None,
+            child: None,
+        };
+        server.start_again();
+        server
+    }
+
+    /// Starts nats-server through `launcher`, a script that execs it with the arguments it
+    /// is given (the compose kit's `entrypoint.sh`, which reads its configuration and secrets
+    /// from `env`); address, port and log are the test's own, as with every server here, and
+    /// the store is the one the configuration names.
+    pub fn start_through(launcher: &Path, env: Vec<(String, String)>) -> Self {
+        let store = std::env::temp_dir().join(unique_name("steward-nats"));
+        if let Err(e) = std::fs::create_dir_all(&store) {
+            panic!("cannot create {store:?}: {e}");
+        }
+        let mut server = Self {
+            port: free_port(),
+            store,
+            config: None,
+            env,
+            args: vec![],
+            launcher: Some(launcher.to_owned()),
+            child: None,
+        };
         server.start_again();
         server
     }
@@ -382,16 +415,24 @@ impl NatsServer {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "server already running");
         let bin = testbed::var("STEWARD_TEST_NATS_SERVER").unwrap_or_else(|| "nats-server".into());
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match &self.launcher {
+            Some(script) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg(script);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
         if let Some(config) = &self.config {
             cmd.arg("-c").arg(config);
         }
         let log = self.store.join("server.log");
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-l"])
-            .arg(&log)
-            .arg("-sd")
-            .arg(self.store.join("jetstream"))
-            .args(&self.args);
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-l"]).arg(&log);
+        // A launched server's configuration names its store (nats-server refuses both).
+        if self.launcher.is_none() {
+            cmd.arg("-sd").arg(self.store.join("jetstream"));
+        }
+        cmd.args(&self.args);
         let child = cmd
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -439,7 +480,15 @@ impl NatsCluster {
                 routes.clone(),
             ];
             let port = free_port();
-            let mut node = NatsServer { port, store, config: Some(config), env, args, child: None };
+            let mut node = NatsServer {
+                port,
+                store,
+                config: Some(config),
+                env,
+                args,
+                launcher: None,
+                child: None,
+            };
             node.start_again();
             nodes.push(node);
         }
@@ -1007,10 +1056,15 @@ pub fn http_get(port: u16) -> Option<String> {
 /// `GET /` on `addr` (HTTP/1.0, 2 s bounds): the status and the body, or `None` if nothing
 /// answers HTTP.
 pub fn http_get_at(addr: std::net::SocketAddr) -> Option<(u16, String)> {
+    http_get_path_at(addr, "/")
+}
+
+/// `GET path` on `addr`, as [`http_get_at`].
+pub fn http_get_path_at(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
