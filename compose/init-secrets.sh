@@ -28,6 +28,9 @@ put deploy_approval_secret "$(random)$(random)"
 for user in watcher updater backup health notifier deployer cli setup; do
   put "nats_${user}_password" "$(random)"
 done
+# Several hosts on leaf nodes only (leaf.yml): this host's link to the hub, with its password
+# (docs/runbooks.md, "Several hosts on leaf nodes"). Empty: a leaf's NATS refuses to start.
+put nats_leaf_url ""
 put smtp_url "smtps://USER:PASSWORD@email-smtp.eu-west-1.amazonaws.com:465"
 put aws_credentials "# Leave empty on EC2 with an instance role; otherwise:
 # [default]

@@ -16,7 +16,9 @@ quotable() { # FILE VALUE
     *'"'* | *'\'*) echo "entrypoint: $1: may not contain \" or \\" >&2; exit 1 ;;
   esac
 }
-for file in "$secrets"/nats_*_password; do
+# The hub (compose/hub.yml) also finds its leaves' link passwords one directory down
+# (secrets/leaves/nats_leaf-<host>_password: one file per host, which compose cannot list).
+for file in "$secrets"/nats_*_password "$secrets"/*/nats_*_password; do
   [ -e "$file" ] || continue
   # nats_leaf-vps-a_password (the hub's user for host vps-a's link): STEWARD_LEAF_VPS_A_PASSWORD.
   name=$(basename "$file" _password)
@@ -25,6 +27,16 @@ for file in "$secrets"/nats_*_password; do
   quotable "$file" "$value"
   export "STEWARD_${name}_PASSWORD=\"$value\""
 done
+# Every password the configuration names must have come: say which is missing (nats-server
+# says only which variable, and only the first).
+for var in $(grep -ho '\$STEWARD_[A-Z0-9_]*_PASSWORD' "$(dirname "$config")"/*.conf | tr -d '$' | sort -u); do
+  # $var is [A-Z0-9_] only (the pattern above): safe to expand by name.
+  eval "[ -n \"\${$var:-}\" ]" || missing="${missing:-} $var"
+done
+if [ -n "${missing:-}" ]; then
+  echo "entrypoint: no secret file for$missing (secrets/nats_<user>_password; the hub's leaves': secrets/leaves/nats_leaf-<host>_password)" >&2
+  exit 1
+fi
 if grep -q '\$STEWARD_LEAF_URL' "$config"; then
   file=$secrets/nats_leaf_url
   [ -r "$file" ] || {

@@ -862,3 +862,65 @@ fn the_deployer_runs_in_its_profile_with_its_own_image_socket_user_and_checkouts
         init.contains("put deploy_webhook_secret") && init.contains("put deploy_approval_secret")
     );
 }
+
+/// Several hosts on leaf nodes (`leaf.yml` on every host, `hub.yml` after it at the centre):
+/// every agent logs in as its per-host user to its host's leaf under the host's domain, the
+/// leaf's server is given those users' passwords under their per-host names, the notifier
+/// runs only where the `centre` profile is asked for and, with `hub.yml`, talks to the hub as
+/// the CLI does. (compose_leaf.rs brings the overlays up.)
+#[test]
+fn the_leaf_overlays_give_each_agent_its_hosts_user_and_the_centre_the_hub() {
+    let vars = [("STEWARD_HOSTS", "vps-a,vps-b"), ("STEWARD_HOST", "vps-a")];
+    let leaf = rendered_in(&["leaf.yml"], &vars);
+    for agent in ["watcher", "updater", "backup", "health", "deployer"] {
+        let env = environment(&service(&leaf, agent));
+        let expected = [
+            ("STEWARD_NATS_USER", format!("{agent}-vps-a")),
+            ("STEWARD_HOST", "vps-a".into()),
+            ("STEWARD_NATS_DOMAIN", "vps-a".into()),
+            ("STEWARD_NATS_URL", "nats://nats:4222".into()),
+        ];
+        for (key, value) in expected {
+            assert_eq!(env.get(key), Some(&value), "{agent}'s {key}");
+        }
+        let nats = secrets(&service(&leaf, "nats"));
+        let per_host = (format!("nats_{agent}_password"), format!("nats_{agent}-vps-a_password"));
+        assert!(nats.contains(&per_host), "the leaf lacks {per_host:?}: {nats:?}");
+    }
+    assert!(secrets(&service(&leaf, "nats"))
+        .contains(&("nats_leaf_url".into(), "nats_leaf_url".into())));
+    assert_eq!(
+        environment(&service(&leaf, "setup")).get("STEWARD_NATS_DOMAIN"),
+        Some(&"vps-a".into())
+    );
+    assert_eq!(list(&service(&leaf, "notifier"), "profiles"), ["centre"]);
+    assert!(!service_names(&leaf).contains(&"nats-hub".to_owned()));
+
+    let centre = rendered_in(&["leaf.yml", "hub.yml"], &vars);
+    for central in ["notifier", "steward"] {
+        let env = environment(&service(&centre, central));
+        assert_eq!(env.get("STEWARD_NATS_URL").map(String::as_str), Some("nats://nats-hub:4222"));
+        assert_eq!(env.get("STEWARD_NATS_DOMAIN").map(String::as_str), Some("hub"));
+    }
+    let setup = environment(&service(&centre, "setup-hub"));
+    assert_eq!(setup.get("STEWARD_NATS_DOMAIN").map(String::as_str), Some("hub"));
+    assert_eq!(setup.get("STEWARD_NATS_USER").map(String::as_str), Some("setup"));
+    // Without STEWARD_HOST a leaf host's stack does not render at all.
+    let empty = std::env::temp_dir().join(steward_testkit::unique_name("compose-env"));
+    std::fs::write(&empty, "").expect("env file");
+    let out = Command::new("docker-compose")
+        .current_dir(compose_dir())
+        .arg("--env-file")
+        .arg(&empty)
+        .args(["-f", "docker-compose.yml", "-f", "leaf.yml", "config"])
+        .env("STEWARD_S3_BUCKET", "b")
+        .env("STEWARD_MAIL_FROM", "a@example.com")
+        .env("STEWARD_MAIL_TO", "b@example.com")
+        .env("GITEA_DOMAIN", "git.example.com")
+        .env_remove("STEWARD_HOST")
+        .output()
+        .expect("docker-compose");
+    let _ = std::fs::remove_file(&empty);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("set STEWARD_HOST in .env"), "{stderr}");
+}

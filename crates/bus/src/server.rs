@@ -49,8 +49,9 @@ pub struct ServerFile<'a> {
     pub port: u16,
     /// The monitoring port (`/healthz`, `/leafz`), if any.
     pub http_port: Option<u16>,
-    /// JetStream's store directory.
-    pub store_dir: String,
+    /// JetStream's store directory (`None`: the server's command line gives it, `-sd`;
+    /// nats-server refuses both).
+    pub store_dir: Option<String>,
     /// JetStream's file store limit, in nats-server's notation (`10GB`).
     pub max_file_store: String,
     /// The hub's leaf-node listener, `host:port`.
@@ -95,7 +96,7 @@ impl<'a> ServerFile<'a> {
             name,
             port: 4222,
             http_port: Some(8222),
-            store_dir: "/data".into(),
+            store_dir: Some("/data".into()),
             max_file_store: "10GB".into(),
             leaf_listen: format!("0.0.0.0:{LEAF_PORT}"),
             leaf_advertise: None,
@@ -131,7 +132,9 @@ impl<'a> ServerFile<'a> {
             out.push_str(&format!("http_port: {port}\n"));
         }
         out.push_str("max_payload: 1MB\n\njetstream {\n");
-        out.push_str(&format!("  store_dir: {}\n", q("store directory", &self.store_dir)?));
+        if let Some(dir) = &self.store_dir {
+            out.push_str(&format!("  store_dir: {}\n", q("store directory", dir)?));
+        }
         let limit = &self.max_file_store;
         let size_ok = limit.len() > 2
             && limit.ends_with('B')

@@ -127,7 +127,7 @@ pub fn nats_config(conn: &Connection, args: NatsConfigArgs) -> anyhow::Result<()
     }
     file.port = args.port;
     file.http_port = (args.http_port != 0).then_some(args.http_port);
-    file.store_dir = args.store_dir;
+    file.store_dir = Some(args.store_dir);
     file.max_file_store = args.max_file_store;
     file.leaf_listen = args.leaf_listen;
     file.leaf_advertise = args.leaf_advertise;

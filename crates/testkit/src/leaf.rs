@@ -1,6 +1,7 @@
 //! The leaf-node topology on loopback ports (docs/scaling.md): a hub nats-server and one
 //! leaf nats-server per host, each with JetStream under its own domain (`hub`, the host's
-//! name) and the users `steward nats-authorization` generates for that server
+//! name), the configuration `steward nats-config` prints for it ([`ServerFile`], the link in
+//! the clear) and the users `steward nats-authorization` generates for that server
 //! ([`Permissions::server_config_on`]). Each leaf logs in to the hub as its host's
 //! [`steward_bus::LeafLink`] user through a [`Link`] the test can cut and restore, as a host's
 //! uplink goes down and comes back.
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use steward_bus::{BusConfig, Credentials, Namespace, Permissions, Topology};
+use steward_bus::{BusConfig, Credentials, LinkTls, Namespace, Permissions, ServerFile, Topology};
 
 use crate::{free_port, unique_name, NatsServer};
 
@@ -50,12 +51,14 @@ impl NatsLeaves {
         let ns = Namespace::default();
         let hub_store = std::env::temp_dir().join(unique_name("steward-nats-hub"));
         let leaf_port = free_port();
+        // The configuration `steward nats-config` prints, the link in the clear (loopback).
         // A leaf learns the hub's leaf-node address from it and would reconnect there
         // directly, around its cut link (`no_advertise` does not stop that in nats-server
         // 2.9): the hub advertises a closed port instead.
-        let hub_conf = format!(
-            "include authorization.conf\njetstream {{ domain: {HUB_DOMAIN} }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\", advertise: \"127.0.0.1:1\" }}\n"
-        );
+        let mut hub_file = for_test(ServerFile::new(Topology::Hub { hosts }, LinkTls::Off));
+        hub_file.leaf_listen = format!("127.0.0.1:{leaf_port}");
+        hub_file.leaf_advertise = Some("127.0.0.1:1".into());
+        let hub_conf = hub_file.render(Some(HUB_DOMAIN)).expect("the hub's configuration");
         let auth = mangle(Permissions::server_config_on(&ns, hosts, Topology::Hub { hosts }));
         let config = write_config(&hub_store.join("conf"), &auth, &hub_conf);
         let mut hub = NatsServer {
@@ -63,7 +66,7 @@ impl NatsLeaves {
             store: hub_store,
             config: Some(config),
             env: passwords(&ns, hosts),
-            args: vec!["--name".into(), HUB_DOMAIN.into()],
+            args: vec![],
             launcher: None,
             child: None,
         };
@@ -73,11 +76,16 @@ impl NatsLeaves {
             let link = Link::start(leaf_port);
             let store = std::env::temp_dir().join(unique_name("steward-nats-leaf"));
             let user = steward_bus::leaf_user(host);
-            let conf = format!(
-                "include authorization.conf\njetstream {{ domain: {host} }}\nleafnodes {{\n  remotes = [ {{ url: \"nats-leaf://{user}:{}@127.0.0.1:{}\" }} ]\n}}\n",
+            let conf = for_test(ServerFile::new(Topology::Leaf { host }, LinkTls::Off))
+                .render(Some(host))
+                .expect("a leaf's configuration");
+            let url = format!(
+                "\"nats-leaf://{user}:{}@127.0.0.1:{}\"",
                 NatsServer::user_password(&user),
                 link.port()
             );
+            let mut env = passwords(&ns, hosts);
+            env.push((steward_bus::LEAF_URL_VARIABLE.to_owned(), url));
             // Whoever controls a host controls its leaf's configuration: a user allowed
             // everything there ([`HOST_ROOT`]) is what a test forges with. Only the link's
             // permissions, on the hub, stand between it and the other hosts.
@@ -93,8 +101,8 @@ impl NatsLeaves {
                 port: free_port(),
                 store,
                 config: Some(config),
-                env: passwords(&ns, hosts),
-                args: vec!["--name".into(), format!("leaf-{host}")],
+                env,
+                args: vec![],
                 launcher: None,
                 child: None,
             };
@@ -165,6 +173,14 @@ impl NatsLeaves {
             ..BusConfig::default()
         }
     }
+}
+
+/// What every server here differs in from an installation's: the test gives the store on the
+/// command line (its own per server) and no monitoring port (they would collide).
+fn for_test(mut file: ServerFile<'_>) -> ServerFile<'_> {
+    file.store_dir = None;
+    file.http_port = None;
+    file
 }
 
 /// Every password a server of this topology may name (extra ones are not read).
