@@ -131,7 +131,11 @@ impl Permissions {
         }
         let progress = ns.subject(&format!("{PROGRESS_FAMILY}.>"));
         if service.publishes_progress() {
-            publish.push(progress.clone());
+            // An agent reports on its host's subjects only (`Bus::publish_progress`).
+            match host {
+                Some(h) => publish.push(ns.subject(&format!("{PROGRESS_FAMILY}.{h}.>"))),
+                None => publish.push(progress.clone()),
+            }
         }
         if service.follows_progress() {
             subscribe.push(progress);
@@ -338,6 +342,8 @@ impl LeafLink {
             format!("{}.>", ns.leaf_delivery(host)),
             // Answers to the hub's JetStream requests (creating the source's consumer).
             "$JSC.R.>".to_owned(),
+            // Its jobs' progress, for the centre's `steward backup now` (never stored).
+            ns.subject(&format!("{PROGRESS_FAMILY}.{host}.>")),
         ];
         // Answers to the centre's requests: the leaf stream's acks of what the CLI or the
         // notifier address to the host, the updater's approval links. `allow_responses` does

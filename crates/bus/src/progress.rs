@@ -1,5 +1,8 @@
 //! Progress of long jobs (backups, verifications, restores) for whoever waits on them, on
-//! plain NATS subjects `<prefix>progress.<correlation id>`.
+//! plain NATS subjects `<prefix>progress.<correlation id>`; under host routing
+//! `<prefix>progress.<host>.<correlation id>`, the publishing agent's host: its NATS user may
+//! publish there only, a leaf's link carries its host's only (docs/scaling.md), and the CLI
+//! follows the host it asked, so another host cannot pass reports off as the job's.
 //!
 //! Not events: progress is outside the stream (no family `progress`), never stored, and
 //! lossy by design. A watcher that misses a report sees the next; outcomes stay events.
@@ -27,11 +30,16 @@ pub struct Progress {
 }
 
 impl Bus {
-    fn progress_subject(&self, correlation_id: Uuid) -> String {
-        self.namespace().subject(&format!("{PROGRESS_FAMILY}.{}", correlation_id.simple()))
+    fn progress_subject(&self, host: Option<&str>, correlation_id: Uuid) -> String {
+        let id = correlation_id.simple();
+        match host {
+            Some(host) => self.namespace().subject(&format!("{PROGRESS_FAMILY}.{host}.{id}")),
+            None => self.namespace().subject(&format!("{PROGRESS_FAMILY}.{id}")),
+        }
     }
 
-    /// Reports progress of the job in `correlation_id`; nobody listening is fine.
+    /// Reports progress of the job in `correlation_id` (on this agent's host's subject under
+    /// host routing); nobody listening is fine.
     pub async fn publish_progress(
         &self,
         correlation_id: Uuid,
@@ -40,20 +48,22 @@ impl Bus {
         let body = serde_json::to_vec(progress)
             .map_err(|e| BusError::Nats { op: "encode progress", reason: e.to_string() })?;
         self.client
-            .publish(self.progress_subject(correlation_id), body.into())
+            .publish(self.progress_subject(self.config().route_host(), correlation_id), body.into())
             .await
             .map_err(|e| BusError::nats("publish progress", e))
     }
 
-    /// The progress reports of the job in `correlation_id` from now on. Reports that do not
+    /// The progress reports of the job in `correlation_id` from now on, from `host`'s agent
+    /// (the host the job was asked of under host routing, else `None`). Reports that do not
     /// decode are skipped.
     pub async fn watch_progress(
         &self,
+        host: Option<&str>,
         correlation_id: Uuid,
     ) -> Result<impl Stream<Item = Progress> + Send + Unpin + 'static, BusError> {
         let subscriber = self
             .client
-            .subscribe(self.progress_subject(correlation_id))
+            .subscribe(self.progress_subject(host, correlation_id))
             .await
             .map_err(|e| BusError::nats("subscribe to progress", e))?;
         Ok(subscriber

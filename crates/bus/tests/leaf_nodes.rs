@@ -914,3 +914,55 @@ async fn an_import_at_a_rebuilt_hub_gives_no_host_an_old_event() {
     cli.publish(&real).await.expect("the centre reaches a");
     assert_eq!(take(&mut inbox_a, Duration::from_secs(5)).await, Some(real.id));
 }
+
+/// A host's job progress (`steward backup now`'s progress bar) reaches the centre's CLI across
+/// the link, never stored; another host cannot pass reports off as that job's: b's backup
+/// agent reports on b's subjects, and b's root gets nothing of a's across b's link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_job_progress_reaches_the_centre_and_no_other_host_can_forge_it() {
+    use futures::StreamExt;
+    use steward_bus::Progress;
+    let net = provisioned(|c| c).await;
+    let backup_a = agent(&net, Service::Backup, A).await;
+    let backup_b = agent(&net, Service::Backup, B).await;
+    let root_b = root_of(&net, B).await;
+    let cli = central(&net, Service::Cli).await;
+    let job = uuid::Uuid::now_v7();
+    let mut watched = cli.watch_progress(Some(A), job).await.expect("the centre follows a's job");
+    let report = |phase: &str| Progress {
+        phase: phase.into(),
+        item: "postgres".into(),
+        done: 42,
+        total: Some(100),
+    };
+    let forged = serde_json::to_vec(&report("forged by b's root")).expect("encode");
+    let subject = format!("progress.{A}.{}", job.simple());
+    // The CLI's interest reaches the leaves asynchronously: report until one arrives.
+    let mut seen = vec![];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&report("backing up")) {
+        assert!(Instant::now() < deadline, "a's progress never reached the centre: {seen:?}");
+        root_b.publish(subject.clone(), forged.clone().into()).await.expect("b's root publishes");
+        backup_b.publish_progress(job, &report("b's own job")).await.expect("b reports");
+        backup_a.publish_progress(job, &report("backing up")).await.expect("a reports");
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(300), watched.next()).await
+        {
+            seen.push(p);
+        }
+    }
+    // A while more of b's reports, now that every interest is in place.
+    for _ in 0..10 {
+        root_b.publish(subject.clone(), forged.clone().into()).await.expect("b's root publishes");
+        backup_b.publish_progress(job, &report("b's own job")).await.expect("b reports");
+    }
+    root_b.flush().await.expect("flush");
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(1), watched.next()).await {
+        seen.push(p);
+    }
+    assert!(seen.iter().all(|p| p.phase == "backing up"), "the centre followed b's: {seen:?}");
+    // Never stored: the hub's stream and a's leaf hold no progress.
+    for (bus, what) in [(&cli, "the hub"), (&leaf_reader(&net, A).await, "a's leaf")] {
+        let events = stored(bus).await.unwrap_or_default();
+        assert!(events.is_empty(), "{what} stored {events:?}");
+    }
+}

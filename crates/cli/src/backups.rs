@@ -408,7 +408,7 @@ pub(crate) async fn request(
     let event = Event::new(steward_settings::event_source(Service::Cli), data).with_host(host);
     // Follow before publishing, from a moment before: the outcome cannot slip past.
     let mut follow = follow(&bus, outcomes).await?;
-    let mut progress = bus.watch_progress(event.correlation_id).await?;
+    let mut progress = bus.watch_progress(event.host.as_deref(), event.correlation_id).await?;
     bus.publish(&event).await?;
     eprintln!("{} requested ({})", event.event_type(), event.id);
     let bar = progress_bar(doing);
