@@ -15,10 +15,18 @@ quotable() { # FILE VALUE
   case $2 in
     *'"'* | *'\'*) echo "entrypoint: $1: may not contain \" or \\" >&2; exit 1 ;;
   esac
+  # Printable ASCII only: a newline or control character would end the value's line.
+  # (The x keeps a trailing newline from being dropped by the command substitution.)
+  [ "$(printf '%s' "$2" | tr -d ' -~'; echo x)" = x ] || {
+    echo "entrypoint: $1: may not contain control characters" >&2
+    exit 1
+  }
 }
+missing=
 # The hub (compose/hub.yml) also finds its leaves' link passwords one directory down
-# (secrets/leaves/nats_leaf-<host>_password: one file per host, which compose cannot list).
-for file in "$secrets"/nats_*_password "$secrets"/*/nats_*_password; do
+# (secrets/leaves/nats_leaf-<host>_password: one file per host, which compose cannot list),
+# and only those there.
+for file in "$secrets"/nats_*_password "$secrets"/leaves/nats_leaf-*_password; do
   [ -e "$file" ] || continue
   # nats_leaf-vps-a_password (the hub's user for host vps-a's link): STEWARD_LEAF_VPS_A_PASSWORD.
   name=$(basename "$file" _password)
@@ -31,9 +39,9 @@ done
 # says only which variable, and only the first).
 for var in $(grep -ho '\$STEWARD_[A-Z0-9_]*_PASSWORD' "$(dirname "$config")"/*.conf | tr -d '$' | sort -u); do
   # $var is [A-Z0-9_] only (the pattern above): safe to expand by name.
-  eval "[ -n \"\${$var:-}\" ]" || missing="${missing:-} $var"
+  eval "[ -n \"\${$var:-}\" ]" || missing="$missing $var"
 done
-if [ -n "${missing:-}" ]; then
+if [ -n "$missing" ]; then
   echo "entrypoint: no secret file for$missing (secrets/nats_<user>_password; the hub's leaves': secrets/leaves/nats_leaf-<host>_password)" >&2
   exit 1
 fi
@@ -45,10 +53,12 @@ if grep -q '\$STEWARD_LEAF_URL' "$config"; then
   }
   value=$(cat "$file")
   quotable "$file" "$value"
-  case $value in
-    nats-leaf://*@* | tls://*@*) ;;
-    *) echo "entrypoint: $file: not nats-leaf://leaf-<host>:<password>@<hub>:<port>" >&2; exit 1 ;;
-  esac
+  # Exactly a user, a password and a host: nats-server prints a URL it cannot parse whole,
+  # password included; a password with '/', '@', '%' or a space is such a URL.
+  printf '%s' "$value" | grep -Eq '^(nats-leaf|tls)://[a-z0-9_-]+:[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+(:[0-9]+)?$' || {
+    echo "entrypoint: $file: not nats-leaf://leaf-<host>:<password>@<hub>:<port> (the password: letters, digits, '.', '_', '~', '-')" >&2
+    exit 1
+  }
   export "STEWARD_LEAF_URL=\"$value\""
 fi
 exec nats-server --config "$config" "$@"

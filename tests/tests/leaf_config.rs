@@ -113,11 +113,11 @@ fn kit(tag: &str, domain: &str, args: &[&str]) -> Dir {
 }
 
 /// The hub's kit: TLS with `cert`/`key` on the leaf-node port `leaf_port`, monitoring on
-/// `http_port`.
-fn hub_kit(cert: &Path, key: &Path, leaf_port: u16, http_port: u16) -> Dir {
+/// `http_port`, `extra` arguments.
+fn hub_kit(cert: &Path, key: &Path, leaf_port: u16, http_port: u16, extra: &[&str]) -> Dir {
     let listen = format!("127.0.0.1:{leaf_port}");
     let http = http_port.to_string();
-    let args = [
+    let mut args = vec![
         "--tls-cert",
         path(cert),
         "--tls-key",
@@ -127,6 +127,7 @@ fn hub_kit(cert: &Path, key: &Path, leaf_port: u16, http_port: u16) -> Dir {
         "--http-port",
         &http,
     ];
+    args.extend_from_slice(extra);
     kit("steward-leafconf-hub", "hub", &args)
 }
 
@@ -209,7 +210,7 @@ fn the_kits_hub_and_leaves_link_over_tls_and_carry_a_hosts_events_both_ways() {
     let certs = Dir::new("steward-leafconf-certs");
     let (ca, cert, key) = certificates(&certs);
     let (leaf_port, http_port) = (free_port(), free_port());
-    let hub_dir = hub_kit(&cert, &key, leaf_port, http_port);
+    let hub_dir = hub_kit(&cert, &key, leaf_port, http_port, &[]);
     let conf = std::fs::read_to_string(hub_dir.0.join("nats.conf")).expect("hub's nats.conf");
     assert!(conf.contains("cert_file") && conf.contains("domain: \"hub\""), "{conf}");
     let hub = start(&hub_dir);
@@ -218,8 +219,6 @@ fn the_kits_hub_and_leaves_link_over_tls_and_carry_a_hosts_events_both_ways() {
         let url =
             link_url(&host, &NatsServer::user_password(&steward_bus::leaf_user(&host)), leaf_port);
         let dir = leaf_kit(&host, &["--tls-ca", path(&ca)], &url);
-        let conf = std::fs::read_to_string(dir.0.join("nats.conf")).expect("leaf's nats.conf");
-        assert!(!conf.contains("pw-"), "a password in the generated file: {conf}");
         leaves.push((host.clone(), start(&dir), dir));
     }
     let servers: Vec<&NatsServer> =
@@ -265,7 +264,9 @@ fn a_leaf_that_cannot_verify_the_hub_or_log_in_gets_no_link() {
     let certs = Dir::new("steward-leafconf-certs");
     let (ca, cert, key) = certificates(&certs);
     let (leaf_port, http_port) = (free_port(), free_port());
-    let _hub_dir = hub_kit(&cert, &key, leaf_port, http_port);
+    // The hub advertises a closed port: a leaf refused by name would otherwise retry at the
+    // address the hub gives it, 127.0.0.1, which the certificate names.
+    let _hub_dir = hub_kit(&cert, &key, leaf_port, http_port, &["--leaf-advertise", "127.0.0.1:1"]);
     let hub = start(&_hub_dir);
     let good = link_url("vps-a", &NatsServer::user_password("leaf-vps-a"), leaf_port);
     // Without the private CA (the system's roots), in the clear, and with a wrong password.
@@ -278,6 +279,20 @@ fn a_leaf_that_cannot_verify_the_hub_or_log_in_gets_no_link() {
             link_url("vps-a", "not-the-password", leaf_port),
             "Authorization Violation",
         ),
+        // The hub's port is public: a central user's password opens no link there.
+        (
+            "a central user",
+            vec!["--tls-ca", path(&ca)],
+            format!("nats-leaf://cli:{}@127.0.0.1:{leaf_port}", NatsServer::user_password("cli")),
+            "Authorization Violation",
+        ),
+        // The hub's certificate names 127.0.0.1, not localhost.
+        (
+            "another name",
+            vec!["--tls-ca", path(&ca)],
+            good.replace("@127.0.0.1:", "@localhost:"),
+            "certificate is not valid for any names, but wanted to match localhost",
+        ),
     ];
     let mut bad = vec![];
     for (what, args, url, _) in &cases {
@@ -286,7 +301,14 @@ fn a_leaf_that_cannot_verify_the_hub_or_log_in_gets_no_link() {
     }
     // Several of each leaf's attempts (one a second).
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(linked(http_port), 0, "a leaf linked that should not have");
+    let logs: Vec<String> =
+        bad.iter().map(|(what, server, _)| format!("{what}: {}", server.log())).collect();
+    assert_eq!(
+        linked(http_port),
+        0,
+        "a leaf linked that should not have: {}",
+        logs.join("\n---\n")
+    );
     for ((what, server, _), (_, _, _, why)) in bad.iter().zip(&cases) {
         let log = server.log();
         assert!(log.contains(why), "{what}: the leaf's log does not say {why:?}: {log}");
@@ -332,6 +354,7 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
     );
     refused(&hub, &["--no-tls", "--max-file-store", "lots"], "file store limit");
     refused(&[("STEWARD_NATS_DOMAIN", "hub")], &["--no-tls"], "needs STEWARD_HOSTS");
+    refused(&leaf, &["--leaf-listen", "0.0.0.0:7422"], "are the hub's");
     // In the clear only when asked.
     let out = stdout_ok(steward(&hub, &["nats-config", "--no-tls"]), "a hub in the clear");
     assert!(out.contains("leafnodes {") && !out.contains("tls"), "{out}");
@@ -365,6 +388,9 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
         (Some("nats-leaf://leaf-vps-a:pw\"x@hub:7422"), "may not contain"),
         (Some("https://leaf-vps-a:secret-pw@hub:7422"), "not nats-leaf://"),
         (Some("nats-leaf://hub:7422"), "not nats-leaf://"),
+        // nats-server would print a URL it cannot parse, password included.
+        (Some("nats-leaf://leaf-vps-a:secret-pw/x@hub:7422"), "not nats-leaf://"),
+        (Some("nats-leaf://leaf-vps-a:secret-pw@hub:7422\ninclude x"), "control characters"),
         (Some(""), "is empty"),
         (None, "nats_leaf_url is missing"),
     ] {
@@ -373,7 +399,17 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
         assert!(!stderr.contains("secret-pw"), "{url:?}: the password printed: {stderr}");
     }
     // A password file the configuration cannot carry.
-    std::fs::write(dir.0.join("secrets/nats_updater-vps-a_password"), "a\"b").expect("write");
+    let updater = dir.0.join("secrets/nats_updater-vps-a_password");
+    std::fs::write(&updater, "a\"b").expect("write");
     let stderr = run(Some("nats-leaf://leaf-vps-a:pw@hub:7422"));
     assert!(stderr.contains("nats_updater-vps-a_password: may not contain"), "{stderr}");
+    // Passwords the configuration names that no file gives: each named.
+    std::fs::remove_file(&updater).expect("remove");
+    std::fs::remove_file(dir.0.join("secrets/nats_setup_password")).expect("remove");
+    let stderr = run(Some("nats-leaf://leaf-vps-a:pw@hub:7422"));
+    assert!(
+        stderr
+            .contains("no secret file for STEWARD_SETUP_PASSWORD STEWARD_UPDATER_VPS_A_PASSWORD ("),
+        "{stderr}"
+    );
 }

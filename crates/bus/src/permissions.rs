@@ -257,10 +257,21 @@ impl Permissions {
                 hosts.join(",")
             ));
         }
+        // The hub's leaf-node port is published to the hosts; nats-server checks a leaf's
+        // login against these same users, so each says how it may connect: the central ones
+        // and `setup` as clients only, a host's link as a leaf node only (a `cli` password
+        // must not open a link from the internet).
+        let (client_only, leaf_only) = match topology {
+            Topology::Hub { .. } => (
+                "      allowed_connection_types: [\"STANDARD\"]\n",
+                "      allowed_connection_types: [\"LEAFNODE\"]\n",
+            ),
+            _ => ("", ""),
+        };
         out.push_str("authorization {\n  users = [\n");
         for p in users {
             out.push_str(&format!(
-                "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",
+                "    {{\n      user: {}\n      password: ${}\n{client_only}      permissions: {{\n",
                 p.user,
                 user_password_variable(&p.user)
             ));
@@ -282,7 +293,7 @@ impl Permissions {
         // The provisioning identity: `steward setup`, run once per install and upgrade.
         let (publish, subscribe) = Self::setup(ns);
         out.push_str(&format!(
-            "    {{\n      user: {SETUP_USER}\n      password: ${}\n      permissions: {{\n",
+            "    {{\n      user: {SETUP_USER}\n      password: ${}\n{client_only}      permissions: {{\n",
             setup_password_variable()
         ));
         out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&publish)));
@@ -293,7 +304,7 @@ impl Permissions {
         // subscribe to what may cross from the centre to the host.
         for link in links {
             out.push_str(&format!(
-                "    {{\n      user: {}\n      password: ${}\n      permissions: {{\n",
+                "    {{\n      user: {}\n      password: ${}\n{leaf_only}      permissions: {{\n",
                 link.user,
                 user_password_variable(&link.user)
             ));
@@ -470,6 +481,15 @@ mod tests {
         }
         assert!(!users.iter().any(|u| u.starts_with("updater")), "{users:?}");
         assert!(hub.contains("password: $STEWARD_LEAF_VPS_A_PASSWORD"), "{hub}");
+        // The hub's leaf-node port is public: a link user connects as a leaf only, every
+        // other user as a client only.
+        let blocks: Vec<&str> = hub.split("    {\n      user: ").skip(1).collect();
+        assert_eq!(blocks.len(), users.len());
+        for block in blocks {
+            let want = if block.starts_with("leaf-") { "[\"LEAFNODE\"]" } else { "[\"STANDARD\"]" };
+            assert!(block.contains(&format!("allowed_connection_types: {want}")), "{block}");
+        }
+        assert!(!leaf.contains("allowed_connection_types"), "{leaf}");
         // Without leaf nodes, as before.
         assert_eq!(
             Permissions::server_config_on(&ns, &hosts, Topology::Single),

@@ -69,9 +69,10 @@ pub struct NatsConfigArgs {
     /// carries each host's password and every event.
     #[arg(long)]
     no_tls: bool,
-    /// The hub's leaf-node listener.
-    #[arg(long, default_value_t = format!("0.0.0.0:{}", steward_bus::LEAF_PORT))]
-    leaf_listen: String,
+    /// The hub's leaf-node listener [default: 0.0.0.0:7422] (compose/hub.yml publishes
+    /// 7422: change both together).
+    #[arg(long)]
+    leaf_listen: Option<String>,
     /// The address the hub gives its leaves to reconnect to, when the listener's is not theirs
     /// (behind NAT).
     #[arg(long)]
@@ -88,7 +89,8 @@ pub struct NatsConfigArgs {
     /// JetStream's file store limit.
     #[arg(long, default_value = "10GB")]
     max_file_store: String,
-    /// The server's name (default: steward-nats, or steward-nats-<domain>).
+    /// The server's name (default: steward-nats for one server, steward-nats-hub,
+    /// steward-nats-<host> on a leaf).
     #[arg(long)]
     name: Option<String>,
 }
@@ -102,6 +104,14 @@ pub fn nats_config(conn: &Connection, args: NatsConfigArgs) -> anyhow::Result<()
     let cfg = conn.read(&mut env);
     env.finish()?;
     let topology = cfg.topology();
+    if !matches!(topology, Topology::Hub { .. })
+        && (args.leaf_listen.is_some() || args.leaf_advertise.is_some())
+    {
+        anyhow::bail!(
+            "--leaf-listen and --leaf-advertise are the hub's (STEWARD_NATS_DOMAIN not one of \
+             STEWARD_HOSTS): a leaf connects out, one server has no leaf nodes"
+        );
+    }
     let link_options = args.no_tls || args.tls_cert.is_some() || args.tls_ca.is_some();
     if matches!(topology, Topology::Single) && link_options {
         anyhow::bail!(
@@ -129,7 +139,9 @@ pub fn nats_config(conn: &Connection, args: NatsConfigArgs) -> anyhow::Result<()
     file.http_port = (args.http_port != 0).then_some(args.http_port);
     file.store_dir = Some(args.store_dir);
     file.max_file_store = args.max_file_store;
-    file.leaf_listen = args.leaf_listen;
+    if let Some(listen) = args.leaf_listen {
+        file.leaf_listen = listen;
+    }
     file.leaf_advertise = args.leaf_advertise;
     print!("{}", file.render(cfg.domain.as_deref())?);
     Ok(())
