@@ -896,7 +896,14 @@ fn the_leaf_overlays_give_each_agent_its_hosts_user_and_the_centre_the_hub() {
     assert_eq!(list(&service(&leaf, "notifier"), "profiles"), ["centre"]);
     assert!(!service_names(&leaf).contains(&"nats-hub".to_owned()));
 
-    let centre = rendered_in(&["leaf.yml", "hub.yml"], &vars);
+    let centre_vars = [vars[0], vars[1], ("STEWARD_HUB_NAME", "hub.example.org")];
+    let centre = rendered_in(&["leaf.yml", "hub.yml"], &centre_vars);
+    // The centre's own leaf reaches the hub by its public name (the certificate's).
+    assert!(
+        service(&centre, "nats-hub").iter().any(|l| l.trim() == "- hub.example.org"),
+        "{:?}",
+        service(&centre, "nats-hub")
+    );
     for central in ["notifier", "steward"] {
         let env = environment(&service(&centre, central));
         assert_eq!(env.get("STEWARD_NATS_URL").map(String::as_str), Some("nats://nats-hub:4222"));

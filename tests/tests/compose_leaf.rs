@@ -1,21 +1,24 @@
 //! The compose kit's leaf-node overlays (`compose/leaf.yml`, `compose/hub.yml`) brought up for
 //! real on the centre's host, as docs/runbooks.md ("Several hosts on leaf nodes") has an
-//! operator do it: the configurations printed by `steward nats-config` and `steward
-//! nats-authorization`, a private CA's certificate for the hub, the link's password in
-//! `secrets/leaves/` and `secrets/nats_leaf_url`. The host's own leaf links to the hub over
-//! TLS inside the compose network, `setup` and `setup-hub` provision each, and the CLI at the
-//! hub reaches the host's leaf and sees its events come back. The hub's leaf-node port is
-//! published on 127.0.0.1 only.
+//! operator do it: the configurations printed by the stack's image (`steward nats-config` and
+//! `steward nats-authorization` through `docker-compose run`), a private CA's certificate for
+//! the hub's public name, the link's password in `secrets/leaves/` and
+//! `secrets/nats_leaf_url`. The host's own leaf links to the hub over TLS inside the compose
+//! network by that name, `setup` and `setup-hub` provision each, the watcher starts on the leaf
+//! as `watcher-vps-a` and the notifier on the hub, and the CLI at the hub reaches the host's
+//! leaf and sees its events come back. The hub's leaf-node port is published on 127.0.0.1 only;
+//! the services act only on containers of the test's scope (`tests/compose/scope.yml`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use steward_system_tests::binary;
 use steward_system_tests::stack::{copy_dir, ok, repo, steward_image, write};
 use steward_testkit::{free_port, unique_name};
 
 const HOSTS: &str = "vps-a,vps-b";
+/// The hub's public name (its certificate's).
+const HUB: &str = "hub.example.org";
 
 /// A copy of `compose/` run as its own project with leaf.yml and hub.yml; down with its
 /// volumes and removed when dropped.
@@ -28,7 +31,7 @@ impl Centre {
     fn compose(&self) -> Command {
         let mut cmd = Command::new("docker-compose");
         cmd.current_dir(&self.dir).args(["-p", &self.project]);
-        for file in ["docker-compose.yml", "leaf.yml", "hub.yml"] {
+        for file in ["docker-compose.yml", "leaf.yml", "hub.yml", "scope.yml"] {
             cmd.args(["-f", file]);
         }
         cmd
@@ -66,23 +69,47 @@ impl Drop for Centre {
     }
 }
 
-/// `steward nats-config`/`nats-authorization` for `domain` with `args`, into `dir`.
-fn generate(dir: &Path, domain: &str, args: &[&str]) {
-    std::fs::create_dir_all(dir.join("tls")).expect("config directory");
-    let run = |args: &[&str]| {
-        let out = Command::new(binary("steward"))
-            .env_clear()
-            .env("STEWARD_HOSTS", HOSTS)
-            .env("STEWARD_NATS_DOMAIN", domain)
-            .args(args)
-            .output()
-            .expect("steward");
-        ok(&out)
-    };
-    let mut config = vec!["nats-config"];
-    config.extend_from_slice(args);
-    write(&dir.join("nats.conf"), &run(&config));
-    write(&dir.join("authorization.conf"), &run(&["nats-authorization"]));
+impl Centre {
+    /// `steward nats-config ARGS` and `nats-authorization` for `domain`, as the runbook has
+    /// them printed (the stack's image, through the `setup` service), into `dir`.
+    fn generate(&self, dir: &Path, domain: &str, args: &[&str]) {
+        std::fs::create_dir_all(dir.join("tls")).expect("config directory");
+        let domain = format!("STEWARD_NATS_DOMAIN={domain}");
+        let run = |args: &[&str]| {
+            let mut all = vec!["run", "--rm", "--no-deps", "-T", "-e", &domain, "setup"];
+            all.extend_from_slice(args);
+            ok(&self.run(&all))
+        };
+        let mut config = vec!["nats-config"];
+        config.extend_from_slice(args);
+        write(&dir.join("nats.conf"), &run(&config));
+        write(&dir.join("authorization.conf"), &run(&["nats-authorization"]));
+    }
+
+    /// Waits until `service`'s container is healthy.
+    fn wait_healthy(&self, service: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Health.Status}}", &self.container(service)])
+                .output()
+                .expect("docker inspect");
+            if String::from_utf8_lossy(&out.stdout).trim() == "healthy" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service} never healthy: {}",
+                self.service_logs(service)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn service_logs(&self, service: &str) -> String {
+        let out = self.run(&["logs", "--no-color", service]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 #[test]
@@ -93,30 +120,42 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
     let centre = Centre { dir: dir.join("compose"), project: unique_name("leafstack") };
     let out = Command::new("bash").arg(centre.dir.join("init-secrets.sh")).output().expect("bash");
     ok(&out);
+    std::fs::copy(repo().join("tests/compose/scope.yml"), centre.dir.join("scope.yml"))
+        .expect("copy the scope overlay");
+    // Nothing listens there: the notifier never mails out of this machine.
+    write(&centre.dir.join("secrets/smtp_url"), "smtp://127.0.0.1:1\n");
     let leaf_port = free_port();
+    let docker_gid = Command::new("stat")
+        .args(["-c", "%g", "/var/run/docker.sock"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .expect("the engine's socket group");
     write(
         &centre.dir.join(".env"),
         &format!(
             "STEWARD_IMAGE={}\nNATS_IMAGE=steward-local/nats:latest\nSTEWARD_HOSTS={HOSTS}\n\
-             STEWARD_HOST=vps-a\nSTEWARD_LEAF_PUBLISH=127.0.0.1:{leaf_port}\n\
+             STEWARD_HOST=vps-a\nSTEWARD_HUB_NAME={HUB}\nCOMPOSE_PROFILES=centre\n\
+             STEWARD_LEAF_PUBLISH=127.0.0.1:{leaf_port}\nDOCKER_GID={docker_gid}\n\
              STEWARD_S3_BUCKET=unused\nSTEWARD_MAIL_FROM=steward@gitea.test\n\
-             STEWARD_MAIL_TO=ops@gitea.test\nGITEA_DOMAIN=gitea.test\n",
-            steward_image()
+             STEWARD_MAIL_TO=ops@gitea.test\nGITEA_DOMAIN=gitea.test\nE2E_SCOPE={}\n",
+            steward_image(),
+            unique_name("scope"),
         ),
     );
 
-    // The hub's certificate names nats-hub (this host's leaf reaches it by that name).
+    // The hub's certificate names its public name only, as a public CA's would: this host's
+    // leaf reaches it by that name, the hub's alias in the compose network.
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).expect("CA");
     let key = rcgen::KeyPair::generate().expect("hub key");
-    let hub = rcgen::CertificateParams::new(vec!["nats-hub".to_owned(), "hub.example.org".into()])
+    let hub = rcgen::CertificateParams::new(vec![HUB.to_owned()])
         .expect("hub params")
         .signed_by(&key, &ca_cert, &ca_key)
         .expect("hub certificate");
     let hub_dir = centre.dir.join("nats-hub");
-    generate(
+    centre.generate(
         &hub_dir,
         "hub",
         &["--tls-cert", "/etc/nats-hub/tls/hub.pem", "--tls-key", "/etc/nats-hub/tls/hub-key.pem"],
@@ -124,14 +163,14 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
     write(&hub_dir.join("tls/hub.pem"), &hub.pem());
     write(&hub_dir.join("tls/hub-key.pem"), &key.serialize_pem());
     let site = centre.dir.join("nats-site");
-    generate(&site, "vps-a", &["--tls-ca", "/etc/nats-site/tls/ca.pem"]);
+    centre.generate(&site, "vps-a", &["--tls-ca", "/etc/nats-site/tls/ca.pem"]);
     write(&site.join("tls/ca.pem"), &ca_cert.pem());
     let password = unique_name("link");
     std::fs::create_dir_all(centre.dir.join("secrets/leaves")).expect("leaves");
     write(&centre.dir.join("secrets/leaves/nats_leaf-vps-a_password"), &password);
     write(
         &centre.dir.join("secrets/nats_leaf_url"),
-        &format!("nats-leaf://leaf-vps-a:{password}@nats-hub:7422\n"),
+        &format!("nats-leaf://leaf-vps-a:{password}@{HUB}:7422\n"),
     );
 
     // Host b's link password forgotten: the hub does not start, and says what is missing;
@@ -149,10 +188,14 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
         assert!(Instant::now() < deadline, "the leaf never linked: {}", centre.logs());
         std::thread::sleep(Duration::from_millis(500));
     }
-    let setup = ok(&centre.run(&["run", "--rm", "-T", "setup"]));
-    assert!(setup.contains("setup done"), "{setup}");
-    let setup = ok(&centre.run(&["run", "--rm", "-T", "setup-hub"]));
-    assert!(setup.contains("setup done"), "{setup}");
+    // The agents and the centre as the overlays run them: `setup` and `setup-hub` first.
+    ok(&centre.run(&["up", "-d", "watcher", "notifier"]));
+    centre.wait_healthy("watcher");
+    centre.wait_healthy("notifier");
+    for setup in ["setup", "setup-hub"] {
+        let logs = centre.service_logs(setup);
+        assert!(logs.contains("setup done"), "{setup}: {logs}");
+    }
 
     // The CLI at the hub asks host a's watcher to check: stored by a's leaf across the link,
     // and back at the hub through its source.
