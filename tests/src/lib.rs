@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod backup_bed;
 pub mod crash;
+pub mod leafnodes;
 pub mod mail;
 pub mod podman;
 pub mod stack;

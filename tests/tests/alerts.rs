@@ -36,23 +36,13 @@ impl Drop for Server {
     }
 }
 
-/// A directory of the test's own, removed when dropped.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_alert_reaches_the_mail_through_alertmanager_and_the_notifier_and_bad_posts_do_not(
 ) {
     let bus = TestBus::new("alerts").await;
     let to = unique_address("alerts");
     let maildir = testbed_maildir();
-    let dir = Dir(std::env::temp_dir().join(unique_name("steward-alerts")));
-    std::fs::create_dir_all(&dir.0).expect("dir");
+    let dir = steward_testkit::TempDir::new("steward-alerts");
     let token: String =
         format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let token_file = dir.0.join("alerts_token");

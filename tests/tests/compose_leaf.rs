@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use steward_system_tests::leafnodes::{linked_leaves, TestCa};
 use steward_system_tests::stack::{copy_dir, ok, repo, steward_image, write};
 use steward_testkit::{free_port, unique_name};
 
@@ -52,8 +53,7 @@ impl Centre {
             .arg("http://127.0.0.1:8222/leafz")
             .output()
             .expect("docker exec");
-        let leafz: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        leafz["leafs"].as_array().map_or(0, Vec::len)
+        linked_leaves(&out.stdout)
     }
 
     fn logs(&self) -> String {
@@ -145,26 +145,19 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
 
     // The hub's certificate names its public name only, as a public CA's would: this host's
     // leaf reaches it by that name, the hub's alias in the compose network.
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("CA");
-    let key = rcgen::KeyPair::generate().expect("hub key");
-    let hub = rcgen::CertificateParams::new(vec![HUB.to_owned()])
-        .expect("hub params")
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("hub certificate");
+    let ca = TestCa::new();
+    let (hub_cert, hub_key) = ca.server(&[HUB]);
     let hub_dir = centre.dir.join("nats-hub");
     centre.generate(
         &hub_dir,
         "hub",
         &["--tls-cert", "/etc/nats-hub/tls/hub.pem", "--tls-key", "/etc/nats-hub/tls/hub-key.pem"],
     );
-    write(&hub_dir.join("tls/hub.pem"), &hub.pem());
-    write(&hub_dir.join("tls/hub-key.pem"), &key.serialize_pem());
+    write(&hub_dir.join("tls/hub.pem"), &hub_cert);
+    write(&hub_dir.join("tls/hub-key.pem"), &hub_key);
     let site = centre.dir.join("nats-site");
     centre.generate(&site, "vps-a", &["--tls-ca", "/etc/nats-site/tls/ca.pem"]);
-    write(&site.join("tls/ca.pem"), &ca_cert.pem());
+    write(&site.join("tls/ca.pem"), &ca.pem());
     let password = unique_name("link");
     std::fs::create_dir_all(centre.dir.join("secrets/leaves")).expect("leaves");
     write(&centre.dir.join("secrets/leaves/nats_leaf-vps-a_password"), &password);

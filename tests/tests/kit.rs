@@ -10,17 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use steward_system_tests::binary;
-use steward_testkit::unique_name;
+use steward_testkit::TempDir;
 
 const SECRET: &str = "postgres-password-that-must-not-leak";
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn write(path: &Path, text: &str, mode: u32) {
     if let Some(p) = path.parent() {
@@ -103,7 +95,7 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
 
 #[test]
 fn a_kit_comes_back_whole_with_backups_paused_and_is_refused_unencrypted() {
-    let root = Dir(std::env::temp_dir().join(unique_name("kit")));
+    let root = TempDir::new("kit");
     let (identity, recipient) = keys();
     let dir = project(&root.0, "");
     let dir_arg = dir.display().to_string();
@@ -172,7 +164,7 @@ fn a_kit_comes_back_whole_with_backups_paused_and_is_refused_unencrypted() {
 
 #[test]
 fn a_forged_kit_escaping_the_directory_is_refused_with_nothing_written() {
-    let root = Dir(std::env::temp_dir().join(unique_name("kit-forged")));
+    let root = TempDir::new("kit-forged");
     let (identity, recipient) = keys();
     let id_file = root.0.join("age.txt");
     write(&id_file, &identity, 0o600);

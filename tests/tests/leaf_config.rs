@@ -6,14 +6,14 @@
 //! generates links and carries a host's events both ways, a leaf that cannot verify the hub or
 //! log in gets no link, and hostile or missing settings are refused before any server starts.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use steward_bus::{Namespace, Permissions};
 use steward_system_tests::binary;
-use steward_testkit::{free_port, unique_name, NatsServer};
+use steward_system_tests::leafnodes::{linked_leaves, TestCa};
+use steward_testkit::{free_port, NatsServer, TempDir};
 
 const HOSTS: &str = "vps-a,vps-b";
 
@@ -21,47 +21,33 @@ fn hosts() -> Vec<String> {
     HOSTS.split(',').map(str::to_owned).collect()
 }
 
-/// A directory of the test's own, removed when dropped.
-struct Dir(PathBuf);
+/// A directory of the test's own (removed when dropped) with a `secrets/` directory.
+struct Dir(TempDir);
 
 impl Dir {
     fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(unique_name(tag));
-        std::fs::create_dir_all(path.join("secrets")).expect("test directory");
-        Self(path)
+        let dir = TempDir::new(tag);
+        std::fs::create_dir_all(dir.0.join("secrets")).expect("test directory");
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0 .0
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.path().join(name);
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
         path
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
 /// A private CA and the hub's certificate for 127.0.0.1, as PEM files in `dir`:
 /// (`ca.pem`, `hub.pem`, `hub-key.pem`).
 fn certificates(dir: &Dir) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "steward test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-    let key = rcgen::KeyPair::generate().expect("hub key");
-    let mut hub = rcgen::CertificateParams::new(Vec::<String>::new()).expect("hub params");
-    hub.subject_alt_names = vec![rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))];
-    hub.distinguished_name.push(rcgen::DnType::CommonName, "steward hub");
-    let hub_cert = hub.signed_by(&key, &ca_cert, &ca_key).expect("hub certificate");
-    (
-        dir.write("ca.pem", &ca_cert.pem()),
-        dir.write("hub.pem", &hub_cert.pem()),
-        dir.write("hub-key.pem", &key.serialize_pem()),
-    )
+    let ca = TestCa::new();
+    let (cert, key) = ca.server(&["127.0.0.1"]);
+    (dir.write("ca.pem", &ca.pem()), dir.write("hub.pem", &cert), dir.write("hub-key.pem", &key))
 }
 
 /// `steward ARGS` with `env` only (and PATH).
@@ -90,7 +76,7 @@ fn entrypoint() -> PathBuf {
 fn kit(tag: &str, domain: &str, args: &[&str]) -> Dir {
     let dir = Dir::new(tag);
     let env = [("STEWARD_HOSTS", HOSTS), ("STEWARD_NATS_DOMAIN", domain)];
-    let store = dir.0.join("jetstream").display().to_string();
+    let store = dir.path().join("jetstream").display().to_string();
     let mut config = vec!["nats-config", "--store-dir", &store];
     config.extend_from_slice(args);
     dir.write("nats.conf", &stdout_ok(steward(&env, &config), "steward nats-config"));
@@ -151,25 +137,23 @@ fn path(p: &Path) -> &str {
 /// Starts the server of `dir` through the kit's entrypoint.
 fn start(dir: &Dir) -> NatsServer {
     let env = vec![
-        ("STEWARD_NATS_CONFIG".to_owned(), dir.0.join("nats.conf").display().to_string()),
-        ("STEWARD_NATS_SECRETS".to_owned(), dir.0.join("secrets").display().to_string()),
+        ("STEWARD_NATS_CONFIG".to_owned(), dir.path().join("nats.conf").display().to_string()),
+        ("STEWARD_NATS_SECRETS".to_owned(), dir.path().join("secrets").display().to_string()),
     ];
     NatsServer::start_through(&entrypoint(), env)
 }
 
-/// How many leaf servers are linked to the hub, as its monitoring port's `/leafz` says
-/// (nats-server 2.9 does not name them there).
-fn linked(http_port: u16) -> u64 {
+/// How many leaf servers are linked to the hub, as its monitoring port's `/leafz` says.
+fn linked(http_port: u16) -> usize {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
-    let Some((200, body)) = steward_testkit::http_get_path_at(addr, "/leafz") else {
-        return 0;
-    };
-    let leafz: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    leafz["leafs"].as_array().map_or(0, |l| l.len() as u64)
+    match steward_testkit::http_get_path_at(addr, "/leafz") {
+        Some((200, body)) => linked_leaves(body.as_bytes()),
+        _ => 0,
+    }
 }
 
 /// Waits until `expected` leaves are linked to the hub; fails with `servers`' logs.
-fn wait_linked(http_port: u16, expected: u64, servers: &[&NatsServer]) {
+fn wait_linked(http_port: u16, expected: usize, servers: &[&NatsServer]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = linked(http_port);
@@ -211,7 +195,7 @@ fn the_kits_hub_and_leaves_link_over_tls_and_carry_a_hosts_events_both_ways() {
     let (ca, cert, key) = certificates(&certs);
     let (leaf_port, http_port) = (free_port(), free_port());
     let hub_dir = hub_kit(&cert, &key, leaf_port, http_port, &[]);
-    let conf = std::fs::read_to_string(hub_dir.0.join("nats.conf")).expect("hub's nats.conf");
+    let conf = std::fs::read_to_string(hub_dir.path().join("nats.conf")).expect("hub's nats.conf");
     assert!(conf.contains("cert_file") && conf.contains("domain: \"hub\""), "{conf}");
     let hub = start(&hub_dir);
     let mut leaves = vec![];
@@ -362,21 +346,21 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
     // The entrypoint: a leaf without its link URL, or with one that would break the
     // configuration or is not a leaf link, does not start, and never prints the password.
     let dir = leaf_kit("vps-a", &["--tls-ca", "/ca.pem"], "unused");
-    let stand_in = dir.0.join("bin");
+    let stand_in = dir.path().join("bin");
     std::fs::create_dir_all(&stand_in).expect("bin");
     let server = dir.write("bin/nats-server", "#!/bin/sh\nexit 99\n");
     std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let run = |url: Option<&str>| {
-        let file = dir.0.join("secrets/nats_leaf_url");
+        let file = dir.path().join("secrets/nats_leaf_url");
         match url {
             Some(url) => std::fs::write(&file, url).expect("write the URL"),
             None => std::fs::remove_file(&file).expect("remove the URL"),
         }
         let out = Command::new("sh")
             .arg(entrypoint())
-            .env("STEWARD_NATS_CONFIG", dir.0.join("nats.conf"))
-            .env("STEWARD_NATS_SECRETS", dir.0.join("secrets"))
+            .env("STEWARD_NATS_CONFIG", dir.path().join("nats.conf"))
+            .env("STEWARD_NATS_SECRETS", dir.path().join("secrets"))
             // No server may start: a stand-in exits 99 if the script got that far.
             .env("PATH", format!("{}:/usr/bin:/bin", stand_in.display()))
             .output()
@@ -399,13 +383,13 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
         assert!(!stderr.contains("secret-pw"), "{url:?}: the password printed: {stderr}");
     }
     // A password file the configuration cannot carry.
-    let updater = dir.0.join("secrets/nats_updater-vps-a_password");
+    let updater = dir.path().join("secrets/nats_updater-vps-a_password");
     std::fs::write(&updater, "a\"b").expect("write");
     let stderr = run(Some("nats-leaf://leaf-vps-a:pw@hub:7422"));
     assert!(stderr.contains("nats_updater-vps-a_password: may not contain"), "{stderr}");
     // Passwords the configuration names that no file gives: each named.
     std::fs::remove_file(&updater).expect("remove");
-    std::fs::remove_file(dir.0.join("secrets/nats_setup_password")).expect("remove");
+    std::fs::remove_file(dir.path().join("secrets/nats_setup_password")).expect("remove");
     let stderr = run(Some("nats-leaf://leaf-vps-a:pw@hub:7422"));
     assert!(
         stderr

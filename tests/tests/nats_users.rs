@@ -12,7 +12,7 @@ use steward_system_tests::apps::{app, wait_event};
 use steward_system_tests::mail::{testbed_maildir, testbed_notifier_env, unique_address};
 use steward_system_tests::{steward_with, Proc, TestBucket};
 use steward_testkit::docker::push_app;
-use steward_testkit::{unique_name, NatsServer};
+use steward_testkit::{unique_name, NatsServer, TempDir};
 
 fn login(service: Service) -> Vec<(&'static str, String)> {
     vec![
@@ -101,21 +101,4 @@ async fn the_services_and_the_cli_work_as_their_own_nats_users() {
 
     steward_system_tests::assert_nothing_refused(&server, &procs);
     bucket.destroy().await;
-}
-
-/// A directory of the test's own, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique_name(tag));
-        std::fs::create_dir_all(&dir).expect("create a temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

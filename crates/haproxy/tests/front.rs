@@ -812,7 +812,7 @@ fn the_image_runs_the_front_as_the_compose_layer_does() {
     let (chain, key, _) = certificate();
     let src = std::env::temp_dir().join(unique_name("haproxy-front-certs"));
     std::fs::create_dir_all(&src).expect("dir");
-    let _src = TempDirGuard(src.clone());
+    let _src = steward_testkit::TempDir::at(src.clone());
     std::fs::write(src.join("fullchain.pem"), chain).expect("chain");
     std::fs::write(src.join("privkey.pem"), key).expect("key");
 
@@ -919,13 +919,4 @@ fn the_image_runs_the_front_as_the_compose_layer_does() {
     // Again: the first left its lock (busybox has no flock: a directory) and no file behind.
     assert_eq!(exec(&["sh", "-c", "sh /usr/local/etc/haproxy/front.sh reload"]), "reloaded");
     assert_eq!(exec(&["ls", "-A", "/run/haproxy-tls"]), "front.pem");
-}
-
-/// A directory removed when dropped.
-struct TempDirGuard(PathBuf);
-
-impl Drop for TempDirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -1048,6 +1048,29 @@ pub mod docker {
     }
 }
 
+/// A directory of the test's own, removed (with what is in it) when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new empty directory under the temp dir, named after `tag` and unique.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
+        Self(dir)
+    }
+
+    /// Takes care of `path` (made or not yet): removed when dropped.
+    pub fn at(path: PathBuf) -> Self {
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `GET /` on 127.0.0.1:`port`; the body, or `None` if nothing answers.
 pub fn http_get(port: u16) -> Option<String> {
     http_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port))).map(|(_, body)| body)

@@ -210,15 +210,6 @@ impl Drop for Repo {
     }
 }
 
-/// A directory removed when dropped.
-struct RemovedOnDrop(PathBuf);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Starts the deployer and waits until it consumes (after it resumed an interrupted
 /// deployment, which may run a test first: 20 s, then 60 s, were too short on a loaded
 /// machine; it returns as soon as the deployer consumes).
@@ -233,7 +224,7 @@ pub fn deployer(env: &[(&'static str, String)]) -> Proc {
         let dir = std::env::temp_dir().join(unique_name("deploy-proxy"));
         std::fs::create_dir_all(&dir).expect("proxy directory");
         // Removed however this ends (a proxy that fails to start panics below).
-        let guard = RemovedOnDrop(dir.clone());
+        let guard = steward_testkit::TempDir::at(dir.clone());
         let socket = dir.join("deployer.sock");
         let proxy = deployer_proxy(&socket);
         env.push(("DOCKER_HOST", format!("unix://{}", socket.display())));
