@@ -323,21 +323,7 @@ impl NatsServer {
     }
 
     fn start_with(config: Option<PathBuf>, env: Vec<(String, String)>) -> Self {
-        let store = std::env::temp_dir().join(unique_name("steward-nats"));
-        if let Err(e) = std::fs::create_dir_all(&store) {
-            panic!("cannot create {store:?}: {e}");
-        }
-        let mut server = Self {
-            port: free_port(),
-            store,
-            config,
-            env,
-            args: vec![],
-            launcher: None,
-            child: None,
-        };
-        server.start_again();
-        server
+        Self::start_launched(None, config, env)
     }
 
     /// Starts nats-server through `launcher`, a script that execs it with the arguments it
@@ -345,19 +331,20 @@ impl NatsServer {
     /// from `env`); address, port and log are the test's own, as with every server here, and
     /// the store is the one the configuration names.
     pub fn start_through(launcher: &Path, env: Vec<(String, String)>) -> Self {
+        Self::start_launched(Some(launcher.to_owned()), None, env)
+    }
+
+    fn start_launched(
+        launcher: Option<PathBuf>,
+        config: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let store = std::env::temp_dir().join(unique_name("steward-nats"));
         if let Err(e) = std::fs::create_dir_all(&store) {
             panic!("cannot create {store:?}: {e}");
         }
-        let mut server = Self {
-            port: free_port(),
-            store,
-            config: None,
-            env,
-            args: vec![],
-            launcher: Some(launcher.to_owned()),
-            child: None,
-        };
+        let mut server =
+            Self { port: free_port(), store, config, env, args: vec![], launcher, child: None };
         server.start_again();
         server
     }
