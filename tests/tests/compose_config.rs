@@ -898,12 +898,22 @@ fn the_leaf_overlays_give_each_agent_its_hosts_user_and_the_centre_the_hub() {
 
     let centre_vars = [vars[0], vars[1], ("STEWARD_HUB_NAME", "hub.example.org")];
     let centre = rendered_in(&["leaf.yml", "hub.yml"], &centre_vars);
-    // The centre's own leaf reaches the hub by its public name (the certificate's).
-    assert!(
-        service(&centre, "nats-hub").iter().any(|l| l.trim() == "- hub.example.org"),
-        "{:?}",
-        service(&centre, "nats-hub")
+    // The centre's own leaf reaches the hub by its public name (the certificate's), on a
+    // network of the two only: no other container (Gitea, whose name it may be) sees it.
+    let hub_block = service(&centre, "nats-hub");
+    let link = hub_block.iter().position(|l| l.trim() == "leaf-link:").expect("on leaf-link");
+    assert_eq!(
+        hub_block.get(link + 1..link + 3).map(|l| l.iter().map(|x| x.trim()).collect::<Vec<_>>()),
+        Some(vec!["aliases:", "- hub.example.org"])
     );
+    assert!(
+        service(&centre, "nats").iter().any(|l| l.trim() == "leaf-link: {}"),
+        "{:?}",
+        service(&centre, "nats")
+    );
+    for other in service_names(&centre).iter().filter(|n| *n != "nats" && *n != "nats-hub") {
+        assert!(!service(&centre, other).iter().any(|l| l.contains("leaf-link")), "{other}");
+    }
     for central in ["notifier", "steward"] {
         let env = environment(&service(&centre, central));
         assert_eq!(env.get("STEWARD_NATS_URL").map(String::as_str), Some("nats://nats-hub:4222"));

@@ -203,18 +203,22 @@ impl Inbox {
     }
 
     async fn open(&self) -> Result<pull::Stream, BusError> {
-        // One message per pull request. A server with leaf nodes (the hub, each host's leaf)
+        // Two messages per pull request. A server with leaf nodes (the hub, each host's leaf)
         // hands a message to a pull request received in the last 2 s without checking that
         // its client is still there, and nats-server 2.9 hands it again at once to the same
-        // request while the request has room: a service killed just after a pull made the
-        // next message of its consumer spend every delivery the server allows on nobody, and
-        // it was never handed out again (a host's agents restarted, and the watch request
-        // that waited for them was gone; tests/tests/leaf_flow.rs). With room for one, a
-        // dead request takes at most one delivery (one of the handler's attempts); the
-        // message then goes to the next live request (seen handled as soon as the service
-        // was back).
-        // Steward handles one message at a time, so one pulled at a time costs a round trip.
-        let batch = 1;
+        // request while the request has room: with room for 16, a service killed just after
+        // a pull made the next message of its consumer spend every delivery the server
+        // allows on nobody, and it was never handed out again (a host's agents restarted,
+        // and the watch request that waited for them was gone; tests/tests/leaf_flow.rs).
+        // With room for two, a dead request takes at most two of the handler's attempts.
+        // Not one: async-nats counts a request's room when the request's publish completes,
+        // and a message that arrives first is counted before it; with room for one the
+        // stream then believes a delivered message is still to come and asks for no more
+        // until the request expires (30 s without a delivery: seen under load, a consumer's
+        // messages waited that long behind each other; crates/runtime/tests/trust.rs).
+        // With two, such a miscount leaves room the server still has, and the stream asks
+        // again at its next message.
+        let batch = 2;
         self.bus
             .lookup_consumer(&self.spec.name)
             .await?

@@ -271,6 +271,12 @@ fn each_hosts_agents_are_confined_to_their_host_and_one_host_is_as_before() {
         for t in p.service.publishes() {
             assert!(!p.publish.contains(&(*t).to_owned()), "{}: {t} not addressed", p.user);
         }
+        // Its jobs' progress on its host's subjects only: another host's job is not its to
+        // report on.
+        if p.service.publishes_progress() {
+            assert!(p.publish.contains(&format!("progress.{host}.>")), "{}", p.user);
+            assert!(!p.publish.iter().any(|s| s == "progress.>"), "{}: every host's", p.user);
+        }
     }
     // Without hosts the users are the compose stack's, one per participant.
     let single: Vec<String> = Permissions::users(&ns, &[]).into_iter().map(|p| p.user).collect();
