@@ -124,7 +124,10 @@ impl ConsumerSpec {
 pub struct Inbox {
     bus: Bus,
     spec: ConsumerSpec,
-    messages: Option<pull::Stream>,
+    /// The consumer, looked up once and again after an error.
+    consumer: Option<PullConsumer>,
+    /// The open pull request: one message at most, ends when it came or the request expired.
+    messages: Option<pull::Batch>,
     consecutive_errors: u32,
 }
 
@@ -169,7 +172,13 @@ impl Bus {
                 }
             }
         }
-        let mut inbox = Inbox { bus: self.clone(), spec, messages: None, consecutive_errors: 0 };
+        let mut inbox = Inbox {
+            bus: self.clone(),
+            spec,
+            consumer: None,
+            messages: None,
+            consecutive_errors: 0,
+        };
         inbox.messages = Some(inbox.open().await?);
         Ok(inbox)
     }
@@ -202,30 +211,37 @@ impl Inbox {
         &self.spec
     }
 
-    async fn open(&self) -> Result<pull::Stream, BusError> {
-        // Two messages per pull request. A server with leaf nodes (the hub, each host's leaf)
-        // hands a message to a pull request received in the last 2 s without checking that
-        // its client is still there, and nats-server 2.9 hands it again at once to the same
-        // request while the request has room: with room for 16, a service killed just after
-        // a pull made the next message of its consumer spend every delivery the server
-        // allows on nobody, and it was never handed out again (a host's agents restarted,
-        // and the watch request that waited for them was gone; tests/tests/leaf_flow.rs).
-        // With room for two, a dead request takes at most two of the handler's attempts.
-        // Not one: async-nats counts a request's room when the request's publish completes,
-        // and a message that arrives first is counted before it; with room for one the
-        // stream then believes a delivered message is still to come and asks for no more
-        // until the request expires (30 s without a delivery: seen under load, a consumer's
-        // messages waited that long behind each other; crates/runtime/tests/trust.rs).
-        // With two, such a miscount leaves room the server still has, and the stream asks
-        // again at its next message.
-        let batch = 2;
-        self.bus
-            .lookup_consumer(&self.spec.name)
-            .await?
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+    async fn open(&mut self) -> Result<pull::Batch, BusError> {
+        // One pull request for one message at a time, a new request once it came (or the
+        // request expired). A server with leaf nodes (the hub, each host's leaf) hands a
+        // message to a pull request received in the last 2 s without checking that its client
+        // is still there, and nats-server 2.9 hands it again at once to the same request while
+        // the request has room: with room for 16, a service killed just after a pull made the
+        // next message of its consumer spend every delivery the server allows on nobody, and
+        // it was never handed out again (a host's agents restarted, and the watch request that
+        // waited for them was gone; tests/tests/leaf_flow.rs). With room for one, a dead
+        // request takes at most one of the handler's attempts.
+        // Not async-nats' continuous pull (`messages()`): it counts a request's room when the
+        // request's publish completes, and a message that arrives first is counted before it,
+        // so the stream came to believe delivered messages were still to come and asked for
+        // nothing more until its requests expired: 30 s and more of a consumer's messages
+        // waiting, under load (crates/runtime/tests/trust.rs failed so in CI, with room for
+        // one and for two). A single request has nothing to count. No idle heartbeat: a
+        // batch that receives one stops watching for the message after it until its timer.
+        let consumer = match self.consumer.clone() {
+            Some(c) => c,
+            None => {
+                let c = self.bus.lookup_consumer(&self.spec.name).await?;
+                self.consumer = Some(c.clone());
+                c
+            }
+        };
+        consumer
+            .batch()
+            .max_messages(1)
+            // The server forgets a request when the connection drops: a short one is renewed
+            // soon after a reconnect.
+            .expires(Duration::from_secs(5))
             .messages()
             .await
             .map_err(|e| BusError::nats("pull messages", e))
@@ -244,6 +260,8 @@ impl Inbox {
                         backoff = Duration::from_millis(100);
                     }
                     Err(e) => {
+                        // Looked up again: it may have been deleted and created anew.
+                        self.consumer = None;
                         tracing::warn!(consumer = %self.spec.name, error = %e, "cannot open consumer; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -265,6 +283,7 @@ impl Inbox {
                     tracing::warn!(consumer = %self.spec.name, error = %e, "consumer error");
                     if self.consecutive_errors >= 3 {
                         self.messages = None;
+                        self.consumer = None;
                         self.consecutive_errors = 0;
                         tokio::time::sleep(backoff).await;
                     }
