@@ -26,6 +26,8 @@ const HUB: &str = "hub.example.org";
 struct Centre {
     dir: PathBuf,
     project: String,
+    /// The directory holding the copy, removed after the project is down.
+    _root: steward_testkit::TempDir,
 }
 
 impl Centre {
@@ -119,10 +121,10 @@ impl Centre {
 
 #[test]
 fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches_it() {
-    let dir = std::env::temp_dir().join(unique_name("steward-compose-leaf"));
-    std::fs::create_dir_all(&dir).expect("directory");
-    copy_dir(&repo().join("compose"), &dir.join("compose"));
-    let centre = Centre { dir: dir.join("compose"), project: unique_name("leafstack") };
+    let root = steward_testkit::TempDir::new("steward-compose-leaf");
+    copy_dir(&repo().join("compose"), &root.0.join("compose"));
+    let centre =
+        Centre { dir: root.0.join("compose"), project: unique_name("leafstack"), _root: root };
     let out = Command::new("bash").arg(centre.dir.join("init-secrets.sh")).output().expect("bash");
     ok(&out);
     std::fs::copy(repo().join("tests/compose/scope.yml"), centre.dir.join("scope.yml"))
