@@ -119,17 +119,20 @@ pub fn nats_config(conn: &Connection, args: NatsConfigArgs) -> anyhow::Result<()
              options are for the hub and the leaves"
         );
     }
-    let tls = match (topology, args.no_tls, args.tls_cert, args.tls_key, args.tls_ca) {
-        (_, true, ..) | (Topology::Single, ..) => LinkTls::Off,
-        (Topology::Hub { .. }, _, Some(cert), Some(key), _) => LinkTls::Hub { cert, key },
-        (Topology::Hub { .. }, _, None, _, None) => anyhow::bail!(
-            "the hub's leaf-node link needs TLS: --tls-cert and --tls-key (the certificate the \
-             leaves verify), or --no-tls if every leaf reaches it through a private network"
-        ),
-        (Topology::Leaf { .. }, _, None, None, ca) => LinkTls::Leaf { ca },
-        // What does not fit where the server sits: the renderer says why.
-        (_, _, Some(cert), key, _) => LinkTls::Hub { cert, key: key.unwrap_or_default() },
-        (_, _, _, _, ca) => LinkTls::Leaf { ca },
+    // The kind of TLS from the options given; whether it fits where the server sits is the
+    // renderer's to say.
+    let tls = match (args.no_tls, args.tls_cert, args.tls_key) {
+        (true, ..) => LinkTls::Off,
+        (_, Some(cert), key) => LinkTls::Hub { cert, key: key.unwrap_or_default() },
+        _ => match (topology, args.tls_ca) {
+            (Topology::Single, _) => LinkTls::Off,
+            (Topology::Hub { .. }, None) => anyhow::bail!(
+                "the hub's leaf-node link needs TLS: --tls-cert and --tls-key (the certificate \
+                 the leaves verify), or --no-tls if every leaf reaches it through a private \
+                 network"
+            ),
+            (_, ca) => LinkTls::Leaf { ca },
+        },
     };
     let mut file = ServerFile::new(topology, tls);
     if let Some(name) = args.name {
