@@ -92,6 +92,8 @@ def fold(subject):
     """A subject with its host, consumer, key and reply tokens folded, to count by kind."""
     s = re.sub(r"\bsim-\d+\b", "<host>", subject)
     s = re.sub(r"^_INBOX[^.]*\..*", "_INBOX.<reply>", s)
+    # A hub's source of a leaf's stream or bucket (LEAVES=1): one delivery subject per source.
+    s = re.sub(r"^leaf\.<host>\.S\..*", "leaf.<host>.S.<source>", s)
     s = re.sub(r"^\$JS\.ACK\.([^.]+)\.([^.]+)\..*", r"$JS.ACK.\1.\2.<ack>", s)
     s = re.sub(r"^\$KV\.([^.]+)\.<host>\..*", r"$KV.\1.<host>.<key>", s)
     s = re.sub(r"^\$KV\.STEWARD_HANDLED\.([^.]+)\..*", r"$KV.STEWARD_HANDLED.\1.<event id>", s)

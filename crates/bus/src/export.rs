@@ -13,7 +13,11 @@
 //! publishes no host's subject and writes no host's record: the hub's stream does not hold
 //! `host.<h>.>`, so such a publish is stored by that host's leaf, across its link, where the
 //! host's agents' consumers run (an old `update.approved` would be applied again); and the
-//! hub gets every host's history back from its leaf by its sources anyway.
+//! hub gets every host's history back from its leaf by its sources anyway. On a host's leaf it
+//! publishes none of the host's events (`host.<h>.…`): the hub holds them already, and the
+//! leaf's stream (begun past the old one's sequences) would hand them to the hub again as new
+//! (docs/runbooks.md, "A rebuilt host under leaf nodes"); its dead letters and records, which
+//! only the leaf held, are imported.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -307,6 +311,9 @@ pub struct Imported {
     /// The hosts those left-out records name (a hostile or foreign export may name a host
     /// this installation does not have).
     pub hosts_left: BTreeSet<String>,
+    /// On a host's leaf: the host's events left out (the hub holds them; published again
+    /// they would reach it a second time).
+    pub left_to_hub: u64,
 }
 
 /// Checks records before anything is imported: the first is a header of a format this build
@@ -417,7 +424,8 @@ impl Bus {
     /// a stream with durable consumers, publishes every message the stream does not hold yet
     /// with its own `Nats-Msg-Id` and headers, in order, and writes every value whose key is
     /// empty. At the hub, a host's messages and the hosts' buckets' values are left out and
-    /// counted ([`Imported::left_to_leaves`]): see the module's invariant.
+    /// counted ([`Imported::left_to_leaves`]); on a host's leaf, the host's events
+    /// ([`Imported::left_to_hub`]): see the module's invariant.
     pub async fn import(&self, records: &[ExportRecord]) -> Result<Imported, ImportError> {
         let problems = check_import(records);
         if !problems.is_empty() {
@@ -449,6 +457,7 @@ impl Bus {
         }
         let held = self.held_ids().await?;
         let hub = matches!(self.cfg.topology(), Topology::Hub { .. });
+        let leaf = matches!(self.cfg.topology(), Topology::Leaf { .. });
         let sourced = crate::setup::sourced_buckets();
         let mut done = Imported::default();
         for record in records {
@@ -461,6 +470,10 @@ impl Bus {
                     if let (true, Some(host)) = (hub, host) {
                         done.left_to_leaves = done.left_to_leaves.saturating_add(1);
                         done.hosts_left.insert(host.to_owned());
+                        continue;
+                    }
+                    if leaf && steward_events::split_address(&m.subject).0.is_some() {
+                        done.left_to_hub = done.left_to_hub.saturating_add(1);
                         continue;
                     }
                     let id = m.msg_id().unwrap_or_default();

@@ -171,9 +171,7 @@ pub(crate) async fn open_sourced_bucket(
         sources,
         ..Default::default()
     };
-    bus.js()
-        .create_or_update_stream(config)
-        .await
-        .map_err(|e| BusError::nats("create kv bucket", e))?;
+    // On a leaf, a new bucket begins like its stream (the hub sources the agents' buckets).
+    bus.create_or_update_stream(config).await.map_err(|e| BusError::nats("create kv bucket", e))?;
     bus.js().get_key_value(bucket).await.map_err(|e| BusError::nats("open kv bucket", e))
 }

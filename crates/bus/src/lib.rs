@@ -66,6 +66,7 @@ pub use server::{LinkTls, ServerFile, ServerFileError, LEAF_PORT, LEAF_URL_VARIA
 pub use setup::{sourced_buckets, Setup, HANDLED_BUCKET};
 pub use state::{StateStore, Versioned};
 use steward_events::Event;
+pub use stream::starting_subject;
 
 /// A connection to NATS with the Steward stream in place. Cheap to clone.
 #[derive(Clone)]

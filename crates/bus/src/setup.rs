@@ -105,11 +105,18 @@ impl Bus {
             .collect();
         match topology {
             Topology::Single => {}
-            Topology::Hub { hosts } => done.push(format!(
-                "JetStream domain {}: the hub, sourcing the streams of {}",
-                self.cfg.domain.as_deref().unwrap_or_default(),
-                hosts.join(", ")
-            )),
+            Topology::Hub { hosts } => {
+                done.push(format!(
+                    "JetStream domain {}: the hub, sourcing the streams of {}",
+                    self.cfg.domain.as_deref().unwrap_or_default(),
+                    hosts.join(", ")
+                ));
+                let version = self.client.server_info().version;
+                if let Some(warning) = hub_version_warning(&version) {
+                    tracing::warn!(%version, "{warning}");
+                    done.push(warning);
+                }
+            }
             Topology::Leaf { host } => {
                 done.push(format!("JetStream domain {host}: the leaf node of host {host}"))
             }
@@ -238,6 +245,27 @@ impl Bus {
     }
 }
 
+/// The first nats-server release whose hub drops a sourced message's `Nats-Expected-…`
+/// headers (nats-server commit 352b9090a, in 2.10.14 and 2.11).
+const HUB_MIN_VERSION: (u64, u64, u64) = (2, 10, 14);
+
+/// What setup says about a hub running nats-server `version` older than [`HUB_MIN_VERSION`]:
+/// such a hub checks the expected-revision header of a host's conditional record write (an
+/// update record saved by revision) against its own copy of the bucket, where the sequences
+/// differ, refuses it, and retries it for ever: that host's records stop reaching the centre
+/// (`leaf_nodes.rs`, `a_hosts_record_written_by_revision_reaches_the_hubs_copy`). A version
+/// that does not read as `x.y.z` is not judged.
+fn hub_version_warning(version: &str) -> Option<String> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(str::parse::<u64>);
+    let found = (parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?);
+    (found < HUB_MIN_VERSION).then(|| {
+        let (a, b, c) = HUB_MIN_VERSION;
+        format!(
+            "WARNING: the hub runs nats-server {version}; the leaf-node topology needs {a}.{b}.{c} or later at the hub (the image compose/hub.yml names, nats:2.10-alpine, is): an older hub stops copying a host's records at its first write by revision, so `steward status` and `approve` at the centre go stale for that host"
+        )
+    })
+}
+
 /// The state buckets the hosts' agents write: under the leaf-node topology each host's are
 /// on its leaf, and the hub's copies source them.
 pub fn sourced_buckets() -> Vec<&'static str> {
@@ -257,5 +285,24 @@ fn humanize(d: Duration) -> String {
         format!("{days} days")
     } else {
         format!("{d:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hub_version_warning;
+
+    #[test]
+    fn a_hub_older_than_2_10_14_is_warned_about() {
+        for old in ["2.9.10", "v2.9.25", "2.10.13", "2.10.0-RC.1", "1.4.1"] {
+            let warning = hub_version_warning(old);
+            assert!(warning.is_some_and(|w| w.contains(old) && w.contains("2.10.14")), "{old}");
+        }
+        for new in ["2.10.14", "2.10.26", "v2.11.0", "2.12.0-beta", "3.0.0"] {
+            assert_eq!(hub_version_warning(new), None, "{new}");
+        }
+        // Unreadable: not judged.
+        assert_eq!(hub_version_warning("dev"), None);
+        assert_eq!(hub_version_warning(""), None);
     }
 }

@@ -67,11 +67,51 @@ impl Bus {
             num_replicas: self.cfg.replicas,
             ..Default::default()
         };
-        self.js()
-            .create_or_update_stream(config)
+        self.create_or_update_stream(config)
             .await
-            .map(|_| ())
             .map_err(|e| BusError::Stream { stream: ns.stream.clone(), reason: e.to_string() })
+    }
+
+    /// Creates or updates the stream (or bucket stream) of `config`. On a host's leaf a new one
+    /// begins at its creation time in microseconds ([`first_sequence_now`]), not at 1: the
+    /// hub's source of it resumes after the last sequence it copied, and after a rebuild (the
+    /// leaf's volume lost) nats-server starts that source past the new stream's last sequence
+    /// when it is below, so what a rebuilt host made before its source came back would never
+    /// reach the centre (`leaf_nodes.rs`, `a_rebuilt_hosts_new_events_reach_the_hub`).
+    ///
+    /// Created first with a subject nobody publishes to ([`starting_subject`]), moved to its
+    /// first sequence (a purge up to it), then given its subjects: nothing can be stored, and
+    /// so purged, before. Killed between, the next setup finds it still on that subject and
+    /// finishes.
+    pub(crate) async fn create_or_update_stream(&self, config: Config) -> Result<(), String> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        use async_nats::jetstream::ErrorCode;
+        if let Topology::Leaf { .. } = self.cfg.topology() {
+            let starting = starting_subject(&config.name);
+            let unfinished = match self.js().get_stream(&config.name).await {
+                Ok(found) => found.cached_info().config.subjects == [starting.clone()],
+                Err(e) => match e.kind() {
+                    GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        let placeholder =
+                            Config { subjects: vec![starting], sources: None, ..config.clone() };
+                        self.js().create_stream(placeholder).await.map_err(|e| e.to_string())?;
+                        true
+                    }
+                    _ => return Err(e.to_string()),
+                },
+            };
+            if unfinished {
+                let stream = self.js().get_stream(&config.name).await.map_err(|e| e.to_string())?;
+                stream
+                    .purge()
+                    .sequence(first_sequence_now())
+                    .await
+                    .map_err(|e| format!("move the new stream to its first sequence: {e}"))?;
+            }
+        }
+        self.js().create_or_update_stream(config).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// [`ensure_stream`](Self::ensure_stream), retried while NATS is not reachable yet.
@@ -206,6 +246,23 @@ impl Bus {
             .map(|_| ())
             .map_err(|e| BusError::Stream { stream: ns.stream.clone(), reason: e.to_string() })
     }
+}
+
+/// The only subject of a leaf's new stream until its first sequence is set
+/// ([`Bus::create_or_update_stream`]): outside every Steward subject and every user's
+/// permissions, so nothing is published to it.
+pub fn starting_subject(stream: &str) -> String {
+    format!("_STEWARD_STARTING.{stream}")
+}
+
+/// The first sequence of a leaf's new stream: now, in microseconds since the epoch. A rebuilt
+/// leaf's stream so begins past every sequence the one before it reached, unless that one
+/// stored more than a message per microsecond of its life (or this host's clock went back).
+/// Below 2^53 until the year 2255, so JSON readers keep it exact.
+fn first_sequence_now() -> u64 {
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 /// What `steward setup` writes as the stream's description: what it is for, and the routing

@@ -59,6 +59,12 @@ pub async fn run(args: ImportArgs, conn: &Connection) -> anyhow::Result<()> {
         for line in left_out(&done, &bus.config().hosts) {
             println!("{line}");
         }
+        if done.left_to_hub > 0 {
+            println!(
+                "left out on this host's leaf: {} of its events; the hub holds them, and published here they would reach it again as new (docs/runbooks.md, \"A rebuilt host under leaf nodes\")",
+                done.left_to_hub
+            );
+        }
     }
     Ok(())
 }

