@@ -22,7 +22,20 @@ pub struct Setup {
     /// TTL of the idempotency markers (bucket [`HANDLED_BUCKET`]); also the horizon beyond
     /// which the runtime ignores deliveries.
     pub marker_ttl: Duration,
+    /// At a hub whose central consumers are new (a rebuilt centre): how long setup waits for
+    /// the hosts' sources to copy their leaves' history before it creates them
+    /// ([`SOURCE_WAIT`]).
+    pub source_wait: Duration,
 }
+
+/// How long a hub's setup waits for the sources still copying a leaf's history before it
+/// creates a new central consumer (a source nats-server has not heard from within
+/// [`SOURCE_SILENT`] is not waited for).
+pub const SOURCE_WAIT: Duration = Duration::from_secs(120);
+
+/// A hub's source not heard from for this long (no message, no heartbeat: the leaf is
+/// unreachable) is not waited for.
+const SOURCE_SILENT: Duration = Duration::from_secs(5);
 
 impl Setup {
     /// Everything Steward's routing table needs: every consuming service's consumer, every
@@ -50,7 +63,7 @@ impl Setup {
             .collect();
         state_buckets.sort();
         state_buckets.dedup();
-        Self { consumers, state_buckets, marker_ttl: MARKER_TTL }
+        Self { consumers, state_buckets, marker_ttl: MARKER_TTL, source_wait: SOURCE_WAIT }
     }
 
     /// Every consumer with this ack wait and number of handler attempts
@@ -127,8 +140,32 @@ impl Bus {
             humanize(self.cfg.retention),
             self.cfg.duplicate_window
         ));
+        // A rebuilt hub's sources copy every leaf's history anew, each copy stored now: a
+        // central consumer made at once and starting at new messages would be handed that
+        // history as new (the notifier mailing the last week again). Made once the sources
+        // have caught up, it starts after what they copied.
+        let mut start = None;
+        if let Topology::Hub { hosts } = topology {
+            let mut new = false;
+            for spec in &consumers {
+                match self.lookup_consumer(&spec.name).await {
+                    Ok(_) => {}
+                    Err(BusError::NotProvisioned { what })
+                        if what.starts_with("durable consumer") =>
+                    {
+                        new = true
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if new {
+                let settled = self.settled_sources(hosts, setup.source_wait).await?;
+                start = Some(settled.last.saturating_add(1));
+                done.push(settled.describe());
+            }
+        }
         for spec in consumers {
-            let created = self.ensure_consumer(spec).await?;
+            let created = self.ensure_consumer_at(spec, start).await?;
             done.push(format!(
                 "consumer {}: {} (ack wait {:?}, {} attempts)",
                 spec.name,
@@ -201,6 +238,16 @@ impl Bus {
     /// Creates the durable consumer of `spec`, or updates an existing one's settings keeping
     /// its position. Returns whether it was created. Provisioning only.
     pub async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<bool, BusError> {
+        self.ensure_consumer_at(spec, None).await
+    }
+
+    /// [`Bus::ensure_consumer`]; a consumer it creates starts at stream sequence `start` when
+    /// given (else at new messages).
+    async fn ensure_consumer_at(
+        &self,
+        spec: &ConsumerSpec,
+        start: Option<u64>,
+    ) -> Result<bool, BusError> {
         use async_nats::jetstream::consumer::{pull, FromConsumer};
         let ns = self.namespace();
         let existing = match self.lookup_consumer(&spec.name).await {
@@ -214,10 +261,12 @@ impl Bus {
         let created = existing.is_none();
         let stream =
             self.js().get_stream(&ns.stream).await.map_err(|e| BusError::nats("get stream", e))?;
-        stream
-            .create_consumer(spec.config(ns, existing))
-            .await
-            .map_err(|e| BusError::nats("create consumer", e))?;
+        let mut config = spec.config(ns, existing);
+        if let (true, Some(start_sequence)) = (created, start) {
+            config.deliver_policy =
+                async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence };
+        }
+        stream.create_consumer(config).await.map_err(|e| BusError::nats("create consumer", e))?;
         Ok(created)
     }
 
@@ -243,6 +292,103 @@ impl Bus {
         };
         open_sourced_bucket(self, &bucket, Duration::ZERO, 5, sources).await.map(|_| ())
     }
+}
+
+/// Where a hub's sources stood when setup stopped waiting for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settled {
+    /// The hub's stream's last sequence then.
+    last: u64,
+    /// The hosts whose source had not caught up (silent, failing or still copying).
+    behind: Vec<String>,
+    /// How long setup waited.
+    waited: Duration,
+}
+
+impl Settled {
+    fn describe(&self) -> String {
+        if self.behind.is_empty() {
+            format!(
+                "central consumers start after the hosts' history (stream sequence {}; every host's source caught up in {:.1?})",
+                self.last, self.waited
+            )
+        } else {
+            format!(
+                "central consumers start at stream sequence {}: the sources of {} had not caught up after {:.1?} (leaf unreachable or still copying); what they copy later reaches the notifier as new (events older than the markers' 7 days are ignored)",
+                self.last.saturating_add(1),
+                self.behind.join(", "),
+                self.waited
+            )
+        }
+    }
+}
+
+impl Bus {
+    /// At the hub: waits, up to `bound`, until every host's source has copied what its leaf
+    /// holds (no lag, heard from lately) and the stream's last sequence is the same a second
+    /// later; a source silent since setup began (its leaf unreachable) is not waited for
+    /// beyond [`SOURCE_SILENT`].
+    async fn settled_sources(
+        &self,
+        hosts: &[String],
+        bound: Duration,
+    ) -> Result<Settled, BusError> {
+        let began = tokio::time::Instant::now();
+        let mut previous = None;
+        loop {
+            let subject = format!("STREAM.INFO.{}", self.namespace().stream);
+            let info: serde_json::Value = self
+                .js()
+                .request(subject, &serde_json::json!({}))
+                .await
+                .map_err(|e| BusError::nats("stream info", e))?;
+            if let Some(e) = info.get("error") {
+                return Err(BusError::nats("stream info", e));
+            }
+            let last = info.pointer("/state/last_seq").and_then(|v| v.as_u64()).unwrap_or(0);
+            let waited = began.elapsed();
+            let mut behind = sources_behind(&info, hosts);
+            if waited >= SOURCE_SILENT {
+                // Silent from the start: nothing to wait for until its leaf is back.
+                behind.retain(|(_, heard)| *heard);
+            }
+            if (behind.is_empty() && previous == Some(last)) || waited >= bound {
+                let behind =
+                    sources_behind(&info, hosts).into_iter().map(|(host, _)| host).collect();
+                return Ok(Settled { last, behind, waited });
+            }
+            previous = behind.is_empty().then_some(last);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The hosts (of `hosts`) whose source in a hub's stream info (`$JS.API.STREAM.INFO`'s
+/// answer) has not caught up, each with whether nats-server has heard from it at all. Caught
+/// up: no error, no lag, heard from within [`SOURCE_SILENT`]. A host without a source is
+/// behind, never heard from.
+fn sources_behind(info: &serde_json::Value, hosts: &[String]) -> Vec<(String, bool)> {
+    let sources = info.get("sources").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+    hosts
+        .iter()
+        .filter_map(|host| {
+            let api = crate::origin::leaf_api_prefix(host);
+            let source = sources.iter().find(|s| {
+                s.pointer("/external/api").and_then(|a| a.as_str()) == Some(api.as_str())
+            });
+            // `active`: nanoseconds since nats-server last heard from the source, -1 never.
+            let active = source.and_then(|s| s.get("active")).and_then(|a| a.as_i64());
+            let heard = active.is_some_and(|a| a >= 0);
+            let caught_up = source.is_some_and(|s| {
+                s.get("error").is_none_or(|e| e.is_null())
+                    && s.get("lag").and_then(|l| l.as_u64()) == Some(0)
+                    && active.is_some_and(|a| {
+                        a >= 0 && u128::try_from(a).unwrap_or(u128::MAX) < SOURCE_SILENT.as_nanos()
+                    })
+            });
+            (!caught_up).then(|| (host.clone(), heard))
+        })
+        .collect()
 }
 
 /// The first nats-server release whose hub drops a sourced message's `Nats-Expected-…`
@@ -290,7 +436,45 @@ fn humanize(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::hub_version_warning;
+    use super::{hub_version_warning, sources_behind};
+
+    #[test]
+    fn a_source_is_caught_up_without_lag_error_or_silence() {
+        let hosts = vec!["vps-a".to_owned(), "vps-b".to_owned(), "vps-c".to_owned()];
+        let source = |host: &str, lag: u64, active: i64| {
+            serde_json::json!({
+                "name": "STEWARD",
+                "external": { "api": format!("$JS.{host}.API"), "deliver": "" },
+                "lag": lag,
+                "active": active,
+            })
+        };
+        let info = |sources: Vec<serde_json::Value>| serde_json::json!({ "sources": sources });
+        let up = info(vec![
+            source("vps-a", 0, 900_000_000),
+            source("vps-b", 0, 10_000_000),
+            source("vps-c", 0, 0),
+        ]);
+        assert_eq!(sources_behind(&up, &hosts), vec![]);
+        let mixed = info(vec![
+            source("vps-a", 12, 1_000_000),    // still copying
+            source("vps-b", 0, -1),            // never heard from
+            source("vps-c", 0, 6_000_000_000), // silent for 6 s
+        ]);
+        let behind = sources_behind(&mixed, &hosts);
+        assert_eq!(
+            behind,
+            vec![("vps-a".into(), true), ("vps-b".into(), false), ("vps-c".into(), true)]
+        );
+        let mut failing = source("vps-a", 0, 1_000);
+        failing["error"] = serde_json::json!({ "code": 500, "description": "x" });
+        let one = vec!["vps-a".to_owned(), "vps-d".to_owned()];
+        // A failing source, and a host the stream has no source for.
+        assert_eq!(
+            sources_behind(&info(vec![failing]), &one),
+            vec![("vps-a".into(), true), ("vps-d".into(), false)]
+        );
+    }
 
     #[test]
     fn a_hub_older_than_2_10_14_is_warned_about() {

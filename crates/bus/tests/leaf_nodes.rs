@@ -1114,3 +1114,56 @@ async fn a_hosts_record_written_by_revision_reaches_the_hubs_copy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A rebuilt hub (its volume lost, `steward setup` run again) copies each host's history from
+/// its leaf anew, every copy stored now. Its setup creates the central consumers once the
+/// sources have caught up, starting after what they copied: the notifier is handed none of a
+/// host's recent history as new (before, it mailed the last seven days again), and what a
+/// host makes afterwards reaches it. A host whose leaf is unreachable is not waited for, and
+/// setup names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_hubs_notifier_is_handed_no_hosts_history() {
+    let net = NatsLeaves::start(&hosts(), |c| c);
+    provision_leaves(&net).await;
+    // a's recent history on its leaf (days old, within the markers' seven: the horizon would
+    // not refuse it).
+    let health_a = agent(&net, Service::Health, A).await;
+    let mut history = vec![];
+    for i in 0..300 {
+        let mut event = alert(A, &format!("history {i}"));
+        event.time -= Duration::from_secs(2 * 24 * 3600);
+        health_a.publish(&event).await.expect("a's history");
+        history.push(event.id);
+    }
+    // b's link is down while the centre is rebuilt.
+    net.leaf(B).link.cut();
+    let cfg = quick(net.hub_config_as(steward_bus::SETUP_USER), None);
+    let setup = Bus::open(cfg, "steward-setup").await.expect("the hub's setup user connects");
+    let started = Instant::now();
+    let done = setup.setup(&Setup::for_hosts(&hosts())).await.expect("the rebuilt hub provisions");
+    let line = done
+        .iter()
+        .find(|l| l.starts_with("central consumers start"))
+        .unwrap_or_else(|| panic!("no word of the sources: {done:?}"));
+    eprintln!("MEASURED the rebuilt hub's setup took {:?}: {line}", started.elapsed());
+    assert!(line.contains("the sources of vps-b had not caught up"), "{line}");
+    assert!(!line.contains("vps-a"), "{line}");
+    let cli = central(&net, Service::Cli).await;
+    let (at_hub, _) = hub_has(&cli, A, history.len(), Duration::from_secs(5)).await;
+    assert_eq!(at_hub, history, "a's history at the hub before its consumers were made");
+    let notifier = central(&net, Service::Notifier).await;
+    let mut inbox =
+        notifier.inbox(ConsumerSpec::of(Service::Notifier, None)).await.expect("notifier's");
+    assert_eq!(
+        take(&mut inbox, Duration::from_secs(2)).await,
+        None,
+        "the notifier was handed a's history"
+    );
+    let new = alert(A, "new");
+    health_a.publish(&new).await.expect("a's new alert");
+    assert_eq!(take(&mut inbox, Duration::from_secs(10)).await, Some(new.id));
+    // Run again (every upgrade does): the consumers exist, nothing is waited for.
+    let again = setup.setup(&Setup::for_hosts(&hosts())).await.expect("again");
+    assert!(!again.iter().any(|l| l.starts_with("central consumers start")), "{again:?}");
+    net.leaf(B).link.restore();
+}

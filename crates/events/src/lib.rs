@@ -24,7 +24,7 @@ pub use envelope::{Event, TraceContext, MAX_EVENT_BYTES, SPEC_VERSION};
 pub use error::{DecodeError, EncodeError};
 pub use host::{
     address, check_host, check_hosts, host_from_name, split_address, HOST_FAMILY, HOST_RULE,
-    MAX_HOST_LEN,
+    HUB_DOMAIN, MAX_HOST_LEN,
 };
 pub use redact::{redact_url, redact_urls_in};
 pub use release::{release_notes, ImageVersion, Versions};

@@ -17,7 +17,7 @@ use steward_bus::{BusConfig, Credentials, LinkTls, Namespace, Permissions, Serve
 use crate::{free_port, unique_name, NatsServer};
 
 /// The hub's JetStream domain in these tests (no host is named so).
-pub const HUB_DOMAIN: &str = "hub";
+pub const HUB_DOMAIN: &str = steward_events::HUB_DOMAIN;
 
 /// A user of every leaf allowed everything on it (not one Steward generates): a host's
 /// root, who can rewrite its leaf's configuration.
