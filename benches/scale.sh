@@ -266,7 +266,7 @@ $PROBE summary "$log" "$idle_from" "$idle_to"
 # (1) One agent's check with news for every container (a new digest pushed for each), then one
 # without.
 for image in "${images[@]}"; do build "$image" 1; done
-# Both server's views under LEAVES=1: sim-01's leaf (the agent's side) and the hub.
+# Both servers' views under LEAVES=1: sim-01's leaf (the agent's side) and the hub.
 views() { # views FROM_HOST TO_HOST FROM_HUB TO_HUB
   if [ "$LEAVES" = 1 ]; then
     echo "   at sim-01's leaf:"; $PROBE summary "$host_log" "$1" "$2"
@@ -340,8 +340,9 @@ echo "agents: $AGENTS watchers, RSS sum $agents_rss KiB"
 if [ "$LEAVES" = 1 ]; then
   leaves_rss=0 leaves_hwm=0 leaves_cpu=0
   for p in "${leaf_pids[@]}"; do
-    leaves_rss=$((leaves_rss + $(rss_kib "$p"))); leaves_hwm=$((leaves_hwm + $(hwm_kib "$p")))
-    leaves_cpu=$(echo "$leaves_cpu + $(cpu_s "$p")" | bc)
+    leaves_rss=$((leaves_rss + $(rss_kib "$p" 2>/dev/null || echo 0)))
+    leaves_hwm=$((leaves_hwm + $(hwm_kib "$p" 2>/dev/null || echo 0)))
+    leaves_cpu=$(echo "$leaves_cpu + $(cpu_s "$p" 2>/dev/null || echo 0)" | bc)
   done
   echo "leaves: $AGENTS nats-servers, RSS sum $leaves_rss KiB (VmHWM sum $leaves_hwm KiB), CPU since start $leaves_cpu s"
   echo "-- sim-01's leaf, final stream and buckets:"

@@ -232,6 +232,18 @@ impl BusConfig {
                     env.error(ENV_NATS_DOMAIN, &d, "needs STEWARD_HOSTS (leaf nodes are per host)");
                     None
                 }
+                // The kit's hub would take itself for that host's leaf.
+                Ok(()) if hosts.iter().any(|h| h == steward_events::HUB_DOMAIN) => {
+                    env.error(
+                        ENV_NATS_DOMAIN,
+                        &d,
+                        format!(
+                            "STEWARD_HOSTS names a host {:?}, the compose kit's hub domain: under leaf nodes name the host otherwise",
+                            steward_events::HUB_DOMAIN
+                        ),
+                    );
+                    None
+                }
                 Ok(()) => Some(d),
             },
         };
@@ -364,6 +376,11 @@ mod tests {
         // one that cannot be a subject token.
         let (_, err) = read(&[("STEWARD_NATS_DOMAIN", "hub")]);
         assert!(err.is_some_and(|e| e.contains("needs STEWARD_HOSTS")));
+        let (_, err) = read(&[("STEWARD_HOSTS", "vps-a,hub"), ("STEWARD_NATS_DOMAIN", "vps-a")]);
+        assert!(err.is_some_and(|e| e.contains("the compose kit's hub domain")));
+        // One NATS system: a host may be named so.
+        let (cfg, err) = read(&[("STEWARD_HOSTS", "vps-a,hub")]);
+        assert!(err.is_none() && cfg.hosts.len() == 2, "{err:?}");
         let (_, err) = read(&[hosts, ("STEWARD_NATS_DOMAIN", "a.b")]);
         assert!(err.is_some_and(|e| e.contains("STEWARD_NATS_DOMAIN")));
     }

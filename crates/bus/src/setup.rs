@@ -29,13 +29,24 @@ pub struct Setup {
 }
 
 /// How long a hub's setup waits for the sources still copying a leaf's history before it
-/// creates a new central consumer (a source nats-server has not heard from within
-/// [`SOURCE_SILENT`] is not waited for).
+/// creates a new central consumer (a silent source is not waited for: [`SourceState`]).
 pub const SOURCE_WAIT: Duration = Duration::from_secs(120);
 
-/// A hub's source not heard from for this long (no message, no heartbeat: the leaf is
-/// unreachable) is not waited for.
-const SOURCE_SILENT: Duration = Duration::from_secs(5);
+/// How long a hub's setup gives a new source to be heard from before it takes the source's
+/// leaf for unreachable.
+const SOURCE_GRACE: Duration = Duration::from_secs(5);
+
+/// A caught-up source is heard from every second (nats-server's heartbeat): one heard from
+/// within this is current...
+const SOURCE_CURRENT: Duration = Duration::from_secs(2);
+
+/// ...and one not heard from for longer than this is silent (its leaf unreachable: nats-server
+/// 2.10 re-sets a silent source every 10 s, which makes it look heard from for a moment).
+const SOURCE_SILENT: Duration = Duration::from_secs(3);
+
+/// Polls in a row, a second apart, in which every source is caught up or silent and the
+/// stream's last sequence stays the same, before setup stops waiting.
+const SOURCE_STEADY_POLLS: usize = 3;
 
 impl Setup {
     /// Everything Steward's routing table needs: every consuming service's consumer, every
@@ -166,12 +177,14 @@ impl Bus {
         }
         for spec in consumers {
             let created = self.ensure_consumer_at(spec, start).await?;
+            let how = match (created, start) {
+                (false, _) => "updated",
+                (true, None) => "created, starting at new events",
+                (true, Some(_)) => "created, starting after the hosts' history",
+            };
             done.push(format!(
                 "consumer {}: {} (ack wait {:?}, {} attempts)",
-                spec.name,
-                if created { "created, starting at new events" } else { "updated" },
-                spec.ack_wait,
-                spec.max_deliver
+                spec.name, how, spec.ack_wait, spec.max_deliver
             ));
         }
         for name in &setup.state_buckets {
@@ -314,8 +327,8 @@ impl Settled {
             )
         } else {
             format!(
-                "central consumers start at stream sequence {}: the sources of {} had not caught up after {:.1?} (leaf unreachable or still copying); what they copy later reaches the notifier as new (events older than the markers' 7 days are ignored)",
-                self.last.saturating_add(1),
+                "central consumers start after stream sequence {}: the sources of {} had not caught up after {:.1?} (leaf unreachable or still copying); what they copy later reaches the notifier as new (events older than the markers' 7 days are ignored)",
+                self.last,
                 self.behind.join(", "),
                 self.waited
             )
@@ -323,18 +336,29 @@ impl Settled {
     }
 }
 
+/// A hub's source of a host's leaf at one look at the hub's stream info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceState {
+    /// No lag, heard from within [`SOURCE_CURRENT`].
+    CaughtUp,
+    /// Lagging but heard from, or in between: waited for.
+    Copying,
+    /// Never heard from, failing, without a source, or not heard from for [`SOURCE_SILENT`].
+    Silent,
+}
+
 impl Bus {
-    /// At the hub: waits, up to `bound`, until every host's source has copied what its leaf
-    /// holds (no lag, heard from lately) and the stream's last sequence is the same a second
-    /// later; a source silent since setup began (its leaf unreachable) is not waited for
-    /// beyond [`SOURCE_SILENT`].
+    /// At the hub: waits, up to `bound`, until [`SOURCE_STEADY_POLLS`] looks in a row, a
+    /// second apart, find every host's source caught up (or silent, once [`SOURCE_GRACE`] has
+    /// passed) and the stream's last sequence unchanged. A host is named behind when its source
+    /// was not caught up at one of those last looks.
     async fn settled_sources(
         &self,
         hosts: &[String],
         bound: Duration,
     ) -> Result<Settled, BusError> {
         let began = tokio::time::Instant::now();
-        let mut previous = None;
+        let mut looks: Vec<(u64, Vec<(String, SourceState)>)> = vec![];
         loop {
             let subject = format!("STREAM.INFO.{}", self.namespace().stream);
             let info: serde_json::Value = self
@@ -346,47 +370,66 @@ impl Bus {
                 return Err(BusError::nats("stream info", e));
             }
             let last = info.pointer("/state/last_seq").and_then(|v| v.as_u64()).unwrap_or(0);
+            looks.push((last, source_states(&info, hosts)));
             let waited = began.elapsed();
-            let mut behind = sources_behind(&info, hosts);
-            if waited >= SOURCE_SILENT {
-                // Silent from the start: nothing to wait for until its leaf is back.
-                behind.retain(|(_, heard)| *heard);
-            }
-            if (behind.is_empty() && previous == Some(last)) || waited >= bound {
-                let behind =
-                    sources_behind(&info, hosts).into_iter().map(|(host, _)| host).collect();
+            let recent = &looks[looks.len().saturating_sub(SOURCE_STEADY_POLLS)..];
+            let steady = recent.len() == SOURCE_STEADY_POLLS
+                && recent.iter().all(|(l, states)| {
+                    *l == last
+                        && states.iter().all(|(_, state)| match state {
+                            SourceState::CaughtUp => true,
+                            SourceState::Silent => waited >= SOURCE_GRACE,
+                            SourceState::Copying => false,
+                        })
+                });
+            if steady || waited >= bound {
+                let behind = hosts
+                    .iter()
+                    .filter(|h| {
+                        recent.iter().any(|(_, states)| {
+                            states.iter().any(|(host, s)| host == *h && *s != SourceState::CaughtUp)
+                        })
+                    })
+                    .cloned()
+                    .collect();
                 return Ok(Settled { last, behind, waited });
             }
-            previous = behind.is_empty().then_some(last);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
 
-/// The hosts (of `hosts`) whose source in a hub's stream info (`$JS.API.STREAM.INFO`'s
-/// answer) has not caught up, each with whether nats-server has heard from it at all. Caught
-/// up: no error, no lag, heard from within [`SOURCE_SILENT`]. A host without a source is
-/// behind, never heard from.
-fn sources_behind(info: &serde_json::Value, hosts: &[String]) -> Vec<(String, bool)> {
+/// Each host's source in a hub's stream info (`$JS.API.STREAM.INFO`'s answer): found by its
+/// leaf's API prefix; `lag` is what it has still to copy, `active` nanoseconds since
+/// nats-server last heard from it (-1: never).
+fn source_states(info: &serde_json::Value, hosts: &[String]) -> Vec<(String, SourceState)> {
     let sources = info.get("sources").and_then(|s| s.as_array()).cloned().unwrap_or_default();
     hosts
         .iter()
-        .filter_map(|host| {
+        .map(|host| {
             let api = crate::origin::leaf_api_prefix(host);
             let source = sources.iter().find(|s| {
                 s.pointer("/external/api").and_then(|a| a.as_str()) == Some(api.as_str())
             });
-            // `active`: nanoseconds since nats-server last heard from the source, -1 never.
-            let active = source.and_then(|s| s.get("active")).and_then(|a| a.as_i64());
-            let heard = active.is_some_and(|a| a >= 0);
-            let caught_up = source.is_some_and(|s| {
-                s.get("error").is_none_or(|e| e.is_null())
-                    && s.get("lag").and_then(|l| l.as_u64()) == Some(0)
-                    && active.is_some_and(|a| {
-                        a >= 0 && u128::try_from(a).unwrap_or(u128::MAX) < SOURCE_SILENT.as_nanos()
-                    })
-            });
-            (!caught_up).then(|| (host.clone(), heard))
+            let state = match source {
+                None => SourceState::Silent,
+                Some(s) if s.get("error").is_some_and(|e| !e.is_null()) => SourceState::Silent,
+                Some(s) => {
+                    let lag = s.get("lag").and_then(|l| l.as_u64()).unwrap_or(u64::MAX);
+                    let active = s
+                        .get("active")
+                        .and_then(|a| a.as_i64())
+                        .and_then(|a| u64::try_from(a).ok())
+                        .map(Duration::from_nanos);
+                    match active {
+                        None => SourceState::Silent,
+                        Some(a) if a > SOURCE_SILENT => SourceState::Silent,
+                        Some(a) if lag == 0 && a <= SOURCE_CURRENT => SourceState::CaughtUp,
+                        Some(_) => SourceState::Copying,
+                    }
+                }
+            };
+            (host.clone(), state)
         })
         .collect()
 }
@@ -402,9 +445,14 @@ const HUB_MIN_VERSION: (u64, u64, u64) = (2, 10, 14);
 /// (`leaf_nodes.rs`, `a_hosts_record_written_by_revision_reaches_the_hubs_copy`). A version
 /// that does not read as `x.y.z` is not judged.
 fn hub_version_warning(version: &str) -> Option<String> {
-    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(str::parse::<u64>);
+    let (release, pre) = match version.trim_start_matches('v').split_once('-') {
+        Some((release, _)) => (release, true),
+        None => (version.trim_start_matches('v'), false),
+    };
+    let mut parts = release.split('.').map(str::parse::<u64>);
     let found = (parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?);
-    (found < HUB_MIN_VERSION).then(|| {
+    // A pre-release of the first fixed version may predate the fix.
+    (found < HUB_MIN_VERSION || (found == HUB_MIN_VERSION && pre)).then(|| {
         let (a, b, c) = HUB_MIN_VERSION;
         format!(
             "WARNING: the hub runs nats-server {version}; the leaf-node topology needs {a}.{b}.{c} or later at the hub (the image compose/hub.yml names, nats:2.10-alpine, is): an older hub stops copying a host's records at its first write by revision, so `steward status` and `approve` at the centre go stale for that host"
@@ -436,53 +484,45 @@ fn humanize(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{hub_version_warning, sources_behind};
+    use super::{hub_version_warning, source_states, SourceState};
 
     #[test]
-    fn a_source_is_caught_up_without_lag_error_or_silence() {
-        let hosts = vec!["vps-a".to_owned(), "vps-b".to_owned(), "vps-c".to_owned()];
-        let source = |host: &str, lag: u64, active: i64| {
+    fn a_source_is_caught_up_without_lag_heard_from_lately() {
+        use SourceState::*;
+        let hosts: Vec<String> = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
+        let source = |host: &str, lag: u64, active_ms: i64| {
             serde_json::json!({
                 "name": "STEWARD",
                 "external": { "api": format!("$JS.{host}.API"), "deliver": "" },
                 "lag": lag,
-                "active": active,
+                "active": if active_ms < 0 { -1 } else { active_ms * 1_000_000 },
             })
         };
-        let info = |sources: Vec<serde_json::Value>| serde_json::json!({ "sources": sources });
-        let up = info(vec![
-            source("vps-a", 0, 900_000_000),
-            source("vps-b", 0, 10_000_000),
-            source("vps-c", 0, 0),
-        ]);
-        assert_eq!(sources_behind(&up, &hosts), vec![]);
-        let mixed = info(vec![
-            source("vps-a", 12, 1_000_000),    // still copying
-            source("vps-b", 0, -1),            // never heard from
-            source("vps-c", 0, 6_000_000_000), // silent for 6 s
-        ]);
-        let behind = sources_behind(&mixed, &hosts);
-        assert_eq!(
-            behind,
-            vec![("vps-a".into(), true), ("vps-b".into(), false), ("vps-c".into(), true)]
-        );
-        let mut failing = source("vps-a", 0, 1_000);
+        let mut failing = source("e", 0, 100);
         failing["error"] = serde_json::json!({ "code": 500, "description": "x" });
-        let one = vec!["vps-a".to_owned(), "vps-d".to_owned()];
-        // A failing source, and a host the stream has no source for.
-        assert_eq!(
-            sources_behind(&info(vec![failing]), &one),
-            vec![("vps-a".into(), true), ("vps-d".into(), false)]
-        );
+        let info = serde_json::json!({ "sources": [
+            source("a", 0, 900),    // heartbeats: caught up
+            source("b", 12, 10),    // still copying
+            source("c", 0, -1),     // never heard from
+            source("d", 0, 6_000),  // silent for 6 s (its lag is from before)
+            failing,
+            // f: no source at all
+        ] });
+        let states: Vec<SourceState> =
+            source_states(&info, &hosts).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(states, [CaughtUp, Copying, Silent, Silent, Silent, Silent]);
+        // Between current and silent: waited for.
+        let info = serde_json::json!({ "sources": [source("a", 0, 2_500)] });
+        assert_eq!(source_states(&info, &hosts[..1]), [("a".to_owned(), Copying)]);
     }
 
     #[test]
     fn a_hub_older_than_2_10_14_is_warned_about() {
-        for old in ["2.9.10", "v2.9.25", "2.10.13", "2.10.0-RC.1", "1.4.1"] {
+        for old in ["2.9.10", "v2.9.25", "2.10.13", "2.10.0-RC.1", "2.10.14-RC.1", "1.4.1"] {
             let warning = hub_version_warning(old);
             assert!(warning.is_some_and(|w| w.contains(old) && w.contains("2.10.14")), "{old}");
         }
-        for new in ["2.10.14", "2.10.26", "v2.11.0", "2.12.0-beta", "3.0.0"] {
+        for new in ["2.10.14", "2.10.26", "v2.11.0", "2.12.0-beta", "2.10.15-RC.2", "3.0.0"] {
             assert_eq!(hub_version_warning(new), None, "{new}");
         }
         // Unreadable: not judged.

@@ -80,33 +80,43 @@ impl Bus {
     /// reach the centre (`leaf_nodes.rs`, `a_rebuilt_hosts_new_events_reach_the_hub`).
     ///
     /// Created first with a subject nobody publishes to ([`starting_subject`]), moved to its
-    /// first sequence (a purge up to it), then given its subjects: nothing can be stored, and
-    /// so purged, before. Killed between, the next setup finds it still on that subject and
-    /// finishes.
+    /// first sequence (a purge up to it: nats-server 2.9 has no `first_seq`), then given its
+    /// subjects: nothing can be stored, and so purged, before. Killed between, the
+    /// next setup finds it still on that subject and finishes. Two setups at once: the purge
+    /// is only of an empty stream still on that subject and never moved, read just before.
     pub(crate) async fn create_or_update_stream(&self, config: Config) -> Result<(), String> {
         use async_nats::jetstream::context::GetStreamErrorKind;
         use async_nats::jetstream::ErrorCode;
         if let Topology::Leaf { .. } = self.cfg.topology() {
             let starting = starting_subject(&config.name);
-            let unfinished = match self.js().get_stream(&config.name).await {
-                Ok(found) => found.cached_info().config.subjects == [starting.clone()],
+            let first = first_sequence_now();
+            let mut stream = match self.js().get_stream(&config.name).await {
+                Ok(found) => found,
                 Err(e) => match e.kind() {
                     GetStreamErrorKind::JetStream(j)
                         if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
                     {
-                        let placeholder =
-                            Config { subjects: vec![starting], sources: None, ..config.clone() };
-                        self.js().create_stream(placeholder).await.map_err(|e| e.to_string())?;
-                        true
+                        let placeholder = Config {
+                            subjects: vec![starting.clone()],
+                            sources: None,
+                            ..config.clone()
+                        };
+                        self.js().create_stream(placeholder).await.map_err(|e| e.to_string())?
                     }
                     _ => return Err(e.to_string()),
                 },
             };
-            if unfinished {
-                let stream = self.js().get_stream(&config.name).await.map_err(|e| e.to_string())?;
+            // Read now, not from the lookup: still on its starting subject, empty and never
+            // moved. One already moved (by this run, or by a setup killed or running
+            // beside this one) is not purged again.
+            let info = stream.info().await.map_err(|e| e.to_string())?;
+            let unmoved = info.config.subjects == [starting]
+                && info.state.messages == 0
+                && info.state.first_sequence <= 1;
+            if unmoved {
                 stream
                     .purge()
-                    .sequence(first_sequence_now())
+                    .sequence(first)
                     .await
                     .map_err(|e| format!("move the new stream to its first sequence: {e}"))?;
             }

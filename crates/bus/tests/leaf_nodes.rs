@@ -1059,14 +1059,14 @@ async fn a_rebuilt_hosts_new_events_reach_the_hub() {
         .await
         .expect("the rebuilt host's record");
     assert_eq!(of_host(&leaf_reader(&net, A).await, A).await, after, "a's new leaf");
-    let (at_hub, took) = hub_has(&cli, A, sent.len() + after.len(), Duration::from_secs(30)).await;
+    let (at_hub, took) = hub_has(&cli, A, sent.len() + after.len(), Duration::from_secs(60)).await;
     eprintln!("MEASURED a rebuilt host's first events at the hub {took:?} after they were made");
     let want: Vec<_> = sent.iter().chain(&after).copied().collect();
     assert_eq!(at_hub, want, "a's events at the hub: the old ones, then the new ones, once each");
     let started = Instant::now();
     while record_at_hub().await.as_ref() != Some(&fresh) {
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < Duration::from_secs(60),
             "the rebuilt host's record is not at the hub: {:?}",
             record_at_hub().await
         );

@@ -69,24 +69,18 @@ pub fn split_address(subject: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// The JetStream domain of the compose kit's hub (`compose/hub.yml`): no host may be named so.
-/// Under the leaf-node topology a server whose domain is one of the hosts is that host's leaf,
-/// so the centre's hub would take itself for the leaf of a host named `hub`.
+/// The JetStream domain of the compose kit's hub (`compose/hub.yml`): under the leaf-node
+/// topology no host may be named so (a server whose domain is one of the hosts is that host's
+/// leaf, so the centre's hub would take itself for the leaf of a host named `hub`).
 pub const HUB_DOMAIN: &str = "hub";
 
 /// The routing table's hosts (`STEWARD_HOSTS`): comma-separated host names, each checked by
-/// [`check_host`], none twice, none [`HUB_DOMAIN`]; also none two that differ only by `-` and
-/// `_`, which would share a NATS password variable (`STEWARD_UPDATER_VPS_1_PASSWORD`). Empty:
-/// no host routing.
+/// [`check_host`], none twice; also none two that differ only by `-` and `_`, which would share
+/// a NATS password variable (`STEWARD_UPDATER_VPS_1_PASSWORD`). Empty: no host routing.
 pub fn check_hosts(raw: &str) -> Result<Vec<String>, String> {
     let mut hosts: Vec<String> = vec![];
     for host in raw.split(',').map(str::trim).filter(|h| !h.is_empty()) {
         check_host(host).map_err(|rule| format!("{host:?}: {rule}"))?;
-        if host == HUB_DOMAIN {
-            return Err(format!(
-                "{host:?} is the hub's JetStream domain (compose/hub.yml): name the host otherwise"
-            ));
-        }
         let same = |h: &String| h.replace('-', "_") == host.replace('-', "_");
         if let Some(other) = hosts.iter().find(|h| same(h)) {
             return Err(format!("{host:?} and {other:?} are one host to NATS (its user names)"));
@@ -119,7 +113,6 @@ mod tests {
         assert!(check_hosts("a,a").is_err());
         assert!(check_hosts("vps-1,vps_1").is_err_and(|e| e.contains("one host")));
         assert!(check_hosts("a.b").is_err());
-        assert!(check_hosts("vps-a,hub").is_err_and(|e| e.contains("hub's JetStream domain")));
     }
 
     #[test]
