@@ -88,16 +88,21 @@ impl ConsumerSpec {
     /// The consumer configuration for this spec. A consumer that does not exist yet starts
     /// at new events (`DeliverPolicy::New`), never at the start of the year-long retention:
     /// a re-created consumer must not hand a service events it handled long ago (their
-    /// idempotency markers have expired). An existing consumer keeps its delivery policy and
-    /// position; only the settings below are changed.
+    /// idempotency markers have expired); or at stream sequence `start` when given (a rebuilt
+    /// hub's, after the history its sources copied). An existing consumer keeps its delivery
+    /// policy and position; only the settings below are changed.
     pub(crate) fn config(
         &self,
         ns: &crate::Namespace,
         existing: Option<pull::Config>,
+        start: Option<u64>,
     ) -> pull::Config {
         let base = existing.unwrap_or_else(|| pull::Config {
             durable_name: Some(self.name.clone()),
-            deliver_policy: DeliverPolicy::New,
+            deliver_policy: match start {
+                Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+                None => DeliverPolicy::New,
+            },
             ack_policy: AckPolicy::Explicit,
             ..Default::default()
         });
@@ -153,7 +158,7 @@ impl Bus {
         let config = pull::Config::try_from_consumer_config(consumer.cached_info().config.clone())
             .map_err(|e| BusError::nats("read consumer config", e))?;
         if !spec.matches(&ns, &config) {
-            let wanted = spec.config(&ns, Some(config.clone()));
+            let wanted = spec.config(&ns, Some(config.clone()), None);
             let stream = self
                 .js()
                 .get_stream(&ns.stream)
@@ -181,6 +186,20 @@ impl Bus {
         };
         inbox.messages = Some(inbox.open().await?);
         Ok(inbox)
+    }
+
+    /// The durable consumer `name`, or `None` when the stream has none of that name.
+    pub(crate) async fn existing_consumer(
+        &self,
+        name: &str,
+    ) -> Result<Option<PullConsumer>, BusError> {
+        match self.lookup_consumer(name).await {
+            Ok(consumer) => Ok(Some(consumer)),
+            Err(BusError::NotProvisioned { what }) if what.starts_with("durable consumer") => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The durable consumer `name`, or [`BusError::NotProvisioned`].

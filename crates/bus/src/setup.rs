@@ -159,15 +159,7 @@ impl Bus {
         if let Topology::Hub { hosts } = topology {
             let mut new = false;
             for spec in &consumers {
-                match self.lookup_consumer(&spec.name).await {
-                    Ok(_) => {}
-                    Err(BusError::NotProvisioned { what })
-                        if what.starts_with("durable consumer") =>
-                    {
-                        new = true
-                    }
-                    Err(e) => return Err(e),
-                }
+                new |= self.existing_consumer(&spec.name).await?.is_none();
             }
             if new {
                 let settled = self.settled_sources(hosts, setup.source_wait).await?;
@@ -263,23 +255,20 @@ impl Bus {
     ) -> Result<bool, BusError> {
         use async_nats::jetstream::consumer::{pull, FromConsumer};
         let ns = self.namespace();
-        let existing = match self.lookup_consumer(&spec.name).await {
-            Ok(consumer) => Some(
+        let existing = match self.existing_consumer(&spec.name).await? {
+            Some(consumer) => Some(
                 pull::Config::try_from_consumer_config(consumer.cached_info().config.clone())
                     .map_err(|e| BusError::nats("read consumer config", e))?,
             ),
-            Err(BusError::NotProvisioned { what }) if what.starts_with("durable consumer") => None,
-            Err(e) => return Err(e),
+            None => None,
         };
         let created = existing.is_none();
         let stream =
             self.js().get_stream(&ns.stream).await.map_err(|e| BusError::nats("get stream", e))?;
-        let mut config = spec.config(ns, existing);
-        if let (true, Some(start_sequence)) = (created, start) {
-            config.deliver_policy =
-                async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence };
-        }
-        stream.create_consumer(config).await.map_err(|e| BusError::nats("create consumer", e))?;
+        stream
+            .create_consumer(spec.config(ns, existing, start))
+            .await
+            .map_err(|e| BusError::nats("create consumer", e))?;
         Ok(created)
     }
 
