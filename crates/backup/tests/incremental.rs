@@ -78,8 +78,13 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     assert!(c2.tree.is_some() && c2.entries_checked.is_some(), "{c2:?}");
     // The second backup read only the two changed files through the engine (their
     // directory's times did not change), plus the old chunks around them: not the 40 MiB.
+    // Counted in chunks rather than bytes: the chunks' sizes vary from run to run, and CI once
+    // saw the few chunks around four changes hold a third of the path. Around each change,
+    // the chunk before it and those until the cutting meets an old cut again: three, or four
+    // when the first old cut after the change is too close to it (4 to 6 here in five runs).
     let read = spliced(&second, 2);
-    assert!(read < c2.raw_size / 3, "read {read} of {} bytes", c2.raw_size);
+    assert!(read.old_chunks <= 2 * 4, "{read:?} of {} chunks", after_first.len());
+    assert!(read.bytes < c2.raw_size / 2, "{read:?} of {} bytes", c2.raw_size);
 
     // A file changes mode only, one goes, a directory, a file in it and a link come: read
     // are the first file, the new file and the link; the headers of /data, /data/files and
@@ -95,7 +100,10 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     let (third, m3) = back_up(&backups).await;
     let read = spliced(&third, 6);
     let c3 = path_component(&m3);
-    assert!(read < c3.raw_size / 3, "read {read} of {} bytes", c3.raw_size);
+    // Four places changed: the headers of /data and /data/files at the start, f3, f4, and
+    // the link and /data/new at the end (6 to 9 old chunks in five runs).
+    assert!(read.old_chunks <= 4 * 4, "{read:?} of {} chunks", after_second.len());
+    assert!(read.bytes < c3.raw_size / 2, "{read:?} of {} bytes", c3.raw_size);
     assert!(c3.entries_checked.is_some(), "{c3:?}");
     restored_as(&stack, &backups, &third, &third_tree).await;
 

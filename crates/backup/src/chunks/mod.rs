@@ -918,6 +918,7 @@ impl crate::backup::Backups {
                         uploaded_bytes = done.uploaded.bytes + stored.size + tree_ref.stored_size,
                         raw_bytes = done.size,
                         read_bytes = done.read,
+                        old_chunks_read = done.old_chunks,
                         read_entries = done.fresh_entries,
                         known_seconds,
                         splice_seconds = streaming.elapsed().as_secs_f64(),

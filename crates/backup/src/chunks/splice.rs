@@ -86,6 +86,9 @@ pub struct Spliced {
     pub fresh_entries: usize,
     /// Bytes read from the old chunks and the engine (the rest was not read).
     pub read: u64,
+    /// Old chunks read: the chunk before each run of changed entries and the first one or two
+    /// after it, whatever their sizes.
+    pub old_chunks: usize,
     /// Every entry passes the tar rules (the old ones did, the read ones do).
     pub checked: bool,
 }
@@ -329,6 +332,7 @@ struct OldChunks<'a> {
     ahead: tokio::sync::mpsc::Receiver<(usize, Result<Bytes, Fallback>)>,
     peeked: Option<(usize, Result<Bytes, Fallback>)>,
     read: u64,
+    chunks_read: usize,
 }
 
 impl<'a> OldChunks<'a> {
@@ -352,7 +356,7 @@ impl<'a> OldChunks<'a> {
                 }
             }
         });
-        Self { ctx, parent, starts, cached: None, ahead, peeked: None, read: 0 }
+        Self { ctx, parent, starts, cached: None, ahead, peeked: None, read: 0, chunks_read: 0 }
     }
 
     /// Chunk `k`: fetched ahead when it was foreseen, else now.
@@ -391,6 +395,7 @@ impl<'a> OldChunks<'a> {
             _ => {
                 let plain = self.chunk(k).await?;
                 self.read = self.read.saturating_add(plain.len() as u64);
+                self.chunks_read = self.chunks_read.saturating_add(1);
                 self.cached = Some((k, plain.clone()));
                 plain
             }
@@ -933,7 +938,18 @@ pub async fn splice(
     }
     let checked = parent.checked;
     let read = old.read.saturating_add(fresh_read);
-    Ok(Ok(Spliced { entries, digests, tree, size: total, uploaded, fresh_entries, read, checked }))
+    let old_chunks = old.chunks_read;
+    Ok(Ok(Spliced {
+        entries,
+        digests,
+        tree,
+        size: total,
+        uploaded,
+        fresh_entries,
+        read,
+        old_chunks,
+        checked,
+    }))
 }
 
 #[cfg(test)]

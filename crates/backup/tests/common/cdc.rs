@@ -70,20 +70,32 @@ pub async fn restored_as(stack: &Stack, backups: &Backups, id: &str, expected: &
     assert_eq!(differ(&tree(stack), expected), Vec::<String>::new());
 }
 
-/// Bytes backup `id` read to splice its path, which it did reading `entries` entries
+/// What backup `id` read to splice its path, which it did reading `entries` entries
 /// through the engine (from the captured log line).
-pub fn spliced(id: &str, entries: usize) -> u64 {
+pub fn spliced(id: &str, entries: usize) -> Splice {
     let all = super::log_lines(id);
     let lines: Vec<&String> = all.iter().filter(|l| l.contains("unread")).collect();
     assert_eq!(lines.len(), 1, "backup {id} did not splice: {all:#?}");
     eprintln!("{}", lines[0]);
     assert!(lines[0].contains(&format!("read_entries={entries} ")), "{}", lines[0]);
-    lines[0]
-        .split("read_bytes=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("no read_bytes in {}", lines[0]))
+    let field = |name: &str| -> u64 {
+        lines[0]
+            .split(&format!("{name}="))
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {}", lines[0]))
+    };
+    Splice { bytes: field("read_bytes"), old_chunks: field("old_chunks_read") }
+}
+
+/// What a spliced backup read.
+#[derive(Debug)]
+pub struct Splice {
+    /// Bytes of old chunks and changed entries.
+    pub bytes: u64,
+    /// Old chunks.
+    pub old_chunks: u64,
 }
 
 pub fn path_component(m: &Manifest) -> steward_store::manifest::Component {
