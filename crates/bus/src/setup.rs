@@ -169,6 +169,7 @@ impl Bus {
         }
         for spec in consumers {
             let created = self.ensure_consumer_at(spec, start).await?;
+            steward_failpoints::failpoint!("setup:consumer-ensured");
             let how = match (created, start) {
                 (false, _) => "updated",
                 (true, None) => "created, starting at new events",
@@ -360,6 +361,7 @@ impl Bus {
             }
             let last = info.pointer("/state/last_seq").and_then(|v| v.as_u64()).unwrap_or(0);
             looks.push((last, source_states(&info, hosts)));
+            steward_failpoints::failpoint!("setup:sources-looked");
             let waited = began.elapsed();
             let recent = &looks[looks.len().saturating_sub(SOURCE_STEADY_POLLS)..];
             let steady = recent.len() == SOURCE_STEADY_POLLS

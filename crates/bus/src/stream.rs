@@ -101,7 +101,10 @@ impl Bus {
                             sources: None,
                             ..config.clone()
                         };
-                        self.js().create_stream(placeholder).await.map_err(|e| e.to_string())?
+                        let created = self.js().create_stream(placeholder).await;
+                        let created = created.map_err(|e| e.to_string())?;
+                        steward_failpoints::failpoint!("setup:stream-created");
+                        created
                     }
                     _ => return Err(e.to_string()),
                 },
@@ -119,6 +122,7 @@ impl Bus {
                     .sequence(first)
                     .await
                     .map_err(|e| format!("move the new stream to its first sequence: {e}"))?;
+                steward_failpoints::failpoint!("setup:stream-moved");
             }
         }
         self.js().create_or_update_stream(config).await.map(|_| ()).map_err(|e| e.to_string())

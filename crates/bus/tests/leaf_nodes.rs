@@ -977,8 +977,8 @@ async fn a_hosts_job_progress_reaches_the_centre_and_no_other_host_can_forge_it(
 /// resumes a source past the new stream's end: what the host made before the hub's source came
 /// back was never copied). As the runbook has it, the host's backup is imported on the new leaf
 /// first: its records and dead letters come back, its events (the hub holds them) are left out,
-/// so the hub holds each once. The import's setup is killed after it created the stream (left
-/// on its starting subject): the import run again finishes it.
+/// so the hub holds each once. Two setups are killed before the import, once a new stream was
+/// created and once one was moved to its first sequence: the import's setup finishes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_hosts_new_events_reach_the_hub() {
     use steward_bus::StateStore;
@@ -1017,8 +1017,8 @@ async fn a_rebuilt_hosts_new_events_reach_the_hub() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // a rebuilt: its leaf's store lost, the server started empty; the backup imported, the
-    // import's setup killed once it had created the stream (as it leaves it), run again.
+    // a rebuilt: its leaf's store lost, the server started empty; setups killed, the backup
+    // imported.
     let leaf = net.leaves.iter_mut().find(|l| l.host == A).expect("a's leaf");
     leaf.server.lose_store();
     leaf.server.start_again();
@@ -1033,13 +1033,41 @@ async fn a_rebuilt_hosts_new_events_reach_the_hub() {
     .await
     .expect("a's leaf's setup user connects raw");
     let js = async_nats::jetstream::new(raw);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "STEWARD".into(),
-        subjects: vec![steward_bus::starting_subject("STEWARD")],
-        ..Default::default()
-    })
-    .await
-    .expect("the stream as a setup killed after creating it leaves it");
+    let placed = |js: async_nats::jetstream::Context, stream: String| async move {
+        let mut found = js.get_stream(&stream).await.expect("a's new stream");
+        let info = found.info().await.expect("its info").clone();
+        (info.config.subjects == [steward_bus::starting_subject(&stream)], info.state)
+    };
+    // The import (the runbook's step 2) killed twice in a row in its provisioning: the first
+    // time once it had created the stream (left on its starting subject, empty, never moved);
+    // the second, which moved and finished the stream, once it had moved its second new one
+    // (a bucket's) before giving it its subjects.
+    let leaf_setup = quick(net.leaf_config_as(A, steward_bus::SETUP_USER), None);
+    let saved = steward_testkit::TempDir::new("a-backup");
+    let saved = saved.0.join("events.ndjson");
+    let lines: Vec<String> =
+        backup.iter().map(|r| serde_json::to_string(r).expect("a record")).collect();
+    std::fs::write(&saved, lines.join("\n")).expect("a's backup saved");
+    let import = Some(saved.as_path());
+    setup_killed_at(&leaf_setup, import, "setup:stream-created").await;
+    let (starting, state) = placed(js.clone(), "STEWARD".into()).await;
+    assert!(starting && state.messages == 0 && state.first_sequence <= 1, "{state:?}");
+    setup_killed_at(&leaf_setup, import, "setup:stream-moved=2").await;
+    let (starting, state) = placed(js.clone(), "STEWARD".into()).await;
+    assert!(!starting && state.first_sequence > 1_000_000_000_000_000, "{state:?}");
+    use futures::StreamExt as _;
+    let mut names = js.stream_names();
+    let mut halfway = vec![];
+    while let Some(name) = names.next().await {
+        let name = name.expect("a stream's name");
+        if let (true, state) = placed(js.clone(), name.clone()).await {
+            halfway.push((name, state.first_sequence));
+        }
+    }
+    assert!(
+        halfway.len() == 1 && halfway[0].1 > 1_000_000_000_000_000,
+        "one stream moved and left on its starting subject: {halfway:?}"
+    );
     let imported = setup.import(&backup).await.expect("a's backup imported on its new leaf");
     assert_eq!((imported.left_to_hub, imported.messages), (30, 0), "{imported:?}");
     assert_eq!(imported.values, 1, "a's record: {imported:?}");
@@ -1119,8 +1147,7 @@ async fn a_hosts_record_written_by_revision_reaches_the_hubs_copy() {
 /// its leaf anew, every copy stored now. Its setup creates the central consumers once the
 /// sources have caught up, starting after what they copied: the notifier is handed none of a
 /// host's recent history as new (before, it mailed the last seven days again), and what a
-/// host makes afterwards reaches it. A host whose leaf is unreachable is not waited for, and
-/// setup names it.
+/// host makes afterwards reaches it, also after setups killed twice during the wait. A host whose leaf is unreachable is not waited for, and setup names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_hubs_notifier_is_handed_no_hosts_history() {
     let net = NatsLeaves::start(&hosts(), |c| c);
@@ -1135,9 +1162,12 @@ async fn a_rebuilt_hubs_notifier_is_handed_no_hosts_history() {
         health_a.publish(&event).await.expect("a's history");
         history.push(event.id);
     }
-    // b's link is down while the centre is rebuilt.
+    // b's link is down while the centre is rebuilt. Its setup is killed twice in a row first,
+    // while it waits for the sources.
     net.leaf(B).link.cut();
     let cfg = quick(net.hub_config_as(steward_bus::SETUP_USER), None);
+    setup_killed_at(&cfg, None, "setup:sources-looked=2").await;
+    setup_killed_at(&cfg, None, "setup:sources-looked=3").await;
     let setup = Bus::open(cfg, "steward-setup").await.expect("the hub's setup user connects");
     let started = Instant::now();
     let done = setup.setup(&Setup::for_hosts(&hosts())).await.expect("the rebuilt hub provisions");
@@ -1166,4 +1196,73 @@ async fn a_rebuilt_hubs_notifier_is_handed_no_hosts_history() {
     let again = setup.setup(&Setup::for_hosts(&hosts())).await.expect("again");
     assert!(!again.iter().any(|l| l.starts_with("central consumers start")), "{again:?}");
     net.leaf(B).link.restore();
+}
+
+/// What [`setup_killed_at`] gives [`setup_in_a_process_of_its_own`]: the server's URL and
+/// domain, and the export to import.
+const CHILD_URL: &str = "STEWARD_TEST_SETUP_CHILD_URL";
+const CHILD_DOMAIN: &str = "STEWARD_TEST_SETUP_CHILD_DOMAIN";
+const CHILD_IMPORT: &str = "STEWARD_TEST_SETUP_CHILD_IMPORT";
+
+/// Runs `steward setup` (or, given an export's file, `steward events import`) as the
+/// provisioning user of `cfg`'s server in a process of its own, this test binary again, with
+/// the failpoint `point` armed: the process aborts there (SIGABRT: nothing flushed or cleaned
+/// up, as a SIGKILL). What it printed.
+async fn setup_killed_at(cfg: &BusConfig, import: Option<&std::path::Path>, point: &str) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    let exe = std::env::current_exe().expect("this test binary");
+    let child = tokio::process::Command::new(exe)
+        .args(["setup_in_a_process_of_its_own", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_URL, &cfg.url)
+        .env(CHILD_DOMAIN, cfg.domain.as_deref().unwrap_or_default())
+        .env(CHILD_IMPORT, import.map(|p| p.as_os_str()).unwrap_or_default())
+        .env(steward_failpoints::ENV, point)
+        .env_remove(steward_failpoints::ENV_DIR)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the setup's process");
+    let out = tokio::time::timeout(Duration::from_secs(150), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the setup killed at {point} still ran after 150 s"))
+        .expect("the setup's process ended");
+    let printed =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.signal(), Some(6), "not killed at {point}: {printed}");
+    let name = point.split('=').next().unwrap_or(point);
+    assert!(printed.contains(&format!("failpoint: {name}\n")), "{printed}");
+    printed
+}
+
+/// Not a test of its own: the body of [`setup_killed_at`]'s process, which names the server
+/// in its environment (run alone, without it, it does nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by setup_killed_at in a process of its own"]
+async fn setup_in_a_process_of_its_own() {
+    let (Ok(url), Ok(domain)) = (std::env::var(CHILD_URL), std::env::var(CHILD_DOMAIN)) else {
+        return;
+    };
+    let credentials = steward_bus::Credentials {
+        user: steward_bus::SETUP_USER.into(),
+        password: steward_testkit::NatsServer::setup_password(),
+    };
+    let cfg = BusConfig {
+        url,
+        credentials: Some(credentials),
+        hosts: hosts(),
+        domain: Some(domain),
+        ..BusConfig::default()
+    };
+    let setup =
+        Bus::open(quick(cfg, None), "steward-setup").await.expect("the setup user connects");
+    match std::env::var(CHILD_IMPORT).ok().filter(|p| !p.is_empty()) {
+        None => drop(setup.setup(&Setup::for_hosts(&hosts())).await.expect("the setup")),
+        Some(path) => {
+            let saved = std::fs::read_to_string(path).expect("the export");
+            let records: Vec<steward_bus::ExportRecord> =
+                saved.lines().map(|l| serde_json::from_str(l).expect("a record")).collect();
+            setup.import(&records).await.expect("the import");
+        }
+    }
 }
