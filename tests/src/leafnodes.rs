@@ -29,8 +29,16 @@ impl TestCa {
     /// A server certificate it signs for `names` (DNS names, or IP addresses), and its key:
     /// both PEM.
     pub fn server(&self, names: &[&str]) -> (String, String) {
+        self.server_until(names, None)
+    }
+
+    /// [`server`](Self::server), expiring `days` from now when given.
+    pub fn server_until(&self, names: &[&str], days: Option<i64>) -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("server key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        if let Some(days) = days {
+            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        }
         params.subject_alt_names = names
             .iter()
             .map(|n| match n.parse::<IpAddr>() {

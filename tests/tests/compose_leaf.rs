@@ -34,7 +34,7 @@ impl Centre {
     fn compose(&self) -> Command {
         let mut cmd = Command::new("docker-compose");
         cmd.current_dir(&self.dir).args(["-p", &self.project]);
-        for file in ["docker-compose.yml", "leaf.yml", "hub.yml", "scope.yml"] {
+        for file in ["docker-compose.yml", "leaf.yml", "hub.yml", "scope.yml", "hub-scope.yml"] {
             cmd.args(["-f", file]);
         }
         cmd
@@ -129,6 +129,11 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
     ok(&out);
     std::fs::copy(repo().join("tests/compose/scope.yml"), centre.dir.join("scope.yml"))
         .expect("copy the scope overlay");
+    // The hub in the test's scope too: its leaf-node certificate is watched.
+    write(
+        &centre.dir.join("hub-scope.yml"),
+        "version: \"3.8\"\nservices:\n  nats-hub:\n    labels: {steward.scope: \"${E2E_SCOPE}\"}\n",
+    );
     // Nothing listens there: the notifier never mails out of this machine.
     write(&centre.dir.join("secrets/smtp_url"), "smtp://127.0.0.1:1\n");
     let leaf_port = free_port();
@@ -151,9 +156,10 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
     );
 
     // The hub's certificate names its public name only, as a public CA's would: this host's
-    // leaf reaches it by that name, the hub's alias in the compose network.
+    // leaf reaches it by that name, the hub's alias in the compose network. It expires in 5
+    // days: the health service tells it.
     let ca = TestCa::new();
-    let (hub_cert, hub_key) = ca.server(&[HUB]);
+    let (hub_cert, hub_key) = ca.server_until(&[HUB], Some(5));
     let hub_dir = centre.dir.join("nats-hub");
     centre.generate(
         &hub_dir,
@@ -189,7 +195,7 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
         std::thread::sleep(Duration::from_millis(500));
     }
     // The agents and the centre as the overlays run them: `setup` and `setup-hub` first.
-    ok(&centre.run(&["up", "-d", "watcher", "notifier"]));
+    ok(&centre.run(&["up", "-d", "watcher", "notifier", "health"]));
     centre.wait_healthy("watcher");
     centre.wait_healthy("notifier");
     for setup in ["setup", "setup-hub"] {
@@ -218,6 +224,33 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
         }
         assert!(Instant::now() < deadline, "the hub never got it back: {at_hub}");
         std::thread::sleep(Duration::from_secs(1));
+    }
+    // The hub's leaf-node certificate, read by this host's health service through the hub's
+    // INFO line, expires within the critical 7 days: told at the centre, named as labelled.
+    let certificate = format!("nats://{HUB}@nats-hub:7422");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at_hub = ok(&centre.run(&[
+            "run",
+            "--rm",
+            "-T",
+            "steward",
+            "events",
+            "replay",
+            "--json",
+            "--subject",
+            "health.cert_expiring",
+        ]));
+        if let Some(told) = at_hub.lines().find(|l| l.contains(&certificate)) {
+            assert!(told.contains("\"critical\"") && told.contains("\"host\":\"vps-a\""), "{told}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub's certificate was never told: {at_hub}\n{}",
+            centre.service_logs("health")
+        );
+        std::thread::sleep(Duration::from_secs(2));
     }
     // No error but the leaf's attempts while the hub was down (refused, or its name not yet
     // known: a TLS or login failure says otherwise).

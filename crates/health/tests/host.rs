@@ -368,3 +368,78 @@ async fn a_served_certificate_is_read_by_handshake_told_once_per_level_and_its_r
     assert_eq!(types, ["health.cert_expiring", "health.cert_expiring", "health.cert_renewed"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A hub's leaf-node port, where an expired certificate cuts every host's link: real
+/// nats-servers with TLS on it, after their `INFO` line (2.9) and first (2.10's
+/// `handshake_first`), labelled `nats://NAME@HOST:PORT`. The certificate is read and its expiry
+/// found, named as labelled. Without `nats://` the same port is a handshake error (what the
+/// label could do before); a NATS port offering no TLS is named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_servers_leaf_node_certificate_is_read_after_its_info_line() {
+    use steward_health::host::{tls, Seen};
+    use steward_labels::TlsEndpoint;
+    let dir = steward_testkit::TempDir::new("nats-tls");
+    let (cert, key) = certificate("hub.test", 5);
+    let (cert_file, key_file) = (dir.0.join("hub.pem"), dir.0.join("hub-key.pem"));
+    std::fs::write(&cert_file, cert).expect("certificate");
+    std::fs::write(&key_file, key).expect("key");
+    let conf = |name: &str, port: u16, tls: &str| {
+        let path = dir.0.join(name);
+        std::fs::write(
+            &path,
+            format!("leafnodes {{\n  host: 127.0.0.1\n  port: {port}\n  {tls}\n}}\n"),
+        )
+        .expect("configuration");
+        path
+    };
+    let tls_block = |first: bool| {
+        format!(
+            "tls {{ cert_file: {:?}, key_file: {:?} {} }}",
+            cert_file.display().to_string(),
+            key_file.display().to_string(),
+            if first { ", handshake_first: true" } else { "" }
+        )
+    };
+    let endpoint = |port: u16, nats: bool| TlsEndpoint {
+        server_name: Some("hub.test".into()),
+        host: "127.0.0.1".into(),
+        port,
+        nats,
+    };
+    let limit = Duration::from_secs(5);
+    let now = time::OffsetDateTime::now_utc();
+    let (info_first, tls_first, plain) = (free_port(), free_port(), free_port());
+    let _servers = [
+        steward_testkit::NatsServer::start_with_config(
+            &conf("a.conf", info_first, &tls_block(false)),
+            vec![],
+        ),
+        steward_testkit::NatsServer::start_with_config_on_2_10(&conf(
+            "b.conf",
+            tls_first,
+            &tls_block(true),
+        )),
+        steward_testkit::NatsServer::start_with_config(&conf("c.conf", plain, ""), vec![]),
+    ];
+    for port in [info_first, tls_first] {
+        let read = tls::leaf(&endpoint(port, true), limit).await;
+        let info = read.unwrap_or_else(|e| panic!("port {port}: {e}"));
+        assert_eq!(info.names, ["hub.test"]);
+        assert_eq!((info.not_after - now).whole_days(), 4, "{:?}", info.not_after);
+        let labelled = [("nats-hub".to_owned(), vec![endpoint(port, true)])];
+        let week = Duration::from_secs(7 * 86_400);
+        let (report, answers) = tls::check(&labelled, now, week * 4, week, limit).await;
+        let certificate = format!("nats://hub.test@127.0.0.1:{port}");
+        assert_eq!(answers, [("nats-hub".to_owned(), certificate.clone(), true)]);
+        assert!(matches!(report.findings[0].seen, Seen::Alert(Level::Critical)), "{report:?}");
+        match &report.findings[0].alert {
+            Some(EventData::CertExpiring(e)) => assert_eq!(e.certificate, certificate),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The 2.9 server's port read as a TLS server's: its INFO line is no TLS record.
+    let e = tls::leaf(&endpoint(info_first, false), limit).await.expect_err("INFO is not TLS");
+    assert!(matches!(e, tls::TlsError::Handshake { .. }), "{e}");
+    let e = tls::leaf(&endpoint(plain, true), limit).await.expect_err("no TLS");
+    assert!(e.to_string().contains("offers no TLS"), "{e}");
+}

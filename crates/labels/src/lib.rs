@@ -38,7 +38,8 @@ pub const DEFAULT_HEALTH_CHECK: &str = "nginx -t";
 pub const HEALTH_DISK: &str = "steward.health.disk";
 /// The TLS endpoints this container serves, whose certificates' expiry the health service
 /// watches by handshake: comma-separated `HOST:PORT`, each optionally `NAME@HOST:PORT` to send
-/// `NAME` as the server name (SNI) when connecting to `HOST`.
+/// `NAME` as the server name (SNI) when connecting to `HOST`, and `nats://` before a NATS
+/// server's port (it sends its `INFO` line in the clear before TLS: a hub's leaf-node port).
 pub const HEALTH_TLS: &str = "steward.health.tls";
 /// An automatic update waits until the new digest is this old (`3d`, `12h`).
 pub const MIN_AGE: &str = "steward.update.min_age";
@@ -540,10 +541,15 @@ pub struct TlsEndpoint {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// A NATS server's port (`nats://`): its `INFO` line comes before the TLS handshake.
+    pub nats: bool,
 }
 
 impl fmt::Display for TlsEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nats {
+            write!(f, "{NATS_SCHEME}")?;
+        }
         if let Some(name) = &self.server_name {
             write!(f, "{name}@")?;
         }
@@ -564,7 +570,14 @@ fn dns_name(s: &str) -> bool {
         && !s.starts_with(['.', '-'])
 }
 
+/// The prefix of a NATS server's endpoint in `steward.health.tls`.
+const NATS_SCHEME: &str = "nats://";
+
 fn tls_endpoint(entry: &str) -> Option<TlsEndpoint> {
+    let (nats, entry) = match entry.strip_prefix(NATS_SCHEME) {
+        Some(rest) => (true, rest),
+        None => (false, entry),
+    };
     let (server_name, address) = match entry.split_once('@') {
         Some((name, address)) => (Some(name), address),
         None => (None, entry),
@@ -583,7 +596,12 @@ fn tls_endpoint(entry: &str) -> Option<TlsEndpoint> {
         None if dns_name(host) => host,
         None => return None,
     };
-    Some(TlsEndpoint { server_name: server_name.map(str::to_owned), host: host.to_owned(), port })
+    Some(TlsEndpoint {
+        server_name: server_name.map(str::to_owned),
+        host: host.to_owned(),
+        port,
+        nats,
+    })
 }
 
 /// The `steward.health.tls` of a container, if it has one (`false` is none).
@@ -602,8 +620,9 @@ pub fn health_tls(
                 label: HEALTH_TLS,
                 value: raw.clone(),
                 reason: format!(
-                    "{entry:?}: expected HOST:PORT or NAME@HOST:PORT, comma-separated, \
-                     such as git.example.com@nginx:443"
+                    "{entry:?}: expected HOST:PORT or NAME@HOST:PORT, comma-separated, each \
+                     optionally after nats:// (a NATS server's port), such as \
+                     git.example.com@nginx:443"
                 ),
             });
         };
@@ -1045,6 +1064,7 @@ mod tests {
             server_name: name.map(str::to_owned),
             host: host.into(),
             port,
+            nats: false,
         };
         assert_eq!(
             tls("git.example.com@nginx:443, 127.0.0.1:8443,[::1]:443,127.0.0.1:8443"),
@@ -1054,14 +1074,25 @@ mod tests {
                 e(None, "::1", 443)
             ]))
         );
-        let shown: Vec<String> = tls("a.example@nginx:443,[::1]:8443")
+        assert_eq!(
+            tls("nats://hub.example.com@nats-hub:7422,nats-hub:7422"),
+            Ok(Some(vec![
+                TlsEndpoint { nats: true, ..e(Some("hub.example.com"), "nats-hub", 7422) },
+                e(None, "nats-hub", 7422)
+            ]))
+        );
+        let shown: Vec<String> = tls("a.example@nginx:443,[::1]:8443,nats://h@nats:7422")
             .ok()
             .flatten()
             .unwrap_or_default()
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(shown, ["a.example@nginx:443", "[::1]:8443"], "shown as written");
+        assert_eq!(
+            shown,
+            ["a.example@nginx:443", "[::1]:8443", "nats://h@nats:7422"],
+            "shown as written"
+        );
         assert_eq!(tls("false"), Ok(None));
         assert_eq!(health_tls(&labels(&[])), Ok(None));
         for bad in [
@@ -1078,6 +1109,10 @@ mod tests {
             "x@@y:1",
             "a|b:443",
             "@nginx:443",
+            "nats://",
+            "nats://nats",
+            "tls://nginx:443",
+            "nats://nats://h:4222",
         ] {
             assert!(tls(bad).is_err_and(|e| e.label == HEALTH_TLS), "{bad:?} accepted");
         }

@@ -332,7 +332,15 @@ impl NatsServer {
     }
 
     fn start_with(config: Option<PathBuf>, env: Vec<(String, String)>) -> Self {
-        Self::start_launched(None, config, env)
+        Self::start_launched(None, config, env, None)
+    }
+
+    /// [`start_with_config`](Self::start_with_config) on the test bed's nats-server 2.10
+    /// ([`testbed::nats_server_at_least_2_10`]), for what 2.9 lacks (TLS handshake first).
+    pub fn start_with_config_on_2_10(config: &Path) -> Self {
+        let bin = testbed::nats_server_at_least_2_10()
+            .unwrap_or_else(|| panic!("no nats-server 2.10 (run infra/testbed/up.sh)"));
+        Self::start_launched(None, Some(config.to_owned()), vec![], Some(bin))
     }
 
     /// Starts nats-server through `launcher`, a script that execs it with the arguments it
@@ -340,13 +348,14 @@ impl NatsServer {
     /// from `env`); address, port and log are the test's own, as with every server here, and
     /// the store is the one the configuration names.
     pub fn start_through(launcher: &Path, env: Vec<(String, String)>) -> Self {
-        Self::start_launched(Some(launcher.to_owned()), None, env)
+        Self::start_launched(Some(launcher.to_owned()), None, env, None)
     }
 
     fn start_launched(
         launcher: Option<PathBuf>,
         config: Option<PathBuf>,
         env: Vec<(String, String)>,
+        bin: Option<String>,
     ) -> Self {
         let store = std::env::temp_dir().join(unique_name("steward-nats"));
         if let Err(e) = std::fs::create_dir_all(&store) {
@@ -359,7 +368,7 @@ impl NatsServer {
             env,
             args: vec![],
             launcher,
-            bin: None,
+            bin,
             child: None,
         };
         server.start_again();

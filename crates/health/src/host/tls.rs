@@ -9,6 +9,11 @@
 //! self-signed certificate, which a verifying client would refuse before it could be read.
 //! Only the handshake's own signatures are checked (the server holds the certificate's key),
 //! and nothing is sent after the handshake.
+//!
+//! A NATS server's port (`nats://`, a hub's leaf-node port: an expired certificate there cuts
+//! every host's link) sends its `INFO` line in the clear and starts TLS when the client does;
+//! the line is read first. One configured to shake hands first sends nothing: after a short
+//! silence the handshake starts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,9 +131,12 @@ async fn handshake(endpoint: &TlsEndpoint, shown: &str) -> Result<CertInfo, TlsE
     let failed = |reason: String| TlsError::Handshake { endpoint: shown.to_owned(), reason };
     let name = server_name(endpoint).map_err(failed)?;
     let config = client_config().map_err(|e| failed(e.to_string()))?;
-    let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+    let mut tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|e| TlsError::Connect { endpoint: shown.to_owned(), reason: e.to_string() })?;
+    if endpoint.nats {
+        nats_info(&mut tcp).await.map_err(failed)?;
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let stream = connector.connect(name, tcp).await.map_err(|e| failed(e.to_string()))?;
     let (_, conn) = stream.get_ref();
@@ -138,14 +146,66 @@ async fn handshake(endpoint: &TlsEndpoint, shown: &str) -> Result<CertInfo, TlsE
     Ok(parse_der(&format!("the certificate served at {shown}"), leaf)?)
 }
 
+/// How long a NATS server may be silent before the handshake starts without its `INFO` line
+/// (`handshake_first`): it sends the line at once otherwise.
+const NATS_INFO_WAIT: Duration = Duration::from_millis(500);
+/// The largest `INFO` line read: nats-server's are a few hundred bytes (a cluster's list of
+/// URLs makes them longer).
+const MAX_NATS_INFO: usize = 64 * 1024;
+
+/// Reads a NATS server's `INFO` line, and refuses one that offers no TLS: the handshake that
+/// follows would fail on its plain text. Nothing if it says nothing for [`NATS_INFO_WAIT`].
+async fn nats_info(tcp: &mut tokio::net::TcpStream) -> Result<(), String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut line: Vec<u8> = vec![];
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let read = match tokio::time::timeout(NATS_INFO_WAIT, tcp.read(&mut buf)).await {
+            Err(_) if line.is_empty() => return Ok(()),
+            Err(_) => return Err("the NATS server's INFO line stopped halfway".into()),
+            Ok(Err(e)) => return Err(format!("reading the NATS server's INFO line: {e}")),
+            Ok(Ok(0)) => return Err("the NATS server closed before TLS".into()),
+            Ok(Ok(n)) => n,
+        };
+        line.extend_from_slice(buf.get(..read).unwrap_or_default());
+        let head = line.get(..5).unwrap_or(&line);
+        if !b"INFO ".starts_with(head) {
+            let said = String::from_utf8_lossy(head);
+            return Err(format!("not a NATS server: it began with {said:?}, not INFO"));
+        }
+        if let Some(end) = line.windows(2).position(|w| w == b"\r\n") {
+            break end;
+        }
+        if line.len() > MAX_NATS_INFO {
+            return Err(format!("the NATS server's INFO line is over {MAX_NATS_INFO} bytes"));
+        }
+    };
+    if line.len() != end.saturating_add(2) {
+        return Err("the NATS server sent more than its INFO line before TLS".into());
+    }
+    let info: serde_json::Value = line
+        .get(5..end)
+        .and_then(|json| serde_json::from_slice(json).ok())
+        .ok_or("the NATS server's INFO line is not JSON")?;
+    let offers = |key: &str| info.get(key).and_then(serde_json::Value::as_bool) == Some(true);
+    if !offers("tls_required") && !offers("tls_available") {
+        return Err("the NATS server offers no TLS on this port".into());
+    }
+    Ok(())
+}
+
 /// The condition key of an endpoint labelled on `container`.
 pub fn key(container: &str, endpoint: &TlsEndpoint) -> String {
     format!("tls|{container}|{endpoint}")
 }
 
-/// How a served certificate is named in the events and the gauge.
+/// How a served certificate is named in the events and the gauge: `tls://ENDPOINT`, or a NATS
+/// server's endpoint as labelled (`nats://...`).
 pub fn certificate(endpoint: &TlsEndpoint) -> String {
-    format!("tls://{endpoint}")
+    match endpoint.nats {
+        true => endpoint.to_string(),
+        false => format!("tls://{endpoint}"),
+    }
 }
 
 /// Whether each endpoint answered with a readable certificate this round.
@@ -196,7 +256,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn endpoint(name: Option<&str>, port: u16) -> TlsEndpoint {
-        TlsEndpoint { server_name: name.map(str::to_owned), host: "127.0.0.1".into(), port }
+        TlsEndpoint {
+            server_name: name.map(str::to_owned),
+            host: "127.0.0.1".into(),
+            port,
+            nats: false,
+        }
     }
 
     /// A listener answering every connection with `reply`, then closing it.
@@ -211,6 +276,43 @@ mod tests {
             }
         });
         port
+    }
+
+    /// A listener sending `said` as soon as a client connects (as a NATS server sends its
+    /// INFO line), then holding the connection open.
+    async fn speaking_first(said: Vec<u8>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let said = said.clone();
+                tokio::spawn(async move {
+                    let _ = s.write_all(&said).await;
+                    let mut buf = [0u8; 512];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn what_a_nats_port_says_before_tls_is_checked_never_trusted() {
+        let nats = |port| TlsEndpoint { nats: true, ..endpoint(None, port) };
+        let limit = Duration::from_secs(3);
+        let long = [b"INFO {\"x\":\"".as_slice(), &[b'a'; MAX_NATS_INFO + 10]].concat();
+        for (said, why) in [
+            (b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(), "not a NATS server"),
+            (b"INFO {not json}\r\n".to_vec(), "not JSON"),
+            (b"INFO {\"tls_required\":true}\r\nPING\r\n".to_vec(), "more than its INFO"),
+            (b"INFO {\"tls_required\":false}\r\n".to_vec(), "offers no TLS"),
+            (b"INFO {\"tls_req".to_vec(), "stopped halfway"),
+            (long, "over 65536 bytes"),
+        ] {
+            let port = speaking_first(said).await;
+            let e = leaf(&nats(port), limit).await.expect_err(why);
+            assert!(matches!(e, TlsError::Handshake { .. }) && e.to_string().contains(why), "{e}");
+        }
     }
 
     #[tokio::test]
