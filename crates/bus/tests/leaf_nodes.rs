@@ -1147,7 +1147,8 @@ async fn a_hosts_record_written_by_revision_reaches_the_hubs_copy() {
 /// its leaf anew, every copy stored now. Its setup creates the central consumers once the
 /// sources have caught up, starting after what they copied: the notifier is handed none of a
 /// host's recent history as new (before, it mailed the last seven days again), and what a
-/// host makes afterwards reaches it, also after setups killed twice during the wait. A host whose leaf is unreachable is not waited for, and setup names it.
+/// host makes afterwards reaches it, also after setups killed twice during the wait. A host
+/// whose leaf is unreachable is not waited for, and setup names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_hubs_notifier_is_handed_no_hosts_history() {
     let net = NatsLeaves::start(&hosts(), |c| c);

@@ -498,7 +498,7 @@ pub fn describe(event: &Event) -> Item {
         EventData::CertRenewed(c) => {
             item.headline = format!("Certificate no longer expiring: {}", c.certificate);
             item.facts = vec![where_cert(&c.certificate, &c.container)];
-            let gone = if c.certificate.starts_with("tls://") {
+            let gone = if steward_events::served_at(&c.certificate).is_some() {
                 "the endpoint is no longer watched (steward.health.tls)"
             } else {
                 "the file is gone from the live directory"
@@ -667,9 +667,10 @@ pub fn describe(event: &Event) -> Item {
 }
 
 /// Where a certificate of `health.cert_*` is: a file in the certbot container, or served at a
-/// `steward.health.tls` endpoint (`tls://ENDPOINT`) by a server container.
+/// `steward.health.tls` endpoint (`tls://ENDPOINT`, a NATS server's `nats://ENDPOINT`) by a
+/// server container.
 fn where_cert(certificate: &str, container: &str) -> (String, String) {
-    match certificate.strip_prefix("tls://") {
+    match steward_events::served_at(certificate) {
         Some(endpoint) => ("Served at".to_owned(), format!("{endpoint} by {container}")),
         None => ("File".to_owned(), format!("{certificate} in {container}")),
     }
@@ -1160,6 +1161,17 @@ mod tests {
             item.facts
         );
         assert!(!item.facts.iter().any(|(k, _)| k == "File"), "{:?}", item.facts);
+        // The hub's leaf-node port, shown with its scheme (a NATS server, not a web server).
+        let mut hub = sample("health.cert_renewed");
+        if let EventData::CertRenewed(c) = &mut hub.data {
+            c.certificate = "nats://hub.example.org@nats-hub:7422".into();
+            c.container = "nats-hub".into();
+            c.not_after = None;
+        }
+        let item = describe(&hub);
+        let served = ("Served at", "nats://hub.example.org@nats-hub:7422 by nats-hub");
+        assert!(item.facts.iter().any(|(k, v)| (k.as_str(), v.as_str()) == served), "{item:?}");
+        assert!(item.facts.iter().any(|(_, v)| v.contains("no longer watched")), "{item:?}");
         let file = describe(&sample("health.cert_expiring"));
         assert!(file.facts.iter().any(|(k, _)| k == "File"), "{:?}", file.facts);
     }

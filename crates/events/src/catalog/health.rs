@@ -105,6 +105,16 @@ impl Level {
     }
 }
 
+/// Where a `certificate` of `health.cert_expiring` / `health.cert_renewed` is served: the
+/// endpoint of `tls://ENDPOINT` (a `steward.health.tls` endpoint), or a NATS server's
+/// `nats://ENDPOINT` whole (the hub's leaf-node port); `None` for a file.
+pub fn served_at(certificate: &str) -> Option<&str> {
+    match certificate.strip_prefix("tls://") {
+        Some(endpoint) => Some(endpoint),
+        None => certificate.starts_with("nats://").then_some(certificate),
+    }
+}
+
 /// A certificate the stack serves expires within a threshold (or has expired). Published when
 /// a certificate's level changes (none → warning → critical), never every round.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +123,8 @@ pub struct CertExpiring {
     /// or the server labelled `steward.health.tls` that serves it.
     pub container: String,
     /// The certificate file, e.g. `/etc/letsencrypt/live/git.example.com/fullchain.pem`, or
-    /// the endpoint serving it, `tls://git.example.com@nginx:443`.
+    /// the endpoint serving it, `tls://git.example.com@nginx:443` or a NATS server's
+    /// `nats://hub.example.org@nats-hub:7422` ([`served_at`]).
     pub certificate: String,
     /// The names it is for (subject alternative names, else the subject's common name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -134,7 +145,7 @@ container_payload!(CertExpiring);
 pub struct CertRenewed {
     /// The container the certificate was read from.
     pub container: String,
-    /// The certificate file.
+    /// The certificate, named as in `health.cert_expiring`.
     pub certificate: String,
     /// The new `notAfter`; absent when the certificate is gone.
     #[serde(

@@ -116,7 +116,7 @@ fn gone(key: &str) -> Option<EventData> {
         (Some("tls"), Some(container), Some(endpoint)) => Some(
             CertRenewed {
                 container: container.to_owned(),
-                certificate: format!("tls://{endpoint}"),
+                certificate: super::tls::certificate_of(endpoint),
                 not_after: None,
             }
             .into(),
@@ -129,6 +129,16 @@ fn gone(key: &str) -> Option<EventData> {
 mod tests {
     use super::*;
     use steward_events::{ConfigInvalid, ConfigRecovered};
+
+    #[test]
+    fn a_gone_served_certificate_is_named_as_when_it_was_told() {
+        let named = |key: &str| match gone(key) {
+            Some(EventData::CertRenewed(c)) => c.certificate,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(named("tls|nginx|git.example.com@nginx:443"), "tls://git.example.com@nginx:443");
+        assert_eq!(named("tls|nats-hub|nats://hub@nats-hub:7422"), "nats://hub@nats-hub:7422");
+    }
 
     fn finding(seen: Seen) -> Finding {
         Finding {

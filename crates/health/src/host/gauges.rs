@@ -57,7 +57,8 @@ impl HostGauges {
         metrics.register(
             "health_cert_expiry_timestamp_seconds",
             "When a watched certificate expires (Unix time): a file in the certbot container's \
-             live directory, or one served at a steward.health.tls endpoint (tls://ENDPOINT)",
+             live directory, or one served at a steward.health.tls endpoint (tls://ENDPOINT, or \
+             nats://ENDPOINT for a NATS server's port)",
             g.cert_expiry.clone(),
         );
         metrics.register(

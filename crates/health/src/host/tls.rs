@@ -173,8 +173,10 @@ async fn nats_info(tcp: &mut tokio::net::TcpStream) -> Result<(), String> {
             let said = String::from_utf8_lossy(head);
             return Err(format!("not a NATS server: it began with {said:?}, not INFO"));
         }
-        if let Some(end) = line.windows(2).position(|w| w == b"\r\n") {
-            break end;
+        // Only where the end can be: a server trickling a byte at a time costs no rescans.
+        let from = line.len().saturating_sub(read.saturating_add(1));
+        if let Some(end) = line.get(from..).and_then(|l| l.windows(2).position(|w| w == b"\r\n")) {
+            break from.saturating_add(end);
         }
         if line.len() > MAX_NATS_INFO {
             return Err(format!("the NATS server's INFO line is over {MAX_NATS_INFO} bytes"));
@@ -202,9 +204,15 @@ pub fn key(container: &str, endpoint: &TlsEndpoint) -> String {
 /// How a served certificate is named in the events and the gauge: `tls://ENDPOINT`, or a NATS
 /// server's endpoint as labelled (`nats://...`).
 pub fn certificate(endpoint: &TlsEndpoint) -> String {
-    match endpoint.nats {
-        true => endpoint.to_string(),
-        false => format!("tls://{endpoint}"),
+    certificate_of(&endpoint.to_string())
+}
+
+/// [`certificate`] of an endpoint as shown (a condition's [`key`] holds it so): a NATS
+/// server's shows its `nats://`.
+pub fn certificate_of(shown: &str) -> String {
+    match shown.starts_with("nats://") {
+        true => shown.to_owned(),
+        false => format!("tls://{shown}"),
     }
 }
 
