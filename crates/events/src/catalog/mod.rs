@@ -370,9 +370,11 @@ catalog! {
     /// negative). The certificates the stack serves are checked the same way by a TLS
     /// handshake with each endpoint labelled `steward.health.tls`: then `container` is the
     /// labelled server and `certificate` is `tls://ENDPOINT` as labelled (e.g.
-    /// `tls://git.example.com@nginx:443`). Published when a certificate's level changes (none →
-    /// warning → critical), never every round; later events of the same certificate carry the
-    /// first one's correlation id. The notifier mails `critical` ones as critical.
+    /// `tls://git.example.com@nginx:443`), or a NATS server's endpoint as labelled (the hub's
+    /// leaf-node port: `nats://hub.example.org@nats-hub:7422`). Published when a certificate's
+    /// level changes (none → warning → critical), never every round; later events of the same
+    /// certificate carry the first one's correlation id. The notifier mails `critical` ones as
+    /// critical.
     CertExpiring => "health.cert_expiring": CertExpiring,
     /// A certificate reported as expiring is no longer (renewed, or gone).
     ///
