@@ -210,7 +210,7 @@ pub fn certificate(endpoint: &TlsEndpoint) -> String {
 /// [`certificate`] of an endpoint as shown (a condition's [`key`] holds it so): a NATS
 /// server's shows its `nats://`.
 pub fn certificate_of(shown: &str) -> String {
-    match shown.starts_with("nats://") {
+    match shown.starts_with(steward_labels::NATS_SCHEME) {
         true => shown.to_owned(),
         false => format!("tls://{shown}"),
     }
