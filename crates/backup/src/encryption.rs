@@ -162,10 +162,10 @@ impl Keys {
     }
 
     /// `plain` sealed to the recipients in memory (one chunk; [`Keys::seal`] for streams);
-    /// `plain` itself without recipients.
-    pub fn seal_bytes(&self, plain: &[u8]) -> io::Result<Vec<u8>> {
+    /// `plain` itself, not copied, without recipients (a chunk in flight holds one copy).
+    pub fn seal_bytes(&self, plain: Vec<u8>) -> io::Result<Vec<u8>> {
         if !self.encrypts() {
-            return Ok(plain.to_vec());
+            return Ok(plain);
         }
         let encryptor = age::Encryptor::with_recipients(
             self.recipients.iter().map(|r| r as &dyn age::Recipient),
@@ -173,7 +173,7 @@ impl Keys {
         .map_err(io::Error::other)?;
         let mut out = Vec::with_capacity(plain.len().saturating_add(1024));
         let mut writer = encryptor.wrap_output(&mut out)?;
-        writer.write_all(plain)?;
+        writer.write_all(&plain)?;
         writer.finish()?;
         Ok(out)
     }

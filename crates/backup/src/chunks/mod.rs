@@ -11,8 +11,9 @@
 //! uploaded again: the new index names the same object.
 //!
 //! Invariants: a path is streamed, never held (at most [`PARALLEL`] chunks in flight when
-//! stored, [`READ_AHEAD`] chunks and [`READ_BUDGET`] bytes when read); an index is used only
-//! after its bytes matched the signed manifest; every chunk read is checked against its size
+//! stored, and a splice's within [`splice::IN_FLIGHT`] bytes; [`READ_AHEAD`]'s chunks and
+//! bytes when read); an index is used only after its bytes matched the signed manifest; every
+//! chunk read is checked against its size
 //! and SHA-256 in that index before any of its plaintext is handed on (it is opened and
 //! unpacked as its bytes arrive, straight into a buffer of its indexed size), and against its
 //! plaintext size after; the whole stream is then checked by the pipeline against the manifest's raw
@@ -300,7 +301,10 @@ async fn put_chunk(
     let sealing = keys.clone();
     let (sealed, sha) = tokio::task::spawn_blocking(move || {
         let packed = zstd::bulk::compress(&plain, level)?;
-        let sealed = sealing.seal_bytes(&packed)?;
+        // Let go as soon as the next form exists: a chunk in flight holds at most two
+        // (its plaintext is up to 4 MiB).
+        drop(plain);
+        let sealed = sealing.seal_bytes(packed)?;
         let sha: Hash = Sha256::digest(&sealed).into();
         Ok::<_, io::Error>((sealed, sha))
     })
@@ -377,7 +381,9 @@ pub async fn read_chunked(
     let keys = io.keys.clone();
     let encrypted = is_sealed(&component.encoding);
     let stream =
-        read_ahead(index.entries, move |e| read_chunk(store.clone(), keys.clone(), e, encrypted));
+        read_ahead(index.entries.into_iter().map(|e| (e.raw_size, e)), READ_AHEAD, move |e| {
+            read_chunk(store.clone(), keys.clone(), e, encrypted)
+        });
     if !hashes_chunks(&component.encoding) {
         return Ok((stream.map_ok(|(plain, _)| plain).boxed(), etag));
     }
@@ -416,46 +422,56 @@ fn detached<T: Send + 'static>(
     result
 }
 
-/// Chunks a read fetches ahead of its reader, at most.
-const READ_AHEAD: usize = 12;
-/// ... and at most this many plaintext bytes of them (one larger chunk goes alone).
-const READ_BUDGET: u64 = 16 << 20;
+/// How far a read of chunks runs ahead of its reader: at most this many chunks, and this many
+/// plaintext bytes of them (one larger chunk goes alone).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ahead {
+    pub(crate) chunks: usize,
+    pub(crate) bytes: u64,
+}
 
-/// `fetch` of each entry in order, up to [`READ_AHEAD`] chunks and [`READ_BUDGET`] bytes
-/// ahead of the reader, each fetched by a task of its own. A chunk's fetch is mostly waiting
-/// on the bucket (one request each): four in flight, polled only when the reader was (a
-/// restore's upload waits on the engine), loaded a 4 GiB restore in 52.6 s against the
-/// whole object's 34.2 s; a count alone let large chunks take the memory (eight: 71.5 MiB
-/// peak in the 1 GiB restore). Since a chunk in flight holds its plaintext only (no sealed
-/// copy, no decoder window), 12 chunks and 16 MiB loaded it in 32.3 s against 40.7 s with 8
-/// and 8 MiB, at 61.7 MiB peak against 52.7 (benchmarks.md).
-fn read_ahead<T, F>(
-    entries: Vec<Entry>,
-    fetch: impl FnMut(Entry) -> F + Send + 'static,
+/// A restore's load. A chunk's fetch is mostly waiting on the bucket (one request each): four
+/// in flight, polled only when the reader was (a restore's upload waits on the engine),
+/// loaded a 4 GiB restore in 52.6 s against the whole object's 34.2 s; a count alone let
+/// large chunks take the memory (eight: 71.5 MiB peak in the 1 GiB restore). Since a chunk in
+/// flight holds its plaintext only (no sealed copy, no decoder window), 12 chunks and 16 MiB
+/// loaded it in 32.3 s against 40.7 s with 8 and 8 MiB, at 61.7 MiB peak against 52.7
+/// (benchmarks.md).
+pub(crate) const READ_AHEAD: Ahead = Ahead { chunks: 12, bytes: 16 << 20 };
+
+/// `fetch` of each item (its plaintext size first) in order, at most `limit` ahead of the
+/// reader, each fetched by a task of its own. Asked again after its end, it ends again (a
+/// splice asks whenever it needs an old chunk past the foreseen ones).
+pub(crate) fn read_ahead<X, T, F>(
+    items: impl Iterator<Item = (u64, X)> + Send + 'static,
+    limit: Ahead,
+    fetch: impl FnMut(X) -> F + Send + 'static,
 ) -> impl Stream<Item = T> + Send + 'static
 where
+    X: Send + 'static,
     T: Send + 'static,
     F: std::future::Future<Output = T> + Send + 'static,
 {
     use futures::future::RemoteHandle;
     use std::collections::VecDeque;
-    struct Ahead<G, T> {
-        entries: std::iter::Peekable<std::vec::IntoIter<Entry>>,
+    type Items<X> = std::iter::Peekable<Box<dyn Iterator<Item = (u64, X)> + Send>>;
+    struct State<X, G, T> {
+        items: Items<X>,
         fetch: G,
         queue: VecDeque<(u64, RemoteHandle<T>)>,
         bytes: u64,
     }
-    let ahead =
-        Ahead { entries: entries.into_iter().peekable(), fetch, queue: VecDeque::new(), bytes: 0 };
-    futures::stream::unfold(ahead, |mut a| async move {
-        while a.queue.len() < READ_AHEAD {
-            let Some(next) = a.entries.peek() else { break };
-            let bytes = a.bytes.saturating_add(next.raw_size);
-            if !a.queue.is_empty() && bytes > READ_BUDGET {
+    let items: Box<dyn Iterator<Item = (u64, X)> + Send> = Box::new(items);
+    let state = State { items: items.peekable(), fetch, queue: VecDeque::new(), bytes: 0 };
+    futures::stream::unfold(state, move |mut a| async move {
+        while a.queue.len() < limit.chunks {
+            let Some((size, _)) = a.items.peek() else { break };
+            let bytes = a.bytes.saturating_add(*size);
+            if !a.queue.is_empty() && bytes > limit.bytes {
                 break;
             }
-            let Some(e) = a.entries.next() else { break };
-            a.queue.push_back((e.raw_size, detached((a.fetch)(e))));
+            let Some((size, item)) = a.items.next() else { break };
+            a.queue.push_back((size, detached((a.fetch)(item))));
             a.bytes = bytes;
         }
         let (size, front) = a.queue.pop_front()?;
@@ -463,6 +479,8 @@ where
         a.bytes = a.bytes.saturating_sub(size);
         Some((out, a))
     })
+    // `unfold` panics when polled after its end.
+    .fuse()
 }
 
 /// One chunk's plaintext and its SHA-256: its stored bytes checked against the index,
@@ -1141,5 +1159,55 @@ mod tests {
         let packed = enc.finish().expect("finish");
         let refused = unpack(&packed, MAX_CHUNK as usize).expect_err("window");
         assert!(refused.contains("does not unpack"), "{refused}");
+    }
+
+    /// What a read holds ahead of its reader stays within its limit in chunks and bytes (one
+    /// larger chunk alone), whatever the sizes, and every item comes once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_ahead_holds_no_more_than_its_limit() {
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        const MIB: u64 = 1 << 20;
+        // Four small ones first: only the count holds them to three.
+        let sizes = [1, 1, 1, 1, 5, 1, 1, 2, 2, 2, 2, 3, 1, 4, 4, 1].map(|m| m * MIB);
+        let limit = Ahead { chunks: 3, bytes: 4 * MIB };
+        // Launched and not yet handed to the reader: (count, bytes), and the worst seen at a
+        // launch (a lone chunk over the budget counted apart).
+        let (count, bytes, consumed) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let worst = Arc::new(Mutex::new((0u64, 0u64)));
+        let (c, b, d, w) = (count.clone(), bytes.clone(), consumed.clone(), worst.clone());
+        let items = sizes.into_iter().enumerate().map(|(i, size)| (size, (i, size)));
+        let stream = read_ahead(items, limit, move |(i, size)| {
+            let launched = c.fetch_add(1, SeqCst) + 1;
+            let held = b.fetch_add(size, SeqCst) + size;
+            let outstanding = (launched - d.load(SeqCst), held);
+            {
+                let mut worst = w.lock().unwrap_or_else(|p| p.into_inner());
+                if outstanding.0 > 1 {
+                    *worst = (worst.0.max(outstanding.0), worst.1.max(outstanding.1));
+                }
+            }
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                (i, size)
+            }
+        });
+        let mut stream = std::pin::pin!(stream);
+        let mut got = vec![];
+        while let Some((i, size)) = stream.next().await {
+            // A slow reader: what it let run ahead (each a task of its own) is done meanwhile.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            consumed.fetch_add(1, SeqCst);
+            bytes.fetch_sub(size, SeqCst);
+            got.push(i);
+        }
+        assert_eq!(got, (0..sizes.len()).collect::<Vec<_>>(), "every item once, in order");
+        // Asked again after its end (a splice does), it ends again.
+        assert!(stream.next().await.is_none() && stream.next().await.is_none());
+        let (chunks, held) = *worst.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(chunks <= 3, "{chunks} chunks ahead of the reader, the limit is 3");
+        assert!(held <= 4 * MIB, "{} MiB ahead of the reader, the limit is 4", held / MIB);
+        // It does run ahead (a limit of one would pass the bounds above too).
+        assert_eq!(chunks, 3, "the reader was slow enough for three to be fetched ahead");
     }
 }

@@ -31,7 +31,8 @@ use steward_store::store::{Store, StoreError};
 
 use super::tree::{Tree, TreeEntry};
 use super::{
-    put_chunk, read_chunk, Chunker, Known, Uploaded, AVG_CHUNK, MAX_CHUNK, MIN_CHUNK, PARALLEL,
+    put_chunk, read_ahead, read_chunk, Ahead, Chunker, Known, Uploaded, AVG_CHUNK, MAX_CHUNK,
+    MIN_CHUNK, PARALLEL,
 };
 use crate::encryption::Keys;
 use crate::tarcheck::TarGuard;
@@ -300,8 +301,14 @@ fn push(segs: &mut Vec<Seg>, seg: Seg) {
     segs.push(seg);
 }
 
-/// Old chunks fetched at once ahead of the cutting, and how many wait read.
-const PREFETCH: usize = 3;
+/// Old chunks fetched ahead of the cutting: a few, and within a few average chunks' bytes, so
+/// that what a splice holds does not grow with how large the chunks around its changes
+/// happen to be. Five and 8 MiB (what a fetching task of its own held before) cut the 1 GiB
+/// splice's time from 1.5-1.8 s to 1.0 s but raised its peak by 5-6 MiB (benchmarks.md).
+const OLD_AHEAD: Ahead = Ahead { chunks: 3, bytes: 3 * AVG_CHUNK as u64 };
+/// New chunks' plaintext bytes being named, sealed and sent at once, beside the [`PARALLEL`]
+/// count (no chunk is larger, so one always fits).
+pub const IN_FLIGHT: u64 = 4 * AVG_CHUNK as u64;
 /// The largest size a ustar header's octal field holds (8 GiB - 1).
 const MAX_OCTAL_SIZE: u64 = 0o77_777_777_777;
 /// After this many splices in a row, the next backup reads the path whole: a change no
@@ -323,13 +330,13 @@ async fn fetch_old(ctx: (Store, Keys), parent: (Entry, Hash, bool)) -> Result<By
 }
 
 /// The old archive's chunks, read on demand, the last one kept; those `wanted` fetched ahead
-/// in that order by a task of their own.
+/// in that order, within [`OLD_AHEAD`].
 struct OldChunks<'a> {
     ctx: &'a Ctx<'a>,
     parent: &'a Parent,
     starts: Vec<u64>,
     cached: Option<(usize, Bytes)>,
-    ahead: tokio::sync::mpsc::Receiver<(usize, Result<Bytes, Fallback>)>,
+    ahead: BoxStream<'static, (usize, Result<Bytes, Fallback>)>,
     peeked: Option<(usize, Result<Bytes, Fallback>)>,
     read: u64,
     chunks_read: usize,
@@ -337,25 +344,20 @@ struct OldChunks<'a> {
 
 impl<'a> OldChunks<'a> {
     fn new(ctx: &'a Ctx<'a>, parent: &'a Parent, starts: Vec<u64>, wanted: Vec<usize>) -> Self {
-        let (tx, ahead) = tokio::sync::mpsc::channel(1);
         let fetches: Vec<_> = wanted
             .into_iter()
             .filter_map(|k| {
                 let e = *parent.index.entries.get(k)?;
                 let digest = *parent.tree.digests.get(k)?;
-                Some((k, (ctx.store.clone(), ctx.keys.clone()), (e, digest, parent.encrypted)))
+                let fetch =
+                    (k, (ctx.store.clone(), ctx.keys.clone()), (e, digest, parent.encrypted));
+                Some((e.raw_size, fetch))
             })
             .collect();
-        tokio::spawn(async move {
-            let mut fetched = futures::stream::iter(fetches)
-                .map(|(k, c, p)| async move { (k, fetch_old(c, p).await) })
-                .buffered(PREFETCH);
-            while let Some(item) = fetched.next().await {
-                if tx.send(item).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let ahead = read_ahead(fetches.into_iter(), OLD_AHEAD, |(k, c, p)| async move {
+            (k, fetch_old(c, p).await)
+        })
+        .boxed();
         Self { ctx, parent, starts, cached: None, ahead, peeked: None, read: 0, chunks_read: 0 }
     }
 
@@ -363,7 +365,7 @@ impl<'a> OldChunks<'a> {
     async fn chunk(&mut self, k: usize) -> Result<Bytes, Fallback> {
         loop {
             if self.peeked.is_none() {
-                self.peeked = self.ahead.recv().await;
+                self.peeked = self.ahead.next().await;
             }
             match self.peeked.take() {
                 Some((at, bytes)) if at == k => return bytes,
@@ -855,6 +857,8 @@ pub async fn splice(
     };
     let mut pending: FuturesOrdered<futures::future::BoxFuture<'_, Result<Stored, StoreError>>> =
         FuturesOrdered::new();
+    // The plaintext bytes each pending chunk holds (0 for an old one taken unread), in order.
+    let (mut holding, mut held) = (std::collections::VecDeque::<u64>::new(), 0u64);
     let (mut entries, mut digests, mut uploaded) = (vec![], vec![], Uploaded::default());
     let mut take = |stored: Stored, uploaded: &mut Uploaded| {
         let (entry, sent, digest) = stored;
@@ -880,6 +884,7 @@ pub async fn splice(
                 }
             }
             pending.push_back(futures::future::ready(Ok((e, 0, digest))).boxed());
+            holding.push_back(0);
             pos += size;
         } else {
             let rest = usize::try_from(total - pos).unwrap_or(usize::MAX);
@@ -895,6 +900,8 @@ pub async fn splice(
             };
             let plain: Vec<u8> = buf.drain(..n).collect();
             pos += n as u64;
+            holding.push_back(n as u64);
+            held = held.saturating_add(n as u64);
             let (naming, store, keys, level) =
                 (ctx.chunker.clone(), ctx.store, ctx.keys, ctx.level);
             pending.push_back(
@@ -918,8 +925,9 @@ pub async fn splice(
                 .boxed(),
             );
         }
-        while pending.len() >= PARALLEL {
+        while pending.len() >= PARALLEL || (held > IN_FLIGHT && !pending.is_empty()) {
             if let Some(stored) = pending.next().await {
+                held = held.saturating_sub(holding.pop_front().unwrap_or(0));
                 take(stored?, &mut uploaded);
             }
         }

@@ -168,7 +168,7 @@ pub async fn put(
             writer.flush()?;
         }
         drop(tree);
-        sealing.seal_bytes(&packer.finish()?)
+        sealing.seal_bytes(packer.finish()?)
     })
     .await
     .map_err(|e| failed(&e))?
