@@ -571,7 +571,7 @@ fn dns_name(s: &str) -> bool {
 }
 
 /// The prefix of a NATS server's endpoint in `steward.health.tls`.
-pub const NATS_SCHEME: &str = "nats://";
+const NATS_SCHEME: &str = "nats://";
 
 fn tls_endpoint(entry: &str) -> Option<TlsEndpoint> {
     let (nats, entry) = match entry.strip_prefix(NATS_SCHEME) {

@@ -105,13 +105,27 @@ impl Level {
     }
 }
 
+/// A served certificate's name begins so; a NATS server's endpoint is named as labelled.
+const SERVED: &str = "tls://";
+const NATS_SERVED: &str = "nats://";
+
+/// The `certificate` of `health.cert_expiring` / `health.cert_renewed` for one served at
+/// `endpoint` as labelled in `steward.health.tls`: `tls://ENDPOINT`, or a NATS server's
+/// `nats://ENDPOINT` as it is; [`served_at`] reads it back.
+pub fn served_certificate(endpoint: &str) -> String {
+    match endpoint.starts_with(NATS_SERVED) {
+        true => endpoint.to_owned(),
+        false => format!("{SERVED}{endpoint}"),
+    }
+}
+
 /// Where a `certificate` of `health.cert_expiring` / `health.cert_renewed` is served: the
 /// endpoint of `tls://ENDPOINT` (a `steward.health.tls` endpoint), or a NATS server's
 /// `nats://ENDPOINT` whole (the hub's leaf-node port); `None` for a file.
 pub fn served_at(certificate: &str) -> Option<&str> {
-    match certificate.strip_prefix("tls://") {
+    match certificate.strip_prefix(SERVED) {
         Some(endpoint) => Some(endpoint),
-        None => certificate.starts_with("nats://").then_some(certificate),
+        None => certificate.starts_with(NATS_SERVED).then_some(certificate),
     }
 }
 

@@ -208,12 +208,10 @@ pub fn certificate(endpoint: &TlsEndpoint) -> String {
 }
 
 /// [`certificate`] of an endpoint as shown (a condition's [`key`] holds it so): a NATS
-/// server's shows its `nats://`.
+/// server's shows its `nats://`. The naming is the event schema's
+/// ([`steward_events::served_certificate`], read back by [`steward_events::served_at`]).
 pub fn certificate_of(shown: &str) -> String {
-    match shown.starts_with(steward_labels::NATS_SCHEME) {
-        true => shown.to_owned(),
-        false => format!("tls://{shown}"),
-    }
+    steward_events::served_certificate(shown)
 }
 
 /// Whether each endpoint answered with a readable certificate this round.
