@@ -498,9 +498,11 @@ async fn a_hard_linked_file_makes_the_path_read_whole_and_comes_back_linked() {
     stack.app_sh("dd if=/dev/urandom of=/data/files/f2 bs=200k count=1 conv=notrunc 2>/dev/null");
     let second_tree = tree(&stack);
     settle().await;
-    let (second, _) = back_up(&backups).await;
+    let (second, m2) = back_up(&backups).await;
     let said = path_lines(&stack, "read whole");
     assert!(said.iter().any(|l| l.contains("hard-linked")), "no splice, and why: {said:#?}");
+    // The refused splice gave its listing back: the whole read keeps a tree.
+    assert!(path_component(&m2).tree.is_some(), "{m2:?}");
     let second_lines = common::log_lines(&second);
     assert!(second_lines.iter().any(|l| l.contains("stored as chunks")), "{second_lines:#?}");
     assert!(second_lines.iter().all(|l| !l.contains("unread")), "{second_lines:#?}");

@@ -11,7 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::cdc::{back_up, differ, fill, incremental, path_lines, settle, spliced, tree};
+use common::cdc::{
+    back_up, differ, fill, incremental, path_component, path_lines, settle, spliced, tree,
+};
 use common::Stack;
 use steward_backup::Backups;
 use steward_events::RestoreScope;
@@ -32,11 +34,11 @@ async fn back_up_writing(
     backups: &Backups,
     dir: &std::path::Path,
     during: &str,
-) -> String {
+) -> (String, steward_store::manifest::Manifest) {
     let before = listings(dir);
     let running = tokio::spawn({
         let backups = backups.clone();
-        async move { back_up(&backups).await.0 }
+        async move { back_up(&backups).await }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while listings(dir) == before {
@@ -75,7 +77,10 @@ async fn files_written_between_the_listing_and_the_reads_are_never_stored_under_
     // the listing, and the path is read whole (as it was at the read).
     stack.app_sh(&rewrite("f5"));
     settle().await;
-    let second = back_up_writing(&stack, &backups, &dir, "echo more >> /data/files/f5").await;
+    let (second, manifest) =
+        back_up_writing(&stack, &backups, &dir, "echo more >> /data/files/f5").await;
+    // The splice gave its listing back: the whole read keeps a tree, the next splice's.
+    assert!(path_component(&manifest).tree.is_some(), "{manifest:?}");
     let said = path_lines(&stack, "changed since it was listed");
     let all = common::log_lines(&second);
     assert!(said.iter().any(|l| l.contains(&second) && l.contains("f5")), "{all:#?}");
@@ -90,7 +95,8 @@ async fn files_written_between_the_listing_and_the_reads_are_never_stored_under_
     settle().await;
     let third =
         back_up_writing(&stack, &backups, &dir, &format!("{}; {}", rewrite("f6"), rewrite("f7")))
-            .await;
+            .await
+            .0;
     // f5 too: the whole read of the second recorded the listing's f5, not the bytes read.
     spliced(&third, 2);
     let f6_read = md5(&stack, "f6");
@@ -99,7 +105,7 @@ async fn files_written_between_the_listing_and_the_reads_are_never_stored_under_
     // listing with second times may show f6 as the third's listing did (both changed after
     // that listing began).
     let fourth_tree = tree(&stack);
-    let fourth = back_up_writing(&stack, &backups, &dir, "true").await;
+    let fourth = back_up_writing(&stack, &backups, &dir, "true").await.0;
     spliced(&fourth, 2);
 
     for (id, expected) in [(&second, &second_tree), (&fourth, &fourth_tree)] {

@@ -9,8 +9,6 @@
 //! duplicated record, a name outside the path, an entry type other than file, directory or
 //! symbolic link, a hard-linked file) makes the backup read the whole path instead.
 
-use std::collections::HashMap;
-
 use crate::{Engine, ExecSpec};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -141,8 +139,54 @@ pub struct Listing {
     /// The container has `tar`.
     pub tar: bool,
     /// Entries by archive name (`data`, `data/a/b`: as the archive API names them, without a
-    /// directory's trailing `/`).
-    pub entries: HashMap<String, Stat>,
+    /// directory's trailing `/`), each once, in [`walk_order`], held to their number: a
+    /// splice holds a listing through its upload, and a hash table cost about twice this
+    /// per entry.
+    entries: Vec<(String, Stat)>,
+}
+
+/// Sorts archive names as the archive API walks a path: a directory, then its entries by
+/// name (`data`, `data/a`, `data/a/b`, `data/a.txt`).
+pub fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+impl Listing {
+    /// A listing of `entries` (in any order); refused when one names an entry twice.
+    pub fn new(started: i64, tar: bool, mut entries: Vec<(String, Stat)>) -> Result<Self, String> {
+        entries.sort_by(|a, b| walk_order(&a.0, &b.0));
+        if let Some(twice) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(format!("{:?} is listed twice", twice[0].0));
+        }
+        entries.shrink_to_fit();
+        Ok(Self { started, tar, entries })
+    }
+
+    /// Entry `name`'s listing.
+    pub fn get(&self, name: &str) -> Option<&Stat> {
+        let at = self.entries.binary_search_by(|(n, _)| walk_order(n, name)).ok()?;
+        self.entries.get(at).map(|(_, stat)| stat)
+    }
+
+    /// How many entries it has.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Its entries in walk order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Stat)> {
+        self.entries.iter().map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// Its entries in walk order, owned.
+    pub fn into_entries(self) -> Vec<(String, Stat)> {
+        self.entries
+    }
 }
 
 /// The archive name of absolute `listed` under `root` (`/srv/data/a` under `/srv/data` →
@@ -231,7 +275,7 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
     let body = &out[newline + 1..];
     let separator = if nul { 0 } else { b'\n' };
     let body = body.strip_suffix(&[separator]).unwrap_or(body);
-    let mut entries = HashMap::new();
+    let mut entries = vec![];
     if body.is_empty() {
         return Err("no entries (not even the path itself)".into());
     }
@@ -246,11 +290,9 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
         if stat.kind == Kind::Socket {
             continue;
         }
-        if entries.insert(name, stat).is_some() {
-            return Err(format!("{listed:?} is listed twice"));
-        }
+        entries.push((name, stat));
     }
-    Ok(Listing { started, tar, entries })
+    Listing::new(started, tar, entries)
 }
 
 /// Lists `path` in running `container` (as root, like the archive API reads it).
@@ -363,7 +405,7 @@ mod tests {
             f 12 1700000002.0000000000 1700000003.0000000000 12 4755 1000 1000 1 /data/a b\nc\0";
         let l = parse("/data", gnu_out).expect("parses");
         assert_eq!(l.started, 1_700_000_100);
-        let f = &l.entries["data/a b\nc"];
+        let f = l.get("data/a b\nc").expect("listed");
         assert_eq!((f.kind, f.size, f.perms, f.uid, f.nlink), (Kind::File, 12, 0o4755, 1000, 1));
         assert_eq!(f.ctime.seconds(), 1_700_000_003);
         let busybox_out = b"steward-listing 1 line 1700000100 no\n\
@@ -371,9 +413,9 @@ mod tests {
             a1ff 5 1700000000 1700000001 13 0 0 1 /data/l\n";
         let l = parse("/data", busybox_out).expect("parses");
         assert!(!l.tar);
-        assert_eq!(l.entries["data"].kind, Kind::Dir);
-        assert_eq!(l.entries["data"].perms, 0o755);
-        assert_eq!(l.entries["data/l"].kind, Kind::Link);
+        let get = |name: &str| l.get(name).expect("listed");
+        assert_eq!((get("data").kind, get("data").perms), (Kind::Dir, 0o755));
+        assert_eq!(get("data/l").kind, Kind::Link);
     }
 
     #[test]
@@ -403,7 +445,35 @@ mod tests {
             b"steward-listing 1 line 5 tar\n41ed 1 1 1 1 0 0 2 /data\nc1ed 0 1 1 2 0 0 1 /data/s\n";
         let l = parse("/data", out).expect("parses");
         assert!(l.tar);
-        assert_eq!(l.entries.keys().collect::<Vec<_>>(), ["data"]);
+        assert_eq!(l.iter().map(|(n, _)| n).collect::<Vec<_>>(), ["data"]);
+    }
+
+    #[test]
+    fn entries_are_held_in_the_archive_apis_walk_order_and_found_by_name() {
+        let stat = |inode| Stat {
+            kind: Kind::File,
+            size: 1,
+            mtime: Time::parse("1").expect("a time"),
+            ctime: Time::parse("1").expect("a time"),
+            inode,
+            perms: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+        };
+        let names = ["data/b", "data/a/z", "data", "data/a", "data/a.txt", "data/a/b"];
+        let entries = names.iter().zip(1..).map(|(n, i)| ((*n).to_owned(), stat(i))).collect();
+        let l = Listing::new(5, true, entries).expect("a listing");
+        let order: Vec<&str> = l.iter().map(|(n, _)| n).collect();
+        assert_eq!(order, ["data", "data/a", "data/a/b", "data/a/z", "data/a.txt", "data/b"]);
+        for (name, inode) in names.iter().zip(1..) {
+            assert_eq!(l.get(name).map(|s| s.inode), Some(inode), "{name}");
+        }
+        for absent in ["dat", "data/a/c", "data/c", "data/", ""] {
+            assert_eq!(l.get(absent), None, "{absent}");
+        }
+        let twice = vec![("data/a".to_owned(), stat(1)), ("data/a".to_owned(), stat(2))];
+        assert!(Listing::new(5, true, twice).is_err());
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl ProjectDir {
         let listing =
             listing::list_in_oneshot(&self.engine, &self.image, mounted, label, true, &path)
                 .await??;
-        let mut entries = listing.entries.into_values();
+        let mut entries = listing.into_entries().into_iter().map(|(_, stat)| stat);
         let (Some(stat), None) = (entries.next(), entries.next()) else {
             return Err(OwnerUnknown::Listing("the listing is not of one file".into()));
         };

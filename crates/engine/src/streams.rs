@@ -432,7 +432,7 @@ impl Engine {
         match listing {
             Ok(listing) => Ok(Some(
                 listing
-                    .entries
+                    .into_entries()
                     .into_iter()
                     .map(|(n, s)| (n, crate::unroot::Listed::from(&s)))
                     .collect(),

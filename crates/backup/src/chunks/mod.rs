@@ -23,7 +23,7 @@
 //! proves the stored bytes only ([`check_stored`]), and the load checks everything again.
 
 pub mod gc;
-use steward_engine::listing;
+use steward_engine::listing::{self, Listing};
 pub mod splice;
 pub mod tree;
 
@@ -876,7 +876,7 @@ impl crate::backup::Backups {
             _ => format!("{id}/{}.chunks.zst", steward_store::manifest::slug(&component)),
         };
         let encoding = if self.config.keys.encrypts() { CDC2_ZSTD_AGE } else { CDC2_ZSTD };
-        let listing = match &kind {
+        let mut listing = match &kind {
             Kind::Path { container, path } => {
                 match listing::list(&self.engine, container, path).await {
                     Ok(l) => Some(l),
@@ -890,8 +890,11 @@ impl crate::backup::Backups {
         };
         steward_failpoints::failpoint!("chunks:listed");
         let level = self.config.zstd_level;
-        if let (Some(listing), Some(mut parent), Kind::Path { container, path }) =
-            (&listing, parent, &kind)
+        // The splice takes the listing (its tree is made of it: the two are never held
+        // side by side), and gives it back when the path is read whole instead.
+        let spliceable = |_: &mut Listing| parent.is_some() && matches!(kind, Kind::Path { .. });
+        if let (Some(taken), Some(mut parent), Kind::Path { container, path }) =
+            (listing.take_if(spliceable), parent, &kind)
         {
             let ctx = splice::Ctx {
                 store,
@@ -902,9 +905,10 @@ impl crate::backup::Backups {
                 chunker: &chunker,
                 known: &known,
                 level,
-                listing,
+                started: taken.started,
+                tar: taken.tar,
             };
-            match splice::splice(&ctx, &mut parent, listing).await.map_err(|e| failed(&e))? {
+            match splice::splice(&ctx, &mut parent, taken).await.map_err(|e| failed(&e))? {
                 Ok(done) => {
                     steward_failpoints::failpoint!("chunks:spliced");
                     let stored = put_index(store, &object, &chunker, done.entries, level)
@@ -913,7 +917,7 @@ impl crate::backup::Backups {
                     let raw = (done.size, chunk_list_digest(&done.digests));
                     let tree = tree::Tree {
                         version: 1,
-                        listed: listing.started,
+                        listed: ctx.started,
                         entries: done.tree,
                         digests: done.digests,
                         spliced: parent.tree.spliced.saturating_add(1),
@@ -948,8 +952,9 @@ impl crate::backup::Backups {
                         component, kind, object, encoding, stored, raw, checked,
                     ));
                 }
-                Err(splice::Fallback(why)) => {
-                    tracing::info!(backup = id, component, reason = %why, "the path is read whole")
+                Err((splice::Fallback(why), back)) => {
+                    tracing::info!(backup = id, component, reason = %why, "the path is read whole");
+                    listing = back;
                 }
             }
         }
@@ -986,7 +991,7 @@ impl crate::backup::Backups {
                     entries: seen
                         .into_iter()
                         .map(|s| tree::TreeEntry {
-                            stat: listing.entries.get(&s.name).cloned(),
+                            stat: listing.get(&s.name).cloned(),
                             name: s.name,
                             start: s.start,
                             len: s.end.saturating_sub(s.start),
@@ -995,6 +1000,7 @@ impl crate::backup::Backups {
                     digests,
                     spliced: 0,
                 };
+                drop(listing);
                 let reference =
                     tree::put(store, &self.config.keys, &Tree::object_for(&object), tree, level)
                         .await
