@@ -8,7 +8,10 @@
 //!   restic: `restic backup` of the volume's directory on the host, first and second
 //!   restore: `Backups::restore` (paths) of each kind's second backup.
 //! Peak RSS of this process per phase (VmRSS sampled every 10 ms): the backup service runs
-//! the same code in its own process; restic's, of its process, from GNU time (`time`).
+//! the same code in its own process; restic's, of its process, from GNU time (`time`). Beside
+//! it, the peak heap in use (Rust's allocations, counted by the allocator, sampled alike):
+//! what the service's structures and buffers hold, without the allocator's and the kernel's
+//! share (nor zstd's contexts, which the C library allocates itself).
 //!
 //! Run: `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144 cargo bench -p steward-backup
 //! --bench incremental` (glibc's settings as the image runs the service) after
@@ -56,36 +59,56 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
-/// The highest resident set sampled every 10 ms while `work` runs (VmHWM cannot be reset
-/// everywhere, and a phase's peak is what is compared).
-async fn peak_of<T>(work: impl std::future::Future<Output = T>) -> (T, f64, f64) {
-    let start = rss_mib();
+/// Every allocation of Rust code in this process counted: the heap in use is what the
+/// service's own structures and buffers hold, without what the allocator keeps back or RSS
+/// adds beside. C libraries' own allocations (zstd's contexts) are not counted.
+#[global_allocator]
+static HEAP: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+fn heap_mib() -> f64 {
+    mib(HEAP.allocated() as u64)
+}
+
+/// A phase's highest resident set and heap in use, and both when it began, MiB.
+#[derive(Default, Clone, Copy)]
+struct Peaks {
+    rss: f64,
+    rss_before: f64,
+    heap: f64,
+    heap_before: f64,
+}
+
+/// The highest resident set and heap in use, sampled every 10 ms while `work` runs (VmHWM
+/// cannot be reset everywhere, and a phase's peak is what is compared).
+async fn peak_of<T>(work: impl std::future::Future<Output = T>) -> (T, Peaks) {
+    let (rss_before, heap_before) = (rss_mib(), heap_mib());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut peak = rss_mib();
+            let (mut rss, mut heap) = (rss_mib(), heap_mib());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_mib());
+                (rss, heap) = (rss.max(rss_mib()), heap.max(heap_mib()));
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            peak
+            (rss, heap)
         })
     };
     let out = work.await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    (out, sampler.join().unwrap_or(0.0), start)
+    let (rss, heap) = sampler.join().unwrap_or_default();
+    (out, Peaks { rss, rss_before, heap, heap_before })
 }
 
 struct Phase {
     name: String,
     seconds: f64,
     bytes: u64,
-    peak: f64,
+    /// This process's peaks (the RSS before: what earlier phases left, as a heap does not
+    /// shrink back); restic's phases: its process's peak RSS only, nothing before.
+    peaks: Peaks,
     /// CPU seconds of this process and of the engine during the phase.
     cpu: (f64, f64),
-    /// RSS when the phase began: what earlier phases left (a heap does not shrink back).
-    start: f64,
 }
 
 /// The service's settings as it reads them, for `bucket`.
@@ -124,21 +147,21 @@ async fn take(name: &str, b: &Backups, dir: &Path) -> (String, Phase) {
     let before = disk_bytes(dir);
     let id = steward_store::manifest::new_backup_id(time::OffsetDateTime::now_utc());
     let (t, c) = (Instant::now(), cpu_now());
-    let (taken, peak, start) = peak_of(b.take(&id, BackupReason::Manual, &[])).await;
+    let (taken, peaks) = peak_of(b.take(&id, BackupReason::Manual, &[])).await;
     taken.unwrap_or_else(|e| panic!("{name}: {e}"));
     let seconds = t.elapsed().as_secs_f64();
     let cpu = cpu_since(c);
     let bytes = disk_bytes(dir).saturating_sub(before);
-    let phase = Phase { name: name.into(), seconds, bytes, peak, cpu, start };
+    let phase = Phase { name: name.into(), seconds, bytes, peaks, cpu };
     (id, phase)
 }
 
 async fn restore(name: &str, b: &Backups, id: &str) -> Phase {
     let (t, c) = (Instant::now(), cpu_now());
-    let (restored, peak, start) = peak_of(b.restore(id, RestoreScope::Paths)).await;
+    let (restored, peaks) = peak_of(b.restore(id, RestoreScope::Paths)).await;
     restored.unwrap_or_else(|e| panic!("{name}: {e}"));
     let (seconds, cpu) = (t.elapsed().as_secs_f64(), cpu_since(c));
-    Phase { name: name.into(), seconds, bytes: 0, peak, cpu, start }
+    Phase { name: name.into(), seconds, bytes: 0, peaks, cpu }
 }
 
 /// `restic backup` of `data` into `repo`: the phase, or why it could not run.
@@ -187,9 +210,8 @@ fn restic(name: &str, repo: &str, data: &str, dir: &Path, init: bool) -> Result<
         name: name.into(),
         seconds: t.elapsed().as_secs_f64(),
         bytes: disk_bytes(dir).saturating_sub(before),
-        peak,
+        peaks: Peaks { rss: peak, ..Peaks::default() },
         cpu: (0.0, 0.0),
-        start: 0.0,
     })
 }
 
@@ -279,19 +301,26 @@ async fn main() {
     phases.push(restore("restore incremental", &cdc, &cdc_id).await);
 
     println!(
-        "| phase | time | uploaded | peak RSS (RSS before) | CPU s: this process / engine |\n|---|---|---|---|---|"
+        "| phase | time | uploaded | peak RSS (RSS before) | peak heap (heap before) | CPU s: this process / engine |\n|---|---|---|---|---|---|"
     );
     for p in &phases {
-        let (peak, cpu) = match (p.peak > 0.0, p.start > 0.0) {
+        let Peaks { rss, rss_before, heap, heap_before } = p.peaks;
+        let (rss, heap, cpu) = match (rss > 0.0, rss_before > 0.0) {
             // restic's own process, whole (GNU time).
-            (true, false) => (format!("{:.1} MiB (its process)", p.peak), "-".into()),
+            (true, false) => (format!("{rss:.1} MiB (its process)"), "-".into(), "-".into()),
             (true, true) => (
-                format!("{:.1} MiB ({:.1})", p.peak, p.start),
+                format!("{rss:.1} MiB ({rss_before:.1})"),
+                format!("{heap:.1} MiB ({heap_before:.1})"),
                 format!("{:.1} / {:.1}", p.cpu.0, p.cpu.1),
             ),
-            (false, _) => ("-".into(), "-".into()),
+            (false, _) => ("-".into(), "-".into(), "-".into()),
         };
-        println!("| {} | {:.1} s | {:.1} MiB | {peak} | {cpu} |", p.name, p.seconds, mib(p.bytes));
+        println!(
+            "| {} | {:.1} s | {:.1} MiB | {rss} | {heap} | {cpu} |",
+            p.name,
+            p.seconds,
+            mib(p.bytes)
+        );
     }
     let get = |n: &str| phases.iter().find(|p| p.name.starts_with(n));
     if let (Some(f), Some(c)) = (get("full, second"), get("incremental, second")) {
