@@ -145,8 +145,21 @@ if ! listening "$REGISTRY_AUTH_PORT"; then
 fi
 
 # ---- S3 ---------------------------------------------------------------------------------
+# s3s-fs keeps each object's metadata beside the buckets (`.bucket-<name in base64url>.object-…`)
+# and leaves it there when the object or its bucket goes: what belongs to buckets no longer
+# there (the tests remove theirs) is swept, a name at a time, while no server runs on them.
+mkdir -p "$STATE/s3"
 stop_orphan "$S3_PORT" s3s-fs
 if ! listening "$S3_PORT"; then
+  for b64 in $(find "$STATE/s3" -maxdepth 1 -name '.bucket-*' -printf '%f\n' \
+    | sed -n 's/^\.bucket-\([A-Za-z0-9_-]*\)\..*/\1/p' | sort -u); do
+    padded=$b64
+    while [ $((${#padded} % 4)) -ne 0 ]; do padded="$padded="; done
+    bucket=$(printf '%s' "$padded" | tr '_-' '/+' | base64 -d 2>/dev/null) || continue
+    case $bucket in '' | */* | .*) continue ;; esac
+    [ -d "$STATE/s3/$bucket" ] \
+      || find "$STATE/s3" -maxdepth 1 -name ".bucket-$b64.*" -delete 2>/dev/null || true
+  done
   log "starting s3s-fs on 127.0.0.1:$S3_PORT"
   spawn "$STATE/logs/s3.log" "$S3S" --host 127.0.0.1 --port "$S3_PORT" \
     --access-key "$S3_KEY" --secret-key "$S3_SECRET" "$STATE/s3"
