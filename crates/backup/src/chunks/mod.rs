@@ -890,8 +890,8 @@ impl crate::backup::Backups {
         };
         steward_failpoints::failpoint!("chunks:listed");
         let level = self.config.zstd_level;
-        // The splice takes the listing (its tree is made of it: the two are never held
-        // side by side), and gives it back when the path is read whole instead.
+        // The splice takes the listing (its tree is made of the listing's names and stats,
+        // moved, not copied), and gives it back when the path is read whole instead.
         let spliceable = |_: &mut Listing| parent.is_some() && matches!(kind, Kind::Path { .. });
         if let (Some(taken), Some(mut parent), Kind::Path { container, path }) =
             (listing.take_if(spliceable), parent, &kind)
