@@ -116,7 +116,7 @@ fn gone(key: &str) -> Option<EventData> {
         (Some("tls"), Some(container), Some(endpoint)) => Some(
             CertRenewed {
                 container: container.to_owned(),
-                certificate: super::tls::certificate_of(endpoint),
+                certificate: steward_events::served_certificate(endpoint),
                 not_after: None,
             }
             .into(),

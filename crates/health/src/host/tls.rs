@@ -203,15 +203,10 @@ pub fn key(container: &str, endpoint: &TlsEndpoint) -> String {
 
 /// How a served certificate is named in the events and the gauge: `tls://ENDPOINT`, or a NATS
 /// server's endpoint as labelled (`nats://...`).
+/// The naming is the event schema's ([`steward_events::served_certificate`], read back by
+/// [`steward_events::served_at`]).
 pub fn certificate(endpoint: &TlsEndpoint) -> String {
-    certificate_of(&endpoint.to_string())
-}
-
-/// [`certificate`] of an endpoint as shown (a condition's [`key`] holds it so): a NATS
-/// server's shows its `nats://`. The naming is the event schema's
-/// ([`steward_events::served_certificate`], read back by [`steward_events::served_at`]).
-pub fn certificate_of(shown: &str) -> String {
-    steward_events::served_certificate(shown)
+    steward_events::served_certificate(&endpoint.to_string())
 }
 
 /// Whether each endpoint answered with a readable certificate this round.
