@@ -24,7 +24,7 @@ pub use credentials::{registry_credentials, CredentialsError, RegistryCredential
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use images::ListedImage;
 pub use ops::{ExecOutput, HealthView, ListedContainer};
-pub use project::{ProjectDir, ProjectFile, PROJECT_HELPER};
+pub use project::{ProjectDir, ProjectFile};
 pub use recreate::Replacement;
 pub use streams::{ExecSpec, ExecStream};
 
@@ -210,7 +210,8 @@ impl Engine {
     }
 
     /// Running containers whose labels satisfy `wanted`, with the reference each was created
-    /// from (`Config.Image`, which stays the same when the tag later moves).
+    /// from (`Config.Image`, which stays the same when the tag later moves). Stand-ins are
+    /// never listed, as in [`Engine::containers`].
     pub async fn running_containers(
         &self,
         wanted: impl Fn(&HashMap<String, String>) -> bool,
@@ -226,7 +227,7 @@ impl Engine {
         for summary in summaries {
             let labels = summary.labels.unwrap_or_default();
             let Some(id) = summary.id else { continue };
-            if !wanted(&labels) {
+            if steward_labels::stand_in(&labels) || !wanted(&labels) {
                 continue;
             }
             let name = summary

@@ -139,8 +139,18 @@ impl Engine {
     }
 
     /// Containers whose labels satisfy `wanted`, stopped ones included: id, name, labels,
-    /// network mode.
+    /// network mode. Stand-ins (compose one-offs, Steward's helpers) are never listed: they
+    /// carry their image's or their service's labels without being the service
+    /// (`steward_labels::stand_in`).
     pub async fn containers(
+        &self,
+        wanted: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> Result<Vec<ListedContainer>, EngineError> {
+        self.containers_and_stand_ins(|l| !steward_labels::stand_in(l) && wanted(l)).await
+    }
+
+    /// [`Engine::containers`] with stand-ins too: for a helper's owner sweeping its leftovers.
+    pub(crate) async fn containers_and_stand_ins(
         &self,
         wanted: impl Fn(&HashMap<String, String>) -> bool,
     ) -> Result<Vec<ListedContainer>, EngineError> {

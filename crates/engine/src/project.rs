@@ -16,9 +16,8 @@ use futures::StreamExt as _;
 
 use crate::listing::{self, Kind};
 use crate::{Engine, EngineError};
+use steward_labels::PROJECT_HELPER;
 
-/// The label of a project directory's helper: who made it (the updater: the update's id).
-pub const PROJECT_HELPER: &str = "steward.project-helper";
 /// Where the directory is mounted in the helper.
 const AT: &str = "/project";
 /// The largest file read this way: compose files and `.env` are a few KiB.
@@ -69,7 +68,7 @@ impl Engine {
         };
         // With their anonymous volumes: the image's `VOLUME`s (gitea's /data, postgres's
         // data directory) are created empty for every helper; the bind mount is left alone.
-        for left in self.containers(mine).await? {
+        for left in self.containers_and_stand_ins(mine).await? {
             self.remove(&left.id, true).await?;
         }
         let image = self

@@ -491,7 +491,7 @@ impl Engine {
             volumes_from: Some(vec![format!("{id}:ro")]),
             ..Default::default()
         };
-        let label = ("steward.helper", container);
+        let label = (steward_labels::HELPER, container);
         crate::listing::list_in_oneshot(self, &image, shared, label, false, path)
             .await
             .map_err(|e| e.to_string())?
@@ -634,7 +634,7 @@ impl Engine {
             cmd: Some(cmd),
             user: Some("0".into()),
             network_disabled: Some(true),
-            labels: Some([("steward.helper".to_owned(), volumes_from.to_owned())].into()),
+            labels: Some([(steward_labels::HELPER.to_owned(), volumes_from.to_owned())].into()),
             host_config: Some(HostConfig {
                 volumes_from: Some(vec![volumes_from.to_owned()]),
                 network_mode: Some("none".into()),
@@ -712,7 +712,7 @@ impl Engine {
             image: Some(image.to_owned()),
             env: Some(env),
             cmd,
-            labels: Some([("steward.helper".to_owned(), name.to_owned())].into()),
+            labels: Some([(steward_labels::HELPER.to_owned(), name.to_owned())].into()),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
                 ..Default::default()

@@ -338,7 +338,7 @@ impl Drop for ProjectDir {
 
 /// No container labelled as `owner`'s project helper (or owner listing) is left on Podman.
 fn assert_no_project_helper(owner: &str) {
-    let filter = format!("label={}={owner}", steward_engine::PROJECT_HELPER);
+    let filter = format!("label={}={owner}", steward_labels::PROJECT_HELPER);
     let left = cli(&["ps", "-aq", "--filter", &filter]);
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "helper containers left");
 }
@@ -460,7 +460,7 @@ async fn a_stopped_containers_volume_is_read_with_its_owners() {
     // The container's own layer: no other container can see it, so no listing.
     let owners = archived_owners(&engine, &name, "/layer").await;
     assert_eq!(owners.get("layer/f"), Some(&(0, 0)), "the stated loss changed: {owners:?}");
-    let filter = format!("label=steward.helper={name}");
+    let filter = format!("label={}={name}", steward_labels::HELPER);
     let left = cli(&["ps", "-aq", "--filter", &filter]);
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "listing containers left");
 }

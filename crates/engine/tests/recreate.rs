@@ -1,5 +1,7 @@
 //! Replacing containers on the real Docker engine: every configuration item survives, image
-//! defaults come from the new image, data survives, and `restore` puts everything back.
+//! defaults come from the new image, data survives, and `restore` puts everything back; and
+//! which containers the engine lists as services (the ones a replacement and every service
+//! look for).
 
 use std::time::Duration;
 
@@ -241,4 +243,61 @@ async fn restore_puts_the_old_container_back_and_leaves_nothing_behind() {
     }
     assert!(!exists(&r.new_id), "the failed container is removed");
     drop(c);
+}
+
+/// A container inherits its image's labels, so a helper of an image labelled for Steward
+/// (`steward.enable`, `steward.backup.paths`, a scope) is labelled so too, and so is a compose
+/// one-off of a labelled service. The engine's lists leave both out, so no service watches,
+/// probes, backs up or updates one. Before (issue 22), a scratch or a listing's one-shot of
+/// the app's image was listed as one more watched container of the scope while it lived. A
+/// write-back's helper of the same owner left behind is still found and swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_and_one_offs_of_a_labelled_image_are_never_listed_as_services() {
+    use steward_testkit::docker::{build, ImageTag};
+    let scope = unique_name("stand-in");
+    let image = format!("steward-test/{scope}:1");
+    let _tag = ImageTag(image.clone());
+    build(
+        &image,
+        &format!(
+            "FROM steward-test/app:v1\nLABEL steward.enable=true steward.scope={scope} \
+             steward.backup.paths=/data steward.health.url=http://127.0.0.1:8080/\n"
+        ),
+    );
+    let (service, one_off, scratch) =
+        (unique_name("svc"), unique_name("svc-run"), unique_name("svc-scratch"));
+    let _service = Container::run(&service, &[&image]);
+    let _one_off = Container::run(&one_off, &["--label", "com.docker.compose.oneoff=True", &image]);
+    let _scratch = Container::adopt(scratch.clone());
+    let dir = std::env::temp_dir().join(unique_name("stand-in-project"));
+    std::fs::create_dir_all(&dir).expect("project dir");
+    let dir_s = dir.to_str().expect("utf-8 path").to_owned();
+
+    let engine = Engine::from_env();
+    engine.start_scratch(&scratch, &image, vec![]).await.expect("start a scratch");
+    // Two write-back helpers of one owner: the second open sweeps the first, as after a kill.
+    let owner = unique_name("update");
+    let left = engine.open_project_dir(&dir_s, &service, &owner).await.expect("open the project");
+    drop(left);
+    let project = engine.open_project_dir(&dir_s, &service, &owner).await.expect("open again");
+    let helper_filter = format!("label={}={owner}", steward_labels::PROJECT_HELPER);
+    let helpers = docker(&["ps", "-aq", "--filter", &helper_filter]);
+    assert_eq!(helpers.lines().count(), 1, "the left helper swept: {helpers}");
+    // Every container of the image, as the engine sees them (they all carry the scope).
+    let everything = docker(&["ps", "-a", "--filter", &format!("label=steward.scope={scope}")]);
+    assert_eq!(everything.lines().count(), 1 + 4, "{everything}");
+
+    let ours =
+        |l: &std::collections::HashMap<String, String>| steward_labels::in_scope(l, Some(&scope));
+    let listed: Vec<String> =
+        engine.containers(ours).await.expect("list").into_iter().map(|c| c.name).collect();
+    assert_eq!(listed, vec![service.clone()], "stopped ones included");
+    let running: Vec<String> =
+        engine.running_containers(ours).await.expect("list").into_iter().map(|c| c.name).collect();
+    assert_eq!(running, vec![service.clone()], "running ones");
+
+    project.close().await.expect("close the project");
+    let helpers = docker(&["ps", "-aq", "--filter", &helper_filter]);
+    assert_eq!(helpers.trim(), "", "the helper removed");
+    let _ = std::fs::remove_dir_all(&dir);
 }

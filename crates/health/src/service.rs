@@ -174,9 +174,8 @@ impl HealthService {
     }
 
     fn probed(&self, labels: &HashMap<String, String>) -> bool {
-        if !steward_labels::in_scope(labels, self.inner.cfg.scope.as_deref())
-            || steward_labels::one_off(labels)
-        {
+        // One-offs and helpers are never listed by the engine (`steward_labels::stand_in`).
+        if !steward_labels::in_scope(labels, self.inner.cfg.scope.as_deref()) {
             return false;
         }
         steward_labels::watched(labels).unwrap_or(false)

@@ -241,6 +241,23 @@ pub fn one_off(labels: &HashMap<String, String>) -> bool {
     labels.get(COMPOSE_ONEOFF).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
+/// Steward's mark on its own short-lived containers (value: what each works for): a
+/// listing's one-shot, a restore's or a PITR replay's scratch, a helper sharing a stopped
+/// container's volumes.
+pub const HELPER: &str = "steward.helper";
+/// The mark of the never-started helper that mounts a compose project's directory (value:
+/// its owner, the update's id), told apart so that its owner can sweep its own leftovers.
+pub const PROJECT_HELPER: &str = "steward.project-helper";
+
+/// Whether the container only stands in for a service: a compose one-off (above) or one of
+/// Steward's helpers. Both carry labels that are not theirs (a container inherits its
+/// image's labels, so a helper of an image labelled `steward.enable` or
+/// `steward.backup.paths` is labelled so too, for the seconds or minutes it lives), and
+/// none is ever watched, probed, backed up, updated or taken for a service.
+pub fn stand_in(labels: &HashMap<String, String>) -> bool {
+    one_off(labels) || labels.contains_key(HELPER) || labels.contains_key(PROJECT_HELPER)
+}
+
 /// Whether the container belongs to `scope` (`None`: the installation without a scope, which
 /// owns containers without a `steward.scope` label).
 pub fn in_scope(labels: &HashMap<String, String>, scope: Option<&str>) -> bool {
@@ -1035,6 +1052,18 @@ mod tests {
         assert!(one_off(&labels(&[(COMPOSE_ONEOFF, "True")])));
         assert!(!one_off(&labels(&[(COMPOSE_ONEOFF, "False")])));
         assert!(!one_off(&labels(&[])));
+    }
+
+    #[test]
+    fn helpers_and_one_offs_stand_in_and_services_do_not() {
+        let service = [(ENABLE, "true"), (BACKUP_PATHS, "/data"), (SCOPE, "s")];
+        assert!(!stand_in(&labels(&service)));
+        for mark in [(HELPER, "gitea"), (PROJECT_HELPER, "u-1"), (COMPOSE_ONEOFF, "True")] {
+            let mut l = labels(&service);
+            l.insert(mark.0.into(), mark.1.into());
+            assert!(stand_in(&l), "{mark:?}");
+        }
+        assert!(!stand_in(&labels(&[(COMPOSE_ONEOFF, "False")])));
     }
 
     #[test]

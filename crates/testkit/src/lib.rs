@@ -833,6 +833,12 @@ pub mod docker {
     /// Builds `dockerfile` (no context: `FROM` a local image plus instructions) as `image`
     /// and pushes it; the digest the registry has for it.
     pub fn build_and_push(image: &str, dockerfile: &str) -> String {
+        build(image, dockerfile);
+        push(image)
+    }
+
+    /// Builds `dockerfile` (no context: `FROM` a local image plus instructions) as `image`.
+    pub fn build(image: &str, dockerfile: &str) {
         use std::io::Write as _;
         let mut child = Command::new("docker")
             .args(["build", "-q", "-t", image, "-"])
@@ -847,7 +853,6 @@ pub mod docker {
         }
         let out = child.wait_with_output().unwrap_or_else(|e| panic!("docker build: {e}"));
         assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
-        push(image)
     }
 
     /// Pushes `image`; the digest the registry has for it.

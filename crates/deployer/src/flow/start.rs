@@ -604,12 +604,8 @@ impl Flow {
         env: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, FlowError> {
         let project = self.cfg.project_of(env);
-        let containers = self
-            .engine
-            .containers(|l| {
-                l.get(PROJECT_LABEL).is_some_and(|p| *p == project) && !steward_labels::one_off(l)
-            })
-            .await?;
+        let containers =
+            self.engine.containers(|l| l.get(PROJECT_LABEL).is_some_and(|p| *p == project)).await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {
@@ -627,8 +623,8 @@ impl Flow {
         Ok(self.service_containers(env, services).await?.into_iter().map(|c| c.name).collect())
     }
 
-    /// The environment's containers of `services` (stopped ones included; one-offs of
-    /// `docker-compose run`, such as a test or a migration, are not the service).
+    /// The environment's containers of `services` (stopped ones included; the engine leaves
+    /// out one-offs of `docker-compose run`, such as a test or a migration: not the service).
     pub async fn service_containers(
         &self,
         env: &str,
@@ -639,7 +635,6 @@ impl Flow {
             .containers(|l| {
                 l.get(PROJECT_LABEL).is_some_and(|p| *p == project)
                     && l.get(SERVICE_LABEL).is_some_and(|s| services.contains(s))
-                    && !steward_labels::one_off(l)
             })
             .await
     }
