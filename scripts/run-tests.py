@@ -20,7 +20,9 @@ which the `docker` CLI their set-up runs, the engine client and the services the
 read. That run is named "[podman] KEY" in the log and "KEY@podman" in the times, so a failure
 names the engine. The file's plain lines are the sample CI runs; with
 STEWARD_TEST_MATRIX=full its `full:` lines run too (instead of a sample line for the same
-binary); STEWARD_TEST_MATRIX=docker runs the Docker leg only.
+binary); STEWARD_TEST_MATRIX=docker runs the Docker leg only. Its `rootless:` lines run
+(in both matrices) against the test bed's rootless Podman (STEWARD_TEST_PODMAN_ROOTLESS_SOCKET),
+named "[podman-rootless] KEY" and "KEY@rootless".
 
 Exit: 0 when every binary passed, 101 (as Cargo) when one failed or could not run.
 """
@@ -127,7 +129,7 @@ def podman_leg(found, env):
     if not socket:
         sys.exit("the Podman leg needs STEWARD_TEST_PODMAN_SOCKET (infra/testbed/up.sh sets it; "
                  "STEWARD_TEST_MATRIX=docker runs the Docker leg only)")
-    sample, full = [], []
+    sample, full, rootless = [], [], []
     with open(PODMAN_TESTS) as f:
         for line in f:
             words = line.split("#", 1)[0].split()
@@ -135,8 +137,14 @@ def podman_leg(found, env):
                 continue
             if words[0] == "full:":
                 full.append((words[1], words[2:]))
+            elif words[0] == "rootless:":
+                rootless.append((words[1], words[2:]))
             else:
                 sample.append((words[0], words[1:]))
+    rootless_socket = env.get("STEWARD_TEST_PODMAN_ROOTLESS_SOCKET")
+    if rootless and not rootless_socket:
+        sys.exit("the rootless Podman leg needs STEWARD_TEST_PODMAN_ROOTLESS_SOCKET "
+                 "(infra/testbed/up.sh sets it)")
     wanted = sample
     if matrix == "full":
         # A binary on a `full:` line runs as that line says, instead of its sample's line.
@@ -146,27 +154,31 @@ def podman_leg(found, env):
     # A key of a package that was built but names none of its binaries is an error (a test
     # file renamed); keys of packages not built this run (a partial run) are left out.
     built = {b["key"].split(":", 1)[0] for b in found}
-    missing = [k for k, _ in wanted if k not in by_key and k.split(":", 1)[0] in built]
+    missing = [k for k, _ in wanted + rootless if k not in by_key and k.split(":", 1)[0] in built]
     if missing:
         sys.exit(f"scripts/podman-tests.txt names no test binary: {', '.join(missing)}")
     leg = []
-    for key, args in wanted:
+    runs = [(k, a, "podman", "podman", socket) for k, a in wanted]
+    runs += [(k, a, "rootless", "podman-rootless", rootless_socket) for k, a in rootless]
+    for key, args, suffix, engine, at in runs:
         if key not in by_key:
             continue
         b = dict(by_key[key])
-        b["key"] = f"{key}@podman"
-        b["engine"] = "podman"
+        b["key"] = f"{key}@{suffix}"
+        b["engine"] = engine
         b["args"] = args
-        b["env"] = {"DOCKER_HOST": f"unix://{socket}", "STEWARD_TEST_ENGINE": "podman"}
+        b["env"] = {"DOCKER_HOST": f"unix://{at}", "STEWARD_TEST_ENGINE": "podman"}
         leg.append(b)
     return leg
 
 
 def cargo_args(b):
     # How Cargo names a target in "to rerun pass ...".
-    if b.get("engine") == "podman":
+    if b.get("engine") in ("podman", "podman-rootless"):
         args = " ".join(["--", *b["args"]]) if b.get("args") else ""
-        return (f"DOCKER_HOST=unix://$STEWARD_TEST_PODMAN_SOCKET STEWARD_TEST_ENGINE=podman "
+        socket = {"podman": "$STEWARD_TEST_PODMAN_SOCKET",
+                  "podman-rootless": "$STEWARD_TEST_PODMAN_ROOTLESS_SOCKET"}[b["engine"]]
+        return (f"DOCKER_HOST=unix://{socket} STEWARD_TEST_ENGINE=podman "
                 f"cargo test -p {b['package']} --{b['kind']} {b['name']} {args}").rstrip()
     if b["kind"] == "lib":
         return f"-p {b['package']} --lib"
@@ -208,11 +220,11 @@ def main():
 
     while todo or running:
         while todo and len(running) < jobs:
-            # One Podman-leg binary at a time: they share Podman's images (whose name list
+            # One binary at a time per Podman service: they share its images (whose name list
             # Podman 4.3 updates without a lock), and the Docker leg keeps the other CPU busy.
-            podman_busy = any(r[0].get("engine") == "podman" for r in running.values())
+            busy = {r[0].get("engine") for r in running.values()}
             pick = next((i for i, c in enumerate(todo)
-                         if not (podman_busy and c.get("engine") == "podman")), None)
+                         if not (c.get("engine") and c.get("engine") in busy)), None)
             if pick is None:
                 break
             b = todo.pop(pick)

@@ -254,24 +254,90 @@ if ! podman_up; then
 fi
 chgrp podman "$PODMAN_SOCKET" && chmod 660 "$PODMAN_SOCKET"
 
+# ---- rootless Podman (issue 22) -----------------------------------------------------------
+# The same API served by an unprivileged user's Podman, as a host without root for the
+# engine runs it: user `steward-rootless` (its home and runtime directory under $STATE), its
+# containers in a user namespace of its /etc/subuid range, native overlay storage (Debian
+# ships no storage.conf: without one Podman falls back to vfs, a full copy per layer), cgroupfs
+# and a file for events (no systemd here, nor a user session), the test bed's registries.
+# Without systemd nothing schedules healthchecks, as for the rootful service; on cgroup v1 it
+# ignores resource limits and cannot pause (docs/podman.md, "Rootless"). Root (the tests)
+# reaches the socket, which the user owns.
+ROOTLESS_USER=steward-rootless
+ROOTLESS=$STATE/rootless
+# newuidmap/newgidmap map the user's range; slirp4netns is the network of a container the
+# CLI runs (the API's default is netavark's, which came with podman).
+need newuidmap uidmap
+need slirp4netns slirp4netns
+if ! id -u "$ROOTLESS_USER" >/dev/null 2>&1; then
+  useradd --system --home-dir "$ROOTLESS/home" --create-home --shell /usr/sbin/nologin \
+    --user-group "$ROOTLESS_USER"
+fi
+# A system user gets no subordinate ids from useradd; the range is the first free 65536 from
+# 300000 on this host's files.
+for ids in subuid subgid; do
+  grep -q "^$ROOTLESS_USER:" "/etc/$ids" 2>/dev/null && continue
+  start=300000
+  while awk -F: -v s="$start" '$2 < s + 65536 && s < $2 + $3 { found = 1 } END { exit !found }' \
+    "/etc/$ids" 2>/dev/null; do start=$((start + 65536)); done
+  echo "$ROOTLESS_USER:$start:65536" >>"/etc/$ids"
+done
+install -d -m 700 -o "$ROOTLESS_USER" -g "$ROOTLESS_USER" "$ROOTLESS/home" "$ROOTLESS/run" \
+  "$ROOTLESS/home/.config" "$ROOTLESS/home/.config/containers"
+ROOTLESS_SOCKET=$ROOTLESS/run/podman.sock
+rootless_conf=$ROOTLESS/home/.config/containers
+printf '[storage]\ndriver = "overlay"\n' >"$rootless_conf/storage.conf"
+printf '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n[containers]\ndefault_ulimits = ["nofile=%s:%s"]\n' \
+  "$(ulimit -Hn)" "$(ulimit -Hn)" >"$rootless_conf/containers.conf.new"
+cp "$STATE/podman/registries.conf" "$rootless_conf/registries.conf.new"
+restart_rootless=
+for f in containers.conf registries.conf; do
+  if ! cmp -s "$rootless_conf/$f.new" "$rootless_conf/$f"; then
+    mv "$rootless_conf/$f.new" "$rootless_conf/$f"
+    restart_rootless=yes
+  else
+    rm -f "$rootless_conf/$f.new"
+  fi
+done
+chown -R "$ROOTLESS_USER:$ROOTLESS_USER" "$rootless_conf"
+rootless_up() { curl -sf --max-time 2 --unix-socket "$ROOTLESS_SOCKET" http://podman/_ping >/dev/null 2>&1; }
+if [ -n "$restart_rootless" ]; then
+  pkill -u "$ROOTLESS_USER" -f "podman system service" 2>/dev/null && sleep 1 || true
+fi
+if ! rootless_up; then
+  log "starting rootless podman system service on $ROOTLESS_SOCKET (user $ROOTLESS_USER)"
+  rm -f "$ROOTLESS_SOCKET"
+  (cd "$ROOTLESS/home" && setsid nohup runuser -u "$ROOTLESS_USER" -- env -i \
+    PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOTLESS/home" XDG_RUNTIME_DIR="$ROOTLESS/run" \
+    podman system service --time=0 "unix://$ROOTLESS_SOCKET" \
+    >>"$STATE/logs/podman-rootless.log" 2>&1 </dev/null &)
+  for _ in $(seq 1 100); do rootless_up && break; sleep 0.2; done
+  rootless_up || { tail -n 20 "$STATE/logs/podman-rootless.log" >&2; die "rootless podman system service did not come up"; }
+fi
+
 # ---- test images ------------------------------------------------------------------------
 "$HERE/images.sh" "$STATE"
 # Podman gets the same stand-ins (the engine matrix runs the engine-facing tests on it, issue
 # 22): copied from Docker by `docker save | podman load` when its copy is missing or another
 # build (the image id is the configuration's digest, the same on both). Podman names them
 # `localhost/steward-test/...`; a short name resolves to that.
-podman_ids() { podman --url "unix://$PODMAN_SOCKET" image inspect -f '{{.Id}}' "$@" 2>/dev/null | sed 's/^sha256://'; }
-to_copy=()
-for image in steward-test/busybox:latest steward-test/app:v1 steward-test/app:v2 steward-test/app:v3 \
-  steward-test/postgres:15 steward-test/nginx:latest; do
-  want=$(docker image inspect -f '{{.Id}}' "$image" | sed 's/^sha256://')
-  [ "$(podman_ids "localhost/$image")" = "$want" ] || to_copy+=("$image")
-done
-if [ ${#to_copy[@]} -gt 0 ]; then
-  log "copying ${to_copy[*]} into Podman"
-  docker save "${to_copy[@]}" | podman --url "unix://$PODMAN_SOCKET" load -q >/dev/null \
-    || die "podman load of the test images failed"
-fi
+copy_to_podman() { # SOCKET NAME
+  local socket=$1 name=$2 image want
+  local to_copy=()
+  for image in steward-test/busybox:latest steward-test/app:v1 steward-test/app:v2 \
+    steward-test/app:v3 steward-test/postgres:15 steward-test/nginx:latest; do
+    want=$(docker image inspect -f '{{.Id}}' "$image" | sed 's/^sha256://')
+    [ "$(podman --url "unix://$socket" image inspect -f '{{.Id}}' "localhost/$image" 2>/dev/null \
+      | sed 's/^sha256://')" = "$want" ] || to_copy+=("$image")
+  done
+  if [ ${#to_copy[@]} -gt 0 ]; then
+    log "copying ${to_copy[*]} into $name"
+    docker save "${to_copy[@]}" | podman --url "unix://$socket" load -q >/dev/null \
+      || die "podman load of the test images into $name failed"
+  fi
+}
+copy_to_podman "$PODMAN_SOCKET" Podman
+copy_to_podman "$ROOTLESS_SOCKET" "rootless Podman"
 
 # ---- where everything is ----------------------------------------------------------------
 cat >"$STATE/env" <<EOF
@@ -291,6 +357,7 @@ export STEWARD_TEST_APP_IMAGE=steward-test/app
 export STEWARD_TEST_POSTGRES_IMAGE=steward-test/postgres:15
 export STEWARD_TEST_PODMAN_SOCKET=$PODMAN_SOCKET
 export STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS="$PODMAN_PLAIN_HTTP_PORTS"
+export STEWARD_TEST_PODMAN_ROOTLESS_SOCKET=$ROOTLESS_SOCKET
 EOF
 log "ready:"
 log "  docker      $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"

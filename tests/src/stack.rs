@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use steward_testkit::docker::{docker, try_docker, ImageTag};
-use steward_testkit::{free_port, on_podman, testbed, unique_name, wait_for};
+use steward_testkit::{free_port, testbed, unique_name, wait_for};
 
 use crate::podman::{copy_images_from_docker, HealthTimers};
 
@@ -52,7 +52,7 @@ pub fn steward_image() -> String {
 /// the test bed's Podman service): its socket. The stack then runs as docs/deploy.md's
 /// Podman host runs it: docker-compose against Podman's socket with `compose/podman.yml`.
 pub fn podman_socket() -> Option<String> {
-    on_podman().then(|| testbed::require("STEWARD_TEST_PODMAN_SOCKET"))
+    steward_testkit::podman_under_test()
 }
 
 /// The images of the stack that are not in a registry (every service's but Gitea's).

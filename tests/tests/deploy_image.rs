@@ -55,7 +55,9 @@ async fn the_deployers_image_deploys_through_the_socket_proxy_as_its_own_user() 
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let deploy_dir = repo.root.join("deploy");
     std::fs::create_dir_all(&deploy_dir).expect("deploy dir");
-    std::os::unix::fs::chown(&deploy_dir, Some(10001), Some(10001)).expect("chown");
+    // The image's user, as the host sees it (on rootless Podman, in its user's range).
+    let (uid, gid) = steward_testkit::host_ids(10001, 10001);
+    std::os::unix::fs::chown(&deploy_dir, Some(uid), Some(gid)).expect("chown");
 
     let name = unique_name("deployer-image");
     let mut args: Vec<String> = ["run", "-d", "--name", &name, "--network", "host"]
@@ -93,7 +95,7 @@ async fn the_deployers_image_deploys_through_the_socket_proxy_as_its_own_user() 
     // with that path.
     let checkout = deploy_dir.join("dev");
     use std::os::unix::fs::MetadataExt as _;
-    assert_eq!(std::fs::metadata(checkout.join(".git")).expect("checkout").uid(), 10001);
+    assert_eq!(std::fs::metadata(checkout.join(".git")).expect("checkout").uid(), uid);
     let web = repo.container("web").unwrap_or_else(|| {
         let all = docker(&["ps", "-a", "--format", "{{.Names}} {{.Labels}}"]);
         panic!("no web container of project {}: {all}", repo.compose_project())

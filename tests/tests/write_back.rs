@@ -39,6 +39,7 @@ impl Project {
         for (file, content) in files {
             std::fs::write(dir.join(file), content).expect("write");
         }
+        steward_testkit::give_to_rootless_user(&dir);
         let container = format!("{name}_app_1");
         Self {
             _leftovers: SwapLeftovers(container),
@@ -255,7 +256,10 @@ async fn the_env_variable_follows_the_update_and_compose_up_keeps_it() {
     let (env, compose) = (project.read(".env"), project.read("docker-compose.yml"));
     let env_path = project.dir.join(".env");
     std::fs::set_permissions(&env_path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    std::os::unix::fs::chown(&env_path, Some(1234), Some(2345)).expect("chown");
+    // Not root's, nor the updater's: on the rootless leg the deployment user's, whose files
+    // a rootless engine writes (another user's it cannot read).
+    let (uid, gid) = steward_testkit::rootless_owner().unwrap_or((1234, 2345));
+    std::os::unix::fs::chown(&env_path, Some(uid), Some(gid)).expect("chown");
     let p = updater(&bus, &scope, &[]);
 
     let flow = update_to_1_1(&bus, &project, &repo, &p, Some("update.written_back")).await;
@@ -271,7 +275,7 @@ async fn the_env_variable_follows_the_update_and_compose_up_keeps_it() {
     assert_eq!(project.read(".env"), expected);
     assert_eq!(project.read("docker-compose.yml"), compose);
     let meta = std::fs::metadata(&env_path).expect("stat");
-    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o640, 1234, 2345));
+    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o640, uid, gid));
     // No helper container is left.
     assert_no_helper(w[0]);
 

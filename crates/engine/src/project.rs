@@ -230,7 +230,10 @@ impl Engine {
 fn only_file(tar: &[u8]) -> Result<(ProjectFile, u64), String> {
     let mut archive = tar::Archive::new(tar);
     let mut entries = archive.entries().map_err(|e| e.to_string())?;
-    let entry = entries.next().ok_or("the engine sent an empty archive")?;
+    let entry = entries.next().ok_or(
+        "the engine sent an empty archive (can the engine's user read the file? a rootless \
+         engine reads as the user it runs as)",
+    )?;
     let mut entry = entry.map_err(|e| e.to_string())?;
     let header = entry.header().clone();
     if header.entry_type() != tar::EntryType::Regular {

@@ -116,9 +116,16 @@ async fn replace_keeps_every_configuration_item_and_the_data() {
     }
     assert_eq!(after["HostConfig"]["PortBindings"], before["HostConfig"]["PortBindings"]);
     assert_eq!(after["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
-    assert_eq!(after["HostConfig"]["Memory"], 64 * 1024 * 1024);
-    assert_eq!(after["HostConfig"]["NanoCpus"], 500_000_000);
-    assert_eq!(after["HostConfig"]["PidsLimit"], 64);
+    // Rootless Podman on cgroup v1 drops resource limits at create (its log says so, its
+    // answer nothing): there the new container has what the old one was given.
+    for (key, given) in [("Memory", 64 * 1024 * 1024), ("NanoCpus", 500_000_000), ("PidsLimit", 64)]
+    {
+        let want = match steward_testkit::on_rootless_podman() {
+            true => before["HostConfig"][key].clone(),
+            false => Value::from(given),
+        };
+        assert_eq!(after["HostConfig"][key], want, "{key}");
+    }
     assert_eq!(after["HostConfig"]["Binds"], before["HostConfig"]["Binds"]);
     assert_eq!(after["Config"]["Healthcheck"], before["Config"]["Healthcheck"]);
     assert_eq!(after["Config"]["User"], "0:0");

@@ -254,6 +254,7 @@ async fn each_role_gets_what_its_service_calls_and_nothing_else() {
     let project = std::env::temp_dir().join(unique_name("sockproxy-project"));
     std::fs::create_dir_all(&project).expect("project dir");
     std::fs::write(project.join(".env"), "APP_IMAGE=app:1.0\n").expect("write");
+    steward_testkit::give_to_rootless_user(&project);
     let dir = tally.ok(
         "open a project directory",
         updater.open_project_dir(&project.to_string_lossy(), &app.name, &tag).await,

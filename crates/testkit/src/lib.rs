@@ -564,8 +564,8 @@ pub mod podman {
     use std::process::{Command, Output};
     use std::time::Duration;
 
-    /// The Podman service's socket path, or `None` (with the reason printed) when it is absent
-    /// and not asked for; `STEWARD_TEST_ENGINE=podman` asks for it: then a missing or silent
+    /// The rootful Podman service's socket path (the one [`cli`] works on, also on the
+    /// rootless leg), or `None` (with the reason printed) when it is absent and not asked for; `STEWARD_TEST_ENGINE=podman` asks for it: then a missing or silent
     /// service fails the test.
     pub fn socket() -> Option<String> {
         socket_if(std::env::var("STEWARD_TEST_ENGINE").is_ok_and(|e| e == "podman"))
@@ -1178,18 +1178,88 @@ pub fn tags_of_another_repository(tags: &str, repository: &str) -> bool {
         .any(|t| t.rsplit_once(':').is_none_or(|(r, _)| r != repository))
 }
 
-/// Whether the tests run against Podman's service: `DOCKER_HOST` is the test bed's Podman
-/// socket (the engine matrix's Podman leg, `scripts/run-tests.py`).
+/// Whether the tests run against Podman's service: `DOCKER_HOST` is one of the test bed's
+/// Podman sockets, rootful or rootless (the engine matrix's Podman legs,
+/// `scripts/run-tests.py`).
 pub fn on_podman() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        let (Ok(host), Some(socket)) =
-            (std::env::var("DOCKER_HOST"), testbed::var("STEWARD_TEST_PODMAN_SOCKET"))
-        else {
-            return false;
-        };
-        host.strip_prefix("unix://") == Some(socket.as_str())
+        docker_host_is("STEWARD_TEST_PODMAN_SOCKET")
+            || docker_host_is("STEWARD_TEST_PODMAN_ROOTLESS_SOCKET")
     })
+}
+
+/// Whether the tests run against the test bed's rootless Podman (its user's containers are in
+/// a user namespace; cgroup v1 gives them no limits and no pause).
+pub fn on_rootless_podman() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| docker_host_is("STEWARD_TEST_PODMAN_ROOTLESS_SOCKET"))
+}
+
+/// The socket of the Podman service the tests run against (`DOCKER_HOST`'s), if they do.
+pub fn podman_under_test() -> Option<String> {
+    let host = std::env::var("DOCKER_HOST").ok().filter(|_| on_podman())?;
+    host.strip_prefix("unix://").map(str::to_owned)
+}
+
+/// On the rootless leg, the host user and group a container's root is (the rootless
+/// service's user: its socket's owner); `None` elsewhere. A host directory a rootless engine
+/// writes through a bind mount must be theirs, as on a host where the deployment user runs it.
+pub fn rootless_owner() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let socket = podman_under_test().filter(|_| on_rootless_podman())?;
+    let meta = std::fs::metadata(&socket)
+        .unwrap_or_else(|e| panic!("the rootless Podman socket {socket}: {e}"));
+    Some((meta.uid(), meta.gid()))
+}
+
+/// The host user and group ids a container's `uid`:`gid` is on the engine under test: the
+/// same ids, except on the rootless leg, where the container's root is the service's user and
+/// ids from 1 on are its subordinate ranges (`/etc/subuid`, `/etc/subgid`), as
+/// `podman unshare chown` would give a directory to a container's user.
+pub fn host_ids(uid: u32, gid: u32) -> (u32, u32) {
+    let Some((user_uid, user_gid)) = rootless_owner() else { return (uid, gid) };
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    let user = passwd
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)? == user_uid.to_string()).then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no user {user_uid} in /etc/passwd"));
+    let map = |file: &str, id: u32, own: u32| -> u32 {
+        if id == 0 {
+            return own;
+        }
+        let ranges = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let start: u32 = ranges
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{user}:"))?.split(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no range of {user} in {file}"));
+        start + id - 1
+    };
+    (map("/etc/subuid", uid, user_uid), map("/etc/subgid", gid, user_gid))
+}
+
+/// Gives `path` and everything under it to the rootless service's user ([`rootless_owner`])
+/// on the rootless leg; nothing elsewhere.
+pub fn give_to_rootless_user(path: &std::path::Path) {
+    let Some((uid, gid)) = rootless_owner() else { return };
+    let out = std::process::Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("chown: {e}"));
+    assert!(out.status.success(), "chown {path:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Whether `DOCKER_HOST` is the socket the test bed variable `var` names.
+fn docker_host_is(var: &str) -> bool {
+    let (Ok(host), Some(socket)) = (std::env::var("DOCKER_HOST"), testbed::var(var)) else {
+        return false;
+    };
+    host.strip_prefix("unix://") == Some(socket.as_str())
 }
 
 /// Whether the engine's `reported` image name (a container's `Config.Image`) is `expected`:

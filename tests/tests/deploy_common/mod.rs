@@ -247,9 +247,7 @@ pub fn deployer(env: &[(&'static str, String)]) -> Proc {
 /// it listens.
 pub fn deployer_proxy(socket: &std::path::Path) -> Proc {
     let mut env = vec![("STEWARD_SOCKPROXY_SOCKETS", format!("deployer={}", socket.display()))];
-    if let Some(podman) = steward_testkit::testbed::var("STEWARD_TEST_PODMAN_SOCKET")
-        .filter(|_| steward_testkit::on_podman())
-    {
+    if let Some(podman) = steward_testkit::podman_under_test() {
         env.push(("STEWARD_SOCKPROXY_UPSTREAM", podman));
     }
     let proxy = Proc::start("steward-sockproxy", &env);
