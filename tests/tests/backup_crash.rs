@@ -447,9 +447,10 @@ fn all_names(flow: Flow, points: &[String]) -> String {
     names.join(",")
 }
 
-/// Publishes `request` to a service killed at `spec`; for `Twice`, a second one killed at the
-/// first point it passes; then a clean one, which concludes the flow. Returns the clean
-/// service and the stored events once the flow has a terminal one.
+/// Publishes `request` to a service killed at `spec` (not before `not_before`: the service
+/// starts meanwhile); for `Twice`, a second one killed at the first point it passes; then a
+/// clean one, which concludes the flow. Returns the clean service and the stored events once
+/// the flow has a terminal one.
 #[allow(clippy::too_many_arguments)] // one call per flow; a struct would only rename them
 async fn kill_and_recover(
     bed: &Bed,
@@ -461,9 +462,13 @@ async fn kill_and_recover(
     points: &[String],
     after_kill: &dyn Fn(&str),
     extra: &[(&'static str, String)],
+    not_before: Option<tokio::time::Instant>,
 ) -> (Service, Vec<Event>) {
     let mut first = bed.service_with(bus, Some(spec), extra);
     first.consuming();
+    if let Some(at) = not_before {
+        tokio::time::sleep_until(at).await;
+    }
     bus.publish(request).await.unwrap_or_else(|e| panic!("publish: {e}"));
     assert!(first.exits_within(Duration::from_secs(90)), "{spec}: never reached\n{}", first.logs());
     assert!(first.logs().contains("aborting"), "{spec}: exited otherwise:\n{}", first.logs());
@@ -504,20 +509,31 @@ fn check_flow(
     mine
 }
 
-/// A backup killed at `spec` (by services with `extra` settings), concluded and checked;
-/// the clean service's log.
+/// A backup killed at `spec` (by services with `extra` settings, requested not before
+/// `not_before`), concluded and checked; the clean service's log.
 async fn backup_run(
     bed: &Bed,
     spec: &str,
     variant: Variant,
     points: &[String],
     extra: &[(&'static str, String)],
+    not_before: Option<tokio::time::Instant>,
 ) -> String {
     let bus = TestBus::new("bkcrash").await;
     let request = bed.backup_request();
-    let (mut last, _) =
-        kill_and_recover(bed, &bus, Flow::Backup, &request, spec, variant, points, &|_| {}, extra)
-            .await;
+    let (mut last, _) = kill_and_recover(
+        bed,
+        &bus,
+        Flow::Backup,
+        &request,
+        spec,
+        variant,
+        points,
+        &|_| {},
+        extra,
+        not_before,
+    )
+    .await;
     let log = last.proc.log.clone();
     let context = move || {
         let logs = std::fs::read_to_string(&log).unwrap_or_default();
@@ -566,9 +582,19 @@ async fn restore_run(
     let before = bed.content();
     let request = restore_request(backup_id);
     let check = |when: &str| bed.old_or_new(&before, backed_up, when);
-    let (mut last, _) =
-        kill_and_recover(bed, &bus, Flow::Restore, &request, spec, variant, points, &check, &[])
-            .await;
+    let (mut last, _) = kill_and_recover(
+        bed,
+        &bus,
+        Flow::Restore,
+        &request,
+        spec,
+        variant,
+        points,
+        &check,
+        &[],
+        None,
+    )
+    .await;
     let log = last.proc.log.clone();
     let context = move || {
         let logs = std::fs::read_to_string(&log).unwrap_or_default();
@@ -690,7 +716,7 @@ async fn backup_campaign(variant: Variant, offset: u64) {
     let chosen = sample(&format!("backup {variant:?}"), &points, offset);
     for spec in &chosen {
         let t = Instant::now();
-        backup_run(&bed, spec, variant, &points, &[]).await;
+        backup_run(&bed, spec, variant, &points, &[], None).await;
         eprintln!("backup {variant:?} {spec}: ok in {:.1}s", t.elapsed().as_secs_f64());
     }
     bed.destroy().await;
@@ -769,6 +795,16 @@ async fn a_restore_killed_twice_in_a_row_at_each_point() {
     restore_campaign(Variant::Twice, 1).await;
 }
 
+/// How long a changed file takes to settle: a file changed less than 2 s before a listing
+/// starts is read again by the next backup.
+const SETTLE: Duration = Duration::from_millis(2100);
+
+/// [`SETTLE`] counted from this call (not from the first poll), so what runs before it is
+/// awaited overlaps the wait.
+fn settled_from_now() -> tokio::time::Sleep {
+    tokio::time::sleep(SETTLE)
+}
+
 /// Incremental backups: the service with `STEWARD_BACKUP_INCREMENTAL=true`.
 fn incremental() -> [(&'static str, String); 1] {
     [("STEWARD_BACKUP_INCREMENTAL", "true".into())]
@@ -796,10 +832,12 @@ async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
     let mut points = vec![];
     for n in 0..2 {
         change(n);
-        // Settled: a file changed less than 2 s before its listing is read again next time.
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Settled: a file changed less than 2 s before its listing is read again next time
+        // (the service starts meanwhile; the backup is requested once the wait is over).
+        let settled = settled_from_now();
         let mut s = bed.service_with(&bus, Some(""), &incremental());
         s.consuming();
+        settled.await;
         let request = bed.backup_request();
         bus.publish(&request).await.unwrap_or_else(|e| panic!("publish: {e}"));
         let all = wait_terminal(&bus, Flow::Backup, request.correlation_id, &s).await;
@@ -822,9 +860,11 @@ async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
         for spec in &chosen {
             change(n);
             n += 1;
-            tokio::time::sleep(Duration::from_millis(2100)).await;
+            // Settled as above, the first service starting meanwhile.
+            let settled = tokio::time::Instant::now() + SETTLE;
             let t = Instant::now();
-            let logs = backup_run(&bed, spec, variant, &points, &incremental()).await;
+            let logs =
+                backup_run(&bed, spec, variant, &points, &incremental(), Some(settled)).await;
             // A recovery that takes the backup again still takes the unchanged entries from
             // an earlier one (one killed after its manifest only concludes it).
             if logs.contains("stored as chunks") {
