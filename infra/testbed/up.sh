@@ -256,59 +256,75 @@ chgrp podman "$PODMAN_SOCKET" && chmod 660 "$PODMAN_SOCKET"
 
 # ---- rootless Podman (issue 22) -----------------------------------------------------------
 # The same API served by an unprivileged user's Podman, as a host without root for the
-# engine runs it: user `steward-rootless` (its home and runtime directory under $STATE), its
-# containers in a user namespace of its /etc/subuid range, native overlay storage (Debian
-# ships no storage.conf: without one Podman falls back to vfs, a full copy per layer), cgroupfs
-# and a file for events (no systemd here, nor a user session), the test bed's registries.
-# Without systemd nothing schedules healthchecks, as for the rootful service; on cgroup v1 it
-# ignores resource limits and cannot pause (docs/podman.md, "Rootless"). Root (the tests)
-# reaches the socket, which the user owns.
+# engine runs it: user `steward-rootless` (its home under $STATE), its containers in a user
+# namespace of its /etc/subuid range, native overlay storage (Debian ships no storage.conf:
+# without one Podman falls back to vfs, a full copy per layer), cgroupfs and a file for
+# events (no systemd here, nor a user session), the test bed's registries. Its configuration
+# is root's, outside the user's home (root never writes where that user could plant a
+# symlink), given by the CONTAINERS_* variables as for the rootful service. Without systemd
+# nothing schedules healthchecks, as for the rootful service; on cgroup v1 it ignores resource
+# limits and cannot pause (docs/podman.md, "Rootless Podman"). Root (the tests) reaches the
+# socket, which the user owns.
 ROOTLESS_USER=steward-rootless
 ROOTLESS=$STATE/rootless
+ROOTLESS_CONF=$STATE/podman-rootless
+# Its runtime directory is on /run, as a login session's would be (Podman's marks of a
+# running service must not outlive a reboot).
+ROOTLESS_RUN=${STEWARD_TESTBED_PODMAN_ROOTLESS_RUN:-/run/steward-test-podman-rootless}
+ROOTLESS_SOCKET=$ROOTLESS_RUN/podman.sock
 # newuidmap/newgidmap map the user's range; slirp4netns is the network of a container the
 # CLI runs (the API's default is netavark's, which came with podman).
 need newuidmap uidmap
 need slirp4netns slirp4netns
+install -d -m 755 "$ROOTLESS" "$ROOTLESS_CONF"
 if ! id -u "$ROOTLESS_USER" >/dev/null 2>&1; then
   useradd --system --home-dir "$ROOTLESS/home" --create-home --shell /usr/sbin/nologin \
     --user-group "$ROOTLESS_USER"
 fi
-# A system user gets no subordinate ids from useradd; the range is the first free 65536 from
-# 300000 on this host's files.
-for ids in subuid subgid; do
-  grep -q "^$ROOTLESS_USER:" "/etc/$ids" 2>/dev/null && continue
-  start=300000
-  while awk -F: -v s="$start" '$2 < s + 65536 && s < $2 + $3 { found = 1 } END { exit !found }' \
-    "/etc/$ids" 2>/dev/null; do start=$((start + 65536)); done
-  echo "$ROOTLESS_USER:$start:65536" >>"/etc/$ids"
-done
-install -d -m 700 -o "$ROOTLESS_USER" -g "$ROOTLESS_USER" "$ROOTLESS/home" "$ROOTLESS/run" \
-  "$ROOTLESS/home/.config" "$ROOTLESS/home/.config/containers"
-ROOTLESS_SOCKET=$ROOTLESS/run/podman.sock
-rootless_conf=$ROOTLESS/home/.config/containers
-printf '[storage]\ndriver = "overlay"\n' >"$rootless_conf/storage.conf"
+# A system user gets no subordinate ids from useradd: the first 65536 free from 300000 in
+# both files, added by usermod (which refuses an overlap itself).
+if ! grep -q "^$ROOTLESS_USER:" /etc/subuid 2>/dev/null || ! grep -q "^$ROOTLESS_USER:" /etc/subgid 2>/dev/null; then
+  first=300000
+  while cat /etc/subuid /etc/subgid 2>/dev/null | awk -F: -v s="$first" \
+    '$2 < s + 65536 && s < $2 + $3 { found = 1 } END { exit !found }'; do
+    first=$((first + 65536))
+  done
+  grep -q "^$ROOTLESS_USER:" /etc/subuid 2>/dev/null \
+    || usermod --add-subuids "$first-$((first + 65535))" "$ROOTLESS_USER"
+  grep -q "^$ROOTLESS_USER:" /etc/subgid 2>/dev/null \
+    || usermod --add-subgids "$first-$((first + 65535))" "$ROOTLESS_USER"
+fi
+install -d -m 700 -o "$ROOTLESS_USER" -g "$ROOTLESS_USER" "$ROOTLESS/home" "$ROOTLESS_RUN"
+printf '[storage]\ndriver = "overlay"\n' >"$ROOTLESS_CONF/storage.conf.new"
 printf '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n[containers]\ndefault_ulimits = ["nofile=%s:%s"]\n' \
-  "$(ulimit -Hn)" "$(ulimit -Hn)" >"$rootless_conf/containers.conf.new"
-cp "$STATE/podman/registries.conf" "$rootless_conf/registries.conf.new"
+  "$(ulimit -Hn)" "$(ulimit -Hn)" >"$ROOTLESS_CONF/containers.conf.new"
+cp "$STATE/podman/registries.conf" "$ROOTLESS_CONF/registries.conf.new"
 restart_rootless=
-for f in containers.conf registries.conf; do
-  if ! cmp -s "$rootless_conf/$f.new" "$rootless_conf/$f"; then
-    mv "$rootless_conf/$f.new" "$rootless_conf/$f"
+for f in storage.conf containers.conf registries.conf; do
+  chmod 644 "$ROOTLESS_CONF/$f.new"
+  if ! cmp -s "$ROOTLESS_CONF/$f.new" "$ROOTLESS_CONF/$f"; then
+    mv "$ROOTLESS_CONF/$f.new" "$ROOTLESS_CONF/$f"
     restart_rootless=yes
   else
-    rm -f "$rootless_conf/$f.new"
+    rm -f "$ROOTLESS_CONF/$f.new"
   fi
 done
-chown -R "$ROOTLESS_USER:$ROOTLESS_USER" "$rootless_conf"
 rootless_up() { curl -sf --max-time 2 --unix-socket "$ROOTLESS_SOCKET" http://podman/_ping >/dev/null 2>&1; }
-if [ -n "$restart_rootless" ]; then
-  pkill -u "$ROOTLESS_USER" -f "podman system service" 2>/dev/null && sleep 1 || true
+# A changed configuration, or a service of the user's not answering on this socket (another
+# path, hung): stopped, so that one service only uses the user's store.
+if [ -n "$restart_rootless" ] || ! rootless_up; then
+  if pkill -u "$ROOTLESS_USER" -f "podman system service" 2>/dev/null; then
+    for _ in $(seq 1 50); do pgrep -u "$ROOTLESS_USER" -f "podman system service" >/dev/null || break; sleep 0.1; done
+  fi
 fi
 if ! rootless_up; then
   log "starting rootless podman system service on $ROOTLESS_SOCKET (user $ROOTLESS_USER)"
   rm -f "$ROOTLESS_SOCKET"
   (cd "$ROOTLESS/home" && setsid nohup runuser -u "$ROOTLESS_USER" -- env -i \
-    PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOTLESS/home" XDG_RUNTIME_DIR="$ROOTLESS/run" \
+    PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$ROOTLESS/home" XDG_RUNTIME_DIR="$ROOTLESS_RUN" \
+    CONTAINERS_CONF="$ROOTLESS_CONF/containers.conf" \
+    CONTAINERS_STORAGE_CONF="$ROOTLESS_CONF/storage.conf" \
+    CONTAINERS_REGISTRIES_CONF="$ROOTLESS_CONF/registries.conf" \
     podman system service --time=0 "unix://$ROOTLESS_SOCKET" \
     >>"$STATE/logs/podman-rootless.log" 2>&1 </dev/null &)
   for _ in $(seq 1 100); do rootless_up && break; sleep 0.2; done

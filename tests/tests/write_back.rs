@@ -256,9 +256,9 @@ async fn the_env_variable_follows_the_update_and_compose_up_keeps_it() {
     let (env, compose) = (project.read(".env"), project.read("docker-compose.yml"));
     let env_path = project.dir.join(".env");
     std::fs::set_permissions(&env_path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    // Not root's, nor the updater's: on the rootless leg the deployment user's, whose files
-    // a rootless engine writes (another user's it cannot read).
-    let (uid, gid) = steward_testkit::rootless_owner().unwrap_or((1234, 2345));
+    // Not root's, nor the updater's (on the rootless leg 1234:2345 of its containers, ids of
+    // its user's range: another host user's file a rootless engine cannot read).
+    let (uid, gid) = steward_testkit::host_ids(1234, 2345);
     std::os::unix::fs::chown(&env_path, Some(uid), Some(gid)).expect("chown");
     let p = updater(&bus, &scope, &[]);
 

@@ -250,11 +250,14 @@ async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_
     // (An unsigned copy of the pruned backup is in the bucket throughout: it protects nothing.)
     let stack = Stack::start("cdc-gc", &[]).await;
     let backups = incremental(&stack);
-    fill(&stack, 40);
+    // 20 MB, 18 of them changed: at least four whole chunks (of at most 4 MiB) only the
+    // pruned backup needs, about 17 on average. (With 8 MB, 6 changed, a run whose chunks
+    // came out large had fewer than the five asserted below.)
+    fill(&stack, 100);
     let (pruned, _) = back_up(&backups).await;
     // Most files change: the pruned backup has many chunks no other needs.
     stack.app_sh(
-        "i=0; while [ $i -lt 30 ]; do \
+        "i=0; while [ $i -lt 90 ]; do \
          dd if=/dev/urandom of=/data/files/f$i bs=200k count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done",
     );
     let (kept, kept_m) = back_up(&backups).await;

@@ -600,7 +600,8 @@ impl Engine {
                 c.labels.get(SWAP_LABEL).map(String::as_str) == Some(name) && c.name != name;
             named || labelled
         };
-        for c in self.containers(|_| true).await? {
+        // Swap leftovers by name or label, whatever else they carry.
+        for c in self.containers_and_stand_ins(|_| true).await? {
             let kept = keep.iter().any(|k| *k == c.id || c.id.starts_with(*k) || *k == c.name);
             if leftover(&c) && !kept {
                 self.remove(&c.id, false).await?;
@@ -659,7 +660,9 @@ impl Engine {
     async fn containers_with_network_modes(
         &self,
     ) -> Result<Vec<crate::ops::ListedContainer>, EngineError> {
-        let mut all = self.containers(|_| true).await?;
+        // With stand-ins: a one-off in the namespace (`compose run` of a service with
+        // `network_mode: service:X`) depends on it like a service does.
+        let mut all = self.containers_and_stand_ins(|_| true).await?;
         for c in &mut all {
             if c.network_mode.is_some() {
                 continue;

@@ -273,21 +273,24 @@ async fn helpers_and_one_offs_of_a_labelled_image_are_never_listed_as_services()
     );
     let (service, one_off, scratch) =
         (unique_name("svc"), unique_name("svc-run"), unique_name("svc-scratch"));
+    let owner = unique_name("update");
+    let helper_filter = format!("label={}={owner}", steward_labels::PROJECT_HELPER);
+    // Dropped before the image's tag, also when an assertion fails: the write-back helpers
+    // (nothing else removes a never-started helper) and the project directory.
+    let dir = std::env::temp_dir().join(unique_name("stand-in-project"));
+    let _helpers = Leftovers { filter: helper_filter.clone(), dir: dir.clone() };
     let _service = Container::run(&service, &[&image]);
     let _one_off = Container::run(&one_off, &["--label", "com.docker.compose.oneoff=True", &image]);
     let _scratch = Container::adopt(scratch.clone());
-    let dir = std::env::temp_dir().join(unique_name("stand-in-project"));
     std::fs::create_dir_all(&dir).expect("project dir");
     let dir_s = dir.to_str().expect("utf-8 path").to_owned();
 
     let engine = Engine::from_env();
     engine.start_scratch(&scratch, &image, vec![]).await.expect("start a scratch");
     // Two write-back helpers of one owner: the second open sweeps the first, as after a kill.
-    let owner = unique_name("update");
     let left = engine.open_project_dir(&dir_s, &service, &owner).await.expect("open the project");
     drop(left);
     let project = engine.open_project_dir(&dir_s, &service, &owner).await.expect("open again");
-    let helper_filter = format!("label={}={owner}", steward_labels::PROJECT_HELPER);
     let helpers = docker(&["ps", "-aq", "--filter", &helper_filter]);
     assert_eq!(helpers.lines().count(), 1, "the left helper swept: {helpers}");
     // Every container of the image, as the engine sees them (they all carry the scope).
@@ -306,5 +309,24 @@ async fn helpers_and_one_offs_of_a_labelled_image_are_never_listed_as_services()
     project.close().await.expect("close the project");
     let helpers = docker(&["ps", "-aq", "--filter", &helper_filter]);
     assert_eq!(helpers.trim(), "", "the helper removed");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Removes the containers `filter` selects and the directory `dir` when dropped.
+struct Leftovers {
+    filter: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let ids = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &self.filter])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", "-v", id]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

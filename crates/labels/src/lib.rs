@@ -242,8 +242,8 @@ pub fn one_off(labels: &HashMap<String, String>) -> bool {
 }
 
 /// Steward's mark on its own short-lived containers (value: what each works for): a
-/// listing's one-shot, a restore's or a PITR replay's scratch, a helper sharing a stopped
-/// container's volumes.
+/// listing's one-shot, a restore's, a verification's or a PITR replay's scratch, a helper
+/// sharing a stopped container's volumes.
 pub const HELPER: &str = "steward.helper";
 /// The mark of the never-started helper that mounts a compose project's directory (value:
 /// its owner, the update's id), told apart so that its owner can sweep its own leftovers.
