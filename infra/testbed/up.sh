@@ -242,7 +242,9 @@ else
 fi
 printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=4096:4096"]\n' \
   "$(ulimit -Hn)" "$(ulimit -Hn)" >"$STATE/podman/containers.conf"
-podman_up() { curl -sf --max-time 2 --unix-socket "$PODMAN_SOCKET" http://podman/_ping >/dev/null 2>&1; }
+# Whether a Podman service answers on socket $1.
+podman_answers() { curl -sf --max-time 2 --unix-socket "$1" http://podman/_ping >/dev/null 2>&1; }
+podman_up() { podman_answers "$PODMAN_SOCKET"; }
 if ! podman_up; then
   log "starting podman system service on $PODMAN_SOCKET"
   rm -f "$PODMAN_SOCKET"
@@ -309,7 +311,7 @@ for f in storage.conf containers.conf registries.conf; do
     rm -f "$ROOTLESS_CONF/$f.new"
   fi
 done
-rootless_up() { curl -sf --max-time 2 --unix-socket "$ROOTLESS_SOCKET" http://podman/_ping >/dev/null 2>&1; }
+rootless_up() { podman_answers "$ROOTLESS_SOCKET"; }
 # A changed configuration, or a service of the user's not answering on this socket (another
 # path, hung): stopped, so that one service only uses the user's store.
 if [ -n "$restart_rootless" ] || ! rootless_up; then

@@ -799,12 +799,6 @@ async fn a_restore_killed_twice_in_a_row_at_each_point() {
 /// starts is read again by the next backup.
 const SETTLE: Duration = Duration::from_millis(2100);
 
-/// [`SETTLE`] counted from this call (not from the first poll), so what runs before it is
-/// awaited overlaps the wait.
-fn settled_from_now() -> tokio::time::Sleep {
-    tokio::time::sleep(SETTLE)
-}
-
 /// Incremental backups: the service with `STEWARD_BACKUP_INCREMENTAL=true`.
 fn incremental() -> [(&'static str, String); 1] {
     [("STEWARD_BACKUP_INCREMENTAL", "true".into())]
@@ -834,7 +828,8 @@ async fn an_incremental_backup_killed_while_it_splices_once_and_twice() {
         change(n);
         // Settled: a file changed less than 2 s before its listing is read again next time
         // (the service starts meanwhile; the backup is requested once the wait is over).
-        let settled = settled_from_now();
+        // (A `Sleep`'s deadline is fixed when it is made.)
+        let settled = tokio::time::sleep(SETTLE);
         let mut s = bed.service_with(&bus, Some(""), &incremental());
         s.consuming();
         settled.await;

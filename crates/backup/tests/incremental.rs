@@ -20,18 +20,6 @@ use steward_events::RestoreScope;
 use steward_store::chunks::CHUNKS_DIR;
 use steward_store::manifest::Manifest;
 
-/// [`settle`] started now and awaited later: what runs in between (reading a tree, which
-/// writes nothing) overlaps the wait instead of adding to it. The wait starts when the task
-/// is first polled, never before this call, so it still ends at least as long after the last
-/// write as [`settle`] would.
-fn settling() -> tokio::task::JoinHandle<()> {
-    tokio::spawn(settle())
-}
-
-async fn settled(wait: tokio::task::JoinHandle<()>) {
-    wait.await.unwrap_or_else(|e| panic!("settle: {e}"));
-}
-
 async fn chunk_objects(stack: &Stack) -> BTreeSet<String> {
     let objects = stack.store.list_objects(CHUNKS_DIR).await;
     objects.unwrap_or_else(|e| panic!("list chunks: {e}")).into_iter().collect()
@@ -53,9 +41,9 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
     fill(&stack, 200);
     // Settled before the first listing: a file changed less than two seconds before a
     // listing starts is read again by the next backup, whatever its listing says.
-    let wait = settling();
+    let wait = settle();
     let first_tree = tree(&stack);
-    settled(wait).await;
+    wait.await;
     let (first, m1) = back_up(&backups).await;
     let c1 = path_component(&m1);
     assert_eq!(c1.encoding, "cdc2+zstd+age");
@@ -68,10 +56,10 @@ async fn a_second_backup_uploads_only_the_changed_chunks_and_both_restore_byte_i
         "dd if=/dev/urandom of=/data/files/f17 bs=200k count=1 conv=notrunc 2>/dev/null; \
          dd if=/dev/urandom of=/data/files/f150 bs=200k count=1 conv=notrunc 2>/dev/null",
     );
-    let wait = settling();
+    let wait = settle();
     let second_tree = tree(&stack);
     assert_ne!(first_tree, second_tree);
-    settled(wait).await;
+    wait.await;
     let (second, m2) = back_up(&backups).await;
     let after_second = chunk_objects(&stack).await;
     let new: BTreeSet<String> = after_second.difference(&after_first).cloned().collect();
@@ -468,9 +456,9 @@ async fn an_old_chunk_deleted_under_its_index_is_stored_again_not_named_unread()
     stack.store.delete(&victim).await.unwrap_or_else(|e| panic!("{e}"));
 
     stack.app_sh("dd if=/dev/urandom of=/data/files/f29 bs=200k count=1 conv=notrunc 2>/dev/null");
-    let wait = settling();
+    let wait = settle();
     let second_tree = tree(&stack);
-    settled(wait).await;
+    wait.await;
     let (second, m2) = back_up(&backups).await;
     let said = path_lines(&stack, "missing from the bucket");
     assert!(
@@ -514,9 +502,9 @@ async fn a_hard_linked_file_makes_the_path_read_whole_and_comes_back_linked() {
     assert!(path_component(&m1).tree.is_some(), "the first keeps a tree: {m1:?}");
 
     stack.app_sh("dd if=/dev/urandom of=/data/files/f2 bs=200k count=1 conv=notrunc 2>/dev/null");
-    let wait = settling();
+    let wait = settle();
     let second_tree = tree(&stack);
-    settled(wait).await;
+    wait.await;
     let (second, m2) = back_up(&backups).await;
     let said = path_lines(&stack, "read whole");
     assert!(said.iter().any(|l| l.contains("hard-linked")), "no splice, and why: {said:#?}");
@@ -527,9 +515,9 @@ async fn a_hard_linked_file_makes_the_path_read_whole_and_comes_back_linked() {
     assert!(second_lines.iter().all(|l| !l.contains("unread")), "{second_lines:#?}");
 
     stack.app_sh("rm /data/files/f7-again");
-    let wait = settling();
+    let wait = settle();
     let third_tree = tree(&stack);
-    settled(wait).await;
+    wait.await;
     let (third, _) = back_up(&backups).await;
     // Read: f7 (one link fewer moved its ctime) and the directory that held the link.
     spliced(&third, 2);
@@ -609,9 +597,9 @@ async fn a_container_with_gnu_tools_without_tar_or_find_is_spliced_or_read_whole
     sh("head -c 200000 /dev/urandom > /srv/files/f4 && echo new > /srv/files/new.txt && chown 1001:101 /srv/files/new.txt");
     // Settled before the listing, so the next backup does not read them again (the tree,
     // which writes nothing, read meanwhile).
-    let wait = settling();
+    let wait = settle();
     let by_tar_tree = gnu_tree(&name, "/srv", "find");
-    settled(wait).await;
+    wait.await;
     let (by_tar, _) = back_up(&backups).await;
     // f4 and new.txt read, /srv/files's header made from its listing.
     spliced(&by_tar, 3);
@@ -620,9 +608,9 @@ async fn a_container_with_gnu_tools_without_tar_or_find_is_spliced_or_read_whole
     sh("mv /usr/bin/tar /root/tar && head -c 200000 /dev/urandom > /srv/files/f8 && echo two > /srv/files/two.txt");
     // Settled before the listing, so the next backup does not read them again (the tree
     // read meanwhile).
-    let wait = settling();
+    let wait = settle();
     let by_api_tree = gnu_tree(&name, "/srv", "find");
-    settled(wait).await;
+    wait.await;
     let (by_api, _) = back_up(&backups).await;
     spliced(&by_api, 3);
 

@@ -277,13 +277,12 @@ async fn helpers_and_one_offs_of_a_labelled_image_are_never_listed_as_services()
     let helper_filter = format!("label={}={owner}", steward_labels::PROJECT_HELPER);
     // Dropped before the image's tag, also when an assertion fails: the write-back helpers
     // (nothing else removes a never-started helper) and the project directory.
-    let dir = std::env::temp_dir().join(unique_name("stand-in-project"));
-    let _helpers = Leftovers { filter: helper_filter.clone(), dir: dir.clone() };
+    let _helpers = Labelled(helper_filter.clone());
+    let dir = steward_testkit::TempDir::new("stand-in-project");
     let _service = Container::run(&service, &[&image]);
     let _one_off = Container::run(&one_off, &["--label", "com.docker.compose.oneoff=True", &image]);
     let _scratch = Container::adopt(scratch.clone());
-    std::fs::create_dir_all(&dir).expect("project dir");
-    let dir_s = dir.to_str().expect("utf-8 path").to_owned();
+    let dir_s = dir.0.to_str().expect("utf-8 path").to_owned();
 
     let engine = Engine::from_env();
     engine.start_scratch(&scratch, &image, vec![]).await.expect("start a scratch");
@@ -311,22 +310,18 @@ async fn helpers_and_one_offs_of_a_labelled_image_are_never_listed_as_services()
     assert_eq!(helpers.trim(), "", "the helper removed");
 }
 
-/// Removes the containers `filter` selects and the directory `dir` when dropped.
-struct Leftovers {
-    filter: String,
-    dir: std::path::PathBuf,
-}
+/// Removes the containers the `docker ps` filter selects when dropped.
+struct Labelled(String);
 
-impl Drop for Leftovers {
+impl Drop for Labelled {
     fn drop(&mut self) {
         let ids = std::process::Command::new("docker")
-            .args(["ps", "-aq", "--filter", &self.filter])
+            .args(["ps", "-aq", "--filter", &self.0])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         for id in ids.split_whitespace() {
             let _ = std::process::Command::new("docker").args(["rm", "-f", "-v", id]).output();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -565,8 +565,9 @@ pub mod podman {
     use std::time::Duration;
 
     /// The rootful Podman service's socket path (the one [`cli`] works on, also on the
-    /// rootless leg), or `None` (with the reason printed) when it is absent and not asked for; `STEWARD_TEST_ENGINE=podman` asks for it: then a missing or silent
-    /// service fails the test.
+    /// rootless leg), or `None` (with the reason printed) when it is absent and not asked
+    /// for; `STEWARD_TEST_ENGINE=podman` asks for it: then a missing or silent service fails
+    /// the test.
     pub fn socket() -> Option<String> {
         socket_if(std::env::var("STEWARD_TEST_ENGINE").is_ok_and(|e| e == "podman"))
     }
@@ -1237,7 +1238,7 @@ pub fn host_ids(uid: u32, gid: u32) -> (u32, u32) {
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{user}:"))?.split(':').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no range of {user} in {file}"));
-        start + id - 1
+        start.checked_add(id - 1).unwrap_or_else(|| panic!("{file}: {user}'s range overflows"))
     };
     (map("/etc/subuid", uid, user_uid), map("/etc/subgid", gid, user_gid))
 }

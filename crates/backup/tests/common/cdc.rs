@@ -110,7 +110,9 @@ pub fn path_lines(stack: &Stack, needle: &str) -> Vec<String> {
 }
 
 /// Waits until what was just written has settled: a file changed less than two seconds before
-/// a listing starts is read again by the next backup, whatever its listing says.
-pub async fn settle() {
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+/// a listing starts is read again by the next backup, whatever its listing says. The wait is
+/// counted from this call, not from its first poll: what runs before it is awaited (reading a
+/// tree, which writes nothing) overlaps it.
+pub fn settle() -> tokio::time::Sleep {
+    tokio::time::sleep(std::time::Duration::from_millis(2100))
 }
