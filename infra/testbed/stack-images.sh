@@ -77,6 +77,11 @@ steward_image() {
   for b in "${BINARIES[@]}"; do cp "$dir/$b" "$ctx/root/usr/local/bin/$b"; done
   copy_libs "$ctx/root" "${BINARIES[@]/#/$dir/}"
   cp -L --parents /etc/ssl/certs/ca-certificates.crt "$ctx/root"
+  # A shell, find, date and sleep, as the Dockerfile's Debian base has: the backup service
+  # lists an app's volume in a container of its own image when the app's image cannot
+  # (engine listing.rs). busybox, static, as in deployer-tools (which this image is copied
+  # onto: the same file, the same links).
+  copy_with_libs "$ctx/root" /bin/busybox
   tar -C / -cf - usr/share/zoneinfo | tar -C "$ctx/root" -xf -
   # The socket proxy's socket directories, owned by 10001 (a fresh volume takes this owner).
   mkdir -p "$ctx/sockets/watcher" "$ctx/sockets/health" "$ctx/sockets/updater" "$ctx/sockets/backup" \
@@ -85,8 +90,9 @@ steward_image() {
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM scratch
 COPY root/ /
+RUN ["/bin/busybox","--install","-s","/bin"]
 COPY --chown=10001:10001 sockets/ /run/steward-docker/
-ENV PATH=/usr/local/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \
+ENV PATH=/usr/local/bin:/usr/bin:/bin STEWARD_HTTP_ADDR=0.0.0.0:9100 STEWARD_LOG_FORMAT=json \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt MALLOC_ARENA_MAX=2 \
     MALLOC_MMAP_THRESHOLD_=262144
 USER 10001:10001

@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use steward_events::{BackupReason, BackupRequested, Event, EventData};
-use steward_system_tests::{steward_with, Proc, TestBucket};
-use steward_testkit::docker::{docker, push, registry};
+use steward_system_tests::{service_env, steward_with, Proc, TestBucket};
+use steward_testkit::docker::{build_and_push, docker, push, registry, ImageTag};
 use steward_testkit::podman::{cli, pushed_app, Containers, Names};
 use steward_testkit::{stored_events, testbed, unique_name, wait_for, TestBus};
 
@@ -29,9 +29,9 @@ fn psql(db: &str, sql: &str) -> String {
     podman(&["exec", db, "psql", "-U", "app", "-d", "app", "-tAc", sql])
 }
 
-/// The `backup.done` or `backup.failed` answering a manual backup of `container` asked of
-/// `backup`, within 90 s.
-async fn backup_of(bus: &steward_bus::Bus, container: &str, backup: &Proc) -> Event {
+/// The `backup.done` or `backup.failed` answering a manual backup of `container`, within
+/// 90 s (`logs`: the backup service's, for the failure message).
+async fn backup_of(bus: &steward_bus::Bus, container: &str, logs: &dyn Fn() -> String) -> Event {
     let request = Event::new(
         "steward-cli/test",
         BackupRequested {
@@ -50,7 +50,7 @@ async fn backup_of(bus: &steward_bus::Bus, container: &str, backup: &Proc) -> Ev
         if let Some(e) = outcome {
             return e;
         }
-        assert!(Instant::now() < deadline, "no outcome: {}", backup.logs());
+        assert!(Instant::now() < deadline, "no outcome: {}", logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -126,7 +126,7 @@ async fn a_backup_on_podman_restores_and_verifies() {
     env.push(("STEWARD_SCOPE", scope.clone()));
     env.push(("DOCKER_HOST", format!("unix://{socket}")));
     let mut backup = Proc::service("steward-backup", &bus, &env);
-    let done = backup_of(&bus, &app, &backup).await;
+    let done = backup_of(&bus, &app, &|| backup.logs()).await;
     let EventData::BackupDone(done) = done.data else {
         panic!("backup on Podman failed: {:?}\n{}", done.data, backup.logs())
     };
@@ -196,7 +196,7 @@ async fn a_backup_on_podman_restores_and_verifies() {
     stop_env.push(("STEWARD_SCOPE", stopped_scope.clone()));
     stop_env.push(("DOCKER_HOST", format!("unix://{socket}")));
     let mut backup = Proc::service("steward-backup", &bus, &stop_env);
-    let outcome = backup_of(&bus, &stopped, &backup).await;
+    let outcome = backup_of(&bus, &stopped, &|| backup.logs()).await;
     let EventData::BackupDone(_) = outcome.data else {
         panic!("a backup of a stopped volume on Podman: {:?}\n{}", outcome.data, backup.logs())
     };
@@ -253,5 +253,175 @@ async fn a_backup_on_podman_restores_and_verifies() {
         .filter(|l| *l != format!("{stopped} ") && !l.starts_with(&format!("{scope}-")))
         .collect();
     assert!(ours.is_empty(), "left on Podman: {ours:?}");
+    bucket.destroy().await;
+}
+
+/// A named Podman volume, removed when dropped (after the containers using it).
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = cli(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
+/// The backup service in a container of Steward's own image (as the stack runs it), backing
+/// up and restoring the volume of a distroless app: its image holds one static binary, no
+/// shell, `find` or `tar`, so nothing can run in it. On Podman, whose archive read makes every
+/// entry root's, the owners come back only from a listing; before, the listing ran only in
+/// the app's container (and every file of such an app restored as root's, each backup read
+/// whole), and the restore's helpers ran the app's image (`/bin/sh` missing: the restore
+/// failed unless `STEWARD_RESTORE_HELPER_IMAGE` was set). Now both run in Steward's image,
+/// sharing the app's volumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_distroless_apps_volume_keeps_its_owners_with_stewards_image_listing_it() {
+    let Some(socket) = steward_testkit::podman::socket() else { return };
+    let bus = TestBus::new("poddistroless").await;
+    let bucket = TestBucket::new("podman-distroless").await;
+    let scope = unique_name("poddl");
+
+    // Steward's image and the app's, through the registry (Podman cannot read Docker's store).
+    let repository = |image: &str| image.rsplit_once(':').map(|(r, _)| r.to_owned());
+    let steward = format!("{}/{}:1", registry(), unique_name("steward-test/poddl-steward"));
+    let _steward_tag = ImageTag(steward.clone());
+    docker(&["tag", &steward_system_tests::stack::steward_image(), &steward]);
+    let steward_digest = push(&steward);
+    let app_image = format!("{}/{}:1", registry(), unique_name("steward-test/poddl-app"));
+    let _app_tag = ImageTag(app_image.clone());
+    let app_digest = build_and_push(
+        &app_image,
+        "FROM steward-test/busybox:latest AS tools\nFROM scratch\n\
+         COPY --from=tools /bin/busybox /busybox\nENTRYPOINT [\"/busybox\", \"sleep\", \"3600\"]\n",
+    );
+    let mut names = Names(vec![
+        steward.clone(),
+        format!("{}@{steward_digest}", repository(&steward).unwrap_or_default()),
+        app_image.clone(),
+        format!("{}@{app_digest}", repository(&app_image).unwrap_or_default()),
+    ]);
+    names.0.push(podman(&["pull", "-q", &steward]));
+    names.0.push(podman(&["pull", "-q", &app_image]));
+
+    // The app's data, with owners and modes of its own (written by a helper: the app cannot).
+    let volume = unique_name("poddl-data");
+    let _volume = Volume(volume.clone());
+    podman(&["volume", "create", &volume]);
+    let mount = format!("{volume}:/data");
+    let in_volume = |script: &str| {
+        podman(&["run", "--rm", "-v", &mount, "steward-test/busybox:latest", "sh", "-c", script])
+    };
+    in_volume(
+        "mkdir /data/sub && echo precious > /data/sub/a.txt && echo top > /data/top.txt \
+         && chown 1234:2345 /data/sub /data/sub/a.txt && chmod 640 /data/sub/a.txt \
+         && chown 33:44 /data/top.txt",
+    );
+    let app = format!("{scope}-app");
+    let backup = unique_name("poddl-backup");
+    let _containers = Containers(vec![app.clone(), backup.clone()]);
+    let scope_label = format!("steward.scope={scope}");
+    podman(&[
+        "run",
+        "-d",
+        "--name",
+        &app,
+        "--label",
+        &scope_label,
+        "--label",
+        "steward.backup.paths=/data",
+        // Its `sleep` ignores SIGTERM as PID 1: a restore's stop need not wait out a grace.
+        "--stop-signal",
+        "KILL",
+        "-v",
+        &mount,
+        &app_image,
+    ]);
+    assert_eq!(podman(&["inspect", "-f", "{{.State.Running}}", &app]), "true");
+    let exec = cli(&["exec", &app, "/bin/sh", "-c", "true"]);
+    assert!(!exec.status.success(), "the app's image has a shell: the test would prove nothing");
+
+    // The service as the stack runs it, in Steward's image, with the engine's socket (root in
+    // the container: Podman's socket is root's; the stack has the socket proxy instead) and
+    // the host's network for the test bed's NATS and S3 on 127.0.0.1.
+    let mut settings = bucket.env();
+    settings.push(("STEWARD_SCOPE", scope.clone()));
+    settings.push(("STEWARD_BACKUP_INCREMENTAL", "true".into()));
+    settings.push(("DOCKER_HOST", "unix:///run/steward-test-podman.sock".into()));
+    let settings: Vec<String> =
+        service_env(&bus, &settings).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let socket_mount = format!("{socket}:/run/steward-test-podman.sock");
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        &backup,
+        "--network",
+        "host",
+        "--user",
+        "0",
+        "-v",
+        &socket_mount,
+    ];
+    for setting in &settings {
+        args.extend(["-e", setting.as_str()]);
+    }
+    args.extend([steward.as_str(), "steward-backup"]);
+    podman(&args);
+    let logs = || {
+        let out = cli(&["logs", &backup]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    wait_for("the contained backup service consuming", Duration::from_secs(30), || {
+        logs().contains("\"consuming\"").then_some(())
+    });
+
+    let first = backup_of(&bus, &app, &logs).await;
+    assert!(matches!(first.data, EventData::BackupDone(_)), "{:?}\n{}", first.data, logs());
+    in_volume("echo later > /data/later.txt && chown 5:6 /data/later.txt");
+    let second = backup_of(&bus, &app, &logs).await;
+    assert!(matches!(second.data, EventData::BackupDone(_)), "{:?}\n{}", second.data, logs());
+    // Listed, so the second took the unchanged entries from the first (before: read whole).
+    let log = logs();
+    assert!(!log.contains("no listing of the path"), "{log}");
+    assert!(log.contains("unchanged entries taken from the previous backup unread"), "{log}");
+
+    in_volume("rm -rf /data/sub /data/later.txt && echo stray > /data/stray.txt");
+    let mut cli_env = bucket.env();
+    cli_env.push(("STEWARD_SCOPE", scope.clone()));
+    cli_env.push(("DOCKER_HOST", format!("unix://{socket}")));
+    let restored = steward_with(&bus, &cli_env, &["restore", "latest", "--yes"]);
+    assert!(
+        restored.status.success(),
+        "restore of a distroless app on Podman: {}\n{}",
+        String::from_utf8_lossy(&restored.stderr),
+        logs()
+    );
+    let seen = in_volume(
+        "cat /data/sub/a.txt /data/top.txt /data/later.txt; ls /data; \
+         stat -c '%u:%g %a' /data/sub /data/sub/a.txt /data/top.txt /data/later.txt",
+    );
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [
+            "precious",
+            "top",
+            "later",
+            "later.txt",
+            "sub",
+            "top.txt",
+            "1234:2345 755",
+            "1234:2345 640",
+            "33:44 644",
+            "5:6 644"
+        ],
+        "{seen}\n{}",
+        logs()
+    );
+    assert_eq!(podman(&["inspect", "-f", "{{.State.Running}}", &app]), "true");
+    // Every one-shot and helper of the app's is gone.
+    let helpers = podman(&["ps", "-a", "-q", "--filter", &format!("label=steward.helper={app}")]);
+    assert!(helpers.is_empty(), "left on Podman: {helpers}");
+    podman(&["stop", "-t", "20", &backup]);
+    let exit = podman(&["inspect", "-f", "{{.State.ExitCode}}", &backup]);
+    assert_eq!(exit, "0", "{}", logs());
     bucket.destroy().await;
 }

@@ -680,20 +680,25 @@ impl Backups {
         Err(last)
     }
 
-    /// An image with `/bin/sh` that sees `container`'s volumes.
+    /// An image with `/bin/sh` for the helpers that share `container`'s volumes: the one set,
+    /// else Steward's own when this service runs in a container of the engine (an app's image
+    /// may have no shell), else the container's own.
     pub(crate) async fn helper_image(&self, container: &str) -> Result<String, Failure> {
-        Ok(match &self.config.helper_image {
-            Some(image) => image.clone(),
-            None => self
-                .engine
-                .inspect_json(container)
-                .await
-                .map_err(Failure::plain)?
-                .pointer("/Image")
-                .and_then(|i| i.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-        })
+        if let Some(image) = &self.config.helper_image {
+            return Ok(image.clone());
+        }
+        if let Some(own) = self.engine.own_image().await {
+            return Ok(own);
+        }
+        Ok(self
+            .engine
+            .inspect_json(container)
+            .await
+            .map_err(Failure::plain)?
+            .pointer("/Image")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// Runs `script` with `args` ($0, $1, …) in a helper with `container`'s volumes.

@@ -19,6 +19,7 @@ use steward_engine::Engine;
 use steward_events::RestoreScope;
 use steward_store::chunks::CHUNKS_DIR;
 use steward_store::manifest::Manifest;
+use steward_testkit::docker::docker;
 
 async fn chunk_objects(stack: &Stack) -> BTreeSet<String> {
     let objects = stack.store.list_objects(CHUNKS_DIR).await;
@@ -529,6 +530,37 @@ async fn a_hard_linked_file_makes_the_path_read_whole_and_comes_back_linked() {
     assert_eq!(pair.len(), 2, "{after}");
     assert!(pair[0] == pair[1] && pair[0].starts_with("2 "), "not one file: {after}");
     restored_as(&stack, &backups, &third, &third_tree).await;
+    stack.destroy_bucket().await;
+}
+
+/// A path of a container stopped for its copy (`steward.backup.stop=true`) is listed in a
+/// one-shot container sharing its volumes, and spliced like a running one's (before, it was
+/// listed by exec only, which a stopped container refuses: every backup read it whole).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_containers_path_is_listed_beside_it_and_spliced() {
+    let labels = ["steward.backup.paths=/data", "steward.backup.stop=true"];
+    let stack = Stack::start("cdc-stopped", &labels).await;
+    common::logs();
+    let backups = incremental(&stack);
+    fill(&stack, 20);
+    settle().await;
+    let (_, m1) = back_up(&backups).await;
+    assert!(path_component(&m1).tree.is_some(), "the first keeps a tree: {m1:?}");
+    assert!(stack.app_running());
+
+    stack.app_sh("dd if=/dev/urandom of=/data/files/f2 bs=200k count=1 conv=notrunc 2>/dev/null");
+    let wait = settle();
+    let second_tree = tree(&stack);
+    wait.await;
+    let (second, _) = back_up(&backups).await;
+    spliced(&second, 1);
+    assert!(stack.app_running());
+    let helper = format!("label={}={}", steward_labels::HELPER, stack.app.name);
+    let left = docker(&["ps", "-aq", "--filter", &helper]);
+    assert!(left.is_empty(), "a listing's container left: {left}");
+
+    stack.app_sh("rm /data/files/f3");
+    restored_as(&stack, &backups, &second, &second_tree).await;
     stack.destroy_bucket().await;
 }
 

@@ -14,6 +14,7 @@ mod deadline;
 mod images;
 pub mod listing;
 mod ops;
+mod own;
 mod podman;
 mod project;
 pub mod recreate;
@@ -24,6 +25,7 @@ pub use credentials::{registry_credentials, CredentialsError, RegistryCredential
 pub use deadline::{DEFAULT_DEADLINE, MAX_DEADLINE};
 pub use images::ListedImage;
 pub use ops::{ExecOutput, HealthView, ListedContainer};
+pub use own::own_container_id;
 pub use project::{ProjectDir, ProjectFile};
 pub use recreate::Replacement;
 pub use streams::{ExecSpec, ExecStream};
@@ -85,6 +87,8 @@ pub struct Engine {
     deadline: Duration,
     /// Whether the engine is Podman, once asked ([`Engine::is_podman`]).
     podman: std::sync::Arc<std::sync::OnceLock<bool>>,
+    /// The image of the container this process runs in, once known ([`Engine::own_image`]).
+    own_image: std::sync::Arc<std::sync::OnceLock<Option<String>>>,
 }
 
 impl EngineError {
@@ -174,6 +178,7 @@ impl Engine {
             host: host.into(),
             deadline: deadline::whole(deadline).min(MAX_DEADLINE),
             podman: Default::default(),
+            own_image: Default::default(),
         }
     }
 

@@ -23,13 +23,19 @@ pub const PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 /// walk began and whether `tar` is there (changed entries are then read by one exec); records
 /// follow, NUL-terminated from GNU find, newline-terminated from busybox's stat (whose names
 /// cannot hold a newline unnoticed: see [`parse`]).
+/// Without the tools it needs it exits 127, as a shell does for a missing command (and the
+/// engines do for a missing shell: Docker says 126, Podman 127).
 pub(crate) const SCRIPT: &str = r#"set -u
+for tool in find date; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "steward-listing: no $tool" >&2; exit 127; }
+done
 tar=no
 command -v tar >/dev/null 2>&1 && tar=tar
 if find "$1" -maxdepth 0 -printf '' >/dev/null 2>&1; then
   printf 'steward-listing 1 nul %s %s\n' "$(date +%s)" "$tar"
   exec find "$1" -printf '%y %s %T@ %C@ %i %m %U %G %n %p\0'
 fi
+command -v stat >/dev/null 2>&1 || { echo "steward-listing: no stat" >&2; exit 127; }
 printf 'steward-listing 1 line %s %s\n' "$(date +%s)" "$tar"
 exec find "$1" -exec stat -c '%f %s %Y %Z %i %u %g %h %n' {} +
 "#;
@@ -295,35 +301,148 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
     Listing::new(started, tar, entries)
 }
 
-/// Lists `path` in running `container` (as root, like the archive API reads it).
+/// Lists `path` of `container` (as root, like the archive API reads it): by exec in it when
+/// it runs and its image can (a shell, `find`, `date`); otherwise (stopped, or an image
+/// without them: distroless, `scratch`) in a one-shot container sharing its volumes and
+/// mounts read-only ([`list_in_oneshot`]), of Steward's own image when this process runs in
+/// a container of the engine, else of the container's own image when it is stopped. That
+/// needs `path` on a volume or bind mount with nothing else mounted under it: its own layer
+/// and a tmpfs are not shared, and there the one-shot would list its image's files or the
+/// volume beneath instead. A one-shot's listing says no `tar`: it is gone by the time
+/// changed entries are read, and the container's own `tar` is unknown.
 pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listing, String> {
-    let path = match path.trim_end_matches('/') {
+    let path = normal(path);
+    let docker = engine.client().map_err(|e| e.to_string())?;
+    let c = engine
+        .timed(engine.inspect_container(&docker, container))
+        .await
+        .map_err(|e| format!("cannot inspect the container: {e}"))?;
+    let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    let cannot = if running {
+        match list_by_exec(engine, container, path).await {
+            Ok(listing) => return Ok(listing),
+            Err(Unlisted::Failed(why)) => return Err(why),
+            Err(Unlisted::Unrunnable(why)) => format!("its image cannot list it ({why})"),
+        }
+    } else {
+        "it is stopped".to_owned()
+    };
+    shared_at(&c, path).map_err(|why| format!("{cannot}, and {why}"))?;
+    let image = match (engine.own_image().await, c.image) {
+        (Some(own), _) => own,
+        (None, Some(image)) if !running => image,
+        _ => {
+            return Err(format!(
+                "{cannot}, and this process runs in no container of the engine whose image could"
+            ))
+        }
+    };
+    let Some(id) = c.id else { return Err("the engine did not say the container's id".into()) };
+    let shared = bollard::models::HostConfig {
+        volumes_from: Some(vec![format!("{id}:ro")]),
+        ..Default::default()
+    };
+    let label = (steward_labels::HELPER, container);
+    match list_in_oneshot(engine, &image, shared, label, false, path).await {
+        Ok(Ok(listing)) => Ok(Listing { tar: false, ..listing }),
+        Ok(Err(why)) => Err(format!("{cannot}; in a container of {image}: {why}")),
+        Err(e) => Err(format!("{cannot}; {e}")),
+    }
+}
+
+/// `path` without a trailing `/` (but `/`).
+fn normal(path: &str) -> &str {
+    match path.trim_end_matches('/') {
         "" => "/",
         trimmed => trimmed,
+    }
+}
+
+/// Whether what a one-shot sharing `c`'s volumes and mounts lists at `path` is what `c` has
+/// there: the deepest mount holding `path` is a volume or bind, and none other is under it.
+fn shared_at(c: &bollard::models::ContainerInspectResponse, path: &str) -> Result<(), String> {
+    let within = |at: &str, p: &str| {
+        at.is_empty() || p == at || p.strip_prefix(at).is_some_and(|r| r.starts_with('/'))
     };
+    let sharable =
+        |m: &bollard::models::MountPoint| matches!(m.typ.as_deref(), Some("volume" | "bind"));
+    let mounts: Vec<(&str, &bollard::models::MountPoint)> = c
+        .mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| Some((m.destination.as_deref()?.trim_end_matches('/'), m)))
+        .collect();
+    let holding = mounts.iter().filter(|(at, _)| within(at, path)).max_by_key(|(at, _)| at.len());
+    match holding {
+        None => {
+            return Err("the path is in its own layer, which no other container can share".into())
+        }
+        Some((at, m)) if !sharable(m) => {
+            return Err(format!(
+                "the path is on a {} mount at {at}, which no other container can share",
+                m.typ.as_deref().unwrap_or("unnamed")
+            ))
+        }
+        Some(_) => {}
+    }
+    match mounts.iter().find(|(at, m)| !sharable(m) && *at != path && within(path, at)) {
+        Some((at, m)) => Err(format!(
+            "a {} mount at {at} under the path is not shared",
+            m.typ.as_deref().unwrap_or("unnamed")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why an exec made no listing.
+enum Unlisted {
+    /// The container has no shell, `find`, `date` or `stat` (exit 126 or 127).
+    Unrunnable(String),
+    /// Anything else: the listing ran and failed, or the engine did.
+    Failed(String),
+}
+
+/// Lists normalised `path` in running `container` by exec.
+async fn list_by_exec(engine: &Engine, container: &str, path: &str) -> Result<Listing, Unlisted> {
     let spec = ExecSpec {
         cmd: vec!["/bin/sh".into(), "-c".into(), SCRIPT.into(), "steward-list".into(), path.into()],
         env: vec![PATH.into()],
         user: Some("0".into()),
     };
-    let mut run = engine.exec_stdout(container, &spec, 5).await.map_err(|e| e.to_string())?;
+    let mut run = engine
+        .exec_stdout(container, &spec, 5)
+        .await
+        .map_err(|e| Unlisted::Failed(e.to_string()))?;
     let mut out = vec![];
+    // Podman ends the output of an exec whose shell is missing with a reset: the exit
+    // code, read after it, says why.
+    let mut broken = None;
     while let Some(part) = run.stdout.next().await {
-        let part = part.map_err(|e| e.to_string())?;
+        let part = match part {
+            Ok(part) => part,
+            Err(e) => {
+                broken = Some(e.to_string());
+                break;
+            }
+        };
         if out.len().saturating_add(part.len()) > MAX_LISTING {
-            return Err(format!("the listing is longer than {} MiB", MAX_LISTING >> 20));
+            return Err(Unlisted::Failed(format!(
+                "the listing is longer than {} MiB",
+                MAX_LISTING >> 20
+            )));
         }
         out.extend_from_slice(&part);
     }
-    let done = run.finish().await.map_err(|e| e.to_string())?;
-    if done.exit_code != 0 {
-        return Err(format!(
-            "the listing exited with {} ({})",
-            done.exit_code,
-            done.tail.join(" | ")
-        ));
+    let done = run.finish().await.map_err(|e| Unlisted::Failed(e.to_string()))?;
+    let said = || done.tail.join(" | ");
+    match (done.exit_code, broken) {
+        (126 | 127, _) => Err(Unlisted::Unrunnable(said())),
+        (_, Some(e)) => Err(Unlisted::Failed(e)),
+        (0, None) => parse(path, &out).map_err(Unlisted::Failed),
+        (code, None) => {
+            Err(Unlisted::Failed(format!("the listing exited with {code} ({})", said())))
+        }
     }
-    parse(path, &out)
 }
 
 /// Lists `path` in a one-shot container of `image` made for it, for files no running
@@ -374,7 +493,10 @@ pub(crate) async fn list_in_oneshot(
     let started =
         engine.timed(docker.start_container(&created.id, None::<StartContainerOptions>)).await;
     let listed = match started {
-        Ok(()) => Ok(list(engine, &created.id, path).await),
+        Ok(()) => Ok(list_by_exec(engine, &created.id, normal(path)).await.map_err(|e| match e {
+            Unlisted::Unrunnable(why) => format!("the image cannot list it ({why})"),
+            Unlisted::Failed(why) => why,
+        })),
         Err(e) => Err(engine.call_failed(&what, e)),
     };
     if let Err(e) = engine.remove(&created.id, volumes).await {
@@ -386,6 +508,42 @@ pub(crate) async fn list_in_oneshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mounted(mounts: &[(&str, &str)]) -> bollard::models::ContainerInspectResponse {
+        bollard::models::ContainerInspectResponse {
+            mounts: Some(
+                mounts
+                    .iter()
+                    .map(|(typ, at)| bollard::models::MountPoint {
+                        typ: Some((*typ).into()),
+                        destination: Some((*at).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// A one-shot sharing the container's volumes lists what the container has at the path
+    /// only where the path's mount is shared and nothing unshared is mounted under it.
+    #[test]
+    fn a_one_shot_lists_only_paths_whose_mounts_it_shares() {
+        let c = mounted(&[("volume", "/data/"), ("bind", "/data/conf"), ("tmpfs", "/data/cache")]);
+        assert_eq!(shared_at(&c, "/data/conf"), Ok(()));
+        assert_eq!(shared_at(&c, "/data/repos"), Ok(()));
+        // The tmpfs is not shared: the one-shot would list the volume beneath it.
+        assert!(shared_at(&c, "/data").is_err_and(|e| e.contains("tmpfs mount at /data/cache")));
+        assert!(
+            shared_at(&c, "/data/cache/x").is_err_and(|e| e.contains("tmpfs mount at /data/cache"))
+        );
+        // Its own layer, and a name that merely begins like a mount.
+        assert!(shared_at(&c, "/srv").is_err_and(|e| e.contains("own layer")));
+        assert!(shared_at(&c, "/database").is_err_and(|e| e.contains("own layer")));
+        assert!(shared_at(&mounted(&[]), "/data").is_err_and(|e| e.contains("own layer")));
+        // Podman's image mounts are not shared either.
+        assert!(shared_at(&mounted(&[("image", "/data")]), "/data").is_err());
+    }
 
     #[test]
     fn names_are_the_archive_apis() {

@@ -44,15 +44,16 @@ pub struct ProjectDir {
     engine: Engine,
     id: String,
     dir: String,
-    /// The helper's image (the `like` container's), for the owner's listing on Podman.
+    /// The helper's image, for the owner's listing on Podman.
     image: String,
     /// The helpers' label value.
     owner: String,
 }
 
 impl Engine {
-    /// Mounts host directory `dir` (read-write) in a helper created from the image of container
-    /// `like` (an image this host has; the helper never runs), labelled
+    /// Mounts host directory `dir` (read-write) in a helper created from Steward's own image
+    /// when this process runs in a container of the engine ([`Engine::own_image`]), else from
+    /// container `like`'s (an image this host has; the helper never runs), labelled
     /// `steward.project-helper=<owner>`. A directory that does not exist on the host is an
     /// error, never created. Helpers of `owner` left by a process killed while it held one
     /// are removed first.
@@ -71,11 +72,17 @@ impl Engine {
         for left in self.containers_and_stand_ins(mine).await? {
             self.remove(&left.id, true).await?;
         }
-        let image = self
-            .brief(like)
-            .await?
-            .ok_or_else(|| self.failed(&what, format!("no container {like} to take the image of")))?
-            .image_id;
+        let image = match self.own_image().await {
+            Some(own) => own,
+            None => {
+                self.brief(like)
+                    .await?
+                    .ok_or_else(|| {
+                        self.failed(&what, format!("no container {like} to take the image of"))
+                    })?
+                    .image_id
+            }
+        };
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             entrypoint: Some(vec!["/steward-never-started".into()]),

@@ -353,10 +353,10 @@ impl Engine {
     /// [`Engine::download_path`] for a copy that must restore as it was (a backup): on
     /// Podman, whose archive read gives every entry uid and gid 0 and rounds times to the
     /// nearest second, each entry gets back its owner and second from `listing` (of this
-    /// read, named as its entries are), or from a listing made in the container first when
-    /// none is given (a stopped container's volumes in a one-shot container sharing them).
-    /// Where none can be made (no `find`; a stopped container's own layer), logged: the
-    /// copy's files are root's. Docker's archive is read as it is.
+    /// read, named as its entries are), or from a listing made first when none is given
+    /// ([`crate::listing::list`]: in the container, or in a one-shot sharing its volumes).
+    /// Where none can be made (the container's own layer, when it is stopped or its image
+    /// cannot list), logged: the copy's files are root's. Docker's archive is read as it is.
     pub fn download_path_listed(
         &self,
         container: &str,
@@ -410,12 +410,11 @@ impl Engine {
         unrooted(owners, tar, base, unrooted_what)
     }
 
-    /// On Podman, what `path` of running `container` holds as `listing` says or as listed in
-    /// it now (Podman's archive read gives every entry uid and gid 0: a copy taken through it
-    /// alone would restore every file as root's). `None` on Docker, and where the path cannot
-    /// be listed (without `find`; stopped, and in the container's own layer): then logged, as
-    /// the owners are lost. An
-    /// engine that does not say what it is ends the read (within the read's own deadline).
+    /// On Podman, what `path` of `container` holds as `listing` says or as listed now
+    /// (Podman's archive read gives every entry uid and gid 0: a copy taken through it alone
+    /// would restore every file as root's). `None` on Docker, and where the path cannot be
+    /// listed: then logged, as the owners are lost. An engine that does not say what it is
+    /// ends the read (within the read's own deadline).
     async fn podman_owners(
         &self,
         container: &str,
@@ -427,7 +426,7 @@ impl Engine {
         }
         let listing = match listing {
             Some(listing) => Ok(listing),
-            None => self.list_for_owners(container, path).await,
+            None => crate::listing::list(self, container, path).await,
         };
         match listing {
             Ok(listing) => Ok(Some(
@@ -442,59 +441,6 @@ impl Engine {
                 Ok(None)
             }
         }
-    }
-
-    /// Lists `path` of `container`: in it when it runs; when it is stopped (a backup that
-    /// stops it for a consistent copy), in a one-shot container of its image that shares its
-    /// volumes and mounts read-only, provided `path` lies on one of them (its own layer is not
-    /// shared: there the one-shot would list its image's files instead).
-    async fn list_for_owners(
-        &self,
-        container: &str,
-        path: &str,
-    ) -> Result<crate::listing::Listing, String> {
-        let docker = self.client().map_err(|e| e.to_string())?;
-        let c = self
-            .timed(self.inspect_container(&docker, container))
-            .await
-            .map_err(|e| format!("cannot inspect the container: {e}"))?;
-        if c.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
-            return crate::listing::list(self, container, path).await;
-        }
-        let path = match path.trim_end_matches('/') {
-            "" => "/",
-            trimmed => trimmed,
-        };
-        // Only volumes and binds are shared (`VolumesFrom`); under a tmpfs the one-shot would
-        // list its image's files.
-        let sharable =
-            |m: &&bollard::models::MountPoint| matches!(m.typ.as_deref(), Some("volume" | "bind"));
-        let on_a_mount = c
-            .mounts
-            .iter()
-            .flatten()
-            .filter(sharable)
-            .filter_map(|m| m.destination.as_deref())
-            .any(|at| {
-                let at = at.trim_end_matches('/');
-                at.is_empty()
-                    || path == at
-                    || path.strip_prefix(at).is_some_and(|r| r.starts_with('/'))
-            });
-        if !on_a_mount {
-            return Err("the container is stopped and the path is in its own layer, not on a volume or mount another container can share".into());
-        }
-        let (Some(id), Some(image)) = (c.id, c.image) else {
-            return Err("the engine did not say the container's id and image".into());
-        };
-        let shared = bollard::models::HostConfig {
-            volumes_from: Some(vec![format!("{id}:ro")]),
-            ..Default::default()
-        };
-        let label = (steward_labels::HELPER, container);
-        crate::listing::list_in_oneshot(self, &image, shared, label, false, path)
-            .await
-            .map_err(|e| e.to_string())?
     }
 
     /// Extracts a tar stream into directory `dir` of a container (running or stopped).

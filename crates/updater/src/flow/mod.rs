@@ -92,7 +92,7 @@ impl Flow {
     ) -> Result<Self, BusError> {
         let records = RecordStore::open(&bus, UPDATE_BUCKET, source.clone()).await?;
         let queue = StateStore::open(&bus, UPDATE_QUEUE_BUCKET).await?;
-        let own_id = handover::own_container_id();
+        let own_id = steward_engine::own_container_id();
         Ok(Self { bus, engine, records, queue, cfg, source, own_id })
     }
 

@@ -210,15 +210,7 @@ impl Flow {
         // when the updater runs in a container this engine knows, not the updated app's;
         // else the updated container's (an updater run on the host, or in a container of
         // another engine).
-        let like = match self.own_id.as_deref() {
-            Some(own) if self.engine.brief(own).await?.is_some() => own,
-            Some(own) => {
-                tracing::warn!(own, "this engine has no container of the id the updater runs in: the write-back's helper takes the updated container's image");
-                name
-            }
-            None => name,
-        };
-        let project = self.engine.open_project_dir(dir, like, &owner).await?;
+        let project = self.engine.open_project_dir(dir, name, &owner).await?;
         let compose_project = label(steward_labels::compose::PROJECT).unwrap_or_default();
         let result = match deployer_mark(&project, compose_project).await {
             Ok(Some(outcome)) => Ok(outcome),
