@@ -67,12 +67,14 @@ enum Scenario {
 struct Stage {
     bus: TestBus,
     scope: String,
+    /// Before `app`: fields drop in order, and Podman refuses to remove a container whose
+    /// network namespace another still shares (the app stayed running after each run).
+    dependent: Option<Container>,
     app: App,
     /// The digest the flow goes to.
     target: String,
     /// The digest the container runs before the flow (and after it, unless it succeeds).
     before: String,
-    dependent: Option<Container>,
 }
 
 async fn stage(scenario: Scenario) -> Stage {

@@ -969,7 +969,15 @@ pub mod docker {
 
     impl Drop for Container {
         fn drop(&mut self) {
-            let _ = Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();
+            // Said when refused: Podman refuses to remove a container whose network namespace
+            // another one shares, even forced (a leak seen on Podman, once unreported).
+            let removed = Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();
+            if let Some(out) = removed.ok().filter(|out| !out.status.success()) {
+                let said = String::from_utf8_lossy(&out.stderr);
+                if !said.to_ascii_lowercase().contains("no such container") {
+                    eprintln!("warning: container {} left: {}", self.name, said.trim());
+                }
+            }
             // Refused while another container still mounts one (Docker never force-removes a
             // volume in use), so nothing a live container holds goes.
             for volume in &self.anonymous {
