@@ -20,7 +20,8 @@ which the `docker` CLI their set-up runs, the engine client and the services the
 read. That run is named "[podman] KEY" in the log and "KEY@podman" in the times, so a failure
 names the engine. The file's plain lines are the sample CI runs; with
 STEWARD_TEST_MATRIX=full its `full:` lines run too (instead of a sample line for the same
-binary); STEWARD_TEST_MATRIX=docker runs the Docker leg only. Its `rootless:` lines run
+binary); STEWARD_TEST_MATRIX=docker runs the Docker leg only, STEWARD_TEST_MATRIX=podman the
+full Podman leg only (the listed binaries on Podman, none on Docker). Its `rootless:` lines run
 (in both matrices) against the test bed's rootless Podman (STEWARD_TEST_PODMAN_ROOTLESS_SOCKET),
 named "[podman-rootless] KEY" and "KEY@rootless".
 
@@ -123,8 +124,9 @@ def podman_leg(found, env):
     matrix = env.get("STEWARD_TEST_MATRIX", "sample")
     if matrix == "docker":
         return []
-    if matrix not in ("sample", "full"):
-        sys.exit(f"STEWARD_TEST_MATRIX={matrix!r}: expected sample (the default), full or docker")
+    if matrix not in ("sample", "full", "podman"):
+        sys.exit(f"STEWARD_TEST_MATRIX={matrix!r}: expected sample (the default), full, docker "
+                 "or podman")
     socket = env.get("STEWARD_TEST_PODMAN_SOCKET")
     if not socket:
         sys.exit("the Podman leg needs STEWARD_TEST_PODMAN_SOCKET (infra/testbed/up.sh sets it; "
@@ -146,7 +148,7 @@ def podman_leg(found, env):
         sys.exit("the rootless Podman leg needs STEWARD_TEST_PODMAN_ROOTLESS_SOCKET "
                  "(infra/testbed/up.sh sets it)")
     wanted = sample
-    if matrix == "full":
+    if matrix in ("full", "podman"):
         # A binary on a `full:` line runs as that line says, instead of its sample's line.
         whole = {k for k, _ in full}
         wanted = [w for w in sample if w[0] not in whole] + full
@@ -198,7 +200,8 @@ def main():
     env = dict(os.environ)
     env.setdefault("CARGO", "cargo")
     env.update(config_env(env))
-    todo += podman_leg(todo, env)
+    leg = podman_leg(todo, env)
+    todo = leg if env.get("STEWARD_TEST_MATRIX") == "podman" else todo + leg
     times = read_times(HINTS)
     times.update(read_times(MEASURED))
     # Unknown binaries count as 10 s: the list holds every binary of 20 s or more.
