@@ -18,8 +18,9 @@ pub const ENV_SCHEDULE: &str = "STEWARD_BACKUP_SCHEDULE";
 pub const ENV_RETENTION: &str = "STEWARD_BACKUP_RETENTION";
 /// Grace period for a container stopped for a consistent copy.
 pub const ENV_STOP_TIMEOUT: &str = "STEWARD_BACKUP_STOP_TIMEOUT";
-/// Image of the throw-away container that empties a path before a restore (default: the
-/// container's own image, which must then have `/bin/sh`).
+/// Image of the throw-away containers that share a container's volumes for a restore (default:
+/// Steward's own when the service runs in a container of the engine, else the container's
+/// own image, which must then have `/bin/sh`).
 pub const ENV_HELPER_IMAGE: &str = "STEWARD_RESTORE_HELPER_IMAGE";
 /// How long a restore waits for the restarted containers to be healthy.
 pub const ENV_RESTORE_HEALTH_TIMEOUT: &str = "STEWARD_RESTORE_HEALTH_TIMEOUT";

@@ -687,7 +687,7 @@ impl Backups {
         if let Some(image) = &self.config.helper_image {
             return Ok(image.clone());
         }
-        if let Some(own) = self.engine.own_image().await {
+        if let Some(own) = self.engine.own_image().await.map_err(Failure::plain)? {
             return Ok(own);
         }
         Ok(self

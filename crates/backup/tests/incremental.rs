@@ -577,7 +577,8 @@ fn gnu_tree(container: &str, dir: &str, find: &str) -> String {
 
 /// A container with GNU `find` and `tar` (Debian's) is listed with NUL-separated records and
 /// its changed entries read by one `tar`; without `tar`, they are read one by one through
-/// the archive API; without `find`, the path cannot be listed and is read whole (no tree).
+/// the archive API; without `find`, the path cannot be listed and is read whole (no tree:
+/// the service runs on the host here, so it has no image of its own to list it in).
 /// Every backup restores byte-identical. (busybox runs its applets without their links, so
 /// the stand-in app cannot lose them: a Debian container is used.)
 #[tokio::test(flavor = "multi_thread")]

@@ -24,11 +24,21 @@ pub const PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 /// follow, NUL-terminated from GNU find, newline-terminated from busybox's stat (whose names
 /// cannot hold a newline unnoticed: see [`parse`]).
 /// Without the tools it needs it exits 127, as a shell does for a missing command (and the
-/// engines do for a missing shell: Docker says 126, Podman 127).
+/// engines do for a missing shell: Docker says 126, Podman 127). With `$2` = `resolved` (a
+/// one-shot's listing, whose root is another image's) the path must resolve to itself, its
+/// directory through no symbolic link, else it exits 3: a link there resolves in the one-shot's
+/// image, not in the app's container that the archive API reads.
 pub(crate) const SCRIPT: &str = r#"set -u
 for tool in find date; do
   command -v "$tool" >/dev/null 2>&1 || { echo "steward-listing: no $tool" >&2; exit 127; }
 done
+if [ "${2:-}" = resolved ]; then
+  d=$1
+  if [ -L "$d" ] || [ ! -d "$d" ]; then d=${1%/*}; fi
+  [ -n "$d" ] || d=/
+  [ "$(cd "$d" 2>/dev/null && pwd -P)" = "$d" ] \
+    || { echo "steward-listing: $1 does not resolve to itself (a symbolic link, or missing)" >&2; exit 3; }
+fi
 tar=no
 command -v tar >/dev/null 2>&1 && tar=tar
 if find "$1" -maxdepth 0 -printf '' >/dev/null 2>&1; then
@@ -319,7 +329,7 @@ pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listin
         .map_err(|e| format!("cannot inspect the container: {e}"))?;
     let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     let cannot = if running {
-        match list_by_exec(engine, container, path).await {
+        match list_by_exec(engine, container, path, false).await {
             Ok(listing) => return Ok(listing),
             Err(Unlisted::Failed(why)) => return Err(why),
             Err(Unlisted::Unrunnable(why)) => format!("its image cannot list it ({why})"),
@@ -328,7 +338,8 @@ pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listin
         "it is stopped".to_owned()
     };
     shared_at(&c, path).map_err(|why| format!("{cannot}, and {why}"))?;
-    let image = match (engine.own_image().await, c.image) {
+    let own = engine.own_image().await.map_err(|e| format!("{cannot}, and {e}"))?;
+    let image = match (own, c.image) {
         (Some(own), _) => own,
         (None, Some(image)) if !running => image,
         _ => {
@@ -359,38 +370,57 @@ fn normal(path: &str) -> &str {
 }
 
 /// Whether what a one-shot sharing `c`'s volumes and mounts lists at `path` is what `c` has
-/// there: the deepest mount holding `path` is a volume or bind, and none other is under it.
+/// there: `c` has the engine's default user namespace (the one-shot's: another one's ids are
+/// not the listed ones), the deepest mount holding `path` is a volume or a bind of a host path,
+/// and nothing unshared is mounted under it. A tmpfs is not shared (`VolumesFrom` shares
+/// volumes and binds only), and the engines name `--tmpfs` in `HostConfig.Tmpfs`, not in
+/// `Mounts`; Podman names other runtime mounts binds, of sources that are not paths.
 fn shared_at(c: &bollard::models::ContainerInspectResponse, path: &str) -> Result<(), String> {
+    let host = c.host_config.as_ref();
+    if let Some(mode) = host.and_then(|h| h.userns_mode.as_deref()).filter(|m| !m.is_empty()) {
+        return Err(format!("its user namespace ({mode}) is not the one another container gets"));
+    }
+    // `/` is the empty prefix: everything is within it.
     let within = |at: &str, p: &str| {
+        let at = at.trim_end_matches('/');
         at.is_empty() || p == at || p.strip_prefix(at).is_some_and(|r| r.starts_with('/'))
     };
-    let sharable =
-        |m: &bollard::models::MountPoint| matches!(m.typ.as_deref(), Some("volume" | "bind"));
-    let mounts: Vec<(&str, &bollard::models::MountPoint)> = c
-        .mounts
-        .iter()
-        .flatten()
-        .filter_map(|m| Some((m.destination.as_deref()?.trim_end_matches('/'), m)))
-        .collect();
+    let mut mounts: Vec<(&str, Option<&str>)> = vec![];
+    for m in c.mounts.iter().flatten() {
+        let Some(at) = m.destination.as_deref() else { continue };
+        let shared = match m.typ.as_deref() {
+            Some("volume") => true,
+            Some("bind") => m.source.as_deref().is_some_and(|s| s.starts_with('/')),
+            _ => false,
+        };
+        mounts.push((
+            at.trim_end_matches('/'),
+            (!shared).then(|| m.typ.as_deref().unwrap_or("unnamed")),
+        ));
+    }
+    for at in host.and_then(|h| h.tmpfs.as_ref()).into_iter().flat_map(|t| t.keys()) {
+        mounts.push((at.trim_end_matches('/'), Some("tmpfs")));
+    }
+    // Unshared last: of two at one place (a tmpfs in both lists) the last is the one held.
+    mounts.sort_by_key(|(_, unshared)| unshared.is_some());
     let holding = mounts.iter().filter(|(at, _)| within(at, path)).max_by_key(|(at, _)| at.len());
     match holding {
         None => {
             return Err("the path is in its own layer, which no other container can share".into())
         }
-        Some((at, m)) if !sharable(m) => {
+        Some((at, Some(kind))) => {
             return Err(format!(
-                "the path is on a {} mount at {at}, which no other container can share",
-                m.typ.as_deref().unwrap_or("unnamed")
+                "the path is on a {kind} mount at {at}, which no other container can share"
             ))
         }
         Some(_) => {}
     }
-    match mounts.iter().find(|(at, m)| !sharable(m) && *at != path && within(path, at)) {
-        Some((at, m)) => Err(format!(
-            "a {} mount at {at} under the path is not shared",
-            m.typ.as_deref().unwrap_or("unnamed")
-        )),
-        None => Ok(()),
+    match mounts.iter().find(|(at, unshared)| unshared.is_some() && *at != path && within(path, at))
+    {
+        Some((at, Some(kind))) => {
+            Err(format!("a {kind} mount at {at} under the path is not shared"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -402,13 +432,19 @@ enum Unlisted {
     Failed(String),
 }
 
-/// Lists normalised `path` in running `container` by exec.
-async fn list_by_exec(engine: &Engine, container: &str, path: &str) -> Result<Listing, Unlisted> {
-    let spec = ExecSpec {
-        cmd: vec!["/bin/sh".into(), "-c".into(), SCRIPT.into(), "steward-list".into(), path.into()],
-        env: vec![PATH.into()],
-        user: Some("0".into()),
-    };
+/// Lists normalised `path` in running `container` by exec; `resolved`: see [`SCRIPT`].
+async fn list_by_exec(
+    engine: &Engine,
+    container: &str,
+    path: &str,
+    resolved: bool,
+) -> Result<Listing, Unlisted> {
+    let mut cmd = vec!["/bin/sh".into(), "-c".into(), SCRIPT.into(), "steward-list".into()];
+    cmd.push(path.into());
+    if resolved {
+        cmd.push("resolved".into());
+    }
+    let spec = ExecSpec { cmd, env: vec![PATH.into()], user: Some("0".into()) };
     let mut run = engine
         .exec_stdout(container, &spec, 5)
         .await
@@ -436,7 +472,12 @@ async fn list_by_exec(engine: &Engine, container: &str, path: &str) -> Result<Li
     let done = run.finish().await.map_err(|e| Unlisted::Failed(e.to_string()))?;
     let said = || done.tail.join(" | ");
     match (done.exit_code, broken) {
-        (126 | 127, _) => Err(Unlisted::Unrunnable(said())),
+        // Docker says why an exec could not start on its stdout.
+        (126 | 127, _) => {
+            let first = out.split(|b| *b == b'\n').next().unwrap_or_default();
+            let first = String::from_utf8_lossy(&first[..first.len().min(200)]);
+            Err(Unlisted::Unrunnable([first.trim(), &said()].join(" ").trim().to_owned()))
+        }
         (_, Some(e)) => Err(Unlisted::Failed(e)),
         (0, None) => parse(path, &out).map_err(Unlisted::Failed),
         (code, None) => {
@@ -449,7 +490,8 @@ async fn list_by_exec(engine: &Engine, container: &str, path: &str) -> Result<Li
 /// container can list: a stopped container's volumes, a host directory bind-mounted
 /// read-only (`host_config` says which; never a network). It runs as root with every
 /// capability dropped but reading past permissions, gains none, idles until the listing has
-/// run in it by exec (as [`list`]), and is removed (with its anonymous volumes when
+/// run in it by exec (as [`list`]; the path must resolve to itself there, see [`SCRIPT`]), and
+/// is removed (with its anonymous volumes when
 /// `volumes`: an image's `VOLUME`s, never a borrowed one's). One left by a kill ends within
 /// the hour and the engine removes it (`AutoRemove`). Labelled `label`. Needs `/bin/sh`,
 /// `sleep` and `find` in the image. The outer error is the engine's (a create or start that
@@ -473,6 +515,11 @@ pub(crate) async fn list_in_oneshot(
         user: Some("0".into()),
         network_disabled: Some(true),
         labels: Some([(label.0.to_owned(), label.1.to_owned())].into()),
+        // Not the image's healthcheck (Steward's: it would fail without a network).
+        healthcheck: Some(bollard::models::HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        }),
         host_config: Some(bollard::models::HostConfig {
             network_mode: Some("none".into()),
             auto_remove: Some(true),
@@ -493,10 +540,12 @@ pub(crate) async fn list_in_oneshot(
     let started =
         engine.timed(docker.start_container(&created.id, None::<StartContainerOptions>)).await;
     let listed = match started {
-        Ok(()) => Ok(list_by_exec(engine, &created.id, normal(path)).await.map_err(|e| match e {
-            Unlisted::Unrunnable(why) => format!("the image cannot list it ({why})"),
-            Unlisted::Failed(why) => why,
-        })),
+        Ok(()) => {
+            Ok(list_by_exec(engine, &created.id, normal(path), true).await.map_err(|e| match e {
+                Unlisted::Unrunnable(why) => format!("the image cannot list it ({why})"),
+                Unlisted::Failed(why) => why,
+            }))
+        }
         Err(e) => Err(engine.call_failed(&what, e)),
     };
     if let Err(e) = engine.remove(&created.id, volumes).await {
@@ -517,6 +566,8 @@ mod tests {
                     .map(|(typ, at)| bollard::models::MountPoint {
                         typ: Some((*typ).into()),
                         destination: Some((*at).into()),
+                        // A bind's source is a host path.
+                        source: (*typ == "bind").then(|| format!("/srv/host{at}")),
                         ..Default::default()
                     })
                     .collect(),
@@ -543,6 +594,32 @@ mod tests {
         assert!(shared_at(&mounted(&[]), "/data").is_err_and(|e| e.contains("own layer")));
         // Podman's image mounts are not shared either.
         assert!(shared_at(&mounted(&[("image", "/data")]), "/data").is_err());
+        // `--tmpfs` (compose `tmpfs:`) is named in `HostConfig.Tmpfs` only, and wins over a
+        // volume listed at the same place.
+        let mut c = mounted(&[("volume", "/data"), ("volume", "/data/cache")]);
+        c.host_config = Some(bollard::models::HostConfig {
+            tmpfs: Some([("/data/cache".to_owned(), "rw".to_owned())].into()),
+            ..Default::default()
+        });
+        assert!(shared_at(&c, "/data").is_err_and(|e| e.contains("tmpfs mount at /data/cache")));
+        assert!(shared_at(&c, "/data/cache").is_err_and(|e| e.contains("on a tmpfs")));
+        // Podman's runtime mounts are binds of sources that are not paths.
+        let mut c = mounted(&[("volume", "/data"), ("bind", "/data/pts")]);
+        assert_eq!(shared_at(&c, "/data"), Ok(()), "a bind of a host path is shared");
+        if let Some(m) = c.mounts.as_mut().and_then(|m| m.get_mut(1)) {
+            m.source = Some("devpts".into());
+        }
+        assert!(shared_at(&c, "/data").is_err_and(|e| e.contains("bind mount at /data/pts")));
+        // `/` holds every mount under it.
+        let c = mounted(&[("volume", "/"), ("tmpfs", "/run")]);
+        assert!(shared_at(&c, "/").is_err_and(|e| e.contains("/run")));
+        // Another user namespace than the one-shot's (Podman's `--uidmap`, `keep-id`).
+        let mut c = mounted(&[("volume", "/data")]);
+        c.host_config = Some(bollard::models::HostConfig {
+            userns_mode: Some("private".into()),
+            ..Default::default()
+        });
+        assert!(shared_at(&c, "/data").is_err_and(|e| e.contains("user namespace")));
     }
 
     #[test]

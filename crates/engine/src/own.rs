@@ -16,28 +16,33 @@ pub fn own_container_id() -> Option<String> {
 impl crate::Engine {
     /// The image (its id) of the container this process runs in, when it runs in one of this
     /// engine's: Steward's own image, which has a shell, `find` and the like where an app's
-    /// image (distroless, `scratch`) has not, for the helpers that work on its volumes. Asked
-    /// once; an engine that did not answer is asked again next time.
-    pub async fn own_image(&self) -> Option<String> {
+    /// image (distroless, `scratch`) has not, for the helpers that work on its volumes.
+    /// `None` when this process runs in no container, or in one this engine does not know
+    /// (another engine's). An engine that does not answer is an error, never `None`: the
+    /// callers would run the app's image instead. Asked once, then known.
+    pub async fn own_image(&self) -> Result<Option<String>, crate::EngineError> {
         if let Some(known) = self.own_image.get() {
-            return known.clone();
+            return Ok(known.clone());
         }
         let image = match own_container_id() {
             None => None,
             Some(id) => {
-                let docker = self.client().ok()?;
+                let docker = self.client()?;
                 match self.timed(self.inspect_container(&docker, &id)).await {
                     Ok(c) => c.image,
-                    // Another engine's container (a service pointed at a remote engine).
-                    Err(e) if crate::gone(&e) => None,
+                    Err(e) if crate::gone(&e) => {
+                        tracing::warn!(container = %id, "this engine has no container of the id this process runs in: helpers take the app's image");
+                        None
+                    }
                     Err(e) => {
-                        tracing::debug!(container = %id, error = %e, "cannot inspect the container this process runs in");
-                        return None;
+                        return Err(
+                            self.call_failed("inspect the container this process runs in", e)
+                        )
                     }
                 }
             }
         };
-        self.own_image.get_or_init(|| image).clone()
+        Ok(self.own_image.get_or_init(|| image).clone())
     }
 }
 

@@ -72,7 +72,7 @@ impl Engine {
         for left in self.containers_and_stand_ins(mine).await? {
             self.remove(&left.id, true).await?;
         }
-        let image = match self.own_image().await {
+        let image = match self.own_image().await? {
             Some(own) => own,
             None => {
                 self.brief(like)

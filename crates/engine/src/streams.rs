@@ -581,6 +581,11 @@ impl Engine {
             user: Some("0".into()),
             network_disabled: Some(true),
             labels: Some([(steward_labels::HELPER.to_owned(), volumes_from.to_owned())].into()),
+            // Not the image's healthcheck (Steward's: it would fail without a network).
+            healthcheck: Some(bollard::models::HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
             host_config: Some(HostConfig {
                 volumes_from: Some(vec![volumes_from.to_owned()]),
                 network_mode: Some("none".into()),

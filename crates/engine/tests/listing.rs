@@ -1,0 +1,68 @@
+//! Where a path cannot be listed in its own container, the engine lists it in a one-shot
+//! container sharing its volumes, but only where that one-shot sees what the container sees:
+//! checked against the engine's own account of a `--tmpfs` under the path, and a path
+//! reached through a symbolic link (which would resolve in the one-shot's image). Stopped
+//! containers, whose one-shot takes their own image, so that no image of Steward's is needed.
+
+use steward_engine::{listing, Engine};
+use steward_testkit::docker::{docker, Container};
+use steward_testkit::unique_name;
+
+/// A container of the test bed's busybox image with `args` before the image, idling, stopped
+/// after `script` ran in it.
+fn stopped(name: &str, args: &[&str], script: &str) -> Container {
+    let mut all = vec!["--stop-signal", "KILL"];
+    all.extend_from_slice(args);
+    all.extend(["steward-test/busybox:latest", "sleep", "3600"]);
+    let c = Container::run(name, &all);
+    docker(&["exec", name, "sh", "-c", script]);
+    docker(&["stop", name]);
+    c
+}
+
+/// The containers labelled as `name`'s helpers (a listing's one-shot), running or not.
+fn helpers_of(name: &str) -> String {
+    docker(&["ps", "-aq", "--filter", &format!("label=steward.helper={name}")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_containers_volume_is_listed_beside_it_only_where_the_one_shot_sees_it_alike() {
+    let engine = Engine::from_env();
+
+    // Listed beside it: the volume, with what is in it.
+    let plain = unique_name("lst-plain");
+    let _plain = stopped(
+        &plain,
+        &["-v", "/data"],
+        "mkdir -p /data/real/sub && echo hi > /data/real/f && ln -s real /data/link",
+    );
+    let listed = listing::list(&engine, &plain, "/data")
+        .await
+        .unwrap_or_else(|e| panic!("a stopped container's volume: {e}"));
+    for name in ["data", "data/real", "data/real/sub", "data/real/f", "data/link"] {
+        assert!(listed.get(name).is_some(), "{name} not listed");
+    }
+    assert!(!listed.tar, "a one-shot's listing says no tar");
+    assert!(listing::list(&engine, &plain, "/data/real/").await.is_ok());
+
+    // Through a symbolic link: in the one-shot it would resolve in the one-shot's image.
+    let through = listing::list(&engine, &plain, "/data/link/sub").await;
+    assert!(
+        through.as_ref().is_err_and(|e| e.contains("does not resolve to itself")),
+        "{through:?}"
+    );
+
+    // A tmpfs under the path is not shared: the one-shot would list the volume beneath it.
+    // Docker and Podman name `--tmpfs` in `HostConfig.Tmpfs`, not in `Mounts`.
+    let tmpfs = unique_name("lst-tmpfs");
+    let _tmpfs = stopped(&tmpfs, &["-v", "/data", "--tmpfs", "/data/cache"], "echo x > /data/y");
+    let under = listing::list(&engine, &tmpfs, "/data").await;
+    assert!(under.as_ref().is_err_and(|e| e.contains("tmpfs mount at /data/cache")), "{under:?}");
+    // Its own layer is never shared.
+    let layer = listing::list(&engine, &tmpfs, "/etc").await;
+    assert!(layer.as_ref().is_err_and(|e| e.contains("own layer")), "{layer:?}");
+
+    for name in [&plain, &tmpfs] {
+        assert_eq!(helpers_of(name), "", "a listing's container of {name} left");
+    }
+}
