@@ -316,10 +316,10 @@ pub fn parse(root: &str, out: &[u8]) -> Result<Listing, String> {
 /// without them: distroless, `scratch`) in a one-shot container sharing its volumes and
 /// mounts read-only ([`list_in_oneshot`]), of Steward's own image when this process runs in
 /// a container of the engine, else of the container's own image when it is stopped. That
-/// needs `path` on a volume or bind mount with nothing else mounted under it: its own layer
-/// and a tmpfs are not shared, and there the one-shot would list its image's files or the
-/// volume beneath instead. A one-shot's listing says no `tar`: it is gone by the time
-/// changed entries are read, and the container's own `tar` is unknown.
+/// needs the one-shot to see what the container sees ([`shared_at`], and the path resolving
+/// to itself there): elsewhere it would list its image's files, the volume beneath a tmpfs,
+/// or ids of another user namespace. A one-shot's listing says no `tar`: it is gone by the
+/// time changed entries are read, and the container's own `tar` is unknown.
 pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listing, String> {
     let path = normal(path);
     let docker = engine.client().map_err(|e| e.to_string())?;
