@@ -687,18 +687,7 @@ impl Backups {
         if let Some(image) = &self.config.helper_image {
             return Ok(image.clone());
         }
-        if let Some(own) = self.engine.own_image().await.map_err(Failure::plain)? {
-            return Ok(own);
-        }
-        Ok(self
-            .engine
-            .inspect_json(container)
-            .await
-            .map_err(Failure::plain)?
-            .pointer("/Image")
-            .and_then(|i| i.as_str())
-            .unwrap_or_default()
-            .to_owned())
+        self.engine.helper_image(container).await.map_err(Failure::plain)
     }
 
     /// Runs `script` with `args` ($0, $1, …) in a helper with `container`'s volumes.

@@ -44,6 +44,21 @@ impl crate::Engine {
         };
         Ok(self.own_image.get_or_init(|| image).clone())
     }
+
+    /// The image of a helper that works on container `like`'s files (its volumes, its
+    /// project directory): Steward's own ([`Engine::own_image`]), else `like`'s own.
+    pub async fn helper_image(&self, like: &str) -> Result<String, crate::EngineError> {
+        if let Some(own) = self.own_image().await? {
+            return Ok(own);
+        }
+        match self.brief(like).await? {
+            Some(c) => Ok(c.image_id),
+            None => {
+                Err(self
+                    .failed(&format!("take the image of {like} for a helper"), "no such container"))
+            }
+        }
+    }
 }
 
 fn container_id_in(mountinfo: &str) -> Option<String> {

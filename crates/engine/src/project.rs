@@ -72,17 +72,7 @@ impl Engine {
         for left in self.containers_and_stand_ins(mine).await? {
             self.remove(&left.id, true).await?;
         }
-        let image = match self.own_image().await? {
-            Some(own) => own,
-            None => {
-                self.brief(like)
-                    .await?
-                    .ok_or_else(|| {
-                        self.failed(&what, format!("no container {like} to take the image of"))
-                    })?
-                    .image_id
-            }
-        };
+        let image = self.helper_image(like).await?;
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             entrypoint: Some(vec!["/steward-never-started".into()]),
