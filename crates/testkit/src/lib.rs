@@ -1124,15 +1124,29 @@ pub fn http_get_at(addr: std::net::SocketAddr) -> Option<(u16, String)> {
 
 /// `GET path` on `addr`, as [`http_get_at`].
 pub fn http_get_path_at(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_get_why(addr, path).ok()
+}
+
+/// `GET path` on `addr` (2 s to connect, 2 s between reads): the status and body, or which
+/// step failed and how (for a test's failure message).
+pub fn http_get_why(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    let status = head.strip_prefix("HTTP/1.")?.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let limit = Duration::from_secs(2);
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).map_err(|e| format!("socket: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut out = Vec::new();
+    if let Err(e) = s.read_to_end(&mut out) {
+        return Err(format!("read ({} bytes before): {e}", out.len()));
+    }
+    let out = String::from_utf8_lossy(&out);
+    let not_http = || format!("not an HTTP answer: {:?}", out.chars().take(80).collect::<String>());
+    let (head, body) = out.split_once("\r\n\r\n").ok_or_else(not_http)?;
+    let status = head.strip_prefix("HTTP/1.").and_then(|h| h.split_whitespace().nth(1));
+    let status = status.and_then(|s| s.parse().ok()).ok_or_else(not_http)?;
+    Ok((status, body.to_owned()))
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, or fails the test after `bound`.

@@ -52,8 +52,8 @@ async fn flow_rounds(
         took.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (seen, f) = prober.finish();
-        failed += f;
-        requests += seen.len() + f;
+        failed += f.len();
+        requests += seen.len() + f.len();
         // Whatever happened, the next round starts from a served app (bounded).
         let want = if round % 2 == 0 { "app v2" } else { "app v1" };
         let served = (0..100).any(|_| {
@@ -92,8 +92,8 @@ fn docker_rounds(net: &str, rounds: usize) -> (usize, usize) {
             get_ok(h.port).is_some_and(|b| b.contains(&want))
         });
         let (seen, f) = prober.finish();
-        failed += f;
-        requests += seen.len() + f;
+        failed += f.len();
+        requests += seen.len() + f.len();
         if !served {
             println!("  docker round {round}: {want} not served through HAProxy afterwards");
         }
