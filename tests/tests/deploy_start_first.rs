@@ -53,6 +53,7 @@ impl Stage {
             assert_eq!(terminal(&flow), ["deploy.succeeded"], "{flow:#?}");
             let web = repo.container("web").expect("web made");
             let addr = address_on(&web, &net.0);
+            net.assert_bridge_keeps_its_address();
             Haproxy::start("web", format!("{addr}:8080").parse().expect("address"))
         };
         Self {

@@ -751,6 +751,7 @@ pub mod docker {
     //! Setting up containers and images for tests with the real Docker CLI.
 
     use std::process::Command;
+    use std::time::{Duration, Instant};
 
     /// Runs `docker ARGS`, returning stdout; a failure fails the test with docker's stderr.
     ///
@@ -889,6 +890,49 @@ pub mod docker {
             let name = super::unique_name(prefix);
             docker(&["network", "create", &name]);
             Self(name)
+        }
+
+        /// Fails the test unless the host keeps the address of this network's bridge (the
+        /// interface holding its gateway address) once a container runs on it: otherwise a
+        /// container leaving the bridge can change its MAC address and stall the others'
+        /// traffic with the host for seconds (netavark before 1.9; Docker sets the address
+        /// itself; on a Podman host the Ansible role's udev rule does, here
+        /// `infra/testbed/pin-bridges.sh`; docs/podman.md, "Bridge addresses"). Bounded:
+        /// the address is set a moment after the bridge appears. Not for rootless Podman,
+        /// whose bridges are in a network namespace of its own.
+        pub fn assert_bridge_keeps_its_address(&self) {
+            let gateway = docker(&[
+                "network",
+                "inspect",
+                "-f",
+                "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                &self.0,
+            ]);
+            let holds = |line: &&str| line.contains(&format!(" inet {gateway}/"));
+            let bridge = || {
+                let out = Command::new("ip").args(["-o", "-4", "addr", "show"]).output().ok()?;
+                let out = String::from_utf8_lossy(&out.stdout).into_owned();
+                let line = out.lines().find(holds)?.to_owned();
+                line.split_whitespace().nth(1).map(str::to_owned)
+            };
+            let name = super::wait_for("the network's bridge", Duration::from_secs(10), bridge);
+            let kept = || {
+                let kind =
+                    std::fs::read_to_string(format!("/sys/class/net/{name}/addr_assign_type"));
+                // 3: NET_ADDR_SET, an address someone set, which the kernel leaves alone.
+                (kind.ok()?.trim() == "3").then_some(())
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while kept().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "bridge {name} of network {} takes its ports' lowest MAC address: a \
+                     container leaving it stalls the others (docs/podman.md, \"Bridge \
+                     addresses\"; infra/testbed/up.sh starts pin-bridges.sh)",
+                    self.0
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 

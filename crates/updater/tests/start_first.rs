@@ -26,6 +26,7 @@ struct Stage {
 fn stage() -> Stage {
     let net = Network::create("sfnet");
     let (app, haproxy, v2) = behind_haproxy(&net.0, "start-first");
+    net.assert_bridge_keeps_its_address();
     Stage { app, haproxy, v2, _net: net }
 }
 
