@@ -2,7 +2,9 @@
 //! container sharing its volumes, but only where that one-shot sees what the container sees:
 //! checked against the engine's own account of a `--tmpfs` under the path, and a path
 //! reached through a symbolic link (which would resolve in the one-shot's image). Stopped
-//! containers, whose one-shot takes their own image, so that no image of Steward's is needed.
+//! containers, whose one-shot takes their own image, so that no image of Steward's is needed:
+//! busybox's tools, and GNU's (Debian's, as in Steward's shipped image), whose NUL-separated
+//! records carry any name.
 
 use steward_engine::{listing, Engine};
 use steward_testkit::docker::{docker, Container};
@@ -11,9 +13,14 @@ use steward_testkit::unique_name;
 /// A container of the test bed's busybox image with `args` before the image, idling, stopped
 /// after `script` ran in it.
 fn stopped(name: &str, args: &[&str], script: &str) -> Container {
-    let mut all = vec!["--stop-signal", "KILL"];
+    stopped_of("steward-test/busybox:latest", name, args, script)
+}
+
+/// [`stopped`], of `image`.
+fn stopped_of(image: &str, name: &str, args: &[&str], script: &str) -> Container {
+    let mut all = vec!["--stop-signal", "KILL", "--entrypoint", "sleep"];
     all.extend_from_slice(args);
-    all.extend(["steward-test/busybox:latest", "sleep", "3600"]);
+    all.extend([image, "3600"]);
     let c = Container::run(name, &all);
     docker(&["exec", name, "sh", "-c", script]);
     docker(&["stop", name]);
@@ -62,7 +69,27 @@ async fn a_stopped_containers_volume_is_listed_beside_it_only_where_the_one_shot
     let layer = listing::list(&engine, &tmpfs, "/etc").await;
     assert!(layer.as_ref().is_err_and(|e| e.contains("own layer")), "{layer:?}");
 
-    for name in [&plain, &tmpfs] {
+    // GNU's tools in the one-shot (the stopped container's own Debian image): NUL-separated
+    // records, so a name with a newline is one entry, with its owner, mode and size.
+    let gnu = unique_name("lst-gnu");
+    let image = steward_testkit::testbed::require("STEWARD_TEST_POSTGRES_IMAGE");
+    let _gnu = stopped_of(
+        &image,
+        &gnu,
+        &["-v", "/data"],
+        "printf 'abc' > \"/data/two\nlines\" && chown 1234:2345 \"/data/two\nlines\" && \
+         chmod 640 \"/data/two\nlines\" && mkdir /data/d && chown 33:44 /data/d",
+    );
+    let listed = listing::list(&engine, &gnu, "/data")
+        .await
+        .unwrap_or_else(|e| panic!("a stopped container with GNU's tools: {e}"));
+    let odd = listed.get("data/two\nlines").unwrap_or_else(|| panic!("the name with a newline"));
+    assert_eq!((odd.uid, odd.gid, odd.perms & 0o7777, odd.size), (1234, 2345, 0o640, 3));
+    let dir = listed.get("data/d").unwrap_or_else(|| panic!("data/d not listed"));
+    assert_eq!((dir.uid, dir.gid), (33, 44));
+    assert!(listed.get("data/two").is_none() && listed.get("lines").is_none());
+
+    for name in [&plain, &tmpfs, &gnu] {
         assert_eq!(helpers_of(name), "", "a listing's container of {name} left");
     }
 }
