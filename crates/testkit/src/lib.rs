@@ -1068,6 +1068,52 @@ pub mod docker {
         }
     }
 
+    /// A compose project of a test: its file in a temp dir of its own, `docker-compose` (the test
+    /// bed's) run on it against `DOCKER_HOST` like the tests, taken down with its volumes when
+    /// dropped.
+    pub struct ComposeProject {
+        /// The directory holding `docker-compose.yml`.
+        pub dir: std::path::PathBuf,
+        /// Its project name (fresh).
+        pub name: String,
+    }
+
+    impl ComposeProject {
+        /// `text` as the compose file of a project named afresh from `prefix`.
+        pub fn new(prefix: &str, text: &str) -> Self {
+            let dir = std::env::temp_dir().join(super::unique_name(prefix));
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("project dir: {e}"));
+            std::fs::write(dir.join("docker-compose.yml"), text)
+                .unwrap_or_else(|e| panic!("compose file: {e}"));
+            Self { dir, name: super::unique_name(prefix) }
+        }
+
+        /// `docker-compose ARGS` on it; a failure fails the test with compose's stderr.
+        pub fn compose(&self, args: &[&str]) -> String {
+            let out = self.run(args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "docker-compose {args:?}: {stderr}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        fn run(&self, args: &[&str]) -> std::process::Output {
+            let file = self.dir.join("docker-compose.yml");
+            Command::new("docker-compose")
+                .args(["--project-name", &self.name, "--file"])
+                .arg(file)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("docker-compose (infra/testbed/up.sh installs it): {e}"))
+        }
+    }
+
+    impl Drop for ComposeProject {
+        fn drop(&mut self) {
+            let _ = self.run(&["down", "--volumes", "--timeout", "1"]);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     /// Removes, when dropped, whatever an interrupted update of container `.0` left under the
     /// updater's temporary names (`NAME-steward-old`, `-steward-new`, `-steward-failed`), with
     /// their anonymous volumes (Docker keeps one still used by another container).

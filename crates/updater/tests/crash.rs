@@ -11,9 +11,11 @@ use common::*;
 use steward_bus::StateStore;
 use steward_events::records::{UpdateRecord, UpdateStep, WatchRecord, WATCH_BUCKET};
 use steward_events::{Digest, Event, EventData, ImageUpdated, UpdatePending};
-use steward_testkit::docker::{build_and_push, docker, push_app};
+use steward_testkit::docker::{
+    build_and_push, docker, push_app, registry, ComposeProject, Container, ImageTag, SwapLeftovers,
+};
 use steward_testkit::stall::StallProxy;
-use steward_testkit::{http_get, unique_name, wait_for, TestBus};
+use steward_testkit::{free_port, http_get, unique_name, wait_for, TestBus};
 use steward_updater::flow::Flow;
 use time::OffsetDateTime;
 
@@ -371,4 +373,74 @@ async fn an_event_at_the_same_instant_as_the_last_updates_news_is_old_news() {
     assert_eq!(v.news_id, Some(copy.id), "the record was claimed again");
     assert!(http_get(app.port).is_some_and(|b| b.contains("app v1")));
     assert!(terminal(&events(&bus).await, original.correlation_id).is_empty());
+}
+
+/// A host that reboots during an update's health gate, whose stack is brought back by the
+/// deploy role's boot unit (`gitea-stack.service`, what a Podman host has instead of a daemon
+/// restarting containers): `compose up --detach --no-recreate`
+/// (`infra/ansible/roles/deploy/templates/stack.service.j2`). Compose keeps the first created
+/// of two containers of one service and removes the other (Steward's new one); without
+/// `--no-recreate` it also recreated the old one from the tag the update had moved, so the
+/// new release ran ungated and nothing was left to roll back to. With it the old container
+/// comes back, and the updater's recovery rolls the update back onto it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_in_the_health_gate_with_the_stacks_boot_unit_comes_back_on_the_old_release() {
+    let bus = TestBus::new("crashboot").await;
+    let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/upd"));
+    let v1 = push_app("v1", &image);
+    let name = unique_name("upd");
+    let port = free_port();
+    let project = ComposeProject::new(
+        "boot",
+        &format!(
+            "version: \"2.4\"\nservices:\n  web:\n    image: {image}\n    container_name: {name}\n    \
+             restart: unless-stopped\n    ports: [\"127.0.0.1:{port}:8080\"]\n    labels:\n      \
+             steward.update.policy: automatic\n      steward.update.backup: \"false\"\n"
+        ),
+    );
+    project.compose(&["up", "--detach"]);
+    wait_for("v1 served", Duration::from_secs(15), || {
+        http_get(port).filter(|b| b.contains("app v1"))
+    });
+    let app = App {
+        _parked: SwapLeftovers(name.clone()),
+        name: name.clone(),
+        image: image.clone(),
+        port,
+        v1,
+        _c: Container::adopt(name.clone()),
+        _tag: ImageTag(image.clone()),
+    };
+    let v2 = push_app("v2", &image);
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    // Killed in the gate: the new release runs under the name (the local tag moved to it,
+    // as the update's pull moves it), the old one is parked.
+    let (old_id, new_id) = swapped(&flow, &app).await;
+    let mut r = record(&event, &u, UpdateStep::Gating);
+    (r.old_id, r.new_id) = (Some(old_id.clone()), Some(new_id.clone()));
+    put(&flow, &r).await;
+
+    // The reboot: every container stops, then the boot unit runs.
+    for c in [name.clone(), format!("{name}-steward-old")] {
+        let _ = std::process::Command::new("docker").args(["stop", "-t", "1", &c]).output();
+    }
+    project.compose(&["up", "--detach", "--no-recreate"]);
+
+    // The updater comes back and finds its record.
+    let unfinished = flow.resume().await;
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    let all = events(&bus).await;
+    assert_eq!(terminal(&all, event.correlation_id), ["update.rolled_back"], "{:?}", types(&all));
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.Id}}", &name]),
+        old_id,
+        "the old container, under its name"
+    );
+    wait_for("v1 served again", Duration::from_secs(15), || {
+        http_get(port).filter(|b| b.contains("app v1"))
+    });
+    no_strays(&name);
+    assert!(flow.resume().await.is_empty());
+    assert_eq!(events(&bus).await.len(), all.len(), "a second start did something again");
 }

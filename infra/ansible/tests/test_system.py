@@ -358,7 +358,8 @@ def test_podman_stack_unit_brings_the_stack_up_at_boot_against_podmans_socket(tm
                  "Type=oneshot", "RemainAfterExit=true", "WorkingDirectory=/opt/gitea",
                  "WantedBy=multi-user.target",
                  "ExecStart=/usr/bin/env DOCKER_HOST=unix:///run/podman/podman.sock docker-compose "
-                 "--project-name gitea --file docker-compose.yml --file=podman.yml up --detach",
+                 "--project-name gitea --file docker-compose.yml --file=podman.yml up --detach "
+                 "--no-recreate",
                  "ExecStop=/usr/bin/env DOCKER_HOST=unix:///run/podman/podman.sock docker-compose "
                  "--project-name gitea --file docker-compose.yml --file=podman.yml stop"]:
         assert line in lines, f"{line!r} not in\n{unit}"
