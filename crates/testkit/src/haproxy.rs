@@ -45,6 +45,8 @@ impl Haproxy {
         let log = std::fs::File::create(dir.join("haproxy.log"))
             .unwrap_or_else(|e| panic!("haproxy log: {e}"));
         let child = Command::new("haproxy")
+            // Its log's times in UTC, as a prober's failures are told.
+            .env("TZ", "UTC")
             .arg("-db")
             .arg("-f")
             .arg(&cfg)
@@ -65,10 +67,10 @@ impl Haproxy {
     /// Its log without the requests answered `200` within a second: the failed and slow
     /// requests (with HAProxy's timers and termination state: who closed, at which step),
     /// servers going up, down, into drain or maintenance. For a failed assertion's message:
-    /// it first waits out `timeout server`, since HAProxy logs a request when it ends, and
-    /// the one a prober gave up on may not have ended yet.
+    /// it first waits out `timeout connect` and `timeout server`, since HAProxy logs a
+    /// request when it ends, and the one a prober gave up on may not have ended yet.
     pub fn notable_log(&self) -> String {
-        std::thread::sleep(Duration::from_secs(6));
+        std::thread::sleep(Duration::from_secs(7));
         let log = std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default();
         log.lines().filter(|l| !answered_at_once(l)).collect::<Vec<_>>().join("\n")
     }

@@ -375,17 +375,9 @@ async fn an_event_at_the_same_instant_as_the_last_updates_news_is_old_news() {
     assert!(terminal(&events(&bus).await, original.correlation_id).is_empty());
 }
 
-/// A host that reboots during an update's health gate, whose stack is brought back by the
-/// deploy role's boot unit (`gitea-stack.service`, what a Podman host has instead of a daemon
-/// restarting containers): `compose up --detach --no-recreate`
-/// (`infra/ansible/roles/deploy/templates/stack.service.j2`). Compose keeps the first created
-/// of two containers of one service and removes the other (Steward's new one); without
-/// `--no-recreate` it also recreated the old one from the tag the update had moved, so the
-/// new release ran ungated and nothing was left to roll back to. With it the old container
-/// comes back, and the updater's recovery rolls the update back onto it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reboot_in_the_health_gate_with_the_stacks_boot_unit_comes_back_on_the_old_release() {
-    let bus = TestBus::new("crashboot").await;
+/// The stand-in app v1 as the only service (`web`) of a compose project, labelled automatic,
+/// under a container name of its own and published on a port; v2 pushed under the same tag.
+fn compose_app() -> (ComposeProject, App, String) {
     let image = format!("{}/{}:1.0", registry(), unique_name("steward-test/upd"));
     let v1 = push_app("v1", &image);
     let name = unique_name("upd");
@@ -408,39 +400,81 @@ async fn a_reboot_in_the_health_gate_with_the_stacks_boot_unit_comes_back_on_the
         image: image.clone(),
         port,
         v1,
-        _c: Container::adopt(name.clone()),
+        _c: Container::adopt(name),
         _tag: ImageTag(image.clone()),
     };
     let v2 = push_app("v2", &image);
+    (project, app, v2)
+}
+
+/// A reboot: every container of the app stops; then the stack's boot unit (the deploy role's
+/// `gitea-stack.service`, what a Podman host has instead of a daemon restarting containers)
+/// runs `compose up --detach --no-recreate` (`infra/ansible/roles/deploy/templates/
+/// stack.service.j2`).
+fn reboot(project: &ComposeProject, app: &App) {
+    for c in [app.name.clone(), format!("{}-steward-old", app.name)] {
+        let _ = std::process::Command::new("docker").args(["stop", "-t", "1", &c]).output();
+    }
+    project.compose(&["up", "--detach", "--no-recreate"]);
+}
+
+/// A host that reboots during an update's health gate. Compose keeps the first created of a
+/// service's two containers and removes the other (Steward's new one); without
+/// `--no-recreate` it also recreated the old one from the tag the update had moved, so the new
+/// release ran ungated and nothing was left to roll back to. With it the old container comes
+/// back, and the updater's recovery rolls the update back onto it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_in_the_health_gate_with_the_stacks_boot_unit_comes_back_on_the_old_release() {
+    let bus = TestBus::new("crashboot").await;
+    let (project, app, v2) = compose_app();
     let flow = flow(&bus).await;
     let (event, u) = image_updated(&bus, &app, &v2).await;
     // Killed in the gate: the new release runs under the name (the local tag moved to it,
     // as the update's pull moves it), the old one is parked.
     let (old_id, new_id) = swapped(&flow, &app).await;
     let mut r = record(&event, &u, UpdateStep::Gating);
-    (r.old_id, r.new_id) = (Some(old_id.clone()), Some(new_id.clone()));
+    (r.old_id, r.new_id) = (Some(old_id.clone()), Some(new_id));
     put(&flow, &r).await;
-
-    // The reboot: every container stops, then the boot unit runs.
-    for c in [name.clone(), format!("{name}-steward-old")] {
-        let _ = std::process::Command::new("docker").args(["stop", "-t", "1", &c]).output();
-    }
-    project.compose(&["up", "--detach", "--no-recreate"]);
+    reboot(&project, &app);
 
     // The updater comes back and finds its record.
     let unfinished = flow.resume().await;
     assert!(unfinished.is_empty(), "{unfinished:?}");
     let all = events(&bus).await;
     assert_eq!(terminal(&all, event.correlation_id), ["update.rolled_back"], "{:?}", types(&all));
-    assert_eq!(
-        docker(&["inspect", "-f", "{{.Id}}", &name]),
-        old_id,
-        "the old container, under its name"
-    );
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &app.name]), old_id, "the old one, named");
     wait_for("v1 served again", Duration::from_secs(15), || {
-        http_get(port).filter(|b| b.contains("app v1"))
+        http_get(app.port).filter(|b| b.contains("app v1"))
     });
-    no_strays(&name);
+    no_strays(&app.name);
     assert!(flow.resume().await.is_empty());
     assert_eq!(events(&bus).await.len(), all.len(), "a second start did something again");
+}
+
+/// A reboot after the verdict, before the old container went (its removal failed, or the
+/// kill fell between): at boot compose removes the updated container and starts the old one
+/// under its parked name. The sweep used to remove that one as a leftover of a success,
+/// leaving the service with no container at all; it now gives it its name back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_after_the_verdict_before_the_old_container_went_keeps_the_service() {
+    let bus = TestBus::new("crashbootok").await;
+    let (project, app, v2) = compose_app();
+    let flow = flow(&bus).await;
+    let (event, u) = image_updated(&bus, &app, &v2).await;
+    let (old_id, new_id) = swapped(&flow, &app).await;
+    let mut r = record(&event, &u, UpdateStep::Succeeded);
+    (r.old_id, r.new_id) = (Some(old_id.clone()), Some(new_id.clone()));
+    put(&flow, &r).await;
+    reboot(&project, &app);
+    assert!(docker(&["ps", "-aq", "--filter", &format!("id={new_id}")]).is_empty());
+
+    flow.sweep().await.expect("sweep");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &app.name]), old_id, "the old one, named");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &app.name]), "true");
+    wait_for("v1 served", Duration::from_secs(15), || {
+        http_get(app.port).filter(|b| b.contains("app v1"))
+    });
+    no_strays(&app.name);
+    flow.sweep().await.expect("a second sweep");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &app.name]), old_id);
 }

@@ -250,6 +250,25 @@ impl Flow {
             // one otherwise (also if, against expectation, it is still parked).
             let mut keep: Vec<&str> = vec![];
             if record.step == UpdateStep::Succeeded {
+                if let (Some(old_id), Some(new_id)) = (&record.old_id, &record.new_id) {
+                    if self.engine.brief(new_id).await?.is_none()
+                        && self.engine.brief(old_id).await?.is_some()
+                    {
+                        // The updated container is gone and the one it replaced is still
+                        // here: a `compose up` at boot (a Podman stack's unit) keeps the first
+                        // created of a service's two containers and removes the other. The old
+                        // one is all that is left of the service: it runs again under its name
+                        // (the watcher then finds the update again), never removed.
+                        tracing::warn!(container = %base, "the updated container is gone (a compose up after a reboot?); its predecessor runs again under the name");
+                        let r = Replacement {
+                            name: base.clone(),
+                            old_id: old_id.clone(),
+                            new_id: new_id.clone(),
+                        };
+                        self.engine.restore(&r).await?;
+                        continue;
+                    }
+                }
                 keep.extend(record.new_id.as_deref());
             } else {
                 keep.extend(record.old_id.as_deref());
