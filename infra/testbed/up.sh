@@ -255,12 +255,9 @@ if ! podman_up; then
   podman_up || { tail -n 20 "$STATE/logs/podman.log" >&2; die "podman system service did not come up"; }
 fi
 chgrp podman "$PODMAN_SOCKET" && chmod 660 "$PODMAN_SOCKET"
-# Podman's bridges keep their MAC addresses, as the Ansible role's udev rule has them on a
-# host (this machine has no udevd): pin-bridges.sh says why.
-if ! pgrep -f "testbed/pin-bridges.sh" >/dev/null; then
-  log "pinning Podman's bridge addresses (pin-bridges.sh)"
-  spawn "$STATE/logs/pin-bridges.log" "$HERE/pin-bridges.sh"
-fi
+# Podman's bridges keep their MAC addresses, as the Ansible role's service keeps them on a
+# Podman host: the same script (it says why), which exits at once when one already runs.
+spawn "$STATE/logs/pin-bridges.log" "$HERE/../ansible/roles/system/files/steward-pin-bridges"
 
 # ---- rootless Podman (issue 22) -----------------------------------------------------------
 # The same API served by an unprivileged user's Podman, as a host without root for the

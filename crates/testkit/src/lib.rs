@@ -896,8 +896,8 @@ pub mod docker {
         /// interface holding its gateway address) once a container runs on it: otherwise a
         /// container leaving the bridge can change its MAC address and stall the others'
         /// traffic with the host for seconds (netavark before 1.9; Docker sets the address
-        /// itself; on a Podman host the Ansible role's udev rule does, here
-        /// `infra/testbed/pin-bridges.sh`; docs/podman.md, "Bridge addresses"). Bounded:
+        /// itself; on a Podman host the Ansible role's `steward-pin-bridges` does, which the
+        /// test bed runs too; docs/podman.md, "Bridge addresses"). Bounded:
         /// the address is set a moment after the bridge appears. Not for rootless Podman,
         /// whose bridges are in a network namespace of its own.
         pub fn assert_bridge_keeps_its_address(&self) {
@@ -928,7 +928,7 @@ pub mod docker {
                     Instant::now() < deadline,
                     "bridge {name} of network {} takes its ports' lowest MAC address: a \
                      container leaving it stalls the others (docs/podman.md, \"Bridge \
-                     addresses\"; infra/testbed/up.sh starts pin-bridges.sh)",
+                     addresses\"; infra/testbed/up.sh starts steward-pin-bridges)",
                     self.0
                 );
                 std::thread::sleep(Duration::from_millis(100));
