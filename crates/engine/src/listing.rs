@@ -354,7 +354,7 @@ pub async fn list(engine: &Engine, container: &str, path: &str) -> Result<Listin
         ..Default::default()
     };
     let label = (steward_labels::HELPER, container);
-    match list_in_oneshot(engine, &image, shared, label, false, path).await {
+    match list_in_oneshot(engine, &image, shared, label, Some(id.as_str()), path).await {
         Ok(Ok(listing)) => Ok(Listing { tar: false, ..listing }),
         Ok(Err(why)) => Err(format!("{cannot}; in a container of {image}: {why}")),
         Err(e) => Err(format!("{cannot}; {e}")),
@@ -491,8 +491,8 @@ async fn list_by_exec(
 /// read-only (`host_config` says which; never a network). It runs as root with every
 /// capability dropped but reading past permissions, gains none, idles until the listing has
 /// run in it by exec (as [`list`]; the path must resolve to itself there, see [`SCRIPT`]), and
-/// is removed (with its anonymous volumes when
-/// `volumes`: an image's `VOLUME`s, never a borrowed one's). One left by a kill ends within
+/// is removed with the anonymous volumes made for it (its image's `VOLUME`s), never one it
+/// borrowed from container `borrowed` (`Engine::remove_helper`). One left by a kill ends within
 /// the hour and the engine removes it (`AutoRemove`). Labelled `label`. Needs `/bin/sh`,
 /// `sleep` and `find` in the image. The outer error is the engine's (a create or start that
 /// failed, timed out or found no engine), the inner one the listing's.
@@ -501,7 +501,7 @@ pub(crate) async fn list_in_oneshot(
     image: &str,
     host_config: bollard::models::HostConfig,
     label: (&str, &str),
-    volumes: bool,
+    borrowed: Option<&str>,
     path: &str,
 ) -> Result<Result<Listing, String>, crate::EngineError> {
     use bollard::models::ContainerCreateBody;
@@ -548,7 +548,11 @@ pub(crate) async fn list_in_oneshot(
         }
         Err(e) => Err(engine.call_failed(&what, e)),
     };
-    if let Err(e) = engine.remove(&created.id, volumes).await {
+    let removed = match borrowed {
+        Some(from) => engine.remove_helper(&created.id, from).await,
+        None => engine.remove(&created.id, true).await,
+    };
+    if let Err(e) = removed {
         tracing::warn!(container = %created.id, error = %e, "cannot remove the listing's container");
     }
     listed

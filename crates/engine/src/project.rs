@@ -154,7 +154,7 @@ impl ProjectDir {
         // Labelled like the helper: one left by a kill goes with the helpers.
         let label = (PROJECT_HELPER, self.owner.as_str());
         let listing =
-            listing::list_in_oneshot(&self.engine, &self.image, mounted, label, true, &path)
+            listing::list_in_oneshot(&self.engine, &self.image, mounted, label, None, &path)
                 .await??;
         let mut entries = listing.into_entries().into_iter().map(|(_, stat)| stat);
         let (Some(stat), None) = (entries.next(), entries.next()) else {

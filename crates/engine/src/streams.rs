@@ -569,9 +569,7 @@ impl Engine {
         keep: usize,
     ) -> Result<ExecOutput, EngineError> {
         use bollard::models::{ContainerCreateBody, HostConfig};
-        use bollard::query_parameters::{
-            CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions,
-        };
+        use bollard::query_parameters::{CreateContainerOptions, WaitContainerOptions};
         let docker = self.client()?;
         let what = format!("run a helper from {image} with the volumes of {volumes_from}");
         let body = ContainerCreateBody {
@@ -615,13 +613,57 @@ impl Engine {
             Ok(ExecOutput { exit_code, tail })
         }
         .await;
-        let remove = RemoveContainerOptions { force: true, v: false, ..Default::default() };
-        if let Err(e) = self.timed(docker.remove_container(&id, Some(remove))).await {
+        if let Err(e) = self.remove_helper(&id, volumes_from).await {
             crate::recreate::tracing_free_log(&format!(
                 "could not remove helper container {id}: {e}"
             ));
         }
         result
+    }
+
+    /// Removes helper container `id`, which borrowed the volumes of `from` (`VolumesFrom`),
+    /// with the volumes made for it alone: the anonymous ones its image's `VOLUME`s got where
+    /// `from` has no volume (a PostgreSQL image's data directory, for a helper of a container
+    /// keeping its data elsewhere). Those were left behind, one per helper, by a removal
+    /// without volumes; and a removal with them (`v`) would also take a borrowed anonymous
+    /// volume whose owner is gone meanwhile, so the helper's own are named first and removed
+    /// by name after it.
+    pub(crate) async fn remove_helper(&self, id: &str, from: &str) -> Result<(), EngineError> {
+        let volumes = |c: bollard::models::ContainerInspectResponse| -> Vec<String> {
+            let mounts = c.mounts.unwrap_or_default().into_iter();
+            mounts.filter(|m| m.typ.as_deref() == Some("volume")).filter_map(|m| m.name).collect()
+        };
+        let docker = self.client()?;
+        let own = match self.timed(self.inspect_container(&docker, id)).await {
+            Ok(helper) => {
+                let borrowed = match self.timed(self.inspect_container(&docker, from)).await {
+                    Ok(c) => volumes(c),
+                    // Its owner gone: nothing tells its volumes from the helper's own, so
+                    // none is removed.
+                    Err(_) => vec![],
+                };
+                let mine = volumes(helper);
+                if borrowed.is_empty() {
+                    vec![]
+                } else {
+                    mine.into_iter().filter(|v| !borrowed.contains(v)).collect()
+                }
+            }
+            Err(e) if crate::gone(&e) => vec![],
+            Err(e) => return Err(self.call_failed(&format!("inspect helper {id}"), e)),
+        };
+        self.remove(id, false).await?;
+        for volume in own {
+            let options = bollard::query_parameters::RemoveVolumeOptions { force: false };
+            match self.timed(docker.remove_volume(&volume, Some(options))).await {
+                Ok(()) => {}
+                Err(e) if crate::gone(&e) => {}
+                Err(e) => {
+                    tracing::warn!(%volume, error = %e, "cannot remove a helper's own volume")
+                }
+            }
+        }
+        Ok(())
     }
 }
 

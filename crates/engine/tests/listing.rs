@@ -93,3 +93,62 @@ async fn a_stopped_containers_volume_is_listed_beside_it_only_where_the_one_shot
         assert_eq!(helpers_of(name), "", "a listing's container of {name} left");
     }
 }
+
+/// The volumes holding file `mark` (with `mark` in it) at their top, by the engine's own
+/// account of where each volume is on the host.
+fn volumes_holding(mark: &str) -> Vec<String> {
+    let all = docker(&["volume", "ls", "-q"]);
+    all.lines()
+        .filter(|v| {
+            let at = docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", v]);
+            std::fs::read_to_string(std::path::Path::new(&at).join("mark"))
+                .is_ok_and(|m| m.trim() == mark)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A helper sharing a container's volumes (a restore's, a listing's) whose image declares a
+/// `VOLUME` where the container has none gets an anonymous volume of its own there: it goes
+/// with the helper (before, one was left behind per helper: found as CI's stray volumes), and
+/// the volume it borrowed stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helpers_own_volumes_go_with_it_and_the_borrowed_ones_stay() {
+    let engine = Engine::from_env();
+    // The PostgreSQL stand-in declares `VOLUME /var/lib/postgresql/data`; this container keeps
+    // a tmpfs there and its data in a volume at /data.
+    let image = steward_testkit::testbed::require("STEWARD_TEST_POSTGRES_IMAGE");
+    let owner = unique_name("hlp-owner");
+    let _owner = stopped_of(
+        &image,
+        &owner,
+        &["-v", "/data", "--tmpfs", "/var/lib/postgresql/data"],
+        "echo kept > /data/f",
+    );
+    let mark = unique_name("mark");
+    let out = engine
+        .run_with_volumes_of(
+            &owner,
+            &image,
+            vec!["sh".into(), "-c".into()],
+            vec![format!("echo {mark} > /var/lib/postgresql/data/mark && cat /data/f")],
+            10,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the helper: {e}"));
+    assert_eq!((out.exit_code, out.tail.join("\n")), (0, "kept".to_owned()), "{out:?}");
+    assert_eq!(volumes_holding(&mark), Vec::<String>::new(), "the helper's own volume was left");
+    assert_eq!(helpers_of(&owner), "", "the helper was left");
+    // The borrowed volume is the owner's still, with its file.
+    let data = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{if eq .Destination \"/data\"}}{{.Name}}{{end}}{{end}}",
+        &owner,
+    ]);
+    let at = docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", &data]);
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(&at).join("f")).ok().as_deref(),
+        Some("kept\n")
+    );
+}
