@@ -635,20 +635,15 @@ impl Engine {
         };
         let docker = self.client()?;
         let own = match self.timed(self.inspect_container(&docker, id)).await {
-            Ok(helper) => {
-                let borrowed = match self.timed(self.inspect_container(&docker, from)).await {
-                    Ok(c) => volumes(c),
-                    // Its owner gone: nothing tells its volumes from the helper's own, so
-                    // none is removed.
-                    Err(_) => vec![],
-                };
-                let mine = volumes(helper);
-                if borrowed.is_empty() {
-                    vec![]
-                } else {
-                    mine.into_iter().filter(|v| !borrowed.contains(v)).collect()
+            Ok(helper) => match self.timed(self.inspect_container(&docker, from)).await {
+                Ok(owner) => {
+                    let borrowed = volumes(owner);
+                    volumes(helper).into_iter().filter(|v| !borrowed.contains(v)).collect()
                 }
-            }
+                // Its owner gone (or not answering): nothing tells its volumes from the
+                // helper's own, so none is removed.
+                Err(_) => vec![],
+            },
             Err(e) if crate::gone(&e) => vec![],
             Err(e) => return Err(self.call_failed(&format!("inspect helper {id}"), e)),
         };
