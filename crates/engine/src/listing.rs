@@ -549,7 +549,7 @@ pub(crate) async fn list_in_oneshot(
         Err(e) => Err(engine.call_failed(&what, e)),
     };
     let removed = match borrowed {
-        Some(from) => engine.remove_helper(&created.id, from).await,
+        Some(from) => Box::pin(engine.remove_helper(&created.id, from)).await,
         None => engine.remove(&created.id, true).await,
     };
     if let Err(e) = removed {

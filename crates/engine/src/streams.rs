@@ -613,7 +613,7 @@ impl Engine {
             Ok(ExecOutput { exit_code, tail })
         }
         .await;
-        if let Err(e) = self.remove_helper(&id, volumes_from).await {
+        if let Err(e) = Box::pin(self.remove_helper(&id, volumes_from)).await {
             crate::recreate::tracing_free_log(&format!(
                 "could not remove helper container {id}: {e}"
             ));
@@ -634,18 +634,21 @@ impl Engine {
             mounts.filter(|m| m.typ.as_deref() == Some("volume")).filter_map(|m| m.name).collect()
         };
         let docker = self.client()?;
-        let own = match self.timed(self.inspect_container(&docker, id)).await {
-            Ok(helper) => match self.timed(self.inspect_container(&docker, from)).await {
-                Ok(owner) => {
-                    let borrowed = volumes(owner);
-                    volumes(helper).into_iter().filter(|v| !borrowed.contains(v)).collect()
-                }
-                // Its owner gone (or not answering): nothing tells its volumes from the
-                // helper's own, so none is removed.
-                Err(_) => vec![],
-            },
+        // Only the names are kept across the next call: an inspect answer is large, and this
+        // runs deep in a restore's future.
+        let mine = match self.timed(self.inspect_container(&docker, id)).await {
+            Ok(helper) => volumes(helper),
             Err(e) if crate::gone(&e) => vec![],
             Err(e) => return Err(self.call_failed(&format!("inspect helper {id}"), e)),
+        };
+        let own: Vec<String> = match self.timed(self.inspect_container(&docker, from)).await {
+            Ok(owner) => {
+                let borrowed = volumes(owner);
+                mine.into_iter().filter(|v| !borrowed.contains(v)).collect()
+            }
+            // Its owner gone (or not answering): nothing tells its volumes from the helper's
+            // own, so none is removed.
+            Err(_) => vec![],
         };
         self.remove(id, false).await?;
         for volume in own {
