@@ -342,14 +342,40 @@ fi
 # 22): copied from Docker by `docker save | podman load` when its copy is missing or another
 # build (the image id is the configuration's digest, the same on both). Podman names them
 # `localhost/steward-test/...`; a short name resolves to that.
+# A copy that has gathered many names is removed and copied again. The tests push these
+# images to the registry under names of their own and the engines pull them back; Podman keeps
+# every name an image ever had (`NamesHistory`, listed as `REPO:<none>`) until the image goes:
+# after some hundred runs the app image had 2,687 and its inspect answer was 600 KB, which
+# every image inspect of the Podman leg carried. A copy a container uses stays.
+PODMAN_NAMES_MAX=${STEWARD_TESTBED_PODMAN_NAMES_MAX:-100}
+[[ $PODMAN_NAMES_MAX =~ ^[0-9]+$ ]] || die "STEWARD_TESTBED_PODMAN_NAMES_MAX=$PODMAN_NAMES_MAX: expected a number"
 copy_to_podman() { # SOCKET NAME
-  local socket=$1 name=$2 image want
+  local socket=$1 name=$2 image want have names users out
+  local pod=(podman --url "unix://$socket")
   local to_copy=()
   for image in steward-test/busybox:latest steward-test/app:v1 steward-test/app:v2 \
     steward-test/app:v3 steward-test/postgres:15 steward-test/nginx:latest; do
     want=$(docker image inspect -f '{{.Id}}' "$image" | sed 's/^sha256://')
-    [ "$(podman --url "unix://$socket" image inspect -f '{{.Id}}' "localhost/$image" 2>/dev/null \
-      | sed 's/^sha256://')" = "$want" ] || to_copy+=("$image")
+    # Missing (a new store) is no error: it is copied.
+    have=$("${pod[@]}" image inspect -f '{{.Id}}' "localhost/$image" 2>/dev/null \
+      | sed 's/^sha256://') || have=
+    if [ -n "$have" ] && [ "$have" = "$want" ]; then
+      names=$("${pod[@]}" image inspect -f '{{len .NamesHistory}}' "$have" 2>/dev/null) || names=0
+      [ "${names:-0}" -gt "$PODMAN_NAMES_MAX" ] || continue
+      users=$("${pod[@]}" ps -a -q --filter "ancestor=$have" 2>/dev/null) || users=unknown
+      if [ -n "$users" ]; then
+        log "warning: $image in $name has $names old names but containers use it: kept"
+        continue
+      fi
+      # --force only for its other names (an image with several is not removed by id
+      # without it); no container uses it, so none goes with it.
+      if ! out=$("${pod[@]}" rmi --force "$have" 2>&1); then
+        log "warning: $image in $name has $names old names and could not be removed: $out"
+        continue
+      fi
+      log "removed $image from $name ($names old names): copied again"
+    fi
+    to_copy+=("$image")
   done
   if [ ${#to_copy[@]} -gt 0 ]; then
     log "copying ${to_copy[*]} into $name"
