@@ -40,10 +40,23 @@ pub struct Proc {
 impl Proc {
     /// Starts `name` with `env` (on top of a clean environment), logs to a temp file.
     pub fn start(name: &str, env: &[(&str, String)]) -> Self {
+        Self::spawn(name, Command::new(binary(name)), env)
+    }
+
+    /// Like [`Proc::start`], the process's stack limit (`ulimit -s`, which sizes its main
+    /// thread) set to `kib` KiB by util-linux's `prlimit`, which then runs the binary in its
+    /// place.
+    pub fn start_with_stack(name: &str, env: &[(&str, String)], kib: u64) -> Self {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--stack={}", kib * 1024)).arg("--").arg(binary(name));
+        Self::spawn(name, cmd, env)
+    }
+
+    fn spawn(name: &str, mut cmd: Command, env: &[(&str, String)]) -> Self {
         let log =
             std::env::temp_dir().join(steward_testkit::unique_name(name)).with_extension("log");
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
-        let child = Command::new(binary(name))
+        let child = cmd
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(steward_testkit::engine_env())
@@ -135,7 +148,20 @@ impl Proc {
     /// Starts a service binary in `bus`'s namespace with `extra` settings and waits until its
     /// consumer is up.
     pub fn service(name: &str, bus: &steward_bus::Bus, extra: &[(&str, String)]) -> Self {
-        let p = Self::start(name, &service_env(bus, extra));
+        Self::consuming(name, Self::start(name, &service_env(bus, extra)))
+    }
+
+    /// Like [`Proc::service`], with a stack limit of `kib` KiB ([`Proc::start_with_stack`]).
+    pub fn service_with_stack(
+        name: &str,
+        bus: &steward_bus::Bus,
+        extra: &[(&str, String)],
+        kib: u64,
+    ) -> Self {
+        Self::consuming(name, Self::start_with_stack(name, &service_env(bus, extra), kib))
+    }
+
+    fn consuming(name: &str, p: Self) -> Self {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !p.logs().contains("\"consuming\"") {
             assert!(Instant::now() < deadline, "{name} not consuming: {}", p.logs());

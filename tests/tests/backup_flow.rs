@@ -29,7 +29,10 @@ async fn requested_backups_answer_in_their_correlation_and_the_cli_restores_them
 
     let mut env = bucket.env();
     env.push(("STEWARD_SCOPE", scope.clone()));
-    let mut backup = Proc::service("steward-backup", &bus, &env);
+    // Under a 1 MiB stack limit: the service sizes its own threads, and its flows run on
+    // them, whatever `ulimit -s` says (a debug build's backup overflowed 4 and 5 MiB when
+    // they ran on the process's main thread).
+    let mut backup = Proc::service_with_stack("steward-backup", &bus, &env, 1024);
 
     // What the updater does before updating the app.
     let request = Event::new(

@@ -43,7 +43,8 @@ async fn extract(args: &[String]) -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let mut stdout = std::io::stdout().lock();
+    // Not `lock()`: the lock is not Send, and this runs as a task of the runtime.
+    let mut stdout = std::io::stdout();
     match backups.extract(id, component, &mut stdout).await {
         Ok(c) => {
             eprintln!("steward-backup: {} of backup {id}: {} bytes, checked", c.name, c.raw_size);

@@ -303,20 +303,32 @@ const SETUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Stack of each runtime thread. Debug builds of the update and backup flows keep poll frames
-/// of hundreds of KiB (a future is built on the stack before it moves into its parent), so
-/// tokio's 2 MiB left too thin a margin; the memory is reserved, not resident.
-pub const THREAD_STACK: usize = 8 * 1024 * 1024;
+/// of hundreds of KiB (a future is built on the stack before it moves into its parent): a debug
+/// backup service's backup overflowed 4 and 5 MiB, passed at 8 MiB and overflowed 8 MiB once
+/// in CI (docs/reliability.md, "Stacks"). The memory is reserved, not resident.
+pub const THREAD_STACK: usize = 16 * 1024 * 1024;
 
 /// Runs a service's `main` future on its runtime: two workers (the host has few cores and a
-/// service waits on I/O), [`THREAD_STACK`] each.
-pub fn block_on(service: Service, main: impl Future<Output = ExitCode>) -> ExitCode {
+/// service waits on I/O), [`THREAD_STACK`] each. `main` runs as a task on them, not on the
+/// process's main thread, whose stack is whatever `ulimit -s` gave the process.
+pub fn block_on(
+    service: Service,
+    main: impl Future<Output = ExitCode> + Send + 'static,
+) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_stack_size(THREAD_STACK)
         .enable_all()
         .build();
     match runtime {
-        Ok(runtime) => runtime.block_on(main),
+        Ok(runtime) => match runtime.block_on(runtime.spawn(main)) {
+            Ok(code) => code,
+            // A panic (its message is on stderr already) or the runtime shutting down.
+            Err(e) => {
+                eprintln!("steward-{service}: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             eprintln!("steward-{service}: cannot start the runtime: {e}");
             ExitCode::FAILURE
