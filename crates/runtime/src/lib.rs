@@ -309,8 +309,9 @@ const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub const THREAD_STACK: usize = 16 * 1024 * 1024;
 
 /// Runs a service's `main` future on its runtime: two workers (the host has few cores and a
-/// service waits on I/O), [`THREAD_STACK`] each. `main` runs as a task on them, not on the
-/// process's main thread, whose stack is whatever `ulimit -s` gave the process.
+/// service waits on I/O), [`THREAD_STACK`] each. `main` is driven on a thread of its own, as
+/// `block_on` on the process's main thread drove it, but with [`THREAD_STACK`] too: the main
+/// thread's stack is whatever `ulimit -s` gave the process.
 pub fn block_on(
     service: Service,
     main: impl Future<Output = ExitCode> + Send + 'static,
@@ -320,17 +321,26 @@ pub fn block_on(
         .thread_stack_size(THREAD_STACK)
         .enable_all()
         .build();
-    match runtime {
-        Ok(runtime) => match runtime.block_on(runtime.spawn(main)) {
-            Ok(code) => code,
-            // A panic (its message is on stderr already) or the runtime shutting down.
-            Err(e) => {
-                eprintln!("steward-{service}: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("steward-{service}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // On the heap at once: moved into the thread by value, a debug build's future was copied
+    // through the main thread's frames, and that alone overflowed a 1 MiB stack.
+    let main = Box::pin(main);
+    let thread = std::thread::Builder::new()
+        .name(format!("steward-{service}"))
+        .stack_size(THREAD_STACK)
+        .spawn(move || runtime.block_on(main));
+    match thread.map(std::thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        // A panic: its message is on stderr already.
+        Ok(Err(_)) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("steward-{service}: cannot start its main thread: {e}");
             ExitCode::FAILURE
         }
     }
