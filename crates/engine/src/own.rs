@@ -81,12 +81,14 @@ fn container_id_in(mountinfo: &str) -> Option<String> {
         .collect();
     // Podman's `/run/.containerenv` is the container's own; `hosts` and `resolv.conf` are the
     // namespace's (another container's in a pod or with `network_mode: container:`), and
-    // Podman orders these mounts differently from one start to the next. Then `hostname`;
-    // then any.
-    ["/run/.containerenv", "/etc/hostname"]
+    // Podman orders these mounts differently from one start to the next. Then `hostname`,
+    // then those two. Only mounts at these places count: a process on the host can see a
+    // mount from a container's directory elsewhere (a bind of such a path, a mount that
+    // propagated out of a container), and taking one of those made a backup service on the
+    // host list a path in a one-shot of another container's image (CI, 2026-12-07).
+    ["/run/.containerenv", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
         .iter()
         .find_map(|want| candidates.iter().find(|(at, _)| at == want))
-        .or_else(|| candidates.first())
         .map(|(_, id)| id.clone())
 }
 
@@ -144,5 +146,21 @@ mod tests {
              187 180 254:0 /run/containers/storage/overlay-containers/{id}/userdata/hostname /etc/hostname rw - ext4 /dev/vda rw\n"
         );
         assert_eq!(container_id_in(&pod).as_deref(), Some(id));
+    }
+
+    /// The host's own mounts can come from a container's directory too (a bind of such a
+    /// path, a mount propagated out of a container): none of them is at a container's own
+    /// `hostname`, `hosts`, `resolv.conf` or `.containerenv`, and the host is in no container.
+    #[test]
+    fn a_hosts_mount_from_a_containers_directory_is_no_container_of_its_own() {
+        let id = "4f2a".repeat(16);
+        let host = format!(
+            "25 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+             90 25 8:1 /srv/containers/{id} /data rw - ext4 /dev/sda1 rw
+             91 25 8:1 /var/lib/docker/containers/{id}/hostname /mnt/c/etc/hostname rw - ext4 /dev/sda1 rw
+             92 25 0:60 / /var/lib/docker/containers/{id}/mounts/shm rw - tmpfs shm rw
+"
+        );
+        assert_eq!(container_id_in(&host), None);
     }
 }
