@@ -4,7 +4,8 @@
 # nats-server parses a variable's value as config text (a password starting with a digit would
 # be read as a number and refused), so each is exported as a quoted string.
 # A host's leaf (nats.conf from `steward nats-config` with STEWARD_NATS_DOMAIN) also takes its
-# link to the hub, password included, from the secret nats_leaf_url.
+# link to the hub, password included, from the secret nats_leaf_url (one URL per line: a
+# clustered hub's nodes).
 # STEWARD_NATS_SECRETS and STEWARD_NATS_CONFIG point elsewhere than the container's paths
 # (the tests run this script with nats-server outside a container).
 set -eu
@@ -51,14 +52,52 @@ if grep -q '\$STEWARD_LEAF_URL' "$config"; then
     echo "entrypoint: $file is missing: this leaf's link to the hub, nats-leaf://leaf-<host>:<password>@<hub>:7422" >&2
     exit 1
   }
-  value=$(cat "$file")
-  quotable "$file" "$value"
-  # Exactly a user, a password and a host: nats-server prints a URL it cannot parse whole,
-  # password included; a password with '/', '@', '%' or a space is such a URL.
-  printf '%s' "$value" | grep -Eq '^(nats-leaf|tls)://[a-z0-9_-]+:[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+(:[0-9]+)?$' || {
-    echo "entrypoint: $file: not nats-leaf://leaf-<host>:<password>@<hub>:<port> (the password: letters, digits, '.', '_', '~', '-')" >&2
+  # One URL per line: a clustered hub's nodes, each a URL (the leaf links to one of them and
+  # to another when it is lost). Several go to nats-server as a list.
+  urls=
+  count=0
+  while IFS= read -r value || [ -n "$value" ]; do
+    [ -n "$value" ] || continue
+    quotable "$file" "$value"
+    # Exactly a user, a password and a host: nats-server prints a URL it cannot parse whole,
+    # password included; a password with '/', '@', '%' or a space is such a URL.
+    printf '%s' "$value" | grep -Eq '^(nats-leaf|tls)://[a-z0-9_-]+:[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+(:[0-9]+)?$' || {
+      echo "entrypoint: $file, URL $((count + 1)): not nats-leaf://leaf-<host>:<password>@<hub>:<port> (the password: letters, digits, '.', '_', '~', '-')" >&2
+      exit 1
+    }
+    urls="$urls${urls:+,}\"$value\""
+    count=$((count + 1))
+  done < "$file"
+  [ "$count" -gt 0 ] || { echo "entrypoint: $file is empty" >&2; exit 1; }
+  if [ "$count" -eq 1 ]; then
+    export "STEWARD_LEAF_URL=$urls"
+  else
+    export "STEWARD_LEAF_URL=[$urls]"
+  fi
+fi
+# A node of a clustered hub (`steward nats-config --cluster-route`) logs in to its peers with the
+# password in each route's URL: made here from the addresses on the configuration's
+# `# steward-routes:` line and secrets/nats_route_password.
+if grep -q '\$STEWARD_ROUTES' "$config"; then
+  file=$secrets/nats_route_password
+  password=$(cat "$file")
+  printf '%s' "$password" | grep -Eq '^[A-Za-z0-9._~-]+$' || {
+    echo "entrypoint: $file: the route password goes into URLs: letters, digits, '.', '_', '~', '-' only" >&2
     exit 1
   }
-  export "STEWARD_LEAF_URL=\"$value\""
+  addresses=$(sed -n 's/^# steward-routes: //p' "$config")
+  [ -n "$addresses" ] || {
+    echo "entrypoint: $config names \$STEWARD_ROUTES but has no '# steward-routes:' line (regenerate it with steward nats-config)" >&2
+    exit 1
+  }
+  routes=
+  for address in $addresses; do
+    printf '%s' "$address" | grep -Eq '^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):[0-9]+$' || {
+      echo "entrypoint: $config: route address $address is not host:port" >&2
+      exit 1
+    }
+    routes="$routes${routes:+,}\"nats-route://route:$password@$address\""
+  done
+  export "STEWARD_ROUTES=[$routes]"
 fi
 exec nats-server --config "$config" "$@"

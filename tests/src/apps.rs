@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use steward_bus::Bus;
 use steward_events::Event;
 use steward_testkit::docker::{push_app, registry, Container, ImageTag, SwapLeftovers};
-use steward_testkit::{free_port, http_get, stored_events, unique_name, wait_for};
+use steward_testkit::{free_port, http_get, unique_name, wait_for};
 
 /// Publishes what the watcher would on finding `to` for container `name` (running `image` at
 /// `from`, digest-tracked): the event, whose correlation id names the flow.
@@ -53,14 +53,18 @@ pub fn contained_updater_settings(nats: &str, bus: &Bus, health_timeout: &str) -
 pub async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
     let deadline = Instant::now() + bound;
     loop {
-        let all = stored_events(bus).await;
-        if all.iter().any(|e| e.event_type() == what) {
-            return all;
+        // A stream that cannot be read now (its server restarting, its cluster electing a
+        // leader) is read again until the bound.
+        let all = steward_testkit::try_stored_events(bus).await;
+        if let Ok(all) = &all {
+            if all.iter().any(|e| e.event_type() == what) {
+                return all.clone();
+            }
         }
         assert!(
             Instant::now() < deadline,
             "no {what}; saw {:?}",
-            all.iter().map(Event::event_type).collect::<Vec<_>>()
+            all.map(|all| all.iter().map(Event::event_type).collect::<Vec<_>>())
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -136,10 +136,15 @@ fn path(p: &Path) -> &str {
 
 /// Starts the server of `dir` through the kit's entrypoint.
 fn start(dir: &Dir) -> NatsServer {
-    let env = vec![
+    start_with(dir, vec![])
+}
+
+/// [`start`] with `env` besides.
+fn start_with(dir: &Dir, mut env: Vec<(String, String)>) -> NatsServer {
+    env.extend([
         ("STEWARD_NATS_CONFIG".to_owned(), dir.path().join("nats.conf").display().to_string()),
         ("STEWARD_NATS_SECRETS".to_owned(), dir.path().join("secrets").display().to_string()),
-    ];
+    ]);
     NatsServer::start_through(&entrypoint(), env)
 }
 
@@ -172,21 +177,34 @@ fn wait_linked(http_port: u16, expected: usize, servers: &[&NatsServer]) {
 
 /// `steward ARGS` against `server` as `user` (its test password) under `domain`.
 fn steward_on(server: &NatsServer, user: &str, domain: &str, args: &[&str]) -> String {
+    let out = steward_at(&server.url(), user, domain, &[], args);
+    stdout_ok(out, &format!("steward {args:?} as {user} on {domain}"))
+}
+
+/// `steward ARGS` against the servers of `url` (comma-separated) as `user` (its test
+/// password) under `domain`, with `extra` settings.
+fn steward_at(
+    url: &str,
+    user: &str,
+    domain: &str,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
     let password = if user == steward_bus::SETUP_USER {
         NatsServer::setup_password()
     } else {
         NatsServer::user_password(user)
     };
-    let url = server.url();
-    let env = [
-        ("STEWARD_NATS_URL", url.as_str()),
+    let mut env = vec![
+        ("STEWARD_NATS_URL", url),
         ("STEWARD_NATS_USER", user),
         ("STEWARD_NATS_PASSWORD", password.as_str()),
         ("STEWARD_HOSTS", HOSTS),
         ("STEWARD_NATS_DOMAIN", domain),
         ("USER", "tester"),
     ];
-    stdout_ok(steward(&env, args), &format!("steward {args:?} as {user} on {domain}"))
+    env.extend_from_slice(extra);
+    steward(&env, args)
 }
 
 #[test]
@@ -307,6 +325,228 @@ fn a_leaf_that_cannot_verify_the_hub_or_log_in_gets_no_link() {
     wait_linked(http_port, 1, &[&hub, &b]);
 }
 
+/// The node of the hub's cluster that leads its `STEWARD` stream, as the monitoring ports of
+/// `nodes` (name, port) say; `None` while none does (an election).
+fn stream_leader(nodes: &[(String, u16)]) -> Option<String> {
+    for (_, port) in nodes {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+        let Some((200, body)) =
+            steward_testkit::http_get_path_at(addr, "/jsz?accounts=true&streams=true")
+        else {
+            continue;
+        };
+        let jsz: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
+        for stream in accounts.iter().flat_map(|a| a["stream_detail"].as_array().cloned()).flatten()
+        {
+            if stream["name"] == "STEWARD" {
+                if let Some(leader) = stream["cluster"]["leader"].as_str() {
+                    return Some(leader.to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A centre that must survive a node: the hub as three nodes from the kit (`steward
+/// nats-config --cluster-route`, the nodes logging in to each other as `route`), R3 by
+/// `steward setup` with `STEWARD_NATS_REPLICAS=3`, each host's leaf given every node's URL
+/// (one per line of its `nats_leaf_url`). The node leading the hub's stream is SIGKILLed while
+/// the centre sends its hosts requests, restarted, and the next leader killed too: each leaf
+/// links to a node still up, every request the CLI saw acknowledged reaches the hub's stream,
+/// and no event is there twice.
+#[test]
+fn a_clustered_hub_from_the_kit_keeps_every_hosts_events_while_its_leaders_are_killed() {
+    let Some(server_2_10) = steward_testkit::testbed::nats_server_at_least_2_10() else {
+        panic!("STEWARD_TEST_NATS_SERVER_2_10 is unset (infra/testbed/up.sh installs it)");
+    };
+    // The kit's entrypoint runs `nats-server` from PATH: the release the image ships.
+    let bin = Dir::new("steward-leafconf-bin");
+    std::os::unix::fs::symlink(&server_2_10, bin.path().join("nats-server")).expect("symlink");
+    let search_path =
+        format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let certs = Dir::new("steward-leafconf-certs");
+    let (ca, cert, key) = certificates(&certs);
+    let ports = |n| (0..n).map(|_| free_port()).collect::<Vec<u16>>();
+    let (leaf_ports, http_ports, route_ports) = (ports(3), ports(3), ports(3));
+    let routes: Vec<String> = route_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let routes = routes.join(",");
+    let mut hub = vec![];
+    for i in 0..3 {
+        let name = format!("steward-nats-hub-{i}");
+        let listen = format!("127.0.0.1:{}", route_ports[i]);
+        let extra = ["--name", &name, "--cluster-route", &routes, "--cluster-listen", &listen];
+        let dir = hub_kit(&cert, &key, leaf_ports[i], http_ports[i], &extra);
+        dir.write("secrets/nats_route_password", "route-password\n");
+        let conf = std::fs::read_to_string(dir.path().join("nats.conf")).expect("nats.conf");
+        assert!(conf.contains("cluster {") && conf.contains("password: $STEWARD_ROUTE_PASSWORD"));
+        let server = start_with(&dir, vec![("PATH".into(), search_path.clone())]);
+        hub.push((name, server, dir));
+    }
+    // A machine on the route network without the route password: refused by every node it
+    // tries, it joins nothing (a route would hand it every event).
+    {
+        let (leaf_port, http_port, route_port) = (free_port(), free_port(), free_port());
+        let listen = format!("127.0.0.1:{route_port}");
+        let extra = ["--name", "intruder", "--cluster-route", &routes, "--cluster-listen", &listen];
+        let dir = hub_kit(&cert, &key, leaf_port, http_port, &extra);
+        dir.write("secrets/nats_route_password", "not-the-route-password\n");
+        let intruder = start_with(&dir, vec![("PATH".into(), search_path.clone())]);
+        // Refused by each of the three nodes (its log says so for each route it tried).
+        let refused = |log: &str| log.matches("Route Error 'Authorization Violation'").count();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused(&intruder.log()) < 3 {
+            assert!(Instant::now() < deadline, "the intruder was not refused: {}", intruder.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let routes_of = |port: u16| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let routez = steward_testkit::http_get_path_at(addr, "/routez").map(|(_, b)| b);
+            serde_json::from_str::<serde_json::Value>(&routez.unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let routez = routes_of(http_port);
+        assert_eq!(routez["num_routes"], 0, "the intruder has routes: {routez}");
+        for port in &http_ports {
+            let routez = routes_of(*port);
+            assert!(
+                routez["num_routes"].as_u64().unwrap_or(0) > 0,
+                "a node without routes: {routez}"
+            );
+            assert!(
+                !routez.to_string().contains("intruder"),
+                "a node routes to the intruder: {routez}"
+            );
+        }
+    }
+    let mut leaves = vec![];
+    for host in hosts() {
+        let password = NatsServer::user_password(&steward_bus::leaf_user(&host));
+        let urls: Vec<String> = leaf_ports.iter().map(|p| link_url(&host, &password, *p)).collect();
+        let dir = leaf_kit(&host, &["--tls-ca", path(&ca)], &urls.join("\n"));
+        let server = start_with(&dir, vec![("PATH".into(), search_path.clone())]);
+        leaves.push((host, server, dir));
+    }
+    let hub_url = |hub: &[(String, NatsServer, Dir)]| {
+        hub.iter().map(|(_, s, _)| s.url()).collect::<Vec<_>>().join(",")
+    };
+    let up: Vec<usize> = (0..3).collect();
+    let linked_to = |up: &[usize]| up.iter().map(|&i| linked(http_ports[i])).sum::<usize>();
+    let wait_links = |up: &[usize], hub: &[(String, NatsServer, Dir)]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while linked_to(up) != 2 {
+            let logs: Vec<String> =
+                hub.iter().map(|(n, s, _)| format!("{n}: {}", s.log())).collect();
+            assert!(
+                Instant::now() < deadline,
+                "leaves not linked to the live nodes {up:?}: {}",
+                logs.join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_links(&up, &hub);
+    for (host, server, _) in &leaves {
+        let done = steward_on(server, steward_bus::SETUP_USER, host, &["setup"]);
+        assert!(done.contains("setup done"), "{done}");
+    }
+    let r3 = [("STEWARD_NATS_REPLICAS", "3")];
+    let out = steward_at(&hub_url(&hub), steward_bus::SETUP_USER, "hub", &r3, &["setup"]);
+    let logs = || hub.iter().map(|(n, s, _)| format!("{n}: {}", s.log())).collect::<Vec<_>>();
+    assert!(
+        out.status.success(),
+        "steward setup at the clustered hub failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs().join("\n---\n")
+    );
+    let done = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(done.contains("setup done"), "{done}");
+
+    // `steward check` at the hub: a request per host, stored on its leaf and sourced back.
+    // Acknowledged ones must reach the hub; one that failed (its host's leaf was relinking)
+    // may be stored or not, but never twice.
+    let mut acknowledged: Vec<String> = vec![];
+    let mut check = |url: &str| {
+        let out = steward_at(url, "cli", "hub", &[], &["check"]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in said.lines().filter(|l| l.starts_with("watch requested on ")) {
+            if let Some((_, id)) = line.rsplit_once('(') {
+                acknowledged.push(id.trim_end_matches(')').to_owned());
+            }
+        }
+        out.status.success()
+    };
+    assert!(check(&hub_url(&hub)), "a check with every node up");
+    let mut killed_leaders = vec![];
+    for round in 0..2 {
+        let nodes: Vec<(String, u16)> =
+            hub.iter().zip(&http_ports).map(|((n, _, _), p)| (n.clone(), *p)).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let leader = loop {
+            match stream_leader(&nodes) {
+                Some(l) => break l,
+                None => assert!(
+                    Instant::now() < deadline,
+                    "round {round}: no leader of the hub's stream"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let i = hub.iter().position(|(n, _, _)| *n == leader).expect("the leader is a node");
+        hub[i].1.kill();
+        killed_leaders.push(leader.clone());
+        let up: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+        let live_url: Vec<String> = up.iter().map(|&j| hub[j].1.url()).collect();
+        // Requests while the node is down, until two were acknowledged (each leaf links to a
+        // live node meanwhile).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut ok = 0;
+        while ok < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no check acknowledged without {leader}"
+            );
+            if check(&live_url.join(",")) {
+                ok += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        wait_links(&up, &hub);
+        hub[i].1.start_again();
+    }
+    assert_ne!(killed_leaders[0], killed_leaders[1], "two nodes lost in turn");
+    wait_links(&(0..3).collect::<Vec<_>>(), &hub);
+
+    // Every acknowledged request at the hub, none twice (read through each node in turn:
+    // every copy answers the same).
+    assert!(acknowledged.len() >= 2 * 5, "{acknowledged:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = steward_at(&hub_url(&hub), "cli", "hub", &[], &["events", "replay", "--json"]);
+        let replay = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ids: Vec<String> = replay
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "an event stored twice at the hub: {replay}");
+        let missing: Vec<&String> = acknowledged.iter().filter(|a| !ids.contains(a)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged requests missing at the hub: {missing:?}\n{replay}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_starts() {
     let refused = |env: &[(&str, &str)], args: &[&str], says: &str| {
@@ -374,7 +614,11 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
         (Some("nats-leaf://hub:7422"), "not nats-leaf://"),
         // nats-server would print a URL it cannot parse, password included.
         (Some("nats-leaf://leaf-vps-a:secret-pw/x@hub:7422"), "not nats-leaf://"),
-        (Some("nats-leaf://leaf-vps-a:secret-pw@hub:7422\ninclude x"), "control characters"),
+        // One URL per line (a clustered hub's nodes): a second line is a URL too.
+        (Some("nats-leaf://leaf-vps-a:secret-pw@hub:7422\ninclude x"), "URL 2: not nats-leaf://"),
+        (Some("nats-leaf://leaf-vps-a:secret-pw@hub:7422\rinclude x"), "control characters"),
+        (Some("nats-leaf://leaf-vps-a:secret-pw@hub:7422\tx"), "control characters"),
+        (Some("\n\n"), "is empty"),
         (Some(""), "is empty"),
         (None, "nats_leaf_url is missing"),
     ] {

@@ -149,7 +149,7 @@ async fn an_update_on_a_leaf_host_is_approved_from_the_centre_and_applied_there(
     ids.dedup();
     assert_eq!(ids.len(), stored, "an event stored twice at the hub");
 
-    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+    for server in net.servers() {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }
 }
@@ -203,15 +203,65 @@ fn import_at_hub(setup: &Bus, table: &str) -> String {
 /// The hub and a leaf per host, each provisioned by `steward setup` as its own server's
 /// (the hosts' domains, the hub's); with the routing table the participants are given.
 async fn set_up() -> (NatsLeaves, String) {
+    set_up_hub_of(1).await
+}
+
+/// [`set_up`] with the hub as a cluster of `nodes` (three: R3, `STEWARD_NATS_REPLICAS=3` for
+/// its setup).
+async fn set_up_hub_of(nodes: usize) -> (NatsLeaves, String) {
     let hosts = vec![A.to_owned(), B.to_owned()];
     let table = hosts.join(",");
-    let net = NatsLeaves::start(&hosts, |c| c);
+    let net = match nodes {
+        1 => NatsLeaves::start(&hosts, |c| c),
+        n => NatsLeaves::start_clustered(&hosts, n),
+    };
     for (host, domain) in [(Some(A), A), (Some(B), B), (None, HUB_DOMAIN)] {
         let setup = open(&net, host, steward_bus::SETUP_USER).await;
-        let out = steward_with(&setup, &env(&table, domain, steward_bus::SETUP_USER), &["setup"]);
+        let mut settings = env(&table, domain, steward_bus::SETUP_USER);
+        if host.is_none() {
+            settings.push(("STEWARD_NATS_REPLICAS", nodes.min(3).to_string()));
+        }
+        let out = steward_with(&setup, &settings, &["setup"]);
         assert!(out.status.success(), "setup {domain}: {}", String::from_utf8_lossy(&out.stderr));
     }
     (net, table)
+}
+
+/// SIGKILLs the node leading a clustered hub's stream, starts it again 3 s later, then does
+/// the same to the next leader (another node).
+async fn kill_hub_leaders(net: &mut NatsLeaves) {
+    let mut killed = vec![];
+    for _ in 0..2 {
+        let leader = hub_stream_leader(net).await;
+        net.hub_node_mut(leader).kill();
+        killed.push(leader);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        net.hub_node_mut(leader).start_again();
+    }
+    assert_ne!(killed[0], killed[1], "the next leader is another node");
+}
+
+/// The node of a clustered hub that leads its `STEWARD` stream now (waits out an election).
+async fn hub_stream_leader(net: &NatsLeaves) -> usize {
+    let js = net.hub_jetstream().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = async {
+            let mut stream = js.get_stream("STEWARD").await.ok()?;
+            stream.info().await.ok().and_then(|i| i.cluster.clone())
+        };
+        let leader = tokio::time::timeout(Duration::from_secs(5), info)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.leader)
+            .and_then(|l| l.strip_prefix("steward-nats-hub-").and_then(|i| i.parse().ok()));
+        if let Some(i) = leader {
+            return i;
+        }
+        assert!(std::time::Instant::now() < deadline, "the hub's stream has no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Host a's watcher and updater on a's leaf, in `scope`, the updater with `updater_extra`
@@ -300,7 +350,7 @@ async fn a_mailed_link_from_the_centre_approves_on_the_leaf_host() {
     for e in events.iter().filter(|e| e.event_type().starts_with("update.")) {
         assert_eq!(e.host.as_deref(), Some(A), "{} about host a", e.event_type());
     }
-    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+    for server in net.servers() {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }
 }
@@ -600,9 +650,20 @@ async fn an_update_applied_while_the_hosts_leaf_is_down_ends_once_it_is_back() {
     update_across(Outage::LeafKilled).await;
 }
 
+/// The same with the centre a three-node R3 hub: the node leading the hub's stream is
+/// SIGKILLed while a's update is applied, restarted, and the next leader killed too. The
+/// update never needed the hub; the hub's copy of a's flow is whole and once, in a's order,
+/// and the centre's notifier (its consumer on the hub, in three copies) mails the outcome
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_applied_while_the_hubs_leaders_are_killed_reaches_the_centre_once() {
+    update_across(Outage::HubLeadersKilled).await;
+}
+
 async fn update_across(outage: Outage) {
     use steward_system_tests::mail::{mails_to, testbed_maildir, unique_address, wait_mails};
-    let (mut net, table) = set_up().await;
+    let nodes = if let Outage::HubLeadersKilled = outage { 3 } else { 1 };
+    let (mut net, table) = set_up_hub_of(nodes).await;
     let scope = unique_name("scope-leaf-cut-apply");
     let app = app(&scope, "automatic", &[]);
     let held = [
@@ -635,6 +696,7 @@ async fn update_across(outage: Outage) {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
+        Outage::HubLeadersKilled => kill_hub_leaders(&mut net).await,
         Outage::HubKilled => unreachable!("the hub's kill is leaf_flow's first kill test"),
     }
     let on_leaf = wait_event(&leaf_a, "update.succeeded", Duration::from_secs(60)).await;
@@ -679,7 +741,7 @@ async fn update_across(outage: Outage) {
         .filter(|m| m.text.contains(&headline))
         .count();
     assert_eq!(outcomes, 1, "the outcome mailed {outcomes} times\n{}", logs());
-    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+    for server in net.servers() {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }
 }
@@ -691,6 +753,8 @@ enum Outage {
     LinkCut,
     /// The hub is SIGKILLed (its clients, the waiting command among them, lose their server).
     HubKilled,
+    /// The leader of a three-node hub's stream is SIGKILLed, then the next one.
+    HubLeadersKilled,
     /// The host's own leaf is SIGKILLed: the backup service loses its server mid-backup and
     /// has to deliver its outcome when the leaf is back.
     LeafKilled,
@@ -735,9 +799,18 @@ async fn wait_logged(procs: &[(String, Proc)], name: &str, text: &str) {
     }
 }
 
+/// The same with the centre a three-node R3 hub whose stream's leader is SIGKILLed during
+/// the backup, restarted, and the next leader killed too: the command at the centre rides out
+/// both failovers and reports the backup; the hub has each step once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_while_the_hubs_leaders_are_killed_is_reported_at_the_centre_once() {
+    backup_across(Outage::HubLeadersKilled).await;
+}
+
 async fn backup_across(outage: Outage) {
     use steward_system_tests::TestBucket;
-    let (mut net, table) = set_up().await;
+    let nodes = if let Outage::HubLeadersKilled = outage { 3 } else { 1 };
+    let (mut net, table) = set_up_hub_of(nodes).await;
     let scope = unique_name("scope-leaf-cut-backup");
     let bucket = TestBucket::new("leaf-cut").await;
     let _data = steward_system_tests::apps::backed_up_app(&scope);
@@ -772,6 +845,7 @@ async fn backup_across(outage: Outage) {
         Outage::LinkCut => net.leaf(A).link.cut(),
         Outage::HubKilled => net.hub.kill(),
         Outage::LeafKilled => leaf_mut(&mut net, A).server.kill(),
+        Outage::HubLeadersKilled => kill_hub_leaders(&mut net).await,
     }
     let cut = std::time::Instant::now();
     if let Outage::LeafKilled = outage {
@@ -798,15 +872,16 @@ async fn backup_across(outage: Outage) {
             _ => None,
         })
         .expect("backup.done");
-    // (A killed leaf is back by now: its outcome may have reached the command already.)
-    if !matches!(outage, Outage::LeafKilled) {
+    // (A killed leaf, or a hub's killed leaders, are back by now: the outcome may have
+    // reached the command already.)
+    if !matches!(outage, Outage::LeafKilled | Outage::HubLeadersKilled) {
         assert!(!asked.is_finished(), "the command ended during {outage:?}\n{}", logs());
     }
 
     match outage {
         Outage::LinkCut => net.leaf(A).link.restore(),
         Outage::HubKilled => net.hub.start_again(),
-        Outage::LeafKilled => {}
+        Outage::LeafKilled | Outage::HubLeadersKilled => {}
     }
     let restored = std::time::Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(120), asked)
@@ -837,7 +912,7 @@ async fn backup_across(outage: Outage) {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "list: {}", String::from_utf8_lossy(&out.stderr));
     assert!(listed.lines().any(|l| l.starts_with(&done) && l.contains(A)), "{listed}");
-    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+    for server in net.servers() {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }
 }
@@ -924,7 +999,7 @@ async fn a_hosts_agents_away_leave_the_other_host_alone_and_its_update_resumes_o
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let all: Vec<_> = procs.into_iter().chain(back).collect();
-    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+    for server in net.servers() {
         steward_system_tests::assert_nothing_refused(server, &all);
     }
 }
@@ -1026,7 +1101,7 @@ async fn two_engines_as_two_hosts_each_update_approved_through_the_mail() {
     let repository = app_b.image.trim_end_matches(":1.0");
     let v2 = podman(&["image", "inspect", "-f", "{{.Id}}", &format!("{repository}@{v2_b}")]);
     assert_eq!(podman(&["inspect", "-f", "{{.Image}}", &app_b.name]), v2, "b's container");
-    for server in std::iter::once(&net.hub).chain(net.leaves.iter().map(|l| &l.server)) {
+    for server in net.servers() {
         steward_system_tests::assert_nothing_refused(server, &procs);
     }
 }

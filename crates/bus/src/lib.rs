@@ -62,7 +62,10 @@ pub use progress::{Progress, PROGRESS_FAMILY};
 pub use publish::Published;
 pub use record::{Hold, RecordStore};
 pub use replay::{Replay, ReplayQuery, Replayed};
-pub use server::{LinkTls, ServerFile, ServerFileError, LEAF_PORT, LEAF_URL_VARIABLE};
+pub use server::{
+    Cluster, LinkTls, ServerFile, ServerFileError, LEAF_PORT, LEAF_URL_VARIABLE, ROUTES_MARKER,
+    ROUTES_VARIABLE, ROUTE_PORT, ROUTE_USER,
+};
 pub use setup::{sourced_buckets, Setup, HANDLED_BUCKET};
 pub use state::{StateStore, Versioned};
 use steward_events::Event;

@@ -16,6 +16,34 @@ pub const LEAF_URL_VARIABLE: &str = "STEWARD_LEAF_URL";
 /// The leaf-node port nats-server uses by default, the hub's listener unless told otherwise.
 pub const LEAF_PORT: u16 = 7422;
 
+/// The route port nats-server uses by default: where a clustered server's peers reach it.
+pub const ROUTE_PORT: u16 = 6222;
+
+/// The user the nodes of a cluster log in to each other as (on the route port only: it is no
+/// client of the server); its password is the server variable `STEWARD_ROUTE_PASSWORD`
+/// ([`user_password_variable`](crate::user_password_variable)), the same on every node.
+pub const ROUTE_USER: &str = "route";
+
+/// The server variable holding a cluster node's routes, a list of
+/// `nats-route://route:<password>@<address>` (a route logs in with its URL's password only).
+pub const ROUTES_VARIABLE: &str = "STEWARD_ROUTES";
+
+/// The comment line of a clustered node's `nats.conf` that names its route addresses,
+/// space-separated, for the entrypoint to make [`ROUTES_VARIABLE`] of.
+pub const ROUTES_MARKER: &str = "# steward-routes:";
+
+/// The nodes of a clustered server (three for JetStream's R3, `STEWARD_NATS_REPLICAS=3`): the
+/// hub of the leaf-node topology when the centre must survive a node, or one server's stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster's name, the same on every node.
+    pub name: String,
+    /// This node's route listener, `host:port`.
+    pub listen: String,
+    /// Every node's route address, `host:port` (this node's own may be among them).
+    pub routes: Vec<String>,
+}
+
 /// How the leaf-node link is protected. It carries each host's `leaf-<host>` password and
 /// every event between the host and the centre, over networks Steward does not control.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +89,9 @@ pub struct ServerFile<'a> {
     pub leaf_advertise: Option<String>,
     /// The link's protection; must match the topology (the hub's certificate, the leaf's CA).
     pub tls: LinkTls,
+    /// This server as a node of a cluster, if it is one (not a leaf: a host's leaf is its one
+    /// server, and the host works on without the centre).
+    pub cluster: Option<Cluster>,
 }
 
 /// A configuration that cannot be written as asked.
@@ -101,6 +132,7 @@ impl<'a> ServerFile<'a> {
             leaf_listen: format!("0.0.0.0:{LEAF_PORT}"),
             leaf_advertise: None,
             tls,
+            cluster: None,
         }
     }
 
@@ -170,6 +202,9 @@ impl<'a> ServerFile<'a> {
             (_, None) => return Err(ServerFileError::Link("a hub or a leaf needs its domain")),
         }
         out.push_str("}\n");
+        if let Some(cluster) = &self.cluster {
+            out.push_str(&self.cluster_block(cluster)?);
+        }
         match (self.topology, &self.tls) {
             (Topology::Single, LinkTls::Off) => {}
             (Topology::Single, _) => {
@@ -235,6 +270,78 @@ impl<'a> ServerFile<'a> {
         );
         Ok(out)
     }
+}
+
+impl ServerFile<'_> {
+    /// The `cluster` block of a node: its routes to the others, each logging in as
+    /// [`ROUTE_USER`], so that nothing else on the route port can join the cluster.
+    fn cluster_block(&self, cluster: &Cluster) -> Result<String, ServerFileError> {
+        if let Topology::Leaf { .. } = self.topology {
+            return Err(ServerFileError::Link(
+                "a host's leaf is one server (its agents work on without the centre); only the \
+                 hub or one server's stack is clustered",
+            ));
+        }
+        // Fewer than three nodes cannot keep a majority when one is lost: JetStream's R3
+        // needs three.
+        let mut others = cluster.routes.clone();
+        others.sort_unstable();
+        others.dedup();
+        if others.len() < 3 {
+            return Err(ServerFileError::Value {
+                what: "cluster routes",
+                value: cluster.routes.join(","),
+                reason: "three or more nodes' route addresses (host:port), this node's among them",
+            });
+        }
+        let mut addresses = vec![];
+        for route in &others {
+            addresses.push(host_port("route", route)?.trim_matches('"').to_owned());
+        }
+        // A route logs in with the user and password in its URL only (nats-server sends
+        // nothing else), and a variable is only ever a whole value: the URLs, password
+        // included, come from the server's environment, made from the addresses on the marker
+        // line below and the route password (compose/nats/entrypoint.sh).
+        let mut out = String::from(
+            "\n# A node of a cluster: its peers log in on the route port as route (password:\n\
+             # STEWARD_ROUTE_PASSWORD, the same on every node); the route port belongs on a\n\
+             # private network only. $STEWARD_ROUTES is nats-route://route:<password>@<address>\n\
+             # for each address of the next line (the entrypoint makes it).\n",
+        );
+        out.push_str(&format!("{ROUTES_MARKER} {}\ncluster {{\n", addresses.join(" ")));
+        out.push_str(&format!("  name: {}\n", quoted("cluster name", &cluster.name)?));
+        out.push_str(&format!("  listen: {}\n", host_port("route listener", &cluster.listen)?));
+        out.push_str(&format!(
+            "  authorization {{\n    user: {ROUTE_USER}\n    password: ${}\n  }}\n",
+            crate::user_password_variable(ROUTE_USER)
+        ));
+        out.push_str(&format!("  routes: ${ROUTES_VARIABLE}\n}}\n"));
+        Ok(out)
+    }
+}
+
+/// `value` as a quoted `host:port` (a name or an address, IPv6 in brackets): refused when it
+/// is none, rather than handing nats-server a route it would read another way.
+fn host_port(what: &'static str, value: &str) -> Result<String, ServerFileError> {
+    let refuse = || {
+        Err(ServerFileError::Value {
+            what,
+            value: value.to_owned(),
+            reason: "host:port (a name, an address, or [an IPv6 address])",
+        })
+    };
+    let Some((host, port)) = value.rsplit_once(':') else { return refuse() };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        }
+    };
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return refuse();
+    }
+    quoted(what, value)
 }
 
 /// `value` as one quoted string of nats-server's configuration: refused when it could end
@@ -328,6 +435,88 @@ mod tests {
         let refused =
             ServerFile::new(Topology::Hub { hosts: &hosts }, LinkTls::Off).render(Some("h\"x"));
         assert!(matches!(refused, Err(ServerFileError::Value { .. })), "{refused:?}");
+    }
+
+    fn three_nodes() -> Cluster {
+        Cluster {
+            name: "steward-hub".into(),
+            listen: "0.0.0.0:6222".into(),
+            routes: vec!["hub-1:6222".into(), "hub-2:6222".into(), "10.0.0.3:6222".into()],
+        }
+    }
+
+    #[test]
+    fn a_clustered_hub_routes_to_every_node_as_the_route_user() {
+        let hosts = hosts();
+        let mut file = ServerFile::new(Topology::Hub { hosts: &hosts }, LinkTls::Off);
+        file.name = "steward-nats-hub-1".into();
+        file.cluster = Some(three_nodes());
+        let conf = file.render(Some("hub")).expect("a clustered hub's configuration");
+        assert!(
+            conf.contains("cluster {\n  name: \"steward-hub\"\n  listen: \"0.0.0.0:6222\"\n"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(
+                "  authorization {\n    user: route\n    password: $STEWARD_ROUTE_PASSWORD\n  }\n"
+            ),
+            "{conf}"
+        );
+        // Sorted, once each; the URLs from the environment (the password is in them).
+        let marker = "\n# steward-routes: 10.0.0.3:6222 hub-1:6222 hub-2:6222\ncluster {";
+        assert!(conf.contains(marker), "{conf}");
+        assert!(conf.contains("  routes: $STEWARD_ROUTES\n}\n"), "{conf}");
+        // Still the hub: its leaf listener and its users.
+        assert!(conf.contains("leafnodes {") && conf.ends_with("include authorization.conf\n"));
+        // One server's stack may be clustered too (no domain, no link).
+        let mut file = ServerFile::new(Topology::Single, LinkTls::Off);
+        file.cluster = Some(three_nodes());
+        let conf = file.render(None).expect("a clustered single system");
+        assert!(conf.contains("cluster {") && !conf.contains("leafnodes"), "{conf}");
+    }
+
+    #[test]
+    fn a_cluster_of_fewer_than_three_nodes_a_bad_route_or_a_clustered_leaf_is_refused() {
+        let hosts = hosts();
+        let hub = |cluster: Cluster| {
+            let mut file = ServerFile::new(Topology::Hub { hosts: &hosts }, LinkTls::Off);
+            file.cluster = Some(cluster);
+            file.render(Some("hub"))
+        };
+        let two = Cluster {
+            routes: vec!["a:6222".into(), "b:6222".into(), "a:6222".into()],
+            ..three_nodes()
+        };
+        assert!(matches!(hub(two), Err(ServerFileError::Value { what: "cluster routes", .. })));
+        for bad in [
+            "hub-1",
+            "hub-1:0",
+            "hub-1:port",
+            ":6222",
+            "hub 1:6222",
+            "h\"x:6222",
+            "[zz]:6222",
+            "a/b:6222",
+        ] {
+            let mut cluster = three_nodes();
+            cluster.routes[0] = bad.into();
+            let refused = hub(cluster);
+            assert!(
+                matches!(refused, Err(ServerFileError::Value { what: "route", .. })),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        let mut cluster = three_nodes();
+        cluster.routes[2] = "[::1]:6222".into();
+        assert!(hub(cluster).is_ok(), "an IPv6 route");
+        let refused = hub(Cluster { listen: "0.0.0.0".into(), ..three_nodes() });
+        assert!(
+            matches!(refused, Err(ServerFileError::Value { what: "route listener", .. })),
+            "{refused:?}"
+        );
+        let mut leaf = ServerFile::new(Topology::Leaf { host: "vps-a" }, LinkTls::Off);
+        leaf.cluster = Some(three_nodes());
+        assert!(matches!(leaf.render(Some("vps-a")), Err(ServerFileError::Link(_))));
     }
 
     #[test]

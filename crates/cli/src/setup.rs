@@ -90,9 +90,22 @@ pub struct NatsConfigArgs {
     #[arg(long, default_value = "10GB")]
     max_file_store: String,
     /// The server's name (default: steward-nats for one server, steward-nats-hub,
-    /// steward-nats-<host> on a leaf).
+    /// steward-nats-<host> on a leaf); each node of a cluster needs its own.
     #[arg(long)]
     name: Option<String>,
+    /// This server as a node of a cluster (the hub, or one server's stack; three nodes for
+    /// STEWARD_NATS_REPLICAS=3): every node's route address, host:port, this one's too, the
+    /// same list on every node (repeat, or comma-separated). The nodes log in to each other
+    /// as `route` with STEWARD_ROUTE_PASSWORD (secrets/nats_route_password).
+    #[arg(long = "cluster-route", value_delimiter = ',')]
+    cluster_routes: Vec<String>,
+    /// This node's route listener (with --cluster-route) [default: 0.0.0.0:6222].
+    #[arg(long, requires = "cluster_routes")]
+    cluster_listen: Option<String>,
+    /// The cluster's name, the same on every node (with --cluster-route) [default:
+    /// steward-hub on the hub, steward otherwise].
+    #[arg(long, requires = "cluster_routes")]
+    cluster_name: Option<String>,
 }
 
 /// `steward nats-config`: the server's `nats.conf` for this installation's place in the
@@ -146,6 +159,19 @@ pub fn nats_config(conn: &Connection, args: NatsConfigArgs) -> anyhow::Result<()
         file.leaf_listen = listen;
     }
     file.leaf_advertise = args.leaf_advertise;
+    if !args.cluster_routes.is_empty() {
+        let name = match topology {
+            Topology::Hub { .. } => "steward-hub",
+            _ => "steward",
+        };
+        file.cluster = Some(steward_bus::Cluster {
+            name: args.cluster_name.unwrap_or_else(|| name.to_owned()),
+            listen: args
+                .cluster_listen
+                .unwrap_or_else(|| format!("0.0.0.0:{}", steward_bus::ROUTE_PORT)),
+            routes: args.cluster_routes,
+        });
+    }
     print!("{}", file.render(cfg.domain.as_deref())?);
     Ok(())
 }

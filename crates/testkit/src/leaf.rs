@@ -25,8 +25,10 @@ pub const HOST_ROOT: &str = "host-root";
 
 /// A hub and its leaves; every process is killed and every store removed when dropped.
 pub struct NatsLeaves {
-    /// The centre's server.
+    /// The centre's server (of a clustered hub: its first node).
     pub hub: NatsServer,
+    /// A clustered hub's other nodes ([`NatsLeaves::start_clustered`]); none otherwise.
+    pub hub_peers: Vec<NatsServer>,
     /// One leaf per host, in the order of `hosts`.
     pub leaves: Vec<Leaf>,
     hosts: Vec<String>,
@@ -48,43 +50,89 @@ impl NatsLeaves {
     /// (`mangle` may change the hub's configuration text first, to prove a test fails when
     /// the permissions are wrong).
     pub fn start(hosts: &[String], mangle: impl Fn(String) -> String) -> Self {
+        Self::start_with(hosts, 1, mangle)
+    }
+
+    /// [`start`](Self::start) with the hub as a cluster of `nodes` (three for R3), each node
+    /// named `steward-nats-hub-<i>` and configured by [`ServerFile`]'s cluster block; each
+    /// leaf's link lists every node (through its [`Link`]).
+    pub fn start_clustered(hosts: &[String], nodes: usize) -> Self {
+        Self::start_with(hosts, nodes, |c| c)
+    }
+
+    fn start_with(hosts: &[String], nodes: usize, mangle: impl Fn(String) -> String) -> Self {
         let ns = Namespace::default();
-        let hub_store = std::env::temp_dir().join(unique_name("steward-nats-hub"));
-        let leaf_port = free_port();
-        // The configuration `steward nats-config` prints, the link in the clear (loopback).
-        // A leaf learns the hub's leaf-node address from it and would reconnect there
-        // directly, around its cut link (`no_advertise` does not stop that in nats-server
-        // 2.9): the hub advertises a closed port instead.
-        let mut hub_file = for_test(ServerFile::new(Topology::Hub { hosts }, LinkTls::Off));
-        hub_file.leaf_listen = format!("127.0.0.1:{leaf_port}");
-        hub_file.leaf_advertise = Some("127.0.0.1:1".into());
-        let hub_conf = hub_file.render(Some(HUB_DOMAIN)).expect("the hub's configuration");
-        let auth = mangle(Permissions::server_config_on(&ns, hosts, Topology::Hub { hosts }));
-        let config = write_config(&hub_store.join("conf"), &auth, &hub_conf);
-        let mut hub = NatsServer {
-            port: free_port(),
-            store: hub_store,
-            config: Some(config),
-            env: passwords(&ns, hosts),
-            args: vec![],
-            launcher: None,
-            bin: crate::testbed::nats_server_at_least_2_10(),
-            child: None,
-        };
-        hub.start_again();
+        let leaf_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let routes: Vec<String> =
+            (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let mut hub_nodes = vec![];
+        for (i, leaf_port) in leaf_ports.iter().enumerate() {
+            let hub_store = std::env::temp_dir().join(unique_name("steward-nats-hub"));
+            // The configuration `steward nats-config` prints, the link in the clear
+            // (loopback). A leaf learns the hub's leaf-node address from it and would
+            // reconnect there directly, around its cut link (`no_advertise` does not stop
+            // that in nats-server 2.9): the hub advertises a closed port instead.
+            let mut hub_file = for_test(ServerFile::new(Topology::Hub { hosts }, LinkTls::Off));
+            hub_file.leaf_listen = format!("127.0.0.1:{leaf_port}");
+            hub_file.leaf_advertise = Some("127.0.0.1:1".into());
+            if nodes > 1 {
+                hub_file.name = format!("steward-nats-hub-{i}");
+                hub_file.cluster = Some(steward_bus::Cluster {
+                    name: "steward-hub".into(),
+                    listen: routes[i].clone(),
+                    routes: routes.clone(),
+                });
+            }
+            let hub_conf = hub_file.render(Some(HUB_DOMAIN)).expect("the hub's configuration");
+            let auth = mangle(Permissions::server_config_on(&ns, hosts, Topology::Hub { hosts }));
+            let config = write_config(&hub_store.join("conf"), &auth, &hub_conf);
+            let mut env = passwords(&ns, hosts);
+            // What the kit's entrypoint makes of the configuration's route addresses and the
+            // route password: each route's URL with the password in it.
+            let password = NatsServer::user_password(steward_bus::ROUTE_USER);
+            let urls: Vec<String> = routes
+                .iter()
+                .map(|r| format!("\"nats-route://{}:{password}@{r}\"", steward_bus::ROUTE_USER))
+                .collect();
+            env.push((steward_bus::ROUTES_VARIABLE.to_owned(), format!("[{}]", urls.join(","))));
+            let mut hub = NatsServer {
+                port: free_port(),
+                store: hub_store,
+                config: Some(config),
+                env,
+                args: vec![],
+                launcher: None,
+                bin: crate::testbed::nats_server_at_least_2_10(),
+                child: None,
+            };
+            hub.start_again();
+            hub_nodes.push(hub);
+        }
+        let hub = hub_nodes.remove(0);
         let mut leaves = vec![];
         for host in hosts {
-            let link = Link::start(leaf_port);
+            let link = Link::start_to(&leaf_ports);
             let store = std::env::temp_dir().join(unique_name("steward-nats-leaf"));
             let user = steward_bus::leaf_user(host);
             let conf = for_test(ServerFile::new(Topology::Leaf { host }, LinkTls::Off))
                 .render(Some(host))
                 .expect("a leaf's configuration");
-            let url = format!(
-                "\"nats-leaf://{user}:{}@127.0.0.1:{}\"",
-                NatsServer::user_password(&user),
-                link.port()
-            );
+            // One URL per hub node, as a list (what compose/nats/entrypoint.sh makes of
+            // several lines of `nats_leaf_url`).
+            let urls: Vec<String> = link
+                .ports()
+                .iter()
+                .map(|port| {
+                    format!(
+                        "\"nats-leaf://{user}:{}@127.0.0.1:{port}\"",
+                        NatsServer::user_password(&user)
+                    )
+                })
+                .collect();
+            let url = match &urls[..] {
+                [one] => one.clone(),
+                all => format!("[{}]", all.join(",")),
+            };
             let mut env = passwords(&ns, hosts);
             env.push((steward_bus::LEAF_URL_VARIABLE.to_owned(), url));
             // Whoever controls a host controls its leaf's configuration: a user allowed
@@ -111,7 +159,25 @@ impl NatsLeaves {
             server.start_again();
             leaves.push(Leaf { host: host.clone(), server, link });
         }
-        Self { hub, leaves, hosts: hosts.to_vec() }
+        Self { hub, hub_peers: hub_nodes, leaves, hosts: hosts.to_vec() }
+    }
+
+    /// Every server: the hub's nodes, then the leaves.
+    pub fn servers(&self) -> impl Iterator<Item = &NatsServer> {
+        self.hub_nodes().chain(self.leaves.iter().map(|l| &l.server))
+    }
+
+    /// The hub's nodes (one unless clustered).
+    pub fn hub_nodes(&self) -> impl Iterator<Item = &NatsServer> {
+        std::iter::once(&self.hub).chain(&self.hub_peers)
+    }
+
+    /// The hub's node `steward-nats-hub-<i>` (of a clustered hub).
+    pub fn hub_node_mut(&mut self, i: usize) -> &mut NatsServer {
+        match i {
+            0 => &mut self.hub,
+            i => &mut self.hub_peers[i - 1],
+        }
     }
 
     /// The leaf of `host`.
@@ -122,9 +188,11 @@ impl NatsLeaves {
             .unwrap_or_else(|| panic!("{host} has no leaf here"))
     }
 
-    /// Settings of the NATS user `user` on the hub: the centre's view (domain `hub`).
+    /// Settings of the NATS user `user` on the hub (every node of it): the centre's view
+    /// (domain `hub`).
     pub fn hub_config_as(&self, user: &str) -> BusConfig {
-        self.config(&self.hub, user, HUB_DOMAIN)
+        let url = self.hub_nodes().map(NatsServer::url).collect::<Vec<_>>().join(",");
+        BusConfig { url, ..self.config(&self.hub, user, HUB_DOMAIN) }
     }
 
     /// Settings of the NATS user `user` on `host`'s leaf (domain `host`).
@@ -140,7 +208,11 @@ impl NatsLeaves {
             NatsServer::setup_password(),
         )
         .custom_inbox_prefix(steward_bus::inbox_prefix(steward_bus::SETUP_USER))
-        .connect(self.hub.url())
+        .connect(
+            self.hub_nodes()
+                .map(|n| n.url().parse().expect("a server URL"))
+                .collect::<Vec<async_nats::ServerAddr>>(),
+        )
         .await
         .expect("the hub's setup user connects");
         async_nats::jetstream::new(client)
@@ -190,6 +262,8 @@ fn passwords(ns: &Namespace, hosts: &[String]) -> Vec<(String, String)> {
     let mut users: Vec<String> =
         Permissions::users(ns, hosts).into_iter().map(|p| p.user).collect();
     users.extend(hosts.iter().map(|h| steward_bus::leaf_user(h)));
+    // A clustered hub's nodes log in to each other as this one.
+    users.push(steward_bus::ROUTE_USER.to_owned());
     let mut env: Vec<(String, String)> = users
         .iter()
         .map(|u| (steward_bus::user_password_variable(u), NatsServer::user_password(u)))
@@ -218,53 +292,41 @@ struct Shared {
     connections: Mutex<Vec<TcpStream>>,
 }
 
-/// A TCP forwarder on a loopback port of its own to `upstream`: a host's uplink. Cut, it
-/// closes every connection and refuses (accepts and closes) new ones until restored. Stops
-/// when dropped.
+/// TCP forwarders on loopback ports of their own, one to each upstream (a clustered hub's
+/// nodes): a host's uplink. Cut, it closes every connection and refuses (accepts and closes)
+/// new ones until restored. Stops when dropped.
 pub struct Link {
-    port: u16,
+    ports: Vec<u16>,
     shared: Arc<Shared>,
-    acceptor: Option<std::thread::JoinHandle<()>>,
+    acceptors: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Link {
     /// Forwards a fresh loopback port to `127.0.0.1:upstream`.
     pub fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
-        let shared = Arc::new(Shared::default());
-        let s = shared.clone();
-        let acceptor = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if s.closing.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                if s.down.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let mut open = s.connections.lock().unwrap_or_else(|p| p.into_inner());
-                for stream in [&client, &server] {
-                    if let Ok(clone) = stream.try_clone() {
-                        open.push(clone);
-                    }
-                }
-                drop(open);
-                pipe(&client, &server);
-                pipe(&server, &client);
-            }
-        });
-        Self { port, shared, acceptor: Some(acceptor) }
+        Self::start_to(&[upstream])
     }
 
-    /// The port the leaf connects to.
+    /// Forwards a fresh loopback port to each of `upstreams` (on 127.0.0.1).
+    pub fn start_to(upstreams: &[u16]) -> Self {
+        let shared = Arc::new(Shared::default());
+        let (mut ports, mut acceptors) = (vec![], vec![]);
+        for &upstream in upstreams {
+            let (port, acceptor) = forward(upstream, shared.clone());
+            ports.push(port);
+            acceptors.push(acceptor);
+        }
+        Self { ports, shared, acceptors }
+    }
+
+    /// The port the leaf connects to (the first, of several).
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports[0]
+    }
+
+    /// Every port, one per upstream.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// Cuts the link: every connection through it is closed, new ones are refused.
@@ -280,6 +342,39 @@ impl Link {
     pub fn restore(&self) {
         self.shared.down.store(false, Ordering::SeqCst);
     }
+}
+
+/// A forwarder from a fresh loopback port to `127.0.0.1:upstream`, obeying `s` (cut,
+/// closing); its port and its accepting thread.
+fn forward(upstream: u16, s: Arc<Shared>) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
+    let acceptor = std::thread::spawn(move || {
+        for client in listener.incoming() {
+            if s.closing.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(client) = client else { continue };
+            if s.down.load(Ordering::SeqCst) {
+                let _ = client.shutdown(Shutdown::Both);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                let _ = client.shutdown(Shutdown::Both);
+                continue;
+            };
+            let mut open = s.connections.lock().unwrap_or_else(|p| p.into_inner());
+            for stream in [&client, &server] {
+                if let Ok(clone) = stream.try_clone() {
+                    open.push(clone);
+                }
+            }
+            drop(open);
+            pipe(&client, &server);
+            pipe(&server, &client);
+        }
+    });
+    (port, acceptor)
 }
 
 /// Copies `from` to `to` on a thread of its own until either side closes.
@@ -306,9 +401,11 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::SeqCst);
         self.cut();
-        // Wakes the acceptor so it sees `closing`.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(handle) = self.acceptor.take() {
+        // Wakes each acceptor so it sees `closing`.
+        for port in &self.ports {
+            let _ = TcpStream::connect(("127.0.0.1", *port));
+        }
+        for handle in self.acceptors.drain(..) {
             let _ = handle.join();
         }
     }

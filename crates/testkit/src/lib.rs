@@ -1262,17 +1262,21 @@ pub fn wait_listening(port: u16, what: &str) {
 
 /// Every event stored in `bus`'s namespace, in order (undecodable messages are skipped).
 pub async fn stored_events(bus: &Bus) -> Vec<steward_events::Event> {
-    let mut replay = bus
-        .replay(steward_bus::ReplayQuery::default())
-        .await
-        .unwrap_or_else(|e| panic!("replay: {e}"));
+    try_stored_events(bus).await.unwrap_or_else(|e| panic!("replay: {e}"))
+}
+
+/// [`stored_events`], or why the stream could not be read (NATS restarting, a cluster
+/// electing the stream's leader).
+pub async fn try_stored_events(bus: &Bus) -> Result<Vec<steward_events::Event>, String> {
+    let mut replay =
+        bus.replay(steward_bus::ReplayQuery::default()).await.map_err(|e| e.to_string())?;
     let mut out = vec![];
     while let Some(item) = replay.next().await {
-        if let Ok(event) = item.unwrap_or_else(|e| panic!("replay: {e}")).event {
+        if let Ok(event) = item.map_err(|e| e.to_string())?.event {
             out.push(event);
         }
     }
-    out
+    Ok(out)
 }
 
 /// The engine the tests run against, for the processes they start on a clean environment:
