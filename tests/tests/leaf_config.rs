@@ -579,6 +579,12 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
     refused(&hub, &["--no-tls", "--max-file-store", "lots"], "file store limit");
     refused(&[("STEWARD_NATS_DOMAIN", "hub")], &["--no-tls"], "needs STEWARD_HOSTS");
     refused(&leaf, &["--leaf-listen", "0.0.0.0:7422"], "are the hub's");
+    // A cluster: three nodes or more, each a host:port, never a leaf.
+    let two = ["--no-tls", "--cluster-route", "a:6222,b:6222,a:6222"];
+    refused(&hub, &two, "three or more nodes' route addresses");
+    refused(&hub, &["--no-tls", "--cluster-route", "a:6222,b:6222,c"], "host:port");
+    refused(&leaf, &["--no-tls", "--cluster-route", "a:1,b:1,c:1"], "only the hub or one");
+    refused(&hub, &["--no-tls", "--cluster-listen", "0.0.0.0:6222"], "--cluster-route");
     // In the clear only when asked.
     let out = stdout_ok(steward(&hub, &["nats-config", "--no-tls"]), "a hub in the clear");
     assert!(out.contains("leafnodes {") && !out.contains("tls"), "{out}");
@@ -640,4 +646,48 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
             .contains("no secret file for STEWARD_SETUP_PASSWORD STEWARD_UPDATER_VPS_A_PASSWORD ("),
         "{stderr}"
     );
+
+    // A clustered hub's node: its route password goes into URLs, and its routes come from the
+    // generated line; without either it does not start (and never prints the password).
+    let routes = ["--cluster-route", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--no-tls"];
+    let node = kit("steward-leafconf-node", "hub", &routes);
+    let node_run = || {
+        let out = Command::new("sh")
+            .arg(entrypoint())
+            .env("STEWARD_NATS_CONFIG", node.path().join("nats.conf"))
+            .env("STEWARD_NATS_SECRETS", node.path().join("secrets"))
+            .env("PATH", format!("{}:/usr/bin:/bin", stand_in.display()))
+            .output()
+            .expect("run the entrypoint");
+        assert_eq!(out.status.code(), Some(1), "the node's entrypoint went on");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = node_run();
+    assert!(stderr.contains("no secret file for STEWARD_ROUTE_PASSWORD"), "{stderr}");
+    for bad in ["hush-pw@x", "hush-pw/x", "hush pw"] {
+        node.write("secrets/nats_route_password", bad);
+        let stderr = node_run();
+        assert!(stderr.contains("the route password goes into URLs"), "{bad:?}: {stderr}");
+        assert!(!stderr.contains("hush"), "{bad:?}: the password printed: {stderr}");
+    }
+    node.write("secrets/nats_route_password", "route-pw");
+    let conf = std::fs::read_to_string(node.path().join("nats.conf")).expect("nats.conf");
+    let without: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("# steward-routes:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    node.write("nats.conf", &without);
+    let stderr = node_run();
+    assert!(stderr.contains("has no '# steward-routes:' line"), "{stderr}");
+    // Given both, it runs nats-server (here the stand-in, exit 99).
+    node.write("nats.conf", &conf);
+    let out = Command::new("sh")
+        .arg(entrypoint())
+        .env("STEWARD_NATS_CONFIG", node.path().join("nats.conf"))
+        .env("STEWARD_NATS_SECRETS", node.path().join("secrets"))
+        .env("PATH", format!("{}:/usr/bin:/bin", stand_in.display()))
+        .output()
+        .expect("run the entrypoint");
+    assert_eq!(out.status.code(), Some(99), "{}", String::from_utf8_lossy(&out.stderr));
 }
