@@ -319,7 +319,6 @@ async fn wal_is_shipped_signed_within_the_lag_across_a_database_restart() {
 async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
     use steward_backup::pitr::PointInTime;
     let stack = Stack::start_pitr("pitr-time", Keys::default()).await;
     let backups = pitr_stack_config(&stack);
@@ -345,16 +344,24 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
             }
         })
     };
-    // Rows committed one by one, each with its time; at T the table `items` is dropped.
-    let mut dropped_at = String::new();
+    // Rows committed one by one, 150 ms apart, each with its time; before row 40 the table
+    // `items` is dropped. One psql session (one `docker exec` per row took 0.3 to over 1 s
+    // under CI load, and the rows' spacing with it).
+    let mut script = String::new();
     for i in 1..=60 {
         if i == 40 {
-            dropped_at = stack.psql("SELECT clock_timestamp()");
-            stack.psql("DROP TABLE items");
+            script.push_str("SELECT 'dropped at ' || clock_timestamp();\nDROP TABLE items;\n");
         }
-        stack.psql(&format!("INSERT INTO rows VALUES ({i}, clock_timestamp())"));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        script.push_str(&format!(
+            "INSERT INTO rows VALUES ({i}, clock_timestamp());\nSELECT pg_sleep(0.15);\n"
+        ));
     }
+    let said = tokio::task::block_in_place(|| stack.psql_script(&script));
+    let dropped_at = said
+        .lines()
+        .find_map(|l| l.strip_prefix("dropped at "))
+        .unwrap_or_else(|| panic!("no drop time in {said:?}"))
+        .to_owned();
     stop.store(true, Ordering::SeqCst);
     shipper.await.unwrap_or_else(|e| panic!("shipper: {e}"));
     ship_until_current(&stack, &backups).await;
