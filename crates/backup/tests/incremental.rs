@@ -292,14 +292,19 @@ async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_
     stack.store.delete(&format!("{pruned}/manifest.json")).await.unwrap_or_else(|e| panic!("{e}"));
     stack.store.delete_dir(&pruned).await.unwrap_or_else(|e| panic!("{e}"));
 
-    let check = |when: &'static str| {
+    // After each kill: no chunk either retained backup names is gone (the collection only
+    // deletes chunks), and the newest still verifies; once collected, both verify. (Each
+    // verification loads the dump into a scratch PostgreSQL: verifying both after every kill
+    // took 9 s more of this test's 48 on an idle machine.)
+    let check = |when: &'static str, both: bool| {
         let (stack, backups, needed) = (&stack, &backups, &needed);
         let (kept, newest) = (kept.clone(), newest.clone());
         async move {
             let left = chunk_objects(stack).await;
             let lost: Vec<&String> = needed.difference(&left).collect();
             assert!(lost.is_empty(), "{when}: needed chunks deleted: {lost:?}");
-            for id in [&kept, &newest] {
+            let ids = if both { vec![kept, newest] } else { vec![newest] };
+            for id in &ids {
                 backups.verify(id).await.unwrap_or_else(|e| panic!("{when}: verify {id}: {e}"));
             }
             left.len()
@@ -315,13 +320,13 @@ async fn a_collection_killed_at_any_step_twice_never_deletes_a_chunk_a_retained_
         let before = chunk_objects(&stack).await.len();
         let (ok, said) = gc(&stack, points);
         assert!(!ok && said.contains("failpoint"), "{when}: {said}");
-        let left = check(when).await;
+        let left = check(when, false).await;
         assert!(left <= before, "{when}");
     }
     let (ok, said) = gc(&stack, "");
     assert!(ok && said.contains("deleted"), "{said}");
     assert_eq!(chunk_objects(&stack).await, needed, "exactly the needed chunks are left");
-    check("collected").await;
+    check("collected", true).await;
     // Collected again: nothing more to do.
     let (ok, said) = gc(&stack, "");
     assert!(ok && said.contains(" 0 deleted"), "{said}");
