@@ -134,6 +134,17 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
 
+/// The kit's entrypoint run for `dir`'s files, `bin` (a stand-in `nats-server`) first in PATH.
+fn entrypoint_with(dir: &Dir, bin: &Path) -> Output {
+    Command::new("sh")
+        .arg(entrypoint())
+        .env("STEWARD_NATS_CONFIG", dir.path().join("nats.conf"))
+        .env("STEWARD_NATS_SECRETS", dir.path().join("secrets"))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .expect("run the entrypoint")
+}
+
 /// Starts the server of `dir` through the kit's entrypoint.
 fn start(dir: &Dir) -> NatsServer {
     start_with(dir, vec![])
@@ -612,14 +623,8 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
             Some(url) => std::fs::write(&file, url).expect("write the URL"),
             None => std::fs::remove_file(&file).expect("remove the URL"),
         }
-        let out = Command::new("sh")
-            .arg(entrypoint())
-            .env("STEWARD_NATS_CONFIG", dir.path().join("nats.conf"))
-            .env("STEWARD_NATS_SECRETS", dir.path().join("secrets"))
-            // No server may start: a stand-in exits 99 if the script got that far.
-            .env("PATH", format!("{}:/usr/bin:/bin", stand_in.display()))
-            .output()
-            .expect("run the entrypoint");
+        // No server may start: a stand-in exits 99 if the script got that far.
+        let out = entrypoint_with(&dir, &stand_in);
         assert_eq!(out.status.code(), Some(1), "{url:?} accepted");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -661,13 +666,7 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
     let routes = ["--cluster-route", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--no-tls"];
     let node = kit("steward-leafconf-node", "hub", &routes);
     let node_run = || {
-        let out = Command::new("sh")
-            .arg(entrypoint())
-            .env("STEWARD_NATS_CONFIG", node.path().join("nats.conf"))
-            .env("STEWARD_NATS_SECRETS", node.path().join("secrets"))
-            .env("PATH", format!("{}:/usr/bin:/bin", stand_in.display()))
-            .output()
-            .expect("run the entrypoint");
+        let out = entrypoint_with(&node, &stand_in);
         assert_eq!(out.status.code(), Some(1), "the node's entrypoint went on");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -691,12 +690,6 @@ fn settings_that_would_weaken_or_break_the_link_are_refused_before_a_server_star
     assert!(stderr.contains("has no '# steward-routes:' line"), "{stderr}");
     // Given both, it runs nats-server (here the stand-in, exit 99).
     node.write("nats.conf", &conf);
-    let out = Command::new("sh")
-        .arg(entrypoint())
-        .env("STEWARD_NATS_CONFIG", node.path().join("nats.conf"))
-        .env("STEWARD_NATS_SECRETS", node.path().join("secrets"))
-        .env("PATH", format!("{}:/usr/bin:/bin", stand_in.display()))
-        .output()
-        .expect("run the entrypoint");
+    let out = entrypoint_with(&node, &stand_in);
     assert_eq!(out.status.code(), Some(99), "{}", String::from_utf8_lossy(&out.stderr));
 }

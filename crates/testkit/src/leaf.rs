@@ -95,18 +95,7 @@ impl NatsLeaves {
                 .map(|r| format!("\"nats-route://{}:{password}@{r}\"", steward_bus::ROUTE_USER))
                 .collect();
             env.push((steward_bus::ROUTES_VARIABLE.to_owned(), format!("[{}]", urls.join(","))));
-            let mut hub = NatsServer {
-                port: free_port(),
-                store: hub_store,
-                config: Some(config),
-                env,
-                args: vec![],
-                launcher: None,
-                bin: crate::testbed::nats_server_at_least_2_10(),
-                child: None,
-            };
-            hub.start_again();
-            hub_nodes.push(hub);
+            hub_nodes.push(started(hub_store, config, env));
         }
         let hub = hub_nodes.remove(0);
         let mut leaves = vec![];
@@ -146,17 +135,7 @@ impl NatsLeaves {
                 ),
             );
             let config = write_config(&store.join("conf"), &auth, &conf);
-            let mut server = NatsServer {
-                port: free_port(),
-                store,
-                config: Some(config),
-                env,
-                args: vec![],
-                launcher: None,
-                bin: crate::testbed::nats_server_at_least_2_10(),
-                child: None,
-            };
-            server.start_again();
+            let server = started(store, config, env);
             leaves.push(Leaf { host: host.clone(), server, link });
         }
         Self { hub, hub_peers: hub_nodes, leaves, hosts: hosts.to_vec() }
@@ -247,6 +226,26 @@ impl NatsLeaves {
             ..BusConfig::default()
         }
     }
+}
+
+/// A nats-server of this topology (2.10 or later) on a free port, running.
+fn started(
+    store: std::path::PathBuf,
+    config: std::path::PathBuf,
+    env: Vec<(String, String)>,
+) -> NatsServer {
+    let mut server = NatsServer {
+        port: free_port(),
+        store,
+        config: Some(config),
+        env,
+        args: vec![],
+        launcher: None,
+        bin: crate::testbed::nats_server_at_least_2_10(),
+        child: None,
+    };
+    server.start_again();
+    server
 }
 
 /// What every server here differs in from an installation's: the test gives the store on the
