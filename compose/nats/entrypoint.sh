@@ -19,7 +19,7 @@ quotable() { # FILE VALUE
   # Printable ASCII only: a newline or control character would end the value's line.
   # (The x keeps a trailing newline from being dropped by the command substitution.)
   [ "$(printf '%s' "$2" | tr -d ' -~'; echo x)" = x ] || {
-    echo "entrypoint: $1: may not contain control characters" >&2
+    echo "entrypoint: $1: may not contain control characters (saved with Windows line ends, each line has a carriage return)" >&2
     exit 1
   }
 }
@@ -91,6 +91,8 @@ if grep -q '\$STEWARD_ROUTES' "$config"; then
     exit 1
   }
   routes=
+  # Split on blanks, never globbed: an address such as [fd00::1]:6222 is a pattern to the shell.
+  set -f
   for address in $addresses; do
     printf '%s' "$address" | grep -Eq '^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):[0-9]+$' || {
       echo "entrypoint: $config: route address $address is not host:port" >&2

@@ -49,7 +49,9 @@ pub fn contained_updater_settings(nats: &str, bus: &Bus, health_timeout: &str) -
     ]
 }
 
-/// Waits until the stream holds an event of type `what`; every event stored by then.
+/// Waits until the stream holds an event of type `what`; every event stored by then. A read
+/// that cannot finish (a server restarting) is retried; one slow read may overrun `bound` by
+/// its own timeouts (seconds).
 pub async fn wait_event(bus: &Bus, what: &str, bound: Duration) -> Vec<Event> {
     let deadline = Instant::now() + bound;
     loop {

@@ -922,6 +922,27 @@ fn the_leaf_overlays_give_each_agent_its_hosts_user_and_the_centre_the_hub() {
     let setup = environment(&service(&centre, "setup-hub"));
     assert_eq!(setup.get("STEWARD_NATS_DOMAIN").map(String::as_str), Some("hub"));
     assert_eq!(setup.get("STEWARD_NATS_USER").map(String::as_str), Some("setup"));
+    assert_eq!(setup.get("STEWARD_NATS_REPLICAS"), None, "one hub server: one copy");
+    // A node of a clustered hub: its route password, its route port on the private address
+    // given only, and three copies kept by every `up`'s provisioning.
+    let node_vars = [
+        centre_vars[0],
+        centre_vars[1],
+        centre_vars[2],
+        ("STEWARD_ROUTE_PUBLISH", "10.0.0.1:6222"),
+    ];
+    let node = rendered_in(&["leaf.yml", "hub.yml", "hub-cluster.yml"], &node_vars);
+    let hub_block = service(&node, "nats-hub");
+    assert!(
+        secrets(&hub_block).contains(&("nats_route_password".into(), "nats_route_password".into())),
+        "{hub_block:?}"
+    );
+    let route = ("10.0.0.1".to_owned(), "6222".to_owned(), "6222".to_owned());
+    assert!(published(&hub_block).contains(&route), "{:?}", published(&hub_block));
+    let setup = environment(&service(&node, "setup-hub"));
+    // (Rendered quoted: a number-like string.)
+    let replicas = setup.get("STEWARD_NATS_REPLICAS").map(|v| v.trim_matches('\''));
+    assert_eq!(replicas, Some("3"));
     // Without STEWARD_HOST a leaf host's stack does not render at all.
     let empty = std::env::temp_dir().join(steward_testkit::unique_name("compose-env"));
     std::fs::write(&empty, "").expect("env file");

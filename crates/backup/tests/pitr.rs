@@ -367,13 +367,14 @@ async fn restore_to_a_time_brings_back_exactly_what_was_committed_before_it() {
     ship_until_current(&stack, &backups).await;
 
     let at = |id: i32| utc(&stack, &format!("SELECT at FROM rows WHERE id = {id}"));
-    // T-1s: between rows 30 and 31, nine commits before the drop. Not "a second before the
-    // drop": under CI load one `docker exec psql` took over a second, so that second held
-    // no commit and the cut fell on the drop's own neighbour.
-    let target = at(30) + (at(31) - at(30)) / 2;
+    // The target: between rows 30 and 31, nine commits before the drop, 75 ms before row 31's
+    // time. Row 30 committed before the 150 ms pause that precedes row 31, and row 31 commits
+    // after its time, so the target has at least 75 ms on either side whatever the load (a
+    // midpoint's margin shrank by the time from a row's timestamp to its commit).
+    let target = at(31) - time::Duration::milliseconds(75);
     let before: Vec<i32> = (1..=30).collect();
     let dropped = utc(&stack, &format!("timestamptz '{dropped_at}'"));
-    assert!(at(31) < dropped && at(30) < at(31), "the rows straddle the target, before the drop");
+    assert!(at(31) < dropped && at(30) < target, "the rows straddle the target, before the drop");
     // A time on the stretch of timeline 1 the restore below abandons: between rows 50 and 51.
     let on_abandoned = at(50) + (at(51) - at(50)) / 2;
     // More of timeline 1 after the target: abandoned by the restore below, with a base

@@ -283,21 +283,21 @@ impl ServerFile<'_> {
             ));
         }
         // Fewer than three nodes cannot keep a majority when one is lost: JetStream's R3
-        // needs three.
-        let mut others = cluster.routes.clone();
-        others.sort_unstable();
-        others.dedup();
-        if others.len() < 3 {
+        // needs three. Counted once each, as nats-server would route to them.
+        let mut nodes = vec![];
+        for route in &cluster.routes {
+            nodes.push(host_port("route", route)?);
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        if nodes.len() < 3 {
             return Err(ServerFileError::Value {
                 what: "cluster routes",
                 value: cluster.routes.join(","),
                 reason: "three or more nodes' route addresses (host:port), this node's among them",
             });
         }
-        let mut addresses = vec![];
-        for route in &others {
-            addresses.push(host_port("route", route)?.trim_matches('"').to_owned());
-        }
+        let addresses: Vec<&str> = nodes.iter().map(|n| n.trim_matches('"')).collect();
         // A route logs in with the user and password in its URL only (nats-server sends
         // nothing else), and a variable is only ever a whole value: the URLs, password
         // included, come from the server's environment, made from the addresses on the marker
@@ -320,8 +320,9 @@ impl ServerFile<'_> {
     }
 }
 
-/// `value` as a quoted `host:port` (a name or an address, IPv6 in brackets): refused when it
-/// is none, rather than handing nats-server a route it would read another way.
+/// `value` as a quoted `host:port` (a name or an address, IPv6 in brackets), the port in its
+/// plain form: refused when it is none, rather than handing nats-server (or the entrypoint,
+/// which checks the same shape) a route it would read another way.
 fn host_port(what: &'static str, value: &str) -> Result<String, ServerFileError> {
     let refuse = || {
         Err(ServerFileError::Value {
@@ -332,16 +333,24 @@ fn host_port(what: &'static str, value: &str) -> Result<String, ServerFileError>
     };
     let Some((host, port)) = value.rsplit_once(':') else { return refuse() };
     let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        // Hex digits and colons only (no IPv4 tail): what the entrypoint's check takes.
+        Some(v6) => {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+                && v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
+        }
         None => {
             !host.is_empty()
                 && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
         }
     };
-    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return refuse();
+    let port = match port.chars().all(|c| c.is_ascii_digit()) {
+        true => port.parse::<u16>().ok().filter(|p| *p != 0),
+        false => None,
+    };
+    match (host_ok, port) {
+        (true, Some(port)) => quoted(what, &format!("{host}:{port}")),
+        _ => refuse(),
     }
-    quoted(what, value)
 }
 
 /// `value` as one quoted string of nats-server's configuration: refused when it could end
@@ -484,7 +493,7 @@ mod tests {
             file.render(Some("hub"))
         };
         let two = Cluster {
-            routes: vec!["a:6222".into(), "b:6222".into(), "a:6222".into()],
+            routes: vec!["a:6222".into(), "b:6222".into(), "a:06222".into()],
             ..three_nodes()
         };
         assert!(matches!(hub(two), Err(ServerFileError::Value { what: "cluster routes", .. })));
@@ -496,6 +505,8 @@ mod tests {
             "hub 1:6222",
             "h\"x:6222",
             "[zz]:6222",
+            "hub-1:+6222",
+            "[::ffff:10.0.0.1]:6222",
             "a/b:6222",
         ] {
             let mut cluster = three_nodes();

@@ -95,9 +95,10 @@ pub struct NatsConfigArgs {
     name: Option<String>,
     /// This server as a node of a cluster (the hub, or one server's stack; three nodes for
     /// STEWARD_NATS_REPLICAS=3): every node's route address, host:port, this one's too, the
-    /// same list on every node (repeat, or comma-separated). The nodes log in to each other
-    /// as `route` with STEWARD_ROUTE_PASSWORD (secrets/nats_route_password).
-    #[arg(long = "cluster-route", value_delimiter = ',')]
+    /// same list on every node (repeat, or comma-separated), with a --name of this node's own
+    /// (nodes of one name refuse each other). The nodes log in to each other as `route` with
+    /// STEWARD_ROUTE_PASSWORD (secrets/nats_route_password).
+    #[arg(long = "cluster-route", value_delimiter = ',', requires = "name")]
     cluster_routes: Vec<String>,
     /// This node's route listener (with --cluster-route) [default: 0.0.0.0:6222].
     #[arg(long, requires = "cluster_routes")]

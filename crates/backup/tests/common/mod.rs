@@ -151,10 +151,11 @@ impl Stack {
     }
 
     /// `sql`'s statements one after another in one psql session, each committed on its own
-    /// (`psql -c` would run them as one transaction); what they print, tuples only.
+    /// (`psql -c` would run them as one transaction; `-X`: no psqlrc may turn autocommit
+    /// off); what they print, tuples only.
     pub fn psql_script(&self, sql: &str) -> String {
         let script = format!(
-            "psql -U {DB_USER} -d {DB_NAME} -tAq -v ON_ERROR_STOP=1 <<'STEWARD_SQL'\n{sql}\nSTEWARD_SQL\n"
+            "psql -X -U {DB_USER} -d {DB_NAME} -tAq -v ON_ERROR_STOP=1 <<'STEWARD_SQL'\n{sql}\nSTEWARD_SQL\n"
         );
         docker(&["exec", &self.db.name, "sh", "-c", &script])
     }
