@@ -297,7 +297,6 @@ impl ServerFile<'_> {
                 reason: "three or more nodes' route addresses (host:port), this node's among them",
             });
         }
-        let addresses: Vec<&str> = nodes.iter().map(|n| n.trim_matches('"')).collect();
         // A route logs in with the user and password in its URL only (nats-server sends
         // nothing else), and a variable is only ever a whole value: the URLs, password
         // included, come from the server's environment, made from the addresses on the marker
@@ -308,9 +307,10 @@ impl ServerFile<'_> {
              # private network only. $STEWARD_ROUTES is nats-route://route:<password>@<address>\n\
              # for each address of the next line (the entrypoint makes it).\n",
         );
-        out.push_str(&format!("{ROUTES_MARKER} {}\ncluster {{\n", addresses.join(" ")));
+        out.push_str(&format!("{ROUTES_MARKER} {}\ncluster {{\n", nodes.join(" ")));
         out.push_str(&format!("  name: {}\n", quoted("cluster name", &cluster.name)?));
-        out.push_str(&format!("  listen: {}\n", host_port("route listener", &cluster.listen)?));
+        let listen = host_port("route listener", &cluster.listen)?;
+        out.push_str(&format!("  listen: {}\n", quoted("route listener", &listen)?));
         out.push_str(&format!(
             "  authorization {{\n    user: {ROUTE_USER}\n    password: ${}\n  }}\n",
             crate::user_password_variable(ROUTE_USER)
@@ -320,8 +320,8 @@ impl ServerFile<'_> {
     }
 }
 
-/// `value` as a quoted `host:port` (a name or an address, IPv6 in brackets), the port in its
-/// plain form: refused when it is none, rather than handing nats-server (or the entrypoint,
+/// `value` as `host:port` (a name or an address, IPv6 in brackets), the port in its plain
+/// form: refused when it is none, rather than handing nats-server (or the entrypoint,
 /// which checks the same shape) a route it would read another way.
 fn host_port(what: &'static str, value: &str) -> Result<String, ServerFileError> {
     let refuse = || {
@@ -348,7 +348,7 @@ fn host_port(what: &'static str, value: &str) -> Result<String, ServerFileError>
         false => None,
     };
     match (host_ok, port) {
-        (true, Some(port)) => quoted(what, &format!("{host}:{port}")),
+        (true, Some(port)) => Ok(format!("{host}:{port}")),
         _ => refuse(),
     }
 }
