@@ -298,7 +298,7 @@ impl TestBucket {
     /// removes it on completion or abort).
     pub fn open_uploads(&self) -> Vec<String> {
         let marker = format!(".bucket-{}.object-", base64url(self.name.as_bytes()));
-        let dir = steward_testkit::testbed::dir().join("s3");
+        let dir = steward_testkit::testbed::s3_dir();
         let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir:?}: {e}"));
         entries
             .filter_map(|e| e.ok())

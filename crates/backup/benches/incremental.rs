@@ -255,7 +255,7 @@ async fn main() {
     let source = docker(&["inspect", "-f", "{{range .Mounts}}{{.Source}}{{end}}", &app]);
     let identity = age::x25519::Identity::generate();
     let keys = Keys::new(vec![identity.to_public()], vec![identity]);
-    let s3 = testbed::dir().join("s3");
+    let s3 = testbed::s3_dir();
     let (full_bucket, cdc_bucket, restic_bucket) = (
         format!("{}-full", scope.to_lowercase().replace('_', "-")),
         format!("{}-cdc", scope.to_lowercase().replace('_', "-")),

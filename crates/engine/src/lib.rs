@@ -314,7 +314,9 @@ impl Engine {
         Ok(LocalImage {
             repo_digests,
             labels: image.config.and_then(|c| c.labels).unwrap_or_default(),
-            created: image.created,
+            created: image
+                .created
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
         })
     }
 

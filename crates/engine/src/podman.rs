@@ -14,7 +14,6 @@ use bollard::models::{ContainerInspectResponse, HealthcheckResult};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::{Engine, EngineError};
@@ -60,11 +59,11 @@ fn positive_nanos(n: Option<i64>) -> Option<Duration> {
 }
 
 fn result_end(r: &HealthcheckResult) -> Option<OffsetDateTime> {
-    r.end.as_deref().and_then(parse)
+    r.end
 }
 
 fn parse(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok()
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The time a container's healthcheck may take: its timeout, or the default.
@@ -276,7 +275,7 @@ mod tests {
     fn container(test: &[&str], started: &str, ends: &[&str]) -> ContainerInspectResponse {
         let log = ends
             .iter()
-            .map(|e| HealthcheckResult { end: Some((*e).to_owned()), ..Default::default() })
+            .map(|e| HealthcheckResult { end: Some(at(e)), ..Default::default() })
             .collect();
         ContainerInspectResponse {
             state: Some(ContainerState {

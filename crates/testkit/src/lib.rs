@@ -1,7 +1,8 @@
 //! Test helpers shared by every crate's integration tests.
 //!
 //! - [`testbed`] finds the services started by `infra/testbed/up.sh` (env vars, or the env
-//!   file it writes) and says how to start them when they are missing.
+//!   file it writes) and says how to start them when they are missing; with
+//!   `STEWARD_TEST_SERVERS=containers`, [`servers`] starts the binary's own instead.
 //! - [`TestBus`] is a [`Bus`] in a namespace of its own that deletes itself when dropped. It
 //!   plays `steward setup`'s role: its connection (no NATS user, all powers) provisions the
 //!   stream, every service's consumer and every bucket ([`Bus::setup`]) before the test
@@ -19,6 +20,7 @@ use steward_bus::{Bus, BusConfig, Namespace};
 pub mod cpu;
 pub mod haproxy;
 pub mod leaf;
+pub mod servers;
 pub mod stall;
 pub mod tar;
 
@@ -34,8 +36,13 @@ pub mod testbed {
             .unwrap_or_else(|| PathBuf::from("/var/tmp/steward-testbed"))
     }
 
-    /// A test bed variable: the process environment first, then the env file.
+    /// A test bed variable: with `STEWARD_TEST_SERVERS=containers`, a server's from the test
+    /// binary's own containers ([`crate::servers`]); else the process environment first, then
+    /// the env file.
     pub fn var(name: &str) -> Option<String> {
+        if let Some(v) = crate::servers::var(name) {
+            return Some(v);
+        }
         if let Ok(v) = std::env::var(name) {
             return Some(v);
         }
@@ -61,6 +68,12 @@ pub mod testbed {
         var("STEWARD_TEST_NATS_SERVER_2_10")
     }
 
+    /// The S3 server's data directory on this machine (s3s-fs: a bucket is a directory, an
+    /// open multipart upload a file beside it).
+    pub fn s3_dir() -> PathBuf {
+        crate::servers::s3_dir().unwrap_or_else(|| dir().join("s3"))
+    }
+
     /// The shared NATS server.
     pub fn nats_url() -> String {
         require("STEWARD_TEST_NATS_URL")
@@ -70,20 +83,23 @@ pub mod testbed {
     /// test bed's own (its registries.conf lists them: a port cannot be a wildcard there, and
     /// Podman, unlike Docker, does not take 127.0.0.0/8 as plain http), for a registry a test
     /// starts itself. Two registries of one test binary would both find the first port free
-    /// before either binds it: a port handed out is not handed out again by this process.
+    /// before either binds it: a port handed out is not handed out again by this process, nor
+    /// by another test process while this one runs (claimed as [`crate::free_port`] does).
     pub fn podman_plain_http_port() -> u16 {
-        static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        type Taken = Vec<(u16, std::os::unix::net::UnixListener)>;
+        static TAKEN: std::sync::Mutex<Taken> = std::sync::Mutex::new(Vec::new());
         let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ports = require("STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS");
-        let port = ports
+        let (port, claim) = ports
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
-            .filter(|p| !taken.contains(p))
-            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .filter(|p| !taken.iter().any(|(t, _)| t == p))
+            .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .find_map(|p| crate::claim_port(p).map(|claim| (p, claim)))
             .unwrap_or_else(|| {
                 panic!("none of Podman's plain-http registry ports {ports} is free")
             });
-        taken.push(port);
+        taken.push((port, claim));
         port
     }
 }

@@ -1,0 +1,372 @@
+//! The shared servers from containers of the test binary's own (testcontainers).
+//!
+//! With `STEWARD_TEST_SERVERS=containers`, the test bed's server variables
+//! ([`crate::testbed::var`]) are answered by containers this process starts on first use, from
+//! the images `infra/testbed/stack-images.sh stand-ins` builds on this machine (no registry is
+//! reached): NATS with JetStream (`steward-local/nats`), S3 (`steward-local/s3`, s3s-fs), SMTP
+//! (`steward-local/smtp`, aiosmtpd writing a maildir) and the OCI registries, plain and with
+//! basic auth (`steward-local/registry`). Each binary then has its own instances: nothing it
+//! stores or mails is seen by another binary, and a test may stop and start one
+//! ([`Server::stop`], [`Server::start`]) without touching any other binary's.
+//!
+//! Without it (or with `STEWARD_TEST_SERVERS=testbed`), the servers `infra/testbed/up.sh`
+//! started are used, as before.
+//!
+//! - The servers publish on 127.0.0.1 only, on ports from [`crate::free_port`].
+//! - They run on the engine `DOCKER_HOST` names (Docker's socket when unset), where the images
+//!   are. The engine matrix's Podman legs point `DOCKER_HOST` at Podman, whose store does not
+//!   have them: `scripts/run-tests.py` keeps those legs on the test bed.
+//! - The containers are removed when the process ends, however it ends (a panic, an exit, a
+//!   SIGKILL): a reaper process started with the first one waits on a pipe that only this
+//!   process holds, then removes every container labelled with this process's run and the
+//!   run's directory (the maildir, S3's data, the registries' configuration). A static's
+//!   `Drop` never runs at exit, which is why testcontainers' own removal on drop is not relied
+//!   on.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use testcontainers::core::{IntoContainerPort as _, Mount, WaitFor};
+use testcontainers::runners::SyncRunner as _;
+use testcontainers::{Container, ContainerRequest, GenericImage, ImageExt as _};
+
+/// Selects where the servers come from: `containers` or `testbed` (the default).
+pub const MODE_VARIABLE: &str = "STEWARD_TEST_SERVERS";
+/// The label every container of a run carries, valued with the run's id.
+pub const RUN_LABEL: &str = "steward.test.servers";
+
+/// The credentials of the S3 server and the authenticating registry (the test bed's, so a test
+/// reads the same either way).
+const S3_ACCESS_KEY: &str = "steward-test";
+const S3_SECRET_KEY: &str = "steward-test-secret";
+const REGISTRY_USER: &str = "steward";
+const REGISTRY_PASSWORD: &str = "steward-test";
+/// `htpasswd -Bbn -C 5 steward steward-test`: a fixed bcrypt line, so that no `htpasswd` needs
+/// to be installed (only the engine and the images are).
+const REGISTRY_HTPASSWD: &str =
+    "steward:$2y$05$skoWJC8MQUYECS0cvVXAc.QVHrlQX.Dj/eFq7.NTEHVPs2lOu2MJy\n";
+
+/// How long a server may take to answer after its container started.
+const READY_BOUND: Duration = Duration::from_secs(60);
+
+/// Whether this process's servers come from its own containers.
+pub fn in_containers() -> bool {
+    std::env::var(MODE_VARIABLE).is_ok_and(|v| v == "containers")
+}
+
+/// A test bed variable answered by this process's containers (starting the server it names
+/// on first use); `None` when the mode is off or `name` is not a server's variable.
+pub(crate) fn var(name: &str) -> Option<String> {
+    if !in_containers() {
+        return None;
+    }
+    let address = |server: &Server| format!("127.0.0.1:{}", server.port);
+    Some(match name {
+        "STEWARD_TEST_NATS_URL" => format!("nats://{}", address(nats())),
+        "STEWARD_TEST_S3_ENDPOINT" => format!("http://{}", address(s3())),
+        "STEWARD_TEST_S3_ACCESS_KEY" => S3_ACCESS_KEY.into(),
+        "STEWARD_TEST_S3_SECRET_KEY" => S3_SECRET_KEY.into(),
+        "STEWARD_TEST_SMTP" => address(smtp()),
+        "STEWARD_TEST_MAILDIR" => run().dir.join("maildir").to_string_lossy().into_owned(),
+        "STEWARD_TEST_REGISTRY" => address(registry()),
+        "STEWARD_TEST_REGISTRY_AUTH" => address(auth_registry()),
+        "STEWARD_TEST_REGISTRY_USER" => REGISTRY_USER.into(),
+        "STEWARD_TEST_REGISTRY_PASSWORD" => REGISTRY_PASSWORD.into(),
+        _ => return None,
+    })
+}
+
+/// The S3 server's data directory on this machine (s3s-fs keeps a bucket as a directory and
+/// an open upload as a file beside it, which some tests read).
+pub(crate) fn s3_dir() -> Option<PathBuf> {
+    in_containers().then(|| {
+        s3();
+        run().dir.join("s3")
+    })
+}
+
+/// This process's run id: the value of [`RUN_LABEL`] on its containers.
+pub fn run_id() -> &'static str {
+    &run().id
+}
+
+/// This process's run directory (the maildir, S3's data, the registries' configuration),
+/// removed with the containers when the process ends.
+pub fn run_dir() -> &'static Path {
+    &run().dir
+}
+
+/// One server: its container and the host port it is published on.
+pub struct Server {
+    /// What it is, for messages.
+    pub name: &'static str,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    container: Container<GenericImage>,
+    ready: fn(u16) -> Result<(), String>,
+}
+
+impl Server {
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after `grace`); what it stored stays in the
+    /// container.
+    pub fn stop(&self, grace: Duration) {
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        off_runtime(|| self.container.stop_with_timeout(Some(seconds)))
+            .unwrap_or_else(|e| panic!("stop {}: {e}", self.name));
+    }
+
+    /// Starts the stopped server again, on the same port, and waits until it answers.
+    pub fn start(&self) {
+        off_runtime(|| self.container.start())
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        wait_ready(self.name, self.port, self.ready);
+    }
+
+    /// What the server printed (stdout and stderr), for a test's failure message.
+    pub fn logs(&self) -> String {
+        let (out, err) =
+            off_runtime(|| (self.container.stdout_to_vec(), self.container.stderr_to_vec()));
+        let text = |r: Result<Vec<u8>, testcontainers::TestcontainersError>| match r {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(unreadable: {e})"),
+        };
+        format!("{}{}", text(out), text(err))
+    }
+}
+
+/// This process's NATS server (JetStream, its store in the container).
+pub fn nats() -> &'static Server {
+    static NATS: OnceLock<Server> = OnceLock::new();
+    NATS.get_or_init(|| {
+        let request = GenericImage::new("steward-local/nats", "latest")
+            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+            .with_cmd(["nats-server", "-js", "-sd", "/data", "-a", "0.0.0.0", "-p", "4222"]);
+        start_on("nats", request, crate::free_port(), 4222, nats_ready)
+    })
+}
+
+/// This process's S3 server (s3s-fs, its data in the run's directory).
+pub fn s3() -> &'static Server {
+    static S3: OnceLock<Server> = OnceLock::new();
+    S3.get_or_init(|| {
+        let data = make_dir(&run().dir.join("s3"));
+        let request = GenericImage::new("steward-local/s3", "latest")
+            .with_cmd([
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "9000",
+                "--access-key",
+                S3_ACCESS_KEY,
+                "--secret-key",
+                S3_SECRET_KEY,
+                "/data",
+            ])
+            .with_mount(Mount::bind_mount(path_text(&data), "/data"));
+        start_on("s3", request, crate::free_port(), 9000, http_ready)
+    })
+}
+
+/// This process's SMTP server (aiosmtpd, writing every message to the run's maildir).
+pub fn smtp() -> &'static Server {
+    static SMTP: OnceLock<Server> = OnceLock::new();
+    SMTP.get_or_init(|| {
+        let maildir = make_dir(&run().dir.join("maildir"));
+        // Python's Maildir makes its subdirectories only with the directory itself, which the
+        // bind mount already is.
+        for sub in ["cur", "new", "tmp"] {
+            make_dir(&maildir.join(sub));
+        }
+        let request = GenericImage::new("steward-local/smtp", "latest")
+            .with_mount(Mount::bind_mount(path_text(&maildir), "/maildir"));
+        start_on("smtp", request, crate::free_port(), 2525, smtp_ready)
+    })
+}
+
+/// This process's plain OCI registry.
+pub fn registry() -> &'static Server {
+    static REGISTRY: OnceLock<Server> = OnceLock::new();
+    REGISTRY.get_or_init(|| start_registry("registry", false))
+}
+
+/// This process's OCI registry with basic auth (the test bed's user and password).
+pub fn auth_registry() -> &'static Server {
+    static REGISTRY: OnceLock<Server> = OnceLock::new();
+    REGISTRY.get_or_init(|| start_registry("registry-auth", true))
+}
+
+fn start_registry(name: &'static str, auth: bool) -> Server {
+    let dir = make_dir(&run().dir.join(name));
+    let mut config = String::from(
+        "version: 0.1\nlog: {level: warn}\nstorage:\n  filesystem: {rootdirectory: /var/lib/registry}\n  delete: {enabled: true}\nhttp: {addr: 0.0.0.0:5000}\n",
+    );
+    let mut request = GenericImage::new("steward-local/registry", "latest").with_mount(
+        Mount::bind_mount(path_text(&dir.join("config.yml")), "/etc/docker/registry/config.yml"),
+    );
+    if auth {
+        config.push_str(
+            "auth: {htpasswd: {realm: steward-test, path: /etc/docker/registry/htpasswd}}\n",
+        );
+        write(&dir.join("htpasswd"), REGISTRY_HTPASSWD);
+        request = request.with_mount(Mount::bind_mount(
+            path_text(&dir.join("htpasswd")),
+            "/etc/docker/registry/htpasswd",
+        ));
+    }
+    write(&dir.join("config.yml"), &config);
+    // Podman takes a registry on 127.0.0.1 as plain http only on the ports its configuration
+    // lists (the test bed's); Docker on any.
+    let port = match crate::testbed::var("STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS") {
+        Some(_) => crate::testbed::podman_plain_http_port(),
+        None => crate::free_port(),
+    };
+    start_on(name, request, port, 5000, http_ready)
+}
+
+/// Starts `request` published on `port` of 127.0.0.1 (only), labelled with the run, and
+/// waits until `ready` says it answers there.
+fn start_on(
+    name: &'static str,
+    request: impl Into<ContainerRequest<GenericImage>>,
+    port: u16,
+    container_port: u16,
+    ready: fn(u16) -> Result<(), String>,
+) -> Server {
+    assert!(
+        !crate::on_podman(),
+        "{MODE_VARIABLE}=containers starts its servers on the engine DOCKER_HOST names, and that \
+         is Podman's service here, which does not have the images: run the Podman legs with \
+         {MODE_VARIABLE}=testbed"
+    );
+    let run = run();
+    let request = request
+        .into()
+        .with_container_name(format!("steward-test-{name}-{}", run.id))
+        .with_label(RUN_LABEL, run.id.clone())
+        .with_mapped_port(port, container_port.tcp())
+        .with_startup_timeout(READY_BOUND)
+        // testcontainers publishes on every address; the network rule is loopback only.
+        .with_host_config_modifier(|host| {
+            for bindings in host.port_bindings.iter_mut().flat_map(|b| b.values_mut()).flatten() {
+                for binding in bindings {
+                    binding.host_ip = Some("127.0.0.1".into());
+                }
+            }
+        });
+    let container = off_runtime(|| request.start())
+        .unwrap_or_else(|e| panic!("start the {name} container: {e}"));
+    wait_ready(name, port, ready);
+    Server { name, port, container, ready }
+}
+
+fn wait_ready(name: &str, port: u16, ready: fn(u16) -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + READY_BOUND;
+    loop {
+        let why = match ready(port) {
+            Ok(()) => return,
+            Err(why) => why,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the {name} container did not answer on 127.0.0.1:{port} within {READY_BOUND:?}: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// Each probe speaks the server's protocol: the engine's port proxy accepts a connection before
+// the server in the container listens, so a connection alone proves nothing.
+
+fn nats_ready(port: u16) -> Result<(), String> {
+    first_line(port).and_then(|l| if l.starts_with("INFO ") { Ok(()) } else { Err(l) })
+}
+
+fn smtp_ready(port: u16) -> Result<(), String> {
+    first_line(port).and_then(|l| if l.starts_with("220") { Ok(()) } else { Err(l) })
+}
+
+fn http_ready(port: u16) -> Result<(), String> {
+    crate::http_get_why(SocketAddr::from(([127, 0, 0, 1], port)), "/").map(|_| ())
+}
+
+fn first_line(port: u16) -> Result<String, String> {
+    let bound = Duration::from_secs(2);
+    let stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), bound)
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(bound)).map_err(|e| format!("socket: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+    if line.is_empty() {
+        Err("closed before a greeting".into())
+    } else {
+        Ok(line)
+    }
+}
+
+/// Runs `f` on a thread of its own: testcontainers' blocking calls run their own Tokio
+/// runtime, which must not be entered from a thread already in one (an async test's).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+}
+
+/// This process's run: its id, its directory, and the reaper that removes both.
+struct Run {
+    id: String,
+    dir: PathBuf,
+    /// The write end of the reaper's pipe: closed only when this process ends.
+    _pipe: Mutex<ChildStdin>,
+    _reaper: Mutex<Child>,
+}
+
+fn run() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let id = crate::unique_name("run");
+        let dir = std::env::temp_dir().join(format!("steward-test-servers-{id}"));
+        make_dir(&dir);
+        // Reads until this process's end closes the pipe, then removes the run's containers
+        // (anonymous volumes too) and its directory. In a process group of its own, so that
+        // a Ctrl-C to the tests does not end it before it has cleaned up.
+        let script = r#"trap '' INT TERM HUP
+cat >/dev/null
+ids=$(docker ps -aq --filter "label=$1=$2")
+[ -z "$ids" ] || docker rm -fv $ids >/dev/null 2>&1
+rm -rf -- "$3""#;
+        use std::os::unix::process::CommandExt as _;
+        let mut reaper = Command::new("sh")
+            .args(["-c", script, "steward-test-reaper", RUN_LABEL, &id])
+            .arg(&dir)
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the servers' reaper (sh): {e}"));
+        let pipe = reaper.stdin.take().unwrap_or_else(|| panic!("the reaper has no stdin"));
+        Run { id, dir, _pipe: Mutex::new(pipe), _reaper: Mutex::new(reaper) }
+    })
+}
+
+fn make_dir(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
+    dir.to_owned()
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_str().unwrap_or_else(|| panic!("{path:?} is not UTF-8")).to_owned()
+}

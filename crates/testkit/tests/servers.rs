@@ -1,0 +1,167 @@
+//! The test binary's own servers (`steward_testkit::servers`, testcontainers): a child process
+//! in `STEWARD_TEST_SERVERS=containers` mode starts all five from the test bed's variables and
+//! uses each; the parent checks that they publish on loopback only, SIGKILLs the child, and
+//! checks that its containers and directory are gone.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use steward_testkit::docker::docker;
+use steward_testkit::{servers, testbed, unique_name, wait_for};
+
+/// Set for the child: it then runs its servers and waits to be killed.
+const CHILD: &str = "STEWARD_TEST_SERVERS_CHILD";
+
+#[test]
+fn a_binarys_servers_are_its_own_on_loopback_and_go_when_it_is_killed() {
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .args(["--ignored", "--exact", "servers_of_a_child"])
+        .env(CHILD, "1")
+        .env(servers::MODE_VARIABLE, "containers")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the child");
+    let stdout = child.stdout.take().expect("child's stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = vec![];
+    let mut run = None;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(line) if line == "READY" => break,
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix("RUN ") {
+                    run = rest.split_once(' ').map(|(id, dir)| (id.to_owned(), dir.to_owned()));
+                }
+                seen.push(line);
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the child did not get ready ({e}); it printed:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    let (id, dir) = run.unwrap_or_else(|| panic!("no RUN line from the child: {seen:?}"));
+    let filter = format!("label={}={id}", servers::RUN_LABEL);
+    let ids = docker(&["ps", "-q", "--filter", &filter]);
+    let ids: Vec<&str> = ids.lines().collect();
+    assert_eq!(ids.len(), 5, "NATS, S3, SMTP and two registries run for the child: {ids:?}");
+    for c in &ids {
+        let bindings = docker(&[
+            "inspect",
+            "-f",
+            "{{range $p, $b := .HostConfig.PortBindings}}{{range $b}}{{.HostIp}} {{end}}{{end}}",
+            c,
+        ]);
+        let ips: Vec<&str> = bindings.split_whitespace().collect();
+        assert!(
+            !ips.is_empty() && ips.iter().all(|ip| *ip == "127.0.0.1"),
+            "container {c} publishes on {ips:?}, not on 127.0.0.1 only"
+        );
+    }
+    assert!(std::path::Path::new(&dir).is_dir(), "the run's directory {dir} exists");
+
+    // However the process ends, its servers go: SIGKILL leaves no Drop and no exit handler.
+    child.kill().expect("SIGKILL the child");
+    let _ = child.wait();
+    wait_for("the killed child's containers to be removed", Duration::from_secs(60), || {
+        docker(&["ps", "-aq", "--filter", &filter]).trim().is_empty().then_some(())
+    });
+    wait_for("the killed child's directory to be removed", Duration::from_secs(10), || {
+        (!std::path::Path::new(&dir).exists()).then_some(())
+    });
+}
+
+/// The child's part; runs only when the parent test starts it.
+#[tokio::test]
+#[ignore = "the child of a_binarys_servers_are_its_own_…, which starts it"]
+async fn servers_of_a_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    assert!(servers::in_containers());
+
+    // NATS with JetStream; a stream kept across a stop and start of the container.
+    let url = testbed::nats_url();
+    assert_eq!(url, format!("nats://127.0.0.1:{}", servers::nats().port));
+    let stream = "KIT";
+    {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect"));
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: stream.into(),
+            subjects: vec!["kit.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create a stream");
+        js.publish("kit.one", "1".into()).await.expect("publish").await.expect("stored");
+    }
+    servers::nats().stop(Duration::from_secs(5));
+    assert!(async_nats::connect(&url).await.is_err(), "a stopped server takes no connection");
+    servers::nats().start();
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect again"));
+    let mut kept = js.get_stream(stream).await.expect("the stream after the restart");
+    assert_eq!(kept.info().await.expect("info").state.messages, 1, "the stored message is kept");
+
+    // S3 answers S3 (a request without a signature is refused in S3's words).
+    let s3 = testbed::require("STEWARD_TEST_S3_ENDPOINT");
+    let answer = reqwest::get(&s3).await.expect("GET the S3 endpoint");
+    let body = answer.text().await.expect("body");
+    assert!(body.contains("<Error>"), "an S3 error document from {s3}: {body}");
+    assert!(servers::run_dir().join("s3").is_dir(), "S3's data is in the run's directory");
+
+    // SMTP: a message lands in the maildir the variable names.
+    let to = format!("{}@steward.test", unique_name("kit"));
+    let smtp = testbed::require("STEWARD_TEST_SMTP");
+    let (host, port) = smtp.rsplit_once(':').expect("host:port");
+    let message = lettre::Message::builder()
+        .from("kit@steward.test".parse().expect("from"))
+        .to(to.parse().expect("to"))
+        .subject("kit")
+        .body(String::from("hello"))
+        .expect("message");
+    let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
+        .port(port.parse().expect("port"))
+        .build();
+    lettre::AsyncTransport::send(&transport, message).await.expect("send");
+    let maildir = std::path::PathBuf::from(testbed::require("STEWARD_TEST_MAILDIR"));
+    wait_for("the message in the maildir", Duration::from_secs(10), || {
+        std::fs::read_dir(maildir.join("new"))
+            .ok()?
+            .filter_map(Result::ok)
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|m| m.contains(&to)))
+            .then_some(())
+    });
+
+    // The registries: the plain one answers; the other asks for, and takes, the test bed's
+    // user and password.
+    let client = reqwest::Client::new();
+    let plain = testbed::require("STEWARD_TEST_REGISTRY");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let get = |host: &str| client.get(format!("http://{host}/v2/"));
+    assert_eq!(get(&plain).send().await.map(status).expect("GET /v2/"), 200);
+    let auth = testbed::require("STEWARD_TEST_REGISTRY_AUTH");
+    assert_eq!(get(&auth).send().await.map(status).expect("GET /v2/"), 401);
+    let user = testbed::require("STEWARD_TEST_REGISTRY_USER");
+    let password = testbed::require("STEWARD_TEST_REGISTRY_PASSWORD");
+    let logged_in = get(&auth).basic_auth(user, Some(password)).send().await;
+    assert_eq!(logged_in.map(status).expect("GET /v2/ with the password"), 200);
+
+    // Straight to the process's stdout, which the parent reads (the harness captures prints).
+    let mut out = std::io::stdout();
+    writeln!(out, "RUN {} {}", servers::run_id(), servers::run_dir().display()).expect("stdout");
+    writeln!(out, "READY").expect("stdout");
+    out.flush().expect("stdout");
+    // Killed by the parent; the bound only keeps a lost parent from leaving it for ever.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+}
