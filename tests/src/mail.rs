@@ -2,7 +2,6 @@
 //! accepted message as a file in a maildir; tests tell their mail apart by a unique recipient.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One received message.
@@ -121,20 +120,21 @@ pub async fn approve_by_link(link: &str) {
     assert!(posted.status().is_success(), "{link}: {}", posted.status());
 }
 
-/// An SMTP server of the test's own (aiosmtpd), for taking SMTP away and back.
+/// An SMTP server of the test's own (aiosmtpd in a container of its own,
+/// `steward_testkit::servers::Own`), for taking SMTP away and back.
 pub struct SmtpServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     /// Its maildir.
     pub maildir: PathBuf,
-    child: Option<Child>,
+    server: Option<steward_testkit::servers::Own>,
 }
 
 impl SmtpServer {
     /// A server that is not running yet, on a free port.
     pub fn stopped() -> Self {
         let maildir = std::env::temp_dir().join(steward_testkit::unique_name("maildir"));
-        Self { port: steward_testkit::free_port(), maildir, child: None }
+        Self { port: steward_testkit::free_port(), maildir, server: None }
     }
 
     /// `127.0.0.1:PORT`.
@@ -142,27 +142,15 @@ impl SmtpServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts it and waits until it accepts connections.
+    /// Starts it and waits until it greets.
     pub fn start(&mut self) {
-        // The test bed installs aiosmtpd for the system Python (Debian package).
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &self.addr(), "-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&self.maildir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start aiosmtpd: {e}"));
-        self.child = Some(child);
-        steward_testkit::wait_listening(self.port, "aiosmtpd");
+        self.server = Some(steward_testkit::servers::Own::smtp(self.port, &self.maildir));
     }
 }
 
 impl Drop for SmtpServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.maildir);
     }
 }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,52 +13,10 @@ use steward_backup::Backups;
 use steward_engine::Engine;
 use steward_events::BackupReason;
 use steward_store::manifest::{self, Manifest, FORMAT, MANIFEST};
-use steward_testkit::{free_port, testbed, unique_name, wait_for};
+use steward_testkit::{free_port, servers, wait_for, TempDir};
 
 fn new_id() -> String {
     manifest::new_backup_id(time::OffsetDateTime::now_utc())
-}
-
-/// A private S3 server that the test can kill.
-struct OwnS3 {
-    child: Child,
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl OwnS3 {
-    fn start(dir: std::path::PathBuf, port: u16) -> Self {
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", &testbed::require("STEWARD_TEST_S3_ACCESS_KEY")])
-            .args(["--secret-key", &testbed::require("STEWARD_TEST_S3_SECRET_KEY")])
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("s3s-fs (run infra/testbed/up.sh): {e}"));
-        wait_for("s3s-fs", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
-        Self { child, dir, port }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnS3 {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,9 +25,10 @@ async fn s3_dying_mid_backup_fails_it_and_leaves_no_usable_backup() {
     stack.fill_db(1_000);
     // Random data: 40 MiB stays 40 MiB after zstd, five parts at least.
     stack.fill_data(40, 5);
-    let port = free_port();
-    let mut s3 = OwnS3::start(std::env::temp_dir().join(unique_name("s3s")), port);
-    let cfg = s3_config("down", Some(s3.endpoint()));
+    // An S3 server of the test's own (a container): killing it touches no other test.
+    let dir = TempDir::new("s3s");
+    let s3 = servers::Own::s3(free_port(), &dir.0);
+    let cfg = s3_config("down", Some(format!("http://127.0.0.1:{}", s3.port)));
     let store = store_for(&cfg).await;
     let backups = Backups::new(Engine::from_env(), store.clone(), config(cfg, &stack.scope));
     let id = new_id();
@@ -81,7 +39,7 @@ async fn s3_dying_mid_backup_fails_it_and_leaves_no_usable_backup() {
     });
     // Kill the store once the upload is under way.
     wait_for("upload under way", Duration::from_secs(30), || {
-        let found = walk(&s3.dir).into_iter().any(|p| p.to_string_lossy().contains(&id));
+        let found = walk(&dir.0).into_iter().any(|p| p.to_string_lossy().contains(&id));
         found.then_some(())
     });
     s3.kill();
@@ -94,7 +52,7 @@ async fn s3_dying_mid_backup_fails_it_and_leaves_no_usable_backup() {
     assert!(stack.app_running());
 
     // S3 back: the backup is not listed as complete, so nothing will ever restore it.
-    let _s3 = OwnS3::start(s3.dir.clone(), port);
+    s3.start();
     let listed = backups.list().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(listed.iter().all(|l| l.manifest.is_none()), "{listed:?}");
     let refused = backups.restore(&id, steward_events::RestoreScope::All).await;

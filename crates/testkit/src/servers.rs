@@ -6,16 +6,18 @@
 //! reached): NATS with JetStream (`steward-local/nats`), S3 (`steward-local/s3`, s3s-fs), SMTP
 //! (`steward-local/smtp`, aiosmtpd writing a maildir) and the OCI registries, plain and with
 //! basic auth (`steward-local/registry`). Each binary then has its own instances: nothing it
-//! stores or mails is seen by another binary, and a test may stop and start one
-//! ([`Server::stop`], [`Server::start`]) without touching any other binary's.
+//! stores or mails is seen by another binary. A test that takes a server away and back uses
+//! one of its own ([`Own`]), so that the binary's other tests keep theirs.
 //!
 //! Without it (or with `STEWARD_TEST_SERVERS=testbed`), the servers `infra/testbed/up.sh`
 //! started are used, as before.
 //!
 //! - The servers publish on 127.0.0.1 only, on ports from [`crate::free_port`].
-//! - They run on the engine `DOCKER_HOST` names (Docker's socket when unset), where the images
-//!   are. The engine matrix's Podman legs point `DOCKER_HOST` at Podman, whose store does not
-//!   have them: `scripts/run-tests.py` keeps those legs on the test bed.
+//! - They run on the engine `DOCKER_HOST` names (Docker's socket when unset). The images are
+//!   built in Docker's store; on a Podman leg of the engine matrix, each is copied into
+//!   Podman's on first use. `scripts/run-tests.py` keeps the Podman legs on the test bed's
+//!   shared servers all the same (a Podman leg is slow enough); a test's [`Own`] servers run
+//!   there.
 //! - The containers are removed when the process ends, however it ends (a panic, an exit, a
 //!   SIGKILL): a reaper process started with the first one waits on a pipe that only this
 //!   process holds, then removes every container labelled with this process's run and the
@@ -27,12 +29,13 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use testcontainers::core::{IntoContainerPort as _, Mount, WaitFor};
 use testcontainers::runners::SyncRunner as _;
-use testcontainers::{Container, ContainerRequest, GenericImage, ImageExt as _};
+use testcontainers::{Container, ContainerRequest, GenericImage, Image as _, ImageExt as _};
 
 /// Selects where the servers come from: `containers` or `testbed` (the default).
 pub const MODE_VARIABLE: &str = "STEWARD_TEST_SERVERS";
@@ -49,6 +52,9 @@ const REGISTRY_PASSWORD: &str = "steward-test";
 /// to be installed (only the engine and the images are).
 const REGISTRY_HTPASSWD: &str =
     "steward:$2y$05$skoWJC8MQUYECS0cvVXAc.QVHrlQX.Dj/eFq7.NTEHVPs2lOu2MJy\n";
+
+/// Docker's socket, where the images are built (a Podman leg's `DOCKER_HOST` is Podman's).
+const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
 
 /// How long a server may take to answer after its container started.
 const READY_BOUND: Duration = Duration::from_secs(60);
@@ -158,38 +164,87 @@ pub fn nats() -> &'static Server {
 pub fn s3() -> &'static Server {
     static S3: OnceLock<Server> = OnceLock::new();
     S3.get_or_init(|| {
-        let data = make_dir(&run().dir.join("s3"));
-        let request = GenericImage::new("steward-local/s3", "latest")
-            .with_cmd([
-                "--host",
-                "0.0.0.0",
-                "--port",
-                "9000",
-                "--access-key",
-                S3_ACCESS_KEY,
-                "--secret-key",
-                S3_SECRET_KEY,
-                "/data",
-            ])
-            .with_mount(Mount::bind_mount(path_text(&data), "/data"));
-        start_on("s3", request, crate::free_port(), 9000, http_ready)
+        start_on("s3", s3_request(&run().dir.join("s3")), crate::free_port(), 9000, http_ready)
     })
+}
+
+fn s3_request(data: &Path) -> ContainerRequest<GenericImage> {
+    let data = make_dir(data);
+    GenericImage::new("steward-local/s3", "latest")
+        .with_cmd([
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000",
+            "--access-key",
+            S3_ACCESS_KEY,
+            "--secret-key",
+            S3_SECRET_KEY,
+            "/data",
+        ])
+        .with_mount(Mount::bind_mount(path_text(&data), "/data"))
 }
 
 /// This process's SMTP server (aiosmtpd, writing every message to the run's maildir).
 pub fn smtp() -> &'static Server {
     static SMTP: OnceLock<Server> = OnceLock::new();
     SMTP.get_or_init(|| {
-        let maildir = make_dir(&run().dir.join("maildir"));
-        // Python's Maildir makes its subdirectories only with the directory itself, which the
-        // bind mount already is.
-        for sub in ["cur", "new", "tmp"] {
-            make_dir(&maildir.join(sub));
-        }
-        let request = GenericImage::new("steward-local/smtp", "latest")
-            .with_mount(Mount::bind_mount(path_text(&maildir), "/maildir"));
+        let request = smtp_request(&run().dir.join("maildir"));
         start_on("smtp", request, crate::free_port(), 2525, smtp_ready)
     })
+}
+
+fn smtp_request(maildir: &Path) -> ContainerRequest<GenericImage> {
+    let maildir = make_dir(maildir);
+    // Python's Maildir makes its subdirectories only with the directory itself, which the
+    // bind mount already is.
+    for sub in ["cur", "new", "tmp"] {
+        make_dir(&maildir.join(sub));
+    }
+    GenericImage::new("steward-local/smtp", "latest")
+        .with_mount(Mount::bind_mount(path_text(&maildir), "/maildir"))
+}
+
+/// A server of one test's own, for taking it away and bringing it back without touching
+/// what other tests use: a container of its own from the same image, whatever
+/// `STEWARD_TEST_SERVERS` says, removed when dropped (and by the run's reaper if the process
+/// dies first). Its data directory stays the caller's.
+pub struct Own(Option<Server>);
+
+impl Own {
+    /// An S3 server on 127.0.0.1:`port` keeping its buckets in `dir` (made if missing).
+    pub fn s3(port: u16, dir: &Path) -> Self {
+        Self(Some(start_on("s3", s3_request(dir), port, 9000, http_ready)))
+    }
+
+    /// An SMTP server on 127.0.0.1:`port` writing each message to the maildir `dir`.
+    pub fn smtp(port: u16, dir: &Path) -> Self {
+        Self(Some(start_on("smtp", smtp_request(dir), port, 2525, smtp_ready)))
+    }
+
+    /// SIGKILLs the server: no goodbye to its clients, nothing flushed. [`Server::start`]
+    /// brings it back on the same port with what it had written.
+    pub fn kill(&self) {
+        crate::docker::docker(&["kill", self.id()]);
+    }
+}
+
+impl std::ops::Deref for Own {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        self.0.as_ref().unwrap_or_else(|| unreachable!("taken only when dropped"))
+    }
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        // testcontainers removes it on drop, on a runtime of its own: not on this thread if
+        // an async test drops it.
+        if let Some(server) = self.0.take() {
+            off_runtime(move || drop(server));
+        }
+    }
 }
 
 /// This process's plain OCI registry.
@@ -241,16 +296,15 @@ fn start_on(
     container_port: u16,
     ready: fn(u16) -> Result<(), String>,
 ) -> Server {
-    assert!(
-        !crate::on_podman(),
-        "{MODE_VARIABLE}=containers starts its servers on the engine DOCKER_HOST names, and that \
-         is Podman's service here, which does not have the images: run the Podman legs with \
-         {MODE_VARIABLE}=testbed"
-    );
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let request = request.into();
+    if crate::on_podman() {
+        copy_to_podman(request.image().name(), request.image().tag());
+    }
     let run = run();
+    let n = STARTED.fetch_add(1, Ordering::Relaxed);
     let request = request
-        .into()
-        .with_container_name(format!("steward-test-{name}-{}", run.id))
+        .with_container_name(format!("steward-test-{name}-{}-{n}", run.id))
         .with_label(RUN_LABEL, run.id.clone())
         .with_mapped_port(port, container_port.tcp())
         .with_startup_timeout(READY_BOUND)
@@ -266,6 +320,50 @@ fn start_on(
         .unwrap_or_else(|e| panic!("start the {name} container: {e}"));
     wait_ready(name, port, ready);
     Server { name, port, container, ready }
+}
+
+/// Copies `name:tag` from Docker (its default socket, where `stack-images.sh` builds it) into
+/// the Podman service `DOCKER_HOST` names, once per process, unless Podman has that image:
+/// the engine matrix's Podman legs start their servers there.
+fn copy_to_podman(name: &str, tag: &str) {
+    static COPIED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let image = format!("{name}:{tag}");
+    let mut copied = COPIED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if copied.contains(&image) {
+        return;
+    }
+    let docker_id = |host: Option<&str>| {
+        let mut cmd = Command::new("docker");
+        if let Some(host) = host {
+            cmd.args(["--host", host]);
+        }
+        let out = cmd.args(["image", "inspect", "-f", "{{.Id}}", &image]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let wanted = docker_id(Some(DOCKER_SOCKET)).unwrap_or_else(|| {
+        panic!("{image} is not in Docker's store: run infra/testbed/stack-images.sh stand-ins")
+    });
+    if docker_id(None).as_deref() != Some(wanted.as_str()) {
+        let mut save = Command::new("docker")
+            .args(["--host", DOCKER_SOCKET, "save", &image])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("docker save {image}: {e}"));
+        let archive =
+            save.stdout.take().unwrap_or_else(|| panic!("docker save {image}: no stdout"));
+        let load = Command::new("docker")
+            .args(["load", "-q"])
+            .stdin(archive)
+            .output()
+            .unwrap_or_else(|e| panic!("docker load {image} into Podman: {e}"));
+        let saved = save.wait().unwrap_or_else(|e| panic!("docker save {image}: {e}"));
+        assert!(
+            saved.success() && load.status.success(),
+            "docker save {image} | docker load (into Podman): {saved}: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+    }
+    copied.push(image);
 }
 
 fn wait_ready(name: &str, port: u16, ready: fn(u16) -> Result<(), String>) {
