@@ -28,8 +28,8 @@ named "[podman-rootless] KEY" and "KEY@rootless".
 Servers of their own (issue 24): the binaries scripts/container-tests.txt lists run in the
 Docker leg with STEWARD_TEST_SERVERS=containers, so steward-testkit starts their NATS, S3, SMTP
 and registries in containers of their own (testcontainers) instead of using the test bed's;
-with that variable set for the whole run, every Docker-leg binary does. The Podman legs keep
-the test bed's servers.
+with that variable set for the whole run, it holds for every Docker-leg binary (`testbed`:
+none has its own). The Podman legs keep the test bed's servers.
 
 Exit: 0 when every binary passed, 101 (as Cargo) when one failed or could not run.
 """
@@ -185,8 +185,9 @@ def podman_leg(found, env):
 
 def container_servers(found, env):
     """Marks the Docker-leg binaries scripts/container-tests.txt lists to run with servers of
-    their own (STEWARD_TEST_SERVERS=containers); with that variable already set, every binary
-    of the leg runs so. A listed key that names no binary of a built package is an error."""
+    their own (STEWARD_TEST_SERVERS=containers). With that variable already set, it holds for
+    every binary of the leg (`containers`: all with their own; `testbed`: none). A listed key
+    that names no binary of a built package is an error."""
     listed = []
     with open(CONTAINER_TESTS) as f:
         for line in f:
@@ -198,7 +199,7 @@ def container_servers(found, env):
     missing = [k for k in listed if k not in by_key and k.split(":", 1)[0] in built]
     if missing:
         sys.exit(f"scripts/container-tests.txt names no test binary: {', '.join(missing)}")
-    if env.get("STEWARD_TEST_SERVERS") == "containers":
+    if env.get("STEWARD_TEST_SERVERS"):
         return
     for key in listed:
         if key in by_key:
