@@ -176,7 +176,7 @@ def podman_leg(found, env):
         b["key"] = f"{key}@{suffix}"
         b["engine"] = engine
         b["args"] = args
-        # The servers' images are in Docker's store only (steward-testkit's `servers`).
+        # The shared servers stay the test bed's on a Podman leg (steward-testkit's `servers`).
         b["env"] = {"DOCKER_HOST": f"unix://{at}", "STEWARD_TEST_ENGINE": "podman",
                     "STEWARD_TEST_SERVERS": "testbed"}
         leg.append(b)

@@ -229,7 +229,9 @@ async fn set_up_hub_of(nodes: usize) -> (NatsLeaves, String) {
 
 /// SIGKILLs the node leading a clustered hub's stream, waits until another node leads it (an
 /// election takes seconds: nats-server's election timeout is several), starts the killed one
-/// again, then does the same to that new leader.
+/// again and waits until it is a current replica of the stream once more, then does the same
+/// to that new leader. Killing the next leader before the restarted node has caught up would
+/// leave one current node of three: no majority, no leader (CI saw it: no election in 30 s).
 async fn kill_hub_leaders(net: &mut NatsLeaves) {
     let mut leader = hub_stream_leader(net, None).await;
     for _ in 0..2 {
@@ -241,7 +243,34 @@ async fn kill_hub_leaders(net: &mut NatsLeaves) {
             killed.elapsed()
         );
         net.hub_node_mut(leader).start_again();
+        hub_replica_current(net, leader).await;
         leader = next;
+    }
+}
+
+/// Waits (bounded) until hub node `i` is a current, online replica of the hub's stream, as its
+/// leader reports.
+async fn hub_replica_current(net: &NatsLeaves, i: usize) {
+    let js = net.hub_jetstream().await;
+    let name = format!("steward-nats-hub-{i}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = async {
+            let mut stream = js.get_stream("STEWARD").await.ok()?;
+            stream.info().await.ok().and_then(|i| i.cluster.clone())
+        };
+        let cluster = tokio::time::timeout(Duration::from_secs(5), info).await.ok().flatten();
+        let current = cluster
+            .as_ref()
+            .is_some_and(|c| c.replicas.iter().any(|r| r.name == name && r.current && !r.offline));
+        if current {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} did not become a current replica of the hub's stream again: {cluster:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -296,6 +296,36 @@ mod tests {
         }
     }
 
+    /// What Podman 4.3's compat API and Docker send (read off both on 2026-12-07; Docker's
+    /// differ only in the values): bollard's `time` feature parses these dates, and one that
+    /// does not parse fails the whole answer.
+    #[test]
+    fn the_engines_dates_parse_and_a_malformed_one_fails_the_answer() {
+        let inspect = r#"{"Created": "2026-12-07T07:59:44.997526862Z",
+            "State": {"Running": true, "StartedAt": "2026-12-07T07:59:45.131285692Z",
+              "Health": {"Status": "healthy", "FailingStreak": 0, "Log": [{"Start":
+                "2026-12-07T07:59:58.824732547Z", "End": "2026-12-07T07:59:58.937637792Z",
+                "ExitCode": 0, "Output": ""}]}},
+            "Config": {"Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 1000000000}}}"#;
+        let c: ContainerInspectResponse = serde_json::from_str(inspect).expect("an inspect");
+        assert_eq!(c.created, Some(at("2026-12-07T07:59:44.997526862Z")));
+        let end = c.state.as_ref().and_then(|s| s.health.as_ref()).and_then(|h| h.log.clone());
+        assert_eq!(
+            end.as_deref().and_then(|l| l.first()).and_then(result_end),
+            Some(at("2026-12-07T07:59:58.937637792Z"))
+        );
+        assert!(!check_due(&c, at("2026-12-07T07:59:59.500Z")), "0.6 s after a 1 s check");
+        assert!(check_due(&c, at("2026-12-07T08:00:00.500Z")), "1.6 s after it");
+
+        let image = r#"{"Id": "sha256:00", "Created": "2026-12-07T02:16:36.872791345Z",
+            "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"}}"#;
+        let i: bollard::models::ImageInspect = serde_json::from_str(image).expect("an image");
+        assert_eq!(i.created, Some(at("2026-12-07T02:16:36.872791345Z")));
+
+        let empty = image.replace("2026-12-07T02:16:36.872791345Z", "");
+        assert!(serde_json::from_str::<bollard::models::ImageInspect>(&empty).is_err());
+    }
+
     #[test]
     fn a_repository_keeps_its_digests_after_its_tag_moved_and_localhost_names_none() {
         let listed = vec![

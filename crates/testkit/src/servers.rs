@@ -2,8 +2,7 @@
 //!
 //! With `STEWARD_TEST_SERVERS=containers`, the test bed's server variables
 //! ([`crate::testbed::var`]) are answered by containers this process starts on first use, from
-//! the images `infra/testbed/stack-images.sh stand-ins` builds on this machine (no registry is
-//! reached): NATS with JetStream (`steward-local/nats`), S3 (`steward-local/s3`, s3s-fs), SMTP
+//! the images `infra/testbed/stack-images.sh stand-ins` builds on this machine: NATS with JetStream (`steward-local/nats`), S3 (`steward-local/s3`, s3s-fs), SMTP
 //! (`steward-local/smtp`, aiosmtpd writing a maildir) and the OCI registries, plain and with
 //! basic auth (`steward-local/registry`). Each binary then has its own instances: nothing it
 //! stores or mails is seen by another binary. A test that takes a server away and back uses
@@ -18,12 +17,18 @@
 //!   Podman's on first use. `scripts/run-tests.py` keeps the Podman legs on the test bed's
 //!   shared servers all the same (a Podman leg is slow enough); a test's [`Own`] servers run
 //!   there.
+//! - The images must be in the engine's store: a missing one fails the test with what to run,
+//!   never a pull (testcontainers would pull it from Docker Hub by that name).
 //! - The containers are removed when the process ends, however it ends (a panic, an exit, a
-//!   SIGKILL): a reaper process started with the first one waits on a pipe that only this
-//!   process holds, then removes every container labelled with this process's run and the
-//!   run's directory (the maildir, S3's data, the registries' configuration). A static's
-//!   `Drop` never runs at exit, which is why testcontainers' own removal on drop is not relied
-//!   on.
+//!   SIGKILL of the process): a reaper process started with the first one waits on a pipe
+//!   that only this process holds, then removes every container labelled with this process's
+//!   run and the run's directory (the maildir, S3's data, the registries' configuration). A
+//!   static's `Drop` never runs at exit, which is why testcontainers' own removal on drop is
+//!   not relied on. If the reaper dies with the process (its whole session killed), the next
+//!   run's start removes what runs of dead processes left.
+//! - testcontainers and the `docker` CLI the reaper and [`Own::kill`] run read the same
+//!   `DOCKER_HOST` (its `properties-config` feature, which would let a file override it, is
+//!   off).
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -52,6 +57,9 @@ const REGISTRY_PASSWORD: &str = "steward-test";
 /// to be installed (only the engine and the images are).
 const REGISTRY_HTPASSWD: &str =
     "steward:$2y$05$skoWJC8MQUYECS0cvVXAc.QVHrlQX.Dj/eFq7.NTEHVPs2lOu2MJy\n";
+
+/// A run's directory is this followed by the run's id, under the temp dir.
+const DIR_PREFIX: &str = "steward-test-servers-";
 
 /// Docker's socket, where the images are built (a Podman leg's `DOCKER_HOST` is Podman's).
 const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
@@ -279,7 +287,9 @@ fn start_registry(name: &'static str, auth: bool) -> Server {
     }
     write(&dir.join("config.yml"), &config);
     // Podman takes a registry on 127.0.0.1 as plain http only on the ports its configuration
-    // lists (the test bed's); Docker on any.
+    // lists (the test bed's); Docker on any. Docker-leg binaries drive Podman too (the
+    // engine's `podman` tests pull through it), so the registries take those ports whenever
+    // the test bed lists them: two per binary, seven in all.
     let port = match crate::testbed::var("STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS") {
         Some(_) => crate::testbed::podman_plain_http_port(),
         None => crate::free_port(),
@@ -298,8 +308,16 @@ fn start_on(
 ) -> Server {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
     let request = request.into();
+    // testcontainers pulls an image the engine lacks, from Docker Hub by this name: never
+    // that. Podman gets Docker's copy; Docker must have built it.
     if crate::on_podman() {
         copy_to_podman(request.image().name(), request.image().tag());
+    } else {
+        let image = format!("{}:{}", request.image().name(), request.image().tag());
+        assert!(
+            image_id(None, &image).is_some(),
+            "{image} is not in the engine's store: run infra/testbed/stack-images.sh stand-ins"
+        );
     }
     let run = run();
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -316,9 +334,15 @@ fn start_on(
                 }
             }
         });
-    let container = off_runtime(|| request.start())
-        .unwrap_or_else(|e| panic!("start the {name} container: {e}"));
-    wait_ready(name, port, ready);
+    // Waited for on the helper thread too: a server that never answers is dropped there
+    // (testcontainers removes it on a runtime of its own, which an async test's thread
+    // cannot enter: a panic in that drop would abort the whole binary).
+    let container = off_runtime(|| {
+        let container =
+            request.start().unwrap_or_else(|e| panic!("start the {name} container: {e}"));
+        wait_ready(name, port, ready);
+        container
+    });
     Server { name, port, container, ready }
 }
 
@@ -332,18 +356,10 @@ fn copy_to_podman(name: &str, tag: &str) {
     if copied.contains(&image) {
         return;
     }
-    let docker_id = |host: Option<&str>| {
-        let mut cmd = Command::new("docker");
-        if let Some(host) = host {
-            cmd.args(["--host", host]);
-        }
-        let out = cmd.args(["image", "inspect", "-f", "{{.Id}}", &image]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
-    let wanted = docker_id(Some(DOCKER_SOCKET)).unwrap_or_else(|| {
+    let wanted = image_id(Some(DOCKER_SOCKET), &image).unwrap_or_else(|| {
         panic!("{image} is not in Docker's store: run infra/testbed/stack-images.sh stand-ins")
     });
-    if docker_id(None).as_deref() != Some(wanted.as_str()) {
+    if image_id(None, &image).as_deref() != Some(wanted.as_str()) {
         let mut save = Command::new("docker")
             .args(["--host", DOCKER_SOCKET, "save", &image])
             .stdout(Stdio::piped())
@@ -364,6 +380,16 @@ fn copy_to_podman(name: &str, tag: &str) {
         );
     }
     copied.push(image);
+}
+
+/// The id of `image` in the store of the engine `host` names (`DOCKER_HOST`'s when `None`).
+fn image_id(host: Option<&str>, image: &str) -> Option<String> {
+    let mut cmd = Command::new("docker");
+    if let Some(host) = host {
+        cmd.args(["--host", host]);
+    }
+    let out = cmd.args(["image", "inspect", "-f", "{{.Id}}", image]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn wait_ready(name: &str, port: u16, ready: fn(u16) -> Result<(), String>) {
@@ -428,16 +454,29 @@ struct Run {
 fn run() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
-        let id = crate::unique_name("run");
-        let dir = std::env::temp_dir().join(format!("steward-test-servers-{id}"));
+        // The process id leads: a run whose process is gone is known by it (below).
+        let id = format!("{}-{}", std::process::id(), crate::unique_name("run"));
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{id}"));
+        let version =
+            Command::new("docker").args(["version", "-f", "{{.Server.Version}}"]).output();
+        assert!(
+            version.as_ref().is_ok_and(|o| o.status.success()),
+            "the servers need the docker CLI and an engine that answers it: {version:?}"
+        );
+        sweep_dead_runs();
         make_dir(&dir);
         // Reads until this process's end closes the pipe, then removes the run's containers
-        // (anonymous volumes too) and its directory. In a process group of its own, so that
-        // a Ctrl-C to the tests does not end it before it has cleaned up.
+        // (anonymous volumes too) and its directory; once more a little later, for a container
+        // whose creation was under way. In a process group of its own, so that a Ctrl-C to the
+        // tests does not end it before it has cleaned up. A reaper killed with its process
+        // (a whole cgroup or session killed) leaves the run to the next run's sweep.
         let script = r#"trap '' INT TERM HUP
 cat >/dev/null
-ids=$(docker ps -aq --filter "label=$1=$2")
-[ -z "$ids" ] || docker rm -fv $ids >/dev/null 2>&1
+for pass in 1 2; do
+  ids=$(docker ps -aq --filter "label=$1=$2")
+  [ -z "$ids" ] || docker rm -fv $ids >/dev/null 2>&1
+  [ "$pass" = 2 ] || sleep 3
+done
 rm -rf -- "$3""#;
         use std::os::unix::process::CommandExt as _;
         let mut reaper = Command::new("sh")
@@ -452,6 +491,39 @@ rm -rf -- "$3""#;
         let pipe = reaper.stdin.take().unwrap_or_else(|| panic!("the reaper has no stdin"));
         Run { id, dir, _pipe: Mutex::new(pipe), _reaper: Mutex::new(reaper) }
     })
+}
+
+/// Removes the containers and directories of runs whose process is gone and whose reaper did
+/// not clean up (both killed at once).
+fn sweep_dead_runs() {
+    let dead = |run: &str| {
+        let pid = run.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let format = format!("{{{{.ID}}}} {{{{.Label \"{RUN_LABEL}\"}}}}");
+    let listed = Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("label={RUN_LABEL}"), "--format", &format])
+        .output();
+    if let Ok(out) = listed {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ids: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, run)| dead(run))
+            .map(|(id, _)| id)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-fv"]).args(&ids).output();
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix(DIR_PREFIX).is_some_and(dead) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 fn make_dir(dir: &Path) -> PathBuf {

@@ -57,10 +57,11 @@ fn a_binarys_servers_are_its_own_on_loopback_and_go_when_it_is_killed() {
     let ids: Vec<&str> = ids.lines().collect();
     assert_eq!(ids.len(), 5, "NATS, S3, SMTP and two registries run for the child: {ids:?}");
     for c in &ids {
+        // What the engine bound, not what was asked for.
         let bindings = docker(&[
             "inspect",
             "-f",
-            "{{range $p, $b := .HostConfig.PortBindings}}{{range $b}}{{.HostIp}} {{end}}{{end}}",
+            "{{range $p, $b := .NetworkSettings.Ports}}{{range $b}}{{.HostIp}} {{end}}{{end}}",
             c,
         ]);
         let ips: Vec<&str> = bindings.split_whitespace().collect();
@@ -113,12 +114,44 @@ async fn servers_of_a_child() {
     let mut kept = js.get_stream(stream).await.expect("the stream after the restart");
     assert_eq!(kept.info().await.expect("info").state.messages, 1, "the stored message is kept");
 
-    // S3 answers S3 (a request without a signature is refused in S3's words).
+    // S3 takes the test bed's keys, and keeps a bucket in the run's directory.
     let s3 = testbed::require("STEWARD_TEST_S3_ENDPOINT");
-    let answer = reqwest::get(&s3).await.expect("GET the S3 endpoint");
-    let body = answer.text().await.expect("body");
-    assert!(body.contains("<Error>"), "an S3 error document from {s3}: {body}");
-    assert!(servers::run_dir().join("s3").is_dir(), "S3's data is in the run's directory");
+    let credentials = aws_sdk_s3::config::Credentials::new(
+        testbed::require("STEWARD_TEST_S3_ACCESS_KEY"),
+        testbed::require("STEWARD_TEST_S3_SECRET_KEY"),
+        None,
+        None,
+        "kit",
+    );
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(&s3)
+        .force_path_style(true)
+        .build();
+    let bucket = unique_name("kit");
+    let client = aws_sdk_s3::Client::from_conf(config);
+    client.create_bucket().bucket(&bucket).send().await.expect("create a bucket");
+    assert!(
+        servers::run_dir().join("s3").join(&bucket).is_dir(),
+        "the bucket in the run's directory"
+    );
+
+    // A server of a test's own: killed, started again on its port, removed when dropped.
+    let own_dir = steward_testkit::TempDir::new("own-s3");
+    let own = servers::Own::s3(steward_testkit::free_port(), &own_dir.0);
+    let answers = |port: u16| {
+        steward_testkit::http_get_why(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/")
+    };
+    own.kill();
+    assert!(answers(own.port).is_err(), "a killed server answers nothing");
+    own.start();
+    assert!(answers(own.port).is_ok(), "started again on its port");
+    let own_id = own.id().to_owned();
+    drop(own);
+    let left = docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={own_id}")]);
+    assert!(left.is_empty(), "a dropped server's container is removed: {left}");
 
     // SMTP: a message lands in the maildir the variable names.
     let to = format!("{}@steward.test", unique_name("kit"));
