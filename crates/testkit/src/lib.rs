@@ -577,8 +577,78 @@ pub mod podman {
     //! the internet here.
 
     use std::io::{Read as _, Write as _};
-    use std::process::{Command, Output};
-    use std::time::Duration;
+    use std::process::{Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// `podman --url unix://SOCKET ARGS` (the service's own configuration: no local one is read
+    /// for remote calls).
+    pub fn remote(socket: &str) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--url").arg(format!("unix://{socket}"));
+        cmd
+    }
+
+    /// The id Docker (its own socket, whatever `DOCKER_HOST` says) has for `image`.
+    fn docker_id(image: &str) -> String {
+        let out = Command::new("docker")
+            .env_remove("DOCKER_HOST")
+            .args(["image", "inspect", "-f", "{{.Id}}", image])
+            .output()
+            .unwrap_or_else(|e| panic!("docker: {e}"));
+        assert!(
+            out.status.success(),
+            "{image} is not on Docker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Copies the `images` (names Docker has) into Podman's store, each only when Podman's copy
+    /// (`localhost/NAME`, which the short name resolves to) is missing or another build: `docker
+    /// save | podman load`, as `infra/testbed/up.sh` does for the test bed's stand-ins.
+    pub fn copy_images_from_docker(socket: &str, images: &[&str]) {
+        // One copy at a time in this process (two stacks' tests start at once; Podman 4.3 loses
+        // names when two loads name one image at once).
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale: Vec<&str> = images
+            .iter()
+            .copied()
+            .filter(|image| {
+                let podman = remote(socket)
+                    .args(["image", "inspect", "-f", "{{.Id}}", &format!("localhost/{image}")])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default();
+                docker_id(image).trim_start_matches("sha256:")
+                    != podman.trim_start_matches("sha256:")
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut save = Command::new("docker")
+            .env_remove("DOCKER_HOST")
+            .arg("save")
+            .args(&stale)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("docker save: {e}"));
+        let archive = save.stdout.take().expect("docker save's stdout");
+        let load = remote(socket)
+            .args(["load", "-q"])
+            .stdin(archive)
+            .output()
+            .unwrap_or_else(|e| panic!("podman load: {e}"));
+        let saved = save.wait().unwrap_or_else(|e| panic!("docker save: {e}"));
+        assert!(
+            saved.success() && load.status.success(),
+            "copying {stale:?} into Podman failed: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        eprintln!("copied {stale:?} into Podman in {:.1} s", started.elapsed().as_secs_f64());
+    }
 
     /// The rootful Podman service's socket path (the one [`cli`] works on, also on the
     /// rootless leg), or `None` (with the reason printed) when it is absent and not asked

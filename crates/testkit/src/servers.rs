@@ -61,9 +61,6 @@ const REGISTRY_HTPASSWD: &str =
 /// A run's directory is this followed by the run's id, under the temp dir.
 const DIR_PREFIX: &str = "steward-test-servers-";
 
-/// Docker's socket, where the images are built (a Podman leg's `DOCKER_HOST` is Podman's).
-const DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
-
 /// How long a server may take to answer after its container started.
 const READY_BOUND: Duration = Duration::from_secs(60);
 
@@ -310,14 +307,16 @@ fn start_on(
     let request = request.into();
     // testcontainers pulls an image the engine lacks, from Docker Hub by this name: never
     // that. Podman gets Docker's copy; Docker must have built it.
-    if crate::on_podman() {
-        copy_to_podman(request.image().name(), request.image().tag());
-    } else {
-        let image = format!("{}:{}", request.image().name(), request.image().tag());
-        assert!(
-            image_id(None, &image).is_some(),
+    let image = format!("{}:{}", request.image().name(), request.image().tag());
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if crate::on_podman() => {
+            let socket = host.strip_prefix("unix://").unwrap_or(&host);
+            crate::podman::copy_images_from_docker(socket, &[&image]);
+        }
+        _ => assert!(
+            image_id(&image).is_some(),
             "{image} is not in the engine's store: run infra/testbed/stack-images.sh stand-ins"
-        );
+        ),
     }
     let run = run();
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -346,49 +345,10 @@ fn start_on(
     Server { name, port, container, ready }
 }
 
-/// Copies `name:tag` from Docker (its default socket, where `stack-images.sh` builds it) into
-/// the Podman service `DOCKER_HOST` names, once per process, unless Podman has that image:
-/// the engine matrix's Podman legs start their servers there.
-fn copy_to_podman(name: &str, tag: &str) {
-    static COPIED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let image = format!("{name}:{tag}");
-    let mut copied = COPIED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if copied.contains(&image) {
-        return;
-    }
-    let wanted = image_id(Some(DOCKER_SOCKET), &image).unwrap_or_else(|| {
-        panic!("{image} is not in Docker's store: run infra/testbed/stack-images.sh stand-ins")
-    });
-    if image_id(None, &image).as_deref() != Some(wanted.as_str()) {
-        let mut save = Command::new("docker")
-            .args(["--host", DOCKER_SOCKET, "save", &image])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("docker save {image}: {e}"));
-        let archive =
-            save.stdout.take().unwrap_or_else(|| panic!("docker save {image}: no stdout"));
-        let load = Command::new("docker")
-            .args(["load", "-q"])
-            .stdin(archive)
-            .output()
-            .unwrap_or_else(|e| panic!("docker load {image} into Podman: {e}"));
-        let saved = save.wait().unwrap_or_else(|e| panic!("docker save {image}: {e}"));
-        assert!(
-            saved.success() && load.status.success(),
-            "docker save {image} | docker load (into Podman): {saved}: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
-    }
-    copied.push(image);
-}
-
-/// The id of `image` in the store of the engine `host` names (`DOCKER_HOST`'s when `None`).
-fn image_id(host: Option<&str>, image: &str) -> Option<String> {
-    let mut cmd = Command::new("docker");
-    if let Some(host) = host {
-        cmd.args(["--host", host]);
-    }
-    let out = cmd.args(["image", "inspect", "-f", "{{.Id}}", image]).output().ok()?;
+/// The id of `image` in the store of the engine `DOCKER_HOST` names.
+fn image_id(image: &str) -> Option<String> {
+    let out =
+        Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", image]).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
