@@ -12,7 +12,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 KEEP=${1:-}
-"$ROOT/infra/testbed/up.sh"
+"$ROOT/infra/testbed/up.sh" --servers
 STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
 # shellcheck disable=SC1091
 source "$STATE/env"

@@ -7,13 +7,18 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-"$ROOT/infra/testbed/up.sh"
+servers=()
+[ "${STEWARD_TEST_SERVERS:-}" != testbed ] || servers=(--servers)
+"$ROOT/infra/testbed/up.sh" "${servers[@]}"
 # shellcheck disable=SC1091
 source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 CLIPPY_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)
 export RUSTC_WORKSPACE_WRAPPER=$CLIPPY_DRIVER CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 cargo build --workspace --all-targets --locked
+# The servers' stand-in images (each binary starts its own) and the stack's.
+"$ROOT/infra/testbed/stack-images.sh" stand-ins
+"$ROOT/infra/testbed/stack-images.sh" steward debug
 # Only the packages the list names: their binaries, each run on both engines.
 packages=$(grep -v '^\s*#' scripts/podman-tests.txt | sed 's/^full: *//' | awk 'NF {print $1}' \
   | cut -d: -f1 | sort -u | while read -r dir; do

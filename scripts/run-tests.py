@@ -25,11 +25,10 @@ full Podman leg only (the listed binaries on Podman, none on Docker). Its `rootl
 (in both matrices) against the test bed's rootless Podman (STEWARD_TEST_PODMAN_ROOTLESS_SOCKET),
 named "[podman-rootless] KEY" and "KEY@rootless".
 
-Servers of their own (issue 24): the binaries scripts/container-tests.txt lists run in the
-Docker leg with STEWARD_TEST_SERVERS=containers, so steward-testkit starts their NATS, S3, SMTP
-and registries in containers of their own (testcontainers) instead of using the test bed's;
-with that variable set for the whole run, it holds for every Docker-leg binary (`testbed`:
-none has its own). The Podman legs keep the test bed's servers.
+Servers of their own (issue 24): every binary, on every leg, starts its own NATS, S3, SMTP
+and registries in containers (steward-testkit's `servers`, testcontainers), unless
+STEWARD_TEST_SERVERS=testbed is set for the run: then all use the shared ones
+`infra/testbed/up.sh --servers` started.
 
 Exit: 0 when every binary passed, 101 (as Cargo) when one failed or could not run.
 """
@@ -47,7 +46,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEASURED = os.path.join(ROOT, "target", "test-times.tsv")
 HINTS = os.path.join(ROOT, "scripts", "test-times.tsv")
 PODMAN_TESTS = os.path.join(ROOT, "scripts", "podman-tests.txt")
-CONTAINER_TESTS = os.path.join(ROOT, "scripts", "container-tests.txt")
 
 
 def package_name(package_id):
@@ -176,34 +174,9 @@ def podman_leg(found, env):
         b["key"] = f"{key}@{suffix}"
         b["engine"] = engine
         b["args"] = args
-        # The shared servers stay the test bed's on a Podman leg (steward-testkit's `servers`).
-        b["env"] = {"DOCKER_HOST": f"unix://{at}", "STEWARD_TEST_ENGINE": "podman",
-                    "STEWARD_TEST_SERVERS": "testbed"}
+        b["env"] = {"DOCKER_HOST": f"unix://{at}", "STEWARD_TEST_ENGINE": "podman"}
         leg.append(b)
     return leg
-
-
-def container_servers(found, env):
-    """Marks the Docker-leg binaries scripts/container-tests.txt lists to run with servers of
-    their own (STEWARD_TEST_SERVERS=containers). With that variable already set, it holds for
-    every binary of the leg (`containers`: all with their own; `testbed`: none). A listed key
-    that names no binary of a built package is an error."""
-    listed = []
-    with open(CONTAINER_TESTS) as f:
-        for line in f:
-            words = line.split("#", 1)[0].split()
-            if words:
-                listed.append(words[0])
-    by_key = {b["key"]: b for b in found}
-    built = {b["key"].split(":", 1)[0] for b in found}
-    missing = [k for k in listed if k not in by_key and k.split(":", 1)[0] in built]
-    if missing:
-        sys.exit(f"scripts/container-tests.txt names no test binary: {', '.join(missing)}")
-    if env.get("STEWARD_TEST_SERVERS"):
-        return
-    for key in listed:
-        if key in by_key:
-            by_key[key]["env"] = {"STEWARD_TEST_SERVERS": "containers"}
 
 
 def cargo_args(b):
@@ -214,9 +187,6 @@ def cargo_args(b):
                   "podman-rootless": "$STEWARD_TEST_PODMAN_ROOTLESS_SOCKET"}[b["engine"]]
         return (f"DOCKER_HOST=unix://{socket} STEWARD_TEST_ENGINE=podman "
                 f"cargo test -p {b['package']} --{b['kind']} {b['name']} {args}").rstrip()
-    if b.get("env", {}).get("STEWARD_TEST_SERVERS") == "containers":
-        return (f"STEWARD_TEST_SERVERS=containers cargo test -p {b['package']} "
-                f"--{b['kind']} {b['name']}")
     if b["kind"] == "lib":
         return f"-p {b['package']} --lib"
     if b["kind"] == "bin":
@@ -235,7 +205,6 @@ def main():
     env = dict(os.environ)
     env.setdefault("CARGO", "cargo")
     env.update(config_env(env))
-    container_servers(todo, env)
     leg = podman_leg(todo, env)
     todo = leg if env.get("STEWARD_TEST_MATRIX") == "podman" else todo + leg
     times = read_times(HINTS)
@@ -310,8 +279,6 @@ def main():
             if b.get("engine"):
                 print(f"error: test failed on {b['engine']}, to rerun: `{cargo_args(b)}`",
                       flush=True)
-            elif b.get("env"):
-                print(f"error: test failed, to rerun: `{cargo_args(b)}`", flush=True)
             else:
                 print(f"error: test failed, to rerun pass `{cargo_args(b)}`", flush=True)
             failed.append(b)

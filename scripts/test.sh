@@ -18,7 +18,11 @@ phase() {
   read -r busy1 total1 < <(cpu_ticks)
   echo "[phase] $name: $((SECONDS - start)) s, CPUs busy $(((busy1 - busy0) * 100 / (total1 - total0 + 1))) %"
 }
-phase testbed "$ROOT/infra/testbed/up.sh"
+# The tests start their own NATS, S3, SMTP and registries in containers (steward-testkit's
+# `servers`); with STEWARD_TEST_SERVERS=testbed they use the shared ones up.sh then starts.
+servers=()
+[ "${STEWARD_TEST_SERVERS:-}" != testbed ] || servers=(--servers)
+phase testbed "$ROOT/infra/testbed/up.sh" "${servers[@]}"
 # shellcheck disable=SC1091
 source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 # A one-off build gains nothing from incremental state, which only costs disk.

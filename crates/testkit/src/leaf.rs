@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use steward_bus::{BusConfig, Credentials, LinkTls, Namespace, Permissions, ServerFile, Topology};
 
-use crate::{free_port, unique_name, NatsServer};
+use crate::{free_port, NatsServer};
 
 /// The hub's JetStream domain in these tests (no host is named so).
 pub const HUB_DOMAIN: &str = steward_events::HUB_DOMAIN;
@@ -67,7 +67,7 @@ impl NatsLeaves {
             (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let mut hub_nodes = vec![];
         for (i, leaf_port) in leaf_ports.iter().enumerate() {
-            let hub_store = std::env::temp_dir().join(unique_name("steward-nats-hub"));
+            let hub_store = NatsServer::new_store("steward-nats-hub");
             // The configuration `steward nats-config` prints, the link in the clear
             // (loopback). A leaf learns the hub's leaf-node address from it and would
             // reconnect there directly, around its cut link (`no_advertise` does not stop
@@ -101,7 +101,7 @@ impl NatsLeaves {
         let mut leaves = vec![];
         for host in hosts {
             let link = Link::start_to(&leaf_ports);
-            let store = std::env::temp_dir().join(unique_name("steward-nats-leaf"));
+            let store = NatsServer::new_store("steward-nats-leaf");
             let user = steward_bus::leaf_user(host);
             let conf = for_test(ServerFile::new(Topology::Leaf { host }, LinkTls::Off))
                 .render(Some(host))
@@ -234,16 +234,8 @@ fn started(
     config: std::path::PathBuf,
     env: Vec<(String, String)>,
 ) -> NatsServer {
-    let mut server = NatsServer {
-        port: free_port(),
-        store,
-        config: Some(config),
-        env,
-        args: vec![],
-        launcher: None,
-        bin: crate::testbed::nats_server_at_least_2_10(),
-        child: None,
-    };
+    let bin = crate::testbed::nats_server_at_least_2_10();
+    let mut server = NatsServer::stopped(free_port(), store, Some(config), env, vec![], None, bin);
     server.start_again();
     server
 }

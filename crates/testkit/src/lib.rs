@@ -1,8 +1,9 @@
 //! Test helpers shared by every crate's integration tests.
 //!
-//! - [`testbed`] finds the services started by `infra/testbed/up.sh` (env vars, or the env
-//!   file it writes) and says how to start them when they are missing; with
-//!   `STEWARD_TEST_SERVERS=containers`, [`servers`] starts the binary's own instead.
+//! - [`testbed`] finds what `infra/testbed/up.sh` set up (env vars, or the env file it
+//!   writes) and says how to start it when it is missing; the servers (NATS, S3, SMTP, the
+//!   registries) are the binary's own, from containers [`servers`] starts, unless
+//!   `STEWARD_TEST_SERVERS=testbed` asks for the shared ones.
 //! - [`TestBus`] is a [`Bus`] in a namespace of its own that deletes itself when dropped. It
 //!   plays `steward setup`'s role: its connection (no NATS user, all powers) provisions the
 //!   stream, every service's consumer and every bucket ([`Bus::setup`]) before the test
@@ -36,9 +37,9 @@ pub mod testbed {
             .unwrap_or_else(|| PathBuf::from("/var/tmp/steward-testbed"))
     }
 
-    /// A test bed variable: with `STEWARD_TEST_SERVERS=containers`, a server's from the test
-    /// binary's own containers ([`crate::servers`]); else the process environment first, then
-    /// the env file.
+    /// A test bed variable: a server's from the test binary's own containers
+    /// ([`crate::servers`]) unless `STEWARD_TEST_SERVERS=testbed`; else the process
+    /// environment first, then the env file.
     pub fn var(name: &str) -> Option<String> {
         if let Some(v) = crate::servers::var(name) {
             return Some(v);
@@ -227,6 +228,12 @@ impl Drop for TestBus {
 }
 
 /// A nats-server of a test's own, with JetStream on a private store.
+///
+/// Unless `STEWARD_TEST_SERVERS=testbed` ([`servers::in_containers`]), it runs in a container
+/// of the `steward-local/nats` image on the host's network ([`servers::Own::nats_on_host`]):
+/// the same command, ports and files as the process otherwise run here, and a kill, a pause
+/// or a restart goes through the engine. That image's server is the 2.10 release the shipped
+/// image has; the process is the test bed's (Debian's 2.9) unless the test asks for 2.10.
 pub struct NatsServer {
     port: u16,
     store: PathBuf,
@@ -240,9 +247,51 @@ pub struct NatsServer {
     /// The nats-server binary, when not the test bed's ([`testbed::nats_server_at_least_2_10`]).
     bin: Option<String>,
     child: Option<Child>,
+    /// The container, in containers mode: made at the first start, kept (stopped) across a
+    /// kill for the next start.
+    container: Option<servers::Own>,
+    /// Whether [`NatsServer::container`] is running.
+    container_up: bool,
 }
 
 impl NatsServer {
+    /// A directory for a server's store (and configuration) named `prefix-<unique>`: in the
+    /// run's directory when the servers are containers, so that the run's reaper removes it
+    /// however the process ends; else in the temp dir. The caller makes it.
+    pub(crate) fn new_store(prefix: &str) -> PathBuf {
+        let parent = if servers::in_containers() {
+            servers::run_dir().to_owned()
+        } else {
+            std::env::temp_dir()
+        };
+        parent.join(unique_name(prefix))
+    }
+
+    /// A server not started yet (the fields are the caller's; [`NatsServer::start_again`]
+    /// starts it).
+    fn stopped(
+        port: u16,
+        store: PathBuf,
+        config: Option<PathBuf>,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+        launcher: Option<PathBuf>,
+        bin: Option<String>,
+    ) -> Self {
+        Self {
+            port,
+            store,
+            config,
+            env,
+            args,
+            launcher,
+            bin,
+            child: None,
+            container: None,
+            container_up: false,
+        }
+    }
+
     /// Starts a server on a free port and waits until it accepts connections.
     pub fn start() -> Self {
         Self::start_with(None, vec![])
@@ -354,9 +403,12 @@ impl NatsServer {
     /// [`start_with_config`](Self::start_with_config) on the test bed's nats-server 2.10
     /// ([`testbed::nats_server_at_least_2_10`]), for what 2.9 lacks (TLS handshake first).
     pub fn start_with_config_on_2_10(config: &Path) -> Self {
-        let bin = testbed::nats_server_at_least_2_10()
-            .unwrap_or_else(|| panic!("no nats-server 2.10 (run infra/testbed/up.sh)"));
-        Self::start_launched(None, Some(config.to_owned()), vec![], Some(bin))
+        // The containers' image has the 2.10 release.
+        let bin = (!servers::in_containers()).then(|| {
+            testbed::nats_server_at_least_2_10()
+                .unwrap_or_else(|| panic!("no nats-server 2.10 (run infra/testbed/up.sh)"))
+        });
+        Self::start_launched(None, Some(config.to_owned()), vec![], bin)
     }
 
     /// Starts nats-server through `launcher`, a script that execs it with the arguments it
@@ -373,20 +425,11 @@ impl NatsServer {
         env: Vec<(String, String)>,
         bin: Option<String>,
     ) -> Self {
-        let store = std::env::temp_dir().join(unique_name("steward-nats"));
+        let store = NatsServer::new_store("steward-nats");
         if let Err(e) = std::fs::create_dir_all(&store) {
             panic!("cannot create {store:?}: {e}");
         }
-        let mut server = Self {
-            port: free_port(),
-            store,
-            config,
-            env,
-            args: vec![],
-            launcher,
-            bin,
-            child: None,
-        };
+        let mut server = Self::stopped(free_port(), store, config, env, vec![], launcher, bin);
         server.start_again();
         server
     }
@@ -420,17 +463,27 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(container) = self.container.as_ref().filter(|_| self.container_up) {
+            container.kill();
+            self.container_up = false;
+        }
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as a
     /// server stalled on a loaded host. [`NatsServer::resume`] lets it go on.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        match &self.container {
+            Some(container) => container.pause(),
+            None => self.signal("-STOP"),
+        }
     }
 
     /// Lets a [`NatsServer::pause`]d server go on (SIGCONT).
     pub fn resume(&self) {
-        self.signal("-CONT");
+        match &self.container {
+            Some(container) => container.resume(),
+            None => self.signal("-CONT"),
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -452,7 +505,11 @@ impl NatsServer {
 
     /// Starts the server again on the same port with the same store.
     pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "server already running");
+        assert!(self.child.is_none() && !self.container_up, "server already running");
+        if servers::in_containers() {
+            self.start_container();
+            return;
+        }
         let bin = self.bin.clone().unwrap_or_else(|| {
             testbed::var("STEWARD_TEST_NATS_SERVER").unwrap_or_else(|| "nats-server".into())
         });
@@ -483,6 +540,47 @@ impl NatsServer {
         self.child = Some(child);
         wait_listening(self.port, "nats-server");
     }
+
+    /// [`NatsServer::start_again`] in a container: the first start makes it, later ones start
+    /// it again (its mounts and command are the first's, which never change).
+    fn start_container(&mut self) {
+        if let Some(container) = &self.container {
+            container.start();
+            self.container_up = true;
+            return;
+        }
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        // Paths as mounted: `a/../b` would need `a` inside too.
+        let real = |p: &PathBuf| {
+            std::fs::canonicalize(p).unwrap_or_else(|e| panic!("cannot resolve {p:?}: {e}"))
+        };
+        let (launcher, config) = (self.launcher.as_ref().map(real), self.config.as_ref().map(real));
+        let mut command: Vec<String> = match &launcher {
+            Some(script) => vec!["sh".into(), text(script)],
+            None => vec!["nats-server".into()],
+        };
+        if let Some(config) = &config {
+            command.extend(["-c".into(), text(config)]);
+        }
+        command.extend(
+            ["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-l"].map(String::from),
+        );
+        command.push(text(&self.store.join("server.log")));
+        if self.launcher.is_none() {
+            command.extend(["-sd".into(), text(&self.store.join("jetstream"))]);
+        }
+        command.extend(self.args.iter().cloned());
+        // Every file a test gives a server (its store, configuration, secrets, certificates)
+        // is under the temp dir; a configuration or launcher elsewhere (the compose kit's) is
+        // mounted with its directory.
+        let temp = std::env::temp_dir();
+        let mut paths = vec![temp.clone()];
+        let elsewhere = config.iter().chain(&launcher).filter(|p| !p.starts_with(&temp));
+        paths.extend(elsewhere.filter_map(|p| p.parent()).map(Path::to_owned));
+        paths.dedup();
+        self.container = Some(servers::Own::nats_on_host(self.port, &command, &self.env, &paths));
+        self.container_up = true;
+    }
 }
 
 /// Three (or more) nats-servers of a test's own clustered on loopback ports, JetStream on
@@ -507,7 +605,7 @@ impl NatsCluster {
             .join(",");
         let mut nodes = vec![];
         for (i, route_port) in route_ports.iter().enumerate() {
-            let store = std::env::temp_dir().join(unique_name("steward-nats"));
+            let store = NatsServer::new_store("steward-nats");
             // The configuration lives in the node's store: a restart reads it again.
             let (config, env) = NatsServer::users_config(&store.join("conf"), &[]);
             let args = vec![
@@ -520,17 +618,8 @@ impl NatsCluster {
                 "--routes".to_owned(),
                 routes.clone(),
             ];
-            let port = free_port();
-            let mut node = NatsServer {
-                port,
-                store,
-                config: Some(config),
-                env,
-                args,
-                launcher: None,
-                bin: None,
-                child: None,
-            };
+            let mut node =
+                NatsServer::stopped(free_port(), store, Some(config), env, args, None, None);
             node.start_again();
             nodes.push(node);
         }
@@ -565,6 +654,8 @@ impl NatsCluster {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // A container is removed (killed) by its own drop, before the store goes.
+        drop(self.container.take());
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store);
     }

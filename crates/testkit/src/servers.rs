@@ -1,22 +1,23 @@
 //! The shared servers from containers of the test binary's own (testcontainers).
 //!
-//! With `STEWARD_TEST_SERVERS=containers`, the test bed's server variables
-//! ([`crate::testbed::var`]) are answered by containers this process starts on first use, from
-//! the images `infra/testbed/stack-images.sh stand-ins` builds on this machine: NATS with JetStream (`steward-local/nats`), S3 (`steward-local/s3`, s3s-fs), SMTP
-//! (`steward-local/smtp`, aiosmtpd writing a maildir) and the OCI registries, plain and with
-//! basic auth (`steward-local/registry`). Each binary then has its own instances: nothing it
-//! stores or mails is seen by another binary. A test that takes a server away and back uses
-//! one of its own ([`Own`]), so that the binary's other tests keep theirs.
+//! The test bed's server variables ([`crate::testbed::var`]) are answered by containers this
+//! process starts on first use, from the images `infra/testbed/stack-images.sh stand-ins`
+//! builds on this machine: NATS with JetStream (`steward-local/nats`), S3 (`steward-local/s3`,
+//! s3s-fs; `steward-local/moto` for Object Lock), SMTP (`steward-local/smtp`, aiosmtpd writing
+//! a maildir) and the OCI registries, plain and with basic auth (`steward-local/registry`).
+//! Each binary then has its own instances: nothing it stores or mails is seen by another
+//! binary, and `cargo test` needs only a running engine and the images. A test that takes a
+//! server away and back uses one of its own ([`Own`]), so that the binary's other tests keep
+//! theirs; a [`crate::NatsServer`] is one too.
 //!
-//! Without it (or with `STEWARD_TEST_SERVERS=testbed`), the servers `infra/testbed/up.sh`
-//! started are used, as before.
+//! With `STEWARD_TEST_SERVERS=testbed`, the shared servers `infra/testbed/up.sh --servers`
+//! started are used instead (what the demo runs on).
 //!
-//! - The servers publish on 127.0.0.1 only, on ports from [`crate::free_port`].
-//! - They run on the engine `DOCKER_HOST` names (Docker's socket when unset). The images are
-//!   built in Docker's store; on a Podman leg of the engine matrix, each is copied into
-//!   Podman's on first use. `scripts/run-tests.py` keeps the Podman legs on the test bed's
-//!   shared servers all the same (a Podman leg is slow enough); a test's [`Own`] servers run
-//!   there.
+//! - The servers publish on 127.0.0.1 only, on ports from [`crate::free_port`] (a
+//!   [`crate::NatsServer`] runs on the host's network, listening on 127.0.0.1 itself).
+//! - They run on the engine `DOCKER_HOST` names (Docker's socket when unset): on a Podman leg
+//!   of the engine matrix, Podman's, each image copied from Docker's store on first use; on
+//!   the rootless leg, the directories they write are the rootless user's.
 //! - The images must be in the engine's store: a missing one fails the test with what to run,
 //!   never a pull (testcontainers would pull it from Docker Hub by that name).
 //! - The containers are removed when the process ends, however it ends (a panic, an exit, a
@@ -42,7 +43,7 @@ use testcontainers::core::{IntoContainerPort as _, Mount, WaitFor};
 use testcontainers::runners::SyncRunner as _;
 use testcontainers::{Container, ContainerRequest, GenericImage, Image as _, ImageExt as _};
 
-/// Selects where the servers come from: `containers` or `testbed` (the default).
+/// Selects where the servers come from: `containers` (the default) or `testbed`.
 pub const MODE_VARIABLE: &str = "STEWARD_TEST_SERVERS";
 /// The label every container of a run carries, valued with the run's id.
 pub const RUN_LABEL: &str = "steward.test.servers";
@@ -64,9 +65,16 @@ const DIR_PREFIX: &str = "steward-test-servers-";
 /// How long a server may take to answer after its container started.
 const READY_BOUND: Duration = Duration::from_secs(60);
 
-/// Whether this process's servers come from its own containers.
+/// Whether this process's servers come from its own containers: unless
+/// `STEWARD_TEST_SERVERS=testbed` asks for the shared ones `infra/testbed/up.sh --servers`
+/// starts. Another value fails the test: a typo would otherwise pick one silently.
 pub fn in_containers() -> bool {
-    std::env::var(MODE_VARIABLE).is_ok_and(|v| v == "containers")
+    match std::env::var(MODE_VARIABLE) {
+        Err(std::env::VarError::NotPresent) => true,
+        Ok(v) if v == "containers" => true,
+        Ok(v) if v == "testbed" => false,
+        other => panic!("{MODE_VARIABLE}={other:?}: expected `containers` or `testbed`"),
+    }
 }
 
 /// A test bed variable answered by this process's containers (starting the server it names
@@ -79,6 +87,7 @@ pub(crate) fn var(name: &str) -> Option<String> {
     Some(match name {
         "STEWARD_TEST_NATS_URL" => format!("nats://{}", address(nats())),
         "STEWARD_TEST_S3_ENDPOINT" => format!("http://{}", address(s3())),
+        "STEWARD_TEST_MOTO_ENDPOINT" => format!("http://{}", address(moto())),
         "STEWARD_TEST_S3_ACCESS_KEY" => S3_ACCESS_KEY.into(),
         "STEWARD_TEST_S3_SECRET_KEY" => S3_SECRET_KEY.into(),
         "STEWARD_TEST_SMTP" => address(smtp()),
@@ -137,20 +146,15 @@ impl Server {
 
     /// Starts the stopped server again, on the same port, and waits until it answers.
     pub fn start(&self) {
-        off_runtime(|| self.container.start())
-            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
-        wait_ready(self.name, self.port, self.ready);
+        off_runtime(|| {
+            self.container.start().unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+            wait_ready(self.name, self.port, self.ready, &self.container);
+        });
     }
 
     /// What the server printed (stdout and stderr), for a test's failure message.
     pub fn logs(&self) -> String {
-        let (out, err) =
-            off_runtime(|| (self.container.stdout_to_vec(), self.container.stderr_to_vec()));
-        let text = |r: Result<Vec<u8>, testcontainers::TestcontainersError>| match r {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(e) => format!("(unreadable: {e})"),
-        };
-        format!("{}{}", text(out), text(err))
+        off_runtime(|| logs(&self.container))
     }
 }
 
@@ -161,7 +165,7 @@ pub fn nats() -> &'static Server {
         let request = GenericImage::new("steward-local/nats", "latest")
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
             .with_cmd(["nats-server", "-js", "-sd", "/data", "-a", "0.0.0.0", "-p", "4222"]);
-        start_on("nats", request, crate::free_port(), 4222, nats_ready)
+        start_on("nats", request, crate::free_port(), Some(4222), nats_ready)
     })
 }
 
@@ -169,7 +173,13 @@ pub fn nats() -> &'static Server {
 pub fn s3() -> &'static Server {
     static S3: OnceLock<Server> = OnceLock::new();
     S3.get_or_init(|| {
-        start_on("s3", s3_request(&run().dir.join("s3")), crate::free_port(), 9000, http_ready)
+        start_on(
+            "s3",
+            s3_request(&run().dir.join("s3")),
+            crate::free_port(),
+            Some(9000),
+            http_ready,
+        )
     })
 }
 
@@ -190,12 +200,22 @@ fn s3_request(data: &Path) -> ContainerRequest<GenericImage> {
         .with_mount(Mount::bind_mount(path_text(&data), "/data"))
 }
 
+/// This process's S3 server with Object Lock (moto: versions, retention, legal holds; s3s-fs
+/// has none), in memory (any key).
+pub fn moto() -> &'static Server {
+    static MOTO: OnceLock<Server> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let request = GenericImage::new("steward-local/moto", "latest");
+        start_on("moto", request, crate::free_port(), Some(5000), http_ready)
+    })
+}
+
 /// This process's SMTP server (aiosmtpd, writing every message to the run's maildir).
 pub fn smtp() -> &'static Server {
     static SMTP: OnceLock<Server> = OnceLock::new();
     SMTP.get_or_init(|| {
         let request = smtp_request(&run().dir.join("maildir"));
-        start_on("smtp", request, crate::free_port(), 2525, smtp_ready)
+        start_on("smtp", request, crate::free_port(), Some(2525), smtp_ready)
     })
 }
 
@@ -219,18 +239,57 @@ pub struct Own(Option<Server>);
 impl Own {
     /// An S3 server on 127.0.0.1:`port` keeping its buckets in `dir` (made if missing).
     pub fn s3(port: u16, dir: &Path) -> Self {
-        Self(Some(start_on("s3", s3_request(dir), port, 9000, http_ready)))
+        Self(Some(start_on("s3", s3_request(dir), port, Some(9000), http_ready)))
     }
 
     /// An SMTP server on 127.0.0.1:`port` writing each message to the maildir `dir`.
     pub fn smtp(port: u16, dir: &Path) -> Self {
-        Self(Some(start_on("smtp", smtp_request(dir), port, 2525, smtp_ready)))
+        Self(Some(start_on("smtp", smtp_request(dir), port, Some(2525), smtp_ready)))
+    }
+
+    /// A nats-server started as `command` (the program first: `nats-server`, or `sh` and a
+    /// launcher script) on the host's network, listening on 127.0.0.1:`port` as `command`
+    /// says: the [`crate::NatsServer`] of a test, in a container. On the host's network, a
+    /// cluster's routes and a leaf's link reach the other servers on loopback as between
+    /// processes, and the ports are the ones the test chose. Each of `paths` (its store, its
+    /// configuration, a launcher) is mounted at the same path inside, so that the command's
+    /// paths mean the same there; `env` is its whole environment besides the image's.
+    pub fn nats_on_host(
+        port: u16,
+        command: &[String],
+        env: &[(String, String)],
+        paths: &[PathBuf],
+    ) -> Self {
+        let mut request = GenericImage::new("steward-local/nats", "latest")
+            .with_network("host")
+            .with_cmd(command.iter().cloned());
+        for path in paths {
+            let path = path_text(path);
+            request = request.with_mount(Mount::bind_mount(path.clone(), path));
+        }
+        for (name, value) in env {
+            request = request.with_env_var(name.clone(), value.clone());
+        }
+        Self(Some(start_on("nats", request, port, None, nats_ready)))
     }
 
     /// SIGKILLs the server: no goodbye to its clients, nothing flushed. [`Server::start`]
-    /// brings it back on the same port with what it had written.
+    /// brings it back on the same port with what it had written. Returns when the container
+    /// has stopped.
     pub fn kill(&self) {
         crate::docker::docker(&["kill", self.id()]);
+        crate::docker::docker(&["wait", self.id()]);
+    }
+
+    /// Freezes the server (the engine's pause: the cgroup freezer, as SIGSTOP would):
+    /// connections stay open and nothing is answered. [`Own::resume`] lets it go on.
+    pub fn pause(&self) {
+        crate::docker::docker(&["pause", self.id()]);
+    }
+
+    /// Lets a [`Own::pause`]d server go on.
+    pub fn resume(&self) {
+        crate::docker::docker(&["unpause", self.id()]);
     }
 }
 
@@ -291,16 +350,17 @@ fn start_registry(name: &'static str, auth: bool) -> Server {
         Some(_) => crate::testbed::podman_plain_http_port(),
         None => crate::free_port(),
     };
-    start_on(name, request, port, 5000, http_ready)
+    start_on(name, request, port, Some(5000), http_ready)
 }
 
-/// Starts `request` published on `port` of 127.0.0.1 (only), labelled with the run, and
-/// waits until `ready` says it answers there.
+/// Starts `request` labelled with the run, its `container_port` published on `port` of
+/// 127.0.0.1 (only; `None`: on the host's network, listening on `port` itself), and waits
+/// until `ready` says it answers there.
 fn start_on(
     name: &'static str,
     request: impl Into<ContainerRequest<GenericImage>>,
     port: u16,
-    container_port: u16,
+    container_port: Option<u16>,
     ready: fn(u16) -> Result<(), String>,
 ) -> Server {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
@@ -320,26 +380,30 @@ fn start_on(
     }
     let run = run();
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
-    let request = request
+    let mut request = request
         .with_container_name(format!("steward-test-{name}-{}-{n}", run.id))
         .with_label(RUN_LABEL, run.id.clone())
-        .with_mapped_port(port, container_port.tcp())
-        .with_startup_timeout(READY_BOUND)
-        // testcontainers publishes on every address; the network rule is loopback only.
-        .with_host_config_modifier(|host| {
-            for bindings in host.port_bindings.iter_mut().flat_map(|b| b.values_mut()).flatten() {
-                for binding in bindings {
-                    binding.host_ip = Some("127.0.0.1".into());
+        .with_startup_timeout(READY_BOUND);
+    if let Some(container_port) = container_port {
+        request = request
+            .with_mapped_port(port, container_port.tcp())
+            // testcontainers publishes on every address; the network rule is loopback only.
+            .with_host_config_modifier(|host| {
+                for bindings in host.port_bindings.iter_mut().flat_map(|b| b.values_mut()).flatten()
+                {
+                    for binding in bindings {
+                        binding.host_ip = Some("127.0.0.1".into());
+                    }
                 }
-            }
-        });
+            });
+    }
     // Waited for on the helper thread too: a server that never answers is dropped there
     // (testcontainers removes it on a runtime of its own, which an async test's thread
     // cannot enter: a panic in that drop would abort the whole binary).
     let container = off_runtime(|| {
         let container =
             request.start().unwrap_or_else(|e| panic!("start the {name} container: {e}"));
-        wait_ready(name, port, ready);
+        wait_ready(name, port, ready, &container);
         container
     });
     Server { name, port, container, ready }
@@ -352,19 +416,40 @@ fn image_id(image: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn wait_ready(name: &str, port: u16, ready: fn(u16) -> Result<(), String>) {
+/// Waits until `ready` says the server answers on `port`; fails with what the container
+/// printed when it does not within [`READY_BOUND`], or at once when it has exited. Blocking
+/// testcontainers calls: off an async test's runtime ([`off_runtime`]).
+fn wait_ready(
+    name: &str,
+    port: u16,
+    ready: fn(u16) -> Result<(), String>,
+    container: &Container<GenericImage>,
+) {
     let deadline = std::time::Instant::now() + READY_BOUND;
     loop {
         let why = match ready(port) {
             Ok(()) => return,
             Err(why) => why,
         };
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the {name} container did not answer on 127.0.0.1:{port} within {READY_BOUND:?}: {why}"
-        );
+        let exited = !container.is_running().unwrap_or(true);
+        if exited || std::time::Instant::now() >= deadline {
+            let what = if exited { "exited" } else { "did not answer in time" };
+            panic!(
+                "the {name} container {what} (127.0.0.1:{port}: {why}); it printed:\n{}",
+                logs(container)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What the container printed (stdout, then stderr).
+fn logs(container: &Container<GenericImage>) -> String {
+    let text = |r: Result<Vec<u8>, testcontainers::TestcontainersError>| match r {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("(unreadable: {e})"),
+    };
+    format!("{}{}", text(container.stdout_to_vec()), text(container.stderr_to_vec()))
 }
 
 // Each probe speaks the server's protocol: the engine's port proxy accepts a connection before
@@ -486,8 +571,11 @@ fn sweep_dead_runs() {
     }
 }
 
+/// Makes `dir` for a server to write in: on the rootless leg, the rootless user's (a
+/// container's root is that user there).
 fn make_dir(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
+    crate::give_to_rootless_user(dir);
     dir.to_owned()
 }
 

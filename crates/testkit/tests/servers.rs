@@ -1,7 +1,7 @@
 //! The test binary's own servers (`steward_testkit::servers`, testcontainers): a child process
-//! in `STEWARD_TEST_SERVERS=containers` mode starts all five from the test bed's variables and
-//! uses each; the parent checks that they publish on loopback only, SIGKILLs the child, and
-//! checks that its containers and directory are gone.
+//! in `STEWARD_TEST_SERVERS=containers` mode starts all six from the test bed's variables and a
+//! `NatsServer` of a test's own, and uses each; the parent checks that they listen on loopback
+//! only, SIGKILLs the child, and checks that its containers and directory are gone.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -35,10 +35,14 @@ fn a_binarys_servers_are_its_own_on_loopback_and_go_when_it_is_killed() {
     });
     let mut seen = vec![];
     let mut run = None;
+    let mut own_nats_port = None;
     loop {
         match rx.recv_timeout(Duration::from_secs(180)) {
             Ok(line) if line == "READY" => break,
             Ok(line) => {
+                if let Some(port) = line.strip_prefix("NATS ") {
+                    own_nats_port = port.parse::<u16>().ok();
+                }
                 if let Some(rest) = line.strip_prefix("RUN ") {
                     run = rest.split_once(' ').map(|(id, dir)| (id.to_owned(), dir.to_owned()));
                 }
@@ -55,8 +59,27 @@ fn a_binarys_servers_are_its_own_on_loopback_and_go_when_it_is_killed() {
     let filter = format!("label={}={id}", servers::RUN_LABEL);
     let ids = docker(&["ps", "-q", "--filter", &filter]);
     let ids: Vec<&str> = ids.lines().collect();
-    assert_eq!(ids.len(), 5, "NATS, S3, SMTP and two registries run for the child: {ids:?}");
-    for c in &ids {
+    assert_eq!(
+        ids.len(),
+        7,
+        "NATS, S3, moto, SMTP, two registries and the test's own NATS run for the child: {ids:?}"
+    );
+    let host_network = docker(&["ps", "-q", "--filter", &filter, "--filter", "network=host"]);
+    let host_network: Vec<&str> = host_network.lines().collect();
+    assert_eq!(host_network.len(), 1, "the test's own NATS is on the host's network");
+    let own_nats = own_nats_port.expect("the child names its own NATS port");
+    let listening = std::process::Command::new("ss")
+        .args(["-Htln", &format!("sport = :{own_nats}")])
+        .output()
+        .expect("run ss");
+    let listening = String::from_utf8_lossy(&listening.stdout).into_owned();
+    let local: Vec<&str> = listening.lines().filter_map(|l| l.split_whitespace().nth(3)).collect();
+    assert_eq!(
+        local,
+        [format!("127.0.0.1:{own_nats}")],
+        "the test's own NATS listens on loopback only"
+    );
+    for c in ids.iter().filter(|c| !host_network.contains(c)) {
         // What the engine bound, not what was asked for.
         let bindings = docker(&[
             "inspect",
@@ -113,6 +136,81 @@ async fn servers_of_a_child() {
     let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect again"));
     let mut kept = js.get_stream(stream).await.expect("the stream after the restart");
     assert_eq!(kept.info().await.expect("info").state.messages, 1, "the stored message is kept");
+
+    // A NatsServer of the test's own, in a container on the host's network: killed (nothing
+    // answers), started again with its store, frozen (connections open, nothing answered),
+    // let go again.
+    let mut own_nats = steward_testkit::NatsServer::start();
+    {
+        let client = async_nats::connect(own_nats.url()).await.expect("connect to the own NATS");
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: stream.into(),
+            subjects: vec!["kit.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create a stream on the own NATS");
+        js.publish("kit.one", "1".into()).await.expect("publish").await.expect("stored");
+    }
+    own_nats.kill();
+    assert!(
+        async_nats::connect(own_nats.url()).await.is_err(),
+        "a killed server takes no connection"
+    );
+    own_nats.start_again();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(own_nats.url()).await.expect("connect again"),
+    );
+    let mut kept = js.get_stream(stream).await.expect("the stream after the restart");
+    assert_eq!(kept.info().await.expect("info").state.messages, 1, "its store is kept");
+    own_nats.pause();
+    let greeting = |url: String| async move {
+        let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut buf = [0u8; 5];
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut buf),
+        )
+        .await
+        .map(|r| r.map(|_| buf))
+    };
+    assert!(greeting(own_nats.url()).await.is_err(), "a paused server answers nothing");
+    own_nats.resume();
+    let info = greeting(own_nats.url()).await.expect("answers again").expect("read");
+    assert_eq!(&info, b"INFO ", "a resumed server greets");
+
+    // moto: S3 with Object Lock.
+    let moto = testbed::require("STEWARD_TEST_MOTO_ENDPOINT");
+    let moto_config = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new("a", "b", None, None, "kit"))
+        .endpoint_url(&moto)
+        .force_path_style(true)
+        .build();
+    let moto_client = aws_sdk_s3::Client::from_conf(moto_config);
+    let locked = unique_name("kit-lock");
+    moto_client
+        .create_bucket()
+        .bucket(&locked)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("create a bucket with Object Lock");
+    let lock = moto_client
+        .get_object_lock_configuration()
+        .bucket(&locked)
+        .send()
+        .await
+        .expect("the bucket's Object Lock configuration");
+    let enabled = lock
+        .object_lock_configuration()
+        .and_then(|c| c.object_lock_enabled())
+        .map(|e| e.as_str().to_owned());
+    assert_eq!(enabled.as_deref(), Some("Enabled"));
 
     // S3 takes the test bed's keys, and keeps a bucket in the run's directory.
     let s3 = testbed::require("STEWARD_TEST_S3_ENDPOINT");
@@ -192,9 +290,12 @@ async fn servers_of_a_child() {
 
     // Straight to the process's stdout, which the parent reads (the harness captures prints).
     let mut out = std::io::stdout();
+    let own_port = own_nats.url().rsplit(':').next().map(str::to_owned).unwrap_or_default();
+    writeln!(out, "NATS {own_port}").expect("stdout");
     writeln!(out, "RUN {} {}", servers::run_id(), servers::run_dir().display()).expect("stdout");
     writeln!(out, "READY").expect("stdout");
     out.flush().expect("stdout");
     // Killed by the parent; the bound only keeps a lost parent from leaving it for ever.
     tokio::time::sleep(Duration::from_secs(300)).await;
+    drop(own_nats);
 }
