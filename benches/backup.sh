@@ -22,7 +22,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 DATA_MIB=${DATA_MIB:-1024}
 DB_ROWS=${DB_ROWS:-1600000}
-"$ROOT/infra/testbed/up.sh" >/dev/null
+# The shared NATS and S3 (the script reads S3's directory and starts the services itself).
+"$ROOT/infra/testbed/up.sh" --servers >/dev/null
 STATE=${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}
 # shellcheck disable=SC1091
 source "$STATE/env"

@@ -8,14 +8,15 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-"$ROOT/infra/testbed/up.sh" >/dev/null
+# The shared NATS: Steward's bench and the peer measure against the same server.
+"$ROOT/infra/testbed/up.sh" --servers >/dev/null
 # shellcheck disable=SC1091
 source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 python3 -c 'import nats' 2>/dev/null || pip install -q nats-py >/dev/null 2>&1
 
 echo "== machine: $(nproc) cores, $(uname -r), nats-server $(nats-server --version | awk '{print $NF}')"
 echo "== Steward (cargo bench -p steward-runtime --bench bus)"
-cargo bench -q -p steward-runtime --bench bus 2>/dev/null | grep -vE '^\s*$'
+STEWARD_TEST_SERVERS=testbed cargo bench -q -p steward-runtime --bench bus 2>/dev/null | grep -vE '^\s*$'
 
 echo "== peer: nats-py $(python3 -c 'import importlib.metadata as m; print(m.version("nats-py"))')"
 python3 "$ROOT/benches/peer_nats_py.py" "$STEWARD_TEST_NATS_URL" 10000 100000

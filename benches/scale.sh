@@ -25,7 +25,8 @@
 #
 # benches/scale.sh [AGENTS] (default 50); CONTAINERS (3), ROUNDS (3), LEAVES (0) from the
 # environment.
-# Needs the test bed (source /var/tmp/steward-testbed/env) and nats-py (pip install nats-py).
+# Needs the test bed with its shared servers (infra/testbed/up.sh --servers; source
+# /var/tmp/steward-testbed/env) and nats-py (pip install nats-py).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -34,9 +35,9 @@ CONTAINERS=${CONTAINERS:-3}
 ROUNDS=${ROUNDS:-3}
 LEAVES=${LEAVES:-0}
 PROFILE=${PROFILE:-debug}
-: "${STEWARD_TEST_REGISTRY:?source /var/tmp/steward-testbed/env}"
-: "${STEWARD_TEST_SMTP:?source /var/tmp/steward-testbed/env}"
-: "${STEWARD_TEST_MAILDIR:?source /var/tmp/steward-testbed/env}"
+: "${STEWARD_TEST_REGISTRY:?run infra/testbed/up.sh --servers, then source /var/tmp/steward-testbed/env}"
+: "${STEWARD_TEST_SMTP:?run infra/testbed/up.sh --servers, then source /var/tmp/steward-testbed/env}"
+: "${STEWARD_TEST_MAILDIR:?run infra/testbed/up.sh --servers, then source /var/tmp/steward-testbed/env}"
 [ "$AGENTS" -ge 1 ] && [ "$AGENTS" -le 99 ] || { echo "AGENTS: 1..99" >&2; exit 2; }
 python3 -c 'import nats' 2>/dev/null || { echo "needs nats-py: pip install nats-py" >&2; exit 2; }
 release=()

@@ -2,7 +2,8 @@
 # The compose stack's numbers: size of the Steward image built from release binaries, time from
 # `docker-compose up` to every service healthy, and each Steward service's idle RSS in the
 # stack. Runs the end-to-end test (tests/tests/compose_stack.rs) with the release image.
-# Usage: benches/stack.sh   (the test bed must be up: infra/testbed/up.sh)
+# Usage: benches/stack.sh   (the test bed must be up: infra/testbed/up.sh; the test starts its
+# own servers from the stand-in images built here)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the seeded random campaign (tests/tests/campaign.rs) over N seeds (default 500),
 # starting at seed FIRST (default 1), and prints how many passed and failed, with the replay
-# command of each failed seed. The test bed must be up (infra/testbed/up.sh).
+# command of each failed seed. The test bed must be up (infra/testbed/up.sh); the servers'
+# stand-in images are built here (each test binary starts its own servers from them).
 #   scripts/campaign.sh [N] [FIRST]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,6 +12,7 @@ FIRST=${2:-1}
 # shellcheck disable=SC1091
 source "${STEWARD_TESTBED_DIR:-/var/tmp/steward-testbed}/env"
 cargo build --workspace --bins --locked
+infra/testbed/stack-images.sh stand-ins
 LOG=$(mktemp "${TMPDIR:-/tmp}/steward-campaign.XXXXXX")
 trap 'rm -f "$LOG"' EXIT
 start=$(date +%s)

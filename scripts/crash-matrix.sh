@@ -3,7 +3,8 @@
 # variant of tests/tests/crash_points.rs, backup_crash.rs, notify_crash.rs, self_update.rs,
 # deploy_crash.rs and deploy_start_first.rs. CI (scripts/test.sh) runs a sample of each that rotates with the day
 # (docs/reliability.md, "What CI runs"). Well over an hour on the 2-core test machine. The test
-# bed must be up (infra/testbed/up.sh).
+# bed must be up (infra/testbed/up.sh) with the servers' stand-in images
+# (infra/testbed/stack-images.sh stand-ins).
 #   scripts/crash-matrix.sh [TEST...]        (default: the six above)
 # STEWARD_CRASH_ONLY=word,... restricts crash_points and backup_crash's scheduled and
 # container-removed tests to the points whose names contain a word.

@@ -403,7 +403,7 @@ copy_to_podman "$ROOTLESS_SOCKET" "rootless Podman"
 
 # ---- where everything is ----------------------------------------------------------------
 # The shared servers' addresses only when they were started: a STEWARD_TEST_SERVERS=testbed
-# run without them then says to start them (steward-testkit's testbed::require).
+# run without them then fails with `up.sh --servers` to run (steward-testkit's testbed::require).
 {
 if [ -n "$SERVERS" ]; then cat <<EOF
 export STEWARD_TEST_NATS_URL=nats://127.0.0.1:$NATS_PORT

@@ -370,8 +370,8 @@ async fn a_served_certificate_is_read_by_handshake_told_once_per_level_and_its_r
 }
 
 /// A hub's leaf-node port, where an expired certificate cuts every host's link: real
-/// nats-servers with TLS on it, after their `INFO` line (2.9) and first (2.10's
-/// `handshake_first`), labelled `nats://NAME@HOST:PORT`. The certificate is read and its expiry
+/// nats-servers with TLS on it, after their `INFO` line (the default, which 2.9 only has) and
+/// first (2.10's `handshake_first`), labelled `nats://NAME@HOST:PORT`. The certificate is read and its expiry
 /// found, named as labelled. Without `nats://` the same port is a handshake error (what the
 /// label could do before); a NATS port offering no TLS is named as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,7 +437,7 @@ async fn a_nats_servers_leaf_node_certificate_is_read_after_its_info_line() {
             other => panic!("{other:?}"),
         }
     }
-    // The 2.9 server's port read as a TLS server's: its INFO line is no TLS record.
+    // The INFO-first server's port read as a TLS server's: its INFO line is no TLS record.
     let e = tls::leaf(&endpoint(info_first, false), limit).await.expect_err("INFO is not TLS");
     assert!(matches!(e, tls::TlsError::Handshake { .. }), "{e}");
     let e = tls::leaf(&endpoint(plain, true), limit).await.expect_err("no TLS");

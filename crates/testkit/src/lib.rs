@@ -58,7 +58,7 @@ pub mod testbed {
     /// Like [`var`], but a missing test bed fails the test with what to run.
     pub fn require(name: &str) -> String {
         var(name).unwrap_or_else(|| {
-            panic!("{name} is not set: start the test bed with `infra/testbed/up.sh` (or run `scripts/test.sh`)")
+            panic!("{name} is not set: start the test bed with `infra/testbed/up.sh` (or run `scripts/test.sh`); with {}=testbed, `infra/testbed/up.sh --servers`", crate::servers::MODE_VARIABLE)
         })
     }
 
@@ -186,13 +186,22 @@ impl TestBus {
         Self::with_setup(cfg, &steward_bus::Setup::steward()).await
     }
 
+    /// What to check when the bus cannot be reached.
+    fn hint() -> &'static str {
+        if servers::in_containers() {
+            "the binary's own NATS container: `docker ps --filter label=steward.test.servers`"
+        } else {
+            "are the shared servers up? infra/testbed/up.sh --servers"
+        }
+    }
+
     /// Connects and provisions the namespace with `setup` (e.g. a short marker TTL).
     pub async fn with_setup(cfg: BusConfig, setup: &steward_bus::Setup) -> Self {
         let bus = Bus::open(cfg, "steward-test")
             .await
-            .unwrap_or_else(|e| panic!("test bus: {e} (is the test bed up? infra/testbed/up.sh)"));
+            .unwrap_or_else(|e| panic!("test bus: {e} ({})", Self::hint()));
         if let Err(e) = bus.setup(setup).await {
-            panic!("test bus: provisioning failed: {e} (is the test bed up? infra/testbed/up.sh)");
+            panic!("test bus: provisioning failed: {e} ({})", Self::hint());
         }
         Self { bus }
     }
@@ -573,12 +582,17 @@ impl NatsServer {
         // Every file a test gives a server (its store, configuration, secrets, certificates)
         // is under the temp dir; a configuration or launcher elsewhere (the compose kit's) is
         // mounted with its directory.
+        // On the rootless leg the container's root is the rootless user: the store is theirs.
+        give_to_rootless_user(&self.store);
         let temp = std::env::temp_dir();
         let mut paths = vec![temp.clone()];
         let elsewhere = config.iter().chain(&launcher).filter(|p| !p.starts_with(&temp));
         paths.extend(elsewhere.filter_map(|p| p.parent()).map(Path::to_owned));
         paths.dedup();
-        self.container = Some(servers::Own::nats_on_host(self.port, &command, &self.env, &paths));
+        // The image's PATH: a host's names directories the container does not have.
+        let env: Vec<(String, String)> =
+            self.env.iter().filter(|(name, _)| name != "PATH").cloned().collect();
+        self.container = Some(servers::Own::nats_on_host(self.port, &command, &env, &paths));
         self.container_up = true;
     }
 }

@@ -71,7 +71,7 @@ const READY_BOUND: Duration = Duration::from_secs(60);
 pub fn in_containers() -> bool {
     match std::env::var(MODE_VARIABLE) {
         Err(std::env::VarError::NotPresent) => true,
-        Ok(v) if v == "containers" => true,
+        Ok(v) if v.is_empty() || v == "containers" => true,
         Ok(v) if v == "testbed" => false,
         other => panic!("{MODE_VARIABLE}={other:?}: expected `containers` or `testbed`"),
     }
@@ -260,9 +260,11 @@ impl Own {
         env: &[(String, String)],
         paths: &[PathBuf],
     ) -> Self {
+        // The network mode set directly: testcontainers' `with_network` creates a network of
+        // that name when the engine does not list it, as Podman does not list `host`.
         let mut request = GenericImage::new("steward-local/nats", "latest")
-            .with_network("host")
-            .with_cmd(command.iter().cloned());
+            .with_cmd(command.iter().cloned())
+            .with_host_config_modifier(|host| host.network_mode = Some("host".into()));
         for path in paths {
             let path = path_text(path);
             request = request.with_mount(Mount::bind_mount(path.clone(), path));
@@ -277,7 +279,9 @@ impl Own {
     /// brings it back on the same port with what it had written. Returns when the container
     /// has stopped.
     pub fn kill(&self) {
-        crate::docker::docker(&["kill", self.id()]);
+        // A server that already exited cannot be killed (the engine refuses): it is down all
+        // the same.
+        let _ = crate::docker::try_docker(&["kill", self.id()]);
         crate::docker::docker(&["wait", self.id()]);
     }
 
@@ -345,7 +349,7 @@ fn start_registry(name: &'static str, auth: bool) -> Server {
     // Podman takes a registry on 127.0.0.1 as plain http only on the ports its configuration
     // lists (the test bed's); Docker on any. Docker-leg binaries drive Podman too (the
     // engine's `podman` tests pull through it), so the registries take those ports whenever
-    // the test bed lists them: two per binary, seven in all.
+    // the test bed lists them: two per binary, twelve in all (two binaries at a time).
     let port = match crate::testbed::var("STEWARD_TEST_PODMAN_PLAIN_HTTP_PORTS") {
         Some(_) => crate::testbed::podman_plain_http_port(),
         None => crate::free_port(),
