@@ -118,52 +118,24 @@ async fn servers_of_a_child() {
     // NATS with JetStream; a stream kept across a stop and start of the container.
     let url = testbed::nats_url();
     assert_eq!(url, format!("nats://127.0.0.1:{}", servers::nats().port));
-    let stream = "KIT";
-    {
-        let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect"));
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: stream.into(),
-            subjects: vec!["kit.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("create a stream");
-        js.publish("kit.one", "1".into()).await.expect("publish").await.expect("stored");
-    }
+    store_one(&url).await;
     servers::nats().stop(Duration::from_secs(5));
     assert!(async_nats::connect(&url).await.is_err(), "a stopped server takes no connection");
     servers::nats().start();
-    let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("connect again"));
-    let mut kept = js.get_stream(stream).await.expect("the stream after the restart");
-    assert_eq!(kept.info().await.expect("info").state.messages, 1, "the stored message is kept");
+    assert_eq!(stored(&url).await, 1, "the stored message is kept");
 
     // A NatsServer of the test's own, in a container on the host's network: killed (nothing
     // answers), started again with its store, frozen (connections open, nothing answered),
     // let go again.
     let mut own_nats = steward_testkit::NatsServer::start();
-    {
-        let client = async_nats::connect(own_nats.url()).await.expect("connect to the own NATS");
-        let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: stream.into(),
-            subjects: vec!["kit.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("create a stream on the own NATS");
-        js.publish("kit.one", "1".into()).await.expect("publish").await.expect("stored");
-    }
+    store_one(&own_nats.url()).await;
     own_nats.kill();
     assert!(
         async_nats::connect(own_nats.url()).await.is_err(),
         "a killed server takes no connection"
     );
     own_nats.start_again();
-    let js = async_nats::jetstream::new(
-        async_nats::connect(own_nats.url()).await.expect("connect again"),
-    );
-    let mut kept = js.get_stream(stream).await.expect("the stream after the restart");
-    assert_eq!(kept.info().await.expect("info").state.messages, 1, "its store is kept");
+    assert_eq!(stored(&own_nats.url()).await, 1, "its store is kept");
     own_nats.pause();
     let greeting = |url: String| async move {
         let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
@@ -298,4 +270,24 @@ async fn servers_of_a_child() {
     // Killed by the parent; the bound only keeps a lost parent from leaving it for ever.
     tokio::time::sleep(Duration::from_secs(300)).await;
     drop(own_nats);
+}
+
+/// Makes the stream `KIT` on the NATS server at `url` and stores one message in it.
+async fn store_one(url: &str) {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KIT".into(),
+        subjects: vec!["kit.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create a stream");
+    js.publish("kit.one", "1".into()).await.expect("publish").await.expect("stored");
+}
+
+/// How many messages the stream `KIT` on the NATS server at `url` holds.
+async fn stored(url: &str) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect again"));
+    let mut kept = js.get_stream("KIT").await.expect("the stream after the restart");
+    kept.info().await.expect("info").state.messages
 }
