@@ -95,7 +95,7 @@ impl NatsLeaves {
                 .map(|r| format!("\"nats-route://{}:{password}@{r}\"", steward_bus::ROUTE_USER))
                 .collect();
             env.push((steward_bus::ROUTES_VARIABLE.to_owned(), format!("[{}]", urls.join(","))));
-            hub_nodes.push(started(hub_store, config, env));
+            hub_nodes.push(started(hub_store, config, env, nodes > 1));
         }
         let hub = hub_nodes.remove(0);
         let mut leaves = vec![];
@@ -135,7 +135,7 @@ impl NatsLeaves {
                 ),
             );
             let config = write_config(&store.join("conf"), &auth, &conf);
-            let server = started(store, config, env);
+            let server = started(store, config, env, false);
             leaves.push(Leaf { host: host.clone(), server, link });
         }
         Self { hub, hub_peers: hub_nodes, leaves, hosts: hosts.to_vec() }
@@ -233,9 +233,11 @@ fn started(
     store: std::path::PathBuf,
     config: std::path::PathBuf,
     env: Vec<(String, String)>,
+    clustered: bool,
 ) -> NatsServer {
     let bin = crate::testbed::nats_server_at_least_2_10();
     let mut server = NatsServer::stopped(free_port(), store, Some(config), env, vec![], None, bin);
+    server.process = clustered;
     server.start_again();
     server
 }
