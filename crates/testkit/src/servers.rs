@@ -378,7 +378,7 @@ fn start_on(
             crate::podman::copy_images_from_docker(socket, &[&image]);
         }
         _ => assert!(
-            image_id(&image).is_some(),
+            crate::docker::try_docker(&["image", "inspect", "-f", "{{.Id}}", &image]).is_some(),
             "{image} is not in the engine's store: run infra/testbed/stack-images.sh stand-ins"
         ),
     }
@@ -411,13 +411,6 @@ fn start_on(
         container
     });
     Server { name, port, container, ready }
-}
-
-/// The id of `image` in the store of the engine `DOCKER_HOST` names.
-fn image_id(image: &str) -> Option<String> {
-    let out =
-        Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", image]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Waits until `ready` says the server answers on `port`; fails with what the container
